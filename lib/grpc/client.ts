@@ -1,0 +1,71 @@
+import { Client, Metadata, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
+import { context, SpanKind } from '@opentelemetry/api';
+import { injectContext, tracer } from '../telemetry.js';
+import { channelCredentials, type TransportSecurity } from './credentials.js';
+
+type Req<M> = M extends MethodDefinition<infer R, unknown> ? R : never;
+type Res<M> = M extends MethodDefinition<unknown, infer R> ? R : never;
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Milliseconds from now. */
+  timeoutMs?: number;
+}
+
+/** A promise-based client typed from a generated service definition. */
+export type PromiseClient<D> = {
+  [K in keyof D]: D[K] extends { responseStream: true }
+    ? (req: Req<D[K]>, opts?: CallOptions) => AsyncIterable<Res<D[K]>>
+    : (req: Req<D[K]>, opts?: CallOptions) => Promise<Res<D[K]>>;
+} & { close(): void; raw: Client };
+
+function outgoingMetadata(): Metadata {
+  const md = new Metadata();
+  const carrier: Record<string, string> = {};
+  injectContext(carrier);
+  for (const [k, v] of Object.entries(carrier)) md.set(k, v);
+  return md;
+}
+
+export function createClient<D extends ServiceDefinition>(
+  definition: D,
+  address: string,
+  options: { security?: TransportSecurity; channel?: ChannelOptions } = {},
+): PromiseClient<D> {
+  const client = new Client(address, channelCredentials(options.security), {
+    'grpc.keepalive_time_ms': 20_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    ...options.channel,
+  });
+  const out: Record<string, unknown> = { close: () => client.close(), raw: client };
+  for (const [name, m] of Object.entries(definition)) {
+    const method = m as MethodDefinition<unknown, unknown>;
+    if (method.responseStream) {
+      out[name] = (req: unknown, opts: CallOptions = {}) => {
+        const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(
+          method.path, method.requestSerialize, method.responseDeserialize, req, outgoingMetadata(),
+          opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
+        );
+        opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+        return call as AsyncIterable<unknown>;
+      };
+    } else {
+      out[name] = (req: unknown, opts: CallOptions = {}) =>
+        tracer().startActiveSpan(method.path, { kind: SpanKind.CLIENT }, context.active(), (span) =>
+          new Promise((resolve, reject) => {
+            const call = client.makeUnaryRequest(
+              method.path, method.requestSerialize, method.responseDeserialize, req, outgoingMetadata(),
+              opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
+              (err, res) => {
+                span.end();
+                if (err) reject(err);
+                else resolve(res);
+              },
+            );
+            opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+          }),
+        );
+    }
+  }
+  return out as PromiseClient<D>;
+}

@@ -1,0 +1,33 @@
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { DomainError, type ErrorKind } from '../errors.js';
+
+/** The one table from domain error kinds to gRPC status codes. */
+export const statusForKind: Record<ErrorKind, status> = {
+  invalid_argument: status.INVALID_ARGUMENT,
+  not_found: status.NOT_FOUND,
+  already_exists: status.ALREADY_EXISTS,
+  conflict: status.ABORTED,
+  exhausted: status.RESOURCE_EXHAUSTED,
+  failed_precondition: status.FAILED_PRECONDITION,
+  unavailable: status.UNAVAILABLE,
+};
+
+export const ERROR_CODE_KEY = 'weft-error-code';
+
+/** Turns any thrown value into a gRPC error; unexpected errors become INTERNAL with a generic message. */
+export function toServiceError(err: unknown): { error: Partial<ServiceError>; expected: boolean } {
+  const metadata = new Metadata();
+  if (err instanceof DomainError) {
+    metadata.set(ERROR_CODE_KEY, err.code);
+    return { error: { code: statusForKind[err.kind], details: err.message, metadata }, expected: true };
+  }
+  metadata.set(ERROR_CODE_KEY, 'internal');
+  return { error: { code: status.INTERNAL, details: 'internal error; see the server log', metadata }, expected: false };
+}
+
+/** The stable domain code carried by a gRPC error, if any. */
+export function errorCodeOf(err: unknown): string | undefined {
+  const md = (err as ServiceError | undefined)?.metadata;
+  const v = md instanceof Metadata ? md.get(ERROR_CODE_KEY)[0] : undefined;
+  return typeof v === 'string' ? v : undefined;
+}

@@ -1,0 +1,51 @@
+import { Address4 } from 'ip-address';
+import { invalidArgument } from '../errors.js';
+
+/** IPv4 address arithmetic on top of ip-address. Addresses are numbers (0 .. 2^32-1) inside this module's callers. */
+export interface Cidr4 {
+  /** Network address as a number. */
+  base: number;
+  prefixLength: number;
+}
+
+export function parseIPv4(text: string, what = 'address'): number {
+  if (!Address4.isValid(text) || text.includes('/')) throw invalidArgument('invalid_address', `${what} ${JSON.stringify(text)} is not an IPv4 address (e.g. 10.244.0.5)`);
+  return Number(new Address4(text).bigInt());
+}
+
+export function formatIPv4(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** Parses "a.b.c.d/len" strictly: no host bits may be set. */
+export function parseCidr4(text: string, what = 'CIDR'): Cidr4 {
+  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
+  if (!m || !Address4.isValid(text)) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
+  const prefixLength = Number(m[2]);
+  if (prefixLength > 32) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-32`);
+  const addr = parseIPv4(m[1]!, what);
+  const base = networkOf(addr, prefixLength);
+  if (base !== addr) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatIPv4(base)}/${prefixLength}?`);
+  return { base, prefixLength };
+}
+
+export function networkOf(addr: number, prefixLength: number): number {
+  if (prefixLength === 0) return 0;
+  return (addr & (~0 << (32 - prefixLength))) >>> 0;
+}
+
+export function sizeOf(prefixLength: number): number {
+  return 2 ** (32 - prefixLength);
+}
+
+export function formatCidr4(c: Cidr4): string {
+  return `${formatIPv4(c.base)}/${c.prefixLength}`;
+}
+
+export function containsAddress(c: Cidr4, addr: number): boolean {
+  return networkOf(addr, c.prefixLength) === c.base;
+}
+
+export function isMac(text: string): boolean {
+  return /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(text);
+}
