@@ -16,5 +16,8 @@ await build({
   logLevel: 'warning',
 });
 chmodSync('dist/bin/weft-cni', 0o755);
-writeFileSync('dist/bin/weft', "#!/usr/bin/env node\nimport '../cli/main.js';\n");
+// dist/bin is CommonJS: an extensionless executable is read as CommonJS wherever a runtime installs it
+// (/opt/cni/bin has no package.json), so it must be CommonJS here too.
+writeFileSync('dist/bin/package.json', JSON.stringify({ type: 'commonjs' }) + '\n');
+writeFileSync('dist/bin/weft', "#!/usr/bin/env node\nimport('../cli/main.js');\n");
 chmodSync('dist/bin/weft', 0o755);

@@ -37,7 +37,7 @@ import { existsSync } from 'node:fs';
 export async function applyMigrations(handle: DatabaseHandle, service: string): Promise<void> {
   await migrate(handle.db, {
     migrationsFolder: migrationsFolder(service),
-    migrationsSchema: service,
-    migrationsTable: '__migrations',
+    migrationsSchema: 'drizzle',
+    migrationsTable: `${service}_migrations`,
   });
 }

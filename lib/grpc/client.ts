@@ -3,8 +3,8 @@ import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, type TransportSecurity } from './credentials.js';
 
-type Req<M> = M extends MethodDefinition<infer R, unknown> ? R : never;
-type Res<M> = M extends MethodDefinition<unknown, infer R> ? R : never;
+type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
+type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
 
 export interface CallOptions {
   signal?: AbortSignal;

@@ -12,8 +12,8 @@ export interface CallContext {
   metadata: Metadata;
 }
 
-type Req<M> = M extends MethodDefinition<infer R, unknown> ? R : never;
-type Res<M> = M extends MethodDefinition<unknown, infer R> ? R : never;
+type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
+type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
 
 /** Handlers typed against a generated service definition: unary ones return a promise, streaming ones an async iterable. */
 export type Handlers<D> = {

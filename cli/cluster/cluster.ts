@@ -1,0 +1,282 @@
+import { spawn } from 'node:child_process';
+import { randomBytes, createHash } from 'node:crypto';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../../lib/exec.js';
+import { createClient } from '../../lib/grpc/client.js';
+import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
+import {
+  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, SUBNETS, controlPlaneNetns, fabricNetns, planNode, podNetns, validatePodName,
+} from './topology.js';
+
+/**
+ * The local cluster: network namespaces as nodes on a fabric, the control plane in its own namespace, one agent
+ * process per node, and pods attached by the real weft-cni. Its state lives in one folder (state.json, logs,
+ * sockets); `down` removes everything it made, found by the run's prefix.
+ */
+const here = path.dirname(fileURLToPath(import.meta.url));
+const DIST = path.resolve(here, '../..');
+export const paths = {
+  cli: path.join(DIST, 'cli/main.js'),
+  agent: path.join(DIST, 'node-dataplane/main.js'),
+  cni: path.join(DIST, 'bin/weft-cni'),
+};
+
+export interface PodState { name: string; node: string; namespace: string; netns: string; containerId: string; ifname: string; addresses: string[] }
+export interface NodeState { name: string; netns: string; address: string; agentPid: number; socket: string }
+export interface ClusterState {
+  prefix: string;
+  stateDir: string;
+  controlPlane: { netns: string; pid: number; socket: string; address: string };
+  nodes: NodeState[];
+  pods: PodState[];
+}
+
+const stateFile = (dir: string) => path.join(dir, 'state.json');
+
+export function readState(stateDir: string): ClusterState {
+  if (!existsSync(stateFile(stateDir))) throw new Error(`no local cluster in ${stateDir}; start one with \`weft cluster up\``);
+  return JSON.parse(readFileSync(stateFile(stateDir), 'utf8')) as ClusterState;
+}
+
+function writeState(s: ClusterState): void {
+  writeFileSync(stateFile(s.stateDir) + '.tmp', JSON.stringify(s, null, 2));
+  writeFileSync(stateFile(s.stateDir), JSON.stringify(s, null, 2));
+  rmSync(stateFile(s.stateDir) + '.tmp', { force: true });
+}
+
+const ipn = (ns: string, ...args: string[]) => run('ip', ['-n', ns, ...args]);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts a long-running process inside a namespace, detached, logging to a file. */
+function spawnInNetns(ns: string, argv: string[], env: Record<string, string>, logFile: string): number {
+  const fd = openSync(logFile, 'a');
+  const child = spawn('ip', ['netns', 'exec', ns, ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  child.unref();
+  if (!child.pid) throw new Error(`cannot start ${argv.join(' ')} in ${ns}`);
+  return child.pid;
+}
+
+async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | null>, logFile?: string): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  while (Date.now() < deadline) {
+    try {
+      const v = await probe();
+      if (v !== null) return v;
+    } catch (err) {
+      last = err;
+    }
+    await sleep(100);
+  }
+  const tail = logFile && existsSync(logFile) ? `\n--- ${logFile} ---\n${readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n')}` : '';
+  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}${tail}`);
+}
+
+export function isAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function stopProcess(pid: number): Promise<void> {
+  if (!isAlive(pid)) return;
+  try { process.kill(pid, 'SIGTERM'); } catch { return; }
+  for (let i = 0; i < 50 && isAlive(pid); i++) await sleep(100);
+  if (isAlive(pid)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  for (let i = 0; i < 20 && isAlive(pid); i++) await sleep(50);
+}
+
+export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
+
+export async function clusterUp(opts: { stateDir: string; nodes: number }): Promise<ClusterState> {
+  const stateDir = path.resolve(opts.stateDir);
+  if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
+  if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 50) throw new Error('--nodes must be 1-50');
+  mkdirSync(stateDir, { recursive: true });
+  const prefix = `w${randomBytes(3).toString('hex')}`;
+  const cpNs = controlPlaneNetns(prefix);
+  const state: ClusterState = {
+    prefix, stateDir, nodes: [], pods: [],
+    controlPlane: { netns: cpNs, pid: 0, socket: path.join(stateDir, 'cp', 'weft.sock'), address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}` },
+  };
+  writeState(state);
+  try {
+    // Fabric: two bridges (one per underlay subnet) and the router between them.
+    const fab = fabricNetns(prefix);
+    await run('ip', ['netns', 'add', fab]);
+    await ipn(fab, 'link', 'set', 'lo', 'up');
+    await run('ip', ['netns', 'exec', fab, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    for (const s of SUBNETS) {
+      await ipn(fab, 'link', 'add', s.bridge, 'type', 'bridge');
+      await ipn(fab, 'addr', 'add', `${s.router}/24`, 'dev', s.bridge);
+      await ipn(fab, 'link', 'set', s.bridge, 'up');
+    }
+    // Control plane namespace on the first subnet.
+    await run('ip', ['netns', 'add', cpNs]);
+    await attachToFabric(fab, cpNs, 'cp', `${CONTROL_PLANE_ADDRESS}/24`, SUBNETS[0].bridge, SUBNETS[0].router);
+    mkdirSync(path.join(stateDir, 'cp'), { recursive: true });
+    const cpLog = path.join(stateDir, 'cp', 'control-plane.log');
+    state.controlPlane.pid = spawnInNetns(cpNs, [process.execPath, paths.cli, 'up', '--data-dir', path.join(stateDir, 'cp'), '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`], { WEFT_LOG_LEVEL: 'info' }, cpLog);
+    writeState(state);
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    try {
+      await waitFor('the control plane', 60_000, async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null), cpLog);
+      const pools = await ipam.listPools({}, { timeoutMs: 5000 });
+      if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name)) await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
+    } finally {
+      ipam.close();
+    }
+    for (let i = 1; i <= opts.nodes; i++) await addNode(state, i);
+    return state;
+  } catch (err) {
+    await clusterDown({ stateDir }).catch(() => {});
+    throw err;
+  }
+}
+
+async function attachToFabric(fab: string, ns: string, fabricIfname: string, cidr: string, bridge: string, router: string): Promise<void> {
+  await ipn(fab, 'link', 'add', fabricIfname, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+  await ipn(fab, 'link', 'set', fabricIfname, 'master', bridge, 'up');
+  await ipn(ns, 'link', 'set', 'lo', 'up');
+  await ipn(ns, 'addr', 'add', cidr, 'dev', 'eth0');
+  await ipn(ns, 'link', 'set', 'eth0', 'up');
+  await ipn(ns, 'route', 'add', 'default', 'via', router);
+}
+
+/** Adds node `index` (1-based) with its agent; waits until the node is registered. */
+export async function addNode(state: ClusterState, index?: number): Promise<NodeState> {
+  const i = index ?? Math.max(0, ...state.nodes.map((n) => Number(n.name.replace('node', '')))) + 1;
+  const plan = planNode(state.prefix, i);
+  if (state.nodes.some((n) => n.name === plan.name)) throw new Error(`${plan.name} already exists`);
+  await run('ip', ['netns', 'add', plan.netns]);
+  const node: NodeState = { name: plan.name, netns: plan.netns, address: plan.address, agentPid: 0, socket: path.join(state.stateDir, plan.name, 'agent.sock') };
+  state.nodes.push(node);
+  writeState(state);
+  await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
+  mkdirSync(path.dirname(node.socket), { recursive: true });
+  const log = path.join(path.dirname(node.socket), 'agent.log');
+  node.agentPid = startAgent(state, node, log);
+  writeState(state);
+  const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
+  try {
+    await waitFor(`${plan.name}'s agent`, 30_000, async () => {
+      if (!isAlive(node.agentPid)) throw new Error('the agent exited');
+      const { nodes } = await routes.listNodes({}, { timeoutMs: 2000 });
+      return nodes.some((n) => n.name === plan.name) && existsSync(node.socket) ? true : null;
+    }, log);
+  } finally {
+    routes.close();
+  }
+  return node;
+}
+
+function startAgent(state: ClusterState, node: NodeState, log: string): number {
+  return spawnInNetns(node.netns, [process.execPath, paths.agent], {
+    WEFT_NODE_NAME: node.name,
+    WEFT_CONTROL_PLANE: state.controlPlane.address,
+    WEFT_AGENT_SOCKET: node.socket,
+    WEFT_RESYNC_MS: '5000',
+  }, log);
+}
+
+export interface CniOutcome { exitCode: number | null; stdout: string; stderr: string }
+
+/** Runs weft-cni inside the node's namespace exactly as a container runtime does: environment and stdin in, stdout and exit status out. */
+export function runCni(node: NodeState, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', ['netns', 'exec', node.netns, paths.cni], {
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CNI_PATH: path.dirname(paths.cni), ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (exitCode) => resolve({ exitCode, stdout, stderr }));
+    child.stdin.on('error', () => {});
+    child.stdin.end(stdin);
+  });
+}
+
+export function networkConfig(node: NodeState): string {
+  return JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: node.socket });
+}
+
+export async function podAdd(stateDir: string, nodeName: string, pod: string, namespace = 'default'): Promise<PodState> {
+  const state = readState(stateDir);
+  validatePodName(pod);
+  const node = state.nodes.find((n) => n.name === nodeName);
+  if (!node) throw new Error(`no node ${nodeName}; nodes: ${state.nodes.map((n) => n.name).join(', ')}`);
+  if (state.pods.some((p) => p.name === pod)) throw new Error(`pod ${pod} already exists`);
+  const netnsName = podNetns(state.prefix, pod);
+  await run('ip', ['netns', 'add', netnsName]);
+  const containerId = createHash('sha256').update(`${state.prefix}/${pod}/${Date.now()}`).digest('hex').slice(0, 32);
+  const netns = `/var/run/netns/${netnsName}`;
+  const out = await runCni(node, {
+    CNI_COMMAND: 'ADD', CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${pod}`,
+  }, networkConfig(node));
+  if (out.exitCode !== 0) {
+    await run('ip', ['netns', 'del', netnsName]).catch(() => {});
+    throw new Error(`weft-cni ADD failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
+  }
+  const result = JSON.parse(out.stdout) as { ips: { address: string }[] };
+  const p: PodState = { name: pod, node: node.name, namespace, netns, containerId, ifname: 'eth0', addresses: result.ips.map((i) => i.address.split('/')[0]!) };
+  state.pods.push(p);
+  writeState(state);
+  return p;
+}
+
+export async function podDel(stateDir: string, pod: string): Promise<PodState> {
+  const state = readState(stateDir);
+  const p = state.pods.find((x) => x.name === pod);
+  if (!p) throw new Error(`no pod ${pod}`);
+  const node = state.nodes.find((n) => n.name === p.node)!;
+  const out = await runCni(node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: p.containerId, CNI_NETNS: p.netns, CNI_IFNAME: p.ifname }, networkConfig(node));
+  if (out.exitCode !== 0) throw new Error(`weft-cni DEL failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
+  await run('ip', ['netns', 'del', path.basename(p.netns)]).catch(() => {});
+  state.pods = state.pods.filter((x) => x.name !== pod);
+  writeState(state);
+  return p;
+}
+
+/** Stops every process and removes every namespace of the cluster, then its state folder. Safe to run twice. */
+export async function clusterDown(opts: { stateDir: string }): Promise<{ removedNamespaces: string[] }> {
+  const stateDir = path.resolve(opts.stateDir);
+  if (!existsSync(stateFile(stateDir))) return { removedNamespaces: [] };
+  const state = readState(stateDir);
+  await Promise.all(state.nodes.map((n) => stopProcess(n.agentPid)));
+  await stopProcess(state.controlPlane.pid);
+  const listed = (await run('ip', ['netns', 'list']).catch(() => '')).split('\n').map((l) => l.split(' ')[0]!).filter((n) => n.startsWith(`${state.prefix}-`));
+  // Pods first, then nodes, the control plane, and the fabric last.
+  const order = (n: string) => (n.includes('-pod-') ? 0 : n.endsWith('-fabric') ? 3 : n.endsWith('-cp') ? 2 : 1);
+  listed.sort((a, b) => order(a) - order(b));
+  for (const ns of listed) {
+    // Whatever still runs inside (a crashed agent's children, an orphaned PostgreSQL) goes with its namespace.
+    const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => '')).split('\n').map(Number).filter((p) => p > 0);
+    for (const pid of pids) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    await run('ip', ['netns', 'del', ns]).catch(() => {});
+  }
+  rmSync(stateDir, { recursive: true, force: true });
+  return { removedNamespaces: listed };
+}
+
+/** Restarts a node's agent (or starts it when it is not running). */
+export async function restartAgent(stateDir: string, nodeName: string): Promise<NodeState> {
+  const state = readState(stateDir);
+  const node = state.nodes.find((n) => n.name === nodeName);
+  if (!node) throw new Error(`no node ${nodeName}`);
+  await stopProcess(node.agentPid);
+  node.agentPid = startAgent(state, node, path.join(path.dirname(node.socket), 'agent.log'));
+  writeState(state);
+  return node;
+}

@@ -1,0 +1,45 @@
+/**
+ * The local cluster's layout, as pure data: names carry the run's prefix so that concurrent runs and a crashed
+ * run's leftovers never collide. Nodes alternate over two underlay subnets joined by a router in the fabric.
+ */
+export const SUBNETS = [
+  { bridge: 'br-a', base: '192.0.2', router: '192.0.2.1' },
+  { bridge: 'br-b', base: '198.51.100', router: '198.51.100.1' },
+] as const;
+
+export const CONTROL_PLANE_ADDRESS = '192.0.2.2';
+export const CONTROL_PLANE_PORT = 7400;
+export const DEFAULT_POOL = { name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 };
+
+export interface NodePlan {
+  name: string;
+  netns: string;
+  /** Name of the fabric end of the node's veth. */
+  fabricIfname: string;
+  address: string;
+  router: string;
+  bridge: string;
+}
+
+/** Node i (1-based): nodes 3, 6, 9 ... sit on the second subnet, the rest on the first. */
+export function planNode(prefix: string, index: number): NodePlan {
+  if (index < 1 || index > 200) throw new Error(`node index ${index} out of range 1-200`);
+  const subnet = SUBNETS[index % 3 === 0 ? 1 : 0];
+  return {
+    name: `node${index}`,
+    netns: `${prefix}-node${index}`,
+    fabricIfname: `n${index}`,
+    address: `${subnet.base}.${10 + index}`,
+    router: subnet.router,
+    bridge: subnet.bridge,
+  };
+}
+
+export const fabricNetns = (prefix: string) => `${prefix}-fabric`;
+export const controlPlaneNetns = (prefix: string) => `${prefix}-cp`;
+export const podNetns = (prefix: string, pod: string) => `${prefix}-pod-${pod}`;
+
+export function validatePodName(pod: string): string {
+  if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(pod)) throw new Error(`pod name ${JSON.stringify(pod)} must be 1-32 lowercase letters, digits or '-'`);
+  return pod;
+}

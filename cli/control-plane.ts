@@ -1,0 +1,64 @@
+import { mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { connectDatabase } from '../lib/db/database.js';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
+import { createNotifier } from '../lib/db/notifier.js';
+import { bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
+import type { Logger } from '../lib/logger.js';
+import { mountIpamService } from '../services/ipam/main.js';
+import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
+import { mountRoutesService } from '../services/routes/main.js';
+import { NODES_CHANNEL } from '../services/routes/store/nodes.repository.js';
+import type { ControlPlaneConfig } from './control-plane.config.js';
+
+export interface ControlPlane {
+  socketPath: string;
+  tcpPort: number | null;
+  stop(): Promise<void>;
+}
+
+/** `weft up`: the IPAM and routes services in one process, on embedded PostgreSQL unless DATABASE_URL is set. */
+export async function startControlPlane(config: ControlPlaneConfig, logger: Logger): Promise<ControlPlane> {
+  mkdirSync(config.dataDir, { recursive: true });
+  let embedded: EmbeddedDatabase | null = null;
+  let url = config.databaseUrl;
+  if (!url) {
+    embedded = await startEmbeddedPostgres(config.dataDir, config.pgPort, logger);
+    url = embedded.url;
+  }
+  const database = connectDatabase(url);
+  const notifier = createNotifier(url, [BLOCKS_CHANNEL, NODES_CHANNEL], logger);
+  const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
+  rmSync(socketPath, { force: true });
+  const server = createServer();
+  const ipamAddress = `unix://${socketPath}`;
+  let routes: { stop(): void } | null = null;
+  let tcpPort: number | null = null;
+  try {
+    await mountIpamService(server, { database, notifier, logger });
+    routes = await mountRoutesService(server, { database, notifier, logger, ipamAddress });
+    await bindServer(server, ipamAddress);
+    tcpPort = config.listen ? await bindServer(server, config.listen) : null;
+  } catch (err) {
+    // Leave nothing running behind a failed start (the embedded server above all).
+    routes?.stop();
+    server.forceShutdown();
+    await notifier.close();
+    await database.close();
+    await embedded?.stop();
+    throw err;
+  }
+  logger.info('control plane serving', { socket: socketPath, listen: config.listen, port: tcpPort });
+  return {
+    socketPath,
+    tcpPort,
+    async stop() {
+      routes?.stop();
+      await shutdownServer(server);
+      await notifier.close();
+      await database.close();
+      await embedded?.stop();
+      rmSync(socketPath, { force: true });
+    },
+  };
+}

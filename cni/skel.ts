@@ -1,0 +1,241 @@
+import { createLogger, type Logger } from '../lib/logger.js';
+import {
+  DEFAULT_CNI_VERSION,
+  MAX_CONFIG_BYTES,
+  SUPPORTED_VERSIONS,
+  declaredVersion,
+  parseNetworkConfig,
+  type NetworkConfig,
+} from './config.js';
+import { CniCode, CniError } from './errors.js';
+
+/**
+ * The plugin skeleton: the one place that touches the CNI_* environment, stdin, stdout and the exit status, and
+ * writes the error JSON. Verbs (main.ts) get a parsed Invocation and NetworkConfig and return a result or throw.
+ * VERSION is answered here, so it loads nothing a verb needs.
+ */
+
+export type Command = 'ADD' | 'DEL';
+
+/** What the runtime asked for, from the CNI_* environment variables. */
+export interface Invocation {
+  readonly command: Command;
+  readonly containerId: string;
+  /** Path of the pod's network namespace; may be empty on DEL. */
+  readonly netns: string;
+  readonly ifname: string;
+  /** CNI_PATH split into directories. */
+  readonly path: readonly string[];
+  /** From CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME; empty outside Kubernetes. */
+  readonly podNamespace: string;
+  readonly podName: string;
+}
+
+export interface VerbContext {
+  invocation: Invocation;
+  config: NetworkConfig;
+  /** Aborted when the runtime interrupts the plugin (SIGTERM, SIGINT). */
+  signal: AbortSignal;
+  logger: Logger;
+}
+
+/** The table of verbs a plugin implements. ADD returns the result to print; DEL prints nothing. */
+export interface Verbs {
+  ADD(ctx: VerbContext): Promise<object>;
+  DEL(ctx: VerbContext): Promise<void>;
+}
+
+/** What the process prints on stdout and exits with. */
+export interface Outcome {
+  stdout: string;
+  exitCode: 0 | 1;
+}
+
+export type Environment = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Runs one invocation of the plugin as the process: guards stdout, reads stdin, handles the command, prints the
+ * result or error JSON and exits. Never returns.
+ */
+export async function runPlugin(verbs: Verbs): Promise<never> {
+  const printStdout = takeStdout();
+  const logger = createLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
+
+  let finished = false;
+  const finish = async (outcome: Outcome): Promise<never> => {
+    if (!finished) {
+      finished = true;
+      await printStdout(outcome.stdout);
+    }
+    process.exit(outcome.exitCode);
+  };
+  // A failure outside the verb's promise chain still ends in error JSON, not a bare stack trace.
+  process.on('uncaughtException', (err) => void finish(failure(err, DEFAULT_CNI_VERSION, logger)));
+  process.on('unhandledRejection', (err) => void finish(failure(err, DEFAULT_CNI_VERSION, logger)));
+
+  const interrupted = new AbortController();
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => interrupted.abort(new Error(`weft-cni received ${sig}`)));
+  }
+
+  let stdin: Buffer;
+  try {
+    stdin = await readStdin(MAX_CONFIG_BYTES + 1);
+  } catch (err) {
+    return finish(failure(new CniError(CniCode.ioFailure, `reading the network config from stdin failed: ${(err as Error).message}`), DEFAULT_CNI_VERSION, logger));
+  }
+  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger }));
+}
+
+/** Everything runPlugin does between reading stdin and writing stdout, without touching the process. */
+export async function handleInvocation(
+  verbs: Verbs,
+  env: Environment,
+  stdin: Uint8Array,
+  options: { signal: AbortSignal; logger: Logger },
+): Promise<Outcome> {
+  const version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
+  let logger = options.logger;
+  try {
+    const command = env.CNI_COMMAND;
+    if (command === 'VERSION') {
+      return { stdout: JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS }), exitCode: 0 };
+    }
+    if (command !== 'ADD' && command !== 'DEL') {
+      throw new CniError(
+        CniCode.invalidEnvironment,
+        command
+          ? `unknown CNI_COMMAND ${JSON.stringify(command)}; expected ADD, DEL or VERSION`
+          : 'CNI_COMMAND is not set; expected ADD, DEL or VERSION',
+      );
+    }
+    const invocation = readInvocation(command, env);
+    const config = parseNetworkConfig(stdin);
+    logger = logger.child({ command, containerId: invocation.containerId, ifname: invocation.ifname });
+    const ctx: VerbContext = { invocation, config, signal: options.signal, logger };
+    if (command === 'ADD') {
+      const result = await verbs.ADD(ctx);
+      logger.debug('attached', { result });
+      return { stdout: JSON.stringify(result), exitCode: 0 };
+    }
+    await verbs.DEL(ctx);
+    logger.debug('detached');
+    return { stdout: '', exitCode: 0 };
+  } catch (err) {
+    return failure(err, version, logger);
+  }
+}
+
+/** Reads and validates the CNI_* variables a command needs; a missing or invalid one is code 4. */
+export function readInvocation(command: Command, env: Environment): Invocation {
+  const required =
+    command === 'ADD'
+      ? ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_PATH']
+      : ['CNI_CONTAINERID', 'CNI_IFNAME', 'CNI_PATH'];
+  const missing = required.filter((name) => !env[name]);
+  if (missing.length > 0) {
+    throw badEnv(`${command} needs ${missing.join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} not set`);
+  }
+  const containerId = env.CNI_CONTAINERID ?? '';
+  const ifname = env.CNI_IFNAME ?? '';
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(containerId)) {
+    throw badEnv(
+      `CNI_CONTAINERID ${JSON.stringify(containerId)} is invalid; it must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`,
+    );
+  }
+  const ifnameProblem = interfaceNameProblem(ifname);
+  if (ifnameProblem) throw badEnv(`CNI_IFNAME ${JSON.stringify(ifname)} is invalid: ${ifnameProblem}`);
+  const { podNamespace, podName } = parseCniArgs(env.CNI_ARGS ?? '');
+  return Object.freeze({
+    command,
+    containerId,
+    netns: env.CNI_NETNS ?? '',
+    ifname,
+    path: Object.freeze((env.CNI_PATH ?? '').split(':').filter((dir) => dir !== '')),
+    podNamespace,
+    podName,
+  });
+}
+
+/** Keys in CNI_ARGS that Kubernetes runtimes send; others are refused unless IgnoreUnknown is true. */
+const KNOWN_ARGS = new Set(['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID']);
+
+/** Parses CNI_ARGS ("K=V;K=V"), as the reference plugins do: unknown keys are an error unless IgnoreUnknown=1. */
+export function parseCniArgs(raw: string): { podNamespace: string; podName: string } {
+  const pairs = new Map<string, string>();
+  for (const pair of raw.split(';')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw badEnv(`CNI_ARGS has an invalid pair ${JSON.stringify(pair)}; expected KEY=VALUE pairs separated by ';'`);
+    pairs.set(pair.slice(0, eq), pair.slice(eq + 1));
+  }
+  const ignore = pairs.get('IgnoreUnknown');
+  let ignoreUnknown = false;
+  if (ignore !== undefined) {
+    const v = ignore.toLowerCase();
+    if (v === '1' || v === 'true') ignoreUnknown = true;
+    else if (v !== '0' && v !== 'false') throw badEnv(`CNI_ARGS IgnoreUnknown=${JSON.stringify(ignore)} is invalid; use 1, 0, true or false`);
+  }
+  const unknown = [...pairs.keys()].filter((k) => !KNOWN_ARGS.has(k));
+  if (unknown.length > 0 && !ignoreUnknown) {
+    throw badEnv(`CNI_ARGS has unknown key${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')}; add IgnoreUnknown=1 to ignore them`);
+  }
+  return { podNamespace: pairs.get('K8S_POD_NAMESPACE') ?? '', podName: pairs.get('K8S_POD_NAME') ?? '' };
+}
+
+/** The error JSON for any thrown value; an unexpected error is code 999 and its stack goes to the log. */
+export function failure(err: unknown, cniVersion: string, logger: Logger): Outcome {
+  let cniErr: CniError;
+  if (err instanceof CniError) {
+    cniErr = err;
+    logger.debug('failed', { code: err.code, msg: err.message, details: err.details });
+  } else {
+    const message = err instanceof Error ? err.message : String(err);
+    cniErr = new CniError(CniCode.internal, `weft-cni failed unexpectedly: ${message}`, 'see the plugin log on stderr');
+    logger.error('unexpected failure', { err });
+  }
+  const body = { cniVersion, code: cniErr.code, msg: cniErr.message, details: cniErr.details };
+  return { stdout: JSON.stringify(body), exitCode: 1 };
+}
+
+/** SPEC.md: not empty, not "." or "..", under 16 bytes, no '/', ':' or whitespace. */
+function interfaceNameProblem(name: string): string | undefined {
+  if (name === '.' || name === '..') return 'it must not be "." or ".."';
+  if (Buffer.byteLength(name) > 15) return 'it must be at most 15 bytes';
+  if (/[/:\s]/.test(name)) return "it must not contain '/', ':' or whitespace";
+  return undefined;
+}
+
+function badEnv(msg: string): CniError {
+  return new CniError(CniCode.invalidEnvironment, msg);
+}
+
+/**
+ * Makes process.stdout write to stderr for everyone else (console.log, libraries) and returns the only function
+ * that still writes to the real stdout. The runtime parses stdout as one JSON document; a stray line breaks it.
+ */
+function takeStdout(): (text: string) => Promise<void> {
+  const stdout = process.stdout;
+  const write = stdout.write.bind(stdout);
+  stdout.write = process.stderr.write.bind(process.stderr) as typeof stdout.write;
+  stdout.on('error', () => {}); // EPIPE: the runtime stopped reading; nothing useful left to do.
+  return (text) =>
+    new Promise((resolve) => {
+      if (text === '') resolve();
+      else write(`${text}\n`, () => resolve());
+    });
+}
+
+/** Reads stdin to its end, keeping at most `keep` bytes (the rest is drained so the writer never sees EPIPE). */
+async function readStdin(keep: number): Promise<Buffer> {
+  if (process.stdin.isTTY) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let kept = 0;
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    if (kept >= keep) continue;
+    const part = chunk.subarray(0, keep - kept);
+    chunks.push(part);
+    kept += part.length;
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,74 @@
+import pg from 'pg';
+import type { Logger } from '../logger.js';
+
+/**
+ * Wakes watchers when PostgreSQL NOTIFYs a channel. It is only a wake-up: the tables are the record, and every
+ * watcher also re-reads on a timer, so a lost notification (e.g. across a reconnect) delays but never loses a change.
+ */
+export interface Notifier {
+  /** Resolves at the next notification on channel, after timeoutMs, or when signal aborts. */
+  wait(channel: string, timeoutMs: number, signal: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function createNotifier(url: string, channels: string[], logger: Logger): Notifier {
+  const waiters = new Map<string, Set<() => void>>();
+  let client: pg.Client | null = null;
+  let closed = false;
+
+  const wakeAll = () => {
+    for (const set of waiters.values()) for (const w of [...set]) w();
+  };
+
+  async function connect(): Promise<void> {
+    while (!closed) {
+      const c = new pg.Client({ connectionString: url });
+      try {
+        c.on('notification', (n) => {
+          for (const w of [...(waiters.get(n.channel) ?? [])]) w();
+        });
+        c.on('error', (err) => {
+          if (closed) return;
+          logger.warn('notifier connection lost; reconnecting', { err: err.message });
+          client = null;
+          void c.end().catch(() => {});
+          wakeAll();
+          if (!closed) setTimeout(() => void connect(), 500);
+        });
+        await c.connect();
+        for (const ch of channels) await c.query(`LISTEN ${pg.escapeIdentifier(ch)}`);
+        client = c;
+        wakeAll();
+        return;
+      } catch (err) {
+        await c.end().catch(() => {});
+        logger.warn('notifier cannot connect; retrying', { err: (err as Error).message });
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+  void connect();
+
+  return {
+    wait(channel, timeoutMs, signal) {
+      return new Promise<void>((resolve) => {
+        let set = waiters.get(channel);
+        if (!set) waiters.set(channel, (set = new Set()));
+        const done = () => {
+          clearTimeout(timer);
+          set!.delete(done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        const timer = setTimeout(done, timeoutMs);
+        signal.addEventListener('abort', done, { once: true });
+        set.add(done);
+      });
+    },
+    async close() {
+      closed = true;
+      wakeAll();
+      await client?.end().catch(() => {});
+    },
+  };
+}

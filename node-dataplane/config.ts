@@ -1,0 +1,24 @@
+import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
+
+/** Settings of the node agent. */
+export const agentSettings = {
+  nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
+  controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of the control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
+  underlayInterface: { env: 'WEFT_UNDERLAY_INTERFACE', description: 'underlay interface; empty: the one holding the default route, else the first with a global IPv4 address', default: '', parse: parsers.string },
+  underlayAddress: { env: 'WEFT_UNDERLAY_ADDRESS', description: 'underlay IPv4 address; empty: the underlay interface\'s first', default: '', parse: parsers.string },
+  socket: { env: 'WEFT_AGENT_SOCKET', description: 'unix socket the CNI plugin calls', default: '/run/weft/agent.sock', parse: parsers.string },
+  vxlanDevice: { env: 'WEFT_VXLAN_DEVICE', description: 'name of Weft\'s VXLAN device', default: 'weft.vxlan', parse: parsers.string },
+  vxlanVni: { env: 'WEFT_VXLAN_VNI', description: 'VXLAN network identifier', default: 4096, parse: parsers.int(1, 16777215) },
+  vxlanPort: { env: 'WEFT_VXLAN_PORT', description: 'VXLAN UDP port', default: 4789, parse: parsers.port },
+  routeProtocol: { env: 'WEFT_ROUTE_PROTOCOL', description: 'route protocol number that marks Weft\'s routes', default: 87, parse: parsers.int(5, 254) },
+  resyncMs: { env: 'WEFT_RESYNC_MS', description: 'period of the full kernel re-check', default: 10_000, parse: parsers.int(100, 3_600_000) },
+  logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
+} satisfies SettingsSpec;
+
+export function loadAgentConfig() {
+  const c = loadSettings(agentSettings);
+  if (!c.nodeName) throw new Error('WEFT_NODE_NAME is required: set it to this node\'s name');
+  if (c.vxlanDevice.length > 15) throw new Error(`WEFT_VXLAN_DEVICE ${c.vxlanDevice} is longer than 15 characters`);
+  return c;
+}
+export type AgentConfig = ReturnType<typeof loadAgentConfig>;

@@ -1,0 +1,126 @@
+import netlinkPkg from 'netlink';
+import type { RtNetlinkSocket } from 'netlink';
+import { formatIPv4, parseIPv4 } from '../../lib/net/ip.js';
+import type { Logger } from '../../lib/logger.js';
+import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
+
+const { createRtNetlink } = netlinkPkg;
+
+/**
+ * Reads back and programs the overlay's kernel entries over rtnetlink. Ownership: routes carry Weft's route
+ * protocol and leave through Weft's VXLAN device; neighbour and FDB entries live on that device. Nothing else is
+ * read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
+ */
+const AF_INET = 2;
+const AF_BRIDGE = 7;
+const NLM_F_REPLACE = 0x100;
+const NLM_F_CREATE = 0x400;
+const RTNH_F_ONLINK = 4;
+const MAIN_TABLE = 254;
+
+const ipBuf = (ip: string) => {
+  const n = parseIPv4(ip);
+  return Buffer.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+};
+const bufIp = (b: Buffer) => formatIPv4(b.readUInt32BE(0));
+const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
+const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+
+function isNotFound(err: unknown): boolean {
+  return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
+}
+
+export interface OverlayDriver {
+  readActual(ifindex: number): Promise<KernelState>;
+  apply(ifindex: number, plan: Plan): Promise<{ applied: number; failed: number }>;
+  linkIndex(name: string): Promise<number | null>;
+  close(): void;
+}
+
+export function createOverlayDriver(opts: { routeProtocol: number; logger: Logger; maxInFlight?: number }): OverlayDriver {
+  const nl: RtNetlinkSocket = createRtNetlink();
+  const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
+
+  async function readActual(ifindex: number): Promise<KernelState> {
+    const s = emptyState();
+    for (const n of await nl.getNeighbors({ family: AF_INET })) {
+      if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
+      const ip = bufIp(n.attrs.dst);
+      s.neighbours.set(ip, { kind: 'neighbour', key: ip, ip, mac: bufMac(n.attrs.lladdr) });
+    }
+    for (const n of await nl.getNeighbors({ family: AF_BRIDGE })) {
+      if (n.data.ifindex !== ifindex || !n.attrs.dst || !n.attrs.lladdr || n.attrs.dst.length !== 4) continue;
+      const mac = bufMac(n.attrs.lladdr);
+      if (mac === '00:00:00:00:00:00') continue;
+      s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
+    }
+    for (const r of await nl.getRoutes({ family: AF_INET })) {
+      if (Number(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
+      if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
+      const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
+      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '' });
+    }
+    return s;
+  }
+
+  async function applyOne(ifindex: number, op: 'add' | 'delete', e: KernelEntry): Promise<void> {
+    const flags = op === 'add' ? NLM_F_CREATE | NLM_F_REPLACE : 0;
+    try {
+      switch (e.kind) {
+        case 'neighbour': {
+          const data = { family: AF_INET, ifindex, state: { permanent: true as const } };
+          const attrs = { dst: ipBuf(e.ip), lladdr: macBuf(e.mac) };
+          await (op === 'add' ? nl.newNeighbor(data, attrs, { flags }) : nl.delNeighbor(data, { dst: attrs.dst }));
+          break;
+        }
+        case 'fdb': {
+          const data = { family: AF_BRIDGE, ifindex, state: { permanent: true as const }, flags: { self: true as const } };
+          await (op === 'add'
+            ? nl.newNeighbor(data, { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }, { flags })
+            : nl.delNeighbor(data, { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }));
+          break;
+        }
+        case 'route': {
+          const [base, len] = e.cidr.split('/');
+          const data = { family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, flags: { __unknown: RTNH_F_ONLINK } };
+          await (op === 'add'
+            ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif: ifindex }, { flags })
+            : nl.delRoute({ family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif: ifindex }));
+          break;
+        }
+      }
+    } catch (err) {
+      if (op === 'delete' && isNotFound(err)) return;
+      throw err;
+    }
+  }
+
+  async function apply(ifindex: number, plan: Plan) {
+    let applied = 0;
+    let failed = 0;
+    for (const phase of plan.phases) {
+      let next = 0;
+      const worker = async () => {
+        while (next < phase.entries.length) {
+          const e = phase.entries[next++]!;
+          try {
+            await applyOne(ifindex, phase.op, e);
+            applied++;
+          } catch (err) {
+            failed++;
+            opts.logger.warn('kernel update failed; will retry at next resync', { op: phase.op, entry: e, err: (err as Error).message });
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(maxInFlight, phase.entries.length) }, worker));
+    }
+    return { applied, failed };
+  }
+
+  async function linkIndex(name: string): Promise<number | null> {
+    const links = await nl.getLinks();
+    return links.find((l) => l.attrs.ifname === name)?.data.index ?? null;
+  }
+
+  return { readActual, apply, linkIndex, close: () => nl.socket.close() };
+}

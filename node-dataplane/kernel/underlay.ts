@@ -1,0 +1,18 @@
+import { ip, listAddresses } from './links.js';
+
+/** Finds the underlay interface and address: as configured, else the default route's interface, else the first global IPv4. */
+export async function detectUnderlay(want: { interface: string; address: string }): Promise<{ interface: string; address: string; mtu: number }> {
+  const links = await listAddresses();
+  let name = want.interface;
+  if (!name && want.address) name = links.find((l) => l.addr_info?.some((a) => a.local === want.address))?.ifname ?? '';
+  if (!name) {
+    const routes = JSON.parse(await ip(['-j', 'route', 'show', 'default'])) as { dev?: string }[];
+    name = routes[0]?.dev ?? '';
+  }
+  if (!name) name = links.find((l) => l.addr_info?.some((a) => a.family === 'inet' && a.scope === 'global'))?.ifname ?? '';
+  const link = links.find((l) => l.ifname === name);
+  if (!link) throw new Error(`underlay interface ${JSON.stringify(name)} not found; set WEFT_UNDERLAY_INTERFACE`);
+  const address = want.address || link.addr_info?.find((a) => a.family === 'inet' && a.scope === 'global')?.local;
+  if (!address) throw new Error(`underlay interface ${name} has no IPv4 address; set WEFT_UNDERLAY_ADDRESS`);
+  return { interface: name, address, mtu: link.mtu };
+}

@@ -1,0 +1,50 @@
+import type { Logger } from '../../lib/logger.js';
+import { parseIPv4 } from '../../lib/net/ip.js';
+import { deleteLink, ip, showLink } from './links.js';
+
+/** VXLAN header overhead on an IPv4 underlay. */
+export const VXLAN_OVERHEAD_V4 = 50;
+
+export interface VxlanSpec {
+  name: string;
+  vni: number;
+  port: number;
+  localAddress: string;
+  underlayInterface: string;
+  mtu: number;
+}
+
+/** A stable, locally administered VTEP MAC derived from the underlay address, so a rebuilt device keeps it. */
+export function vtepMacFor(underlayAddress: string): string {
+  const n = parseIPv4(underlayAddress);
+  return ['02', '57', n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]
+    .map((x) => (typeof x === 'string' ? x : x.toString(16).padStart(2, '0')))
+    .join(':');
+}
+
+/**
+ * Ensures the VXLAN device: a device that matches the spec is reused untouched (so its neighbour and FDB entries
+ * survive an agent restart); a mismatched one is rebuilt. Learning is off: Weft programs every entry.
+ */
+export async function ensureVxlanDevice(spec: VxlanSpec, logger: Logger): Promise<{ ifindex: number; mac: string; rebuilt: boolean }> {
+  const mac = vtepMacFor(spec.localAddress);
+  const cur = await showLink(spec.name);
+  const d = cur?.linkinfo?.info_data ?? {};
+  const matches =
+    cur?.linkinfo?.info_kind === 'vxlan' && d.id === spec.vni && d.local === spec.localAddress && d.port === spec.port &&
+    d.link === spec.underlayInterface && d.learning === false && cur.address === mac;
+  if (cur && !matches) {
+    logger.warn('VXLAN device does not match its spec; rebuilding', { device: spec.name });
+    await deleteLink(spec.name);
+  }
+  if (!cur || !matches) {
+    await ip(['link', 'add', spec.name, 'address', mac, 'mtu', String(spec.mtu), 'type', 'vxlan', 'id', String(spec.vni),
+      'local', spec.localAddress, 'dev', spec.underlayInterface, 'dstport', String(spec.port), 'nolearning']);
+  } else if (cur.mtu !== spec.mtu) {
+    await ip(['link', 'set', 'dev', spec.name, 'mtu', String(spec.mtu)]);
+  }
+  await ip(['link', 'set', 'dev', spec.name, 'up']);
+  const after = await showLink(spec.name);
+  if (!after) throw new Error(`VXLAN device ${spec.name} vanished right after creation`);
+  return { ifindex: after.ifindex, mac, rebuilt: !!cur && !matches };
+}

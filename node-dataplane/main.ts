@@ -1,0 +1,90 @@
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { createClient } from '../lib/grpc/client.js';
+import { addService, bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
+import { createLogger } from '../lib/logger.js';
+import { setupTelemetry } from '../lib/telemetry.js';
+import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
+import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { createCniHandlers } from './cni-endpoint.js';
+import { loadAgentConfig } from './config.js';
+import { createOverlayDriver } from './kernel/netlink-overlay.js';
+import { detectUnderlay } from './kernel/underlay.js';
+import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
+import { createReconciler } from './reconciler.js';
+import { followRoutes } from './sources/routes-watch.js';
+
+/** The node agent: register, follow routes, reconcile the kernel, serve the CNI plugin. */
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadAgentConfig();
+  } catch (err) {
+    process.stderr.write(`weft agent: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  setupTelemetry('weft-agent');
+  const logger = createLogger({ component: 'agent', node: config.nodeName }, { level: config.logLevel });
+  const stopper = new AbortController();
+
+  writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+  const underlay = await detectUnderlay({ interface: config.underlayInterface, address: config.underlayAddress });
+  const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
+  const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
+  const device = await ensureVxlanDevice(vxlanSpec, logger);
+  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu });
+
+  const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
+  const routes = createClient(RoutesServiceService, target);
+  const ipam = createClient(IpamServiceService, target);
+
+  for (let attempt = 0; !stopper.signal.aborted; attempt++) {
+    try {
+      await routes.registerNode({ name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac }, { timeoutMs: 5000 });
+      break;
+    } catch (err) {
+      logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
+      await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+    }
+  }
+  logger.info('registered', { underlay: underlay.address });
+
+  const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
+  let snapshot: ReturnType<typeof followRoutes> | null = null;
+  const reconciler = createReconciler({
+    self: config.nodeName,
+    snapshot: () => snapshot!,
+    driver,
+    ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
+    resyncMs: config.resyncMs,
+    logger,
+  });
+  snapshot = followRoutes({ client: routes, node: config.nodeName, logger, signal: stopper.signal, onChange: () => reconciler.markDirty() });
+
+  const server = createServer();
+  addService(server, AgentServiceService, createCniHandlers({ node: config.nodeName, ipam, mtu, routeProtocol: config.routeProtocol, logger }), logger.child({ service: 'agent' }));
+  mkdirSync(path.dirname(config.socket), { recursive: true });
+  rmSync(config.socket, { force: true });
+  await bindServer(server, `unix://${config.socket}`);
+  logger.info('serving the CNI plugin', { socket: config.socket });
+
+  const shutdown = async (signal: string) => {
+    logger.info('stopping', { signal });
+    stopper.abort();
+    reconciler.stop();
+    await shutdownServer(server, 1000);
+    rmSync(config.socket, { force: true });
+    routes.close();
+    ipam.close();
+    driver.close();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  process.stderr.write(`weft agent: ${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,47 @@
+import type { PromiseClient } from '../../lib/grpc/client.js';
+import type { Logger } from '../../lib/logger.js';
+import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
+import type { RemoteNode } from '../domain/desired.js';
+
+/**
+ * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel.
+ * `synced` becomes true at the first complete snapshot (reset) and stays true across reconnects, which each
+ * begin with a fresh snapshot.
+ */
+export interface RoutesSnapshot {
+  nodes: Map<string, RemoteNode>;
+  revision: number;
+  synced: boolean;
+}
+
+export function followRoutes(deps: {
+  client: PromiseClient<typeof RoutesServiceService>;
+  node: string;
+  logger: Logger;
+  signal: AbortSignal;
+  onChange: (snap: RoutesSnapshot) => void;
+}): RoutesSnapshot {
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 0, synced: false };
+  void (async () => {
+    let backoff = 200;
+    while (!deps.signal.aborted) {
+      try {
+        for await (const ch of deps.client.watchRoutes({ node: deps.node }, { signal: deps.signal })) {
+          backoff = 200;
+          if (ch.reset) snap.nodes = new Map();
+          for (const u of ch.upserts) snap.nodes.set(u.node, { node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
+          for (const d of ch.deletes) snap.nodes.delete(d);
+          snap.revision = ch.revision;
+          if (ch.reset) snap.synced = true;
+          deps.onChange(snap);
+        }
+      } catch (err) {
+        if (deps.signal.aborted) return;
+        deps.logger.warn('route watch broke; reconnecting', { err: (err as Error).message, backoffMs: backoff });
+      }
+      await new Promise((r) => setTimeout(r, backoff));
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  })();
+  return snap;
+}
