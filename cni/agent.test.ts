@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
-import { status } from '@grpc/grpc-js';
-import { cniErrorFromAgent } from './agent.js';
-import { CniCode } from './errors.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Server, ServerCredentials, status, type sendUnaryData } from '@grpc/grpc-js';
+import { AgentServiceService, type DetachResponse } from '../gen/weft/agent/v1/agent.js';
+import { attachPod, cniErrorFromAgent, detachPod } from './agent.js';
+import { CniCode, CniError } from './errors.js';
 
 const socket = '/run/weft/agent.sock';
 const grpcError = (code: status, details: string) => Object.assign(new Error(`${code} ${status[code]}: ${details}`), { code, details });
@@ -42,5 +46,60 @@ describe('cniErrorFromAgent', () => {
     const err = cniErrorFromAgent(new Error('boom'), socket, 'Detach');
     assert.equal(err.code, CniCode.internal);
     assert.match(err.message, /Detach.*boom/);
+  });
+});
+
+describe('attachPod and detachPod against a real server', () => {
+  let dir = '';
+  let socket = '';
+  let server: Server;
+  let detachAnswer: { code: status; details: string } | null = null;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'weft-cni-agent-'));
+    socket = path.join(dir, 'agent.sock');
+    server = new Server();
+    server.addService(AgentServiceService, {
+      attach: () => {}, // never answers
+      detach: (_call: unknown, done: sendUnaryData<DetachResponse>) => (detachAnswer ? done(detachAnswer, null) : done(null, {})),
+    });
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+  });
+  after(async () => {
+    server.forceShutdown();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '' };
+
+  it('answers "try again later" when the agent does not answer in time', async () => {
+    await assert.rejects(attachPod(socket, pod, { timeoutMs: 200 }), (err: unknown) => {
+      assert.ok(err instanceof CniError);
+      assert.equal(err.code, CniCode.tryAgainLater);
+      assert.match(err.details, /DEADLINE_EXCEEDED/);
+      return true;
+    });
+  });
+
+  it('stops waiting when interrupted, and says so', async () => {
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(new Error('weft-cni received SIGTERM')), 100);
+    await assert.rejects(attachPod(socket, pod, { signal: ac.signal }), (err: unknown) => {
+      assert.ok(err instanceof CniError);
+      assert.equal(err.code, CniCode.tryAgainLater);
+      assert.match(err.message, /SIGTERM while waiting for the weft agent's Attach answer/);
+      return true;
+    });
+  });
+
+  it('treats NOT_FOUND on detach as success, and other errors as errors', async () => {
+    detachAnswer = null;
+    await detachPod(socket, { containerId: 'c1', netns: '', ifname: 'eth0' });
+    detachAnswer = { code: status.NOT_FOUND, details: 'no such attachment' };
+    await detachPod(socket, { containerId: 'c1', netns: '', ifname: 'eth0' });
+    detachAnswer = { code: status.INTERNAL, details: 'boom' };
+    await assert.rejects(detachPod(socket, { containerId: 'c1', netns: '', ifname: 'eth0' }), (err: unknown) => err instanceof CniError && err.code === CniCode.internal);
   });
 });

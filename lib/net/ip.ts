@@ -19,10 +19,11 @@ export function formatIPv4(n: number): string {
 
 /** Parses "a.b.c.d/len" strictly: no host bits may be set. */
 export function parseCidr4(text: string, what = 'CIDR'): Cidr4 {
-  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
-  if (!m || !Address4.isValid(text)) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
+  const m = /^([0-9.]+)\/(\d{1,3})$/.exec(text);
+  if (!m) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
   const prefixLength = Number(m[2]);
   if (prefixLength > 32) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-32`);
+  if (!Address4.isValid(text)) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
   const addr = parseIPv4(m[1]!, what);
   const base = networkOf(addr, prefixLength);
   if (base !== addr) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatIPv4(base)}/${prefixLength}?`);

@@ -108,10 +108,11 @@ export function createIpamRepository(db: Database) {
       WHERE node = ${req.node} AND pool_id = ${poolId} ORDER BY id FOR UPDATE`);
     for (const b of blockRows) {
       const size = sizeOf(Number(b.len));
-      const free = await rows(tx, sql`SELECT host(network(${b.cidr}::cidr) + g) AS address
+      // Addresses are stored as host addresses (/32), so the candidate must be one too.
+      const free = await rows(tx, sql`SELECT host(host(network(${b.cidr}::cidr))::inet + g) AS address
         FROM generate_series(0, ${size - 1}::bigint) AS g
         WHERE NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.block_id = ${b.id} AND a.released_at IS NULL
-                            AND a.address = network(${b.cidr}::cidr) + g)
+                            AND a.address = host(network(${b.cidr}::cidr))::inet + g)
         ORDER BY g LIMIT 1`);
       if (!free[0]) continue;
       const [row] = await rows(tx, sql`WITH ins AS (

@@ -1,0 +1,41 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startControlPlane, type ControlPlane } from '../../cli/control-plane.js';
+import { loadSettings } from '../../lib/config.js';
+import { controlPlaneSettings } from '../../cli/control-plane.config.js';
+import { createLogger, silentLogger } from '../../lib/logger.js';
+import { createTestDatabase, type TestDatabase } from './database.js';
+
+/** The real control plane (IPAM + routes on one gRPC server bound to port 0) on a fresh test database. */
+export interface TestControlPlane {
+  address: string;
+  socket: string;
+  databaseUrl: string;
+  stop(): Promise<void>;
+}
+
+export async function startTestControlPlane(): Promise<TestControlPlane> {
+  const db: TestDatabase = await createTestDatabase();
+  const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
+  let cp: ControlPlane;
+  try {
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0' });
+    // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
+    cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger);
+  } catch (err) {
+    await db.drop();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    address: `127.0.0.1:${cp.tcpPort}`,
+    socket: cp.socketPath,
+    databaseUrl: db.url,
+    async stop() {
+      await cp.stop();
+      await db.drop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
