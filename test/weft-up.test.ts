@@ -1,0 +1,62 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createClient } from '../lib/grpc/client.js';
+import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { bin, startUntil, type Started } from './support/processes.js';
+import { freePort } from './support/ports.js';
+
+/** `weft up` as a user runs it: from nothing, on embedded PostgreSQL, and again on the same data. */
+const dataDir = mkdtempSync(path.join(tmpdir(), 'weft-up-'));
+chmodSync(dataDir, 0o755);
+let running: Started | null = null;
+
+after(async () => {
+  await running?.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function up(pgPort: number) {
+  // DATABASE_URL is cleared: this test is about the embedded default.
+  const env = { DATABASE_URL: '', WEFT_PG_PORT: String(pgPort), WEFT_LOG_LEVEL: 'warn' };
+  const s = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, { env });
+  running = s;
+  const info = JSON.parse(s.line) as { socket: string; port: number };
+  return { s, info, ipam: createClient(IpamServiceService, `127.0.0.1:${info.port}`) };
+}
+
+test('weft up starts from nothing, serves, stops, and starts again with its pools and allocations intact', async () => {
+  const pgPort = await freePort();
+  const first = await up(pgPort);
+  assert.ok(existsSync(first.info.socket), 'the unix socket exists');
+  await first.ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
+  const { allocation } = await first.ipam.allocate({ handle: 'c1/eth0', node: 'n1', pool: '', podNamespace: 'ns', podName: 'p', containerId: 'c1' });
+  first.ipam.close();
+  assert.equal(await first.s.stop(), 0, `weft up exits cleanly on SIGTERM:\n${first.s.output().slice(-2000)}`);
+  running = null;
+  assert.ok(!existsSync(first.info.socket), 'the socket is removed on stop');
+
+  const second = await up(pgPort);
+  try {
+    const { pools } = await second.ipam.listPools({});
+    assert.deepEqual(pools.map((p) => [p.name, p.cidr]), [['default', '10.244.0.0/16']]);
+    const { allocations } = await second.ipam.listAllocations({ pool: '', node: '' });
+    assert.deepEqual(allocations.map((a) => [a.handle, a.address]), [['c1/eth0', allocation!.address]]);
+    // The same handle still gets the same address after the restart.
+    const again = await second.ipam.allocate({ handle: 'c1/eth0', node: 'n1', pool: '', podNamespace: 'ns', podName: 'p', containerId: 'c1' });
+    assert.equal(again.allocation!.address, allocation!.address);
+  } finally {
+    second.ipam.close();
+  }
+  assert.equal(await second.s.stop(), 0);
+  running = null;
+});
+
+test('weft up with an invalid setting exits with status 2 and names the setting', async () => {
+  await assert.rejects(
+    startUntil(bin.weft, ['up', '--data-dir', dataDir], /serving/, { env: { WEFT_PG_PORT: 'seventy', WEFT_LOG_LEVEL: 'warn' }, timeoutMs: 20_000 }),
+    (err: Error) => /exited with 2/.test(err.message) && /WEFT_PG_PORT/.test(err.message),
+  );
+});
