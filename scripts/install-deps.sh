@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system programs Weft's agent and tests use, when they are missing: iproute2 (ip, bridge),
+# util-linux (nsenter), iputils-ping, iperf3. Needs root to install; without root it only reports.
+set -euo pipefail
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v bridge >/dev/null 2>&1 || need+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v sysctl >/dev/null 2>&1 || need+=(procps)
+[ ${#need[@]} -eq 0 ] && exit 0
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+if [ "$(id -u)" != 0 ]; then
+  echo "weft: missing system packages: ${need[*]} (run as root to install them; privileged tests will skip)" >&2
+  exit 0
+fi
+echo "weft: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
