@@ -1,0 +1,72 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { status } from '@grpc/grpc-js';
+import { context, trace } from '@opentelemetry/api';
+import { createClient } from './client.js';
+import { addService, bindServer, createServer, shutdownServer } from './server.js';
+import { errorCodeOf } from './errors.js';
+import { DomainError } from '../errors.js';
+import { createLogger } from '../logger.js';
+import { setupTelemetry, tracer } from '../telemetry.js';
+import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+
+/** The shared gRPC plumbing on a real server bound to port 0: trace context crosses the wire, errors map once. */
+setupTelemetry('test');
+const server = createServer();
+const seenTraceIds: string[] = [];
+const logLines: string[] = [];
+let port = 0;
+
+const unimplemented = async () => {
+  throw new Error('not used here');
+};
+
+before(async () => {
+  addService(server, IpamServiceService, {
+    createPool: async (req, ctx) => {
+      seenTraceIds.push(trace.getSpan(context.active())!.spanContext().traceId);
+      ctx.logger.info('creating');
+      if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
+      if (req.name === 'boom') throw new Error('secret detail');
+      return { pool: { name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0) } };
+    },
+    listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
+    // eslint-disable-next-line require-yield
+    watchBlockAffinities: async function* () {
+      throw new DomainError('test.unavailable', 'unavailable', 'try later');
+    },
+  }, createLogger({}, { write: (l) => logLines.push(l) }));
+  port = await bindServer(server, '127.0.0.1:0');
+});
+
+after(() => shutdownServer(server, 500));
+
+test('the caller\'s trace continues on the server, and server logs carry its id', async () => {
+  const client = createClient(IpamServiceService, `127.0.0.1:${port}`);
+  try {
+    const traceId = await tracer().startActiveSpan('caller', async (span) => {
+      await client.createPool({ name: 'ok', cidr: '10.0.0.0/16', blockPrefixLength: 24 });
+      span.end();
+      return span.spanContext().traceId;
+    });
+    assert.equal(seenTraceIds.at(-1), traceId);
+    assert.ok(logLines.some((l) => JSON.parse(l).trace_id === traceId && JSON.parse(l).msg === 'creating'));
+  } finally {
+    client.close();
+  }
+});
+
+test('domain errors map to their status with their code; unexpected ones become INTERNAL without detail', async () => {
+  const client = createClient(IpamServiceService, `127.0.0.1:${port}`);
+  try {
+    await assert.rejects(client.createPool({ name: 'conflict', cidr: '', blockPrefixLength: 0 }), (e: { code: number; details: string }) =>
+      e.code === status.ABORTED && e.details === 'it changed; read it again' && errorCodeOf(e) === 'test.conflict');
+    await assert.rejects(client.createPool({ name: 'boom', cidr: '', blockPrefixLength: 0 }), (e: { code: number; details: string }) =>
+      e.code === status.INTERNAL && !e.details.includes('secret'));
+    assert.ok(logLines.some((l) => l.includes('secret detail')), 'the stack goes to the log');
+    const it = client.watchBlockAffinities({})[Symbol.asyncIterator]();
+    await assert.rejects(it.next(), (e: { code: number }) => e.code === status.UNAVAILABLE);
+  } finally {
+    client.close();
+  }
+});
