@@ -3,7 +3,7 @@ import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Handlers } from '../lib/grpc/server.js';
 import type { Logger } from '../lib/logger.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
-import type { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
 import { attachPod, checkNetnsPath, detachPod, POD_GATEWAY } from './kernel/pod-network.js';
 
@@ -41,7 +41,8 @@ export function createCniHandlers(deps: {
       const handle = `${req.containerId}/${req.ifname}`;
       const log = deps.logger.child({ containerId: req.containerId, handle });
       const res = await deps.ipam
-        .allocate({ handle, node: deps.node, pool: req.pool, podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId }, { timeoutMs: 20_000 })
+        // IPv4 only until the pod plumbing and the overlay carry IPv6.
+        .allocate({ handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId }, { timeoutMs: 20_000 })
         .catch(passThrough);
       const address = res.allocation!.address;
       try {

@@ -44,7 +44,7 @@ describe('pools', () => {
 
   test('bad input is rejected with INVALID_ARGUMENT, a message that says what to fix, and no change', async () => {
     await rejects(ipam.createPool({ name: 'x', cidr: '10.33.0.0/33', blockPrefixLength: 26 }), status.INVALID_ARGUMENT, 'invalid_cidr', /prefix length/);
-    await rejects(ipam.createPool({ name: 'x', cidr: '10.33.0/16', blockPrefixLength: 26 }), status.INVALID_ARGUMENT, 'invalid_cidr', /not an IPv4 CIDR/);
+    await rejects(ipam.createPool({ name: 'x', cidr: '10.33.0/16', blockPrefixLength: 26 }), status.INVALID_ARGUMENT, 'invalid_cidr', /not a CIDR/);
     await rejects(ipam.createPool({ name: 'x', cidr: '10.33.0.1/16', blockPrefixLength: 26 }), status.INVALID_ARGUMENT, 'invalid_cidr', /host bits.*10\.33\.0\.0\/16/);
     await rejects(ipam.createPool({ name: 'x', cidr: '10.33.0.0/24', blockPrefixLength: 20 }), status.INVALID_ARGUMENT, 'ipam.invalid_block_prefix_length', /larger than the pool/);
     await rejects(ipam.createPool({ name: 'Bad Name', cidr: '10.33.0.0/24', blockPrefixLength: 26 }), status.INVALID_ARGUMENT, 'ipam.invalid_pool_name', /lowercase/);
@@ -80,9 +80,9 @@ describe('allocations', () => {
 
   test('release frees the address and is idempotent; the released row stays in history', async () => {
     const a = (await ipam.allocate(req('c2/eth0'))).allocation!;
-    assert.deepEqual(await ipam.release({ handle: 'c2/eth0' }), { released: true, address: a.address });
-    assert.deepEqual(await ipam.release({ handle: 'c2/eth0' }), { released: false, address: '' });
-    assert.deepEqual(await ipam.release({ handle: 'never-seen/eth0' }), { released: false, address: '' });
+    assert.deepEqual(await ipam.release({ handle: 'c2/eth0' }), { released: true, address: a.address, addresses: [a.address] });
+    assert.deepEqual(await ipam.release({ handle: 'c2/eth0' }), { released: false, address: '', addresses: [] });
+    assert.deepEqual(await ipam.release({ handle: 'never-seen/eth0' }), { released: false, address: '', addresses: [] });
     const live = (await ipam.listAllocations({ pool: '', node: '' })).allocations.map((x) => x.handle);
     assert.ok(!live.includes('c2/eth0'));
     const hist = await sql.query(`SELECT released_at FROM ipam.allocations WHERE handle = 'c2/eth0'`);

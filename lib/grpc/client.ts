@@ -12,11 +12,14 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-/** A promise-based client typed from a generated service definition. */
+/**
+ * A promise-based client typed from a generated service definition. Requests may leave fields out: they take the
+ * protobuf defaults (what decoding an empty message gives), so adding a field to a request never breaks a caller.
+ */
 export type PromiseClient<D> = {
   [K in keyof D]: D[K] extends { responseStream: true }
-    ? (req: Req<D[K]>, opts?: CallOptions) => AsyncIterable<Res<D[K]>>
-    : (req: Req<D[K]>, opts?: CallOptions) => Promise<Res<D[K]>>;
+    ? (req: Partial<Req<D[K]>>, opts?: CallOptions) => AsyncIterable<Res<D[K]>>
+    : (req: Partial<Req<D[K]>>, opts?: CallOptions) => Promise<Res<D[K]>>;
 } & { close(): void; raw: Client };
 
 function outgoingMetadata(): Metadata {
@@ -40,10 +43,12 @@ export function createClient<D extends ServiceDefinition>(
   const out: Record<string, unknown> = { close: () => client.close(), raw: client };
   for (const [name, m] of Object.entries(definition)) {
     const method = m as MethodDefinition<unknown, unknown>;
+    const defaults = method.requestDeserialize(Buffer.alloc(0)) as object;
+    const serialize = (req: unknown) => method.requestSerialize({ ...defaults, ...(req as object) });
     if (method.responseStream) {
       out[name] = (req: unknown, opts: CallOptions = {}) => {
         const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(
-          method.path, method.requestSerialize, method.responseDeserialize, req, outgoingMetadata(),
+          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
         opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
@@ -54,7 +59,7 @@ export function createClient<D extends ServiceDefinition>(
         tracer().startActiveSpan(method.path, { kind: SpanKind.CLIENT }, context.active(), (span) =>
           new Promise((resolve, reject) => {
             const call = client.makeUnaryRequest(
-              method.path, method.requestSerialize, method.responseDeserialize, req, outgoingMetadata(),
+              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
               opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
               (err, res) => {
                 span.end();

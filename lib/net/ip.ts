@@ -1,4 +1,4 @@
-import { Address4 } from 'ip-address';
+import { Address4, Address6 } from 'ip-address';
 import { invalidArgument } from '../errors.js';
 
 /** IPv4 address arithmetic on top of ip-address. Addresses are numbers (0 .. 2^32-1) inside this module's callers. */
@@ -49,4 +49,64 @@ export function containsAddress(c: Cidr4, addr: number): boolean {
 
 export function isMac(text: string): boolean {
   return /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(text);
+}
+
+/** Family-generic CIDRs with 128-bit arithmetic (bigint); nothing here enumerates a range. */
+export type Family = 4 | 6;
+
+export interface Cidr {
+  family: Family;
+  base: bigint;
+  prefixLength: number;
+}
+
+export const bitsOf = (family: Family) => (family === 4 ? 32 : 128);
+
+export function parseAddress(text: string, what = 'address'): { family: Family; value: bigint } {
+  if (!text.includes('/')) {
+    if (Address4.isValid(text)) return { family: 4, value: new Address4(text).bigInt() };
+    if (Address6.isValid(text) && !text.includes('%')) return { family: 6, value: new Address6(text).bigInt() };
+  }
+  throw invalidArgument('invalid_address', `${what} ${JSON.stringify(text)} is not an IPv4 or IPv6 address (e.g. 10.244.0.5 or fd00:10:244::5)`);
+}
+
+export function formatAddress(family: Family, value: bigint): string {
+  return family === 4 ? Address4.fromBigInt(value).correctForm() : Address6.fromBigInt(value).correctForm();
+}
+
+/** Parses an IPv4 or IPv6 CIDR strictly: no host bits may be set. */
+export function parseCidr(text: string, what = 'CIDR'): Cidr {
+  const m = /^([0-9a-fA-F.:]+)\/(\d{1,3})$/.exec(text);
+  if (!m) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`);
+  let parsed: { family: Family; value: bigint };
+  try {
+    parsed = parseAddress(m[1]!, what);
+  } catch {
+    throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`);
+  }
+  const { family, value } = parsed;
+  const prefixLength = Number(m[2]);
+  const bits = bitsOf(family);
+  if (prefixLength > bits) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-${bits} for IPv${family}`);
+  const base = maskOf(value, prefixLength, bits);
+  if (base !== value) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatAddress(family, base)}/${prefixLength}?`);
+  return { family, base, prefixLength };
+}
+
+function maskOf(value: bigint, prefixLength: number, bits: number): bigint {
+  const hostBits = BigInt(bits - prefixLength);
+  return (value >> hostBits) << hostBits;
+}
+
+export function formatCidr(c: Cidr): string {
+  return `${formatAddress(c.family, c.base)}/${c.prefixLength}`;
+}
+
+export function cidrContains(c: Cidr, family: Family, value: bigint): boolean {
+  return family === c.family && maskOf(value, c.prefixLength, bitsOf(family)) === c.base;
+}
+
+/** Number of addresses in a prefix of this length. */
+export function cidrSize(family: Family, prefixLength: number): bigint {
+  return 1n << BigInt(bitsOf(family) - prefixLength);
 }

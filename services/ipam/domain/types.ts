@@ -1,14 +1,19 @@
+import type { Family } from '../../../lib/net/ip.js';
+
 /** What IPAM hands out and records. Addresses and CIDRs are text in their canonical form. */
 export interface Pool {
   name: string;
   cidr: string;
+  family: Family;
   blockPrefixLength: number;
+  cooldownSeconds: number;
   createdAt: Date;
 }
 
 export interface Allocation {
   handle: string;
   address: string;
+  family: Family;
   pool: string;
   blockCidr: string;
   node: string;
@@ -17,6 +22,18 @@ export interface Allocation {
   containerId: string;
   allocatedAt: Date;
 }
+
+export interface HistoryEntry {
+  allocation: Allocation;
+  releasedAt: Date | null;
+}
+
+/** One history question; exactly one of the forms. */
+export type HistoryQuery =
+  | { kind: 'address'; address: string; at: Date; limit: number }
+  | { kind: 'pod'; podNamespace: string; podName: string; limit: number }
+  | { kind: 'node'; node: string; from: Date | null; until: Date; limit: number }
+  | { kind: 'handle'; handle: string; limit: number };
 
 export interface BlockAffinity {
   cidr: string;
@@ -30,4 +47,20 @@ export interface AffinityChange {
   reset: boolean;
   upserts: BlockAffinity[];
   deletes: string[];
+}
+
+/** Address counts; totals are bigint because an IPv6 pool holds more than 2^64 addresses. */
+export interface UsageCounts {
+  total: bigint;
+  allocated: number;
+  coolingDown: number;
+  free: bigint;
+}
+
+export interface PoolUsage {
+  pool: string;
+  cidr: string;
+  counts: UsageCounts;
+  blocks: { cidr: string; node: string; counts: UsageCounts }[];
+  nodes: { node: string; counts: UsageCounts }[];
 }

@@ -1,13 +1,28 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
-import { IpamServiceService, type Allocation as PbAllocation, type Pool as PbPool } from '../../../gen/weft/ipam/v1/ipam.js';
+import { parseAddress, type Family } from '../../../lib/net/ip.js';
+import {
+  IpamServiceService, IpFamily, type Allocation as PbAllocation, type Pool as PbPool, type UsageCounts as PbUsageCounts,
+} from '../../../gen/weft/ipam/v1/ipam.js';
+import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
 import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolSpec } from '../domain/pool.js';
-import type { Allocation, Pool } from '../domain/types.js';
+import type { Allocation, HistoryQuery, Pool, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
 
 /** The gRPC adapter: proto <-> domain conversion and nothing else. Generated types stop here. */
-const toPbPool = (p: Pool): PbPool => ({ name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt });
-const toPbAllocation = (a: Allocation): PbAllocation => ({ ...a, allocateTime: a.allocatedAt });
+const toPbFamily = (f: Family): IpFamily => (f === 4 ? IpFamily.IP_FAMILY_IPV4 : IpFamily.IP_FAMILY_IPV6);
+function fromPbFamily(f: IpFamily): Family {
+  if (f === IpFamily.IP_FAMILY_IPV4) return 4;
+  if (f === IpFamily.IP_FAMILY_IPV6) return 6;
+  throw ipamErrors.invalid('family', `unknown IP family ${f}; use IP_FAMILY_IPV4 or IP_FAMILY_IPV6`);
+}
+const toPbPool = (p: Pool): PbPool => ({
+  name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt, family: toPbFamily(p.family), cooldownSeconds: p.cooldownSeconds,
+});
+const toPbAllocation = (a: Allocation): PbAllocation => ({ ...a, family: toPbFamily(a.family), allocateTime: a.allocatedAt });
+const toPbCounts = (c: UsageCounts): PbUsageCounts => ({ total: c.total.toString(), allocated: c.allocated, coolingDown: c.coolingDown, free: c.free.toString() });
+
+const MAX_PAGE = 1000;
 
 export interface IpamRpcDeps {
   repo: IpamRepository;
@@ -19,7 +34,7 @@ export interface IpamRpcDeps {
 export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
   return {
     async createPool(req) {
-      const spec = validatePoolSpec({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength });
+      const spec = validatePoolSpec({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds });
       return { pool: toPbPool(await repo.createPool(spec)) };
     },
     async listPools() {
@@ -27,17 +42,51 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
     },
     async allocate(req) {
       const valid = validateAllocationRequest({
-        handle: req.handle, node: req.node, pool: req.pool || null,
+        handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
         podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
       });
-      return { allocation: toPbAllocation(await repo.allocate(valid)) };
+      const allocations = (await repo.allocate(valid)).map(toPbAllocation);
+      return { allocation: allocations[0], allocations };
     },
     async release(req) {
-      return repo.release(validateHandle(req.handle));
+      const released = await repo.release(validateHandle(req.handle));
+      return { released: released.length > 0, address: released[0]?.address ?? '', addresses: released.map((a) => a.address) };
     },
     async listAllocations(req) {
       const filter = { pool: req.pool ? validatePoolName(req.pool) : undefined, node: req.node ? validateNodeName(req.node) : undefined };
       return { allocations: (await repo.listAllocations(filter)).map(toPbAllocation) };
+    },
+    async garbageCollect(req) {
+      const node = validateNodeName(req.node);
+      const valid = req.validHandles.map(validateHandle);
+      return { released: (await repo.garbageCollect(node, valid)).map(toPbAllocation) };
+    },
+    async listAllocationHistory(req) {
+      if (req.pageSize > MAX_PAGE) throw ipamErrors.invalid('page_size', `page_size ${req.pageSize} is over ${MAX_PAGE}`);
+      const limit = req.pageSize || MAX_PAGE;
+      const forms = [req.address, req.podName, req.node, req.handle].filter((x) => x !== '').length;
+      if (forms !== 1 || (req.podNamespace && !req.podName)) throw historyErrors.badQuery();
+      let q: HistoryQuery;
+      if (req.address) {
+        const { family, value } = parseAddress(req.address);
+        void family;
+        void value;
+        q = { kind: 'address', address: req.address, at: req.at ?? new Date(), limit };
+      } else if (req.podName) q = { kind: 'pod', podNamespace: req.podNamespace, podName: req.podName, limit };
+      else if (req.node) q = { kind: 'node', node: validateNodeName(req.node), from: req.at ?? null, until: req.until ?? new Date(), limit };
+      else q = { kind: 'handle', handle: validateHandle(req.handle), limit };
+      const entries = await repo.history(q);
+      return { entries: entries.map((e) => ({ allocation: toPbAllocation(e.allocation), releaseTime: e.releasedAt ?? undefined })) };
+    },
+    async getUtilization(req) {
+      const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null);
+      return {
+        pools: pools.map((p) => ({
+          pool: p.pool, cidr: p.cidr, counts: toPbCounts(p.counts),
+          blocks: p.blocks.map((b) => ({ cidr: b.cidr, node: b.node, counts: toPbCounts(b.counts) })),
+          nodes: p.nodes.map((n) => ({ node: n.node, counts: toPbCounts(n.counts) })),
+        })),
+      };
     },
     async *watchBlockAffinities(_req, { signal }) {
       const snap = await repo.affinitySnapshot();

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import { bigint, bigserial, cidr, index, inet, integer, pgSchema, serial, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { bigint, bigserial, cidr, index, inet, integer, pgSchema, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
 
 /** IPAM's own schema. Exclusion constraints (no overlapping pools or blocks) are in a custom migration. */
 export const ipam = pgSchema('ipam');
@@ -9,6 +9,9 @@ export const pools = ipam.table('pools', {
   name: text('name').notNull().unique(),
   cidr: cidr('cidr').notNull(),
   blockPrefixLength: integer('block_prefix_length').notNull(),
+  family: smallint('family').notNull().default(4),
+  /** A released address rests this long before it is handed out again. */
+  cooldownSeconds: integer('cooldown_seconds').notNull().default(30),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
 });
 
@@ -20,6 +23,8 @@ export const blocks = ipam.table(
     cidr: cidr('cidr').notNull().unique(),
     node: text('node').notNull(),
     claimedAt: timestamp('claimed_at', { withTimezone: true }).notNull().defaultNow(),
+    /** Offset of the next never-used address: allocation takes it (O(1)) before reusing released ones. */
+    nextOffset: bigint('next_offset', { mode: 'number' }).notNull().default(0),
   },
   (t) => [index('blocks_node_idx').on(t.node, t.poolId)],
 );
@@ -33,6 +38,7 @@ export const allocations = ipam.table(
     poolId: integer('pool_id').notNull().references(() => pools.id),
     blockId: integer('block_id').notNull().references(() => blocks.id),
     node: text('node').notNull(),
+    family: smallint('family').notNull().default(4),
     podNamespace: text('pod_namespace').notNull().default(''),
     podName: text('pod_name').notNull().default(''),
     containerId: text('container_id').notNull().default(''),
@@ -42,9 +48,26 @@ export const allocations = ipam.table(
   (t) => [
     // The database itself refuses two live allocations of one address, and two live allocations of one handle.
     uniqueIndex('allocations_live_address_uq').on(t.address).where(sql`released_at IS NULL`),
-    uniqueIndex('allocations_live_handle_uq').on(t.handle).where(sql`released_at IS NULL`),
+    // A handle holds at most one live address per family (a dual-stack pod holds two).
+    uniqueIndex('allocations_live_handle_family_uq').on(t.handle, t.family).where(sql`released_at IS NULL`),
     index('allocations_block_idx').on(t.blockId).where(sql`released_at IS NULL`),
+    // History: who held an address when; every address of a pod; what a node held in a time range.
+    index('allocations_address_time_idx').on(t.address, t.allocatedAt),
+    index('allocations_pod_idx').on(t.podNamespace, t.podName, t.allocatedAt),
+    index('allocations_node_time_idx').on(t.node, t.allocatedAt),
+    index('allocations_handle_idx').on(t.handle, t.allocatedAt),
   ],
+);
+
+/** Released addresses, each resting until its pool's cool-down has passed; reuse takes the longest-free first. */
+export const freeAddresses = ipam.table(
+  'free_addresses',
+  {
+    address: inet('address').primaryKey(),
+    blockId: integer('block_id').notNull().references(() => blocks.id),
+    freeSince: timestamp('free_since', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [index('free_addresses_block_idx').on(t.blockId, t.freeSince)],
 );
 
 /** The affinity log: every claim or release of a block, in revision order (see store DESIGN notes). */
