@@ -24,8 +24,11 @@ const USAGE = `usage: weft <command> [options]
   cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
   cluster pod del POD                           detach it
   ipam pools [--json]                           list pools
-  ipam pool create NAME CIDR --block-prefix-length N
+  ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS]
   ipam allocations [--pool P] [--node N] [--json]
+  ipam utilization [--pool P] [--json]          total, allocated, cooling down and free, per pool, node and block
+  ipam show ADDRESS [--at TIME] [--json]        who held the address at TIME (default: now)
+  ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H) [--json]
 
   --server ADDR   control plane for ipam commands (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)
   --state-dir DIR local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)
@@ -55,6 +58,12 @@ async function main(argv: string[]): Promise<number> {
       pool: { type: 'string' },
       node: { type: 'string' },
       'block-prefix-length': { type: 'string' },
+      cooldown: { type: 'string' },
+      at: { type: 'string' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      pod: { type: 'string' },
+      handle: { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -140,13 +149,45 @@ async function main(argv: string[]): Promise<number> {
       }
       if (cmd.startsWith('ipam pool create')) {
         if (pos.length !== 5 || !o['block-prefix-length']) throw new UsageError('usage: weft ipam pool create NAME CIDR --block-prefix-length N');
-        const { pool } = await ipam.createPool({ name: pos[3]!, cidr: pos[4]!, blockPrefixLength: Number(o['block-prefix-length']) }, { timeoutMs: 10_000 });
+        const cooldownSeconds = o.cooldown === undefined ? undefined : Number(o.cooldown);
+        const { pool } = await ipam.createPool({ name: pos[3]!, cidr: pos[4]!, blockPrefixLength: Number(o['block-prefix-length']), cooldownSeconds }, { timeoutMs: 10_000 });
         print(json, pool, () => `pool ${pool!.name} ${pool!.cidr} created`);
         return 0;
       }
       if (cmd === 'ipam allocations') {
         const { allocations } = await ipam.listAllocations({ pool: o.pool ?? '', node: o.node ?? '' }, { timeoutMs: 10_000 });
         print(json, allocations, () => (allocations.length ? allocations.map((a) => `${a.address.padEnd(16)} ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}`).join('\n') : 'no allocations'));
+        return 0;
+      }
+      if (cmd === 'ipam utilization') {
+        const { pools } = await ipam.getUtilization({ pool: o.pool ?? '' }, { timeoutMs: 30_000 });
+        const line = (what: string, c: { total: string; allocated: number; coolingDown: number; free: string } | undefined) =>
+          `${what.padEnd(34)} total ${c!.total.padStart(8)}  allocated ${String(c!.allocated).padStart(6)}  cooling ${String(c!.coolingDown).padStart(5)}  free ${c!.free}`;
+        print(json, pools, () => pools.flatMap((p) => [line(`${p.pool} ${p.cidr}`, p.counts), ...p.nodes.map((n) => line(`  node ${n.node}`, n.counts)), ...p.blocks.map((b) => line(`    block ${b.cidr}`, b.counts))]).join('\n') || 'no pools');
+        return 0;
+      }
+      if (pos[1] === 'show' || pos[1] === 'history') {
+        const time = (flag: string, v: string | undefined) => {
+          if (v === undefined) return undefined;
+          const d = new Date(v);
+          if (Number.isNaN(d.getTime())) throw new UsageError(`--${flag} ${JSON.stringify(v)} is not a time (e.g. 2026-11-27T03:12:00Z)`);
+          return d;
+        };
+        let query;
+        if (pos[1] === 'show') {
+          if (pos.length !== 3) throw new UsageError('usage: weft ipam show ADDRESS [--at TIME]');
+          query = { address: pos[2]!, at: time('at', o.at) };
+        } else if (o.pod) {
+          const [ns, name] = o.pod.includes('/') ? o.pod.split('/', 2) : ['default', o.pod];
+          query = { podNamespace: ns, podName: name };
+        } else if (o.node) query = { node: o.node, at: time('since', o.since), until: time('until', o.until) };
+        else if (o.handle) query = { handle: o.handle };
+        else throw new UsageError('usage: weft ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H)');
+        const { entries } = await ipam.listAllocationHistory(query, { timeoutMs: 30_000 });
+        print(json, entries, () => entries.length ? entries.map((e) => {
+          const a = e.allocation!;
+          return `${a.address.padEnd(24)} ${a.allocateTime!.toISOString()} .. ${e.releaseTime ? e.releaseTime.toISOString() : 'now'.padEnd(24)}  ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}`;
+        }).join('\n') : 'nothing recorded');
         return 0;
       }
       throw new UsageError(`unknown command: weft ${cmd}`);

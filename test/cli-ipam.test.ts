@@ -1,0 +1,66 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { createClient } from '../lib/grpc/client.js';
+import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { bin } from './support/processes.js';
+import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+
+/** The `weft ipam` commands as an operator types them, against a real control plane. */
+const run = promisify(execFile);
+let cp: TestControlPlane;
+
+before(async () => {
+  cp = await startTestControlPlane();
+});
+after(async () => {
+  await cp?.stop();
+});
+
+const weft = (...args: string[]) => run(bin.weft, [...args, '--server', cp.address], { timeout: 30_000 });
+
+async function fails(args: string[]): Promise<{ code: number; stderr: string }> {
+  try {
+    await weft(...args);
+  } catch (err) {
+    const e = err as { code: number; stderr: string };
+    return { code: e.code, stderr: e.stderr };
+  }
+  throw new Error(`weft ${args.join(' ')} succeeded`);
+}
+
+test('pools, utilization, show and history from the command line', async () => {
+  await weft('ipam', 'pool', 'create', 'default', '10.244.0.0/16', '--block-prefix-length', '26', '--cooldown', '0');
+  await weft('ipam', 'pool', 'create', 'v6', 'fd00:10:244::/48', '--block-prefix-length', '122');
+  const pools = JSON.parse((await weft('ipam', 'pools', '--json')).stdout) as { name: string; cooldownSeconds: number }[];
+  assert.deepEqual(pools.map((p) => [p.name, p.cooldownSeconds]), [['default', 0], ['v6', 30]]);
+
+  const ipam = createClient(IpamServiceService, cp.address);
+  const { allocations } = await ipam.allocate({ handle: 'c1/eth0', node: 'n1', podNamespace: 'shop', podName: 'cart-0' });
+  ipam.close();
+  assert.equal(allocations.length, 2, 'dual-stack: one address per family');
+
+  const util = JSON.parse((await weft('ipam', 'utilization', '--pool', 'default', '--json')).stdout);
+  assert.deepEqual(util[0].counts, { total: '65536', allocated: 1, coolingDown: 0, free: '65535' });
+  assert.equal(util[0].nodes[0].node, 'n1');
+
+  const shown = JSON.parse((await weft('ipam', 'show', allocations[0]!.address, '--json')).stdout);
+  assert.equal(shown[0].allocation.podName, 'cart-0');
+  const text = (await weft('ipam', 'history', '--pod', 'shop/cart-0')).stdout;
+  for (const a of allocations) assert.ok(text.includes(a.address), `history lists ${a.address}:\n${text}`);
+});
+
+test('bad input: exit status 2 for usage, 1 with the server\'s message for a refused request', async () => {
+  const usage = await fails(['ipam', 'history']);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /usage: weft ipam history/);
+  const badTime = await fails(['ipam', 'show', '10.244.0.1', '--at', 'yesterday-ish']);
+  assert.equal(badTime.code, 2);
+  assert.match(badTime.stderr, /not a time/);
+  const overlap = await fails(['ipam', 'pool', 'create', 'inner', '10.244.1.0/24', '--block-prefix-length', '26']);
+  assert.equal(overlap.code, 1);
+  assert.match(overlap.stderr, /overlaps existing pool default/);
+  const unknown = await fails(['ipam', 'frobnicate']);
+  assert.equal(unknown.code, 2);
+});
