@@ -42,7 +42,7 @@ test('pools, utilization, show and history from the command line', async () => {
   assert.equal(allocations.length, 2, 'dual-stack: one address per family');
 
   const util = JSON.parse((await weft('ipam', 'utilization', '--pool', 'default', '--json')).stdout);
-  assert.deepEqual(util[0].counts, { total: '65536', allocated: 1, coolingDown: 0, free: '65535' });
+  assert.deepEqual(util[0].counts, { total: '65536', allocated: 1, coolingDown: 0, reserved: '0', free: '65535' });
   assert.equal(util[0].nodes[0].node, 'n1');
 
   const shown = JSON.parse((await weft('ipam', 'show', allocations[0]!.address, '--json')).stdout);

@@ -87,7 +87,7 @@ describe('cool-down and reuse', () => {
     const second = (await ipam.allocate(req('cool-new-2/eth0', n))).allocation!.address;
     assert.deepEqual([first, second], [held[5], held[2]], 'the longest-free address comes back first');
     const u = (await ipam.getUtilization({ pool: 'cool' })).pools[0]!;
-    assert.deepEqual(u.counts, { total: '8', allocated: 8, coolingDown: 0, free: '0' });
+    assert.deepEqual(u.counts, { total: '8', allocated: 8, coolingDown: 0, reserved: '0', free: '0' });
   });
 });
 

@@ -28,10 +28,11 @@ before(async () => {
       ctx.logger.info('creating');
       if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
       if (req.name === 'boom') throw new Error('secret detail');
-      return { pool: { name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0), family: 1, cooldownSeconds: 0 } };
+      return { pool: { name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0), family: 1, cooldownSeconds: 0, stickySeconds: 0, disabled: false, nodeSelector: '', namespaceSelector: '', allowedUses: [], etag: '', liveAllocations: 0 } };
     },
     listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
     garbageCollect: unimplemented, listAllocationHistory: unimplemented, getUtilization: unimplemented,
+    updatePool: unimplemented, createReservation: unimplemented, listReservations: unimplemented, deleteReservation: unimplemented,
     // eslint-disable-next-line require-yield
     watchBlockAffinities: async function* () {
       throw new DomainError('test.unavailable', 'unavailable', 'try later');

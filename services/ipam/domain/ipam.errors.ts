@@ -7,6 +7,23 @@ export const ipamErrors = {
     new DomainError('ipam.pool_overlaps', 'already_exists', `pool CIDR ${cidr} overlaps existing pool ${other}; pools must not overlap`),
   poolNotFound: (name: string) => new DomainError('ipam.pool_not_found', 'not_found', `no pool named ${JSON.stringify(name)}; list pools with \`weft ipam pools\``),
   noPools: () => new DomainError('ipam.no_pools', 'failed_precondition', 'there are no pools; create one first (CreatePool)'),
+  poolDisabled: (name: string) => new DomainError('ipam.pool_disabled', 'failed_precondition', `pool ${name} is disabled: it makes no new allocations; enable it or ask for another pool`),
+  useNotAllowed: (name: string, use: string, allowed: string[]) =>
+    new DomainError('ipam.use_not_allowed', 'failed_precondition', `pool ${name} allows ${allowed.join(', ')}, not ${use}`),
+  nodeNotSelected: (name: string, selector: string) =>
+    new DomainError('ipam.node_not_selected', 'failed_precondition', `pool ${name}'s node selector ${JSON.stringify(selector)} does not select this node`),
+  staleEtag: (what: string) => new DomainError('ipam.stale_etag', 'conflict', `${what} changed since you read it; read it again and retry with the new etag`),
+  reservedInUse: (range: string, holders: string[]) =>
+    new DomainError('ipam.reservation_in_use', 'failed_precondition', `range ${range} has live allocations: ${holders.join(', ')}; release them first`),
+  specificNotInPool: (address: string) =>
+    new DomainError('ipam.address_not_in_pool', 'failed_precondition', `address ${address} is not in any enabled pool this pod may use on this node`),
+  specificReserved: (address: string, range: string) =>
+    new DomainError('ipam.address_reserved', 'failed_precondition', `address ${address} is reserved (${range})`),
+  specificInUse: (address: string, handle: string) => new DomainError('ipam.address_in_use', 'already_exists', `address ${address} is held by ${handle}`),
+  specificResting: (address: string, until: Date) =>
+    new DomainError('ipam.address_cooling_down', 'failed_precondition', `address ${address} was released recently and rests until ${until.toISOString()}`),
+  specificOtherNode: (address: string, node: string) =>
+    new DomainError('ipam.address_on_other_node', 'failed_precondition', `address ${address} lies in a block held by node ${node}; a pod can only take it there`),
   noPoolForFamily: (family: number) =>
     new DomainError('ipam.no_pool_for_family', 'failed_precondition', `there is no IPv${family} pool; create one or ask for other families`),
   exhausted: (what: string) => new DomainError('ipam.pool_exhausted', 'exhausted', `no free address in ${what}: every block is claimed and full`),

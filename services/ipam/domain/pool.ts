@@ -1,5 +1,7 @@
-import { bitsOf, formatCidr, parseCidr, type Cidr, type Family } from '../../../lib/net/ip.js';
+import { bitsOf, formatAddress, formatCidr, parseAddress, parseCidr, type Cidr, type Family } from '../../../lib/net/ip.js';
 import { ipamErrors } from './ipam.errors.js';
+import { USES } from './pool-selection.js';
+import { parseSelector } from './selector.js';
 
 /** Pure rules for pools, handles and allocation requests. No I/O. */
 export interface PoolSpec {
@@ -7,10 +9,16 @@ export interface PoolSpec {
   cidr: Cidr;
   blockPrefixLength: number;
   cooldownSeconds: number;
+  stickySeconds: number;
+  disabled: boolean;
+  nodeSelector: string;
+  namespaceSelector: string;
+  allowedUses: string[];
 }
 
 const NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 export const DEFAULT_COOLDOWN_SECONDS = 30;
+export const DEFAULT_STICKY_SECONDS = 600;
 /** Blocks hold at most 2^16 addresses: a block's free-address bookkeeping stays small. */
 const MAX_BLOCK_HOST_BITS = 16;
 
@@ -19,7 +27,42 @@ export function validatePoolName(name: string): string {
   return name;
 }
 
-export function validatePoolSpec(input: { name: string; cidr: string; blockPrefixLength: number; cooldownSeconds?: number }): PoolSpec {
+export interface PoolRulesInput {
+  cooldownSeconds?: number;
+  stickySeconds?: number;
+  disabled?: boolean;
+  nodeSelector?: string;
+  namespaceSelector?: string;
+  allowedUses?: string[];
+}
+
+/** Checks the changeable rules of a pool; fields left out stay unset. */
+export function validatePoolRules(input: PoolRulesInput): PoolRulesInput {
+  const out: PoolRulesInput = {};
+  const seconds = (field: string, v: number, max: number) => {
+    if (!Number.isInteger(v) || v < 0 || v > max) throw ipamErrors.invalid(field, `${field.replace('_', '-')} ${v} s must be 0 to ${max}`);
+    return v;
+  };
+  if (input.cooldownSeconds !== undefined) out.cooldownSeconds = seconds('cooldown_seconds', input.cooldownSeconds, 30 * 86400);
+  if (input.stickySeconds !== undefined) out.stickySeconds = seconds('sticky_seconds', input.stickySeconds, 365 * 86400);
+  if (input.disabled !== undefined) out.disabled = input.disabled;
+  if (input.nodeSelector !== undefined) {
+    parseSelector(input.nodeSelector, 'node_selector');
+    out.nodeSelector = input.nodeSelector.trim();
+  }
+  if (input.namespaceSelector !== undefined) {
+    parseSelector(input.namespaceSelector, 'namespace_selector');
+    out.namespaceSelector = input.namespaceSelector.trim();
+  }
+  if (input.allowedUses !== undefined) {
+    if (input.allowedUses.length === 0) throw ipamErrors.invalid('allowed_uses', `allowed uses must name at least one of ${USES.join(', ')}`);
+    for (const u of input.allowedUses) if (!(USES as readonly string[]).includes(u)) throw ipamErrors.invalid('allowed_uses', `unknown use ${JSON.stringify(u)}; uses are ${USES.join(', ')}`);
+    out.allowedUses = [...new Set(input.allowedUses)].sort();
+  }
+  return out;
+}
+
+export function validatePoolSpec(input: { name: string; cidr: string; blockPrefixLength: number } & PoolRulesInput): PoolSpec {
   const name = validatePoolName(input.name);
   const cidr = parseCidr(input.cidr, 'pool CIDR');
   const bits = bitsOf(cidr.family);
@@ -29,9 +72,16 @@ export function validatePoolSpec(input: { name: string; cidr: string; blockPrefi
   if (!Number.isInteger(b) || b < 1 || b > bits) throw ipamErrors.invalid('block_prefix_length', `block prefix length ${b} must be between 1 and ${bits} for IPv${cidr.family} (e.g. ${cidr.family === 4 ? 26 : 122} for blocks of 64 addresses)`);
   if (b < cidr.prefixLength) throw ipamErrors.invalid('block_prefix_length', `block prefix length /${b} is larger than the pool ${formatCidr(cidr)}; use /${cidr.prefixLength} or longer`);
   if (bits - b > MAX_BLOCK_HOST_BITS) throw ipamErrors.invalid('block_prefix_length', `blocks of /${b} hold more than 2^${MAX_BLOCK_HOST_BITS} addresses; use /${bits - MAX_BLOCK_HOST_BITS} or longer`);
-  const cooldownSeconds = input.cooldownSeconds ?? DEFAULT_COOLDOWN_SECONDS;
-  if (!Number.isInteger(cooldownSeconds) || cooldownSeconds < 0 || cooldownSeconds > 30 * 86400) throw ipamErrors.invalid('cooldown_seconds', `cool-down ${cooldownSeconds} s must be 0 to 2592000 (30 days)`);
-  return { name, cidr, blockPrefixLength: b, cooldownSeconds };
+  const rules = validatePoolRules({ ...input, allowedUses: input.allowedUses?.length ? input.allowedUses : undefined });
+  return {
+    name, cidr, blockPrefixLength: b,
+    cooldownSeconds: rules.cooldownSeconds ?? DEFAULT_COOLDOWN_SECONDS,
+    stickySeconds: rules.stickySeconds ?? DEFAULT_STICKY_SECONDS,
+    disabled: rules.disabled ?? false,
+    nodeSelector: rules.nodeSelector ?? '',
+    namespaceSelector: rules.namespaceSelector ?? '',
+    allowedUses: rules.allowedUses ?? ['workload'],
+  };
 }
 
 export interface AllocationRequest {
@@ -43,6 +93,13 @@ export interface AllocationRequest {
   podNamespace: string;
   podName: string;
   containerId: string;
+  /** Exact addresses wanted, at most one per family. */
+  addresses: { family: Family; text: string }[];
+  owner: string;
+  namespacePool: string | null;
+  nodeLabels: Record<string, string>;
+  namespaceLabels: Record<string, string>;
+  use: string;
 }
 
 export function validateHandle(handle: string): string {
@@ -56,13 +113,33 @@ export function validateNodeName(node: string): string {
   return node;
 }
 
-export function validateAllocationRequest(input: AllocationRequest): AllocationRequest {
-  const families = input.families && input.families.length > 0 ? [...new Set(input.families)].sort() : null;
+export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels'> &
+  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string> }>;
+
+export function validateAllocationRequest(input: AllocationInput): AllocationRequest {
+  const addresses = (input.addresses ?? []).map((text) => {
+    const { family, value } = parseAddress(text, 'requested address');
+    return { family, text: formatAddress(family, value) };
+  });
+  if (new Set(addresses.map((a) => a.family)).size !== addresses.length) throw ipamErrors.invalid('addresses', 'ask for at most one address per family');
+  let families = input.families && input.families.length > 0 ? [...new Set(input.families)].sort() : null;
+  // A requested address brings its family along.
+  if (families && addresses.length > 0) families = [...new Set([...families, ...addresses.map((a) => a.family)])].sort();
+  const use = input.use || 'workload';
+  if (!(USES as readonly string[]).includes(use)) throw ipamErrors.invalid('use', `unknown use ${JSON.stringify(use)}; uses are ${USES.join(', ')}`);
+  const owner = input.owner ?? '';
+  if (owner.length > 512 || /[\u0000-\u001f]/.test(owner)) throw ipamErrors.invalid('owner', 'owner must be at most 512 printable characters (e.g. "statefulset/shop/cart-0")');
   return {
     ...input,
     handle: validateHandle(input.handle),
     node: validateNodeName(input.node),
     pool: input.pool ? validatePoolName(input.pool) : null,
     families,
+    addresses,
+    use,
+    owner,
+    namespacePool: input.namespacePool ? validatePoolName(input.namespacePool) : null,
+    nodeLabels: input.nodeLabels ?? {},
+    namespaceLabels: input.namespaceLabels ?? {},
   };
 }

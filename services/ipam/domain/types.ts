@@ -7,6 +7,32 @@ export interface Pool {
   family: Family;
   blockPrefixLength: number;
   cooldownSeconds: number;
+  stickySeconds: number;
+  disabled: boolean;
+  nodeSelector: string;
+  namespaceSelector: string;
+  allowedUses: string[];
+  /** Opaque; changes with every update. */
+  etag: string;
+  liveAllocations: number;
+  createdAt: Date;
+}
+
+export interface PoolChanges {
+  cooldownSeconds?: number;
+  stickySeconds?: number;
+  disabled?: boolean;
+  nodeSelector?: string;
+  namespaceSelector?: string;
+  allowedUses?: string[];
+}
+
+export interface Reservation {
+  id: number;
+  pool: string;
+  first: string;
+  last: string;
+  reason: string;
   createdAt: Date;
 }
 
@@ -20,6 +46,7 @@ export interface Allocation {
   podNamespace: string;
   podName: string;
   containerId: string;
+  owner: string;
   allocatedAt: Date;
 }
 
@@ -54,6 +81,7 @@ export interface UsageCounts {
   total: bigint;
   allocated: number;
   coolingDown: number;
+  reserved: bigint;
   free: bigint;
 }
 

@@ -1,12 +1,12 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
-import { parseAddress, type Family } from '../../../lib/net/ip.js';
+import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import {
-  IpamServiceService, IpFamily, type Allocation as PbAllocation, type Pool as PbPool, type UsageCounts as PbUsageCounts,
+  IpamServiceService, IpFamily, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
-import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolSpec } from '../domain/pool.js';
-import type { Allocation, HistoryQuery, Pool, UsageCounts } from '../domain/types.js';
+import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
+import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
 
 /** The gRPC adapter: proto <-> domain conversion and nothing else. Generated types stop here. */
@@ -17,12 +17,27 @@ function fromPbFamily(f: IpFamily): Family {
   throw ipamErrors.invalid('family', `unknown IP family ${f}; use IP_FAMILY_IPV4 or IP_FAMILY_IPV6`);
 }
 const toPbPool = (p: Pool): PbPool => ({
-  name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt, family: toPbFamily(p.family), cooldownSeconds: p.cooldownSeconds,
+  name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt, family: toPbFamily(p.family),
+  cooldownSeconds: p.cooldownSeconds, stickySeconds: p.stickySeconds, disabled: p.disabled, nodeSelector: p.nodeSelector,
+  namespaceSelector: p.namespaceSelector, allowedUses: p.allowedUses, etag: p.etag, liveAllocations: p.liveAllocations,
+});
+const toPbReservation = (r: Reservation): PbReservation => ({
+  name: reservationName(r.pool, r.id), pool: r.pool, first: r.first, last: r.last, reason: r.reason, createTime: r.createdAt,
 });
 const toPbAllocation = (a: Allocation): PbAllocation => ({ ...a, family: toPbFamily(a.family), allocateTime: a.allocatedAt });
-const toPbCounts = (c: UsageCounts): PbUsageCounts => ({ total: c.total.toString(), allocated: c.allocated, coolingDown: c.coolingDown, free: c.free.toString() });
+const toPbCounts = (c: UsageCounts): PbUsageCounts => ({
+  total: c.total.toString(), allocated: c.allocated, coolingDown: c.coolingDown, reserved: c.reserved.toString(), free: c.free.toString(),
+});
 
 const MAX_PAGE = 1000;
+
+/** Stable resource names of reservations: "pools/<pool>/reservations/<id>". */
+const reservationName = (pool: string, id: number) => `pools/${pool}/reservations/${id}`;
+function parseReservationName(name: string): { pool: string; id: number } {
+  const m = /^pools\/([a-z0-9-]+)\/reservations\/(\d+)$/.exec(name);
+  if (!m) throw ipamErrors.invalid('name', `reservation name ${JSON.stringify(name)} must look like "pools/<pool>/reservations/<id>"`);
+  return { pool: m[1]!, id: Number(m[2]) };
+}
 
 export interface IpamRpcDeps {
   repo: IpamRepository;
@@ -34,8 +49,46 @@ export interface IpamRpcDeps {
 export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
   return {
     async createPool(req) {
-      const spec = validatePoolSpec({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds });
+      const spec = validatePoolSpec({
+        name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds,
+        stickySeconds: req.stickySeconds, disabled: req.disabled, nodeSelector: req.nodeSelector, namespaceSelector: req.namespaceSelector,
+        allowedUses: req.allowedUses,
+      });
       return { pool: toPbPool(await repo.createPool(spec)) };
+    },
+    async updatePool(req) {
+      const name = validatePoolName(req.name);
+      if (!req.etag) throw ipamErrors.invalid('etag', 'etag is empty; read the pool (ListPools) and pass its etag');
+      const changes = validatePoolRules({
+        cooldownSeconds: req.cooldownSeconds, stickySeconds: req.stickySeconds, disabled: req.disabled, nodeSelector: req.nodeSelector,
+        namespaceSelector: req.namespaceSelector, allowedUses: req.setAllowedUses ? req.allowedUses : undefined,
+      });
+      return { pool: toPbPool(await repo.updatePool(name, req.etag, changes)) };
+    },
+    async createReservation(req) {
+      const pool = validatePoolName(req.pool);
+      let first: string;
+      let last: string;
+      if (req.cidr && !req.first && !req.last) {
+        const c = parseCidr(req.cidr, 'reservation CIDR');
+        first = formatAddress(c.family, c.base);
+        last = formatAddress(c.family, c.base + cidrSize(c.family, c.prefixLength) - 1n);
+      } else if (!req.cidr && req.first && req.last) {
+        const f = parseAddress(req.first, 'first');
+        const l = parseAddress(req.last, 'last');
+        if (f.family !== l.family || f.value > l.value) throw ipamErrors.invalid('reservation', `first ${req.first} and last ${req.last} must be one family, first <= last`);
+        first = formatAddress(f.family, f.value);
+        last = formatAddress(l.family, l.value);
+      } else throw ipamErrors.invalid('reservation', 'give either cidr, or first and last');
+      if (req.reason.length > 1024) throw ipamErrors.invalid('reason', 'reason is over 1024 characters');
+      return { reservation: toPbReservation(await repo.createReservation(pool, first, last, req.reason)) };
+    },
+    async listReservations(req) {
+      return { reservations: (await repo.listReservations(req.pool ? validatePoolName(req.pool) : null)).map(toPbReservation) };
+    },
+    async deleteReservation(req) {
+      const { pool, id } = parseReservationName(req.name);
+      return { deleted: await repo.deleteReservation(pool, id) };
     },
     async listPools() {
       return { pools: (await repo.listPools()).map(toPbPool) };
@@ -43,7 +96,8 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
     async allocate(req) {
       const valid = validateAllocationRequest({
         handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
-        podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+        podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
+        owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
       });
       const allocations = (await repo.allocate(valid)).map(toPbAllocation);
       return { allocation: allocations[0], allocations };

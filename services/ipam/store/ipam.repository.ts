@@ -1,9 +1,10 @@
 import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
-import { cidrSize, formatCidr, type Family } from '../../../lib/net/ip.js';
+import { cidrSize, formatCidr, parseAddress, type Family } from '../../../lib/net/ip.js';
+import { selectPools, type PoolRule } from '../domain/pool-selection.js';
 import { ipamErrors } from '../domain/ipam.errors.js';
 import type { AllocationRequest, PoolSpec } from '../domain/pool.js';
-import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolUsage, UsageCounts } from '../domain/types.js';
+import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolChanges, PoolUsage, Reservation, UsageCounts } from '../domain/types.js';
 import { PG, pgErrorOf } from './pg-errors.js';
 
 /**
@@ -17,7 +18,7 @@ type Row = Record<string, unknown>;
 type Tx = Pick<Database, 'execute'>;
 
 const ALLOCATION_COLUMNS = sql`a.handle, host(a.address) AS address, a.family, p.name AS pool, b.cidr::text AS block_cidr, a.node,
-  a.pod_namespace, a.pod_name, a.container_id, a.allocated_at`;
+  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at`;
 const ALLOCATION_JOINS = sql`JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id`;
 
 function toAllocation(r: Row): Allocation {
@@ -31,6 +32,7 @@ function toAllocation(r: Row): Allocation {
     podNamespace: String(r.pod_namespace),
     podName: String(r.pod_name),
     containerId: String(r.container_id),
+    owner: String(r.owner ?? ''),
     allocatedAt: new Date(r.allocated_at as string),
   };
 }
@@ -38,22 +40,43 @@ function toAllocation(r: Row): Allocation {
 function toPool(r: Row): Pool {
   return {
     name: String(r.name), cidr: String(r.cidr), family: Number(r.family) as Family, blockPrefixLength: Number(r.block_prefix_length),
-    cooldownSeconds: Number(r.cooldown_seconds), createdAt: new Date(r.created_at as string),
+    cooldownSeconds: Number(r.cooldown_seconds), stickySeconds: Number(r.sticky_seconds), disabled: Boolean(r.disabled),
+    nodeSelector: String(r.node_selector), namespaceSelector: String(r.namespace_selector), allowedUses: r.allowed_uses as string[],
+    etag: `"${r.id}.${r.version}"`, liveAllocations: Number(r.live ?? 0), createdAt: new Date(r.created_at as string),
   };
 }
+
+function toRule(r: Row): Row & PoolRule {
+  return Object.assign(r, {
+    name: String(r.name), family: Number(r.family), disabled: Boolean(r.disabled), nodeSelector: String(r.node_selector),
+    namespaceSelector: String(r.namespace_selector), allowedUses: r.allowed_uses as string[],
+  });
+}
+
+function toReservation(r: Row): Reservation {
+  return { id: Number(r.id), pool: String(r.pool), first: String(r.first), last: String(r.last), reason: String(r.reason), createdAt: new Date(r.created_at as string) };
+}
+
+/** A text[] parameter (drizzle would expand a JS array into a list of parameters). */
+const textArray = (values: string[]) => sql`(SELECT coalesce(array_agg(v), '{}'::text[]) FROM jsonb_array_elements_text(${JSON.stringify(values)}::jsonb) AS v)`;
 
 async function rows(db: Tx, query: SQL): Promise<Row[]> {
   return (await db.execute(query)).rows as Row[];
 }
 
-const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_length, cooldown_seconds, created_at`;
+const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds, disabled,
+  node_selector, namespace_selector, allowed_uses, version, created_at`;
+const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
 export function createIpamRepository(db: Database) {
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
     try {
-      const [row] = await rows(db, sql`INSERT INTO ipam.pools (name, cidr, family, block_prefix_length, cooldown_seconds)
-        VALUES (${spec.name}, ${cidr}::cidr, ${spec.cidr.family}, ${spec.blockPrefixLength}, ${spec.cooldownSeconds}) RETURNING ${POOL_COLUMNS}`);
+      const [row] = await rows(db, sql`INSERT INTO ipam.pools (name, cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds,
+          disabled, node_selector, namespace_selector, allowed_uses)
+        VALUES (${spec.name}, ${cidr}::cidr, ${spec.cidr.family}, ${spec.blockPrefixLength}, ${spec.cooldownSeconds}, ${spec.stickySeconds},
+          ${spec.disabled}, ${spec.nodeSelector}, ${spec.namespaceSelector}, ${textArray(spec.allowedUses)})
+        RETURNING ${POOL_COLUMNS}`);
       return toPool(row!);
     } catch (err) {
       const pg = pgErrorOf(err);
@@ -67,7 +90,52 @@ export function createIpamRepository(db: Database) {
   }
 
   async function listPools(): Promise<Pool[]> {
-    return (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toPool);
+    return (await rows(db, sql`SELECT ${POOL_COLUMNS}, ${LIVE_COUNT} FROM ipam.pools ORDER BY name`)).map(toPool);
+  }
+
+  /** Applies rule changes if the etag is current (optimistic concurrency: a stale etag changes nothing). */
+  async function updatePool(name: string, etag: string, changes: PoolChanges): Promise<Pool> {
+    const sets: SQL[] = [sql`version = version + 1`];
+    if (changes.cooldownSeconds !== undefined) sets.push(sql`cooldown_seconds = ${changes.cooldownSeconds}`);
+    if (changes.stickySeconds !== undefined) sets.push(sql`sticky_seconds = ${changes.stickySeconds}`);
+    if (changes.disabled !== undefined) sets.push(sql`disabled = ${changes.disabled}`);
+    if (changes.nodeSelector !== undefined) sets.push(sql`node_selector = ${changes.nodeSelector}`);
+    if (changes.namespaceSelector !== undefined) sets.push(sql`namespace_selector = ${changes.namespaceSelector}`);
+    if (changes.allowedUses !== undefined) sets.push(sql`allowed_uses = ${textArray(changes.allowedUses)}`);
+    const [row] = await rows(db, sql`UPDATE ipam.pools SET ${sql.join(sets, sql`, `)}
+      WHERE name = ${name} AND '"' || id || '.' || version || '"' = ${etag} RETURNING ${POOL_COLUMNS}, ${LIVE_COUNT}`);
+    if (row) return toPool(row);
+    const [exists] = await rows(db, sql`SELECT 1 FROM ipam.pools WHERE name = ${name}`);
+    throw exists ? ipamErrors.staleEtag(`pool ${name}`) : ipamErrors.poolNotFound(name);
+  }
+
+  async function createReservation(poolName: string, first: string, last: string, reason: string): Promise<Reservation> {
+    return db.transaction(async (tx) => {
+      const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
+      if (!pool) throw ipamErrors.poolNotFound(poolName);
+      const [inside] = await rows(tx, sql`SELECT ${first}::inet <<= ${pool.cidr}::cidr AND ${last}::inet <<= ${pool.cidr}::cidr
+        AND ${first}::inet <= ${last}::inet AS ok`);
+      if (!inside!.ok) throw ipamErrors.invalid('reservation', `range ${first}..${last} must be ordered and inside pool ${poolName} (${pool.cidr})`);
+      const held = await rows(tx, sql`SELECT host(address) AS address, handle FROM ipam.allocations
+        WHERE released_at IS NULL AND address >= ${first}::inet AND address <= ${last}::inet AND family(address) = family(${first}::inet) LIMIT 5`);
+      if (held.length > 0) throw ipamErrors.reservedInUse(`${first}..${last}`, held.map((h) => `${h.address} (${h.handle})`));
+      await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address >= ${first}::inet AND address <= ${last}::inet`);
+      const [r] = await rows(tx, sql`INSERT INTO ipam.reservations (pool_id, first, last, reason) VALUES (${pool.id}, ${first}::inet, ${last}::inet, ${reason})
+        RETURNING id, ${poolName}::text AS pool, host(first) AS first, host(last) AS last, reason, created_at`);
+      return toReservation(r!);
+    });
+  }
+
+  async function listReservations(poolName: string | null): Promise<Reservation[]> {
+    return (await rows(db, sql`SELECT r.id, p.name AS pool, host(r.first) AS first, host(r.last) AS last, r.reason, r.created_at
+      FROM ipam.reservations r JOIN ipam.pools p ON p.id = r.pool_id
+      WHERE ${poolName}::text IS NULL OR p.name = ${poolName} ORDER BY p.name, r.first`)).map(toReservation);
+  }
+
+  async function deleteReservation(poolName: string, id: number): Promise<boolean> {
+    const r = await rows(db, sql`DELETE FROM ipam.reservations r USING ipam.pools p
+      WHERE r.pool_id = p.id AND p.name = ${poolName} AND r.id = ${id} RETURNING r.id`);
+    return r.length > 0;
   }
 
   async function listAllocations(filter: { pool?: string; node?: string }): Promise<Allocation[]> {
@@ -85,16 +153,12 @@ export function createIpamRepository(db: Database) {
       const live = (await rows(tx, sql`SELECT ${ALLOCATION_COLUMNS} FROM ipam.allocations a ${ALLOCATION_JOINS}
         WHERE a.handle = ${req.handle} AND a.released_at IS NULL ORDER BY a.family`)).map(toAllocation);
 
-      let pools: Row[];
-      if (req.pool) {
-        pools = await rows(tx, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools WHERE name = ${req.pool}`);
-        if (pools.length === 0) throw ipamErrors.poolNotFound(req.pool);
-      } else {
-        pools = await rows(tx, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`);
-        if (pools.length === 0) throw ipamErrors.noPools();
-      }
+      const all = (await rows(tx, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
+      if (all.length === 0) throw ipamErrors.noPools();
+      const pools = selectPools(all, req);
+      const asked = req.pool ?? req.namespacePool;
       const available = [...new Set(pools.map((p) => Number(p.family) as Family))].sort();
-      const wanted = req.pool ? available : req.families ?? available;
+      const wanted = asked ? available : req.families ?? [...new Set([...available, ...req.addresses.map((a) => a.family)])].sort();
       const out: Allocation[] = [];
       for (const family of wanted) {
         const held = live.find((a) => a.family === family);
@@ -103,15 +167,60 @@ export function createIpamRepository(db: Database) {
           continue;
         }
         const candidates = pools.filter((p) => Number(p.family) === family);
-        if (candidates.length === 0) throw ipamErrors.noPoolForFamily(family);
+        const specific = req.addresses.find((a) => a.family === family);
         let got: Allocation | null = null;
-        for (const pool of candidates) if ((got = await allocateInPool(tx, pool, req))) break;
+        if (specific) got = await allocateSpecific(tx, candidates, specific.text, req);
+        else {
+          if (candidates.length === 0) throw ipamErrors.noPoolForFamily(family);
+          if (req.owner) got = await allocateSticky(tx, candidates, req);
+          for (const pool of candidates) if (got || (got = await allocateInPool(tx, pool, req))) break;
+        }
         // Throwing rolls back the whole transaction: a dual-stack pod gets both addresses or neither.
-        if (!got) throw ipamErrors.exhausted(req.pool ? `pool ${req.pool}` : `any IPv${family} pool`);
+        if (!got) throw ipamErrors.exhausted(asked ? `pool ${asked}` : `any IPv${family} pool this pod may use`);
         out.push(got);
       }
       return out;
     });
+  }
+
+  /** An exact address: in a pool the pod may use, not reserved, live or resting, in a block that is free or this node's. */
+  async function allocateSpecific(tx: Tx, pools: Row[], address: string, req: AllocationRequest): Promise<Allocation> {
+    const [owning] = await rows(tx, sql`SELECT id FROM ipam.pools WHERE cidr >>= ${address}::inet`);
+    const chosen = owning ? pools.find((p) => Number(p.id) === Number(owning.id)) : undefined;
+    if (!chosen) throw ipamErrors.specificNotInPool(address);
+    const [reserved] = await rows(tx, sql`SELECT host(first) AS first, host(last) AS last FROM ipam.reservations
+      WHERE pool_id = ${chosen.id} AND first <= ${address}::inet AND last >= ${address}::inet LIMIT 1`);
+    if (reserved) throw ipamErrors.specificReserved(address, `${reserved.first}..${reserved.last}`);
+    const [holder] = await rows(tx, sql`SELECT handle FROM ipam.allocations WHERE address = ${address}::inet AND released_at IS NULL`);
+    if (holder) throw ipamErrors.specificInUse(address, String(holder.handle));
+    const [resting] = await rows(tx, sql`SELECT owner, greatest(free_since + make_interval(secs => ${chosen.cooldown_seconds}),
+        CASE WHEN owner <> ${req.owner} THEN hold_until END) AS until
+      FROM ipam.free_addresses WHERE address = ${address}::inet`);
+    if (resting && resting.until && new Date(resting.until as string) > new Date() && !(req.owner && resting.owner === req.owner))
+      throw ipamErrors.specificResting(address, new Date(resting.until as string));
+    let [block] = await rows(tx, sql`SELECT id, node FROM ipam.blocks WHERE cidr >>= ${address}::inet FOR UPDATE`);
+    if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, String(block.node));
+    if (!block) {
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, cidr, node)
+        VALUES (${chosen.id}, network(set_masklen(${address}::inet, ${chosen.block_prefix_length})), ${req.node}) RETURNING id, node, cidr::text AS cidr`);
+      await logClaim(tx, String(chosen.name), String(block!.cidr), req.node);
+    }
+    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${address}::inet`);
+    return insertAllocation(tx, chosen, block!.id, address, req);
+  }
+
+  /** The owner's own released address, if it is still held for it and its block is this node's. */
+  async function allocateSticky(tx: Tx, pools: Row[], req: AllocationRequest): Promise<Allocation | null> {
+    const ids = pools.map((p) => Number(p.id));
+    const [f] = await rows(tx, sql`SELECT f.address, host(f.address) AS text, f.block_id, b.pool_id FROM ipam.free_addresses f
+      JOIN ipam.blocks b ON b.id = f.block_id
+      WHERE f.owner = ${req.owner} AND f.hold_until > now() AND b.node = ${req.node}
+        AND b.pool_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::int)
+      ORDER BY f.free_since DESC LIMIT 1 FOR UPDATE OF f`);
+    if (!f) return null;
+    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${f.address}`);
+    return insertAllocation(tx, pools.find((p) => Number(p.id) === Number(f.pool_id))!, f.block_id, String(f.text), req);
   }
 
   async function allocateInPool(tx: Tx, pool: Row, req: AllocationRequest): Promise<Allocation | null> {
@@ -128,8 +237,8 @@ export function createIpamRepository(db: Database) {
 
   async function insertAllocation(tx: Tx, pool: Row, blockId: unknown, address: string, req: AllocationRequest): Promise<Allocation> {
     const [row] = await rows(tx, sql`WITH a AS (
-        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id)
-        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId})
+        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
+        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner})
         RETURNING *)
       SELECT ${ALLOCATION_COLUMNS} FROM a ${ALLOCATION_JOINS}`);
     return toAllocation(row!);
@@ -141,10 +250,24 @@ export function createIpamRepository(db: Database) {
       WHERE node = ${req.node} AND pool_id = ${pool.id} ORDER BY id FOR UPDATE`);
     for (const b of blocks) {
       const size = cidrSize(Number(pool.family) as Family, Number(b.len));
-      if (BigInt(b.next_offset as string | number) >= size) continue;
-      const [next] = await rows(tx, sql`UPDATE ipam.blocks SET next_offset = next_offset + 1 WHERE id = ${b.id}
-        RETURNING host(host(network(cidr))::inet + (next_offset - 1)) AS address`);
-      return insertAllocation(tx, pool, b.id, String(next!.address), req);
+      // Usually one step; a reserved range is jumped over, an address taken as a specific one is stepped past.
+      while (BigInt(b.next_offset as string | number) < size) {
+        const [next] = await rows(tx, sql`UPDATE ipam.blocks SET next_offset = next_offset + 1 WHERE id = ${b.id}
+          RETURNING next_offset, host(host(network(cidr))::inet + (next_offset - 1)) AS address`);
+        b.next_offset = next!.next_offset;
+        const [r] = await rows(tx, sql`SELECT (last - host(network(${b.cidr}::cidr))::inet) + 1 AS after FROM ipam.reservations
+          WHERE pool_id = ${pool.id} AND first <= ${next!.address}::inet AND last >= ${next!.address}::inet ORDER BY last DESC LIMIT 1`);
+        if (r) {
+          const after = BigInt(r.after as string) < size ? BigInt(r.after as string) : size;
+          await tx.execute(sql`UPDATE ipam.blocks SET next_offset = ${after.toString()}::bigint WHERE id = ${b.id}`);
+          b.next_offset = after.toString();
+          continue;
+        }
+        const [taken] = await rows(tx, sql`SELECT 1 FROM ipam.allocations WHERE address = ${next!.address}::inet AND released_at IS NULL`);
+        if (taken) continue;
+        await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${next!.address}::inet`);
+        return insertAllocation(tx, pool, b.id, String(next!.address), req);
+      }
     }
     if (blocks.length === 0) return null;
     // Every block has handed out each address once: reuse the longest-free address past the cool-down.
@@ -152,6 +275,7 @@ export function createIpamRepository(db: Database) {
         SELECT f.address FROM ipam.free_addresses f
         WHERE f.block_id = ANY(${sql.raw(`ARRAY[${blocks.map((b) => Number(b.id)).join(',')}]::int[]`)})
           AND f.free_since <= now() - make_interval(secs => ${pool.cooldown_seconds})
+          AND (f.hold_until IS NULL OR f.hold_until <= now())
         ORDER BY f.free_since LIMIT 1)
       RETURNING host(address) AS address, block_id`);
     return reused ? insertAllocation(tx, pool, reused.block_id, String(reused.address), req) : null;
@@ -170,10 +294,14 @@ export function createIpamRepository(db: Database) {
       ORDER BY c LIMIT 1`);
     if (!free) return false;
     await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, cidr, node) VALUES (${pool.id}, ${free.cidr}::cidr, ${node})`);
-    await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node)
-      VALUES (nextval('ipam.revision_seq'), ${free.cidr}::cidr, ${pool.name}, ${node})`);
-    await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
+    await logClaim(tx, String(pool.name), String(free.cidr), node);
     return true;
+  }
+
+  async function logClaim(tx: Tx, pool: string, cidr: string, node: string): Promise<void> {
+    await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node)
+      VALUES (nextval('ipam.revision_seq'), ${cidr}::cidr, ${pool}, ${node})`);
+    await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
   }
 
   async function withRetry<T>(fn: () => Promise<T>): Promise<T> {
@@ -195,8 +323,11 @@ export function createIpamRepository(db: Database) {
     const r = await rows(db, sql`WITH rel AS (
         UPDATE ipam.allocations a SET released_at = now() WHERE a.released_at IS NULL AND ${where} RETURNING a.*),
       freed AS (
-        INSERT INTO ipam.free_addresses (address, block_id) SELECT address, block_id FROM rel
-        ON CONFLICT (address) DO UPDATE SET free_since = now(), block_id = excluded.block_id)
+        INSERT INTO ipam.free_addresses (address, block_id, owner, hold_until)
+        SELECT rel.address, rel.block_id, rel.owner,
+               CASE WHEN rel.owner <> '' THEN now() + make_interval(secs => pp.sticky_seconds) END
+        FROM rel JOIN ipam.pools pp ON pp.id = rel.pool_id
+        ON CONFLICT (address) DO UPDATE SET free_since = now(), block_id = excluded.block_id, owner = excluded.owner, hold_until = excluded.hold_until)
       SELECT ${ALLOCATION_COLUMNS} FROM rel a ${ALLOCATION_JOINS} ORDER BY a.family`);
     return r.map(toAllocation);
   }
@@ -243,20 +374,28 @@ export function createIpamRepository(db: Database) {
       const blocks = await rows(db, sql`SELECT b.cidr::text AS cidr, b.node, masklen(b.cidr) AS len,
           (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) AS allocated,
           (SELECT count(*) FROM ipam.free_addresses f WHERE f.block_id = b.id
-             AND f.free_since > now() - make_interval(secs => ${p.cooldown_seconds})) AS cooling
+             AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now())) AS cooling,
+          (SELECT coalesce(sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1), 0)
+             FROM ipam.reservations r WHERE r.pool_id = b.pool_id AND r.first <= host(broadcast(b.cidr))::inet
+               AND r.last >= host(network(b.cidr))::inet) AS reserved
         FROM ipam.blocks b WHERE b.pool_id = ${p.id} ORDER BY b.cidr`);
-      const counts = (total: bigint, allocated: number, coolingDown: number): UsageCounts => ({ total, allocated, coolingDown, free: total - BigInt(allocated + coolingDown) });
-      const blockUsage = blocks.map((b) => ({ cidr: String(b.cidr), node: String(b.node), counts: counts(cidrSize(family, Number(b.len)), Number(b.allocated), Number(b.cooling)) }));
+      const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts =>
+        ({ total, allocated, coolingDown, reserved, free: total - BigInt(allocated + coolingDown) - reserved });
+      const blockUsage = blocks.map((b) => ({ cidr: String(b.cidr), node: String(b.node), counts: counts(cidrSize(family, Number(b.len)), Number(b.allocated), Number(b.cooling), BigInt(b.reserved as string)) }));
       const byNode = new Map<string, UsageCounts>();
       for (const b of blockUsage) {
         const n = byNode.get(b.node);
-        byNode.set(b.node, n ? counts(n.total + b.counts.total, n.allocated + b.counts.allocated, n.coolingDown + b.counts.coolingDown) : b.counts);
+        byNode.set(b.node, n ? counts(n.total + b.counts.total, n.allocated + b.counts.allocated, n.coolingDown + b.counts.coolingDown, n.reserved + b.counts.reserved) : b.counts);
       }
       const allocated = blockUsage.reduce((s, b) => s + b.counts.allocated, 0);
       const cooling = blockUsage.reduce((s, b) => s + b.counts.coolingDown, 0);
+      // Reserved in the whole pool, in 128-bit arithmetic (an IPv6 reservation can pass 2^63).
+      let poolReserved = 0n;
+      for (const r of await rows(db, sql`SELECT host(first) AS first, host(last) AS last FROM ipam.reservations WHERE pool_id = ${p.id}`))
+        poolReserved += parseAddress(String(r.last)).value - parseAddress(String(r.first)).value + 1n;
       out.push({
         pool: String(p.name), cidr: String(p.cidr),
-        counts: counts(cidrSize(family, Number(p.len)), allocated, cooling),
+        counts: counts(cidrSize(family, Number(p.len)), allocated, cooling, poolReserved),
         blocks: blockUsage,
         nodes: [...byNode].sort(([a], [b]) => a.localeCompare(b)).map(([node, c]) => ({ node, counts: c })),
       });
@@ -292,7 +431,10 @@ export function createIpamRepository(db: Database) {
     });
   }
 
-  return { createPool, listPools, listAllocations, allocate, release, garbageCollect, history, utilization, affinitySnapshot, affinityChangesSince };
+  return {
+    createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
+    garbageCollect, history, utilization, affinitySnapshot, affinityChangesSince,
+  };
 }
 
 export type IpamRepository = ReturnType<typeof createIpamRepository>;

@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import { bigint, bigserial, cidr, index, inet, integer, pgSchema, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { bigint, bigserial, boolean, cidr, index, inet, integer, pgSchema, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
 
 /** IPAM's own schema. Exclusion constraints (no overlapping pools or blocks) are in a custom migration. */
 export const ipam = pgSchema('ipam');
@@ -12,6 +12,14 @@ export const pools = ipam.table('pools', {
   family: smallint('family').notNull().default(4),
   /** A released address rests this long before it is handed out again. */
   cooldownSeconds: integer('cooldown_seconds').notNull().default(30),
+  /** A released address of an owner (e.g. a StatefulSet pod) is kept for that owner this long. */
+  stickySeconds: integer('sticky_seconds').notNull().default(600),
+  disabled: boolean('disabled').notNull().default(false),
+  nodeSelector: text('node_selector').notNull().default(''),
+  namespaceSelector: text('namespace_selector').notNull().default(''),
+  allowedUses: text('allowed_uses').array().notNull().default(sql`'{workload}'::text[]`),
+  /** Raised by every update; the etag is derived from it. */
+  version: integer('version').notNull().default(1),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
 });
 
@@ -42,6 +50,8 @@ export const allocations = ipam.table(
     podNamespace: text('pod_namespace').notNull().default(''),
     podName: text('pod_name').notNull().default(''),
     containerId: text('container_id').notNull().default(''),
+    /** Owner key of a sticky address (e.g. "statefulset/shop/cart-0"); empty when not sticky. */
+    owner: text('owner').notNull().default(''),
     allocatedAt: timestamp('allocated_at', { withTimezone: true }).notNull().defaultNow(),
     releasedAt: timestamp('released_at', { withTimezone: true }),
   },
@@ -66,8 +76,25 @@ export const freeAddresses = ipam.table(
     address: inet('address').primaryKey(),
     blockId: integer('block_id').notNull().references(() => blocks.id),
     freeSince: timestamp('free_since', { withTimezone: true }).notNull().defaultNow(),
+    /** Held for this owner until hold_until; nobody else takes it before then. */
+    owner: text('owner').notNull().default(''),
+    holdUntil: timestamp('hold_until', { withTimezone: true }),
   },
-  (t) => [index('free_addresses_block_idx').on(t.blockId, t.freeSince)],
+  (t) => [index('free_addresses_block_idx').on(t.blockId, t.freeSince), index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`)],
+);
+
+/** Address ranges that are never allocated (first..last inclusive, one family, inside one pool). */
+export const reservations = ipam.table(
+  'reservations',
+  {
+    id: serial('id').primaryKey(),
+    poolId: integer('pool_id').notNull().references(() => pools.id),
+    first: inet('first').notNull(),
+    last: inet('last').notNull(),
+    reason: text('reason').notNull().default(''),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [index('reservations_pool_idx').on(t.poolId, t.first)],
 );
 
 /** The affinity log: every claim or release of a block, in revision order (see store DESIGN notes). */
