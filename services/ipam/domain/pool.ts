@@ -39,12 +39,12 @@ export interface PoolRulesInput {
 /** Checks the changeable rules of a pool; fields left out stay unset. */
 export function validatePoolRules(input: PoolRulesInput): PoolRulesInput {
   const out: PoolRulesInput = {};
-  const seconds = (field: string, v: number, max: number) => {
-    if (!Number.isInteger(v) || v < 0 || v > max) throw ipamErrors.invalid(field, `${field.replace('_', '-')} ${v} s must be 0 to ${max}`);
+  const seconds = (field: string, what: string, v: number, max: number) => {
+    if (!Number.isInteger(v) || v < 0 || v > max) throw ipamErrors.invalid(field, `${what} of ${v} s must be 0 to ${max} seconds`);
     return v;
   };
-  if (input.cooldownSeconds !== undefined) out.cooldownSeconds = seconds('cooldown_seconds', input.cooldownSeconds, 30 * 86400);
-  if (input.stickySeconds !== undefined) out.stickySeconds = seconds('sticky_seconds', input.stickySeconds, 365 * 86400);
+  if (input.cooldownSeconds !== undefined) out.cooldownSeconds = seconds('cooldown_seconds', 'a cool-down', input.cooldownSeconds, 30 * 86400);
+  if (input.stickySeconds !== undefined) out.stickySeconds = seconds('sticky_seconds', 'a sticky time', input.stickySeconds, 365 * 86400);
   if (input.disabled !== undefined) out.disabled = input.disabled;
   if (input.nodeSelector !== undefined) {
     parseSelector(input.nodeSelector, 'node_selector');
