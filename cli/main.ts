@@ -37,6 +37,18 @@ settings of \`weft up\` (environment):
 ${describeSettings(controlPlaneSettings)}
 `;
 
+/** Follows page tokens to the end of a list. */
+async function everyPage<T>(fetch: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
+  const out: T[] = [];
+  let token = '';
+  do {
+    const page = await fetch(token);
+    out.push(...page.items);
+    token = page.next;
+  } while (token);
+  return out;
+}
+
 function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text() + '\n');
 }
@@ -143,7 +155,7 @@ async function main(argv: string[]): Promise<number> {
     const ipam = createClient(IpamServiceService, server);
     try {
       if (cmd === 'ipam pools') {
-        const { pools } = await ipam.listPools({}, { timeoutMs: 10_000 });
+        const pools = await everyPage((pageToken) => ipam.listPools({ pageToken }, { timeoutMs: 10_000 }).then((r) => ({ items: r.pools, next: r.nextPageToken })));
         print(json, pools, () => (pools.length ? pools.map((p) => `${p.name.padEnd(16)} ${p.cidr.padEnd(20)} blocks /${p.blockPrefixLength}`).join('\n') : 'no pools'));
         return 0;
       }
@@ -155,7 +167,8 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam allocations') {
-        const { allocations } = await ipam.listAllocations({ pool: o.pool ?? '', node: o.node ?? '' }, { timeoutMs: 10_000 });
+        const allocations = await everyPage((pageToken) =>
+          ipam.listAllocations({ pool: o.pool ?? '', node: o.node ?? '', pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
         print(json, allocations, () => (allocations.length ? allocations.map((a) => `${a.address.padEnd(16)} ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}`).join('\n') : 'no allocations'));
         return 0;
       }

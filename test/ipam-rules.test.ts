@@ -127,3 +127,30 @@ describe('specific and sticky addresses', () => {
     assert.equal(again.owner, 'statefulset/shop/web-0');
   });
 });
+
+describe('paging', () => {
+  test('lists come in pages that cover every item once; a foreign or mangled token is refused', async () => {
+    for (let i = 0; i < 7; i++) await ipam.allocate(req(`pg-${i}/eth0`, { node: 'pager', pool: 'main' }));
+    const seen: string[] = [];
+    let token = '';
+    let pages = 0;
+    do {
+      const r = await ipam.listAllocations({ node: 'pager', pageSize: 3, pageToken: token });
+      assert.ok(r.allocations.length <= 3);
+      seen.push(...r.allocations.map((a) => a.handle));
+      token = r.nextPageToken;
+      pages++;
+    } while (token);
+    assert.equal(pages, 3);
+    assert.deepEqual([...seen].sort(), Array.from({ length: 7 }, (_, i) => `pg-${i}/eth0`).sort());
+    const pools = await ipam.listPools({ pageSize: 2 });
+    assert.equal(pools.pools.length, 2);
+    await assert.rejects(ipam.listAllocations({ pageToken: pools.nextPageToken }), code(status.INVALID_ARGUMENT, 'ipam.invalid_page_token'));
+    await assert.rejects(ipam.listPools({ pageToken: 'garbage' }), code(status.INVALID_ARGUMENT, 'ipam.invalid_page_token'));
+    await assert.rejects(ipam.listPools({ pageSize: 5000 }), code(status.INVALID_ARGUMENT, 'ipam.invalid_page_size'));
+    const h1 = await ipam.listAllocationHistory({ node: 'pager', pageSize: 4 });
+    const h2 = await ipam.listAllocationHistory({ node: 'pager', pageSize: 4, pageToken: h1.nextPageToken });
+    assert.equal(h1.entries.length + h2.entries.length, 7);
+    assert.equal(h2.nextPageToken, '');
+  });
+});

@@ -5,6 +5,7 @@ import {
   IpamServiceService, IpFamily, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
+import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
 import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
@@ -84,14 +85,17 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       return { reservation: toPbReservation(await repo.createReservation(pool, first, last, req.reason)) };
     },
     async listReservations(req) {
-      return { reservations: (await repo.listReservations(req.pool ? validatePoolName(req.pool) : null)).map(toPbReservation) };
+      const page = await repo.listReservations(req.pool ? validatePoolName(req.pool) : null,
+        { after: decodePageToken('reservations', req.pageToken), limit: pageSize(req.pageSize, 1000, 5000) });
+      return { reservations: page.items.map(toPbReservation), nextPageToken: page.next ? encodePageToken('reservations', page.next) : '' };
     },
     async deleteReservation(req) {
       const { pool, id } = parseReservationName(req.name);
       return { deleted: await repo.deleteReservation(pool, id) };
     },
-    async listPools() {
-      return { pools: (await repo.listPools()).map(toPbPool) };
+    async listPools(req) {
+      const page = await repo.listPools({ after: decodePageToken('pools', req.pageToken), limit: pageSize(req.pageSize, 100, 1000) });
+      return { pools: page.items.map(toPbPool), nextPageToken: page.next ? encodePageToken('pools', page.next) : '' };
     },
     async allocate(req) {
       const valid = validateAllocationRequest({
@@ -108,7 +112,8 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
     },
     async listAllocations(req) {
       const filter = { pool: req.pool ? validatePoolName(req.pool) : undefined, node: req.node ? validateNodeName(req.node) : undefined };
-      return { allocations: (await repo.listAllocations(filter)).map(toPbAllocation) };
+      const page = await repo.listAllocations(filter, { after: decodePageToken('allocations', req.pageToken), limit: pageSize(req.pageSize, 1000, 5000) });
+      return { allocations: page.items.map(toPbAllocation), nextPageToken: page.next ? encodePageToken('allocations', page.next) : '' };
     },
     async garbageCollect(req) {
       const node = validateNodeName(req.node);
@@ -116,21 +121,22 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       return { released: (await repo.garbageCollect(node, valid)).map(toPbAllocation) };
     },
     async listAllocationHistory(req) {
-      if (req.pageSize > MAX_PAGE) throw ipamErrors.invalid('page_size', `page_size ${req.pageSize} is over ${MAX_PAGE}`);
-      const limit = req.pageSize || MAX_PAGE;
+      const limit = pageSize(req.pageSize, MAX_PAGE, MAX_PAGE);
+      const after = decodePageToken('history', req.pageToken);
       const forms = [req.address, req.podName, req.node, req.handle].filter((x) => x !== '').length;
       if (forms !== 1 || (req.podNamespace && !req.podName)) throw historyErrors.badQuery();
       let q: HistoryQuery;
       if (req.address) {
         const { family, value } = parseAddress(req.address);
-        void family;
-        void value;
-        q = { kind: 'address', address: req.address, at: req.at ?? new Date(), limit };
+        q = { kind: 'address', address: formatAddress(family, value), at: req.at ?? new Date(), limit };
       } else if (req.podName) q = { kind: 'pod', podNamespace: req.podNamespace, podName: req.podName, limit };
       else if (req.node) q = { kind: 'node', node: validateNodeName(req.node), from: req.at ?? null, until: req.until ?? new Date(), limit };
       else q = { kind: 'handle', handle: validateHandle(req.handle), limit };
-      const entries = await repo.history(q);
-      return { entries: entries.map((e) => ({ allocation: toPbAllocation(e.allocation), releaseTime: e.releasedAt ?? undefined })) };
+      const page = await repo.history(q, after);
+      return {
+        entries: page.items.map((e) => ({ allocation: toPbAllocation(e.allocation), releaseTime: e.releasedAt ?? undefined })),
+        nextPageToken: page.next ? encodePageToken('history', page.next) : '',
+      };
     },
     async getUtilization(req) {
       const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null);

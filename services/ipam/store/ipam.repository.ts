@@ -2,6 +2,7 @@ import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import { cidrSize, formatCidr, parseAddress, type Family } from '../../../lib/net/ip.js';
 import { selectPools, type PoolRule } from '../domain/pool-selection.js';
+import type { Page, PageKey } from '../domain/paging.js';
 import { ipamErrors } from '../domain/ipam.errors.js';
 import type { AllocationRequest, PoolSpec } from '../domain/pool.js';
 import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolChanges, PoolUsage, Reservation, UsageCounts } from '../domain/types.js';
@@ -89,8 +90,12 @@ export function createIpamRepository(db: Database) {
     }
   }
 
-  async function listPools(): Promise<Pool[]> {
-    return (await rows(db, sql`SELECT ${POOL_COLUMNS}, ${LIVE_COUNT} FROM ipam.pools ORDER BY name`)).map(toPool);
+  async function listPools(page: { after: PageKey | null; limit: number }): Promise<Page<Pool>> {
+    const after = page.after ? String(page.after[0]) : null;
+    const r = await rows(db, sql`SELECT ${POOL_COLUMNS}, ${LIVE_COUNT} FROM ipam.pools
+      WHERE ${after}::text IS NULL OR name > ${after} ORDER BY name LIMIT ${page.limit + 1}`);
+    const items = r.slice(0, page.limit).map(toPool);
+    return { items, next: r.length > page.limit ? [items.at(-1)!.name] : null };
   }
 
   /** Applies rule changes if the etag is current (optimistic concurrency: a stale etag changes nothing). */
@@ -126,10 +131,14 @@ export function createIpamRepository(db: Database) {
     });
   }
 
-  async function listReservations(poolName: string | null): Promise<Reservation[]> {
-    return (await rows(db, sql`SELECT r.id, p.name AS pool, host(r.first) AS first, host(r.last) AS last, r.reason, r.created_at
+  async function listReservations(poolName: string | null, page: { after: PageKey | null; limit: number }): Promise<Page<Reservation>> {
+    const [aPool, aId] = page.after ? [String(page.after[0]), Number(page.after[1])] : [null, null];
+    const r = await rows(db, sql`SELECT r.id, p.name AS pool, host(r.first) AS first, host(r.last) AS last, r.reason, r.created_at
       FROM ipam.reservations r JOIN ipam.pools p ON p.id = r.pool_id
-      WHERE ${poolName}::text IS NULL OR p.name = ${poolName} ORDER BY p.name, r.first`)).map(toReservation);
+      WHERE (${poolName}::text IS NULL OR p.name = ${poolName}) AND (${aPool}::text IS NULL OR (p.name, r.id) > (${aPool}, ${aId}::int))
+      ORDER BY p.name, r.id LIMIT ${page.limit + 1}`);
+    const items = r.slice(0, page.limit).map(toReservation);
+    return { items, next: r.length > page.limit ? [items.at(-1)!.pool, items.at(-1)!.id] : null };
   }
 
   async function deleteReservation(poolName: string, id: number): Promise<boolean> {
@@ -138,13 +147,16 @@ export function createIpamRepository(db: Database) {
     return r.length > 0;
   }
 
-  async function listAllocations(filter: { pool?: string; node?: string }): Promise<Allocation[]> {
+  async function listAllocations(filter: { pool?: string; node?: string }, page: { after: PageKey | null; limit: number } = { after: null, limit: 1_000_000 }): Promise<Page<Allocation>> {
+    const [aFamily, aAddress] = page.after ? [Number(page.after[0]), String(page.after[1])] : [null, null];
     const r = await rows(db, sql`SELECT ${ALLOCATION_COLUMNS} FROM ipam.allocations a ${ALLOCATION_JOINS}
       WHERE a.released_at IS NULL
         AND (${filter.pool ?? null}::text IS NULL OR p.name = ${filter.pool ?? null})
         AND (${filter.node ?? null}::text IS NULL OR a.node = ${filter.node ?? null})
-      ORDER BY a.family, a.address`);
-    return r.map(toAllocation);
+        AND (${aFamily}::int IS NULL OR (a.family, a.address) > (${aFamily}::int, ${aAddress}::inet))
+      ORDER BY a.family, a.address LIMIT ${page.limit + 1}`);
+    const items = r.slice(0, page.limit).map(toAllocation);
+    return { items, next: r.length > page.limit ? [items.at(-1)!.family, items.at(-1)!.address] : null };
   }
 
   /** One attempt; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
@@ -341,7 +353,7 @@ export function createIpamRepository(db: Database) {
     return releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))`);
   }
 
-  async function history(q: HistoryQuery): Promise<HistoryEntry[]> {
+  async function history(q: HistoryQuery, after: PageKey | null = null): Promise<Page<HistoryEntry>> {
     let where: SQL;
     switch (q.kind) {
       case 'address':
@@ -359,9 +371,14 @@ export function createIpamRepository(db: Database) {
         where = sql`a.handle = ${q.handle}`;
         break;
     }
-    const r = await rows(db, sql`SELECT ${ALLOCATION_COLUMNS}, a.released_at FROM ipam.allocations a ${ALLOCATION_JOINS}
-      WHERE ${where} ORDER BY a.allocated_at DESC, a.id DESC LIMIT ${q.limit}`);
-    return r.map((x) => ({ allocation: toAllocation(x), releasedAt: x.released_at ? new Date(x.released_at as string) : null }));
+    const [aAt, aId] = after ? [String(after[0]), Number(after[1])] : [null, null];
+    const r = await rows(db, sql`SELECT ${ALLOCATION_COLUMNS}, a.released_at, a.allocated_at::text AS at_key, a.id AS id_key
+      FROM ipam.allocations a ${ALLOCATION_JOINS}
+      WHERE ${where} AND (${aAt}::timestamptz IS NULL OR (a.allocated_at, a.id) < (${aAt}::timestamptz, ${aId}::bigint))
+      ORDER BY a.allocated_at DESC, a.id DESC LIMIT ${q.limit + 1}`);
+    const items = r.slice(0, q.limit).map((x) => ({ allocation: toAllocation(x), releasedAt: x.released_at ? new Date(x.released_at as string) : null }));
+    const last = r[q.limit - 1];
+    return { items, next: r.length > q.limit && last ? [String(last.at_key), Number(last.id_key)] : null };
   }
 
   async function utilization(poolName: string | null): Promise<PoolUsage[]> {
