@@ -6,6 +6,7 @@ export const controlPlaneSettings = {
   databaseUrl: { env: 'DATABASE_URL', description: 'external PostgreSQL URL; empty runs the embedded server', default: '', parse: parsers.string },
   pgPort: { env: 'WEFT_PG_PORT', description: 'TCP port of the embedded PostgreSQL (loopback only)', default: 54329, parse: parsers.port },
   listen: { env: 'WEFT_LISTEN', description: 'gRPC listen address host:port (empty: unix socket only)', default: '127.0.0.1:7400', parse: parsers.string },
+  httpListen: { env: 'WEFT_HTTP_LISTEN', description: 'HTTP/JSON listen address host:port for the IPAM API (empty: off)', default: '127.0.0.1:7401', parse: parsers.string },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
   traceExporter: { env: 'WEFT_TRACE_EXPORTER', description: 'none or console', default: 'none' as const, parse: parsers.oneOf('none', 'console') },

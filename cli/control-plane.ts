@@ -10,10 +10,24 @@ import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
 import { mountRoutesService } from '../services/routes/main.js';
 import { NODES_CHANNEL } from '../services/routes/store/nodes.repository.js';
 import type { ControlPlaneConfig } from './control-plane.config.js';
+import http from 'node:http';
+import { createHttpServer } from '../lib/http/json-gateway.js';
+
+function listenHttp(server: http.Server, address: string): Promise<number> {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(address.slice(i + 1));
+  if (i < 0 || !Number.isInteger(port)) throw new Error(`WEFT_HTTP_LISTEN ${JSON.stringify(address)} must be host:port`);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve((server.address() as { port: number }).port));
+  });
+}
 
 export interface ControlPlane {
   socketPath: string;
   tcpPort: number | null;
+  httpPort: number | null;
   stop(): Promise<void>;
 }
 
@@ -34,26 +48,36 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let tcpPort: number | null = null;
+  let httpPort: number | null = null;
+  let httpServer: http.Server | null = null;
   try {
-    await mountIpamService(server, { database, notifier, logger });
+    const ipam = await mountIpamService(server, { database, notifier, logger });
+    if (config.httpListen) {
+      httpServer = createHttpServer([ipam.http]);
+      httpPort = await listenHttp(httpServer, config.httpListen);
+    }
     routes = await mountRoutesService(server, { database, notifier, logger, ipamAddress });
     await bindServer(server, ipamAddress);
     tcpPort = config.listen ? await bindServer(server, config.listen) : null;
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
     routes?.stop();
+    httpServer?.close();
     server.forceShutdown();
     await notifier.close();
     await database.close();
     await embedded?.stop();
     throw err;
   }
-  logger.info('control plane serving', { socket: socketPath, listen: config.listen, port: tcpPort });
+  logger.info('control plane serving', { socket: socketPath, listen: config.listen, port: tcpPort, httpPort });
   return {
     socketPath,
     tcpPort,
+    httpPort,
     async stop() {
       routes?.stop();
+      httpServer?.closeAllConnections();
+      httpServer?.close();
       await shutdownServer(server);
       await notifier.close();
       await database.close();

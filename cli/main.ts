@@ -91,7 +91,7 @@ async function main(argv: string[]): Promise<number> {
     setupTelemetry('weft-control-plane', config.traceExporter);
     const logger = createLogger({ component: 'control-plane' }, { level: config.logLevel });
     const cp = await startControlPlane(config, logger);
-    process.stdout.write(JSON.stringify({ serving: true, socket: cp.socketPath, port: cp.tcpPort }) + '\n');
+    process.stdout.write(JSON.stringify({ serving: true, socket: cp.socketPath, port: cp.tcpPort, httpPort: cp.httpPort }) + '\n');
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         logger.info('stopping', { signal: sig });

@@ -20,7 +20,7 @@ after(async () => {
 
 async function up(pgPort: number) {
   // DATABASE_URL is cleared: this test is about the embedded default.
-  const env = { DATABASE_URL: '', WEFT_PG_PORT: String(pgPort), WEFT_LOG_LEVEL: 'warn' };
+  const env = { DATABASE_URL: '', WEFT_PG_PORT: String(pgPort), WEFT_LOG_LEVEL: 'warn', WEFT_HTTP_LISTEN: '127.0.0.1:0' };
   const s = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, { env });
   running = s;
   const info = JSON.parse(s.line) as { socket: string; port: number };

@@ -4,7 +4,9 @@ import { applyMigrations } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
+import * as ipamMessages from '../../gen/weft/ipam/v1/ipam.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import { createJsonGateway } from '../../lib/http/json-gateway.js';
 import { createIpamHandlers } from './rpc/ipam.rpc.js';
 import { createIpamRepository } from './store/ipam.repository.js';
 
@@ -12,6 +14,10 @@ import { createIpamRepository } from './store/ipam.repository.js';
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger }) {
   await applyMigrations(deps.database, 'ipam');
   const repo = createIpamRepository(deps.database.db);
-  addService(server, IpamServiceService, createIpamHandlers({ repo, notifier: deps.notifier }), deps.logger.child({ service: 'ipam' }));
-  return { repo };
+  const handlers = createIpamHandlers({ repo, notifier: deps.notifier });
+  const logger = deps.logger.child({ service: 'ipam' });
+  addService(server, IpamServiceService, handlers, logger);
+  // The same handlers over HTTP with JSON.
+  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);
+  return { repo, http };
 }

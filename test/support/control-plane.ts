@@ -10,6 +10,8 @@ import { createTestDatabase, type TestDatabase } from './database.js';
 /** The real control plane (IPAM + routes on one gRPC server bound to port 0) on a fresh test database. */
 export interface TestControlPlane {
   address: string;
+  /** Base URL of the HTTP/JSON API. */
+  httpUrl: string;
   socket: string;
   databaseUrl: string;
   stop(): Promise<void>;
@@ -20,7 +22,7 @@ export async function startTestControlPlane(): Promise<TestControlPlane> {
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0' });
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0' });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
     cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger);
   } catch (err) {
@@ -30,6 +32,7 @@ export async function startTestControlPlane(): Promise<TestControlPlane> {
   }
   return {
     address: `127.0.0.1:${cp.tcpPort}`,
+    httpUrl: `http://127.0.0.1:${cp.httpPort}`,
     socket: cp.socketPath,
     databaseUrl: db.url,
     async stop() {

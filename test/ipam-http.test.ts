@@ -1,0 +1,62 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+
+/** The IPAM API over HTTP with JSON (protobuf JSON mapping), served by the same handlers as gRPC. */
+let cp: TestControlPlane;
+before(async () => {
+  cp = await startTestControlPlane();
+});
+after(async () => {
+  await cp?.stop();
+});
+
+const call = async (method: string, body: unknown) => {
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${method}`, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body) });
+  return { status: res.status, json: (await res.json()) as Record<string, any> };
+};
+
+test('pools and allocations over HTTP/JSON, in the protobuf JSON mapping', async () => {
+  const created = await call('CreatePool', { name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
+  assert.equal(created.status, 200);
+  assert.equal(created.json.pool.family, 'IP_FAMILY_IPV4');
+  assert.match(created.json.pool.createTime, /^\d{4}-\d\d-\d\dT/);
+  const alloc = await call('Allocate', { handle: 'c1/eth0', node: 'n1', podNamespace: 'ns', podName: 'p', families: ['IP_FAMILY_IPV4'] });
+  assert.equal(alloc.status, 200);
+  assert.equal(alloc.json.allocation.address, '10.244.0.0');
+  const list = await call('ListAllocations', {});
+  assert.deepEqual(list.json.allocations.map((a: { handle: string }) => a.handle), ['c1/eth0']);
+});
+
+test('errors carry an HTTP status, the gRPC code name, the message and the stable error code', async () => {
+  const overlap = await call('CreatePool', { name: 'inner', cidr: '10.244.1.0/24', blockPrefixLength: 26 });
+  assert.equal(overlap.status, 409);
+  assert.deepEqual([overlap.json.code, overlap.json.errorCode], ['ALREADY_EXISTS', 'ipam.pool_overlaps']);
+  assert.match(overlap.json.message, /overlaps existing pool default/);
+  const bad = await call('CreatePool', { name: 'x', cidr: 'ten.0.0.0/8', blockPrefixLength: 26 });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.json.errorCode, 'invalid_cidr');
+  const malformed = await call('CreatePool', '{"name": ');
+  assert.equal(malformed.status, 400);
+  assert.match(malformed.json.message, /not a valid CreatePoolRequest/);
+  const badEnum = await call('Allocate', { handle: 'c2/eth0', node: 'n1', families: ['IP_FAMILY_IPV7'] });
+  assert.equal(badEnum.status, 400);
+  const missing = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/Frobnicate`, { method: 'POST', body: '{}' });
+  assert.equal(missing.status, 404);
+  const get = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`);
+  assert.equal(get.status, 400);
+  assert.equal((await call('ListPools', {})).json.pools.length, 1, 'nothing changed');
+});
+
+test('a streaming method answers newline-delimited JSON', async () => {
+  const ac = new AbortController();
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, { method: 'POST', body: '{}', signal: ac.signal });
+  assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
+  const reader = res.body!.getReader();
+  let text = '';
+  while (!text.includes('\n')) text += new TextDecoder().decode((await reader.read()).value);
+  ac.abort();
+  const first = JSON.parse(text.split('\n')[0]!);
+  assert.equal(first.reset, true);
+  assert.equal(first.upserts[0].node, 'n1');
+});
