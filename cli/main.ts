@@ -26,7 +26,7 @@ const USAGE = `usage: weft <command> [options]
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS]
   ipam allocations [--pool P] [--node N] [--json]
-  ipam utilization [--pool P] [--json]          total, allocated, cooling down and free, per pool, node and block
+  ipam utilization [--pool P] [--blocks] [--json]  total, allocated, cooling down, reserved and free, per pool, node (and block)
   ipam show ADDRESS [--at TIME] [--json]        who held the address at TIME (default: now)
   ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H) [--json]
 
@@ -71,6 +71,7 @@ async function main(argv: string[]): Promise<number> {
       node: { type: 'string' },
       'block-prefix-length': { type: 'string' },
       cooldown: { type: 'string' },
+      blocks: { type: 'boolean', default: false },
       at: { type: 'string' },
       since: { type: 'string' },
       until: { type: 'string' },
@@ -173,9 +174,9 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam utilization') {
-        const { pools } = await ipam.getUtilization({ pool: o.pool ?? '' }, { timeoutMs: 30_000 });
-        const line = (what: string, c: { total: string; allocated: number; coolingDown: number; free: string } | undefined) =>
-          `${what.padEnd(34)} total ${c!.total.padStart(8)}  allocated ${String(c!.allocated).padStart(6)}  cooling ${String(c!.coolingDown).padStart(5)}  free ${c!.free}`;
+        const { pools } = await ipam.getUtilization({ pool: o.pool ?? '', includeBlocks: o.blocks ?? false }, { timeoutMs: 30_000 });
+        const line = (what: string, c: { total: string; allocated: number; coolingDown: number; reserved: string; free: string } | undefined) =>
+          `${what.padEnd(34)} total ${c!.total.padStart(8)}  allocated ${String(c!.allocated).padStart(6)}  cooling ${String(c!.coolingDown).padStart(5)}  reserved ${c!.reserved.padStart(5)}  free ${c!.free}`;
         print(json, pools, () => pools.flatMap((p) => [line(`${p.pool} ${p.cidr}`, p.counts), ...p.nodes.map((n) => line(`  node ${n.node}`, n.counts)), ...p.blocks.map((b) => line(`    block ${b.cidr}`, b.counts))]).join('\n') || 'no pools');
         return 0;
       }

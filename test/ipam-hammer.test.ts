@@ -119,6 +119,9 @@ test(`hammer: ${WORKERS} clients for ${DURATION_MS / 1000} s keep every IPAM inv
       AND NOT EXISTS (SELECT 1 FROM ipam.allocations m WHERE m.address = a.address AND m.allocated_at > a.allocated_at AND m.allocated_at < b.allocated_at)
     LIMIT 5`);
   assert.deepEqual(early.rows, [], 'no address came back inside its cool-down');
+  const drift = await sql.query(`SELECT b.cidr::text, b.live_count, (SELECT count(*)::int FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) AS actual
+    FROM ipam.blocks b WHERE b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL)`);
+  assert.deepEqual(drift.rows, [], 'every block\'s live counter equals its live rows');
   const history = new Set((await sql.query(`SELECT handle || '=' || host(address) AS k FROM ipam.allocations`)).rows.map((r) => r.k));
   const lost = acknowledged.filter((a) => !history.has(`${a.handle}=${a.address}`));
   assert.deepEqual(lost, [], 'every acknowledged allocation is in history');

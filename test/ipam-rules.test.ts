@@ -80,7 +80,7 @@ describe('reservations', () => {
     assert.deepEqual(got, ['10.9.0.10', '10.9.0.11', '10.9.0.12', '10.9.0.13', '10.9.0.14', '10.9.0.15']);
     const next = (await ipam.allocate(req('r6/eth0', { node: 'rn', pool: 'res', nodeLabels: { res: '' } }))).allocation!;
     assert.equal(next.address, '10.9.0.16', 'the second block starts past the reservation');
-    const u = (await ipam.getUtilization({ pool: 'res' })).pools[0]!;
+    const u = (await ipam.getUtilization({ pool: 'res', includeBlocks: true })).pools[0]!;
     assert.deepEqual(u.counts, { total: '256', allocated: 7, coolingDown: 0, reserved: '10', free: '239' });
     assert.deepEqual(u.blocks[0]!.counts, { total: '16', allocated: 6, coolingDown: 0, reserved: '10', free: '0' });
   });

@@ -139,7 +139,7 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       };
     },
     async getUtilization(req) {
-      const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null);
+      const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null, req.includeBlocks);
       return {
         pools: pools.map((p) => ({
           pool: p.pool, cidr: p.cidr, counts: toPbCounts(p.counts),

@@ -251,7 +251,8 @@ export function createIpamRepository(db: Database) {
     const [row] = await rows(tx, sql`WITH a AS (
         INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
         VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner})
-        RETURNING *)
+        RETURNING *),
+      counted AS (UPDATE ipam.blocks SET live_count = live_count + 1 WHERE id = ${blockId})
       SELECT ${ALLOCATION_COLUMNS} FROM a ${ALLOCATION_JOINS}`);
     return toAllocation(row!);
   }
@@ -339,7 +340,10 @@ export function createIpamRepository(db: Database) {
         SELECT rel.address, rel.block_id, rel.owner,
                CASE WHEN rel.owner <> '' THEN now() + make_interval(secs => pp.sticky_seconds) END
         FROM rel JOIN ipam.pools pp ON pp.id = rel.pool_id
-        ON CONFLICT (address) DO UPDATE SET free_since = now(), block_id = excluded.block_id, owner = excluded.owner, hold_until = excluded.hold_until)
+        ON CONFLICT (address) DO UPDATE SET free_since = now(), block_id = excluded.block_id, owner = excluded.owner, hold_until = excluded.hold_until),
+      counted AS (
+        UPDATE ipam.blocks b SET live_count = b.live_count - x.n FROM (SELECT block_id, count(*) AS n FROM rel GROUP BY block_id) x
+        WHERE b.id = x.block_id)
       SELECT ${ALLOCATION_COLUMNS} FROM rel a ${ALLOCATION_JOINS} ORDER BY a.family`);
     return r.map(toAllocation);
   }
@@ -381,40 +385,58 @@ export function createIpamRepository(db: Database) {
     return { items, next: r.length > q.limit && last ? [String(last.at_key), Number(last.id_key)] : null };
   }
 
-  async function utilization(poolName: string | null): Promise<PoolUsage[]> {
+  /**
+   * Counts from the blocks' live counters and the recently freed (still cooling) addresses: no scan of live rows,
+   * so a pool with a million live allocations answers in milliseconds. Blocks are listed only when asked for.
+   */
+  async function utilization(poolName: string | null, includeBlocks: boolean): Promise<PoolUsage[]> {
     const pools = await rows(db, sql`SELECT ${POOL_COLUMNS}, masklen(cidr) AS len FROM ipam.pools
       WHERE ${poolName}::text IS NULL OR name = ${poolName} ORDER BY name`);
     if (poolName && pools.length === 0) throw ipamErrors.poolNotFound(poolName);
     const out: PoolUsage[] = [];
+    const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts =>
+      ({ total, allocated, coolingDown, reserved, free: total - BigInt(allocated + coolingDown) - reserved });
     for (const p of pools) {
       const family = Number(p.family) as Family;
-      const blocks = await rows(db, sql`SELECT b.cidr::text AS cidr, b.node, masklen(b.cidr) AS len,
-          (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) AS allocated,
+      const blockSize = cidrSize(family, Number(p.block_prefix_length));
+      // Per block: live counter, addresses still cooling down, reserved addresses inside the block.
+      const perBlock = sql`SELECT b.id, b.cidr, b.node, b.live_count,
           (SELECT count(*) FROM ipam.free_addresses f WHERE f.block_id = b.id
              AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now())) AS cooling,
           (SELECT coalesce(sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1), 0)
              FROM ipam.reservations r WHERE r.pool_id = b.pool_id AND r.first <= host(broadcast(b.cidr))::inet
                AND r.last >= host(network(b.cidr))::inet) AS reserved
-        FROM ipam.blocks b WHERE b.pool_id = ${p.id} ORDER BY b.cidr`);
-      const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts =>
-        ({ total, allocated, coolingDown, reserved, free: total - BigInt(allocated + coolingDown) - reserved });
-      const blockUsage = blocks.map((b) => ({ cidr: String(b.cidr), node: String(b.node), counts: counts(cidrSize(family, Number(b.len)), Number(b.allocated), Number(b.cooling), BigInt(b.reserved as string)) }));
-      const byNode = new Map<string, UsageCounts>();
-      for (const b of blockUsage) {
-        const n = byNode.get(b.node);
-        byNode.set(b.node, n ? counts(n.total + b.counts.total, n.allocated + b.counts.allocated, n.coolingDown + b.counts.coolingDown, n.reserved + b.counts.reserved) : b.counts);
-      }
-      const allocated = blockUsage.reduce((s, b) => s + b.counts.allocated, 0);
-      const cooling = blockUsage.reduce((s, b) => s + b.counts.coolingDown, 0);
+        FROM ipam.blocks b WHERE b.pool_id = ${p.id}`;
+      const cooling = sql`SELECT b.node, count(*) AS n FROM ipam.free_addresses f JOIN ipam.blocks b ON b.id = f.block_id
+        WHERE b.pool_id = ${p.id} AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now()) GROUP BY b.node`;
+      const reservedByNode = sql`SELECT b.node, sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1) AS n
+        FROM ipam.reservations r JOIN ipam.blocks b ON b.pool_id = r.pool_id AND r.first <= host(broadcast(b.cidr))::inet AND r.last >= host(network(b.cidr))::inet
+        WHERE r.pool_id = ${p.id} GROUP BY b.node`;
+      const [nodeRows, coolRows, resRows] = await Promise.all([
+        rows(db, sql`SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${p.id} GROUP BY node ORDER BY node`),
+        rows(db, cooling),
+        rows(db, reservedByNode),
+      ]);
+      const coolBy = new Map(coolRows.map((r) => [String(r.node), Number(r.n)]));
+      const resBy = new Map(resRows.map((r) => [String(r.node), BigInt(r.n as string)]));
+      const nodes = nodeRows.map((n) => ({
+        node: String(n.node),
+        counts: counts(blockSize * BigInt(n.blocks as string), Number(n.live), coolBy.get(String(n.node)) ?? 0, resBy.get(String(n.node)) ?? 0n),
+      }));
+      const blocks = includeBlocks
+        ? (await rows(db, sql`SELECT x.cidr::text AS cidr, x.node, x.live_count, x.cooling, x.reserved FROM (${perBlock}) x ORDER BY x.cidr`)).map((b) => ({
+            cidr: String(b.cidr), node: String(b.node), counts: counts(blockSize, Number(b.live_count), Number(b.cooling), BigInt(b.reserved as string)),
+          }))
+        : [];
       // Reserved in the whole pool, in 128-bit arithmetic (an IPv6 reservation can pass 2^63).
       let poolReserved = 0n;
       for (const r of await rows(db, sql`SELECT host(first) AS first, host(last) AS last FROM ipam.reservations WHERE pool_id = ${p.id}`))
         poolReserved += parseAddress(String(r.last)).value - parseAddress(String(r.first)).value + 1n;
       out.push({
         pool: String(p.name), cidr: String(p.cidr),
-        counts: counts(cidrSize(family, Number(p.len)), allocated, cooling, poolReserved),
-        blocks: blockUsage,
-        nodes: [...byNode].sort(([a], [b]) => a.localeCompare(b)).map(([node, c]) => ({ node, counts: c })),
+        counts: counts(cidrSize(family, Number(p.len)), nodes.reduce((s, n) => s + n.counts.allocated, 0), nodes.reduce((s, n) => s + n.counts.coolingDown, 0), poolReserved),
+        blocks,
+        nodes,
       });
     }
     return out;

@@ -33,8 +33,10 @@ export const blocks = ipam.table(
     claimedAt: timestamp('claimed_at', { withTimezone: true }).notNull().defaultNow(),
     /** Offset of the next never-used address: allocation takes it (O(1)) before reusing released ones. */
     nextOffset: bigint('next_offset', { mode: 'number' }).notNull().default(0),
+    /** Live allocations in the block, kept by allocate and release (utilization reads counters, not rows). */
+    liveCount: integer('live_count').notNull().default(0),
   },
-  (t) => [index('blocks_node_idx').on(t.node, t.poolId)],
+  (t) => [index('blocks_node_idx').on(t.node, t.poolId), index('blocks_pool_idx').on(t.poolId)],
 );
 
 export const allocations = ipam.table(
@@ -80,7 +82,12 @@ export const freeAddresses = ipam.table(
     owner: text('owner').notNull().default(''),
     holdUntil: timestamp('hold_until', { withTimezone: true }),
   },
-  (t) => [index('free_addresses_block_idx').on(t.blockId, t.freeSince), index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`)],
+  (t) => [
+    index('free_addresses_block_idx').on(t.blockId, t.freeSince),
+    index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`),
+    // Utilization counts only the recently freed (those still cooling down).
+    index('free_addresses_since_idx').on(t.freeSince),
+  ],
 );
 
 /** Address ranges that are never allocated (first..last inclusive, one family, inside one pool). */
