@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
-import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
 
 /** Pool rules (etags, disabling, selectors, uses), reservations, specific and sticky addresses, over gRPC on PostgreSQL. */
@@ -152,5 +152,21 @@ describe('paging', () => {
     const h2 = await ipam.listAllocationHistory({ node: 'pager', pageSize: 4, pageToken: h1.nextPageToken });
     assert.equal(h1.entries.length + h2.entries.length, 7);
     assert.equal(h2.nextPageToken, '');
+  });
+});
+
+describe('batch allocation', () => {
+  test('a batch allocates each item on its own: good ones succeed, a bad one reports its error, retries are idempotent', async () => {
+    const requests = Array.from({ length: 40 }, (_, i) => AllocateRequest.fromPartial(req(`batch-${i}/eth0`, { node: `bn-${i % 4}`, pool: 'main' })));
+    requests[7] = AllocateRequest.fromPartial(req('batch-bad/eth0', { pool: 'no-such-pool' }));
+    const { results } = await ipam.batchAllocate({ requests });
+    assert.equal(results.length, 40);
+    assert.deepEqual([results[7]!.errorCode, results[7]!.allocations.length], ['ipam.pool_not_found', 0]);
+    const ok = results.filter((r, i) => i !== 7);
+    assert.ok(ok.every((r) => r.errorCode === '' && r.allocations.length === 1));
+    assert.equal(new Set(ok.map((r) => r.allocations[0]!.address)).size, 39);
+    const again = await ipam.batchAllocate({ requests });
+    assert.deepEqual(again.results.map((r) => r.allocations[0]?.address), results.map((r) => r.allocations[0]?.address));
+    await assert.rejects(ipam.batchAllocate({ requests: Array.from({ length: 1001 }, (_, i) => AllocateRequest.fromPartial(req(`x${i}/eth0`))) }), code(status.INVALID_ARGUMENT, 'ipam.invalid_requests'));
   });
 });

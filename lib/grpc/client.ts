@@ -13,8 +13,9 @@ export interface CallOptions {
 }
 
 /**
- * A promise-based client typed from a generated service definition. Requests may leave fields out: they take the
- * protobuf defaults (what decoding an empty message gives), so adding a field to a request never breaks a caller.
+ * A promise-based client typed from a generated service definition. Requests may leave top-level fields out: they
+ * take the protobuf defaults (what decoding an empty message gives), so adding a field never breaks a caller.
+ * Nested messages (e.g. BatchAllocate's items) are built complete with the generated `X.fromPartial`.
  */
 export type PromiseClient<D> = {
   [K in keyof D]: D[K] extends { responseStream: true }

@@ -13,7 +13,7 @@ import { createIpamRepository } from './store/ipam.repository.js';
 /** Wires the IPAM service onto a server: migrations, repository, handlers. */
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger }) {
   await applyMigrations(deps.database, 'ipam');
-  const repo = createIpamRepository(deps.database.db);
+  const repo = createIpamRepository(deps.database.db, deps.database.pool);
   const handlers = createIpamHandlers({ repo, notifier: deps.notifier });
   const logger = deps.logger.child({ service: 'ipam' });
   addService(server, IpamServiceService, handlers, logger);

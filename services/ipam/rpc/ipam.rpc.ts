@@ -1,8 +1,9 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
+import { DomainError } from '../../../lib/errors.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import {
-  IpamServiceService, IpFamily, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
+  IpamServiceService, IpFamily, type AllocateRequest, type BatchAllocateResult, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
 import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
@@ -31,6 +32,16 @@ const toPbCounts = (c: UsageCounts): PbUsageCounts => ({
 });
 
 const MAX_PAGE = 1000;
+const MAX_BATCH = 1000;
+const BATCH_PARALLELISM = 8;
+
+function toAllocationRequest(req: AllocateRequest) {
+  return validateAllocationRequest({
+    handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
+    podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
+    owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
+  });
+}
 
 /** Stable resource names of reservations: "pools/<pool>/reservations/<id>". */
 const reservationName = (pool: string, id: number) => `pools/${pool}/reservations/${id}`;
@@ -98,13 +109,27 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       return { pools: page.items.map(toPbPool), nextPageToken: page.next ? encodePageToken('pools', page.next) : '' };
     },
     async allocate(req) {
-      const valid = validateAllocationRequest({
-        handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
-        podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
-        owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
-      });
-      const allocations = (await repo.allocate(valid)).map(toPbAllocation);
+      const allocations = (await repo.allocate(toAllocationRequest(req))).map(toPbAllocation);
       return { allocation: allocations[0], allocations };
+    },
+    async batchAllocate(req) {
+      if (req.requests.length > MAX_BATCH) throw ipamErrors.invalid('requests', `a batch holds at most ${MAX_BATCH} requests, not ${req.requests.length}`);
+      // Each item succeeds or fails on its own; a few run at once (same-node items serialize in the database).
+      const results: BatchAllocateResult[] = new Array(req.requests.length);
+      let next = 0;
+      const worker = async () => {
+        while (next < req.requests.length) {
+          const i = next++;
+          try {
+            results[i] = { allocations: (await repo.allocate(toAllocationRequest(req.requests[i]!))).map(toPbAllocation), errorCode: '', errorMessage: '' };
+          } catch (err) {
+            if (!(err instanceof DomainError)) throw err;
+            results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, req.requests.length) }, worker));
+      return { results };
     },
     async release(req) {
       const released = await repo.release(validateHandle(req.handle));

@@ -1,4 +1,5 @@
 import { sql, type SQL } from 'drizzle-orm';
+import type pg from 'pg';
 import type { Database } from '../../../lib/db/database.js';
 import { cidrSize, formatCidr, parseAddress, type Family } from '../../../lib/net/ip.js';
 import { selectPools, type PoolRule } from '../domain/pool-selection.js';
@@ -14,6 +15,41 @@ import { PG, pgErrorOf } from './pg-errors.js';
  * cool-down; a new block is found by a gap search over the pool's existing blocks. See services/ipam/DESIGN.md.
  */
 export const BLOCKS_CHANNEL = 'ipam_blocks';
+const POOL_CACHE_MS = 1000;
+
+const ALLOCATION_COLUMNS_TEXT = `a.handle, host(a.address) AS address, a.family, p.name AS pool, b.cidr::text AS block_cidr, a.node,
+  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at`;
+const ALLOCATION_JOINS_TEXT = 'JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id';
+
+/**
+ * The common allocation in one statement. $1 handle, $2 family, $3 node, $4 pool id, $5 block size, $6 pod
+ * namespace, $7 pod name, $8 container id, $9 owner. The handle's live allocation if it has one; else the node's
+ * first block in the pool with a never-used address is locked and advanced, and the address inserted unless it is
+ * reserved or taken (then the offset still moves past it: 'skipped'). No row: no such block.
+ */
+const FAST_ALLOCATE = `WITH existing AS (
+    SELECT a.id FROM ipam.allocations a WHERE a.handle = $1 AND a.family = $2 AND a.released_at IS NULL),
+  blk AS (
+    SELECT b.id, host(network(b.cidr))::inet + b.next_offset AS address FROM ipam.blocks b
+    WHERE b.node = $3 AND b.pool_id = $4 AND b.next_offset < $5::bigint AND NOT EXISTS (SELECT 1 FROM existing)
+    ORDER BY b.id LIMIT 1 FOR UPDATE),
+  chk AS (
+    SELECT blk.id, blk.address,
+      NOT EXISTS (SELECT 1 FROM ipam.reservations r WHERE r.pool_id = $4 AND r.first <= blk.address AND r.last >= blk.address)
+      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = blk.address AND l.released_at IS NULL) AS ok
+    FROM blk),
+  adv AS (
+    UPDATE ipam.blocks b SET next_offset = b.next_offset + 1, live_count = b.live_count + chk.ok::int
+    FROM chk WHERE b.id = chk.id RETURNING b.id, chk.address, chk.ok),
+  freed AS (DELETE FROM ipam.free_addresses f USING adv WHERE adv.ok AND f.address = adv.address),
+  ins AS (
+    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
+    SELECT $1, adv.address, $2, $4, adv.id, $3, $6, $7, $8, $9 FROM adv WHERE adv.ok RETURNING *)
+  SELECT 'new' AS outcome, ${ALLOCATION_COLUMNS_TEXT} FROM ins a ${ALLOCATION_JOINS_TEXT}
+  UNION ALL
+  SELECT 'existing', ${ALLOCATION_COLUMNS_TEXT} FROM ipam.allocations a ${ALLOCATION_JOINS_TEXT} WHERE a.id IN (SELECT id FROM existing)
+  UNION ALL
+  SELECT 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM adv WHERE NOT adv.ok`;
 
 type Row = Record<string, unknown>;
 type Tx = Pick<Database, 'execute'>;
@@ -69,7 +105,7 @@ const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_leng
   node_selector, namespace_selector, allowed_uses, version, created_at`;
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
-export function createIpamRepository(db: Database) {
+export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>) {
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
     try {
@@ -87,6 +123,8 @@ export function createIpamRepository(db: Database) {
       }
       if (pg?.code === PG.uniqueViolation) throw ipamErrors.poolExists(spec.name);
       throw err;
+    } finally {
+      poolCache = null;
     }
   }
 
@@ -107,6 +145,7 @@ export function createIpamRepository(db: Database) {
     if (changes.nodeSelector !== undefined) sets.push(sql`node_selector = ${changes.nodeSelector}`);
     if (changes.namespaceSelector !== undefined) sets.push(sql`namespace_selector = ${changes.namespaceSelector}`);
     if (changes.allowedUses !== undefined) sets.push(sql`allowed_uses = ${textArray(changes.allowedUses)}`);
+    poolCache = null;
     const [row] = await rows(db, sql`UPDATE ipam.pools SET ${sql.join(sets, sql`, `)}
       WHERE name = ${name} AND '"' || id || '.' || version || '"' = ${etag} RETURNING ${POOL_COLUMNS}, ${LIVE_COUNT}`);
     if (row) return toPool(row);
@@ -159,18 +198,67 @@ export function createIpamRepository(db: Database) {
     return { items, next: r.length > page.limit ? [items.at(-1)!.family, items.at(-1)!.address] : null };
   }
 
-  /** One attempt; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
-  async function allocateOnce(req: AllocationRequest): Promise<Allocation[]> {
+  /**
+   * Pools change rarely: a replica reads them at most every POOL_CACHE_MS (and at once after its own changes), so
+   * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time.
+   */
+  let poolCache: { at: number; rules: (Row & PoolRule)[] } | null = null;
+  async function poolRules(): Promise<(Row & PoolRule)[]> {
+    if (poolCache && Date.now() - poolCache.at < POOL_CACHE_MS) return poolCache.rules;
+    const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
+    poolCache = { at: Date.now(), rules };
+    return rules;
+  }
+
+  function wantedFamilies(pools: Row[], req: AllocationRequest): Family[] {
+    const asked = req.pool ?? req.namespacePool;
+    const available = [...new Set(pools.map((p) => Number(p.family) as Family))].sort();
+    return asked ? available : req.families ?? [...new Set([...available, ...req.addresses.map((a) => a.family)])].sort();
+  }
+
+  async function allocate(req: AllocationRequest): Promise<Allocation[]> {
+    const all = await poolRules();
+    if (all.length === 0) throw ipamErrors.noPools();
+    const pools = selectPools(all, req);
+    const families = wantedFamilies(pools, req);
+    // The common case, one family from a block with never-used addresses: one statement, one round trip.
+    if (families.length === 1 && req.addresses.length === 0 && !req.owner) {
+      const first = pools.find((p) => Number(p.family) === families[0]);
+      for (let i = 0; first && i < 32; i++) {
+        const r = await allocateFast(first, req);
+        if (r.kind === 'done') return [r.allocation];
+        if (r.kind === 'none') break;
+      }
+    }
+    return withRetry(() => allocateOnce(req, pools));
+  }
+
+  /**
+   * One statement: the handle's live allocation if it has one; else the node's first block in the pool with a
+   * never-used address is locked, advanced, and the address inserted unless it is reserved or taken (then the
+   * offset still moves past it and the caller tries again). 'none': no such block, take the full path.
+   */
+  async function allocateFast(pool: Row, req: AllocationRequest): Promise<{ kind: 'done'; allocation: Allocation } | { kind: 'skipped' } | { kind: 'none' }> {
+    const size = cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length));
+    // A named (prepared) statement: planning this statement costs more than running it.
+    const { rows: r } = await client.query({
+      name: 'ipam_allocate_fast',
+      text: FAST_ALLOCATE,
+      values: [req.handle, pool.family, req.node, pool.id, size.toString(), req.podNamespace, req.podName, req.containerId, req.owner],
+    });
+    const row = r[0] as Row | undefined;
+    if (!row) return { kind: 'none' };
+    if (row.outcome === 'skipped') return { kind: 'skipped' };
+    return { kind: 'done', allocation: toAllocation(row) };
+  }
+
+  /** The full path, one transaction; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
+  async function allocateOnce(req: AllocationRequest, pools: (Row & PoolRule)[]): Promise<Allocation[]> {
     return db.transaction(async (tx) => {
       const live = (await rows(tx, sql`SELECT ${ALLOCATION_COLUMNS} FROM ipam.allocations a ${ALLOCATION_JOINS}
         WHERE a.handle = ${req.handle} AND a.released_at IS NULL ORDER BY a.family`)).map(toAllocation);
-
-      const all = (await rows(tx, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
-      if (all.length === 0) throw ipamErrors.noPools();
-      const pools = selectPools(all, req);
       const asked = req.pool ?? req.namespacePool;
-      const available = [...new Set(pools.map((p) => Number(p.family) as Family))].sort();
-      const wanted = asked ? available : req.families ?? [...new Set([...available, ...req.addresses.map((a) => a.family)])].sort();
+      const wanted = wantedFamilies(pools, req);
       const out: Allocation[] = [];
       for (const family of wanted) {
         const held = live.find((a) => a.family === family);
@@ -329,7 +417,6 @@ export function createIpamRepository(db: Database) {
     }
   }
 
-  const allocate = (req: AllocationRequest) => withRetry(() => allocateOnce(req));
 
   /** Releases the live allocations matched by `where`; each released address starts its cool-down. */
   async function releaseWhere(where: SQL): Promise<Allocation[]> {

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# What the benchmarks need beyond the tests: pgbench (Debian: postgresql-15).
+set -euo pipefail
+if ! command -v pgbench >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+fi

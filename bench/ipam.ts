@@ -1,0 +1,194 @@
+import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { startEmbeddedPostgres } from '../lib/db/embedded.js';
+import { createClient, type PromiseClient } from '../lib/grpc/client.js';
+import { silentLogger } from '../lib/logger.js';
+import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { bin, startUntil } from '../test/support/processes.js';
+import { freePort } from '../test/support/ports.js';
+import { findPgbench, median, ms, percentile, perSec, pgbenchInsertTps, printTable, type Row } from './support.js';
+
+/**
+ * bench/ipam: allocation throughput and latency at 1, 8 and 64 concurrent clients over 500 simulated nodes, beside
+ * pgbench's rate for a one-row INSERT transaction on the same PostgreSQL in the same run; latency at half load;
+ * "who held X at T" with millions of history rows; utilization of a pool with a million live allocations.
+ * Every figure is the median of RUNS runs. Knobs (environment): WEFT_BENCH_RUNS (3), WEFT_BENCH_SECONDS (6),
+ * WEFT_BENCH_HISTORY_ROWS (5000000), WEFT_BENCH_LIVE_ROWS (1000000).
+ */
+const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
+const SECONDS = Number(process.env.WEFT_BENCH_SECONDS ?? 6);
+const HISTORY_ROWS = Number(process.env.WEFT_BENCH_HISTORY_ROWS ?? 5_000_000);
+const LIVE_ROWS = Number(process.env.WEFT_BENCH_LIVE_ROWS ?? 1_000_000);
+const NODES = 500;
+type Ipam = PromiseClient<typeof IpamServiceService>;
+
+let handleSeq = 0;
+
+/** Closed loop: `clients` callers, each allocating as fast as it can for `seconds`. */
+async function closedLoop(clients: Ipam[], seconds: number) {
+  const lat: number[] = [];
+  const end = performance.now() + seconds * 1000;
+  await Promise.all(clients.map(async (c) => {
+    while (performance.now() < end) {
+      const t0 = performance.now();
+      await c.allocate({ handle: `b${handleSeq++}/eth0`, node: `bn-${Math.floor(Math.random() * NODES)}`, pool: 'bench' });
+      lat.push(performance.now() - t0);
+    }
+  }));
+  lat.sort((a, b) => a - b);
+  return { rate: lat.length / seconds, p50: percentile(lat, 50), p99: percentile(lat, 99), p999: percentile(lat, 99.9) };
+}
+
+/** Open loop at a fixed arrival rate: latency as a user sees it at that load. */
+async function openLoop(clients: Ipam[], rate: number, seconds: number) {
+  const lat: number[] = [];
+  const total = Math.floor(rate * seconds);
+  const start = performance.now();
+  const inflight: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const due = start + (i * 1000) / rate;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const c = clients[i % clients.length]!;
+    inflight.push((async () => {
+      const t0 = performance.now();
+      await c.allocate({ handle: `b${handleSeq++}/eth0`, node: `bn-${Math.floor(Math.random() * NODES)}`, pool: 'bench' });
+      lat.push(performance.now() - t0);
+    })());
+  }
+  await Promise.all(inflight);
+  lat.sort((a, b) => a - b);
+  return { p50: percentile(lat, 50), p99: percentile(lat, 99), achieved: lat.length / ((performance.now() - start) / 1000) };
+}
+
+async function main() {
+  const pgbench = findPgbench();
+  if (!pgbench) throw new Error('pgbench not found: run `bash bench/install-deps.sh` (Debian package postgresql-15)');
+  const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-ipam-'));
+  chmodSync(dir, 0o755);
+  const db = await startEmbeddedPostgres(dir, await freePort(), silentLogger);
+  const sql = new pg.Client({ connectionString: db.url });
+  await sql.connect();
+  await sql.query('CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())');
+  const cp = await startUntil(bin.weft, ['up', '--data-dir', path.join(dir, 'cp'), '--listen', '127.0.0.1:0'], /"serving":true/, {
+    env: { DATABASE_URL: db.url, WEFT_HTTP_LISTEN: '', WEFT_LOG_LEVEL: 'warn' },
+  });
+  const address = `127.0.0.1:${(JSON.parse(cp.line) as { port: number }).port}`;
+  const admin = createClient(IpamServiceService, address);
+  const rows: Row[] = [];
+  try {
+    await admin.createPool({ name: 'bench', cidr: '10.0.0.0/10', blockPrefixLength: 26 });
+    // Warm up: every node claims its first block, so the runs measure steady-state allocation.
+    const warm = Array.from({ length: 8 }, () => createClient(IpamServiceService, address));
+    for (let n = 0; n < NODES; n += 8) await Promise.all(warm.map((c, i) => c.allocate({ handle: `w${n + i}/eth0`, node: `bn-${n + i}`, pool: 'bench' })));
+    warm.forEach((c) => c.close());
+
+    let maxRate = 0;
+    for (const concurrency of [1, 8, 64]) {
+      const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address));
+      const ours = [];
+      const base = [];
+      for (let r = 0; r < RUNS; r++) {
+        ours.push(await closedLoop(clients, SECONDS));
+        base.push(await pgbenchInsertTps(pgbench, db.url, concurrency, SECONDS));
+      }
+      clients.forEach((c) => c.close());
+      const rate = median(ours.map((o) => o.rate));
+      const baseRate = median(base);
+      maxRate = Math.max(maxRate, rate);
+      rows.push({ figure: `allocations, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
+      rows.push({ figure: `  latency p50 / p99 / p99.9`, value: `${ms(median(ours.map((o) => o.p50)))} / ${ms(median(ours.map((o) => o.p99)))} / ${ms(median(ours.map((o) => o.p999)))}` });
+    }
+    // Batches: 100 allocations per call, 8 callers: what the API can do when a caller has many to make.
+    {
+      const clients = Array.from({ length: 8 }, () => createClient(IpamServiceService, address));
+      const rates = [];
+      for (let r = 0; r < RUNS; r++) {
+        let done = 0;
+        const end = performance.now() + SECONDS * 1000;
+        await Promise.all(clients.map(async (c) => {
+          while (performance.now() < end) {
+            const requests = Array.from({ length: 100 }, () => AllocateRequest.fromPartial({ handle: `b${handleSeq++}/eth0`, node: `bn-${Math.floor(Math.random() * NODES)}`, pool: 'bench' }));
+            const { results } = await c.batchAllocate({ requests });
+            done += results.filter((x) => x.allocations.length > 0).length;
+          }
+        }));
+        rates.push(done / SECONDS);
+      }
+      clients.forEach((c) => c.close());
+      const rate = median(rates);
+      const baseRate = median(await Promise.all([pgbenchInsertTps(pgbench, db.url, 8, SECONDS)]));
+      rows.push({ figure: 'allocations in batches of 100, 8 callers', value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
+    }
+    const halfClients = Array.from({ length: 64 }, () => createClient(IpamServiceService, address));
+    const half = [];
+    for (let r = 0; r < RUNS; r++) half.push(await openLoop(halfClients, maxRate / 2, SECONDS));
+    halfClients.forEach((c) => c.close());
+    rows.push({ figure: `latency at half load (${perSec(maxRate / 2)}) p50 / p99`, value: `${ms(median(half.map((h) => h.p50)))} / ${ms(median(half.map((h) => h.p99)))}`, goal: 'p99 <= 10 ms' });
+
+    // History: synthetic closed allocations, 50 generations per address, one minute each.
+    await admin.createPool({ name: 'history', cidr: '11.0.0.0/8', blockPrefixLength: 26 });
+    const addresses = Math.ceil(HISTORY_ROWS / 50);
+    const t0 = Date.now();
+    await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
+      SELECT p.id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
+      FROM ipam.pools p, generate_series(0, ${Math.ceil(addresses / 64) - 1}) i WHERE p.name = 'history'`);
+    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
+      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, b.pool_id, b.id, b.node, 'ns', 'pod-' || a || '-' || g, 'c' || a,
+             timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second',
+             timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second' + interval '50 minutes'
+      FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g
+      JOIN ipam.blocks b ON b.cidr = set_masklen('11.0.0.0'::inet + ((a / 64) * 64), 26)::cidr`);
+    await sql.query('ANALYZE ipam.allocations');
+    const loadSeconds = (Date.now() - t0) / 1000;
+    const who: number[] = [];
+    for (let i = 0; i < 500; i++) {
+      const a = Math.floor(Math.random() * addresses);
+      const g = Math.floor(Math.random() * 50);
+      const at = new Date(Date.parse('2026-01-01T00:00:00Z') + g * 3_600_000 + (a % 3600) * 1000 + 600_000);
+      const addr = `11.${(a >> 16) & 255}.${(a >> 8) & 255}.${a & 255}`;
+      const s = performance.now();
+      const { entries } = await admin.listAllocationHistory({ address: addr, at });
+      who.push(performance.now() - s);
+      if (entries.length !== 1 || entries[0]!.allocation!.podName !== `pod-${a}-${g}`) throw new Error(`wrong answer for ${addr} at ${at.toISOString()}`);
+    }
+    who.sort((x, y) => x - y);
+    const histCount = Number((await sql.query(`SELECT count(*) FROM ipam.allocations`)).rows[0].count);
+    rows.push({ figure: `"who held X at T", ${(histCount / 1e6).toFixed(1)}M history rows, p50 / p99`, value: `${ms(percentile(who, 50))} / ${ms(percentile(who, 99))}`, goal: 'p99 <= 20 ms' });
+
+    // Utilization: a pool with a million live allocations.
+    await admin.createPool({ name: 'million', cidr: '12.0.0.0/11', blockPrefixLength: 26 });
+    await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
+      SELECT p.id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, 64
+      FROM ipam.pools p, generate_series(0, ${Math.ceil(LIVE_ROWS / 64) - 1}) i WHERE p.name = 'million'`);
+    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node)
+      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, b.pool_id, b.id, b.node
+      FROM generate_series(0, ${Math.ceil(LIVE_ROWS / 64) * 64 - 1}) a
+      JOIN ipam.blocks b ON b.cidr = set_masklen('12.0.0.0'::inet + ((a / 64) * 64), 26)::cidr`);
+    await sql.query('ANALYZE');
+    const util: number[] = [];
+    let allocated = 0;
+    for (let i = 0; i < 50; i++) {
+      const s = performance.now();
+      const { pools } = await admin.getUtilization({ pool: 'million' });
+      util.push(performance.now() - s);
+      allocated = pools[0]!.counts!.allocated;
+    }
+    util.sort((x, y) => x - y);
+    rows.push({ figure: `utilization, pool with ${(allocated / 1e6).toFixed(2)}M live, p50 / p99`, value: `${ms(percentile(util, 50))} / ${ms(percentile(util, 99))}`, goal: '<= 50 ms' });
+    printTable(`bench/ipam — medians of ${RUNS} runs of ${SECONDS} s; ${NODES} nodes; history load took ${loadSeconds.toFixed(0)} s`, rows);
+  } finally {
+    admin.close();
+    await sql.end();
+    await cp.stop();
+    await db.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(() => process.exit(0), (err) => {
+  process.stderr.write(`bench/ipam: ${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,64 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+/** Shared pieces of the benchmarks: percentiles, medians, pgbench, and the printed table. */
+export const run = promisify(execFile);
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+export function findPgbench(): string | null {
+  try {
+    return execFileSync('sh', ['-c', 'command -v pgbench'], { encoding: 'utf8' }).trim() || null;
+  } catch {
+    for (const v of existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort().reverse() : []) {
+      const p = `/usr/lib/postgresql/${v}/bin/pgbench`;
+      if (existsSync(p)) return p;
+    }
+    return null;
+  }
+}
+
+/** pgbench's rate (transactions per second) for a one-row INSERT transaction at `clients` connections. */
+export async function pgbenchInsertTps(pgbench: string, url: string, clients: number, seconds: number): Promise<number> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'weft-pgbench-'));
+  try {
+    const script = path.join(dir, 'insert.sql');
+    writeFileSync(script, 'INSERT INTO bench_baseline (v) VALUES (random());\n');
+    const { stdout } = await run(pgbench, ['-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(seconds), '-f', script, url], { timeout: (seconds + 60) * 1000 });
+    const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout) ?? /tps = ([\d.]+)/.exec(stdout);
+    if (!m) throw new Error(`cannot read pgbench's rate:\n${stdout}`);
+    return Number(m[1]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export interface Row {
+  figure: string;
+  value: string;
+  baseline?: string;
+  ratio?: string;
+  goal?: string;
+}
+
+export function printTable(title: string, rows: Row[]): void {
+  const cols: (keyof Row)[] = ['figure', 'value', 'baseline', 'ratio', 'goal'];
+  const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => (r[c] ?? '').length)));
+  const line = (vals: string[]) => '| ' + vals.map((v, i) => v.padEnd(widths[i]!)).join(' | ') + ' |';
+  process.stdout.write(`\n${title}\n${line(cols)}\n${line(widths.map((w) => '-'.repeat(w)))}\n`);
+  for (const r of rows) process.stdout.write(line(cols.map((c) => r[c] ?? '')) + '\n');
+}
+
+export const ms = (x: number) => `${x.toFixed(2)} ms`;
+export const perSec = (x: number) => `${Math.round(x)}/s`;
