@@ -6,6 +6,7 @@ import { createClient } from '../lib/grpc/client.js';
 import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState } from './cluster/cluster.js';
@@ -29,6 +30,11 @@ const USAGE = `usage: weft <command> [options]
   ipam utilization [--pool P] [--blocks] [--json]  total, allocated, cooling down, reserved and free, per pool, node (and block)
   ipam show ADDRESS [--at TIME] [--json]        who held the address at TIME (default: now)
   ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H) [--json]
+  ipam pool update NAME [--disable | --enable] [--node-selector S] [--namespace-selector S] [--cooldown S] [--sticky S]
+  ipam reserve POOL (CIDR | FIRST-LAST) [--reason TEXT]    ipam reservations [--pool P]    ipam unreserve NAME
+  ipam release HANDLE                           release one handle's addresses
+  ipam check [--json]                           verify IPAM's invariants; also lists allocations of unregistered nodes
+  ipam release --leaked [--yes]                 release allocations of unregistered nodes (dry run without --yes)
 
   --server ADDR   control plane for ipam commands (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)
   --state-dir DIR local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)
@@ -71,6 +77,14 @@ async function main(argv: string[]): Promise<number> {
       node: { type: 'string' },
       'block-prefix-length': { type: 'string' },
       cooldown: { type: 'string' },
+      sticky: { type: 'string' },
+      disable: { type: 'boolean' },
+      enable: { type: 'boolean' },
+      'node-selector': { type: 'string' },
+      'namespace-selector': { type: 'string' },
+      reason: { type: 'string' },
+      leaked: { type: 'boolean', default: false },
+      yes: { type: 'boolean', default: false },
       blocks: { type: 'boolean', default: false },
       at: { type: 'string' },
       since: { type: 'string' },
@@ -171,6 +185,77 @@ async function main(argv: string[]): Promise<number> {
         const allocations = await everyPage((pageToken) =>
           ipam.listAllocations({ pool: o.pool ?? '', node: o.node ?? '', pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
         print(json, allocations, () => (allocations.length ? allocations.map((a) => `${a.address.padEnd(16)} ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}`).join('\n') : 'no allocations'));
+        return 0;
+      }
+      if (cmd.startsWith('ipam pool update')) {
+        if (pos.length !== 4) throw new UsageError('usage: weft ipam pool update NAME [--disable|--enable] [--node-selector S] [--namespace-selector S] [--cooldown S] [--sticky S]');
+        if (o.disable && o.enable) throw new UsageError('--disable and --enable contradict each other');
+        const num = (flag: string, v: string | undefined) => {
+          if (v === undefined) return undefined;
+          if (!/^\d+$/.test(v)) throw new UsageError(`--${flag} ${JSON.stringify(v)} must be a whole number of seconds`);
+          return Number(v);
+        };
+        const current = (await everyPage((pageToken) => ipam.listPools({ pageToken }).then((r) => ({ items: r.pools, next: r.nextPageToken })))).find((p) => p.name === pos[3]);
+        if (!current) throw new Error(`no pool named ${pos[3]}`);
+        const { pool } = await ipam.updatePool({
+          name: pos[3]!, etag: current.etag, disabled: o.disable ? true : o.enable ? false : undefined,
+          nodeSelector: o['node-selector'], namespaceSelector: o['namespace-selector'], cooldownSeconds: num('cooldown', o.cooldown), stickySeconds: num('sticky', o.sticky),
+        }, { timeoutMs: 10_000 });
+        print(json, pool, () => `pool ${pool!.name} updated${pool!.disabled ? ' (disabled)' : ''}`);
+        return 0;
+      }
+      if (pos[1] === 'reserve') {
+        if (pos.length !== 4) throw new UsageError('usage: weft ipam reserve POOL (CIDR | FIRST-LAST) [--reason TEXT]');
+        const range = pos[3]!;
+        const dash = range.includes('/') ? -1 : range.indexOf('-');
+        const { reservation } = await ipam.createReservation(dash < 0 ? { pool: pos[2]!, cidr: range, reason: o.reason ?? '' }
+          : { pool: pos[2]!, first: range.slice(0, dash), last: range.slice(dash + 1), reason: o.reason ?? '' }, { timeoutMs: 10_000 });
+        print(json, reservation, () => `${reservation!.name}: ${reservation!.first}..${reservation!.last} reserved`);
+        return 0;
+      }
+      if (cmd === 'ipam reservations') {
+        const list = await everyPage((pageToken) => ipam.listReservations({ pool: o.pool ?? '', pageToken }).then((r) => ({ items: r.reservations, next: r.nextPageToken })));
+        print(json, list, () => list.map((r) => `${r.name.padEnd(32)} ${r.first}..${r.last}  ${r.reason}`).join('\n') || 'no reservations');
+        return 0;
+      }
+      if (pos[1] === 'unreserve') {
+        if (pos.length !== 3) throw new UsageError('usage: weft ipam unreserve pools/<pool>/reservations/<id>');
+        const r = await ipam.deleteReservation({ name: pos[2]! }, { timeoutMs: 10_000 });
+        print(json, r, () => (r.deleted ? `${pos[2]} removed` : `${pos[2]} did not exist`));
+        return 0;
+      }
+      if (cmd === 'ipam check' || (cmd === 'ipam release' && o.leaked)) {
+        const routes = createClient(RoutesServiceService, server);
+        try {
+          const nodes = new Set((await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+          const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
+          const leaked = allocations.filter((a) => !nodes.has(a.node));
+          if (cmd === 'ipam check') {
+            const { problems, checks } = await ipam.checkConsistency({}, { timeoutMs: 60_000 });
+            const report = { checks, problems, leaked: leaked.map((a) => ({ handle: a.handle, address: a.address, node: a.node })) };
+            print(json, report, () => [`${checks} invariants checked: ${problems.length ? `${problems.length} problems` : 'all hold'}`,
+              ...problems.map((p) => `  ${p.kind}: ${p.detail}`),
+              leaked.length ? `${leaked.length} allocations on nodes that are not registered (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on unregistered nodes',
+              ...leaked.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`)].join('\n'));
+            return problems.length > 0 || leaked.length > 0 ? 1 : 0;
+          }
+          const goneNodes = [...new Set(leaked.map((a) => a.node))];
+          if (!o.yes) {
+            print(json, { dryRun: true, wouldRelease: leaked.map((a) => a.handle) }, () => `dry run: would release ${leaked.length} allocations on ${goneNodes.length} unregistered nodes (${goneNodes.join(', ')}); add --yes`);
+            return 0;
+          }
+          let released = 0;
+          for (const node of goneNodes) released += (await ipam.garbageCollect({ node, validHandles: [] }, { timeoutMs: 30_000 })).released.length;
+          print(json, { released }, () => `released ${released} allocations on ${goneNodes.length} unregistered nodes`);
+          return 0;
+        } finally {
+          routes.close();
+        }
+      }
+      if (pos[1] === 'release') {
+        if (pos.length !== 3) throw new UsageError('usage: weft ipam release HANDLE  |  weft ipam release --leaked [--yes]');
+        const r = await ipam.release({ handle: pos[2]! }, { timeoutMs: 10_000 });
+        print(json, r, () => (r.released ? `released ${r.addresses.join(', ')}` : `${pos[2]} held nothing`));
         return 0;
       }
       if (cmd === 'ipam utilization') {

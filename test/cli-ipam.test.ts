@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createClient } from '../lib/grpc/client.js';
+import pg from 'pg';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { bin } from './support/processes.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
 
@@ -63,4 +65,53 @@ test('bad input: exit status 2 for usage, 1 with the server\'s message for a ref
   assert.match(overlap.stderr, /overlaps existing pool default/);
   const unknown = await fails(['ipam', 'frobnicate']);
   assert.equal(unknown.code, 2);
+});
+
+test('reserve, pool update, check and release --leaked from the command line', async () => {
+  const ipam = createClient(IpamServiceService, cp.address);
+  const routes = createClient(RoutesServiceService, cp.address);
+  const sql = new pg.Client({ connectionString: cp.databaseUrl });
+  await sql.connect();
+  try {
+    await weft('ipam', 'pool', 'create', 'ops', '10.250.0.0/24', '--block-prefix-length', '28');
+    const r = JSON.parse((await weft('ipam', 'reserve', 'ops', '10.250.0.0-10.250.0.3', '--reason', 'gateways', '--json')).stdout);
+    assert.match(r.name, /^pools\/ops\/reservations\/\d+$/);
+    assert.match((await weft('ipam', 'reservations', '--pool', 'ops')).stdout, /10\.250\.0\.0\.\.10\.250\.0\.3\s+gateways/);
+
+    await routes.registerNode({ name: 'live-node', underlayAddress: '192.0.2.50', vtepMac: '02:00:00:00:00:50' });
+    const first = (await ipam.allocate({ handle: 'ok/eth0', node: 'live-node', pool: 'ops' })).allocation!;
+    assert.equal(first.address, '10.250.0.4', 'the reservation is skipped');
+    await ipam.allocate({ handle: 'ghost/eth0', node: 'ghost-node', pool: 'ops' });
+
+    const dirty = await fails(['ipam', 'check']);
+    assert.equal(dirty.code, 1, 'leaked allocations make check fail');
+    const report = JSON.parse(await weft('ipam', 'check', '--json').then((r) => r.stdout, (e: { stdout: string }) => e.stdout));
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(report.leaked.map((l: { handle: string }) => l.handle).filter((h: string) => h === 'ghost/eth0'), ['ghost/eth0']);
+    const dry = JSON.parse((await weft('ipam', 'release', '--leaked', '--json')).stdout);
+    assert.ok(dry.dryRun && dry.wouldRelease.includes('ghost/eth0'));
+    assert.ok((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length === 1, 'a dry run changes nothing');
+    await weft('ipam', 'release', '--leaked', '--yes');
+    assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 0);
+    assert.equal((await ipam.listAllocations({ node: 'live-node' })).allocations.length, 1, 'registered nodes keep theirs');
+
+    // Corruption that the database cannot forbid is found and named.
+    await sql.query(`UPDATE ipam.blocks SET live_count = live_count + 5 WHERE node = 'live-node'`);
+    const corrupt = JSON.parse(await weft('ipam', 'check', '--json').then((r) => r.stdout, (e: { stdout: string }) => e.stdout));
+    assert.equal(corrupt.problems[0].kind, 'live_count_mismatch');
+    await sql.query(`UPDATE ipam.blocks SET live_count = live_count - 5 WHERE node = 'live-node'`);
+
+    await weft('ipam', 'pool', 'update', 'ops', '--disable');
+    await assert.rejects(ipam.allocate({ handle: 'late/eth0', node: 'live-node', pool: 'ops' }), /disabled/);
+    await weft('ipam', 'pool', 'update', 'ops', '--enable');
+    await ipam.allocate({ handle: 'late/eth0', node: 'live-node', pool: 'ops' });
+    await weft('ipam', 'unreserve', r.name);
+    assert.doesNotMatch((await weft('ipam', 'reservations')).stdout, /gateways/);
+    const bad = await fails(['ipam', 'pool', 'update', 'ops', '--disable', '--enable']);
+    assert.equal(bad.code, 2);
+  } finally {
+    ipam.close();
+    routes.close();
+    await sql.end();
+  }
 });

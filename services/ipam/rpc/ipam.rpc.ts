@@ -163,6 +163,9 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
         nextPageToken: page.next ? encodePageToken('history', page.next) : '',
       };
     },
+    async checkConsistency() {
+      return repo.checkConsistency();
+    },
     async getUtilization(req) {
       const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null, req.includeBlocks);
       return {

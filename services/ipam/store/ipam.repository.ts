@@ -557,7 +557,26 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     });
   }
 
+  /** Each invariant as a query that returns its violations (at most 20 each). */
+  const CHECKS: { kind: string; query: SQL }[] = [
+    { kind: 'address_live_twice', query: sql`SELECT host(address) || ' is live ' || count(*) || ' times' AS detail FROM ipam.allocations WHERE released_at IS NULL GROUP BY address HAVING count(*) > 1 LIMIT 20` },
+    { kind: 'allocation_outside_block', query: sql`SELECT a.handle || ' holds ' || host(a.address) || ' outside its block ' || b.cidr AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND NOT a.address <<= b.cidr LIMIT 20` },
+    { kind: 'allocation_node_mismatch', query: sql`SELECT a.handle || ' on node ' || a.node || ' holds ' || host(a.address) || ' in block ' || b.cidr || ' of node ' || b.node AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND a.node <> b.node LIMIT 20` },
+    { kind: 'block_outside_pool', query: sql`SELECT 'block ' || b.cidr || ' lies outside pool ' || p.name AS detail FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE NOT b.cidr <<= p.cidr LIMIT 20` },
+    { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) LIMIT 20` },
+    { kind: 'free_but_live', query: sql`SELECT host(f.address) || ' is listed free but held by ' || a.handle AS detail FROM ipam.free_addresses f JOIN ipam.allocations a ON a.address = f.address AND a.released_at IS NULL LIMIT 20` },
+    { kind: 'allocation_in_reservation', query: sql`SELECT a.handle || ' holds reserved ' || host(a.address) AS detail FROM ipam.allocations a JOIN ipam.reservations r ON r.pool_id = a.pool_id AND a.address >= r.first AND a.address <= r.last WHERE a.released_at IS NULL AND a.allocated_at > r.created_at LIMIT 20` },
+    { kind: 'release_before_allocation', query: sql`SELECT a.handle || ' released before it was allocated' AS detail FROM ipam.allocations a WHERE a.released_at < a.allocated_at LIMIT 20` },
+  ];
+
+  async function checkConsistency(): Promise<{ problems: { kind: string; detail: string }[]; checks: number }> {
+    const problems: { kind: string; detail: string }[] = [];
+    for (const c of CHECKS) for (const r of await rows(db, c.query)) problems.push({ kind: c.kind, detail: String(r.detail) });
+    return { problems, checks: CHECKS.length };
+  }
+
   return {
+    checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
     garbageCollect, history, utilization, affinitySnapshot, affinityChangesSince,
   };
