@@ -30,15 +30,23 @@ function isNotFound(err: unknown): boolean {
   return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
 }
 
+export interface ApplyResult {
+  applied: number;
+  failed: { op: 'add' | 'delete'; entry: KernelEntry; error: string }[];
+}
+
 export interface OverlayDriver {
   readActual(ifindex: number): Promise<KernelState>;
-  apply(ifindex: number, plan: Plan): Promise<{ applied: number; failed: number }>;
+  /** Applies the plan phase by phase; a failed entry is logged and returned, and the rest goes on. */
+  apply(ifindex: number, plan: Plan): Promise<ApplyResult>;
   linkIndex(name: string): Promise<number | null>;
   close(): void;
 }
 
 export function createOverlayDriver(opts: { routeProtocol: number; logger: Logger; maxInFlight?: number }): OverlayDriver {
   const nl: RtNetlinkSocket = createRtNetlink();
+  // Requests report their own errors; this only keeps a stray socket error from crashing the process.
+  nl.socket.on('error', (err) => opts.logger.warn('netlink socket error', { err: err.message }));
   const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
 
   async function readActual(ifindex: number): Promise<KernelState> {
@@ -95,9 +103,9 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
     }
   }
 
-  async function apply(ifindex: number, plan: Plan) {
+  async function apply(ifindex: number, plan: Plan): Promise<ApplyResult> {
     let applied = 0;
-    let failed = 0;
+    const failed: ApplyResult['failed'] = [];
     for (const phase of plan.phases) {
       let next = 0;
       const worker = async () => {
@@ -107,8 +115,8 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
             await applyOne(ifindex, phase.op, e);
             applied++;
           } catch (err) {
-            failed++;
-            opts.logger.warn('kernel update failed; will retry at next resync', { op: phase.op, entry: e, err: (err as Error).message });
+            failed.push({ op: phase.op, entry: e, error: (err as Error).message });
+            opts.logger.warn('kernel update failed; will retry', { op: phase.op, entry: e, err: (err as Error).message });
           }
         }
       };
