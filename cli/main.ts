@@ -8,7 +8,7 @@ import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
-import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState } from './cluster/cluster.js';
+import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage. */
 class UsageError extends Error {}
@@ -23,6 +23,7 @@ const USAGE = `usage: weft <command> [options]
   cluster node add                              add one more node to the running cluster
   cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
   cluster pod del POD                           detach it
+  cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N
   ipam allocations [--pool P] [--node N] [--json]
@@ -55,6 +56,7 @@ async function main(argv: string[]): Promise<number> {
       pool: { type: 'string' },
       node: { type: 'string' },
       'block-prefix-length': { type: 'string' },
+      kill: { type: 'boolean', default: false },
     },
   });
   if (o.help || pos.length === 0) {
@@ -124,6 +126,14 @@ async function main(argv: string[]): Promise<number> {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del POD');
       const p = await podDel(stateDir, pos[3]!);
       print(json, { deleted: p.name }, () => `pod ${p.name} deleted`);
+      return 0;
+    }
+    if (pos[1] === 'agent') {
+      const verb = pos[2];
+      if (pos.length !== 4 || !['stop', 'start', 'restart'].includes(verb ?? '')) throw new UsageError('usage: weft cluster agent stop|start|restart NODE [--kill]');
+      const signal = o.kill ? 'SIGKILL' : 'SIGTERM';
+      const n = verb === 'stop' ? await stopAgent(stateDir, pos[3]!, signal) : verb === 'start' ? startAgent(stateDir, pos[3]!) : await restartAgent(stateDir, pos[3]!, signal);
+      print(json, n, () => (verb === 'stop' ? `${n.name}'s agent stopped` : `${n.name}'s agent started (pid ${n.agentPid})`));
       return 0;
     }
     throw new UsageError(`unknown command: weft ${cmd}`);
