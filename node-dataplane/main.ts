@@ -15,7 +15,7 @@ import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
 import { createAgentMetrics } from './metrics.js';
 import { createReconciler } from './reconciler.js';
-import { watchKernel } from './sources/kernel-watch.js';
+import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
 
 /** The node agent: register, follow routes, reconcile the kernel, serve the CNI plugin. */
@@ -71,20 +71,27 @@ async function main(): Promise<void> {
     logger,
     metrics,
   });
-  // Subscribed before the first pass, so that no change after the first read-back goes unnoticed.
-  const kernelWatch = watchKernel({
-    view: () => ({ deviceName: config.vxlanDevice, routeProtocol: config.routeProtocol, ...reconciler.overlay() }),
-    onChange: (e) => {
-      metrics.kernelEvents.add(1, { kind: e.kind });
-      reconciler.markDirty('kernel', config.eventDebounceMs);
-    },
-    onLost: (reason) => {
-      metrics.netlinkFailures.add(1, { op: 'watch' });
-      logger.warn('kernel notifications may have been lost; reconciling', { reason });
-      reconciler.markDirty('kernel');
-    },
-    logger,
-  });
+  // Subscribed before the first pass, so that no change after the first read-back goes unnoticed. Without it the
+  // agent still works, repairing drift at each periodic resync only.
+  let kernelWatch: KernelWatch | null = null;
+  try {
+    kernelWatch = watchKernel({
+      view: () => ({ deviceName: config.vxlanDevice, routeProtocol: config.routeProtocol, ...reconciler.overlay() }),
+      onChange: (e) => {
+        metrics.kernelEvents.add(1, { kind: e.kind });
+        reconciler.markDirty('kernel', config.eventDebounceMs);
+      },
+      onLost: (reason) => {
+        metrics.netlinkFailures.add(1, { op: 'watch' });
+        logger.warn('kernel notifications may have been lost; reconciling', { reason });
+        reconciler.markDirty('kernel');
+      },
+      logger,
+    });
+  } catch (err) {
+    metrics.netlinkFailures.add(1, { op: 'watch' });
+    logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', { err, resyncMs: config.resyncMs });
+  }
   snapshot = followRoutes({
     client: routes, node: config.nodeName, logger, signal: stopper.signal,
     onChange: (snap) => {
@@ -104,7 +111,7 @@ async function main(): Promise<void> {
     logger.info('stopping', { signal });
     stopper.abort();
     reconciler.stop();
-    kernelWatch.close();
+    kernelWatch?.close();
     await shutdownServer(server, 1000);
     await metricsServer?.close();
     rmSync(config.socket, { force: true });

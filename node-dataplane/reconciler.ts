@@ -14,7 +14,7 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'routes' | 'kernel' | 'resync' | 'retry' | 'start';
+export type DirtyReason = 'start' | 'routes' | 'kernel' | 'resync' | 'retry' | 'flush';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
@@ -179,7 +179,7 @@ export function createReconciler(deps: {
     flush() {
       return new Promise<void>((r) => {
         waiters.push(r);
-        markDirty('start');
+        markDirty('flush');
       });
     },
     overlay: () => ({ ifindex, routeCidrs }),
