@@ -170,6 +170,10 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
+    if (!(err instanceof Error) && (typeof err !== 'object' || err === null)) {
+      process.stderr.write(`weft: failed: ${String(err)}\n`);
+      process.exit(1);
+    }
     const e = err as { code?: number; details?: string; message?: string };
     if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
       process.stderr.write(`weft: ${e.message}\n`);
