@@ -4,7 +4,7 @@ import { formatIPv4, parseIPv4 } from '../../lib/net/ip.js';
 import type { Logger } from '../../lib/logger.js';
 import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
 
-const { createRtNetlink } = netlinkPkg;
+const { createRtNetlink, rt } = netlinkPkg;
 
 /**
  * Reads back and programs the overlay's kernel entries over rtnetlink. Ownership: routes carry Weft's route
@@ -25,6 +25,12 @@ const ipBuf = (ip: string) => {
 const bufIp = (b: Buffer) => formatIPv4(b.readUInt32BE(0));
 const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
 const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+
+/** A route's protocol as a number: the package names the well-known ones (12 arrives as 'BIRD'). */
+export function routeProtocolNumber(p: number | string | undefined): number {
+  if (typeof p === 'number') return p;
+  return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
+}
 
 function isNotFound(err: unknown): boolean {
   return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
@@ -63,7 +69,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
       s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
     }
     for (const r of await nl.getRoutes({ family: AF_INET })) {
-      if (Number(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
+      if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
       if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
       const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
       s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '' });

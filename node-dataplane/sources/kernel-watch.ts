@@ -3,6 +3,7 @@ import type { RtNetlinkSocket, rt } from 'netlink';
 import type { Logger } from '../../lib/logger.js';
 import { formatIPv4 } from '../../lib/net/ip.js';
 import { concernsOverlay, type KernelEvent, type OverlayView } from '../domain/kernel-events.js';
+import { routeProtocolNumber } from '../kernel/netlink-overlay.js';
 
 const { createRtNetlink } = netlinkPkg;
 
@@ -29,7 +30,7 @@ export function toKernelEvent(m: rt.Message): KernelEvent | null {
     case 'route': {
       if (m.data.family !== AF_INET) return null;
       const dst = m.attrs.dst && m.attrs.dst.length === 4 ? formatIPv4(m.attrs.dst.readUInt32BE(0)) : '0.0.0.0';
-      return { kind: 'route', cidr: `${dst}/${m.data.dstLen}`, protocol: Number(m.data.protocol), table: Number(m.attrs.table ?? m.data.table), oif: m.attrs.oif ?? null };
+      return { kind: 'route', cidr: `${dst}/${m.data.dstLen}`, protocol: routeProtocolNumber(m.data.protocol), table: Number(m.attrs.table ?? m.data.table), oif: m.attrs.oif ?? null };
     }
     case 'neighbor': {
       const family = m.data.family === AF_INET ? 'inet' : m.data.family === AF_BRIDGE ? 'bridge' : null;
