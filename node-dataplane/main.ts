@@ -64,7 +64,7 @@ async function main(): Promise<void> {
   let snapshot: ReturnType<typeof followRoutes> | null = null;
   const reconciler = createReconciler({
     self: config.nodeName,
-    snapshot: () => snapshot!,
+    snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
     driver,
     ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
     resyncMs: config.resyncMs,
