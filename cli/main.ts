@@ -9,7 +9,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
-import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState } from './cluster/cluster.js';
+import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage. */
 class UsageError extends Error {}
@@ -24,6 +24,7 @@ const USAGE = `usage: weft <command> [options]
   cluster node add                              add one more node to the running cluster
   cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
   cluster pod del POD                           detach it
+  cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS]
   ipam allocations [--pool P] [--node N] [--json]
@@ -91,6 +92,7 @@ async function main(argv: string[]): Promise<number> {
       until: { type: 'string' },
       pod: { type: 'string' },
       handle: { type: 'string' },
+      kill: { type: 'boolean', default: false },
     },
   });
   if (o.help || pos.length === 0) {
@@ -160,6 +162,14 @@ async function main(argv: string[]): Promise<number> {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del POD');
       const p = await podDel(stateDir, pos[3]!);
       print(json, { deleted: p.name }, () => `pod ${p.name} deleted`);
+      return 0;
+    }
+    if (pos[1] === 'agent') {
+      const verb = pos[2];
+      if (pos.length !== 4 || !['stop', 'start', 'restart'].includes(verb ?? '')) throw new UsageError('usage: weft cluster agent stop|start|restart NODE [--kill]');
+      const signal = o.kill ? 'SIGKILL' : 'SIGTERM';
+      const n = verb === 'stop' ? await stopAgent(stateDir, pos[3]!, signal) : verb === 'start' ? startAgent(stateDir, pos[3]!) : await restartAgent(stateDir, pos[3]!, signal);
+      print(json, n, () => (verb === 'stop' ? `${n.name}'s agent stopped` : `${n.name}'s agent started (pid ${n.agentPid})`));
       return 0;
     }
     throw new UsageError(`unknown command: weft ${cmd}`);
@@ -300,6 +310,10 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
+    if (!(err instanceof Error) && (typeof err !== 'object' || err === null)) {
+      process.stderr.write(`weft: failed: ${String(err)}\n`);
+      process.exit(1);
+    }
     const e = err as { code?: number; details?: string; message?: string };
     if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
       process.stderr.write(`weft: ${e.message}\n`);

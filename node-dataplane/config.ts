@@ -1,4 +1,5 @@
 import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
+import { parseListenAddress } from '../lib/metrics.js';
 
 /** Settings of the node agent. */
 export const agentSettings = {
@@ -12,6 +13,8 @@ export const agentSettings = {
   vxlanPort: { env: 'WEFT_VXLAN_PORT', description: 'VXLAN UDP port', default: 4789, parse: parsers.port },
   routeProtocol: { env: 'WEFT_ROUTE_PROTOCOL', description: 'route protocol number that marks Weft\'s routes', default: 87, parse: parsers.int(5, 254) },
   resyncMs: { env: 'WEFT_RESYNC_MS', description: 'period of the full kernel re-check', default: 10_000, parse: parsers.int(100, 3_600_000) },
+  eventDebounceMs: { env: 'WEFT_EVENT_DEBOUNCE_MS', description: 'delay between a kernel event that concerns the overlay and the repair pass (a burst shares one pass)', default: 20, parse: parsers.int(1, 1000) },
+  metricsListen: { env: 'WEFT_METRICS_LISTEN', description: 'host:port serving Prometheus metrics at /metrics; empty: off', default: '', parse: (raw: string) => (parseListenAddress(raw), raw) },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
 } satisfies SettingsSpec;
 

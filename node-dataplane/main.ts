@@ -3,6 +3,7 @@ import path from 'node:path';
 import { createClient } from '../lib/grpc/client.js';
 import { addService, bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
+import { createMetricsRegistry, serveMetrics, type MetricsServer } from '../lib/metrics.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -12,7 +13,9 @@ import { loadAgentConfig } from './config.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
+import { createAgentMetrics } from './metrics.js';
 import { createReconciler } from './reconciler.js';
+import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
 
 /** The node agent: register, follow routes, reconcile the kernel, serve the CNI plugin. */
@@ -27,6 +30,13 @@ async function main(): Promise<void> {
   setupTelemetry('weft-agent');
   const logger = createLogger({ component: 'agent', node: config.nodeName }, { level: config.logLevel });
   const stopper = new AbortController();
+  const registry = createMetricsRegistry();
+  const metrics = createAgentMetrics(registry);
+  let metricsServer: MetricsServer | null = null;
+  if (config.metricsListen) {
+    metricsServer = await serveMetrics(registry, config.metricsListen, logger);
+    logger.info('serving metrics', { listen: config.metricsListen, port: metricsServer.port });
+  }
 
   writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
   const underlay = await detectUnderlay({ interface: config.underlayInterface, address: config.underlayAddress });
@@ -54,13 +64,41 @@ async function main(): Promise<void> {
   let snapshot: ReturnType<typeof followRoutes> | null = null;
   const reconciler = createReconciler({
     self: config.nodeName,
-    snapshot: () => snapshot!,
+    snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
     driver,
     ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
     resyncMs: config.resyncMs,
     logger,
+    metrics,
   });
-  snapshot = followRoutes({ client: routes, node: config.nodeName, logger, signal: stopper.signal, onChange: () => reconciler.markDirty() });
+  // Subscribed before the first pass, so that no change after the first read-back goes unnoticed. Without it the
+  // agent still works, repairing drift at each periodic resync only.
+  let kernelWatch: KernelWatch | null = null;
+  try {
+    kernelWatch = watchKernel({
+      view: () => ({ deviceName: config.vxlanDevice, routeProtocol: config.routeProtocol, ...reconciler.overlay() }),
+      onChange: (e) => {
+        metrics.kernelEvents.add(1, { kind: e.kind });
+        reconciler.markDirty('kernel', config.eventDebounceMs);
+      },
+      onLost: (reason) => {
+        metrics.netlinkFailures.add(1, { op: 'watch' });
+        logger.warn('kernel notifications may have been lost; reconciling', { reason });
+        reconciler.markDirty('kernel');
+      },
+      logger,
+    });
+  } catch (err) {
+    metrics.netlinkFailures.add(1, { op: 'watch' });
+    logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', { err, resyncMs: config.resyncMs });
+  }
+  snapshot = followRoutes({
+    client: routes, node: config.nodeName, logger, signal: stopper.signal,
+    onChange: (snap) => {
+      metrics.synced.set(snap.synced ? 1 : 0);
+      reconciler.markDirty('routes');
+    },
+  });
 
   const server = createServer();
   addService(server, AgentServiceService, createCniHandlers({ node: config.nodeName, ipam, mtu, routeProtocol: config.routeProtocol, logger }), logger.child({ service: 'agent' }));
@@ -73,7 +111,9 @@ async function main(): Promise<void> {
     logger.info('stopping', { signal });
     stopper.abort();
     reconciler.stop();
+    kernelWatch?.close();
     await shutdownServer(server, 1000);
+    await metricsServer?.close();
     rmSync(config.socket, { force: true });
     routes.close();
     ipam.close();

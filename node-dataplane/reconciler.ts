@@ -1,19 +1,32 @@
 import type { Logger } from '../lib/logger.js';
-import { computeDesired, planChanges, planSize } from './domain/desired.js';
+import { createMetricsRegistry } from '../lib/metrics.js';
+import { computeDesired, driftRepairs, planChanges, planSize, type KernelEntry, type KernelState } from './domain/desired.js';
 import type { OverlayDriver } from './kernel/netlink-overlay.js';
+import { createAgentMetrics, type AgentMetrics } from './metrics.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
 /**
- * One loop decides when to reconcile: after a change (debounced a little) and every resync period. Each pass
- * computes desired state, reads the kernel back, plans the difference and applies it. Nothing is written before
- * the first complete snapshot.
+ * One loop decides when to reconcile: after a route change (at once), after a kernel event (debounced, so that a
+ * burst of notifications costs one pass), after a failure (with backoff) and every resync period. Each pass ensures
+ * the VXLAN device, computes desired state, reads the kernel back, plans the difference and applies it. Nothing is
+ * written before the first complete snapshot.
+ *
+ * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
+ * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
+export type DirtyReason = 'start' | 'routes' | 'kernel' | 'resync' | 'retry' | 'flush';
+
 export interface Reconciler {
-  markDirty(): void;
+  /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
+  markDirty(reason: DirtyReason, delayMs?: number): void;
   /** Resolves after the next complete pass. */
   flush(): Promise<void>;
+  /** The overlay device's index as last ensured (null before the first pass) and the desired route destinations. */
+  overlay(): { ifindex: number | null; routeCidrs: ReadonlySet<string> };
   stop(): void;
 }
+
+type PassResult = 'unsynced' | 'unchanged' | 'applied' | 'failed';
 
 export function createReconciler(deps: {
   self: string;
@@ -22,25 +35,91 @@ export function createReconciler(deps: {
   ensureDevice: () => Promise<number>;
   resyncMs: number;
   logger: Logger;
+  metrics?: AgentMetrics;
+  /** First retry delay after a failure; doubles up to the resync period (default 250 ms). */
+  retryMs?: number;
 }): Reconciler {
+  const metrics = deps.metrics ?? createAgentMetrics(createMetricsRegistry());
   let dirty = true;
+  let reasons = new Set<DirtyReason>(['start']);
   let running = false;
   let stopped = false;
   let waiters: (() => void)[] = [];
-  let timer: NodeJS.Timeout | null = null;
+  let resyncTimer: NodeJS.Timeout | null = null;
+  let debounceTimer: NodeJS.Timeout | null = null;
+  let retryTimer: NodeJS.Timeout | null = null;
+  let retryDelay = deps.retryMs ?? 250;
+  let ifindex: number | null = null;
+  let routeCidrs: ReadonlySet<string> = new Set();
+  /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
+  let expected: KernelState | null = null;
 
-  async function pass(): Promise<void> {
+  const countByKind = (entries: KernelEntry[]) => {
+    const out: Record<string, number> = {};
+    for (const e of entries) out[e.kind] = (out[e.kind] ?? 0) + 1;
+    return out;
+  };
+
+  async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
-    if (!snap.synced) return;
-    const ifindex = await deps.ensureDevice();
+    if (!snap.synced) return 'unsynced';
+    ifindex = await deps.ensureDevice();
     const desired = computeDesired(deps.self, snap.nodes.values());
-    const actual = await deps.driver.readActual(ifindex);
+    routeCidrs = new Set(desired.routes.keys());
+    metrics.desiredEntries.set(desired.neighbours.size, { kind: 'neighbour' });
+    metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
+    metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
+    let actual: KernelState;
+    try {
+      actual = await deps.driver.readActual(ifindex);
+    } catch (err) {
+      metrics.netlinkFailures.add(1, { op: 'read' });
+      throw err;
+    }
     const plan = planChanges(desired, actual);
-    if (planSize(plan) === 0) return;
+    if (planSize(plan) === 0) {
+      expected = desired;
+      metrics.revisionApplied.set(snap.revision);
+      return 'unchanged';
+    }
+    const drift = driftRepairs(plan, expected);
+    for (const [kind, n] of Object.entries(countByKind(drift))) metrics.driftRepairs.add(n, { kind });
+    if (drift.length > 0) deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', { count: drift.length, byKind: countByKind(drift), sample: drift.slice(0, 5).map((e) => `${e.kind} ${e.key}`) });
     const t0 = performance.now();
     const { applied, failed } = await deps.driver.apply(ifindex, plan);
-    deps.logger.info('applied', { revision: snap.revision, applied, failed, ms: Math.round(performance.now() - t0) });
-    if (failed > 0) dirty = true;
+    const seconds = (performance.now() - t0) / 1000;
+    metrics.applyDuration.record(seconds);
+    const failedKeys = new Set(failed.map((f) => `${f.op} ${f.entry.kind} ${f.entry.key}`));
+    for (const phase of plan.phases) {
+      for (const [kind, n] of Object.entries(countByKind(phase.entries.filter((e) => !failedKeys.has(`${phase.op} ${e.kind} ${e.key}`))))) {
+        metrics.kernelChanges.add(n, { op: phase.op, kind });
+      }
+    }
+    deps.logger.info('applied', { revision: snap.revision, applied, failed: failed.length, ms: Math.round(seconds * 1000), why });
+    if (failed.length > 0) {
+      metrics.netlinkFailures.add(failed.length, { op: 'apply' });
+      // What the kernel holds now: the desired state less the additions that failed.
+      expected = { neighbours: new Map(desired.neighbours), fdb: new Map(desired.fdb), routes: new Map(desired.routes) };
+      for (const f of failed) {
+        if (f.op !== 'add') continue;
+        (f.entry.kind === 'neighbour' ? expected.neighbours : f.entry.kind === 'fdb' ? expected.fdb : expected.routes).delete(f.entry.key);
+      }
+      return 'failed';
+    }
+    expected = desired;
+    metrics.revisionApplied.set(snap.revision);
+    return 'applied';
+  }
+
+  function retryLater(): void {
+    if (retryTimer || stopped) return;
+    const delay = retryDelay;
+    retryDelay = Math.min(retryDelay * 2, Math.max(deps.resyncMs, deps.retryMs ?? 250));
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      markDirty('retry');
+    }, delay);
+    retryTimer.unref();
   }
 
   async function loop(): Promise<void> {
@@ -49,48 +128,66 @@ export function createReconciler(deps: {
     try {
       while (dirty && !stopped) {
         dirty = false;
+        const why = [...reasons];
+        reasons = new Set();
         const done = waiters;
         waiters = [];
+        const t0 = performance.now();
+        let result: PassResult;
         try {
-          await pass();
+          result = await pass(why);
         } catch (err) {
-          deps.logger.error('reconcile pass failed; retrying', { err });
-          dirty = true;
-          await new Promise((r) => setTimeout(r, 500));
+          deps.logger.error('reconcile pass failed; retrying', { err, why });
+          result = 'failed';
         }
+        metrics.passes.add(1, { result });
+        if (result !== 'unsynced') metrics.passDuration.record((performance.now() - t0) / 1000);
+        if (result === 'failed') retryLater();
+        else if (result !== 'unsynced') retryDelay = deps.retryMs ?? 250;
         for (const w of done) w();
       }
     } finally {
       running = false;
     }
-    schedule();
+    scheduleResync();
   }
 
-  function schedule(): void {
-    if (timer) clearTimeout(timer);
+  function scheduleResync(): void {
+    if (resyncTimer) clearTimeout(resyncTimer);
     if (stopped) return;
-    timer = setTimeout(() => {
-      dirty = true;
-      void loop();
-    }, deps.resyncMs);
+    resyncTimer = setTimeout(() => markDirty('resync'), deps.resyncMs);
+  }
+
+  function markDirty(reason: DirtyReason, delayMs = 0): void {
+    if (stopped) return;
+    reasons.add(reason);
+    if (delayMs > 0) {
+      if (debounceTimer) return;
+      debounceTimer = setTimeout(() => {
+        debounceTimer = null;
+        dirty = true;
+        void loop();
+      }, delayMs);
+      return;
+    }
+    dirty = true;
+    void loop();
   }
 
   return {
-    markDirty() {
-      dirty = true;
-      void loop();
-    },
+    markDirty,
     flush() {
       return new Promise<void>((r) => {
         waiters.push(r);
-        dirty = true;
-        void loop();
+        markDirty('flush');
       });
     },
+    overlay: () => ({ ifindex, routeCidrs }),
     stop() {
       stopped = true;
-      if (timer) clearTimeout(timer);
+      for (const t of [resyncTimer, debounceTimer, retryTimer]) if (t) clearTimeout(t);
       for (const w of waiters) w();
+      waiters = [];
     },
   };
 }

@@ -76,11 +76,17 @@ async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}${tail}`);
 }
 
+/** Whether a process runs. A zombie has exited (only its parent, often a slow-reaping init, has yet to reap it). */
 export function isAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
@@ -165,7 +171,7 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
   mkdirSync(path.dirname(node.socket), { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
-  node.agentPid = startAgent(state, node, log);
+  node.agentPid = spawnAgent(state, node);
   writeState(state);
   const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
   try {
@@ -180,13 +186,19 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   return node;
 }
 
-function startAgent(state: ClusterState, node: NodeState, log: string): number {
+/** Each agent serves Prometheus metrics inside its node's namespace (e.g. `ip netns exec <node> curl 127.0.0.1:9402/metrics`). */
+export const AGENT_METRICS_PORT = 9402;
+
+export const agentLog = (node: NodeState) => path.join(path.dirname(node.socket), 'agent.log');
+
+function spawnAgent(state: ClusterState, node: NodeState): number {
   return spawnInNetns(node.netns, [process.execPath, paths.agent], {
     WEFT_NODE_NAME: node.name,
     WEFT_CONTROL_PLANE: state.controlPlane.address,
     WEFT_AGENT_SOCKET: node.socket,
     WEFT_RESYNC_MS: '5000',
-  }, log);
+    WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
+  }, agentLog(node));
 }
 
 export interface CniOutcome { exitCode: number | null; stdout: string; stderr: string }
@@ -272,13 +284,38 @@ export async function clusterDown(opts: { stateDir: string }): Promise<{ removed
   return { removedNamespaces: listed };
 }
 
-/** Restarts a node's agent (or starts it when it is not running). */
-export async function restartAgent(stateDir: string, nodeName: string): Promise<NodeState> {
-  const state = readState(stateDir);
+function findNode(state: ClusterState, nodeName: string): NodeState {
   const node = state.nodes.find((n) => n.name === nodeName);
-  if (!node) throw new Error(`no node ${nodeName}`);
+  if (!node) throw new Error(`no node ${nodeName}; nodes: ${state.nodes.map((n) => n.name).join(', ')}`);
+  return node;
+}
+
+/**
+ * Stops a node's agent and leaves it stopped: SIGTERM (then SIGKILL after 5 s), or SIGKILL at once, as a crash or
+ * an OOM kill would. The kernel state it programmed stays as it was. Stopping a stopped agent does nothing.
+ */
+export async function stopAgent(stateDir: string, nodeName: string, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<NodeState> {
+  const state = readState(stateDir);
+  const node = findNode(state, nodeName);
+  if (signal === 'SIGKILL' && isAlive(node.agentPid)) try { process.kill(node.agentPid, 'SIGKILL'); } catch { /* gone */ }
   await stopProcess(node.agentPid);
-  node.agentPid = startAgent(state, node, path.join(path.dirname(node.socket), 'agent.log'));
+  node.agentPid = 0;
   writeState(state);
   return node;
+}
+
+/** Starts a stopped node's agent. It does not wait for the agent to be in sync. */
+export function startAgent(stateDir: string, nodeName: string): NodeState {
+  const state = readState(stateDir);
+  const node = findNode(state, nodeName);
+  if (isAlive(node.agentPid)) throw new Error(`${nodeName}'s agent already runs (pid ${node.agentPid})`);
+  node.agentPid = spawnAgent(state, node);
+  writeState(state);
+  return node;
+}
+
+/** Restarts a node's agent (or starts it when it is not running). */
+export async function restartAgent(stateDir: string, nodeName: string, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<NodeState> {
+  await stopAgent(stateDir, nodeName, signal);
+  return startAgent(stateDir, nodeName);
 }

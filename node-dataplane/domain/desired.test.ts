@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { computeDesired, emptyState, planChanges, planSize, type RemoteNode } from './desired.js';
+import { computeDesired, driftRepairs, emptyState, planChanges, planSize, type RemoteNode } from './desired.js';
 
 const a: RemoteNode = { node: 'a', underlayAddress: '192.0.2.11', vtepMac: '02:00:00:00:00:0A', blockCidrs: ['10.244.0.0/26'] };
 const b: RemoteNode = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:00:00:00:00:0b', blockCidrs: ['10.244.0.64/26', '10.244.1.0/26'] };
@@ -33,4 +33,17 @@ test('the same events applied in any order give the same desired state', () => {
   const forward = computeDesired('c', [a, b]);
   const reversed = computeDesired('c', [b, a]);
   assert.equal(planSize(planChanges(forward, reversed)), 0);
+});
+
+test('drift repairs are the re-adds of entries the kernel held exactly so after the previous pass', () => {
+  const d = computeDesired('a', [a, b]);
+  const actual = computeDesired('a', [a, b]);
+  actual.routes.delete('10.244.1.0/26');
+  actual.fdb.delete('02:00:00:00:00:0b');
+  const p = planChanges(d, actual);
+  assert.deepEqual(driftRepairs(p, d).map((e) => `${e.kind}:${e.key}`).sort(), ['fdb:02:00:00:00:00:0b', 'route:10.244.1.0/26']);
+  assert.deepEqual(driftRepairs(p, null), [], 'nothing counts as drift when the previous state is unknown (first pass)');
+  // A node that moved gets a new FDB entry: a change of desired state, not drift.
+  const moved = computeDesired('a', [a, { ...b, underlayAddress: '198.51.100.99' }]);
+  assert.deepEqual(driftRepairs(planChanges(moved, d), d), []);
 });

@@ -80,3 +80,21 @@ export function planChanges(desired: KernelState, actual: KernelState): Plan {
 }
 
 export const planSize = (p: Plan) => p.phases.reduce((s, ph) => s + ph.entries.length, 0);
+
+/**
+ * Entries a plan adds back that the kernel held, exactly so, after the previous pass: drift that someone or
+ * something else caused (a hand-made delete, a flushed table, a deleted device). `previous` is what the kernel
+ * held at the end of the previous pass, or null when that is unknown (first pass, or a pass with failures).
+ */
+export function driftRepairs(plan: Plan, previous: KernelState | null): KernelEntry[] {
+  if (!previous) return [];
+  const out: KernelEntry[] = [];
+  for (const phase of plan.phases) {
+    if (phase.op !== 'add') continue;
+    for (const e of phase.entries) {
+      const before = e.kind === 'neighbour' ? previous.neighbours.get(e.key) : e.kind === 'fdb' ? previous.fdb.get(e.key) : previous.routes.get(e.key);
+      if (before && same(before, e)) out.push(e);
+    }
+  }
+  return out;
+}

@@ -4,7 +4,7 @@ import { formatIPv4, parseIPv4 } from '../../lib/net/ip.js';
 import type { Logger } from '../../lib/logger.js';
 import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
 
-const { createRtNetlink } = netlinkPkg;
+const { createRtNetlink, rt } = netlinkPkg;
 
 /**
  * Reads back and programs the overlay's kernel entries over rtnetlink. Ownership: routes carry Weft's route
@@ -26,19 +26,33 @@ const bufIp = (b: Buffer) => formatIPv4(b.readUInt32BE(0));
 const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
 const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
+/** A route's protocol as a number: the package names the well-known ones (12 arrives as 'BIRD'). */
+export function routeProtocolNumber(p: number | string | undefined): number {
+  if (typeof p === 'number') return p;
+  return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
+}
+
 function isNotFound(err: unknown): boolean {
   return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
 }
 
+export interface ApplyResult {
+  applied: number;
+  failed: { op: 'add' | 'delete'; entry: KernelEntry; error: string }[];
+}
+
 export interface OverlayDriver {
   readActual(ifindex: number): Promise<KernelState>;
-  apply(ifindex: number, plan: Plan): Promise<{ applied: number; failed: number }>;
+  /** Applies the plan phase by phase; a failed entry is logged and returned, and the rest goes on. */
+  apply(ifindex: number, plan: Plan): Promise<ApplyResult>;
   linkIndex(name: string): Promise<number | null>;
   close(): void;
 }
 
 export function createOverlayDriver(opts: { routeProtocol: number; logger: Logger; maxInFlight?: number }): OverlayDriver {
   const nl: RtNetlinkSocket = createRtNetlink();
+  // Requests report their own errors; this only keeps a stray socket error from crashing the process.
+  nl.socket.on('error', (err) => opts.logger.warn('netlink socket error', { err: err.message }));
   const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
 
   async function readActual(ifindex: number): Promise<KernelState> {
@@ -55,7 +69,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
       s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
     }
     for (const r of await nl.getRoutes({ family: AF_INET })) {
-      if (Number(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
+      if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
       if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
       const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
       s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '' });
@@ -95,9 +109,9 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
     }
   }
 
-  async function apply(ifindex: number, plan: Plan) {
+  async function apply(ifindex: number, plan: Plan): Promise<ApplyResult> {
     let applied = 0;
-    let failed = 0;
+    const failed: ApplyResult['failed'] = [];
     for (const phase of plan.phases) {
       let next = 0;
       const worker = async () => {
@@ -107,8 +121,8 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
             await applyOne(ifindex, phase.op, e);
             applied++;
           } catch (err) {
-            failed++;
-            opts.logger.warn('kernel update failed; will retry at next resync', { op: phase.op, entry: e, err: (err as Error).message });
+            failed.push({ op: phase.op, entry: e, error: (err as Error).message });
+            opts.logger.warn('kernel update failed; will retry', { op: phase.op, entry: e, err: (err as Error).message });
           }
         }
       };

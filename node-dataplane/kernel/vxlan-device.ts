@@ -38,6 +38,7 @@ export async function ensureVxlanDevice(spec: VxlanSpec, logger: Logger): Promis
     await deleteLink(spec.name);
   }
   if (!cur || !matches) {
+    if (!cur) logger.info('creating the VXLAN device', { device: spec.name });
     await ip(['link', 'add', spec.name, 'address', mac, 'mtu', String(spec.mtu), 'type', 'vxlan', 'id', String(spec.vni),
       'local', spec.localAddress, 'dev', spec.underlayInterface, 'dstport', String(spec.port), 'nolearning']);
   } else if (cur.mtu !== spec.mtu) {

@@ -1,0 +1,51 @@
+import { LATENCY_BUCKETS_SECONDS, type Counter, type Gauge, type Histogram, type MetricsRegistry } from '../lib/metrics.js';
+
+/**
+ * The agent's metrics (Prometheus names; served at WEFT_METRICS_LISTEN). Labels have small fixed value sets:
+ * result (unsynced, unchanged, applied, failed), op (add, delete; read, apply, watch), kind (neighbour, fdb, route).
+ */
+export interface AgentMetrics {
+  /** 1 once the agent holds a complete route snapshot. */
+  synced: Gauge;
+  /** Route-table revision the kernel last fully matched. */
+  revisionApplied: Gauge;
+  /** Reconcile passes by result. */
+  passes: Counter;
+  /** Duration of whole passes (ensure device, read back, plan, apply). */
+  passDuration: Histogram;
+  /** Duration of applying a non-empty plan. */
+  applyDuration: Histogram;
+  /** Kernel entries written or removed, by op and kind. */
+  kernelChanges: Counter;
+  /** Entries re-added that the kernel held after the previous pass, by kind. */
+  driftRepairs: Counter;
+  /** Failed netlink operations: op=read (read back), apply (one entry), watch (notifications lost). */
+  netlinkFailures: Counter;
+  /** Kernel notifications that concerned the overlay and marked the reconciler dirty. */
+  kernelEvents: Counter;
+  /** Entries of the desired state, by kind. */
+  desiredEntries: Gauge;
+}
+
+export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
+  const m: AgentMetrics = {
+    synced: r.gauge('weft_agent_synced', 'Whether the agent holds a complete route snapshot (1) or not yet (0).'),
+    revisionApplied: r.gauge('weft_agent_revision_applied', 'Route-table revision that the kernel last fully matched.'),
+    passes: r.counter('weft_agent_reconcile_passes_total', 'Reconcile passes, by result (unsynced, unchanged, applied, failed).'),
+    passDuration: r.histogram('weft_agent_reconcile_duration_seconds', 'Duration of reconcile passes: ensure the device, read back, plan, apply.', LATENCY_BUCKETS_SECONDS),
+    applyDuration: r.histogram('weft_agent_apply_duration_seconds', 'Duration of applying a non-empty plan to the kernel.', LATENCY_BUCKETS_SECONDS),
+    kernelChanges: r.counter('weft_agent_kernel_changes_total', 'Kernel entries added or deleted, by op and kind.'),
+    driftRepairs: r.counter('weft_agent_drift_repairs_total', 'Entries re-added that the kernel held after the previous pass (drift repaired), by kind.'),
+    netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
+    kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay, by kind.'),
+    desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
+  };
+  m.synced.set(0);
+  m.revisionApplied.set(0);
+  for (const kind of ['neighbour', 'fdb', 'route']) {
+    m.driftRepairs.add(0, { kind });
+    m.desiredEntries.set(0, { kind });
+  }
+  for (const op of ['read', 'apply', 'watch']) m.netlinkFailures.add(0, { op });
+  return m;
+}

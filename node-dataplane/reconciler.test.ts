@@ -1,0 +1,140 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { silentLogger } from '../lib/logger.js';
+import { createMetricsRegistry } from '../lib/metrics.js';
+import { emptyState, type KernelEntry, type KernelState } from './domain/desired.js';
+import type { ApplyResult, OverlayDriver } from './kernel/netlink-overlay.js';
+import { createAgentMetrics } from './metrics.js';
+import { createReconciler, type Reconciler } from './reconciler.js';
+import type { RoutesSnapshot } from './sources/routes-watch.js';
+
+/** An in-memory kernel behind the driver interface; every write echoes back as a kernel event, like netlink's. */
+function fakeKernel(opts: { failAdds?: number } = {}) {
+  const state: KernelState = emptyState();
+  const writes: string[] = [];
+  let failAdds = opts.failAdds ?? 0;
+  let onWrite: () => void = () => {};
+  const table = (s: KernelState, e: KernelEntry) => (e.kind === 'neighbour' ? s.neighbours : e.kind === 'fdb' ? s.fdb : s.routes) as Map<string, KernelEntry>;
+  const driver: OverlayDriver = {
+    async readActual() {
+      return { neighbours: new Map(state.neighbours), fdb: new Map(state.fdb), routes: new Map(state.routes) };
+    },
+    async apply(_ifindex, plan): Promise<ApplyResult> {
+      const out: ApplyResult = { applied: 0, failed: [] };
+      for (const phase of plan.phases) {
+        for (const e of phase.entries) {
+          if (phase.op === 'add' && failAdds > 0) {
+            failAdds--;
+            out.failed.push({ op: 'add', entry: e, error: 'EBUSY' });
+            continue;
+          }
+          if (phase.op === 'add') table(state, e).set(e.key, e);
+          else table(state, e).delete(e.key);
+          writes.push(`${phase.op} ${e.kind} ${e.key}`);
+          out.applied++;
+          onWrite();
+        }
+      }
+      return out;
+    },
+    async linkIndex() {
+      return 5;
+    },
+    close() {},
+  };
+  return { state, writes, driver, echo: (fn: () => void) => (onWrite = fn) };
+}
+
+const remote = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'] };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number } = {}) {
+  const registry = createMetricsRegistry();
+  const metrics = createAgentMetrics(registry);
+  const r: Reconciler = createReconciler({
+    self: 'a', snapshot: () => snap, driver: kernel.driver, ensureDevice: async () => 5, resyncMs: 60_000, logger: silentLogger, metrics, ...extra,
+  });
+  const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(registry.render())?.[1] ?? NaN);
+  return { r, value };
+}
+
+test('nothing is written before the first complete snapshot; then the kernel gets the desired state', async () => {
+  const k = fakeKernel();
+  k.state.routes.set('10.244.9.0/26', { kind: 'route', key: '10.244.9.0/26', cidr: '10.244.9.0/26', gateway: '10.244.9.0' });
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 3, synced: false };
+  const { r, value } = setup(k, snap);
+  try {
+    await r.flush();
+    r.markDirty('kernel', 5);
+    await sleep(30);
+    assert.equal(k.writes.length, 0, 'a stale route survives until the agent is in sync');
+    snap.synced = true;
+    await r.flush();
+    assert.ok(k.writes.includes('delete route 10.244.9.0/26'));
+    assert.deepEqual([...k.state.routes.keys()].sort(), ['10.244.1.0/26', '10.244.2.0/26']);
+    assert.equal(value('weft_agent_revision_applied'), 3);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'first adds are not drift');
+    assert.deepEqual(r.overlay(), { ifindex: 5, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
+  } finally {
+    r.stop();
+  }
+});
+
+test('the agent\'s own writes echo back as events, cost one more (empty) pass, and the loop comes to rest', async () => {
+  const k = fakeKernel();
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
+  const { r, value } = setup(k, snap);
+  k.echo(() => r.markDirty('kernel', 5));
+  try {
+    await r.flush();
+    await sleep(100);
+    const passes = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    assert.equal(value('weft_agent_reconcile_passes_total{result="applied"}'), 1);
+    assert.ok(passes <= 3, `a handful of passes, not a loop (${passes})`);
+    await sleep(100);
+    const later = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    assert.equal(later, passes, 'no pass while nothing changes');
+  } finally {
+    r.stop();
+  }
+});
+
+test('an entry removed behind the agent\'s back is re-added and counted as a drift repair', async () => {
+  const k = fakeKernel();
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
+  const { r, value } = setup(k, snap);
+  try {
+    await r.flush();
+    k.state.routes.delete('10.244.2.0/26');
+    k.state.fdb.clear();
+    k.writes.length = 0;
+    await r.flush();
+    assert.deepEqual(k.writes.sort(), ['add fdb 02:57:c6:33:64:0c', 'add route 10.244.2.0/26']);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="fdb"}'), 1);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}'), 0);
+    // A withdrawn block is a change of desired state, not drift.
+    snap.nodes.set('b', { ...remote, blockCidrs: ['10.244.1.0/26'] });
+    await r.flush();
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
+  } finally {
+    r.stop();
+  }
+});
+
+test('a failed kernel update is retried with backoff until it succeeds, and counted', async () => {
+  const k = fakeKernel({ failAdds: 2 });
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 7, synced: true };
+  const { r, value } = setup(k, snap, { retryMs: 10 });
+  try {
+    await r.flush();
+    assert.equal(value('weft_agent_netlink_failures_total{op="apply"}'), 2);
+    assert.equal(value('weft_agent_revision_applied'), 0, 'a partly applied revision is not reported as applied');
+    for (let i = 0; i < 50 && value('weft_agent_revision_applied') !== 7; i++) await sleep(10);
+    assert.equal(value('weft_agent_revision_applied'), 7);
+    assert.equal(k.state.routes.size + k.state.neighbours.size + k.state.fdb.size, 5);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}') + value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'a retried add is not drift');
+  } finally {
+    r.stop();
+  }
+});

@@ -1,0 +1,21 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { rt } from 'netlink';
+import { toKernelEvent } from './kernel-watch.js';
+
+const ip = (s: string) => Buffer.from(s.split('.').map(Number));
+/** A message as the package parses it (the typings do not admit unnamed protocol numbers such as 87). */
+const msg = (m: object) => m as unknown as rt.Message;
+
+test('rtnetlink messages reduce to the events the overlay filter needs', () => {
+  const route = msg({ kind: 'route', data: { family: 2, dstLen: 26, table: 254, protocol: 87 }, attrs: { dst: ip('10.244.1.0'), oif: 7 } });
+  assert.deepEqual(toKernelEvent(route), { kind: 'route', cidr: '10.244.1.0/26', protocol: 87, table: 254, oif: 7 });
+  const named = msg({ kind: 'route', data: { family: 2, dstLen: 0, table: 254, protocol: 'BIRD' }, attrs: { table: 1000 } });
+  assert.deepEqual(toKernelEvent(named), { kind: 'route', cidr: '0.0.0.0/0', protocol: 12, table: 1000, oif: null }, 'named protocols and RTA_TABLE');
+  assert.equal(toKernelEvent(msg({ kind: 'route', data: { family: 10, dstLen: 64 }, attrs: {} })), null, 'IPv6 routes');
+  assert.deepEqual(toKernelEvent(msg({ kind: 'neighbor', data: { family: 7, ifindex: 7 }, attrs: {} })), { kind: 'neighbour', family: 'bridge', ifindex: 7 });
+  assert.deepEqual(toKernelEvent(msg({ kind: 'neighbor', data: { family: 2, ifindex: 7 }, attrs: {} })), { kind: 'neighbour', family: 'inet', ifindex: 7 });
+  assert.equal(toKernelEvent(msg({ kind: 'neighbor', data: { family: 10, ifindex: 7 }, attrs: {} })), null, 'IPv6 neighbour discovery');
+  assert.deepEqual(toKernelEvent(msg({ kind: 'link', data: { index: 7 }, attrs: { ifname: 'weft.vxlan' } })), { kind: 'link', ifindex: 7, ifname: 'weft.vxlan' });
+  assert.equal(toKernelEvent(msg({ kind: 'address', data: {}, attrs: {} })), null);
+});

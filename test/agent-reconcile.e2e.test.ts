@@ -1,0 +1,399 @@
+import { after, before, describe, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import {
+  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, startAgent, stopAgent, type ClusterState, type NodeState, type PodState,
+} from '../cli/cluster/cluster.js';
+import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
+import { createClient } from '../lib/grpc/client.js';
+import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
+import { bin } from './support/processes.js';
+import { privilegedOrSkip } from './support/privileges.js';
+
+/**
+ * The agent on the real kernel, in a local cluster of three nodes: drift made by hand is repaired within a bound,
+ * pod traffic keeps flowing while agents are killed and restarted, a restarted agent adopts what it finds without
+ * deleting or re-adding anything, and a restarted agent removes stale entries only once it holds its snapshot.
+ * Measured figures are reported as test diagnostics.
+ */
+const exec = promisify(execFile);
+const opts = privilegedOrSkip();
+const stateDir = mkdtempSync(path.join(tmpdir(), 'weft-e2e-agent-'));
+const children: ChildProcess[] = [];
+let state: ClusterState | null = null;
+const pods: Record<string, PodState> = {};
+
+const VXLAN = 'weft.vxlan';
+/** Repairs must be this fast; the measured figures are printed. */
+const REPAIR_BOUND_MS = 2000;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const node = (name: string): NodeState => readState(stateDir).nodes.find((n) => n.name === name)!;
+const podNs = (p: PodState) => path.basename(p.netns);
+
+async function sh(file: string, ...args: string[]): Promise<string> {
+  const { stdout } = await exec(file, args, { timeout: 20_000 });
+  return stdout;
+}
+
+async function weft(...args: string[]): Promise<string> {
+  const { stdout } = await exec(bin.weft, [...args, '--state-dir', stateDir], { timeout: 120_000 });
+  return stdout;
+}
+
+interface Overlay {
+  routes: { dst: string; gateway?: string }[];
+  neighbours: { dst: string; lladdr?: string }[];
+  fdb: { mac: string; dst?: string }[];
+  /** Everything Weft owns in the node's kernel, as iproute2 prints it in detail (for byte-for-byte comparison). */
+  text: string;
+}
+
+const json = (p: Promise<string>) => p.then((out) => JSON.parse(out) as Record<string, string>[]).catch(() => []);
+const by = (k: string) => (a: Record<string, string>, b: Record<string, string>) => String(a[k]).localeCompare(String(b[k]));
+// Each is one iproute2 call, so that polling for a repair measures the agent rather than the probe. Listing order is
+// the kernel's (a rebuilt device lists entries in the order they were re-added), so lists are sorted.
+const routesOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))).sort(by('dst')) as Overlay['routes'];
+const neighboursOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))).sort(by('dst')) as Overlay['neighbours'];
+const fdbOf = async (ns: string) => (await json(sh('bridge', '-n', ns, '-j', 'fdb', 'show', 'dev', VXLAN))).filter((f) => f.mac !== '00:00:00:00:00:00').sort(by('mac')) as Overlay['fdb'];
+
+/** Reads a node's overlay state back with iproute2 (independently of the agent). */
+async function overlay(ns: string): Promise<Overlay> {
+  const [routes, neighbours, fdb, text] = await Promise.all([
+    routesOf(ns),
+    neighboursOf(ns),
+    fdbOf(ns),
+    Promise.all([
+      sh('ip', '-n', ns, '-d', 'link', 'show', 'dev', VXLAN).catch(() => 'no device\n'),
+      sh('ip', '-n', ns, '-d', 'route', 'show', 'table', 'main'),
+      sh('ip', '-n', ns, '-d', 'neigh', 'show', 'dev', VXLAN).catch(() => ''),
+      sh('bridge', '-n', ns, '-d', 'fdb', 'show', 'dev', VXLAN).catch(() => ''),
+    ]).then((parts) => parts.join('---\n')),
+  ]);
+  return { routes, neighbours, fdb, text };
+}
+
+/** The overlay entries that lead to one remote node: its FDB entry, its blocks' neighbours and routes. */
+function entriesFor(o: Overlay, remote: NodeState) {
+  const mac = vtepMacFor(remote.address);
+  const gateways = new Set(o.neighbours.filter((n) => n.lladdr === mac).map((n) => n.dst));
+  return {
+    mac,
+    fdb: o.fdb.filter((f) => f.mac === mac),
+    neighbours: o.neighbours.filter((n) => n.lladdr === mac),
+    routes: o.routes.filter((r) => r.gateway !== undefined && gateways.has(r.gateway)),
+  };
+}
+
+/** The agent's metrics, read inside the node's namespace (where the agent serves them). */
+async function metrics(n: NodeState): Promise<Map<string, number>> {
+  const out = await sh('ip', 'netns', 'exec', n.netns, process.execPath, '-e',
+    `fetch('http://127.0.0.1:${AGENT_METRICS_PORT}/metrics', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => process.exit(1))`);
+  const m = new Map<string, number>();
+  for (const line of out.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const i = line.lastIndexOf(' ');
+    m.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return m;
+}
+
+const total = (m: Map<string, number>, prefix: string) => [...m].filter(([k]) => k === prefix || k.startsWith(`${prefix}{`)).reduce((s, [, v]) => s + v, 0);
+
+/** Waits until a (re)started agent has applied its first complete snapshot; returns the milliseconds it took. */
+async function waitForSync(n: NodeState, timeoutMs = 20_000): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    const m = await metrics(n).catch(() => null);
+    if (m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) > 0) return performance.now() - t0;
+    if (performance.now() - t0 > timeoutMs) throw new Error(`${n.name}'s agent did not sync within ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+/** Polls (bounded) until `ok` holds; returns the milliseconds it took. */
+async function until(what: string, ok: () => Promise<boolean>, timeoutMs = 10_000): Promise<number> {
+  const t0 = performance.now();
+  while (!(await ok())) {
+    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(5);
+  }
+  return performance.now() - t0;
+}
+
+/** `ip monitor route neigh` in a namespace (neighbour events include FDB entries), until stopped. */
+function monitor(ns: string): { stop(): Promise<string[]> } {
+  const child = spawn('ip', ['-n', ns, 'monitor', 'route', 'neigh'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  return {
+    async stop() {
+      await sleep(200);
+      child.kill('SIGKILL');
+      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r)));
+      return out.split('\n').filter(Boolean);
+    },
+  };
+}
+
+/** Monitor lines about Weft's overlay entries: on its device, naming a pod block address or a VTEP MAC. */
+const weftLines = (lines: string[]) => lines.filter((l) => l.includes(`dev ${VXLAN}`) && /(^|\s)10\.244\.|02:57:/.test(l));
+
+async function pings(from: PodState, to: string, attempts = 10): Promise<boolean> {
+  for (let i = 0; i < attempts; i++) {
+    try {
+      await sh('ip', 'netns', 'exec', podNs(from), 'ping', '-c', '1', '-W', '1', to);
+      return true;
+    } catch {
+      await sleep(100);
+    }
+  }
+  return false;
+}
+
+describe('agent reconciliation on the local cluster', opts, () => {
+  before(async () => {
+    await weft('cluster', 'up', '--nodes', '3', '--json');
+    state = readState(stateDir);
+    for (const [n, p] of [['node1', 'pa'], ['node2', 'pc'], ['node3', 'pb']] as const) {
+      pods[p] = JSON.parse(await weft('cluster', 'pod', 'add', n, p, '--namespace', 'e2e', '--json')) as PodState;
+    }
+    // Every node holds the other two nodes' entries before the tests begin.
+    for (const n of ['node1', 'node2', 'node3']) {
+      await until(`${n}'s overlay`, async () => (await overlay(node(n).netns)).routes.length === 2, 15_000);
+    }
+  });
+
+  after(async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    const prefix = state?.prefix;
+    const pids = state ? [state.controlPlane.pid, ...readState(stateDir).nodes.map((n) => n.agentPid)] : [];
+    await weft('cluster', 'down');
+    rmSync(stateDir, { recursive: true, force: true });
+    if (prefix) {
+      const out = await sh('ip', 'netns', 'list');
+      assert.ok(!out.includes(prefix), `namespaces left behind:\n${out}`);
+      for (const pid of pids) assert.ok(!isAlive(pid), `process ${pid} left running`);
+    }
+  });
+
+  test('a route, a neighbour entry, an FDB entry and the whole VXLAN device deleted by hand come back within the bound', async (t) => {
+    const n1 = node('node1');
+    const ns = n1.netns;
+    const before = await overlay(ns);
+    const toNode3 = entriesFor(before, node('node3'));
+    assert.equal(toNode3.routes.length, 1);
+    const block = toNode3.routes[0]!.dst;
+    const gateway = toNode3.neighbours[0]!.dst;
+    const m0 = await metrics(n1);
+    const figures: Record<string, number> = {};
+
+    let t0 = performance.now();
+    await sh('ip', '-n', ns, 'route', 'del', block, 'dev', VXLAN);
+    await until('the route back', async () => (await routesOf(ns)).some((r) => r.dst === block));
+    figures.route = performance.now() - t0;
+
+    t0 = performance.now();
+    await sh('ip', '-n', ns, 'neigh', 'del', gateway, 'dev', VXLAN);
+    await until('the neighbour entry back', async () => (await neighboursOf(ns)).some((x) => x.dst === gateway && x.lladdr === toNode3.mac));
+    figures.neighbour = performance.now() - t0;
+
+    t0 = performance.now();
+    await sh('bridge', '-n', ns, 'fdb', 'del', toNode3.mac, 'dev', VXLAN, 'dst', node('node3').address, 'self');
+    await until('the FDB entry back', async () => (await fdbOf(ns)).some((f) => f.mac === toNode3.mac));
+    figures.fdb = performance.now() - t0;
+
+    t0 = performance.now();
+    await sh('ip', '-n', ns, 'link', 'del', 'dev', VXLAN);
+    // Routes go in last (after neighbours and FDB entries), so all routes back means all entries back.
+    await until('the device and all its entries back', async () => (await routesOf(ns)).length === before.routes.length);
+    figures.device = performance.now() - t0;
+
+    for (const [what, ms] of Object.entries(figures)) t.diagnostic(`${what} deleted by hand: restored in ${ms.toFixed(0)} ms`);
+    for (const [what, ms] of Object.entries(figures)) assert.ok(ms < REPAIR_BOUND_MS, `${what} restored in ${ms.toFixed(0)} ms (bound ${REPAIR_BOUND_MS} ms)`);
+
+    const after = await overlay(ns);
+    assert.deepEqual({ r: after.routes, n: after.neighbours, f: after.fdb }, { r: before.routes, n: before.neighbours, f: before.fdb }, 'the rebuilt device holds exactly the entries it held');
+    assert.ok(await pings(pods.pa!, pods.pb!.addresses[0]!), 'pods reach each other over the rebuilt device');
+
+    // The repairs are counted: one of each kind by hand, then two of each with the device (two remote nodes).
+    const m1 = await metrics(n1);
+    const repaired = (kind: string) => (m1.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0) - (m0.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0);
+    assert.deepEqual({ route: repaired('route'), neighbour: repaired('neighbour'), fdb: repaired('fdb') }, { route: 3, neighbour: 3, fdb: 3 });
+    assert.ok(total(m1, 'weft_agent_kernel_events_total') > total(m0, 'weft_agent_kernel_events_total'), 'kernel events drove the repairs');
+
+    // The agent's own writes echo back as events; the loop comes to rest (at most one periodic resync in the window).
+    await sleep(300);
+    const passesBefore = total(await metrics(n1), 'weft_agent_reconcile_passes_total');
+    await sleep(1500);
+    const passesAfter = total(await metrics(n1), 'weft_agent_reconcile_passes_total');
+    t.diagnostic(`passes while idle for 1.5 s: ${passesAfter - passesBefore}`);
+    assert.ok(passesAfter - passesBefore <= 1, `no reconcile loop: ${passesAfter - passesBefore} passes in 1.5 s idle`);
+  });
+
+  test('a TCP stream between pods on two nodes keeps flowing while either node\'s agent is killed (SIGKILL) and restarted', async (t) => {
+    const INTERVAL_MS = 10;
+    /** Upper bound of the stream: at most 3,000 messages even if the test never stops it. */
+    const MAX_MS = 30_000;
+    const server = spawn('ip', ['netns', 'exec', podNs(pods.pb!), process.execPath, '-e',
+      `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(server);
+    const lineFrom = (child: ChildProcess, text: string, what: string) => new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
+      child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
+    });
+    await lineFrom(server, 'listening', 'the echo server');
+    // The client sends a counter every 10 ms until its stdin closes (or MAX_MS) and measures the echo: bytes, order,
+    // and the longest silence between two echoes.
+    const clientScript = `
+      const net = require('net');
+      const s = net.connect({ host: ${JSON.stringify(pods.pb!.addresses[0])}, port: 9000 });
+      let seq = 0, sentBytes = 0, recvBytes = 0, start = 0, last = 0, maxGapMs = 0, buf = '', expect = 0, outOfOrder = 0, error = null, timer = null;
+      const report = () => { console.log(JSON.stringify({ sent: seq, sentBytes, recvBytes, maxGapMs, outOfOrder, error, ms: Date.now() - start })); process.exit(0); };
+      const finish = () => { if (timer) { clearInterval(timer); timer = null; s.end(); } };
+      setTimeout(() => { error = error || 'timeout'; report(); }, ${MAX_MS + 5000}).unref();
+      process.stdin.on('data', () => {}).on('end', finish);
+      s.setNoDelay(true);
+      s.on('connect', () => {
+        start = last = Date.now();
+        console.log('connected');
+        timer = setInterval(() => {
+          if (Date.now() - start >= ${MAX_MS}) return finish();
+          const line = seq++ + '\\n'; sentBytes += line.length; s.write(line);
+        }, ${INTERVAL_MS});
+      });
+      s.on('data', (d) => {
+        const now = Date.now(); maxGapMs = Math.max(maxGapMs, now - last); last = now; recvBytes += d.length;
+        buf += d; const lines = buf.split('\\n'); buf = lines.pop();
+        for (const l of lines) { if (Number(l) !== expect) outOfOrder++; expect = Number(l) + 1; }
+      });
+      s.on('error', (e) => { error = e.code || e.message; });
+      s.on('close', report);`;
+    const client = spawn('ip', ['netns', 'exec', podNs(pods.pa!), process.execPath, '-e', clientScript], { stdio: ['pipe', 'pipe', 'inherit'] });
+    children.push(client);
+    let clientOut = '';
+    client.stdout!.on('data', (d) => (clientOut += d));
+    const clientDone = new Promise<void>((r) => client.once('exit', () => r()));
+    await lineFrom(client, 'connected', 'the stream');
+    const t0 = performance.now();
+
+    const restarts: string[] = [];
+    for (const name of ['node1', 'node3']) {
+      await sleep(1000);
+      const mon = monitor(node(name).netns);
+      await sleep(100);
+      const before = await overlay(node(name).netns);
+      const killedAt = performance.now() - t0;
+      await stopAgent(stateDir, name, 'SIGKILL');
+      startAgent(stateDir, name);
+      const syncMs = await waitForSync(node(name));
+      const after = await overlay(node(name).netns);
+      const lines = weftLines(await mon.stop());
+      restarts.push(`${name}: agent killed ${killedAt.toFixed(0)} ms into the stream; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`);
+      assert.deepEqual(lines, [], `${name}: nothing of Weft's was deleted or re-added across the SIGKILL restart`);
+      assert.equal(after.text, before.text, `${name}: kernel state byte-identical across the restart`);
+    }
+    await sleep(1000);
+    client.stdin!.end();
+    await Promise.race([clientDone, sleep(MAX_MS + 10_000)]);
+    const r = JSON.parse(clientOut.trim().split('\n').at(-1)!) as { sent: number; sentBytes: number; recvBytes: number; maxGapMs: number; outOfOrder: number; error: string | null; ms: number };
+    for (const line of restarts) t.diagnostic(line);
+    t.diagnostic(`stream: ${r.ms} ms, ${r.sent} messages, ${r.sentBytes} bytes sent, ${r.recvBytes} echoed, longest silence ${r.maxGapMs} ms`);
+    assert.equal(r.error, null);
+    assert.ok(r.ms < MAX_MS, 'the stream ran across both restarts and was stopped by the test');
+    assert.ok(r.sent >= (r.ms / INTERVAL_MS) * 0.5, `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`);
+    assert.equal(r.recvBytes, r.sentBytes, 'every byte came back');
+    assert.equal(r.outOfOrder, 0);
+    assert.ok(r.maxGapMs < 1000, `no gap over 1 s (longest ${r.maxGapMs} ms)`);
+  });
+
+  test('a restarted agent adopts what it finds: no entry deleted or re-added, kernel state byte-identical, no kernel write', async (t) => {
+    const n2 = node('node2');
+    const mon = monitor(n2.netns);
+    await sleep(200);
+    const before = await overlay(n2.netns);
+    const t0 = performance.now();
+    await restartAgent(stateDir, 'node2');
+    const stoppedMs = performance.now() - t0;
+    const syncMs = await waitForSync(n2);
+    const m = await metrics(n2);
+    await sleep(300); // the confirming pass after the first one, had there been any write
+    const after = await overlay(n2.netns);
+    const lines = await mon.stop();
+    t.diagnostic(`node2: graceful stop (SIGTERM) took ${stoppedMs.toFixed(0)} ms; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`);
+    assert.deepEqual(weftLines(lines), [], 'ip monitor saw no change to Weft\'s entries');
+    assert.ok(!lines.some((l) => l.startsWith('Deleted') && l.includes(VXLAN)), 'no Deleted line on the VXLAN device');
+    assert.equal(after.text, before.text, 'kernel state byte-identical across the restart');
+    assert.equal(total(m, 'weft_agent_kernel_changes_total'), 0, 'the restarted agent wrote nothing');
+    assert.ok((m.get('weft_agent_reconcile_passes_total{result="unchanged"}') ?? 0) >= 1, 'its first pass found nothing to do');
+  });
+
+  test('a node deregistered while another node\'s agent is down: the restarted agent removes its stale entries, only once it holds its snapshot', async (t) => {
+    const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
+    await stopAgent(stateDir, 'node1', 'SIGKILL');
+    const before = await overlay(n1.netns);
+    const stale = entriesFor(before, n3);
+    const kept = entriesFor(before, n2);
+    assert.ok(stale.routes.length === 1 && stale.neighbours.length === 1 && stale.fdb.length === 1, 'node1 holds node3\'s entries');
+    const staleBlock = stale.routes[0]!.dst;
+    const gateway = stale.neighbours[0]!.dst;
+    /** How many of node3's entries a node still holds (looked up by block, gateway and MAC, each on its own). */
+    const staleLeft = async (ns: string) => {
+      const o = await overlay(ns);
+      return o.routes.filter((r) => r.dst === staleBlock).length + o.neighbours.filter((x) => x.dst === gateway).length + o.fdb.filter((f) => f.mac === stale.mac).length;
+    };
+
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)));
+    try {
+      const res = await routes.deregisterNode({ name: 'node3' }, { timeoutMs: 10_000 });
+      assert.equal(res.deregistered, true);
+    } finally {
+      routes.close();
+    }
+    // A running agent withdraws at once: that is what node1's agent missed.
+    const withdrawMs = await until('node2 to withdraw node3', async () => (await staleLeft(n2.netns)) === 0);
+    t.diagnostic(`node2 (agent running) withdrew node3's entries ${withdrawMs.toFixed(0)} ms after DeregisterNode returned`);
+
+    // node1's agent starts cut off from the control plane: without its snapshot it must not remove anything.
+    const mon = monitor(n1.netns);
+    await sh('ip', '-n', n1.netns, 'route', 'add', 'blackhole', `${CONTROL_PLANE_ADDRESS}/32`);
+    startAgent(stateDir, 'node1');
+    const started = performance.now();
+    // Its metrics come up before it registers; it keeps trying to reach the control plane for at least 2.5 s.
+    let cutOff: Map<string, number> | null = null;
+    while (!cutOff) {
+      cutOff = await metrics(n1).catch(() => null);
+      if (!cutOff && performance.now() - started > 20_000) throw new Error('node1\'s agent serves no metrics');
+      if (!cutOff) await sleep(100);
+    }
+    await sleep(Math.max(0, 2500 - (performance.now() - started)));
+    assert.ok(isAlive(node('node1').agentPid), 'the agent runs');
+    cutOff = await metrics(n1);
+    assert.equal(cutOff.get('weft_agent_synced'), 0, 'the agent has no snapshot yet');
+    const withoutBlackhole = (text: string) => text.split('\n').filter((l) => !l.startsWith('blackhole ')).join('\n');
+    assert.equal(withoutBlackhole((await overlay(n1.netns)).text), before.text, 'without its snapshot the agent removed nothing (the stale entries stay)');
+
+    await sh('ip', '-n', n1.netns, 'route', 'del', 'blackhole', `${CONTROL_PLANE_ADDRESS}/32`);
+    const reachable = performance.now();
+    const syncMs = await waitForSync(n1, 30_000);
+    await until('node1 to remove node3\'s entries', async () => (await staleLeft(n1.netns)) === 0);
+    t.diagnostic(`node1: in sync ${syncMs.toFixed(0)} ms and stale entries gone ${(performance.now() - reachable).toFixed(0)} ms after the control plane became reachable (gRPC reconnect backoff included)`);
+    const after = await overlay(n1.netns);
+    assert.deepEqual(entriesFor(after, n2), kept, 'node2\'s entries on node1 are untouched');
+    const lines = weftLines(await mon.stop());
+    assert.ok(lines.every((l) => l.includes(gateway) || l.includes(stale.mac) || l.includes(n3.address)), `only node3's entries changed:\n${lines.join('\n')}`);
+    const deleted = lines.filter((l) => l.startsWith('Deleted'));
+    const routeAt = deleted.findIndex((l) => l.includes(staleBlock));
+    const fdbAt = deleted.findIndex((l) => l.includes(n3.address) && l.includes(stale.mac));
+    const neighAt = deleted.findIndex((l) => l.startsWith(`Deleted ${gateway} `));
+    assert.ok(routeAt >= 0 && fdbAt >= 0 && neighAt >= 0, `route, FDB and neighbour entries deleted:\n${lines.join('\n')}`);
+    assert.ok(routeAt < fdbAt && fdbAt < neighAt, `routes first, then FDB, then neighbours:\n${deleted.join('\n')}`);
+    assert.ok(await pings(pods.pa!, pods.pc!.addresses[0]!), 'node1 still reaches node2\'s pods');
+  });
+});
