@@ -17,6 +17,8 @@ export const CniCode = {
   tryAgainLater: 11,
   /** The address pool has no free address. */
   poolExhausted: 100,
+  /** CHECK: the attachment is not what ADD made (msg says what differs). */
+  attachmentDiffers: 101,
   /** Anything else; msg carries the cause. */
   internal: 999,
 } as const;

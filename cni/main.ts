@@ -18,6 +18,8 @@ const verbs: Verbs = {
         podNamespace: invocation.podNamespace,
         podName: invocation.podName,
         pool: config.pool,
+        requestedAddresses: [],
+        mac: '',
       },
       { signal },
     );
