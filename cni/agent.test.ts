@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Server, ServerCredentials, status, type sendUnaryData } from '@grpc/grpc-js';
+import { Metadata, Server, ServerCredentials, status, type sendUnaryData } from '@grpc/grpc-js';
 import { AgentServiceService, type DetachResponse } from '../gen/weft/agent/v1/agent.js';
 import { attachPod, cniErrorFromAgent, detachPod } from './agent.js';
 import { CniCode, CniError } from './errors.js';
@@ -42,6 +42,20 @@ describe('cniErrorFromAgent', () => {
     assert.equal(cniErrorFromAgent(grpcError(status.INVALID_ARGUMENT, 'unknown pool "blue"'), socket, 'Attach').message, 'unknown pool "blue"');
   });
 
+  it("maps the agent's stable error codes before its gRPC status: a CHECK difference is 101, an unsupported requested address 7", () => {
+    const withCode = (code: status, weftCode: string, details: string) => {
+      const metadata = new Metadata();
+      metadata.set('weft-error-code', weftCode);
+      return Object.assign(grpcError(code, details), { metadata });
+    };
+    const diff = cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'agent.check_failed', 'interface eth0 is down'), socket, 'Check');
+    assert.equal(diff.code, CniCode.attachmentDiffers);
+    assert.equal(diff.message, 'interface eth0 is down');
+    assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'agent.requested_address_unsupported', 'no'), socket, 'Attach').code, CniCode.invalidConfig);
+    assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'agent.attach_failed', 'no'), socket, 'Attach').code, CniCode.internal);
+    assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'constructor', 'no'), socket, 'Attach').code, CniCode.internal);
+  });
+
   it('turns a non-gRPC failure into code 999 naming the call', () => {
     const err = cniErrorFromAgent(new Error('boom'), socket, 'Detach');
     assert.equal(err.code, CniCode.internal);
@@ -72,7 +86,7 @@ describe('attachPod and detachPod against a real server', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '' };
+  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '', requestedAddresses: [], mac: '' };
 
   it('answers "try again later" when the agent does not answer in time', async () => {
     await assert.rejects(attachPod(socket, pod, { timeoutMs: 200 }), (err: unknown) => {

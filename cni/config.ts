@@ -1,11 +1,14 @@
+import { isIP } from 'node:net';
 import { CniCode, CniError } from './errors.js';
 
 /**
  * The network config the runtime streams to weft-cni on stdin, parsed and validated in one place.
  *
- *   { "cniVersion": "1.0.0", "name": "weft", "type": "weft", "agentSocket": "/run/weft/agent.sock", "pool": "" }
+ *   { "cniVersion": "1.1.0", "name": "weft", "type": "weft", "agentSocket": "/run/weft/agent.sock", "pool": "" }
  *
- * Fields the runtime adds (args, runtimeConfig, prevResult, capabilities) and any others are ignored.
+ * The fields the runtime adds are kept as they came (`runtimeConfig`, `args`, `prevResult`, the GC attachment
+ * lists): only the verbs that use them read them (readAttachOptions, readValidAttachments, result.ts), so that a
+ * value that would fail ADD never makes the DEL that follows fail too. Other fields are ignored.
  */
 export interface NetworkConfig {
   readonly cniVersion: string;
@@ -15,11 +18,23 @@ export interface NetworkConfig {
   readonly agentSocket: string;
   /** Pool to allocate from; empty means the agent's default pool. */
   readonly pool: string;
+  /** The result of the previous ADD (CHECK, DEL) or of the previous plugin in the chain (ADD), as sent; undefined when absent. */
+  readonly prevResult: unknown;
+  /** Capability arguments (`mac`, `ips`, ...); empty when absent. */
+  readonly runtimeConfig: Readonly<Record<string, unknown>>;
+  /** The `args` object (conventionally `args.cni.ips`, `args.cni.mac`); empty when absent. */
+  readonly args: Readonly<Record<string, unknown>>;
+  /** GC (1.1.0): `cni.dev/valid-attachments` and the older spelling `cni.dev/attachments`, as sent. */
+  readonly gcAttachments: { readonly valid: unknown; readonly legacy: unknown };
 }
 
-/** The spec versions weft-cni speaks. Results are only ever written in one of these. */
-export const SUPPORTED_VERSIONS: readonly string[] = Object.freeze(['1.0.0']);
-export const DEFAULT_CNI_VERSION = '1.0.0';
+/**
+ * The spec versions weft-cni speaks, oldest first. 0.3.0, 0.3.1 and 0.4.0 share one result format (ips carry a
+ * `version`); 1.0.0 and 1.1.0 share the other. Results are only ever written in the config's version.
+ */
+export const SUPPORTED_VERSIONS: readonly string[] = Object.freeze(['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
+/** The version of answers to a runtime that declared none (VERSION without input, errors before the config is read). */
+export const DEFAULT_CNI_VERSION = '1.1.0';
 export const DEFAULT_AGENT_SOCKET = '/run/weft/agent.sock';
 /** Larger configs are refused unread: no legitimate Weft config comes near this. */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -47,7 +62,7 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
 
   const version = doc.cniVersion;
   if (version === undefined) {
-    throw invalid('network config has no "cniVersion"; set it to "1.0.0"');
+    throw invalid(`network config has no "cniVersion"; set it to one of ${SUPPORTED_VERSIONS.join(', ')}`);
   }
   if (typeof version !== 'string' || version === '') {
     throw invalid(`network config "cniVersion" must be a non-empty string, got ${JSON.stringify(version)}`);
@@ -88,7 +103,153 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
     throw invalid(`network config "pool" must be a string (empty for the default pool), got ${JSON.stringify(pool)}`);
   }
 
-  return Object.freeze({ cniVersion: version, name, type, agentSocket, pool });
+  return Object.freeze({
+    cniVersion: version,
+    name,
+    type,
+    agentSocket,
+    pool,
+    prevResult: doc.prevResult ?? undefined,
+    runtimeConfig: Object.freeze(optionalObject(doc, 'runtimeConfig')),
+    args: Object.freeze(optionalObject(doc, 'args')),
+    gcAttachments: Object.freeze({ valid: doc['cni.dev/valid-attachments'], legacy: doc['cni.dev/attachments'] }),
+  });
+}
+
+/** Orders two x.y.z versions: negative when a is older than b. */
+export function compareVersions(a: string, b: string): number {
+  const pa = a.split('.').map(Number);
+  const pb = b.split('.').map(Number);
+  for (let i = 0; i < 3; i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
+}
+
+/** True when results in this version use the 0.3.x/0.4.0 format (ips carry "version"). */
+export function isLegacyResultVersion(version: string): boolean {
+  return compareVersions(version, '1.0.0') < 0;
+}
+
+/** What ADD asks for beyond the pod itself: a MAC for the pod interface and specific addresses. */
+export interface AttachOptions {
+  /** Lower-case MAC for the pod interface; empty: the kernel picks one. */
+  readonly mac: string;
+  /** Addresses the runtime asked for (without prefix length), in the order given; empty: IPAM picks. */
+  readonly requestedAddresses: readonly string[];
+}
+
+/**
+ * Reads ADD's options from the places the CNI conventions put them: runtimeConfig `mac` and `ips` (capabilities),
+ * `args.cni.mac` and `args.cni.ips`, and CNI_ARGS `MAC=` and `IP=` (comma-separated). Config values that are wrong
+ * are code 7, CNI_ARGS values code 4; two places asking for different MACs is code 7.
+ */
+export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string; ip: string }): AttachOptions {
+  const argsCni = config.args.cni;
+  const fromArgs = typeof argsCni === 'object' && argsCni !== null && !Array.isArray(argsCni) ? (argsCni as Record<string, unknown>) : {};
+
+  const macs: [string, string][] = [];
+  for (const [where, value] of [['runtimeConfig.mac', config.runtimeConfig.mac], ['args.cni.mac', fromArgs.mac]] as const) {
+    if (value === undefined || value === '') continue;
+    if (typeof value !== 'string' || macProblem(value)) {
+      throw invalid(`network config ${where} ${JSON.stringify(value)} is not a usable MAC: ${typeof value === 'string' ? macProblem(value) : 'it must be a string'}`);
+    }
+    macs.push([where, value.toLowerCase()]);
+  }
+  if (cniArgs.mac !== '') {
+    const problem = macProblem(cniArgs.mac);
+    if (problem) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS MAC=${cniArgs.mac} is not a usable MAC: ${problem}`);
+    macs.push(['CNI_ARGS MAC', cniArgs.mac.toLowerCase()]);
+  }
+  const distinct = new Set(macs.map(([, m]) => m));
+  if (distinct.size > 1) {
+    throw invalid(`conflicting MACs for the pod interface: ${macs.map(([w, m]) => `${w}=${m}`).join(', ')}; give one`);
+  }
+
+  const requested: string[] = [];
+  for (const [where, value] of [['runtimeConfig.ips', config.runtimeConfig.ips], ['args.cni.ips', fromArgs.ips]] as const) {
+    if (value === undefined) continue;
+    if (!Array.isArray(value)) throw invalid(`network config ${where} must be a list of addresses, got ${JSON.stringify(value)}`);
+    for (const item of value) {
+      const address = typeof item === 'string' ? addressOf(item) : undefined;
+      if (address === undefined) throw invalid(`network config ${where} has ${JSON.stringify(item)}, which is not an IP address (with an optional /prefix)`);
+      requested.push(address);
+    }
+  }
+  if (cniArgs.ip !== '') {
+    for (const item of cniArgs.ip.split(',')) {
+      const address = addressOf(item.trim());
+      if (address === undefined) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS IP=${cniArgs.ip} has ${JSON.stringify(item)}, which is not an IP address`);
+      requested.push(address);
+    }
+  }
+  return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]) });
+}
+
+/** One attachment a GC keeps: the CNI_CONTAINERID and CNI_IFNAME of its ADD. */
+export interface ValidAttachment {
+  readonly containerId: string;
+  readonly ifname: string;
+}
+
+/**
+ * GC's list of attachments that are still valid: the union of `cni.dev/valid-attachments` and the older
+ * `cni.dev/attachments` (libcni sends both). A config with neither is refused (code 7) rather than read as "nothing
+ * is valid", which would free every address on the node; so is any malformed entry, since skipping one could free
+ * a live pod's address.
+ */
+export function readValidAttachments(config: NetworkConfig): readonly ValidAttachment[] {
+  const lists = [
+    ['cni.dev/valid-attachments', config.gcAttachments.valid],
+    ['cni.dev/attachments', config.gcAttachments.legacy],
+  ] as const;
+  if (lists.every(([, v]) => v === undefined || v === null)) {
+    throw invalid('GC needs the list of valid attachments in "cni.dev/valid-attachments"; without it nothing is collected');
+  }
+  const seen = new Map<string, ValidAttachment>();
+  for (const [key, list] of lists) {
+    if (list === undefined || list === null) continue;
+    if (!Array.isArray(list)) throw invalid(`network config "${key}" must be a list of {containerID, ifname}, got ${JSON.stringify(list)}`);
+    list.forEach((item: unknown, n) => {
+      const o = (typeof item === 'object' && item !== null ? item : {}) as Record<string, unknown>;
+      const { containerID, ifname } = o;
+      if (typeof containerID !== 'string' || containerID === '' || typeof ifname !== 'string' || ifname === '') {
+        throw invalid(`network config "${key}"[${n}] must have a non-empty "containerID" and "ifname", got ${JSON.stringify(item)}`);
+      }
+      seen.set(`${containerID}/${ifname}`, Object.freeze({ containerId: containerID, ifname }));
+    });
+  }
+  return Object.freeze([...seen.values()]);
+}
+
+/** Why a MAC cannot be given to the pod interface, or undefined when it can. */
+function macProblem(mac: string): string | undefined {
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) return 'expected six hex pairs separated by colons, e.g. 0a:58:0a:f4:00:05';
+  const first = parseInt(mac.slice(0, 2), 16);
+  if (first & 1) return 'it is a multicast address; the first byte must be even';
+  if (/^0{2}(:0{2}){5}$/.test(mac)) return 'it is all zeroes';
+  return undefined;
+}
+
+/** The address part of "a.b.c.d", "a.b.c.d/n" or an IPv6 equivalent; undefined when it is not one. */
+function addressOf(text: string): string | undefined {
+  const slash = text.indexOf('/');
+  const address = slash < 0 ? text : text.slice(0, slash);
+  const family = isIP(address);
+  if (family === 0) return undefined;
+  if (slash >= 0) {
+    const bits = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(bits) || Number(bits) > (family === 4 ? 32 : 128)) return undefined;
+  }
+  return address;
+}
+
+function optionalObject(doc: Record<string, unknown>, key: string): Record<string, unknown> {
+  const v = doc[key];
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "${key}" must be an object, got ${JSON.stringify(v)}`);
+  return v as Record<string, unknown>;
 }
 
 /**

@@ -15,8 +15,12 @@ export const CniCode = {
   invalidConfig: 7,
   /** The agent cannot be reached right now; the runtime should retry. */
   tryAgainLater: 11,
+  /** STATUS (1.1.0): the plugin cannot serve ADD now (the agent does not answer, or cannot reach IPAM). */
+  pluginNotAvailable: 50,
   /** The address pool has no free address. */
   poolExhausted: 100,
+  /** CHECK: the attachment is not what ADD made (msg says what differs). */
+  attachmentDiffers: 101,
   /** Anything else; msg carries the cause. */
   internal: 999,
 } as const;

@@ -3,6 +3,7 @@ import {
   DEFAULT_CNI_VERSION,
   MAX_CONFIG_BYTES,
   SUPPORTED_VERSIONS,
+  compareVersions,
   declaredVersion,
   parseNetworkConfig,
   type NetworkConfig,
@@ -15,20 +16,40 @@ import { CniCode, CniError } from './errors.js';
  * VERSION is answered here, so it loads nothing a verb needs.
  */
 
-export type Command = 'ADD' | 'DEL';
+export type Command = 'ADD' | 'DEL' | 'CHECK' | 'STATUS' | 'GC';
+
+/**
+ * Per command: the CNI_* variables it needs (SPEC.md 1.1.0, section 2) and the oldest cniVersion that defines it
+ * (CHECK came in 0.4.0, STATUS and GC in 1.1.0; the reference skeleton refuses older configs with code 1 too).
+ * CNI_PATH is optional everywhere: Weft delegates to no other plugin, so it never reads it.
+ */
+const COMMANDS: Readonly<Record<Command, { env: readonly string[]; since: string }>> = {
+  ADD: { env: ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME'], since: '0.3.0' },
+  DEL: { env: ['CNI_CONTAINERID', 'CNI_IFNAME'], since: '0.3.0' },
+  CHECK: { env: ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME'], since: '0.4.0' },
+  STATUS: { env: [], since: '1.1.0' },
+  GC: { env: [], since: '1.1.0' },
+};
+const COMMAND_LIST = 'ADD, DEL, CHECK, STATUS, GC or VERSION';
+
+const isCommand = (c: string | undefined): c is Command => c !== undefined && Object.hasOwn(COMMANDS, c);
 
 /** What the runtime asked for, from the CNI_* environment variables. */
 export interface Invocation {
   readonly command: Command;
+  /** Empty for STATUS and GC. */
   readonly containerId: string;
-  /** Path of the pod's network namespace; may be empty on DEL. */
+  /** Path of the pod's network namespace; may be empty on DEL, and is for STATUS and GC. */
   readonly netns: string;
+  /** Empty for STATUS and GC. */
   readonly ifname: string;
   /** CNI_PATH split into directories. */
   readonly path: readonly string[];
   /** From CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME; empty outside Kubernetes. */
   readonly podNamespace: string;
   readonly podName: string;
+  /** CNI_ARGS IP= and MAC= as given (checked only by ADD, which uses them: see readAttachOptions). */
+  readonly cniArgs: { readonly ip: string; readonly mac: string };
 }
 
 export interface VerbContext {
@@ -39,10 +60,13 @@ export interface VerbContext {
   logger: Logger;
 }
 
-/** The table of verbs a plugin implements. ADD returns the result to print; DEL prints nothing. */
+/** The table of verbs a plugin implements. ADD returns the result to print; the others print nothing on success. */
 export interface Verbs {
   ADD(ctx: VerbContext): Promise<object>;
   DEL(ctx: VerbContext): Promise<void>;
+  CHECK(ctx: VerbContext): Promise<void>;
+  STATUS(ctx: VerbContext): Promise<void>;
+  GC(ctx: VerbContext): Promise<void>;
 }
 
 /** What the process prints on stdout and exits with. */
@@ -104,25 +128,31 @@ export async function handleInvocation(
     if (command === 'VERSION') {
       return { stdout: JSON.stringify({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS }), exitCode: 0 };
     }
-    if (command !== 'ADD' && command !== 'DEL') {
+    if (!isCommand(command)) {
       throw new CniError(
         CniCode.invalidEnvironment,
-        command
-          ? `unknown CNI_COMMAND ${JSON.stringify(command)}; expected ADD, DEL or VERSION`
-          : 'CNI_COMMAND is not set; expected ADD, DEL or VERSION',
+        command ? `unknown CNI_COMMAND ${JSON.stringify(command)}; expected ${COMMAND_LIST}` : `CNI_COMMAND is not set; expected ${COMMAND_LIST}`,
       );
     }
     const invocation = readInvocation(command, env);
     const config = parseNetworkConfig(stdin);
-    logger = logger.child({ command, containerId: invocation.containerId, ifname: invocation.ifname });
+    const since = COMMANDS[command].since;
+    if (compareVersions(config.cniVersion, since) < 0) {
+      throw new CniError(
+        CniCode.incompatibleVersion,
+        `${command} needs cniVersion ${since} or later; the network config declares ${config.cniVersion}`,
+        `CNI spec ${since} introduced ${command}`,
+      );
+    }
+    logger = logger.child({ command, ...(invocation.containerId ? { containerId: invocation.containerId, ifname: invocation.ifname } : {}) });
     const ctx: VerbContext = { invocation, config, signal: options.signal, logger };
     if (command === 'ADD') {
       const result = await verbs.ADD(ctx);
       logger.debug('attached', { result });
       return { stdout: JSON.stringify(result), exitCode: 0 };
     }
-    await verbs.DEL(ctx);
-    logger.debug('detached');
+    await verbs[command](ctx);
+    logger.debug('done');
     return { stdout: '', exitCode: 0 };
   } catch (err) {
     return failure(err, version, logger);
@@ -131,40 +161,49 @@ export async function handleInvocation(
 
 /** Reads and validates the CNI_* variables a command needs; a missing or invalid one is code 4. */
 export function readInvocation(command: Command, env: Environment): Invocation {
-  const required =
-    command === 'ADD'
-      ? ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME', 'CNI_PATH']
-      : ['CNI_CONTAINERID', 'CNI_IFNAME', 'CNI_PATH'];
+  const required = COMMANDS[command].env;
   const missing = required.filter((name) => !env[name]);
   if (missing.length > 0) {
     throw badEnv(`${command} needs ${missing.join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} not set`);
   }
-  const containerId = env.CNI_CONTAINERID ?? '';
-  const ifname = env.CNI_IFNAME ?? '';
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(containerId)) {
-    throw badEnv(
-      `CNI_CONTAINERID ${JSON.stringify(containerId)} is invalid; it must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`,
-    );
+  const perAttachment = required.includes('CNI_CONTAINERID');
+  const containerId = perAttachment ? (env.CNI_CONTAINERID ?? '') : '';
+  const ifname = perAttachment ? (env.CNI_IFNAME ?? '') : '';
+  if (perAttachment) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(containerId)) {
+      throw badEnv(
+        `CNI_CONTAINERID ${JSON.stringify(containerId)} is invalid; it must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`,
+      );
+    }
+    const ifnameProblem = interfaceNameProblem(ifname);
+    if (ifnameProblem) throw badEnv(`CNI_IFNAME ${JSON.stringify(ifname)} is invalid: ${ifnameProblem}`);
   }
-  const ifnameProblem = interfaceNameProblem(ifname);
-  if (ifnameProblem) throw badEnv(`CNI_IFNAME ${JSON.stringify(ifname)} is invalid: ${ifnameProblem}`);
-  const { podNamespace, podName } = parseCniArgs(env.CNI_ARGS ?? '');
+  const netns = perAttachment ? (env.CNI_NETNS ?? '') : '';
+  // DEL takes whatever it is given: refusing it could only leave the address allocated.
+  if (required.includes('CNI_NETNS') && !netns.startsWith('/')) {
+    throw badEnv(`CNI_NETNS ${JSON.stringify(netns)} is invalid: it must be the absolute path of the pod's network namespace`);
+  }
+  const { podNamespace, podName, ip, mac } = parseCniArgs(env.CNI_ARGS ?? '');
   return Object.freeze({
     command,
     containerId,
-    netns: env.CNI_NETNS ?? '',
+    netns,
     ifname,
     path: Object.freeze((env.CNI_PATH ?? '').split(':').filter((dir) => dir !== '')),
     podNamespace,
     podName,
+    cniArgs: Object.freeze({ ip, mac }),
   });
 }
 
-/** Keys in CNI_ARGS that Kubernetes runtimes send; others are refused unless IgnoreUnknown is true. */
-const KNOWN_ARGS = new Set(['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID']);
+/**
+ * Keys in CNI_ARGS that Weft understands: what Kubernetes runtimes send, and the conventional IP= (requested
+ * addresses, comma-separated) and MAC= of the reference plugins. Others are refused unless IgnoreUnknown is true.
+ */
+const KNOWN_ARGS = new Set(['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID', 'IP', 'MAC']);
 
 /** Parses CNI_ARGS ("K=V;K=V"), as the reference plugins do: unknown keys are an error unless IgnoreUnknown=1. */
-export function parseCniArgs(raw: string): { podNamespace: string; podName: string } {
+export function parseCniArgs(raw: string): { podNamespace: string; podName: string; ip: string; mac: string } {
   const pairs = new Map<string, string>();
   for (const pair of raw.split(';')) {
     if (pair === '') continue;
@@ -183,7 +222,12 @@ export function parseCniArgs(raw: string): { podNamespace: string; podName: stri
   if (unknown.length > 0 && !ignoreUnknown) {
     throw badEnv(`CNI_ARGS has unknown key${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')}; add IgnoreUnknown=1 to ignore them`);
   }
-  return { podNamespace: pairs.get('K8S_POD_NAMESPACE') ?? '', podName: pairs.get('K8S_POD_NAME') ?? '' };
+  return {
+    podNamespace: pairs.get('K8S_POD_NAMESPACE') ?? '',
+    podName: pairs.get('K8S_POD_NAME') ?? '',
+    ip: pairs.get('IP') ?? '',
+    mac: pairs.get('MAC') ?? '',
+  };
 }
 
 /** The error JSON for any thrown value; an unexpected error is code 999 and its stack goes to the log. */

@@ -5,63 +5,140 @@ import type { Logger } from '../lib/logger.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
-import { attachPod, checkNetnsPath, detachPod, POD_GATEWAY } from './kernel/pod-network.js';
+import { findAttachmentDifference } from './domain/attachment-check.js';
+import { planGarbageCollection } from './domain/garbage-collection.js';
+import { deleteLink } from './kernel/links.js';
+import {
+  attachPod, checkNetnsPath, detachPod, hostIfnameFor, hostLinkExists, listVethNames, observeAttachment, POD_GATEWAY,
+} from './kernel/pod-network.js';
 
 /**
- * The local endpoint the CNI plugin calls. Attach: allocate (idempotent by handle) -> plumb the pod; on any
- * failure, undo both. Detach: remove the interface, then release the handle; both treat "already gone" as done.
+ * The local endpoint the CNI plugin calls.
+ *
+ * - Attach: refuse an attachment that already exists -> allocate (idempotent by handle) -> plumb the pod; on any
+ *   failure after the allocation, undo both, so a failed ADD leaves nothing behind.
+ * - Detach: remove the interface, then release the handle; both treat "already gone" as done.
+ * - Check: read back the allocation and the kernel state, compare (domain/attachment-check.ts).
+ * - Status: can the agent reach IPAM right now.
+ * - GarbageCollect: release and remove what belongs to no valid attachment (domain/garbage-collection.ts).
  */
 export function createCniHandlers(deps: {
   node: string;
   ipam: PromiseClient<typeof IpamServiceService>;
+  /** Where IPAM is, for messages. */
+  ipamTarget: string;
   mtu: number;
   routeProtocol: number;
   logger: Logger;
 }): Handlers<typeof AgentServiceService> {
+  /** Attach calls running now, by handle, with their host interface: GC never touches them. */
+  const inFlight = new Map<string, string>();
+
   const invalid = (msg: string) => new DomainError('agent.invalid_request', 'invalid_argument', msg);
+  const ipamKind = (code: number) =>
+    code === status.RESOURCE_EXHAUSTED ? 'exhausted' : code === status.INVALID_ARGUMENT ? 'invalid_argument'
+      : code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED ? 'unavailable' : 'failed_precondition';
   const passThrough = (err: unknown): never => {
     // IPAM's own error (with its status and message) goes back to the plugin unchanged.
     const e = err as { code?: number; details?: string };
-    if (typeof e.code === 'number') {
-      const kind = e.code === status.RESOURCE_EXHAUSTED ? 'exhausted' : e.code === status.INVALID_ARGUMENT ? 'invalid_argument'
-        : e.code === status.UNAVAILABLE || e.code === status.DEADLINE_EXCEEDED ? 'unavailable' : 'failed_precondition';
-      throw new DomainError('agent.ipam_error', kind, `IPAM: ${e.details ?? String(err)}`);
-    }
+    if (typeof e.code === 'number') throw new DomainError('agent.ipam_error', ipamKind(e.code), `IPAM: ${e.details ?? String(err)}`);
     throw err;
   };
+  const checkAttachment = (containerId: string, ifname: string) => {
+    if (!containerId) throw invalid('container id is empty');
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(containerId)) {
+      throw invalid(`container id ${JSON.stringify(containerId)} must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`);
+    }
+    if (!ifname || ifname.length > 15 || /[\s/:]/.test(ifname) || ifname === '.' || ifname === '..') {
+      throw invalid(`interface name ${JSON.stringify(ifname)} must be 1-15 characters without spaces, '/' or ':'`);
+    }
+  };
+  /** Every live allocation of this node, following page tokens. */
+  const nodeAllocations = async () => {
+    const out = [];
+    let pageToken = '';
+    do {
+      const page = await deps.ipam.listAllocations({ pool: '', node: deps.node, pageSize: 5000, pageToken }, { timeoutMs: 10_000 }).catch(passThrough);
+      out.push(...page.allocations);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return out;
+  };
+
   return {
     async attach(req) {
-      if (!req.containerId) throw invalid('container id is empty');
-      if (!req.ifname || req.ifname.length > 15 || /[\s/]/.test(req.ifname)) throw invalid(`interface name ${JSON.stringify(req.ifname)} must be 1-15 characters without spaces or '/'`);
+      checkAttachment(req.containerId, req.ifname);
       try {
         checkNetnsPath(req.netns);
       } catch (err) {
         throw invalid((err as Error).message);
       }
+      if (req.mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(req.mac)) throw invalid(`MAC ${JSON.stringify(req.mac)} is not a MAC address`);
+      if (req.requestedAddresses.length > 0) {
+        // TODO(ipam): pass the requested addresses to IPAM once Allocate can honour a specific address.
+        throw new DomainError(
+          'agent.requested_address_unsupported',
+          'failed_precondition',
+          `requested addresses (${req.requestedAddresses.join(', ')}) are not supported yet: Weft's IPAM picks pod addresses itself`,
+        );
+      }
       const handle = `${req.containerId}/${req.ifname}`;
+      const hostIfname = hostIfnameFor(req.containerId, req.ifname);
+      if (inFlight.has(handle)) {
+        throw new DomainError('agent.attach_in_progress', 'conflict', `an ADD for container ${req.containerId} interface ${req.ifname} is already running`);
+      }
       const log = deps.logger.child({ containerId: req.containerId, handle });
-      const res = await deps.ipam
-        // IPv4 only until the pod plumbing and the overlay carry IPv6.
-        .allocate({ handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId }, { timeoutMs: 20_000 })
-        .catch(passThrough);
-      const address = res.allocation!.address;
+      inFlight.set(handle, hostIfname);
       try {
-        const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol });
-        log.info('pod attached', { address, hostIfname: a.hostIfname });
-        return {
-          interfaces: [
-            { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
-            { name: a.podIfname, mac: a.podMac, sandbox: req.netns },
-          ],
-          ips: [{ address: `${address}/32`, gateway: POD_GATEWAY, interface: 1 }],
-          routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }],
+        // What exists for this handle is a live attachment (the runtime must DEL before it ADDs again): touching it,
+        // or releasing its address on a later failure, would break a running pod.
+        if (await hostLinkExists(req.containerId, req.ifname)) {
+          throw new DomainError(
+            'agent.already_attached',
+            'already_exists',
+            `container ${req.containerId} already has interface ${req.ifname} attached (host interface ${hostIfname}); DEL it before adding it again`,
+          );
+        }
+        const release = async (why: string) => {
+          await deps.ipam.release({ handle }, { timeoutMs: 10_000 })
+            .then((r) => log.info('released after a failed attach', { why, released: r.released, address: r.address }))
+            .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
         };
-      } catch (err) {
-        log.warn('attach failed; releasing the address', { err: (err as Error).message });
-        await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch((e) => log.error('release after failed attach failed', { err: e }));
-        throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);
+        let address: string;
+        try {
+          const res = await deps.ipam.allocate(
+            // IPv4 only until the pod plumbing and the overlay carry IPv6.
+            { handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId },
+            { timeoutMs: 20_000 },
+          );
+          address = res.allocation!.address;
+        } catch (err) {
+          // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
+          const code = (err as { code?: number }).code;
+          if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
+          return passThrough(err);
+        }
+        try {
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac });
+          log.info('pod attached', { address, hostIfname: a.hostIfname });
+          return {
+            interfaces: [
+              { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
+              { name: a.podIfname, mac: a.podMac, sandbox: req.netns },
+            ],
+            ips: [{ address: `${address}/32`, gateway: POD_GATEWAY, interface: 1 }],
+            routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }],
+          };
+        } catch (err) {
+          log.warn('attach failed; releasing the address', { err: (err as Error).message, address });
+          await release('attach failed');
+          throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);
+        }
+      } finally {
+        inFlight.delete(handle);
       }
     },
+
     async detach(req) {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
@@ -71,5 +148,93 @@ export function createCniHandlers(deps: {
       deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
       return {};
     },
+
+    async check(req) {
+      checkAttachment(req.containerId, req.ifname);
+      const handle = `${req.containerId}/${req.ifname}`;
+      const hostIfname = hostIfnameFor(req.containerId, req.ifname);
+      const [allocations, observed] = await Promise.all([
+        nodeAllocations(),
+        observeAttachment({ nsPath: req.netns, ifname: req.ifname, hostIfname }),
+      ]);
+      const held = allocations.find((a) => a.handle === handle);
+      const difference = findAttachmentDifference(
+        {
+          handle, node: deps.node, netns: req.netns, ifname: req.ifname, hostIfname, gateway: POD_GATEWAY,
+          routeProtocol: deps.routeProtocol, reportedAddresses: req.reportedAddresses, reportedMac: req.reportedMac,
+        },
+        { ...observed, allocation: held ? { address: held.address } : null },
+      );
+      if (difference) throw new DomainError('agent.check_failed', 'failed_precondition', difference);
+      return {};
+    },
+
+    async status() {
+      try {
+        await deps.ipam.listPools({}, { timeoutMs: 5000 });
+        return { ipamReachable: true, detail: '' };
+      } catch (err) {
+        const e = err as { details?: string; message?: string };
+        return { ipamReachable: false, detail: `the agent cannot reach IPAM at ${deps.ipamTarget}: ${e.details || e.message || String(err)}` };
+      }
+    },
+
+    async garbageCollect(req) {
+      const valid = req.validAttachments.map((a) => {
+        if (!a.containerId || !a.ifname) throw invalid(`a valid attachment needs a container id and an interface name, got ${JSON.stringify(a)}`);
+        return a;
+      });
+      const failures: string[] = [];
+      const [allocations, hostLinks] = await Promise.all([
+        nodeAllocations().catch((err: Error) => {
+          failures.push(`listing node ${deps.node}'s allocations failed, so no address was released: ${err.message}`);
+          return [];
+        }),
+        listVethNames().catch((err: Error) => {
+          failures.push(`listing the node's veth devices failed, so no interface was removed: ${err.message}`);
+          return [];
+        }),
+      ]);
+      const plan = planGarbageCollection({
+        validHandles: new Set(valid.map((a) => `${a.containerId}/${a.ifname}`)),
+        validHostIfnames: new Set(valid.map((a) => hostIfnameFor(a.containerId, a.ifname))),
+        inFlightHandles: new Set(inFlight.keys()),
+        inFlightHostIfnames: new Set(inFlight.values()),
+        allocations: allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address })),
+        hostLinks,
+      });
+      const removedInterfaces: string[] = [];
+      await forEachBounded(plan.removeLinks, 8, async (name) => {
+        if ([...inFlight.values()].includes(name)) return;
+        try {
+          await deleteLink(name);
+          removedInterfaces.push(name);
+        } catch (err) {
+          failures.push(`removing interface ${name} failed: ${(err as Error).message}`);
+        }
+      });
+      const released: { handle: string; address: string }[] = [];
+      await forEachBounded(plan.release, 8, async (a) => {
+        if (inFlight.has(a.handle)) return;
+        try {
+          const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
+          if (r.released) released.push({ handle: a.handle, address: r.address });
+        } catch (err) {
+          const e = err as { details?: string; message?: string };
+          failures.push(`releasing ${a.address} (handle ${a.handle}) failed: ${e.details || e.message}`);
+        }
+      });
+      deps.logger.info('garbage collected', { valid: valid.length, released: released.length, removedInterfaces: removedInterfaces.length, failures });
+      return { released, removedInterfaces: removedInterfaces.sort(), failures };
+    },
   };
+}
+
+/** Runs fn over items with at most `limit` at once. */
+async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

@@ -101,7 +101,7 @@ async function main(): Promise<void> {
   });
 
   const server = createServer();
-  addService(server, AgentServiceService, createCniHandlers({ node: config.nodeName, ipam, mtu, routeProtocol: config.routeProtocol, logger }), logger.child({ service: 'agent' }));
+  addService(server, AgentServiceService, createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger }), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
   await bindServer(server, `unix://${config.socket}`);

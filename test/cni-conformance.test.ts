@@ -1,26 +1,44 @@
 /**
  * Runs the bundled plugin (dist/bin/weft-cni) the way a container runtime does: CNI_* variables in the
- * environment, the network config on stdin, the result or error read from stdout and the exit status. Needs no
- * root: the agent is a fake gRPC server on a unix socket in a temporary directory.
+ * environment, the network config on stdin, the result or error read from stdout and the exit status.
+ *
+ * - "run as a runtime runs it" needs no root: the agent is a fake gRPC server on a unix socket in a temporary
+ *   directory. It covers the protocol: every verb and version, the result formats, the errors.
+ * - "against a real agent" (root) starts a one-node local cluster (`weft cluster up`) and drives the real agent
+ *   and kernel: every verb in every version, CHECK's differences, GC, rollback of a failed ADD, fifty concurrent
+ *   ADDs. Everything it makes carries the cluster's prefix and goes with `weft cluster down`, also on failure.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
 import {
   AgentServiceService,
   type AttachRequest,
   type AttachResponse,
+  type CheckRequest,
   type DetachRequest,
-  type DetachResponse,
+  type GarbageCollectRequest,
+  type GarbageCollectResponse,
+  type StatusResponse,
 } from '../gen/weft/agent/v1/agent.js';
+import { IpamServiceService, type Allocation } from '../gen/weft/ipam/v1/ipam.js';
+import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { createClient, type PromiseClient } from '../lib/grpc/client.js';
+import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
+import { privilegedOrSkip } from './support/privileges.js';
+import { bin } from './support/processes.js';
 
 const plugin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni');
+const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+const isLegacy = (v: string) => v.startsWith('0.');
+const sh = promisify(execFile);
 
 interface Run {
   status: number | null;
@@ -62,6 +80,12 @@ function assertCniError(run: Run, code: number, cniVersion = '1.0.0'): Record<st
   return doc;
 }
 
+/** Success without a result (DEL, CHECK, STATUS, GC): exit 0 and nothing on stdout. */
+function assertQuietSuccess(run: Run): void {
+  assert.equal(run.status, 0, `exit status; stdout: ${run.stdout} stderr: ${run.stderr}`);
+  assert.equal(run.stdout, '');
+}
+
 const config = (extra: Record<string, unknown> = {}) => JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', ...extra });
 const addEnv = {
   CNI_COMMAND: 'ADD',
@@ -75,64 +99,125 @@ const delEnv = { ...addEnv, CNI_COMMAND: 'DEL' };
 
 describe('weft-cni, run as a runtime runs it', () => {
   let dir = '';
+  /** An existing path: ADD checks that CNI_NETNS leads somewhere before it calls the agent. */
+  let netns = '';
+  let env = addEnv;
 
   before(async () => {
     assert.ok(existsSync(plugin), `${plugin} is missing; build it with: node scripts/bundle.mjs`);
     dir = await mkdtemp(path.join(tmpdir(), 'weft-cni-'));
+    netns = path.join(dir, 'netns');
+    await writeFile(netns, '');
+    env = { ...addEnv, CNI_NETNS: netns };
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('VERSION prints the supported versions', async () => {
-    const run = await runPlugin({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}');
-    assert.equal(run.status, 0, run.stderr);
-    assert.deepEqual(onlyDocument(run), { cniVersion: '1.0.0', supportedVersions: ['1.0.0'] });
+  it('VERSION prints the supported versions in the version asked, and needs nothing else', async () => {
+    for (const v of VERSIONS) {
+      const run = await runPlugin({ CNI_COMMAND: 'VERSION' }, JSON.stringify({ cniVersion: v }));
+      assert.equal(run.status, 0, run.stderr);
+      assert.deepEqual(onlyDocument(run), { cniVersion: v, supportedVersions: [...VERSIONS] });
+    }
+    const bare = await runPlugin({ CNI_COMMAND: 'VERSION' }, '');
+    assert.deepEqual(onlyDocument(bare), { cniVersion: '1.1.0', supportedVersions: [...VERSIONS] });
   });
 
   it('malformed JSON is code 6', async () => {
-    const doc = assertCniError(await runPlugin(addEnv, '{"cniVersion": "1.0.0", "name": '), 6);
+    const doc = assertCniError(await runPlugin(env, '{"cniVersion": "1.0.0", "name": '), 6, '1.1.0');
     assert.match(String(doc.msg), /not valid JSON/);
   });
 
-  it('a config without cniVersion is code 7', async () => {
-    const doc = assertCniError(await runPlugin(addEnv, JSON.stringify({ name: 'weft', type: 'weft' })), 7);
-    assert.match(String(doc.msg), /cniVersion/);
+  it('a config without cniVersion or name is code 7', async () => {
+    assert.match(String(assertCniError(await runPlugin(env, JSON.stringify({ name: 'weft', type: 'weft' })), 7, '1.1.0').msg), /cniVersion/);
+    assert.match(String(assertCniError(await runPlugin(env, JSON.stringify({ cniVersion: '0.4.0', type: 'weft' })), 7, '0.4.0').msg), /"name"/);
   });
 
-  it('an unknown cniVersion is code 1 and names the supported versions', async () => {
-    const doc = assertCniError(await runPlugin(addEnv, config({ cniVersion: '9.9.9' })), 1, '9.9.9');
-    assert.match(String(doc.msg), /9\.9\.9.*1\.0\.0/);
+  it('an unknown cniVersion is code 1 for every verb, and names the supported versions', async () => {
+    for (const command of ['ADD', 'DEL', 'CHECK', 'STATUS', 'GC']) {
+      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: command }, config({ cniVersion: '9.9.9' })), 1, '9.9.9');
+      assert.match(String(doc.msg), /9\.9\.9.*0\.3\.0, 0\.3\.1, 0\.4\.0, 1\.0\.0, 1\.1\.0/);
+    }
+    assertCniError(await runPlugin(env, config({ cniVersion: '0.2.0' })), 1, '0.2.0');
+  });
+
+  it('a verb newer than the config version is code 1: CHECK before 0.4.0, STATUS and GC before 1.1.0', async () => {
+    for (const v of ['0.3.0', '0.3.1']) assert.match(String(assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v })), 1, v).msg), /CHECK needs cniVersion 0\.4\.0/);
+    for (const v of ['0.4.0', '1.0.0']) {
+      for (const command of ['STATUS', 'GC']) {
+        assert.match(String(assertCniError(await runPlugin({ CNI_COMMAND: command }, config({ cniVersion: v })), 1, v).msg), new RegExp(`${command} needs cniVersion 1\\.1\\.0`));
+      }
+    }
   });
 
   it('a config over 1 MiB is code 7, unparsed', async () => {
-    const doc = assertCniError(await runPlugin(addEnv, Buffer.alloc(1024 * 1024 + 1, '[')), 7);
+    const doc = assertCniError(await runPlugin(env, Buffer.alloc(1024 * 1024 + 1, '[')), 7, '1.1.0');
     assert.match(String(doc.msg), /larger than/);
   });
 
-  it('an unknown CNI_COMMAND is code 4', async () => {
-    const doc = assertCniError(await runPlugin({ ...addEnv, CNI_COMMAND: 'FROB' }, config()), 4);
-    assert.match(String(doc.msg), /FROB.*expected ADD, DEL or VERSION/);
+  it('an unknown or missing CNI_COMMAND is code 4', async () => {
+    const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'FROB' }, config()), 4);
+    assert.match(String(doc.msg), /FROB.*expected ADD, DEL, CHECK, STATUS, GC or VERSION/);
+    const { CNI_COMMAND: _, ...noCommand } = env;
+    assert.match(String(assertCniError(await runPlugin(noCommand, config()), 4).msg), /CNI_COMMAND is not set/);
   });
 
-  it('ADD without CNI_CONTAINERID is code 4', async () => {
-    const { CNI_CONTAINERID: _, ...env } = addEnv;
-    const doc = assertCniError(await runPlugin(env, config()), 4);
-    assert.match(String(doc.msg), /CNI_CONTAINERID/);
+  it('ADD or CHECK without CNI_CONTAINERID, CNI_NETNS or CNI_IFNAME is code 4 naming the variable', async () => {
+    for (const command of ['ADD', 'CHECK']) {
+      for (const name of ['CNI_CONTAINERID', 'CNI_NETNS', 'CNI_IFNAME'] as const) {
+        const { [name]: _, ...rest } = env;
+        const doc = assertCniError(await runPlugin({ ...rest, CNI_COMMAND: command }, config()), 4);
+        assert.ok(String(doc.msg).includes(name), String(doc.msg));
+      }
+    }
   });
 
-  it('ADD with no agent socket is code 11 and names the socket', async () => {
+  it('a CNI_NETNS that is relative or leads nowhere is code 4 for ADD', async () => {
+    assert.match(String(assertCniError(await runPlugin({ ...env, CNI_NETNS: 'cni-1234' }, config()), 4).msg), /CNI_NETNS "cni-1234" is invalid.*absolute/);
+    const gone = path.join(dir, 'no-such-netns');
+    const doc = assertCniError(await runPlugin({ ...env, CNI_NETNS: gone }, config()), 4);
+    assert.ok(String(doc.msg).includes(gone), String(doc.msg));
+  });
+
+  it('a CNI_IFNAME the spec forbids is code 4', async () => {
+    for (const bad of ['eth 0', 'a/b', 'x:1', 'sixteen-chars-xx', '..']) {
+      assert.match(String(assertCniError(await runPlugin({ ...env, CNI_IFNAME: bad }, config()), 4).msg), /CNI_IFNAME/);
+    }
+  });
+
+  it('ADD with a requested address is code 7 (not supported yet), from CNI_ARGS IP= or runtimeConfig ips', async () => {
+    const fromArgs = assertCniError(await runPlugin({ ...env, CNI_ARGS: `${env.CNI_ARGS};IP=10.244.1.9` }, config()), 7);
+    assert.match(String(fromArgs.msg), /requested addresses \(10\.244\.1\.9\) are not supported yet/);
+    assertCniError(await runPlugin(env, config({ runtimeConfig: { ips: ['10.244.1.9/24'] } })), 7);
+    assertCniError(await runPlugin(env, config({ runtimeConfig: { ips: ['not-an-ip'] } })), 7);
+    assertCniError(await runPlugin({ ...env, CNI_ARGS: 'IP=300.1.1.1' }, config()), 4);
+  });
+
+  it('ADD with an unusable MAC is code 7', async () => {
+    assert.match(String(assertCniError(await runPlugin(env, config({ runtimeConfig: { mac: '01:00:5e:00:00:01' } })), 7).msg), /multicast/);
+  });
+
+  it('GC without the list of valid attachments is code 7, not "collect everything"', async () => {
+    const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'GC' }, config({ cniVersion: '1.1.0' })), 7, '1.1.0');
+    assert.match(String(doc.msg), /cni\.dev\/valid-attachments/);
+  });
+
+  it('ADD with no agent socket is code 11 and names the socket; STATUS then says "not available" (50)', async () => {
     const socket = path.join(dir, 'absent', 'agent.sock');
-    const doc = assertCniError(await runPlugin(addEnv, config({ agentSocket: socket })), 11);
+    const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 11);
     assert.ok(String(doc.msg).includes(socket), String(doc.msg));
     assert.match(String(doc.msg), /try again later/);
+    const st = assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
+    assert.ok(String(st.msg).includes(socket), String(st.msg));
   });
 
-  it('ADD with a socket nobody listens on is code 11', async () => {
+  it('ADD with a socket nobody listens on is code 11; STATUS is 50', async () => {
     const socket = path.join(dir, 'stale.sock');
     await writeFile(socket, '');
-    const doc = assertCniError(await runPlugin(addEnv, config({ agentSocket: socket })), 11);
+    const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 11);
     assert.ok(String(doc.msg).includes(socket), String(doc.msg));
+    assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
   });
 
   describe('with an agent', () => {
@@ -140,31 +225,38 @@ describe('weft-cni, run as a runtime runs it', () => {
     let socket = '';
     const attaches: AttachRequest[] = [];
     const detaches: DetachRequest[] = [];
+    const checks: CheckRequest[] = [];
+    const collects: GarbageCollectRequest[] = [];
     let attachError: { code: status; details: string } | undefined;
     let detachError: { code: status; details: string } | undefined;
-    const answer: AttachResponse = {
+    let checkError: { code: status; details: string; metadata?: import('@grpc/grpc-js').Metadata } | undefined;
+    let statusAnswer: StatusResponse = { ipamReachable: true, detail: '' };
+    let gcAnswer: GarbageCollectResponse = { released: [], removedInterfaces: [], failures: [] };
+    const answer = (): AttachResponse => ({
       interfaces: [
         { name: 'weft6f1c2d3e', mac: 'ee:ee:ee:ee:ee:ee', sandbox: '' },
-        { name: 'eth0', mac: '0a:58:0a:f4:01:07', sandbox: addEnv.CNI_NETNS },
+        { name: 'eth0', mac: '0a:58:0a:f4:01:07', sandbox: netns },
       ],
       ips: [{ address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 }],
       routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
-    };
+    });
+    const unary = <Req, Res>(seen: Req[] | null, reply: () => { err?: object; res?: Res }) =>
+      (call: ServerUnaryCall<Req, Res>, done: sendUnaryData<Res>) => {
+        seen?.push(call.request);
+        const { err, res } = reply();
+        if (err) done(err, null);
+        else done(null, res!);
+      };
 
     before(async () => {
       socket = path.join(dir, 'agent.sock');
       server = new Server();
       server.addService(AgentServiceService, {
-        attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, done: sendUnaryData<AttachResponse>) => {
-          attaches.push(call.request);
-          if (attachError) done(attachError, null);
-          else done(null, answer);
-        },
-        detach: (call: ServerUnaryCall<DetachRequest, DetachResponse>, done: sendUnaryData<DetachResponse>) => {
-          detaches.push(call.request);
-          if (detachError) done(detachError, null);
-          else done(null, {});
-        },
+        attach: unary(attaches, () => (attachError ? { err: attachError } : { res: answer() })),
+        detach: unary(detaches, () => (detachError ? { err: detachError } : { res: {} })),
+        check: unary(checks, () => (checkError ? { err: checkError } : { res: {} })),
+        status: unary(null, () => ({ res: statusAnswer })),
+        garbageCollect: unary(collects, () => ({ res: gcAnswer })),
       });
       await new Promise<void>((resolve, reject) =>
         server.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
@@ -176,13 +268,13 @@ describe('weft-cni, run as a runtime runs it', () => {
 
     it('ADD prints the CNI 1.0.0 result and passes the pod to the agent', async () => {
       attachError = undefined;
-      const run = await runPlugin(addEnv, config({ agentSocket: socket, pool: 'blue' }));
+      const run = await runPlugin(env, config({ agentSocket: socket, pool: 'blue' }));
       assert.equal(run.status, 0, `stdout: ${run.stdout} stderr: ${run.stderr}`);
       assert.deepEqual(onlyDocument(run), {
         cniVersion: '1.0.0',
         interfaces: [
           { name: 'weft6f1c2d3e', mac: 'ee:ee:ee:ee:ee:ee' },
-          { name: 'eth0', mac: '0a:58:0a:f4:01:07', sandbox: addEnv.CNI_NETNS },
+          { name: 'eth0', mac: '0a:58:0a:f4:01:07', sandbox: netns },
         ],
         ips: [{ address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 }],
         routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
@@ -190,52 +282,479 @@ describe('weft-cni, run as a runtime runs it', () => {
       });
       assert.deepEqual(attaches.at(-1), {
         containerId: addEnv.CNI_CONTAINERID,
-        netns: addEnv.CNI_NETNS,
+        netns,
         ifname: 'eth0',
         podNamespace: 'default',
         podName: 'web-0',
         pool: 'blue',
+        requestedAddresses: [],
+        mac: '',
       });
+    });
+
+    it('ADD writes the result in the config version: ips[].version in 0.3.0, 0.3.1 and 0.4.0, none in 1.x', async () => {
+      attachError = undefined;
+      for (const v of VERSIONS) {
+        const run = await runPlugin(env, config({ cniVersion: v, agentSocket: socket }));
+        assert.equal(run.status, 0, run.stdout);
+        const doc = onlyDocument(run);
+        assert.equal(doc.cniVersion, v);
+        const ip = (doc.ips as Record<string, unknown>[])[0]!;
+        if (isLegacy(v)) assert.deepEqual(ip, { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
+        else assert.deepEqual(ip, { address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
+        assert.deepEqual(Object.keys(doc).sort(), ['cniVersion', 'dns', 'interfaces', 'ips', 'routes']);
+      }
+    });
+
+    it('ADD passes the MAC from runtimeConfig or CNI_ARGS to the agent', async () => {
+      await runPlugin(env, config({ agentSocket: socket, runtimeConfig: { mac: '0A:58:0A:F4:00:AA' } }));
+      assert.equal(attaches.at(-1)!.mac, '0a:58:0a:f4:00:aa');
+      await runPlugin({ ...env, CNI_ARGS: `${env.CNI_ARGS};MAC=0a:58:0a:f4:00:bb` }, config({ agentSocket: socket }));
+      assert.equal(attaches.at(-1)!.mac, '0a:58:0a:f4:00:bb');
+    });
+
+    it("ADD in a chain passes the previous plugin's result on with ours appended (converted to the config version)", async () => {
+      const prevResult = {
+        cniVersion: '0.4.0',
+        interfaces: [{ name: 'dummy0' }],
+        ips: [{ version: '4', address: '192.168.9.2/24', interface: 0 }],
+        dns: { nameservers: ['192.168.9.1'] },
+      };
+      const doc = onlyDocument(await runPlugin(env, config({ cniVersion: '0.4.0', agentSocket: socket, prevResult })));
+      assert.deepEqual((doc.interfaces as { name: string }[]).map((i) => i.name), ['dummy0', 'weft6f1c2d3e', 'eth0']);
+      assert.deepEqual(doc.ips, [
+        { version: '4', address: '192.168.9.2/24', interface: 0 },
+        { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 2 },
+      ]);
+      assert.deepEqual(doc.dns, { nameservers: ['192.168.9.1'] });
+      assertCniError(await runPlugin(env, config({ agentSocket: socket, prevResult: { ips: 'x' } })), 7);
     });
 
     it('ADD when the pool is exhausted is code 100 with the agent message', async () => {
       attachError = { code: status.RESOURCE_EXHAUSTED, details: 'pool "default" has no free address' };
-      const doc = assertCniError(await runPlugin(addEnv, config({ agentSocket: socket })), 100);
+      const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 100);
       assert.equal(doc.msg, 'pool "default" has no free address');
     });
 
     it('ADD the agent rejects as invalid is code 7', async () => {
       attachError = { code: status.INVALID_ARGUMENT, details: 'unknown pool "green"' };
-      const doc = assertCniError(await runPlugin(addEnv, config({ agentSocket: socket, pool: 'green' })), 7);
+      const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket, pool: 'green' })), 7);
       assert.equal(doc.msg, 'unknown pool "green"');
     });
 
     it('ADD failing inside the agent is code 999 with the agent message', async () => {
       attachError = { code: status.INTERNAL, details: 'internal error; see the server log' };
-      const doc = assertCniError(await runPlugin(addEnv, config({ agentSocket: socket })), 999);
+      const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 999);
       assert.equal(doc.msg, 'internal error; see the server log');
     });
 
-    it('DEL prints nothing and exits 0, with or without a netns', async () => {
+    it('DEL prints nothing and exits 0, with or without a netns, whatever runtimeConfig holds', async () => {
       detachError = undefined;
-      for (const netns of [addEnv.CNI_NETNS, '']) {
-        const run = await runPlugin({ ...delEnv, CNI_NETNS: netns }, config({ agentSocket: socket }));
-        assert.equal(run.status, 0, `stdout: ${run.stdout} stderr: ${run.stderr}`);
-        assert.equal(run.stdout, '');
-        assert.deepEqual(detaches.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns, ifname: 'eth0' });
+      for (const ns of [netns, '']) {
+        assertQuietSuccess(await runPlugin({ ...delEnv, CNI_NETNS: ns }, config({ agentSocket: socket, runtimeConfig: { mac: 'bad', ips: ['x'] } })));
+        assert.deepEqual(detaches.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns: ns, ifname: 'eth0' });
       }
     });
 
     it('DEL of something the agent no longer knows succeeds', async () => {
       detachError = { code: status.NOT_FOUND, details: 'no such attachment' };
-      const run = await runPlugin(delEnv, config({ agentSocket: socket }));
-      assert.equal(run.status, 0, `stdout: ${run.stdout} stderr: ${run.stderr}`);
-      assert.equal(run.stdout, '');
+      assertQuietSuccess(await runPlugin(delEnv, config({ agentSocket: socket })));
     });
 
     it('DEL when the agent fails is an error, so the runtime retries', async () => {
       detachError = { code: status.UNAVAILABLE, details: 'shutting down' };
       assertCniError(await runPlugin(delEnv, config({ agentSocket: socket })), 11);
     });
+
+    it("CHECK passes prevResult's address and MAC for the pod interface to the agent, and prints nothing", async () => {
+      checkError = undefined;
+      attachError = undefined;
+      for (const v of ['0.4.0', '1.0.0', '1.1.0']) {
+        const prevResult = onlyDocument(await runPlugin(env, config({ cniVersion: v, agentSocket: socket })));
+        assertQuietSuccess(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult })));
+        assert.deepEqual(checks.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns, ifname: 'eth0', reportedAddresses: ['10.244.1.7/32'], reportedMac: '0a:58:0a:f4:01:07' });
+      }
+      assertQuietSuccess(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket })));
+      assert.deepEqual(checks.at(-1)!.reportedAddresses, []);
+    });
+
+    it("CHECK with a prevResult that is not this attachment's is code 101", async () => {
+      const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'net1', sandbox: netns }], ips: [{ address: '10.0.0.2/32', interface: 0 }] };
+      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })), 101);
+      assert.match(String(doc.msg), /lists no interface eth0/);
+    });
+
+    it('CHECK reports what the agent found different as code 101 with its message', async () => {
+      const { Metadata } = await import('@grpc/grpc-js');
+      const metadata = new Metadata();
+      metadata.set('weft-error-code', 'agent.check_failed');
+      checkError = { code: status.FAILED_PRECONDITION, details: 'proxy ARP is off on host interface weft6f1c2d3e', metadata };
+      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket })), 101);
+      assert.equal(doc.msg, 'proxy ARP is off on host interface weft6f1c2d3e');
+      checkError = undefined;
+    });
+
+    it('STATUS is quiet when the agent reaches IPAM, and 50 with the reason when it does not', async () => {
+      statusAnswer = { ipamReachable: true, detail: '' };
+      assertQuietSuccess(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })));
+      statusAnswer = { ipamReachable: false, detail: 'the agent cannot reach IPAM at dns:10.0.0.1:7400: connection refused' };
+      const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
+      assert.match(String(doc.msg), /cannot reach IPAM at dns:10\.0\.0\.1:7400/);
+    });
+
+    it('GC passes the union of cni.dev/valid-attachments and cni.dev/attachments; failures are code 11', async () => {
+      gcAnswer = { released: [{ handle: 'old/eth0', address: '10.244.1.3' }], removedInterfaces: ['weft00000000003'], failures: [] };
+      assertQuietSuccess(await runPlugin({ CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' }, config({
+        cniVersion: '1.1.0',
+        agentSocket: socket,
+        'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }],
+        'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'net1' }],
+      })));
+      assert.deepEqual(collects.at(-1), { validAttachments: [{ containerId: 'a', ifname: 'eth0' }, { containerId: 'b', ifname: 'net1' }] });
+      gcAnswer = { released: [], removedInterfaces: [], failures: ['releasing 10.244.1.4 (handle x/eth0) failed: IPAM unavailable'] };
+      const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'GC' }, config({ cniVersion: '1.1.0', agentSocket: socket, 'cni.dev/valid-attachments': [] })), 11, '1.1.0');
+      assert.match(String(doc.msg), /left 1 item behind \(releasing 10\.244\.1\.4/);
+    });
+  });
+});
+
+describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(), () => {
+  let stateDir = '';
+  let state: ClusterState | null = null;
+  let node: NodeState;
+  let ipam: PromiseClient<typeof IpamServiceService>;
+  let podCount = 0;
+
+  interface Pod { containerId: string; netns: string; netnsName: string; ifname: string }
+
+  /** A pod namespace carrying the cluster's prefix, so that `cluster down` removes it whatever happens. */
+  async function newPod(label: string): Promise<Pod> {
+    const netnsName = `${state!.prefix}-pod-${label}`;
+    await sh('ip', ['netns', 'add', netnsName]);
+    return { containerId: `${label}-${++podCount}-${state!.prefix}`, netns: `/var/run/netns/${netnsName}`, netnsName, ifname: 'eth0' };
+  }
+  const dropPod = (p: Pod) => sh('ip', ['netns', 'del', p.netnsName]).catch(() => {});
+
+  const netconf = (version: string, extra: Record<string, unknown> = {}) =>
+    JSON.stringify({ cniVersion: version, name: 'weft', type: 'weft', agentSocket: node.socket, ...extra });
+
+  async function cni(command: string, pod: Pod | null, stdin: string, extraEnv: Record<string, string> = {}): Promise<Run> {
+    const env: Record<string, string> = { CNI_COMMAND: command, ...extraEnv };
+    if (pod) Object.assign(env, { CNI_CONTAINERID: pod.containerId, CNI_NETNS: pod.netns, CNI_IFNAME: pod.ifname });
+    const out = await runCni(node, env, stdin);
+    return { status: out.exitCode, stdout: out.stdout, stderr: out.stderr };
+  }
+
+  const nodeAllocations = async (): Promise<Allocation[]> => (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations;
+  const allocationOf = async (p: Pod) => (await nodeAllocations()).find((a) => a.handle === `${p.containerId}/${p.ifname}`);
+  const ipn = async (ns: string, ...args: string[]) => (await sh('ip', ['-n', ns, ...args])).stdout;
+  const podHostLinks = async () =>
+    (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'veth')) as { ifname: string }[]).map((l) => l.ifname).filter((n) => /^weft[0-9a-f]{11}$/.test(n)).sort();
+  /** The node's Weft host routes to pods (protocol 87 through a pod veth). */
+  const podHostRoutes = async () =>
+    (JSON.parse(await ipn(node.netns, '-j', 'route', 'show', 'proto', '87')) as { dst: string; dev: string }[])
+      .filter((r) => r.dev.startsWith('weft') && r.dev !== 'weft.vxlan').map((r) => `${r.dst} dev ${r.dev}`).sort();
+  const hostLinkOf = (p: Pod) => hostIfnameFor(p.containerId, p.ifname);
+
+  /** ADD that must succeed; returns the result document. */
+  async function add(pod: Pod, version = '1.1.0', extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+    const run = await cni('ADD', pod, netconf(version, extra));
+    assert.equal(run.status, 0, `ADD failed: ${run.stdout} ${run.stderr}`);
+    return onlyDocument(run);
+  }
+  const addressOf = (result: Record<string, unknown>) => String((result.ips as { address: string }[])[0]!.address).split('/')[0]!;
+
+  before(async () => {
+    stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-cluster-'));
+    chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
+    try {
+      await sh(bin.weft, ['cluster', 'up', '--nodes', '1', '--state-dir', stateDir], { timeout: 180_000 });
+    } finally {
+      if (existsSync(path.join(stateDir, 'state.json'))) state = readState(stateDir);
+    }
+    node = state!.nodes[0]!;
+    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
+  });
+
+  after(async () => {
+    ipam?.close();
+    const prefix = state?.prefix;
+    if (state) {
+      try {
+        process.kill(state.controlPlane.pid, 'SIGCONT'); // in case the STATUS test stopped it
+      } catch {
+        // not running
+      }
+    }
+    await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
+    rmSync(stateDir, { recursive: true, force: true });
+    if (prefix) {
+      const { stdout } = await sh('ip', ['netns', 'list']);
+      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
+    }
+  });
+
+  for (const version of VERSIONS) {
+    it(`ADD, CHECK and DEL in ${version}: the result in ${version}'s format, the kernel and IPAM agree`, async () => {
+      const pod = await newPod(`v${version.replace(/\./g, '')}`);
+      try {
+        const result = await add(pod, version);
+        assert.equal(result.cniVersion, version);
+        const ips = result.ips as Record<string, unknown>[];
+        assert.equal(ips.length, 1);
+        assert.equal('version' in ips[0]!, isLegacy(version), `ips[0].version present in ${version}: ${JSON.stringify(ips[0])}`);
+        if (isLegacy(version)) assert.equal(ips[0]!.version, '4');
+        assert.equal(ips[0]!.interface, 1);
+        assert.equal(ips[0]!.gateway, '169.254.1.1');
+        const [host, eth0] = result.interfaces as { name: string; mac: string; sandbox?: string }[];
+        assert.deepEqual([host!.name, host!.sandbox], [hostLinkOf(pod), undefined]);
+        assert.deepEqual([eth0!.name, eth0!.sandbox], ['eth0', pod.netns]);
+        assert.deepEqual(result.routes, [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }]);
+        assert.deepEqual(result.dns, {});
+
+        const address = addressOf(result);
+        assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address under the handle');
+        const podAddr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as { address: string; addr_info: { local: string; prefixlen: number }[] }[];
+        assert.ok(podAddr[0]!.addr_info.some((a) => a.local === address && a.prefixlen === 32));
+        assert.equal(podAddr[0]!.address, eth0!.mac);
+        assert.ok((await podHostLinks()).includes(hostLinkOf(pod)));
+
+        const check = await cni('CHECK', pod, netconf(version, { prevResult: result }));
+        if (version === '0.3.0' || version === '0.3.1') assertCniError(check, 1, version);
+        else assertQuietSuccess(check);
+
+        assertQuietSuccess(await cni('DEL', pod, netconf(version, { prevResult: result })));
+        assert.equal(await allocationOf(pod), undefined, 'DEL released the address');
+        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'DEL removed the host veth');
+        assert.ok(!(await podHostRoutes()).some((r) => r.startsWith(`${address} `)), 'DEL removed the host route');
+        assertQuietSuccess(await cni('DEL', pod, netconf(version)));
+      } finally {
+        await dropPod(pod);
+      }
+    });
+  }
+
+  it('VERSION and STATUS answer from the node; STATUS is 50 while the control plane does not answer', async () => {
+    const version = await cni('VERSION', null, JSON.stringify({ cniVersion: '1.1.0' }));
+    assert.deepEqual(onlyDocument(version), { cniVersion: '1.1.0', supportedVersions: [...VERSIONS] });
+    assertQuietSuccess(await cni('STATUS', null, netconf('1.1.0')));
+    process.kill(state!.controlPlane.pid, 'SIGSTOP');
+    let stalled: Run;
+    try {
+      stalled = await cni('STATUS', null, netconf('1.1.0'));
+    } finally {
+      process.kill(state!.controlPlane.pid, 'SIGCONT');
+    }
+    const doc = assertCniError(stalled, 50, '1.1.0');
+    assert.match(String(doc.msg), /cannot reach IPAM at dns:192\.0\.2\.2:7400/);
+    assertQuietSuccess(await cni('STATUS', null, netconf('1.1.0')));
+  });
+
+  it('runtimeConfig mac sets the pod interface MAC', async () => {
+    const pod = await newPod('mac');
+    try {
+      const result = await add(pod, '1.0.0', { runtimeConfig: { mac: '0a:58:0a:f4:12:34' } });
+      assert.equal((result.interfaces as { mac: string }[])[1]!.mac, '0a:58:0a:f4:12:34');
+      const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { address: string }[];
+      assert.equal(link[0]!.address, '0a:58:0a:f4:12:34');
+      assertQuietSuccess(await cni('CHECK', pod, netconf('1.0.0', { prevResult: result })));
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.0.0')));
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('CHECK names the first difference from what ADD made (code 101), and passes again once it is repaired', async () => {
+    const pod = await newPod('check');
+    try {
+      const result = await add(pod, '1.0.0');
+      const address = addressOf(result);
+      const host = hostLinkOf(pod);
+      const check = (prevResult: unknown = result) => cni('CHECK', pod, netconf('1.0.0', { prevResult }));
+      const differs = async (msg: RegExp, prevResult?: unknown) => assert.match(String(assertCniError(await check(prevResult), 101).msg), msg);
+      assertQuietSuccess(await check());
+
+      const otherAddress = JSON.parse(JSON.stringify(result).replace(`${address}/32`, '10.244.255.254/32'));
+      await differs(/prevResult reports 10\.244\.255\.254\/32 for eth0, but IPAM holds/, otherAddress);
+      const otherMac = { ...result, interfaces: [(result.interfaces as object[])[0], { ...(result.interfaces as object[])[1], mac: '0a:58:00:00:00:01' }] };
+      await differs(/has MAC .*, but the runtime's prevResult reports 0a:58:00:00:00:01/, otherMac);
+      await differs(/lists no interface eth0/, { ...result, interfaces: [(result.interfaces as object[])[0], { ...(result.interfaces as object[])[1], name: 'net1' }] });
+
+      await sh('ip', ['netns', 'exec', node.netns, 'sh', '-c', `echo 0 > /proc/sys/net/ipv4/conf/${host}/proxy_arp`]);
+      await differs(new RegExp(`proxy ARP is off on host interface ${host}`));
+      await sh('ip', ['netns', 'exec', node.netns, 'sh', '-c', `echo 1 > /proc/sys/net/ipv4/conf/${host}/proxy_arp`]);
+
+      await ipn(node.netns, 'route', 'del', `${address}/32`, 'dev', host);
+      await differs(new RegExp(`the node has no route to ${address.replace(/\./g, '\\.')}/32 through ${host}`));
+      await ipn(node.netns, 'route', 'replace', `${address}/32`, 'dev', host, 'scope', 'link', 'proto', '87');
+
+      await ipn(pod.netnsName, 'route', 'del', 'default');
+      await differs(/no default route via 169\.254\.1\.1 dev eth0/);
+      await ipn(pod.netnsName, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+
+      await ipn(pod.netnsName, 'link', 'set', 'eth0', 'down');
+      await differs(/interface eth0 in network namespace .* is down/);
+      await ipn(pod.netnsName, 'link', 'set', 'eth0', 'up');
+      await differs(/no link route to its gateway 169\.254\.1\.1 on eth0/); // taking a link down drops its routes
+      await ipn(pod.netnsName, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
+      await ipn(pod.netnsName, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+      assertQuietSuccess(await check());
+
+      await ipam.release({ handle: `${pod.containerId}/eth0` }, { timeoutMs: 10_000 });
+      await differs(/IPAM holds no address for handle .*\/eth0 on node node1/);
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.0.0')));
+
+      // A pod whose namespace is gone: the allocation is still held, the namespace is the difference.
+      const gone = await newPod('gone');
+      const goneResult = await add(gone, '1.0.0');
+      await dropPod(gone);
+      assert.match(String(assertCniError(await cni('CHECK', gone, netconf('1.0.0', { prevResult: goneResult })), 101).msg), /network namespace .* does not exist/);
+      assertQuietSuccess(await cni('DEL', gone, netconf('1.0.0')));
+      assert.equal(await allocationOf(gone), undefined);
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('a failed ADD leaves nothing: CNI_IFNAME already in the pod namespace fails after allocation and is rolled back', async () => {
+    const pod = await newPod('rollback');
+    try {
+      await ipn(pod.netnsName, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer');
+      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      const doc = assertCniError(await cni('ADD', pod, netconf('1.0.0')), 999);
+      assert.match(String(doc.msg), /an interface named eth0 already exists in network namespace/);
+      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      assert.deepEqual(allocsAfter.map((a) => a.handle).sort(), allocsBefore.map((a) => a.handle).sort(), 'no allocation remains');
+      assert.deepEqual(linksAfter, linksBefore, 'no host veth remains');
+      assert.deepEqual(routesAfter, routesBefore, 'no host route remains');
+      // The failure came after the address was allocated: the agent says it released it.
+      const log = readFileSync(path.join(stateDir, node.name, 'agent.log'), 'utf8').split('\n').filter((l) => l.includes(`"handle":"${pod.containerId}/eth0"`));
+      assert.ok(log.some((l) => l.includes('released after a failed attach') && l.includes('"released":true')), `agent log:\n${log.join('\n')}`);
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.0.0'))); // what the runtime does next
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('a second ADD for a live attachment is refused and leaves the pod working', async () => {
+    const pod = await newPod('dup');
+    try {
+      const result = await add(pod, '1.0.0');
+      const doc = assertCniError(await cni('ADD', pod, netconf('1.0.0')), 999);
+      assert.match(String(doc.msg), /already has interface eth0 attached/);
+      assert.equal((await allocationOf(pod))?.address, addressOf(result));
+      assertQuietSuccess(await cni('CHECK', pod, netconf('1.0.0', { prevResult: result })));
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.0.0')));
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('bad input gets a CNI error and changes nothing', async () => {
+    const pod = await newPod('bad');
+    try {
+      const before = { allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() };
+      const cases: [string, Run, number, string?][] = [
+        ['malformed JSON', await cni('ADD', pod, '{"cniVersion": "1.0.0", "name": '), 6, '1.1.0'],
+        ['no name', await cni('ADD', pod, JSON.stringify({ cniVersion: '1.0.0', type: 'weft', agentSocket: node.socket })), 7],
+        ['unknown cniVersion', await cni('ADD', pod, netconf('9.9.9')), 1, '9.9.9'],
+        ['unknown verb', await cni('FROB', pod, netconf('1.0.0')), 4],
+        ['oversize config', await cni('ADD', pod, netconf('1.0.0').padEnd(1024 * 1024 + 10, ' ')), 7, '1.1.0'],
+        ['missing CNI_NETNS', await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0' }), 4],
+        ['relative CNI_NETNS', await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0', CNI_NETNS: pod.netnsName }), 4],
+        ['CNI_NETNS leading nowhere', await cni('ADD', { ...pod, netns: `${pod.netns}-gone` }, netconf('1.0.0')), 4],
+        ['CNI_NETNS that is no namespace', await cni('ADD', { ...pod, netns: '/etc/hostname' }, netconf('1.0.0')), 999],
+        ['requested address', await cni('ADD', pod, netconf('1.0.0'), { CNI_ARGS: 'IgnoreUnknown=1;IP=10.244.3.3' }), 7],
+        ['requested address in runtimeConfig', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 7],
+        ['multicast MAC', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { mac: '03:00:00:00:00:01' } })), 7],
+      ];
+      for (const [what, run, code, version] of cases) {
+        try {
+          assertCniError(run, code, version ?? '1.0.0');
+        } catch (err) {
+          throw new Error(`${what}: ${(err as Error).message}`);
+        }
+      }
+      assert.deepEqual({ allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() }, before, 'nothing was allocated or created');
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('GC releases what no valid attachment holds, removes its host veth, and never touches a valid attachment or another system\'s allocation', async () => {
+    const pods = await Promise.all(['gc-a', 'gc-b', 'gc-c'].map(newPod));
+    const [a, b, c] = pods as [Pod, Pod, Pod];
+    try {
+      const results = new Map<Pod, Record<string, unknown>>();
+      for (const p of pods) results.set(p, await add(p, '1.1.0'));
+      const reserved = `reserved-by-test-${state!.prefix}`;
+      await ipam.allocate({ handle: reserved, node: node.name, pool: '', podNamespace: '', podName: '', containerId: '' }, { timeoutMs: 10_000 });
+      // A leftover veth with a Weft pod name and no attachment behind it (e.g. from a crashed agent).
+      const orphan = hostIfnameFor(`orphan-${state!.prefix}`, 'eth0');
+      await ipn(node.netns, 'link', 'add', orphan, 'type', 'veth', 'peer', 'name', `${orphan.slice(0, 11)}p`);
+
+      const gc = await cni('GC', null, netconf('1.1.0', {
+        'cni.dev/valid-attachments': [{ containerID: a.containerId, ifname: 'eth0' }],
+        'cni.dev/attachments': [{ containerID: b.containerId, ifname: 'eth0' }],
+      }), { CNI_PATH: '/opt/cni/bin' });
+      assertQuietSuccess(gc);
+
+      const held = new Set((await nodeAllocations()).map((x) => x.handle));
+      assert.ok(held.has(`${a.containerId}/eth0`) && held.has(`${b.containerId}/eth0`), 'valid attachments keep their addresses');
+      assert.ok(!held.has(`${c.containerId}/eth0`), 'the stale attachment lost its address');
+      assert.ok(held.has(reserved), "another system's allocation stays");
+      const links = await podHostLinks();
+      assert.ok(links.includes(hostLinkOf(a)) && links.includes(hostLinkOf(b)));
+      assert.ok(!links.includes(hostLinkOf(c)) && !links.includes(orphan), `stale veths removed: ${links.join(', ')}`);
+      assert.ok(!(await podHostRoutes()).some((r) => r.startsWith(`${addressOf(results.get(c)!)} `)), 'and their host routes with them');
+      for (const p of [a, b]) assertQuietSuccess(await cni('CHECK', p, netconf('1.1.0', { prevResult: results.get(p) })));
+
+      // The runtime still DELs what it knows about; after GC that is already gone and succeeds.
+      for (const p of pods) assertQuietSuccess(await cni('DEL', p, netconf('1.1.0')));
+      assert.ok((await nodeAllocations()).some((x) => x.handle === reserved));
+      await ipam.release({ handle: reserved }, { timeoutMs: 10_000 });
+    } finally {
+      await Promise.all(pods.map(dropPod));
+    }
+  });
+
+  it('fifty concurrent ADDs on one node all succeed with distinct addresses; CHECK passes for each; DELs remove everything', async (t: TestContext) => {
+    const pods: Pod[] = [];
+    try {
+      for (let i = 0; i < 50; i++) pods.push(await newPod(`c${i}`));
+      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      const started = Date.now();
+      const runs = await Promise.all(pods.map(async (p) => {
+        const t0 = performance.now();
+        const run = await cni('ADD', p, netconf('1.1.0'), { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=load;K8S_POD_NAME=${p.netnsName}` });
+        return { run, ms: performance.now() - t0 };
+      }));
+      const wall = Date.now() - started;
+      const failed = runs.filter((r) => r.run.status !== 0).map((r) => r.run.stdout || r.run.stderr);
+      assert.deepEqual(failed, [], 'every ADD succeeded');
+      const results = runs.map((r) => onlyDocument(r.run));
+      const addresses = results.map(addressOf);
+      assert.equal(new Set(addresses).size, 50, `distinct addresses: ${addresses.join(', ')}`);
+      const held = new Map((await nodeAllocations()).map((a) => [a.handle, a.address]));
+      pods.forEach((p, i) => assert.equal(held.get(`${p.containerId}/eth0`), addresses[i], `IPAM holds ${p.containerId}'s address`));
+
+      const sorted = runs.map((r) => r.ms).sort((x, y) => x - y);
+      const pct = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!.toFixed(0);
+      t.diagnostic(`50 concurrent ADDs on one node: wall ${wall} ms, p50 ${pct(0.5)} ms, p95 ${pct(0.95)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`);
+
+      const checks = await Promise.all(pods.map((p, i) => cni('CHECK', p, netconf('1.1.0', { prevResult: results[i] }))));
+      checks.forEach(assertQuietSuccess);
+
+      const t1 = Date.now();
+      const dels = await Promise.all(pods.map((p) => cni('DEL', p, netconf('1.1.0'))));
+      t.diagnostic(`50 concurrent DELs: wall ${Date.now() - t1} ms`);
+      dels.forEach(assertQuietSuccess);
+      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      assert.deepEqual(allocsAfter.map((a) => a.handle).sort(), allocsBefore.map((a) => a.handle).sort(), 'every address released');
+      assert.deepEqual(linksAfter, linksBefore, 'every host veth removed');
+      assert.deepEqual(routesAfter, routesBefore, 'every host route removed');
+    } finally {
+      for (const p of pods) await dropPod(p);
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
-import { deleteLink, ip, showLink } from './links.js';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
+import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 
 /**
  * The pod side of an attachment: a veth pair whose pod end is created directly inside the pod's namespace under
@@ -27,13 +28,30 @@ export function checkNetnsPath(nsPath: string): void {
   if (!nsPath.startsWith('/') || !existsSync(nsPath)) throw new Error(`network namespace ${nsPath} does not exist`);
 }
 
+/** True when the node already has the host end of this attachment's veth (a live attachment, or a crashed ADD's). */
+export async function hostLinkExists(containerId: string, ifname: string): Promise<boolean> {
+  return (await showLink(hostIfnameFor(containerId, ifname))) !== null;
+}
+
+/**
+ * Makes the pod's interface. The caller has made sure the host end does not exist yet, so everything made here is
+ * this call's own: on any failure it is all removed again (deleting the host end takes the pod end and the host
+ * route with it) before the error is thrown.
+ */
 export async function attachPod(opts: {
-  containerId: string; nsPath: string; ifname: string; address: string; mtu: number; routeProtocol: number;
+  containerId: string; nsPath: string; ifname: string; address: string; mtu: number; routeProtocol: number; mac?: string;
 }): Promise<PodAttachment> {
   const host = hostIfnameFor(opts.containerId, opts.ifname);
-  // A runtime may retry ADD: rebuild rather than fail on our own leftovers.
-  await deleteLink(host);
-  await ip(['link', 'add', host, 'mtu', String(opts.mtu), 'type', 'veth', 'peer', 'name', opts.ifname, 'mtu', String(opts.mtu), 'netns', opts.nsPath]);
+  const peer = ['name', opts.ifname, ...(opts.mac ? ['address', opts.mac] : []), 'mtu', String(opts.mtu), 'netns', opts.nsPath];
+  try {
+    await ip(['link', 'add', host, 'mtu', String(opts.mtu), 'type', 'veth', 'peer', ...peer]);
+  } catch (err) {
+    // The kernel made nothing. Say why in the runtime's terms when we can.
+    if (await showLink(opts.ifname, opts.nsPath).catch(() => null)) {
+      throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`);
+    }
+    throw err;
+  }
   try {
     writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
     writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
@@ -53,9 +71,82 @@ export async function attachPod(opts: {
     if (!hostLink || !podLink) throw new Error('veth pair vanished during setup');
     return { hostIfname: host, hostMac: hostLink.address, podIfname: opts.ifname, podMac: podLink.address, address: opts.address };
   } catch (err) {
-    await deleteLink(host).catch(() => {});
+    try {
+      await deleteLink(host);
+    } catch (undo) {
+      throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`);
+    }
     throw err;
   }
+}
+
+/** Names of the node's veth devices (GC picks Weft's pod interfaces among them). */
+export async function listVethNames(): Promise<string[]> {
+  const links = JSON.parse(await ip(['-j', 'link', 'show', 'type', 'veth'])) as { ifname: string }[];
+  return links.map((l) => l.ifname);
+}
+
+/**
+ * Reads back what attachPod made for one attachment (for CHECK): the pod end, its routes, the host end, its
+ * proxy_arp setting and its routes. Reads only; a missing piece is reported as missing, not as an error.
+ */
+export async function observeAttachment(opts: {
+  nsPath: string; ifname: string; hostIfname: string;
+}): Promise<Omit<ObservedAttachment, 'allocation'>> {
+  const netnsExists = opts.nsPath.startsWith('/') && existsSync(opts.nsPath);
+  const [podInfo, podRoutes, hostInfo, hostRoutes] = await Promise.all([
+    netnsExists ? showLinkWithAddresses(opts.ifname, opts.nsPath) : null,
+    netnsExists ? routesThrough(opts.ifname, opts.nsPath) : [],
+    showLink(opts.hostIfname),
+    routesThrough(opts.hostIfname),
+  ]);
+  let hostProxyArp: boolean | null = null;
+  try {
+    hostProxyArp = readFileSync(`/proc/sys/net/ipv4/conf/${opts.hostIfname}/proxy_arp`, 'utf8').trim() === '1';
+  } catch {
+    // The device is gone, or the sysctl unreadable: reported as null.
+  }
+  return {
+    netnsExists,
+    podLink: podInfo ? observedLink(podInfo) : null,
+    podRoutes,
+    hostLink: hostInfo ? observedLink(hostInfo) : null,
+    hostProxyArp,
+    hostRoutes,
+  };
+}
+
+async function showLinkWithAddresses(name: string, nsPath: string): Promise<LinkInfo | null> {
+  try {
+    return (JSON.parse(await ip(['-j', '-d', 'addr', 'show', 'dev', name], { nsPath })) as LinkInfo[])[0] ?? null;
+  } catch (err) {
+    if (/does not exist|Cannot find device/.test((err as Error).message)) return null;
+    throw err;
+  }
+}
+
+/** Main-table IPv4 routes whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
+async function routesThrough(dev: string, nsPath?: string): Promise<ObservedRoute[]> {
+  let out: string;
+  try {
+    out = await ip(['-j', '-4', 'route', 'show', 'table', 'main', 'dev', dev], { nsPath });
+  } catch (err) {
+    if (/does not exist|Cannot find device/.test((err as Error).message)) return [];
+    throw err;
+  }
+  const routes = JSON.parse(out || '[]') as { dst: string; gateway?: string; scope?: string; protocol?: string | number }[];
+  return routes.map((r) => ({ dst: r.dst, gateway: r.gateway ?? '', dev, scope: r.scope ?? 'global', protocol: String(r.protocol ?? 'boot') }));
+}
+
+function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
+  return {
+    ifindex: l.ifindex,
+    kind: l.linkinfo?.info_kind ?? '',
+    up: l.flags.includes('UP'),
+    mac: l.address,
+    peerIfindex: typeof l.link_index === 'number' ? l.link_index : null,
+    addresses: (l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
+  };
 }
 
 /** Removes the veth pair (and with it the host route). Already gone is success. */
