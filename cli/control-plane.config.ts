@@ -8,6 +8,9 @@ export const controlPlaneSettings = {
   listen: { env: 'WEFT_LISTEN', description: 'gRPC listen address host:port (empty: unix socket only)', default: '127.0.0.1:7400', parse: parsers.string },
   httpListen: { env: 'WEFT_HTTP_LISTEN', description: 'HTTP/JSON listen address host:port for the IPAM API (empty: off)', default: '127.0.0.1:7401', parse: parsers.string },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
+  sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
+  blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
+  nodeGoneGraceSeconds: { env: 'WEFT_IPAM_NODE_GONE_GRACE_SECONDS', description: 'a node missing from the routes service this long has its allocations released', default: 300, parse: parsers.int(0, 30 * 86_400) },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
   traceExporter: { env: 'WEFT_TRACE_EXPORTER', description: 'none or console', default: 'none' as const, parse: parsers.oneOf('none', 'console') },
 } satisfies SettingsSpec;

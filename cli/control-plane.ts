@@ -47,11 +47,16 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const server = createServer();
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
+  let ipamService: { stop(): void } | null = null;
   let tcpPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;
   try {
-    const ipam = await mountIpamService(server, { database, notifier, logger });
+    const ipam = await mountIpamService(server, {
+      database, notifier, logger,
+      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, routesAddress: ipamAddress },
+    });
+    ipamService = ipam;
     if (config.httpListen) {
       httpServer = createHttpServer([ipam.http]);
       httpPort = await listenHttp(httpServer, config.httpListen);
@@ -62,6 +67,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
     routes?.stop();
+    ipamService?.stop();
     httpServer?.close();
     server.forceShutdown();
     await notifier.close();
@@ -76,6 +82,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     httpPort,
     async stop() {
       routes?.stop();
+      ipamService?.stop();
       httpServer?.closeAllConnections();
       httpServer?.close();
       await shutdownServer(server);

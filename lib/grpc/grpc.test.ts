@@ -8,7 +8,7 @@ import { errorCodeOf } from './errors.js';
 import { DomainError } from '../errors.js';
 import { createLogger } from '../logger.js';
 import { setupTelemetry, tracer } from '../telemetry.js';
-import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import { IpamServiceService, Pool } from '../../gen/weft/ipam/v1/ipam.js';
 
 /** The shared gRPC plumbing on a real server bound to port 0: trace context crosses the wire, errors map once. */
 setupTelemetry('test');
@@ -28,7 +28,7 @@ before(async () => {
       ctx.logger.info('creating');
       if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
       if (req.name === 'boom') throw new Error('secret detail');
-      return { pool: { name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0), family: 1, cooldownSeconds: 0, stickySeconds: 0, disabled: false, nodeSelector: '', namespaceSelector: '', allowedUses: [], etag: '', liveAllocations: 0 } };
+      return { pool: Pool.fromPartial({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0) }) };
     },
     listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
     garbageCollect: unimplemented, listAllocationHistory: unimplemented, getUtilization: unimplemented,

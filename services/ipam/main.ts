@@ -7,11 +7,22 @@ import type { Logger } from '../../lib/logger.js';
 import * as ipamMessages from '../../gen/weft/ipam/v1/ipam.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { createJsonGateway } from '../../lib/http/json-gateway.js';
+import { createClient } from '../../lib/grpc/client.js';
+import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
+import { startIpamSweeper } from './sweeper.js';
 import { createIpamHandlers } from './rpc/ipam.rpc.js';
 import { createIpamRepository } from './store/ipam.repository.js';
 
 /** Wires the IPAM service onto a server: migrations, repository, handlers. */
-export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger }) {
+export interface IpamHousekeeping {
+  sweepSeconds: number;
+  blockGraceSeconds: number;
+  nodeGoneGraceSeconds: number;
+  /** Where the routes service answers (to learn which nodes exist). */
+  routesAddress: string;
+}
+
+export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
   await applyMigrations(deps.database, 'ipam');
   const repo = createIpamRepository(deps.database.db, deps.database.pool);
   const handlers = createIpamHandlers({ repo, notifier: deps.notifier });
@@ -19,5 +30,15 @@ export async function mountIpamService(server: Server, deps: { database: Databas
   addService(server, IpamServiceService, handlers, logger);
   // The same handlers over HTTP with JSON.
   const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);
-  return { repo, http };
+  const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress);
+  const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
+  return {
+    repo,
+    http,
+    sweeper,
+    stop() {
+      sweeper.stop();
+      routes.close();
+    },
+  };
 }

@@ -17,12 +17,12 @@ export interface TestControlPlane {
   stop(): Promise<void>;
 }
 
-export async function startTestControlPlane(): Promise<TestControlPlane> {
+export async function startTestControlPlane(overrides: Partial<Record<keyof typeof controlPlaneSettings, string>> = {}): Promise<TestControlPlane> {
   const db: TestDatabase = await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0' });
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...overrides });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
     cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger);
   } catch (err) {

@@ -14,6 +14,7 @@ export interface PoolSpec {
   nodeSelector: string;
   namespaceSelector: string;
   allowedUses: string[];
+  maxBlocksPerNode: number;
 }
 
 const NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -28,6 +29,7 @@ export function validatePoolName(name: string): string {
 }
 
 export interface PoolRulesInput {
+  maxBlocksPerNode?: number;
   cooldownSeconds?: number;
   stickySeconds?: number;
   disabled?: boolean;
@@ -46,6 +48,11 @@ export function validatePoolRules(input: PoolRulesInput): PoolRulesInput {
   if (input.cooldownSeconds !== undefined) out.cooldownSeconds = seconds('cooldown_seconds', 'a cool-down', input.cooldownSeconds, 30 * 86400);
   if (input.stickySeconds !== undefined) out.stickySeconds = seconds('sticky_seconds', 'a sticky time', input.stickySeconds, 365 * 86400);
   if (input.disabled !== undefined) out.disabled = input.disabled;
+  if (input.maxBlocksPerNode !== undefined) {
+    if (!Number.isInteger(input.maxBlocksPerNode) || input.maxBlocksPerNode < 0 || input.maxBlocksPerNode > 1_000_000)
+      throw ipamErrors.invalid('max_blocks_per_node', `max blocks per node ${input.maxBlocksPerNode} must be 0 (no limit) to 1000000`);
+    out.maxBlocksPerNode = input.maxBlocksPerNode;
+  }
   if (input.nodeSelector !== undefined) {
     parseSelector(input.nodeSelector, 'node_selector');
     out.nodeSelector = input.nodeSelector.trim();
@@ -81,6 +88,7 @@ export function validatePoolSpec(input: { name: string; cidr: string; blockPrefi
     nodeSelector: rules.nodeSelector ?? '',
     namespaceSelector: rules.namespaceSelector ?? '',
     allowedUses: rules.allowedUses ?? ['workload'],
+    maxBlocksPerNode: rules.maxBlocksPerNode ?? 0,
   };
 }
 

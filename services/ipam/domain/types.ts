@@ -12,6 +12,7 @@ export interface Pool {
   nodeSelector: string;
   namespaceSelector: string;
   allowedUses: string[];
+  maxBlocksPerNode: number;
   /** Opaque; changes with every update. */
   etag: string;
   liveAllocations: number;
@@ -19,6 +20,7 @@ export interface Pool {
 }
 
 export interface PoolChanges {
+  maxBlocksPerNode?: number;
   cooldownSeconds?: number;
   stickySeconds?: number;
   disabled?: boolean;

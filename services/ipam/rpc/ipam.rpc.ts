@@ -22,6 +22,7 @@ const toPbPool = (p: Pool): PbPool => ({
   name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt, family: toPbFamily(p.family),
   cooldownSeconds: p.cooldownSeconds, stickySeconds: p.stickySeconds, disabled: p.disabled, nodeSelector: p.nodeSelector,
   namespaceSelector: p.namespaceSelector, allowedUses: p.allowedUses, etag: p.etag, liveAllocations: p.liveAllocations,
+  maxBlocksPerNode: p.maxBlocksPerNode,
 });
 const toPbReservation = (r: Reservation): PbReservation => ({
   name: reservationName(r.pool, r.id), pool: r.pool, first: r.first, last: r.last, reason: r.reason, createTime: r.createdAt,
@@ -64,7 +65,7 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       const spec = validatePoolSpec({
         name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds,
         stickySeconds: req.stickySeconds, disabled: req.disabled, nodeSelector: req.nodeSelector, namespaceSelector: req.namespaceSelector,
-        allowedUses: req.allowedUses,
+        allowedUses: req.allowedUses, maxBlocksPerNode: req.maxBlocksPerNode,
       });
       return { pool: toPbPool(await repo.createPool(spec)) };
     },
@@ -74,6 +75,7 @@ export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDep
       const changes = validatePoolRules({
         cooldownSeconds: req.cooldownSeconds, stickySeconds: req.stickySeconds, disabled: req.disabled, nodeSelector: req.nodeSelector,
         namespaceSelector: req.namespaceSelector, allowedUses: req.setAllowedUses ? req.allowedUses : undefined,
+        maxBlocksPerNode: req.maxBlocksPerNode,
       });
       return { pool: toPbPool(await repo.updatePool(name, req.etag, changes)) };
     },

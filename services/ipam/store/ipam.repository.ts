@@ -31,7 +31,7 @@ const FAST_ALLOCATE = `WITH existing AS (
     SELECT a.id FROM ipam.allocations a WHERE a.handle = $1 AND a.family = $2 AND a.released_at IS NULL),
   blk AS (
     SELECT b.id, host(network(b.cidr))::inet + b.next_offset AS address FROM ipam.blocks b
-    WHERE b.node = $3 AND b.pool_id = $4 AND b.next_offset < $5::bigint AND NOT EXISTS (SELECT 1 FROM existing)
+    WHERE b.node = $3 AND b.pool_id = $4 AND b.released_at IS NULL AND b.next_offset < $5::bigint AND NOT EXISTS (SELECT 1 FROM existing)
     ORDER BY b.id LIMIT 1 FOR UPDATE),
   chk AS (
     SELECT blk.id, blk.address,
@@ -79,7 +79,7 @@ function toPool(r: Row): Pool {
     name: String(r.name), cidr: String(r.cidr), family: Number(r.family) as Family, blockPrefixLength: Number(r.block_prefix_length),
     cooldownSeconds: Number(r.cooldown_seconds), stickySeconds: Number(r.sticky_seconds), disabled: Boolean(r.disabled),
     nodeSelector: String(r.node_selector), namespaceSelector: String(r.namespace_selector), allowedUses: r.allowed_uses as string[],
-    etag: `"${r.id}.${r.version}"`, liveAllocations: Number(r.live ?? 0), createdAt: new Date(r.created_at as string),
+    maxBlocksPerNode: Number(r.max_blocks_per_node ?? 0), etag: `"${r.id}.${r.version}"`, liveAllocations: Number(r.live ?? 0), createdAt: new Date(r.created_at as string),
   };
 }
 
@@ -102,7 +102,7 @@ async function rows(db: Tx, query: SQL): Promise<Row[]> {
 }
 
 const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds, disabled,
-  node_selector, namespace_selector, allowed_uses, version, created_at`;
+  node_selector, namespace_selector, allowed_uses, max_blocks_per_node, version, created_at`;
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>) {
@@ -110,9 +110,9 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     const cidr = formatCidr(spec.cidr);
     try {
       const [row] = await rows(db, sql`INSERT INTO ipam.pools (name, cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds,
-          disabled, node_selector, namespace_selector, allowed_uses)
+          disabled, node_selector, namespace_selector, allowed_uses, max_blocks_per_node)
         VALUES (${spec.name}, ${cidr}::cidr, ${spec.cidr.family}, ${spec.blockPrefixLength}, ${spec.cooldownSeconds}, ${spec.stickySeconds},
-          ${spec.disabled}, ${spec.nodeSelector}, ${spec.namespaceSelector}, ${textArray(spec.allowedUses)})
+          ${spec.disabled}, ${spec.nodeSelector}, ${spec.namespaceSelector}, ${textArray(spec.allowedUses)}, ${spec.maxBlocksPerNode})
         RETURNING ${POOL_COLUMNS}`);
       return toPool(row!);
     } catch (err) {
@@ -145,6 +145,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     if (changes.nodeSelector !== undefined) sets.push(sql`node_selector = ${changes.nodeSelector}`);
     if (changes.namespaceSelector !== undefined) sets.push(sql`namespace_selector = ${changes.namespaceSelector}`);
     if (changes.allowedUses !== undefined) sets.push(sql`allowed_uses = ${textArray(changes.allowedUses)}`);
+    if (changes.maxBlocksPerNode !== undefined) sets.push(sql`max_blocks_per_node = ${changes.maxBlocksPerNode}`);
     poolCache = null;
     const [row] = await rows(db, sql`UPDATE ipam.pools SET ${sql.join(sets, sql`, `)}
       WHERE name = ${name} AND '"' || id || '.' || version || '"' = ${etag} RETURNING ${POOL_COLUMNS}, ${LIVE_COUNT}`);
@@ -298,7 +299,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       FROM ipam.free_addresses WHERE address = ${address}::inet`);
     if (resting && resting.until && new Date(resting.until as string) > new Date() && !(req.owner && resting.owner === req.owner))
       throw ipamErrors.specificResting(address, new Date(resting.until as string));
-    let [block] = await rows(tx, sql`SELECT id, node FROM ipam.blocks WHERE cidr >>= ${address}::inet FOR UPDATE`);
+    let [block] = await rows(tx, sql`SELECT id, node FROM ipam.blocks WHERE cidr >>= ${address}::inet AND released_at IS NULL FOR UPDATE`);
     if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, String(block.node));
     if (!block) {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
@@ -315,7 +316,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     const ids = pools.map((p) => Number(p.id));
     const [f] = await rows(tx, sql`SELECT f.address, host(f.address) AS text, f.block_id, b.pool_id FROM ipam.free_addresses f
       JOIN ipam.blocks b ON b.id = f.block_id
-      WHERE f.owner = ${req.owner} AND f.hold_until > now() AND b.node = ${req.node}
+      WHERE f.owner = ${req.owner} AND f.hold_until > now() AND b.node = ${req.node} AND b.released_at IS NULL
         AND b.pool_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::int)
       ORDER BY f.free_since DESC LIMIT 1 FOR UPDATE OF f`);
     if (!f) return null;
@@ -348,7 +349,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   async function allocateFromNodeBlocks(tx: Tx, pool: Row, req: AllocationRequest): Promise<Allocation | null> {
     // Lock this node's blocks in the pool: allocations on one node serialize, nodes proceed in parallel.
     const blocks = await rows(tx, sql`SELECT id, cidr::text AS cidr, next_offset, masklen(cidr) AS len FROM ipam.blocks
-      WHERE node = ${req.node} AND pool_id = ${pool.id} ORDER BY id FOR UPDATE`);
+      WHERE node = ${req.node} AND pool_id = ${pool.id} AND released_at IS NULL ORDER BY id FOR UPDATE`);
     for (const b of blocks) {
       const size = cidrSize(Number(pool.family) as Family, Number(b.len));
       // Usually one step; a reserved range is jumped over, an address taken as a specific one is stepped past.
@@ -385,13 +386,17 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   /** Claims the pool's lowest free block for the node by a gap search over existing blocks. Caller holds the claim lock. */
   async function claimBlock(tx: Tx, pool: Row, node: string): Promise<boolean> {
     const blockLen = Number(pool.block_prefix_length);
+    if (Number(pool.max_blocks_per_node) > 0) {
+      const [held] = await rows(tx, sql`SELECT count(*)::int AS n FROM ipam.blocks WHERE node = ${node} AND pool_id = ${pool.id} AND released_at IS NULL`);
+      if (Number(held!.n) >= Number(pool.max_blocks_per_node)) return false;
+    }
     const [free] = await rows(tx, sql`SELECT c::text AS cidr FROM (
         SELECT set_masklen(host(network(${pool.cidr}::cidr))::inet, ${blockLen})::cidr AS c
         UNION ALL
         SELECT set_masklen(host(broadcast(b.cidr))::inet + 1, ${blockLen})::cidr FROM ipam.blocks b
-        WHERE b.pool_id = ${pool.id} AND host(broadcast(b.cidr)) <> host(broadcast(${pool.cidr}::cidr))
+        WHERE b.pool_id = ${pool.id} AND b.released_at IS NULL AND host(broadcast(b.cidr)) <> host(broadcast(${pool.cidr}::cidr))
       ) cands
-      WHERE c <<= ${pool.cidr}::cidr AND NOT EXISTS (SELECT 1 FROM ipam.blocks x WHERE x.cidr = cands.c)
+      WHERE c <<= ${pool.cidr}::cidr AND NOT EXISTS (SELECT 1 FROM ipam.blocks x WHERE x.cidr = cands.c AND x.released_at IS NULL)
       ORDER BY c LIMIT 1`);
     if (!free) return false;
     await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, cidr, node) VALUES (${pool.id}, ${free.cidr}::cidr, ${node})`);
@@ -493,14 +498,14 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
           (SELECT coalesce(sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1), 0)
              FROM ipam.reservations r WHERE r.pool_id = b.pool_id AND r.first <= host(broadcast(b.cidr))::inet
                AND r.last >= host(network(b.cidr))::inet) AS reserved
-        FROM ipam.blocks b WHERE b.pool_id = ${p.id}`;
+        FROM ipam.blocks b WHERE b.pool_id = ${p.id} AND b.released_at IS NULL`;
       const cooling = sql`SELECT b.node, count(*) AS n FROM ipam.free_addresses f JOIN ipam.blocks b ON b.id = f.block_id
-        WHERE b.pool_id = ${p.id} AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now()) GROUP BY b.node`;
+        WHERE b.pool_id = ${p.id} AND b.released_at IS NULL AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now()) GROUP BY b.node`;
       const reservedByNode = sql`SELECT b.node, sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1) AS n
         FROM ipam.reservations r JOIN ipam.blocks b ON b.pool_id = r.pool_id AND r.first <= host(broadcast(b.cidr))::inet AND r.last >= host(network(b.cidr))::inet
-        WHERE r.pool_id = ${p.id} GROUP BY b.node`;
+        WHERE r.pool_id = ${p.id} AND b.released_at IS NULL GROUP BY b.node`;
       const [nodeRows, coolRows, resRows] = await Promise.all([
-        rows(db, sql`SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${p.id} GROUP BY node ORDER BY node`),
+        rows(db, sql`SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${p.id} AND released_at IS NULL GROUP BY node ORDER BY node`),
         rows(db, cooling),
         rows(db, reservedByNode),
       ]);
@@ -535,7 +540,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       async (tx) => {
         const [rev] = await rows(tx, sql`SELECT coalesce(max(revision), 0) AS revision FROM ipam.block_events`);
         const blocks = await rows(tx, sql`SELECT b.cidr::text AS cidr, p.name AS pool, b.node FROM ipam.blocks b
-          JOIN ipam.pools p ON p.id = b.pool_id ORDER BY b.cidr`);
+          JOIN ipam.pools p ON p.id = b.pool_id WHERE b.released_at IS NULL ORDER BY b.cidr`);
         return {
           revision: Number(rev!.revision),
           reset: true,
@@ -557,6 +562,36 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     });
   }
 
+  /**
+   * Returns empty blocks to their pools: no live allocation, claimed longer ago than the grace period, and no address
+   * freed within it (so nothing is still cooling down or held for an owner). The block's row stays for history;
+   * its free list goes, and the withdrawal is logged like a claim (node null), so routes follow.
+   */
+  async function releaseEmptyBlocks(graceSeconds: number): Promise<BlockAffinity[]> {
+    return db.transaction(async (tx) => {
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      const released = await rows(tx, sql`UPDATE ipam.blocks b SET released_at = now()
+        WHERE b.released_at IS NULL AND b.live_count = 0 AND b.claimed_at < now() - make_interval(secs => ${graceSeconds})
+          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses f WHERE f.block_id = b.id
+                            AND (f.free_since > now() - make_interval(secs => greatest(${graceSeconds}, (SELECT cooldown_seconds FROM ipam.pools WHERE id = b.pool_id)))
+                                 OR f.hold_until > now()))
+        RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`);
+      if (released.length === 0) return [];
+      await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE block_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int)`);
+      for (const b of released) {
+        await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`);
+      }
+      await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
+      return released.map((b) => ({ cidr: String(b.cidr), pool: String(b.pool), node: String(b.node) }));
+    });
+  }
+
+  /** Nodes that hold blocks or live allocations. */
+  async function nodesHoldingAddresses(): Promise<string[]> {
+    return (await rows(db, sql`SELECT DISTINCT node FROM ipam.blocks WHERE released_at IS NULL ORDER BY node`)).map((r) => String(r.node));
+  }
+
   /** Each invariant as a query that returns its violations (at most 20 each). */
   const CHECKS: { kind: string; query: SQL }[] = [
     { kind: 'address_live_twice', query: sql`SELECT host(address) || ' is live ' || count(*) || ' times' AS detail FROM ipam.allocations WHERE released_at IS NULL GROUP BY address HAVING count(*) > 1 LIMIT 20` },
@@ -576,6 +611,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   return {
+    releaseEmptyBlocks, nodesHoldingAddresses,
     checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
     garbageCollect, history, utilization, affinitySnapshot, affinityChangesSince,

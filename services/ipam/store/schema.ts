@@ -17,6 +17,8 @@ export const pools = ipam.table('pools', {
   disabled: boolean('disabled').notNull().default(false),
   nodeSelector: text('node_selector').notNull().default(''),
   namespaceSelector: text('namespace_selector').notNull().default(''),
+  /** At most this many blocks per node (0: no limit). */
+  maxBlocksPerNode: integer('max_blocks_per_node').notNull().default(0),
   allowedUses: text('allowed_uses').array().notNull().default(sql`'{workload}'::text[]`),
   /** Raised by every update; the etag is derived from it. */
   version: integer('version').notNull().default(1),
@@ -28,15 +30,21 @@ export const blocks = ipam.table(
   {
     id: serial('id').primaryKey(),
     poolId: integer('pool_id').notNull().references(() => pools.id),
-    cidr: cidr('cidr').notNull().unique(),
+    cidr: cidr('cidr').notNull(),
     node: text('node').notNull(),
     claimedAt: timestamp('claimed_at', { withTimezone: true }).notNull().defaultNow(),
     /** Offset of the next never-used address: allocation takes it (O(1)) before reusing released ones. */
     nextOffset: bigint('next_offset', { mode: 'number' }).notNull().default(0),
     /** Live allocations in the block, kept by allocate and release (utilization reads counters, not rows). */
     liveCount: integer('live_count').notNull().default(0),
+    /** Set when an empty block returns to its pool (or its node is gone); the row stays for history. */
+    releasedAt: timestamp('released_at', { withTimezone: true }),
   },
-  (t) => [index('blocks_node_idx').on(t.node, t.poolId), index('blocks_pool_idx').on(t.poolId)],
+  (t) => [
+    index('blocks_node_idx').on(t.node, t.poolId).where(sql`released_at IS NULL`),
+    index('blocks_pool_idx').on(t.poolId).where(sql`released_at IS NULL`),
+    uniqueIndex('blocks_live_cidr_uq').on(t.cidr).where(sql`released_at IS NULL`),
+  ],
 );
 
 export const allocations = ipam.table(
