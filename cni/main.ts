@@ -13,14 +13,6 @@ import { runPlugin, type Invocation, type Verbs } from './skel.js';
 const verbs: Verbs = {
   async ADD({ invocation, config, signal }) {
     const options = readAttachOptions(config, invocation.cniArgs);
-    if (options.requestedAddresses.length > 0) {
-      // TODO(ipam): drop this refusal once IPAM's Allocate honours a specific address; the agent API already
-      // carries the list (AttachRequest.requested_addresses).
-      throw new CniError(
-        CniCode.invalidConfig,
-        `requested addresses (${options.requestedAddresses.join(', ')}) are not supported yet: Weft's IPAM picks pod addresses itself; remove IP= from CNI_ARGS and "ips" from runtimeConfig and args`,
-      );
-    }
     // In a chain, the previous plugin's result is passed on with ours appended (SPEC: handle prevResult).
     const previous = config.prevResult === undefined ? undefined : parsePrevResult(config.cniVersion, config.prevResult);
     assertNetnsExists(invocation);

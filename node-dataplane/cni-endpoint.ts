@@ -74,14 +74,10 @@ export function createCniHandlers(deps: {
         throw invalid((err as Error).message);
       }
       if (req.mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(req.mac)) throw invalid(`MAC ${JSON.stringify(req.mac)} is not a MAC address`);
-      if (req.requestedAddresses.length > 0) {
-        // TODO(ipam): pass the requested addresses to IPAM once Allocate can honour a specific address.
-        throw new DomainError(
-          'agent.requested_address_unsupported',
-          'failed_precondition',
-          `requested addresses (${req.requestedAddresses.join(', ')}) are not supported yet: Weft's IPAM picks pod addresses itself`,
-        );
-      }
+      // A requested address (CNI_ARGS IP=, runtimeConfig ips) goes to IPAM, which checks it against pools,
+      // reservations, holders and nodes. Pods are IPv4 until the plumbing and the overlay carry IPv6.
+      const v6 = req.requestedAddresses.filter((a) => a.includes(':'));
+      if (v6.length > 0) throw invalid(`requested IPv6 addresses (${v6.join(', ')}) are not supported yet: Weft's pods are IPv4 for now`);
       const handle = `${req.containerId}/${req.ifname}`;
       const hostIfname = hostIfnameFor(req.containerId, req.ifname);
       if (inFlight.has(handle)) {
@@ -108,7 +104,10 @@ export function createCniHandlers(deps: {
         try {
           const res = await deps.ipam.allocate(
             // IPv4 only until the pod plumbing and the overlay carry IPv6.
-            { handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId },
+            {
+              handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], addresses: [...req.requestedAddresses],
+              podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+            },
             { timeoutMs: 20_000 },
           );
           address = res.allocation!.address;

@@ -186,10 +186,7 @@ describe('weft-cni, run as a runtime runs it', () => {
     }
   });
 
-  it('ADD with a requested address is code 7 (not supported yet), from CNI_ARGS IP= or runtimeConfig ips', async () => {
-    const fromArgs = assertCniError(await runPlugin({ ...env, CNI_ARGS: `${env.CNI_ARGS};IP=10.244.1.9` }, config()), 7);
-    assert.match(String(fromArgs.msg), /requested addresses \(10\.244\.1\.9\) are not supported yet/);
-    assertCniError(await runPlugin(env, config({ runtimeConfig: { ips: ['10.244.1.9/24'] } })), 7);
+  it('ADD with a malformed requested address is refused before the agent is asked', async () => {
     assertCniError(await runPlugin(env, config({ runtimeConfig: { ips: ['not-an-ip'] } })), 7);
     assertCniError(await runPlugin({ ...env, CNI_ARGS: 'IP=300.1.1.1' }, config()), 4);
   });
@@ -636,6 +633,25 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     }
   });
 
+  it('a requested address (CNI_ARGS IP= or runtimeConfig ips) is what the pod gets; one already held is refused', async () => {
+    const [p1, p2] = await Promise.all(['req-a', 'req-b'].map(newPod)) as [Pod, Pod];
+    try {
+      const fromArgs = await cni('ADD', p1, netconf('1.0.0'), { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=req-a;IP=10.244.3.3` });
+      assert.equal(fromArgs.status, 0, fromArgs.stdout);
+      assert.equal(addressOf(onlyDocument(fromArgs)), '10.244.3.3');
+      assert.equal((await allocationOf(p1))?.address, '10.244.3.3');
+      const taken = assertCniError(await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 999);
+      assert.match(String(taken.msg), /10\.244\.3\.3 is held by/);
+      assert.equal(await allocationOf(p2), undefined, 'the refused pod holds nothing');
+      const viaRuntime = await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.4/16'] } }));
+      assert.equal(viaRuntime.status, 0, viaRuntime.stdout);
+      assert.equal(addressOf(onlyDocument(viaRuntime)), '10.244.3.4');
+      for (const p of [p1, p2]) assertQuietSuccess(await cni('DEL', p, netconf('1.0.0')));
+    } finally {
+      await Promise.all([p1, p2].map(dropPod));
+    }
+  });
+
   it('a second ADD for a live attachment is refused and leaves the pod working', async () => {
     const pod = await newPod('dup');
     try {
@@ -664,8 +680,8 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         ['relative CNI_NETNS', await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0', CNI_NETNS: pod.netnsName }), 4],
         ['CNI_NETNS leading nowhere', await cni('ADD', { ...pod, netns: `${pod.netns}-gone` }, netconf('1.0.0')), 4],
         ['CNI_NETNS that is no namespace', await cni('ADD', { ...pod, netns: '/etc/hostname' }, netconf('1.0.0')), 999],
-        ['requested address', await cni('ADD', pod, netconf('1.0.0'), { CNI_ARGS: 'IgnoreUnknown=1;IP=10.244.3.3' }), 7],
-        ['requested address in runtimeConfig', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 7],
+        ['requested IPv6 address', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { ips: ['fd00::5/64'] } })), 7],
+        ['requested address outside every pool', await cni('ADD', pod, netconf('1.0.0'), { CNI_ARGS: 'IgnoreUnknown=1;IP=192.0.2.200' }), 999],
         ['multicast MAC', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { mac: '03:00:00:00:00:01' } })), 7],
       ];
       for (const [what, run, code, version] of cases) {
