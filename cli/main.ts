@@ -34,6 +34,9 @@ const USAGE = `usage: weft <command> [options]
   ipam pool update NAME [--disable | --enable] [--node-selector S] [--namespace-selector S] [--cooldown S] [--sticky S]
   ipam reserve POOL (CIDR | FIRST-LAST) [--reason TEXT]    ipam reservations [--pool P]    ipam unreserve NAME
   ipam release HANDLE                           release one handle's addresses
+  ipam domains | clusters | aggregates | prefixes [--cluster C]          routing domains, clusters, aggregates, carved prefixes
+  ipam domain create NAME    ipam cluster register NAME [--domain D]    ipam aggregate create NAME CIDR [--domain D]
+  ipam prefix allocate CLUSTER AGGREGATE --length N [--purpose P]    ipam prefix release NAME
   ipam check [--json]                           verify IPAM's invariants; also lists allocations of unregistered nodes
   ipam release --leaked [--yes]                 release allocations of unregistered nodes (dry run without --yes)
 
@@ -93,6 +96,10 @@ async function main(argv: string[]): Promise<number> {
       pod: { type: 'string' },
       handle: { type: 'string' },
       kill: { type: 'boolean', default: false },
+      domain: { type: 'string' },
+      cluster: { type: 'string' },
+      length: { type: 'string' },
+      purpose: { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -266,6 +273,52 @@ async function main(argv: string[]): Promise<number> {
         if (pos.length !== 3) throw new UsageError('usage: weft ipam release HANDLE  |  weft ipam release --leaked [--yes]');
         const r = await ipam.release({ handle: pos[2]! }, { timeoutMs: 10_000 });
         print(json, r, () => (r.released ? `released ${r.addresses.join(', ')}` : `${pos[2]} held nothing`));
+        return 0;
+      }
+      if (cmd === 'ipam domains') {
+        const { routingDomains } = await ipam.listRoutingDomains({}, { timeoutMs: 10_000 });
+        print(json, routingDomains, () => routingDomains.map((d) => d.name).join('\n'));
+        return 0;
+      }
+      if (cmd === 'ipam clusters') {
+        const { clusters } = await ipam.listClusters({}, { timeoutMs: 10_000 });
+        print(json, clusters, () => clusters.map((c) => `${c.name.padEnd(24)} ${c.routingDomain}`).join('\n') || 'no clusters');
+        return 0;
+      }
+      if (cmd === 'ipam aggregates') {
+        const { aggregates } = await ipam.listAggregates({}, { timeoutMs: 10_000 });
+        print(json, aggregates, () => aggregates.map((a) => `${a.name.padEnd(24)} ${a.cidr.padEnd(20)} ${a.routingDomain}`).join('\n') || 'no aggregates');
+        return 0;
+      }
+      if (cmd === 'ipam prefixes') {
+        const { prefixes } = await ipam.listPrefixes({ cluster: o.cluster ?? '' }, { timeoutMs: 10_000 });
+        print(json, prefixes, () => prefixes.map((x) => `${x.cidr.padEnd(22)} ${x.cluster.padEnd(20)} ${x.purpose.padEnd(10)} ${x.name}`).join('\n') || 'no prefixes');
+        return 0;
+      }
+      if (pos[1] === 'domain' && pos[2] === 'create' && pos.length === 4) {
+        const { routingDomain } = await ipam.createRoutingDomain({ name: pos[3]! }, { timeoutMs: 10_000 });
+        print(json, routingDomain, () => `routing domain ${routingDomain!.name} created`);
+        return 0;
+      }
+      if (pos[1] === 'cluster' && pos[2] === 'register' && pos.length === 4) {
+        const { cluster } = await ipam.registerCluster({ name: pos[3]!, routingDomain: o.domain ?? '' }, { timeoutMs: 10_000 });
+        print(json, cluster, () => `cluster ${cluster!.name} registered in ${cluster!.routingDomain}`);
+        return 0;
+      }
+      if (pos[1] === 'aggregate' && pos[2] === 'create' && pos.length === 5) {
+        const { aggregate } = await ipam.createAggregate({ name: pos[3]!, cidr: pos[4]!, routingDomain: o.domain ?? '' }, { timeoutMs: 10_000 });
+        print(json, aggregate, () => `aggregate ${aggregate!.name} ${aggregate!.cidr} created in ${aggregate!.routingDomain}`);
+        return 0;
+      }
+      if (pos[1] === 'prefix' && pos[2] === 'allocate') {
+        if (pos.length !== 5 || !o.length || !/^\d+$/.test(o.length)) throw new UsageError('usage: weft ipam prefix allocate CLUSTER AGGREGATE --length N [--purpose P]');
+        const { prefix } = await ipam.allocatePrefix({ cluster: pos[3]!, aggregate: pos[4]!, prefixLength: Number(o.length), purpose: o.purpose ?? '' }, { timeoutMs: 10_000 });
+        print(json, prefix, () => `${prefix!.cidr} for ${prefix!.cluster} (${prefix!.purpose}): ${prefix!.name}`);
+        return 0;
+      }
+      if (pos[1] === 'prefix' && pos[2] === 'release' && pos.length === 4) {
+        const r = await ipam.releasePrefix({ name: pos[3]! }, { timeoutMs: 10_000 });
+        print(json, r, () => (r.released ? `${pos[3]} released` : `${pos[3]} held nothing`));
         return 0;
       }
       if (cmd === 'ipam utilization') {

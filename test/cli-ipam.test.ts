@@ -115,3 +115,14 @@ test('reserve, pool update, check and release --leaked from the command line', a
     await sql.end();
   }
 });
+
+test('clusters get pod CIDRs carved from a shared aggregate from the command line', async () => {
+  await weft('ipam', 'aggregate', 'create', 'fleet', '10.128.0.0/9');
+  for (const c of ['prod-eu', 'prod-us']) await weft('ipam', 'cluster', 'register', c);
+  const eu = JSON.parse((await weft('ipam', 'prefix', 'allocate', 'prod-eu', 'fleet', '--length', '14', '--json')).stdout);
+  const us = JSON.parse((await weft('ipam', 'prefix', 'allocate', 'prod-us', 'fleet', '--length', '14', '--json')).stdout);
+  assert.deepEqual([eu.cidr, us.cidr], ['10.128.0.0/14', '10.132.0.0/14']);
+  assert.match((await weft('ipam', 'prefixes', '--cluster', 'prod-us')).stdout, /10\.132\.0\.0\/14\s+prod-us\s+pods/);
+  const bad = await fails(['ipam', 'prefix', 'allocate', 'prod-eu', 'fleet']);
+  assert.equal(bad.code, 2);
+});

@@ -32,7 +32,9 @@ before(async () => {
     },
     listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
     garbageCollect: unimplemented, listAllocationHistory: unimplemented, getUtilization: unimplemented,
-    updatePool: unimplemented, batchAllocate: unimplemented, checkConsistency: unimplemented, createReservation: unimplemented, listReservations: unimplemented, deleteReservation: unimplemented,
+    updatePool: unimplemented, batchAllocate: unimplemented, checkConsistency: unimplemented,
+    createRoutingDomain: unimplemented, listRoutingDomains: unimplemented, registerCluster: unimplemented, listClusters: unimplemented,
+    createAggregate: unimplemented, listAggregates: unimplemented, allocatePrefix: unimplemented, releasePrefix: unimplemented, listPrefixes: unimplemented, createReservation: unimplemented, listReservations: unimplemented, deleteReservation: unimplemented,
     // eslint-disable-next-line require-yield
     watchBlockAffinities: async function* () {
       throw new DomainError('test.unavailable', 'unavailable', 'try later');

@@ -10,6 +10,7 @@ import { createJsonGateway } from '../../lib/http/json-gateway.js';
 import { createClient } from '../../lib/grpc/client.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { startIpamSweeper } from './sweeper.js';
+import { createPrefixesRepository } from './store/prefixes.repository.js';
 import { createIpamHandlers } from './rpc/ipam.rpc.js';
 import { createIpamRepository } from './store/ipam.repository.js';
 
@@ -25,7 +26,7 @@ export interface IpamHousekeeping {
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
   await applyMigrations(deps.database, 'ipam');
   const repo = createIpamRepository(deps.database.db, deps.database.pool);
-  const handlers = createIpamHandlers({ repo, notifier: deps.notifier });
+  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
   const logger = deps.logger.child({ service: 'ipam' });
   addService(server, IpamServiceService, handlers, logger);
   // The same handlers over HTTP with JSON.

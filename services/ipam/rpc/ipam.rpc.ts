@@ -10,6 +10,7 @@ import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js'
 import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
+import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
 
 /** The gRPC adapter: proto <-> domain conversion and nothing else. Generated types stop here. */
 const toPbFamily = (f: Family): IpFamily => (f === 4 ? IpFamily.IP_FAMILY_IPV4 : IpFamily.IP_FAMILY_IPV6);
@@ -54,13 +55,53 @@ function parseReservationName(name: string): { pool: string; id: number } {
 
 export interface IpamRpcDeps {
   repo: IpamRepository;
+  prefixes: PrefixesRepository;
   notifier: Notifier;
   /** How often a watch re-reads even without a notification. */
   pollMs?: number;
 }
 
-export function createIpamHandlers({ repo, notifier, pollMs = 2000 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
+const prefixName = (p: Prefix) => `aggregates/${p.aggregate}/prefixes/${p.id}`;
+const toPbPrefix = (p: Prefix) => ({ name: prefixName(p), aggregate: p.aggregate, cluster: p.cluster, purpose: p.purpose, cidr: p.cidr, createTime: p.createdAt });
+
+export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
   return {
+    async createRoutingDomain(req) {
+      const d = await prefixes.createRoutingDomain(validatePoolName(req.name));
+      return { routingDomain: { name: d.name, createTime: d.createdAt } };
+    },
+    async listRoutingDomains() {
+      return { routingDomains: (await prefixes.listRoutingDomains()).map((d) => ({ name: d.name, createTime: d.createdAt })) };
+    },
+    async registerCluster(req) {
+      const c = await prefixes.registerCluster(validatePoolName(req.name), req.routingDomain ? validatePoolName(req.routingDomain) : 'default');
+      return { cluster: { name: c.name, routingDomain: c.routingDomain, createTime: c.createdAt } };
+    },
+    async listClusters() {
+      return { clusters: (await prefixes.listClusters()).map((c) => ({ name: c.name, routingDomain: c.routingDomain, createTime: c.createdAt })) };
+    },
+    async createAggregate(req) {
+      const a = await prefixes.createAggregate(validatePoolName(req.name), req.routingDomain ? validatePoolName(req.routingDomain) : 'default', parseCidr(req.cidr, 'aggregate CIDR'));
+      return { aggregate: { name: a.name, routingDomain: a.routingDomain, cidr: a.cidr, createTime: a.createdAt } };
+    },
+    async listAggregates() {
+      return { aggregates: (await prefixes.listAggregates()).map((a) => ({ name: a.name, routingDomain: a.routingDomain, cidr: a.cidr, createTime: a.createdAt })) };
+    },
+    async allocatePrefix(req) {
+      const purpose = req.purpose || 'pods';
+      if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(purpose)) throw ipamErrors.invalid('purpose', `purpose ${JSON.stringify(purpose)} must be a lowercase name, e.g. "pods" or "services"`);
+      if (!Number.isInteger(req.prefixLength) || req.prefixLength < 1 || req.prefixLength > 128) throw ipamErrors.invalid('prefix_length', `prefix length ${req.prefixLength} must be 1-128`);
+      const p = await prefixes.allocatePrefix(validatePoolName(req.cluster), validatePoolName(req.aggregate), req.prefixLength, purpose);
+      return { prefix: toPbPrefix(p) };
+    },
+    async releasePrefix(req) {
+      const m = /^aggregates\/([a-z0-9-]+)\/prefixes\/(\d+)$/.exec(req.name);
+      if (!m) throw ipamErrors.invalid('name', `prefix name ${JSON.stringify(req.name)} must look like "aggregates/<aggregate>/prefixes/<id>"`);
+      return { released: await prefixes.releasePrefix(m[1]!, Number(m[2])) };
+    },
+    async listPrefixes(req) {
+      return { prefixes: (await prefixes.listPrefixes({ cluster: req.cluster || null, aggregate: req.aggregate || null })).map(toPbPrefix) };
+    },
     async createPool(req) {
       const spec = validatePoolSpec({
         name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds,

@@ -121,3 +121,47 @@ export const blockEvents = ipam.table('block_events', {
   node: text('node'),
   at: timestamp('at', { withTimezone: true }).notNull().defaultNow(),
 });
+
+/** Routing domains: address spaces that may overlap one another, never within themselves. */
+export const routingDomains = ipam.table('routing_domains', {
+  id: serial('id').primaryKey(),
+  name: text('name').notNull().unique(),
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/** Registered clusters, each in one routing domain. */
+export const clusters = ipam.table('clusters', {
+  id: serial('id').primaryKey(),
+  name: text('name').notNull().unique(),
+  routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/** Shared supernets from which clusters' prefixes are carved; disjoint within a domain (custom migration). */
+export const aggregates = ipam.table('aggregates', {
+  id: serial('id').primaryKey(),
+  name: text('name').notNull().unique(),
+  routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
+  cidr: cidr('cidr').notNull(),
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/** Prefixes carved for clusters (e.g. a cluster's pod CIDR); live ones never overlap within a domain. */
+export const prefixes = ipam.table(
+  'prefixes',
+  {
+    id: serial('id').primaryKey(),
+    aggregateId: integer('aggregate_id').notNull().references(() => aggregates.id),
+    routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
+    clusterId: integer('cluster_id').notNull().references(() => clusters.id),
+    purpose: text('purpose').notNull().default('pods'),
+    cidr: cidr('cidr').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    releasedAt: timestamp('released_at', { withTimezone: true }),
+  },
+  (t) => [
+    // One live prefix per cluster, aggregate and purpose: asking again returns it (idempotent).
+    uniqueIndex('prefixes_live_purpose_uq').on(t.clusterId, t.aggregateId, t.purpose).where(sql`released_at IS NULL`),
+    index('prefixes_aggregate_idx').on(t.aggregateId).where(sql`released_at IS NULL`),
+  ],
+);
