@@ -135,12 +135,13 @@ async function main() {
     await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
       SELECT p.id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
       FROM ipam.pools p, generate_series(0, ${Math.ceil(addresses / 64) - 1}) i WHERE p.name = 'history'`);
+    // Blocks were inserted in order: block i has id first + i, so no join is needed.
+    const [{ first: histFirst, pool: histPool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'history'`)).rows;
     await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
-      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, b.pool_id, b.id, b.node, 'ns', 'pod-' || a || '-' || g, 'c' || a,
+      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, ${histPool}, ${histFirst} + a / 64, 'hist-' || ((a / 64) % ${NODES}), 'ns', 'pod-' || a || '-' || g, 'c' || a,
              timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second',
              timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second' + interval '50 minutes'
-      FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g
-      JOIN ipam.blocks b ON b.cidr = set_masklen('11.0.0.0'::inet + ((a / 64) * 64), 26)::cidr`);
+      FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g`);
     await sql.query('ANALYZE ipam.allocations');
     const loadSeconds = (Date.now() - t0) / 1000;
     const who: number[] = [];
@@ -163,10 +164,10 @@ async function main() {
     await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
       SELECT p.id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, 64
       FROM ipam.pools p, generate_series(0, ${Math.ceil(LIVE_ROWS / 64) - 1}) i WHERE p.name = 'million'`);
+    const [{ first: liveFirst, pool: livePool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'million'`)).rows;
     await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node)
-      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, b.pool_id, b.id, b.node
-      FROM generate_series(0, ${Math.ceil(LIVE_ROWS / 64) * 64 - 1}) a
-      JOIN ipam.blocks b ON b.cidr = set_masklen('12.0.0.0'::inet + ((a / 64) * 64), 26)::cidr`);
+      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, ${livePool}, ${liveFirst} + a / 64, 'live-' || ((a / 64) % ${NODES})
+      FROM generate_series(0, ${Math.ceil(LIVE_ROWS / 64) * 64 - 1}) a`);
     await sql.query('ANALYZE');
     const util: number[] = [];
     let allocated = 0;
