@@ -73,7 +73,7 @@ async function main() {
   await sql.connect();
   await sql.query('CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())');
   const cp = await startUntil(bin.weft, ['up', '--data-dir', path.join(dir, 'cp'), '--listen', '127.0.0.1:0'], /"serving":true/, {
-    env: { DATABASE_URL: db.url, WEFT_HTTP_LISTEN: '', WEFT_LOG_LEVEL: 'warn' },
+    env: { DATABASE_URL: db.url, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'warn' },
   });
   const address = `127.0.0.1:${(JSON.parse(cp.line) as { port: number }).port}`;
   const admin = createClient(IpamServiceService, address);
