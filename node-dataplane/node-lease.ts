@@ -4,13 +4,14 @@ import type { Logger } from '../lib/logger.js';
 import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 
 /**
- * Keeps the node's registration alive: RenewLease every third of the lease the control plane granted, and a fresh
- * RegisterNode when the control plane no longer knows the node (NOT_FOUND, e.g. after DeregisterNode). A failed
- * renewal is retried after a second, so a lease survives one lost renewal and a short control-plane outage.
+ * Keeps the node's registration alive: RenewLease every third of the lease the control plane granted. A failed
+ * renewal is retried after a second, so a lease survives one lost renewal and a short control-plane outage. A node
+ * whose lease ran out comes back with its next renewal. NOT_FOUND means an operator deregistered the node: the agent
+ * respects that and stops renewing (it registers again only when restarted).
  */
 export function keepNodeLease(deps: {
   routes: PromiseClient<typeof RoutesServiceService>;
-  registration: { name: string; underlayAddress: string; vtepMac: string };
+  registration: { name: string };
   leaseMs: number;
   logger: Logger;
   signal: AbortSignal;
@@ -31,15 +32,13 @@ export function keepNodeLease(deps: {
       });
       if (signal.aborted) return;
       try {
-        try {
-          leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
-        } catch (err) {
-          if ((err as { code?: number }).code !== status.NOT_FOUND) throw err;
-          logger.warn('control plane forgot this node; registering again');
-          leaseMs = (await routes.registerNode(deps.registration, { timeoutMs: 5000 })).leaseMillis || leaseMs;
-        }
+        leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
         delay = leaseMs / 3;
       } catch (err) {
+        if ((err as { code?: number }).code === status.NOT_FOUND) {
+          logger.error('this node was deregistered; it stays out of the route table until the agent restarts and registers again');
+          return;
+        }
         logger.warn('cannot renew the node lease; retrying', { err: (err as Error).message });
         delay = Math.min(1000, leaseMs / 6);
       }
