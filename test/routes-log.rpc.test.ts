@@ -1,5 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import pg from 'pg';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
@@ -182,6 +183,34 @@ test('a node whose underlay address or VTEP MAC changes is updated for every wat
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(w.messages.length, count, 're-registering unchanged data logs nothing');
   } finally {
+    await w.close();
+  }
+});
+
+test('when the affinity follower loses its session, another follower takes over and logs new blocks exactly once', async (t) => {
+  await reg(routesA, 'takeover', 60);
+  const w = watch(routesB);
+  const admin = new pg.Client({ connectionString: a.databaseUrl });
+  await admin.connect();
+  try {
+    await w.until(() => w.messages.length > 0);
+    const holder = async () => (await admin.query(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7400 AND objid = 1 AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)).rows as { pid: number }[];
+    const [first] = await holder();
+    assert.ok(first, 'one replica follows');
+    const t0 = Date.now();
+    await admin.query('SELECT pg_terminate_backend($1)', [first!.pid]);
+    await ipamA.allocate({ handle: 'takeover-pod/eth0', node: 'takeover', pool: '', podNamespace: '', podName: '', containerId: '' });
+    await w.until(() => w.messages.some((m) => m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1)), 10_000);
+    t.diagnostic(`new block logged ${Date.now() - t0} ms after the follower's session was killed`);
+    const after = await holder();
+    assert.equal(after.length, 1, 'exactly one follower again');
+    assert.notEqual(after[0]!.pid, first!.pid);
+    await new Promise((r) => setTimeout(r, 1500));
+    const withBlock = w.messages.filter((m) => m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1));
+    assert.equal(withBlock.length, 1, 'the new follower logged the block once, despite replaying IPAM\'s snapshot');
+  } finally {
+    await admin.end();
     await w.close();
   }
 });
