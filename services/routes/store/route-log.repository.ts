@@ -128,8 +128,8 @@ export function createRouteLogRepository(db: Database) {
 
     /**
      * One sweep, by at most one replica at a time (a transaction-scoped try-lock; others skip): withdraws nodes
-     * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log to the
-     * newest `keep` changes and those younger than `maxAgeSeconds` (never the newest one).
+     * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
+     * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
      */
     async sweep(opts: { keep: number; maxAgeSeconds: number }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number }> {
       return db.transaction(async (tx) => {
@@ -139,7 +139,7 @@ export function createRouteLogRepository(db: Database) {
         const changes = await logNodeChanges(tx, 'all');
         const [c] = await rows(tx, sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
             gone AS (DELETE FROM routes.changes WHERE revision < (SELECT r FROM head)
-              AND (revision <= (SELECT r FROM head) - ${opts.keep} OR changed_at < now() - make_interval(secs => ${opts.maxAgeSeconds}))
+              AND revision <= (SELECT r FROM head) - ${opts.keep} AND changed_at < now() - make_interval(secs => ${opts.maxAgeSeconds})
               RETURNING revision),
             h AS (UPDATE routes.log_horizon SET compacted_through = greatest(compacted_through, (SELECT max(revision) FROM gone))
               WHERE id = 1 AND EXISTS (SELECT 1 FROM gone))
