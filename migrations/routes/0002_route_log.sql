@@ -14,7 +14,8 @@ CREATE TABLE "routes"."changes" (
 --> statement-breakpoint
 CREATE TABLE "routes"."log_horizon" (
 	"id" integer PRIMARY KEY NOT NULL,
-	"compacted_through" bigint NOT NULL
+	"compacted_through" bigint NOT NULL,
+	"affinities_synced_at" timestamp with time zone
 );
 --> statement-breakpoint
 CREATE TABLE "routes"."route_table" (

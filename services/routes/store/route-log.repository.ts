@@ -21,6 +21,8 @@ export interface LoggedChange {
 }
 
 export type LogRead =
+  /** The affinity follower has never recorded IPAM's snapshot: the table would lack every block, so it is not served. */
+  | { kind: 'not_ready' }
   | { kind: 'snapshot'; revision: number; table: NodeRoutes[] }
   | { kind: 'changes'; changes: LoggedChange[] };
 
@@ -80,9 +82,10 @@ export function createRouteLogRepository(db: Database) {
      */
     async read(since: number, limit = 500): Promise<LogRead> {
       return db.transaction(async (tx) => {
-        const [h] = await rows(tx, sql`SELECT compacted_through,
+        const [h] = await rows(tx, sql`SELECT compacted_through, affinities_synced_at IS NOT NULL AS ready,
             greatest(compacted_through, (SELECT coalesce(max(revision), 0) FROM routes.changes)) AS head
           FROM routes.log_horizon WHERE id = 1`);
+        if (!h!.ready) return { kind: 'not_ready' };
         const compacted = Number(h!.compacted_through);
         const head = Number(h!.head);
         if (since === 0 || since < compacted || since > head) {
@@ -109,6 +112,9 @@ export function createRouteLogRepository(db: Database) {
         const affected = new Set<string>();
         const ups = JSON.stringify(msg.upserts.map((u) => ({ cidr: u.cidr, node: u.node })));
         if (msg.reset) {
+          // The first reset makes the log servable: wake streams that wait for it even when no entry changes.
+          await tx.execute(sql`WITH u AS (UPDATE routes.log_horizon SET affinities_synced_at = now() WHERE id = 1 AND affinities_synced_at IS NULL RETURNING 1)
+            SELECT pg_notify(${CHANGES_CHANNEL}, '') FROM u`);
           for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities RETURNING node`)) affected.add(String(r.node));
         } else if (msg.deletes.length > 0 || msg.upserts.length > 0) {
           const gone = JSON.stringify([...msg.deletes, ...msg.upserts.map((u) => u.cidr)]);
@@ -127,7 +133,8 @@ export function createRouteLogRepository(db: Database) {
     },
 
     /**
-     * One sweep, by at most one replica at a time (a transaction-scoped try-lock; others skip): withdraws nodes
+     * One sweep, by at most one replica at a time (a transaction-scoped try-lock; others skip), once block
+     * affinities were synced (before that, logging every node without its blocks would withdraw routes): withdraws nodes
      * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
      * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
      */
@@ -136,6 +143,8 @@ export function createRouteLogRepository(db: Database) {
         const [got] = await rows(tx, sql`SELECT pg_try_advisory_xact_lock(${LOCK_CLASS}, ${SWEEPER_LOCK}) AS got`);
         if (!got!.got) return { swept: false, changes: [], compacted: 0 };
         await lockChanges(tx);
+        const [ready] = await rows(tx, sql`SELECT affinities_synced_at IS NOT NULL AS ready FROM routes.log_horizon WHERE id = 1`);
+        if (!ready!.ready) return { swept: false, changes: [], compacted: 0 };
         const changes = await logNodeChanges(tx, 'all');
         const [c] = await rows(tx, sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
             gone AS (DELETE FROM routes.changes WHERE revision < (SELECT r FROM head)

@@ -41,9 +41,11 @@ export const changes = routes.table('changes', {
   changedAt: timestamp('changed_at', { withTimezone: true }).notNull().defaultNow(),
 }, (t) => [check('changes_kind_check', sql`${t.kind} IN ('upsert', 'delete') AND (${t.kind} = 'delete') = (${t.routes} IS NULL)`)]);
 
-/** One row: the highest revision compaction has removed; a watcher resuming from below it needs a snapshot. */
+/** One row: the highest revision compaction has removed (a watcher resuming from below it needs a snapshot), and whether block affinities were ever synced. */
 export const logHorizon = routes.table('log_horizon', {
   id: integer('id').primaryKey(),
   compactedThrough: bigint('compacted_through', { mode: 'number' }).notNull(),
+  /** When the affinity follower first recorded IPAM's snapshot; until then the log is not served and not swept. */
+  affinitiesSyncedAt: timestamp('affinities_synced_at', { withTimezone: true }),
 });
 
