@@ -11,6 +11,11 @@ export const controlPlaneSettings = {
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
   nodeGoneGraceSeconds: { env: 'WEFT_IPAM_NODE_GONE_GRACE_SECONDS', description: 'a node missing from the routes service this long has its allocations released', default: 300, parse: parsers.int(0, 30 * 86_400) },
+  nodeLeaseMs: { env: 'WEFT_NODE_LEASE_MS', description: 'how long a node registration lasts without renewal (agents renew every third of it)', default: 20_000, parse: parsers.int(100, 3_600_000) },
+  routesBookmarkMs: { env: 'WEFT_ROUTES_BOOKMARK_MS', description: 'idle WatchRoutes streams get a bookmark (their current revision) this often', default: 5000, parse: parsers.int(10, 600_000) },
+  routesPollMs: { env: 'WEFT_ROUTES_POLL_MS', description: 'WatchRoutes streams re-read the revision log at least this often (NOTIFY wakes them sooner)', default: 2000, parse: parsers.int(10, 60_000) },
+  routesLogKeep: { env: 'WEFT_ROUTES_LOG_KEEP', description: 'compaction keeps at least this many newest route changes', default: 10_000, parse: parsers.int(1, 100_000_000) },
+  routesLogMaxAgeS: { env: 'WEFT_ROUTES_LOG_MAX_AGE_S', description: 'compaction keeps every route change younger than this many seconds', default: 3600, parse: parsers.int(0, 31_536_000) },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
   traceExporter: { env: 'WEFT_TRACE_EXPORTER', description: 'none or console', default: 'none' as const, parse: parsers.oneOf('none', 'console') },
 } satisfies SettingsSpec;

@@ -8,7 +8,7 @@ import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
 import { mountRoutesService } from '../services/routes/main.js';
-import { NODES_CHANNEL } from '../services/routes/store/nodes.repository.js';
+import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
 import type { ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
 import { createHttpServer } from '../lib/http/json-gateway.js';
@@ -41,7 +41,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     url = embedded.url;
   }
   const database = connectDatabase(url);
-  const notifier = createNotifier(url, [BLOCKS_CHANNEL, NODES_CHANNEL], logger);
+  const notifier = createNotifier(url, [BLOCKS_CHANNEL, CHANGES_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   rmSync(socketPath, { force: true });
   const server = createServer();
@@ -61,7 +61,10 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       httpServer = createHttpServer([ipam.http]);
       httpPort = await listenHttp(httpServer, config.httpListen);
     }
-    routes = await mountRoutesService(server, { database, notifier, logger, ipamAddress });
+    routes = await mountRoutesService(server, {
+      database, databaseUrl: url, notifier, logger, ipamAddress,
+      options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
+    });
     await bindServer(server, ipamAddress);
     tcpPort = config.listen ? await bindServer(server, config.listen) : null;
   } catch (err) {

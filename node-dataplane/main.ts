@@ -17,6 +17,7 @@ import { createAgentMetrics } from './metrics.js';
 import { createReconciler } from './reconciler.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
+import { keepNodeLease } from './node-lease.js';
 
 /** The node agent: register, follow routes, reconcile the kernel, serve the CNI plugin. */
 async function main(): Promise<void> {
@@ -49,16 +50,19 @@ async function main(): Promise<void> {
   const routes = createClient(RoutesServiceService, target);
   const ipam = createClient(IpamServiceService, target);
 
+  const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
+  let leaseMs = 0;
   for (let attempt = 0; !stopper.signal.aborted; attempt++) {
     try {
-      await routes.registerNode({ name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac }, { timeoutMs: 5000 });
+      leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000 })).leaseMillis;
       break;
     } catch (err) {
       logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
       await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
     }
   }
-  logger.info('registered', { underlay: underlay.address });
+  logger.info('registered', { underlay: underlay.address, leaseMs });
+  keepNodeLease({ routes, registration, leaseMs, logger, signal: stopper.signal });
 
   const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
   let snapshot: ReturnType<typeof followRoutes> | null = null;

@@ -5,8 +5,10 @@ import type { RemoteNode } from '../domain/desired.js';
 
 /**
  * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel.
- * `synced` becomes true at the first complete snapshot (reset) and stays true across reconnects, which each
- * begin with a fresh snapshot.
+ * `synced` becomes true at the first complete snapshot (reset) and stays true across reconnects. A reconnect
+ * passes the last applied revision: the server sends the missed changes, which apply on top of the snapshot held,
+ * or (when that revision is no longer in its log) a fresh snapshot, which replaces it. Bookmarks only advance the
+ * revision.
  */
 export interface RoutesSnapshot {
   nodes: Map<string, RemoteNode>;
@@ -26,8 +28,14 @@ export function followRoutes(deps: {
     let backoff = 200;
     while (!deps.signal.aborted) {
       try {
-        for await (const ch of deps.client.watchRoutes({ node: deps.node }, { signal: deps.signal })) {
+        const sinceRevision = snap.synced ? snap.revision : 0;
+        for await (const ch of deps.client.watchRoutes({ node: deps.node, sinceRevision }, { signal: deps.signal })) {
           backoff = 200;
+          if (ch.bookmark) {
+            if (snap.synced) snap.revision = ch.revision;
+            continue;
+          }
+          if (!ch.reset && !snap.synced) continue; // nothing applies before the first snapshot
           if (ch.reset) snap.nodes = new Map();
           for (const u of ch.upserts) snap.nodes.set(u.node, { node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
           for (const d of ch.deletes) snap.nodes.delete(d);

@@ -6,21 +6,44 @@ import { addService } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
-import { createRouteView } from './route-view.js';
+import { startAffinityFollower } from './affinity-follower.js';
+import { startLeaseSweeper } from './lease-sweeper.js';
 import { createRoutesHandlers } from './rpc/routes.rpc.js';
 import { createNodesRepository } from './store/nodes.repository.js';
+import { createRouteLogRepository } from './store/route-log.repository.js';
 
-/** Wires the routes service: migrations, node store, the route view (which watches IPAM over gRPC), handlers. */
-export async function mountRoutesService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; ipamAddress: string }) {
+export interface RoutesServiceOptions {
+  /** How long a registration lasts without renewal. */
+  leaseMs: number;
+  /** Idle WatchRoutes streams get a bookmark this often. */
+  bookmarkMs: number;
+  /** Watchers re-read the log at least this often without a NOTIFY. */
+  pollMs: number;
+  /** Compaction keeps at least this many newest changes ... */
+  logKeep: number;
+  /** ... and every change younger than this. */
+  logMaxAgeSeconds: number;
+}
+
+/**
+ * Wires the routes service: migrations, node store, revision log, the affinity follower (which watches IPAM over
+ * gRPC; one replica at a time), the lease sweeper (one replica at a time), handlers. Stateless otherwise: any
+ * replica serves any watcher from the log.
+ */
+export async function mountRoutesService(server: Server, deps: { database: DatabaseHandle; databaseUrl: string; notifier: Notifier; logger: Logger; ipamAddress: string; options: RoutesServiceOptions }) {
   await applyMigrations(deps.database, 'routes');
+  const { options } = deps;
   const logger = deps.logger.child({ service: 'routes' });
   const nodes = createNodesRepository(deps.database.db);
+  const log = createRouteLogRepository(deps.database.db);
   const ipam = createClient(IpamServiceService, deps.ipamAddress);
-  const view = createRouteView({ nodes, notifier: deps.notifier, ipam, logger });
-  addService(server, RoutesServiceService, createRoutesHandlers({ nodes, view }), logger);
+  const follower = startAffinityFollower({ databaseUrl: deps.databaseUrl, ipam, log, logger });
+  const sweeper = startLeaseSweeper({ log, logger, intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))), keep: options.logKeep, maxAgeSeconds: options.logMaxAgeSeconds });
+  addService(server, RoutesServiceService, createRoutesHandlers({ nodes, log, notifier: deps.notifier, options }), logger);
   return {
     stop() {
-      view.stop();
+      sweeper.stop();
+      follower.stop();
       ipam.close();
     },
   };

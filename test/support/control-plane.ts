@@ -17,12 +17,19 @@ export interface TestControlPlane {
   stop(): Promise<void>;
 }
 
-export async function startTestControlPlane(overrides: Partial<Record<keyof typeof controlPlaneSettings, string>> = {}): Promise<TestControlPlane> {
-  const db: TestDatabase = await createTestDatabase();
+export interface TestControlPlaneOptions {
+  /** Serve from this database (another control plane's `databaseUrl`) instead of a fresh one: a second replica. It is not dropped on stop. */
+  databaseUrl?: string;
+  /** Control-plane settings (e.g. nodeLeaseMs), as their text values. */
+  settings?: Partial<Record<keyof typeof controlPlaneSettings, string>>;
+}
+
+export async function startTestControlPlane(opts: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
+  const db: TestDatabase = opts.databaseUrl ? { url: opts.databaseUrl, drop: async () => {} } : await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...overrides });
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...opts.settings });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
     cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger);
   } catch (err) {

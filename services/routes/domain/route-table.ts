@@ -7,6 +7,8 @@ export interface NodeRecord {
   underlayAddress: string;
   vtepMac: string;
   registeredAt: Date;
+  /** The node is in the route table only until then, unless it renews. */
+  leaseExpiresAt: Date;
 }
 
 export interface NodeRoutes {
@@ -21,6 +23,14 @@ export interface RoutesChange {
   reset: boolean;
   upserts: NodeRoutes[];
   deletes: string[];
+  /** No change: only the stream's current revision, sent on idle streams. */
+  bookmark: boolean;
+}
+
+/** One logged change (a node's whole entry, or null when it left the table) as a stream message. */
+export function changeMessage(c: { revision: number; node: string; routes: NodeRoutes | null }): RoutesChange {
+  return c.routes ? { revision: c.revision, reset: false, upserts: [c.routes], deletes: [], bookmark: false }
+    : { revision: c.revision, reset: false, upserts: [], deletes: [c.node], bookmark: false };
 }
 
 export function validateRegistration(input: { name: string; underlayAddress: string; vtepMac: string }) {
@@ -36,8 +46,8 @@ export function validateRegistration(input: { name: string; underlayAddress: str
   return { name: input.name, underlayAddress: input.underlayAddress, vtepMac: input.vtepMac.toLowerCase() };
 }
 
-/** The table every agent should see: registered nodes with the blocks affine to them (sorted, for stable diffs). */
-export function buildRouteTable(nodes: NodeRecord[], affinities: Map<string, string>): Map<string, NodeRoutes> {
+/** The table every agent should see (the store computes the same in SQL, store/route-log.repository.ts): registered nodes with the blocks affine to them (sorted, for stable diffs). */
+export function buildRouteTable(nodes: Pick<NodeRecord, 'name' | 'underlayAddress' | 'vtepMac'>[], affinities: Map<string, string>): Map<string, NodeRoutes> {
   const byNode = new Map<string, string[]>();
   for (const [cidr, node] of affinities) {
     let list = byNode.get(node);

@@ -1,34 +1,57 @@
 import { sql } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { NodeRecord } from '../domain/route-table.js';
+import { lockChanges, logNodeChanges } from './route-log.repository.js';
 
-export const NODES_CHANNEL = 'routes_nodes';
-
-/** The only queries on the routes service's tables. */
+/**
+ * The only queries on routes.nodes. Each write runs in one transaction with the route-log lock held and logs the
+ * node's change (if its entry in the route table changed) before it commits.
+ */
 export function createNodesRepository(db: Database) {
   const toNode = (r: Record<string, unknown>): NodeRecord => ({
-    name: String(r.name), underlayAddress: String(r.underlay_address), vtepMac: String(r.vtep_mac), registeredAt: new Date(r.registered_at as string),
+    name: String(r.name), underlayAddress: String(r.underlay_address), vtepMac: String(r.vtep_mac),
+    registeredAt: new Date(r.registered_at as string), leaseExpiresAt: new Date(r.lease_expires_at as string),
   });
+  const columns = sql`name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at, lease_expires_at`;
   return {
-    async register(n: { name: string; underlayAddress: string; vtepMac: string }): Promise<NodeRecord> {
-      const res = await db.execute(sql`WITH up AS (
-          INSERT INTO routes.nodes (name, underlay_address, vtep_mac, revision)
-          VALUES (${n.name}, ${n.underlayAddress}::inet, ${n.vtepMac}::macaddr, nextval('routes.revision_seq'))
-          ON CONFLICT (name) DO UPDATE SET underlay_address = excluded.underlay_address, vtep_mac = excluded.vtep_mac,
-            revision = CASE WHEN (routes.nodes.underlay_address, routes.nodes.vtep_mac) = (excluded.underlay_address, excluded.vtep_mac)
-                            THEN routes.nodes.revision ELSE excluded.revision END
-          RETURNING *), n AS (SELECT pg_notify(${NODES_CHANNEL}, ''))
-        SELECT name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at FROM up, n`);
-      return toNode(res.rows[0] as Record<string, unknown>);
+    /** Adds or updates the node and (re)starts its lease. */
+    async register(n: { name: string; underlayAddress: string; vtepMac: string }, leaseMs: number): Promise<NodeRecord> {
+      return db.transaction(async (tx) => {
+        await lockChanges(tx);
+        const res = await tx.execute(sql`WITH up AS (
+            INSERT INTO routes.nodes (name, underlay_address, vtep_mac, revision, lease_expires_at)
+            VALUES (${n.name}, ${n.underlayAddress}::inet, ${n.vtepMac}::macaddr, nextval('routes.revision_seq'), now() + make_interval(secs => ${leaseMs / 1000}))
+            ON CONFLICT (name) DO UPDATE SET underlay_address = excluded.underlay_address, vtep_mac = excluded.vtep_mac,
+              lease_expires_at = excluded.lease_expires_at,
+              revision = CASE WHEN (routes.nodes.underlay_address, routes.nodes.vtep_mac) = (excluded.underlay_address, excluded.vtep_mac)
+                              THEN routes.nodes.revision ELSE excluded.revision END
+            RETURNING *)
+          SELECT ${columns} FROM up`);
+        await logNodeChanges(tx, [n.name]);
+        return toNode(res.rows[0] as Record<string, unknown>);
+      });
+    },
+    /** Extends a registered node's lease; null when the node is not registered. A withdrawn node comes back. */
+    async renew(name: string, leaseMs: number): Promise<NodeRecord | null> {
+      return db.transaction(async (tx) => {
+        await lockChanges(tx);
+        const res = await tx.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
+          WHERE name = ${name} RETURNING ${columns}`);
+        if (res.rows.length === 0) return null;
+        await logNodeChanges(tx, [name]);
+        return toNode(res.rows[0] as Record<string, unknown>);
+      });
     },
     async deregister(name: string): Promise<boolean> {
-      const res = await db.execute(sql`WITH d AS (DELETE FROM routes.nodes WHERE name = ${name} RETURNING name), n AS (SELECT pg_notify(${NODES_CHANNEL}, ''))
-        SELECT name FROM d, n`);
-      return res.rows.length > 0;
+      return db.transaction(async (tx) => {
+        await lockChanges(tx);
+        const res = await tx.execute(sql`DELETE FROM routes.nodes WHERE name = ${name} RETURNING name`);
+        await logNodeChanges(tx, [name]);
+        return res.rows.length > 0;
+      });
     },
     async list(): Promise<NodeRecord[]> {
-      const res = await db.execute(sql`SELECT name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at
-        FROM routes.nodes ORDER BY name`);
+      const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes ORDER BY name`);
       return (res.rows as Record<string, unknown>[]).map(toNode);
     },
   };

@@ -1,0 +1,88 @@
+import pg from 'pg';
+import type { PromiseClient } from '../../lib/grpc/client.js';
+import type { Logger } from '../../lib/logger.js';
+import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import { FOLLOWER_LOCK_QUERY, type RouteLogRepository } from './store/route-log.repository.js';
+
+/**
+ * Turns IPAM's block affinities (WatchBlockAffinities over gRPC, never IPAM's tables) into route-log changes. Every
+ * replica runs one; only the one whose session holds the follower advisory lock follows, the others retry the lock
+ * every `retryMs`. The lock lives on a dedicated connection: when the follower dies or loses that connection,
+ * PostgreSQL releases the lock and another replica takes over (starting from IPAM's snapshot, which it compares
+ * with the logged state, so nothing is logged twice). Each write checks that this session still holds the lock.
+ */
+export function startAffinityFollower(deps: { databaseUrl: string; ipam: PromiseClient<typeof IpamServiceService>; log: RouteLogRepository; logger: Logger; retryMs?: number }) {
+  const { ipam, log, logger } = deps;
+  const retryMs = deps.retryMs ?? 1000;
+  const stopper = new AbortController();
+  let following = false;
+
+  const sleep = (ms: number) => new Promise<void>((r) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      stopper.signal.removeEventListener('abort', done);
+      r();
+    }
+    stopper.signal.addEventListener('abort', done, { once: true });
+  });
+
+  async function followWhileHolding(client: pg.Client, pid: number): Promise<void> {
+    const lost = new AbortController();
+    const onStop = () => lost.abort();
+    stopper.signal.addEventListener('abort', onStop, { once: true });
+    client.once('error', () => lost.abort());
+    client.once('end', () => lost.abort());
+    try {
+      while (!lost.signal.aborted) {
+        try {
+          for await (const msg of ipam.watchBlockAffinities({}, { signal: lost.signal })) {
+            if (!(await log.applyAffinities(pid, msg))) {
+              logger.warn('no longer the affinity follower');
+              return;
+            }
+          }
+        } catch (err) {
+          if (lost.signal.aborted) return;
+          logger.warn('IPAM affinity watch broke; reconnecting', { err: (err as Error).message });
+        }
+        await sleep(500);
+      }
+    } finally {
+      stopper.signal.removeEventListener('abort', onStop);
+    }
+  }
+
+  void (async () => {
+    while (!stopper.signal.aborted) {
+      const client = new pg.Client({ connectionString: deps.databaseUrl });
+      client.on('error', () => {});
+      try {
+        await client.connect();
+        while (!stopper.signal.aborted) {
+          const res = await client.query(FOLLOWER_LOCK_QUERY);
+          const row = res.rows[0] as { got: boolean; pid: number };
+          if (row.got) {
+            following = true;
+            logger.info('following IPAM block affinities');
+            await followWhileHolding(client, row.pid);
+            following = false;
+            break;
+          }
+          await sleep(retryMs);
+        }
+      } catch (err) {
+        if (!stopper.signal.aborted) logger.warn('affinity follower lost its database session', { err: (err as Error).message });
+      } finally {
+        following = false;
+        await client.end().catch(() => {});
+      }
+      await sleep(retryMs);
+    }
+  })();
+
+  return {
+    isFollowing: () => following,
+    stop: () => stopper.abort(),
+  };
+}

@@ -1,0 +1,165 @@
+import { sql, type SQL } from 'drizzle-orm';
+import type { Database } from '../../../lib/db/database.js';
+import type { NodeRoutes } from '../domain/route-table.js';
+
+/** NOTIFY channel raised by every transaction that appends to routes.changes (a wake-up only; the table is the record). */
+export const CHANGES_CHANNEL = 'routes_changes';
+
+/** Advisory lock keys (two-int form, so they are easy to find in pg_locks): Weft's class, then the role. */
+const LOCK_CLASS = 7400;
+export const AFFINITY_FOLLOWER_LOCK = 1;
+const SWEEPER_LOCK = 2;
+
+/** Something that runs SQL: the database or a transaction. */
+export type Executor = Pick<Database, 'execute'>;
+
+export interface LoggedChange {
+  revision: number;
+  node: string;
+  /** The node's whole entry for an upsert; null for a delete. */
+  routes: NodeRoutes | null;
+}
+
+export type LogRead =
+  /** The affinity follower has never recorded IPAM's snapshot: the table would lack every block, so it is not served. */
+  | { kind: 'not_ready' }
+  | { kind: 'snapshot'; revision: number; table: NodeRoutes[] }
+  | { kind: 'changes'; changes: LoggedChange[] };
+
+const rows = async (db: Executor, q: SQL) => (await db.execute(q)).rows as Record<string, unknown>[];
+
+/**
+ * Serializes every writer of the route table. Taken first in each writing transaction and held until commit, so
+ * (1) revisions, drawn from routes.change_seq after the lock, commit in revision order, and (2) each writer compares
+ * the desired state with the logged state that the previous writer committed.
+ */
+export async function lockChanges(tx: Executor): Promise<void> {
+  await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('routes.changes'))`);
+}
+
+/**
+ * Appends a change for every node (of `names`, or all) whose desired entry differs from the logged one, and makes
+ * the logged table equal to the desired one. Desired: nodes with a live lease, with the blocks the affinity follower
+ * recorded for them. Idempotent: a second call with nothing changed writes nothing. Caller holds lockChanges.
+ */
+export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Promise<LoggedChange[]> {
+  const only = names === 'all' ? sql`true` : sql`name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
+  const onlyLogged = names === 'all' ? sql`true` : sql`node IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
+  if (names !== 'all' && names.length === 0) return [];
+  const res = await rows(tx, sql`
+    WITH desired AS (
+      SELECT n.name AS node, jsonb_build_object(
+          'node', n.name, 'underlayAddress', host(n.underlay_address), 'vtepMac', n.vtep_mac::text,
+          'blockCidrs', coalesce((SELECT jsonb_agg(b.cidr::text ORDER BY b.cidr::text) FROM routes.block_affinities b WHERE b.node = n.name), '[]'::jsonb)
+        ) AS routes
+      FROM routes.nodes n WHERE n.lease_expires_at > now() AND ${only}
+    ), logged AS (
+      SELECT node, routes FROM routes.route_table WHERE ${onlyLogged}
+    ), diff AS (
+      SELECT coalesce(d.node, l.node) AS node, d.routes FROM desired d FULL JOIN logged l ON l.node = d.node
+      WHERE d.routes IS DISTINCT FROM l.routes ORDER BY 1
+    ), ins AS (
+      INSERT INTO routes.changes (revision, node, kind, routes)
+      SELECT nextval('routes.change_seq'), node, CASE WHEN routes IS NULL THEN 'delete' ELSE 'upsert' END, routes FROM diff
+      RETURNING revision, node, routes
+    ), up AS (
+      INSERT INTO routes.route_table (node, routes, revision) SELECT node, routes, revision FROM ins WHERE routes IS NOT NULL
+      ON CONFLICT (node) DO UPDATE SET routes = excluded.routes, revision = excluded.revision
+    ), del AS (
+      DELETE FROM routes.route_table WHERE node IN (SELECT node FROM ins WHERE routes IS NULL)
+    )
+    SELECT revision, node, routes FROM ins ORDER BY revision`);
+  if (res.length > 0) await tx.execute(sql`SELECT pg_notify(${CHANGES_CHANNEL}, '')`);
+  return res.map((r) => ({ revision: Number(r.revision), node: String(r.node), routes: (r.routes as NodeRoutes | null) ?? null }));
+}
+
+/** Reads and writes of the revision log that are not node registrations. */
+export function createRouteLogRepository(db: Database) {
+  return {
+    /**
+     * What a watcher at `since` needs, read in one REPEATABLE READ snapshot: the changes after it (at most `limit`)
+     * when they are all still in the log, else the whole logged table and its revision.
+     */
+    async read(since: number, limit = 500): Promise<LogRead> {
+      return db.transaction(async (tx) => {
+        const [h] = await rows(tx, sql`SELECT compacted_through, affinities_synced_at IS NOT NULL AS ready,
+            greatest(compacted_through, (SELECT coalesce(max(revision), 0) FROM routes.changes)) AS head
+          FROM routes.log_horizon WHERE id = 1`);
+        if (!h!.ready) return { kind: 'not_ready' };
+        const compacted = Number(h!.compacted_through);
+        const head = Number(h!.head);
+        if (since === 0 || since < compacted || since > head) {
+          const table = await rows(tx, sql`SELECT routes FROM routes.route_table ORDER BY node`);
+          return { kind: 'snapshot', revision: head, table: table.map((r) => r.routes as NodeRoutes) };
+        }
+        const res = await rows(tx, sql`SELECT revision, node, routes FROM routes.changes WHERE revision > ${since} ORDER BY revision LIMIT ${limit}`);
+        return { kind: 'changes', changes: res.map((r) => ({ revision: Number(r.revision), node: String(r.node), routes: (r.routes as NodeRoutes | null) ?? null })) };
+      }, { isolationLevel: 'repeatable read', accessMode: 'read only' });
+    },
+
+    /**
+     * Records one message of IPAM's affinity watch (a reset replaces everything) and logs the nodes it affects,
+     * but only while `followerPid` (the affinity follower's session) still holds the follower lock: a follower that
+     * lost its session can no longer write. Returns false when fenced off.
+     */
+    async applyAffinities(followerPid: number, msg: { reset: boolean; upserts: { cidr: string; node: string }[]; deletes: string[] }): Promise<boolean> {
+      return db.transaction(async (tx) => {
+        await lockChanges(tx);
+        const [fence] = await rows(tx, sql`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+            AND classid = ${LOCK_CLASS} AND objid = ${AFFINITY_FOLLOWER_LOCK} AND objsubid = 2 AND pid = ${followerPid}
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held`);
+        if (!fence!.held) return false;
+        const affected = new Set<string>();
+        const ups = JSON.stringify(msg.upserts.map((u) => ({ cidr: u.cidr, node: u.node })));
+        if (msg.reset) {
+          // The first reset makes the log servable: wake streams that wait for it even when no entry changes.
+          await tx.execute(sql`WITH u AS (UPDATE routes.log_horizon SET affinities_synced_at = now() WHERE id = 1 AND affinities_synced_at IS NULL RETURNING 1)
+            SELECT pg_notify(${CHANGES_CHANNEL}, '') FROM u`);
+          for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities RETURNING node`)) affected.add(String(r.node));
+        } else if (msg.deletes.length > 0 || msg.upserts.length > 0) {
+          const gone = JSON.stringify([...msg.deletes, ...msg.upserts.map((u) => u.cidr)]);
+          for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities
+              WHERE cidr IN (SELECT c::cidr FROM jsonb_array_elements_text(${gone}::jsonb) c) RETURNING node`)) affected.add(String(r.node));
+        }
+        if (msg.upserts.length > 0) {
+          await tx.execute(sql`INSERT INTO routes.block_affinities (cidr, node)
+            SELECT (u->>'cidr')::cidr, u->>'node' FROM jsonb_array_elements(${ups}::jsonb) u
+            ON CONFLICT (cidr) DO UPDATE SET node = excluded.node`);
+          for (const u of msg.upserts) affected.add(u.node);
+        }
+        await logNodeChanges(tx, [...affected]);
+        return true;
+      });
+    },
+
+    /**
+     * One sweep, by at most one replica at a time (a transaction-scoped try-lock; others skip), once block
+     * affinities were synced (before that, logging every node without its blocks would withdraw routes): withdraws nodes
+     * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
+     * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
+     */
+    async sweep(opts: { keep: number; maxAgeSeconds: number }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number }> {
+      return db.transaction(async (tx) => {
+        const [got] = await rows(tx, sql`SELECT pg_try_advisory_xact_lock(${LOCK_CLASS}, ${SWEEPER_LOCK}) AS got`);
+        if (!got!.got) return { swept: false, changes: [], compacted: 0 };
+        await lockChanges(tx);
+        const [ready] = await rows(tx, sql`SELECT affinities_synced_at IS NOT NULL AS ready FROM routes.log_horizon WHERE id = 1`);
+        if (!ready!.ready) return { swept: false, changes: [], compacted: 0 };
+        const changes = await logNodeChanges(tx, 'all');
+        const [c] = await rows(tx, sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
+            gone AS (DELETE FROM routes.changes WHERE revision < (SELECT r FROM head)
+              AND revision <= (SELECT r FROM head) - ${opts.keep} AND changed_at < now() - make_interval(secs => ${opts.maxAgeSeconds})
+              RETURNING revision),
+            h AS (UPDATE routes.log_horizon SET compacted_through = greatest(compacted_through, (SELECT max(revision) FROM gone))
+              WHERE id = 1 AND EXISTS (SELECT 1 FROM gone))
+          SELECT count(*) AS n FROM gone`);
+        return { swept: true, changes, compacted: Number(c!.n) };
+      });
+    },
+  };
+}
+
+export type RouteLogRepository = ReturnType<typeof createRouteLogRepository>;
+
+/** The lock the affinity follower holds on its own session for as long as it follows (released when it disconnects). */
+export const FOLLOWER_LOCK_QUERY = `SELECT pg_try_advisory_lock(${LOCK_CLASS}, ${AFFINITY_FOLLOWER_LOCK}) AS got, pg_backend_pid() AS pid`;
