@@ -46,33 +46,3 @@ export function validateRegistration(input: { name: string; underlayAddress: str
   return { name: input.name, underlayAddress: input.underlayAddress, vtepMac: input.vtepMac.toLowerCase() };
 }
 
-/** The table every agent should see (the store computes the same in SQL, store/route-log.repository.ts): registered nodes with the blocks affine to them (sorted, for stable diffs). */
-export function buildRouteTable(nodes: Pick<NodeRecord, 'name' | 'underlayAddress' | 'vtepMac'>[], affinities: Map<string, string>): Map<string, NodeRoutes> {
-  const byNode = new Map<string, string[]>();
-  for (const [cidr, node] of affinities) {
-    let list = byNode.get(node);
-    if (!list) byNode.set(node, (list = []));
-    list.push(cidr);
-  }
-  const out = new Map<string, NodeRoutes>();
-  for (const n of nodes) {
-    out.set(n.name, { node: n.name, underlayAddress: n.underlayAddress, vtepMac: n.vtepMac, blockCidrs: (byNode.get(n.name) ?? []).sort() });
-  }
-  return out;
-}
-
-function sameRoutes(a: NodeRoutes, b: NodeRoutes): boolean {
-  return a.underlayAddress === b.underlayAddress && a.vtepMac === b.vtepMac && a.blockCidrs.join(',') === b.blockCidrs.join(',');
-}
-
-/** The change from one table to the next; empty when nothing differs. */
-export function diffRouteTables(before: Map<string, NodeRoutes>, after: Map<string, NodeRoutes>): { upserts: NodeRoutes[]; deletes: string[] } {
-  const upserts: NodeRoutes[] = [];
-  const deletes: string[] = [];
-  for (const [name, r] of after) {
-    const old = before.get(name);
-    if (!old || !sameRoutes(old, r)) upserts.push(r);
-  }
-  for (const name of before.keys()) if (!after.has(name)) deletes.push(name);
-  return { upserts, deletes };
-}
