@@ -7,9 +7,10 @@ import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { agentStatus, compareNode, describeEntry, readNodeKernel, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
-import { addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, startAgent, stopAgent } from './cluster/cluster.js';
+import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage. */
 class UsageError extends Error {}
@@ -25,6 +26,8 @@ const USAGE = `usage: weft <command> [options]
   cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
   cluster pod del POD                           detach it
   cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
+  nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
+  routes NODE [--json]                          what NODE's kernel should hold and, in the local cluster, whether it does
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS]
   ipam allocations [--pool P] [--node N] [--json]
@@ -180,6 +183,44 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     throw new UsageError(`unknown command: weft ${cmd}`);
+  }
+
+  if (pos[0] === 'nodes' || pos[0] === 'routes') {
+    const cluster = existsSync(path.join(stateDir, 'state.json')) ? readState(stateDir) : null;
+    const server = o.server ?? process.env.WEFT_SERVER ?? (cluster ? controlPlaneTarget(cluster) : '127.0.0.1:7400');
+    const routes = createClient(RoutesServiceService, server);
+    try {
+      const snapshot = await routeTableSnapshot(routes);
+      if (pos[0] === 'nodes') {
+        const { nodes } = await routes.listNodes({}, { timeoutMs: 10_000 });
+        const rows = await Promise.all(nodes.map(async (n) => {
+          const local = cluster?.nodes.find((c) => c.name === n.name);
+          const agent = local ? await agentStatus(local.netns, AGENT_METRICS_PORT) : null;
+          const leaseLeft = n.leaseExpireTime ? Math.round((n.leaseExpireTime.getTime() - Date.now()) / 1000) : null;
+          const inTable = snapshot.nodes.some((x) => x.node === n.name);
+          return { name: n.name, underlayAddress: n.underlayAddress, vtepMac: n.vtepMac, leaseSecondsLeft: leaseLeft, inRouteTable: inTable, agent };
+        }));
+        print(json, { revision: snapshot.revision, nodes: rows }, () => [`route table at revision ${snapshot.revision}`, ...rows.map((r) =>
+          `${r.name.padEnd(14)} ${r.underlayAddress.padEnd(16)} ${r.vtepMac}  lease ${r.leaseSecondsLeft === null ? '-' : r.leaseSecondsLeft > 0 ? `${r.leaseSecondsLeft}s left` : 'expired'}${r.inRouteTable ? '' : ' (withdrawn)'}` +
+          (r.agent ? `  agent ${r.agent.synced ? 'synced' : 'NOT synced'} at revision ${r.agent.revision}${r.agent.revision >= snapshot.revision ? '' : ' (behind)'}`
+            : cluster?.nodes.some((c) => c.name === r.name) ? '  agent not answering' : ''))].join('\n'));
+        return 0;
+      }
+      if (pos.length !== 2) throw new UsageError('usage: weft routes NODE');
+      const name = pos[1]!;
+      if (!snapshot.nodes.some((n) => n.node === name)) throw new Error(`node ${name} is not in the route table (weft nodes lists the nodes)`);
+      const local = cluster?.nodes.find((c) => c.name === name);
+      const report = compareNode(name, snapshot.revision, snapshot.nodes, local ? await readNodeKernel(local.netns) : null);
+      print(json, report, () => [
+        `${name} at route-table revision ${report.revision}: ${report.desired.length} entries`,
+        ...report.desired.map((e) => `  ${report.missing?.some((m) => m.kind === e.kind && m.key === e.key) ? 'MISSING' : report.missing ? 'ok     ' : '       '} ${describeEntry(e)}`),
+        ...(report.stale ?? []).map((e) => `  STALE   ${describeEntry(e)}`),
+        report.missing === null ? '(not a local-cluster node: its kernel is not read from here)' : report.missing.length + (report.stale?.length ?? 0) === 0 ? 'the kernel holds exactly this' : 'the kernel differs',
+      ].join('\n'));
+      return report.missing && report.missing.length + (report.stale?.length ?? 0) > 0 ? 1 : 0;
+    } finally {
+      routes.close();
+    }
   }
 
   if (pos[0] === 'ipam') {

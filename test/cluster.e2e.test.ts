@@ -149,6 +149,37 @@ describe('local cluster end to end', opts, () => {
     for (const pid of [...pidsBefore, cpPid]) assert.ok(isAlive(pid));
   });
 
+  test('weft nodes and weft routes show what each node should have and whether its kernel has it', async () => {
+    const nodes = JSON.parse(await weft('nodes', '--json')) as { revision: number; nodes: { name: string; inRouteTable: boolean; agent: { synced: boolean; revision: number } | null }[] };
+    assert.deepEqual(nodes.nodes.map((n) => n.name), ['node1', 'node2', 'node3', 'node4']);
+    for (const n of nodes.nodes) {
+      assert.ok(n.inRouteTable, `${n.name} is in the route table`);
+      assert.ok(n.agent?.synced, `${n.name}'s agent reports it is synced`);
+    }
+    const report = JSON.parse(await weft('routes', 'node1', '--json')) as { desired: unknown[]; missing: unknown[]; stale: unknown[] };
+    assert.equal(report.desired.length, 3 * 3, 'a neighbour, an FDB entry and a route for each of the three other nodes\' blocks');
+    assert.deepEqual([report.missing, report.stale], [[], []]);
+    // With node3's agent stopped, a route deleted by hand shows as missing (exit 1); the restarted agent repairs it.
+    const node3 = readState(stateDir).nodes.find((n) => n.name === 'node3')!;
+    const victim = (JSON.parse(await weft('routes', 'node3', '--json')) as { desired: { kind: string; cidr?: string }[] }).desired.find((e) => e.kind === 'route')!;
+    await weft('cluster', 'agent', 'stop', 'node3');
+    try {
+      await run('ip', ['-n', node3.netns, 'route', 'del', victim.cidr!]);
+      const drift = await run(bin.weft, ['routes', 'node3', '--json', '--state-dir', stateDir]).then(() => null, (e: { code: number; stdout: string }) => e);
+      assert.equal(drift?.code, 1);
+      assert.deepEqual((JSON.parse(drift!.stdout) as { missing: { cidr: string }[] }).missing.map((m) => m.cidr), [victim.cidr]);
+    } finally {
+      await weft('cluster', 'agent', 'start', 'node3');
+    }
+    const deadline = Date.now() + 30_000;
+    let ok = false;
+    while (!ok && Date.now() < deadline) {
+      ok = await run(bin.weft, ['routes', 'node3', '--state-dir', stateDir]).then(() => true, () => false);
+      if (!ok) await new Promise((r) => setTimeout(r, 300));
+    }
+    assert.ok(ok, 'the restarted agent restored the route');
+  });
+
   test('deleting a pod frees its address and removes its interface and host route; a second DEL succeeds', async () => {
     const victim = pods.find((p) => p.name === 'p2-2')!;
     const node = readState(stateDir).nodes.find((n) => n.name === victim.node)!;

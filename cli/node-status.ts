@@ -1,0 +1,76 @@
+import { run } from '../lib/exec.js';
+import type { PromiseClient } from '../lib/grpc/client.js';
+import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { computeDesired, emptyState, planChanges, type KernelEntry, type KernelState, type RemoteNode } from '../node-dataplane/domain/desired.js';
+
+/**
+ * `weft nodes` and `weft routes NODE`: what each node should have (from the routes service) and, for nodes of the
+ * local cluster, whether its kernel has it (read with iproute2 inside the node's namespace) and what its agent says.
+ */
+export async function routeTableSnapshot(routes: PromiseClient<typeof RoutesServiceService>): Promise<{ revision: number; nodes: RemoteNode[] }> {
+  const ac = new AbortController();
+  try {
+    for await (const m of routes.watchRoutes({ node: '' }, { signal: ac.signal, timeoutMs: 15_000 })) {
+      if (!m.reset) continue;
+      return { revision: m.revision, nodes: m.upserts.map((u) => ({ node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs })) };
+    }
+    throw new Error('the route watch ended before its snapshot');
+  } finally {
+    ac.abort();
+  }
+}
+
+/** Weft's overlay entries in a node namespace's kernel, read back the way the agent owns them. */
+export async function readNodeKernel(netns: string, device = 'weft.vxlan', routeProtocol = 87): Promise<KernelState> {
+  const s = emptyState();
+  const json = async (file: string, args: string[]) => JSON.parse((await run(file, args)) || '[]') as Record<string, unknown>[];
+  for (const r of await json('ip', ['-n', netns, '-j', 'route', 'show', 'proto', String(routeProtocol), 'dev', device])) {
+    const cidr = String(r.dst).includes('/') ? String(r.dst) : `${r.dst}/32`;
+    s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: String(r.gateway ?? '') });
+  }
+  for (const n of await json('ip', ['-n', netns, '-j', 'neigh', 'show', 'dev', device])) {
+    if (!(n.state as string[] | undefined)?.includes('PERMANENT') || !n.lladdr) continue;
+    s.neighbours.set(String(n.dst), { kind: 'neighbour', key: String(n.dst), ip: String(n.dst), mac: String(n.lladdr) });
+  }
+  for (const f of await json('bridge', ['-n', netns, '-j', 'fdb', 'show', 'dev', device])) {
+    if (!f.dst || f.mac === '00:00:00:00:00:00') continue;
+    s.fdb.set(String(f.mac), { kind: 'fdb', key: String(f.mac), mac: String(f.mac), dst: String(f.dst) });
+  }
+  return s;
+}
+
+export interface NodeRoutesReport {
+  node: string;
+  revision: number;
+  desired: KernelEntry[];
+  /** Null when the node's kernel cannot be read from here (not a local-cluster node). */
+  missing: KernelEntry[] | null;
+  stale: KernelEntry[] | null;
+}
+
+export function compareNode(node: string, revision: number, nodes: RemoteNode[], actual: KernelState | null): NodeRoutesReport {
+  const desired = computeDesired(node, nodes);
+  const list = [...desired.neighbours.values(), ...desired.fdb.values(), ...desired.routes.values()];
+  if (!actual) return { node, revision, desired: list, missing: null, stale: null };
+  const plan = planChanges(desired, actual);
+  return {
+    node, revision, desired: list,
+    missing: plan.phases.filter((p) => p.op === 'add').flatMap((p) => p.entries),
+    stale: plan.phases.filter((p) => p.op === 'delete').flatMap((p) => p.entries),
+  };
+}
+
+export const describeEntry = (e: KernelEntry) =>
+  e.kind === 'route' ? `route ${e.cidr} via ${e.gateway} onlink` : e.kind === 'neighbour' ? `neighbour ${e.ip} lladdr ${e.mac}` : `fdb ${e.mac} dst ${e.dst}`;
+
+/** The agent's own view from its metrics endpoint inside the node namespace. */
+export async function agentStatus(netns: string, port: number): Promise<{ synced: boolean; revision: number } | null> {
+  try {
+    const text = await run('ip', ['netns', 'exec', netns, process.execPath, '-e',
+      `fetch('http://127.0.0.1:${port}/metrics').then(r => r.text()).then(t => process.stdout.write(t), () => process.exit(1))`], { timeoutMs: 5000 });
+    const value = (name: string) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+    return { synced: value('weft_agent_synced') === 1, revision: value('weft_agent_revision_applied') };
+  } catch {
+    return null;
+  }
+}
