@@ -1,0 +1,94 @@
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { clusterDown, clusterUp, networkConfig, runCni, type NodeState } from '../cli/cluster/cluster.js';
+import { run } from '../lib/exec.js';
+import { median, ms, percentile, printTable, type Row } from './support.js';
+
+/**
+ * bench/cni: weft-cni ADD and DEL latency per pod (p50, p99), run exactly as a runtime runs it on a node of the local
+ * cluster, beside the bare start-up of `node -e 0` and beside Debian's reference bridge + host-local plugins on the
+ * same node, in the same run. Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
+ * containernetworking-plugins (bench/install-deps.sh installs it).
+ */
+const PODS = Number(process.env.WEFT_BENCH_PODS ?? 30);
+const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
+const REF = '/usr/lib/cni';
+
+function timed(file: string, args: string[], env: Record<string, string>, stdin = ''): Promise<{ ms: number; code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(file, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ ms: performance.now() - t0, code, out }));
+    child.stdin.on('error', () => {});
+    child.stdin.end(stdin);
+  });
+}
+
+async function main() {
+  if (!existsSync(`${REF}/bridge`)) throw new Error(`${REF}/bridge not found: run \`bash bench/install-deps.sh\` (Debian package containernetworking-plugins)`);
+  const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-cni-'));
+  chmodSync(dir, 0o755);
+  const state = await clusterUp({ stateDir: path.join(dir, 'cluster'), nodes: 1 });
+  const node: NodeState = state.nodes[0]!;
+  const results = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
+  const p = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
+  try {
+    const refConf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cnibench0', isGateway: true,
+      ipam: { type: 'host-local', subnet: '10.99.0.0/16', dataDir: path.join(dir, 'host-local') } });
+    for (let r = 0; r < RUNS; r++) {
+      const run1 = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
+      for (let i = 0; i < PODS; i++) {
+        const ns = `${state.prefix}-bench-${r}-${i}`;
+        await run('ip', ['netns', 'add', ns]);
+        try {
+          const env = { CNI_CONTAINERID: `bench${r}x${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: REF };
+          let t = performance.now();
+          const add = await runCni(node, { ...env, CNI_COMMAND: 'ADD' }, networkConfig(node));
+          run1.weftAdd.push(performance.now() - t);
+          if (add.exitCode !== 0) throw new Error(`weft-cni ADD failed: ${add.stdout}`);
+          t = performance.now();
+          const del = await runCni(node, { ...env, CNI_COMMAND: 'DEL' }, networkConfig(node));
+          run1.weftDel.push(performance.now() - t);
+          if (del.exitCode !== 0) throw new Error(`weft-cni DEL failed: ${del.stdout}`);
+          const refEnv = { ...env, CNI_IFNAME: 'eth1', CNI_CONTAINERID: `ref${r}x${i}` };
+          const radd = await timed('ip', ['netns', 'exec', node.netns, `${REF}/bridge`], { ...refEnv, CNI_COMMAND: 'ADD' }, refConf);
+          if (radd.code !== 0) throw new Error(`bridge ADD failed: ${radd.out}`);
+          run1.refAdd.push(radd.ms);
+          const rdel = await timed('ip', ['netns', 'exec', node.netns, `${REF}/bridge`], { ...refEnv, CNI_COMMAND: 'DEL' }, refConf);
+          if (rdel.code !== 0) throw new Error(`bridge DEL failed: ${rdel.out}`);
+          run1.refDel.push(rdel.ms);
+          run1.bare.push((await timed('ip', ['netns', 'exec', node.netns, process.execPath, '-e', '0'], {})).ms);
+        } finally {
+          await run('ip', ['netns', 'del', ns]).catch(() => {});
+        }
+      }
+      for (const k of Object.keys(run1) as (keyof typeof run1)[]) {
+        const sorted = [...run1[k]].sort((a, b) => a - b);
+        results[k].push(percentile(sorted, 50));
+        p[k].push(percentile(sorted, 99));
+      }
+    }
+  } finally {
+    await clusterDown({ stateDir: path.join(dir, 'cluster') });
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const m50 = (k: keyof typeof results) => median(results[k]);
+  const m99 = (k: keyof typeof p) => median(p[k]);
+  const rows: Row[] = [
+    { figure: 'weft-cni ADD p50 / p99', value: `${ms(m50('weftAdd'))} / ${ms(m99('weftAdd'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}`, goal: '<= +30 ms at p50' },
+    { figure: 'weft-cni DEL p50 / p99', value: `${ms(m50('weftDel'))} / ${ms(m99('weftDel'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftDel') - m50('bare'))}` },
+    { figure: 'bridge + host-local ADD p50 / p99', value: `${ms(m50('refAdd'))} / ${ms(m99('refAdd'))}`, baseline: 'weft ADD p50', ratio: (m50('weftAdd') / m50('refAdd')).toFixed(2) + 'x' },
+    { figure: 'bridge + host-local DEL p50 / p99', value: `${ms(m50('refDel'))} / ${ms(m99('refDel'))}`, baseline: 'weft DEL p50', ratio: (m50('weftDel') / m50('refDel')).toFixed(2) + 'x' },
+  ];
+  printTable(`bench/cni — medians of ${RUNS} runs of ${PODS} pods, sequential, each run through \`ip netns exec <node>\``, rows);
+}
+
+main().then(() => process.exit(0), (err) => {
+  process.stderr.write(`bench/cni: ${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});
