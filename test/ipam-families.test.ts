@@ -2,27 +2,20 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import pg from 'pg';
-import { createClient } from '../lib/grpc/client.js';
-import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
-import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+import { IpFamily } from '../gen/weft/ipam/v1/ipam.js';
+import { startIpamTestbed, type IpamTestbed } from './support/control-plane.js';
 
 /** IPv6 and dual stack, cool-down, garbage collection, history and utilization, on real PostgreSQL over gRPC. */
-let cp: TestControlPlane;
-let ipam: ReturnType<typeof createClient<typeof IpamServiceService>>;
+let tb: IpamTestbed;
+let ipam: IpamTestbed['ipam'];
 let sql: pg.Client;
 
 before(async () => {
-  cp = await startTestControlPlane();
-  ipam = createClient(IpamServiceService, cp.address);
-  sql = new pg.Client({ connectionString: cp.databaseUrl });
-  await sql.connect();
+  tb = await startIpamTestbed();
+  ({ ipam, sql } = tb);
 });
 
-after(async () => {
-  ipam?.close();
-  await sql?.end();
-  await cp?.stop();
-});
+after(() => tb?.stop());
 
 const req = (handle: string, extra: Record<string, unknown> = {}) => ({ handle, node: 'node-a', podNamespace: 'ns', podName: handle.split('/')[0]!, containerId: handle.split('/')[0]!, ...extra });
 

@@ -6,23 +6,18 @@ import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { formatCidr, parseCidr, cidrSize } from '../lib/net/ip.js';
-import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+import { startIpamTestbed, type IpamTestbed, type TestControlPlane } from './support/control-plane.js';
 
 /** Routing domains, clusters and the prefixes carved for them from shared aggregates, on real PostgreSQL. */
+let tb: IpamTestbed;
 let cp: TestControlPlane;
-let ipam: ReturnType<typeof createClient<typeof IpamServiceService>>;
+let ipam: IpamTestbed['ipam'];
 let sql: pg.Client;
 before(async () => {
-  cp = await startTestControlPlane();
-  ipam = createClient(IpamServiceService, cp.address);
-  sql = new pg.Client({ connectionString: cp.databaseUrl });
-  await sql.connect();
+  tb = await startIpamTestbed();
+  ({ cp, ipam, sql } = tb);
 });
-after(async () => {
-  ipam?.close();
-  await sql?.end();
-  await cp?.stop();
-});
+after(() => tb?.stop());
 
 const code = (c: status, domain: string) => (e: { code: number }) => e.code === c && errorCodeOf(e) === domain;
 

@@ -5,25 +5,20 @@ import pg from 'pg';
 import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
-import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+import { startIpamTestbed, type IpamTestbed, type TestControlPlane } from './support/control-plane.js';
 
 /** IPAM over real gRPC on a real PostgreSQL. */
+let tb: IpamTestbed;
 let cp: TestControlPlane;
-let ipam: ReturnType<typeof createClient<typeof IpamServiceService>>;
+let ipam: IpamTestbed['ipam'];
 let sql: pg.Client;
 
 before(async () => {
-  cp = await startTestControlPlane();
-  ipam = createClient(IpamServiceService, cp.address);
-  sql = new pg.Client({ connectionString: cp.databaseUrl });
-  await sql.connect();
+  tb = await startIpamTestbed();
+  ({ cp, ipam, sql } = tb);
 });
 
-after(async () => {
-  ipam?.close();
-  await sql?.end();
-  await cp?.stop();
-});
+after(() => tb?.stop());
 
 async function rejects(p: Promise<unknown>, code: status, domainCode: string, message: RegExp) {
   await assert.rejects(p, (err: { code: number; details: string }) => {

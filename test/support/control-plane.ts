@@ -1,6 +1,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
+import { createClient, type PromiseClient } from '../../lib/grpc/client.js';
+import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { startControlPlane, type ControlPlane } from '../../cli/control-plane.js';
 import { loadSettings } from '../../lib/config.js';
 import { controlPlaneSettings } from '../../cli/control-plane.config.js';
@@ -46,6 +49,37 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
       await cp.stop();
       await db.drop();
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A control plane with an IPAM client and a direct SQL connection (to look under the API), stopped as one. */
+export interface IpamTestbed {
+  cp: TestControlPlane;
+  ipam: PromiseClient<typeof IpamServiceService>;
+  sql: pg.Client;
+  stop(): Promise<void>;
+}
+
+export async function startIpamTestbed(opts: TestControlPlaneOptions = {}): Promise<IpamTestbed> {
+  const cp = await startTestControlPlane(opts);
+  const ipam = createClient(IpamServiceService, cp.address);
+  const sql = new pg.Client({ connectionString: cp.databaseUrl });
+  try {
+    await sql.connect();
+  } catch (err) {
+    ipam.close();
+    await cp.stop();
+    throw err;
+  }
+  return {
+    cp,
+    ipam,
+    sql,
+    async stop() {
+      ipam.close();
+      await sql.end().catch(() => {});
+      await cp.stop();
     },
   };
 }

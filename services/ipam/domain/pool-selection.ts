@@ -1,5 +1,5 @@
 import { ipamErrors } from './ipam.errors.js';
-import { matches, parseSelector } from './selector.js';
+import { matches, parseSelectorOnce } from './selector.js';
 
 /**
  * Which pools an allocation may use, in order. Precedence (documented in DESIGN.md):
@@ -35,12 +35,12 @@ export function selectPools<P extends PoolRule>(pools: P[], ctx: SelectionContex
     if (!p) throw ipamErrors.poolNotFound(asked);
     if (p.disabled) throw ipamErrors.poolDisabled(asked);
     if (!p.allowedUses.includes(ctx.use)) throw ipamErrors.useNotAllowed(asked, ctx.use, p.allowedUses);
-    if (!matches(parseSelector(p.nodeSelector), ctx.nodeLabels)) throw ipamErrors.nodeNotSelected(asked, p.nodeSelector);
+    if (!matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels)) throw ipamErrors.nodeNotSelected(asked, p.nodeSelector);
     return [p];
   }
   return pools
     .filter((p) => !p.disabled && p.allowedUses.includes(ctx.use))
-    .filter((p) => matches(parseSelector(p.nodeSelector), ctx.nodeLabels) && matches(parseSelector(p.namespaceSelector), ctx.namespaceLabels))
+    .filter((p) => matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels) && matches(parseSelectorOnce(p.namespaceSelector), ctx.namespaceLabels))
     .sort((a, b) => {
       const sa = a.nodeSelector || a.namespaceSelector ? 0 : 1;
       const sb = b.nodeSelector || b.namespaceSelector ? 0 : 1;

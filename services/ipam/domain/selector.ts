@@ -50,6 +50,19 @@ export function parseSelector(text: string, field = 'selector'): Requirement[] {
   });
 }
 
+/** Pools' selectors are few and rarely change: each text is parsed once, not on every allocation. */
+const parsed = new Map<string, Requirement[]>();
+
+export function parseSelectorOnce(text: string): Requirement[] {
+  let r = parsed.get(text);
+  if (!r) {
+    r = parseSelector(text);
+    if (parsed.size >= 1024) parsed.clear();
+    parsed.set(text, r);
+  }
+  return r;
+}
+
 export function matches(selector: Requirement[], labels: Record<string, string>): boolean {
   return selector.every((r) => {
     const has = Object.prototype.hasOwnProperty.call(labels, r.key);
