@@ -8,6 +8,7 @@ import { ipamErrors } from '../domain/ipam.errors.js';
 import type { AllocationRequest, PoolSpec } from '../domain/pool.js';
 import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolChanges, PoolUsage, Reservation, UsageCounts } from '../domain/types.js';
 import { PG, pgErrorOf } from './pg-errors.js';
+import { createFastAllocator } from './fast-allocate.js';
 
 /**
  * The only queries on IPAM's tables. Every allocation is one transaction and never scans a range: a block hands out
@@ -17,39 +18,6 @@ import { PG, pgErrorOf } from './pg-errors.js';
 export const BLOCKS_CHANNEL = 'ipam_blocks';
 const POOL_CACHE_MS = 1000;
 
-const ALLOCATION_COLUMNS_TEXT = `a.handle, host(a.address) AS address, a.family, p.name AS pool, b.cidr::text AS block_cidr, a.node,
-  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at`;
-const ALLOCATION_JOINS_TEXT = 'JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id';
-
-/**
- * The common allocation in one statement. $1 handle, $2 family, $3 node, $4 pool id, $5 block size, $6 pod
- * namespace, $7 pod name, $8 container id, $9 owner. The handle's live allocation if it has one; else the node's
- * first block in the pool with a never-used address is locked and advanced, and the address inserted unless it is
- * reserved or taken (then the offset still moves past it: 'skipped'). No row: no such block.
- */
-const FAST_ALLOCATE = `WITH existing AS (
-    SELECT a.id FROM ipam.allocations a WHERE a.handle = $1 AND a.family = $2 AND a.released_at IS NULL),
-  blk AS (
-    SELECT b.id, host(network(b.cidr))::inet + b.next_offset AS address FROM ipam.blocks b
-    WHERE b.node = $3 AND b.pool_id = $4 AND b.released_at IS NULL AND b.next_offset < $5::bigint AND NOT EXISTS (SELECT 1 FROM existing)
-    ORDER BY b.id LIMIT 1 FOR UPDATE),
-  chk AS (
-    SELECT blk.id, blk.address,
-      NOT EXISTS (SELECT 1 FROM ipam.reservations r WHERE r.pool_id = $4 AND r.first <= blk.address AND r.last >= blk.address)
-      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = blk.address AND l.released_at IS NULL) AS ok
-    FROM blk),
-  adv AS (
-    UPDATE ipam.blocks b SET next_offset = b.next_offset + 1, live_count = b.live_count + chk.ok::int
-    FROM chk WHERE b.id = chk.id RETURNING b.id, chk.address, chk.ok),
-  freed AS (DELETE FROM ipam.free_addresses f USING adv WHERE adv.ok AND f.address = adv.address),
-  ins AS (
-    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
-    SELECT $1, adv.address, $2, $4, adv.id, $3, $6, $7, $8, $9 FROM adv WHERE adv.ok RETURNING *)
-  SELECT 'new' AS outcome, ${ALLOCATION_COLUMNS_TEXT} FROM ins a ${ALLOCATION_JOINS_TEXT}
-  UNION ALL
-  SELECT 'existing', ${ALLOCATION_COLUMNS_TEXT} FROM ipam.allocations a ${ALLOCATION_JOINS_TEXT} WHERE a.id IN (SELECT id FROM existing)
-  UNION ALL
-  SELECT 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM adv WHERE NOT adv.ok`;
 
 type Row = Record<string, unknown>;
 type Tx = Pick<Database, 'execute'>;
@@ -106,6 +74,7 @@ const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_leng
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>) {
+  const fast = createFastAllocator(client);
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
     try {
@@ -234,23 +203,14 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return withRetry(() => allocateOnce(req, pools));
   }
 
-  /**
-   * One statement: the handle's live allocation if it has one; else the node's first block in the pool with a
-   * never-used address is locked, advanced, and the address inserted unless it is reserved or taken (then the
-   * offset still moves past it and the caller tries again). 'none': no such block, take the full path.
-   */
+  /** The common case through the group-commit path (fast-allocate.ts). */
   async function allocateFast(pool: Row, req: AllocationRequest): Promise<{ kind: 'done'; allocation: Allocation } | { kind: 'skipped' } | { kind: 'none' }> {
-    const size = cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length));
-    // A named (prepared) statement: planning this statement costs more than running it.
-    const { rows: r } = await client.query({
-      name: 'ipam_allocate_fast',
-      text: FAST_ALLOCATE,
-      values: [req.handle, pool.family, req.node, pool.id, size.toString(), req.podNamespace, req.podName, req.containerId, req.owner],
+    const r = await fast.allocate({
+      handle: req.handle, family: Number(pool.family), node: req.node, poolId: Number(pool.id),
+      blockSize: cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length)),
+      podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
     });
-    const row = r[0] as Row | undefined;
-    if (!row) return { kind: 'none' };
-    if (row.outcome === 'skipped') return { kind: 'skipped' };
-    return { kind: 'done', allocation: toAllocation(row) };
+    return r.kind === 'done' ? { kind: 'done', allocation: toAllocation(r.row) } : r;
   }
 
   /** The full path, one transaction; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
@@ -572,7 +532,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
       const released = await rows(tx, sql`UPDATE ipam.blocks b SET released_at = now()
         WHERE b.released_at IS NULL AND b.live_count = 0 AND b.claimed_at < now() - make_interval(secs => ${graceSeconds})
-          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL)
           AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses f WHERE f.block_id = b.id
                             AND (f.free_since > now() - make_interval(secs => greatest(${graceSeconds}, (SELECT cooldown_seconds FROM ipam.pools WHERE id = b.pool_id)))
                                  OR f.hold_until > now()))
@@ -598,7 +558,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     { kind: 'allocation_outside_block', query: sql`SELECT a.handle || ' holds ' || host(a.address) || ' outside its block ' || b.cidr AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND NOT a.address <<= b.cidr LIMIT 20` },
     { kind: 'allocation_node_mismatch', query: sql`SELECT a.handle || ' on node ' || a.node || ' holds ' || host(a.address) || ' in block ' || b.cidr || ' of node ' || b.node AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND a.node <> b.node LIMIT 20` },
     { kind: 'block_outside_pool', query: sql`SELECT 'block ' || b.cidr || ' lies outside pool ' || p.name AS detail FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE NOT b.cidr <<= p.cidr LIMIT 20` },
-    { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.block_id = b.id AND a.released_at IS NULL) LIMIT 20` },
+    { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.released_at IS NULL AND b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL) LIMIT 20` },
     { kind: 'free_but_live', query: sql`SELECT host(f.address) || ' is listed free but held by ' || a.handle AS detail FROM ipam.free_addresses f JOIN ipam.allocations a ON a.address = f.address AND a.released_at IS NULL LIMIT 20` },
     { kind: 'allocation_in_reservation', query: sql`SELECT a.handle || ' holds reserved ' || host(a.address) AS detail FROM ipam.allocations a JOIN ipam.reservations r ON r.pool_id = a.pool_id AND a.address >= r.first AND a.address <= r.last WHERE a.released_at IS NULL AND a.allocated_at > r.created_at LIMIT 20` },
     { kind: 'release_before_allocation', query: sql`SELECT a.handle || ' released before it was allocated' AS detail FROM ipam.allocations a WHERE a.released_at < a.allocated_at LIMIT 20` },

@@ -41,7 +41,8 @@ export const blocks = ipam.table(
     releasedAt: timestamp('released_at', { withTimezone: true }),
   },
   (t) => [
-    index('blocks_node_idx').on(t.node, t.poolId).where(sql`released_at IS NULL`),
+    // A node's live blocks in a pool, in claim order: the allocation path's lookup, with no sort.
+    index('blocks_node_idx').on(t.node, t.poolId, t.id).where(sql`released_at IS NULL`),
     index('blocks_pool_idx').on(t.poolId).where(sql`released_at IS NULL`),
     uniqueIndex('blocks_live_cidr_uq').on(t.cidr).where(sql`released_at IS NULL`),
   ],
@@ -53,7 +54,8 @@ export const allocations = ipam.table(
     id: bigserial('id', { mode: 'number' }).primaryKey(),
     handle: text('handle').notNull(),
     address: inet('address').notNull(),
-    poolId: integer('pool_id').notNull().references(() => pools.id),
+    /** The block's pool (the block's own foreign key holds it to an existing pool; a second one here only cost every insert a lock). */
+    poolId: integer('pool_id').notNull(),
     blockId: integer('block_id').notNull().references(() => blocks.id),
     node: text('node').notNull(),
     family: smallint('family').notNull().default(4),
@@ -70,7 +72,7 @@ export const allocations = ipam.table(
     uniqueIndex('allocations_live_address_uq').on(t.address).where(sql`released_at IS NULL`),
     // A handle holds at most one live address per family (a dual-stack pod holds two).
     uniqueIndex('allocations_live_handle_family_uq').on(t.handle, t.family).where(sql`released_at IS NULL`),
-    index('allocations_block_idx').on(t.blockId).where(sql`released_at IS NULL`),
+    // A block's live allocations are found by address range (BETWEEN its first and last address) on allocations_live_address_uq.
     // History: who held an address when; every address of a pod; what a node held in a time range.
     index('allocations_address_time_idx').on(t.address, t.allocatedAt),
     index('allocations_pod_idx').on(t.podNamespace, t.podName, t.allocatedAt),
