@@ -131,17 +131,18 @@ async function main() {
     halfClients.forEach((c) => c.close());
     rows.push({ figure: `latency at half load (${perSec(maxRate / 2)}) p50 / p99`, value: `${ms(median(half.map((h) => h.p50)))} / ${ms(median(half.map((h) => h.p99)))}`, goal: 'p99 <= 10 ms' });
 
+    const domain = Number((await sql.query(`SELECT id FROM ipam.routing_domains WHERE name = 'default'`)).rows[0].id);
     // History: synthetic closed allocations, 50 generations per address, one minute each.
     await admin.createPool({ name: 'history', cidr: '11.0.0.0/8', blockPrefixLength: 26 });
     const addresses = Math.ceil(HISTORY_ROWS / 50);
     const t0 = Date.now();
-    await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
-      SELECT p.id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
+    await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
+      SELECT p.id, p.routing_domain_id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
       FROM ipam.pools p, generate_series(0, ${Math.ceil(addresses / 64) - 1}) i WHERE p.name = 'history'`);
     // Blocks were inserted in order: block i has id first + i, so no join is needed.
     const [{ first: histFirst, pool: histPool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'history'`)).rows;
-    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
-      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, ${histPool}, ${histFirst} + a / 64, 'hist-' || ((a / 64) % ${NODES}), 'ns', 'pod-' || a || '-' || g, 'c' || a,
+    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
+      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, ${histPool}, ${histFirst} + a / 64, ${domain}, 'hist-' || ((a / 64) % ${NODES}), 'ns', 'pod-' || a || '-' || g, 'c' || a,
              timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second',
              timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second' + interval '50 minutes'
       FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g`);
@@ -164,12 +165,12 @@ async function main() {
 
     // Utilization: a pool with a million live allocations.
     await admin.createPool({ name: 'million', cidr: '12.0.0.0/11', blockPrefixLength: 26 });
-    await sql.query(`INSERT INTO ipam.blocks (pool_id, cidr, node, next_offset, live_count)
-      SELECT p.id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, 64
+    await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
+      SELECT p.id, p.routing_domain_id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, 64
       FROM ipam.pools p, generate_series(0, ${Math.ceil(LIVE_ROWS / 64) - 1}) i WHERE p.name = 'million'`);
     const [{ first: liveFirst, pool: livePool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'million'`)).rows;
-    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node)
-      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, ${livePool}, ${liveFirst} + a / 64, 'live-' || ((a / 64) % ${NODES})
+    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node)
+      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, ${livePool}, ${liveFirst} + a / 64, ${domain}, 'live-' || ((a / 64) % ${NODES})
       FROM generate_series(0, ${Math.ceil(LIVE_ROWS / 64) * 64 - 1}) a`);
     await sql.query('ANALYZE');
     const util: number[] = [];

@@ -29,10 +29,10 @@ const USAGE = `usage: weft <command> [options]
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
   routes NODE [--json]                          what NODE's kernel should hold and, in the local cluster, whether it does
   ipam pools [--json]                           list pools
-  ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS]
+  ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS] [--domain D]   (pools overlap only across routing domains)
   ipam allocations [--pool P] [--node N] [--json]
   ipam utilization [--pool P] [--blocks] [--json]  total, allocated, cooling down, reserved and free, per pool, node (and block)
-  ipam show ADDRESS [--at TIME] [--json]        who held the address at TIME (default: now)
+  ipam show ADDRESS [--at TIME] [--domain D] [--json]   who held the address at TIME (default: now), in every routing domain or in D
   ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H) [--json]
   ipam pool update NAME [--disable | --enable] [--node-selector S] [--namespace-selector S] [--cooldown S] [--sticky S]
   ipam reserve POOL (CIDR | FIRST-LAST) [--reason TEXT]    ipam reservations [--pool P]    ipam unreserve NAME
@@ -229,14 +229,14 @@ async function main(argv: string[]): Promise<number> {
     try {
       if (cmd === 'ipam pools') {
         const pools = await everyPage((pageToken) => ipam.listPools({ pageToken }, { timeoutMs: 10_000 }).then((r) => ({ items: r.pools, next: r.nextPageToken })));
-        print(json, pools, () => (pools.length ? pools.map((p) => `${p.name.padEnd(16)} ${p.cidr.padEnd(20)} blocks /${p.blockPrefixLength}`).join('\n') : 'no pools'));
+        print(json, pools, () => (pools.length ? pools.map((p) => `${p.name.padEnd(16)} ${p.cidr.padEnd(20)} blocks /${String(p.blockPrefixLength).padEnd(4)} domain ${p.routingDomain}`).join('\n') : 'no pools'));
         return 0;
       }
       if (cmd.startsWith('ipam pool create')) {
         if (pos.length !== 5 || !o['block-prefix-length']) throw new UsageError('usage: weft ipam pool create NAME CIDR --block-prefix-length N');
         const cooldownSeconds = o.cooldown === undefined ? undefined : Number(o.cooldown);
-        const { pool } = await ipam.createPool({ name: pos[3]!, cidr: pos[4]!, blockPrefixLength: Number(o['block-prefix-length']), cooldownSeconds }, { timeoutMs: 10_000 });
-        print(json, pool, () => `pool ${pool!.name} ${pool!.cidr} created`);
+        const { pool } = await ipam.createPool({ name: pos[3]!, cidr: pos[4]!, blockPrefixLength: Number(o['block-prefix-length']), cooldownSeconds, routingDomain: o.domain ?? '' }, { timeoutMs: 10_000 });
+        print(json, pool, () => `pool ${pool!.name} ${pool!.cidr} created in routing domain ${pool!.routingDomain}`);
         return 0;
       }
       if (cmd === 'ipam allocations') {
@@ -378,8 +378,8 @@ async function main(argv: string[]): Promise<number> {
         };
         let query;
         if (pos[1] === 'show') {
-          if (pos.length !== 3) throw new UsageError('usage: weft ipam show ADDRESS [--at TIME]');
-          query = { address: pos[2]!, at: time('at', o.at) };
+          if (pos.length !== 3) throw new UsageError('usage: weft ipam show ADDRESS [--at TIME] [--domain D]');
+          query = { address: pos[2]!, at: time('at', o.at), routingDomain: o.domain ?? '' };
         } else if (o.pod) {
           const [ns, name] = o.pod.includes('/') ? o.pod.split('/', 2) : ['default', o.pod];
           query = { podNamespace: ns, podName: name };
@@ -389,7 +389,8 @@ async function main(argv: string[]): Promise<number> {
         const { entries } = await ipam.listAllocationHistory(query, { timeoutMs: 30_000 });
         print(json, entries, () => entries.length ? entries.map((e) => {
           const a = e.allocation!;
-          return `${a.address.padEnd(24)} ${a.allocateTime!.toISOString()} .. ${e.releaseTime ? e.releaseTime.toISOString() : 'now'.padEnd(24)}  ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}`;
+          const where = a.routingDomain === 'default' ? '' : `  (domain ${a.routingDomain}${a.cluster ? `, cluster ${a.cluster}` : ''})`;
+          return `${a.address.padEnd(24)} ${a.allocateTime!.toISOString()} .. ${e.releaseTime ? e.releaseTime.toISOString() : 'now'.padEnd(24)}  ${a.node.padEnd(12)} ${`${a.podNamespace}/${a.podName}`.padEnd(24)} ${a.handle}${where}`;
         }).join('\n') : 'nothing recorded');
         return 0;
       }

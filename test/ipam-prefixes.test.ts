@@ -75,3 +75,46 @@ test('a released prefix can be carved again; a full aggregate says so', async ()
   await assert.rejects(ipam.releasePrefix({ name: 'prefixes/1' }), code(status.INVALID_ARGUMENT, 'ipam.invalid_name'));
   await assert.rejects(ipam.allocatePrefix({ cluster: 'nope', aggregate: 'small', prefixLength: 24 }), code(status.NOT_FOUND, 'ipam.cluster_not_found'));
 });
+
+test('pools in routing domains: the same addresses live once per domain; a cluster allocates only from its domain', async () => {
+  await ipam.createRoutingDomain({ name: 'blue' });
+  await ipam.registerCluster({ name: 'shop-blue', routingDomain: 'blue' });
+  await ipam.registerCluster({ name: 'shop-default' });
+  const red = (await ipam.createPool({ name: 'pods-default', cidr: '172.20.0.0/24', blockPrefixLength: 28 })).pool!;
+  const blue = (await ipam.createPool({ name: 'pods-blue', cidr: '172.20.0.0/24', blockPrefixLength: 28, routingDomain: 'blue' })).pool!;
+  assert.deepEqual([red.routingDomain, blue.routingDomain], ['default', 'blue']);
+  // Within one domain the database still refuses overlap, through the API and underneath it.
+  await assert.rejects(ipam.createPool({ name: 'blue-2', cidr: '172.20.0.128/25', blockPrefixLength: 28, routingDomain: 'blue' }),
+    (e: { code: number; details: string }) => e.code === status.ALREADY_EXISTS && errorCodeOf(e) === 'ipam.pool_overlaps' && /pods-blue .* in routing domain blue/.test(e.details));
+  await assert.rejects(sql.query(`INSERT INTO ipam.pools (name, cidr, block_prefix_length, routing_domain_id)
+    SELECT 'sneaky', '172.20.0.64/26', 28, id FROM ipam.routing_domains WHERE name = 'blue'`), /pools_no_overlap/);
+  await assert.rejects(ipam.createPool({ name: 'nowhere', cidr: '172.21.0.0/24', blockPrefixLength: 28, routingDomain: 'green' }), code(status.NOT_FOUND, 'ipam.routing_domain_not_found'));
+
+  const inBlue = (await ipam.allocate({ handle: 'b1/eth0', node: 'bn1', cluster: 'shop-blue', podNamespace: 'shop', podName: 'b1' })).allocation!;
+  const inDefault = (await ipam.allocate({ handle: 'r1/eth0', node: 'rn1', cluster: 'shop-default', podNamespace: 'shop', podName: 'r1' })).allocation!;
+  const noCluster = (await ipam.allocate({ handle: 'r2/eth0', node: 'rn1', podNamespace: 'shop', podName: 'r2' })).allocation!;
+  assert.deepEqual([inBlue.pool, inBlue.routingDomain, inBlue.cluster], ['pods-blue', 'blue', 'shop-blue']);
+  assert.deepEqual([inDefault.pool, inDefault.routingDomain, inDefault.cluster], ['pods-default', 'default', 'shop-default']);
+  assert.equal(noCluster.pool, 'pods-default', 'a caller naming no cluster uses the default domain');
+  assert.equal(inBlue.address, inDefault.address, 'the first address of the same CIDR, live in both domains at once');
+  await assert.rejects(ipam.allocate({ handle: 'x1/eth0', node: 'bn1', cluster: 'unregistered' }), code(status.NOT_FOUND, 'ipam.cluster_not_found'));
+
+  // An exact address is checked within the caller's domain only.
+  const exactBlue = (await ipam.allocate({ handle: 'b2/eth0', node: 'bn1', cluster: 'shop-blue', addresses: ['172.20.0.200'] })).allocation!;
+  const exactDefault = (await ipam.allocate({ handle: 'r3/eth0', node: 'rn2', addresses: ['172.20.0.200'] })).allocation!;
+  assert.deepEqual([exactBlue.routingDomain, exactDefault.routingDomain], ['blue', 'default']);
+  await assert.rejects(ipam.allocate({ handle: 'b3/eth0', node: 'bn1', cluster: 'shop-blue', addresses: ['172.20.0.200'] }), code(status.ALREADY_EXISTS, 'ipam.address_in_use'));
+
+  // History: every domain's holder, or one domain's.
+  const both = (await ipam.listAllocationHistory({ address: '172.20.0.200' })).entries.map((e) => e.allocation!.handle).sort();
+  assert.deepEqual(both, ['b2/eth0', 'r3/eth0']);
+  const onlyBlue = (await ipam.listAllocationHistory({ address: '172.20.0.200', routingDomain: 'blue' })).entries.map((e) => e.allocation!.handle);
+  assert.deepEqual(onlyBlue, ['b2/eth0']);
+
+  // A release in one domain frees the address there only: the other domain's holder stays live.
+  await ipam.release({ handle: 'b2/eth0' });
+  const live = await sql.query(`SELECT handle FROM ipam.allocations WHERE host(address) = '172.20.0.200' AND released_at IS NULL`);
+  assert.deepEqual(live.rows.map((r) => r.handle), ['r3/eth0']);
+  await assert.rejects(ipam.allocate({ handle: 'b4/eth0', node: 'bn1', cluster: 'shop-blue', addresses: ['172.20.0.200'] }), code(status.FAILED_PRECONDITION, 'ipam.address_cooling_down'));
+  assert.deepEqual((await ipam.checkConsistency({})).problems, []);
+});

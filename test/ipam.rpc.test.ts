@@ -52,7 +52,7 @@ describe('pools', () => {
     await rejects(ipam.createPool({ name: 'outer', cidr: '10.0.0.0/8', blockPrefixLength: 26 }), status.ALREADY_EXISTS, 'ipam.pool_overlaps', /overlaps/);
     await rejects(ipam.createPool({ name: 'main', cidr: '10.40.0.0/16', blockPrefixLength: 26 }), status.ALREADY_EXISTS, 'ipam.pool_exists', /already exists/);
     // The constraint is the database's own, not only the service's check.
-    await assert.rejects(sql.query(`INSERT INTO ipam.pools (name, cidr, block_prefix_length) VALUES ('sneaky', '10.32.0.0/20', 26)`), /pools_no_overlap/);
+    await assert.rejects(sql.query(`INSERT INTO ipam.pools (name, cidr, block_prefix_length, routing_domain_id) SELECT 'sneaky', '10.32.0.0/20', 26, id FROM ipam.routing_domains WHERE name = 'default'`), /pools_no_overlap/);
     assert.equal((await ipam.listPools({})).pools.length, 1);
   });
 });
@@ -96,8 +96,8 @@ describe('allocations', () => {
   test('the database refuses two live allocations of one address', async () => {
     const a = (await ipam.allocate(req('c4/eth0'))).allocation!;
     await assert.rejects(
-      sql.query(`INSERT INTO ipam.allocations (handle, address, pool_id, block_id, node)
-                 SELECT 'dup/eth0', address, pool_id, block_id, node FROM ipam.allocations WHERE handle = 'c4/eth0' AND released_at IS NULL`),
+      sql.query(`INSERT INTO ipam.allocations (handle, address, pool_id, block_id, routing_domain_id, node)
+                 SELECT 'dup/eth0', address, pool_id, block_id, routing_domain_id, node FROM ipam.allocations WHERE handle = 'c4/eth0' AND released_at IS NULL`),
       /allocations_live_address_uq/,
     );
     assert.ok(a.address);

@@ -4,7 +4,11 @@ export const ipamErrors = {
   invalid: (field: string, message: string) => new DomainError(`ipam.invalid_${field}`, 'invalid_argument', message),
   poolExists: (name: string) => new DomainError('ipam.pool_exists', 'already_exists', `a pool named ${JSON.stringify(name)} already exists; choose another name`),
   poolOverlaps: (cidr: string, other: string) =>
-    new DomainError('ipam.pool_overlaps', 'already_exists', `pool CIDR ${cidr} overlaps existing pool ${other}; pools must not overlap`),
+    new DomainError('ipam.pool_overlaps', 'already_exists', `pool CIDR ${cidr} overlaps existing pool ${other}; pools must not overlap within a routing domain`),
+  routingDomainNotFound: (name: string) =>
+    new DomainError('ipam.routing_domain_not_found', 'not_found', `no routing domain named ${JSON.stringify(name)}; create it first (\`weft ipam domain create\`)`),
+  clusterNotFound: (name: string) =>
+    new DomainError('ipam.cluster_not_found', 'not_found', `no cluster named ${JSON.stringify(name)} is registered; register it first (\`weft ipam cluster register\`)`),
   poolNotFound: (name: string) => new DomainError('ipam.pool_not_found', 'not_found', `no pool named ${JSON.stringify(name)}; list pools with \`weft ipam pools\``),
   noPools: () => new DomainError('ipam.no_pools', 'failed_precondition', 'there are no pools; create one first (CreatePool)'),
   poolDisabled: (name: string) => new DomainError('ipam.pool_disabled', 'failed_precondition', `pool ${name} is disabled: it makes no new allocations; enable it or ask for another pool`),

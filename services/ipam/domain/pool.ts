@@ -15,6 +15,8 @@ export interface PoolSpec {
   namespaceSelector: string;
   allowedUses: string[];
   maxBlocksPerNode: number;
+  /** Name of the routing domain; pools overlap only across domains. */
+  routingDomain: string;
 }
 
 const NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -69,7 +71,7 @@ export function validatePoolRules(input: PoolRulesInput): PoolRulesInput {
   return out;
 }
 
-export function validatePoolSpec(input: { name: string; cidr: string; blockPrefixLength: number } & PoolRulesInput): PoolSpec {
+export function validatePoolSpec(input: { name: string; cidr: string; blockPrefixLength: number; routingDomain?: string } & PoolRulesInput): PoolSpec {
   const name = validatePoolName(input.name);
   const cidr = parseCidr(input.cidr, 'pool CIDR');
   const bits = bitsOf(cidr.family);
@@ -89,6 +91,7 @@ export function validatePoolSpec(input: { name: string; cidr: string; blockPrefi
     namespaceSelector: rules.namespaceSelector ?? '',
     allowedUses: rules.allowedUses ?? ['workload'],
     maxBlocksPerNode: rules.maxBlocksPerNode ?? 0,
+    routingDomain: input.routingDomain ? validatePoolName(input.routingDomain) : 'default',
   };
 }
 
@@ -108,6 +111,8 @@ export interface AllocationRequest {
   nodeLabels: Record<string, string>;
   namespaceLabels: Record<string, string>;
   use: string;
+  /** A registered cluster: only its routing domain's pools are used. null: the default domain. */
+  cluster: string | null;
 }
 
 export function validateHandle(handle: string): string {
@@ -121,8 +126,8 @@ export function validateNodeName(node: string): string {
   return node;
 }
 
-export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels'> &
-  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string> }>;
+export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels' | 'cluster'> &
+  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string>; cluster: string | null }>;
 
 export function validateAllocationRequest(input: AllocationInput): AllocationRequest {
   const addresses = (input.addresses ?? []).map((text) => {
@@ -149,5 +154,6 @@ export function validateAllocationRequest(input: AllocationInput): AllocationReq
     namespacePool: input.namespacePool ? validatePoolName(input.namespacePool) : null,
     nodeLabels: input.nodeLabels ?? {},
     namespaceLabels: input.namespaceLabels ?? {},
+    cluster: input.cluster ? validatePoolName(input.cluster) : null,
   };
 }

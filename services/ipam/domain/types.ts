@@ -13,6 +13,7 @@ export interface Pool {
   namespaceSelector: string;
   allowedUses: string[];
   maxBlocksPerNode: number;
+  routingDomain: string;
   /** Opaque; changes with every update. */
   etag: string;
   liveAllocations: number;
@@ -49,6 +50,9 @@ export interface Allocation {
   podName: string;
   containerId: string;
   owner: string;
+  /** The registered cluster named by the caller, or ''. */
+  cluster: string;
+  routingDomain: string;
   allocatedAt: Date;
 }
 
@@ -59,7 +63,7 @@ export interface HistoryEntry {
 
 /** One history question; exactly one of the forms. */
 export type HistoryQuery =
-  | { kind: 'address'; address: string; at: Date; limit: number }
+  | { kind: 'address'; address: string; at: Date; routingDomain: string | null; limit: number }
   | { kind: 'pod'; podNamespace: string; podName: string; limit: number }
   | { kind: 'node'; node: string; from: Date | null; until: Date; limit: number }
   | { kind: 'handle'; handle: string; limit: number };

@@ -23,7 +23,7 @@ const toPbPool = (p: Pool): PbPool => ({
   name: p.name, cidr: p.cidr, blockPrefixLength: p.blockPrefixLength, createTime: p.createdAt, family: toPbFamily(p.family),
   cooldownSeconds: p.cooldownSeconds, stickySeconds: p.stickySeconds, disabled: p.disabled, nodeSelector: p.nodeSelector,
   namespaceSelector: p.namespaceSelector, allowedUses: p.allowedUses, etag: p.etag, liveAllocations: p.liveAllocations,
-  maxBlocksPerNode: p.maxBlocksPerNode,
+  maxBlocksPerNode: p.maxBlocksPerNode, routingDomain: p.routingDomain,
 });
 const toPbReservation = (r: Reservation): PbReservation => ({
   name: reservationName(r.pool, r.id), pool: r.pool, first: r.first, last: r.last, reason: r.reason, createTime: r.createdAt,
@@ -43,6 +43,7 @@ function toAllocationRequest(req: AllocateRequest) {
     handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
     podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
     owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
+    cluster: req.cluster || null,
   });
 }
 
@@ -107,7 +108,7 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       const spec = validatePoolSpec({
         name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, cooldownSeconds: req.cooldownSeconds,
         stickySeconds: req.stickySeconds, disabled: req.disabled, nodeSelector: req.nodeSelector, namespaceSelector: req.namespaceSelector,
-        allowedUses: req.allowedUses, maxBlocksPerNode: req.maxBlocksPerNode,
+        allowedUses: req.allowedUses, maxBlocksPerNode: req.maxBlocksPerNode, routingDomain: req.routingDomain,
       });
       return { pool: toPbPool(await repo.createPool(spec)) };
     },
@@ -197,7 +198,7 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       let q: HistoryQuery;
       if (req.address) {
         const { family, value } = parseAddress(req.address);
-        q = { kind: 'address', address: formatAddress(family, value), at: req.at ?? new Date(), limit };
+        q = { kind: 'address', address: formatAddress(family, value), at: req.at ?? new Date(), routingDomain: req.routingDomain ? validatePoolName(req.routingDomain) : null, limit };
       } else if (req.podName) q = { kind: 'pod', podNamespace: req.podNamespace, podName: req.podName, limit };
       else if (req.node) q = { kind: 'node', node: validateNodeName(req.node), from: req.at ?? null, until: req.until ?? new Date(), limit };
       else q = { kind: 'handle', handle: validateHandle(req.handle), limit };

@@ -14,8 +14,8 @@ import { pgErrorOf } from './pg-errors.js';
  * block that filled up meanwhile; its requests come back 'none'.
  */
 export const FAST_ALLOCATE_BATCH = `WITH req AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[])
-      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, ord)),
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
+      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, ord)),
   existing AS (
     SELECT r.ord, a.id FROM req r JOIN ipam.allocations a ON a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL),
   fresh AS (
@@ -39,28 +39,28 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   chk AS (
     SELECT p.*,
       NOT EXISTS (SELECT 1 FROM ipam.reservations rs WHERE rs.pool_id = p.pool_id AND rs.first <= p.address AND rs.last >= p.address)
-      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.released_at IS NULL) AS ok
+      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.routing_domain_id = p.domain_id AND l.released_at IS NULL) AS ok
     FROM pick p),
   adv AS (
     UPDATE ipam.blocks b SET next_offset = b.next_offset + s.used, live_count = b.live_count + s.ok
     FROM (SELECT block_id, count(*) AS used, count(*) FILTER (WHERE ok) AS ok FROM chk GROUP BY block_id) s
     WHERE b.id = s.block_id),
-  freed AS (DELETE FROM ipam.free_addresses f USING chk WHERE chk.ok AND f.address = chk.address),
+  freed AS (DELETE FROM ipam.free_addresses f USING chk WHERE chk.ok AND f.routing_domain_id = chk.domain_id AND f.address = chk.address),
   ins AS (
-    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
-    SELECT handle, address, family, pool_id, block_id, node, ns, name, cid, '' FROM chk WHERE ok
-    RETURNING id, handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner, allocated_at),
+    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
+    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok
+    RETURNING id, handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner, allocated_at),
   found AS (
     SELECT chk.ord, 'new' AS outcome, ins.* FROM ins JOIN chk ON chk.handle = ins.handle AND chk.family = ins.family AND chk.ok
     UNION ALL
-    SELECT e.ord, 'existing', a.id, a.handle, a.address, a.family, a.pool_id, a.block_id, a.node, a.pod_namespace, a.pod_name,
-      a.container_id, a.owner, a.allocated_at
+    SELECT e.ord, 'existing', a.id, a.handle, a.address, a.family, a.pool_id, a.block_id, a.routing_domain_id, a.cluster, a.node,
+      a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at
     FROM existing e JOIN ipam.allocations a ON a.id = e.id)
   SELECT f.ord, f.outcome, f.handle, host(f.address) AS address, f.family, p.name AS pool, b.cidr::text AS block_cidr, f.node,
-    f.pod_namespace, f.pod_name, f.container_id, f.owner, f.allocated_at
-  FROM found f JOIN ipam.pools p ON p.id = f.pool_id JOIN ipam.blocks b ON b.id = f.block_id
+    f.pod_namespace, f.pod_name, f.container_id, f.owner, f.cluster, d.name AS routing_domain, f.allocated_at
+  FROM found f JOIN ipam.pools p ON p.id = f.pool_id JOIN ipam.blocks b ON b.id = f.block_id JOIN ipam.routing_domains d ON d.id = f.routing_domain_id
   UNION ALL
-  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok`;
+  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok`;
 
 export interface FastRequest {
   handle: string;
@@ -72,6 +72,8 @@ export interface FastRequest {
   podNamespace: string;
   podName: string;
   containerId: string;
+  routingDomainId: number;
+  cluster: string;
 }
 
 export type FastOutcome = { kind: 'done'; row: Record<string, unknown> } | { kind: 'skipped' } | { kind: 'none' };
@@ -101,6 +103,7 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
       values: [
         unique.map((u) => u.handle), unique.map((u) => u.family), unique.map((u) => u.node), unique.map((u) => u.poolId),
         unique.map((u) => u.blockSize.toString()), unique.map((u) => u.podNamespace), unique.map((u) => u.podName), unique.map((u) => u.containerId),
+        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster),
       ],
     });
     const out: FastOutcome[] = unique.map(() => ({ kind: 'none' }));

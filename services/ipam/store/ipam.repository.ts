@@ -23,8 +23,8 @@ type Row = Record<string, unknown>;
 type Tx = Pick<Database, 'execute'>;
 
 const ALLOCATION_COLUMNS = sql`a.handle, host(a.address) AS address, a.family, p.name AS pool, b.cidr::text AS block_cidr, a.node,
-  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at`;
-const ALLOCATION_JOINS = sql`JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id`;
+  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.cluster, d.name AS routing_domain, a.allocated_at`;
+const ALLOCATION_JOINS = sql`JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id JOIN ipam.routing_domains d ON d.id = a.routing_domain_id`;
 
 function toAllocation(r: Row): Allocation {
   return {
@@ -38,6 +38,8 @@ function toAllocation(r: Row): Allocation {
     podName: String(r.pod_name),
     containerId: String(r.container_id),
     owner: String(r.owner ?? ''),
+    cluster: String(r.cluster ?? ''),
+    routingDomain: String(r.routing_domain),
     allocatedAt: new Date(r.allocated_at as string),
   };
 }
@@ -47,7 +49,7 @@ function toPool(r: Row): Pool {
     name: String(r.name), cidr: String(r.cidr), family: Number(r.family) as Family, blockPrefixLength: Number(r.block_prefix_length),
     cooldownSeconds: Number(r.cooldown_seconds), stickySeconds: Number(r.sticky_seconds), disabled: Boolean(r.disabled),
     nodeSelector: String(r.node_selector), namespaceSelector: String(r.namespace_selector), allowedUses: r.allowed_uses as string[],
-    maxBlocksPerNode: Number(r.max_blocks_per_node ?? 0), etag: `"${r.id}.${r.version}"`, liveAllocations: Number(r.live ?? 0), createdAt: new Date(r.created_at as string),
+    maxBlocksPerNode: Number(r.max_blocks_per_node ?? 0), routingDomain: String(r.routing_domain), etag: `"${r.id}.${r.version}"`, liveAllocations: Number(r.live ?? 0), createdAt: new Date(r.created_at as string),
   };
 }
 
@@ -70,7 +72,8 @@ async function rows(db: Tx, query: SQL): Promise<Row[]> {
 }
 
 const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds, disabled,
-  node_selector, namespace_selector, allowed_uses, max_blocks_per_node, version, created_at`;
+  node_selector, namespace_selector, allowed_uses, max_blocks_per_node, version, created_at, routing_domain_id,
+  (SELECT d.name FROM ipam.routing_domains d WHERE d.id = pools.routing_domain_id) AS routing_domain`;
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>) {
@@ -78,17 +81,20 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
     try {
+      const [domain] = await rows(db, sql`SELECT id FROM ipam.routing_domains WHERE name = ${spec.routingDomain}`);
+      if (!domain) throw ipamErrors.routingDomainNotFound(spec.routingDomain);
       const [row] = await rows(db, sql`INSERT INTO ipam.pools (name, cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds,
-          disabled, node_selector, namespace_selector, allowed_uses, max_blocks_per_node)
+          disabled, node_selector, namespace_selector, allowed_uses, max_blocks_per_node, routing_domain_id)
         VALUES (${spec.name}, ${cidr}::cidr, ${spec.cidr.family}, ${spec.blockPrefixLength}, ${spec.cooldownSeconds}, ${spec.stickySeconds},
-          ${spec.disabled}, ${spec.nodeSelector}, ${spec.namespaceSelector}, ${textArray(spec.allowedUses)}, ${spec.maxBlocksPerNode})
+          ${spec.disabled}, ${spec.nodeSelector}, ${spec.namespaceSelector}, ${textArray(spec.allowedUses)}, ${spec.maxBlocksPerNode}, ${domain.id})
         RETURNING ${POOL_COLUMNS}`);
       return toPool(row!);
     } catch (err) {
       const pg = pgErrorOf(err);
       if (pg?.code === PG.exclusionViolation) {
-        const [other] = await rows(db, sql`SELECT name, cidr::text AS cidr FROM ipam.pools WHERE cidr && ${cidr}::cidr LIMIT 1`);
-        throw ipamErrors.poolOverlaps(cidr, other ? `${other.name} (${other.cidr})` : 'another pool');
+        const [other] = await rows(db, sql`SELECT p.name, p.cidr::text AS cidr FROM ipam.pools p JOIN ipam.routing_domains d ON d.id = p.routing_domain_id
+          WHERE p.cidr && ${cidr}::cidr AND d.name = ${spec.routingDomain} LIMIT 1`);
+        throw ipamErrors.poolOverlaps(cidr, `${other ? `${other.name} (${other.cidr})` : 'another pool'} in routing domain ${spec.routingDomain}`);
       }
       if (pg?.code === PG.uniqueViolation) throw ipamErrors.poolExists(spec.name);
       throw err;
@@ -125,15 +131,16 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   async function createReservation(poolName: string, first: string, last: string, reason: string): Promise<Reservation> {
     return db.transaction(async (tx) => {
-      const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
+      const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr, routing_domain_id FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
       if (!pool) throw ipamErrors.poolNotFound(poolName);
       const [inside] = await rows(tx, sql`SELECT ${first}::inet <<= ${pool.cidr}::cidr AND ${last}::inet <<= ${pool.cidr}::cidr
         AND ${first}::inet <= ${last}::inet AS ok`);
       if (!inside!.ok) throw ipamErrors.invalid('reservation', `range ${first}..${last} must be ordered and inside pool ${poolName} (${pool.cidr})`);
       const held = await rows(tx, sql`SELECT host(address) AS address, handle FROM ipam.allocations
-        WHERE released_at IS NULL AND address >= ${first}::inet AND address <= ${last}::inet AND family(address) = family(${first}::inet) LIMIT 5`);
+        WHERE released_at IS NULL AND address >= ${first}::inet AND address <= ${last}::inet AND family(address) = family(${first}::inet)
+          AND routing_domain_id = ${pool.routing_domain_id} LIMIT 5`);
       if (held.length > 0) throw ipamErrors.reservedInUse(`${first}..${last}`, held.map((h) => `${h.address} (${h.handle})`));
-      await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address >= ${first}::inet AND address <= ${last}::inet`);
+      await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address >= ${first}::inet AND address <= ${last}::inet AND routing_domain_id = ${pool.routing_domain_id}`);
       const [r] = await rows(tx, sql`INSERT INTO ipam.reservations (pool_id, first, last, reason) VALUES (${pool.id}, ${first}::inet, ${last}::inet, ${reason})
         RETURNING id, ${poolName}::text AS pool, host(first) AS first, host(last) AS last, reason, created_at`);
       return toReservation(r!);
@@ -172,12 +179,25 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
    * Pools change rarely: a replica reads them at most every POOL_CACHE_MS (and at once after its own changes), so
    * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time.
    */
-  let poolCache: { at: number; rules: (Row & PoolRule)[] } | null = null;
-  async function poolRules(): Promise<(Row & PoolRule)[]> {
-    if (poolCache && Date.now() - poolCache.at < POOL_CACHE_MS) return poolCache.rules;
+  let poolCache: { at: number; rules: (Row & PoolRule)[]; domainOf: Map<string, number> } | null = null;
+  async function loadPools(): Promise<NonNullable<typeof poolCache>> {
     const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
-    poolCache = { at: Date.now(), rules };
-    return rules;
+    // Each cluster's routing domain; '' stands for a caller that names no cluster (the default domain).
+    const domains = await rows(db, sql`SELECT c.name, c.routing_domain_id AS id FROM ipam.clusters c
+      UNION ALL SELECT '', id FROM ipam.routing_domains WHERE name = 'default'`);
+    poolCache = { at: Date.now(), rules, domainOf: new Map(domains.map((d) => [String(d.name), Number(d.id)])) };
+    return poolCache;
+  }
+
+  /** The pools of the caller's routing domain (its cluster's, else the default one). */
+  async function poolRules(cluster: string | null = null): Promise<(Row & PoolRule)[]> {
+    const cached = poolCache && Date.now() - poolCache.at < POOL_CACHE_MS ? poolCache : null;
+    let cache = cached ?? (await loadPools());
+    // A cluster registered since the cache was read is looked up again before it is called unknown.
+    if (cached && !cache.domainOf.has(cluster ?? '')) cache = await loadPools();
+    const domain = cache.domainOf.get(cluster ?? '');
+    if (domain === undefined) throw ipamErrors.clusterNotFound(cluster ?? '');
+    return cache.rules.filter((r) => Number(r.routing_domain_id) === domain);
   }
 
   function wantedFamilies(pools: Row[], req: AllocationRequest): Family[] {
@@ -187,7 +207,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
-    const all = await poolRules();
+    const all = await poolRules(req.cluster);
     if (all.length === 0) throw ipamErrors.noPools();
     const pools = selectPools(all, req);
     const families = wantedFamilies(pools, req);
@@ -209,6 +229,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       handle: req.handle, family: Number(pool.family), node: req.node, poolId: Number(pool.id),
       blockSize: cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length)),
       podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+      routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '',
     });
     return r.kind === 'done' ? { kind: 'done', allocation: toAllocation(r.row) } : r;
   }
@@ -246,41 +267,44 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   /** An exact address: in a pool the pod may use, not reserved, live or resting, in a block that is free or this node's. */
   async function allocateSpecific(tx: Tx, pools: Row[], address: string, req: AllocationRequest): Promise<Allocation> {
-    const [owning] = await rows(tx, sql`SELECT id FROM ipam.pools WHERE cidr >>= ${address}::inet`);
+    // Every candidate pool is in the caller's routing domain: the address is looked for there only.
+    const owning = pools.length === 0 ? undefined
+      : (await rows(tx, sql`SELECT id FROM ipam.pools WHERE cidr >>= ${address}::inet AND routing_domain_id = ${pools[0]!.routing_domain_id}`))[0];
     const chosen = owning ? pools.find((p) => Number(p.id) === Number(owning.id)) : undefined;
     if (!chosen) throw ipamErrors.specificNotInPool(address);
+    const domain = chosen.routing_domain_id;
     const [reserved] = await rows(tx, sql`SELECT host(first) AS first, host(last) AS last FROM ipam.reservations
       WHERE pool_id = ${chosen.id} AND first <= ${address}::inet AND last >= ${address}::inet LIMIT 1`);
     if (reserved) throw ipamErrors.specificReserved(address, `${reserved.first}..${reserved.last}`);
-    const [holder] = await rows(tx, sql`SELECT handle FROM ipam.allocations WHERE address = ${address}::inet AND released_at IS NULL`);
+    const [holder] = await rows(tx, sql`SELECT handle FROM ipam.allocations WHERE address = ${address}::inet AND routing_domain_id = ${domain} AND released_at IS NULL`);
     if (holder) throw ipamErrors.specificInUse(address, String(holder.handle));
     const [resting] = await rows(tx, sql`SELECT owner, greatest(free_since + make_interval(secs => ${chosen.cooldown_seconds}),
         CASE WHEN owner <> ${req.owner} THEN hold_until END) AS until
-      FROM ipam.free_addresses WHERE address = ${address}::inet`);
+      FROM ipam.free_addresses WHERE routing_domain_id = ${domain} AND address = ${address}::inet`);
     if (resting && resting.until && new Date(resting.until as string) > new Date() && !(req.owner && resting.owner === req.owner))
       throw ipamErrors.specificResting(address, new Date(resting.until as string));
-    let [block] = await rows(tx, sql`SELECT id, node FROM ipam.blocks WHERE cidr >>= ${address}::inet AND released_at IS NULL FOR UPDATE`);
+    let [block] = await rows(tx, sql`SELECT id, node FROM ipam.blocks WHERE cidr >>= ${address}::inet AND routing_domain_id = ${domain} AND released_at IS NULL FOR UPDATE`);
     if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, String(block.node));
     if (!block) {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, cidr, node)
-        VALUES (${chosen.id}, network(set_masklen(${address}::inet, ${chosen.block_prefix_length})), ${req.node}) RETURNING id, node, cidr::text AS cidr`);
+      [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node)
+        VALUES (${chosen.id}, ${domain}, network(set_masklen(${address}::inet, ${chosen.block_prefix_length})), ${req.node}) RETURNING id, node, cidr::text AS cidr`);
       await logClaim(tx, String(chosen.name), String(block!.cidr), req.node);
     }
-    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${address}::inet`);
+    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${domain} AND address = ${address}::inet`);
     return insertAllocation(tx, chosen, block!.id, address, req);
   }
 
   /** The owner's own released address, if it is still held for it and its block is this node's. */
   async function allocateSticky(tx: Tx, pools: Row[], req: AllocationRequest): Promise<Allocation | null> {
     const ids = pools.map((p) => Number(p.id));
-    const [f] = await rows(tx, sql`SELECT f.address, host(f.address) AS text, f.block_id, b.pool_id FROM ipam.free_addresses f
+    const [f] = await rows(tx, sql`SELECT f.address, host(f.address) AS text, f.block_id, f.routing_domain_id, b.pool_id FROM ipam.free_addresses f
       JOIN ipam.blocks b ON b.id = f.block_id
       WHERE f.owner = ${req.owner} AND f.hold_until > now() AND b.node = ${req.node} AND b.released_at IS NULL
         AND b.pool_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb)::int)
       ORDER BY f.free_since DESC LIMIT 1 FOR UPDATE OF f`);
     if (!f) return null;
-    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${f.address}`);
+    await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${f.routing_domain_id} AND address = ${f.address}`);
     return insertAllocation(tx, pools.find((p) => Number(p.id) === Number(f.pool_id))!, f.block_id, String(f.text), req);
   }
 
@@ -298,8 +322,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   async function insertAllocation(tx: Tx, pool: Row, blockId: unknown, address: string, req: AllocationRequest): Promise<Allocation> {
     const [row] = await rows(tx, sql`WITH a AS (
-        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, node, pod_namespace, pod_name, container_id, owner)
-        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner})
+        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
+        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${pool.routing_domain_id}, ${req.cluster ?? ''}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner})
         RETURNING *),
       counted AS (UPDATE ipam.blocks SET live_count = live_count + 1 WHERE id = ${blockId})
       SELECT ${ALLOCATION_COLUMNS} FROM a ${ALLOCATION_JOINS}`);
@@ -325,15 +349,15 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
           b.next_offset = after.toString();
           continue;
         }
-        const [taken] = await rows(tx, sql`SELECT 1 FROM ipam.allocations WHERE address = ${next!.address}::inet AND released_at IS NULL`);
+        const [taken] = await rows(tx, sql`SELECT 1 FROM ipam.allocations WHERE address = ${next!.address}::inet AND routing_domain_id = ${pool.routing_domain_id} AND released_at IS NULL`);
         if (taken) continue;
-        await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address = ${next!.address}::inet`);
+        await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = ${next!.address}::inet`);
         return insertAllocation(tx, pool, b.id, String(next!.address), req);
       }
     }
     if (blocks.length === 0) return null;
     // Every block has handed out each address once: reuse the longest-free address past the cool-down.
-    const [reused] = await rows(tx, sql`DELETE FROM ipam.free_addresses WHERE address = (
+    const [reused] = await rows(tx, sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = (
         SELECT f.address FROM ipam.free_addresses f
         WHERE f.block_id = ANY(${sql.raw(`ARRAY[${blocks.map((b) => Number(b.id)).join(',')}]::int[]`)})
           AND f.free_since <= now() - make_interval(secs => ${pool.cooldown_seconds})
@@ -356,10 +380,10 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
         SELECT set_masklen(host(broadcast(b.cidr))::inet + 1, ${blockLen})::cidr FROM ipam.blocks b
         WHERE b.pool_id = ${pool.id} AND b.released_at IS NULL AND host(broadcast(b.cidr)) <> host(broadcast(${pool.cidr}::cidr))
       ) cands
-      WHERE c <<= ${pool.cidr}::cidr AND NOT EXISTS (SELECT 1 FROM ipam.blocks x WHERE x.cidr = cands.c AND x.released_at IS NULL)
+      WHERE c <<= ${pool.cidr}::cidr AND NOT EXISTS (SELECT 1 FROM ipam.blocks x WHERE x.routing_domain_id = ${pool.routing_domain_id} AND x.cidr = cands.c AND x.released_at IS NULL)
       ORDER BY c LIMIT 1`);
     if (!free) return false;
-    await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, cidr, node) VALUES (${pool.id}, ${free.cidr}::cidr, ${node})`);
+    await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node) VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node})`);
     await logClaim(tx, String(pool.name), String(free.cidr), node);
     return true;
   }
@@ -388,11 +412,11 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     const r = await rows(db, sql`WITH rel AS (
         UPDATE ipam.allocations a SET released_at = now() WHERE a.released_at IS NULL AND ${where} RETURNING a.*),
       freed AS (
-        INSERT INTO ipam.free_addresses (address, block_id, owner, hold_until)
-        SELECT rel.address, rel.block_id, rel.owner,
+        INSERT INTO ipam.free_addresses (address, routing_domain_id, block_id, owner, hold_until)
+        SELECT rel.address, rel.routing_domain_id, rel.block_id, rel.owner,
                CASE WHEN rel.owner <> '' THEN now() + make_interval(secs => pp.sticky_seconds) END
         FROM rel JOIN ipam.pools pp ON pp.id = rel.pool_id
-        ON CONFLICT (address) DO UPDATE SET free_since = now(), block_id = excluded.block_id, owner = excluded.owner, hold_until = excluded.hold_until),
+        ON CONFLICT (routing_domain_id, address) DO UPDATE SET free_since = now(), block_id = excluded.block_id, owner = excluded.owner, hold_until = excluded.hold_until),
       counted AS (
         UPDATE ipam.blocks b SET live_count = b.live_count - x.n FROM (SELECT block_id, count(*) AS n FROM rel GROUP BY block_id) x
         WHERE b.id = x.block_id)
@@ -414,7 +438,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     switch (q.kind) {
       case 'address':
         where = sql`a.address = ${q.address}::inet AND a.allocated_at <= ${q.at.toISOString()}::timestamptz
-          AND (a.released_at IS NULL OR a.released_at > ${q.at.toISOString()}::timestamptz)`;
+          AND (a.released_at IS NULL OR a.released_at > ${q.at.toISOString()}::timestamptz)
+          AND (${q.routingDomain}::text IS NULL OR a.routing_domain_id = (SELECT id FROM ipam.routing_domains WHERE name = ${q.routingDomain}))`;
         break;
       case 'pod':
         where = sql`a.pod_namespace = ${q.podNamespace} AND a.pod_name = ${q.podName}`;
@@ -532,7 +557,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
       const released = await rows(tx, sql`UPDATE ipam.blocks b SET released_at = now()
         WHERE b.released_at IS NULL AND b.live_count = 0 AND b.claimed_at < now() - make_interval(secs => ${graceSeconds})
-          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet
+                            AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL)
           AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses f WHERE f.block_id = b.id
                             AND (f.free_since > now() - make_interval(secs => greatest(${graceSeconds}, (SELECT cooldown_seconds FROM ipam.pools WHERE id = b.pool_id)))
                                  OR f.hold_until > now()))
@@ -554,12 +580,13 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   /** Each invariant as a query that returns its violations (at most 20 each). */
   const CHECKS: { kind: string; query: SQL }[] = [
-    { kind: 'address_live_twice', query: sql`SELECT host(address) || ' is live ' || count(*) || ' times' AS detail FROM ipam.allocations WHERE released_at IS NULL GROUP BY address HAVING count(*) > 1 LIMIT 20` },
+    { kind: 'address_live_twice', query: sql`SELECT host(address) || ' is live ' || count(*) || ' times in one routing domain' AS detail FROM ipam.allocations WHERE released_at IS NULL GROUP BY routing_domain_id, address HAVING count(*) > 1 LIMIT 20` },
     { kind: 'allocation_outside_block', query: sql`SELECT a.handle || ' holds ' || host(a.address) || ' outside its block ' || b.cidr AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND NOT a.address <<= b.cidr LIMIT 20` },
     { kind: 'allocation_node_mismatch', query: sql`SELECT a.handle || ' on node ' || a.node || ' holds ' || host(a.address) || ' in block ' || b.cidr || ' of node ' || b.node AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id WHERE a.released_at IS NULL AND a.node <> b.node LIMIT 20` },
+    { kind: 'routing_domain_mismatch', query: sql`SELECT a.handle || ' holds ' || host(a.address) || ' in another routing domain than its block ' || b.cidr AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id JOIN ipam.pools p ON p.id = b.pool_id WHERE a.released_at IS NULL AND (a.routing_domain_id <> b.routing_domain_id OR b.routing_domain_id <> p.routing_domain_id) LIMIT 20` },
     { kind: 'block_outside_pool', query: sql`SELECT 'block ' || b.cidr || ' lies outside pool ' || p.name AS detail FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE NOT b.cidr <<= p.cidr LIMIT 20` },
-    { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.released_at IS NULL AND b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.released_at IS NULL) LIMIT 20` },
-    { kind: 'free_but_live', query: sql`SELECT host(f.address) || ' is listed free but held by ' || a.handle AS detail FROM ipam.free_addresses f JOIN ipam.allocations a ON a.address = f.address AND a.released_at IS NULL LIMIT 20` },
+    { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.released_at IS NULL AND b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL) LIMIT 20` },
+    { kind: 'free_but_live', query: sql`SELECT host(f.address) || ' is listed free but held by ' || a.handle AS detail FROM ipam.free_addresses f JOIN ipam.allocations a ON a.address = f.address AND a.routing_domain_id = f.routing_domain_id AND a.released_at IS NULL LIMIT 20` },
     { kind: 'allocation_in_reservation', query: sql`SELECT a.handle || ' holds reserved ' || host(a.address) AS detail FROM ipam.allocations a JOIN ipam.reservations r ON r.pool_id = a.pool_id AND a.address >= r.first AND a.address <= r.last WHERE a.released_at IS NULL AND a.allocated_at > r.created_at LIMIT 20` },
     { kind: 'release_before_allocation', query: sql`SELECT a.handle || ' released before it was allocated' AS detail FROM ipam.allocations a WHERE a.released_at < a.allocated_at LIMIT 20` },
   ];

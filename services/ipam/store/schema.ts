@@ -1,5 +1,6 @@
 import { sql } from 'drizzle-orm';
-import { bigint, bigserial, boolean, cidr, index, inet, integer, pgSchema, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import type { AnyPgColumn } from 'drizzle-orm/pg-core';
+import { bigint, bigserial, boolean, cidr, index, inet, integer, pgSchema, primaryKey, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
 
 /** IPAM's own schema. Exclusion constraints (no overlapping pools or blocks) are in a custom migration. */
 export const ipam = pgSchema('ipam');
@@ -8,6 +9,8 @@ export const pools = ipam.table('pools', {
   id: serial('id').primaryKey(),
   name: text('name').notNull().unique(),
   cidr: cidr('cidr').notNull(),
+  /** Pools overlap only across routing domains, never within one (exclusion constraint, custom migration). */
+  routingDomainId: integer('routing_domain_id').notNull().references((): AnyPgColumn => routingDomains.id),
   blockPrefixLength: integer('block_prefix_length').notNull(),
   family: smallint('family').notNull().default(4),
   /** A released address rests this long before it is handed out again. */
@@ -30,6 +33,8 @@ export const blocks = ipam.table(
   {
     id: serial('id').primaryKey(),
     poolId: integer('pool_id').notNull().references(() => pools.id),
+    /** The pool's routing domain, copied: blocks and addresses are unique within a domain. */
+    routingDomainId: integer('routing_domain_id').notNull(),
     cidr: cidr('cidr').notNull(),
     node: text('node').notNull(),
     claimedAt: timestamp('claimed_at', { withTimezone: true }).notNull().defaultNow(),
@@ -44,7 +49,7 @@ export const blocks = ipam.table(
     // A node's live blocks in a pool, in claim order: the allocation path's lookup, with no sort.
     index('blocks_node_idx').on(t.node, t.poolId, t.id).where(sql`released_at IS NULL`),
     index('blocks_pool_idx').on(t.poolId).where(sql`released_at IS NULL`),
-    uniqueIndex('blocks_live_cidr_uq').on(t.cidr).where(sql`released_at IS NULL`),
+    uniqueIndex('blocks_live_cidr_uq').on(t.routingDomainId, t.cidr).where(sql`released_at IS NULL`),
   ],
 );
 
@@ -57,6 +62,10 @@ export const allocations = ipam.table(
     /** The block's pool (the block's own foreign key holds it to an existing pool; a second one here only cost every insert a lock). */
     poolId: integer('pool_id').notNull(),
     blockId: integer('block_id').notNull().references(() => blocks.id),
+    /** The pool's routing domain: an address is live at most once per domain. */
+    routingDomainId: integer('routing_domain_id').notNull(),
+    /** The registered cluster the allocation was made for ('' when the caller named none). */
+    cluster: text('cluster').notNull().default(''),
     node: text('node').notNull(),
     family: smallint('family').notNull().default(4),
     podNamespace: text('pod_namespace').notNull().default(''),
@@ -69,7 +78,7 @@ export const allocations = ipam.table(
   },
   (t) => [
     // The database itself refuses two live allocations of one address, and two live allocations of one handle.
-    uniqueIndex('allocations_live_address_uq').on(t.address).where(sql`released_at IS NULL`),
+    uniqueIndex('allocations_live_address_uq').on(t.address, t.routingDomainId).where(sql`released_at IS NULL`),
     // A handle holds at most one live address per family (a dual-stack pod holds two).
     uniqueIndex('allocations_live_handle_family_uq').on(t.handle, t.family).where(sql`released_at IS NULL`),
     // A block's live allocations are found by address range (BETWEEN its first and last address) on allocations_live_address_uq.
@@ -85,7 +94,8 @@ export const allocations = ipam.table(
 export const freeAddresses = ipam.table(
   'free_addresses',
   {
-    address: inet('address').primaryKey(),
+    address: inet('address').notNull(),
+    routingDomainId: integer('routing_domain_id').notNull(),
     blockId: integer('block_id').notNull().references(() => blocks.id),
     freeSince: timestamp('free_since', { withTimezone: true }).notNull().defaultNow(),
     /** Held for this owner until hold_until; nobody else takes it before then. */
@@ -93,6 +103,7 @@ export const freeAddresses = ipam.table(
     holdUntil: timestamp('hold_until', { withTimezone: true }),
   },
   (t) => [
+    primaryKey({ columns: [t.routingDomainId, t.address] }),
     index('free_addresses_block_idx').on(t.blockId, t.freeSince),
     index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`),
     // Utilization counts only the recently freed (those still cooling down).
