@@ -22,7 +22,7 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
     SELECT r.*, row_number() OVER (PARTITION BY r.node, r.pool_id ORDER BY r.ord) - 1 AS k
     FROM req r WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.ord = r.ord)),
   grp AS (SELECT node, pool_id, max(size) AS size FROM fresh GROUP BY node, pool_id),
-  cand AS (
+  cand AS MATERIALIZED (
     SELECT c.id FROM grp g CROSS JOIN LATERAL (
       SELECT b.id FROM ipam.blocks b
       WHERE b.node = g.node AND b.pool_id = g.pool_id AND b.released_at IS NULL AND b.next_offset < g.size
@@ -48,12 +48,14 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   freed AS (DELETE FROM ipam.free_addresses f USING chk WHERE chk.ok AND f.routing_domain_id = chk.domain_id AND f.address = chk.address),
   ins AS (
     INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
-    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok
-    RETURNING id, handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner, allocated_at),
+    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok),
+  -- Every ok row is inserted (or the statement fails), at now(): the answer comes from chk without reading ins back.
   found AS (
-    SELECT chk.ord, 'new' AS outcome, ins.* FROM ins JOIN chk ON chk.handle = ins.handle AND chk.family = ins.family AND chk.ok
+    SELECT ord, 'new' AS outcome, handle, address, family, pool_id, block_id, domain_id AS routing_domain_id, cluster, node,
+      ns AS pod_namespace, name AS pod_name, cid AS container_id, '' AS owner, now() AS allocated_at
+    FROM chk WHERE ok
     UNION ALL
-    SELECT e.ord, 'existing', a.id, a.handle, a.address, a.family, a.pool_id, a.block_id, a.routing_domain_id, a.cluster, a.node,
+    SELECT e.ord, 'existing', a.handle, a.address, a.family, a.pool_id, a.block_id, a.routing_domain_id, a.cluster, a.node,
       a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at
     FROM existing e JOIN ipam.allocations a ON a.id = e.id)
   SELECT f.ord, f.outcome, f.handle, host(f.address) AS address, f.family, p.name AS pool, b.cidr::text AS block_cidr, f.node,
