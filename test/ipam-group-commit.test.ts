@@ -53,4 +53,32 @@ describe('group commit of concurrent allocations', () => {
     assert.equal(new Set(results.map((r) => r.allocations[0]!.address)).size, 200);
     assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
   });
+
+  test('a node three quarters full gets its next block claimed in the background; a node with churn reuses instead', async () => {
+    await tb.ipam.createPool({ name: 'pf', cidr: '10.92.0.0/24', blockPrefixLength: 28, cooldownSeconds: 0 });
+    const blocksOf = async (node: string) =>
+      (await tb.sql.query(`SELECT count(*)::int AS n FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'pf' AND b.node = $1 AND b.released_at IS NULL`, [node])).rows[0].n as number;
+    const waitFor = async (what: string, ok: () => Promise<boolean>) => {
+      for (let i = 0; i < 50; i++) {
+        if (await ok()) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.fail(`${what} within 5 s`);
+    };
+    for (let i = 0; i < 12; i++) await tb.ipam.allocate(req(`pf${i}/eth0`, 'busy', 'pf'));
+    await waitFor('a second block for node busy', async () => (await blocksOf('busy')) === 2);
+    const events = await tb.sql.query(`SELECT count(*)::int AS n FROM ipam.block_events WHERE pool = 'pf' AND node = 'busy'`);
+    assert.equal(events.rows[0].n, 2, 'the prefetched block is announced to routes like any claim');
+    const more = await Promise.all(Array.from({ length: 8 }, (_, i) => tb.ipam.allocate(req(`pf-more${i}/eth0`, 'busy', 'pf'))));
+    assert.equal(new Set(more.map((m) => m.allocation!.address)).size, 8);
+
+    // 11 of 16 used leaves 5 never-used: no prefetch yet. Most pods go, then new ones use the block's last fresh
+    // addresses: the block is mostly free, so nothing more is claimed.
+    for (let i = 0; i < 11; i++) await tb.ipam.allocate(req(`ch${i}/eth0`, 'churn', 'pf'));
+    for (let i = 0; i < 9; i++) await tb.ipam.release({ handle: `ch${i}/eth0` });
+    for (let i = 0; i < 4; i++) await tb.ipam.allocate(req(`ch-again${i}/eth0`, 'churn', 'pf'));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await blocksOf('churn'), 1, 'a node whose block is mostly free claims nothing more');
+    assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
+  });
 });

@@ -25,9 +25,11 @@ export interface IpamHousekeeping {
 
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
   await applyMigrations(deps.database, 'ipam');
-  const repo = createIpamRepository(deps.database.db, deps.database.pool);
-  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
   const logger = deps.logger.child({ service: 'ipam' });
+  const repo = createIpamRepository(deps.database.db, deps.database.pool, {
+    onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
+  });
+  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
   addService(server, IpamServiceService, handlers, logger);
   // The same handlers over HTTP with JSON.
   const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);

@@ -11,7 +11,8 @@ import { pgErrorOf } from './pg-errors.js';
  *
  * Per (node, pool) the requests are numbered k = 0, 1, …; the node's first block with room is locked (in block id
  * order, so two batches cannot deadlock) and request k takes offset next_offset + k. The lock's re-check drops a
- * block that filled up meanwhile; its requests come back 'none'.
+ * block that filled up meanwhile; its requests come back 'none'. A new allocation's row says how many never-used
+ * addresses its block has left (`room`), so the caller can claim the node's next block before it is needed.
  */
 export const FAST_ALLOCATE_BATCH = `WITH req AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
@@ -33,7 +34,7 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
     WHERE b.released_at IS NULL AND b.next_offset < g.size
     ORDER BY b.id FOR UPDATE OF b),
   pick AS (
-    SELECT f.*, blk.id AS block_id, blk.base + (blk.next_offset + f.k) AS address
+    SELECT f.*, blk.id AS block_id, blk.base + (blk.next_offset + f.k) AS address, f.size - (blk.next_offset + f.k + 1) AS room
     FROM fresh f JOIN blk ON blk.node = f.node AND blk.pool_id = f.pool_id
     WHERE blk.next_offset + f.k < f.size),
   chk AS (
@@ -52,17 +53,17 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   -- Every ok row is inserted (or the statement fails), at now(): the answer comes from chk without reading ins back.
   found AS (
     SELECT ord, 'new' AS outcome, handle, address, family, pool_id, block_id, domain_id AS routing_domain_id, cluster, node,
-      ns AS pod_namespace, name AS pod_name, cid AS container_id, '' AS owner, now() AS allocated_at
+      ns AS pod_namespace, name AS pod_name, cid AS container_id, '' AS owner, now() AS allocated_at, room
     FROM chk WHERE ok
     UNION ALL
     SELECT e.ord, 'existing', a.handle, a.address, a.family, a.pool_id, a.block_id, a.routing_domain_id, a.cluster, a.node,
-      a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at
+      a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at, NULL
     FROM existing e JOIN ipam.allocations a ON a.id = e.id)
   SELECT f.ord, f.outcome, f.handle, host(f.address) AS address, f.family, p.name AS pool, b.cidr::text AS block_cidr, f.node,
-    f.pod_namespace, f.pod_name, f.container_id, f.owner, f.cluster, d.name AS routing_domain, f.allocated_at
+    f.pod_namespace, f.pod_name, f.container_id, f.owner, f.cluster, d.name AS routing_domain, f.allocated_at, f.room
   FROM found f JOIN ipam.pools p ON p.id = f.pool_id JOIN ipam.blocks b ON b.id = f.block_id JOIN ipam.routing_domains d ON d.id = f.routing_domain_id
   UNION ALL
-  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok`;
+  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok`;
 
 export interface FastRequest {
   handle: string;

@@ -1,7 +1,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import type pg from 'pg';
 import type { Database } from '../../../lib/db/database.js';
-import { cidrSize, formatCidr, parseAddress, type Family } from '../../../lib/net/ip.js';
+import { cidrSize, formatCidr, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import { selectPools, type PoolRule } from '../domain/pool-selection.js';
 import type { Page, PageKey } from '../domain/paging.js';
 import { ipamErrors } from '../domain/ipam.errors.js';
@@ -76,7 +76,7 @@ const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_leng
   (SELECT d.name FROM ipam.routing_domains d WHERE d.id = pools.routing_domain_id) AS routing_domain`;
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
-export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>) {
+export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>, opts: { onBackgroundError?: (what: string, err: unknown) => void } = {}) {
   const fast = createFastAllocator(client);
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
@@ -216,22 +216,57 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       const first = pools.find((p) => Number(p.family) === families[0]);
       for (let i = 0; first && i < 32; i++) {
         const r = await allocateFast(first, req);
-        if (r.kind === 'done') return [r.allocation];
+        if (r.kind === 'done') {
+          if (r.room !== null && r.room * 4n <= cidrSize(Number(first.family) as Family, Number(first.block_prefix_length))) prefetchBlock(first, req.node);
+          return [r.allocation];
+        }
         if (r.kind === 'none') break;
       }
     }
     return withRetry(() => allocateOnce(req, pools));
   }
 
+  /**
+   * Block prefetch. When a new allocation leaves its block with a quarter or less of its never-used addresses, the
+   * node's next block is claimed in the background (one claim at a time per node and pool), so the node's next pods
+   * find room on the fast path instead of claiming under the global claim lock, and the new block's routes reach every
+   * node before a pod needs them. Only a node whose blocks are at least three quarters live gets one: a node with
+   * churn reuses its released addresses instead of collecting blocks, and a prefetch never takes one of the pool's
+   * last tenth of blocks (at least two): near exhaustion a block goes to the node that needs it now.
+   */
+  const prefetching = new Set<string>();
+  function prefetchBlock(pool: Row, node: string): void {
+    const key = `${pool.id}/${node}`;
+    if (prefetching.has(key)) return;
+    prefetching.add(key);
+    const size = cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length));
+    db.transaction(async (tx) => {
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      const [mine] = await rows(tx, sql`SELECT count(*) AS blocks, coalesce(sum(live_count), 0) AS live,
+          count(*) FILTER (WHERE next_offset * 4 < ${(size * 3n).toString()}::numeric) AS roomy
+        FROM ipam.blocks WHERE node = ${node} AND pool_id = ${pool.id} AND released_at IS NULL`);
+      const full = BigInt(mine!.live as string) * 4n >= BigInt(mine!.blocks as string) * size * 3n;
+      if (!full || Number(mine!.roomy) > 0) return;
+      // Every block below the claim hint is claimed: from it, how many the pool may still have free.
+      const [p] = await rows(tx, sql`SELECT host(claim_hint) AS hint FROM ipam.pools WHERE id = ${pool.id}`);
+      const cidr = parseCidr(String(pool.cidr));
+      const total = cidrSize(cidr.family, cidr.prefixLength) / size;
+      const below = p?.hint ? (parseAddress(String(p.hint)).value - cidr.base) / size : 0n;
+      const keep = total / 10n > 2n ? total / 10n : 2n;
+      if (total - below > keep) await claimBlock(tx, pool, node);
+    }).catch((err) => opts.onBackgroundError?.(`prefetching a block of pool ${String(pool.name)} for node ${node}`, err))
+      .finally(() => prefetching.delete(key));
+  }
+
   /** The common case through the group-commit path (fast-allocate.ts). */
-  async function allocateFast(pool: Row, req: AllocationRequest): Promise<{ kind: 'done'; allocation: Allocation } | { kind: 'skipped' } | { kind: 'none' }> {
+  async function allocateFast(pool: Row, req: AllocationRequest): Promise<{ kind: 'done'; allocation: Allocation; room: bigint | null } | { kind: 'skipped' } | { kind: 'none' }> {
     const r = await fast.allocate({
       handle: req.handle, family: Number(pool.family), node: req.node, poolId: Number(pool.id),
       blockSize: cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length)),
       podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
       routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '',
     });
-    return r.kind === 'done' ? { kind: 'done', allocation: toAllocation(r.row) } : r;
+    return r.kind === 'done' ? { kind: 'done', allocation: toAllocation(r.row), room: r.row.room == null ? null : BigInt(r.row.room as string) } : r;
   }
 
   /** The full path, one transaction; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
@@ -374,15 +409,24 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       const [held] = await rows(tx, sql`SELECT count(*)::int AS n FROM ipam.blocks WHERE node = ${node} AND pool_id = ${pool.id} AND released_at IS NULL`);
       if (Number(held!.n) >= Number(pool.max_blocks_per_node)) return false;
     }
-    const [free] = await rows(tx, sql`SELECT c::text AS cidr FROM (
-        SELECT set_masklen(host(network(${pool.cidr}::cidr))::inet, ${blockLen})::cidr AS c
+    // The lowest free block: the pool's claim hint if it is free, else the first block right after a live block at or
+    // above the hint, walking the live blocks in address order (index order; it stops at the first gap). Every block
+    // below the hint is claimed, so this is the pool's lowest free block, found in a few index probes however many
+    // blocks the pool has.
+    const [free] = await rows(tx, sql`WITH start AS (
+        SELECT coalesce(claim_hint, set_masklen(host(network(cidr))::inet, ${blockLen})::cidr) AS h FROM ipam.pools WHERE id = ${pool.id})
+      SELECT c::text AS cidr FROM (
+        SELECT h AS c FROM start
         UNION ALL
-        SELECT set_masklen(host(broadcast(b.cidr))::inet + 1, ${blockLen})::cidr FROM ipam.blocks b
-        WHERE b.pool_id = ${pool.id} AND b.released_at IS NULL AND host(broadcast(b.cidr)) <> host(broadcast(${pool.cidr}::cidr))
+        (SELECT set_masklen(host(broadcast(b.cidr))::inet + 1, ${blockLen})::cidr FROM ipam.blocks b, start
+         WHERE b.routing_domain_id = ${pool.routing_domain_id} AND b.released_at IS NULL AND b.cidr >= start.h AND b.cidr <<= ${pool.cidr}::cidr
+           AND host(broadcast(b.cidr)) <> host(broadcast(${pool.cidr}::cidr))
+         ORDER BY b.cidr)
       ) cands
       WHERE c <<= ${pool.cidr}::cidr AND NOT EXISTS (SELECT 1 FROM ipam.blocks x WHERE x.routing_domain_id = ${pool.routing_domain_id} AND x.cidr = cands.c AND x.released_at IS NULL)
-      ORDER BY c LIMIT 1`);
+      LIMIT 1`);
     if (!free) return false;
+    await tx.execute(sql`UPDATE ipam.pools SET claim_hint = ${free.cidr}::cidr WHERE id = ${pool.id}`);
     await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node) VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node})`);
     await logClaim(tx, String(pool.name), String(free.cidr), node);
     return true;
@@ -564,6 +608,11 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
                                  OR f.hold_until > now()))
         RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`);
       if (released.length === 0) return [];
+      // A released block is free again: the next claim in its pool looks from there.
+      await tx.execute(sql`UPDATE ipam.pools p SET claim_hint = least(p.claim_hint, r.low)
+        FROM (SELECT b.pool_id, min(b.cidr) AS low FROM ipam.blocks b
+              WHERE b.id IN (SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int) GROUP BY b.pool_id) r
+        WHERE p.id = r.pool_id AND p.claim_hint IS NOT NULL`);
       await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE block_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int)`);
       for (const b of released) {
         await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`);

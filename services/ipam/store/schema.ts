@@ -23,6 +23,11 @@ export const pools = ipam.table('pools', {
   /** At most this many blocks per node (0: no limit). */
   maxBlocksPerNode: integer('max_blocks_per_node').notNull().default(0),
   allowedUses: text('allowed_uses').array().notNull().default(sql`'{workload}'::text[]`),
+  /**
+   * Where the next block claim starts looking: every block of the pool below it is claimed (claims take the lowest
+   * free block at or above it and move it there; a released block moves it down). null: the pool's start.
+   */
+  claimHint: cidr('claim_hint'),
   /** Raised by every update; the etag is derived from it. */
   version: integer('version').notNull().default(1),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),

@@ -1,0 +1,1 @@
+ALTER TABLE "ipam"."pools" ADD COLUMN "claim_hint" "cidr";
