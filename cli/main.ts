@@ -10,7 +10,7 @@ import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { agentStatus, compareNode, describeEntry, readNodeKernel, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
-import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, startAgent, stopAgent } from './cluster/cluster.js';
+import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage. */
 class UsageError extends Error {}
@@ -26,6 +26,7 @@ const USAGE = `usage: weft <command> [options]
   cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
   cluster pod del POD                           detach it
   cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
+  cluster control-plane restart                 restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
   routes NODE [--json]                          what NODE's kernel should hold and, in the local cluster, whether it does
   ipam pools [--json]                           list pools
@@ -172,6 +173,12 @@ async function main(argv: string[]): Promise<number> {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del POD');
       const p = await podDel(stateDir, pos[3]!);
       print(json, { deleted: p.name }, () => `pod ${p.name} deleted`);
+      return 0;
+    }
+    if (pos[1] === 'control-plane') {
+      if (pos.length !== 3 || pos[2] !== 'restart') throw new UsageError('usage: weft cluster control-plane restart');
+      const s = await restartControlPlane(stateDir);
+      print(json, s.controlPlane, () => `control plane restarted (pid ${s.controlPlane.pid})`);
       return 0;
     }
     if (pos[1] === 'agent') {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
-  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, startAgent, stopAgent, type ClusterState, type NodeState, type PodState,
+  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, restartControlPlane, startAgent, stopAgent, type ClusterState, type NodeState, type PodState,
 } from '../cli/cluster/cluster.js';
 import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
 import { createClient } from '../lib/grpc/client.js';
@@ -157,6 +157,74 @@ async function pings(from: PodState, to: string, attempts = 10): Promise<boolean
   return false;
 }
 
+interface StreamResult { sent: number; sentBytes: number; recvBytes: number; maxGapMs: number; outOfOrder: number; error: string | null; ms: number }
+const STREAM_INTERVAL_MS = 10;
+/** Upper bound of a stream: at most 3,000 messages even if the test never stops it. */
+const STREAM_MAX_MS = 30_000;
+
+/**
+ * A TCP stream from pod `from` to an echo server in pod `to`: a counter every 10 ms until stopped, measuring the echo
+ * (bytes, order, and the longest silence between two echoes).
+ */
+async function startEchoStream(from: PodState, to: PodState): Promise<{ stop(): Promise<StreamResult> }> {
+  const server = spawn('ip', ['netns', 'exec', podNs(to), process.execPath, '-e',
+    `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(server);
+  const lineFrom = (child: ChildProcess, text: string, what: string) => new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
+    child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
+  });
+  await lineFrom(server, 'listening', 'the echo server');
+  const clientScript = `
+    const net = require('net');
+    const s = net.connect({ host: ${JSON.stringify(to.addresses[0])}, port: 9000 });
+    let seq = 0, sentBytes = 0, recvBytes = 0, start = 0, last = 0, maxGapMs = 0, buf = '', expect = 0, outOfOrder = 0, error = null, timer = null;
+    const report = () => { console.log(JSON.stringify({ sent: seq, sentBytes, recvBytes, maxGapMs, outOfOrder, error, ms: Date.now() - start })); process.exit(0); };
+    const finish = () => { if (timer) { clearInterval(timer); timer = null; s.end(); } };
+    setTimeout(() => { error = error || 'timeout'; report(); }, ${STREAM_MAX_MS + 5000}).unref();
+    process.stdin.on('data', () => {}).on('end', finish);
+    s.setNoDelay(true);
+    s.on('connect', () => {
+      start = last = Date.now();
+      console.log('connected');
+      timer = setInterval(() => {
+        if (Date.now() - start >= ${STREAM_MAX_MS}) return finish();
+        const line = seq++ + '\\n'; sentBytes += line.length; s.write(line);
+      }, ${STREAM_INTERVAL_MS});
+    });
+    s.on('data', (d) => {
+      const now = Date.now(); maxGapMs = Math.max(maxGapMs, now - last); last = now; recvBytes += d.length;
+      buf += d; const lines = buf.split('\\n'); buf = lines.pop();
+      for (const l of lines) { if (Number(l) !== expect) outOfOrder++; expect = Number(l) + 1; }
+    });
+    s.on('error', (e) => { error = e.code || e.message; });
+    s.on('close', report);`;
+  const client = spawn('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', clientScript], { stdio: ['pipe', 'pipe', 'inherit'] });
+  children.push(client);
+  let clientOut = '';
+  client.stdout!.on('data', (d) => (clientOut += d));
+  const clientDone = new Promise<void>((r) => client.once('exit', () => r()));
+  await lineFrom(client, 'connected', 'the stream');
+  return {
+    async stop() {
+      client.stdin!.end();
+      await Promise.race([clientDone, sleep(STREAM_MAX_MS + 10_000)]);
+      server.kill('SIGKILL');
+      return JSON.parse(clientOut.trim().split('\n').at(-1)!) as StreamResult;
+    },
+  };
+}
+
+/** What a stream that was stopped by the test must show: it ran, every byte came back in order, no long silence. */
+function assertStreamHeld(r: StreamResult): void {
+  assert.equal(r.error, null);
+  assert.ok(r.ms < STREAM_MAX_MS, 'the stream ran until the test stopped it');
+  assert.ok(r.sent >= (r.ms / STREAM_INTERVAL_MS) * 0.5, `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`);
+  assert.equal(r.recvBytes, r.sentBytes, 'every byte came back');
+  assert.equal(r.outOfOrder, 0);
+  assert.ok(r.maxGapMs < 1000, `no gap over 1 s (longest ${r.maxGapMs} ms)`);
+}
+
 describe('agent reconciliation on the local cluster', opts, () => {
   before(async () => {
     await weft('cluster', 'up', '--nodes', '3', '--json');
@@ -238,51 +306,8 @@ describe('agent reconciliation on the local cluster', opts, () => {
   });
 
   test('a TCP stream between pods on two nodes keeps flowing while either node\'s agent is killed (SIGKILL) and restarted', async (t) => {
-    const INTERVAL_MS = 10;
-    /** Upper bound of the stream: at most 3,000 messages even if the test never stops it. */
-    const MAX_MS = 30_000;
-    const server = spawn('ip', ['netns', 'exec', podNs(pods.pb!), process.execPath, '-e',
-      `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
-    children.push(server);
-    const lineFrom = (child: ChildProcess, text: string, what: string) => new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
-      child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
-    });
-    await lineFrom(server, 'listening', 'the echo server');
-    // The client sends a counter every 10 ms until its stdin closes (or MAX_MS) and measures the echo: bytes, order,
-    // and the longest silence between two echoes.
-    const clientScript = `
-      const net = require('net');
-      const s = net.connect({ host: ${JSON.stringify(pods.pb!.addresses[0])}, port: 9000 });
-      let seq = 0, sentBytes = 0, recvBytes = 0, start = 0, last = 0, maxGapMs = 0, buf = '', expect = 0, outOfOrder = 0, error = null, timer = null;
-      const report = () => { console.log(JSON.stringify({ sent: seq, sentBytes, recvBytes, maxGapMs, outOfOrder, error, ms: Date.now() - start })); process.exit(0); };
-      const finish = () => { if (timer) { clearInterval(timer); timer = null; s.end(); } };
-      setTimeout(() => { error = error || 'timeout'; report(); }, ${MAX_MS + 5000}).unref();
-      process.stdin.on('data', () => {}).on('end', finish);
-      s.setNoDelay(true);
-      s.on('connect', () => {
-        start = last = Date.now();
-        console.log('connected');
-        timer = setInterval(() => {
-          if (Date.now() - start >= ${MAX_MS}) return finish();
-          const line = seq++ + '\\n'; sentBytes += line.length; s.write(line);
-        }, ${INTERVAL_MS});
-      });
-      s.on('data', (d) => {
-        const now = Date.now(); maxGapMs = Math.max(maxGapMs, now - last); last = now; recvBytes += d.length;
-        buf += d; const lines = buf.split('\\n'); buf = lines.pop();
-        for (const l of lines) { if (Number(l) !== expect) outOfOrder++; expect = Number(l) + 1; }
-      });
-      s.on('error', (e) => { error = e.code || e.message; });
-      s.on('close', report);`;
-    const client = spawn('ip', ['netns', 'exec', podNs(pods.pa!), process.execPath, '-e', clientScript], { stdio: ['pipe', 'pipe', 'inherit'] });
-    children.push(client);
-    let clientOut = '';
-    client.stdout!.on('data', (d) => (clientOut += d));
-    const clientDone = new Promise<void>((r) => client.once('exit', () => r()));
-    await lineFrom(client, 'connected', 'the stream');
+    const stream = await startEchoStream(pods.pa!, pods.pb!);
     const t0 = performance.now();
-
     const restarts: string[] = [];
     for (const name of ['node1', 'node3']) {
       await sleep(1000);
@@ -300,17 +325,39 @@ describe('agent reconciliation on the local cluster', opts, () => {
       assert.equal(after.text, before.text, `${name}: kernel state byte-identical across the restart`);
     }
     await sleep(1000);
-    client.stdin!.end();
-    await Promise.race([clientDone, sleep(MAX_MS + 10_000)]);
-    const r = JSON.parse(clientOut.trim().split('\n').at(-1)!) as { sent: number; sentBytes: number; recvBytes: number; maxGapMs: number; outOfOrder: number; error: string | null; ms: number };
+    const r = await stream.stop();
     for (const line of restarts) t.diagnostic(line);
     t.diagnostic(`stream: ${r.ms} ms, ${r.sent} messages, ${r.sentBytes} bytes sent, ${r.recvBytes} echoed, longest silence ${r.maxGapMs} ms`);
-    assert.equal(r.error, null);
-    assert.ok(r.ms < MAX_MS, 'the stream ran across both restarts and was stopped by the test');
-    assert.ok(r.sent >= (r.ms / INTERVAL_MS) * 0.5, `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`);
-    assert.equal(r.recvBytes, r.sentBytes, 'every byte came back');
-    assert.equal(r.outOfOrder, 0);
-    assert.ok(r.maxGapMs < 1000, `no gap over 1 s (longest ${r.maxGapMs} ms)`);
+    assertStreamHeld(r);
+  });
+
+  test('the control plane (IPAM, routes and PostgreSQL) restarted: every agent recovers without help, traffic keeps flowing', async (t) => {
+    const names = ['node1', 'node2', 'node3'];
+    const before = new Map(await Promise.all(names.map(async (n) => [n, (await metrics(node(n))).get('weft_agent_revision_applied') ?? 0] as const)));
+    const stream = await startEchoStream(pods.pa!, pods.pb!);
+    const t0 = performance.now();
+    const cp = await restartControlPlane(stateDir);
+    const upMs = performance.now() - t0;
+    assert.ok(isAlive(cp.controlPlane.pid), 'the new control plane runs');
+    // Each agent reconnects its watch on its own (resuming from its revision) and keeps renewing its lease.
+    const recovered: string[] = [];
+    for (const n of names) {
+      const ms = await until(`${n}'s agent to follow the restarted control plane`, async () => {
+        const m = await metrics(node(n)).catch(() => null);
+        return !!m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) >= before.get(n)!;
+      }, 30_000);
+      recovered.push(`${n} ${ms.toFixed(0)} ms`);
+    }
+    // The restarted services work end to end: a new node claims a block, every agent routes to it, and its pod is
+    // reachable from the first three nodes' pods.
+    const added = JSON.parse(await weft('cluster', 'node', 'add', '--json')) as NodeState;
+    const pd = JSON.parse(await weft('cluster', 'pod', 'add', added.name, 'pd', '--namespace', 'e2e', '--json')) as PodState;
+    for (const from of [pods.pa!, pods.pb!, pods.pc!]) assert.ok(await pings(from, pd.addresses[0]!), `${from.name} reaches the new node's pod`);
+    const r = await stream.stop();
+    t.diagnostic(`control plane answering again ${upMs.toFixed(0)} ms after the restart began; agents following it: ${recovered.join(', ')}`);
+    t.diagnostic(`stream across the restart: ${r.ms} ms, longest silence ${r.maxGapMs} ms`);
+    assertStreamHeld(r);
+    assert.ok(isAlive(node('node1').agentPid) && isAlive(node('node3').agentPid), 'no agent was restarted');
   });
 
   test('a restarted agent adopts what it finds: no entry deleted or re-added, kernel state byte-identical, no kernel write', async (t) => {

@@ -131,12 +131,9 @@ export async function clusterUp(opts: { stateDir: string; nodes: number }): Prom
     await run('ip', ['netns', 'add', cpNs]);
     await attachToFabric(fab, cpNs, 'cp', `${CONTROL_PLANE_ADDRESS}/24`, SUBNETS[0].bridge, SUBNETS[0].router);
     mkdirSync(path.join(stateDir, 'cp'), { recursive: true });
-    const cpLog = path.join(stateDir, 'cp', 'control-plane.log');
-    state.controlPlane.pid = spawnInNetns(cpNs, [process.execPath, paths.cli, 'up', '--data-dir', path.join(stateDir, 'cp'), '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`], { WEFT_LOG_LEVEL: 'info' }, cpLog);
-    writeState(state);
+    await startControlPlane(state);
     const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
     try {
-      await waitFor('the control plane', 60_000, async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null), cpLog);
       const pools = await ipam.listPools({}, { timeoutMs: 5000 });
       if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name)) await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
     } finally {
@@ -148,6 +145,33 @@ export async function clusterUp(opts: { stateDir: string; nodes: number }): Prom
     await clusterDown({ stateDir }).catch(() => {});
     throw err;
   }
+}
+
+/** Starts the control plane (`weft up`: IPAM, routes, embedded PostgreSQL) in its namespace; resolves once it answers. */
+async function startControlPlane(state: ClusterState): Promise<void> {
+  const cpLog = path.join(state.stateDir, 'cp', 'control-plane.log');
+  state.controlPlane.pid = spawnInNetns(state.controlPlane.netns,
+    [process.execPath, paths.cli, 'up', '--data-dir', path.join(state.stateDir, 'cp'), '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`], { WEFT_LOG_LEVEL: 'info' }, cpLog);
+  writeState(state);
+  const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+  try {
+    await waitFor('the control plane', 60_000, async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null), cpLog);
+  } finally {
+    ipam.close();
+  }
+}
+
+/**
+ * Restarts the control plane — the IPAM and routes services and their embedded PostgreSQL — on the same data, as an
+ * operator's restart or a crash-and-restart by a supervisor would; agents are left alone to recover on their own.
+ */
+export async function restartControlPlane(stateDir: string): Promise<ClusterState> {
+  const state = readState(stateDir);
+  await stopProcess(state.controlPlane.pid);
+  state.controlPlane.pid = 0;
+  writeState(state);
+  await startControlPlane(state);
+  return state;
 }
 
 async function attachToFabric(fab: string, ns: string, fabricIfname: string, cidr: string, bridge: string, router: string): Promise<void> {
