@@ -205,9 +205,14 @@ export interface CniOutcome { exitCode: number | null; stdout: string; stderr: s
 
 /** Runs weft-cni inside the node's namespace exactly as a container runtime does: environment and stdin in, stdout and exit status out. */
 export function runCni(node: NodeState, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
+  return runPluginInNetns(node.netns, paths.cni, { CNI_PATH: path.dirname(paths.cni), ...env }, stdin);
+}
+
+/** Runs a CNI plugin executable inside a namespace (the node's, as its runtime would): only PATH and `env` in its environment. */
+export function runPluginInNetns(netns: string, file: string, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
   return new Promise((resolve, reject) => {
-    const child = spawn('ip', ['netns', 'exec', node.netns, paths.cni], {
-      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CNI_PATH: path.dirname(paths.cni), ...env },
+    const child = spawn('ip', ['netns', 'exec', netns, file], {
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
