@@ -170,6 +170,7 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   writeState(state);
   await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
   mkdirSync(path.dirname(node.socket), { recursive: true });
+  for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
   node.agentPid = spawnAgent(state, node);
   writeState(state);
@@ -190,6 +191,8 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
 export const AGENT_METRICS_PORT = 9402;
 
 export const agentLog = (node: NodeState) => path.join(path.dirname(node.socket), 'agent.log');
+/** The node's container-runtime CNI folders, where its agent installs `weft` and `10-weft.conflist` as on a real node. */
+export const cniDirs = (node: NodeState) => ({ bin: path.join(path.dirname(node.socket), 'cni', 'bin'), conf: path.join(path.dirname(node.socket), 'cni', 'net.d') });
 
 function spawnAgent(state: ClusterState, node: NodeState): number {
   return spawnInNetns(node.netns, [process.execPath, paths.agent], {
@@ -198,6 +201,8 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
     WEFT_AGENT_SOCKET: node.socket,
     WEFT_RESYNC_MS: '5000',
     WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
+    WEFT_CNI_BIN_DIR: cniDirs(node).bin,
+    WEFT_CNI_CONF_DIR: cniDirs(node).conf,
   }, agentLog(node));
 }
 
