@@ -789,78 +789,78 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   }
 
   for (const version of ['0.4.0', '1.0.0'] as const) {
-  it(`a conflist Weft → tuning → bandwidth → portmap in ${version}, run as libcni runs it: ADD in order, CHECK, DEL in reverse leave nothing`, chainSkip(), async (t: TestContext) => {
-    const pod = await newPod(`chain${version.replace(/\./g, '')}`);
-    const hostPort = 18080;
-    const list: NetworkConfigList = {
-      cniVersion: version,
-      name: 'weft',
-      plugins: [
-        { type: 'weft', agentSocket: node.socket },
-        { type: 'tuning', mtu: 1400, sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
-        { type: 'bandwidth', capabilities: { bandwidth: true } },
-        { type: 'portmap', capabilities: { portMappings: true }, snat: true },
-      ],
-    };
-    const rt = runtimeConf(pod, {
-      portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
-      bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 },
-      ignored: { notAskedFor: true }, // no plugin declares this capability: it must reach none
+    it(`a conflist Weft → tuning → bandwidth → portmap in ${version}, run as libcni runs it: ADD in order, CHECK, DEL in reverse leave nothing`, chainSkip(), async (t: TestContext) => {
+      const pod = await newPod(`chain${version.replace(/\./g, '')}`);
+      const hostPort = 18080;
+      const list: NetworkConfigList = {
+        cniVersion: version,
+        name: 'weft',
+        plugins: [
+          { type: 'weft', agentSocket: node.socket },
+          { type: 'tuning', mtu: 1400, sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
+          { type: 'bandwidth', capabilities: { bandwidth: true } },
+          { type: 'portmap', capabilities: { portMappings: true }, snat: true },
+        ],
+      };
+      const rt = runtimeConf(pod, {
+        portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
+        bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 },
+        ignored: { notAskedFor: true }, // no plugin declares this capability: it must reach none
+      });
+      const runner = chain(list);
+      let listener: Started | null = null;
+      let result: CniResultDoc | undefined;
+      const ifbBefore = await ifbLinks();
+      try {
+        result = await runner.add(rt);
+        // The list's result is still Weft's: its interfaces and address, passed through every later plugin.
+        assert.equal(result.cniVersion, version);
+        const address = addressOf(result);
+        assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address the chain reports');
+        // bandwidth appends the ifb device it made; everything of Weft's is as Weft printed it.
+        const names = (result.interfaces as { name: string }[]).map((i) => i.name);
+        assert.deepEqual(names.slice(0, 2), [hostLinkOf(pod), 'eth0']);
+        assert.deepEqual(names.slice(2), (await ifbLinks()).filter((n) => !ifbBefore.includes(n)));
+        assert.deepEqual(result.ips, [{ ...(isLegacy(version) ? { version: '4' } : {}), address: `${address}/32`, gateway: '169.254.1.1', interface: podIndexOf(result, pod) }]);
+
+        // tuning: MTU and a sysctl in the pod's namespace.
+        const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { mtu: number }[];
+        assert.equal(link[0]!.mtu, 1400);
+        assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
+        // bandwidth: a tbf qdisc on the host veth (ingress) and an ifb device shaping egress.
+        assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf .*rate 100Mbit/);
+        assert.equal((await ifbLinks()).length, ifbBefore.length + 1, 'bandwidth made one ifb device');
+        // portmap: DNAT from the host port to the pod's address.
+        const rules = await natRules();
+        assert.match(rules, new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
+
+        // A listener in the pod is reached through the node's host port: from the node itself (OUTPUT) and from
+        // another machine on the underlay (PREROUTING; the control plane's namespace).
+        const podNs = pod.netnsName;
+        listener = await startUntil('ip', ['netns', 'exec', podNs, process.execPath, '-e',
+          `require('net').createServer((s) => s.end('pod ' + ${JSON.stringify(podNs)})).listen(8080, '0.0.0.0', () => console.log('listening'))`], /listening/, { timeoutMs: 20_000 });
+        assert.equal(await tcpAnswer(node.netns, node.address, hostPort), `pod ${podNs}`);
+        assert.equal(await tcpAnswer(state!.controlPlane.netns, node.address, hostPort), `pod ${podNs}`);
+
+        // CHECK with the cached result: every plugin agrees.
+        await checkChain(runner, rt, result, t);
+
+        // DEL in reverse order removes the DNAT rules, the qdisc and ifb, tuning's saved state, and Weft's attachment.
+        await runner.del(rt, result);
+        result = undefined;
+        const after = await natRules();
+        assert.ok(!after.includes(`--dport ${hostPort}`) && !after.includes('CNI-DN-'), `portmap's rules are gone:\n${after}`);
+        assert.deepEqual(await ifbLinks(), ifbBefore, "bandwidth's ifb device is gone");
+        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
+        assert.equal(await allocationOf(pod), undefined, 'the address is released');
+        assert.deepEqual(existsSync(path.join(chainDir, 'tuning')) ? readdirSync(path.join(chainDir, 'tuning')) : [], [], "tuning's saved state is gone");
+        await runner.del(rt); // DEL again: every plugin finds nothing to do
+      } finally {
+        await listener?.stop(2000);
+        if (result) await runner.del(rt, result).catch(() => {});
+        await dropPod(pod);
+      }
     });
-    const runner = chain(list);
-    let listener: Started | null = null;
-    let result: CniResultDoc | undefined;
-    const ifbBefore = await ifbLinks();
-    try {
-      result = await runner.add(rt);
-      // The list's result is still Weft's: its interfaces and address, passed through every later plugin.
-      assert.equal(result.cniVersion, version);
-      const address = addressOf(result);
-      assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address the chain reports');
-      // bandwidth appends the ifb device it made; everything of Weft's is as Weft printed it.
-      const names = (result.interfaces as { name: string }[]).map((i) => i.name);
-      assert.deepEqual(names.slice(0, 2), [hostLinkOf(pod), 'eth0']);
-      assert.deepEqual(names.slice(2), (await ifbLinks()).filter((n) => !ifbBefore.includes(n)));
-      assert.deepEqual(result.ips, [{ ...(isLegacy(version) ? { version: '4' } : {}), address: `${address}/32`, gateway: '169.254.1.1', interface: podIndexOf(result, pod) }]);
-
-      // tuning: MTU and a sysctl in the pod's namespace.
-      const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { mtu: number }[];
-      assert.equal(link[0]!.mtu, 1400);
-      assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
-      // bandwidth: a tbf qdisc on the host veth (ingress) and an ifb device shaping egress.
-      assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf .*rate 100Mbit/);
-      assert.equal((await ifbLinks()).length, ifbBefore.length + 1, 'bandwidth made one ifb device');
-      // portmap: DNAT from the host port to the pod's address.
-      const rules = await natRules();
-      assert.match(rules, new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
-
-      // A listener in the pod is reached through the node's host port: from the node itself (OUTPUT) and from
-      // another machine on the underlay (PREROUTING; the control plane's namespace).
-      const podNs = pod.netnsName;
-      listener = await startUntil('ip', ['netns', 'exec', podNs, process.execPath, '-e',
-        `require('net').createServer((s) => s.end('pod ' + ${JSON.stringify(podNs)})).listen(8080, '0.0.0.0', () => console.log('listening'))`], /listening/, { timeoutMs: 20_000 });
-      assert.equal(await tcpAnswer(node.netns, node.address, hostPort), `pod ${podNs}`);
-      assert.equal(await tcpAnswer(state!.controlPlane.netns, node.address, hostPort), `pod ${podNs}`);
-
-      // CHECK with the cached result: every plugin agrees.
-      await checkChain(runner, rt, result, t);
-
-      // DEL in reverse order removes the DNAT rules, the qdisc and ifb, tuning's saved state, and Weft's attachment.
-      await runner.del(rt, result);
-      result = undefined;
-      const after = await natRules();
-      assert.ok(!after.includes(`--dport ${hostPort}`) && !after.includes('CNI-DN-'), `portmap's rules are gone:\n${after}`);
-      assert.deepEqual(await ifbLinks(), ifbBefore, "bandwidth's ifb device is gone");
-      assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
-      assert.equal(await allocationOf(pod), undefined, 'the address is released');
-      assert.deepEqual(existsSync(path.join(chainDir, 'tuning')) ? readdirSync(path.join(chainDir, 'tuning')) : [], [], "tuning's saved state is gone");
-      await runner.del(rt); // DEL again: every plugin finds nothing to do
-    } finally {
-      await listener?.stop(2000);
-      if (result) await runner.del(rt, result).catch(() => {});
-      await dropPod(pod);
-    }
-  });
   }
 
   for (const version of ['0.3.1', '0.4.0'] as const) {
