@@ -1,6 +1,11 @@
 import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import { parseListenAddress } from '../lib/metrics.js';
 
+function absolutePath(raw: string): string {
+  if (!raw.startsWith('/')) throw new Error('expected an absolute path');
+  return raw;
+}
+
 /** Settings of the node agent. */
 export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
@@ -15,6 +20,14 @@ export const agentSettings = {
   resyncMs: { env: 'WEFT_RESYNC_MS', description: 'period of the full kernel re-check', default: 10_000, parse: parsers.int(100, 3_600_000) },
   eventDebounceMs: { env: 'WEFT_EVENT_DEBOUNCE_MS', description: 'delay between a kernel event that concerns the overlay and the repair pass (a burst shares one pass)', default: 20, parse: parsers.int(1, 1000) },
   metricsListen: { env: 'WEFT_METRICS_LISTEN', description: 'host:port serving Prometheus metrics at /metrics; empty: off', default: '', parse: (raw: string) => (parseListenAddress(raw), raw) },
+  cniBinDir: { env: 'WEFT_CNI_BIN_DIR', description: 'the container runtime\'s CNI bin folder (e.g. /opt/cni/bin): at start the agent installs the plugin there as `weft`; empty: off', default: '', parse: absolutePath },
+  cniConfDir: { env: 'WEFT_CNI_CONF_DIR', description: 'the container runtime\'s CNI config folder (e.g. /etc/cni/net.d): at start the agent installs 10-weft.conflist there (weft, then portmap); empty: off', default: '', parse: absolutePath },
+  cniNetworkName: { env: 'WEFT_CNI_NETWORK_NAME', description: 'name of the installed network configuration list', default: 'weft', parse: (raw: string) => {
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(raw)) throw new Error('expected letters, digits, _ . - (the CNI spec\'s network name)');
+    return raw;
+  } },
+  cniBandwidth: { env: 'WEFT_CNI_BANDWIDTH', description: 'add the bandwidth plugin to the installed conflist (the runtime\'s bandwidth annotations then apply)', default: false, parse: parsers.bool },
+  cniPluginSource: { env: 'WEFT_CNI_PLUGIN_SOURCE', description: 'the bundled plugin to install; empty: dist/bin/weft-cni beside the agent', default: '', parse: absolutePath },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
 } satisfies SettingsSpec;
 

@@ -1,5 +1,6 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createClient } from '../lib/grpc/client.js';
 import { addService, bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
@@ -9,6 +10,7 @@ import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createCniHandlers } from './cni-endpoint.js';
+import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
@@ -110,6 +112,15 @@ async function main(): Promise<void> {
   rmSync(config.socket, { force: true });
   await bindServer(server, `unix://${config.socket}`);
   logger.info('serving the CNI plugin', { socket: config.socket });
+  // Installed once the socket answers, so that a runtime that sees the conflist can attach pods at once.
+  await installCni({
+    binDir: config.cniBinDir,
+    confDir: config.cniConfDir,
+    pluginSource: config.cniPluginSource || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni'),
+    name: config.cniNetworkName,
+    agentSocket: config.socket,
+    bandwidth: config.cniBandwidth,
+  }, logger);
 
   const shutdown = async (signal: string) => {
     logger.info('stopping', { signal });

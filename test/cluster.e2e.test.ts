@@ -1,12 +1,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { readState, runCni, networkConfig, isAlive, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { readState, runCni, networkConfig, isAlive, cniDirs, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
+import { createChainRunner, type NetworkConfigList } from './support/cni-chain.js';
 import { bin } from './support/processes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
@@ -97,8 +98,10 @@ async function expectFullMesh(pods: PodState[]): Promise<void> {
 
 describe('local cluster end to end', opts, () => {
   const pods: PodState[] = [];
+  let xtablesLockExisted = true;
 
   before(async () => {
+    xtablesLockExisted = existsSync('/run/xtables.lock');
     await weft('cluster', 'up', '--nodes', '3', '--json');
     state = readState(stateDir);
   });
@@ -109,6 +112,8 @@ describe('local cluster end to end', opts, () => {
     const pids = state ? [state.controlPlane.pid, ...readState(stateDir).nodes.map((n) => n.agentPid)] : [];
     await weft('cluster', 'down');
     rmSync(stateDir, { recursive: true, force: true });
+    // iptables (portmap, inside a node's namespace) creates its lock file on the shared /run.
+    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
     // Nothing is left behind: no namespace with the run's prefix, no agent or control plane process.
     if (prefix) {
       const { stdout } = await run('ip', ['netns', 'list']);
@@ -134,6 +139,36 @@ describe('local cluster end to end', opts, () => {
       assert.equal(a.podName, p.name);
     }
     await expectFullMesh(pods);
+  });
+
+  test("each node's agent installed weft and 10-weft.conflist in its runtime's CNI folders, and that conflist attaches a pod as libcni runs it", async () => {
+    const st = readState(stateDir);
+    for (const node of st.nodes) {
+      const dirs = cniDirs(node);
+      const plugin = path.join(dirs.bin, 'weft');
+      assert.equal(statSync(plugin).mode & 0o7777, 0o755, `${plugin} is executable`);
+      assert.ok(readFileSync(plugin).equals(readFileSync(bin.cni)), `${plugin} is the built plugin`);
+      assert.equal(statSync(path.join(dirs.conf, '10-weft.conflist')).mode & 0o7777, 0o644);
+      assert.deepEqual(readdirSync(dirs.conf), ['10-weft.conflist'], 'no temporary file left');
+    }
+    const node = st.nodes[0]!;
+    const list = JSON.parse(readFileSync(path.join(cniDirs(node).conf, '10-weft.conflist'), 'utf8')) as NetworkConfigList;
+    assert.deepEqual(list.plugins.map((p) => p.type), ['weft', 'portmap']);
+    assert.equal(list.plugins[0]!.agentSocket, node.socket);
+    const netnsName = `${st.prefix}-pod-conflist`;
+    await run('ip', ['netns', 'add', netnsName]);
+    const rt = { containerId: `conflist-${st.prefix}`, netns: `/var/run/netns/${netnsName}`, ifname: 'eth0', args: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=conflist' };
+    const runner = createChainRunner({ list, netns: node.netns, cniPath: [cniDirs(node).bin, '/usr/lib/cni'] });
+    try {
+      const result = await runner.add({ ...rt, capabilityArgs: { portMappings: [{ hostPort: 18082, containerPort: 8080, protocol: 'tcp' }] } });
+      const address = (result.ips as { address: string }[])[0]!.address.split('/')[0]!;
+      assert.equal((await allocations()).find((a) => a.handle === `${rt.containerId}/eth0`)?.address, address);
+      assert.match((await run('ip', ['netns', 'exec', node.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout, new RegExp(`--dport 18082 .*--to-destination ${address.replace(/\./g, '\\.')}:8080`));
+      await runner.del(rt, result);
+      assert.equal((await allocations()).find((a) => a.handle === `${rt.containerId}/eth0`), undefined);
+    } finally {
+      await run('ip', ['netns', 'del', netnsName]).catch(() => {});
+    }
   });
 
   test('a fourth node added later becomes reachable from the first three without restarting anything', async () => {

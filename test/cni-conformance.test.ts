@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -32,8 +32,9 @@ import { IpamServiceService, type Allocation } from '../gen/weft/ipam/v1/ipam.js
 import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
-import { privilegedOrSkip } from './support/privileges.js';
-import { bin } from './support/processes.js';
+import { ChainError, createChainRunner, type CniResultDoc, type NetworkConfigList, type RuntimeConf } from './support/cni-chain.js';
+import { privilegedOrSkip, skipOutsideCi } from './support/privileges.js';
+import { bin, startUntil, type Started } from './support/processes.js';
 
 const plugin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni');
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
@@ -421,6 +422,8 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   let node: NodeState;
   let ipam: PromiseClient<typeof IpamServiceService>;
   let podCount = 0;
+  let chainDir = '';
+  let xtablesLockExisted = true;
 
   interface Pod { containerId: string; netns: string; netnsName: string; ifname: string }
 
@@ -462,6 +465,11 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   const addressOf = (result: Record<string, unknown>) => String((result.ips as { address: string }[])[0]!.address).split('/')[0]!;
 
   before(async () => {
+    xtablesLockExisted = existsSync('/run/xtables.lock');
+    // CNI_PATH for chains: Weft installed as `weft` (its type), as a runtime finds it, then Debian's reference plugins.
+    chainDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-chain-'));
+    mkdirSync(path.join(chainDir, 'bin'));
+    symlinkSync(plugin, path.join(chainDir, 'bin', 'weft'));
     stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-cluster-'));
     chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
     try {
@@ -485,6 +493,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     }
     await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
     rmSync(stateDir, { recursive: true, force: true });
+    if (chainDir) rmSync(chainDir, { recursive: true, force: true });
+    // iptables (run by portmap inside the node's namespace) creates its lock file on the shared /run.
+    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
     if (prefix) {
       const { stdout } = await sh('ip', ['netns', 'list']);
       assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
@@ -733,6 +744,170 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       await Promise.all(pods.map(dropPod));
     }
   });
+
+  /** Debian's reference plugins (containernetworking-plugins), chained after Weft as a runtime's conflist would. */
+  const referencePlugins = '/usr/lib/cni';
+  const chainSkip = () => skipOutsideCi(
+    ['loopback', 'tuning', 'bandwidth', 'portmap'].some((p) => !existsSync(path.join(referencePlugins, p))) || !existsSync('/usr/sbin/iptables')
+      ? `needs ${referencePlugins}/{loopback,tuning,bandwidth,portmap} and iptables (containernetworking-plugins, iptables: scripts/install-deps.sh)`
+      : null,
+  );
+  const chain = (list: NetworkConfigList) => createChainRunner({ list, netns: node.netns, cniPath: [path.join(chainDir, 'bin'), referencePlugins] });
+  const runtimeConf = (pod: Pod, capabilityArgs: Record<string, unknown> = {}): RuntimeConf => ({
+    containerId: pod.containerId, netns: pod.netns, ifname: pod.ifname, args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=chain;K8S_POD_NAME=${pod.netnsName}`, capabilityArgs,
+  });
+  const natRules = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
+  const ifbLinks = async () => (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'ifb')) as { ifname: string }[]).map((l) => l.ifname).sort();
+  const podIndexOf = (result: CniResultDoc, pod: Pod) => (result.interfaces as { name: string; sandbox?: string }[]).findIndex((i) => i.name === pod.ifname && i.sandbox === pod.netns);
+
+  /**
+   * CHECK over the whole list with the cached result. Debian's portmap 1.1.1 fails CHECK for every IPv4-only pod
+   * ("could not check ipv6 dnat: chain CNI-DN-… not found", containernetworking/plugins#819, fixed in 1.2.0); it runs
+   * last, so when that is the one failure every plugin before it (Weft's included) has passed.
+   */
+  async function checkChain(runner: ReturnType<typeof chain>, rt: RuntimeConf, cached: CniResultDoc, t: TestContext): Promise<void> {
+    try {
+      await runner.check(rt, cached);
+    } catch (err) {
+      if (!(err instanceof ChainError && err.plugin === 'portmap' && err.command === 'CHECK' && /could not check ipv6 dnat: chain CNI-DN-\w+ not found/.test(err.output))) throw err;
+      t.diagnostic(`every plugin before portmap passed CHECK; portmap 1.1.1 fails it for IPv4-only pods (containernetworking/plugins#819)`);
+    }
+  }
+
+  /** One TCP connection from a namespace; what the server sent, or the error code. Bounded retries while rules settle. */
+  async function tcpAnswer(netns: string, host: string, port: number): Promise<string> {
+    const script = `const s = require('net').connect({ host: ${JSON.stringify(host)}, port: ${port}, timeout: 3000 }); let d = '';
+      s.on('data', (x) => (d += x)); s.on('end', () => console.log(d)); s.on('timeout', () => { console.log('timeout'); s.destroy(); });
+      s.on('error', (e) => console.log(e.code));`;
+    let answer = '';
+    for (let attempt = 0; attempt < 5; attempt++) {
+      answer = (await sh('ip', ['netns', 'exec', netns, process.execPath, '-e', script], { timeout: 10_000 })).stdout.trim();
+      if (!/^(timeout|E[A-Z]+)$/.test(answer)) return answer;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    return answer;
+  }
+
+  for (const version of ['0.4.0', '1.0.0'] as const) {
+    it(`a conflist Weft → tuning → bandwidth → portmap in ${version}, run as libcni runs it: ADD in order, CHECK, DEL in reverse leave nothing`, chainSkip(), async (t: TestContext) => {
+      const pod = await newPod(`chain${version.replace(/\./g, '')}`);
+      const hostPort = 18080;
+      const list: NetworkConfigList = {
+        cniVersion: version,
+        name: 'weft',
+        plugins: [
+          { type: 'weft', agentSocket: node.socket },
+          { type: 'tuning', mtu: 1400, sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
+          { type: 'bandwidth', capabilities: { bandwidth: true } },
+          { type: 'portmap', capabilities: { portMappings: true }, snat: true },
+        ],
+      };
+      const rt = runtimeConf(pod, {
+        portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
+        bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 },
+        ignored: { notAskedFor: true }, // no plugin declares this capability: it must reach none
+      });
+      const runner = chain(list);
+      let listener: Started | null = null;
+      let result: CniResultDoc | undefined;
+      const ifbBefore = await ifbLinks();
+      try {
+        result = await runner.add(rt);
+        // The list's result is still Weft's: its interfaces and address, passed through every later plugin.
+        assert.equal(result.cniVersion, version);
+        const address = addressOf(result);
+        assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address the chain reports');
+        // bandwidth appends the ifb device it made; everything of Weft's is as Weft printed it.
+        const names = (result.interfaces as { name: string }[]).map((i) => i.name);
+        assert.deepEqual(names.slice(0, 2), [hostLinkOf(pod), 'eth0']);
+        assert.deepEqual(names.slice(2), (await ifbLinks()).filter((n) => !ifbBefore.includes(n)));
+        assert.deepEqual(result.ips, [{ ...(isLegacy(version) ? { version: '4' } : {}), address: `${address}/32`, gateway: '169.254.1.1', interface: podIndexOf(result, pod) }]);
+
+        // tuning: MTU and a sysctl in the pod's namespace.
+        const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { mtu: number }[];
+        assert.equal(link[0]!.mtu, 1400);
+        assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
+        // bandwidth: a tbf qdisc on the host veth (ingress) and an ifb device shaping egress.
+        assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf .*rate 100Mbit/);
+        assert.equal((await ifbLinks()).length, ifbBefore.length + 1, 'bandwidth made one ifb device');
+        // portmap: DNAT from the host port to the pod's address.
+        const rules = await natRules();
+        assert.match(rules, new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
+
+        // A listener in the pod is reached through the node's host port: from the node itself (OUTPUT) and from
+        // another machine on the underlay (PREROUTING; the control plane's namespace).
+        const podNs = pod.netnsName;
+        listener = await startUntil('ip', ['netns', 'exec', podNs, process.execPath, '-e',
+          `require('net').createServer((s) => s.end('pod ' + ${JSON.stringify(podNs)})).listen(8080, '0.0.0.0', () => console.log('listening'))`], /listening/, { timeoutMs: 20_000 });
+        assert.equal(await tcpAnswer(node.netns, node.address, hostPort), `pod ${podNs}`);
+        assert.equal(await tcpAnswer(state!.controlPlane.netns, node.address, hostPort), `pod ${podNs}`);
+
+        // CHECK with the cached result: every plugin agrees.
+        await checkChain(runner, rt, result, t);
+
+        // DEL in reverse order removes the DNAT rules, the qdisc and ifb, tuning's saved state, and Weft's attachment.
+        await runner.del(rt, result);
+        result = undefined;
+        const after = await natRules();
+        assert.ok(!after.includes(`--dport ${hostPort}`) && !after.includes('CNI-DN-'), `portmap's rules are gone:\n${after}`);
+        assert.deepEqual(await ifbLinks(), ifbBefore, "bandwidth's ifb device is gone");
+        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
+        assert.equal(await allocationOf(pod), undefined, 'the address is released');
+        assert.deepEqual(existsSync(path.join(chainDir, 'tuning')) ? readdirSync(path.join(chainDir, 'tuning')) : [], [], "tuning's saved state is gone");
+        await runner.del(rt); // DEL again: every plugin finds nothing to do
+      } finally {
+        await listener?.stop(2000);
+        if (result) await runner.del(rt, result).catch(() => {});
+        await dropPod(pod);
+      }
+    });
+  }
+
+  for (const version of ['0.3.1', '0.4.0'] as const) {
+    it(`a conflist loopback → Weft → tuning → bandwidth → portmap in ${version}: Weft appends to a chained prevResult, in ${version}'s format, and later plugins read it`, chainSkip(), async (t: TestContext) => {
+      const pod = await newPod(`lo${version.replace(/\./g, '')}`);
+      const list: NetworkConfigList = {
+        cniVersion: version,
+        name: 'weft',
+        plugins: [
+          { type: 'loopback' },
+          { type: 'weft', agentSocket: node.socket },
+          { type: 'tuning', sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
+          { type: 'bandwidth', capabilities: { bandwidth: true } },
+          { type: 'portmap', capabilities: { portMappings: true } },
+        ],
+      };
+      const hostPort = 18081;
+      const rt = runtimeConf(pod, { bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000 }, portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }] });
+      const runner = chain(list);
+      let result: CniResultDoc | undefined;
+      try {
+        result = await runner.add(rt);
+        assert.equal(result.cniVersion, version);
+        assert.deepEqual((result.interfaces as { name: string }[]).map((i) => i.name), ['lo', hostLinkOf(pod), 'eth0']);
+        const ips = result.ips as { version?: string; address: string; interface?: number }[];
+        assert.deepEqual(ips.map((ip) => [ip.version, ip.address, ip.interface]), [
+          ['4', '127.0.0.1/8', 0],
+          ['6', '::1/128', 0],
+          ['4', `${(await allocationOf(pod))!.address}/32`, 2],
+        ], 'loopback\'s entries first, then Weft\'s with its interface index shifted, every one with its 0.x version');
+        assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
+        // bandwidth found Weft's host veth, and portmap Weft's address (not lo's 127.0.0.1), in the prevResult Weft passed on.
+        assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf /);
+        assert.match(await natRules(), new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${ips[2]!.address.split('/')[0]!.replace(/\./g, '\\.')}:8080`));
+        if (version === '0.4.0') await checkChain(runner, rt, result, t);
+        else await assert.rejects(runner.check(rt, result), /does not support the CHECK command/);
+        await runner.del(rt, result);
+        result = undefined;
+        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
+        assert.ok(!(await natRules()).includes(`--dport ${hostPort}`), "portmap's rules are gone");
+        assert.equal(await allocationOf(pod), undefined);
+      } finally {
+        if (result) await runner.del(rt, result).catch(() => {});
+        await dropPod(pod);
+      }
+    });
+  }
 
   it('fifty concurrent ADDs on one node all succeed with distinct addresses; CHECK passes for each; DELs remove everything', async (t: TestContext) => {
     const pods: Pod[] = [];

@@ -194,6 +194,7 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   writeState(state);
   await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
   mkdirSync(path.dirname(node.socket), { recursive: true });
+  for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
   node.agentPid = spawnAgent(state, node);
   writeState(state);
@@ -214,6 +215,8 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
 export const AGENT_METRICS_PORT = 9402;
 
 export const agentLog = (node: NodeState) => path.join(path.dirname(node.socket), 'agent.log');
+/** The node's container-runtime CNI folders, where its agent installs `weft` and `10-weft.conflist` as on a real node. */
+export const cniDirs = (node: NodeState) => ({ bin: path.join(path.dirname(node.socket), 'cni', 'bin'), conf: path.join(path.dirname(node.socket), 'cni', 'net.d') });
 
 function spawnAgent(state: ClusterState, node: NodeState): number {
   return spawnInNetns(node.netns, [process.execPath, paths.agent], {
@@ -222,6 +225,8 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
     WEFT_AGENT_SOCKET: node.socket,
     WEFT_RESYNC_MS: '5000',
     WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
+    WEFT_CNI_BIN_DIR: cniDirs(node).bin,
+    WEFT_CNI_CONF_DIR: cniDirs(node).conf,
   }, agentLog(node));
 }
 
@@ -229,9 +234,14 @@ export interface CniOutcome { exitCode: number | null; stdout: string; stderr: s
 
 /** Runs weft-cni inside the node's namespace exactly as a container runtime does: environment and stdin in, stdout and exit status out. */
 export function runCni(node: NodeState, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
+  return runPluginInNetns(node.netns, paths.cni, { CNI_PATH: path.dirname(paths.cni), ...env }, stdin);
+}
+
+/** Runs a CNI plugin executable inside a namespace (the node's, as its runtime would): only PATH and `env` in its environment. */
+export function runPluginInNetns(netns: string, file: string, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
   return new Promise((resolve, reject) => {
-    const child = spawn('ip', ['netns', 'exec', node.netns, paths.cni], {
-      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', CNI_PATH: path.dirname(paths.cni), ...env },
+    const child = spawn('ip', ['netns', 'exec', netns, file], {
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
