@@ -8,6 +8,7 @@ import { silentLogger } from '../lib/logger.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { bin, startUntil } from '../test/support/processes.js';
 import { freePort } from '../test/support/ports.js';
+import { startEchoServer } from './grpc-echo.js';
 import { findPgbench, median, ms, percentile, perSec, pgbenchInsertTps, printTable, type Row } from './support.js';
 
 /**
@@ -89,14 +90,20 @@ async function main() {
     await sql.query('ANALYZE');
 
     let maxRate = 0;
+    // The transport's own floor: an empty call to a grpc-js server in another process, with the same callers.
+    const echo = await startEchoServer();
+    const floors: Row[] = [];
     for (const concurrency of [1, 8, 64]) {
       const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address));
       const ours = [];
       const base = [];
+      const echoes = [];
       for (let r = 0; r < RUNS; r++) {
         ours.push(await closedLoop(clients, SECONDS));
         base.push(await pgbenchInsertTps(pgbench, db.url, concurrency, SECONDS));
+        echoes.push(await echo.rate(concurrency, SECONDS));
       }
+      floors.push({ figure: `allocations beside an empty gRPC call, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(median(ours.map((o) => o.rate))), baseline: `grpc-js echo ${perSec(median(echoes))}`, ratio: (median(ours.map((o) => o.rate)) / median(echoes)).toFixed(2) });
       clients.forEach((c) => c.close());
       const rate = median(ours.map((o) => o.rate));
       const baseRate = median(base);
@@ -104,6 +111,8 @@ async function main() {
       rows.push({ figure: `allocations, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
       rows.push({ figure: `  latency p50 / p99 / p99.9`, value: `${ms(median(ours.map((o) => o.p50)))} / ${ms(median(ours.map((o) => o.p99)))} / ${ms(median(ours.map((o) => o.p999)))}` });
     }
+    echo.stop();
+    rows.push(...floors);
     // Batches: 100 allocations per call, 8 callers: what the API can do when a caller has many to make.
     {
       const clients = Array.from({ length: 8 }, () => createClient(IpamServiceService, address));
