@@ -44,7 +44,7 @@ async function main(): Promise<void> {
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
-  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu });
+  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const routes = createClient(RoutesServiceService, target);
@@ -71,6 +71,8 @@ async function main(): Promise<void> {
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
     driver,
     ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
+    routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
+    underlayIfindex: underlay.ifindex,
     resyncMs: config.resyncMs,
     logger,
     metrics,

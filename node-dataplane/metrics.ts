@@ -25,6 +25,10 @@ export interface AgentMetrics {
   kernelEvents: Counter;
   /** Entries of the desired state, by kind. */
   desiredEntries: Gauge;
+  /** Remote nodes with blocks, by how they are reached: vxlan, direct, or refused (direct mode, off the subnet). */
+  peers: Gauge;
+  /** 1 for the agent's routing mode (vxlan, direct or auto), 0 for the others. */
+  routingMode: Gauge;
 }
 
 export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
@@ -39,6 +43,8 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
     kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay, by kind.'),
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
+    peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
+    routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);
@@ -47,5 +53,6 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     m.desiredEntries.set(0, { kind });
   }
   for (const op of ['read', 'apply', 'watch']) m.netlinkFailures.add(0, { op });
+  for (const mode of ['vxlan', 'direct', 'refused']) m.peers.set(0, { mode });
   return m;
 }
