@@ -2,7 +2,8 @@ import { LATENCY_BUCKETS_SECONDS, type Counter, type Gauge, type Histogram, type
 
 /**
  * The agent's metrics (Prometheus names; served at WEFT_METRICS_LISTEN). Labels have small fixed value sets:
- * result (unsynced, unchanged, applied, failed), op (add, delete; read, apply, watch), kind (neighbour, fdb, route).
+ * result (unsynced, unchanged, applied, failed), op (add, delete; read, apply, watch), kind (neighbour, fdb, route;
+ * masquerade: Weft's nat chain rewritten).
  */
 export interface AgentMetrics {
   /** 1 once the agent holds a complete route snapshot. */

@@ -1,6 +1,8 @@
 import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
 import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
+import { planMasquerade } from './domain/masquerade.js';
+import type { NatDriver } from './kernel/iptables-nat.js';
 import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
@@ -14,7 +16,7 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'start' | 'routes' | 'kernel' | 'resync' | 'retry' | 'flush';
+export type DirtyReason = 'start' | 'routes' | 'pools' | 'kernel' | 'resync' | 'retry' | 'flush';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
@@ -37,6 +39,8 @@ export function createReconciler(deps: {
   routing?: Routing;
   /** The underlay device's index, where direct routes live (default: none, 0). */
   underlayIfindex?: number;
+  /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
+  masquerade?: { pools: () => string[] | null; driver: NatDriver };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -69,10 +73,22 @@ export function createReconciler(deps: {
     return out;
   };
 
+  /** Makes Weft's nat chain match the pools; a failure fails the pass (retried with backoff). */
+  async function reconcileMasquerade(): Promise<void> {
+    const pools = deps.masquerade?.pools();
+    if (!deps.masquerade || !pools) return;
+    const input = planMasquerade(pools, await deps.masquerade.driver.read());
+    if (input === null) return;
+    await deps.masquerade.driver.apply(input);
+    metrics.kernelChanges.add(1, { op: 'add', kind: 'masquerade' });
+    deps.logger.info('masquerade rules written', { pools });
+  }
+
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
     ifindex = await deps.ensureDevice();
+    await reconcileMasquerade();
     const devices: OverlayDevices = { vxlan: ifindex, underlay: underlayIfindex };
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
     routeCidrs = new Set(desired.routes.keys());

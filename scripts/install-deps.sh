@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system programs Weft's agent and tests use, when they are missing: iproute2 (ip, bridge),
-# util-linux (nsenter), iputils-ping, iperf3. Needs root to install; without root it only reports.
+# util-linux (nsenter), iputils-ping, iperf3, iptables (masquerade). Needs root to install; without root it only reports.
 set -euo pipefail
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -9,6 +9,7 @@ command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then

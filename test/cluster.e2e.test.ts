@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { readState, runCni, networkConfig, isAlive, type ClusterState, type NodeState, type PodState } from '../cli/cluster/cluster.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
+import { fabricNetns } from '../cli/cluster/topology.js';
 import { bin } from './support/processes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
@@ -48,13 +49,19 @@ function serveTcp(p: PodState): void {
   servers.push(child);
 }
 
+/** A TCP server in a namespace that answers every connection with the address the connection came from. */
+function serveSourceAddress(netns: string, port: number): void {
+  servers.push(spawn('ip', ['netns', 'exec', netns, process.execPath, '-e',
+    `require('net').createServer(s => s.end(s.remoteAddress.replace(/^::ffff:/, ''))).listen(${port}, '0.0.0.0')`], { stdio: 'ignore' }));
+}
+
 /** From one pod, opens a TCP connection to each target and returns what each answered. */
-async function tcpFrom(from: PodState, targets: string[]): Promise<Record<string, string>> {
+async function tcpFrom(from: PodState, targets: string[], port = 8080): Promise<Record<string, string>> {
   const script = `
     const net = require('net');
     const targets = ${JSON.stringify(targets)};
     Promise.all(targets.map(t => new Promise(res => {
-      const s = net.connect({ host: t, port: 8080, timeout: 3000 });
+      const s = net.connect({ host: t, port: ${port}, timeout: 3000 });
       let data = '';
       s.on('data', d => data += d); s.on('end', () => res([t, data]));
       s.on('timeout', () => { s.destroy(); res([t, 'timeout']); }); s.on('error', e => res([t, e.code]));
@@ -178,6 +185,26 @@ describe('local cluster end to end', opts, () => {
     t.diagnostic(`direct route deleted by hand: restored in ${ms.toFixed(0)} ms`);
     assert.ok(back, 'the direct route is back');
     assert.ok(await pings(p1, p2.addresses[0]!), 'and carries traffic');
+  });
+
+  test('pods reaching beyond the pools leave with their node\'s underlay address; between pods the pod address stays', async () => {
+    const st = readState(stateDir);
+    const n = (name: string) => st.nodes.find((x) => x.name === name)!;
+    const [p1, p2, p3] = ['node1', 'node2', 'node3'].map((name) => pods.find((p) => p.node === name)!) as [PodState, PodState, PodState];
+    // A listener in the fabric namespace (the routers' addresses: outside every pool) and one in a pod on node2.
+    serveSourceAddress(fabricNetns(st.prefix), 9100);
+    serveSourceAddress(podNs(p2), 9101);
+    await new Promise((r) => setTimeout(r, 500));
+    const out1 = await tcpFrom(p1, ['192.0.2.1', '198.51.100.1'], 9100);
+    assert.deepEqual(out1, { '192.0.2.1': n('node1').address, '198.51.100.1': n('node1').address }, 'node1\'s pod arrives from node1\'s underlay address, on either subnet');
+    const out3 = await tcpFrom(p3, ['198.51.100.1'], 9100);
+    assert.deepEqual(out3, { '198.51.100.1': n('node3').address }, 'node3\'s pod arrives from node3\'s underlay address');
+    const direct = await tcpFrom(p1, [p2.addresses[0]!], 9101);
+    const vxlan = await tcpFrom(p3, [p2.addresses[0]!], 9101);
+    assert.deepEqual([direct[p2.addresses[0]!], vxlan[p2.addresses[0]!]], [p1.addresses[0], p3.addresses[0]], 'pod to pod (direct and VXLAN) keeps the pod\'s source address');
+    const nat = (await run('ip', ['netns', 'exec', n('node1').netns, 'iptables-save', '-t', 'nat'])).stdout;
+    assert.match(nat, /^-A WEFT-POSTROUTING -s 10\.244\.0\.0\/16 -j MASQUERADE$/m);
+    assert.equal(nat.split('\n').filter((l) => l.startsWith('-A POSTROUTING') && l.endsWith('-j WEFT-POSTROUTING')).length, 1, 'one jump to Weft\'s chain');
   });
 
   test('a fourth node added later becomes reachable from the first three without restarting anything', async () => {
