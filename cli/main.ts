@@ -7,7 +7,7 @@ import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
-import { agentStatus, compareNode, describeEntry, readNodeKernel, routeTableSnapshot } from './node-status.js';
+import { agentStatus, compareNode, describeEntry, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
@@ -217,9 +217,14 @@ async function main(argv: string[]): Promise<number> {
       const name = pos[1]!;
       if (!snapshot.nodes.some((n) => n.node === name)) throw new Error(`node ${name} is not in the route table (weft nodes lists the nodes)`);
       const local = cluster?.nodes.find((c) => c.name === name);
-      const report = compareNode(name, snapshot.revision, snapshot.nodes, local ? await readNodeKernel(local.netns) : null);
+      // A local node's routing mode comes from its agent (auto, the default, when the agent does not answer).
+      const routing = local ? await readNodeRouting(local.netns, (await agentStatus(local.netns, AGENT_METRICS_PORT))?.routingMode ?? 'auto') : null;
+      const report = compareNode(name, snapshot.revision, snapshot.nodes, local ? await readNodeKernel(local.netns) : null, routing);
+      const refused = report.peers.filter((p) => p.mode === 'refused');
       print(json, report, () => [
-        `${name} at route-table revision ${report.revision}: ${report.desired.length} entries`,
+        `${name} at route-table revision ${report.revision}: ${report.desired.length} entries` +
+          (report.routing ? ` (routing mode ${report.routing.mode}, underlay ${report.routing.underlay.address}/${report.routing.underlay.prefixLength})` : ' (routing mode unknown: VXLAN assumed)'),
+        ...refused.map((p) => `  REFUSED ${p.reason}`),
         ...report.desired.map((e) => `  ${report.missing?.some((m) => m.kind === e.kind && m.key === e.key) ? 'MISSING' : report.missing ? 'ok     ' : '       '} ${describeEntry(e)}`),
         ...(report.stale ?? []).map((e) => `  STALE   ${describeEntry(e)}`),
         report.missing === null ? '(not a local-cluster node: its kernel is not read from here)' : report.missing.length + (report.stale?.length ?? 0) === 0 ? 'the kernel holds exactly this' : 'the kernel differs',

@@ -1,7 +1,9 @@
 import { run } from '../lib/exec.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
 import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
-import { computeDesired, emptyState, planChanges, type KernelEntry, type KernelState, type RemoteNode } from '../node-dataplane/domain/desired.js';
+import {
+  computeDesired, emptyState, planChanges, VXLAN_ONLY, type KernelEntry, type KernelState, type PeerChoice, type RemoteNode, type Routing, type RoutingMode,
+} from '../node-dataplane/domain/desired.js';
 
 /**
  * `weft nodes` and `weft routes NODE`: what each node should have (from the routes service) and, for nodes of the
@@ -20,13 +22,17 @@ export async function routeTableSnapshot(routes: PromiseClient<typeof RoutesServ
   }
 }
 
-/** Weft's overlay entries in a node namespace's kernel, read back the way the agent owns them. */
-export async function readNodeKernel(netns: string, device = 'weft.vxlan', routeProtocol = 87): Promise<KernelState> {
+const jsonOf = async (file: string, args: string[]) => JSON.parse((await run(file, args)) || '[]') as Record<string, unknown>[];
+
+/** Weft's overlay entries in a node namespace's kernel, read back the way the agent owns them (direct routes on the underlay device). */
+export async function readNodeKernel(netns: string, device = 'weft.vxlan', routeProtocol = 87, underlayDevice = 'eth0'): Promise<KernelState> {
   const s = emptyState();
-  const json = async (file: string, args: string[]) => JSON.parse((await run(file, args)) || '[]') as Record<string, unknown>[];
-  for (const r of await json('ip', ['-n', netns, '-j', 'route', 'show', 'proto', String(routeProtocol), 'dev', device])) {
-    const cidr = String(r.dst).includes('/') ? String(r.dst) : `${r.dst}/32`;
-    s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: String(r.gateway ?? '') });
+  const json = jsonOf;
+  for (const [dev, mode] of [[device, 'vxlan'], [underlayDevice, 'direct']] as const) {
+    for (const r of await json('ip', ['-n', netns, '-j', 'route', 'show', 'table', 'main', 'proto', String(routeProtocol), 'dev', dev])) {
+      const cidr = String(r.dst).includes('/') ? String(r.dst) : `${r.dst}/32`;
+      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: String(r.gateway ?? ''), mode });
+    }
   }
   for (const n of await json('ip', ['-n', netns, '-j', 'neigh', 'show', 'dev', device])) {
     if (!(n.state as string[] | undefined)?.includes('PERMANENT') || !n.lladdr) continue;
@@ -39,37 +45,54 @@ export async function readNodeKernel(netns: string, device = 'weft.vxlan', route
   return s;
 }
 
+/** A local-cluster node's routing: the agent's mode (from its metrics) and the underlay address and prefix of its underlay device. */
+export async function readNodeRouting(netns: string, mode: RoutingMode, underlayDevice = 'eth0'): Promise<Routing> {
+  const [link] = await jsonOf('ip', ['-n', netns, '-j', '-4', 'addr', 'show', 'dev', underlayDevice]);
+  const a = (link?.addr_info as { local: string; prefixlen: number; scope: string }[] | undefined)?.find((x) => x.scope === 'global');
+  if (!a) throw new Error(`${underlayDevice} in ${netns} has no IPv4 address`);
+  return { mode, underlay: { address: a.local, prefixLength: a.prefixlen } };
+}
+
 export interface NodeRoutesReport {
   node: string;
   revision: number;
+  /** The routing the desired state was computed with (null: unknown, not a local-cluster node; VXLAN assumed). */
+  routing: Routing | null;
+  /** How each remote node is reached: vxlan, direct, or refused (direct mode, off the subnet). */
+  peers: PeerChoice[];
   desired: KernelEntry[];
   /** Null when the node's kernel cannot be read from here (not a local-cluster node). */
   missing: KernelEntry[] | null;
   stale: KernelEntry[] | null;
 }
 
-export function compareNode(node: string, revision: number, nodes: RemoteNode[], actual: KernelState | null): NodeRoutesReport {
-  const desired = computeDesired(node, nodes);
+export function compareNode(node: string, revision: number, nodes: RemoteNode[], actual: KernelState | null, routing: Routing | null = null): NodeRoutesReport {
+  const desired = computeDesired(node, nodes, routing ?? VXLAN_ONLY);
   const list = [...desired.neighbours.values(), ...desired.fdb.values(), ...desired.routes.values()];
-  if (!actual) return { node, revision, desired: list, missing: null, stale: null };
+  const base = { node, revision, routing, peers: desired.peers, desired: list };
+  if (!actual) return { ...base, missing: null, stale: null };
   const plan = planChanges(desired, actual);
   return {
-    node, revision, desired: list,
+    ...base,
     missing: plan.phases.filter((p) => p.op === 'add').flatMap((p) => p.entries),
     stale: plan.phases.filter((p) => p.op === 'delete').flatMap((p) => p.entries),
   };
 }
 
+/** One entry as a line, led by its mode: neighbour and FDB entries exist only for VXLAN. */
 export const describeEntry = (e: KernelEntry) =>
-  e.kind === 'route' ? `route ${e.cidr} via ${e.gateway} onlink` : e.kind === 'neighbour' ? `neighbour ${e.ip} lladdr ${e.mac}` : `fdb ${e.mac} dst ${e.dst}`;
+  e.kind === 'route'
+    ? `${e.mode.padEnd(6)} route ${e.cidr} via ${e.gateway}${e.mode === 'vxlan' ? ' onlink' : ''}`
+    : e.kind === 'neighbour' ? `vxlan  neighbour ${e.ip} lladdr ${e.mac}` : `vxlan  fdb ${e.mac} dst ${e.dst}`;
 
 /** The agent's own view from its metrics endpoint inside the node namespace. */
-export async function agentStatus(netns: string, port: number): Promise<{ synced: boolean; revision: number } | null> {
+export async function agentStatus(netns: string, port: number): Promise<{ synced: boolean; revision: number; routingMode: RoutingMode | null } | null> {
   try {
     const text = await run('ip', ['netns', 'exec', netns, process.execPath, '-e',
       `fetch('http://127.0.0.1:${port}/metrics').then(r => r.text()).then(t => process.stdout.write(t), () => process.exit(1))`], { timeoutMs: 5000 });
     const value = (name: string) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
-    return { synced: value('weft_agent_synced') === 1, revision: value('weft_agent_revision_applied') };
+    const mode = /^weft_agent_routing_mode\{mode="(\w+)"\} 1$/m.exec(text)?.[1] as RoutingMode | undefined;
+    return { synced: value('weft_agent_synced') === 1, revision: value('weft_agent_revision_applied'), routingMode: mode ?? null };
   } catch {
     return null;
   }

@@ -1,5 +1,6 @@
 import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import { parseListenAddress } from '../lib/metrics.js';
+import { ROUTING_MODES } from './domain/desired.js';
 
 function absolutePath(raw: string): string {
   if (!raw.startsWith('/')) throw new Error('expected an absolute path');
@@ -16,6 +17,7 @@ export const agentSettings = {
   vxlanDevice: { env: 'WEFT_VXLAN_DEVICE', description: 'name of Weft\'s VXLAN device', default: 'weft.vxlan', parse: parsers.string },
   vxlanVni: { env: 'WEFT_VXLAN_VNI', description: 'VXLAN network identifier', default: 4096, parse: parsers.int(1, 16777215) },
   vxlanPort: { env: 'WEFT_VXLAN_PORT', description: 'VXLAN UDP port', default: 4789, parse: parsers.port },
+  routingMode: { env: 'WEFT_ROUTING_MODE', description: 'how remote nodes are reached: vxlan (every node through the VXLAN device), direct (routes via nodes\' underlay addresses; a node outside this node\'s underlay subnet is refused, not routed), auto (direct on the underlay subnet, VXLAN beyond it)', default: 'auto' as const, parse: parsers.oneOf(...ROUTING_MODES) },
   routeProtocol: { env: 'WEFT_ROUTE_PROTOCOL', description: 'route protocol number that marks Weft\'s routes', default: 87, parse: parsers.int(5, 254) },
   resyncMs: { env: 'WEFT_RESYNC_MS', description: 'period of the full kernel re-check', default: 10_000, parse: parsers.int(100, 3_600_000) },
   eventDebounceMs: { env: 'WEFT_EVENT_DEBOUNCE_MS', description: 'delay between a kernel event that concerns the overlay and the repair pass (a burst shares one pass)', default: 20, parse: parsers.int(1, 1000) },

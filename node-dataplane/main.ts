@@ -12,12 +12,14 @@ import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createCniHandlers } from './cni-endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
+import { createNatDriver } from './kernel/iptables-nat.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
 import { createAgentMetrics } from './metrics.js';
 import { createReconciler } from './reconciler.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
+import { followPools, type PoolsSource } from './sources/pools-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
 import { keepNodeLease } from './node-lease.js';
 
@@ -46,7 +48,7 @@ async function main(): Promise<void> {
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
-  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu });
+  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const routes = createClient(RoutesServiceService, target);
@@ -68,11 +70,15 @@ async function main(): Promise<void> {
 
   const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
   let snapshot: ReturnType<typeof followRoutes> | null = null;
+  let pools: PoolsSource | null = null;
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
     driver,
     ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
+    routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
+    underlayIfindex: underlay.ifindex,
+    masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver() },
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -98,6 +104,7 @@ async function main(): Promise<void> {
     metrics.netlinkFailures.add(1, { op: 'watch' });
     logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', { err, resyncMs: config.resyncMs });
   }
+  pools = followPools({ ipam, intervalMs: config.resyncMs, logger, signal: stopper.signal, onChange: () => reconciler.markDirty('pools') });
   snapshot = followRoutes({
     client: routes, node: config.nodeName, logger, signal: stopper.signal,
     onChange: (snap) => {

@@ -2,7 +2,8 @@ import { LATENCY_BUCKETS_SECONDS, type Counter, type Gauge, type Histogram, type
 
 /**
  * The agent's metrics (Prometheus names; served at WEFT_METRICS_LISTEN). Labels have small fixed value sets:
- * result (unsynced, unchanged, applied, failed), op (add, delete; read, apply, watch), kind (neighbour, fdb, route).
+ * result (unsynced, unchanged, applied, failed), op (add, delete; read, apply, watch), kind (neighbour, fdb, route;
+ * masquerade: Weft's nat chain rewritten).
  */
 export interface AgentMetrics {
   /** 1 once the agent holds a complete route snapshot. */
@@ -25,6 +26,10 @@ export interface AgentMetrics {
   kernelEvents: Counter;
   /** Entries of the desired state, by kind. */
   desiredEntries: Gauge;
+  /** Remote nodes with blocks, by how they are reached: vxlan, direct, or refused (direct mode, off the subnet). */
+  peers: Gauge;
+  /** 1 for the agent's routing mode (vxlan, direct or auto), 0 for the others. */
+  routingMode: Gauge;
 }
 
 export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
@@ -39,6 +44,8 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
     kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay, by kind.'),
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
+    peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
+    routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);
@@ -47,5 +54,6 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     m.desiredEntries.set(0, { kind });
   }
   for (const op of ['read', 'apply', 'watch']) m.netlinkFailures.add(0, { op });
+  for (const mode of ['vxlan', 'direct', 'refused']) m.peers.set(0, { mode });
   return m;
 }

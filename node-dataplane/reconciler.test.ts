@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { emptyState, type KernelEntry, type KernelState } from './domain/desired.js';
+import { emptyState, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
 import type { ApplyResult, OverlayDriver } from './kernel/netlink-overlay.js';
 import { createAgentMetrics } from './metrics.js';
 import { createReconciler, type Reconciler } from './reconciler.js';
@@ -48,7 +48,7 @@ function fakeKernel(opts: { failAdds?: number } = {}) {
 const remote = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'] };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number } = {}) {
+function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number; routing?: Routing; underlayIfindex?: number } = {}) {
   const registry = createMetricsRegistry();
   const metrics = createAgentMetrics(registry);
   const r: Reconciler = createReconciler({
@@ -60,7 +60,7 @@ function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extr
 
 test('nothing is written before the first complete snapshot; then the kernel gets the desired state', async () => {
   const k = fakeKernel();
-  k.state.routes.set('10.244.9.0/26', { kind: 'route', key: '10.244.9.0/26', cidr: '10.244.9.0/26', gateway: '10.244.9.0' });
+  k.state.routes.set('10.244.9.0/26', { kind: 'route', key: '10.244.9.0/26', cidr: '10.244.9.0/26', gateway: '10.244.9.0', mode: 'vxlan' });
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 3, synced: false };
   const { r, value } = setup(k, snap);
   try {
@@ -74,7 +74,7 @@ test('nothing is written before the first complete snapshot; then the kernel get
     assert.deepEqual([...k.state.routes.keys()].sort(), ['10.244.1.0/26', '10.244.2.0/26']);
     assert.equal(value('weft_agent_revision_applied'), 3);
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'first adds are not drift');
-    assert.deepEqual(r.overlay(), { ifindex: 5, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
+    assert.deepEqual(r.overlay(), { ifindex: 5, underlayIfindex: null, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
   } finally {
     r.stop();
   }
@@ -134,6 +134,26 @@ test('a failed kernel update is retried with backoff until it succeeds, and coun
     assert.equal(value('weft_agent_revision_applied'), 7);
     assert.equal(k.state.routes.size + k.state.neighbours.size + k.state.fdb.size, 5);
     assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}') + value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'a retried add is not drift');
+  } finally {
+    r.stop();
+  }
+});
+
+test('direct mode refuses a node off the underlay subnet: nothing is written for it, and the refusal shows in the metrics', async () => {
+  const k = fakeKernel();
+  const near = { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] };
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote], ['c', near]]), revision: 2, synced: true };
+  const { r, value } = setup(k, snap, { routing: { mode: 'direct', underlay: { address: '192.0.2.10', prefixLength: 24 } }, underlayIfindex: 2 });
+  try {
+    await r.flush();
+    assert.deepEqual(k.writes, ['add route 10.244.3.0/26']);
+    assert.deepEqual(r.overlay().underlayIfindex, 2);
+    assert.equal(value('weft_agent_peers{mode="refused"}'), 1);
+    assert.equal(value('weft_agent_peers{mode="direct"}'), 1);
+    assert.equal(value('weft_agent_peers{mode="vxlan"}'), 0);
+    assert.equal(value('weft_agent_routing_mode{mode="direct"}'), 1);
+    assert.equal(value('weft_agent_routing_mode{mode="auto"}'), 0);
+    assert.equal(value('weft_agent_revision_applied'), 2, 'a refused node is not a failure to apply');
   } finally {
     r.stop();
   }

@@ -1,7 +1,9 @@
 import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { computeDesired, driftRepairs, planChanges, planSize, type KernelEntry, type KernelState } from './domain/desired.js';
-import type { OverlayDriver } from './kernel/netlink-overlay.js';
+import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
+import { planMasquerade } from './domain/masquerade.js';
+import type { NatDriver } from './kernel/iptables-nat.js';
+import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
@@ -14,15 +16,15 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'start' | 'routes' | 'kernel' | 'resync' | 'retry' | 'flush';
+export type DirtyReason = 'start' | 'routes' | 'pools' | 'kernel' | 'resync' | 'retry' | 'flush';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
   markDirty(reason: DirtyReason, delayMs?: number): void;
   /** Resolves after the next complete pass. */
   flush(): Promise<void>;
-  /** The overlay device's index as last ensured (null before the first pass) and the desired route destinations. */
-  overlay(): { ifindex: number | null; routeCidrs: ReadonlySet<string> };
+  /** The overlay device's index as last ensured (null before the first pass), the underlay's, and the desired route destinations. */
+  overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string> };
   stop(): void;
 }
 
@@ -33,6 +35,12 @@ export function createReconciler(deps: {
   snapshot: () => RoutesSnapshot;
   driver: OverlayDriver;
   ensureDevice: () => Promise<number>;
+  /** The routing mode and this node's underlay (default: every node through VXLAN). */
+  routing?: Routing;
+  /** The underlay device's index, where direct routes live (default: none, 0). */
+  underlayIfindex?: number;
+  /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
+  masquerade?: { pools: () => string[] | null; driver: NatDriver };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -53,6 +61,11 @@ export function createReconciler(deps: {
   let routeCidrs: ReadonlySet<string> = new Set();
   /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
   let expected: KernelState | null = null;
+  const routing = deps.routing ?? VXLAN_ONLY;
+  const underlayIfindex = deps.underlayIfindex ?? 0;
+  for (const mode of ['vxlan', 'direct', 'auto']) metrics.routingMode.set(mode === routing.mode ? 1 : 0, { mode });
+  /** The refused nodes last logged, so that a refusal is logged when it starts or changes, not at every pass. */
+  let refusedLogged = '';
 
   const countByKind = (entries: KernelEntry[]) => {
     const out: Record<string, number> = {};
@@ -60,18 +73,39 @@ export function createReconciler(deps: {
     return out;
   };
 
+  /** Makes Weft's nat chain match the pools; a failure fails the pass (retried with backoff). */
+  async function reconcileMasquerade(): Promise<void> {
+    const pools = deps.masquerade?.pools();
+    if (!deps.masquerade || !pools) return;
+    const input = planMasquerade(pools, await deps.masquerade.driver.read());
+    if (input === null) return;
+    await deps.masquerade.driver.apply(input);
+    metrics.kernelChanges.add(1, { op: 'add', kind: 'masquerade' });
+    deps.logger.info('masquerade rules written', { pools });
+  }
+
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
     ifindex = await deps.ensureDevice();
-    const desired = computeDesired(deps.self, snap.nodes.values());
+    await reconcileMasquerade();
+    const devices: OverlayDevices = { vxlan: ifindex, underlay: underlayIfindex };
+    const desired = computeDesired(deps.self, snap.nodes.values(), routing);
     routeCidrs = new Set(desired.routes.keys());
+    for (const mode of ['vxlan', 'direct', 'refused'] as const) metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
+    const refused = desired.peers.filter((p) => p.mode === 'refused');
+    const refusedKey = refused.map((p) => `${p.node}@${p.underlayAddress}`).join(',');
+    if (refusedKey !== refusedLogged) {
+      if (refused.length > 0) deps.logger.error('refusing nodes that direct routing cannot reach; their pods are unreachable from here', { count: refused.length, nodes: refused.slice(0, 10).map((p) => p.reason) });
+      else deps.logger.info('no node refused any more');
+      refusedLogged = refusedKey;
+    }
     metrics.desiredEntries.set(desired.neighbours.size, { kind: 'neighbour' });
     metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
     metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
     let actual: KernelState;
     try {
-      actual = await deps.driver.readActual(ifindex);
+      actual = await deps.driver.readActual(devices);
     } catch (err) {
       metrics.netlinkFailures.add(1, { op: 'read' });
       throw err;
@@ -86,7 +120,7 @@ export function createReconciler(deps: {
     for (const [kind, n] of Object.entries(countByKind(drift))) metrics.driftRepairs.add(n, { kind });
     if (drift.length > 0) deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', { count: drift.length, byKind: countByKind(drift), sample: drift.slice(0, 5).map((e) => `${e.kind} ${e.key}`) });
     const t0 = performance.now();
-    const { applied, failed } = await deps.driver.apply(ifindex, plan);
+    const { applied, failed } = await deps.driver.apply(devices, plan);
     const seconds = (performance.now() - t0) / 1000;
     metrics.applyDuration.record(seconds);
     const failedKeys = new Set(failed.map((f) => `${f.op} ${f.entry.kind} ${f.entry.key}`));
@@ -182,7 +216,7 @@ export function createReconciler(deps: {
         markDirty('flush');
       });
     },
-    overlay: () => ({ ifindex, routeCidrs }),
+    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex ?? null, routeCidrs }),
     stop() {
       stopped = true;
       for (const t of [resyncTimer, debounceTimer, retryTimer]) if (t) clearTimeout(t);

@@ -48,6 +48,8 @@ async function weft(...args: string[]): Promise<string> {
 
 interface Overlay {
   routes: { dst: string; gateway?: string }[];
+  /** Direct routes: Weft's protocol on the underlay device (nodes on the same subnet, routing mode auto). */
+  direct: { dst: string; gateway?: string }[];
   neighbours: { dst: string; lladdr?: string }[];
   fdb: { mac: string; dst?: string }[];
   /** Everything Weft owns in the node's kernel, as iproute2 prints it in detail (for byte-for-byte comparison). */
@@ -60,12 +62,14 @@ const by = (k: string) => (a: Record<string, string>, b: Record<string, string>)
 // the kernel's (a rebuilt device lists entries in the order they were re-added), so lists are sorted.
 const routesOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))).sort(by('dst')) as Overlay['routes'];
 const neighboursOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))).sort(by('dst')) as Overlay['neighbours'];
+const directOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', 'eth0'))).sort(by('dst')) as Overlay['direct'];
 const fdbOf = async (ns: string) => (await json(sh('bridge', '-n', ns, '-j', 'fdb', 'show', 'dev', VXLAN))).filter((f) => f.mac !== '00:00:00:00:00:00').sort(by('mac')) as Overlay['fdb'];
 
 /** Reads a node's overlay state back with iproute2 (independently of the agent). */
 async function overlay(ns: string): Promise<Overlay> {
-  const [routes, neighbours, fdb, text] = await Promise.all([
+  const [routes, direct, neighbours, fdb, text] = await Promise.all([
     routesOf(ns),
+    directOf(ns),
     neighboursOf(ns),
     fdbOf(ns),
     Promise.all([
@@ -75,7 +79,7 @@ async function overlay(ns: string): Promise<Overlay> {
       sh('bridge', '-n', ns, '-d', 'fdb', 'show', 'dev', VXLAN).catch(() => ''),
     ]).then((parts) => parts.join('---\n')),
   ]);
-  return { routes, neighbours, fdb, text };
+  return { routes, direct, neighbours, fdb, text };
 }
 
 /** The overlay entries that lead to one remote node: its FDB entry, its blocks' neighbours and routes. */
@@ -142,8 +146,8 @@ function monitor(ns: string): { stop(): Promise<string[]> } {
   };
 }
 
-/** Monitor lines about Weft's overlay entries: on its device, naming a pod block address or a VTEP MAC. */
-const weftLines = (lines: string[]) => lines.filter((l) => l.includes(`dev ${VXLAN}`) && /(^|\s)10\.244\.|02:57:/.test(l));
+/** Monitor lines about Weft's overlay entries: on its device or a direct route on eth0, naming a pod block address or a VTEP MAC. */
+const weftLines = (lines: string[]) => lines.filter((l) => (l.includes(`dev ${VXLAN}`) || l.includes('dev eth0 proto 87')) && /(^|\s)10\.244\.|02:57:/.test(l));
 
 async function pings(from: PodState, to: string, attempts = 10): Promise<boolean> {
   for (let i = 0; i < attempts; i++) {
@@ -232,9 +236,14 @@ describe('agent reconciliation on the local cluster', opts, () => {
     for (const [n, p] of [['node1', 'pa'], ['node2', 'pc'], ['node3', 'pb']] as const) {
       pods[p] = JSON.parse(await weft('cluster', 'pod', 'add', n, p, '--namespace', 'e2e', '--json')) as PodState;
     }
-    // Every node holds the other two nodes' entries before the tests begin.
-    for (const n of ['node1', 'node2', 'node3']) {
-      await until(`${n}'s overlay`, async () => (await overlay(node(n).netns)).routes.length === 2, 15_000);
+    // Every node holds the other two nodes' entries before the tests begin: node1 and node2 share a subnet and route
+    // each other directly (routing mode auto), and reach node3 (the other subnet) through VXLAN.
+    const wanted: Record<string, [vxlan: number, direct: number]> = { node1: [1, 1], node2: [1, 1], node3: [2, 0] };
+    for (const [n, [vx, di]] of Object.entries(wanted)) {
+      await until(`${n}'s overlay`, async () => {
+        const o = await overlay(node(n).netns);
+        return o.routes.length === vx && o.direct.length === di;
+      }, 15_000);
     }
   });
 
@@ -251,7 +260,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
     }
   });
 
-  test('a route, a neighbour entry, an FDB entry and the whole VXLAN device deleted by hand come back within the bound', async (t) => {
+  test('a route, a neighbour entry, an FDB entry, a direct route and the whole VXLAN device deleted by hand come back within the bound', async (t) => {
     const n1 = node('node1');
     const ns = n1.netns;
     const before = await overlay(ns);
@@ -277,6 +286,12 @@ describe('agent reconciliation on the local cluster', opts, () => {
     await until('the FDB entry back', async () => (await fdbOf(ns)).some((f) => f.mac === toNode3.mac));
     figures.fdb = performance.now() - t0;
 
+    const direct = before.direct[0]!;
+    t0 = performance.now();
+    await sh('ip', '-n', ns, 'route', 'del', direct.dst, 'via', direct.gateway!, 'dev', 'eth0');
+    await until('the direct route back', async () => (await directOf(ns)).some((r) => r.dst === direct.dst && r.gateway === direct.gateway));
+    figures['direct route'] = performance.now() - t0;
+
     t0 = performance.now();
     await sh('ip', '-n', ns, 'link', 'del', 'dev', VXLAN);
     // Routes go in last (after neighbours and FDB entries), so all routes back means all entries back.
@@ -287,13 +302,14 @@ describe('agent reconciliation on the local cluster', opts, () => {
     for (const [what, ms] of Object.entries(figures)) assert.ok(ms < REPAIR_BOUND_MS, `${what} restored in ${ms.toFixed(0)} ms (bound ${REPAIR_BOUND_MS} ms)`);
 
     const after = await overlay(ns);
-    assert.deepEqual({ r: after.routes, n: after.neighbours, f: after.fdb }, { r: before.routes, n: before.neighbours, f: before.fdb }, 'the rebuilt device holds exactly the entries it held');
+    assert.deepEqual({ r: after.routes, d: after.direct, n: after.neighbours, f: after.fdb }, { r: before.routes, d: before.direct, n: before.neighbours, f: before.fdb }, 'the rebuilt device holds exactly the entries it held; the direct route is as it was');
     assert.ok(await pings(pods.pa!, pods.pb!.addresses[0]!), 'pods reach each other over the rebuilt device');
 
-    // The repairs are counted: one of each kind by hand, then two of each with the device (two remote nodes).
+    // The repairs are counted: one of each kind by hand (two routes: the VXLAN one and the direct one), then one of each
+    // with the device (one remote node through VXLAN; the direct route does not live on the device).
     const m1 = await metrics(n1);
     const repaired = (kind: string) => (m1.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0) - (m0.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0);
-    assert.deepEqual({ route: repaired('route'), neighbour: repaired('neighbour'), fdb: repaired('fdb') }, { route: 3, neighbour: 3, fdb: 3 });
+    assert.deepEqual({ route: repaired('route'), neighbour: repaired('neighbour'), fdb: repaired('fdb') }, { route: 3, neighbour: 2, fdb: 2 });
     assert.ok(total(m1, 'weft_agent_kernel_events_total') > total(m0, 'weft_agent_kernel_events_total'), 'kernel events drove the repairs');
 
     // The agent's own writes echo back as events; the loop comes to rest (at most one periodic resync in the window).
@@ -433,6 +449,8 @@ describe('agent reconciliation on the local cluster', opts, () => {
     t.diagnostic(`node1: in sync ${syncMs.toFixed(0)} ms and stale entries gone ${(performance.now() - reachable).toFixed(0)} ms after the control plane became reachable (gRPC reconnect backoff included)`);
     const after = await overlay(n1.netns);
     assert.deepEqual(entriesFor(after, n2), kept, 'node2\'s entries on node1 are untouched');
+    assert.deepEqual(after.direct, before.direct, 'node1\'s direct route to node2\'s block is untouched');
+    assert.ok(after.direct.length === 1 && after.direct[0]!.gateway === n2.address);
     const lines = weftLines(await mon.stop());
     assert.ok(lines.every((l) => l.includes(gateway) || l.includes(stale.mac) || l.includes(n3.address)), `only node3's entries changed:\n${lines.join('\n')}`);
     const deleted = lines.filter((l) => l.startsWith('Deleted'));

@@ -5,8 +5,10 @@ import { mkdtempSync, rmSync, existsSync, readdirSync, readFileSync, statSync } 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { readState, runCni, networkConfig, isAlive, cniDirs, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { readState, runCni, networkConfig, isAlive, cniDirs, type ClusterState, type NodeState, type PodState } from '../cli/cluster/cluster.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
+import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
+import { fabricNetns } from '../cli/cluster/topology.js';
 import { createChainRunner, type NetworkConfigList } from './support/cni-chain.js';
 import { bin } from './support/processes.js';
 import { privilegedOrSkip } from './support/privileges.js';
@@ -48,13 +50,19 @@ function serveTcp(p: PodState): void {
   servers.push(child);
 }
 
+/** A TCP server in a namespace that answers every connection with the address the connection came from. */
+function serveSourceAddress(netns: string, port: number): void {
+  servers.push(spawn('ip', ['netns', 'exec', netns, process.execPath, '-e',
+    `require('net').createServer(s => s.end(s.remoteAddress.replace(/^::ffff:/, ''))).listen(${port}, '0.0.0.0')`], { stdio: 'ignore' }));
+}
+
 /** From one pod, opens a TCP connection to each target and returns what each answered. */
-async function tcpFrom(from: PodState, targets: string[]): Promise<Record<string, string>> {
+async function tcpFrom(from: PodState, targets: string[], port = 8080): Promise<Record<string, string>> {
   const script = `
     const net = require('net');
     const targets = ${JSON.stringify(targets)};
     Promise.all(targets.map(t => new Promise(res => {
-      const s = net.connect({ host: t, port: 8080, timeout: 3000 });
+      const s = net.connect({ host: t, port: ${port}, timeout: 3000 });
       let data = '';
       s.on('data', d => data += d); s.on('end', () => res([t, data]));
       s.on('timeout', () => { s.destroy(); res([t, 'timeout']); }); s.on('error', e => res([t, e.code]));
@@ -171,6 +179,69 @@ describe('local cluster end to end', opts, () => {
     }
   });
 
+  test('node1 and node2 (one underlay subnet) route directly to each other, through VXLAN to node3; weft routes shows the mode; a direct route deleted by hand comes back', async (t) => {
+    const [n1, n2, n3] = ['node1', 'node2', 'node3'].map((n) => readState(stateDir).nodes.find((x) => x.name === n)!) as [NodeState, NodeState, NodeState];
+    type Report = { peers: { node: string; mode: string }[]; desired: { kind: string; cidr?: string; gateway?: string; mode?: string; mac?: string }[]; missing: unknown[]; stale: unknown[] };
+    const report = JSON.parse(await weft('routes', 'node1', '--json')) as Report;
+    assert.deepEqual(report.peers.map((p) => `${p.node}:${p.mode}`), ['node2:direct', 'node3:vxlan']);
+    assert.deepEqual([report.missing, report.stale], [[], []], 'node1\'s kernel holds exactly what it should');
+    const direct = report.desired.filter((e) => e.kind === 'route' && e.mode === 'direct');
+    assert.ok(direct.length >= 1 && direct.every((e) => e.gateway === n2.address), 'node2\'s blocks via node2\'s underlay address');
+    assert.ok(!report.desired.some((e) => e.kind !== 'route' && e.mac === vtepMacFor(n2.address)), 'no FDB or neighbour entry for node2');
+    assert.ok(report.desired.some((e) => e.kind === 'route' && e.mode === 'vxlan'), 'node3 through VXLAN');
+    const text = await weft('routes', 'node1');
+    assert.match(text, new RegExp(`direct +route ${direct[0]!.cidr!.replace(/\./g, '\\.')} via ${n2.address.replace(/\./g, '\\.')}`));
+    assert.match(text, /vxlan +route 10\.244\.\S+ via \S+ onlink/);
+    assert.match(text, /routing mode auto, underlay 192\.0\.2\.11\/24/);
+
+    // The kernels, read independently: direct routes on eth0 with Weft's protocol, no VXLAN entries between node1 and node2.
+    const routes = async (ns: string, dev: string) => JSON.parse((await run('ip', ['-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', dev])).stdout || '[]') as { dst: string; gateway?: string }[];
+    assert.deepEqual((await routes(n1.netns, 'eth0')).map((r) => `${r.dst} via ${r.gateway}`), direct.map((e) => `${e.cidr} via ${n2.address}`));
+    assert.ok((await routes(n2.netns, 'eth0')).every((r) => r.gateway === n1.address) && (await routes(n2.netns, 'eth0')).length >= 1, 'node2 routes node1\'s blocks directly');
+    const fdb1 = (await run('bridge', ['-n', n1.netns, 'fdb', 'show', 'dev', 'weft.vxlan'])).stdout;
+    assert.ok(!fdb1.includes(vtepMacFor(n2.address)) && fdb1.includes(vtepMacFor(n3.address)), `node1's FDB holds node3, not node2:\n${fdb1}`);
+    assert.equal((await routes(n3.netns, 'eth0')).length, 0, 'node3 (other subnet) routes nothing directly');
+    assert.equal((await routes(n3.netns, 'weft.vxlan')).length, 2, 'node3 reaches node1 and node2 through VXLAN');
+
+    // Pods on node1 and node2 talk over the direct path (the full mesh above ran over it too).
+    const [p1, p2] = [pods.find((p) => p.node === 'node1')!, pods.find((p) => p.node === 'node2')!];
+    assert.ok(await pings(p1, p2.addresses[0]!), 'node1\'s pod pings node2\'s pod');
+
+    // A direct route deleted by hand is back within the bound, driven by the kernel event.
+    const victim = direct[0]!.cidr!;
+    const t0 = performance.now();
+    await run('ip', ['-n', n1.netns, 'route', 'del', victim, 'via', n2.address, 'dev', 'eth0']);
+    let back = false;
+    while (!back && performance.now() - t0 < 5000) {
+      back = (await routes(n1.netns, 'eth0')).some((r) => r.dst === victim && r.gateway === n2.address);
+      if (!back) await new Promise((r) => setTimeout(r, 5));
+    }
+    const ms = performance.now() - t0;
+    t.diagnostic(`direct route deleted by hand: restored in ${ms.toFixed(0)} ms`);
+    assert.ok(back, 'the direct route is back');
+    assert.ok(await pings(p1, p2.addresses[0]!), 'and carries traffic');
+  });
+
+  test('pods reaching beyond the pools leave with their node\'s underlay address; between pods the pod address stays', async () => {
+    const st = readState(stateDir);
+    const n = (name: string) => st.nodes.find((x) => x.name === name)!;
+    const [p1, p2, p3] = ['node1', 'node2', 'node3'].map((name) => pods.find((p) => p.node === name)!) as [PodState, PodState, PodState];
+    // A listener in the fabric namespace (the routers' addresses: outside every pool) and one in a pod on node2.
+    serveSourceAddress(fabricNetns(st.prefix), 9100);
+    serveSourceAddress(podNs(p2), 9101);
+    await new Promise((r) => setTimeout(r, 500));
+    const out1 = await tcpFrom(p1, ['192.0.2.1', '198.51.100.1'], 9100);
+    assert.deepEqual(out1, { '192.0.2.1': n('node1').address, '198.51.100.1': n('node1').address }, 'node1\'s pod arrives from node1\'s underlay address, on either subnet');
+    const out3 = await tcpFrom(p3, ['198.51.100.1'], 9100);
+    assert.deepEqual(out3, { '198.51.100.1': n('node3').address }, 'node3\'s pod arrives from node3\'s underlay address');
+    const direct = await tcpFrom(p1, [p2.addresses[0]!], 9101);
+    const vxlan = await tcpFrom(p3, [p2.addresses[0]!], 9101);
+    assert.deepEqual([direct[p2.addresses[0]!], vxlan[p2.addresses[0]!]], [p1.addresses[0], p3.addresses[0]], 'pod to pod (direct and VXLAN) keeps the pod\'s source address');
+    const nat = (await run('ip', ['netns', 'exec', n('node1').netns, 'iptables-save', '-t', 'nat'])).stdout;
+    assert.match(nat, /^-A WEFT-POSTROUTING -s 10\.244\.0\.0\/16 -j MASQUERADE$/m);
+    assert.equal(nat.split('\n').filter((l) => l.startsWith('-A POSTROUTING') && l.endsWith('-j WEFT-POSTROUTING')).length, 1, 'one jump to Weft\'s chain');
+  });
+
   test('a fourth node added later becomes reachable from the first three without restarting anything', async () => {
     const pidsBefore = readState(stateDir).nodes.map((n) => n.agentPid);
     const cpPid = readState(stateDir).controlPlane.pid;
@@ -192,7 +263,8 @@ describe('local cluster end to end', opts, () => {
       assert.ok(n.agent?.synced, `${n.name}'s agent reports it is synced`);
     }
     const report = JSON.parse(await weft('routes', 'node1', '--json')) as { desired: unknown[]; missing: unknown[]; stale: unknown[] };
-    assert.equal(report.desired.length, 3 * 3, 'a neighbour, an FDB entry and a route for each of the three other nodes\' blocks');
+    // node2 and node4 share node1's subnet (one direct route each); node3 does not (a neighbour, an FDB entry and a route).
+    assert.equal(report.desired.length, 1 + 1 + 3, 'a direct route to node2\'s and node4\'s blocks, the VXLAN entries for node3\'s');
     assert.deepEqual([report.missing, report.stale], [[], []]);
     // With node3's agent stopped, a route deleted by hand shows as missing (exit 1); the restarted agent repairs it.
     const node3 = readState(stateDir).nodes.find((n) => n.name === 'node3')!;

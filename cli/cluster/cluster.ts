@@ -183,6 +183,15 @@ async function attachToFabric(fab: string, ns: string, fabricIfname: string, cid
   await ipn(ns, 'route', 'add', 'default', 'via', router);
 }
 
+/**
+ * A node forwards pods' packets, and nodes on one bridge route each other's pod blocks directly (via eth0, with pod
+ * source addresses): forwarding on, reverse-path filtering loose rather than strict (a namespace may inherit strict
+ * filtering from the host's defaults). Set inside the node's namespace only; the host's settings are not touched.
+ */
+async function allowDirectRouting(ns: string): Promise<void> {
+  await run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.conf.default.rp_filter=2', 'net.ipv4.conf.eth0.rp_filter=2']);
+}
+
 /** Adds node `index` (1-based) with its agent; waits until the node is registered. */
 export async function addNode(state: ClusterState, index?: number): Promise<NodeState> {
   const i = index ?? Math.max(0, ...state.nodes.map((n) => Number(n.name.replace('node', '')))) + 1;
@@ -193,6 +202,7 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   state.nodes.push(node);
   writeState(state);
   await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
+  await allowDirectRouting(plan.netns);
   mkdirSync(path.dirname(node.socket), { recursive: true });
   for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');

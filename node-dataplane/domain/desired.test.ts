@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { computeDesired, driftRepairs, emptyState, planChanges, planSize, type RemoteNode } from './desired.js';
+import { computeDesired, driftRepairs, emptyState, onUnderlaySubnet, planChanges, planSize, type KernelState, type RemoteNode, type Routing, type RoutingMode } from './desired.js';
 
 const a: RemoteNode = { node: 'a', underlayAddress: '192.0.2.11', vtepMac: '02:00:00:00:00:0A', blockCidrs: ['10.244.0.0/26'] };
 const b: RemoteNode = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:00:00:00:00:0b', blockCidrs: ['10.244.0.64/26', '10.244.1.0/26'] };
@@ -46,4 +46,78 @@ test('drift repairs are the re-adds of entries the kernel held exactly so after 
   // A node that moved gets a new FDB entry: a change of desired state, not drift.
   const moved = computeDesired('a', [a, { ...b, underlayAddress: '198.51.100.99' }]);
   assert.deepEqual(driftRepairs(planChanges(moved, d), d), []);
+});
+
+// Routing modes. This node ('self') is 192.0.2.10/24: a is on its subnet, b is not.
+const self = { node: 'self', underlayAddress: '192.0.2.10', vtepMac: '02:57:c0:00:02:0a', blockCidrs: ['10.244.2.0/26'] };
+const routing = (mode: RoutingMode): Routing => ({ mode, underlay: { address: '192.0.2.10', prefixLength: 24 } });
+const describe = (s: KernelState) => [...s.neighbours.values(), ...s.fdb.values(), ...s.routes.values()].map((e) => (e.kind === 'route' ? `route ${e.cidr} ${e.mode} via ${e.gateway}` : `${e.kind} ${e.key}`)).sort();
+
+test('auto: a node on this node\'s underlay subnet gets direct routes only; a node beyond it gets the VXLAN entries', () => {
+  const d = computeDesired('self', [self, a, b], routing('auto'));
+  assert.deepEqual(describe(d), [
+    'fdb 02:00:00:00:00:0b',
+    'neighbour 10.244.0.64', 'neighbour 10.244.1.0',
+    'route 10.244.0.0/26 direct via 192.0.2.11',
+    'route 10.244.0.64/26 vxlan via 10.244.0.64', 'route 10.244.1.0/26 vxlan via 10.244.1.0',
+  ]);
+  assert.deepEqual(d.peers.map((p) => `${p.node}:${p.mode}`), ['a:direct', 'b:vxlan']);
+});
+
+test('vxlan: every node through VXLAN, whatever its subnet (today\'s behaviour)', () => {
+  const d = computeDesired('self', [self, a, b], routing('vxlan'));
+  assert.deepEqual([...d.routes.values()].map((r) => r.mode), ['vxlan', 'vxlan', 'vxlan']);
+  assert.equal(d.fdb.size, 2);
+  assert.equal(planSize(planChanges(d, computeDesired('self', [self, a, b]))), 0, 'the default is VXLAN for every node');
+});
+
+test('direct: a node it cannot reach directly is refused, with a reason, and gets no entry at all', () => {
+  const d = computeDesired('self', [self, a, b], routing('direct'));
+  assert.deepEqual(describe(d), ['route 10.244.0.0/26 direct via 192.0.2.11']);
+  const refused = d.peers.find((p) => p.node === 'b')!;
+  assert.equal(refused.mode, 'refused');
+  assert.match(refused.reason!, /198\.51\.100\.12 is outside this node's underlay subnet 192\.0\.2\.0\/24/);
+});
+
+test('subnet membership follows the prefix length: a /16 underlay reaches both, a /32 neither', () => {
+  assert.ok(onUnderlaySubnet({ address: '192.0.2.10', prefixLength: 24 }, '192.0.2.254'));
+  assert.ok(!onUnderlaySubnet({ address: '192.0.2.10', prefixLength: 24 }, '192.0.3.1'));
+  assert.ok(onUnderlaySubnet({ address: '192.0.2.10', prefixLength: 16 }, '192.0.3.1'));
+  assert.ok(!onUnderlaySubnet({ address: '192.0.2.10', prefixLength: 32 }, '192.0.2.11'));
+});
+
+test('a node moving off the subnet switches to VXLAN: its route is replaced in place after its FDB and neighbour entries are added', () => {
+  const before = computeDesired('self', [a], routing('auto'));
+  const after = computeDesired('self', [{ ...a, underlayAddress: '198.51.100.11' }], routing('auto'));
+  const p = planChanges(after, before);
+  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => `${e.kind} ${e.key}`).join(',')}`), [
+    'add:neighbour 10.244.0.0', 'add:fdb 02:00:00:00:00:0a', 'add:route 10.244.0.0/26',
+  ], 'no route delete: the add replaces it, so the block never has two routes or none');
+  assert.equal((p.phases[2]!.entries[0] as { mode: string }).mode, 'vxlan');
+});
+
+test('a node moving onto the subnet switches to direct: the route is replaced first, its FDB and neighbour entries go after', () => {
+  const before = computeDesired('self', [{ ...a, underlayAddress: '198.51.100.11' }], routing('auto'));
+  const after = computeDesired('self', [a], routing('auto'));
+  const p = planChanges(after, before);
+  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => `${e.kind} ${e.key}`).join(',')}`), [
+    'add:route 10.244.0.0/26', 'delete:fdb 02:00:00:00:00:0a', 'delete:neighbour 10.244.0.0',
+  ]);
+  assert.deepEqual(driftRepairs(p, before), [], 'a mode switch is a change of desired state, not drift');
+});
+
+test('existing direct routes are adopted as they are (no delete, no re-add); a direct route with the wrong gateway is replaced', () => {
+  const d = computeDesired('self', [self, a, b], routing('auto'));
+  // What the driver reads back: the same entries, fields in another order.
+  const actual = emptyState();
+  for (const e of d.neighbours.values()) actual.neighbours.set(e.key, { ...e });
+  for (const e of d.fdb.values()) actual.fdb.set(e.key, { ...e });
+  for (const r of d.routes.values()) actual.routes.set(r.key, { mode: r.mode, gateway: r.gateway, cidr: r.cidr, key: r.key, kind: 'route' });
+  assert.equal(planSize(planChanges(d, actual)), 0);
+  actual.routes.set('10.244.0.0/26', { kind: 'route', key: '10.244.0.0/26', cidr: '10.244.0.0/26', gateway: '192.0.2.99', mode: 'direct' });
+  const p = planChanges(d, actual);
+  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => e.key).join(',')}`), ['add:10.244.0.0/26']);
+  // A stale direct route (its node withdrawn) is deleted like a VXLAN one, routes first.
+  const gone = computeDesired('self', [self, b], routing('auto'));
+  assert.deepEqual(planChanges(gone, d).phases.map((ph) => `${ph.op}:${ph.entries.map((e) => e.key).join(',')}`), ['delete:10.244.0.0/26']);
 });

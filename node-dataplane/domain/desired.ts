@@ -1,8 +1,14 @@
-import { formatIPv4, parseCidr4 } from '../../lib/net/ip.js';
+import { formatIPv4, networkOf, parseCidr4, parseIPv4 } from '../../lib/net/ip.js';
 
 /**
- * Pure desired-state computation and planning for the VXLAN overlay. Keys are stable so that the plan is a
- * minimal difference: an entry that is already right is never touched.
+ * Pure desired-state computation and planning for the overlay. Keys are stable so that the plan is a minimal
+ * difference: an entry that is already right is never touched.
+ *
+ * Each remote node is reached in one of two ways, chosen per node by the routing mode:
+ * - VXLAN: a permanent FDB entry (VTEP MAC -> underlay address), and per block a permanent neighbour entry and an
+ *   onlink route through Weft's VXLAN device;
+ * - direct: per block a route via the node's underlay address on the underlay device, and nothing else (the
+ *   underlay's own ARP resolves the next hop). Only possible when the node sits on this node's underlay subnet.
  */
 export interface RemoteNode {
   node: string;
@@ -13,7 +19,9 @@ export interface RemoteNode {
 
 export interface NeighbourEntry { kind: 'neighbour'; key: string; ip: string; mac: string }
 export interface FdbEntry { kind: 'fdb'; key: string; mac: string; dst: string }
-export interface RouteEntry { kind: 'route'; key: string; cidr: string; gateway: string }
+/** How a route leaves: through Weft's VXLAN device (onlink, via the block's first address) or directly on the underlay device (via the node's underlay address). */
+export type RouteMode = 'vxlan' | 'direct';
+export interface RouteEntry { kind: 'route'; key: string; cidr: string; gateway: string; mode: RouteMode }
 export type KernelEntry = NeighbourEntry | FdbEntry | RouteEntry;
 
 export interface KernelState {
@@ -29,28 +37,82 @@ export function gatewayOf(blockCidr: string): string {
   return formatIPv4(parseCidr4(blockCidr).base);
 }
 
-export function computeDesired(self: string, nodes: Iterable<RemoteNode>): KernelState {
-  const s = emptyState();
+/**
+ * The agent's routing mode (WEFT_ROUTING_MODE): `vxlan` reaches every node through the VXLAN device; `direct` routes
+ * every node via its underlay address and refuses a node outside this node's underlay subnet (it could not be
+ * reached: a route via an off-link gateway would be broken); `auto` routes nodes on the subnet directly and the rest
+ * through VXLAN.
+ */
+export const ROUTING_MODES = ['vxlan', 'direct', 'auto'] as const;
+export type RoutingMode = (typeof ROUTING_MODES)[number];
+
+/** This node's underlay: its address and the prefix length of its subnet on the underlay device. */
+export interface Underlay { address: string; prefixLength: number }
+export interface Routing { mode: RoutingMode; underlay: Underlay }
+
+/** How the desired state reaches one remote node (refused: `direct` mode, and the node is off this node's subnet). */
+export interface PeerChoice { node: string; underlayAddress: string; mode: RouteMode | 'refused'; reason?: string }
+
+export interface DesiredState extends KernelState {
+  /** One per remote node with blocks, sorted by name. */
+  peers: PeerChoice[];
+}
+
+/** True when `address` lies inside the underlay subnet (same network under the underlay's prefix length). */
+export function onUnderlaySubnet(underlay: Underlay, address: string): boolean {
+  return networkOf(parseIPv4(address), underlay.prefixLength) === networkOf(parseIPv4(underlay.address), underlay.prefixLength);
+}
+
+/** Decides, purely, how one remote node is reached. */
+export function choosePeerMode(routing: Routing, n: Pick<RemoteNode, 'node' | 'underlayAddress'>): PeerChoice {
+  const base = { node: n.node, underlayAddress: n.underlayAddress };
+  if (routing.mode === 'vxlan') return { ...base, mode: 'vxlan' };
+  const subnet = `${formatIPv4(networkOf(parseIPv4(routing.underlay.address), routing.underlay.prefixLength))}/${routing.underlay.prefixLength}`;
+  if (onUnderlaySubnet(routing.underlay, n.underlayAddress)) return { ...base, mode: 'direct' };
+  if (routing.mode === 'auto') return { ...base, mode: 'vxlan' };
+  return { ...base, mode: 'refused', reason: `direct routing mode: ${n.node}'s underlay address ${n.underlayAddress} is outside this node's underlay subnet ${subnet}; set WEFT_ROUTING_MODE=auto to reach it through VXLAN` };
+}
+
+/** Today's behaviour and the default for callers that know no underlay: every node through VXLAN. */
+export const VXLAN_ONLY: Routing = { mode: 'vxlan', underlay: { address: '0.0.0.0', prefixLength: 32 } };
+
+export function computeDesired(self: string, nodes: Iterable<RemoteNode>, routing: Routing = VXLAN_ONLY): DesiredState {
+  const s: DesiredState = { ...emptyState(), peers: [] };
   for (const n of nodes) {
     if (n.node === self || n.blockCidrs.length === 0) continue;
+    const choice = choosePeerMode(routing, n);
+    s.peers.push(choice);
+    if (choice.mode === 'refused') continue;
+    if (choice.mode === 'direct') {
+      for (const cidr of n.blockCidrs) s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: n.underlayAddress, mode: 'direct' });
+      continue;
+    }
     const mac = n.vtepMac.toLowerCase();
     s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: n.underlayAddress });
     for (const cidr of n.blockCidrs) {
       const gw = gatewayOf(cidr);
       s.neighbours.set(gw, { kind: 'neighbour', key: gw, ip: gw, mac });
-      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: gw });
+      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: gw, mode: 'vxlan' });
     }
   }
+  s.peers.sort((a, b) => a.node.localeCompare(b.node));
   return s;
 }
 
 export interface Plan {
-  /** In kernel dependency order: neighbours and FDB before routes on add; routes first on delete. */
+  /**
+   * In kernel dependency order: neighbours and FDB before routes on add; routes first on delete (the FDB and
+   * neighbour deletes come last of all). A block whose node
+   * switches mode keeps its key (the CIDR): its route is one add that replaces the old one in place (NLM_F_REPLACE),
+   * so within the pass there is never a moment with two routes or none for it. Entries only the old mode needed
+   * are deleted; entries the new mode needs are added before the route.
+   */
   phases: { op: 'add' | 'delete'; entries: KernelEntry[] }[];
 }
 
+/** Field by field, whatever order the fields were written in. */
 function same(a: KernelEntry, b: KernelEntry): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return JSON.stringify(a, Object.keys(a).sort()) === JSON.stringify(b, Object.keys(b).sort());
 }
 
 function changed<T extends KernelEntry>(desired: Map<string, T>, actual: Map<string, T>) {
@@ -68,13 +130,15 @@ export function planChanges(desired: KernelState, actual: KernelState): Plan {
   const n = changed(desired.neighbours, actual.neighbours);
   const f = changed(desired.fdb, actual.fdb);
   const r = changed(desired.routes, actual.routes);
+  // FDB and neighbour entries go after the route adds: every route that needed them was deleted in the first
+  // phase or replaced (a node switched to direct routing) by then, so a switching block is never without a path.
   const phases: Plan['phases'] = [
     { op: 'delete', entries: r.del },
-    { op: 'delete', entries: f.del },
-    { op: 'delete', entries: n.del },
     { op: 'add', entries: n.add },
     { op: 'add', entries: f.add },
     { op: 'add', entries: r.add },
+    { op: 'delete', entries: f.del },
+    { op: 'delete', entries: n.del },
   ];
   return { phases: phases.filter((p) => p.entries.length > 0) };
 }

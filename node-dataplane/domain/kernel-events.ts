@@ -14,6 +14,8 @@ export interface OverlayView {
   deviceName: string;
   /** The VXLAN device's index as last ensured; null before the first pass. */
   ifindex: number | null;
+  /** The underlay device's index: direct routes (Weft's protocol) leave through it. */
+  underlayIfindex: number | null;
   routeProtocol: number;
   /** Route destinations (CIDRs) of the current desired state. */
   routeCidrs: ReadonlySet<string>;
@@ -23,8 +25,9 @@ export const MAIN_TABLE = 254;
 
 /**
  * True when the event touches Weft's overlay: Weft's VXLAN device itself (by name or index), an IPv4 neighbour or
- * FDB entry on it, or a main-table route that leaves through it with Weft's protocol or whose destination Weft
- * wants (so that a route replaced by someone else's is noticed too). Pod host routes (Weft's protocol, a pod veth)
+ * FDB entry on it, or a main-table route that carries Weft's protocol through that device or the underlay device
+ * (direct routes), or whose destination Weft wants (so that a route replaced by someone else's is noticed too).
+ * ARP on the underlay device is the underlay's own business and does not count. Pod host routes (Weft's protocol, a pod veth)
  * and IPv6 neighbour discovery on the device do not concern the overlay.
  */
 export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
@@ -36,6 +39,6 @@ export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
     case 'route':
       if (e.table !== MAIN_TABLE) return false;
       if (view.routeCidrs.has(e.cidr)) return true;
-      return e.protocol === view.routeProtocol && view.ifindex !== null && e.oif === view.ifindex;
+      return e.protocol === view.routeProtocol && e.oif !== null && (e.oif === view.ifindex || e.oif === view.underlayIfindex);
   }
 }

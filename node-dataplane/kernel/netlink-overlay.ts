@@ -8,8 +8,8 @@ const { createRtNetlink, rt } = netlinkPkg;
 
 /**
  * Reads back and programs the overlay's kernel entries over rtnetlink. Ownership: routes carry Weft's route
- * protocol and leave through Weft's VXLAN device; neighbour and FDB entries live on that device. Nothing else is
- * read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
+ * protocol and leave through Weft's VXLAN device (VXLAN peers) or the underlay device (direct peers); neighbour and
+ * FDB entries live on the VXLAN device. Nothing else is read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
  */
 const AF_INET = 2;
 const AF_BRIDGE = 7;
@@ -41,10 +41,13 @@ export interface ApplyResult {
   failed: { op: 'add' | 'delete'; entry: KernelEntry; error: string }[];
 }
 
+/** Interface indexes of the devices Weft's entries live on. */
+export interface OverlayDevices { vxlan: number; underlay: number }
+
 export interface OverlayDriver {
-  readActual(ifindex: number): Promise<KernelState>;
+  readActual(devices: OverlayDevices): Promise<KernelState>;
   /** Applies the plan phase by phase; a failed entry is logged and returned, and the rest goes on. */
-  apply(ifindex: number, plan: Plan): Promise<ApplyResult>;
+  apply(devices: OverlayDevices, plan: Plan): Promise<ApplyResult>;
   linkIndex(name: string): Promise<number | null>;
   close(): void;
 }
@@ -55,7 +58,8 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
   nl.socket.on('error', (err) => opts.logger.warn('netlink socket error', { err: err.message }));
   const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
 
-  async function readActual(ifindex: number): Promise<KernelState> {
+  async function readActual(devices: OverlayDevices): Promise<KernelState> {
+    const ifindex = devices.vxlan;
     const s = emptyState();
     for (const n of await nl.getNeighbors({ family: AF_INET })) {
       if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
@@ -69,15 +73,17 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
       s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
     }
     for (const r of await nl.getRoutes({ family: AF_INET })) {
-      if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || r.attrs.oif !== ifindex || !r.attrs.dst) continue;
+      if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
+      if (r.attrs.oif !== ifindex && r.attrs.oif !== devices.underlay) continue;
       if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
       const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
-      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '' });
+      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === ifindex ? 'vxlan' : 'direct' });
     }
     return s;
   }
 
-  async function applyOne(ifindex: number, op: 'add' | 'delete', e: KernelEntry): Promise<void> {
+  async function applyOne(devices: OverlayDevices, op: 'add' | 'delete', e: KernelEntry): Promise<void> {
+    const ifindex = devices.vxlan;
     const flags = op === 'add' ? NLM_F_CREATE | NLM_F_REPLACE : 0;
     try {
       switch (e.kind) {
@@ -95,11 +101,14 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
           break;
         }
         case 'route': {
+          // VXLAN: onlink via the block's first address on the VXLAN device; direct: via the node's underlay address
+          // on the underlay device. Adding replaces a route to the same block in place, whatever its device.
           const [base, len] = e.cidr.split('/');
-          const data = { family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, flags: { __unknown: RTNH_F_ONLINK } };
+          const oif = e.mode === 'direct' ? devices.underlay : ifindex;
+          const data = { family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
           await (op === 'add'
-            ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif: ifindex }, { flags })
-            : nl.delRoute({ family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif: ifindex }));
+            ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags })
+            : nl.delRoute({ family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
           break;
         }
       }
@@ -109,7 +118,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
     }
   }
 
-  async function apply(ifindex: number, plan: Plan): Promise<ApplyResult> {
+  async function apply(devices: OverlayDevices, plan: Plan): Promise<ApplyResult> {
     let applied = 0;
     const failed: ApplyResult['failed'] = [];
     for (const phase of plan.phases) {
@@ -118,7 +127,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
         while (next < phase.entries.length) {
           const e = phase.entries[next++]!;
           try {
-            await applyOne(ifindex, phase.op, e);
+            await applyOne(devices, phase.op, e);
             applied++;
           } catch (err) {
             failed.push({ op: phase.op, entry: e, error: (err as Error).message });

@@ -1,0 +1,47 @@
+import type { PromiseClient } from '../../lib/grpc/client.js';
+import type { Logger } from '../../lib/logger.js';
+import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+
+/**
+ * Follows the cluster's IPv4 pools (what masquerade must not touch) by asking IPAM's ListPools every `intervalMs`
+ * (a failed call is retried after a second). Pools change rarely; IPAM has no pool watch yet. Like every source it
+ * only records what it learnt and calls `onChange`; it never touches the kernel. `pools()` is null until the first
+ * answer, and nothing is masqueraded before it.
+ */
+export interface PoolsSource {
+  pools(): string[] | null;
+}
+
+export function followPools(deps: {
+  ipam: PromiseClient<typeof IpamServiceService>;
+  intervalMs: number;
+  logger: Logger;
+  signal: AbortSignal;
+  onChange: () => void;
+}): PoolsSource {
+  let current: string[] | null = null;
+  void (async () => {
+    while (!deps.signal.aborted) {
+      let wait = deps.intervalMs;
+      try {
+        const { pools } = await deps.ipam.listPools({}, { timeoutMs: 5000, signal: deps.signal });
+        const next = pools.map((p) => p.cidr).filter((c) => !c.includes(':')).sort();
+        if (JSON.stringify(next) !== JSON.stringify(current)) {
+          current = next;
+          deps.logger.info('cluster pools', { pools: next });
+          deps.onChange();
+        }
+      } catch (err) {
+        if (deps.signal.aborted) return;
+        deps.logger.warn('cannot list the cluster\'s pools; retrying', { err: (err as Error).message });
+        wait = Math.min(1000, deps.intervalMs);
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, wait);
+        t.unref();
+        deps.signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+      });
+    }
+  })();
+  return { pools: () => current };
+}
