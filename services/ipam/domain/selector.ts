@@ -1,15 +1,11 @@
+import { LABEL_KEY as KEY, LABEL_VALUE as VALUE, matches, type Requirement } from '../../../lib/labels.js';
 import { ipamErrors } from './ipam.errors.js';
 
 /**
  * Kubernetes-style label selectors, as text: "zone=a,tier!=db,env in (prod,stage),env notin (dev),gpu,!spot".
- * An empty selector matches everything. Pure: parsed once, matched many times.
+ * An empty selector matches everything. Pure: parsed once, matched many times (lib/labels.ts).
  */
-export type Requirement =
-  | { key: string; op: 'in' | 'notin'; values: string[] }
-  | { key: string; op: 'exists' | 'doesnotexist' };
-
-const KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
-const VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+export { matches, type Requirement };
 
 /** Splits on commas that are not inside parentheses. */
 function clauses(text: string): string[] {
@@ -61,20 +57,4 @@ export function parseSelectorOnce(text: string): Requirement[] {
     parsed.set(text, r);
   }
   return r;
-}
-
-export function matches(selector: Requirement[], labels: Record<string, string>): boolean {
-  return selector.every((r) => {
-    const has = Object.prototype.hasOwnProperty.call(labels, r.key);
-    switch (r.op) {
-      case 'exists':
-        return has;
-      case 'doesnotexist':
-        return !has;
-      case 'in':
-        return has && r.values.includes(labels[r.key]!);
-      case 'notin':
-        return !has || !r.values.includes(labels[r.key]!);
-    }
-  });
 }

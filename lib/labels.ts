@@ -1,0 +1,28 @@
+/**
+ * Kubernetes label selectors, matched: a selector is a list of requirements that must all hold (an empty list matches
+ * everything). IPAM parses them from text ("zone=a,env in (prod,stage),!spot"), policy from LabelSelector objects
+ * (matchLabels, matchExpressions); both match with this.
+ */
+export type Requirement =
+  | { key: string; op: 'in' | 'notin'; values: string[] }
+  | { key: string; op: 'exists' | 'doesnotexist' };
+
+/** Label keys and values as Kubernetes accepts them: an optional DNS-subdomain prefix and a name of at most 63. */
+export const LABEL_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+export const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+
+export function matches(selector: readonly Requirement[], labels: Readonly<Record<string, string>>): boolean {
+  return selector.every((r) => {
+    const has = Object.prototype.hasOwnProperty.call(labels, r.key);
+    switch (r.op) {
+      case 'exists':
+        return has;
+      case 'doesnotexist':
+        return !has;
+      case 'in':
+        return has && r.values.includes(labels[r.key]!);
+      case 'notin':
+        return !has || !r.values.includes(labels[r.key]!);
+    }
+  });
+}
