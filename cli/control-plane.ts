@@ -8,6 +8,7 @@ import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
 import { mountRoutesService } from '../services/routes/main.js';
+import { mountPolicyService } from '../services/policy/main.js';
 import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
 import type { ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
@@ -65,6 +66,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       database, databaseUrl: url, notifier, logger, ipamAddress,
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
+    await mountPolicyService(server, { database, logger });
     await bindServer(server, ipamAddress);
     tcpPort = config.listen ? await bindServer(server, config.listen) : null;
   } catch (err) {

@@ -7,12 +7,14 @@ import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
+import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
 import { agentStatus, compareNode, describeEntry, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
 
-/** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage. */
+/** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage; `policy explain` exits 3 when the connection is denied. */
 class UsageError extends Error {}
 
 const USAGE = `usage: weft <command> [options]
@@ -23,8 +25,13 @@ const USAGE = `usage: weft <command> [options]
   cluster down [--state-dir DIR]                remove it
   cluster status [--json]                       nodes, pods and the control plane's socket
   cluster node add                              add one more node to the running cluster
-  cluster pod add NODE POD [--namespace NS] [--json]   attach a pod through the real weft-cni
+  cluster pod add NODE POD [--namespace NS] [--labels k=v,...] [--ports name:port/proto,...] [--json]
+                                                attach a pod through the real weft-cni and report it to policy
   cluster pod del POD                           detach it
+  cluster ns add NS [--labels k=v,...]          label a namespace for policy
+  policy apply -f FILE [--namespace NS]         apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON)
+  policy explain FROM TO PORT[/PROTO]           allowed or denied, and the rule that decided (FROM, TO: ns/pod or IP; exit 3 when denied)
+  policy list [--namespace NS]    policy delete KIND [NS/]NAME
   cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
   cluster control-plane restart                 restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
@@ -50,6 +57,16 @@ const USAGE = `usage: weft <command> [options]
 settings of \`weft up\` (environment):
 ${describeSettings(controlPlaneSettings)}
 `;
+
+/** Runs `fn` with a policy service client, closed afterwards. */
+async function withPolicy<T>(server: string, fn: (policy: ReturnType<typeof createClient<typeof PolicyServiceService>>) => Promise<T>): Promise<T> {
+  const policy = createClient(PolicyServiceService, server);
+  try {
+    return await fn(policy);
+  } finally {
+    policy.close();
+  }
+}
 
 /** Follows page tokens to the end of a list. */
 async function everyPage<T>(fetch: (token: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
@@ -104,6 +121,9 @@ async function main(argv: string[]): Promise<number> {
       cluster: { type: 'string' },
       length: { type: 'string' },
       purpose: { type: 'string' },
+      file: { type: 'string', short: 'f' },
+      labels: { type: 'string' },
+      ports: { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -164,14 +184,27 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (pos[1] === 'pod' && pos[2] === 'add') {
-      if (pos.length !== 5) throw new UsageError('usage: weft cluster pod add NODE POD [--namespace NS]');
+      if (pos.length !== 5) throw new UsageError('usage: weft cluster pod add NODE POD [--namespace NS] [--labels k=v,...] [--ports name:port/proto,...]');
+      const labels = parseLabelsFlag(o.labels);
+      const ports = parsePortsFlag(o.ports);
       const p = await podAdd(stateDir, pos[3]!, pos[4]!, o.namespace ?? 'default');
+      // What a Kubernetes controller would report: the pod's labels and named ports, for policy.
+      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) =>
+        policy.upsertPod({ pod: { namespace: p.namespace, name: p.name, labels, node: p.node, addresses: p.addresses, ports } }, { timeoutMs: 10_000 }));
       print(json, p, () => `pod ${p.namespace}/${p.name} on ${p.node}: ${p.addresses.join(', ')} (${p.netns})`);
+      return 0;
+    }
+    if (pos[1] === 'ns' && pos[2] === 'add') {
+      if (pos.length !== 4) throw new UsageError('usage: weft cluster ns add NS [--labels k=v,...]');
+      const labels = parseLabelsFlag(o.labels);
+      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) => policy.upsertNamespace({ name: pos[3]!, labels }, { timeoutMs: 10_000 }));
+      print(json, { namespace: pos[3], labels }, () => `namespace ${pos[3]} labelled ${JSON.stringify(labels)}`);
       return 0;
     }
     if (pos[1] === 'pod' && pos[2] === 'del') {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del POD');
       const p = await podDel(stateDir, pos[3]!);
+      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) => policy.deletePod({ namespace: p.namespace, name: p.name }, { timeoutMs: 10_000 }));
       print(json, { deleted: p.name }, () => `pod ${p.name} deleted`);
       return 0;
     }
@@ -233,6 +266,43 @@ async function main(argv: string[]): Promise<number> {
     } finally {
       routes.close();
     }
+  }
+
+  if (pos[0] === 'policy') {
+    const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
+    return withPolicy(server, async (policy) => {
+      if (pos[1] === 'apply') {
+        if (pos.length !== 2 || !o.file) throw new UsageError('usage: weft policy apply -f FILE [--namespace NS]   (YAML or JSON; - reads standard input)');
+        const objects = readPolicyObjects(o.file);
+        const { applied } = await policy.applyPolicies({ objectsJson: objects.map((x) => JSON.stringify(x)), defaultNamespace: o.namespace ?? '' }, { timeoutMs: 30_000 });
+        print(json, applied, () => applied.map((a) => `${a.kind}/${a.namespace ? `${a.namespace}/` : ''}${a.name} applied`).join('\n'));
+        return 0;
+      }
+      if (pos[1] === 'explain') {
+        if (pos.length !== 5) throw new UsageError('usage: weft policy explain FROM TO PORT[/PROTO]   (FROM and TO: namespace/pod or an IP address)');
+        const { port, protocol } = parsePortProto(pos[4]!);
+        const e = await policy.explain({ from: pos[2]!, to: pos[3]!, port, protocol }, { timeoutMs: 10_000 });
+        print(json, e, () => [
+          `${e.allowed ? 'ALLOWED' : 'DENIED'}: ${pos[2]} -> ${pos[3]} ${port}/${protocol}`,
+          `  egress of ${pos[2]}:  ${e.egress!.reason}`,
+          `  ingress of ${pos[3]}: ${e.ingress!.reason}`,
+        ].join('\n'));
+        return e.allowed ? 0 : 3;
+      }
+      if (pos[1] === 'list' && pos.length === 2) {
+        const { policies } = await policy.listPolicies({ namespace: o.namespace ?? '' }, { timeoutMs: 10_000 });
+        print(json, policies.map((p) => ({ ...p.ref, object: JSON.parse(p.objectJson) as unknown })), () =>
+          policies.length ? policies.map((p) => `${p.ref!.kind.padEnd(28)} ${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}`).join('\n') : 'no policies');
+        return 0;
+      }
+      if (pos[1] === 'delete' && pos.length === 4) {
+        const [ns, name] = pos[3]!.includes('/') ? pos[3]!.split('/', 2) : [o.namespace ?? 'default', pos[3]!];
+        const { deleted } = await policy.deletePolicy({ policy: { kind: pos[2]!, namespace: pos[2] === 'NetworkPolicy' ? ns! : '', name: name! } }, { timeoutMs: 10_000 });
+        print(json, { deleted }, () => (deleted ? `${pos[2]} ${pos[3]} deleted` : `no ${pos[2]} ${pos[3]}`));
+        return deleted ? 0 : 1;
+      }
+      throw new UsageError('usage: weft policy apply -f FILE | explain FROM TO PORT[/PROTO] | list [--namespace NS] | delete KIND [NS/]NAME');
+    });
   }
 
   if (pos[0] === 'ipam') {
@@ -422,7 +492,7 @@ main(process.argv.slice(2)).then(
       process.exit(1);
     }
     const e = err as { code?: number; details?: string; message?: string };
-    if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    if (err instanceof UsageError || err instanceof PolicyInputError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
       process.stderr.write(`weft: ${e.message}\n`);
       process.exit(2);
     }

@@ -1,0 +1,136 @@
+import type { Handlers } from '../../../lib/grpc/server.js';
+import { DomainError } from '../../../lib/errors.js';
+import { PolicyServiceService, type Verdict as PbVerdict } from '../../../gen/weft/policy/v1/policy.js';
+import { explain, type Endpoint, type Pod, type Verdict, type World } from '../domain/evaluate.js';
+import {
+  invalidPolicy, parseIp, parseLabels, parsePolicyObject, PROTOCOLS, resourceName, type AdminPolicy, type NetworkPolicy, type Policy, type Protocol,
+} from '../domain/model.js';
+import type { PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
+
+/** The gRPC adapter of the policy service: validation at the edge, the store, and the evaluator. */
+const MAX_OBJECTS = 500;
+const KINDS = ['NetworkPolicy', 'AdminNetworkPolicy', 'BaselineAdminNetworkPolicy'];
+
+function protocolOf(v: string, field: string): Protocol {
+  const p = (v || 'TCP').toUpperCase();
+  if (!PROTOCOLS.includes(p as Protocol)) throw invalidPolicy(field, `${JSON.stringify(v)} is not one of TCP, UDP, SCTP`);
+  return p as Protocol;
+}
+
+function validatePod(p: { namespace: string; name: string; labels: Record<string, string>; node: string; addresses: string[]; ports: { name: string; port: number; protocol: string }[] }): PodRecord {
+  return {
+    namespace: resourceName(p.namespace, 'pod.namespace'),
+    name: resourceName(p.name, 'pod.name'),
+    labels: parseLabels(p.labels, 'pod.labels'),
+    node: p.node,
+    addresses: p.addresses.map((a, i) => {
+      parseIp(a, `pod.addresses[${i}]`);
+      return a;
+    }),
+    ports: p.ports.map((x, i) => {
+      if (!/^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/.test(x.name)) throw invalidPolicy(`pod.ports[${i}].name`, `${JSON.stringify(x.name)} is not a port name`);
+      if (!Number.isInteger(x.port) || x.port < 1 || x.port > 65535) throw invalidPolicy(`pod.ports[${i}].port`, `${x.port} is not a port number (1-65535)`);
+      return { name: x.name, port: x.port, protocol: protocolOf(x.protocol, `pod.ports[${i}].protocol`) };
+    }),
+  };
+}
+
+/** The world the evaluator sees, from one consistent snapshot. Stored policies were valid when applied. */
+function worldOf(s: Snapshot): World {
+  const parsed = s.policies.map((p) => parsePolicyObject(p.object, p.namespace || 'default'));
+  return {
+    namespaces: s.namespaces,
+    networkPolicies: parsed.filter((p): p is NetworkPolicy => p.kind === 'NetworkPolicy'),
+    adminPolicies: parsed.filter((p): p is AdminPolicy => p.kind === 'AdminNetworkPolicy'),
+    baseline: (parsed.find((p) => p.kind === 'BaselineAdminNetworkPolicy') as AdminPolicy | undefined) ?? null,
+  };
+}
+
+const toPod = (r: PodRecord): Pod => ({ namespace: r.namespace, name: r.name, labels: r.labels, addresses: r.addresses.map((a) => parseIp(a, 'address')), ports: r.ports });
+
+/** "ns/name" is a pod (which must exist and have an address); anything else must be an address, a pod's or an outside one. */
+function endpoint(s: Snapshot, text: string, field: string): Endpoint {
+  if (text.includes('/')) {
+    const [ns, name] = text.split('/', 2);
+    const r = s.pods.find((p) => p.namespace === ns && p.name === name);
+    if (!r) throw new DomainError('policy.pod_not_found', 'not_found', `${field}: no pod ${text} (pods are reported by the agents or with UpsertPod)`);
+    if (r.addresses.length === 0) throw new DomainError('policy.pod_without_address', 'failed_precondition', `${field}: pod ${text} has no address yet`);
+    const pod = toPod(r);
+    return { kind: 'pod', pod, address: pod.addresses[0]! };
+  }
+  const address = parseIp(text, field);
+  const owner = s.pods.find((p) => p.addresses.some((a) => parseIp(a, 'address').value === address.value && parseIp(a, 'address').family === address.family));
+  return owner ? { kind: 'pod', pod: toPod(owner), address } : { kind: 'external', address };
+}
+
+const toPbVerdict = (v: Verdict): PbVerdict => ({ ...v });
+
+export function createPolicyHandlers(deps: { repo: PolicyRepository }): Handlers<typeof PolicyServiceService> {
+  const { repo } = deps;
+  return {
+    async upsertNamespace(req) {
+      return { revision: await repo.upsertNamespace(resourceName(req.name, 'name'), parseLabels(req.labels, 'labels')) };
+    },
+    async deleteNamespace(req) {
+      return repo.deleteNamespace(resourceName(req.name, 'name'));
+    },
+    async upsertPod(req) {
+      if (!req.pod) throw invalidPolicy('pod', 'is required');
+      return { revision: await repo.upsertPod(validatePod(req.pod)) };
+    },
+    async deletePod(req) {
+      return repo.deletePod(resourceName(req.namespace, 'namespace'), resourceName(req.name, 'name'));
+    },
+    async applyPolicies(req) {
+      if (req.objectsJson.length === 0) throw invalidPolicy('objects_json', 'is empty; give at least one policy object');
+      if (req.objectsJson.length > MAX_OBJECTS) throw invalidPolicy('objects_json', `holds ${req.objectsJson.length} objects; at most ${MAX_OBJECTS} per call`);
+      const defaultNamespace = req.defaultNamespace ? resourceName(req.defaultNamespace, 'default_namespace') : 'default';
+      // Every object is checked before anything is written: one bad object refuses the whole request.
+      const items = req.objectsJson.map((text, i) => {
+        let object: unknown;
+        try {
+          object = JSON.parse(text);
+        } catch (err) {
+          throw invalidPolicy(`objects_json[${i}]`, `is not JSON: ${(err as Error).message}`);
+        }
+        let p: Policy;
+        try {
+          p = parsePolicyObject(object, defaultNamespace);
+        } catch (err) {
+          if (!(err instanceof DomainError)) throw err;
+          const name = (object as { metadata?: { name?: unknown } })?.metadata?.name;
+          throw invalidPolicy(`objects_json[${i}]${typeof name === 'string' ? ` (${String((object as { kind?: unknown }).kind)} ${name})` : ''}`, err.message);
+        }
+        const namespace = p.kind === 'NetworkPolicy' ? p.namespace : '';
+        if (p.kind === 'NetworkPolicy') (object as { metadata: { namespace?: string } }).metadata.namespace = namespace;
+        return { kind: p.kind, namespace, name: p.name, object };
+      });
+      const seen = new Set<string>();
+      for (const it of items) {
+        const key = `${it.kind}/${it.namespace}/${it.name}`;
+        if (seen.has(key)) throw invalidPolicy('objects_json', `${key} appears twice`);
+        seen.add(key);
+      }
+      const revision = await repo.applyPolicies(items);
+      return { applied: items.map(({ kind, namespace, name }) => ({ kind, namespace, name })), revision };
+    },
+    async deletePolicy(req) {
+      const ref = req.policy;
+      if (!ref || !KINDS.includes(ref.kind)) throw invalidPolicy('policy.kind', `${JSON.stringify(ref?.kind)} is not one of ${KINDS.join(', ')}`);
+      const namespace = ref.kind === 'NetworkPolicy' ? resourceName(ref.namespace, 'policy.namespace') : '';
+      return repo.deletePolicy(ref.kind, namespace, resourceName(ref.name, 'policy.name'));
+    },
+    async listPolicies(req) {
+      const list = await repo.listPolicies(req.namespace ? resourceName(req.namespace, 'namespace') : null);
+      return { policies: list.map((p) => ({ ref: { kind: p.kind, namespace: p.namespace, name: p.name }, objectJson: JSON.stringify(p.object), updateTime: p.updatedAt })) };
+    },
+    async explain(req) {
+      if (!req.from || !req.to) throw invalidPolicy(req.from ? 'to' : 'from', 'is required: a pod as "namespace/name" or an IP address');
+      if (!Number.isInteger(req.port) || req.port < 1 || req.port > 65535) throw invalidPolicy('port', `${req.port} is not a port number (1-65535)`);
+      const protocol = protocolOf(req.protocol, 'protocol');
+      const s = await repo.snapshot();
+      const e = explain(worldOf(s), endpoint(s, req.from, 'from'), endpoint(s, req.to, 'to'), req.port, protocol);
+      return { allowed: e.allowed, egress: toPbVerdict(e.egress), ingress: toPbVerdict(e.ingress), revision: s.revision };
+    },
+  };
+}

@@ -1,0 +1,74 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { status } from '@grpc/grpc-js';
+import { createClient, type PromiseClient } from '../lib/grpc/client.js';
+import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
+import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+
+/** The policy service over gRPC on PostgreSQL: namespaces, pods and policies in, verdicts with their deciding rule out. */
+let cp: TestControlPlane;
+let policy: PromiseClient<typeof PolicyServiceService>;
+before(async () => {
+  cp = await startTestControlPlane();
+  policy = createClient(PolicyServiceService, cp.address);
+});
+after(async () => {
+  policy?.close();
+  await cp?.stop();
+});
+
+const np = (ns: string, name: string, spec: unknown) => JSON.stringify({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: ns, name }, spec });
+const invalid = (field: RegExp) => (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && field.test(e.details);
+
+test('namespaces, pods and policies in; Explain says which rule decided; a label change, a new policy and a deleted one change the verdict', async () => {
+  await policy.upsertNamespace({ name: 'shop', labels: { team: 'shop' } });
+  await policy.upsertNamespace({ name: 'ops', labels: { team: 'ops' } });
+  await policy.upsertPod({ pod: { namespace: 'shop', name: 'web', labels: { app: 'web' }, node: 'node1', addresses: ['10.244.0.10'], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] } });
+  await policy.upsertPod({ pod: { namespace: 'shop', name: 'db', labels: { app: 'db' }, node: 'node2', addresses: ['10.244.1.10'], ports: [] } });
+  await policy.upsertPod({ pod: { namespace: 'ops', name: 'probe', labels: { app: 'probe' }, node: 'node3', addresses: ['10.244.2.10'], ports: [] } });
+
+  const before = await policy.explain({ from: 'ops/probe', to: 'shop/web', port: 8080, protocol: 'TCP' });
+  assert.equal(before.allowed, true);
+  assert.equal(before.ingress!.tier, 'default');
+
+  const { applied, revision } = await policy.applyPolicies({ objectsJson: [
+    np('shop', 'web-from-shop', { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ podSelector: {} }], ports: [{ port: 'http' }] }] }),
+  ] });
+  assert.deepEqual(applied, [{ kind: 'NetworkPolicy', namespace: 'shop', name: 'web-from-shop' }]);
+  const denied = await policy.explain({ from: 'ops/probe', to: 'shop/web', port: 8080 });
+  assert.equal(denied.allowed, false);
+  assert.equal(denied.ingress!.policy, 'NetworkPolicy/shop/web-from-shop');
+  assert.ok(denied.revision >= revision);
+  const fromShop = await policy.explain({ from: '10.244.1.10', to: '10.244.0.10', port: 8080 });
+  assert.deepEqual([fromShop.allowed, fromShop.ingress!.rule], [true, 'ingress[0]'], 'addresses resolve to their pods; the named port resolves on web');
+  assert.equal((await policy.explain({ from: 'shop/db', to: 'shop/web', port: 9090 })).allowed, false, 'only the named port');
+
+  // A label change: the probe moves into a namespace the policy admits.
+  await policy.applyPolicies({ objectsJson: [np('shop', 'web-from-ops', { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: 'ops' } }, podSelector: { matchLabels: { app: 'probe' } } }] }] })] });
+  assert.equal((await policy.explain({ from: 'ops/probe', to: 'shop/web', port: 8080 })).allowed, true);
+  await policy.upsertPod({ pod: { namespace: 'ops', name: 'probe', labels: { app: 'other' }, node: 'node3', addresses: ['10.244.2.10'], ports: [] } });
+  assert.equal((await policy.explain({ from: 'ops/probe', to: 'shop/web', port: 8080 })).allowed, false, 'a label change takes effect');
+  await policy.deletePolicy({ policy: { kind: 'NetworkPolicy', namespace: 'shop', name: 'web-from-shop' } });
+  await policy.deletePolicy({ policy: { kind: 'NetworkPolicy', namespace: 'shop', name: 'web-from-ops' } });
+  assert.equal((await policy.explain({ from: 'ops/probe', to: 'shop/web', port: 8080 })).allowed, true, 'with the policies deleted, nothing selects web');
+
+  // Admin tier over the namespace tier, from the outside too.
+  await policy.applyPolicies({ objectsJson: [JSON.stringify({ kind: 'AdminNetworkPolicy', metadata: { name: 'no-outside' }, spec: { priority: 10, subject: { namespaces: {} }, ingress: [{ name: 'deny-docs', action: 'Deny', from: [{ namespaces: { matchLabels: { team: 'ops' } } }] }] } })] });
+  const admin = await policy.explain({ from: 'ops/probe', to: 'shop/db', port: 5432 });
+  assert.deepEqual([admin.allowed, admin.ingress!.tier, admin.ingress!.policy, admin.ingress!.rule], [false, 'admin', 'AdminNetworkPolicy/no-outside', 'deny-docs']);
+  const listed = await policy.listPolicies({});
+  assert.deepEqual(listed.policies.map((p) => `${p.ref!.kind}/${p.ref!.name}`), ['AdminNetworkPolicy/no-outside']);
+});
+
+test('an invalid policy is refused whole with the path of the bad field, and nothing is applied', async () => {
+  const good = np('shop', 'fine', { podSelector: {}, ingress: [{}] });
+  const bad = np('shop', 'broken', { podSelector: {}, ingress: [{ from: [{ ipBlock: { cidr: '10.0.0.0/8', except: ['11.0.0.0/16'] } }] }] });
+  await assert.rejects(policy.applyPolicies({ objectsJson: [good, bad] }), invalid(/^objects_json\[1\] \(NetworkPolicy broken\): spec\.ingress\[0\]\.from\[0\]\.ipBlock\.except\[0\]: must lie strictly inside 10\.0\.0\.0\/8/));
+  assert.ok(!(await policy.listPolicies({ namespace: 'shop' })).policies.some((p) => p.ref!.name === 'fine'), 'the valid one was not applied either');
+  await assert.rejects(policy.applyPolicies({ objectsJson: ['{not json'] }), invalid(/^objects_json\[0\]: is not JSON/));
+  await assert.rejects(policy.applyPolicies({ objectsJson: [] }), invalid(/objects_json: is empty/));
+  await assert.rejects(policy.upsertPod({ pod: { namespace: 'shop', name: 'x', labels: {}, node: 'n', addresses: ['10.0.0.300'], ports: [] } }), invalid(/^pod\.addresses\[0\]: /));
+  await assert.rejects(policy.explain({ from: 'shop/nope', to: 'shop/web', port: 80 }), (e: { code: number }) => e.code === status.NOT_FOUND);
+  await assert.rejects(policy.explain({ from: 'shop/db', to: 'shop/web', port: 0 }), invalid(/^port: 0 is not a port number/));
+  await assert.rejects(policy.explain({ from: 'shop/db', to: 'shop/web', port: 80, protocol: 'ICMP' }), invalid(/^protocol: /));
+});
