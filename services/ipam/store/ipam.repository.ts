@@ -232,15 +232,21 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
    * find room on the fast path instead of claiming under the global claim lock, and the new block's routes reach every
    * node before a pod needs them. Only a node whose blocks are at least three quarters live gets one: a node with
    * churn reuses its released addresses instead of collecting blocks, and a prefetch never takes one of the pool's
-   * last tenth of blocks (at least two): near exhaustion a block goes to the node that needs it now.
+   * last tenth of blocks (at least two): near exhaustion a block goes to the node that needs it now. Prefetches run
+   * one at a time per replica (they take the global claim lock anyway): waiting ones hold no database connection.
    */
   const prefetching = new Set<string>();
+  let prefetchChain: Promise<void> = Promise.resolve();
   function prefetchBlock(pool: Row, node: string): void {
     const key = `${pool.id}/${node}`;
     if (prefetching.has(key)) return;
     prefetching.add(key);
+    prefetchChain = prefetchChain.then(() => prefetchNow(pool, node)).finally(() => prefetching.delete(key));
+  }
+
+  async function prefetchNow(pool: Row, node: string): Promise<void> {
     const size = cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length));
-    db.transaction(async (tx) => {
+    await db.transaction(async (tx) => {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
       const [mine] = await rows(tx, sql`SELECT count(*) AS blocks, coalesce(sum(live_count), 0) AS live,
           count(*) FILTER (WHERE next_offset * 4 < ${(size * 3n).toString()}::numeric) AS roomy
@@ -254,8 +260,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       const below = p?.hint ? (parseAddress(String(p.hint)).value - cidr.base) / size : 0n;
       const keep = total / 10n > 2n ? total / 10n : 2n;
       if (total - below > keep) await claimBlock(tx, pool, node);
-    }).catch((err) => opts.onBackgroundError?.(`prefetching a block of pool ${String(pool.name)} for node ${node}`, err))
-      .finally(() => prefetching.delete(key));
+    }).catch((err) => opts.onBackgroundError?.(`prefetching a block of pool ${String(pool.name)} for node ${node}`, err));
   }
 
   /** The common case through the group-commit path (fast-allocate.ts). */
