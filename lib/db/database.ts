@@ -9,6 +9,13 @@ export type Database = NodePgDatabase<Record<string, never>>;
 export interface DatabaseHandle {
   pool: pg.Pool;
   db: Database;
+  /**
+   * A separate small pool whose sessions plan prepared statements once (plan_cache_mode = force_generic_plan), for
+   * hot statements whose planning costs more than their execution: without it PostgreSQL keeps re-planning a
+   * statement whose custom plans look cheaper than its generic one (IPAM's group-commit statement: 2.4 ms of planning
+   * for 0.8 ms of execution). Closed with the handle.
+   */
+  preparedPool(max: number): pg.Pool;
   close(): Promise<void>;
 }
 
@@ -17,7 +24,20 @@ export function connectDatabase(url: string, max = 20): DatabaseHandle {
   // An idle client's error (e.g. the server restarting) must not crash the process; the pool replaces it.
   pool.on('error', () => {});
   const db = drizzle(pool) as Database;
-  return { pool, db, close: () => pool.end() };
+  const extra: pg.Pool[] = [];
+  return {
+    pool,
+    db,
+    preparedPool(n) {
+      const p = new pg.Pool({ connectionString: url, max: n, connectionTimeoutMillis: 10_000, options: '-c plan_cache_mode=force_generic_plan' });
+      p.on('error', () => {});
+      extra.push(p);
+      return p;
+    },
+    close: async () => {
+      await Promise.all([pool.end(), ...extra.map((p) => p.end())]);
+    },
+  };
 }
 
 /** The project's migrations folder: migrations/<service>/, made with drizzle-kit. */

@@ -13,6 +13,7 @@ import { startIpamSweeper } from './sweeper.js';
 import { createPrefixesRepository } from './store/prefixes.repository.js';
 import { createIpamHandlers } from './rpc/ipam.rpc.js';
 import { createIpamRepository } from './store/ipam.repository.js';
+import { FAST_IN_FLIGHT } from './store/fast-allocate.js';
 
 /** Wires the IPAM service onto a server: migrations, repository, handlers. */
 export interface IpamHousekeeping {
@@ -26,7 +27,8 @@ export interface IpamHousekeeping {
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
   await applyMigrations(deps.database, 'ipam');
   const logger = deps.logger.child({ service: 'ipam' });
-  const repo = createIpamRepository(deps.database.db, deps.database.pool, {
+  // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
+  const repo = createIpamRepository(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1), {
     onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
   });
   const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });

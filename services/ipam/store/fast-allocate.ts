@@ -82,7 +82,7 @@ export interface FastRequest {
 export type FastOutcome = { kind: 'done'; row: Record<string, unknown> } | { kind: 'skipped' } | { kind: 'none' };
 
 /** Requests that arrive together go in one statement; at most MAX_IN_FLIGHT statements run at once. */
-const MAX_IN_FLIGHT = 2;
+export const FAST_IN_FLIGHT = 2;
 const MAX_BATCH = 256;
 
 export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
@@ -139,6 +139,6 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     }
   }
 
-  const coalescer = createCoalescer(runBatchOrEach, { maxInFlight: MAX_IN_FLIGHT, maxBatch: MAX_BATCH });
+  const coalescer = createCoalescer(runBatchOrEach, { maxInFlight: FAST_IN_FLIGHT, maxBatch: MAX_BATCH });
   return { allocate: (req: FastRequest) => coalescer.submit(req) };
 }

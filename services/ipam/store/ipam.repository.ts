@@ -77,6 +77,7 @@ const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_leng
 const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
 
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>, opts: { onBackgroundError?: (what: string, err: unknown) => void } = {}) {
+  // `client` serves the group-commit statement: best a pool whose sessions keep one generic plan (DatabaseHandle.preparedPool).
   const fast = createFastAllocator(client);
   async function createPool(spec: PoolSpec): Promise<Pool> {
     const cidr = formatCidr(spec.cidr);
