@@ -25,6 +25,8 @@ export interface AgentMetrics {
   kernelEvents: Counter;
   /** Entries of the desired state, by kind. */
   desiredEntries: Gauge;
+  /** Time the agent spends on each CNI plugin call (Attach, Detach, …), by rpc and result (ok, error). */
+  cniCallDuration: Histogram;
 }
 
 export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
@@ -39,6 +41,7 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
     kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay, by kind.'),
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
+    cniCallDuration: r.histogram('weft_agent_cni_call_duration_seconds', "Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).", LATENCY_BUCKETS_SECONDS),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);
@@ -48,4 +51,23 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
   }
   for (const op of ['read', 'apply', 'watch']) m.netlinkFailures.add(0, { op });
   return m;
+}
+
+/** The CNI plugin's handlers, each timed into cniCallDuration (rpc = the handler's name: attach, detach, …). */
+export function timeCniHandlers<H extends object>(handlers: H, histogram: Histogram): H {
+  const out: Record<string, unknown> = {};
+  for (const [rpc, handler] of Object.entries(handlers) as [string, (...args: unknown[]) => Promise<unknown>][]) {
+    out[rpc] = async (...args: unknown[]) => {
+      const t0 = performance.now();
+      let result = 'error';
+      try {
+        const res = await handler(...args);
+        result = 'ok';
+        return res;
+      } finally {
+        histogram.record((performance.now() - t0) / 1000, { rpc, result });
+      }
+    };
+  }
+  return out as H;
 }
