@@ -2,14 +2,16 @@ import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { clusterDown, clusterUp, networkConfig, runCni, type NodeState } from '../cli/cluster/cluster.js';
+import { AGENT_METRICS_PORT, clusterDown, clusterUp, networkConfig, runCni, type NodeState } from '../cli/cluster/cluster.js';
 import { run } from '../lib/exec.js';
 import { median, ms, percentile, printTable, type Row } from './support.js';
 
 /**
  * bench/cni: weft-cni ADD and DEL latency per pod (p50, p99), run exactly as a runtime runs it on a node of the local
  * cluster, beside the bare start-up of `node -e 0` and beside Debian's reference bridge + host-local plugins on the
- * same node, in the same run. Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
+ * same node, in the same run. Beside ADD it times the phases: `weft-cni` VERSION (Node start-up plus loading the
+ * bundle, no agent call) and the agent's own time per Attach/Detach (weft_agent_cni_call_duration_seconds, read from
+ * the node agent's metrics before and after each run: a mean, not a percentile). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
  * containernetworking-plugins (bench/install-deps.sh installs it).
  */
 const PODS = Number(process.env.WEFT_BENCH_PODS ?? 30);
@@ -29,19 +31,34 @@ function timed(file: string, args: string[], env: Record<string, string>, stdin 
   });
 }
 
+/** Sum and count of the agent's weft_agent_cni_call_duration_seconds for one rpc (successful calls). */
+async function agentCallSeconds(node: NodeState, rpc: string): Promise<{ sum: number; count: number }> {
+  const stdout = await run('ip', ['netns', 'exec', node.netns, 'curl', '-sf', `http://127.0.0.1:${AGENT_METRICS_PORT}/metrics`]);
+  const value = (suffix: string) => {
+    const line = stdout.split('\n').find((l) => l.startsWith(`weft_agent_cni_call_duration_seconds_${suffix}{`) && l.includes(`rpc="${rpc}"`) && l.includes('result="ok"'));
+    return line ? Number(line.split(' ').at(-1)) : 0;
+  };
+  return { sum: value('sum'), count: value('count') };
+}
+
 async function main() {
   if (!existsSync(`${REF}/bridge`)) throw new Error(`${REF}/bridge not found: run \`bash bench/install-deps.sh\` (Debian package containernetworking-plugins)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-cni-'));
   chmodSync(dir, 0o755);
   const state = await clusterUp({ stateDir: path.join(dir, 'cluster'), nodes: 1 });
   const node: NodeState = state.nodes[0]!;
-  const results = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
-  const p = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
+  const results = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
+  const p = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
+  /** Per run: the agent's mean time per Attach and per Detach, in ms. */
+  const agentAttach: number[] = [];
+  const agentDetach: number[] = [];
   try {
     const refConf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cnibench0', isGateway: true,
       ipam: { type: 'host-local', subnet: '10.99.0.0/16', dataDir: path.join(dir, 'host-local') } });
     for (let r = 0; r < RUNS; r++) {
-      const run1 = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[] };
+      const run1 = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
+      const attach0 = await agentCallSeconds(node, 'attach');
+      const detach0 = await agentCallSeconds(node, 'detach');
       for (let i = 0; i < PODS; i++) {
         const ns = `${state.prefix}-bench-${r}-${i}`;
         await run('ip', ['netns', 'add', ns]);
@@ -63,10 +80,18 @@ async function main() {
           if (rdel.code !== 0) throw new Error(`bridge DEL failed: ${rdel.out}`);
           run1.refDel.push(rdel.ms);
           run1.bare.push((await timed('ip', ['netns', 'exec', node.netns, process.execPath, '-e', '0'], {})).ms);
+          t = performance.now();
+          const version = await runCni(node, { CNI_COMMAND: 'VERSION' }, networkConfig(node));
+          run1.version.push(performance.now() - t);
+          if (version.exitCode !== 0) throw new Error(`weft-cni VERSION failed: ${version.stdout}`);
         } finally {
           await run('ip', ['netns', 'del', ns]).catch(() => {});
         }
       }
+      const attach1 = await agentCallSeconds(node, 'attach');
+      const detach1 = await agentCallSeconds(node, 'detach');
+      agentAttach.push(((attach1.sum - attach0.sum) / Math.max(1, attach1.count - attach0.count)) * 1000);
+      agentDetach.push(((detach1.sum - detach0.sum) / Math.max(1, detach1.count - detach0.count)) * 1000);
       for (const k of Object.keys(run1) as (keyof typeof run1)[]) {
         const sorted = [...run1[k]].sort((a, b) => a - b);
         results[k].push(percentile(sorted, 50));
@@ -82,6 +107,8 @@ async function main() {
   const rows: Row[] = [
     { figure: 'weft-cni ADD p50 / p99', value: `${ms(m50('weftAdd'))} / ${ms(m99('weftAdd'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}`, goal: '<= +30 ms at p50' },
     { figure: 'weft-cni DEL p50 / p99', value: `${ms(m50('weftDel'))} / ${ms(m99('weftDel'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftDel') - m50('bare'))}` },
+    { figure: 'weft-cni VERSION p50 / p99 (start-up + bundle, no agent call)', value: `${ms(m50('version'))} / ${ms(m99('version'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('version') - m50('bare'))}` },
+    { figure: 'agent time per Attach / Detach (mean)', value: `${ms(median(agentAttach))} / ${ms(median(agentDetach))}`, baseline: 'weft ADD p50 - VERSION p50', ratio: ms(m50('weftAdd') - m50('version')) },
     { figure: 'bridge + host-local ADD p50 / p99', value: `${ms(m50('refAdd'))} / ${ms(m99('refAdd'))}`, baseline: 'weft ADD p50', ratio: (m50('weftAdd') / m50('refAdd')).toFixed(2) + 'x' },
     { figure: 'bridge + host-local DEL p50 / p99', value: `${ms(m50('refDel'))} / ${ms(m99('refDel'))}`, baseline: 'weft DEL p50', ratio: (m50('weftDel') / m50('refDel')).toFixed(2) + 'x' },
   ];

@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import type { AttachResponse } from '../gen/weft/agent/v1/agent.js';
+import type { AttachResponse } from '../gen/codec/weft/agent/v1/agent.js';
 import { isLegacyResultVersion } from './config.js';
 import { CniCode, CniError } from './errors.js';
 

@@ -1,4 +1,4 @@
-import { createLogger, type Logger } from '../lib/logger.js';
+import { createJsonLogger, type Logger } from '../lib/json-logger.js';
 import {
   DEFAULT_CNI_VERSION,
   MAX_CONFIG_BYTES,
@@ -83,7 +83,7 @@ export type Environment = Readonly<Record<string, string | undefined>>;
  */
 export async function runPlugin(verbs: Verbs): Promise<never> {
   const printStdout = takeStdout();
-  const logger = createLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
+  const logger = createJsonLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
 
   let version = DEFAULT_CNI_VERSION;
   let finished = false;

@@ -1,42 +1,17 @@
-import { trace, context } from '@opentelemetry/api';
+import { context, trace } from '@opentelemetry/api';
+import { createJsonLogger, type LogFields, type LoggerOptions, type Logger } from './json-logger.js';
 
-/** Structured JSON logs, one object per line, on stderr (stdout belongs to results, e.g. the CNI plugin's). */
-export type LogFields = Record<string, unknown>;
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type { LogFields, LogLevel, Logger, LoggerOptions } from './json-logger.js';
 
-export interface Logger {
-  debug(msg: string, fields?: LogFields): void;
-  info(msg: string, fields?: LogFields): void;
-  warn(msg: string, fields?: LogFields): void;
-  error(msg: string, fields?: LogFields): void;
-  child(fields: LogFields): Logger;
+/** The ids of the active OpenTelemetry span, so that every log line can be found from its trace. */
+function activeTraceIds(): LogFields {
+  const span = trace.getSpan(context.active());
+  return span ? { trace_id: span.spanContext().traceId, span_id: span.spanContext().spanId } : {};
 }
 
-const ranks: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
-
-export interface LoggerOptions {
-  level?: LogLevel;
-  write?: (line: string) => void;
-}
-
+/** Structured JSON logs on stderr, carrying the active trace and span ids (see json-logger.ts). */
 export function createLogger(base: LogFields = {}, options: LoggerOptions = {}): Logger {
-  const min = ranks[options.level ?? 'info'];
-  const write = options.write ?? ((line: string) => process.stderr.write(line));
-  const emit = (level: LogLevel, msg: string, fields?: LogFields): void => {
-    if (ranks[level] < min) return;
-    const span = trace.getSpan(context.active());
-    const ids = span ? { trace_id: span.spanContext().traceId, span_id: span.spanContext().spanId } : {};
-    const record: LogFields = { time: new Date().toISOString(), level, msg, ...base, ...ids, ...fields };
-    if (record.err instanceof Error) record.err = { message: record.err.message, stack: record.err.stack };
-    write(JSON.stringify(record) + '\n');
-  };
-  return {
-    debug: (m, f) => emit('debug', m, f),
-    info: (m, f) => emit('info', m, f),
-    warn: (m, f) => emit('warn', m, f),
-    error: (m, f) => emit('error', m, f),
-    child: (fields) => createLogger({ ...base, ...fields }, options),
-  };
+  return createJsonLogger(base, { contextFields: activeTraceIds, ...options });
 }
 
 /** A logger that drops everything (for unit tests of code that takes a logger). */

@@ -16,7 +16,7 @@ import { createNatDriver } from './kernel/iptables-nat.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
-import { createAgentMetrics } from './metrics.js';
+import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createReconciler } from './reconciler.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followPools, type PoolsSource } from './sources/pools-watch.js';
@@ -114,7 +114,8 @@ async function main(): Promise<void> {
   });
 
   const server = createServer();
-  addService(server, AgentServiceService, createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger }), logger.child({ service: 'agent' }));
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger });
+  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
   await bindServer(server, `unix://${config.socket}`);

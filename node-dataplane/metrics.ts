@@ -30,6 +30,8 @@ export interface AgentMetrics {
   peers: Gauge;
   /** 1 for the agent's routing mode (vxlan, direct or auto), 0 for the others. */
   routingMode: Gauge;
+  /** Time the agent spends on each CNI plugin call (Attach, Detach, …), by rpc and result (ok, error). */
+  cniCallDuration: Histogram;
 }
 
 export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
@@ -46,6 +48,7 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
     peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
     routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
+    cniCallDuration: r.histogram('weft_agent_cni_call_duration_seconds', "Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).", LATENCY_BUCKETS_SECONDS),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);
@@ -56,4 +59,23 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
   for (const op of ['read', 'apply', 'watch']) m.netlinkFailures.add(0, { op });
   for (const mode of ['vxlan', 'direct', 'refused']) m.peers.set(0, { mode });
   return m;
+}
+
+/** The CNI plugin's handlers, each timed into cniCallDuration (rpc = the handler's name: attach, detach, …). */
+export function timeCniHandlers<H extends object>(handlers: H, histogram: Histogram): H {
+  const out: Record<string, unknown> = {};
+  for (const [rpc, handler] of Object.entries(handlers) as [string, (...args: unknown[]) => Promise<unknown>][]) {
+    out[rpc] = async (...args: unknown[]) => {
+      const t0 = performance.now();
+      let result = 'error';
+      try {
+        const res = await handler(...args);
+        result = 'ok';
+        return res;
+      } finally {
+        histogram.record((performance.now() - t0) / 1000, { rpc, result });
+      }
+    };
+  }
+  return out as H;
 }

@@ -1,5 +1,8 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { DomainError, type ErrorKind } from '../errors.js';
+import { ERROR_CODE_KEY } from './status.js';
+
+export { ERROR_CODE_KEY, errorCodeOf } from './status.js';
 
 /** The one table from domain error kinds to gRPC status codes. */
 export const statusForKind: Record<ErrorKind, status> = {
@@ -12,8 +15,6 @@ export const statusForKind: Record<ErrorKind, status> = {
   unavailable: status.UNAVAILABLE,
 };
 
-export const ERROR_CODE_KEY = 'weft-error-code';
-
 /** Turns any thrown value into a gRPC error; unexpected errors become INTERNAL with a generic message. */
 export function toServiceError(err: unknown): { error: Partial<ServiceError>; expected: boolean } {
   const metadata = new Metadata();
@@ -23,11 +24,4 @@ export function toServiceError(err: unknown): { error: Partial<ServiceError>; ex
   }
   metadata.set(ERROR_CODE_KEY, 'internal');
   return { error: { code: status.INTERNAL, details: 'internal error; see the server log', metadata }, expected: false };
-}
-
-/** The stable domain code carried by a gRPC error, if any. */
-export function errorCodeOf(err: unknown): string | undefined {
-  const md = (err as ServiceError | undefined)?.metadata;
-  const v = md instanceof Metadata ? md.get(ERROR_CODE_KEY)[0] : undefined;
-  return typeof v === 'string' ? v : undefined;
 }
