@@ -28,9 +28,13 @@ export function checkNetnsPath(nsPath: string): void {
   if (!nsPath.startsWith('/') || !existsSync(nsPath)) throw new Error(`network namespace ${nsPath} does not exist`);
 }
 
-/** True when the node already has the host end of this attachment's veth (a live attachment, or a crashed ADD's). */
+/**
+ * True when the node already has the host end of this attachment's veth (a live attachment, or a crashed ADD's).
+ * Read from /sys/class/net, which shows the agent's own network namespace (the host's on a node; the node's in the
+ * local cluster, whose agents start under `ip netns exec`, which mounts /sys for the namespace): no process to spawn.
+ */
 export async function hostLinkExists(containerId: string, ifname: string): Promise<boolean> {
-  return (await showLink(hostIfnameFor(containerId, ifname))) !== null;
+  return existsSync(`/sys/class/net/${hostIfnameFor(containerId, ifname)}`);
 }
 
 /**
