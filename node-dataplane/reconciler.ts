@@ -2,7 +2,7 @@ import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
 import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
 import { planMasquerade } from './domain/masquerade.js';
-import { desiredPolicy, planPolicy, type NodeRules } from './domain/network-policy.js';
+import { desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules } from './domain/network-policy.js';
 import type { NatDriver } from './kernel/iptables-nat.js';
 import type { PolicyDriver } from './kernel/iptables-policy.js';
 import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
@@ -90,13 +90,14 @@ export function createReconciler(deps: {
 
   /**
    * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
-   * Runs after the route snapshot is held, like everything else; before the first rule set, local pods are dropped.
+   * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
+   * pods, and a restarted agent keeps the rules it finds (dropping only pods that appeared meanwhile).
    */
   async function reconcilePolicy(): Promise<void> {
     if (!deps.policy) return;
     const rules = deps.policy.rules();
     const [veths, actual] = await Promise.all([deps.policy.driver.podVeths(), deps.policy.driver.read()]);
-    const plan = planPolicy(desiredPolicy(rules, veths), actual);
+    const plan = planPolicy(rules ? desiredPolicy(rules, veths) : desiredBeforeRules(actual, veths), actual);
     if (plan.changed.length === 0) return;
     await deps.policy.driver.apply(plan);
     metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });

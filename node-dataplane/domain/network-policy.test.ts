@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { privilegedOrSkip } from '../../test/support/privileges.js';
-import { desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
+import { desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
 
 /** The rendering of a node's compiled rules into ipsets and filter chains, and the plan against what the kernel prints. */
 const SET_Y = 'weft-00000000000000aa';
@@ -36,7 +36,8 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
     '-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
     '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft x/a egress" -j WEFT-E-weft00000000001',
     '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft x/a ingress" -j WEFT-I-weft00000000001',
-  ], 'x/b has no rules and 10.244.0.9 is no reported pod: neither gets a chain');
+    '-A WEFT-FORWARD -o weft00000000002 -m comment --comment "weft x/b: no policy"',
+  ], 'x/b has no rules (a marker without a target) and 10.244.0.9 is no reported pod: neither gets a chain');
   assert.deepEqual(d.chains.get('WEFT-I-weft00000000001'), [
     `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001-N`,
     '-A WEFT-I-weft00000000001 -p udp -m comment --comment "weft AdminNetworkPolicy/t no udp" -j DROP',
@@ -57,6 +58,22 @@ test('fail closed: before the first rule set every local pod is dropped both way
     '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
   ]);
   assert.equal(d.sets.size, 0);
+});
+
+test('a restarted agent without rules yet keeps the rules it finds, and drops only pods that appeared since', () => {
+  const d = desiredPolicy(rules(), veths);
+  const held: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
+  const known = new Map([...veths].filter(([a]) => a !== '10.244.0.9'));
+  assert.deepEqual(planPolicy(desiredBeforeRules(held, known), held).changed, [], 'nothing rewritten');
+  const more = new Map([...veths, ['10.244.0.10', 'weft00000000004']]);
+  // 10.244.0.9 was no reported pod before the restart either: it is dropped until the rules arrive.
+  const p = planPolicy(desiredBeforeRules(held, more), held);
+  assert.deepEqual(p.changed, ['chain WEFT-FORWARD']);
+  for (const v of ['weft00000000003', 'weft00000000004']) for (const d of ['-i', '-o']) {
+    assert.ok(p.filter!.includes(`-A WEFT-FORWARD ${d} ${v} -m comment --comment "weft fail closed: no rules held yet" -j DROP\n`), `${d} ${v} dropped`);
+  }
+  assert.ok(!p.filter!.includes('weft00000000002 -m comment --comment "weft fail closed'), 'x/b, known to have no policy, is not dropped');
+  assert.deepEqual(desiredBeforeRules(empty, veths), desiredPolicy(null, veths), 'a fresh node drops every pod');
 });
 
 test('the plan: everything from nothing; nothing when the kernel matches; only what changed; stale chains and sets removed after', () => {

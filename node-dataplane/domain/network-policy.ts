@@ -6,7 +6,8 @@
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
  *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then per local
  *                   pod veth `-i <veth> -j WEFT-E-<veth>` (its egress) and `-o <veth> -j WEFT-I-<veth>` (its ingress),
- *                   only for directions that have entries; a pod with no rules held yet: DROP both ways (fail closed).
+ *                   only for directions that have entries (a pod with none: a rule without a target, which only
+ *                   records that its rules are held); a pod with no rules held yet: DROP both ways (fail closed).
  *   WEFT-I-<veth>:  the entries in order: allow → RETURN (the packet goes on to the other end's chain), deny → DROP,
  *                   pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier; falling off the end allows.
  *
@@ -95,10 +96,12 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     }
     const pod = rules.pods.find((p) => p.addresses.includes(address));
     if (!pod) continue;
+    let dispatched = false;
     for (const dir of ['egress', 'ingress'] as const) {
       // Entries whose set has no IPv4 member can match no IPv4 packet.
       const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
       if (entries.length === 0) continue;
+      dispatched = true;
       const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
       const pass = `${chain}-N`;
       (dir === 'ingress' ? ingress : egress).push(`-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`);
@@ -106,9 +109,29 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
       if (entries.some((e) => e.action === 'pass')) chains.set(pass, entries.filter((e) => e.tier !== 'admin').map((e) => entryRule(pass, e, dir, pass)));
       for (const e of entries) if (e.peerSet) sets.set(e.peerSet, v4Sets.get(e.peerSet)!);
     }
+    // A rule without a target changes nothing; it records that the pod's rules are held (none), so that a
+    // restarted agent tells it apart from a pod that appeared since (desiredBeforeRules).
+    if (!dispatched) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
   }
   chains.set(POLICY_CHAIN, [...forward, ...egress, ...ingress]);
   return { chains, sets };
+}
+
+/**
+ * What to want while no rule set is held yet, given what the kernel holds. A fresh node (no WEFT-FORWARD): every
+ * local pod dropped both ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them,
+ * exactly, in force (so nothing is rewritten and no connection is cut), and only drops the pods that appeared since
+ * and have no dispatch rule.
+ */
+export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>): PolicyDesired {
+  const forward = actual.chains.get(POLICY_CHAIN);
+  if (!forward) return desiredPolicy(null, veths);
+  const chains = new Map(actual.chains);
+  const mentioned = (veth: string) => forward.some((l) => l.includes(` -i ${veth} `) || l.includes(` -o ${veth} `));
+  const fresh = [...veths.values()].filter((v) => !mentioned(v)).sort();
+  const drops = desiredPolicy(null, new Map(fresh.map((v) => [v, v]))).chains.get(POLICY_CHAIN)!.slice(1);
+  chains.set(POLICY_CHAIN, [...forward, ...drops]);
+  return { chains, sets: new Map(actual.sets) };
 }
 
 /** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */
