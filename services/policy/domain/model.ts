@@ -1,6 +1,5 @@
-import { isIP } from 'node:net';
 import { LABEL_KEY, LABEL_VALUE, type Requirement } from '../../../lib/labels.js';
-import { parseCidr, type Cidr } from '../../../lib/net/ip.js';
+import { parseAddress, parseCidr, type Cidr } from '../../../lib/net/ip.js';
 import { DomainError } from '../../../lib/errors.js';
 
 /**
@@ -362,7 +361,9 @@ export function parsePolicyObject(v: unknown, defaultNamespace = 'default'): Pol
 
 /** An address as Weft compares it: family and 128-bit value. */
 export function parseIp(text: string, field: string): { family: 4 | 6; value: bigint } {
-  if (!isIP(text)) throw invalidPolicy(field, `${JSON.stringify(text)} is not an IP address`);
-  const c = parseCidr(`${text}/${isIP(text) === 4 ? 32 : 128}`);
-  return { family: c.family, value: c.base };
+  try {
+    return parseAddress(text, field);
+  } catch {
+    throw invalidPolicy(field, `${JSON.stringify(text)} is not an IP address`);
+  }
 }
