@@ -1,14 +1,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, isAlive, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { bin } from './support/processes.js';
+import { takeDownLocalCluster } from './support/local-cluster.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -140,16 +141,7 @@ describe('network policy on the local cluster', opts, () => {
     for (const l of listeners) l.kill('SIGKILL');
     policy?.close();
     if (figures.length > 0) console.log(`# policy convergence: ${figures.join('; ')}`);
-    const prefix = state?.prefix;
-    const pids = state ? [state.controlPlane.pid, ...readState(stateDir).nodes.map((n) => n.agentPid)] : [];
-    await weft('cluster', 'down');
-    rmSync(stateDir, { recursive: true, force: true });
-    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
-    if (prefix) {
-      const { stdout } = await run('ip', ['netns', 'list']);
-      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
-      for (const pid of pids) assert.ok(!isAlive(pid), `process ${pid} left running`);
-    }
+    await takeDownLocalCluster({ weft, stateDir, state, xtablesLockExisted });
   });
 
   test('verdicts follow policies, label changes and deletions, and agree with explain for every probe', async () => {
