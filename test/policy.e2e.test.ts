@@ -16,8 +16,8 @@ import { privilegedOrSkip } from './support/privileges.js';
  * Network policy enforced in the kernel, on the local cluster (three nodes): namespaces x and y (labels team=x,
  * team=y), pods xa, xb, ya, yb (label pod=a or pod=b, named port http:80/TCP) spread over the nodes, each listening
  * on TCP 80 and 81. After each change every probe (a TCP connect with a short timeout, 4 × 3 × 2 per round) is
- * compared with the policy service's Explain, the RPC behind `weft policy explain`, and the time from the change
- * to the first probe that shows it is measured and printed. (The local cluster names pods uniquely across
+ * compared with the policy service's Explain, the RPC behind `weft policy explain` (and the CLI itself after each
+ * change), and the time from the change to the destination node's kernel rules is measured and printed. (The local cluster names pods uniquely across
  * namespaces, hence xa rather than x/a.)
  */
 const run = promisify(execFile);
@@ -113,6 +113,9 @@ describe('network policy on the local cluster', opts, () => {
       if ((r[`${to.addresses[0]}:${port}`] === 'open') === open) break;
       assert.ok(performance.now() - t0 < CONVERGE_BOUND_MS, `${label}: ${from.name} -> ${to.name}:${port} still ${open ? 'blocked' : 'open'} after ${CONVERGE_BOUND_MS} ms`);
     }
+    // The CLI says the same: `weft policy explain` exits 0 when allowed, 3 when denied.
+    const exit = await weft('policy', 'explain', id(from), id(to), `${port}/tcp`).then(() => 0, (err: { code?: number }) => err.code);
+    assert.equal(exit, open ? 0 : 3, `${label}: weft policy explain ${id(from)} ${id(to)} ${port}/tcp`);
     figures.push(`${label}: ${ms} ms`);
     console.log(`# policy: ${label}: ${to.node}'s kernel rules changed ${ms} ms after the change returned; probe ${probes} confirmed the verdict`);
   }
