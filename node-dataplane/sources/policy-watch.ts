@@ -2,6 +2,7 @@ import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { PolicyServiceService, PolicyEntry as PbEntry } from '../../gen/weft/policy/v1/policy.js';
 import type { NodeRules, PolicyEntry } from '../domain/network-policy.js';
+import { followStream } from './follow-stream.js';
 
 /**
  * Follows WatchNodePolicy. Each message is the node's complete rule set and replaces the one held; bookmarks only
@@ -30,30 +31,23 @@ export function followNodePolicy(deps: {
   onChange: (rules: NodeRules) => void;
 }): PolicySource {
   let held = null as NodeRules | null;
-  void (async () => {
-    let backoff = 200;
-    while (!deps.signal.aborted) {
-      try {
-        for await (const m of deps.client.watchNodePolicy({ node: deps.node, sinceRevision: held?.revision ?? 0 }, { signal: deps.signal })) {
-          backoff = 200;
-          if (m.bookmark) {
-            if (held) held = { ...held, revision: m.revision };
-            continue;
-          }
-          held = {
-            revision: m.revision,
-            pods: m.pods.map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.addresses, ingress: p.ingress.map(toEntry), egress: p.egress.map(toEntry) })),
-            sets: new Map(m.sets.map((s) => [s.name, s.cidrs])),
-          };
-          deps.onChange(held);
-        }
-      } catch (err) {
-        if (deps.signal.aborted) return;
-        deps.logger.warn('policy watch broke; reconnecting (the rules held stay in force)', { err: (err as Error).message, backoffMs: backoff });
+  followStream({
+    open: (signal) => deps.client.watchNodePolicy({ node: deps.node, sinceRevision: held?.revision ?? 0 }, { signal }),
+    onMessage: (m) => {
+      if (m.bookmark) {
+        if (held) held = { ...held, revision: m.revision };
+        return;
       }
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 5000);
-    }
-  })();
+      held = {
+        revision: m.revision,
+        pods: m.pods.map((p) => ({ namespace: p.namespace, name: p.name, addresses: p.addresses, ingress: p.ingress.map(toEntry), egress: p.egress.map(toEntry) })),
+        sets: new Map(m.sets.map((s) => [s.name, s.cidrs])),
+      };
+      deps.onChange(held);
+    },
+    brokenMessage: 'policy watch broke; reconnecting (the rules held stay in force)',
+    logger: deps.logger,
+    signal: deps.signal,
+  });
   return { rules: () => held };
 }
