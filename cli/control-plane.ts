@@ -9,6 +9,7 @@ import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
 import { mountRoutesService } from '../services/routes/main.js';
 import { mountPolicyService } from '../services/policy/main.js';
+import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';
 import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
 import type { ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
@@ -42,7 +43,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     url = embedded.url;
   }
   const database = connectDatabase(url);
-  const notifier = createNotifier(url, [BLOCKS_CHANNEL, CHANGES_CHANNEL], logger);
+  const notifier = createNotifier(url, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   rmSync(socketPath, { force: true });
   const server = createServer();
@@ -66,7 +67,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       database, databaseUrl: url, notifier, logger, ipamAddress,
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
-    await mountPolicyService(server, { database, logger });
+    await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
     await bindServer(server, ipamAddress);
     tcpPort = config.listen ? await bindServer(server, config.listen) : null;
   } catch (err) {

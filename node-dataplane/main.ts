@@ -8,11 +8,13 @@ import { createMetricsRegistry, serveMetrics, type MetricsServer } from '../lib/
 import { setupTelemetry } from '../lib/telemetry.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createCniHandlers } from './cni-endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { createNatDriver } from './kernel/iptables-nat.js';
+import { createPolicyDriver } from './kernel/iptables-policy.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
@@ -20,6 +22,7 @@ import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createReconciler } from './reconciler.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followPools, type PoolsSource } from './sources/pools-watch.js';
+import { followNodePolicy, type PolicySource } from './sources/policy-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
 import { keepNodeLease } from './node-lease.js';
 
@@ -53,6 +56,7 @@ async function main(): Promise<void> {
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const routes = createClient(RoutesServiceService, target);
   const ipam = createClient(IpamServiceService, target);
+  const policyClient = createClient(PolicyServiceService, target);
 
   const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
   let leaseMs = 0;
@@ -71,6 +75,7 @@ async function main(): Promise<void> {
   const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
   let snapshot: ReturnType<typeof followRoutes> | null = null;
   let pools: PoolsSource | null = null;
+  let policy: PolicySource | null = null;
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
@@ -79,6 +84,7 @@ async function main(): Promise<void> {
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
     masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver() },
+    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }) },
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -104,6 +110,7 @@ async function main(): Promise<void> {
     metrics.netlinkFailures.add(1, { op: 'watch' });
     logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', { err, resyncMs: config.resyncMs });
   }
+  policy = followNodePolicy({ client: policyClient, node: config.nodeName, logger, signal: stopper.signal, onChange: () => reconciler.markDirty('policy') });
   pools = followPools({ ipam, intervalMs: config.resyncMs, logger, signal: stopper.signal, onChange: () => reconciler.markDirty('pools') });
   snapshot = followRoutes({
     client: routes, node: config.nodeName, logger, signal: stopper.signal,
@@ -140,6 +147,7 @@ async function main(): Promise<void> {
     rmSync(config.socket, { force: true });
     routes.close();
     ipam.close();
+    policyClient.close();
     driver.close();
     process.exit(0);
   };

@@ -2,7 +2,9 @@ import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
 import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
 import { planMasquerade } from './domain/masquerade.js';
+import { desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules } from './domain/network-policy.js';
 import type { NatDriver } from './kernel/iptables-nat.js';
+import type { PolicyDriver } from './kernel/iptables-policy.js';
 import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
@@ -16,7 +18,7 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'start' | 'routes' | 'pools' | 'kernel' | 'resync' | 'retry' | 'flush';
+export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'kernel' | 'resync' | 'retry' | 'flush';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
@@ -41,6 +43,8 @@ export function createReconciler(deps: {
   underlayIfindex?: number;
   /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
   masquerade?: { pools: () => string[] | null; driver: NatDriver };
+  /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
+  policy?: { rules: () => NodeRules | null; driver: PolicyDriver };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -84,11 +88,28 @@ export function createReconciler(deps: {
     deps.logger.info('masquerade rules written', { pools });
   }
 
+  /**
+   * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
+   * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
+   * pods, and a restarted agent keeps the rules it finds (dropping only pods that appeared meanwhile).
+   */
+  async function reconcilePolicy(): Promise<void> {
+    if (!deps.policy) return;
+    const rules = deps.policy.rules();
+    const [veths, actual] = await Promise.all([deps.policy.driver.podVeths(), deps.policy.driver.read()]);
+    const plan = planPolicy(rules ? desiredPolicy(rules, veths) : desiredBeforeRules(actual, veths), actual);
+    if (plan.changed.length === 0) return;
+    await deps.policy.driver.apply(plan);
+    metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
+    deps.logger.info('policy rules written', { revision: rules?.revision ?? null, failClosed: rules === null, pods: veths.size, changed: plan.changed.slice(0, 20), count: plan.changed.length });
+  }
+
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
     ifindex = await deps.ensureDevice();
     await reconcileMasquerade();
+    await reconcilePolicy();
     const devices: OverlayDevices = { vxlan: ifindex, underlay: underlayIfindex };
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
     routeCidrs = new Set(desired.routes.keys());

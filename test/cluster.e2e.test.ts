@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +11,7 @@ import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { fabricNetns } from '../cli/cluster/topology.js';
 import { createChainRunner, type NetworkConfigList } from './support/cni-chain.js';
 import { bin } from './support/processes.js';
+import { takeDownLocalCluster } from './support/local-cluster.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -116,18 +117,8 @@ describe('local cluster end to end', opts, () => {
 
   after(async () => {
     for (const s of servers) s.kill('SIGKILL');
-    const prefix = state?.prefix;
-    const pids = state ? [state.controlPlane.pid, ...readState(stateDir).nodes.map((n) => n.agentPid)] : [];
-    await weft('cluster', 'down');
-    rmSync(stateDir, { recursive: true, force: true });
-    // iptables (portmap, inside a node's namespace) creates its lock file on the shared /run.
-    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
     // Nothing is left behind: no namespace with the run's prefix, no agent or control plane process.
-    if (prefix) {
-      const { stdout } = await run('ip', ['netns', 'list']);
-      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
-      for (const pid of pids) assert.ok(!isAlive(pid), `process ${pid} left running`);
-    }
+    await takeDownLocalCluster({ weft, stateDir, state, xtablesLockExisted });
   });
 
   test('three nodes on two underlay subnets (two on one, one on the other)', () => {

@@ -72,3 +72,46 @@ test('an invalid policy is refused whole with the path of the bad field, and not
   await assert.rejects(policy.explain({ from: 'shop/db', to: 'shop/web', port: 0 }), invalid(/^port: 0 is not a port number/));
   await assert.rejects(policy.explain({ from: 'shop/db', to: 'shop/web', port: 80, protocol: 'ICMP' }), invalid(/^protocol: /));
 });
+
+test('WatchNodePolicy: the node\'s compiled rules at once, again within a bound when a policy or a label changes, nothing for other nodes\' changes', async () => {
+  await policy.upsertNamespace({ name: 'wa', labels: { team: 'wa' } });
+  await policy.upsertNamespace({ name: 'wb', labels: { team: 'wb' } });
+  await policy.upsertPod({ pod: { namespace: 'wa', name: 'api', labels: { app: 'api' }, node: 'wnode1', addresses: ['10.244.7.10'], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] } });
+  await policy.upsertPod({ pod: { namespace: 'wb', name: 'cli', labels: { app: 'cli' }, node: 'wnode2', addresses: ['10.244.8.10'], ports: [] } });
+  const stop = new AbortController();
+  const stream = policy.watchNodePolicy({ node: 'wnode1', sinceRevision: 0 }, { signal: stop.signal })[Symbol.asyncIterator]();
+  const next = async () => {
+    for (;;) {
+      const r = await stream.next();
+      assert.ok(!r.done);
+      if (!r.value.bookmark) return r.value;
+    }
+  };
+  try {
+    const first = await next();
+    // (The cluster-wide admin policies of the tests above also apply to it.)
+    const npEntries = (p: (typeof first.pods)[number]) => p.ingress.filter((e) => e.tier === 'networkpolicy');
+    assert.deepEqual(first.pods.map((p) => `${p.namespace}/${p.name} ${p.addresses.join(',')} ${npEntries(p).length}`), ['wa/api 10.244.7.10 0'], 'only wnode1\'s pod, with no NetworkPolicy rules');
+    const t0 = performance.now();
+    await policy.applyPolicies({ objectsJson: [np('wa', 'api-from-wb', { podSelector: { matchLabels: { app: 'api' } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: 'wb' } } }], ports: [{ port: 'http' }] }] })] });
+    const second = await next();
+    const ms = Math.round(performance.now() - t0);
+    console.log(`# WatchNodePolicy: a policy reached the watching node ${ms} ms after ApplyPolicies returned`);
+    assert.ok(ms < 3000, `${ms} ms`);
+    const [api] = second.pods;
+    assert.deepEqual(npEntries(api!).map((e) => [e.tier, e.action, e.protocol, e.portFrom, e.portTo]), [['networkpolicy', 'allow', 'TCP', 8080, 8080], ['networkpolicy', 'deny', '', 0, 0]]);
+    const set = second.sets.find((s) => s.name === npEntries(api!)[0]!.peerSet);
+    assert.deepEqual(set?.cidrs, ['10.244.8.10/32'], 'the named port resolved on the pod, the peer namespace as its pods\' addresses');
+    assert.ok(second.revision >= first.revision);
+    // A label change elsewhere that moves a pod into the peer set changes the set (and its name).
+    await policy.upsertPod({ pod: { namespace: 'wb', name: 'cli2', labels: {}, node: 'wnode2', addresses: ['10.244.8.11'], ports: [] } });
+    const third = await next();
+    const set3 = third.sets.find((s) => s.name === npEntries(third.pods[0]!)[0]!.peerSet);
+    assert.deepEqual(set3?.cidrs, ['10.244.8.10/31']);
+    assert.notEqual(set3!.name, set!.name);
+    await assert.rejects(policy.watchNodePolicy({ node: '', sinceRevision: 0 })[Symbol.asyncIterator]().next(), invalid(/^node: /));
+  } finally {
+    stop.abort();
+    await stream.return?.(undefined).catch(() => {});
+  }
+});

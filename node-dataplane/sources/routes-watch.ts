@@ -2,6 +2,7 @@ import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import type { RemoteNode } from '../domain/desired.js';
+import { followStream } from './follow-stream.js';
 
 /**
  * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel.
@@ -24,32 +25,24 @@ export function followRoutes(deps: {
   onChange: (snap: RoutesSnapshot) => void;
 }): RoutesSnapshot {
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 0, synced: false };
-  void (async () => {
-    let backoff = 200;
-    while (!deps.signal.aborted) {
-      try {
-        const sinceRevision = snap.synced ? snap.revision : 0;
-        for await (const ch of deps.client.watchRoutes({ node: deps.node, sinceRevision }, { signal: deps.signal })) {
-          backoff = 200;
-          if (ch.bookmark) {
-            if (snap.synced) snap.revision = ch.revision;
-            continue;
-          }
-          if (!ch.reset && !snap.synced) continue; // nothing applies before the first snapshot
-          if (ch.reset) snap.nodes = new Map();
-          for (const u of ch.upserts) snap.nodes.set(u.node, { node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
-          for (const d of ch.deletes) snap.nodes.delete(d);
-          snap.revision = ch.revision;
-          if (ch.reset) snap.synced = true;
-          deps.onChange(snap);
-        }
-      } catch (err) {
-        if (deps.signal.aborted) return;
-        deps.logger.warn('route watch broke; reconnecting', { err: (err as Error).message, backoffMs: backoff });
+  followStream({
+    open: (signal) => deps.client.watchRoutes({ node: deps.node, sinceRevision: snap.synced ? snap.revision : 0 }, { signal }),
+    onMessage: (ch) => {
+      if (ch.bookmark) {
+        if (snap.synced) snap.revision = ch.revision;
+        return;
       }
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 5000);
-    }
-  })();
+      if (!ch.reset && !snap.synced) return; // nothing applies before the first snapshot
+      if (ch.reset) snap.nodes = new Map();
+      for (const u of ch.upserts) snap.nodes.set(u.node, { node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
+      for (const d of ch.deletes) snap.nodes.delete(d);
+      snap.revision = ch.revision;
+      if (ch.reset) snap.synced = true;
+      deps.onChange(snap);
+    },
+    brokenMessage: 'route watch broke; reconnecting',
+    logger: deps.logger,
+    signal: deps.signal,
+  });
   return snap;
 }

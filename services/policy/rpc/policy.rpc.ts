@@ -1,11 +1,13 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import { DomainError } from '../../../lib/errors.js';
-import { PolicyServiceService, type Verdict as PbVerdict } from '../../../gen/weft/policy/v1/policy.js';
-import { explain, type Endpoint, type Pod, type Verdict, type World } from '../domain/evaluate.js';
-import {
-  invalidPolicy, parseIp, parseLabels, parsePolicyObject, PROTOCOLS, resourceName, type AdminPolicy, type NetworkPolicy, type Policy, type Protocol,
-} from '../domain/model.js';
+import { PolicyServiceService, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
+import type { Notifier } from '../../../lib/db/notifier.js';
+import type { NodePolicy } from '../domain/compile.js';
+import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
+import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
 import type { PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
+import { watchNodePolicy, type NodePolicyWatchOptions } from '../watch-node-policy.js';
+import { toPod, worldOf } from '../world.js';
 
 /** The gRPC adapter of the policy service: validation at the edge, the store, and the evaluator. */
 const MAX_OBJECTS = 500;
@@ -35,19 +37,6 @@ function validatePod(p: { namespace: string; name: string; labels: Record<string
   };
 }
 
-/** The world the evaluator sees, from one consistent snapshot. Stored policies were valid when applied. */
-function worldOf(s: Snapshot): World {
-  const parsed = s.policies.map((p) => parsePolicyObject(p.object, p.namespace || 'default'));
-  return {
-    namespaces: s.namespaces,
-    networkPolicies: parsed.filter((p): p is NetworkPolicy => p.kind === 'NetworkPolicy'),
-    adminPolicies: parsed.filter((p): p is AdminPolicy => p.kind === 'AdminNetworkPolicy'),
-    baseline: (parsed.find((p) => p.kind === 'BaselineAdminNetworkPolicy') as AdminPolicy | undefined) ?? null,
-  };
-}
-
-const toPod = (r: PodRecord): Pod => ({ namespace: r.namespace, name: r.name, labels: r.labels, addresses: r.addresses.map((a) => parseIp(a, 'address')), ports: r.ports });
-
 /** "ns/name" is a pod (which must exist and have an address); anything else must be an address, a pod's or an outside one. */
 function endpoint(s: Snapshot, text: string, field: string): Endpoint {
   if (text.includes('/')) {
@@ -65,7 +54,17 @@ function endpoint(s: Snapshot, text: string, field: string): Endpoint {
 
 const toPbVerdict = (v: Verdict): PbVerdict => ({ ...v });
 
-export function createPolicyHandlers(deps: { repo: PolicyRepository }): Handlers<typeof PolicyServiceService> {
+const toPbNodePolicy = (p: NodePolicy): Pick<WatchNodePolicyResponse, 'pods' | 'sets'> => ({
+  pods: p.pods.map((pod) => {
+    const entries = (es: NodePolicy['pods'][number]['ingress']) => es.map((e) => ({
+      tier: e.tier, action: e.action, peerSet: e.peerSet ?? '', protocol: e.protocol ?? '', portFrom: e.ports?.from ?? 0, portTo: e.ports?.to ?? 0, source: e.source,
+    }));
+    return { namespace: pod.namespace, name: pod.name, addresses: pod.addresses, ingress: entries(pod.ingress), egress: entries(pod.egress) };
+  }),
+  sets: [...p.sets].map(([name, cidrs]) => ({ name, cidrs })),
+});
+
+export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: Notifier; watch: NodePolicyWatchOptions }): Handlers<typeof PolicyServiceService> {
   const { repo } = deps;
   return {
     async upsertNamespace(req) {
@@ -131,6 +130,12 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository }): Handlers
       const s = await repo.snapshot();
       const e = explain(worldOf(s), endpoint(s, req.from, 'from'), endpoint(s, req.to, 'to'), req.port, protocol);
       return { allowed: e.allowed, egress: toPbVerdict(e.egress), ingress: toPbVerdict(e.ingress), revision: s.revision };
+    },
+    async *watchNodePolicy(req, { signal }) {
+      if (!req.node) throw invalidPolicy('node', 'is required: the watching node\'s name');
+      for await (const m of watchNodePolicy({ repo, notifier: deps.notifier, options: deps.watch }, req.node, signal)) {
+        yield { revision: m.revision, bookmark: m.bookmark, ...(m.policy ? toPbNodePolicy(m.policy) : { pods: [], sets: [] }) };
+      }
     },
   };
 }

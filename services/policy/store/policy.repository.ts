@@ -29,42 +29,51 @@ export interface Snapshot {
 
 type Row = Record<string, unknown>;
 const NEXT = sql`nextval('policy.revision_seq')`;
+/** NOTIFY'd after every change: wakes the WatchNodePolicy streams (which also re-read on a timer). */
+export const POLICY_CHANNEL = 'policy_changes';
+const NOTIFY = sql`SELECT pg_notify('policy_changes', '')`;
 
 export function createPolicyRepository(db: Database) {
   const rows = async (q: SQL) => (await db.execute(q)).rows as Row[];
   const revisionOf = (r: Row[]) => Number(r[0]?.revision ?? 0);
+  /** Runs a change, then wakes the watchers (after its commit: a watcher woken early would read the old state). */
+  const notifying = async <T>(change: Promise<T>): Promise<T> => {
+    const out = await change;
+    await db.execute(NOTIFY);
+    return out;
+  };
 
   return {
     async upsertNamespace(name: string, labels: Record<string, string>): Promise<number> {
-      return revisionOf(await rows(sql`INSERT INTO policy.namespaces (name, labels, revision) VALUES (${name}, ${JSON.stringify(labels)}::jsonb, ${NEXT})
-        ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, revision = excluded.revision RETURNING revision`));
+      return notifying(rows(sql`INSERT INTO policy.namespaces (name, labels, revision) VALUES (${name}, ${JSON.stringify(labels)}::jsonb, ${NEXT})
+        ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, revision = excluded.revision RETURNING revision`).then(revisionOf));
     },
     async deleteNamespace(name: string): Promise<{ deleted: boolean; revision: number }> {
-      return db.transaction(async (tx) => {
+      return notifying(db.transaction(async (tx) => {
         const gone = (await tx.execute(sql`DELETE FROM policy.namespaces WHERE name = ${name} RETURNING name`)).rows.length > 0;
         await tx.execute(sql`DELETE FROM policy.pods WHERE namespace = ${name}`);
         await tx.execute(sql`DELETE FROM policy.policies WHERE namespace = ${name}`);
         const [r] = (await tx.execute(sql`SELECT ${NEXT} AS revision`)).rows as Row[];
         return { deleted: gone, revision: Number(r!.revision) };
-      });
+      }));
     },
     async upsertPod(p: PodRecord): Promise<number> {
-      return revisionOf(await rows(sql`INSERT INTO policy.pods (namespace, name, labels, node, addresses, ports, revision)
+      return notifying(rows(sql`INSERT INTO policy.pods (namespace, name, labels, node, addresses, ports, revision)
         VALUES (${p.namespace}, ${p.name}, ${JSON.stringify(p.labels)}::jsonb, ${p.node},
           (SELECT coalesce(array_agg(v), '{}'::text[]) FROM jsonb_array_elements_text(${JSON.stringify(p.addresses)}::jsonb) v),
           ${JSON.stringify(p.ports)}::jsonb, ${NEXT})
         ON CONFLICT (namespace, name) DO UPDATE SET labels = excluded.labels, node = excluded.node, addresses = excluded.addresses,
           ports = excluded.ports, revision = excluded.revision
-        RETURNING revision`));
+        RETURNING revision`).then(revisionOf));
     },
     async deletePod(namespace: string, name: string): Promise<{ deleted: boolean; revision: number }> {
-      const r = await rows(sql`WITH d AS (DELETE FROM policy.pods WHERE namespace = ${namespace} AND name = ${name} RETURNING 1)
-        SELECT (SELECT count(*) FROM d) > 0 AS deleted, ${NEXT} AS revision`);
+      const r = await notifying(rows(sql`WITH d AS (DELETE FROM policy.pods WHERE namespace = ${namespace} AND name = ${name} RETURNING 1)
+        SELECT (SELECT count(*) FROM d) > 0 AS deleted, ${NEXT} AS revision`));
       return { deleted: Boolean(r[0]!.deleted), revision: Number(r[0]!.revision) };
     },
     /** All or none, in one transaction. */
     async applyPolicies(items: { kind: string; namespace: string; name: string; object: unknown }[]): Promise<number> {
-      return db.transaction(async (tx) => {
+      return notifying(db.transaction(async (tx) => {
         let revision = 0;
         for (const p of items) {
           const [r] = (await tx.execute(sql`INSERT INTO policy.policies (kind, namespace, name, object, revision)
@@ -74,11 +83,11 @@ export function createPolicyRepository(db: Database) {
           revision = Number(r!.revision);
         }
         return revision;
-      });
+      }));
     },
     async deletePolicy(kind: string, namespace: string, name: string): Promise<{ deleted: boolean; revision: number }> {
-      const r = await rows(sql`WITH d AS (DELETE FROM policy.policies WHERE kind = ${kind} AND namespace = ${namespace} AND name = ${name} RETURNING 1)
-        SELECT (SELECT count(*) FROM d) > 0 AS deleted, ${NEXT} AS revision`);
+      const r = await notifying(rows(sql`WITH d AS (DELETE FROM policy.policies WHERE kind = ${kind} AND namespace = ${namespace} AND name = ${name} RETURNING 1)
+        SELECT (SELECT count(*) FROM d) > 0 AS deleted, ${NEXT} AS revision`));
       return { deleted: Boolean(r[0]!.deleted), revision: Number(r[0]!.revision) };
     },
     async listPolicies(namespace: string | null): Promise<PolicyRecord[]> {

@@ -1,0 +1,122 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { privilegedOrSkip } from '../../test/support/privileges.js';
+import { desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
+
+/** The rendering of a node's compiled rules into ipsets and filter chains, and the plan against what the kernel prints. */
+const SET_Y = 'weft-00000000000000aa';
+const SET_OUT = 'weft-00000000000000bb';
+const entry = (e: Partial<PolicyEntry>): PolicyEntry => ({ tier: 'networkpolicy', action: 'allow', peerSet: null, protocol: null, ports: null, source: 'NetworkPolicy/x/p ingress[0]', ...e });
+const rules = (over: Partial<NodeRules> = {}): NodeRules => ({
+  revision: 7,
+  pods: [
+    {
+      namespace: 'x', name: 'a', addresses: ['10.244.0.5'],
+      ingress: [
+        entry({ tier: 'admin', action: 'pass', peerSet: SET_Y, source: 'AdminNetworkPolicy/t pass-y' }),
+        entry({ tier: 'admin', action: 'deny', protocol: 'UDP', source: 'AdminNetworkPolicy/t no udp' }),
+        entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } }),
+        entry({ action: 'deny', source: 'NetworkPolicy/x/p default deny' }),
+      ],
+      egress: [entry({ action: 'deny', peerSet: SET_OUT, protocol: 'TCP', ports: { from: 1000, to: 2000 }, source: 'BaselineAdminNetworkPolicy/default r0' })],
+    },
+    { namespace: 'x', name: 'b', addresses: ['10.244.0.6'], ingress: [], egress: [] },
+  ],
+  sets: new Map([[SET_Y, ['10.244.1.7/32', '10.244.2.0/24', 'fd00::1/128']], [SET_OUT, ['192.0.2.0/24']]]),
+  ...over,
+});
+const veths = new Map([['10.244.0.5', 'weft00000000001'], ['10.244.0.6', 'weft00000000002'], ['10.244.0.9', 'weft00000000003']]);
+const empty: PolicyActual = { chains: new Map(), jumps: 0, sets: new Map() };
+
+test('per-pod chains: replies first, egress and ingress dispatch by veth, entries in order, pass goes to the tiers after admin', () => {
+  const d = desiredPolicy(rules(), veths);
+  assert.deepEqual(d.chains.get('WEFT-FORWARD'), [
+    '-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft x/a egress" -j WEFT-E-weft00000000001',
+    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft x/a ingress" -j WEFT-I-weft00000000001',
+    '-A WEFT-FORWARD -o weft00000000002 -m comment --comment "weft x/b: no policy"',
+  ], 'x/b has no rules (a marker without a target) and 10.244.0.9 is no reported pod: neither gets a chain');
+  assert.deepEqual(d.chains.get('WEFT-I-weft00000000001'), [
+    `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001-N`,
+    '-A WEFT-I-weft00000000001 -p udp -m comment --comment "weft AdminNetworkPolicy/t no udp" -j DROP',
+    `-A WEFT-I-weft00000000001 -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 80 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
+    '-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP',
+  ]);
+  assert.deepEqual(d.chains.get('WEFT-I-weft00000000001-N')?.length, 2, 'after a pass: the NetworkPolicy tier only');
+  assert.deepEqual(d.chains.get('WEFT-E-weft00000000001'), [
+    `-A WEFT-E-weft00000000001 -p tcp -m set --match-set ${SET_OUT} dst -m tcp --dport 1000:2000 -m comment --comment "weft BaselineAdminNetworkPolicy/default r0" -j DROP`,
+  ]);
+  assert.deepEqual([...d.sets].sort(), [[SET_Y, ['10.244.1.7', '10.244.2.0/24']], [SET_OUT, ['192.0.2.0/24']]], 'IPv4 members, hosts without /32');
+});
+
+test('fail closed: before the first rule set every local pod is dropped both ways', () => {
+  const d = desiredPolicy(null, new Map([['10.244.0.5', 'weft00000000001']]));
+  assert.deepEqual(d.chains.get('WEFT-FORWARD')!.slice(1), [
+    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+  ]);
+  assert.equal(d.sets.size, 0);
+});
+
+test('a restarted agent without rules yet keeps the rules it finds, and drops only pods that appeared since', () => {
+  const d = desiredPolicy(rules(), veths);
+  const held: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
+  const known = new Map([...veths].filter(([a]) => a !== '10.244.0.9'));
+  assert.deepEqual(planPolicy(desiredBeforeRules(held, known), held).changed, [], 'nothing rewritten');
+  const more = new Map([...veths, ['10.244.0.10', 'weft00000000004']]);
+  // 10.244.0.9 was no reported pod before the restart either: it is dropped until the rules arrive.
+  const p = planPolicy(desiredBeforeRules(held, more), held);
+  assert.deepEqual(p.changed, ['chain WEFT-FORWARD']);
+  for (const v of ['weft00000000003', 'weft00000000004']) for (const d of ['-i', '-o']) {
+    assert.ok(p.filter!.includes(`-A WEFT-FORWARD ${d} ${v} -m comment --comment "weft fail closed: no rules held yet" -j DROP\n`), `${d} ${v} dropped`);
+  }
+  assert.ok(!p.filter!.includes('weft00000000002 -m comment --comment "weft fail closed'), 'x/b, known to have no policy, is not dropped');
+  assert.deepEqual(desiredBeforeRules(empty, veths), desiredPolicy(null, veths), 'a fresh node drops every pod');
+});
+
+test('the plan: everything from nothing; nothing when the kernel matches; only what changed; stale chains and sets removed after', () => {
+  const d = desiredPolicy(rules(), veths);
+  const first = planPolicy(d, empty);
+  assert.match(first.filter!, /^\*filter\n:WEFT-E-weft00000000001 - \[0:0\]\n(:.*\n)*:WEFT-FORWARD - \[0:0\]\n-A /, "chains declared before any rule");
+  assert.match(first.filter!, /-I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/);
+  assert.match(first.setsBefore!, new RegExp(`create ${SET_Y} hash:net family inet\nflush ${SET_Y}\nadd ${SET_Y} 10.244.1.7\n`));
+  const same: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
+  assert.deepEqual(planPolicy(d, same), { setsBefore: null, filter: null, setsAfter: null, changed: [] });
+  // x/a loses its egress rules; a set was changed by hand; a leftover set of Weft's and two jumps.
+  const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
+  const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FORWARD', 'chain WEFT-E-weft00000000001 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
+  assert.match(p.filter!, /:WEFT-E-weft00000000001 - \[0:0\]\n(.|\n)*-X WEFT-E-weft00000000001\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT/);
+  assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
+});
+
+test('in the kernel: applied plans read back exactly as rendered, so an unchanged state plans nothing; stale objects go', privilegedOrSkip(), () => {
+  const ns = `wpol${randomBytes(3).toString('hex')}`;
+  const inNs = (args: string[], input?: string) => execFileSync('ip', ['netns', 'exec', ns, ...args], { input, encoding: 'utf8' });
+  const read = () => readPolicyActual(inNs(['iptables-save', '-t', 'filter']), inNs(['ipset', 'save']));
+  const apply = (plan: ReturnType<typeof planPolicy>) => {
+    if (plan.setsBefore) inNs(['ipset', 'restore', '-exist'], plan.setsBefore);
+    if (plan.filter) inNs(['iptables-restore', '--noflush'], plan.filter);
+    if (plan.setsAfter) inNs(['ipset', 'restore', '-exist'], plan.setsAfter);
+  };
+  execFileSync('ip', ['netns', 'add', ns]);
+  try {
+    const d = desiredPolicy(rules(), veths);
+    apply(planPolicy(d, read()));
+    assert.deepEqual(planPolicy(d, read()).changed, [], 'iptables-save and ipset save print what was rendered');
+    inNs(['ipset', 'del', SET_Y, '10.244.1.7']);
+    assert.deepEqual(planPolicy(d, read()).changed, [`set ${SET_Y}`], 'a member removed by hand is seen');
+    apply(planPolicy(d, read()));
+    const next = desiredPolicy(null, veths);
+    apply(planPolicy(next, read()));
+    const after = read();
+    assert.deepEqual([...after.chains.keys()], ['WEFT-FORWARD']);
+    assert.equal(after.sets.size, 0);
+    assert.deepEqual(planPolicy(next, after).changed, []);
+  } finally {
+    execFileSync('ip', ['netns', 'del', ns]);
+  }
+});

@@ -1,0 +1,214 @@
+/**
+ * Network policy in the kernel, purely: the compiled rules of the node's pods (from WatchNodePolicy) rendered as
+ * ipsets and iptables `filter` chains, compared with what `ipset save` and `iptables-save` print, and the difference
+ * as `ipset restore` and `iptables-restore --noflush` input. Nothing else's chains or sets are read or written.
+ *
+ *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
+ *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then per local
+ *                   pod veth `-i <veth> -j WEFT-E-<veth>` (its egress) and `-o <veth> -j WEFT-I-<veth>` (its ingress),
+ *                   only for directions that have entries (a pod with none: a rule without a target, which only
+ *                   records that its rules are held); a pod with no rules held yet: DROP both ways (fail closed).
+ *   WEFT-I-<veth>:  the entries in order: allow → RETURN (the packet goes on to the other end's chain), deny → DROP,
+ *                   pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier; falling off the end allows.
+ *
+ * Peer address sets are ipsets (`hash:net`, IPv4) named by a hash of their content, so a set's name always means the
+ * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
+ * last rule using it is gone. A set whose members were changed by hand is refilled through a temporary set and
+ * `swap`, so that rules never see it half-filled.
+ */
+export const POLICY_CHAIN = 'WEFT-FORWARD';
+const JUMP_COMMENT = 'weft: network policy';
+const OWNED_CHAIN = /^WEFT-(FORWARD$|[IE]-)/;
+const OWNED_SET = /^weft-/;
+
+export interface PolicyEntry {
+  tier: 'admin' | 'networkpolicy' | 'baseline';
+  action: 'allow' | 'deny' | 'pass';
+  peerSet: string | null;
+  protocol: 'TCP' | 'UDP' | 'SCTP' | null;
+  ports: { from: number; to: number } | null;
+  source: string;
+}
+
+export interface PodRules {
+  namespace: string;
+  name: string;
+  addresses: string[];
+  ingress: PolicyEntry[];
+  egress: PolicyEntry[];
+}
+
+export interface NodeRules {
+  revision: number;
+  pods: PodRules[];
+  sets: ReadonlyMap<string, string[]>;
+}
+
+export interface PolicyDesired {
+  /** Chain → its rules as iptables-save prints them. */
+  chains: Map<string, string[]>;
+  /** Set → its members as `ipset save` prints them (host addresses without /32), sorted. */
+  sets: Map<string, string[]>;
+}
+
+export interface PolicyActual {
+  chains: Map<string, string[]>;
+  jumps: number;
+  sets: Map<string, string[]>;
+}
+
+const isV4 = (cidr: string) => !cidr.includes(':');
+const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
+const comment = (text: string) => `-m comment --comment "weft ${text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_').slice(0, 200)}"`;
+
+function entryRule(chain: string, e: PolicyEntry, dir: 'ingress' | 'egress', passChain: string): string {
+  const parts = [`-A ${chain}`];
+  if (e.protocol) parts.push(`-p ${e.protocol.toLowerCase()}`);
+  if (e.peerSet) parts.push(`-m set --match-set ${e.peerSet} ${dir === 'ingress' ? 'src' : 'dst'}`);
+  if (e.protocol && e.ports) parts.push(`-m ${e.protocol.toLowerCase()} --dport ${e.ports.from === e.ports.to ? e.ports.from : `${e.ports.from}:${e.ports.to}`}`);
+  parts.push(comment(e.source));
+  parts.push(e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  return parts.join(' ');
+}
+
+/**
+ * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
+ * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
+ * policy service) has no policy of its own, as `weft policy explain` treats an address no pod owns.
+ */
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>): PolicyDesired {
+  const forward = [`-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`];
+  const chains = new Map<string, string[]>();
+  const sets = new Map<string, string[]>();
+  const v4Sets = new Map<string, string[]>();
+  for (const [name, cidrs] of rules?.sets ?? []) {
+    const v4 = cidrs.filter(isV4).map(member).sort();
+    if (v4.length > 0) v4Sets.set(name, v4);
+  }
+  const byVeth = [...veths].sort((a, b) => a[1].localeCompare(b[1]));
+  const egress: string[] = [];
+  const ingress: string[] = [];
+  for (const [address, veth] of byVeth) {
+    if (!rules) {
+      egress.push(`-A ${POLICY_CHAIN} -i ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
+      ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
+      continue;
+    }
+    const pod = rules.pods.find((p) => p.addresses.includes(address));
+    if (!pod) continue;
+    let dispatched = false;
+    for (const dir of ['egress', 'ingress'] as const) {
+      // Entries whose set has no IPv4 member can match no IPv4 packet.
+      const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+      if (entries.length === 0) continue;
+      dispatched = true;
+      const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+      const pass = `${chain}-N`;
+      (dir === 'ingress' ? ingress : egress).push(`-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`);
+      chains.set(chain, entries.map((e) => entryRule(chain, e, dir, pass)));
+      if (entries.some((e) => e.action === 'pass')) chains.set(pass, entries.filter((e) => e.tier !== 'admin').map((e) => entryRule(pass, e, dir, pass)));
+      for (const e of entries) if (e.peerSet) sets.set(e.peerSet, v4Sets.get(e.peerSet)!);
+    }
+    // A rule without a target changes nothing; it records that the pod's rules are held (none), so that a
+    // restarted agent tells it apart from a pod that appeared since (desiredBeforeRules).
+    if (!dispatched) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
+  }
+  chains.set(POLICY_CHAIN, [...forward, ...egress, ...ingress]);
+  return { chains, sets };
+}
+
+/**
+ * What to want while no rule set is held yet, given what the kernel holds. A fresh node (no WEFT-FORWARD): every
+ * local pod dropped both ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them,
+ * exactly, in force (so nothing is rewritten and no connection is cut), and only drops the pods that appeared since
+ * and have no dispatch rule.
+ */
+export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>): PolicyDesired {
+  const forward = actual.chains.get(POLICY_CHAIN);
+  if (!forward) return desiredPolicy(null, veths);
+  const chains = new Map(actual.chains);
+  const mentioned = (veth: string) => forward.some((l) => l.includes(` -i ${veth} `) || l.includes(` -o ${veth} `));
+  const fresh = [...veths.values()].filter((v) => !mentioned(v)).sort();
+  const drops = desiredPolicy(null, new Map(fresh.map((v) => [v, v]))).chains.get(POLICY_CHAIN)!.slice(1);
+  chains.set(POLICY_CHAIN, [...forward, ...drops]);
+  return { chains, sets: new Map(actual.sets) };
+}
+
+/** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */
+export function readPolicyActual(filterSave: string, ipsetSave: string): PolicyActual {
+  const chains = new Map<string, string[]>();
+  let jumps = 0;
+  for (const raw of filterSave.split('\n')) {
+    const l = raw.trim();
+    const decl = /^:(\S+) /.exec(l);
+    if (decl && OWNED_CHAIN.test(decl[1]!)) chains.set(decl[1]!, []);
+    const rule = /^-A (\S+) /.exec(l);
+    if (rule && OWNED_CHAIN.test(rule[1]!)) chains.get(rule[1]!)?.push(l);
+    if (rule && rule[1] === 'FORWARD' && l.endsWith(` -j ${POLICY_CHAIN}`)) jumps++;
+  }
+  const sets = new Map<string, string[]>();
+  for (const raw of ipsetSave.split('\n')) {
+    const [verb, name, value] = raw.trim().split(/\s+/);
+    if (!name || !OWNED_SET.test(name)) continue;
+    if (verb === 'create') sets.set(name, sets.get(name) ?? []);
+    if (verb === 'add' && value) sets.set(name, [...(sets.get(name) ?? []), member(value)]);
+  }
+  for (const [k, v] of sets) sets.set(k, v.sort());
+  return { chains, jumps, sets };
+}
+
+export interface PolicyPlan {
+  /** `ipset restore` input that creates or refills the sets the rules will use; null: nothing to do. */
+  setsBefore: string | null;
+  /** `iptables-restore --noflush` input: changed chains flushed and refilled, stale ones deleted, the jump ensured. */
+  filter: string | null;
+  /** `ipset restore` input that destroys Weft's sets no rule uses any more (after `filter` is applied). */
+  setsAfter: string | null;
+  /** Chains rewritten or deleted, and sets created, refilled or destroyed, for logs and metrics. */
+  changed: string[];
+}
+
+const sameList = (a: readonly string[] | undefined, b: readonly string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
+
+export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
+  const changed: string[] = [];
+  const before: string[] = [];
+  for (const [name, members] of desired.sets) {
+    const have = actual.sets.get(name);
+    if (sameList(have, members)) continue;
+    changed.push(`set ${name}`);
+    // Filled under a temporary name and swapped in: a set that rules already use is never seen half-filled.
+    const target = have ? `${name}t` : name;
+    before.push(`create ${target} hash:net family inet`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
+    if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
+  }
+  const filter: string[] = [];
+  const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
+  for (const [chain, rules] of desired.chains) {
+    if (sameList(actual.chains.get(chain), rules)) continue;
+    changed.push(`chain ${chain}`);
+    filter.push(`:${chain} - [0:0]`);
+  }
+  // Declarations first (each flushes its chain), so that every rule below finds the chains it jumps to.
+  for (const c of stale) filter.push(`:${c} - [0:0]`);
+  const declared = new Set(filter.map((l) => l.slice(1, l.indexOf(' '))));
+  for (const [chain, rules] of desired.chains) if (declared.has(chain) && !stale.includes(chain)) filter.push(...rules);
+  for (const c of stale) {
+    changed.push(`chain ${c} (deleted)`);
+    filter.push(`-X ${c}`);
+  }
+  const jump = `-A FORWARD -m comment --comment "${JUMP_COMMENT}" -j ${POLICY_CHAIN}`;
+  if (actual.jumps === 0) {
+    changed.push('jump');
+    filter.push(jump.replace(/^-A FORWARD /, '-I FORWARD 1 '));
+  }
+  for (let i = 1; i < actual.jumps; i++) filter.push(jump.replace(/^-A /, '-D '));
+  const unused = [...actual.sets.keys()].filter((s) => !desired.sets.has(s)).sort();
+  for (const s of unused) changed.push(`set ${s} (destroyed)`);
+  return {
+    setsBefore: before.length > 0 ? `${before.join('\n')}\n` : null,
+    filter: filter.length > 0 ? `*filter\n${filter.join('\n')}\nCOMMIT\n` : null,
+    setsAfter: unused.length > 0 ? `${unused.map((s) => `destroy ${s}`).join('\n')}\n` : null,
+    changed,
+  };
+}

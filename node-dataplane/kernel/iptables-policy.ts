@@ -1,0 +1,37 @@
+import { run } from '../../lib/exec.js';
+import { readPolicyActual, type PolicyActual, type PolicyPlan } from '../domain/network-policy.js';
+import { ip } from './links.js';
+
+/**
+ * Network policy's kernel side, in this process's network namespace (the node's): reads Weft's filter chains
+ * (`iptables-save -t filter`), Weft's ipsets (`ipset save`) and the local pods' host veths (the pods' host routes,
+ * Weft's protocol through a pod veth), and applies a plan: sets first, then chains, then unused sets destroyed.
+ */
+export interface PolicyDriver {
+  read(): Promise<PolicyActual>;
+  /** Local pod address → its host-side veth. */
+  podVeths(): Promise<Map<string, string>>;
+  apply(plan: PolicyPlan): Promise<void>;
+}
+
+const POD_VETH = /^weft[0-9a-f]{11}$/;
+
+export function createPolicyDriver(opts: { routeProtocol: number }): PolicyDriver {
+  return {
+    read: async () => {
+      const [filter, sets] = await Promise.all([run('iptables-save', ['-t', 'filter']), run('ipset', ['save'])]);
+      return readPolicyActual(filter, sets);
+    },
+    podVeths: async () => {
+      const routes = JSON.parse(await ip(['-4', '-j', 'route', 'show', 'proto', String(opts.routeProtocol)]) || '[]') as { dst: string; dev?: string }[];
+      const out = new Map<string, string>();
+      for (const r of routes) if (r.dev && POD_VETH.test(r.dev) && !r.dst.includes('/')) out.set(r.dst, r.dev);
+      return out;
+    },
+    apply: async (plan) => {
+      if (plan.setsBefore) await run('ipset', ['restore', '-exist'], { input: plan.setsBefore });
+      if (plan.filter) await run('iptables-restore', ['--noflush'], { input: plan.filter });
+      if (plan.setsAfter) await run('ipset', ['restore', '-exist'], { input: plan.setsAfter });
+    },
+  };
+}

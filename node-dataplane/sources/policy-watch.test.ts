@@ -1,0 +1,50 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { silentLogger } from '../../lib/logger.js';
+import type { WatchNodePolicyResponse } from '../../gen/weft/policy/v1/policy.js';
+import { followNodePolicy } from './policy-watch.js';
+
+/** Each message replaces the rules held; bookmarks only advance the revision; a reconnect passes the last revision and keeps the rules meanwhile. */
+const msg = (m: Partial<WatchNodePolicyResponse> & { revision: number }): WatchNodePolicyResponse => ({ bookmark: false, pods: [], sets: [], ...m });
+const pod = (name: string, peerSet: string) => ({
+  namespace: 'x', name, addresses: ['10.244.0.5'], egress: [],
+  ingress: [{ tier: 'networkpolicy', action: 'allow', peerSet, protocol: 'TCP', portFrom: 80, portTo: 80, source: 'NetworkPolicy/x/p ingress[0]' }],
+});
+
+test('rules replace each other, bookmarks advance the revision, a reconnect resumes from it with the rules held', async () => {
+  const requests: number[] = [];
+  const streams = [
+    [msg({ revision: 3, pods: [pod('a', 'weft-1')], sets: [{ name: 'weft-1', cidrs: ['10.244.1.0/24'] }] }), msg({ revision: 5, bookmark: true })],
+    [msg({ revision: 9, pods: [pod('b', '')] })],
+  ];
+  const client = {
+    watchNodePolicy(req: { sinceRevision: number }) {
+      requests.push(req.sinceRevision);
+      const script = streams.shift();
+      return (async function* () {
+        if (!script) return await new Promise<never>(() => {});
+        for (const m of script) yield m;
+        throw new Error('connection reset');
+      })();
+    },
+  };
+  const ac = new AbortController();
+  const changes: string[] = [];
+  let done!: () => void;
+  const finished = new Promise<void>((r) => (done = r));
+  const source = followNodePolicy({
+    client: client as never, node: 'n1', logger: silentLogger, signal: ac.signal,
+    onChange: (r) => {
+      changes.push(`${r.revision} ${r.pods.map((p) => p.name).join(',')}`);
+      if (r.revision === 9) done();
+    },
+  });
+  assert.equal(source.rules(), null, 'nothing held before the first message');
+  await finished;
+  ac.abort();
+  assert.deepEqual(changes, ['3 a', '9 b']);
+  assert.deepEqual(requests, [0, 5], 'the reconnect passes the bookmark\'s revision');
+  const held = source.rules()!;
+  assert.deepEqual(held.pods[0]!.ingress[0], { tier: 'networkpolicy', action: 'allow', peerSet: null, protocol: 'TCP', ports: { from: 80, to: 80 }, source: 'NetworkPolicy/x/p ingress[0]' });
+  assert.equal(held.sets.size, 0);
+});

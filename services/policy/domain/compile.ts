@@ -1,0 +1,244 @@
+import { createHash } from 'node:crypto';
+import { matches } from '../../../lib/labels.js';
+import { bitsOf, formatAddress, type Cidr, type Family } from '../../../lib/net/ip.js';
+import type { Pod, World } from './evaluate.js';
+import { PROTOCOLS, type AdminPeer, type AdminPolicy, type AdminRule, type Peer, type Protocol, type Rule, type Selector } from './model.js';
+
+/**
+ * Per-node compilation, purely: from the world (namespaces, pods, policies), the rules of one node's pods, per
+ * direction, as an ordered list of entries that a dataplane can apply without knowing any Kubernetes semantics. It
+ * gives the same verdict as `explain` (evaluate.ts) for every connection; `compile.test.ts` checks that
+ * exhaustively on small worlds.
+ *
+ * Reading a direction's entries: the first entry whose peer set, protocol and ports match decides: `allow` and `deny`
+ * are final; `pass` skips the rest of the admin tier (to the first entry of another tier). No entry matching means
+ * allowed. A NetworkPolicy that selects the pod ends its tier with a `deny` of everything (default deny), so the
+ * baseline entries are only present when no NetworkPolicy selects the pod.
+ *
+ * Peers are address sets (CIDRs, exact: `except` blocks are cut out, overlaps merged) named by a hash of their
+ * content, so that a set that did not change keeps its name; a named port becomes numbers: on the pod itself for
+ * ingress, on each destination pod for egress (one entry per resolved number, with the pods that resolve to it).
+ */
+export type EntryAction = 'allow' | 'deny' | 'pass';
+export type EntryTier = 'admin' | 'networkpolicy' | 'baseline';
+
+export interface PolicyEntry {
+  tier: EntryTier;
+  action: EntryAction;
+  /** Name of the peer address set; null: any address, the outside included. */
+  peerSet: string | null;
+  /** null: every protocol and port. */
+  protocol: Protocol | null;
+  /** Inclusive; null: every port of the protocol. */
+  ports: { from: number; to: number } | null;
+  /** What the entry comes from: "NetworkPolicy/x/web ingress[0]", "AdminNetworkPolicy/a rule-name", "NetworkPolicy/x/web default deny". */
+  source: string;
+}
+
+export interface CompiledPod {
+  namespace: string;
+  name: string;
+  addresses: string[];
+  ingress: PolicyEntry[];
+  egress: PolicyEntry[];
+}
+
+export interface NodePolicy {
+  pods: CompiledPod[];
+  /** Set name → CIDRs ("10.244.1.7/32"), sorted; only sets that some entry names. */
+  sets: Map<string, string[]>;
+}
+
+export interface PlacedPod extends Pod {
+  node: string;
+}
+
+type Address = { family: Family; value: bigint };
+/** Inclusive address ranges of one family. */
+type Range = { family: Family; start: bigint; end: bigint };
+type PeerSpec = { any: true } | { any: false; ranges: Range[]; pods: Set<PlacedPod> };
+type PortSpec = { kind: 'any' } | { kind: 'range'; protocol: Protocol; from: number | null; to: number | null } | { kind: 'named'; name: string; protocol: Protocol | null };
+
+const selects = (s: Selector, labels: Record<string, string>) => matches(s.requirements, labels);
+const rangeOf = (c: Cidr): Range => {
+  const size = 1n << BigInt(bitsOf(c.family) - c.prefixLength);
+  return { family: c.family, start: c.base, end: c.base + size - 1n };
+};
+const inRanges = (ranges: Range[], a: Address) => ranges.some((r) => r.family === a.family && a.value >= r.start && a.value <= r.end);
+
+/** `a` minus every range in `cut`. */
+function subtract(a: Range, cut: Range[]): Range[] {
+  let out = [a];
+  for (const c of cut) {
+    out = out.flatMap((r) => {
+      if (r.family !== c.family || c.end < r.start || c.start > r.end) return [r];
+      const rest: Range[] = [];
+      if (c.start > r.start) rest.push({ family: r.family, start: r.start, end: c.start - 1n });
+      if (c.end < r.end) rest.push({ family: r.family, start: c.end + 1n, end: r.end });
+      return rest;
+    });
+  }
+  return out;
+}
+
+/** Ranges merged and split into the fewest CIDRs, sorted by family and address. */
+export function rangesToCidrs(ranges: Range[]): string[] {
+  const sorted = [...ranges].sort((a, b) => a.family - b.family || (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  const merged: Range[] = [];
+  for (const r of sorted) {
+    const last = merged[merged.length - 1];
+    if (last && last.family === r.family && r.start <= last.end + 1n) last.end = r.end > last.end ? r.end : last.end;
+    else merged.push({ ...r });
+  }
+  const out: string[] = [];
+  for (const r of merged) {
+    const bits = bitsOf(r.family);
+    let start = r.start;
+    while (start <= r.end) {
+      let size = 0;
+      while (size < bits && (start & ((1n << BigInt(size + 1)) - 1n)) === 0n && start + (1n << BigInt(size + 1)) - 1n <= r.end) size++;
+      out.push(`${formatAddress(r.family, start)}/${bits - size}`);
+      start += 1n << BigInt(size);
+    }
+  }
+  return out;
+}
+
+/** The stable name of an address set: Weft's prefix and a hash of its sorted content (at most 31 characters, ipset's limit). */
+export function setName(cidrs: string[]): string {
+  return `weft-${createHash('sha256').update(cidrs.join(',')).digest('hex').slice(0, 16)}`;
+}
+
+export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string): NodePolicy {
+  const sets = new Map<string, string[]>();
+  const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
+  const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
+
+  const npPeer = (peer: Peer, policyNs: string): PeerSpec => {
+    if (peer.ipBlock) return { any: false, ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)), pods: new Set() };
+    const selected = pods.filter((p) => (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs)
+      && (!peer.podSelector || selects(peer.podSelector, p.labels)));
+    return { any: false, ranges: [], pods: new Set(selected) };
+  };
+  const adminPeer = (peer: AdminPeer): PeerSpec => {
+    if (peer.networks) return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set() };
+    const selected = pods.filter((p) => (peer.namespaces ? selects(peer.namespaces, nsLabels(p.namespace))
+      : !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) && selects(peer.pods.podSelector, p.labels)));
+    return { any: false, ranges: [], pods: new Set(selected) };
+  };
+  const union = (specs: PeerSpec[]): PeerSpec => {
+    if (specs.length === 0 || specs.some((s) => s.any)) return { any: true };
+    const ranges: Range[] = [];
+    const ps = new Set<PlacedPod>();
+    for (const s of specs) if (!s.any) {
+      ranges.push(...s.ranges);
+      for (const p of s.pods) ps.add(p);
+    }
+    return { any: false, ranges, pods: ps };
+  };
+  /** Names a set (registering it), or null for an empty one, which can match nothing. */
+  const nameSet = (ranges: Range[]): string | null => {
+    const cidrs = rangesToCidrs(ranges);
+    if (cidrs.length === 0) return null;
+    const name = setName(cidrs);
+    sets.set(name, cidrs);
+    return name;
+  };
+
+  const compileDirection = (dir: 'ingress' | 'egress', subject: PlacedPod): PolicyEntry[] => {
+    const entries: PolicyEntry[] = [];
+    const emit = (tier: EntryTier, action: EntryAction, peer: PeerSpec, portSpecs: PortSpec[], source: string) => {
+      const setOf = (s: PeerSpec): string | null | undefined => (s.any ? null : nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]) ?? undefined);
+      for (const spec of portSpecs) {
+        if (spec.kind === 'any' || spec.kind === 'range') {
+          const peerSet = setOf(peer);
+          if (peerSet === undefined) continue; // an empty set matches nothing
+          entries.push({
+            tier, action, peerSet, source,
+            protocol: spec.kind === 'any' ? null : spec.protocol,
+            ports: spec.kind === 'range' && spec.from !== null ? { from: spec.from, to: spec.to ?? spec.from } : null,
+          });
+          continue;
+        }
+        for (const protocol of spec.protocol ? [spec.protocol] : PROTOCOLS) {
+          if (dir === 'ingress') {
+            // Resolved on the pod itself, the destination.
+            const port = subject.ports.find((p) => p.name === spec.name && p.protocol === protocol)?.port;
+            if (port === undefined) continue;
+            const peerSet = setOf(peer);
+            if (peerSet === undefined) continue;
+            entries.push({ tier, action, peerSet, protocol, ports: { from: port, to: port }, source });
+            continue;
+          }
+          // Egress: resolved on each destination pod; the outside has no named ports.
+          const byPort = new Map<number, Range[]>();
+          for (const q of pods) {
+            const port = q.ports.find((p) => p.name === spec.name && p.protocol === protocol)?.port;
+            if (port === undefined) continue;
+            const addrs = q.addresses.filter((a) => peer.any || peer.pods.has(q) || inRanges(peer.ranges, a));
+            if (addrs.length === 0) continue;
+            byPort.set(port, [...(byPort.get(port) ?? []), ...podRanges({ ...q, addresses: addrs })]);
+          }
+          for (const [port, ranges] of [...byPort].sort((a, b) => a[0] - b[0])) {
+            entries.push({ tier, action, peerSet: nameSet(ranges), protocol, ports: { from: port, to: port }, source });
+          }
+        }
+      }
+    };
+    const adminPorts = (r: AdminRule): PortSpec[] => (r.ports === undefined ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
+      p.kind === 'named' ? { kind: 'named', name: p.name, protocol: null } : p.kind === 'number' ? { kind: 'range', protocol: p.protocol, from: p.port, to: p.port } : { kind: 'range', protocol: p.protocol, from: p.start, to: p.end }));
+    const npPorts = (r: Rule): PortSpec[] => (!r.ports || r.ports.length === 0 ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
+      typeof p.port === 'string' ? { kind: 'named', name: p.port, protocol: p.protocol } : { kind: 'range', protocol: p.protocol, from: p.port ?? null, to: p.port === undefined ? null : (p.endPort ?? p.port) }));
+    const isSubject = (a: AdminPolicy) => adminPeer(a.subject).any === false && (adminPeer(a.subject) as { pods: Set<PlacedPod> }).pods.has(subject);
+
+    // 1. Admin tier.
+    const admins = w.adminPolicies.filter(isSubject).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
+    for (const a of admins) {
+      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', union(r.peers.map(adminPeer)), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
+    }
+    // 2. NetworkPolicy tier, ending in default deny when a policy selects the pod.
+    const selecting = w.networkPolicies.filter((np) => np.namespace === subject.namespace && (dir === 'ingress' ? np.affectsIngress : np.affectsEgress) && selects(np.podSelector, subject.labels))
+      .sort((a, b) => a.name.localeCompare(b.name));
+    if (selecting.length > 0) {
+      for (const np of selecting) {
+        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : union(r.peers.map((p) => npPeer(p, np.namespace))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
+      }
+      entries.push({ tier: 'networkpolicy', action: 'deny', peerSet: null, protocol: null, ports: null, source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny` });
+      return entries;
+    }
+    // 3. Baseline tier.
+    if (w.baseline && isSubject(w.baseline)) {
+      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', union(r.peers.map(adminPeer)), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
+    }
+    return entries;
+  };
+
+  const local = pods.filter((p) => p.node === node).sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
+  const compiled = local.map((p) => ({
+    namespace: p.namespace, name: p.name,
+    addresses: p.addresses.map((a) => formatAddress(a.family, a.value)),
+    ingress: compileDirection('ingress', p),
+    egress: compileDirection('egress', p),
+  }));
+  const used = new Set(compiled.flatMap((p) => [...p.ingress, ...p.egress].map((e) => e.peerSet)));
+  return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => a[0].localeCompare(b[0]))) };
+}
+
+/**
+ * A direction's verdict from its entries, as a dataplane applies them: the first match decides; `pass` goes on at
+ * the first entry of another tier; nothing matching allows. `sets` holds the CIDRs of each set.
+ */
+export function entriesAllow(entries: readonly PolicyEntry[], sets: ReadonlyMap<string, string[]>, peer: Address, protocol: Protocol, port: number, inSet: (cidrs: string[], a: Address) => boolean): boolean {
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    if (e.peerSet !== null && !inSet(sets.get(e.peerSet) ?? [], peer)) continue;
+    if (e.protocol !== null && e.protocol !== protocol) continue;
+    if (e.ports && (port < e.ports.from || port > e.ports.to)) continue;
+    if (e.action === 'pass') {
+      while (i + 1 < entries.length && entries[i + 1]!.tier === 'admin') i++;
+      continue;
+    }
+    return e.action === 'allow';
+  }
+  return true;
+}
