@@ -11,8 +11,10 @@ function absolutePath(raw: string): string {
 export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
   controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of the control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
-  underlayInterface: { env: 'WEFT_UNDERLAY_INTERFACE', description: 'underlay interface; empty: the one holding the default route, else the first with a global IPv4 address', default: '', parse: parsers.string },
-  underlayAddress: { env: 'WEFT_UNDERLAY_ADDRESS', description: 'underlay IPv4 address; empty: the underlay interface\'s first', default: '', parse: parsers.string },
+  underlayAddress: { env: 'WEFT_UNDERLAY_ADDRESS', description: 'underlay IPv4 address (first choice: the interface holding it)', default: '', parse: parsers.string },
+  underlayCidr: { env: 'WEFT_UNDERLAY_CIDR', description: 'else: CIDRs, comma-separated; the first interface with a global IPv4 address inside one', default: '', parse: parsers.string },
+  underlayInterface: { env: 'WEFT_UNDERLAY_INTERFACE', description: 'else: interface names or patterns (eth*,ens*), tried in order', default: '', parse: parsers.string },
+  underlayRouteTo: { env: 'WEFT_UNDERLAY_ROUTE_TO', description: 'else: the interface and source address of the route to this address; with none of these, the default route\'s interface', default: '', parse: parsers.string },
   socket: { env: 'WEFT_AGENT_SOCKET', description: 'unix socket the CNI plugin calls', default: '/run/weft/agent.sock', parse: parsers.string },
   vxlanDevice: { env: 'WEFT_VXLAN_DEVICE', description: 'name of Weft\'s VXLAN device', default: 'weft.vxlan', parse: parsers.string },
   vxlanVni: { env: 'WEFT_VXLAN_VNI', description: 'VXLAN network identifier', default: 4096, parse: parsers.int(1, 16777215) },

@@ -47,7 +47,7 @@ async function main(): Promise<void> {
   }
 
   writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
-  const underlay = await detectUnderlay({ interface: config.underlayInterface, address: config.underlayAddress });
+  const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);

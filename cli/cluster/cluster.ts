@@ -231,6 +231,8 @@ export const cniDirs = (node: NodeState) => ({ bin: path.join(path.dirname(node.
 function spawnAgent(state: ClusterState, node: NodeState): number {
   return spawnInNetns(node.netns, [process.execPath, paths.agent], {
     WEFT_NODE_NAME: node.name,
+    // The underlay as an operator of many machines names it: by the subnets it lives on.
+    WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
     WEFT_CONTROL_PLANE: state.controlPlane.address,
     WEFT_AGENT_SOCKET: node.socket,
     WEFT_RESYNC_MS: '5000',
