@@ -126,6 +126,20 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       : !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) && selects(peer.pods.podSelector, p.labels)));
     return { any: false, ranges: [], pods: new Set(selected) };
   };
+  // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
+  // with the same peers (the same selectors, from the same namespace) share them.
+  const peersOfRule = new WeakMap<object, PeerSpec>();
+  const peersByText = new Map<string, PeerSpec>();
+  const rulePeers = (rule: object, make: () => PeerSpec, text?: string): PeerSpec => {
+    let spec = peersOfRule.get(rule) ?? (text === undefined ? undefined : peersByText.get(text));
+    if (!spec) {
+      spec = make();
+      if (text !== undefined) peersByText.set(text, spec);
+    }
+    peersOfRule.set(rule, spec);
+    return spec;
+  };
+  const setOfSpec = new WeakMap<PeerSpec, string | null | undefined>();
   const union = (specs: PeerSpec[]): PeerSpec => {
     if (specs.length === 0 || specs.some((s) => s.any)) return { any: true };
     const ranges: Range[] = [];
@@ -137,8 +151,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     return { any: false, ranges, pods: ps };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
+  const cidrsOf = new Map<string, string[]>();
   const nameSet = (ranges: Range[]): string | null => {
-    const cidrs = rangesToCidrs(ranges);
+    // Rules that select the same pods make the same set: its CIDRs are worked out once.
+    const key = ranges.map((r) => `${r.family}:${r.start}-${r.end}`).sort().join(',');
+    let cidrs = cidrsOf.get(key);
+    if (!cidrs) cidrsOf.set(key, (cidrs = rangesToCidrs(ranges)));
     if (cidrs.length === 0) return null;
     const name = setName(cidrs);
     sets.set(name, cidrs);
@@ -148,7 +166,11 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   const compileDirection = (dir: 'ingress' | 'egress', subject: PlacedPod): PolicyEntry[] => {
     const entries: PolicyEntry[] = [];
     const emit = (tier: EntryTier, action: EntryAction, peer: PeerSpec, portSpecs: PortSpec[], source: string) => {
-      const setOf = (s: PeerSpec): string | null | undefined => (s.any ? null : nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]) ?? undefined);
+      const setOf = (s: PeerSpec): string | null | undefined => {
+        if (s.any) return null;
+        if (!setOfSpec.has(s)) setOfSpec.set(s, nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]) ?? undefined);
+        return setOfSpec.get(s);
+      };
       for (const spec of portSpecs) {
         if (spec.kind === 'any' || spec.kind === 'range') {
           const peerSet = setOf(peer);
@@ -189,26 +211,26 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       p.kind === 'named' ? { kind: 'named', name: p.name, protocol: null } : p.kind === 'number' ? { kind: 'range', protocol: p.protocol, from: p.port, to: p.port } : { kind: 'range', protocol: p.protocol, from: p.start, to: p.end }));
     const npPorts = (r: Rule): PortSpec[] => (!r.ports || r.ports.length === 0 ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
       typeof p.port === 'string' ? { kind: 'named', name: p.port, protocol: p.protocol } : { kind: 'range', protocol: p.protocol, from: p.port ?? null, to: p.port === undefined ? null : (p.endPort ?? p.port) }));
-    const isSubject = (a: AdminPolicy) => adminPeer(a.subject).any === false && (adminPeer(a.subject) as { pods: Set<PlacedPod> }).pods.has(subject);
+    const isSubject = (a: AdminPolicy) => (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
 
     // 1. Admin tier.
     const admins = w.adminPolicies.filter(isSubject).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
     for (const a of admins) {
-      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', union(r.peers.map(adminPeer)), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
+      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', rulePeers(r, () => union(r.peers.map(adminPeer))), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
     }
     // 2. NetworkPolicy tier, ending in default deny when a policy selects the pod.
     const selecting = w.networkPolicies.filter((np) => np.namespace === subject.namespace && (dir === 'ingress' ? np.affectsIngress : np.affectsEgress) && selects(np.podSelector, subject.labels))
       .sort((a, b) => a.name.localeCompare(b.name));
     if (selecting.length > 0) {
       for (const np of selecting) {
-        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : union(r.peers.map((p) => npPeer(p, np.namespace))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
+        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
       }
       entries.push({ tier: 'networkpolicy', action: 'deny', peerSet: null, protocol: null, ports: null, source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny` });
       return entries;
     }
     // 3. Baseline tier.
     if (w.baseline && isSubject(w.baseline)) {
-      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', union(r.peers.map(adminPeer)), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
+      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', rulePeers(r, () => union(r.peers.map(adminPeer))), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
     }
     return entries;
   };
