@@ -130,12 +130,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
   const peersByText = new Map<string, PeerSpec>();
-  const rulePeers = (rule: object, make: () => PeerSpec, text?: string): PeerSpec => {
-    let spec = peersOfRule.get(rule) ?? (text === undefined ? undefined : peersByText.get(text));
-    if (!spec) {
-      spec = make();
-      if (text !== undefined) peersByText.set(text, spec);
-    }
+  const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
+    let spec = peersOfRule.get(rule);
+    if (spec) return spec;
+    const text = textOf?.();
+    spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
+    if (text !== undefined) peersByText.set(text, spec);
     peersOfRule.set(rule, spec);
     return spec;
   };
@@ -223,7 +223,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       .sort((a, b) => a.name.localeCompare(b.name));
     if (selecting.length > 0) {
       for (const np of selecting) {
-        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
+        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
       }
       entries.push({ tier: 'networkpolicy', action: 'deny', peerSet: null, protocol: null, ports: null, source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny` });
       return entries;
