@@ -24,7 +24,7 @@ const PODS = Number(process.env.WEFT_BENCH_POLICY_PODS ?? 1000);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const FLOOR = path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
 
-function world(pods: PlacedPod[], objects: unknown[]): World {
+function world(objects: unknown[]): World {
   return {
     namespaces: new Map(Array.from({ length: 10 }, (_, i) => [`ns${i}`, { team: i % 2 ? 'odd' : 'even' }])),
     networkPolicies: objects.map((o) => parsePolicyObject(o) as NetworkPolicy),
@@ -70,7 +70,7 @@ async function main() {
         const veths = vethsOf(base.pods);
         const empty: PolicyActual = { chains: new Map(), jumps: 0, sets: new Map() };
         const t0 = performance.now();
-        const compiled = compileNodePolicy(world(base.pods, base.objects), base.pods, 'n1');
+        const compiled = compileNodePolicy(world(base.objects), base.pods, 'n1');
         const plan = planPolicy(desiredPolicy(rulesOf(compiled, 1), veths), empty);
         const t1 = performance.now();
         if (plan.setsBefore) await inNs(ns, 'ipset', ['restore', '-exist'], plan.setsBefore);
@@ -82,7 +82,7 @@ async function main() {
         // One pod's label changes: its policy no longer selects it.
         const moved = cluster((i) => (i === 7 ? 'moved' : `p${i}`));
         const s0 = performance.now();
-        const again = compileNodePolicy(world(moved.pods, moved.objects), moved.pods, 'n1');
+        const again = compileNodePolicy(world(moved.objects), moved.pods, 'n1');
         const [filterSave, ipsetSave] = await Promise.all([inNs(ns, 'iptables-save', ['-t', 'filter']), inNs(ns, 'ipset', ['save'])]);
         const p2 = planPolicy(desiredPolicy(rulesOf(again, 2), veths), readPolicyActual(filterSave, ipsetSave));
         if (p2.setsBefore) await inNs(ns, 'ipset', ['restore', '-exist'], p2.setsBefore);

@@ -166,13 +166,13 @@ function protocol(v: unknown, field: string): Protocol {
   return v as Protocol;
 }
 
-function portNumber(v: unknown, field: string): number {
+export function portNumber(v: unknown, field: string): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw invalidPolicy(field, `${JSON.stringify(v)} is not a port number (1-65535)`);
   return v;
 }
 
 const PORT_NAME = /^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
-function portName(v: unknown, field: string): string {
+export function portName(v: unknown, field: string): string {
   if (typeof v !== 'string' || !PORT_NAME.test(v) || v.includes('--')) throw invalidPolicy(field, `${JSON.stringify(v)} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)`);
   return v;
 }

@@ -4,7 +4,7 @@ import { PolicyServiceService, type Verdict as PbVerdict, type WatchNodePolicyRe
 import type { Notifier } from '../../../lib/db/notifier.js';
 import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
-import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
+import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, portName, portNumber, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
 import type { PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
 import { watchNodePolicy, type NodePolicyWatchOptions } from '../watch-node-policy.js';
 import { toPod, worldOf } from '../world.js';
@@ -30,9 +30,8 @@ function validatePod(p: { namespace: string; name: string; labels: Record<string
       return a;
     }),
     ports: p.ports.map((x, i) => {
-      if (!/^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/.test(x.name)) throw invalidPolicy(`pod.ports[${i}].name`, `${JSON.stringify(x.name)} is not a port name`);
-      if (!Number.isInteger(x.port) || x.port < 1 || x.port > 65535) throw invalidPolicy(`pod.ports[${i}].port`, `${x.port} is not a port number (1-65535)`);
-      return { name: x.name, port: x.port, protocol: protocolOf(x.protocol, `pod.ports[${i}].protocol`) };
+      // The same rules as a policy's named and numbered ports.
+      return { name: portName(x.name, `pod.ports[${i}].name`), port: portNumber(x.port, `pod.ports[${i}].port`), protocol: protocolOf(x.protocol, `pod.ports[${i}].protocol`) };
     }),
   };
 }
@@ -48,7 +47,10 @@ function endpoint(s: Snapshot, text: string, field: string): Endpoint {
     return { kind: 'pod', pod, address: pod.addresses[0]! };
   }
   const address = parseIp(text, field);
-  const owner = s.pods.find((p) => p.addresses.some((a) => parseIp(a, 'address').value === address.value && parseIp(a, 'address').family === address.family));
+  const owner = s.pods.find((p) => p.addresses.some((a) => {
+    const b = parseIp(a, 'address');
+    return b.value === address.value && b.family === address.family;
+  }));
   return owner ? { kind: 'pod', pod: toPod(owner), address } : { kind: 'external', address };
 }
 
