@@ -19,6 +19,7 @@ import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
+import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
 import { createReconciler } from './reconciler.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followPools, type PoolsSource } from './sources/pools-watch.js';
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
     masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver() },
-    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }) },
+    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice },
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -121,7 +122,8 @@ async function main(): Promise<void> {
   });
 
   const server = createServer();
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger });
+  const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports });
   addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
@@ -137,6 +139,10 @@ async function main(): Promise<void> {
     bandwidth: config.cniBandwidth,
   }, logger);
 
+  // Reports lost with a previous agent (the policy service was down, the agent was killed) are made again: every
+  // attachment IPAM holds for this node is reported; one the service already has changes nothing there.
+  void reportHeldAttachments(ipam, config.nodeName, reports).catch((err: Error) => logger.warn('re-reporting held attachments failed', { err: err.message }));
+
   const shutdown = async (signal: string) => {
     logger.info('stopping', { signal });
     stopper.abort();
@@ -147,6 +153,7 @@ async function main(): Promise<void> {
     rmSync(config.socket, { force: true });
     routes.close();
     ipam.close();
+    reports.close();
     policyClient.close();
     driver.close();
     process.exit(0);

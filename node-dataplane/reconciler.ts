@@ -44,7 +44,8 @@ export function createReconciler(deps: {
   /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
   masquerade?: { pools: () => string[] | null; driver: NatDriver };
   /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
-  policy?: { rules: () => NodeRules | null; driver: PolicyDriver };
+  /** `vxlanDevice`: Weft's VXLAN device, whose traffic the pod dispatch chains let through (default weft.vxlan). */
+  policy?: { rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -91,13 +92,15 @@ export function createReconciler(deps: {
   /**
    * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
    * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
-   * pods, and a restarted agent keeps the rules it finds (dropping only pods that appeared meanwhile).
+   * pods, and a restarted agent keeps the rules it finds (pods that appeared meanwhile are dropped by the dispatch
+   * chains' last rule, as is a pod the rules do not mention yet).
    */
   async function reconcilePolicy(): Promise<void> {
     if (!deps.policy) return;
     const rules = deps.policy.rules();
     const [veths, actual] = await Promise.all([deps.policy.driver.podVeths(), deps.policy.driver.read()]);
-    const plan = planPolicy(rules ? desiredPolicy(rules, veths) : desiredBeforeRules(actual, veths), actual);
+    const vxlan = deps.policy.vxlanDevice;
+    const plan = planPolicy(rules ? desiredPolicy(rules, veths, vxlan) : desiredBeforeRules(actual, veths, vxlan), actual);
     if (plan.changed.length === 0) return;
     await deps.policy.driver.apply(plan);
     metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });

@@ -34,10 +34,21 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
   const d = desiredPolicy(rules(), veths);
   assert.deepEqual(d.chains.get('WEFT-FORWARD'), [
     '-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
-    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft x/a egress" -j WEFT-E-weft00000000001',
-    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft x/a ingress" -j WEFT-I-weft00000000001',
-    '-A WEFT-FORWARD -o weft00000000002 -m comment --comment "weft x/b: no policy"',
-  ], 'x/b has no rules (a marker without a target) and 10.244.0.9 is no reported pod: neither gets a chain');
+    '-A WEFT-FORWARD -i weft+ -j WEFT-FROM-POD',
+    '-A WEFT-FORWARD -o weft+ -j WEFT-TO-POD',
+  ]);
+  assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
+    '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
+    '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-E-weft00000000001',
+    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN',
+    '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
+  ], 'x/b has no rules (returns at once); 10.244.0.9 is no reported pod: dropped by the last rule');
+  assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
+    '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
+    '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
+    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN',
+    '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
+  ]);
   assert.deepEqual(d.chains.get('WEFT-I-weft00000000001'), [
     `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001-N`,
     '-A WEFT-I-weft00000000001 -p udp -m comment --comment "weft AdminNetworkPolicy/t no udp" -j DROP',
@@ -52,28 +63,24 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
 });
 
 test('fail closed: before the first rule set every local pod is dropped both ways', () => {
-  const d = desiredPolicy(null, new Map([['10.244.0.5', 'weft00000000001']]));
-  assert.deepEqual(d.chains.get('WEFT-FORWARD')!.slice(1), [
-    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
-    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
-  ]);
+  const d = desiredPolicy(null, new Map([['10.244.0.5', 'weft00000000001']]), 'wx.vxlan');
+  assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
+    '-A WEFT-FROM-POD -i wx.vxlan -j RETURN',
+    '-A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+  ], 'only the VXLAN device passes');
+  assert.deepEqual(d.chains.get('WEFT-TO-POD')!.slice(1), ['-A WEFT-TO-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP']);
+  assert.deepEqual([...d.chains.keys()].sort(), ['WEFT-FORWARD', 'WEFT-FROM-POD', 'WEFT-TO-POD']);
   assert.equal(d.sets.size, 0);
 });
 
-test('a restarted agent without rules yet keeps the rules it finds, and drops only pods that appeared since', () => {
+test('a restarted agent without rules yet keeps the rules it finds; pods that appeared since meet the dispatch drop', () => {
   const d = desiredPolicy(rules(), veths);
   const held: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
-  const known = new Map([...veths].filter(([a]) => a !== '10.244.0.9'));
-  assert.deepEqual(planPolicy(desiredBeforeRules(held, known), held).changed, [], 'nothing rewritten');
   const more = new Map([...veths, ['10.244.0.10', 'weft00000000004']]);
-  // 10.244.0.9 was no reported pod before the restart either: it is dropped until the rules arrive.
-  const p = planPolicy(desiredBeforeRules(held, more), held);
-  assert.deepEqual(p.changed, ['chain WEFT-FORWARD']);
-  for (const v of ['weft00000000003', 'weft00000000004']) for (const d of ['-i', '-o']) {
-    assert.ok(p.filter!.includes(`-A WEFT-FORWARD ${d} ${v} -m comment --comment "weft fail closed: no rules held yet" -j DROP\n`), `${d} ${v} dropped`);
-  }
-  assert.ok(!p.filter!.includes('weft00000000002 -m comment --comment "weft fail closed'), 'x/b, known to have no policy, is not dropped');
+  assert.deepEqual(planPolicy(desiredBeforeRules(held, more), held).changed, [], 'nothing rewritten, a new pod included');
   assert.deepEqual(desiredBeforeRules(empty, veths), desiredPolicy(null, veths), 'a fresh node drops every pod');
+  const foreign: PolicyActual = { chains: new Map([['WEFT-FORWARD', ['-A WEFT-FORWARD -j ACCEPT']]]), jumps: 1, sets: new Map() };
+  assert.deepEqual(desiredBeforeRules(foreign, veths), desiredPolicy(null, veths), 'a layout it does not know is replaced by the fail-closed one');
 });
 
 test('the plan: everything from nothing; nothing when the kernel matches; only what changed; stale chains and sets removed after', () => {
@@ -84,10 +91,10 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   assert.match(first.setsBefore!, new RegExp(`create ${SET_Y} hash:net family inet\nflush ${SET_Y}\nadd ${SET_Y} 10.244.1.7\n`));
   const same: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
   assert.deepEqual(planPolicy(d, same), { setsBefore: null, filter: null, setsAfter: null, changed: [] });
-  // x/a loses its egress rules; a set was changed by hand; a leftover set of Weft's and two jumps.
+  // x/a loses its egress rules, x/b is no longer reported; a set was changed by hand; a leftover set of Weft's and two jumps.
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FORWARD', 'chain WEFT-E-weft00000000001 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
   assert.match(p.filter!, /:WEFT-E-weft00000000001 - \[0:0\]\n(.|\n)*-X WEFT-E-weft00000000001\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT/);
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
@@ -113,7 +120,7 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const next = desiredPolicy(null, veths);
     apply(planPolicy(next, read()));
     const after = read();
-    assert.deepEqual([...after.chains.keys()], ['WEFT-FORWARD']);
+    assert.deepEqual([...after.chains.keys()].sort(), ['WEFT-FORWARD', 'WEFT-FROM-POD', 'WEFT-TO-POD']);
     assert.equal(after.sets.size, 0);
     assert.deepEqual(planPolicy(next, after).changed, []);
   } finally {

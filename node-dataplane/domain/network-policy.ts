@@ -4,12 +4,15 @@
  * as `ipset restore` and `iptables-restore --noflush` input. Nothing else's chains or sets are read or written.
  *
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
- *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then per local
- *                   pod veth `-i <veth> -j WEFT-E-<veth>` (its egress) and `-o <veth> -j WEFT-I-<veth>` (its ingress),
- *                   only for directions that have entries (a pod with none: a rule without a target, which only
- *                   records that its rules are held); a pod with no rules held yet: DROP both ways (fail closed).
- *   WEFT-I-<veth>:  the entries in order: allow → RETURN (the packet goes on to the other end's chain), deny → DROP,
- *                   pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier; falling off the end allows.
+ *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
+ *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
+ *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>` (its
+ *                   egress entries) or `-i <veth> -j RETURN` (none); anything else DROP: a pod whose rules are not
+ *                   held (yet) is cut off both ways (fail closed), with no moment between its veth appearing and a
+ *                   rule for it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>.
+ *   WEFT-I-<veth>:  the entries in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the other end's
+ *                   dispatch), deny → DROP, pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier;
+ *                   falling off the end allows.
  *
  * Peer address sets are ipsets (`hash:net`, IPv4) named by a hash of their content, so a set's name always means the
  * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
@@ -17,8 +20,12 @@
  * `swap`, so that rules never see it half-filled.
  */
 export const POLICY_CHAIN = 'WEFT-FORWARD';
+const FROM_POD = 'WEFT-FROM-POD';
+const TO_POD = 'WEFT-TO-POD';
+/** Host ends of pod veths (`weft` + 11 hex digits) all match it; so does the VXLAN device, which returns first. */
+const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
-const OWNED_CHAIN = /^WEFT-(FORWARD$|[IE]-)/;
+const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IE]-)/;
 const OWNED_SET = /^weft-/;
 
 export interface PolicyEntry {
@@ -74,10 +81,9 @@ function entryRule(chain: string, e: PolicyEntry, dir: 'ingress' | 'egress', pas
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
  * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
- * policy service) has no policy of its own, as `weft policy explain` treats an address no pod owns.
+ * policy service yet) is dropped both ways too, by the dispatch chains' last rule.
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>): PolicyDesired {
-  const forward = [`-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`];
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan'): PolicyDesired {
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
   const v4Sets = new Map<string, string[]>();
@@ -85,53 +91,49 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     const v4 = cidrs.filter(isV4).map(member).sort();
     if (v4.length > 0) v4Sets.set(name, v4);
   }
-  const byVeth = [...veths].sort((a, b) => a[1].localeCompare(b[1]));
-  const egress: string[] = [];
-  const ingress: string[] = [];
-  for (const [address, veth] of byVeth) {
-    if (!rules) {
-      egress.push(`-A ${POLICY_CHAIN} -i ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
-      ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
-      continue;
-    }
-    const pod = rules.pods.find((p) => p.addresses.includes(address));
+  const byAddress = new Map<string, PodRules>();
+  for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
+  const dispatch = { egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`], ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`] };
+  for (const [address, veth] of [...veths].sort((a, b) => a[1].localeCompare(b[1]))) {
+    const pod = byAddress.get(address);
     if (!pod) continue;
-    let dispatched = false;
     for (const dir of ['egress', 'ingress'] as const) {
+      const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
       // Entries whose set has no IPv4 member can match no IPv4 packet.
       const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
-      if (entries.length === 0) continue;
-      dispatched = true;
+      if (entries.length === 0) {
+        dispatch[dir].push(`-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`);
+        continue;
+      }
       const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
       const pass = `${chain}-N`;
-      (dir === 'ingress' ? ingress : egress).push(`-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`);
+      dispatch[dir].push(`-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${chain}`);
       chains.set(chain, entries.map((e) => entryRule(chain, e, dir, pass)));
       if (entries.some((e) => e.action === 'pass')) chains.set(pass, entries.filter((e) => e.tier !== 'admin').map((e) => entryRule(pass, e, dir, pass)));
       for (const e of entries) if (e.peerSet) sets.set(e.peerSet, v4Sets.get(e.peerSet)!);
     }
-    // A rule without a target changes nothing; it records that the pod's rules are held (none), so that a
-    // restarted agent tells it apart from a pod that appeared since (desiredBeforeRules).
-    if (!dispatched) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
   }
-  chains.set(POLICY_CHAIN, [...forward, ...egress, ...ingress]);
+  const failClosed = comment(rules ? 'fail closed: pod not known to policy yet' : 'fail closed: no rules held yet');
+  chains.set(FROM_POD, [...dispatch.egress, `-A ${FROM_POD} ${failClosed} -j DROP`]);
+  chains.set(TO_POD, [...dispatch.ingress, `-A ${TO_POD} ${failClosed} -j DROP`]);
+  chains.set(POLICY_CHAIN, [
+    `-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+    `-A ${POLICY_CHAIN} -i ${POD_VETHS} -j ${FROM_POD}`,
+    `-A ${POLICY_CHAIN} -o ${POD_VETHS} -j ${TO_POD}`,
+  ]);
   return { chains, sets };
 }
 
 /**
- * What to want while no rule set is held yet, given what the kernel holds. A fresh node (no WEFT-FORWARD): every
- * local pod dropped both ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them,
- * exactly, in force (so nothing is rewritten and no connection is cut), and only drops the pods that appeared since
- * and have no dispatch rule.
+ * What to want while no rule set is held yet, given what the kernel holds. A fresh node: every local pod dropped both
+ * ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them, exactly, in force (so
+ * nothing is rewritten and no connection is cut); a pod that appeared since has no dispatch rule, so the dispatch
+ * chains' last rule drops it.
  */
-export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>): PolicyDesired {
-  const forward = actual.chains.get(POLICY_CHAIN);
-  if (!forward) return desiredPolicy(null, veths);
-  const chains = new Map(actual.chains);
-  const mentioned = (veth: string) => forward.some((l) => l.includes(` -i ${veth} `) || l.includes(` -o ${veth} `));
-  const fresh = [...veths.values()].filter((v) => !mentioned(v)).sort();
-  const drops = desiredPolicy(null, new Map(fresh.map((v) => [v, v]))).chains.get(POLICY_CHAIN)!.slice(1);
-  chains.set(POLICY_CHAIN, [...forward, ...drops]);
-  return { chains, sets: new Map(actual.sets) };
+export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan'): PolicyDesired {
+  const layout = desiredPolicy(null, veths, vxlanDevice);
+  const held = [POLICY_CHAIN, FROM_POD, TO_POD].every((c) => actual.chains.has(c)) && sameList(actual.chains.get(POLICY_CHAIN), layout.chains.get(POLICY_CHAIN)!);
+  return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
 /** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */
