@@ -48,6 +48,12 @@ async function main(): Promise<void> {
   }
 
   writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+  // IPv6 pod blocks are forwarded too; a kernel without IPv6 (or with it disabled) routes IPv4 only.
+  try {
+    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', '1');
+  } catch (err) {
+    logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', { err: (err as Error).message });
+  }
   const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
