@@ -7,7 +7,9 @@
 export type KernelEvent =
   | { kind: 'route'; cidr: string; protocol: number; table: number; oif: number | null }
   | { kind: 'neighbour'; family: 'inet' | 'inet6' | 'bridge'; ifindex: number; permanent?: boolean }
-  | { kind: 'link'; ifindex: number; ifname: string };
+  | { kind: 'link'; ifindex: number; ifname: string }
+  /** An IPv4 address added to or removed from an interface: the underlay may have moved. */
+  | { kind: 'address'; ifindex: number };
 
 /** What the reconciler knows right now about Weft's overlay. */
 export interface OverlayView {
@@ -37,6 +39,8 @@ export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
       return e.ifname === view.deviceName || (view.ifindex !== null && e.ifindex === view.ifindex);
     case 'neighbour':
       return view.ifindex !== null && e.ifindex === view.ifindex && (e.family !== 'inet6' || e.permanent === true);
+    case 'address':
+      return false;
     case 'route':
       if (e.table !== MAIN_TABLE) return false;
       if (view.routeCidrs.has(e.cidr)) return true;

@@ -38,6 +38,8 @@ export function toKernelEvent(m: rt.Message): KernelEvent | null {
     }
     case 'link':
       return m.data.index !== undefined ? { kind: 'link', ifindex: m.data.index, ifname: m.attrs.ifname ?? '' } : null;
+    case 'address':
+      return m.data.family === AF_INET && m.data.index !== undefined ? { kind: 'address', ifindex: m.data.index } : null;
     default:
       return null;
   }
@@ -49,16 +51,19 @@ export function watchKernel(deps: {
   onChange: (e: KernelEvent) => void;
   /** Notifications may have been lost. */
   onLost: (reason: string) => void;
+  /** An IPv4 address or a link changed somewhere: the underlay may have moved (the caller re-detects it). */
+  onInterfaces?: (e: KernelEvent) => void;
   logger: Logger;
 }): KernelWatch {
   // A larger receive buffer rides out bursts (a snapshot's worth of writes echoes back as notifications); the
   // kernel caps it at net.core.rmem_max. The package's typings require a send buffer size: 0 leaves the default.
   const nl: RtNetlinkSocket = createRtNetlink({ ref: false, recvBufferSize: RECV_BUFFER_BYTES, sendBufferSize: 0 });
-  for (const group of ['IPV4_ROUTE', 'IPV6_ROUTE', 'NEIGH', 'LINK'] as const) nl.addMembership(group);
+  for (const group of ['IPV4_ROUTE', 'IPV6_ROUTE', 'NEIGH', 'LINK', 'IPV4_IFADDR'] as const) nl.addMembership(group);
   nl.on('message', (parts) => {
     const view = deps.view();
     for (const part of parts) {
       const e = toKernelEvent(part);
+      if (e && (e.kind === 'address' || e.kind === 'link')) deps.onInterfaces?.(e);
       if (!e || !concernsOverlay(e, view)) continue;
       deps.logger.debug('kernel event', { event: e });
       deps.onChange(e);
