@@ -95,7 +95,7 @@ async function main(): Promise<void> {
     ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
-    masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver() },
+    masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver(4), driver6: createNatDriver(6) },
     policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice },
     resyncMs: config.resyncMs,
     logger,

@@ -44,7 +44,7 @@ export function createReconciler(deps: {
   /** The underlay device's index, where direct routes live (default: none, 0). */
   underlayIfindex?: number;
   /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
-  masquerade?: { pools: () => string[] | null; driver: NatDriver };
+  masquerade?: { pools: () => string[] | null; driver: NatDriver; driver6?: NatDriver };
   /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
   /** `vxlanDevice`: Weft's VXLAN device, whose traffic the pod dispatch chains let through (default weft.vxlan). */
   policy?: { rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string };
@@ -80,15 +80,28 @@ export function createReconciler(deps: {
     return out;
   };
 
-  /** Makes Weft's nat chain match the pools; a failure fails the pass (retried with backoff). */
+  let nat6Failure = '';
+  /** Makes Weft's nat chains (IPv4 and IPv6) match the pools; an IPv4 failure fails the pass (retried with backoff). */
   async function reconcileMasquerade(): Promise<void> {
     const pools = deps.masquerade?.pools();
     if (!deps.masquerade || !pools) return;
-    const input = planMasquerade(pools, await deps.masquerade.driver.read());
-    if (input === null) return;
-    await deps.masquerade.driver.apply(input);
-    metrics.kernelChanges.add(1, { op: 'add', kind: 'masquerade' });
-    deps.logger.info('masquerade rules written', { pools });
+    for (const [family, driver] of [[4, deps.masquerade.driver], [6, deps.masquerade.driver6]] as const) {
+      if (!driver) continue;
+      try {
+        const input = planMasquerade(pools, await driver.read(), undefined, family);
+        if (input === null) continue;
+        await driver.apply(input);
+        metrics.kernelChanges.add(1, { op: 'add', kind: 'masquerade' });
+        deps.logger.info('masquerade rules written', { family, pools });
+        nat6Failure = family === 6 ? '' : nat6Failure;
+      } catch (err) {
+        // IPv4 masquerade failing fails the pass; ip6tables failing (a node without IPv6 NAT) must not stop the rest.
+        if (family === 4) throw err;
+        const msg = (err as Error).message;
+        if (msg !== nat6Failure) deps.logger.warn('cannot program IPv6 masquerade (ip6tables nat)', { err: msg });
+        nat6Failure = msg;
+      }
+    }
   }
 
   /**

@@ -398,7 +398,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
     assert.ok((m.get('weft_agent_reconcile_passes_total{result="unchanged"}') ?? 0) >= 1, 'its first pass found nothing to do');
   });
 
-  test('IPv6 blocks: a node\'s IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, and a hand-deleted IPv6 route or neighbour comes back', async (t) => {
+  test('IPv6 blocks: a node\'s IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, the pool is masqueraded, and a hand-deleted IPv6 route or neighbour comes back', async (t) => {
     const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)));
     const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
     const routes6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))) as { dst: string; gateway?: string; flags?: string[] }[];
@@ -419,6 +419,10 @@ describe('agent reconciliation on the local cluster', opts, () => {
         assert.equal(nb?.lladdr, vtepMacFor(n2.address), 'its next hop resolves to node2\'s VTEP MAC, permanently');
       }
       assert.equal((await routes6(n2.netns)).length, 0, 'node2 routes its own block nowhere');
+      // The IPv6 pool is masqueraded like an IPv4 one, in ip6tables' nat table (pools are polled every resync).
+      for (const n of [n1, n2, n3]) {
+        await until(`${n.name}'s IPv6 masquerade`, async () => (await sh('ip', 'netns', 'exec', n.netns, 'ip6tables-save', '-t', 'nat')).includes('-A WEFT-POSTROUTING -s fd00:10:244::/56 -j MASQUERADE'), 15_000);
+      }
 
       // Drift: the IPv6 route and the IPv6 neighbour deleted by hand come back (kernel events, not the resync).
       const [r] = (await routes6(n1.netns)).filter((x) => x.dst.endsWith('/120'));

@@ -35,3 +35,12 @@ test('a changed pool set, a deleted rule or a doubled jump rewrites only Weft\'s
   const doubled = planMasquerade(['10.244.0.0/16'], readNatSave(saved(masqueradeRules(['10.244.0.0/16']), 2)))!;
   assert.equal(doubled.split('\n').filter((l) => l.startsWith('-D POSTROUTING')).length, 1);
 });
+
+test('IPv6 pools get the same rules for ip6tables; a family with no pool and no chain is left alone', () => {
+  const pools = ['10.244.0.0/16', 'FD00:10:244::/56'];
+  assert.deepEqual(masqueradeRules(pools, undefined, 6), ['-A WEFT-POSTROUTING -d fd00:10:244::/56 -j RETURN', '-A WEFT-POSTROUTING -s fd00:10:244::/56 -j MASQUERADE']);
+  assert.deepEqual(masqueradeRules(pools), masqueradeRules(['10.244.0.0/16']), 'the IPv4 chain holds IPv4 pools only');
+  assert.equal(planMasquerade(['10.244.0.0/16'], readNatSave('*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n'), undefined, 6), null, 'no IPv6 pool: ip6tables untouched');
+  const gone = planMasquerade(['10.244.0.0/16'], readNatSave(saved(['-A WEFT-POSTROUTING -s fd00:10:244::/56 -j MASQUERADE'])), undefined, 6)!;
+  assert.deepEqual(gone.split('\n').slice(0, 3), ['*nat', ':WEFT-POSTROUTING - [0:0]', 'COMMIT'], 'the last IPv6 pool deleted: the chain is emptied');
+});

@@ -1,4 +1,4 @@
-import { parseCidr4, formatCidr4 } from '../../lib/net/ip.js';
+import { formatCidr, parseCidr, type Family } from '../../lib/net/ip.js';
 
 /**
  * Masquerade, purely: pods' traffic to addresses outside the cluster's pools leaves the node with the node's own
@@ -11,23 +11,24 @@ import { parseCidr4, formatCidr4 } from '../../lib/net/ip.js';
  *   -A WEFT-POSTROUTING -s <pool> -j MASQUERADE        (one per pool: from a pod, anywhere else)
  *
  * Rules are written in the exact form `iptables-save` prints them, so that reading the table back and comparing
- * lines tells whether anything is to do: an unchanged table is never rewritten.
+ * lines tells whether anything is to do: an unchanged table is never rewritten. IPv6 pools get the same chain in
+ * ip6tables' `nat` table (ULA pod addresses leave the cluster behind the node's address, as Calico's natOutgoing does).
  */
 export const MASQUERADE_CHAIN = 'WEFT-POSTROUTING';
 const JUMP_COMMENT = 'weft: masquerade pod traffic leaving the pools';
 
-/** The IPv4 pools, normalised and sorted, so that the same pools in any order give the same rules. */
-export function normalisePools(cidrs: Iterable<string>): string[] {
-  return [...new Set([...cidrs].map((c) => formatCidr4(parseCidr4(c, 'pool'))))].sort();
+/** The pools of one family, normalised and sorted, so that the same pools in any order give the same rules. */
+export function normalisePools(cidrs: Iterable<string>, family: Family = 4): string[] {
+  return [...new Set([...cidrs].map((c) => parseCidr(c, 'pool')).filter((c) => c.family === family).map(formatCidr))].sort();
 }
 
 export function jumpRule(chain = MASQUERADE_CHAIN): string {
   return `-A POSTROUTING -m comment --comment "${JUMP_COMMENT}" -j ${chain}`;
 }
 
-/** The chain's rules, as iptables-save prints them. */
-export function masqueradeRules(pools: string[], chain = MASQUERADE_CHAIN): string[] {
-  const p = normalisePools(pools);
+/** The chain's rules for the pools of one family, as iptables-save (ip6tables-save) prints them. */
+export function masqueradeRules(pools: string[], chain = MASQUERADE_CHAIN, family: Family = 4): string[] {
+  const p = normalisePools(pools, family);
   return [...p.map((c) => `-A ${chain} -d ${c} -j RETURN`), ...p.map((c) => `-A ${chain} -s ${c} -j MASQUERADE`)];
 }
 
@@ -48,8 +49,10 @@ export function readNatSave(save: string, chain = MASQUERADE_CHAIN): NatActual {
  * declared (which flushes it) and refilled whole; the jump is added only when it is missing, and extra jumps (a
  * second one added by hand) are deleted, so exactly one remains.
  */
-export function planMasquerade(pools: string[], actual: NatActual, chain = MASQUERADE_CHAIN): string | null {
-  const rules = masqueradeRules(pools, chain);
+export function planMasquerade(pools: string[], actual: NatActual, chain = MASQUERADE_CHAIN, family: Family = 4): string | null {
+  const rules = masqueradeRules(pools, chain, family);
+  // A family with no pool and no chain of Weft's yet is left alone (a node without IPv6 pools never touches ip6tables).
+  if (rules.length === 0 && !actual.chainExists && actual.jumps === 0) return null;
   const rulesRight = actual.chainExists && actual.rules.length === rules.length && actual.rules.every((r, i) => r === rules[i]);
   if (rulesRight && actual.jumps === 1) return null;
   const jump = jumpRule(chain);

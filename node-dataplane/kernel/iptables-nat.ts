@@ -10,11 +10,13 @@ export interface NatDriver {
   apply(restoreInput: string): Promise<void>;
 }
 
-export function createNatDriver(): NatDriver {
+/** The driver of one family: iptables for IPv4, ip6tables for IPv6. */
+export function createNatDriver(family: 4 | 6 = 4): NatDriver {
+  const tool = family === 4 ? 'iptables' : 'ip6tables';
   return {
-    read: async () => readNatSave(await run('iptables-save', ['-t', 'nat'])),
+    read: async () => readNatSave(await run(`${tool}-save`, ['-t', 'nat'])),
     apply: async (input) => {
-      await run('iptables-restore', ['--noflush'], { input });
+      await run(`${tool}-restore`, ['--noflush'], { input });
     },
   };
 }

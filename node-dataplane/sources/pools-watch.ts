@@ -3,7 +3,7 @@ import type { Logger } from '../../lib/logger.js';
 import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 
 /**
- * Follows the cluster's IPv4 pools (what masquerade must not touch) by asking IPAM's ListPools every `intervalMs`
+ * Follows the cluster's pools, IPv4 and IPv6 (what masquerade must not touch) by asking IPAM's ListPools every `intervalMs`
  * (a failed call is retried after a second). Pools change rarely; IPAM has no pool watch yet. Like every source it
  * only records what it learnt and calls `onChange`; it never touches the kernel. `pools()` is null until the first
  * answer, and nothing is masqueraded before it.
@@ -25,7 +25,7 @@ export function followPools(deps: {
       let wait = deps.intervalMs;
       try {
         const { pools } = await deps.ipam.listPools({}, { timeoutMs: 5000, signal: deps.signal });
-        const next = pools.map((p) => p.cidr).filter((c) => !c.includes(':')).sort();
+        const next = pools.map((p) => p.cidr).sort();
         if (JSON.stringify(next) !== JSON.stringify(current)) {
           current = next;
           deps.logger.info('cluster pools', { pools: next });
