@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
-  AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, restartAgent, startAgent, stopAgent, type ClusterState,
+  AGENT_METRICS_PORT, addNode, agentLog, clusterDown, clusterUp, controlPlaneTarget, podAdd, restartAgent, startAgent, stopAgent, type ClusterState,
 } from '../cli/cluster/cluster.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -287,6 +287,10 @@ async function restart(): Promise<Row[]> {
           metricChanges.push(['route', 'neighbour', 'fdb'].reduce((s, k) => s + metricSum(after, 'weft_agent_kernel_changes_total', `kind="${k}"`), 0));
           monitorLines.push(lines);
           if ((await kernelState(node.netns)) !== before) identical = false;
+          if (process.env.WEFT_BENCH_ROUTES_VERBOSE) {
+            const log = readFileSync(agentLog(node), 'utf8').trim().split('\n');
+            process.stderr.write(`restart ${r}: spawned at ${new Date(t0).toISOString()}, reconciled +${(at - t0).toFixed(0)} ms; agent log:\n${log.slice(-14).join('\n')}\n`);
+          }
         } finally {
           await killProbes();
           cleanups.delete(killProbes);
