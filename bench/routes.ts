@@ -316,18 +316,24 @@ async function iperf(clientNs: string, serverNs: string, address: string): Promi
   return (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
 }
 
-async function floor(mode: 'native' | 'vxlan'): Promise<number> {
+async function floor(mode: 'native' | 'vxlan' | 'underlay'): Promise<number> {
   const out = await run('bash', [path.join(BASELINES, 'datapath-floor.sh'), mode, String(IPERF_S)], { timeoutMs: (IPERF_S + 60) * 1000 });
   return (JSON.parse(out.trim().split('\n').at(-1)!) as { gbps: number }).gbps;
 }
 
 async function throughput(): Promise<Row[]> {
-  const results: Record<'direct' | 'vxlan', { weft: number[]; floor: number[] }> = { direct: { weft: [], floor: [] }, vxlan: { weft: [], floor: [] } };
+  const results: Record<'direct' | 'vxlan' | 'underlay', { weft: number[]; floor: number[] }> = { direct: { weft: [], floor: [] }, vxlan: { weft: [], floor: [] }, underlay: { weft: [], floor: [] } };
   await withCluster(2, {}, async (state) => {
     const p1 = await podAdd(state.stateDir, 'node1', 'tp1');
     const p2 = await podAdd(state.stateDir, 'node2', 'tp2');
     const ns1 = path.basename(p1.netns), ns2 = path.basename(p2.netns);
     const block2 = (await run('ip', ['-n', state.nodes[1]!.netns, 'route', 'show', 'proto', '87'])).split('\n').find((l) => l.startsWith(p2.addresses[0]!))!;
+    // The local cluster's underlay itself (node to node through the fabric's bridge), beside the floor's (one veth
+    // pair): what the topology costs before Weft adds anything.
+    for (let r = 0; r < RUNS; r++) {
+      results.underlay.weft.push(await iperf(state.nodes[0]!.netns, state.nodes[1]!.netns, state.nodes[1]!.address));
+      results.underlay.floor.push(await floor('underlay'));
+    }
     for (const mode of ['direct', 'vxlan'] as const) {
       if (mode === 'vxlan') {
         process.env.WEFT_ROUTING_MODE = 'vxlan';
@@ -355,7 +361,8 @@ async function throughput(): Promise<Row[]> {
       }
     }
   });
-  const rows: Row[] = [];
+  const u = results.underlay;
+  const rows: Row[] = [{ figure: `node -> node, the local cluster's underlay (a bridge between veths; median of ${RUNS}: ${u.weft.map((x) => x.toFixed(2)).join(', ')})`, value: `${median(u.weft).toFixed(2)} Gbit/s`, baseline: `datapath-floor underlay (one veth pair) ${median(u.floor).toFixed(2)} Gbit/s`, ratio: `${((median(u.weft) / median(u.floor)) * 100).toFixed(0)}%` }];
   for (const mode of ['direct', 'vxlan'] as const) {
     const w = median(results[mode].weft), f = median(results[mode].floor);
     rows.push({ figure: `pod -> pod over Weft ${mode === 'direct' ? 'direct routes' : 'VXLAN'} (iperf3 ${IPERF_S} s, median of ${RUNS}: ${results[mode].weft.map((x) => x.toFixed(2)).join(', ')})`, value: `${w.toFixed(2)} Gbit/s`, baseline: `datapath-floor ${mode === 'direct' ? 'native' : 'vxlan'} ${f.toFixed(2)} Gbit/s`, ratio: `${((w / f) * 100).toFixed(0)}%`, goal: `>= 95%: ${w / f >= 0.95 ? 'met' : 'MISSED'}` });
