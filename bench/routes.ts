@@ -154,6 +154,8 @@ async function convergence(nodes: number): Promise<Row[]> {
   let agentCpuPerChange = NaN;
   await withCluster(nodes, { WEFT_NODE_LEASE_MS: '600000' }, async (state) => {
     const watch = new RouteWatch(state.nodes.map((n) => n.netns));
+    const stopWatch = async () => watch.stop();
+    cleanups.add(stopWatch);
     const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
     const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
     try {
@@ -196,6 +198,7 @@ async function convergence(nodes: number): Promise<Row[]> {
       agentCpuPerChange = (cpuMs(pids) - busy0 - idleRate * (now() - b0)) / ((warmup + trials) * 2) / nodes;
     } finally {
       watch.stop();
+      cleanups.delete(stopWatch);
       routes.close();
       ipam.close();
     }
