@@ -33,6 +33,8 @@ export function createCniHandlers(deps: {
   logger: Logger;
   /** Tells the policy service which pod is attached where (pod-reports.ts). */
   reports?: PodReporter;
+  /** Called when a pod's veth appeared or went (attach, detach): the agent renders the pod's network policy at once. */
+  onPodsChanged?: () => void;
 }): Handlers<typeof AgentServiceService> {
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
@@ -124,6 +126,7 @@ export function createCniHandlers(deps: {
           const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac });
           log.info('pod attached', { address, hostIfname: a.hostIfname });
           deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
+          deps.onPodsChanged?.();
           return {
             interfaces: [
               { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
@@ -146,6 +149,7 @@ export function createCniHandlers(deps: {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
       await detachPod({ containerId: req.containerId, ifname: req.ifname });
+      deps.onPodsChanged?.();
       const handle = `${req.containerId}/${req.ifname}`;
       const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
       deps.logger.info('pod detached', { handle, released: r.released, address: r.address });

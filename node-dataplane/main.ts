@@ -131,12 +131,13 @@ async function main(): Promise<void> {
       view: () => ({ deviceName: config.vxlanDevice, routeProtocol: config.routeProtocol, ...reconciler.overlay() }),
       onChange: (e) => {
         metrics.kernelEvents.add(1, { kind: e.kind });
-        reconciler.markDirty('kernel', config.eventDebounceMs);
+        // A link event may mean the device is gone or changed: the pass ensures it; other events concern entries only.
+        reconciler.markDirty(e.kind === 'link' ? 'device' : 'kernel', config.eventDebounceMs);
       },
       onLost: (reason) => {
         metrics.netlinkFailures.add(1, { op: 'watch' });
         logger.warn('kernel notifications may have been lost; reconciling', { reason });
-        reconciler.markDirty('kernel');
+        reconciler.markDirty('device');
         underlayFollower.poke();
       },
       onInterfaces: () => underlayFollower.poke(),
@@ -158,7 +159,7 @@ async function main(): Promise<void> {
 
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports });
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods') });
   addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });

@@ -158,3 +158,34 @@ test('direct mode refuses a node off the underlay subnet: nothing is written for
     r.stop();
   }
 });
+
+test('a route change or an entry\'s notification re-checks the overlay only; the device, masquerade and policy are re-checked for their own reasons and at resync', async () => {
+  const k = fakeKernel();
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
+  const calls: string[] = [];
+  const r = createReconciler({
+    self: 'a', snapshot: () => snap, driver: k.driver, resyncMs: 60_000, logger: silentLogger,
+    ensureDevice: async () => (calls.push('device'), 5),
+    masquerade: { pools: () => ['10.244.0.0/16'], driver: { read: async () => (calls.push('nat'), { chainExists: false, rules: [], jumps: 0 }), apply: async () => {} } },
+    policy: { rules: () => null, driver: { read: async () => (calls.push('filter'), { chains: new Map(), jumps: 0, sets: new Map() }), podVeths: async () => new Map(), apply: async () => {} } },
+  });
+  try {
+    await r.flush();
+    assert.deepEqual(calls, ['device', 'nat', 'filter'], 'the first pass checks everything');
+    calls.length = 0;
+    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
+    r.markDirty('routes');
+    r.markDirty('kernel');
+    await sleep(20);
+    assert.ok(k.state.routes.has('10.244.3.0/26'), 'the route change is applied');
+    assert.deepEqual(calls, [], 'without spawning iptables-save, ipset or ip');
+    for (const reason of ['device', 'pods', 'policy', 'pools', 'resync'] as const) {
+      calls.length = 0;
+      r.markDirty(reason);
+      await sleep(20);
+      assert.deepEqual(calls, ['device', 'nat', 'filter'], `${reason}: everything is checked`);
+    }
+  } finally {
+    r.stop();
+  }
+});

@@ -18,7 +18,17 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'kernel' | 'underlay' | 'resync' | 'retry' | 'flush';
+export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
+
+/**
+ * Reasons that concern only the overlay: a route-table change, or a netlink notification about a route, neighbour or
+ * FDB entry. A pass for these alone (once a complete pass has run) skips what none of them can have changed: ensuring
+ * the device (its link notifications come as 'device'), masquerade (pools come as 'pools') and network policy (rules
+ * come as 'policy', new pods as 'pods'); iptables has no notifications, so its drift is found by the periodic resync
+ * either way. Those steps spawn iptables-save, ipset and ip: on a busy node they cost tens of milliseconds that would
+ * otherwise delay every route change.
+ */
+const OVERLAY_ONLY: ReadonlySet<DirtyReason> = new Set(['routes', 'kernel']);
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
@@ -66,6 +76,8 @@ export function createReconciler(deps: {
   let retryDelay = deps.retryMs ?? 250;
   let ifindex: number | null = null;
   let routeCidrs: ReadonlySet<string> = new Set();
+  /** Whether a pass has run every step (device, masquerade, policy, overlay) without failing since the last failure. */
+  let completed = false;
   /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
   let expected: KernelState | null = null;
   let routing = deps.routing ?? VXLAN_ONLY;
@@ -125,10 +137,13 @@ export function createReconciler(deps: {
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
-    ifindex = await deps.ensureDevice();
-    await reconcileMasquerade();
-    await reconcilePolicy();
-    const devices: OverlayDevices = { vxlan: ifindex, underlay: underlayIfindex };
+    const overlayOnly = completed && ifindex !== null && why.every((r) => OVERLAY_ONLY.has(r));
+    if (!overlayOnly) {
+      ifindex = await deps.ensureDevice();
+      await reconcileMasquerade();
+      await reconcilePolicy();
+    }
+    const devices: OverlayDevices = { vxlan: ifindex!, underlay: underlayIfindex };
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
     routeCidrs = new Set(desired.routes.keys());
     for (const mode of ['vxlan', 'direct', 'refused'] as const) metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
@@ -209,7 +224,10 @@ export function createReconciler(deps: {
         let result: PassResult;
         try {
           result = await pass(why);
+          if (result === 'failed') completed = false;
+          else if (result !== 'unsynced') completed = true;
         } catch (err) {
+          completed = false;
           deps.logger.error('reconcile pass failed; retrying', { err, why });
           result = 'failed';
         }

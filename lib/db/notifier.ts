@@ -8,15 +8,22 @@ import type { Logger } from '../logger.js';
 export interface Notifier {
   /** Resolves at the next notification on channel, after timeoutMs, or when signal aborts. */
   wait(channel: string, timeoutMs: number, signal: AbortSignal): Promise<void>;
+  /**
+   * How many wake-ups (notifications, and reconnects, which wake everyone) channel has had. A read begun when it is n
+   * began after every wake-up up to n; watchers use it to share one read (see services/routes/watch-routes.ts).
+   */
+  generation(channel: string): number;
   close(): Promise<void>;
 }
 
 export function createNotifier(url: string, channels: string[], logger: Logger): Notifier {
   const waiters = new Map<string, Set<() => void>>();
+  const generations = new Map<string, number>(channels.map((ch) => [ch, 0]));
   let client: pg.Client | null = null;
   let closed = false;
 
   const wakeAll = () => {
+    for (const [ch, g] of generations) generations.set(ch, g + 1);
     for (const set of waiters.values()) for (const w of [...set]) w();
   };
 
@@ -25,6 +32,7 @@ export function createNotifier(url: string, channels: string[], logger: Logger):
       const c = new pg.Client({ connectionString: url });
       try {
         c.on('notification', (n) => {
+          generations.set(n.channel, (generations.get(n.channel) ?? 0) + 1);
           for (const w of [...(waiters.get(n.channel) ?? [])]) w();
         });
         c.on('error', (err) => {
@@ -65,6 +73,7 @@ export function createNotifier(url: string, channels: string[], logger: Logger):
         set.add(done);
       });
     },
+    generation: (channel) => generations.get(channel) ?? 0,
     async close() {
       closed = true;
       wakeAll();

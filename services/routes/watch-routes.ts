@@ -1,6 +1,33 @@
 import type { Notifier } from '../../lib/db/notifier.js';
 import { changeMessage, type RoutesChange } from './domain/route-table.js';
-import { CHANGES_CHANNEL, type RouteLogRepository } from './store/route-log.repository.js';
+import { CHANGES_CHANNEL, type LogRead, type RouteLogRepository } from './store/route-log.repository.js';
+
+/** What a stream reads the log through: `read(since)` as the repository's, perhaps shared (shareLogReads). */
+export type LogReader = Pick<RouteLogRepository, 'read'>;
+
+/**
+ * One replica's reads of the log, shared by its streams: the streams that a NOTIFY wakes are all at the same revision
+ * (the one before the change), and without sharing each would run the same query (2,000 streams: 2,000 queries per
+ * change through a small pool, over a second for the last one). A read joins one in flight only when both have the
+ * same `since` and began at the same notifier generation. That loses nothing: a stream subscribes to the wake-up
+ * before it reads; a change that the joined read cannot see committed after that read began, so its NOTIFY had not
+ * arrived when the joined read began, nor (same generation) when this stream read, which is after it subscribed:
+ * the NOTIFY wakes this stream again and it reads the change then. Results are shared objects: streams only read them.
+ */
+export function shareLogReads(log: LogReader, notifier: Pick<Notifier, 'generation'>): LogReader {
+  const inFlight = new Map<string, Promise<LogRead>>();
+  return {
+    read(since: number, limit = 500) {
+      const key = `${since}/${limit}/${notifier.generation(CHANGES_CHANNEL)}`;
+      let p = inFlight.get(key);
+      if (!p) {
+        p = log.read(since, limit).finally(() => inFlight.delete(key));
+        inFlight.set(key, p);
+      }
+      return p;
+    },
+  };
+}
 
 export interface WatchOptions {
   /** Re-read the log at least this often even without a NOTIFY. */
@@ -17,7 +44,7 @@ export interface WatchOptions {
  * Until the affinity follower has recorded IPAM's snapshot once, the stream sends nothing (a table without blocks
  * would make agents withdraw routes).
  */
-export async function* watchRoutes(deps: { log: RouteLogRepository; notifier: Notifier; options: WatchOptions }, sinceRevision: number, signal: AbortSignal): AsyncGenerator<RoutesChange> {
+export async function* watchRoutes(deps: { log: LogReader; notifier: Notifier; options: WatchOptions }, sinceRevision: number, signal: AbortSignal): AsyncGenerator<RoutesChange> {
   const { log, notifier, options } = deps;
   let last = sinceRevision;
   let lastSent = Date.now();

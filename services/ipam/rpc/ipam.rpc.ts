@@ -222,12 +222,16 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       };
     },
     async *watchBlockAffinities(_req, { signal }) {
+      // Subscribed before each read (as the routes watch does), so that a change committed while the stream reads or
+      // sends is not slept through until the next poll.
+      let woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
       const snap = await repo.affinitySnapshot();
       let revision = snap.revision;
       yield snap;
       while (!signal.aborted) {
-        await notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
+        await woken;
         if (signal.aborted) return;
+        woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
         for (const change of await repo.affinityChangesSince(revision)) {
           revision = change.revision;
           yield change;

@@ -4,7 +4,7 @@ import { RoutesServiceService, type Node as PbNode } from '../../../gen/weft/rou
 import { validateRegistration, type NodeRecord } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
-import { watchRoutes } from '../watch-routes.js';
+import { shareLogReads, watchRoutes } from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
 const toPbNode = (n: NodeRecord): PbNode => ({ name: n.name, underlayAddress: n.underlayAddress, vtepMac: n.vtepMac, registerTime: n.registeredAt, leaseExpireTime: n.leaseExpiresAt });
@@ -16,6 +16,8 @@ export function createRoutesHandlers(deps: {
   options: { leaseMs: number; pollMs: number; bookmarkMs: number };
 }): Handlers<typeof RoutesServiceService> {
   const { nodes, options } = deps;
+  /** One query per wake-up for all of this replica's streams at the same revision, not one per stream. */
+  const log = shareLogReads(deps.log, deps.notifier);
   const nodeName = (name: string) => {
     if (!name) throw new DomainError('routes.invalid_node', 'invalid_argument', 'node name is empty');
     return name;
@@ -36,7 +38,7 @@ export function createRoutesHandlers(deps: {
       return { nodes: (await nodes.list()).map(toPbNode) };
     },
     async *watchRoutes(req, { signal }) {
-      yield* watchRoutes({ log: deps.log, notifier: deps.notifier, options }, req.sinceRevision, signal);
+      yield* watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal);
     },
   };
 }
