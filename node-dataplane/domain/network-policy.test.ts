@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { privilegedOrSkip } from '../../test/support/privileges.js';
-import { desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
+import { chainRules, createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
 
 /** The rendering of a node's compiled rules into ipsets and filter chains, and the plan against what the kernel prints. */
 const SET_Y = 'weft-00000000000000aa';
@@ -49,6 +49,50 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
     `-A WEFT-E-weft00000000001 -p tcp -m set --match-set ${SET_OUT} dst -m tcp --dport 1000:2000 -m comment --comment "weft BaselineAdminNetworkPolicy/default r0" -j DROP`,
   ]);
   assert.deepEqual([...d.sets].sort(), [[SET_Y, ['10.244.1.7', '10.244.2.0/24']], [SET_OUT, ['192.0.2.0/24']]], 'IPv4 members, hosts without /32');
+});
+
+/** A pod whose ingress has runs of entries that merge into multiport rules, and runs that must not. */
+const merging = (): NodeRules => rules({
+  pods: [{
+    namespace: 'x', name: 'm', addresses: ['10.244.0.5'],
+    ingress: [
+      ...Array.from({ length: 10 }, (_, j) => entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 1000 + j, to: 1000 + j } })),
+      entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 2000, to: 2010 }, source: 'NetworkPolicy/x/q ingress[1]' }),
+      ...Array.from({ length: 4 }, (_, j) => entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 3000 + j, to: 3000 + j } })),
+      entry({ peerSet: SET_Y, protocol: 'UDP', ports: { from: 53, to: 53 } }),
+      entry({ peerSet: SET_Y, protocol: 'SCTP', ports: { from: 7, to: 7 } }),
+      entry({ peerSet: SET_Y, protocol: 'SCTP', ports: { from: 9, to: 12 } }),
+      entry({ action: 'deny', source: 'NetworkPolicy/x/p default deny' }),
+    ],
+    egress: [],
+  }],
+});
+
+test('consecutive entries with one action, set and protocol become multiport rules of at most 15 ports (a range counts two)', () => {
+  const lines = desiredPolicy(merging(), veths).chains.get('WEFT-I-weft00000000001')!;
+  const m = (set: string, proto: string, ports: string, src: string) => `-A WEFT-I-weft00000000001 -p ${proto} -m set --match-set ${set} src -m multiport --dports ${ports} -m comment --comment "weft ${src}" -j RETURN`;
+  assert.deepEqual(lines, [
+    m(SET_Y, 'tcp', '1000,1001,1002,1003,1004,1005,1006,1007,1008,1009,2000:2010,3000,3001,3002', 'NetworkPolicy/x/p ingress[0] NetworkPolicy/x/q ingress[1]'),
+    `-A WEFT-I-weft00000000001 -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 3003 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
+    `-A WEFT-I-weft00000000001 -p udp -m set --match-set ${SET_Y} src -m udp --dport 53 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
+    m(SET_Y, 'sctp', '7,9:12', 'NetworkPolicy/x/p ingress[0]'),
+    '-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP',
+  ], '15 ports in the first rule (10 + a range as two + 3), the 16th alone; a different protocol, or no ports, starts a new rule');
+  const mixed = chainRules('C', [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 1, to: 1 } }), entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 2, to: 2 }, action: 'deny' }), entry({ peerSet: SET_OUT, protocol: 'TCP', ports: { from: 3, to: 3 } }), entry({ peerSet: SET_OUT, protocol: 'TCP', ports: { from: 4, to: 4 } })], 'egress', 'C-N');
+  assert.deepEqual(mixed.map((l) => / --dports? (\S+)/.exec(l)![1]), ['1', '2', '3,4'], 'another action or set is never merged');
+});
+
+test('the render cache: an unchanged pod object is not rendered again, and renders the same as without the cache', () => {
+  const cache = createRenderCache();
+  const r = merging();
+  const first = desiredPolicy(r, veths, cache);
+  const again = desiredPolicy(r, veths, cache);
+  assert.equal(again.chains.get('WEFT-I-weft00000000001'), first.chains.get('WEFT-I-weft00000000001'), 'the same rendered array, by identity');
+  assert.deepEqual(again, desiredPolicy(r, veths));
+  const moved = desiredPolicy(r, new Map([['10.244.0.5', 'weft00000000009']]), cache);
+  assert.ok(moved.chains.has('WEFT-I-weft00000000009'), 'another veth renders again');
+  const noSet = desiredPolicy({ ...r, sets: new Map([[SET_OUT, ['192.0.2.0/24']]]) }, veths, cache);
+  assert.deepEqual(noSet.chains.get('WEFT-I-weft00000000001'), ['-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP'], 'a set that became empty renders again');
 });
 
 test('fail closed: before the first rule set every local pod is dropped both ways', () => {
@@ -107,6 +151,10 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const d = desiredPolicy(rules(), veths);
     apply(planPolicy(d, read()));
     assert.deepEqual(planPolicy(d, read()).changed, [], 'iptables-save and ipset save print what was rendered');
+    const multi = desiredPolicy(merging(), veths);
+    apply(planPolicy(multi, read()));
+    assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
+    apply(planPolicy(d, read()));
     inNs(['ipset', 'del', SET_Y, '10.244.1.7']);
     assert.deepEqual(planPolicy(d, read()).changed, [`set ${SET_Y}`], 'a member removed by hand is seen');
     apply(planPolicy(d, read()));

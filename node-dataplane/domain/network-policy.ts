@@ -59,24 +59,71 @@ export interface PolicyActual {
 
 const isV4 = (cidr: string) => !cidr.includes(':');
 const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
-const comment = (text: string) => `-m comment --comment "weft ${text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_').slice(0, 200)}"`;
+const COMMENT_MAX = 200;
+const commentText = (text: string) => text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_');
+const comment = (text: string) => `-m comment --comment "weft ${commentText(text).slice(0, COMMENT_MAX)}"`;
 
-function entryRule(chain: string, e: PolicyEntry, dir: 'ingress' | 'egress', passChain: string): string {
-  const parts = [`-A ${chain}`];
+/** A rule's text between `-A <chain>` and its target. */
+function ruleMatch(e: PolicyEntry, dir: 'ingress' | 'egress', ports: string | null, multi: boolean, source: string): string {
+  const parts: string[] = [];
   if (e.protocol) parts.push(`-p ${e.protocol.toLowerCase()}`);
   if (e.peerSet) parts.push(`-m set --match-set ${e.peerSet} ${dir === 'ingress' ? 'src' : 'dst'}`);
-  if (e.protocol && e.ports) parts.push(`-m ${e.protocol.toLowerCase()} --dport ${e.ports.from === e.ports.to ? e.ports.from : `${e.ports.from}:${e.ports.to}`}`);
-  parts.push(comment(e.source));
-  parts.push(e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  if (e.protocol && ports !== null) parts.push(multi ? `-m multiport --dports ${ports}` : `-m ${e.protocol.toLowerCase()} --dport ${ports}`);
+  parts.push(comment(source));
   return parts.join(' ');
 }
+
+const portText = (p: { from: number; to: number }) => (p.from === p.to ? `${p.from}` : `${p.from}:${p.to}`);
+/** `-m multiport` takes at most 15 ports, a range counting as two. */
+const MULTIPORT_MAX = 15;
+const portWeight = (p: { from: number; to: number }) => (p.from === p.to ? 1 : 2);
+
+/**
+ * A chain's rules from its entries, in order. Consecutive entries with the same action, peer set and protocol, each
+ * with ports, become one rule with `-m multiport --dports` (at most 15 ports, a range counting as two; the comment
+ * names every source, while it fits): the first of them that matches decided before, and with the same action the
+ * merged rule decides the same. A lone entry keeps `-m tcp --dport`. Rendered as iptables-save prints them.
+ */
+export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 'ingress' | 'egress', passChain: string): string[] {
+  const out: string[] = [];
+  const target = (e: PolicyEntry) => (e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  for (let i = 0; i < entries.length;) {
+    const e = entries[i]!;
+    const group = [e];
+    let weight = e.ports ? portWeight(e.ports) : 0;
+    const sources = [e.source];
+    if (e.protocol && e.ports) {
+      for (let j = i + 1; j < entries.length; j++) {
+        const n = entries[j]!;
+        if (n.action !== e.action || n.peerSet !== e.peerSet || n.protocol !== e.protocol || !n.ports) break;
+        if (weight + portWeight(n.ports) > MULTIPORT_MAX) break;
+        const more = sources.includes(n.source) ? sources : [...sources, n.source];
+        if (commentText(more.join(' ')).length > COMMENT_MAX) break;
+        group.push(n);
+        weight += portWeight(n.ports);
+        sources.splice(0, sources.length, ...more);
+      }
+    }
+    i += group.length;
+    const multi = group.length > 1;
+    const ports = e.ports ? group.map((g) => portText(g.ports!)).join(',') : null;
+    out.push(`-A ${chain} ${ruleMatch(e, dir, ports, multi, sources.join(' '))} ${target(e)}`);
+  }
+  return out;
+}
+
+/** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
+export type RenderCache = WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string | null; ingress: string | null }; sets: string[] }>;
+export const createRenderCache = (): RenderCache => new WeakMap();
 
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
  * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
- * policy service) has no policy of its own, as `weft policy explain` treats an address no pod owns.
+ * policy service) has no policy of its own, as `weft policy explain` treats an address no pod owns. `cache`: a pod
+ * whose rules are the same object as at an earlier call, on the same veth and with the same sets non-empty, is not
+ * rendered again.
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>): PolicyDesired {
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, cache?: RenderCache): PolicyDesired {
   const forward = [`-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`];
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
@@ -85,7 +132,9 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     const v4 = cidrs.filter(isV4).map(member).sort();
     if (v4.length > 0) v4Sets.set(name, v4);
   }
-  const byVeth = [...veths].sort((a, b) => a[1].localeCompare(b[1]));
+  const podOf = new Map<string, PodRules>();
+  for (const p of rules?.pods ?? []) for (const a of p.addresses) if (!podOf.has(a)) podOf.set(a, p);
+  const byVeth = [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
   const egress: string[] = [];
   const ingress: string[] = [];
   for (const [address, veth] of byVeth) {
@@ -94,24 +143,33 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
       ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
       continue;
     }
-    const pod = rules.pods.find((p) => p.addresses.includes(address));
+    const pod = podOf.get(address);
     if (!pod) continue;
-    let dispatched = false;
-    for (const dir of ['egress', 'ingress'] as const) {
-      // Entries whose set has no IPv4 member can match no IPv4 packet.
-      const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
-      if (entries.length === 0) continue;
-      dispatched = true;
-      const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
-      const pass = `${chain}-N`;
-      (dir === 'ingress' ? ingress : egress).push(`-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`);
-      chains.set(chain, entries.map((e) => entryRule(chain, e, dir, pass)));
-      if (entries.some((e) => e.action === 'pass')) chains.set(pass, entries.filter((e) => e.tier !== 'admin').map((e) => entryRule(pass, e, dir, pass)));
-      for (const e of entries) if (e.peerSet) sets.set(e.peerSet, v4Sets.get(e.peerSet)!);
+    const usedSets = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((s): s is string => s !== null))];
+    const key = `${veth} ${usedSets.map((s) => (v4Sets.has(s) ? s : `-${s}`)).join(' ')}`;
+    let r = cache?.get(pod);
+    if (!r || r.key !== key) {
+      r = { key, chains: [], dispatch: { egress: null, ingress: null }, sets: [] };
+      for (const dir of ['egress', 'ingress'] as const) {
+        // Entries whose set has no IPv4 member can match no IPv4 packet.
+        const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        if (entries.length === 0) continue;
+        const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        const pass = `${chain}-N`;
+        r.dispatch[dir] = `-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`;
+        r.chains.push([chain, chainRules(chain, entries, dir, pass)]);
+        if (entries.some((e) => e.action === 'pass')) r.chains.push([pass, chainRules(pass, entries.filter((e) => e.tier !== 'admin'), dir, pass)]);
+        for (const e of entries) if (e.peerSet && !r.sets.includes(e.peerSet)) r.sets.push(e.peerSet);
+      }
+      cache?.set(pod, r);
     }
+    for (const [chain, lines] of r.chains) chains.set(chain, lines);
+    for (const s of r.sets) sets.set(s, v4Sets.get(s)!);
+    if (r.dispatch.egress) egress.push(r.dispatch.egress);
+    if (r.dispatch.ingress) ingress.push(r.dispatch.ingress);
     // A rule without a target changes nothing; it records that the pod's rules are held (none), so that a
     // restarted agent tells it apart from a pod that appeared since (desiredBeforeRules).
-    if (!dispatched) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
+    if (!r.dispatch.egress && !r.dispatch.ingress) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
   }
   chains.set(POLICY_CHAIN, [...forward, ...egress, ...ingress]);
   return { chains, sets };
@@ -168,7 +226,7 @@ export interface PolicyPlan {
   changed: string[];
 }
 
-const sameList = (a: readonly string[] | undefined, b: readonly string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
+const sameList = (a: readonly string[] | undefined, b: readonly string[]) => a === b || (!!a && a.length === b.length && a.every((x, i) => x === b[i]));
 
 export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
   const changed: string[] = [];
