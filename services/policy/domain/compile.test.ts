@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseCidr } from '../../../lib/net/ip.js';
-import { compileNodePolicy, createCompileCache, entriesAllow, rangesToCidrs, setName, type NodePolicy, type PlacedPod } from './compile.js';
+import { compileNodePolicy, createCompileCache, diffNodePolicy, entriesAllow, rangesToCidrs, setName, type NodePolicy, type PlacedPod } from './compile.js';
 import { explain, type Endpoint, type World } from './evaluate.js';
 import { parseIp, parsePolicyObject, type AdminPolicy, type NetworkPolicy, type Protocol } from './model.js';
 
@@ -182,6 +182,20 @@ test('compiling with a cache gives what compiling from scratch gives, over 200 r
         const got = compileNodePolicy(w, placed, node, caches[node]);
         assert.deepEqual(got, compileNodePolicy(w, placed, node), `sequence ${seed}, step ${step}, ${node}`);
         reused += got.pods.filter((p) => prev[node]?.pods.includes(p)).length;
+        const before = prev[node];
+        if (before) {
+          // The delta a stream sends, applied to what the previous message left, gives the new compilation.
+          const d = diffNodePolicy(before, got);
+          const pods = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+          const sets = new Map(before.sets);
+          for (const id of d?.removedPods ?? []) pods.delete(id);
+          for (const p of d?.pods ?? []) pods.set(`${p.namespace}/${p.name}`, p);
+          for (const n of d?.removedSets ?? []) sets.delete(n);
+          for (const [n, c] of d?.sets ?? []) sets.set(n, c);
+          assert.deepEqual([...pods.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)), [...got.pods].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)), `delta, sequence ${seed}, step ${step}`);
+          assert.deepEqual(new Map([...sets].sort()), new Map([...got.sets].sort()));
+          if (d === null) assert.deepEqual(got, before, 'no delta: nothing changed');
+        }
         prev[node] = got;
       }
       // One change, as the service sees them: a pod's labels, ports or address; a namespace's labels; a pod added or

@@ -73,10 +73,14 @@ export interface CompileCache {
   previousCidrs: Map<string, string[]>;
   /** Per local pod ("namespace/name"): the key of what its entries depend on, the compiled pod, its sets. */
   pods: Map<string, CachedPod>;
+  /** Per selector text: its member pods (by identity) and its set at the previous compilation. */
+  specSets: Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>;
+  /** A pod object's own fields as text (pod objects, too, must not be mutated). */
+  podText: WeakMap<PlacedPod, string>;
 }
 type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][] };
 
-export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map() });
+export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map() });
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
@@ -155,13 +159,18 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
   const peersByText = new Map<string, PeerSpec>();
+  const textOfSpec = new WeakMap<PeerSpec, string>();
+  const specSets = new Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>();
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
     let text = cache?.ruleText.get(rule) ?? textOf?.();
     if (text !== undefined) cache?.ruleText.set(rule, text);
     spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
-    if (text !== undefined) peersByText.set(text, spec);
+    if (text !== undefined) {
+      peersByText.set(text, spec);
+      textOfSpec.set(spec, text);
+    }
     peersOfRule.set(rule, spec);
     return spec;
   };
@@ -194,8 +203,30 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   /** A peer spec's set name; null: any address; undefined: an empty set, which matches nothing. */
   const setOf = (s: PeerSpec): string | null | undefined => {
     if (s.any) return null;
-    if (!setOfSpec.has(s)) setOfSpec.set(s, nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]) ?? undefined);
-    return setOfSpec.get(s);
+    if (setOfSpec.has(s)) return setOfSpec.get(s);
+    // A selector whose text and member pods (by identity) are those of the previous compilation names the same set.
+    const text = textOfSpec.get(s);
+    const members = [...s.pods];
+    const before = text === undefined ? undefined : cache?.specSets.get(text);
+    let name: string | undefined;
+    if (before && before.members.length === members.length && before.members.every((m, i) => m === members[i])) {
+      name = before.name ?? undefined;
+      if (before.name) sets.set(before.name, before.cidrs);
+    } else {
+      name = nameSet([...s.ranges, ...members.flatMap(podRanges)]) ?? undefined;
+    }
+    if (text !== undefined && cache) specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [] });
+    setOfSpec.set(s, name);
+    return name;
+  };
+  /** A pod's own fields (labels, addresses, named ports) as text, once per pod object. */
+  const podText = (p: PlacedPod): string => {
+    let text = cache?.podText.get(p);
+    if (text === undefined) {
+      text = JSON.stringify([p.namespace, p.name, p.labels, p.addresses.map((a) => `${a.family}:${a.value}`), p.ports]);
+      cache?.podText.set(p, text);
+    }
+    return text;
   };
   // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
   const npsByNs = new Map<string, NetworkPolicy[]>();
@@ -287,6 +318,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
 
   /** What a local pod's entries depend on, as text (see CompileCache); the same text means the same entries. */
   let everyPod: string | undefined;
+  const nsTexts = new Map<string, string>();
+  const nsText = (ns: string) => {
+    let text = nsTexts.get(ns);
+    if (text === undefined) nsTexts.set(ns, (text = JSON.stringify(nsLabels(ns))));
+    return text;
+  };
   const idOf = (o: object) => {
     let id = cache!.ids.get(o);
     if (id === undefined) cache!.ids.set(o, (id = cache!.nextId++));
@@ -294,7 +331,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   };
   const setKey = (spec: PeerSpec) => (spec.any ? '*' : (setOf(spec) ?? '-'));
   const dependencies = (subject: PlacedPod): string => {
-    const parts: (string | number)[] = [JSON.stringify([subject.labels, subject.addresses.map((a) => `${a.family}:${a.value}`), subject.ports]), JSON.stringify(nsLabels(subject.namespace))];
+    const parts: (string | number)[] = [podText(subject), nsText(subject.namespace)];
     let named = false;
     for (const dir of ['ingress', 'egress'] as const) {
       parts.push(dir);
@@ -322,14 +359,15 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       }
       // Egress named ports are resolved on every destination pod.
       if (dir === 'egress' && named) {
-        everyPod ??= JSON.stringify([[...w.namespaces], pods.map((q) => [q.namespace, q.name, q.labels, q.addresses.map((a) => `${a.family}:${a.value}`), q.ports])]);
+        everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
         parts.push(everyPod);
       }
     }
     return parts.join('\n');
   };
 
-  const local = pods.filter((p) => p.node === node).sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
+  const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  const local = pods.filter((p) => p.node === node).sort((a, b) => byName(a.namespace, b.namespace) || byName(a.name, b.name));
   const kept = new Map<string, CachedPod>();
   const compiled = local.map((p): CompiledPod => {
     const id = `${p.namespace}/${p.name}`;
@@ -355,6 +393,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   if (cache) {
     cache.pods = kept;
     cache.previousCidrs = cidrsOf;
+    cache.specSets = specSets;
     cache.cidrs = new Map();
   }
   const used = new Set(compiled.flatMap((p) => [...p.ingress, ...p.egress].map((e) => e.peerSet)));
@@ -378,4 +417,35 @@ export function entriesAllow(entries: readonly PolicyEntry[], sets: ReadonlyMap<
     return e.action === 'allow';
   }
   return true;
+}
+
+export interface NodePolicyDelta {
+  /** Pods added or changed. */
+  pods: CompiledPod[];
+  /** Sets that `before` did not have. */
+  sets: Map<string, string[]>;
+  /** Pods gone ("namespace/name"). */
+  removedPods: string[];
+  /** Sets no entry names any more. */
+  removedSets: string[];
+}
+
+/**
+ * What changed from one compilation to the next, or null when nothing did. Pods are compared by identity first (a
+ * cached compilation returns the same object for an unchanged pod), then by content; sets by name (a name always
+ * means the same CIDRs).
+ */
+export function diffNodePolicy(before: NodePolicy, after: NodePolicy): NodePolicyDelta | null {
+  const old = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+  const pods: CompiledPod[] = [];
+  for (const p of after.pods) {
+    const id = `${p.namespace}/${p.name}`;
+    const q = old.get(id);
+    old.delete(id);
+    if (q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p))) pods.push(p);
+  }
+  const sets = new Map([...after.sets].filter(([name]) => !before.sets.has(name)));
+  const removedSets = [...before.sets.keys()].filter((name) => !after.sets.has(name));
+  if (pods.length === 0 && old.size === 0 && sets.size === 0 && removedSets.length === 0) return null;
+  return { pods, sets, removedPods: [...old.keys()], removedSets };
 }
