@@ -158,6 +158,19 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     inNs(['ipset', 'del', SET_Y, '10.244.1.7']);
     assert.deepEqual(planPolicy(d, read()).changed, [`set ${SET_Y}`], 'a member removed by hand is seen');
     apply(planPolicy(d, read()));
+    // A long dispatch chain and one pod's change: edited in place (rules deleted and inserted by number).
+    const many = (moved: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })) });
+    const manyVeths = new Map(Array.from({ length: 40 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
+    const edited = planPolicy(desiredPolicy(many(17), manyVeths), read());
+    assert.match(edited.filter!, /\n-D WEFT-FORWARD 19\n-I WEFT-FORWARD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no policy"\n-X WEFT-I-weft00000000011\n/, 'the dispatch chain edited in place');
+    assert.ok(!edited.filter!.includes(':WEFT-FORWARD '), 'not rewritten');
+    apply(edited);
+    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the edited chain reads back as rendered');
+    const back = planPolicy(desiredPolicy(many(-1), manyVeths), read());
+    assert.match(back.filter!, /-D WEFT-FORWARD 19\n-I WEFT-FORWARD 19 -o weft00000000011 -m comment --comment "weft x\/p17 ingress" -j WEFT-I-weft00000000011\n/);
+    apply(back);
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
     const next = desiredPolicy(null, veths);
     apply(planPolicy(next, read()));
     const after = read();

@@ -228,6 +228,26 @@ export interface PolicyPlan {
 
 const sameList = (a: readonly string[] | undefined, b: readonly string[]) => a === b || (!!a && a.length === b.length && a.every((x, i) => x === b[i]));
 
+/**
+ * A long chain that differs from what the kernel holds in a few neighbouring rules (the dispatch chain when one pod
+ * changes) is edited in place instead of rewritten: the rules before and after the difference are kept, the ones in
+ * between deleted by number (from the last) and the new ones inserted at their positions, so the result prints exactly
+ * as rendered. Null when rewriting the chain is less work.
+ */
+function editChain(chain: string, have: readonly string[], want: readonly string[]): string[] | null {
+  let head = 0;
+  while (head < have.length && head < want.length && have[head] === want[head]) head++;
+  let tail = 0;
+  while (tail < have.length - head && tail < want.length - head && have[have.length - 1 - tail] === want[want.length - 1 - tail]) tail++;
+  const del = have.length - head - tail;
+  const ins = want.length - head - tail;
+  if ((del + ins) * 4 >= want.length) return null;
+  const out: string[] = [];
+  for (let n = head + del; n > head; n--) out.push(`-D ${chain} ${n}`);
+  want.slice(head, head + ins).forEach((rule, k) => out.push(`-I ${chain} ${head + 1 + k} ${rule.slice(`-A ${chain} `.length)}`));
+  return out;
+}
+
 export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
   const changed: string[] = [];
   const before: string[] = [];
@@ -241,16 +261,23 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
   const filter: string[] = [];
+  const edits: string[] = [];
   const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
   for (const [chain, rules] of desired.chains) {
-    if (sameList(actual.chains.get(chain), rules)) continue;
+    const have = actual.chains.get(chain);
+    if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
-    filter.push(`:${chain} - [0:0]`);
+    const edit = have ? editChain(chain, have, rules) : null;
+    if (edit) edits.push(...edit);
+    else filter.push(`:${chain} - [0:0]`);
   }
   // Declarations first (each flushes its chain), so that every rule below finds the chains it jumps to.
   for (const c of stale) filter.push(`:${c} - [0:0]`);
   const declared = new Set(filter.map((l) => l.slice(1, l.indexOf(' '))));
   for (const [chain, rules] of desired.chains) if (declared.has(chain) && !stale.includes(chain)) filter.push(...rules);
+  // Long chains edited in place (after the declarations: an inserted jump may name a new chain; before the
+  // deletions: a removed jump may name a stale one).
+  filter.push(...edits);
   for (const c of stale) {
     changed.push(`chain ${c} (deleted)`);
     filter.push(`-X ${c}`);

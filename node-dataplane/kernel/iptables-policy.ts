@@ -1,6 +1,5 @@
-import { run } from '../../lib/exec.js';
+import { run as runHere } from '../../lib/exec.js';
 import { readPolicyActual, type PolicyActual, type PolicyPlan } from '../domain/network-policy.js';
-import { ip } from './links.js';
 
 /**
  * Network policy's kernel side, in this process's network namespace (the node's): reads Weft's filter chains
@@ -16,7 +15,9 @@ export interface PolicyDriver {
 
 const POD_VETH = /^weft[0-9a-f]{11}$/;
 
-export function createPolicyDriver(opts: { routeProtocol: number }): PolicyDriver {
+export function createPolicyDriver(opts: { routeProtocol: number; /** How commands run (default: here; bench/policy runs them in a namespace). */ run?: typeof runHere }): PolicyDriver {
+  const run = opts.run ?? runHere;
+  const ip = (args: string[]) => run('ip', args);
   return {
     read: async () => {
       const [filter, sets] = await Promise.all([run('iptables-save', ['-t', 'filter']), run('ipset', ['save'])]);
