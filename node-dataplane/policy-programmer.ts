@@ -11,7 +11,7 @@ import type { PolicyDriver } from './kernel/iptables-policy.js';
  */
 export interface PolicyProgrammer {
   /** Makes the kernel match `rules` (null: none held yet, fail closed); returns the plan applied (empty: nothing written). */
-  program(rules: NodeRules | null, opts: { readBack: boolean }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
+  program(rules: NodeRules | null, opts: { readBack: boolean; inForce?: () => void }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
 }
 
 export function createPolicyProgrammer(driver: PolicyDriver): PolicyProgrammer {
@@ -29,7 +29,7 @@ export function createPolicyProgrammer(driver: PolicyDriver): PolicyProgrammer {
       const plan = planPolicy(desired, actual);
       if (plan.changed.length > 0) {
         record = null;
-        await driver.apply(plan);
+        await driver.apply(plan, { inForce: opts.inForce });
       }
       // What the kernel holds now: the plan leaves exactly one jump from FORWARD.
       record = { chains: desired.chains, jumps: 1, sets: desired.sets };

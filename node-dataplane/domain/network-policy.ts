@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /**
  * Network policy in the kernel, purely: the compiled rules of the node's pods (from WatchNodePolicy) rendered as
  * ipsets and iptables `filter` chains, compared with what `ipset save` and `iptables-save` print, and the difference
@@ -154,11 +156,18 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         // Entries whose set has no IPv4 member can match no IPv4 packet.
         const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
         if (entries.length === 0) continue;
-        const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
-        const pass = `${chain}-N`;
-        r.dispatch[dir] = `-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${chain}`;
-        r.chains.push([chain, chainRules(chain, entries, dir, pass)]);
-        if (entries.some((e) => e.action === 'pass')) r.chains.push([pass, chainRules(pass, entries.filter((e) => e.tier !== 'admin'), dir, pass)]);
+        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
+        // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
+        // the table back; the old rule and chain go afterwards (see planPolicy).
+        const body = chainRules('@C', entries, dir, '@CN');
+        const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
+        const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
+        const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
+        r.dispatch[dir] = `-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${anchor}`;
+        r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
+        r.chains.push([chain, named(body)]);
+        if (tail) r.chains.push([`${chain}N`, named(tail)]);
         for (const e of entries) if (e.peerSet && !r.sets.includes(e.peerSet)) r.sets.push(e.peerSet);
       }
       cache?.set(pod, r);
@@ -220,7 +229,12 @@ export interface PolicyPlan {
   setsBefore: string | null;
   /** `iptables-restore --noflush` input: changed chains flushed and refilled, stale ones deleted, the jump ensured. */
   filter: string | null;
-  /** `ipset restore` input that destroys Weft's sets no rule uses any more (after `filter` is applied). */
+  /**
+   * `iptables-restore --noflush` input applied after `filter`, which already put the desired rules in force: the
+   * anchors' old rules deleted, stale chains flushed and deleted. Null: nothing to do.
+   */
+  filterAfter: string | null;
+  /** `ipset restore` input that destroys Weft's sets no rule uses any more (after `filterAfter` is applied). */
   setsAfter: string | null;
   /** Chains rewritten or deleted, and sets created, refilled or destroyed, for logs and metrics. */
   changed: string[];
@@ -262,26 +276,36 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
   }
   const filter: string[] = [];
   const edits: string[] = [];
+  const after: string[] = [];
   const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
   for (const [chain, rules] of desired.chains) {
     const have = actual.chains.get(chain);
     if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
+    if (have && rules.length === 1 && rules[0]!.startsWith(`-A ${chain} -g `)) {
+      // An anchor: its new rule goes first (from then on the old ones are never reached), the old ones after.
+      if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
+      const held = have[0] === rules[0] ? have.length : have.length + 1;
+      for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);
+      continue;
+    }
     const edit = have ? editChain(chain, have, rules) : null;
     if (edit) edits.push(...edit);
     else filter.push(`:${chain} - [0:0]`);
   }
   // Declarations first (each flushes its chain), so that every rule below finds the chains it jumps to.
-  for (const c of stale) filter.push(`:${c} - [0:0]`);
   const declared = new Set(filter.map((l) => l.slice(1, l.indexOf(' '))));
-  for (const [chain, rules] of desired.chains) if (declared.has(chain) && !stale.includes(chain)) filter.push(...rules);
-  // Long chains edited in place (after the declarations: an inserted jump may name a new chain; before the
-  // deletions: a removed jump may name a stale one).
+  for (const [chain, rules] of desired.chains) if (declared.has(chain)) filter.push(...rules);
+  // Then the chains edited in place (an inserted rule may name a new chain).
   filter.push(...edits);
+  // Stale chains go after everything else is in force, with the anchors' old rules, in a second transaction:
+  // removing rules (unlike adding them) makes iptables-nft read the whole table first, so they are kept out of the
+  // transaction that puts the new rules in force.
   for (const c of stale) {
     changed.push(`chain ${c} (deleted)`);
-    filter.push(`-X ${c}`);
+    after.push(`-F ${c}`);
   }
+  for (const c of stale) after.push(`-X ${c}`);
   const jump = `-A FORWARD -m comment --comment "${JUMP_COMMENT}" -j ${POLICY_CHAIN}`;
   if (actual.jumps === 0) {
     changed.push('jump');
@@ -293,6 +317,7 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
   return {
     setsBefore: before.length > 0 ? `${before.join('\n')}\n` : null,
     filter: filter.length > 0 ? `*filter\n${filter.join('\n')}\nCOMMIT\n` : null,
+    filterAfter: after.length > 0 ? `*filter\n${after.join('\n')}\nCOMMIT\n` : null,
     setsAfter: unused.length > 0 ? `${unused.map((s) => `destroy ${s}`).join('\n')}\n` : null,
     changed,
   };
