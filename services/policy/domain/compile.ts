@@ -73,14 +73,18 @@ export interface CompileCache {
   previousCidrs: Map<string, string[]>;
   /** Per local pod ("namespace/name"): the key of what its entries depend on, the compiled pod, its sets. */
   pods: Map<string, CachedPod>;
-  /** Per selector text: its member pods (by identity) and its set at the previous compilation. */
+  /** Per selector text: its member pods and its set at the previous compilation (the same members' addresses: the same set). */
   specSets: Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>;
+  /** The NetworkPolicies as last seen, grouped by namespace and sorted by name. */
+  byNamespace?: { nps: readonly NetworkPolicy[]; grouped: Map<string, NetworkPolicy[]> };
+  /** A pod object's labels as text. */
+  labelsText: WeakMap<PlacedPod, string>;
   /** A pod object's own fields as text (pod objects, too, must not be mutated). */
   podText: WeakMap<PlacedPod, string>;
 }
 type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][] };
 
-export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map() });
+export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map(), labelsText: new WeakMap() });
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
@@ -204,12 +208,14 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   const setOf = (s: PeerSpec): string | null | undefined => {
     if (s.any) return null;
     if (setOfSpec.has(s)) return setOfSpec.get(s);
-    // A selector whose text and member pods (by identity) are those of the previous compilation names the same set.
+    // A selector whose text is that of the previous compilation, and whose members have the same addresses, names
+    // the same set.
     const text = textOfSpec.get(s);
     const members = [...s.pods];
     const before = text === undefined ? undefined : cache?.specSets.get(text);
     let name: string | undefined;
-    if (before && before.members.length === members.length && before.members.every((m, i) => m === members[i])) {
+    const sameAddresses = (a: PlacedPod, b: PlacedPod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
+    if (before && before.members.length === members.length && before.members.every((m, i) => sameAddresses(m, members[i]!))) {
       name = before.name ?? undefined;
       if (before.name) sets.set(before.name, before.cidrs);
     } else {
@@ -229,20 +235,26 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     return text;
   };
   // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
-  const npsByNs = new Map<string, NetworkPolicy[]>();
-  for (const np of w.networkPolicies) {
-    let list = npsByNs.get(np.namespace);
-    if (!list) npsByNs.set(np.namespace, (list = []));
-    list.push(np);
+  // (The same policy objects as at the previous compilation: the same grouping.)
+  const sameNps = !!cache?.byNamespace && cache.byNamespace.nps.length === w.networkPolicies.length && cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
+  const npsByNs = sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
+  if (!sameNps) {
+    for (const np of w.networkPolicies) {
+      let list = npsByNs.get(np.namespace);
+      if (!list) npsByNs.set(np.namespace, (list = []));
+      list.push(np);
+    }
+    for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+    if (cache) cache.byNamespace = { nps: [...w.networkPolicies], grouped: npsByNs };
   }
-  for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
   /** The NetworkPolicies of the pod's namespace that select it (either direction), by name. */
   const selectingNps = (subject: PlacedPod): readonly NetworkPolicy[] => {
     const nps = npsByNs.get(subject.namespace) ?? [];
     if (!cache) return nps.filter((np) => selects(np.podSelector, subject.labels));
     let entry = cache.selection.get(subject.namespace);
     if (!entry || entry.nps.length !== nps.length || entry.nps.some((np, i) => np !== nps[i])) cache.selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
-    const key = JSON.stringify(subject.labels);
+    let key = cache.labelsText.get(subject);
+    if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
     let selected = entry.byLabels.get(key);
     if (!selected) entry.byLabels.set(key, (selected = nps.filter((np) => selects(np.podSelector, subject.labels))));
     return selected;
@@ -331,43 +343,49 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   };
   const setKey = (spec: PeerSpec) => (spec.any ? '*' : (setOf(spec) ?? '-'));
   const dependencies = (subject: PlacedPod): string => {
-    const parts: (string | number)[] = [podText(subject), nsText(subject.namespace)];
+    let key = `${podText(subject)}\n${nsText(subject.namespace)}`;
     let named = false;
+    const admins = w.adminPolicies.length > 0 ? adminsOf(subject) : [];
+    const nps = selectingNps(subject);
     for (const dir of ['ingress', 'egress'] as const) {
-      parts.push(dir);
-      for (const a of adminsOf(subject)) {
-        parts.push(idOf(a));
+      key += `\n${dir}`;
+      for (const a of admins) {
+        key += ` a${idOf(a)}`;
         for (const r of a[dir]) {
-          parts.push(setKey(adminRulePeers(r)));
+          key += ` ${setKey(adminRulePeers(r))}`;
           named ||= !!r.ports?.some((p) => p.kind === 'named');
         }
       }
-      const selecting = selectingNps(subject).filter((np) => (dir === 'ingress' ? np.affectsIngress : np.affectsEgress));
-      for (const np of selecting) {
-        parts.push(idOf(np));
+      let selecting = 0;
+      for (const np of nps) {
+        if (!(dir === 'ingress' ? np.affectsIngress : np.affectsEgress)) continue;
+        selecting++;
+        key += ` n${idOf(np)}`;
         for (const r of np[dir]) {
-          parts.push(setKey(npRulePeers(np, r)));
+          key += ` ${setKey(npRulePeers(np, r))}`;
           named ||= !!r.ports?.some((p) => typeof p.port === 'string');
         }
       }
-      if (selecting.length === 0 && w.baseline && isSubject(w.baseline, subject)) {
-        parts.push(`b${idOf(w.baseline)}`);
+      if (selecting === 0 && w.baseline && isSubject(w.baseline, subject)) {
+        key += ` b${idOf(w.baseline)}`;
         for (const r of w.baseline[dir]) {
-          parts.push(setKey(adminRulePeers(r)));
+          key += ` ${setKey(adminRulePeers(r))}`;
           named ||= !!r.ports?.some((p) => p.kind === 'named');
         }
       }
       // Egress named ports are resolved on every destination pod.
       if (dir === 'egress' && named) {
         everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
-        parts.push(everyPod);
+        key += `\n${everyPod}`;
       }
     }
-    return parts.join('\n');
+    return key;
   };
-
   const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-  const local = pods.filter((p) => p.node === node).sort((a, b) => byName(a.namespace, b.namespace) || byName(a.name, b.name));
+  const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+  const local = pods.filter((p) => p.node === node);
+  // (The service reads pods in this order already.)
+  if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
   const kept = new Map<string, CachedPod>();
   const compiled = local.map((p): CompiledPod => {
     const id = `${p.namespace}/${p.name}`;
@@ -396,7 +414,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     cache.specSets = specSets;
     cache.cidrs = new Map();
   }
-  const used = new Set(compiled.flatMap((p) => [...p.ingress, ...p.egress].map((e) => e.peerSet)));
+  const used = new Set<string | null>();
+  for (const p of compiled) {
+    const cached = cache?.pods.get(`${p.namespace}/${p.name}`);
+    if (cached?.pod === p) for (const [name] of cached.sets) used.add(name);
+    else for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
+  }
   return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
 }
 
