@@ -115,8 +115,12 @@ export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 
 }
 
 /** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
-export type RenderCache = WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string | null; ingress: string | null }; sets: string[] }>;
-export const createRenderCache = (): RenderCache => new WeakMap();
+export interface RenderCache {
+  pods: WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string | null; ingress: string | null }; sets: string[] }>;
+  /** A set's CIDRs (the array held) → its IPv4 members as `ipset save` prints them. */
+  sets: WeakMap<readonly string[], string[]>;
+}
+export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap() });
 
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
@@ -131,7 +135,11 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
   const sets = new Map<string, string[]>();
   const v4Sets = new Map<string, string[]>();
   for (const [name, cidrs] of rules?.sets ?? []) {
-    const v4 = cidrs.filter(isV4).map(member).sort();
+    let v4 = cache?.sets.get(cidrs);
+    if (!v4) {
+      v4 = cidrs.filter(isV4).map(member).sort();
+      cache?.sets.set(cidrs, v4);
+    }
     if (v4.length > 0) v4Sets.set(name, v4);
   }
   const podOf = new Map<string, PodRules>();
@@ -149,7 +157,7 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     if (!pod) continue;
     const usedSets = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((s): s is string => s !== null))];
     const key = `${veth} ${usedSets.map((s) => (v4Sets.has(s) ? s : `-${s}`)).join(' ')}`;
-    let r = cache?.get(pod);
+    let r = cache?.pods.get(pod);
     if (!r || r.key !== key) {
       r = { key, chains: [], dispatch: { egress: null, ingress: null }, sets: [] };
       for (const dir of ['egress', 'ingress'] as const) {
@@ -170,7 +178,7 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         if (tail) r.chains.push([`${chain}N`, named(tail)]);
         for (const e of entries) if (e.peerSet && !r.sets.includes(e.peerSet)) r.sets.push(e.peerSet);
       }
-      cache?.set(pod, r);
+      cache?.pods.set(pod, r);
     }
     for (const [chain, lines] of r.chains) chains.set(chain, lines);
     for (const s of r.sets) sets.set(s, v4Sets.get(s)!);
