@@ -253,7 +253,7 @@ async function main(argv: string[]): Promise<number> {
       // A local node's routing mode comes from its agent (auto, the default, when the agent does not answer).
       const routing = local ? await readNodeRouting(local.netns, (await agentStatus(local.netns, AGENT_METRICS_PORT))?.routingMode ?? 'auto') : null;
       const report = compareNode(name, snapshot.revision, snapshot.nodes, local ? await readNodeKernel(local.netns) : null, routing);
-      const refused = report.peers.filter((p) => p.mode === 'refused');
+      const refused = report.peers.filter((p) => p.mode === 'refused' || p.ipv6 === 'refused');
       print(json, report, () => [
         `${name} at route-table revision ${report.revision}: ${report.desired.length} entries` +
           (report.routing ? ` (routing mode ${report.routing.mode}, underlay ${report.routing.underlay.address}/${report.routing.underlay.prefixLength})` : ' (routing mode unknown: VXLAN assumed)'),

@@ -29,9 +29,11 @@ export async function readNodeKernel(netns: string, device = 'weft.vxlan', route
   const s = emptyState();
   const json = jsonOf;
   for (const [dev, mode] of [[device, 'vxlan'], [underlayDevice, 'direct']] as const) {
-    for (const r of await json('ip', ['-n', netns, '-j', 'route', 'show', 'table', 'main', 'proto', String(routeProtocol), 'dev', dev])) {
-      const cidr = String(r.dst).includes('/') ? String(r.dst) : `${r.dst}/32`;
-      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: String(r.gateway ?? ''), mode });
+    for (const family of ['-4', '-6']) {
+      for (const r of await json('ip', ['-n', netns, family, '-j', 'route', 'show', 'table', 'main', 'proto', String(routeProtocol), 'dev', dev])) {
+        const cidr = String(r.dst).includes('/') ? String(r.dst) : `${r.dst}/${family === '-4' ? 32 : 128}`;
+        s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: String(r.gateway ?? ''), mode });
+      }
     }
   }
   for (const n of await json('ip', ['-n', netns, '-j', 'neigh', 'show', 'dev', device])) {

@@ -8,6 +8,7 @@ import { status } from '@grpc/grpc-js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
+import type { PodReporter } from './pod-reports.js';
 import {
   attachPod, checkNetnsPath, detachPod, hostIfnameFor, hostLinkExists, listVethNames, observeAttachment, POD_GATEWAY,
 } from './kernel/pod-network.js';
@@ -30,6 +31,8 @@ export function createCniHandlers(deps: {
   mtu: number;
   routeProtocol: number;
   logger: Logger;
+  /** Tells the policy service which pod is attached where (pod-reports.ts). */
+  reports?: PodReporter;
 }): Handlers<typeof AgentServiceService> {
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
@@ -120,6 +123,7 @@ export function createCniHandlers(deps: {
         try {
           const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac });
           log.info('pod attached', { address, hostIfname: a.hostIfname });
+          deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
           return {
             interfaces: [
               { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
@@ -145,6 +149,7 @@ export function createCniHandlers(deps: {
       const handle = `${req.containerId}/${req.ifname}`;
       const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
       deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
+      deps.reports?.detached(req.containerId);
       return {};
     },
 
@@ -218,6 +223,7 @@ export function createCniHandlers(deps: {
         try {
           const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
           if (r.released) released.push({ handle: a.handle, address: r.address });
+          deps.reports?.detached(a.containerId);
         } catch (err) {
           const e = err as { details?: string; message?: string };
           failures.push(`releasing ${a.address} (handle ${a.handle}) failed: ${e.details || e.message}`);

@@ -1,6 +1,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { run } from '../lib/exec.js';
 import { createClient } from '../lib/grpc/client.js';
 import { addService, bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
@@ -17,9 +18,11 @@ import { createNatDriver } from './kernel/iptables-nat.js';
 import { createPolicyDriver } from './kernel/iptables-policy.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
-import { ensureVxlanDevice, VXLAN_OVERHEAD_V4 } from './kernel/vxlan-device.js';
+import { ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacFor } from './kernel/vxlan-device.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
+import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
 import { createReconciler } from './reconciler.js';
+import { followUnderlay } from './underlay-follow.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followPools, type PoolsSource } from './sources/pools-watch.js';
 import { followNodePolicy, type PolicySource } from './sources/policy-watch.js';
@@ -47,9 +50,15 @@ async function main(): Promise<void> {
   }
 
   writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+  // IPv6 pod blocks are forwarded too; a kernel without IPv6 (or with it disabled) routes IPv4 only.
+  try {
+    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', '1');
+  } catch (err) {
+    logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', { err: (err as Error).message });
+  }
   const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
-  const vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
+  let vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
   logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode });
 
@@ -59,17 +68,20 @@ async function main(): Promise<void> {
   const policyClient = createClient(PolicyServiceService, target);
 
   const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
-  let leaseMs = 0;
-  for (let attempt = 0; !stopper.signal.aborted; attempt++) {
-    try {
-      leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000 })).leaseMillis;
-      break;
-    } catch (err) {
-      logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
-      await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+  const register = async () => {
+    for (let attempt = 0; !stopper.signal.aborted; attempt++) {
+      try {
+        const leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000 })).leaseMillis;
+        logger.info('registered', { underlay: registration.underlayAddress, vtepMac: registration.vtepMac, leaseMs });
+        return leaseMs;
+      } catch (err) {
+        logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
+        await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+      }
     }
-  }
-  logger.info('registered', { underlay: underlay.address, leaseMs });
+    return 0;
+  };
+  const leaseMs = await register();
   keepNodeLease({ routes, registration, leaseMs, logger, signal: stopper.signal });
 
   const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
@@ -84,10 +96,32 @@ async function main(): Promise<void> {
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
     masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver() },
-    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }) },
+    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice },
     resyncMs: config.resyncMs,
     logger,
     metrics,
+  });
+  // The underlay can move after start (DHCP, an operator, a re-addressed subnet): the VXLAN device is rebuilt on the
+  // new address (the pass does it: ensureDevice reads the spec), the node registered again with its new address and
+  // VTEP MAC, so every other node's entries follow, and direct routing judged against the new subnet.
+  const underlayFollower = followUnderlay({
+    initial: underlay,
+    detect: () => detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo }),
+    onMoved: async (next, previous) => {
+      vxlanSpec = { ...vxlanSpec, localAddress: next.address, underlayInterface: next.interface, mtu: next.mtu - VXLAN_OVERHEAD_V4 };
+      reconciler.setUnderlay({ address: next.address, prefixLength: next.prefixLength }, next.ifindex);
+      // Connections from the old address are dead but would only be noticed by gRPC keepalive (up to 30 s): destroyed
+      // here, the channels reconnect from the new address at once (the streams resume from their last revision).
+      if (next.address !== previous.address) {
+        await run('ss', ['-K', 'src', previous.address], { timeoutMs: 5000 })
+          .catch((err: Error) => logger.warn('cannot close the connections of the old underlay address; gRPC keepalive will', { err: err.message }));
+      }
+      registration.underlayAddress = next.address;
+      registration.vtepMac = vtepMacFor(next.address);
+      await register();
+    },
+    logger,
+    intervalMs: config.resyncMs,
   });
   // Subscribed before the first pass, so that no change after the first read-back goes unnoticed. Without it the
   // agent still works, repairing drift at each periodic resync only.
@@ -103,7 +137,9 @@ async function main(): Promise<void> {
         metrics.netlinkFailures.add(1, { op: 'watch' });
         logger.warn('kernel notifications may have been lost; reconciling', { reason });
         reconciler.markDirty('kernel');
+        underlayFollower.poke();
       },
+      onInterfaces: () => underlayFollower.poke(),
       logger,
     });
   } catch (err) {
@@ -121,7 +157,8 @@ async function main(): Promise<void> {
   });
 
   const server = createServer();
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger });
+  const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports });
   addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
@@ -137,16 +174,22 @@ async function main(): Promise<void> {
     bandwidth: config.cniBandwidth,
   }, logger);
 
+  // Reports lost with a previous agent (the policy service was down, the agent was killed) are made again: every
+  // attachment IPAM holds for this node is reported; one the service already has changes nothing there.
+  void reportHeldAttachments(ipam, config.nodeName, reports).catch((err: Error) => logger.warn('re-reporting held attachments failed', { err: err.message }));
+
   const shutdown = async (signal: string) => {
     logger.info('stopping', { signal });
     stopper.abort();
     reconciler.stop();
     kernelWatch?.close();
+    underlayFollower.close();
     await shutdownServer(server, 1000);
     await metricsServer?.close();
     rmSync(config.socket, { force: true });
     routes.close();
     ipam.close();
+    reports.close();
     policyClient.close();
     driver.close();
     process.exit(0);

@@ -14,7 +14,7 @@ export interface PolicyProgrammer {
   program(rules: NodeRules | null, opts: { readBack: boolean; inForce?: () => void }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
 }
 
-export function createPolicyProgrammer(driver: PolicyDriver): PolicyProgrammer {
+export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: string): PolicyProgrammer {
   /** What the kernel holds, as this agent last wrote or read it; null: unknown (start, after a failure). */
   let record: PolicyActual | null = null;
   let veths: Map<string, string> | null = null;
@@ -25,7 +25,7 @@ export function createPolicyProgrammer(driver: PolicyDriver): PolicyProgrammer {
       const trust = !opts.readBack && record !== null && rules !== null && veths !== null;
       if (!trust || missingVeth(rules!, veths!)) veths = await driver.podVeths();
       const actual = trust ? record! : await driver.read();
-      const desired = rules ? desiredPolicy(rules, veths!, cache) : desiredBeforeRules(actual, veths!);
+      const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache) : desiredBeforeRules(actual, veths!, vxlanDevice);
       const plan = planPolicy(desired, actual);
       if (plan.changed.length > 0) {
         record = null;

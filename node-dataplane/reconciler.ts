@@ -19,7 +19,7 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
  * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
  */
-export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'kernel' | 'resync' | 'retry' | 'flush';
+export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'kernel' | 'underlay' | 'resync' | 'retry' | 'flush';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
@@ -28,6 +28,8 @@ export interface Reconciler {
   flush(): Promise<void>;
   /** The overlay device's index as last ensured (null before the first pass), the underlay's, and the desired route destinations. */
   overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string> };
+  /** The node's underlay moved (another address, prefix or device): plans from now on use it; a pass follows. */
+  setUnderlay(underlay: Routing['underlay'], underlayIfindex: number): void;
   stop(): void;
 }
 
@@ -45,7 +47,8 @@ export function createReconciler(deps: {
   /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
   masquerade?: { pools: () => string[] | null; driver: NatDriver };
   /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
-  policy?: { rules: () => NodeRules | null; driver: PolicyDriver };
+  /** `vxlanDevice`: Weft's VXLAN device, whose traffic the pod dispatch chains let through (default weft.vxlan). */
+  policy?: { rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -66,8 +69,8 @@ export function createReconciler(deps: {
   let routeCidrs: ReadonlySet<string> = new Set();
   /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
   let expected: KernelState | null = null;
-  const routing = deps.routing ?? VXLAN_ONLY;
-  const underlayIfindex = deps.underlayIfindex ?? 0;
+  let routing = deps.routing ?? VXLAN_ONLY;
+  let underlayIfindex = deps.underlayIfindex ?? 0;
   for (const mode of ['vxlan', 'direct', 'auto']) metrics.routingMode.set(mode === routing.mode ? 1 : 0, { mode });
   /** The refused nodes last logged, so that a refusal is logged when it starts or changes, not at every pass. */
   let refusedLogged = '';
@@ -91,12 +94,13 @@ export function createReconciler(deps: {
     deps.logger.info('masquerade rules written', { pools });
   }
 
-  const policyProgrammer = deps.policy ? createPolicyProgrammer(deps.policy.driver) : null;
+  const policyProgrammer = deps.policy ? createPolicyProgrammer(deps.policy.driver, deps.policy.vxlanDevice) : null;
   /**
    * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
    * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
-   * pods, and a restarted agent keeps the rules it finds (dropping only pods that appeared meanwhile). A pass that
-   * only follows new rules trusts what it last applied (no read-back; see policy-programmer.ts).
+   * pods, and a restarted agent keeps the rules it finds (pods that appeared meanwhile are dropped by the dispatch
+   * chains' last rule, as is a pod the rules do not mention yet). A pass that only follows new rules trusts what it
+   * last applied (no read-back; see policy-programmer.ts).
    */
   async function reconcilePolicy(why: DirtyReason[]): Promise<boolean> {
     if (!deps.policy || !policyProgrammer) return false;
@@ -249,7 +253,14 @@ export function createReconciler(deps: {
         markDirty('flush');
       });
     },
-    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex ?? null, routeCidrs }),
+    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs }),
+    setUnderlay(underlay, index) {
+      routing = { ...routing, underlay };
+      underlayIfindex = index;
+      // What the kernel held is no longer comparable entry by entry (direct routes may move to VXLAN and back).
+      expected = null;
+      markDirty('underlay');
+    },
     stop() {
       stopped = true;
       for (const t of [resyncTimer, debounceTimer, retryTimer]) if (t) clearTimeout(t);

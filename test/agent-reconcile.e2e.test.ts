@@ -11,6 +11,7 @@ import {
 import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
 import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { bin } from './support/processes.js';
 import { privilegedOrSkip } from './support/privileges.js';
@@ -395,6 +396,46 @@ describe('agent reconciliation on the local cluster', opts, () => {
     assert.equal(after.text, before.text, 'kernel state byte-identical across the restart');
     assert.equal(total(m, 'weft_agent_kernel_changes_total'), 0, 'the restarted agent wrote nothing');
     assert.ok((m.get('weft_agent_reconcile_passes_total{result="unchanged"}') ?? 0) >= 1, 'its first pass found nothing to do');
+  });
+
+  test('IPv6 blocks: a node\'s IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, and a hand-deleted IPv6 route or neighbour comes back', async (t) => {
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)));
+    const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
+    const routes6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))) as { dst: string; gateway?: string; flags?: string[] }[];
+    const neighbours6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))) as { dst: string; lladdr: string }[];
+    try {
+      await ipam.createPool({ name: 'e2e-v6', cidr: 'fd00:10:244::/56', blockPrefixLength: 120, disabled: false, nodeSelector: '', namespaceSelector: '', allowedUses: [], maxBlocksPerNode: 0, routingDomain: '' }, { timeoutMs: 10_000 });
+      const t0 = performance.now();
+      const a = await ipam.allocate({ handle: 'e2e-v6/eth0', node: 'node2', pool: 'e2e-v6', families: [IpFamily.IP_FAMILY_IPV6], addresses: [], podNamespace: 'e2e', podName: 'v6', containerId: 'e2e-v6' }, { timeoutMs: 10_000 });
+      const address = a.allocation!.address;
+      const block = `${address.replace(/:[0-9a-f]*$/, ':')}`;
+      // node1 reaches node2 directly for IPv4 (one subnet) yet gets node2's IPv6 block through VXLAN; node3 too.
+      for (const n of [n1, n3]) {
+        const ms = await until(`${n.name} to route node2's IPv6 block`, async () => (await routes6(n.netns)).some((r) => r.dst.startsWith(block) && r.dst.endsWith('/120')));
+        t.diagnostic(`${n.name}: node2's IPv6 block routed ${(performance.now() - t0).toFixed(0)} ms after Allocate was sent (${ms.toFixed(0)} ms of polling)`);
+        const [r] = (await routes6(n.netns)).filter((x) => x.dst.endsWith('/120'));
+        assert.ok(r!.flags?.includes('onlink'), 'an onlink route');
+        const [nb] = (await neighbours6(n.netns)).filter((x) => x.dst === r!.gateway);
+        assert.equal(nb?.lladdr, vtepMacFor(n2.address), 'its next hop resolves to node2\'s VTEP MAC, permanently');
+      }
+      assert.equal((await routes6(n2.netns)).length, 0, 'node2 routes its own block nowhere');
+
+      // Drift: the IPv6 route and the IPv6 neighbour deleted by hand come back (kernel events, not the resync).
+      const [r] = (await routes6(n1.netns)).filter((x) => x.dst.endsWith('/120'));
+      let t1 = performance.now();
+      await sh('ip', '-n', n1.netns, '-6', 'route', 'del', r!.dst, 'dev', VXLAN);
+      await until('the IPv6 route back', async () => (await routes6(n1.netns)).some((x) => x.dst === r!.dst));
+      const routeMs = performance.now() - t1;
+      t1 = performance.now();
+      await sh('ip', '-n', n1.netns, '-6', 'neigh', 'del', r!.gateway!, 'dev', VXLAN);
+      await until('the IPv6 neighbour back', async () => (await neighbours6(n1.netns)).some((x) => x.dst === r!.gateway));
+      const neighMs = performance.now() - t1;
+      t.diagnostic(`IPv6 route restored in ${routeMs.toFixed(0)} ms, IPv6 neighbour in ${neighMs.toFixed(0)} ms`);
+      assert.ok(routeMs < REPAIR_BOUND_MS && neighMs < REPAIR_BOUND_MS, `within ${REPAIR_BOUND_MS} ms`);
+    } finally {
+      await ipam.release({ handle: 'e2e-v6/eth0' }, { timeoutMs: 10_000 }).catch(() => {});
+      ipam.close();
+    }
   });
 
   test('a node deregistered while another node\'s agent is down: the restarted agent removes its stale entries, only once it holds its snapshot', async (t) => {

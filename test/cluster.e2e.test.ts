@@ -311,4 +311,32 @@ describe('local cluster end to end', opts, () => {
     assert.equal(del.exitCode, 0, del.stdout);
     assert.deepEqual(await allocations(), before, 'no allocation was made or lost');
   });
+  test('a node whose underlay address changes is followed: its agent rebuilds the VXLAN device on the new address and registers again, every other node follows, pods reach each other', async (t) => {
+    const st = readState(stateDir);
+    const n3 = st.nodes.find((n) => n.name === 'node3')!;
+    const n1 = st.nodes.find((n) => n.name === 'node1')!;
+    const old = n3.address;
+    const next = old.replace(/\.\d+$/, '.63');
+    const fdb = async (ns: string) => JSON.parse((await run('bridge', ['-n', ns, '-j', 'fdb', 'show', 'dev', 'weft.vxlan'])).stdout || '[]') as { mac: string; dst?: string }[];
+    // The new address first, then the old one removed (promoted, so the node keeps its default route meanwhile).
+    await run('ip', ['netns', 'exec', n3.netns, 'sysctl', '-qw', 'net.ipv4.conf.eth0.promote_secondaries=1']);
+    await run('ip', ['-n', n3.netns, 'addr', 'add', `${next}/24`, 'dev', 'eth0']);
+    const t0 = performance.now();
+    await run('ip', ['-n', n3.netns, 'addr', 'del', `${old}/24`, 'dev', 'eth0']);
+    for (;;) {
+      const entries = await fdb(n1.netns);
+      if (entries.some((f) => f.mac === vtepMacFor(next) && f.dst === next) && !entries.some((f) => f.mac === vtepMacFor(old))) break;
+      assert.ok(performance.now() - t0 < 20_000, `node1's FDB follows node3 to ${next} within 20 s: ${JSON.stringify(entries)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const ms = performance.now() - t0;
+    t.diagnostic(`node3 moved from ${old} to ${next}: node1's FDB followed ${ms.toFixed(0)} ms after the old address was removed`);
+    const [link] = JSON.parse((await run('ip', ['-n', n3.netns, '-d', '-j', 'link', 'show', 'weft.vxlan'])).stdout) as { address: string; linkinfo: { info_data: { local: string } } }[];
+    assert.deepEqual([link!.linkinfo.info_data.local, link!.address], [next, vtepMacFor(next)], 'node3\'s VXLAN device sends from the new address with the MAC derived from it');
+    const { nodes } = JSON.parse(await weft('nodes', '--json')) as { nodes: { name: string; underlayAddress: string }[] };
+    assert.equal(nodes.find((n) => n.name === 'node3')?.underlayAddress, next, 'the route table holds the new address');
+    const [p1, p3] = [pods.find((p) => p.node === 'node1')!, pods.find((p) => p.node === 'node3')!];
+    assert.ok(await pings(p1, p3.addresses[0]!), 'node1\'s pod reaches node3\'s pod');
+    assert.ok(await pings(p3, p1.addresses[0]!), 'and back');
+  });
 });

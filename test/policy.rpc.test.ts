@@ -154,3 +154,47 @@ test('WatchNodePolicy with accept_deltas: complete first, then only the pods and
     await stream.return?.(undefined).catch(() => {});
   }
 });
+
+test('AttachPod and DetachPod: an agent\'s reports keep the controller\'s labels, select a pod no controller described, and never touch a newer sandbox', async () => {
+  await policy.upsertNamespace({ name: 'att', labels: { team: 'att' } });
+  await policy.applyPolicies({ objectsJson: [np('att', 'deny-all', { podSelector: {}, policyTypes: ['Ingress'] })] });
+
+  // A pod no controller described yet is selected by its namespace's policies from its attachment on.
+  const first = await policy.attachPod({ namespace: 'att', name: 'fresh', node: 'node1', containerId: 'c1', addresses: ['10.244.7.1'], resync: false });
+  assert.equal(first.known, false, 'the pod was unknown before');
+  const deny = await policy.explain({ from: '10.244.7.9', to: 'att/fresh', port: 80 });
+  assert.deepEqual([deny.allowed, deny.ingress!.policy], [false, 'NetworkPolicy/att/deny-all']);
+
+  // The controller's labels and ports are kept by a later attachment; a re-attachment replaces addresses and node.
+  await policy.upsertPod({ pod: { namespace: 'att', name: 'web', labels: { app: 'web' }, node: '', addresses: [], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] } });
+  const known = await policy.attachPod({ namespace: 'att', name: 'web', node: 'node2', containerId: 's1', addresses: ['10.244.7.2'], resync: false });
+  assert.equal(known.known, true);
+  await policy.applyPolicies({ objectsJson: [np('att', 'web-http', { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ ports: [{ port: 'http' }] }] })] });
+  assert.equal((await policy.explain({ from: '10.244.7.9', to: '10.244.7.2', port: 8080 })).allowed, true, 'labels and the named port survive the attachment');
+
+  // An unchanged re-report takes no revision; a resync report never replaces a newer sandbox.
+  const again = await policy.attachPod({ namespace: 'att', name: 'web', node: 'node2', containerId: 's1', addresses: ['10.244.7.2'], resync: true });
+  assert.equal(again.revision, known.revision, 'nothing changed, no new revision');
+  await policy.attachPod({ namespace: 'att', name: 'web', node: 'node3', containerId: 's2', addresses: ['10.244.7.3'], resync: false });
+  await policy.attachPod({ namespace: 'att', name: 'web', node: 'node2', containerId: 's1', addresses: ['10.244.7.2'], resync: true });
+  assert.equal((await policy.explain({ from: '10.244.7.9', to: 'att/web', port: 8080 })).allowed, true);
+  const oldAddress = await policy.explain({ from: '10.244.7.9', to: '10.244.7.2', port: 1 });
+  assert.equal(oldAddress.ingress!.tier, 'default', 'the old sandbox\'s address belongs to no pod: the resync report did not win');
+
+  // A late detach of the old sandbox changes nothing; the current sandbox's detach clears the described pod and
+  // deletes the undescribed one.
+  assert.deepEqual(await policy.detachPod({ containerId: 's1' }), { namespace: '', name: '', deleted: false, revision: 0 });
+  assert.equal((await policy.explain({ from: '10.244.7.9', to: 'att/web', port: 8080 })).allowed, true, 'still attached under s2');
+  const gone = await policy.detachPod({ containerId: 's2' });
+  assert.deepEqual([gone.namespace, gone.name, gone.deleted], ['att', 'web', false]);
+  await assert.rejects(policy.explain({ from: '10.244.7.9', to: 'att/web', port: 8080 }), (e: { code: number }) => e.code === status.FAILED_PRECONDITION, 'web is kept (described) without an address');
+  const fresh = await policy.detachPod({ containerId: 'c1' });
+  assert.deepEqual([fresh.name, fresh.deleted], ['fresh', true]);
+  await assert.rejects(policy.explain({ from: '10.244.7.9', to: 'att/fresh', port: 80 }), (e: { code: number }) => e.code === status.NOT_FOUND);
+
+  // Bad reports are refused with the field to fix.
+  await assert.rejects(policy.attachPod({ namespace: 'att', name: 'x', node: '', containerId: 'c9', addresses: ['10.244.7.9'], resync: false }), invalid(/^node: /));
+  await assert.rejects(policy.attachPod({ namespace: 'att', name: 'x', node: 'n', containerId: 'c9', addresses: ['10.244.7.300'], resync: false }), invalid(/^addresses\[0\]: /));
+  await assert.rejects(policy.attachPod({ namespace: 'Att', name: 'x', node: 'n', containerId: 'c9', addresses: ['10.244.7.9'], resync: false }), invalid(/^namespace: /));
+  await assert.rejects(policy.detachPod({ containerId: '' }), invalid(/^container_id: /));
+});

@@ -121,3 +121,26 @@ test('existing direct routes are adopted as they are (no delete, no re-add); a d
   const gone = computeDesired('self', [self, b], routing('auto'));
   assert.deepEqual(planChanges(gone, d).phases.map((ph) => `${ph.op}:${ph.entries.map((e) => e.key).join(',')}`), ['delete:10.244.0.0/26']);
 });
+
+test('IPv6 blocks: through VXLAN over the IPv4 underlay (one FDB entry per node), even for a node routed directly; refused in direct mode', () => {
+  const dual = { ...a, blockCidrs: ['192.0.2.0/26', 'fd00:10:244:0000::40/122', 'FD00:10:244::/122'] };
+  const vx = computeDesired('self', [self, dual], routing('vxlan'));
+  assert.deepEqual([...vx.routes.keys()].sort(), ['192.0.2.0/26', 'fd00:10:244::/122', 'fd00:10:244::40/122'], 'CIDRs in the form the kernel read-back prints');
+  assert.deepEqual(vx.routes.get('fd00:10:244::40/122'), { kind: 'route', key: 'fd00:10:244::40/122', cidr: 'fd00:10:244::40/122', gateway: 'fd00:10:244::40', mode: 'vxlan' });
+  assert.deepEqual(vx.neighbours.get('fd00:10:244::40'), { kind: 'neighbour', key: 'fd00:10:244::40', ip: 'fd00:10:244::40', mac: a.vtepMac.toLowerCase() });
+  assert.equal(vx.fdb.size, 1);
+  assert.equal(vx.peers[0]!.ipv6, 'vxlan');
+
+  const auto = computeDesired('self', [self, dual], routing('auto'));
+  assert.equal(auto.peers[0]!.mode, 'direct', 'a is on this node\'s subnet');
+  assert.equal(auto.routes.get('192.0.2.0/26')!.mode, 'direct');
+  assert.equal(auto.routes.get('fd00:10:244::/122')!.mode, 'vxlan', 'its IPv6 blocks through VXLAN');
+  assert.equal(auto.fdb.size, 1, 'with its FDB entry');
+  assert.equal(auto.neighbours.size, 2, 'and one neighbour per IPv6 block, none for the direct IPv4 block');
+
+  const direct = computeDesired('self', [self, dual], routing('direct'));
+  assert.deepEqual([...direct.routes.keys()], ['192.0.2.0/26']);
+  assert.equal(direct.fdb.size, 0);
+  assert.equal(direct.peers[0]!.ipv6, 'refused');
+  assert.match(direct.peers[0]!.reason!, /IPv6 blocks \(fd00:10:244::40\/122, fd00:10:244::\/122\) need VXLAN/);
+});

@@ -1,4 +1,4 @@
-import { formatIPv4, networkOf, parseCidr4, parseIPv4 } from '../../lib/net/ip.js';
+import { formatAddress, formatCidr, formatIPv4, networkOf, parseCidr, parseIPv4 } from '../../lib/net/ip.js';
 
 /**
  * Pure desired-state computation and planning for the overlay. Keys are stable so that the plan is a minimal
@@ -9,6 +9,11 @@ import { formatIPv4, networkOf, parseCidr4, parseIPv4 } from '../../lib/net/ip.j
  *   onlink route through Weft's VXLAN device;
  * - direct: per block a route via the node's underlay address on the underlay device, and nothing else (the
  *   underlay's own ARP resolves the next hop). Only possible when the node sits on this node's underlay subnet.
+ *
+ * IPv6 blocks travel through VXLAN over the (IPv4) underlay: an IPv6 permanent neighbour entry for the block's first
+ * address and an onlink IPv6 route, sharing the node's FDB entry. A direct route would need an IPv6 underlay address
+ * as its gateway, so a node reached directly still gets its IPv6 blocks through VXLAN in `auto`, and they are refused
+ * in `direct`.
  */
 export interface RemoteNode {
   node: string;
@@ -34,8 +39,13 @@ export const emptyState = (): KernelState => ({ neighbours: new Map(), fdb: new 
 
 /** The next hop of a block's route: the block's first address, resolved by a permanent neighbour entry to the VTEP MAC. */
 export function gatewayOf(blockCidr: string): string {
-  return formatIPv4(parseCidr4(blockCidr).base);
+  const c = parseCidr(blockCidr, 'block');
+  return formatAddress(c.family, c.base);
 }
+
+/** A block's CIDR in the form the kernel's read-back prints it (IPv6 compressed, lower case). */
+export const canonicalCidr = (cidr: string) => formatCidr(parseCidr(cidr, 'block'));
+const isV6 = (cidr: string) => cidr.includes(':');
 
 /**
  * The agent's routing mode (WEFT_ROUTING_MODE): `vxlan` reaches every node through the VXLAN device; `direct` routes
@@ -51,7 +61,14 @@ export interface Underlay { address: string; prefixLength: number }
 export interface Routing { mode: RoutingMode; underlay: Underlay }
 
 /** How the desired state reaches one remote node (refused: `direct` mode, and the node is off this node's subnet). */
-export interface PeerChoice { node: string; underlayAddress: string; mode: RouteMode | 'refused'; reason?: string }
+export interface PeerChoice {
+  node: string;
+  underlayAddress: string;
+  mode: RouteMode | 'refused';
+  reason?: string;
+  /** How the node's IPv6 blocks are reached, when it has any: through VXLAN, or refused (`direct` mode). */
+  ipv6?: 'vxlan' | 'refused';
+}
 
 export interface DesiredState extends KernelState {
   /** One per remote node with blocks, sorted by name. */
@@ -80,16 +97,28 @@ export function computeDesired(self: string, nodes: Iterable<RemoteNode>, routin
   const s: DesiredState = { ...emptyState(), peers: [] };
   for (const n of nodes) {
     if (n.node === self || n.blockCidrs.length === 0) continue;
+    const blocks = n.blockCidrs.map(canonicalCidr);
+    const v4 = blocks.filter((c) => !isV6(c));
+    const v6 = blocks.filter(isV6);
     const choice = choosePeerMode(routing, n);
-    s.peers.push(choice);
-    if (choice.mode === 'refused') continue;
-    if (choice.mode === 'direct') {
-      for (const cidr of n.blockCidrs) s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: n.underlayAddress, mode: 'direct' });
-      continue;
+    if (v6.length > 0) {
+      choice.ipv6 = routing.mode === 'direct' ? 'refused' : 'vxlan';
+      if (choice.ipv6 === 'refused') {
+        choice.reason = [choice.reason, `direct routing mode: ${n.node}'s IPv6 blocks (${v6.join(', ')}) need VXLAN over the IPv4 underlay; set WEFT_ROUTING_MODE=auto`].filter(Boolean).join('; ');
+      }
     }
+    s.peers.push(choice);
+    const vxlan: string[] = [];
+    if (choice.mode === 'direct') {
+      for (const cidr of v4) s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: n.underlayAddress, mode: 'direct' });
+    } else if (choice.mode === 'vxlan') {
+      vxlan.push(...v4);
+    }
+    if (choice.ipv6 === 'vxlan') vxlan.push(...v6);
+    if (vxlan.length === 0) continue;
     const mac = n.vtepMac.toLowerCase();
     s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: n.underlayAddress });
-    for (const cidr of n.blockCidrs) {
+    for (const cidr of vxlan) {
       const gw = gatewayOf(cidr);
       s.neighbours.set(gw, { kind: 'neighbour', key: gw, ip: gw, mac });
       s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: gw, mode: 'vxlan' });

@@ -12,6 +12,8 @@ test('events on Weft\'s VXLAN device concern the overlay: the device, its IPv4 n
   assert.ok(!concernsOverlay({ kind: 'link', ifindex: 3, ifname: 'eth0' }, view));
   assert.ok(!concernsOverlay({ kind: 'neighbour', family: 'inet', ifindex: 3 }, view), 'ARP on the underlay');
   assert.ok(!concernsOverlay({ kind: 'neighbour', family: 'inet', ifindex: 7 }, { ...view, ifindex: null }));
+  assert.ok(concernsOverlay({ kind: 'neighbour', family: 'inet6', ifindex: 7, permanent: true }, view), 'an IPv6 block\'s next hop');
+  assert.ok(!concernsOverlay({ kind: 'neighbour', family: 'inet6', ifindex: 7, permanent: false }, view), 'IPv6 neighbour discovery on the device');
 });
 
 test('routes concern the overlay when Weft wants their destination or they carry its protocol through its device', () => {

@@ -42,10 +42,21 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
   const d = desiredPolicy(rules(), veths);
   assert.deepEqual(d.chains.get('WEFT-FORWARD'), [
     '-A WEFT-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
-    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft x/a egress" -j WEFT-E-weft00000000001',
-    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft x/a ingress" -j WEFT-I-weft00000000001',
-    '-A WEFT-FORWARD -o weft00000000002 -m comment --comment "weft x/b: no policy"',
-  ], 'x/b has no rules (a marker without a target) and 10.244.0.9 is no reported pod: neither gets a chain');
+    '-A WEFT-FORWARD -i weft+ -j WEFT-FROM-POD',
+    '-A WEFT-FORWARD -o weft+ -j WEFT-TO-POD',
+  ]);
+  assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
+    '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
+    '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-E-weft00000000001',
+    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN',
+    '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
+  ], 'x/b has no rules (returns at once); 10.244.0.9 is no reported pod: dropped by the last rule');
+  assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
+    '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
+    '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
+    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN',
+    '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
+  ]);
   assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').rules, [
     `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001N`,
     '-A WEFT-I-weft00000000001 -p udp -m comment --comment "weft AdminNetworkPolicy/t no udp" -j DROP',
@@ -93,39 +104,35 @@ test('consecutive entries with one action, set and protocol become multiport rul
 test('the render cache: an unchanged pod object is not rendered again, and renders the same as without the cache', () => {
   const cache = createRenderCache();
   const r = merging();
-  const first = desiredPolicy(r, veths, cache);
-  const again = desiredPolicy(r, veths, cache);
+  const first = desiredPolicy(r, veths, undefined, cache);
+  const again = desiredPolicy(r, veths, undefined, cache);
   assert.equal(again.chains.get(bodyOf(again, 'WEFT-I-weft00000000001').name), first.chains.get(bodyOf(first, 'WEFT-I-weft00000000001').name), 'the same rendered array, by identity');
   assert.deepEqual(again, desiredPolicy(r, veths));
-  const moved = desiredPolicy(r, new Map([['10.244.0.5', 'weft00000000009']]), cache);
+  const moved = desiredPolicy(r, new Map([['10.244.0.5', 'weft00000000009']]), undefined, cache);
   assert.ok(moved.chains.has('WEFT-I-weft00000000009'), 'another veth renders again');
-  const noSet = desiredPolicy({ ...r, sets: new Map([[SET_OUT, ['192.0.2.0/24']]]) }, veths, cache);
+  const noSet = desiredPolicy({ ...r, sets: new Map([[SET_OUT, ['192.0.2.0/24']]]) }, veths, undefined, cache);
   assert.deepEqual(bodyOf(noSet, 'WEFT-I-weft00000000001').rules, ['-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP'], 'a set that became empty renders again');
 });
 
 test('fail closed: before the first rule set every local pod is dropped both ways', () => {
-  const d = desiredPolicy(null, new Map([['10.244.0.5', 'weft00000000001']]));
-  assert.deepEqual(d.chains.get('WEFT-FORWARD')!.slice(1), [
-    '-A WEFT-FORWARD -i weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
-    '-A WEFT-FORWARD -o weft00000000001 -m comment --comment "weft fail closed: no rules held yet" -j DROP',
-  ]);
+  const d = desiredPolicy(null, new Map([['10.244.0.5', 'weft00000000001']]), 'wx.vxlan');
+  assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
+    '-A WEFT-FROM-POD -i wx.vxlan -j RETURN',
+    '-A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+  ], 'only the VXLAN device passes');
+  assert.deepEqual(d.chains.get('WEFT-TO-POD')!.slice(1), ['-A WEFT-TO-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP']);
+  assert.deepEqual([...d.chains.keys()].sort(), ['WEFT-FORWARD', 'WEFT-FROM-POD', 'WEFT-TO-POD']);
   assert.equal(d.sets.size, 0);
 });
 
-test('a restarted agent without rules yet keeps the rules it finds, and drops only pods that appeared since', () => {
+test('a restarted agent without rules yet keeps the rules it finds; pods that appeared since meet the dispatch drop', () => {
   const d = desiredPolicy(rules(), veths);
   const held: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
-  const known = new Map([...veths].filter(([a]) => a !== '10.244.0.9'));
-  assert.deepEqual(planPolicy(desiredBeforeRules(held, known), held).changed, [], 'nothing rewritten');
   const more = new Map([...veths, ['10.244.0.10', 'weft00000000004']]);
-  // 10.244.0.9 was no reported pod before the restart either: it is dropped until the rules arrive.
-  const p = planPolicy(desiredBeforeRules(held, more), held);
-  assert.deepEqual(p.changed, ['chain WEFT-FORWARD']);
-  for (const v of ['weft00000000003', 'weft00000000004']) for (const d of ['-i', '-o']) {
-    assert.ok(p.filter!.includes(`-A WEFT-FORWARD ${d} ${v} -m comment --comment "weft fail closed: no rules held yet" -j DROP\n`), `${d} ${v} dropped`);
-  }
-  assert.ok(!p.filter!.includes('weft00000000002 -m comment --comment "weft fail closed'), 'x/b, known to have no policy, is not dropped');
+  assert.deepEqual(planPolicy(desiredBeforeRules(held, more), held).changed, [], 'nothing rewritten, a new pod included');
   assert.deepEqual(desiredBeforeRules(empty, veths), desiredPolicy(null, veths), 'a fresh node drops every pod');
+  const foreign: PolicyActual = { chains: new Map([['WEFT-FORWARD', ['-A WEFT-FORWARD -j ACCEPT']]]), jumps: 1, sets: new Map() };
+  assert.deepEqual(desiredBeforeRules(foreign, veths), desiredPolicy(null, veths), 'a layout it does not know is replaced by the fail-closed one');
 });
 
 test('the plan: everything from nothing; nothing when the kernel matches; only what changed; stale chains and sets removed after', () => {
@@ -136,13 +143,13 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   assert.match(first.setsBefore!, new RegExp(`create ${SET_Y} hash:net family inet\nflush ${SET_Y}\nadd ${SET_Y} 10.244.1.7\n`));
   const same: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
   assert.deepEqual(planPolicy(d, same), { setsBefore: null, filter: null, filterAfter: null, setsAfter: null, changed: [] });
-  // x/a loses its egress rules; a set was changed by hand; a leftover set of Weft's and two jumps.
+  // x/a loses its egress rules, x/b is no longer reported; a set was changed by hand; a leftover set of Weft's and two jumps.
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
   const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FORWARD', 'chain WEFT-E-weft00000000001 (deleted)', `chain ${egressBody} (deleted)`, `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `chain ${egressBody} (deleted)`, `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /^\*filter\n:WEFT-FORWARD - \[0:0\]\n(-A WEFT-FORWARD .*\n)+-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first');
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first');
   assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-X WEFT-E-weft00000000001\n-X ${egressBody}\nCOMMIT\n`, 'then the stale chains, flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
@@ -162,26 +169,23 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const d = desiredPolicy(rules(), veths);
     apply(planPolicy(d, read()));
     assert.deepEqual(planPolicy(d, read()).changed, [], 'iptables-save and ipset save print what was rendered');
-    const multi = desiredPolicy(merging(), veths);
-    apply(planPolicy(multi, read()));
-    assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
-    apply(planPolicy(d, read()));
     inNs(['ipset', 'del', SET_Y, '10.244.1.7']);
     assert.deepEqual(planPolicy(d, read()).changed, [`set ${SET_Y}`], 'a member removed by hand is seen');
     apply(planPolicy(d, read()));
+    const multi = desiredPolicy(merging(), veths);
+    apply(planPolicy(multi, read()));
+    assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
     // A long dispatch chain and one pod's change: edited in place (rules deleted and inserted by number).
     const many = (moved: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })) });
     const manyVeths = new Map(Array.from({ length: 40 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     const edited = planPolicy(desiredPolicy(many(17), manyVeths), read());
-    assert.match(edited.filter!, /\n-D WEFT-FORWARD 19\n-I WEFT-FORWARD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no policy"\nCOMMIT\n$/, 'the dispatch chain edited in place');
+    assert.match(edited.filter!, /\n-D WEFT-TO-POD 19\n-I WEFT-TO-POD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no ingress policy" -j RETURN\nCOMMIT\n$/, 'the dispatch chain edited in place');
+    assert.ok(!edited.filter!.includes(':WEFT-TO-POD '), 'not rewritten');
     assert.match(edited.filterAfter!, /-X WEFT-I-weft00000000011\n/);
-    assert.ok(!edited.filter!.includes(':WEFT-FORWARD '), 'not rewritten');
     apply(edited);
     assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the edited chain reads back as rendered');
-    const back = planPolicy(desiredPolicy(many(-1), manyVeths), read());
-    assert.match(back.filter!, /-D WEFT-FORWARD 19\n-I WEFT-FORWARD 19 -o weft00000000011 -m comment --comment "weft x\/p17 ingress" -j WEFT-I-weft00000000011\n/);
-    apply(back);
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
     // A pod's entries change: a new chain, and a rule inserted first in its anchor; the old ones go after.
     const other = (port: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: i === 17 ? port : 80, to: i === 17 ? port : 80 } })], egress: [] })) });
@@ -197,7 +201,7 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const next = desiredPolicy(null, veths);
     apply(planPolicy(next, read()));
     const after = read();
-    assert.deepEqual([...after.chains.keys()], ['WEFT-FORWARD']);
+    assert.deepEqual([...after.chains.keys()].sort(), ['WEFT-FORWARD', 'WEFT-FROM-POD', 'WEFT-TO-POD']);
     assert.equal(after.sets.size, 0);
     assert.deepEqual(planPolicy(next, after).changed, []);
   } finally {

@@ -6,12 +6,18 @@ import { createHash } from 'node:crypto';
  * as `ipset restore` and `iptables-restore --noflush` input. Nothing else's chains or sets are read or written.
  *
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
- *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then per local
- *                   pod veth `-i <veth> -j WEFT-E-<veth>` (its egress) and `-o <veth> -j WEFT-I-<veth>` (its ingress),
- *                   only for directions that have entries (a pod with none: a rule without a target, which only
- *                   records that its rules are held); a pod with no rules held yet: DROP both ways (fail closed).
- *   WEFT-I-<veth>:  the entries in order: allow → RETURN (the packet goes on to the other end's chain), deny → DROP,
- *                   pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier; falling off the end allows.
+ *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
+ *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
+ *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>` (its
+ *                   egress entries) or `-i <veth> -j RETURN` (none); anything else DROP: a pod whose rules are not
+ *                   held (yet) is cut off both ways (fail closed), with no moment between its veth appearing and a
+ *                   rule for it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>.
+ *   WEFT-I-<veth>:  an anchor with one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
+ *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
+ *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
+ *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
+ *                   admin tier; falling off the end allows. Consecutive entries with one action, set and protocol
+ *                   are one multiport rule.
  *
  * Peer address sets are ipsets (`hash:net`, IPv4) named by a hash of their content, so a set's name always means the
  * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
@@ -19,8 +25,12 @@ import { createHash } from 'node:crypto';
  * `swap`, so that rules never see it half-filled.
  */
 export const POLICY_CHAIN = 'WEFT-FORWARD';
+const FROM_POD = 'WEFT-FROM-POD';
+const TO_POD = 'WEFT-TO-POD';
+/** Host ends of pod veths (`weft` + 11 hex digits) all match it; so does the VXLAN device, which returns first. */
+const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
-const OWNED_CHAIN = /^WEFT-(FORWARD$|[IE]-)/;
+const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IE]-)/;
 const OWNED_SET = /^weft-/;
 
 export interface PolicyEntry {
@@ -116,7 +126,7 @@ export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 
 
 /** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
 export interface RenderCache {
-  pods: WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string | null; ingress: string | null }; sets: string[] }>;
+  pods: WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
   /** A set's CIDRs (the array held) → its IPv4 members as `ipset save` prints them. */
   sets: WeakMap<readonly string[], string[]>;
 }
@@ -125,12 +135,10 @@ export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
  * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
- * policy service) has no policy of its own, as `weft policy explain` treats an address no pod owns. `cache`: a pod
- * whose rules are the same object as at an earlier call, on the same veth and with the same sets non-empty, is not
- * rendered again.
+ * policy service yet) is dropped both ways too, by the dispatch chains' last rule. `cache`: a pod whose rules are the
+ * same object as at an earlier call, on the same veth and with the same sets non-empty, is not rendered again.
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, cache?: RenderCache): PolicyDesired {
-  const forward = [`-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`];
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan', cache?: RenderCache): PolicyDesired {
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
   const v4Sets = new Map<string, string[]>();
@@ -142,28 +150,25 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     }
     if (v4.length > 0) v4Sets.set(name, v4);
   }
-  const podOf = new Map<string, PodRules>();
-  for (const p of rules?.pods ?? []) for (const a of p.addresses) if (!podOf.has(a)) podOf.set(a, p);
-  const byVeth = [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
-  const egress: string[] = [];
-  const ingress: string[] = [];
-  for (const [address, veth] of byVeth) {
-    if (!rules) {
-      egress.push(`-A ${POLICY_CHAIN} -i ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
-      ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment('fail closed: no rules held yet')} -j DROP`);
-      continue;
-    }
-    const pod = podOf.get(address);
+  const byAddress = new Map<string, PodRules>();
+  for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
+  const dispatch = { egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`], ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`] };
+  for (const [address, veth] of [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0))) {
+    const pod = byAddress.get(address);
     if (!pod) continue;
     const usedSets = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((s): s is string => s !== null))];
     const key = `${veth} ${usedSets.map((s) => (v4Sets.has(s) ? s : `-${s}`)).join(' ')}`;
     let r = cache?.pods.get(pod);
     if (!r || r.key !== key) {
-      r = { key, chains: [], dispatch: { egress: null, ingress: null }, sets: [] };
+      r = { key, chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
       for (const dir of ['egress', 'ingress'] as const) {
+        const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no IPv4 member can match no IPv4 packet.
         const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
-        if (entries.length === 0) continue;
+        if (entries.length === 0) {
+          r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`;
+          continue;
+        }
         const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
         // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
         // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
@@ -172,7 +177,7 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
         const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
         const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
-        r.dispatch[dir] = `-A ${POLICY_CHAIN} ${dir === 'ingress' ? '-o' : '-i'} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -j ${anchor}`;
+        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
         r.chains.push([chain, named(body)]);
         if (tail) r.chains.push([`${chain}N`, named(tail)]);
@@ -182,31 +187,30 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     }
     for (const [chain, lines] of r.chains) chains.set(chain, lines);
     for (const s of r.sets) sets.set(s, v4Sets.get(s)!);
-    if (r.dispatch.egress) egress.push(r.dispatch.egress);
-    if (r.dispatch.ingress) ingress.push(r.dispatch.ingress);
-    // A rule without a target changes nothing; it records that the pod's rules are held (none), so that a
-    // restarted agent tells it apart from a pod that appeared since (desiredBeforeRules).
-    if (!r.dispatch.egress && !r.dispatch.ingress) ingress.push(`-A ${POLICY_CHAIN} -o ${veth} ${comment(`${pod.namespace}/${pod.name}: no policy`)}`);
+    dispatch.egress.push(r.dispatch.egress);
+    dispatch.ingress.push(r.dispatch.ingress);
   }
-  chains.set(POLICY_CHAIN, [...forward, ...egress, ...ingress]);
+  const failClosed = comment(rules ? 'fail closed: pod not known to policy yet' : 'fail closed: no rules held yet');
+  chains.set(FROM_POD, [...dispatch.egress, `-A ${FROM_POD} ${failClosed} -j DROP`]);
+  chains.set(TO_POD, [...dispatch.ingress, `-A ${TO_POD} ${failClosed} -j DROP`]);
+  chains.set(POLICY_CHAIN, [
+    `-A ${POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
+    `-A ${POLICY_CHAIN} -i ${POD_VETHS} -j ${FROM_POD}`,
+    `-A ${POLICY_CHAIN} -o ${POD_VETHS} -j ${TO_POD}`,
+  ]);
   return { chains, sets };
 }
 
 /**
- * What to want while no rule set is held yet, given what the kernel holds. A fresh node (no WEFT-FORWARD): every
- * local pod dropped both ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them,
- * exactly, in force (so nothing is rewritten and no connection is cut), and only drops the pods that appeared since
- * and have no dispatch rule.
+ * What to want while no rule set is held yet, given what the kernel holds. A fresh node: every local pod dropped both
+ * ways (`desiredPolicy(null, …)`). A restarted agent finds its previous rules: it keeps them, exactly, in force (so
+ * nothing is rewritten and no connection is cut); a pod that appeared since has no dispatch rule, so the dispatch
+ * chains' last rule drops it.
  */
-export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>): PolicyDesired {
-  const forward = actual.chains.get(POLICY_CHAIN);
-  if (!forward) return desiredPolicy(null, veths);
-  const chains = new Map(actual.chains);
-  const mentioned = (veth: string) => forward.some((l) => l.includes(` -i ${veth} `) || l.includes(` -o ${veth} `));
-  const fresh = [...veths.values()].filter((v) => !mentioned(v)).sort();
-  const drops = desiredPolicy(null, new Map(fresh.map((v) => [v, v]))).chains.get(POLICY_CHAIN)!.slice(1);
-  chains.set(POLICY_CHAIN, [...forward, ...drops]);
-  return { chains, sets: new Map(actual.sets) };
+export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan'): PolicyDesired {
+  const layout = desiredPolicy(null, veths, vxlanDevice);
+  const held = [POLICY_CHAIN, FROM_POD, TO_POD].every((c) => actual.chains.has(c)) && sameList(actual.chains.get(POLICY_CHAIN), layout.chains.get(POLICY_CHAIN)!);
+  return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
 /** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */

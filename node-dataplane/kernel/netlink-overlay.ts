@@ -1,6 +1,6 @@
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
-import { formatIPv4, parseIPv4 } from '../../lib/net/ip.js';
+import { formatAddress, parseAddress } from '../../lib/net/ip.js';
 import type { Logger } from '../../lib/logger.js';
 import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
 
@@ -12,17 +12,28 @@ const { createRtNetlink, rt } = netlinkPkg;
  * FDB entries live on the VXLAN device. Nothing else is read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
  */
 const AF_INET = 2;
+const AF_INET6 = 10;
 const AF_BRIDGE = 7;
 const NLM_F_REPLACE = 0x100;
 const NLM_F_CREATE = 0x400;
 const RTNH_F_ONLINK = 4;
 const MAIN_TABLE = 254;
 
-const ipBuf = (ip: string) => {
-  const n = parseIPv4(ip);
-  return Buffer.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+/** An address as the kernel takes it: 4 or 16 bytes, network order. */
+export const ipBuf = (ip: string) => {
+  const { family, value } = parseAddress(ip);
+  const b = Buffer.alloc(family === 4 ? 4 : 16);
+  for (let i = b.length - 1, v = value; i >= 0; i--, v >>= 8n) b[i] = Number(v & 255n);
+  return b;
 };
-const bufIp = (b: Buffer) => formatIPv4(b.readUInt32BE(0));
+/** The kernel's 4- or 16-byte address as text (IPv6 compressed, as formatCidr prints it). */
+export const bufIp = (b: Buffer) => {
+  if (b.length === 4) return formatAddress(4, BigInt(b.readUInt32BE(0)));
+  let v = 0n;
+  for (const x of b) v = (v << 8n) | BigInt(x);
+  return formatAddress(6, v);
+};
+const familyOf = (ip: string) => (ip.includes(':') ? AF_INET6 : AF_INET);
 const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
 const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
@@ -61,10 +72,12 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
   async function readActual(devices: OverlayDevices): Promise<KernelState> {
     const ifindex = devices.vxlan;
     const s = emptyState();
-    for (const n of await nl.getNeighbors({ family: AF_INET })) {
-      if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
-      const ip = bufIp(n.attrs.dst);
-      s.neighbours.set(ip, { kind: 'neighbour', key: ip, ip, mac: bufMac(n.attrs.lladdr) });
+    for (const family of [AF_INET, AF_INET6]) {
+      for (const n of await nl.getNeighbors({ family })) {
+        if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
+        const ip = bufIp(n.attrs.dst);
+        s.neighbours.set(ip, { kind: 'neighbour', key: ip, ip, mac: bufMac(n.attrs.lladdr) });
+      }
     }
     for (const n of await nl.getNeighbors({ family: AF_BRIDGE })) {
       if (n.data.ifindex !== ifindex || !n.attrs.dst || !n.attrs.lladdr || n.attrs.dst.length !== 4) continue;
@@ -72,12 +85,14 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
       if (mac === '00:00:00:00:00:00') continue;
       s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
     }
-    for (const r of await nl.getRoutes({ family: AF_INET })) {
-      if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
-      if (r.attrs.oif !== ifindex && r.attrs.oif !== devices.underlay) continue;
-      if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
-      const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
-      s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === ifindex ? 'vxlan' : 'direct' });
+    for (const family of [AF_INET, AF_INET6]) {
+      for (const r of await nl.getRoutes({ family })) {
+        if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
+        if (r.attrs.oif !== ifindex && r.attrs.oif !== devices.underlay) continue;
+        if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
+        const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
+        s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === ifindex ? 'vxlan' : 'direct' });
+      }
     }
     return s;
   }
@@ -88,7 +103,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
     try {
       switch (e.kind) {
         case 'neighbour': {
-          const data = { family: AF_INET, ifindex, state: { permanent: true as const } };
+          const data = { family: familyOf(e.ip), ifindex, state: { permanent: true as const } };
           const attrs = { dst: ipBuf(e.ip), lladdr: macBuf(e.mac) };
           await (op === 'add' ? nl.newNeighbor(data, attrs, { flags }) : nl.delNeighbor(data, { dst: attrs.dst }));
           break;
@@ -105,10 +120,11 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
           // on the underlay device. Adding replaces a route to the same block in place, whatever its device.
           const [base, len] = e.cidr.split('/');
           const oif = e.mode === 'direct' ? devices.underlay : ifindex;
-          const data = { family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
+          const family = familyOf(base!);
+          const data = { family, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
           await (op === 'add'
             ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags })
-            : nl.delRoute({ family: AF_INET, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
+            : nl.delRoute({ family, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
           break;
         }
       }

@@ -1,5 +1,6 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import { DomainError } from '../../../lib/errors.js';
+import { formatAddress } from '../../../lib/net/ip.js';
 import { PolicyServiceService, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import type { NodePolicy } from '../domain/compile.js';
@@ -35,6 +36,8 @@ function validatePod(p: { namespace: string; name: string; labels: Record<string
     }),
   };
 }
+
+const canonical = (a: { family: 4 | 6; value: bigint }) => formatAddress(a.family, a.value);
 
 /** "ns/name" is a pod (which must exist and have an address); anything else must be an address, a pod's or an outside one. */
 function endpoint(s: Snapshot, text: string, field: string): Endpoint {
@@ -88,6 +91,19 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
     },
     async deletePod(req) {
       return repo.deletePod(resourceName(req.namespace, 'namespace'), resourceName(req.name, 'name'));
+    },
+    async attachPod(req) {
+      const namespace = resourceName(req.namespace, 'namespace');
+      const name = resourceName(req.name, 'name');
+      if (!req.node) throw invalidPolicy('node', 'is required: the node the pod is attached on');
+      if (!req.containerId) throw invalidPolicy('container_id', 'is required: the sandbox the pod is attached in');
+      if (req.addresses.length === 0) throw invalidPolicy('addresses', 'is empty; an attachment reports the addresses the pod got');
+      const addresses = req.addresses.map((a, i) => canonical(parseIp(a, `addresses[${i}]`)));
+      return repo.attachPod(namespace, name, req.node, req.containerId, addresses, req.resync);
+    },
+    async detachPod(req) {
+      if (!req.containerId) throw invalidPolicy('container_id', 'is required: the sandbox the pod was attached in');
+      return repo.detachPod(req.containerId);
     },
     async applyPolicies(req) {
       if (req.objectsJson.length === 0) throw invalidPolicy('objects_json', 'is empty; give at least one policy object');

@@ -67,8 +67,42 @@ export function createPolicyRepository(db: Database) {
           (SELECT coalesce(array_agg(v), '{}'::text[]) FROM jsonb_array_elements_text(${JSON.stringify(p.addresses)}::jsonb) v),
           ${JSON.stringify(p.ports)}::jsonb, ${NEXT})
         ON CONFLICT (namespace, name) DO UPDATE SET labels = excluded.labels, node = excluded.node, addresses = excluded.addresses,
-          ports = excluded.ports, revision = excluded.revision
+          ports = excluded.ports, described = true, revision = excluded.revision
         RETURNING revision`).then(revisionOf));
+    },
+    /** Sets the pod's node, sandbox and addresses, keeping its labels and ports; creates it, undescribed, when unknown. */
+    async attachPod(namespace: string, name: string, node: string, containerId: string, addresses: string[], resync = false): Promise<{ revision: number; known: boolean }> {
+      // A report that changes nothing (an agent re-reporting its pods at start) takes no revision and wakes nobody.
+      const r = await rows(sql`INSERT INTO policy.pods AS p (namespace, name, node, container_id, addresses, described, revision)
+        VALUES (${namespace}, ${name}, ${node}, ${containerId},
+          (SELECT coalesce(array_agg(v), '{}'::text[]) FROM jsonb_array_elements_text(${JSON.stringify(addresses)}::jsonb) v),
+          false, ${NEXT})
+        ON CONFLICT (namespace, name) DO UPDATE SET node = excluded.node, container_id = excluded.container_id,
+          addresses = excluded.addresses, revision = excluded.revision
+          WHERE (p.node, p.container_id, p.addresses) IS DISTINCT FROM (excluded.node, excluded.container_id, excluded.addresses)
+            AND (NOT ${resync} OR p.container_id IN ('', excluded.container_id))
+        RETURNING revision, (xmax <> 0) AS known`);
+      if (r.length === 0) {
+        const held = await rows(sql`SELECT revision FROM policy.pods WHERE namespace = ${namespace} AND name = ${name}`);
+        return { revision: Number(held[0]?.revision ?? 0), known: true };
+      }
+      await db.execute(NOTIFY);
+      return { revision: Number(r[0]!.revision), known: Boolean(r[0]!.known) };
+    },
+    /**
+     * The pod attached under the sandbox loses its addresses and sandbox; one that only attachments made known is
+     * deleted. Nothing changes (and no revision is taken) when no pod is attached under it any more.
+     */
+    async detachPod(containerId: string): Promise<{ namespace: string; name: string; deleted: boolean; revision: number }> {
+      const r = await rows(sql`WITH p AS (SELECT namespace, name, described FROM policy.pods WHERE container_id = ${containerId} FOR UPDATE),
+          d AS (DELETE FROM policy.pods x USING p WHERE x.namespace = p.namespace AND x.name = p.name AND NOT p.described RETURNING x.namespace),
+          u AS (UPDATE policy.pods x SET addresses = '{}', container_id = '', revision = ${NEXT}
+            FROM p WHERE x.namespace = p.namespace AND x.name = p.name AND p.described RETURNING x.revision)
+        SELECT p.namespace, p.name, NOT p.described AS deleted,
+          coalesce((SELECT revision FROM u), CASE WHEN EXISTS (SELECT 1 FROM d) THEN ${NEXT} END) AS revision FROM p`);
+      if (r.length === 0) return { namespace: '', name: '', deleted: false, revision: 0 };
+      await db.execute(NOTIFY);
+      return { namespace: String(r[0]!.namespace), name: String(r[0]!.name), deleted: Boolean(r[0]!.deleted), revision: Number(r[0]!.revision ?? 0) };
     },
     async deletePod(namespace: string, name: string): Promise<{ deleted: boolean; revision: number }> {
       const r = await notifying(rows(sql`WITH d AS (DELETE FROM policy.pods WHERE namespace = ${namespace} AND name = ${name} RETURNING 1)

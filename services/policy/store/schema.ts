@@ -1,5 +1,5 @@
 import { sql } from 'drizzle-orm';
-import { bigint, index, jsonb, pgSchema, primaryKey, text, timestamp } from 'drizzle-orm/pg-core';
+import { bigint, boolean, index, jsonb, pgSchema, primaryKey, text, timestamp } from 'drizzle-orm/pg-core';
 
 /**
  * The policy service's own schema: what policies select (namespaces and pods with their labels, addresses and named
@@ -23,9 +23,13 @@ export const pods = policy.table(
     node: text('node').notNull().default(''),
     addresses: text('addresses').array().notNull().default(sql`'{}'::text[]`),
     ports: jsonb('ports').$type<{ name: string; port: number; protocol: string }[]>().notNull().default(sql`'[]'::jsonb`),
+    /** True once UpsertPod (a controller) described the pod; false while only agents' attachments made it known. */
+    described: boolean('described').notNull().default(true),
+    /** The sandbox (CNI container id) of the pod's current attachment, as its agent reported it; '' when none. */
+    containerId: text('container_id').notNull().default(''),
     revision: bigint('revision', { mode: 'number' }).notNull(),
   },
-  (t) => [primaryKey({ columns: [t.namespace, t.name] }), index('pods_node_idx').on(t.node)],
+  (t) => [primaryKey({ columns: [t.namespace, t.name] }), index('pods_node_idx').on(t.node), index('pods_container_idx').on(t.containerId)],
 );
 
 export const policies = policy.table(
