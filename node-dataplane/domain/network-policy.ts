@@ -126,11 +126,13 @@ export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 
 
 /** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
 export interface RenderCache {
-  pods: WeakMap<PodRules, { key: string; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
+  pods: WeakMap<PodRules, { veth: string; used: string[]; present: boolean[]; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
+  /** The veths map (as the agent last read it) → its entries by veth name. */
+  veths: WeakMap<ReadonlyMap<string, string>, [string, string][]>;
   /** A set's CIDRs (the array held) → its IPv4 members as `ipset save` prints them. */
   sets: WeakMap<readonly string[], string[]>;
 }
-export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap() });
+export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap(), veths: new WeakMap() });
 
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
@@ -153,14 +155,20 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
   const byAddress = new Map<string, PodRules>();
   for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
   const dispatch = { egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`], ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`] };
-  for (const [address, veth] of [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0))) {
+  let sorted = cache?.veths.get(veths);
+  if (!sorted) {
+    sorted = [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+    cache?.veths.set(veths, sorted);
+  }
+  for (const [address, veth] of sorted) {
     const pod = byAddress.get(address);
     if (!pod) continue;
-    const usedSets = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((s): s is string => s !== null))];
-    const key = `${veth} ${usedSets.map((s) => (v4Sets.has(s) ? s : `-${s}`)).join(' ')}`;
     let r = cache?.pods.get(pod);
-    if (!r || r.key !== key) {
-      r = { key, chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
+    // Rendered again on another veth, or when one of its sets became empty or non-empty.
+    if (r && (r.veth !== veth || !r.used.every((name, i) => v4Sets.has(name) === r!.present[i]))) r = undefined;
+    if (!r) {
+      const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      r = { veth, used, present: used.map((n) => v4Sets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
       for (const dir of ['egress', 'ingress'] as const) {
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no IPv4 member can match no IPv4 packet.
