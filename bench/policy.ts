@@ -1,30 +1,55 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { run as runHere } from '../lib/exec.js';
 import { parseIp, parsePolicyObject, type NetworkPolicy, type Protocol } from '../services/policy/domain/model.js';
-import { compileNodePolicy, type NodePolicy, type PlacedPod } from '../services/policy/domain/compile.js';
+import { compileNodePolicy, createCompileCache, diffNodePolicy, type CompileCache, type NodePolicy, type PlacedPod } from '../services/policy/domain/compile.js';
 import type { World } from '../services/policy/domain/evaluate.js';
-import { desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual } from '../node-dataplane/domain/network-policy.js';
+import { toPbWatchResponse } from '../services/policy/rpc/policy.rpc.js';
+import { WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
+import type { NodeRules, PolicyPlan } from '../node-dataplane/domain/network-policy.js';
+import { createPolicyDriver, type PolicyDriver } from '../node-dataplane/kernel/iptables-policy.js';
+import { createPolicyProgrammer, type PolicyProgrammer } from '../node-dataplane/policy-programmer.js';
+import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
 import { median, ms, printTable, type Row } from './support.js';
 
 /**
- * bench/policy: what a node's agent does to program network policy, in a network namespace of its own, beside the
- * floor from ../shared/baselines/iptables-floor.sh in the same run:
- *  - 1,000 local pods × 10 rules from scratch: compile (policy service) + render and plan (agent) + `ipset restore`
- *    and `iptables-restore --noflush` (kernel), beside iptables-restore of 10,000 rules laid out per endpoint;
- *  - one pod's label change: compile, read the kernel back, plan, apply, beside an incremental restore of 10 rules.
- * Medians of WEFT_BENCH_RUNS (3). Not measured here yet: pod-to-pod throughput with 10,000 entries (needs pods and
- * iperf3 through the chains), and the stream from commit to agent (measured in test/policy.e2e.test.ts: 8 ms).
+ * bench/policy: network policy from the policy service's compile input to the node's kernel, in network namespaces of
+ * its own, beside the floor from ../shared/baselines/iptables-floor.sh in the same run. Each path is the code the
+ * service and the agent run: compile (with the stream's compile cache), the stream message (complete or delta)
+ * encoded and decoded as protobuf, the agent applying it to the rules held, then the agent's policy step (render,
+ * plan, `ipset restore`, `iptables-restore --noflush`). Not included: the service's snapshot read from PostgreSQL
+ * and the network hop (test/policy.rpc.test.ts measures ApplyPolicies to a watching node at the local scale).
+ *  - 1,000 local pods × 10 rules from scratch (the agent's first pass: it reads the empty kernel back), beside
+ *    iptables-restore of 10,000 rules laid out per endpoint;
+ *  - one pod's label change, beside an incremental restore of 10 rules: to another policy of its namespace and back
+ *    (its entries change), and out of every policy and back (its dispatch rule goes and comes back); timed to the
+ *    moment the new rules are in force, and to the end of the pass (old rule and chain removed);
+ *  - pod-to-pod TCP throughput (iperf3, two pods on veths through the node's forward path) with the 1,000 pods'
+ *    10,000 entries installed and the traffic's destination among them (its ingress chain matches a set of 500
+ *    addresses; the connection's first packet walks the dispatch chain of 1,000 pods), beside the same path with the
+ *    agent's rules but no policy entry, and beside bare forwarding with no Weft rule at all; interleaved, same run.
+ * Medians of WEFT_BENCH_RUNS (3) runs, each with WEFT_BENCH_POLICY_CHANGES (5) changes and one throughput pair.
  */
-const run = promisify(execFile);
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const PODS = Number(process.env.WEFT_BENCH_POLICY_PODS ?? 1000);
+const CHANGES = Number(process.env.WEFT_BENCH_POLICY_CHANGES ?? 5);
+const IPERF_SECONDS = Number(process.env.WEFT_BENCH_IPERF_SECONDS ?? 3);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const FLOOR = path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
+/** iperf3's port: inside the 10 ports every pod's policy allows. */
+const PORT = 1005;
 
-function world(objects: unknown[]): World {
+const addressOf = (i: number) => `10.100.${(i + 1) >> 8}.${(i + 1) & 255}`;
+const vethOf = (i: number, tag: string) => `weft${tag}${i.toString(16).padStart(7, '0')}`;
+
+/** The service's compile input: 10 namespaces; policy i selects pod i, with one rule of 10 ports from the namespaces of the other parity. */
+function worldOf(): World {
+  const objects = Array.from({ length: PODS }, (_, i) => ({
+    kind: 'NetworkPolicy', metadata: { namespace: `ns${i % 10}`, name: `np${i}` },
+    spec: { podSelector: { matchLabels: { app: `p${i}` } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: i % 2 ? 'even' : 'odd' } } }], ports: Array.from({ length: 10 }, (_, j) => ({ port: 1000 + j })) }] },
+  }));
   return {
     namespaces: new Map(Array.from({ length: 10 }, (_, i) => [`ns${i}`, { team: i % 2 ? 'odd' : 'even' }])),
     networkPolicies: objects.map((o) => parsePolicyObject(o) as NetworkPolicy),
@@ -32,79 +57,214 @@ function world(objects: unknown[]): World {
     baseline: null,
   };
 }
+const podOf = (i: number, app = `p${i}`): PlacedPod => ({
+  namespace: `ns${i % 10}`, name: `p${i}`, node: 'n1', labels: { app },
+  addresses: [parseIp(addressOf(i), 'ip')], ports: [{ name: 'http', port: 8080, protocol: 'TCP' as Protocol }],
+});
 
-/** PODS pods on one node, in 10 namespaces; each selected by its own policy with one rule of 10 ports from a namespace. */
-function cluster(labelOf: (i: number) => string) {
-  const pods: PlacedPod[] = Array.from({ length: PODS }, (_, i) => ({
-    namespace: `ns${i % 10}`, name: `p${i}`, node: 'n1', labels: { app: labelOf(i) },
-    addresses: [parseIp(`10.${100 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${i % 256}`, 'ip')],
-    ports: [{ name: 'http', port: 8080, protocol: 'TCP' as Protocol }],
-  }));
-  const objects = pods.map((p, i) => ({
-    kind: 'NetworkPolicy', metadata: { namespace: p.namespace, name: `np${i}` },
-    spec: { podSelector: { matchLabels: { app: `p${i}` } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: i % 2 ? 'even' : 'odd' } } }], ports: Array.from({ length: 10 }, (_, j) => ({ port: 1000 + j })) }] },
-  }));
-  return { pods, objects };
+/** Runs commands inside a namespace, as the agent runs them inside its node's. */
+const inNs = (ns: string): typeof runHere => (file, args, opts) => runHere('ip', ['netns', 'exec', ns, file, ...args], { ...opts, timeoutMs: 120_000 });
+
+/** The policy service's side of one stream and the agent's, joined by the encoded message. */
+function pipeline(world: World, driver: PolicyDriver) {
+  const cache: CompileCache = createCompileCache();
+  const programmer: PolicyProgrammer = createPolicyProgrammer(driver);
+  let sent: NodePolicy | null = null;
+  let held: NodeRules | null = null;
+  let revision = 0;
+  return {
+    programmer,
+    held: () => held,
+    /** From the compile input to the kernel; returns the plan and where the time went (in force: the new rules applied, before the old ones are removed). */
+    async push(pods: PlacedPod[], readBack: boolean) {
+      const t0 = performance.now();
+      const policy = compileNodePolicy(world, pods, 'n1', cache);
+      const delta = sent ? diffNodePolicy(sent, policy) : null;
+      const message = toPbWatchResponse(sent ? { revision: ++revision, bookmark: false, policy: null, delta } : { revision: ++revision, bookmark: false, policy, delta: null });
+      sent = policy;
+      const bytes = WatchNodePolicyResponse.encode(message).finish();
+      const t1 = performance.now();
+      held = applyPolicyMessage(held, WatchNodePolicyResponse.decode(bytes));
+      let inForce = NaN;
+      const r = await programmer.program(held, { readBack, inForce: () => (inForce = performance.now()) });
+      const t2 = performance.now();
+      return { plan: r.plan, service: t1 - t0, inForce: inForce - t0, total: t2 - t0, bytes: bytes.length };
+    },
+  };
 }
 
-const rulesOf = (c: NodePolicy, revision: number): NodeRules => ({ revision, pods: c.pods, sets: c.sets });
-const vethsOf = (pods: PlacedPod[]) => new Map(pods.map((p, i) => [`10.${100 + Math.floor(i / 65536)}.${Math.floor(i / 256) % 256}.${i % 256}`, `weft${i.toString(16).padStart(11, '0')}`]));
+/** A driver in `ns` whose veths are the real ones (host routes) plus made-up names for the pods that have none. */
+function benchDriver(ns: string, tag: string, fake: boolean, kernel: number[]): PolicyDriver {
+  const real = createPolicyDriver({ routeProtocol: 87, run: inNs(ns) });
+  return {
+    read: real.read,
+    podVeths: async () => {
+      const veths = await real.podVeths();
+      if (fake) for (let i = 0; i < PODS; i++) if (!veths.has(addressOf(i))) veths.set(addressOf(i), vethOf(i, tag));
+      return veths;
+    },
+    apply: async (plan: PolicyPlan, opts) => {
+      const t = performance.now();
+      await real.apply(plan, { inForce: () => {
+        kernel.push(performance.now() - t);
+        opts?.inForce?.();
+      } });
+    },
+  };
+}
 
-async function inNs(ns: string, file: string, args: string[], input?: string): Promise<string> {
-  const p = run('ip', ['netns', 'exec', ns, file, ...args], { maxBuffer: 256 * 1024 * 1024 });
-  if (input !== undefined) p.child.stdin!.end(input);
-  return (await p).stdout;
+const countRules = (plan: PolicyPlan) => (plan.filter ?? '').split('\n').filter((l) => l.startsWith('-A ')).length;
+
+type Figures = { full: number[]; fullKernel: number[]; rules: number[]; moved: Change; dropped: Change };
+type Change = { inForce: number[]; service: number[]; agent: number[]; kernel: number[]; total: number[]; bytes: number[] };
+const change = (): Change => ({ inForce: [], service: [], agent: [], kernel: [], total: [], bytes: [] });
+
+async function programming(f: Figures) {
+  const tag = randomBytes(2).toString('hex');
+  const ns = `wbp${tag}`;
+  await runHere('ip', ['netns', 'add', ns]);
+  try {
+    const kernel: number[] = [];
+    const world = worldOf();
+    const p = pipeline(world, benchDriver(ns, tag, true, kernel));
+    let pods = Array.from({ length: PODS }, (_, i) => podOf(i));
+    const first = await p.push(pods, true);
+    f.full.push(first.inForce);
+    f.fullKernel.push(kernel.at(-1)!);
+    f.rules.push(countRules(first.plan));
+    const relabel = async (i: number, app: string, into: Change) => {
+      pods = pods.map((q, j) => (j === i ? podOf(i, app) : q));
+      kernel.length = 0;
+      const r = await p.push(pods, false);
+      if (r.plan.changed.length === 0 || r.plan.changed.length > 6) throw new Error(`one pod's change should rewrite a few chains, not ${r.plan.changed.length}: ${r.plan.changed.slice(0, 5).join(', ')}`);
+      into.inForce.push(r.inForce);
+      into.service.push(r.service);
+      into.kernel.push(kernel[0] ?? 0);
+      into.agent.push(r.inForce - r.service - (kernel[0] ?? 0));
+      into.total.push(r.total);
+      into.bytes.push(r.bytes);
+    };
+    for (let k = 0; k < CHANGES; k++) {
+      const i = 7 + 10 * k;
+      // Its label moves it to another policy of its namespace (policy i+10 selects it; same rule, other source)...
+      await relabel(i, `p${i + 10}`, f.moved);
+      await relabel(i, `p${i}`, f.moved);
+      // ...or out of every policy (its ingress dispatch rule goes, and comes back).
+      await relabel(i, 'moved', f.dropped);
+      await relabel(i, `p${i}`, f.dropped);
+    }
+    // The agent's record matches the kernel: a read-back pass finds nothing to do.
+    const check = await p.programmer.program(p.held(), { readBack: true });
+    if (check.plan.changed.length > 0) throw new Error(`the kernel differs from what the agent recorded: ${check.plan.changed.slice(0, 5).join(', ')}`);
+  } finally {
+    await runHere('ip', ['netns', 'del', ns]).catch(() => {});
+  }
+}
+
+/** Two pods (veths into namespaces, as the CNI plugin makes them) on one node; iperf3 from a to b. */
+async function throughput(pairs: { bare: number[]; none: number[]; with: number[]; entries: number[] }) {
+  const tag = randomBytes(2).toString('hex');
+  const [node, a, b] = [`wbt${tag}n`, `wbt${tag}a`, `wbt${tag}b`];
+  const A = 1, B = 2; // pod 1 (ns1, team odd) may reach pod 2 (its policy admits team odd) on ports 1000-1009
+  const made: string[] = [];
+  const ipn = (ns: string, args: string[]) => runHere('ip', ['-n', ns, ...args]);
+  try {
+    for (const ns of [node, a, b]) {
+      await runHere('ip', ['netns', 'add', ns]);
+      made.push(ns);
+      await ipn(ns, ['link', 'set', 'lo', 'up']);
+    }
+    await inNs(node)('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    // Proxy ARP answers for the pods' gateway only if the node has a route to it: a default route on an underlay
+    // stand-in (a veth pair inside the node, leading nowhere).
+    await ipn(node, ['link', 'add', 'wbu0', 'type', 'veth', 'peer', 'name', 'wbu1']);
+    await ipn(node, ['addr', 'add', '192.0.2.1/24', 'dev', 'wbu0']);
+    await ipn(node, ['link', 'set', 'wbu0', 'up']);
+    await ipn(node, ['link', 'set', 'wbu1', 'up']);
+    await ipn(node, ['route', 'add', 'default', 'via', '192.0.2.254']);
+    for (const [i, ns] of [[A, a], [B, b]] as const) {
+      const veth = vethOf(i, tag);
+      await ipn(node, ['link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+      await ipn(ns, ['addr', 'add', `${addressOf(i)}/32`, 'dev', 'eth0']);
+      await ipn(ns, ['link', 'set', 'eth0', 'up']);
+      await ipn(ns, ['route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link']);
+      await ipn(ns, ['route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0']);
+      await ipn(node, ['link', 'set', veth, 'up']);
+      await inNs(node)('sysctl', ['-qw', `net.ipv4.conf.${veth}.proxy_arp=1`, `net.ipv4.neigh.${veth}.proxy_delay=0`]);
+      await ipn(node, ['route', 'add', `${addressOf(i)}/32`, 'dev', veth, 'scope', 'link', 'proto', '87']);
+    }
+    const iperf = async (port: number): Promise<{ bps: number | null; error: string | null }> => {
+      const server = spawn('ip', ['netns', 'exec', b, 'iperf3', '-s', '-1', '-p', String(PORT)], { stdio: 'ignore' });
+      try {
+        await new Promise((r) => setTimeout(r, 300));
+        // iperf3 -J reports its errors on stdout too, with a non-zero exit.
+        const out = await new Promise<string>((resolve) => execFile('ip', ['netns', 'exec', a, 'iperf3', '-c', addressOf(B), '-p', String(port), '-t', String(IPERF_SECONDS), '-J', '--connect-timeout', '1000'], { timeout: (IPERF_SECONDS + 30) * 1000 }, (err, stdout) => resolve(stdout || JSON.stringify({ error: err?.message ?? 'no output' }))));
+        const j = JSON.parse(out.slice(out.indexOf('{'))) as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+        return { bps: j.end?.sum_received?.bits_per_second ?? null, error: j.error ?? null };
+      } finally {
+        server.kill();
+      }
+    };
+    const pods = Array.from({ length: PODS }, (_, i) => podOf(i));
+    const bps = (r: { bps: number | null; error: string | null }, what: string) => {
+      if (r.bps === null) throw new Error(`iperf3 ${what} failed: ${r.error}`);
+      return r.bps;
+    };
+    for (let r = 0; r < RUNS; r++) {
+      // Bare: no Weft rule or set at all in the node (and so no connection tracking).
+      await inNs(node)('iptables', ['-F']);
+      await inNs(node)('iptables', ['-X']);
+      await inNs(node)('ipset', ['destroy']);
+      pairs.bare.push(bps(await iperf(PORT), 'without rules'));
+      // None: the agent's rules with no policy entry (every pod known, no policy selects any): the dispatch chain
+      // and its first rule, replies of tracked connections accepted.
+      await pipeline({ ...worldOf(), networkPolicies: [] }, benchDriver(node, tag, true, [])).push(pods, true);
+      pairs.none.push(bps(await iperf(PORT), 'with no policy entries'));
+      const full = await pipeline(worldOf(), benchDriver(node, tag, true, [])).push(pods, true);
+      pairs.entries.push(PODS * 10);
+      if (r === 0) {
+        // The policy is in force: a port the rule does not admit is dropped (no answer), not refused.
+        const blocked = await iperf(2000);
+        if (blocked.bps !== null || !/timed out|timeout/i.test(blocked.error ?? '')) throw new Error(`port 2000 should be dropped by b's policy, got ${blocked.bps ?? blocked.error}`);
+        if (!full.plan.changed.includes(`chain WEFT-I-${vethOf(B, tag)}`)) throw new Error(`b's ingress chain was not installed: ${full.plan.changed.slice(0, 5).join(', ')}`);
+      }
+      pairs.with.push(bps(await iperf(PORT), 'through the policy'));
+    }
+  } finally {
+    for (const ns of made.reverse()) await runHere('ip', ['netns', 'del', ns]).catch(() => {});
+  }
 }
 
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('bench/policy needs root (network namespaces)');
-  const ns = `wbp${randomBytes(3).toString('hex')}`;
-  const rows: Row[] = [];
-  const full: number[] = [], fullKernel: number[] = [], change: number[] = [], floorFull: number[] = [], floorInc: number[] = [];
-  let entries = 0;
-  try {
-    for (let r = 0; r < RUNS; r++) {
-      await run('ip', ['netns', 'add', ns]);
-      try {
-        const base = cluster((i) => `p${i}`);
-        const veths = vethsOf(base.pods);
-        const empty: PolicyActual = { chains: new Map(), jumps: 0, sets: new Map() };
-        const t0 = performance.now();
-        const compiled = compileNodePolicy(world(base.objects), base.pods, 'n1');
-        const plan = planPolicy(desiredPolicy(rulesOf(compiled, 1), veths), empty);
-        const t1 = performance.now();
-        if (plan.setsBefore) await inNs(ns, 'ipset', ['restore', '-exist'], plan.setsBefore);
-        if (plan.filter) await inNs(ns, 'iptables-restore', ['--noflush'], plan.filter);
-        const t2 = performance.now();
-        full.push(t2 - t0);
-        fullKernel.push(t2 - t1);
-        entries = (plan.filter ?? '').split('\n').filter((l) => l.startsWith('-A ')).length;
-        // One pod's label changes: its policy no longer selects it.
-        const moved = cluster((i) => (i === 7 ? 'moved' : `p${i}`));
-        const s0 = performance.now();
-        const again = compileNodePolicy(world(moved.objects), moved.pods, 'n1');
-        const [filterSave, ipsetSave] = await Promise.all([inNs(ns, 'iptables-save', ['-t', 'filter']), inNs(ns, 'ipset', ['save'])]);
-        const p2 = planPolicy(desiredPolicy(rulesOf(again, 2), veths), readPolicyActual(filterSave, ipsetSave));
-        if (p2.setsBefore) await inNs(ns, 'ipset', ['restore', '-exist'], p2.setsBefore);
-        if (p2.filter) await inNs(ns, 'iptables-restore', ['--noflush'], p2.filter);
-        if (p2.setsAfter) await inNs(ns, 'ipset', ['restore', '-exist'], p2.setsAfter);
-        change.push(performance.now() - s0);
-        if (!p2.filter || p2.changed.length > 4) throw new Error(`one pod's change should rewrite a few chains, not ${p2.changed.length}: ${p2.changed.slice(0, 5).join(', ')}`);
-      } finally {
-        await run('ip', ['netns', 'del', ns]).catch(() => {});
-      }
-      const { stdout } = await run('bash', [FLOOR, String(PODS * 10)]);
-      const f = JSON.parse(stdout.trim().split('\n').at(-1)!) as { full_s: number; incremental10_s: number };
-      floorFull.push(f.full_s * 1000);
-      floorInc.push(f.incremental10_s * 1000);
-    }
-    rows.push({ figure: `${PODS} pods × 10 rules from scratch (${entries} iptables rules): compile + render + apply`, value: ms(median(full)), baseline: `iptables-restore ${PODS * 10} rules ${ms(median(floorFull))}`, ratio: `${(median(full) / median(floorFull)).toFixed(2)}x`, goal: '<= 500 ms' });
-    rows.push({ figure: '  of which ipset restore + iptables-restore', value: ms(median(fullKernel)) });
-    rows.push({ figure: 'one pod\'s label change: compile + read back + plan + apply', value: ms(median(change)), baseline: `incremental restore of 10 rules ${ms(median(floorInc))}`, ratio: `${(median(change) / median(floorInc)).toFixed(2)}x`, goal: '<= 20 ms (commit to kernel)' });
-    printTable(`bench/policy — medians of ${RUNS} runs; one node, its own network namespace`, rows);
-  } finally {
-    await run('ip', ['netns', 'del', ns]).catch(() => {});
+  const f: Figures = { full: [], fullKernel: [], rules: [], moved: change(), dropped: change() };
+  const floorFull: number[] = [], floorInc: number[] = [];
+  for (let r = 0; r < RUNS; r++) {
+    await programming(f);
+    const stdout = await runHere('bash', [FLOOR, String(PODS * 10)]);
+    const fl = JSON.parse(stdout.trim().split('\n').at(-1)!) as { full_s: number; incremental10_s: number };
+    floorFull.push(fl.full_s * 1000);
+    floorInc.push(fl.incremental10_s * 1000);
   }
+  const pairs = { bare: [] as number[], none: [] as number[], with: [] as number[], entries: [] as number[] };
+  await throughput(pairs);
+  const gbps = (x: number) => `${(x / 1e9).toFixed(2)} Gbit/s`;
+  const changeRows = (c: Change, what: string): Row[] => [
+    { figure: `one pod's label change, ${what}: compile input to rules in force`, value: ms(median(c.inForce)), baseline: `incremental restore of 10 rules ${ms(median(floorInc))}`, ratio: `${(median(c.inForce) / median(floorInc)).toFixed(2)}x`, goal: '<= 20 ms (commit to kernel)' },
+    { figure: '  service: compile (cached) + delta + encode', value: ms(median(c.service)) },
+    { figure: `  agent: decode + apply delta + render + plan (message ${median(c.bytes)} bytes)`, value: ms(median(c.agent)) },
+    { figure: '  kernel: iptables-restore --noflush of the new rules', value: ms(median(c.kernel)) },
+    { figure: '  then the old rule and chain removed (in force meanwhile); whole pass', value: ms(median(c.total)) },
+  ];
+  const rows: Row[] = [
+    { figure: `${PODS} pods × 10 rules from scratch (${median(f.rules)} iptables rules): compile + message + render + plan + apply`, value: ms(median(f.full)), baseline: `iptables-restore ${PODS * 10} rules ${ms(median(floorFull))}`, ratio: `${(median(f.full) / median(floorFull)).toFixed(2)}x`, goal: '<= 500 ms' },
+    { figure: '  of which ipset restore + iptables-restore', value: ms(median(f.fullKernel)) },
+    ...changeRows(f.moved, 'to another policy'),
+    ...changeRows(f.dropped, 'out of every policy'),
+    { figure: `pod-to-pod TCP (iperf3, ${IPERF_SECONDS} s) with ${median(pairs.entries)} policy entries installed`, value: gbps(median(pairs.with)), baseline: `no policy entries ${gbps(median(pairs.none))}`, ratio: `${((median(pairs.with) / median(pairs.none)) * 100).toFixed(1)}%`, goal: '>= 95%' },
+    { figure: '  the same, beside no Weft rules at all (no connection tracking)', value: gbps(median(pairs.with)), baseline: `bare forwarding ${gbps(median(pairs.bare))}`, ratio: `${((median(pairs.with) / median(pairs.bare)) * 100).toFixed(1)}%` },
+  ];
+  printTable(`bench/policy — medians of ${RUNS} runs (${RUNS * CHANGES * 2} changes of each kind, ${RUNS} throughput triples); one node, namespaces of its own`, rows);
 }
 
 main().then(() => process.exit(0), (err) => {

@@ -2,11 +2,12 @@ import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
 import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
 import { planMasquerade } from './domain/masquerade.js';
-import { desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules } from './domain/network-policy.js';
+import type { NodeRules } from './domain/network-policy.js';
 import type { NatDriver } from './kernel/iptables-nat.js';
 import type { PolicyDriver } from './kernel/iptables-policy.js';
 import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
+import { createPolicyProgrammer } from './policy-programmer.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
 /**
@@ -85,6 +86,8 @@ export function createReconciler(deps: {
   for (const mode of ['vxlan', 'direct', 'auto']) metrics.routingMode.set(mode === routing.mode ? 1 : 0, { mode });
   /** The refused nodes last logged, so that a refusal is logged when it starts or changes, not at every pass. */
   let refusedLogged = '';
+  /** The last full pass (device, masquerade, policy, overlay) succeeded: a pass for new policy rules alone may skip the rest. */
+  let lastPassComplete = false;
 
   const countByKind = (entries: KernelEntry[]) => {
     const out: Record<string, number> = {};
@@ -116,32 +119,38 @@ export function createReconciler(deps: {
     }
   }
 
+  const policyProgrammer = deps.policy ? createPolicyProgrammer(deps.policy.driver, deps.policy.vxlanDevice) : null;
   /**
    * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
    * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
    * pods, and a restarted agent keeps the rules it finds (pods that appeared meanwhile are dropped by the dispatch
-   * chains' last rule, as is a pod the rules do not mention yet).
+   * chains' last rule, as is a pod the rules do not mention yet). A pass that only follows new rules trusts what it
+   * last applied (no read-back; see policy-programmer.ts).
    */
-  async function reconcilePolicy(): Promise<void> {
-    if (!deps.policy) return;
+  async function reconcilePolicy(why: DirtyReason[]): Promise<boolean> {
+    if (!deps.policy || !policyProgrammer) return false;
     const rules = deps.policy.rules();
-    const [veths, actual] = await Promise.all([deps.policy.driver.podVeths(), deps.policy.driver.read()]);
-    const vxlan = deps.policy.vxlanDevice;
-    const plan = planPolicy(rules ? desiredPolicy(rules, veths, vxlan) : desiredBeforeRules(actual, veths, vxlan), actual);
-    if (plan.changed.length === 0) return;
-    await deps.policy.driver.apply(plan);
+    const { plan, veths, readBack } = await policyProgrammer.program(rules, { readBack: why.some((r) => r !== 'policy') });
+    if (plan.changed.length === 0) return false;
     metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
-    deps.logger.info('policy rules written', { revision: rules?.revision ?? null, failClosed: rules === null, pods: veths.size, changed: plan.changed.slice(0, 20), count: plan.changed.length });
+    deps.logger.info('policy rules written', { revision: rules?.revision ?? null, failClosed: rules === null, pods: veths, readBack, changed: plan.changed.slice(0, 20), count: plan.changed.length });
+    return true;
   }
 
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
+    if (why.every((r) => r === 'policy') && lastPassComplete && completed) {
+      // Only the policy rules changed since a complete pass: the overlay and masquerade have nothing new to do
+      // (kernel drift comes with its own reason, or at the resync).
+      return (await reconcilePolicy(why)) ? 'applied' : 'unchanged';
+    }
     const overlayOnly = completed && ifindex !== null && why.every((r) => OVERLAY_ONLY.has(r));
     if (!overlayOnly) {
+      lastPassComplete = false;
       ifindex = await deps.ensureDevice();
       await reconcileMasquerade();
-      await reconcilePolicy();
+      await reconcilePolicy(why);
     }
     const devices: OverlayDevices = { vxlan: ifindex!, underlay: underlayIfindex };
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
@@ -166,6 +175,7 @@ export function createReconciler(deps: {
     }
     const plan = planChanges(desired, actual);
     if (planSize(plan) === 0) {
+      lastPassComplete = true;
       expected = desired;
       metrics.revisionApplied.set(snap.revision);
       return 'unchanged';
@@ -196,6 +206,7 @@ export function createReconciler(deps: {
     }
     expected = desired;
     metrics.revisionApplied.set(snap.revision);
+    lastPassComplete = true;
     return 'applied';
   }
 

@@ -116,6 +116,45 @@ test('WatchNodePolicy: the node\'s compiled rules at once, again within a bound 
   }
 });
 
+test('WatchNodePolicy with accept_deltas: complete first, then only the pods and sets that changed, and what went', async () => {
+  await policy.upsertNamespace({ name: 'da', labels: { team: 'da' } });
+  for (const name of ['p1', 'p2', 'p3']) {
+    await policy.upsertPod({ pod: { namespace: 'da', name, labels: { app: name }, node: 'dnode', addresses: [`10.244.9.${name.slice(1)}`], ports: [] } });
+  }
+  await policy.applyPolicies({ objectsJson: [np('da', 'p1-from-p2', { podSelector: { matchLabels: { app: 'p1' } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'p2' } } }] }] })] });
+  const stop = new AbortController();
+  const stream = policy.watchNodePolicy({ node: 'dnode', sinceRevision: 0, acceptDeltas: true }, { signal: stop.signal })[Symbol.asyncIterator]();
+  const next = async () => {
+    for (;;) {
+      const r = await stream.next();
+      assert.ok(!r.done);
+      if (!r.value.bookmark) return r.value;
+    }
+  };
+  const npEntries = (p: { ingress: { tier: string; peerSet: string }[] }) => p.ingress.filter((e) => e.tier === 'networkpolicy');
+  try {
+    const first = await next();
+    assert.equal(first.delta, false, 'the first message is complete');
+    assert.deepEqual(first.pods.map((p) => p.name), ['p1', 'p2', 'p3']);
+    const oldSet = npEntries(first.pods[0]!)[0]!.peerSet;
+    // p3 takes p2's label: p1's peer set changes (a new set), p3's own rules do not.
+    await policy.upsertPod({ pod: { namespace: 'da', name: 'p3', labels: { app: 'p2' }, node: 'dnode', addresses: ['10.244.9.3'], ports: [] } });
+    const second = await next();
+    assert.equal(second.delta, true);
+    assert.deepEqual(second.pods.map((p) => p.name), ['p1'], 'only the pod whose rules changed');
+    const newSet = npEntries(second.pods[0]!)[0]!.peerSet;
+    assert.deepEqual(second.sets.map((s) => [s.name, s.cidrs]), [[newSet, ['10.244.9.2/31']]], 'only the new set');
+    assert.deepEqual(second.removedSets, [oldSet], 'and the set no entry names any more');
+    await policy.deletePod({ namespace: 'da', name: 'p2' });
+    const third = await next();
+    assert.equal(third.delta, true);
+    assert.deepEqual(third.removedPods.filter((p) => p === 'da/p2'), ['da/p2'], 'a deleted pod is named');
+  } finally {
+    stop.abort();
+    await stream.return?.(undefined).catch(() => {});
+  }
+});
+
 test('AttachPod and DetachPod: an agent\'s reports keep the controller\'s labels, select a pod no controller described, and never touch a newer sandbox', async () => {
   await policy.upsertNamespace({ name: 'att', labels: { team: 'att' } });
   await policy.applyPolicies({ objectsJson: [np('att', 'deny-all', { podSelector: {}, policyTypes: ['Ingress'] })] });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { privilegedOrSkip } from '../../test/support/privileges.js';
-import { desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyEntry } from './network-policy.js';
+import { chainRules, createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyDesired, type PolicyEntry } from './network-policy.js';
 
 /** The rendering of a node's compiled rules into ipsets and filter chains, and the plan against what the kernel prints. */
 const SET_Y = 'weft-00000000000000aa';
@@ -29,6 +29,14 @@ const rules = (over: Partial<NodeRules> = {}): NodeRules => ({
 });
 const veths = new Map([['10.244.0.5', 'weft00000000001'], ['10.244.0.6', 'weft00000000002'], ['10.244.0.9', 'weft00000000003']]);
 const empty: PolicyActual = { chains: new Map(), jumps: 0, sets: new Map() };
+/** The chain an anchor (WEFT-I-<veth>) goes to: its name, and its rules (and its pass chain's) written with the anchor's name. */
+const bodyOf = (d: PolicyDesired, anchor: string) => {
+  const rules = d.chains.get(anchor)!;
+  assert.equal(rules.length, 1, `${anchor} is an anchor: one rule`);
+  const to = new RegExp(`^-A ${anchor} -g (${anchor}-[0-9a-f]{4})$`).exec(rules[0]!)![1]!;
+  const as = (xs: string[] | undefined) => xs?.map((l) => l.replaceAll(to, anchor));
+  return { name: to, rules: as(d.chains.get(to))!, pass: as(d.chains.get(`${to}N`)) };
+};
 
 test('per-pod chains: replies first, egress and ingress dispatch by veth, entries in order, pass goes to the tiers after admin', () => {
   const d = desiredPolicy(rules(), veths);
@@ -49,17 +57,61 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
     '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN',
     '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ]);
-  assert.deepEqual(d.chains.get('WEFT-I-weft00000000001'), [
-    `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001-N`,
+  assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').rules, [
+    `-A WEFT-I-weft00000000001 -m set --match-set ${SET_Y} src -m comment --comment "weft AdminNetworkPolicy/t pass-y" -g WEFT-I-weft00000000001N`,
     '-A WEFT-I-weft00000000001 -p udp -m comment --comment "weft AdminNetworkPolicy/t no udp" -j DROP',
     `-A WEFT-I-weft00000000001 -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 80 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
     '-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP',
   ]);
-  assert.deepEqual(d.chains.get('WEFT-I-weft00000000001-N')?.length, 2, 'after a pass: the NetworkPolicy tier only');
-  assert.deepEqual(d.chains.get('WEFT-E-weft00000000001'), [
+  assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').pass?.length, 2, 'after a pass: the NetworkPolicy tier only');
+  assert.deepEqual(bodyOf(d, 'WEFT-E-weft00000000001').rules, [
     `-A WEFT-E-weft00000000001 -p tcp -m set --match-set ${SET_OUT} dst -m tcp --dport 1000:2000 -m comment --comment "weft BaselineAdminNetworkPolicy/default r0" -j DROP`,
   ]);
   assert.deepEqual([...d.sets].sort(), [[SET_Y, ['10.244.1.7', '10.244.2.0/24']], [SET_OUT, ['192.0.2.0/24']]], 'IPv4 members, hosts without /32');
+});
+
+/** A pod whose ingress has runs of entries that merge into multiport rules, and runs that must not. */
+const merging = (): NodeRules => rules({
+  pods: [{
+    namespace: 'x', name: 'm', addresses: ['10.244.0.5'],
+    ingress: [
+      ...Array.from({ length: 10 }, (_, j) => entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 1000 + j, to: 1000 + j } })),
+      entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 2000, to: 2010 }, source: 'NetworkPolicy/x/q ingress[1]' }),
+      ...Array.from({ length: 4 }, (_, j) => entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 3000 + j, to: 3000 + j } })),
+      entry({ peerSet: SET_Y, protocol: 'UDP', ports: { from: 53, to: 53 } }),
+      entry({ peerSet: SET_Y, protocol: 'SCTP', ports: { from: 7, to: 7 } }),
+      entry({ peerSet: SET_Y, protocol: 'SCTP', ports: { from: 9, to: 12 } }),
+      entry({ action: 'deny', source: 'NetworkPolicy/x/p default deny' }),
+    ],
+    egress: [],
+  }],
+});
+
+test('consecutive entries with one action, set and protocol become multiport rules of at most 15 ports (a range counts two)', () => {
+  const lines = bodyOf(desiredPolicy(merging(), veths), 'WEFT-I-weft00000000001').rules;
+  const m = (set: string, proto: string, ports: string, src: string) => `-A WEFT-I-weft00000000001 -p ${proto} -m set --match-set ${set} src -m multiport --dports ${ports} -m comment --comment "weft ${src}" -j RETURN`;
+  assert.deepEqual(lines, [
+    m(SET_Y, 'tcp', '1000,1001,1002,1003,1004,1005,1006,1007,1008,1009,2000:2010,3000,3001,3002', 'NetworkPolicy/x/p ingress[0] NetworkPolicy/x/q ingress[1]'),
+    `-A WEFT-I-weft00000000001 -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 3003 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
+    `-A WEFT-I-weft00000000001 -p udp -m set --match-set ${SET_Y} src -m udp --dport 53 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN`,
+    m(SET_Y, 'sctp', '7,9:12', 'NetworkPolicy/x/p ingress[0]'),
+    '-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP',
+  ], '15 ports in the first rule (10 + a range as two + 3), the 16th alone; a different protocol, or no ports, starts a new rule');
+  const mixed = chainRules('C', [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 1, to: 1 } }), entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 2, to: 2 }, action: 'deny' }), entry({ peerSet: SET_OUT, protocol: 'TCP', ports: { from: 3, to: 3 } }), entry({ peerSet: SET_OUT, protocol: 'TCP', ports: { from: 4, to: 4 } })], 'egress', 'C-N');
+  assert.deepEqual(mixed.map((l) => / --dports? (\S+)/.exec(l)![1]), ['1', '2', '3,4'], 'another action or set is never merged');
+});
+
+test('the render cache: an unchanged pod object is not rendered again, and renders the same as without the cache', () => {
+  const cache = createRenderCache();
+  const r = merging();
+  const first = desiredPolicy(r, veths, undefined, cache);
+  const again = desiredPolicy(r, veths, undefined, cache);
+  assert.equal(again.chains.get(bodyOf(again, 'WEFT-I-weft00000000001').name), first.chains.get(bodyOf(first, 'WEFT-I-weft00000000001').name), 'the same rendered array, by identity');
+  assert.deepEqual(again, desiredPolicy(r, veths));
+  const moved = desiredPolicy(r, new Map([['10.244.0.5', 'weft00000000009']]), undefined, cache);
+  assert.ok(moved.chains.has('WEFT-I-weft00000000009'), 'another veth renders again');
+  const noSet = desiredPolicy({ ...r, sets: new Map([[SET_OUT, ['192.0.2.0/24']]]) }, veths, undefined, cache);
+  assert.deepEqual(bodyOf(noSet, 'WEFT-I-weft00000000001').rules, ['-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP'], 'a set that became empty renders again');
 });
 
 test('fail closed: before the first rule set every local pod is dropped both ways', () => {
@@ -90,13 +142,15 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   assert.match(first.filter!, /-I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/);
   assert.match(first.setsBefore!, new RegExp(`create ${SET_Y} hash:net family inet\nflush ${SET_Y}\nadd ${SET_Y} 10.244.1.7\n`));
   const same: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
-  assert.deepEqual(planPolicy(d, same), { setsBefore: null, filter: null, setsAfter: null, changed: [] });
+  assert.deepEqual(planPolicy(d, same), { setsBefore: null, filter: null, filterAfter: null, setsAfter: null, changed: [] });
   // x/a loses its egress rules, x/b is no longer reported; a set was changed by hand; a leftover set of Weft's and two jumps.
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `chain ${egressBody} (deleted)`, `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /:WEFT-E-weft00000000001 - \[0:0\]\n(.|\n)*-X WEFT-E-weft00000000001\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT/);
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first');
+  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-X WEFT-E-weft00000000001\n-X ${egressBody}\nCOMMIT\n`, 'then the stale chains, flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
@@ -107,6 +161,7 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
   const apply = (plan: ReturnType<typeof planPolicy>) => {
     if (plan.setsBefore) inNs(['ipset', 'restore', '-exist'], plan.setsBefore);
     if (plan.filter) inNs(['iptables-restore', '--noflush'], plan.filter);
+    if (plan.filterAfter) inNs(['iptables-restore', '--noflush'], plan.filterAfter);
     if (plan.setsAfter) inNs(['ipset', 'restore', '-exist'], plan.setsAfter);
   };
   execFileSync('ip', ['netns', 'add', ns]);
@@ -117,6 +172,32 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     inNs(['ipset', 'del', SET_Y, '10.244.1.7']);
     assert.deepEqual(planPolicy(d, read()).changed, [`set ${SET_Y}`], 'a member removed by hand is seen');
     apply(planPolicy(d, read()));
+    const multi = desiredPolicy(merging(), veths);
+    apply(planPolicy(multi, read()));
+    assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
+    // A long dispatch chain and one pod's change: edited in place (rules deleted and inserted by number).
+    const many = (moved: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })) });
+    const manyVeths = new Map(Array.from({ length: 40 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
+    const edited = planPolicy(desiredPolicy(many(17), manyVeths), read());
+    assert.match(edited.filter!, /\n-D WEFT-TO-POD 19\n-I WEFT-TO-POD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no ingress policy" -j RETURN\nCOMMIT\n$/, 'the dispatch chain edited in place');
+    assert.ok(!edited.filter!.includes(':WEFT-TO-POD '), 'not rewritten');
+    assert.match(edited.filterAfter!, /-X WEFT-I-weft00000000011\n/);
+    apply(edited);
+    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the edited chain reads back as rendered');
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
+    // A pod's entries change: a new chain, and a rule inserted first in its anchor; the old ones go after.
+    const other = (port: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: i === 17 ? port : 80, to: i === 17 ? port : 80 } })], egress: [] })) });
+    const swap = planPolicy(desiredPolicy(other(81), manyVeths), read());
+    const newBody = bodyOf(desiredPolicy(other(81), manyVeths), 'WEFT-I-weft00000000011').name;
+    const oldBody = bodyOf(desiredPolicy(other(80), manyVeths), 'WEFT-I-weft00000000011').name;
+    assert.equal(swap.filter, `*filter\n:${newBody} - [0:0]\n-A ${newBody} -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 81 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN\n-I WEFT-I-weft00000000011 1 -g ${newBody}\nCOMMIT\n`, 'only additions: iptables-nft need not read the table');
+    assert.equal(swap.filterAfter, `*filter\n-D WEFT-I-weft00000000011 2\n-F ${oldBody}\n-X ${oldBody}\nCOMMIT\n`);
+    inNs(['iptables-restore', '--noflush'], swap.filter!);
+    assert.deepEqual(readPolicyActual(inNs(['iptables-save', '-t', 'filter']), '').chains.get('WEFT-I-weft00000000011'), [`-A WEFT-I-weft00000000011 -g ${newBody}`, `-A WEFT-I-weft00000000011 -g ${oldBody}`], 'in force: the new rule first');
+    inNs(['iptables-restore', '--noflush'], swap.filterAfter!);
+    assert.deepEqual(planPolicy(desiredPolicy(other(81), manyVeths), read()).changed, [], 'then exactly as rendered');
     const next = desiredPolicy(null, veths);
     apply(planPolicy(next, read()));
     const after = read();

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /**
  * Network policy in the kernel, purely: the compiled rules of the node's pods (from WatchNodePolicy) rendered as
  * ipsets and iptables `filter` chains, compared with what `ipset save` and `iptables-save` print, and the difference
@@ -10,9 +12,12 @@
  *                   egress entries) or `-i <veth> -j RETURN` (none); anything else DROP: a pod whose rules are not
  *                   held (yet) is cut off both ways (fail closed), with no moment between its veth appearing and a
  *                   rule for it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>.
- *   WEFT-I-<veth>:  the entries in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the other end's
- *                   dispatch), deny → DROP, pass → goto WEFT-I-<veth>-N, which holds the entries after the admin tier;
- *                   falling off the end allows.
+ *   WEFT-I-<veth>:  an anchor with one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
+ *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
+ *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
+ *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
+ *                   admin tier; falling off the end allows. Consecutive entries with one action, set and protocol
+ *                   are one multiport rule.
  *
  * Peer address sets are ipsets (`hash:net`, IPv4) named by a hash of their content, so a set's name always means the
  * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
@@ -66,52 +71,132 @@ export interface PolicyActual {
 
 const isV4 = (cidr: string) => !cidr.includes(':');
 const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
-const comment = (text: string) => `-m comment --comment "weft ${text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_').slice(0, 200)}"`;
+const COMMENT_MAX = 200;
+const commentText = (text: string) => text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_');
+const comment = (text: string) => `-m comment --comment "weft ${commentText(text).slice(0, COMMENT_MAX)}"`;
 
-function entryRule(chain: string, e: PolicyEntry, dir: 'ingress' | 'egress', passChain: string): string {
-  const parts = [`-A ${chain}`];
+/** A rule's text between `-A <chain>` and its target. */
+function ruleMatch(e: PolicyEntry, dir: 'ingress' | 'egress', ports: string | null, multi: boolean, source: string): string {
+  const parts: string[] = [];
   if (e.protocol) parts.push(`-p ${e.protocol.toLowerCase()}`);
   if (e.peerSet) parts.push(`-m set --match-set ${e.peerSet} ${dir === 'ingress' ? 'src' : 'dst'}`);
-  if (e.protocol && e.ports) parts.push(`-m ${e.protocol.toLowerCase()} --dport ${e.ports.from === e.ports.to ? e.ports.from : `${e.ports.from}:${e.ports.to}`}`);
-  parts.push(comment(e.source));
-  parts.push(e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  if (e.protocol && ports !== null) parts.push(multi ? `-m multiport --dports ${ports}` : `-m ${e.protocol.toLowerCase()} --dport ${ports}`);
+  parts.push(comment(source));
   return parts.join(' ');
 }
+
+const portText = (p: { from: number; to: number }) => (p.from === p.to ? `${p.from}` : `${p.from}:${p.to}`);
+/** `-m multiport` takes at most 15 ports, a range counting as two. */
+const MULTIPORT_MAX = 15;
+const portWeight = (p: { from: number; to: number }) => (p.from === p.to ? 1 : 2);
+
+/**
+ * A chain's rules from its entries, in order. Consecutive entries with the same action, peer set and protocol, each
+ * with ports, become one rule with `-m multiport --dports` (at most 15 ports, a range counting as two; the comment
+ * names every source, while it fits): the first of them that matches decided before, and with the same action the
+ * merged rule decides the same. A lone entry keeps `-m tcp --dport`. Rendered as iptables-save prints them.
+ */
+export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 'ingress' | 'egress', passChain: string): string[] {
+  const out: string[] = [];
+  const target = (e: PolicyEntry) => (e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  for (let i = 0; i < entries.length;) {
+    const e = entries[i]!;
+    const group = [e];
+    let weight = e.ports ? portWeight(e.ports) : 0;
+    const sources = [e.source];
+    if (e.protocol && e.ports) {
+      for (let j = i + 1; j < entries.length; j++) {
+        const n = entries[j]!;
+        if (n.action !== e.action || n.peerSet !== e.peerSet || n.protocol !== e.protocol || !n.ports) break;
+        if (weight + portWeight(n.ports) > MULTIPORT_MAX) break;
+        const more = sources.includes(n.source) ? sources : [...sources, n.source];
+        if (commentText(more.join(' ')).length > COMMENT_MAX) break;
+        group.push(n);
+        weight += portWeight(n.ports);
+        sources.splice(0, sources.length, ...more);
+      }
+    }
+    i += group.length;
+    const multi = group.length > 1;
+    const ports = e.ports ? group.map((g) => portText(g.ports!)).join(',') : null;
+    out.push(`-A ${chain} ${ruleMatch(e, dir, ports, multi, sources.join(' '))} ${target(e)}`);
+  }
+  return out;
+}
+
+/** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
+export interface RenderCache {
+  pods: WeakMap<PodRules, { veth: string; used: string[]; present: boolean[]; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
+  /** The veths map (as the agent last read it) → its entries by veth name. */
+  veths: WeakMap<ReadonlyMap<string, string>, [string, string][]>;
+  /** A set's CIDRs (the array held) → its IPv4 members as `ipset save` prints them. */
+  sets: WeakMap<readonly string[], string[]>;
+}
+export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap(), veths: new WeakMap() });
 
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
  * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
- * policy service yet) is dropped both ways too, by the dispatch chains' last rule.
+ * policy service yet) is dropped both ways too, by the dispatch chains' last rule. `cache`: a pod whose rules are the
+ * same object as at an earlier call, on the same veth and with the same sets non-empty, is not rendered again.
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan'): PolicyDesired {
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan', cache?: RenderCache): PolicyDesired {
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
   const v4Sets = new Map<string, string[]>();
   for (const [name, cidrs] of rules?.sets ?? []) {
-    const v4 = cidrs.filter(isV4).map(member).sort();
+    let v4 = cache?.sets.get(cidrs);
+    if (!v4) {
+      v4 = cidrs.filter(isV4).map(member).sort();
+      cache?.sets.set(cidrs, v4);
+    }
     if (v4.length > 0) v4Sets.set(name, v4);
   }
   const byAddress = new Map<string, PodRules>();
   for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
   const dispatch = { egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`], ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`] };
-  for (const [address, veth] of [...veths].sort((a, b) => a[1].localeCompare(b[1]))) {
+  let sorted = cache?.veths.get(veths);
+  if (!sorted) {
+    sorted = [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+    cache?.veths.set(veths, sorted);
+  }
+  for (const [address, veth] of sorted) {
     const pod = byAddress.get(address);
     if (!pod) continue;
-    for (const dir of ['egress', 'ingress'] as const) {
-      const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
-      // Entries whose set has no IPv4 member can match no IPv4 packet.
-      const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
-      if (entries.length === 0) {
-        dispatch[dir].push(`-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`);
-        continue;
+    let r = cache?.pods.get(pod);
+    // Rendered again on another veth, or when one of its sets became empty or non-empty.
+    if (r && (r.veth !== veth || !r.used.every((name, i) => v4Sets.has(name) === r!.present[i]))) r = undefined;
+    if (!r) {
+      const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      r = { veth, used, present: used.map((n) => v4Sets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
+      for (const dir of ['egress', 'ingress'] as const) {
+        const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
+        // Entries whose set has no IPv4 member can match no IPv4 packet.
+        const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        if (entries.length === 0) {
+          r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`;
+          continue;
+        }
+        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
+        // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
+        // the table back; the old rule and chain go afterwards (see planPolicy).
+        const body = chainRules('@C', entries, dir, '@CN');
+        const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
+        const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
+        const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
+        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
+        r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
+        r.chains.push([chain, named(body)]);
+        if (tail) r.chains.push([`${chain}N`, named(tail)]);
+        for (const e of entries) if (e.peerSet && !r.sets.includes(e.peerSet)) r.sets.push(e.peerSet);
       }
-      const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
-      const pass = `${chain}-N`;
-      dispatch[dir].push(`-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${chain}`);
-      chains.set(chain, entries.map((e) => entryRule(chain, e, dir, pass)));
-      if (entries.some((e) => e.action === 'pass')) chains.set(pass, entries.filter((e) => e.tier !== 'admin').map((e) => entryRule(pass, e, dir, pass)));
-      for (const e of entries) if (e.peerSet) sets.set(e.peerSet, v4Sets.get(e.peerSet)!);
+      cache?.pods.set(pod, r);
     }
+    for (const [chain, lines] of r.chains) chains.set(chain, lines);
+    for (const s of r.sets) sets.set(s, v4Sets.get(s)!);
+    dispatch.egress.push(r.dispatch.egress);
+    dispatch.ingress.push(r.dispatch.ingress);
   }
   const failClosed = comment(rules ? 'fail closed: pod not known to policy yet' : 'fail closed: no rules held yet');
   chains.set(FROM_POD, [...dispatch.egress, `-A ${FROM_POD} ${failClosed} -j DROP`]);
@@ -164,13 +249,38 @@ export interface PolicyPlan {
   setsBefore: string | null;
   /** `iptables-restore --noflush` input: changed chains flushed and refilled, stale ones deleted, the jump ensured. */
   filter: string | null;
-  /** `ipset restore` input that destroys Weft's sets no rule uses any more (after `filter` is applied). */
+  /**
+   * `iptables-restore --noflush` input applied after `filter`, which already put the desired rules in force: the
+   * anchors' old rules deleted, stale chains flushed and deleted. Null: nothing to do.
+   */
+  filterAfter: string | null;
+  /** `ipset restore` input that destroys Weft's sets no rule uses any more (after `filterAfter` is applied). */
   setsAfter: string | null;
   /** Chains rewritten or deleted, and sets created, refilled or destroyed, for logs and metrics. */
   changed: string[];
 }
 
-const sameList = (a: readonly string[] | undefined, b: readonly string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
+const sameList = (a: readonly string[] | undefined, b: readonly string[]) => a === b || (!!a && a.length === b.length && a.every((x, i) => x === b[i]));
+
+/**
+ * A long chain that differs from what the kernel holds in a few neighbouring rules (the dispatch chain when one pod
+ * changes) is edited in place instead of rewritten: the rules before and after the difference are kept, the ones in
+ * between deleted by number (from the last) and the new ones inserted at their positions, so the result prints exactly
+ * as rendered. Null when rewriting the chain is less work.
+ */
+function editChain(chain: string, have: readonly string[], want: readonly string[]): string[] | null {
+  let head = 0;
+  while (head < have.length && head < want.length && have[head] === want[head]) head++;
+  let tail = 0;
+  while (tail < have.length - head && tail < want.length - head && have[have.length - 1 - tail] === want[want.length - 1 - tail]) tail++;
+  const del = have.length - head - tail;
+  const ins = want.length - head - tail;
+  if ((del + ins) * 4 >= want.length) return null;
+  const out: string[] = [];
+  for (let n = head + del; n > head; n--) out.push(`-D ${chain} ${n}`);
+  want.slice(head, head + ins).forEach((rule, k) => out.push(`-I ${chain} ${head + 1 + k} ${rule.slice(`-A ${chain} `.length)}`));
+  return out;
+}
 
 export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
   const changed: string[] = [];
@@ -185,20 +295,37 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
   const filter: string[] = [];
+  const edits: string[] = [];
+  const after: string[] = [];
   const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
   for (const [chain, rules] of desired.chains) {
-    if (sameList(actual.chains.get(chain), rules)) continue;
+    const have = actual.chains.get(chain);
+    if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
-    filter.push(`:${chain} - [0:0]`);
+    if (have && rules.length === 1 && rules[0]!.startsWith(`-A ${chain} -g `)) {
+      // An anchor: its new rule goes first (from then on the old ones are never reached), the old ones after.
+      if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
+      const held = have[0] === rules[0] ? have.length : have.length + 1;
+      for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);
+      continue;
+    }
+    const edit = have ? editChain(chain, have, rules) : null;
+    if (edit) edits.push(...edit);
+    else filter.push(`:${chain} - [0:0]`);
   }
   // Declarations first (each flushes its chain), so that every rule below finds the chains it jumps to.
-  for (const c of stale) filter.push(`:${c} - [0:0]`);
   const declared = new Set(filter.map((l) => l.slice(1, l.indexOf(' '))));
-  for (const [chain, rules] of desired.chains) if (declared.has(chain) && !stale.includes(chain)) filter.push(...rules);
+  for (const [chain, rules] of desired.chains) if (declared.has(chain)) filter.push(...rules);
+  // Then the chains edited in place (an inserted rule may name a new chain).
+  filter.push(...edits);
+  // Stale chains go after everything else is in force, with the anchors' old rules, in a second transaction:
+  // removing rules (unlike adding them) makes iptables-nft read the whole table first, so they are kept out of the
+  // transaction that puts the new rules in force.
   for (const c of stale) {
     changed.push(`chain ${c} (deleted)`);
-    filter.push(`-X ${c}`);
+    after.push(`-F ${c}`);
   }
+  for (const c of stale) after.push(`-X ${c}`);
   const jump = `-A FORWARD -m comment --comment "${JUMP_COMMENT}" -j ${POLICY_CHAIN}`;
   if (actual.jumps === 0) {
     changed.push('jump');
@@ -210,6 +337,7 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
   return {
     setsBefore: before.length > 0 ? `${before.join('\n')}\n` : null,
     filter: filter.length > 0 ? `*filter\n${filter.join('\n')}\nCOMMIT\n` : null,
+    filterAfter: after.length > 0 ? `*filter\n${after.join('\n')}\nCOMMIT\n` : null,
     setsAfter: unused.length > 0 ? `${unused.map((s) => `destroy ${s}`).join('\n')}\n` : null,
     changed,
   };

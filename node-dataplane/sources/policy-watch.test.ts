@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../../lib/logger.js';
 import type { WatchNodePolicyResponse } from '../../gen/weft/policy/v1/policy.js';
-import { followNodePolicy } from './policy-watch.js';
+import { applyPolicyMessage, followNodePolicy } from './policy-watch.js';
 
 /** Each message replaces the rules held; bookmarks only advance the revision; a reconnect passes the last revision and keeps the rules meanwhile. */
-const msg = (m: Partial<WatchNodePolicyResponse> & { revision: number }): WatchNodePolicyResponse => ({ bookmark: false, pods: [], sets: [], ...m });
+const msg = (m: Partial<WatchNodePolicyResponse> & { revision: number }): WatchNodePolicyResponse => ({ bookmark: false, pods: [], sets: [], delta: false, removedPods: [], removedSets: [], ...m });
 const pod = (name: string, peerSet: string) => ({
   namespace: 'x', name, addresses: ['10.244.0.5'], egress: [],
   ingress: [{ tier: 'networkpolicy', action: 'allow', peerSet, protocol: 'TCP', portFrom: 80, portTo: 80, source: 'NetworkPolicy/x/p ingress[0]' }],
@@ -47,4 +47,25 @@ test('rules replace each other, bookmarks advance the revision, a reconnect resu
   const held = source.rules()!;
   assert.deepEqual(held.pods[0]!.ingress[0], { tier: 'networkpolicy', action: 'allow', peerSet: null, protocol: 'TCP', ports: { from: 80, to: 80 }, source: 'NetworkPolicy/x/p ingress[0]' });
   assert.equal(held.sets.size, 0);
+});
+
+test('a delta changes only what it names; unchanged pods keep their objects, also across a complete set', () => {
+  const full = applyPolicyMessage(null, msg({ revision: 3, pods: [pod('a', 'weft-1'), pod('b', 'weft-1'), pod('c', '')], sets: [{ name: 'weft-1', cidrs: ['10.244.1.0/24'] }] }));
+  const [a, b, c] = full.pods;
+  const d = applyPolicyMessage(full, msg({ revision: 4, delta: true, pods: [pod('b', 'weft-2')], sets: [{ name: 'weft-2', cidrs: ['10.244.2.0/24'] }], removedPods: ['x/c'] }));
+  assert.equal(d.revision, 4);
+  assert.deepEqual(d.pods.map((p) => p.name), ['a', 'b']);
+  assert.equal(d.pods[0], a, 'x/a untouched keeps its object');
+  assert.notEqual(d.pods[1], b);
+  assert.equal(d.pods[1]!.ingress[0]!.peerSet, 'weft-2');
+  assert.deepEqual([...d.sets.keys()], ['weft-1', 'weft-2']);
+  const d2 = applyPolicyMessage(d, msg({ revision: 5, delta: true, removedSets: ['weft-1'], pods: [pod('a', 'weft-2')] }));
+  assert.deepEqual([...d2.sets.keys()], ['weft-2']);
+  assert.equal(d2.pods.find((p) => p.name === 'b'), d.pods[1]);
+  // A reconnect: the complete set replaces everything, but content-equal pods keep their objects.
+  const again = applyPolicyMessage(d2, msg({ revision: 6, pods: [pod('a', 'weft-2'), pod('c', '')], sets: [{ name: 'weft-2', cidrs: ['10.244.2.0/24'] }] }));
+  assert.deepEqual(again.pods.map((p) => p.name), ['a', 'c']);
+  assert.equal(again.pods[0], d2.pods.find((p) => p.name === 'a'));
+  assert.notEqual(again.pods[1], c, 'x/c was removed meanwhile: a new object');
+  assert.deepEqual([...again.sets.keys()], ['weft-2']);
 });

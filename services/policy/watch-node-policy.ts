@@ -1,7 +1,7 @@
 import type { Notifier } from '../../lib/db/notifier.js';
-import { compileNodePolicy, type NodePolicy } from './domain/compile.js';
+import { compileNodePolicy, createCompileCache, diffNodePolicy, type NodePolicy, type NodePolicyDelta } from './domain/compile.js';
 import { POLICY_CHANNEL, type PolicyRepository } from './store/policy.repository.js';
-import { placedPods, worldOf } from './world.js';
+import { createWorldCache } from './world.js';
 
 export interface NodePolicyWatchOptions {
   /** Re-read at least this often even without a NOTIFY. */
@@ -13,21 +13,27 @@ export interface NodePolicyWatchOptions {
 export interface NodePolicyMessage {
   revision: number;
   bookmark: boolean;
-  /** The complete compiled rules of the node's pods; null in a bookmark. */
+  /** The complete compiled rules of the node's pods; null in a bookmark and in a delta. */
   policy: NodePolicy | null;
+  /** What changed since the previous message of the stream (only for a watcher that accepts deltas). */
+  delta: NodePolicyDelta | null;
 }
 
 /**
- * One WatchNodePolicy stream: the node's compiled rules at once, then again whenever they change, woken by NOTIFY
+ * One WatchNodePolicy stream: the node's compiled rules at once, then whenever they change, woken by NOTIFY
  * policy_changes and at least every pollMs; a bookmark on an idle stream every bookmarkMs. Each wake-up reads one
- * consistent snapshot and compiles it whole; a message is sent only when the compiled rules differ from the last
- * ones sent (a change elsewhere in the cluster that does not concern the node sends nothing but bookmarks). Since
- * every message is complete and judged by content, not by revision, a change whose revision committed out of order
- * is never skipped, and `sinceRevision` needs no log: every stream starts with the complete set.
+ * consistent snapshot and compiles it, reusing (through the stream's world and compile caches) the entries of every
+ * pod that the changes do not concern; a message is sent only when the compiled rules differ from the last ones sent
+ * (a change elsewhere in the cluster that does not concern the node sends nothing but bookmarks). The first message
+ * is complete; later ones are deltas (changed pods and new sets, removed pods and sets) when the watcher accepts
+ * them, complete otherwise. Since messages are judged by content, not by revision, a change whose revision committed
+ * out of order is never skipped, and `sinceRevision` needs no log: every stream starts with the complete set.
  */
-export async function* watchNodePolicy(deps: { repo: PolicyRepository; notifier: Notifier; options: NodePolicyWatchOptions }, node: string, signal: AbortSignal): AsyncGenerator<NodePolicyMessage> {
+export async function* watchNodePolicy(deps: { repo: PolicyRepository; notifier: Notifier; options: NodePolicyWatchOptions }, node: string, signal: AbortSignal, opts: { acceptDeltas?: boolean } = {}): AsyncGenerator<NodePolicyMessage> {
   const { repo, notifier, options } = deps;
-  let lastKey: string | null = null;
+  const worlds = createWorldCache();
+  const cache = createCompileCache();
+  let last: NodePolicy | null = null;
   let lastSent = Date.now();
   let revision = 0;
   while (!signal.aborted) {
@@ -35,16 +41,17 @@ export async function* watchNodePolicy(deps: { repo: PolicyRepository; notifier:
     const woken = notifier.wait(POLICY_CHANNEL, Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())), signal);
     const s = await repo.snapshot();
     revision = Math.max(revision, s.revision);
-    const policy = compileNodePolicy(worldOf(s), placedPods(s), node);
-    const key = JSON.stringify([policy.pods, [...policy.sets]]);
+    const policy = compileNodePolicy(worlds.world(s), worlds.placedPods(s), node, cache);
     if (signal.aborted) return;
-    if (key !== lastKey) {
-      lastKey = key;
+    const delta = last ? diffNodePolicy(last, policy) : null;
+    if (!last || delta) {
+      const first = !last;
+      last = policy;
       lastSent = Date.now();
-      yield { revision, bookmark: false, policy };
+      yield opts.acceptDeltas && !first ? { revision, bookmark: false, policy: null, delta } : { revision, bookmark: false, policy, delta: null };
     } else if (Date.now() - lastSent >= options.bookmarkMs) {
       lastSent = Date.now();
-      yield { revision, bookmark: true, policy: null };
+      yield { revision, bookmark: true, policy: null, delta: null };
     }
     await woken;
   }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { matches } from '../../../lib/labels.js';
 import { bitsOf, formatAddress, type Cidr, type Family } from '../../../lib/net/ip.js';
 import type { Pod, World } from './evaluate.js';
-import { PROTOCOLS, type AdminPeer, type AdminPolicy, type AdminRule, type Peer, type Protocol, type Rule, type Selector } from './model.js';
+import { PROTOCOLS, type AdminPeer, type AdminPolicy, type AdminRule, type NetworkPolicy, type Peer, type Protocol, type Rule, type Selector } from './model.js';
 
 /**
  * Per-node compilation, purely: from the world (namespaces, pods, policies), the rules of one node's pods, per
@@ -52,6 +52,39 @@ export interface NodePolicy {
 export interface PlacedPod extends Pod {
   node: string;
 }
+
+/**
+ * What a compiler keeps between compilations of one node, so that a change recompiles only the pods it concerns.
+ * A pod's entries are reused when what they depend on is unchanged: the pod itself (labels, addresses, named ports),
+ * its namespace's labels, the policies that select it (by object identity: policy objects must not be mutated, and an
+ * unchanged policy must be passed as the same object), the content of every peer set their rules name (worked out
+ * again at every compilation, one set per distinct selector), and, for egress rules with named ports, every pod's
+ * labels, addresses and named ports. `compile.test.ts` checks it against compiling from scratch.
+ */
+export interface CompileCache {
+  ids: WeakMap<object, number>;
+  nextId: number;
+  /** A NetworkPolicy rule's peers as text (rules with the same text share one peer set). */
+  ruleText: WeakMap<object, string>;
+  /** Per namespace: its NetworkPolicies (by name) as last seen, and which of them select each label set. */
+  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]> }>;
+  /** Set contents by range key, this compilation's and the previous one's. */
+  cidrs: Map<string, string[]>;
+  previousCidrs: Map<string, string[]>;
+  /** Per local pod ("namespace/name"): the key of what its entries depend on, the compiled pod, its sets. */
+  pods: Map<string, CachedPod>;
+  /** Per selector text: its member pods and its set at the previous compilation (the same members' addresses: the same set). */
+  specSets: Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>;
+  /** The NetworkPolicies as last seen, grouped by namespace and sorted by name. */
+  byNamespace?: { nps: readonly NetworkPolicy[]; grouped: Map<string, NetworkPolicy[]> };
+  /** A pod object's labels as text. */
+  labelsText: WeakMap<PlacedPod, string>;
+  /** A pod object's own fields as text (pod objects, too, must not be mutated). */
+  podText: WeakMap<PlacedPod, string>;
+}
+type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][] };
+
+export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map(), labelsText: new WeakMap() });
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
@@ -109,7 +142,7 @@ export function setName(cidrs: string[]): string {
   return `weft-${createHash('sha256').update(cidrs.join(',')).digest('hex').slice(0, 16)}`;
 }
 
-export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string): NodePolicy {
+export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string, cache?: CompileCache): NodePolicy {
   const sets = new Map<string, string[]>();
   const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
   const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
@@ -130,12 +163,18 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
   const peersByText = new Map<string, PeerSpec>();
+  const textOfSpec = new WeakMap<PeerSpec, string>();
+  const specSets = new Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>();
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
-    const text = textOf?.();
+    let text = cache?.ruleText.get(rule) ?? textOf?.();
+    if (text !== undefined) cache?.ruleText.set(rule, text);
     spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
-    if (text !== undefined) peersByText.set(text, spec);
+    if (text !== undefined) {
+      peersByText.set(text, spec);
+      textOfSpec.set(spec, text);
+    }
     peersOfRule.set(rule, spec);
     return spec;
   };
@@ -151,26 +190,83 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     return { any: false, ranges, pods: ps };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
-  const cidrsOf = new Map<string, string[]>();
+  const cidrsOf = cache?.cidrs ?? new Map<string, string[]>();
   const nameSet = (ranges: Range[]): string | null => {
-    // Rules that select the same pods make the same set: its CIDRs are worked out once.
+    // Rules that select the same pods make the same set: its CIDRs are worked out once (and kept for the next
+    // compilation when there is a cache).
     const key = ranges.map((r) => `${r.family}:${r.start}-${r.end}`).sort().join(',');
-    let cidrs = cidrsOf.get(key);
-    if (!cidrs) cidrsOf.set(key, (cidrs = rangesToCidrs(ranges)));
+    let cidrs = cidrsOf.get(key) ?? cache?.previousCidrs.get(key);
+    if (!cidrs) cidrs = rangesToCidrs(ranges);
+    cidrsOf.set(key, cidrs);
     if (cidrs.length === 0) return null;
     const name = setName(cidrs);
     sets.set(name, cidrs);
     return name;
   };
 
+  /** A peer spec's set name; null: any address; undefined: an empty set, which matches nothing. */
+  const setOf = (s: PeerSpec): string | null | undefined => {
+    if (s.any) return null;
+    if (setOfSpec.has(s)) return setOfSpec.get(s);
+    // A selector whose text is that of the previous compilation, and whose members have the same addresses, names
+    // the same set.
+    const text = textOfSpec.get(s);
+    const members = [...s.pods];
+    const before = text === undefined ? undefined : cache?.specSets.get(text);
+    let name: string | undefined;
+    const sameAddresses = (a: PlacedPod, b: PlacedPod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
+    if (before && before.members.length === members.length && before.members.every((m, i) => sameAddresses(m, members[i]!))) {
+      name = before.name ?? undefined;
+      if (before.name) sets.set(before.name, before.cidrs);
+    } else {
+      name = nameSet([...s.ranges, ...members.flatMap(podRanges)]) ?? undefined;
+    }
+    if (text !== undefined && cache) specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [] });
+    setOfSpec.set(s, name);
+    return name;
+  };
+  /** A pod's own fields (labels, addresses, named ports) as text, once per pod object. */
+  const podText = (p: PlacedPod): string => {
+    let text = cache?.podText.get(p);
+    if (text === undefined) {
+      text = JSON.stringify([p.namespace, p.name, p.labels, p.addresses.map((a) => `${a.family}:${a.value}`), p.ports]);
+      cache?.podText.set(p, text);
+    }
+    return text;
+  };
+  // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
+  // (The same policy objects as at the previous compilation: the same grouping.)
+  const sameNps = !!cache?.byNamespace && cache.byNamespace.nps.length === w.networkPolicies.length && cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
+  const npsByNs = sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
+  if (!sameNps) {
+    for (const np of w.networkPolicies) {
+      let list = npsByNs.get(np.namespace);
+      if (!list) npsByNs.set(np.namespace, (list = []));
+      list.push(np);
+    }
+    for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+    if (cache) cache.byNamespace = { nps: [...w.networkPolicies], grouped: npsByNs };
+  }
+  /** The NetworkPolicies of the pod's namespace that select it (either direction), by name. */
+  const selectingNps = (subject: PlacedPod): readonly NetworkPolicy[] => {
+    const nps = npsByNs.get(subject.namespace) ?? [];
+    if (!cache) return nps.filter((np) => selects(np.podSelector, subject.labels));
+    let entry = cache.selection.get(subject.namespace);
+    if (!entry || entry.nps.length !== nps.length || entry.nps.some((np, i) => np !== nps[i])) cache.selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
+    let key = cache.labelsText.get(subject);
+    if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
+    let selected = entry.byLabels.get(key);
+    if (!selected) entry.byLabels.set(key, (selected = nps.filter((np) => selects(np.podSelector, subject.labels))));
+    return selected;
+  };
+  const npRulePeers = (np: NetworkPolicy, r: Rule): PeerSpec => (!r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))));
+  const adminRulePeers = (r: AdminRule): PeerSpec => rulePeers(r, () => union(r.peers.map(adminPeer)));
+  const isSubject = (a: AdminPolicy, subject: PlacedPod) => (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
+  const adminsOf = (subject: PlacedPod) => w.adminPolicies.filter((a) => isSubject(a, subject)).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
+
   const compileDirection = (dir: 'ingress' | 'egress', subject: PlacedPod): PolicyEntry[] => {
     const entries: PolicyEntry[] = [];
     const emit = (tier: EntryTier, action: EntryAction, peer: PeerSpec, portSpecs: PortSpec[], source: string) => {
-      const setOf = (s: PeerSpec): string | null | undefined => {
-        if (s.any) return null;
-        if (!setOfSpec.has(s)) setOfSpec.set(s, nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]) ?? undefined);
-        return setOfSpec.get(s);
-      };
       for (const spec of portSpecs) {
         if (spec.kind === 'any' || spec.kind === 'range') {
           const peerSet = setOf(peer);
@@ -211,39 +307,120 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       p.kind === 'named' ? { kind: 'named', name: p.name, protocol: null } : p.kind === 'number' ? { kind: 'range', protocol: p.protocol, from: p.port, to: p.port } : { kind: 'range', protocol: p.protocol, from: p.start, to: p.end }));
     const npPorts = (r: Rule): PortSpec[] => (!r.ports || r.ports.length === 0 ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
       typeof p.port === 'string' ? { kind: 'named', name: p.port, protocol: p.protocol } : { kind: 'range', protocol: p.protocol, from: p.port ?? null, to: p.port === undefined ? null : (p.endPort ?? p.port) }));
-    const isSubject = (a: AdminPolicy) => (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
 
     // 1. Admin tier.
-    const admins = w.adminPolicies.filter(isSubject).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
-    for (const a of admins) {
-      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', rulePeers(r, () => union(r.peers.map(adminPeer))), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
+    for (const a of adminsOf(subject)) {
+      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', adminRulePeers(r), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
     }
     // 2. NetworkPolicy tier, ending in default deny when a policy selects the pod.
-    const selecting = w.networkPolicies.filter((np) => np.namespace === subject.namespace && (dir === 'ingress' ? np.affectsIngress : np.affectsEgress) && selects(np.podSelector, subject.labels))
-      .sort((a, b) => a.name.localeCompare(b.name));
+    const selecting = selectingNps(subject).filter((np) => (dir === 'ingress' ? np.affectsIngress : np.affectsEgress));
     if (selecting.length > 0) {
       for (const np of selecting) {
-        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', !r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
+        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', npRulePeers(np, r), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
       }
       entries.push({ tier: 'networkpolicy', action: 'deny', peerSet: null, protocol: null, ports: null, source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny` });
       return entries;
     }
     // 3. Baseline tier.
-    if (w.baseline && isSubject(w.baseline)) {
-      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', rulePeers(r, () => union(r.peers.map(adminPeer))), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
+    if (w.baseline && isSubject(w.baseline, subject)) {
+      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', adminRulePeers(r), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
     }
     return entries;
   };
 
-  const local = pods.filter((p) => p.node === node).sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
-  const compiled = local.map((p) => ({
-    namespace: p.namespace, name: p.name,
-    addresses: p.addresses.map((a) => formatAddress(a.family, a.value)),
-    ingress: compileDirection('ingress', p),
-    egress: compileDirection('egress', p),
-  }));
-  const used = new Set(compiled.flatMap((p) => [...p.ingress, ...p.egress].map((e) => e.peerSet)));
-  return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => a[0].localeCompare(b[0]))) };
+  /** What a local pod's entries depend on, as text (see CompileCache); the same text means the same entries. */
+  let everyPod: string | undefined;
+  const nsTexts = new Map<string, string>();
+  const nsText = (ns: string) => {
+    let text = nsTexts.get(ns);
+    if (text === undefined) nsTexts.set(ns, (text = JSON.stringify(nsLabels(ns))));
+    return text;
+  };
+  const idOf = (o: object) => {
+    let id = cache!.ids.get(o);
+    if (id === undefined) cache!.ids.set(o, (id = cache!.nextId++));
+    return id;
+  };
+  const setKey = (spec: PeerSpec) => (spec.any ? '*' : (setOf(spec) ?? '-'));
+  const dependencies = (subject: PlacedPod): string => {
+    let key = `${podText(subject)}\n${nsText(subject.namespace)}`;
+    let named = false;
+    const admins = w.adminPolicies.length > 0 ? adminsOf(subject) : [];
+    const nps = selectingNps(subject);
+    for (const dir of ['ingress', 'egress'] as const) {
+      key += `\n${dir}`;
+      for (const a of admins) {
+        key += ` a${idOf(a)}`;
+        for (const r of a[dir]) {
+          key += ` ${setKey(adminRulePeers(r))}`;
+          named ||= !!r.ports?.some((p) => p.kind === 'named');
+        }
+      }
+      let selecting = 0;
+      for (const np of nps) {
+        if (!(dir === 'ingress' ? np.affectsIngress : np.affectsEgress)) continue;
+        selecting++;
+        key += ` n${idOf(np)}`;
+        for (const r of np[dir]) {
+          key += ` ${setKey(npRulePeers(np, r))}`;
+          named ||= !!r.ports?.some((p) => typeof p.port === 'string');
+        }
+      }
+      if (selecting === 0 && w.baseline && isSubject(w.baseline, subject)) {
+        key += ` b${idOf(w.baseline)}`;
+        for (const r of w.baseline[dir]) {
+          key += ` ${setKey(adminRulePeers(r))}`;
+          named ||= !!r.ports?.some((p) => p.kind === 'named');
+        }
+      }
+      // Egress named ports are resolved on every destination pod.
+      if (dir === 'egress' && named) {
+        everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
+        key += `\n${everyPod}`;
+      }
+    }
+    return key;
+  };
+  const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+  const local = pods.filter((p) => p.node === node);
+  // (The service reads pods in this order already.)
+  if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
+  const kept = new Map<string, CachedPod>();
+  const compiled = local.map((p): CompiledPod => {
+    const id = `${p.namespace}/${p.name}`;
+    const key = cache ? dependencies(p) : '';
+    const before = cache?.pods.get(id);
+    if (cache && before && before.key === key) {
+      for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
+      kept.set(id, before);
+      return before.pod;
+    }
+    const pod: CompiledPod = {
+      namespace: p.namespace, name: p.name,
+      addresses: p.addresses.map((a) => formatAddress(a.family, a.value)),
+      ingress: compileDirection('ingress', p),
+      egress: compileDirection('egress', p),
+    };
+    if (cache) {
+      const names = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      kept.set(id, { key, pod, sets: names.map((n) => [n, sets.get(n)!]) });
+    }
+    return pod;
+  });
+  if (cache) {
+    cache.pods = kept;
+    cache.previousCidrs = cidrsOf;
+    cache.specSets = specSets;
+    cache.cidrs = new Map();
+  }
+  const used = new Set<string | null>();
+  for (const p of compiled) {
+    const cached = cache?.pods.get(`${p.namespace}/${p.name}`);
+    if (cached?.pod === p) for (const [name] of cached.sets) used.add(name);
+    else for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
+  }
+  return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
 }
 
 /**
@@ -263,4 +440,35 @@ export function entriesAllow(entries: readonly PolicyEntry[], sets: ReadonlyMap<
     return e.action === 'allow';
   }
   return true;
+}
+
+export interface NodePolicyDelta {
+  /** Pods added or changed. */
+  pods: CompiledPod[];
+  /** Sets that `before` did not have. */
+  sets: Map<string, string[]>;
+  /** Pods gone ("namespace/name"). */
+  removedPods: string[];
+  /** Sets no entry names any more. */
+  removedSets: string[];
+}
+
+/**
+ * What changed from one compilation to the next, or null when nothing did. Pods are compared by identity first (a
+ * cached compilation returns the same object for an unchanged pod), then by content; sets by name (a name always
+ * means the same CIDRs).
+ */
+export function diffNodePolicy(before: NodePolicy, after: NodePolicy): NodePolicyDelta | null {
+  const old = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+  const pods: CompiledPod[] = [];
+  for (const p of after.pods) {
+    const id = `${p.namespace}/${p.name}`;
+    const q = old.get(id);
+    old.delete(id);
+    if (q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p))) pods.push(p);
+  }
+  const sets = new Map([...after.sets].filter(([name]) => !before.sets.has(name)));
+  const removedSets = [...before.sets.keys()].filter((name) => !after.sets.has(name));
+  if (pods.length === 0 && old.size === 0 && sets.size === 0 && removedSets.length === 0) return null;
+  return { pods, sets, removedPods: [...old.keys()], removedSets };
 }

@@ -7,7 +7,7 @@ import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
 import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, portName, portNumber, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
 import type { PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
-import { watchNodePolicy, type NodePolicyWatchOptions } from '../watch-node-policy.js';
+import { watchNodePolicy, type NodePolicyMessage, type NodePolicyWatchOptions } from '../watch-node-policy.js';
 import { toPod, worldOf } from '../world.js';
 
 /** The gRPC adapter of the policy service: validation at the edge, the store, and the evaluator. */
@@ -59,7 +59,7 @@ function endpoint(s: Snapshot, text: string, field: string): Endpoint {
 
 const toPbVerdict = (v: Verdict): PbVerdict => ({ ...v });
 
-const toPbNodePolicy = (p: NodePolicy): Pick<WatchNodePolicyResponse, 'pods' | 'sets'> => ({
+const toPbNodePolicy = (p: Pick<NodePolicy, 'pods' | 'sets'>): Pick<WatchNodePolicyResponse, 'pods' | 'sets'> => ({
   pods: p.pods.map((pod) => {
     const entries = (es: NodePolicy['pods'][number]['ingress']) => es.map((e) => ({
       tier: e.tier, action: e.action, peerSet: e.peerSet ?? '', protocol: e.protocol ?? '', portFrom: e.ports?.from ?? 0, portTo: e.ports?.to ?? 0, source: e.source,
@@ -67,6 +67,13 @@ const toPbNodePolicy = (p: NodePolicy): Pick<WatchNodePolicyResponse, 'pods' | '
     return { namespace: pod.namespace, name: pod.name, addresses: pod.addresses, ingress: entries(pod.ingress), egress: entries(pod.egress) };
   }),
   sets: [...p.sets].map(([name, cidrs]) => ({ name, cidrs })),
+});
+
+/** A stream message as it goes on the wire (also used by bench/policy, which measures the path through it). */
+export const toPbWatchResponse = (m: NodePolicyMessage): WatchNodePolicyResponse => ({
+  revision: m.revision, bookmark: m.bookmark,
+  ...(m.policy ? toPbNodePolicy(m.policy) : m.delta ? toPbNodePolicy(m.delta) : { pods: [], sets: [] }),
+  delta: m.delta !== null, removedPods: m.delta?.removedPods ?? [], removedSets: m.delta?.removedSets ?? [],
 });
 
 export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: Notifier; watch: NodePolicyWatchOptions }): Handlers<typeof PolicyServiceService> {
@@ -151,8 +158,8 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
     },
     async *watchNodePolicy(req, { signal }) {
       if (!req.node) throw invalidPolicy('node', 'is required: the watching node\'s name');
-      for await (const m of watchNodePolicy({ repo, notifier: deps.notifier, options: deps.watch }, req.node, signal)) {
-        yield { revision: m.revision, bookmark: m.bookmark, ...(m.policy ? toPbNodePolicy(m.policy) : { pods: [], sets: [] }) };
+      for await (const m of watchNodePolicy({ repo, notifier: deps.notifier, options: deps.watch }, req.node, signal, { acceptDeltas: req.acceptDeltas })) {
+        yield toPbWatchResponse(m);
       }
     },
   };

@@ -10,6 +10,8 @@ export interface PodRecord {
   node: string;
   addresses: string[];
   ports: { name: string; port: number; protocol: Protocol }[];
+  /** The revision of the row's last change (in a snapshot). */
+  revision?: number;
 }
 
 export interface PolicyRecord {
@@ -18,6 +20,8 @@ export interface PolicyRecord {
   name: string;
   object: unknown;
   updatedAt: Date;
+  /** The revision of the row's last change (in a snapshot). */
+  revision?: number;
 }
 
 export interface Snapshot {
@@ -135,13 +139,13 @@ export function createPolicyRepository(db: Database) {
         const q = async (s: SQL) => (await tx.execute(s)).rows as Row[];
         const [rev] = await q(sql`SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS revision FROM policy.revision_seq`);
         const ns = await q(sql`SELECT name, labels FROM policy.namespaces`);
-        const pods = await q(sql`SELECT namespace, name, labels, node, addresses, ports FROM policy.pods`);
-        const pols = await q(sql`SELECT kind, namespace, name, object, updated_at FROM policy.policies ORDER BY kind, namespace, name`);
+        const pods = await q(sql`SELECT namespace, name, labels, node, addresses, ports, revision FROM policy.pods ORDER BY namespace, name`);
+        const pols = await q(sql`SELECT kind, namespace, name, object, updated_at, revision FROM policy.policies ORDER BY kind, namespace, name`);
         return {
           revision: Number(rev!.revision),
           namespaces: new Map(ns.map((r) => [String(r.name), r.labels as Record<string, string>])),
-          pods: pods.map((r) => ({ namespace: String(r.namespace), name: String(r.name), labels: r.labels as Record<string, string>, node: String(r.node), addresses: r.addresses as string[], ports: r.ports as PodRecord['ports'] })),
-          policies: pols.map((r) => ({ kind: String(r.kind), namespace: String(r.namespace), name: String(r.name), object: r.object, updatedAt: new Date(r.updated_at as string) })),
+          pods: pods.map((r) => ({ namespace: String(r.namespace), name: String(r.name), labels: r.labels as Record<string, string>, node: String(r.node), addresses: r.addresses as string[], ports: r.ports as PodRecord['ports'], revision: Number(r.revision) })),
+          policies: pols.map((r) => ({ kind: String(r.kind), namespace: String(r.namespace), name: String(r.name), object: r.object, updatedAt: new Date(r.updated_at as string), revision: Number(r.revision) })),
         };
       }, { isolationLevel: 'repeatable read', accessMode: 'read only' });
     },

@@ -1,0 +1,39 @@
+import { createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules, type PolicyActual, type PolicyPlan } from './domain/network-policy.js';
+import type { PolicyDriver } from './kernel/iptables-policy.js';
+
+/**
+ * The agent's network-policy step, between the rules held and the kernel: render (only the pods whose rules changed,
+ * through the render cache), plan, apply. It trusts what it last applied: a pass that only follows new rules plans
+ * against its own record of what it wrote instead of reading `iptables-save` and `ipset save` back, and reuses the
+ * pods' veths it last read unless the rules name a pod address it has no veth for. It reads the kernel back at the
+ * first pass, after a failure (the record is dropped), and whenever asked (`readBack`: the periodic resync, kernel
+ * events, retries, anything but new rules), so drift is still repaired at the next resync.
+ */
+export interface PolicyProgrammer {
+  /** Makes the kernel match `rules` (null: none held yet, fail closed); returns the plan applied (empty: nothing written). */
+  program(rules: NodeRules | null, opts: { readBack: boolean; inForce?: () => void }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
+}
+
+export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: string): PolicyProgrammer {
+  /** What the kernel holds, as this agent last wrote or read it; null: unknown (start, after a failure). */
+  let record: PolicyActual | null = null;
+  let veths: Map<string, string> | null = null;
+  const cache = createRenderCache();
+  const missingVeth = (rules: NodeRules, known: Map<string, string>) => rules.pods.some((p) => p.addresses.some((a) => !a.includes(':') && !known.has(a)));
+  return {
+    async program(rules, opts) {
+      const trust = !opts.readBack && record !== null && rules !== null && veths !== null;
+      if (!trust || missingVeth(rules!, veths!)) veths = await driver.podVeths();
+      const actual = trust ? record! : await driver.read();
+      const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache) : desiredBeforeRules(actual, veths!, vxlanDevice);
+      const plan = planPolicy(desired, actual);
+      if (plan.changed.length > 0) {
+        record = null;
+        await driver.apply(plan, { inForce: opts.inForce });
+      }
+      // What the kernel holds now: the plan leaves exactly one jump from FORWARD.
+      record = { chains: desired.chains, jumps: 1, sets: desired.sets };
+      return { plan, veths: veths!.size, readBack: !trust };
+    },
+  };
+}
