@@ -179,12 +179,16 @@ test('a route change or an entry\'s notification re-checks the overlay only; the
     await sleep(20);
     assert.ok(k.state.routes.has('10.244.3.0/26'), 'the route change is applied');
     assert.deepEqual(calls, [], 'without spawning iptables-save, ipset or ip');
-    for (const reason of ['device', 'pods', 'policy', 'pools', 'resync'] as const) {
+    for (const reason of ['device', 'pods', 'pools', 'underlay', 'resync'] as const) {
       calls.length = 0;
       r.markDirty(reason);
       await sleep(20);
       assert.deepEqual(calls, ['device', 'nat', 'filter'], `${reason}: everything is checked`);
     }
+    calls.length = 0;
+    r.markDirty('policy');
+    await sleep(20);
+    assert.deepEqual(calls, ['filter'], 'new policy rules alone: only the policy is checked');
   } finally {
     r.stop();
   }
