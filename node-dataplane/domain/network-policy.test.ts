@@ -154,6 +154,13 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
+test('a set larger than ipset\'s default 65,536 members is created with room for all of them', () => {
+  const members = Array.from({ length: 70_000 }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+  const plan = planPolicy({ chains: new Map(), sets: new Map([['weft-big', members]]) }, empty);
+  assert.match(plan.setsBefore!, /^create weft-big hash:net family inet maxelem 70000\n/);
+  assert.match(planPolicy({ chains: new Map(), sets: new Map([['weft-small', ['10.0.0.1']]]) }, empty).setsBefore!, /^create weft-small hash:net family inet\n/, 'small sets keep the default');
+});
+
 test('in the kernel: applied plans read back exactly as rendered, so an unchanged state plans nothing; stale objects go', privilegedOrSkip(), () => {
   const ns = `wpol${randomBytes(3).toString('hex')}`;
   const inNs = (args: string[], input?: string) => execFileSync('ip', ['netns', 'exec', ns, ...args], { input, encoding: 'utf8' });

@@ -282,6 +282,8 @@ function editChain(chain: string, have: readonly string[], want: readonly string
   return out;
 }
 
+const DEFAULT_MAXELEM = 65536;
+
 export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
   const changed: string[] = [];
   const before: string[] = [];
@@ -291,7 +293,10 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     changed.push(`set ${name}`);
     // Filled under a temporary name and swapped in: a set that rules already use is never seen half-filled.
     const target = have ? `${name}t` : name;
-    before.push(`create ${target} hash:net family inet`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
+    // A set's content never changes under its name (a new content is a new set), so its size is known at creation:
+    // a selector matching more than ipset's default 65,536 members (every pod of a large cluster) still fits.
+    const maxelem = members.length > DEFAULT_MAXELEM ? ` maxelem ${members.length}` : '';
+    before.push(`create ${target} hash:net family inet${maxelem}`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
     if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
   const filter: string[] = [];
