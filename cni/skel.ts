@@ -58,6 +58,20 @@ export interface VerbContext {
   /** Aborted when the runtime interrupts the plugin (SIGTERM, SIGINT). */
   signal: AbortSignal;
   logger: Logger;
+  /** Notes that a phase of the call ended (for WEFT_CNI_TIMING; does nothing otherwise). */
+  mark: (phase: string) => void;
+}
+
+/**
+ * Phase marks of one run, in ms since the process started (performance.now()), printed as one JSON line on stderr
+ * when WEFT_CNI_TIMING=1 (bench/cni reads it). Without it marking costs nothing and prints nothing.
+ */
+export function createTiming(enabled: boolean): { mark: (phase: string) => void; report: () => string | undefined } {
+  const marks: Record<string, number> = {};
+  return {
+    mark: enabled ? (phase) => void (marks[phase] = Math.round(performance.now() * 100) / 100) : () => {},
+    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks }) + '\n' : undefined),
+  };
 }
 
 /** The table of verbs a plugin implements. ADD returns the result to print; the others print nothing on success. */
@@ -82,6 +96,8 @@ export type Environment = Readonly<Record<string, string | undefined>>;
  * result or error JSON and exits. Never returns.
  */
 export async function runPlugin(verbs: Verbs): Promise<never> {
+  const timing = createTiming(process.env.WEFT_CNI_TIMING === '1');
+  timing.mark('started');
   const printStdout = takeStdout();
   const logger = createJsonLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
 
@@ -91,6 +107,9 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
     if (!finished) {
       finished = true;
       await printStdout(outcome.stdout);
+      timing.mark('written');
+      const report = timing.report();
+      if (report) process.stderr.write(report);
     }
     process.exit(outcome.exitCode);
   };
@@ -111,7 +130,8 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
     return finish(failure(cause, version, logger));
   }
   version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
-  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger }));
+  timing.mark('read');
+  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger, mark: timing.mark }));
 }
 
 /** Everything runPlugin does between reading stdin and writing stdout, without touching the process. */
@@ -119,7 +139,7 @@ export async function handleInvocation(
   verbs: Verbs,
   env: Environment,
   stdin: Uint8Array,
-  options: { signal: AbortSignal; logger: Logger },
+  options: { signal: AbortSignal; logger: Logger; mark?: (phase: string) => void },
 ): Promise<Outcome> {
   const version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
   let logger = options.logger;
@@ -145,13 +165,17 @@ export async function handleInvocation(
       );
     }
     logger = logger.child({ command, ...(invocation.containerId ? { containerId: invocation.containerId, ifname: invocation.ifname } : {}) });
-    const ctx: VerbContext = { invocation, config, signal: options.signal, logger };
+    const mark = options.mark ?? (() => {});
+    mark('parsed');
+    const ctx: VerbContext = { invocation, config, signal: options.signal, logger, mark };
     if (command === 'ADD') {
       const result = await verbs.ADD(ctx);
+      mark('verb');
       logger.debug('attached', { result });
       return { stdout: JSON.stringify(result), exitCode: 0 };
     }
     await verbs[command](ctx);
+    mark('verb');
     logger.debug('done');
     return { stdout: '', exitCode: 0 };
   } catch (err) {

@@ -35,6 +35,8 @@ export function createCniHandlers(deps: {
   reports?: PodReporter;
   /** Called when a pod's veth appeared or went (attach, detach): the agent renders the pod's network policy at once. */
   onPodsChanged?: () => void;
+  /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
+  onAttachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
@@ -106,6 +108,7 @@ export function createCniHandlers(deps: {
             .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
         };
         let address: string;
+        const t0 = performance.now();
         try {
           const res = await deps.ipam.allocate(
             // IPv4 only until the pod plumbing and the overlay carry IPv6.
@@ -116,6 +119,7 @@ export function createCniHandlers(deps: {
             { timeoutMs: 20_000 },
           );
           address = res.allocation!.address;
+          deps.onAttachPhase?.('allocate', performance.now() - t0);
         } catch (err) {
           // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
           const code = (err as { code?: number }).code;
@@ -123,7 +127,7 @@ export function createCniHandlers(deps: {
           return passThrough(err);
         }
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
           log.info('pod attached', { address, hostIfname: a.hostIfname });
           deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
           deps.onPodsChanged?.();

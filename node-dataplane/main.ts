@@ -159,7 +159,9 @@ async function main(): Promise<void> {
 
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods') });
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
+    onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
+  });
   addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });

@@ -35,6 +35,8 @@ export interface UnaryCall<Req, Res> {
   /** Deadline, in milliseconds from now; sent as grpc-timeout and enforced here. */
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Called once the connection is established (for timing). */
+  onConnected?: () => void;
   /** Custom metadata (lower-case ASCII keys), e.g. { traceparent }. */
   metadata?: Readonly<Record<string, string>>;
   /** Largest response message accepted (grpc-js's default receive limit: 4 MiB). */
@@ -131,7 +133,10 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
     };
 
     session = http2.connect('http://localhost', { createConnection: () => net.connect(call.socketPath) });
-    session.once('connect', () => (connected = true));
+    session.once('connect', () => {
+      connected = true;
+      call.onConnected?.();
+    });
     const onSessionGone = (err?: Error) => {
       if (settled) return;
       if (typeof trailers?.['grpc-status'] === 'string') return settleFromResponse(http2.constants.NGHTTP2_NO_ERROR);

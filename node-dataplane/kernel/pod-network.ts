@@ -53,7 +53,10 @@ export function podMacFor(address: string): string {
  */
 export async function attachPod(opts: {
   containerId: string; nsPath: string; ifname: string; address: string; mtu: number; routeProtocol: number; mac?: string;
+  /** Told how long each step took, in ms: `host` (the veth and host route), `pod` (the pod's namespace). */
+  onPhase?: (phase: string, ms: number) => void;
 }): Promise<PodAttachment> {
+  let t0 = performance.now();
   const host = hostIfnameFor(opts.containerId, opts.ifname);
   const podMac = opts.mac || podMacFor(opts.address);
   // Two `ip -batch` runs (one on the node, one in the pod's namespace) instead of a process per step: each spawn
@@ -75,6 +78,8 @@ export async function attachPod(opts: {
     }
     throw err;
   }
+  opts.onPhase?.('host', performance.now() - t0);
+  t0 = performance.now();
   try {
     writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
     writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
@@ -89,6 +94,7 @@ export async function attachPod(opts: {
       ].join('\n') + '\n',
     });
     const hostMac = readFileSync(`/sys/class/net/${host}/address`, 'utf8').trim();
+    opts.onPhase?.('pod', performance.now() - t0);
     return { hostIfname: host, hostMac, podIfname: opts.ifname, podMac: podMac.toLowerCase(), address: opts.address };
   } catch (err) {
     try {
