@@ -1,3 +1,5 @@
+import { readSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { createJsonLogger, type Logger } from '../lib/json-logger.js';
 import {
   DEFAULT_CNI_VERSION,
@@ -297,16 +299,38 @@ function takeStdout(): (text: string) => Promise<void> {
     });
 }
 
-/** Reads stdin to its end, keeping at most `keep` bytes (the rest is drained so the writer never sees EPIPE). */
+/**
+ * Reads stdin to its end, keeping at most `keep` bytes (the rest is drained so the writer never sees EPIPE).
+ * Runtimes write the config into a pipe and close it, so it is read with blocking reads on fd 0: creating
+ * `process.stdin` (a stream, and the modules behind it) cost the plugin about 7 ms. A non-blocking descriptor
+ * (EAGAIN) goes on through `process.stdin`.
+ */
 async function readStdin(keep: number): Promise<Buffer> {
-  if (process.stdin.isTTY) return Buffer.alloc(0);
+  if (isatty(0)) return Buffer.alloc(0);
   const chunks: Buffer[] = [];
   let kept = 0;
-  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
-    if (kept >= keep) continue;
-    const part = chunk.subarray(0, keep - kept);
+  const take = (chunk: Buffer) => {
+    if (kept >= keep) return;
+    const part = Buffer.from(chunk.subarray(0, keep - kept));
     chunks.push(part);
     kept += part.length;
+  };
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EOF') break;
+      if (code === 'EAGAIN') {
+        for await (const chunk of process.stdin as AsyncIterable<Buffer>) take(chunk);
+        break;
+      }
+      throw err;
+    }
+    if (n === 0) break;
+    take(buf.subarray(0, n));
   }
   return Buffer.concat(chunks);
 }

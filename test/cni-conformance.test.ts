@@ -667,6 +667,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const taken = assertCniError(await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 999);
       assert.match(String(taken.msg), /10\.244\.3\.3 is held by/);
       assert.equal(await allocationOf(p2), undefined, 'the refused pod holds nothing');
+      // The agent makes the veth while IPAM allocates: a refused allocation removes it again, in the node and the pod.
+      assert.ok(!(await podHostLinks()).includes(hostLinkOf(p2)), 'no host veth remains for the refused pod');
+      assert.doesNotMatch(await ipn(p2.netnsName, 'link', 'show'), /eth0/, 'no interface remains in the refused pod');
       const viaRuntime = await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.4/16'] } }));
       assert.equal(viaRuntime.status, 0, viaRuntime.stdout);
       assert.equal(addressOf(onlyDocument(viaRuntime)), '10.244.3.4');

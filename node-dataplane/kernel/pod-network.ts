@@ -1,13 +1,15 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
+import netlinkPkg from 'netlink';
+import type { RtNetlinkSocket } from 'netlink';
 import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 
 /**
  * The pod side of an attachment: a veth pair whose pod end is created directly inside the pod's namespace under
  * the requested name, the address as a /32, a default route via the link-local gateway (answered by proxy ARP on
  * the host end), and a host route to the pod. Pod-namespace work runs `ip` under nsenter, so this process never
- * changes its own namespace (see DESIGN.md).
+ * changes its own namespace (see DESIGN.md); the host route goes over rtnetlink.
  */
 export const POD_GATEWAY = '169.254.1.1';
 
@@ -47,30 +49,61 @@ export function podMacFor(address: string): string {
 }
 
 /**
- * Makes the pod's interface. The caller has made sure the host end does not exist yet, so everything made here is
- * this call's own: on any failure it is all removed again (deleting the host end takes the pod end and the host
- * route with it) before the error is thrown.
+ * Makes the pod's interface while its address is being allocated. The caller has made sure the host end does not
+ * exist yet, so everything made here is this call's own: on any failure it is all removed again (deleting the host
+ * end takes the pod end and the host route with it) before the error is thrown, and never before `address` has
+ * settled, so that the caller's release comes after the allocation it undoes. When `address` rejects, that same
+ * error is thrown.
+ *
+ * What runs when (see DESIGN.md, "Kernel choices"): at once, `ip -batch` on the node makes the veth pair (the pod end
+ * directly in the pod's namespace) and sets the host end up, while `ip -batch` under nsenter starts in the pod's
+ * namespace and waits for its commands; once both the veth and the address are there, the pod end gets its MAC, the
+ * /32, up and its routes, and the host route is added over netlink. Only that last step waits for IPAM.
  */
 export async function attachPod(opts: {
-  containerId: string; nsPath: string; ifname: string; address: string; mtu: number; routeProtocol: number; mac?: string;
-  /** Told how long each step took, in ms: `host` (the veth and host route), `pod` (the pod's namespace). */
+  containerId: string; nsPath: string; ifname: string; address: Promise<string>; mtu: number; routeProtocol: number; mac?: string;
+  /** Told how long each step took, in ms: `host` (the veth, from the start), `pod` (the pod's namespace and the host route, from the address). */
   onPhase?: (phase: string, ms: number) => void;
 }): Promise<PodAttachment> {
-  let t0 = performance.now();
+  const t0 = performance.now();
   const host = hostIfnameFor(opts.containerId, opts.ifname);
-  const podMac = opts.mac || podMacFor(opts.address);
-  // Two `ip -batch` runs (one on the node, one in the pod's namespace) instead of a process per step: each spawn
-  // costs milliseconds, and a pod's ADD waits for all of them.
+  let addressError: { err: unknown } | undefined;
+  const address = opts.address.catch((err: unknown) => {
+    addressError = { err };
+    throw err;
+  });
+  const hostSide = ip(['-batch', '-'], {
+    input: [
+      `link add ${host} mtu ${opts.mtu} type veth peer name ${opts.ifname} mtu ${opts.mtu} netns ${opts.nsPath}`,
+      `link set dev ${host} up`,
+    ].join('\n') + '\n',
+  }).then(() => {
+    writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
+    writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
+    opts.onPhase?.('host', performance.now() - t0);
+  });
+  let tAddress = 0;
+  const podCommands = Promise.all([address, hostSide]).then(([addr]) => {
+    tAddress = performance.now();
+    const podMac = (opts.mac || podMacFor(addr)).toLowerCase();
+    return [
+      'link set dev lo up',
+      `link set dev ${opts.ifname} address ${podMac}`,
+      `addr add ${addr}/32 dev ${opts.ifname}`,
+      `link set dev ${opts.ifname} up`,
+      `route add ${POD_GATEWAY} dev ${opts.ifname} scope link`,
+      `route add default via ${POD_GATEWAY} dev ${opts.ifname}`,
+    ].join('\n') + '\n';
+  });
+  // Started now, so its start-up (two execs) overlaps the allocation; it reads nothing until podCommands resolves.
+  const podSide = ip(['-batch', '-'], { nsPath: opts.nsPath, input: podCommands });
+  podSide.catch(() => {}); // awaited below when it matters; a failure after another one is not reported twice
+
   try {
-    await ip(['-batch', '-'], {
-      input: [
-        `link add ${host} mtu ${opts.mtu} type veth peer name ${opts.ifname} address ${podMac} mtu ${opts.mtu} netns ${opts.nsPath}`,
-        `link set dev ${host} up`,
-        `route replace ${opts.address}/32 dev ${host} scope link proto ${opts.routeProtocol}`,
-      ].join('\n') + '\n',
-    });
+    await hostSide;
   } catch (err) {
-    // Undo whatever of the batch ran; say why in the runtime's terms when we can.
+    // Undo whatever of the batch ran; say why in the runtime's terms when we can. Wait for the address first.
+    await address.catch(() => {});
     const made = existsSync(`/sys/class/net/${host}`);
     if (made) await deleteLink(host).catch(() => {});
     if (!made && (await showLink(opts.ifname, opts.nsPath).catch(() => null))) {
@@ -78,32 +111,42 @@ export async function attachPod(opts: {
     }
     throw err;
   }
-  opts.onPhase?.('host', performance.now() - t0);
-  t0 = performance.now();
   try {
-    writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
-    writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
-    await ip(['-batch', '-'], {
-      nsPath: opts.nsPath,
-      input: [
-        'link set dev lo up',
-        `addr add ${opts.address}/32 dev ${opts.ifname}`,
-        `link set dev ${opts.ifname} up`,
-        `route add ${POD_GATEWAY} dev ${opts.ifname} scope link`,
-        `route add default via ${POD_GATEWAY} dev ${opts.ifname}`,
-      ].join('\n') + '\n',
-    });
+    const addr = await address;
+    await Promise.all([podSide, addHostRoute(host, addr, opts.routeProtocol)]);
+    opts.onPhase?.('pod', performance.now() - tAddress);
     const hostMac = readFileSync(`/sys/class/net/${host}/address`, 'utf8').trim();
-    opts.onPhase?.('pod', performance.now() - t0);
-    return { hostIfname: host, hostMac, podIfname: opts.ifname, podMac: podMac.toLowerCase(), address: opts.address };
+    return { hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addr)).toLowerCase(), address: addr };
   } catch (err) {
     try {
       await deleteLink(host);
     } catch (undo) {
       throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`);
     }
+    if (addressError) throw addressError.err;
     throw err;
   }
+}
+
+const AF_INET = 2;
+const MAIN_TABLE = 254;
+const NLM_F_REPLACE = 0x100;
+const NLM_F_CREATE = 0x400;
+let rtnl: RtNetlinkSocket | undefined;
+
+/**
+ * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`), over rtnetlink: one request
+ * on a socket opened on first use and kept (unreferenced, so it never holds the process open).
+ */
+async function addHostRoute(host: string, address: string, routeProtocol: number): Promise<void> {
+  const oif = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
+  rtnl ??= netlinkPkg.createRtNetlink();
+  const dst = Buffer.from(address.split('.').map(Number));
+  await rtnl.newRoute(
+    { family: AF_INET, dstLen: 32, table: MAIN_TABLE, protocol: routeProtocol, scope: 'LINK', type: 'UNICAST' },
+    { dst, oif },
+    { flags: NLM_F_CREATE | NLM_F_REPLACE },
+  );
 }
 
 /** Names of the node's veth devices (GC picks Weft's pod interfaces among them). */
