@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
-import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
+import { ip, showLink, type LinkInfo } from './links.js';
 
 /**
  * The pod side of an attachment: a veth pair whose pod end is created directly inside the pod's namespace under
@@ -55,10 +55,10 @@ export function podMacFor(address: string): string {
  * settled, so that the caller's release comes after the allocation it undoes. When `address` rejects, that same
  * error is thrown.
  *
- * What runs when (see DESIGN.md, "Kernel choices"): at once, `ip -batch` on the node makes the veth pair (the pod end
- * directly in the pod's namespace) and sets the host end up, while `ip -batch` under nsenter starts in the pod's
+ * What runs when (see DESIGN.md, "Kernel choices"): at once, one rtnetlink request makes the veth pair (the pod end
+ * directly in the pod's namespace) with the host end up, while `ip -batch` under nsenter starts in the pod's
  * namespace and waits for its commands; once both the veth and the address are there, the pod end gets its MAC, the
- * /32, up and its routes, and the host route is added over netlink. Only that last step waits for IPAM.
+ * /32, up and its routes, and the host route is added over rtnetlink. Only that last step waits for IPAM.
  */
 export async function attachPod(opts: {
   containerId: string; nsPath: string; ifname: string; address: Promise<string>; mtu: number; routeProtocol: number; mac?: string;
@@ -72,12 +72,7 @@ export async function attachPod(opts: {
     addressError = { err };
     throw err;
   });
-  const hostSide = ip(['-batch', '-'], {
-    input: [
-      `link add ${host} mtu ${opts.mtu} type veth peer name ${opts.ifname} mtu ${opts.mtu} netns ${opts.nsPath}`,
-      `link set dev ${host} up`,
-    ].join('\n') + '\n',
-  }).then(() => {
+  const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(() => {
     writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
     writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
     opts.onPhase?.('host', performance.now() - t0);
@@ -105,7 +100,7 @@ export async function attachPod(opts: {
     // Undo whatever of the batch ran; say why in the runtime's terms when we can. Wait for the address first.
     await address.catch(() => {});
     const made = existsSync(`/sys/class/net/${host}`);
-    if (made) await deleteLink(host).catch(() => {});
+    if (made) await deleteHostLink(host).catch(() => {});
     if (!made && (await showLink(opts.ifname, opts.nsPath).catch(() => null))) {
       throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`);
     }
@@ -119,7 +114,7 @@ export async function attachPod(opts: {
     return { hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addr)).toLowerCase(), address: addr };
   } catch (err) {
     try {
-      await deleteLink(host);
+      await deleteHostLink(host);
     } catch (undo) {
       throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`);
     }
@@ -131,18 +126,81 @@ export async function attachPod(opts: {
 const AF_INET = 2;
 const MAIN_TABLE = 254;
 const NLM_F_REPLACE = 0x100;
+const NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
+const IFLA_IFNAME = 3;
+const IFLA_MTU = 4;
+const IFLA_NET_NS_FD = 28;
+const IFLA_INFO_KIND = 1;
+const IFLA_INFO_DATA = 2;
+const VETH_INFO_PEER = 1;
 let rtnl: RtNetlinkSocket | undefined;
 
 /**
- * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`), over rtnetlink: one request
- * on a socket opened on first use and kept (unreferenced, so it never holds the process open).
+ * The agent's rtnetlink socket for pod interfaces, opened on first use and kept (unreferenced, so it never holds the
+ * process open). It lives in the agent's own namespace; the pod end reaches the pod's by IFLA_NET_NS_FD.
+ */
+function podNetlink(): RtNetlinkSocket {
+  return (rtnl ??= netlinkPkg.createRtNetlink());
+}
+
+/** One netlink attribute: length, type, payload, padded to 4 bytes. */
+function attr(type: number, payload: Buffer): Buffer {
+  const out = Buffer.alloc(4 + Math.ceil(payload.length / 4) * 4);
+  out.writeUInt16LE(4 + payload.length, 0);
+  out.writeUInt16LE(type, 2);
+  payload.copy(out, 4);
+  return out;
+}
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n, 0);
+  return b;
+};
+const cstr = (s: string) => Buffer.from(`${s}\0`);
+
+/**
+ * `ip link add <host> mtu M up type veth peer name <peer> mtu M netns <nsPath>` as one RTM_NEWLINK: the pair exists
+ * whole or not at all, with the host end up. The package has no encoder for veth's peer, so IFLA_LINKINFO is built
+ * here: kind "veth", and as its data the peer's ifinfomsg and attributes (name, MTU, the namespace's descriptor).
+ */
+async function createVeth(opts: { host: string; peer: string; mtu: number; nsPath: string }): Promise<void> {
+  const nsFd = openSync(opts.nsPath, 'r');
+  try {
+    const peer = Buffer.concat([
+      netlinkPkg.rt.formatLink({}),
+      attr(IFLA_IFNAME, cstr(opts.peer)),
+      attr(IFLA_MTU, u32(opts.mtu)),
+      attr(IFLA_NET_NS_FD, u32(nsFd)),
+    ]);
+    const linkinfo = Buffer.concat([attr(IFLA_INFO_KIND, cstr('veth')), attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))]);
+    await podNetlink().newLink(
+      { flags: { up: true }, change: { up: true } },
+      { ifname: opts.host, mtu: opts.mtu, linkinfo },
+      { flags: NLM_F_CREATE | NLM_F_EXCL },
+    );
+  } finally {
+    closeSync(nsFd);
+  }
+}
+
+/** Deletes a host veth (and with it its pod end and host route) over rtnetlink. Already gone is success. */
+async function deleteHostLink(name: string): Promise<void> {
+  try {
+    await podNetlink().delLink({}, { ifname: name });
+  } catch (err) {
+    if (/ENODEV|ENOENT/.test(String((err as Error).message))) return;
+    throw err;
+  }
+}
+
+/**
+ * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`), over rtnetlink.
  */
 async function addHostRoute(host: string, address: string, routeProtocol: number): Promise<void> {
   const oif = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
-  rtnl ??= netlinkPkg.createRtNetlink();
   const dst = Buffer.from(address.split('.').map(Number));
-  await rtnl.newRoute(
+  await podNetlink().newRoute(
     { family: AF_INET, dstLen: 32, table: MAIN_TABLE, protocol: routeProtocol, scope: 'LINK', type: 'UNICAST' },
     { dst, oif },
     { flags: NLM_F_CREATE | NLM_F_REPLACE },
@@ -220,5 +278,5 @@ function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
 
 /** Removes the veth pair (and with it the host route). Already gone is success. */
 export async function detachPod(opts: { containerId: string; ifname: string }): Promise<void> {
-  await deleteLink(hostIfnameFor(opts.containerId, opts.ifname));
+  await deleteHostLink(hostIfnameFor(opts.containerId, opts.ifname));
 }
