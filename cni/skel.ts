@@ -1,4 +1,4 @@
-import { readSync } from 'node:fs';
+import { readSync, writeSync } from 'node:fs';
 import { isatty } from 'node:tty';
 import { createJsonLogger, type Logger } from '../lib/json-logger.js';
 import {
@@ -111,7 +111,7 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
       await printStdout(outcome.stdout);
       timing.mark('written');
       const report = timing.report();
-      if (report) process.stderr.write(report);
+      if (report) writeSync(2, report);
     }
     process.exit(outcome.exitCode);
   };
@@ -284,18 +284,29 @@ function badEnv(msg: string): CniError {
 }
 
 /**
- * Makes process.stdout write to stderr for everyone else (console.log, libraries) and returns the only function
- * that still writes to the real stdout. The runtime parses stdout as one JSON document; a stray line breaks it.
+ * Makes `process.stdout` mean stderr for everyone else (console.log, libraries) and returns the only function that
+ * still writes to the real stdout. The runtime parses stdout as one JSON document; a stray line breaks it.
+ * The result is written with blocking writes on fd 1, so Node never builds its stdout stream (for a pipe, a socket and
+ * the modules behind it: a few ms of every run). A non-blocking descriptor that is full (EAGAIN) hands the rest to
+ * that stream after all; an error (EPIPE: the runtime stopped reading) leaves nothing useful to do.
  */
 function takeStdout(): (text: string) => Promise<void> {
-  const stdout = process.stdout;
-  const write = stdout.write.bind(stdout);
-  stdout.write = process.stderr.write.bind(process.stderr) as typeof stdout.write;
-  stdout.on('error', () => {}); // EPIPE: the runtime stopped reading; nothing useful left to do.
+  const real = Object.getOwnPropertyDescriptor(process, 'stdout');
+  Object.defineProperty(process, 'stdout', { configurable: true, enumerable: true, get: () => process.stderr });
   return (text) =>
     new Promise((resolve) => {
-      if (text === '') resolve();
-      else write(`${text}\n`, () => resolve());
+      if (text === '') return resolve();
+      const data = Buffer.from(`${text}\n`);
+      let written = 0;
+      try {
+        while (written < data.length) written += writeSync(1, data, written);
+        resolve();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || !real?.get) return resolve();
+        const stdout = real.get.call(process) as NodeJS.WriteStream;
+        stdout.on('error', () => resolve());
+        stdout.write(data.subarray(written), () => resolve());
+      }
     });
 }
 

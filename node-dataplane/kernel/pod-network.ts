@@ -56,9 +56,9 @@ export function podMacFor(address: string): string {
  * error is thrown.
  *
  * What runs when (see DESIGN.md, "Kernel choices"): at once, one rtnetlink request makes the veth pair (the pod end
- * directly in the pod's namespace) with the host end up, while `ip -batch` under nsenter starts in the pod's
- * namespace and waits for its commands; once both the veth and the address are there, the pod end gets its MAC, the
- * /32, up and its routes, and the host route is added over rtnetlink. Only that last step waits for IPAM.
+ * directly in the pod's namespace) with the host end up; then `ip -batch` under nsenter starts in the pod's
+ * namespace and waits for its commands; once the address is there too, the pod end gets its MAC, the /32, up and
+ * its routes, and the host route is added over rtnetlink. Only that last step waits for IPAM.
  */
 export async function attachPod(opts: {
   containerId: string; nsPath: string; ifname: string; address: Promise<string>; mtu: number; routeProtocol: number; mac?: string;
@@ -67,6 +67,8 @@ export async function attachPod(opts: {
 }): Promise<PodAttachment> {
   const t0 = performance.now();
   const host = hostIfnameFor(opts.containerId, opts.ifname);
+  // Order matters on one event loop: the caller has issued IPAM's Allocate; the netlink request goes out here; the
+  // pod-side process is spawned (a blocking fork) only when the veth is done, by which time Allocate is on its way.
   let addressError: { err: unknown } | undefined;
   const address = opts.address.catch((err: unknown) => {
     addressError = { err };
@@ -90,8 +92,10 @@ export async function attachPod(opts: {
       `route add default via ${POD_GATEWAY} dev ${opts.ifname}`,
     ].join('\n') + '\n';
   });
-  // Started now, so its start-up (two execs) overlaps the allocation; it reads nothing until podCommands resolves.
-  const podSide = ip(['-batch', '-'], { nsPath: opts.nsPath, input: podCommands });
+  // Started once the veth is there, so its start-up (two execs) overlaps the rest of the allocation; it reads nothing
+  // until podCommands resolves. Not at once: spawning forks this process, which blocks its event loop for a few ms,
+  // and at once that would hold back IPAM's Allocate request before grpc-js has written it.
+  const podSide = hostSide.then(() => ip(['-batch', '-'], { nsPath: opts.nsPath, input: podCommands }));
   podSide.catch(() => {}); // awaited below when it matters; a failure after another one is not reported twice
 
   try {
