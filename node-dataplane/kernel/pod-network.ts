@@ -96,7 +96,10 @@ export async function attachPod(opts: {
   // until podCommands resolves. Not at once: spawning forks this process, which blocks its event loop for a few ms,
   // and at once that would hold back IPAM's Allocate request before grpc-js has written it.
   const podSide = hostSide.then(() => ip(['-batch', '-'], { nsPath: opts.nsPath, input: podCommands }));
-  podSide.catch(() => {}); // awaited below when it matters; a failure after another one is not reported twice
+  // Awaited below when they matter (a failure after another one is not reported twice). Without these, a failed
+  // veth would leave podCommands' rejection unhandled, and Node ends the process on an unhandled rejection.
+  podCommands.catch(() => {});
+  podSide.catch(() => {});
 
   try {
     await hostSide;
