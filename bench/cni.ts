@@ -11,7 +11,10 @@ import { median, ms, percentile, printTable, type Row } from './support.js';
  * cluster, beside the bare start-up of `node -e 0` and beside Debian's reference bridge + host-local plugins on the
  * same node, in the same run. Beside ADD it times the phases: `weft-cni` VERSION (Node start-up plus loading the
  * bundle, no agent call) and the agent's own time per Attach/Detach (weft_agent_cni_call_duration_seconds, read from
- * the node agent's metrics before and after each run: a mean, not a percentile). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
+ * the node agent's metrics before and after each run: a mean, not a percentile). A second table breaks ADD down: the
+ * plugin's phases (WEFT_CNI_TIMING=1 makes weft-cni print its phase marks on stderr: Node start-up and the bundle,
+ * stdin, config, loading the agent client, connecting, the call, writing the result, and what remains of the wall
+ * time: exit and `ip netns exec`) and the agent's Attach steps (weft_agent_attach_phase_duration_seconds). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
  * containernetworking-plugins (bench/install-deps.sh installs it).
  */
 const PODS = Number(process.env.WEFT_BENCH_PODS ?? 30);
@@ -31,14 +34,41 @@ function timed(file: string, args: string[], env: Record<string, string>, stdin 
   });
 }
 
-/** Sum and count of the agent's weft_agent_cni_call_duration_seconds for one rpc (successful calls). */
-async function agentCallSeconds(node: NodeState, rpc: string): Promise<{ sum: number; count: number }> {
+/** Sum and count of one series of an agent histogram whose labels include all of `labels` ('rpc="attach"', …). */
+async function agentHistogram(node: NodeState, metric: string, labels: string[]): Promise<{ sum: number; count: number }> {
   const stdout = await run('ip', ['netns', 'exec', node.netns, 'curl', '-sf', `http://127.0.0.1:${AGENT_METRICS_PORT}/metrics`]);
   const value = (suffix: string) => {
-    const line = stdout.split('\n').find((l) => l.startsWith(`weft_agent_cni_call_duration_seconds_${suffix}{`) && l.includes(`rpc="${rpc}"`) && l.includes('result="ok"'));
+    const line = stdout.split('\n').find((l) => l.startsWith(`${metric}_${suffix}{`) && labels.every((x) => l.includes(x)));
     return line ? Number(line.split(' ').at(-1)) : 0;
   };
   return { sum: value('sum'), count: value('count') };
+}
+
+/** The agent's own time per successful call of `rpc` (weft_agent_cni_call_duration_seconds). */
+const agentCallSeconds = (node: NodeState, rpc: string) => agentHistogram(node, 'weft_agent_cni_call_duration_seconds', [`rpc="${rpc}"`, 'result="ok"']);
+/** Steps of the agent's Attach (weft_agent_attach_phase_duration_seconds). */
+const AGENT_PHASES = ['allocate', 'host', 'pod'] as const;
+
+/**
+ * The plugin's own phases of one ADD, from its WEFT_CNI_TIMING line (ms since the process started), and what is
+ * left of the wall time measured here (process exit, `ip netns exec`, spawning).
+ */
+const PLUGIN_PHASES = ['start-up', 'stdin', 'config', 'load client', 'connect', 'call', 'result', 'exit and exec'] as const;
+type PluginPhase = (typeof PLUGIN_PHASES)[number];
+function pluginPhases(stderr: string, wallMs: number): Record<PluginPhase, number> {
+  const line = stderr.split('\n').find((l) => l.includes('"weft-cni timing"'));
+  if (!line) throw new Error(`weft-cni printed no timing line (WEFT_CNI_TIMING=1): ${stderr}`);
+  const m = (JSON.parse(line) as { marks: Record<string, number> }).marks;
+  return {
+    'start-up': m.started!,
+    stdin: m.read! - m.started!,
+    config: m.parsed! - m.read!,
+    'load client': m.loaded! - m.parsed!,
+    connect: m.connected! - m.loaded!,
+    call: m.answered! - m.connected!,
+    result: m.written! - m.answered!,
+    'exit and exec': wallMs - m.written!,
+  };
 }
 
 async function main() {
@@ -52,6 +82,9 @@ async function main() {
   /** Per run: the agent's mean time per Attach and per Detach, in ms. */
   const agentAttach: number[] = [];
   const agentDetach: number[] = [];
+  /** Per run: the agent's mean time per Attach phase, and the median of each plugin phase, in ms. */
+  const agentPhase: Record<string, number[]> = Object.fromEntries(AGENT_PHASES.map((k) => [k, []]));
+  const pluginPhase: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
   try {
     const refConf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cnibench0', isGateway: true,
       ipam: { type: 'host-local', subnet: '10.99.0.0/16', dataDir: path.join(dir, 'host-local') } });
@@ -59,15 +92,19 @@ async function main() {
       const run1 = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
       const attach0 = await agentCallSeconds(node, 'attach');
       const detach0 = await agentCallSeconds(node, 'detach');
+      const phases0 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
+      const runPhases: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
       for (let i = 0; i < PODS; i++) {
         const ns = `${state.prefix}-bench-${r}-${i}`;
         await run('ip', ['netns', 'add', ns]);
         try {
           const env = { CNI_CONTAINERID: `bench${r}x${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: REF };
           let t = performance.now();
-          const add = await runCni(node, { ...env, CNI_COMMAND: 'ADD' }, networkConfig(node));
-          run1.weftAdd.push(performance.now() - t);
+          const add = await runCni(node, { ...env, CNI_COMMAND: 'ADD', WEFT_CNI_TIMING: '1' }, networkConfig(node));
+          const addMs = performance.now() - t;
+          run1.weftAdd.push(addMs);
           if (add.exitCode !== 0) throw new Error(`weft-cni ADD failed: ${add.stdout}`);
+          for (const [k, v] of Object.entries(pluginPhases(add.stderr, addMs))) runPhases[k]!.push(v);
           t = performance.now();
           const del = await runCni(node, { ...env, CNI_COMMAND: 'DEL' }, networkConfig(node));
           run1.weftDel.push(performance.now() - t);
@@ -92,6 +129,9 @@ async function main() {
       const detach1 = await agentCallSeconds(node, 'detach');
       agentAttach.push(((attach1.sum - attach0.sum) / Math.max(1, attach1.count - attach0.count)) * 1000);
       agentDetach.push(((detach1.sum - detach0.sum) / Math.max(1, detach1.count - detach0.count)) * 1000);
+      const phases1 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
+      AGENT_PHASES.forEach((ph, n) => agentPhase[ph]!.push(((phases1[n]!.sum - phases0[n]!.sum) / Math.max(1, phases1[n]!.count - phases0[n]!.count)) * 1000));
+      for (const k of PLUGIN_PHASES) pluginPhase[k]!.push(median(runPhases[k]!));
       for (const k of Object.keys(run1) as (keyof typeof run1)[]) {
         const sorted = [...run1[k]].sort((a, b) => a - b);
         results[k].push(percentile(sorted, 50));
@@ -113,6 +153,14 @@ async function main() {
     { figure: 'bridge + host-local DEL p50 / p99', value: `${ms(m50('refDel'))} / ${ms(m99('refDel'))}`, baseline: 'weft DEL p50', ratio: (m50('weftDel') / m50('refDel')).toFixed(2) + 'x' },
   ];
   printTable(`bench/cni — medians of ${RUNS} runs of ${PODS} pods, sequential, each run through \`ip netns exec <node>\``, rows);
+  // Where an ADD's time goes: the plugin's phases (medians), then the agent's steps (means) inside the call.
+  const phaseRows: Row[] = [
+    ...PLUGIN_PHASES.map((k): Row => ({ figure: `plugin: ${k}`, value: ms(median(pluginPhase[k]!)) })),
+    { figure: 'plugin: total (weft-cni ADD p50)', value: ms(m50('weftAdd')), baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}` },
+    { figure: 'agent: Attach (mean, inside "call")', value: ms(median(agentAttach)), baseline: 'plugin: call', ratio: ms(median(pluginPhase.call!) - median(agentAttach)) + ' transport' },
+    ...AGENT_PHASES.map((k): Row => ({ figure: `agent: ${k} (mean)`, value: ms(median(agentPhase[k]!)) })),
+  ];
+  printTable('Where weft-cni ADD spends its time: plugin phases (ms since process start for start-up; medians) and the agent\'s Attach steps (means; steps may overlap)', phaseRows);
 }
 
 main().then(() => process.exit(0), (err) => {

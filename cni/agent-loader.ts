@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { CniCode, CniError } from './errors.js';
 
 export type Agent = typeof import('./agent.js');
@@ -8,13 +8,14 @@ export type Agent = typeof import('./agent.js');
  * only once the agent's socket exists: while the agent is down, the runtime's retries are answered at once.
  */
 export async function loadAgent(socketPath: string): Promise<Agent> {
-  await assertSocketPresent(socketPath);
+  assertSocketPresent(socketPath);
   return import('./agent.js');
 }
 
-async function assertSocketPresent(socketPath: string): Promise<void> {
+/** A synchronous stat: an asynchronous one would start libuv's thread pool (four threads) for this one call. */
+function assertSocketPresent(socketPath: string): void {
   try {
-    await stat(socketPath);
+    statSync(socketPath);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') {

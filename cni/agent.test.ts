@@ -1,12 +1,18 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import http2 from 'node:http2';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Metadata, Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
-import { AgentServiceService, type AttachRequest, type AttachResponse, type CheckResponse, type DetachResponse } from '../gen/weft/agent/v1/agent.js';
+import { Metadata, status, type Server } from '@grpc/grpc-js';
+import { AgentServiceService, type AttachRequest, type AttachResponse } from '../gen/weft/agent/v1/agent.js';
+import { DomainError } from '../lib/errors.js';
+import { createClient } from '../lib/grpc/client.js';
+import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-server.js';
+import { addService, createServer, type Handlers, type UnaryMethods } from '../lib/grpc/server.js';
 import { GrpcStatus } from '../lib/grpc/status.js';
+import { encodeFrame, readFrame } from '../lib/grpc/unary-frames.js';
+import { silentLogger } from '../lib/logger.js';
 import { AGENT_METHODS, attachPod, checkPod, cniErrorFromAgent, detachPod } from './agent.js';
 import { CniCode, CniError } from './errors.js';
 
@@ -69,38 +75,50 @@ describe('attachPod and detachPod against a real server', () => {
   let dir = '';
   let socket = '';
   let server: Server;
+  let listening: UnixSocketServer;
   let detachAnswer: { code: status; details: string } | null = null;
   let attachAnswer: AttachResponse | null = null;
-  let lastAttach: { request: AttachRequest; traceparent: unknown; deadline: number } | null = null;
+  let lastAttach: { request: AttachRequest; traceparent: unknown; cancelledAfterMs: number | null } | null = null;
 
   before(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'weft-cni-agent-'));
     socket = path.join(dir, 'agent.sock');
-    server = new Server();
-    server.addService(AgentServiceService, {
-      attach: (call: ServerUnaryCall<AttachRequest, AttachResponse>, done: sendUnaryData<AttachResponse>) => {
-        lastAttach = { request: call.request, traceparent: call.metadata.get('traceparent')[0], deadline: Number(call.getDeadline()) };
-        if (attachAnswer) done(null, attachAnswer); // else never answers
+    // Served as the node agent serves it: unary frames and gRPC on one socket, through the same handlers.
+    server = createServer();
+    const unaryMethods: UnaryMethods = new Map();
+    const handlers: Handlers<typeof AgentServiceService> = {
+      attach: async (request, ctx) => {
+        const t0 = Date.now();
+        const seen = { request, traceparent: ctx.metadata.get('traceparent')[0], cancelledAfterMs: null as number | null };
+        lastAttach = seen;
+        if (attachAnswer) return attachAnswer;
+        return new Promise<AttachResponse>((_resolve, reject) => ctx.signal.addEventListener('abort', () => {
+          seen.cancelledAfterMs = Date.now() - t0;
+          reject(new Error('cancelled'));
+        })); // else never answers
       },
-      detach: (_call: unknown, done: sendUnaryData<DetachResponse>) => (detachAnswer ? done(detachAnswer, null) : done(null, {})),
-      check: (_call: unknown, done: sendUnaryData<CheckResponse>) => {
-        const metadata = new Metadata();
-        metadata.set('weft-error-code', 'agent.check_failed');
-        done({ code: status.FAILED_PRECONDITION, details: 'proxy ARP is off on host interface weft1234, 100% sure: é', metadata }, null);
+      detach: async () => {
+        if (detachAnswer) throw Object.assign(new DomainError('test.detach', detachAnswer.code === status.NOT_FOUND ? 'not_found' : 'failed_precondition', detachAnswer.details));
+        return {};
       },
-    });
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
+      check: async () => {
+        throw new DomainError('agent.check_failed', 'failed_precondition', 'proxy ARP is off on host interface weft1234, 100% sure: é');
+      },
+      status: async () => ({ ipamReachable: true, detail: '' }),
+      garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
+    };
+    addService(server, AgentServiceService, handlers, silentLogger, unaryMethods);
+    listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
   });
   after(async () => {
+    await listening.close();
     server.forceShutdown();
     await rm(dir, { recursive: true, force: true });
   });
 
   const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '', requestedAddresses: [], mac: '' };
 
-  it('answers "try again later" when the agent does not answer in time, and tells the agent the deadline', async () => {
+  it('answers "try again later" when the agent does not answer in time, and the agent stops at the deadline', async () => {
     attachAnswer = null;
     const t0 = Date.now();
     await assert.rejects(attachPod(socket, pod, { timeoutMs: 200 }), (err: unknown) => {
@@ -111,7 +129,8 @@ describe('attachPod and detachPod against a real server', () => {
       return true;
     });
     assert.ok(Date.now() - t0 < 2_000, 'gave up at the deadline');
-    assert.ok(Math.abs(lastAttach!.deadline - (t0 + 200)) < 1_000, 'the server saw grpc-timeout');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(lastAttach!.cancelledAfterMs !== null && lastAttach!.cancelledAfterMs < 1_000, 'the handler was cancelled at (or before) the deadline');
   });
 
   it('sends the request, decodes the answer, and starts a trace the agent continues', async () => {
@@ -121,19 +140,38 @@ describe('attachPod and detachPod against a real server', () => {
       routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
     };
     attachAnswer = answer;
-    const res = await attachPod(socket, { ...pod, requestedAddresses: ['10.244.0.5'], mac: '0a:00:00:00:00:02' }).finally(() => (attachAnswer = null));
+    let connected = false;
+    const res = await attachPod(socket, { ...pod, requestedAddresses: ['10.244.0.5'], mac: '0a:00:00:00:00:02' }, { onConnected: () => (connected = true) })
+      .finally(() => (attachAnswer = null));
     assert.deepEqual(res, answer);
+    assert.ok(connected, 'onConnected was called');
     assert.deepEqual(lastAttach!.request, { ...pod, requestedAddresses: ['10.244.0.5'], mac: '0a:00:00:00:00:02' });
     assert.match(String(lastAttach!.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   });
 
-  it("maps the agent's error code trailer and decodes its percent-encoded message", async () => {
+  it("maps the agent's error code trailer and passes its message on unchanged", async () => {
     await assert.rejects(checkPod(socket, { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', reportedAddresses: [], reportedMac: '' }), (err: unknown) => {
       assert.ok(err instanceof CniError);
       assert.equal(err.code, CniCode.attachmentDiffers);
       assert.equal(err.message, 'proxy ARP is off on host interface weft1234, 100% sure: é');
       return true;
     });
+  });
+
+  it('serves gRPC clients on the same socket, with the same answers', async () => {
+    const client = createClient(AgentServiceService, `unix://${socket}`);
+    try {
+      attachAnswer = { interfaces: [], ips: [{ address: '10.244.0.9/32', gateway: '169.254.1.1', interface: 1 }], routes: [] };
+      const res = await client.attach({ ...pod }, { timeoutMs: 5_000 }).finally(() => (attachAnswer = null));
+      assert.equal(res.ips[0]!.address, '10.244.0.9/32');
+      await assert.rejects(client.check({ containerId: 'c1', netns: '', ifname: 'eth0', reportedAddresses: [], reportedMac: '' }, { timeoutMs: 5_000 }), (err: unknown) => {
+        assert.equal((err as { code?: number }).code, status.FAILED_PRECONDITION);
+        assert.equal(cniErrorFromAgent(err, socket, 'Check').code, CniCode.attachmentDiffers);
+        return true;
+      });
+    } finally {
+      client.close();
+    }
   });
 
   it('uses the paths of the generated service definition', () => {
@@ -171,17 +209,20 @@ describe('attachPod and detachPod against a real server', () => {
 describe('attachPod against an agent that misbehaves or is not there', () => {
   let dir = '';
   let socket = '';
-  let server: http2.Http2Server;
-  /** What the fake agent does with each call. */
-  let answer: (stream: http2.ServerHttp2Stream) => void = () => {};
+  let server: net.Server;
+  /** What the fake agent does once it has read a connection's first bytes. */
+  let answer: (socket: net.Socket, received: Buffer) => void = () => {};
 
   before(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'weft-cni-h2-'));
+    dir = await mkdtemp(path.join(tmpdir(), 'weft-cni-frames-'));
     socket = path.join(dir, 'agent.sock');
-    server = http2.createServer();
-    server.on('stream', (stream: http2.ServerHttp2Stream) => {
-      stream.on('error', () => {});
-      answer(stream);
+    server = net.createServer((conn) => {
+      conn.on('error', () => {});
+      let received: Buffer = Buffer.alloc(0);
+      conn.on('data', (d: Buffer) => {
+        received = Buffer.concat([received, d]);
+        if (readFrame(received.subarray(8), 1 << 20) !== null) answer(conn, received);
+      });
     });
     await new Promise<void>((resolve) => server.listen(socket, resolve));
   });
@@ -201,7 +242,7 @@ describe('attachPod against an agent that misbehaves or is not there', () => {
     });
 
   it('answers "try again later" when the agent drops the connection mid-call', async () => {
-    answer = (stream) => stream.session!.destroy(); // as when the agent's process dies
+    answer = (conn) => conn.destroy(); // as when the agent's process dies
     await rejectsWith(attachPod(socket, pod, { timeoutMs: 5_000 }), CniCode.tryAgainLater, /UNAVAILABLE \(14\)/, /unavailable; try again later/);
   });
 
@@ -212,56 +253,34 @@ describe('attachPod against an agent that misbehaves or is not there', () => {
     await rejectsWith(attachPod(path.join(dir, 'missing.sock'), pod), CniCode.tryAgainLater, /UNAVAILABLE.*ENOENT/);
   });
 
-  it('reports an answer without grpc-status as the agent failing (999), as grpc-js did', async () => {
-    // The stream ends without trailers: INTERNAL.
-    answer = (stream) => {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
-      stream.end();
-    };
-    await rejectsWith(attachPod(socket, pod), CniCode.internal, /INTERNAL \(13\).*without gRPC status/);
-    // Trailers without grpc-status: HTTP 200 maps to UNKNOWN.
-    answer = (stream) => {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-      stream.on('wantTrailers', () => stream.sendTrailers({ 'weft-error-code': 'x' }));
-      stream.end();
-    };
-    await rejectsWith(attachPod(socket, pod), CniCode.internal, /UNKNOWN \(2\): Received HTTP status code 200/);
+  it('reports an answer that is not a frame, or has no status, as the agent failing (999)', async () => {
+    answer = (conn) => conn.end(Buffer.from([0, 0, 0, 3, 0x7b, 0x7b, 0x7b, 0, 0, 0, 0])); // header "{{{"
+    await rejectsWith(attachPod(socket, pod), CniCode.internal, /INTERNAL \(13\).*not a frame.*JSON/);
+    answer = (conn) => conn.end(encodeFrame({ message: 'hello' }, new Uint8Array(0)));
+    await rejectsWith(attachPod(socket, pod), CniCode.internal, /INTERNAL \(13\).*no gRPC status/);
+    answer = (conn) => conn.end(encodeFrame({ status: 0, message: '', metadata: {} }, Buffer.from([0xff, 0xff, 0xff])));
+    await rejectsWith(attachPod(socket, pod), CniCode.internal, /INTERNAL \(13\).*parsing error/);
   });
 
-  it('answers "try again later" for an HTTP 503 without grpc-status (a proxy or an agent going away)', async () => {
-    answer = (stream) => {
-      stream.respond({ ':status': 503 });
-      stream.end();
-    };
-    await rejectsWith(attachPod(socket, pod), CniCode.tryAgainLater, /UNAVAILABLE \(14\): Received HTTP status code 503/);
-  });
-
-  it('decodes a percent-encoded grpc-message in a trailers-only answer', async () => {
-    answer = (stream) => {
-      stream.respond({
-        ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(GrpcStatus.RESOURCE_EXHAUSTED),
-        'grpc-message': 'pool "blue" is 100%25 full %E2%80%94 no free address',
-      }, { endStream: true });
-    };
+  it("passes the agent's status and message on", async () => {
+    answer = (conn) => conn.end(encodeFrame({ status: GrpcStatus.RESOURCE_EXHAUSTED, message: 'pool "blue" is 100% full \u2014 no free address', metadata: {} }, new Uint8Array(0)));
     await assert.rejects(attachPod(socket, pod), (err: unknown) =>
       err instanceof CniError && err.code === CniCode.poolExhausted && err.message === 'pool "blue" is 100% full \u2014 no free address');
-    // A malformed encoding is passed on as it came.
-    answer = (stream) => {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '3', 'grpc-message': 'bad %E2%80 escape' }, { endStream: true });
-    };
-    await assert.rejects(attachPod(socket, pod), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && err.message === 'bad %E2%80 escape');
+    answer = (conn) => conn.end(encodeFrame({ status: GrpcStatus.UNAVAILABLE, message: 'IPAM is down', metadata: {} }, new Uint8Array(0)));
+    await rejectsWith(attachPod(socket, pod), CniCode.tryAgainLater, /UNAVAILABLE \(14\): IPAM is down/);
   });
 
-  it('gives up at the deadline when the agent accepts the call but never answers, and sends grpc-timeout', async () => {
-    answer = () => {}; // reads the call, never answers
-    let headers: http2.IncomingHttpHeaders | undefined;
-    server.once('stream', (_s, h) => (headers = h));
+  it('gives up at the deadline when the agent accepts the call but never answers, and sends the deadline and path', async () => {
+    let request: Buffer | undefined;
+    answer = (_conn, received) => (request = received); // reads the call, never answers
     const t0 = Date.now();
     await rejectsWith(attachPod(socket, pod, { timeoutMs: 300 }), CniCode.tryAgainLater, /DEADLINE_EXCEEDED \(4\)/, /did not answer Attach in time/);
     assert.ok(Date.now() - t0 < 2_000);
-    assert.equal(headers?.['grpc-timeout'], '300m');
-    assert.equal(headers?.['content-type'], 'application/grpc');
-    assert.equal(headers?.te, 'trailers');
-    assert.equal(headers?.[':path'], '/weft.agent.v1.AgentService/Attach');
+    assert.equal(request!.subarray(0, 8).toString(), 'WEFTRPC1');
+    const frame = readFrame(request!.subarray(8), 1 << 20);
+    assert.ok(frame && typeof frame === 'object');
+    assert.equal(frame.header.path, '/weft.agent.v1.AgentService/Attach');
+    assert.equal(frame.header.timeoutMs, 300);
+    assert.match(String((frame.header.metadata as Record<string, string>).traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   });
 });

@@ -54,6 +54,8 @@ export interface ValidAttachmentParam {
 export interface CallOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
+  /** Called once the connection to the agent is up (for timing). */
+  onConnected?: () => void;
 }
 
 /** The agent's methods: their paths (agent.test.ts checks them against the generated service) and codecs. */
@@ -120,6 +122,7 @@ async function callAgent<M extends Method>(
       responseCodec: method.response,
       timeoutMs: options.timeoutMs ?? AGENT_CALL_TIMEOUT_MS,
       signal: options.signal,
+      onConnected: options.onConnected,
       metadata: { traceparent: newTraceparent() },
     });
   } catch (err) {

@@ -11,12 +11,13 @@ import { runPlugin, type Invocation, type Verbs } from './skel.js';
  * only after everything that can be checked here has been.
  */
 const verbs: Verbs = {
-  async ADD({ invocation, config, signal }) {
+  async ADD({ invocation, config, signal, mark }) {
     const options = readAttachOptions(config, invocation.cniArgs);
     // In a chain, the previous plugin's result is passed on with ours appended (SPEC: handle prevResult).
     const previous = config.prevResult === undefined ? undefined : parsePrevResult(config.cniVersion, config.prevResult);
     assertNetnsExists(invocation);
     const agent = await loadAgent(config.agentSocket);
+    mark('loaded');
     const attached = await agent.attachPod(
       config.agentSocket,
       {
@@ -29,20 +30,23 @@ const verbs: Verbs = {
         requestedAddresses: options.requestedAddresses,
         mac: options.mac,
       },
-      { signal },
+      { signal, onConnected: () => mark('connected') },
     );
+    mark('answered');
     const ours = buildResult(attached);
     return formatResult(config.cniVersion, previous ? appendResult(previous, ours) : ours);
   },
 
-  async DEL({ invocation, config, signal }) {
+  async DEL({ invocation, config, signal, mark }) {
     // prevResult is not needed: the agent finds everything from the handle.
     const agent = await loadAgent(config.agentSocket);
+    mark('loaded');
     await agent.detachPod(
       config.agentSocket,
       { containerId: invocation.containerId, netns: invocation.netns, ifname: invocation.ifname },
-      { signal },
+      { signal, onConnected: () => mark('connected') },
     );
+    mark('answered');
   },
 
   async CHECK({ invocation, config, signal }) {

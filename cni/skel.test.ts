@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../lib/logger.js';
 import { CniCode, CniError } from './errors.js';
-import { handleInvocation, parseCniArgs, readInvocation, type Environment, type VerbContext, type Verbs } from './skel.js';
+import { createTiming, handleInvocation, parseCniArgs, readInvocation, type Environment, type VerbContext, type Verbs } from './skel.js';
 
 const addEnv = {
   CNI_COMMAND: 'ADD',
@@ -124,6 +124,19 @@ describe('handleInvocation', () => {
     handleInvocation(v, env, Buffer.from(stdin), { signal: new AbortController().signal, logger: silentLogger });
 
   const supported = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+
+  it('marks the phases it passes, for WEFT_CNI_TIMING, and the verb gets the same marker', async () => {
+    const marks: string[] = [];
+    const out = await handleInvocation(verbs, addEnv, Buffer.from(config), { signal: new AbortController().signal, logger: silentLogger, mark: (p) => marks.push(p) });
+    assert.equal(out.exitCode, 0);
+    assert.deepEqual(marks, ['parsed', 'verb']);
+    seen.at(-1)!.mark('connected');
+    assert.deepEqual(marks, ['parsed', 'verb', 'connected']);
+    const timing = createTiming(true);
+    timing.mark('started');
+    assert.match(timing.report()!, /^\{"msg":"weft-cni timing","marks":\{"started":[\d.]+\}\}\n$/);
+    assert.equal(createTiming(false).report(), undefined);
+  });
 
   it('answers VERSION with the config version and the supported list, without a config or env', async () => {
     assert.deepEqual(await run({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'), {

@@ -1,3 +1,5 @@
+import { readSync, writeSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { createJsonLogger, type Logger } from '../lib/json-logger.js';
 import {
   DEFAULT_CNI_VERSION,
@@ -58,6 +60,20 @@ export interface VerbContext {
   /** Aborted when the runtime interrupts the plugin (SIGTERM, SIGINT). */
   signal: AbortSignal;
   logger: Logger;
+  /** Notes that a phase of the call ended (for WEFT_CNI_TIMING; does nothing otherwise). */
+  mark: (phase: string) => void;
+}
+
+/**
+ * Phase marks of one run, in ms since the process started (performance.now()), printed as one JSON line on stderr
+ * when WEFT_CNI_TIMING=1 (bench/cni reads it). Without it marking costs nothing and prints nothing.
+ */
+export function createTiming(enabled: boolean): { mark: (phase: string) => void; report: () => string | undefined } {
+  const marks: Record<string, number> = {};
+  return {
+    mark: enabled ? (phase) => void (marks[phase] = Math.round(performance.now() * 100) / 100) : () => {},
+    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks }) + '\n' : undefined),
+  };
 }
 
 /** The table of verbs a plugin implements. ADD returns the result to print; the others print nothing on success. */
@@ -82,6 +98,8 @@ export type Environment = Readonly<Record<string, string | undefined>>;
  * result or error JSON and exits. Never returns.
  */
 export async function runPlugin(verbs: Verbs): Promise<never> {
+  const timing = createTiming(process.env.WEFT_CNI_TIMING === '1');
+  timing.mark('started');
   const printStdout = takeStdout();
   const logger = createJsonLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });
 
@@ -91,6 +109,9 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
     if (!finished) {
       finished = true;
       await printStdout(outcome.stdout);
+      timing.mark('written');
+      const report = timing.report();
+      if (report) writeSync(2, report);
     }
     process.exit(outcome.exitCode);
   };
@@ -111,7 +132,8 @@ export async function runPlugin(verbs: Verbs): Promise<never> {
     return finish(failure(cause, version, logger));
   }
   version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
-  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger }));
+  timing.mark('read');
+  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger, mark: timing.mark }));
 }
 
 /** Everything runPlugin does between reading stdin and writing stdout, without touching the process. */
@@ -119,7 +141,7 @@ export async function handleInvocation(
   verbs: Verbs,
   env: Environment,
   stdin: Uint8Array,
-  options: { signal: AbortSignal; logger: Logger },
+  options: { signal: AbortSignal; logger: Logger; mark?: (phase: string) => void },
 ): Promise<Outcome> {
   const version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
   let logger = options.logger;
@@ -145,13 +167,17 @@ export async function handleInvocation(
       );
     }
     logger = logger.child({ command, ...(invocation.containerId ? { containerId: invocation.containerId, ifname: invocation.ifname } : {}) });
-    const ctx: VerbContext = { invocation, config, signal: options.signal, logger };
+    const mark = options.mark ?? (() => {});
+    mark('parsed');
+    const ctx: VerbContext = { invocation, config, signal: options.signal, logger, mark };
     if (command === 'ADD') {
       const result = await verbs.ADD(ctx);
+      mark('verb');
       logger.debug('attached', { result });
       return { stdout: JSON.stringify(result), exitCode: 0 };
     }
     await verbs[command](ctx);
+    mark('verb');
     logger.debug('done');
     return { stdout: '', exitCode: 0 };
   } catch (err) {
@@ -258,31 +284,64 @@ function badEnv(msg: string): CniError {
 }
 
 /**
- * Makes process.stdout write to stderr for everyone else (console.log, libraries) and returns the only function
- * that still writes to the real stdout. The runtime parses stdout as one JSON document; a stray line breaks it.
+ * Makes `process.stdout` mean stderr for everyone else (console.log, libraries) and returns the only function that
+ * still writes to the real stdout. The runtime parses stdout as one JSON document; a stray line breaks it.
+ * The result is written with blocking writes on fd 1, so Node never builds its stdout stream (for a pipe, a socket and
+ * the modules behind it: a few ms of every run). A non-blocking descriptor that is full (EAGAIN) hands the rest to
+ * that stream after all; an error (EPIPE: the runtime stopped reading) leaves nothing useful to do.
  */
 function takeStdout(): (text: string) => Promise<void> {
-  const stdout = process.stdout;
-  const write = stdout.write.bind(stdout);
-  stdout.write = process.stderr.write.bind(process.stderr) as typeof stdout.write;
-  stdout.on('error', () => {}); // EPIPE: the runtime stopped reading; nothing useful left to do.
+  const real = Object.getOwnPropertyDescriptor(process, 'stdout');
+  Object.defineProperty(process, 'stdout', { configurable: true, enumerable: true, get: () => process.stderr });
   return (text) =>
     new Promise((resolve) => {
-      if (text === '') resolve();
-      else write(`${text}\n`, () => resolve());
+      if (text === '') return resolve();
+      const data = Buffer.from(`${text}\n`);
+      let written = 0;
+      try {
+        while (written < data.length) written += writeSync(1, data, written);
+        resolve();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN' || !real?.get) return resolve();
+        const stdout = real.get.call(process) as NodeJS.WriteStream;
+        stdout.on('error', () => resolve());
+        stdout.write(data.subarray(written), () => resolve());
+      }
     });
 }
 
-/** Reads stdin to its end, keeping at most `keep` bytes (the rest is drained so the writer never sees EPIPE). */
+/**
+ * Reads stdin to its end, keeping at most `keep` bytes (the rest is drained so the writer never sees EPIPE).
+ * Runtimes write the config into a pipe and close it, so it is read with blocking reads on fd 0: creating
+ * `process.stdin` (a stream, and the modules behind it) cost the plugin about 7 ms. A non-blocking descriptor
+ * (EAGAIN) goes on through `process.stdin`.
+ */
 async function readStdin(keep: number): Promise<Buffer> {
-  if (process.stdin.isTTY) return Buffer.alloc(0);
+  if (isatty(0)) return Buffer.alloc(0);
   const chunks: Buffer[] = [];
   let kept = 0;
-  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
-    if (kept >= keep) continue;
-    const part = chunk.subarray(0, keep - kept);
+  const take = (chunk: Buffer) => {
+    if (kept >= keep) return;
+    const part = Buffer.from(chunk.subarray(0, keep - kept));
     chunks.push(part);
     kept += part.length;
+  };
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EOF') break;
+      if (code === 'EAGAIN') {
+        for await (const chunk of process.stdin as AsyncIterable<Buffer>) take(chunk);
+        break;
+      }
+      throw err;
+    }
+    if (n === 0) break;
+    take(buf.subarray(0, n));
   }
   return Buffer.concat(chunks);
 }

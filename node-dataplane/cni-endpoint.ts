@@ -35,6 +35,8 @@ export function createCniHandlers(deps: {
   reports?: PodReporter;
   /** Called when a pod's veth appeared or went (attach, detach): the agent renders the pod's network policy at once. */
   onPodsChanged?: () => void;
+  /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
+  onAttachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
@@ -105,25 +107,31 @@ export function createCniHandlers(deps: {
             .then((r) => log.info('released after a failed attach', { why, released: r.released, address: r.address }))
             .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
         };
-        let address: string;
-        try {
-          const res = await deps.ipam.allocate(
-            // IPv4 only until the pod plumbing and the overlay carry IPv6.
-            {
-              handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], addresses: [...req.requestedAddresses],
-              podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
-            },
-            { timeoutMs: 20_000 },
-          );
-          address = res.allocation!.address;
-        } catch (err) {
+        // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
+        // waits for IPAM's answer. attachPod undoes its own work when either fails, and only once the allocation
+        // has settled, so a release below always comes after the allocation it undoes.
+        const t0 = performance.now();
+        let allocationError: { err: unknown } | undefined;
+        const allocation = deps.ipam.allocate(
+          // IPv4 only until the pod plumbing and the overlay carry IPv6.
+          {
+            handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], addresses: [...req.requestedAddresses],
+            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+          },
+          { timeoutMs: 20_000 },
+        ).then((res) => {
+          deps.onAttachPhase?.('allocate', performance.now() - t0);
+          return res.allocation!.address;
+        }, async (err: unknown) => {
+          allocationError = { err };
           // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
           const code = (err as { code?: number }).code;
           if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
-          return passThrough(err);
-        }
+          throw err;
+        });
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
+          const address = a.address;
           log.info('pod attached', { address, hostIfname: a.hostIfname });
           deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
           deps.onPodsChanged?.();
@@ -136,7 +144,8 @@ export function createCniHandlers(deps: {
             routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }],
           };
         } catch (err) {
-          log.warn('attach failed; releasing the address', { err: (err as Error).message, address });
+          if (allocationError && err === allocationError.err) return passThrough(err);
+          log.warn('attach failed; releasing the address', { err: (err as Error).message });
           await release('attach failed');
           throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);
         }

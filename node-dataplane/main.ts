@@ -3,7 +3,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../lib/exec.js';
 import { createClient } from '../lib/grpc/client.js';
-import { addService, bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
+import { listenUnixSocket } from '../lib/grpc/frame-server.js';
+import { addService, createServer, shutdownServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
 import { createMetricsRegistry, serveMetrics, type MetricsServer } from '../lib/metrics.js';
 import { setupTelemetry } from '../lib/telemetry.js';
@@ -159,11 +160,15 @@ async function main(): Promise<void> {
 
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods') });
-  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }));
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
+    onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
+  });
+  // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
+  const unaryMethods: UnaryMethods = new Map();
+  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }), unaryMethods);
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
-  await bindServer(server, `unix://${config.socket}`);
+  const socketServer = await listenUnixSocket({ server, socketPath: config.socket, unaryMethods, logger: logger.child({ service: 'agent' }) });
   logger.info('serving the CNI plugin', { socket: config.socket });
   // Installed once the socket answers, so that a runtime that sees the conflist can attach pods at once.
   await installCni({
@@ -185,6 +190,7 @@ async function main(): Promise<void> {
     reconciler.stop();
     kernelWatch?.close();
     underlayFollower.close();
+    await socketServer.close();
     await shutdownServer(server, 1000);
     await metricsServer?.close();
     rmSync(config.socket, { force: true });

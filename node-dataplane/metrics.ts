@@ -32,6 +32,8 @@ export interface AgentMetrics {
   routingMode: Gauge;
   /** Time the agent spends on each CNI plugin call (Attach, Detach, …), by rpc and result (ok, error). */
   cniCallDuration: Histogram;
+  /** Time of each step of a successful Attach (allocate, host, pod; they may overlap), by phase. */
+  attachPhaseDuration: Histogram;
 }
 
 export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
@@ -49,6 +51,7 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
     routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
     cniCallDuration: r.histogram('weft_agent_cni_call_duration_seconds', "Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).", LATENCY_BUCKETS_SECONDS),
+    attachPhaseDuration: r.histogram('weft_agent_attach_phase_duration_seconds', 'Time of each step of a successful CNI Attach, by phase: allocate (IPAM), host (veth and host route), pod (the pod\'s namespace). Steps may overlap.', LATENCY_BUCKETS_SECONDS),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);

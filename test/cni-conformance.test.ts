@@ -17,7 +17,7 @@ import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { status, type Server } from '@grpc/grpc-js';
 import {
   AgentServiceService,
   type AttachRequest,
@@ -30,7 +30,11 @@ import {
 } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService, type Allocation } from '../gen/weft/ipam/v1/ipam.js';
 import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { DomainError, type ErrorKind } from '../lib/errors.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
+import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-server.js';
+import { addService, createServer, type UnaryMethods } from '../lib/grpc/server.js';
+import { silentLogger } from '../lib/logger.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { ChainError, createChainRunner, type CniResultDoc, type NetworkConfigList, type RuntimeConf } from './support/cni-chain.js';
 import { privilegedOrSkip, skipOutsideCi } from './support/privileges.js';
@@ -238,29 +242,38 @@ describe('weft-cni, run as a runtime runs it', () => {
       ips: [{ address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 }],
       routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
     });
-    const unary = <Req, Res>(seen: Req[] | null, reply: () => { err?: object; res?: Res }) =>
-      (call: ServerUnaryCall<Req, Res>, done: sendUnaryData<Res>) => {
-        seen?.push(call.request);
+    /** The gRPC status a fake answer asks for, as the agent's handlers produce it: a DomainError of that kind. */
+    const kindFor: Partial<Record<number, ErrorKind>> = {
+      [status.RESOURCE_EXHAUSTED]: 'exhausted', [status.INVALID_ARGUMENT]: 'invalid_argument', [status.NOT_FOUND]: 'not_found',
+      [status.UNAVAILABLE]: 'unavailable', [status.FAILED_PRECONDITION]: 'failed_precondition',
+    };
+    const unary = <Req, Res>(seen: Req[] | null, reply: () => { err?: { code: status; details: string; metadata?: import('@grpc/grpc-js').Metadata }; res?: Res }) =>
+      async (request: Req): Promise<Res> => {
+        seen?.push(request);
         const { err, res } = reply();
-        if (err) done(err, null);
-        else done(null, res!);
+        if (!err) return res!;
+        const kind = kindFor[err.code];
+        if (!kind) throw new Error(err.details); // INTERNAL, "internal error; see the server log", as the agent answers
+        throw new DomainError(String(err.metadata?.get('weft-error-code')[0] ?? 'agent.fake'), kind, err.details);
       };
+    let listening: UnixSocketServer;
 
     before(async () => {
       socket = path.join(dir, 'agent.sock');
-      server = new Server();
-      server.addService(AgentServiceService, {
+      // Served as the node agent serves it (unary frames and gRPC on one socket).
+      server = createServer();
+      const unaryMethods: UnaryMethods = new Map();
+      addService(server, AgentServiceService, {
         attach: unary(attaches, () => (attachError ? { err: attachError } : { res: answer() })),
         detach: unary(detaches, () => (detachError ? { err: detachError } : { res: {} })),
         check: unary(checks, () => (checkError ? { err: checkError } : { res: {} })),
         status: unary(null, () => ({ res: statusAnswer })),
         garbageCollect: unary(collects, () => ({ res: gcAnswer })),
-      });
-      await new Promise<void>((resolve, reject) =>
-        server.bindAsync(`unix://${socket}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-      );
+      }, silentLogger, unaryMethods);
+      listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
     });
-    after(() => {
+    after(async () => {
+      await listening.close();
       server.forceShutdown();
     });
 
@@ -654,6 +667,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const taken = assertCniError(await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 999);
       assert.match(String(taken.msg), /10\.244\.3\.3 is held by/);
       assert.equal(await allocationOf(p2), undefined, 'the refused pod holds nothing');
+      // The agent makes the veth while IPAM allocates: a refused allocation removes it again, in the node and the pod.
+      assert.ok(!(await podHostLinks()).includes(hostLinkOf(p2)), 'no host veth remains for the refused pod');
+      assert.doesNotMatch(await ipn(p2.netnsName, 'link', 'show'), /eth0/, 'no interface remains in the refused pod');
       const viaRuntime = await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.4/16'] } }));
       assert.equal(viaRuntime.status, 0, viaRuntime.stdout);
       assert.equal(addressOf(onlyDocument(viaRuntime)), '10.244.3.4');

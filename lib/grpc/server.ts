@@ -28,15 +28,55 @@ function carrierOf(md: Metadata): Record<string, string> {
   return out;
 }
 
+/** A unary call's outcome, as a gRPC server sends it: the response, or a status with message and trailing metadata. */
+export type UnaryOutcome = { ok: true; response: unknown } | { ok: false; code: number; details: string; metadata: Metadata };
+
+/**
+ * Unary methods by path ("/weft.agent.v1.AgentService/Attach"), for a server that takes calls other than through
+ * grpc-js (frame-server.ts): each deserializes the request, runs the handler exactly as addService does, and
+ * serializes the response.
+ */
+export type UnaryMethods = Map<string, (request: Buffer, metadata: Metadata, signal: AbortSignal) => Promise<
+  { ok: true; response: Buffer } | { ok: false; code: number; details: string; metadata: Metadata }
+>>;
+
+/** Runs one unary handler: a span parented by the caller's trace context, and errors mapped through the one table. */
+function runUnary(
+  path: string,
+  handler: (req: unknown, ctx: CallContext) => unknown,
+  log: Logger,
+  request: unknown,
+  metadata: Metadata,
+  signal: AbortSignal,
+): Promise<UnaryOutcome> {
+  const parent = extractContext(carrierOf(metadata));
+  return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
+    try {
+      const response = await (handler(request, { signal, logger: log, metadata }) as Promise<unknown>);
+      return { ok: true as const, response };
+    } catch (err) {
+      const { error, expected } = toServiceError(err);
+      if (expected) log.debug('rejected', { code: error.code, details: error.details });
+      else log.error('failed', { err });
+      span.setAttribute('rpc.grpc.status_code', error.code ?? status.UNKNOWN);
+      return { ok: false as const, code: error.code ?? status.UNKNOWN, details: error.details ?? '', metadata: error.metadata ?? new Metadata() };
+    } finally {
+      span.end();
+    }
+  });
+}
+
 /**
  * Adds a service to a server. Every call gets a span (parented by the caller's trace context from metadata), a
  * child logger, an AbortSignal that fires when the client goes away, and errors mapped through the one table.
+ * With `unaryMethods`, its unary methods are also added there, to be served the same way outside grpc-js.
  */
 export function addService<D extends ServiceDefinition>(
   server: Server,
   definition: D,
   handlers: Handlers<D>,
   logger: Logger,
+  unaryMethods?: UnaryMethods,
 ): void {
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
@@ -69,22 +109,21 @@ export function addService<D extends ServiceDefinition>(
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         const ac = new AbortController();
         call.on('cancelled', () => ac.abort());
-        const parent = extractContext(carrierOf(call.metadata));
-        void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
-          try {
-            const res = await (handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata }) as Promise<unknown>);
-            callback(null, res);
-          } catch (err) {
-            const { error, expected } = toServiceError(err);
-            if (expected) log.debug('rejected', { code: error.code, details: error.details });
-            else log.error('failed', { err });
-            span.setAttribute('rpc.grpc.status_code', error.code ?? status.UNKNOWN);
-            callback(error, null);
-          } finally {
-            span.end();
-          }
+        void runUnary(method.path, handler, log, call.request, call.metadata, ac.signal).then((outcome) => {
+          if (outcome.ok) callback(null, outcome.response);
+          else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
         });
       };
+      unaryMethods?.set(method.path, async (bytes, metadata, signal) => {
+        let request: unknown;
+        try {
+          request = method.requestDeserialize(bytes);
+        } catch (err) {
+          return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
+        }
+        const outcome = await runUnary(method.path, handler, log, request, metadata, signal);
+        return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
+      });
     }
   }
   server.addService(definition, impl as never);

@@ -12,7 +12,7 @@ export interface LinkInfo {
 }
 
 /** Runs `ip` in this process's network namespace, or inside the namespace at nsPath. */
-export function ip(args: string[], opts: { nsPath?: string; input?: string } = {}): Promise<string> {
+export function ip(args: string[], opts: { nsPath?: string; input?: string | Promise<string> } = {}): Promise<string> {
   return opts.nsPath ? run('nsenter', [`--net=${opts.nsPath}`, 'ip', ...args], opts) : run('ip', args, opts);
 }
 
