@@ -111,6 +111,8 @@ async function main(): Promise<void> {
     onMoved: async (next, previous) => {
       vxlanSpec = { ...vxlanSpec, localAddress: next.address, underlayInterface: next.interface, mtu: next.mtu - VXLAN_OVERHEAD_V4 };
       reconciler.setUnderlay({ address: next.address, prefixLength: next.prefixLength }, next.ifindex);
+      // The device is rebuilt on the new address before the other nodes are told to send there.
+      await reconciler.flush();
       // Connections from the old address are dead but would only be noticed by gRPC keepalive (up to 30 s): destroyed
       // here, the channels reconnect from the new address at once (the streams resume from their last revision).
       if (next.address !== previous.address) {

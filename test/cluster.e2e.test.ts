@@ -331,6 +331,7 @@ describe('local cluster end to end', opts, () => {
     }
     const ms = performance.now() - t0;
     t.diagnostic(`node3 moved from ${old} to ${next}: node1's FDB followed ${ms.toFixed(0)} ms after the old address was removed`);
+    // node3 rebuilds its device before it registers the new address, so the device is there by now.
     const [link] = JSON.parse((await run('ip', ['-n', n3.netns, '-d', '-j', 'link', 'show', 'weft.vxlan'])).stdout) as { address: string; linkinfo: { info_data: { local: string } } }[];
     assert.deepEqual([link!.linkinfo.info_data.local, link!.address], [next, vtepMacFor(next)], 'node3\'s VXLAN device sends from the new address with the MAC derived from it');
     const { nodes } = JSON.parse(await weft('nodes', '--json')) as { nodes: { name: string; underlayAddress: string }[] };
