@@ -68,7 +68,10 @@ export function addService<D extends ServiceDefinition>(
     } else {
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         const ac = new AbortController();
-        call.on('cancelled', () => ac.abort());
+        // grpc-js reports 'cancelled' when a finished call's stream closes too: aborting then only cost an AbortError
+        // (a stack trace) per call, so the listener goes once the call has its answer.
+        const cancel = () => ac.abort();
+        call.on('cancelled', cancel);
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
           try {
@@ -81,6 +84,7 @@ export function addService<D extends ServiceDefinition>(
             span.setAttribute('rpc.grpc.status_code', error.code ?? status.UNKNOWN);
             callback(error, null);
           } finally {
+            call.off('cancelled', cancel);
             span.end();
           }
         });

@@ -22,12 +22,13 @@ INSERT INTO "ipam"."node_usage" ("pool_id", "node", "blocks", "live", "reserved"
   SELECT "pool_id", "node", count(*), sum("live_count"), sum("reserved") FROM "ipam"."blocks" WHERE "released_at" IS NULL GROUP BY "pool_id", "node";--> statement-breakpoint
 -- One statement's changes to blocks, summed per (pool, node): a live block counts 1 block, its live_count and its
 -- reserved; a statement adds what its new rows count and takes away what its old rows counted. Statements that change
--- no counter (next_offset alone) touch no usage row.
+-- no counter (next_offset alone) touch no usage row. Rows are written in key order, so two statements that share
+-- usage rows lock them in the same order.
 CREATE FUNCTION "ipam"."blocks_usage"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'INSERT' THEN
     INSERT INTO ipam.node_usage AS u (pool_id, node, blocks, live, reserved)
-      SELECT pool_id, node, count(*), sum(live_count), sum(reserved) FROM new_blocks WHERE released_at IS NULL GROUP BY pool_id, node
+      SELECT pool_id, node, count(*), sum(live_count), sum(reserved) FROM new_blocks WHERE released_at IS NULL GROUP BY pool_id, node ORDER BY pool_id, node
       ON CONFLICT (pool_id, node) DO UPDATE SET blocks = u.blocks + excluded.blocks, live = u.live + excluded.live, reserved = u.reserved + excluded.reserved;
   ELSIF TG_OP = 'UPDATE' THEN
     INSERT INTO ipam.node_usage AS u (pool_id, node, blocks, live, reserved)
@@ -35,11 +36,11 @@ BEGIN
         SELECT pool_id, node, 1 AS nb, live_count AS nl, reserved AS nr FROM new_blocks WHERE released_at IS NULL
         UNION ALL
         SELECT pool_id, node, -1, -live_count, -reserved FROM old_blocks WHERE released_at IS NULL) d
-      GROUP BY pool_id, node HAVING sum(nb) <> 0 OR sum(nl) <> 0 OR sum(nr) <> 0
+      GROUP BY pool_id, node HAVING sum(nb) <> 0 OR sum(nl) <> 0 OR sum(nr) <> 0 ORDER BY pool_id, node
       ON CONFLICT (pool_id, node) DO UPDATE SET blocks = u.blocks + excluded.blocks, live = u.live + excluded.live, reserved = u.reserved + excluded.reserved;
   ELSE
     INSERT INTO ipam.node_usage AS u (pool_id, node, blocks, live, reserved)
-      SELECT pool_id, node, -count(*), -sum(live_count), -sum(reserved) FROM old_blocks WHERE released_at IS NULL GROUP BY pool_id, node
+      SELECT pool_id, node, -count(*), -sum(live_count), -sum(reserved) FROM old_blocks WHERE released_at IS NULL GROUP BY pool_id, node ORDER BY pool_id, node
       ON CONFLICT (pool_id, node) DO UPDATE SET blocks = u.blocks + excluded.blocks, live = u.live + excluded.live, reserved = u.reserved + excluded.reserved;
   END IF;
   RETURN NULL;

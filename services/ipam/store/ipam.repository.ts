@@ -117,7 +117,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       if (pg?.code === PG.uniqueViolation) throw ipamErrors.poolExists(spec.name);
       throw err;
     } finally {
-      poolCache = null;
+      invalidatePools();
     }
   }
 
@@ -139,7 +139,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     if (changes.namespaceSelector !== undefined) sets.push(sql`namespace_selector = ${changes.namespaceSelector}`);
     if (changes.allowedUses !== undefined) sets.push(sql`allowed_uses = ${textArray(changes.allowedUses)}`);
     if (changes.maxBlocksPerNode !== undefined) sets.push(sql`max_blocks_per_node = ${changes.maxBlocksPerNode}`);
-    poolCache = null;
+    invalidatePools();
     const [row] = await rows(db, sql`UPDATE ipam.pools SET ${sql.join(sets, sql`, `)}
       WHERE name = ${name} AND '"' || id || '.' || version || '"' = ${etag} RETURNING ${POOL_COLUMNS}, ${LIVE_COUNT}`);
     if (row) return toPool(row);
@@ -148,7 +148,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function createReservation(poolName: string, first: string, last: string, reason: string): Promise<Reservation> {
-    return db.transaction(async (tx) => {
+    // Rare, and it takes the claim lock after the pool row, then blocks: a deadlock with an allocation is retried.
+    return withRetry(() => db.transaction(async (tx) => {
       const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr, routing_domain_id, block_prefix_length FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
       if (!pool) throw ipamErrors.poolNotFound(poolName);
       const [inside] = await rows(tx, sql`SELECT ${first}::inet <<= ${pool.cidr}::cidr AND ${last}::inet <<= ${pool.cidr}::cidr
@@ -165,7 +166,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       const [r] = await rows(tx, sql`INSERT INTO ipam.reservations (pool_id, first, last, reason) VALUES (${pool.id}, ${first}::inet, ${last}::inet, ${reason})
         RETURNING id, ${poolName}::text AS pool, host(first) AS first, host(last) AS last, reason, created_at`);
       return toReservation(r!);
-    });
+    }));
   }
 
   async function listReservations(poolName: string | null, page: { after: PageKey | null; limit: number }): Promise<Page<Reservation>> {
@@ -179,7 +180,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function deleteReservation(poolName: string, id: number): Promise<boolean> {
-    return db.transaction(async (tx) => {
+    return withRetry(() => db.transaction(async (tx) => {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
       const [r] = await rows(tx, sql`DELETE FROM ipam.reservations r USING ipam.pools p
         WHERE r.pool_id = p.id AND p.name = ${poolName} AND r.id = ${id}
@@ -187,7 +188,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       if (!r) return false;
       await countReservation(tx, { id: r.pool_id, routing_domain_id: r.routing_domain_id, block_prefix_length: r.block_prefix_length }, String(r.first), String(r.last), -1);
       return true;
-    });
+    }));
   }
 
   async function listAllocations(filter: { pool?: string; node?: string }, page: { after: PageKey | null; limit: number } = { after: null, limit: 1_000_000 }): Promise<Page<Allocation>> {
@@ -205,23 +206,46 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   /**
    * Pools change rarely: a replica reads them at most every POOL_CACHE_MS (and at once after its own changes), so
    * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time.
+   * One read at a time serves every caller (under load, hundreds of requests a second used to each start their own
+   * when the cache expired), and it starts a little before expiry, so callers rarely wait for it.
    */
-  let poolCache: { at: number; rules: (Row & PoolRule)[]; domainOf: Map<string, number> } | null = null;
-  async function loadPools(): Promise<NonNullable<typeof poolCache>> {
-    const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
-    // Each cluster's routing domain; '' stands for a caller that names no cluster (the default domain).
-    const domains = await rows(db, sql`SELECT c.name, c.routing_domain_id AS id FROM ipam.clusters c
-      UNION ALL SELECT '', id FROM ipam.routing_domains WHERE name = 'default'`);
-    poolCache = { at: Date.now(), rules, domainOf: new Map(domains.map((d) => [String(d.name), Number(d.id)])) };
-    return poolCache;
+  type PoolCache = { at: number; rules: (Row & PoolRule)[]; domainOf: Map<string, number> };
+  let poolCache: PoolCache | null = null;
+  // Raised by this replica's own pool changes: a read begun before one is neither joined nor kept after it.
+  let poolGeneration = 0;
+  let poolLoad: { generation: number; promise: Promise<PoolCache> } | null = null;
+  function invalidatePools(): void {
+    poolCache = null;
+    poolGeneration++;
+  }
+  /** `fresh`: a read that starts now (one in flight may predate what the caller needs to see). */
+  function loadPools(fresh = false): Promise<PoolCache> {
+    if (!fresh && poolLoad && poolLoad.generation === poolGeneration) return poolLoad.promise;
+    const generation = poolGeneration;
+    const at = Date.now();
+    const promise = (async () => {
+      const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
+      // Each cluster's routing domain; '' stands for a caller that names no cluster (the default domain).
+      const domains = await rows(db, sql`SELECT c.name, c.routing_domain_id AS id FROM ipam.clusters c
+        UNION ALL SELECT '', id FROM ipam.routing_domains WHERE name = 'default'`);
+      const cache = { at, rules, domainOf: new Map(domains.map((d) => [String(d.name), Number(d.id)])) };
+      if (generation === poolGeneration) poolCache = cache;
+      return cache;
+    })().finally(() => {
+      if (poolLoad?.promise === promise) poolLoad = null;
+    });
+    poolLoad = { generation, promise };
+    return promise;
   }
 
   /** The pools of the caller's routing domain (its cluster's, else the default one). */
   async function poolRules(cluster: string | null = null): Promise<(Row & PoolRule)[]> {
-    const cached = poolCache && Date.now() - poolCache.at < POOL_CACHE_MS ? poolCache : null;
+    const age = poolCache ? Date.now() - poolCache.at : Infinity;
+    const cached = age < POOL_CACHE_MS ? poolCache : null;
+    if (cached && age >= POOL_CACHE_MS * 0.75) loadPools().catch((err) => opts.onBackgroundError?.('reading pools', err));
     let cache = cached ?? (await loadPools());
     // A cluster registered since the cache was read is looked up again before it is called unknown.
-    if (cached && !cache.domainOf.has(cluster ?? '')) cache = await loadPools();
+    if (cached && !cache.domainOf.has(cluster ?? '')) cache = await loadPools(true);
     const domain = cache.domainOf.get(cluster ?? '');
     if (domain === undefined) throw ipamErrors.clusterNotFound(cluster ?? '');
     return cache.rules.filter((r) => Number(r.routing_domain_id) === domain);
@@ -377,15 +401,17 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function allocateInPool(tx: Tx, pool: Row, req: AllocationRequest): Promise<Allocation | null> {
-    for (let pass = 0; pass < 2; pass++) {
-      const got = await allocateFromNodeBlocks(tx, pool, req);
-      if (got) return got;
-      // Block claims are serialized: this keeps block_events revisions in commit order (see DESIGN.md). After
-      // taking the lock, look again: a concurrent claim by the same node may have made room.
-      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      if (pass === 1 || !(await claimBlock(tx, pool, req.node))) return pass === 1 ? null : allocateFromNodeBlocks(tx, pool, req);
-    }
-    return null;
+    const got = await allocateFromNodeBlocks(tx, pool, req);
+    if (got) return got;
+    // Block claims are serialized: this keeps block_events revisions in commit order (see DESIGN.md). After taking
+    // the lock, look again before claiming: a concurrent claim for the node may have made room. Looking again also
+    // locks such a block before the claim takes the node's usage row (blocks first, then usage rows, as every path
+    // does; the other order deadlocked with the group-commit statement).
+    await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+    const again = await allocateFromNodeBlocks(tx, pool, req);
+    if (again) return again;
+    if (!(await claimBlock(tx, pool, req.node))) return null;
+    return allocateFromNodeBlocks(tx, pool, req);
   }
 
   async function insertAllocation(tx: Tx, pool: Row, blockId: unknown, address: string, req: AllocationRequest): Promise<Allocation> {
