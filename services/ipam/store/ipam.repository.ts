@@ -410,8 +410,13 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
     const again = await allocateFromNodeBlocks(tx, pool, req);
     if (again) return again;
-    if (!(await claimBlock(tx, pool, req.node))) return null;
-    return allocateFromNodeBlocks(tx, pool, req);
+    // A claimed block can hold no allocatable address (a reservation covers it): claim the next one.
+    for (let i = 0; i < 8; i++) {
+      if (!(await claimBlock(tx, pool, req.node))) return null;
+      const got = await allocateFromNodeBlocks(tx, pool, req);
+      if (got) return got;
+    }
+    return null;
   }
 
   async function insertAllocation(tx: Tx, pool: Row, blockId: unknown, address: string, req: AllocationRequest): Promise<Allocation> {
