@@ -78,29 +78,29 @@ async function main() {
 
     let maxRate = 0;
     if (PARTS.has('closed')) {
-    // The transport's own floor: an empty call to a grpc-js server in another process, with the same callers.
-    const echo = await startEchoServer();
-    const floors: Row[] = [];
-    for (const concurrency of [1, 8, 64]) {
-      const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address));
-      const ours = [];
-      const base = [];
-      const echoes = [];
-      for (let r = 0; r < RUNS; r++) {
-        ours.push(await closedLoop(clients, SECONDS));
-        base.push(await pgbenchInsertTps(pgbench, db.url, concurrency, SECONDS));
-        echoes.push(await echo.rate(concurrency, SECONDS));
+      // The transport's own floor: an empty call to a grpc-js server in another process, with the same callers.
+      const echo = await startEchoServer();
+      const floors: Row[] = [];
+      for (const concurrency of [1, 8, 64]) {
+        const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address));
+        const ours = [];
+        const base = [];
+        const echoes = [];
+        for (let r = 0; r < RUNS; r++) {
+          ours.push(await closedLoop(clients, SECONDS));
+          base.push(await pgbenchInsertTps(pgbench, db.url, concurrency, SECONDS));
+          echoes.push(await echo.rate(concurrency, SECONDS));
+        }
+        floors.push({ figure: `allocations beside an empty gRPC call, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(median(ours.map((o) => o.rate))), baseline: `grpc-js echo ${perSec(median(echoes))}`, ratio: (median(ours.map((o) => o.rate)) / median(echoes)).toFixed(2) });
+        clients.forEach((c) => c.close());
+        const rate = median(ours.map((o) => o.rate));
+        const baseRate = median(base);
+        maxRate = Math.max(maxRate, rate);
+        rows.push({ figure: `allocations, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
+        rows.push({ figure: `  latency p50 / p99 / p99.9`, value: `${ms(median(ours.map((o) => o.p50)))} / ${ms(median(ours.map((o) => o.p99)))} / ${ms(median(ours.map((o) => o.p999)))}` });
       }
-      floors.push({ figure: `allocations beside an empty gRPC call, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(median(ours.map((o) => o.rate))), baseline: `grpc-js echo ${perSec(median(echoes))}`, ratio: (median(ours.map((o) => o.rate)) / median(echoes)).toFixed(2) });
-      clients.forEach((c) => c.close());
-      const rate = median(ours.map((o) => o.rate));
-      const baseRate = median(base);
-      maxRate = Math.max(maxRate, rate);
-      rows.push({ figure: `allocations, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
-      rows.push({ figure: `  latency p50 / p99 / p99.9`, value: `${ms(median(ours.map((o) => o.p50)))} / ${ms(median(ours.map((o) => o.p99)))} / ${ms(median(ours.map((o) => o.p999)))}` });
-    }
-    echo.stop();
-    rows.push(...floors);
+      echo.stop();
+      rows.push(...floors);
     }
     // Batches: 100 allocations per call, 8 callers: what the API can do when a caller has many to make.
     if (PARTS.has('batch')) {
@@ -147,79 +147,78 @@ async function main() {
     const domain = Number((await sql.query(`SELECT id FROM ipam.routing_domains WHERE name = 'default'`)).rows[0].id);
     let loadSeconds = 0;
     if (PARTS.has('history')) {
-    // History: synthetic closed allocations, 50 generations per address, one minute each.
-    await admin.createPool({ name: 'history', cidr: '11.0.0.0/8', blockPrefixLength: 26 });
-    const addresses = Math.ceil(HISTORY_ROWS / 50);
-    const t0 = Date.now();
-    await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
-      SELECT p.id, p.routing_domain_id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
-      FROM ipam.pools p, generate_series(0, ${Math.ceil(addresses / 64) - 1}) i WHERE p.name = 'history'`);
-    // Blocks were inserted in order: block i has id first + i, so no join is needed.
-    const [{ first: histFirst, pool: histPool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'history'`)).rows;
-    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
-      SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, ${histPool}, ${histFirst} + a / 64, ${domain}, 'hist-' || ((a / 64) % ${NODES}), 'ns', 'pod-' || a || '-' || g, 'c' || a,
-             timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second',
-             timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second' + interval '50 minutes'
-      FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g`);
-    await sql.query('ANALYZE ipam.allocations');
-    loadSeconds = (Date.now() - t0) / 1000;
-    const who: number[] = [];
-    for (let i = 0; i < 500; i++) {
-      const a = Math.floor(Math.random() * addresses);
-      const g = Math.floor(Math.random() * 50);
-      const at = new Date(Date.parse('2026-01-01T00:00:00Z') + g * 3_600_000 + (a % 3600) * 1000 + 600_000);
-      const addr = `11.${(a >> 16) & 255}.${(a >> 8) & 255}.${a & 255}`;
-      const s = performance.now();
-      const { entries } = await admin.listAllocationHistory({ address: addr, at });
-      who.push(performance.now() - s);
-      if (entries.length !== 1 || entries[0]!.allocation!.podName !== `pod-${a}-${g}`) throw new Error(`wrong answer for ${addr} at ${at.toISOString()}`);
-    }
-    who.sort((x, y) => x - y);
-    const histCount = Number((await sql.query(`SELECT count(*) FROM ipam.allocations`)).rows[0].count);
-    rows.push({ figure: `"who held X at T", ${(histCount / 1e6).toFixed(1)}M history rows, p50 / p99`, value: `${ms(percentile(who, 50))} / ${ms(percentile(who, 99))}`, goal: 'p99 <= 20 ms' });
-
+      // History: synthetic closed allocations, 50 generations per address, one minute each.
+      await admin.createPool({ name: 'history', cidr: '11.0.0.0/8', blockPrefixLength: 26 });
+      const addresses = Math.ceil(HISTORY_ROWS / 50);
+      const t0 = Date.now();
+      await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
+        SELECT p.id, p.routing_domain_id, set_masklen('11.0.0.0'::inet + (i * 64), 26)::cidr, 'hist-' || (i % ${NODES}), 64, 0
+        FROM ipam.pools p, generate_series(0, ${Math.ceil(addresses / 64) - 1}) i WHERE p.name = 'history'`);
+      // Blocks were inserted in order: block i has id first + i, so no join is needed.
+      const [{ first: histFirst, pool: histPool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'history'`)).rows;
+      await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node, pod_namespace, pod_name, container_id, allocated_at, released_at)
+        SELECT 'hist-' || a || '-' || g || '/eth0', '11.0.0.0'::inet + a, 4, ${histPool}, ${histFirst} + a / 64, ${domain}, 'hist-' || ((a / 64) % ${NODES}), 'ns', 'pod-' || a || '-' || g, 'c' || a,
+               timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second',
+               timestamptz '2026-01-01' + (g * interval '1 hour') + (a % 3600) * interval '1 second' + interval '50 minutes'
+        FROM generate_series(0, ${addresses - 1}) a CROSS JOIN generate_series(0, 49) g`);
+      await sql.query('ANALYZE ipam.allocations');
+      loadSeconds = (Date.now() - t0) / 1000;
+      const who: number[] = [];
+      for (let i = 0; i < 500; i++) {
+        const a = Math.floor(Math.random() * addresses);
+        const g = Math.floor(Math.random() * 50);
+        const at = new Date(Date.parse('2026-01-01T00:00:00Z') + g * 3_600_000 + (a % 3600) * 1000 + 600_000);
+        const addr = `11.${(a >> 16) & 255}.${(a >> 8) & 255}.${a & 255}`;
+        const s = performance.now();
+        const { entries } = await admin.listAllocationHistory({ address: addr, at });
+        who.push(performance.now() - s);
+        if (entries.length !== 1 || entries[0]!.allocation!.podName !== `pod-${a}-${g}`) throw new Error(`wrong answer for ${addr} at ${at.toISOString()}`);
+      }
+      who.sort((x, y) => x - y);
+      const histCount = Number((await sql.query(`SELECT count(*) FROM ipam.allocations`)).rows[0].count);
+      rows.push({ figure: `"who held X at T", ${(histCount / 1e6).toFixed(1)}M history rows, p50 / p99`, value: `${ms(percentile(who, 50))} / ${ms(percentile(who, 99))}`, goal: 'p99 <= 20 ms' });
     }
 
     if (PARTS.has('utilization')) {
-    // Utilization: a pool with a million live allocations, and 1% as many addresses cooling down (released within the
-    // pool's cool-down, in blocks of their own), so that the count of cooling addresses is part of the figure.
-    await admin.createPool({ name: 'million', cidr: '12.0.0.0/11', blockPrefixLength: 26, cooldownSeconds: 3600 });
-    const liveBlocks = Math.ceil(LIVE_ROWS / 64);
-    const coolBlocks = Math.ceil(LIVE_ROWS / 100 / 64);
-    await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
-      SELECT p.id, p.routing_domain_id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, CASE WHEN i < ${liveBlocks} THEN 64 ELSE 0 END
-      FROM ipam.pools p, generate_series(0, ${liveBlocks + coolBlocks - 1}) i WHERE p.name = 'million'`);
-    const [{ first: liveFirst, pool: livePool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'million'`)).rows;
-    await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node)
-      SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, ${livePool}, ${liveFirst} + a / 64, ${domain}, 'live-' || ((a / 64) % ${NODES})
-      FROM generate_series(0, ${liveBlocks * 64 - 1}) a`);
-    await sql.query(`INSERT INTO ipam.free_addresses (address, routing_domain_id, block_id, free_since)
-      SELECT '12.0.0.0'::inet + a, ${domain}, ${liveFirst} + a / 64, now() FROM generate_series(${liveBlocks * 64}, ${(liveBlocks + coolBlocks) * 64 - 1}) a`);
-    await sql.query('ANALYZE');
-    // Baseline: what utilization cost before per-node counters, aggregating the pool's blocks (straight in SQL, no RPC).
-    const perBlock = `SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${livePool} AND released_at IS NULL GROUP BY node ORDER BY node`;
-    const util: number[] = [];
-    const base: number[] = [];
-    let allocated = 0;
-    let cooling = 0;
-    await admin.getUtilization({ pool: 'million' });
-    for (let i = 0; i < 200; i++) {
-      const s = performance.now();
-      const { pools } = await admin.getUtilization({ pool: 'million' });
-      util.push(performance.now() - s);
-      allocated = pools[0]!.counts!.allocated;
-      cooling = pools[0]!.counts!.coolingDown;
-      const b = performance.now();
-      await sql.query(perBlock);
-      base.push(performance.now() - b);
-    }
-    if (allocated !== liveBlocks * 64 || cooling !== coolBlocks * 64) throw new Error(`utilization says ${allocated} live and ${cooling} cooling, not ${liveBlocks * 64} and ${coolBlocks * 64}`);
-    util.sort((x, y) => x - y);
-    base.sort((x, y) => x - y);
-    rows.push({
-      figure: `utilization, pool with ${(allocated / 1e6).toFixed(2)}M live, ${(cooling / 1e3).toFixed(0)}k cooling, p50 / p99`, value: `${ms(percentile(util, 50))} / ${ms(percentile(util, 99))}`,
-      baseline: `SQL sum over its ${liveBlocks + coolBlocks} blocks ${ms(percentile(base, 50))} / ${ms(percentile(base, 99))}`, ratio: (percentile(util, 99) / percentile(base, 99)).toFixed(2), goal: `<= 50 ms: ${percentile(util, 99) <= 50 ? 'met' : 'missed'}`,
-    });
+      // Utilization: a pool with a million live allocations, and 1% as many addresses cooling down (released within the
+      // pool's cool-down, in blocks of their own), so that the count of cooling addresses is part of the figure.
+      await admin.createPool({ name: 'million', cidr: '12.0.0.0/11', blockPrefixLength: 26, cooldownSeconds: 3600 });
+      const liveBlocks = Math.ceil(LIVE_ROWS / 64);
+      const coolBlocks = Math.ceil(LIVE_ROWS / 100 / 64);
+      await sql.query(`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, next_offset, live_count)
+        SELECT p.id, p.routing_domain_id, set_masklen('12.0.0.0'::inet + (i * 64), 26)::cidr, 'live-' || (i % ${NODES}), 64, CASE WHEN i < ${liveBlocks} THEN 64 ELSE 0 END
+        FROM ipam.pools p, generate_series(0, ${liveBlocks + coolBlocks - 1}) i WHERE p.name = 'million'`);
+      const [{ first: liveFirst, pool: livePool }] = (await sql.query(`SELECT min(b.id) AS first, min(b.pool_id) AS pool FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE p.name = 'million'`)).rows;
+      await sql.query(`INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, node)
+        SELECT 'live-' || a || '/eth0', '12.0.0.0'::inet + a, 4, ${livePool}, ${liveFirst} + a / 64, ${domain}, 'live-' || ((a / 64) % ${NODES})
+        FROM generate_series(0, ${liveBlocks * 64 - 1}) a`);
+      await sql.query(`INSERT INTO ipam.free_addresses (address, routing_domain_id, block_id, free_since)
+        SELECT '12.0.0.0'::inet + a, ${domain}, ${liveFirst} + a / 64, now() FROM generate_series(${liveBlocks * 64}, ${(liveBlocks + coolBlocks) * 64 - 1}) a`);
+      await sql.query('ANALYZE');
+      // Baseline: what utilization cost before per-node counters, aggregating the pool's blocks (straight in SQL, no RPC).
+      const perBlock = `SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${livePool} AND released_at IS NULL GROUP BY node ORDER BY node`;
+      const util: number[] = [];
+      const base: number[] = [];
+      let allocated = 0;
+      let cooling = 0;
+      await admin.getUtilization({ pool: 'million' });
+      for (let i = 0; i < 200; i++) {
+        const s = performance.now();
+        const { pools } = await admin.getUtilization({ pool: 'million' });
+        util.push(performance.now() - s);
+        allocated = pools[0]!.counts!.allocated;
+        cooling = pools[0]!.counts!.coolingDown;
+        const b = performance.now();
+        await sql.query(perBlock);
+        base.push(performance.now() - b);
+      }
+      if (allocated !== liveBlocks * 64 || cooling !== coolBlocks * 64) throw new Error(`utilization says ${allocated} live and ${cooling} cooling, not ${liveBlocks * 64} and ${coolBlocks * 64}`);
+      util.sort((x, y) => x - y);
+      base.sort((x, y) => x - y);
+      rows.push({
+        figure: `utilization, pool with ${(allocated / 1e6).toFixed(2)}M live, ${(cooling / 1e3).toFixed(0)}k cooling, p50 / p99`, value: `${ms(percentile(util, 50))} / ${ms(percentile(util, 99))}`,
+        baseline: `SQL sum over its ${liveBlocks + coolBlocks} blocks ${ms(percentile(base, 50))} / ${ms(percentile(base, 99))}`, ratio: (percentile(util, 99) / percentile(base, 99)).toFixed(2), goal: `<= 50 ms: ${percentile(util, 99) <= 50 ? 'met' : 'missed'}`,
+      });
     }
     printTable(`bench/ipam — medians of ${RUNS} runs of ${SECONDS} s; ${NODES} nodes; history load took ${loadSeconds.toFixed(0)} s`, rows);
   } finally {
