@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { credentials, makeGenericClientConstructor, type Client } from '@grpc/grpc-js';
+import { openLoopLatency } from './support.js';
 
 /**
  * The floor an RPC framework sets on this machine: a grpc-js server in its own process that answers every call with
@@ -26,6 +27,8 @@ type EchoClient = Client & { echo(req: Buffer, cb: (err: Error | null) => void):
 export interface EchoServer {
   /** Calls per second with `concurrency` callers, each on its own channel, for `seconds`. */
   rate(concurrency: number, seconds: number): Promise<number>;
+  /** Latency of calls arriving at `rate` per second for `seconds`, spread over `concurrency` channels in turn. */
+  openLoop(rate: number, concurrency: number, seconds: number): Promise<{ p50: number; p99: number }>;
   stop(): void;
 }
 
@@ -52,6 +55,14 @@ export async function startEchoServer(): Promise<EchoServer> {
       }));
       clients.forEach((c) => c.close());
       return done / seconds;
+    },
+    async openLoop(rate, concurrency, seconds) {
+      const clients = Array.from({ length: concurrency }, () => new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient);
+      const call = (c: EchoClient) => new Promise<void>((res, rej) => c.echo(payload, (e) => (e ? rej(e) : res())));
+      await Promise.all(clients.map(call));
+      const r = await openLoopLatency(rate, seconds, (i) => call(clients[i % clients.length]!));
+      clients.forEach((c) => c.close());
+      return r;
     },
     stop() {
       child.stdin!.end();

@@ -62,3 +62,27 @@ export function printTable(title: string, rows: Row[]): void {
 
 export const ms = (x: number) => `${x.toFixed(2)} ms`;
 export const perSec = (x: number) => `${Math.round(x)}/s`;
+
+/**
+ * Open loop: calls start at a fixed arrival rate whatever the answers do (as a cluster's pods arrive), each timed from
+ * its start; latency as a user sees it at that load. `call(i)` makes the i-th call.
+ */
+export async function openLoopLatency(rate: number, seconds: number, call: (i: number) => Promise<unknown>): Promise<{ p50: number; p99: number; achieved: number }> {
+  const lat: number[] = [];
+  const total = Math.floor(rate * seconds);
+  const start = performance.now();
+  const inflight: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const due = start + (i * 1000) / rate;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    inflight.push((async () => {
+      const t0 = performance.now();
+      await call(i);
+      lat.push(performance.now() - t0);
+    })());
+  }
+  await Promise.all(inflight);
+  lat.sort((a, b) => a - b);
+  return { p50: percentile(lat, 50), p99: percentile(lat, 99), achieved: lat.length / ((performance.now() - start) / 1000) };
+}

@@ -108,8 +108,12 @@ export function addService<D extends ServiceDefinition>(
     } else {
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         const ac = new AbortController();
-        call.on('cancelled', () => ac.abort());
+        // grpc-js reports 'cancelled' when a finished call's stream closes too: aborting then only cost an AbortError
+        // (a stack trace) per call, so the listener goes once the call has its answer.
+        const cancel = () => ac.abort();
+        call.on('cancelled', cancel);
         void runUnary(method.path, handler, log, call.request, call.metadata, ac.signal).then((outcome) => {
+          call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
         });

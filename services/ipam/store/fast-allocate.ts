@@ -1,6 +1,8 @@
 import type pg from 'pg';
 import { createCoalescer } from '../../../lib/coalescer.js';
-import { pgErrorOf } from './pg-errors.js';
+import { PG, pgErrorOf } from './pg-errors.js';
+
+const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.serializationFailure]);
 
 /**
  * The common allocation, for many callers at once: one statement and one commit for every request that arrived while
@@ -124,6 +126,8 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     try {
       return await runBatch(items);
     } catch (err) {
+      // A lone request that lost a race (a deadlock, a unique violation) takes the full path, which retries those.
+      if (items.length === 1 && RACES.has(pgErrorOf(err)?.code ?? '')) return [{ kind: 'none' }];
       if (items.length === 1 || !pgErrorOf(err)) throw err;
       const out: FastOutcome[] = [];
       for (const it of items) {

@@ -74,7 +74,24 @@ async function rows(db: Tx, query: SQL): Promise<Row[]> {
 const POOL_COLUMNS = sql`id, name, cidr::text AS cidr, family, block_prefix_length, cooldown_seconds, sticky_seconds, disabled,
   node_selector, namespace_selector, allowed_uses, max_blocks_per_node, version, created_at, routing_domain_id,
   (SELECT d.name FROM ipam.routing_domains d WHERE d.id = pools.routing_domain_id) AS routing_domain`;
-const LIVE_COUNT = sql`(SELECT count(*) FROM ipam.allocations l WHERE l.pool_id = pools.id AND l.released_at IS NULL) AS live`;
+/** A pool's live allocations, from its per-node counters (one row per node, never a count of allocation rows). */
+const LIVE_COUNT = sql`(SELECT coalesce(sum(u.live), 0) FROM ipam.node_usage u WHERE u.pool_id = pools.id) AS live`;
+
+/** Reserved addresses of pool `poolId` inside block `cidr` (each reservation clamped to the block). */
+const reservedInBlock = (cidr: SQL, poolId: SQL) => sql`(SELECT coalesce(sum((least(r.last, host(broadcast(${cidr}))::inet) - greatest(r.first, host(network(${cidr}))::inet)) + 1), 0)
+  FROM ipam.reservations r WHERE r.pool_id = ${poolId} AND r.first <= host(broadcast(${cidr}))::inet AND r.last >= host(network(${cidr}))::inet)`;
+
+/**
+ * Adds `sign` times each reservation's overlap to the reserved counters of the pool's live blocks it overlaps (found
+ * by address range on the live-block index). The caller holds the claim lock, so no block is claimed meanwhile with a
+ * count that misses or doubles the change.
+ */
+async function countReservation(tx: Tx, pool: Row, first: string, last: string, sign: 1 | -1): Promise<void> {
+  await tx.execute(sql`UPDATE ipam.blocks b SET reserved = b.reserved + ${sign}::int * ((least(${last}::inet, host(broadcast(b.cidr))::inet) - greatest(${first}::inet, host(network(b.cidr))::inet)) + 1)::int
+    WHERE b.routing_domain_id = ${pool.routing_domain_id} AND b.pool_id = ${pool.id} AND b.released_at IS NULL
+      AND b.cidr >= network(set_masklen(${first}::inet, ${pool.block_prefix_length}::int))::cidr
+      AND b.cidr <= network(set_masklen(${last}::inet, ${pool.block_prefix_length}::int))::cidr`);
+}
 
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>, opts: { onBackgroundError?: (what: string, err: unknown) => void } = {}) {
   // `client` serves the group-commit statement: best a pool whose sessions keep one generic plan (DatabaseHandle.preparedPool).
@@ -100,7 +117,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       if (pg?.code === PG.uniqueViolation) throw ipamErrors.poolExists(spec.name);
       throw err;
     } finally {
-      poolCache = null;
+      invalidatePools();
     }
   }
 
@@ -122,7 +139,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     if (changes.namespaceSelector !== undefined) sets.push(sql`namespace_selector = ${changes.namespaceSelector}`);
     if (changes.allowedUses !== undefined) sets.push(sql`allowed_uses = ${textArray(changes.allowedUses)}`);
     if (changes.maxBlocksPerNode !== undefined) sets.push(sql`max_blocks_per_node = ${changes.maxBlocksPerNode}`);
-    poolCache = null;
+    invalidatePools();
     const [row] = await rows(db, sql`UPDATE ipam.pools SET ${sql.join(sets, sql`, `)}
       WHERE name = ${name} AND '"' || id || '.' || version || '"' = ${etag} RETURNING ${POOL_COLUMNS}, ${LIVE_COUNT}`);
     if (row) return toPool(row);
@@ -131,8 +148,9 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function createReservation(poolName: string, first: string, last: string, reason: string): Promise<Reservation> {
-    return db.transaction(async (tx) => {
-      const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr, routing_domain_id FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
+    // Rare, and it takes the claim lock after the pool row, then blocks: a deadlock with an allocation is retried.
+    return withRetry(() => db.transaction(async (tx) => {
+      const [pool] = await rows(tx, sql`SELECT id, cidr::text AS cidr, routing_domain_id, block_prefix_length FROM ipam.pools WHERE name = ${poolName} FOR UPDATE`);
       if (!pool) throw ipamErrors.poolNotFound(poolName);
       const [inside] = await rows(tx, sql`SELECT ${first}::inet <<= ${pool.cidr}::cidr AND ${last}::inet <<= ${pool.cidr}::cidr
         AND ${first}::inet <= ${last}::inet AS ok`);
@@ -142,10 +160,13 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
           AND routing_domain_id = ${pool.routing_domain_id} LIMIT 5`);
       if (held.length > 0) throw ipamErrors.reservedInUse(`${first}..${last}`, held.map((h) => `${h.address} (${h.handle})`));
       await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE address >= ${first}::inet AND address <= ${last}::inet AND routing_domain_id = ${pool.routing_domain_id}`);
+      // Blocks already claimed count the new reservation now; a block claimed later counts it when it is claimed.
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      await countReservation(tx, pool, first, last, 1);
       const [r] = await rows(tx, sql`INSERT INTO ipam.reservations (pool_id, first, last, reason) VALUES (${pool.id}, ${first}::inet, ${last}::inet, ${reason})
         RETURNING id, ${poolName}::text AS pool, host(first) AS first, host(last) AS last, reason, created_at`);
       return toReservation(r!);
-    });
+    }));
   }
 
   async function listReservations(poolName: string | null, page: { after: PageKey | null; limit: number }): Promise<Page<Reservation>> {
@@ -159,9 +180,15 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function deleteReservation(poolName: string, id: number): Promise<boolean> {
-    const r = await rows(db, sql`DELETE FROM ipam.reservations r USING ipam.pools p
-      WHERE r.pool_id = p.id AND p.name = ${poolName} AND r.id = ${id} RETURNING r.id`);
-    return r.length > 0;
+    return withRetry(() => db.transaction(async (tx) => {
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      const [r] = await rows(tx, sql`DELETE FROM ipam.reservations r USING ipam.pools p
+        WHERE r.pool_id = p.id AND p.name = ${poolName} AND r.id = ${id}
+        RETURNING r.id, host(r.first) AS first, host(r.last) AS last, p.id AS pool_id, p.routing_domain_id, p.block_prefix_length`);
+      if (!r) return false;
+      await countReservation(tx, { id: r.pool_id, routing_domain_id: r.routing_domain_id, block_prefix_length: r.block_prefix_length }, String(r.first), String(r.last), -1);
+      return true;
+    }));
   }
 
   async function listAllocations(filter: { pool?: string; node?: string }, page: { after: PageKey | null; limit: number } = { after: null, limit: 1_000_000 }): Promise<Page<Allocation>> {
@@ -179,23 +206,46 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   /**
    * Pools change rarely: a replica reads them at most every POOL_CACHE_MS (and at once after its own changes), so
    * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time.
+   * One read at a time serves every caller (under load, hundreds of requests a second used to each start their own
+   * when the cache expired), and it starts a little before expiry, so callers rarely wait for it.
    */
-  let poolCache: { at: number; rules: (Row & PoolRule)[]; domainOf: Map<string, number> } | null = null;
-  async function loadPools(): Promise<NonNullable<typeof poolCache>> {
-    const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
-    // Each cluster's routing domain; '' stands for a caller that names no cluster (the default domain).
-    const domains = await rows(db, sql`SELECT c.name, c.routing_domain_id AS id FROM ipam.clusters c
-      UNION ALL SELECT '', id FROM ipam.routing_domains WHERE name = 'default'`);
-    poolCache = { at: Date.now(), rules, domainOf: new Map(domains.map((d) => [String(d.name), Number(d.id)])) };
-    return poolCache;
+  type PoolCache = { at: number; rules: (Row & PoolRule)[]; domainOf: Map<string, number> };
+  let poolCache: PoolCache | null = null;
+  // Raised by this replica's own pool changes: a read begun before one is neither joined nor kept after it.
+  let poolGeneration = 0;
+  let poolLoad: { generation: number; promise: Promise<PoolCache> } | null = null;
+  function invalidatePools(): void {
+    poolCache = null;
+    poolGeneration++;
+  }
+  /** `fresh`: a read that starts now (one in flight may predate what the caller needs to see). */
+  function loadPools(fresh = false): Promise<PoolCache> {
+    if (!fresh && poolLoad && poolLoad.generation === poolGeneration) return poolLoad.promise;
+    const generation = poolGeneration;
+    const at = Date.now();
+    const promise = (async () => {
+      const rules = (await rows(db, sql`SELECT ${POOL_COLUMNS} FROM ipam.pools ORDER BY name`)).map(toRule);
+      // Each cluster's routing domain; '' stands for a caller that names no cluster (the default domain).
+      const domains = await rows(db, sql`SELECT c.name, c.routing_domain_id AS id FROM ipam.clusters c
+        UNION ALL SELECT '', id FROM ipam.routing_domains WHERE name = 'default'`);
+      const cache = { at, rules, domainOf: new Map(domains.map((d) => [String(d.name), Number(d.id)])) };
+      if (generation === poolGeneration) poolCache = cache;
+      return cache;
+    })().finally(() => {
+      if (poolLoad?.promise === promise) poolLoad = null;
+    });
+    poolLoad = { generation, promise };
+    return promise;
   }
 
   /** The pools of the caller's routing domain (its cluster's, else the default one). */
   async function poolRules(cluster: string | null = null): Promise<(Row & PoolRule)[]> {
-    const cached = poolCache && Date.now() - poolCache.at < POOL_CACHE_MS ? poolCache : null;
+    const age = poolCache ? Date.now() - poolCache.at : Infinity;
+    const cached = age < POOL_CACHE_MS ? poolCache : null;
+    if (cached && age >= POOL_CACHE_MS * 0.75) loadPools().catch((err) => opts.onBackgroundError?.('reading pools', err));
     let cache = cached ?? (await loadPools());
     // A cluster registered since the cache was read is looked up again before it is called unknown.
-    if (cached && !cache.domainOf.has(cluster ?? '')) cache = await loadPools();
+    if (cached && !cache.domainOf.has(cluster ?? '')) cache = await loadPools(true);
     const domain = cache.domainOf.get(cluster ?? '');
     if (domain === undefined) throw ipamErrors.clusterNotFound(cluster ?? '');
     return cache.rules.filter((r) => Number(r.routing_domain_id) === domain);
@@ -328,8 +378,9 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, String(block.node));
     if (!block) {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node)
-        VALUES (${chosen.id}, ${domain}, network(set_masklen(${address}::inet, ${chosen.block_prefix_length})), ${req.node}) RETURNING id, node, cidr::text AS cidr`);
+      const cidr = sql`network(set_masklen(${address}::inet, ${chosen.block_prefix_length}))::cidr`;
+      [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
+        VALUES (${chosen.id}, ${domain}, ${cidr}, ${req.node}, ${reservedInBlock(cidr, sql`${chosen.id}::int`)}) RETURNING id, node, cidr::text AS cidr`);
       await logClaim(tx, String(chosen.name), String(block!.cidr), req.node);
     }
     await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${domain} AND address = ${address}::inet`);
@@ -350,13 +401,20 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function allocateInPool(tx: Tx, pool: Row, req: AllocationRequest): Promise<Allocation | null> {
-    for (let pass = 0; pass < 2; pass++) {
+    const got = await allocateFromNodeBlocks(tx, pool, req);
+    if (got) return got;
+    // Block claims are serialized: this keeps block_events revisions in commit order (see DESIGN.md). After taking
+    // the lock, look again before claiming: a concurrent claim for the node may have made room. Looking again also
+    // locks such a block before the claim takes the node's usage row (blocks first, then usage rows, as every path
+    // does; the other order deadlocked with the group-commit statement).
+    await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+    const again = await allocateFromNodeBlocks(tx, pool, req);
+    if (again) return again;
+    // A claimed block can hold no allocatable address (a reservation covers it): claim the next one.
+    for (let i = 0; i < 8; i++) {
+      if (!(await claimBlock(tx, pool, req.node))) return null;
       const got = await allocateFromNodeBlocks(tx, pool, req);
       if (got) return got;
-      // Block claims are serialized: this keeps block_events revisions in commit order (see DESIGN.md). After
-      // taking the lock, look again: a concurrent claim by the same node may have made room.
-      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      if (pass === 1 || !(await claimBlock(tx, pool, req.node))) return pass === 1 ? null : allocateFromNodeBlocks(tx, pool, req);
     }
     return null;
   }
@@ -433,7 +491,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       LIMIT 1`);
     if (!free) return false;
     await tx.execute(sql`UPDATE ipam.pools SET claim_hint = ${free.cidr}::cidr WHERE id = ${pool.id}`);
-    await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node) VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node})`);
+    await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
+      VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node}, ${reservedInBlock(sql`${free.cidr}::cidr`, sql`${pool.id}::int`)})`);
     await logClaim(tx, String(pool.name), String(free.cidr), node);
     return true;
   }
@@ -475,12 +534,13 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   async function release(handle: string): Promise<Allocation[]> {
-    return releaseWhere(sql`a.handle = ${handle}`);
+    // One statement: a deadlock on block counters with a concurrent release (it rolled back whole) is simply retried.
+    return withRetry(() => releaseWhere(sql`a.handle = ${handle}`));
   }
 
   /** Releases the node's live allocations whose handles are not valid. One statement: a valid handle is never touched. */
   async function garbageCollect(node: string, validHandles: string[]): Promise<Allocation[]> {
-    return releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))`);
+    return withRetry(() => releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))`));
   }
 
   async function history(q: HistoryQuery, after: PageKey | null = null): Promise<Page<HistoryEntry>> {
@@ -513,60 +573,59 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   /**
-   * Counts from the blocks' live counters and the recently freed (still cooling) addresses: no scan of live rows,
-   * so a pool with a million live allocations answers in milliseconds. Blocks are listed only when asked for.
+   * Per node from its usage row (blocks, live, reserved: kept by triggers on blocks, see schema.ts), cooling from
+   * the addresses released within the cool-down or held for an owner (each on its own index, so expired resting
+   * addresses are never read). Nothing scans live allocations or a pool's blocks: a pool with a million live
+   * allocations on 15,000 blocks reads its 500 node rows. Blocks are listed only when asked for.
    */
   async function utilization(poolName: string | null, includeBlocks: boolean): Promise<PoolUsage[]> {
-    const pools = await rows(db, sql`SELECT ${POOL_COLUMNS}, masklen(cidr) AS len FROM ipam.pools
-      WHERE ${poolName}::text IS NULL OR name = ${poolName} ORDER BY name`);
+    const pools = await rows(db, sql`SELECT ${POOL_COLUMNS}, masklen(cidr) AS len,
+        (SELECT coalesce(json_agg(json_build_array(host(r.first), host(r.last))), '[]') FROM ipam.reservations r WHERE r.pool_id = pools.id) AS reservations
+      FROM ipam.pools WHERE ${poolName}::text IS NULL OR name = ${poolName} ORDER BY name`);
     if (poolName && pools.length === 0) throw ipamErrors.poolNotFound(poolName);
-    const out: PoolUsage[] = [];
     const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts =>
       ({ total, allocated, coolingDown, reserved, free: total - BigInt(allocated + coolingDown) - reserved });
-    for (const p of pools) {
+    return Promise.all(pools.map(async (p): Promise<PoolUsage> => {
       const family = Number(p.family) as Family;
       const blockSize = cidrSize(family, Number(p.block_prefix_length));
-      // Per block: live counter, addresses still cooling down, reserved addresses inside the block.
-      const perBlock = sql`SELECT b.id, b.cidr, b.node, b.live_count,
-          (SELECT count(*) FROM ipam.free_addresses f WHERE f.block_id = b.id
-             AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now())) AS cooling,
-          (SELECT coalesce(sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1), 0)
-             FROM ipam.reservations r WHERE r.pool_id = b.pool_id AND r.first <= host(broadcast(b.cidr))::inet
-               AND r.last >= host(network(b.cidr))::inet) AS reserved
-        FROM ipam.blocks b WHERE b.pool_id = ${p.id} AND b.released_at IS NULL`;
-      const cooling = sql`SELECT b.node, count(*) AS n FROM ipam.free_addresses f JOIN ipam.blocks b ON b.id = f.block_id
-        WHERE b.pool_id = ${p.id} AND b.released_at IS NULL AND (f.free_since > now() - make_interval(secs => ${p.cooldown_seconds}) OR f.hold_until > now()) GROUP BY b.node`;
-      const reservedByNode = sql`SELECT b.node, sum((least(r.last, host(broadcast(b.cidr))::inet) - greatest(r.first, host(network(b.cidr))::inet)) + 1) AS n
-        FROM ipam.reservations r JOIN ipam.blocks b ON b.pool_id = r.pool_id AND r.first <= host(broadcast(b.cidr))::inet AND r.last >= host(network(b.cidr))::inet
-        WHERE r.pool_id = ${p.id} AND b.released_at IS NULL GROUP BY b.node`;
-      const [nodeRows, coolRows, resRows] = await Promise.all([
-        rows(db, sql`SELECT node, count(*) AS blocks, sum(live_count) AS live FROM ipam.blocks WHERE pool_id = ${p.id} AND released_at IS NULL GROUP BY node ORDER BY node`),
-        rows(db, cooling),
-        rows(db, reservedByNode),
+      const cutoff = sql`now() - make_interval(secs => ${p.cooldown_seconds}::int)`;
+      // Addresses cooling down per live block of the pool: released within the cool-down, or held for an owner.
+      const cooling = sql`SELECT c.block_id, b.node, c.n FROM (
+          SELECT block_id, count(*) AS n FROM (
+            SELECT block_id FROM ipam.free_addresses WHERE free_since > ${cutoff}
+            UNION ALL
+            SELECT block_id FROM ipam.free_addresses WHERE hold_until > now() AND free_since <= ${cutoff}) f
+          GROUP BY block_id) c
+        JOIN ipam.blocks b ON b.id = c.block_id WHERE b.pool_id = ${p.id} AND b.released_at IS NULL`;
+      const [nodeRows, blockRows] = await Promise.all([
+        rows(db, sql`WITH cooling AS (${cooling})
+          SELECT u.node, u.blocks, u.live, u.reserved, coalesce(c.n, 0) AS cooling FROM ipam.node_usage u
+            LEFT JOIN (SELECT node, sum(n) AS n FROM cooling GROUP BY node) c ON c.node = u.node
+          WHERE u.pool_id = ${p.id} AND u.blocks > 0 ORDER BY u.node`),
+        includeBlocks
+          ? rows(db, sql`WITH cooling AS (${cooling})
+              SELECT b.cidr::text AS cidr, b.node, b.live_count, b.reserved, coalesce(c.n, 0) AS cooling FROM ipam.blocks b
+                LEFT JOIN cooling c ON c.block_id = b.id
+              WHERE b.pool_id = ${p.id} AND b.released_at IS NULL ORDER BY b.cidr`)
+          : Promise.resolve([]),
       ]);
-      const coolBy = new Map(coolRows.map((r) => [String(r.node), Number(r.n)]));
-      const resBy = new Map(resRows.map((r) => [String(r.node), BigInt(r.n as string)]));
       const nodes = nodeRows.map((n) => ({
         node: String(n.node),
-        counts: counts(blockSize * BigInt(n.blocks as string), Number(n.live), coolBy.get(String(n.node)) ?? 0, resBy.get(String(n.node)) ?? 0n),
+        counts: counts(blockSize * BigInt(n.blocks as string | number), Number(n.live), Number(n.cooling), BigInt(n.reserved as string)),
       }));
-      const blocks = includeBlocks
-        ? (await rows(db, sql`SELECT x.cidr::text AS cidr, x.node, x.live_count, x.cooling, x.reserved FROM (${perBlock}) x ORDER BY x.cidr`)).map((b) => ({
-            cidr: String(b.cidr), node: String(b.node), counts: counts(blockSize, Number(b.live_count), Number(b.cooling), BigInt(b.reserved as string)),
-          }))
-        : [];
+      const blocks = blockRows.map((b) => ({
+        cidr: String(b.cidr), node: String(b.node), counts: counts(blockSize, Number(b.live_count), Number(b.cooling), BigInt(b.reserved as number)),
+      }));
       // Reserved in the whole pool, in 128-bit arithmetic (an IPv6 reservation can pass 2^63).
       let poolReserved = 0n;
-      for (const r of await rows(db, sql`SELECT host(first) AS first, host(last) AS last FROM ipam.reservations WHERE pool_id = ${p.id}`))
-        poolReserved += parseAddress(String(r.last)).value - parseAddress(String(r.first)).value + 1n;
-      out.push({
+      for (const [first, last] of p.reservations as [string, string][]) poolReserved += parseAddress(last).value - parseAddress(first).value + 1n;
+      return {
         pool: String(p.name), cidr: String(p.cidr),
         counts: counts(cidrSize(family, Number(p.len)), nodes.reduce((s, n) => s + n.counts.allocated, 0), nodes.reduce((s, n) => s + n.counts.coolingDown, 0), poolReserved),
         blocks,
         nodes,
-      });
-    }
-    return out;
+      };
+    }));
   }
 
   /** A consistent snapshot of all affinities and the revision it reflects. */
@@ -641,6 +700,18 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     { kind: 'routing_domain_mismatch', query: sql`SELECT a.handle || ' holds ' || host(a.address) || ' in another routing domain than its block ' || b.cidr AS detail FROM ipam.allocations a JOIN ipam.blocks b ON b.id = a.block_id JOIN ipam.pools p ON p.id = b.pool_id WHERE a.released_at IS NULL AND (a.routing_domain_id <> b.routing_domain_id OR b.routing_domain_id <> p.routing_domain_id) LIMIT 20` },
     { kind: 'block_outside_pool', query: sql`SELECT 'block ' || b.cidr || ' lies outside pool ' || p.name AS detail FROM ipam.blocks b JOIN ipam.pools p ON p.id = b.pool_id WHERE NOT b.cidr <<= p.cidr LIMIT 20` },
     { kind: 'live_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.live_count || ' live, holds ' || (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL) AS detail FROM ipam.blocks b WHERE b.released_at IS NULL AND b.live_count <> (SELECT count(*) FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL) LIMIT 20` },
+    { kind: 'reserved_count_mismatch', query: sql`SELECT 'block ' || b.cidr || ' counts ' || b.reserved || ' reserved, holds ' || x.n AS detail FROM ipam.blocks b
+        CROSS JOIN LATERAL (SELECT ${reservedInBlock(sql`b.cidr`, sql`b.pool_id`)} AS n) x WHERE b.released_at IS NULL AND b.reserved <> x.n LIMIT 20` },
+    // The per-node counters utilization reads, recounted from the rows: live blocks and their reserved addresses, live allocations.
+    { kind: 'usage_count_mismatch', query: sql`WITH b AS (SELECT pool_id, node, count(*) AS blocks, sum(reserved) AS reserved FROM ipam.blocks WHERE released_at IS NULL GROUP BY pool_id, node),
+        a AS (SELECT pool_id, node, count(*) AS live FROM ipam.allocations WHERE released_at IS NULL GROUP BY pool_id, node)
+      SELECT 'pool ' || p.name || ', node ' || k.node || ': counts ' || coalesce(u.blocks, 0) || ' blocks, ' || coalesce(u.live, 0) || ' live, ' || coalesce(u.reserved, 0)
+          || ' reserved; holds ' || coalesce(b.blocks, 0) || ' blocks, ' || coalesce(a.live, 0) || ' live, ' || coalesce(b.reserved, 0) || ' reserved' AS detail
+      FROM (SELECT pool_id, node FROM ipam.node_usage UNION SELECT pool_id, node FROM b UNION SELECT pool_id, node FROM a) k
+        LEFT JOIN ipam.node_usage u ON u.pool_id = k.pool_id AND u.node = k.node LEFT JOIN b ON b.pool_id = k.pool_id AND b.node = k.node
+        LEFT JOIN a ON a.pool_id = k.pool_id AND a.node = k.node JOIN ipam.pools p ON p.id = k.pool_id
+      WHERE coalesce(u.blocks, 0) <> coalesce(b.blocks, 0) OR coalesce(u.live, 0) <> coalesce(a.live, 0) OR coalesce(u.reserved, 0) <> coalesce(b.reserved, 0)
+      ORDER BY p.name, k.node LIMIT 20` },
     { kind: 'free_but_live', query: sql`SELECT host(f.address) || ' is listed free but held by ' || a.handle AS detail FROM ipam.free_addresses f JOIN ipam.allocations a ON a.address = f.address AND a.routing_domain_id = f.routing_domain_id AND a.released_at IS NULL LIMIT 20` },
     { kind: 'allocation_in_reservation', query: sql`SELECT a.handle || ' holds reserved ' || host(a.address) AS detail FROM ipam.allocations a JOIN ipam.reservations r ON r.pool_id = a.pool_id AND a.address >= r.first AND a.address <= r.last WHERE a.released_at IS NULL AND a.allocated_at > r.created_at LIMIT 20` },
     { kind: 'release_before_allocation', query: sql`SELECT a.handle || ' released before it was allocated' AS detail FROM ipam.allocations a WHERE a.released_at < a.allocated_at LIMIT 20` },

@@ -47,6 +47,8 @@ export const blocks = ipam.table(
     nextOffset: bigint('next_offset', { mode: 'number' }).notNull().default(0),
     /** Live allocations in the block, kept by allocate and release (utilization reads counters, not rows). */
     liveCount: integer('live_count').notNull().default(0),
+    /** Reserved addresses inside the block, kept by block claims and by creating or deleting a reservation. */
+    reserved: integer('reserved').notNull().default(0),
     /** Set when an empty block returns to its pool (or its node is gone); the row stays for history. */
     releasedAt: timestamp('released_at', { withTimezone: true }),
   },
@@ -95,6 +97,24 @@ export const allocations = ipam.table(
   ],
 );
 
+/**
+ * Usage per pool and node: live blocks, live allocations and reserved addresses in them. Kept exact by statement-level
+ * triggers on `blocks` (migration 0013), which add each statement's deltas of its blocks' counters grouped by (pool,
+ * node): whatever path changes a block's counters, the node's row follows in the same transaction, and a pool's
+ * utilization reads one row per node instead of aggregating its blocks. `weft ipam check` recounts it from the rows.
+ */
+export const nodeUsage = ipam.table(
+  'node_usage',
+  {
+    poolId: integer('pool_id').notNull().references(() => pools.id),
+    node: text('node').notNull(),
+    blocks: integer('blocks').notNull().default(0),
+    live: bigint('live', { mode: 'number' }).notNull().default(0),
+    reserved: bigint('reserved', { mode: 'number' }).notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.poolId, t.node] })],
+);
+
 /** Released addresses, each resting until its pool's cool-down has passed; reuse takes the longest-free first. */
 export const freeAddresses = ipam.table(
   'free_addresses',
@@ -111,8 +131,9 @@ export const freeAddresses = ipam.table(
     primaryKey({ columns: [t.routingDomainId, t.address] }),
     index('free_addresses_block_idx').on(t.blockId, t.freeSince),
     index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`),
-    // Utilization counts only the recently freed (those still cooling down).
+    // Utilization counts only the recently freed and the held (those still cooling down), each on an index.
     index('free_addresses_since_idx').on(t.freeSince),
+    index('free_addresses_hold_idx').on(t.holdUntil).where(sql`hold_until IS NOT NULL`),
   ],
 );
 
