@@ -82,8 +82,12 @@ async function main(): Promise<void> {
     }
     return 0;
   };
-  const leaseMs = await register();
-  keepNodeLease({ routes, registration, leaseMs, logger, signal: stopper.signal });
+  // Registration does not hold up the rest: the watches, the reconciler (which adopts what the kernel holds) and the
+  // CNI socket start at once, so a restart is not slowed by the control plane, and a node whose control plane is
+  // unreachable still serves DEL and CHECK. Leases are kept from the moment the node is registered.
+  void register().then((leaseMs) => {
+    if (!stopper.signal.aborted) keepNodeLease({ routes, registration, leaseMs, logger, signal: stopper.signal });
+  });
 
   const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
   let snapshot: ReturnType<typeof followRoutes> | null = null;

@@ -52,7 +52,7 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
       garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
     };
     addService(server, AgentServiceService, handlers, silentLogger, unaryMethods);
-    listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
+    listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger, readTimeoutMs: 300 });
   });
   after(async () => {
     await listening.close();
@@ -91,6 +91,23 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
     const answer = await exchange(socket, request({ path: AgentServiceService.attach.path, timeoutMs: 100, metadata: {} }));
     assert.equal(answer?.status, GrpcStatus.DEADLINE_EXCEEDED);
     assert.ok(cancelled, 'the handler saw its signal abort');
+  });
+
+  it('closes a connection that stays silent, or sends half a request, after the read timeout; a slow handler is not cut by it', async () => {
+    const closedAfter = (bytes: Buffer) => new Promise<number>((resolve, reject) => {
+      const t0 = performance.now();
+      const conn = net.connect(socket);
+      conn.on('error', reject);
+      conn.on('close', () => resolve(performance.now() - t0));
+      conn.on('connect', () => conn.write(bytes));
+    });
+    const silent = await closedAfter(Buffer.alloc(0));
+    assert.ok(silent >= 250 && silent < 3000, `a silent connection closed after ${silent.toFixed(0)} ms`);
+    const whole = request({ path: AgentServiceService.status.path, timeoutMs: 5000, metadata: {} });
+    const half = await closedAfter(whole.subarray(0, whole.length - 3));
+    assert.ok(half >= 250 && half < 3000, `half a request closed after ${half.toFixed(0)} ms`);
+    const header = await exchange(socket, request({ path: AgentServiceService.attach.path, timeoutMs: 900, metadata: {} }));
+    assert.equal(header?.status, GrpcStatus.DEADLINE_EXCEEDED, 'a handler running longer than the read timeout ends at its own deadline');
   });
 
   it('closes a connection that is neither unary frames nor HTTP/2, and keeps serving', async () => {

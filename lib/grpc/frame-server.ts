@@ -25,10 +25,19 @@ export function listenUnixSocket(opts: {
   unaryMethods: UnaryMethods;
   logger: Logger;
   maxRequestBytes?: number;
+  /**
+   * How long a connection may stay silent before its protocol is known, and a frame connection before its request is
+   * complete (default 10 s): a client that connects and sends nothing (or half a request) is closed, so stuck or
+   * hostile local processes cannot pile up open connections. gRPC connections, once handed over, are grpc-js's (with
+   * its keepalive), and a request being handled is bounded by its own deadline.
+   */
+  readTimeoutMs?: number;
 }): Promise<UnixSocketServer> {
   const injector = opts.server.createConnectionInjector(serverCredentials());
   const maxRequestBytes = opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  const readTimeoutMs = opts.readTimeoutMs ?? 10_000;
   const listener = net.createServer((socket) => {
+    socket.setTimeout(readTimeoutMs, () => socket.destroy());
     let head: Buffer = Buffer.alloc(0);
     const onFirstBytes = (chunk: Buffer) => {
       head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
@@ -40,6 +49,7 @@ export function listenUnixSocket(opts: {
       if (frames) {
         serveFrame(socket, head.subarray(MAGIC.length), opts.unaryMethods, maxRequestBytes, opts.logger);
       } else {
+        socket.setTimeout(0);
         socket.unshift(head);
         injector.injectConnection(socket);
       }
@@ -89,6 +99,7 @@ function serveFrame(socket: net.Socket, initial: Buffer, methods: UnaryMethods, 
       return;
     }
     socket.off('data', onData);
+    socket.setTimeout(0);
     if (typeof frame === 'string') {
       return refuse(frame.startsWith('message of') ? GrpcStatus.RESOURCE_EXHAUSTED : GrpcStatus.INTERNAL, `bad request frame: ${frame}`);
     }
