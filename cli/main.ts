@@ -21,7 +21,8 @@ const USAGE = `usage: weft <command> [options]
 
   up [--data-dir DIR] [--listen HOST:PORT]     run the control plane (IPAM + routes) on embedded PostgreSQL
                                                (DATABASE_URL selects an external server)
-  cluster up --nodes N [--state-dir DIR]        build a local cluster of network namespaces (root)
+  cluster up --nodes N [--dual-stack] [--state-dir DIR]   build a local cluster of network namespaces (root);
+                                                --dual-stack: an IPv6 pool too, and every pod gets both families
   cluster down [--state-dir DIR]                remove it
   cluster status [--json]                       nodes, pods and the control plane's socket
   cluster node add                              add one more node to the running cluster
@@ -117,6 +118,7 @@ async function main(argv: string[]): Promise<number> {
       pod: { type: 'string' },
       handle: { type: 'string' },
       kill: { type: 'boolean', default: false },
+      'dual-stack': { type: 'boolean', default: false },
       domain: { type: 'string' },
       cluster: { type: 'string' },
       length: { type: 'string' },
@@ -163,7 +165,7 @@ async function main(argv: string[]): Promise<number> {
     if (cmd === 'cluster up') {
       const n = Number(o.nodes ?? '3');
       if (!Number.isInteger(n) || n < 1 || n > 50) throw new UsageError('--nodes must be an integer 1-50');
-      const s = await clusterUp({ stateDir, nodes: n });
+      const s = await clusterUp({ stateDir, nodes: n, dualStack: o['dual-stack'] });
       print(json, s, () => `local cluster ${s.prefix} up: ${s.nodes.map((x) => `${x.name} (${x.address})`).join(', ')}\ncontrol plane: ${controlPlaneTarget(s)}`);
       return 0;
     }

@@ -10,8 +10,10 @@ import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
 import {
-  attachPod, checkNetnsPath, detachPod, hostIfnameFor, hostLinkExists, listVethNames, observeAttachment, POD_GATEWAY,
+  attachPod, checkNetnsPath, detachPod, hostIfnameFor, hostLinkExists, listVethNames, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
+  type PodAddresses,
 } from './kernel/pod-network.js';
+import type { PodFamily } from './config.js';
 
 /**
  * The local endpoint the CNI plugin calls.
@@ -30,6 +32,13 @@ export function createCniHandlers(deps: {
   ipamTarget: string;
   mtu: number;
   routeProtocol: number;
+  /** The families every pod gets (WEFT_POD_FAMILIES); default IPv4 only. */
+  families?: readonly PodFamily[];
+  /**
+   * Resolves once IPv6 network policy is in force on this node (ip6tables' dispatch and fail-closed drop), rejects
+   * when it is not within the time given: a dual-stack pod is attached only then, so its IPv6 is never unpoliced.
+   */
+  ipv6PolicyInForce?: (timeoutMs: number) => Promise<void>;
   logger: Logger;
   /** Tells the policy service which pod is attached where (pod-reports.ts). */
   reports?: PodReporter;
@@ -40,6 +49,8 @@ export function createCniHandlers(deps: {
 }): Handlers<typeof AgentServiceService> {
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
+  const dualStack = deps.families?.includes('ipv6') ?? false;
+  const ipamFamilies = dualStack ? [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6] : [IpFamily.IP_FAMILY_IPV4];
 
   const invalid = (msg: string) => new DomainError('agent.invalid_request', 'invalid_argument', msg);
   const ipamKind = (code: number) =>
@@ -82,9 +93,11 @@ export function createCniHandlers(deps: {
       }
       if (req.mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(req.mac)) throw invalid(`MAC ${JSON.stringify(req.mac)} is not a MAC address`);
       // A requested address (CNI_ARGS IP=, runtimeConfig ips) goes to IPAM, which checks it against pools,
-      // reservations, holders and nodes. Pods are IPv4 until the plumbing and the overlay carry IPv6.
+      // reservations, holders and nodes (at most one per family).
       const v6 = req.requestedAddresses.filter((a) => a.includes(':'));
-      if (v6.length > 0) throw invalid(`requested IPv6 addresses (${v6.join(', ')}) are not supported yet: Weft's pods are IPv4 for now`);
+      if (v6.length > 0 && !dualStack) {
+        throw invalid(`requested IPv6 addresses (${v6.join(', ')}) need dual-stack pods: this node's agent gives pods IPv4 only (WEFT_POD_FAMILIES=ipv4)`);
+      }
       const handle = `${req.containerId}/${req.ifname}`;
       const hostIfname = hostIfnameFor(req.containerId, req.ifname);
       if (inFlight.has(handle)) {
@@ -110,18 +123,35 @@ export function createCniHandlers(deps: {
         // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
         // waits for IPAM's answer. attachPod undoes its own work when either fails, and only once the allocation
         // has settled, so a release below always comes after the allocation it undoes.
+        // A dual-stack pod's IPv6 must never be unpoliced: it is attached only once ip6tables holds Weft's dispatch
+        // and its fail-closed drop (a fresh agent programs them at its first pass).
+        if (dualStack) {
+          await (deps.ipv6PolicyInForce?.(10_000) ?? Promise.reject(new Error('no IPv6 policy programmer'))).catch((err: Error) => {
+            throw new DomainError('agent.ipv6_policy_not_ready', 'unavailable', `IPv6 network policy is not in force on node ${deps.node} yet, so no dual-stack pod is attached (${err.message}); try again later`);
+          });
+        }
         const t0 = performance.now();
         let allocationError: { err: unknown } | undefined;
         const allocation = deps.ipam.allocate(
-          // IPv4 only until the pod plumbing and the overlay carry IPv6.
+          // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
           {
-            handle, node: deps.node, pool: req.pool, families: [IpFamily.IP_FAMILY_IPV4], addresses: [...req.requestedAddresses],
+            handle, node: deps.node, pool: req.pool, families: ipamFamilies, addresses: [...req.requestedAddresses],
             podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
           },
           { timeoutMs: 20_000 },
-        ).then((res) => {
+        ).then(async (res): Promise<PodAddresses> => {
           deps.onAttachPhase?.('allocate', performance.now() - t0);
-          return res.allocation!.address;
+          const ipv4 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV4)?.address;
+          const ipv6 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV6)?.address;
+          // A named pool has one family (IPAM ignores families then): a pod must not come up with half its stack.
+          const missing = [...(ipv4 ? [] : ['IPv4']), ...(dualStack && !ipv6 ? ['IPv6'] : [])];
+          if (missing.length > 0 || (ipv6 && !dualStack)) {
+            await release('IPAM did not give the families asked for');
+            throw new DomainError('agent.families_mismatch', 'failed_precondition', missing.length > 0
+              ? `IPAM gave no ${missing.join(' or ')} address for ${handle}${req.pool ? ` (pool ${req.pool} has one family; a named pool cannot make a dual-stack pod)` : ''}: this agent gives pods ${dualStack ? 'IPv4 and IPv6' : 'IPv4'}`
+              : `IPAM gave an IPv6 address to ${handle}, but this agent gives pods IPv4 only`);
+          }
+          return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
         }, async (err: unknown) => {
           allocationError = { err };
           // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
@@ -130,18 +160,21 @@ export function createCniHandlers(deps: {
           throw err;
         });
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, onPhase: deps.onAttachPhase });
           const address = a.address;
-          log.info('pod attached', { address, hostIfname: a.hostIfname });
-          deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
+          log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
+          deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
           deps.onPodsChanged?.();
           return {
             interfaces: [
               { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
               { name: a.podIfname, mac: a.podMac, sandbox: req.netns },
             ],
-            ips: [{ address: `${address}/32`, gateway: POD_GATEWAY, interface: 1 }],
-            routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }],
+            ips: [
+              { address: `${address}/32`, gateway: POD_GATEWAY, interface: 1 },
+              ...(a.address6 ? [{ address: `${a.address6}/128`, gateway: POD_GATEWAY6, interface: 1 }] : []),
+            ],
+            routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])],
           };
         } catch (err) {
           if (allocationError && err === allocationError.err) return passThrough(err);
@@ -174,13 +207,16 @@ export function createCniHandlers(deps: {
         nodeAllocations(),
         observeAttachment({ nsPath: req.netns, ifname: req.ifname, hostIfname }),
       ]);
-      const held = allocations.find((a) => a.handle === handle);
+      // What IPAM holds for the handle is what ADD made: its IPv4 address, and its IPv6 one for a dual-stack pod.
+      const held = allocations.filter((a) => a.handle === handle);
+      const held4 = held.find((a) => a.family !== IpFamily.IP_FAMILY_IPV6);
+      const held6 = held.find((a) => a.family === IpFamily.IP_FAMILY_IPV6);
       const difference = findAttachmentDifference(
         {
-          handle, node: deps.node, netns: req.netns, ifname: req.ifname, hostIfname, gateway: POD_GATEWAY,
+          handle, node: deps.node, netns: req.netns, ifname: req.ifname, hostIfname, gateway: POD_GATEWAY, gateway6: POD_GATEWAY6,
           routeProtocol: deps.routeProtocol, reportedAddresses: req.reportedAddresses, reportedMac: req.reportedMac,
         },
-        { ...observed, allocation: held ? { address: held.address } : null },
+        { ...observed, allocation: held4 ? { address: held4.address, ...(held6 ? { address6: held6.address } : {}) } : null },
       );
       if (difference) throw new DomainError('agent.check_failed', 'failed_precondition', difference);
       return {};
@@ -231,8 +267,11 @@ export function createCniHandlers(deps: {
         }
       });
       const released: { handle: string; address: string }[] = [];
+      // A dual-stack handle has two rows; one release (by handle) frees both.
+      const releasing = new Set<string>();
       await forEachBounded(plan.release, 8, async (a) => {
-        if (inFlight.has(a.handle)) return;
+        if (inFlight.has(a.handle) || releasing.has(a.handle)) return;
+        releasing.add(a.handle);
         try {
           const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
           if (r.released) released.push({ handle: a.handle, address: r.address });

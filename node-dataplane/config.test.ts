@@ -15,3 +15,20 @@ test('an unknown routing mode stops the agent with a message that names the sett
     return true;
   });
 });
+
+test('pods are IPv4 by default; WEFT_POD_FAMILIES=ipv4,ipv6 makes them dual-stack, in any order', () => {
+  assert.deepEqual(loadSettings(agentSettings, {}).podFamilies, ['ipv4']);
+  assert.deepEqual(loadSettings(agentSettings, { WEFT_POD_FAMILIES: 'ipv4,ipv6' }).podFamilies, ['ipv4', 'ipv6']);
+  assert.deepEqual(loadSettings(agentSettings, { WEFT_POD_FAMILIES: ' IPv6 , ipv4' }).podFamilies, ['ipv4', 'ipv6']);
+});
+
+test('a bad WEFT_POD_FAMILIES stops the agent with a message that says what to write', () => {
+  for (const [raw, msg] of [['ipv5', /unknown address family "ipv5"/], ['ipv6', /IPv6-only pods are not supported yet/], ['ipv4,ipv4', /named twice/]] as const) {
+    assert.throws(() => loadSettings(agentSettings, { WEFT_POD_FAMILIES: raw }), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, /WEFT_POD_FAMILIES=/);
+      assert.match(err.message, msg);
+      return true;
+    });
+  }
+});

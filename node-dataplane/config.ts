@@ -7,6 +7,18 @@ function absolutePath(raw: string): string {
   return raw;
 }
 
+export type PodFamily = 'ipv4' | 'ipv6';
+
+/** `ipv4` or `ipv4,ipv6` (any order, no repeats). IPv6-only pods are not built yet: every pod has an IPv4 address. */
+export function parsePodFamilies(raw: string): PodFamily[] {
+  const items = raw.split(',').map((s) => s.trim().toLowerCase()).filter((s) => s !== '');
+  const bad = items.filter((s) => s !== 'ipv4' && s !== 'ipv6');
+  if (bad.length > 0) throw new Error(`unknown address family ${bad.map((b) => JSON.stringify(b)).join(', ')}: expected ipv4 or ipv4,ipv6`);
+  if (new Set(items).size !== items.length) throw new Error('a family is named twice');
+  if (!items.includes('ipv4')) throw new Error('IPv6-only pods are not supported yet: expected ipv4 or ipv4,ipv6');
+  return (['ipv4', 'ipv6'] as const).filter((f) => items.includes(f));
+}
+
 /** Settings of the node agent. */
 export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
@@ -32,6 +44,7 @@ export const agentSettings = {
   } },
   cniBandwidth: { env: 'WEFT_CNI_BANDWIDTH', description: 'add the bandwidth plugin to the installed conflist (the runtime\'s bandwidth annotations then apply)', default: false, parse: parsers.bool },
   cniPluginSource: { env: 'WEFT_CNI_PLUGIN_SOURCE', description: 'the bundled plugin to install; empty: dist/bin/weft-cni beside the agent', default: '', parse: absolutePath },
+  podFamilies: { env: 'WEFT_POD_FAMILIES', description: 'address families every pod gets, comma-separated: ipv4 (IPv4 only), or ipv4,ipv6 (dual-stack: one IPAM call gives both addresses or neither; needs an IPv6 pool that selects the node, and ip6tables for IPv6 network policy)', default: ['ipv4'] as PodFamily[], parse: parsePodFamilies },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
 } satisfies SettingsSpec;
 

@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   let vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
-  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode });
+  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const routes = createClient(RoutesServiceService, target);
@@ -101,7 +101,12 @@ async function main(): Promise<void> {
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
     masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver(4), driver6: createNatDriver(6) },
-    policy: { rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice },
+    // IPv6 policy is programmed on every node (IPv6 forwarding is on): a packet a pod sends with an IPv6 source it was
+    // not given meets the fail-closed drop. With dual-stack pods it is required.
+    policy: {
+      rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice,
+      driver6: createPolicyDriver({ routeProtocol: config.routeProtocol, family: 6 }), ipv6Required: config.podFamilies.includes('ipv6'),
+    },
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -167,6 +172,7 @@ async function main(): Promise<void> {
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
   const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
+    families: config.podFamilies, ipv6PolicyInForce: (timeoutMs) => reconciler.whenPolicyInForce(6, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).

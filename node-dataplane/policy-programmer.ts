@@ -1,4 +1,4 @@
-import { createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules, type PolicyActual, type PolicyPlan } from './domain/network-policy.js';
+import { createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, type NodeRules, type PolicyActual, type PolicyFamily, type PolicyPlan } from './domain/network-policy.js';
 import type { PolicyDriver } from './kernel/iptables-policy.js';
 
 /**
@@ -7,26 +7,27 @@ import type { PolicyDriver } from './kernel/iptables-policy.js';
  * against its own record of what it wrote instead of reading `iptables-save` and `ipset save` back, and reuses the
  * pods' veths it last read unless the rules name a pod address it has no veth for. It reads the kernel back at the
  * first pass, after a failure (the record is dropped), and whenever asked (`readBack`: the periodic resync, kernel
- * events, retries, anything but new rules), so drift is still repaired at the next resync.
+ * events, retries, anything but new rules), so drift is still repaired at the next resync. One programmer serves one
+ * family (4: iptables, 6: ip6tables; its driver must be of the same family).
  */
 export interface PolicyProgrammer {
   /** Makes the kernel match `rules` (null: none held yet, fail closed); returns the plan applied (empty: nothing written). */
   program(rules: NodeRules | null, opts: { readBack: boolean; inForce?: () => void }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
 }
 
-export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: string): PolicyProgrammer {
+export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: string, family: PolicyFamily = 4): PolicyProgrammer {
   /** What the kernel holds, as this agent last wrote or read it; null: unknown (start, after a failure). */
   let record: PolicyActual | null = null;
   let veths: Map<string, string> | null = null;
   const cache = createRenderCache();
-  const missingVeth = (rules: NodeRules, known: Map<string, string>) => rules.pods.some((p) => p.addresses.some((a) => !a.includes(':') && !known.has(a)));
+  const missingVeth = (rules: NodeRules, known: Map<string, string>) => rules.pods.some((p) => p.addresses.some((a) => a.includes(':') === (family === 6) && !known.has(a)));
   return {
     async program(rules, opts) {
       const trust = !opts.readBack && record !== null && rules !== null && veths !== null;
       if (!trust || missingVeth(rules!, veths!)) veths = await driver.podVeths();
       const actual = trust ? record! : await driver.read();
-      const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache) : desiredBeforeRules(actual, veths!, vxlanDevice);
-      const plan = planPolicy(desired, actual);
+      const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache, family) : desiredBeforeRules(actual, veths!, vxlanDevice);
+      const plan = planPolicy(desired, actual, family);
       if (plan.changed.length > 0) {
         record = null;
         await driver.apply(plan, { inForce: opts.inForce });

@@ -40,6 +40,11 @@ export interface Reconciler {
   overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string> };
   /** The node's underlay moved (another address, prefix or device): plans from now on use it; a pass follows. */
   setUnderlay(underlay: Routing['underlay'], underlayIfindex: number): void;
+  /**
+   * Resolves once network policy of the family has been programmed (the dispatch chains and their fail-closed drop
+   * are in force), at once when it already was; rejects after `timeoutMs`.
+   */
+  whenPolicyInForce(family: 4 | 6, timeoutMs: number): Promise<void>;
   stop(): void;
 }
 
@@ -58,7 +63,13 @@ export function createReconciler(deps: {
   masquerade?: { pools: () => string[] | null; driver: NatDriver; driver6?: NatDriver };
   /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
   /** `vxlanDevice`: Weft's VXLAN device, whose traffic the pod dispatch chains let through (default weft.vxlan). */
-  policy?: { rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string };
+  policy?: {
+    rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string;
+    /** The same rules for IPv6 (ip6tables and inet6 sets), programmed beside IPv4's. */
+    driver6?: PolicyDriver;
+    /** Pods are dual-stack: an IPv6 failure fails the pass like an IPv4 one. Otherwise it is logged once and the pass goes on. */
+    ipv6Required?: boolean;
+  };
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
@@ -120,6 +131,11 @@ export function createReconciler(deps: {
   }
 
   const policyProgrammer = deps.policy ? createPolicyProgrammer(deps.policy.driver, deps.policy.vxlanDevice) : null;
+  const policyProgrammer6 = deps.policy?.driver6 ? createPolicyProgrammer(deps.policy.driver6, deps.policy.vxlanDevice, 6) : null;
+  /** Families whose policy has been programmed at least once, and who waits for that. */
+  const policyInForce = new Set<4 | 6>();
+  let inForceWaiters: { family: 4 | 6; resolve: () => void }[] = [];
+  let policy6Failure = '';
   /**
    * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
    * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
@@ -130,11 +146,35 @@ export function createReconciler(deps: {
   async function reconcilePolicy(why: DirtyReason[]): Promise<boolean> {
     if (!deps.policy || !policyProgrammer) return false;
     const rules = deps.policy.rules();
-    const { plan, veths, readBack } = await policyProgrammer.program(rules, { readBack: why.some((r) => r !== 'policy') });
-    if (plan.changed.length === 0) return false;
-    metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
-    deps.logger.info('policy rules written', { revision: rules?.revision ?? null, failClosed: rules === null, pods: veths, readBack, changed: plan.changed.slice(0, 20), count: plan.changed.length });
-    return true;
+    const programFamily = async (programmer: typeof policyProgrammer, family: 4 | 6) => {
+      const { plan, veths, readBack } = await programmer.program(rules, { readBack: why.some((r) => r !== 'policy') });
+      if (!policyInForce.has(family)) {
+        policyInForce.add(family);
+        for (const w of inForceWaiters.filter((x) => x.family === family)) w.resolve();
+        inForceWaiters = inForceWaiters.filter((x) => x.family !== family);
+      }
+      if (plan.changed.length === 0) return false;
+      metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
+      deps.logger.info('policy rules written', { family, revision: rules?.revision ?? null, failClosed: rules === null, pods: veths, readBack, changed: plan.changed.slice(0, 20), count: plan.changed.length });
+      return true;
+    };
+    // The families are separate tables and separately named sets: they are programmed side by side, and both have
+    // finished before the pass goes on (a failed one must not still be writing when the retry starts).
+    const [v4, v6] = await Promise.allSettled([
+      programFamily(policyProgrammer, 4),
+      policyProgrammer6 ? programFamily(policyProgrammer6, 6) : Promise.resolve(false),
+    ]);
+    if (v4.status === 'rejected') throw v4.reason;
+    if (v6.status === 'rejected') {
+      // Dual-stack pods need IPv6 policy: failing, the pass is retried. Otherwise (no pod has IPv6) it is logged once.
+      if (deps.policy.ipv6Required) throw v6.reason;
+      const msg = (v6.reason as Error).message;
+      if (msg !== policy6Failure) deps.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err: msg });
+      policy6Failure = msg;
+      return v4.value;
+    }
+    policy6Failure = '';
+    return v4.value || v6.value;
   }
 
   async function pass(why: DirtyReason[]): Promise<PassResult> {
@@ -291,6 +331,17 @@ export function createReconciler(deps: {
       // What the kernel held is no longer comparable entry by entry (direct routes may move to VXLAN and back).
       expected = null;
       markDirty('underlay');
+    },
+    whenPolicyInForce(family, timeoutMs) {
+      if (policyInForce.has(family)) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const waiter = { family, resolve: () => { clearTimeout(timer); resolve(); } };
+        const timer = setTimeout(() => {
+          inForceWaiters = inForceWaiters.filter((w) => w !== waiter);
+          reject(new Error(`IPv${family} policy not programmed within ${timeoutMs} ms`));
+        }, timeoutMs);
+        inForceWaiters.push(waiter);
+      });
     },
     stop() {
       stopped = true;

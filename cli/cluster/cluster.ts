@@ -8,7 +8,7 @@ import { createClient } from '../../lib/grpc/client.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import {
-  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, SUBNETS, controlPlaneNetns, fabricNetns, planNode, podNetns, validatePodName,
+  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, planNode, podNetns, validatePodName,
 } from './topology.js';
 
 /**
@@ -32,6 +32,8 @@ export interface ClusterState {
   controlPlane: { netns: string; pid: number; socket: string; address: string };
   nodes: NodeState[];
   pods: PodState[];
+  /** Dual-stack pods (`cluster up --dual-stack`): the IPv6 pool exists and every agent runs with WEFT_POD_FAMILIES=ipv4,ipv6. */
+  dualStack?: boolean;
 }
 
 const stateFile = (dir: string) => path.join(dir, 'state.json');
@@ -102,7 +104,7 @@ async function stopProcess(pid: number): Promise<void> {
 
 export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
 
-export async function clusterUp(opts: { stateDir: string; nodes: number }): Promise<ClusterState> {
+export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
   if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 50) throw new Error('--nodes must be 1-50');
@@ -112,7 +114,7 @@ export async function clusterUp(opts: { stateDir: string; nodes: number }): Prom
   const prefix = `w${randomBytes(3).toString('hex')}`;
   const cpNs = controlPlaneNetns(prefix);
   const state: ClusterState = {
-    prefix, stateDir, nodes: [], pods: [],
+    prefix, stateDir, nodes: [], pods: [], ...(opts.dualStack ? { dualStack: true } : {}),
     controlPlane: { netns: cpNs, pid: 0, socket: path.join(stateDir, 'cp', 'weft.sock'), address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}` },
   };
   writeState(state);
@@ -136,6 +138,7 @@ export async function clusterUp(opts: { stateDir: string; nodes: number }): Prom
     try {
       const pools = await ipam.listPools({}, { timeoutMs: 5000 });
       if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name)) await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
+      if (opts.dualStack && !pools.pools.some((p) => p.name === DEFAULT_POOL6.name)) await ipam.createPool(DEFAULT_POOL6, { timeoutMs: 5000 });
     } finally {
       ipam.close();
     }
@@ -239,6 +242,7 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
     WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
     WEFT_CNI_BIN_DIR: cniDirs(node).bin,
     WEFT_CNI_CONF_DIR: cniDirs(node).conf,
+    ...(state.dualStack ? { WEFT_POD_FAMILIES: 'ipv4,ipv6' } : {}),
   }, agentLog(node));
 }
 

@@ -10,6 +10,8 @@ export const SUBNETS = [
 export const CONTROL_PLANE_ADDRESS = '192.0.2.2';
 export const CONTROL_PLANE_PORT = 7400;
 export const DEFAULT_POOL = { name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 };
+/** The IPv6 pool of a dual-stack local cluster: ULA, blocks of 64 addresses like the IPv4 pool's. */
+export const DEFAULT_POOL6 = { name: 'default-v6', cidr: 'fd00:10:244::/48', blockPrefixLength: 122 };
 
 export interface NodePlan {
   name: string;

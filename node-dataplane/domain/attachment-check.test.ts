@@ -9,6 +9,7 @@ const want: ExpectedAttachment = {
   ifname: 'eth0',
   hostIfname: 'weft0123456789a',
   gateway: '169.254.1.1',
+  gateway6: 'fe80::1',
   routeProtocol: 87,
   reportedAddresses: [],
   reportedMac: '',
@@ -77,6 +78,42 @@ describe('findAttachmentDifference', () => {
   for (const [what, patch, expected, message] of cases) {
     it(`reports ${what}`, () => {
       const got = differs(patch, expected);
+      assert.ok(got, 'a difference');
+      assert.match(got, message);
+    });
+  }
+
+  /** A dual-stack pod, exactly as ADD makes it. */
+  const dual: ObservedAttachment = {
+    ...healthy,
+    allocation: { address: '10.244.0.5', address6: 'fd00:10:244::5' },
+    podLink: { ...healthy.podLink!, addresses: ['10.244.0.5/32', 'fd00:10:244::5/128', 'fe80::858:aff:fef4:5/64'] },
+    podRoutes6: [
+      { dst: 'fe80::/64', gateway: '', dev: 'eth0', scope: 'global', protocol: 'kernel' },
+      { dst: 'default', gateway: 'fe80::1', dev: 'eth0', scope: 'global', protocol: 'boot' },
+    ],
+    hostLink: { ...healthy.hostLink!, addresses: ['fe80::1/64', 'fe80::1cb1:3cff:fef9:8298/64'] },
+    hostRoutes6: [{ dst: 'fd00:10:244::5', gateway: '', dev: 'weft0123456789a', scope: 'global', protocol: '87' }],
+  };
+  const differs6 = (patch: Partial<ObservedAttachment>, expected: Partial<ExpectedAttachment> = {}) =>
+    findAttachmentDifference({ ...want, ...expected }, { ...dual, ...patch });
+
+  it('finds nothing when a dual-stack pod has everything ADD made, also against a prevResult with both addresses', () => {
+    assert.equal(differs6({}), null);
+    assert.equal(differs6({}, { reportedAddresses: ['10.244.0.5/32', 'fd00:10:244::5/128'] }), null);
+  });
+
+  const cases6: [string, Partial<ObservedAttachment>, Partial<ExpectedAttachment>, RegExp][] = [
+    ['a prevResult without the IPv6 address', {}, { reportedAddresses: ['10.244.0.5/32'] }, /prevResult reports 10\.244\.0\.5\/32 for eth0, but IPAM holds fd00:10:244::5\/128/],
+    ['a pod interface without its IPv6 address', { podLink: { ...dual.podLink!, addresses: ['10.244.0.5/32'] } }, {}, /eth0 .* lacks fd00:10:244::5\/128 \(the IPv6 address IPAM holds/],
+    ['no IPv6 default route', { podRoutes6: dual.podRoutes6!.filter((r) => r.dst !== 'default') }, {}, /no IPv6 default route via fe80::1 dev eth0/],
+    ['no IPv6 gateway on the host end', { hostLink: { ...dual.hostLink!, addresses: ['fe80::1cb1:3cff:fef9:8298/64'] } }, {}, /weft0123456789a lacks fe80::1\/64/],
+    ['no IPv6 host route', { hostRoutes6: [] }, {}, /no route to fd00:10:244::5\/128 through weft0123456789a/],
+    ['an IPv6 host route of another protocol', { hostRoutes6: [{ ...dual.hostRoutes6![0]!, protocol: 'boot' }] }, {}, /fd00:10:244::5\/128 .* has protocol boot, not Weft's 87/],
+  ];
+  for (const [what, patch, expected, message] of cases6) {
+    it(`reports, for a dual-stack pod, ${what}`, () => {
+      const got = differs6(patch, expected);
       assert.ok(got, 'a difference');
       assert.match(got, message);
     });

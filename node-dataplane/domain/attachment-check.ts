@@ -15,6 +15,8 @@ export interface ExpectedAttachment {
   hostIfname: string;
   /** The pod's link-local gateway, answered by proxy ARP on the host end. */
   gateway: string;
+  /** A dual-stack pod's IPv6 gateway: a link-local address on the host end. */
+  gateway6: string;
   /** Route protocol that marks Weft's routes. */
   routeProtocol: number;
   /** From the runtime's prevResult, when it sent one: the addresses (CIDR) ADD reported for the pod interface. */
@@ -46,18 +48,22 @@ export interface ObservedRoute {
 }
 
 export interface ObservedAttachment {
-  /** The live allocation IPAM holds for the handle on this node, or null. */
-  allocation: { address: string } | null;
+  /** The live allocation IPAM holds for the handle on this node (its IPv4 address, and its IPv6 one when dual-stack), or null. */
+  allocation: { address: string; address6?: string } | null;
   netnsExists: boolean;
   /** The interface named ifname in the pod's namespace, or null. */
   podLink: ObservedLink | null;
   /** The pod namespace's main-table IPv4 routes through ifname. */
   podRoutes: readonly ObservedRoute[];
+  /** Its IPv6 routes through ifname (iproute2 writes the IPv6 default route as "default" too). */
+  podRoutes6?: readonly ObservedRoute[];
   hostLink: ObservedLink | null;
   /** net.ipv4.conf.<host end>.proxy_arp; null when unreadable. */
   hostProxyArp: boolean | null;
   /** The node's main-table IPv4 routes through the host end. */
   hostRoutes: readonly ObservedRoute[];
+  /** Its IPv6 routes through the host end. */
+  hostRoutes6?: readonly ObservedRoute[];
 }
 
 /** The first way the observed attachment differs from what ADD made, or null when it is all there. */
@@ -65,9 +71,12 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (!seen.allocation) return `IPAM holds no address for handle ${want.handle} on node ${want.node}`;
   const address = seen.allocation.address;
   const cidr = `${address}/32`;
+  const cidr6 = seen.allocation.address6 ? `${seen.allocation.address6}/128` : null;
 
-  if (want.reportedAddresses.length > 0 && !want.reportedAddresses.some((a) => sameCidr(a, cidr))) {
-    return `the runtime's prevResult reports ${want.reportedAddresses.join(', ')} for ${want.ifname}, but IPAM holds ${cidr} for handle ${want.handle}`;
+  for (const c of cidr6 ? [cidr, cidr6] : [cidr]) {
+    if (want.reportedAddresses.length > 0 && !want.reportedAddresses.some((a) => sameCidr(a, c))) {
+      return `the runtime's prevResult reports ${want.reportedAddresses.join(', ')} for ${want.ifname}, but IPAM holds ${c} for handle ${want.handle}`;
+    }
   }
 
   const inPod = `in network namespace ${want.netns}`;
@@ -78,6 +87,9 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (!pod.addresses.some((a) => sameCidr(a, cidr))) {
     const has = pod.addresses.length > 0 ? pod.addresses.join(', ') : 'no IPv4 address';
     return `interface ${want.ifname} ${inPod} has ${has}, not ${cidr} (the address IPAM holds for handle ${want.handle})`;
+  }
+  if (cidr6 && !pod.addresses.some((a) => sameCidr(a, cidr6))) {
+    return `interface ${want.ifname} ${inPod} lacks ${cidr6} (the IPv6 address IPAM holds for handle ${want.handle})`;
   }
   const missing = want.reportedAddresses.find((r) => !pod.addresses.some((a) => sameCidr(a, r)));
   if (missing) return `interface ${want.ifname} ${inPod} lacks ${missing}, which the runtime's prevResult reports`;
@@ -90,6 +102,9 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   }
   if (!seen.podRoutes.some((r) => r.dst === 'default' && r.gateway === want.gateway && r.dev === want.ifname)) {
     return `the pod has no default route via ${want.gateway} dev ${want.ifname}`;
+  }
+  if (cidr6 && !(seen.podRoutes6 ?? []).some((r) => r.dst === 'default' && r.gateway === want.gateway6 && r.dev === want.ifname)) {
+    return `the pod has no IPv6 default route via ${want.gateway6} dev ${want.ifname}`;
   }
 
   const host = seen.hostLink;
@@ -105,11 +120,21 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (hostRoute.protocol !== String(want.routeProtocol)) {
     return `the node's route to ${cidr} through ${want.hostIfname} has protocol ${hostRoute.protocol || 'unknown'}, not Weft's ${want.routeProtocol}`;
   }
+  if (cidr6) {
+    if (!host.addresses.some((a) => sameCidr(a, `${want.gateway6}/64`))) {
+      return `host interface ${want.hostIfname} lacks ${want.gateway6}/64, so the pod's IPv6 gateway gets no answer`;
+    }
+    const hostRoute6 = (seen.hostRoutes6 ?? []).find((r) => sameCidr(r.dst, cidr6));
+    if (!hostRoute6) return `the node has no route to ${cidr6} through ${want.hostIfname}`;
+    if (hostRoute6.protocol !== String(want.routeProtocol)) {
+      return `the node's route to ${cidr6} through ${want.hostIfname} has protocol ${hostRoute6.protocol || 'unknown'}, not Weft's ${want.routeProtocol}`;
+    }
+  }
   return null;
 }
 
-/** "10.0.0.1" and "10.0.0.1/32" are the same prefix (iproute2 leaves "/32" off host routes). */
+/** "10.0.0.1" and "10.0.0.1/32" are the same prefix (iproute2 leaves "/32" and "/128" off host routes). */
 function sameCidr(a: string, b: string): boolean {
-  const norm = (s: string) => (s.includes('/') ? s : `${s}/32`).toLowerCase();
+  const norm = (s: string) => (s.includes('/') ? s : `${s}/${s.includes(':') ? 128 : 32}`).toLowerCase();
   return norm(a) === norm(b);
 }

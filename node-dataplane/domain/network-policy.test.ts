@@ -215,3 +215,56 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     execFileSync('ip', ['netns', 'del', ns]);
   }
 });
+
+/** The same node with dual-stack pods: x/a and x/b have IPv6 addresses too; pod c is IPv4-only. */
+const dualRules = () => rules({
+  pods: rules().pods.map((p, i) => ({ ...p, addresses: [...p.addresses, `fd00:10:244::${5 + i}`] })),
+});
+const veths6 = new Map([['fd00:10:244::5', 'weft00000000001'], ['fd00:10:244::6', 'weft00000000002']]);
+
+test('IPv6: the same structure for ip6tables; sets hold the IPv6 CIDRs as inet6 sets named weft6-…; a set without IPv6 members leaves its entries out', () => {
+  const d4 = desiredPolicy(dualRules(), veths);
+  const d6 = desiredPolicy(dualRules(), veths6, 'weft.vxlan', undefined, 6);
+  assert.deepEqual(d6.chains.get('WEFT-FORWARD'), d4.chains.get('WEFT-FORWARD'), 'the same dispatch');
+  assert.deepEqual([...d6.sets], [['weft6-00000000000000aa', ['fd00::1']]], 'only IPv6 members, host addresses without /128; the IPv4-only set is not made');
+  const in6 = bodyOf(d6, 'WEFT-I-weft00000000001').rules;
+  assert.ok(in6.some((r) => r.includes('--match-set weft6-00000000000000aa src -m tcp --dport 80')), 'the rule matches the inet6 set');
+  assert.ok(in6.some((r) => r.endsWith('default deny" -j DROP')), 'the default deny is there in IPv6 too');
+  const out6 = d6.chains.get('WEFT-FROM-POD')!;
+  assert.ok(out6.some((r) => r.startsWith('-A WEFT-FROM-POD -i weft00000000001 ') && r.includes('no egress policy')), 'the egress deny to IPv4-only 192.0.2.0/24 cannot match IPv6: no egress entries');
+  assert.equal(out6.at(-1), '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP');
+  // Pod c (IPv4 only, veth 3) has no IPv6 address: no dispatch rule in ip6tables, so IPv6 from or to it is dropped.
+  assert.ok(!out6.some((r) => r.includes('weft00000000003')));
+  const plan = planPolicy(d6, readPolicyActual('', '', 6), 6);
+  assert.match(plan.setsBefore!, /^create weft6-00000000000000aa hash:net family inet6\nflush weft6-00000000000000aa\nadd weft6-00000000000000aa fd00::1\n$/);
+  // Each family reads and destroys only its own sets.
+  const save = 'create weft-00000000000000aa hash:net family inet\nadd weft-00000000000000aa 10.244.1.7\ncreate weft6-00000000000000aa hash:net family inet6\nadd weft6-00000000000000aa fd00::1\n';
+  assert.deepEqual([...readPolicyActual('', save, 4).sets.keys()], ['weft-00000000000000aa']);
+  assert.deepEqual([...readPolicyActual('', save, 6).sets], [['weft6-00000000000000aa', ['fd00::1']]]);
+});
+
+test('in the kernel: IPv6 plans read back from ip6tables-save and ipset save exactly as rendered', privilegedOrSkip(), () => {
+  const ns = `wpol6${randomBytes(3).toString('hex')}`;
+  const inNs = (args: string[], input?: string) => execFileSync('ip', ['netns', 'exec', ns, ...args], { input, encoding: 'utf8' });
+  const read = () => readPolicyActual(inNs(['ip6tables-save', '-t', 'filter']), inNs(['ipset', 'save']), 6);
+  const apply = (plan: ReturnType<typeof planPolicy>) => {
+    if (plan.setsBefore) inNs(['ipset', 'restore', '-exist'], plan.setsBefore);
+    if (plan.filter) inNs(['ip6tables-restore', '--noflush'], plan.filter);
+    if (plan.filterAfter) inNs(['ip6tables-restore', '--noflush'], plan.filterAfter);
+    if (plan.setsAfter) inNs(['ipset', 'restore', '-exist'], plan.setsAfter);
+  };
+  execFileSync('ip', ['netns', 'add', ns]);
+  try {
+    const d = desiredPolicy(dualRules(), veths6, 'weft.vxlan', undefined, 6);
+    apply(planPolicy(d, read(), 6));
+    assert.deepEqual(planPolicy(d, read(), 6).changed, [], 'ip6tables-save and ipset save print what was rendered');
+    assert.match(inNs(['ipset', 'list', 'weft6-00000000000000aa']), /Header: family inet6/);
+    assert.equal(readPolicyActual(inNs(['iptables-save', '-t', 'filter']), '').chains.size, 0, 'nothing written to iptables');
+    const next = desiredPolicy(null, veths6, 'weft.vxlan', undefined, 6);
+    apply(planPolicy(next, read(), 6));
+    assert.deepEqual([...read().chains.keys()].sort(), ['WEFT-FORWARD', 'WEFT-FROM-POD', 'WEFT-TO-POD']);
+    assert.equal(read().sets.size, 0, 'the inet6 set is gone');
+  } finally {
+    execFileSync('ip', ['netns', 'del', ns]);
+  }
+});

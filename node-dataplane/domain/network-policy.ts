@@ -19,10 +19,16 @@ import { createHash } from 'node:crypto';
  *                   admin tier; falling off the end allows. Consecutive entries with one action, set and protocol
  *                   are one multiport rule.
  *
- * Peer address sets are ipsets (`hash:net`, IPv4) named by a hash of their content, so a set's name always means the
+ * Peer address sets are ipsets (`hash:net`) named by a hash of their content, so a set's name always means the
  * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
  * last rule using it is gone. A set whose members were changed by hand is refilled through a temporary set and
  * `swap`, so that rules never see it half-filled.
+ *
+ * Both families get the same structure: `family` 4 renders for iptables and `hash:net family inet` sets (`weft-…`),
+ * 6 for ip6tables and `family inet6` sets (`weft6-…`, the same hash: ipset has one namespace for both families). A
+ * peer set's CIDRs go to the family they belong to; an entry whose set has no member of the family is left out of
+ * that family's chains (it can match no packet of it), and a pod is dispatched in a family by its address of that
+ * family: a pod without one (an IPv4-only pod in ip6tables) meets the fail-closed drop.
  */
 export const POLICY_CHAIN = 'WEFT-FORWARD';
 const FROM_POD = 'WEFT-FROM-POD';
@@ -31,7 +37,12 @@ const TO_POD = 'WEFT-TO-POD';
 const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
 const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IE]-)/;
-const OWNED_SET = /^weft-/;
+export type PolicyFamily = 4 | 6;
+/** Weft's sets of a family: `weft-<hash>` (IPv4) and `weft6-<hash>` (IPv6), temporary `…t` ones included. */
+const ownedSet = (family: PolicyFamily) => (family === 4 ? /^weft-/ : /^weft6-/);
+/** The kernel's name of a peer set (named `weft-<hash>` by the policy service) in a family. */
+const kernelSetName = (name: string, family: PolicyFamily) => (family === 4 ? name : `weft6-${name.replace(/^weft-/, '')}`);
+const inFamily = (cidr: string, family: PolicyFamily) => cidr.includes(':') === (family === 6);
 
 export interface PolicyEntry {
   tier: 'admin' | 'networkpolicy' | 'baseline';
@@ -69,8 +80,7 @@ export interface PolicyActual {
   sets: Map<string, string[]>;
 }
 
-const isV4 = (cidr: string) => !cidr.includes(':');
-const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
+const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr.endsWith('/128') ? cidr.slice(0, -4) : cidr);
 const COMMENT_MAX = 200;
 const commentText = (text: string) => text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_');
 const comment = (text: string) => `-m comment --comment "weft ${commentText(text).slice(0, COMMENT_MAX)}"`;
@@ -129,7 +139,7 @@ export interface RenderCache {
   pods: WeakMap<PodRules, { veth: string; used: string[]; present: boolean[]; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
   /** The veths map (as the agent last read it) → its entries by veth name. */
   veths: WeakMap<ReadonlyMap<string, string>, [string, string][]>;
-  /** A set's CIDRs (the array held) → its IPv4 members as `ipset save` prints them. */
+  /** A set's CIDRs (the array held) → its members of the cache's family as `ipset save` prints them. */
   sets: WeakMap<readonly string[], string[]>;
 }
 export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap(), veths: new WeakMap() });
@@ -138,19 +148,21 @@ export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
  * no rule set held yet, so every local pod is dropped both ways. A pod the rules do not mention (not reported to the
  * policy service yet) is dropped both ways too, by the dispatch chains' last rule. `cache`: a pod whose rules are the
- * same object as at an earlier call, on the same veth and with the same sets non-empty, is not rendered again.
+ * same object as at an earlier call, on the same veth and with the same sets non-empty, is not rendered again (a
+ * cache serves one family). `family`: 4 for iptables, 6 for ip6tables (`veths` then maps IPv6 pod addresses).
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan', cache?: RenderCache): PolicyDesired {
+export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan', cache?: RenderCache, family: PolicyFamily = 4): PolicyDesired {
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
+  /** Peer sets with members of this family: their members as `ipset save` prints them. */
   const v4Sets = new Map<string, string[]>();
   for (const [name, cidrs] of rules?.sets ?? []) {
     let v4 = cache?.sets.get(cidrs);
     if (!v4) {
-      v4 = cidrs.filter(isV4).map(member).sort();
+      v4 = cidrs.filter((c) => inFamily(c, family)).map(member).sort();
       cache?.sets.set(cidrs, v4);
     }
-    if (v4.length > 0) v4Sets.set(name, v4);
+    if (v4.length > 0) v4Sets.set(kernelSetName(name, family), v4);
   }
   const byAddress = new Map<string, PodRules>();
   for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
@@ -167,12 +179,13 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     // Rendered again on another veth, or when one of its sets became empty or non-empty.
     if (r && (r.veth !== veth || !r.used.every((name, i) => v4Sets.has(name) === r!.present[i]))) r = undefined;
     if (!r) {
-      const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null).map((n) => kernelSetName(n, family)))];
       r = { veth, used, present: used.map((n) => v4Sets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
       for (const dir of ['egress', 'ingress'] as const) {
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
-        // Entries whose set has no IPv4 member can match no IPv4 packet.
-        const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        // Entries whose set has no member of this family can match no packet of it.
+        const inKernel = family === 4 ? pod[dir] : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
+        const entries = inKernel.filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
         if (entries.length === 0) {
           r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`;
           continue;
@@ -221,8 +234,12 @@ export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<stri
   return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
-/** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */
-export function readPolicyActual(filterSave: string, ipsetSave: string): PolicyActual {
+/**
+ * Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter` (`ip6tables-save` for family 6);
+ * Weft's sets of the family from `ipset save`.
+ */
+export function readPolicyActual(filterSave: string, ipsetSave: string, family: PolicyFamily = 4): PolicyActual {
+  const owned = ownedSet(family);
   const chains = new Map<string, string[]>();
   let jumps = 0;
   for (const raw of filterSave.split('\n')) {
@@ -236,7 +253,7 @@ export function readPolicyActual(filterSave: string, ipsetSave: string): PolicyA
   const sets = new Map<string, string[]>();
   for (const raw of ipsetSave.split('\n')) {
     const [verb, name, value] = raw.trim().split(/\s+/);
-    if (!name || !OWNED_SET.test(name)) continue;
+    if (!name || !owned.test(name)) continue;
     if (verb === 'create') sets.set(name, sets.get(name) ?? []);
     if (verb === 'add' && value) sets.set(name, [...(sets.get(name) ?? []), member(value)]);
   }
@@ -284,7 +301,7 @@ function editChain(chain: string, have: readonly string[], want: readonly string
 
 const DEFAULT_MAXELEM = 65536;
 
-export function planPolicy(desired: PolicyDesired, actual: PolicyActual): PolicyPlan {
+export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family: PolicyFamily = 4): PolicyPlan {
   const changed: string[] = [];
   const before: string[] = [];
   for (const [name, members] of desired.sets) {
@@ -296,7 +313,7 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     // A set's content never changes under its name (a new content is a new set), so its size is known at creation:
     // a selector matching more than ipset's default 65,536 members (every pod of a large cluster) still fits.
     const maxelem = members.length > DEFAULT_MAXELEM ? ` maxelem ${members.length}` : '';
-    before.push(`create ${target} hash:net family inet${maxelem}`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
+    before.push(`create ${target} hash:net family ${family === 4 ? 'inet' : 'inet6'}${maxelem}`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
     if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
   const filter: string[] = [];

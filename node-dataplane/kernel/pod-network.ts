@@ -4,6 +4,7 @@ import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { ip, showLink, type LinkInfo } from './links.js';
+import { ipBuf } from './netlink-overlay.js';
 
 /**
  * The pod side of an attachment: a veth pair whose pod end is created directly inside the pod's namespace under
@@ -12,6 +13,17 @@ import { ip, showLink, type LinkInfo } from './links.js';
  * changes its own namespace (see DESIGN.md); the host route goes over rtnetlink.
  */
 export const POD_GATEWAY = '169.254.1.1';
+/**
+ * A dual-stack pod's IPv6 gateway: a link-local address on the host end (every pod's host end has the same one; a
+ * link-local address belongs to its link), so the pod resolves it by ordinary neighbour discovery, no proxy needed.
+ */
+export const POD_GATEWAY6 = 'fe80::1';
+
+/** The addresses IPAM gave one attachment: always IPv4, and IPv6 for a dual-stack pod. */
+export interface PodAddresses {
+  ipv4: string;
+  ipv6?: string;
+}
 
 export interface PodAttachment {
   hostIfname: string;
@@ -19,6 +31,8 @@ export interface PodAttachment {
   podIfname: string;
   podMac: string;
   address: string;
+  /** The pod's IPv6 address (dual-stack pods). */
+  address6?: string;
 }
 
 /** Weft's host-side veth name for a handle: stable, 15 characters, recognisably Weft's. */
@@ -61,7 +75,9 @@ export function podMacFor(address: string): string {
  * its routes, and the host route is added over rtnetlink. Only that last step waits for IPAM.
  */
 export async function attachPod(opts: {
-  containerId: string; nsPath: string; ifname: string; address: Promise<string>; mtu: number; routeProtocol: number; mac?: string;
+  containerId: string; nsPath: string; ifname: string; address: Promise<PodAddresses>; mtu: number; routeProtocol: number; mac?: string;
+  /** The pod will be dual-stack (its address will carry ipv6): the host end gets its IPv6 gateway while IPAM allocates. */
+  ipv6?: boolean;
   /** Told how long each step took, in ms: `host` (the veth, from the start), `pod` (the pod's namespace and the host route, from the address). */
   onPhase?: (phase: string, ms: number) => void;
 }): Promise<PodAttachment> {
@@ -74,22 +90,29 @@ export async function attachPod(opts: {
     addressError = { err };
     throw err;
   });
-  const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(() => {
+  const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(async () => {
     writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
     writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
+    if (opts.ipv6) await addHostGateway6(host);
     opts.onPhase?.('host', performance.now() - t0);
   });
   let tAddress = 0;
-  const podCommands = Promise.all([address, hostSide]).then(([addr]) => {
+  const podCommands = Promise.all([address, hostSide]).then(([addrs]) => {
     tAddress = performance.now();
-    const podMac = (opts.mac || podMacFor(addr)).toLowerCase();
+    const podMac = (opts.mac || podMacFor(addrs.ipv4)).toLowerCase();
+    // IPv6: the /128 without duplicate address detection (IPAM made it unique; DAD would hold it back for a second),
+    // and the default route via the host end's link-local gateway.
+    const v6 = addrs.ipv6 ? [`addr add ${addrs.ipv6}/128 dev ${opts.ifname} nodad`] : [];
+    const v6Routes = addrs.ipv6 ? [`route add ::/0 via ${POD_GATEWAY6} dev ${opts.ifname}`] : [];
     return [
       'link set dev lo up',
       `link set dev ${opts.ifname} address ${podMac}`,
-      `addr add ${addr}/32 dev ${opts.ifname}`,
+      `addr add ${addrs.ipv4}/32 dev ${opts.ifname}`,
+      ...v6,
       `link set dev ${opts.ifname} up`,
       `route add ${POD_GATEWAY} dev ${opts.ifname} scope link`,
       `route add default via ${POD_GATEWAY} dev ${opts.ifname}`,
+      ...v6Routes,
     ].join('\n') + '\n';
   });
   // Started once the veth is there, so its start-up (two execs) overlaps the rest of the allocation; it reads nothing
@@ -114,11 +137,19 @@ export async function attachPod(opts: {
     throw err;
   }
   try {
-    const addr = await address;
-    await Promise.all([podSide, addHostRoute(host, addr, opts.routeProtocol)]);
+    const addrs = await address;
+    if (addrs.ipv6 && !opts.ipv6) throw new Error(`IPAM gave ${addrs.ipv6} to a pod that was not set up for IPv6`);
+    await Promise.all([
+      podSide,
+      addHostRoute(host, addrs.ipv4, opts.routeProtocol),
+      ...(addrs.ipv6 ? [addHostRoute(host, addrs.ipv6, opts.routeProtocol)] : []),
+    ]);
     opts.onPhase?.('pod', performance.now() - tAddress);
     const hostMac = readFileSync(`/sys/class/net/${host}/address`, 'utf8').trim();
-    return { hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addr)).toLowerCase(), address: addr };
+    return {
+      hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addrs.ipv4)).toLowerCase(), address: addrs.ipv4,
+      ...(addrs.ipv6 ? { address6: addrs.ipv6 } : {}),
+    };
   } catch (err) {
     try {
       await deleteHostLink(host);
@@ -131,6 +162,8 @@ export async function attachPod(opts: {
 }
 
 const AF_INET = 2;
+const AF_INET6 = 10;
+const RT_SCOPE_LINK = 253;
 const MAIN_TABLE = 254;
 const NLM_F_REPLACE = 0x100;
 const NLM_F_EXCL = 0x200;
@@ -202,14 +235,29 @@ async function deleteHostLink(name: string): Promise<void> {
 }
 
 /**
- * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`), over rtnetlink.
+ * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`, or `/128` for its IPv6 address),
+ * over rtnetlink.
  */
 async function addHostRoute(host: string, address: string, routeProtocol: number): Promise<void> {
   const oif = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
-  const dst = Buffer.from(address.split('.').map(Number));
+  const v6 = address.includes(':');
   await podNetlink().newRoute(
-    { family: AF_INET, dstLen: 32, table: MAIN_TABLE, protocol: routeProtocol, scope: 'LINK', type: 'UNICAST' },
-    { dst, oif },
+    { family: v6 ? AF_INET6 : AF_INET, dstLen: v6 ? 128 : 32, table: MAIN_TABLE, protocol: routeProtocol, scope: v6 ? 'UNIVERSE' : 'LINK', type: 'UNICAST' },
+    { dst: ipBuf(address), oif },
+    { flags: NLM_F_CREATE | NLM_F_REPLACE },
+  );
+}
+
+/**
+ * The pod's IPv6 gateway on the host end: `fe80::1/64 nodad` over rtnetlink (IPv6 switched on for the device first:
+ * a node whose default is disable_ipv6=1 still serves dual-stack pods).
+ */
+async function addHostGateway6(host: string): Promise<void> {
+  writeFileSync(`/proc/sys/net/ipv6/conf/${host}/disable_ipv6`, '0');
+  const index = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
+  await podNetlink().newAddress(
+    { family: AF_INET6, prefixlen: 64, flags: { nodad: true, permanent: true }, scope: RT_SCOPE_LINK, index },
+    { local: ipBuf(POD_GATEWAY6), address: ipBuf(POD_GATEWAY6) },
     { flags: NLM_F_CREATE | NLM_F_REPLACE },
   );
 }
@@ -228,11 +276,13 @@ export async function observeAttachment(opts: {
   nsPath: string; ifname: string; hostIfname: string;
 }): Promise<Omit<ObservedAttachment, 'allocation'>> {
   const netnsExists = opts.nsPath.startsWith('/') && existsSync(opts.nsPath);
-  const [podInfo, podRoutes, hostInfo, hostRoutes] = await Promise.all([
+  const [podInfo, podRoutes, podRoutes6, hostInfo, hostRoutes, hostRoutes6] = await Promise.all([
     netnsExists ? showLinkWithAddresses(opts.ifname, opts.nsPath) : null,
     netnsExists ? routesThrough(opts.ifname, opts.nsPath) : [],
-    showLink(opts.hostIfname),
+    netnsExists ? routesThrough(opts.ifname, opts.nsPath, 6) : [],
+    showLinkWithAddresses(opts.hostIfname),
     routesThrough(opts.hostIfname),
+    routesThrough(opts.hostIfname, undefined, 6),
   ]);
   let hostProxyArp: boolean | null = null;
   try {
@@ -244,13 +294,15 @@ export async function observeAttachment(opts: {
     netnsExists,
     podLink: podInfo ? observedLink(podInfo) : null,
     podRoutes,
+    podRoutes6,
     hostLink: hostInfo ? observedLink(hostInfo) : null,
     hostProxyArp,
     hostRoutes,
+    hostRoutes6,
   };
 }
 
-async function showLinkWithAddresses(name: string, nsPath: string): Promise<LinkInfo | null> {
+async function showLinkWithAddresses(name: string, nsPath?: string): Promise<LinkInfo | null> {
   try {
     return (JSON.parse(await ip(['-j', '-d', 'addr', 'show', 'dev', name], { nsPath })) as LinkInfo[])[0] ?? null;
   } catch (err) {
@@ -259,11 +311,11 @@ async function showLinkWithAddresses(name: string, nsPath: string): Promise<Link
   }
 }
 
-/** Main-table IPv4 routes whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
-async function routesThrough(dev: string, nsPath?: string): Promise<ObservedRoute[]> {
+/** Main-table IPv4 (or IPv6) routes whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
+async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4): Promise<ObservedRoute[]> {
   let out: string;
   try {
-    out = await ip(['-j', '-4', 'route', 'show', 'table', 'main', 'dev', dev], { nsPath });
+    out = await ip(['-j', `-${family}`, 'route', 'show', 'table', 'main', 'dev', dev], { nsPath });
   } catch (err) {
     if (/does not exist|Cannot find device/.test((err as Error).message)) return [];
     throw err;
