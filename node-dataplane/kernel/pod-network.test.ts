@@ -50,7 +50,7 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
   it('makes the veth while the address is allocated, then the address, routes, MAC and host route; detach removes it all, twice', async () => {
     const out = await inNode(dir, `
       const a = await attachPod({ containerId: 'c1', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87,
-        address: new Promise((r) => setTimeout(() => r('10.244.9.9'), 30)) });
+        address: new Promise((r) => setTimeout(() => r({ ipv4: '10.244.9.9' }), 30)) });
       const state = {
         a,
         host: JSON.parse(sh('ip', '-j', '-d', 'link', 'show', a.hostIfname))[0],
@@ -86,7 +86,7 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
       const out = await inNode(dir, `
         let settled = false;
         const err = await attachPod({ containerId: 'c2', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87,
-          address: new Promise((r) => setTimeout(() => { settled = true; r('10.244.9.10'); }, 50)) }).then(() => null, (e) => e.message);
+          address: new Promise((r) => setTimeout(() => { settled = true; r({ ipv4: '10.244.9.10' }); }, 50)) }).then(() => null, (e) => e.message);
         await new Promise((r) => setTimeout(r, 100)); // an unhandled rejection would have ended the process by now
         return { err, settledFirst: settled, links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes: sh('ip', 'route', 'show', 'proto', '87').trim() };
       `) as Record<string, unknown>;
@@ -110,5 +110,51 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
     assert.equal(out.same, true);
     assert.equal(out.links, '');
     assert.doesNotMatch(String(out.pod), /eth1/);
+  });
+
+  it('dual-stack: the IPv6 /128 (nodad), fe80::1 on the host end, ::/0 via it in the pod, the /128 route on the node; the pod reaches the node over IPv6; detach removes it all', async () => {
+    const out = await inNode(dir, `
+      const a = await attachPod({ containerId: 'c4', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87, ipv6: true,
+        address: new Promise((r) => setTimeout(() => r({ ipv4: '10.244.9.11', ipv6: 'fd00:10:244::b' }), 30)) });
+      // Something on the node for the pod to reach: an address on the node's loopback.
+      sh('ip', 'addr', 'add', 'fd00:99::1/128', 'dev', 'lo');
+      sh('ip', 'link', 'set', 'lo', 'up');
+      const state = {
+        a,
+        hostAddrs: JSON.parse(sh('ip', '-j', '-6', 'addr', 'show', 'dev', a.hostIfname))[0].addr_info.map((x) => x.local + '/' + x.prefixlen),
+        hostRoutes6: sh('ip', '-6', 'route', 'show', 'proto', '87').trim(),
+        podAddrs: JSON.parse(sh('nsenter', '--net=${podPath}', 'ip', '-j', '-6', 'addr', 'show', 'eth0'))[0].addr_info.map((x) => x.local + '/' + x.prefixlen + (x.tentative ? ' tentative' : '')),
+        podRoutes6: sh('nsenter', '--net=${podPath}', 'ip', '-6', 'route', 'show', 'default').trim(),
+        ping: sh('nsenter', '--net=${podPath}', 'ping', '-6', '-c1', '-W2', 'fd00:99::1').includes('1 received'),
+      };
+      await detachPod({ containerId: 'c4', ifname: 'eth0' });
+      state.after = { links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes6: sh('ip', '-6', 'route', 'show', 'proto', '87').trim() };
+      return state;
+    `) as Record<string, any>;
+    assert.equal(out.a.address, '10.244.9.11');
+    assert.equal(out.a.address6, 'fd00:10:244::b');
+    assert.ok(out.hostAddrs.includes('fe80::1/64'), `host end has the gateway: ${out.hostAddrs}`);
+    assert.equal(out.hostRoutes6, `fd00:10:244::b dev ${out.a.hostIfname} metric 1024 pref medium`);
+    assert.ok(out.podAddrs.includes('fd00:10:244::b/128'), `pod has its /128, usable at once: ${out.podAddrs}`);
+    assert.match(out.podRoutes6, /^default via fe80::1 dev eth0 /);
+    assert.equal(out.ping, true, 'the pod reaches the node over IPv6 through its gateway');
+    assert.deepEqual(out.after, { links: '', routes6: '' });
+  });
+
+  it('dual-stack: when the pod refuses IPv6, everything is rolled back (veth, host routes of both families)', async () => {
+    await sh('ip', ['netns', 'exec', podNs, 'sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1']);
+    try {
+      const out = await inNode(dir, `
+        const err = await attachPod({ containerId: 'c5', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87, ipv6: true,
+          address: Promise.resolve({ ipv4: '10.244.9.12', ipv6: 'fd00:10:244::c' }) }).then(() => null, (e) => e.message);
+        return { err, links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes: sh('ip', 'route', 'show', 'proto', '87').trim(),
+          routes6: sh('ip', '-6', 'route', 'show', 'proto', '87').trim(), pod: sh('nsenter', '--net=${podPath}', 'ip', '-br', 'link').trim() };
+      `) as Record<string, unknown>;
+      assert.ok(out.err, 'attach failed');
+      assert.deepEqual({ links: out.links, routes: out.routes, routes6: out.routes6 }, { links: '', routes: '', routes6: '' });
+      assert.doesNotMatch(String(out.pod), /eth0/);
+    } finally {
+      await sh('ip', ['netns', 'exec', podNs, 'sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=0']);
+    }
   });
 });
