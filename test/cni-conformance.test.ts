@@ -234,13 +234,18 @@ describe('weft-cni, run as a runtime runs it', () => {
     let checkError: { code: status; details: string; metadata?: import('@grpc/grpc-js').Metadata } | undefined;
     let statusAnswer: StatusResponse = { ipamReachable: true, detail: '' };
     let gcAnswer: GarbageCollectResponse = { released: [], removedInterfaces: [], failures: [] };
+    /** The agent answers as a dual-stack node's agent does (WEFT_POD_FAMILIES=ipv4,ipv6). */
+    let dualStack = false;
     const answer = (): AttachResponse => ({
       interfaces: [
         { name: 'weft6f1c2d3e', mac: 'ee:ee:ee:ee:ee:ee', sandbox: '' },
         { name: 'eth0', mac: '0a:58:0a:f4:01:07', sandbox: netns },
       ],
-      ips: [{ address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 }],
-      routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
+      ips: [
+        { address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 },
+        ...(dualStack ? [{ address: 'fd00:10:244::7/128', gateway: 'fe80::1', interface: 1 }] : []),
+      ],
+      routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }, ...(dualStack ? [{ dst: '::/0', gw: 'fe80::1' }] : [])],
     });
     /** The gRPC status a fake answer asks for, as the agent's handlers produce it: a DomainError of that kind. */
     const kindFor: Partial<Record<number, ErrorKind>> = {
@@ -314,6 +319,34 @@ describe('weft-cni, run as a runtime runs it', () => {
         if (isLegacy(v)) assert.deepEqual(ip, { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
         else assert.deepEqual(ip, { address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
         assert.deepEqual(Object.keys(doc).sort(), ['cniVersion', 'dns', 'interfaces', 'ips', 'routes']);
+      }
+    });
+
+    it('a dual-stack ADD lists both addresses on the pod interface and both default routes, in every version; CHECK sends both back', async () => {
+      attachError = undefined;
+      dualStack = true;
+      try {
+        for (const v of VERSIONS) {
+          const run = await runPlugin(env, config({ cniVersion: v, agentSocket: socket }));
+          assert.equal(run.status, 0, run.stdout);
+          const doc = onlyDocument(run);
+          const ver = (n: '4' | '6') => (isLegacy(v) ? { version: n } : {});
+          assert.deepEqual(doc.ips, [
+            { ...ver('4'), address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 },
+            { ...ver('6'), address: 'fd00:10:244::7/128', gateway: 'fe80::1', interface: 1 },
+          ], `ips in ${v}`);
+          assert.deepEqual(doc.routes, [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }, { dst: '::/0', gw: 'fe80::1' }], `routes in ${v}`);
+          assert.equal((doc.interfaces as { sandbox?: string }[])[1]!.sandbox, netns, 'interface 1 is the pod interface');
+          if (v === '0.3.0' || v === '0.3.1') continue; // CHECK is 0.4.0 and later
+          const check = await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult: doc }));
+          assertQuietSuccess(check);
+          assert.deepEqual(checks.at(-1)!.reportedAddresses, ['10.244.1.7/32', 'fd00:10:244::7/128'], `CHECK in ${v} compares both addresses`);
+        }
+        // A requested IPv6 address goes to the agent (which refuses it unless its pods are dual-stack).
+        assert.equal((await runPlugin(env, config({ agentSocket: socket, runtimeConfig: { ips: ['10.244.1.9/32', 'fd00:10:244::9/128'] } }))).status, 0);
+        assert.deepEqual(attaches.at(-1)!.requestedAddresses, ['10.244.1.9', 'fd00:10:244::9']);
+      } finally {
+        dualStack = false;
       }
     });
 
