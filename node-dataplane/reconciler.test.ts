@@ -193,3 +193,45 @@ test('a route change or an entry\'s notification re-checks the overlay only; the
     r.stop();
   }
 });
+
+test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its failure fails the pass only when pods are dual-stack', async () => {
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
+  const written: string[] = [];
+  let fail6: Error | null = new Error('ip6tables-restore: table filter does not exist');
+  const driver = (family: 4 | 6) => ({
+    read: async () => ({ chains: new Map(), jumps: 0, sets: new Map() }),
+    podVeths: async () => new Map<string, string>(),
+    apply: async (plan: { filter: string | null }) => {
+      if (family === 6 && fail6) throw fail6;
+      if (plan.filter) written.push(`${family}: ${plan.filter.split('\n').find((l) => l.includes('-j DROP'))}`);
+    },
+  });
+  const make = (ipv6Required: boolean) => createReconciler({
+    self: 'a', snapshot: () => snap, driver: fakeKernel().driver, ensureDevice: async () => 5, resyncMs: 60_000, logger: silentLogger, retryMs: 10,
+    policy: { rules: () => null, driver: driver(4), driver6: driver(6), ipv6Required },
+  });
+  // Not required (IPv4-only pods): IPv4 is programmed and the pass succeeds; IPv6 is not in force.
+  const relaxed = make(false);
+  try {
+    await relaxed.flush();
+    assert.deepEqual(written, ['4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP']);
+    await assert.rejects(relaxed.whenPolicyInForce(6, 50), /IPv6 policy not programmed within 50 ms/);
+    await relaxed.whenPolicyInForce(4, 50);
+  } finally {
+    relaxed.stop();
+  }
+  // Required (dual-stack pods): the pass fails and is retried until ip6tables takes the rules; a waiting attach goes on then.
+  written.length = 0;
+  const strict = make(true);
+  try {
+    const waiting = strict.whenPolicyInForce(6, 5000);
+    strict.markDirty('start');
+    await sleep(50);
+    assert.deepEqual(written.filter((w) => w.startsWith('6')), []);
+    fail6 = null;
+    await waiting;
+    assert.ok(written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')), 'the same fail-closed dispatch in ip6tables');
+  } finally {
+    strict.stop();
+  }
+});
