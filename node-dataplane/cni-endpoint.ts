@@ -147,9 +147,12 @@ export function createCniHandlers(deps: {
           const missing = [...(ipv4 ? [] : ['IPv4']), ...(dualStack && !ipv6 ? ['IPv6'] : [])];
           if (missing.length > 0 || (ipv6 && !dualStack)) {
             await release('IPAM did not give the families asked for');
-            throw new DomainError('agent.families_mismatch', 'failed_precondition', missing.length > 0
-              ? `IPAM gave no ${missing.join(' or ')} address for ${handle}${req.pool ? ` (pool ${req.pool} has one family; a named pool cannot make a dual-stack pod)` : ''}: this agent gives pods ${dualStack ? 'IPv4 and IPv6' : 'IPv4'}`
-              : `IPAM gave an IPv6 address to ${handle}, but this agent gives pods IPv4 only`);
+            const err = new DomainError('agent.families_mismatch', 'invalid_argument', missing.length > 0
+              ? `IPAM gave no ${missing.join(' or ')} address for ${handle}${req.pool ? ` (the network config names pool ${req.pool}, which has one family; a dual-stack pod needs a pool of each, so leave "pool" out)` : ''}: this node's pods get ${dualStack ? 'IPv4 and IPv6 (WEFT_POD_FAMILIES=ipv4,ipv6)' : 'IPv4'}`
+              : `IPAM gave an IPv6 address to ${handle}, but this node's pods get IPv4 only`);
+            // Passed through as it is (after the rollback), like IPAM's own refusals.
+            allocationError = { err };
+            throw err;
           }
           return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
         }, async (err: unknown) => {

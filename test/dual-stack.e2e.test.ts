@@ -132,9 +132,17 @@ describe('dual-stack pods on the local cluster', opts, () => {
     assert.match(await ip6save(), /-A FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD/, 'ip6tables FORWARD jumps to Weft\'s dispatch');
     assert.match(await ip6save(), /-A WEFT-TO-POD -m comment --comment "weft fail closed: .*" -j DROP/, 'and it fails closed');
 
+    // How long after the policy call returned node2's ip6tables rules changed (polled every 20 ms, the poll included).
+    const before6 = await ip6save();
     await applyPolicy('deny-all', 'dx', { podSelector: {}, policyTypes: ['Ingress'] });
+    const t0 = performance.now();
+    while ((await ip6save()) === before6) {
+      assert.ok(performance.now() - t0 < BOUND_MS, `node2's ip6tables rules unchanged after ${BOUND_MS} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    console.log(`# dual-stack: node2's ip6tables rules changed ${(performance.now() - t0).toFixed(0)} ms after the default deny was applied`);
     let ms = await until('default deny', a, { [hostPort(v6(b), 80)]: false, [hostPort(v4(b), 80)]: false, [hostPort(v6(b), 81)]: false });
-    console.log(`# dual-stack: default deny in force for IPv6 and IPv4 within ${ms.toFixed(0)} ms`);
+    console.log(`# dual-stack: default deny in force for IPv6 and IPv4 within ${ms.toFixed(0)} ms of probing (a probe that meets the drop waits out its 700 ms timeout)`);
     await applyPolicy('allow-a-80', 'dx', { podSelector: { matchLabels: { app: 'b' } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'a' } } }], ports: [{ port: 80 }] }] });
     ms = await until('allow from a on 80', a, { [hostPort(v6(b), 80)]: true, [hostPort(v4(b), 80)]: true, [hostPort(v6(b), 81)]: false, [hostPort(v4(b), 81)]: false });
     console.log(`# dual-stack: an allow rule by pod selector opens IPv6 and IPv4 on port 80 within ${ms.toFixed(0)} ms; 81 stays closed`);
@@ -159,8 +167,10 @@ describe('dual-stack pods on the local cluster', opts, () => {
         const containerId = `dualcni${v.replaceAll('.', '')}`;
         const env = { CNI_CONTAINERID: containerId, CNI_NETNS: `/var/run/netns/${netnsName}`, CNI_IFNAME: 'eth0', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=dx;K8S_POD_NAME=cni' };
         const conf = (extra: Record<string, unknown> = {}) => JSON.stringify({ ...JSON.parse(networkConfig(node1)), cniVersion: v, ...extra });
+        const tAdd = performance.now();
         const add = await runCni(node1, { ...env, CNI_COMMAND: 'ADD' }, conf());
         assert.equal(add.exitCode, 0, `${v}: ${add.stdout} ${add.stderr}`);
+        console.log(`# dual-stack: weft-cni ADD (${v}) took ${(performance.now() - tAdd).toFixed(0)} ms, plugin start-up and ip netns exec included`);
         const result = JSON.parse(add.stdout) as { cniVersion: string; interfaces: { name: string; sandbox?: string }[]; ips: Record<string, unknown>[]; routes: unknown[] };
         assert.equal(result.cniVersion, v);
         assert.equal(result.interfaces[1]!.sandbox, env.CNI_NETNS);
@@ -189,6 +199,17 @@ describe('dual-stack pods on the local cluster', opts, () => {
         const routes6 = (await run('ip', ['netns', 'exec', node1.netns, 'ip', '-6', 'route', 'show', 'proto', '87'])).stdout.split('\n');
         assert.ok(!routes6.some((l) => l.startsWith(`${String(result.ips[1]!.address).split('/')[0]} `)), `${v}: the IPv6 host route is gone`);
       }
+      // Both or neither: a network config that names the IPv4 pool cannot make a dual-stack pod; the ADD fails with a
+      // message that says what to change, and leaves no address and no interface behind.
+      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'dualcnipool', CNI_NETNS: `/var/run/netns/${netnsName}`, CNI_IFNAME: 'eth0', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=dx;K8S_POD_NAME=cni' };
+      const refused = await runCni(node1, env, JSON.stringify({ ...JSON.parse(networkConfig(node1)), pool: 'default' }));
+      assert.equal(refused.exitCode, 1, refused.stdout);
+      const err = JSON.parse(refused.stdout) as { code: number; msg: string };
+      assert.equal(err.code, 7);
+      assert.match(err.msg, /IPAM gave no IPv6 address .* pool default, which has one family/);
+      const left = (await ipam.listAllocations({ pool: '', node: 'node1', pageSize: 1000, pageToken: '' }, { timeoutMs: 10_000 })).allocations.filter((x) => x.containerId === 'dualcnipool');
+      assert.deepEqual(left, [], 'the IPv4 address was released');
+      assert.doesNotMatch((await run('ip', ['netns', 'exec', netnsName, 'ip', '-br', 'link'])).stdout, /eth0/, 'no interface left in the pod');
     } finally {
       ipam.close();
       await run('ip', ['netns', 'del', netnsName]).catch(() => {});
