@@ -35,10 +35,12 @@ export function createCniHandlers(deps: {
   /** The families every pod gets (WEFT_POD_FAMILIES); default IPv4 only. */
   families?: readonly PodFamily[];
   /**
-   * Resolves once IPv6 network policy is in force on this node (ip6tables' dispatch and fail-closed drop), rejects
-   * when it is not within the time given: a dual-stack pod is attached only then, so its IPv6 is never unpoliced.
+   * Resolves once network policy of a family is in force on this node (Weft's dispatch and fail-closed drop in
+   * iptables or ip6tables), rejects when it is not within the time given: a pod is attached only then, so its traffic
+   * is never unpoliced, also on a fresh node whose first pass has not run yet. Without it an IPv4 pod is attached at
+   * once (tests of the endpoint alone) and a dual-stack pod is refused.
    */
-  ipv6PolicyInForce?: (timeoutMs: number) => Promise<void>;
+  policyInForce?: (family: 4 | 6, timeoutMs: number) => Promise<void>;
   logger: Logger;
   /** Tells the policy service which pod is attached where (pod-reports.ts). */
   reports?: PodReporter;
@@ -123,11 +125,13 @@ export function createCniHandlers(deps: {
         // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
         // waits for IPAM's answer. attachPod undoes its own work when either fails, and only once the allocation
         // has settled, so a release below always comes after the allocation it undoes.
-        // A dual-stack pod's IPv6 must never be unpoliced: it is attached only once ip6tables holds Weft's dispatch
-        // and its fail-closed drop (a fresh agent programs them at its first pass).
-        if (dualStack) {
-          await (deps.ipv6PolicyInForce?.(10_000) ?? Promise.reject(new Error('no IPv6 policy programmer'))).catch((err: Error) => {
-            throw new DomainError('agent.ipv6_policy_not_ready', 'unavailable', `IPv6 network policy is not in force on node ${deps.node} yet, so no dual-stack pod is attached (${err.message}); try again later`);
+        // A pod's traffic must never be unpoliced: it is attached only once the kernel holds Weft's dispatch and its
+        // fail-closed drop for each of its families (a fresh agent programs them at its first pass).
+        for (const family of dualStack ? [4, 6] as const : [4] as const) {
+          const inForce = deps.policyInForce?.(family, 10_000)
+            ?? (family === 4 ? Promise.resolve() : Promise.reject(new Error('no IPv6 policy programmer')));
+          await inForce.catch((err: Error) => {
+            throw new DomainError(`agent.ipv${family}_policy_not_ready`, 'unavailable', `IPv${family} network policy is not in force on node ${deps.node} yet, so no pod is attached (${err.message}); try again later`);
           });
         }
         const t0 = performance.now();

@@ -172,7 +172,7 @@ async function main(): Promise<void> {
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
   const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
-    families: config.podFamilies, ipv6PolicyInForce: (timeoutMs) => reconciler.whenPolicyInForce(6, timeoutMs),
+    families: config.podFamilies, policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
