@@ -37,7 +37,16 @@ export function createCniHandlers(deps: {
   onPodsChanged?: () => void;
   /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
   onAttachPhase?: (phase: string, ms: number) => void;
+  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release). */
+  onDetachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
+  /**
+   * Work that follows an Attach or Detach but that its caller does not wait for (the policy report, the reconciler's
+   * policy pass), run once the answer is on its way: the answer is written in the microtasks that follow the
+   * handler's return, and a setImmediate callback runs after them. Started inside the handler, the pass's first
+   * spawn (a fork, which blocks the event loop) and the policy service's gRPC call held the answer back.
+   */
+  const afterAnswer = (fn: () => void) => void setImmediate(fn);
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
 
@@ -133,8 +142,10 @@ export function createCniHandlers(deps: {
           const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
           const address = a.address;
           log.info('pod attached', { address, hostIfname: a.hostIfname });
-          deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
-          deps.onPodsChanged?.();
+          afterAnswer(() => {
+            deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: [address] });
+            deps.onPodsChanged?.();
+          });
           return {
             interfaces: [
               { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
@@ -157,13 +168,21 @@ export function createCniHandlers(deps: {
     async detach(req) {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
+      const t0 = performance.now();
       await detachPod({ containerId: req.containerId, ifname: req.ifname });
-      deps.onPodsChanged?.();
+      const tLink = performance.now();
+      deps.onDetachPhase?.('link', tLink - t0);
       const handle = `${req.containerId}/${req.ifname}`;
-      const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
-      deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
-      deps.reports?.detached(req.containerId);
-      return {};
+      try {
+        const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
+        deps.onDetachPhase?.('release', performance.now() - tLink);
+        deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
+        afterAnswer(() => deps.reports?.detached(req.containerId));
+        return {};
+      } finally {
+        // The veth is gone whether or not the release worked: the policy pass follows it either way.
+        afterAnswer(() => deps.onPodsChanged?.());
+      }
     },
 
     async check(req) {
