@@ -47,6 +47,8 @@ export function createCniHandlers(deps: {
    * spawn (a fork, which blocks the event loop) and the policy service's gRPC call held the answer back.
    */
   const afterAnswer = (fn: () => void) => void setImmediate(fn);
+  /** Veth deletions of Detach calls running now: an Attach waits for them before giving its pod an address. */
+  const linkDeletions = new Set<Promise<unknown>>();
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
 
@@ -138,8 +140,13 @@ export function createCniHandlers(deps: {
           if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
           throw err;
         });
+        // A Detach running now may have released this very address while its veth is still being deleted.
+        const settledAddress = allocation.then(async (a) => {
+          if (linkDeletions.size > 0) await Promise.allSettled([...linkDeletions]);
+          return a;
+        });
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, onPhase: deps.onAttachPhase });
           const address = a.address;
           log.info('pod attached', { address, hostIfname: a.hostIfname });
           afterAnswer(() => {
@@ -168,20 +175,26 @@ export function createCniHandlers(deps: {
     async detach(req) {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
-      const t0 = performance.now();
-      await detachPod({ containerId: req.containerId, ifname: req.ifname });
-      const tLink = performance.now();
-      deps.onDetachPhase?.('link', tLink - t0);
       const handle = `${req.containerId}/${req.ifname}`;
+      // The veth and the address go at once: deleting a veth returns only after the kernel's RCU grace periods
+      // (about 20 ms here), as long as IPAM's Release. An Attach given the address meanwhile waits for the deletion
+      // (linkDeletions), so an address is never on two veths.
+      const t0 = performance.now();
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      linkDeletions.add(link);
+      void link.catch(() => {}).finally(() => linkDeletions.delete(link));
+      const release = deps.ipam.release({ handle }, { timeoutMs: 10_000 }).then((r) => {
+        deps.onDetachPhase?.('release', performance.now() - t0);
+        return r;
+      }, passThrough);
       try {
-        const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
-        deps.onDetachPhase?.('release', performance.now() - tLink);
+        const [, r] = await Promise.all([link, release]);
         deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
         afterAnswer(() => deps.reports?.detached(req.containerId));
         return {};
       } finally {
-        // The veth is gone whether or not the release worked: the policy pass follows it either way.
-        afterAnswer(() => deps.onPodsChanged?.());
+        // The policy pass follows whatever of the veth is left, whether or not the release worked.
+        void Promise.allSettled([link, release]).then(() => afterAnswer(() => deps.onPodsChanged?.()));
       }
     },
 
