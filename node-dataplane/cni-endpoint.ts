@@ -177,16 +177,17 @@ export function createCniHandlers(deps: {
       if (!req.ifname) throw invalid('interface name is empty');
       const handle = `${req.containerId}/${req.ifname}`;
       // The veth and the address go at once: deleting a veth returns only after the kernel's RCU grace periods
-      // (about 20 ms here), as long as IPAM's Release. An Attach given the address meanwhile waits for the deletion
-      // (linkDeletions), so an address is never on two veths.
+      // (about 20 ms here), longer than IPAM's Release. An Attach given the address meanwhile waits for the deletion
+      // (linkDeletions), so an address is never on two veths. The Release is asked first: the deletion's child
+      // process is spawned with a fork, which holds the event loop for a moment.
       const t0 = performance.now();
-      const link = detachPod({ containerId: req.containerId, ifname: req.ifname }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
-      linkDeletions.add(link);
-      void link.catch(() => {}).finally(() => linkDeletions.delete(link));
       const release = deps.ipam.release({ handle }, { timeoutMs: 10_000 }).then((r) => {
         deps.onDetachPhase?.('release', performance.now() - t0);
         return r;
       }, passThrough);
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      linkDeletions.add(link);
+      void link.catch(() => {}).finally(() => linkDeletions.delete(link));
       try {
         const [, r] = await Promise.all([link, release]);
         deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
