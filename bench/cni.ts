@@ -14,7 +14,8 @@ import { median, ms, percentile, printTable, type Row } from './support.js';
  * the node agent's metrics before and after each run: a mean, not a percentile). A second table breaks ADD down: the
  * plugin's phases (WEFT_CNI_TIMING=1 makes weft-cni print its phase marks on stderr: Node start-up and the bundle,
  * stdin, config, loading the agent client, connecting, the call, writing the result, and what remains of the wall
- * time: exit and `ip netns exec`) and the agent's Attach steps (weft_agent_attach_phase_duration_seconds). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
+ * time: exit and `ip netns exec`), the agent's Attach steps (weft_agent_attach_phase_duration_seconds) and its Detach
+ * steps (weft_agent_detach_phase_duration_seconds: deleting the veth, IPAM's Release). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
  * containernetworking-plugins (bench/install-deps.sh installs it).
  */
 const PODS = Number(process.env.WEFT_BENCH_PODS ?? 30);
@@ -48,6 +49,8 @@ async function agentHistogram(node: NodeState, metric: string, labels: string[])
 const agentCallSeconds = (node: NodeState, rpc: string) => agentHistogram(node, 'weft_agent_cni_call_duration_seconds', [`rpc="${rpc}"`, 'result="ok"']);
 /** Steps of the agent's Attach (weft_agent_attach_phase_duration_seconds). */
 const AGENT_PHASES = ['allocate', 'host', 'pod'] as const;
+/** Steps of the agent's Detach (weft_agent_detach_phase_duration_seconds). */
+const DETACH_PHASES = ['link', 'release'] as const;
 
 /**
  * The plugin's own phases of one ADD, from its WEFT_CNI_TIMING line (ms since the process started), and what is
@@ -84,6 +87,7 @@ async function main() {
   const agentDetach: number[] = [];
   /** Per run: the agent's mean time per Attach phase, and the median of each plugin phase, in ms. */
   const agentPhase: Record<string, number[]> = Object.fromEntries(AGENT_PHASES.map((k) => [k, []]));
+  const detachPhase: Record<string, number[]> = Object.fromEntries(DETACH_PHASES.map((k) => [k, []]));
   const pluginPhase: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
   try {
     const refConf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cnibench0', isGateway: true,
@@ -93,6 +97,7 @@ async function main() {
       const attach0 = await agentCallSeconds(node, 'attach');
       const detach0 = await agentCallSeconds(node, 'detach');
       const phases0 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
+      const detachPhases0 = await Promise.all(DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])));
       const runPhases: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
       for (let i = 0; i < PODS; i++) {
         const ns = `${state.prefix}-bench-${r}-${i}`;
@@ -131,6 +136,8 @@ async function main() {
       agentDetach.push(((detach1.sum - detach0.sum) / Math.max(1, detach1.count - detach0.count)) * 1000);
       const phases1 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
       AGENT_PHASES.forEach((ph, n) => agentPhase[ph]!.push(((phases1[n]!.sum - phases0[n]!.sum) / Math.max(1, phases1[n]!.count - phases0[n]!.count)) * 1000));
+      const detachPhases1 = await Promise.all(DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])));
+      DETACH_PHASES.forEach((ph, n) => detachPhase[ph]!.push(((detachPhases1[n]!.sum - detachPhases0[n]!.sum) / Math.max(1, detachPhases1[n]!.count - detachPhases0[n]!.count)) * 1000));
       for (const k of PLUGIN_PHASES) pluginPhase[k]!.push(median(runPhases[k]!));
       for (const k of Object.keys(run1) as (keyof typeof run1)[]) {
         const sorted = [...run1[k]].sort((a, b) => a - b);
@@ -159,6 +166,8 @@ async function main() {
     { figure: 'plugin: total (weft-cni ADD p50)', value: ms(m50('weftAdd')), baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}` },
     { figure: 'agent: Attach (mean, inside "call")', value: ms(median(agentAttach)), baseline: 'plugin: call', ratio: ms(median(pluginPhase.call!) - median(agentAttach)) + ' transport' },
     ...AGENT_PHASES.map((k): Row => ({ figure: `agent: ${k} (mean)`, value: ms(median(agentPhase[k]!)) })),
+    { figure: 'agent: Detach (mean, inside DEL)', value: ms(median(agentDetach)), baseline: 'weft DEL p50', ratio: ms(m50('weftDel')) },
+    ...DETACH_PHASES.map((k): Row => ({ figure: `agent: detach ${k} (mean)`, value: ms(median(detachPhase[k]!)) })),
   ];
   printTable('Where weft-cni ADD spends its time: plugin phases (ms since process start for start-up; medians) and the agent\'s Attach steps (means; steps may overlap)', phaseRows);
 }

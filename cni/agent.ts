@@ -8,8 +8,8 @@ import { CniCode, CniError } from './errors.js';
 
 /**
  * The plugin's side of the node agent's API (proto/weft/agent/v1/agent.proto), over the agent's unix socket.
- * It speaks gRPC through lib/grpc/unary-client.ts (node:http2) with the codec generated without service code
- * (gen/codec), so the plugin never loads @grpc/grpc-js: see DESIGN.md, "Start-up". Loaded through agent-loader.ts.
+ * It makes gRPC's unary calls through lib/grpc/unary-client.ts (Weft's unary frames) with the codec generated
+ * without service code (gen/codec), so the plugin never loads @grpc/grpc-js: see DESIGN.md, "Start-up". Loaded through agent-loader.ts.
  * Every failure leaves as a CniError with the code the runtime should act on.
  */
 

@@ -1,4 +1,4 @@
-import { isIP } from 'node:net';
+import { isIP } from './ip.js';
 import type { AttachResponse } from '../gen/codec/weft/agent/v1/agent.js';
 import { isLegacyResultVersion } from './config.js';
 import { CniCode, CniError } from './errors.js';

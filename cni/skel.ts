@@ -1,5 +1,4 @@
-import { readSync, writeSync } from 'node:fs';
-import { isatty } from 'node:tty';
+import { fstatSync, readSync, writeSync } from 'node:fs';
 import { createJsonLogger, type Logger } from '../lib/json-logger.js';
 import {
   DEFAULT_CNI_VERSION,
@@ -65,14 +64,17 @@ export interface VerbContext {
 }
 
 /**
- * Phase marks of one run, in ms since the process started (performance.now()), printed as one JSON line on stderr
- * when WEFT_CNI_TIMING=1 (bench/cni reads it). Without it marking costs nothing and prints nothing.
+ * Phase marks of one run, in ms since the process started, printed as one JSON line on stderr when
+ * WEFT_CNI_TIMING=1 (bench/cni reads it). Without it marking costs nothing and prints nothing. The clock is
+ * `process.uptime()`, not `performance.now()`: the `performance` global loads `node:perf_hooks` on first use (about
+ * 1 ms), which the measured run would then pay and the real one not.
  */
 export function createTiming(enabled: boolean): { mark: (phase: string) => void; report: () => string | undefined } {
   const marks: Record<string, number> = {};
   return {
-    mark: enabled ? (phase) => void (marks[phase] = Math.round(performance.now() * 100) / 100) : () => {},
-    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks }) + '\n' : undefined),
+    mark: enabled ? (phase) => void (marks[phase] = Math.round(process.uptime() * 100_000) / 100) : () => {},
+    // codeCache: whether the packed plugin's V8 code cache was used (scripts/bundle.mjs); absent when not packed.
+    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, codeCache: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.codeCache')] }) + '\n' : undefined),
   };
 }
 
@@ -317,7 +319,9 @@ function takeStdout(): (text: string) => Promise<void> {
  * (EAGAIN) goes on through `process.stdin`.
  */
 async function readStdin(keep: number): Promise<Buffer> {
-  if (isatty(0)) return Buffer.alloc(0);
+  // A terminal (someone running the plugin by hand) gives no config; so does /dev/null. A character device is
+  // asked as neither: `isatty` of `node:tty` would load `node:net` and the stream modules (2-4 ms) on every run.
+  if (fstatSync(0).isCharacterDevice()) return Buffer.alloc(0);
   const chunks: Buffer[] = [];
   let kept = 0;
   const take = (chunk: Buffer) => {

@@ -48,7 +48,18 @@ export function createCniHandlers(deps: {
   onPodsChanged?: () => void;
   /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
   onAttachPhase?: (phase: string, ms: number) => void;
+  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release). */
+  onDetachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
+  /**
+   * Work that follows an Attach or Detach but that its caller does not wait for (the policy report, the reconciler's
+   * policy pass), run once the answer is on its way: the answer is written in the microtasks that follow the
+   * handler's return, and a setImmediate callback runs after them. Started inside the handler, the pass's first
+   * spawn (a fork, which blocks the event loop) and the policy service's gRPC call held the answer back.
+   */
+  const afterAnswer = (fn: () => void) => void setImmediate(fn);
+  /** Veth deletions of Detach calls running now: an Attach waits for them before giving its pod an address. */
+  const linkDeletions = new Set<Promise<unknown>>();
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
   const dualStack = deps.families?.includes('ipv6') ?? false;
@@ -166,12 +177,19 @@ export function createCniHandlers(deps: {
           if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
           throw err;
         });
+        // A Detach running now may have released this very address while its veth is still being deleted.
+        const settledAddress = allocation.then(async (a) => {
+          if (linkDeletions.size > 0) await Promise.allSettled([...linkDeletions]);
+          return a;
+        });
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: allocation, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, onPhase: deps.onAttachPhase });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, onPhase: deps.onAttachPhase });
           const address = a.address;
           log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
-          deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
-          deps.onPodsChanged?.();
+          afterAnswer(() => {
+            deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
+            deps.onPodsChanged?.();
+          });
           return {
             interfaces: [
               { name: a.hostIfname, mac: a.hostMac, sandbox: '' },
@@ -197,13 +215,28 @@ export function createCniHandlers(deps: {
     async detach(req) {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
-      await detachPod({ containerId: req.containerId, ifname: req.ifname });
-      deps.onPodsChanged?.();
       const handle = `${req.containerId}/${req.ifname}`;
-      const r = await deps.ipam.release({ handle }, { timeoutMs: 10_000 }).catch(passThrough);
-      deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
-      deps.reports?.detached(req.containerId);
-      return {};
+      // The veth and the address go at once: deleting a veth returns only after the kernel's RCU grace periods
+      // (about 20 ms here), longer than IPAM's Release. An Attach given the address meanwhile waits for the deletion
+      // (linkDeletions), so an address is never on two veths. The Release is asked first: the deletion's child
+      // process is spawned with a fork, which holds the event loop for a moment.
+      const t0 = performance.now();
+      const release = deps.ipam.release({ handle }, { timeoutMs: 10_000 }).then((r) => {
+        deps.onDetachPhase?.('release', performance.now() - t0);
+        return r;
+      }, passThrough);
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      linkDeletions.add(link);
+      void link.catch(() => {}).finally(() => linkDeletions.delete(link));
+      try {
+        const [, r] = await Promise.all([link, release]);
+        deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
+        afterAnswer(() => deps.reports?.detached(req.containerId));
+        return {};
+      } finally {
+        // The policy pass follows whatever of the veth is left, whether or not the release worked.
+        void Promise.allSettled([link, release]).then(() => afterAnswer(() => deps.onPodsChanged?.()));
+      }
     },
 
     async check(req) {

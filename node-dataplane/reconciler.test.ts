@@ -159,7 +159,7 @@ test('direct mode refuses a node off the underlay subnet: nothing is written for
   }
 });
 
-test('a route change or an entry\'s notification re-checks the overlay only; the device, masquerade and policy are re-checked for their own reasons and at resync', async () => {
+test('a route change or an entry\'s notification re-checks the overlay only, new rules or pods the policy only; the device, masquerade and policy are re-checked for their own reasons and at resync', async () => {
   const k = fakeKernel();
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   const calls: string[] = [];
@@ -179,7 +179,7 @@ test('a route change or an entry\'s notification re-checks the overlay only; the
     await sleep(20);
     assert.ok(k.state.routes.has('10.244.3.0/26'), 'the route change is applied');
     assert.deepEqual(calls, [], 'without spawning iptables-save, ipset or ip');
-    for (const reason of ['device', 'pods', 'pools', 'underlay', 'resync'] as const) {
+    for (const reason of ['device', 'pools', 'underlay', 'resync'] as const) {
       calls.length = 0;
       r.markDirty(reason);
       await sleep(20);
@@ -189,6 +189,10 @@ test('a route change or an entry\'s notification re-checks the overlay only; the
     r.markDirty('policy');
     await sleep(20);
     assert.deepEqual(calls, ['filter'], 'new policy rules alone: only the policy is checked');
+    calls.length = 0;
+    r.markDirty('pods');
+    await sleep(20);
+    assert.deepEqual(calls, ['filter'], 'a pod attached or detached: only the policy is checked');
   } finally {
     r.stop();
   }

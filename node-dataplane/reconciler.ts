@@ -31,6 +31,14 @@ export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'ke
  */
 const OVERLAY_ONLY: ReadonlySet<DirtyReason> = new Set(['routes', 'kernel']);
 
+/**
+ * Reasons that concern only network policy: new rules ('policy') and a pod attached or detached ('pods': its veth
+ * enters or leaves the dispatch chains). A pass for these alone (once a complete pass has run) is the policy step
+ * only: every CNI ADD and DEL causes one, and ensuring the device and masquerade would spawn `ip` and
+ * `iptables-save` for nothing, beside the next pod's ADD.
+ */
+const POLICY_ONLY: ReadonlySet<DirtyReason> = new Set(['policy', 'pods']);
+
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
   markDirty(reason: DirtyReason, delayMs?: number): void;
@@ -180,9 +188,10 @@ export function createReconciler(deps: {
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
-    if (why.every((r) => r === 'policy') && lastPassComplete && completed) {
-      // Only the policy rules changed since a complete pass: the overlay and masquerade have nothing new to do
-      // (kernel drift comes with its own reason, or at the resync).
+    if (why.every((r) => POLICY_ONLY.has(r)) && lastPassComplete && completed) {
+      // Only the policy rules or the node's pods changed since a complete pass: the overlay and masquerade have
+      // nothing new to do (kernel drift comes with its own reason, or at the resync). New pods read back the veths
+      // and the filter table; new rules alone trust what was last applied.
       return (await reconcilePolicy(why)) ? 'applied' : 'unchanged';
     }
     const overlayOnly = completed && ifindex !== null && why.every((r) => OVERLAY_ONLY.has(r));

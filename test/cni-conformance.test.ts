@@ -51,9 +51,9 @@ interface Run {
   stderr: string;
 }
 
-function runPlugin(env: Record<string, string>, stdin: string | Buffer): Promise<Run> {
+function runPlugin(env: Record<string, string>, stdin: string | Buffer, file = plugin): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(plugin, [], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: 'pipe' });
+    const child = spawn(file, [], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: 'pipe' });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -308,6 +308,25 @@ describe('weft-cni, run as a runtime runs it', () => {
       });
     });
 
+
+    it('the packed plugin starts from its V8 code cache; a cache that does not fit this Node is ignored', async () => {
+      const timingOf = (run: Run) => JSON.parse(run.stderr.split('\n').find((l) => l.includes('"weft-cni timing"')) ?? '{}') as { codeCache?: string };
+      const used = await runPlugin({ ...env, WEFT_CNI_TIMING: '1' }, config({ agentSocket: socket }));
+      assert.equal(used.status, 0, used.stderr);
+      assert.equal(timingOf(used).codeCache, 'used', 'the cache made at build time fits the Node that built it');
+      // Another Node's V8 refuses the cache in the same checks as it refuses bytes that are no cache at all.
+      const text = readFileSync(plugin, 'utf8');
+      const foreign = text.replace(/^const cache = "[^"]*";$/m, `const cache = "${Buffer.from('not a V8 code cache').toString('base64')}";`);
+      assert.notEqual(foreign, text, 'the packed plugin has a cache line');
+      const copy = path.join(dir, 'weft');
+      await writeFile(copy, foreign, { mode: 0o755 });
+      const rejected = await runPlugin({ ...env, WEFT_CNI_TIMING: '1' }, config({ agentSocket: socket }), copy);
+      assert.equal(rejected.status, 0, rejected.stderr);
+      assert.equal(timingOf(rejected).codeCache, 'rejected');
+      assert.deepEqual(onlyDocument(rejected), onlyDocument(used));
+      const version = await runPlugin({ CNI_COMMAND: 'VERSION' }, config(), copy);
+      assert.deepEqual(onlyDocument(version), { cniVersion: '1.0.0', supportedVersions: [...VERSIONS] });
+    });
     it('ADD writes the result in the config version: ips[].version in 0.3.0, 0.3.1 and 0.4.0, none in 1.x', async () => {
       attachError = undefined;
       for (const v of VERSIONS) {

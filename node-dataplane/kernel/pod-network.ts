@@ -3,7 +3,7 @@ import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'no
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
-import { ip, showLink, type LinkInfo } from './links.js';
+import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 import { ipBuf } from './netlink-overlay.js';
 
 /**
@@ -335,7 +335,12 @@ function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
   };
 }
 
-/** Removes the veth pair (and with it the host route). Already gone is success. */
+/**
+ * Removes the veth pair (and with it the host route). Already gone is success. Through `ip link del` in a child
+ * process, not the agent's rtnetlink socket: the kernel handles a netlink request inside the sender's `sendmsg`, and
+ * deleting a device waits there for RCU grace periods (about 20 ms on the test machines), during which the agent's
+ * event loop would stand still: every other pod's Attach, and this Detach's own IPAM Release, waited behind it.
+ */
 export async function detachPod(opts: { containerId: string; ifname: string }): Promise<void> {
-  await deleteHostLink(hostIfnameFor(opts.containerId, opts.ifname));
+  await deleteLink(hostIfnameFor(opts.containerId, opts.ifname));
 }
