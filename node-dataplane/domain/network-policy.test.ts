@@ -48,13 +48,15 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
   assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
     '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
     '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-E-weft00000000001',
-    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN',
+    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b egress" -g WEFT-E-weft00000000002',
     '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
-  ], 'x/b has no rules (returns at once); 10.244.0.9 is no reported pod: dropped by the last rule');
+  ], 'every known pod goes to its anchor; 10.244.0.9 is no reported pod: dropped by the last rule');
+  assert.deepEqual(d.chains.get('WEFT-E-weft00000000002'), ['-A WEFT-E-weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN'], 'x/b has no rules: its anchor returns at once');
+  assert.deepEqual(d.chains.get('WEFT-I-weft00000000002'), ['-A WEFT-I-weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN']);
   assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
     '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
     '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
-    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN',
+    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b ingress" -g WEFT-I-weft00000000002',
     '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ]);
   assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').rules, [
@@ -147,10 +149,10 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
   const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `chain ${egressBody} (deleted)`, `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-E-weft00000000001', 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', `chain ${egressBody} (deleted)`, 'chain WEFT-E-weft00000000002 (deleted)', 'chain WEFT-I-weft00000000002 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first');
-  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-X WEFT-E-weft00000000001\n-X ${egressBody}\nCOMMIT\n`, 'then the stale chains, flushed and deleted');
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-E-weft00000000001 1 -m comment --comment "weft x\/a: no egress policy" -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s anchor returns');
+  assert.equal(p.filterAfter, `*filter\n-D WEFT-E-weft00000000001 2\n-F ${egressBody}\n-F WEFT-E-weft00000000002\n-F WEFT-I-weft00000000002\n-X ${egressBody}\n-X WEFT-E-weft00000000002\n-X WEFT-I-weft00000000002\nCOMMIT\n`, 'then the anchor\'s old rule, and the stale chains, flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
@@ -182,16 +184,24 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const multi = desiredPolicy(merging(), veths);
     apply(planPolicy(multi, read()));
     assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
-    // A long dispatch chain and one pod's change: edited in place (rules deleted and inserted by number).
-    const many = (moved: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })) });
+    // A long dispatch chain and one pod's change out of every policy: only its anchor changes (a rule inserted first).
+    const many = (moved: number, gone = -1) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })).filter((_, i) => i !== gone) });
     const manyVeths = new Map(Array.from({ length: 40 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
-    const edited = planPolicy(desiredPolicy(many(17), manyVeths), read());
-    assert.match(edited.filter!, /\n-D WEFT-TO-POD 19\n-I WEFT-TO-POD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no ingress policy" -j RETURN\nCOMMIT\n$/, 'the dispatch chain edited in place');
-    assert.ok(!edited.filter!.includes(':WEFT-TO-POD '), 'not rewritten');
+    const oldBody17 = bodyOf(desiredPolicy(many(-1), manyVeths), 'WEFT-I-weft00000000011').name;
+    const none = planPolicy(desiredPolicy(many(17), manyVeths), read());
+    assert.equal(none.filter, '*filter\n-I WEFT-I-weft00000000011 1 -m comment --comment "weft x/p17: no ingress policy" -j RETURN\nCOMMIT\n', 'one rule inserted in the anchor; the dispatch chain untouched');
+    assert.equal(none.filterAfter, `*filter\n-D WEFT-I-weft00000000011 2\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`);
+    apply(none);
+    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the anchor reads back as rendered');
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
+    // A pod that goes (its rules no longer held): the dispatch chains are edited in place, by rule number.
+    const edited = planPolicy(desiredPolicy(many(-1, 17), manyVeths), read());
+    assert.match(edited.filter!, /^\*filter\n-D WEFT-FROM-POD 19\n-D WEFT-TO-POD 19\nCOMMIT\n$/, 'the dispatch chains edited in place');
     assert.match(edited.filterAfter!, /-X WEFT-I-weft00000000011\n/);
     apply(edited);
-    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the edited chain reads back as rendered');
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1, 17), manyVeths), read()).changed, [], 'the edited chains read back as rendered');
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
     // A pod's entries change: a new chain, and a rule inserted first in its anchor; the old ones go after.

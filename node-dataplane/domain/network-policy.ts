@@ -8,11 +8,13 @@ import { createHash } from 'node:crypto';
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
  *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
  *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
- *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>` (its
- *                   egress entries) or `-i <veth> -j RETURN` (none); anything else DROP: a pod whose rules are not
- *                   held (yet) is cut off both ways (fail closed), with no moment between its veth appearing and a
- *                   rule for it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>.
- *   WEFT-I-<veth>:  an anchor with one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
+ *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>`,
+ *                   whether it has egress entries or not; anything else DROP: a pod whose rules are not held (yet)
+ *                   is cut off both ways (fail closed), with no moment between its veth appearing and a rule for
+ *                   it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>. This chain changes only when pods come
+ *                   and go: editing a long chain makes iptables-nft read the whole table first.
+ *   WEFT-I-<veth>:  an anchor with one rule: `-j RETURN` for a direction without entries, else
+ *                   `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
  *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
  *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
  *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
@@ -32,6 +34,8 @@ const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
 const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IE]-)/;
 const OWNED_SET = /^weft-/;
+/** A pod's anchor chain, WEFT-I-<veth> or WEFT-E-<veth> (veth names have no dash; entries chains add `-<hash>`). */
+const ANCHOR = /^WEFT-[IE]-[^-]+$/;
 
 export interface PolicyEntry {
   tier: 'admin' | 'networkpolicy' | 'baseline';
@@ -173,11 +177,15 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no IPv4 member can match no IPv4 packet.
         const entries = pod[dir].filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        // Every pod whose rules are held goes to its anchor, with or without entries: a change of its rules (to
+        // none, or from none) is a change of its own short anchor chain, never of the long dispatch chain, which
+        // changes only when pods come and go.
+        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         if (entries.length === 0) {
-          r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`;
+          r.chains.push([anchor, [`-A ${anchor} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`]]);
           continue;
         }
-        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
         // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
         // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
         // the table back; the old rule and chain go afterwards (see planPolicy).
@@ -185,7 +193,6 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
         const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
         const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
-        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
         r.chains.push([chain, named(body)]);
         if (tail) r.chains.push([`${chain}N`, named(tail)]);
@@ -307,8 +314,9 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     const have = actual.chains.get(chain);
     if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
-    if (have && rules.length === 1 && rules[0]!.startsWith(`-A ${chain} -g `)) {
-      // An anchor: its new rule goes first (from then on the old ones are never reached), the old ones after.
+    if (have && rules.length === 1 && ANCHOR.test(chain)) {
+      // An anchor (`-g` to its entries, or RETURN for none): its new rule goes first (from then on the old ones are
+      // never reached), the old ones after.
       if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
       const held = have[0] === rules[0] ? have.length : have.length + 1;
       for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);
