@@ -228,6 +228,75 @@ export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<stri
   return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
+/** A pod's rules that changed, and what they were; the same pod (namespace, name) on the same addresses. */
+export interface PodChange {
+  before: PodRules;
+  after: PodRules;
+}
+
+/**
+ * The pods whose rules object changed from `before` to `after`, when nothing else did: the same pods in the same
+ * order (as the agent's rules keep them) on the same addresses. Null otherwise (pods came or went, or moved), or when
+ * more than `max` changed: then the whole node is rendered.
+ */
+export function podChanges(before: readonly PodRules[], after: readonly PodRules[], max: number): PodChange[] | null {
+  if (before.length !== after.length) return null;
+  const out: PodChange[] = [];
+  for (let i = 0; i < after.length; i++) {
+    const b = before[i]!, a = after[i]!;
+    if (a === b) continue;
+    if (a.namespace !== b.namespace || a.name !== b.name || !sameList(a.addresses, b.addresses) || out.length === max) return null;
+    out.push({ before: b, after: a });
+  }
+  return out;
+}
+
+/**
+ * The plan for a few pods' new rules (`podChanges`) against what the kernel holds (`held`, the agent's record of the
+ * whole node), rendering only those pods: their anchors and entries chains, and the sets they name. The dispatch
+ * chains are untouched (the same pods on the same veths dispatch alike), so is every other pod's. A set that the
+ * pods no longer name stays while `sets` (the node's rules) still has it for another pod. Returns the plan and what
+ * it changes in the record (chains and sets written, or null: removed), for `recordPodChanges` once it is applied.
+ */
+export function planPodChanges(changes: readonly PodChange[], sets: { before: ReadonlyMap<string, string[]>; after: ReadonlyMap<string, string[]> }, veths: ReadonlyMap<string, string>, held: PolicyActual, vxlanDevice = 'weft.vxlan', cache?: RenderCache): { plan: PolicyPlan; record: { chains: Map<string, string[] | null>; sets: Map<string, string[] | null> } } {
+  const layout = [POLICY_CHAIN, FROM_POD, TO_POD];
+  const render = (pods: PodRules[], s: ReadonlyMap<string, string[]>) => {
+    const d = desiredPolicy({ revision: 0, pods, sets: s }, veths, vxlanDevice, cache);
+    for (const c of layout) d.chains.delete(c);
+    return d;
+  };
+  const was = render(changes.map((c) => c.before), sets.before);
+  const now = render(changes.map((c) => c.after), sets.after);
+  const actual: PolicyActual = { chains: new Map(), jumps: 1, sets: new Map() };
+  for (const name of [...was.chains.keys(), ...now.chains.keys()]) {
+    const have = held.chains.get(name);
+    if (have) actual.chains.set(name, have);
+  }
+  for (const name of [...was.sets.keys(), ...now.sets.keys()]) {
+    const have = held.sets.get(name);
+    if (have) actual.sets.set(name, have);
+  }
+  for (const [name, have] of actual.sets) if (!now.sets.has(name) && sets.after.get(name)?.some(isV4)) now.sets.set(name, have);
+  const plan = planPolicy(now, actual);
+  const chains = new Map<string, string[] | null>(now.chains);
+  for (const name of actual.chains.keys()) if (!now.chains.has(name)) chains.set(name, null);
+  const changedSets = new Map<string, string[] | null>(now.sets);
+  for (const name of actual.sets.keys()) if (!now.sets.has(name)) changedSets.set(name, null);
+  return { plan, record: { chains, sets: changedSets } };
+}
+
+/** `held` (the agent's record) after a plan of planPodChanges is applied: changed in place. */
+export function recordPodChanges(held: PolicyActual, record: { chains: ReadonlyMap<string, string[] | null>; sets: ReadonlyMap<string, string[] | null> }): void {
+  for (const [name, rules] of record.chains) {
+    if (rules) held.chains.set(name, rules);
+    else held.chains.delete(name);
+  }
+  for (const [name, members] of record.sets) {
+    if (members) held.sets.set(name, members);
+    else held.sets.delete(name);
+  }
+}
+
 /** Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter`; Weft's sets from `ipset save`. */
 export function readPolicyActual(filterSave: string, ipsetSave: string): PolicyActual {
   const chains = new Map<string, string[]>();

@@ -84,7 +84,7 @@ export interface CompileCache {
    * addresses (a "quiet" change: a pod's labels that move it between the policies that select it, say), every other
    * pod's entries are reused without working out what they depend on again.
    */
-  last?: { pods: readonly PlacedPod[]; namespaces: string; admins: readonly AdminPolicy[]; baseline: AdminPolicy | null };
+  last?: { pods: readonly PlacedPod[]; local: PlacedPod[]; namespaces: string; admins: readonly AdminPolicy[]; baseline: AdminPolicy | null };
   /** The NetworkPolicies as last seen, grouped by namespace and sorted by name. */
   byNamespace?: { nps: readonly NetworkPolicy[]; grouped: Map<string, NetworkPolicy[]> };
   /** A pod object's labels as text. */
@@ -156,6 +156,13 @@ export function setName(cidrs: string[]): string {
   return `weft-${createHash('sha256').update(cidrs.join(',')).digest('hex').slice(0, 16)}`;
 }
 
+const podIds = new WeakMap<PlacedPod, string>();
+/** "namespace/name", once per pod object. */
+const idOfPod = (p: PlacedPod) => {
+  let id = podIds.get(p);
+  if (id === undefined) podIds.set(p, (id = `${p.namespace}/${p.name}`));
+  return id;
+};
 const sameAddresses = (a: Pod, b: Pod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
 
 export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string, cache?: CompileCache): NodePolicy {
@@ -404,9 +411,6 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   };
   const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
   const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
-  const local = pods.filter((p) => p.node === node);
-  // (The service reads pods in this order already.)
-  if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
   // The quiet path (see CompileCache.last): the same namespaces and policies, the same pods but for a few objects in
   // their places, and every set with the same members' addresses as before: then an unchanged pod object's entries
   // are the ones it had (what they depend on is the same), unless they depend on every pod.
@@ -419,7 +423,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     for (let i = 0; i < pods.length; i++) {
       const a = last.pods[i]!, b = pods[i]!;
       if (a === b) continue;
-      if (a.namespace !== b.namespace || a.name !== b.name) {
+      if (a.namespace !== b.namespace || a.name !== b.name || a.node !== b.node) {
         changedPods = null;
         break;
       }
@@ -438,19 +442,34 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     }
   }
   const quiet = changedPods;
+  let local: PlacedPod[];
+  if (quiet && last) {
+    // The same local pods in the same order, a few objects replaced.
+    const replaced = new Map<PlacedPod, PlacedPod>();
+    for (let i = 0; i < quiet.length; i += 2) replaced.set(quiet[i]!, quiet[i + 1]!);
+    local = replaced.size === 0 ? last.local : last.local.map((p) => replaced.get(p) ?? p);
+  } else {
+    local = pods.filter((p) => p.node === node);
+    // (The service reads pods in this order already.)
+    if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
+  }
   const kept = new Map<string, CachedPod>();
+  const keptInOrder: CachedPod[] = [];
   const compiled = local.map((p): CompiledPod => {
-    const id = `${p.namespace}/${p.name}`;
+    const id = idOfPod(p);
     const before = cache?.pods.get(id);
     if (quiet && before && before.src === p && (!before.everyPod || quiet.length === 0)) {
       for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
       kept.set(id, before);
+      keptInOrder.push(before);
       return before.pod;
     }
     const key = cache ? dependencies(p) : '';
     if (cache && before && before.key === key) {
       for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
-      kept.set(id, before.src === p && before.everyPod === dependsOnEveryPod ? before : { ...before, src: p, everyPod: dependsOnEveryPod });
+      const k = before.src === p && before.everyPod === dependsOnEveryPod ? before : { ...before, src: p, everyPod: dependsOnEveryPod };
+      kept.set(id, k);
+      keptInOrder.push(k);
       return before.pod;
     }
     const pod: CompiledPod = {
@@ -461,7 +480,9 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     };
     if (cache) {
       const names = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
-      kept.set(id, { key, pod, sets: names.map((n) => [n, sets.get(n)!]), src: p, everyPod: dependsOnEveryPod });
+      const k: CachedPod = { key, pod, sets: names.map((n) => [n, sets.get(n)!]), src: p, everyPod: dependsOnEveryPod };
+      kept.set(id, k);
+      keptInOrder.push(k);
     }
     return pod;
   });
@@ -472,14 +493,11 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     if (quiet) for (const [text, spec] of cache.specSets) if (!specSets.has(text)) specSets.set(text, spec);
     cache.specSets = specSets;
     cache.cidrs = new Map();
-    cache.last = { pods: [...pods], namespaces: namespacesText, admins: [...w.adminPolicies], baseline: w.baseline };
+    cache.last = { pods: [...pods], local, namespaces: namespacesText, admins: [...w.adminPolicies], baseline: w.baseline };
   }
   const used = new Set<string | null>();
-  for (const p of compiled) {
-    const cached = cache?.pods.get(`${p.namespace}/${p.name}`);
-    if (cached?.pod === p) for (const [name] of cached.sets) used.add(name);
-    else for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
-  }
+  if (cache) for (const k of keptInOrder) for (const [name] of k.sets) used.add(name);
+  else for (const p of compiled) for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
   return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
 }
 
