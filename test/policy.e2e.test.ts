@@ -205,8 +205,7 @@ describe('network policy on the local cluster', opts, () => {
     const save = (await run('ip', ['netns', 'exec', node1.netns, 'iptables-save', '-t', 'filter'])).stdout;
     assert.equal(save.split('\n').filter((l) => l.endsWith('-j WEFT-FORWARD') && l.startsWith('-A FORWARD')).length, 1);
     assert.ok(!/^:WEFT-[IE]-[^- ]+-/m.test(save), 'no entries chain once no policy selects a pod');
-    const anchors = save.split('\n').filter((l) => /^-A WEFT-[IE]-/.test(l));
-    assert.ok(anchors.length > 0 && anchors.every((l) => / -j RETURN$/.test(l)), `every pod's anchors RETURN: ${anchors.filter((l) => !/ -j RETURN$/.test(l)).join('; ')}`);
+    assert.ok(/^:WEFT-[IE]-\S+ /m.test(save) && !/^-A WEFT-[IE]-/m.test(save), 'every pod\'s anchors are there, empty (falling off them returns)');
     assert.equal((await run('ip', ['netns', 'exec', node1.netns, 'ipset', 'list', '-n'])).stdout.trim(), '');
   });
 });

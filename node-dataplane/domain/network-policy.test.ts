@@ -51,8 +51,8 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
     '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b egress" -g WEFT-E-weft00000000002',
     '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ], 'every known pod goes to its anchor; 10.244.0.9 is no reported pod: dropped by the last rule');
-  assert.deepEqual(d.chains.get('WEFT-E-weft00000000002'), ['-A WEFT-E-weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN'], 'x/b has no rules: its anchor returns at once');
-  assert.deepEqual(d.chains.get('WEFT-I-weft00000000002'), ['-A WEFT-I-weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN']);
+  assert.deepEqual(d.chains.get('WEFT-E-weft00000000002'), [], 'x/b has no rules: its anchor is empty (falling off it returns)');
+  assert.deepEqual(d.chains.get('WEFT-I-weft00000000002'), []);
   assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
     '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
     '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
@@ -151,8 +151,8 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
   assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-E-weft00000000001', 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', `chain ${egressBody} (deleted)`, 'chain WEFT-E-weft00000000002 (deleted)', 'chain WEFT-I-weft00000000002 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-E-weft00000000001 1 -m comment --comment "weft x\/a: no egress policy" -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s anchor returns');
-  assert.equal(p.filterAfter, `*filter\n-D WEFT-E-weft00000000001 2\n-F ${egressBody}\n-F WEFT-E-weft00000000002\n-F WEFT-I-weft00000000002\n-X ${egressBody}\n-X WEFT-E-weft00000000002\n-X WEFT-I-weft00000000002\nCOMMIT\n`, 'then the anchor\'s old rule, and the stale chains, flushed and deleted');
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-E-weft00000000001 1 -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s anchor returns');
+  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-F WEFT-E-weft00000000002\n-F WEFT-I-weft00000000002\n-X ${egressBody}\n-X WEFT-E-weft00000000002\n-X WEFT-I-weft00000000002\nCOMMIT\n`, 'then the anchor emptied, and the stale chains flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
@@ -221,8 +221,8 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     const oldBody17 = bodyOf(desiredPolicy(many(-1), manyVeths), 'WEFT-I-weft00000000011').name;
     const none = planPolicy(desiredPolicy(many(17), manyVeths), read());
-    assert.equal(none.filter, '*filter\n-I WEFT-I-weft00000000011 1 -m comment --comment "weft x/p17: no ingress policy" -j RETURN\nCOMMIT\n', 'one rule inserted in the anchor; the dispatch chain untouched');
-    assert.equal(none.filterAfter, `*filter\n-D WEFT-I-weft00000000011 2\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`);
+    assert.equal(none.filter, '*filter\n-I WEFT-I-weft00000000011 1 -j RETURN\nCOMMIT\n', 'a RETURN inserted in the anchor; the dispatch chain untouched');
+    assert.equal(none.filterAfter, `*filter\n-F WEFT-I-weft00000000011\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`, 'then the anchor emptied');
     apply(none);
     assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the anchor reads back as rendered');
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));

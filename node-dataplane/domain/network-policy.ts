@@ -13,8 +13,8 @@ import { createHash } from 'node:crypto';
  *                   is cut off both ways (fail closed), with no moment between its veth appearing and a rule for
  *                   it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>. This chain changes only when pods come
  *                   and go: editing a long chain makes iptables-nft read the whole table first.
- *   WEFT-I-<veth>:  an anchor with one rule: `-j RETURN` for a direction without entries, else
- *                   `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
+ *   WEFT-I-<veth>:  an anchor: empty for a direction without entries (falling off it returns, as RETURN does),
+ *                   else one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
  *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
  *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
  *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
@@ -183,7 +183,9 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
         r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         if (entries.length === 0) {
-          r.chains.push([anchor, [`-A ${anchor} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`]]);
+          // An empty anchor: falling off a chain reached by goto returns to WEFT-FORWARD, as RETURN would (a chain
+          // costs iptables-nft more than a rule; an empty one saves the rule).
+          r.chains.push([anchor, []]);
           continue;
         }
         // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
@@ -383,9 +385,14 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual): Policy
     const have = actual.chains.get(chain);
     if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
-    if (have && rules.length === 1 && ANCHOR.test(chain)) {
-      // An anchor (`-g` to its entries, or RETURN for none): its new rule goes first (from then on the old ones are
-      // never reached), the old ones after.
+    if (have && rules.length <= 1 && ANCHOR.test(chain)) {
+      // An anchor (`-g` to its entries, or empty for none): its new rule goes first (from then on the old ones are
+      // never reached), the old ones after. Emptied: a RETURN goes first, and the chain is flushed after.
+      if (rules.length === 0) {
+        edits.push(`-I ${chain} 1 -j RETURN`);
+        after.push(`-F ${chain}`);
+        continue;
+      }
       if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
       const held = have[0] === rules[0] ? have.length : have.length + 1;
       for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);
