@@ -67,7 +67,7 @@ export interface CompileCache {
   /** A NetworkPolicy rule's peers as text (rules with the same text share one peer set). */
   ruleText: WeakMap<object, string>;
   /** Per namespace: its NetworkPolicies (by name) as last seen, and which of them select each label set. */
-  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]> }>;
+  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]>; index?: SelectorIndex }>;
   /** Set contents by range key, this compilation's and the previous one's. */
   cidrs: Map<string, string[]>;
   previousCidrs: Map<string, string[]>;
@@ -92,6 +92,27 @@ export interface CompileCache {
   /** A pod object's own fields as text (pod objects, too, must not be mutated). */
   podText: WeakMap<PlacedPod, string>;
 }
+/**
+ * A namespace's NetworkPolicies indexed by what their podSelector needs: a policy whose selector has an `In`
+ * requirement is listed under each (key, value) it admits, and only a pod with one of those labels can be selected by
+ * it; the others are always tried. Indices into the namespace's policies (sorted by name).
+ */
+type SelectorIndex = { byLabel: Map<string, number[]>; always: number[] };
+function indexSelectors(nps: readonly NetworkPolicy[]): SelectorIndex {
+  const index: SelectorIndex = { byLabel: new Map(), always: [] };
+  nps.forEach((np, i) => {
+    const req = np.podSelector.requirements.find((r) => r.op === 'in');
+    if (!req || req.op !== 'in') return void index.always.push(i);
+    for (const v of new Set(req.values)) {
+      const k = `${req.key}\0${v}`;
+      const list = index.byLabel.get(k);
+      if (list) list.push(i);
+      else index.byLabel.set(k, [i]);
+    }
+  });
+  return index;
+}
+
 /** `src`: the pod object it was compiled from; `everyPod`: its entries depend on every pod (egress named ports). */
 type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][]; src: PlacedPod; everyPod: boolean };
 type SpecSet = { members: PlacedPod[]; name: string | null; cidrs: string[]; matches: (p: PlacedPod) => boolean };
@@ -280,7 +301,15 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     let key = cache.labelsText.get(subject);
     if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
     let selected = entry.byLabels.get(key);
-    if (!selected) entry.byLabels.set(key, (selected = nps.filter((np) => selects(np.podSelector, subject.labels))));
+    if (!selected) {
+      // Only the policies whose selector can admit one of the pod's labels are tried (in their order, by name).
+      const index = (entry.index ??= indexSelectors(nps));
+      const candidates = [...index.always];
+      for (const k in subject.labels) candidates.push(...(index.byLabel.get(`${k}\0${subject.labels[k]}`) ?? []));
+      if (candidates.length > index.always.length) candidates.sort((a, b) => a - b);
+      selected = candidates.filter((i, j) => candidates[j - 1] !== i).map((i) => nps[i]!).filter((np) => selects(np.podSelector, subject.labels));
+      entry.byLabels.set(key, selected);
+    }
     return selected;
   };
   const npRulePeers = (np: NetworkPolicy, r: Rule): PeerSpec => (!r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))));
