@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system programs Weft's agent and tests use, when they are missing: iproute2 (ip, bridge, tc),
-# util-linux (nsenter), iputils-ping, iperf3, iptables (masquerade, network policy, portmap), ipset (network policy), and Debian's reference CNI plugins (containernetworking-plugins:
+# util-linux (nsenter), iputils-ping, iperf3, iptables (masquerade, network policy, portmap), ipset (network policy),
+# socat (SCTP listeners and probes in test/policy-conformance.e2e.test.ts: Node has no SCTP sockets), kmod (modprobe,
+# to load the kernel's sctp module where it is a module), and Debian's reference CNI plugins (containernetworking-plugins:
 # portmap, bandwidth, tuning, loopback in /usr/lib/cni), which the conformance tests chain with weft-cni, and podman
 # with runc, conmon and busybox (test/podman.e2e.test.ts), all from Debian, without recommends.
 # Needs root to install; without root it only reports.
@@ -14,6 +16,8 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 command -v ipset >/dev/null 2>&1 || need+=(ipset)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v modprobe >/dev/null 2>&1 || need+=(kmod)
 for p in portmap bandwidth tuning loopback; do [ -x /usr/lib/cni/$p ] || need+=(containernetworking-plugins); done
 for p in podman runc conmon busybox; do command -v $p >/dev/null 2>&1 || need+=($p); done
 [ ${#need[@]} -eq 0 ] && exit 0

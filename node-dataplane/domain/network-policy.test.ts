@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { privilegedOrSkip } from '../../test/support/privileges.js';
-import { chainRules, createRenderCache, desiredBeforeRules, desiredPolicy, planPolicy, readPolicyActual, type NodeRules, type PolicyActual, type PolicyDesired, type PolicyEntry } from './network-policy.js';
+import { chainRules, createRenderCache, desiredBeforeRules, desiredPolicy, planPodChanges, planPolicy, podChanges, readPolicyActual, recordPodChanges, type NodeRules, type PolicyActual, type PolicyDesired, type PolicyEntry } from './network-policy.js';
 
 /** The rendering of a node's compiled rules into ipsets and filter chains, and the plan against what the kernel prints. */
 const SET_Y = 'weft-00000000000000aa';
@@ -48,13 +48,15 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
   assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
     '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
     '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-E-weft00000000001',
-    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b: no egress policy" -j RETURN',
+    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b egress" -g WEFT-E-weft00000000002',
     '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
-  ], 'x/b has no rules (returns at once); 10.244.0.9 is no reported pod: dropped by the last rule');
+  ], 'every known pod goes to its anchor; 10.244.0.9 is no reported pod: dropped by the last rule');
+  assert.deepEqual(d.chains.get('WEFT-E-weft00000000002'), [], 'x/b has no rules: its anchor is empty (falling off it returns)');
+  assert.deepEqual(d.chains.get('WEFT-I-weft00000000002'), []);
   assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
     '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
     '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
-    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b: no ingress policy" -j RETURN',
+    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b ingress" -g WEFT-I-weft00000000002',
     '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ]);
   assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').rules, [
@@ -147,11 +149,42 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
   const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', 'chain WEFT-E-weft00000000001 (deleted)', `chain ${egressBody} (deleted)`, `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-E-weft00000000001', 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', `chain ${egressBody} (deleted)`, 'chain WEFT-E-weft00000000002 (deleted)', 'chain WEFT-I-weft00000000002 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first');
-  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-X WEFT-E-weft00000000001\n-X ${egressBody}\nCOMMIT\n`, 'then the stale chains, flushed and deleted');
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-E-weft00000000001 1 -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s anchor returns');
+  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-F WEFT-E-weft00000000002\n-F WEFT-I-weft00000000002\n-X ${egressBody}\n-X WEFT-E-weft00000000002\n-X WEFT-I-weft00000000002\nCOMMIT\n`, 'then the anchor emptied, and the stale chains flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
+});
+
+test('a few pods\' new rules are planned alone, against the record, as the whole node would be', () => {
+  const SET_Z = 'weft-00000000000000cc';
+  const sets = new Map([[SET_Y, ['10.244.1.7/32']], [SET_OUT, ['192.0.2.0/24']], [SET_Z, ['10.244.7.0/24']], ['weft-00000000000000dd', ['fd00::/64']]]);
+  const tcp = (set: string, port: number) => entry({ peerSet: set, protocol: 'TCP', ports: { from: port, to: port } });
+  const pod = (i: number, ingress: PolicyEntry[], egress: PolicyEntry[] = []) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress, egress });
+  const manyVeths = new Map(Array.from({ length: 6 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
+  const r1: NodeRules = { revision: 1, sets, pods: [pod(0, [tcp(SET_Y, 80)]), pod(1, [tcp(SET_Y, 80)]), pod(2, [tcp(SET_OUT, 81)]), pod(3, []), pod(4, [], [tcp(SET_Y, 53)]), pod(5, [tcp(SET_Y, 80)])] };
+  // p1 out of every policy; p2 to a new set (SET_OUT no longer used by anyone); p3 from none to entries; p4's egress
+  // to an IPv6-only set (no IPv4 rule); SET_Y stays, used by p0 and p5.
+  const next = [pod(0, [tcp(SET_Y, 80)]), pod(1, []), pod(2, [tcp(SET_Z, 81)]), pod(3, [tcp(SET_Y, 80)]), pod(4, [], [tcp('weft-00000000000000dd', 53)])];
+  const r2: NodeRules = { revision: 2, sets: new Map([...sets].filter(([n]) => n !== SET_OUT)), pods: [...next, r1.pods[5]!] };
+  r2.pods[0] = r1.pods[0]!;
+  const cache = createRenderCache();
+  const first = desiredPolicy(r1, manyVeths, undefined, cache);
+  const held: PolicyActual = { chains: first.chains, jumps: 1, sets: first.sets };
+  const changes = podChanges(r1.pods, r2.pods, 64)!;
+  assert.deepEqual(changes.map((c) => c.after.name), ['p1', 'p2', 'p3', 'p4']);
+  const full = planPolicy(desiredPolicy(r2, manyVeths), { chains: new Map(held.chains), jumps: 1, sets: new Map(held.sets) });
+  const { plan, record } = planPodChanges(changes, { before: r1.sets, after: r2.sets }, manyVeths, held, undefined, cache);
+  assert.deepEqual([...plan.changed].sort(), [...full.changed].sort(), 'the same chains and sets change as when the whole node is planned');
+  assert.ok(!plan.filter!.includes('WEFT-TO-POD') && !plan.filter!.includes('WEFT-FROM-POD'), 'the dispatch chains are not touched');
+  assert.equal(plan.setsAfter, `destroy ${SET_OUT}\n`, 'a set no pod names any more is destroyed; SET_Y, still p0\'s and p5\'s, is not');
+  recordPodChanges(held, record);
+  const whole = desiredPolicy(r2, manyVeths);
+  assert.deepEqual(new Map([...held.chains].sort()), new Map([...whole.chains].sort()), 'the record is what rendering the whole node gives');
+  assert.deepEqual(new Map([...held.sets].sort()), new Map([...whole.sets].sort()));
+  assert.equal(podChanges(r1.pods, r2.pods.slice(1), 64), null, 'a pod gone: the whole node');
+  assert.equal(podChanges(r1.pods, [{ ...r1.pods[0]!, addresses: ['10.244.3.9'] }, ...r1.pods.slice(1)], 64), null, 'a pod on another address: the whole node');
+  assert.equal(podChanges(r1.pods, r2.pods, 3), null, 'more changes than the bound: the whole node');
 });
 
 test('a set larger than ipset\'s default 65,536 members is created with room for all of them', () => {
@@ -182,16 +215,24 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const multi = desiredPolicy(merging(), veths);
     apply(planPolicy(multi, read()));
     assert.deepEqual(planPolicy(multi, read()).changed, [], 'multiport rules (ports, ranges; TCP and SCTP) read back as rendered');
-    // A long dispatch chain and one pod's change: edited in place (rules deleted and inserted by number).
-    const many = (moved: number) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })) });
+    // A long dispatch chain and one pod's change out of every policy: only its anchor changes (a rule inserted first).
+    const many = (moved: number, gone = -1) => rules({ pods: Array.from({ length: 40 }, (_, i) => ({ namespace: 'x', name: `p${i}`, addresses: [`10.244.3.${i}`], ingress: i === moved ? [] : [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })], egress: [] })).filter((_, i) => i !== gone) });
     const manyVeths = new Map(Array.from({ length: 40 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]));
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
-    const edited = planPolicy(desiredPolicy(many(17), manyVeths), read());
-    assert.match(edited.filter!, /\n-D WEFT-TO-POD 19\n-I WEFT-TO-POD 19 -o weft00000000011 -m comment --comment "weft x\/p17: no ingress policy" -j RETURN\nCOMMIT\n$/, 'the dispatch chain edited in place');
-    assert.ok(!edited.filter!.includes(':WEFT-TO-POD '), 'not rewritten');
+    const oldBody17 = bodyOf(desiredPolicy(many(-1), manyVeths), 'WEFT-I-weft00000000011').name;
+    const none = planPolicy(desiredPolicy(many(17), manyVeths), read());
+    assert.equal(none.filter, '*filter\n-I WEFT-I-weft00000000011 1 -j RETURN\nCOMMIT\n', 'a RETURN inserted in the anchor; the dispatch chain untouched');
+    assert.equal(none.filterAfter, `*filter\n-F WEFT-I-weft00000000011\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`, 'then the anchor emptied');
+    apply(none);
+    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the anchor reads back as rendered');
+    apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
+    // A pod that goes (its rules no longer held): the dispatch chains are edited in place, by rule number.
+    const edited = planPolicy(desiredPolicy(many(-1, 17), manyVeths), read());
+    assert.match(edited.filter!, /^\*filter\n-D WEFT-FROM-POD 19\n-D WEFT-TO-POD 19\nCOMMIT\n$/, 'the dispatch chains edited in place');
     assert.match(edited.filterAfter!, /-X WEFT-I-weft00000000011\n/);
     apply(edited);
-    assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the edited chain reads back as rendered');
+    assert.deepEqual(planPolicy(desiredPolicy(many(-1, 17), manyVeths), read()).changed, [], 'the edited chains read back as rendered');
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     assert.deepEqual(planPolicy(desiredPolicy(many(-1), manyVeths), read()).changed, []);
     // A pod's entries change: a new chain, and a rule inserted first in its anchor; the old ones go after.
@@ -231,7 +272,8 @@ test('IPv6: the same structure for ip6tables; sets hold the IPv6 CIDRs as inet6 
   assert.ok(in6.some((r) => r.includes('--match-set weft6-00000000000000aa src -m tcp --dport 80')), 'the rule matches the inet6 set');
   assert.ok(in6.some((r) => r.endsWith('default deny" -j DROP')), 'the default deny is there in IPv6 too');
   const out6 = d6.chains.get('WEFT-FROM-POD')!;
-  assert.ok(out6.some((r) => r.startsWith('-A WEFT-FROM-POD -i weft00000000001 ') && r.includes('no egress policy')), 'the egress deny to IPv4-only 192.0.2.0/24 cannot match IPv6: no egress entries');
+  assert.ok(out6.some((r) => r.startsWith('-A WEFT-FROM-POD -i weft00000000001 ') && r.endsWith('-g WEFT-E-weft00000000001')), 'the pod is dispatched to its egress anchor');
+  assert.deepEqual(d6.chains.get('WEFT-E-weft00000000001'), [], 'the egress deny to IPv4-only 192.0.2.0/24 cannot match IPv6: an empty egress anchor');
   assert.equal(out6.at(-1), '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP');
   // Pod c (IPv4 only, veth 3) has no IPv6 address: no dispatch rule in ip6tables, so IPv6 from or to it is dropped.
   assert.ok(!out6.some((r) => r.includes('weft00000000003')));

@@ -8,11 +8,13 @@ import { createHash } from 'node:crypto';
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
  *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
  *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
- *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>` (its
- *                   egress entries) or `-i <veth> -j RETURN` (none); anything else DROP: a pod whose rules are not
- *                   held (yet) is cut off both ways (fail closed), with no moment between its veth appearing and a
- *                   rule for it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>.
- *   WEFT-I-<veth>:  an anchor with one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
+ *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>`,
+ *                   whether it has egress entries or not; anything else DROP: a pod whose rules are not held (yet)
+ *                   is cut off both ways (fail closed), with no moment between its veth appearing and a rule for
+ *                   it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>. This chain changes only when pods come
+ *                   and go: editing a long chain makes iptables-nft read the whole table first.
+ *   WEFT-I-<veth>:  an anchor: empty for a direction without entries (falling off it returns, as RETURN does),
+ *                   else one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
  *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
  *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
  *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
@@ -43,6 +45,8 @@ const ownedSet = (family: PolicyFamily) => (family === 4 ? /^weft-/ : /^weft6-/)
 /** The kernel's name of a peer set (named `weft-<hash>` by the policy service) in a family. */
 const kernelSetName = (name: string, family: PolicyFamily) => (family === 4 ? name : `weft6-${name.replace(/^weft-/, '')}`);
 const inFamily = (cidr: string, family: PolicyFamily) => cidr.includes(':') === (family === 6);
+/** A pod's anchor chain, WEFT-I-<veth> or WEFT-E-<veth> (veth names have no dash; entries chains add `-<hash>`). */
+const ANCHOR = /^WEFT-[IE]-[^-]+$/;
 
 export interface PolicyEntry {
   tier: 'admin' | 'networkpolicy' | 'baseline';
@@ -186,11 +190,17 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         // Entries whose set has no member of this family can match no packet of it.
         const inKernel = family === 4 ? pod[dir] : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
         const entries = inKernel.filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        // Every pod whose rules are held goes to its anchor, with or without entries: a change of its rules (to
+        // none, or from none) is a change of its own short anchor chain, never of the long dispatch chain, which
+        // changes only when pods come and go.
+        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         if (entries.length === 0) {
-          r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name}: no ${dir} policy`)} -j RETURN`;
+          // An empty anchor: falling off a chain reached by goto returns to WEFT-FORWARD, as RETURN would (a chain
+          // costs iptables-nft more than a rule; an empty one saves the rule).
+          r.chains.push([anchor, []]);
           continue;
         }
-        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
         // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
         // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
         // the table back; the old rule and chain go afterwards (see planPolicy).
@@ -198,7 +208,6 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
         const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
         const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
-        r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
         r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
         r.chains.push([chain, named(body)]);
         if (tail) r.chains.push([`${chain}N`, named(tail)]);
@@ -232,6 +241,76 @@ export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<stri
   const layout = desiredPolicy(null, veths, vxlanDevice);
   const held = [POLICY_CHAIN, FROM_POD, TO_POD].every((c) => actual.chains.has(c)) && sameList(actual.chains.get(POLICY_CHAIN), layout.chains.get(POLICY_CHAIN)!);
   return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
+}
+
+/** A pod's rules that changed, and what they were; the same pod (namespace, name) on the same addresses. */
+export interface PodChange {
+  before: PodRules;
+  after: PodRules;
+}
+
+/**
+ * The pods whose rules object changed from `before` to `after`, when nothing else did: the same pods in the same
+ * order (as the agent's rules keep them) on the same addresses. Null otherwise (pods came or went, or moved), or when
+ * more than `max` changed: then the whole node is rendered.
+ */
+export function podChanges(before: readonly PodRules[], after: readonly PodRules[], max: number): PodChange[] | null {
+  if (before.length !== after.length) return null;
+  const out: PodChange[] = [];
+  for (let i = 0; i < after.length; i++) {
+    const b = before[i]!, a = after[i]!;
+    if (a === b) continue;
+    if (a.namespace !== b.namespace || a.name !== b.name || !sameList(a.addresses, b.addresses) || out.length === max) return null;
+    out.push({ before: b, after: a });
+  }
+  return out;
+}
+
+/**
+ * The plan for a few pods' new rules (`podChanges`) against what the kernel holds (`held`, the agent's record of the
+ * whole node), rendering only those pods: their anchors and entries chains, and the sets they name. The dispatch
+ * chains are untouched (the same pods on the same veths dispatch alike), so is every other pod's. A set that the
+ * pods no longer name stays while `sets` (the node's rules) still has it for another pod. Returns the plan and what
+ * it changes in the record (chains and sets written, or null: removed), for `recordPodChanges` once it is applied.
+ */
+export function planPodChanges(changes: readonly PodChange[], sets: { before: ReadonlyMap<string, string[]>; after: ReadonlyMap<string, string[]> }, veths: ReadonlyMap<string, string>, held: PolicyActual, vxlanDevice = 'weft.vxlan', cache?: RenderCache, family: PolicyFamily = 4): { plan: PolicyPlan; record: { chains: Map<string, string[] | null>; sets: Map<string, string[] | null> } } {
+  const layout = [POLICY_CHAIN, FROM_POD, TO_POD];
+  const render = (pods: PodRules[], s: ReadonlyMap<string, string[]>) => {
+    const d = desiredPolicy({ revision: 0, pods, sets: s }, veths, vxlanDevice, cache, family);
+    for (const c of layout) d.chains.delete(c);
+    return d;
+  };
+  const was = render(changes.map((c) => c.before), sets.before);
+  const now = render(changes.map((c) => c.after), sets.after);
+  const actual: PolicyActual = { chains: new Map(), jumps: 1, sets: new Map() };
+  for (const name of [...was.chains.keys(), ...now.chains.keys()]) {
+    const have = held.chains.get(name);
+    if (have) actual.chains.set(name, have);
+  }
+  for (const name of [...was.sets.keys(), ...now.sets.keys()]) {
+    const have = held.sets.get(name);
+    if (have) actual.sets.set(name, have);
+  }
+  // `sets` are named as the policy service names them (`weft-<hash>`), the kernel's IPv6 ones `weft6-<hash>`.
+  for (const [name, have] of actual.sets) if (!now.sets.has(name) && sets.after.get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))?.some((c) => inFamily(c, family))) now.sets.set(name, have);
+  const plan = planPolicy(now, actual, family);
+  const chains = new Map<string, string[] | null>(now.chains);
+  for (const name of actual.chains.keys()) if (!now.chains.has(name)) chains.set(name, null);
+  const changedSets = new Map<string, string[] | null>(now.sets);
+  for (const name of actual.sets.keys()) if (!now.sets.has(name)) changedSets.set(name, null);
+  return { plan, record: { chains, sets: changedSets } };
+}
+
+/** `held` (the agent's record) after a plan of planPodChanges is applied: changed in place. */
+export function recordPodChanges(held: PolicyActual, record: { chains: ReadonlyMap<string, string[] | null>; sets: ReadonlyMap<string, string[] | null> }): void {
+  for (const [name, rules] of record.chains) {
+    if (rules) held.chains.set(name, rules);
+    else held.chains.delete(name);
+  }
+  for (const [name, members] of record.sets) {
+    if (members) held.sets.set(name, members);
+    else held.sets.delete(name);
+  }
 }
 
 /**
@@ -324,8 +403,14 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family:
     const have = actual.chains.get(chain);
     if (sameList(have, rules)) continue;
     changed.push(`chain ${chain}`);
-    if (have && rules.length === 1 && rules[0]!.startsWith(`-A ${chain} -g `)) {
-      // An anchor: its new rule goes first (from then on the old ones are never reached), the old ones after.
+    if (have && rules.length <= 1 && ANCHOR.test(chain)) {
+      // An anchor (`-g` to its entries, or empty for none): its new rule goes first (from then on the old ones are
+      // never reached), the old ones after. Emptied: a RETURN goes first, and the chain is flushed after.
+      if (rules.length === 0) {
+        edits.push(`-I ${chain} 1 -j RETURN`);
+        after.push(`-F ${chain}`);
+        continue;
+      }
       if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
       const held = have[0] === rules[0] ? have.length : have.length + 1;
       for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);

@@ -67,14 +67,24 @@ export interface CompileCache {
   /** A NetworkPolicy rule's peers as text (rules with the same text share one peer set). */
   ruleText: WeakMap<object, string>;
   /** Per namespace: its NetworkPolicies (by name) as last seen, and which of them select each label set. */
-  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]> }>;
+  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]>; index?: SelectorIndex }>;
   /** Set contents by range key, this compilation's and the previous one's. */
   cidrs: Map<string, string[]>;
   previousCidrs: Map<string, string[]>;
   /** Per local pod ("namespace/name"): the key of what its entries depend on, the compiled pod, its sets. */
   pods: Map<string, CachedPod>;
-  /** Per selector text: its member pods and its set at the previous compilation (the same members' addresses: the same set). */
-  specSets: Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>;
+  /**
+   * Per selector text: its member pods and its set at the previous compilation (the same members' addresses: the same
+   * set), and whether a pod is a member (`matches`, for the quiet path below).
+   */
+  specSets: Map<string, SpecSet>;
+  /**
+   * The previous compilation's input: the pods (in order), the namespaces' labels as text and the policies. When the
+   * next one differs only in a few pod objects (same names, same places) that join or leave no set and keep their
+   * addresses (a "quiet" change: a pod's labels that move it between the policies that select it, say), every other
+   * pod's entries are reused without working out what they depend on again.
+   */
+  last?: { pods: readonly PlacedPod[]; local: PlacedPod[]; namespaces: string; admins: readonly AdminPolicy[]; baseline: AdminPolicy | null };
   /** The NetworkPolicies as last seen, grouped by namespace and sorted by name. */
   byNamespace?: { nps: readonly NetworkPolicy[]; grouped: Map<string, NetworkPolicy[]> };
   /** A pod object's labels as text. */
@@ -82,14 +92,39 @@ export interface CompileCache {
   /** A pod object's own fields as text (pod objects, too, must not be mutated). */
   podText: WeakMap<PlacedPod, string>;
 }
-type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][] };
+/**
+ * A namespace's NetworkPolicies indexed by what their podSelector needs: a policy whose selector has an `In`
+ * requirement is listed under each (key, value) it admits, and only a pod with one of those labels can be selected by
+ * it; the others are always tried. Indices into the namespace's policies (sorted by name).
+ */
+type SelectorIndex = { byLabel: Map<string, number[]>; always: number[] };
+function indexSelectors(nps: readonly NetworkPolicy[]): SelectorIndex {
+  const index: SelectorIndex = { byLabel: new Map(), always: [] };
+  nps.forEach((np, i) => {
+    const req = np.podSelector.requirements.find((r) => r.op === 'in');
+    if (!req || req.op !== 'in') return void index.always.push(i);
+    for (const v of new Set(req.values)) {
+      const k = `${req.key}\0${v}`;
+      const list = index.byLabel.get(k);
+      if (list) list.push(i);
+      else index.byLabel.set(k, [i]);
+    }
+  });
+  return index;
+}
+
+/** `src`: the pod object it was compiled from; `everyPod`: its entries depend on every pod (egress named ports). */
+type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][]; src: PlacedPod; everyPod: boolean };
+type SpecSet = { members: PlacedPod[]; name: string | null; cidrs: string[]; matches: (p: PlacedPod) => boolean };
 
 export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map(), labelsText: new WeakMap() });
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
 type Range = { family: Family; start: bigint; end: bigint };
-type PeerSpec = { any: true } | { any: false; ranges: Range[]; pods: Set<PlacedPod> };
+/** `match`: whether a pod is one of `pods` (by its own labels and its namespace's), for any pod. */
+type PeerSpec = { any: true } | { any: false; ranges: Range[]; pods: Set<PlacedPod>; match: (p: PlacedPod) => boolean };
+const matchesNoPod = () => false;
 type PortSpec = { kind: 'any' } | { kind: 'range'; protocol: Protocol; from: number | null; to: number | null } | { kind: 'named'; name: string; protocol: Protocol | null };
 
 const selects = (s: Selector, labels: Record<string, string>) => matches(s.requirements, labels);
@@ -142,29 +177,38 @@ export function setName(cidrs: string[]): string {
   return `weft-${createHash('sha256').update(cidrs.join(',')).digest('hex').slice(0, 16)}`;
 }
 
+const podIds = new WeakMap<PlacedPod, string>();
+/** "namespace/name", once per pod object. */
+const idOfPod = (p: PlacedPod) => {
+  let id = podIds.get(p);
+  if (id === undefined) podIds.set(p, (id = `${p.namespace}/${p.name}`));
+  return id;
+};
+const sameAddresses = (a: Pod, b: Pod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
+
 export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string, cache?: CompileCache): NodePolicy {
   const sets = new Map<string, string[]>();
   const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
   const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
 
   const npPeer = (peer: Peer, policyNs: string): PeerSpec => {
-    if (peer.ipBlock) return { any: false, ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)), pods: new Set() };
-    const selected = pods.filter((p) => (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs)
-      && (!peer.podSelector || selects(peer.podSelector, p.labels)));
-    return { any: false, ranges: [], pods: new Set(selected) };
+    if (peer.ipBlock) return { any: false, ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)), pods: new Set(), match: matchesNoPod };
+    const match = (p: PlacedPod) => (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs)
+      && (!peer.podSelector || selects(peer.podSelector, p.labels));
+    return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
   };
   const adminPeer = (peer: AdminPeer): PeerSpec => {
-    if (peer.networks) return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set() };
-    const selected = pods.filter((p) => (peer.namespaces ? selects(peer.namespaces, nsLabels(p.namespace))
-      : !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) && selects(peer.pods.podSelector, p.labels)));
-    return { any: false, ranges: [], pods: new Set(selected) };
+    if (peer.networks) return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set(), match: matchesNoPod };
+    const match = (p: PlacedPod) => (peer.namespaces ? selects(peer.namespaces, nsLabels(p.namespace))
+      : !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) && selects(peer.pods.podSelector, p.labels));
+    return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
   };
   // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
   const peersByText = new Map<string, PeerSpec>();
   const textOfSpec = new WeakMap<PeerSpec, string>();
-  const specSets = new Map<string, { members: PlacedPod[]; name: string | null; cidrs: string[] }>();
+  const specSets = new Map<string, SpecSet>();
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
@@ -183,11 +227,13 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     if (specs.length === 0 || specs.some((s) => s.any)) return { any: true };
     const ranges: Range[] = [];
     const ps = new Set<PlacedPod>();
+    const matches: ((p: PlacedPod) => boolean)[] = [];
     for (const s of specs) if (!s.any) {
       ranges.push(...s.ranges);
       for (const p of s.pods) ps.add(p);
+      matches.push(s.match);
     }
-    return { any: false, ranges, pods: ps };
+    return { any: false, ranges, pods: ps, match: (p) => matches.some((m) => m(p)) };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
   const cidrsOf = cache?.cidrs ?? new Map<string, string[]>();
@@ -214,14 +260,13 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     const members = [...s.pods];
     const before = text === undefined ? undefined : cache?.specSets.get(text);
     let name: string | undefined;
-    const sameAddresses = (a: PlacedPod, b: PlacedPod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
     if (before && before.members.length === members.length && before.members.every((m, i) => sameAddresses(m, members[i]!))) {
       name = before.name ?? undefined;
       if (before.name) sets.set(before.name, before.cidrs);
     } else {
       name = nameSet([...s.ranges, ...members.flatMap(podRanges)]) ?? undefined;
     }
-    if (text !== undefined && cache) specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [] });
+    if (text !== undefined && cache) specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [], matches: s.match });
     setOfSpec.set(s, name);
     return name;
   };
@@ -256,11 +301,19 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     let key = cache.labelsText.get(subject);
     if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
     let selected = entry.byLabels.get(key);
-    if (!selected) entry.byLabels.set(key, (selected = nps.filter((np) => selects(np.podSelector, subject.labels))));
+    if (!selected) {
+      // Only the policies whose selector can admit one of the pod's labels are tried (in their order, by name).
+      const index = (entry.index ??= indexSelectors(nps));
+      const candidates = [...index.always];
+      for (const k in subject.labels) candidates.push(...(index.byLabel.get(`${k}\0${subject.labels[k]}`) ?? []));
+      if (candidates.length > index.always.length) candidates.sort((a, b) => a - b);
+      selected = candidates.filter((i, j) => candidates[j - 1] !== i).map((i) => nps[i]!).filter((np) => selects(np.podSelector, subject.labels));
+      entry.byLabels.set(key, selected);
+    }
     return selected;
   };
   const npRulePeers = (np: NetworkPolicy, r: Rule): PeerSpec => (!r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))));
-  const adminRulePeers = (r: AdminRule): PeerSpec => rulePeers(r, () => union(r.peers.map(adminPeer)));
+  const adminRulePeers = (r: AdminRule): PeerSpec => rulePeers(r, () => union(r.peers.map(adminPeer)), () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)));
   const isSubject = (a: AdminPolicy, subject: PlacedPod) => (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
   const adminsOf = (subject: PlacedPod) => w.adminPolicies.filter((a) => isSubject(a, subject)).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
 
@@ -342,9 +395,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     return id;
   };
   const setKey = (spec: PeerSpec) => (spec.any ? '*' : (setOf(spec) ?? '-'));
+  /** Whether the last pod `dependencies` was asked about depends on every pod. */
+  let dependsOnEveryPod = false;
   const dependencies = (subject: PlacedPod): string => {
     let key = `${podText(subject)}\n${nsText(subject.namespace)}`;
     let named = false;
+    dependsOnEveryPod = false;
     const admins = w.adminPolicies.length > 0 ? adminsOf(subject) : [];
     const nps = selectingNps(subject);
     for (const dir of ['ingress', 'egress'] as const) {
@@ -375,6 +431,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       }
       // Egress named ports are resolved on every destination pod.
       if (dir === 'egress' && named) {
+        dependsOnEveryPod = true;
         everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
         key += `\n${everyPod}`;
       }
@@ -383,17 +440,65 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   };
   const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
   const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
-  const local = pods.filter((p) => p.node === node);
-  // (The service reads pods in this order already.)
-  if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
+  // The quiet path (see CompileCache.last): the same namespaces and policies, the same pods but for a few objects in
+  // their places, and every set with the same members' addresses as before: then an unchanged pod object's entries
+  // are the ones it had (what they depend on is the same), unless they depend on every pod.
+  const namespacesText = cache ? JSON.stringify([...w.namespaces]) : '';
+  let changedPods: PlacedPod[] | null = null;
+  const last = cache?.last;
+  if (cache && last && last.namespaces === namespacesText && sameNps && last.baseline === w.baseline && last.pods.length === pods.length
+    && last.admins.length === w.adminPolicies.length && last.admins.every((a, i) => a === w.adminPolicies[i])) {
+    changedPods = [];
+    for (let i = 0; i < pods.length; i++) {
+      const a = last.pods[i]!, b = pods[i]!;
+      if (a === b) continue;
+      if (a.namespace !== b.namespace || a.name !== b.name || a.node !== b.node) {
+        changedPods = null;
+        break;
+      }
+      changedPods.push(a, b);
+    }
+    // A set changes when a changed pod joins or leaves it, or is in it with other addresses.
+    if (changedPods && changedPods.length > 0) {
+      for (const spec of cache.specSets.values()) {
+        for (let i = 0; changedPods && i < changedPods.length; i += 2) {
+          const a = changedPods[i]!, b = changedPods[i + 1]!;
+          const was = spec.matches(a);
+          if (was !== spec.matches(b) || (was && !sameAddresses(a, b))) changedPods = null;
+        }
+        if (!changedPods) break;
+      }
+    }
+  }
+  const quiet = changedPods;
+  let local: PlacedPod[];
+  if (quiet && last) {
+    // The same local pods in the same order, a few objects replaced.
+    const replaced = new Map<PlacedPod, PlacedPod>();
+    for (let i = 0; i < quiet.length; i += 2) replaced.set(quiet[i]!, quiet[i + 1]!);
+    local = replaced.size === 0 ? last.local : last.local.map((p) => replaced.get(p) ?? p);
+  } else {
+    local = pods.filter((p) => p.node === node);
+    // (The service reads pods in this order already.)
+    if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
+  }
   const kept = new Map<string, CachedPod>();
+  const keptInOrder: CachedPod[] = [];
   const compiled = local.map((p): CompiledPod => {
-    const id = `${p.namespace}/${p.name}`;
-    const key = cache ? dependencies(p) : '';
+    const id = idOfPod(p);
     const before = cache?.pods.get(id);
-    if (cache && before && before.key === key) {
+    if (quiet && before && before.src === p && (!before.everyPod || quiet.length === 0)) {
       for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
       kept.set(id, before);
+      keptInOrder.push(before);
+      return before.pod;
+    }
+    const key = cache ? dependencies(p) : '';
+    if (cache && before && before.key === key) {
+      for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
+      const k = before.src === p && before.everyPod === dependsOnEveryPod ? before : { ...before, src: p, everyPod: dependsOnEveryPod };
+      kept.set(id, k);
+      keptInOrder.push(k);
       return before.pod;
     }
     const pod: CompiledPod = {
@@ -404,22 +509,24 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     };
     if (cache) {
       const names = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
-      kept.set(id, { key, pod, sets: names.map((n) => [n, sets.get(n)!]) });
+      const k: CachedPod = { key, pod, sets: names.map((n) => [n, sets.get(n)!]), src: p, everyPod: dependsOnEveryPod };
+      kept.set(id, k);
+      keptInOrder.push(k);
     }
     return pod;
   });
   if (cache) {
     cache.pods = kept;
     cache.previousCidrs = cidrsOf;
+    // On the quiet path only the changed pods' selectors were worked out; the others' are as they were.
+    if (quiet) for (const [text, spec] of cache.specSets) if (!specSets.has(text)) specSets.set(text, spec);
     cache.specSets = specSets;
     cache.cidrs = new Map();
+    cache.last = { pods: [...pods], local, namespaces: namespacesText, admins: [...w.adminPolicies], baseline: w.baseline };
   }
   const used = new Set<string | null>();
-  for (const p of compiled) {
-    const cached = cache?.pods.get(`${p.namespace}/${p.name}`);
-    if (cached?.pod === p) for (const [name] of cached.sets) used.add(name);
-    else for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
-  }
+  if (cache) for (const k of keptInOrder) for (const [name] of k.sets) used.add(name);
+  else for (const p of compiled) for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
   return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
 }
 
@@ -459,16 +566,26 @@ export interface NodePolicyDelta {
  * means the same CIDRs).
  */
 export function diffNodePolicy(before: NodePolicy, after: NodePolicy): NodePolicyDelta | null {
-  const old = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+  const changed = (q: CompiledPod | undefined, p: CompiledPod) => q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p));
   const pods: CompiledPod[] = [];
-  for (const p of after.pods) {
-    const id = `${p.namespace}/${p.name}`;
-    const q = old.get(id);
-    old.delete(id);
-    if (q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p))) pods.push(p);
+  let removedPods: string[] = [];
+  // Usually the same pods in the same order (compilations sort them): compared in place, without a map.
+  const inPlace = before.pods.length === after.pods.length
+    && after.pods.every((p, i) => p === before.pods[i] || (p.namespace === before.pods[i]!.namespace && p.name === before.pods[i]!.name));
+  if (inPlace) {
+    after.pods.forEach((p, i) => changed(before.pods[i], p) && pods.push(p));
+  } else {
+    const old = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+    for (const p of after.pods) {
+      const id = `${p.namespace}/${p.name}`;
+      const q = old.get(id);
+      old.delete(id);
+      if (changed(q, p)) pods.push(p);
+    }
+    removedPods = [...old.keys()];
   }
   const sets = new Map([...after.sets].filter(([name]) => !before.sets.has(name)));
   const removedSets = [...before.sets.keys()].filter((name) => !after.sets.has(name));
-  if (pods.length === 0 && old.size === 0 && sets.size === 0 && removedSets.length === 0) return null;
-  return { pods, sets, removedPods: [...old.keys()], removedSets };
+  if (pods.length === 0 && removedPods.length === 0 && sets.size === 0 && removedSets.length === 0) return null;
+  return { pods, sets, removedPods, removedSets };
 }
