@@ -100,4 +100,17 @@ describe('group commit of concurrent allocations', () => {
       await tb.sql.query('RESET plan_cache_mode');
     }
   });
+
+  test('an exact address released into its cool-down is stepped over when the block reaches it', async () => {
+    await tb.ipam.createPool({ name: 'cool', cidr: '10.93.0.0/24', blockPrefixLength: 28, cooldownSeconds: 3600 });
+    await tb.ipam.allocate({ ...req('exact-cool/eth0', 'n1', 'cool'), addresses: ['10.93.0.3'] });
+    await tb.ipam.release({ handle: 'exact-cool/eth0' });
+    const together = await Promise.all(Array.from({ length: 4 }, (_, i) => tb.ipam.allocate(req(`cool${i}/eth0`, 'n1', 'cool'))));
+    const oneByOne = [];
+    for (let i = 4; i < 8; i++) oneByOne.push(await tb.ipam.allocate(req(`cool${i}/eth0`, 'n1', 'cool')));
+    const addresses = [...together, ...oneByOne].map((g) => g.allocation!.address);
+    assert.equal(new Set(addresses).size, 8);
+    assert.ok(!addresses.includes('10.93.0.3'), `10.93.0.3 is cooling down, yet given out: ${addresses.join(' ')}`);
+    assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
+  });
 });

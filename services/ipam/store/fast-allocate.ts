@@ -50,7 +50,10 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   chk AS MATERIALIZED (
     SELECT p.*,
       NOT EXISTS (SELECT 1 FROM ipam.reservations rs WHERE rs.pool_id = p.pool_id AND rs.first <= p.address AND rs.last >= p.address)
-      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.routing_domain_id = p.domain_id AND l.released_at IS NULL) AS ok
+      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.routing_domain_id = p.domain_id AND l.released_at IS NULL)
+      -- A never-used offset can still be resting: an exact address, since released (cooling down or held for an owner).
+      AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses fa WHERE fa.routing_domain_id = p.domain_id AND fa.address = p.address
+        AND (fa.free_since > now() - make_interval(secs => (SELECT pl.cooldown_seconds FROM ipam.pools pl WHERE pl.id = p.pool_id)) OR fa.hold_until > now())) AS ok
     FROM pick p),
   adv AS (
     UPDATE ipam.blocks b SET next_offset = b.next_offset + s.used, live_count = b.live_count + s.ok

@@ -466,6 +466,10 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
         }
         const [taken] = await rows(tx, sql`SELECT 1 FROM ipam.allocations WHERE address = ${next!.address}::inet AND routing_domain_id = ${pool.routing_domain_id} AND released_at IS NULL`);
         if (taken) continue;
+        // Released since it was taken as an exact address: resting (cooling down, or held for an owner), so not yet.
+        const [resting] = await rows(tx, sql`SELECT 1 FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = ${next!.address}::inet
+          AND (free_since > now() - make_interval(secs => ${pool.cooldown_seconds}) OR hold_until > now())`);
+        if (resting) continue;
         await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = ${next!.address}::inet`);
         return insertAllocation(tx, pool, b.id, String(next!.address), req);
       }
