@@ -18,7 +18,7 @@ import { findPgbench, median, ms, openLoopLatency, percentile, perSec, pgbenchIn
  * Every figure is the median of RUNS runs. Knobs (environment): WEFT_BENCH_RUNS (3), WEFT_BENCH_SECONDS (6),
  * WEFT_BENCH_HISTORY_ROWS (5000000), WEFT_BENCH_LIVE_ROWS (1000000), WEFT_BENCH_PARTS (every part: closed, batch, half,
  * history, utilization; a comma-separated subset runs only those), WEFT_BENCH_HALF_RATE (the half-load arrival rate when
- * the closed-loop part does not run to measure it; 713/s, half the last measured 64-client rate).
+ * the closed-loop part does not run to measure it; 816/s, half the last measured 64-client rate).
  */
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.WEFT_BENCH_SECONDS ?? 6);
@@ -124,7 +124,7 @@ async function main() {
       rows.push({ figure: 'allocations in batches of 100, 8 callers', value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
     }
     if (PARTS.has('half')) {
-      const halfRate = maxRate > 0 ? maxRate / 2 : Number(process.env.WEFT_BENCH_HALF_RATE ?? 713);
+      const halfRate = maxRate > 0 ? maxRate / 2 : Number(process.env.WEFT_BENCH_HALF_RATE ?? 816);
       const halfClients = Array.from({ length: 64 }, () => createClient(IpamServiceService, address));
       // Baseline: an empty grpc-js call (server in another process) at the same arrival rate over as many channels.
       const echo = await startEchoServer();

@@ -19,30 +19,41 @@ const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.seria
 export const FAST_ALLOCATE_BATCH = `WITH req AS (
     SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
       WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, ord)),
-  existing AS (
-    SELECT r.ord, a.id FROM req r JOIN ipam.allocations a ON a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL),
-  fresh AS (
+  -- Every table is reached per request by an index (LATERAL ... LIMIT 1): the session keeps one generic plan, made
+  -- whenever it first ran, and a hash join over a table that was small then would read the whole table ever after.
+  existing AS MATERIALIZED (
+    SELECT r.ord, x.id, x.row FROM req r CROSS JOIN LATERAL (
+      SELECT a.id, json_build_object('handle', a.handle, 'address', host(a.address), 'family', a.family,
+          'pool', (SELECT p.name FROM ipam.pools p WHERE p.id = a.pool_id), 'block_cidr', (SELECT b.cidr::text FROM ipam.blocks b WHERE b.id = a.block_id),
+          'node', a.node, 'pod_namespace', a.pod_namespace, 'pod_name', a.pod_name, 'container_id', a.container_id, 'owner', a.owner,
+          'cluster', a.cluster, 'routing_domain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'allocated_at', a.allocated_at) AS row
+      FROM ipam.allocations a WHERE a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL LIMIT 1) x),
+  fresh AS MATERIALIZED (
     SELECT r.*, row_number() OVER (PARTITION BY r.node, r.pool_id ORDER BY r.ord) - 1 AS k
     FROM req r WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.ord = r.ord)),
   grp AS (SELECT node, pool_id, max(size) AS size FROM fresh GROUP BY node, pool_id),
   cand AS MATERIALIZED (
-    SELECT c.id FROM grp g CROSS JOIN LATERAL (
+    SELECT c.id, g.size FROM grp g CROSS JOIN LATERAL (
       SELECT b.id FROM ipam.blocks b
       WHERE b.node = g.node AND b.pool_id = g.pool_id AND b.released_at IS NULL AND b.next_offset < g.size
       ORDER BY b.id LIMIT 1) c),
-  blk AS (
-    SELECT b.id, b.node, b.pool_id, b.next_offset, host(network(b.cidr))::inet AS base
-    FROM cand JOIN ipam.blocks b ON b.id = cand.id JOIN grp g ON g.node = b.node AND g.pool_id = b.pool_id
-    WHERE b.released_at IS NULL AND b.next_offset < g.size
-    ORDER BY b.id FOR UPDATE OF b),
+  -- Locked one at a time in block id order (so two statements cannot deadlock); the lock's re-check drops a block
+  -- that filled up meanwhile.
+  blk AS MATERIALIZED (
+    SELECT l.* FROM (SELECT id, size FROM cand ORDER BY id) c CROSS JOIN LATERAL (
+      SELECT b.id, b.node, b.pool_id, b.next_offset, host(network(b.cidr))::inet AS base, b.cidr
+      FROM ipam.blocks b WHERE b.id = c.id AND b.released_at IS NULL AND b.next_offset < c.size FOR UPDATE) l),
   pick AS (
-    SELECT f.*, blk.id AS block_id, blk.base + (blk.next_offset + f.k) AS address, f.size - (blk.next_offset + f.k + 1) AS room
+    SELECT f.*, blk.id AS block_id, blk.cidr AS block_cidr, blk.base + (blk.next_offset + f.k) AS address, f.size - (blk.next_offset + f.k + 1) AS room
     FROM fresh f JOIN blk ON blk.node = f.node AND blk.pool_id = f.pool_id
     WHERE blk.next_offset + f.k < f.size),
-  chk AS (
+  chk AS MATERIALIZED (
     SELECT p.*,
       NOT EXISTS (SELECT 1 FROM ipam.reservations rs WHERE rs.pool_id = p.pool_id AND rs.first <= p.address AND rs.last >= p.address)
-      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.routing_domain_id = p.domain_id AND l.released_at IS NULL) AS ok
+      AND NOT EXISTS (SELECT 1 FROM ipam.allocations l WHERE l.address = p.address AND l.routing_domain_id = p.domain_id AND l.released_at IS NULL)
+      -- A never-used offset can still be resting: an exact address, since released (cooling down or held for an owner).
+      AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses fa WHERE fa.routing_domain_id = p.domain_id AND fa.address = p.address
+        AND (fa.free_since > now() - make_interval(secs => (SELECT pl.cooldown_seconds FROM ipam.pools pl WHERE pl.id = p.pool_id)) OR fa.hold_until > now())) AS ok
     FROM pick p),
   adv AS (
     UPDATE ipam.blocks b SET next_offset = b.next_offset + s.used, live_count = b.live_count + s.ok
@@ -51,21 +62,16 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   freed AS (DELETE FROM ipam.free_addresses f USING chk WHERE chk.ok AND f.routing_domain_id = chk.domain_id AND f.address = chk.address),
   ins AS (
     INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
-    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok),
-  -- Every ok row is inserted (or the statement fails), at now(): the answer comes from chk without reading ins back.
-  found AS (
-    SELECT ord, 'new' AS outcome, handle, address, family, pool_id, block_id, domain_id AS routing_domain_id, cluster, node,
-      ns AS pod_namespace, name AS pod_name, cid AS container_id, '' AS owner, now() AS allocated_at, room
-    FROM chk WHERE ok
-    UNION ALL
-    SELECT e.ord, 'existing', a.handle, a.address, a.family, a.pool_id, a.block_id, a.routing_domain_id, a.cluster, a.node,
-      a.pod_namespace, a.pod_name, a.container_id, a.owner, a.allocated_at, NULL
-    FROM existing e JOIN ipam.allocations a ON a.id = e.id)
-  SELECT f.ord, f.outcome, f.handle, host(f.address) AS address, f.family, p.name AS pool, b.cidr::text AS block_cidr, f.node,
-    f.pod_namespace, f.pod_name, f.container_id, f.owner, f.cluster, d.name AS routing_domain, f.allocated_at, f.room
-  FROM found f JOIN ipam.pools p ON p.id = f.pool_id JOIN ipam.blocks b ON b.id = f.block_id JOIN ipam.routing_domains d ON d.id = f.routing_domain_id
+    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok)
+  -- A new row is the request plus what is returned here (every ok row is inserted, or the statement fails, at now()):
+  -- the caller knows the rest. A live allocation found by handle comes back whole.
+  SELECT ord, 'new' AS outcome, host(address) AS address, block_cidr::text AS block_cidr,
+    floor(extract(epoch FROM now()) * 1000)::float8 AS allocated_ms, room, NULL::json AS existing
+  FROM chk WHERE ok
   UNION ALL
-  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok`;
+  SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok
+  UNION ALL
+  SELECT ord, 'existing', NULL, NULL, NULL, NULL, row FROM existing`;
 
 export interface FastRequest {
   handle: string;
@@ -81,7 +87,15 @@ export interface FastRequest {
   cluster: string;
 }
 
-export type FastOutcome = { kind: 'done'; row: Record<string, unknown> } | { kind: 'skipped' } | { kind: 'none' };
+/**
+ * 'new': the address taken, its block, when (the row's allocated_at) and how many never-used addresses the block has
+ * left; 'existing': the handle's live allocation row (allocation columns); 'skipped': try again; 'none': full path.
+ */
+export type FastOutcome =
+  | { kind: 'new'; address: string; blockCidr: string; allocatedAt: Date; room: bigint }
+  | { kind: 'existing'; row: Record<string, unknown> }
+  | { kind: 'skipped' }
+  | { kind: 'none' };
 
 /** Requests that arrive together go in one statement; at most MAX_IN_FLIGHT statements run at once. */
 export const FAST_IN_FLIGHT = 2;
@@ -113,7 +127,9 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     });
     const out: FastOutcome[] = unique.map(() => ({ kind: 'none' }));
     for (const r of rows as Record<string, unknown>[]) {
-      out[Number(r.ord) - 1] = r.outcome === 'skipped' ? { kind: 'skipped' } : { kind: 'done', row: r };
+      out[Number(r.ord) - 1] = r.outcome === 'new'
+        ? { kind: 'new', address: r.address as string, blockCidr: r.block_cidr as string, allocatedAt: new Date(r.allocated_ms as number), room: BigInt(r.room as string) }
+        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as Record<string, unknown> } : { kind: 'skipped' };
     }
     return slot.map((i) => out[i]!);
   }

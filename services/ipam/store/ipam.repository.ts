@@ -316,13 +316,29 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   /** The common case through the group-commit path (fast-allocate.ts). */
   async function allocateFast(pool: Row, req: AllocationRequest): Promise<{ kind: 'done'; allocation: Allocation; room: bigint | null } | { kind: 'skipped' } | { kind: 'none' }> {
+    const family = Number(pool.family) as Family;
     const r = await fast.allocate({
-      handle: req.handle, family: Number(pool.family), node: req.node, poolId: Number(pool.id),
-      blockSize: cidrSize(Number(pool.family) as Family, Number(pool.block_prefix_length)),
+      handle: req.handle, family, node: req.node, poolId: Number(pool.id),
+      blockSize: cidrSize(family, Number(pool.block_prefix_length)),
       podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
       routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '',
     });
-    return r.kind === 'done' ? { kind: 'done', allocation: toAllocation(r.row), room: r.row.room == null ? null : BigInt(r.row.room as string) } : r;
+    switch (r.kind) {
+      case 'new':
+        // The row just inserted: the request, the pool (from the cache; pools are never renamed) and what the statement chose.
+        return {
+          kind: 'done', room: r.room,
+          allocation: {
+            handle: req.handle, address: r.address, family, pool: String(pool.name), blockCidr: r.blockCidr, node: req.node,
+            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, owner: '', cluster: req.cluster ?? '',
+            routingDomain: String(pool.routing_domain), allocatedAt: r.allocatedAt,
+          },
+        };
+      case 'existing':
+        return { kind: 'done', allocation: toAllocation(r.row), room: null };
+      default:
+        return r;
+    }
   }
 
   /** The full path, one transaction; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
@@ -450,6 +466,10 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
         }
         const [taken] = await rows(tx, sql`SELECT 1 FROM ipam.allocations WHERE address = ${next!.address}::inet AND routing_domain_id = ${pool.routing_domain_id} AND released_at IS NULL`);
         if (taken) continue;
+        // Released since it was taken as an exact address: resting (cooling down, or held for an owner), so not yet.
+        const [resting] = await rows(tx, sql`SELECT 1 FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = ${next!.address}::inet
+          AND (free_since > now() - make_interval(secs => ${pool.cooldown_seconds}) OR hold_until > now())`);
+        if (resting) continue;
         await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${pool.routing_domain_id} AND address = ${next!.address}::inet`);
         return insertAllocation(tx, pool, b.id, String(next!.address), req);
       }
