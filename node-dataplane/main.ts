@@ -105,6 +105,8 @@ async function main(): Promise<void> {
     resyncMs: config.resyncMs,
     logger,
     metrics,
+    // Notifications followed: every change the agent did not make reaches it (see sources/kernel-watch.ts).
+    trustApplied: () => kernelWatch !== null,
   });
   // The underlay can move after start (DHCP, an operator, a re-addressed subnet): the VXLAN device is rebuilt on the
   // new address (the pass does it: ensureDevice reads the spec), the node registered again with its new address and
@@ -141,6 +143,7 @@ async function main(): Promise<void> {
         // A link event may mean the device is gone or changed: the pass ensures it; other events concern entries only.
         reconciler.markDirty(e.kind === 'link' ? 'device' : 'kernel', config.eventDebounceMs);
       },
+      onEcho: (e) => metrics.kernelEchoes.add(1, { kind: e.kind }),
       onLost: (reason) => {
         metrics.netlinkFailures.add(1, { op: 'watch' });
         logger.warn('kernel notifications may have been lost; reconciling', { reason });
