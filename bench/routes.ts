@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -383,12 +383,21 @@ async function throughput(): Promise<Row[]> {
       results.underlay.weft.push(await iperf(n1.netns, n2.netns, n2.address));
       results.underlay.floor.push(await floor('underlay'));
     }
+    process.stderr.write(`bench/routes: throughput underlay: weft ${results.underlay.weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results.underlay.floor.map((x) => x.toFixed(2)).join(', ')}\n`);
     for (const mode of modes) {
       process.env.WEFT_ROUTING_MODE = mode;
       try {
         for (const n of [n1, n2]) await restartAgent(state.stateDir, n.name);
       } finally {
         delete process.env.WEFT_ROUTING_MODE;
+      }
+      // The restarted agents serve the CNI plugin once their sockets exist.
+      for (const n of [n1, n2]) {
+        const deadline = Date.now() + 30_000;
+        while (!existsSync(n.socket)) {
+          if (Date.now() > deadline) throw new Error(`${n.name}'s agent socket did not appear within 30 s`);
+          await sleep(100);
+        }
       }
       const p1 = await podAdd(state.stateDir, 'node1', `tp1-${mode}`);
       const p2 = await podAdd(state.stateDir, 'node2', `tp2-${mode}`);
@@ -405,11 +414,20 @@ async function throughput(): Promise<Row[]> {
         if (Date.now() > deadline) throw new Error(`pod routes ${via} not programmed within 30 s`);
         await sleep(200);
       }
-      await run('ip', ['netns', 'exec', ns1, 'ping', '-c', '1', '-W', '2', p2.addresses[0]!]);
+      // A new pod is dropped until its policy rules reach its node (fail closed): wait until they answer.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await run('ip', ['netns', 'exec', ns1, 'ping', '-c', '1', '-W', '1', p2.addresses[0]!]);
+          break;
+        } catch (err) {
+          if (attempt >= 15) throw err;
+        }
+      }
       for (let r = 0; r < RUNS; r++) {
         results[mode].weft.push(await iperf(ns1, ns2, p2.addresses[0]!));
         results[mode].floor.push(await floor(mode === 'vxlan' ? 'vxlan' : 'native'));
       }
+      process.stderr.write(`bench/routes: throughput ${mode}: weft ${results[mode].weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results[mode].floor.map((x) => x.toFixed(2)).join(', ')}\n`);
       await podDel(state.stateDir, p1.name);
       await podDel(state.stateDir, p2.name);
     }
