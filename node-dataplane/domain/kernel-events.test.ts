@@ -58,6 +58,14 @@ test('a notification that agrees with the target is the echo of the agent\'s own
   assert.ok(!agreesWithTarget({ kind: 'neighbour', family: 'inet', ifindex: 7, permanent: false, op: 'new', ip: '10.244.1.0', mac: '02:57:c6:33:64:0c' }, v), 'not permanent');
   assert.ok(!agreesWithTarget({ kind: 'neighbour', family: 'bridge', ifindex: 7, op: 'del', ip: '198.51.100.12', mac: '02:57:c6:33:64:0c' }, v), 'a wanted FDB entry deleted');
   assert.ok(!agreesWithTarget({ kind: 'neighbour', family: 'bridge', ifindex: 7, op: 'new', ip: '198.51.100.77', mac: '02:57:c6:33:64:0c' }, v), 'an FDB entry pointing elsewhere');
+  // Deleting a neighbour by hand announces it FAILED, then removes it (neither message says permanent): IPv6 too.
+  const target6 = computeDesired('a', [{ node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['fd00:10:244:1::40/122'] }], { mode: 'auto', underlay: { address: '192.0.2.11', prefixLength: 24 } });
+  const v6: OverlayView = { ...view, target: target6 };
+  for (const op of ['new', 'del'] as const) {
+    const e = { kind: 'neighbour' as const, family: 'inet6' as const, ifindex: 7, permanent: false, op, ip: 'fd00:10:244:1::40', mac: null };
+    assert.ok(concernsOverlay(e, v6) && !agreesWithTarget(e, v6), `a wanted IPv6 neighbour deleted by hand (${op})`);
+    assert.ok(!concernsOverlay({ ...e, ip: 'fe80::1' }, v6), 'neighbour discovery of another address');
+  }
   // Unknown: no target yet, no op, a link.
   assert.ok(!agreesWithTarget({ ...route, op: 'del', cidr: '10.244.9.0/26', gateway: null, oif: 7 }, { ...v, target: null }));
   assert.ok(!agreesWithTarget({ ...route, cidr: '10.244.1.0/26', oif: 7 }, v), 'an event without its type');

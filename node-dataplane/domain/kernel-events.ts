@@ -85,7 +85,10 @@ export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
     case 'link':
       return e.ifname === view.deviceName || (view.ifindex !== null && e.ifindex === view.ifindex);
     case 'neighbour':
-      return view.ifindex !== null && e.ifindex === view.ifindex && (e.family !== 'inet6' || e.permanent === true);
+      // IPv6 neighbour discovery on the device is not Weft's; a permanent entry, or any event about an address Weft
+      // wants there (deleting a neighbour announces it FAILED, then removes it: neither is permanent), is.
+      return view.ifindex !== null && e.ifindex === view.ifindex &&
+        (e.family !== 'inet6' || e.permanent === true || (!!e.ip && view.target?.neighbours.has(e.ip) === true));
     case 'address':
       return false;
     case 'route':
