@@ -16,8 +16,9 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * the VXLAN device, computes desired state, reads the kernel back, plans the difference and applies it. Nothing is
  * written before the first complete snapshot.
  *
- * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
- * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
+ * The agent's own writes come back as kernel events too; those that agree with the target (the desired state the
+ * last pass planned towards, `overlay().target`) are dropped by the kernel watch, and any other is drift and causes
+ * a pass that reads the kernel back. An empty plan writes nothing, so the loop comes to rest either way.
  */
 export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
 
