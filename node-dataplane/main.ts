@@ -59,9 +59,13 @@ async function main(): Promise<void> {
   }
   const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
+  // Pods' MTU: in `direct` mode no pod packet is ever encapsulated (nodes off the subnet and IPv6 blocks are refused),
+  // so pods get the underlay's whole MTU, as the underlay's own hosts do; in `vxlan` and `auto` a pod may reach a
+  // node through VXLAN, so it gets the VXLAN device's.
+  const podMtu = config.routingMode === 'direct' ? underlay.mtu : mtu;
   let vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
-  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
+  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, podMtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const routes = createClient(RoutesServiceService, target);
@@ -110,6 +114,8 @@ async function main(): Promise<void> {
     resyncMs: config.resyncMs,
     logger,
     metrics,
+    // Notifications followed: every change the agent did not make reaches it (see sources/kernel-watch.ts).
+    trustApplied: () => kernelWatch !== null,
   });
   // The underlay can move after start (DHCP, an operator, a re-addressed subnet): the VXLAN device is rebuilt on the
   // new address (the pass does it: ensureDevice reads the spec), the node registered again with its new address and
@@ -146,6 +152,7 @@ async function main(): Promise<void> {
         // A link event may mean the device is gone or changed: the pass ensures it; other events concern entries only.
         reconciler.markDirty(e.kind === 'link' ? 'device' : 'kernel', config.eventDebounceMs);
       },
+      onEcho: (e) => metrics.kernelEchoes.add(1, { kind: e.kind }),
       onLost: (reason) => {
         metrics.netlinkFailures.add(1, { op: 'watch' });
         logger.warn('kernel notifications may have been lost; reconciling', { reason });
@@ -171,7 +178,7 @@ async function main(): Promise<void> {
 
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu: podMtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
     families: config.podFamilies, policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),

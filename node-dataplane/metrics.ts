@@ -24,6 +24,10 @@ export interface AgentMetrics {
   netlinkFailures: Counter;
   /** Kernel notifications that concerned the overlay and marked the reconciler dirty. */
   kernelEvents: Counter;
+  /** Kernel notifications that were the agent's own writes coming back (they agree with its target): no pass. */
+  kernelEchoes: Counter;
+  /** Overlay passes by how they knew the kernel's state: read back over netlink, or trusted from the previous pass. */
+  overlayReads: Counter;
   /** Entries of the desired state, by kind. */
   desiredEntries: Gauge;
   /** Remote nodes with blocks, by how they are reached: vxlan, direct, or refused (direct mode, off the subnet). */
@@ -47,7 +51,9 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     kernelChanges: r.counter('weft_agent_kernel_changes_total', 'Kernel entries added or deleted, by op and kind.'),
     driftRepairs: r.counter('weft_agent_drift_repairs_total', 'Entries re-added that the kernel held after the previous pass (drift repaired), by kind.'),
     netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
-    kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay, by kind.'),
+    kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay and disagreed with what the agent wants (drift), by kind.'),
+    kernelEchoes: r.counter('weft_agent_kernel_echoes_total', 'Kernel notifications that were the agent\'s own writes coming back (no pass), by kind.'),
+    overlayReads: r.counter('weft_agent_overlay_reads_total', 'Overlay passes by how they knew what the kernel holds (source: kernel = read back over netlink, trusted = what the previous pass left).'),
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
     peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
     routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),

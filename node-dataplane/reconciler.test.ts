@@ -48,7 +48,7 @@ function fakeKernel(opts: { failAdds?: number } = {}) {
 const remote = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'] };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number; routing?: Routing; underlayIfindex?: number } = {}) {
+function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number; routing?: Routing; underlayIfindex?: number; trustApplied?: () => boolean } = {}) {
   const registry = createMetricsRegistry();
   const metrics = createAgentMetrics(registry);
   const r: Reconciler = createReconciler({
@@ -74,7 +74,9 @@ test('nothing is written before the first complete snapshot; then the kernel get
     assert.deepEqual([...k.state.routes.keys()].sort(), ['10.244.1.0/26', '10.244.2.0/26']);
     assert.equal(value('weft_agent_revision_applied'), 3);
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'first adds are not drift');
-    assert.deepEqual(r.overlay(), { ifindex: 5, underlayIfindex: null, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
+    const { target, ...overlay } = r.overlay();
+    assert.deepEqual(overlay, { ifindex: 5, underlayIfindex: null, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
+    assert.deepEqual([...target!.routes.keys()], ['10.244.1.0/26', '10.244.2.0/26'], 'the target: what the pass planned towards');
   } finally {
     r.stop();
   }
@@ -237,5 +239,57 @@ test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its
     assert.ok(written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')), 'the same fail-closed dispatch in ip6tables');
   } finally {
     strict.stop();
+  }
+});
+
+test('with notifications followed, a route change plans against what the last pass left (no read-back); drift still reads back and is repaired', async () => {
+  const k = fakeKernel();
+  let reads = 0;
+  const readActual = k.driver.readActual.bind(k.driver);
+  k.driver.readActual = async (d) => {
+    reads++;
+    return readActual(d);
+  };
+  let watching = true;
+  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
+  const { r, value } = setup(k, snap, { trustApplied: () => watching });
+  try {
+    await r.flush();
+    assert.equal(reads, 1, 'the first pass reads the kernel back');
+    // A new block: planned against the previous pass's result, applied without reading back.
+    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
+    snap.revision = 2;
+    r.markDirty('routes');
+    await sleep(10);
+    assert.equal(reads, 1, 'no read-back for a route change');
+    assert.ok(k.state.routes.has('10.244.3.0/26') && k.state.fdb.has('02:57:c6:33:64:0d'));
+    assert.equal(value('weft_agent_revision_applied'), 2);
+    assert.equal(value('weft_agent_overlay_reads_total{source="trusted"}'), 1);
+    // Drift (a route deleted by hand) arrives as a kernel event: that pass reads back and repairs it.
+    k.state.routes.delete('10.244.1.0/26');
+    r.markDirty('kernel', 5);
+    await sleep(30);
+    assert.equal(reads, 2);
+    assert.ok(k.state.routes.has('10.244.1.0/26'), 'the hand-deleted route is back');
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
+    // A route change while drift is pending (the debounce has not fired) reads back too: its reasons include it.
+    k.state.routes.delete('10.244.2.0/26');
+    r.markDirty('kernel', 50);
+    snap.nodes.delete('c');
+    snap.revision = 3;
+    r.markDirty('routes');
+    await sleep(10);
+    assert.ok(k.state.routes.has('10.244.2.0/26') && !k.state.routes.has('10.244.3.0/26'));
+    assert.equal(reads, 3);
+    await sleep(60);
+    // Without notifications (the subscription failed) every pass reads back.
+    watching = false;
+    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
+    const before = reads;
+    r.markDirty('routes');
+    await sleep(10);
+    assert.equal(reads, before + 1);
+  } finally {
+    r.stop();
   }
 });

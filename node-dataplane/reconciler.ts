@@ -16,8 +16,9 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * the VXLAN device, computes desired state, reads the kernel back, plans the difference and applies it. Nothing is
  * written before the first complete snapshot.
  *
- * The agent's own writes come back as kernel events too: they lead to one more pass whose plan is empty, and an
- * empty plan writes nothing, so there is nothing to echo and the loop comes to rest.
+ * The agent's own writes come back as kernel events too; those that agree with the target (the desired state the
+ * last pass planned towards, `overlay().target`) are dropped by the kernel watch, and any other is drift and causes
+ * a pass that reads the kernel back. An empty plan writes nothing, so the loop comes to rest either way.
  */
 export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
 
@@ -44,8 +45,12 @@ export interface Reconciler {
   markDirty(reason: DirtyReason, delayMs?: number): void;
   /** Resolves after the next complete pass. */
   flush(): Promise<void>;
-  /** The overlay device's index as last ensured (null before the first pass), the underlay's, and the desired route destinations. */
-  overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string> };
+  /**
+   * The overlay device's index as last ensured (null before the first pass), the underlay's, the desired route
+   * destinations, and the state the last pass planned towards (null: unknown), which tells the agent's own writes
+   * from drift when they come back as notifications.
+   */
+  overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string>; target: KernelState | null };
   /** The node's underlay moved (another address, prefix or device): plans from now on use it; a pass follows. */
   setUnderlay(underlay: Routing['underlay'], underlayIfindex: number): void;
   /**
@@ -83,6 +88,12 @@ export function createReconciler(deps: {
   metrics?: AgentMetrics;
   /** First retry delay after a failure; doubles up to the resync period (default 250 ms). */
   retryMs?: number;
+  /**
+   * Whether kernel notifications are followed right now (every change to Weft's entries that the agent did not make
+   * reaches it as a 'kernel' or 'device' reason). When true, a pass caused by route-table changes alone plans against
+   * what the previous pass left (`expected`) instead of reading the kernel back (default: false, always read back).
+   */
+  trustApplied?: () => boolean;
 }): Reconciler {
   const metrics = deps.metrics ?? createAgentMetrics(createMetricsRegistry());
   let dirty = true;
@@ -96,6 +107,8 @@ export function createReconciler(deps: {
   let retryDelay = deps.retryMs ?? 250;
   let ifindex: number | null = null;
   let routeCidrs: ReadonlySet<string> = new Set();
+  /** The desired state of the last pass that planned (null: unknown). */
+  let target: KernelState | null = null;
   /** Whether a pass has run every step (device, masquerade, policy, overlay) without failing since the last failure. */
   let completed = false;
   /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
@@ -204,6 +217,7 @@ export function createReconciler(deps: {
     const devices: OverlayDevices = { vxlan: ifindex!, underlay: underlayIfindex };
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
     routeCidrs = new Set(desired.routes.keys());
+    target = desired;
     for (const mode of ['vxlan', 'direct', 'refused'] as const) metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
     const refused = desired.peers.filter((p) => p.mode === 'refused');
     const refusedKey = refused.map((p) => `${p.node}@${p.underlayAddress}`).join(',');
@@ -216,12 +230,21 @@ export function createReconciler(deps: {
     metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
     metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
     let actual: KernelState;
-    try {
-      actual = await deps.driver.readActual(devices);
-    } catch (err) {
-      metrics.netlinkFailures.add(1, { op: 'read' });
-      throw err;
+    // Route-table changes alone, after a pass that left the kernel as planned, with notifications followed: what the
+    // kernel holds is what that pass left, since any other change to Weft's entries since then would have come as a
+    // notification that disagrees with the target, and so as reason 'kernel' (which reads back). No read-back.
+    const trusted = overlayOnly && expected !== null && lastPassComplete && why.every((r) => r === 'routes') && deps.trustApplied?.() === true;
+    if (trusted) {
+      actual = expected!;
+    } else {
+      try {
+        actual = await deps.driver.readActual(devices);
+      } catch (err) {
+        metrics.netlinkFailures.add(1, { op: 'read' });
+        throw err;
+      }
     }
+    metrics.overlayReads.add(1, { source: trusted ? 'trusted' : 'kernel' });
     const plan = planChanges(desired, actual);
     if (planSize(plan) === 0) {
       lastPassComplete = true;
@@ -333,10 +356,11 @@ export function createReconciler(deps: {
         markDirty('flush');
       });
     },
-    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs }),
+    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs, target }),
     setUnderlay(underlay, index) {
       routing = { ...routing, underlay };
       underlayIfindex = index;
+      target = null;
       // What the kernel held is no longer comparable entry by entry (direct routes may move to VXLAN and back).
       expected = null;
       markDirty('underlay');

@@ -25,7 +25,11 @@ export const paths = {
 };
 
 export interface PodState { name: string; node: string; namespace: string; netns: string; containerId: string; ifname: string; addresses: string[] }
-export interface NodeState { name: string; netns: string; address: string; agentPid: number; socket: string }
+export interface NodeState {
+  name: string; netns: string; address: string; agentPid: number; socket: string;
+  /** Where the agent reaches the control plane when not at its TCP address (nodes off the fabric: its unix socket). */
+  controlPlane?: string;
+}
 export interface ClusterState {
   prefix: string;
   stateDir: string;
@@ -107,7 +111,7 @@ export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.
 export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
-  if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 50) throw new Error('--nodes must be 1-50');
+  if (!Number.isInteger(opts.nodes) || opts.nodes < 0 || opts.nodes > 50) throw new Error('nodes must be 0-50 (0: the control plane alone)');
   mkdirSync(stateDir, { recursive: true });
   // The control plane's PostgreSQL (run as 'postgres' under root) keeps its data below this folder.
   chmodSync(stateDir, 0o755);
@@ -200,28 +204,65 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   const i = index ?? Math.max(0, ...state.nodes.map((n) => Number(n.name.replace('node', '')))) + 1;
   const plan = planNode(state.prefix, i);
   if (state.nodes.some((n) => n.name === plan.name)) throw new Error(`${plan.name} already exists`);
+  const node = await createNodeNetns(state, plan);
+  await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
+  await startNodeAgent(state, node);
+  return node;
+}
+
+/**
+ * Two nodes joined by one veth pair, off the fabric (no bridge, no router): the topology of
+ * ../shared/baselines/datapath-floor.sh, so that a throughput figure beside that floor measures what Weft adds to the
+ * datapath, not the local cluster's bridge. Both sit on the first underlay subnet, each with a default route via
+ * the other (as in the floor); their agents reach the control plane over its unix socket (the fallback), since the
+ * pair has no path to the control plane's namespace.
+ */
+export async function addNodePair(state: ClusterState, indexes: [number, number]): Promise<[NodeState, NodeState]> {
+  const plans = indexes.map((i) => planNode(state.prefix, i));
+  for (const plan of plans) {
+    if (state.nodes.some((n) => n.name === plan.name)) throw new Error(`${plan.name} already exists`);
+    if (plan.bridge !== SUBNETS[0].bridge) throw new Error(`${plan.name} is not on the first underlay subnet; pick indexes that are not multiples of 3`);
+  }
+  const [a, b] = [await createNodeNetns(state, plans[0]!), await createNodeNetns(state, plans[1]!)];
+  await ipn(a.netns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b.netns);
+  for (const [n, peer] of [[a, b], [b, a]] as const) {
+    await ipn(n.netns, 'link', 'set', 'lo', 'up');
+    await ipn(n.netns, 'addr', 'add', `${n.address}/24`, 'dev', 'eth0');
+    await ipn(n.netns, 'link', 'set', 'eth0', 'up');
+    await ipn(n.netns, 'route', 'add', 'default', 'via', peer.address);
+  }
+  await startNodeAgent(state, a, controlPlaneTarget(state));
+  await startNodeAgent(state, b, controlPlaneTarget(state));
+  return [a, b];
+}
+
+async function createNodeNetns(state: ClusterState, plan: ReturnType<typeof planNode>): Promise<NodeState> {
   await run('ip', ['netns', 'add', plan.netns]);
   const node: NodeState = { name: plan.name, netns: plan.netns, address: plan.address, agentPid: 0, socket: path.join(state.stateDir, plan.name, 'agent.sock') };
   state.nodes.push(node);
   writeState(state);
-  await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
-  await allowDirectRouting(plan.netns);
+  return node;
+}
+
+/** Starts the node's agent (reaching the control plane at `controlPlane`, default its TCP address); waits until the node is registered. */
+async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane?: string): Promise<void> {
+  await allowDirectRouting(node.netns);
   mkdirSync(path.dirname(node.socket), { recursive: true });
   for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
+  node.controlPlane = controlPlane;
   node.agentPid = spawnAgent(state, node);
   writeState(state);
   const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
   try {
-    await waitFor(`${plan.name}'s agent`, 30_000, async () => {
+    await waitFor(`${node.name}'s agent`, 30_000, async () => {
       if (!isAlive(node.agentPid)) throw new Error('the agent exited');
       const { nodes } = await routes.listNodes({}, { timeoutMs: 2000 });
-      return nodes.some((n) => n.name === plan.name) && existsSync(node.socket) ? true : null;
+      return nodes.some((n) => n.name === node.name) && existsSync(node.socket) ? true : null;
     }, log);
   } finally {
     routes.close();
   }
-  return node;
 }
 
 /** Each agent serves Prometheus metrics inside its node's namespace (e.g. `ip netns exec <node> curl 127.0.0.1:9402/metrics`). */
@@ -236,9 +277,11 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
     WEFT_NODE_NAME: node.name,
     // The underlay as an operator of many machines names it: by the subnets it lives on.
     WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
-    WEFT_CONTROL_PLANE: state.controlPlane.address,
+    WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
     WEFT_AGENT_SOCKET: node.socket,
-    WEFT_RESYNC_MS: '5000',
+    // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
+    // change with a long period, so that no periodic pass falls in its idle or busy window).
+    ...(process.env.WEFT_RESYNC_MS ? {} : { WEFT_RESYNC_MS: '5000' }),
     WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
     WEFT_CNI_BIN_DIR: cniDirs(node).bin,
     WEFT_CNI_CONF_DIR: cniDirs(node).conf,

@@ -21,3 +21,14 @@ test('rtnetlink messages reduce to the events the overlay filter needs', () => {
   assert.deepEqual(toKernelEvent(msg({ kind: 'link', data: { index: 7 }, attrs: { ifname: 'weft.vxlan' } })), { kind: 'link', ifindex: 7, ifname: 'weft.vxlan' });
   assert.equal(toKernelEvent(msg({ kind: 'address', data: {}, attrs: {} })), null);
 });
+
+test('with the message type, route and neighbour events carry whether they announce or remove, and the entry', () => {
+  const route = msg({ kind: 'route', data: { family: 2, dstLen: 26, table: 254, protocol: 87 }, attrs: { dst: ip('10.244.1.0'), oif: 7, gateway: ip('10.244.1.0') } });
+  assert.deepEqual(toKernelEvent(route, 24), { kind: 'route', cidr: '10.244.1.0/26', protocol: 87, table: 254, oif: 7, op: 'new', gateway: '10.244.1.0' });
+  assert.deepEqual(toKernelEvent(route, 25), { kind: 'route', cidr: '10.244.1.0/26', protocol: 87, table: 254, oif: 7, op: 'del', gateway: '10.244.1.0' });
+  const mac = Buffer.from([2, 0x57, 0xc6, 0x33, 0x64, 0x0c]);
+  assert.deepEqual(toKernelEvent(msg({ kind: 'neighbor', data: { family: 2, ifindex: 7, state: { permanent: true } }, attrs: { dst: ip('10.244.1.0'), lladdr: mac } }), 28),
+    { kind: 'neighbour', family: 'inet', ifindex: 7, permanent: true, op: 'new', ip: '10.244.1.0', mac: '02:57:c6:33:64:0c' });
+  assert.deepEqual(toKernelEvent(msg({ kind: 'neighbor', data: { family: 7, ifindex: 7 }, attrs: { dst: ip('198.51.100.12'), lladdr: mac } }), 29),
+    { kind: 'neighbour', family: 'bridge', ifindex: 7, permanent: false, op: 'del', ip: '198.51.100.12', mac: '02:57:c6:33:64:0c' });
+});

@@ -1,10 +1,10 @@
 import netlinkPkg from 'netlink';
-import type { RtNetlinkSocket, rt } from 'netlink';
+import type { rt } from 'netlink';
 import type { Logger } from '../../lib/logger.js';
-import { concernsOverlay, type KernelEvent, type OverlayView } from '../domain/kernel-events.js';
+import { agreesWithTarget, concernsOverlay, type EventOp, type KernelEvent, type OverlayView } from '../domain/kernel-events.js';
 import { bufIp, routeProtocolNumber } from '../kernel/netlink-overlay.js';
 
-const { createRtNetlink } = netlinkPkg;
+const { createNetlink, Protocol, rt: rtStructs } = netlinkPkg;
 
 /**
  * Follows the kernel's rtnetlink notifications (IPv4 and IPv6 routes, neighbours and FDB entries, links) so that drift is
@@ -19,22 +19,41 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const AF_BRIDGE = 7;
 const RECV_BUFFER_BYTES = 4 << 20;
+/** rtnetlink message types: the notifications that announce an entry and those that remove one. */
+const NEW_TYPES = new Set([16, 20, 24, 28]); // NEWLINK, NEWADDR, NEWROUTE, NEWNEIGH
+const DEL_TYPES = new Set([17, 21, 25, 29]); // DELLINK, DELADDR, DELROUTE, DELNEIGH
+/** rtnetlink multicast groups (linux/rtnetlink.h): RTNLGRP_LINK 1, NEIGH 3, IPV4_IFADDR 5, IPV4_ROUTE 7, IPV6_ROUTE 11. */
+const GROUPS = [1, 3, 5, 7, 11];
+const macText = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
 export interface KernelWatch {
   close(): void;
 }
 
-/** Reduces a parsed rtnetlink message to a KernelEvent, or null when it is of no kind the overlay cares about. */
-export function toKernelEvent(m: rt.Message): KernelEvent | null {
+/**
+ * Reduces a parsed rtnetlink message to a KernelEvent, or null when it is of no kind the overlay cares about. With the
+ * message type (`NEW…`/`DEL…`), route and neighbour events also carry `op` and the entry's details, so that the
+ * agent's own writes can be told from drift (`agreesWithTarget`).
+ */
+export function toKernelEvent(m: rt.Message, type?: number): KernelEvent | null {
+  const op: EventOp | undefined = type === undefined ? undefined : NEW_TYPES.has(type) ? 'new' : DEL_TYPES.has(type) ? 'del' : undefined;
   switch (m.kind) {
     case 'route': {
       if (m.data.family !== AF_INET && m.data.family !== AF_INET6) return null;
       const dst = m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16) ? bufIp(m.attrs.dst) : m.data.family === AF_INET ? '0.0.0.0' : '::';
-      return { kind: 'route', cidr: `${dst}/${m.data.dstLen}`, protocol: routeProtocolNumber(m.data.protocol), table: Number(m.attrs.table ?? m.data.table), oif: m.attrs.oif ?? null };
+      const e: KernelEvent = { kind: 'route', cidr: `${dst}/${m.data.dstLen}`, protocol: routeProtocolNumber(m.data.protocol), table: Number(m.attrs.table ?? m.data.table), oif: m.attrs.oif ?? null };
+      if (op) Object.assign(e, { op, gateway: m.attrs.gateway && (m.attrs.gateway.length === 4 || m.attrs.gateway.length === 16) ? bufIp(m.attrs.gateway) : null });
+      return e;
     }
     case 'neighbor': {
       const family = m.data.family === AF_INET ? 'inet' : m.data.family === AF_INET6 ? 'inet6' : m.data.family === AF_BRIDGE ? 'bridge' : null;
-      return family && m.data.ifindex !== undefined ? { kind: 'neighbour', family, ifindex: m.data.ifindex, permanent: m.data.state?.permanent === true } : null;
+      if (!family || m.data.ifindex === undefined) return null;
+      const e: KernelEvent = { kind: 'neighbour', family, ifindex: m.data.ifindex, permanent: m.data.state?.permanent === true };
+      if (op) {
+        const dst = m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16) ? bufIp(m.attrs.dst) : null;
+        Object.assign(e, { op, ip: dst, mac: m.attrs.lladdr ? macText(m.attrs.lladdr) : null });
+      }
+      return e;
     }
     case 'link':
       return m.data.index !== undefined ? { kind: 'link', ifindex: m.data.index, ifname: m.attrs.ifname ?? '' } : null;
@@ -47,8 +66,10 @@ export function toKernelEvent(m: rt.Message): KernelEvent | null {
 
 export function watchKernel(deps: {
   view: () => OverlayView;
-  /** Called for each event that concerns the overlay; it must only mark dirty. */
+  /** Called for each event that concerns the overlay and disagrees with the agent's target (drift); it must only mark dirty. */
   onChange: (e: KernelEvent) => void;
+  /** Called for each event that concerns the overlay but agrees with the target: the echo of the agent's own write. */
+  onEcho?: (e: KernelEvent) => void;
   /** Notifications may have been lost. */
   onLost: (reason: string) => void;
   /** An IPv4 address or a link changed somewhere: the underlay may have moved (the caller re-detects it). */
@@ -57,19 +78,33 @@ export function watchKernel(deps: {
 }): KernelWatch {
   // A larger receive buffer rides out bursts (a snapshot's worth of writes echoes back as notifications); the
   // kernel caps it at net.core.rmem_max. The package's typings require a send buffer size: 0 leaves the default.
-  const nl: RtNetlinkSocket = createRtNetlink({ ref: false, recvBufferSize: RECV_BUFFER_BYTES, sendBufferSize: 0 });
-  for (const group of ['IPV4_ROUTE', 'IPV6_ROUTE', 'NEIGH', 'LINK', 'IPV4_IFADDR'] as const) nl.addMembership(group);
-  nl.on('message', (parts) => {
-    const view = deps.view();
-    for (const part of parts) {
-      const e = toKernelEvent(part);
+  // The plain netlink socket (not the package's rtnetlink wrapper, which drops each message's type) gives the type,
+  // which says whether an entry was announced or removed.
+  const nl = createNetlink(Protocol.ROUTE, { ref: false, recvBufferSize: RECV_BUFFER_BYTES, sendBufferSize: 0 });
+  for (const group of GROUPS) nl.addMembership(group);
+  nl.on('message', (msgs: { type: number; data: Buffer }[]) => {
+    let view: OverlayView | null = null;
+    for (const raw of msgs) {
+      let e: KernelEvent | null;
+      try {
+        e = toKernelEvent(rtStructs.parseMessage(raw.type, raw.data), raw.type);
+      } catch (err) {
+        deps.onLost(`unparsable notification: ${(err as Error)?.message ?? err}`);
+        continue;
+      }
       if (e && (e.kind === 'address' || e.kind === 'link')) deps.onInterfaces?.(e);
-      if (!e || !concernsOverlay(e, view)) continue;
+      if (!e) continue;
+      view ??= deps.view();
+      if (!concernsOverlay(e, view)) continue;
+      if (agreesWithTarget(e, view)) {
+        deps.onEcho?.(e);
+        continue;
+      }
       deps.logger.debug('kernel event', { event: e });
       deps.onChange(e);
     }
   });
-  nl.on('invalid', (err) => deps.onLost(`unparsable notification: ${(err as Error)?.message ?? err}`));
-  nl.socket.on('error', (err) => deps.onLost(`netlink socket error: ${err.message}`));
-  return { close: () => nl.socket.close() };
+  nl.on('invalid', (err: unknown) => deps.onLost(`unparsable notification: ${(err as Error)?.message ?? err}`));
+  nl.on('error', (err: Error) => deps.onLost(`netlink socket error: ${err.message}`));
+  return { close: () => nl.close() };
 }
