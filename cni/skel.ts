@@ -74,7 +74,8 @@ export function createTiming(enabled: boolean): { mark: (phase: string) => void;
   return {
     mark: enabled ? (phase) => void (marks[phase] = Math.round(process.uptime() * 100_000) / 100) : () => {},
     // codeCache: whether the packed plugin's V8 code cache was used (scripts/bundle.mjs); absent when not packed.
-    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, codeCache: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.codeCache')] }) + '\n' : undefined),
+    // transport: how the agent was called ('pipe': Node's pipe handle, on the Node the plugin was built with; 'net').
+    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, codeCache: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.codeCache')], transport: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.transport')] }) + '\n' : undefined),
   };
 }
 

@@ -21,6 +21,9 @@ const result = await build({
   platform: 'node',
   target: 'node20',
   format: 'cjs',
+  // The code runs in a vm.Script (see loaderFor), which has no loader for import(): every dynamic import, Node's own
+  // modules included (`node:net` where the pipe handle is not used), becomes a require.
+  supported: { 'dynamic-import': false },
   outfile: OUT,
   write: false,
   minify: true,
@@ -70,6 +73,7 @@ const code = ${JSON.stringify(code)};
 const cache = ${JSON.stringify(cache.toString('base64'))};
 const script = new (require("vm").Script)(code, { filename: __filename, cachedData: Buffer.from(cache, "base64") });
 globalThis[Symbol.for("weft-cni.codeCache")] = script.cachedDataRejected ? "rejected" : "used";
+globalThis[Symbol.for("weft-cni.builtWith")] = ${JSON.stringify(process.version)};
 script.runInThisContext()(exports, require, module, __filename, __dirname);
 `;
 }
@@ -105,6 +109,7 @@ async function makeCodeCache(code) {
     // Runs the code as the loader does, but takes the cache when the plugin calls process.exit.
     const harness = `const fs = require("fs"); const vm = require("vm");
       const script = new vm.Script(fs.readFileSync(process.argv[1], "utf8"), { filename: "weft-cni" });
+      globalThis[Symbol.for("weft-cni.builtWith")] = process.version;
       const exit = process.exit;
       process.exit = (status) => { fs.writeFileSync(process.argv[2], script.createCachedData()); exit.call(process, status); };
       script.runInThisContext()(exports, require, module, "weft-cni", ".");`;

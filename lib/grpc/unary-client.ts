@@ -40,7 +40,11 @@ export interface UnaryCall<Req, Res> {
   metadata?: Readonly<Record<string, string>>;
   /** Largest response message accepted (grpc-js's default receive limit: 4 MiB). */
   maxResponseBytes?: number;
-  /** 'net' uses `node:net` even where Node's pipe handle can be used directly (for tests of the fallback). */
+  /**
+   * 'pipe': Node's pipe handle directly where its bindings are offered (`node:net` otherwise); 'net' (the default):
+   * `node:net`. The pipe handle is Node's internals: only a caller that knows it runs on the Node it was tested with
+   * asks for it (weft-cni, on the Node it was built with).
+   */
   transport?: 'pipe' | 'net';
 }
 
@@ -123,7 +127,7 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
       }
     };
 
-    socket = (call.transport === 'net' ? connectWithNet : connectUnixSocket)(call.socketPath, {
+    socket = (call.transport === 'pipe' ? connectUnixSocket : connectWithNet)(call.socketPath, {
       connected: () => {
         connected = true;
         call.onConnected?.();
