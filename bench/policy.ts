@@ -138,6 +138,7 @@ async function programming(f: Figures) {
     f.fullKernel.push(kernel.at(-1)!);
     f.fullService.push(first.service);
     f.rules.push(countRules(first.plan));
+    if (process.env.WEFT_BENCH_DEBUG) process.stderr.write(`from scratch: ${JSON.stringify({ inForce: first.inForce, service: first.service, kernel: kernel.at(-1) })}\n`);
     const relabel = async (i: number, app: string, into: Change) => {
       pods = pods.map((q, j) => (j === i ? podOf(i, app) : q));
       kernel.length = 0;

@@ -48,8 +48,12 @@ export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: strin
         applied = { rules: rules!, veths: veths! };
         return { plan, veths: veths!.size, readBack: false };
       }
-      if (!trust || missingVeth(rules!.pods, veths!)) veths = await driver.podVeths();
-      const actual = trust ? record! : await driver.read();
+      // The veths and the kernel's rules are read side by side (two programs each).
+      const [readVeths, actual] = await Promise.all([
+        !trust || missingVeth(rules!.pods, veths!) ? driver.podVeths() : null,
+        trust ? record! : driver.read(),
+      ]);
+      if (readVeths) veths = readVeths;
       const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache, family) : desiredBeforeRules(actual, veths!, vxlanDevice);
       const plan = planPolicy(desired, actual, family);
       if (plan.changed.length > 0) {

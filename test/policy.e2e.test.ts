@@ -205,7 +205,7 @@ describe('network policy on the local cluster', opts, () => {
     const save = (await run('ip', ['netns', 'exec', node1.netns, 'iptables-save', '-t', 'filter'])).stdout;
     assert.equal(save.split('\n').filter((l) => l.endsWith('-j WEFT-FORWARD') && l.startsWith('-A FORWARD')).length, 1);
     assert.ok(!/^:WEFT-[IE]-[^- ]+-/m.test(save), 'no entries chain once no policy selects a pod');
-    assert.ok(/^:WEFT-[IE]-\S+ /m.test(save) && !/^-A WEFT-[IE]-/m.test(save), 'every pod\'s anchors are there, empty (falling off them returns)');
+    assert.ok(/^:WEFT-P-\S+ /m.test(save) && !/^-A WEFT-P-/m.test(save), 'every pod\'s anchor is there, empty (falling off it returns)');
     assert.equal((await run('ip', ['netns', 'exec', node1.netns, 'ipset', 'list', '-n'])).stdout.trim(), '');
   });
 });

@@ -29,12 +29,18 @@ const rules = (over: Partial<NodeRules> = {}): NodeRules => ({
 });
 const veths = new Map([['10.244.0.5', 'weft00000000001'], ['10.244.0.6', 'weft00000000002'], ['10.244.0.9', 'weft00000000003']]);
 const empty: PolicyActual = { chains: new Map(), jumps: 0, sets: new Map() };
-/** The chain an anchor (WEFT-I-<veth>) goes to: its name, and its rules (and its pass chain's) written with the anchor's name. */
-const bodyOf = (d: PolicyDesired, anchor: string) => {
-  const rules = d.chains.get(anchor)!;
-  assert.equal(rules.length, 1, `${anchor} is an anchor: one rule`);
-  const to = new RegExp(`^-A ${anchor} -g (${anchor}-[0-9a-f]{4})$`).exec(rules[0]!)![1]!;
-  const as = (xs: string[] | undefined) => xs?.map((l) => l.replaceAll(to, anchor));
+/**
+ * The entries chain a pod's anchor (WEFT-P-<veth>) goes to for a direction (`dir`: WEFT-I-<veth> for ingress,
+ * WEFT-E-<veth> for egress): its name, and its rules (and its pass chain's) written with `dir` for its name.
+ */
+const bodyOf = (d: PolicyDesired, dir: string) => {
+  const [, io, veth] = /^WEFT-([IE])-(\S+)$/.exec(dir)!;
+  const anchor = `WEFT-P-${veth}`;
+  const match = `-A ${anchor} ${io === 'I' ? '-o' : '-i'} ${veth} -g `;
+  const rules = d.chains.get(anchor)!.filter((r) => r.startsWith(match));
+  assert.equal(rules.length, 1, `${anchor} holds one rule for ${io === 'I' ? 'ingress' : 'egress'}`);
+  const to = new RegExp(`^${match}(${dir}-[0-9a-f]{4})$`).exec(rules[0]!)![1]!;
+  const as = (xs: string[] | undefined) => xs?.map((l) => l.replaceAll(to, dir));
   return { name: to, rules: as(d.chains.get(to))!, pass: as(d.chains.get(`${to}N`)) };
 };
 
@@ -47,16 +53,20 @@ test('per-pod chains: replies first, egress and ingress dispatch by veth, entrie
   ]);
   assert.deepEqual(d.chains.get('WEFT-FROM-POD'), [
     '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
-    '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-E-weft00000000001',
-    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b egress" -g WEFT-E-weft00000000002',
+    '-A WEFT-FROM-POD -i weft00000000001 -m comment --comment "weft x/a egress" -g WEFT-P-weft00000000001',
+    '-A WEFT-FROM-POD -i weft00000000002 -m comment --comment "weft x/b egress" -g WEFT-P-weft00000000002',
     '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ], 'every known pod goes to its anchor; 10.244.0.9 is no reported pod: dropped by the last rule');
-  assert.deepEqual(d.chains.get('WEFT-E-weft00000000002'), [], 'x/b has no rules: its anchor is empty (falling off it returns)');
-  assert.deepEqual(d.chains.get('WEFT-I-weft00000000002'), []);
+  assert.deepEqual(d.chains.get('WEFT-P-weft00000000002'), [], 'x/b has no rules: its anchor is empty (falling off it returns)');
+  assert.ok(![...d.chains.keys()].some((c) => c.startsWith('WEFT-I-weft00000000002') || c.startsWith('WEFT-E-weft00000000002')), 'and no entries chain');
+  assert.deepEqual(d.chains.get('WEFT-P-weft00000000001')!.map((r) => r.replace(/-[0-9a-f]{4}$/, '-<hash>')), [
+    '-A WEFT-P-weft00000000001 -i weft00000000001 -g WEFT-E-weft00000000001-<hash>',
+    '-A WEFT-P-weft00000000001 -o weft00000000001 -g WEFT-I-weft00000000001-<hash>',
+  ], 'x/a has rules both ways: one anchor, a rule per direction');
   assert.deepEqual(d.chains.get('WEFT-TO-POD'), [
     '-A WEFT-TO-POD -o weft.vxlan -j RETURN',
-    '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-I-weft00000000001',
-    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b ingress" -g WEFT-I-weft00000000002',
+    '-A WEFT-TO-POD -o weft00000000001 -m comment --comment "weft x/a ingress" -g WEFT-P-weft00000000001',
+    '-A WEFT-TO-POD -o weft00000000002 -m comment --comment "weft x/b ingress" -g WEFT-P-weft00000000002',
     '-A WEFT-TO-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
   ]);
   assert.deepEqual(bodyOf(d, 'WEFT-I-weft00000000001').rules, [
@@ -111,7 +121,7 @@ test('the render cache: an unchanged pod object is not rendered again, and rende
   assert.equal(again.chains.get(bodyOf(again, 'WEFT-I-weft00000000001').name), first.chains.get(bodyOf(first, 'WEFT-I-weft00000000001').name), 'the same rendered array, by identity');
   assert.deepEqual(again, desiredPolicy(r, veths));
   const moved = desiredPolicy(r, new Map([['10.244.0.5', 'weft00000000009']]), undefined, cache);
-  assert.ok(moved.chains.has('WEFT-I-weft00000000009'), 'another veth renders again');
+  assert.ok(moved.chains.has('WEFT-P-weft00000000009'), 'another veth renders again');
   const noSet = desiredPolicy({ ...r, sets: new Map([[SET_OUT, ['192.0.2.0/24']]]) }, veths, undefined, cache);
   assert.deepEqual(bodyOf(noSet, 'WEFT-I-weft00000000001').rules, ['-A WEFT-I-weft00000000001 -m comment --comment "weft NetworkPolicy/x/p default deny" -j DROP'], 'a set that became empty renders again');
 });
@@ -140,7 +150,7 @@ test('a restarted agent without rules yet keeps the rules it finds; pods that ap
 test('the plan: everything from nothing; nothing when the kernel matches; only what changed; stale chains and sets removed after', () => {
   const d = desiredPolicy(rules(), veths);
   const first = planPolicy(d, empty);
-  assert.match(first.filter!, /^\*filter\n:WEFT-E-weft00000000001 - \[0:0\]\n(:.*\n)*:WEFT-FORWARD - \[0:0\]\n-A /, "chains declared before any rule");
+  assert.match(first.filter!, /^\*filter\n:WEFT-E-weft00000000001-[0-9a-f]{4} - \[0:0\]\n(:.*\n)*:WEFT-FORWARD - \[0:0\]\n-A /, "chains declared before any rule");
   assert.match(first.filter!, /-I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/);
   assert.match(first.setsBefore!, new RegExp(`create ${SET_Y} hash:net family inet\nflush ${SET_Y}\nadd ${SET_Y} 10.244.1.7\n`));
   const same: PolicyActual = { chains: new Map(d.chains), jumps: 1, sets: new Map(d.sets) };
@@ -149,10 +159,10 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   const next = desiredPolicy(rules({ pods: [{ ...rules().pods[0]!, egress: [] }] }), veths);
   const p = planPolicy(next, { ...same, jumps: 2, sets: new Map([...d.sets, [SET_Y, ['10.244.1.7']], ['weft-old', ['10.0.0.1']]]) });
   const egressBody = bodyOf(d, 'WEFT-E-weft00000000001').name;
-  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-E-weft00000000001', 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', `chain ${egressBody} (deleted)`, 'chain WEFT-E-weft00000000002 (deleted)', 'chain WEFT-I-weft00000000002 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
+  assert.deepEqual(p.changed, [`set ${SET_Y}`, 'chain WEFT-P-weft00000000001', 'chain WEFT-FROM-POD', 'chain WEFT-TO-POD', `chain ${egressBody} (deleted)`, 'chain WEFT-P-weft00000000002 (deleted)', `set ${SET_OUT} (destroyed)`, 'set weft-old (destroyed)']);
   assert.match(p.setsBefore!, new RegExp(`create ${SET_Y}t hash:net family inet\nflush ${SET_Y}t\n.*swap ${SET_Y}t ${SET_Y}\ndestroy ${SET_Y}t\n$`, 's'));
-  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-E-weft00000000001 1 -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s anchor returns');
-  assert.equal(p.filterAfter, `*filter\n-F WEFT-E-weft00000000001\n-F ${egressBody}\n-F WEFT-E-weft00000000002\n-F WEFT-I-weft00000000002\n-X ${egressBody}\n-X WEFT-E-weft00000000002\n-X WEFT-I-weft00000000002\nCOMMIT\n`, 'then the anchor emptied, and the stale chains flushed and deleted');
+  assert.match(p.filter!, /^\*filter\n:WEFT-FROM-POD - \[0:0\]\n:WEFT-TO-POD - \[0:0\]\n(-A WEFT-(FROM|TO)-POD .*\n)+-I WEFT-P-weft00000000001 1 -i weft00000000001 -j RETURN\n-D FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD\nCOMMIT\n$/, 'the new rules in force first: x/a\'s egress returns at its anchor');
+  assert.equal(p.filterAfter, `*filter\n-D WEFT-P-weft00000000001 -i weft00000000001 -g ${egressBody}\n-D WEFT-P-weft00000000001 -i weft00000000001 -j RETURN\n-F ${egressBody}\n-F WEFT-P-weft00000000002\n-X ${egressBody}\n-X WEFT-P-weft00000000002\nCOMMIT\n`, 'then the old egress rule and the RETURN deleted (the ingress rule stays), and the stale chains flushed and deleted');
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
@@ -221,8 +231,8 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
     const oldBody17 = bodyOf(desiredPolicy(many(-1), manyVeths), 'WEFT-I-weft00000000011').name;
     const none = planPolicy(desiredPolicy(many(17), manyVeths), read());
-    assert.equal(none.filter, '*filter\n-I WEFT-I-weft00000000011 1 -j RETURN\nCOMMIT\n', 'a RETURN inserted in the anchor; the dispatch chain untouched');
-    assert.equal(none.filterAfter, `*filter\n-F WEFT-I-weft00000000011\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`, 'then the anchor emptied');
+    assert.equal(none.filter, '*filter\n-I WEFT-P-weft00000000011 1 -o weft00000000011 -j RETURN\nCOMMIT\n', 'a RETURN inserted in the anchor; the dispatch chain untouched');
+    assert.equal(none.filterAfter, `*filter\n-D WEFT-P-weft00000000011 -o weft00000000011 -g ${oldBody17}\n-D WEFT-P-weft00000000011 -o weft00000000011 -j RETURN\n-F ${oldBody17}\n-X ${oldBody17}\nCOMMIT\n`, 'then the anchor emptied');
     apply(none);
     assert.deepEqual(planPolicy(desiredPolicy(many(17), manyVeths), read()).changed, [], 'the anchor reads back as rendered');
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
@@ -230,7 +240,7 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     // A pod that goes (its rules no longer held): the dispatch chains are edited in place, by rule number.
     const edited = planPolicy(desiredPolicy(many(-1, 17), manyVeths), read());
     assert.match(edited.filter!, /^\*filter\n-D WEFT-FROM-POD 19\n-D WEFT-TO-POD 19\nCOMMIT\n$/, 'the dispatch chains edited in place');
-    assert.match(edited.filterAfter!, /-X WEFT-I-weft00000000011\n/);
+    assert.match(edited.filterAfter!, /-X WEFT-P-weft00000000011\n/);
     apply(edited);
     assert.deepEqual(planPolicy(desiredPolicy(many(-1, 17), manyVeths), read()).changed, [], 'the edited chains read back as rendered');
     apply(planPolicy(desiredPolicy(many(-1), manyVeths), read()));
@@ -240,12 +250,21 @@ test('in the kernel: applied plans read back exactly as rendered, so an unchange
     const swap = planPolicy(desiredPolicy(other(81), manyVeths), read());
     const newBody = bodyOf(desiredPolicy(other(81), manyVeths), 'WEFT-I-weft00000000011').name;
     const oldBody = bodyOf(desiredPolicy(other(80), manyVeths), 'WEFT-I-weft00000000011').name;
-    assert.equal(swap.filter, `*filter\n:${newBody} - [0:0]\n-A ${newBody} -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 81 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN\n-I WEFT-I-weft00000000011 1 -g ${newBody}\nCOMMIT\n`, 'only additions: iptables-nft need not read the table');
-    assert.equal(swap.filterAfter, `*filter\n-D WEFT-I-weft00000000011 2\n-F ${oldBody}\n-X ${oldBody}\nCOMMIT\n`);
+    assert.equal(swap.filter, `*filter\n:${newBody} - [0:0]\n-A ${newBody} -p tcp -m set --match-set ${SET_Y} src -m tcp --dport 81 -m comment --comment "weft NetworkPolicy/x/p ingress[0]" -j RETURN\n-I WEFT-P-weft00000000011 1 -o weft00000000011 -g ${newBody}\nCOMMIT\n`, 'only additions: iptables-nft need not read the table');
+    assert.equal(swap.filterAfter, `*filter\n-D WEFT-P-weft00000000011 -o weft00000000011 -g ${oldBody}\n-F ${oldBody}\n-X ${oldBody}\nCOMMIT\n`);
     inNs(['iptables-restore', '--noflush'], swap.filter!);
-    assert.deepEqual(readPolicyActual(inNs(['iptables-save', '-t', 'filter']), '').chains.get('WEFT-I-weft00000000011'), [`-A WEFT-I-weft00000000011 -g ${newBody}`, `-A WEFT-I-weft00000000011 -g ${oldBody}`], 'in force: the new rule first');
+    assert.deepEqual(readPolicyActual(inNs(['iptables-save', '-t', 'filter']), '').chains.get('WEFT-P-weft00000000011'), [`-A WEFT-P-weft00000000011 -o weft00000000011 -g ${newBody}`, `-A WEFT-P-weft00000000011 -o weft00000000011 -g ${oldBody}`], 'in force: the new rule first');
     inNs(['iptables-restore', '--noflush'], swap.filterAfter!);
     assert.deepEqual(planPolicy(desiredPolicy(other(81), manyVeths), read()).changed, [], 'then exactly as rendered');
+    // A pod with egress entries only gains ingress ones: the anchor's new rule goes first, so the kernel holds the
+    // two in the other order than rendered; they match disjoint packets, and the plan sees nothing to do.
+    const both = (ingress: boolean) => rules({ pods: [{ namespace: 'x', name: 'p17', addresses: ['10.244.3.17'], ingress: ingress ? [entry({ peerSet: SET_Y, protocol: 'TCP', ports: { from: 80, to: 80 } })] : [], egress: [entry({ peerSet: SET_Y, protocol: 'UDP', ports: { from: 53, to: 53 } })] }] });
+    apply(planPolicy(desiredPolicy(both(false), manyVeths), read()));
+    const grown = planPolicy(desiredPolicy(both(true), manyVeths), read());
+    assert.equal(grown.filterAfter, null, 'nothing to remove');
+    apply(grown);
+    assert.deepEqual(read().chains.get('WEFT-P-weft00000000011')!.map((r) => r.split(' ')[2]), ['-o', '-i'], 'ingress first in the kernel');
+    assert.deepEqual(planPolicy(desiredPolicy(both(true), manyVeths), read()).changed, [], 'the anchor reads back as the same rules');
     const next = desiredPolicy(null, veths);
     apply(planPolicy(next, read()));
     const after = read();
@@ -272,8 +291,8 @@ test('IPv6: the same structure for ip6tables; sets hold the IPv6 CIDRs as inet6 
   assert.ok(in6.some((r) => r.includes('--match-set weft6-00000000000000aa src -m tcp --dport 80')), 'the rule matches the inet6 set');
   assert.ok(in6.some((r) => r.endsWith('default deny" -j DROP')), 'the default deny is there in IPv6 too');
   const out6 = d6.chains.get('WEFT-FROM-POD')!;
-  assert.ok(out6.some((r) => r.startsWith('-A WEFT-FROM-POD -i weft00000000001 ') && r.endsWith('-g WEFT-E-weft00000000001')), 'the pod is dispatched to its egress anchor');
-  assert.deepEqual(d6.chains.get('WEFT-E-weft00000000001'), [], 'the egress deny to IPv4-only 192.0.2.0/24 cannot match IPv6: an empty egress anchor');
+  assert.ok(out6.some((r) => r.startsWith('-A WEFT-FROM-POD -i weft00000000001 ') && r.endsWith('-g WEFT-P-weft00000000001')), 'the pod is dispatched to its anchor');
+  assert.ok(d6.chains.get('WEFT-P-weft00000000001')!.every((r) => r.startsWith('-A WEFT-P-weft00000000001 -o ')), 'the egress deny to IPv4-only 192.0.2.0/24 cannot match IPv6: no egress rule in the anchor');
   assert.equal(out6.at(-1), '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP');
   // Pod c (IPv4 only, veth 3) has no IPv6 address: no dispatch rule in ip6tables, so IPv6 from or to it is dropped.
   assert.ok(!out6.some((r) => r.includes('weft00000000003')));

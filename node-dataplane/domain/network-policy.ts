@@ -8,18 +8,21 @@ import { createHash } from 'node:crypto';
  *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
  *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
  *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
- *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-E-<veth>`,
- *                   whether it has egress entries or not; anything else DROP: a pod whose rules are not held (yet)
- *                   is cut off both ways (fail closed), with no moment between its veth appearing and a rule for
- *                   it. WEFT-TO-POD the same with `-o` and WEFT-I-<veth>. This chain changes only when pods come
- *                   and go: editing a long chain makes iptables-nft read the whole table first.
- *   WEFT-I-<veth>:  an anchor: empty for a direction without entries (falling off it returns, as RETURN does),
- *                   else one rule, `-g WEFT-I-<veth>-<hash>`: the entries live in a chain named by a hash
- *                   of its rules, so that new entries are a new chain and a rule inserted first in the anchor (see
+ *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-P-<veth>`,
+ *                   whether it has entries or not; anything else DROP: a pod whose rules are not held (yet) is cut
+ *                   off both ways (fail closed), with no moment between its veth appearing and a rule for it.
+ *                   WEFT-TO-POD the same with `-o`, to the same anchor. These chains change only when pods come and
+ *                   go: editing a long chain makes iptables-nft read the whole table first.
+ *   WEFT-P-<veth>:  the pod's anchor, one for both directions: per direction with entries one rule, `-i <veth> -g
+ *                   WEFT-E-<veth>-<hash>` (egress) or `-o <veth> -g WEFT-I-<veth>-<hash>` (ingress); a direction
+ *                   without entries has none (falling off the chain returns, as RETURN does). The two match disjoint
+ *                   packets, so their order is not significant. The entries live in a chain named by a hash of its
+ *                   rules, so that new entries are a new chain and a rule inserted first in the anchor (see
  *                   planPolicy). There, in order: allow → RETURN (back in WEFT-FORWARD, the packet goes on to the
  *                   other end's dispatch), deny → DROP, pass → goto <that chain>N, which holds the entries after the
  *                   admin tier; falling off the end allows. Consecutive entries with one action, set and protocol
- *                   are one multiport rule.
+ *                   are one multiport rule. One anchor per pod rather than one per direction: a chain costs
+ *                   iptables-restore about as much as three rules, and most pods have entries one way only.
  *
  * Peer address sets are ipsets (`hash:net`) named by a hash of their content, so a set's name always means the
  * same members: a changed selector result is a new set, created before the rules that use it and destroyed after the
@@ -38,15 +41,19 @@ const TO_POD = 'WEFT-TO-POD';
 /** Host ends of pod veths (`weft` + 11 hex digits) all match it; so does the VXLAN device, which returns first. */
 const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
-const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IE]-)/;
+const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IEP]-)/;
 export type PolicyFamily = 4 | 6;
 /** Weft's sets of a family: `weft-<hash>` (IPv4) and `weft6-<hash>` (IPv6), temporary `…t` ones included. */
 const ownedSet = (family: PolicyFamily) => (family === 4 ? /^weft-/ : /^weft6-/);
 /** The kernel's name of a peer set (named `weft-<hash>` by the policy service) in a family. */
 const kernelSetName = (name: string, family: PolicyFamily) => (family === 4 ? name : `weft6-${name.replace(/^weft-/, '')}`);
 const inFamily = (cidr: string, family: PolicyFamily) => cidr.includes(':') === (family === 6);
-/** A pod's anchor chain, WEFT-I-<veth> or WEFT-E-<veth> (veth names have no dash; entries chains add `-<hash>`). */
-const ANCHOR = /^WEFT-[IE]-[^-]+$/;
+/** A pod's anchor chain, WEFT-P-<veth> (veth names have no dash); its entries chains are WEFT-[IE]-<veth>-<hash>. */
+const ANCHOR = /^WEFT-P-[^-]+$/;
+/** An anchor's rules match disjoint packets (`-i <veth>`: the pod's egress, `-o <veth>`: its ingress): their order is not significant. */
+const sameAnchor = (have: readonly string[], want: readonly string[]) => have.length === want.length && want.every((r) => have.includes(r));
+/** `-i <veth>` or `-o <veth>` of an anchor's goto rule; null for any other rule. */
+const anchorMatch = (rule: string) => /^-A \S+ (-[io] \S+) -g \S+$/.exec(rule)?.[1] ?? null;
 
 export interface PolicyEntry {
   tier: 'admin' | 'networkpolicy' | 'baseline';
@@ -185,34 +192,33 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     if (!r) {
       const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null).map((n) => kernelSetName(n, family)))];
       r = { veth, used, present: used.map((n) => v4Sets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
+      const anchor = `WEFT-P-${veth}`;
+      const anchorRules: string[] = [];
       for (const dir of ['egress', 'ingress'] as const) {
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no member of this family can match no packet of it.
         const inKernel = family === 4 ? pod[dir] : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
         const entries = inKernel.filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
-        // Every pod whose rules are held goes to its anchor, with or without entries: a change of its rules (to
-        // none, or from none) is a change of its own short anchor chain, never of the long dispatch chain, which
-        // changes only when pods come and go.
-        const anchor = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}`;
+        // Every pod whose rules are held goes to its anchor both ways, with or without entries: a change of its
+        // rules (to none, or from none) is a change of its own short anchor chain, never of the long dispatch
+        // chains, which change only when pods come and go.
         r.dispatch[dir] = `-A ${from} ${match} ${veth} ${comment(`${pod.namespace}/${pod.name} ${dir}`)} -g ${anchor}`;
-        if (entries.length === 0) {
-          // An empty anchor: falling off a chain reached by goto returns to WEFT-FORWARD, as RETURN would (a chain
-          // costs iptables-nft more than a rule; an empty one saves the rule).
-          r.chains.push([anchor, []]);
-          continue;
-        }
-        // The entries live in a chain named by a hash of its content, which the anchor's one rule goes to: new
-        // entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes without reading
-        // the table back; the old rule and chain go afterwards (see planPolicy).
+        // A direction without entries has no rule in the anchor: falling off a chain reached by goto returns to
+        // WEFT-FORWARD, as RETURN would.
+        if (entries.length === 0) continue;
+        // The entries live in a chain named by a hash of its content, which the anchor's rule for the direction
+        // goes to: new entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes
+        // without reading the table back; the old rule and chain go afterwards (see planPolicy).
         const body = chainRules('@C', entries, dir, '@CN');
         const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
-        const chain = `${anchor}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
+        const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
         const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
-        r.chains.push([anchor, [`-A ${anchor} -g ${chain}`]]);
+        anchorRules.push(`-A ${anchor} ${match} ${veth} -g ${chain}`);
         r.chains.push([chain, named(body)]);
         if (tail) r.chains.push([`${chain}N`, named(tail)]);
         for (const e of entries) if (e.peerSet && !r.sets.includes(e.peerSet)) r.sets.push(e.peerSet);
       }
+      r.chains.push([anchor, anchorRules]);
       cache?.pods.set(pod, r);
     }
     for (const [chain, lines] of r.chains) chains.set(chain, lines);
@@ -401,19 +407,23 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family:
   const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
   for (const [chain, rules] of desired.chains) {
     const have = actual.chains.get(chain);
-    if (sameList(have, rules)) continue;
+    if (sameList(have, rules) || (have && ANCHOR.test(chain) && sameAnchor(have, rules))) continue;
     changed.push(`chain ${chain}`);
-    if (have && rules.length <= 1 && ANCHOR.test(chain)) {
-      // An anchor (`-g` to its entries, or empty for none): its new rule goes first (from then on the old ones are
-      // never reached), the old ones after. Emptied: a RETURN goes first, and the chain is flushed after.
-      if (rules.length === 0) {
-        edits.push(`-I ${chain} 1 -j RETURN`);
-        after.push(`-F ${chain}`);
-        continue;
+    if (have && ANCHOR.test(chain)) {
+      // An anchor: a rule per direction with entries (`-i|-o <veth> -g <entries chain>`). In force at once: its new
+      // rules inserted first (from then on the old ones of the direction are never reached) and, for a direction
+      // that has no entries any more, a RETURN inserted first; afterwards the old rules (and that RETURN) deleted.
+      const spec = (rule: string) => rule.slice(`-A ${chain} `.length);
+      const added = rules.filter((r) => !have.includes(r));
+      const gone = have.filter((r) => !rules.includes(r));
+      for (const r of added) edits.push(`-I ${chain} 1 ${spec(r)}`);
+      const wanted = new Set(rules.map(anchorMatch));
+      for (const r of gone) after.push(`-D ${chain} ${spec(r)}`);
+      for (const match of new Set(gone.map(anchorMatch))) {
+        if (match === null || wanted.has(match)) continue;
+        edits.push(`-I ${chain} 1 ${match} -j RETURN`);
+        after.push(`-D ${chain} ${match} -j RETURN`);
       }
-      if (have[0] !== rules[0]) edits.push(`-I ${chain} 1 ${rules[0]!.slice(`-A ${chain} `.length)}`);
-      const held = have[0] === rules[0] ? have.length : have.length + 1;
-      for (let n = held; n > 1; n--) after.push(`-D ${chain} ${n}`);
       continue;
     }
     const edit = have ? editChain(chain, have, rules) : null;
