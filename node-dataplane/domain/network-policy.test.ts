@@ -166,6 +166,32 @@ test('the plan: everything from nothing; nothing when the kernel matches; only w
   assert.equal(p.setsAfter, `destroy ${SET_OUT}\ndestroy weft-old\n`);
 });
 
+test('an agent that finds the per-direction anchors of an earlier version moves the dispatch to the new anchors, then deletes the old ones', () => {
+  const d = desiredPolicy(rules(), veths);
+  const ingressBody = bodyOf(d, 'WEFT-I-weft00000000001');
+  // The earlier layout: WEFT-I-<veth> and WEFT-E-<veth> anchors, dispatched to by direction, the same entries chains.
+  const v = (n: number) => `weft0000000000${n}`;
+  const save = [
+    '*filter', ':WEFT-FORWARD - [0:0]', ':WEFT-FROM-POD - [0:0]', ':WEFT-TO-POD - [0:0]',
+    ...[1, 2].flatMap((n) => [`:WEFT-I-${v(n)} - [0:0]`, `:WEFT-E-${v(n)} - [0:0]`]), `:${ingressBody.name} - [0:0]`, `:${ingressBody.name}N - [0:0]`,
+    ...d.chains.get('WEFT-FORWARD')!,
+    '-A WEFT-FROM-POD -i weft.vxlan -j RETURN',
+    ...[1, 2].map((n) => `-A WEFT-FROM-POD -i ${v(n)} -m comment --comment "weft x/${n === 1 ? 'a' : 'b'} egress" -g WEFT-E-${v(n)}`),
+    '-A WEFT-FROM-POD -m comment --comment "weft fail closed: pod not known to policy yet" -j DROP',
+    `-A WEFT-I-${v(1)} -g ${ingressBody.name}`, ...d.chains.get(ingressBody.name)!, ...d.chains.get(`${ingressBody.name}N`)!,
+    '-A FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD', 'COMMIT',
+  ].join('\n');
+  const plan = planPolicy(d, readPolicyActual(save, ''));
+  assert.ok(!plan.changed.includes(`chain ${ingressBody.name}`), 'the entries chain is kept as it is');
+  assert.match(plan.filter!, /^:WEFT-P-weft00000000001 - \[0:0\]$/m, 'the new anchors are made');
+  assert.match(plan.filter!, /^-A WEFT-FROM-POD -i weft00000000001 .* -g WEFT-P-weft00000000001$/m, 'and dispatched to in the first transaction');
+  for (const old of ['WEFT-I-weft00000000001', 'WEFT-E-weft00000000001', 'WEFT-I-weft00000000002', 'WEFT-E-weft00000000002']) {
+    assert.ok(plan.changed.includes(`chain ${old} (deleted)`), `${old} is stale`);
+    assert.match(plan.filterAfter!, new RegExp(`^-X ${old}$`, 'm'), `${old} deleted after the new rules are in force`);
+    assert.doesNotMatch(plan.filter!, new RegExp(`${old}( |$)`, 'm'), `${old} is not touched before`);
+  }
+});
+
 test('a few pods\' new rules are planned alone, against the record, as the whole node would be', () => {
   const SET_Z = 'weft-00000000000000cc';
   const sets = new Map([[SET_Y, ['10.244.1.7/32']], [SET_OUT, ['192.0.2.0/24']], [SET_Z, ['10.244.7.0/24']], ['weft-00000000000000dd', ['fd00::/64']]]);
