@@ -1,4 +1,5 @@
-// Packs the CNI plugin into one executable file (dist/bin/weft-cni) and writes the `weft` launcher.
+// Packs the CNI plugin into one executable file (dist/bin/weft-cni), the node agent into one module
+// (dist/bin/weft-agent.mjs), and writes the `weft` launcher.
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -61,6 +62,26 @@ chmodSync(OUT, 0o755);
 writeFileSync('dist/bin/package.json', JSON.stringify({ type: 'commonjs' }) + '\n');
 writeFileSync('dist/bin/weft', "#!/usr/bin/env node\nimport('../cli/main.js');\n");
 chmodSync('dist/bin/weft', 0o755);
+
+/**
+ * The node agent in one file too (dist/bin/weft-agent.mjs): a restarted agent's start-up is part of how fast it
+ * reconciles (services/routes/DESIGN.md, Restart), and loading its few hundred unbundled modules (grpc-js,
+ * OpenTelemetry, the generated protobuf code) cost about 100-180 ms more than one file. `netlink` stays outside: it
+ * loads its native binary from its own folder. Packages written as CommonJS get a `require` from createRequire.
+ * `node --enable-source-maps dist/bin/weft-agent.mjs` maps stack traces back to the sources.
+ */
+await build({
+  entryPoints: ['node-dataplane/main.ts'],
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'esm',
+  outfile: 'dist/bin/weft-agent.mjs',
+  external: ['netlink'],
+  banner: { js: "import { createRequire as __weftCreateRequire } from 'node:module'; const require = __weftCreateRequire(import.meta.url);" },
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
 
 /** The executable: compiles `code` with `cache` (V8 checks that it fits and ignores it otherwise) and runs it as a CommonJS module. */
 function loaderFor(code, cache) {
