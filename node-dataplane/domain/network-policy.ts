@@ -166,14 +166,14 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
   /** Peer sets with members of this family: their members as `ipset save` prints them. */
-  const v4Sets = new Map<string, string[]>();
+  const familySets = new Map<string, string[]>();
   for (const [name, cidrs] of rules?.sets ?? []) {
-    let v4 = cache?.sets.get(cidrs);
-    if (!v4) {
-      v4 = cidrs.filter((c) => inFamily(c, family)).map(member).sort();
-      cache?.sets.set(cidrs, v4);
+    let members = cache?.sets.get(cidrs);
+    if (!members) {
+      members = cidrs.filter((c) => inFamily(c, family)).map(member).sort();
+      cache?.sets.set(cidrs, members);
     }
-    if (v4.length > 0) v4Sets.set(kernelSetName(name, family), v4);
+    if (members.length > 0) familySets.set(kernelSetName(name, family), members);
   }
   const byAddress = new Map<string, PodRules>();
   for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
@@ -188,17 +188,17 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     if (!pod) continue;
     let r = cache?.pods.get(pod);
     // Rendered again on another veth, or when one of its sets became empty or non-empty.
-    if (r && (r.veth !== veth || !r.used.every((name, i) => v4Sets.has(name) === r!.present[i]))) r = undefined;
+    if (r && (r.veth !== veth || !r.used.every((name, i) => familySets.has(name) === r!.present[i]))) r = undefined;
     if (!r) {
       const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null).map((n) => kernelSetName(n, family)))];
-      r = { veth, used, present: used.map((n) => v4Sets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
+      r = { veth, used, present: used.map((n) => familySets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
       const anchor = `WEFT-P-${veth}`;
       const anchorRules: string[] = [];
       for (const dir of ['egress', 'ingress'] as const) {
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no member of this family can match no packet of it.
         const inKernel = family === 4 ? pod[dir] : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
-        const entries = inKernel.filter((e) => e.peerSet === null || v4Sets.has(e.peerSet));
+        const entries = inKernel.filter((e) => e.peerSet === null || familySets.has(e.peerSet));
         // Every pod whose rules are held goes to its anchor both ways, with or without entries: a change of its
         // rules (to none, or from none) is a change of its own short anchor chain, never of the long dispatch
         // chains, which change only when pods come and go.
@@ -222,7 +222,7 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
       cache?.pods.set(pod, r);
     }
     for (const [chain, lines] of r.chains) chains.set(chain, lines);
-    for (const s of r.sets) sets.set(s, v4Sets.get(s)!);
+    for (const s of r.sets) sets.set(s, familySets.get(s)!);
     dispatch.egress.push(r.dispatch.egress);
     dispatch.ingress.push(r.dispatch.ingress);
   }
