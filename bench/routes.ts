@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -20,7 +20,8 @@ import { median, ms, percentile, printTable, type Row } from './support.js';
  *    agent's kernel, and its withdrawal after DeregisterNode, over repeated trials, beside a BIRD 1.6 full mesh with
  *    Calico's timers at the same node count (../shared/baselines/bgp-mesh.sh);
  *  - restart: an agent holding 1,000 peers restarted: start to reconciled, and entries deleted or re-added;
- *  - throughput: pod-to-pod iperf3 over Weft's direct routes and VXLAN, beside ../shared/baselines/datapath-floor.sh;
+ *  - throughput: pod-to-pod iperf3 over Weft's direct routes and VXLAN, beside ../shared/baselines/datapath-floor.sh,
+ *    and beside the same script with connection tracking on in its nodes (what Weft's stateful policy needs);
  *  - watchers: 2,000 WatchRoutes streams on one routes replica: commit-to-delivery latency and memory per stream.
  * Kernels are observed by netlink route notifications: one `ip -ts monitor route` per node namespace, which sleeps
  * in recv and stamps each notification as it reads it (no polling, no per-trial process start).
@@ -370,9 +371,26 @@ async function iperf(clientNs: string, serverNs: string, address: string): Promi
   return (JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
 }
 
-async function floor(mode: 'native' | 'vxlan' | 'underlay'): Promise<number> {
-  const out = await run('bash', [path.join(BASELINES, 'datapath-floor.sh'), mode, String(IPERF_S)], { timeoutMs: (IPERF_S + 60) * 1000 });
+async function floor(mode: 'native' | 'vxlan' | 'underlay', script = path.join(BASELINES, 'datapath-floor.sh')): Promise<number> {
+  const out = await run('bash', [script, mode, String(IPERF_S)], { timeoutMs: (IPERF_S + 60) * 1000 });
   return (JSON.parse(out.trim().split('\n').at(-1)!) as { gbps: number }).gbps;
+}
+
+/** Where the line is that the floor script runs its measurement from (the tracked variant adds its rules before it). */
+const FLOOR_MEASURE_LINE = 'SRC=$Q1 DST=10.244.2.2 SRV=$Q2';
+/**
+ * The floor script with connection tracking, as a Weft node has it: in both node namespaces a FORWARD rule that
+ * accepts RELATED,ESTABLISHED (what turns tracking on, and what Weft's policy chain begins with) and one MASQUERADE
+ * rule in `nat` for addresses no test sends from. Made from the shared script's text at run time (a copy in the
+ * repository would drift from it) into `dir`.
+ */
+function writeTrackedFloor(dir: string): string {
+  const text = readFileSync(path.join(BASELINES, 'datapath-floor.sh'), 'utf8');
+  if (!text.includes(`\n${FLOOR_MEASURE_LINE}\n`)) throw new Error(`datapath-floor.sh changed: no line "${FLOOR_MEASURE_LINE}" to add the tracking rules before`);
+  const rules = 'for N in $N1 $N2; do ip netns exec $N iptables -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT; ip netns exec $N iptables -t nat -A POSTROUTING -s 203.0.113.0/24 -j MASQUERADE; done';
+  const file = path.join(dir, 'datapath-floor-tracked.sh');
+  writeFileSync(file, text.replace(`\n${FLOOR_MEASURE_LINE}\n`, `\n${rules}\n${FLOOR_MEASURE_LINE}\n`));
+  return file;
 }
 
 /**
@@ -384,63 +402,73 @@ async function floor(mode: 'native' | 'vxlan' | 'underlay'): Promise<number> {
 async function throughput(): Promise<Row[]> {
   type Mode = 'direct' | 'auto' | 'vxlan';
   const modes: Mode[] = ['direct', 'auto', 'vxlan'];
-  const results: Record<Mode | 'underlay', { weft: number[]; floor: number[] }> = { direct: { weft: [], floor: [] }, auto: { weft: [], floor: [] }, vxlan: { weft: [], floor: [] }, underlay: { weft: [], floor: [] } };
+  const results: Record<Mode | 'underlay', { weft: number[]; floor: number[]; tracked: number[] }> = { direct: { weft: [], floor: [], tracked: [] }, auto: { weft: [], floor: [], tracked: [] }, vxlan: { weft: [], floor: [], tracked: [] }, underlay: { weft: [], floor: [], tracked: [] } };
   const podMtu: Partial<Record<Mode, string>> = {};
-  await withCluster(0, {}, async (state) => {
-    const [n1, n2] = await addNodePair(state, [1, 2]);
-    for (let r = 0; r < RUNS; r++) {
-      results.underlay.weft.push(await iperf(n1.netns, n2.netns, n2.address));
-      results.underlay.floor.push(await floor('underlay'));
-    }
-    process.stderr.write(`bench/routes: throughput underlay: weft ${results.underlay.weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results.underlay.floor.map((x) => x.toFixed(2)).join(', ')}\n`);
-    for (const mode of modes) {
-      process.env.WEFT_ROUTING_MODE = mode;
-      try {
-        for (const n of [n1, n2]) await restartAgent(state.stateDir, n.name);
-      } finally {
-        delete process.env.WEFT_ROUTING_MODE;
-      }
-      // The restarted agents serve the CNI plugin once their sockets exist.
-      for (const n of [n1, n2]) {
-        const deadline = Date.now() + 30_000;
-        while (!existsSync(n.socket)) {
-          if (Date.now() > deadline) throw new Error(`${n.name}'s agent socket did not appear within 30 s`);
-          await sleep(100);
-        }
-      }
-      const p1 = await podAdd(state.stateDir, 'node1', `tp1-${mode}`);
-      const p2 = await podAdd(state.stateDir, 'node2', `tp2-${mode}`);
-      const ns1 = path.basename(p1.netns), ns2 = path.basename(p2.netns);
-      podMtu[mode] = (await run('ip', ['-n', ns1, '-o', 'link', 'show', 'eth0'])).match(/mtu (\d+)/)?.[1];
-      // Both nodes sit on the first underlay subnet: `direct` and `auto` route them directly, `vxlan` through the device.
-      const via = mode === 'vxlan' ? 'dev weft.vxlan' : 'dev eth0';
-      const deadline = Date.now() + 30_000;
-      for (;;) {
-        const r1 = await run('ip', ['-n', n1.netns, 'route', 'show', 'proto', '87']);
-        const r2 = await run('ip', ['-n', n2.netns, 'route', 'show', 'proto', '87']);
-        const ok = r1.split('\n').some((l) => !l.startsWith(p1.addresses[0]! + ' ') && l.includes(via)) && r2.split('\n').some((l) => !l.startsWith(p2.addresses[0]! + ' ') && l.includes(via));
-        if (ok) break;
-        if (Date.now() > deadline) throw new Error(`pod routes ${via} not programmed within 30 s`);
-        await sleep(200);
-      }
-      // A new pod is dropped until its policy rules reach its node (fail closed): wait until they answer.
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await run('ip', ['netns', 'exec', ns1, 'ping', '-c', '1', '-W', '1', p2.addresses[0]!]);
-          break;
-        } catch (err) {
-          if (attempt >= 15) throw err;
-        }
-      }
+  const scratch = mkdtempSync(path.join(tmpdir(), 'weft-bench-floor-'));
+  const removeScratch = async () => rmSync(scratch, { recursive: true, force: true });
+  cleanups.add(removeScratch);
+  const tracked = writeTrackedFloor(scratch);
+  try {
+    await withCluster(0, {}, async (state) => {
+      const [n1, n2] = await addNodePair(state, [1, 2]);
       for (let r = 0; r < RUNS; r++) {
-        results[mode].weft.push(await iperf(ns1, ns2, p2.addresses[0]!));
-        results[mode].floor.push(await floor(mode === 'vxlan' ? 'vxlan' : 'native'));
+        results.underlay.weft.push(await iperf(n1.netns, n2.netns, n2.address));
+        results.underlay.floor.push(await floor('underlay'));
       }
-      process.stderr.write(`bench/routes: throughput ${mode}: weft ${results[mode].weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results[mode].floor.map((x) => x.toFixed(2)).join(', ')}\n`);
-      await podDel(state.stateDir, p1.name);
-      await podDel(state.stateDir, p2.name);
-    }
-  });
+      process.stderr.write(`bench/routes: throughput underlay: weft ${results.underlay.weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results.underlay.floor.map((x) => x.toFixed(2)).join(', ')}\n`);
+      for (const mode of modes) {
+        process.env.WEFT_ROUTING_MODE = mode;
+        try {
+          for (const n of [n1, n2]) await restartAgent(state.stateDir, n.name);
+        } finally {
+          delete process.env.WEFT_ROUTING_MODE;
+        }
+        // The restarted agents serve the CNI plugin once their sockets exist.
+        for (const n of [n1, n2]) {
+          const deadline = Date.now() + 30_000;
+          while (!existsSync(n.socket)) {
+            if (Date.now() > deadline) throw new Error(`${n.name}'s agent socket did not appear within 30 s`);
+            await sleep(100);
+          }
+        }
+        const p1 = await podAdd(state.stateDir, 'node1', `tp1-${mode}`);
+        const p2 = await podAdd(state.stateDir, 'node2', `tp2-${mode}`);
+        const ns1 = path.basename(p1.netns), ns2 = path.basename(p2.netns);
+        podMtu[mode] = (await run('ip', ['-n', ns1, '-o', 'link', 'show', 'eth0'])).match(/mtu (\d+)/)?.[1];
+        // Both nodes sit on the first underlay subnet: `direct` and `auto` route them directly, `vxlan` through the device.
+        const via = mode === 'vxlan' ? 'dev weft.vxlan' : 'dev eth0';
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const r1 = await run('ip', ['-n', n1.netns, 'route', 'show', 'proto', '87']);
+          const r2 = await run('ip', ['-n', n2.netns, 'route', 'show', 'proto', '87']);
+          const ok = r1.split('\n').some((l) => !l.startsWith(p1.addresses[0]! + ' ') && l.includes(via)) && r2.split('\n').some((l) => !l.startsWith(p2.addresses[0]! + ' ') && l.includes(via));
+          if (ok) break;
+          if (Date.now() > deadline) throw new Error(`pod routes ${via} not programmed within 30 s`);
+          await sleep(200);
+        }
+        // A new pod is dropped until its policy rules reach its node (fail closed): wait until they answer.
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await run('ip', ['netns', 'exec', ns1, 'ping', '-c', '1', '-W', '1', p2.addresses[0]!]);
+            break;
+          } catch (err) {
+            if (attempt >= 15) throw err;
+          }
+        }
+        for (let r = 0; r < RUNS; r++) {
+          results[mode].weft.push(await iperf(ns1, ns2, p2.addresses[0]!));
+          results[mode].floor.push(await floor(mode === 'vxlan' ? 'vxlan' : 'native'));
+          results[mode].tracked.push(await floor(mode === 'vxlan' ? 'vxlan' : 'native', tracked));
+        }
+        process.stderr.write(`bench/routes: throughput ${mode}: weft ${results[mode].weft.map((x) => x.toFixed(2)).join(', ')}; floor ${results[mode].floor.map((x) => x.toFixed(2)).join(', ')}; floor with conntrack ${results[mode].tracked.map((x) => x.toFixed(2)).join(', ')}\n`);
+        await podDel(state.stateDir, p1.name);
+        await podDel(state.stateDir, p2.name);
+      }
+    });
+  } finally {
+    cleanups.delete(removeScratch);
+    await removeScratch();
+  }
   const u = results.underlay;
   const list = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(', ');
   const rows: Row[] = [{ figure: `node -> node over one veth pair, Weft's agents running (median of ${RUNS}: ${list(u.weft)}; floor ${list(u.floor)})`, value: `${median(u.weft).toFixed(2)} Gbit/s`, baseline: `datapath-floor underlay ${median(u.floor).toFixed(2)} Gbit/s`, ratio: `${((median(u.weft) / median(u.floor)) * 100).toFixed(0)}%` }];
@@ -450,6 +478,9 @@ async function throughput(): Promise<Row[]> {
     // Each Weft run is followed by a floor run: their ratio, per pair, is less exposed to the machine's drift.
     const paired = median(results[mode].weft.map((x, i) => x / results[mode].floor[i]!));
     rows.push({ figure: `pod -> pod, ${label[mode]}, pod MTU ${podMtu[mode]} (iperf3 ${IPERF_S} s, median of ${RUNS}: ${list(results[mode].weft)}; floor ${list(results[mode].floor)})`, value: `${w.toFixed(2)} Gbit/s`, baseline: `datapath-floor ${mode === 'vxlan' ? 'vxlan' : 'native'} ${f.toFixed(2)} Gbit/s`, ratio: `${((w / f) * 100).toFixed(0)}% (per pair ${(paired * 100).toFixed(0)}%)`, goal: `>= 95%: ${w / f >= 0.95 ? 'met' : 'MISSED'}` });
+    const t = median(results[mode].tracked);
+    const pairedTracked = median(results[mode].weft.map((x, i) => x / results[mode].tracked[i]!));
+    rows.push({ figure: `  the same beside the floor with connection tracking (its FORWARD accepting RELATED,ESTABLISHED and a MASQUERADE rule, as a Weft node has: ${list(results[mode].tracked)})`, value: `${w.toFixed(2)} Gbit/s`, baseline: `floor with conntrack ${t.toFixed(2)} Gbit/s (${((t / f) * 100).toFixed(0)}% of the floor)`, ratio: `${((w / t) * 100).toFixed(0)}% (per pair ${(pairedTracked * 100).toFixed(0)}%)` });
   }
   return rows;
 }
