@@ -34,6 +34,7 @@ import { median, ms, printTable, type Row } from './support.js';
  *    Established traffic is accepted by WEFT-FORWARD's first rule (conntrack) in both Weft configurations, so only a
  *    connection's first packets meet the entries: the ratio is expected at 100% within the machine's noise.
  * Medians of WEFT_BENCH_RUNS (3) runs, each with WEFT_BENCH_POLICY_CHANGES (5) changes of each kind.
+ * WEFT_BENCH_DEBUG=1 prints each run's from-scratch figures (in force, service, kernel) on stderr.
  */
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const PODS = Number(process.env.WEFT_BENCH_POLICY_PODS ?? 1000);

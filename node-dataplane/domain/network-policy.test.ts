@@ -192,6 +192,17 @@ test('an agent that finds the per-direction anchors of an earlier version moves 
   }
 });
 
+test('an anchor is compared as a set of rules: another order plans nothing, a rule held twice loses its extra copy', () => {
+  const d = desiredPolicy(rules(), veths);
+  const want = d.chains.get('WEFT-P-weft00000000001')!;
+  const held = (anchor: string[]): PolicyActual => ({ chains: new Map([...d.chains, ['WEFT-P-weft00000000001', anchor]]), jumps: 1, sets: new Map(d.sets) });
+  assert.deepEqual(planPolicy(d, held([...want].reverse())).changed, [], 'the two directions in the other order');
+  const twice = planPolicy(d, held([...want, want[1]!]));
+  assert.deepEqual(twice.changed, ['chain WEFT-P-weft00000000001']);
+  assert.equal(twice.filter, null, 'nothing to add');
+  assert.equal(twice.filterAfter, `*filter\n-D WEFT-P-weft00000000001 ${want[1]!.slice('-A WEFT-P-weft00000000001 '.length)}\nCOMMIT\n`, 'one copy deleted');
+});
+
 test('a few pods\' new rules are planned alone, against the record, as the whole node would be', () => {
   const SET_Z = 'weft-00000000000000cc';
   const sets = new Map([[SET_Y, ['10.244.1.7/32']], [SET_OUT, ['192.0.2.0/24']], [SET_Z, ['10.244.7.0/24']], ['weft-00000000000000dd', ['fd00::/64']]]);

@@ -415,7 +415,14 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family:
       // that has no entries any more, a RETURN inserted first; afterwards the old rules (and that RETURN) deleted.
       const spec = (rule: string) => rule.slice(`-A ${chain} `.length);
       const added = rules.filter((r) => !have.includes(r));
-      const gone = have.filter((r) => !rules.includes(r));
+      // Counted as a multiset: a rule the kernel holds twice (added by hand) loses its extra copy.
+      const unmatched = [...rules];
+      const gone = have.filter((r) => {
+        const i = unmatched.indexOf(r);
+        if (i < 0) return true;
+        unmatched.splice(i, 1);
+        return false;
+      });
       for (const r of added) edits.push(`-I ${chain} 1 ${spec(r)}`);
       const wanted = new Set(rules.map(anchorMatch));
       for (const r of gone) after.push(`-D ${chain} ${spec(r)}`);
