@@ -6,12 +6,15 @@ import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 /**
  * Keeps the node's registration alive: RenewLease every third of the lease the control plane granted. A failed
  * renewal is retried after a second, so a lease survives one lost renewal and a short control-plane outage. A node
- * whose lease ran out comes back with its next renewal. NOT_FOUND means an operator deregistered the node: the agent
- * respects that and stops renewing (it registers again only when restarted).
+ * whose lease ran out comes back with its next renewal. NOT_FOUND means the node is not registered (deregistered
+ * while this agent and its pods run, or a control plane that lost it): the agent registers it again at once, with
+ * its current registration (underlay address and VTEP MAC), so that it is back in every node's routes and IPAM never
+ * takes it for gone and releases its running pods' addresses. To remove a node for good, stop its agent first.
  */
 export function keepNodeLease(deps: {
   routes: PromiseClient<typeof RoutesServiceService>;
-  registration: { name: string };
+  /** The node's current registration (main keeps it up to date when the underlay moves). */
+  registration: { name: string; underlayAddress: string; vtepMac: string };
   leaseMs: number;
   logger: Logger;
   signal: AbortSignal;
@@ -36,8 +39,15 @@ export function keepNodeLease(deps: {
         delay = leaseMs / 3;
       } catch (err) {
         if ((err as { code?: number }).code === status.NOT_FOUND) {
-          logger.error('this node was deregistered; it stays out of the route table until the agent restarts and registers again');
-          return;
+          logger.warn('this node is not registered (deregistered while it runs?); registering it again', { underlay: deps.registration.underlayAddress });
+          try {
+            leaseMs = (await routes.registerNode(deps.registration, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+            logger.info('registered again', { underlay: deps.registration.underlayAddress, vtepMac: deps.registration.vtepMac, leaseMs });
+            delay = leaseMs / 3;
+            continue;
+          } catch (regErr) {
+            err = regErr;
+          }
         }
         logger.warn('cannot renew the node lease; retrying', { err: (err as Error).message });
         delay = Math.min(1000, leaseMs / 6);

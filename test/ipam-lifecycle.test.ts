@@ -69,17 +69,31 @@ test('an empty block returns to its pool after the grace period, and its withdra
   assert.deepEqual(problems, []);
 });
 
-test('a node missing from the routes service past its grace has its allocations released; registered nodes keep theirs', async () => {
+test('the IPAM sweeper releases only what Weft owns: an external allocation (node na, or a node never registered) survives; a node that deregistered for good has its addresses released; one that registered again keeps them', async () => {
   await routes.registerNode({ name: 'alive', underlayAddress: '192.0.2.62', vtepMac: '02:00:00:00:00:62' });
   await ipam.allocate({ handle: 'alive-1/eth0', node: 'alive', pool: 'churn' });
+  // External systems call the IPAM API too: a load balancer's address on node "na", an allocation for a name the
+  // routes service never knew. Neither is Weft's to sweep.
+  await ipam.allocate({ handle: 'lb-frontend/vip', node: 'na', pool: 'churn' });
   await ipam.allocate({ handle: 'ghost-1/eth0', node: 'ghost', pool: 'churn' });
   await routes.registerNode({ name: 'leaving', underlayAddress: '192.0.2.63', vtepMac: '02:00:00:00:00:63' });
   await ipam.allocate({ handle: 'leaving-1/eth0', node: 'leaving', pool: 'churn' });
+  await routes.registerNode({ name: 'back', underlayAddress: '192.0.2.64', vtepMac: '02:00:00:00:00:64' });
+  await ipam.allocate({ handle: 'back-1/eth0', node: 'back', pool: 'churn' });
   await routes.deregisterNode({ name: 'leaving' });
-  await waitFor('the gone nodes\' allocations to be released', async () => {
+  // Made after the node departed: not the departed node's (its sweep releases only what it allocated before it left).
+  await new Promise((r) => setTimeout(r, 50));
+  await ipam.allocate({ handle: 'leaving-late/eth0', node: 'leaving', pool: 'churn' });
+  // Deregistered, then registered again (its agent still runs): it is a live node again.
+  await routes.deregisterNode({ name: 'back' });
+  await routes.registerNode({ name: 'back', underlayAddress: '192.0.2.64', vtepMac: '02:00:00:00:00:64' });
+  await waitFor('the departed node\'s allocations to be released', async () => {
     const live = (await ipam.listAllocations({ pool: 'churn' })).allocations.map((a) => a.handle);
-    return !live.includes('ghost-1/eth0') && !live.includes('leaving-1/eth0');
+    return !live.includes('leaving-1/eth0');
   });
-  const live = (await ipam.listAllocations({ pool: 'churn' })).allocations.map((a) => a.handle);
-  assert.ok(live.includes('alive-1/eth0'));
+  // Several more sweeps (1 s each, grace 1 s) past the one that released the departed node.
+  await new Promise((r) => setTimeout(r, 3500));
+  const live = (await ipam.listAllocations({ pool: 'churn' })).allocations.map((a) => a.handle).sort();
+  // churn-2/eth0 (the test above) is on churn-b, a node never registered either.
+  assert.deepEqual(live, ['alive-1/eth0', 'back-1/eth0', 'churn-2/eth0', 'ghost-1/eth0', 'lb-frontend/vip', 'leaving-late/eth0']);
 });

@@ -6,9 +6,12 @@ import type { IpamRepository } from './store/ipam.repository.js';
 /**
  * IPAM's housekeeping, every `sweepSeconds`:
  *  - empty blocks go back to their pools after `blockGraceSeconds` unused (see releaseEmptyBlocks);
- *  - a node that holds blocks but has been missing from the routes service (asked over gRPC, never its tables) for
- *    `nodeGoneGraceSeconds` of successful checks has its allocations released; its blocks then empty and return.
- * A failed check of the routes service changes nothing: "missing" needs an answer that lists the nodes.
+ *  - a node that departed (the routes service, asked over gRPC with ListDepartedNodes, never its tables, says it was
+ *    registered, then deregistered, and has not registered again) more than `nodeGoneGraceSeconds` ago has the
+ *    allocations it made before it departed released; its blocks then empty and return. Nothing else is a gone
+ *    node: a name never registered (an external system's allocation, e.g. a load balancer's on node "na") and a
+ *    registered node (also one whose lease ran out: it may be cut off with its pods running) keep their addresses.
+ * A failed check of the routes service changes nothing: "departed" needs an answer that says so.
  */
 export interface SweeperOptions {
   repo: IpamRepository;
@@ -20,9 +23,11 @@ export interface SweeperOptions {
   now?: () => number;
 }
 
+/** ListDepartedNodes takes at most this many names at once. */
+const NAMES_PER_REQUEST = 10_000;
+
 export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; stop(): void } {
   const now = o.now ?? Date.now;
-  const missingSince = new Map<string, number>();
   let running = false;
 
   async function sweep(): Promise<void> {
@@ -31,23 +36,20 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
     try {
       const released = await o.repo.releaseEmptyBlocks(o.blockGraceSeconds);
       if (released.length > 0) o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
-      let registered: Set<string>;
+      const holding = await o.repo.nodesHoldingAddresses();
+      const departed: { name: string; departTime?: Date | undefined }[] = [];
       try {
-        registered = new Set((await o.routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+        for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
+          departed.push(...(await o.routes.listDepartedNodes({ names: holding.slice(i, i + NAMES_PER_REQUEST) }, { timeoutMs: 10_000 })).nodes);
+        }
       } catch (err) {
-        o.logger.warn('cannot list nodes from the routes service; gone nodes are not swept this time', { err: (err as Error).message });
+        o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', { err: (err as Error).message });
         return;
       }
-      const holding = await o.repo.nodesHoldingAddresses();
-      for (const n of [...missingSince.keys()]) if (registered.has(n) || !holding.includes(n)) missingSince.delete(n);
-      for (const node of holding) {
-        if (registered.has(node)) continue;
-        const since = missingSince.get(node) ?? now();
-        missingSince.set(node, since);
-        if (now() - since < o.nodeGoneGraceSeconds * 1000) continue;
-        const gone = await o.repo.garbageCollect(node, []);
-        missingSince.delete(node);
-        o.logger.info('node gone: its allocations are released', { node, released: gone.length });
+      for (const d of departed) {
+        if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
+        const gone = await o.repo.releaseNodeAllocationsBefore(d.name, d.departTime);
+        if (gone.length > 0) o.logger.info('node departed: its allocations are released', { node: d.name, departed: d.departTime.toISOString(), released: gone.length });
       }
     } catch (err) {
       o.logger.error('IPAM sweep failed; next time', { err });

@@ -3,8 +3,8 @@ import type { RouteLogRepository } from './store/route-log.repository.js';
 
 /**
  * Every replica runs a sweeper; a transaction-scoped try-lock lets one sweep at a time (the others skip that round).
- * A sweep withdraws nodes whose lease ran out (a delete change), logs whatever else differs from the logged table,
- * and compacts the log.
+ * A sweep first gives live leases a full lease when the control plane was down (resumeLeases), withdraws nodes whose
+ * lease ran out (a delete change), logs whatever else differs from the logged table, and compacts the log.
  */
 export function startLeaseSweeper(deps: { log: RouteLogRepository; logger: Logger; intervalMs: number; keep: number; maxAgeSeconds: number }) {
   const { log, logger } = deps;
@@ -15,6 +15,7 @@ export function startLeaseSweeper(deps: { log: RouteLogRepository; logger: Logge
     running = true;
     try {
       const r = await log.sweep({ keep: deps.keep, maxAgeSeconds: deps.maxAgeSeconds });
+      if (r.resumed > 0) logger.warn('the control plane was down for more than half a lease: live leases get a full lease to renew', { nodes: r.resumed });
       for (const c of r.changes) logger.info(c.routes ? 'node back in the route table' : 'node withdrawn (lease ran out or gone)', { node: c.node, revision: c.revision });
     } catch (err) {
       logger.warn('lease sweep failed; retrying', { err: (err as Error).message });

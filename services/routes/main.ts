@@ -35,7 +35,7 @@ export async function mountRoutesService(server: Server, deps: { database: Datab
   const { options } = deps;
   const logger = deps.logger.child({ service: 'routes' });
   const nodes = createNodesRepository(deps.database.db);
-  const log = createRouteLogRepository(deps.database.db);
+  const log = createRouteLogRepository(deps.database.db, { leaseMs: options.leaseMs });
   const ipam = createClient(IpamServiceService, deps.ipamAddress);
   const follower = startAffinityFollower({ databaseUrl: deps.databaseUrl, ipam, log, logger });
   const sweeper = startLeaseSweeper({ log, logger, intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))), keep: options.logKeep, maxAgeSeconds: options.logMaxAgeSeconds });

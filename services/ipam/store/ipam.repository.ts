@@ -563,6 +563,11 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return withRetry(() => releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))`));
   }
 
+  /** Releases the node's live allocations made before `before` (the node departed then; later ones are a new life's). */
+  async function releaseNodeAllocationsBefore(node: string, before: Date): Promise<Allocation[]> {
+    return withRetry(() => releaseWhere(sql`a.node = ${node} AND a.allocated_at < ${before.toISOString()}::timestamptz`));
+  }
+
   async function history(q: HistoryQuery, after: PageKey | null = null): Promise<Page<HistoryEntry>> {
     let where: SQL;
     switch (q.kind) {
@@ -747,7 +752,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     releaseEmptyBlocks, nodesHoldingAddresses,
     checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
-    garbageCollect, history, utilization, affinitySnapshot, affinityChangesSince,
+    garbageCollect, releaseNodeAllocationsBefore, history, utilization, affinitySnapshot, affinityChangesSince,
   };
 }
 

@@ -46,3 +46,12 @@ export function validateRegistration(input: { name: string; underlayAddress: str
   return { name: input.name, underlayAddress: input.underlayAddress, vtepMac: input.vtepMac.toLowerCase() };
 }
 
+
+/** At most this many names in one ListDepartedNodes request. */
+export const MAX_DEPARTED_QUERY = 10_000;
+
+export function validateDepartedQuery(names: string[]): string[] {
+  if (names.length > MAX_DEPARTED_QUERY)
+    throw new DomainError('routes.too_many_names', 'invalid_argument', `ListDepartedNodes takes at most ${MAX_DEPARTED_QUERY} names (got ${names.length}): ask in several requests`);
+  return [...new Set(names)];
+}

@@ -1,7 +1,7 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { RoutesServiceService, type Node as PbNode } from '../../../gen/weft/routes/v1/routes.js';
-import { validateRegistration, type NodeRecord } from '../domain/route-table.js';
+import { validateDepartedQuery, validateRegistration, type NodeRecord } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
 import { shareLogReads, watchRoutes } from '../watch-routes.js';
@@ -36,6 +36,10 @@ export function createRoutesHandlers(deps: {
     },
     async listNodes() {
       return { nodes: (await nodes.list()).map(toPbNode) };
+    },
+    async listDepartedNodes(req) {
+      const departed = await nodes.listDeparted(validateDepartedQuery(req.names));
+      return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
       yield* watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal);

@@ -14,10 +14,11 @@ export function createNodesRepository(db: Database) {
   });
   const columns = sql`name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at, lease_expires_at`;
   return {
-    /** Adds or updates the node and (re)starts its lease. */
+    /** Adds or updates the node and (re)starts its lease; a node that had departed is no longer departed. */
     async register(n: { name: string; underlayAddress: string; vtepMac: string }, leaseMs: number): Promise<NodeRecord> {
       return db.transaction(async (tx) => {
         await lockChanges(tx);
+        await tx.execute(sql`DELETE FROM routes.departed_nodes WHERE name = ${n.name}`);
         const res = await tx.execute(sql`WITH up AS (
             INSERT INTO routes.nodes (name, underlay_address, vtep_mac, revision, lease_expires_at)
             VALUES (${n.name}, ${n.underlayAddress}::inet, ${n.vtepMac}::macaddr, nextval('routes.revision_seq'), now() + make_interval(secs => ${leaseMs / 1000}))
@@ -42,13 +43,24 @@ export function createNodesRepository(db: Database) {
         return toNode(res.rows[0] as Record<string, unknown>);
       });
     },
+    /** Removes the node and records when it departed (only a node that was registered departs). */
     async deregister(name: string): Promise<boolean> {
       return db.transaction(async (tx) => {
         await lockChanges(tx);
-        const res = await tx.execute(sql`DELETE FROM routes.nodes WHERE name = ${name} RETURNING name`);
+        const res = await tx.execute(sql`WITH gone AS (DELETE FROM routes.nodes WHERE name = ${name} RETURNING name),
+            departed AS (INSERT INTO routes.departed_nodes (name) SELECT name FROM gone
+              ON CONFLICT (name) DO UPDATE SET departed_at = excluded.departed_at)
+          SELECT name FROM gone`);
         await logNodeChanges(tx, [name]);
         return res.rows.length > 0;
       });
+    },
+    /** Those of `names` that departed (deregistered, not registered since), with when. */
+    async listDeparted(names: string[]): Promise<{ name: string; departedAt: Date }[]> {
+      if (names.length === 0) return [];
+      const res = await db.execute(sql`SELECT name, departed_at FROM routes.departed_nodes
+        WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb)) ORDER BY name`);
+      return (res.rows as Record<string, unknown>[]).map((r) => ({ name: String(r.name), departedAt: new Date(r.departed_at as string) }));
     },
     async list(): Promise<NodeRecord[]> {
       const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes ORDER BY name`);

@@ -73,8 +73,29 @@ export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Pro
   return res.map((r) => ({ revision: Number(r.revision), node: String(r.node), routes: (r.routes as NodeRoutes | null) ?? null }));
 }
 
-/** Reads and writes of the revision log that are not node registrations. */
-export function createRouteLogRepository(db: Database) {
+/**
+ * Leases do not run out while the control plane is down. `log_horizon.live_at` is when the routes service was last
+ * seen up with its database (each call sets it; the sweeper calls it every quarter lease, at most every second). When
+ * it is older than half a lease, the control plane (or its database) was down since then, and no agent could renew:
+ * every lease still live at `live_at` gets a full lease from now, so agents have one lease period to renew before
+ * anything is withdrawn, and a restart after a long outage withdraws no node whose agent renews (nodes whose lease had
+ * run out before the outage stay out). Run before anything compares leases with now() for nodes other than the one
+ * being written (the sweep, the affinity follower's writes). Caller holds lockChanges. Returns how many were extended.
+ */
+export async function resumeLeases(tx: Executor, leaseMs: number): Promise<number> {
+  const lease = sql`make_interval(secs => ${leaseMs / 1000})`;
+  const [r] = await rows(tx, sql`WITH h AS (SELECT live_at FROM routes.log_horizon WHERE id = 1),
+      ext AS (UPDATE routes.nodes n SET lease_expires_at = now() + ${lease} FROM h
+        WHERE h.live_at < now() - make_interval(secs => ${leaseMs / 2000})
+          AND n.lease_expires_at > h.live_at AND n.lease_expires_at < now() + ${lease}
+        RETURNING n.name),
+      up AS (UPDATE routes.log_horizon SET live_at = now() WHERE id = 1)
+    SELECT count(*) AS n FROM ext`);
+  return Number(r!.n);
+}
+
+/** Reads and writes of the revision log that are not node registrations. `leaseMs`: the node lease (resumeLeases). */
+export function createRouteLogRepository(db: Database, opts: { leaseMs: number }) {
   return {
     /**
      * What a watcher at `since` needs, read in one REPEATABLE READ snapshot: the changes after it (at most `limit`)
@@ -109,6 +130,7 @@ export function createRouteLogRepository(db: Database) {
             AND classid = ${LOCK_CLASS} AND objid = ${AFFINITY_FOLLOWER_LOCK} AND objsubid = 2 AND pid = ${followerPid}
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held`);
         if (!fence!.held) return false;
+        await resumeLeases(tx, opts.leaseMs);
         const affected = new Set<string>();
         const ups = JSON.stringify(msg.upserts.map((u) => ({ cidr: u.cidr, node: u.node })));
         if (msg.reset) {
@@ -138,22 +160,24 @@ export function createRouteLogRepository(db: Database) {
      * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
      * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
      */
-    async sweep(opts: { keep: number; maxAgeSeconds: number }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number }> {
+    async sweep(compaction: { keep: number; maxAgeSeconds: number }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number; resumed: number }> {
       return db.transaction(async (tx) => {
         const [got] = await rows(tx, sql`SELECT pg_try_advisory_xact_lock(${LOCK_CLASS}, ${SWEEPER_LOCK}) AS got`);
-        if (!got!.got) return { swept: false, changes: [], compacted: 0 };
+        if (!got!.got) return { swept: false, changes: [], compacted: 0, resumed: 0 };
         await lockChanges(tx);
+        // Also while not ready: the service is up and agents can renew, so that time counts against leases.
+        const resumed = await resumeLeases(tx, opts.leaseMs);
         const [ready] = await rows(tx, sql`SELECT affinities_synced_at IS NOT NULL AS ready FROM routes.log_horizon WHERE id = 1`);
-        if (!ready!.ready) return { swept: false, changes: [], compacted: 0 };
+        if (!ready!.ready) return { swept: false, changes: [], compacted: 0, resumed };
         const changes = await logNodeChanges(tx, 'all');
         const [c] = await rows(tx, sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
             gone AS (DELETE FROM routes.changes WHERE revision < (SELECT r FROM head)
-              AND revision <= (SELECT r FROM head) - ${opts.keep} AND changed_at < now() - make_interval(secs => ${opts.maxAgeSeconds})
+              AND revision <= (SELECT r FROM head) - ${compaction.keep} AND changed_at < now() - make_interval(secs => ${compaction.maxAgeSeconds})
               RETURNING revision),
             h AS (UPDATE routes.log_horizon SET compacted_through = greatest(compacted_through, (SELECT max(revision) FROM gone))
               WHERE id = 1 AND EXISTS (SELECT 1 FROM gone))
           SELECT count(*) AS n FROM gone`);
-        return { swept: true, changes, compacted: Number(c!.n) };
+        return { swept: true, changes, compacted: Number(c!.n), resumed };
       });
     },
   };

@@ -16,6 +16,16 @@ export const nodes = routes.table('nodes', {
 });
 
 /**
+ * Nodes that were registered and then deregistered, and have not registered again (RegisterNode removes the row):
+ * when each left. IPAM asks for them (ListDepartedNodes) before it releases a node's addresses; a name never
+ * registered has no row, so an allocation an external system made under it is never taken for a gone node's.
+ */
+export const departedNodes = routes.table('departed_nodes', {
+  name: text('name').primaryKey(),
+  departedAt: timestamp('departed_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/**
  * The routes service's own copy of IPAM's block affinities, as learned over gRPC (WatchBlockAffinities) by the one
  * replica that is the affinity follower. Never IPAM's tables.
  */
@@ -47,5 +57,11 @@ export const logHorizon = routes.table('log_horizon', {
   compactedThrough: bigint('compacted_through', { mode: 'number' }).notNull(),
   /** When the affinity follower first recorded IPAM's snapshot; until then the log is not served and not swept. */
   affinitiesSyncedAt: timestamp('affinities_synced_at', { withTimezone: true }),
+  /**
+   * When the routes service was last seen up with its database (every lease sweep sets it). A writer that finds it
+   * older than half a lease knows the control plane was down: leases still live then get a full lease from now
+   * before anything is withdrawn (resumeLeases).
+   */
+  liveAt: timestamp('live_at', { withTimezone: true }).notNull().defaultNow(),
 });
 
