@@ -457,6 +457,8 @@ describe('agent reconciliation on the local cluster', opts, () => {
       return o.routes.filter((r) => r.dst === staleBlock).length + o.neighbours.filter((x) => x.dst === gateway).length + o.fdb.filter((f) => f.mac === stale.mac).length;
     };
 
+    // An operator removing node3 for good stops its agent first (a running agent registers its node again).
+    await stopAgent(stateDir, 'node3', 'SIGKILL');
     const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)));
     try {
       const res = await routes.deregisterNode({ name: 'node3' }, { timeoutMs: 10_000 });

@@ -84,3 +84,19 @@ test('bad registrations get INVALID_ARGUMENT and register nothing', async () => 
   }
   assert.equal((await routes.listNodes({})).nodes.length, before);
 });
+
+test('ListDepartedNodes names the nodes that were registered and deregistered, until they register again; never a name it never knew', async () => {
+  await routes.registerNode({ name: 'd1', underlayAddress: '192.0.2.31', vtepMac: '02:57:c0:00:02:1f' });
+  await routes.registerNode({ name: 'd2', underlayAddress: '192.0.2.32', vtepMac: '02:57:c0:00:02:20' });
+  const before = Date.now();
+  await routes.deregisterNode({ name: 'd1' });
+  await routes.deregisterNode({ name: 'd2' });
+  await routes.deregisterNode({ name: 'never-registered' });
+  await routes.registerNode({ name: 'd2', underlayAddress: '192.0.2.32', vtepMac: '02:57:c0:00:02:20' });
+  const { nodes } = await routes.listDepartedNodes({ names: ['d1', 'd2', 'never-registered', 'na', 'd1'] });
+  assert.deepEqual(nodes.map((n) => n.name), ['d1']);
+  assert.ok(Math.abs(nodes[0]!.departTime!.getTime() - before) < 5000, 'with the time it departed');
+  assert.deepEqual((await routes.listDepartedNodes({ names: [] })).nodes, []);
+  await assert.rejects(routes.listDepartedNodes({ names: Array.from({ length: 10_001 }, (_, i) => `n-${i}`) }),
+    (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /at most 10000/.test(e.details));
+});
