@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { DomainError } from '../lib/errors.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Handlers } from '../lib/grpc/server.js';
@@ -117,6 +118,9 @@ export function createCniHandlers(deps: {
         throw new DomainError('agent.attach_in_progress', 'conflict', `an ADD for container ${req.containerId} interface ${req.ifname} is already running`);
       }
       const log = deps.logger.child({ containerId: req.containerId, handle });
+      // Names this ADD's allocation: the releases below name it too, so an Allocate whose answer was lost cannot commit
+      // after the release that undoes it (IPAM fences the attempt; see services/ipam/DESIGN.md, "Allocation attempts").
+      const attemptId = randomUUID();
       inFlight.set(handle, hostIfname);
       try {
         // What exists for this handle is a live attachment (the runtime must DEL before it ADDs again): touching it,
@@ -129,8 +133,8 @@ export function createCniHandlers(deps: {
           );
         }
         const release = async (why: string) => {
-          await deps.ipam.release({ handle }, { timeoutMs: 10_000 })
-            .then((r) => log.info('released after a failed attach', { why, released: r.released, address: r.address }))
+          await deps.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 })
+            .then((r) => log.info('released after a failed attach', { why, attemptId, released: r.released, address: r.address }))
             .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
         };
         // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
@@ -151,7 +155,7 @@ export function createCniHandlers(deps: {
           // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
           {
             handle, node: deps.node, pool: req.pool, families: ipamFamilies, addresses: [...req.requestedAddresses],
-            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, attemptId,
           },
           { timeoutMs: 20_000 },
         ).then(async (res): Promise<PodAddresses> => {
@@ -172,7 +176,8 @@ export function createCniHandlers(deps: {
           return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
         }, async (err: unknown) => {
           allocationError = { err };
-          // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
+          // IPAM may have committed an allocation whose answer was lost, or may still commit it: release by handle
+          // (nothing live uses it), naming the attempt, so that it is freed if it committed and never commits if not.
           const code = (err as { code?: number }).code;
           if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
           throw err;

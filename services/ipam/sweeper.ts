@@ -9,6 +9,7 @@ import type { IpamRepository } from './store/ipam.repository.js';
  *  - a node that holds blocks but has been missing from the routes service (asked over gRPC, never its tables) for
  *    `nodeGoneGraceSeconds` of successful checks has its allocations released; its blocks then empty and return.
  * A failed check of the routes service changes nothing: "missing" needs an answer that lists the nodes.
+ *  - allocation attempts are forgotten: fenced ones after `attemptRetentionSeconds`, others after ten minutes.
  */
 export interface SweeperOptions {
   repo: IpamRepository;
@@ -16,6 +17,7 @@ export interface SweeperOptions {
   sweepSeconds: number;
   blockGraceSeconds: number;
   nodeGoneGraceSeconds: number;
+  attemptRetentionSeconds: number;
   logger: Logger;
   now?: () => number;
 }
@@ -31,6 +33,7 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
     try {
       const released = await o.repo.releaseEmptyBlocks(o.blockGraceSeconds);
       if (released.length > 0) o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
+      await o.repo.pruneAttempts(o.attemptRetentionSeconds);
       let registered: Set<string>;
       try {
         registered = new Set((await o.routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
