@@ -6,6 +6,7 @@ import type { Logger } from '../lib/logger.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
+import { errorCodeOf } from '../lib/grpc/status.js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
@@ -70,11 +71,25 @@ export function createCniHandlers(deps: {
   const ipamKind = (code: number) =>
     code === status.RESOURCE_EXHAUSTED ? 'exhausted' : code === status.INVALID_ARGUMENT ? 'invalid_argument'
       : code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED ? 'unavailable' : 'failed_precondition';
-  const passThrough = (err: unknown): never => {
-    // IPAM's own error (with its status and message) goes back to the plugin unchanged.
+  /**
+   * IPAM's own error (with its status and message) goes back to the plugin, with its kind chosen for what the
+   * runtime should do: a pool the network config names that IPAM does not have is the config's fault (the plugin's
+   * code 7), a requested address still cooling down frees at the time IPAM's message gives (code 11, try again).
+   */
+  const passThrough = (err: unknown, configPool = ''): never => {
     const e = err as { code?: number; details?: string };
-    if (typeof e.code === 'number') throw new DomainError('agent.ipam_error', ipamKind(e.code), `IPAM: ${e.details ?? String(err)}`);
-    throw err;
+    if (typeof e.code !== 'number') throw err;
+    const message = `IPAM: ${e.details ?? String(err)}`;
+    switch (errorCodeOf(err)) {
+      case 'ipam.pool_not_found':
+        throw new DomainError('agent.unknown_pool', 'invalid_argument', configPool
+          ? `the network config names pool ${JSON.stringify(configPool)}, which IPAM does not have (${message}); name an existing pool, or leave "pool" out for the default`
+          : message);
+      case 'ipam.address_cooling_down':
+        throw new DomainError('agent.address_cooling_down', 'unavailable', message);
+      default:
+        throw new DomainError('agent.ipam_error', ipamKind(e.code), message);
+    }
   };
   const checkAttachment = (containerId: string, ifname: string) => {
     if (!containerId) throw invalid('container id is empty');
@@ -207,7 +222,7 @@ export function createCniHandlers(deps: {
             routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])],
           };
         } catch (err) {
-          if (allocationError && err === allocationError.err) return passThrough(err);
+          if (allocationError && err === allocationError.err) return passThrough(err, req.pool);
           log.warn('attach failed; releasing the address', { err: (err as Error).message });
           await release('attach failed');
           throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);
