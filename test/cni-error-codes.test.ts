@@ -10,12 +10,14 @@ import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { privilegedOrSkip } from './support/privileges.js';
+import { startSqlShellInNetns } from './support/sql-shell.js';
 import { bin } from './support/processes.js';
 
 const sh = promisify(execFile);
@@ -124,6 +126,39 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
       assert.equal((await cni('DEL', second, netconf())).status, 0);
     } finally {
       await Promise.all([first, second].map(dropPod));
+    }
+  });
+
+  it('an ADD whose Allocate IPAM commits only after the agent gave up on it is code 11 and leaves no address behind', async () => {
+    // The agent waits 20 s for IPAM's Allocate, then releases the handle to undo it. The test holds the locks that
+    // the Allocate needs (the node's blocks, and the claim lock for a node without one) in the control plane's
+    // database past that, so the Allocate commits only after the agent's release: that release must fence it.
+    const pod = await newPod('late');
+    const db = await startSqlShellInNetns(state!.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    try {
+      await db.query('BEGIN');
+      await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
+      const started = Date.now();
+      const adding = cni('ADD', pod, netconf());
+      await sleep(started + 22_000 - Date.now());
+      await db.query('COMMIT');
+      const doc = cniError(await adding, 11);
+      assert.match(doc.msg, /try again later/, doc.msg);
+      // Until nothing the agent started runs in the database any more.
+      for (let i = 0; ; i++) {
+        const [busy] = await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+          AND backend_type = 'client backend' AND (state = 'active' OR state LIKE 'idle in transaction%')`);
+        if (Number(busy!.n) === 0) break;
+        assert.ok(i < 500, 'the control plane is still busy');
+        await sleep(20);
+      }
+      assert.equal(await holderOf(pod), undefined, 'no address is live for the handle of the failed ADD');
+      assert.ok(!(await hostLinkExists(pod)), 'no host veth remains');
+      assert.equal((await cni('DEL', pod, netconf())).status, 0);
+    } finally {
+      await db.close();
+      await dropPod(pod);
     }
   });
 });
