@@ -137,3 +137,28 @@ describe('a timed-out Allocate cannot commit after the compensating Release', ()
     assert.deepEqual((await ipam.listAllocationHistory({ handle: 'bad-attempt/eth0' })).entries, []);
   });
 });
+
+describe('the sweeper forgets allocation attempts', () => {
+  let swept: IpamTestbed;
+  before(async () => {
+    swept = await startIpamTestbed({ settings: { sweepSeconds: '1', attemptRetentionSeconds: '3600' } });
+    await swept.ipam.createPool({ name: 'main', cidr: '10.50.0.0/16', blockPrefixLength: 26 });
+  });
+  after(() => swept?.stop());
+
+  test('fenced attempts after the retention, the others after ten minutes; a fence it keeps still holds', async () => {
+    const { ipam, sql } = swept;
+    const ids = { oldFence: randomUUID(), newFence: randomUUID(), oldPlain: randomUUID(), newPlain: randomUUID() };
+    await ipam.release({ handle: 'sweep/eth0', attemptId: ids.oldFence });
+    await ipam.release({ handle: 'sweep/eth0', attemptId: ids.newFence });
+    await ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.oldPlain }));
+    await ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.newPlain }));
+    await sql.query(`UPDATE ipam.allocation_attempts SET created_at = now() - interval '2 hours', fenced_at = now() - interval '2 hours' WHERE attempt_id = $1`, [ids.oldFence]);
+    await sql.query(`UPDATE ipam.allocation_attempts SET created_at = now() - interval '11 minutes' WHERE attempt_id = $1`, [ids.oldPlain]);
+    const left = async () => (await sql.query(`SELECT attempt_id FROM ipam.allocation_attempts WHERE handle = 'sweep/eth0'`)).rows.map((r) => r.attempt_id as string).sort();
+    await until('the sweeper ran', async () => (await left()).length === 2, 5000);
+    assert.deepEqual(await left(), [ids.newFence, ids.newPlain].sort());
+    // The fence it keeps still holds.
+    await assert.rejects(ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.newFence })), (err: { code: number }) => err.code === status.ABORTED);
+  });
+});
