@@ -11,6 +11,7 @@ export const controlPlaneSettings = {
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
   nodeGoneGraceSeconds: { env: 'WEFT_IPAM_NODE_GONE_GRACE_SECONDS', description: 'a node deregistered this long ago (and not registered again) has its allocations released; names never registered are left alone', default: 300, parse: parsers.int(0, 30 * 86_400) },
+  attemptRetentionSeconds: { env: 'WEFT_IPAM_ATTEMPT_RETENTION_SECONDS', description: 'a Release that fenced an allocation attempt is remembered this long: a later Allocate of that attempt allocates nothing', default: 86_400, parse: parsers.int(60, 30 * 86_400) },
   nodeLeaseMs: { env: 'WEFT_NODE_LEASE_MS', description: 'how long a node registration lasts without renewal (agents renew every third of it)', default: 20_000, parse: parsers.int(100, 3_600_000) },
   routesBookmarkMs: { env: 'WEFT_ROUTES_BOOKMARK_MS', description: 'idle WatchRoutes and WatchNodePolicy streams get a bookmark (their current revision) this often', default: 5000, parse: parsers.int(10, 600_000) },
   routesPollMs: { env: 'WEFT_ROUTES_POLL_MS', description: 'WatchRoutes and WatchNodePolicy streams re-read at least this often (NOTIFY wakes them sooner)', default: 2000, parse: parsers.int(10, 60_000) },

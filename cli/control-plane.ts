@@ -56,7 +56,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   try {
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
-      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, routesAddress: ipamAddress },
+      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress },
     });
     ipamService = ipam;
     if (config.httpListen) {

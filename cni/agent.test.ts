@@ -52,7 +52,7 @@ describe('cniErrorFromAgent', () => {
     assert.equal(cniErrorFromAgent(grpcError(status.INVALID_ARGUMENT, 'unknown pool "blue"'), socket, 'Attach').message, 'unknown pool "blue"');
   });
 
-  it("maps the agent's stable error codes before its gRPC status: a CHECK difference is 101, an unsupported requested address 7", () => {
+  it("maps the agent's stable error codes before its gRPC status: a CHECK difference is 101, an unsupported requested address or an unknown pool 7, a cooling address 11", () => {
     const withCode = (code: status, weftCode: string, details: string) => {
       const metadata = new Metadata();
       metadata.set('weft-error-code', weftCode);
@@ -62,6 +62,11 @@ describe('cniErrorFromAgent', () => {
     assert.equal(diff.code, CniCode.attachmentDiffers);
     assert.equal(diff.message, 'interface eth0 is down');
     assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'agent.requested_address_unsupported', 'no'), socket, 'Attach').code, CniCode.invalidConfig);
+    const pool = cniErrorFromAgent(withCode(status.INVALID_ARGUMENT, 'agent.unknown_pool', 'the network config names pool "blue", which IPAM does not have'), socket, 'Attach');
+    assert.deepEqual([pool.code, pool.message], [CniCode.invalidConfig, 'the network config names pool "blue", which IPAM does not have']);
+    // A requested address cooling down: try again later, with IPAM's message (when it frees), not "agent unavailable".
+    const cooling = cniErrorFromAgent(withCode(status.UNAVAILABLE, 'agent.address_cooling_down', 'IPAM: address 10.244.5.9 was released recently and rests until 2026-01-01T00:00:30.000Z'), socket, 'Attach');
+    assert.deepEqual([cooling.code, cooling.message], [CniCode.tryAgainLater, 'IPAM: address 10.244.5.9 was released recently and rests until 2026-01-01T00:00:30.000Z']);
     assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'agent.attach_failed', 'no'), socket, 'Attach').code, CniCode.internal);
     assert.equal(cniErrorFromAgent(withCode(status.FAILED_PRECONDITION, 'constructor', 'no'), socket, 'Attach').code, CniCode.internal);
   });

@@ -147,6 +147,10 @@ async function callAgent<M extends Method>(
 const CODE_FOR_AGENT_ERROR: Readonly<Record<string, CniCode>> = {
   'agent.check_failed': CniCode.attachmentDiffers,
   'agent.requested_address_unsupported': CniCode.invalidConfig,
+  // The network config names a pool IPAM does not have.
+  'agent.unknown_pool': CniCode.invalidConfig,
+  // A requested address is still cooling down after its release; the message says when it frees.
+  'agent.address_cooling_down': CniCode.tryAgainLater,
 };
 
 /** The one table from the agent's answer (stable error code first, then gRPC status) to CNI error codes. */

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { DomainError } from '../lib/errors.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Handlers } from '../lib/grpc/server.js';
@@ -5,6 +6,7 @@ import type { Logger } from '../lib/logger.js';
 import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
+import { errorCodeOf } from '../lib/grpc/status.js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
@@ -69,11 +71,25 @@ export function createCniHandlers(deps: {
   const ipamKind = (code: number) =>
     code === status.RESOURCE_EXHAUSTED ? 'exhausted' : code === status.INVALID_ARGUMENT ? 'invalid_argument'
       : code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED ? 'unavailable' : 'failed_precondition';
-  const passThrough = (err: unknown): never => {
-    // IPAM's own error (with its status and message) goes back to the plugin unchanged.
+  /**
+   * IPAM's own error (with its status and message) goes back to the plugin, with its kind chosen for what the
+   * runtime should do: a pool the network config names that IPAM does not have is the config's fault (the plugin's
+   * code 7), a requested address still cooling down frees at the time IPAM's message gives (code 11, try again).
+   */
+  const passThrough = (err: unknown, configPool = ''): never => {
     const e = err as { code?: number; details?: string };
-    if (typeof e.code === 'number') throw new DomainError('agent.ipam_error', ipamKind(e.code), `IPAM: ${e.details ?? String(err)}`);
-    throw err;
+    if (typeof e.code !== 'number') throw err;
+    const message = `IPAM: ${e.details ?? String(err)}`;
+    switch (errorCodeOf(err)) {
+      case 'ipam.pool_not_found':
+        throw new DomainError('agent.unknown_pool', 'invalid_argument', configPool
+          ? `the network config names pool ${JSON.stringify(configPool)}, which IPAM does not have (${message}); name an existing pool, or leave "pool" out for the default`
+          : message);
+      case 'ipam.address_cooling_down':
+        throw new DomainError('agent.address_cooling_down', 'unavailable', message);
+      default:
+        throw new DomainError('agent.ipam_error', ipamKind(e.code), message);
+    }
   };
   const checkAttachment = (containerId: string, ifname: string) => {
     if (!containerId) throw invalid('container id is empty');
@@ -117,6 +133,9 @@ export function createCniHandlers(deps: {
         throw new DomainError('agent.attach_in_progress', 'conflict', `an ADD for container ${req.containerId} interface ${req.ifname} is already running`);
       }
       const log = deps.logger.child({ containerId: req.containerId, handle });
+      // Names this ADD's allocation: the releases below name it too, so an Allocate whose answer was lost cannot commit
+      // after the release that undoes it (IPAM fences the attempt; see services/ipam/DESIGN.md, "Allocation attempts").
+      const attemptId = randomUUID();
       inFlight.set(handle, hostIfname);
       try {
         // What exists for this handle is a live attachment (the runtime must DEL before it ADDs again): touching it,
@@ -129,8 +148,8 @@ export function createCniHandlers(deps: {
           );
         }
         const release = async (why: string) => {
-          await deps.ipam.release({ handle }, { timeoutMs: 10_000 })
-            .then((r) => log.info('released after a failed attach', { why, released: r.released, address: r.address }))
+          await deps.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 })
+            .then((r) => log.info('released after a failed attach', { why, attemptId, released: r.released, address: r.address }))
             .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
         };
         // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
@@ -151,7 +170,7 @@ export function createCniHandlers(deps: {
           // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
           {
             handle, node: deps.node, pool: req.pool, families: ipamFamilies, addresses: [...req.requestedAddresses],
-            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
+            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, attemptId,
           },
           { timeoutMs: 20_000 },
         ).then(async (res): Promise<PodAddresses> => {
@@ -172,7 +191,8 @@ export function createCniHandlers(deps: {
           return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
         }, async (err: unknown) => {
           allocationError = { err };
-          // IPAM may have committed an allocation whose answer was lost: release by handle (nothing live uses it).
+          // IPAM may have committed an allocation whose answer was lost, or may still commit it: release by handle
+          // (nothing live uses it), naming the attempt, so that it is freed if it committed and never commits if not.
           const code = (err as { code?: number }).code;
           if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
           throw err;
@@ -202,7 +222,7 @@ export function createCniHandlers(deps: {
             routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])],
           };
         } catch (err) {
-          if (allocationError && err === allocationError.err) return passThrough(err);
+          if (allocationError && err === allocationError.err) return passThrough(err, req.pool);
           log.warn('attach failed; releasing the address', { err: (err as Error).message });
           await release('attach failed');
           throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);

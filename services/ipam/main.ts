@@ -20,6 +20,8 @@ export interface IpamHousekeeping {
   sweepSeconds: number;
   blockGraceSeconds: number;
   nodeGoneGraceSeconds: number;
+  /** How long a fenced allocation attempt is remembered. */
+  attemptRetentionSeconds: number;
   /** Where the routes service answers (to learn which nodes exist). */
   routesAddress: string;
 }

@@ -11,6 +11,7 @@ import type { IpamRepository } from './store/ipam.repository.js';
  *    allocations it made before it departed released; its blocks then empty and return. Nothing else is a gone
  *    node: a name never registered (an external system's allocation, e.g. a load balancer's on node "na") and a
  *    registered node (also one whose lease ran out: it may be cut off with its pods running) keep their addresses.
+ *  - allocation attempts are forgotten: fenced ones after `attemptRetentionSeconds`, others after ten minutes.
  * A failed check of the routes service changes nothing: "departed" needs an answer that says so.
  */
 export interface SweeperOptions {
@@ -19,6 +20,7 @@ export interface SweeperOptions {
   sweepSeconds: number;
   blockGraceSeconds: number;
   nodeGoneGraceSeconds: number;
+  attemptRetentionSeconds: number;
   logger: Logger;
   now?: () => number;
 }
@@ -36,6 +38,7 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
     try {
       const released = await o.repo.releaseEmptyBlocks(o.blockGraceSeconds);
       if (released.length > 0) o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
+      await o.repo.pruneAttempts(o.attemptRetentionSeconds);
       const holding = await o.repo.nodesHoldingAddresses();
       const departed: { name: string; departTime?: Date | undefined }[] = [];
       try {

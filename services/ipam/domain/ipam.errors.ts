@@ -25,11 +25,13 @@ export const ipamErrors = {
     new DomainError('ipam.address_reserved', 'failed_precondition', `address ${address} is reserved (${range})`),
   specificInUse: (address: string, handle: string) => new DomainError('ipam.address_in_use', 'already_exists', `address ${address} is held by ${handle}`),
   specificResting: (address: string, until: Date) =>
-    new DomainError('ipam.address_cooling_down', 'failed_precondition', `address ${address} was released recently and rests until ${until.toISOString()}`),
+    new DomainError('ipam.address_cooling_down', 'failed_precondition', `address ${address} was released recently and rests until ${until.toISOString()}; it can be asked for again from then`),
   specificOtherNode: (address: string, node: string) =>
     new DomainError('ipam.address_on_other_node', 'failed_precondition', `address ${address} lies in a block held by node ${node}; a pod can only take it there`),
   noPoolForFamily: (family: number) =>
     new DomainError('ipam.no_pool_for_family', 'failed_precondition', `there is no IPv${family} pool; create one or ask for other families`),
+  attemptReleased: (attemptId: string, handle: string, at: Date) =>
+    new DomainError('ipam.attempt_released', 'conflict', `allocation attempt ${attemptId} of handle ${handle} was released (fenced) at ${at.toISOString()} by a Release naming it, so it allocates nothing; a new allocation needs a new attempt id`),
   exhausted: (what: string) => new DomainError('ipam.pool_exhausted', 'exhausted', `no free address in ${what}: every block is claimed and full`),
 };
 

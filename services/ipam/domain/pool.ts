@@ -113,6 +113,8 @@ export interface AllocationRequest {
   use: string;
   /** A registered cluster: only its routing domain's pools are used. null: the default domain. */
   cluster: string | null;
+  /** Names this attempt; a Release naming it fences it (it then commits nothing). null: not fenced. */
+  attemptId: string | null;
 }
 
 export function validateHandle(handle: string): string {
@@ -126,8 +128,17 @@ export function validateNodeName(node: string): string {
   return node;
 }
 
-export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels' | 'cluster'> &
-  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string>; cluster: string | null }>;
+export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels' | 'cluster' | 'attemptId'> &
+  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string>; cluster: string | null; attemptId: string | null }>;
+
+/** An allocation attempt id (AllocateRequest.attempt_id, ReleaseRequest.attempt_id); '' means none (null). */
+export function validateAttemptId(id: string | null | undefined): string | null {
+  if (!id) return null;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/.test(id)) {
+    throw ipamErrors.invalid('attempt_id', `attempt id ${JSON.stringify(id.slice(0, 140))} must be 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (e.g. a UUID)`);
+  }
+  return id;
+}
 
 export function validateAllocationRequest(input: AllocationInput): AllocationRequest {
   const addresses = (input.addresses ?? []).map((text) => {
@@ -155,5 +166,6 @@ export function validateAllocationRequest(input: AllocationInput): AllocationReq
     nodeLabels: input.nodeLabels ?? {},
     namespaceLabels: input.namespaceLabels ?? {},
     cluster: input.cluster ? validatePoolName(input.cluster) : null,
+    attemptId: validateAttemptId(input.attemptId),
   };
 }

@@ -7,7 +7,7 @@ import {
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
 import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
-import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
+import { validateAllocationRequest, validateAttemptId, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
@@ -43,7 +43,7 @@ function toAllocationRequest(req: AllocateRequest) {
     handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
     podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
     owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
-    cluster: req.cluster || null,
+    cluster: req.cluster || null, attemptId: req.attemptId || null,
   });
 }
 
@@ -177,7 +177,7 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       return { results };
     },
     async release(req) {
-      const released = await repo.release(validateHandle(req.handle));
+      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId));
       return { released: released.length > 0, address: released[0]?.address ?? '', addresses: released.map((a) => a.address) };
     },
     async listAllocations(req) {

@@ -17,8 +17,18 @@ const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.seria
  * addresses its block has left (`room`), so the caller can claim the node's next block before it is needed.
  */
 export const FAST_ALLOCATE_BATCH = `WITH req AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
-      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, ord)),
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[], $11::text[])
+      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, attempt, ord)),
+  -- Named attempts: each request's attempt row, inserted (or found) and locked until commit. A Release naming the
+  -- attempt waits for that commit and then frees what it allocated; a Release that came first fenced the row, and
+  -- ON CONFLICT sees the latest committed row (also one committed after this statement began): nothing is allocated.
+  att AS (
+    INSERT INTO ipam.allocation_attempts (handle, attempt_id)
+    SELECT DISTINCT handle, attempt FROM req WHERE attempt <> '' ORDER BY handle, attempt
+    ON CONFLICT (handle, attempt_id) DO UPDATE SET created_at = ipam.allocation_attempts.created_at
+    RETURNING handle, attempt_id, fenced_at),
+  fenced AS MATERIALIZED (
+    SELECT r.ord, a.fenced_at FROM req r JOIN att a ON a.handle = r.handle AND a.attempt_id = r.attempt WHERE a.fenced_at IS NOT NULL),
   -- Every table is reached per request by an index (LATERAL ... LIMIT 1): the session keeps one generic plan, made
   -- whenever it first ran, and a hash join over a table that was small then would read the whole table ever after.
   existing AS MATERIALIZED (
@@ -27,10 +37,11 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
           'pool', (SELECT p.name FROM ipam.pools p WHERE p.id = a.pool_id), 'block_cidr', (SELECT b.cidr::text FROM ipam.blocks b WHERE b.id = a.block_id),
           'node', a.node, 'pod_namespace', a.pod_namespace, 'pod_name', a.pod_name, 'container_id', a.container_id, 'owner', a.owner,
           'cluster', a.cluster, 'routing_domain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'allocated_at', a.allocated_at) AS row
-      FROM ipam.allocations a WHERE a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL LIMIT 1) x),
+      FROM ipam.allocations a WHERE a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL LIMIT 1) x
+    WHERE NOT EXISTS (SELECT 1 FROM fenced f WHERE f.ord = r.ord)),
   fresh AS MATERIALIZED (
     SELECT r.*, row_number() OVER (PARTITION BY r.node, r.pool_id ORDER BY r.ord) - 1 AS k
-    FROM req r WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.ord = r.ord)),
+    FROM req r WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.ord = r.ord) AND NOT EXISTS (SELECT 1 FROM fenced f WHERE f.ord = r.ord)),
   grp AS (SELECT node, pool_id, max(size) AS size FROM fresh GROUP BY node, pool_id),
   cand AS MATERIALIZED (
     SELECT c.id, g.size FROM grp g CROSS JOIN LATERAL (
@@ -71,7 +82,9 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   UNION ALL
   SELECT ord, 'skipped', NULL, NULL, NULL, NULL, NULL FROM chk WHERE NOT ok
   UNION ALL
-  SELECT ord, 'existing', NULL, NULL, NULL, NULL, row FROM existing`;
+  SELECT ord, 'existing', NULL, NULL, NULL, NULL, row FROM existing
+  UNION ALL
+  SELECT ord, 'fenced', NULL, NULL, floor(extract(epoch FROM fenced_at) * 1000)::float8, NULL, NULL FROM fenced`;
 
 export interface FastRequest {
   handle: string;
@@ -85,17 +98,21 @@ export interface FastRequest {
   containerId: string;
   routingDomainId: number;
   cluster: string;
+  /** '' when the caller named no attempt. */
+  attemptId: string;
 }
 
 /**
  * 'new': the address taken, its block, when (the row's allocated_at) and how many never-used addresses the block has
- * left; 'existing': the handle's live allocation row (allocation columns); 'skipped': try again; 'none': full path.
+ * left; 'existing': the handle's live allocation row (allocation columns); 'skipped': try again; 'none': full path;
+ * 'fenced': a Release named the request's attempt (when), so it allocated nothing.
  */
 export type FastOutcome =
   | { kind: 'new'; address: string; blockCidr: string; allocatedAt: Date; room: bigint }
   | { kind: 'existing'; row: Record<string, unknown> }
   | { kind: 'skipped' }
-  | { kind: 'none' };
+  | { kind: 'none' }
+  | { kind: 'fenced'; at: Date };
 
 /** Requests that arrive together go in one statement; at most MAX_IN_FLIGHT statements run at once. */
 export const FAST_IN_FLIGHT = 2;
@@ -103,11 +120,11 @@ const MAX_BATCH = 256;
 
 export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
   async function runBatch(items: FastRequest[]): Promise<FastOutcome[]> {
-    // One request per handle and family in a statement: a repeated one (a retry racing its original) shares the outcome.
+    // One request per handle, family and attempt in a statement: a repeated one (a retry racing its original) shares the outcome.
     const firstOf = new Map<string, number>();
     const unique: FastRequest[] = [];
     const slot = items.map((it) => {
-      const key = `${it.family}\u0000${it.handle}`;
+      const key = `${it.family}\u0000${it.handle}\u0000${it.attemptId}`;
       let i = firstOf.get(key);
       if (i === undefined) {
         i = unique.push(it) - 1;
@@ -122,14 +139,15 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
       values: [
         unique.map((u) => u.handle), unique.map((u) => u.family), unique.map((u) => u.node), unique.map((u) => u.poolId),
         unique.map((u) => u.blockSize.toString()), unique.map((u) => u.podNamespace), unique.map((u) => u.podName), unique.map((u) => u.containerId),
-        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster),
+        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster), unique.map((u) => u.attemptId),
       ],
     });
     const out: FastOutcome[] = unique.map(() => ({ kind: 'none' }));
     for (const r of rows as Record<string, unknown>[]) {
       out[Number(r.ord) - 1] = r.outcome === 'new'
         ? { kind: 'new', address: r.address as string, blockCidr: r.block_cidr as string, allocatedAt: new Date(r.allocated_ms as number), room: BigInt(r.room as string) }
-        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as Record<string, unknown> } : { kind: 'skipped' };
+        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as Record<string, unknown> }
+          : r.outcome === 'fenced' ? { kind: 'fenced', at: new Date(r.allocated_ms as number) } : { kind: 'skipped' };
     }
     return slot.map((i) => out[i]!);
   }

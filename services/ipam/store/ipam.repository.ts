@@ -321,9 +321,11 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       handle: req.handle, family, node: req.node, poolId: Number(pool.id),
       blockSize: cidrSize(family, Number(pool.block_prefix_length)),
       podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
-      routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '',
+      routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '', attemptId: req.attemptId ?? '',
     });
     switch (r.kind) {
+      case 'fenced':
+        throw ipamErrors.attemptReleased(req.attemptId!, req.handle, r.at);
       case 'new':
         // The row just inserted: the request, the pool (from the cache; pools are never renamed) and what the statement chose.
         return {
@@ -344,6 +346,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   /** The full path, one transaction; the caller retries on unique violations (a concurrent allocation of the same handle or address). */
   async function allocateOnce(req: AllocationRequest, pools: (Row & PoolRule)[]): Promise<Allocation[]> {
     return db.transaction(async (tx) => {
+      if (req.attemptId) await enterAttempt(tx, req.handle, req.attemptId);
       const live = (await rows(tx, sql`SELECT ${ALLOCATION_COLUMNS} FROM ipam.allocations a ${ALLOCATION_JOINS}
         WHERE a.handle = ${req.handle} AND a.released_at IS NULL ORDER BY a.family`)).map(toAllocation);
       const asked = req.pool ?? req.namespacePool;
@@ -370,6 +373,17 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       }
       return out;
     });
+  }
+
+  /**
+   * The attempt's row, inserted or found, stays locked until the transaction ends: a Release naming the attempt waits
+   * for it and then sees what it allocated. A Release that came first fenced the row (ON CONFLICT reads the latest
+   * committed row, whatever the snapshot): then this attempt allocates nothing.
+   */
+  async function enterAttempt(tx: Tx, handle: string, attemptId: string): Promise<void> {
+    const [row] = await rows(tx, sql`INSERT INTO ipam.allocation_attempts (handle, attempt_id) VALUES (${handle}, ${attemptId})
+      ON CONFLICT (handle, attempt_id) DO UPDATE SET created_at = ipam.allocation_attempts.created_at RETURNING fenced_at`);
+    if (row?.fenced_at) throw ipamErrors.attemptReleased(attemptId, handle, new Date(row.fenced_at as string));
   }
 
   /** An exact address: in a pool the pod may use, not reserved, live or resting, in a block that is free or this node's. */
@@ -553,9 +567,26 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return r.map(toAllocation);
   }
 
-  async function release(handle: string): Promise<Allocation[]> {
+  /**
+   * Releases the handle's live addresses. With an attempt id, first fences that attempt in a statement (and commit) of
+   * its own: it waits for an Allocate of the attempt that is running to commit, so the release below (a new statement,
+   * so a new snapshot) frees what that Allocate made; an Allocate of the attempt that has not started yet allocates
+   * nothing. The fence commits alone so that no Release holds an attempt's row while it waits for a block.
+   */
+  async function release(handle: string, attemptId: string | null = null): Promise<Allocation[]> {
+    if (attemptId) {
+      await db.execute(sql`INSERT INTO ipam.allocation_attempts (handle, attempt_id, fenced_at) VALUES (${handle}, ${attemptId}, now())
+        ON CONFLICT (handle, attempt_id) DO UPDATE SET fenced_at = coalesce(ipam.allocation_attempts.fenced_at, now())`);
+    }
     // One statement: a deadlock on block counters with a concurrent release (it rolled back whole) is simply retried.
     return withRetry(() => releaseWhere(sql`a.handle = ${handle}`));
+  }
+
+  /** Drops attempt rows: fenced ones after `retentionSeconds`, others after ten minutes (they matter only while their Allocate runs). */
+  async function pruneAttempts(retentionSeconds: number): Promise<number> {
+    const r = await db.execute(sql`DELETE FROM ipam.allocation_attempts
+      WHERE (fenced_at IS NULL AND created_at < now() - interval '10 minutes') OR fenced_at < now() - make_interval(secs => ${retentionSeconds}::int)`);
+    return r.rowCount ?? 0;
   }
 
   /** Releases the node's live allocations whose handles are not valid. One statement: a valid handle is never touched. */
@@ -749,7 +780,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   return {
-    releaseEmptyBlocks, nodesHoldingAddresses,
+    releaseEmptyBlocks, nodesHoldingAddresses, pruneAttempts,
     checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
     garbageCollect, releaseNodeAllocationsBefore, history, utilization, affinitySnapshot, affinityChangesSince,

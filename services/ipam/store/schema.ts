@@ -137,6 +137,25 @@ export const freeAddresses = ipam.table(
   ],
 );
 
+/**
+ * Allocation attempts that name themselves (AllocateRequest.attempt_id). An Allocate upserts its row first in its
+ * transaction (so its row lock lasts until it commits); a Release naming the attempt upserts it with `fenced_at` in a
+ * statement of its own, which waits for such an Allocate to commit or finds the row first. An Allocate that finds its
+ * attempt fenced allocates nothing. The sweeper drops fenced rows after WEFT_IPAM_ATTEMPT_RETENTION_SECONDS and
+ * unfenced ones after ten minutes (they matter only while their transaction runs).
+ */
+export const allocationAttempts = ipam.table(
+  'allocation_attempts',
+  {
+    handle: text('handle').notNull(),
+    attemptId: text('attempt_id').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    /** Set by a Release naming the attempt: from then on the attempt allocates nothing. */
+    fencedAt: timestamp('fenced_at', { withTimezone: true }),
+  },
+  (t) => [primaryKey({ columns: [t.handle, t.attemptId] })],
+);
+
 /** Address ranges that are never allocated (first..last inclusive, one family, inside one pool). */
 export const reservations = ipam.table(
   'reservations',
