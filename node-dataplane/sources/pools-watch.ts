@@ -3,8 +3,8 @@ import type { Logger } from '../../lib/logger.js';
 import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 
 /**
- * Follows the cluster's pools, IPv4 and IPv6 (what masquerade must not touch) by asking IPAM's ListPools every `intervalMs`
- * (a failed call is retried after a second). Pools change rarely; IPAM has no pool watch yet. Like every source it
+ * Follows the cluster's pools, IPv4 and IPv6 (what masquerade must not touch) by asking IPAM's ListPools every `intervalMs`,
+ * every page of it (a failed call is retried after a second; a list is taken only once all its pages are read). Pools change rarely; IPAM has no pool watch yet. Like every source it
  * only records what it learnt and calls `onChange`; it never touches the kernel. `pools()` is null until the first
  * answer, and nothing is masqueraded before it.
  */
@@ -24,8 +24,14 @@ export function followPools(deps: {
     while (!deps.signal.aborted) {
       let wait = deps.intervalMs;
       try {
-        const { pools } = await deps.ipam.listPools({}, { timeoutMs: 5000, signal: deps.signal });
-        const next = pools.map((p) => p.cidr).sort();
+        const cidrs: string[] = [];
+        let pageToken = '';
+        do {
+          const page = await deps.ipam.listPools({ pageSize: 1000, pageToken }, { timeoutMs: 5000, signal: deps.signal });
+          for (const p of page.pools) cidrs.push(p.cidr);
+          pageToken = page.nextPageToken;
+        } while (pageToken);
+        const next = cidrs.sort();
         if (JSON.stringify(next) !== JSON.stringify(current)) {
           current = next;
           deps.logger.info('cluster pools', { pools: next });
