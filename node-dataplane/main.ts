@@ -1,7 +1,6 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run } from '../lib/exec.js';
 import { createClient } from '../lib/grpc/client.js';
 import { listenUnixSocket } from '../lib/grpc/frame-server.js';
 import { addService, createServer, shutdownServer, type UnaryMethods } from '../lib/grpc/server.js';
@@ -16,6 +15,7 @@ import { createCniHandlers } from './cni-endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { createNatDriver } from './kernel/iptables-nat.js';
+import { closeOwnConnections } from './kernel/own-connections.js';
 import { createPolicyDriver } from './kernel/iptables-policy.js';
 import { createOverlayDriver } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
@@ -128,11 +128,13 @@ async function main(): Promise<void> {
       reconciler.setUnderlay({ address: next.address, prefixLength: next.prefixLength }, next.ifindex);
       // The device is rebuilt on the new address before the other nodes are told to send there.
       await reconciler.flush();
-      // Connections from the old address are dead but would only be noticed by gRPC keepalive (up to 30 s): destroyed
-      // here, the channels reconnect from the new address at once (the streams resume from their last revision).
+      // The agent's connections from the old address are dead but would only be noticed by gRPC keepalive (up to
+      // 30 s): destroyed here, the channels reconnect from the new address at once (the streams resume from their last
+      // revision). Only the agent's own: other programs' connections bound to that address (kubelet, ssh) are theirs.
       if (next.address !== previous.address) {
-        await run('ss', ['-K', 'src', previous.address], { timeoutMs: 5000 })
-          .catch((err: Error) => logger.warn('cannot close the connections of the old underlay address; gRPC keepalive will', { err: err.message }));
+        await closeOwnConnections(previous.address)
+          .then((closed) => logger.info('closed the agent\'s connections from the old underlay address', { address: previous.address, closed }))
+          .catch((err: Error) => logger.warn('cannot close the agent\'s connections from the old underlay address; gRPC keepalive will', { err: err.message }));
       }
       registration.underlayAddress = next.address;
       registration.vtepMac = vtepMacFor(next.address);

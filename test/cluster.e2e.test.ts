@@ -5,7 +5,7 @@ import { mkdtempSync, existsSync, readdirSync, readFileSync, statSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { readState, runCni, networkConfig, isAlive, cniDirs, type ClusterState, type NodeState, type PodState } from '../cli/cluster/cluster.js';
+import { readState, runCni, networkConfig, isAlive, cniDirs, agentLog, type ClusterState, type NodeState, type PodState } from '../cli/cluster/cluster.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { fabricNetns } from '../cli/cluster/topology.js';
@@ -318,6 +318,22 @@ describe('local cluster end to end', opts, () => {
     const old = n3.address;
     const next = old.replace(/\.\d+$/, '.63');
     const fdb = async (ns: string) => JSON.parse((await run('bridge', ['-n', ns, '-j', 'fdb', 'show', 'dev', 'weft.vxlan'])).stdout || '[]') as { mac: string; dst?: string }[];
+    // Another program on node3 (kubelet, an ssh session) holds a TCP connection from the old address to the fabric:
+    // the agent's move destroys its own connections of that address, not this one.
+    servers.push(spawn('ip', ['netns', 'exec', fabricNetns(st.prefix), process.execPath, '-e',
+      `require('net').createServer((s) => s.on('error', () => {})).listen(9102, '198.51.100.1')`], { stdio: 'ignore' }));
+    await new Promise((r) => setTimeout(r, 300));
+    const other = spawn('ip', ['netns', 'exec', n3.netns, process.execPath, '-e', `
+      const s = require('net').connect({ host: '198.51.100.1', port: 9102, localAddress: ${JSON.stringify(old)} });
+      let error = ''; s.on('error', (e) => (error = e.code));
+      s.on('connect', () => console.log('connected')); s.on('close', () => console.log('closed ' + error));`]);
+    servers.push(other);
+    let otherOut = '';
+    other.stdout!.on('data', (d) => (otherOut += d));
+    for (const t0 = performance.now(); !otherOut.includes('connected');) {
+      assert.ok(performance.now() - t0 < 5000, `another program on node3 connects from ${old}: ${otherOut}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
     // The new address first, then the old one removed (promoted, so the node keeps its default route meanwhile).
     await run('ip', ['netns', 'exec', n3.netns, 'sysctl', '-qw', 'net.ipv4.conf.eth0.promote_secondaries=1']);
     await run('ip', ['-n', n3.netns, 'addr', 'add', `${next}/24`, 'dev', 'eth0']);
@@ -331,6 +347,11 @@ describe('local cluster end to end', opts, () => {
     }
     const ms = performance.now() - t0;
     t.diagnostic(`node3 moved from ${old} to ${next}: node1's FDB followed ${ms.toFixed(0)} ms after the old address was removed`);
+    // node3's agent closed its own connections of the old address (before registering again, so before the FDB followed).
+    const closed = readFileSync(agentLog(n3), 'utf8').split('\n').filter((l) => l.includes('closed the agent\'s connections from the old underlay address')).map((l) => JSON.parse(l) as { closed: number });
+    assert.ok(closed.length === 1 && closed[0]!.closed >= 1, `node3's agent destroyed its own connections from ${old}: ${JSON.stringify(closed)}`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(!otherOut.includes('closed'), `another program's connection from ${old} is not destroyed by the agent: ${otherOut}`);
     // node3 rebuilds its device before it registers the new address, so the device is there by now.
     const [link] = JSON.parse((await run('ip', ['-n', n3.netns, '-d', '-j', 'link', 'show', 'weft.vxlan'])).stdout) as { address: string; linkinfo: { info_data: { local: string } } }[];
     assert.deepEqual([link!.linkinfo.info_data.local, link!.address], [next, vtepMacFor(next)], 'node3\'s VXLAN device sends from the new address with the MAC derived from it');

@@ -208,4 +208,33 @@ describe('network policy on the local cluster', opts, () => {
     assert.ok(/^:WEFT-P-\S+ /m.test(save) && !/^-A WEFT-P-/m.test(save), 'every pod\'s anchor is there, empty (falling off it returns)');
     assert.equal((await run('ip', ['netns', 'exec', node1.netns, 'ipset', 'list', '-n'])).stdout.trim(), '');
   });
+
+  test('an ACCEPT another program inserts above Weft\'s FORWARD jump does not bypass policy: the jump is put back on top', async () => {
+    const { xa, ya } = pods as Record<string, PodState>;
+    const node1 = state!.nodes.find((n) => n.name === 'node1')!;
+    await converge('default deny in x (again) blocks y/ya -> x/xa:80', () => apply('default-deny', { podSelector: {}, policyTypes: ['Ingress'] }), ya!, xa!, 80, false);
+    const forward = async () => (await run('ip', ['netns', 'exec', node1.netns, 'iptables', '-S', 'FORWARD'])).stdout.split('\n').filter((l) => l.startsWith('-A FORWARD'));
+    await run('ip', ['netns', 'exec', node1.netns, 'iptables', '-I', 'FORWARD', '1', '-j', 'ACCEPT']);
+    try {
+      const t0 = performance.now();
+      // The resync (5 s in the local cluster) reads the filter table back and finds the jump below another rule.
+      const bound = 15_000;
+      for (;;) {
+        const r = await connects(ya!, [`${xa!.addresses[0]}:80`]);
+        if (r[`${xa!.addresses[0]}:80`] !== 'open') break;
+        assert.ok(performance.now() - t0 < bound, `y/ya -> x/xa:80 still let through by the ACCEPT above Weft's jump after ${bound} ms: ${JSON.stringify(await forward())}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const ms = Math.round(performance.now() - t0);
+      const rules = await forward();
+      assert.match(rules[0] ?? '', /-j WEFT-FORWARD$/, `Weft's jump is first in FORWARD: ${JSON.stringify(rules)}`);
+      assert.equal(rules.filter((l) => l.endsWith('-j WEFT-FORWARD')).length, 1, 'exactly one jump');
+      assert.ok(rules.includes('-A FORWARD -j ACCEPT'), 'the other program\'s rule stays (below Weft\'s jump)');
+      console.log(`# policy: an ACCEPT inserted above Weft's jump on node1 was bypassed for ${ms} ms, until the resync put the jump back on top`);
+      await matrix('after the ACCEPT inserted above Weft\'s jump');
+    } finally {
+      await run('ip', ['netns', 'exec', node1.netns, 'iptables', '-D', 'FORWARD', '-j', 'ACCEPT']).catch(() => {});
+      await weft('policy', 'delete', 'NetworkPolicy', 'x/default-deny').catch(() => {});
+    }
+  });
 });

@@ -234,6 +234,22 @@ test('a few pods\' new rules are planned alone, against the record, as the whole
   assert.equal(podChanges(r1.pods, r2.pods, 3), null, 'more changes than the bound: the whole node');
 });
 
+test('Weft\'s FORWARD jump is kept first: an ACCEPT another program inserted above it is found and the jump put back on top', () => {
+  const d = desiredPolicy(rules(), veths);
+  const jump = '-A FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD';
+  const save = (forward: string[]) => ['*filter', ':FORWARD ACCEPT [0:0]', ...[...d.chains.keys()].map((c) => `:${c} - [0:0]`), ...forward, ...[...d.chains.values()].flat(), 'COMMIT', ''].join('\n');
+  const sets = [...d.sets].flatMap(([name, members]) => [`create ${name} hash:net family inet`, ...members.map((m) => `add ${name} ${m}`)]).join('\n');
+  assert.deepEqual(planPolicy(d, readPolicyActual(save([jump, '-A FORWARD -j ACCEPT']), sets)).changed, [], 'first, with other rules below: nothing to do');
+  const buried = planPolicy(d, readPolicyActual(save(['-A FORWARD -j ACCEPT', jump]), sets));
+  assert.deepEqual(buried.changed, ['jump (moved back first in FORWARD)']);
+  assert.equal(buried.filter, `*filter\n${jump.replace('-A', '-D')}\n${jump.replace('-A FORWARD', '-I FORWARD 1')}\nCOMMIT\n`, 'deleted and inserted on top in one transaction');
+  const between = planPolicy(d, readPolicyActual(save([jump, '-A FORWARD -j ACCEPT', jump]), sets));
+  assert.equal(between.filter, `*filter\n${jump.replace('-A', '-D')}\n${jump.replace('-A', '-D')}\n${jump.replace('-A FORWARD', '-I FORWARD 1')}\nCOMMIT\n`, 'a second jump below another rule: both deleted, one on top');
+  assert.equal(planPolicy(d, readPolicyActual(save([jump, jump, '-A FORWARD -j ACCEPT']), sets)).filter, `*filter\n${jump.replace('-A', '-D')}\nCOMMIT\n`, 'two jumps on top: the extra one deleted, the other stays first');
+  const uncommented = planPolicy(d, readPolicyActual(save(['-A FORWARD -j WEFT-FORWARD', jump]), sets));
+  assert.deepEqual(uncommented.changed, ['jump (moved back first in FORWARD)'], 'a jump Weft did not write counts as another program\'s rule');
+});
+
 test('a set larger than ipset\'s default 65,536 members is created with room for all of them', () => {
   const members = Array.from({ length: 70_000 }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
   const plan = planPolicy({ chains: new Map(), sets: new Map([['weft-big', members]]) }, empty);

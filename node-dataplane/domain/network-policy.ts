@@ -5,7 +5,8 @@ import { createHash } from 'node:crypto';
  * ipsets and iptables `filter` chains, compared with what `ipset save` and `iptables-save` print, and the difference
  * as `ipset restore` and `iptables-restore --noflush` input. Nothing else's chains or sets are read or written.
  *
- *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD
+ *   -I FORWARD 1 -m comment --comment "weft: network policy" -j WEFT-FORWARD   (kept first: put back on top when
+ *                   another program's rule is found above it)
  *   WEFT-FORWARD:   replies to allowed connections first (conntrack RELATED,ESTABLISHED -j ACCEPT); then traffic from
  *                   a pod veth (`-i weft+`) to WEFT-FROM-POD and traffic to one (`-o weft+`) to WEFT-TO-POD.
  *   WEFT-FROM-POD:  the VXLAN device returns; each local pod whose rules are held: `-i <veth> -g WEFT-P-<veth>`,
@@ -41,6 +42,8 @@ const TO_POD = 'WEFT-TO-POD';
 /** Host ends of pod veths (`weft` + 11 hex digits) all match it; so does the VXLAN device, which returns first. */
 const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
+/** Weft's jump from FORWARD, as iptables-save prints it. */
+const FORWARD_JUMP = `-A FORWARD -m comment --comment "${JUMP_COMMENT}" -j ${POLICY_CHAIN}`;
 const OWNED_CHAIN = /^WEFT-(FORWARD$|FROM-POD$|TO-POD$|[IEP]-)/;
 export type PolicyFamily = 4 | 6;
 /** Weft's sets of a family: `weft-<hash>` (IPv4) and `weft6-<hash>` (IPv6), temporary `…t` ones included. */
@@ -88,6 +91,11 @@ export interface PolicyDesired {
 export interface PolicyActual {
   chains: Map<string, string[]>;
   jumps: number;
+  /**
+   * FORWARD rules of others above Weft's last jump (an ACCEPT there would let traffic bypass policy). Absent or 0:
+   * Weft's jumps are the first rules of FORWARD.
+   */
+  rulesAboveJump?: number;
   sets: Map<string, string[]>;
 }
 
@@ -327,13 +335,22 @@ export function readPolicyActual(filterSave: string, ipsetSave: string, family: 
   const owned = ownedSet(family);
   const chains = new Map<string, string[]>();
   let jumps = 0;
+  /** FORWARD rules that are not Weft's jump, so far; those above the last jump are what matters. */
+  let others = 0;
+  let rulesAboveJump = 0;
   for (const raw of filterSave.split('\n')) {
     const l = raw.trim();
     const decl = /^:(\S+) /.exec(l);
     if (decl && OWNED_CHAIN.test(decl[1]!)) chains.set(decl[1]!, []);
     const rule = /^-A (\S+) /.exec(l);
     if (rule && OWNED_CHAIN.test(rule[1]!)) chains.get(rule[1]!)?.push(l);
-    if (rule && rule[1] === 'FORWARD' && l.endsWith(` -j ${POLICY_CHAIN}`)) jumps++;
+    if (rule && rule[1] === 'FORWARD') {
+      // Weft's jump exactly as it writes it (one without its comment could not be deleted by this spec).
+      if (l === FORWARD_JUMP) {
+        jumps++;
+        rulesAboveJump = others;
+      } else others++;
+    }
   }
   const sets = new Map<string, string[]>();
   for (const raw of ipsetSave.split('\n')) {
@@ -343,7 +360,7 @@ export function readPolicyActual(filterSave: string, ipsetSave: string, family: 
     if (verb === 'add' && value) sets.set(name, [...(sets.get(name) ?? []), member(value)]);
   }
   for (const [k, v] of sets) sets.set(k, v.sort());
-  return { chains, jumps, sets };
+  return { chains, jumps, rulesAboveJump, sets };
 }
 
 export interface PolicyPlan {
@@ -450,12 +467,14 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family:
     after.push(`-F ${c}`);
   }
   for (const c of stale) after.push(`-X ${c}`);
-  const jump = `-A FORWARD -m comment --comment "${JUMP_COMMENT}" -j ${POLICY_CHAIN}`;
-  if (actual.jumps === 0) {
-    changed.push('jump');
-    filter.push(jump.replace(/^-A FORWARD /, '-I FORWARD 1 '));
-  }
-  for (let i = 1; i < actual.jumps; i++) filter.push(jump.replace(/^-A /, '-D '));
+  // Exactly one jump, first in FORWARD: a rule above it (another program's ACCEPT) would decide before policy does.
+  // A jump below another rule is deleted and inserted on top again in the same transaction (iptables-restore is
+  // atomic: there is no moment without it); extra jumps are deleted.
+  const jump = FORWARD_JUMP;
+  const buried = actual.jumps > 0 && (actual.rulesAboveJump ?? 0) > 0;
+  if (actual.jumps === 0 || buried) changed.push(buried ? 'jump (moved back first in FORWARD)' : 'jump');
+  for (let i = buried ? 0 : 1; i < actual.jumps; i++) filter.push(jump.replace(/^-A /, '-D '));
+  if (actual.jumps === 0 || buried) filter.push(jump.replace(/^-A FORWARD /, '-I FORWARD 1 '));
   const unused = [...actual.sets.keys()].filter((s) => !desired.sets.has(s)).sort();
   for (const s of unused) changed.push(`set ${s} (destroyed)`);
   return {

@@ -2,6 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../../lib/logger.js';
 import type { WatchNodePolicyResponse } from '../../gen/weft/policy/v1/policy.js';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { privilegedOrSkip } from '../../test/support/privileges.js';
+import { desiredPolicy, planPolicy, readPolicyActual } from '../domain/network-policy.js';
 import { applyPolicyMessage, followNodePolicy } from './policy-watch.js';
 
 /** Each message replaces the rules held; bookmarks only advance the revision; a reconnect passes the last revision and keeps the rules meanwhile. */
@@ -68,4 +72,57 @@ test('a delta changes only what it names; unchanged pods keep their objects, als
   assert.equal(again.pods[0], d2.pods.find((p) => p.name === 'a'));
   assert.notEqual(again.pods[1], c, 'x/c was removed meanwhile: a new object');
   assert.deepEqual([...again.sets.keys()], ['weft-2']);
+});
+
+/** Malicious or malformed stream entries, beside good ones, each of which would inject a rule or break a restore. */
+const INJECTED = '-A FORWARD -j ACCEPT';
+const evilMessage = () => msg({
+  revision: 11,
+  pods: [
+    { ...pod('good', 'weft-00000000000000aa'), addresses: ['10.244.0.5'] },
+    { ...pod('setname', `weft-evil\n${INJECTED}`), addresses: ['10.244.0.6'] },
+    { ...pod('member', 'weft-00000000000000bb'), addresses: ['10.244.0.7'] },
+    { ...pod('proto', ''), addresses: ['10.244.0.8'], ingress: [{ tier: 'networkpolicy', action: 'allow', peerSet: '', protocol: `TCP -j ACCEPT\n${INJECTED}\n#`, portFrom: 80, portTo: 80, source: 'NetworkPolicy/x/p ingress[0]' }] },
+  ],
+  sets: [
+    { name: 'weft-00000000000000aa', cidrs: ['10.244.1.0/24'] },
+    { name: `weft-evil\n${INJECTED}`, cidrs: ['10.244.2.0/24'] },
+    { name: 'weft-00000000000000bb', cidrs: ['10.244.3.0/24', '10.0.0.0/8 -j ACCEPT'] },
+  ],
+});
+const evilVeths = new Map([['10.244.0.5', 'weft00000000005'], ['10.244.0.6', 'weft00000000006'], ['10.244.0.7', 'weft00000000007'], ['10.244.0.8', 'weft00000000008']]);
+
+test('a malicious stream entry never reaches iptables-restore or ipset input; the good entries are applied', () => {
+  const refused: string[] = [];
+  const held = applyPolicyMessage(null, evilMessage(), (what, why) => refused.push(`${what}: ${why}`));
+  const plan = planPolicy(desiredPolicy(held, evilVeths), { chains: new Map(), jumps: 0, sets: new Map() });
+  const input = [plan.setsBefore, plan.filter, plan.filterAfter, plan.setsAfter].join('\n');
+  assert.ok(!input.includes(INJECTED) && !input.includes('evil') && !input.includes('10.0.0.0/8') && !/-j ACCEPT\n/.test(input.replace('--ctstate RELATED,ESTABLISHED -j ACCEPT\n', '')), `nothing injected:\n${input}`);
+  assert.deepEqual(held.pods.map((p) => p.name), ['good'], 'the pods naming a refused set, or with a bad protocol, are refused');
+  assert.deepEqual([...held.sets.keys()], ['weft-00000000000000aa']);
+  assert.match(plan.setsBefore!, /^create weft-00000000000000aa hash:net family inet\nflush weft-00000000000000aa\nadd weft-00000000000000aa 10.244.1.0\/24\n$/);
+  assert.match(plan.filter!, /-A WEFT-TO-POD -o weft00000000005 .* -g WEFT-P-weft00000000005\n/, 'x/good is dispatched to its rules');
+  assert.ok(!/-[io] weft0000000000[678] /.test(plan.filter!), 'the refused pods meet the fail-closed drop');
+  assert.equal(refused.length, 5, refused.join('\n'));
+  assert.ok(refused.some((r) => /set .*weft-evil.*is not Weft's/s.test(r)), refused.join('\n'));
+  assert.ok(refused.some((r) => /10\.0\.0\.0\/8 -j ACCEPT.*is not a CIDR/.test(r)), refused.join('\n'));
+  assert.ok(refused.some((r) => /x\/proto": ingress\[0\]: protocol .* is not one of TCP, UDP, SCTP/.test(r)), refused.join('\n'));
+});
+
+test('in the kernel: a malicious stream entry is not applied, the good ones are', privilegedOrSkip(), () => {
+  const ns = `wstream${randomBytes(3).toString('hex')}`;
+  const inNs = (args: string[], input?: string) => execFileSync('ip', ['netns', 'exec', ns, ...args], { input, encoding: 'utf8' });
+  execFileSync('ip', ['netns', 'add', ns]);
+  try {
+    const held = applyPolicyMessage(null, evilMessage(), () => {});
+    const plan = planPolicy(desiredPolicy(held, evilVeths), readPolicyActual(inNs(['iptables-save', '-t', 'filter']), inNs(['ipset', 'save'])));
+    if (plan.setsBefore) inNs(['ipset', 'restore', '-exist'], plan.setsBefore);
+    if (plan.filter) inNs(['iptables-restore', '--noflush'], plan.filter);
+    const forward = inNs(['iptables', '-S', 'FORWARD']).trim().split('\n');
+    assert.deepEqual(forward, ['-P FORWARD ACCEPT', '-A FORWARD -m comment --comment "weft: network policy" -j WEFT-FORWARD'], 'FORWARD holds Weft\'s jump and nothing else');
+    assert.equal(inNs(['ipset', 'list', '-n']).trim(), 'weft-00000000000000aa');
+    assert.match(inNs(['iptables', '-S', 'WEFT-TO-POD']), /-o weft00000000005 .*-g WEFT-P-weft00000000005/);
+  } finally {
+    execFileSync('ip', ['netns', 'del', ns]);
+  }
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { silentLogger } from '../../lib/logger.js';
+import { createLogger, silentLogger } from '../../lib/logger.js';
 import type { WatchRoutesResponse } from '../../gen/weft/routes/v1/routes.js';
 import { followRoutes, type RoutesSnapshot } from './routes-watch.js';
 
@@ -67,4 +67,29 @@ test('nothing applies before the first snapshot: changes and bookmarks that come
   ], (s) => s.synced);
   assert.deepEqual(seen, [{ revision: 5, nodes: ['a'], synced: true }]);
   assert.deepEqual(requests.map((r) => r.sinceRevision), [0]);
+});
+
+test('a route stream entry with a bad field is refused whole and logged; the other nodes are applied', async () => {
+  const errors: string[] = [];
+  const logger = createLogger({}, { write: (line) => { if (JSON.parse(line).level === 'error') errors.push(line); } });
+  const ac = new AbortController();
+  const { client } = scriptedClient([[msg({
+    revision: 5, reset: true, upserts: [
+      entry('a', 1),
+      { ...entry('b', 2), blockCidrs: ['10.244.2.0/26', '10.0.0.0/8 -j ACCEPT'] },
+      { ...entry('c', 3), underlayAddress: '192.0.2.3\nx' },
+      { ...entry('d', 4), vtepMac: 'not-a-mac' },
+      { ...entry('e', 5), underlayAddress: 'fd00::5' },
+      { ...entry('f\nACCEPT', 6) },
+    ],
+  })]]);
+  let snap!: RoutesSnapshot;
+  await new Promise<void>((resolve) => {
+    snap = followRoutes({ client, node: 'self', logger, signal: ac.signal, onChange: () => resolve() });
+  });
+  ac.abort();
+  assert.deepEqual([...snap.nodes.keys()], ['a'], 'only the good node is held');
+  assert.deepEqual(snap.nodes.get('a'), entry('a', 1));
+  assert.equal(errors.length, 5, errors.join('\n'));
+  assert.ok(errors.some((l) => JSON.parse(l).node === 'b' && /10\.0\.0\.0\/8 -j ACCEPT.* is not a CIDR/.test(JSON.parse(l).reason)), errors.join('\n'));
 });

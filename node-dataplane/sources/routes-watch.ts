@@ -2,10 +2,12 @@ import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import type { RemoteNode } from '../domain/desired.js';
+import { checkRemoteNode } from '../domain/stream-validation.js';
 import { followStream } from './follow-stream.js';
 
 /**
- * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel.
+ * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel. Each
+ * node's entry is checked first (name, IPv4 underlay address, VTEP MAC, block CIDRs); a bad one is refused and logged.
  * `synced` becomes true at the first complete snapshot (reset) and stays true across reconnects. A reconnect
  * passes the last applied revision: the server sends the missed changes, which apply on top of the snapshot held,
  * or (when that revision is no longer in its log) a fresh snapshot, which replaces it. Bookmarks only advance the
@@ -34,7 +36,14 @@ export function followRoutes(deps: {
       }
       if (!ch.reset && !snap.synced) return; // nothing applies before the first snapshot
       if (ch.reset) snap.nodes = new Map();
-      for (const u of ch.upserts) snap.nodes.set(u.node, { node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
+      for (const u of ch.upserts) {
+        // A node whose entry has a bad field is refused whole (no entry for it is held): see domain/stream-validation.ts.
+        const c = checkRemoteNode({ node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
+        if (c.refused !== undefined) {
+          snap.nodes.delete(u.node);
+          deps.logger.error('refused a route stream entry (the rest is applied; no route to the node\'s blocks)', { node: u.node, reason: c.refused, revision: ch.revision });
+        } else snap.nodes.set(c.value.node, c.value);
+      }
       for (const d of ch.deletes) snap.nodes.delete(d);
       snap.revision = ch.revision;
       if (ch.reset) snap.synced = true;
