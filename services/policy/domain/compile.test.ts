@@ -220,3 +220,11 @@ test('compiling with a cache gives what compiling from scratch gives, over 200 r
     assert.ok(reused > 0, `sequence ${seed}: some compiled pods are reused`);
   }
 });
+
+test('ipBlock 0.0.0.0/0 and ::/0 become their two /1 halves, which ipset hash:net accepts (it refuses a /0)', () => {
+  const every = (family: 4 | 6) => ({ family, start: 0n, end: (1n << BigInt(family === 4 ? 32 : 128)) - 1n });
+  assert.deepEqual(rangesToCidrs([every(4)]), ['0.0.0.0/1', '128.0.0.0/1']);
+  assert.deepEqual(rangesToCidrs([every(6)]), ['::/1', '8000::/1']);
+  const w = world([{ kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'out' }, spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }] }] } }]);
+  assert.deepEqual([...compileNodePolicy(w, pods, 'n1').sets.values()], [['0.0.0.0/1', '128.0.0.0/1']]);
+});

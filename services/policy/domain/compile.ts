@@ -149,7 +149,10 @@ function subtract(a: Range, cut: Range[]): Range[] {
   return out;
 }
 
-/** Ranges merged and split into the fewest CIDRs, sorted by family and address. */
+/**
+ * Ranges merged and split into the fewest CIDRs, sorted by family and address. No CIDR is wider than /1: the agent
+ * renders sets as ipset `hash:net`, which refuses a /0, so "every address" (`ipBlock: 0.0.0.0/0`) is its two halves.
+ */
 export function rangesToCidrs(ranges: Range[]): string[] {
   const sorted = [...ranges].sort((a, b) => a.family - b.family || (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
   const merged: Range[] = [];
@@ -164,7 +167,7 @@ export function rangesToCidrs(ranges: Range[]): string[] {
     let start = r.start;
     while (start <= r.end) {
       let size = 0;
-      while (size < bits && (start & ((1n << BigInt(size + 1)) - 1n)) === 0n && start + (1n << BigInt(size + 1)) - 1n <= r.end) size++;
+      while (size < bits - 1 && (start & ((1n << BigInt(size + 1)) - 1n)) === 0n && start + (1n << BigInt(size + 1)) - 1n <= r.end) size++;
       out.push(`${formatAddress(r.family, start)}/${bits - size}`);
       start += 1n << BigInt(size);
     }
