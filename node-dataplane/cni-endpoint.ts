@@ -10,7 +10,7 @@ import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
 import {
-  attachPod, checkNetnsPath, containerHasDefaultRoute, detachPod, hostIfnameFor, hostLinkExists, listVeths, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
+  attachPod, checkNetnsPath, containerAttachments, detachPod, hostIfnameFor, hostLinkExists, listVeths, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
   type PodAddresses,
 } from './kernel/pod-network.js';
 import type { PodFamily } from './config.js';
@@ -53,7 +53,7 @@ export function createCniHandlers(deps: {
   onPodsChanged?: () => Promise<void> | void;
   /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
   onAttachPhase?: (phase: string, ms: number) => void;
-  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release). */
+  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release; policy: then waiting for the pass that removes the pod's rules). */
   onDetachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
   /**
@@ -101,6 +101,24 @@ export function createCniHandlers(deps: {
     }
     if (!ifname || ifname.length > 15 || /[\s/:]/.test(ifname) || ifname === '.' || ifname === '..') {
       throw invalid(`interface name ${JSON.stringify(ifname)} must be 1-15 characters without spaces, '/' or ':'`);
+    }
+  };
+  /**
+   * Tells the policy service what each container holds now, from IPAM: all addresses of its attachments on this node
+   * (a pod with two interfaces is one pod with both addresses), or detached when it holds none. Used when a container
+   * has or had more than one interface; a failed listing is logged (the agent's restart re-reports everything).
+   */
+  const reportContainers = async (containerIds: readonly string[]) => {
+    if (!deps.reports || containerIds.length === 0) return;
+    try {
+      const held = (await nodeAllocations()).filter((a) => a.containerId && a.handle.startsWith(`${a.containerId}/`));
+      for (const id of containerIds) {
+        const mine = held.filter((a) => a.containerId === id);
+        if (mine.length === 0) deps.reports.detached(id);
+        else deps.reports.attached({ podNamespace: mine[0]!.podNamespace, podName: mine[0]!.podName, containerId: id, addresses: mine.map((a) => a.address) });
+      }
+    } catch (err) {
+      deps.logger.warn('reporting containers to policy failed', { containerIds, err: (err as Error).message });
     }
   };
   /** Every live allocation of this node, following page tokens. */
@@ -204,13 +222,16 @@ export function createCniHandlers(deps: {
         // The container's first Weft interface holds the pod's default route; a later one (net1 after eth0) has its
         // routes in a table of its own, for traffic from its addresses (kernel/pod-network.ts). Each records its
         // network on its host veth, for GC.
-        const record = { network: req.network, containerId: req.containerId, defaultRoute: !containerHasDefaultRoute(req.containerId) };
+        const siblings = containerAttachments(req.containerId);
+        const record = { network: req.network, containerId: req.containerId, defaultRoute: !siblings.defaultRoute };
         try {
           const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, record, onPhase: deps.onAttachPhase });
           const address = a.address;
           log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
           afterAnswer(() => {
-            deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
+            // A container with other interfaces is reported with all its addresses (what IPAM holds for it).
+            if (siblings.count > 0) void reportContainers([req.containerId]);
+            else deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
             void deps.onPodsChanged?.();
           });
           return {
@@ -259,7 +280,9 @@ export function createCniHandlers(deps: {
         // The pod's chain and its jumps go before DEL answers: the pass starts once the veth is gone.
         answered = true;
         await policyPassAfterRemoval(handle);
-        afterAnswer(() => deps.reports?.detached(req.containerId));
+        // The container's other interfaces keep it attached, with the addresses they hold.
+        const others = containerAttachments(req.containerId).count;
+        afterAnswer(() => (others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId)));
         return {};
       } finally {
         // After a failure the policy pass still follows whatever of the veth is left.
@@ -351,13 +374,14 @@ export function createCniHandlers(deps: {
         try {
           const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
           if (r.released) released.push({ handle: a.handle, address: r.address });
-          deps.reports?.detached(a.containerId);
         } catch (err) {
           const e = err as { details?: string; message?: string };
           failures.push(`releasing ${a.address} (handle ${a.handle}) failed: ${e.details || e.message}`);
         }
       });
       if (removedInterfaces.length > 0) await policyPassAfterRemoval('garbage collection');
+      // Each container that lost an attachment is reported with what it still holds (detached when nothing).
+      if (releasing.size > 0) void reportContainers([...new Set(plan.release.filter((a) => releasing.has(a.handle)).map((a) => a.containerId))]);
       deps.logger.info('garbage collected', { network: req.network, valid: valid.length, released: released.length, removedInterfaces: removedInterfaces.length, failures });
       return { released, removedInterfaces: removedInterfaces.sort(), failures };
     },

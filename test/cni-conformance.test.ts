@@ -888,8 +888,25 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assert.equal(ping, 'ok');
       assertQuietSuccess(await cni('CHECK', net1, netconf('1.1.0', { prevResult: second })));
       assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
+      // Network policy knows the pod by both addresses: each veth dispatches to the pod's rules (not fail closed).
+      const filter = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout;
+      const dispatched = (rules: string, p: Pod) => rules.includes(`-A WEFT-FROM-POD -i ${hostLinkOf(p)} `);
+      const until = async (ok: (rules: string) => boolean, ms: number) => {
+        const end = Date.now() + ms;
+        let rules = await filter();
+        while (!ok(rules) && Date.now() < end) {
+          await new Promise((r) => setTimeout(r, 100));
+          rules = await filter();
+        }
+        return rules;
+      };
+      const both = await until((r) => dispatched(r, pod) && dispatched(r, net1), 10_000);
+      assert.ok(dispatched(both, pod) && dispatched(both, net1), `both veths dispatch to the pod's rules:\n${both.split('\n').filter((l) => l.includes('WEFT-FROM-POD')).join('\n')}`);
 
       assertQuietSuccess(await cni('DEL', net1, netconf('1.1.0')));
+      // The pod stays known to policy by eth0's address: its dispatch stays (watched for 2 s, as the report settles).
+      const lost = await until((r) => !dispatched(r, pod), 2000);
+      assert.ok(dispatched(lost, pod), "eth0 still dispatches to the pod's rules after net1's DEL");
       assert.equal(await allocationOf(net1), undefined, "DEL released net1's address");
       assert.equal((await allocationOf(pod))?.address, eth0Address, 'eth0 keeps its address in IPAM');
       assert.deepEqual(await podState(), before, "the pod's eth0 address, routes and rules are as before net1");

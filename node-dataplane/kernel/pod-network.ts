@@ -63,25 +63,30 @@ export const SECOND_TABLE_BASE = 10_000;
 export const SECOND_RULE_PRIORITY = 1000;
 
 /**
- * Whether a new interface of this container gets the pod's default route: yes unless another of its Weft interfaces
- * on this node holds it (by the records on their host veths; see domain/attachment-record.ts). Read from
- * /sys/class/net like hostLinkExists: a directory listing and one small read per pod veth, no process.
+ * The container's Weft interfaces on this node, by the records on their host veths (see
+ * domain/attachment-record.ts): how many, and whether one holds the pod's default route. Read from /sys/class/net like
+ * hostLinkExists: a directory listing and one small read per pod veth, no process.
  */
-export function containerHasDefaultRoute(containerId: string): boolean {
+export function containerAttachments(containerId: string): { count: number; defaultRoute: boolean } {
   let names: string[];
   try {
     names = readdirSync('/sys/class/net').filter((n) => POD_HOST_IFNAME.test(n));
   } catch {
-    return false;
+    return { count: 0, defaultRoute: false };
   }
-  return names.some((n) => {
+  let count = 0;
+  let defaultRoute = false;
+  for (const n of names) {
     try {
       const r = parseAttachmentRecord(readFileSync(`/sys/class/net/${n}/ifalias`, 'utf8').trim());
-      return r !== null && r.defaultRoute && isOfContainer(r, containerId);
+      if (r === null || !isOfContainer(r, containerId)) continue;
+      count++;
+      defaultRoute ||= r.defaultRoute;
     } catch {
-      return false; // gone meanwhile
+      // gone meanwhile
     }
-  });
+  }
+  return { count, defaultRoute };
 }
 
 /**
