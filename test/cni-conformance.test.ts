@@ -853,6 +853,7 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
 
   it('a second interface in the same container (net1 after eth0) gets its own veth, address and host route; its DEL leaves eth0 as it was', async () => {
     const pod = await newPod('twoif');
+    const peer = await newPod('twoif-peer');
     const net1: Pod = { ...pod, ifname: 'net1' };
     try {
       const first = await add(pod, '1.1.0');
@@ -883,9 +884,13 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assert.ok(table, `a source rule for ${net1Address}:\n${during.rules}`);
       assert.match(await ipn(pod.netnsName, 'route', 'show', 'table', table[2]!), new RegExp(`default via 169\\.254\\.1\\.1 dev net1`));
       assert.ok((await podHostRoutes()).includes(`${net1Address} dev ${hostLinkOf(net1)}`), 'the node routes net1\'s address to its veth');
-      // net1's address answers from the node.
-      const ping = await sh('ip', ['netns', 'exec', node.netns, 'ping', '-c', '1', '-W', '2', net1Address]).then(() => 'ok', (e: Error) => e.message);
-      assert.equal(ping, 'ok');
+      // net1's address answers from the node and from another pod (forwarded, through network policy).
+      const ping = (ns: string) => sh('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', net1Address]).then(() => 'ok', (e: Error) => e.message);
+      assert.equal(await ping(node.netns), 'ok');
+      await add(peer, '1.1.0');
+      let fromPeer = '';
+      for (let i = 0; i < 10 && fromPeer !== 'ok'; i++) fromPeer = await ping(peer.netnsName); // while the peer's rules arrive
+      assert.equal(fromPeer, 'ok', 'another pod reaches net1');
       assertQuietSuccess(await cni('CHECK', net1, netconf('1.1.0', { prevResult: second })));
       assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
       // Network policy knows the pod by both addresses: each veth dispatches to the pod's rules (not fail closed).
@@ -914,8 +919,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assert.ok(hostRoutes.includes(`${eth0Address} dev ${hostLinkOf(pod)}`) && !hostRoutes.some((r) => r.startsWith(`${net1Address} `)));
       assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
       assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0')));
+      assertQuietSuccess(await cni('DEL', peer, netconf('1.1.0')));
     } finally {
-      await dropPod(pod);
+      await Promise.all([pod, peer].map(dropPod));
     }
   });
 

@@ -29,6 +29,12 @@ describe('attachment record', () => {
     assert.deepEqual(parseAttachmentRecord(alias), { network: 'weft', containerId: 'abc', defaultRoute: false, table: 10005 });
   });
 
+  it('an attachment whose plugin sent no network name is recorded, and belongs to no named network', () => {
+    const r = parseAttachmentRecord(formatAttachmentRecord({ network: '', containerId: 'abc', defaultRoute: true }))!;
+    assert.deepEqual(r, { network: '-', containerId: 'abc', defaultRoute: true });
+    assert.ok(!isOfNetwork(r, '') && !isOfNetwork(r, 'weft') && isOfContainer(r, 'abc'));
+  });
+
   it('anything else is no record', () => {
     for (const a of ['', null, undefined, 'my veth', 'weft network=a container=b']) assert.equal(parseAttachmentRecord(a), null);
   });

@@ -27,8 +27,9 @@ export interface AttachmentRecord {
 
 const MAX_VALUE = 100;
 
-/** The form a value is recorded and compared in: itself, or its hash when too long. */
+/** The form a value is recorded and compared in: itself, its hash when too long, "-" when empty (an older plugin sent no network name). */
 export function recordedValue(value: string): string {
+  if (value === '') return '-';
   return value.length <= MAX_VALUE ? value : `sha256:${createHash('sha256').update(value).digest('hex').slice(0, 16)}`;
 }
 
