@@ -70,16 +70,15 @@ export function createCniHandlers(deps: {
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const ipamFamilies = dualStack ? [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6] : [IpFamily.IP_FAMILY_IPV4];
 
-  /** Runs the policy pass for a veth that went and waits for it, at most POLICY_PASS_WAIT_MS. */
-  const policyPassAfterRemoval = async (what: string) => {
-    if (!deps.onPodsChanged) return;
+  /** Runs the policy pass for a veth that went and waits for it, at most POLICY_PASS_WAIT_MS; true when it finished. */
+  const policyPassAfterRemoval = async (what: string): Promise<boolean> => {
+    if (!deps.onPodsChanged) return true;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), POLICY_PASS_WAIT_MS)));
-    const t0 = performance.now();
     try {
       const done = await Promise.race([Promise.resolve(deps.onPodsChanged()).then(() => 'done' as const), late]);
       if (done === 'late') deps.logger.warn('the policy pass that removes a detached pod\'s rules did not finish in time; answering anyway', { what, waitedMs: POLICY_PASS_WAIT_MS });
-      else deps.onDetachPhase?.('policy', performance.now() - t0);
+      return done === 'done';
     } finally {
       clearTimeout(timer);
     }
@@ -273,20 +272,21 @@ export function createCniHandlers(deps: {
       const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
       linkDeletions.add(link);
       void link.catch(() => {}).finally(() => linkDeletions.delete(link));
-      let answered = false;
+      let removed = false;
       try {
         const [, r] = await Promise.all([link, release]);
         deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
         // The pod's chain and its jumps go before DEL answers: the pass starts once the veth is gone.
-        answered = true;
-        await policyPassAfterRemoval(handle);
+        removed = true;
+        const t1 = performance.now();
+        if (await policyPassAfterRemoval(handle)) deps.onDetachPhase?.('policy', performance.now() - t1);
         // The container's other interfaces keep it attached, with the addresses they hold.
         const others = containerAttachments(req.containerId).count;
         afterAnswer(() => (others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId)));
         return {};
       } finally {
         // After a failure the policy pass still follows whatever of the veth is left.
-        if (!answered) void Promise.allSettled([link, release]).then(() => afterAnswer(() => void deps.onPodsChanged?.()));
+        if (!removed) void Promise.allSettled([link, release]).then(() => afterAnswer(() => void deps.onPodsChanged?.()));
       }
     },
 
