@@ -28,7 +28,7 @@ const USAGE = `usage: weft <command> [options]
   cluster node add                              add one more node to the running cluster
   cluster pod add NODE POD [--namespace NS] [--labels k=v,...] [--ports name:port/proto,...] [--json]
                                                 attach a pod through the real weft-cni and report it to policy
-  cluster pod del POD                           detach it
+  cluster pod del NS/POD | POD [--namespace NS] detach it (pods are NAMESPACE/NAME; default namespace: default)
   cluster ns add NS [--labels k=v,...]          label a namespace for policy
   policy apply -f FILE [--namespace NS]         apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON)
   policy explain FROM TO PORT[/PROTO]           allowed or denied, and the rule that decided (FROM, TO: ns/pod or IP; exit 3 when denied)
@@ -204,10 +204,10 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (pos[1] === 'pod' && pos[2] === 'del') {
-      if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del POD');
-      const p = await podDel(stateDir, pos[3]!);
+      if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del NS/POD | POD [--namespace NS]   (default namespace: default)');
+      const p = await podDel(stateDir, pos[3]!, o.namespace);
       await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) => policy.deletePod({ namespace: p.namespace, name: p.name }, { timeoutMs: 10_000 }));
-      print(json, { deleted: p.name }, () => `pod ${p.name} deleted`);
+      print(json, { deleted: `${p.namespace}/${p.name}`, namespace: p.namespace, name: p.name }, () => `pod ${p.namespace}/${p.name} deleted`);
       return 0;
     }
     if (pos[1] === 'control-plane') {

@@ -29,6 +29,8 @@ export interface AttachParams {
   pool: string;
   requestedAddresses: readonly string[];
   mac: string;
+  /** The network config's name, which the attachment records (GC collects only its own network's). */
+  network: string;
 }
 
 export interface DetachParams {
@@ -87,13 +89,14 @@ export async function agentStatus(socketPath: string, options: CallOptions = {})
 
 export async function garbageCollect(
   socketPath: string,
+  network: string,
   validAttachments: readonly ValidAttachmentParam[],
   options: CallOptions = {},
 ): Promise<GarbageCollectResponse> {
   return callAgent(
     socketPath,
     'GarbageCollect',
-    GarbageCollectRequest.fromPartial({ validAttachments: validAttachments.map((a) => ({ ...a })) }),
+    GarbageCollectRequest.fromPartial({ network, validAttachments: validAttachments.map((a) => ({ ...a })) }),
     { timeoutMs: GC_TIMEOUT_MS, ...options },
   );
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   DEFAULT_AGENT_SOCKET, MAX_CONFIG_BYTES, SUPPORTED_VERSIONS, compareVersions, declaredVersion, isLegacyResultVersion, parseNetworkConfig,
-  readAttachOptions, readValidAttachments,
+  readAttachOptions, readDns, readValidAttachments,
 } from './config.js';
 import { CniCode, CniError } from './errors.js';
 
@@ -27,7 +27,7 @@ describe('parseNetworkConfig', () => {
     const cfg = parseNetworkConfig(json(minimal));
     assert.deepEqual(cfg, {
       cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: DEFAULT_AGENT_SOCKET, pool: '',
-      prevResult: undefined, runtimeConfig: {}, args: {}, gcAttachments: { valid: undefined, legacy: undefined },
+      prevResult: undefined, runtimeConfig: {}, args: {}, gcAttachments: { valid: undefined, legacy: undefined }, dns: undefined,
     });
     assert.ok(Object.isFrozen(cfg));
   });
@@ -218,6 +218,20 @@ describe('readValidAttachments', () => {
   it('refuses malformed lists and entries, rather than skip one and free a live address', () => {
     for (const bad of [{}, [{ containerID: 'a' }], [{ containerID: '', ifname: 'eth0' }], ['a/eth0'], [{ containerID: 1, ifname: 'eth0' }]]) {
       assert.throws(() => readValidAttachments(cfg({ 'cni.dev/valid-attachments': bad })), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig, JSON.stringify(bad));
+    }
+  });
+});
+
+describe('readDns', () => {
+  const withDns = (dns: unknown) => parseNetworkConfig(JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', dns }));
+  it('keeps the spec\'s four keys, {} when absent', () => {
+    assert.deepEqual(readDns(withDns(undefined)), {});
+    assert.deepEqual(readDns(withDns({ nameservers: ['10.96.0.10', 'fd00::a'], domain: 'cluster.local', search: ['svc.cluster.local'], options: ['ndots:5'], other: 1 })),
+      { nameservers: ['10.96.0.10', 'fd00::a'], domain: 'cluster.local', search: ['svc.cluster.local'], options: ['ndots:5'] });
+  });
+  it('a wrong type or a nameserver that is no address is code 7 naming the field', () => {
+    for (const [dns, msg] of [[[], /"dns" must be an object/], [{ nameservers: '10.0.0.1' }, /dns\.nameservers/], [{ nameservers: ['dns.example'] }, /"dns\.example", which is not an IP address/], [{ domain: 5 }, /dns\.domain/], [{ search: [1] }, /dns\.search/]] as const) {
+      assert.throws(() => readDns(withDns(dns)), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && msg.test(err.message));
     }
   });
 });

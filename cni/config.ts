@@ -26,6 +26,8 @@ export interface NetworkConfig {
   readonly args: Readonly<Record<string, unknown>>;
   /** GC (1.1.0): `cni.dev/valid-attachments` and the older spelling `cni.dev/attachments`, as sent. */
   readonly gcAttachments: { readonly valid: unknown; readonly legacy: unknown };
+  /** The network's `dns` settings, as sent (read by readDns for ADD's result). */
+  readonly dns: unknown;
 }
 
 /**
@@ -113,6 +115,7 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
     runtimeConfig: Object.freeze(optionalObject(doc, 'runtimeConfig')),
     args: Object.freeze(optionalObject(doc, 'args')),
     gcAttachments: Object.freeze({ valid: doc['cni.dev/valid-attachments'], legacy: doc['cni.dev/attachments'] }),
+    dns: doc.dns,
   });
 }
 
@@ -185,6 +188,40 @@ export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string;
     }
   }
   return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]) });
+}
+
+/** The spec's DNS object: what the network config's `dns` holds, reported in ADD's result. */
+export interface DnsSettings {
+  nameservers?: string[];
+  domain?: string;
+  search?: string[];
+  options?: string[];
+}
+
+/**
+ * The network config's `dns` (SPEC: nameservers, domain, search, options), for ADD's result as the reference plugins
+ * report it; {} when absent. Only those four keys are kept. A wrong type or a nameserver that is not an IP address
+ * is code 7.
+ */
+export function readDns(config: NetworkConfig): DnsSettings {
+  const v = config.dns;
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "dns" must be an object with nameservers, domain, search and options, got ${JSON.stringify(v)}`);
+  const doc = v as Record<string, unknown>;
+  const out: DnsSettings = {};
+  for (const key of ['nameservers', 'search', 'options'] as const) {
+    const list = doc[key];
+    if (list === undefined || list === null) continue;
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw invalid(`network config "dns.${key}" must be a list of strings, got ${JSON.stringify(list)}`);
+    out[key] = [...list] as string[];
+  }
+  const bad = out.nameservers?.find((n) => isIP(n) === 0);
+  if (bad !== undefined) throw invalid(`network config "dns.nameservers" has ${JSON.stringify(bad)}, which is not an IP address`);
+  if (doc.domain !== undefined && doc.domain !== null) {
+    if (typeof doc.domain !== 'string') throw invalid(`network config "dns.domain" must be a string, got ${JSON.stringify(doc.domain)}`);
+    out.domain = doc.domain;
+  }
+  return out;
 }
 
 /** One attachment a GC keeps: the CNI_CONTAINERID and CNI_IFNAME of its ADD. */

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { loadAgent } from './agent-loader.js';
-import { readAttachOptions, readValidAttachments } from './config.js';
+import { readAttachOptions, readDns, readValidAttachments } from './config.js';
 import { CniCode, CniError } from './errors.js';
 import { appendResult, buildResult, formatResult, parsePrevResult, type CniResult } from './result.js';
 import { runPlugin, type Invocation, type Verbs } from './skel.js';
@@ -13,6 +13,7 @@ import { runPlugin, type Invocation, type Verbs } from './skel.js';
 const verbs: Verbs = {
   async ADD({ invocation, config, signal, mark }) {
     const options = readAttachOptions(config, invocation.cniArgs);
+    const dns = readDns(config);
     // In a chain, the previous plugin's result is passed on with ours appended (SPEC: handle prevResult).
     const previous = config.prevResult === undefined ? undefined : parsePrevResult(config.cniVersion, config.prevResult);
     assertNetnsExists(invocation);
@@ -29,11 +30,13 @@ const verbs: Verbs = {
         pool: config.pool,
         requestedAddresses: options.requestedAddresses,
         mac: options.mac,
+        network: config.name,
       },
       { signal, onConnected: () => mark('connected') },
     );
     mark('answered');
-    const ours = buildResult(attached);
+    // The network config's dns goes into the result as the reference plugins report it.
+    const ours = { ...buildResult(attached), dns: { ...dns } };
     return formatResult(config.cniVersion, previous ? appendResult(previous, ours) : ours);
   },
 
@@ -50,9 +53,11 @@ const verbs: Verbs = {
   },
 
   async CHECK({ invocation, config, signal }) {
-    const reported = config.prevResult === undefined
-      ? { addresses: [], mac: '' }
-      : reportedPodInterface(parsePrevResult(config.cniVersion, config.prevResult), invocation);
+    // SPEC (CHECK): the runtime passes the attachment's cached result as prevResult; the plugin must fail without it.
+    if (config.prevResult === undefined) {
+      throw new CniError(CniCode.invalidConfig, 'CHECK needs "prevResult" in the network config: the result of this attachment\'s ADD, which the runtime caches and passes to CHECK');
+    }
+    const reported = reportedPodInterface(parsePrevResult(config.cniVersion, config.prevResult), invocation);
     const agent = await loadAgent(config.agentSocket);
     await agent.checkPod(
       config.agentSocket,
@@ -82,7 +87,7 @@ const verbs: Verbs = {
   async GC({ config, signal }) {
     const valid = readValidAttachments(config);
     const agent = await loadAgent(config.agentSocket);
-    const res = await agent.garbageCollect(config.agentSocket, valid, { signal });
+    const res = await agent.garbageCollect(config.agentSocket, config.name, valid, { signal });
     if (res.failures.length > 0) {
       throw new CniError(
         CniCode.tryAgainLater,

@@ -98,7 +98,8 @@ export function appendResult(previous: CniResult, ours: CniResult): CniResult {
     interfaces: [...previous.interfaces, ...ours.interfaces],
     ips: [...previous.ips, ...ours.ips.map((ip) => (ip.interface === undefined ? ip : { ...ip, interface: ip.interface + offset }))],
     routes: [...previous.routes, ...ours.routes],
-    dns: Object.keys(previous.dns).length > 0 ? previous.dns : ours.dns,
+    // This network's own dns settings, when it has any (as the reference plugins set it); else what came before.
+    dns: Object.keys(ours.dns).length > 0 ? ours.dns : previous.dns,
   };
 }
 

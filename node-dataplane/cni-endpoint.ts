@@ -12,7 +12,7 @@ import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
 import {
-  attachPod, checkNetnsPath, detachPod, hostIfnameFor, hostLinkExists, listVethNames, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
+  attachPod, checkNetnsPath, containerAttachments, detachPod, hostIfnameFor, hostLinkExists, listVeths, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
   type PodAddresses,
 } from './kernel/pod-network.js';
 import type { PodFamily } from './config.js';
@@ -22,7 +22,8 @@ import type { PodFamily } from './config.js';
  *
  * - Attach: refuse an attachment that already exists -> allocate (idempotent by handle) -> plumb the pod; on any
  *   failure after the allocation, undo both, so a failed ADD leaves nothing behind.
- * - Detach: remove the interface, then release the handle; both treat "already gone" as done.
+ * - Detach: remove the interface and release the handle (both treat "already gone" as done), then wait for the
+ *   policy pass that removes the pod's rules (bounded) before answering.
  * - Check: read back the allocation and the kernel state, compare (domain/attachment-check.ts).
  * - Status: can the agent reach IPAM right now.
  * - GarbageCollect: release and remove what belongs to no valid attachment (domain/garbage-collection.ts).
@@ -46,11 +47,15 @@ export function createCniHandlers(deps: {
   logger: Logger;
   /** Tells the policy service which pod is attached where (pod-reports.ts). */
   reports?: PodReporter;
-  /** Called when a pod's veth appeared or went (attach, detach): the agent renders the pod's network policy at once. */
-  onPodsChanged?: () => void;
+  /**
+   * Called when a pod's veth appeared or went (attach, detach, GC): the agent renders the pod's network policy at once.
+   * Resolves once a policy pass that started after the call has finished: Detach and GC wait for it (bounded by
+   * POLICY_PASS_WAIT_MS), so that when DEL answers, the pod's chain and jumps are gone from the kernel.
+   */
+  onPodsChanged?: () => Promise<void> | void;
   /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
   onAttachPhase?: (phase: string, ms: number) => void;
-  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release). */
+  /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release; policy: then waiting for the pass that removes the pod's rules). */
   onDetachPhase?: (phase: string, ms: number) => void;
 }): Handlers<typeof AgentServiceService> {
   /**
@@ -67,6 +72,19 @@ export function createCniHandlers(deps: {
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const ipamFamilies = dualStack ? [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6] : [IpFamily.IP_FAMILY_IPV4];
 
+  /** Runs the policy pass for a veth that went and waits for it, at most POLICY_PASS_WAIT_MS; true when it finished. */
+  const policyPassAfterRemoval = async (what: string): Promise<boolean> => {
+    if (!deps.onPodsChanged) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), POLICY_PASS_WAIT_MS)));
+    try {
+      const done = await Promise.race([Promise.resolve(deps.onPodsChanged()).then(() => 'done' as const), late]);
+      if (done === 'late') deps.logger.warn('the policy pass that removes a detached pod\'s rules did not finish in time; answering anyway', { what, waitedMs: POLICY_PASS_WAIT_MS });
+      return done === 'done';
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   const invalid = (msg: string) => new DomainError('agent.invalid_request', 'invalid_argument', msg);
   const ipamKind = (code: number) =>
     code === status.RESOURCE_EXHAUSTED ? 'exhausted' : code === status.INVALID_ARGUMENT ? 'invalid_argument'
@@ -98,6 +116,24 @@ export function createCniHandlers(deps: {
     }
     if (!ifname || ifname.length > 15 || /[\s/:]/.test(ifname) || ifname === '.' || ifname === '..') {
       throw invalid(`interface name ${JSON.stringify(ifname)} must be 1-15 characters without spaces, '/' or ':'`);
+    }
+  };
+  /**
+   * Tells the policy service what each container holds now, from IPAM: all addresses of its attachments on this node
+   * (a pod with two interfaces is one pod with both addresses), or detached when it holds none. Used when a container
+   * has or had more than one interface; a failed listing is logged (the agent's restart re-reports everything).
+   */
+  const reportContainers = async (containerIds: readonly string[]) => {
+    if (!deps.reports || containerIds.length === 0) return;
+    try {
+      const held = (await nodeAllocations()).filter((a) => a.containerId && a.handle.startsWith(`${a.containerId}/`));
+      for (const id of containerIds) {
+        const mine = held.filter((a) => a.containerId === id);
+        if (mine.length === 0) deps.reports.detached(id);
+        else deps.reports.attached({ podNamespace: mine[0]!.podNamespace, podName: mine[0]!.podName, containerId: id, addresses: mine.map((a) => a.address) });
+      }
+    } catch (err) {
+      deps.logger.warn('reporting containers to policy failed', { containerIds, err: (err as Error).message });
     }
   };
   /** Every live allocation of this node, following page tokens. */
@@ -202,13 +238,20 @@ export function createCniHandlers(deps: {
           if (linkDeletions.size > 0) await Promise.allSettled([...linkDeletions]);
           return a;
         });
+        // The container's first Weft interface holds the pod's default route; a later one (net1 after eth0) has its
+        // routes in a table of its own, for traffic from its addresses (kernel/pod-network.ts). Each records its
+        // network on its host veth, for GC.
+        const siblings = containerAttachments(req.containerId);
+        const record = { network: req.network, containerId: req.containerId, defaultRoute: !siblings.defaultRoute };
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, onPhase: deps.onAttachPhase });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, record, onPhase: deps.onAttachPhase });
           const address = a.address;
           log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
           afterAnswer(() => {
-            deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
-            deps.onPodsChanged?.();
+            // A container with other interfaces is reported with all its addresses (what IPAM holds for it).
+            if (siblings.count > 0) void reportContainers([req.containerId]);
+            else deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
+            void deps.onPodsChanged?.();
           });
           return {
             interfaces: [
@@ -219,7 +262,8 @@ export function createCniHandlers(deps: {
               { address: `${address}/32`, gateway: POD_GATEWAY, interface: 1 },
               ...(a.address6 ? [{ address: `${a.address6}/128`, gateway: POD_GATEWAY6, interface: 1 }] : []),
             ],
-            routes: [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])],
+            // The result's routes are the main table's: a second interface adds none there.
+            routes: record.defaultRoute ? [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])] : [],
           };
         } catch (err) {
           if (allocationError && err === allocationError.err) return passThrough(err, req.pool);
@@ -245,17 +289,24 @@ export function createCniHandlers(deps: {
         deps.onDetachPhase?.('release', performance.now() - t0);
         return r;
       }, passThrough);
-      const link = detachPod({ containerId: req.containerId, ifname: req.ifname }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
       linkDeletions.add(link);
       void link.catch(() => {}).finally(() => linkDeletions.delete(link));
+      let removed = false;
       try {
         const [, r] = await Promise.all([link, release]);
         deps.logger.info('pod detached', { handle, released: r.released, address: r.address });
-        afterAnswer(() => deps.reports?.detached(req.containerId));
+        // The pod's chain and its jumps go before DEL answers: the pass starts once the veth is gone.
+        removed = true;
+        const t1 = performance.now();
+        if (await policyPassAfterRemoval(handle)) deps.onDetachPhase?.('policy', performance.now() - t1);
+        // The container's other interfaces keep it attached, with the addresses they hold.
+        const others = containerAttachments(req.containerId).count;
+        afterAnswer(() => (others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId)));
         return {};
       } finally {
-        // The policy pass follows whatever of the veth is left, whether or not the release worked.
-        void Promise.allSettled([link, release]).then(() => afterAnswer(() => deps.onPodsChanged?.()));
+        // After a failure the policy pass still follows whatever of the veth is left.
+        if (!removed) void Promise.allSettled([link, release]).then(() => afterAnswer(() => void deps.onPodsChanged?.()));
       }
     },
 
@@ -298,22 +349,30 @@ export function createCniHandlers(deps: {
         return a;
       });
       const failures: string[] = [];
+      let vethsListed = true;
       const [allocations, hostLinks] = await Promise.all([
         nodeAllocations().catch((err: Error) => {
           failures.push(`listing node ${deps.node}'s allocations failed, so no address was released: ${err.message}`);
           return [];
         }),
-        listVethNames().catch((err: Error) => {
-          failures.push(`listing the node's veth devices failed, so no interface was removed: ${err.message}`);
+        listVeths().catch((err: Error) => {
+          vethsListed = false;
+          failures.push(`listing the node's veth devices failed, so no interface was removed or address released: ${err.message}`);
           return [];
         }),
       ]);
+      // Without the veths, which network an attachment belongs to is unknown: nothing is released.
       const plan = planGarbageCollection({
+        network: req.network,
+        hostIfnameOf: (handle) => {
+          const slash = handle.indexOf('/');
+          return hostIfnameFor(handle.slice(0, slash), handle.slice(slash + 1));
+        },
         validHandles: new Set(valid.map((a) => `${a.containerId}/${a.ifname}`)),
         validHostIfnames: new Set(valid.map((a) => hostIfnameFor(a.containerId, a.ifname))),
         inFlightHandles: new Set(inFlight.keys()),
         inFlightHostIfnames: new Set(inFlight.values()),
-        allocations: allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address })),
+        allocations: vethsListed ? allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address })) : [],
         hostLinks,
       });
       const removedInterfaces: string[] = [];
@@ -335,17 +394,22 @@ export function createCniHandlers(deps: {
         try {
           const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
           if (r.released) released.push({ handle: a.handle, address: r.address });
-          deps.reports?.detached(a.containerId);
         } catch (err) {
           const e = err as { details?: string; message?: string };
           failures.push(`releasing ${a.address} (handle ${a.handle}) failed: ${e.details || e.message}`);
         }
       });
-      deps.logger.info('garbage collected', { valid: valid.length, released: released.length, removedInterfaces: removedInterfaces.length, failures });
+      if (removedInterfaces.length > 0) await policyPassAfterRemoval('garbage collection');
+      // Each container that lost an attachment is reported with what it still holds (detached when nothing).
+      if (releasing.size > 0) void reportContainers([...new Set(plan.release.filter((a) => releasing.has(a.handle)).map((a) => a.containerId))]);
+      deps.logger.info('garbage collected', { network: req.network, valid: valid.length, released: released.length, removedInterfaces: removedInterfaces.length, failures });
       return { released, removedInterfaces: removedInterfaces.sort(), failures };
     },
   };
 }
+
+/** How long Detach and GC wait for the policy pass that removes a gone pod's rules before they answer anyway. */
+const POLICY_PASS_WAIT_MS = 5000;
 
 /** Runs fn over items with at most `limit` at once. */
 async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {

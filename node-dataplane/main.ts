@@ -180,7 +180,7 @@ async function main(): Promise<void> {
 
   const server = createServer();
   const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu: podMtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.markDirty('pods'),
+  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu: podMtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.flush('pods'),
     families: config.podFamilies, policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),

@@ -59,7 +59,7 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
     cniCallDuration: r.histogram('weft_agent_cni_call_duration_seconds', "Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).", LATENCY_BUCKETS_SECONDS),
     attachPhaseDuration: r.histogram('weft_agent_attach_phase_duration_seconds', 'Time of each step of a successful CNI Attach, by phase: allocate (IPAM), host (veth and host route), pod (the pod\'s namespace). Steps may overlap.', LATENCY_BUCKETS_SECONDS),
-    detachPhaseDuration: r.histogram('weft_agent_detach_phase_duration_seconds', 'Time of each step of a successful CNI Detach, by phase: link (deleting the pod\'s veth), release (IPAM).', LATENCY_BUCKETS_SECONDS),
+    detachPhaseDuration: r.histogram('weft_agent_detach_phase_duration_seconds', 'Time of each step of a successful CNI Detach, by phase: link (deleting the pod\'s veth), release (IPAM), policy (then waiting for the pass that removes its rules).', LATENCY_BUCKETS_SECONDS),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);

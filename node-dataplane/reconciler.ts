@@ -43,8 +43,11 @@ const POLICY_ONLY: ReadonlySet<DirtyReason> = new Set(['policy', 'pods']);
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
   markDirty(reason: DirtyReason, delayMs?: number): void;
-  /** Resolves after the next complete pass. */
-  flush(): Promise<void>;
+  /**
+   * Resolves after the next pass that starts after this call (for `reason`: 'flush', the default, runs every step;
+   * 'pods' only the policy step once a complete pass has run). It resolves whatever the pass's outcome.
+   */
+  flush(reason?: DirtyReason): Promise<void>;
   /**
    * The overlay device's index as last ensured (null before the first pass), the underlay's, the desired route
    * destinations, and the state the last pass planned towards (null: unknown), which tells the agent's own writes
@@ -350,10 +353,10 @@ export function createReconciler(deps: {
 
   return {
     markDirty,
-    flush() {
+    flush(reason = 'flush') {
       return new Promise<void>((r) => {
         waiters.push(r);
-        markDirty('flush');
+        markDirty(reason);
       });
     },
     overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs, target }),

@@ -283,7 +283,7 @@ describe('local cluster end to end', opts, () => {
     const node = readState(stateDir).nodes.find((n) => n.name === victim.node)!;
     const hostIf = hostIfnameFor(victim.containerId, 'eth0');
     await run('ip', ['-n', node.netns, 'link', 'show', hostIf]);
-    await weft('cluster', 'pod', 'del', victim.name);
+    await weft('cluster', 'pod', 'del', `${victim.namespace}/${victim.name}`);
     assert.ok(!(await allocations()).some((a) => a.address === victim.addresses[0]), 'the address is free in the database');
     await assert.rejects(run('ip', ['-n', node.netns, 'link', 'show', hostIf]), 'the host interface is gone');
     const { stdout: r } = await run('ip', ['-n', node.netns, 'route', 'show', `${victim.addresses[0]}/32`]);
@@ -292,6 +292,25 @@ describe('local cluster end to end', opts, () => {
     const again = await runCni(node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: victim.containerId, CNI_NETNS: victim.netns, CNI_IFNAME: 'eth0' }, networkConfig(node));
     assert.equal(again.exitCode, 0, `second DEL: ${again.stdout} ${again.stderr}`);
     assert.equal(again.stdout, '');
+  });
+
+  test('pods are NAMESPACE/NAME: the same name in two namespaces is two pods, each deleted by its own name', async () => {
+    const x = JSON.parse(await weft('cluster', 'pod', 'add', 'node1', 'twin', '--namespace', 'nsx', '--json')) as PodState;
+    const y = JSON.parse(await weft('cluster', 'pod', 'add', 'node2', 'twin', '--namespace', 'nsy', '--json')) as PodState;
+    assert.deepEqual([x.namespace, y.namespace], ['nsx', 'nsy']);
+    assert.notEqual(x.netns, y.netns);
+    assert.ok(existsSync(x.netns) && existsSync(y.netns));
+    assert.ok(await pings(x, y.addresses[0]!), 'nsx/twin reaches nsy/twin');
+    await assert.rejects(weft('cluster', 'pod', 'add', 'node1', 'twin', '--namespace', 'nsx'), /pod nsx\/twin already exists/);
+    const listed = (JSON.parse(await weft('cluster', 'status', '--json')) as ClusterState).pods.map((p) => `${p.namespace}/${p.name}`);
+    assert.ok(listed.includes('nsx/twin') && listed.includes('nsy/twin'), listed.join(', '));
+    await assert.rejects(weft('cluster', 'pod', 'del', 'twin'), /no pod default\/twin/);
+    await weft('cluster', 'pod', 'del', 'twin', '--namespace', 'nsy');
+    assert.ok(!existsSync(y.netns) && existsSync(x.netns), 'only nsy/twin is gone');
+    assert.ok((await allocations()).some((a) => a.address === x.addresses[0]) && !(await allocations()).some((a) => a.address === y.addresses[0]));
+    await weft('cluster', 'pod', 'del', 'nsx/twin');
+    assert.ok(!existsSync(x.netns));
+    assert.ok(!(await allocations()).some((a) => a.address === x.addresses[0]));
   });
 
   test('the real plugin on a real node: bad input gets a CNI error and changes nothing; DEL of an unknown container succeeds', async () => {

@@ -305,6 +305,7 @@ describe('weft-cni, run as a runtime runs it', () => {
         pool: 'blue',
         requestedAddresses: [],
         mac: '',
+        network: 'weft',
       });
     });
 
@@ -442,8 +443,11 @@ describe('weft-cni, run as a runtime runs it', () => {
         assertQuietSuccess(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult })));
         assert.deepEqual(checks.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns, ifname: 'eth0', reportedAddresses: ['10.244.1.7/32'], reportedMac: '0a:58:0a:f4:01:07' });
       }
-      assertQuietSuccess(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket })));
-      assert.deepEqual(checks.at(-1)!.reportedAddresses, []);
+      // SPEC: CHECK without prevResult is an error; the agent is not asked.
+      const asked = checks.length;
+      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket })), 7);
+      assert.match(String(doc.msg), /CHECK needs "prevResult"/);
+      assert.equal(checks.length, asked);
     });
 
     it("CHECK with a prevResult that is not this attachment's is code 101", async () => {
@@ -457,7 +461,8 @@ describe('weft-cni, run as a runtime runs it', () => {
       const metadata = new Metadata();
       metadata.set('weft-error-code', 'agent.check_failed');
       checkError = { code: status.FAILED_PRECONDITION, details: 'proxy ARP is off on host interface weft6f1c2d3e', metadata };
-      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket })), 101);
+      const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'weft6f1c2d3e' }, { name: 'eth0', sandbox: netns }], ips: [{ address: '10.244.1.7/32', interface: 1 }] };
+      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })), 101);
       assert.equal(doc.msg, 'proxy ARP is off on host interface weft6f1c2d3e');
       checkError = undefined;
     });
@@ -478,7 +483,7 @@ describe('weft-cni, run as a runtime runs it', () => {
         'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }],
         'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'net1' }],
       })));
-      assert.deepEqual(collects.at(-1), { validAttachments: [{ containerId: 'a', ifname: 'eth0' }, { containerId: 'b', ifname: 'net1' }] });
+      assert.deepEqual(collects.at(-1), { validAttachments: [{ containerId: 'a', ifname: 'eth0' }, { containerId: 'b', ifname: 'net1' }], network: 'weft' });
       gcAnswer = { released: [], removedInterfaces: [], failures: ['releasing 10.244.1.4 (handle x/eth0) failed: IPAM unavailable'] };
       const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'GC' }, config({ cniVersion: '1.1.0', agentSocket: socket, 'cni.dev/valid-attachments': [] })), 11, '1.1.0');
       assert.match(String(doc.msg), /left 1 item behind \(releasing 10\.244\.1\.4/);
@@ -815,6 +820,149 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       await ipam.release({ handle: reserved }, { timeoutMs: 10_000 });
     } finally {
       await Promise.all(pods.map(dropPod));
+    }
+  });
+
+  it('GC naming another network leaves this network\'s attachments alone, also those made before attachments recorded their network', async () => {
+    const [mine, legacy] = await Promise.all(['gcnet-a', 'gcnet-l'].map(newPod)) as [Pod, Pod];
+    try {
+      const results = new Map<Pod, Record<string, unknown>>();
+      for (const p of [mine, legacy]) results.set(p, await add(p, '1.1.0'));
+      // An attachment made before the agent recorded networks: its host veth carries no record.
+      await ipn(node.netns, 'link', 'set', 'dev', hostLinkOf(legacy), 'alias', '');
+      // A runtime with two networks of the same plugin type: GC for the other one, which holds no attachment.
+      const other = JSON.stringify({ cniVersion: '1.1.0', name: 'weft-second', type: 'weft', agentSocket: node.socket, 'cni.dev/valid-attachments': [] });
+      assertQuietSuccess(await cni('GC', null, other, { CNI_PATH: '/opt/cni/bin' }));
+      const held = new Set((await nodeAllocations()).map((x) => x.handle));
+      for (const p of [mine, legacy]) {
+        assert.ok(held.has(`${p.containerId}/eth0`), `${p.containerId} keeps its address after another network's GC`);
+        assert.ok((await podHostLinks()).includes(hostLinkOf(p)), `${p.containerId} keeps its host veth`);
+        assertQuietSuccess(await cni('CHECK', p, netconf('1.1.0', { prevResult: results.get(p) })));
+      }
+      // Its own network's GC still collects it; the unrecorded attachment is never collected by GC.
+      assertQuietSuccess(await cni('GC', null, netconf('1.1.0', { 'cni.dev/valid-attachments': [] }), { CNI_PATH: '/opt/cni/bin' }));
+      const after = new Set((await nodeAllocations()).map((x) => x.handle));
+      assert.ok(!after.has(`${mine.containerId}/eth0`), "this network's GC released its stale attachment");
+      assert.ok(after.has(`${legacy.containerId}/eth0`), 'an attachment without a recorded network is left to its DEL');
+      for (const p of [mine, legacy]) assertQuietSuccess(await cni('DEL', p, netconf('1.1.0')));
+      assert.ok(!(await nodeAllocations()).some((x) => x.containerId === legacy.containerId));
+    } finally {
+      await Promise.all([mine, legacy].map(dropPod));
+    }
+  });
+
+  it('a second interface in the same container (net1 after eth0) gets its own veth, address and host route; its DEL leaves eth0 as it was', async () => {
+    const pod = await newPod('twoif');
+    const peer = await newPod('twoif-peer');
+    const net1: Pod = { ...pod, ifname: 'net1' };
+    try {
+      const first = await add(pod, '1.1.0');
+      const eth0Address = addressOf(first);
+      const podState = async () => ({
+        eth0: (JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as { addr_info: { local: string; prefixlen: number }[] }[])[0]!.addr_info.map((a) => `${a.local}/${a.prefixlen}`),
+        routes: (JSON.parse(await ipn(pod.netnsName, '-j', 'route', 'show')) as { dst: string; gateway?: string; dev: string }[]).map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`).sort(),
+        rules: (await ipn(pod.netnsName, 'rule', 'show')).trim(),
+      });
+      const before = await podState();
+      const secondRun = await cni('ADD', net1, netconf('1.1.0'));
+      assert.equal(secondRun.status, 0, `ADD of net1 failed: ${secondRun.stdout} ${secondRun.stderr}`);
+      const second = onlyDocument(secondRun);
+      const net1Address = addressOf(second);
+      assert.notEqual(net1Address, eth0Address);
+      const [host, inPod] = second.interfaces as { name: string; sandbox?: string }[];
+      assert.deepEqual([host!.name, inPod!.name, inPod!.sandbox], [hostLinkOf(net1), 'net1', pod.netns]);
+      assert.notEqual(hostLinkOf(net1), hostLinkOf(pod));
+      assert.deepEqual(second.routes, [], 'net1 adds no route to the main table: the default route stays with eth0');
+      assert.equal((await allocationOf(net1))?.address, net1Address);
+      const net1Addr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'net1')) as { addr_info: { local: string; prefixlen: number }[] }[];
+      assert.ok(net1Addr[0]!.addr_info.some((a) => a.local === net1Address && a.prefixlen === 32));
+      const during = await podState();
+      assert.deepEqual(during.eth0, before.eth0, 'eth0 keeps its address');
+      assert.deepEqual(during.routes, before.routes, "the pod's main table is as it was: the default route stays with eth0");
+      // net1's routes are in its own table, for traffic from its address only.
+      const table = /from (\S+) lookup (\d+)/.exec(during.rules.split('\n').find((l) => l.includes(`from ${net1Address} `)) ?? '');
+      assert.ok(table, `a source rule for ${net1Address}:\n${during.rules}`);
+      assert.match(await ipn(pod.netnsName, 'route', 'show', 'table', table[2]!), new RegExp(`default via 169\\.254\\.1\\.1 dev net1`));
+      assert.ok((await podHostRoutes()).includes(`${net1Address} dev ${hostLinkOf(net1)}`), 'the node routes net1\'s address to its veth');
+      // net1's address answers from the node and from another pod (forwarded, through network policy).
+      const ping = (ns: string) => sh('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', net1Address]).then(() => 'ok', (e: Error) => e.message);
+      assert.equal(await ping(node.netns), 'ok');
+      await add(peer, '1.1.0');
+      let fromPeer = '';
+      for (let i = 0; i < 10 && fromPeer !== 'ok'; i++) fromPeer = await ping(peer.netnsName); // while the peer's rules arrive
+      assert.equal(fromPeer, 'ok', 'another pod reaches net1');
+      assertQuietSuccess(await cni('CHECK', net1, netconf('1.1.0', { prevResult: second })));
+      assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
+      // Network policy knows the pod by both addresses: each veth dispatches to the pod's rules (not fail closed).
+      const filter = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout;
+      const dispatched = (rules: string, p: Pod) => rules.includes(`-A WEFT-FROM-POD -i ${hostLinkOf(p)} `);
+      const until = async (ok: (rules: string) => boolean, ms: number) => {
+        const end = Date.now() + ms;
+        let rules = await filter();
+        while (!ok(rules) && Date.now() < end) {
+          await new Promise((r) => setTimeout(r, 100));
+          rules = await filter();
+        }
+        return rules;
+      };
+      const both = await until((r) => dispatched(r, pod) && dispatched(r, net1), 10_000);
+      assert.ok(dispatched(both, pod) && dispatched(both, net1), `both veths dispatch to the pod's rules:\n${both.split('\n').filter((l) => l.includes('WEFT-FROM-POD')).join('\n')}`);
+
+      assertQuietSuccess(await cni('DEL', net1, netconf('1.1.0')));
+      // The pod stays known to policy by eth0's address: its dispatch stays (watched for 2 s, as the report settles).
+      const lost = await until((r) => !dispatched(r, pod), 2000);
+      assert.ok(dispatched(lost, pod), "eth0 still dispatches to the pod's rules after net1's DEL");
+      assert.equal(await allocationOf(net1), undefined, "DEL released net1's address");
+      assert.equal((await allocationOf(pod))?.address, eth0Address, 'eth0 keeps its address in IPAM');
+      assert.deepEqual(await podState(), before, "the pod's eth0 address, routes and rules are as before net1");
+      const hostRoutes = await podHostRoutes();
+      assert.ok(hostRoutes.includes(`${eth0Address} dev ${hostLinkOf(pod)}`) && !hostRoutes.some((r) => r.startsWith(`${net1Address} `)));
+      assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0')));
+      assertQuietSuccess(await cni('DEL', peer, netconf('1.1.0')));
+    } finally {
+      await Promise.all([pod, peer].map(dropPod));
+    }
+  });
+
+  it('DEL returns with the pod\'s policy rules gone: the node\'s filter table is as before its ADD', async () => {
+    const pod = await newPod('delrules');
+    // The node's filter table, without counters; rules of other pods' veths (a failed test's leftovers, which the
+    // resync removes) are not this pod's business.
+    const filter = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout
+      .split('\n').filter((l) => l !== '' && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]$/, ''))
+      .filter((l) => l.includes(hostLinkOf(pod)) || !/weft[0-9a-f]{11}/.test(l)).join('\n');
+    try {
+      const before = await filter();
+      const result = await add(pod, '1.1.0');
+      const veth = hostLinkOf(pod);
+      // The ADD's rules appear once its policy pass has run (within a few seconds at most).
+      const deadline = Date.now() + 10_000;
+      while (!(await filter()).includes(`WEFT-P-${veth}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.ok((await filter()).includes(`WEFT-P-${veth}`), 'the pod got its policy chain');
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0', { prevResult: result })));
+      const after = await filter();
+      assert.ok(!after.includes(veth), `rules naming ${veth} remain after DEL returned:\n${after.split('\n').filter((l) => l.includes(veth)).join('\n')}`);
+      assert.equal(after, before);
+    } finally {
+      await dropPod(pod);
+    }
+  });
+
+  it('CHECK without prevResult is code 7 naming prevResult; the network config\'s dns is reported in the ADD result', async () => {
+    const pod = await newPod('dns');
+    try {
+      const dns = { nameservers: ['10.96.0.10'], domain: 'cluster.local', search: ['default.svc.cluster.local', 'svc.cluster.local'], options: ['ndots:5'] };
+      for (const version of ['0.4.0', '1.0.0', '1.1.0']) {
+        const result = await add(pod, version, { dns });
+        assert.deepEqual(result.dns, dns, `dns in ${version}`);
+        const doc = assertCniError(await cni('CHECK', pod, netconf(version, { dns })), 7, version);
+        assert.match(String(doc.msg), /prevResult/);
+        assertQuietSuccess(await cni('CHECK', pod, netconf(version, { dns, prevResult: result })));
+        assertQuietSuccess(await cni('DEL', pod, netconf(version, { dns })));
+      }
+    } finally {
+      await dropPod(pod);
     }
   });
 

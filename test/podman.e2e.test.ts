@@ -171,7 +171,7 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
     assert.match(out, /target on node3/, `a TCP connection to the pod on node3 is answered:\n${out}`);
     // The container is gone (--rm): podman ran DEL, and its address is released.
     assert.equal((await allocations()).find((a) => a.address === address), undefined, 'the address is released when the container goes');
-    await weft('cluster', 'pod', 'del', 'target');
+    await weft('cluster', 'pod', 'del', 'podman/target');
   });
 
   it('a container publishes a port through the chained portmap: reached at the node\'s address from the node and from another machine', async () => {

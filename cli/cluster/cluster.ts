@@ -8,7 +8,7 @@ import { createClient } from '../../lib/grpc/client.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import {
-  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, planNode, podNetns, validatePodName,
+  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, parsePodRef, planNode, podNetns, validateNamespace, validatePodName,
 } from './topology.js';
 
 /**
@@ -319,15 +319,17 @@ export function networkConfig(node: NodeState): string {
   return JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: node.socket });
 }
 
+/** Pods are NAMESPACE/NAME, as in Kubernetes: the same name may exist once in each namespace. */
 export async function podAdd(stateDir: string, nodeName: string, pod: string, namespace = 'default'): Promise<PodState> {
   const state = readState(stateDir);
   validatePodName(pod);
+  validateNamespace(namespace);
   const node = state.nodes.find((n) => n.name === nodeName);
   if (!node) throw new Error(`no node ${nodeName}; nodes: ${state.nodes.map((n) => n.name).join(', ')}`);
-  if (state.pods.some((p) => p.name === pod)) throw new Error(`pod ${pod} already exists`);
-  const netnsName = podNetns(state.prefix, pod);
+  if (state.pods.some((p) => p.namespace === namespace && p.name === pod)) throw new Error(`pod ${namespace}/${pod} already exists`);
+  const netnsName = podNetns(state.prefix, namespace, pod);
   await run('ip', ['netns', 'add', netnsName]);
-  const containerId = createHash('sha256').update(`${state.prefix}/${pod}/${Date.now()}`).digest('hex').slice(0, 32);
+  const containerId = createHash('sha256').update(`${state.prefix}/${namespace}/${pod}/${Date.now()}`).digest('hex').slice(0, 32);
   const netns = `/var/run/netns/${netnsName}`;
   const out = await runCni(node, {
     CNI_COMMAND: 'ADD', CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0',
@@ -344,15 +346,17 @@ export async function podAdd(stateDir: string, nodeName: string, pod: string, na
   return p;
 }
 
-export async function podDel(stateDir: string, pod: string): Promise<PodState> {
+/** Deletes the pod `NAMESPACE/NAME`, or `NAME` in `namespace` (default "default"). */
+export async function podDel(stateDir: string, pod: string, namespace?: string): Promise<PodState> {
   const state = readState(stateDir);
-  const p = state.pods.find((x) => x.name === pod);
-  if (!p) throw new Error(`no pod ${pod}`);
+  const ref = parsePodRef(pod, namespace);
+  const p = state.pods.find((x) => x.namespace === ref.namespace && x.name === ref.name);
+  if (!p) throw new Error(`no pod ${ref.namespace}/${ref.name}${state.pods.length > 0 ? `; pods: ${state.pods.map((x) => `${x.namespace}/${x.name}`).join(', ')}` : ''}`);
   const node = state.nodes.find((n) => n.name === p.node)!;
   const out = await runCni(node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: p.containerId, CNI_NETNS: p.netns, CNI_IFNAME: p.ifname }, networkConfig(node));
   if (out.exitCode !== 0) throw new Error(`weft-cni DEL failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
   await run('ip', ['netns', 'del', path.basename(p.netns)]).catch(() => {});
-  state.pods = state.pods.filter((x) => x.name !== pod);
+  state.pods = state.pods.filter((x) => x !== p);
   writeState(state);
   return p;
 }

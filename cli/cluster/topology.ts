@@ -39,9 +39,37 @@ export function planNode(prefix: string, index: number): NodePlan {
 
 export const fabricNetns = (prefix: string) => `${prefix}-fabric`;
 export const controlPlaneNetns = (prefix: string) => `${prefix}-cp`;
-export const podNetns = (prefix: string, pod: string) => `${prefix}-pod-${pod}`;
+export const DEFAULT_NAMESPACE = 'default';
+
+/**
+ * A pod's network namespace: `<prefix>-pod-<name>` in the default namespace, `<prefix>-pod-<namespace>.<name>` in any
+ * other. Neither part holds a '.', so two pods never share a name; at most 7 + 5 + 63 + 1 + 32 = 108 characters,
+ * well within a file name's 255.
+ */
+export const podNetns = (prefix: string, namespace: string, pod: string) =>
+  namespace === DEFAULT_NAMESPACE ? `${prefix}-pod-${pod}` : `${prefix}-pod-${namespace}.${pod}`;
 
 export function validatePodName(pod: string): string {
   if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(pod)) throw new Error(`pod name ${JSON.stringify(pod)} must be 1-32 lowercase letters, digits or '-'`);
   return pod;
+}
+
+/** A Kubernetes namespace name (an RFC 1123 label). */
+export function validateNamespace(namespace: string): string {
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(namespace)) {
+    throw new Error(`namespace ${JSON.stringify(namespace)} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit`);
+  }
+  return namespace;
+}
+
+/**
+ * A pod named as `NAMESPACE/NAME`, or `NAME` in `namespace` (default "default"), as in Kubernetes. Naming the
+ * namespace both ways differently is an error.
+ */
+export function parsePodRef(ref: string, namespace?: string): { namespace: string; name: string } {
+  const slash = ref.indexOf('/');
+  if (slash < 0) return { namespace: validateNamespace(namespace ?? DEFAULT_NAMESPACE), name: validatePodName(ref) };
+  const ns = ref.slice(0, slash);
+  if (namespace !== undefined && namespace !== ns) throw new Error(`pod ${ref} is in namespace ${ns}, but --namespace says ${namespace}; give one`);
+  return { namespace: validateNamespace(ns), name: validatePodName(ref.slice(slash + 1)) };
 }

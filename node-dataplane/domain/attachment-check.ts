@@ -1,3 +1,5 @@
+import type { AttachmentRecord } from './attachment-record.js';
+
 /**
  * CHECK, as pure code: what ADD makes for one attachment (see kernel/pod-network.ts) compared with what the agent
  * reads back from the kernel and IPAM. The first difference is returned as a sentence that says what differs, in
@@ -48,6 +50,11 @@ export interface ObservedRoute {
 }
 
 export interface ObservedAttachment {
+  /**
+   * The record on the host end (domain/attachment-record.ts); null: none (made before records, or the veth is gone).
+   * A container's second interface has its routes in its own table: podRoutes and podRoutes6 are then read from it.
+   */
+  hostRecord?: AttachmentRecord | null;
   /** The live allocation IPAM holds for the handle on this node (its IPv4 address, and its IPv6 one when dual-stack), or null. */
   allocation: { address: string; address6?: string } | null;
   netnsExists: boolean;
@@ -97,14 +104,15 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (want.reportedMac && pod.mac.toLowerCase() !== want.reportedMac.toLowerCase()) {
     return `interface ${want.ifname} ${inPod} has MAC ${pod.mac}, but the runtime's prevResult reports ${want.reportedMac}`;
   }
+  const table = seen.hostRecord?.table !== undefined ? ` in its table ${seen.hostRecord.table}` : '';
   if (!seen.podRoutes.some((r) => r.dst === want.gateway && r.scope === 'link' && r.dev === want.ifname)) {
-    return `the pod has no link route to its gateway ${want.gateway} on ${want.ifname}`;
+    return `the pod has no link route to its gateway ${want.gateway} on ${want.ifname}${table}`;
   }
   if (!seen.podRoutes.some((r) => r.dst === 'default' && r.gateway === want.gateway && r.dev === want.ifname)) {
-    return `the pod has no default route via ${want.gateway} dev ${want.ifname}`;
+    return `the pod has no default route via ${want.gateway} dev ${want.ifname}${table}`;
   }
   if (cidr6 && !(seen.podRoutes6 ?? []).some((r) => r.dst === 'default' && r.gateway === want.gateway6 && r.dev === want.ifname)) {
-    return `the pod has no IPv6 default route via ${want.gateway6} dev ${want.ifname}`;
+    return `the pod has no IPv6 default route via ${want.gateway6} dev ${want.ifname}${table}`;
   }
 
   const host = seen.hostLink;

@@ -4,13 +4,19 @@ import { isPodHandle, planGarbageCollection, type GarbageCollectionInput, type N
 
 const alloc = (containerId: string, ifname: string, address: string): NodeAllocation => ({ handle: `${containerId}/${ifname}`, containerId, address });
 
+const rec = (network: string, containerId: string) => ({ network, containerId, defaultRoute: true });
+const link = (name: string, record: ReturnType<typeof rec> | null = null) => ({ name, record });
+const names: Record<string, string> = { 'live/eth0': 'weft00000000001', 'stale/eth0': 'weft00000000002', 'other/eth0': 'weft00000000003', 'old/eth0': 'weft00000000004' };
+
 const base: GarbageCollectionInput = {
+  network: 'weft',
+  hostIfnameOf: (h) => names[h] ?? `gone:${h}`,
   validHandles: new Set(['live/eth0']),
   validHostIfnames: new Set(['weft00000000001']),
   inFlightHandles: new Set(),
   inFlightHostIfnames: new Set(),
   allocations: [alloc('live', 'eth0', '10.244.0.2'), alloc('stale', 'eth0', '10.244.0.3')],
-  hostLinks: ['weft00000000001', 'weft00000000002', 'weft.vxlan', 'eth0', 'weftabc', 'weft0000000000Z'],
+  hostLinks: [link('weft00000000001', rec('weft', 'live')), link('weft00000000002', rec('weft', 'stale')), link('weft.vxlan'), link('eth0'), link('weftabc'), link('weft0000000000Z')],
 };
 
 describe('isPodHandle', () => {
@@ -37,6 +43,32 @@ describe('planGarbageCollection', () => {
   it('never touches an attachment whose ADD is running now', () => {
     const plan = planGarbageCollection({ ...base, inFlightHandles: new Set(['stale/eth0']), inFlightHostIfnames: new Set(['weft00000000002']) });
     assert.deepEqual(plan, { removeLinks: [], release: [] });
+  });
+
+  it("touches only the named network's attachments; one without a record only when no address is behind it", () => {
+    const input: GarbageCollectionInput = {
+      ...base,
+      validHandles: new Set(),
+      validHostIfnames: new Set(),
+      allocations: [alloc('live', 'eth0', '10.244.0.2'), alloc('other', 'eth0', '10.244.0.4'), alloc('old', 'eth0', '10.244.0.5'), alloc('dead', 'eth0', '10.244.0.6')],
+      hostLinks: [
+        link('weft00000000001', rec('weft', 'live')),
+        link('weft00000000003', rec('weft-second', 'other')),
+        link('weft00000000004'), // made before records: an address is behind it
+        link('weft00000000005'), // no record, no address: an orphan
+        link('weft00000000006', rec('weft-second', 'gone')),
+      ],
+    };
+    assert.deepEqual(planGarbageCollection(input), {
+      removeLinks: ['weft00000000001', 'weft00000000005'],
+      release: [alloc('dead', 'eth0', '10.244.0.6'), alloc('live', 'eth0', '10.244.0.2')],
+    });
+    const other = planGarbageCollection({ ...input, network: 'weft-second' });
+    assert.deepEqual(other.removeLinks, ['weft00000000003', 'weft00000000005', 'weft00000000006']);
+    assert.deepEqual(other.release.map((a) => a.handle), ['dead/eth0', 'other/eth0']);
+    const unnamed = planGarbageCollection({ ...input, network: '' });
+    assert.deepEqual(unnamed.removeLinks, ['weft00000000005']);
+    assert.deepEqual(unnamed.release.map((a) => a.handle), ['dead/eth0']);
   });
 
   it('keeps allocations other systems made on this node', () => {

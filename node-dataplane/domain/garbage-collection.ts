@@ -1,6 +1,9 @@
+import { isOfNetwork, type AttachmentRecord } from './attachment-record.js';
+
 /**
- * GC, as pure code: given the attachments the runtime still holds, which of this node's pod addresses to release
- * and which host-side pod interfaces to remove. The rules keep GC from ever touching a live pod:
+ * GC, as pure code: given the network GC names and the attachments the runtime still holds in it, which of this
+ * node's pod addresses to release and which host-side pod interfaces to remove. The rules keep GC from ever touching
+ * a live pod, or another network's:
  *
  * - An allocation is Weft's to collect only when the CNI endpoint made it: its handle is exactly
  *   "<containerId>/<ifname>" of its own container id. Allocations that other systems made through the IPAM API
@@ -9,6 +12,11 @@
  * - A host interface is Weft's pod interface only by its name ("weft" + 11 hex digits, see hostIfnameFor); it is
  *   kept when it belongs to a valid or in-flight attachment. Other devices (weft.vxlan, anything not ours) are
  *   never candidates.
+ * - Only the named network's attachments are collected: a live attachment (its host veth exists) is collected only
+ *   when its veth records that network (domain/attachment-record.ts). One whose veth records no network (made before
+ *   attachments recorded it) is never collected by GC: its DEL releases it. An allocation whose host veth is gone
+ *   has no interface left that uses its address, so it is collected whatever its network (a crashed ADD's, or one
+ *   left by a node that restarted). A veth with no record and no allocation behind it holds no address: collected.
  */
 export interface NodeAllocation {
   handle: string;
@@ -16,7 +24,15 @@ export interface NodeAllocation {
   address: string;
 }
 
+/** One of the node's veths, with the attachment record on it (null: none). */
+export interface HostLink {
+  name: string;
+  record: AttachmentRecord | null;
+}
+
 export interface GarbageCollectionInput {
+  /** The network config's name of the GC ("" when the plugin sent none: no live attachment matches it). */
+  network: string;
   /** Handles ("<containerId>/<ifname>") of the attachments the runtime still holds. */
   validHandles: ReadonlySet<string>;
   /** Host interface names of those attachments. */
@@ -26,8 +42,10 @@ export interface GarbageCollectionInput {
   inFlightHostIfnames: ReadonlySet<string>;
   /** This node's live allocations, from IPAM. */
   allocations: readonly NodeAllocation[];
-  /** Names of the node's veth devices. */
-  hostLinks: readonly string[];
+  /** The node's veth devices. */
+  hostLinks: readonly HostLink[];
+  /** The host interface name of a pod handle's attachment (hostIfnameFor). */
+  hostIfnameOf: (handle: string) => string;
 }
 
 export interface GarbageCollectionPlan {
@@ -47,11 +65,20 @@ export function isPodHandle(a: Pick<NodeAllocation, 'handle' | 'containerId'>): 
 }
 
 export function planGarbageCollection(input: GarbageCollectionInput): GarbageCollectionPlan {
-  const removeLinks = input.hostLinks
-    .filter((name) => POD_HOST_IFNAME.test(name) && !input.validHostIfnames.has(name) && !input.inFlightHostIfnames.has(name))
+  const links = new Map(input.hostLinks.filter((l) => POD_HOST_IFNAME.test(l.name)).map((l) => [l.name, l]));
+  const candidates = input.allocations.filter((a) => isPodHandle(a) && !input.validHandles.has(a.handle) && !input.inFlightHandles.has(a.handle));
+  /** Host interfaces of every live pod allocation: a veth without a record but with an address is a live attachment. */
+  const allocated = new Set(input.allocations.filter(isPodHandle).map((a) => input.hostIfnameOf(a.handle)));
+  const ofNetwork = (l: HostLink) => (l.record ? isOfNetwork(l.record, input.network) : !allocated.has(l.name));
+  const removeLinks = [...links.values()]
+    .filter((l) => !input.validHostIfnames.has(l.name) && !input.inFlightHostIfnames.has(l.name) && ofNetwork(l))
+    .map((l) => l.name)
     .sort();
-  const release = input.allocations
-    .filter((a) => isPodHandle(a) && !input.validHandles.has(a.handle) && !input.inFlightHandles.has(a.handle))
+  const release = candidates
+    .filter((a) => {
+      const link = links.get(input.hostIfnameOf(a.handle));
+      return !link || (link.record !== null && isOfNetwork(link.record, input.network));
+    })
     .sort((x, y) => (x.handle < y.handle ? -1 : x.handle > y.handle ? 1 : 0));
   return { removeLinks, release };
 }

@@ -1,8 +1,11 @@
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
+import { formatAttachmentRecord, isOfContainer, parseAttachmentRecord, type AttachmentRecord } from '../domain/attachment-record.js';
+import type { HostLink } from '../domain/garbage-collection.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
+import { run } from '../../lib/exec.js';
 import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 import { ipBuf } from './netlink-overlay.js';
 
@@ -53,6 +56,39 @@ export async function hostLinkExists(containerId: string, ifname: string): Promi
   return existsSync(`/sys/class/net/${hostIfnameFor(containerId, ifname)}`);
 }
 
+const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
+/** A second interface's routing table in the pod: this + its pod end's ifindex (clear of main 254, local 255). */
+export const SECOND_TABLE_BASE = 10_000;
+/** The priority of a second interface's source rule: before the main table's (32766). */
+export const SECOND_RULE_PRIORITY = 1000;
+
+/**
+ * The container's Weft interfaces on this node, by the records on their host veths (see
+ * domain/attachment-record.ts): how many, and whether one holds the pod's default route. Read from /sys/class/net like
+ * hostLinkExists: a directory listing and one small read per pod veth, no process.
+ */
+export function containerAttachments(containerId: string): { count: number; defaultRoute: boolean } {
+  let names: string[];
+  try {
+    names = readdirSync('/sys/class/net').filter((n) => POD_HOST_IFNAME.test(n));
+  } catch {
+    return { count: 0, defaultRoute: false };
+  }
+  let count = 0;
+  let defaultRoute = false;
+  for (const n of names) {
+    try {
+      const r = parseAttachmentRecord(readFileSync(`/sys/class/net/${n}/ifalias`, 'utf8').trim());
+      if (r === null || !isOfContainer(r, containerId)) continue;
+      count++;
+      defaultRoute ||= r.defaultRoute;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return { count, defaultRoute };
+}
+
 /**
  * The pod end's MAC when the runtime asks for none: locally administered and derived from the pod's address
  * (0a:58:<IPv4 bytes>, as OVN-Kubernetes does), so Attach need not read it back and CHECK knows what to expect.
@@ -76,6 +112,16 @@ export function podMacFor(address: string): string {
  */
 export async function attachPod(opts: {
   containerId: string; nsPath: string; ifname: string; address: Promise<PodAddresses>; mtu: number; routeProtocol: number; mac?: string;
+  /**
+   * Recorded on the host end (its alias): the network, and whether this interface gets the pod's default route (the
+   * link route to the gateway and the default route via it, IPv4 and IPv6, in the main table) or is a second interface
+   * of the same container: then those routes go to a table of its own (SECOND_TABLE_BASE + the pod end's ifindex,
+   * unique in the pod's namespace), which a source rule (`from <its address> lookup T`, priority SECOND_RULE_PRIORITY)
+   * gives to traffic from its addresses only, so the pod's default route stays with the first interface, replies
+   * leave through the interface the request came in by, and strict reverse-path filtering in the pod accepts it.
+   * Absent: no record, and the default route.
+   */
+  record?: AttachmentRecord;
   /** The pod will be dual-stack (its address will carry ipv6): the host end gets its IPv6 gateway while IPAM allocates. */
   ipv6?: boolean;
   /** Told how long each step took, in ms: `host` (the veth, from the start), `pod` (the pod's namespace and the host route, from the address). */
@@ -90,7 +136,12 @@ export async function attachPod(opts: {
     addressError = { err };
     throw err;
   });
+  let table: number | undefined;
   const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(async () => {
+    // The record, as the host end's alias (RTM_NEWLINK ignores IFLA_IFALIAS when it creates a device). A second
+    // interface's table is numbered by its pod end's index (the host end's iflink).
+    if (opts.record && !opts.record.defaultRoute) table = SECOND_TABLE_BASE + Number(readFileSync(`/sys/class/net/${host}/iflink`, 'utf8'));
+    if (opts.record) writeFileSync(`/sys/class/net/${host}/ifalias`, formatAttachmentRecord({ ...opts.record, ...(table !== undefined ? { table } : {}) }));
     writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
     writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
     if (opts.ipv6) await addHostGateway6(host);
@@ -103,16 +154,22 @@ export async function attachPod(opts: {
     // IPv6: the /128 without duplicate address detection (IPAM made it unique; DAD would hold it back for a second),
     // and the default route via the host end's link-local gateway.
     const v6 = addrs.ipv6 ? [`addr add ${addrs.ipv6}/128 dev ${opts.ifname} nodad`] : [];
-    const v6Routes = addrs.ipv6 ? [`route add ::/0 via ${POD_GATEWAY6} dev ${opts.ifname}`] : [];
+    // A second interface's routes go to its own table, for traffic from its addresses (see `record`).
+    const inTable = table === undefined ? '' : ` table ${table}`;
+    const v6Routes = addrs.ipv6 ? [`route add ::/0 via ${POD_GATEWAY6} dev ${opts.ifname}${inTable}`] : [];
+    const routes = [`route add ${POD_GATEWAY} dev ${opts.ifname} scope link${inTable}`, `route add default via ${POD_GATEWAY} dev ${opts.ifname}${inTable}`, ...v6Routes];
+    const rules = table === undefined ? [] : [
+      `rule add from ${addrs.ipv4}/32 lookup ${table} priority ${SECOND_RULE_PRIORITY}`,
+      ...(addrs.ipv6 ? [`rule add from ${addrs.ipv6}/128 lookup ${table} priority ${SECOND_RULE_PRIORITY}`] : []),
+    ];
     return [
       'link set dev lo up',
       `link set dev ${opts.ifname} address ${podMac}`,
       `addr add ${addrs.ipv4}/32 dev ${opts.ifname}`,
       ...v6,
       `link set dev ${opts.ifname} up`,
-      `route add ${POD_GATEWAY} dev ${opts.ifname} scope link`,
-      `route add default via ${POD_GATEWAY} dev ${opts.ifname}`,
-      ...v6Routes,
+      ...routes,
+      ...rules,
     ].join('\n') + '\n';
   });
   // Started once the veth is there, so its start-up (two execs) overlaps the rest of the allocation; it reads nothing
@@ -262,10 +319,10 @@ async function addHostGateway6(host: string): Promise<void> {
   );
 }
 
-/** Names of the node's veth devices (GC picks Weft's pod interfaces among them). */
-export async function listVethNames(): Promise<string[]> {
-  const links = JSON.parse(await ip(['-j', 'link', 'show', 'type', 'veth'])) as { ifname: string }[];
-  return links.map((l) => l.ifname);
+/** The node's veth devices with the attachment record on each (GC picks Weft's pod interfaces among them). */
+export async function listVeths(): Promise<HostLink[]> {
+  const links = JSON.parse(await ip(['-j', 'link', 'show', 'type', 'veth'])) as { ifname: string; ifalias?: string }[];
+  return links.map((l) => ({ name: l.ifname, record: parseAttachmentRecord(l.ifalias) }));
 }
 
 /**
@@ -276,10 +333,18 @@ export async function observeAttachment(opts: {
   nsPath: string; ifname: string; hostIfname: string;
 }): Promise<Omit<ObservedAttachment, 'allocation'>> {
   const netnsExists = opts.nsPath.startsWith('/') && existsSync(opts.nsPath);
+  let hostRecord: AttachmentRecord | null = null;
+  try {
+    hostRecord = parseAttachmentRecord(readFileSync(`/sys/class/net/${opts.hostIfname}/ifalias`, 'utf8').trim());
+  } catch {
+    // no host end: reported below
+  }
+  // A second interface's routes are in its own table.
+  const table = hostRecord?.table !== undefined ? String(hostRecord.table) : 'main';
   const [podInfo, podRoutes, podRoutes6, hostInfo, hostRoutes, hostRoutes6] = await Promise.all([
     netnsExists ? showLinkWithAddresses(opts.ifname, opts.nsPath) : null,
-    netnsExists ? routesThrough(opts.ifname, opts.nsPath) : [],
-    netnsExists ? routesThrough(opts.ifname, opts.nsPath, 6) : [],
+    netnsExists ? routesThrough(opts.ifname, opts.nsPath, 4, table) : [],
+    netnsExists ? routesThrough(opts.ifname, opts.nsPath, 6, table) : [],
     showLinkWithAddresses(opts.hostIfname),
     routesThrough(opts.hostIfname),
     routesThrough(opts.hostIfname, undefined, 6),
@@ -292,6 +357,7 @@ export async function observeAttachment(opts: {
   }
   return {
     netnsExists,
+    hostRecord,
     podLink: podInfo ? observedLink(podInfo) : null,
     podRoutes,
     podRoutes6,
@@ -311,11 +377,11 @@ async function showLinkWithAddresses(name: string, nsPath?: string): Promise<Lin
   }
 }
 
-/** Main-table IPv4 (or IPv6) routes whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
-async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4): Promise<ObservedRoute[]> {
+/** IPv4 (or IPv6) routes of a table (main by default) whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
+async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4, table = 'main'): Promise<ObservedRoute[]> {
   let out: string;
   try {
-    out = await ip(['-j', `-${family}`, 'route', 'show', 'table', 'main', 'dev', dev], { nsPath });
+    out = await ip(['-j', `-${family}`, 'route', 'show', 'table', table, 'dev', dev], { nsPath });
   } catch (err) {
     if (/does not exist|Cannot find device/.test((err as Error).message)) return [];
     throw err;
@@ -341,6 +407,21 @@ function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
  * deleting a device waits there for RCU grace periods (about 20 ms on the test machines), during which the agent's
  * event loop would stand still: every other pod's Attach, and this Detach's own IPAM Release, waited behind it.
  */
-export async function detachPod(opts: { containerId: string; ifname: string }): Promise<void> {
-  await deleteLink(hostIfnameFor(opts.containerId, opts.ifname));
+export async function detachPod(opts: { containerId: string; ifname: string; nsPath?: string }): Promise<void> {
+  const host = hostIfnameFor(opts.containerId, opts.ifname);
+  // A second interface's source rules stay in the pod's namespace when its veth goes (its table empties with it):
+  // they are removed too, when the namespace is still there.
+  let record: AttachmentRecord | null = null;
+  try {
+    record = parseAttachmentRecord(readFileSync(`/sys/class/net/${host}/ifalias`, 'utf8').trim());
+  } catch {
+    // no veth (already gone): nothing of it to find
+  }
+  const table = record?.table;
+  await Promise.all([
+    deleteLink(host),
+    table !== undefined && opts.nsPath && existsSync(opts.nsPath)
+      ? run('nsenter', [`--net=${opts.nsPath}`, 'sh', '-c', `while ip -4 rule del lookup ${table} 2>/dev/null; do :; done; while ip -6 rule del lookup ${table} 2>/dev/null; do :; done; true`]).catch(() => {})
+      : undefined,
+  ]);
 }
