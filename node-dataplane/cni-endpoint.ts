@@ -69,6 +69,12 @@ export function createCniHandlers(deps: {
   const linkDeletions = new Set<Promise<unknown>>();
   /** Attach calls running now, by handle, with their host interface: GC never touches them. */
   const inFlight = new Map<string, string>();
+  /**
+   * Attach calls running now, by handle, settling when each ends (whatever its outcome). A Detach of that handle
+   * waits for it: a DEL that ran beside its ADD would find nothing to remove, answer, and leave the ADD to attach the
+   * pod afterwards with an address nobody will ever release.
+   */
+  const addsRunning = new Map<string, Promise<void>>();
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const ipamFamilies = dualStack ? [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6] : [IpFamily.IP_FAMILY_IPV4];
 
@@ -173,6 +179,8 @@ export function createCniHandlers(deps: {
       // after the release that undoes it (IPAM fences the attempt; see services/ipam/DESIGN.md, "Allocation attempts").
       const attemptId = randomUUID();
       inFlight.set(handle, hostIfname);
+      let addEnded!: () => void;
+      addsRunning.set(handle, new Promise<void>((resolve) => (addEnded = resolve)));
       try {
         // What exists for this handle is a live attachment (the runtime must DEL before it ADDs again): touching it,
         // or releasing its address on a later failure, would break a running pod.
@@ -273,6 +281,8 @@ export function createCniHandlers(deps: {
         }
       } finally {
         inFlight.delete(handle);
+        addsRunning.delete(handle);
+        addEnded();
       }
     },
 
@@ -280,6 +290,13 @@ export function createCniHandlers(deps: {
       if (!req.containerId) throw invalid('container id is empty');
       if (!req.ifname) throw invalid('interface name is empty');
       const handle = `${req.containerId}/${req.ifname}`;
+      // An ADD of this handle still running (the runtime gave up on it and cleans up) finishes first, so that what it
+      // made is what this DEL removes. It ends within its own deadlines (IPAM's Allocate: 20 s).
+      const running = addsRunning.get(handle);
+      if (running) {
+        deps.logger.info('DEL waits for the ADD of the same interface that is still running', { handle });
+        await running;
+      }
       // The veth and the address go at once: deleting a veth returns only after the kernel's RCU grace periods
       // (about 20 ms here), longer than IPAM's Release. An Attach given the address meanwhile waits for the deletion
       // (linkDeletions), so an address is never on two veths. The Release is asked first: the deletion's child

@@ -161,4 +161,31 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
       await dropPod(pod);
     }
   });
+  it('a DEL that arrives while the same interface\'s ADD still waits for IPAM leaves neither an address nor an interface', async () => {
+    // A runtime whose ADD timed out runs DEL while the agent's ADD is still waiting for IPAM. The DEL must not answer
+    // before that ADD has ended: otherwise the ADD attaches the pod afterwards and its address is never released.
+    const pod = await newPod('racing');
+    const db = await startSqlShellInNetns(state!.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    try {
+      await db.query('BEGIN');
+      await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
+      const adding = cni('ADD', pod, netconf());
+      await sleep(1500);
+      let delEnded = 0;
+      const deleting = cni('DEL', pod, netconf()).then((r) => ((delEnded = Date.now()), r));
+      await sleep(1500);
+      const unlocked = Date.now();
+      await db.query('COMMIT');
+      const [added, deleted] = await Promise.all([adding, deleting]);
+      assert.equal(deleted.status, 0, deleted.stdout);
+      assert.ok(delEnded >= unlocked, 'DEL answered only after the ADD it raced had ended');
+      assert.equal(added.status, 0, added.stdout);
+      assert.equal(await holderOf(pod), undefined, 'no address is live for the deleted interface');
+      assert.ok(!(await hostLinkExists(pod)), 'no host veth remains');
+    } finally {
+      await db.close();
+      await dropPod(pod);
+    }
+  });
 });
