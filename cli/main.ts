@@ -49,8 +49,11 @@ const USAGE = `usage: weft <command> [options]
   ipam domains | clusters | aggregates | prefixes [--cluster C]          routing domains, clusters, aggregates, carved prefixes
   ipam domain create NAME    ipam cluster register NAME [--domain D]    ipam aggregate create NAME CIDR [--domain D]
   ipam prefix allocate CLUSTER AGGREGATE --length N [--purpose P]    ipam prefix release NAME
-  ipam check [--json]                           verify IPAM's invariants; also lists allocations of unregistered nodes
-  ipam release --leaked [--yes]                 release allocations of unregistered nodes (dry run without --yes)
+  ipam check [--json]                           verify IPAM's invariants; list allocations of departed nodes (leaked)
+                                                and of names that are not registered nodes (external, not swept)
+  ipam release --leaked [--yes]                 release allocations of departed nodes (dry run without --yes)
+  ipam release --node NAME [--yes]              release every allocation on NAME, e.g. a node deregistered before
+                                                departures were recorded (dry run without --yes)
 
   --server ADDR   control plane for ipam commands (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)
   --state-dir DIR local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)
@@ -366,29 +369,52 @@ async function main(argv: string[]): Promise<number> {
         print(json, r, () => (r.deleted ? `${pos[2]} removed` : `${pos[2]} did not exist`));
         return 0;
       }
-      if (cmd === 'ipam check' || (cmd === 'ipam release' && o.leaked)) {
+      if (cmd === 'ipam check' || (cmd === 'ipam release' && (o.leaked || o.node))) {
         const routes = createClient(RoutesServiceService, server);
         try {
-          const nodes = new Set((await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
-          const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
-          const leaked = allocations.filter((a) => !nodes.has(a.node));
+          const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken, node: cmd === 'ipam release' && o.node ? o.node : '' }, { timeoutMs: 30_000 })
+            .then((r) => ({ items: r.allocations, next: r.nextPageToken })));
+          if (cmd === 'ipam release' && o.node) {
+            if (o.leaked) throw new UsageError('usage: weft ipam release --leaked [--yes]  |  weft ipam release --node NAME [--yes] (not both)');
+            if (!o.yes) {
+              print(json, { dryRun: true, wouldRelease: allocations.map((a) => a.handle) }, () => `dry run: would release ${allocations.length} allocations on ${o.node}; add --yes`);
+              return 0;
+            }
+            const released = (await ipam.garbageCollect({ node: o.node, validHandles: [] }, { timeoutMs: 30_000 })).released.length;
+            print(json, { released }, () => `released ${released} allocations on ${o.node}`);
+            return 0;
+          }
+          // Leaked: held by nodes that registered and then departed (what IPAM's sweeper releases after its grace).
+          // Names that are neither registered nor departed are external systems' (or nodes deregistered before
+          // departures were recorded): listed, never released here.
+          const registered = new Set((await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+          const unknown = [...new Set(allocations.map((a) => a.node))].filter((n) => !registered.has(n));
+          const departed = new Set<string>();
+          for (let i = 0; i < unknown.length; i += 10_000) {
+            for (const d of (await routes.listDepartedNodes({ names: unknown.slice(i, i + 10_000) }, { timeoutMs: 10_000 })).nodes) departed.add(d.name);
+          }
+          const leaked = allocations.filter((a) => departed.has(a.node));
+          const unregistered = allocations.filter((a) => !registered.has(a.node) && !departed.has(a.node));
+          const row = (a: { handle: string; address: string; node: string }) => ({ handle: a.handle, address: a.address, node: a.node });
           if (cmd === 'ipam check') {
             const { problems, checks } = await ipam.checkConsistency({}, { timeoutMs: 60_000 });
-            const report = { checks, problems, leaked: leaked.map((a) => ({ handle: a.handle, address: a.address, node: a.node })) };
+            const report = { checks, problems, leaked: leaked.map(row), unregistered: unregistered.map(row) };
             print(json, report, () => [`${checks} invariants checked: ${problems.length ? `${problems.length} problems` : 'all hold'}`,
               ...problems.map((p) => `  ${p.kind}: ${p.detail}`),
-              leaked.length ? `${leaked.length} allocations on nodes that are not registered (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on unregistered nodes',
-              ...leaked.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`)].join('\n'));
+              leaked.length ? `${leaked.length} allocations on departed nodes (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on departed nodes',
+              ...leaked.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`),
+              ...(unregistered.length ? [`${unregistered.length} allocations on names that are not registered nodes (external systems; never swept; \`weft ipam release --node NAME\` if one is a node that left):`,
+                ...unregistered.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`)] : [])].join('\n'));
             return problems.length > 0 || leaked.length > 0 ? 1 : 0;
           }
-          const goneNodes = [...new Set(leaked.map((a) => a.node))];
+          const goneNodes = [...departed].filter((n) => leaked.some((a) => a.node === n));
           if (!o.yes) {
-            print(json, { dryRun: true, wouldRelease: leaked.map((a) => a.handle) }, () => `dry run: would release ${leaked.length} allocations on ${goneNodes.length} unregistered nodes (${goneNodes.join(', ')}); add --yes`);
+            print(json, { dryRun: true, wouldRelease: leaked.map((a) => a.handle) }, () => `dry run: would release ${leaked.length} allocations on ${goneNodes.length} departed nodes (${goneNodes.join(', ')}); add --yes`);
             return 0;
           }
           let released = 0;
           for (const node of goneNodes) released += (await ipam.garbageCollect({ node, validHandles: [] }, { timeoutMs: 30_000 })).released.length;
-          print(json, { released }, () => `released ${released} allocations on ${goneNodes.length} unregistered nodes`);
+          print(json, { released }, () => `released ${released} allocations on ${goneNodes.length} departed nodes`);
           return 0;
         } finally {
           routes.close();

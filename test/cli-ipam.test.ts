@@ -82,18 +82,28 @@ test('reserve, pool update, check and release --leaked from the command line', a
     const first = (await ipam.allocate({ handle: 'ok/eth0', node: 'live-node', pool: 'ops' })).allocation!;
     assert.equal(first.address, '10.250.0.4', 'the reservation is skipped');
     await ipam.allocate({ handle: 'ghost/eth0', node: 'ghost-node', pool: 'ops' });
+    const lb = (await weft('ipam', 'check', '--json')).stdout;
+    assert.deepEqual(JSON.parse(lb).leaked, [], 'an allocation on a name that never registered (an external system\'s) is not a leak');
+    assert.ok(JSON.parse(lb).unregistered.some((l: { handle: string }) => l.handle === 'ghost/eth0'), 'but it is listed');
+    await routes.registerNode({ name: 'left-node', underlayAddress: '192.0.2.51', vtepMac: '02:00:00:00:00:51' });
+    await ipam.allocate({ handle: 'left/eth0', node: 'left-node', pool: 'ops' });
+    await routes.deregisterNode({ name: 'left-node' });
 
     const dirty = await fails(['ipam', 'check']);
     assert.equal(dirty.code, 1, 'leaked allocations make check fail');
     const report = JSON.parse(await weft('ipam', 'check', '--json').then((r) => r.stdout, (e: { stdout: string }) => e.stdout));
     assert.deepEqual(report.problems, []);
-    assert.deepEqual(report.leaked.map((l: { handle: string }) => l.handle).filter((h: string) => h === 'ghost/eth0'), ['ghost/eth0']);
+    assert.deepEqual(report.leaked.map((l: { handle: string }) => l.handle), ['left/eth0']);
     const dry = JSON.parse((await weft('ipam', 'release', '--leaked', '--json')).stdout);
-    assert.ok(dry.dryRun && dry.wouldRelease.includes('ghost/eth0'));
-    assert.ok((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length === 1, 'a dry run changes nothing');
+    assert.ok(dry.dryRun && dry.wouldRelease.includes('left/eth0') && !dry.wouldRelease.includes('ghost/eth0'));
+    assert.ok((await ipam.listAllocations({ node: 'left-node' })).allocations.length === 1, 'a dry run changes nothing');
     await weft('ipam', 'release', '--leaked', '--yes');
-    assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 0);
+    assert.equal((await ipam.listAllocations({ node: 'left-node' })).allocations.length, 0);
+    assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 1, 'names that never registered keep theirs');
     assert.equal((await ipam.listAllocations({ node: 'live-node' })).allocations.length, 1, 'registered nodes keep theirs');
+    assert.deepEqual(JSON.parse((await weft('ipam', 'release', '--node', 'ghost-node', '--json')).stdout).wouldRelease, ['ghost/eth0']);
+    await weft('ipam', 'release', '--node', 'ghost-node', '--yes');
+    assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 0, 'released when named');
 
     // Corruption that the database cannot forbid is found and named.
     await sql.query(`UPDATE ipam.blocks SET live_count = live_count + 5 WHERE node = 'live-node'`);
