@@ -50,8 +50,10 @@ export function createNodesRepository(db: Database) {
         return res.rows.length > 0;
       });
     },
-    async list(): Promise<NodeRecord[]> {
-      const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes ORDER BY name`);
+    /** Nodes in name order: after `after` (exclusive) when given, at most `limit` when given. */
+    async list(page: { after: string | null; limit: number | null } = { after: null, limit: null }): Promise<NodeRecord[]> {
+      const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes
+        WHERE ${page.after}::text IS NULL OR name > ${page.after} ORDER BY name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`);
       return (res.rows as Record<string, unknown>[]).map(toNode);
     },
   };
