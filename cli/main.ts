@@ -9,7 +9,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
-import { agentStatus, compareNode, describeEntry, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
+import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
@@ -234,7 +234,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       const snapshot = await routeTableSnapshot(routes);
       if (pos[0] === 'nodes') {
-        const { nodes } = await routes.listNodes({}, { timeoutMs: 10_000 });
+        const nodes = await listAllNodes(routes);
         const rows = await Promise.all(nodes.map(async (n) => {
           const local = cluster?.nodes.find((c) => c.name === n.name);
           const agent = local ? await agentStatus(local.netns, AGENT_METRICS_PORT) : null;
@@ -369,7 +369,7 @@ async function main(argv: string[]): Promise<number> {
       if (cmd === 'ipam check' || (cmd === 'ipam release' && o.leaked)) {
         const routes = createClient(RoutesServiceService, server);
         try {
-          const nodes = new Set((await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+          const nodes = new Set((await listAllNodes(routes)).map((n) => n.name));
           const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
           const leaked = allocations.filter((a) => !nodes.has(a.node));
           if (cmd === 'ipam check') {
@@ -447,7 +447,17 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam utilization') {
-        const { pools } = await ipam.getUtilization({ pool: o.pool ?? '', includeBlocks: o.blocks ?? false }, { timeoutMs: 30_000 });
+        // Pages of 1,000 node and block rows; a pool whose rows span pages is listed once, its rows joined.
+        const pages = await everyPage((pageToken) => ipam.getUtilization({ pool: o.pool ?? '', includeBlocks: o.blocks ?? false, pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
+          .then((r) => ({ items: r.pools, next: r.nextPageToken })));
+        const pools: typeof pages = [];
+        for (const p of pages) {
+          const held = pools[pools.length - 1];
+          if (held?.pool === p.pool) {
+            held.nodes.push(...p.nodes);
+            held.blocks.push(...p.blocks);
+          } else pools.push(p);
+        }
         const line = (what: string, c: { total: string; allocated: number; coolingDown: number; reserved: string; free: string } | undefined) =>
           `${what.padEnd(34)} total ${c!.total.padStart(8)}  allocated ${String(c!.allocated).padStart(6)}  cooling ${String(c!.coolingDown).padStart(5)}  reserved ${c!.reserved.padStart(5)}  free ${c!.free}`;
         print(json, pools, () => pools.flatMap((p) => [line(`${p.pool} ${p.cidr}`, p.counts), ...p.nodes.map((n) => line(`  node ${n.node}`, n.counts)), ...p.blocks.map((b) => line(`    block ${b.cidr}`, b.counts))]).join('\n') || 'no pools');
@@ -487,7 +497,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  // Exits once stdout is written out: a pipe takes a large answer (the nodes of a 5,000-node cluster) in pieces.
+  (code) => process.stdout.write('', () => process.exit(code)),
   (err: unknown) => {
     if (!(err instanceof Error) && (typeof err !== 'object' || err === null)) {
       process.stderr.write(`weft: failed: ${String(err)}\n`);

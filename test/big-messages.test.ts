@@ -1,6 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { MAX_MESSAGE_BYTES } from '../lib/grpc/limits.js';
 import { silentLogger } from '../lib/logger.js';
@@ -11,6 +13,7 @@ import { followRoutes, type RoutesSnapshot } from '../node-dataplane/sources/rou
 import { followNodePolicy } from '../node-dataplane/sources/policy-watch.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
+import { bin } from './support/processes.js';
 
 /**
  * Messages that grow with the cluster, at the sizes Weft is built for (5,000 nodes, 150,000 pods): a client with
@@ -172,6 +175,15 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
     assert.equal(pages, 2 * NODES / 1000);
     const whole = await ipam.getUtilization({ pool: 'big', includeBlocks: true });
     assert.deepEqual([whole.pools[0]!.blocks.length, whole.pools[0]!.nodes.length, whole.nextPageToken], [NODES, NODES, '']);
+  });
+
+  test('`weft nodes` and `weft ipam utilization --blocks` follow the pages: every node and block of 5,000', async () => {
+    const weft = async (...args: string[]) => JSON.parse((await promisify(execFile)(bin.weft, [...args, '--json', '--server', cp.address], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
+    const listed = await weft('nodes');
+    assert.equal(listed.nodes.length, NODES);
+    assert.equal(listed.nodes.filter((n: { inRouteTable: boolean }) => n.inRouteTable).length, NODES, 'the route table, read from a chunked snapshot, holds every node');
+    const pools = await weft('ipam', 'utilization', '--blocks');
+    assert.deepEqual(pools.map((p: { pool: string; blocks: unknown[]; nodes: unknown[] }) => [p.pool, p.blocks.length, p.nodes.length]), [['big', NODES, NODES]], 'one pool, its rows from every page');
   });
 });
 

@@ -33,7 +33,14 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
       if (released.length > 0) o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
       let registered: Set<string>;
       try {
-        registered = new Set((await o.routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+        // Every page: a node missing from the list is taken for gone, so the list must be complete.
+        registered = new Set();
+        let pageToken = '';
+        do {
+          const page = await o.routes.listNodes({ pageSize: 1000, pageToken }, { timeoutMs: 10_000 });
+          for (const n of page.nodes) registered.add(n.name);
+          pageToken = page.nextPageToken;
+        } while (pageToken);
       } catch (err) {
         o.logger.warn('cannot list nodes from the routes service; gone nodes are not swept this time', { err: (err as Error).message });
         return;
