@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { MAX_MESSAGE_BYTES } from '../lib/grpc/limits.js';
 import { silentLogger } from '../lib/logger.js';
-import { IpamServiceService, GetUtilizationResponse, type GetUtilizationResponse as UtilizationPage } from '../gen/weft/ipam/v1/ipam.js';
+import { IpamServiceService, GetUtilizationResponse, WatchBlockAffinitiesResponse, type GetUtilizationResponse as UtilizationPage } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService, ListNodesResponse, WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService, WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
 import { followRoutes, type RoutesSnapshot } from '../node-dataplane/sources/routes-watch.js';
@@ -52,7 +52,7 @@ after(async () => {
 });
 
 /** Collects one joined watch message: chunks until one with more = false. */
-async function joinedMessage<T extends { more: boolean; bookmark: boolean }>(it: AsyncIterator<T>, sizeOf: (m: T) => number) {
+async function joinedMessage<T extends { more: boolean; bookmark?: boolean }>(it: AsyncIterator<T>, sizeOf: (m: T) => number) {
   const chunks: T[] = [];
   const sizes: number[] = [];
   for (;;) {
@@ -226,5 +226,27 @@ test('an agent receives a policy view whose set holds 150,000 dual-stack pods\' 
     assert.ok(set.includes('10.4.147.222/32') && set.includes('fd00:10:244::4:93de/128'), 'addresses from every chunk are in the set');
   } finally {
     agent.abort();
+  }
+});
+
+test('the routes service follows IPAM\'s block affinities of 20 clusters (100,000 blocks): the snapshot comes in chunks well below the limit', { timeout: 300_000 }, async () => {
+  // Twenty clusters sharing one IPAM, 5,000 nodes with a block each, seeded under the API as above.
+  const CLUSTERS = 20;
+  for (let c = 0; c < CLUSTERS; c++) await ipam.createPool({ name: `cluster-${c}-pods`, cidr: `10.${16 + 8 * c}.0.0/13`, blockPrefixLength: 26 });
+  await sql.query(`WITH b AS (
+      INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
+      SELECT p.id, p.routing_domain_id, set_masklen(network(p.cidr) + i * 64, 26)::cidr, p.name || '-ip-10-0-' || (i >> 8) || '-' || (i & 255) || '.compute.internal', 0
+      FROM ipam.pools p, generate_series(0, ${NODES - 1}) i WHERE p.name LIKE 'cluster-%' RETURNING cidr, node, pool_id)
+    INSERT INTO ipam.block_events (revision, cidr, pool, node) SELECT nextval('ipam.revision_seq'), b.cidr, p.name, b.node FROM b JOIN ipam.pools p ON p.id = b.pool_id ORDER BY b.cidr`);
+
+  const ac = new AbortController();
+  try {
+    const it = ipam.watchBlockAffinities({ acceptChunks: true }, { signal: ac.signal })[Symbol.asyncIterator]();
+    const { chunks, sizes } = await joinedMessage(it, (m) => WatchBlockAffinitiesResponse.encode(m).finish().length);
+    assert.ok(chunks.every((c) => c.reset && c.revision === chunks[0]!.revision), 'every chunk is of the one snapshot');
+    assert.equal(new Set(chunks.flatMap((c) => c.upserts.map((u) => u.cidr))).size, CLUSTERS * NODES + NODES, 'every block of every cluster (and the 5,000 above)');
+    assert.ok(Math.max(...sizes) <= WELL_BELOW, `every message is well below the limit: ${sizes.join(', ')}`);
+  } finally {
+    ac.abort();
   }
 });

@@ -6,7 +6,7 @@ import {
   GetUtilizationResponse, IpamServiceService, IpFamily, type AllocateRequest, type BatchAllocateResult, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
-import { ensureFitsOneMessage } from '../../../lib/grpc/limits.js';
+import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
 import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
 import { validateAllocationRequest, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
@@ -232,20 +232,25 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       if (!size) ensureFitsOneMessage('ipam.utilization_too_large', GetUtilizationResponse.encode(response).finish().length, 'the pools\' usage rows');
       return response;
     },
-    async *watchBlockAffinities(_req, { signal }) {
+    async *watchBlockAffinities(req, { signal }) {
       // Subscribed before each read (as the routes watch does), so that a change committed while the stream reads or
       // sends is not slept through until the next poll.
       let woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
       const snap = await repo.affinitySnapshot();
       let revision = snap.revision;
-      yield snap;
+      if (!req.acceptChunks) yield { ...snap, more: false };
+      else {
+        // The snapshot of every cluster's blocks (100,000 blocks are about 8 MB) in chunks of CHUNK_BYTES.
+        const parts = chunkBySize(snap.upserts, (b) => stringFieldBytes(b.cidr) + stringFieldBytes(b.pool) + stringFieldBytes(b.node) + 4);
+        for (let i = 0; i < parts.length; i++) yield { ...snap, upserts: parts[i]!, more: i < parts.length - 1 };
+      }
       while (!signal.aborted) {
         await woken;
         if (signal.aborted) return;
         woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
         for (const change of await repo.affinityChangesSince(revision)) {
           revision = change.revision;
-          yield change;
+          yield { ...change, more: false };
         }
       }
     },
