@@ -292,7 +292,8 @@ async function main(argv: string[]): Promise<number> {
         return e.allowed ? 0 : 3;
       }
       if (pos[1] === 'list' && pos.length === 2) {
-        const { policies } = await policy.listPolicies({ namespace: o.namespace ?? '' }, { timeoutMs: 10_000 });
+        const policies = await everyPage((pageToken) => policy.listPolicies({ namespace: o.namespace ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
+          .then((r) => ({ items: r.policies, next: r.nextPageToken })));
         print(json, policies.map((p) => ({ ...p.ref, object: JSON.parse(p.objectJson) as unknown })), () =>
           policies.length ? policies.map((p) => `${p.ref!.kind.padEnd(28)} ${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}`).join('\n') : 'no policies');
         return 0;

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
+import { status } from '@grpc/grpc-js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
@@ -8,7 +9,7 @@ import { MAX_MESSAGE_BYTES } from '../lib/grpc/limits.js';
 import { silentLogger } from '../lib/logger.js';
 import { IpamServiceService, GetUtilizationResponse, WatchBlockAffinitiesResponse, type GetUtilizationResponse as UtilizationPage } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService, ListNodesResponse, WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
-import { PolicyServiceService, WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
+import { ListPoliciesResponse, PolicyServiceService, WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
 import { followRoutes, type RoutesSnapshot } from '../node-dataplane/sources/routes-watch.js';
 import { followNodePolicy } from '../node-dataplane/sources/policy-watch.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
@@ -249,4 +250,33 @@ test('the routes service follows IPAM\'s block affinities of 20 clusters (100,00
   } finally {
     ac.abort();
   }
+});
+
+test('ListPolicies of 10,000 policies (two in each of 5,000 namespaces): pages well below the limit, every policy once; `weft policy list` follows them', { timeout: 120_000 }, async () => {
+  // As ApplyPolicies stores them (the object as applied), seeded under the API in one statement.
+  const object = JSON.stringify({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: '__NS__', name: '__NAME__', labels: { 'app.kubernetes.io/managed-by': 'platform-team' } },
+    spec: { podSelector: { matchLabels: { app: 'api', tier: 'backend' } }, policyTypes: ['Ingress', 'Egress'],
+      ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'ingress-nginx' } }, podSelector: { matchLabels: { 'app.kubernetes.io/name': 'ingress-nginx' } } }], ports: [{ protocol: 'TCP', port: 8080 }, { protocol: 'TCP', port: 'metrics' }] }],
+      egress: [{ to: [{ podSelector: { matchLabels: { app: 'postgres' } } }], ports: [{ protocol: 'TCP', port: 5432 }] }, { to: [{ namespaceSelector: {}, podSelector: { matchLabels: { 'k8s-app': 'kube-dns' } } }], ports: [{ protocol: 'UDP', port: 53 }] }] } });
+  await sql.query(`INSERT INTO policy.policies (kind, namespace, name, object, revision)
+    SELECT 'NetworkPolicy', 'team-' || (i / 2), n, replace(replace($1, '__NS__', 'team-' || (i / 2)), '__NAME__', n)::jsonb, nextval('policy.revision_seq')
+    FROM generate_series(0, ${2 * NODES - 1}) i, LATERAL (SELECT CASE WHEN i % 2 = 0 THEN 'api-ingress' ELSE 'api-egress' END AS n) x`, [object]);
+
+  const seen = new Set<string>();
+  let pageToken = '';
+  do {
+    const page = await policy.listPolicies({ pageSize: 1000, pageToken });
+    assert.ok(page.policies.length <= 1000 && ListPoliciesResponse.encode(page).finish().length <= WELL_BELOW, `a page of ${page.policies.length} policies is well below the limit`);
+    for (const p of page.policies) {
+      const id = `${p.ref!.namespace}/${p.ref!.name}`;
+      assert.ok(!seen.has(id), `${id} listed once`);
+      seen.add(id);
+    }
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  assert.equal(seen.size, 2 * NODES);
+  await assert.rejects(policy.listPolicies({}), (e: { code: number; details: string }) => e.code === status.RESOURCE_EXHAUSTED && /set page_size and follow next_page_token/.test(e.details),
+    'a caller that does not page is told to, not sent a short list');
+  const listed = JSON.parse((await promisify(execFile)(bin.weft, ['policy', 'list', '--json', '--server', cp.address], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
+  assert.equal(listed.length, 2 * NODES);
 });

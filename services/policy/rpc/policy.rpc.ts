@@ -1,8 +1,9 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import { DomainError } from '../../../lib/errors.js';
 import { formatAddress } from '../../../lib/net/ip.js';
-import { PolicyServiceService, type CompiledPod as PbCompiledPod, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
-import { CHUNK_BYTES, stringFieldBytes } from '../../../lib/grpc/limits.js';
+import { ListPoliciesResponse, PolicyServiceService, type CompiledPod as PbCompiledPod, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
+import { CHUNK_BYTES, chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
+import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
@@ -211,8 +212,23 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
       return repo.deletePolicy(ref.kind, namespace, resourceName(ref.name, 'policy.name'));
     },
     async listPolicies(req) {
-      const list = await repo.listPolicies(req.namespace ? resourceName(req.namespace, 'namespace') : null);
-      return { policies: list.map((p) => ({ ref: { kind: p.kind, namespace: p.namespace, name: p.name }, objectJson: JSON.stringify(p.object), updateTime: p.updatedAt })) };
+      const namespace = req.namespace ? resourceName(req.namespace, 'namespace') : null;
+      const size = pageSizeOf('policy.invalid_page_size', req.pageSize, 1000);
+      const after = decodePageToken('policy.invalid_page_token', 'policies', req.pageToken, 3);
+      const list = (await repo.listPolicies(namespace, { after, limit: size ? size + 1 : null }))
+        .map((p) => ({ ref: { kind: p.kind, namespace: p.namespace, name: p.name }, objectJson: JSON.stringify(p.object), updateTime: p.updatedAt }));
+      if (!size) {
+        // A caller that does not page (it may predate paging) gets the whole list or an error, never a short list.
+        const whole: ListPoliciesResponse = { policies: list, nextPageToken: '' };
+        ensureFitsOneMessage('policy.list_too_large', ListPoliciesResponse.encode(whole).finish().length, `the ${list.length} policies`);
+        return whole;
+      }
+      // At most page_size, and no more than about CHUNK_BYTES of objects (a policy's JSON can be large).
+      const sizes = chunkBySize(list.slice(0, size), (p) => stringFieldBytes(p.objectJson) + stringFieldBytes(p.ref.kind) + stringFieldBytes(p.ref.namespace) + stringFieldBytes(p.ref.name) + 16);
+      const policies = sizes[0]!;
+      const more = policies.length < list.length;
+      const last = policies[policies.length - 1];
+      return { policies, nextPageToken: more && last ? encodePageToken('policies', [last.ref.kind, last.ref.namespace, last.ref.name]) : '' };
     },
     async explain(req) {
       if (!req.from || !req.to) throw invalidPolicy(req.from ? 'to' : 'from', 'is required: a pod as "namespace/name" or an IP address');

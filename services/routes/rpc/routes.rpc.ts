@@ -2,7 +2,7 @@ import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { ListNodesResponse, RoutesServiceService, type Node as PbNode, type NodeRoutes as PbNodeRoutes, type WatchRoutesResponse } from '../../../gen/weft/routes/v1/routes.js';
 import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
-import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
+import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
 import { validateRegistration, type NodeRecord, type RoutesChange } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
@@ -57,8 +57,8 @@ export function createRoutesHandlers(deps: {
       return { deregistered: await nodes.deregister(nodeName(req.name)) };
     },
     async listNodes(req) {
-      const size = pageSize(req.pageSize);
-      const after = decodePageToken('nodes', req.pageToken);
+      const size = pageSizeOf('routes.invalid_page_size', req.pageSize, 5000);
+      const after = decodePageToken('routes.invalid_page_token', 'nodes', req.pageToken, 1)?.[0] ?? null;
       if (size === 0) {
         // A caller that does not page (it may predate paging) gets the whole list or an error, never a short list.
         const whole: ListNodesResponse = { nodes: (await nodes.list({ after, limit: null })).map(toPbNode), nextPageToken: '' };
@@ -68,7 +68,7 @@ export function createRoutesHandlers(deps: {
       const page = await nodes.list({ after, limit: size + 1 });
       const more = page.length > size;
       const items = page.slice(0, size);
-      return { nodes: items.map(toPbNode), nextPageToken: more ? encodePageToken('nodes', items[items.length - 1]!.name) : '' };
+      return { nodes: items.map(toPbNode), nextPageToken: more ? encodePageToken('nodes', [items[items.length - 1]!.name]) : '' };
     },
     async *watchRoutes(req, { signal }) {
       for await (const m of watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal)) yield* toPbWatchMessages(m, req.acceptChunks);
