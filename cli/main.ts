@@ -481,7 +481,8 @@ async function main(argv: string[]): Promise<number> {
         } else if (o.node) query = { node: o.node, at: time('since', o.since), until: time('until', o.until) };
         else if (o.handle) query = { handle: o.handle };
         else throw new UsageError('usage: weft ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H)');
-        const { entries } = await ipam.listAllocationHistory(query, { timeoutMs: 30_000 });
+        // Every page, newest first (a node's history over months is many pages of 1,000).
+        const entries = await everyPage((pageToken) => ipam.listAllocationHistory({ ...query, pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.entries, next: r.nextPageToken })));
         print(json, entries, () => entries.length ? entries.map((e) => {
           const a = e.allocation!;
           const where = a.routingDomain === 'default' ? '' : `  (domain ${a.routingDomain}${a.cluster ? `, cluster ${a.cluster}` : ''})`;
