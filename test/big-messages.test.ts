@@ -86,7 +86,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
     assert.equal(nodeName(NODES - 1), (await sql.query(`SELECT ${name} AS n FROM (SELECT ${NODES - 1} AS i) x`)).rows[0].n);
   });
 
-  test('an agent assembles a routes snapshot of 5,000 nodes and their blocks, sent in chunks well below the limit, and acts only on the whole', async () => {
+  test('an agent assembles a routes snapshot of 5,000 nodes and their blocks, sent in chunks well below the limit, and acts only on the whole', async (t) => {
     // The affinity follower has recorded every block once the table shows them (one by one, when it had synced
     // before the blocks were seeded: up to half a minute).
     const deadline = Date.now() + 120_000;
@@ -102,6 +102,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
           await new Promise((r) => setTimeout(r, 500));
           continue;
         }
+        t.diagnostic(`routes snapshot: ${sizes.reduce((a, b) => a + b, 0)} bytes in ${chunks.length} messages`);
         assert.ok(chunks.every((c) => c.reset && c.revision === chunks[0]!.revision), 'every chunk is of the one snapshot');
         assert.ok(chunks.length > 1, `the snapshot (${sizes.reduce((a, b) => a + b, 0)} bytes) comes in several messages`);
         assert.ok(Math.max(...sizes) <= WELL_BELOW, `every message is well below the limit: ${sizes.join(', ')}`);
@@ -126,7 +127,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
     }
   });
 
-  test('ListNodes of 5,000 nodes: pages of page_size, each well below the limit, together every node once; page_size 0 still gives all', async () => {
+  test('ListNodes of 5,000 nodes: pages of page_size, each well below the limit, together every node once; page_size 0 still gives all', async (t) => {
     const names: string[] = [];
     let pageToken = '';
     let pages = 0;
@@ -141,11 +142,13 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
     assert.equal(pages, NODES / 1000);
     assert.equal(new Set(names).size, NODES);
     assert.deepEqual(names, [...names].sort(), 'in name order');
-    assert.equal((await routes.listNodes({})).nodes.length, NODES, 'a caller that does not page gets the whole list (it fits)');
+    const whole = await routes.listNodes({});
+    t.diagnostic(`ListNodes whole: ${ListNodesResponse.encode(whole).finish().length} bytes`);
+    assert.equal(whole.nodes.length, NODES, 'a caller that does not page gets the whole list (it fits)');
     await assert.rejects(routes.listNodes({ pageToken: 'bm9wZQ' }), /page_token/);
   });
 
-  test('GetUtilization --blocks with 5,000 blocks: pages of page_size rows, each well below the limit, together every node and block once', async () => {
+  test('GetUtilization --blocks with 5,000 blocks: pages of page_size rows, each well below the limit, together every node and block once', async (t) => {
     const blocks = new Set<string>();
     const nodes = new Set<string>();
     let pageToken = '';
@@ -175,6 +178,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
     assert.equal(nodes.size, NODES);
     assert.equal(pages, 2 * NODES / 1000);
     const whole = await ipam.getUtilization({ pool: 'big', includeBlocks: true });
+    t.diagnostic(`GetUtilization --blocks whole: ${GetUtilizationResponse.encode(whole).finish().length} bytes`);
     assert.deepEqual([whole.pools[0]!.blocks.length, whole.pools[0]!.nodes.length, whole.nextPageToken], [NODES, NODES, '']);
   });
 
@@ -188,7 +192,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
   });
 });
 
-test('an agent receives a policy view whose set holds 150,000 dual-stack pods\' addresses, in chunks well below the limit', { timeout: 300_000 }, async () => {
+test('an agent receives a policy view whose set holds 150,000 dual-stack pods\' addresses, in chunks well below the limit', { timeout: 300_000 }, async (t) => {
   // 150,000 pods on 5,000 nodes, seeded under the API (150,000 UpsertPod calls would take minutes). Every other
   // address, as churn leaves them: no two pods' addresses merge into a wider CIDR, so the set holds 300,000 entries.
   await policy.upsertNamespace({ name: 'load', labels: { team: 'load' } });
@@ -204,6 +208,7 @@ test('an agent receives a policy view whose set holds 150,000 dual-stack pods\' 
   try {
     const it = policy.watchNodePolicy({ node: 'watched', acceptDeltas: true, acceptChunks: true }, { signal: ac.signal })[Symbol.asyncIterator]();
     const { chunks, sizes } = await joinedMessage(it, (m) => WatchNodePolicyResponse.encode(m).finish().length);
+    t.diagnostic(`policy view: ${sizes.reduce((a, b) => a + b, 0)} bytes in ${chunks.length} messages`);
     const cidrs = chunks.flatMap((c) => c.sets).reduce((n, s) => n + s.cidrs.length, 0);
     assert.equal(cidrs, 2 * PODS, 'every address of the set arrived');
     assert.ok(chunks.length > 1 && Math.max(...sizes) <= WELL_BELOW, `every message is well below the limit: ${sizes.join(', ')}`);
@@ -230,7 +235,7 @@ test('an agent receives a policy view whose set holds 150,000 dual-stack pods\' 
   }
 });
 
-test('the routes service follows IPAM\'s block affinities of 20 clusters (100,000 blocks): the snapshot comes in chunks well below the limit', { timeout: 300_000 }, async () => {
+test('the routes service follows IPAM\'s block affinities of 20 clusters (100,000 blocks): the snapshot comes in chunks well below the limit', { timeout: 300_000 }, async (t) => {
   // Twenty clusters sharing one IPAM, 5,000 nodes with a block each, seeded under the API as above.
   const CLUSTERS = 20;
   for (let c = 0; c < CLUSTERS; c++) await ipam.createPool({ name: `cluster-${c}-pods`, cidr: `10.${16 + 8 * c}.0.0/13`, blockPrefixLength: 26 });
@@ -244,6 +249,7 @@ test('the routes service follows IPAM\'s block affinities of 20 clusters (100,00
   try {
     const it = ipam.watchBlockAffinities({ acceptChunks: true }, { signal: ac.signal })[Symbol.asyncIterator]();
     const { chunks, sizes } = await joinedMessage(it, (m) => WatchBlockAffinitiesResponse.encode(m).finish().length);
+    t.diagnostic(`affinity snapshot: ${sizes.reduce((a, b) => a + b, 0)} bytes in ${chunks.length} messages`);
     assert.ok(chunks.every((c) => c.reset && c.revision === chunks[0]!.revision), 'every chunk is of the one snapshot');
     assert.equal(new Set(chunks.flatMap((c) => c.upserts.map((u) => u.cidr))).size, CLUSTERS * NODES + NODES, 'every block of every cluster (and the 5,000 above)');
     assert.ok(Math.max(...sizes) <= WELL_BELOW, `every message is well below the limit: ${sizes.join(', ')}`);
