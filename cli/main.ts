@@ -9,7 +9,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
-import { agentStatus, compareNode, describeEntry, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
+import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
@@ -237,7 +237,7 @@ async function main(argv: string[]): Promise<number> {
     try {
       const snapshot = await routeTableSnapshot(routes);
       if (pos[0] === 'nodes') {
-        const { nodes } = await routes.listNodes({}, { timeoutMs: 10_000 });
+        const nodes = await listAllNodes(routes);
         const rows = await Promise.all(nodes.map(async (n) => {
           const local = cluster?.nodes.find((c) => c.name === n.name);
           const agent = local ? await agentStatus(local.netns, AGENT_METRICS_PORT) : null;
@@ -295,7 +295,8 @@ async function main(argv: string[]): Promise<number> {
         return e.allowed ? 0 : 3;
       }
       if (pos[1] === 'list' && pos.length === 2) {
-        const { policies } = await policy.listPolicies({ namespace: o.namespace ?? '' }, { timeoutMs: 10_000 });
+        const policies = await everyPage((pageToken) => policy.listPolicies({ namespace: o.namespace ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
+          .then((r) => ({ items: r.policies, next: r.nextPageToken })));
         print(json, policies.map((p) => ({ ...p.ref, object: JSON.parse(p.objectJson) as unknown })), () =>
           policies.length ? policies.map((p) => `${p.ref!.kind.padEnd(28)} ${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}`).join('\n') : 'no policies');
         return 0;
@@ -387,7 +388,7 @@ async function main(argv: string[]): Promise<number> {
           // Leaked: held by nodes that registered and then departed (what IPAM's sweeper releases after its grace).
           // Names that are neither registered nor departed are external systems' (or nodes deregistered before
           // departures were recorded): listed, never released here.
-          const registered = new Set((await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name));
+          const registered = new Set((await listAllNodes(routes)).map((n) => n.name));
           const unknown = [...new Set(allocations.map((a) => a.node))].filter((n) => !registered.has(n));
           const departed = new Set<string>();
           for (let i = 0; i < unknown.length; i += 10_000) {
@@ -473,7 +474,17 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam utilization') {
-        const { pools } = await ipam.getUtilization({ pool: o.pool ?? '', includeBlocks: o.blocks ?? false }, { timeoutMs: 30_000 });
+        // Pages of 1,000 node and block rows; a pool whose rows span pages is listed once, its rows joined.
+        const pages = await everyPage((pageToken) => ipam.getUtilization({ pool: o.pool ?? '', includeBlocks: o.blocks ?? false, pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
+          .then((r) => ({ items: r.pools, next: r.nextPageToken })));
+        const pools: typeof pages = [];
+        for (const p of pages) {
+          const held = pools[pools.length - 1];
+          if (held?.pool === p.pool) {
+            held.nodes.push(...p.nodes);
+            held.blocks.push(...p.blocks);
+          } else pools.push(p);
+        }
         const line = (what: string, c: { total: string; allocated: number; coolingDown: number; reserved: string; free: string } | undefined) =>
           `${what.padEnd(34)} total ${c!.total.padStart(8)}  allocated ${String(c!.allocated).padStart(6)}  cooling ${String(c!.coolingDown).padStart(5)}  reserved ${c!.reserved.padStart(5)}  free ${c!.free}`;
         print(json, pools, () => pools.flatMap((p) => [line(`${p.pool} ${p.cidr}`, p.counts), ...p.nodes.map((n) => line(`  node ${n.node}`, n.counts)), ...p.blocks.map((b) => line(`    block ${b.cidr}`, b.counts))]).join('\n') || 'no pools');
@@ -496,7 +507,8 @@ async function main(argv: string[]): Promise<number> {
         } else if (o.node) query = { node: o.node, at: time('since', o.since), until: time('until', o.until) };
         else if (o.handle) query = { handle: o.handle };
         else throw new UsageError('usage: weft ipam history (--pod NS/NAME | --node N [--since T] [--until T] | --handle H)');
-        const { entries } = await ipam.listAllocationHistory(query, { timeoutMs: 30_000 });
+        // Every page, newest first (a node's history over months is many pages of 1,000).
+        const entries = await everyPage((pageToken) => ipam.listAllocationHistory({ ...query, pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.entries, next: r.nextPageToken })));
         print(json, entries, () => entries.length ? entries.map((e) => {
           const a = e.allocation!;
           const where = a.routingDomain === 'default' ? '' : `  (domain ${a.routingDomain}${a.cluster ? `, cluster ${a.cluster}` : ''})`;
@@ -513,7 +525,8 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  // Exits once stdout is written out: a pipe takes a large answer (the nodes of a 5,000-node cluster) in pieces.
+  (code) => process.stdout.write('', () => process.exit(code)),
   (err: unknown) => {
     if (!(err instanceof Error) && (typeof err !== 'object' || err === null)) {
       process.stderr.write(`weft: failed: ${String(err)}\n`);

@@ -1,6 +1,7 @@
 import { run } from '../lib/exec.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
-import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import type { Node, RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
+import { createRoutesChunkJoiner } from '../node-dataplane/sources/chunks.js';
 import {
   computeDesired, emptyState, planChanges, VXLAN_ONLY, type KernelEntry, type KernelState, type PeerChoice, type RemoteNode, type Routing, type RoutingMode,
 } from '../node-dataplane/domain/desired.js';
@@ -9,11 +10,25 @@ import {
  * `weft nodes` and `weft routes NODE`: what each node should have (from the routes service) and, for nodes of the
  * local cluster, whether its kernel has it (read with iproute2 inside the node's namespace) and what its agent says.
  */
+/** Every registered node, a page of 1,000 at a time (a page is about 100 KB). */
+export async function listAllNodes(routes: PromiseClient<typeof RoutesServiceService>, timeoutMs = 10_000): Promise<Node[]> {
+  const out: Node[] = [];
+  let pageToken = '';
+  do {
+    const page = await routes.listNodes({ pageSize: 1000, pageToken }, { timeoutMs });
+    out.push(...page.nodes);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return out;
+}
+
 export async function routeTableSnapshot(routes: PromiseClient<typeof RoutesServiceService>): Promise<{ revision: number; nodes: RemoteNode[] }> {
   const ac = new AbortController();
   try {
-    for await (const m of routes.watchRoutes({ node: '' }, { signal: ac.signal, timeoutMs: 15_000 })) {
-      if (!m.reset) continue;
+    const chunks = createRoutesChunkJoiner();
+    for await (const chunk of routes.watchRoutes({ node: '', acceptChunks: true }, { signal: ac.signal, timeoutMs: 15_000 })) {
+      const m = chunks.push(chunk);
+      if (!m?.reset) continue;
       return { revision: m.revision, nodes: m.upserts.map((u) => ({ node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs })) };
     }
     throw new Error('the route watch ended before its snapshot');

@@ -136,3 +136,20 @@ test('clusters get pod CIDRs carved from a shared aggregate from the command lin
   const bad = await fails(['ipam', 'prefix', 'allocate', 'prod-eu', 'fleet']);
   assert.equal(bad.code, 2);
 });
+
+test('weft ipam history follows the pages: a node that held 1,200 addresses lists all 1,200', async () => {
+  const ipam = createClient(IpamServiceService, cp.address);
+  try {
+    await ipam.createPool({ name: 'busy', cidr: '10.251.0.0/16', blockPrefixLength: 26 });
+    for (let b = 0; b < 1200; b += 600) {
+      const requests = Array.from({ length: 600 }, (_, k) => ({ handle: `h${b + k}/eth0`, node: 'busy-node', pool: 'busy', podNamespace: 'batch', podName: `job-${b + k}`, containerId: `h${b + k}`,
+        families: [], addresses: [], owner: '', namespacePool: '', nodeLabels: {}, namespaceLabels: {}, use: '', cluster: '', attemptId: '' }));
+      const { results } = await ipam.batchAllocate({ requests });
+      assert.ok(results.every((r) => r.allocations.length === 1));
+    }
+  } finally {
+    ipam.close();
+  }
+  const entries = JSON.parse((await run(bin.weft, ['ipam', 'history', '--node', 'busy-node', '--json', '--server', cp.address], { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 })).stdout) as unknown[];
+  assert.equal(entries.length, 1200, 'every entry, not the first page of 1,000');
+});

@@ -7,6 +7,7 @@ import { run } from '../../lib/exec.js';
 import { createClient } from '../../lib/grpc/client.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
+import { listAllNodes } from '../node-status.js';
 import {
   CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, parsePodRef, planNode, podNetns, validateNamespace, validatePodName,
 } from './topology.js';
@@ -258,7 +259,7 @@ async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane
   try {
     await waitFor(`${node.name}'s agent`, 30_000, async () => {
       if (!isAlive(node.agentPid)) throw new Error('the agent exited');
-      const { nodes } = await routes.listNodes({}, { timeoutMs: 2000 });
+      const nodes = await listAllNodes(routes, 2000);
       return nodes.some((n) => n.name === node.name) && existsSync(node.socket) ? true : null;
     }, log);
   } finally {

@@ -2,6 +2,7 @@ import { Client, Metadata, type ClientReadableStream, type MethodDefinition, typ
 import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, type TransportSecurity } from './credentials.js';
+import { messageSizeOptions } from './limits.js';
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
 type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -39,6 +40,7 @@ export function createClient<D extends ServiceDefinition>(
   const client = new Client(address, channelCredentials(options.security), {
     'grpc.keepalive_time_ms': 20_000,
     'grpc.keepalive_timeout_ms': 10_000,
+    ...messageSizeOptions,
     ...options.channel,
   });
   const out: Record<string, unknown> = { close: () => client.close(), raw: client };

@@ -9,7 +9,7 @@ import { desiredPolicy, planPolicy, readPolicyActual } from '../domain/network-p
 import { applyPolicyMessage, followNodePolicy } from './policy-watch.js';
 
 /** Each message replaces the rules held; bookmarks only advance the revision; a reconnect passes the last revision and keeps the rules meanwhile. */
-const msg = (m: Partial<WatchNodePolicyResponse> & { revision: number }): WatchNodePolicyResponse => ({ bookmark: false, pods: [], sets: [], delta: false, removedPods: [], removedSets: [], ...m });
+const msg = (m: Partial<WatchNodePolicyResponse> & { revision: number }): WatchNodePolicyResponse => ({ bookmark: false, pods: [], sets: [], delta: false, removedPods: [], removedSets: [], more: false, ...m });
 const pod = (name: string, peerSet: string) => ({
   namespace: 'x', name, addresses: ['10.244.0.5'], egress: [],
   ingress: [{ tier: 'networkpolicy', action: 'allow', peerSet, protocol: 'TCP', portFrom: 80, portTo: 80, source: 'NetworkPolicy/x/p ingress[0]' }],

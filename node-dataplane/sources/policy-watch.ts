@@ -4,6 +4,7 @@ import type { PolicyServiceService, WatchNodePolicyResponse } from '../../gen/we
 import type { NodeRules, PodRules, PolicyEntry } from '../domain/network-policy.js';
 import { checkAddressSet, checkPod } from '../domain/stream-validation.js';
 import { followStream } from './follow-stream.js';
+import { createPolicyChunkJoiner } from './chunks.js';
 
 /**
  * Follows WatchNodePolicy. The first message of a stream is the node's complete rule set and replaces the one held;
@@ -11,7 +12,9 @@ import { followStream } from './follow-stream.js';
  * advance the revision. A pod whose rules did not change keeps its object (`PodRules`), which is what lets the agent
  * render only the pods that changed. The handler only updates the snapshot and marks dirty; it never touches the
  * kernel. Until the first message `rules()` is null, and the reconciler drops every local pod's traffic (fail
- * closed); a broken stream keeps the rules last held (the kernel keeps enforcing them) while it reconnects.
+ * closed); a broken stream keeps the rules last held (the kernel keeps enforcing them) while it reconnects. A large
+ * message (sets of 150,000 addresses) arrives in chunks, which are joined first: the rules held change only once a
+ * whole message is in.
  */
 export interface PolicySource {
   rules(): NodeRules | null;
@@ -65,9 +68,15 @@ export function followNodePolicy(deps: {
   onChange: (rules: NodeRules) => void;
 }): PolicySource {
   let held = null as NodeRules | null;
+  const chunks = createPolicyChunkJoiner();
   followStream({
-    open: (signal) => deps.client.watchNodePolicy({ node: deps.node, sinceRevision: held?.revision ?? 0, acceptDeltas: true }, { signal }),
-    onMessage: (m) => {
+    open: (signal) => {
+      chunks.reset();
+      return deps.client.watchNodePolicy({ node: deps.node, sinceRevision: held?.revision ?? 0, acceptDeltas: true, acceptChunks: true }, { signal });
+    },
+    onMessage: (chunk) => {
+      const m = chunks.push(chunk);
+      if (!m) return;
       if (m.bookmark) {
         if (held) held = { ...held, revision: m.revision };
         return;

@@ -5,7 +5,7 @@ import type { WatchRoutesResponse } from '../../gen/weft/routes/v1/routes.js';
 import { followRoutes, type RoutesSnapshot } from './routes-watch.js';
 
 const entry = (node: string, i: number) => ({ node, underlayAddress: `192.0.2.${i}`, vtepMac: `02:00:c0:00:02:0${i}`, blockCidrs: [`10.244.${i}.0/26`] });
-const msg = (m: Partial<WatchRoutesResponse> & { revision: number }): WatchRoutesResponse => ({ reset: false, upserts: [], deletes: [], bookmark: false, ...m });
+const msg = (m: Partial<WatchRoutesResponse> & { revision: number }): WatchRoutesResponse => ({ reset: false, upserts: [], deletes: [], bookmark: false, more: false, ...m });
 
 /** A WatchRoutes client that plays one scripted stream per call, each ending with a broken connection. */
 function scriptedClient(streams: WatchRoutesResponse[][]) {

@@ -4,6 +4,7 @@ import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import type { RemoteNode } from '../domain/desired.js';
 import { checkRemoteNode } from '../domain/stream-validation.js';
 import { followStream } from './follow-stream.js';
+import { createRoutesChunkJoiner } from './chunks.js';
 
 /**
  * Follows WatchRoutes. The handler only updates the snapshot and marks it dirty; it never touches the kernel. Each
@@ -11,7 +12,8 @@ import { followStream } from './follow-stream.js';
  * `synced` becomes true at the first complete snapshot (reset) and stays true across reconnects. A reconnect
  * passes the last applied revision: the server sends the missed changes, which apply on top of the snapshot held,
  * or (when that revision is no longer in its log) a fresh snapshot, which replaces it. Bookmarks only advance the
- * revision.
+ * revision. A large message (a snapshot of thousands of nodes) arrives in chunks, which are joined first: the
+ * snapshot held changes only once a whole message is in.
  */
 export interface RoutesSnapshot {
   nodes: Map<string, RemoteNode>;
@@ -27,9 +29,15 @@ export function followRoutes(deps: {
   onChange: (snap: RoutesSnapshot) => void;
 }): RoutesSnapshot {
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 0, synced: false };
+  const chunks = createRoutesChunkJoiner();
   followStream({
-    open: (signal) => deps.client.watchRoutes({ node: deps.node, sinceRevision: snap.synced ? snap.revision : 0 }, { signal }),
-    onMessage: (ch) => {
+    open: (signal) => {
+      chunks.reset();
+      return deps.client.watchRoutes({ node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true }, { signal });
+    },
+    onMessage: (chunk) => {
+      const ch = chunks.push(chunk);
+      if (!ch) return;
       if (ch.bookmark) {
         if (snap.synced) snap.revision = ch.revision;
         return;

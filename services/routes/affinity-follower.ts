@@ -1,7 +1,7 @@
 import pg from 'pg';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
-import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import type { IpamServiceService, WatchBlockAffinitiesResponse } from '../../gen/weft/ipam/v1/ipam.js';
 import { FOLLOWER_LOCK_QUERY, type RouteLogRepository } from './store/route-log.repository.js';
 
 /**
@@ -10,6 +10,7 @@ import { FOLLOWER_LOCK_QUERY, type RouteLogRepository } from './store/route-log.
  * every `retryMs`. The lock lives on a dedicated connection: when the follower dies or loses that connection,
  * PostgreSQL releases the lock and another replica takes over (starting from IPAM's snapshot, which it compares
  * with the logged state, so nothing is logged twice). Each write checks that this session still holds the lock.
+ * IPAM's snapshot comes in chunks (every cluster's blocks); the follower applies it only once it holds all of it.
  */
 export function startAffinityFollower(deps: { databaseUrl: string; ipam: PromiseClient<typeof IpamServiceService>; log: RouteLogRepository; logger: Logger; retryMs?: number }) {
   const { ipam, log, logger } = deps;
@@ -36,7 +37,16 @@ export function startAffinityFollower(deps: { databaseUrl: string; ipam: Promise
     try {
       while (!lost.signal.aborted) {
         try {
-          for await (const msg of ipam.watchBlockAffinities({}, { signal: lost.signal })) {
+          // A large snapshot comes in chunks: only the joined whole is applied (a part would withdraw blocks).
+          let pending: WatchBlockAffinitiesResponse | null = null;
+          for await (const chunk of ipam.watchBlockAffinities({ acceptChunks: true }, { signal: lost.signal })) {
+            if (pending) {
+              for (const u of chunk.upserts) pending.upserts.push(u);
+              for (const d of chunk.deletes) pending.deletes.push(d);
+            } else pending = chunk.more ? { ...chunk, upserts: [...chunk.upserts], deletes: [...chunk.deletes] } : chunk;
+            if (chunk.more) continue;
+            const msg = pending;
+            pending = null;
             if (!(await log.applyAffinities(pid, msg))) {
               logger.warn('no longer the affinity follower');
               return;

@@ -3,9 +3,10 @@ import { DomainError } from '../../../lib/errors.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import {
-  IpamServiceService, IpFamily, type AllocateRequest, type BatchAllocateResult, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
+  GetUtilizationResponse, IpamServiceService, IpFamily, type AllocateRequest, type BatchAllocateResult, type Allocation as PbAllocation, type Pool as PbPool, type Reservation as PbReservation, type UsageCounts as PbUsageCounts,
 } from '../../../gen/weft/ipam/v1/ipam.js';
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
+import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
 import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
 import { validateAllocationRequest, validateAttemptId, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
@@ -212,29 +213,44 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       return repo.checkConsistency();
     },
     async getUtilization(req) {
-      const pools = await repo.utilization(req.pool ? validatePoolName(req.pool) : null, req.includeBlocks);
-      return {
-        pools: pools.map((p) => ({
+      const pool = req.pool ? validatePoolName(req.pool) : null;
+      // page_size 0: the whole answer (as before paging), or an error saying to page, never a short one.
+      const size = pageSize(req.pageSize, 0, 5000);
+      const key = decodePageToken('utilization', req.pageToken);
+      if (key && !(key.length === 3 && typeof key[0] === 'string' && (key[1] === 0 || key[1] === 1) && typeof key[2] === 'string'))
+        throw ipamErrors.invalid('page_token', 'page_token is not one this list (utilization) gave out; start again with an empty page_token');
+      const after = key as [string, 0 | 1, string] | null;
+      const page = await repo.utilization(pool, req.includeBlocks, size || after ? { after, limit: size || 1000 } : null);
+      const response: GetUtilizationResponse = {
+        pools: page.pools.map((p) => ({
           pool: p.pool, cidr: p.cidr, counts: toPbCounts(p.counts),
           blocks: p.blocks.map((b) => ({ cidr: b.cidr, node: b.node, counts: toPbCounts(b.counts) })),
           nodes: p.nodes.map((n) => ({ node: n.node, counts: toPbCounts(n.counts) })),
         })),
+        nextPageToken: page.next ? encodePageToken('utilization', page.next) : '',
       };
+      if (!size) ensureFitsOneMessage('ipam.utilization_too_large', GetUtilizationResponse.encode(response).finish().length, 'the pools\' usage rows');
+      return response;
     },
-    async *watchBlockAffinities(_req, { signal }) {
+    async *watchBlockAffinities(req, { signal }) {
       // Subscribed before each read (as the routes watch does), so that a change committed while the stream reads or
       // sends is not slept through until the next poll.
       let woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
       const snap = await repo.affinitySnapshot();
       let revision = snap.revision;
-      yield snap;
+      if (!req.acceptChunks) yield { ...snap, more: false };
+      else {
+        // The snapshot of every cluster's blocks (100,000 blocks are about 8 MB) in chunks of CHUNK_BYTES.
+        const parts = chunkBySize(snap.upserts, (b) => stringFieldBytes(b.cidr) + stringFieldBytes(b.pool) + stringFieldBytes(b.node) + 4);
+        for (let i = 0; i < parts.length; i++) yield { ...snap, upserts: parts[i]!, more: i < parts.length - 1 };
+      }
       while (!signal.aborted) {
         await woken;
         if (signal.aborted) return;
         woken = notifier.wait(BLOCKS_CHANNEL, pollMs, signal);
         for (const change of await repo.affinityChangesSince(revision)) {
           revision = change.revision;
-          yield change;
+          yield { ...change, more: false };
         }
       }
     },

@@ -1,7 +1,9 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import { DomainError } from '../../../lib/errors.js';
 import { formatAddress } from '../../../lib/net/ip.js';
-import { PolicyServiceService, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
+import { ListPoliciesResponse, PolicyServiceService, type CompiledPod as PbCompiledPod, type Verdict as PbVerdict, type WatchNodePolicyResponse } from '../../../gen/weft/policy/v1/policy.js';
+import { CHUNK_BYTES, chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
+import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
@@ -73,8 +75,73 @@ const toPbNodePolicy = (p: Pick<NodePolicy, 'pods' | 'sets'>): Pick<WatchNodePol
 export const toPbWatchResponse = (m: NodePolicyMessage): WatchNodePolicyResponse => ({
   revision: m.revision, bookmark: m.bookmark,
   ...(m.policy ? toPbNodePolicy(m.policy) : m.delta ? toPbNodePolicy(m.delta) : { pods: [], sets: [] }),
-  delta: m.delta !== null, removedPods: m.delta?.removedPods ?? [], removedSets: m.delta?.removedSets ?? [],
+  delta: m.delta !== null, removedPods: m.delta?.removedPods ?? [], removedSets: m.delta?.removedSets ?? [], more: false,
 });
+
+const podBytes = (p: PbCompiledPod) => stringFieldBytes(p.namespace) + stringFieldBytes(p.name) + p.addresses.reduce((s, a) => s + stringFieldBytes(a), 8)
+  + [...p.ingress, ...p.egress].reduce((s, e) => s + stringFieldBytes(e.tier) + stringFieldBytes(e.action) + stringFieldBytes(e.peerSet)
+    + stringFieldBytes(e.protocol) + stringFieldBytes(e.source) + 20, 0);
+
+/**
+ * A stream message as it goes to a watcher that joins chunks (accept_chunks): split into messages of at most `budget`
+ * bytes of content, each but the last marked `more`; a set larger than that (150,000 addresses are about 2.7 MB)
+ * spans chunks under its one name. Every chunk carries the message's revision and delta flag. A message that fits is
+ * sent as it is.
+ */
+export function chunkWatchResponse(m: WatchNodePolicyResponse, budget = CHUNK_BYTES): WatchNodePolicyResponse[] {
+  const empty = (): WatchNodePolicyResponse => ({ ...m, pods: [], sets: [], removedPods: [], removedSets: [], more: true });
+  const out: WatchNodePolicyResponse[] = [];
+  let cur = empty();
+  let used = 0;
+  /** Room for `size` more bytes: a chunk that would pass the budget (and holds something) is closed first. */
+  const room = (size: number) => {
+    if (used > 0 && used + size > budget) {
+      out.push(cur);
+      cur = empty();
+      used = 0;
+      return false;
+    }
+    return true;
+  };
+  for (const p of m.pods) {
+    const size = podBytes(p);
+    room(size);
+    cur.pods.push(p);
+    used += size;
+  }
+  for (const s of m.sets) {
+    let part: { name: string; cidrs: string[] } | null = null;
+    const nameBytes = stringFieldBytes(s.name) + 8;
+    if (s.cidrs.length === 0) {
+      room(nameBytes);
+      cur.sets.push({ name: s.name, cidrs: [] });
+      used += nameBytes;
+    }
+    for (const c of s.cidrs) {
+      const size = stringFieldBytes(c);
+      if (!room(size + (part ? 0 : nameBytes))) part = null;
+      if (!part) {
+        part = { name: s.name, cidrs: [] };
+        cur.sets.push(part);
+        used += nameBytes;
+      }
+      part.cidrs.push(c);
+      used += size;
+    }
+  }
+  for (const [list, key] of [[m.removedPods, 'removedPods'], [m.removedSets, 'removedSets']] as const) {
+    for (const r of list) {
+      const size = stringFieldBytes(r);
+      room(size);
+      cur[key].push(r);
+      used += size;
+    }
+  }
+  out.push(cur);
+  if (out.length === 1) return [m];
+  out[out.length - 1]!.more = false;
+  return out;
+}
 
 export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: Notifier; watch: NodePolicyWatchOptions }): Handlers<typeof PolicyServiceService> {
   const { repo } = deps;
@@ -145,8 +212,23 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
       return repo.deletePolicy(ref.kind, namespace, resourceName(ref.name, 'policy.name'));
     },
     async listPolicies(req) {
-      const list = await repo.listPolicies(req.namespace ? resourceName(req.namespace, 'namespace') : null);
-      return { policies: list.map((p) => ({ ref: { kind: p.kind, namespace: p.namespace, name: p.name }, objectJson: JSON.stringify(p.object), updateTime: p.updatedAt })) };
+      const namespace = req.namespace ? resourceName(req.namespace, 'namespace') : null;
+      const size = pageSizeOf('policy.invalid_page_size', req.pageSize, 1000);
+      const after = decodePageToken('policy.invalid_page_token', 'policies', req.pageToken, 3);
+      const list = (await repo.listPolicies(namespace, { after, limit: size ? size + 1 : null }))
+        .map((p) => ({ ref: { kind: p.kind, namespace: p.namespace, name: p.name }, objectJson: JSON.stringify(p.object), updateTime: p.updatedAt }));
+      if (!size) {
+        // A caller that does not page (it may predate paging) gets the whole list or an error, never a short list.
+        const whole: ListPoliciesResponse = { policies: list, nextPageToken: '' };
+        ensureFitsOneMessage('policy.list_too_large', ListPoliciesResponse.encode(whole).finish().length, `the ${list.length} policies`);
+        return whole;
+      }
+      // At most page_size, and no more than about CHUNK_BYTES of objects (a policy's JSON can be large).
+      const sizes = chunkBySize(list.slice(0, size), (p) => stringFieldBytes(p.objectJson) + stringFieldBytes(p.ref.kind) + stringFieldBytes(p.ref.namespace) + stringFieldBytes(p.ref.name) + 16);
+      const policies = sizes[0]!;
+      const more = policies.length < list.length;
+      const last = policies[policies.length - 1];
+      return { policies, nextPageToken: more && last ? encodePageToken('policies', [last.ref.kind, last.ref.namespace, last.ref.name]) : '' };
     },
     async explain(req) {
       if (!req.from || !req.to) throw invalidPolicy(req.from ? 'to' : 'from', 'is required: a pod as "namespace/name" or an IP address');
@@ -159,7 +241,9 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
     async *watchNodePolicy(req, { signal }) {
       if (!req.node) throw invalidPolicy('node', 'is required: the watching node\'s name');
       for await (const m of watchNodePolicy({ repo, notifier: deps.notifier, options: deps.watch }, req.node, signal, { acceptDeltas: req.acceptDeltas })) {
-        yield toPbWatchResponse(m);
+        const whole = toPbWatchResponse(m);
+        if (req.acceptChunks) yield* chunkWatchResponse(whole);
+        else yield whole;
       }
     },
   };

@@ -128,9 +128,12 @@ export function createPolicyRepository(db: Database) {
         SELECT (SELECT count(*) FROM d) > 0 AS deleted, ${NEXT} AS revision`));
       return { deleted: Boolean(r[0]!.deleted), revision: Number(r[0]!.revision) };
     },
-    async listPolicies(namespace: string | null): Promise<PolicyRecord[]> {
+    /** Policies by kind, namespace and name: after the key `after` (exclusive) when given, at most `limit` when given. */
+    async listPolicies(namespace: string | null, page: { after: string[] | null; limit: number | null } = { after: null, limit: null }): Promise<PolicyRecord[]> {
+      const [k, ns, n] = page.after ?? [null, null, null];
       return (await rows(sql`SELECT kind, namespace, name, object, updated_at FROM policy.policies
-        WHERE ${namespace}::text IS NULL OR namespace = ${namespace} ORDER BY kind, namespace, name`))
+        WHERE (${namespace}::text IS NULL OR namespace = ${namespace}) AND (${k}::text IS NULL OR (kind, namespace, name) > (${k}::text, ${ns}::text, ${n}::text))
+        ORDER BY kind, namespace, name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`))
         .map((r) => ({ kind: String(r.kind), namespace: String(r.namespace), name: String(r.name), object: r.object, updatedAt: new Date(r.updated_at as string) }));
     },
     /** Everything, read in one snapshot (REPEATABLE READ): what Explain evaluates against. */

@@ -1,13 +1,35 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
-import { RoutesServiceService, type Node as PbNode } from '../../../gen/weft/routes/v1/routes.js';
-import { validateDepartedQuery, validateRegistration, type NodeRecord } from '../domain/route-table.js';
+import { ListNodesResponse, RoutesServiceService, type Node as PbNode, type NodeRoutes as PbNodeRoutes, type WatchRoutesResponse } from '../../../gen/weft/routes/v1/routes.js';
+import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
+import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
+import { validateDepartedQuery, validateRegistration, type NodeRecord, type RoutesChange } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
 import { shareLogReads, watchRoutes } from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
 const toPbNode = (n: NodeRecord): PbNode => ({ name: n.name, underlayAddress: n.underlayAddress, vtepMac: n.vtepMac, registerTime: n.registeredAt, leaseExpireTime: n.leaseExpiresAt });
+
+const nodeRoutesBytes = (n: PbNodeRoutes) => stringFieldBytes(n.node) + stringFieldBytes(n.underlayAddress) + stringFieldBytes(n.vtepMac)
+  + n.blockCidrs.reduce((s, b) => s + stringFieldBytes(b), 8);
+
+/**
+ * A stream message as it goes to a watcher: whole, or for a watcher that joins chunks (accept_chunks), split into
+ * messages of at most CHUNK_BYTES of entries (a snapshot of 5,000 nodes is about 0.5 MB), each but the last marked
+ * `more`. Every chunk carries the message's revision and reset.
+ */
+export function toPbWatchMessages(m: RoutesChange, acceptChunks: boolean): WatchRoutesResponse[] {
+  if (!acceptChunks) return [{ ...m, more: false }];
+  const upserts = chunkBySize(m.upserts, nodeRoutesBytes);
+  const deletes = m.deletes.length ? chunkBySize(m.deletes, stringFieldBytes) : [];
+  const parts: WatchRoutesResponse[] = [
+    ...upserts.map((u) => ({ ...m, upserts: u, deletes: [], more: true })),
+    ...deletes.map((d) => ({ ...m, upserts: [], deletes: d, more: true })),
+  ].filter((p, i) => i === 0 || p.upserts.length + p.deletes.length > 0);
+  parts[parts.length - 1]!.more = false;
+  return parts;
+}
 
 export function createRoutesHandlers(deps: {
   nodes: NodesRepository;
@@ -34,15 +56,26 @@ export function createRoutesHandlers(deps: {
     async deregisterNode(req) {
       return { deregistered: await nodes.deregister(nodeName(req.name)) };
     },
-    async listNodes() {
-      return { nodes: (await nodes.list()).map(toPbNode) };
+    async listNodes(req) {
+      const size = pageSizeOf('routes.invalid_page_size', req.pageSize, 5000);
+      const after = decodePageToken('routes.invalid_page_token', 'nodes', req.pageToken, 1)?.[0] ?? null;
+      if (size === 0) {
+        // A caller that does not page (it may predate paging) gets the whole list or an error, never a short list.
+        const whole: ListNodesResponse = { nodes: (await nodes.list({ after, limit: null })).map(toPbNode), nextPageToken: '' };
+        ensureFitsOneMessage('routes.list_too_large', ListNodesResponse.encode(whole).finish().length, `the ${whole.nodes.length} nodes`);
+        return whole;
+      }
+      const page = await nodes.list({ after, limit: size + 1 });
+      const more = page.length > size;
+      const items = page.slice(0, size);
+      return { nodes: items.map(toPbNode), nextPageToken: more ? encodePageToken('nodes', [items[items.length - 1]!.name]) : '' };
     },
     async listDepartedNodes(req) {
       const departed = await nodes.listDeparted(validateDepartedQuery(req.names));
       return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
-      yield* watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal);
+      for await (const m of watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal)) yield* toPbWatchMessages(m, req.acceptChunks);
     },
   };
 }

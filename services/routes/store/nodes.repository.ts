@@ -62,8 +62,10 @@ export function createNodesRepository(db: Database) {
         WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb)) ORDER BY name`);
       return (res.rows as Record<string, unknown>[]).map((r) => ({ name: String(r.name), departedAt: new Date(r.departed_at as string) }));
     },
-    async list(): Promise<NodeRecord[]> {
-      const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes ORDER BY name`);
+    /** Nodes in name order: after `after` (exclusive) when given, at most `limit` when given. */
+    async list(page: { after: string | null; limit: number | null } = { after: null, limit: null }): Promise<NodeRecord[]> {
+      const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes
+        WHERE ${page.after}::text IS NULL OR name > ${page.after} ORDER BY name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`);
       return (res.rows as Record<string, unknown>[]).map(toNode);
     },
   };
