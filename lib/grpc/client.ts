@@ -31,6 +31,22 @@ function outgoingMetadata(): Metadata {
   return md;
 }
 
+/**
+ * Cancels `call` when `signal` aborts, for as long as the call runs: the returned function removes the listener, and
+ * the caller runs it when the call ends. An agent passes one signal for its whole life to every call it makes, so a
+ * listener left behind per call would grow without bound. An already aborted signal cancels at once.
+ */
+function cancelOnAbort(signal: AbortSignal | undefined, call: { cancel(): void }): () => void {
+  if (!signal) return () => {};
+  if (signal.aborted) {
+    call.cancel();
+    return () => {};
+  }
+  const cancel = () => call.cancel();
+  signal.addEventListener('abort', cancel, { once: true });
+  return () => signal.removeEventListener('abort', cancel);
+}
+
 export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
@@ -52,23 +68,28 @@ export function createClient<D extends ServiceDefinition>(
           method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
-        opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+        const release = cancelOnAbort(opts.signal, call);
+        // 'status' ends every call (also a cancelled one); 'close' also comes when the reader stops early.
+        call.once('status', release);
+        call.once('close', release);
         return call as AsyncIterable<unknown>;
       };
     } else {
       out[name] = (req: unknown, opts: CallOptions = {}) =>
         tracer().startActiveSpan(method.path, { kind: SpanKind.CLIENT }, context.active(), (span) =>
           new Promise((resolve, reject) => {
+            let release = () => {};
             const call = client.makeUnaryRequest(
               method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
               opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
               (err, res) => {
+                release();
                 span.end();
                 if (err) reject(err);
                 else resolve(res);
               },
             );
-            opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+            release = cancelOnAbort(opts.signal, call);
           }),
         );
     }
