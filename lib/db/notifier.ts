@@ -16,7 +16,8 @@ export interface Notifier {
   close(): Promise<void>;
 }
 
-export function createNotifier(url: string, channels: string[], logger: Logger): Notifier {
+/** `session`: a URL, or a session config with timeouts and keepalive (DatabaseHandle.session). */
+export function createNotifier(session: string | pg.ClientConfig, channels: string[], logger: Logger): Notifier {
   const waiters = new Map<string, Set<() => void>>();
   const generations = new Map<string, number>(channels.map((ch) => [ch, 0]));
   let client: pg.Client | null = null;
@@ -29,7 +30,7 @@ export function createNotifier(url: string, channels: string[], logger: Logger):
 
   async function connect(): Promise<void> {
     while (!closed) {
-      const c = new pg.Client({ connectionString: url });
+      const c = new pg.Client(typeof session === 'string' ? { connectionString: session } : session);
       try {
         c.on('notification', (n) => {
           generations.set(n.channel, (generations.get(n.channel) ?? 0) + 1);

@@ -30,6 +30,8 @@ export const ipamErrors = {
     new DomainError('ipam.address_on_other_node', 'failed_precondition', `address ${address} lies in a block held by node ${node}; a pod can only take it there`),
   noPoolForFamily: (family: number) =>
     new DomainError('ipam.no_pool_for_family', 'failed_precondition', `there is no IPv${family} pool; create one or ask for other families`),
+  overloaded: (queued: number) =>
+    new DomainError('ipam.overloaded', 'unavailable', `this IPAM replica already has ${queued} allocations waiting for the database; retry shortly (or on another replica)`),
   exhausted: (what: string) => new DomainError('ipam.pool_exhausted', 'exhausted', `no free address in ${what}: every block is claimed and full`),
 };
 
