@@ -14,6 +14,8 @@ export const controlPlaneSettings = {
   pgPort: { env: 'WEFT_PG_PORT', description: 'TCP port of the embedded PostgreSQL (loopback only)', default: 54329, parse: parsers.port },
   listen: { env: 'WEFT_LISTEN', description: 'gRPC listen address host:port, or "off" for the unix socket only', default: '127.0.0.1:7400', parse: (raw: string) => (raw === 'off' ? '' : raw) },
   httpListen: { env: 'WEFT_HTTP_LISTEN', description: 'HTTP/JSON listen address host:port for the IPAM API, or "off"', default: '127.0.0.1:7401', parse: (raw: string) => (raw === 'off' ? '' : raw) },
+  grpcKeepaliveMs: { env: 'WEFT_GRPC_KEEPALIVE_MS', description: 'the gRPC server pings each client connection this often; with the timeout, how soon the streams of a vanished agent end', default: 30_000, parse: parsers.int(100, 3_600_000) },
+  grpcKeepaliveTimeoutMs: { env: 'WEFT_GRPC_KEEPALIVE_TIMEOUT_MS', description: 'a client connection whose ping is not answered within this long is closed, with its streams', default: 10_000, parse: parsers.int(100, 600_000) },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },

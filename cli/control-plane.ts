@@ -46,7 +46,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   rmSync(socketPath, { force: true });
-  const server = createServer();
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;

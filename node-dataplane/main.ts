@@ -68,9 +68,10 @@ async function main(): Promise<void> {
   logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, podMtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
-  const routes = createClient(RoutesServiceService, target);
-  const ipam = createClient(IpamServiceService, target);
-  const policyClient = createClient(PolicyServiceService, target);
+  const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
+  const routes = createClient(RoutesServiceService, target, { keepalive });
+  const ipam = createClient(IpamServiceService, target, { keepalive });
+  const policyClient = createClient(PolicyServiceService, target, { keepalive });
 
   const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
   const register = async () => {

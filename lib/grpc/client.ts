@@ -47,14 +47,23 @@ function cancelOnAbort(signal: AbortSignal | undefined, call: { cancel(): void }
   return () => signal.removeEventListener('abort', cancel);
 }
 
+/**
+ * HTTP/2 keepalive of a client: a ping every `timeMs` (also while no call is open), and the connection is given up when
+ * one is not answered within `timeoutMs`, so an agent notices a control plane that vanished (its watch streams fail
+ * and are reopened, possibly on another replica) instead of waiting on a dead connection.
+ */
+export const CLIENT_KEEPALIVE = Object.freeze({ timeMs: 20_000, timeoutMs: 10_000 });
+
 export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
-  options: { security?: TransportSecurity; channel?: ChannelOptions } = {},
+  options: { security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number } } = {},
 ): PromiseClient<D> {
+  const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
   const client = new Client(address, channelCredentials(options.security), {
-    'grpc.keepalive_time_ms': 20_000,
-    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_time_ms': keepalive.timeMs,
+    'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
+    'grpc.keepalive_permit_without_calls': 1,
     ...options.channel,
   });
   const out: Record<string, unknown> = { close: () => client.close(), raw: client };

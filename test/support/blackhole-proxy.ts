@@ -11,6 +11,8 @@ export interface BlackholeProxy {
   port: number;
   blackhole(): void;
   restore(): void;
+  /** Drops every open connection at once with a reset, as when the process at the other end is killed. */
+  cut(): void;
   /** Connections currently open through the proxy (client side). */
   open(): number;
   /** The most connections open at once since the last `resetPeak()`. */
@@ -80,6 +82,9 @@ export async function startBlackholeProxy(upstreamHost: string, upstreamPort: nu
     restore() {
       holed = false;
       for (const p of pipes) p.flush();
+    },
+    cut() {
+      for (const s of sockets) s.resetAndDestroy();
     },
     open: () => clients.size,
     peak: () => peak,
