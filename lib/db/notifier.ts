@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { createBackoff } from '../backoff.js';
 import type { Logger } from '../logger.js';
 
 /**
@@ -22,6 +23,8 @@ export function createNotifier(session: string | pg.ClientConfig, channels: stri
   const generations = new Map<string, number>(channels.map((ch) => [ch, 0]));
   let client: pg.Client | null = null;
   let closed = false;
+  // Reconnects back off with jitter, so the replicas of every service do not reconnect in step after a database restart.
+  const backoff = createBackoff({ baseMs: 250, capMs: 5000 });
 
   const wakeAll = () => {
     for (const [ch, g] of generations) generations.set(ch, g + 1);
@@ -42,17 +45,18 @@ export function createNotifier(session: string | pg.ClientConfig, channels: stri
           client = null;
           void c.end().catch(() => {});
           wakeAll();
-          if (!closed) setTimeout(() => void connect(), 500);
+          if (!closed) setTimeout(() => void connect(), backoff.next());
         });
         await c.connect();
         for (const ch of channels) await c.query(`LISTEN ${pg.escapeIdentifier(ch)}`);
         client = c;
+        backoff.reset();
         wakeAll();
         return;
       } catch (err) {
         await c.end().catch(() => {});
         logger.warn('notifier cannot connect; retrying', { err: (err as Error).message });
-        await new Promise((r) => setTimeout(r, 500));
+        await new Promise((r) => setTimeout(r, backoff.next()));
       }
     }
   }

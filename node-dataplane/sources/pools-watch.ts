@@ -1,3 +1,4 @@
+import { createBackoff } from '../../lib/backoff.js';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
@@ -20,11 +21,13 @@ export function followPools(deps: {
   onChange: () => void;
 }): PoolsSource {
   let current: string[] | null = null;
+  const retry = createBackoff({ baseMs: Math.min(1000, deps.intervalMs), capMs: Math.max(deps.intervalMs, 1000) });
   void (async () => {
     while (!deps.signal.aborted) {
       let wait = deps.intervalMs;
       try {
         const { pools } = await deps.ipam.listPools({}, { timeoutMs: 5000, signal: deps.signal });
+        retry.reset();
         const next = pools.map((p) => p.cidr).sort();
         if (JSON.stringify(next) !== JSON.stringify(current)) {
           current = next;
@@ -34,7 +37,7 @@ export function followPools(deps: {
       } catch (err) {
         if (deps.signal.aborted) return;
         deps.logger.warn('cannot list the cluster\'s pools; retrying', { err: (err as Error).message });
-        wait = Math.min(1000, deps.intervalMs);
+        wait = retry.next();
       }
       await new Promise<void>((r) => {
         const t = setTimeout(r, wait);
