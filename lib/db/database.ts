@@ -70,7 +70,7 @@ const READ_TIMEOUT = 'Query read timeout';
  *   its next query would queue behind the unanswered one, and a rollback on it would wait out the timeout again;
  * - a session whose `begin` fails goes back to the pool (closed): drizzle-orm's transaction() (0.45) releases its
  *   session only once `begin` succeeded, so each failed `begin` would otherwise keep a pool slot forever, and after
- *   `max` of them the service could never reach its database again.
+ *   `max` of them the service could never reach its database again. (Only drizzle sends BEGIN on a pooled session.)
  */
 function guardSession(client: pg.PoolClient): void {
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;

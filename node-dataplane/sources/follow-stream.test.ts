@@ -23,10 +23,11 @@ test('agents whose streams broke together reopen them at spread-out moments, not
   }
   await new Promise((r) => setTimeout(r, 2500));
   ac.abort();
-  // The third reopen of each agent: with jitter they are spread over hundreds of milliseconds.
-  const third = opens.map((t) => t[3]).filter((t): t is number => t !== undefined);
-  assert.ok(third.length >= 10, `only ${third.length} agents reopened three times`);
-  const spread = Math.max(...third) - Math.min(...third);
+  // The second reopen of each agent (at most 600 + 1,800 ms after the first try): with jitter they are spread over
+  // hundreds of milliseconds; without, all come within a few.
+  const second = opens.map((t) => t[2]).filter((t): t is number => t !== undefined);
+  assert.ok(second.length >= 25, `only ${second.length} agents reopened twice`);
+  const spread = Math.max(...second) - Math.min(...second);
   assert.ok(spread > 200, `every agent reopened within ${spread} ms of the others`);
   // And every agent still backs off: no reopen sooner than the base delay after the previous one.
   for (const t of opens) for (let i = 1; i < t.length; i++) assert.ok(t[i]! - t[i - 1]! >= 190, `reopened ${t[i]! - t[i - 1]!} ms after the previous try`);
