@@ -1,12 +1,21 @@
-import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
+import { ConfigError, loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
+import type { DatabaseTimeouts } from '../lib/db/database.js';
 
 /** Settings of `weft up`: the control plane (IPAM and routes services) in one process. */
 export const controlPlaneSettings = {
   dataDir: { env: 'WEFT_DATA_DIR', description: 'folder for the embedded PostgreSQL data and the unix socket', default: '.weft', parse: parsers.string },
   databaseUrl: { env: 'DATABASE_URL', description: 'external PostgreSQL URL; empty runs the embedded server', default: '', parse: parsers.string },
+  dbStatementTimeoutMs: { env: 'WEFT_DB_STATEMENT_TIMEOUT_MS', description: 'PostgreSQL cancels a statement that runs longer (statement_timeout; migrations are exempt); 0: no limit', default: 10_000, parse: parsers.int(0, 3_600_000) },
+  dbLockTimeoutMs: { env: 'WEFT_DB_LOCK_TIMEOUT_MS', description: 'a statement waiting longer for a lock fails (lock_timeout); 0: no limit', default: 5000, parse: parsers.int(0, 3_600_000) },
+  dbIdleInTransactionTimeoutMs: { env: 'WEFT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', description: 'PostgreSQL ends a session idle inside a transaction this long, releasing its locks; 0: no limit', default: 30_000, parse: parsers.int(0, 3_600_000) },
+  dbQueryTimeoutMs: { env: 'WEFT_DB_QUERY_TIMEOUT_MS', description: 'a query with no answer after this long fails (UNAVAILABLE to the caller) and its session is closed: what bounds a call when the database cannot be reached; must exceed the statement timeout; 0: no limit', default: 12_000, parse: parsers.int(0, 3_600_000) },
+  dbConnectTimeoutMs: { env: 'WEFT_DB_CONNECT_TIMEOUT_MS', description: 'opening a database session, or waiting for a free one, fails after this long', default: 5000, parse: parsers.int(100, 600_000) },
+  dbKeepAliveMs: { env: 'WEFT_DB_KEEPALIVE_MS', description: 'TCP keepalive toward PostgreSQL starts after a session is idle this long; 0: off', default: 10_000, parse: parsers.int(0, 3_600_000) },
   pgPort: { env: 'WEFT_PG_PORT', description: 'TCP port of the embedded PostgreSQL (loopback only)', default: 54329, parse: parsers.port },
   listen: { env: 'WEFT_LISTEN', description: 'gRPC listen address host:port, or "off" for the unix socket only', default: '127.0.0.1:7400', parse: (raw: string) => (raw === 'off' ? '' : raw) },
   httpListen: { env: 'WEFT_HTTP_LISTEN', description: 'HTTP/JSON listen address host:port for the IPAM API, or "off"', default: '127.0.0.1:7401', parse: (raw: string) => (raw === 'off' ? '' : raw) },
+  grpcKeepaliveMs: { env: 'WEFT_GRPC_KEEPALIVE_MS', description: 'the gRPC server pings each client connection this often; with the timeout, how soon the streams of a vanished agent end', default: 30_000, parse: parsers.int(100, 3_600_000) },
+  grpcKeepaliveTimeoutMs: { env: 'WEFT_GRPC_KEEPALIVE_TIMEOUT_MS', description: 'a client connection whose ping is not answered within this long is closed, with its streams', default: 10_000, parse: parsers.int(100, 600_000) },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
@@ -21,6 +30,17 @@ export const controlPlaneSettings = {
   traceExporter: { env: 'WEFT_TRACE_EXPORTER', description: 'none or console', default: 'none' as const, parse: parsers.oneOf('none', 'console') },
 } satisfies SettingsSpec;
 
-export const loadControlPlaneConfig = (overrides: Partial<Record<keyof typeof controlPlaneSettings, string>> = {}) =>
-  loadSettings(controlPlaneSettings, process.env, overrides);
+export function loadControlPlaneConfig(overrides: Partial<Record<keyof typeof controlPlaneSettings, string>> = {}) {
+  const c = loadSettings(controlPlaneSettings, process.env, overrides);
+  if (c.dbQueryTimeoutMs > 0 && c.dbStatementTimeoutMs > 0 && c.dbQueryTimeoutMs <= c.dbStatementTimeoutMs) {
+    throw new ConfigError([`WEFT_DB_QUERY_TIMEOUT_MS=${c.dbQueryTimeoutMs} must exceed WEFT_DB_STATEMENT_TIMEOUT_MS=${c.dbStatementTimeoutMs} (PostgreSQL should cancel a slow statement before the client gives up on its session)`]);
+  }
+  return c;
+}
 export type ControlPlaneConfig = ReturnType<typeof loadControlPlaneConfig>;
+
+/** The database timeouts of a control-plane config. */
+export const databaseTimeouts = (c: ControlPlaneConfig): DatabaseTimeouts => ({
+  statementMs: c.dbStatementTimeoutMs, lockMs: c.dbLockTimeoutMs, idleInTransactionMs: c.dbIdleInTransactionTimeoutMs,
+  queryMs: c.dbQueryTimeoutMs, connectMs: c.dbConnectTimeoutMs, keepAliveMs: c.dbKeepAliveMs,
+});

@@ -11,7 +11,7 @@ import { mountRoutesService } from '../services/routes/main.js';
 import { mountPolicyService } from '../services/policy/main.js';
 import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';
 import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
-import type { ControlPlaneConfig } from './control-plane.config.js';
+import { databaseTimeouts, type ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
 import { createHttpServer } from '../lib/http/json-gateway.js';
 
@@ -42,11 +42,11 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     embedded = await startEmbeddedPostgres(config.dataDir, config.pgPort, logger);
     url = embedded.url;
   }
-  const database = connectDatabase(url);
-  const notifier = createNotifier(url, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
+  const database = connectDatabase(url, { timeouts: databaseTimeouts(config) });
+  const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   rmSync(socketPath, { force: true });
-  const server = createServer();
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;

@@ -23,6 +23,8 @@ export function parsePodFamilies(raw: string): PodFamily[] {
 export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
   controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of the control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
+  controlPlaneKeepaliveMs: { env: 'WEFT_CONTROL_PLANE_KEEPALIVE_MS', description: 'the agent pings the control plane this often; with the timeout, how soon it notices a control plane that vanished and reconnects', default: 20_000, parse: parsers.int(1000, 3_600_000) },
+  controlPlaneKeepaliveTimeoutMs: { env: 'WEFT_CONTROL_PLANE_KEEPALIVE_TIMEOUT_MS', description: 'a connection to the control plane whose ping is not answered within this long is given up', default: 10_000, parse: parsers.int(100, 600_000) },
   underlayAddress: { env: 'WEFT_UNDERLAY_ADDRESS', description: 'underlay IPv4 address (first choice: the interface holding it)', default: '', parse: parsers.string },
   underlayCidr: { env: 'WEFT_UNDERLAY_CIDR', description: 'else: CIDRs, comma-separated; the first interface with a global IPv4 address inside one', default: '', parse: parsers.string },
   underlayInterface: { env: 'WEFT_UNDERLAY_INTERFACE', description: 'else: interface names or patterns (eth*,ens*), tried in order', default: '', parse: parsers.string },

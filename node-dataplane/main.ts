@@ -1,6 +1,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createBackoff } from '../lib/backoff.js';
 import { createClient } from '../lib/grpc/client.js';
 import { listenUnixSocket } from '../lib/grpc/frame-server.js';
 import { addService, createServer, shutdownServer, type UnaryMethods } from '../lib/grpc/server.js';
@@ -68,12 +69,14 @@ async function main(): Promise<void> {
   logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, podMtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
-  const routes = createClient(RoutesServiceService, target);
-  const ipam = createClient(IpamServiceService, target);
-  const policyClient = createClient(PolicyServiceService, target);
+  const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
+  const routes = createClient(RoutesServiceService, target, { keepalive });
+  const ipam = createClient(IpamServiceService, target, { keepalive });
+  const policyClient = createClient(PolicyServiceService, target, { keepalive });
 
   const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
   const register = async () => {
+    const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
     for (let attempt = 0; !stopper.signal.aborted; attempt++) {
       try {
         const leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000 })).leaseMillis;
@@ -81,7 +84,7 @@ async function main(): Promise<void> {
         return leaseMs;
       } catch (err) {
         logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
-        await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** attempt, 5000)));
+        await new Promise((r) => setTimeout(r, backoff.next()));
       }
     }
     return 0;

@@ -1,11 +1,12 @@
 import { status } from '@grpc/grpc-js';
+import { createBackoff } from '../lib/backoff.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Logger } from '../lib/logger.js';
 import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 
 /**
  * Keeps the node's registration alive: RenewLease every third of the lease the control plane granted. A failed
- * renewal is retried after a second, so a lease survives one lost renewal and a short control-plane outage. A node
+ * renewal is retried within a second (jittered, lib/backoff.ts), so a lease survives one lost renewal and a short control-plane outage. A node
  * whose lease ran out comes back with its next renewal. NOT_FOUND means the node is not registered (deregistered
  * while this agent and its pods run, or a control plane that lost it): the agent registers it again at once, with
  * its current registration (underlay address and VTEP MAC), so that it is back in every node's routes and IPAM never
@@ -23,6 +24,7 @@ export function keepNodeLease(deps: {
   const { routes, logger, signal } = deps;
   void (async () => {
     let delay = leaseMs / 3;
+    const retry = createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) });
     while (!signal.aborted) {
       await new Promise<void>((r) => {
         const t = setTimeout(done, delay);
@@ -37,6 +39,7 @@ export function keepNodeLease(deps: {
       try {
         leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
         delay = leaseMs / 3;
+        retry.reset();
       } catch (err) {
         if ((err as { code?: number }).code === status.NOT_FOUND) {
           logger.warn('this node is not registered (deregistered while it runs?); registering it again', { underlay: deps.registration.underlayAddress });
@@ -50,7 +53,7 @@ export function keepNodeLease(deps: {
           }
         }
         logger.warn('cannot renew the node lease; retrying', { err: (err as Error).message });
-        delay = Math.min(1000, leaseMs / 6);
+        delay = retry.next();
       }
     }
   })();

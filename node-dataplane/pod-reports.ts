@@ -1,5 +1,6 @@
 import { status } from '@grpc/grpc-js';
 import type { PromiseClient } from '../lib/grpc/client.js';
+import { createBackoff } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import type { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import type { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -60,12 +61,12 @@ export function createPodReporter(deps: {
 
   const drain = async (containerId: string) => {
     const queue = queues.get(containerId)!;
-    let delay = deps.retryInitialMs ?? 200;
+    const backoff = createBackoff({ baseMs: deps.retryInitialMs ?? 200, capMs: deps.retryMaxMs ?? 5000 });
     while (queue.length > 0 && !closed) {
       try {
         await send(containerId, queue[0]!);
         queue.shift();
-        delay = deps.retryInitialMs ?? 200;
+        backoff.reset();
       } catch (err) {
         const e = err as { code?: number; details?: string; message?: string };
         if (e.code === status.INVALID_ARGUMENT || e.code === status.UNIMPLEMENTED) {
@@ -73,9 +74,9 @@ export function createPodReporter(deps: {
           queue.shift();
           continue;
         }
+        const delay = backoff.next();
         deps.logger.warn('pod report failed; retrying', { containerId, report: queue[0]!.kind, retryMs: delay, err: e.details ?? e.message });
         await sleep(delay);
-        delay = Math.min(delay * 2, deps.retryMaxMs ?? 5000);
       }
     }
     queues.delete(containerId);

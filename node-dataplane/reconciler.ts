@@ -1,3 +1,4 @@
+import { createBackoff } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
 import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
@@ -89,7 +90,7 @@ export function createReconciler(deps: {
   resyncMs: number;
   logger: Logger;
   metrics?: AgentMetrics;
-  /** First retry delay after a failure; doubles up to the resync period (default 250 ms). */
+  /** Least retry delay after a failure; grows with jitter (lib/backoff.ts) up to the resync period (default 250 ms). */
   retryMs?: number;
   /**
    * Whether kernel notifications are followed right now (every change to Weft's entries that the agent did not make
@@ -107,7 +108,7 @@ export function createReconciler(deps: {
   let resyncTimer: NodeJS.Timeout | null = null;
   let debounceTimer: NodeJS.Timeout | null = null;
   let retryTimer: NodeJS.Timeout | null = null;
-  let retryDelay = deps.retryMs ?? 250;
+  const retryBackoff = createBackoff({ baseMs: deps.retryMs ?? 250, capMs: Math.max(deps.resyncMs, deps.retryMs ?? 250) });
   let ifindex: number | null = null;
   let routeCidrs: ReadonlySet<string> = new Set();
   /** The desired state of the last pass that planned (null: unknown). */
@@ -287,8 +288,7 @@ export function createReconciler(deps: {
 
   function retryLater(): void {
     if (retryTimer || stopped) return;
-    const delay = retryDelay;
-    retryDelay = Math.min(retryDelay * 2, Math.max(deps.resyncMs, deps.retryMs ?? 250));
+    const delay = retryBackoff.next();
     retryTimer = setTimeout(() => {
       retryTimer = null;
       markDirty('retry');
@@ -320,7 +320,7 @@ export function createReconciler(deps: {
         metrics.passes.add(1, { result });
         if (result !== 'unsynced') metrics.passDuration.record((performance.now() - t0) / 1000);
         if (result === 'failed') retryLater();
-        else if (result !== 'unsynced') retryDelay = deps.retryMs ?? 250;
+        else if (result !== 'unsynced') retryBackoff.reset();
         for (const w of done) w();
       }
     } finally {

@@ -16,21 +16,108 @@ export interface DatabaseHandle {
    * for 0.8 ms of execution). Closed with the handle.
    */
   preparedPool(max: number): pg.Pool;
+  url: string;
+  /** The settings every session of this handle uses (timeouts, keepalive): for a dedicated pg.Client (LISTEN, locks). */
+  session: pg.ClientConfig;
   close(): Promise<void>;
 }
 
-export function connectDatabase(url: string, max = 20): DatabaseHandle {
-  const pool = new pg.Pool({ connectionString: url, max, connectionTimeoutMillis: 10_000 });
+/**
+ * How long anything may take toward PostgreSQL, in milliseconds (0: no limit). Without them a database that stops
+ * answering (a black-holed network, a stuck server) holds every caller and every pooled session forever.
+ */
+export interface DatabaseTimeouts {
+  /** PostgreSQL cancels a statement that runs longer (statement_timeout). */
+  statementMs: number;
+  /** PostgreSQL fails a statement that waits longer for a lock, advisory locks included (lock_timeout). */
+  lockMs: number;
+  /** PostgreSQL ends a session that sits idle inside a transaction longer, releasing its locks (idle_in_transaction_session_timeout). */
+  idleInTransactionMs: number;
+  /**
+   * A query with no answer after this long fails here ("Query read timeout") and its session is closed: this is what
+   * ends a call when the database cannot be reached at all, where statement_timeout never fires. Above statementMs.
+   */
+  queryMs: number;
+  /** Opening a session, or waiting for a free one in the pool, fails after this long. */
+  connectMs: number;
+  /** TCP keepalive on every session, starting after this long idle (a dead peer is noticed, not waited on for hours). */
+  keepAliveMs: number;
+}
+
+export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = Object.freeze({
+  statementMs: 10_000, lockMs: 5_000, idleInTransactionMs: 30_000, queryMs: 12_000, connectMs: 5_000, keepAliveMs: 10_000,
+});
+
+/** Session settings for a pg.Client or pg.Pool on `url` with these timeouts (0 leaves a limit off). */
+export function sessionConfig(url: string, t: DatabaseTimeouts = DEFAULT_DATABASE_TIMEOUTS): pg.ClientConfig {
+  return {
+    connectionString: url,
+    ...(t.statementMs > 0 ? { statement_timeout: t.statementMs } : {}),
+    ...(t.lockMs > 0 ? { lock_timeout: t.lockMs } : {}),
+    ...(t.idleInTransactionMs > 0 ? { idle_in_transaction_session_timeout: t.idleInTransactionMs } : {}),
+    ...(t.queryMs > 0 ? { query_timeout: t.queryMs } : {}),
+    ...(t.connectMs > 0 ? { connectionTimeoutMillis: t.connectMs } : {}),
+    keepAlive: t.keepAliveMs > 0,
+    keepAliveInitialDelayMillis: t.keepAliveMs,
+  };
+}
+
+const READ_TIMEOUT = 'Query read timeout';
+
+/**
+ * Two guards on every pooled session, because a database that stops answering now makes queries fail instead of hang:
+ * - a session whose query got no answer within query_timeout is closed (so the pool drops it and opens a new one):
+ *   its next query would queue behind the unanswered one, and a rollback on it would wait out the timeout again;
+ * - a session whose `begin` fails goes back to the pool (closed): drizzle-orm's transaction() (0.45) releases its
+ *   session only once `begin` succeeded, so each failed `begin` would otherwise keep a pool slot forever, and after
+ *   `max` of them the service could never reach its database again. (Only drizzle sends BEGIN on a pooled session.)
+ */
+function guardSession(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  const close = (err: unknown) => {
+    if ((err as Error | undefined)?.message === READ_TIMEOUT) (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+  };
+  (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+    const last = args.length - 1;
+    const callback = args[last];
+    if (typeof callback === 'function') {
+      args[last] = (err: unknown, res: unknown) => {
+        close(err);
+        (callback as (e: unknown, r: unknown) => void)(err, res);
+      };
+    }
+    const out = query(...args);
+    if (out instanceof Promise) {
+      const text = (args[0] as { text?: unknown } | undefined)?.text ?? args[0];
+      out.catch((err: unknown) => {
+        close(err);
+        if (typeof text === 'string' && /^\s*begin\b/i.test(text)) client.release(err instanceof Error ? err : new Error(String(err)));
+      });
+    }
+    return out;
+  };
+}
+
+function createPool(config: pg.PoolConfig): pg.Pool {
+  const pool = new pg.Pool(config);
   // An idle client's error (e.g. the server restarting) must not crash the process; the pool replaces it.
   pool.on('error', () => {});
+  pool.on('connect', guardSession);
+  return pool;
+}
+
+export function connectDatabase(url: string, opts: { max?: number; timeouts?: DatabaseTimeouts } = {}): DatabaseHandle {
+  const session = sessionConfig(url, opts.timeouts);
+  const pool = createPool({ ...session, max: opts.max ?? 20 });
   const db = drizzle(pool) as Database;
   const extra: pg.Pool[] = [];
   return {
     pool,
     db,
+    url,
+    session,
     preparedPool(n) {
-      const p = new pg.Pool({ connectionString: url, max: n, connectionTimeoutMillis: 10_000, options: '-c plan_cache_mode=force_generic_plan' });
-      p.on('error', () => {});
+      const p = createPool({ ...session, max: n, options: '-c plan_cache_mode=force_generic_plan' });
       extra.push(p);
       return p;
     },
@@ -53,11 +140,23 @@ export function migrationsFolder(service: string): string {
 
 import { existsSync } from 'node:fs';
 
-/** Applies a service's migrations to its own schema; each service keeps its own journal table. */
+/**
+ * Applies a service's migrations to its own schema; each service keeps its own journal table. Migrations run on a
+ * session of their own without statement, lock or query limits (building an index on a big table may take minutes),
+ * but with the handle's connect timeout and keepalive.
+ */
 export async function applyMigrations(handle: DatabaseHandle, service: string): Promise<void> {
-  await migrate(handle.db, {
-    migrationsFolder: migrationsFolder(service),
-    migrationsSchema: 'drizzle',
-    migrationsTable: `${service}_migrations`,
-  });
+  const { connectionString, connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis } = handle.session;
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis });
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    await migrate(drizzle(client), {
+      migrationsFolder: migrationsFolder(service),
+      migrationsSchema: 'drizzle',
+      migrationsTable: `${service}_migrations`,
+    });
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { createBackoff } from '../backoff.js';
 import type { Logger } from '../logger.js';
 
 /**
@@ -16,11 +17,14 @@ export interface Notifier {
   close(): Promise<void>;
 }
 
-export function createNotifier(url: string, channels: string[], logger: Logger): Notifier {
+/** `session`: a URL, or a session config with timeouts and keepalive (DatabaseHandle.session). */
+export function createNotifier(session: string | pg.ClientConfig, channels: string[], logger: Logger): Notifier {
   const waiters = new Map<string, Set<() => void>>();
   const generations = new Map<string, number>(channels.map((ch) => [ch, 0]));
   let client: pg.Client | null = null;
   let closed = false;
+  // Reconnects back off with jitter, so the replicas of every service do not reconnect in step after a database restart.
+  const backoff = createBackoff({ baseMs: 250, capMs: 5000 });
 
   const wakeAll = () => {
     for (const [ch, g] of generations) generations.set(ch, g + 1);
@@ -29,7 +33,7 @@ export function createNotifier(url: string, channels: string[], logger: Logger):
 
   async function connect(): Promise<void> {
     while (!closed) {
-      const c = new pg.Client({ connectionString: url });
+      const c = new pg.Client(typeof session === 'string' ? { connectionString: session } : session);
       try {
         c.on('notification', (n) => {
           generations.set(n.channel, (generations.get(n.channel) ?? 0) + 1);
@@ -41,17 +45,18 @@ export function createNotifier(url: string, channels: string[], logger: Logger):
           client = null;
           void c.end().catch(() => {});
           wakeAll();
-          if (!closed) setTimeout(() => void connect(), 500);
+          if (!closed) setTimeout(() => void connect(), backoff.next());
         });
         await c.connect();
         for (const ch of channels) await c.query(`LISTEN ${pg.escapeIdentifier(ch)}`);
         client = c;
+        backoff.reset();
         wakeAll();
         return;
       } catch (err) {
         await c.end().catch(() => {});
         logger.warn('notifier cannot connect; retrying', { err: (err as Error).message });
-        await new Promise((r) => setTimeout(r, 500));
+        await new Promise((r) => setTimeout(r, backoff.next()));
       }
     }
   }

@@ -32,14 +32,39 @@ function outgoingMetadata(): Metadata {
   return md;
 }
 
+/**
+ * Cancels `call` when `signal` aborts, for as long as the call runs: the returned function removes the listener, and
+ * the caller runs it when the call ends. An agent passes one signal for its whole life to every call it makes, so a
+ * listener left behind per call would grow without bound. An already aborted signal cancels at once.
+ */
+function cancelOnAbort(signal: AbortSignal | undefined, call: { cancel(): void }): () => void {
+  if (!signal) return () => {};
+  if (signal.aborted) {
+    call.cancel();
+    return () => {};
+  }
+  const cancel = () => call.cancel();
+  signal.addEventListener('abort', cancel, { once: true });
+  return () => signal.removeEventListener('abort', cancel);
+}
+
+/**
+ * HTTP/2 keepalive of a client: a ping every `timeMs` (also while no call is open), and the connection is given up when
+ * one is not answered within `timeoutMs`, so an agent notices a control plane that vanished (its watch streams fail
+ * and are reopened, possibly on another replica) instead of waiting on a dead connection.
+ */
+export const CLIENT_KEEPALIVE = Object.freeze({ timeMs: 20_000, timeoutMs: 10_000 });
+
 export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
-  options: { security?: TransportSecurity; channel?: ChannelOptions } = {},
+  options: { security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number } } = {},
 ): PromiseClient<D> {
+  const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
   const client = new Client(address, channelCredentials(options.security), {
-    'grpc.keepalive_time_ms': 20_000,
-    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_time_ms': keepalive.timeMs,
+    'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
+    'grpc.keepalive_permit_without_calls': 1,
     ...messageSizeOptions,
     ...options.channel,
   });
@@ -54,23 +79,28 @@ export function createClient<D extends ServiceDefinition>(
           method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
-        opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+        const release = cancelOnAbort(opts.signal, call);
+        // 'status' ends every call (also a cancelled one); 'close' also comes when the reader stops early.
+        call.once('status', release);
+        call.once('close', release);
         return call as AsyncIterable<unknown>;
       };
     } else {
       out[name] = (req: unknown, opts: CallOptions = {}) =>
         tracer().startActiveSpan(method.path, { kind: SpanKind.CLIENT }, context.active(), (span) =>
           new Promise((resolve, reject) => {
+            let release = () => {};
             const call = client.makeUnaryRequest(
               method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
               opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
               (err, res) => {
+                release();
                 span.end();
                 if (err) reject(err);
                 else resolve(res);
               },
             );
-            opts.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+            release = cancelOnAbort(opts.signal, call);
           }),
         );
     }

@@ -1,5 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { status } from '@grpc/grpc-js';
 import { context, trace } from '@opentelemetry/api';
 import { createClient } from './client.js';
@@ -28,6 +29,7 @@ before(async () => {
       ctx.logger.info('creating');
       if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
       if (req.name === 'boom') throw new Error('secret detail');
+      if (req.name === 'slow') await new Promise((r) => setTimeout(r, 2000).unref());
       return { pool: Pool.fromPartial({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0) }) };
     },
     listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
@@ -71,6 +73,36 @@ test('domain errors map to their status with their code; unexpected ones become 
     const it = client.watchBlockAffinities({})[Symbol.asyncIterator]();
     await assert.rejects(it.next(), (e: { code: number }) => e.code === status.UNAVAILABLE);
   } finally {
+    client.close();
+  }
+});
+
+test('a long-lived AbortSignal shared by many calls keeps no listener per finished call (abort listener leak)', async () => {
+  const client = createClient(IpamServiceService, `127.0.0.1:${port}`);
+  const signal = new AbortController().signal;
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  try {
+    for (let i = 0; i < 300; i++) await client.createPool({ name: `p${i}`, cidr: '10.0.0.0/16', blockPrefixLength: 24 }, { signal });
+    assert.equal(getEventListeners(signal, 'abort').length, 0, 'finished unary calls left abort listeners on the signal');
+    for (let i = 0; i < 100; i++) {
+      await assert.rejects(async () => {
+        for await (const _ of client.watchBlockAffinities({}, { signal })) void _;
+      }, (e: { code: number }) => e.code === status.UNAVAILABLE);
+    }
+    assert.equal(getEventListeners(signal, 'abort').length, 0, 'finished streams left abort listeners on the signal');
+    // A call still running holds exactly one listener, and a signal that aborts cancels it.
+    const ac = new AbortController();
+    const pending = client.createPool({ name: 'slow', cidr: '10.0.0.0/16', blockPrefixLength: 24 }, { signal: ac.signal });
+    assert.equal(getEventListeners(ac.signal, 'abort').length, 1);
+    ac.abort();
+    await assert.rejects(pending, (e: { code: number }) => e.code === status.CANCELLED);
+    // An already aborted signal cancels at once.
+    await assert.rejects(client.createPool({ name: 'late', cidr: '', blockPrefixLength: 0 }, { signal: ac.signal }), (e: { code: number }) => e.code === status.CANCELLED);
+    assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
+  } finally {
+    process.off('warning', onWarning);
     client.close();
   }
 });

@@ -1,7 +1,9 @@
 import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData, type MethodDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
+import { once } from 'node:events';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
+import { CLIENT_KEEPALIVE } from './client.js';
 import { serverCredentials, type TransportSecurity } from './credentials.js';
 import { toServiceError } from './errors.js';
 import { messageSizeOptions } from './limits.js';
@@ -99,7 +101,8 @@ export function addService<D extends ServiceDefinition>(
           try {
             for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
-              if (!call.write(msg)) await new Promise((r) => call.once('drain', r));
+              // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
+              if (!call.write(msg)) await whenDrainedOrAborted(call, ac.signal);
             }
             if (!ac.signal.aborted) call.end();
           } catch (err) {
@@ -152,6 +155,14 @@ export function addService<D extends ServiceDefinition>(
   server.addService(definition, impl as never);
 }
 
+/**
+ * Resolves when `stream` drains or `signal` aborts: a writer honouring back-pressure waits here, and is not held
+ * forever by a reader that went away (its stream never drains, but its call's signal aborts).
+ */
+export function whenDrainedOrAborted(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  return once(stream, 'drain', { signal }).then(() => undefined, () => undefined);
+}
+
 /** Binds a server to an address ("host:port", "unix:///path"); returns the bound port (useful for port 0). */
 export function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -159,9 +170,30 @@ export function bindServer(server: Server, address: string, security?: Transport
   });
 }
 
-export function createServer(): Server {
-  // No channelz: nothing reads it, and its per-call bookkeeping was about 3% of a busy IPAM server's CPU.
-  return new Server({ ...messageSizeOptions, 'grpc.enable_channelz': 0 });
+/**
+ * HTTP/2 keepalive of a server: it pings each client connection every `timeMs` and closes a connection whose ping is not
+ * answered within `timeoutMs`, which ends that connection's calls (their signals abort). Without it a client that
+ * vanished without closing (a killed node, a black-holed network) keeps its watch streams, and what they hold, for
+ * hours. Clients may ping as often as every CLIENT_KEEPALIVE (grpc-js servers do not police ping rates; the option
+ * below says so to servers that do).
+ */
+export interface ServerKeepalive {
+  timeMs: number;
+  timeoutMs: number;
+}
+
+export const DEFAULT_SERVER_KEEPALIVE: ServerKeepalive = Object.freeze({ timeMs: 30_000, timeoutMs: 10_000 });
+
+export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALIVE): Server {
+  return new Server({
+    ...messageSizeOptions,
+    // No channelz: nothing reads it, and its per-call bookkeeping was about 3% of a busy IPAM server's CPU.
+    'grpc.enable_channelz': 0,
+    'grpc.keepalive_time_ms': keepalive.timeMs,
+    'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
+    'grpc.http2.min_ping_interval_without_data_ms': CLIENT_KEEPALIVE.timeMs / 2,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
 }
 
 /** Stops accepting calls, ends streams, and waits for in-flight calls (up to graceMs). */

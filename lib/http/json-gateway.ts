@@ -3,7 +3,7 @@ import { status, Metadata, type ServiceDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
-import type { CallContext, Handlers } from '../grpc/server.js';
+import { whenDrainedOrAborted, type CallContext, type Handlers } from '../grpc/server.js';
 import { toServiceError } from '../grpc/errors.js';
 
 /**
@@ -82,7 +82,8 @@ export function createJsonGateway<D extends ServiceDefinition>(
             res.writeHead(200, { 'content-type': 'application/x-ndjson' });
             for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
-              res.write(JSON.stringify(route.response.toJSON(msg)) + '\n');
+              // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
+              if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
             }
             res.end();
           } else {

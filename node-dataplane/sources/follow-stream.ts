@@ -1,9 +1,10 @@
+import { createBackoff } from '../../lib/backoff.js';
 import type { Logger } from '../../lib/logger.js';
 
 /**
  * Keeps one server stream open until `signal` aborts: `open` is called for each connection (so it can pass the last
- * revision applied), every message goes to `onMessage`, and a broken stream is reopened after a backoff that starts
- * at 200 ms, doubles up to 5 s, and resets once a message arrives. The watch sources share it; what a message means
+ * revision applied), every message goes to `onMessage`, and a broken stream is reopened after a jittered backoff
+ * (lib/backoff.ts) from 200 ms up to 5 s, reset once a message arrives. The watch sources share it; what a message means
  * is theirs.
  */
 export function followStream<T>(deps: {
@@ -15,19 +16,21 @@ export function followStream<T>(deps: {
   signal: AbortSignal;
 }): void {
   void (async () => {
-    let backoff = 200;
+    const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
     while (!deps.signal.aborted) {
+      let broken: unknown = null;
       try {
         for await (const m of deps.open(deps.signal)) {
-          backoff = 200;
+          backoff.reset();
           deps.onMessage(m);
         }
       } catch (err) {
         if (deps.signal.aborted) return;
-        deps.logger.warn(deps.brokenMessage, { err: (err as Error).message, backoffMs: backoff });
+        broken = err;
       }
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 5000);
+      const delay = backoff.next();
+      if (broken) deps.logger.warn(deps.brokenMessage, { err: (broken as Error).message, backoffMs: delay });
+      await new Promise((r) => setTimeout(r, delay));
     }
   })();
 }

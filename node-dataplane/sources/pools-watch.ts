@@ -1,3 +1,4 @@
+import { createBackoff } from '../../lib/backoff.js';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
@@ -24,6 +25,7 @@ export function followPools(deps: {
   let current: string[] | null = null;
   /** Pools refused once (logged once each). */
   const refused = new Set<string>();
+  const retry = createBackoff({ baseMs: Math.min(1000, deps.intervalMs), capMs: Math.max(deps.intervalMs, 1000) });
   void (async () => {
     while (!deps.signal.aborted) {
       let wait = deps.intervalMs;
@@ -42,6 +44,7 @@ export function followPools(deps: {
           }
           pageToken = page.nextPageToken;
         } while (pageToken);
+        retry.reset();
         const next = cidrs.sort();
         if (JSON.stringify(next) !== JSON.stringify(current)) {
           current = next;
@@ -51,7 +54,7 @@ export function followPools(deps: {
       } catch (err) {
         if (deps.signal.aborted) return;
         deps.logger.warn('cannot list the cluster\'s pools; retrying', { err: (err as Error).message });
-        wait = Math.min(1000, deps.intervalMs);
+        wait = retry.next();
       }
       await new Promise<void>((r) => {
         const t = setTimeout(r, wait);

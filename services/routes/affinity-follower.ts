@@ -12,7 +12,7 @@ import { FOLLOWER_LOCK_QUERY, type RouteLogRepository } from './store/route-log.
  * with the logged state, so nothing is logged twice). Each write checks that this session still holds the lock.
  * IPAM's snapshot comes in chunks (every cluster's blocks); the follower applies it only once it holds all of it.
  */
-export function startAffinityFollower(deps: { databaseUrl: string; ipam: PromiseClient<typeof IpamServiceService>; log: RouteLogRepository; logger: Logger; retryMs?: number }) {
+export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.ClientConfig; ipam: PromiseClient<typeof IpamServiceService>; log: RouteLogRepository; logger: Logger; retryMs?: number }) {
   const { ipam, log, logger } = deps;
   const retryMs = deps.retryMs ?? 1000;
   const stopper = new AbortController();
@@ -65,7 +65,8 @@ export function startAffinityFollower(deps: { databaseUrl: string; ipam: Promise
 
   void (async () => {
     while (!stopper.signal.aborted) {
-      const client = new pg.Client({ connectionString: deps.databaseUrl });
+      // The lock's session has the handle's timeouts and TCP keepalive (DatabaseHandle.session) when given.
+      const client = new pg.Client(deps.session ?? { connectionString: deps.databaseUrl });
       client.on('error', () => {});
       try {
         await client.connect();

@@ -37,7 +37,7 @@ export async function mountRoutesService(server: Server, deps: { database: Datab
   const nodes = createNodesRepository(deps.database.db);
   const log = createRouteLogRepository(deps.database.db, { leaseMs: options.leaseMs });
   const ipam = createClient(IpamServiceService, deps.ipamAddress);
-  const follower = startAffinityFollower({ databaseUrl: deps.databaseUrl, ipam, log, logger });
+  const follower = startAffinityFollower({ databaseUrl: deps.databaseUrl, session: deps.database.session, ipam, log, logger });
   const sweeper = startLeaseSweeper({ log, logger, intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))), keep: options.logKeep, maxAgeSeconds: options.logMaxAgeSeconds });
   addService(server, RoutesServiceService, createRoutesHandlers({ nodes, log, notifier: deps.notifier, options }), logger);
   return {

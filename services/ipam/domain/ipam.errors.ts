@@ -32,6 +32,8 @@ export const ipamErrors = {
     new DomainError('ipam.no_pool_for_family', 'failed_precondition', `there is no IPv${family} pool; create one or ask for other families`),
   attemptReleased: (attemptId: string, handle: string, at: Date) =>
     new DomainError('ipam.attempt_released', 'conflict', `allocation attempt ${attemptId} of handle ${handle} was released (fenced) at ${at.toISOString()} by a Release naming it, so it allocates nothing; a new allocation needs a new attempt id`),
+  overloaded: (queued: number) =>
+    new DomainError('ipam.overloaded', 'unavailable', `this IPAM replica already has ${queued} allocations waiting for the database; retry shortly (or on another replica)`),
   exhausted: (what: string) => new DomainError('ipam.pool_exhausted', 'exhausted', `no free address in ${what}: every block is claimed and full`),
 };
 

@@ -1,5 +1,7 @@
 import type pg from 'pg';
 import { createCoalescer } from '../../../lib/coalescer.js';
+import { isDatabaseUnavailable } from '../../../lib/db/unavailable.js';
+import { ipamErrors } from '../domain/ipam.errors.js';
 import { PG, pgErrorOf } from './pg-errors.js';
 
 const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.serializationFailure]);
@@ -117,6 +119,8 @@ export type FastOutcome =
 /** Requests that arrive together go in one statement; at most MAX_IN_FLIGHT statements run at once. */
 export const FAST_IN_FLIGHT = 2;
 const MAX_BATCH = 256;
+/** Requests that may wait for a statement; one more is refused (UNAVAILABLE) rather than queued. */
+export const FAST_MAX_QUEUED = 8 * MAX_BATCH;
 
 export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
   async function runBatch(items: FastRequest[]): Promise<FastOutcome[]> {
@@ -160,6 +164,8 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     try {
       return await runBatch(items);
     } catch (err) {
+      // A database that cannot serve now fails the batch (and the queue behind it): one by one would only wait longer.
+      if (isDatabaseUnavailable(err)) throw err;
       // A lone request that lost a race (a deadlock, a unique violation) takes the full path, which retries those.
       if (items.length === 1 && RACES.has(pgErrorOf(err)?.code ?? '')) return [{ kind: 'none' }];
       if (items.length === 1 || !pgErrorOf(err)) throw err;
@@ -168,7 +174,7 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
         try {
           out.push((await runBatch([it]))[0]!);
         } catch (e) {
-          if (!pgErrorOf(e)) throw e;
+          if (!pgErrorOf(e) || isDatabaseUnavailable(e)) throw e;
           // The full path decides (and retries unique violations itself).
           out.push({ kind: 'none' });
         }
@@ -177,6 +183,9 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     }
   }
 
-  const coalescer = createCoalescer(runBatchOrEach, { maxInFlight: FAST_IN_FLIGHT, maxBatch: MAX_BATCH });
+  const coalescer = createCoalescer(runBatchOrEach, {
+    maxInFlight: FAST_IN_FLIGHT, maxBatch: MAX_BATCH, maxQueued: FAST_MAX_QUEUED,
+    overloaded: (queued) => ipamErrors.overloaded(queued), failsQueued: isDatabaseUnavailable,
+  });
   return { allocate: (req: FastRequest) => coalescer.submit(req) };
 }

@@ -9,6 +9,7 @@ import type { AllocationRequest, PoolSpec } from '../domain/pool.js';
 import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolChanges, PoolUsage, Reservation, UsageCounts } from '../domain/types.js';
 import { PG, pgErrorOf } from './pg-errors.js';
 import { createFastAllocator } from './fast-allocate.js';
+import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 
 /**
  * The only queries on IPAM's tables. Every allocation is one transaction and never scans a range: a block hands out
@@ -823,12 +824,12 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return { problems, checks: CHECKS.length };
   }
 
-  return {
+  return withDatabaseErrors('ipam', {
     releaseEmptyBlocks, nodesHoldingAddresses, pruneAttempts,
     checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
     garbageCollect, releaseNodeAllocationsBefore, history, utilization, affinitySnapshot, affinityChangesSince,
-  };
+  });
 }
 
 export type IpamRepository = ReturnType<typeof createIpamRepository>;

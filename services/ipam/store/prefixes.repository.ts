@@ -4,6 +4,7 @@ import { DomainError } from '../../../lib/errors.js';
 import { formatCidr, parseCidr, type Cidr } from '../../../lib/net/ip.js';
 import { lowestFreePrefix } from '../domain/prefixes.js';
 import { PG, pgErrorOf } from './pg-errors.js';
+import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 
 /**
  * Routing domains, clusters, aggregates and the prefixes carved from them for clusters. The database refuses
@@ -32,7 +33,7 @@ export function createPrefixesRepository(db: Database) {
     return Number(d.id);
   }
 
-  return {
+  return withDatabaseErrors('ipam', {
     async createRoutingDomain(name: string): Promise<RoutingDomain> {
       try {
         const [r] = await rowsOf(db, sql`INSERT INTO ipam.routing_domains (name) VALUES (${name}) RETURNING name, created_at`);
@@ -112,7 +113,7 @@ export function createPrefixesRepository(db: Database) {
         WHERE x.released_at IS NULL AND (${filter.cluster}::text IS NULL OR c.name = ${filter.cluster}) AND (${filter.aggregate}::text IS NULL OR a.name = ${filter.aggregate})
         ORDER BY x.cidr`)).map(toPrefix);
     },
-  };
+  });
 }
 
 export type PrefixesRepository = ReturnType<typeof createPrefixesRepository>;

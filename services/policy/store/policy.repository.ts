@@ -1,6 +1,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { Protocol } from '../domain/model.js';
+import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 
 /** The only queries on the policy schema. Every change takes the next `policy.revision_seq` value. */
 export interface PodRecord {
@@ -47,7 +48,7 @@ export function createPolicyRepository(db: Database) {
     return out;
   };
 
-  return {
+  return withDatabaseErrors('policy', {
     async upsertNamespace(name: string, labels: Record<string, string>): Promise<number> {
       return notifying(rows(sql`INSERT INTO policy.namespaces (name, labels, revision) VALUES (${name}, ${JSON.stringify(labels)}::jsonb, ${NEXT})
         ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, revision = excluded.revision RETURNING revision`).then(revisionOf));
@@ -152,7 +153,7 @@ export function createPolicyRepository(db: Database) {
         };
       }, { isolationLevel: 'repeatable read', accessMode: 'read only' });
     },
-  };
+  });
 }
 
 export type PolicyRepository = ReturnType<typeof createPolicyRepository>;

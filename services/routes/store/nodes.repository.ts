@@ -2,6 +2,7 @@ import { sql } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { NodeRecord } from '../domain/route-table.js';
 import { lockChanges, logNodeChanges } from './route-log.repository.js';
+import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 
 /**
  * The only queries on routes.nodes. Each write runs in one transaction with the route-log lock held and logs the
@@ -13,7 +14,7 @@ export function createNodesRepository(db: Database) {
     registeredAt: new Date(r.registered_at as string), leaseExpiresAt: new Date(r.lease_expires_at as string),
   });
   const columns = sql`name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at, lease_expires_at`;
-  return {
+  return withDatabaseErrors('routes', {
     /** Adds or updates the node and (re)starts its lease; a node that had departed is no longer departed. */
     async register(n: { name: string; underlayAddress: string; vtepMac: string }, leaseMs: number): Promise<NodeRecord> {
       return db.transaction(async (tx) => {
@@ -68,7 +69,7 @@ export function createNodesRepository(db: Database) {
         WHERE ${page.after}::text IS NULL OR name > ${page.after} ORDER BY name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`);
       return (res.rows as Record<string, unknown>[]).map(toNode);
     },
-  };
+  });
 }
 
 export type NodesRepository = ReturnType<typeof createNodesRepository>;

@@ -1,6 +1,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { NodeRoutes } from '../domain/route-table.js';
+import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 
 /** NOTIFY channel raised by every transaction that appends to routes.changes (a wake-up only; the table is the record). */
 export const CHANGES_CHANNEL = 'routes_changes';
@@ -96,7 +97,7 @@ export async function resumeLeases(tx: Executor, leaseMs: number): Promise<numbe
 
 /** Reads and writes of the revision log that are not node registrations. `leaseMs`: the node lease (resumeLeases). */
 export function createRouteLogRepository(db: Database, opts: { leaseMs: number }) {
-  return {
+  return withDatabaseErrors('routes', {
     /**
      * What a watcher at `since` needs, read in one REPEATABLE READ snapshot: the changes after it (at most `limit`)
      * when they are all still in the log, else the whole logged table and its revision.
@@ -180,7 +181,7 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
         return { swept: true, changes, compacted: Number(c!.n), resumed };
       });
     },
-  };
+  });
 }
 
 export type RouteLogRepository = ReturnType<typeof createRouteLogRepository>;
