@@ -1,3 +1,4 @@
+import { createBackoff } from '../../lib/backoff.js';
 import pg from 'pg';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
@@ -34,6 +35,8 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
     stopper.signal.addEventListener('abort', onStop, { once: true });
     client.once('error', () => lost.abort());
     client.once('end', () => lost.abort());
+    // IPAM restarted or unreachable: every routes replica's follower retries at its own jittered moments.
+    const rewatch = createBackoff({ baseMs: 500, capMs: 5000 });
     try {
       while (!lost.signal.aborted) {
         try {
@@ -51,12 +54,13 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
               logger.warn('no longer the affinity follower');
               return;
             }
+            rewatch.reset();
           }
         } catch (err) {
           if (lost.signal.aborted) return;
           logger.warn('IPAM affinity watch broke; reconnecting', { err: (err as Error).message });
         }
-        await sleep(500);
+        await sleep(rewatch.next());
       }
     } finally {
       stopper.signal.removeEventListener('abort', onStop);
