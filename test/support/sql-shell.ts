@@ -9,13 +9,15 @@ import pg from 'pg';
  * answers one JSON line each ({ rows } or { error }). A test holds locks in it (BEGIN; SELECT … FOR UPDATE) to delay
  * what the control plane does. Closing stdin ends the session (an open transaction rolls back).
  */
+const SHELL_FLAG = '--weft-sql-shell';
+
 export interface SqlShell {
   query(text: string): Promise<Record<string, unknown>[]>;
   close(): Promise<void>;
 }
 
 export function startSqlShellInNetns(netns: string, url: string): Promise<SqlShell> {
-  const child = spawn('ip', ['netns', 'exec', netns, process.execPath, fileURLToPath(import.meta.url), url], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('ip', ['netns', 'exec', netns, process.execPath, fileURLToPath(import.meta.url), SHELL_FLAG, url], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const waiting: ((line: string) => void)[] = [];
@@ -64,8 +66,9 @@ async function main(url: string): Promise<void> {
   await client.end();
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  main(process.argv[2]!).catch((err) => {
+// Only when started as the shell: `node --test dist/` also loads this file, and must find no test in it.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === SHELL_FLAG) {
+  main(process.argv[3]!).catch((err) => {
     process.stderr.write(`${(err as Error).message}\n`);
     process.exit(1);
   });
