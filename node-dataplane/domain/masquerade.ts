@@ -32,31 +32,15 @@ export function masqueradeRules(pools: string[], chain = MASQUERADE_CHAIN, famil
   return [...p.map((c) => `-A ${chain} -d ${c} -j RETURN`), ...p.map((c) => `-A ${chain} -s ${c} -j MASQUERADE`)];
 }
 
-/**
- * What `iptables-save -t nat` shows of Weft's masquerade: whether the chain exists, its rules, how often POSTROUTING
- * jumps to it, and how many other POSTROUTING rules sit above its last jump (an ACCEPT there skips masquerade).
- */
-export interface NatActual { chainExists: boolean; rules: string[]; jumps: number; rulesAboveJump?: number }
+/** What `iptables-save -t nat` shows of Weft's masquerade: whether the chain exists, its rules, and how often POSTROUTING jumps to it. */
+export interface NatActual { chainExists: boolean; rules: string[]; jumps: number }
 
 export function readNatSave(save: string, chain = MASQUERADE_CHAIN): NatActual {
   const lines = save.split('\n').map((l) => l.trim());
-  const jump = jumpRule(chain);
-  let jumps = 0;
-  let others = 0;
-  let rulesAboveJump = 0;
-  for (const l of lines) {
-    if (!l.startsWith('-A POSTROUTING ')) continue;
-    // Weft's jump exactly as it writes it: only that one can be deleted by this spec.
-    if (l === jump) {
-      jumps++;
-      rulesAboveJump = others;
-    } else others++;
-  }
   return {
     chainExists: lines.some((l) => l.startsWith(`:${chain} `)),
     rules: lines.filter((l) => l.startsWith(`-A ${chain} `)),
-    jumps,
-    rulesAboveJump,
+    jumps: lines.filter((l) => l.startsWith('-A POSTROUTING ') && l.endsWith(` -j ${chain}`)).length,
   };
 }
 
@@ -70,14 +54,11 @@ export function planMasquerade(pools: string[], actual: NatActual, chain = MASQU
   // A family with no pool and no chain of Weft's yet is left alone (a node without IPv6 pools never touches ip6tables).
   if (rules.length === 0 && !actual.chainExists && actual.jumps === 0) return null;
   const rulesRight = actual.chainExists && actual.rules.length === rules.length && actual.rules.every((r, i) => r === rules[i]);
-  // Exactly one jump, first in POSTROUTING: a rule above it (another program's ACCEPT) would skip masquerade. A
-  // buried jump is deleted and inserted on top in the same transaction (iptables-restore is atomic).
-  const buried = actual.jumps > 0 && (actual.rulesAboveJump ?? 0) > 0;
-  if (rulesRight && actual.jumps === 1 && !buried) return null;
+  if (rulesRight && actual.jumps === 1) return null;
   const jump = jumpRule(chain);
   const out = ['*nat', `:${chain} - [0:0]`, ...rules];
-  for (let i = buried ? 0 : 1; i < actual.jumps; i++) out.push(jump.replace(/^-A /, '-D '));
-  if (actual.jumps === 0 || buried) out.push(jump.replace(/^-A POSTROUTING /, '-I POSTROUTING 1 '));
+  if (actual.jumps === 0) out.push(jump);
+  for (let i = 1; i < actual.jumps; i++) out.push(jump.replace(/^-A /, '-D '));
   out.push('COMMIT', '');
   return out.join('\n');
 }
