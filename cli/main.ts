@@ -51,8 +51,9 @@ const USAGE = `usage: weft <command> [options]
   ipam prefix allocate CLUSTER AGGREGATE --length N [--purpose P]    ipam prefix release NAME
   ipam check [--json]                           verify IPAM's invariants; list allocations of departed nodes (leaked)
                                                 and of names that are not registered nodes (external, not swept)
-  ipam release --leaked [--yes]                 release allocations of departed nodes (dry run without --yes)
-  ipam release --node NAME [--yes]              release every allocation on NAME, e.g. a node deregistered before
+  ipam release --leaked [--older-than S] [--yes]  release allocations of nodes departed over S (300) seconds ago,
+                                                made before they departed (dry run without --yes)
+  ipam release --node NAME [--yes]              release every allocation on NAME (not a registered node), e.g. one deregistered before
                                                 departures were recorded (dry run without --yes)
 
   --server ADDR   control plane for ipam commands (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)
@@ -114,6 +115,7 @@ async function main(argv: string[]): Promise<number> {
       reason: { type: 'string' },
       leaked: { type: 'boolean', default: false },
       yes: { type: 'boolean', default: false },
+      'older-than': { type: 'string' },
       blocks: { type: 'boolean', default: false },
       at: { type: 'string' },
       since: { type: 'string' },
@@ -375,8 +377,11 @@ async function main(argv: string[]): Promise<number> {
         try {
           const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken, node: cmd === 'ipam release' && o.node ? o.node : '' }, { timeoutMs: 30_000 })
             .then((r) => ({ items: r.allocations, next: r.nextPageToken })));
+          const registered = new Set((await listAllNodes(routes)).map((n) => n.name));
           if (cmd === 'ipam release' && o.node) {
             if (o.leaked) throw new UsageError('usage: weft ipam release --leaked [--yes]  |  weft ipam release --node NAME [--yes] (not both)');
+            // A registered node's addresses are its running pods': never released by name.
+            if (registered.has(o.node)) throw new Error(`${o.node} is a registered node: its addresses belong to its running pods. Stop its agent and deregister it first`);
             if (!o.yes) {
               print(json, { dryRun: true, wouldRelease: allocations.map((a) => a.handle) }, () => `dry run: would release ${allocations.length} allocations on ${o.node}; add --yes`);
               return 0;
@@ -385,36 +390,52 @@ async function main(argv: string[]): Promise<number> {
             print(json, { released }, () => `released ${released} allocations on ${o.node}`);
             return 0;
           }
-          // Leaked: held by nodes that registered and then departed (what IPAM's sweeper releases after its grace).
-          // Names that are neither registered nor departed are external systems' (or nodes deregistered before
-          // departures were recorded): listed, never released here.
-          const registered = new Set((await listAllNodes(routes)).map((n) => n.name));
-          const unknown = [...new Set(allocations.map((a) => a.node))].filter((n) => !registered.has(n));
-          const departed = new Set<string>();
-          for (let i = 0; i < unknown.length; i += 10_000) {
-            for (const d of (await routes.listDepartedNodes({ names: unknown.slice(i, i + 10_000) }, { timeoutMs: 10_000 })).nodes) departed.add(d.name);
-          }
-          const leaked = allocations.filter((a) => departed.has(a.node));
+          // Leaked: held by nodes that registered, then departed at least --older-than seconds ago (IPAM's sweeper
+          // releases them after WEFT_IPAM_NODE_GONE_GRACE_SECONDS, 300 by default), made before they departed. Names
+          // neither registered nor departed are external systems' (or nodes deregistered before departures were
+          // recorded): listed, never released here.
+          const olderThanS = o['older-than'] === undefined ? 300 : Number(o['older-than']);
+          if (!Number.isInteger(olderThanS) || olderThanS < 0) throw new UsageError(`--older-than ${o['older-than']}: a whole number of seconds, 0 or more`);
+          const departedAt = async (names: string[]) => {
+            const out = new Map<string, Date>();
+            for (let i = 0; i < names.length; i += 10_000) {
+              for (const d of (await routes.listDepartedNodes({ names: names.slice(i, i + 10_000) }, { timeoutMs: 10_000 })).nodes) if (d.departTime) out.set(d.name, d.departTime);
+            }
+            return out;
+          };
+          const departed = await departedAt([...new Set(allocations.map((a) => a.node))].filter((n) => !registered.has(n)));
+          const cutoff = Date.now() - olderThanS * 1000;
+          const before = (a: { node: string; allocateTime?: Date | undefined }) => !!a.allocateTime && a.allocateTime < departed.get(a.node)!;
+          const leaked = allocations.filter((a) => departed.has(a.node) && departed.get(a.node)!.getTime() <= cutoff && before(a));
+          const recent = allocations.filter((a) => departed.has(a.node) && departed.get(a.node)!.getTime() > cutoff && before(a));
           const unregistered = allocations.filter((a) => !registered.has(a.node) && !departed.has(a.node));
           const row = (a: { handle: string; address: string; node: string }) => ({ handle: a.handle, address: a.address, node: a.node });
           if (cmd === 'ipam check') {
             const { problems, checks } = await ipam.checkConsistency({}, { timeoutMs: 60_000 });
-            const report = { checks, problems, leaked: leaked.map(row), unregistered: unregistered.map(row) };
+            const report = { checks, problems, leaked: leaked.map(row), departedRecently: recent.map(row), unregistered: unregistered.map(row) };
+            const list = (xs: typeof allocations) => xs.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`);
             print(json, report, () => [`${checks} invariants checked: ${problems.length ? `${problems.length} problems` : 'all hold'}`,
               ...problems.map((p) => `  ${p.kind}: ${p.detail}`),
-              leaked.length ? `${leaked.length} allocations on departed nodes (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on departed nodes',
-              ...leaked.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`),
+              leaked.length ? `${leaked.length} allocations on nodes that departed over ${olderThanS} s ago (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on departed nodes',
+              ...list(leaked),
+              ...(recent.length ? [`${recent.length} allocations on nodes that departed within ${olderThanS} s (IPAM's sweeper releases them after its grace):`, ...list(recent)] : []),
               ...(unregistered.length ? [`${unregistered.length} allocations on names that are not registered nodes (external systems; never swept; \`weft ipam release --node NAME\` if one is a node that left):`,
-                ...unregistered.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`)] : [])].join('\n'));
+                ...list(unregistered)] : [])].join('\n'));
             return problems.length > 0 || leaked.length > 0 ? 1 : 0;
           }
-          const goneNodes = [...departed].filter((n) => leaked.some((a) => a.node === n));
+          const goneNodes = [...new Set(leaked.map((a) => a.node))];
           if (!o.yes) {
             print(json, { dryRun: true, wouldRelease: leaked.map((a) => a.handle) }, () => `dry run: would release ${leaked.length} allocations on ${goneNodes.length} departed nodes (${goneNodes.join(', ')}); add --yes`);
             return 0;
           }
           let released = 0;
-          for (const node of goneNodes) released += (await ipam.garbageCollect({ node, validHandles: [] }, { timeoutMs: 30_000 })).released.length;
+          for (const node of goneNodes) {
+            // Asked again just before: a node that registered again since is no longer departed, and what it
+            // allocated after it departed is never released.
+            const at = (await departedAt([node])).get(node);
+            if (!at || at.getTime() > cutoff) continue;
+            released += (await ipam.garbageCollect({ node, validHandles: [], allocatedBefore: at }, { timeoutMs: 30_000 })).released.length;
+          }
           print(json, { released }, () => `released ${released} allocations on ${goneNodes.length} departed nodes`);
           return 0;
         } finally {

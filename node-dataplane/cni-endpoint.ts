@@ -7,6 +7,7 @@ import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
 import { errorCodeOf } from '../lib/grpc/status.js';
+import { createBackoff } from '../lib/backoff.js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { deleteLink } from './kernel/links.js';
@@ -75,6 +76,38 @@ export function createCniHandlers(deps: {
    * pod afterwards with an address nobody will ever release.
    */
   const addsRunning = new Map<string, Promise<void>>();
+  /**
+   * Allocation attempts whose undoing Release did not get through (IPAM unreachable, or the fence timed out behind
+   * the very Allocate it fences), by handle. They are retried in the background and named by the handle's next DEL:
+   * a Release by handle alone does not stop an Allocate that commits after it.
+   */
+  const unfenced = new Map<string, Set<string>>();
+  const fenceAttempt = async (handle: string, attemptId: string): Promise<boolean> => {
+    try {
+      await deps.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 });
+      const left = unfenced.get(handle);
+      left?.delete(attemptId);
+      if (left?.size === 0) unfenced.delete(handle);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  /** Keeps trying to fence an attempt, with jittered backoff, for about two minutes (then DEL still names it). */
+  const fenceInBackground = (handle: string, attemptId: string, log: Logger) => {
+    unfenced.set(handle, (unfenced.get(handle) ?? new Set()).add(attemptId));
+    const retry = createBackoff({ baseMs: 500, capMs: 15_000 });
+    const deadline = Date.now() + 120_000;
+    const again = () => setTimeout(() => {
+      if (!unfenced.get(handle)?.has(attemptId)) return;
+      void fenceAttempt(handle, attemptId).then((ok) => {
+        if (ok) log.info('a failed attach\'s allocation attempt is fenced', { attemptId });
+        else if (Date.now() < deadline) again();
+        else log.error('cannot fence a failed attach\'s allocation attempt; the runtime\'s DEL names it', { attemptId });
+      });
+    }, retry.next()).unref();
+    again();
+  };
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const ipamFamilies = dualStack ? [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6] : [IpFamily.IP_FAMILY_IPV4];
 
@@ -194,7 +227,10 @@ export function createCniHandlers(deps: {
         const release = async (why: string) => {
           await deps.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 })
             .then((r) => log.info('released after a failed attach', { why, attemptId, released: r.released, address: r.address }))
-            .catch((e) => log.error('release after a failed attach failed; the runtime\'s DEL will release it', { why, err: (e as Error).message }));
+            .catch((e) => {
+              log.error('release after a failed attach failed; retrying in the background, and the runtime\'s DEL names the attempt', { why, err: (e as Error).message });
+              fenceInBackground(handle, attemptId, log);
+            });
         };
         // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
         // waits for IPAM's answer. attachPod undoes its own work when either fails, and only once the allocation
@@ -302,7 +338,14 @@ export function createCniHandlers(deps: {
       // (linkDeletions), so an address is never on two veths. The Release is asked first: the deletion's child
       // process is spawned with a fork, which holds the event loop for a moment.
       const t0 = performance.now();
-      const release = deps.ipam.release({ handle }, { timeoutMs: 10_000 }).then((r) => {
+      // Attempts of failed ADDs not yet fenced are fenced first: one of them may still commit after this release.
+      const attempts = [...(unfenced.get(handle) ?? [])];
+      const fenced = attempts.length === 0 ? Promise.resolve(true)
+        : Promise.all(attempts.map((a) => fenceAttempt(handle, a))).then((oks) => oks.every(Boolean));
+      const release = fenced.then((ok) => {
+        if (!ok) throw new DomainError('agent.ipam_unavailable', 'unavailable', `cannot fence the allocation attempts of an earlier failed ADD of ${handle} (IPAM unreachable); try DEL again later`);
+        return deps.ipam.release({ handle }, { timeoutMs: 10_000 });
+      }).then((r) => {
         deps.onDetachPhase?.('release', performance.now() - t0);
         return r;
       }, passThrough);
@@ -367,9 +410,11 @@ export function createCniHandlers(deps: {
       });
       const failures: string[] = [];
       let vethsListed = true;
+      let allocationsListed = true;
       const [allocations, hostLinks] = await Promise.all([
         nodeAllocations().catch((err: Error) => {
-          failures.push(`listing node ${deps.node}'s allocations failed, so no address was released: ${err.message}`);
+          allocationsListed = false;
+          failures.push(`listing node ${deps.node}'s allocations failed, so no address was released (nor any interface that does not record its network): ${err.message}`);
           return [];
         }),
         listVeths().catch((err: Error) => {
@@ -390,6 +435,7 @@ export function createCniHandlers(deps: {
         inFlightHandles: new Set(inFlight.keys()),
         inFlightHostIfnames: new Set(inFlight.values()),
         allocations: vethsListed ? allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address })) : [],
+        allocationsKnown: allocationsListed,
         hostLinks,
       });
       const removedInterfaces: string[] = [];

@@ -89,18 +89,28 @@ test('reserve, pool update, check and release --leaked from the command line', a
     await ipam.allocate({ handle: 'left/eth0', node: 'left-node', pool: 'ops' });
     await routes.deregisterNode({ name: 'left-node' });
 
-    const dirty = await fails(['ipam', 'check']);
+    // Just departed: within the sweeper's grace it is not yet a leak (its agent may still be coming back).
+    const fresh = JSON.parse((await weft('ipam', 'check', '--json')).stdout);
+    assert.deepEqual(fresh.leaked, []);
+    assert.deepEqual(fresh.departedRecently.map((l: { handle: string }) => l.handle), ['left/eth0']);
+    assert.deepEqual(JSON.parse((await weft('ipam', 'release', '--leaked', '--json')).stdout).wouldRelease, [], 'nothing to release yet');
+
+    const dirty = await fails(['ipam', 'check', '--older-than', '0']);
     assert.equal(dirty.code, 1, 'leaked allocations make check fail');
-    const report = JSON.parse(await weft('ipam', 'check', '--json').then((r) => r.stdout, (e: { stdout: string }) => e.stdout));
+    const report = JSON.parse(await weft('ipam', 'check', '--older-than', '0', '--json').then((r) => r.stdout, (e: { stdout: string }) => e.stdout));
     assert.deepEqual(report.problems, []);
     assert.deepEqual(report.leaked.map((l: { handle: string }) => l.handle), ['left/eth0']);
-    const dry = JSON.parse((await weft('ipam', 'release', '--leaked', '--json')).stdout);
+    const dry = JSON.parse((await weft('ipam', 'release', '--leaked', '--older-than', '0', '--json')).stdout);
     assert.ok(dry.dryRun && dry.wouldRelease.includes('left/eth0') && !dry.wouldRelease.includes('ghost/eth0'));
     assert.ok((await ipam.listAllocations({ node: 'left-node' })).allocations.length === 1, 'a dry run changes nothing');
-    await weft('ipam', 'release', '--leaked', '--yes');
+    await weft('ipam', 'release', '--leaked', '--older-than', '0', '--yes');
     assert.equal((await ipam.listAllocations({ node: 'left-node' })).allocations.length, 0);
     assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 1, 'names that never registered keep theirs');
     assert.equal((await ipam.listAllocations({ node: 'live-node' })).allocations.length, 1, 'registered nodes keep theirs');
+    const refused = await fails(['ipam', 'release', '--node', 'live-node', '--yes']);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /live-node is a registered node/);
+    assert.equal((await ipam.listAllocations({ node: 'live-node' })).allocations.length, 1, 'a registered node is never released by name');
     assert.deepEqual(JSON.parse((await weft('ipam', 'release', '--node', 'ghost-node', '--json')).stdout).wouldRelease, ['ghost/eth0']);
     await weft('ipam', 'release', '--node', 'ghost-node', '--yes');
     assert.equal((await ipam.listAllocations({ node: 'ghost-node' })).allocations.length, 0, 'released when named');

@@ -40,7 +40,11 @@ export interface DatabaseTimeouts {
   queryMs: number;
   /** Opening a session, or waiting for a free one in the pool, fails after this long. */
   connectMs: number;
-  /** TCP keepalive on every session, starting after this long idle (a dead peer is noticed, not waited on for hours). */
+  /**
+   * TCP keepalive on every session, its first probe after this long idle. When a dead peer is given up is the
+   * socket's probe interval and count, which Node 20 leaves at the kernel's defaults (Linux: 75 s × 9, so about 11
+   * minutes). Queries are bounded by `queryMs` whatever TCP does; the LISTEN and lock sessions rely on keepalive.
+   */
   keepAliveMs: number;
 }
 

@@ -123,9 +123,9 @@ test('existing direct routes are adopted as they are (no delete, no re-add); a d
 });
 
 test('IPv6 blocks: through VXLAN over the IPv4 underlay (one FDB entry per node), even for a node routed directly; refused in direct mode', () => {
-  const dual = { ...a, blockCidrs: ['192.0.2.0/26', 'fd00:10:244:0000::40/122', 'FD00:10:244::/122'] };
+  const dual = { ...a, blockCidrs: ['10.244.9.0/26', 'fd00:10:244:0000::40/122', 'FD00:10:244::/122'] };
   const vx = computeDesired('self', [self, dual], routing('vxlan'));
-  assert.deepEqual([...vx.routes.keys()].sort(), ['192.0.2.0/26', 'fd00:10:244::/122', 'fd00:10:244::40/122'], 'CIDRs in the form the kernel read-back prints');
+  assert.deepEqual([...vx.routes.keys()].sort(), ['10.244.9.0/26', 'fd00:10:244::/122', 'fd00:10:244::40/122'], 'CIDRs in the form the kernel read-back prints');
   assert.deepEqual(vx.routes.get('fd00:10:244::40/122'), { kind: 'route', key: 'fd00:10:244::40/122', cidr: 'fd00:10:244::40/122', gateway: 'fd00:10:244::40', mode: 'vxlan' });
   assert.deepEqual(vx.neighbours.get('fd00:10:244::40'), { kind: 'neighbour', key: 'fd00:10:244::40', ip: 'fd00:10:244::40', mac: a.vtepMac.toLowerCase() });
   assert.equal(vx.fdb.size, 1);
@@ -133,14 +133,25 @@ test('IPv6 blocks: through VXLAN over the IPv4 underlay (one FDB entry per node)
 
   const auto = computeDesired('self', [self, dual], routing('auto'));
   assert.equal(auto.peers[0]!.mode, 'direct', 'a is on this node\'s subnet');
-  assert.equal(auto.routes.get('192.0.2.0/26')!.mode, 'direct');
+  assert.equal(auto.routes.get('10.244.9.0/26')!.mode, 'direct');
   assert.equal(auto.routes.get('fd00:10:244::/122')!.mode, 'vxlan', 'its IPv6 blocks through VXLAN');
   assert.equal(auto.fdb.size, 1, 'with its FDB entry');
   assert.equal(auto.neighbours.size, 2, 'and one neighbour per IPv6 block, none for the direct IPv4 block');
 
   const direct = computeDesired('self', [self, dual], routing('direct'));
-  assert.deepEqual([...direct.routes.keys()], ['192.0.2.0/26']);
+  assert.deepEqual([...direct.routes.keys()], ['10.244.9.0/26']);
   assert.equal(direct.fdb.size, 0);
   assert.equal(direct.peers[0]!.ipv6, 'refused');
   assert.match(direct.peers[0]!.reason!, /IPv6 blocks \(fd00:10:244::40\/122, fd00:10:244::\/122\) need VXLAN/);
+});
+
+test('a node whose block overlaps this node\'s underlay subnet is refused whole: no route takes the underlay into the overlay', () => {
+  const routing: Routing = { mode: 'auto', underlay: { address: '192.0.2.10', prefixLength: 24 } };
+  const rogue: RemoteNode = { node: 'rogue', underlayAddress: '198.51.100.9', vtepMac: '02:00:00:00:00:0c', blockCidrs: ['10.244.2.0/26', '192.0.2.0/25'] };
+  const d = computeDesired('self', [a, rogue], routing);
+  assert.deepEqual([...d.routes.keys()], ['10.244.0.0/26'], 'only a\'s block is routed');
+  const peer = d.peers.find((p) => p.node === 'rogue')!;
+  assert.equal(peer.mode, 'refused');
+  assert.match(peer.reason ?? '', /192\.0\.2\.0\/25 overlap this node's underlay subnet 192\.0\.2\.0\/24/);
+  assert.equal(computeDesired('self', [{ ...rogue, blockCidrs: ['10.0.0.0/8'] }], routing).routes.size, 1, 'a block beside the subnet is routed');
 });

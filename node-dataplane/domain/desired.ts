@@ -80,6 +80,14 @@ export function onUnderlaySubnet(underlay: Underlay, address: string): boolean {
   return networkOf(parseIPv4(address), underlay.prefixLength) === networkOf(parseIPv4(underlay.address), underlay.prefixLength);
 }
 
+/** True when the IPv4 CIDR and the underlay subnet share an address. */
+export function overlapsUnderlay(underlay: Underlay, cidr: string): boolean {
+  const c = parseCidr(cidr);
+  if (c.family !== 4) return false;
+  const shorter = Math.min(c.prefixLength, underlay.prefixLength);
+  return networkOf(Number(c.base), shorter) === networkOf(parseIPv4(underlay.address), shorter);
+}
+
 /** Decides, purely, how one remote node is reached. */
 export function choosePeerMode(routing: Routing, n: Pick<RemoteNode, 'node' | 'underlayAddress'>): PeerChoice {
   const base = { node: n.node, underlayAddress: n.underlayAddress };
@@ -101,6 +109,13 @@ export function computeDesired(self: string, nodes: Iterable<RemoteNode>, routin
     const v4 = blocks.filter((c) => !isV6(c));
     const v6 = blocks.filter(isV6);
     const choice = choosePeerMode(routing, n);
+    // A block over this node's underlay subnet would take the underlay's own traffic (VXLAN's included) into the
+    // overlay, or replace the subnet's link route: such a node is refused whole, never routed.
+    const overUnderlay = routing.underlay.address === '0.0.0.0' ? [] : v4.filter((c) => overlapsUnderlay(routing.underlay, c));
+    if (overUnderlay.length > 0) {
+      s.peers.push({ ...choice, mode: 'refused', reason: `${n.node}'s blocks ${overUnderlay.join(', ')} overlap this node's underlay subnet ${formatIPv4(networkOf(parseIPv4(routing.underlay.address), routing.underlay.prefixLength))}/${routing.underlay.prefixLength}: no route to them is written` });
+      continue;
+    }
     if (v6.length > 0) {
       choice.ipv6 = routing.mode === 'direct' ? 'refused' : 'vxlan';
       if (choice.ipv6 === 'refused') {

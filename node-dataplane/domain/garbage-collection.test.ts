@@ -93,4 +93,9 @@ describe('planGarbageCollection', () => {
       for (const a of allocations) if (!valid.has(a.handle)) assert.ok(plan.release.includes(a), `kept stale ${a.handle}`);
     }
   });
+  it('without IPAM\'s answer, a veth that records no network (perhaps another network\'s live pod) is not removed', () => {
+    const input = { ...base, allocations: [], allocationsKnown: false, hostLinks: [...base.hostLinks, link('weft00000000004')] };
+    assert.deepEqual(planGarbageCollection(input), { removeLinks: ['weft00000000002'], release: [] });
+    assert.deepEqual(planGarbageCollection({ ...input, allocationsKnown: true }).removeLinks, ['weft00000000002', 'weft00000000004'], 'with IPAM\'s answer it holds no address: collected');
+  });
 });

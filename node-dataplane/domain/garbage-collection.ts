@@ -42,6 +42,11 @@ export interface GarbageCollectionInput {
   inFlightHostIfnames: ReadonlySet<string>;
   /** This node's live allocations, from IPAM. */
   allocations: readonly NodeAllocation[];
+  /**
+   * False when IPAM could not be asked: an empty `allocations` then says nothing, and a veth without a record (made
+   * before attachments recorded their network, perhaps another network's live pod) is not removed.
+   */
+  allocationsKnown?: boolean;
   /** The node's veth devices. */
   hostLinks: readonly HostLink[];
   /** The host interface name of a pod handle's attachment (hostIfnameFor). */
@@ -69,7 +74,7 @@ export function planGarbageCollection(input: GarbageCollectionInput): GarbageCol
   const candidates = input.allocations.filter((a) => isPodHandle(a) && !input.validHandles.has(a.handle) && !input.inFlightHandles.has(a.handle));
   /** Host interfaces of every live pod allocation: a veth without a record but with an address is a live attachment. */
   const allocated = new Set(input.allocations.filter(isPodHandle).map((a) => input.hostIfnameOf(a.handle)));
-  const ofNetwork = (l: HostLink) => (l.record ? isOfNetwork(l.record, input.network) : !allocated.has(l.name));
+  const ofNetwork = (l: HostLink) => (l.record ? isOfNetwork(l.record, input.network) : input.allocationsKnown !== false && !allocated.has(l.name));
   const removeLinks = [...links.values()]
     .filter((l) => !input.validHostIfnames.has(l.name) && !input.inFlightHostIfnames.has(l.name) && ofNetwork(l))
     .map((l) => l.name)

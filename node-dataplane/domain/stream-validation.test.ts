@@ -75,4 +75,7 @@ test('remote nodes: a DNS name, an IPv4 underlay address, a MAC and strict block
   assert.match(refused(checkRemoteNode({ ...n, underlayAddress: '192.0.2.12 dev lo' })) ?? '', /underlay address/);
   assert.match(refused(checkRemoteNode({ ...n, vtepMac: '02:57:c0:00:02' })) ?? '', /VTEP MAC/);
   assert.match(refused(checkRemoteNode({ ...n, blockCidrs: ['10.244.1.0/26', '10.244.2.1/26'] })) ?? '', /host bits/);
+  assert.match(refused(checkRemoteNode({ ...n, blockCidrs: ['0.0.0.0/0'] })) ?? '', /every address/, 'a route to it would replace the default route');
+  assert.match(refused(checkRemoteNode({ ...n, blockCidrs: ['::/0'] })) ?? '', /every address/);
+  assert.match(refused(checkRemoteNode({ ...n, blockCidrs: ['192.0.2.0/24'] })) ?? '', /its own underlay address/);
 });

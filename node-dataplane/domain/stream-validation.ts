@@ -1,4 +1,4 @@
-import { formatAddress, formatCidr, isMac, parseAddress, parseCidr, type Family } from '../../lib/net/ip.js';
+import { cidrContains, formatAddress, formatCidr, isMac, parseAddress, parseCidr, type Family } from '../../lib/net/ip.js';
 import type { RemoteNode } from './desired.js';
 import type { PodRules, PolicyEntry } from './network-policy.js';
 
@@ -167,6 +167,14 @@ export function checkRemoteNode(n: RemoteNode): Checked<RemoteNode> {
   for (const b of n.blockCidrs) {
     const c = checkCidr(b, `${n.node}'s block`);
     if (c.refused !== undefined) return { refused: c.refused };
+    // A route to a /0 would replace the node's default route; a block over the node's own underlay address would
+    // send the VXLAN packets meant for that node into the overlay. IPAM makes neither.
+    const parsed = parseCidr(c.value);
+    if (parsed.prefixLength === 0) return { refused: `${n.node}'s block ${show(b)} is every address; a pod block never is` };
+    const own = parseAddress(address.value);
+    if (parsed.family === own.family && cidrContains(parsed, own.family, own.value)) {
+      return { refused: `${n.node}'s block ${show(b)} holds its own underlay address ${address.value}` };
+    }
     blockCidrs.push(c.value);
   }
   return { value: { node: n.node, underlayAddress: address.value, vtepMac: n.vtepMac.toLowerCase(), blockCidrs } };

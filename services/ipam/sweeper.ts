@@ -51,6 +51,9 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
       }
       for (const d of departed) {
         if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
+        // Asked again just before the release: a node that registered again since (its agent came back) keeps all.
+        const still = (await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 })).nodes[0];
+        if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
         const gone = await o.repo.releaseNodeAllocationsBefore(d.name, d.departTime);
         if (gone.length > 0) o.logger.info('node departed: its allocations are released', { node: d.name, departed: d.departTime.toISOString(), released: gone.length });
       }

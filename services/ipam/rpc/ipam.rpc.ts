@@ -189,7 +189,7 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
     async garbageCollect(req) {
       const node = validateNodeName(req.node);
       const valid = req.validHandles.map(validateHandle);
-      return { released: (await repo.garbageCollect(node, valid)).map(toPbAllocation) };
+      return { released: (await repo.garbageCollect(node, valid, req.allocatedBefore)).map(toPbAllocation) };
     },
     async listAllocationHistory(req) {
       const limit = pageSize(req.pageSize, MAX_PAGE, MAX_PAGE);

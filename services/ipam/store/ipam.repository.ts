@@ -591,8 +591,9 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   }
 
   /** Releases the node's live allocations whose handles are not valid. One statement: a valid handle is never touched. */
-  async function garbageCollect(node: string, validHandles: string[]): Promise<Allocation[]> {
-    return withRetry(() => releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))`));
+  async function garbageCollect(node: string, validHandles: string[], allocatedBefore?: Date): Promise<Allocation[]> {
+    const before = allocatedBefore ? sql` AND a.allocated_at < ${allocatedBefore.toISOString()}::timestamptz` : sql``;
+    return withRetry(() => releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))${before}`));
   }
 
   /** Releases the node's live allocations made before `before` (the node departed then; later ones are a new life's). */
