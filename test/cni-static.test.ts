@@ -113,12 +113,12 @@ describe('weft-cni-static: the CNI plugin on a host without Node', () => {
     const after = snapshot(target);
     assert.ok(after.bytes.equals(final), 'the installed file is weft-cni-static');
     assert.equal(after.mode, 0o755);
-    assert.notEqual(after.ino, before.ino, 'replaced by a rename, not rewritten in place');
     for (const s of seen) {
       const old = s.ino === before.ino && s.size === before.bytes.length;
       const whole = s.ino === after.ino && s.size === final.length;
       assert.ok(old || whole, `a runtime could have seen a partial plugin: ${JSON.stringify(s)} (old ${before.bytes.length} bytes, new ${final.length})`);
     }
+    assert.notEqual(after.ino, before.ino, 'replaced by a rename, not rewritten in place');
     assert.deepEqual(readdirSync(binDir).sort(), ['bridge', 'multus', 'weft'], 'no temporary file left behind, nothing else added');
     assert.deepEqual(readdirSync(confDir).sort(), ['00-multus.conf', '05-istio-cni.conflist'], 'the init step writes no conflist');
     for (const [file, was] of Object.entries(othersBefore)) assert.deepEqual(snapshot(file), was, `${file} was touched`);
