@@ -6,21 +6,28 @@
  * installed file runs as a runtime runs it with no Node on its PATH and no node_modules anywhere near it.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { readState, type ClusterState } from '../cli/cluster/cluster.js';
+import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { createClient } from '../lib/grpc/client.js';
 import { AgentServiceService, type AttachRequest, type DetachRequest } from '../gen/weft/agent/v1/agent.js';
 import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-server.js';
 import { addService, createServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { silentLogger } from '../lib/logger.js';
+import { privilegedOrSkip } from './support/privileges.js';
+import { bin } from './support/processes.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const staticPlugin = path.join(root, 'dist/bin/weft-cni-static');
 const weft = path.join(root, 'dist/bin/weft');
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+const sh = promisify(execFile);
 
 interface Run {
   status: number | null;
@@ -29,9 +36,9 @@ interface Run {
 }
 
 /** Runs `file` as a runtime does: only the given environment (nothing inherited), the config on stdin, cwd /. */
-function runAsRuntime(file: string, env: Record<string, string>, stdin: string): Promise<Run> {
+function runAsRuntime(file: string, env: Record<string, string>, stdin: string, args: string[] = []): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, [], { env, cwd: '/', stdio: 'pipe' });
+    const child = args.length > 0 ? spawn(file, args, { env, cwd: '/', stdio: 'pipe' }) : spawn(file, [], { env, cwd: '/', stdio: 'pipe' });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -232,6 +239,59 @@ describe('weft-cni-static: the CNI plugin on a host without Node', () => {
         assert.equal(del.status, 0, del.stderr);
         assert.equal(del.stdout, '');
         assert.equal(detaches.at(-1)?.containerId, 'c0ffee');
+      });
+    });
+
+    describe('against a real agent on a local cluster', privilegedOrSkip(), () => {
+      let stateDir = '';
+      let state: ClusterState | null = null;
+
+      before(async () => {
+        stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-static-cluster-'));
+        chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
+        try {
+          await sh(bin.weft, ['cluster', 'up', '--nodes', '1', '--state-dir', stateDir], { timeout: 180_000 });
+        } finally {
+          if (existsSync(path.join(stateDir, 'state.json'))) state = readState(stateDir);
+        }
+      });
+      after(async () => {
+        const prefix = state?.prefix;
+        await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
+        rmSync(stateDir, { recursive: true, force: true });
+        if (prefix) {
+          const { stdout } = await sh('ip', ['netns', 'list']);
+          assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
+        }
+      });
+
+      it('ADD gives the pod an address from IPAM and DEL releases it, run in the node\'s namespace as its runtime runs it', async () => {
+        const node = state!.nodes[0]!;
+        const podNs = `${state!.prefix}-pod-static`;
+        await sh('ip', ['netns', 'add', podNs]);
+        const ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
+        try {
+          const base = { CNI_CONTAINERID: `static-${state!.prefix}`, CNI_NETNS: `/var/run/netns/${podNs}`, CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=static-0' };
+          const conf = JSON.stringify({ cniVersion: '1.1.0', name: 'weft', type: 'weft', agentSocket: node.socket });
+          // ip (by absolute path) enters the node's namespace and execs the plugin with only this environment.
+          const inNode = (extra: Record<string, string>) => runAsRuntime('/usr/sbin/ip', env({ ...base, ...extra }), conf, ['netns', 'exec', node.netns, plugin]);
+          const add = await inNode({ CNI_COMMAND: 'ADD' });
+          assert.equal(add.status, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+          const result = JSON.parse(add.stdout) as { ips: { address: string }[]; interfaces: { name: string; sandbox?: string }[] };
+          const address = result.ips[0]!.address.split('/')[0]!;
+          assert.equal(result.interfaces[1]!.sandbox, base.CNI_NETNS);
+          const held = async () => (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations.find((a) => a.handle === `${base.CNI_CONTAINERID}/eth0`);
+          assert.equal((await held())?.address, address, 'IPAM holds the address under the handle');
+          const { stdout } = await sh('ip', ['-n', podNs, '-j', 'addr', 'show', 'dev', 'eth0']);
+          assert.ok(stdout.includes(`"${address}"`), `eth0 in the pod lacks ${address}: ${stdout}`);
+
+          const del = await inNode({ CNI_COMMAND: 'DEL' });
+          assert.equal(del.status, 0, `DEL failed: ${del.stdout} ${del.stderr}`);
+          assert.equal(await held(), undefined, 'DEL released the address');
+        } finally {
+          ipam.close();
+          await sh('ip', ['netns', 'del', podNs]).catch(() => {});
+        }
       });
     });
   });
