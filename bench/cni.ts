@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AGENT_METRICS_PORT, clusterDown, clusterUp, networkConfig, runCni, type NodeState } from '../cli/cluster/cluster.js';
+import { AGENT_METRICS_PORT, clusterDown, clusterUp, networkConfig, runCni, runPluginInNetns, type NodeState } from '../cli/cluster/cluster.js';
 import { run } from '../lib/exec.js';
 import { median, ms, percentile, printTable, type Row } from './support.js';
 
@@ -15,12 +15,17 @@ import { median, ms, percentile, printTable, type Row } from './support.js';
  * plugin's phases (WEFT_CNI_TIMING=1 makes weft-cni print its phase marks on stderr: Node start-up and the bundle,
  * stdin, config, loading the agent client, connecting, the call, writing the result, and what remains of the wall
  * time: exit and `ip netns exec`), the agent's Attach steps (weft_agent_attach_phase_duration_seconds) and its Detach
- * steps (weft_agent_detach_phase_duration_seconds: deleting the veth, IPAM's Release). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3). Needs root and
+ * steps (weft_agent_detach_phase_duration_seconds: deleting the veth, IPAM's Release). Knobs: WEFT_BENCH_PODS (30), WEFT_BENCH_RUNS (3), WEFT_BENCH_CNI (the
+ * plugin file, e.g. dist/bin/weft-cni-static; default the local cluster's dist/bin/weft-cni). Needs root and
  * containernetworking-plugins (bench/install-deps.sh installs it).
  */
 const PODS = Number(process.env.WEFT_BENCH_PODS ?? 30);
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const REF = '/usr/lib/cni';
+const PLUGIN = process.env.WEFT_BENCH_CNI ? path.resolve(process.env.WEFT_BENCH_CNI) : '';
+/** Runs the plugin under test in the node's namespace, as the node's runtime would. */
+const runWeft = (node: NodeState, env: Record<string, string>, stdin: string) =>
+  PLUGIN ? runPluginInNetns(node.netns, PLUGIN, { CNI_PATH: REF, ...env }, stdin) : runCni(node, env, stdin);
 
 function timed(file: string, args: string[], env: Record<string, string>, stdin = ''): Promise<{ ms: number; code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
@@ -105,13 +110,13 @@ async function main() {
         try {
           const env = { CNI_CONTAINERID: `bench${r}x${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: REF };
           let t = performance.now();
-          const add = await runCni(node, { ...env, CNI_COMMAND: 'ADD', WEFT_CNI_TIMING: '1' }, networkConfig(node));
+          const add = await runWeft(node, { ...env, CNI_COMMAND: 'ADD', WEFT_CNI_TIMING: '1' }, networkConfig(node));
           const addMs = performance.now() - t;
           run1.weftAdd.push(addMs);
           if (add.exitCode !== 0) throw new Error(`weft-cni ADD failed: ${add.stdout}`);
           for (const [k, v] of Object.entries(pluginPhases(add.stderr, addMs))) runPhases[k]!.push(v);
           t = performance.now();
-          const del = await runCni(node, { ...env, CNI_COMMAND: 'DEL' }, networkConfig(node));
+          const del = await runWeft(node, { ...env, CNI_COMMAND: 'DEL' }, networkConfig(node));
           run1.weftDel.push(performance.now() - t);
           if (del.exitCode !== 0) throw new Error(`weft-cni DEL failed: ${del.stdout}`);
           const refEnv = { ...env, CNI_IFNAME: 'eth1', CNI_CONTAINERID: `ref${r}x${i}` };
@@ -123,7 +128,7 @@ async function main() {
           run1.refDel.push(rdel.ms);
           run1.bare.push((await timed('ip', ['netns', 'exec', node.netns, process.execPath, '-e', '0'], {})).ms);
           t = performance.now();
-          const version = await runCni(node, { CNI_COMMAND: 'VERSION' }, networkConfig(node));
+          const version = await runWeft(node, { CNI_COMMAND: 'VERSION' }, networkConfig(node));
           run1.version.push(performance.now() - t);
           if (version.exitCode !== 0) throw new Error(`weft-cni VERSION failed: ${version.stdout}`);
         } finally {

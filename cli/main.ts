@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ConfigError, describeSettings } from '../lib/config.js';
 import { createClient } from '../lib/grpc/client.js';
 import { createLogger } from '../lib/logger.js';
@@ -10,6 +11,7 @@ import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
 import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
+import { installCni } from '../node-dataplane/cni-install.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
@@ -21,6 +23,9 @@ const USAGE = `usage: weft <command> [options]
 
   up [--data-dir DIR] [--listen HOST:PORT]     run the control plane (IPAM + routes) on embedded PostgreSQL
                                                (DATABASE_URL selects an external server)
+  cni install --bin-dir DIR [--plugin FILE]     install the CNI plugin as DIR/weft, atomically, touching nothing else there
+                                               (the DaemonSet's init step; FILE: dist/bin/weft-cni-static, which needs
+                                               no Node on the host; the agent writes the conflist once it answers)
   cluster up --nodes N [--dual-stack] [--state-dir DIR]   build a local cluster of network namespaces (root);
                                                 --dual-stack: an IPv6 pool too, and every pod gets both families
   cluster down [--state-dir DIR]                remove it
@@ -131,6 +136,9 @@ async function main(argv: string[]): Promise<number> {
       file: { type: 'string', short: 'f' },
       labels: { type: 'string' },
       ports: { type: 'string' },
+      'bin-dir': { type: 'string' },
+      'conf-dir': { type: 'string' },
+      plugin: { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -162,6 +170,18 @@ async function main(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
+    return 0;
+  }
+
+  if (pos[0] === 'cni') {
+    if (cmd !== 'cni install' || !o['bin-dir']) throw new UsageError('usage: weft cni install --bin-dir DIR [--plugin FILE]');
+    if (o['conf-dir'] !== undefined) {
+      throw new UsageError('weft cni install installs the executable only: the agent writes the conflist once it answers (set WEFT_CNI_CONF_DIR on the agent), so no pod is sent to a plugin whose agent is not up');
+    }
+    const plugin = path.resolve(o.plugin ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni-static'));
+    const logger = createLogger({ component: 'cni-install' });
+    const r = await installCni({ binDir: path.resolve(o['bin-dir']), confDir: '', pluginSource: plugin, name: '', agentSocket: '', bandwidth: false }, logger);
+    print(json, r.plugin, () => `${r.plugin?.path}: ${r.plugin?.outcome} (from ${plugin})`);
     return 0;
   }
 

@@ -29,7 +29,7 @@ export async function installCni(opts: CniInstallOptions, logger: Logger): Promi
   const result: CniInstallResult = {};
   if (opts.binDir) {
     const plugin = await readFile(opts.pluginSource).catch((err: NodeJS.ErrnoException) => {
-      throw new Error(`cannot read the CNI plugin ${opts.pluginSource} to install it: ${err.code ?? err.message} (build it with npm run build)`);
+      throw new Error(`cannot read the CNI plugin ${opts.pluginSource} to install it: ${err.code ?? err.message} (build it with npm run build, and weft-cni-static with npm run build:cni-static)`);
     });
     const target = path.join(opts.binDir, PLUGIN_FILE);
     result.plugin = { path: target, outcome: await install(target, plugin, 0o755, 'WEFT_CNI_BIN_DIR') };
