@@ -6,7 +6,9 @@
 # portmap, bandwidth, tuning, loopback in /usr/lib/cni), which the conformance tests chain with weft-cni, and podman
 # with runc, conmon and busybox (test/podman.e2e.test.ts), and for the real Kubernetes API server the tests start
 # (scripts/kube/): golang-1.19 and dpkg-dev to build kube-apiserver 1.20.2 from Debian's source package, etcd-server for
-# its store, kubernetes-client for kubectl 1.20.2; all from Debian, without recommends.
+# its store; all from Debian, without recommends. (kubectl 1.20.2 is not installed: scripts/kube/build.sh takes it
+# from Debian's kubernetes-client into its cache, since that package's /usr/bin/kubectl collides with another
+# kubectl a machine may have, e.g. google-cloud-sdk's.)
 # Needs root to install; without root it only reports.
 set -euo pipefail
 need=()
@@ -25,7 +27,6 @@ for p in podman runc conmon busybox; do command -v $p >/dev/null 2>&1 || need+=(
 [ -x /usr/lib/go-1.19/bin/go ] || need+=(golang-1.19)
 command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then
