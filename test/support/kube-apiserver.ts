@@ -57,6 +57,7 @@ export interface KubeApiserver {
 
 const SERVICE_CIDR = '10.96.0.0/16';
 const live = new Set<ChildProcess>();
+const liveDirs = new Set<string>();
 let exitHookInstalled = false;
 
 function launch(file: string, args: string[], name: string): { child: ChildProcess; output: () => string } {
@@ -65,10 +66,18 @@ function launch(file: string, args: string[], name: string): { child: ChildProce
   child.once('exit', () => live.delete(child));
   if (!exitHookInstalled) {
     exitHookInstalled = true;
-    // A test that crashed before its after() hook ran must not leave a server behind.
-    process.once('exit', () => {
+    // A test that crashed before its after() hook ran, or was interrupted, must not leave a server behind.
+    const cleanUp = () => {
       for (const c of live) c.kill('SIGKILL');
-    });
+      for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
+    };
+    process.once('exit', cleanUp);
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(sig, () => {
+        cleanUp();
+        process.kill(process.pid, sig);
+      });
+    }
   }
   let out = '';
   const keep = (d: Buffer) => {
@@ -117,11 +126,13 @@ async function waitFor(what: string, deadline: number, check: () => Promise<bool
 
 export async function startKubeApiserver(opts: { timeoutMs?: number } = {}): Promise<KubeApiserver> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'weft-kube-'));
+  liveDirs.add(dir);
   const procs: { child: ChildProcess; output: () => string }[] = [];
   const logs = () => procs.map((p) => p.output()).join('\n');
   const stop = async () => {
     for (const p of procs.reverse()) await kill(p.child);
     rmSync(dir, { recursive: true, force: true });
+    liveDirs.delete(dir);
   };
   const died = (p: { child: ChildProcess }, name: string) => () =>
     p.child.exitCode !== null || p.child.signalCode !== null ? `${name} exited (${p.child.exitCode ?? p.child.signalCode})\n${logs()}` : null;
