@@ -55,7 +55,7 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
       const kind = o.kind.toLowerCase();
       assert.match(stdout, new RegExp(`^${kind}[^ ]*/${o.metadata.name} .*\\(server dry run\\)$`, 'm'), `${o.kind} ${o.metadata.name} in:\n${stdout}`);
     }
-    for (const kind of ['Deployment', 'DaemonSet', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ServiceAccount', 'ClusterRole']) {
+    for (const kind of ['Namespace', 'Deployment', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ConfigMap', 'ServiceAccount', 'ClusterRole', 'Role']) {
       assert.ok(rendered.some((o) => o.kind === kind), `deploy/ has a ${kind}`);
     }
     const { stdout: left } = await kube.kubectl(['get', 'deployments,daemonsets,services,configmaps', '-n', NS, '-o', 'name']);
