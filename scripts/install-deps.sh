@@ -4,7 +4,11 @@
 # socat (SCTP listeners and probes in test/policy-conformance.e2e.test.ts: Node has no SCTP sockets), kmod (modprobe,
 # to load the kernel's sctp module where it is a module), and Debian's reference CNI plugins (containernetworking-plugins:
 # portmap, bandwidth, tuning, loopback in /usr/lib/cni), which the conformance tests chain with weft-cni, and podman
-# with runc, conmon and busybox (test/podman.e2e.test.ts), all from Debian, without recommends.
+# with runc, conmon and busybox (test/podman.e2e.test.ts), and for the real Kubernetes API server the tests start
+# (scripts/kube/): golang-1.19 and dpkg-dev to build kube-apiserver 1.20.2 from Debian's source package, etcd-server for
+# its store; all from Debian, without recommends. (kubectl 1.20.2 is not installed: scripts/kube/build.sh takes it
+# from Debian's kubernetes-client into its cache, since that package's /usr/bin/kubectl collides with another
+# kubectl a machine may have, e.g. google-cloud-sdk's.)
 # Needs root to install; without root it only reports.
 set -euo pipefail
 need=()
@@ -20,6 +24,9 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v modprobe >/dev/null 2>&1 || need+=(kmod)
 for p in portmap bandwidth tuning loopback; do [ -x /usr/lib/cni/$p ] || need+=(containernetworking-plugins); done
 for p in podman runc conmon busybox; do command -v $p >/dev/null 2>&1 || need+=($p); done
+[ -x /usr/lib/go-1.19/bin/go ] || need+=(golang-1.19)
+command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then
