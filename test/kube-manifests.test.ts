@@ -3,7 +3,6 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, stringify } from 'yaml';
-import { renderConflist } from '../node-dataplane/domain/cni-conflist.js';
 import { kubeApiserverSkipReason, startKubeApiserver, type KubeApiserver } from './support/kube-apiserver.js';
 import { skipOutsideCi } from './support/privileges.js';
 
@@ -55,7 +54,7 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
       const kind = o.kind.toLowerCase();
       assert.match(stdout, new RegExp(`^${kind}[^ ]*/${o.metadata.name} .*\\(server dry run\\)$`, 'm'), `${o.kind} ${o.metadata.name} in:\n${stdout}`);
     }
-    for (const kind of ['Namespace', 'Deployment', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ConfigMap', 'ServiceAccount', 'ClusterRole', 'Role']) {
+    for (const kind of ['Namespace', 'Deployment', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ServiceAccount', 'ClusterRole', 'Role']) {
       assert.ok(rendered.some((o) => o.kind === kind), `deploy/ has a ${kind}`);
     }
     const { stdout: left } = await kube.kubectl(['get', 'deployments,daemonsets,services,configmaps', '-n', NS, '-o', 'name']);
@@ -150,8 +149,16 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
     await kube.kubectl(['auth', 'can-i', 'get', 'secrets', '-n', NS]);
   });
 
-  test('the conflist the DaemonSet installs is the one the agent renders', () => {
-    const cm = rendered.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'weft-cni') as Obj & { data: Record<string, string> };
-    assert.equal(cm.data['10-weft.conflist'], renderConflist({ name: 'weft', agentSocket: '/run/weft/agent.sock', bandwidth: false }));
+  test('the DaemonSet installs the self-contained plugin with `weft cni install` and leaves the conflist to the ready agent', () => {
+    type Container = { name: string; command?: string[]; env?: { name: string; value?: string }[]; volumeMounts?: { mountPath: string }[] };
+    const ds = rendered.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'weft-agent') as Obj & { spec: { template: { spec: { initContainers: Container[]; containers: Container[] } } } };
+    const [init] = ds.spec.template.spec.initContainers;
+    assert.deepEqual(init!.command?.slice(1), ['/opt/weft/dist/bin/weft', 'cni', 'install', '--bin-dir', '/host/opt/cni/bin', '--plugin', '/opt/weft/dist/bin/weft-cni-static']);
+    assert.deepEqual(init!.volumeMounts?.map((m) => m.mountPath), ['/host/opt/cni/bin'], 'the init step cannot write the conflist');
+    const agent = ds.spec.template.spec.containers.find((c) => c.name === 'agent')!;
+    const env = new Map((agent.env ?? []).map((e) => [e.name, e.value]));
+    assert.equal(env.get('WEFT_CNI_CONF_DIR'), '/host/etc/cni/net.d', 'the agent writes the conflist once its socket answers');
+    assert.equal(env.has('WEFT_CNI_BIN_DIR'), false, 'the agent does not overwrite the self-contained plugin with the Node script');
+    assert.ok(agent.volumeMounts?.some((m) => m.mountPath === '/host/etc/cni/net.d'));
   });
 });
