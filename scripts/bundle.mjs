@@ -6,6 +6,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { build } from 'esbuild';
+import { CNI_BUNDLE_OPTIONS } from './cni-bundle-options.mjs';
 
 /**
  * Packages the plugin must never contain: the runtime starts it once per pod operation, and loading these cost most
@@ -16,22 +17,9 @@ const FORBIDDEN_IN_PLUGIN = [/(^|\/)node_modules\/@grpc\//, /(^|\/)node_modules\
 const OUT = 'dist/bin/weft-cni';
 
 mkdirSync('dist/bin', { recursive: true });
-const result = await build({
-  entryPoints: ['cni/main.ts'],
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'cjs',
-  // The code runs in a vm.Script (see loaderFor), which has no loader for import(): every dynamic import, Node's own
-  // modules included (`node:net` where the pipe handle is not used), becomes a require.
-  supported: { 'dynamic-import': false },
-  outfile: OUT,
-  write: false,
-  minify: true,
-  sourcemap: false,
-  metafile: true,
-  logLevel: 'warning',
-});
+// The code runs in a vm.Script (see loaderFor), which has no loader for import(): every dynamic import, Node's own
+// modules included (`node:net` where the pipe handle is not used), becomes a require (CNI_BUNDLE_OPTIONS).
+const result = await build({ ...CNI_BUNDLE_OPTIONS, outfile: OUT, sourcemap: false });
 const inputs = Object.keys(result.metafile.outputs[OUT].inputs);
 const isForbidden = (f) => FORBIDDEN_IN_PLUGIN.some((re) => re.test(f));
 const forbidden = inputs.filter(isForbidden);

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { build } from 'esbuild';
 import { inject } from 'postject';
+import { CNI_BUNDLE_OPTIONS } from './cni-bundle-options.mjs';
 
 const OUT = 'dist/bin/weft-cni-static';
 /** The fuse Node checks for an injected blob (nodejs.org/api/single-executable-applications.html). */
@@ -20,16 +21,7 @@ try {
   // The same bundle as dist/bin/weft-cni (scripts/bundle.mjs): CommonJS, no dynamic import (an SEA's main script
   // has a require for Node's own modules only, and no import()), nothing from node_modules left outside.
   const result = await build({
-    entryPoints: ['cni/main.ts'],
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'cjs',
-    supported: { 'dynamic-import': false },
-    minify: true,
-    write: false,
-    metafile: true,
-    logLevel: 'warning',
+    ...CNI_BUNDLE_OPTIONS,
     // The executable carries the Node it runs on, so the pipe handle's internals are those the code was built
     // against (cni/agent.ts checks builtWith); the code cache is the SEA's own (useCodeCache).
     banner: { js: `globalThis[Symbol.for("weft-cni.builtWith")]=process.version;globalThis[Symbol.for("weft-cni.codeCache")]="sea";` },

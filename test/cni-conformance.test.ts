@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -29,7 +29,7 @@ import {
   type StatusResponse,
 } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService, type Allocation } from '../gen/weft/ipam/v1/ipam.js';
-import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
 import { DomainError, type ErrorKind } from '../lib/errors.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-server.js';
@@ -38,6 +38,7 @@ import { silentLogger } from '../lib/logger.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { ChainError, createChainRunner, type CniResultDoc, type NetworkConfigList, type RuntimeConf } from './support/cni-chain.js';
 import { privilegedOrSkip, skipOutsideCi } from './support/privileges.js';
+import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { bin, startUntil, type Started } from './support/processes.js';
 
 const plugin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni');
@@ -492,13 +493,13 @@ describe('weft-cni, run as a runtime runs it', () => {
 });
 
 describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(), () => {
-  let stateDir = '';
+  let cluster: TestCluster | undefined;
   let state: ClusterState | null = null;
+  let stateDir = '';
   let node: NodeState;
   let ipam: PromiseClient<typeof IpamServiceService>;
   let podCount = 0;
   let chainDir = '';
-  let xtablesLockExisted = true;
 
   interface Pod { containerId: string; netns: string; netnsName: string; ifname: string }
 
@@ -540,25 +541,20 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   const addressOf = (result: Record<string, unknown>) => String((result.ips as { address: string }[])[0]!.address).split('/')[0]!;
 
   before(async () => {
-    xtablesLockExisted = existsSync('/run/xtables.lock');
     // CNI_PATH for chains: Weft installed as `weft` (its type), as a runtime finds it, then Debian's reference plugins.
     chainDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-chain-'));
     mkdirSync(path.join(chainDir, 'bin'));
     symlinkSync(plugin, path.join(chainDir, 'bin', 'weft'));
-    stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-cluster-'));
-    chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
-    try {
-      await sh(bin.weft, ['cluster', 'up', '--nodes', '1', '--state-dir', stateDir], { timeout: 180_000 });
-    } finally {
-      if (existsSync(path.join(stateDir, 'state.json'))) state = readState(stateDir);
-    }
-    node = state!.nodes[0]!;
+    const started = bringUpTestCluster('cni-cluster');
+    cluster = started.cluster;
+    stateDir = cluster.stateDir;
+    state = await started.up;
+    node = state.nodes[0]!;
     ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
   });
 
   after(async () => {
     ipam?.close();
-    const prefix = state?.prefix;
     if (state) {
       try {
         process.kill(state.controlPlane.pid, 'SIGCONT'); // in case the STATUS test stopped it
@@ -566,15 +562,8 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         // not running
       }
     }
-    await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
-    rmSync(stateDir, { recursive: true, force: true });
     if (chainDir) rmSync(chainDir, { recursive: true, force: true });
-    // iptables (run by portmap inside the node's namespace) creates its lock file on the shared /run.
-    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
-    if (prefix) {
-      const { stdout } = await sh('ip', ['netns', 'list']);
-      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
-    }
+    await takeDownTestCluster(cluster);
   });
 
   for (const version of VERSIONS) {

@@ -6,36 +6,32 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
-import { readState, runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { privilegedOrSkip } from './support/privileges.js';
 import { startSqlShellInNetns } from './support/sql-shell.js';
-import { bin } from './support/processes.js';
+import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 
 const sh = promisify(execFile);
 
 describe('weft-cni error codes a runtime can act on, against a real agent', privilegedOrSkip(), () => {
-  let stateDir = '';
-  let state: ClusterState | null = null;
+  let cluster: TestCluster | undefined;
+  let state: ClusterState;
   let node: NodeState;
   let ipam: PromiseClient<typeof IpamServiceService>;
-  let xtablesLockExisted = true;
   let podCount = 0;
 
   interface Pod { containerId: string; netns: string; netnsName: string }
 
   async function newPod(label: string): Promise<Pod> {
-    const netnsName = `${state!.prefix}-pod-${label}`;
+    const netnsName = `${state.prefix}-pod-${label}`;
     await sh('ip', ['netns', 'add', netnsName]);
-    return { containerId: `${label}-${++podCount}-${state!.prefix}`, netns: `/var/run/netns/${netnsName}`, netnsName };
+    return { containerId: `${label}-${++podCount}-${state.prefix}`, netns: `/var/run/netns/${netnsName}`, netnsName };
   }
   const dropPod = (p: Pod) => sh('ip', ['netns', 'del', p.netnsName]).catch(() => {});
 
@@ -62,29 +58,29 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     (await sh('ip', ['-n', node.netns, 'link', 'show'])).stdout.includes(hostIfnameFor(p.containerId, 'eth0'));
 
   before(async () => {
-    xtablesLockExisted = existsSync('/run/xtables.lock');
-    stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-codes-'));
-    chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
-    try {
-      await sh(bin.weft, ['cluster', 'up', '--nodes', '1', '--state-dir', stateDir], { timeout: 180_000 });
-    } finally {
-      if (existsSync(path.join(stateDir, 'state.json'))) state = readState(stateDir);
-    }
-    node = state!.nodes[0]!;
-    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
+    const started = bringUpTestCluster('cni-codes');
+    cluster = started.cluster;
+    state = await started.up;
+    node = state.nodes[0]!;
+    ipam = createClient(IpamServiceService, `unix://${state.controlPlane.socket}`);
   });
 
   after(async () => {
     ipam?.close();
-    const prefix = state?.prefix;
-    await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
-    rmSync(stateDir, { recursive: true, force: true });
-    if (!xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
-    if (prefix) {
-      const { stdout } = await sh('ip', ['netns', 'list']);
-      assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
-    }
+    await takeDownTestCluster(cluster);
   });
+
+  /**
+   * A session in the control plane's database holding the locks an Allocate for the node needs (the node's blocks,
+   * and the claim lock for a node without one), until the test commits it: IPAM's answer is delayed at will.
+   */
+  async function holdAllocateLocks() {
+    const db = await startSqlShellInNetns(state.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    await db.query('BEGIN');
+    await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+    await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
+    return db;
+  }
 
   it('a network config naming an unknown pool is code 7 (invalid network config) naming the pool, and changes nothing', async () => {
     const pod = await newPod('nopool');
@@ -134,11 +130,8 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     // the Allocate needs (the node's blocks, and the claim lock for a node without one) in the control plane's
     // database past that, so the Allocate commits only after the agent's release: that release must fence it.
     const pod = await newPod('late');
-    const db = await startSqlShellInNetns(state!.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    const db = await holdAllocateLocks();
     try {
-      await db.query('BEGIN');
-      await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
       const started = Date.now();
       const adding = cni('ADD', pod, netconf());
       await sleep(started + 22_000 - Date.now());
@@ -165,11 +158,8 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     // A runtime whose ADD timed out runs DEL while the agent's ADD is still waiting for IPAM. The DEL must not answer
     // before that ADD has ended: otherwise the ADD attaches the pod afterwards and its address is never released.
     const pod = await newPod('racing');
-    const db = await startSqlShellInNetns(state!.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    const db = await holdAllocateLocks();
     try {
-      await db.query('BEGIN');
-      await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
       const adding = cni('ADD', pod, netconf());
       await sleep(1500);
       let delEnded = 0;

@@ -7,13 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { readState, type ClusterState } from '../cli/cluster/cluster.js';
+import type { ClusterState } from '../cli/cluster/cluster.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { createClient } from '../lib/grpc/client.js';
 import { AgentServiceService, type AttachRequest, type DetachRequest } from '../gen/weft/agent/v1/agent.js';
@@ -21,6 +21,7 @@ import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-serve
 import { addService, createServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { silentLogger } from '../lib/logger.js';
 import { privilegedOrSkip } from './support/privileges.js';
+import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { bin } from './support/processes.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -243,27 +244,15 @@ describe('weft-cni-static: the CNI plugin on a host without Node', () => {
     });
 
     describe('against a real agent on a local cluster', privilegedOrSkip(), () => {
-      let stateDir = '';
+      let cluster: TestCluster | undefined;
       let state: ClusterState | null = null;
 
       before(async () => {
-        stateDir = mkdtempSync(path.join(tmpdir(), 'weft-cni-static-cluster-'));
-        chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
-        try {
-          await sh(bin.weft, ['cluster', 'up', '--nodes', '1', '--state-dir', stateDir], { timeout: 180_000 });
-        } finally {
-          if (existsSync(path.join(stateDir, 'state.json'))) state = readState(stateDir);
-        }
+        const started = bringUpTestCluster('cni-static-cluster');
+        cluster = started.cluster;
+        state = await started.up;
       });
-      after(async () => {
-        const prefix = state?.prefix;
-        await sh(bin.weft, ['cluster', 'down', '--state-dir', stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
-        rmSync(stateDir, { recursive: true, force: true });
-        if (prefix) {
-          const { stdout } = await sh('ip', ['netns', 'list']);
-          assert.ok(!stdout.includes(prefix), `namespaces left behind:\n${stdout}`);
-        }
-      });
+      after(() => takeDownTestCluster(cluster));
 
       it('ADD gives the pod an address from IPAM and DEL releases it, run in the node\'s namespace as its runtime runs it', async () => {
         const node = state!.nodes[0]!;
