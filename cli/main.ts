@@ -14,6 +14,7 @@ import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, 
 import { installCni } from '../node-dataplane/cni-install.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
+import { kubeControllerSettings } from '../kube-controller/config.js';
 import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage; `policy explain` exits 3 when the connection is denied. */
@@ -23,6 +24,8 @@ const USAGE = `usage: weft <command> [options]
 
   up [--data-dir DIR] [--listen HOST:PORT]     run the control plane (IPAM + routes) on embedded PostgreSQL
                                                (DATABASE_URL selects an external server)
+  kube-controller                              keep Weft in line with a Kubernetes cluster's API server (Nodes, Namespaces,
+                                               Pods, NetworkPolicies, admin policies; settings below)
   cni install --bin-dir DIR [--plugin FILE]     install the CNI plugin as DIR/weft, atomically, touching nothing else there
                                                (the DaemonSet's init step; FILE: dist/bin/weft-cni-static, which needs
                                                no Node on the host; the agent writes the conflist once it answers)
@@ -33,6 +36,8 @@ const USAGE = `usage: weft <command> [options]
   cluster node add                              add one more node to the running cluster
   cluster pod add NODE POD [--namespace NS] [--labels k=v,...] [--ports name:port/proto,...] [--json]
                                                 attach a pod through the real weft-cni and report it to policy
+  cluster pod add NODE POD --namespace NS --uid UID   attach a Kubernetes pod as its kubelet's runtime would
+                                                (K8S_POD_UID); its labels and ports come from weft kube-controller
   cluster pod del NS/POD | POD [--namespace NS] detach it (pods are NAMESPACE/NAME; default namespace: default)
   cluster ns add NS [--labels k=v,...]          label a namespace for policy
   policy apply -f FILE [--namespace NS]         apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON)
@@ -66,6 +71,9 @@ const USAGE = `usage: weft <command> [options]
 
 settings of \`weft up\` (environment):
 ${describeSettings(controlPlaneSettings)}
+
+settings of \`weft kube-controller\` (environment):
+${describeSettings(kubeControllerSettings)}
 `;
 
 /** Runs `fn` with a policy service client, closed afterwards. */
@@ -136,6 +144,7 @@ async function main(argv: string[]): Promise<number> {
       file: { type: 'string', short: 'f' },
       labels: { type: 'string' },
       ports: { type: 'string' },
+      uid: { type: 'string' },
       'bin-dir': { type: 'string' },
       'conf-dir': { type: 'string' },
       plugin: { type: 'string' },
@@ -148,6 +157,14 @@ async function main(argv: string[]): Promise<number> {
   const stateDir = path.resolve(o['state-dir'] ?? process.env.WEFT_CLUSTER_DIR ?? '/run/weft-cluster');
   const cmd = pos.join(' ');
   const json = o.json ?? false;
+
+  if (pos[0] === 'kube-controller') {
+    if (pos.length !== 1) throw new UsageError('usage: weft kube-controller (settings in the environment; see weft --help)');
+    // Loaded only here: the Kubernetes client is large, and no other command needs it.
+    const { runKubeController } = await import('../kube-controller/main.js');
+    await runKubeController();
+    await new Promise<void>(() => {}); // runs until SIGTERM or SIGINT
+  }
 
   if (pos[0] === 'up') {
     const config = loadControlPlaneConfig({ dataDir: o['data-dir'], listen: o.listen });
@@ -212,12 +229,17 @@ async function main(argv: string[]): Promise<number> {
     }
     if (pos[1] === 'pod' && pos[2] === 'add') {
       if (pos.length !== 5) throw new UsageError('usage: weft cluster pod add NODE POD [--namespace NS] [--labels k=v,...] [--ports name:port/proto,...]');
+      if (o.uid !== undefined && (o.labels !== undefined || o.ports !== undefined)) {
+        throw new UsageError('weft cluster pod add --uid attaches a Kubernetes pod, whose labels and ports come from its Pod object (weft kube-controller): leave out --labels and --ports');
+      }
       const labels = parseLabelsFlag(o.labels);
       const ports = parsePortsFlag(o.ports);
-      const p = await podAdd(stateDir, pos[3]!, pos[4]!, o.namespace ?? 'default');
-      // What a Kubernetes controller would report: the pod's labels and named ports, for policy.
-      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) =>
-        policy.upsertPod({ pod: { namespace: p.namespace, name: p.name, labels, node: p.node, addresses: p.addresses, ports } }, { timeoutMs: 10_000 }));
+      const p = await podAdd(stateDir, pos[3]!, pos[4]!, o.namespace ?? 'default', { uid: o.uid });
+      // Without --uid, what a Kubernetes controller would report: the pod's labels and named ports, for policy.
+      if (o.uid === undefined) {
+        await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) =>
+          policy.upsertPod({ pod: { namespace: p.namespace, name: p.name, labels, node: p.node, addresses: p.addresses, ports } }, { timeoutMs: 10_000 }));
+      }
       print(json, p, () => `pod ${p.namespace}/${p.name} on ${p.node}: ${p.addresses.join(', ')} (${p.netns})`);
       return 0;
     }

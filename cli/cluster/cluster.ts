@@ -321,10 +321,15 @@ export function networkConfig(node: NodeState): string {
 }
 
 /** Pods are NAMESPACE/NAME, as in Kubernetes: the same name may exist once in each namespace. */
-export async function podAdd(stateDir: string, nodeName: string, pod: string, namespace = 'default'): Promise<PodState> {
+/**
+ * Attaches a pod through the real weft-cni on `nodeName`, as a container runtime does. `uid`: the Kubernetes pod's UID,
+ * passed as K8S_POD_UID (what a kubelet's runtime sends), at most 128 of a-z A-Z 0-9 -.
+ */
+export async function podAdd(stateDir: string, nodeName: string, pod: string, namespace = 'default', opts: { uid?: string } = {}): Promise<PodState> {
   const state = readState(stateDir);
   validatePodName(pod);
   validateNamespace(namespace);
+  if (opts.uid !== undefined && !/^[A-Za-z0-9-]{1,128}$/.test(opts.uid)) throw new Error(`pod UID ${JSON.stringify(opts.uid)} is invalid: expected 1 to 128 of a-z A-Z 0-9 -`);
   const node = state.nodes.find((n) => n.name === nodeName);
   if (!node) throw new Error(`no node ${nodeName}; nodes: ${state.nodes.map((n) => n.name).join(', ')}`);
   if (state.pods.some((p) => p.namespace === namespace && p.name === pod)) throw new Error(`pod ${namespace}/${pod} already exists`);
@@ -334,7 +339,7 @@ export async function podAdd(stateDir: string, nodeName: string, pod: string, na
   const netns = `/var/run/netns/${netnsName}`;
   const out = await runCni(node, {
     CNI_COMMAND: 'ADD', CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${pod}`,
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${pod}${opts.uid ? `;K8S_POD_UID=${opts.uid}` : ''}`,
   }, networkConfig(node));
   if (out.exitCode !== 0) {
     await run('ip', ['netns', 'del', netnsName]).catch(() => {});

@@ -51,6 +51,13 @@ export interface KubeApiserver {
   kubectl(args: string[], opts?: { input?: string }): Promise<{ stdout: string; stderr: string }>;
   /** Kills kube-apiserver and etcd and removes their folder. */
   stop(): Promise<void>;
+  /** Kills kube-apiserver (etcd and its data stay) and starts it again on the same port; resolves once it is ready. */
+  restartApiserver(): Promise<void>;
+  /**
+   * Compacts etcd's history up to its current revision: a watch that resumes from an older resource version is then
+   * answered 410 Gone (with `--watch-cache=false`, which sends watches to etcd), as after a long disconnection.
+   */
+  compactEtcd(): Promise<number>;
   /** The last lines of both processes' output, for failure messages. */
   logs(): string;
 }
@@ -124,7 +131,22 @@ async function waitFor(what: string, deadline: number, check: () => Promise<bool
   }
 }
 
-export async function startKubeApiserver(opts: { timeoutMs?: number } = {}): Promise<KubeApiserver> {
+/** POST a JSON body to etcd's gRPC gateway (v3 API over HTTP). */
+function etcdPost(url: string, body: object): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, timeout: 5000 }, (res) => {
+      let text = '';
+      res.on('data', (d) => (text += d));
+      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(text) as Record<string, unknown>) : reject(new Error(`etcd ${url}: ${res.statusCode} ${text}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+/** `extraArgs`: more kube-apiserver flags (e.g. `--watch-cache=false`). */
+export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?: string[] } = {}): Promise<KubeApiserver> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'weft-kube-'));
   liveDirs.add(dir);
   const procs: { child: ChildProcess; output: () => string }[] = [];
@@ -165,8 +187,7 @@ export async function startKubeApiserver(opts: { timeoutMs?: number } = {}): Pro
 
     await waitFor('etcd', deadline, async () => (await get(`${etcdUrl}/health`)).body.includes('"health":"true"'), died(etcd, 'etcd'));
 
-    const launchedAt = Date.now();
-    const apiserver = launch(kubeBinaries.apiserver, [
+    const apiserverArgs = [
       `--etcd-servers=${etcdUrl}`,
       '--bind-address=127.0.0.1', '--advertise-address=127.0.0.1', `--secure-port=${securePort}`,
       '--insecure-port=0', // 1.20 still serves plain HTTP on localhost:8080 unless told not to
@@ -179,15 +200,33 @@ export async function startKubeApiserver(opts: { timeoutMs?: number } = {}): Pro
       '--api-audiences=https://kubernetes.default.svc.cluster.local',
       `--service-cluster-ip-range=${SERVICE_CIDR}`,
       '--profiling=false', '--logtostderr=true', '--v=0',
-    ], 'kube-apiserver');
-    procs.push(apiserver);
+      ...(opts.extraArgs ?? []),
+    ];
     const server = `https://127.0.0.1:${securePort}`;
     const ca = readFileSync(crt);
-    await waitFor('kube-apiserver', deadline, async () => {
-      const r = await get(`${server}/readyz`, { ca, headers: { authorization: `Bearer ${adminToken}` } });
-      return r.status === 200 && r.body.trim() === 'ok';
-    }, died(apiserver, 'kube-apiserver'));
-    const readyMs = Date.now() - launchedAt;
+    let apiserver: { child: ChildProcess; output: () => string };
+    const startApiserver = async (until: number) => {
+      const launchedAt = Date.now();
+      apiserver = launch(kubeBinaries.apiserver, apiserverArgs, 'kube-apiserver');
+      procs.push(apiserver);
+      await waitFor('kube-apiserver', until, async () => {
+        const r = await get(`${server}/readyz`, { ca, headers: { authorization: `Bearer ${adminToken}` } });
+        return r.status === 200 && r.body.trim() === 'ok';
+      }, died(apiserver, 'kube-apiserver'));
+      return Date.now() - launchedAt;
+    };
+    const readyMs = await startApiserver(deadline);
+    const restartApiserver = async () => {
+      await kill(apiserver.child);
+      procs.splice(procs.indexOf(apiserver), 1);
+      await startApiserver(Date.now() + (opts.timeoutMs ?? 60_000));
+    };
+    const compactEtcd = async () => {
+      const r = await etcdPost(`${etcdUrl}/v3/kv/range`, { key: Buffer.from('/').toString('base64') });
+      const revision = Number((r.header as { revision: string }).revision);
+      await etcdPost(`${etcdUrl}/v3/kv/compaction`, { revision, physical: true });
+      return revision;
+    };
 
     const kubeconfig = path.join(dir, 'kubeconfig');
     writeFileSync(kubeconfig, JSON.stringify({
@@ -198,7 +237,7 @@ export async function startKubeApiserver(opts: { timeoutMs?: number } = {}): Pro
     }), { mode: 0o600 });
 
     return {
-      server, kubeconfig, adminToken, readyMs, logs, stop,
+      server, kubeconfig, adminToken, readyMs, logs, stop, restartApiserver, compactEtcd,
       kubectl: (args, o = {}) => {
         const p = run(kubeBinaries.kubectl, [`--kubeconfig=${kubeconfig}`, ...args], { maxBuffer: 64 << 20, timeout: 60_000 });
         if (o.input !== undefined) {
