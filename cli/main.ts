@@ -43,6 +43,7 @@ const USAGE = `usage: weft <command> [options]
   policy apply -f FILE [--namespace NS]         apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON)
   policy explain FROM TO PORT[/PROTO]           allowed or denied, and the rule that decided (FROM, TO: ns/pod or IP; exit 3 when denied)
   policy list [--namespace NS]    policy delete KIND [NS/]NAME
+  policy pods [--namespace NS] [--json]         the pods policy selects: node, addresses, labels (undescribed: only attached)
   cluster agent stop|start|restart NODE [--kill]   stop (SIGTERM, or SIGKILL with --kill), start or restart a node's agent
   cluster control-plane restart                 restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
@@ -345,13 +346,21 @@ async function main(argv: string[]): Promise<number> {
           policies.length ? policies.map((p) => `${p.ref!.kind.padEnd(28)} ${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}`).join('\n') : 'no policies');
         return 0;
       }
+      if (pos[1] === 'pods' && pos.length === 2) {
+        const pods = await everyPage((pageToken) => policy.listPods({ namespace: o.namespace ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
+          .then((r) => ({ items: r.pods, next: r.nextPageToken })));
+        const labels = (l: Record<string, string>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(',') || '-';
+        print(json, pods, () => pods.length ? pods.map((p) => [`${p.namespace}/${p.name}`.padEnd(32), (p.node || '-').padEnd(12), (p.addresses.join(',') || '-').padEnd(28),
+          labels(p.labels), p.described ? '' : ' (undescribed: attached, no labels yet)'].join(' ').trimEnd()).join('\n') : 'no pods');
+        return 0;
+      }
       if (pos[1] === 'delete' && pos.length === 4) {
         const [ns, name] = pos[3]!.includes('/') ? pos[3]!.split('/', 2) : [o.namespace ?? 'default', pos[3]!];
         const { deleted } = await policy.deletePolicy({ policy: { kind: pos[2]!, namespace: pos[2] === 'NetworkPolicy' ? ns! : '', name: name! } }, { timeoutMs: 10_000 });
         print(json, { deleted }, () => (deleted ? `${pos[2]} ${pos[3]} deleted` : `no ${pos[2]} ${pos[3]}`));
         return deleted ? 0 : 1;
       }
-      throw new UsageError('usage: weft policy apply -f FILE | explain FROM TO PORT[/PROTO] | list [--namespace NS] | delete KIND [NS/]NAME');
+      throw new UsageError('usage: weft policy apply -f FILE | explain FROM TO PORT[/PROTO] | list [--namespace NS] | pods [--namespace NS] | delete KIND [NS/]NAME');
     });
   }
 

@@ -104,3 +104,19 @@ test('a YAML syntax error is a usage error with the line; an invalid policy fail
   assert.doesNotMatch((await weft('policy', 'list')).stdout, /ok-one/, 'the valid object was not applied either');
   assert.equal((await fails(['policy', 'explain', 'shop/web', 'shop/db', 'http'])).code, 2);
 });
+
+test('weft policy pods lists the pods policy selects, of one namespace or all, as text or JSON', async () => {
+  const policy = createClient(PolicyServiceService, cp.address);
+  try {
+    await policy.attachPod({ namespace: 'ops', name: 'probe', node: 'n3', containerId: 'cli-c1', addresses: ['10.244.2.10'], resync: false });
+  } finally {
+    policy.close();
+  }
+  const { stdout } = await weft('policy', 'pods');
+  assert.deepEqual(stdout.trim().split('\n').map((l) => l.split(/\s+/).slice(0, 4).join(' ')), [
+    'ops/probe n3 10.244.2.10 -', 'shop/db n2 10.244.1.10 app=db', 'shop/web n1 10.244.0.10 app=web',
+  ]);
+  assert.match(stdout, /ops\/probe .*\(undescribed: attached, no labels yet\)/);
+  const shop = JSON.parse((await weft('policy', 'pods', '--namespace', 'shop', '--json')).stdout) as { name: string; described: boolean; ports: { name: string }[] }[];
+  assert.deepEqual(shop.map((p) => [p.name, p.described, p.ports.map((x) => x.name)]), [['db', true, []], ['web', true, ['http']]]);
+});

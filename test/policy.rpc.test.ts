@@ -1,6 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
+import pg from 'pg';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
@@ -197,4 +198,172 @@ test('AttachPod and DetachPod: an agent\'s reports keep the controller\'s labels
   await assert.rejects(policy.attachPod({ namespace: 'att', name: 'x', node: 'n', containerId: 'c9', addresses: ['10.244.7.300'], resync: false }), invalid(/^addresses\[0\]: /));
   await assert.rejects(policy.attachPod({ namespace: 'Att', name: 'x', node: 'n', containerId: 'c9', addresses: ['10.244.7.9'], resync: false }), invalid(/^namespace: /));
   await assert.rejects(policy.detachPod({ containerId: '' }), invalid(/^container_id: /));
+});
+
+/** Reads a node's compiled rules once (the first, complete message of a WatchNodePolicy stream). */
+async function compiledOn(node: string) {
+  const stop = new AbortController();
+  const stream = policy.watchNodePolicy({ node, sinceRevision: 0 }, { signal: stop.signal })[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const r = await stream.next();
+      assert.ok(!r.done);
+      if (!r.value.bookmark) return r.value;
+    }
+  } finally {
+    stop.abort();
+    await stream.return?.(undefined).catch(() => {});
+  }
+}
+
+const listAllPods = async (namespace: string, pageSize: number) => {
+  const pods: Awaited<ReturnType<typeof policy.listPods>>['pods'] = [];
+  let pageToken = '';
+  let pages = 0;
+  do {
+    const page = await policy.listPods({ namespace, pageSize, pageToken });
+    assert.ok(page.pods.length <= pageSize, `a page holds at most page_size pods, not ${page.pods.length}`);
+    pods.push(...page.pods);
+    pageToken = page.nextPageToken;
+    pages++;
+  } while (pageToken);
+  return { pods, pages };
+};
+
+test('UpsertPod with keep_attachment (a controller) after AttachPod: labels and ports set, the attachment\'s node and addresses kept, the rules select the pod', async () => {
+  await policy.upsertNamespace({ name: 'kc', labels: {} });
+  await policy.applyPolicies({ objectsJson: [np('kc', 'web-from-client', { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'client' } } }], ports: [{ port: 'http' }] }] })] });
+  await policy.attachPod({ namespace: 'kc', name: 'web', node: 'kcnode1', containerId: 'kc-s1', addresses: ['10.244.20.1'], resync: false });
+  await policy.attachPod({ namespace: 'kc', name: 'client', node: 'kcnode2', containerId: 'kc-s2', addresses: ['10.244.20.2'], resync: false });
+  const npEntries = (p: { ingress: { tier: string; action: string; peerSet: string; portFrom: number }[] }) => p.ingress.filter((e) => e.tier === 'networkpolicy');
+  const undescribed = await compiledOn('kcnode1');
+  assert.deepEqual(undescribed.pods.map((p) => [p.name, p.addresses, npEntries(p).length]), [['web', ['10.244.20.1'], 0]], 'without labels no policy selects web');
+
+  // The controller knows labels, named ports and spec.nodeName (here a stale one), not the addresses.
+  const web = await policy.upsertPod({ pod: { namespace: 'kc', name: 'web', labels: { app: 'web' }, node: 'kcnode9', addresses: [], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] }, keepAttachment: true });
+  await policy.upsertPod({ pod: { namespace: 'kc', name: 'client', labels: { app: 'client' }, node: 'kcnode2', addresses: [], ports: [] }, keepAttachment: true });
+  const described = await compiledOn('kcnode1');
+  const [w] = described.pods;
+  assert.deepEqual([w?.name, w?.addresses], ['web', ['10.244.20.1']], 'web stays on its attachment\'s node with its address');
+  assert.deepEqual(npEntries(w!).map((e) => [e.action, e.portFrom]), [['allow', 8080], ['deny', 0]], 'the policy selects web by its label, the named port resolved');
+  assert.deepEqual(described.sets.find((s) => s.name === npEntries(w!)[0]!.peerSet)?.cidrs, ['10.244.20.2/32'], 'the peer set holds client by its label and attached address');
+  const allowed = await policy.explain({ from: '10.244.20.2', to: '10.244.20.1', port: 8080 });
+  assert.deepEqual([allowed.allowed, allowed.ingress!.policy], [true, 'NetworkPolicy/kc/web-from-client']);
+  assert.ok(allowed.revision >= web.revision);
+
+  const { pods } = await listAllPods('kc', 10);
+  assert.deepEqual(pods.map((p) => [p.name, p.node, p.addresses, p.described, p.containerId, p.labels, p.ports.map((x) => x.name)]), [
+    ['client', 'kcnode2', ['10.244.20.2'], true, 'kc-s2', { app: 'client' }, []],
+    ['web', 'kcnode1', ['10.244.20.1'], true, 'kc-s1', { app: 'web' }, ['http']],
+  ]);
+
+  await assert.rejects(policy.upsertPod({ pod: { namespace: 'kc', name: 'web', labels: {}, node: 'kcnode1', addresses: ['10.244.20.1'], ports: [] }, keepAttachment: true }),
+    invalid(/^pod\.addresses: must be empty with keep_attachment/));
+  // Without keep_attachment, UpsertPod still replaces node and addresses.
+  await policy.upsertPod({ pod: { namespace: 'kc', name: 'client', labels: { app: 'client' }, node: 'kcnode3', addresses: ['10.244.20.3'], ports: [] } });
+  const replaced = (await listAllPods('kc', 10)).pods.find((p) => p.name === 'client');
+  assert.deepEqual([replaced?.node, replaced?.addresses], ['kcnode3', ['10.244.20.3']]);
+});
+
+test('UpsertPod with keep_attachment before AttachPod: the pod waits on its node without addresses, the attachment adds them and keeps the labels', async () => {
+  await policy.upsertNamespace({ name: 'kd', labels: {} });
+  await policy.applyPolicies({ objectsJson: [np('kd', 'deny-web', { podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress'] })] });
+  await policy.upsertPod({ pod: { namespace: 'kd', name: 'web', labels: { app: 'web' }, node: 'kdnode1', addresses: [], ports: [] }, keepAttachment: true });
+  const [waiting] = (await listAllPods('kd', 10)).pods;
+  assert.deepEqual([waiting?.node, waiting?.addresses, waiting?.described, waiting?.containerId], ['kdnode1', [], true, '']);
+  assert.deepEqual((await compiledOn('kdnode1')).pods.map((p) => [p.name, p.addresses]), [['web', []]], 'reported on the node, no address yet');
+  await assert.rejects(policy.explain({ from: '10.244.21.9', to: 'kd/web', port: 80 }), (e: { code: number }) => e.code === status.FAILED_PRECONDITION);
+
+  const attached = await policy.attachPod({ namespace: 'kd', name: 'web', node: 'kdnode1', containerId: 'kd-s1', addresses: ['10.244.21.1'], resync: false });
+  assert.equal(attached.known, true);
+  const denied = await policy.explain({ from: '10.244.21.9', to: '10.244.21.1', port: 80 });
+  assert.deepEqual([denied.allowed, denied.ingress!.policy], [false, 'NetworkPolicy/kd/deny-web'], 'the address is web\'s, with the controller\'s labels');
+
+  // The controller re-describes with a changed label: the address stays, the policy no longer selects it.
+  await policy.upsertPod({ pod: { namespace: 'kd', name: 'web', labels: { app: 'other' }, node: 'kdnode1', addresses: [], ports: [] }, keepAttachment: true });
+  const relabelled = await policy.explain({ from: '10.244.21.9', to: '10.244.21.1', port: 80 });
+  assert.deepEqual([relabelled.allowed, relabelled.ingress!.tier], [true, 'default']);
+  // A detached pod (no sandbox) takes the node the controller gives again.
+  await policy.detachPod({ containerId: 'kd-s1' });
+  await policy.upsertPod({ pod: { namespace: 'kd', name: 'web', labels: { app: 'other' }, node: 'kdnode2', addresses: [], ports: [] }, keepAttachment: true });
+  const [moved] = (await listAllPods('kd', 10)).pods;
+  assert.deepEqual([moved?.node, moved?.addresses, moved?.containerId], ['kdnode2', [], '']);
+});
+
+test('UpsertPod with keep_attachment re-sent unchanged takes no revision and wakes no watcher', async () => {
+  const listener = new pg.Client({ connectionString: cp.databaseUrl });
+  await listener.connect();
+  let notifications = 0;
+  listener.on('notification', () => notifications++);
+  await listener.query('LISTEN policy_changes');
+  const settle = () => new Promise((r) => setTimeout(r, 300));
+  /** NOTIFYs seen while `f` runs and a moment after (they arrive asynchronously, so earlier ones are let in first). */
+  const notifiesDuring = async (f: () => Promise<unknown>) => {
+    await settle();
+    const before = notifications;
+    await f();
+    await settle();
+    return notifications - before;
+  };
+  try {
+    await policy.upsertNamespace({ name: 'ke', labels: {} });
+    await policy.attachPod({ namespace: 'ke', name: 'web', node: 'kenode1', containerId: 'ke-s1', addresses: ['10.244.22.1'], resync: false });
+    const pod = { namespace: 'ke', name: 'web', labels: { app: 'web', tier: 'front' }, node: 'kenode1', addresses: [], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] };
+    let first = { revision: 0 };
+    assert.equal(await notifiesDuring(async () => { first = await policy.upsertPod({ pod, keepAttachment: true }); }), 1, 'describing an attached pod is a change (the listener is live)');
+    let again = { revision: 0 };
+    // The same labels in another order, and a stale node: still nothing to change.
+    assert.equal(await notifiesDuring(async () => { again = await policy.upsertPod({ pod: { ...pod, labels: { tier: 'front', app: 'web' }, node: 'kenode7' }, keepAttachment: true }); }), 0, 'no watcher is woken');
+    assert.equal(again.revision, first.revision, 'no new revision; the pod\'s current one');
+    let changed = { revision: 0 };
+    assert.equal(await notifiesDuring(async () => { changed = await policy.upsertPod({ pod: { ...pod, ports: [] }, keepAttachment: true }); }), 1);
+    assert.ok(changed.revision > first.revision, 'a changed port is a new revision');
+  } finally {
+    await listener.end();
+  }
+});
+
+test('ListNamespaces and ListPods page: every one exactly once over several pages, one namespace or all, and a token they did not give out is refused', async () => {
+  const nsNames = Array.from({ length: 23 }, (_, i) => `lp-${String(i).padStart(2, '0')}`);
+  for (const name of nsNames) await policy.upsertNamespace({ name, labels: { page: name } });
+  const seen: string[] = [];
+  let pageToken = '';
+  let pages = 0;
+  do {
+    const page = await policy.listNamespaces({ pageSize: 10, pageToken });
+    assert.ok(page.namespaces.length <= 10);
+    seen.push(...page.namespaces.map((n) => n.name));
+    for (const n of page.namespaces) if (nsNames.includes(n.name)) assert.deepEqual(n.labels, { page: n.name });
+    pageToken = page.nextPageToken;
+    pages++;
+  } while (pageToken);
+  assert.ok(pages >= 3, `${pages} pages`);
+  assert.equal(new Set(seen).size, seen.length, 'no namespace twice');
+  assert.deepEqual(seen.filter((n) => nsNames.includes(n)), nsNames, 'every namespace, by name');
+
+  for (let i = 0; i < 17; i++) {
+    await policy.upsertPod({ pod: { namespace: 'lp-01', name: `p${String(i).padStart(2, '0')}`, labels: {}, node: 'lpnode', addresses: [], ports: [] }, keepAttachment: true });
+  }
+  for (let i = 0; i < 4; i++) {
+    await policy.attachPod({ namespace: 'lp-02', name: `q${i}`, node: 'lpnode', containerId: `lp-c${i}`, addresses: [`10.244.23.${i + 1}`], resync: false });
+  }
+  const one = await listAllPods('lp-01', 5);
+  assert.equal(one.pages, 4);
+  assert.deepEqual(one.pods.map((p) => p.name), Array.from({ length: 17 }, (_, i) => `p${String(i).padStart(2, '0')}`), 'the namespace\'s pods, each once, by name');
+  const two = await listAllPods('lp-02', 1000);
+  assert.deepEqual(two.pods.map((p) => [p.name, p.described, p.containerId, p.addresses]), [0, 1, 2, 3].map((i) => [`q${i}`, false, `lp-c${i}`, [`10.244.23.${i + 1}`]]), 'attached, not described');
+  const all = await listAllPods('', 6);
+  const keys = all.pods.map((p) => `${p.namespace}/${p.name}`);
+  assert.equal(new Set(keys).size, keys.length, 'no pod twice');
+  assert.deepEqual(keys.filter((k) => k.startsWith('lp-')), [...one.pods, ...two.pods].map((p) => `${p.namespace}/${p.name}`), 'every namespace\'s pods');
+  assert.equal((await policy.listPods({ namespace: 'lp-01', pageSize: 0, pageToken: '' })).pods.length, 17, 'page_size 0: a default page (500)');
+
+  const podToken = (await policy.listPods({ namespace: 'lp-01', pageSize: 5, pageToken: '' })).nextPageToken;
+  const nsToken = (await policy.listNamespaces({ pageSize: 5, pageToken: '' })).nextPageToken;
+  await assert.rejects(policy.listPods({ namespace: '', pageSize: 5, pageToken: 'bm9wZQ' }), invalid(/page_token is not one this list \(pods\) gave out/));
+  await assert.rejects(policy.listPods({ namespace: 'lp-02', pageSize: 5, pageToken: podToken }), invalid(/page_token is not one this list \(pods of lp-02\) gave out/), 'another namespace\'s token');
+  await assert.rejects(policy.listPods({ namespace: '', pageSize: 5, pageToken: nsToken }), invalid(/page_token/), 'the namespace list\'s token');
+  await assert.rejects(policy.listNamespaces({ pageSize: 5, pageToken: podToken }), invalid(/page_token is not one this list \(namespaces\) gave out/));
+  await assert.rejects(policy.listNamespaces({ pageSize: 1001, pageToken: '' }), invalid(/page_size 1001 is over 1000/));
+  await assert.rejects(policy.listPods({ namespace: 'LP', pageSize: 5, pageToken: '' }), invalid(/^namespace: /));
 });

@@ -8,7 +8,7 @@ import type { Notifier } from '../../../lib/db/notifier.js';
 import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
 import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, portName, portNumber, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
-import type { PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
+import type { ListedPodRecord, PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
 import { watchNodePolicy, type NodePolicyMessage, type NodePolicyWatchOptions } from '../watch-node-policy.js';
 import { toPod, worldOf } from '../world.js';
 
@@ -38,6 +38,13 @@ function validatePod(p: { namespace: string; name: string; labels: Record<string
     }),
   };
 }
+
+/** ListNamespaces and ListPods: page_size 0 means DEFAULT_PAGE; a page also stops at about CHUNK_BYTES. */
+const DEFAULT_PAGE = 500;
+const MAX_PAGE = 1000;
+const labelBytes = (labels: Record<string, string>) => Object.entries(labels).reduce((s, [k, v]) => s + stringFieldBytes(k) + stringFieldBytes(v) + 8, 0);
+const listedPodBytes = (p: ListedPodRecord) => stringFieldBytes(p.namespace) + stringFieldBytes(p.name) + stringFieldBytes(p.node) + stringFieldBytes(p.containerId)
+  + labelBytes(p.labels) + p.addresses.reduce((s, a) => s + stringFieldBytes(a), 0) + p.ports.reduce((s, x) => s + stringFieldBytes(x.name) + stringFieldBytes(x.protocol) + 16, 0) + 16;
 
 const canonical = (a: { family: 4 | 6; value: bigint }) => formatAddress(a.family, a.value);
 
@@ -154,7 +161,11 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
     },
     async upsertPod(req) {
       if (!req.pod) throw invalidPolicy('pod', 'is required');
-      return { revision: await repo.upsertPod(validatePod(req.pod)) };
+      if (!req.keepAttachment) return { revision: await repo.upsertPod(validatePod(req.pod)) };
+      // A controller's description: the addresses are the agents' to report (AttachPod).
+      if (req.pod.addresses.length > 0) throw invalidPolicy('pod.addresses', 'must be empty with keep_attachment: a pod\'s addresses come from its attachment (AttachPod), not from UpsertPod');
+      const { addresses: _, ...described } = validatePod(req.pod);
+      return { revision: await repo.describePod(described) };
     },
     async deletePod(req) {
       return repo.deletePod(resourceName(req.namespace, 'namespace'), resourceName(req.name, 'name'));
@@ -229,6 +240,25 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
       const more = policies.length < list.length;
       const last = policies[policies.length - 1];
       return { policies, nextPageToken: more && last ? encodePageToken('policies', [last.ref.kind, last.ref.namespace, last.ref.name]) : '' };
+    },
+    async listNamespaces(req) {
+      const size = pageSizeOf('policy.invalid_page_size', req.pageSize, MAX_PAGE) || DEFAULT_PAGE;
+      const after = decodePageToken('policy.invalid_page_token', 'namespaces', req.pageToken, 1);
+      const list = await repo.listNamespaces({ after: after?.[0] ?? null, limit: size + 1 });
+      const namespaces = chunkBySize(list.slice(0, size), (n) => stringFieldBytes(n.name) + labelBytes(n.labels))[0]!;
+      const last = namespaces[namespaces.length - 1];
+      return { namespaces, nextPageToken: namespaces.length < list.length && last ? encodePageToken('namespaces', [last.name]) : '' };
+    },
+    async listPods(req) {
+      const namespace = req.namespace ? resourceName(req.namespace, 'namespace') : null;
+      const size = pageSizeOf('policy.invalid_page_size', req.pageSize, MAX_PAGE) || DEFAULT_PAGE;
+      // A token names the list it came from, namespace included: one from another namespace's list is refused.
+      const kind = namespace ? `pods of ${namespace}` : 'pods';
+      const after = decodePageToken('policy.invalid_page_token', kind, req.pageToken, 2) as [string, string] | null;
+      const list = await repo.listPods(namespace, { after, limit: size + 1 });
+      const pods = chunkBySize(list.slice(0, size), listedPodBytes)[0]!;
+      const last = pods[pods.length - 1];
+      return { pods, nextPageToken: pods.length < list.length && last ? encodePageToken(kind, [last.namespace, last.name]) : '' };
     },
     async explain(req) {
       if (!req.from || !req.to) throw invalidPolicy(req.from ? 'to' : 'from', 'is required: a pod as "namespace/name" or an IP address');

@@ -15,6 +15,12 @@ export interface PodRecord {
   revision?: number;
 }
 
+/** A pod as listed: with whether a controller described it and the sandbox of its attachment ('' when none). */
+export interface ListedPodRecord extends PodRecord {
+  described: boolean;
+  containerId: string;
+}
+
 export interface PolicyRecord {
   kind: string;
   namespace: string;
@@ -70,6 +76,27 @@ export function createPolicyRepository(db: Database) {
         ON CONFLICT (namespace, name) DO UPDATE SET labels = excluded.labels, node = excluded.node, addresses = excluded.addresses,
           ports = excluded.ports, described = true, revision = excluded.revision
         RETURNING revision`).then(revisionOf));
+    },
+    /**
+     * A controller's description (UpsertPod with keep_attachment): sets labels and ports and marks the pod described,
+     * keeping the node and addresses of its attachment; a pod not attached (no sandbox) takes `node` and keeps the
+     * addresses it has (none when new). A description that changes nothing takes no revision and wakes nobody: a
+     * controller re-sends every pod after each relist.
+     */
+    async describePod(p: Omit<PodRecord, 'addresses' | 'revision'>): Promise<number> {
+      const r = await rows(sql`INSERT INTO policy.pods AS p (namespace, name, labels, node, addresses, ports, described, revision)
+        VALUES (${p.namespace}, ${p.name}, ${JSON.stringify(p.labels)}::jsonb, ${p.node}, '{}'::text[], ${JSON.stringify(p.ports)}::jsonb, true, ${NEXT})
+        ON CONFLICT (namespace, name) DO UPDATE SET labels = excluded.labels, ports = excluded.ports, described = true,
+          node = CASE WHEN p.container_id = '' THEN excluded.node ELSE p.node END, revision = excluded.revision
+          WHERE (p.labels, p.ports, p.described, p.node)
+            IS DISTINCT FROM (excluded.labels, excluded.ports, true, CASE WHEN p.container_id = '' THEN excluded.node ELSE p.node END)
+        RETURNING revision`);
+      if (r.length === 0) {
+        const held = await rows(sql`SELECT revision FROM policy.pods WHERE namespace = ${p.namespace} AND name = ${p.name}`);
+        return Number(held[0]?.revision ?? 0);
+      }
+      await db.execute(NOTIFY);
+      return Number(r[0]!.revision);
     },
     /** Sets the pod's node, sandbox and addresses, keeping its labels and ports; creates it, undescribed, when unknown. */
     async attachPod(namespace: string, name: string, node: string, containerId: string, addresses: string[], resync = false): Promise<{ revision: number; known: boolean }> {
@@ -136,6 +163,20 @@ export function createPolicyRepository(db: Database) {
         WHERE (${namespace}::text IS NULL OR namespace = ${namespace}) AND (${k}::text IS NULL OR (kind, namespace, name) > (${k}::text, ${ns}::text, ${n}::text))
         ORDER BY kind, namespace, name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`))
         .map((r) => ({ kind: String(r.kind), namespace: String(r.namespace), name: String(r.name), object: r.object, updatedAt: new Date(r.updated_at as string) }));
+    },
+    /** Namespaces by name, after `after` (exclusive) when given, at most `limit`. */
+    async listNamespaces(page: { after: string | null; limit: number }): Promise<{ name: string; labels: Record<string, string> }[]> {
+      return (await rows(sql`SELECT name, labels FROM policy.namespaces WHERE (${page.after}::text IS NULL OR name > ${page.after}::text)
+        ORDER BY name LIMIT ${page.limit}`)).map((r) => ({ name: String(r.name), labels: r.labels as Record<string, string> }));
+    },
+    /** Pods (of one namespace, or all) by namespace and name, after the key `after` (exclusive) when given, at most `limit`. */
+    async listPods(namespace: string | null, page: { after: [string, string] | null; limit: number }): Promise<ListedPodRecord[]> {
+      const [ns, n] = page.after ?? [null, null];
+      return (await rows(sql`SELECT namespace, name, labels, node, addresses, ports, described, container_id FROM policy.pods
+        WHERE (${namespace}::text IS NULL OR namespace = ${namespace}::text) AND (${ns}::text IS NULL OR (namespace, name) > (${ns}::text, ${n}::text))
+        ORDER BY namespace, name LIMIT ${page.limit}`))
+        .map((r) => ({ namespace: String(r.namespace), name: String(r.name), labels: r.labels as Record<string, string>, node: String(r.node),
+          addresses: r.addresses as string[], ports: r.ports as PodRecord['ports'], described: Boolean(r.described), containerId: String(r.container_id) }));
     },
     /** Everything, read in one snapshot (REPEATABLE READ): what Explain evaluates against. */
     async snapshot(): Promise<Snapshot> {
