@@ -270,7 +270,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
       for (const p of page.pods) {
         // Only pods this controller described: a pod the agents alone made known (attached before the API showed it,
         // or outside Kubernetes) is theirs to remove.
-        if (p.described && !watches.Pod.get(p.pod!.name, p.pod!.namespace)) keys.push(`Pod:${p.pod!.namespace}/${p.pod!.name}`);
+        if (p.described && !watches.Pod.get(p.name, p.namespace)) keys.push(`Pod:${p.namespace}/${p.name}`);
       }
       token = page.nextPageToken;
       if (!token) break;
