@@ -153,7 +153,7 @@ test('weft ipam history follows the pages: a node that held 1,200 addresses list
     await ipam.createPool({ name: 'busy', cidr: '10.251.0.0/16', blockPrefixLength: 26 });
     for (let b = 0; b < 1200; b += 600) {
       const requests = Array.from({ length: 600 }, (_, k) => ({ handle: `h${b + k}/eth0`, node: 'busy-node', pool: 'busy', podNamespace: 'batch', podName: `job-${b + k}`, containerId: `h${b + k}`,
-        families: [], addresses: [], owner: '', namespacePool: '', nodeLabels: {}, namespaceLabels: {}, use: '', cluster: '', attemptId: '' }));
+        families: [], addresses: [], owner: '', namespacePool: '', nodeLabels: {}, namespaceLabels: {}, use: '', cluster: '', attemptId: '', podUid: '' }));
       const { results } = await ipam.batchAllocate({ requests });
       assert.ok(results.every((r) => r.allocations.length === 1));
     }
