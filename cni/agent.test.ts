@@ -123,7 +123,7 @@ describe('attachPod and detachPod against a real server', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '', requestedAddresses: [], mac: '', network: 'weft' };
+  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', podUid: '', pool: '', requestedAddresses: [], mac: '', network: 'weft' };
 
   it('answers "try again later" when the agent does not answer in time, and the agent stops at the deadline', async () => {
     attachAnswer = null;
@@ -238,7 +238,7 @@ describe('attachPod against an agent that misbehaves or is not there', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', pool: '', requestedAddresses: [], mac: '', network: 'weft' };
+  const pod = { containerId: 'c1', netns: '/var/run/netns/x', ifname: 'eth0', podNamespace: 'default', podName: 'p', podUid: '', pool: '', requestedAddresses: [], mac: '', network: 'weft' };
   const rejectsWith = (promise: Promise<unknown>, code: number, details: RegExp, message?: RegExp) =>
     assert.rejects(promise, (err: unknown) => {
       assert.ok(err instanceof CniError, String(err));

@@ -26,6 +26,8 @@ export interface AttachParams {
   ifname: string;
   podNamespace: string;
   podName: string;
+  /** The pod's Kubernetes UID (CNI_ARGS K8S_POD_UID); empty outside Kubernetes. */
+  podUid: string;
   pool: string;
   requestedAddresses: readonly string[];
   mac: string;

@@ -159,7 +159,7 @@ describe('readAttachOptions', () => {
   }
 
   it('asks for nothing by default', () => {
-    assert.deepEqual(readAttachOptions(cfg({}), none), { mac: '', requestedAddresses: [] });
+    assert.deepEqual(readAttachOptions(cfg({}), none), { mac: '', requestedAddresses: [], podUid: '' });
   });
 
   it('reads the MAC from runtimeConfig, args.cni or CNI_ARGS, lower-cased', () => {
@@ -195,6 +195,13 @@ describe('readAttachOptions', () => {
     fails(() => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.300'] } }), none), CniCode.invalidConfig, /"10\.0\.0\.300"/);
     fails(() => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.1/33'] } }), none), CniCode.invalidConfig, /10\.0\.0\.1\/33/);
     fails(() => readAttachOptions(cfg({}), { ip: '10.0.0.1,x', mac: '' }), CniCode.invalidEnvironment, /CNI_ARGS IP=/);
+  });
+
+  it('passes the pod UID on, and refuses one IPAM would refuse (code 4)', () => {
+    const uid = '6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60';
+    assert.equal(readAttachOptions(cfg({}), { ...none, podUid: uid }).podUid, uid);
+    fails(() => readAttachOptions(cfg({}), { ...none, podUid: 'not a uid' }), CniCode.invalidEnvironment, /CNI_ARGS K8S_POD_UID="not a uid".*at most 128/);
+    fails(() => readAttachOptions(cfg({}), { ...none, podUid: 'a'.repeat(129) }), CniCode.invalidEnvironment, /K8S_POD_UID/);
   });
 });
 

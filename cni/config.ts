@@ -141,14 +141,17 @@ export interface AttachOptions {
   readonly mac: string;
   /** Addresses the runtime asked for (without prefix length), in the order given; empty: IPAM picks. */
   readonly requestedAddresses: readonly string[];
+  /** The pod's Kubernetes UID (CNI_ARGS K8S_POD_UID), recorded with its addresses in IPAM; empty outside Kubernetes. */
+  readonly podUid: string;
 }
 
 /**
  * Reads ADD's options from the places the CNI conventions put them: runtimeConfig `mac` and `ips` (capabilities),
- * `args.cni.mac` and `args.cni.ips`, and CNI_ARGS `MAC=` and `IP=` (comma-separated). Config values that are wrong
- * are code 7, CNI_ARGS values code 4; two places asking for different MACs is code 7.
+ * `args.cni.mac` and `args.cni.ips`, and CNI_ARGS `MAC=` and `IP=` (comma-separated); the pod's UID from CNI_ARGS
+ * `K8S_POD_UID=`. Config values that are wrong are code 7, CNI_ARGS values code 4; two places asking for different MACs
+ * is code 7.
  */
-export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string; ip: string }): AttachOptions {
+export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string; ip: string; podUid?: string }): AttachOptions {
   const argsCni = config.args.cni;
   const fromArgs = typeof argsCni === 'object' && argsCni !== null && !Array.isArray(argsCni) ? (argsCni as Record<string, unknown>) : {};
 
@@ -187,7 +190,12 @@ export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string;
       requested.push(address);
     }
   }
-  return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]) });
+  // Kubernetes UIDs are UUIDs; IPAM takes at most 128 of these characters (AllocateRequest.pod_uid).
+  const podUid = cniArgs.podUid ?? '';
+  if (podUid !== '' && !/^[A-Za-z0-9-]{1,128}$/.test(podUid)) {
+    throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS K8S_POD_UID=${JSON.stringify(podUid.slice(0, 140))} is not a pod UID: at most 128 letters, digits or '-' (a UUID)`);
+  }
+  return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]), podUid });
 }
 
 /** The spec's DNS object: what the network config's `dns` holds, reported in ADD's result. */

@@ -27,6 +27,7 @@ const verbs: Verbs = {
         ifname: invocation.ifname,
         podNamespace: invocation.podNamespace,
         podName: invocation.podName,
+        podUid: options.podUid,
         pool: config.pool,
         requestedAddresses: options.requestedAddresses,
         mac: options.mac,

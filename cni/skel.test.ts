@@ -33,7 +33,7 @@ describe('readInvocation', () => {
       path: ['/opt/cni/bin', '/usr/libexec/cni'],
       podNamespace: 'default',
       podName: 'web-0',
-      cniArgs: { ip: '', mac: '' },
+      cniArgs: { ip: '', mac: '', podUid: 'u1' },
     });
   });
 
@@ -77,20 +77,31 @@ describe('readInvocation', () => {
 
 describe('parseCniArgs', () => {
   it('reads the pod namespace and name; both are optional', () => {
-    const none = { ip: '', mac: '' };
+    const none = { ip: '', mac: '', podUid: '' };
     assert.deepEqual(parseCniArgs('K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1'), { podNamespace: 'kube-system', podName: 'dns-1', ...none });
     assert.deepEqual(parseCniArgs(''), { podNamespace: '', podName: '', ...none });
     assert.deepEqual(parseCniArgs('K8S_POD_NAME=a;'), { podNamespace: '', podName: 'a', ...none });
   });
 
   it('reads IP= and MAC= as given (ADD checks them)', () => {
-    assert.deepEqual(parseCniArgs('IP=10.244.0.9,10.244.0.10;MAC=0a:58:0a:f4:00:09'), { podNamespace: '', podName: '', ip: '10.244.0.9,10.244.0.10', mac: '0a:58:0a:f4:00:09' });
+    assert.deepEqual(parseCniArgs('IP=10.244.0.9,10.244.0.10;MAC=0a:58:0a:f4:00:09'), { podNamespace: '', podName: '', ip: '10.244.0.9,10.244.0.10', mac: '0a:58:0a:f4:00:09', podUid: '' });
+  });
+
+  it('reads K8S_POD_UID as given (what containerd and CRI-O send; ADD checks it)', () => {
+    const uid = '6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60';
+    assert.deepEqual(
+      parseCniArgs(`IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=${uid}`),
+      { podNamespace: 'shop', podName: 'cart-0', ip: '', mac: '', podUid: uid },
+    );
+    // Known without IgnoreUnknown, and a later pair wins as for every key.
+    assert.equal(parseCniArgs(`K8S_POD_UID=old;K8S_POD_UID=${uid}`).podUid, uid);
+    assert.equal(parseCniArgs('K8S_POD_UID=').podUid, '');
   });
 
   it('refuses unknown keys unless IgnoreUnknown is true', () => {
     envError(() => parseCniArgs('FOO=bar'), /unknown key FOO; add IgnoreUnknown=1/);
     envError(() => parseCniArgs('IgnoreUnknown=0;FOO=bar'), /FOO/);
-    assert.deepEqual(parseCniArgs('FOO=bar;IgnoreUnknown=true;K8S_POD_NAME=a'), { podNamespace: '', podName: 'a', ip: '', mac: '' });
+    assert.deepEqual(parseCniArgs('FOO=bar;IgnoreUnknown=true;K8S_POD_NAME=a'), { podNamespace: '', podName: 'a', ip: '', mac: '', podUid: '' });
   });
 
   it('refuses malformed pairs and IgnoreUnknown values', () => {

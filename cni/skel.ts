@@ -49,8 +49,8 @@ export interface Invocation {
   /** From CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME; empty outside Kubernetes. */
   readonly podNamespace: string;
   readonly podName: string;
-  /** CNI_ARGS IP= and MAC= as given (checked only by ADD, which uses them: see readAttachOptions). */
-  readonly cniArgs: { readonly ip: string; readonly mac: string };
+  /** CNI_ARGS IP=, MAC= and K8S_POD_UID= as given (checked only by ADD, which uses them: see readAttachOptions). */
+  readonly cniArgs: { readonly ip: string; readonly mac: string; readonly podUid: string };
 }
 
 export interface VerbContext {
@@ -212,7 +212,7 @@ export function readInvocation(command: Command, env: Environment): Invocation {
   if (required.includes('CNI_NETNS') && !netns.startsWith('/')) {
     throw badEnv(`CNI_NETNS ${JSON.stringify(netns)} is invalid: it must be the absolute path of the pod's network namespace`);
   }
-  const { podNamespace, podName, ip, mac } = parseCniArgs(env.CNI_ARGS ?? '');
+  const { podNamespace, podName, ip, mac, podUid } = parseCniArgs(env.CNI_ARGS ?? '');
   return Object.freeze({
     command,
     containerId,
@@ -221,7 +221,7 @@ export function readInvocation(command: Command, env: Environment): Invocation {
     path: Object.freeze((env.CNI_PATH ?? '').split(':').filter((dir) => dir !== '')),
     podNamespace,
     podName,
-    cniArgs: Object.freeze({ ip, mac }),
+    cniArgs: Object.freeze({ ip, mac, podUid }),
   });
 }
 
@@ -232,7 +232,7 @@ export function readInvocation(command: Command, env: Environment): Invocation {
 const KNOWN_ARGS = new Set(['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID', 'IP', 'MAC']);
 
 /** Parses CNI_ARGS ("K=V;K=V"), as the reference plugins do: unknown keys are an error unless IgnoreUnknown=1. */
-export function parseCniArgs(raw: string): { podNamespace: string; podName: string; ip: string; mac: string } {
+export function parseCniArgs(raw: string): { podNamespace: string; podName: string; ip: string; mac: string; podUid: string } {
   const pairs = new Map<string, string>();
   for (const pair of raw.split(';')) {
     if (pair === '') continue;
@@ -256,6 +256,7 @@ export function parseCniArgs(raw: string): { podNamespace: string; podName: stri
     podName: pairs.get('K8S_POD_NAME') ?? '',
     ip: pairs.get('IP') ?? '',
     mac: pairs.get('MAC') ?? '',
+    podUid: pairs.get('K8S_POD_UID') ?? '',
   };
 }
 

@@ -250,7 +250,7 @@ export function createCniHandlers(deps: {
           // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
           {
             handle, node: deps.node, pool: req.pool, families: ipamFamilies, addresses: [...req.requestedAddresses],
-            podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, attemptId,
+            podNamespace: req.podNamespace, podName: req.podName, podUid: req.podUid, containerId: req.containerId, attemptId,
           },
           { timeoutMs: 20_000 },
         ).then(async (res): Promise<PodAddresses> => {

@@ -39,9 +39,11 @@ test('pools, utilization, show and history from the command line', async () => {
   assert.deepEqual(pools.map((p) => [p.name, p.cooldownSeconds]), [['default', 0], ['v6', 30]]);
 
   const ipam = createClient(IpamServiceService, cp.address);
-  const { allocations } = await ipam.allocate({ handle: 'c1/eth0', node: 'n1', podNamespace: 'shop', podName: 'cart-0' });
+  const { allocations } = await ipam.allocate({ handle: 'c1/eth0', node: 'n1', podNamespace: 'shop', podName: 'cart-0', podUid: '5a1d-77' });
   ipam.close();
   assert.equal(allocations.length, 2, 'dual-stack: one address per family');
+  const listed = JSON.parse((await weft('ipam', 'allocations', '--node', 'n1', '--json')).stdout) as { handle: string; podUid: string }[];
+  assert.deepEqual(listed.map((a) => [a.handle, a.podUid]), [['c1/eth0', '5a1d-77'], ['c1/eth0', '5a1d-77']], 'the pod UID is listed');
 
   const util = JSON.parse((await weft('ipam', 'utilization', '--pool', 'default', '--json')).stdout);
   assert.deepEqual(util[0].counts, { total: '65536', allocated: 1, coolingDown: 0, reserved: '0', free: '65535' });
@@ -153,7 +155,7 @@ test('weft ipam history follows the pages: a node that held 1,200 addresses list
     await ipam.createPool({ name: 'busy', cidr: '10.251.0.0/16', blockPrefixLength: 26 });
     for (let b = 0; b < 1200; b += 600) {
       const requests = Array.from({ length: 600 }, (_, k) => ({ handle: `h${b + k}/eth0`, node: 'busy-node', pool: 'busy', podNamespace: 'batch', podName: `job-${b + k}`, containerId: `h${b + k}`,
-        families: [], addresses: [], owner: '', namespacePool: '', nodeLabels: {}, namespaceLabels: {}, use: '', cluster: '', attemptId: '' }));
+        families: [], addresses: [], owner: '', namespacePool: '', nodeLabels: {}, namespaceLabels: {}, use: '', cluster: '', attemptId: '', podUid: '' }));
       const { results } = await ipam.batchAllocate({ requests });
       assert.ok(results.every((r) => r.allocations.length === 1));
     }

@@ -99,7 +99,7 @@ const addEnv = {
   CNI_NETNS: '/var/run/netns/cni-weft-test',
   CNI_IFNAME: 'eth0',
   CNI_PATH: '/opt/cni/bin',
-  CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=6f1c2d3e4b5a',
+  CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=6f1c2d3e4b5a;K8S_POD_UID=0b9c6a52-1f3e-4d2a-8c7b-5e4f3a2b1c0d',
 };
 const delEnv = { ...addEnv, CNI_COMMAND: 'DEL' };
 
@@ -303,6 +303,7 @@ describe('weft-cni, run as a runtime runs it', () => {
         ifname: 'eth0',
         podNamespace: 'default',
         podName: 'web-0',
+        podUid: '0b9c6a52-1f3e-4d2a-8c7b-5e4f3a2b1c0d',
         pool: 'blue',
         requestedAddresses: [],
         mac: '',
@@ -605,6 +606,27 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       }
     });
   }
+
+  it('the pod UID from CNI_ARGS K8S_POD_UID reaches IPAM with the pod\'s allocation; a malformed one is code 4 and allocates nothing', async () => {
+    const pod = await newPod('uid');
+    const uid = '7d3e1c9a-2b4f-4a6e-9c8d-0f1e2d3c4b5a';
+    try {
+      const args = `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_INFRA_CONTAINER_ID=${pod.containerId};K8S_POD_UID=`;
+      const bad = await cni('ADD', pod, netconf('1.1.0'), { CNI_ARGS: `${args}not/a-uid` });
+      assert.match(String(assertCniError(bad, 4, '1.1.0').msg), /K8S_POD_UID/);
+      assert.equal(await allocationOf(pod), undefined, 'nothing was allocated');
+
+      const run = await cni('ADD', pod, netconf('1.1.0'), { CNI_ARGS: `${args}${uid}` });
+      assert.equal(run.status, 0, `ADD failed: ${run.stdout} ${run.stderr}`);
+      const held = await allocationOf(pod);
+      assert.deepEqual([held?.address, held?.podNamespace, held?.podName, held?.podUid], [addressOf(onlyDocument(run)), 'shop', 'cart-0', uid]);
+      assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0')));
+      const history = (await ipam.listAllocationHistory({ handle: `${pod.containerId}/eth0` }, { timeoutMs: 10_000 })).entries;
+      assert.deepEqual(history.map((e) => [e.allocation!.podUid, Boolean(e.releaseTime)]), [[uid, true]], 'the released row keeps the UID');
+    } finally {
+      await dropPod(pod);
+    }
+  });
 
   it('VERSION and STATUS answer from the node; STATUS is 50 while the control plane does not answer', async () => {
     const version = await cni('VERSION', null, JSON.stringify({ cniVersion: '1.1.0' }));

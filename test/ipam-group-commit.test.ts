@@ -92,7 +92,7 @@ describe('group commit of concurrent allocations', () => {
     await tb.sql.query('SET plan_cache_mode = force_generic_plan');
     try {
       await tb.sql.query(`PREPARE gc_plan AS ${FAST_ALLOCATE_BATCH}`);
-      const { rows } = await tb.sql.query(`EXPLAIN EXECUTE gc_plan('{h/eth0}', '{4}', '{n1}', '{1}', '{16}', '{ns}', '{p}', '{c}', '{1}', '{""}', '{attempt-1}')`);
+      const { rows } = await tb.sql.query(`EXPLAIN EXECUTE gc_plan('{h/eth0}', '{4}', '{n1}', '{1}', '{16}', '{ns}', '{p}', '{c}', '{1}', '{""}', '{attempt-1}', '{uid-1}')`);
       const plan = rows.map((r) => String(r['QUERY PLAN'])).join('\n');
       assert.doesNotMatch(plan, /Seq Scan on allocations\b/, plan);
     } finally {

@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import pg from 'pg';
 import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
-import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { startIpamTestbed, type IpamTestbed, type TestControlPlane } from './support/control-plane.js';
 
 /** IPAM over real gRPC on a real PostgreSQL. */
@@ -91,6 +91,34 @@ describe('allocations', () => {
     await rejects(ipam.allocate({ ...req('c3/eth0'), node: 'bad node!' }), status.INVALID_ARGUMENT, 'ipam.invalid_node', /DNS name/);
     await rejects(ipam.allocate({ ...req('c3/eth0'), pool: 'nope' }), status.NOT_FOUND, 'ipam.pool_not_found', /no pool named "nope"/);
     assert.equal((await ipam.listAllocations({ pool: '', node: '' })).allocations.length, before);
+  });
+
+  test('a pod UID is stored with the allocation and returned by Allocate, BatchAllocate, ListAllocations, history and GarbageCollect', async () => {
+    const uid = '6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60';
+    // The group-commit path (one family, no owner) and the full path (an owner key) both record it.
+    const fast = (await ipam.allocate({ ...req('u1/eth0', 'node-u'), podUid: uid })).allocation!;
+    const full = (await ipam.allocate({ ...req('u2/eth0', 'node-u'), podUid: `${uid.slice(0, -1)}1`, owner: 'statefulset/ns1/u-0' })).allocation!;
+    assert.deepEqual([fast.podUid, full.podUid], [uid, `${uid.slice(0, -1)}1`]);
+    assert.equal((await ipam.allocate({ ...req('u1/eth0', 'node-u'), podUid: uid })).allocation!.podUid, uid, 'a retried Allocate returns it too');
+    const batch = await ipam.batchAllocate({ requests: [AllocateRequest.fromPartial({ ...req('u3/eth0', 'node-u'), podUid: 'b-1' })] });
+    assert.equal(batch.results[0]!.allocations[0]!.podUid, 'b-1');
+    const listed = (await ipam.listAllocations({ pool: '', node: 'node-u' })).allocations;
+    assert.deepEqual(listed.map((a) => [a.handle, a.podUid]).sort(), [['u1/eth0', uid], ['u2/eth0', `${uid.slice(0, -1)}1`], ['u3/eth0', 'b-1']]);
+    assert.equal((await ipam.listAllocationHistory({ handle: 'u1/eth0' })).entries[0]!.allocation!.podUid, uid);
+    const gc = await ipam.garbageCollect({ node: 'node-u', validHandles: ['u2/eth0', 'u3/eth0'] });
+    assert.deepEqual(gc.released.map((a) => [a.handle, a.podUid]), [['u1/eth0', uid]]);
+    // Callers that give none (before Kubernetes) get ''.
+    assert.equal((await ipam.allocate(req('u4/eth0', 'node-u'))).allocation!.podUid, '');
+  });
+
+  test('a bad pod UID is refused with INVALID_ARGUMENT naming pod_uid, and nothing is allocated', async () => {
+    for (const podUid of ['a'.repeat(129), 'uid with spaces', 'ns/name', 'ü']) {
+      await rejects(ipam.allocate({ ...req('u5/eth0', 'node-u'), podUid }), status.INVALID_ARGUMENT, 'ipam.invalid_pod_uid', /pod_uid .* at most 128 letters, digits or '-'/);
+    }
+    const batch = await ipam.batchAllocate({ requests: [AllocateRequest.fromPartial({ ...req('u5/eth0', 'node-u'), podUid: 'bad uid' })] });
+    assert.equal(batch.results[0]!.errorCode, 'ipam.invalid_pod_uid');
+    assert.equal((await ipam.listAllocationHistory({ handle: 'u5/eth0' })).entries.length, 0);
+    assert.equal((await ipam.allocate({ ...req('u6/eth0', 'node-u'), podUid: 'A'.repeat(128) })).allocation!.podUid, 'A'.repeat(128), '128 is the limit');
   });
 
   test('the database refuses two live allocations of one address', async () => {

@@ -37,6 +37,7 @@ before(async () => {
     updatePool: unimplemented, batchAllocate: unimplemented, checkConsistency: unimplemented,
     createRoutingDomain: unimplemented, listRoutingDomains: unimplemented, registerCluster: unimplemented, listClusters: unimplemented,
     createAggregate: unimplemented, listAggregates: unimplemented, allocatePrefix: unimplemented, releasePrefix: unimplemented, listPrefixes: unimplemented, createReservation: unimplemented, listReservations: unimplemented, deleteReservation: unimplemented,
+    setNodeLabels: unimplemented, setNamespaceLabels: unimplemented,
     // eslint-disable-next-line require-yield
     watchBlockAffinities: async function* () {
       throw new DomainError('test.unavailable', 'unavailable', 'try later');

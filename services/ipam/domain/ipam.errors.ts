@@ -16,6 +16,10 @@ export const ipamErrors = {
     new DomainError('ipam.use_not_allowed', 'failed_precondition', `pool ${name} allows ${allowed.join(', ')}, not ${use}`),
   nodeNotSelected: (name: string, selector: string) =>
     new DomainError('ipam.node_not_selected', 'failed_precondition', `pool ${name}'s node selector ${JSON.stringify(selector)} does not select this node`),
+  noPoolSelectsNode: (node: string, labels: Record<string, string>, pools: string[]) =>
+    new DomainError('ipam.node_not_selected', 'failed_precondition', `no pool this pod may use selects node ${node} (its labels: ${JSON.stringify(labels)}; pools: ${pools.join(', ')}): label the node (SetNodeLabels) or change a pool's node selector`),
+  noPoolSelectsNamespace: (namespace: string, labels: Record<string, string>, pools: string[]) =>
+    new DomainError('ipam.namespace_not_selected', 'failed_precondition', `no pool this pod may use on this node selects namespace ${JSON.stringify(namespace)} (its labels: ${JSON.stringify(labels)}; pools: ${pools.join(', ')}): label the namespace (SetNamespaceLabels) or change a pool's namespace selector`),
   staleEtag: (what: string) => new DomainError('ipam.stale_etag', 'conflict', `${what} changed since you read it; read it again and retry with the new etag`),
   reservedInUse: (range: string, holders: string[]) =>
     new DomainError('ipam.reservation_in_use', 'failed_precondition', `range ${range} has live allocations: ${holders.join(', ')}; release them first`),

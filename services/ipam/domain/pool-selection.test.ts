@@ -20,3 +20,13 @@ test('a pod\'s pool beats its namespace\'s; both must still select the node', ()
   assert.throws(() => selectPools([pool('off', { disabled: true })], { ...ctx, pool: 'off' }), /disabled/);
   assert.throws(() => selectPools(pools, { ...ctx, pool: 'nope' }), /no pool named/);
 });
+
+test('when pools exist but none selects the node (or the namespace), the refusal names the labels and selectors', () => {
+  const pools = [pool('zone-b', { nodeSelector: 'zone=b' }), pool('other-team', { nodeSelector: 'zone=a', namespaceSelector: 'team=web' })];
+  assert.throws(() => selectPools(pools.slice(0, 1), { ...ctx, node: 'n1' }),
+    (e: Error & { code?: string }) => e.code === 'ipam.node_not_selected' && /node n1.*"zone":"a".*zone-b \(zone=b\)/.test(e.message));
+  assert.throws(() => selectPools(pools, { ...ctx, namespace: 'shop' }),
+    (e: Error & { code?: string }) => e.code === 'ipam.namespace_not_selected' && /"shop".*other-team \(team=web\)/.test(e.message));
+  // Only pools the pod could use at all count: none there, none refused here (the caller says "no pool").
+  assert.deepEqual(selectPools([pool('off', { disabled: true, nodeSelector: 'zone=b' })], ctx), []);
+});

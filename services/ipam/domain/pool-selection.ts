@@ -19,6 +19,9 @@ export interface PoolRule {
 }
 
 export interface SelectionContext {
+  /** The node and the pod's namespace, for messages. */
+  node?: string;
+  namespace?: string;
   pool: string | null;
   namespacePool: string | null;
   nodeLabels: Record<string, string>;
@@ -38,9 +41,13 @@ export function selectPools<P extends PoolRule>(pools: P[], ctx: SelectionContex
     if (!matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels)) throw ipamErrors.nodeNotSelected(asked, p.nodeSelector);
     return [p];
   }
-  return pools
-    .filter((p) => !p.disabled && p.allowedUses.includes(ctx.use))
-    .filter((p) => matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels) && matches(parseSelectorOnce(p.namespaceSelector), ctx.namespaceLabels))
+  const usable = pools.filter((p) => !p.disabled && p.allowedUses.includes(ctx.use));
+  const onNode = usable.filter((p) => matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels));
+  const selected = onNode.filter((p) => matches(parseSelectorOnce(p.namespaceSelector), ctx.namespaceLabels));
+  // Pools there are, but their selectors leave this pod none: say which selector and which labels.
+  if (usable.length > 0 && onNode.length === 0) throw ipamErrors.noPoolSelectsNode(ctx.node ?? '', ctx.nodeLabels, usable.map((p) => `${p.name} (${p.nodeSelector})`));
+  if (onNode.length > 0 && selected.length === 0) throw ipamErrors.noPoolSelectsNamespace(ctx.namespace ?? '', ctx.namespaceLabels, onNode.map((p) => `${p.name} (${p.namespaceSelector})`));
+  return selected
     .sort((a, b) => {
       const sa = a.nodeSelector || a.namespaceSelector ? 0 : 1;
       const sb = b.nodeSelector || b.namespaceSelector ? 0 : 1;

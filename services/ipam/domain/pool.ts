@@ -1,6 +1,7 @@
 import { bitsOf, formatAddress, formatCidr, parseAddress, parseCidr, type Cidr, type Family } from '../../../lib/net/ip.js';
 import { ipamErrors } from './ipam.errors.js';
 import { USES } from './pool-selection.js';
+import { labelProblem } from '../../../lib/labels.js';
 import { parseSelector } from './selector.js';
 
 /** Pure rules for pools, handles and allocation requests. No I/O. */
@@ -115,6 +116,8 @@ export interface AllocationRequest {
   cluster: string | null;
   /** Names this attempt; a Release naming it fences it (it then commits nothing). null: not fenced. */
   attemptId: string | null;
+  /** The pod's Kubernetes UID, recorded on the allocation; '' when none. */
+  podUid: string;
 }
 
 export function validateHandle(handle: string): string {
@@ -128,8 +131,34 @@ export function validateNodeName(node: string): string {
   return node;
 }
 
-export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels' | 'cluster' | 'attemptId'> &
-  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string>; cluster: string | null; attemptId: string | null }>;
+export type AllocationInput = Omit<AllocationRequest, 'addresses' | 'use' | 'owner' | 'namespacePool' | 'nodeLabels' | 'namespaceLabels' | 'cluster' | 'attemptId' | 'podUid'> &
+  Partial<{ addresses: string[]; use: string; owner: string; namespacePool: string | null; nodeLabels: Record<string, string>; namespaceLabels: Record<string, string>; cluster: string | null; attemptId: string | null; podUid: string }>;
+
+/** A pod's Kubernetes UID (AllocateRequest.pod_uid): '' (none), or at most 128 of A-Z a-z 0-9 '-' (a UUID). */
+export function validatePodUid(uid: string | null | undefined): string {
+  if (!uid) return '';
+  if (!/^[A-Za-z0-9-]{1,128}$/.test(uid)) {
+    throw ipamErrors.invalid('pod_uid', `pod_uid ${JSON.stringify(uid.slice(0, 140))} must be at most 128 letters, digits or '-' (a Kubernetes UID such as "6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60"), or empty`);
+  }
+  return uid;
+}
+
+/** A Kubernetes namespace name: a DNS label. */
+export function validateNamespaceName(namespace: string): string {
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(namespace)) {
+    throw ipamErrors.invalid('namespace', `namespace ${JSON.stringify(namespace.slice(0, 100))} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit`);
+  }
+  return namespace;
+}
+
+/** Labels as Kubernetes accepts them (lib/labels.ts); the first bad one is named. */
+export function validateLabels(labels: Record<string, string>, field = 'labels'): Record<string, string> {
+  for (const [k, v] of Object.entries(labels)) {
+    const problem = labelProblem(k, v);
+    if (problem) throw ipamErrors.invalid(field, `${field}: ${problem}`);
+  }
+  return labels;
+}
 
 /** An allocation attempt id (AllocateRequest.attempt_id, ReleaseRequest.attempt_id); '' means none (null). */
 export function validateAttemptId(id: string | null | undefined): string | null {
@@ -167,5 +196,6 @@ export function validateAllocationRequest(input: AllocationInput): AllocationReq
     namespaceLabels: input.namespaceLabels ?? {},
     cluster: input.cluster ? validatePoolName(input.cluster) : null,
     attemptId: validateAttemptId(input.attemptId),
+    podUid: validatePodUid(input.podUid),
   };
 }

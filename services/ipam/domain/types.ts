@@ -53,6 +53,8 @@ export interface Allocation {
   /** The registered cluster named by the caller, or ''. */
   cluster: string;
   routingDomain: string;
+  /** The pod's Kubernetes UID, or ''. */
+  podUid: string;
   allocatedAt: Date;
 }
 

@@ -8,7 +8,9 @@ import {
 import { historyErrors, ipamErrors } from '../domain/ipam.errors.js';
 import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
 import { decodePageToken, encodePageToken, pageSize } from '../domain/paging.js';
-import { validateAllocationRequest, validateAttemptId, validateHandle, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec } from '../domain/pool.js';
+import {
+  validateAllocationRequest, validateAttemptId, validateHandle, validateLabels, validateNamespaceName, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec,
+} from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
 import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
@@ -44,7 +46,7 @@ function toAllocationRequest(req: AllocateRequest) {
     handle: req.handle, node: req.node, pool: req.pool || null, families: req.families.map(fromPbFamily),
     podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: req.addresses,
     owner: req.owner, namespacePool: req.namespacePool || null, nodeLabels: req.nodeLabels, namespaceLabels: req.namespaceLabels, use: req.use,
-    cluster: req.cluster || null, attemptId: req.attemptId || null,
+    cluster: req.cluster || null, attemptId: req.attemptId || null, podUid: req.podUid,
   });
 }
 
@@ -189,7 +191,18 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
     async garbageCollect(req) {
       const node = validateNodeName(req.node);
       const valid = req.validHandles.map(validateHandle);
-      return { released: (await repo.garbageCollect(node, valid, req.allocatedBefore)).map(toPbAllocation) };
+      const released = (await repo.garbageCollect(node, valid, req.allocatedBefore)).map(toPbAllocation);
+      // A gone node's blocks, emptied above, go back to their pools now rather than after the sweeper's grace.
+      const releasedBlocks = req.releaseBlocks ? await repo.releaseNodeBlocks(node) : [];
+      return { released, releasedBlocks };
+    },
+    async setNodeLabels(req) {
+      await repo.setNodeLabels(validateNodeName(req.node), validateLabels(req.labels));
+      return {};
+    },
+    async setNamespaceLabels(req) {
+      await repo.setNamespaceLabels(req.cluster ? validatePoolName(req.cluster) : null, validateNamespaceName(req.namespace), validateLabels(req.labels));
+      return {};
     },
     async listAllocationHistory(req) {
       const limit = pageSize(req.pageSize, MAX_PAGE, MAX_PAGE);

@@ -19,8 +19,8 @@ const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.seria
  * addresses its block has left (`room`), so the caller can claim the node's next block before it is needed.
  */
 export const FAST_ALLOCATE_BATCH = `WITH req AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[], $11::text[])
-      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, attempt, ord)),
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[])
+      WITH ORDINALITY AS r(handle, family, node, pool_id, size, ns, name, cid, domain_id, cluster, attempt, uid, ord)),
   -- Named attempts: each request's attempt row, inserted (or found) and locked until commit. A Release naming the
   -- attempt waits for that commit and then frees what it allocated; a Release that came first fenced the row, and
   -- ON CONFLICT sees the latest committed row (also one committed after this statement began): nothing is allocated.
@@ -38,7 +38,8 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
       SELECT a.id, json_build_object('handle', a.handle, 'address', host(a.address), 'family', a.family,
           'pool', (SELECT p.name FROM ipam.pools p WHERE p.id = a.pool_id), 'block_cidr', (SELECT b.cidr::text FROM ipam.blocks b WHERE b.id = a.block_id),
           'node', a.node, 'pod_namespace', a.pod_namespace, 'pod_name', a.pod_name, 'container_id', a.container_id, 'owner', a.owner,
-          'cluster', a.cluster, 'routing_domain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'allocated_at', a.allocated_at) AS row
+          'cluster', a.cluster, 'routing_domain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'pod_uid', a.pod_uid,
+          'allocated_at', a.allocated_at) AS row
       FROM ipam.allocations a WHERE a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL LIMIT 1) x
     WHERE NOT EXISTS (SELECT 1 FROM fenced f WHERE f.ord = r.ord)),
   fresh AS MATERIALIZED (
@@ -74,8 +75,8 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
     WHERE b.id = s.block_id),
   freed AS (DELETE FROM ipam.free_addresses f USING chk WHERE chk.ok AND f.routing_domain_id = chk.domain_id AND f.address = chk.address),
   ins AS (
-    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
-    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '' FROM chk WHERE ok)
+    INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner, pod_uid)
+    SELECT handle, address, family, pool_id, block_id, domain_id, cluster, node, ns, name, cid, '', uid FROM chk WHERE ok)
   -- A new row is the request plus what is returned here (every ok row is inserted, or the statement fails, at now()):
   -- the caller knows the rest. A live allocation found by handle comes back whole.
   SELECT ord, 'new' AS outcome, host(address) AS address, block_cidr::text AS block_cidr,
@@ -102,6 +103,8 @@ export interface FastRequest {
   cluster: string;
   /** '' when the caller named no attempt. */
   attemptId: string;
+  /** The pod's Kubernetes UID, or ''. */
+  podUid: string;
 }
 
 /**
@@ -143,7 +146,7 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
       values: [
         unique.map((u) => u.handle), unique.map((u) => u.family), unique.map((u) => u.node), unique.map((u) => u.poolId),
         unique.map((u) => u.blockSize.toString()), unique.map((u) => u.podNamespace), unique.map((u) => u.podName), unique.map((u) => u.containerId),
-        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster), unique.map((u) => u.attemptId),
+        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster), unique.map((u) => u.attemptId), unique.map((u) => u.podUid),
       ],
     });
     const out: FastOutcome[] = unique.map(() => ({ kind: 'none' }));

@@ -24,7 +24,7 @@ type Row = Record<string, unknown>;
 type Tx = Pick<Database, 'execute'>;
 
 const ALLOCATION_COLUMNS = sql`a.handle, host(a.address) AS address, a.family, p.name AS pool, b.cidr::text AS block_cidr, a.node,
-  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.cluster, d.name AS routing_domain, a.allocated_at`;
+  a.pod_namespace, a.pod_name, a.container_id, a.owner, a.cluster, d.name AS routing_domain, a.pod_uid, a.allocated_at`;
 const ALLOCATION_JOINS = sql`JOIN ipam.pools p ON p.id = a.pool_id JOIN ipam.blocks b ON b.id = a.block_id JOIN ipam.routing_domains d ON d.id = a.routing_domain_id`;
 
 function toAllocation(r: Row): Allocation {
@@ -41,6 +41,7 @@ function toAllocation(r: Row): Allocation {
     owner: String(r.owner ?? ''),
     cluster: String(r.cluster ?? ''),
     routingDomain: String(r.routing_domain),
+    podUid: String(r.pod_uid ?? ''),
     allocatedAt: new Date(r.allocated_at as string),
   };
 }
@@ -261,7 +262,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
     const all = await poolRules(req.cluster);
     if (all.length === 0) throw ipamErrors.noPools();
-    const pools = selectPools(all, req);
+    req = await withStoredLabels(all, req);
+    const pools = selectPools(all, { ...req, namespace: req.podNamespace });
     const families = wantedFamilies(pools, req);
     // The common case, one family from a block with never-used addresses: one statement, one round trip.
     if (families.length === 1 && req.addresses.length === 0 && !req.owner) {
@@ -276,6 +278,43 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       }
     }
     return withRetry(() => allocateOnce(req, pools));
+  }
+
+  /**
+   * The request with the labels stored by SetNodeLabels / SetNamespaceLabels in place of empty ones; labels in the
+   * request win. Read only when a pool of the domain has a selector of that kind: the common allocation, in a domain
+   * without selectors, pays no round trip for them.
+   */
+  async function withStoredLabels(pools: PoolRule[], req: AllocationRequest): Promise<AllocationRequest> {
+    const needNode = Object.keys(req.nodeLabels).length === 0 && pools.some((p) => p.nodeSelector !== '');
+    const needNamespace = Object.keys(req.namespaceLabels).length === 0 && req.podNamespace !== '' && pools.some((p) => p.namespaceSelector !== '');
+    if (!needNode && !needNamespace) return req;
+    const [r] = await rows(db, sql`SELECT
+        (SELECT labels FROM ipam.node_labels WHERE ${needNode} AND node = ${req.node}) AS node,
+        (SELECT labels FROM ipam.namespace_labels WHERE ${needNamespace} AND cluster = ${req.cluster ?? ''} AND namespace = ${req.podNamespace}) AS namespace`);
+    return {
+      ...req,
+      nodeLabels: needNode ? ((r?.node as Record<string, string> | null) ?? {}) : req.nodeLabels,
+      namespaceLabels: needNamespace ? ((r?.namespace as Record<string, string> | null) ?? {}) : req.namespaceLabels,
+    };
+  }
+
+  /** Stores a node's labels (replacing what was there); none removes its row. */
+  async function setNodeLabels(node: string, labels: Record<string, string>): Promise<void> {
+    if (Object.keys(labels).length === 0) await db.execute(sql`DELETE FROM ipam.node_labels WHERE node = ${node}`);
+    else await db.execute(sql`INSERT INTO ipam.node_labels (node, labels) VALUES (${node}, ${JSON.stringify(labels)}::jsonb)
+      ON CONFLICT (node) DO UPDATE SET labels = excluded.labels, updated_at = now()`);
+  }
+
+  /** Stores a namespace's labels within a cluster ('' for callers naming none); none removes its row. */
+  async function setNamespaceLabels(cluster: string | null, namespace: string, labels: Record<string, string>): Promise<void> {
+    if (cluster) {
+      const [known] = await rows(db, sql`SELECT 1 FROM ipam.clusters WHERE name = ${cluster}`);
+      if (!known) throw ipamErrors.clusterNotFound(cluster);
+    }
+    if (Object.keys(labels).length === 0) await db.execute(sql`DELETE FROM ipam.namespace_labels WHERE cluster = ${cluster ?? ''} AND namespace = ${namespace}`);
+    else await db.execute(sql`INSERT INTO ipam.namespace_labels (cluster, namespace, labels) VALUES (${cluster ?? ''}, ${namespace}, ${JSON.stringify(labels)}::jsonb)
+      ON CONFLICT (cluster, namespace) DO UPDATE SET labels = excluded.labels, updated_at = now()`);
   }
 
   /**
@@ -322,7 +361,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       handle: req.handle, family, node: req.node, poolId: Number(pool.id),
       blockSize: cidrSize(family, Number(pool.block_prefix_length)),
       podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId,
-      routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '', attemptId: req.attemptId ?? '',
+      routingDomainId: Number(pool.routing_domain_id), cluster: req.cluster ?? '', attemptId: req.attemptId ?? '', podUid: req.podUid,
     });
     switch (r.kind) {
       case 'fenced':
@@ -334,7 +373,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
           allocation: {
             handle: req.handle, address: r.address, family, pool: String(pool.name), blockCidr: r.blockCidr, node: req.node,
             podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, owner: '', cluster: req.cluster ?? '',
-            routingDomain: String(pool.routing_domain), allocatedAt: r.allocatedAt,
+            routingDomain: String(pool.routing_domain), podUid: req.podUid, allocatedAt: r.allocatedAt,
           },
         };
       case 'existing':
@@ -412,6 +451,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       const cidr = sql`network(set_masklen(${address}::inet, ${chosen.block_prefix_length}))::cidr`;
       [block] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
         VALUES (${chosen.id}, ${domain}, ${cidr}, ${req.node}, ${reservedInBlock(cidr, sql`${chosen.id}::int`)}) RETURNING id, node, cidr::text AS cidr`);
+      await adoptResting(tx, block!.id, String(block!.cidr), domain);
       await logClaim(tx, String(chosen.name), String(block!.cidr), req.node);
     }
     await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE routing_domain_id = ${domain} AND address = ${address}::inet`);
@@ -452,8 +492,8 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
 
   async function insertAllocation(tx: Tx, pool: Row, blockId: unknown, address: string, req: AllocationRequest): Promise<Allocation> {
     const [row] = await rows(tx, sql`WITH a AS (
-        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner)
-        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${pool.routing_domain_id}, ${req.cluster ?? ''}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner})
+        INSERT INTO ipam.allocations (handle, address, family, pool_id, block_id, routing_domain_id, cluster, node, pod_namespace, pod_name, container_id, owner, pod_uid)
+        VALUES (${req.handle}, ${address}::inet, ${pool.family}, ${pool.id}, ${blockId}, ${pool.routing_domain_id}, ${req.cluster ?? ''}, ${req.node}, ${req.podNamespace}, ${req.podName}, ${req.containerId}, ${req.owner}, ${req.podUid})
         RETURNING *),
       counted AS (UPDATE ipam.blocks SET live_count = live_count + 1 WHERE id = ${blockId})
       SELECT ${ALLOCATION_COLUMNS} FROM a ${ALLOCATION_JOINS}`);
@@ -526,10 +566,21 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
       LIMIT 1`);
     if (!free) return false;
     await tx.execute(sql`UPDATE ipam.pools SET claim_hint = ${free.cidr}::cidr WHERE id = ${pool.id}`);
-    await tx.execute(sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
-      VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node}, ${reservedInBlock(sql`${free.cidr}::cidr`, sql`${pool.id}::int`)})`);
+    const [claimed] = await rows(tx, sql`INSERT INTO ipam.blocks (pool_id, routing_domain_id, cidr, node, reserved)
+      VALUES (${pool.id}, ${pool.routing_domain_id}, ${free.cidr}::cidr, ${node}, ${reservedInBlock(sql`${free.cidr}::cidr`, sql`${pool.id}::int`)}) RETURNING id`);
+    await adoptResting(tx, claimed!.id, String(free.cidr), pool.routing_domain_id);
     await logClaim(tx, String(pool.name), String(free.cidr), node);
     return true;
+  }
+
+  /**
+   * A block released while some of its addresses still rested (GarbageCollect.release_blocks) left their rows: the
+   * new claim of the block takes them over, so they finish their rest here (skipped as never-used offsets, reused once
+   * rested) instead of being handed out at once. Usually none (one index range probe).
+   */
+  async function adoptResting(tx: Tx, blockId: unknown, cidr: string, domain: unknown): Promise<void> {
+    await tx.execute(sql`UPDATE ipam.free_addresses SET block_id = ${blockId} WHERE routing_domain_id = ${domain}
+      AND address BETWEEN host(network(${cidr}::cidr))::inet AND host(broadcast(${cidr}::cidr))::inet AND block_id <> ${blockId}`);
   }
 
   async function logClaim(tx: Tx, pool: string, cidr: string, node: string): Promise<void> {
@@ -766,27 +817,51 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   async function releaseEmptyBlocks(graceSeconds: number): Promise<BlockAffinity[]> {
     return db.transaction(async (tx) => {
       await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
-      const released = await rows(tx, sql`UPDATE ipam.blocks b SET released_at = now()
-        WHERE b.released_at IS NULL AND b.live_count = 0 AND b.claimed_at < now() - make_interval(secs => ${graceSeconds})
-          AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet
-                            AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL)
+      return releaseBlocks(tx, sql`b.claimed_at < now() - make_interval(secs => ${graceSeconds})
           AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses f WHERE f.block_id = b.id
                             AND (f.free_since > now() - make_interval(secs => greatest(${graceSeconds}, (SELECT cooldown_seconds FROM ipam.pools WHERE id = b.pool_id)))
-                                 OR f.hold_until > now()))
-        RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`);
-      if (released.length === 0) return [];
-      // A released block is free again: the next claim in its pool looks from there.
-      await tx.execute(sql`UPDATE ipam.pools p SET claim_hint = least(p.claim_hint, r.low)
-        FROM (SELECT b.pool_id, min(b.cidr) AS low FROM ipam.blocks b
-              WHERE b.id IN (SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int) GROUP BY b.pool_id) r
-        WHERE p.id = r.pool_id AND p.claim_hint IS NOT NULL`);
-      await tx.execute(sql`DELETE FROM ipam.free_addresses WHERE block_id IN (SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int)`);
-      for (const b of released) {
-        await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`);
-      }
-      await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
-      return released.map((b) => ({ cidr: String(b.cidr), pool: String(b.pool), node: String(b.node) }));
+                                 OR f.hold_until > now()))`);
     });
+  }
+
+  /**
+   * Gives the node's blocks that hold no live allocation back to their pools at once (GarbageCollect.release_blocks:
+   * the node is gone). Addresses still resting keep their rows: the next claim of the block adopts them (adoptResting).
+   */
+  async function releaseNodeBlocks(node: string): Promise<BlockAffinity[]> {
+    return withRetry(() => db.transaction(async (tx) => {
+      await tx.execute(sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+      return releaseBlocks(tx, sql`b.node = ${node}`);
+    }));
+  }
+
+  /**
+   * Releases the live, empty blocks matched by `where` (alias b). The caller holds the claim lock. The row stays for
+   * history; its resting addresses whose rest is over go, the withdrawal is logged like a claim (node null), so routes
+   * follow, and the pool's claim hint moves down to it.
+   */
+  async function releaseBlocks(tx: Tx, where: SQL): Promise<BlockAffinity[]> {
+    // Row locks: a concurrent allocation that committed into the block makes it fail live_count = 0 on the re-check.
+    const released = await rows(tx, sql`UPDATE ipam.blocks b SET released_at = now()
+      WHERE b.released_at IS NULL AND b.live_count = 0
+        AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet
+                          AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL)
+        AND ${where}
+      RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`);
+    if (released.length === 0) return [];
+    const ids = sql`(SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => Number(b.id)))}::jsonb)::int)`;
+    // A released block is free again: the next claim in its pool looks from there.
+    await tx.execute(sql`UPDATE ipam.pools p SET claim_hint = least(p.claim_hint, r.low)
+      FROM (SELECT b.pool_id, min(b.cidr) AS low FROM ipam.blocks b WHERE b.id IN ${ids} GROUP BY b.pool_id) r
+      WHERE p.id = r.pool_id AND p.claim_hint IS NOT NULL`);
+    await tx.execute(sql`DELETE FROM ipam.free_addresses f USING ipam.blocks b, ipam.pools p
+      WHERE f.block_id IN ${ids} AND b.id = f.block_id AND p.id = b.pool_id
+        AND f.free_since <= now() - make_interval(secs => p.cooldown_seconds) AND (f.hold_until IS NULL OR f.hold_until <= now())`);
+    for (const b of released) {
+      await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`);
+    }
+    await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
+    return released.map((b) => ({ cidr: String(b.cidr), pool: String(b.pool), node: String(b.node) }));
   }
 
   /** Nodes that hold blocks or live allocations. */
@@ -829,7 +904,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     releaseEmptyBlocks, nodesHoldingAddresses, pruneAttempts,
     checkConsistency,
     createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
-    garbageCollect, releaseNodeAllocationsBefore, history, utilization, affinitySnapshot, affinityChangesSince,
+    garbageCollect, releaseNodeAllocationsBefore, releaseNodeBlocks, setNodeLabels, setNamespaceLabels, history, utilization, affinitySnapshot, affinityChangesSince,
   });
 }
 

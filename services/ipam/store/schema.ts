@@ -1,6 +1,6 @@
 import { sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
-import { bigint, bigserial, boolean, cidr, index, inet, integer, pgSchema, primaryKey, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { bigint, bigserial, boolean, cidr, index, inet, integer, jsonb, pgSchema, primaryKey, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
 
 /** IPAM's own schema. Exclusion constraints (no overlapping pools or blocks) are in a custom migration. */
 export const ipam = pgSchema('ipam');
@@ -80,6 +80,8 @@ export const allocations = ipam.table(
     containerId: text('container_id').notNull().default(''),
     /** Owner key of a sticky address (e.g. "statefulset/shop/cart-0"); empty when not sticky. */
     owner: text('owner').notNull().default(''),
+    /** The pod's Kubernetes UID (CNI_ARGS K8S_POD_UID); empty when the caller gave none. */
+    podUid: text('pod_uid').notNull().default(''),
     allocatedAt: timestamp('allocated_at', { withTimezone: true }).notNull().defaultNow(),
     releasedAt: timestamp('released_at', { withTimezone: true }),
   },
@@ -154,6 +156,31 @@ export const allocationAttempts = ipam.table(
     fencedAt: timestamp('fenced_at', { withTimezone: true }),
   },
   (t) => [primaryKey({ columns: [t.handle, t.attemptId] })],
+);
+
+/**
+ * Node labels stored by SetNodeLabels (e.g. from Kubernetes Node objects), matched against pools' node selectors when
+ * an Allocate carries no node labels. A node without labels has no row.
+ */
+export const nodeLabels = ipam.table('node_labels', {
+  node: text('node').primaryKey(),
+  labels: jsonb('labels').$type<Record<string, string>>().notNull(),
+  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/**
+ * Namespace labels stored by SetNamespaceLabels, per cluster ('' for callers that name none), matched against pools'
+ * namespace selectors when an Allocate carries no namespace labels. A namespace without labels has no row.
+ */
+export const namespaceLabels = ipam.table(
+  'namespace_labels',
+  {
+    cluster: text('cluster').notNull().default(''),
+    namespace: text('namespace').notNull(),
+    labels: jsonb('labels').$type<Record<string, string>>().notNull(),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.cluster, t.namespace] })],
 );
 
 /** Address ranges that are never allocated (first..last inclusive, one family, inside one pool). */
