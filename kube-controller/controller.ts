@@ -184,7 +184,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
       await o.weft.routes.deregisterNode({ name }, call).catch((err: { code?: number }) => {
         if (err.code !== GrpcStatus.NOT_FOUND) throw err;
       });
-      const gc = await o.weft.ipam.garbageCollect({ node: name, validHandles: [], allocatedBefore: before }, call);
+      const gc = await o.weft.ipam.garbageCollect({ node: name, validHandles: [], allocatedBefore: before, releaseBlocks: true }, call);
       await o.weft.ipam.setNodeLabels({ node: name, labels: {} }, call);
       log.info('node deleted: routes withdrawn, addresses released', { node: name, released: gc.released.length });
     });
