@@ -3,13 +3,15 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, stringify } from 'yaml';
+import { parsePolicyObject } from '../services/policy/domain/model.js';
 import { kubeApiserverSkipReason, startKubeApiserver, type KubeApiserver } from './support/kube-apiserver.js';
 import { skipOutsideCi } from './support/privileges.js';
 
 /**
  * deploy/ against a real Kubernetes API server (kube-apiserver 1.20.2 from scripts/kube/build.sh, on 127.0.0.1):
  * the manifests are accepted by a server-side dry run, a broken one is refused (so the check is live), and each
- * ServiceAccount can do what it needs and nothing else. Touches no kernel: no lock needed.
+ * ServiceAccount can do what it needs and nothing else; the AdminNetworkPolicy CRDs install and the server holds
+ * policies to their schemas. Touches no kernel: no lock needed.
  */
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -27,7 +29,7 @@ function mapTo120(o: Obj): Obj {
   return o;
 }
 
-const RBAC_KINDS = new Set(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding']);
+const APPLIED_KINDS = new Set(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'CustomResourceDefinition']);
 const toYaml = (objs: Obj[]) => objs.map((o) => stringify(o)).join('---\n');
 
 describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverSkipReason()), () => {
@@ -41,8 +43,11 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
     const { stdout } = await kube.kubectl(['kustomize', path.join(root, 'deploy')]);
     rendered = parseAllDocuments(stdout).map((d) => d.toJS() as Obj).filter(Boolean);
     // The ServiceAccounts and their RBAC are applied for real: `auth can-i` needs them, and the namespaced objects'
-    // dry run needs the namespace to exist (a dry-run namespace is not created).
-    await kube.kubectl(['apply', '-f', '-'], { input: toYaml(rendered.filter((o) => RBAC_KINDS.has(o.kind))) });
+    // dry run needs the namespace to exist (a dry-run namespace is not created). So are the CRDs: policies are
+    // created against them below.
+    await kube.kubectl(['apply', '-f', '-'], { input: toYaml(rendered.filter((o) => APPLIED_KINDS.has(o.kind))) });
+    await kube.kubectl(['wait', '--for=condition=established', '--timeout=30s',
+      ...rendered.filter((o) => o.kind === 'CustomResourceDefinition').map((o) => `customresourcedefinition/${o.metadata.name}`)]);
   });
   after(async () => {
     await kube?.stop();
@@ -54,7 +59,7 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
       const kind = o.kind.toLowerCase();
       assert.match(stdout, new RegExp(`^${kind}[^ ]*/${o.metadata.name} .*\\(server dry run\\)$`, 'm'), `${o.kind} ${o.metadata.name} in:\n${stdout}`);
     }
-    for (const kind of ['Namespace', 'Deployment', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ServiceAccount', 'ClusterRole', 'Role']) {
+    for (const kind of ['Namespace', 'Deployment', 'DaemonSet', 'Service', 'PodDisruptionBudget', 'ServiceAccount', 'ClusterRole', 'Role', 'CustomResourceDefinition']) {
       assert.ok(rendered.some((o) => o.kind === kind), `deploy/ has a ${kind}`);
     }
     const { stdout: left } = await kube.kubectl(['get', 'deployments,daemonsets,services,configmaps', '-n', NS, '-o', 'name']);
@@ -95,15 +100,19 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
         ['get', 'pods', NS, false], ['create', 'leases.coordination.k8s.io', NS, false],
         ...never,
       ],
-      'weft-controller': [
+      'weft-kube-controller': [
         ...['nodes', 'namespaces', 'pods', 'networkpolicies.networking.k8s.io', 'adminnetworkpolicies.policy.networking.k8s.io',
           'baselineadminnetworkpolicies.policy.networking.k8s.io'].flatMap((r): Check[] => [['list', r, '', true], ['watch', r, '', true], ['get', r, '', true]]),
-        ['patch', 'nodes/status', '', true],
-        ['create', 'leases.coordination.k8s.io', NS, true], ['update', 'leases.coordination.k8s.io/weft-controller', NS, true],
-        ['update', 'leases.coordination.k8s.io/someone-else', NS, false], ['delete', 'leases.coordination.k8s.io/weft-controller', NS, false],
+        ['patch', 'nodes/status', '', true], ['update', 'nodes/status', '', true],
+        ['create', 'leases.coordination.k8s.io', NS, true],
+        ['get', 'leases.coordination.k8s.io/weft-kube-controller', NS, true], ['update', 'leases.coordination.k8s.io/weft-kube-controller', NS, true],
+        ['get', 'leases.coordination.k8s.io/someone-else', NS, false], ['update', 'leases.coordination.k8s.io/someone-else', NS, false],
+        ['delete', 'leases.coordination.k8s.io/weft-kube-controller', NS, false], ['list', 'leases.coordination.k8s.io', NS, false],
         ['create', 'leases.coordination.k8s.io', 'default', false],
-        ['patch', 'nodes', '', false], ['patch', 'pods', NS, false], ['update', 'networkpolicies.networking.k8s.io', NS, false],
-        ['create', 'adminnetworkpolicies.policy.networking.k8s.io', '', false],
+        ['create', 'events', NS, true], ['patch', 'events', NS, true], ['create', 'events.events.k8s.io', NS, true],
+        ['delete', 'events', NS, false], ['create', 'events', 'default', false],
+        ['patch', 'nodes', '', false], ['patch', 'pods', NS, false], ['update', 'pods/status', NS, false], ['update', 'networkpolicies.networking.k8s.io', NS, false],
+        ['create', 'adminnetworkpolicies.policy.networking.k8s.io', '', false], ['update', 'adminnetworkpolicies.policy.networking.k8s.io/status', '', false],
         ...never,
       ],
       'weft-control-plane': [
@@ -112,22 +121,6 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
         ...never,
       ],
     };
-    // The AdminNetworkPolicy CRDs are not installed on this server, and kubectl 1.20's `auth can-i` sends a resource
-    // it cannot find in discovery without its API group; for those it asks the same question with a
-    // SubjectAccessReview (what `can-i --as` sends, with the group explicit).
-    const UNSERVED_GROUPS = ['policy.networking.k8s.io'];
-    const reviewAccess = async (sa: string, verb: string, resource: string, ns: string): Promise<boolean> => {
-      const dot = resource.indexOf('.');
-      const review = {
-        apiVersion: 'authorization.k8s.io/v1', kind: 'SubjectAccessReview',
-        spec: {
-          user: `system:serviceaccount:${NS}:${sa}`, groups: ['system:serviceaccounts', `system:serviceaccounts:${NS}`, 'system:authenticated'],
-          resourceAttributes: { verb, resource: resource.slice(0, dot), group: resource.slice(dot + 1), ...(ns ? { namespace: ns } : {}) },
-        },
-      };
-      const { stdout } = await kube.kubectl(['create', '-f', '-', '-o', 'json'], { input: JSON.stringify(review) });
-      return (JSON.parse(stdout) as { status: { allowed: boolean } }).status.allowed;
-    };
     const wrong: string[] = [];
     for (const [sa, checks] of Object.entries(matrix)) {
       for (const [verb, resource, ns, allowed] of checks) {
@@ -135,12 +128,12 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
         const subIsStatus = sub === 'status' || sub === 'token';
         const args = ['auth', 'can-i', verb, subIsStatus ? res : resource, `--as=system:serviceaccount:${NS}:${sa}`,
           ...(subIsStatus ? [`--subresource=${sub}`] : []), ...(ns ? ['-n', ns] : ['--all-namespaces'])];
-        const answer = UNSERVED_GROUPS.some((g) => resource.endsWith(`.${g}`))
-          ? await reviewAccess(sa, verb, resource, ns)
-          : await kube.kubectl(args).then(() => true, (err: Error & { stdout?: string }) => {
-              if (!/^no\b/m.test(err.stdout ?? '')) throw err;
-              return false;
-            });
+        const { answer, stderr } = await kube.kubectl(args).then(({ stderr }) => ({ answer: true, stderr }), (err: Error & { stdout?: string; stderr?: string }) => {
+          if (!/^no\b/m.test(err.stdout ?? '')) throw err;
+          return { answer: false, stderr: err.stderr ?? '' };
+        });
+        // kubectl sends a resource it cannot find in discovery without its group, which asks another question.
+        assert.doesNotMatch(stderr, /doesn't have a resource type/, `${resource}: ${stderr}`);
         if (answer !== allowed) wrong.push(`${sa} ${verb} ${resource}${ns ? ` -n ${ns}` : ''}: ${answer ? 'yes' : 'no'}, want ${allowed ? 'yes' : 'no'}`);
       }
     }
@@ -160,5 +153,98 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
     assert.equal(env.get('WEFT_CNI_CONF_DIR'), '/host/etc/cni/net.d', 'the agent writes the conflist once its socket answers');
     assert.equal(env.has('WEFT_CNI_BIN_DIR'), false, 'the agent does not overwrite the self-contained plugin with the Node script');
     assert.ok(agent.volumeMounts?.some((m) => m.mountPath === '/host/etc/cni/net.d'));
+  });
+
+  // The AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs (installed for real in before()).
+  const GV = 'policy.networking.k8s.io/v1alpha1';
+  const anp = (name: string, spec: Record<string, unknown>) => ({ apiVersion: GV, kind: 'AdminNetworkPolicy', metadata: { name }, spec });
+  const banp = (name: string, spec: Record<string, unknown>) => ({ apiVersion: GV, kind: 'BaselineAdminNetworkPolicy', metadata: { name }, spec });
+  const validAnp = anp('tenant-isolation', {
+    priority: 10,
+    subject: { pods: { namespaceSelector: { matchLabels: { tenant: 'a' } }, podSelector: { matchExpressions: [{ key: 'app', operator: 'In', values: ['web'] }] } } },
+    ingress: [
+      { name: 'monitoring', action: 'Allow', from: [{ namespaces: { matchLabels: { role: 'monitoring' } } }], ports: [{ portNumber: { port: 9090 } }, { namedPort: 'metrics' }] },
+      { name: 'ops', action: 'Pass', from: [{ pods: { namespaceSelector: {}, podSelector: { matchLabels: { role: 'ops' } } } }] },
+      { name: 'others', action: 'Deny', from: [{ namespaces: {} }] },
+    ],
+    egress: [
+      { name: 'no-metadata', action: 'Deny', to: [{ networks: ['169.254.169.254/32', 'fd00:ec2::254/128'] }], ports: [{ portRange: { protocol: 'TCP', start: 80, end: 443 } }] },
+    ],
+  });
+  const validBanp = banp('default', {
+    subject: { namespaces: {} },
+    ingress: [{ name: 'default-deny', action: 'Deny', from: [{ namespaces: {} }] }],
+    egress: [{ action: 'Allow', to: [{ pods: { namespaceSelector: {}, podSelector: {} } }], ports: [{ portNumber: { protocol: 'UDP', port: 53 } }] }],
+  });
+  const create = (o: object, validate = false) => kube.kubectl(['create', `--validate=${validate}`, '-o', 'json', '-f', '-'], { input: JSON.stringify(o) });
+  const refused = async (o: object, why: RegExp, validate = false) => {
+    await assert.rejects(create(o, validate), (err: Error) => {
+      assert.match(err.message, why);
+      return true;
+    }, `${JSON.stringify(o)} was accepted`);
+  };
+
+  test('the admin policy CRDs: a valid policy of each kind is stored as written (with protocol defaulted), has a status subresource, and Weft parses it', async () => {
+    try {
+      const storedAnp = JSON.parse((await create(validAnp)).stdout) as typeof validAnp & { spec: { ingress: { ports?: { portNumber?: { protocol?: string } }[] }[]; egress: { to: { networks?: string[] }[] }[] } };
+      assert.equal(storedAnp.spec.ingress[0]!.ports![0]!.portNumber!.protocol, 'TCP', 'protocol defaults to TCP');
+      assert.deepEqual(storedAnp.spec.egress[0]!.to[0]!.networks, ['169.254.169.254/32', 'fd00:ec2::254/128'], 'nothing pruned');
+      assert.deepEqual({ ...storedAnp.spec, ingress: undefined }, { ...validAnp.spec, ingress: undefined });
+      const storedBanp = JSON.parse((await create(validBanp)).stdout) as typeof validBanp;
+      assert.deepEqual(storedBanp.spec, validBanp.spec);
+      // What the kube-controller will read back is what the policy service accepts.
+      const parsedAnp = parsePolicyObject(storedAnp);
+      assert.ok(parsedAnp.kind === 'AdminNetworkPolicy' && parsedAnp.priority === 10 && parsedAnp.ingress.length === 3 && parsedAnp.egress.length === 1);
+      assert.equal(parsePolicyObject(storedBanp).kind, 'BaselineAdminNetworkPolicy');
+      for (const path of ['adminnetworkpolicies/tenant-isolation/status', 'baselineadminnetworkpolicies/default/status']) {
+        await kube.kubectl(['get', '--raw', `/apis/${GV}/${path}`]);
+      }
+      const { stdout } = await kube.kubectl(['get', 'anp']);
+      assert.match(stdout, /^tenant-isolation\s+10\s/m, 'kubectl get anp shows the priority');
+    } finally {
+      await kube.kubectl(['delete', '--ignore-not-found', 'adminnetworkpolicy/tenant-isolation', 'baselineadminnetworkpolicy/default']);
+    }
+  });
+
+  // 1.20 names list items without their index (spec.ingress.action); later servers with it (spec.ingress[0].action).
+  test('the admin policy CRDs: the server refuses what the API forbids', async () => {
+    const withSpec = (patch: Record<string, unknown>) => anp('broken', { ...validAnp.spec, ...patch });
+    await refused(withSpec({ priority: 1001 }), /spec\.priority.*less than or equal to 1000/);
+    await refused(withSpec({ priority: -1 }), /spec\.priority.*greater than or equal to 0/);
+    await refused(withSpec({ ingress: [{ name: 'x', action: 'Maybe', from: [{ namespaces: {} }] }] }), /spec\.ingress(\[0\])?\.action: Unsupported value: "Maybe"/);
+    await refused(withSpec({ ingress: [{ name: 'x', action: 'Deny', from: [] }] }), /spec\.ingress(\[0\])?\.from.*at least 1 items/);
+    await refused(withSpec({ subject: { namespaces: {}, pods: { namespaceSelector: {}, podSelector: {} } } }), /spec\.subject.*at most 1 properties/);
+    await refused(withSpec({ egress: [{ action: 'Deny', to: [{ networks: ['10.0.0.300/8'] }] }] }), /networks(\[0\])?.*must be of type cidr/);
+    await refused(withSpec({ egress: [{ action: 'Deny', to: [{ namespaces: {} }], ports: [{ portNumber: { port: 70000 } }] }] }), /port.*less than or equal to 65535/);
+    await refused(withSpec({ ingress: Array.from({ length: 101 }, () => ({ action: 'Deny', from: [{ namespaces: {} }] })) }), /spec\.ingress.*at most 100 items/);
+    await refused(anp('no-priority', { subject: { namespaces: {} } }), /spec\.priority: Required value/);
+    // A peer Weft does not enforce (upstream's experimental nodes) is not stored and ignored: kubectl names the field,
+    // and without kubectl's check the server prunes it and the empty peer is refused.
+    const nodesPeer = withSpec({ egress: [{ action: 'Deny', to: [{ nodes: {} }] }] });
+    await refused(nodesPeer, /unknown field "nodes"/, true);
+    await refused(nodesPeer, /to(\[0\])?.*at least 1 properties/);
+    // The baseline: no Pass, and only "default" (enforced by the schema on metadata.name, no CEL needed).
+    await refused(banp('default', { ...validBanp.spec, ingress: [{ action: 'Pass', from: [{ namespaces: {} }] }] }), /spec\.ingress(\[0\])?\.action: Unsupported value: "Pass"/);
+    await refused(banp('other', validBanp.spec), /metadata\.name: Unsupported value: "other"/);
+    const { stdout } = await kube.kubectl(['get', 'anp,banp', '-o', 'name']);
+    assert.equal(stdout.trim(), '', 'nothing refused was stored');
+  });
+
+  test('the admin policy CRDs: the baseline shares subject, peers, ports and status with AdminNetworkPolicy, and differs only by Pass', () => {
+    type Schema = { properties: Record<string, Schema>; items: Schema; enum?: string[] };
+    const schemaOf = (kind: string) => (rendered.find((o) => o.kind === 'CustomResourceDefinition' && (o.spec as { names: { kind: string } }).names.kind === kind)!
+      .spec as { versions: { schema: { openAPIV3Schema: Schema } }[] }).versions[0]!.schema.openAPIV3Schema;
+    const [a, b] = [schemaOf('AdminNetworkPolicy'), schemaOf('BaselineAdminNetworkPolicy')];
+    const rule = (s: Schema, dir: string) => s.properties.spec!.properties[dir]!.items.properties;
+    assert.deepEqual(b.properties.spec!.properties.subject, a.properties.spec!.properties.subject);
+    assert.deepEqual(b.properties.status, a.properties.status);
+    for (const [dir, peers] of [['ingress', 'from'], ['egress', 'to']] as const) {
+      assert.deepEqual(rule(b, dir)[peers], rule(a, dir)[peers]);
+      assert.deepEqual(rule(b, dir).ports, rule(a, dir).ports);
+      assert.deepEqual(rule(b, dir).name, rule(a, dir).name);
+      assert.deepEqual(rule(a, dir).action!.enum, ['Allow', 'Deny', 'Pass']);
+      assert.deepEqual(rule(b, dir).action!.enum, ['Allow', 'Deny']);
+    }
+    assert.equal(b.properties.spec!.properties.priority, undefined);
   });
 });

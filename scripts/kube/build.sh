@@ -7,14 +7,19 @@
 # with a PRIVATE apt configuration (its own sources list, state and cache under the cache folder), so this step
 # installs nothing system-wide. The tools it needs (golang-1.19, dpkg-dev) come from scripts/install-deps.sh.
 #
-# Cache: ${WEFT_KUBE_CACHE:-/var/cache/weft/kube-1.20.2}; the result is $CACHE/bin/kube-apiserver and the matching
+# One change to the tree: vendor/github.com/modern-go/reflect2 1.0.1 is replaced by 1.0.2 (Debian's
+# golang-github-modern-go-reflect2-dev), whose map iteration works under Go 1.18 and later; with 1.0.1 built by Go
+# 1.19 the server dies (SIGSEGV in json-iterator) on the first request that carries a custom resource.
+#
+# Cache: ${WEFT_KUBE_CACHE:-/var/cache/weft/kube-1.20.2-b2} (b2: the reflect2 fix; b1 was kube-1.20.2); the result is $CACHE/bin/kube-apiserver and the matching
 # $CACHE/bin/kubectl (from Debian's kubernetes-client .deb, same private apt configuration). When that binary
 # is already there and reports v1.20.2, the script does nothing. About 5 minutes of CPU (3 minutes on two cores);
 # the source tree and Go's build cache are removed afterwards: the cache keeps the two binaries (150 MB) and logs.
 # Logs of the long steps go to $CACHE/log/.
 set -euo pipefail
 VERSION=1.20.2
-CACHE=${WEFT_KUBE_CACHE:-/var/cache/weft/kube-$VERSION}
+BUILD=b2
+CACHE=${WEFT_KUBE_CACHE:-/var/cache/weft/kube-$VERSION-$BUILD}
 BIN=$CACHE/bin/kube-apiserver
 GO=${WEFT_GO:-/usr/lib/go-1.19/bin/go}
 
@@ -43,7 +48,8 @@ apt_opts=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o "Dir::Etc::SourceP
 echo "weft: fetching Debian's kubernetes $VERSION source package from $mirror" >&2
 apt-get "${apt_opts[@]}" -qq update
 # Debian names it 1.20.5+really1.20.2-…: the tree is upstream v1.20.2 (checked below by the built binary's version).
-(cd "$WORK/src" && apt-get "${apt_opts[@]}" -qq source --download-only kubernetes && apt-get "${apt_opts[@]}" -qq download kubernetes-client) >"$CACHE/log/fetch.log" 2>&1 \
+(cd "$WORK/src" && apt-get "${apt_opts[@]}" -qq source --download-only kubernetes \
+  && apt-get "${apt_opts[@]}" -qq download kubernetes-client golang-github-modern-go-reflect2-dev) >"$CACHE/log/fetch.log" 2>&1 \
   || { cat "$CACHE/log/fetch.log" >&2; exit 1; }
 dsc=$(ls "$WORK"/src/kubernetes_*.dsc | head -1)
 # kubectl of the same version, from Debian's kubernetes-client, extracted into the cache rather than installed: it
@@ -51,6 +57,11 @@ dsc=$(ls "$WORK"/src/kubernetes_*.dsc | head -1)
 dpkg-deb -x "$(ls "$WORK"/src/kubernetes-client_*.deb | head -1)" "$WORK/client"
 install -m 0755 "$WORK/client/usr/bin/kubectl" "$CACHE/bin/kubectl"
 dpkg-source -x "$dsc" "$WORK/src/kubernetes" >"$CACHE/log/unpack.log" 2>&1 || { cat "$CACHE/log/unpack.log" >&2; exit 1; }
+# reflect2 1.0.2 over the vendored 1.0.1 (same API; see the top of this file).
+dpkg-deb -x "$(ls "$WORK"/src/golang-github-modern-go-reflect2-dev_*.deb | head -1)" "$WORK/reflect2"
+rm -rf "$WORK/src/kubernetes/vendor/github.com/modern-go/reflect2"
+cp -r "$WORK/reflect2/usr/share/gocode/src/github.com/modern-go/reflect2" "$WORK/src/kubernetes/vendor/github.com/modern-go/reflect2"
+rm -f "$WORK/src/kubernetes/vendor/github.com/modern-go/reflect2"/*_test.go
 
 # 2. GOPATH laid out as upstream's _output/local/go: src/k8s.io/kubernetes is the tree. Offline, no modules.
 export GOPATH=$WORK/gopath GOCACHE=$WORK/gocache GO111MODULE=off GOFLAGS= GOPROXY=off CGO_ENABLED=0

@@ -19,7 +19,7 @@ import { freePort } from './ports.js';
 const run = promisify(execFile);
 
 /** Where scripts/kube/build.sh puts kube-apiserver and the matching kubectl. */
-export const KUBE_CACHE = process.env.WEFT_KUBE_CACHE || '/var/cache/weft/kube-1.20.2';
+export const KUBE_CACHE = process.env.WEFT_KUBE_CACHE || '/var/cache/weft/kube-1.20.2-b2';
 export const kubeBinaries = {
   apiserver: path.join(KUBE_CACHE, 'bin/kube-apiserver'),
   kubectl: path.join(KUBE_CACHE, 'bin/kubectl'),
