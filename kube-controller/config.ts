@@ -41,7 +41,7 @@ export const kubeControllerSettings = {
   releaseGraceSeconds: { env: 'WEFT_K8S_RELEASE_GRACE_SECONDS', description: 'an address whose pod is gone from the API server is released this long after it was allocated and after the pod went (the runtime\'s own DEL normally releases it first)', default: 60, parse: parsers.int(0, 86_400) },
   fullSweepSeconds: { env: 'WEFT_K8S_FULL_SWEEP_SECONDS', description: 'how often every allocation of the cluster\'s nodes is compared with the API server\'s pods (a pod deleted while no controller ran)', default: 600, parse: parsers.int(1, 86_400) },
   nodeStatusSeconds: { env: 'WEFT_K8S_NODE_STATUS_SECONDS', description: 'how often the NetworkUnavailable condition of every node is brought in line with its agent\'s registration', default: 10, parse: parsers.int(1, 3600) },
-  healthListen: { env: 'WEFT_K8S_HEALTH_LISTEN', description: 'host:port serving /healthz (the process runs) and /readyz (caches synced); empty: off', default: '0.0.0.0:7481', parse: (raw: string) => (parseListenAddress(raw), raw) },
+  healthListen: { env: 'WEFT_K8S_HEALTH_LISTEN', description: 'host:port serving /healthz (the process runs) and /readyz (caches synced); "off": none', default: '0.0.0.0:7481', parse: (raw: string) => (raw === 'off' ? '' : (parseListenAddress(raw), raw)) },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
 } satisfies SettingsSpec;
 

@@ -66,6 +66,8 @@ export function createKubeController(o: ControllerOptions): KubeController {
   const applied = new Map<string, string>();
   /** Last known node of each pod key, to sweep that node's addresses after the pod is gone. */
   const podNode = new Map<string, string>();
+  /** When the leader saw each pod's delete event ("namespace/name"), until its node was swept. */
+  const podDeletedAt = new Map<string, { at: number; node: string }>();
   /** Pod-address sweep: when each allocation's pod was first seen missing. */
   let missingSince = new Map<string, number>();
 
@@ -138,7 +140,8 @@ export function createKubeController(o: ControllerOptions): KubeController {
     if (!pod || !podMayHoldAddress(pod)) {
       const node = podNode.get(podKey);
       if (node) {
-        queue?.addAfter(`Sweep:/${node}`, o.releaseGraceMs + 1000);
+        if (!podDeletedAt.has(podKey)) podDeletedAt.set(podKey, { at: Date.now(), node });
+        queue?.addAfter(`Sweep:/${node}`, o.releaseGraceMs + 500);
         if (!pod) podNode.delete(podKey);
       }
     }
@@ -208,6 +211,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
     const previous = node === null ? missingSince : new Map([...missingSince].filter(([h]) => handles.has(h)));
     const plan = planPodReleases({
       allocations, nodes, missingSince: previous, now: Date.now(), graceMs: o.releaseGraceMs,
+      deletedAt: (ns, n) => podDeletedAt.get(`${ns}/${n}`)?.at,
       pod: (ns, n) => {
         const p = watches.Pod.get(n, ns);
         return p ? { uid: p.metadata?.uid ?? '', mayHoldAddress: podMayHoldAddress(p) } : undefined;
@@ -219,6 +223,10 @@ export function createKubeController(o: ControllerOptions): KubeController {
       for (const [h, t] of plan.missingSince) missingSince.set(h, t);
       if (plan.missingSince.size > 0) queue?.addAfter(`Sweep:/${node}`, o.releaseGraceMs + 1000);
     }
+    // A delete event is remembered until a sweep of its node finds no address of that pod waiting (the runtime's DEL
+    // released it, or this sweep does).
+    const waiting = new Set(allocations.filter((a) => plan.missingSince.has(a.handle)).map((a) => `${a.podNamespace}/${a.podName}`));
+    for (const [k, d] of podDeletedAt) if ((node === null || d.node === node) && !waiting.has(k)) podDeletedAt.delete(k);
     for (const handle of plan.release) {
       const r = await o.weft.ipam.release({ handle }, call);
       missingSince.delete(handle);

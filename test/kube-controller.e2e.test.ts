@@ -11,6 +11,7 @@ import { startBlackholeProxy, type BlackholeProxy } from './support/blackhole-pr
 import { kubeApiserverSkipReason, startKubeApiserver, type KubeApiserver } from './support/kube-apiserver.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { listenTcp, tcpConnects } from './support/pod-probes.js';
+import { freePort } from './support/ports.js';
 import { bin } from './support/processes.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 
@@ -41,7 +42,7 @@ async function eventually<T>(label: string, check: () => Promise<T | undefined |
   }
 }
 
-interface Controller { child: ChildProcess; output: () => string; stop(): Promise<void> }
+interface Controller { child: ChildProcess; healthPort: number; output: () => string; stop(): Promise<void> }
 
 describe('the Kubernetes controller against a real API server and the local cluster', opts, () => {
   let api: KubeApiserver | null = null;
@@ -57,7 +58,8 @@ describe('the Kubernetes controller against a real API server and the local clus
   const kubectl = (...args: string[]) => api!.kubectl(args).then((r) => r.stdout);
   const apply = (obj: object) => api!.kubectl(['apply', '-f', '-'], { input: JSON.stringify(obj) });
 
-  function startController(identity: string): Controller {
+  async function startController(identity: string): Promise<Controller> {
+    const healthPort = await freePort();
     const child = spawn(bin.weft, ['kube-controller'], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: {
@@ -65,7 +67,7 @@ describe('the Kubernetes controller against a real API server and the local clus
         WEFT_CONTROL_PLANE: controlPlaneTarget(state),
         WEFT_KUBECONFIG: api!.kubeconfig,
         WEFT_K8S_API: `https://127.0.0.1:${proxy!.port}`,
-        WEFT_K8S_HEALTH_LISTEN: '',
+        WEFT_K8S_HEALTH_LISTEN: `127.0.0.1:${healthPort}`,
         WEFT_K8S_LEASE_SECONDS: '4',
         WEFT_K8S_RELEASE_GRACE_SECONDS: '2',
         WEFT_K8S_FULL_SWEEP_SECONDS: '5',
@@ -76,7 +78,7 @@ describe('the Kubernetes controller against a real API server and the local clus
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
     const c: Controller = {
-      child,
+      child, healthPort,
       output: () => out,
       stop: () => new Promise((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -95,11 +97,17 @@ describe('the Kubernetes controller against a real API server and the local clus
   const leaseHolder = async () => (await kubectl('get', 'lease', '-n', 'weft-system', 'weft-kube-controller', '-o', 'jsonpath={.spec.holderIdentity}')).trim();
   const allocationsOf = async (node: string) => (await ipam.listAllocations({ node, pageSize: 1000 }, { timeoutMs: 5000 })).allocations;
 
+  /** A namespace and its `default` ServiceAccount (no kube-controller-manager runs here to make it). */
+  async function createNamespace(name: string, labels: Record<string, string>): Promise<void> {
+    await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } });
+    await apply({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { namespace: name, name: 'default' } });
+  }
+
   /** Creates the Pod object, then attaches it on its node as the kubelet's runtime would (with the Pod's UID). */
   async function createPod(ns: string, name: string, node: string, labels: Record<string, string>, ports: { name: string; containerPort: number }[] = []): Promise<PodState> {
     await apply({
       apiVersion: 'v1', kind: 'Pod', metadata: { namespace: ns, name, labels },
-      spec: { nodeName: node, containers: [{ name: 'app', image: 'weft.test/none', ports }] },
+      spec: { nodeName: node, automountServiceAccountToken: false, containers: [{ name: 'app', image: 'weft.test/none', ports }] },
     });
     const uid = (await kubectl('get', 'pod', '-n', ns, name, '-o', 'jsonpath={.metadata.uid}')).trim();
     const { stdout } = await run(bin.weft, ['cluster', 'pod', 'add', node, name, '--namespace', ns, '--uid', uid, '--json', '--state-dir', cluster!.stateDir], { timeout: 60_000 });
@@ -121,7 +129,7 @@ describe('the Kubernetes controller against a real API server and the local clus
     policy = createClient(PolicyServiceService, controlPlaneTarget(state));
     await kubectl('create', 'namespace', 'weft-system');
     for (const n of state.nodes) await apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: n.name, labels: { 'kubernetes.io/hostname': n.name, zone: n.name === state.nodes[0]!.name ? 'a' : 'b' } } });
-    startController('ctl-a');
+    await startController('ctl-a');
   });
 
   after(async () => {
@@ -137,6 +145,9 @@ describe('the Kubernetes controller against a real API server and the local clus
 
   test('one replica leads through the Lease and marks nodes whose agents are registered NetworkUnavailable=False', async () => {
     await eventually('ctl-a holds the Lease', async () => (await leaseHolder()) === 'ctl-a');
+    const health = await fetch(`http://127.0.0.1:${controllers[0]!.healthPort}/healthz`);
+    assert.equal(health.status, 200);
+    await eventually('ctl-a ready', async () => (await fetch(`http://127.0.0.1:${controllers[0]!.healthPort}/readyz`)).status === 200);
     for (const n of state.nodes) {
       const cond = await eventually(`${n.name} NetworkUnavailable`, async () => {
         const c = JSON.parse((await kubectl('get', 'node', n.name, '-o', 'jsonpath={.status.conditions}')) || '[]') as { type: string; status: string; reason: string }[];
@@ -148,8 +159,8 @@ describe('the Kubernetes controller against a real API server and the local clus
 
   test('pods and a NetworkPolicy created through the API: the policy is enforced between pods on different nodes', async () => {
     const [n1, n2] = state.nodes.map((n) => n.name) as [string, string];
-    await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { team: 'shop' } } });
-    await apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'guest', labels: { team: 'guest' } } });
+    await createNamespace('shop', { team: 'shop' });
+    await createNamespace('guest', { team: 'guest' });
     const web = await createPod('shop', 'web', n1, { app: 'web' }, [{ name: 'http', containerPort: 80 }]);
     const client = await createPod('shop', 'client', n2, { role: 'client' });
     const intruder = await createPod('guest', 'intruder', n2, { role: 'client' });
@@ -244,13 +255,17 @@ describe('the Kubernetes controller against a real API server and the local clus
   test('a second replica takes over when the leader stops, and carries on', async () => {
     const web = pods['shop/web']!;
     const client = pods['shop/client']!;
-    const b = startController('ctl-b');
+    const b = await startController('ctl-b');
+    await eventually('ctl-b ready (caches synced) while standing by', async () => (await fetch(`http://127.0.0.1:${b.healthPort}/readyz`)).status === 200);
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal(await leaseHolder(), 'ctl-a', 'the standby does not take a held Lease');
     const t0 = Date.now();
     await controllers[0]!.stop();
-    await eventually('ctl-b leads', async () => (await leaseHolder()) === 'ctl-b');
+    await eventually('ctl-b leads', async () => (await leaseHolder()) === 'ctl-b').catch((err: Error) => {
+      throw new Error(`${err.message}\n--- ctl-a ---\n${controllers[0]!.output().slice(-3000)}\n--- ctl-b ---\n${b.output().slice(-3000)}`);
+    });
     console.log(`# kube-controller: standby leads ${Date.now() - t0} ms after the leader stopped (it gave the Lease up)`);
+    assert.match(b.output(), /"msg":"took the Lease over"[^\n]*"from":"\(released\)"/, 'the stopping leader gave the Lease up (no wait for it to expire)');
     await apply({
       apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: 'shop', name: 'web-deny-all' },
       spec: { podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress'] },
@@ -266,7 +281,10 @@ describe('the Kubernetes controller against a real API server and the local clus
     assert.ok((await allocationsOf(n2)).length > 0);
     const t0 = Date.now();
     await kubectl('delete', 'node', n2);
-    await eventually(`${n2} gone from the routes`, async () => !(await routes.listNodes({}, { timeoutMs: 5000 })).nodes.some((n) => n.name === n2));
+    const ctl = controllers.at(-1)!;
+    await eventually(`${n2} gone from the routes`, async () => !(await routes.listNodes({}, { timeoutMs: 5000 })).nodes.some((n) => n.name === n2)).catch((err: Error) => {
+      throw new Error(`${err.message}\n--- controller ---\n${ctl.output().slice(-3000)}`);
+    });
     await eventually(`${n2}'s addresses released`, async () => (await allocationsOf(n2)).length === 0);
     const usage = await ipam.getUtilization({ includeBlocks: true }, { timeoutMs: 5000 });
     const blocks = usage.pools.flatMap((p) => p.blocks);

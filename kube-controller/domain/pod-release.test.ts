@@ -49,3 +49,11 @@ test('allocations of other clusters\' nodes and of no pod are never touched', ()
   assert.deepEqual(r.release, []);
   assert.equal(r.missingSince.size, 0);
 });
+
+test('the countdown starts at the pod\'s delete event when the controller saw it', () => {
+  const r = planPodReleases({
+    allocations: [alloc('a')], nodes: new Set(['n1']), pod: () => undefined, missingSince: new Map(), now: T0, graceMs: GRACE,
+    deletedAt: (ns, n) => (ns === 'shop' && n === 'a' ? T0 - GRACE : undefined),
+  });
+  assert.deepEqual(r.release, ['a']);
+});

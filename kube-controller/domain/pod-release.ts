@@ -40,6 +40,8 @@ export function planPodReleases(input: {
   pod: (namespace: string, name: string) => KnownPod | undefined;
   /** From the previous pass. */
   missingSince: ReadonlyMap<string, number>;
+  /** When the controller saw the pod's delete event ("namespace/name"), if it did: the countdown starts there. */
+  deletedAt?: (namespace: string, name: string) => number | undefined;
   now: number;
   graceMs: number;
 }): ReleasePlan {
@@ -50,7 +52,7 @@ export function planPodReleases(input: {
     const p = input.pod(a.podNamespace, a.podName);
     const gone = !p || !p.mayHoldAddress || (a.podUid !== '' && p.uid !== '' && p.uid !== a.podUid);
     if (!gone) continue;
-    const since = input.missingSince.get(a.handle) ?? input.now;
+    const since = input.missingSince.get(a.handle) ?? input.deletedAt?.(a.podNamespace, a.podName) ?? input.now;
     if (input.now - a.allocatedAt.getTime() >= input.graceMs && input.now - since >= input.graceMs) release.push(a.handle);
     else missingSince.set(a.handle, since);
   }
