@@ -29,6 +29,10 @@ function dnsName(raw: string): string {
 export const kubeControllerSettings = {
   controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of Weft\'s control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
   cluster: { env: 'WEFT_K8S_CLUSTER', description: 'this Kubernetes cluster\'s name in Weft (registered in IPAM at start)', default: 'default', parse: dnsName },
+  podAggregate: { env: 'WEFT_K8S_POD_AGGREGATE', description: 'an IPAM aggregate (weft ipam aggregate create) to carve this cluster\'s pod CIDR from: the leader takes a prefix of it for the cluster and makes the pool <cluster>-pods over it, selecting the cluster\'s nodes (label weft.io/cluster); clusters sharing a Weft never overlap. Empty: the cluster uses whatever pools select its nodes', default: '', parse: dnsName },
+  podPrefixLength: { env: 'WEFT_K8S_POD_PREFIX_LENGTH', description: 'length of the prefix carved for the cluster\'s pods', default: 16, parse: parsers.int(1, 127) },
+  podBlockPrefixLength: { env: 'WEFT_K8S_POD_BLOCK_PREFIX_LENGTH', description: 'length of the blocks the cluster\'s pool hands to nodes', default: 26, parse: parsers.int(1, 128) },
+  policy: { env: 'WEFT_K8S_POLICY', description: 'feed Weft\'s policy service (namespaces, pods, network policies); one policy service holds one cluster\'s names, so with several clusters on one Weft only one may', default: true, parse: parsers.bool },
   kubeconfig: { env: 'WEFT_KUBECONFIG', description: 'kubeconfig file to reach the API server with; empty: the pod\'s service account (in-cluster)', default: '', parse: absolutePathOrEmpty },
   api: { env: 'WEFT_K8S_API', description: 'API server URL (https://HOST:PORT) used instead of the in-cluster service address, so the controller and agents reach it before kube-proxy programs the service; with a kubeconfig, replaces its server', default: '', parse: parseApiUrl },
   serviceHost: { env: 'KUBERNETES_SERVICE_HOST', description: 'in-cluster API server host (set by the kubelet)', default: '', parse: parsers.string },
@@ -49,6 +53,9 @@ export function loadKubeControllerConfig(env: Record<string, string | undefined>
   const c = loadSettings(kubeControllerSettings, env);
   if (!c.kubeconfig && !c.api && !c.serviceHost) {
     throw new Error('no API server: set WEFT_KUBECONFIG, or WEFT_K8S_API, or run in a pod (KUBERNETES_SERVICE_HOST)');
+  }
+  if (c.podAggregate && c.podBlockPrefixLength <= c.podPrefixLength) {
+    throw new Error(`WEFT_K8S_POD_BLOCK_PREFIX_LENGTH (${c.podBlockPrefixLength}) must be longer than WEFT_K8S_POD_PREFIX_LENGTH (${c.podPrefixLength}): blocks are carved from the cluster's prefix`);
   }
   return c;
 }

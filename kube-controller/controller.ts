@@ -16,8 +16,15 @@ export interface WeftClients {
   policy: PromiseClient<typeof PolicyServiceService>;
 }
 
+/** The label the controller adds to every node's labels in IPAM: the cluster it belongs to. */
+export const CLUSTER_LABEL = 'weft.io/cluster';
+
 export interface ControllerOptions {
   kubeConfig: KubeConfig;
+  /** This cluster's name in IPAM; with `podAggregate`, its pod CIDR is carved from that aggregate. */
+  cluster: { name: string; podAggregate: string; podPrefixLength: number; podBlockPrefixLength: number };
+  /** False: namespaces, pods and policies are not sent to the policy service (another cluster feeds it). */
+  policy: boolean;
   weft: WeftClients;
   logger: Logger;
   releaseGraceMs: number;
@@ -110,14 +117,36 @@ export function createKubeController(o: ControllerOptions): KubeController {
     if (ns) {
       const labels = ns.metadata?.labels ?? {};
       await once(key, JSON.stringify(labels), async () => {
-        await o.weft.policy.upsertNamespace({ name, labels }, call);
+        if (o.policy) await o.weft.policy.upsertNamespace({ name, labels }, call);
         await o.weft.ipam.setNamespaceLabels({ namespace: name, labels }, call);
       });
     } else {
       await once(key, '', async () => {
-        await o.weft.policy.deleteNamespace({ name }, call);
+        if (o.policy) await o.weft.policy.deleteNamespace({ name }, call);
         await o.weft.ipam.setNamespaceLabels({ namespace: name, labels: {} }, call);
       });
+    }
+  };
+
+  /**
+   * The cluster in IPAM: registered, and with a pod aggregate, its own prefix of it (idempotent per cluster) and the
+   * pool `<cluster>-pods` over that prefix, selecting the nodes labelled with the cluster. Prefixes never overlap
+   * within a routing domain (the database refuses it), so neither do clusters' pods.
+   */
+  const ensureCluster = async () => {
+    const c = o.cluster;
+    await o.weft.ipam.registerCluster({ name: c.name }, call);
+    if (!c.podAggregate) return;
+    const prefix = (await o.weft.ipam.allocatePrefix({ cluster: c.name, aggregate: c.podAggregate, prefixLength: c.podPrefixLength, purpose: 'pods' }, call)).prefix!;
+    const pool = `${c.name}-pods`;
+    try {
+      await o.weft.ipam.createPool({ name: pool, cidr: prefix.cidr, blockPrefixLength: c.podBlockPrefixLength, nodeSelector: `${CLUSTER_LABEL}=${c.name}` }, call);
+      log.info('cluster pool made', { pool, cidr: prefix.cidr, prefix: prefix.name });
+    } catch (err) {
+      if ((err as { code?: number }).code !== GrpcStatus.ALREADY_EXISTS) throw err;
+      const held = (await o.weft.ipam.listPools({ pageSize: 1000 }, call)).pools.find((p) => p.name === pool);
+      if (held && held.cidr !== prefix.cidr) log.warn('the cluster pool exists over another CIDR than the cluster\'s prefix; leaving it', { pool, cidr: held.cidr, prefix: prefix.cidr });
+      if (!held) throw err; // the CIDR overlaps another pool: say so and retry
     }
   };
 
@@ -128,11 +157,11 @@ export function createKubeController(o: ControllerOptions): KubeController {
     if (d) {
       if (d.node) podNode.set(podKey, d.node);
       await once(key, JSON.stringify([d.labels, d.node, d.ports]), async () => {
-        await o.weft.policy.upsertPod({ pod: { namespace, name, labels: d.labels, node: d.node, addresses: [], ports: d.ports }, keepAttachment: true }, call);
+        if (o.policy) await o.weft.policy.upsertPod({ pod: { namespace, name, labels: d.labels, node: d.node, addresses: [], ports: d.ports }, keepAttachment: true }, call);
       });
     } else {
       await once(key, '', async () => {
-        await o.weft.policy.deletePod({ namespace, name }, call);
+        if (o.policy) await o.weft.policy.deletePod({ namespace, name }, call);
       });
     }
     // A pod gone (or finished) may leave its address behind if its runtime never runs DEL: sweep its node once the
@@ -148,6 +177,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
   };
 
   const syncPolicy = async (key: string, kind: PolicyKind, namespace: string, name: string) => {
+    if (!o.policy) return;
     const obj = watches[kind].get(name, kind === 'NetworkPolicy' ? namespace : undefined);
     if (obj) {
       const json = policyObjectJson(kind, obj as never);
@@ -174,7 +204,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
   const syncNode = async (key: string, name: string) => {
     const node = watches.Node.get(name);
     if (node) {
-      const labels = node.metadata?.labels ?? {};
+      const labels = { ...(node.metadata?.labels ?? {}), [CLUSTER_LABEL]: o.cluster.name };
       await once(key, JSON.stringify(labels), async () => {
         await o.weft.ipam.setNodeLabels({ node: name, labels }, call);
       });
@@ -256,6 +286,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
 
   /** Deletes from Weft what it holds of this cluster but the API server no longer has (changes made while no leader ran). */
   const resyncDeletions = async () => {
+    if (!o.policy) return;
     const keys: string[] = [];
     for (let token = ''; ;) {
       const page = await o.weft.policy.listPolicies({ pageSize: 1000, pageToken: token }, call);
@@ -290,7 +321,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
   const work = async (key: string) => {
     if (!leading || leading.aborted) return;
     const { kind, namespace, name } = splitKey(key);
-    switch (kind as Kind | 'Sweep' | 'Resync' | 'NodeStatus') {
+    switch (kind as Kind | 'Sweep' | 'Resync' | 'NodeStatus' | 'Cluster') {
       case 'Namespace': return syncNamespace(key, name);
       case 'Pod': return syncPod(key, namespace, name);
       case 'Node': return syncNode(key, name);
@@ -298,6 +329,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
       case 'Sweep': return sweepAddresses(name === '*' ? null : name);
       case 'Resync': return resyncDeletions();
       case 'NodeStatus': return syncNodeConditions();
+      case 'Cluster': return ensureCluster();
       default: log.warn('unknown work key', { key });
     }
   };
@@ -320,6 +352,7 @@ export function createKubeController(o: ControllerOptions): KubeController {
         await Promise.all(required.map((k) => watches[k].whenSynced()));
         if (signal.aborted) return;
         log.info('leading with synced caches: bringing Weft in line');
+        q.add('Cluster:/');
         for (const kind of Object.keys(watches) as Kind[]) {
           for (const obj of watches[kind].list()) q.add(`${kind}:${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`);
         }

@@ -32,13 +32,12 @@ export async function runKubeController(): Promise<void> {
     policy: createClient(PolicyServiceService, config.controlPlane),
   };
   const controller = createKubeController({
-    kubeConfig, weft, logger,
+    kubeConfig, weft, logger, policy: config.policy,
+    cluster: { name: config.cluster, podAggregate: config.podAggregate, podPrefixLength: config.podPrefixLength, podBlockPrefixLength: config.podBlockPrefixLength },
     releaseGraceMs: config.releaseGraceSeconds * 1000,
     fullSweepMs: config.fullSweepSeconds * 1000,
     nodeStatusMs: config.nodeStatusSeconds * 1000,
   });
-  // The cluster is known to IPAM by name, so its allocations and prefixes can be told apart from other clusters'.
-  void weft.ipam.registerCluster({ name: config.cluster }, { timeoutMs: 15_000 }).catch((err: Error) => logger.warn('registering the cluster in IPAM failed', { error: err.message }));
   const election = runLeaderElection({
     kubeConfig, namespace: config.leaseNamespace, name: config.leaseName, identity, leaseSeconds: config.leaseSeconds, logger,
     onStartedLeading: (signal) => controller.lead(signal),
