@@ -10,6 +10,7 @@ import { errorCodeOf } from '../lib/grpc/status.js';
 import { createBackoff } from '../lib/backoff.js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
+import { DEFAULT_HOST_PATHS, type HostPaths } from './kernel/host-paths.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
 import {
@@ -58,7 +59,10 @@ export function createCniHandlers(deps: {
   onAttachPhase?: (phase: string, ms: number) => void;
   /** Told how long each step of a Detach took, in ms (link: deleting the veth; release: IPAM's Release; policy: then waiting for the pass that removes the pod's rules). */
   onDetachPhase?: (phase: string, ms: number) => void;
+  /** Where the host's network sysctls and sysfs are (WEFT_PROC_SYS_NET, WEFT_SYS_DIR); default /proc/sys/net and /sys. */
+  hostPaths?: HostPaths;
 }): Handlers<typeof AgentServiceService> {
+  const paths = deps.hostPaths ?? DEFAULT_HOST_PATHS;
   /**
    * Work that follows an Attach or Detach but that its caller does not wait for (the policy report, the reconciler's
    * policy pass), run once the answer is on its way: the answer is written in the microtasks that follow the
@@ -217,7 +221,7 @@ export function createCniHandlers(deps: {
       try {
         // What exists for this handle is a live attachment (the runtime must DEL before it ADDs again): touching it,
         // or releasing its address on a later failure, would break a running pod.
-        if (await hostLinkExists(req.containerId, req.ifname)) {
+        if (await hostLinkExists(req.containerId, req.ifname, paths)) {
           throw new DomainError(
             'agent.already_attached',
             'already_exists',
@@ -285,10 +289,10 @@ export function createCniHandlers(deps: {
         // The container's first Weft interface holds the pod's default route; a later one (net1 after eth0) has its
         // routes in a table of its own, for traffic from its addresses (kernel/pod-network.ts). Each records its
         // network on its host veth, for GC.
-        const siblings = containerAttachments(req.containerId);
+        const siblings = containerAttachments(req.containerId, paths);
         const record = { network: req.network, containerId: req.containerId, defaultRoute: !siblings.defaultRoute };
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, record, onPhase: deps.onAttachPhase });
+          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, record, onPhase: deps.onAttachPhase, paths });
           const address = a.address;
           log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
           afterAnswer(() => {
@@ -349,7 +353,7 @@ export function createCniHandlers(deps: {
         deps.onDetachPhase?.('release', performance.now() - t0);
         return r;
       }, passThrough);
-      const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns, paths }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
       linkDeletions.add(link);
       void link.catch(() => {}).finally(() => linkDeletions.delete(link));
       let removed = false;
@@ -361,7 +365,7 @@ export function createCniHandlers(deps: {
         const t1 = performance.now();
         if (await policyPassAfterRemoval(handle)) deps.onDetachPhase?.('policy', performance.now() - t1);
         // The container's other interfaces keep it attached, with the addresses they hold.
-        const others = containerAttachments(req.containerId).count;
+        const others = containerAttachments(req.containerId, paths).count;
         afterAnswer(() => (others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId)));
         return {};
       } finally {
@@ -376,7 +380,7 @@ export function createCniHandlers(deps: {
       const hostIfname = hostIfnameFor(req.containerId, req.ifname);
       const [allocations, observed] = await Promise.all([
         nodeAllocations(),
-        observeAttachment({ nsPath: req.netns, ifname: req.ifname, hostIfname }),
+        observeAttachment({ nsPath: req.netns, ifname: req.ifname, hostIfname, paths }),
       ]);
       // What IPAM holds for the handle is what ADD made: its IPv4 address, and its IPv6 one for a dual-stack pod.
       const held = allocations.filter((a) => a.handle === handle);

@@ -32,3 +32,17 @@ test('a bad WEFT_POD_FAMILIES stops the agent with a message that says what to w
     });
   }
 });
+
+test('the host\'s sysctls and sysfs are /proc/sys/net and /sys unless WEFT_PROC_SYS_NET and WEFT_SYS_DIR name hostPath mounts', () => {
+  const defaults = loadSettings(agentSettings, {});
+  assert.deepEqual([defaults.procSysNet, defaults.sysDir], ['/proc/sys/net', '/sys']);
+  const mounted = loadSettings(agentSettings, { WEFT_PROC_SYS_NET: '/host/proc/sys/net', WEFT_SYS_DIR: '/host/sys' });
+  assert.deepEqual([mounted.procSysNet, mounted.sysDir], ['/host/proc/sys/net', '/host/sys']);
+  for (const env of ['WEFT_PROC_SYS_NET', 'WEFT_SYS_DIR']) {
+    assert.throws(() => loadSettings(agentSettings, { [env]: 'host/sys' }), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, new RegExp(`${env}="host/sys": expected an absolute path`));
+      return true;
+    });
+  }
+});

@@ -46,6 +46,8 @@ export const agentSettings = {
   } },
   cniBandwidth: { env: 'WEFT_CNI_BANDWIDTH', description: 'add the bandwidth plugin to the installed conflist (the runtime\'s bandwidth annotations then apply)', default: false, parse: parsers.bool },
   cniPluginSource: { env: 'WEFT_CNI_PLUGIN_SOURCE', description: 'the bundled plugin to install; empty: dist/bin/weft-cni beside the agent', default: '', parse: absolutePath },
+  procSysNet: { env: 'WEFT_PROC_SYS_NET', description: 'where the agent reads and writes the host\'s network sysctls (ip_forward, a pod veth\'s proxy_arp); in a container whose /proc/sys is read-only, a hostPath mount of the host\'s /proc/sys/net (the agent runs in the host\'s network namespace, so it shows the same)', default: '/proc/sys/net', parse: absolutePath },
+  sysDir: { env: 'WEFT_SYS_DIR', description: 'where the agent reads and writes the host\'s sysfs (class/net: a pod veth\'s ifalias, ifindex); in a container whose /sys is read-only, a hostPath mount of the host\'s whole /sys (class/net links into devices)', default: '/sys', parse: absolutePath },
   podFamilies: { env: 'WEFT_POD_FAMILIES', description: 'address families every pod gets, comma-separated: ipv4 (IPv4 only), or ipv4,ipv6 (dual-stack: one IPAM call gives both addresses or neither; needs an IPv6 pool that selects the node, and ip6tables for IPv6 network policy)', default: ['ipv4'] as PodFamily[], parse: parsePodFamilies },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
 } satisfies SettingsSpec;

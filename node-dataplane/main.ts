@@ -1,4 +1,4 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBackoff } from '../lib/backoff.js';
@@ -15,6 +15,7 @@ import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createCniHandlers } from './cni-endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
+import { enableForwarding, type HostPaths } from './kernel/host-paths.js';
 import { createNatDriver } from './kernel/iptables-nat.js';
 import { closeOwnConnections } from './kernel/own-connections.js';
 import { createPolicyDriver } from './kernel/iptables-policy.js';
@@ -51,13 +52,11 @@ async function main(): Promise<void> {
     logger.info('serving metrics', { listen: config.metricsListen, port: metricsServer.port });
   }
 
-  writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+  // The host's sysctls and sysfs, where a container's own are read-only (hostPath mounts; see kernel/host-paths.ts).
+  const hostPaths: HostPaths = { procSysNet: config.procSysNet, sysDir: config.sysDir };
   // IPv6 pod blocks are forwarded too; a kernel without IPv6 (or with it disabled) routes IPv4 only.
-  try {
-    writeFileSync('/proc/sys/net/ipv6/conf/all/forwarding', '1');
-  } catch (err) {
-    logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', { err: (err as Error).message });
-  }
+  const forwarding = enableForwarding(hostPaths);
+  if (!forwarding.ipv6) logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', { err: forwarding.reason });
   const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   // Pods' MTU: in `direct` mode no pod packet is ever encapsulated (nodes off the subnet and IPv6 blocks are refused),
@@ -187,6 +186,7 @@ async function main(): Promise<void> {
     families: config.podFamilies, policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),
+    hostPaths,
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();

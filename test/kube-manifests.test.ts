@@ -155,6 +155,33 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
     assert.ok(agent.volumeMounts?.some((m) => m.mountPath === '/host/etc/cni/net.d'));
   });
 
+  test('the agent, not privileged, writes the host\'s network sysctls and sysfs through hostPath mounts named by WEFT_PROC_SYS_NET and WEFT_SYS_DIR', () => {
+    type Mount = { name: string; mountPath: string; readOnly?: boolean };
+    type Container = {
+      name: string; env?: { name: string; value?: string }[]; volumeMounts?: Mount[];
+      securityContext?: { privileged?: boolean; readOnlyRootFilesystem?: boolean; capabilities?: { add?: string[]; drop?: string[] } };
+    };
+    type Volume = { name: string; hostPath?: { path: string; type?: string } };
+    const ds = rendered.find((o) => o.kind === 'DaemonSet' && o.metadata.name === 'weft-agent') as Obj & { spec: { template: { spec: { hostNetwork?: boolean; containers: Container[]; volumes: Volume[] } } } };
+    const pod = ds.spec.template.spec;
+    const agent = pod.containers.find((c) => c.name === 'agent')!;
+    // The container whose /proc/sys and /sys the runtime mounts read-only, in the host's network namespace.
+    assert.equal(pod.hostNetwork, true, 'the host\'s /proc/sys/net shows the agent\'s own namespace only on the host network');
+    assert.equal(agent.securityContext?.privileged, false);
+    assert.equal(agent.securityContext?.readOnlyRootFilesystem, true);
+    assert.deepEqual(agent.securityContext?.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'] });
+    const env = new Map((agent.env ?? []).map((e) => [e.name, e.value]));
+    for (const [name, hostPath] of [['WEFT_PROC_SYS_NET', '/proc/sys/net'], ['WEFT_SYS_DIR', '/sys']] as const) {
+      const at = env.get(name);
+      assert.ok(at, `${name} is set`);
+      const mount = agent.volumeMounts?.find((m) => m.mountPath === at);
+      assert.ok(mount, `${name}=${at} is a mount of the agent`);
+      assert.notEqual(mount.readOnly, true, `${at} is writable`);
+      const volume = pod.volumes.find((v) => v.name === mount.name);
+      assert.deepEqual(volume?.hostPath, { path: hostPath, type: 'Directory' }, `${at} is the host's ${hostPath}`);
+    }
+  });
+
   // The AdminNetworkPolicy and BaselineAdminNetworkPolicy CRDs (installed for real in before()).
   const GV = 'policy.networking.k8s.io/v1alpha1';
   const anp = (name: string, spec: Record<string, unknown>) => ({ apiVersion: GV, kind: 'AdminNetworkPolicy', metadata: { name }, spec });

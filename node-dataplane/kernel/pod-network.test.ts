@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -156,5 +156,111 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
     } finally {
       await sh('ip', ['netns', 'exec', podNs, 'sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=0']);
     }
+  });
+});
+
+/**
+ * The agent as a container that is not privileged sees it: its own /proc/sys and /sys read-only, the host's mounted
+ * elsewhere read-write (deploy/agent.yaml mounts /proc/sys/net at /host/proc/sys/net and /sys at /host/sys). The child
+ * runs in the node namespace under `unshare --mount` (a private mount namespace, gone with it): there /proc/sys/net
+ * is bind-mounted at <dir>/proc-sys-net and /sys at <dir>/sys, as hostPath volumes are, and then /proc/sys and /sys
+ * are remounted read-only, as a container runtime does. Code that writes to /proc/sys or /sys fails with EROFS.
+ */
+describe('pod interfaces and forwarding when /proc/sys and /sys are read-only (WEFT_PROC_SYS_NET, WEFT_SYS_DIR)', privilegedOrSkip(), () => {
+  const roNode = `${prefix}-ronode`;
+  const roPod = `${prefix}-ropod`;
+  const roPodPath = `/var/run/netns/${roPod}`;
+  const hostPathsUrl = new URL('./host-paths.js', import.meta.url).href;
+  const recordUrl = new URL('../domain/attachment-record.js', import.meta.url).href;
+  let dir = '';
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'weft-pod-network-ro-'));
+    await sh('ip', ['netns', 'add', roNode]);
+    await sh('ip', ['netns', 'add', roPod]);
+  });
+  after(async () => {
+    for (const ns of [roPod, roNode]) await sh('ip', ['netns', 'del', ns]).catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('switches forwarding on and sets up a pod veth (proxy_arp, proxy_delay, IPv6 on, its record) through the host paths; CHECK reads them there; detach removes it', async () => {
+    const procSysNet = path.join(dir, 'proc-sys-net');
+    const sysDir = path.join(dir, 'sys');
+    mkdirSync(procSysNet);
+    mkdirSync(sysDir);
+    const file = path.join(dir, 'ro-step.mjs');
+    writeFileSync(file, `
+import { attachPod, containerAttachments, detachPod, hostLinkExists, observeAttachment } from ${JSON.stringify(moduleUrl)};
+import { enableForwarding } from ${JSON.stringify(hostPathsUrl)};
+import { formatAttachmentRecord } from ${JSON.stringify(recordUrl)};
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+const sh = (...args) => execFileSync(args[0], args.slice(1), { encoding: 'utf8' });
+const read = (f) => readFileSync(f, 'utf8').trim();
+const writeError = (f) => { try { writeFileSync(f, '1'); return null; } catch (e) { return e.code; } };
+const paths = { procSysNet: ${JSON.stringify(procSysNet)}, sysDir: ${JSON.stringify(sysDir)} };
+const out = {};
+// The container's own view is read-only (what the old code wrote to).
+out.readOnly = { procSys: writeError('/proc/sys/net/ipv4/ip_forward'), sys: writeError('/sys/class/net/lo/ifalias') };
+out.forwardingBefore = [read('/proc/sys/net/ipv4/ip_forward'), read('/proc/sys/net/ipv6/conf/all/forwarding')];
+out.forwarding = enableForwarding(paths);
+out.forwardingAfter = [read('/proc/sys/net/ipv4/ip_forward'), read('/proc/sys/net/ipv6/conf/all/forwarding')];
+const eth0 = { network: 'weft', containerId: 'c9', defaultRoute: true };
+const net1 = { network: 'weft', containerId: 'c9', defaultRoute: false };
+const a = await attachPod({ containerId: 'c9', nsPath: ${JSON.stringify(roPodPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87, ipv6: true, record: eth0, paths,
+  address: Promise.resolve({ ipv4: '10.244.8.8', ipv6: 'fd00:10:244::8' }) });
+const b = await attachPod({ containerId: 'c9', nsPath: ${JSON.stringify(roPodPath)}, ifname: 'net1', mtu: 1400, routeProtocol: 87, record: net1, paths,
+  address: Promise.resolve({ ipv4: '10.244.8.9' }) });
+const sysctls = (dev) => ({
+  proxyArp: read('/proc/sys/net/ipv4/conf/' + dev + '/proxy_arp'),
+  proxyDelay: read('/proc/sys/net/ipv4/neigh/' + dev + '/proxy_delay'),
+  disableIpv6: read('/proc/sys/net/ipv6/conf/' + dev + '/disable_ipv6'),
+});
+const pair = JSON.parse(sh('nsenter', '--net=${roPodPath}', 'ip', '-j', 'link', 'show', 'net1'))[0];
+out.host = {
+  eth0: { ...sysctls(a.hostIfname), alias: JSON.parse(sh('ip', '-j', 'link', 'show', a.hostIfname))[0].ifalias ?? null },
+  net1: { ...sysctls(b.hostIfname), alias: JSON.parse(sh('ip', '-j', 'link', 'show', b.hostIfname))[0].ifalias ?? null },
+};
+out.expectedAlias = { eth0: formatAttachmentRecord(eth0), net1: formatAttachmentRecord({ ...net1, table: 10000 + pair.ifindex }) };
+out.gateway6 = JSON.parse(sh('ip', '-j', '-6', 'addr', 'show', 'dev', a.hostIfname))[0].addr_info.map((x) => x.local + '/' + x.prefixlen);
+out.attachments = containerAttachments('c9', paths);
+out.exists = await hostLinkExists('c9', 'eth0', paths);
+const seen = await observeAttachment({ nsPath: ${JSON.stringify(roPodPath)}, ifname: 'eth0', hostIfname: a.hostIfname, paths });
+out.observed = { hostProxyArp: seen.hostProxyArp, hostRecord: seen.hostRecord };
+await detachPod({ containerId: 'c9', ifname: 'net1', nsPath: ${JSON.stringify(roPodPath)}, paths });
+await detachPod({ containerId: 'c9', ifname: 'eth0', nsPath: ${JSON.stringify(roPodPath)}, paths });
+out.afterDetach = { exists: await hostLinkExists('c9', 'eth0', paths), attachments: containerAttachments('c9', paths), veths: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(),
+  rules: sh('nsenter', '--net=${roPodPath}', 'ip', 'rule').includes('lookup 1') };
+process.stdout.write(JSON.stringify(out));
+`);
+    // As a runtime sets up the container: the hostPath mounts first (bind mounts of the rw originals), then its own
+    // /proc/sys and /sys read-only. Forwarding starts off, and new devices in the node with IPv6 off, so the agent
+    // must switch them on.
+    const setup = [
+      'sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0 net.ipv6.conf.default.disable_ipv6=1',
+      `mount --bind /proc/sys/net ${procSysNet}`,
+      `mount --rbind /sys ${sysDir}`,
+      'mount --bind /proc/sys /proc/sys',
+      'mount -o remount,ro,bind /proc/sys',
+      'mount -o remount,ro,bind /sys',
+      `exec ${process.execPath} ${file}`,
+    ].join(' && ');
+    const { stdout } = await sh('ip', ['netns', 'exec', roNode, 'unshare', '--mount', '--propagation', 'private', 'sh', '-c', setup]);
+    const out = JSON.parse(stdout) as Record<string, any>;
+    assert.deepEqual(out.readOnly, { procSys: 'EROFS', sys: 'EROFS' }, 'the container\'s own /proc/sys and /sys are read-only');
+    assert.deepEqual(out.forwardingBefore, ['0', '0']);
+    assert.deepEqual(out.forwarding, { ipv6: true });
+    assert.deepEqual(out.forwardingAfter, ['1', '1'], 'forwarding switched on in the agent\'s network namespace');
+    for (const dev of ['eth0', 'net1']) {
+      assert.equal(out.host[dev].proxyArp, '1', `${dev}: proxy_arp`);
+      assert.equal(out.host[dev].proxyDelay, '0', `${dev}: proxy_delay`);
+      assert.equal(out.host[dev].alias, out.expectedAlias[dev], `${dev}: the attachment record`);
+    }
+    assert.equal(out.host.eth0.disableIpv6, '0', 'IPv6 switched on for the dual-stack host end');
+    assert.ok(out.gateway6.includes('fe80::1/64'), `the host end has the IPv6 gateway: ${out.gateway6}`);
+    assert.deepEqual(out.attachments, { count: 2, defaultRoute: true });
+    assert.equal(out.exists, true);
+    assert.deepEqual(out.observed, { hostProxyArp: true, hostRecord: { network: 'weft', containerId: 'c9', defaultRoute: true } });
+    assert.deepEqual(out.afterDetach, { exists: false, attachments: { count: 0, defaultRoute: false }, veths: '', rules: false });
   });
 });

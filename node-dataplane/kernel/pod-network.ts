@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { classNet, DEFAULT_HOST_PATHS, netSysctl, type HostPaths } from './host-paths.js';
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
 import { formatAttachmentRecord, isOfContainer, parseAttachmentRecord, type AttachmentRecord } from '../domain/attachment-record.js';
 import type { HostLink } from '../domain/garbage-collection.js';
@@ -49,11 +50,12 @@ export function checkNetnsPath(nsPath: string): void {
 
 /**
  * True when the node already has the host end of this attachment's veth (a live attachment, or a crashed ADD's).
- * Read from /sys/class/net, which shows the agent's own network namespace (the host's on a node; the node's in the
- * local cluster, whose agents start under `ip netns exec`, which mounts /sys for the namespace): no process to spawn.
+ * Read from sysfs's class/net (see host-paths.ts), which shows the agent's own network namespace (the host's on a
+ * node; the node's in the local cluster, whose agents start under `ip netns exec`, which mounts /sys for the
+ * namespace): no process to spawn.
  */
-export async function hostLinkExists(containerId: string, ifname: string): Promise<boolean> {
-  return existsSync(`/sys/class/net/${hostIfnameFor(containerId, ifname)}`);
+export async function hostLinkExists(containerId: string, ifname: string, paths: HostPaths = DEFAULT_HOST_PATHS): Promise<boolean> {
+  return existsSync(classNet(paths, hostIfnameFor(containerId, ifname)));
 }
 
 const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
@@ -64,13 +66,13 @@ export const SECOND_RULE_PRIORITY = 1000;
 
 /**
  * The container's Weft interfaces on this node, by the records on their host veths (see
- * domain/attachment-record.ts): how many, and whether one holds the pod's default route. Read from /sys/class/net like
+ * domain/attachment-record.ts): how many, and whether one holds the pod's default route. Read from sysfs like
  * hostLinkExists: a directory listing and one small read per pod veth, no process.
  */
-export function containerAttachments(containerId: string): { count: number; defaultRoute: boolean } {
+export function containerAttachments(containerId: string, paths: HostPaths = DEFAULT_HOST_PATHS): { count: number; defaultRoute: boolean } {
   let names: string[];
   try {
-    names = readdirSync('/sys/class/net').filter((n) => POD_HOST_IFNAME.test(n));
+    names = readdirSync(classNet(paths)).filter((n) => POD_HOST_IFNAME.test(n));
   } catch {
     return { count: 0, defaultRoute: false };
   }
@@ -78,7 +80,7 @@ export function containerAttachments(containerId: string): { count: number; defa
   let defaultRoute = false;
   for (const n of names) {
     try {
-      const r = parseAttachmentRecord(readFileSync(`/sys/class/net/${n}/ifalias`, 'utf8').trim());
+      const r = parseAttachmentRecord(readFileSync(classNet(paths, n, 'ifalias'), 'utf8').trim());
       if (r === null || !isOfContainer(r, containerId)) continue;
       count++;
       defaultRoute ||= r.defaultRoute;
@@ -126,8 +128,11 @@ export async function attachPod(opts: {
   ipv6?: boolean;
   /** Told how long each step took, in ms: `host` (the veth, from the start), `pod` (the pod's namespace and the host route, from the address). */
   onPhase?: (phase: string, ms: number) => void;
+  /** Where the host's sysctls and sysfs are (see host-paths.ts); the host end's settings and record go there. */
+  paths?: HostPaths;
 }): Promise<PodAttachment> {
   const t0 = performance.now();
+  const paths = opts.paths ?? DEFAULT_HOST_PATHS;
   const host = hostIfnameFor(opts.containerId, opts.ifname);
   // Order matters on one event loop: the caller has issued IPAM's Allocate; the netlink request goes out here; the
   // pod-side process is spawned (a blocking fork) only when the veth is done, by which time Allocate is on its way.
@@ -140,11 +145,11 @@ export async function attachPod(opts: {
   const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(async () => {
     // The record, as the host end's alias (RTM_NEWLINK ignores IFLA_IFALIAS when it creates a device). A second
     // interface's table is numbered by its pod end's index (the host end's iflink).
-    if (opts.record && !opts.record.defaultRoute) table = SECOND_TABLE_BASE + Number(readFileSync(`/sys/class/net/${host}/iflink`, 'utf8'));
-    if (opts.record) writeFileSync(`/sys/class/net/${host}/ifalias`, formatAttachmentRecord({ ...opts.record, ...(table !== undefined ? { table } : {}) }));
-    writeFileSync(`/proc/sys/net/ipv4/conf/${host}/proxy_arp`, '1');
-    writeFileSync(`/proc/sys/net/ipv4/neigh/${host}/proxy_delay`, '0');
-    if (opts.ipv6) await addHostGateway6(host);
+    if (opts.record && !opts.record.defaultRoute) table = SECOND_TABLE_BASE + Number(readFileSync(classNet(paths, host, 'iflink'), 'utf8'));
+    if (opts.record) writeFileSync(classNet(paths, host, 'ifalias'), formatAttachmentRecord({ ...opts.record, ...(table !== undefined ? { table } : {}) }));
+    writeFileSync(netSysctl(paths, 'ipv4', 'conf', host, 'proxy_arp'), '1');
+    writeFileSync(netSysctl(paths, 'ipv4', 'neigh', host, 'proxy_delay'), '0');
+    if (opts.ipv6) await addHostGateway6(host, paths);
     opts.onPhase?.('host', performance.now() - t0);
   });
   let tAddress = 0;
@@ -186,7 +191,7 @@ export async function attachPod(opts: {
   } catch (err) {
     // Undo whatever of the batch ran; say why in the runtime's terms when we can. Wait for the address first.
     await address.catch(() => {});
-    const made = existsSync(`/sys/class/net/${host}`);
+    const made = existsSync(classNet(paths, host));
     if (made) await deleteHostLink(host).catch(() => {});
     if (!made && (await showLink(opts.ifname, opts.nsPath).catch(() => null))) {
       throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`);
@@ -198,11 +203,11 @@ export async function attachPod(opts: {
     if (addrs.ipv6 && !opts.ipv6) throw new Error(`IPAM gave ${addrs.ipv6} to a pod that was not set up for IPv6`);
     await Promise.all([
       podSide,
-      addHostRoute(host, addrs.ipv4, opts.routeProtocol),
-      ...(addrs.ipv6 ? [addHostRoute(host, addrs.ipv6, opts.routeProtocol)] : []),
+      addHostRoute(host, addrs.ipv4, opts.routeProtocol, paths),
+      ...(addrs.ipv6 ? [addHostRoute(host, addrs.ipv6, opts.routeProtocol, paths)] : []),
     ]);
     opts.onPhase?.('pod', performance.now() - tAddress);
-    const hostMac = readFileSync(`/sys/class/net/${host}/address`, 'utf8').trim();
+    const hostMac = readFileSync(classNet(paths, host, 'address'), 'utf8').trim();
     return {
       hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addrs.ipv4)).toLowerCase(), address: addrs.ipv4,
       ...(addrs.ipv6 ? { address6: addrs.ipv6 } : {}),
@@ -295,8 +300,8 @@ async function deleteHostLink(name: string): Promise<void> {
  * The host route to a pod (`<address>/32 dev <host veth> scope link proto <Weft's>`, or `/128` for its IPv6 address),
  * over rtnetlink.
  */
-async function addHostRoute(host: string, address: string, routeProtocol: number): Promise<void> {
-  const oif = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
+async function addHostRoute(host: string, address: string, routeProtocol: number, paths: HostPaths): Promise<void> {
+  const oif = Number(readFileSync(classNet(paths, host, 'ifindex'), 'utf8'));
   const v6 = address.includes(':');
   await podNetlink().newRoute(
     { family: v6 ? AF_INET6 : AF_INET, dstLen: v6 ? 128 : 32, table: MAIN_TABLE, protocol: routeProtocol, scope: v6 ? 'UNIVERSE' : 'LINK', type: 'UNICAST' },
@@ -309,9 +314,9 @@ async function addHostRoute(host: string, address: string, routeProtocol: number
  * The pod's IPv6 gateway on the host end: `fe80::1/64 nodad` over rtnetlink (IPv6 switched on for the device first:
  * a node whose default is disable_ipv6=1 still serves dual-stack pods).
  */
-async function addHostGateway6(host: string): Promise<void> {
-  writeFileSync(`/proc/sys/net/ipv6/conf/${host}/disable_ipv6`, '0');
-  const index = Number(readFileSync(`/sys/class/net/${host}/ifindex`, 'utf8'));
+async function addHostGateway6(host: string, paths: HostPaths): Promise<void> {
+  writeFileSync(netSysctl(paths, 'ipv6', 'conf', host, 'disable_ipv6'), '0');
+  const index = Number(readFileSync(classNet(paths, host, 'ifindex'), 'utf8'));
   await podNetlink().newAddress(
     { family: AF_INET6, prefixlen: 64, flags: { nodad: true, permanent: true }, scope: RT_SCOPE_LINK, index },
     { local: ipBuf(POD_GATEWAY6), address: ipBuf(POD_GATEWAY6) },
@@ -331,11 +336,14 @@ export async function listVeths(): Promise<HostLink[]> {
  */
 export async function observeAttachment(opts: {
   nsPath: string; ifname: string; hostIfname: string;
+  /** Where the host's sysctls and sysfs are (see host-paths.ts). */
+  paths?: HostPaths;
 }): Promise<Omit<ObservedAttachment, 'allocation'>> {
+  const paths = opts.paths ?? DEFAULT_HOST_PATHS;
   const netnsExists = opts.nsPath.startsWith('/') && existsSync(opts.nsPath);
   let hostRecord: AttachmentRecord | null = null;
   try {
-    hostRecord = parseAttachmentRecord(readFileSync(`/sys/class/net/${opts.hostIfname}/ifalias`, 'utf8').trim());
+    hostRecord = parseAttachmentRecord(readFileSync(classNet(paths, opts.hostIfname, 'ifalias'), 'utf8').trim());
   } catch {
     // no host end: reported below
   }
@@ -351,7 +359,7 @@ export async function observeAttachment(opts: {
   ]);
   let hostProxyArp: boolean | null = null;
   try {
-    hostProxyArp = readFileSync(`/proc/sys/net/ipv4/conf/${opts.hostIfname}/proxy_arp`, 'utf8').trim() === '1';
+    hostProxyArp = readFileSync(netSysctl(paths, 'ipv4', 'conf', opts.hostIfname, 'proxy_arp'), 'utf8').trim() === '1';
   } catch {
     // The device is gone, or the sysctl unreadable: reported as null.
   }
@@ -407,13 +415,14 @@ function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
  * deleting a device waits there for RCU grace periods (about 20 ms on the test machines), during which the agent's
  * event loop would stand still: every other pod's Attach, and this Detach's own IPAM Release, waited behind it.
  */
-export async function detachPod(opts: { containerId: string; ifname: string; nsPath?: string }): Promise<void> {
+export async function detachPod(opts: { containerId: string; ifname: string; nsPath?: string; paths?: HostPaths }): Promise<void> {
   const host = hostIfnameFor(opts.containerId, opts.ifname);
+  const paths = opts.paths ?? DEFAULT_HOST_PATHS;
   // A second interface's source rules stay in the pod's namespace when its veth goes (its table empties with it):
   // they are removed too, when the namespace is still there.
   let record: AttachmentRecord | null = null;
   try {
-    record = parseAttachmentRecord(readFileSync(`/sys/class/net/${host}/ifalias`, 'utf8').trim());
+    record = parseAttachmentRecord(readFileSync(classNet(paths, host, 'ifalias'), 'utf8').trim());
   } catch {
     // no veth (already gone): nothing of it to find
   }
