@@ -117,12 +117,22 @@ export function watchKind<T extends KubernetesObject>(opts: {
     if (informer.latestResourceVersion() === '') log.info('listing', { after: isSynced ? 'the resource version expired' : 'start' });
     else log.debug('watch resumed', { resource_version: informer.latestResourceVersion() });
   });
+  let saidNotServed = false;
   informer.on('error', (err: unknown) => {
     failedThisStart = true;
     if (stopped || retry) return;
-    const delay = backoff.next();
     const e = err as { message?: string; code?: number; statusCode?: number };
-    log.warn('list or watch failed; retrying', { error: e?.message ?? String(err), status: e?.statusCode ?? e?.code, retry_ms: delay });
+    const status = e?.statusCode ?? e?.code;
+    if (status === 404) {
+      // The kind is not served (a CRD not installed): looked for again every minute, said once.
+      if (!saidNotServed) log.info('not served by the API server (its CRD is not installed?); looking again every minute', { path: opts.path });
+      saidNotServed = true;
+      retry = setTimeout(() => void start(), 60_000);
+      return;
+    }
+    const delay = backoff.next();
+    // The client's messages carry the whole response (headers too): the first line says what failed.
+    log.warn('list or watch failed; retrying', { error: (e?.message ?? String(err)).split('\n').slice(0, 2).join(' '), status, retry_ms: delay });
     retry = setTimeout(() => void start(), delay);
   });
   void start();
