@@ -1,6 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
@@ -24,6 +26,7 @@ import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
  * old resource version is answered 410 Gone, as after a long disconnection.
  */
 const run = promisify(execFile);
+const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = skipOutsideCi(privilegedSkipReason() ?? kubeApiserverSkipReason());
 const BOUND_MS = 20_000;
 
@@ -128,6 +131,8 @@ describe('the Kubernetes controller against a real API server and the local clus
     routes = createClient(RoutesServiceService, controlPlaneTarget(state));
     policy = createClient(PolicyServiceService, controlPlaneTarget(state));
     await kubectl('create', 'namespace', 'weft-system');
+    // The admin policy CRDs as deploy/ ships them.
+    await kubectl('apply', '-f', path.resolve(here, '../../deploy/admin-network-policy-crds.yaml'));
     for (const n of state.nodes) await apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: n.name, labels: { 'kubernetes.io/hostname': n.name, zone: n.name === state.nodes[0]!.name ? 'a' : 'b' } } });
     await startController('ctl-a');
   });
@@ -195,6 +200,23 @@ describe('the Kubernetes controller against a real API server and the local clus
     await kubectl('label', 'namespace', 'guest', 'team=guest', '--overwrite');
     await kubectl('label', 'pod', '-n', 'shop', 'client', 'role=client', '--overwrite');
     await eventually('back as before', async () => (await open(client, web)) && !(await open(intruder, web)));
+  });
+
+  test('an AdminNetworkPolicy created through the API overrides the namespace\'s NetworkPolicy, and goes with its object', async () => {
+    const web = pods['shop/web']!;
+    const intruder = pods['guest/intruder']!;
+    await apply({
+      apiVersion: 'policy.networking.k8s.io/v1alpha1', kind: 'AdminNetworkPolicy', metadata: { name: 'guests-may-shop' },
+      spec: {
+        priority: 10, subject: { namespaces: { matchLabels: { team: 'shop' } } },
+        ingress: [{ name: 'from-guests', action: 'Allow', from: [{ namespaces: { matchLabels: { team: 'guest' } } }] }],
+      },
+    });
+    await eventually('the admin tier lets the guest in despite the NetworkPolicy', async () => await open(intruder, web));
+    const explained = await policy.explain({ from: 'guest/intruder', to: 'shop/web', port: 80 }, { timeoutMs: 5000 });
+    assert.deepEqual([explained.ingress?.tier, explained.ingress?.policy], ['admin', 'AdminNetworkPolicy/guests-may-shop']);
+    await kubectl('delete', 'adminnetworkpolicy', 'guests-may-shop');
+    await eventually('denied again once the object is gone', async () => !(await open(intruder, web)));
   });
 
   test('deleting a Pod object whose runtime never runs DEL releases its address after the grace', async () => {
