@@ -14,6 +14,7 @@ import { kubeApiserverSkipReason, startKubeApiserver, type KubeApiserver } from 
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { listenTcp, tcpConnects } from './support/pod-probes.js';
 import { freePort } from './support/ports.js';
+import { eventually } from './support/eventually.js';
 import { bin } from './support/processes.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 
@@ -28,22 +29,7 @@ import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 const run = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = skipOutsideCi(privilegedSkipReason() ?? kubeApiserverSkipReason());
-const BOUND_MS = 20_000;
 
-async function eventually<T>(label: string, check: () => Promise<T | undefined | false>, boundMs = BOUND_MS): Promise<T> {
-  const t0 = Date.now();
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() - t0 > boundMs) throw new Error(`${label}: not within ${boundMs} ms${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 interface Controller { child: ChildProcess; healthPort: number; output: () => string; stop(): Promise<void> }
 

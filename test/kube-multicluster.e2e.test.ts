@@ -10,6 +10,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { kubeApiserverSkipReason, startKubeApiserver, type KubeApiserver } from './support/kube-apiserver.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { listenTcp, tcpConnects } from './support/pod-probes.js';
+import { eventually } from './support/eventually.js';
 import { bin } from './support/processes.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 
@@ -22,20 +23,6 @@ const run = promisify(execFile);
 const opts = skipOutsideCi(privilegedSkipReason() ?? kubeApiserverSkipReason());
 const AGGREGATE_CIDR = '10.64.0.0/12';
 
-async function eventually<T>(label: string, check: () => Promise<T | undefined | false>, boundMs = 30_000): Promise<T> {
-  const t0 = Date.now();
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() - t0 > boundMs) throw new Error(`${label}: not within ${boundMs} ms${last ? ` (last error: ${(last as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 describe('two Kubernetes clusters on one Weft', opts, () => {
   const apis: Record<string, KubeApiserver> = {};
