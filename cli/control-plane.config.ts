@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { ConfigError, loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import type { DatabaseTimeouts } from '../lib/db/database.js';
 
@@ -5,6 +6,7 @@ import type { DatabaseTimeouts } from '../lib/db/database.js';
 export const controlPlaneSettings = {
   dataDir: { env: 'WEFT_DATA_DIR', description: 'folder for the embedded PostgreSQL data and the unix socket', default: '.weft', parse: parsers.string },
   databaseUrl: { env: 'DATABASE_URL', description: 'external PostgreSQL URL; empty runs the embedded server', default: '', parse: parsers.string },
+  databasePasswordFile: { env: 'WEFT_DATABASE_PASSWORD_FILE', description: 'file holding the password for DATABASE_URL (a mounted Secret), read once at start, one trailing newline dropped; DATABASE_URL must then name no password', default: '', parse: parsers.string },
   dbStatementTimeoutMs: { env: 'WEFT_DB_STATEMENT_TIMEOUT_MS', description: 'PostgreSQL cancels a statement that runs longer (statement_timeout; migrations are exempt); 0: no limit', default: 10_000, parse: parsers.int(0, 3_600_000) },
   dbLockTimeoutMs: { env: 'WEFT_DB_LOCK_TIMEOUT_MS', description: 'a statement waiting longer for a lock fails (lock_timeout); 0: no limit', default: 5000, parse: parsers.int(0, 3_600_000) },
   dbIdleInTransactionTimeoutMs: { env: 'WEFT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS', description: 'PostgreSQL ends a session idle inside a transaction this long, releasing its locks; 0: no limit', default: 30_000, parse: parsers.int(0, 3_600_000) },
@@ -35,6 +37,7 @@ export function loadControlPlaneConfig(overrides: Partial<Record<keyof typeof co
   if (c.dbQueryTimeoutMs > 0 && c.dbStatementTimeoutMs > 0 && c.dbQueryTimeoutMs <= c.dbStatementTimeoutMs) {
     throw new ConfigError([`WEFT_DB_QUERY_TIMEOUT_MS=${c.dbQueryTimeoutMs} must exceed WEFT_DB_STATEMENT_TIMEOUT_MS=${c.dbStatementTimeoutMs} (PostgreSQL should cancel a slow statement before the client gives up on its session)`]);
   }
+  if (c.databasePasswordFile) return Object.freeze({ ...c, databaseUrl: withPasswordFrom(c.databaseUrl, c.databasePasswordFile) });
   return c;
 }
 export type ControlPlaneConfig = ReturnType<typeof loadControlPlaneConfig>;
@@ -44,3 +47,29 @@ export const databaseTimeouts = (c: ControlPlaneConfig): DatabaseTimeouts => ({
   statementMs: c.dbStatementTimeoutMs, lockMs: c.dbLockTimeoutMs, idleInTransactionMs: c.dbIdleInTransactionTimeoutMs,
   queryMs: c.dbQueryTimeoutMs, connectMs: c.dbConnectTimeoutMs, keepAliveMs: c.dbKeepAliveMs,
 });
+
+/**
+ * DATABASE_URL with the password of WEFT_DATABASE_PASSWORD_FILE in it, percent-encoded (any character may be in the
+ * password). One source of the password only: a URL that already names one is refused.
+ */
+function withPasswordFrom(databaseUrl: string, file: string): string {
+  const problem = (what: string) => new ConfigError([`WEFT_DATABASE_PASSWORD_FILE=${JSON.stringify(file)}: ${what}`]);
+  if (!databaseUrl) throw problem('needs DATABASE_URL (the embedded server takes no password): set DATABASE_URL or unset WEFT_DATABASE_PASSWORD_FILE');
+  let url: URL;
+  try {
+    url = new URL(databaseUrl);
+  } catch {
+    throw problem('DATABASE_URL must be a postgres:// URL to take a password from a file');
+  }
+  if (url.password) throw problem('DATABASE_URL names a password too: remove it from the URL, or unset WEFT_DATABASE_PASSWORD_FILE');
+  if (!url.username) throw problem('DATABASE_URL names no user (postgres://USER@HOST:PORT/DB) for the password');
+  let password: string;
+  try {
+    password = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw problem(`cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  if (!password) throw problem('is empty');
+  url.password = encodeURIComponent(password);
+  return url.toString();
+}

@@ -118,7 +118,7 @@ describe('the Kubernetes controller against a real API server and the local clus
     policy = createClient(PolicyServiceService, controlPlaneTarget(state));
     await kubectl('create', 'namespace', 'weft-system');
     // The admin policy CRDs as deploy/ ships them.
-    await kubectl('apply', '-f', path.resolve(here, '../../deploy/admin-network-policy-crds.yaml'));
+    await kubectl('apply', '-f', path.resolve(here, '../../deploy/base/admin-network-policy-crds.yaml'));
     for (const n of state.nodes) await apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: n.name, labels: { 'kubernetes.io/hostname': n.name, zone: n.name === state.nodes[0]!.name ? 'a' : 'b' } } });
     await startController('ctl-a');
   });

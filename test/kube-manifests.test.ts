@@ -32,16 +32,20 @@ function mapTo120(o: Obj): Obj {
 const APPLIED_KINDS = new Set(['Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'CustomResourceDefinition']);
 const toYaml = (objs: Obj[]) => objs.map((o) => stringify(o)).join('---\n');
 
+const OVERLAY = 'deploy/overlays/in-cluster-postgres';
+const parseRendered = (stdout: string) => parseAllDocuments(stdout).map((d) => d.toJS() as Obj).filter(Boolean);
+
 describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverSkipReason()), () => {
   let kube: KubeApiserver;
   let rendered: Obj[];
+  let overlay: Obj[];
 
   before(async () => {
     kube = await startKubeApiserver();
     console.log(`kube-apiserver ready ${kube.readyMs} ms after launch`);
     // kustomize as `kubectl apply -k` runs it (the one embedded in kubectl 1.20.2).
-    const { stdout } = await kube.kubectl(['kustomize', path.join(root, 'deploy')]);
-    rendered = parseAllDocuments(stdout).map((d) => d.toJS() as Obj).filter(Boolean);
+    rendered = parseRendered((await kube.kubectl(['kustomize', path.join(root, 'deploy')])).stdout);
+    overlay = parseRendered((await kube.kubectl(['kustomize', path.join(root, OVERLAY)])).stdout);
     // The ServiceAccounts and their RBAC are applied for real: `auth can-i` needs them, and the namespaced objects'
     // dry run needs the namespace to exist (a dry-run namespace is not created). So are the CRDs: policies are
     // created against them below.
@@ -140,6 +144,120 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
     assert.deepEqual(wrong, []);
     // The check answers yes at all: the admin may read secrets.
     await kube.kubectl(['auth', 'can-i', 'get', 'secrets', '-n', NS]);
+  });
+
+  // deploy/overlays/in-cluster-postgres: the base plus PostgreSQL in the cluster, its password in a Secret only.
+  type EnvVar = { name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string; key: string } } };
+  type Mount = { name: string; mountPath: string; readOnly?: boolean };
+  type Container = { name: string; image: string; env?: EnvVar[]; volumeMounts?: Mount[]; ports?: { name: string; containerPort: number }[];
+    startupProbe?: { exec?: { command: string[] } }; readinessProbe?: { exec?: { command: string[] } }; livenessProbe?: { exec?: { command: string[] } };
+    resources?: { requests?: Record<string, string>; limits?: Record<string, string> } };
+  type Volume = { name: string; secret?: { secretName: string; defaultMode?: number; items?: { key: string; path: string }[] } };
+  type PodSpec = { hostNetwork?: boolean; containers: Container[]; volumes?: Volume[]; tolerations?: { key: string }[];
+    securityContext?: { runAsNonRoot?: boolean; runAsUser?: number; runAsGroup?: number; fsGroup?: number } };
+  type Workload = Obj & { spec: { replicas?: number; serviceName?: string; template: { metadata: { labels: Record<string, string> }; spec: PodSpec };
+    volumeClaimTemplates?: { metadata: { name: string }; spec: { accessModes: string[]; resources: { requests: { storage: string } } } }[] } };
+  const find = (objs: Obj[], kind: string, name: string) => objs.find((o) => o.kind === kind && o.metadata.name === name) as Workload | undefined;
+  const envOf = (c: Container) => new Map((c.env ?? []).map((e) => [e.name, e]));
+  /** The Secret and key whose file a container reads at `file` (a mounted Secret volume's item), or null. */
+  const secretFileAt = (pod: PodSpec, c: Container, file: string) => {
+    for (const m of c.volumeMounts ?? []) {
+      const v = pod.volumes?.find((x) => x.name === m.name);
+      const item = v?.secret?.items?.find((i) => `${m.mountPath}/${i.path}` === file);
+      if (item) return { secret: v!.secret!.secretName, key: item.key, mode: v!.secret!.defaultMode ?? 0o644, fsGroup: pod.securityContext?.fsGroup };
+    }
+    return null;
+  };
+
+  test('in-cluster-postgres: kubectl apply --dry-run=server accepts every object of the overlay, and creates none', async () => {
+    // What `kubectl apply -k` would send (the same embedded kustomize), mapped to 1.20's PodDisruptionBudget version.
+    const { stdout } = await kube.kubectl(['apply', '--dry-run=server', '-f', '-'], { input: toYaml(overlay.map(mapTo120)) });
+    for (const o of overlay) {
+      assert.match(stdout, new RegExp(`^${o.kind.toLowerCase()}[^ ]*/${o.metadata.name} .*\\(server dry run\\)$`, 'm'), `${o.kind} ${o.metadata.name} in:\n${stdout}`);
+    }
+    assert.match(stdout, /^statefulset\.apps\/weft-postgres .*\(server dry run\)$/m);
+    assert.match(stdout, /^service\/weft-postgres .*\(server dry run\)$/m);
+    const { stdout: left } = await kube.kubectl(['get', 'deployments,statefulsets,services,persistentvolumeclaims,secrets', '-n', NS, '-o', 'name']);
+    assert.doesNotMatch(left, /weft/, 'a dry run created objects');
+    // Everything else is the base's, unchanged.
+    const changed = new Set(['StatefulSet/weft-postgres', 'Service/weft-postgres', 'Deployment/weft-control-plane']);
+    const key = (o: Obj) => `${o.kind}/${o.metadata.name}`;
+    assert.deepEqual(overlay.filter((o) => !changed.has(key(o))), rendered.filter((o) => !changed.has(key(o))));
+    assert.deepEqual(overlay.filter((o) => changed.has(key(o))).map(key).sort(), [...changed].sort());
+    const images = JSON.stringify(overlay).match(/"image":"[^"]*"/g) ?? [];
+    assert.deepEqual([...new Set(images)].sort(), ['"image":"postgres:16"', '"image":"weft:dev"']);
+  });
+
+  test('in-cluster-postgres: the control plane connects to the in-cluster Service, both read the password from the one Secret, and no password is in the manifests', () => {
+    const service = find(overlay, 'Service', 'weft-postgres') as unknown as Obj & { spec: { clusterIP?: string; selector: Record<string, string>; ports: { name: string; port: number; targetPort: string }[] } };
+    const sts = find(overlay, 'StatefulSet', 'weft-postgres')!;
+    const postgres = sts.spec.template.spec.containers.find((c) => c.name === 'postgres')!;
+    // The Service selects the PostgreSQL pod and its port; a cluster IP (a headless Service gets no environment variables).
+    assert.notEqual(service.spec.clusterIP, 'None');
+    for (const [k, v] of Object.entries(service.spec.selector)) assert.equal(sts.spec.template.metadata.labels[k], v);
+    const [port] = service.spec.ports;
+    assert.ok(postgres.ports?.some((p) => p.name === port!.targetPort && p.containerPort === 5432));
+
+    const cpDeployment = find(overlay, 'Deployment', 'weft-control-plane')!;
+    const cpPod = cpDeployment.spec.template.spec;
+    const cp = cpPod.containers.find((c) => c.name === 'control-plane')!;
+    const env = envOf(cp);
+    // DATABASE_URL as the kubelet expands it: the Service's environment variables (name WEFT_POSTGRES, port named postgres).
+    const serviceEnv: Record<string, string> = { WEFT_POSTGRES_SERVICE_HOST: '10.96.0.54', WEFT_POSTGRES_SERVICE_PORT: String(port!.port), [`WEFT_POSTGRES_SERVICE_PORT_${port!.name.toUpperCase()}`]: String(port!.port) };
+    const raw = env.get('DATABASE_URL')?.value ?? '';
+    assert.equal(env.get('DATABASE_URL')?.valueFrom, undefined, 'not the base\'s external DSN');
+    const expanded = raw.replace(/\$\(([A-Z0-9_]+)\)/g, (_, name: string) => serviceEnv[name] ?? `<unset ${name}>`);
+    assert.doesNotMatch(expanded, /unset/, `${raw} names only the weft-postgres Service's variables`);
+    const url = new URL(expanded);
+    const pgEnv = envOf(postgres);
+    assert.deepEqual({ host: url.hostname, port: url.port, user: url.username, password: url.password, database: url.pathname.slice(1) },
+      { host: '10.96.0.54', port: '5432', user: pgEnv.get('POSTGRES_USER')?.value, password: '', database: pgEnv.get('POSTGRES_DB')?.value });
+
+    // One Secret, weft-postgres-auth, key password: PostgreSQL's initial password and the control plane's, each a
+    // file readable by the container's user (the Secret's mode for the pod's fsGroup).
+    const cpFile = env.get('WEFT_DATABASE_PASSWORD_FILE')?.value ?? '';
+    const pgFile = pgEnv.get('POSTGRES_PASSWORD_FILE')?.value ?? '';
+    const bySecret = [secretFileAt(cpPod, cp, cpFile), secretFileAt(sts.spec.template.spec, postgres, pgFile)];
+    for (const [who, at] of [['control plane', bySecret[0]], ['PostgreSQL', bySecret[1]]] as const) {
+      assert.deepEqual(at && { secret: at.secret, key: at.key }, { secret: 'weft-postgres-auth', key: 'password' }, `${who} reads the password from the Secret`);
+      assert.ok(at!.mode & 0o040 && at!.fsGroup !== undefined, `${who}: the file is its group's to read`);
+    }
+    assert.equal(cpPod.securityContext?.fsGroup, (cpPod.securityContext as { runAsGroup?: number }).runAsGroup);
+
+    // No password in the rendered output: no Secret shipped, no password variable with a value but a file's path,
+    // no URL with user:password@.
+    assert.deepEqual(overlay.filter((o) => o.kind === 'Secret'), []);
+    const everyEnv = overlay.flatMap((o) => (o as Workload).spec?.template?.spec?.containers ?? []).flatMap((c) => c.env ?? []);
+    for (const e of everyEnv.filter((x) => /PASSWORD|PASSWD|PGPASS/.test(x.name))) assert.match(e.name, /_FILE$/, `${e.name} holds a file's path, not a password`);
+    assert.doesNotMatch(toYaml(overlay), /:\/\/[^\s/@:]+:[^\s/@]+@/, 'a URL with a password');
+  });
+
+  test('in-cluster-postgres: PostgreSQL is one non-root replica on its own volume, checked with pg_isready, and needs no pod networking', () => {
+    const sts = find(overlay, 'StatefulSet', 'weft-postgres')!;
+    const pod = sts.spec.template.spec;
+    const postgres = pod.containers.find((c) => c.name === 'postgres')!;
+    assert.equal(sts.spec.replicas, 1);
+    assert.equal(sts.spec.serviceName, 'weft-postgres');
+    const [claim] = sts.spec.volumeClaimTemplates ?? [];
+    assert.deepEqual(claim?.spec.accessModes, ['ReadWriteOnce']);
+    const dataMount = postgres.volumeMounts?.find((m) => m.name === claim?.metadata.name);
+    assert.ok(dataMount, 'the claim is mounted');
+    assert.ok(envOf(postgres).get('PGDATA')?.value?.startsWith(`${dataMount.mountPath}/`), 'PGDATA is a folder below the volume root (lost+found)');
+    assert.equal(pod.securityContext?.runAsNonRoot, true);
+    assert.ok((pod.securityContext?.runAsUser ?? 0) > 0);
+    for (const probe of [postgres.startupProbe, postgres.readinessProbe, postgres.livenessProbe]) assert.match(probe?.exec?.command.join(' ') ?? '', /\bpg_isready\b/);
+    assert.ok(postgres.resources?.requests?.memory && postgres.resources.limits?.memory);
+    // Pods get addresses from the control plane, which needs this database: it cannot wait for pod networking.
+    assert.equal(pod.hostNetwork, true);
+    assert.ok(pod.tolerations?.some((t) => t.key === 'node.kubernetes.io/not-ready'));
+  });
+
+  test('the base (deploy/) still takes the control plane\'s external DSN from the Secret weft-postgres and runs no PostgreSQL', () => {
+    const cp = find(rendered, 'Deployment', 'weft-control-plane')!.spec.template.spec.containers.find((c) => c.name === 'control-plane')!;
+    const env = envOf(cp);
+    assert.deepEqual(env.get('DATABASE_URL'), { name: 'DATABASE_URL', valueFrom: { secretKeyRef: { name: 'weft-postgres', key: 'dsn' } } });
+    assert.equal(env.has('WEFT_DATABASE_PASSWORD_FILE'), false);
+    assert.equal(rendered.some((o) => o.kind === 'StatefulSet' || o.metadata.name === 'weft-postgres'), false);
   });
 
   test('the DaemonSet installs the self-contained plugin with `weft cni install` and leaves the conflist to the ready agent', () => {

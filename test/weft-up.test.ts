@@ -1,12 +1,15 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { bin, startUntil, type Started } from './support/processes.js';
 import { freePort } from './support/ports.js';
+import { createTestDatabase } from './support/database.js';
+import pg from 'pg';
 
 /** `weft up` as a user runs it: from nothing, on embedded PostgreSQL, and again on the same data. */
 const dataDir = mkdtempSync(path.join(tmpdir(), 'weft-up-'));
@@ -59,4 +62,58 @@ test('weft up with an invalid setting exits with status 2 and names the setting'
     startUntil(bin.weft, ['up', '--data-dir', dataDir], /serving/, { env: { WEFT_PG_PORT: 'seventy', WEFT_LOG_LEVEL: 'warn' }, timeoutMs: 20_000 }),
     (err: Error) => /exited with 2/.test(err.message) && /WEFT_PG_PORT/.test(err.message),
   );
+});
+
+test('weft up on an external database as a role whose password is only in WEFT_DATABASE_PASSWORD_FILE (deploy/overlays/in-cluster-postgres), and refused with a wrong one', async () => {
+  const db = await createTestDatabase();
+  const admin = new pg.Client({ connectionString: db.url });
+  await admin.connect();
+  const role = `weft_pwfile_${randomBytes(4).toString('hex')}`;
+  // As `openssl rand -base64 24` makes them (/ + =), and what a URL would misread.
+  const password = 'Ab/c+d=@:?#%41';
+  const url = new URL(db.url);
+  const dbName = url.pathname.slice(1);
+  const pwDir = mkdtempSync(path.join(tmpdir(), 'weft-up-pw-'));
+  const pwFile = path.join(pwDir, 'password');
+  try {
+    await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD '${password}'`);
+    await admin.query(`ALTER DATABASE ${dbName} OWNER TO ${role}`);
+    url.username = role;
+    url.password = '';
+    // PGPASSWORD cleared: the password comes from the file alone.
+    const env = { DATABASE_URL: url.toString(), WEFT_DATABASE_PASSWORD_FILE: pwFile, PGPASSWORD: '', WEFT_LOG_LEVEL: 'warn', WEFT_HTTP_LISTEN: '127.0.0.1:0' };
+    const args = ['up', '--data-dir', path.join(pwDir, 'data'), '--listen', '127.0.0.1:0'];
+    writeFileSync(pwFile, `${password}\n`);
+    const s = await startUntil(bin.weft, args, /"serving":true/, { env });
+    running = s;
+    const ipam = createClient(IpamServiceService, `127.0.0.1:${(JSON.parse(s.line) as { port: number }).port}`);
+    try {
+      await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
+    } finally {
+      ipam.close();
+    }
+    assert.equal(await s.stop(), 0);
+    running = null;
+    const { rows } = await admin.query(`SELECT tableowner FROM pg_tables WHERE schemaname = 'ipam' LIMIT 1`);
+    assert.equal(rows[0]?.tableowner, role, 'the migrations ran as the role');
+
+    writeFileSync(pwFile, 'not-the-password');
+    await assert.rejects(startUntil(bin.weft, args, /"serving":true/, { env, timeoutMs: 30_000 }), (err: Error) => {
+      assert.match(err.message, /password authentication failed/);
+      assert.doesNotMatch(err.message, /not-the-password/, 'the password is not shown');
+      return true;
+    });
+  } finally {
+    await admin.end();
+    await db.drop();
+    // A role belongs to the whole server: on an external DATABASE_URL's it outlives the test database (an embedded
+    // server goes with it).
+    if (process.env.DATABASE_URL) {
+      const server = new pg.Client({ connectionString: process.env.DATABASE_URL });
+      await server.connect();
+      await server.query(`DROP ROLE IF EXISTS ${role}`);
+      await server.end();
+    }
+    rmSync(pwDir, { recursive: true, force: true });
+  }
 });

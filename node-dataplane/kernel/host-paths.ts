@@ -4,7 +4,7 @@ import path from 'node:path';
 /**
  * Where the agent reads and writes the host's network sysctls and sysfs (WEFT_PROC_SYS_NET, WEFT_SYS_DIR). A
  * container that is not privileged sees its own /proc/sys and /sys read-only, so on Kubernetes these point at
- * hostPath mounts of the host's (deploy/agent.yaml): /proc/sys/net at /host/proc/sys/net and the whole /sys at
+ * hostPath mounts of the host's (deploy/base/agent.yaml): /proc/sys/net at /host/proc/sys/net and the whole /sys at
  * /host/sys (the entries of /sys/class/net are relative links into /sys/devices). Both show the agent's own network
  * namespace: /proc/sys/net that of the process reading it, and the host's sysfs that of the host, which is the
  * agent's (host network). Passed explicitly from main.ts to every function that touches these files.

@@ -161,7 +161,7 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
 
 /**
  * The agent as a container that is not privileged sees it: its own /proc/sys and /sys read-only, the host's mounted
- * elsewhere read-write (deploy/agent.yaml mounts /proc/sys/net at /host/proc/sys/net and /sys at /host/sys). The child
+ * elsewhere read-write (deploy/base/agent.yaml mounts /proc/sys/net at /host/proc/sys/net and /sys at /host/sys). The child
  * runs in the node namespace under `unshare --mount` (a private mount namespace, gone with it): there /proc/sys/net
  * is bind-mounted at <dir>/proc-sys-net and /sys at <dir>/sys, as hostPath volumes are, and then /proc/sys and /sys
  * are remounted read-only, as a container runtime does. Code that writes to /proc/sys or /sys fails with EROFS.
