@@ -3,7 +3,7 @@ import path from 'node:path';
 import { connectDatabase } from '../lib/db/database.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
-import { bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
+import { bindServer, createServer, shutdownServer, type ServerAccess } from '../lib/grpc/server.js';
 import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
@@ -33,8 +33,12 @@ export interface ControlPlane {
   stop(): Promise<void>;
 }
 
-/** `weft up`: the IPAM and routes services in one process, on embedded PostgreSQL unless DATABASE_URL is set. */
-export async function startControlPlane(config: ControlPlaneConfig, logger: Logger): Promise<ControlPlane> {
+/**
+ * `weft up`: the IPAM and routes services in one process, on embedded PostgreSQL unless DATABASE_URL is set.
+ * `access`: who calls and whether authorization is enforced (lib/grpc/server.ts ServerAccess); default: nobody is
+ * identified and nothing is refused (until transport security supplies identities).
+ */
+export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}): Promise<ControlPlane> {
   mkdirSync(config.dataDir, { recursive: true });
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
@@ -46,7 +50,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   rmSync(socketPath, { force: true });
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs });
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, access);
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;

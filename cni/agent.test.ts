@@ -114,7 +114,7 @@ describe('attachPod and detachPod against a real server', () => {
       status: async () => ({ ipamReachable: true, detail: '' }),
       garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
     };
-    addService(server, AgentServiceService, handlers, silentLogger, unaryMethods);
+    addService(server, AgentServiceService, handlers, silentLogger, { unaryMethods });
     listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
   });
   after(async () => {

@@ -9,7 +9,9 @@ export type ErrorKind =
   | 'conflict'
   | 'exhausted'
   | 'failed_precondition'
-  | 'unavailable';
+  | 'unavailable'
+  | 'unauthenticated'
+  | 'permission_denied';
 
 export class DomainError extends Error {
   /** code: stable, dotted, e.g. "ipam.pool_exhausted"; kind: what class of failure it is. */

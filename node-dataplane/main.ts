@@ -190,7 +190,7 @@ async function main(): Promise<void> {
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
-  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }), unaryMethods);
+  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }), { unaryMethods });
   mkdirSync(path.dirname(config.socket), { recursive: true });
   rmSync(config.socket, { force: true });
   const socketServer = await listenUnixSocket({ server, socketPath: config.socket, unaryMethods, logger: logger.child({ service: 'agent' }) });

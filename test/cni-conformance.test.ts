@@ -275,7 +275,7 @@ describe('weft-cni, run as a runtime runs it', () => {
         check: unary(checks, () => (checkError ? { err: checkError } : { res: {} })),
         status: unary(null, () => ({ res: statusAnswer })),
         garbageCollect: unary(collects, () => ({ res: gcAnswer })),
-      }, silentLogger, unaryMethods);
+      }, silentLogger, { unaryMethods });
       listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
     });
     after(async () => {

@@ -212,7 +212,7 @@ describe('weft-cni-static: the CNI plugin on a host without Node', () => {
           check: async () => ({}),
           status: async () => ({ ipamReachable: true, detail: '' }),
           garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
-        }, silentLogger, unaryMethods);
+        }, silentLogger, { unaryMethods });
         listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
       });
       after(async () => {

@@ -13,6 +13,8 @@ export const statusForKind: Record<ErrorKind, status> = {
   exhausted: status.RESOURCE_EXHAUSTED,
   failed_precondition: status.FAILED_PRECONDITION,
   unavailable: status.UNAVAILABLE,
+  unauthenticated: status.UNAUTHENTICATED,
+  permission_denied: status.PERMISSION_DENIED,
 };
 
 /** Turns any thrown value into a gRPC error; unexpected errors become INTERNAL with a generic message. */

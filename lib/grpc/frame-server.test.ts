@@ -51,7 +51,7 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
       status: async () => ({ ipamReachable: true, detail: '' }),
       garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
     };
-    addService(server, AgentServiceService, handlers, silentLogger, unaryMethods);
+    addService(server, AgentServiceService, handlers, silentLogger, { unaryMethods });
     listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger, readTimeoutMs: 300 });
   });
   after(async () => {

@@ -15,6 +15,7 @@ import { IpamServiceService, Pool } from '../../gen/weft/ipam/v1/ipam.js';
 setupTelemetry('test');
 const server = createServer();
 const seenTraceIds: string[] = [];
+const seenIdentities: string[] = [];
 const logLines: string[] = [];
 let port = 0;
 
@@ -26,6 +27,7 @@ before(async () => {
   addService(server, IpamServiceService, {
     createPool: async (req, ctx) => {
       seenTraceIds.push(trace.getSpan(context.active())!.spanContext().traceId);
+      seenIdentities.push(ctx.identity.kind);
       ctx.logger.info('creating');
       if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
       if (req.name === 'boom') throw new Error('secret detail');
@@ -57,6 +59,7 @@ test('the caller\'s trace continues on the server, and server logs carry its id'
       return span.spanContext().traceId;
     });
     assert.equal(seenTraceIds.at(-1), traceId);
+    assert.equal(seenIdentities.at(-1), 'none', 'a server without identify knows no caller (and, not enforcing, serves it)');
     assert.ok(logLines.some((l) => JSON.parse(l).trace_id === traceId && JSON.parse(l).msg === 'creating'));
   } finally {
     client.close();

@@ -1,6 +1,8 @@
 import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData, type MethodDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import { once } from 'node:events';
+import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
+import type { Identity } from '../auth/identity.js';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { CLIENT_KEEPALIVE } from './client.js';
@@ -13,7 +15,28 @@ export interface CallContext {
   signal: AbortSignal;
   logger: Logger;
   metadata: Metadata;
+  /** Who calls, as the server's `identify` tells (`{ kind: 'none' }` without one). */
+  identity: Identity;
 }
+
+/**
+ * How a server learns who calls and whether it refuses what they may not do (createServer's `access`).
+ * `identify` reads the caller from a call (its client certificate); without one every caller is `{ kind: 'none' }`.
+ * With `enforce`, every call is checked against lib/auth/authorization.ts before its handler runs, and a refused one
+ * fails with UNAUTHENTICATED or PERMISSION_DENIED. Off by default until transport security supplies identities.
+ */
+export interface ServerAccess {
+  /** Must not throw: a caller it cannot tell is `{ kind: 'none' }`. */
+  identify?: (call: IdentifiableCall) => Identity;
+  enforce?: boolean;
+}
+
+/** What of a call (unary or streaming) tells who makes it: its peer's certificate, its metadata. */
+export type IdentifiableCall = Pick<ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer' | 'getAuthContext'>;
+
+const NO_IDENTITY: Identity = Object.freeze({ kind: 'none' });
+/** Each server's access, as createServer was given it (addService reads it: services are mounted on a server). */
+const accessOf = new WeakMap<Server, ServerAccess>();
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
 type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -47,6 +70,9 @@ export type UnaryMethods = Map<string, (request: Buffer, metadata: Metadata, sig
   { ok: true; response: Buffer } | { ok: false; code: number; details: string; metadata: Metadata }
 >>;
 
+/** Fails (with the error to answer) when the caller may not make the call. */
+type Authorize = (request: unknown, identity: Identity) => Promise<void>;
+
 /** Runs one unary handler: a span parented by the caller's trace context, and errors mapped through the one table. */
 function runUnary(
   path: string,
@@ -55,12 +81,15 @@ function runUnary(
   request: unknown,
   metadata: Metadata,
   signal: () => AbortSignal,
+  identity: Identity,
+  authorize: Authorize | null,
 ): Promise<UnaryOutcome> {
   const parent = extractContext(carrierOf(metadata));
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
     try {
       // The signal is made only for a handler that asks for it (most unary ones never do).
-      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata };
+      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity };
+      if (authorize) await authorize(request, identity);
       const response = await (handler(request, ctx) as Promise<unknown>);
       return { ok: true as const, response };
     } catch (err) {
@@ -77,20 +106,27 @@ function runUnary(
 
 /**
  * Adds a service to a server. Every call gets a span (parented by the caller's trace context from metadata), a
- * child logger, an AbortSignal that fires when the client goes away, and errors mapped through the one table.
- * With `unaryMethods`, its unary methods are also added there, to be served the same way outside grpc-js.
+ * child logger, an AbortSignal that fires when the client goes away, the caller's identity, and errors mapped through
+ * the one table; on a server that enforces authorization, a call its caller may not make fails before its handler
+ * runs (`lookups`: what the service's rules need to know, e.g. which node holds a handle).
+ * With `unaryMethods`, its unary methods are also added there, to be served the same way outside grpc-js (whose calls
+ * have no identity).
  */
 export function addService<D extends ServiceDefinition>(
   server: Server,
   definition: D,
   handlers: Handlers<D>,
   logger: Logger,
-  unaryMethods?: UnaryMethods,
+  options: { unaryMethods?: UnaryMethods; lookups?: AccessLookups } = {},
 ): void {
+  const { unaryMethods, lookups } = options;
+  const access = accessOf.get(server) ?? {};
+  const identify = access.identify ?? (() => NO_IDENTITY);
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
     const log = logger.child({ rpc: method.path });
+    const authorize: Authorize | null = access.enforce ? (request, identity) => ensureAuthorized(method.path, identity, request, lookups) : null;
     if (method.responseStream) {
       impl[name] = (call: ServerWritableStream<unknown, unknown>) => {
         const ac = new AbortController();
@@ -99,7 +135,9 @@ export function addService<D extends ServiceDefinition>(
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
           try {
-            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata }) as AsyncIterable<unknown>) {
+            const identity = identify(call);
+            if (authorize) await authorize(call.request, identity);
+            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
               if (!call.write(msg)) await whenDrainedOrAborted(call, ac.signal);
@@ -134,7 +172,7 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, handler, log, call.request, call.metadata, signal).then((outcome) => {
+        void runUnary(method.path, handler, log, call.request, call.metadata, signal, identify(call), authorize).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -147,7 +185,7 @@ export function addService<D extends ServiceDefinition>(
         } catch (err) {
           return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
         }
-        const outcome = await runUnary(method.path, handler, log, request, metadata, () => signal);
+        const outcome = await runUnary(method.path, handler, log, request, metadata, () => signal, NO_IDENTITY, authorize);
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
     }
@@ -184,8 +222,8 @@ export interface ServerKeepalive {
 
 export const DEFAULT_SERVER_KEEPALIVE: ServerKeepalive = Object.freeze({ timeMs: 30_000, timeoutMs: 10_000 });
 
-export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALIVE): Server {
-  return new Server({
+export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALIVE, access: ServerAccess = {}): Server {
+  const server = new Server({
     ...messageSizeOptions,
     // No channelz: nothing reads it, and its per-call bookkeeping was about 3% of a busy IPAM server's CPU.
     'grpc.enable_channelz': 0,
@@ -194,6 +232,8 @@ export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALI
     'grpc.http2.min_ping_interval_without_data_ms': CLIENT_KEEPALIVE.timeMs / 2,
     'grpc.keepalive_permit_without_calls': 1,
   });
+  accessOf.set(server, access);
+  return server;
 }
 
 /** Stops accepting calls, ends streams, and waits for in-flight calls (up to graceMs). */

@@ -74,7 +74,8 @@ export function createJsonGateway<D extends ServiceDefinition>(
       res.on('close', () => ac.abort());
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers[k] = v;
-      const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata: new Metadata() };
+      // No identity over HTTP: the gateway is not behind the gRPC server's authorization (see lib/auth/DESIGN.md).
+      const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata: new Metadata(), identity: { kind: 'none' } };
       const handler = (handlers as Record<string, (r: unknown, c: CallContext) => unknown>)[route.name]!;
       void tracer().startActiveSpan(`HTTP ${req.url}`, { kind: SpanKind.SERVER }, extractContext(headers), async (span) => {
         try {

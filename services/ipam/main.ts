@@ -34,7 +34,8 @@ export async function mountIpamService(server: Server, deps: { database: Databas
     onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
   });
   const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
-  addService(server, IpamServiceService, handlers, logger);
+  // Who may release a handle: the node (or a token's pools) holding it.
+  addService(server, IpamServiceService, handlers, logger, { lookups: { holderOfHandle: (handle) => repo.holderOfHandle(handle) } });
   // The same handlers over HTTP with JSON.
   const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);
   const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress);

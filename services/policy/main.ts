@@ -15,6 +15,9 @@ import type { NodePolicyWatchOptions } from './watch-node-policy.js';
 export async function mountPolicyService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; options: NodePolicyWatchOptions }) {
   await applyMigrations(deps.database, 'policy');
   const repo = createPolicyRepository(deps.database.db);
-  addService(server, PolicyServiceService, createPolicyHandlers({ repo, notifier: deps.notifier, watch: deps.options }), deps.logger.child({ service: 'policy' }));
+  // Who may detach a sandbox: the node it is attached on.
+  addService(server, PolicyServiceService, createPolicyHandlers({ repo, notifier: deps.notifier, watch: deps.options }), deps.logger.child({ service: 'policy' }), {
+    lookups: { nodeOfContainer: (containerId) => repo.nodeOfContainer(containerId) },
+  });
   return { repo };
 }

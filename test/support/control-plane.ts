@@ -8,6 +8,7 @@ import { startControlPlane, type ControlPlane } from '../../cli/control-plane.js
 import { loadSettings } from '../../lib/config.js';
 import { controlPlaneSettings } from '../../cli/control-plane.config.js';
 import { createLogger, silentLogger } from '../../lib/logger.js';
+import type { ServerAccess } from '../../lib/grpc/server.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
 /** The real control plane (IPAM + routes on one gRPC server bound to port 0) on a fresh test database. */
@@ -25,6 +26,8 @@ export interface TestControlPlaneOptions {
   databaseUrl?: string;
   /** Control-plane settings (e.g. nodeLeaseMs), as their text values. */
   settings?: Partial<Record<keyof typeof controlPlaneSettings, string>>;
+  /** Who calls and whether authorization is enforced (default: no identities, nothing refused). */
+  access?: ServerAccess;
 }
 
 export async function startTestControlPlane(opts: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
@@ -34,7 +37,7 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
   try {
     const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...opts.settings });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
-    cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger);
+    cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger, opts.access);
   } catch (err) {
     await db.drop();
     rmSync(dir, { recursive: true, force: true });

@@ -634,6 +634,13 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return withRetry(() => releaseWhere(sql`a.handle = ${handle}`));
   }
 
+  /** The node and pools of the handle's live addresses (who may release it), or null when it holds none. */
+  async function holderOfHandle(handle: string): Promise<{ node: string; pools: string[] } | null> {
+    const r = await rows(db, sql`SELECT a.node, p.name AS pool FROM ipam.allocations a JOIN ipam.pools p ON p.id = a.pool_id
+      WHERE a.handle = ${handle} AND a.released_at IS NULL ORDER BY a.family`);
+    return r.length === 0 ? null : { node: String(r[0]!.node), pools: [...new Set(r.map((x) => String(x.pool)))] };
+  }
+
   /** Drops attempt rows: fenced ones after `retentionSeconds`, others after ten minutes (they matter only while their Allocate runs). */
   async function pruneAttempts(retentionSeconds: number): Promise<number> {
     const r = await db.execute(sql`DELETE FROM ipam.allocation_attempts
@@ -903,7 +910,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   return withDatabaseErrors('ipam', {
     releaseEmptyBlocks, nodesHoldingAddresses, pruneAttempts,
     checkConsistency,
-    createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release,
+    createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release, holderOfHandle,
     garbageCollect, releaseNodeAllocationsBefore, releaseNodeBlocks, setNodeLabels, setNamespaceLabels, history, utilization, affinitySnapshot, affinityChangesSince,
   });
 }

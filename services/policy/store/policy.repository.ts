@@ -117,6 +117,11 @@ export function createPolicyRepository(db: Database) {
       await db.execute(NOTIFY);
       return { revision: Number(r[0]!.revision), known: Boolean(r[0]!.known) };
     },
+    /** The node of the pod attached under the sandbox (who may detach it), or null when none is. */
+    async nodeOfContainer(containerId: string): Promise<string | null> {
+      const [r] = await rows(sql`SELECT node FROM policy.pods WHERE container_id = ${containerId} LIMIT 1`);
+      return r ? String(r.node) : null;
+    },
     /**
      * The pod attached under the sandbox loses its addresses and sandbox; one that only attachments made known is
      * deleted. Nothing changes (and no revision is taken) when no pod is attached under it any more.
