@@ -66,7 +66,7 @@ export async function appRoleProblems(client: pg.ClientBase | pg.Pool): Promise<
            (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
            pg_has_role(current_user, 'pg_execute_server_program', 'USAGE') AS programs,
            pg_has_role(current_user, 'pg_write_server_files', 'USAGE') OR pg_has_role(current_user, 'pg_read_server_files', 'USAGE') AS files,
-           ARRAY(SELECT DISTINCT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           ARRAY(SELECT DISTINCT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE pg_has_role(current_user, c.relowner, 'USAGE') AND n.nspname = ANY($1::text[])) AS owns`,
   [[...SERVICE_SCHEMAS, ...APPEND_ONLY_SCHEMAS]]);
   const row = rows[0]!;
