@@ -64,7 +64,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   // The data folder holds the database, its passwords and the socket: the user running weft's alone (embedded.ts
   // lets the user 'postgres' enter it when weft runs as root).
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  if (process.getuid?.() !== 0 || config.databaseUrl) chmodSync(config.dataDir, 0o700);
+  if (process.getuid?.() !== 0 || config.databaseUrl) {
+    try {
+      chmodSync(config.dataDir, 0o700);
+    } catch (err) {
+      // A folder weft does not own (a container's emptyDir): what is in it is still 0600.
+      logger.warn('the data folder is not ours to make private; its files and socket are 0600', { dataDir: config.dataDir, err: (err as Error).message });
+    }
+  }
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
   let ownerUrl = config.migrationDatabaseUrl || config.databaseUrl;

