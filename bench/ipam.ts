@@ -57,11 +57,11 @@ async function main() {
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-ipam-'));
   chmodSync(dir, 0o755);
   const db = await startEmbeddedPostgres(dir, await freePort(), silentLogger);
-  const sql = new pg.Client({ connectionString: db.url });
+  const sql = new pg.Client({ connectionString: db.ownerUrl });
   await sql.connect();
   await sql.query('CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())');
   const cp = await startUntil(bin.weft, ['up', '--data-dir', path.join(dir, 'cp'), '--listen', '127.0.0.1:0'], /"serving":true/, {
-    env: { DATABASE_URL: db.url, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'warn' },
+    env: { DATABASE_URL: db.appUrl, WEFT_MIGRATION_DATABASE_URL: db.ownerUrl, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'warn' },
   });
   const address = `127.0.0.1:${(JSON.parse(cp.line) as { port: number }).port}`;
   const admin = createClient(IpamServiceService, address);
@@ -88,7 +88,7 @@ async function main() {
         const echoes = [];
         for (let r = 0; r < RUNS; r++) {
           ours.push(await closedLoop(clients, SECONDS));
-          base.push(await pgbenchInsertTps(pgbench, db.url, concurrency, SECONDS));
+          base.push(await pgbenchInsertTps(pgbench, db.ownerUrl, concurrency, SECONDS));
           echoes.push(await echo.rate(concurrency, SECONDS));
         }
         floors.push({ figure: `allocations beside an empty gRPC call, ${concurrency} client${concurrency > 1 ? 's' : ''}`, value: perSec(median(ours.map((o) => o.rate))), baseline: `grpc-js echo ${perSec(median(echoes))}`, ratio: (median(ours.map((o) => o.rate)) / median(echoes)).toFixed(2) });
@@ -120,7 +120,7 @@ async function main() {
       }
       clients.forEach((c) => c.close());
       const rate = median(rates);
-      const baseRate = median(await Promise.all([pgbenchInsertTps(pgbench, db.url, 8, SECONDS)]));
+      const baseRate = median(await Promise.all([pgbenchInsertTps(pgbench, db.ownerUrl, 8, SECONDS)]));
       rows.push({ figure: 'allocations in batches of 100, 8 callers', value: perSec(rate), baseline: `pgbench insert ${perSec(baseRate)}`, ratio: (rate / baseRate).toFixed(2), goal: '>= 0.60' });
     }
     if (PARTS.has('half')) {

@@ -5,7 +5,8 @@ import type { DatabaseTimeouts } from '../lib/db/database.js';
 /** Settings of `weft up`: the control plane (IPAM and routes services) in one process. */
 export const controlPlaneSettings = {
   dataDir: { env: 'WEFT_DATA_DIR', description: 'folder for the embedded PostgreSQL data and the unix socket', default: '.weft', parse: parsers.string },
-  databaseUrl: { env: 'DATABASE_URL', description: 'external PostgreSQL URL; empty runs the embedded server', default: '', parse: parsers.string },
+  databaseUrl: { env: 'DATABASE_URL', description: "external PostgreSQL URL the services' requests use: a role that owns nothing and has only table privileges (lib/db/DESIGN.md); empty runs the embedded server", default: '', parse: parsers.string },
+  migrationDatabaseUrl: { env: 'WEFT_MIGRATION_DATABASE_URL', description: "external PostgreSQL URL of the schemas' owner: migrations run as it, and it grants DATABASE_URL's role its table privileges at each start; empty: DATABASE_URL does both (one role, warned about)", default: '', parse: parsers.string },
   databasePasswordFile: { env: 'WEFT_DATABASE_PASSWORD_FILE', description: 'file holding the password for DATABASE_URL (a mounted Secret), read once at start, one trailing newline dropped; DATABASE_URL must then name no password', default: '', parse: parsers.string },
   dbStatementTimeoutMs: { env: 'WEFT_DB_STATEMENT_TIMEOUT_MS', description: 'PostgreSQL cancels a statement that runs longer (statement_timeout; migrations are exempt); 0: no limit', default: 10_000, parse: parsers.int(0, 3_600_000) },
   dbLockTimeoutMs: { env: 'WEFT_DB_LOCK_TIMEOUT_MS', description: 'a statement waiting longer for a lock fails (lock_timeout); 0: no limit', default: 5000, parse: parsers.int(0, 3_600_000) },
@@ -13,9 +14,11 @@ export const controlPlaneSettings = {
   dbQueryTimeoutMs: { env: 'WEFT_DB_QUERY_TIMEOUT_MS', description: 'a query with no answer after this long fails (UNAVAILABLE to the caller) and its session is closed: what bounds a call when the database cannot be reached; must exceed the statement timeout; 0: no limit', default: 12_000, parse: parsers.int(0, 3_600_000) },
   dbConnectTimeoutMs: { env: 'WEFT_DB_CONNECT_TIMEOUT_MS', description: 'opening a database session, or waiting for a free one, fails after this long', default: 5000, parse: parsers.int(100, 600_000) },
   dbKeepAliveMs: { env: 'WEFT_DB_KEEPALIVE_MS', description: 'TCP keepalive toward PostgreSQL starts after a session is idle this long; 0: off', default: 10_000, parse: parsers.int(0, 3_600_000) },
-  pgPort: { env: 'WEFT_PG_PORT', description: 'TCP port of the embedded PostgreSQL (loopback only)', default: 54329, parse: parsers.port },
+  pgPort: { env: 'WEFT_PG_PORT', description: 'port number naming the embedded PostgreSQL\'s unix socket (<data-dir>/pg/.s.PGSQL.<port>); it listens on no TCP port', default: 54329, parse: parsers.port },
   listen: { env: 'WEFT_LISTEN', description: 'gRPC listen address host:port, or "off" for the unix socket only', default: '127.0.0.1:7400', parse: (raw: string) => (raw === 'off' ? '' : raw) },
   httpListen: { env: 'WEFT_HTTP_LISTEN', description: 'HTTP/JSON listen address host:port for the IPAM API, or "off"', default: '127.0.0.1:7401', parse: (raw: string) => (raw === 'off' ? '' : raw) },
+  httpAllowedHosts: { env: 'WEFT_HTTP_ALLOWED_HOSTS', description: 'comma-separated host names the HTTP/JSON API answers to besides the listen address, localhost and IP addresses (a request with another Host header is refused: DNS rebinding)', default: [] as string[], parse: parsers.list },
+  httpAllowedOrigins: { env: 'WEFT_HTTP_ALLOWED_ORIGINS', description: 'comma-separated browser origins (scheme://host[:port]) allowed to call the HTTP/JSON API; a request carrying any other Origin is refused (cross-site requests)', default: [] as string[], parse: parsers.list },
   grpcKeepaliveMs: { env: 'WEFT_GRPC_KEEPALIVE_MS', description: 'the gRPC server pings each client connection this often; with the timeout, how soon the streams of a vanished agent end', default: 30_000, parse: parsers.int(100, 3_600_000) },
   grpcKeepaliveTimeoutMs: { env: 'WEFT_GRPC_KEEPALIVE_TIMEOUT_MS', description: 'a client connection whose ping is not answered within this long is closed, with its streams', default: 10_000, parse: parsers.int(100, 600_000) },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },

@@ -1,6 +1,9 @@
-import { mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { connectDatabase } from '../lib/db/database.js';
+import pg from 'pg';
+import { applyMigrations, connectDatabase, sessionConfig, type DatabaseTimeouts } from '../lib/db/database.js';
+import { appRoleProblems, grantAppPrivileges, userOf } from '../lib/db/roles.js';
+import { mountAuditService } from '../services/audit/main.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import { bindServer, createServer, shutdownServer, type ServerAccess } from '../lib/grpc/server.js';
@@ -14,6 +17,29 @@ import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.j
 import { databaseTimeouts, type ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
 import { createHttpServer } from '../lib/http/json-gateway.js';
+
+/** The services whose migrations the control plane applies, in order (each its own schema and journal). */
+const MIGRATED = ['ipam', 'routes', 'policy', 'audit'];
+
+/**
+ * Migrations as the owner (`ownerUrl`), then, when the services run as another role (`appUrl`'s user), that role's
+ * table privileges (lib/db/roles.ts). With one URL for both, the services can ALTER and DROP their tables: warned.
+ */
+async function prepareDatabase(ownerUrl: string, appUrl: string, timeouts: DatabaseTimeouts, logger: Logger): Promise<void> {
+  const owner = sessionConfig(ownerUrl, { ...timeouts, statementMs: 0, lockMs: 0, queryMs: 0, idleInTransactionMs: 0 });
+  for (const service of MIGRATED) await applyMigrations(owner, service);
+  const appRole = userOf(appUrl);
+  if (ownerUrl === appUrl || !appRole || appRole === userOf(ownerUrl)) return;
+  const client = new pg.Client(owner);
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    await grantAppPrivileges(client, appRole);
+  } finally {
+    await client.end().catch(() => {});
+  }
+  logger.info('database privileges granted', { role: appRole });
+}
 
 function listenHttp(server: http.Server, address: string): Promise<number> {
   const i = address.lastIndexOf(':');
@@ -34,21 +60,44 @@ export interface ControlPlane {
 }
 
 /**
- * `weft up`: the IPAM and routes services in one process, on embedded PostgreSQL unless DATABASE_URL is set.
- * `access`: who calls and whether authorization is enforced (lib/grpc/server.ts ServerAccess); default: nobody is
- * identified and nothing is refused (until transport security supplies identities).
+ * `weft up`: the IPAM, routes, policy and audit services in one process, on embedded PostgreSQL unless DATABASE_URL is
+ * set. `access`: who calls and whether authorization is enforced (lib/grpc/server.ts ServerAccess).
  */
 export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}): Promise<ControlPlane> {
-  mkdirSync(config.dataDir, { recursive: true });
+  // The data folder holds the database, its passwords and the socket: the user running weft's alone (embedded.ts
+  // lets the user 'postgres' enter it when weft runs as root).
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  if (process.getuid?.() !== 0 || config.databaseUrl) {
+    try {
+      chmodSync(config.dataDir, 0o700);
+    } catch (err) {
+      // A folder weft does not own (a container's emptyDir): what is in it is still 0600.
+      logger.warn('the data folder is not ours to make private; its files and socket are 0600', { dataDir: config.dataDir, err: (err as Error).message });
+    }
+  }
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
+  let ownerUrl = config.migrationDatabaseUrl || config.databaseUrl;
   if (!url) {
     embedded = await startEmbeddedPostgres(config.dataDir, config.pgPort, logger);
-    url = embedded.url;
+    url = embedded.appUrl;
+    ownerUrl = embedded.ownerUrl;
+  }
+  try {
+    await prepareDatabase(ownerUrl, url, databaseTimeouts(config), logger);
+  } catch (err) {
+    await embedded?.stop();
+    throw err;
   }
   const database = connectDatabase(url, { timeouts: databaseTimeouts(config) });
+  const problems = await appRoleProblems(database.pool).catch((err: Error) => [`its privileges could not be read: ${err.message}`]);
+  if (problems.length > 0) {
+    logger.warn("the services' database role can do more than they need; give DATABASE_URL a role that owns nothing, and the owner's URL as WEFT_MIGRATION_DATABASE_URL (lib/db/DESIGN.md)", { problems });
+  }
   const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
+  // A folder made for the socket is the user's alone; an existing one is left as it is (the socket itself is 0600).
+  if (!existsSync(path.dirname(socketPath))) mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   rmSync(socketPath, { force: true });
   const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, access);
   const ipamAddress = `unix://${socketPath}`;
@@ -57,6 +106,8 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   let tcpPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;
+  // First: its observer must see the services mounted after it.
+  const audit = mountAuditService(server, { database, logger });
   try {
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
@@ -64,7 +115,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     });
     ipamService = ipam;
     if (config.httpListen) {
-      httpServer = createHttpServer([ipam.http]);
+      httpServer = createHttpServer([ipam.http], { listenHost: config.httpListen.slice(0, config.httpListen.lastIndexOf(':')), allowedHosts: config.httpAllowedHosts, allowedOrigins: config.httpAllowedOrigins });
       httpPort = await listenHttp(httpServer, config.httpListen);
     }
     routes = await mountRoutesService(server, {
@@ -73,6 +124,8 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     });
     await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
     await bindServer(server, ipamAddress);
+    // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
+    chmodSync(socketPath, 0o600);
     tcpPort = config.listen ? await bindServer(server, config.listen) : null;
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
@@ -80,6 +133,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     ipamService?.stop();
     httpServer?.close();
     server.forceShutdown();
+    await audit.stop();
     await notifier.close();
     await database.close();
     await embedded?.stop();
@@ -96,6 +150,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       httpServer?.closeAllConnections();
       httpServer?.close();
       await shutdownServer(server);
+      await audit.stop();
       await notifier.close();
       await database.close();
       await embedded?.stop();

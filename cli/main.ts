@@ -9,6 +9,7 @@ import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
+import { AuditServiceService } from '../gen/weft/audit/v1/audit.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
 import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { installCni } from '../node-dataplane/cni-install.js';
@@ -48,6 +49,9 @@ const USAGE = `usage: weft <command> [options]
   cluster control-plane restart                 restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
   routes NODE [--json]                          what NODE's kernel should hold and, in the local cluster, whether it does
+  audit [--since T] [--actor A] [--resource R] [--json]   the audit log, oldest first: who changed what and with what
+                                                result (T: a time or an age like 30m, 2h, 7d; A: kind:name, e.g. node:node1;
+                                                R: exact, e.g. pool/default, or a prefix ending in /, e.g. handle/)
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS] [--domain D]   (pools overlap only across routing domains)
   ipam allocations [--pool P] [--node N] [--json]
@@ -149,6 +153,8 @@ async function main(argv: string[]): Promise<number> {
       'bin-dir': { type: 'string' },
       'conf-dir': { type: 'string' },
       plugin: { type: 'string' },
+      actor: { type: 'string' },
+      resource: { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -593,7 +599,33 @@ async function main(argv: string[]): Promise<number> {
       ipam.close();
     }
   }
+  if (pos[0] === 'audit') {
+    if (pos.length !== 1) throw new UsageError('usage: weft audit [--since T] [--actor A] [--resource R] [--json]');
+    const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
+    const since = o.since === undefined ? undefined : sinceTime(o.since);
+    const audit = createClient(AuditServiceService, server);
+    try {
+      const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: o.actor ?? '', resource: o.resource ?? '', pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
+        .then((r) => ({ items: r.events, next: r.nextPageToken })));
+      print(json, events, () => events.length ? events.map((e) => [
+        e.time!.toISOString(), e.actor.padEnd(18), e.method.replace(/^\/weft\./, '').padEnd(40), e.resource.padEnd(28), e.result,
+        e.message ? ` ${e.message}` : '',
+      ].join(' ')).join('\n') : 'no audit events');
+      return 0;
+    } finally {
+      audit.close();
+    }
+  }
   throw new UsageError(`unknown command: weft ${cmd}; see weft --help`);
+}
+
+/** `--since`: a time (2026-11-27T03:12:00Z) or an age (30s, 30m, 2h, 7d) before now. */
+function sinceTime(v: string): Date {
+  const age = /^(\d+)([smhd])$/.exec(v);
+  if (age) return new Date(Date.now() - Number(age[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[age[2] as 's' | 'm' | 'h' | 'd']);
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime())) throw new UsageError(`--since ${JSON.stringify(v)} is neither a time (2026-11-27T03:12:00Z) nor an age (30m, 2h, 7d)`);
+  return d;
 }
 
 main(process.argv.slice(2)).then(

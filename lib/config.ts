@@ -60,6 +60,8 @@ export const parsers = {
     if (!(values as string[]).includes(raw)) throw new Error(`expected one of ${values.join(', ')}`);
     return raw as T;
   },
+  /** Comma-separated values, blanks dropped. */
+  list: (raw: string): string[] => raw.split(',').map((v) => v.trim()).filter((v) => v !== ''),
   bool: (raw: string): boolean => {
     if (['1', 'true', 'yes'].includes(raw)) return true;
     if (['0', 'false', 'no'].includes(raw)) return false;

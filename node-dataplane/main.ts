@@ -191,7 +191,9 @@ async function main(): Promise<void> {
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
   addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }), { unaryMethods });
-  mkdirSync(path.dirname(config.socket), { recursive: true });
+  // A folder made for the socket is root's alone (0700); an existing one (e.g. a shared /run) is left as it is: the
+  // socket itself is 0600.
+  mkdirSync(path.dirname(config.socket), { recursive: true, mode: 0o700 });
   rmSync(config.socket, { force: true });
   const socketServer = await listenUnixSocket({ server, socketPath: config.socket, unaryMethods, logger: logger.child({ service: 'agent' }) });
   logger.info('serving the CNI plugin', { socket: config.socket });

@@ -14,6 +14,8 @@ import { runCni, type ClusterState, type NodeState } from '../cli/cluster/cluste
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { privilegedOrSkip } from './support/privileges.js';
+import path from 'node:path';
+import { embeddedDatabaseUrls } from '../lib/db/embedded.js';
 import { startSqlShellInNetns } from './support/sql-shell.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 
@@ -75,7 +77,8 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
    * and the claim lock for a node without one), until the test commits it: IPAM's answer is delayed at will.
    */
   async function holdAllocateLocks() {
-    const db = await startSqlShellInNetns(state.controlPlane.netns, 'postgres://weft:weft@127.0.0.1:54329/weft');
+    // The control plane's embedded PostgreSQL: its unix socket and owner password are in its data folder.
+    const db = await startSqlShellInNetns(state.controlPlane.netns, embeddedDatabaseUrls(path.dirname(state.controlPlane.socket), 54329).ownerUrl);
     await db.query('BEGIN');
     await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
     await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);

@@ -26,12 +26,19 @@ let ipam: PromiseClient<typeof IpamServiceService>;
 
 before(async () => {
   database = await createTestDatabase();
-  const url = new URL(database.url);
-  proxy = await startBlackholeProxy(url.hostname, Number(url.port));
-  url.hostname = '127.0.0.1';
-  url.port = String(proxy.port);
+  // Both the owner's and the services' sessions go through the proxy (the embedded server's URLs name its socket folder).
+  const upstream = new URL(database.url);
+  const host = decodeURIComponent(upstream.hostname);
+  proxy = await startBlackholeProxy(host, Number(upstream.port || 5432));
+  const viaProxy = (u: string) => {
+    const url = new URL(u);
+    url.hostname = '127.0.0.1';
+    url.port = String(proxy.port);
+    return url.toString();
+  };
   cp = await startTestControlPlane({
-    databaseUrl: url.toString(),
+    databaseUrl: viaProxy(database.url),
+    appDatabaseUrl: viaProxy(database.appUrl),
     settings: { dbStatementTimeoutMs: '1000', dbLockTimeoutMs: '500', dbQueryTimeoutMs: String(QUERY_TIMEOUT_MS), dbConnectTimeoutMs: '1000', dbKeepAliveMs: '1000' },
   });
   ipam = createClient(IpamServiceService, cp.address);

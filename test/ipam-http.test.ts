@@ -11,8 +11,10 @@ after(async () => {
   await cp?.stop();
 });
 
+const JSON_TYPE = { 'content-type': 'application/json' };
+
 const call = async (method: string, body: unknown) => {
-  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${method}`, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${method}`, { method: 'POST', headers: JSON_TYPE, body: typeof body === 'string' ? body : JSON.stringify(body) });
   return { status: res.status, json: (await res.json()) as Record<string, any> };
 };
 
@@ -45,12 +47,16 @@ test('errors carry an HTTP status, the gRPC code name, the message and the stabl
   assert.equal(missing.status, 404);
   const get = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`);
   assert.equal(get.status, 400);
+  const text = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, { method: 'POST', body: JSON.stringify({ name: 'form', cidr: '10.250.0.0/16', blockPrefixLength: 26 }) });
+  assert.equal(text.status, 415, 'a body not sent as JSON (what a cross-site form can send) is refused');
+  const crossSite = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, { method: 'POST', headers: { ...JSON_TYPE, origin: 'https://evil.example' }, body: JSON.stringify({ name: 'csrf', cidr: '10.251.0.0/16', blockPrefixLength: 26 }) });
+  assert.equal(crossSite.status, 403, 'a request from a web page of another origin is refused');
   assert.equal((await call('ListPools', {})).json.pools.length, 1, 'nothing changed');
 });
 
 test('a streaming method answers newline-delimited JSON', async () => {
   const ac = new AbortController();
-  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, { method: 'POST', body: '{}', signal: ac.signal });
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, { method: 'POST', headers: JSON_TYPE, body: '{}', signal: ac.signal });
   assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const reader = res.body!.getReader();
   let text = '';

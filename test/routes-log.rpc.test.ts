@@ -24,7 +24,7 @@ const LEASE_MS_C = 1000;
 
 before(async () => {
   a = await startTestControlPlane({ settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
-  b = await startTestControlPlane({ databaseUrl: a.databaseUrl, settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
+  b = await startTestControlPlane({ databaseUrl: a.databaseUrl, appDatabaseUrl: a.appDatabaseUrl, settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
   c = await startTestControlPlane({ settings: { nodeLeaseMs: String(LEASE_MS_C), routesLogKeep: '3', routesLogMaxAgeS: '0' } });
   routesA = createClient(RoutesServiceService, a.address);
   routesB = createClient(RoutesServiceService, b.address);

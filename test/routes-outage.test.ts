@@ -28,7 +28,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 before(async () => {
   db = await createTestDatabase();
   listen = `127.0.0.1:${await freePort()}`;
-  cp = await startTestControlPlane({ databaseUrl: db.url, settings: { ...settings, listen } });
+  cp = await startTestControlPlane({ databaseUrl: db.url, appDatabaseUrl: db.appUrl, settings: { ...settings, listen } });
 });
 
 after(async () => {
@@ -116,7 +116,7 @@ test('after a control-plane outage of twice the node lease, no node whose agent 
   cp = null;
   await sleep(OUTAGE_MS);
   const restarted = Date.now();
-  cp = await startTestControlPlane({ databaseUrl: db.url, settings: { ...settings, listen } });
+  cp = await startTestControlPlane({ databaseUrl: db.url, appDatabaseUrl: db.appUrl, settings: { ...settings, listen } });
   const w = watch(routesClient(), since);
   try {
     await sleep(2 * LEASE_MS);

@@ -1,7 +1,8 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, existsSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '../lib/grpc/client.js';
@@ -34,6 +35,22 @@ test('weft up starts from nothing, serves, stops, and starts again with its pool
   const pgPort = await freePort();
   const first = await up(pgPort);
   assert.ok(existsSync(first.info.socket), 'the unix socket exists');
+  // Only the user running weft may reach the control plane's socket, the database or its passwords.
+  const mode = (p: string) => statSync(p).mode & 0o777;
+  assert.equal(mode(first.info.socket), 0o600, 'the gRPC socket is 0600');
+  assert.equal(mode(dataDir) & 0o007, 0, 'the data folder is closed to others');
+  assert.equal(mode(dataDir) & 0o070, process.getuid?.() === 0 ? 0o010 : 0, "the data folder: only the group 'postgres' may enter it (as root), else no group");
+  assert.equal(mode(path.join(dataDir, 'pg-passwords.json')), 0o600);
+  assert.equal(mode(path.join(dataDir, 'pg')), 0o700, "PostgreSQL's folder (and socket) is its own");
+  assert.ok(existsSync(path.join(dataDir, 'pg', `.s.PGSQL.${pgPort}`)), "PostgreSQL's unix socket is in its folder");
+  // No TCP listener: the port only names the socket.
+  const tcp = await new Promise<string>((resolve) => {
+    const c = net.connect(pgPort, '127.0.0.1', () => { c.destroy(); resolve('connected'); });
+    c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+  assert.equal(tcp, 'ECONNREFUSED', 'the embedded PostgreSQL listens on no TCP port');
+  const passwords = readFileSync(path.join(dataDir, 'pg-passwords.json'), 'utf8');
+  assert.doesNotMatch(passwords, /"weft"/, 'no fixed password');
   await first.ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
   const { allocation } = await first.ipam.allocate({ handle: 'c1/eth0', node: 'n1', pool: '', podNamespace: 'ns', podName: 'p', containerId: 'c1' });
   first.ipam.close();

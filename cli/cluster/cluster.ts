@@ -249,7 +249,7 @@ async function createNodeNetns(state: ClusterState, plan: ReturnType<typeof plan
 /** Starts the node's agent (reaching the control plane at `controlPlane`, default its TCP address); waits until the node is registered. */
 async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane?: string): Promise<void> {
   await allowDirectRouting(node.netns);
-  mkdirSync(path.dirname(node.socket), { recursive: true });
+  mkdirSync(path.dirname(node.socket), { recursive: true, mode: 0o700 });
   for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
   node.controlPlane = controlPlane;

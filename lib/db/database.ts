@@ -145,12 +145,12 @@ export function migrationsFolder(service: string): string {
 import { existsSync } from 'node:fs';
 
 /**
- * Applies a service's migrations to its own schema; each service keeps its own journal table. Migrations run on a
- * session of their own without statement, lock or query limits (building an index on a big table may take minutes),
- * but with the handle's connect timeout and keepalive.
+ * Applies a service's migrations to its own schema; each service keeps its own journal table. Migrations run as the
+ * owner (`session`: the owner's URL with the handle's connect timeout and keepalive) on a session of their own,
+ * without statement, lock or query limits (building an index on a big table may take minutes).
  */
-export async function applyMigrations(handle: DatabaseHandle, service: string): Promise<void> {
-  const { connectionString, connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis } = handle.session;
+export async function applyMigrations(session: pg.ClientConfig, service: string): Promise<void> {
+  const { connectionString, connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis } = session;
   const client = new pg.Client({ connectionString, connectionTimeoutMillis, keepAlive, keepAliveInitialDelayMillis });
   client.on('error', () => {});
   await client.connect();

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -61,6 +61,10 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
   });
 
   const request = (header: object, message = new Uint8Array(0)) => Buffer.concat([MAGIC, encodeFrame(header, message)]);
+
+  it('makes its socket 0600: only its owner may connect', async () => {
+    assert.equal((await stat(socket)).mode & 0o777, 0o600);
+  });
 
   it('answers a known method, even when the request arrives a byte at a time', async () => {
     const bytes = request({ path: AgentServiceService.status.path, timeoutMs: 5000, metadata: {} });

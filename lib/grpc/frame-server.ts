@@ -1,3 +1,4 @@
+import { chmodSync } from 'node:fs';
 import net from 'node:net';
 import { Metadata, type Server } from '@grpc/grpc-js';
 import type { Logger } from '../logger.js';
@@ -32,6 +33,11 @@ export function listenUnixSocket(opts: {
    * its keepalive), and a request being handled is bounded by its own deadline.
    */
   readTimeoutMs?: number;
+  /**
+   * The socket's mode (default 0600: only its owner, root for the agent, may connect; connecting needs write). It is
+   * created with the umask's mode (0755 with the usual 022, which already lets no one else connect) and set at once.
+   */
+  mode?: number;
 }): Promise<UnixSocketServer> {
   const injector = opts.server.createConnectionInjector(serverCredentials());
   const maxRequestBytes = opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
@@ -61,6 +67,12 @@ export function listenUnixSocket(opts: {
     listener.once('error', reject);
     listener.listen(opts.socketPath, () => {
       listener.off('error', reject);
+      try {
+        chmodSync(opts.socketPath, opts.mode ?? 0o600);
+      } catch (err) {
+        listener.close();
+        return reject(err as Error);
+      }
       resolve({
         close: () =>
           new Promise<void>((done) => {

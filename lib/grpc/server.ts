@@ -1,5 +1,5 @@
 import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData, type MethodDefinition } from '@grpc/grpc-js';
-import { SpanKind } from '@opentelemetry/api';
+import { SpanKind, trace } from '@opentelemetry/api';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import type { Identity } from '../auth/identity.js';
@@ -56,6 +56,34 @@ function carrierOf(md: Metadata): Record<string, string> {
     if (typeof v === 'string') out[k] = v;
   }
   return out;
+}
+
+/** Sees each finished unary call (the audit log, lib/audit.ts); one per server, set with `observeCalls` before `addService`. */
+export type CallObserver = (call: { path: string; request: unknown; ctx: CallContext; code: number; details: string; traceId: string }) => void;
+const observers = new WeakMap<Server, CallObserver>();
+export const observeCalls = (server: Server, observer: CallObserver) => void observers.set(server, observer);
+
+/** The handler, reporting each call's outcome to the server's observer (if any) once it is known; never throws for it. */
+function observed(server: Server, path: string, handler: (req: unknown, ctx: CallContext) => unknown) {
+  if (!observers.has(server)) return handler;
+  return async (req: unknown, ctx: CallContext) => {
+    const report = (code: number, details: string) => {
+      try {
+        observers.get(server)?.({ path, request: req, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '' });
+      } catch (err) {
+        ctx.logger.error('call observer failed', { err });
+      }
+    };
+    try {
+      const response = await (handler(req, ctx) as Promise<unknown>);
+      report(status.OK, '');
+      return response;
+    } catch (err) {
+      const { error } = toServiceError(err);
+      report(error.code ?? status.UNKNOWN, error.details ?? '');
+      throw err;
+    }
+  };
 }
 
 /** A unary call's outcome, as a gRPC server sends it: the response, or a status with message and trailing metadata. */
@@ -154,6 +182,7 @@ export function addService<D extends ServiceDefinition>(
         });
       };
     } else {
+      const observedHandler = observed(server, method.path, handler);
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         // An AbortController only when the handler reads its signal; a cancellation before that makes it born aborted.
         let ac: AbortController | null = null;
@@ -172,7 +201,7 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, handler, log, call.request, call.metadata, signal, identify(call), authorize).then((outcome) => {
+        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, identify(call), authorize).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -185,7 +214,7 @@ export function addService<D extends ServiceDefinition>(
         } catch (err) {
           return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
         }
-        const outcome = await runUnary(method.path, handler, log, request, metadata, () => signal, NO_IDENTITY, authorize);
+        const outcome = await runUnary(method.path, observedHandler, log, request, metadata, () => signal, NO_IDENTITY, authorize);
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
     }

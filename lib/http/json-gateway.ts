@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { status, Metadata, type ServiceDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import type { Logger } from '../logger.js';
@@ -16,7 +17,8 @@ interface MessageFns {
   toJSON(m: unknown): unknown;
 }
 
-const MAX_BODY = 1024 * 1024;
+/** The largest request body read (bytes); a larger one is refused with 413 and not read further. */
+export const MAX_BODY_BYTES = 1024 * 1024;
 
 /** Google's mapping from gRPC codes to HTTP statuses. */
 const httpStatus: Partial<Record<status, number>> = {
@@ -33,7 +35,9 @@ export function createJsonGateway<D extends ServiceDefinition>(
   handlers: Handlers<D>,
   messages: Record<string, unknown>,
   logger: Logger,
+  opts: { maxBodyBytes?: number } = {},
 ): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
+  const maxBody = opts.maxBodyBytes ?? MAX_BODY_BYTES;
   const routes = new Map<string, { name: string; stream: boolean; request: MessageFns; response: MessageFns }>();
   for (const [name, method] of Object.entries(definition)) {
     const request = messages[`${capitalize(name)}Request`] as MessageFns | undefined;
@@ -55,14 +59,32 @@ export function createJsonGateway<D extends ServiceDefinition>(
       fail(res, status.INVALID_ARGUMENT, `use POST with a JSON body for ${req.url}`);
       return true;
     }
+    // Only JSON: a browser's cross-site form or simple request cannot send this content type without a CORS preflight,
+    // which this server never grants (CSRF).
+    if (!isJson(req.headers['content-type'])) {
+      refuse(res, 415, 'INVALID_ARGUMENT', `send the request body as JSON with the header "content-type: application/json" (got ${JSON.stringify(req.headers['content-type'] ?? '')})`);
+      return true;
+    }
+    const tooLarge = () => refuse(res, 413, 'RESOURCE_EXHAUSTED', `request body is over ${maxBody} bytes`, true);
+    if (Number(req.headers['content-length'] ?? 0) > maxBody) {
+      tooLarge();
+      return true;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
+    let refused = false;
     req.on('data', (c: Buffer) => {
+      if (refused) return;
       size += c.length;
-      if (size <= MAX_BODY) chunks.push(c);
+      if (size <= maxBody) return void chunks.push(c);
+      // Stop reading at the limit: answer, and close the connection (nothing more of this body is read).
+      refused = true;
+      chunks.length = 0;
+      req.pause();
+      tooLarge();
     });
     req.on('end', () => {
-      if (size > MAX_BODY) return fail(res, status.INVALID_ARGUMENT, `request body is over ${MAX_BODY} bytes`);
+      if (refused) return;
       let input: unknown;
       try {
         const text = Buffer.concat(chunks).toString('utf8').trim();
@@ -105,9 +127,67 @@ export function createJsonGateway<D extends ServiceDefinition>(
   };
 }
 
-/** An HTTP server for gateways; unknown paths get 404 with a JSON error. */
-export function createHttpServer(routes: ((req: http.IncomingMessage, res: http.ServerResponse) => boolean)[]): http.Server {
+/** Whether a Content-Type header names JSON (`application/json`, parameters such as charset allowed). */
+function isJson(contentType: string | undefined): boolean {
+  return (contentType ?? '').split(';')[0]!.trim().toLowerCase() === 'application/json';
+}
+
+/** Answers an error before any handler ran; `close` ends the connection after it (a body left unread). */
+function refuse(res: http.ServerResponse, httpCode: number, code: string, message: string, close = false): void {
+  if (res.headersSent) return void res.end();
+  res.writeHead(httpCode, { 'content-type': 'application/json', ...(close ? { connection: 'close' } : {}) });
+  res.end(JSON.stringify({ code, message, errorCode: '' }) + '\n', () => {
+    if (close) res.req.socket.destroy();
+  });
+}
+
+/** Who may call the HTTP API, besides what its address allows (createHttpServer). */
+export interface HttpAccess {
+  /**
+   * Host names (lowercase, no port) the API answers to besides IP addresses, `localhost` and the listen host. A
+   * request whose Host header names anything else is refused (403): a DNS-rebinding page reaches the API under its
+   * own host name, which is not on this list.
+   */
+  allowedHosts?: string[];
+  /** Browser origins (`scheme://host[:port]`) allowed to call; a request with any other Origin header is refused (403). */
+  allowedOrigins?: string[];
+  /** The host the server listens on (a name, an address, or a wildcard). */
+  listenHost?: string;
+}
+
+/** The host name of a Host header ("a.example:7401", "[::1]:7401", "127.0.0.1"), lowercase; '' when malformed. */
+export function hostNameOf(header: string): string {
+  const h = header.trim().toLowerCase();
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']');
+    return end > 0 ? h.slice(1, end) : '';
+  }
+  const colon = h.lastIndexOf(':');
+  return colon >= 0 && h.indexOf(':') === colon ? h.slice(0, colon) : h;
+}
+
+/** Why a request may not reach the API (Host or Origin), or null when it may. Pure. */
+export function accessProblem(headers: http.IncomingHttpHeaders, access: HttpAccess): string | null {
+  const host = hostNameOf(headers.host ?? '');
+  const allowed = new Set(['localhost', ...(access.allowedHosts ?? []).map((h) => h.toLowerCase())]);
+  if (access.listenHost) allowed.add(hostNameOf(access.listenHost));
+  if (!host) return 'the request has no valid Host header';
+  if (net.isIP(host) === 0 && !allowed.has(host))
+    return `Host ${JSON.stringify(headers.host)} is not a name this API answers to; use its address, or add the name to WEFT_HTTP_ALLOWED_HOSTS`;
+  const origin = headers.origin;
+  if (origin !== undefined && !(access.allowedOrigins ?? []).some((o) => o.replace(/\/+$/, '').toLowerCase() === origin.toLowerCase()))
+    return `requests from the web origin ${JSON.stringify(origin)} are not allowed; add it to WEFT_HTTP_ALLOWED_ORIGINS to allow them`;
+  return null;
+}
+
+/**
+ * An HTTP server for gateways: every request's Host and Origin are checked first (accessProblem: 403), then the
+ * routes; unknown paths get 404 with a JSON error.
+ */
+export function createHttpServer(routes: ((req: http.IncomingMessage, res: http.ServerResponse) => boolean)[], access: HttpAccess = {}): http.Server {
   return http.createServer((req, res) => {
+    const problem = accessProblem(req.headers, access);
+    if (problem) return refuse(res, 403, 'PERMISSION_DENIED', problem, true);
     for (const r of routes) if (r(req, res)) return;
     res.writeHead(404, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ code: 'NOT_FOUND', message: `no method at ${req.url}; paths look like /weft.ipam.v1.IpamService/ListPools` }) + '\n');

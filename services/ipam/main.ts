@@ -1,6 +1,5 @@
 import type { Server } from '@grpc/grpc-js';
 import type { DatabaseHandle } from '../../lib/db/database.js';
-import { applyMigrations } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
@@ -15,7 +14,7 @@ import { createIpamHandlers } from './rpc/ipam.rpc.js';
 import { createIpamRepository } from './store/ipam.repository.js';
 import { FAST_IN_FLIGHT } from './store/fast-allocate.js';
 
-/** Wires the IPAM service onto a server: migrations, repository, handlers. */
+/** Wires the IPAM service onto a server (its migrations are applied before, as the owner): repository, handlers. */
 export interface IpamHousekeeping {
   sweepSeconds: number;
   blockGraceSeconds: number;
@@ -27,7 +26,6 @@ export interface IpamHousekeeping {
 }
 
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
-  await applyMigrations(deps.database, 'ipam');
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
   const repo = createIpamRepository(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1), {

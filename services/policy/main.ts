@@ -1,5 +1,5 @@
 import type { Server } from '@grpc/grpc-js';
-import { applyMigrations, type DatabaseHandle } from '../../lib/db/database.js';
+import type { DatabaseHandle } from '../../lib/db/database.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import type { Logger } from '../../lib/logger.js';
@@ -9,11 +9,10 @@ import { createPolicyRepository } from './store/policy.repository.js';
 import type { NodePolicyWatchOptions } from './watch-node-policy.js';
 
 /**
- * Wires the policy service: migrations, store, handlers. Stateless: any replica answers from the database and serves
+ * Wires the policy service (its migrations are applied before, as the owner: cli/control-plane.ts): store, handlers. Stateless: any replica answers from the database and serves
  * any node's WatchNodePolicy (woken by NOTIFY policy_changes; the notifier must LISTEN on POLICY_CHANNEL).
  */
 export async function mountPolicyService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; options: NodePolicyWatchOptions }) {
-  await applyMigrations(deps.database, 'policy');
   const repo = createPolicyRepository(deps.database.db);
   // Who may detach a sandbox: the node it is attached on.
   addService(server, PolicyServiceService, createPolicyHandlers({ repo, notifier: deps.notifier, watch: deps.options }), deps.logger.child({ service: 'policy' }), {

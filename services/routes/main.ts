@@ -1,5 +1,5 @@
 import type { Server } from '@grpc/grpc-js';
-import { applyMigrations, type DatabaseHandle } from '../../lib/db/database.js';
+import type { DatabaseHandle } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import { createClient } from '../../lib/grpc/client.js';
 import { addService } from '../../lib/grpc/server.js';
@@ -26,12 +26,11 @@ export interface RoutesServiceOptions {
 }
 
 /**
- * Wires the routes service: migrations, node store, revision log, the affinity follower (which watches IPAM over
+ * Wires the routes service (its migrations are applied before, as the owner): node store, revision log, the affinity follower (which watches IPAM over
  * gRPC; one replica at a time), the lease sweeper (one replica at a time), handlers. Stateless otherwise: any
  * replica serves any watcher from the log.
  */
 export async function mountRoutesService(server: Server, deps: { database: DatabaseHandle; databaseUrl: string; notifier: Notifier; logger: Logger; ipamAddress: string; options: RoutesServiceOptions }) {
-  await applyMigrations(deps.database, 'routes');
   const { options } = deps;
   const logger = deps.logger.child({ service: 'routes' });
   const nodes = createNodesRepository(deps.database.db);

@@ -27,6 +27,7 @@ interface Pipe {
   flush(): void;
 }
 
+/** `upstreamHost` may be a folder (a unix socket's, as PostgreSQL URLs name one): then the upstream is `<folder>/.s.PGSQL.<port>`. */
 export async function startBlackholeProxy(upstreamHost: string, upstreamPort: number): Promise<BlackholeProxy> {
   let holed = false;
   let peak = 0;
@@ -54,7 +55,7 @@ export async function startBlackholeProxy(upstreamHost: string, upstreamPort: nu
     sockets.add(client);
     clients.add(client);
     peak = Math.max(peak, clients.size);
-    const upstream = net.connect(upstreamPort, upstreamHost);
+    const upstream = upstreamHost.startsWith('/') ? net.connect(`${upstreamHost}/.s.PGSQL.${upstreamPort}`) : net.connect(upstreamPort, upstreamHost);
     sockets.add(upstream);
     const up = pipe(client, upstream);
     const down = pipe(upstream, client);

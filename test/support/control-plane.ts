@@ -17,13 +17,18 @@ export interface TestControlPlane {
   /** Base URL of the HTTP/JSON API. */
   httpUrl: string;
   socket: string;
+  /** The owner's URL (to look under the API). */
   databaseUrl: string;
+  /** The URL the services use (weft_app): what a test runs as to prove what they cannot do. */
+  appDatabaseUrl: string;
   stop(): Promise<void>;
 }
 
 export interface TestControlPlaneOptions {
   /** Serve from this database (another control plane's `databaseUrl`) instead of a fresh one: a second replica. It is not dropped on stop. */
   databaseUrl?: string;
+  /** With `databaseUrl`: the services' URL (the other control plane's `appDatabaseUrl`); without it they run as the owner. */
+  appDatabaseUrl?: string;
   /** Control-plane settings (e.g. nodeLeaseMs), as their text values. */
   settings?: Partial<Record<keyof typeof controlPlaneSettings, string>>;
   /** Who calls and whether authorization is enforced (default: no identities, nothing refused). */
@@ -31,11 +36,11 @@ export interface TestControlPlaneOptions {
 }
 
 export async function startTestControlPlane(opts: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
-  const db: TestDatabase = opts.databaseUrl ? { url: opts.databaseUrl, drop: async () => {} } : await createTestDatabase();
+  const db: TestDatabase = opts.databaseUrl ? { url: opts.databaseUrl, appUrl: opts.appDatabaseUrl ?? opts.databaseUrl, drop: async () => {} } : await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...opts.settings });
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.appUrl, migrationDatabaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...opts.settings });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
     cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger, opts.access);
   } catch (err) {
@@ -48,6 +53,7 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
     httpUrl: `http://127.0.0.1:${cp.httpPort}`,
     socket: cp.socketPath,
     databaseUrl: db.url,
+    appDatabaseUrl: db.appUrl,
     async stop() {
       await cp.stop();
       await db.drop();
