@@ -1,10 +1,12 @@
 import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData, type MethodDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import { NO_IDENTITY, type Identity } from '../auth/identity.js';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { CLIENT_KEEPALIVE } from './client.js';
-import { serverCredentials, type TransportSecurity } from './credentials.js';
+import { checkSecurityFiles, peerIdentity, serverCredentials, type TransportSecurity } from './credentials.js';
 import { toServiceError } from './errors.js';
 import { messageSizeOptions } from './limits.js';
 
@@ -13,6 +15,18 @@ export interface CallContext {
   signal: AbortSignal;
   logger: Logger;
   metadata: Metadata;
+  /** Who is calling: from the verified client certificate (lib/auth/identity.ts); `none` without one. */
+  identity: Identity;
+  /** The caller's `x-request-id` when it is sane (1-128 of [A-Za-z0-9._:-]), else a new UUID: ties log lines and audit rows to one call. */
+  requestId: string;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** A call's request id: the caller's `x-request-id` if sane, else a new one. */
+export function requestIdOf(md: Metadata): string {
+  const v = md.get('x-request-id')[0];
+  return typeof v === 'string' && REQUEST_ID.test(v) ? v : randomUUID();
 }
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -55,12 +69,13 @@ function runUnary(
   request: unknown,
   metadata: Metadata,
   signal: () => AbortSignal,
+  identity: Identity,
 ): Promise<UnaryOutcome> {
   const parent = extractContext(carrierOf(metadata));
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
     try {
       // The signal is made only for a handler that asks for it (most unary ones never do).
-      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata };
+      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity, requestId: requestIdOf(metadata) };
       const response = await (handler(request, ctx) as Promise<unknown>);
       return { ok: true as const, response };
     } catch (err) {
@@ -99,7 +114,7 @@ export function addService<D extends ServiceDefinition>(
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
           try {
-            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata }) as AsyncIterable<unknown>) {
+            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity: peerIdentity(call), requestId: requestIdOf(call.metadata) }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
               if (!call.write(msg)) await whenDrainedOrAborted(call, ac.signal);
@@ -134,7 +149,7 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, handler, log, call.request, call.metadata, signal).then((outcome) => {
+        void runUnary(method.path, handler, log, call.request, call.metadata, signal, peerIdentity(call)).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -147,7 +162,8 @@ export function addService<D extends ServiceDefinition>(
         } catch (err) {
           return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
         }
-        const outcome = await runUnary(method.path, handler, log, request, metadata, () => signal);
+        // Calls here come over the agent's local CNI socket (frame-server.ts), which carries no certificate.
+        const outcome = await runUnary(method.path, handler, log, request, metadata, () => signal, NO_IDENTITY);
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
     }
@@ -163,8 +179,12 @@ export function whenDrainedOrAborted(stream: NodeJS.EventEmitter, signal: AbortS
   return once(stream, 'drain', { signal }).then(() => undefined, () => undefined);
 }
 
-/** Binds a server to an address ("host:port", "unix:///path"); returns the bound port (useful for port 0). */
-export function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
+/**
+ * Binds a server to an address ("host:port", "unix:///path"); returns the bound port (useful for port 0). Under mTLS
+ * the files are checked first, so a missing or bad one fails the start with its name.
+ */
+export async function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
+  if (security) await checkSecurityFiles(security);
   return new Promise((resolve, reject) => {
     server.bindAsync(address, serverCredentials(security), (err, port) => (err ? reject(err) : resolve(port)));
   });
