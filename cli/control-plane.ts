@@ -4,6 +4,8 @@ import { connectDatabase } from '../lib/db/database.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import { bindServer, createServer, shutdownServer } from '../lib/grpc/server.js';
+import type { TransportSecurity } from '../lib/grpc/credentials.js';
+import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
 import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
@@ -28,6 +30,8 @@ function listenHttp(server: http.Server, address: string): Promise<number> {
 
 export interface ControlPlane {
   socketPath: string;
+  /** The CA and certificates (ca.crt, server.crt, admin.crt, …). */
+  pkiDir: string;
   tcpPort: number | null;
   httpPort: number | null;
   stop(): Promise<void>;
@@ -36,6 +40,14 @@ export interface ControlPlane {
 /** `weft up`: the IPAM and routes services in one process, on embedded PostgreSQL unless DATABASE_URL is set. */
 export async function startControlPlane(config: ControlPlaneConfig, logger: Logger): Promise<ControlPlane> {
   mkdirSync(config.dataDir, { recursive: true });
+  // Every listener (TCP and the unix socket) is mTLS: there is no plaintext control plane.
+  const pkiDir = path.resolve(config.pkiDir || path.join(config.dataDir, 'pki'));
+  const listenHost = config.listen ? config.listen.slice(0, config.listen.lastIndexOf(':')) : '';
+  const { created } = await ensureControlPlanePki(pkiDir, listenHost ? [listenHost] : []);
+  if (created.length) logger.info('made certificates', { pkiDir, files: created });
+  const security: TransportSecurity = {
+    mode: 'mtls', caFile: path.join(pkiDir, PKI_FILES.caCert), certFile: path.join(pkiDir, PKI_FILES.serverCert), keyFile: path.join(pkiDir, PKI_FILES.serverKey), refreshMs: config.tlsRefreshMs,
+  };
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
   if (!url) {
@@ -56,7 +68,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   try {
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
-      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress },
+      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;
     if (config.httpListen) {
@@ -64,12 +76,12 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       httpPort = await listenHttp(httpServer, config.httpListen);
     }
     routes = await mountRoutesService(server, {
-      database, databaseUrl: url, notifier, logger, ipamAddress,
+      database, databaseUrl: url, notifier, logger, ipamAddress, ipamSecurity: security,
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
     await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
-    await bindServer(server, ipamAddress);
-    tcpPort = config.listen ? await bindServer(server, config.listen) : null;
+    await bindServer(server, ipamAddress, security);
+    tcpPort = config.listen ? await bindServer(server, config.listen, security) : null;
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
     routes?.stop();
@@ -81,9 +93,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     await embedded?.stop();
     throw err;
   }
-  logger.info('control plane serving', { socket: socketPath, listen: config.listen, port: tcpPort, httpPort });
+  logger.info('control plane serving (mTLS)', {
+    socket: socketPath, listen: config.listen, port: tcpPort, httpPort, pkiDir,
+    admin: `the CLI on this host uses ${path.join(pkiDir, PKI_FILES.adminCert)}`,
+    credentials: `weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}${config.pkiDir ? ` (WEFT_PKI_DIR=${pkiDir})` : ''}`,
+  });
   return {
     socketPath,
+    pkiDir,
     tcpPort,
     httpPort,
     async stop() {

@@ -37,9 +37,9 @@ let sql: pg.Client;
 
 before(async () => {
   cp = await startTestControlPlane();
-  routes = createClient(RoutesServiceService, cp.address);
-  ipam = createClient(IpamServiceService, cp.address);
-  policy = createClient(PolicyServiceService, cp.address);
+  routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
+  policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
   sql = new pg.Client({ connectionString: cp.databaseUrl });
   await sql.connect();
 });

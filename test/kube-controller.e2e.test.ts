@@ -4,7 +4,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
@@ -127,9 +127,9 @@ describe('the Kubernetes controller against a real API server and the local clus
     cluster = up.cluster;
     state = await up.up;
     proxy = await startBlackholeProxy('127.0.0.1', Number(new URL(api.server).port));
-    ipam = createClient(IpamServiceService, controlPlaneTarget(state));
-    routes = createClient(RoutesServiceService, controlPlaneTarget(state));
-    policy = createClient(PolicyServiceService, controlPlaneTarget(state));
+    ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    policy = createClient(PolicyServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     await kubectl('create', 'namespace', 'weft-system');
     // The admin policy CRDs as deploy/ ships them.
     await kubectl('apply', '-f', path.resolve(here, '../../deploy/admin-network-policy-crds.yaml'));

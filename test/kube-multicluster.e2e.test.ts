@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Address4 } from 'ip-address';
-import { controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -53,7 +53,7 @@ describe('two Kubernetes clusters on one Weft', opts, () => {
     const up = bringUpTestCluster('kube-multi', 4);
     cluster = up.cluster;
     state = await up.up;
-    ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     await ipam.createAggregate({ name: 'pods', cidr: AGGREGATE_CIDR }, { timeoutMs: 5000 });
     // The local cluster's own pool serves nodes of no Kubernetes cluster only.
     const pools = (await ipam.listPools({}, { timeoutMs: 5000 })).pools;
