@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -63,11 +64,14 @@ describe('two Kubernetes clusters on one Weft', opts, () => {
     for (const [name, api] of Object.entries(apis)) {
       await api.kubectl(['create', 'namespace', 'weft-system']);
       for (const n of members[name]!) await api.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: n } }) });
+      // Each controller's certificate (weft:controller:<cluster>), issued with the CLI as an operator would.
+      const tlsDir = path.join(state.stateDir, `controller-${name}`);
+      await weft('ca', 'issue', '--controller', name, '--out', tlsDir, '--data-dir', path.join(state.stateDir, 'cp'));
       const child = spawn(bin.weft, ['kube-controller'], {
         stdio: ['ignore', 'ignore', 'inherit'],
         env: {
           ...process.env,
-          WEFT_CONTROL_PLANE: controlPlaneTarget(state), WEFT_KUBECONFIG: api.kubeconfig, WEFT_K8S_CLUSTER: name,
+          WEFT_CONTROL_PLANE: controlPlaneTarget(state), WEFT_TLS_DIR: tlsDir, WEFT_KUBECONFIG: api.kubeconfig, WEFT_K8S_CLUSTER: name,
           WEFT_K8S_POD_AGGREGATE: 'pods', WEFT_K8S_POD_PREFIX_LENGTH: '16', WEFT_K8S_POD_BLOCK_PREFIX_LENGTH: '26',
           // One policy service holds one cluster's names (see kube-controller/DESIGN.md): east feeds it.
           WEFT_K8S_POLICY: name === 'east' ? 'true' : 'false',
