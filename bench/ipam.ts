@@ -64,12 +64,15 @@ async function main() {
     env: { DATABASE_URL: db.appUrl, WEFT_MIGRATION_DATABASE_URL: db.ownerUrl, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'warn' },
   });
   const address = `127.0.0.1:${(JSON.parse(cp.line) as { port: number }).port}`;
-  const admin = createClient(IpamServiceService, address);
+  // weft up's own admin certificate (made in <data-dir>/pki on its first start).
+  const pki = path.join(dir, 'cp', 'pki');
+  const security = { mode: 'mtls' as const, caFile: path.join(pki, 'ca.crt'), certFile: path.join(pki, 'admin.crt'), keyFile: path.join(pki, 'admin.key') };
+  const admin = createClient(IpamServiceService, address, { security });
   const rows: Row[] = [];
   try {
     await admin.createPool({ name: 'bench', cidr: '10.0.0.0/10', blockPrefixLength: 26 });
     // Warm up: every node claims its first block, so the runs measure steady-state allocation.
-    const warm = Array.from({ length: 8 }, () => createClient(IpamServiceService, address));
+    const warm = Array.from({ length: 8 }, () => createClient(IpamServiceService, address, { security }));
     for (let n = 0; n < NODES; n += 8) await Promise.all(warm.map((c, i) => c.allocate({ handle: `w${n + i}/eth0`, node: `bn-${n + i}`, pool: 'bench' })));
     warm.forEach((c) => c.close());
     // Statistics for the tables just filled, as autovacuum takes them within minutes of such growth: without them the
@@ -82,7 +85,7 @@ async function main() {
       const echo = await startEchoServer();
       const floors: Row[] = [];
       for (const concurrency of [1, 8, 64]) {
-        const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address));
+        const clients = Array.from({ length: concurrency }, () => createClient(IpamServiceService, address, { security }));
         const ours = [];
         const base = [];
         const echoes = [];
@@ -104,7 +107,7 @@ async function main() {
     }
     // Batches: 100 allocations per call, 8 callers: what the API can do when a caller has many to make.
     if (PARTS.has('batch')) {
-      const clients = Array.from({ length: 8 }, () => createClient(IpamServiceService, address));
+      const clients = Array.from({ length: 8 }, () => createClient(IpamServiceService, address, { security }));
       const rates = [];
       for (let r = 0; r < RUNS; r++) {
         let done = 0;
@@ -125,7 +128,7 @@ async function main() {
     }
     if (PARTS.has('half')) {
       const halfRate = maxRate > 0 ? maxRate / 2 : Number(process.env.WEFT_BENCH_HALF_RATE ?? 816);
-      const halfClients = Array.from({ length: 64 }, () => createClient(IpamServiceService, address));
+      const halfClients = Array.from({ length: 64 }, () => createClient(IpamServiceService, address, { security }));
       // Baseline: an empty grpc-js call (server in another process) at the same arrival rate over as many channels.
       const echo = await startEchoServer();
       const half = [];

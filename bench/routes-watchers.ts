@@ -6,7 +6,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { credentials, makeGenericClientConstructor, type ClientReadableStream } from '@grpc/grpc-js';
-import { controlPlaneTarget, type ClusterState } from '../cli/cluster/cluster.js';
+import { clusterAdminSecurity, controlPlaneTarget, type ClusterState } from '../cli/cluster/cluster.js';
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
 import { createClient } from '../lib/grpc/client.js';
 import { ms, percentile, type Row } from './support.js';
@@ -45,7 +45,7 @@ const floorDefinition = {
 };
 
 /** The child: opens `count` streams and reports, per trial, every stream's receipt time. */
-function client(kind: 'weft' | 'floor', target: string, count: number, tag: string): void {
+function client(kind: 'weft' | 'floor', target: string, count: number, tag: string, stateDir: string): void {
   let ready = 0;
   const seen = new Map<string, number[]>();
   const received = (first: boolean, trials: string[]) => {
@@ -63,7 +63,7 @@ function client(kind: 'weft' | 'floor', target: string, count: number, tag: stri
     }
   };
   const Floor = makeGenericClientConstructor(floorDefinition, 'Fanout');
-  const channels = Array.from({ length: Math.ceil(count / PER_CHANNEL) }, () => (kind === 'weft' ? createClient(RoutesServiceService, target) : new Floor(target, credentials.createInsecure())));
+  const channels = Array.from({ length: Math.ceil(count / PER_CHANNEL) }, () => (kind === 'weft' ? createClient(RoutesServiceService, target, { security: clusterAdminSecurity({ stateDir }) }) : new Floor(target, credentials.createInsecure())));
   for (let i = 0; i < count; i++) {
     const ch = channels[Math.floor(i / PER_CHANNEL)]!;
     const call = (kind === 'weft'
@@ -83,7 +83,7 @@ const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc
 interface Fanout { latency: number[]; lastPerTrial: number[]; rss: [number, number, number]; openMs: number }
 
 /** Opens `streams` streams on the server at `target` from child processes, then `trials` times: trigger, and stamp every delivery. */
-async function measureFanout(kind: 'weft' | 'floor', target: string, serverPid: number, streams: number, trials: number, trigger: (name: string, k: number) => Promise<void>, cleanups: Set<() => Promise<void>>): Promise<Fanout> {
+async function measureFanout(kind: 'weft' | 'floor', stateDir: string, target: string, serverPid: number, streams: number, trials: number, trigger: (name: string, k: number) => Promise<void>, cleanups: Set<() => Promise<void>>): Promise<Fanout> {
   const children: ChildProcess[] = [];
   const kill = async () => { for (const c of children) c.kill('SIGKILL'); };
   cleanups.add(kill);
@@ -95,7 +95,7 @@ async function measureFanout(kind: 'weft' | 'floor', target: string, serverPid: 
     let readyCount = 0;
     const t0 = now();
     for (let c = 0; c < CLIENT_PROCESSES; c++) {
-      const child = fork(fileURLToPath(import.meta.url), ['client', target, String(Math.min(perChild, streams - c * perChild)), String(c), kind], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      const child = fork(fileURLToPath(import.meta.url), ['client', target, String(Math.min(perChild, streams - c * perChild)), String(c), kind, stateDir], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
       children.push(child);
       child.on('message', (m: FromClient) => {
         if ('ready' in m) readyCount++;
@@ -134,11 +134,11 @@ async function measureFanout(kind: 'weft' | 'floor', target: string, serverPid: 
 }
 
 export async function runWatchers(state: ClusterState, streams: number, trials: number, cleanups: Set<() => Promise<void>>): Promise<Row[]> {
-  const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
+  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
   let weft: Fanout;
   try {
     // The change: a node registers; RegisterNode returns once its transaction (and the change it logs) committed.
-    weft = await measureFanout('weft', controlPlaneTarget(state), state.controlPlane.pid, streams, trials, async (name, k) => {
+    weft = await measureFanout('weft', state.stateDir, controlPlaneTarget(state), state.controlPlane.pid, streams, trials, async (name, k) => {
       await routes.registerNode({ name, underlayAddress: `192.0.2.${211 + (k % 40)}`, vtepMac: `02:58:02:00:00:${(k & 255).toString(16).padStart(2, '0')}` });
     }, cleanups);
   } finally {
@@ -154,7 +154,7 @@ export async function runWatchers(state: ClusterState, streams: number, trials: 
       server.once('exit', (code) => reject(new Error(`the fan-out floor server exited with ${code}`)));
       createInterface({ input: server.stdout! }).once('line', () => resolve());
     });
-    floor = await measureFanout('floor', `unix://${path.join(dir, 'fanout.sock')}`, server.pid!, streams, trials, async (name) => {
+    floor = await measureFanout('floor', '', `unix://${path.join(dir, 'fanout.sock')}`, server.pid!, streams, trials, async (name) => {
       server.stdin!.write(`${name}\n`);
     }, cleanups);
   } finally {
@@ -172,5 +172,5 @@ export async function runWatchers(state: ClusterState, streams: number, trials: 
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href && process.argv[2] === 'client') {
-  client(process.argv[6] === 'floor' ? 'floor' : 'weft', process.argv[3]!, Number(process.argv[4]), process.argv[5]!);
+  client(process.argv[6] === 'floor' ? 'floor' : 'weft', process.argv[3]!, Number(process.argv[4]), process.argv[5]!, process.argv[7] ?? '');
 }

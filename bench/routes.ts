@@ -5,7 +5,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
-  AGENT_METRICS_PORT, addNode, addNodePair, agentLog, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, restartAgent, startAgent, stopAgent, type ClusterState,
+  AGENT_METRICS_PORT, addNode, clusterAdminSecurity, addNodePair, agentLog, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, restartAgent, startAgent, stopAgent, type ClusterState,
 } from '../cli/cluster/cluster.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -163,8 +163,8 @@ async function convergence(nodes: number): Promise<Row[]> {
     const watch = new RouteWatch(state.nodes.map((n) => n.netns));
     const stopWatch = async () => watch.stop();
     cleanups.add(stopWatch);
-    const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     try {
       await sleep(500); // the monitors subscribe
       // The agents' CPU (their own and their children's: ip, iptables-save) while idle, then during the trials.
@@ -289,8 +289,8 @@ async function restart(): Promise<Row[]> {
   let entries = '';
   await withCluster(1, { WEFT_NODE_LEASE_MS: '600000' }, async (state) => {
     const node = state.nodes[0]!;
-    const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     try {
       await ipam.createPool({ name: 'bench-peers', cidr: '10.128.0.0/14', blockPrefixLength: 26, allowedUses: [], nodeSelector: '', namespaceSelector: '', disabled: false, maxBlocksPerNode: 0, routingDomain: '' });
       // PEERS nodes without agents, alternating over the two underlay subnets (so node1 routes half of them

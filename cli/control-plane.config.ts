@@ -22,6 +22,8 @@ export const controlPlaneSettings = {
   grpcKeepaliveMs: { env: 'WEFT_GRPC_KEEPALIVE_MS', description: 'the gRPC server pings each client connection this often; with the timeout, how soon the streams of a vanished agent end', default: 30_000, parse: parsers.int(100, 3_600_000) },
   grpcKeepaliveTimeoutMs: { env: 'WEFT_GRPC_KEEPALIVE_TIMEOUT_MS', description: 'a client connection whose ping is not answered within this long is closed, with its streams', default: 10_000, parse: parsers.int(100, 600_000) },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
+  pkiDir: { env: 'WEFT_PKI_DIR', description: 'folder of the CA and the control plane\'s certificates, made on first start (default: <data-dir>/pki); replicas share one', default: '', parse: parsers.string },
+  tlsRefreshMs: { env: 'WEFT_TLS_REFRESH_MS', description: 'certificate files are re-read this often: files replaced on disk are used by new connections without a restart', default: 10_000, parse: parsers.int(10, 3_600_000) },
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
   nodeGoneGraceSeconds: { env: 'WEFT_IPAM_NODE_GONE_GRACE_SECONDS', description: 'a node deregistered this long ago (and not registered again) has its allocations released; names never registered are left alone', default: 300, parse: parsers.int(0, 30 * 86_400) },

@@ -7,6 +7,8 @@ import { mountAuditService } from '../services/audit/main.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import { bindServer, createServer, shutdownServer, type ServerAccess } from '../lib/grpc/server.js';
+import type { TransportSecurity } from '../lib/grpc/credentials.js';
+import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
 import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
 import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
@@ -54,6 +56,8 @@ function listenHttp(server: http.Server, address: string): Promise<number> {
 
 export interface ControlPlane {
   socketPath: string;
+  /** The CA and certificates (ca.crt, server.crt, admin.crt, …). */
+  pkiDir: string;
   tcpPort: number | null;
   httpPort: number | null;
   stop(): Promise<void>;
@@ -75,6 +79,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       logger.warn('the data folder is not ours to make private; its files and socket are 0600', { dataDir: config.dataDir, err: (err as Error).message });
     }
   }
+  // Every listener (TCP and the unix socket) is mTLS: there is no plaintext control plane.
+  const pkiDir = path.resolve(config.pkiDir || path.join(config.dataDir, 'pki'));
+  const listenHost = config.listen ? config.listen.slice(0, config.listen.lastIndexOf(':')) : '';
+  const { created } = await ensureControlPlanePki(pkiDir, listenHost ? [listenHost] : []);
+  if (created.length) logger.info('made certificates', { pkiDir, files: created });
+  const security: TransportSecurity = {
+    mode: 'mtls', caFile: path.join(pkiDir, PKI_FILES.caCert), certFile: path.join(pkiDir, PKI_FILES.serverCert), keyFile: path.join(pkiDir, PKI_FILES.serverKey), refreshMs: config.tlsRefreshMs,
+  };
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
   let ownerUrl = config.migrationDatabaseUrl || config.databaseUrl;
@@ -111,7 +123,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   try {
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
-      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress },
+      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;
     if (config.httpListen) {
@@ -119,14 +131,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       httpPort = await listenHttp(httpServer, config.httpListen);
     }
     routes = await mountRoutesService(server, {
-      database, databaseUrl: url, notifier, logger, ipamAddress,
+      database, databaseUrl: url, notifier, logger, ipamAddress, ipamSecurity: security,
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
     await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
-    await bindServer(server, ipamAddress);
+    await bindServer(server, ipamAddress, security);
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
     chmodSync(socketPath, 0o600);
-    tcpPort = config.listen ? await bindServer(server, config.listen) : null;
+    tcpPort = config.listen ? await bindServer(server, config.listen, security) : null;
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
     routes?.stop();
@@ -139,9 +151,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     await embedded?.stop();
     throw err;
   }
-  logger.info('control plane serving', { socket: socketPath, listen: config.listen, port: tcpPort, httpPort });
+  logger.info('control plane serving (mTLS)', {
+    socket: socketPath, listen: config.listen, port: tcpPort, httpPort, pkiDir,
+    admin: `the CLI on this host uses ${path.join(pkiDir, PKI_FILES.adminCert)}`,
+    credentials: `weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}${config.pkiDir ? ` (WEFT_PKI_DIR=${pkiDir})` : ''}`,
+  });
   return {
     socketPath,
+    pkiDir,
     tcpPort,
     httpPort,
     async stop() {

@@ -4,6 +4,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, describeSettings } from '../lib/config.js';
 import { createClient } from '../lib/grpc/client.js';
+import { clientTlsDir, type TransportSecurity } from '../lib/grpc/credentials.js';
+import { describeCertificate, issueClientTlsDir, PKI_FILES } from '../lib/pki.js';
 import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -16,7 +18,7 @@ import { installCni } from '../node-dataplane/cni-install.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { kubeControllerSettings } from '../kube-controller/config.js';
-import { AGENT_METRICS_PORT, addNode, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
+import { AGENT_METRICS_PORT, addNode, clusterAdminSecurity, clusterDown, clusterUp, controlPlaneTarget, podAdd, podDel, readState, restartAgent, restartControlPlane, startAgent, stopAgent } from './cluster/cluster.js';
 
 /** The `weft` command. Exit status: 0 ok, 1 failed, 2 bad usage; `policy explain` exits 3 when the connection is denied. */
 class UsageError extends Error {}
@@ -24,7 +26,11 @@ class UsageError extends Error {}
 const USAGE = `usage: weft <command> [options]
 
   up [--data-dir DIR] [--listen HOST:PORT]     run the control plane (IPAM + routes) on embedded PostgreSQL
-                                               (DATABASE_URL selects an external server)
+                                               (DATABASE_URL selects an external server); every listener is mTLS,
+                                               with the CA and certificates made on first start in <data-dir>/pki
+  ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR]
+                                               issue a client certificate from weft up's CA (<data-dir>/pki, or
+                                               $WEFT_PKI_DIR): DIR gets ca.crt, tls.crt, tls.key (0600), for WEFT_TLS_DIR
   kube-controller                              keep Weft in line with a Kubernetes cluster's API server (Nodes, Namespaces,
                                                Pods, NetworkPolicies, admin policies; settings below)
   cni install --bin-dir DIR [--plugin FILE]     install the CNI plugin as DIR/weft, atomically, touching nothing else there
@@ -72,6 +78,9 @@ const USAGE = `usage: weft <command> [options]
                                                 departures were recorded (dry run without --yes)
 
   --server ADDR   control plane for ipam commands (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)
+  --tls-dir DIR   client credentials (ca.crt, tls.crt, tls.key) for the control plane (default: $WEFT_TLS_DIR, else the
+                  local cluster's admin certificate, else weft up's: <data-dir>/pki/admin.crt; data dir: --data-dir,
+                  $WEFT_DATA_DIR or .weft)
   --state-dir DIR local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)
 
 settings of \`weft up\` (environment):
@@ -82,8 +91,8 @@ ${describeSettings(kubeControllerSettings)}
 `;
 
 /** Runs `fn` with a policy service client, closed afterwards. */
-async function withPolicy<T>(server: string, fn: (policy: ReturnType<typeof createClient<typeof PolicyServiceService>>) => Promise<T>): Promise<T> {
-  const policy = createClient(PolicyServiceService, server);
+async function withPolicy<T>(server: string, security: TransportSecurity, fn: (policy: ReturnType<typeof createClient<typeof PolicyServiceService>>) => Promise<T>): Promise<T> {
+  const policy = createClient(PolicyServiceService, server, { security });
   try {
     return await fn(policy);
   } finally {
@@ -103,6 +112,21 @@ async function everyPage<T>(fetch: (token: string) => Promise<{ items: T[]; next
   return out;
 }
 
+/**
+ * The CLI's credentials for the control plane: --tls-dir, else $WEFT_TLS_DIR, else the local cluster's admin
+ * certificate (when a cluster runs from the state dir), else `weft up`'s admin certificate in its data dir.
+ */
+function cliSecurity(o: { 'tls-dir'?: string; 'data-dir'?: string }, stateDir: string): TransportSecurity {
+  const dir = o['tls-dir'] ?? process.env.WEFT_TLS_DIR;
+  if (dir) return clientTlsDir(path.resolve(dir));
+  if (existsSync(path.join(stateDir, 'state.json'))) return clusterAdminSecurity({ stateDir });
+  const pki = path.resolve(process.env.WEFT_PKI_DIR || path.join(o['data-dir'] ?? process.env.WEFT_DATA_DIR ?? '.weft', 'pki'));
+  if (!existsSync(path.join(pki, PKI_FILES.adminCert))) {
+    throw new UsageError(`no credentials for the control plane: pass --tls-dir DIR (ca.crt, tls.crt, tls.key; \`weft ca issue --admin NAME --out DIR\` on the control plane's host makes one), set WEFT_TLS_DIR, or run where \`weft up\` keeps ${pki}/${PKI_FILES.adminCert} (--data-dir)`);
+  }
+  return { mode: 'mtls', caFile: path.join(pki, PKI_FILES.caCert), certFile: path.join(pki, PKI_FILES.adminCert), keyFile: path.join(pki, PKI_FILES.adminKey) };
+}
+
 function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text() + '\n');
 }
@@ -116,6 +140,11 @@ async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
       'data-dir': { type: 'string' },
+      'tls-dir': { type: 'string' },
+      admin: { type: 'string' },
+      controller: { type: 'string' },
+      out: { type: 'string' },
+      days: { type: 'string' },
       listen: { type: 'string' },
       nodes: { type: 'string' },
       'state-dir': { type: 'string' },
@@ -178,7 +207,8 @@ async function main(argv: string[]): Promise<number> {
     setupTelemetry('weft-control-plane', config.traceExporter);
     const logger = createLogger({ component: 'control-plane' }, { level: config.logLevel });
     const cp = await startControlPlane(config, logger);
-    process.stdout.write(JSON.stringify({ serving: true, socket: cp.socketPath, port: cp.tcpPort, httpPort: cp.httpPort }) + '\n');
+    process.stdout.write(JSON.stringify({ serving: true, socket: cp.socketPath, port: cp.tcpPort, httpPort: cp.httpPort, pkiDir: cp.pkiDir, tls: 'mtls',
+      credentials: `clients need a certificate from ${cp.pkiDir}/ca.crt: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}; the CLI here uses ${cp.pkiDir}/admin.crt` }) + '\n');
     await new Promise<void>((resolve) => {
       const stop = (sig: string) => {
         logger.info('stopping', { signal: sig });
@@ -194,6 +224,29 @@ async function main(argv: string[]): Promise<number> {
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
+    return 0;
+  }
+
+  if (pos[0] === 'ca') {
+    const usage = 'usage: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR]';
+    if (cmd !== 'ca issue' || !o.out) throw new UsageError(usage);
+    const chosen = (['node', 'admin', 'controller'] as const).filter((k) => o[k] !== undefined);
+    if (chosen.length !== 1) throw new UsageError(`${usage}: name exactly one identity`);
+    const kind = chosen[0]!;
+    const days = o.days === undefined ? undefined : Number(o.days);
+    if (days !== undefined && (!Number.isInteger(days) || days < 1 || days > 36_500)) throw new UsageError('--days must be a whole number of days, 1-36500');
+    const pki = path.resolve(process.env.WEFT_PKI_DIR || path.join(o['data-dir'] ?? process.env.WEFT_DATA_DIR ?? '.weft', 'pki'));
+    const out = path.resolve(o.out);
+    try {
+      await issueClientTlsDir(pki, out, { kind, name: o[kind]! }, days);
+    } catch (err) {
+      if (/letters, digits/.test((err as Error).message)) throw new UsageError((err as Error).message);
+      throw err;
+    }
+    const { readFileSync } = await import('node:fs');
+    const c = describeCertificate(readFileSync(path.join(out, 'tls.crt'), 'utf8'));
+    const r = { out, identity: `weft:${kind}:${o[kind]}`, notAfter: c.validTo.toISOString(), serialNumber: c.serialNumber, files: ['ca.crt', 'tls.crt', 'tls.key'] };
+    print(json, r, () => `${out}: ca.crt, tls.crt, tls.key for ${r.identity}, valid until ${r.notAfter} (use it as WEFT_TLS_DIR or --tls-dir)`);
     return 0;
   }
 
@@ -244,7 +297,7 @@ async function main(argv: string[]): Promise<number> {
       const p = await podAdd(stateDir, pos[3]!, pos[4]!, o.namespace ?? 'default', { uid: o.uid });
       // Without --uid, what a Kubernetes controller would report: the pod's labels and named ports, for policy.
       if (o.uid === undefined) {
-        await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) =>
+        await withPolicy(controlPlaneTarget(readState(stateDir)), clusterAdminSecurity({ stateDir }), (policy) =>
           policy.upsertPod({ pod: { namespace: p.namespace, name: p.name, labels, node: p.node, addresses: p.addresses, ports } }, { timeoutMs: 10_000 }));
       }
       print(json, p, () => `pod ${p.namespace}/${p.name} on ${p.node}: ${p.addresses.join(', ')} (${p.netns})`);
@@ -253,14 +306,14 @@ async function main(argv: string[]): Promise<number> {
     if (pos[1] === 'ns' && pos[2] === 'add') {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster ns add NS [--labels k=v,...]');
       const labels = parseLabelsFlag(o.labels);
-      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) => policy.upsertNamespace({ name: pos[3]!, labels }, { timeoutMs: 10_000 }));
+      await withPolicy(controlPlaneTarget(readState(stateDir)), clusterAdminSecurity({ stateDir }), (policy) => policy.upsertNamespace({ name: pos[3]!, labels }, { timeoutMs: 10_000 }));
       print(json, { namespace: pos[3], labels }, () => `namespace ${pos[3]} labelled ${JSON.stringify(labels)}`);
       return 0;
     }
     if (pos[1] === 'pod' && pos[2] === 'del') {
       if (pos.length !== 4) throw new UsageError('usage: weft cluster pod del NS/POD | POD [--namespace NS]   (default namespace: default)');
       const p = await podDel(stateDir, pos[3]!, o.namespace);
-      await withPolicy(controlPlaneTarget(readState(stateDir)), (policy) => policy.deletePod({ namespace: p.namespace, name: p.name }, { timeoutMs: 10_000 }));
+      await withPolicy(controlPlaneTarget(readState(stateDir)), clusterAdminSecurity({ stateDir }), (policy) => policy.deletePod({ namespace: p.namespace, name: p.name }, { timeoutMs: 10_000 }));
       print(json, { deleted: `${p.namespace}/${p.name}`, namespace: p.namespace, name: p.name }, () => `pod ${p.namespace}/${p.name} deleted`);
       return 0;
     }
@@ -284,7 +337,8 @@ async function main(argv: string[]): Promise<number> {
   if (pos[0] === 'nodes' || pos[0] === 'routes') {
     const cluster = existsSync(path.join(stateDir, 'state.json')) ? readState(stateDir) : null;
     const server = o.server ?? process.env.WEFT_SERVER ?? (cluster ? controlPlaneTarget(cluster) : '127.0.0.1:7400');
-    const routes = createClient(RoutesServiceService, server);
+    const security = cliSecurity(o, stateDir);
+    const routes = createClient(RoutesServiceService, server, { security });
     try {
       const snapshot = await routeTableSnapshot(routes);
       if (pos[0] === 'nodes') {
@@ -326,7 +380,7 @@ async function main(argv: string[]): Promise<number> {
 
   if (pos[0] === 'policy') {
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
-    return withPolicy(server, async (policy) => {
+    return withPolicy(server, cliSecurity(o, stateDir), async (policy) => {
       if (pos[1] === 'apply') {
         if (pos.length !== 2 || !o.file) throw new UsageError('usage: weft policy apply -f FILE [--namespace NS]   (YAML or JSON; - reads standard input)');
         const objects = readPolicyObjects(o.file);
@@ -372,7 +426,8 @@ async function main(argv: string[]): Promise<number> {
 
   if (pos[0] === 'ipam') {
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
-    const ipam = createClient(IpamServiceService, server);
+    const security = cliSecurity(o, stateDir);
+    const ipam = createClient(IpamServiceService, server, { security });
     try {
       if (cmd === 'ipam pools') {
         const pools = await everyPage((pageToken) => ipam.listPools({ pageToken }, { timeoutMs: 10_000 }).then((r) => ({ items: r.pools, next: r.nextPageToken })));
@@ -430,7 +485,7 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam check' || (cmd === 'ipam release' && (o.leaked || o.node))) {
-        const routes = createClient(RoutesServiceService, server);
+        const routes = createClient(RoutesServiceService, server, { security });
         try {
           const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken, node: cmd === 'ipam release' && o.node ? o.node : '' }, { timeoutMs: 30_000 })
             .then((r) => ({ items: r.allocations, next: r.nextPageToken })));

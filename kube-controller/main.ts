@@ -4,6 +4,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createClient } from '../lib/grpc/client.js';
+import { checkSecurityFiles, clientTlsDir } from '../lib/grpc/credentials.js';
 import { createLogger } from '../lib/logger.js';
 import { parseListenAddress } from '../lib/metrics.js';
 import { setupTelemetry } from '../lib/telemetry.js';
@@ -26,10 +27,17 @@ export async function runKubeController(): Promise<void> {
   setupTelemetry('weft-kube-controller');
   const identity = config.identity || `${os.hostname()}-${process.pid}`;
   const logger = createLogger({ component: 'kube-controller', cluster: config.cluster, identity }, { level: config.logLevel });
+  const security = clientTlsDir(config.tlsDir);
+  try {
+    await checkSecurityFiles(security);
+  } catch (err) {
+    process.stderr.write(`weft kube-controller: WEFT_TLS_DIR: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
   const weft = {
-    ipam: createClient(IpamServiceService, config.controlPlane),
-    routes: createClient(RoutesServiceService, config.controlPlane),
-    policy: createClient(PolicyServiceService, config.controlPlane),
+    ipam: createClient(IpamServiceService, config.controlPlane, { security }),
+    routes: createClient(RoutesServiceService, config.controlPlane, { security }),
+    policy: createClient(PolicyServiceService, config.controlPlane, { security }),
   };
   const controller = createKubeController({
     kubeConfig, weft, logger, policy: config.policy,

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBackoff } from '../lib/backoff.js';
 import { createClient } from '../lib/grpc/client.js';
+import { checkSecurityFiles, clientTlsDir } from '../lib/grpc/credentials.js';
 import { listenUnixSocket } from '../lib/grpc/frame-server.js';
 import { addService, createServer, shutdownServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
@@ -69,9 +70,11 @@ async function main(): Promise<void> {
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
-  const routes = createClient(RoutesServiceService, target, { keepalive });
-  const ipam = createClient(IpamServiceService, target, { keepalive });
-  const policyClient = createClient(PolicyServiceService, target, { keepalive });
+  const security = clientTlsDir(config.tlsDir, config.tlsRefreshMs);
+  await checkSecurityFiles(security);
+  const routes = createClient(RoutesServiceService, target, { keepalive, security });
+  const ipam = createClient(IpamServiceService, target, { keepalive, security });
+  const policyClient = createClient(PolicyServiceService, target, { keepalive, security });
 
   const registration = { name: config.nodeName, underlayAddress: underlay.address, vtepMac: device.mac };
   const register = async () => {

@@ -13,7 +13,7 @@ let ipam: ReturnType<typeof createClient<typeof IpamServiceService>>;
 
 before(async () => {
   cp = await startTestControlPlane();
-  ipam = createClient(IpamServiceService, cp.address);
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
 });
 after(async () => {
   ipam?.close();

@@ -6,8 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
-  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, restartControlPlane, startAgent, stopAgent, type ClusterState, type NodeState, type PodState,
-} from '../cli/cluster/cluster.js';
+  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, restartControlPlane, startAgent, stopAgent, type ClusterState, type NodeState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
 import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -399,7 +398,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
   });
 
   test('IPv6 blocks: a node\'s IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, the pool is masqueraded, and a hand-deleted IPv6 route or neighbour comes back', async (t) => {
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)));
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)), { security: clusterAdminSecurity(readState(stateDir)) });
     const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
     const routes6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))) as { dst: string; gateway?: string; flags?: string[] }[];
     const neighbours6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))) as { dst: string; lladdr: string }[];
@@ -459,7 +458,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
 
     // An operator removing node3 for good stops its agent first (a running agent registers its node again).
     await stopAgent(stateDir, 'node3', 'SIGKILL');
-    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)));
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)), { security: clusterAdminSecurity(readState(stateDir)) });
     try {
       const res = await routes.deregisterNode({ name: 'node3' }, { timeoutMs: 10_000 });
       assert.equal(res.deregistered, true);

@@ -37,9 +37,9 @@ let sql: pg.Client;
 
 before(async () => {
   cp = await startTestControlPlane();
-  routes = createClient(RoutesServiceService, cp.address);
-  ipam = createClient(IpamServiceService, cp.address);
-  policy = createClient(PolicyServiceService, cp.address);
+  routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
+  policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
   sql = new pg.Client({ connectionString: cp.databaseUrl });
   await sql.connect();
 });
@@ -183,7 +183,7 @@ describe('5,000 nodes, each with its blocks', { timeout: 300_000 }, () => {
   });
 
   test('`weft nodes` and `weft ipam utilization --blocks` follow the pages: every node and block of 5,000', async () => {
-    const weft = async (...args: string[]) => JSON.parse((await promisify(execFile)(bin.weft, [...args, '--json', '--server', cp.address], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
+    const weft = async (...args: string[]) => JSON.parse((await promisify(execFile)(bin.weft, [...args, '--json', '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
     const listed = await weft('nodes');
     assert.equal(listed.nodes.length, NODES);
     assert.equal(listed.nodes.filter((n: { inRouteTable: boolean }) => n.inRouteTable).length, NODES, 'the route table, read from a chunked snapshot, holds every node');
@@ -296,6 +296,6 @@ test('ListPolicies of 10,000 policies (two in each of 5,000 namespaces): pages w
   assert.equal([...seen].filter((id) => id.startsWith('team-')).length, 2 * NODES, 'every seeded policy (besides those of the tests before)');
   await assert.rejects(policy.listPolicies({}), (e: { code: number; details: string }) => e.code === status.RESOURCE_EXHAUSTED && /set page_size and follow next_page_token/.test(e.details),
     'a caller that does not page is told to, not sent a short list');
-  const listed = JSON.parse((await promisify(execFile)(bin.weft, ['policy', 'list', '--json', '--server', cp.address], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
+  const listed = JSON.parse((await promisify(execFile)(bin.weft, ['policy', 'list', '--json', '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 })).stdout);
   assert.equal(listed.length, seen.size);
 });

@@ -20,7 +20,7 @@ after(async () => {
   await cp?.stop();
 });
 
-const weft = (...args: string[]) => run(bin.weft, [...args, '--server', cp.address], { timeout: 30_000 });
+const weft = (...args: string[]) => run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000 });
 
 async function fails(args: string[]): Promise<{ code: number; stderr: string }> {
   try {
@@ -38,7 +38,7 @@ test('pools, utilization, show and history from the command line', async () => {
   const pools = JSON.parse((await weft('ipam', 'pools', '--json')).stdout) as { name: string; cooldownSeconds: number }[];
   assert.deepEqual(pools.map((p) => [p.name, p.cooldownSeconds]), [['default', 0], ['v6', 30]]);
 
-  const ipam = createClient(IpamServiceService, cp.address);
+  const ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   const { allocations } = await ipam.allocate({ handle: 'c1/eth0', node: 'n1', podNamespace: 'shop', podName: 'cart-0', podUid: '5a1d-77' });
   ipam.close();
   assert.equal(allocations.length, 2, 'dual-stack: one address per family');
@@ -70,8 +70,8 @@ test('bad input: exit status 2 for usage, 1 with the server\'s message for a ref
 });
 
 test('reserve, pool update, check and release --leaked from the command line', async () => {
-  const ipam = createClient(IpamServiceService, cp.address);
-  const routes = createClient(RoutesServiceService, cp.address);
+  const ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
+  const routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
   const sql = new pg.Client({ connectionString: cp.databaseUrl });
   await sql.connect();
   try {
@@ -150,7 +150,7 @@ test('clusters get pod CIDRs carved from a shared aggregate from the command lin
 });
 
 test('weft ipam history follows the pages: a node that held 1,200 addresses lists all 1,200', async () => {
-  const ipam = createClient(IpamServiceService, cp.address);
+  const ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   try {
     await ipam.createPool({ name: 'busy', cidr: '10.251.0.0/16', blockPrefixLength: 26 });
     for (let b = 0; b < 1200; b += 600) {
@@ -163,6 +163,6 @@ test('weft ipam history follows the pages: a node that held 1,200 addresses list
   } finally {
     ipam.close();
   }
-  const entries = JSON.parse((await run(bin.weft, ['ipam', 'history', '--node', 'busy-node', '--json', '--server', cp.address], { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 })).stdout) as unknown[];
+  const entries = JSON.parse((await run(bin.weft, ['ipam', 'history', '--node', 'busy-node', '--json', '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000, maxBuffer: 64 * 1024 * 1024 })).stdout) as unknown[];
   assert.equal(entries.length, 1200, 'every entry, not the first page of 1,000');
 });

@@ -17,7 +17,7 @@ const dir = mkdtempSync(path.join(tmpdir(), 'weft-cli-policy-'));
 
 before(async () => {
   cp = await startTestControlPlane();
-  const policy = createClient(PolicyServiceService, cp.address);
+  const policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
   try {
     await policy.upsertNamespace({ name: 'shop', labels: { team: 'shop' } });
     await policy.upsertPod({ pod: { namespace: 'shop', name: 'web', labels: { app: 'web' }, node: 'n1', addresses: ['10.244.0.10'], ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] } });
@@ -31,7 +31,7 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const weft = (...args: string[]) => run(bin.weft, [...args, '--server', cp.address], { timeout: 30_000 });
+const weft = (...args: string[]) => run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000 });
 async function fails(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
     await weft(...args);
@@ -106,7 +106,7 @@ test('a YAML syntax error is a usage error with the line; an invalid policy fail
 });
 
 test('weft policy pods lists the pods policy selects, of one namespace or all, as text or JSON', async () => {
-  const policy = createClient(PolicyServiceService, cp.address);
+  const policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
   try {
     await policy.attachPod({ namespace: 'ops', name: 'probe', node: 'n3', containerId: 'cli-c1', addresses: ['10.244.2.10'], resync: false });
   } finally {

@@ -29,7 +29,7 @@ import {
   type StatusResponse,
 } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService, type Allocation } from '../gen/weft/ipam/v1/ipam.js';
-import { runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { runCni, type ClusterState, type NodeState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { DomainError, type ErrorKind } from '../lib/errors.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-server.js';
@@ -551,7 +551,7 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     stateDir = cluster.stateDir;
     state = await started.up;
     node = state.nodes[0]!;
-    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
+    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`, { security: clusterAdminSecurity(state!) });
   });
 
   after(async () => {

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
-import { runCni, type ClusterState, type NodeState } from '../cli/cluster/cluster.js';
+import { runCni, type ClusterState, type NodeState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { privilegedOrSkip } from './support/privileges.js';
@@ -64,7 +64,7 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     cluster = started.cluster;
     state = await started.up;
     node = state.nodes[0]!;
-    ipam = createClient(IpamServiceService, `unix://${state.controlPlane.socket}`);
+    ipam = createClient(IpamServiceService, `unix://${state.controlPlane.socket}`, { security: clusterAdminSecurity(state) });
   });
 
   after(async () => {

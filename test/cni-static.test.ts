@@ -5,6 +5,7 @@
  * (never a partial file under the final name), other plugins' files stay byte-identical with their mtimes, and the
  * installed file runs as a runtime runs it with no Node on its PATH and no node_modules anywhere near it.
  */
+import { clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
@@ -258,7 +259,7 @@ describe('weft-cni-static: the CNI plugin on a host without Node', () => {
         const node = state!.nodes[0]!;
         const podNs = `${state!.prefix}-pod-static`;
         await sh('ip', ['netns', 'add', podNs]);
-        const ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`);
+        const ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`, { security: clusterAdminSecurity(state!) });
         try {
           const base = { CNI_CONTAINERID: `static-${state!.prefix}`, CNI_NETNS: `/var/run/netns/${podNs}`, CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=static-0' };
           const conf = JSON.stringify({ cniVersion: '1.1.0', name: 'weft', type: 'weft', agentSocket: node.socket });

@@ -41,7 +41,7 @@ before(async () => {
     appDatabaseUrl: viaProxy(database.appUrl),
     settings: { dbStatementTimeoutMs: '1000', dbLockTimeoutMs: '500', dbQueryTimeoutMs: String(QUERY_TIMEOUT_MS), dbConnectTimeoutMs: '1000', dbKeepAliveMs: '1000' },
   });
-  ipam = createClient(IpamServiceService, cp.address);
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   await ipam.createPool({ name: 'main', cidr: '10.40.0.0/16', blockPrefixLength: 26 });
 });
 

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, networkConfig, readState, runCni, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, networkConfig, readState, runCni, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
 import { bin } from './support/processes.js';
@@ -107,7 +107,7 @@ describe('dual-stack pods on the local cluster', opts, () => {
       assert.match(inPod, new RegExp(`inet6 ${v6(p)}/128 scope global`));
       assert.match((await run('ip', ['netns', 'exec', podNs(p), 'ip', '-6', 'route', 'show', 'default'])).stdout, /^default via fe80::1 dev eth0/);
     }
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(state!));
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state!), { security: clusterAdminSecurity(state!) });
     try {
       const all = (await ipam.listAllocations({ pool: '', node: '', pageSize: 1000, pageToken: '' }, { timeoutMs: 10_000 })).allocations;
       for (const p of [a, b]) {
@@ -159,7 +159,7 @@ describe('dual-stack pods on the local cluster', opts, () => {
 
   test('the real weft-cni prints both addresses in every result version, CHECK verifies both, DEL releases both', async () => {
     const node1 = state!.nodes.find((n) => n.name === 'node1')!;
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(state!));
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state!), { security: clusterAdminSecurity(state!) });
     const netnsName = `${state!.prefix}-pod-cni`;
     await run('ip', ['netns', 'add', netnsName]);
     try {

@@ -31,7 +31,7 @@ type Client = ReturnType<typeof createClient<typeof IpamServiceService>>;
 
 test(`hammer: ${WORKERS} clients for ${DURATION_MS / 1000} s keep every IPAM invariant`, { timeout: DURATION_MS + 120_000 }, async () => {
   // Small on purpose: blocks fill, addresses are released and reused, cool-downs matter.
-  const admin = createClient(IpamServiceService, cp.address);
+  const admin = createClient(IpamServiceService, cp.address, { security: cp.security });
   await admin.createPool({ name: 'hammer', cidr: '10.77.0.0/23', blockPrefixLength: 28, cooldownSeconds: COOLDOWN_S });
   const acknowledged: { handle: string; address: string }[] = [];
   const held = new Map<string, { node: string; address: string }>();
@@ -40,7 +40,7 @@ test(`hammer: ${WORKERS} clients for ${DURATION_MS / 1000} s keep every IPAM inv
   let seq = 0;
 
   async function worker(w: number) {
-    let client: Client = createClient(IpamServiceService, cp.address);
+    let client: Client = createClient(IpamServiceService, cp.address, { security: cp.security });
     const node = `hn-${w % NODES}`;
     const mine = new Map<string, string>();
     while (Date.now() < deadline) {
@@ -82,7 +82,7 @@ test(`hammer: ${WORKERS} clients for ${DURATION_MS / 1000} s keep every IPAM inv
           const p = client.allocate({ handle, node, pool: 'hammer' }).catch(() => null);
           client.close();
           await p;
-          client = createClient(IpamServiceService, cp.address);
+          client = createClient(IpamServiceService, cp.address, { security: cp.security });
           counts.dropped++;
         }
       } catch (err) {

@@ -14,8 +14,8 @@ let routes: ReturnType<typeof createClient<typeof RoutesServiceService>>;
 before(async () => {
   // Short graces and a fast sweep so that the test sees the housekeeping happen.
   cp = await startTestControlPlane({ settings: { sweepSeconds: '1', blockGraceSeconds: '1', nodeGoneGraceSeconds: '1' } });
-  ipam = createClient(IpamServiceService, cp.address);
-  routes = createClient(RoutesServiceService, cp.address);
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
+  routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
 });
 after(async () => {
   ipam?.close();

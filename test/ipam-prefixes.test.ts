@@ -25,7 +25,7 @@ test('twenty clusters asking at once get twenty disjoint pod CIDRs; asking again
   await ipam.createAggregate({ name: 'pods-eu', cidr: '10.0.0.0/8' });
   const names = Array.from({ length: 20 }, (_, i) => `cluster-${i}`);
   for (const n of names) await ipam.registerCluster({ name: n });
-  const clients = names.map(() => createClient(IpamServiceService, cp.address));
+  const clients = names.map(() => createClient(IpamServiceService, cp.address, { security: cp.security }));
   try {
     const got = await Promise.all(names.map((n, i) => clients[i]!.allocatePrefix({ cluster: n, aggregate: 'pods-eu', prefixLength: 16 })));
     const cidrs = got.map((g) => g.prefix!.cidr);

@@ -132,7 +132,7 @@ describe('allocations', () => {
   });
 
   test('200 allocations from 20 concurrent clients on one pool are all distinct and all recorded', async () => {
-    const clients = Array.from({ length: 20 }, () => createClient(IpamServiceService, cp.address));
+    const clients = Array.from({ length: 20 }, () => createClient(IpamServiceService, cp.address, { security: cp.security }));
     try {
       const results = await Promise.all(
         clients.map(async (c, i) => {

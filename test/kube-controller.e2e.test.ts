@@ -4,7 +4,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, type ClusterState, type PodState, clusterAdminSecurity, issueClusterCredentials } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
@@ -49,11 +49,15 @@ describe('the Kubernetes controller against a real API server and the local clus
 
   async function startController(identity: string): Promise<Controller> {
     const healthPort = await freePort();
+    // The controller's own certificate (weft:controller:default), as `weft ca issue --controller` makes it.
+    const tlsDir = path.join(cluster!.stateDir, `controller-${identity}`);
+    await issueClusterCredentials(state, tlsDir, { kind: 'controller', name: 'default' });
     const child = spawn(bin.weft, ['kube-controller'], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: {
         ...process.env,
         WEFT_CONTROL_PLANE: controlPlaneTarget(state),
+        WEFT_TLS_DIR: tlsDir,
         WEFT_KUBECONFIG: api!.kubeconfig,
         WEFT_K8S_API: `https://127.0.0.1:${proxy!.port}`,
         WEFT_K8S_HEALTH_LISTEN: `127.0.0.1:${healthPort}`,
@@ -113,9 +117,9 @@ describe('the Kubernetes controller against a real API server and the local clus
     cluster = up.cluster;
     state = await up.up;
     proxy = await startBlackholeProxy('127.0.0.1', Number(new URL(api.server).port));
-    ipam = createClient(IpamServiceService, controlPlaneTarget(state));
-    routes = createClient(RoutesServiceService, controlPlaneTarget(state));
-    policy = createClient(PolicyServiceService, controlPlaneTarget(state));
+    ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    policy = createClient(PolicyServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     await kubectl('create', 'namespace', 'weft-system');
     // The admin policy CRDs as deploy/ ships them.
     await kubectl('apply', '-f', path.resolve(here, '../../deploy/base/admin-network-policy-crds.yaml'));

@@ -1,9 +1,10 @@
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Address4 } from 'ip-address';
-import { controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -40,7 +41,7 @@ describe('two Kubernetes clusters on one Weft', opts, () => {
     const up = bringUpTestCluster('kube-multi', 4);
     cluster = up.cluster;
     state = await up.up;
-    ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     await ipam.createAggregate({ name: 'pods', cidr: AGGREGATE_CIDR }, { timeoutMs: 5000 });
     // The local cluster's own pool serves nodes of no Kubernetes cluster only.
     const pools = (await ipam.listPools({}, { timeoutMs: 5000 })).pools;
@@ -50,11 +51,14 @@ describe('two Kubernetes clusters on one Weft', opts, () => {
     for (const [name, api] of Object.entries(apis)) {
       await api.kubectl(['create', 'namespace', 'weft-system']);
       for (const n of members[name]!) await api.kubectl(['apply', '-f', '-'], { input: JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: n } }) });
+      // Each controller's certificate (weft:controller:<cluster>), issued with the CLI as an operator would.
+      const tlsDir = path.join(state.stateDir, `controller-${name}`);
+      await weft('ca', 'issue', '--controller', name, '--out', tlsDir, '--data-dir', path.join(state.stateDir, 'cp'));
       const child = spawn(bin.weft, ['kube-controller'], {
         stdio: ['ignore', 'ignore', 'inherit'],
         env: {
           ...process.env,
-          WEFT_CONTROL_PLANE: controlPlaneTarget(state), WEFT_KUBECONFIG: api.kubeconfig, WEFT_K8S_CLUSTER: name,
+          WEFT_CONTROL_PLANE: controlPlaneTarget(state), WEFT_TLS_DIR: tlsDir, WEFT_KUBECONFIG: api.kubeconfig, WEFT_K8S_CLUSTER: name,
           WEFT_K8S_POD_AGGREGATE: 'pods', WEFT_K8S_POD_PREFIX_LENGTH: '16', WEFT_K8S_POD_BLOCK_PREFIX_LENGTH: '26',
           // One policy service holds one cluster's names (see kube-controller/DESIGN.md): east feeds it.
           WEFT_K8S_POLICY: name === 'east' ? 'true' : 'false',

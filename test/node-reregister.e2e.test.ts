@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, readState, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { bin } from './support/processes.js';
@@ -65,7 +65,7 @@ describe('a node that lost its registration while its pods run', opts, () => {
     assert.equal(held.length, 2, 'node1\'s two pods hold an address each');
     assert.ok(await pings(pods[2]!, pods[0]!.addresses[0]!), 'node2\'s pod reaches node1\'s pod');
 
-    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)));
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)), { security: clusterAdminSecurity(readState(stateDir)) });
     try {
       const deregisteredAt = Date.now();
       assert.equal((await routes.deregisterNode({ name: 'node1' }, { timeoutMs: 10_000 })).deregistered, true);

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cniDirs, controlPlaneTarget, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { cniDirs, controlPlaneTarget, readState, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { status } from '@grpc/grpc-js';
@@ -282,7 +282,7 @@ describe('NetworkPolicy conformance on the local cluster (x, y, z × a, b, c; TC
     xtablesLockExisted = existsSync('/run/xtables.lock');
     await weft('cluster', 'up', '--nodes', '3', '--json');
     state = readState(stateDir);
-    policy = createClient(PolicyServiceService, controlPlaneTarget(state));
+    policy = createClient(PolicyServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     const ports = 'serve-80-tcp:80/tcp,serve-80-udp:80/udp,serve-80-sctp:80/sctp,serve-81-tcp:81/tcp,serve-81-udp:81/udp,serve-81-sctp:81/sctp';
     for (const ns of NAMESPACES) await weft('cluster', 'ns', 'add', ns, '--labels', `ns=${ns}`);
     for (const [i, ns] of NAMESPACES.entries()) {

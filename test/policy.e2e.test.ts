@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import { controlPlaneTarget, readState, type ClusterState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { bin } from './support/processes.js';
@@ -130,7 +130,7 @@ describe('network policy on the local cluster', opts, () => {
     xtablesLockExisted = existsSync('/run/xtables.lock');
     await weft('cluster', 'up', '--nodes', '3', '--json');
     state = readState(stateDir);
-    policy = createClient(PolicyServiceService, controlPlaneTarget(state));
+    policy = createClient(PolicyServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     await weft('cluster', 'ns', 'add', 'x', '--labels', 'team=x');
     await weft('cluster', 'ns', 'add', 'y', '--labels', 'team=y');
     for (const [node, name, ns, label] of [['node1', 'xa', 'x', 'a'], ['node2', 'xb', 'x', 'b'], ['node3', 'ya', 'y', 'a'], ['node1', 'yb', 'y', 'b']] as const) {

@@ -11,7 +11,7 @@ let cp: TestControlPlane;
 let policy: PromiseClient<typeof PolicyServiceService>;
 before(async () => {
   cp = await startTestControlPlane();
-  policy = createClient(PolicyServiceService, cp.address);
+  policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
 });
 after(async () => {
   policy?.close();

@@ -26,11 +26,11 @@ before(async () => {
   a = await startTestControlPlane({ settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
   b = await startTestControlPlane({ databaseUrl: a.databaseUrl, appDatabaseUrl: a.appDatabaseUrl, settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
   c = await startTestControlPlane({ settings: { nodeLeaseMs: String(LEASE_MS_C), routesLogKeep: '3', routesLogMaxAgeS: '0' } });
-  routesA = createClient(RoutesServiceService, a.address);
-  routesB = createClient(RoutesServiceService, b.address);
-  routesC = createClient(RoutesServiceService, c.address);
-  ipamA = createClient(IpamServiceService, a.address);
-  ipamB = createClient(IpamServiceService, b.address);
+  routesA = createClient(RoutesServiceService, a.address, { security: a.security });
+  routesB = createClient(RoutesServiceService, b.address, { security: b.security });
+  routesC = createClient(RoutesServiceService, c.address, { security: c.security });
+  ipamA = createClient(IpamServiceService, a.address, { security: a.security });
+  ipamB = createClient(IpamServiceService, b.address, { security: b.security });
   await ipamA.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
 });
 
@@ -136,7 +136,7 @@ test('two replicas on one database: under concurrent registrations and allocatio
   await wa.until(() => wa.messages.length > 0);
   await wb.until(() => wb.messages.length > 0);
   const start = Math.max(wa.messages[0]!.revision, wb.messages[0]!.revision);
-  const clients = [routesA, routesB, createClient(RoutesServiceService, a.address), createClient(RoutesServiceService, b.address)];
+  const clients = [routesA, routesB, createClient(RoutesServiceService, a.address, { security: a.security }), createClient(RoutesServiceService, b.address, { security: b.security })];
   const n = 40;
   const t0 = performance.now();
   try {

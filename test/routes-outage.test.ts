@@ -40,7 +40,7 @@ after(async () => {
 
 /** A client that reconnects within 200 ms once the server is back (as a test, not gRPC's backoff, sets the pace). */
 function routesClient(): Routes {
-  const c = createClient(RoutesServiceService, listen, { channel: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 200 } });
+  const c = createClient(RoutesServiceService, listen, { security: cp!.security, channel: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 200 } });
   clients.push(c);
   return c;
 }
@@ -82,7 +82,7 @@ function watch(routes: Routes, since: number) {
 
 test('after a control-plane outage of twice the node lease, no node whose agent renews is withdrawn (no cluster-wide route flap); a node whose agent is gone still is, a lease after the restart', async (t) => {
   const routes = routesClient();
-  const ipam = createClient(IpamServiceService, listen);
+  const ipam = createClient(IpamServiceService, listen, { security: cp!.security });
   clients.push(ipam);
   await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
   const live = ['n1', 'n2', 'n3'];

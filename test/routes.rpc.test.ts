@@ -13,8 +13,8 @@ let ipam: ReturnType<typeof createClient<typeof IpamServiceService>>;
 
 before(async () => {
   cp = await startTestControlPlane();
-  routes = createClient(RoutesServiceService, cp.address);
-  ipam = createClient(IpamServiceService, cp.address);
+  routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
 });
 

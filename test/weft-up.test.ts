@@ -1,11 +1,17 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, existsSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from '../lib/grpc/client.js';
+import type { TransportSecurity } from '../lib/grpc/credentials.js';
+import { clientTlsDir } from '../lib/grpc/credentials.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { readFileSync, statSync } from 'node:fs';
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { status } from '@grpc/grpc-js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { bin, startUntil, type Started } from './support/processes.js';
 import { freePort } from './support/ports.js';
@@ -22,13 +28,18 @@ after(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
+/** The local admin's credentials that `weft up` makes in <data-dir>/pki on its first start. */
+const adminSecurity = (): TransportSecurity => ({
+  mode: 'mtls', caFile: path.join(dataDir, 'pki', 'ca.crt'), certFile: path.join(dataDir, 'pki', 'admin.crt'), keyFile: path.join(dataDir, 'pki', 'admin.key'),
+});
+
 async function up(pgPort: number) {
   // DATABASE_URL is cleared: this test is about the embedded default.
   const env = { DATABASE_URL: '', WEFT_PG_PORT: String(pgPort), WEFT_LOG_LEVEL: 'warn', WEFT_HTTP_LISTEN: '127.0.0.1:0' };
   const s = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, { env });
   running = s;
   const info = JSON.parse(s.line) as { socket: string; port: number };
-  return { s, info, ipam: createClient(IpamServiceService, `127.0.0.1:${info.port}`) };
+  return { s, info, ipam: createClient(IpamServiceService, `127.0.0.1:${info.port}`, { security: adminSecurity() }) };
 }
 
 test('weft up starts from nothing, serves, stops, and starts again with its pools and allocations intact', async () => {
@@ -58,7 +69,13 @@ test('weft up starts from nothing, serves, stops, and starts again with its pool
   running = null;
   assert.ok(!existsSync(first.info.socket), 'the socket is removed on stop');
 
+  const pki = path.join(dataDir, 'pki');
+  assert.equal(statSync(pki).mode & 0o777, 0o700, 'the pki folder is 0700');
+  for (const key of ['ca.key', 'server.key', 'admin.key']) assert.equal(statSync(path.join(pki, key)).mode & 0o777, 0o600, key);
+  const caBefore = readFileSync(path.join(pki, 'ca.crt'), 'utf8');
+
   const second = await up(pgPort);
+  assert.equal(readFileSync(path.join(pki, 'ca.crt'), 'utf8'), caBefore, 'a restart keeps the CA');
   try {
     const { pools } = await second.ipam.listPools({});
     assert.deepEqual(pools.map((p) => [p.name, p.cidr]), [['default', '10.244.0.0/16']]);
@@ -103,7 +120,9 @@ test('weft up on an external database as a role whose password is only in WEFT_D
     writeFileSync(pwFile, `${password}\n`);
     const s = await startUntil(bin.weft, args, /"serving":true/, { env });
     running = s;
-    const ipam = createClient(IpamServiceService, `127.0.0.1:${(JSON.parse(s.line) as { port: number }).port}`);
+    const pkiDir = path.join(pwDir, 'data', 'pki');
+    const adminTls: TransportSecurity = { mode: 'mtls', caFile: path.join(pkiDir, 'ca.crt'), certFile: path.join(pkiDir, 'admin.crt'), keyFile: path.join(pkiDir, 'admin.key') };
+    const ipam = createClient(IpamServiceService, `127.0.0.1:${(JSON.parse(s.line) as { port: number }).port}`, { security: adminTls });
     try {
       await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
     } finally {
@@ -132,5 +151,41 @@ test('weft up on an external database as a role whose password is only in WEFT_D
       await server.end();
     }
     rmSync(pwDir, { recursive: true, force: true });
+  }
+});
+
+test('weft up serves only mTLS; weft ca issue makes credentials that the CLI and clients use', async () => {
+  const pgPort = await freePort();
+  const cp = await up(pgPort);
+  const run = promisify(execFile);
+  try {
+    const nodeDir = path.join(dataDir, 'issued-node');
+    const out = JSON.parse((await run(bin.weft, ['ca', 'issue', '--node', 'node7', '--out', nodeDir, '--days', '30', '--data-dir', dataDir, '--json'])).stdout);
+    assert.equal(out.identity, 'weft:node:node7');
+    assert.equal(new X509Certificate(readFileSync(path.join(nodeDir, 'tls.crt'))).subjectAltName, 'URI:weft:node:node7');
+    assert.equal(statSync(path.join(nodeDir, 'tls.key')).mode & 0o777, 0o600);
+    const node = createClient(IpamServiceService, `127.0.0.1:${cp.info.port}`, { security: clientTlsDir(nodeDir) });
+    const unix = createClient(IpamServiceService, `unix://${cp.info.socket}`, { security: clientTlsDir(nodeDir) });
+    const plain = createClient(IpamServiceService, `unix://${cp.info.socket}`);
+    try {
+      await node.listPools({}, { timeoutMs: 5000 });
+      await unix.listPools({}, { timeoutMs: 5000 });
+      await assert.rejects(plain.listPools({}, { timeoutMs: 3000 }), (e: { code: number }) => e.code === status.UNAVAILABLE, 'the unix socket is mTLS too');
+    } finally {
+      node.close();
+      unix.close();
+      plain.close();
+    }
+    // The CLI finds weft up's admin credentials through --data-dir, or takes --tls-dir.
+    const cwdEnv = { ...process.env, WEFT_TLS_DIR: '', WEFT_CLUSTER_DIR: path.join(dataDir, 'no-cluster') };
+    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', dataDir], { env: cwdEnv });
+    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--tls-dir', nodeDir], { env: cwdEnv });
+    await assert.rejects(run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', path.join(dataDir, 'elsewhere')], { env: cwdEnv }),
+      (e: { code: number; stderr: string }) => e.code === 2 && /no credentials for the control plane/.test(e.stderr));
+    await assert.rejects(run(bin.weft, ['ca', 'issue', '--node', 'a', '--admin', 'b', '--out', nodeDir, '--data-dir', dataDir]), (e: { code: number }) => e.code === 2);
+  } finally {
+    cp.ipam.close();
+    await cp.s.stop();
+    running = null;
   }
 });

@@ -5,6 +5,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../../lib/exec.js';
 import { createClient } from '../../lib/grpc/client.js';
+import { clientTlsDir, type TransportSecurity } from '../../lib/grpc/credentials.js';
+import { ensureControlPlanePki, issueClientTlsDir, PKI_FILES } from '../../lib/pki.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { listAllNodes } from '../node-status.js';
@@ -110,6 +112,23 @@ async function stopProcess(pid: number): Promise<void> {
 
 export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
 
+/** The control plane's pki folder (its CA and the local admin's certificate): `weft up`'s data dir is <state-dir>/cp. */
+export const clusterPkiDir = (s: Pick<ClusterState, 'stateDir'>) => path.join(s.stateDir, 'cp', 'pki');
+
+/** The local admin's credentials (weft:admin:local), with which the CLI's cluster commands and tests call the control plane. */
+export function clusterAdminSecurity(s: Pick<ClusterState, 'stateDir'>): TransportSecurity {
+  const pki = clusterPkiDir(s);
+  return { mode: 'mtls', caFile: path.join(pki, PKI_FILES.caCert), certFile: path.join(pki, PKI_FILES.adminCert), keyFile: path.join(pki, PKI_FILES.adminKey) };
+}
+
+/** A node's TLS folder (ca.crt, tls.crt, tls.key for weft:node:<name>), which its agent reads through WEFT_TLS_DIR. */
+export const nodeTlsDir = (s: Pick<ClusterState, 'stateDir'>, node: string) => path.join(s.stateDir, node, 'tls');
+
+/** Issues a client TLS folder from the local cluster's CA (a controller's, an extra admin's). */
+export function issueClusterCredentials(s: Pick<ClusterState, 'stateDir'>, outDir: string, subject: { kind: 'node' | 'admin' | 'controller'; name: string }): Promise<TransportSecurity> {
+  return issueClientTlsDir(clusterPkiDir(s), outDir, subject).then(() => clientTlsDir(outDir));
+}
+
 export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
@@ -139,8 +158,11 @@ export async function clusterUp(opts: { stateDir: string; nodes: number; dualSta
     await run('ip', ['netns', 'add', cpNs]);
     await attachToFabric(fab, cpNs, 'cp', `${CONTROL_PLANE_ADDRESS}/24`, SUBNETS[0].bridge, SUBNETS[0].router);
     mkdirSync(path.join(stateDir, 'cp'), { recursive: true });
+    // The CA is made here rather than by `weft up` on its first start, so that node credentials can be issued
+    // without waiting for it; `weft up` finds the folder and keeps it.
+    await ensureControlPlanePki(clusterPkiDir(state), [CONTROL_PLANE_ADDRESS]);
     await startControlPlane(state);
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     try {
       const pools = await ipam.listPools({}, { timeoutMs: 5000 });
       if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name)) await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
@@ -162,7 +184,7 @@ async function startControlPlane(state: ClusterState): Promise<void> {
   state.controlPlane.pid = spawnInNetns(state.controlPlane.netns,
     [process.execPath, paths.cli, 'up', '--data-dir', path.join(state.stateDir, 'cp'), '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`], { WEFT_LOG_LEVEL: 'info' }, cpLog);
   writeState(state);
-  const ipam = createClient(IpamServiceService, controlPlaneTarget(state));
+  const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
   try {
     await waitFor('the control plane', 60_000, async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null), cpLog);
   } finally {
@@ -253,9 +275,11 @@ async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane
   for (const dir of Object.values(cniDirs(node))) mkdirSync(dir, { recursive: true });
   const log = path.join(path.dirname(node.socket), 'agent.log');
   node.controlPlane = controlPlane;
+  // The node's own credentials (weft:node:<name>), kept when they exist (an agent restarted keeps its certificate).
+  if (!existsSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'))) await issueClusterCredentials(state, nodeTlsDir(state, node.name), { kind: 'node', name: node.name });
   node.agentPid = spawnAgent(state, node);
   writeState(state);
-  const routes = createClient(RoutesServiceService, controlPlaneTarget(state));
+  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
   try {
     await waitFor(`${node.name}'s agent`, 30_000, async () => {
       if (!isAlive(node.agentPid)) throw new Error('the agent exited');
@@ -281,6 +305,7 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
     WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
     WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
     WEFT_AGENT_SOCKET: node.socket,
+    WEFT_TLS_DIR: nodeTlsDir(state, node.name),
     // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
     // change with a long period, so that no periodic pass falls in its idle or busy window).
     ...(process.env.WEFT_RESYNC_MS ? {} : { WEFT_RESYNC_MS: '5000' }),

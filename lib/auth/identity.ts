@@ -1,6 +1,57 @@
+/**
+ * Who is calling: read from the verified client certificate of a call (its SAN URI `weft:<kind>:<name>`). The
+ * transport (lib/grpc/credentials.ts) has already checked the certificate against Weft's CA; this module only reads
+ * names. Anything it does not recognise is `none`, never an error: authorization decides what `none` may do.
+ */
 export type Identity =
-  | { kind: 'none' }                                  // no client certificate / no token
-  | { kind: 'node'; name: string }                     // an agent: client cert SAN URI weft:node:<name>
-  | { kind: 'admin'; name: string }                    // the CLI / an operator: SAN URI weft:admin:<name>
-  | { kind: 'controller'; name: string }               // a Kubernetes controller: SAN URI weft:controller:<cluster>
+  | { kind: 'none' } // no client certificate / no token
+  | { kind: 'node'; name: string } // an agent: client cert SAN URI weft:node:<name>
+  | { kind: 'admin'; name: string } // the CLI / an operator: SAN URI weft:admin:<name>
+  | { kind: 'controller'; name: string } // a Kubernetes controller: SAN URI weft:controller:<cluster>
   | { kind: 'token'; name: string; scopes: string[] }; // an external system's API token (later phase)
+
+export type CertificateIdentityKind = 'node' | 'admin' | 'controller';
+export const CERTIFICATE_IDENTITY_KINDS: readonly CertificateIdentityKind[] = ['node', 'admin', 'controller'];
+
+export const NO_IDENTITY: Identity = Object.freeze({ kind: 'none' });
+
+/** A name in a Weft identity: what a node or cluster may be called (DNS-label-like, at most 253 characters). */
+const NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+
+/** The SAN URI of an identity: `weft:node:node1`. Throws on a name that could not be read back. */
+export function identityUri(kind: CertificateIdentityKind, name: string): string {
+  if (!NAME.test(name)) throw new Error(`identity name ${JSON.stringify(name)} must be letters, digits, '.', '_' or '-' (at most 253, starting and ending with a letter or digit)`);
+  return `weft:${kind}:${name}`;
+}
+
+/** `weft:<kind>:<name>` → an identity; anything else → null. */
+export function parseIdentityUri(uri: string): Identity | null {
+  const m = /^weft:(node|admin|controller):(.+)$/.exec(uri);
+  if (!m || !NAME.test(m[2]!)) return null;
+  return { kind: m[1] as CertificateIdentityKind, name: m[2]! };
+}
+
+/**
+ * The identity in a certificate's subjectAltName as Node's TLS reports it ("URI:weft:node:n1, DNS:x"). Exactly one
+ * Weft URI makes an identity; none, or two (ambiguous), make `none`.
+ */
+export function identityFromSubjectAltName(subjectAltName: string | undefined): Identity {
+  if (!subjectAltName) return NO_IDENTITY;
+  const found: Identity[] = [];
+  for (const entry of subjectAltName.split(/,\s*/)) {
+    if (!entry.startsWith('URI:')) continue;
+    const id = parseIdentityUri(entry.slice(4));
+    if (id) found.push(id);
+  }
+  return found.length === 1 ? found[0]! : NO_IDENTITY;
+}
+
+/** The identity of a call's verified peer certificate (grpc-js `getAuthContext().sslPeerCertificate`); none without one. */
+export function identityFromPeerCertificate(cert: { subjectaltname?: string } | undefined | null): Identity {
+  return cert ? identityFromSubjectAltName(cert.subjectaltname) : NO_IDENTITY;
+}
+
+/** "node:node1", "none": for logs and error messages. */
+export function describeIdentity(id: Identity): string {
+  return id.kind === 'none' ? 'none' : `${id.kind}:${id.name}`;
+}

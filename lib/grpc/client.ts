@@ -1,7 +1,7 @@
 import { Client, Metadata, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
 import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
-import { channelCredentials, type TransportSecurity } from './credentials.js';
+import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
 import { messageSizeOptions } from './limits.js';
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -66,6 +66,7 @@ export function createClient<D extends ServiceDefinition>(
     'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
     'grpc.keepalive_permit_without_calls': 1,
     ...messageSizeOptions,
+    ...channelOptions(options.security),
     ...options.channel,
   });
   const out: Record<string, unknown> = { close: () => client.close(), raw: client };

@@ -1,19 +1,121 @@
-import { credentials, ServerCredentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { credentials, experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { checkServerIdentity, createSecureContext } from 'node:tls';
+import { identityFromPeerCertificate, NO_IDENTITY, type Identity } from '../auth/identity.js';
 
 /**
- * The one place that decides how Weft's gRPC is secured. Insecure for now; TLS and mutual TLS are switched on
- * here, for every server and client at once.
+ * The one place that decides how Weft's gRPC is secured.
+ *
+ * - `mtls`: mutual TLS from three PEM files: the CA that signs both sides, and this side's certificate and key.
+ *   Servers require a client certificate signed by that CA; clients verify the server's certificate against it with
+ *   the name `weft-control-plane`, whatever address they dial. The files are read through grpc-js's
+ *   FileWatcherCertificateProvider every `refreshMs` (10 s by default), so files replaced on disk (a renewed
+ *   certificate) are used by new connections without a restart; open connections and their streams keep going.
+ * - `insecure`: plaintext. Only the agent's local CNI socket uses it (a unix socket inside the node, not the network);
+ *   the control plane's listeners are always mTLS.
  */
-export interface TransportSecurity {
-  mode: 'insecure';
+export type TransportSecurity =
+  | { mode: 'insecure' }
+  | { mode: 'mtls'; caFile: string; certFile: string; keyFile: string; refreshMs?: number };
+
+export const insecure: TransportSecurity = Object.freeze({ mode: 'insecure' });
+export const defaultSecurity: TransportSecurity = insecure;
+
+/** The name in the control plane's certificate that every client checks. */
+export const SERVER_NAME = 'weft-control-plane';
+export const DEFAULT_REFRESH_MS = 10_000;
+
+/** A client's TLS folder (ca.crt, tls.crt, tls.key: a Kubernetes TLS Secret plus the CA) as transport security. */
+export function clientTlsDir(dir: string, refreshMs?: number): TransportSecurity {
+  return { mode: 'mtls', caFile: path.join(dir, 'ca.crt'), certFile: path.join(dir, 'tls.crt'), keyFile: path.join(dir, 'tls.key'), refreshMs };
 }
 
-export const defaultSecurity: TransportSecurity = { mode: 'insecure' };
-
-export function serverCredentials(_security: TransportSecurity = defaultSecurity): ServerCredentials {
-  return ServerCredentials.createInsecure();
+/**
+ * Reads the files once and checks they make a TLS context (certificate matches key, PEM parses): a process starts
+ * with a clear error naming the file instead of a client that cannot connect. The watcher reads them again later.
+ */
+export async function checkSecurityFiles(security: TransportSecurity): Promise<void> {
+  if (security.mode !== 'mtls') return;
+  const read = async (file: string, what: string) => {
+    try {
+      return await readFile(file);
+    } catch (err) {
+      throw new Error(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  const [ca, cert, key] = [await read(security.caFile, 'CA certificate'), await read(security.certFile, 'certificate'), await read(security.keyFile, 'private key')];
+  try {
+    createSecureContext({ ca, cert, key });
+  } catch (err) {
+    throw new Error(`the TLS files ${security.certFile}, ${security.keyFile} and ${security.caFile} do not make a TLS identity: ${(err as Error).message}`);
+  }
 }
 
-export function channelCredentials(_security: TransportSecurity = defaultSecurity): ChannelCredentials {
-  return credentials.createInsecure();
+type Mtls = Extract<TransportSecurity, { mode: 'mtls' }>;
+const keyOf = (s: Mtls) => `${s.caFile}\0${s.certFile}\0${s.keyFile}\0${s.refreshMs ?? DEFAULT_REFRESH_MS}`;
+
+// One provider per set of files, shared by every server and channel of the process that uses them (one timer each;
+// grpc-js stops it when nothing listens).
+const providers = new Map<string, experimental.FileWatcherCertificateProvider>();
+function providerOf(s: Mtls): experimental.FileWatcherCertificateProvider {
+  const key = keyOf(s);
+  let p = providers.get(key);
+  if (!p) {
+    p = new experimental.FileWatcherCertificateProvider({
+      caCertificateFile: s.caFile, certificateFile: s.certFile, privateKeyFile: s.keyFile, refreshIntervalMs: s.refreshMs ?? DEFAULT_REFRESH_MS,
+    });
+    unrefRefreshTimer(p);
+    providers.set(key, p);
+  }
+  return p;
+}
+
+/**
+ * The watcher's refresh timer must not keep a process alive: grpc-js keeps a closed channel's subchannel (and so the
+ * watcher's listener) in its pool for up to 20 s, and a CLI command would wait that long before exiting. Servers are
+ * kept alive by their listeners anyway. (grpc-js 1.14 keeps the timer in `refreshTimer`; a version that renames it
+ * only loses the unref, which test/weft-up's CLI runs would show as slow exits.)
+ */
+function unrefRefreshTimer(p: experimental.FileWatcherCertificateProvider): void {
+  const internals = p as unknown as { maybeStartWatchingFiles?: () => void; refreshTimer?: NodeJS.Timeout | null };
+  const start = internals.maybeStartWatchingFiles;
+  if (typeof start !== 'function') return;
+  internals.maybeStartWatchingFiles = function (this: typeof internals) {
+    start.call(this);
+    this.refreshTimer?.unref?.();
+  };
+}
+
+export function serverCredentials(security: TransportSecurity = defaultSecurity): ServerCredentials {
+  if (security.mode === 'insecure') return ServerCredentials.createInsecure();
+  const p = providerOf(security);
+  // Arguments: identity provider, CA provider, require a client certificate (grpc-js names the first two the other way round).
+  return experimental.createCertificateProviderServerCredentials(p, p, true);
+}
+
+const channelCache = new Map<string, ChannelCredentials>();
+export function channelCredentials(security: TransportSecurity = defaultSecurity): ChannelCredentials {
+  if (security.mode === 'insecure') return credentials.createInsecure();
+  const key = keyOf(security);
+  let c = channelCache.get(key);
+  if (!c) {
+    const p = providerOf(security);
+    c = experimental.createCertificateProviderChannelCredentials(p, p, {
+      checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert),
+    });
+    channelCache.set(key, c);
+  }
+  return c;
+}
+
+/** Channel options that go with the credentials: the TLS server name (SNI) is weft-control-plane under mTLS. */
+export function channelOptions(security: TransportSecurity = defaultSecurity): ChannelOptions {
+  return security.mode === 'mtls' ? { 'grpc.ssl_target_name_override': SERVER_NAME } : {};
+}
+
+/** The identity of a call's verified client certificate; `none` on an insecure listener or without a certificate. */
+export function peerIdentity(call: { getAuthContext?: () => { sslPeerCertificate?: { subjectaltname?: string } } | null }): Identity {
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  return cert ? identityFromPeerCertificate(cert) : NO_IDENTITY;
 }

@@ -1,12 +1,13 @@
 import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData, type MethodDefinition } from '@grpc/grpc-js';
 import { SpanKind, trace } from '@opentelemetry/api';
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
-import type { Identity } from '../auth/identity.js';
+import { NO_IDENTITY, type Identity } from '../auth/identity.js';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { CLIENT_KEEPALIVE } from './client.js';
-import { serverCredentials, type TransportSecurity } from './credentials.js';
+import { checkSecurityFiles, peerIdentity, serverCredentials, type TransportSecurity } from './credentials.js';
 import { toServiceError } from './errors.js';
 import { messageSizeOptions } from './limits.js';
 
@@ -15,8 +16,18 @@ export interface CallContext {
   signal: AbortSignal;
   logger: Logger;
   metadata: Metadata;
-  /** Who calls, as the server's `identify` tells (`{ kind: 'none' }` without one). */
+  /** Who is calling: from the verified client certificate (lib/auth/identity.ts); `none` without one. */
   identity: Identity;
+  /** The caller's `x-request-id` when it is sane (1-128 of [A-Za-z0-9._:-]), else a new UUID: ties log lines and audit rows to one call. */
+  requestId: string;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** A call's request id: the caller's `x-request-id` if sane, else a new one. */
+export function requestIdOf(md: Metadata): string {
+  const v = md.get('x-request-id')[0];
+  return typeof v === 'string' && REQUEST_ID.test(v) ? v : randomUUID();
 }
 
 /**
@@ -34,7 +45,6 @@ export interface ServerAccess {
 /** What of a call (unary or streaming) tells who makes it: its peer's certificate, its metadata. */
 export type IdentifiableCall = Pick<ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPeer' | 'getAuthContext'>;
 
-const NO_IDENTITY: Identity = Object.freeze({ kind: 'none' });
 /** Each server's access, as createServer was given it (addService reads it: services are mounted on a server). */
 const accessOf = new WeakMap<Server, ServerAccess>();
 
@@ -116,7 +126,7 @@ function runUnary(
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
     try {
       // The signal is made only for a handler that asks for it (most unary ones never do).
-      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity };
+      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity, requestId: requestIdOf(metadata) };
       if (authorize) await authorize(request, identity);
       const response = await (handler(request, ctx) as Promise<unknown>);
       return { ok: true as const, response };
@@ -149,7 +159,8 @@ export function addService<D extends ServiceDefinition>(
 ): void {
   const { unaryMethods, lookups } = options;
   const access = accessOf.get(server) ?? {};
-  const identify = access.identify ?? (() => NO_IDENTITY);
+  // The verified client certificate's identity (lib/grpc/credentials.ts), unless the server was given another way.
+  const identify = access.identify ?? peerIdentity;
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
@@ -165,7 +176,7 @@ export function addService<D extends ServiceDefinition>(
           try {
             const identity = identify(call);
             if (authorize) await authorize(call.request, identity);
-            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity }) as AsyncIterable<unknown>) {
+            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity, requestId: requestIdOf(call.metadata) }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
               if (!call.write(msg)) await whenDrainedOrAborted(call, ac.signal);
@@ -214,6 +225,7 @@ export function addService<D extends ServiceDefinition>(
         } catch (err) {
           return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
         }
+        // Calls here come over the agent's local CNI socket (frame-server.ts), which carries no certificate.
         const outcome = await runUnary(method.path, observedHandler, log, request, metadata, () => signal, NO_IDENTITY, authorize);
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
@@ -230,8 +242,12 @@ export function whenDrainedOrAborted(stream: NodeJS.EventEmitter, signal: AbortS
   return once(stream, 'drain', { signal }).then(() => undefined, () => undefined);
 }
 
-/** Binds a server to an address ("host:port", "unix:///path"); returns the bound port (useful for port 0). */
-export function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
+/**
+ * Binds a server to an address ("host:port", "unix:///path"); returns the bound port (useful for port 0). Under mTLS
+ * the files are checked first, so a missing or bad one fails the start with its name.
+ */
+export async function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
+  if (security) await checkSecurityFiles(security);
   return new Promise((resolve, reject) => {
     server.bindAsync(address, serverCredentials(security), (err, port) => (err ? reject(err) : resolve(port)));
   });

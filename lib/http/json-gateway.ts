@@ -4,7 +4,8 @@ import { status, Metadata, type ServiceDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
-import { whenDrainedOrAborted, type CallContext, type Handlers } from '../grpc/server.js';
+import { requestIdOf, whenDrainedOrAborted, type CallContext, type Handlers } from '../grpc/server.js';
+import { NO_IDENTITY } from '../auth/identity.js';
 import { toServiceError } from '../grpc/errors.js';
 
 /**
@@ -96,8 +97,10 @@ export function createJsonGateway<D extends ServiceDefinition>(
       res.on('close', () => ac.abort());
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers[k] = v;
-      // No identity over HTTP: the gateway is not behind the gRPC server's authorization (see lib/auth/DESIGN.md).
-      const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata: new Metadata(), identity: { kind: 'none' } };
+      const metadata = new Metadata();
+      if (headers['x-request-id']) metadata.set('x-request-id', headers['x-request-id']);
+      // No client certificate over HTTP: the caller is `none` (lib/auth/DESIGN.md says what the gateway may then do).
+      const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
       const handler = (handlers as Record<string, (r: unknown, c: CallContext) => unknown>)[route.name]!;
       void tracer().startActiveSpan(`HTTP ${req.url}`, { kind: SpanKind.SERVER }, extractContext(headers), async (span) => {
         try {

@@ -7,6 +7,7 @@ import * as ipamMessages from '../../gen/weft/ipam/v1/ipam.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { createJsonGateway } from '../../lib/http/json-gateway.js';
 import { createClient } from '../../lib/grpc/client.js';
+import type { TransportSecurity } from '../../lib/grpc/credentials.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { startIpamSweeper } from './sweeper.js';
 import { createPrefixesRepository } from './store/prefixes.repository.js';
@@ -23,6 +24,8 @@ export interface IpamHousekeeping {
   attemptRetentionSeconds: number;
   /** Where the routes service answers (to learn which nodes exist). */
   routesAddress: string;
+  /** How to reach it (the control plane's own certificate). */
+  routesSecurity?: TransportSecurity;
 }
 
 export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
@@ -36,7 +39,7 @@ export async function mountIpamService(server: Server, deps: { database: Databas
   addService(server, IpamServiceService, handlers, logger, { lookups: { holderOfHandle: (handle) => repo.holderOfHandle(handle) } });
   // The same handlers over HTTP with JSON.
   const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);
-  const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress);
+  const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, { security: deps.housekeeping.routesSecurity });
   const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
   return {
     repo,

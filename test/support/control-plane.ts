@@ -3,6 +3,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { createClient, type PromiseClient } from '../../lib/grpc/client.js';
+import { clientTlsDir, type TransportSecurity } from '../../lib/grpc/credentials.js';
+import { ensureControlPlanePki, issueClientTlsDir } from '../../lib/pki.js';
+import type { CertificateIdentityKind } from '../../lib/auth/identity.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { startControlPlane, type ControlPlane } from '../../cli/control-plane.js';
 import { loadSettings } from '../../lib/config.js';
@@ -11,9 +14,46 @@ import { createLogger, silentLogger } from '../../lib/logger.js';
 import type { ServerAccess } from '../../lib/grpc/server.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
+/**
+ * One CA per test process, shared by every test control plane it starts (replicas on one database trust the same
+ * clients), with the local admin's credentials as a client TLS folder. Removed when the process exits.
+ */
+export interface TestPki {
+  pkiDir: string;
+  /** ca.crt, tls.crt, tls.key of weft:admin:test: for `--tls-dir` and WEFT_TLS_DIR. */
+  adminTlsDir: string;
+  admin: TransportSecurity;
+  /** Issues a client TLS folder (e.g. a node's or a controller's) from the test CA. */
+  issue(kind: CertificateIdentityKind, name: string): Promise<{ dir: string; security: TransportSecurity }>;
+}
+
+let sharedPki: Promise<TestPki> | null = null;
+export function testPki(): Promise<TestPki> {
+  sharedPki ??= (async () => {
+    const root = mkdtempSync(path.join(tmpdir(), 'weft-test-pki-'));
+    process.once('exit', () => rmSync(root, { recursive: true, force: true }));
+    const pkiDir = path.join(root, 'pki');
+    await ensureControlPlanePki(pkiDir);
+    let n = 0;
+    const issue = async (kind: CertificateIdentityKind, name: string) => {
+      const dir = path.join(root, `${kind}-${name}-${n++}`);
+      await issueClientTlsDir(pkiDir, dir, { kind, name });
+      return { dir, security: clientTlsDir(dir) };
+    };
+    const admin = await issue('admin', 'test');
+    return { pkiDir, adminTlsDir: admin.dir, admin: admin.security, issue };
+  })();
+  return sharedPki;
+}
+
 /** The real control plane (IPAM + routes on one gRPC server bound to port 0) on a fresh test database. */
 export interface TestControlPlane {
   address: string;
+  /** Admin credentials for clients: `createClient(def, cp.address, { security: cp.security })`. */
+  security: TransportSecurity;
+  /** The same as a folder (ca.crt, tls.crt, tls.key): the CLI's `--tls-dir`. */
+  tlsDir: string;
+  pki: TestPki;
   /** Base URL of the HTTP/JSON API. */
   httpUrl: string;
   socket: string;
@@ -39,8 +79,9 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
   const db: TestDatabase = opts.databaseUrl ? { url: opts.databaseUrl, appUrl: opts.appDatabaseUrl ?? opts.databaseUrl, drop: async () => {} } : await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
+  const pki = await testPki();
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.appUrl, migrationDatabaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', ...opts.settings });
+    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.appUrl, migrationDatabaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', pkiDir: pki.pkiDir, ...opts.settings });
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
     cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger, opts.access);
   } catch (err) {
@@ -50,6 +91,9 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
   }
   return {
     address: `127.0.0.1:${cp.tcpPort}`,
+    security: pki.admin,
+    tlsDir: pki.adminTlsDir,
+    pki,
     httpUrl: `http://127.0.0.1:${cp.httpPort}`,
     socket: cp.socketPath,
     databaseUrl: db.url,
@@ -72,7 +116,7 @@ export interface IpamTestbed {
 
 export async function startIpamTestbed(opts: TestControlPlaneOptions = {}): Promise<IpamTestbed> {
   const cp = await startTestControlPlane(opts);
-  const ipam = createClient(IpamServiceService, cp.address);
+  const ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   const sql = new pg.Client({ connectionString: cp.databaseUrl });
   try {
     await sql.connect();
