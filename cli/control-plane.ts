@@ -65,7 +65,8 @@ export interface ControlPlane {
 
 /**
  * `weft up`: the IPAM, routes, policy and audit services in one process, on embedded PostgreSQL unless DATABASE_URL is
- * set. `access`: who calls and whether authorization is enforced (lib/grpc/server.ts ServerAccess).
+ * set. Every call is authorized (lib/auth/authorization.ts) for the identity of its verified client certificate;
+ * `access` replaces how callers are identified (the authorization matrix test injects identities).
  */
 export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}): Promise<ControlPlane> {
   // The data folder holds the database, its passwords and the socket: the user running weft's alone (embedded.ts
@@ -111,7 +112,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   // A folder made for the socket is the user's alone; an existing one is left as it is (the socket itself is 0600).
   if (!existsSync(path.dirname(socketPath))) mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   rmSync(socketPath, { force: true });
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, access);
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, ...access });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;

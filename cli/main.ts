@@ -658,7 +658,7 @@ async function main(argv: string[]): Promise<number> {
     if (pos.length !== 1) throw new UsageError('usage: weft audit [--since T] [--actor A] [--resource R] [--json]');
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
     const since = o.since === undefined ? undefined : sinceTime(o.since);
-    const audit = createClient(AuditServiceService, server);
+    const audit = createClient(AuditServiceService, server, { security: cliSecurity(o, stateDir) });
     try {
       const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: o.actor ?? '', resource: o.resource ?? '', pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
         .then((r) => ({ items: r.events, next: r.nextPageToken })));

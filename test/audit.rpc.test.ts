@@ -19,9 +19,9 @@ let audit: ReturnType<typeof createClient<typeof AuditServiceService>>;
 
 before(async () => {
   cp = await startTestControlPlane();
-  ipam = createClient(IpamServiceService, cp.address);
-  routes = createClient(RoutesServiceService, cp.address);
-  audit = createClient(AuditServiceService, cp.address);
+  ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
+  routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
+  audit = createClient(AuditServiceService, cp.address, { security: cp.security });
 });
 after(async () => {
   ipam?.close();
@@ -52,11 +52,11 @@ test('each mutation is recorded once with its actor, method, resource and result
 
   const events = await eventsOnceThere(5, { since: started });
   assert.deepEqual(events.map((e) => [e.method.split('/').pop(), e.resource, e.result, e.actor]), [
-    ['CreatePool', 'pool/audit-a', 'OK', 'none'],
-    ['CreatePool', 'pool/audit-bad', 'INVALID_ARGUMENT', 'none'],
-    ['Allocate', 'handle/c1/eth0', 'OK', 'none'],
-    ['RegisterNode', 'node/n1', 'OK', 'none'],
-    ['Release', 'handle/c1/eth0', 'OK', 'none'],
+    ['CreatePool', 'pool/audit-a', 'OK', 'admin:test'],
+    ['CreatePool', 'pool/audit-bad', 'INVALID_ARGUMENT', 'admin:test'],
+    ['Allocate', 'handle/c1/eth0', 'OK', 'admin:test'],
+    ['RegisterNode', 'node/n1', 'OK', 'admin:test'],
+    ['Release', 'handle/c1/eth0', 'OK', 'admin:test'],
   ]);
   assert.equal(events[0]!.method, '/weft.ipam.v1.IpamService/CreatePool');
   assert.equal(events[0]!.message, '');
@@ -85,10 +85,10 @@ test('filters by resource (exact or prefix) and actor, pages, and refuses a page
 test('weft audit prints the log, filtered, as text and as JSON', async () => {
   await ipam.createPool({ name: 'audit-cli', cidr: '10.64.0.0/16', blockPrefixLength: 26 });
   await eventsOnceThere(1, { resource: 'pool/audit-cli' });
-  const weft = (...args: string[]) => run(bin.weft, ['audit', ...args, '--server', cp.address], { timeout: 30_000 });
+  const weft = (...args: string[]) => run(bin.weft, ['audit', ...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000 });
   const asJson = JSON.parse((await weft('--resource', 'pool/audit-cli', '--since', '10m', '--json')).stdout) as { method: string; resource: string; result: string }[];
   assert.deepEqual(asJson.map((e) => [e.method, e.resource, e.result]), [['/weft.ipam.v1.IpamService/CreatePool', 'pool/audit-cli', 'OK']]);
-  const text = (await weft('--actor', 'none', '--resource', 'pool/audit-cli')).stdout;
+  const text = (await weft('--actor', 'admin:test', '--resource', 'pool/audit-cli')).stdout;
   assert.match(text, /ipam\.v1\.IpamService\/CreatePool\s+pool\/audit-cli\s+OK/);
   assert.equal((await weft('--resource', 'pool/none-such')).stdout.trim(), 'no audit events');
   await assert.rejects(weft('--since', 'yesterday'), (e: { code: number; stderr: string }) => e.code === 2 && /--since/.test(e.stderr));

@@ -21,7 +21,7 @@ before(async () => {
   owner = new pg.Client({ connectionString: cp.databaseUrl });
   await app.connect();
   await owner.connect();
-  const ipam = createClient(IpamServiceService, cp.address);
+  const ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   try {
     await ipam.createPool({ name: 'roles', cidr: '10.61.0.0/16', blockPrefixLength: 26 });
   } finally {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as ipam from '../../gen/weft/ipam/v1/ipam.js';
 import * as routes from '../../gen/weft/routes/v1/routes.js';
 import * as policy from '../../gen/weft/policy/v1/policy.js';
+import * as audit from '../../gen/weft/audit/v1/audit.js';
 import { AUTHORIZATION_RULES, methodRule, type MethodRule } from './authorization.js';
 
 /**
@@ -16,6 +17,7 @@ const SERVED: { definition: Definition; messages: Messages }[] = [
   { definition: ipam.IpamServiceService, messages: ipam },
   { definition: routes.RoutesServiceService, messages: routes },
   { definition: policy.PolicyServiceService, messages: policy },
+  { definition: audit.AuditServiceService, messages: audit },
 ];
 
 const capitalize = (s: string) => s[0]!.toUpperCase() + s.slice(1);

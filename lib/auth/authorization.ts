@@ -161,6 +161,7 @@ const write = (more: Omit<MethodRule, 'mutation'> = {}): MethodRule => ({ mutati
 const IPAM = '/weft.ipam.v1.IpamService/';
 const ROUTES = '/weft.routes.v1.RoutesService/';
 const POLICY = '/weft.policy.v1.PolicyService/';
+const AUDIT = '/weft.audit.v1.AuditService/';
 
 /**
  * Every method of the control plane's services. Nodes get what the agent (node-dataplane/) calls, the controller what
@@ -216,6 +217,8 @@ export const AUTHORIZATION_RULES: Readonly<Record<string, MethodRule>> = Object.
   [`${POLICY}ListPods`]: read({ controller: ANY }),
   [`${POLICY}Explain`]: read(),
   [`${POLICY}WatchNodePolicy`]: read({ node: [ownNode('node', 'watch its own policy')] }),
+  // The audit log: who did what. Administrators only (not read tokens: it names every caller and resource).
+  [`${AUDIT}ListAuditEvents`]: { mutation: false },
 });
 
 /** The rule of a method, or undefined (the method is refused to everyone). */
