@@ -24,8 +24,9 @@ export type PromiseClient<D> = {
     : (req: Partial<Req<D[K]>>, opts?: CallOptions) => Promise<Res<D[K]>>;
 } & { close(): void; raw: Client };
 
-function outgoingMetadata(): Metadata {
+function outgoingMetadata(token?: string): Metadata {
   const md = new Metadata();
+  if (token) md.set('authorization', `Bearer ${token}`);
   const carrier: Record<string, string> = {};
   injectContext(carrier);
   for (const [k, v] of Object.entries(carrier)) md.set(k, v);
@@ -58,8 +59,13 @@ export const CLIENT_KEEPALIVE = Object.freeze({ timeMs: 20_000, timeoutMs: 10_00
 export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
-  options: { security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number } } = {},
+  options: {
+    security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number };
+    /** An API token's secret, sent with every call as `authorization: Bearer <secret>`: the calls are the token's. */
+    token?: string;
+  } = {},
 ): PromiseClient<D> {
+  const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
   const client = new Client(address, channelCredentials(options.security), {
     'grpc.keepalive_time_ms': keepalive.timeMs,
@@ -77,7 +83,7 @@ export function createClient<D extends ServiceDefinition>(
     if (method.responseStream) {
       out[name] = (req: unknown, opts: CallOptions = {}) => {
         const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(
-          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
+          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
         const release = cancelOnAbort(opts.signal, call);
@@ -92,7 +98,7 @@ export function createClient<D extends ServiceDefinition>(
           new Promise((resolve, reject) => {
             let release = () => {};
             const call = client.makeUnaryRequest(
-              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
+              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
               opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
               (err, res) => {
                 release();
