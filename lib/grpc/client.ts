@@ -1,4 +1,4 @@
-import { Client, Metadata, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
+import { Client, Metadata, type ChannelCredentials, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
 import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
@@ -63,11 +63,13 @@ export function createClient<D extends ServiceDefinition>(
     security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number };
     /** An API token's secret, sent with every call as `authorization: Bearer <secret>`: the calls are the token's. */
     token?: string;
+    /** Replaces the credentials `security` makes (its channel options stay): a test's client with no certificate. */
+    credentials?: ChannelCredentials;
   } = {},
 ): PromiseClient<D> {
   const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
-  const client = new Client(address, channelCredentials(options.security), {
+  const client = new Client(address, options.credentials ?? channelCredentials(options.security), {
     'grpc.keepalive_time_ms': keepalive.timeMs,
     'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
     'grpc.keepalive_permit_without_calls': 1,
