@@ -4,6 +4,7 @@ import pg from 'pg';
 import { applyMigrations, connectDatabase, sessionConfig, type DatabaseTimeouts } from '../lib/db/database.js';
 import { appRoleProblems, grantAppPrivileges, userOf } from '../lib/db/roles.js';
 import { mountAuditService } from '../services/audit/main.js';
+import { createTokenAuthority, mountTokenService } from '../services/auth/main.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import { bindServer, createServer, shutdownServer, type ServerAccess } from '../lib/grpc/server.js';
@@ -21,7 +22,7 @@ import http from 'node:http';
 import { createHttpServer } from '../lib/http/json-gateway.js';
 
 /** The services whose migrations the control plane applies, in order (each its own schema and journal). */
-const MIGRATED = ['ipam', 'routes', 'policy', 'audit'];
+const MIGRATED = ['ipam', 'routes', 'policy', 'audit', 'auth'];
 
 /**
  * Migrations as the owner (`ownerUrl`), then, when the services run as another role (`appUrl`'s user), that role's
@@ -64,7 +65,7 @@ export interface ControlPlane {
 }
 
 /**
- * `weft up`: the IPAM, routes, policy and audit services in one process, on embedded PostgreSQL unless DATABASE_URL is
+ * `weft up`: the IPAM, routes, policy, audit and token services in one process, on embedded PostgreSQL unless DATABASE_URL is
  * set. Every call is authorized (lib/auth/authorization.ts) for the identity of its verified client certificate;
  * `access` replaces how callers are identified (the authorization matrix test injects identities).
  */
@@ -112,7 +113,9 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   // A folder made for the socket is the user's alone; an existing one is left as it is (the socket itself is 0600).
   if (!existsSync(path.dirname(socketPath))) mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   rmSync(socketPath, { force: true });
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, ...access });
+  // API tokens: a call's bearer token is its identity (lib/auth/DESIGN.md), checked against the database on every call.
+  const tokens = createTokenAuthority(database);
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, ...access });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
@@ -124,6 +127,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   try {
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
+      tokens: tokens.verify,
       housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;
@@ -135,6 +139,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       database, databaseUrl: url, notifier, logger, ipamAddress, ipamSecurity: security,
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
+    mountTokenService(server, { repo: tokens.repo, logger });
     await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
     await bindServer(server, ipamAddress, security);
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.

@@ -12,6 +12,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { AuditServiceService } from '../gen/weft/audit/v1/audit.js';
+import { TokenServiceService, type Token } from '../gen/weft/auth/v1/auth.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
 import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { installCni } from '../node-dataplane/cni-install.js';
@@ -58,6 +59,11 @@ const USAGE = `usage: weft <command> [options]
   audit [--since T] [--actor A] [--resource R] [--json]   the audit log, oldest first: who changed what and with what
                                                 result (T: a time or an age like 30m, 2h, 7d; A: kind:name, e.g. node:node1;
                                                 R: exact, e.g. pool/default, or a prefix ending in /, e.g. handle/)
+  token create NAME --scope S [--scope S...] [--expires-in DURATION]   make an API token for an external system and
+                                                print its secret (once). S: read, admin, ipam:allocate:POOL,
+                                                ipam:release:POOL; DURATION: 3600, 90s, 30m, 12h, 30d (default: never)
+  token list [--json]                           tokens, their scopes, expiry and revocation (never a secret)
+  token revoke NAME                             revoke it: its next call is refused
   ipam pools [--json]                           list pools
   ipam pool create NAME CIDR --block-prefix-length N [--cooldown SECONDS] [--domain D]   (pools overlap only across routing domains)
   ipam allocations [--pool P] [--node N] [--json]
@@ -81,6 +87,7 @@ const USAGE = `usage: weft <command> [options]
   --tls-dir DIR   client credentials (ca.crt, tls.crt, tls.key) for the control plane (default: $WEFT_TLS_DIR, else the
                   local cluster's admin certificate, else weft up's: <data-dir>/pki/admin.crt; data dir: --data-dir,
                   $WEFT_DATA_DIR or .weft)
+  --token SECRET  call as this API token (default: $WEFT_TOKEN): its scopes decide, whatever the certificate
   --state-dir DIR local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)
 
 settings of \`weft up\` (environment):
@@ -91,8 +98,8 @@ ${describeSettings(kubeControllerSettings)}
 `;
 
 /** Runs `fn` with a policy service client, closed afterwards. */
-async function withPolicy<T>(server: string, security: TransportSecurity, fn: (policy: ReturnType<typeof createClient<typeof PolicyServiceService>>) => Promise<T>): Promise<T> {
-  const policy = createClient(PolicyServiceService, server, { security });
+async function withPolicy<T>(server: string, security: TransportSecurity, fn: (policy: ReturnType<typeof createClient<typeof PolicyServiceService>>) => Promise<T>, token?: string): Promise<T> {
+  const policy = createClient(PolicyServiceService, server, { security, token });
   try {
     return await fn(policy);
   } finally {
@@ -184,6 +191,9 @@ async function main(argv: string[]): Promise<number> {
       plugin: { type: 'string' },
       actor: { type: 'string' },
       resource: { type: 'string' },
+      token: { type: 'string' },
+      scope: { type: 'string', multiple: true },
+      'expires-in': { type: 'string' },
     },
   });
   if (o.help || pos.length === 0) {
@@ -193,6 +203,8 @@ async function main(argv: string[]): Promise<number> {
   const stateDir = path.resolve(o['state-dir'] ?? process.env.WEFT_CLUSTER_DIR ?? '/run/weft-cluster');
   const cmd = pos.join(' ');
   const json = o.json ?? false;
+  // An API token makes the calls the token's (its scopes), whatever the certificate (lib/auth/DESIGN.md).
+  const token = o.token ?? process.env.WEFT_TOKEN ?? undefined;
 
   if (pos[0] === 'kube-controller') {
     if (pos.length !== 1) throw new UsageError('usage: weft kube-controller (settings in the environment; see weft --help)');
@@ -338,7 +350,7 @@ async function main(argv: string[]): Promise<number> {
     const cluster = existsSync(path.join(stateDir, 'state.json')) ? readState(stateDir) : null;
     const server = o.server ?? process.env.WEFT_SERVER ?? (cluster ? controlPlaneTarget(cluster) : '127.0.0.1:7400');
     const security = cliSecurity(o, stateDir);
-    const routes = createClient(RoutesServiceService, server, { security });
+    const routes = createClient(RoutesServiceService, server, { security, token });
     try {
       const snapshot = await routeTableSnapshot(routes);
       if (pos[0] === 'nodes') {
@@ -421,13 +433,13 @@ async function main(argv: string[]): Promise<number> {
         return deleted ? 0 : 1;
       }
       throw new UsageError('usage: weft policy apply -f FILE | explain FROM TO PORT[/PROTO] | list [--namespace NS] | pods [--namespace NS] | delete KIND [NS/]NAME');
-    });
+    }, token);
   }
 
   if (pos[0] === 'ipam') {
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
     const security = cliSecurity(o, stateDir);
-    const ipam = createClient(IpamServiceService, server, { security });
+    const ipam = createClient(IpamServiceService, server, { security, token });
     try {
       if (cmd === 'ipam pools') {
         const pools = await everyPage((pageToken) => ipam.listPools({ pageToken }, { timeoutMs: 10_000 }).then((r) => ({ items: r.pools, next: r.nextPageToken })));
@@ -485,7 +497,7 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       if (cmd === 'ipam check' || (cmd === 'ipam release' && (o.leaked || o.node))) {
-        const routes = createClient(RoutesServiceService, server, { security });
+        const routes = createClient(RoutesServiceService, server, { security, token });
         try {
           const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken, node: cmd === 'ipam release' && o.node ? o.node : '' }, { timeoutMs: 30_000 })
             .then((r) => ({ items: r.allocations, next: r.nextPageToken })));
@@ -658,7 +670,7 @@ async function main(argv: string[]): Promise<number> {
     if (pos.length !== 1) throw new UsageError('usage: weft audit [--since T] [--actor A] [--resource R] [--json]');
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
     const since = o.since === undefined ? undefined : sinceTime(o.since);
-    const audit = createClient(AuditServiceService, server, { security: cliSecurity(o, stateDir) });
+    const audit = createClient(AuditServiceService, server, { security: cliSecurity(o, stateDir), token });
     try {
       const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: o.actor ?? '', resource: o.resource ?? '', pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
         .then((r) => ({ items: r.events, next: r.nextPageToken })));
@@ -671,7 +683,48 @@ async function main(argv: string[]): Promise<number> {
       audit.close();
     }
   }
+  if (pos[0] === 'token') {
+    const usage = 'usage: weft token create NAME --scope S [--scope S...] [--expires-in DURATION] | weft token list [--json] | weft token revoke NAME';
+    const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
+    const show = (t: Token) => ({ name: t.name, scopes: t.scopes, keyId: t.keyId, createTime: t.createTime?.toISOString() ?? '', expireTime: t.expireTime?.toISOString() ?? null, revokeTime: t.revokeTime?.toISOString() ?? null, createdBy: t.createdBy });
+    const state = (t: Token) => (t.revokeTime ? `revoked ${t.revokeTime.toISOString()}` : t.expireTime && t.expireTime <= new Date() ? `expired ${t.expireTime.toISOString()}` : t.expireTime ? `until ${t.expireTime.toISOString()}` : 'no expiry');
+    if (pos[1] === 'create' && pos.length === 3) {
+      if (!o.scope?.length) throw new UsageError(`${usage}: name at least one --scope (read, admin, ipam:allocate:POOL, ipam:release:POOL)`);
+      const expiresInSeconds = o['expires-in'] === undefined ? 0 : durationSeconds('--expires-in', o['expires-in']);
+      const tokens = createClient(TokenServiceService, server, { security: cliSecurity(o, stateDir), token });
+      try {
+        const r = await tokens.createToken({ name: pos[2]!, scopes: o.scope, expiresInSeconds }, { timeoutMs: 10_000 });
+        print(json, { ...show(r.token!), secret: r.secret }, () => `${r.secret}\n(token ${r.token!.name}: ${r.token!.scopes.join(', ')}; ${state(r.token!)}. This secret is shown once: send it as "authorization: Bearer <secret>", or WEFT_TOKEN / --token for weft)`);
+        return 0;
+      } finally {
+        tokens.close();
+      }
+    }
+    if ((pos[1] === 'list' && pos.length === 2) || (pos[1] === 'revoke' && pos.length === 3)) {
+      const tokens = createClient(TokenServiceService, server, { security: cliSecurity(o, stateDir), token });
+      try {
+        if (pos[1] === 'revoke') {
+          const r = await tokens.revokeToken({ name: pos[2]! }, { timeoutMs: 10_000 });
+          print(json, show(r.token!), () => `revoked token ${r.token!.name} (${r.token!.keyId})`);
+          return 0;
+        }
+        const list = (await tokens.listTokens({}, { timeoutMs: 10_000 })).tokens;
+        print(json, list.map(show), () => list.length ? list.map((t) => `${t.name.padEnd(24)} ${t.keyId}  ${state(t).padEnd(34)} ${t.scopes.join(',')}`).join('\n') : 'no tokens');
+        return 0;
+      } finally {
+        tokens.close();
+      }
+    }
+    throw new UsageError(usage);
+  }
   throw new UsageError(`unknown command: weft ${cmd}; see weft --help`);
+}
+
+/** A duration: seconds, or a number with s, m, h or d (90s, 30m, 12h, 30d). */
+function durationSeconds(flag: string, v: string): number {
+  const m = /^(\d+)([smhd]?)$/.exec(v);
+  if (!m) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a duration (e.g. 3600, 90s, 30m, 12h, 30d)`);
+  return Number(m[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
 }
 
 /** `--since`: a time (2026-11-27T03:12:00Z) or an age (30s, 30m, 2h, 7d) before now. */

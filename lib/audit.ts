@@ -98,6 +98,8 @@ export const MUTATIONS: ReadonlyMap<string, (request: Req) => string> = new Map<
   }],
   ['/weft.routes.v1.RoutesService/RegisterNode', named('node')],
   ['/weft.routes.v1.RoutesService/DeregisterNode', named('node')],
+  ['/weft.auth.v1.TokenService/CreateToken', named('token')],
+  ['/weft.auth.v1.TokenService/RevokeToken', named('token')],
 ]);
 
 /** The resource of a call of `method` with `request` (empty when unknown or when it cannot be read). */

@@ -1,56 +1,42 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { status } from '@grpc/grpc-js';
-import type { Identity } from '../lib/auth/identity.js';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { checkServerIdentity } from 'node:tls';
+import { credentials, status } from '@grpc/grpc-js';
 import { createClient } from '../lib/grpc/client.js';
+import { clientTlsDir, SERVER_NAME, type TransportSecurity } from '../lib/grpc/credentials.js';
 import { errorCodeOf } from '../lib/grpc/errors.js';
-import type { IdentifiableCall } from '../lib/grpc/server.js';
+import { ensureControlPlanePki, issueClientTlsDir } from '../lib/pki.js';
+import * as ipamMessages from '../gen/weft/ipam/v1/ipam.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { Pod, PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
+import { AuditServiceService } from '../gen/weft/audit/v1/audit.js';
+import { TokenServiceService } from '../gen/weft/auth/v1/auth.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
 
 /**
- * Authorization on the real control plane (real PostgreSQL, the services as `weft up` mounts them, enforcement on):
- * every RPC of IPAM, routes and policy called as every identity, each call either refused (UNAUTHENTICATED for no
- * identity, PERMISSION_DENIED with auth.forbidden otherwise) or not ("allowed": it may still fail for another reason,
- * e.g. NOT_FOUND).
+ * Authorization on the real control plane (real PostgreSQL, the services as `weft up` mounts them, mTLS, enforcement
+ * on), with real credentials: every RPC of every served service called as every identity, each call either refused
+ * or not ("allowed": it may still fail for another reason, e.g. NOT_FOUND).
  *
- * IDENTITIES ARE INJECTED: until mTLS is merged, each identity's clients carry it in their user agent and the server's
- * `identify` hook reads it back (`identifyFromUserAgent` below). When client certificates exist, give each identity a
- * client with its certificate (`weft ca issue`) and drop `identify` from the control plane's access: the matrix stays.
- * WEFT_TEST_MATRIX_LOG=1 prints every cell's outcome.
+ * gRPC callers: clients with certificates from the control plane's CA (node1, node2, admin, controller east); a
+ * client whose certificate comes from another CA (forged) and one with no certificate: both refused by the TLS
+ * handshake (UNAVAILABLE: counted as refused); and API tokens made through TokenService (read; allocate and release in
+ * pool p), sent with the admin certificate, which they override. HTTP callers (the IPAM gateway): none (no
+ * Authorization header), a forged bearer token, and the two tokens. WEFT_TEST_MATRIX_LOG=1 prints every cell.
  */
-const AS = 'weft-test-identity/';
+const GRPC = ['none', 'forged', 'node1', 'node2', 'admin', 'controller', 'read', 'poolP'] as const;
+const HTTP = ['http:none', 'http:forged', 'http:read', 'http:poolP'] as const;
+type GrpcWho = (typeof GRPC)[number];
+type HttpWho = (typeof HTTP)[number];
+type Who = GrpcWho | HttpWho;
+/** Who besides admin may make a call (admin always may; none and forged never): a token allowed counts over HTTP too. */
+type Allowed = 'node1' | 'node2' | 'controller' | 'read' | 'poolP';
 
-const IDENTITIES = {
-  none: { kind: 'none' },
-  node1: { kind: 'node', name: 'node1' },
-  node2: { kind: 'node', name: 'node2' },
-  admin: { kind: 'admin', name: 'local' },
-  controller: { kind: 'controller', name: 'east' },
-  read: { kind: 'token', name: 'reader', scopes: ['read'] },
-  poolP: { kind: 'token', name: 'p-only', scopes: ['ipam:allocate:p', 'ipam:release:p'] },
-} satisfies Record<string, Identity>;
-type Who = keyof typeof IDENTITIES;
-/** Who besides admin may make a call (admin always may, none never). */
-type Allowed = Exclude<Who, 'admin' | 'none'>;
-
-/**
- * The test's identify hook: the identity named in the client's user agent. A call without one over the unix socket is
- * the control plane's own client (the routes service's affinity follower watches IPAM, IPAM's sweeper asks routes):
- * admin, as the control plane's admin certificate will make it (grpc-js names no peer address for a unix socket).
- * Anything else: none.
- */
-function identifyFromUserAgent(call: IdentifiableCall): Identity {
-  const ua = String(call.metadata.get('user-agent')[0] ?? '');
-  const at = ua.indexOf(AS);
-  if (at < 0) return call.getPeer() === 'unknown' ? { kind: 'admin', name: 'control-plane' } : { kind: 'none' };
-  const who = ua.slice(at + AS.length).split(' ')[0] as Who;
-  return IDENTITIES[who] ?? { kind: 'none' };
-}
-
-type Service = 'ipam' | 'routes' | 'policy';
+type Service = 'ipam' | 'routes' | 'policy' | 'audit' | 'tokens';
 type Call = (req: object, opts: { timeoutMs: number }) => Promise<unknown> | AsyncIterable<unknown>;
 interface Case {
   service: Service;
@@ -63,7 +49,9 @@ interface Case {
 }
 
 let cp: TestControlPlane;
-const clients = {} as Record<Who, Record<Service, Record<string, Call> & { close(): void }>>;
+let scratch: string;
+const secrets = {} as Record<'read' | 'poolP', string>;
+const clients = {} as Record<GrpcWho, Record<Service, Record<string, Call> & { close(): void }>>;
 const adminCall = (service: Service, method: string, req: object) => clients.admin[service][method]!(req, { timeoutMs: 10_000 }) as Promise<unknown>;
 
 const node = (name: string, last: number) => ({ name, underlayAddress: `192.0.2.${last}`, vtepMac: `02:00:c0:00:02:${last.toString(16).padStart(2, '0')}` });
@@ -134,11 +122,16 @@ const CASES: Case[] = [
   { service: 'policy', method: 'explain', request: { from: '10.40.0.20', to: '10.41.0.20', port: 80 }, allowed: ['read'] },
   { service: 'policy', method: 'watchNodePolicy', label: 'of node1', request: { node: 'node1' }, allowed: ['node1', 'read'] },
   { service: 'policy', method: 'watchNodePolicy', label: 'of node2', request: { node: 'node2' }, allowed: ['node2', 'read'] },
+  // Audit and tokens: administrators only
+  { service: 'audit', method: 'listAuditEvents', request: {}, allowed: [] },
+  { service: 'tokens', method: 'createToken', request: { name: 'matrix-made', scopes: ['read'] }, setup: async () => void (await adminCall('tokens', 'revokeToken', { name: 'matrix-made' }).catch(() => {})), allowed: [] },
+  { service: 'tokens', method: 'listTokens', request: {}, allowed: [] },
+  { service: 'tokens', method: 'revokeToken', request: { name: 'never-made' }, allowed: [] },
 ];
 
-type Outcome = { result: 'allowed' | 'unauthenticated' | 'forbidden'; detail: string };
+type Outcome = { result: 'allowed' | 'unauthenticated' | 'forbidden' | 'refused'; detail: string };
 
-/** Makes a call and says whether it was refused; a stream is read up to its first message. */
+/** Makes a gRPC call and says whether it was refused; a stream is read up to its first message. */
 async function attempt(call: Call, request: object): Promise<Outcome> {
   try {
     const r = call(request, { timeoutMs: 5_000 });
@@ -159,20 +152,63 @@ async function attempt(call: Call, request: object): Promise<Outcome> {
       assert.equal(errorCodeOf(e), 'auth.forbidden');
       return { result: 'forbidden', detail: e.details };
     }
+    // No handler answered: the TLS handshake refused the client (no certificate, or one from another CA).
+    if (e.code === status.UNAVAILABLE) return { result: 'refused', detail: e.details };
     return { result: 'allowed', detail: `${status[e.code]}: ${e.details}` };
   }
 }
 
-describe('authorization matrix: every RPC as every identity (identities injected through identify; switch to client certificates with mTLS)', () => {
+const capitalize = (s: string) => s[0]!.toUpperCase() + s.slice(1);
+
+/** The same call over the HTTP/JSON gateway (IPAM only): 401 unauthenticated, 403 forbidden, anything else allowed. */
+async function attemptHttp(method: string, request: object, token: string | null): Promise<Outcome> {
+  const fns = (ipamMessages as unknown as Record<string, { fromPartial(o: object): unknown; toJSON(m: unknown): unknown }>)[`${capitalize(method)}Request`]!;
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 5_000);
+  try {
+    const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${capitalize(method)}`, {
+      method: 'POST', signal: ac.signal,
+      headers: { 'content-type': 'application/json', ...(token === null ? {} : { authorization: `Bearer ${token}` }) },
+      body: JSON.stringify(fns.toJSON(fns.fromPartial(request))),
+    });
+    if (res.headers.get('content-type') === 'application/x-ndjson') {
+      const reader = res.body!.getReader();
+      await reader.read();
+      ac.abort();
+      return { result: 'allowed', detail: `${res.status} stream` };
+    }
+    const body = (await res.json()) as { code?: string; message?: string; errorCode?: string };
+    if (res.status === 401) return { result: 'unauthenticated', detail: body.message ?? '' };
+    if (res.status === 403 && body.errorCode === 'auth.forbidden') return { result: 'forbidden', detail: body.message ?? '' };
+    return { result: 'allowed', detail: `${res.status} ${body.code ?? 'OK'}: ${body.message ?? ''}` };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const SERVICES = { ipam: IpamServiceService, routes: RoutesServiceService, policy: PolicyServiceService, audit: AuditServiceService, tokens: TokenServiceService };
+
+describe('authorization matrix: every RPC as every identity, on real certificates and tokens (and the HTTP gateway)', () => {
   before(async () => {
-    cp = await startTestControlPlane({ access: { enforce: true, identify: identifyFromUserAgent } });
-    for (const who of Object.keys(IDENTITIES) as Who[]) {
-      const channel = who === 'none' ? {} : { 'grpc.primary_user_agent': `${AS}${who}` };
-      clients[who] = {
-        ipam: createClient(IpamServiceService, cp.address, { channel }),
-        routes: createClient(RoutesServiceService, cp.address, { channel }),
-        policy: createClient(PolicyServiceService, cp.address, { channel }),
-      } as never;
+    cp = await startTestControlPlane();
+    scratch = mkdtempSync(path.join(tmpdir(), 'weft-matrix-'));
+    // A certificate for weft:admin:test from another CA, with the real CA to check the server: the server must refuse it.
+    await ensureControlPlanePki(path.join(scratch, 'other-ca'));
+    const forgedDir = path.join(scratch, 'forged');
+    await issueClientTlsDir(path.join(scratch, 'other-ca'), forgedDir, { kind: 'admin', name: 'test' });
+    copyFileSync(path.join(cp.pki.pkiDir, 'ca.crt'), path.join(forgedDir, 'ca.crt'));
+    // TLS with the real CA, and no client certificate.
+    const noCert = credentials.createSsl(readFileSync(path.join(cp.pki.pkiDir, 'ca.crt')), null, null, { checkServerIdentity: (_h, c) => checkServerIdentity(SERVER_NAME, c) });
+    const security: Record<GrpcWho, TransportSecurity> = {
+      none: cp.security, forged: clientTlsDir(forgedDir), admin: cp.security, read: cp.security, poolP: cp.security,
+      node1: (await cp.pki.issue('node', 'node1')).security, node2: (await cp.pki.issue('node', 'node2')).security,
+      controller: (await cp.pki.issue('controller', 'east')).security,
+    };
+    secrets.read = await cp.createToken('reader', ['read']);
+    secrets.poolP = await cp.createToken('p-only', ['ipam:allocate:p', 'ipam:release:p']);
+    for (const who of GRPC) {
+      const opts = { security: security[who], ...(who === 'none' ? { credentials: noCert } : {}), ...(who === 'read' || who === 'poolP' ? { token: secrets[who] } : {}) };
+      clients[who] = Object.fromEntries(Object.entries(SERVICES).map(([s, d]) => [s, createClient(d, cp.address, opts)])) as never;
     }
     await adminCall('ipam', 'createPool', { name: 'p', cidr: '10.40.0.0/16', blockPrefixLength: 26 });
     await adminCall('ipam', 'createPool', { name: 'q', cidr: '10.41.0.0/16', blockPrefixLength: 26 });
@@ -183,24 +219,28 @@ describe('authorization matrix: every RPC as every identity (identities injected
   after(async () => {
     for (const c of Object.values(clients)) for (const s of Object.values(c)) s.close();
     await cp?.stop();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 
-  test('every RPC of the served services is in the matrix', () => {
-    const served = [IpamServiceService, RoutesServiceService, PolicyServiceService].flatMap((d) => Object.keys(d));
-    const called = new Set(CASES.map((c) => c.method));
+  test('every RPC of the served services is in the matrix (a new RPC without a case fails here)', () => {
+    const served = Object.entries(SERVICES).flatMap(([s, d]) => Object.keys(d).map((m) => `${s}.${m}`));
+    const called = new Set(CASES.map((c) => `${c.service}.${c.method}`));
     assert.deepEqual(served.filter((m) => !called.has(m)), []);
   });
 
   for (const c of CASES) {
     test(`${c.service}.${c.method}${c.label ? ` (${c.label})` : ''}: only admin${c.allowed.map((a) => `, ${a}`).join('')}`, async () => {
       await c.setup?.();
+      const callers: Who[] = [...GRPC, ...(c.service === 'ipam' ? HTTP : [])];
       // Those to be refused first: an allowed call may change what a rule looks up (a release frees the handle).
-      const order = (Object.keys(IDENTITIES) as Who[]).sort((a, b) => Number(expected(c, a)) - Number(expected(c, b)));
+      const order = callers.sort((a, b) => Number(expected(c, a)) - Number(expected(c, b)));
       const wrong: string[] = [];
       for (const who of order) {
-        const { result, detail } = await attempt(clients[who][c.service][c.method]!, c.request);
-        const want = who === 'none' ? 'unauthenticated' : expected(c, who) ? 'allowed' : 'forbidden';
-        if (process.env.WEFT_TEST_MATRIX_LOG) console.log(`${c.method} ${c.label ?? ""} ${who}: ${result}: ${detail}`);
+        const { result, detail } = who.startsWith('http:')
+          ? await attemptHttp(c.method, c.request, who === 'http:none' ? null : who === 'http:forged' ? `weft_0123456789abcdef.${'A'.repeat(43)}` : secrets[who.slice(5) as 'read' | 'poolP'])
+          : await attempt(clients[who as GrpcWho][c.service][c.method]!, c.request);
+        const want = who === 'none' || who === 'forged' ? 'refused' : who === 'http:none' || who === 'http:forged' ? 'unauthenticated' : expected(c, who) ? 'allowed' : 'forbidden';
+        if (process.env.WEFT_TEST_MATRIX_LOG) console.log(`${c.service}.${c.method} ${c.label ?? ''} ${who}: ${result}: ${detail}`);
         if (result !== want) wrong.push(`${who}: ${result} (wanted ${want}): ${detail}`);
       }
       assert.deepEqual(wrong, []);
@@ -209,5 +249,6 @@ describe('authorization matrix: every RPC as every identity (identities injected
 });
 
 function expected(c: Case, who: Who): boolean {
-  return who === 'admin' || (c.allowed as string[]).includes(who);
+  const name = who.startsWith('http:') ? who.slice(5) : who;
+  return name === 'admin' || (c.allowed as string[]).includes(name);
 }

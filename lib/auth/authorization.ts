@@ -2,7 +2,8 @@ import { DomainError } from '../errors.js';
 import type { Identity } from './identity.js';
 
 /**
- * Who may call what: one rule per gRPC method of the control plane (IpamService, RoutesService, PolicyService), keyed
+ * Who may call what: one rule per gRPC method of the control plane (IpamService, RoutesService, PolicyService,
+ * AuditService, TokenService), keyed
  * by full method path. `admin` may call every method that has a rule; a method without one is refused to everyone.
  * A rule names the other identity kinds that may call it and, for nodes and controllers, what of the request must be
  * their own (a node allocates for itself, releases only handles it holds); for tokens, the scope it needs. It also
@@ -162,6 +163,7 @@ const IPAM = '/weft.ipam.v1.IpamService/';
 const ROUTES = '/weft.routes.v1.RoutesService/';
 const POLICY = '/weft.policy.v1.PolicyService/';
 const AUDIT = '/weft.audit.v1.AuditService/';
+const TOKENS = '/weft.auth.v1.TokenService/';
 
 /**
  * Every method of the control plane's services. Nodes get what the agent (node-dataplane/) calls, the controller what
@@ -219,6 +221,10 @@ export const AUTHORIZATION_RULES: Readonly<Record<string, MethodRule>> = Object.
   [`${POLICY}WatchNodePolicy`]: read({ node: [ownNode('node', 'watch its own policy')] }),
   // The audit log: who did what. Administrators only (not read tokens: it names every caller and resource).
   [`${AUDIT}ListAuditEvents`]: { mutation: false },
+  // API tokens: administrators (and admin-scoped tokens) only; a read token may not even list them.
+  [`${TOKENS}CreateToken`]: write(),
+  [`${TOKENS}ListTokens`]: { mutation: false },
+  [`${TOKENS}RevokeToken`]: write(),
 });
 
 /** The rule of a method, or undefined (the method is refused to everyone). */

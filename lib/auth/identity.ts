@@ -8,7 +8,7 @@ export type Identity =
   | { kind: 'node'; name: string } // an agent: client cert SAN URI weft:node:<name>
   | { kind: 'admin'; name: string } // the CLI / an operator: SAN URI weft:admin:<name>
   | { kind: 'controller'; name: string } // a Kubernetes controller: SAN URI weft:controller:<cluster>
-  | { kind: 'token'; name: string; scopes: string[] }; // an external system's API token (later phase)
+  | { kind: 'token'; name: string; scopes: string[] }; // an external system's API token (services/auth)
 
 export type CertificateIdentityKind = 'node' | 'admin' | 'controller';
 export const CERTIFICATE_IDENTITY_KINDS: readonly CertificateIdentityKind[] = ['node', 'admin', 'controller'];
@@ -54,4 +54,15 @@ export function identityFromPeerCertificate(cert: { subjectaltname?: string } | 
 /** "node:node1", "none": for logs and error messages. */
 export function describeIdentity(id: Identity): string {
   return id.kind === 'none' ? 'none' : `${id.kind}:${id.name}`;
+}
+
+/**
+ * The secret of an `authorization` header or metadata value `Bearer <secret>` (scheme in any case); null without
+ * one. A value that is not a bearer credential gives '' (a token that verifies as nothing: the call is refused rather
+ * than silently made as the certificate's identity).
+ */
+export function bearerSecretOf(value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  const m = /^Bearer[ ]+(\S+)\s*$/i.exec(String(value));
+  return m ? m[1]! : '';
 }

@@ -9,7 +9,7 @@ import pg from 'pg';
 export const APP_ROLE = 'weft_app';
 
 /** The schemas whose tables the services read and write (SELECT, INSERT, UPDATE, DELETE). */
-export const SERVICE_SCHEMAS = ['ipam', 'routes', 'policy'] as const;
+export const SERVICE_SCHEMAS = ['ipam', 'routes', 'policy', 'auth'] as const;
 /** Append-only schemas: the services' role may INSERT and SELECT, nothing else. */
 export const APPEND_ONLY_SCHEMAS = ['audit'] as const;
 

@@ -1,4 +1,4 @@
-import { Client, Metadata, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
+import { Client, Metadata, type ChannelCredentials, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
 import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
@@ -24,8 +24,9 @@ export type PromiseClient<D> = {
     : (req: Partial<Req<D[K]>>, opts?: CallOptions) => Promise<Res<D[K]>>;
 } & { close(): void; raw: Client };
 
-function outgoingMetadata(): Metadata {
+function outgoingMetadata(token?: string): Metadata {
   const md = new Metadata();
+  if (token) md.set('authorization', `Bearer ${token}`);
   const carrier: Record<string, string> = {};
   injectContext(carrier);
   for (const [k, v] of Object.entries(carrier)) md.set(k, v);
@@ -58,10 +59,17 @@ export const CLIENT_KEEPALIVE = Object.freeze({ timeMs: 20_000, timeoutMs: 10_00
 export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
-  options: { security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number } } = {},
+  options: {
+    security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number };
+    /** An API token's secret, sent with every call as `authorization: Bearer <secret>`: the calls are the token's. */
+    token?: string;
+    /** Replaces the credentials `security` makes (its channel options stay): a test's client with no certificate. */
+    credentials?: ChannelCredentials;
+  } = {},
 ): PromiseClient<D> {
+  const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
-  const client = new Client(address, channelCredentials(options.security), {
+  const client = new Client(address, options.credentials ?? channelCredentials(options.security), {
     'grpc.keepalive_time_ms': keepalive.timeMs,
     'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
     'grpc.keepalive_permit_without_calls': 1,
@@ -77,7 +85,7 @@ export function createClient<D extends ServiceDefinition>(
     if (method.responseStream) {
       out[name] = (req: unknown, opts: CallOptions = {}) => {
         const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(
-          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
+          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
         const release = cancelOnAbort(opts.signal, call);
@@ -92,7 +100,7 @@ export function createClient<D extends ServiceDefinition>(
           new Promise((resolve, reject) => {
             let release = () => {};
             const call = client.makeUnaryRequest(
-              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(),
+              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
               opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
               (err, res) => {
                 release();

@@ -3,7 +3,8 @@ import { SpanKind, trace } from '@opentelemetry/api';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
-import { NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { DomainError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { CLIENT_KEEPALIVE } from './client.js';
@@ -32,14 +33,32 @@ export function requestIdOf(md: Metadata): string {
 
 /**
  * How a server learns who calls and whether it refuses what they may not do (createServer's `access`).
- * `identify` reads the caller from a call (its client certificate); without one every caller is `{ kind: 'none' }`.
- * With `enforce`, every call is checked against lib/auth/authorization.ts before its handler runs, and a refused one
- * fails with UNAUTHENTICATED or PERMISSION_DENIED. Off by default until transport security supplies identities.
+ * By default (`identifyCaller`) a call's identity is its bearer token's when its metadata has
+ * `authorization: Bearer <secret>` (checked by `tokens`), else its verified client certificate's, else `none`.
+ * `identify` replaces that. With `enforce`, every call is checked against lib/auth/authorization.ts before its
+ * handler runs, and a refused one fails with UNAUTHENTICATED or PERMISSION_DENIED.
  */
 export interface ServerAccess {
-  /** Must not throw: a caller it cannot tell is `{ kind: 'none' }`. */
-  identify?: (call: IdentifiableCall) => Identity;
+  /**
+   * Who calls. May be async (a token is looked up in the database); a caller it cannot tell is `{ kind: 'none' }`,
+   * and a credential it refuses (a wrong, expired or revoked token) is an error the call fails with (UNAUTHENTICATED).
+   */
+  identify?: (call: IdentifiableCall) => Identity | Promise<Identity>;
+  /** Checks a bearer secret: the token's identity, or an error (services/auth createTokenAuthority). */
+  tokens?: (secret: string) => Promise<Identity>;
   enforce?: boolean;
+}
+
+/**
+ * The default identification: a bearer token, when the call has one, is the identity (whatever the certificate:
+ * the transport still requires one); a token this server cannot check, or that is wrong, expired or revoked, fails
+ * the call with UNAUTHENTICATED saying which. Without one, the verified client certificate's identity.
+ */
+export async function identifyCaller(call: IdentifiableCall, tokens: ServerAccess['tokens']): Promise<Identity> {
+  const secret = bearerSecretOf(call.metadata.get('authorization')[0]);
+  if (secret === null) return peerIdentity(call);
+  if (!tokens) throw new DomainError('auth.invalid_token', 'unauthenticated', 'this server accepts no API tokens; call with a client certificate');
+  return tokens(secret);
 }
 
 /** What of a call (unary or streaming) tells who makes it: its peer's certificate, its metadata. */
@@ -72,6 +91,8 @@ function carrierOf(md: Metadata): Record<string, string> {
 export type CallObserver = (call: { path: string; request: unknown; ctx: CallContext; code: number; details: string; traceId: string }) => void;
 const observers = new WeakMap<Server, CallObserver>();
 export const observeCalls = (server: Server, observer: CallObserver) => void observers.set(server, observer);
+/** The server's call observer, for calls it serves other than through grpc-js (the HTTP/JSON gateway). */
+export const callObserverOf = (server: Server): CallObserver | undefined => observers.get(server);
 
 /** The handler, reporting each call's outcome to the server's observer (if any) once it is known; never throws for it. */
 function observed(server: Server, path: string, handler: (req: unknown, ctx: CallContext) => unknown) {
@@ -119,12 +140,13 @@ function runUnary(
   request: unknown,
   metadata: Metadata,
   signal: () => AbortSignal,
-  identity: Identity,
+  identify: () => Identity | Promise<Identity>,
   authorize: Authorize | null,
 ): Promise<UnaryOutcome> {
   const parent = extractContext(carrierOf(metadata));
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
     try {
+      const identity = await identify();
       // The signal is made only for a handler that asks for it (most unary ones never do).
       const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity, requestId: requestIdOf(metadata) };
       if (authorize) await authorize(request, identity);
@@ -159,8 +181,8 @@ export function addService<D extends ServiceDefinition>(
 ): void {
   const { unaryMethods, lookups } = options;
   const access = accessOf.get(server) ?? {};
-  // The verified client certificate's identity (lib/grpc/credentials.ts), unless the server was given another way.
-  const identify = access.identify ?? peerIdentity;
+  // A bearer token's identity, else the verified client certificate's, unless the server was given another way.
+  const identify = access.identify ?? ((call: IdentifiableCall) => identifyCaller(call, access.tokens));
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
@@ -174,7 +196,7 @@ export function addService<D extends ServiceDefinition>(
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
           try {
-            const identity = identify(call);
+            const identity = await identify(call);
             if (authorize) await authorize(call.request, identity);
             for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity, requestId: requestIdOf(call.metadata) }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
@@ -212,7 +234,7 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, identify(call), authorize).then((outcome) => {
+        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, () => identify(call), authorize).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -226,7 +248,7 @@ export function addService<D extends ServiceDefinition>(
           return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
         }
         // Calls here come over the agent's local CNI socket (frame-server.ts), which carries no certificate.
-        const outcome = await runUnary(method.path, observedHandler, log, request, metadata, () => signal, NO_IDENTITY, authorize);
+        const outcome = await runUnary(method.path, observedHandler, log, request, metadata, () => signal, () => NO_IDENTITY, authorize);
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
     }

@@ -33,13 +33,13 @@ test('an HTTP stream client that never reads does not make the server buffer wit
       }
       : undefined,
   }) as unknown as Handlers<typeof IpamServiceService>;
-  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger)]);
+  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, { access: { tokens: async () => ({ kind: 'admin', name: 'test' }) } })]);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   const socket = net.connect(port, '127.0.0.1');
   try {
     await new Promise((r) => socket.once('connect', r));
-    socket.write('POST /weft.ipam.v1.IpamService/WatchBlockAffinities HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
+    socket.write('POST /weft.ipam.v1.IpamService/WatchBlockAffinities HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
     // Read the headers and a little, then stop reading for good.
     await new Promise((r) => socket.once('data', r));
     socket.pause();
@@ -66,7 +66,7 @@ test('an HTTP stream client that never reads does not make the server buffer wit
 async function startGateway(access: Parameters<typeof createHttpServer>[1] = {}, maxBodyBytes?: number) {
   let calls = 0;
   const handlers = { listPools: async () => ((calls++), { pools: [], nextPageToken: '' }) } as unknown as Handlers<typeof IpamServiceService>;
-  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, { maxBodyBytes })], access);
+  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, { maxBodyBytes, access: { tokens: async () => ({ kind: 'admin', name: 'test' }) } })], access);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   return {
@@ -75,7 +75,7 @@ async function startGateway(access: Parameters<typeof createHttpServer>[1] = {},
     /** One raw HTTP/1.1 request (fetch would not let a test set Host or Origin); the status code and body. */
     async request(headers: Record<string, string>, body = '{}'): Promise<{ status: number; body: string }> {
       return new Promise((resolve, reject) => {
-        const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/weft.ipam.v1.IpamService/ListPools', headers: { host: `127.0.0.1:${port}`, 'content-type': 'application/json', ...headers } }, (res) => {
+        const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/weft.ipam.v1.IpamService/ListPools', headers: { host: `127.0.0.1:${port}`, 'content-type': 'application/json', authorization: 'Bearer any', ...headers } }, (res) => {
           let text = '';
           res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve({ status: res.statusCode!, body: text }));
         });
@@ -147,7 +147,7 @@ test('a body over the limit is refused with 413, and the server stops reading it
     socket.setEncoding('utf8').on('data', (d: string) => (answer += d));
     socket.on('error', () => {});
     const closed = new Promise((r) => socket.once('close', r));
-    socket.write(`POST /weft.ipam.v1.IpamService/ListPools HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`);
+    socket.write(`POST /weft.ipam.v1.IpamService/ListPools HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`);
     const chunk = 'x'.repeat(512);
     let sent = 0;
     for (let i = 0; i < 8 && !socket.destroyed; i++) {

@@ -4,14 +4,21 @@ import { status, Metadata, type ServiceDefinition } from '@grpc/grpc-js';
 import { SpanKind } from '@opentelemetry/api';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
-import { requestIdOf, whenDrainedOrAborted, type CallContext, type Handlers } from '../grpc/server.js';
-import { NO_IDENTITY } from '../auth/identity.js';
+import { trace } from '@opentelemetry/api';
+import { requestIdOf, whenDrainedOrAborted, type CallContext, type CallObserver, type Handlers } from '../grpc/server.js';
+import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { toServiceError } from '../grpc/errors.js';
+import { DomainError } from '../errors.js';
 
 /**
  * The same API over HTTP with JSON, from the same handlers as gRPC: `POST /<package>.<Service>/<Method>` with the
  * request in the protobuf JSON mapping answers the response in it (curl-able). A server-streaming method answers
  * newline-delimited JSON. Errors: an HTTP status from the gRPC code, and {"code","message","errorCode"}.
+ *
+ * Every call is authorized exactly as over gRPC (lib/auth/authorization.ts, with the service's lookups), for the
+ * identity of its `Authorization: Bearer <secret>` header (an API token); without one the caller is `none` and is
+ * refused with 401. Unary calls are reported to the server's call observer (the audit log) like gRPC calls.
  */
 interface MessageFns {
   fromJSON(o: unknown): unknown;
@@ -31,25 +38,44 @@ const httpStatus: Partial<Record<status, number>> = {
 
 const capitalize = (s: string) => s[0]!.toUpperCase() + s.slice(1);
 
+/** Who calls the gateway and what authorization needs to know. */
+export interface GatewayAccess {
+  /** Checks a bearer secret (services/auth createTokenAuthority); absent: every bearer token is refused. */
+  tokens?: (secret: string) => Promise<Identity>;
+  /** What the service's rules look up (which node holds a handle), as given to addService. */
+  lookups?: AccessLookups;
+  /** Sees each finished unary call (the audit log): the gRPC server's observer. */
+  observe?: CallObserver;
+}
+
+/** The identity of an HTTP request: its bearer token's, else none; a bad token fails (UNAUTHENTICATED). */
+async function identifyRequest(header: string | undefined, access: GatewayAccess): Promise<Identity> {
+  const secret = bearerSecretOf(header);
+  if (secret === null) return NO_IDENTITY;
+  if (!access.tokens) throw new DomainError('auth.invalid_token', 'unauthenticated', 'this API accepts no tokens');
+  return access.tokens(secret);
+}
+
 export function createJsonGateway<D extends ServiceDefinition>(
   definition: D,
   handlers: Handlers<D>,
   messages: Record<string, unknown>,
   logger: Logger,
-  opts: { maxBodyBytes?: number } = {},
+  opts: { access: GatewayAccess; maxBodyBytes?: number },
 ): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
+  const access = opts.access;
   const maxBody = opts.maxBodyBytes ?? MAX_BODY_BYTES;
-  const routes = new Map<string, { name: string; stream: boolean; request: MessageFns; response: MessageFns }>();
+  const routes = new Map<string, { name: string; path: string; stream: boolean; request: MessageFns; response: MessageFns }>();
   for (const [name, method] of Object.entries(definition)) {
     const request = messages[`${capitalize(name)}Request`] as MessageFns | undefined;
     const response = messages[`${capitalize(name)}Response`] as MessageFns | undefined;
     if (!request || !response) throw new Error(`no JSON codec for ${method.path}`);
-    routes.set(method.path, { name, stream: Boolean(method.responseStream), request, response });
+    routes.set(method.path, { name, path: method.path, stream: Boolean(method.responseStream), request, response });
   }
 
   const fail = (res: http.ServerResponse, code: status, message: string, errorCode = '') => {
     if (res.headersSent) return void res.end();
-    res.writeHead(httpStatus[code] ?? 500, { 'content-type': 'application/json' });
+    res.writeHead(httpStatus[code] ?? 500, { 'content-type': 'application/json', ...(code === status.UNAUTHENTICATED ? { 'www-authenticate': 'Bearer' } : {}) });
     res.end(JSON.stringify({ code: status[code], message, errorCode }) + '\n');
   };
 
@@ -99,11 +125,23 @@ export function createJsonGateway<D extends ServiceDefinition>(
       for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers[k] = v;
       const metadata = new Metadata();
       if (headers['x-request-id']) metadata.set('x-request-id', headers['x-request-id']);
-      // No client certificate over HTTP: the caller is `none` (lib/auth/DESIGN.md says what the gateway may then do).
       const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
       const handler = (handlers as Record<string, (r: unknown, c: CallContext) => unknown>)[route.name]!;
+      let authorized = false;
+      const report = (code: number, details: string) => {
+        if (!authorized || route.stream || !access.observe) return;
+        try {
+          access.observe({ path: route.path, request: input, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '' });
+        } catch (err) {
+          ctx.logger.error('call observer failed', { err });
+        }
+      };
       void tracer().startActiveSpan(`HTTP ${req.url}`, { kind: SpanKind.SERVER }, extractContext(headers), async (span) => {
         try {
+          // No client certificate over HTTP: the bearer token is the identity, or none (refused: 401).
+          ctx.identity = await identifyRequest(req.headers.authorization, access);
+          await ensureAuthorized(route.path, ctx.identity, input, access.lookups);
+          authorized = true;
           if (route.stream) {
             res.writeHead(200, { 'content-type': 'application/x-ndjson' });
             for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
@@ -114,12 +152,14 @@ export function createJsonGateway<D extends ServiceDefinition>(
             res.end();
           } else {
             const out = await (handler(input, ctx) as Promise<unknown>);
+            report(status.OK, '');
             res.writeHead(200, { 'content-type': 'application/json' });
             res.end(JSON.stringify(route.response.toJSON(out)) + '\n');
           }
         } catch (err) {
           const { error, expected } = toServiceError(err);
           if (!expected) ctx.logger.error('failed', { err });
+          report(error.code ?? status.INTERNAL, error.details ?? '');
           fail(res, error.code ?? status.INTERNAL, error.details ?? 'internal error', String(error.metadata?.get('weft-error-code')[0] ?? ''));
         } finally {
           span.end();

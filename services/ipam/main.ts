@@ -1,7 +1,8 @@
 import type { Server } from '@grpc/grpc-js';
 import type { DatabaseHandle } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
-import { addService } from '../../lib/grpc/server.js';
+import { addService, callObserverOf } from '../../lib/grpc/server.js';
+import type { Identity } from '../../lib/auth/identity.js';
 import type { Logger } from '../../lib/logger.js';
 import * as ipamMessages from '../../gen/weft/ipam/v1/ipam.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
@@ -28,7 +29,11 @@ export interface IpamHousekeeping {
   routesSecurity?: TransportSecurity;
 }
 
-export async function mountIpamService(server: Server, deps: { database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping }) {
+export async function mountIpamService(server: Server, deps: {
+  database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping;
+  /** Checks the HTTP gateway's bearer tokens (services/auth); absent: every HTTP call is refused. */
+  tokens?: (secret: string) => Promise<Identity>;
+}) {
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
   const repo = createIpamRepository(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1), {
@@ -36,9 +41,10 @@ export async function mountIpamService(server: Server, deps: { database: Databas
   });
   const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
   // Who may release a handle: the node (or a token's pools) holding it.
-  addService(server, IpamServiceService, handlers, logger, { lookups: { holderOfHandle: (handle) => repo.holderOfHandle(handle) } });
-  // The same handlers over HTTP with JSON.
-  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger);
+  const lookups = { holderOfHandle: (handle: string) => repo.holderOfHandle(handle) };
+  addService(server, IpamServiceService, handlers, logger, { lookups });
+  // The same handlers over HTTP with JSON, authorized the same way (bearer tokens), audited by the same observer.
+  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger, { access: { tokens: deps.tokens, lookups, observe: callObserverOf(server) } });
   const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, { security: deps.housekeeping.routesSecurity });
   const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
   return {

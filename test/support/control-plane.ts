@@ -7,6 +7,7 @@ import { clientTlsDir, type TransportSecurity } from '../../lib/grpc/credentials
 import { ensureControlPlanePki, issueClientTlsDir } from '../../lib/pki.js';
 import type { CertificateIdentityKind } from '../../lib/auth/identity.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
+import { TokenServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { startControlPlane, type ControlPlane } from '../../cli/control-plane.js';
 import { loadSettings } from '../../lib/config.js';
 import { controlPlaneSettings } from '../../cli/control-plane.config.js';
@@ -61,6 +62,8 @@ export interface TestControlPlane {
   databaseUrl: string;
   /** The URL the services use (weft_app): what a test runs as to prove what they cannot do. */
   appDatabaseUrl: string;
+  /** Makes an API token through TokenService (as admin) and returns its secret. */
+  createToken(name: string, scopes: string[], expiresInSeconds?: number): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -98,6 +101,14 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
     socket: cp.socketPath,
     databaseUrl: db.url,
     appDatabaseUrl: db.appUrl,
+    async createToken(name, scopes, expiresInSeconds = 0) {
+      const tokens = createClient(TokenServiceService, `127.0.0.1:${cp.tcpPort}`, { security: pki.admin });
+      try {
+        return (await tokens.createToken({ name, scopes, expiresInSeconds }, { timeoutMs: 10_000 })).secret;
+      } finally {
+        tokens.close();
+      }
+    },
     async stop() {
       await cp.stop();
       await db.drop();
