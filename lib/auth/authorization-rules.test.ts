@@ -4,6 +4,7 @@ import * as ipam from '../../gen/weft/ipam/v1/ipam.js';
 import * as routes from '../../gen/weft/routes/v1/routes.js';
 import * as policy from '../../gen/weft/policy/v1/policy.js';
 import * as audit from '../../gen/weft/audit/v1/audit.js';
+import * as bootstrap from '../../gen/weft/auth/v1/bootstrap.js';
 import { AUTHORIZATION_RULES, methodRule, type MethodRule } from './authorization.js';
 
 /**
@@ -18,6 +19,7 @@ const SERVED: { definition: Definition; messages: Messages }[] = [
   { definition: routes.RoutesServiceService, messages: routes },
   { definition: policy.PolicyServiceService, messages: policy },
   { definition: audit.AuditServiceService, messages: audit },
+  { definition: bootstrap.BootstrapServiceService, messages: bootstrap },
 ];
 
 const capitalize = (s: string) => s[0]!.toUpperCase() + s.slice(1);
