@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import type { DatabaseTimeouts } from '../lib/db/database.js';
+import { parseApiUrl } from '../kube-controller/config.js';
+import { parseServiceAccount } from '../services/bootstrap/domain/bootstrap.js';
 
 /** Settings of `weft up`: the control plane (IPAM and routes services) in one process. */
 export const controlPlaneSettings = {
@@ -23,6 +25,18 @@ export const controlPlaneSettings = {
   grpcKeepaliveTimeoutMs: { env: 'WEFT_GRPC_KEEPALIVE_TIMEOUT_MS', description: 'a client connection whose ping is not answered within this long is closed, with its streams', default: 10_000, parse: parsers.int(100, 600_000) },
   socket: { env: 'WEFT_SOCKET', description: 'gRPC unix socket path (default: <data-dir>/weft.sock)', default: '', parse: parsers.string },
   pkiDir: { env: 'WEFT_PKI_DIR', description: 'folder of the CA and the control plane\'s certificates, made on first start (default: <data-dir>/pki); replicas share one', default: '', parse: parsers.string },
+  caDir: { env: 'WEFT_CA_DIR', description: 'folder holding Weft\'s CA (ca.crt, ca.key: on Kubernetes the Secret weft-ca, mounted): the control plane signs its server certificate and bootstrap certificates with it and never makes one; empty: the CA in the pki folder, made on first start', default: '', parse: parsers.string },
+  bootstrapListen: { env: 'WEFT_BOOTSTRAP_LISTEN', description: 'host:port of the bootstrap listener (TLS without client certificates, BootstrapService only): pods of the agent and the Kubernetes controller trade their projected ServiceAccount token for a client certificate there; "off": no bootstrap', default: '', parse: (raw: string) => (raw === 'off' ? '' : raw) },
+  bootstrapAudience: { env: 'WEFT_BOOTSTRAP_AUDIENCE', description: 'the audience a bootstrap token must be for (the projected token volume\'s audience)', default: 'weft', parse: parsers.string },
+  bootstrapAgentServiceAccount: { env: 'WEFT_BOOTSTRAP_AGENT_SERVICE_ACCOUNT', description: 'NAMESPACE/NAME of the agents\' ServiceAccount: its tokens, bound to a pod, get weft:node:<the pod\'s node>', default: parseServiceAccount('weft-system/weft-agent'), parse: parseServiceAccount },
+  bootstrapControllerServiceAccount: { env: 'WEFT_BOOTSTRAP_CONTROLLER_SERVICE_ACCOUNT', description: 'NAMESPACE/NAME of the Kubernetes controller\'s ServiceAccount: its tokens get weft:controller:<WEFT_BOOTSTRAP_CLUSTER>', default: parseServiceAccount('weft-system/weft-kube-controller'), parse: parseServiceAccount },
+  bootstrapCluster: { env: 'WEFT_BOOTSTRAP_CLUSTER', description: 'the cluster name in bootstrapped controller certificates (the controller\'s WEFT_K8S_CLUSTER)', default: 'default', parse: parsers.string },
+  bootstrapCertificateTtlS: { env: 'WEFT_BOOTSTRAP_CERT_TTL_S', description: 'how long a bootstrapped certificate is valid, in seconds (clients renew at two thirds of it)', default: 86_400, parse: parsers.int(600, 30 * 86_400) },
+  kubeconfig: { env: 'WEFT_KUBECONFIG', description: 'kubeconfig the bootstrap reaches the Kubernetes API with (TokenReview, pods); empty: the pod\'s service account', default: '', parse: parsers.string },
+  k8sApi: { env: 'WEFT_K8S_API', description: 'Kubernetes API server URL (https://HOST:PORT) instead of the in-cluster service address', default: '', parse: (raw: string) => (raw ? parseApiUrl(raw) : '') },
+  k8sServiceHost: { env: 'KUBERNETES_SERVICE_HOST', description: 'in-cluster API server host (set by the kubelet)', default: '', parse: parsers.string },
+  k8sServicePort: { env: 'KUBERNETES_SERVICE_PORT', description: 'in-cluster API server port (set by the kubelet)', default: 443, parse: parsers.port },
+  k8sServiceAccountDir: { env: 'WEFT_K8S_SERVICE_ACCOUNT_DIR', description: 'folder of the control plane\'s own service account token and ca.crt (for the Kubernetes API)', default: '/var/run/secrets/kubernetes.io/serviceaccount', parse: parsers.string },
   tlsRefreshMs: { env: 'WEFT_TLS_REFRESH_MS', description: 'certificate files are re-read this often: files replaced on disk are used by new connections without a restart', default: 10_000, parse: parsers.int(10, 3_600_000) },
   sweepSeconds: { env: 'WEFT_IPAM_SWEEP_SECONDS', description: 'how often IPAM returns empty blocks and sweeps gone nodes', default: 30, parse: parsers.int(1, 86_400) },
   blockGraceSeconds: { env: 'WEFT_IPAM_BLOCK_GRACE_SECONDS', description: 'an empty block returns to its pool after this long unused', default: 600, parse: parsers.int(0, 30 * 86_400) },
@@ -41,6 +55,9 @@ export function loadControlPlaneConfig(overrides: Partial<Record<keyof typeof co
   const c = loadSettings(controlPlaneSettings, process.env, overrides);
   if (c.dbQueryTimeoutMs > 0 && c.dbStatementTimeoutMs > 0 && c.dbQueryTimeoutMs <= c.dbStatementTimeoutMs) {
     throw new ConfigError([`WEFT_DB_QUERY_TIMEOUT_MS=${c.dbQueryTimeoutMs} must exceed WEFT_DB_STATEMENT_TIMEOUT_MS=${c.dbStatementTimeoutMs} (PostgreSQL should cancel a slow statement before the client gives up on its session)`]);
+  }
+  if (c.bootstrapListen && !c.kubeconfig && !c.k8sApi && !c.k8sServiceHost) {
+    throw new ConfigError([`WEFT_BOOTSTRAP_LISTEN=${c.bootstrapListen} needs the Kubernetes API to review tokens with: set WEFT_KUBECONFIG or WEFT_K8S_API, or run in a pod (KUBERNETES_SERVICE_HOST)`]);
   }
   if (c.databasePasswordFile) return Object.freeze({ ...c, databaseUrl: withPasswordFrom(c.databaseUrl, c.databasePasswordFile) });
   return c;

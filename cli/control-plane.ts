@@ -19,6 +19,9 @@ import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';
 import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
 import { databaseTimeouts, type ControlPlaneConfig } from './control-plane.config.js';
 import http from 'node:http';
+import { kubeConfigFrom } from '../kube-controller/kube.js';
+import { startBootstrapListener } from '../services/bootstrap/main.js';
+import { createKubernetesFacts } from '../services/bootstrap/kubernetes.js';
 import { createHttpServer } from '../lib/http/json-gateway.js';
 
 /** The services whose migrations the control plane applies, in order (each its own schema and journal). */
@@ -61,6 +64,8 @@ export interface ControlPlane {
   pkiDir: string;
   tcpPort: number | null;
   httpPort: number | null;
+  /** The bootstrap listener's port (WEFT_BOOTSTRAP_LISTEN), or null when off. */
+  bootstrapPort: number | null;
   stop(): Promise<void>;
 }
 
@@ -84,7 +89,8 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   // Every listener (TCP and the unix socket) is mTLS: there is no plaintext control plane.
   const pkiDir = path.resolve(config.pkiDir || path.join(config.dataDir, 'pki'));
   const listenHost = config.listen ? config.listen.slice(0, config.listen.lastIndexOf(':')) : '';
-  const { created } = await ensureControlPlanePki(pkiDir, listenHost ? [listenHost] : []);
+  const bootstrapHost = config.bootstrapListen ? config.bootstrapListen.slice(0, config.bootstrapListen.lastIndexOf(':')) : '';
+  const { created, ca } = await ensureControlPlanePki(pkiDir, [listenHost, bootstrapHost].filter(Boolean), { caDir: config.caDir || undefined });
   if (created.length) logger.info('made certificates', { pkiDir, files: created });
   const security: TransportSecurity = {
     mode: 'mtls', caFile: path.join(pkiDir, PKI_FILES.caCert), certFile: path.join(pkiDir, PKI_FILES.serverCert), keyFile: path.join(pkiDir, PKI_FILES.serverKey), refreshMs: config.tlsRefreshMs,
@@ -122,6 +128,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   let tcpPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;
+  let bootstrap: { port: number; stop(): Promise<void> } | null = null;
   // First: its observer must see the services mounted after it.
   const audit = mountAuditService(server, { database, logger });
   try {
@@ -145,8 +152,19 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
     chmodSync(socketPath, 0o600);
     tcpPort = config.listen ? await bindServer(server, config.listen, security) : null;
+    if (config.bootstrapListen) {
+      bootstrap = await startBootstrapListener({
+        address: config.bootstrapListen, logger, ca,
+        security: { mode: 'server-tls', certFile: security.certFile, keyFile: security.keyFile, refreshMs: config.tlsRefreshMs },
+        keepalive: { timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs },
+        kubernetes: createKubernetesFacts(kubeConfigFrom({ kubeconfig: config.kubeconfig, api: config.k8sApi, serviceHost: config.k8sServiceHost, servicePort: config.k8sServicePort, serviceAccountDir: config.k8sServiceAccountDir })),
+        policy: { audience: config.bootstrapAudience, agent: config.bootstrapAgentServiceAccount, controller: config.bootstrapControllerServiceAccount, cluster: config.bootstrapCluster },
+        certificateTtlMs: config.bootstrapCertificateTtlS * 1000,
+      });
+    }
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
+    await bootstrap?.stop();
     routes?.stop();
     ipamService?.stop();
     httpServer?.close();
@@ -158,7 +176,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     throw err;
   }
   logger.info('control plane serving (mTLS)', {
-    socket: socketPath, listen: config.listen, port: tcpPort, httpPort, pkiDir,
+    socket: socketPath, listen: config.listen, port: tcpPort, httpPort, pkiDir, bootstrap: config.bootstrapListen || 'off', bootstrapPort: bootstrap?.port ?? null,
     admin: `the CLI on this host uses ${path.join(pkiDir, PKI_FILES.adminCert)}`,
     credentials: `weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}${config.pkiDir ? ` (WEFT_PKI_DIR=${pkiDir})` : ''}`,
   });
@@ -167,7 +185,9 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     pkiDir,
     tcpPort,
     httpPort,
+    bootstrapPort: bootstrap?.port ?? null,
     async stop() {
+      await bootstrap?.stop();
       routes?.stop();
       ipamService?.stop();
       httpServer?.closeAllConnections();

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, describeSettings } from '../lib/config.js';
 import { createClient } from '../lib/grpc/client.js';
 import { clientTlsDir, type TransportSecurity } from '../lib/grpc/credentials.js';
-import { describeCertificate, issueClientTlsDir, PKI_FILES } from '../lib/pki.js';
+import { describeCertificate, initCa, issueClientTlsDir, PKI_FILES } from '../lib/pki.js';
 import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -30,6 +30,7 @@ const USAGE = `usage: weft <command> [options]
                                                (DATABASE_URL selects an external server); every listener is mTLS,
                                                with the CA and certificates made on first start in <data-dir>/pki
   ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR]
+  ca init --out DIR   (a CA, ca.crt and ca.key, for the Secret weft-ca on Kubernetes; kept if there)
                                                issue a client certificate from weft up's CA (<data-dir>/pki, or
                                                $WEFT_PKI_DIR): DIR gets ca.crt, tls.crt, tls.key (0600), for WEFT_TLS_DIR
   kube-controller                              keep Weft in line with a Kubernetes cluster's API server (Nodes, Namespaces,
@@ -240,7 +241,14 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (pos[0] === 'ca') {
-    const usage = 'usage: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR]';
+    const usage = 'usage: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR] | weft ca init --out DIR';
+    if (cmd === 'ca init' && o.out) {
+      const out = path.resolve(o.out);
+      const r = await initCa(out);
+      const c = describeCertificate(r.cert);
+      print(json, { out, created: r.created, notAfter: c.validTo.toISOString() }, () => `${out}: ca.crt, ca.key ${r.created ? 'made' : 'already there, kept'} (valid until ${c.validTo.toISOString()}); on Kubernetes: kubectl -n weft-system create secret generic weft-ca --from-file=${out}/ca.crt --from-file=${out}/ca.key && kubectl -n weft-system create configmap weft-ca-bundle --from-file=${out}/ca.crt`);
+      return 0;
+    }
     if (cmd !== 'ca issue' || !o.out) throw new UsageError(usage);
     const chosen = (['node', 'admin', 'controller'] as const).filter((k) => o[k] !== undefined);
     if (chosen.length !== 1) throw new UsageError(`${usage}: name exactly one identity`);

@@ -1,5 +1,6 @@
 import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import { parseListenAddress } from '../lib/metrics.js';
+import { tlsBootstrapSettings } from '../lib/tls-bootstrap.js';
 
 function absolutePathOrEmpty(raw: string): string {
   if (!raw.startsWith('/')) throw new Error('expected an absolute path');
@@ -28,7 +29,8 @@ function dnsName(raw: string): string {
 /** Settings of the Kubernetes controller (`weft kube-controller`). */
 export const kubeControllerSettings = {
   controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of Weft\'s control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
-  tlsDir: { env: 'WEFT_TLS_DIR', description: 'folder with ca.crt, tls.crt and tls.key (a Kubernetes TLS Secret plus the CA): the controller\'s certificate (SAN URI weft:controller:<cluster>, `weft ca issue --controller CLUSTER`) for mTLS to the control plane (required); files replaced there are used without a restart', default: '', parse: parsers.string },
+  tlsDir: { env: 'WEFT_TLS_DIR', description: 'folder with ca.crt, tls.crt and tls.key (a Kubernetes TLS Secret plus the CA): the controller\'s certificate (SAN URI weft:controller:<cluster>, `weft ca issue --controller CLUSTER`) for mTLS to the control plane (required); files replaced there are used without a restart; with WEFT_BOOTSTRAP, a folder the controller fills itself', default: '', parse: parsers.string },
+  ...tlsBootstrapSettings,
   cluster: { env: 'WEFT_K8S_CLUSTER', description: 'this Kubernetes cluster\'s name in Weft (registered in IPAM at start)', default: 'default', parse: dnsName },
   podAggregate: { env: 'WEFT_K8S_POD_AGGREGATE', description: 'an IPAM aggregate (weft ipam aggregate create) to carve this cluster\'s pod CIDR from: the leader takes a prefix of it for the cluster and makes the pool <cluster>-pods over it, selecting the cluster\'s nodes (label weft.io/cluster); clusters sharing a Weft never overlap. Empty: the cluster uses whatever pools select its nodes', default: '', parse: dnsName },
   podPrefixLength: { env: 'WEFT_K8S_POD_PREFIX_LENGTH', description: 'length of the prefix carved for the cluster\'s pods', default: 16, parse: parsers.int(1, 127) },
@@ -52,7 +54,7 @@ export const kubeControllerSettings = {
 
 export function loadKubeControllerConfig(env: Record<string, string | undefined> = process.env) {
   const c = loadSettings(kubeControllerSettings, env);
-  if (!c.tlsDir) throw new Error('WEFT_TLS_DIR is required: a folder with ca.crt, tls.crt and tls.key for this controller (weft ca issue --controller CLUSTER --out DIR); the control plane accepts only mTLS');
+  if (!c.tlsDir) throw new Error('WEFT_TLS_DIR is required: a folder with ca.crt, tls.crt and tls.key for this controller (weft ca issue --controller CLUSTER --out DIR), or an empty folder with WEFT_BOOTSTRAP (Kubernetes); the control plane accepts only mTLS');
   if (!c.kubeconfig && !c.api && !c.serviceHost) {
     throw new Error('no API server: set WEFT_KUBECONFIG, or WEFT_K8S_API, or run in a pod (KUBERNETES_SERVICE_HOST)');
   }

@@ -5,6 +5,7 @@ import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createClient } from '../lib/grpc/client.js';
 import { checkSecurityFiles, clientTlsDir } from '../lib/grpc/credentials.js';
+import { startTlsBootstrap } from '../lib/tls-bootstrap.js';
 import { createLogger } from '../lib/logger.js';
 import { parseListenAddress } from '../lib/metrics.js';
 import { setupTelemetry } from '../lib/telemetry.js';
@@ -29,6 +30,11 @@ export async function runKubeController(): Promise<void> {
   const logger = createLogger({ component: 'kube-controller', cluster: config.cluster, identity }, { level: config.logLevel });
   const security = clientTlsDir(config.tlsDir);
   try {
+    // On Kubernetes: the controller's certificate from the control plane's bootstrap listener, for the pod's token,
+    // renewed in the background.
+    if (config.bootstrap) {
+      await startTlsBootstrap({ address: config.bootstrap, tokenFile: config.bootstrapTokenFile, caFile: config.bootstrapCaFile, tlsDir: config.tlsDir, expectIdentity: `controller:${config.cluster}`, logger });
+    }
     await checkSecurityFiles(security);
   } catch (err) {
     process.stderr.write(`weft kube-controller: WEFT_TLS_DIR: ${(err as Error).message}\n`);

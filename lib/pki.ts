@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate as NodeX509 } from 'node:crypto';
 import { chmod, mkdir, readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -81,9 +81,73 @@ export type CertificateSubject =
 
 /** A certificate for `subject` signed by `ca`, valid `days` (1 year by default), with a new key. */
 export async function issueCertificate(ca: KeyPairPem, subject: CertificateSubject, opts: { days?: number } = {}): Promise<KeyPairPem> {
+  const keys = await generateKeys();
+  const cert = await signCertificate(ca, subject, keys.publicKey, validity(opts.days ?? LEAF_DAYS));
+  return { cert, key: await exportKey(keys.privateKey) };
+}
+
+/**
+ * A client certificate for a public key someone else holds (the bootstrap: lib/tls-bootstrap.ts asks, the control
+ * plane signs), valid `validityMs` from now (back-dated an hour like every certificate here). Returns the PEM.
+ */
+export async function issueCertificateForKey(ca: KeyPairPem, subject: { kind: CertificateIdentityKind; name: string }, publicKey: CryptoKey, validityMs: number): Promise<string> {
+  if (!Number.isInteger(validityMs) || validityMs < 60_000) throw new Error(`certificate validity ${validityMs} ms must be at least a minute`);
+  const now = Date.now();
+  return signCertificate(ca, subject, publicKey, { notBefore: new Date(now - 3_600_000), notAfter: new Date(now + validityMs) });
+}
+
+/** Why a public key PEM cannot be signed, as an Error with this message. */
+export class PublicKeyError extends Error {}
+
+/**
+ * The public key of a PEM that is a SubjectPublicKeyInfo ("PUBLIC KEY") or a PKCS#10 request ("CERTIFICATE
+ * REQUEST", whose self-signature must verify: the caller holds the private key). ECDSA P-256 only, the curve of every
+ * Weft key. Throws PublicKeyError saying what is wrong.
+ */
+export async function publicKeyFromPem(pem: string): Promise<CryptoKey> {
+  const label = /-----BEGIN ([A-Z0-9 ]+)-----/.exec(pem)?.[1];
+  let spki: x509.PublicKey;
+  try {
+    if (label === 'PUBLIC KEY') {
+      spki = new x509.PublicKey(pem);
+    } else if (label === 'CERTIFICATE REQUEST' || label === 'NEW CERTIFICATE REQUEST') {
+      const csr = new x509.Pkcs10CertificateRequest(pem);
+      if (!(await csr.verify())) throw new PublicKeyError('the certificate request\'s signature does not verify with its own public key');
+      spki = csr.publicKey;
+    } else {
+      throw new PublicKeyError(`expected a PEM "PUBLIC KEY" or "CERTIFICATE REQUEST"${label ? `, got "${label}"` : ''}`);
+    }
+  } catch (err) {
+    if (err instanceof PublicKeyError) throw err;
+    throw new PublicKeyError(`the PEM does not parse: ${(err as Error).message}`);
+  }
+  const alg = spki.algorithm as { name?: string; namedCurve?: string };
+  if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') throw new PublicKeyError(`the key must be ECDSA P-256 (it is ${alg.name ?? 'unknown'}${alg.namedCurve ? ` ${alg.namedCurve}` : ''})`);
+  try {
+    return (await webcrypto.subtle.importKey('spki', spki.rawData, KEY_ALGORITHM, true, ['verify'])) as CryptoKey;
+  } catch (err) {
+    throw new PublicKeyError(`the key is not a valid P-256 point: ${(err as Error).message}`);
+  }
+}
+
+/** A new ECDSA P-256 key pair for a client that asks for its own certificate: the private key as PKCS#8 PEM, the public as SPKI PEM. */
+export async function createClientKey(): Promise<{ key: string; publicKey: string }> {
+  const keys = await generateKeys();
+  return { key: await exportKey(keys.privateKey), publicKey: await exportPublicKey(keys.publicKey) };
+}
+
+/** The SPKI PEM of a PKCS#8 P-256 private key's public half (a key kept across renewals). */
+export function publicKeyOfPrivateKey(keyPem: string): string {
+  return createPublicKey(createPrivateKey(keyPem)).export({ type: 'spki', format: 'pem' }).toString();
+}
+
+async function exportPublicKey(key: CryptoKey): Promise<string> {
+  return x509.PemConverter.encode(await webcrypto.subtle.exportKey('spki', key as webcrypto.CryptoKey), 'PUBLIC KEY');
+}
+
+async function signCertificate(ca: KeyPairPem, subject: CertificateSubject, publicKey: CryptoKey, period: { notBefore: Date; notAfter: Date }): Promise<string> {
   const caCert = new x509.X509Certificate(ca.cert);
   const signingKey = await importSigningKey(ca.key);
-  const keys = await generateKeys();
   const names: x509.JsonGeneralName[] = [];
   let commonName: string;
   let usages: x509.ExtendedKeyUsage[];
@@ -104,8 +168,8 @@ export async function issueCertificate(ca: KeyPairPem, subject: CertificateSubje
     serialNumber: randomSerial(),
     subject: `CN=${commonName}`,
     issuer: caCert.subject,
-    ...validity(opts.days ?? LEAF_DAYS),
-    publicKey: keys.publicKey,
+    ...period,
+    publicKey,
     signingKey,
     signingAlgorithm: SIGNING_ALGORITHM,
     extensions: [
@@ -113,11 +177,11 @@ export async function issueCertificate(ca: KeyPairPem, subject: CertificateSubje
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       new x509.ExtendedKeyUsageExtension(usages),
       new x509.SubjectAlternativeNameExtension(names),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.SubjectKeyIdentifierExtension.create(publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],
   });
-  return { cert: cert.toString('pem'), key: await exportKey(keys.privateKey) };
+  return cert.toString('pem');
 }
 
 // ---- files -------------------------------------------------------------------------------------------------------
@@ -150,35 +214,66 @@ async function writePair(dir: string, certName: string, keyName: string, pair: K
   await writeFileAtomic(path.join(dir, certName), pair.cert, 0o644);
 }
 
+/** Whether the certificate in `certFile` is signed by `caPem` (false when missing or unreadable). */
+async function signedBy(certFile: string, caPem: string): Promise<boolean> {
+  try {
+    return new NodeX509(await readFile(certFile)).verify(new NodeX509(caPem).publicKey);
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Makes the control plane's pki folder on first start: a CA, a server certificate (DNS weft-control-plane,
  * localhost and `extraHosts` names, IP 127.0.0.1 and `extraHosts` addresses) and the local admin's client
  * certificate (weft:admin:local). Files already there are kept (a CA is never replaced); a missing server or admin
- * certificate is issued from the CA that is there. The folder is 0700 and keys 0600.
+ * certificate, or one another CA signed, is issued from the CA that is there. The folder is 0700 and keys 0600.
+ * With `caDir` (a mounted Secret holding ca.crt and ca.key: Kubernetes), the CA is read from there and never made;
+ * pkiDir gets a copy of ca.crt only. Returns the CA, which the bootstrap signs with.
  */
-export async function ensureControlPlanePki(pkiDir: string, extraHosts: string[] = []): Promise<{ created: string[] }> {
+export async function ensureControlPlanePki(pkiDir: string, extraHosts: string[] = [], opts: { caDir?: string } = {}): Promise<{ created: string[]; ca: KeyPairPem }> {
   await mkdir(pkiDir, { recursive: true, mode: 0o700 });
   await chmod(pkiDir, 0o700);
   const created: string[] = [];
   const caCertFile = path.join(pkiDir, PKI_FILES.caCert);
   const caKeyFile = path.join(pkiDir, PKI_FILES.caKey);
   let ca: KeyPairPem;
-  if (!(await exists(caCertFile)) && !(await exists(caKeyFile))) {
+  if (opts.caDir) {
+    ca = await readCa(opts.caDir);
+    try {
+      createPrivateKey(ca.key);
+      if (!new NodeX509(ca.cert).ca) throw new Error(`${PKI_FILES.caCert} is not a CA certificate`);
+    } catch (err) {
+      throw new Error(`Weft's CA in ${opts.caDir} is not usable: ${(err as Error).message}`);
+    }
+    if ((await writeFileAtomic(caCertFile, ca.cert, 0o644)) === 'written') created.push(PKI_FILES.caCert);
+  } else if (!(await exists(caCertFile)) && !(await exists(caKeyFile))) {
     ca = await createCa();
     await writePair(pkiDir, PKI_FILES.caCert, PKI_FILES.caKey, ca);
     created.push(PKI_FILES.caCert);
   } else {
     ca = await readCa(pkiDir);
   }
-  if (!(await exists(path.join(pkiDir, PKI_FILES.serverCert)))) {
+  if (!(await signedBy(path.join(pkiDir, PKI_FILES.serverCert), ca.cert))) {
     await writePair(pkiDir, PKI_FILES.serverCert, PKI_FILES.serverKey, await issueCertificate(ca, serverSubject(extraHosts)));
     created.push(PKI_FILES.serverCert);
   }
-  if (!(await exists(path.join(pkiDir, PKI_FILES.adminCert)))) {
+  if (!(await signedBy(path.join(pkiDir, PKI_FILES.adminCert), ca.cert))) {
     await writePair(pkiDir, PKI_FILES.adminCert, PKI_FILES.adminKey, await issueCertificate(ca, { kind: 'admin', name: 'local' }));
     created.push(PKI_FILES.adminCert);
   }
-  return { created };
+  return { created, ca };
+}
+
+/** `weft ca init`: a CA (ca.crt, ca.key 0600) in `outDir`, unless one is there already (never replaced). */
+export async function initCa(outDir: string): Promise<{ created: boolean; cert: string }> {
+  await mkdir(outDir, { recursive: true, mode: 0o700 });
+  if ((await exists(path.join(outDir, PKI_FILES.caCert))) || (await exists(path.join(outDir, PKI_FILES.caKey)))) {
+    return { created: false, cert: (await readCa(outDir)).cert };
+  }
+  const ca = await createCa();
+  await writePair(outDir, PKI_FILES.caCert, PKI_FILES.caKey, ca);
+  return { created: true, cert: ca.cert };
 }
 
 /** The identity the control plane's own calls between its services carry (in its server certificate). */

@@ -1,4 +1,5 @@
 import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
+import { tlsBootstrapSettings } from '../lib/tls-bootstrap.js';
 import { parseListenAddress } from '../lib/metrics.js';
 import { ROUTING_MODES } from './domain/desired.js';
 
@@ -23,8 +24,9 @@ export function parsePodFamilies(raw: string): PodFamily[] {
 export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: 'this node\'s name (required)', default: '', parse: parsers.string },
   controlPlane: { env: 'WEFT_CONTROL_PLANE', description: 'gRPC address of the control plane (host:port or unix:///path)', default: '127.0.0.1:7400', parse: parsers.string },
-  tlsDir: { env: 'WEFT_TLS_DIR', description: 'folder with ca.crt, tls.crt and tls.key (a Kubernetes TLS Secret plus the CA): the node\'s certificate (SAN URI weft:node:<name>, `weft ca issue --node NAME`) for mTLS to the control plane (required); files replaced there are used without a restart', default: '', parse: parsers.string },
+  tlsDir: { env: 'WEFT_TLS_DIR', description: 'folder with ca.crt, tls.crt and tls.key (a Kubernetes TLS Secret plus the CA): the node\'s certificate (SAN URI weft:node:<name>, `weft ca issue --node NAME`) for mTLS to the control plane (required); files replaced there are used without a restart; with WEFT_BOOTSTRAP, a folder the agent fills itself', default: '', parse: parsers.string },
   tlsRefreshMs: { env: 'WEFT_TLS_REFRESH_MS', description: 'how often the files in WEFT_TLS_DIR are re-read', default: 10_000, parse: parsers.int(10, 3_600_000) },
+  ...tlsBootstrapSettings,
   controlPlaneKeepaliveMs: { env: 'WEFT_CONTROL_PLANE_KEEPALIVE_MS', description: 'the agent pings the control plane this often; with the timeout, how soon it notices a control plane that vanished and reconnects', default: 20_000, parse: parsers.int(1000, 3_600_000) },
   controlPlaneKeepaliveTimeoutMs: { env: 'WEFT_CONTROL_PLANE_KEEPALIVE_TIMEOUT_MS', description: 'a connection to the control plane whose ping is not answered within this long is given up', default: 10_000, parse: parsers.int(100, 600_000) },
   underlayAddress: { env: 'WEFT_UNDERLAY_ADDRESS', description: 'underlay IPv4 address (first choice: the interface holding it)', default: '', parse: parsers.string },
@@ -57,7 +59,7 @@ export const agentSettings = {
 export function loadAgentConfig() {
   const c = loadSettings(agentSettings);
   if (!c.nodeName) throw new Error('WEFT_NODE_NAME is required: set it to this node\'s name');
-  if (!c.tlsDir) throw new Error('WEFT_TLS_DIR is required: a folder with ca.crt, tls.crt and tls.key for this node (weft ca issue --node NAME --out DIR); the control plane accepts only mTLS');
+  if (!c.tlsDir) throw new Error('WEFT_TLS_DIR is required: a folder with ca.crt, tls.crt and tls.key for this node (weft ca issue --node NAME --out DIR), or an empty folder with WEFT_BOOTSTRAP (Kubernetes); the control plane accepts only mTLS');
   if (c.vxlanDevice.length > 15) throw new Error(`WEFT_VXLAN_DEVICE ${c.vxlanDevice} is longer than 15 characters`);
   return c;
 }

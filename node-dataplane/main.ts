@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { createBackoff } from '../lib/backoff.js';
 import { createClient } from '../lib/grpc/client.js';
 import { checkSecurityFiles, clientTlsDir } from '../lib/grpc/credentials.js';
+import { startTlsBootstrap } from '../lib/tls-bootstrap.js';
 import { listenUnixSocket } from '../lib/grpc/frame-server.js';
 import { addService, createServer, shutdownServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { createLogger } from '../lib/logger.js';
@@ -71,6 +72,16 @@ async function main(): Promise<void> {
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
   const security = clientTlsDir(config.tlsDir, config.tlsRefreshMs);
+  // On Kubernetes: the node's certificate from the control plane's bootstrap listener, for the pod's token, renewed
+  // in the background (the file watcher picks each renewal up).
+  if (config.bootstrap) {
+    try {
+      await startTlsBootstrap({ address: config.bootstrap, tokenFile: config.bootstrapTokenFile, caFile: config.bootstrapCaFile, tlsDir: config.tlsDir, expectIdentity: `node:${config.nodeName}`, logger, signal: stopper.signal });
+    } catch (err) {
+      process.stderr.write(`weft agent: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+  }
   await checkSecurityFiles(security);
   const routes = createClient(RoutesServiceService, target, { keepalive, security });
   const ipam = createClient(IpamServiceService, target, { keepalive, security });

@@ -119,7 +119,11 @@ describe('deploy/ on a real Kubernetes API server', skipOutsideCi(kubeApiserverS
         ['create', 'adminnetworkpolicies.policy.networking.k8s.io', '', false], ['update', 'adminnetworkpolicies.policy.networking.k8s.io/status', '', false],
         ...never,
       ],
+      // The bootstrap: review tokens, read the pod a token is bound to (in weft-system only), nothing more.
       'weft-control-plane': [
+        ['create', 'tokenreviews.authentication.k8s.io', '', true], ['get', 'pods', NS, true],
+        ['get', 'pods', 'default', false], ['list', 'pods', NS, false], ['watch', 'pods', NS, false],
+        ['create', 'subjectaccessreviews.authorization.k8s.io', '', false], ['create', 'certificatesigningrequests.certificates.k8s.io', '', false],
         ['get', 'nodes', '', false], ['list', 'pods', '', false], ['get', 'nodes/status', '', false],
         ['create', 'leases.coordination.k8s.io', NS, false],
         ...never,

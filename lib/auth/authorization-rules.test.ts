@@ -5,6 +5,7 @@ import * as routes from '../../gen/weft/routes/v1/routes.js';
 import * as policy from '../../gen/weft/policy/v1/policy.js';
 import * as audit from '../../gen/weft/audit/v1/audit.js';
 import * as auth from '../../gen/weft/auth/v1/auth.js';
+import * as bootstrap from '../../gen/weft/auth/v1/bootstrap.js';
 import { AUTHORIZATION_RULES, methodRule, type MethodRule } from './authorization.js';
 
 /**
@@ -20,6 +21,7 @@ const SERVED: { definition: Definition; messages: Messages }[] = [
   { definition: policy.PolicyServiceService, messages: policy },
   { definition: audit.AuditServiceService, messages: audit },
   { definition: auth.TokenServiceService, messages: auth },
+  { definition: bootstrap.BootstrapServiceService, messages: bootstrap },
 ];
 
 const capitalize = (s: string) => s[0]!.toUpperCase() + s.slice(1);

@@ -35,6 +35,14 @@ test('a caller without identity is unauthenticated, whatever it calls', async ()
   assert.equal(authorizationError({ allowed: false, code: 'auth.forbidden', message: 'm' }).kind, 'permission_denied');
 });
 
+test('only the bootstrap method lets a caller without identity in (its token is checked by the method itself)', async () => {
+  const issue = '/weft.auth.v1.BootstrapService/IssueCertificate';
+  const anyone = (await import('./authorization.js')).AUTHORIZATION_RULES;
+  assert.deepEqual(Object.entries(anyone).filter(([, r]) => r.anyone).map(([p]) => p), [issue]);
+  assert.equal((await decide(issue, { kind: 'none' })).allowed, true);
+  assert.equal((await decide(issue, node1)).allowed, true);
+});
+
 test('a method without a rule is refused even to admin; admin may call every method with one', async () => {
   denied(await decide('/weft.agent.v1.AgentService/Attach', admin), 'auth.forbidden', 'no authorization rule');
   assert.equal((await decide(`${IPAM}UpdatePool`, admin)).allowed, true);

@@ -42,6 +42,8 @@ export interface MethodRule {
   controller?: readonly RequestCheck[];
   /** A token may call it with the `admin` scope, or when this check (of its scopes) passes. */
   token?: RequestCheck;
+  /** Anyone may call it, `none` included: the method authenticates its request itself (the bootstrap's token). */
+  anyone?: true;
 }
 
 export type Decision =
@@ -164,6 +166,7 @@ const ROUTES = '/weft.routes.v1.RoutesService/';
 const POLICY = '/weft.policy.v1.PolicyService/';
 const AUDIT = '/weft.audit.v1.AuditService/';
 const TOKENS = '/weft.auth.v1.TokenService/';
+const BOOTSTRAP = '/weft.auth.v1.BootstrapService/';
 
 /**
  * Every method of the control plane's services. Nodes get what the agent (node-dataplane/) calls, the controller what
@@ -225,6 +228,9 @@ export const AUTHORIZATION_RULES: Readonly<Record<string, MethodRule>> = Object.
   [`${TOKENS}CreateToken`]: write(),
   [`${TOKENS}ListTokens`]: { mutation: false },
   [`${TOKENS}RevokeToken`]: write(),
+  // The bootstrap listener's one method: callers have no certificate yet; the Kubernetes token in the request, checked
+  // with a TokenReview by the method itself, is what authenticates them (services/bootstrap).
+  [`${BOOTSTRAP}IssueCertificate`]: { mutation: true, anyone: true },
 });
 
 /** The rule of a method, or undefined (the method is refused to everyone). */
@@ -241,6 +247,8 @@ const forbidden = (message: string): Decision => ({ allowed: false, code: 'auth.
 
 /** Whether `identity` may call `path` with `request`. */
 export async function authorize(path: string, identity: Identity, request: unknown, lookups: AccessLookups = {}): Promise<Decision> {
+  const anyone = methodRule(path);
+  if (anyone?.anyone) return { allowed: true, rule: anyone };
   if (identity.kind === 'none') {
     return { allowed: false, code: 'auth.unauthenticated', message: `${path} needs an authenticated caller (a client certificate of a node, an admin or a controller, or a token); the call presented none` };
   }

@@ -1,4 +1,5 @@
 import { credentials, experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { checkServerIdentity, createSecureContext } from 'node:tls';
@@ -12,12 +13,17 @@ import { identityFromPeerCertificate, NO_IDENTITY, type Identity } from '../auth
  *   the name `weft-control-plane`, whatever address they dial. The files are read through grpc-js's
  *   FileWatcherCertificateProvider every `refreshMs` (10 s by default), so files replaced on disk (a renewed
  *   certificate) are used by new connections without a restart; open connections and their streams keep going.
+ * - `server-tls` (servers) and `tls` (clients): TLS that authenticates the server only. The control plane's bootstrap
+ *   listener (services/bootstrap) serves it, for pods that have no certificate yet and prove themselves with a
+ *   Kubernetes token inside the call; the client verifies the server against `caFile` as under mTLS and presents none.
  * - `insecure`: plaintext. Only the agent's local CNI socket uses it (a unix socket inside the node, not the network);
- *   the control plane's listeners are always mTLS.
+ *   the control plane's listeners are always mTLS but for the bootstrap listener.
  */
 export type TransportSecurity =
   | { mode: 'insecure' }
-  | { mode: 'mtls'; caFile: string; certFile: string; keyFile: string; refreshMs?: number };
+  | { mode: 'mtls'; caFile: string; certFile: string; keyFile: string; refreshMs?: number }
+  | { mode: 'server-tls'; certFile: string; keyFile: string; refreshMs?: number }
+  | { mode: 'tls'; caFile: string };
 
 export const insecure: TransportSecurity = Object.freeze({ mode: 'insecure' });
 export const defaultSecurity: TransportSecurity = insecure;
@@ -36,6 +42,15 @@ export function clientTlsDir(dir: string, refreshMs?: number): TransportSecurity
  * with a clear error naming the file instead of a client that cannot connect. The watcher reads them again later.
  */
 export async function checkSecurityFiles(security: TransportSecurity): Promise<void> {
+  if (security.mode === 'server-tls') return checkSecurityFiles({ mode: 'mtls', caFile: security.certFile, certFile: security.certFile, keyFile: security.keyFile });
+  if (security.mode === 'tls') {
+    try {
+      createSecureContext({ ca: await readFile(security.caFile) });
+      return;
+    } catch (err) {
+      throw new Error(`cannot use the CA certificate ${security.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
   if (security.mode !== 'mtls') return;
   const read = async (file: string, what: string) => {
     try {
@@ -87,8 +102,24 @@ function unrefRefreshTimer(p: experimental.FileWatcherCertificateProvider): void
   };
 }
 
+// Server-only TLS: the server's certificate and key, watched like mTLS's, no CA (no client certificate is asked for).
+const serverTlsProviders = new Map<string, experimental.FileWatcherCertificateProvider>();
+function serverTlsProviderOf(s: Extract<TransportSecurity, { mode: 'server-tls' }>): experimental.FileWatcherCertificateProvider {
+  const key = `${s.certFile}\0${s.keyFile}\0${s.refreshMs ?? DEFAULT_REFRESH_MS}`;
+  let p = serverTlsProviders.get(key);
+  if (!p) {
+    p = new experimental.FileWatcherCertificateProvider({ certificateFile: s.certFile, privateKeyFile: s.keyFile, refreshIntervalMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
+    unrefRefreshTimer(p);
+    serverTlsProviders.set(key, p);
+  }
+  return p;
+}
+
 export function serverCredentials(security: TransportSecurity = defaultSecurity): ServerCredentials {
   if (security.mode === 'insecure') return ServerCredentials.createInsecure();
+  if (security.mode === 'tls') throw new Error('tls is a client mode: a server uses server-tls or mtls');
+  // No CA provider: the TLS handshake asks for no client certificate.
+  if (security.mode === 'server-tls') return experimental.createCertificateProviderServerCredentials(serverTlsProviderOf(security), null, false);
   const p = providerOf(security);
   // Arguments: identity provider, CA provider, require a client certificate (grpc-js names the first two the other way round).
   return experimental.createCertificateProviderServerCredentials(p, p, true);
@@ -97,6 +128,9 @@ export function serverCredentials(security: TransportSecurity = defaultSecurity)
 const channelCache = new Map<string, ChannelCredentials>();
 export function channelCredentials(security: TransportSecurity = defaultSecurity): ChannelCredentials {
   if (security.mode === 'insecure') return credentials.createInsecure();
+  if (security.mode === 'server-tls') throw new Error('server-tls is a server mode: a client uses tls or mtls');
+  // Read at each call (a bootstrap client makes one channel per attempt): a CA bundle replaced on disk is used next time.
+  if (security.mode === 'tls') return credentials.createSsl(readFileSync(security.caFile), null, null, { checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert) });
   const key = keyOf(security);
   let c = channelCache.get(key);
   if (!c) {
@@ -111,7 +145,7 @@ export function channelCredentials(security: TransportSecurity = defaultSecurity
 
 /** Channel options that go with the credentials: the TLS server name (SNI) is weft-control-plane under mTLS. */
 export function channelOptions(security: TransportSecurity = defaultSecurity): ChannelOptions {
-  return security.mode === 'mtls' ? { 'grpc.ssl_target_name_override': SERVER_NAME } : {};
+  return security.mode === 'mtls' || security.mode === 'tls' ? { 'grpc.ssl_target_name_override': SERVER_NAME } : {};
 }
 
 /** The identity of a call's verified client certificate; `none` on an insecure listener or without a certificate. */

@@ -57,6 +57,8 @@ export interface TestControlPlane {
   pki: TestPki;
   /** Base URL of the HTTP/JSON API. */
   httpUrl: string;
+  /** The bootstrap listener (settings.bootstrapListen), 127.0.0.1:PORT, or null when off. */
+  bootstrapAddress: string | null;
   socket: string;
   /** The owner's URL (to look under the API). */
   databaseUrl: string;
@@ -98,6 +100,7 @@ export async function startTestControlPlane(opts: TestControlPlaneOptions = {}):
     tlsDir: pki.adminTlsDir,
     pki,
     httpUrl: `http://127.0.0.1:${cp.httpPort}`,
+    bootstrapAddress: cp.bootstrapPort === null ? null : `127.0.0.1:${cp.bootstrapPort}`,
     socket: cp.socketPath,
     databaseUrl: db.url,
     appDatabaseUrl: db.appUrl,
