@@ -52,6 +52,7 @@ test('CIDRs and sets: strictly parsed, family checked, canonical; a set with one
   for (const bad of ['10.0.0.1/8', '128.0.0.0/0', '10.244.1.7/33', '256.0.0.0/8', '10.0.0.0/8 ', '10.244.1.7']) {
     assert.ok(refused(checkAddressSet({ name: 'weft-ab', cidrs: [bad] })), JSON.stringify(bad));
   }
+  for (const all of ['0.0.0.0/0', '::/0']) assert.match(refused(checkAddressSet({ name: 'weft-ab', cidrs: ['10.0.0.0/8', all] })) ?? '', /hash:net cannot hold a \/0/, all);
   assert.deepEqual(checkAddressSet({ name: 'weft-ab', cidrs: ['0.0.0.0/1', '255.255.255.255/32', '10.0.0.0/08'] }).value?.cidrs, ['0.0.0.0/1', '255.255.255.255/32', '10.0.0.0/8']);
   assert.equal(checkPoolCidr('10.244.0.0/16').value, '10.244.0.0/16');
   assert.ok(refused(checkPoolCidr('10.244.0.0/16 ! -d 1.1.1.1')));
