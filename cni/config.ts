@@ -67,13 +67,13 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
     throw invalid(`network config has no "cniVersion"; set it to one of ${SUPPORTED_VERSIONS.join(', ')}`);
   }
   if (typeof version !== 'string' || version === '') {
-    throw invalid(`network config "cniVersion" must be a non-empty string, got ${JSON.stringify(version)}`);
+    throw invalid(`network config "cniVersion" must be a non-empty string, got ${show(version)}`);
   }
   if (!SUPPORTED_VERSIONS.includes(version)) {
     throw new CniError(
       CniCode.incompatibleVersion,
-      `unsupported cniVersion ${JSON.stringify(version)}; weft-cni supports ${SUPPORTED_VERSIONS.join(', ')}`,
-      `supported versions: ${JSON.stringify(SUPPORTED_VERSIONS)}`,
+      `unsupported cniVersion ${show(version)}; weft-cni supports ${SUPPORTED_VERSIONS.join(', ')}`,
+      `supported versions: ${show(SUPPORTED_VERSIONS)}`,
     );
   }
 
@@ -81,7 +81,7 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
   if (name === undefined) throw invalid('network config has no "name"');
   if (typeof name !== 'string' || !NETWORK_NAME.test(name)) {
     throw invalid(
-      `network config "name" must start with a letter or digit and contain only letters, digits, '_', '.' or '-'; got ${JSON.stringify(name)}`,
+      `network config "name" must start with a letter or digit and contain only letters, digits, '_', '.' or '-'; got ${show(name)}`,
     );
   }
 
@@ -89,12 +89,12 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
   // binary can be installed under another name.
   const type = doc.type;
   if (typeof type !== 'string' || type === '') {
-    throw invalid(`network config "type" must be a non-empty string (normally "weft"), got ${JSON.stringify(type)}`);
+    throw invalid(`network config "type" must be a non-empty string (normally "weft"), got ${show(type)}`);
   }
 
   const agentSocket = doc.agentSocket ?? DEFAULT_AGENT_SOCKET;
   if (typeof agentSocket !== 'string' || !agentSocket.startsWith('/')) {
-    throw invalid(`network config "agentSocket" must be an absolute path, got ${JSON.stringify(agentSocket)}`);
+    throw invalid(`network config "agentSocket" must be an absolute path, got ${show(agentSocket)}`);
   }
   if (Buffer.byteLength(agentSocket) > MAX_SOCKET_PATH_BYTES) {
     throw invalid(`network config "agentSocket" is longer than ${MAX_SOCKET_PATH_BYTES} bytes, too long for a unix socket`);
@@ -102,7 +102,7 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
 
   const pool = doc.pool ?? '';
   if (typeof pool !== 'string') {
-    throw invalid(`network config "pool" must be a string (empty for the default pool), got ${JSON.stringify(pool)}`);
+    throw invalid(`network config "pool" must be a string (empty for the default pool), got ${show(pool)}`);
   }
 
   return Object.freeze({
@@ -159,7 +159,7 @@ export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string;
   for (const [where, value] of [['runtimeConfig.mac', config.runtimeConfig.mac], ['args.cni.mac', fromArgs.mac]] as const) {
     if (value === undefined || value === '') continue;
     if (typeof value !== 'string' || macProblem(value)) {
-      throw invalid(`network config ${where} ${JSON.stringify(value)} is not a usable MAC: ${typeof value === 'string' ? macProblem(value) : 'it must be a string'}`);
+      throw invalid(`network config ${where} ${show(value)} is not a usable MAC: ${typeof value === 'string' ? macProblem(value) : 'it must be a string'}`);
     }
     macs.push([where, value.toLowerCase()]);
   }
@@ -176,24 +176,24 @@ export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string;
   const requested: string[] = [];
   for (const [where, value] of [['runtimeConfig.ips', config.runtimeConfig.ips], ['args.cni.ips', fromArgs.ips]] as const) {
     if (value === undefined) continue;
-    if (!Array.isArray(value)) throw invalid(`network config ${where} must be a list of addresses, got ${JSON.stringify(value)}`);
+    if (!Array.isArray(value)) throw invalid(`network config ${where} must be a list of addresses, got ${show(value)}`);
     for (const item of value) {
       const address = typeof item === 'string' ? addressOf(item) : undefined;
-      if (address === undefined) throw invalid(`network config ${where} has ${JSON.stringify(item)}, which is not an IP address (with an optional /prefix)`);
+      if (address === undefined) throw invalid(`network config ${where} has ${show(item)}, which is not an IP address (with an optional /prefix)`);
       requested.push(address);
     }
   }
   if (cniArgs.ip !== '') {
     for (const item of cniArgs.ip.split(',')) {
       const address = addressOf(item.trim());
-      if (address === undefined) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS IP=${cniArgs.ip} has ${JSON.stringify(item)}, which is not an IP address`);
+      if (address === undefined) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS IP=${cniArgs.ip} has ${show(item)}, which is not an IP address`);
       requested.push(address);
     }
   }
   // Kubernetes UIDs are UUIDs; IPAM takes at most 128 of these characters (AllocateRequest.pod_uid).
   const podUid = cniArgs.podUid ?? '';
   if (podUid !== '' && !/^[A-Za-z0-9-]{1,128}$/.test(podUid)) {
-    throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS K8S_POD_UID=${JSON.stringify(podUid.slice(0, 140))} is not a pod UID: at most 128 letters, digits or '-' (a UUID)`);
+    throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS K8S_POD_UID=${show(podUid.slice(0, 140))} is not a pod UID: at most 128 letters, digits or '-' (a UUID)`);
   }
   return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]), podUid });
 }
@@ -214,19 +214,19 @@ export interface DnsSettings {
 export function readDns(config: NetworkConfig): DnsSettings {
   const v = config.dns;
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "dns" must be an object with nameservers, domain, search and options, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "dns" must be an object with nameservers, domain, search and options, got ${show(v)}`);
   const doc = v as Record<string, unknown>;
   const out: DnsSettings = {};
   for (const key of ['nameservers', 'search', 'options'] as const) {
     const list = doc[key];
     if (list === undefined || list === null) continue;
-    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw invalid(`network config "dns.${key}" must be a list of strings, got ${JSON.stringify(list)}`);
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw invalid(`network config "dns.${key}" must be a list of strings, got ${show(list)}`);
     out[key] = [...list] as string[];
   }
   const bad = out.nameservers?.find((n) => isIP(n) === 0);
-  if (bad !== undefined) throw invalid(`network config "dns.nameservers" has ${JSON.stringify(bad)}, which is not an IP address`);
+  if (bad !== undefined) throw invalid(`network config "dns.nameservers" has ${show(bad)}, which is not an IP address`);
   if (doc.domain !== undefined && doc.domain !== null) {
-    if (typeof doc.domain !== 'string') throw invalid(`network config "dns.domain" must be a string, got ${JSON.stringify(doc.domain)}`);
+    if (typeof doc.domain !== 'string') throw invalid(`network config "dns.domain" must be a string, got ${show(doc.domain)}`);
     out.domain = doc.domain;
   }
   return out;
@@ -255,12 +255,12 @@ export function readValidAttachments(config: NetworkConfig): readonly ValidAttac
   const seen = new Map<string, ValidAttachment>();
   for (const [key, list] of lists) {
     if (list === undefined || list === null) continue;
-    if (!Array.isArray(list)) throw invalid(`network config "${key}" must be a list of {containerID, ifname}, got ${JSON.stringify(list)}`);
+    if (!Array.isArray(list)) throw invalid(`network config "${key}" must be a list of {containerID, ifname}, got ${show(list)}`);
     list.forEach((item: unknown, n) => {
       const o = (typeof item === 'object' && item !== null ? item : {}) as Record<string, unknown>;
       const { containerID, ifname } = o;
       if (typeof containerID !== 'string' || containerID === '' || typeof ifname !== 'string' || ifname === '') {
-        throw invalid(`network config "${key}"[${n}] must have a non-empty "containerID" and "ifname", got ${JSON.stringify(item)}`);
+        throw invalid(`network config "${key}"[${n}] must have a non-empty "containerID" and "ifname", got ${show(item)}`);
       }
       seen.set(`${containerID}/${ifname}`, Object.freeze({ containerId: containerID, ifname }));
     });
@@ -293,7 +293,7 @@ function addressOf(text: string): string | undefined {
 function optionalObject(doc: Record<string, unknown>, key: string): Record<string, unknown> {
   const v = doc[key];
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "${key}" must be an object, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "${key}" must be an object, got ${show(v)}`);
   return v as Record<string, unknown>;
 }
 
@@ -337,6 +337,19 @@ function decodeObject(raw: Uint8Array | string): Record<string, unknown> {
     throw new CniError(CniCode.decodeFailure, `network config on stdin must be a JSON object, got ${kind}`);
   }
   return doc as Record<string, unknown>;
+}
+
+/**
+ * A value as JSON, for an error message. JSON.parse accepts nesting deeper than JSON.stringify can print back
+ * ({"cniVersion": [[[…]]]} some thousands deep: RangeError, so code 999 instead of 7); such a value is named instead.
+ * Found by the property test.
+ */
+function show(v: unknown): string {
+  try {
+    return JSON.stringify(v);
+  } catch {
+    return `a ${Array.isArray(v) ? 'list' : typeof v} nested too deeply to print`;
+  }
 }
 
 function invalid(msg: string): CniError {
