@@ -93,15 +93,27 @@ export const invalidPolicy = (field: string, message: string) => new DomainError
 const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 type Json = Record<string, unknown>;
 
+/**
+ * A value as JSON, for an error message. JSON.parse accepts nesting deeper than JSON.stringify can print back (a
+ * RangeError, INTERNAL instead of INVALID_ARGUMENT); such a value is named instead. Found by the property test.
+ */
+function show(v: unknown): string {
+  try {
+    return JSON.stringify(v);
+  } catch {
+    return `a ${Array.isArray(v) ? 'list' : typeof v} nested too deeply to print`;
+  }
+}
+
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 function object(v: unknown, field: string): Json {
-  if (!isObject(v)) throw invalidPolicy(field, `must be an object, not ${JSON.stringify(v)}`);
+  if (!isObject(v)) throw invalidPolicy(field, `must be an object, not ${show(v)}`);
   return v;
 }
 
 function list(v: unknown, field: string): unknown[] {
-  if (!Array.isArray(v)) throw invalidPolicy(field, `must be a list, not ${JSON.stringify(v)}`);
+  if (!Array.isArray(v)) throw invalidPolicy(field, `must be a list, not ${show(v)}`);
   return v;
 }
 
@@ -110,7 +122,7 @@ function onlyKeys(o: Json, field: string, allowed: readonly string[]): void {
 }
 
 export function resourceName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !NAME.test(v)) throw invalidPolicy(field, `must be a lowercase DNS name (letters, digits, '-', '.'), not ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !NAME.test(v)) throw invalidPolicy(field, `must be a lowercase DNS name (letters, digits, '-', '.'), not ${show(v)}`);
   return v;
 }
 
@@ -120,7 +132,7 @@ export function parseLabels(v: unknown, field: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(o)) {
     if (!LABEL_KEY.test(k)) throw invalidPolicy(`${field}.${k}`, 'is not a valid label key');
-    if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${field}.${k}`, `value ${JSON.stringify(val)} is not a valid label value`);
+    if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${field}.${k}`, `value ${show(val)} is not a valid label value`);
     out[k] = val;
   }
   return out;
@@ -136,10 +148,10 @@ export function parseSelector(v: unknown, field: string): Selector {
       const f = `${field}.matchExpressions[${i}]`;
       const x = object(e, f);
       onlyKeys(x, f, ['key', 'operator', 'values']);
-      if (typeof x.key !== 'string' || !LABEL_KEY.test(x.key)) throw invalidPolicy(`${f}.key`, `${JSON.stringify(x.key)} is not a valid label key`);
+      if (typeof x.key !== 'string' || !LABEL_KEY.test(x.key)) throw invalidPolicy(`${f}.key`, `${show(x.key)} is not a valid label key`);
       const values = x.values === undefined ? [] : list(x.values, `${f}.values`);
       values.forEach((val, j) => {
-        if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${f}.values[${j}]`, `${JSON.stringify(val)} is not a valid label value`);
+        if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${f}.values[${j}]`, `${show(val)} is not a valid label value`);
       });
       switch (x.operator) {
         case 'In':
@@ -153,7 +165,7 @@ export function parseSelector(v: unknown, field: string): Selector {
           requirements.push({ key: x.key, op: x.operator === 'Exists' ? 'exists' : 'doesnotexist' });
           break;
         default:
-          throw invalidPolicy(`${f}.operator`, `${JSON.stringify(x.operator)} is not one of In, NotIn, Exists, DoesNotExist`);
+          throw invalidPolicy(`${f}.operator`, `${show(x.operator)} is not one of In, NotIn, Exists, DoesNotExist`);
       }
     });
   }
@@ -162,23 +174,23 @@ export function parseSelector(v: unknown, field: string): Selector {
 
 function protocol(v: unknown, field: string): Protocol {
   if (v === undefined) return 'TCP';
-  if (!PROTOCOLS.includes(v as Protocol)) throw invalidPolicy(field, `${JSON.stringify(v)} is not one of TCP, UDP, SCTP`);
+  if (!PROTOCOLS.includes(v as Protocol)) throw invalidPolicy(field, `${show(v)} is not one of TCP, UDP, SCTP`);
   return v as Protocol;
 }
 
 export function portNumber(v: unknown, field: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw invalidPolicy(field, `${JSON.stringify(v)} is not a port number (1-65535)`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw invalidPolicy(field, `${show(v)} is not a port number (1-65535)`);
   return v;
 }
 
 const PORT_NAME = /^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
 export function portName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !PORT_NAME.test(v) || v.includes('--')) throw invalidPolicy(field, `${JSON.stringify(v)} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)`);
+  if (typeof v !== 'string' || !PORT_NAME.test(v) || v.includes('--')) throw invalidPolicy(field, `${show(v)} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)`);
   return v;
 }
 
 function cidr(v: unknown, field: string): Cidr {
-  if (typeof v !== 'string') throw invalidPolicy(field, `must be a CIDR such as "10.0.0.0/8", not ${JSON.stringify(v)}`);
+  if (typeof v !== 'string') throw invalidPolicy(field, `must be a CIDR such as "10.0.0.0/8", not ${show(v)}`);
   try {
     return parseCidr(v, field);
   } catch (err) {
@@ -255,7 +267,7 @@ export function parseNetworkPolicy(o: Json, defaultNamespace = 'default'): Netwo
   if (spec.policyTypes !== undefined) {
     const types = list(spec.policyTypes, 'spec.policyTypes');
     types.forEach((t, i) => {
-      if (t !== 'Ingress' && t !== 'Egress') throw invalidPolicy(`spec.policyTypes[${i}]`, `${JSON.stringify(t)} is not Ingress or Egress`);
+      if (t !== 'Ingress' && t !== 'Egress') throw invalidPolicy(`spec.policyTypes[${i}]`, `${show(t)} is not Ingress or Egress`);
     });
     // An empty list defaults like a missing one, as the Kubernetes API server does.
     if (types.length > 0) {
@@ -310,11 +322,17 @@ function parseAdminRules(v: unknown, field: string, peersKey: 'from' | 'to', act
     const f = `${field}[${i}]`;
     const o = object(r, f);
     onlyKeys(o, f, ['name', 'action', peersKey, 'ports']);
-    if (!actions.includes(o.action as AdminAction)) throw invalidPolicy(`${f}.action`, `${JSON.stringify(o.action)} is not one of ${actions.join(', ')}`);
+    if (!actions.includes(o.action as AdminAction)) throw invalidPolicy(`${f}.action`, `${show(o.action)} is not one of ${actions.join(', ')}`);
     const peers = list(o[peersKey], `${f}.${peersKey}`);
     if (peers.length === 0) throw invalidPolicy(`${f}.${peersKey}`, 'must name at least one peer');
+    // The name ends up in the agents' rule comments: a string of printable characters, at most 100 as in the API's
+    // CRD. (String(o.name) of {"toString": 1} threw a TypeError, INTERNAL; a newline made every agent refuse the pods
+    // the policy selects. Found by the property test.)
+    if (o.name !== undefined && (typeof o.name !== 'string' || o.name.length > 100 || /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(o.name))) {
+      throw invalidPolicy(`${f}.name`, `${typeof o.name === 'string' ? show(o.name.slice(0, 120)) : show(o.name)} must be a string of at most 100 printable characters`);
+    }
     const rule: AdminRule = {
-      name: o.name === undefined ? `${peersKey === 'from' ? 'ingress' : 'egress'}-${i}` : String(o.name),
+      name: o.name === undefined ? `${peersKey === 'from' ? 'ingress' : 'egress'}-${i}` : o.name,
       action: o.action as AdminAction,
       peers: peers.map((p, j) => parseAdminPeer(p, `${f}.${peersKey}[${j}]`, peersKey === 'to')),
     };
@@ -331,7 +349,7 @@ export function parseAdminPolicy(o: Json, kind: AdminPolicy['kind']): AdminPolic
   let priority = 0;
   if (kind === 'AdminNetworkPolicy') {
     if (typeof spec.priority !== 'number' || !Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 1000) {
-      throw invalidPolicy('spec.priority', `${JSON.stringify(spec.priority)} must be an integer from 0 (first) to 1000`);
+      throw invalidPolicy('spec.priority', `${show(spec.priority)} must be an integer from 0 (first) to 1000`);
     }
     priority = spec.priority;
   }
@@ -349,13 +367,13 @@ export function parsePolicyObject(v: unknown, defaultNamespace = 'default'): Pol
   const o = object(v, 'object');
   switch (o.kind) {
     case 'NetworkPolicy':
-      if (o.apiVersion !== undefined && o.apiVersion !== 'networking.k8s.io/v1') throw invalidPolicy('apiVersion', `${JSON.stringify(o.apiVersion)}: NetworkPolicy is networking.k8s.io/v1`);
+      if (o.apiVersion !== undefined && o.apiVersion !== 'networking.k8s.io/v1') throw invalidPolicy('apiVersion', `${show(o.apiVersion)}: NetworkPolicy is networking.k8s.io/v1`);
       return parseNetworkPolicy(o, defaultNamespace);
     case 'AdminNetworkPolicy':
     case 'BaselineAdminNetworkPolicy':
       return parseAdminPolicy(o, o.kind);
     default:
-      throw invalidPolicy('kind', `${JSON.stringify(o.kind)} is not NetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy`);
+      throw invalidPolicy('kind', `${show(o.kind)} is not NetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy`);
   }
 }
 
@@ -364,6 +382,6 @@ export function parseIp(text: string, field: string): { family: 4 | 6; value: bi
   try {
     return parseAddress(text, field);
   } catch {
-    throw invalidPolicy(field, `${JSON.stringify(text)} is not an IP address`);
+    throw invalidPolicy(field, `${show(text)} is not an IP address`);
   }
 }
