@@ -201,7 +201,10 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
         } catch (err) {
           if (!(err instanceof DomainError)) throw err;
           const name = (object as { metadata?: { name?: unknown } })?.metadata?.name;
-          throw invalidPolicy(`objects_json[${i}]${typeof name === 'string' ? ` (${String((object as { kind?: unknown }).kind)} ${name})` : ''}`, err.message);
+          // Only a string kind is printed: String() of {"toString": 1} throws TypeError, of [[[…]]] thousands deep
+          // RangeError (both INTERNAL). Found by the property test.
+          const kind = (object as { kind?: unknown } | null)?.kind;
+          throw invalidPolicy(`objects_json[${i}]${typeof name === 'string' ? ` (${typeof kind === 'string' ? kind : 'object'} ${name})` : ''}`, err.message);
         }
         const namespace = p.kind === 'NetworkPolicy' ? p.namespace : '';
         if (p.kind === 'NetworkPolicy') (object as { metadata: { namespace?: string } }).metadata.namespace = namespace;
