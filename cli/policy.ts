@@ -42,12 +42,21 @@ export function readPolicyObjects(file: string): unknown[] {
   const text = readFileSync(file === '-' ? 0 : file, 'utf8');
   const docs = parseAllDocuments(text);
   const out: unknown[] = [];
-  for (const doc of Array.isArray(docs) ? docs : [docs]) {
+  for (const [n, doc] of (Array.isArray(docs) ? docs : [docs]).entries()) {
     if (doc.errors.length > 0) {
       const e = doc.errors[0]!;
       throw new PolicyInputError(`${file}: line ${e.linePos?.[0]?.line ?? '?'}: ${e.message.split('\n')[0]}`);
     }
-    const v = doc.toJS() as unknown;
+    let v: unknown;
+    try {
+      v = doc.toJS() as unknown;
+      // Each object is sent as JSON: an alias inside its own anchor (`a: &x [*x]`) makes a value that refers to
+      // itself, which JSON.stringify refused later with a TypeError; too many aliases (a "billion laughs" file) make
+      // toJS refuse. Found by the property test.
+      JSON.stringify(v);
+    } catch (err) {
+      throw new PolicyInputError(`${file}: document ${n + 1}: ${(err as Error).message.split('\n')[0]}`);
+    }
     if (v === null || v === undefined) continue;
     const list = v as { kind?: unknown; items?: unknown };
     if (list.kind === 'List' && Array.isArray(list.items)) out.push(...list.items);
