@@ -15,7 +15,7 @@ import { PolicyInputError, readPolicyObjects } from './policy.js';
  * policies or fail with policy.invalid. YAML's own features (anchors and aliases, also self-referencing ones, tags,
  * several documents, `kind: List`) are part of the input.
  */
-const RUNS = { numRuns: 200, interruptAfterTimeLimit: 4000, includeErrorInReport: true };
+const RUNS = { numRuns: 200, interruptAfterTimeLimit: 2000, includeErrorInReport: true };
 
 const valid = [
   { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'web', namespace: 'x' }, spec: { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ podSelector: {} }], ports: [{ port: 80 }] }] } },

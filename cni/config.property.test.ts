@@ -11,7 +11,7 @@ import { parseCniArgs, readInvocation, type Command } from './skel.js';
  * either parses or fails with a CniError carrying one of the CNI codes (so the runtime gets the error JSON, never
  * code 999 "failed unexpectedly"); what parses keeps the promises the parsers make.
  */
-const RUNS = { numRuns: 300, interruptAfterTimeLimit: 4000 };
+const RUNS = { numRuns: 300, interruptAfterTimeLimit: 2000, includeErrorInReport: true };
 const CODES = new Set<number>(Object.values(CniCode));
 
 /** Runs f; a thrown value must be a CniError with a known code and a message. */
@@ -90,7 +90,7 @@ describe('network config on stdin (property)', () => {
       const text = `{"cniVersion":"1.1.0","name":"weft","type":"weft",${JSON.stringify(key)}:${value}}`;
       const cfg = parsesOrCniError(() => parseNetworkConfig(text));
       if (cfg) checkAccepted(cfg);
-    }), { numRuns: 100, interruptAfterTimeLimit: 4000 });
+    }), { numRuns: 100, interruptAfterTimeLimit: 2000, includeErrorInReport: true });
   });
 });
 

@@ -11,7 +11,7 @@ import { parseSelector } from './selector.js';
  * Property tests of IPAM's validators and the parsers under them (label selectors, lib/net CIDRs and addresses):
  * any input passes, keeping the validator's promise, or is a DomainError of kind invalid_argument.
  */
-const RUNS = { numRuns: 400, interruptAfterTimeLimit: 3000, includeErrorInReport: true };
+const RUNS = { numRuns: 400, interruptAfterTimeLimit: 800, includeErrorInReport: true };
 
 function passesOrInvalid<T>(f: () => T): T | undefined {
   try {

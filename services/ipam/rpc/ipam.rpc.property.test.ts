@@ -29,7 +29,7 @@ const strings = (field: string): fc.Arbitrary<string> => {
 
 test('IPAM: every unary RPC refuses a bad request as INVALID_ARGUMENT or passes it on, never INTERNAL', async (t) => {
   const handlers = createIpamHandlers({ repo: storeStandIn(), prefixes: storeStandIn(), notifier: storeStandIn(), pollMs: 1 });
-  const counts = await fuzzUnaryRequests(IpamServiceService as never, handlers as never, strings, { numRuns: 300, interruptAfterTimeLimit: 500 });
+  const counts = await fuzzUnaryRequests(IpamServiceService as never, handlers as never, strings, { numRuns: 300, interruptAfterTimeLimit: 250 });
   t.diagnostic(`reached the store / refused, per RPC: ${JSON.stringify(counts)}`);
   const names = Object.keys(counts);
   assert.ok(names.length >= 10, `only ${names.length} RPCs fuzzed`);

@@ -15,7 +15,7 @@ import { parseIp, parsePolicyObject, type AdminPolicy, type NetworkPolicy, type 
  * the compiler sends to the agents passes the agent's stream validation (else the agent would refuse the pod and
  * drop its traffic, fail closed, for a policy the API accepted).
  */
-const RUNS = { numRuns: 250, interruptAfterTimeLimit: 6000, includeErrorInReport: true };
+const RUNS = { numRuns: 250, interruptAfterTimeLimit: 2500, includeErrorInReport: true };
 
 // --- Valid objects, from a small vocabulary so that selectors select the pods below. ---
 const key = fc.constantFrom('app', 'tier', 'team', 'example.com/role');
@@ -212,7 +212,7 @@ test('values nested deeper than JSON.stringify can print, anywhere in an object:
     const text = JSON.stringify(copy).replace('"@@deep@@"', '['.repeat(depth) + ']'.repeat(depth));
     const p = parseOrInvalid(JSON.parse(text));
     if (p) compileAndCheckAsAgent([p]);
-  }), { numRuns: 60, interruptAfterTimeLimit: 4000, includeErrorInReport: true });
+  }), { numRuns: 60, interruptAfterTimeLimit: 2500, includeErrorInReport: true });
 });
 
 test('admin rule names (found by the properties above): a string of at most 100 printable characters', () => {

@@ -12,7 +12,7 @@ import { createPolicyHandlers } from './policy.rpc.js';
  * store with checked values or is refused with a DomainError of kind invalid_argument (INVALID_ARGUMENT; Explain's
  * pods that do not exist: not_found), never another error (INTERNAL).
  */
-const RUNS = { numRuns: 300, interruptAfterTimeLimit: 4000, includeErrorInReport: true };
+const RUNS = { numRuns: 300, interruptAfterTimeLimit: 1500, includeErrorInReport: true };
 
 function fakeRepo() {
   const calls: { method: string; args: unknown[] }[] = [];
