@@ -5,7 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { ConfigError } from '../lib/config.js';
-import { databaseTimeouts, loadControlPlaneConfig } from './control-plane.config.js';
+import { controlPlaneSettings, databaseTimeouts, identityLimits, loadControlPlaneConfig } from './control-plane.config.js';
+import { LIMITED_KINDS, limitSetting } from '../lib/auth/limits.js';
 
 test('database timeouts: defaults are set, and a query timeout not above the statement timeout is refused with what to fix', () => {
   const c = loadControlPlaneConfig({});
@@ -48,4 +49,15 @@ test('WEFT_DATABASE_PASSWORD_FILE: the file\'s password goes into DATABASE_URL a
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('limits per identity: the settings the refusals name are the ones that hold each limit', () => {
+  const c = loadControlPlaneConfig({ limitNodeStreams: '3', limitTokenRate: '7', limitAdminBurst: '9' });
+  const limits = identityLimits(c);
+  assert.equal(limits.node.streams, 3);
+  assert.equal(limits.token.ratePerSecond, 7);
+  assert.equal(limits.admin.burst, 9);
+  const envs = new Set(Object.values(controlPlaneSettings).map((s) => s.env));
+  for (const kind of LIMITED_KINDS) for (const what of ['streams', 'rate', 'burst'] as const) assert.ok(envs.has(limitSetting(kind, what)), limitSetting(kind, what));
+  assert.throws(() => loadControlPlaneConfig({ limitNodeBurst: '0' }), /WEFT_LIMIT_NODE_BURST="0": expected an integer 1-/);
 });

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import type { DatabaseTimeouts } from '../lib/db/database.js';
+import type { IdentityLimits } from '../lib/auth/limits.js';
 import { parseApiUrl } from '../kube-controller/config.js';
 import { parseServiceAccount } from '../services/bootstrap/domain/bootstrap.js';
 
@@ -47,6 +48,19 @@ export const controlPlaneSettings = {
   routesPollMs: { env: 'WEFT_ROUTES_POLL_MS', description: 'WatchRoutes and WatchNodePolicy streams re-read at least this often (NOTIFY wakes them sooner)', default: 2000, parse: parsers.int(10, 60_000) },
   routesLogKeep: { env: 'WEFT_ROUTES_LOG_KEEP', description: 'compaction keeps at least this many newest route changes', default: 10_000, parse: parsers.int(1, 100_000_000) },
   routesLogMaxAgeS: { env: 'WEFT_ROUTES_LOG_MAX_AGE_S', description: 'compaction keeps every route change younger than this many seconds', default: 3600, parse: parsers.int(0, 31_536_000) },
+  limitNodeStreams: { env: 'WEFT_LIMIT_NODE_STREAMS', description: 'server streams (watches) one node identity may hold open at once (an agent opens a handful); the next is refused RESOURCE_EXHAUSTED; 0: no limit', default: 64, parse: parsers.int(0, 1_000_000) },
+  limitControllerStreams: { env: 'WEFT_LIMIT_CONTROLLER_STREAMS', description: 'server streams one controller identity may hold open at once; 0: no limit', default: 1024, parse: parsers.int(0, 1_000_000) },
+  limitTokenStreams: { env: 'WEFT_LIMIT_TOKEN_STREAMS', description: 'server streams one API token may hold open at once; 0: no limit', default: 256, parse: parsers.int(0, 1_000_000) },
+  limitAdminStreams: { env: 'WEFT_LIMIT_ADMIN_STREAMS', description: 'server streams one admin identity may hold open at once; 0: no limit', default: 0, parse: parsers.int(0, 1_000_000) },
+  limitNodeRate: { env: 'WEFT_LIMIT_NODE_RATE', description: 'calls per second one node identity may make on average (a token bucket of WEFT_LIMIT_NODE_BURST); beyond it RESOURCE_EXHAUSTED with retry-after-ms; 0: no limit', default: 50, parse: parsers.int(0, 1_000_000) },
+  limitNodeBurst: { env: 'WEFT_LIMIT_NODE_BURST', description: 'calls one node identity may make at once after a quiet spell', default: 200, parse: parsers.int(1, 100_000_000) },
+  limitControllerRate: { env: 'WEFT_LIMIT_CONTROLLER_RATE', description: 'calls per second one controller identity may make on average; 0: no limit', default: 1000, parse: parsers.int(0, 1_000_000) },
+  limitControllerBurst: { env: 'WEFT_LIMIT_CONTROLLER_BURST', description: 'calls one controller identity may make at once after a quiet spell', default: 10_000, parse: parsers.int(1, 100_000_000) },
+  limitTokenRate: { env: 'WEFT_LIMIT_TOKEN_RATE', description: 'calls per second one API token may make on average; 0: no limit', default: 500, parse: parsers.int(0, 1_000_000) },
+  limitTokenBurst: { env: 'WEFT_LIMIT_TOKEN_BURST', description: 'calls one API token may make at once after a quiet spell', default: 5000, parse: parsers.int(1, 100_000_000) },
+  limitAdminRate: { env: 'WEFT_LIMIT_ADMIN_RATE', description: 'calls per second one admin identity may make on average; 0: no limit', default: 0, parse: parsers.int(0, 1_000_000) },
+  limitAdminBurst: { env: 'WEFT_LIMIT_ADMIN_BURST', description: 'calls one admin identity may make at once after a quiet spell', default: 10_000, parse: parsers.int(1, 100_000_000) },
+  limitNodeAllocations: { env: 'WEFT_LIMIT_NODE_ALLOCATIONS', description: 'live IPAM allocations a node identity may hold (its Allocate and BatchAllocate beyond it: RESOURCE_EXHAUSTED ipam.node_allocation_limit; a node holds ~110-250 pods); others are not limited; 0: no limit', default: 1024, parse: parsers.int(0, 100_000_000) },
   logLevel: { env: 'WEFT_LOG_LEVEL', description: 'debug, info, warn or error', default: 'info' as const, parse: parsers.oneOf('debug', 'info', 'warn', 'error') },
   traceExporter: { env: 'WEFT_TRACE_EXPORTER', description: 'none or console', default: 'none' as const, parse: parsers.oneOf('none', 'console') },
 } satisfies SettingsSpec;
@@ -63,6 +77,14 @@ export function loadControlPlaneConfig(overrides: Partial<Record<keyof typeof co
   return c;
 }
 export type ControlPlaneConfig = ReturnType<typeof loadControlPlaneConfig>;
+
+/** The limits per identity of a control-plane config (lib/auth/limits.ts). */
+export const identityLimits = (c: ControlPlaneConfig): IdentityLimits => ({
+  node: { streams: c.limitNodeStreams, ratePerSecond: c.limitNodeRate, burst: c.limitNodeBurst },
+  controller: { streams: c.limitControllerStreams, ratePerSecond: c.limitControllerRate, burst: c.limitControllerBurst },
+  token: { streams: c.limitTokenStreams, ratePerSecond: c.limitTokenRate, burst: c.limitTokenBurst },
+  admin: { streams: c.limitAdminStreams, ratePerSecond: c.limitAdminRate, burst: c.limitAdminBurst },
+});
 
 /** The database timeouts of a control-plane config. */
 export const databaseTimeouts = (c: ControlPlaneConfig): DatabaseTimeouts => ({

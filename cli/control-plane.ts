@@ -17,7 +17,8 @@ import { mountRoutesService } from '../services/routes/main.js';
 import { mountPolicyService } from '../services/policy/main.js';
 import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';
 import { CHANGES_CHANNEL } from '../services/routes/store/route-log.repository.js';
-import { databaseTimeouts, type ControlPlaneConfig } from './control-plane.config.js';
+import { databaseTimeouts, identityLimits, type ControlPlaneConfig } from './control-plane.config.js';
+import { createCallLimiter } from '../lib/auth/limits.js';
 import http from 'node:http';
 import { kubeConfigFrom } from '../kube-controller/kube.js';
 import { startBootstrapListener } from '../services/bootstrap/main.js';
@@ -121,7 +122,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   rmSync(socketPath, { force: true });
   // API tokens: a call's bearer token is its identity (lib/auth/DESIGN.md), checked against the database on every call.
   const tokens = createTokenAuthority(database);
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, ...access });
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: createCallLimiter(identityLimits(config)), ...access });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
@@ -135,6 +136,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     const ipam = await mountIpamService(server, {
       database, notifier, logger,
       tokens: tokens.verify,
+      limits: { nodeAllocations: config.limitNodeAllocations },
       housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;

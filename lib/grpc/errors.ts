@@ -1,8 +1,8 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { DomainError, type ErrorKind } from '../errors.js';
-import { ERROR_CODE_KEY } from './status.js';
+import { ERROR_CODE_KEY, RETRY_AFTER_KEY } from './status.js';
 
-export { ERROR_CODE_KEY, errorCodeOf } from './status.js';
+export { ERROR_CODE_KEY, RETRY_AFTER_KEY, errorCodeOf } from './status.js';
 
 /** The one table from domain error kinds to gRPC status codes. */
 export const statusForKind: Record<ErrorKind, status> = {
@@ -22,6 +22,9 @@ export function toServiceError(err: unknown): { error: Partial<ServiceError>; ex
   const metadata = new Metadata();
   if (err instanceof DomainError) {
     metadata.set(ERROR_CODE_KEY, err.code);
+    // A refusal that knows when a retry would pass (lib/auth/limits.ts) says so: `retry-after-ms` in the trailers.
+    const retryAfterMs = (err as { retryAfterMs?: unknown }).retryAfterMs;
+    if (typeof retryAfterMs === 'number') metadata.set(RETRY_AFTER_KEY, String(retryAfterMs));
     return { error: { code: statusForKind[err.kind], details: err.message, metadata }, expected: true };
   }
   metadata.set(ERROR_CODE_KEY, 'internal');

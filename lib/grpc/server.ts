@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import type { CallLimiter } from '../auth/limits.js';
 import { DomainError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
@@ -47,6 +48,11 @@ export interface ServerAccess {
   /** Checks a bearer secret: the token's identity, or an error (services/auth createTokenAuthority). */
   tokens?: (secret: string) => Promise<Identity>;
   enforce?: boolean;
+  /**
+   * Limits per identity (lib/auth/limits.ts), applied right after authorization: each call counts against its
+   * caller's rate, each server stream holds one of its caller's stream slots until it ends (however it ends).
+   */
+  limits?: CallLimiter;
 }
 
 /**
@@ -187,17 +193,29 @@ export function addService<D extends ServiceDefinition>(
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
     const log = logger.child({ rpc: method.path });
-    const authorize: Authorize | null = access.enforce ? (request, identity) => ensureAuthorized(method.path, identity, request, lookups) : null;
+    const { limits } = access;
+    const authorize: Authorize | null = access.enforce || limits
+      ? async (request, identity) => {
+        if (access.enforce) await ensureAuthorized(method.path, identity, request, lookups);
+        limits?.admitCall(identity);
+      }
+      : null;
     if (method.responseStream) {
       impl[name] = (call: ServerWritableStream<unknown, unknown>) => {
         const ac = new AbortController();
         call.on('cancelled', () => ac.abort());
         call.on('close', () => ac.abort());
+        // The caller's stream slot, once taken: freed when the handler is done or the call ends, whichever is first.
+        let releaseSlot = () => {};
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
           try {
             const identity = await identify(call);
             if (authorize) await authorize(call.request, identity);
+            if (limits && !ac.signal.aborted) {
+              releaseSlot = limits.openStream(identity);
+              ac.signal.addEventListener('abort', releaseSlot, { once: true });
+            }
             for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity, requestId: requestIdOf(call.metadata) }) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
@@ -210,6 +228,7 @@ export function addService<D extends ServiceDefinition>(
             if (!expected) log.error('stream failed', { err });
             call.emit('error', error);
           } finally {
+            releaseSlot();
             span.end();
           }
         });

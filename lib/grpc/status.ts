@@ -35,6 +35,9 @@ export function statusName(code: number): string {
 /** The trailer that carries a Weft error's stable domain code (e.g. "agent.check_failed"). */
 export const ERROR_CODE_KEY = 'weft-error-code';
 
+/** The trailer of a RESOURCE_EXHAUSTED refusal that says how many milliseconds until a retry would pass (a rate limit). */
+export const RETRY_AFTER_KEY = 'retry-after-ms';
+
 /**
  * The stable domain code carried by a gRPC error, if any. Reads the error's `metadata` through `get(key)`, which both
  * grpc-js's Metadata and the plugin's unary client (unary-client.ts) provide.

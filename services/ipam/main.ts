@@ -33,13 +33,15 @@ export async function mountIpamService(server: Server, deps: {
   database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping;
   /** Checks the HTTP gateway's bearer tokens (services/auth); absent: every HTTP call is refused. */
   tokens?: (secret: string) => Promise<Identity>;
+  /** Live allocations a node identity may hold (WEFT_LIMIT_NODE_ALLOCATIONS); absent or 0: no limit. */
+  limits?: { nodeAllocations: number };
 }) {
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
   const repo = createIpamRepository(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1), {
     onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
   });
-  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier });
+  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier, maxNodeAllocations: deps.limits?.nodeAllocations ?? 0 });
   // Who may release a handle: the node (or a token's pools) holding it.
   const lookups = { holderOfHandle: (handle: string) => repo.holderOfHandle(handle) };
   addService(server, IpamServiceService, handlers, logger, { lookups });

@@ -38,6 +38,8 @@ export const ipamErrors = {
     new DomainError('ipam.attempt_released', 'conflict', `allocation attempt ${attemptId} of handle ${handle} was released (fenced) at ${at.toISOString()} by a Release naming it, so it allocates nothing; a new allocation needs a new attempt id`),
   overloaded: (queued: number) =>
     new DomainError('ipam.overloaded', 'unavailable', `this IPAM replica already has ${queued} allocations waiting for the database; retry shortly (or on another replica)`),
+  nodeAllocationLimit: (node: string, live: number, limit: number) =>
+    new DomainError('ipam.node_allocation_limit', 'exhausted', `node ${node} holds ${live} live allocations, the most a node may hold (WEFT_LIMIT_NODE_ALLOCATIONS=${limit}); release addresses it no longer uses (its CNI garbage collection does), or raise the setting`),
   exhausted: (what: string) => new DomainError('ipam.pool_exhausted', 'exhausted', `no free address in ${what}: every block is claimed and full`),
 };
 

@@ -1,4 +1,5 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
+import type { Identity } from '../../../lib/auth/identity.js';
 import { DomainError } from '../../../lib/errors.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
@@ -64,12 +65,36 @@ export interface IpamRpcDeps {
   notifier: Notifier;
   /** How often a watch re-reads even without a notification. */
   pollMs?: number;
+  /** Live allocations a node identity may hold (WEFT_LIMIT_NODE_ALLOCATIONS); 0: no limit. Other callers are not limited. */
+  maxNodeAllocations?: number;
 }
 
 const prefixName = (p: Prefix) => `aggregates/${p.aggregate}/prefixes/${p.id}`;
 const toPbPrefix = (p: Prefix) => ({ name: prefixName(p), aggregate: p.aggregate, cluster: p.cluster, purpose: p.purpose, cidr: p.cidr, createTime: p.createdAt });
 
-export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
+export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, maxNodeAllocations = 0 }: IpamRpcDeps): Handlers<typeof IpamServiceService> {
+  /**
+   * For a node caller under a limit: takes one of its remaining allocation slots for a request, or refuses it with
+   * ipam.node_allocation_limit. The node's live count is read once per call (one index range of its blocks); at the
+   * limit, a retry of a handle the node already holds still passes (it allocates nothing new). Checked before the
+   * allocation, not inside its transaction: concurrent calls of one node can pass it by at most their number.
+   */
+  function allocationGate(identity: Identity) {
+    if (identity.kind !== 'node' || maxNodeAllocations <= 0) return null;
+    let live: Promise<number> | null = null;
+    let taken = 0;
+    return async (handle: string) => {
+      live ??= repo.liveAllocationsOfNode(identity.name);
+      const n = await live;
+      if (n + taken < maxNodeAllocations) {
+        taken++;
+        return;
+      }
+      if ((await repo.holderOfHandle(handle))?.node === identity.name) return;
+      throw ipamErrors.nodeAllocationLimit(identity.name, n + taken, maxNodeAllocations);
+    };
+  }
+
   return {
     async createRoutingDomain(req) {
       const d = await prefixes.createRoutingDomain(validatePoolName(req.name));
@@ -156,11 +181,14 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
       const page = await repo.listPools({ after: decodePageToken('pools', req.pageToken), limit: pageSize(req.pageSize, 100, 1000) });
       return { pools: page.items.map(toPbPool), nextPageToken: page.next ? encodePageToken('pools', page.next) : '' };
     },
-    async allocate(req) {
-      const allocations = (await repo.allocate(toAllocationRequest(req))).map(toPbAllocation);
+    async allocate(req, ctx) {
+      const request = toAllocationRequest(req);
+      await allocationGate(ctx.identity)?.(request.handle);
+      const allocations = (await repo.allocate(request)).map(toPbAllocation);
       return { allocation: allocations[0], allocations };
     },
-    async batchAllocate(req) {
+    async batchAllocate(req, ctx) {
+      const gate = allocationGate(ctx.identity);
       if (req.requests.length > MAX_BATCH) throw ipamErrors.invalid('requests', `a batch holds at most ${MAX_BATCH} requests, not ${req.requests.length}`);
       // Each item succeeds or fails on its own; many run at once and the common ones share a statement.
       const results: BatchAllocateResult[] = new Array(req.requests.length);
@@ -169,7 +197,9 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000 }: 
         while (next < req.requests.length) {
           const i = next++;
           try {
-            results[i] = { allocations: (await repo.allocate(toAllocationRequest(req.requests[i]!))).map(toPbAllocation), errorCode: '', errorMessage: '' };
+            const request = toAllocationRequest(req.requests[i]!);
+            await gate?.(request.handle);
+            results[i] = { allocations: (await repo.allocate(request)).map(toPbAllocation), errorCode: '', errorMessage: '' };
           } catch (err) {
             if (!(err instanceof DomainError)) throw err;
             results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };

@@ -641,6 +641,12 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
     return r.length === 0 ? null : { node: String(r[0]!.node), pools: [...new Set(r.map((x) => String(x.pool)))] };
   }
 
+  /** The node's live allocations: the live counters of its blocks (a few rows on blocks_node_idx, never allocation rows). */
+  async function liveAllocationsOfNode(node: string): Promise<number> {
+    const r = await rows(db, sql`SELECT coalesce(sum(live_count), 0)::bigint AS n FROM ipam.blocks WHERE node = ${node} AND released_at IS NULL`);
+    return Number(r[0]?.n ?? 0);
+  }
+
   /** Drops attempt rows: fenced ones after `retentionSeconds`, others after ten minutes (they matter only while their Allocate runs). */
   async function pruneAttempts(retentionSeconds: number): Promise<number> {
     const r = await db.execute(sql`DELETE FROM ipam.allocation_attempts
@@ -910,7 +916,7 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
   return withDatabaseErrors('ipam', {
     releaseEmptyBlocks, nodesHoldingAddresses, pruneAttempts,
     checkConsistency,
-    createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release, holderOfHandle,
+    createPool, listPools, updatePool, createReservation, listReservations, deleteReservation, listAllocations, allocate, release, holderOfHandle, liveAllocationsOfNode,
     garbageCollect, releaseNodeAllocationsBefore, releaseNodeBlocks, setNodeLabels, setNamespaceLabels, history, utilization, affinitySnapshot, affinityChangesSince,
   });
 }
