@@ -303,7 +303,13 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
       const t0 = performance.now();
       const res = await node.ipam.allocate({
         handle, node: node.spec.name, pool: node.spec.pool, cluster: node.spec.cluster, podNamespace: pod.namespace, podName: pod.name, containerId, attemptId,
-      }, { timeoutMs: 20_000 });
+      }, { timeoutMs: 20_000 }).catch(async (err: { code?: number }) => {
+        // An Allocate that did not answer may still commit: released naming its attempt, as the agent does.
+        if (err.code === status.DEADLINE_EXCEEDED || err.code === status.UNAVAILABLE || err.code === status.CANCELLED) {
+          await node.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 }).catch(() => {});
+        }
+        throw err;
+      });
       const t1 = performance.now();
       const address = res.allocations[0]!.address;
       const held: SimPod = { ...pod, containerId, handle, address, attemptId, allocatedAt: performance.timeOrigin + t1, allocateMs: t1 - t0 };

@@ -39,7 +39,7 @@ import { findPgbench, ms, percentile, perSec, pgbenchInsertTps, printTable, type
  * Knobs: WEFT_BENCH_SCALE_NODES (500,1000,2000,5000), WEFT_BENCH_SCALE_PODS (30 per node), WEFT_BENCH_SCALE_CLUSTERS
  * (20), WEFT_BENCH_SCALE_TRIALS (20), WEFT_BENCH_SCALE_CLIENTS_EVERY (10: pod 0 of every 10th node is a described
  * `role=client` pod), WEFT_BENCH_SCALE_RESTART (last | each | none), WEFT_BENCH_SCALE_CHURN_S (10),
- * WEFT_BENCH_SCALE_PARTS (routes,policy,restart,ipam), WEFT_BENCH_SCALE_ATTACH_CONCURRENCY (64 pods attaching at once).
+ * WEFT_BENCH_SCALE_PARTS (leases,routes,policy,restart,ipam), WEFT_BENCH_SCALE_ATTACH_CONCURRENCY (64 pods attaching at once).
  * Limits per identity are the production defaults.
  */
 const env = process.env;
@@ -50,8 +50,10 @@ const TRIALS = Number(env.WEFT_BENCH_SCALE_TRIALS ?? 20);
 const CLIENTS_EVERY = Number(env.WEFT_BENCH_SCALE_CLIENTS_EVERY ?? 10);
 const RESTART = env.WEFT_BENCH_SCALE_RESTART ?? 'last';
 const CHURN_S = Number(env.WEFT_BENCH_SCALE_CHURN_S ?? 10);
-const PARTS = new Set((env.WEFT_BENCH_SCALE_PARTS ?? 'routes,policy,restart,ipam').split(',').map((x) => x.trim()));
+const PARTS = new Set((env.WEFT_BENCH_SCALE_PARTS ?? 'leases,routes,policy,restart,ipam').split(',').map((x) => x.trim()));
 const NAMESPACES = 10;
+/** The control plane's lease (WEFT_NODE_LEASE_MS, passed through to `weft up`): agents renew every third. */
+const leaseMs = Number(env.WEFT_NODE_LEASE_MS ?? 20_000);
 const ATTACH_CONCURRENCY = Number(env.WEFT_BENCH_SCALE_ATTACH_CONCURRENCY ?? 64);
 
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
@@ -178,7 +180,8 @@ async function floorFanout(streams: number, trials: number): Promise<{ latency: 
  * the Kubernetes controller's work queue retries. `retries` counts them (a figure: the control plane refusing work).
  */
 const controllerRetries = { count: 0 };
-async function retrying<T>(call: () => Promise<T>): Promise<T> {
+const attachRetries = { count: 0 };
+async function retrying<T>(call: () => Promise<T>, retries = controllerRetries): Promise<T> {
   const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
   for (let attempt = 0; ; attempt++) {
     try {
@@ -186,7 +189,7 @@ async function retrying<T>(call: () => Promise<T>): Promise<T> {
     } catch (err) {
       const code = (err as { code?: number }).code;
       if (attempt >= 20 || (code !== status.UNAVAILABLE && code !== status.DEADLINE_EXCEEDED)) throw err;
-      controllerRetries.count++;
+      retries.count++;
       await sleep(backoff.next());
     }
   }
@@ -198,7 +201,17 @@ interface SizeFigures {
   idle: { server: number; postgres: number; sim: number };
   route?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number; floor: { latency: number[]; last: number[] } };
   policy?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number };
+  leases?: { rate: number; p50: number; p99: number; server: number; postgres: number; nodesAtRate: number };
   setup: { attachRate: number; firstP50: number; firstP99: number; allocP50: number; allocP99: number; attachP50: number; attachP99: number; cpu: { server: number; postgres: number; sim: number }; joinSeconds: number; attached: number };
+}
+
+/** What a signal must undo (the control plane, PostgreSQL, the data folder) when the bench is stopped early. */
+let cleanUp: (() => Promise<void>) | null = null;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    log(`${sig}: cleaning up`);
+    void (cleanUp?.() ?? Promise.resolve()).finally(() => process.exit(130));
+  });
 }
 
 async function main() {
@@ -224,6 +237,12 @@ async function main() {
   const rows: Row[] = [];
   const restartRows: Row[] = [];
   const ipamRows: Row[] = [];
+  cleanUp = async () => {
+    sim.close();
+    await cp.stop().catch(() => {});
+    await db.stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+  };
   try {
     // Clusters (one IPAM, one routing domain: their pod CIDRs never overlap), a pool each; the probe pool of new blocks.
     const clusterBits = Math.ceil(Math.log2(Math.max(1, CLUSTERS)));
@@ -311,7 +330,8 @@ async function main() {
           const { node, j } = work[next++]!;
           const t0 = now();
           try {
-            const pod = await sim.attachPod(node, { namespace: `ns-${j % NAMESPACES}`, name: `p-${node.spec.name}-${j}` });
+            // The runtime retries a failed ADD (kubelet does, with backoff): a refusal for load is counted and retried.
+            const pod = await retrying(() => sim.attachPod(node, { namespace: `ns-${j % NAMESPACES}`, name: `p-${node.spec.name}-${j}` }), attachRetries);
             allocLat.push(now() - t0);
             (j === 0 ? allocateFirst : allocateOnly).push(pod.allocateMs);
           } catch (err) {
@@ -334,9 +354,12 @@ async function main() {
         const pod = [...node.pods.values()][0];
         if (pod) await retrying(() => policy.upsertPod({ pod: { namespace: pod.namespace, name: pod.name, node: node.spec.name, labels: { role: 'client' }, addresses: [], ports: [] }, keepAttachment: true }, { timeoutMs: 10_000 }));
       }
-      // Settled: every agent holds every other node (a node's own entry is not sent to it) and a policy view.
-      const ok = await waitFor('sync', () => sim.nodes.every((x) => x.routesSynced && x.routeView.size >= n - 1 && x.policyRules !== null), 300_000);
-      if (!ok) log(`not every agent synced at ${n}: ${JSON.stringify(sim.stats())}`);
+      // Settled: every agent holds every node (its own entry too) and a policy view.
+      const ok = await waitFor('sync', () => sim.nodes.every((x) => x.routesSynced && x.routeView.size >= n && x.policyRules !== null), 300_000);
+      if (!ok) {
+        const sizes = sim.nodes.map((x) => x.routeView.size);
+        log(`not every agent synced at ${n} within 300 s: route views hold ${Math.min(...sizes)}-${Math.max(...sizes)} nodes (a lapsed lease withdraws a node); ${JSON.stringify(sim.stats())}`);
+      }
       await sleep(3000);
       const idleA = meter();
       await sleep(8000);
@@ -348,6 +371,28 @@ async function main() {
       };
       const idleRate = (a: Meter, b: Meter, k: 'server' | 'postgres' | 'sim') => (fig.idle[k] / 100) * (b.at - a.at);
       log(`${n}: idle server ${fig.idle.server.toFixed(1)}% cpu, postgres ${fig.idle.postgres.toFixed(1)}%, simulator ${fig.idle.sim.toFixed(1)}%; server RSS ${mib(fig.serverRssKiB)}`);
+
+      // --- leases: how many renewals a second the control plane takes (each holds the route log's lock) -------------
+      if (PARTS.has('leases')) {
+        const callers = sim.nodes.slice(0, Math.min(64, sim.nodes.length));
+        const lat: number[] = [];
+        const a = meter();
+        const end = now() + 5000;
+        await Promise.all(callers.map(async (node) => {
+          while (now() < end) {
+            const t0 = now();
+            try {
+              await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 });
+              lat.push(now() - t0);
+            } catch { /* counted by its absence */ }
+          }
+        }));
+        const b = meter();
+        const rate = lat.length / ((b.at - a.at) / 1000);
+        // Every node renews every third of the lease: the nodes that rate keeps alive, less what the steady state uses.
+        fig.leases = { rate, p50: p(lat, 50), p99: p(lat, 99), server: cpuPct(a, b, 'server'), postgres: cpuPct(a, b, 'postgres'), nodesAtRate: rate * (leaseMs / 3 / 1000) };
+        log(`${n}: renewals at most ${perSec(rate)} (64 callers), p50/p99 ${ms(p(lat, 50))} / ${ms(p(lat, 99))}`);
+      }
 
       // --- routes: a new block in every agent ------------------------------------------------------------------------
       if (PARTS.has('routes')) {
@@ -538,6 +583,7 @@ async function main() {
       rows.push({ figure: `${s}: server RSS per watch stream ((RSS - ${mib(rss0)} before any node) / ${f.streams})`, value: kib((f.serverRssKiB - rss0) / f.streams), baseline: `server ${mib(f.serverRssKiB)}, PostgreSQL ${mib(f.pgRssKiB)}` });
       rows.push({ figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`, value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`, baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)` });
       if (f.route) rows.push({ figure: `${s}: CPU per route change: server; PostgreSQL`, value: `${cost(f.route.cpuServer)}; ${cost(f.route.cpuPg)}`, baseline: `simulator ${cost(f.route.cpuSim)}` });
+      if (f.leases) rows.push({ figure: `${s}: RenewLease capacity (64 nodes renewing back to back, 5 s)`, value: `${perSec(f.leases.rate)}: the renewals of ${Math.round(f.leases.nodesAtRate)} nodes`, baseline: `p50 / p99 ${ms(f.leases.p50)} / ${ms(f.leases.p99)}; CPU server ${f.leases.server.toFixed(0)}%, PostgreSQL ${f.leases.postgres.toFixed(0)}%`, goal: `${f.n} nodes renew ${perSec(f.n / (leaseMs / 3 / 1000))}` });
       if (f.policy) rows.push({ figure: `${s}: CPU per policy change: server; PostgreSQL`, value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`, baseline: `simulator ${cost(f.policy.cpuSim)}` });
       rows.push({ figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`, value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`, baseline: `first pod's Allocate (block claim) p50 / p99 ${ms(f.setup.firstP50)} / ${ms(f.setup.firstP99)}; others' Allocate ${ms(f.setup.allocP50)} / ${ms(f.setup.allocP99)}; AttachPod report taken after ${ms(f.setup.attachP50)} / ${ms(f.setup.attachP99)}; CPU server ${f.setup.cpu.server.toFixed(0)}%, PostgreSQL ${f.setup.cpu.postgres.toFixed(0)}%, simulator ${f.setup.cpu.sim.toFixed(0)}%` });
     }
@@ -548,7 +594,7 @@ async function main() {
       rows.push({ figure: '  route p99; policy p99; idle server CPU', value: `${law((f) => f.route && p(f.route.latency, 99))}; ${law((f) => f.policy && p(f.policy.latency, 99))}; ${law((f) => f.idle.server)}` });
     }
     const st = sim.stats();
-    printTable(`bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls retried (UNAVAILABLE or no answer in time)`, rows);
+    printTable(`bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls and ${attachRetries.count} pod ADDs retried (UNAVAILABLE or no answer in time)`, rows);
     if (restartRows.length) printTable('bench/scale — control plane restarted (SIGTERM, start on the same data and port)', restartRows);
     if (ipamRows.length) printTable('bench/scale — IPAM with every simulated pod live', ipamRows);
   } finally {
