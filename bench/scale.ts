@@ -40,7 +40,9 @@ import { findPgbench, ms, percentile, perSec, pgbenchInsertTps, printTable, type
  * (20), WEFT_BENCH_SCALE_TRIALS (20), WEFT_BENCH_SCALE_CLIENTS_EVERY (10: pod 0 of every 10th node is a described
  * `role=client` pod), WEFT_BENCH_SCALE_RESTART (last | each | none), WEFT_BENCH_SCALE_CHURN_S (10),
  * WEFT_BENCH_SCALE_PARTS (leases,routes,policy,restart,ipam), WEFT_BENCH_SCALE_ATTACH_CONCURRENCY (64 pods attaching at once).
- * Limits per identity are the production defaults.
+ * Limits per identity are the production defaults. The control plane inherits this process's environment, so its own
+ * settings apply too (WEFT_NODE_LEASE_MS=60000 was one run of bench/SCALE.md).
+ * Figures and what broke first: bench/SCALE.md.
  */
 const env = process.env;
 const SIZES = (env.WEFT_BENCH_SCALE_NODES ?? '500,1000,2000,5000').split(',').map((x) => Number(x.trim())).filter((x) => x > 0).sort((a, b) => a - b);
@@ -197,7 +199,7 @@ async function retrying<T>(call: () => Promise<T>, retries = controllerRetries):
 
 // --- the bench -------------------------------------------------------------------------------------------------------
 interface SizeFigures {
-  n: number; streams: number; serverRssKiB: number; pgRssKiB: number; simRssKiB: number;
+  n: number; streams: number; views: [number, number]; serverRssKiB: number; pgRssKiB: number; simRssKiB: number;
   idle: { server: number; postgres: number; sim: number };
   route?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number; floor: { latency: number[]; last: number[] } };
   policy?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number };
@@ -220,6 +222,7 @@ async function main() {
   const db = await startEmbeddedPostgres(dir, await freePort(), silentLogger);
   const pgDir = path.join(dir, 'pg');
   const sql = new pg.Client({ connectionString: db.ownerUrl });
+  sql.on('error', () => {}); // PostgreSQL stopping under it (a signal's clean-up) is not the bench's failure
   await sql.connect();
   const port = await freePort();
   const cpArgs = ['up', '--data-dir', path.join(dir, 'cp'), '--listen', `127.0.0.1:${port}`];
@@ -237,8 +240,30 @@ async function main() {
   const rows: Row[] = [];
   const restartRows: Row[] = [];
   const ipamRows: Row[] = [];
+
+  /** RSS of the control plane and of this process before any simulated node. */
+  let rss0 = 0, simRss0 = 0;
+  /** The table rows of one size. */
+  const rowsOf = (f: SizeFigures): Row[] => {
+    const rows: Row[] = [];
+    const s = `${f.n} nodes`;
+    if (f.route) {
+      rows.push({ figure: `${s}: new block -> all ${f.n} agents, p50 / p99${f.route.missing ? ` (${f.route.missing} deliveries MISSING)` : ''}`, value: `${ms(p(f.route.latency, 50))} / ${ms(p(f.route.latency, 99))}`, baseline: `bare grpc-js fan-out ${ms(p(f.route.floor.latency, 50))} / ${ms(p(f.route.floor.latency, 99))}`, ratio: `${(p(f.route.latency, 99) / p(f.route.floor.latency, 99)).toFixed(1)}x`, goal: `p99 <= 1 s: ${p(f.route.latency, 99) <= 1000 && !f.route.missing ? 'met' : 'missed'}` });
+      rows.push({ figure: '  last agent per change, median', value: ms(p(f.route.last, 50)), baseline: `floor ${ms(p(f.route.floor.last, 50))}` });
+    }
+    if (f.policy) rows.push({ figure: `${s}: pod label change -> every affected agent, p50 / p99${f.policy.missing ? ` (${f.policy.missing} MISSING)` : ''}`, value: `${ms(p(f.policy.latency, 50))} / ${ms(p(f.policy.latency, 99))}`, baseline: `last agent median ${ms(p(f.policy.last, 50))}`, goal: `p99 <= 2 s: ${p(f.policy.latency, 99) <= 2000 && !f.policy.missing ? 'met' : 'missed'}` });
+    rows.push({ figure: `${s}: nodes in each agent's route table once settled (a lapsed lease withdraws a node)`, value: f.views[0] === f.views[1] ? String(f.views[0]) : `${f.views[0]}-${f.views[1]}`, goal: `${f.n}: ${f.views[0] >= f.n ? 'met' : 'missed'}` });
+    rows.push({ figure: `${s}: server RSS per watch stream ((RSS - ${mib(rss0)} before any node) / ${f.streams})`, value: kib((f.serverRssKiB - rss0) / f.streams), baseline: `server ${mib(f.serverRssKiB)}, PostgreSQL ${mib(f.pgRssKiB)}` });
+    rows.push({ figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`, value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`, baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)` });
+    if (f.route) rows.push({ figure: `${s}: CPU per route change: server; PostgreSQL`, value: `${cost(f.route.cpuServer)}; ${cost(f.route.cpuPg)}`, baseline: `simulator ${cost(f.route.cpuSim)}` });
+    if (f.leases) rows.push({ figure: `${s}: RenewLease capacity (64 nodes renewing back to back, 5 s)`, value: `${perSec(f.leases.rate)}: the renewals of ${Math.round(f.leases.nodesAtRate)} nodes`, baseline: `p50 / p99 ${ms(f.leases.p50)} / ${ms(f.leases.p99)}; CPU server ${f.leases.server.toFixed(0)}%, PostgreSQL ${f.leases.postgres.toFixed(0)}%`, goal: `${f.n} nodes renew ${perSec(f.n / (leaseMs / 3 / 1000))}` });
+    if (f.policy) rows.push({ figure: `${s}: CPU per policy change: server; PostgreSQL`, value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`, baseline: `simulator ${cost(f.policy.cpuSim)}` });
+    rows.push({ figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`, value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`, baseline: `first pod's Allocate (block claim) p50 / p99 ${ms(f.setup.firstP50)} / ${ms(f.setup.firstP99)}; others' Allocate ${ms(f.setup.allocP50)} / ${ms(f.setup.allocP99)}; AttachPod report taken after ${ms(f.setup.attachP50)} / ${ms(f.setup.attachP99)}; CPU server ${f.setup.cpu.server.toFixed(0)}%, PostgreSQL ${f.setup.cpu.postgres.toFixed(0)}%, simulator ${f.setup.cpu.sim.toFixed(0)}%` });
+    return rows;
+  };
   cleanUp = async () => {
     sim.close();
+    await sql.end().catch(() => {});
     await cp.stop().catch(() => {});
     await db.stop().catch(() => {});
     rmSync(dir, { recursive: true, force: true });
@@ -261,8 +286,8 @@ async function main() {
     }
     await policy.applyPolicies({ objectsJson: objects });
     await sleep(2000);
-    const rss0 = rssKiB(cp.child.pid!);
-    const simRss0 = process.memoryUsage().rss / 1024;
+    rss0 = rssKiB(cp.child.pid!);
+    simRss0 = process.memoryUsage().rss / 1024;
     log(`control plane up (RSS ${mib(rss0)}); sizes ${SIZES.join(', ')}; ${PODS} pods per node; ${CLUSTERS} clusters`);
 
     // Trials' stamps: one array per trial, indexed by node.
@@ -364,8 +389,9 @@ async function main() {
       const idleA = meter();
       await sleep(8000);
       const idleB = meter();
+      const sizes = sim.nodes.map((x) => x.routeView.size);
       const fig: SizeFigures = {
-        n, streams: 2 * n, serverRssKiB: rssKiB(cp.child.pid!), pgRssKiB: postgresRssKiB(pgDir), simRssKiB: process.memoryUsage().rss / 1024,
+        n, streams: 2 * n, views: [Math.min(...sizes), Math.max(...sizes)], serverRssKiB: rssKiB(cp.child.pid!), pgRssKiB: postgresRssKiB(pgDir), simRssKiB: process.memoryUsage().rss / 1024,
         idle: { server: cpuPct(idleA, idleB, 'server'), postgres: cpuPct(idleA, idleB, 'postgres'), sim: cpuPct(idleA, idleB, 'sim') },
         setup: { attachRate, firstP50: p(allocateFirst, 50), firstP99: p(allocateFirst, 99), allocP50: p(allocateOnly, 50), allocP99: p(allocateOnly, 99), attachP50: p(attachOnly, 50), attachP99: p(attachOnly, 99), cpu: attachCpu, joinSeconds, attached: allocLat.length },
       };
@@ -461,6 +487,7 @@ async function main() {
         log(`${n}: policy p50/p99 ${ms(p(latency, 50))} / ${ms(p(latency, 99))}, missing ${missing}`);
       }
       figures.push(fig);
+      printTable(`bench/scale — ${n} simulated nodes (so far; the whole table follows at the end)`, rowsOf(fig));
 
       // --- restart with n agents connected ---------------------------------------------------------------------------
       if (PARTS.has('restart') && (RESTART === 'each' || (RESTART === 'last' && n === SIZES[SIZES.length - 1]))) {
@@ -573,20 +600,7 @@ async function main() {
     }
 
     // --- tables ------------------------------------------------------------------------------------------------------
-    for (const f of figures) {
-      const s = `${f.n} nodes`;
-      if (f.route) {
-        rows.push({ figure: `${s}: new block -> all ${f.n} agents, p50 / p99${f.route.missing ? ` (${f.route.missing} deliveries MISSING)` : ''}`, value: `${ms(p(f.route.latency, 50))} / ${ms(p(f.route.latency, 99))}`, baseline: `bare grpc-js fan-out ${ms(p(f.route.floor.latency, 50))} / ${ms(p(f.route.floor.latency, 99))}`, ratio: `${(p(f.route.latency, 99) / p(f.route.floor.latency, 99)).toFixed(1)}x`, goal: `p99 <= 1 s: ${p(f.route.latency, 99) <= 1000 && !f.route.missing ? 'met' : 'missed'}` });
-        rows.push({ figure: '  last agent per change, median', value: ms(p(f.route.last, 50)), baseline: `floor ${ms(p(f.route.floor.last, 50))}` });
-      }
-      if (f.policy) rows.push({ figure: `${s}: pod label change -> every affected agent, p50 / p99${f.policy.missing ? ` (${f.policy.missing} MISSING)` : ''}`, value: `${ms(p(f.policy.latency, 50))} / ${ms(p(f.policy.latency, 99))}`, baseline: `last agent median ${ms(p(f.policy.last, 50))}`, goal: `p99 <= 2 s: ${p(f.policy.latency, 99) <= 2000 && !f.policy.missing ? 'met' : 'missed'}` });
-      rows.push({ figure: `${s}: server RSS per watch stream ((RSS - ${mib(rss0)} before any node) / ${f.streams})`, value: kib((f.serverRssKiB - rss0) / f.streams), baseline: `server ${mib(f.serverRssKiB)}, PostgreSQL ${mib(f.pgRssKiB)}` });
-      rows.push({ figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`, value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`, baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)` });
-      if (f.route) rows.push({ figure: `${s}: CPU per route change: server; PostgreSQL`, value: `${cost(f.route.cpuServer)}; ${cost(f.route.cpuPg)}`, baseline: `simulator ${cost(f.route.cpuSim)}` });
-      if (f.leases) rows.push({ figure: `${s}: RenewLease capacity (64 nodes renewing back to back, 5 s)`, value: `${perSec(f.leases.rate)}: the renewals of ${Math.round(f.leases.nodesAtRate)} nodes`, baseline: `p50 / p99 ${ms(f.leases.p50)} / ${ms(f.leases.p99)}; CPU server ${f.leases.server.toFixed(0)}%, PostgreSQL ${f.leases.postgres.toFixed(0)}%`, goal: `${f.n} nodes renew ${perSec(f.n / (leaseMs / 3 / 1000))}` });
-      if (f.policy) rows.push({ figure: `${s}: CPU per policy change: server; PostgreSQL`, value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`, baseline: `simulator ${cost(f.policy.cpuSim)}` });
-      rows.push({ figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`, value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`, baseline: `first pod's Allocate (block claim) p50 / p99 ${ms(f.setup.firstP50)} / ${ms(f.setup.firstP99)}; others' Allocate ${ms(f.setup.allocP50)} / ${ms(f.setup.allocP99)}; AttachPod report taken after ${ms(f.setup.attachP50)} / ${ms(f.setup.attachP99)}; CPU server ${f.setup.cpu.server.toFixed(0)}%, PostgreSQL ${f.setup.cpu.postgres.toFixed(0)}%, simulator ${f.setup.cpu.sim.toFixed(0)}%` });
-    }
+    for (const f of figures) rows.push(...rowsOf(f));
     if (figures.length > 1) {
       const law = (y: (f: SizeFigures) => number | undefined) => growthLaw(figures.map((f) => ({ n: f.n, y: y(f) ?? 0 })));
       rows.push({ figure: `growth over ${figures.map((f) => f.n).join(', ')} nodes: server RSS per stream`, value: law((f) => (f.serverRssKiB - rss0) / f.streams) });
