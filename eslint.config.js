@@ -28,7 +28,8 @@ const zones = [
   {
     target: DOMAINS,
     from: [...GRPC, ...DATABASE, ...KERNEL, 'gen', 'lib/logger.ts', pkg('@kubernetes')],
-    message: 'domain/ is pure rules and types: no gRPC, database, generated code, kernel or logging (CONVENTIONS.md 1).',
+    message:
+      'domain/ is pure rules and types: no gRPC, database, generated code, kernel or logging (CONVENTIONS.md 1).',
   },
   ...services.map((s) => ({
     target: `services/${s}/domain`,
@@ -53,7 +54,17 @@ const zones = [
   },
   {
     target: 'cni',
-    from: ['services', 'node-dataplane', 'cli', 'kube-controller', 'gen/weft', 'lib/db', pkg('@grpc'), pkg('@opentelemetry'), pkg('protobufjs')],
+    from: [
+      'services',
+      'node-dataplane',
+      'cli',
+      'kube-controller',
+      'gen/weft',
+      'lib/db',
+      pkg('@grpc'),
+      pkg('@opentelemetry'),
+      pkg('protobufjs'),
+    ],
     message:
       'The CNI plugin is small and starts fast: it talks to the agent through lib/grpc/unary-client.ts and gen/codec, ' +
       'and does not load services, the agent, grpc-js or OpenTelemetry (cni/DESIGN.md).',
