@@ -69,7 +69,11 @@ export function sessionConfig(url: string, t: DatabaseTimeouts = DEFAULT_DATABAS
 const READ_TIMEOUT = 'Query read timeout';
 
 /**
- * Two guards on every pooled session, because a database that stops answering now makes queries fail instead of hang:
+ * Three guards on every pooled session, because a database that stops answering now makes queries fail instead of hang:
+ * - a session that the server ends while it is checked out with no query running (a primary killed or demoted under
+ *   a transaction between two statements, an administrator's pg_terminate_backend) emits 'error' with nobody
+ *   listening: pg-pool listens only while a session is idle, and an unheard 'error' ends the process. Heard here, the
+ *   session is simply unusable: its holder's next query fails (UNAVAILABLE) and the pool drops it when it comes back;
  * - a session whose query got no answer within query_timeout is closed (so the pool drops it and opens a new one):
  *   its next query would queue behind the unanswered one, and a rollback on it would wait out the timeout again;
  * - a session whose `begin` fails goes back to the pool (closed): drizzle-orm's transaction() (0.45) releases its
@@ -77,6 +81,7 @@ const READ_TIMEOUT = 'Query read timeout';
  *   `max` of them the service could never reach its database again. (Only drizzle sends BEGIN on a pooled session.)
  */
 function guardSession(client: pg.PoolClient): void {
+  client.on('error', () => {});
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   const close = (err: unknown) => {
     if ((err as Error | undefined)?.message === READ_TIMEOUT) (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
