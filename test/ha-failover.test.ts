@@ -18,8 +18,8 @@ import { eventually } from './support/eventually.js';
  * while several callers allocate and release through the gRPC API, and the primary's postmaster is SIGKILLed.
  * Calls during the switch must fail UNAVAILABLE (never a wrong answer); writes must work again once Patroni has
  * promoted the synchronous standby; every allocation and release acknowledged to a caller must be there afterwards;
- * no address may be live twice; WatchRoutes must still deliver changes, woken by notifications (the streams' poll is
- * set to a minute, so only a notification, or the notifier's reconnect, wakes them in time).
+ * no address may be live twice; WatchRoutes must still deliver changes, woken by notifications (the streams' poll
+ * and bookmark periods are set to a minute, so only a notification, or the notifier's reconnect, wakes them in time).
  */
 const WORKERS = 6;
 const WARMUP_MS = 4000;
@@ -48,7 +48,7 @@ before(async () => {
   weft = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, {
     env: {
       DATABASE_URL: ha.appUrl, WEFT_MIGRATION_DATABASE_URL: ha.ownerUrl, WEFT_LOG_LEVEL: 'warn',
-      WEFT_ROUTES_POLL_MS: '60000', WEFT_ROUTES_BOOKMARK_MS: '1000',
+      WEFT_ROUTES_POLL_MS: '60000', WEFT_ROUTES_BOOKMARK_MS: '60000',
     },
   });
 });
