@@ -223,8 +223,10 @@ test('weft up on Patroni PostgreSQL: SIGKILL of the primary mid-hammer loses no 
 
   const afterKill = calls.filter((c) => c.start >= killedAt);
   const refused = afterKill.filter((c) => !c.ok).length;
+  const beforeKillMs = calls.filter((c) => c.ok && c.end < killedAt).map((c) => c.end - c.start).sort((a, b) => a - b);
   const figures = {
     writesBackMs: writesBackAt - killedAt,
+    callMsBeforeKill: { p50: beforeKillMs[Math.floor(beforeKillMs.length / 2)], p99: beforeKillMs[Math.floor(beforeKillMs.length * 0.99)] },
     callsBeforeKill: beforeKill, callsAfterKill: afterKill.length, refusedDuringSwitch: refused,
     refusedInFlightAtKill: calls.filter((c) => c.start < killedAt && c.end >= killedAt && !c.ok).length,
     slowestRefusalMs: Math.max(0, ...calls.filter((c) => !c.ok).map((c) => c.end - c.start)),
