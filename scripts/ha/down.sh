@@ -31,18 +31,23 @@ haproxy=$(pid_of haproxy)
 patronis=$(for n in 1 2 3; do pid_of "patroni$n"; done)
 etcds=$(for n in 1 2 3; do pid_of "etcd$n"; done)
 signal TERM $haproxy
-# Patroni stops its PostgreSQL on SIGTERM (fast shutdown); whatever is left after that is killed.
-signal TERM $patronis
-wait_gone 20 $patronis $(postmasters) || true
-signal KILL $haproxy $patronis
+# The folder goes with everything in it, so nothing needs Patroni's graceful stop (where a synchronous standby waits
+# for a primary that is stopping too to release it): Patroni is killed, then each PostgreSQL gets a fast shutdown
+# (SIGINT), and whatever is left after 10 s is killed with its process group (backends included).
+signal KILL $patronis
+wait_gone 5 $patronis || true
+signal INT $(postmasters)
+wait_gone 10 $(postmasters) || true
+signal KILL $haproxy
 for p in $(postmasters); do
   if ours "$p"; then
     pgid=$(ps -o pgid= -p "$p" | tr -d ' ')
     kill -KILL "$p" 2>/dev/null
-    [ -n "$pgid" ] && [ "$pgid" != "$$" ] && [ "$pgid" != "$(ps -o pgid= -p $$ | tr -d ' ')" ] && kill -KILL -- "-$pgid" 2>/dev/null
+    [ -n "$pgid" ] && [ "$pgid" != "$(ps -o pgid= -p $$ | tr -d ' ')" ] && kill -KILL -- "-$pgid" 2>/dev/null
   fi
 done
 signal TERM $etcds
-wait_gone 10 $etcds || signal KILL $etcds
+# (A member that leads hands its leadership over before it stops, which its stopping peers make slow: 2 s at most.)
+wait_gone 2 $etcds || signal KILL $etcds
 wait_gone 10 $haproxy $patronis $etcds $(postmasters) || { echo "weft-ha: processes of $dir still running" >&2; exit 1; }
 rm -rf "$dir"
