@@ -140,7 +140,15 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     // A call that came over TLS is identified as always; one without TLS can only be the benchmark's listener.
     const plaintextAdmin: Identity = Object.freeze({ kind: 'admin', name: 'bench-plaintext' });
     const identify = access.identify ?? ((call: IdentifiableCall) => identifyCaller(call, tokens.verify));
-    access = { ...access, identify: (call) => (call.getAuthContext().transportSecurityType ? identify(call) : plaintextAdmin) };
+    access = {
+      ...access,
+      identify: (call) => {
+        // Asked once: over TLS, getAuthContext parses the peer's certificate each time.
+        const auth = call.getAuthContext();
+        if (!auth.transportSecurityType) return plaintextAdmin;
+        return identify({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth });
+      },
+    };
     logger.warn('a plaintext listener for benchmarks is on: every caller on it is an administrator', { listen: internals.plaintextListenForBenchmarks });
   }
   const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: createCallLimiter(identityLimits(config)), ...access });
