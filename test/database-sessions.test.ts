@@ -75,12 +75,13 @@ test('a commit cancelled while it waits for the synchronous standby fails "datab
       return rows[0]?.ok === true;
     }, 10_000, 50);
     const unavailable = (err: unknown) => isDatabaseUnavailable(err) && /synchronous standby/.test(`${(err as Error).message} ${(err as { cause?: Error }).cause?.message}`);
-    const tx = one.db.transaction(async (t) => { await t.execute(sql`INSERT INTO sync_probe VALUES (1)`); });
+    // Each outcome is awaited only after the cancel, but heard from the start (it may come before the cancel returns).
+    const tx = assert.rejects(one.db.transaction(async (t) => { await t.execute(sql`INSERT INTO sync_probe VALUES (1)`); }), unavailable, "a transaction's COMMIT");
     await cancelWhenWaiting();
-    await assert.rejects(tx, unavailable, "a transaction's COMMIT");
-    const single = one.pool.query('INSERT INTO sync_probe VALUES (2)');
+    await tx;
+    const single = assert.rejects(one.pool.query('INSERT INTO sync_probe VALUES (2)'), unavailable, 'a statement outside a transaction');
     await cancelWhenWaiting();
-    await assert.rejects(single, unavailable, 'a statement outside a transaction');
+    await single;
     // The server did commit both on the primary: the outcome was unknown, not "failed".
     assert.deepEqual((await admin.query('SELECT n FROM sync_probe ORDER BY n')).rows.map((r) => r.n), [1, 2]);
     // The session stays usable: the next statement that needs no standby answers normally.
