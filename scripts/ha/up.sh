@@ -41,14 +41,14 @@ trap 'status=$?; if [ $status -ne 0 ]; then echo "weft-ha: start failed; logs:" 
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# 13 distinct free ports on 127.0.0.1 (held open together, so they differ).
+# 14 distinct free ports on 127.0.0.1 (held open together, so they differ).
 read -r -a ports <<<"$(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(13)]
+ss = [socket.socket() for _ in range(14)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')"
-etcd_client=("${ports[@]:0:3}") etcd_peer=("${ports[@]:3:3}") pg_port=("${ports[@]:6:3}") api_port=("${ports[@]:9:3}") proxy_port=${ports[12]}
-read -r proxy_replicas_port <<<"$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+etcd_client=("${ports[@]:0:3}") etcd_peer=("${ports[@]:3:3}") pg_port=("${ports[@]:6:3}") api_port=("${ports[@]:9:3}")
+proxy_port=${ports[12]} proxy_replicas_port=${ports[13]}
 secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
 super_pw=$(secret) repl_pw=$(secret) owner_pw=$(secret) app_pw=$(secret)
 
