@@ -24,7 +24,7 @@ export function wantedFamilies(pools: PoolRecord[], req: AllocationRequest): Fam
  * Allocate: which pools and families, the one-statement path for the common case, else the full path (one
  * transaction, retried after a lost race), and the prefetch of a node's next block. See DESIGN.md, Allocate.
  */
-export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache, onBackgroundError: (what: string, err: unknown) => void) {
+export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache, onBackgroundError: (what: string, err: unknown) => void, now: () => number = Date.now) {
   const prefetch = createBlockPrefetch(store, onBackgroundError);
 
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
@@ -111,7 +111,7 @@ export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache,
     const holder = await tx.liveHolder(pool.routingDomainId, address);
     if (holder !== null) throw ipamErrors.specificInUse(address, holder);
     const resting = await tx.resting(pool, address, req.owner);
-    if (resting?.until && resting.until > new Date() && !(req.owner && resting.owner === req.owner)) throw ipamErrors.specificResting(address, resting.until);
+    if (resting?.until && resting.until.getTime() > now() && !(req.owner && resting.owner === req.owner)) throw ipamErrors.specificResting(address, resting.until);
     // A block's routes point at its node: the address's block must be this node's, or unclaimed (then it is claimed).
     const block = await tx.lockBlockAt(pool.routingDomainId, address);
     if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, block.node);

@@ -13,10 +13,17 @@ export { BLOCKS_CHANNEL } from '../store/postgres.store.js';
  * paths, block prefetch), the order of a transaction's steps, and retries after lost races. The store (domain/
  * ipam-store.ts) does each step; the reports pass through.
  */
-export function createIpamUseCases(store: IpamStore, reports: IpamReports, opts: { onBackgroundError?: (what: string, err: unknown) => void } = {}) {
+export interface IpamUseCaseOptions {
+  /** Background work that failed (pool reads ahead of expiry, block prefetch): logged, never thrown. */
+  onBackgroundError?: (what: string, err: unknown) => void;
+  /** The clock rests are compared with (tests move it). */
+  now?: () => number;
+}
+
+export function createIpamUseCases(store: IpamStore, reports: IpamReports, opts: IpamUseCaseOptions = {}) {
   const onBackgroundError = opts.onBackgroundError ?? (() => {});
   const pools = createPoolCatalogCache(store, { onBackgroundError });
-  const { allocate, prefetchesSettled } = createAllocateUseCase(store, pools, onBackgroundError);
+  const { allocate, prefetchesSettled } = createAllocateUseCase(store, pools, onBackgroundError, opts.now ?? Date.now);
 
   return {
     async createPool(spec: PoolSpec) {
