@@ -130,6 +130,9 @@ export interface AllocationStore {
   liveAllocationsOfNode(node: string): Promise<number>;
 }
 
+/** What the store notifies (PostgreSQL NOTIFY) once an affinity change commits: it wakes watchers, who then read the log. */
+export const BLOCKS_CHANNEL = 'ipam_blocks';
+
 export interface AffinityStore {
   affinitySnapshot(): Promise<AffinityChange>;
   affinityChangesSince(revision: number): Promise<AffinityChange[]>;

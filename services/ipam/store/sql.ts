@@ -1,7 +1,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { Family } from '../../../lib/net/ip.js';
-import type { PoolRecord } from '../domain/ipam-store.js';
+import { BLOCKS_CHANNEL, type PoolRecord } from '../domain/ipam-store.js';
 import type { Allocation } from '../domain/types.js';
 import type { allocations, blocks, pools } from './schema.js';
 
@@ -20,8 +20,7 @@ export async function rows<T extends Record<string, unknown>>(db: Tx, query: SQL
   return (await db.execute<T>(query)).rows as T[];
 }
 
-/** The notification channel that wakes affinity watchers. */
-export const BLOCKS_CHANNEL = 'ipam_blocks';
+export { BLOCKS_CHANNEL } from '../domain/ipam-store.js';
 
 /** Serializes block claims and releases: block_events revisions commit in revision order (DESIGN.md, Order). */
 export const CLAIM_LOCK = sql`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`;

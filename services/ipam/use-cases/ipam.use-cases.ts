@@ -6,7 +6,7 @@ import { createAllocateUseCase } from './allocate.js';
 import { createPoolCatalogCache } from './pool-catalog.js';
 import { withRetry } from './retry.js';
 
-export { BLOCKS_CHANNEL } from '../store/postgres.store.js';
+export { BLOCKS_CHANNEL } from '../domain/ipam-store.js';
 
 /**
  * IPAM's use cases, between the gRPC adapter (rpc/) and the store: the decisions (pool caching, the allocation
