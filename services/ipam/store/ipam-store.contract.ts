@@ -90,6 +90,20 @@ export function runIpamStoreContract(name: string, makeStore: () => Promise<Ipam
       assert.deepEqual(usage, { blocks: 2, live: 8n, roomy: 1 });
     });
 
+    test('a never-used address taken as an exact one and released rests like any other: both paths step over it', async () => {
+      const store = await makeStore();
+      const p = await pool(store, 'p', '10.16.0.0/29', { blockPrefixLength: 29, cooldownSeconds: 3600 });
+      assert.deepEqual(await fill(store, p, 'n1', ['a']), ['10.16.0.0']);
+      for (const [h, address] of [['x', '10.16.0.1'], ['y', '10.16.0.3']] as const) {
+        await store.transaction(async (tx) => tx.takeAddress(p, (await tx.lockBlockAt(p.routingDomainId, address))!.id, address, req(h, 'n1')));
+        await store.releaseHandle(h);
+      }
+      assert.deepEqual(await store.allocateFast(p, req('b', 'n1')), { kind: 'skipped' });
+      const b = await store.allocateFast(p, req('b', 'n1'));
+      assert.equal(b.kind === 'new' && b.allocation.address, '10.16.0.2');
+      assert.deepEqual(await fill(store, p, 'n1', ['c']), ['10.16.0.4']);
+    });
+
     test('released addresses rest for the cool-down; past it the longest-free is reused first', async () => {
       const store = await makeStore();
       const slow = await pool(store, 'slow', '10.4.0.0/30', { cooldownSeconds: 3600 });
