@@ -254,6 +254,12 @@ export function runIpamStoreContract(name: string, makeStore: () => Promise<Ipam
       assert.deepEqual((await store.releaseEmptyBlocks(0)).map((b) => `${b.cidr} ${b.node}`), ['10.13.0.8/30 n2']);
       // A released block is the lowest free one again.
       assert.deepEqual(await fill(store, p, 'n3', ['y']), ['10.13.0.4']);
+      // A block whose address still cools down stays, whatever the grace.
+      const slow = await pool(store, 'slow', '10.13.1.0/30', { cooldownSeconds: 3600 });
+      await fill(store, slow, 'n4', ['s']);
+      await store.releaseHandle('s');
+      await new Promise((r) => setTimeout(r, 5));
+      assert.deepEqual(await store.releaseEmptyBlocks(0), []);
     });
 
     test('reservations: refused over a live address, listed by pool, deleted once; labels stored and removed', async () => {
