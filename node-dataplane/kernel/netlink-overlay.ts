@@ -3,6 +3,7 @@ import type { RtNetlinkSocket } from 'netlink';
 import { formatAddress, parseAddress } from '../../lib/net/ip.js';
 import { AF_BRIDGE, AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTNH_F_ONLINK } from '../../lib/net/netlink-constants.js';
 import { forEachBounded } from '../../lib/bounded-concurrency.js';
+import { isNotFound } from './kernel-errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
 
@@ -37,10 +38,6 @@ export const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2
 export function routeProtocolNumber(p: number | string | undefined): number {
   if (typeof p === 'number') return p;
   return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
-}
-
-function isNotFound(err: unknown): boolean {
-  return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
 }
 
 export interface ApplyResult {

@@ -7,6 +7,7 @@ import type { HostLink } from '../domain/garbage-collection.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { run } from '../../lib/exec.js';
+import { isNotFound } from './kernel-errors.js';
 import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 import { ipBuf } from './netlink-overlay.js';
 import {
@@ -282,7 +283,7 @@ async function deleteHostLink(name: string): Promise<void> {
   try {
     await podNetlink().delLink({}, { ifname: name });
   } catch (err) {
-    if (/ENODEV|ENOENT/.test(String((err as Error).message))) return;
+    if (isNotFound(err)) return;
     throw err;
   }
 }
@@ -371,7 +372,7 @@ async function showLinkWithAddresses(name: string, nsPath?: string): Promise<Lin
   try {
     return (JSON.parse(await ip(['-j', '-d', 'addr', 'show', 'dev', name], { nsPath })) as LinkInfo[])[0] ?? null;
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return null;
+    if (isNotFound(err)) return null;
     throw err;
   }
 }
@@ -382,7 +383,7 @@ async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4, ta
   try {
     out = await ip(['-j', `-${family}`, 'route', 'show', 'table', table, 'dev', dev], { nsPath });
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return [];
+    if (isNotFound(err)) return [];
     throw err;
   }
   const routes = JSON.parse(out || '[]') as { dst: string; gateway?: string; scope?: string; protocol?: string | number }[];
