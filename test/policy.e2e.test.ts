@@ -34,8 +34,6 @@ async function weft(...args: string[]): Promise<string> {
   return stdout;
 }
 
-const podNs = (p: PodState) => path.basename(p.netns);
-
 /** From one pod, a TCP connect to each target (address:port) at once: 'open' when the listener answered, else the failure. */
 const connects = (from: PodState, targets: string[]) => tcpConnects(from, targets, PROBE_TIMEOUT_MS);
 
