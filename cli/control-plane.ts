@@ -13,7 +13,7 @@ import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
 import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
-import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
+import { BLOCKS_CHANNEL } from '../services/ipam/store/postgres.store.js';
 import { mountRoutesService } from '../services/routes/main.js';
 import { mountPolicyService } from '../services/policy/main.js';
 import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';
@@ -155,7 +155,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
-  let tcpPort: number | null = null;
+  let tcpPort: number | null;
   let plaintextPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;
