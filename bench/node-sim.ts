@@ -190,16 +190,17 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
     };
     // Registration first, as the agent retries it until it is taken; then the lease is kept by the ticker.
     const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
-    let leaseMs = 0;
-    for (;;) {
-      try {
-        leaseMs = (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis || deps.leaseMsFallback || 20_000;
-        break;
-      } catch (err) {
-        if (stopper.signal.aborted) throw err;
-        await new Promise((r) => setTimeout(r, backoff.next()));
+    const register = async (): Promise<number> => {
+      for (;;) {
+        try {
+          return (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis || deps.leaseMsFallback || 20_000;
+        } catch (err) {
+          if (stopper.signal.aborted) throw err;
+          await new Promise((r) => setTimeout(r, backoff.next()));
+        }
       }
-    }
+    };
+    const leaseMs = await register();
     schedule({ node, leaseMs, retry: createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) }) }, Math.random() * (leaseMs / 3));
 
     const routeChunks = createRoutesChunkJoiner();
