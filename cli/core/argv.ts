@@ -126,10 +126,29 @@ function generatedSynopsis(command: CommandSpec): string {
   return parts.length ? ` ${parts.join(' ')}` : '';
 }
 
+/** Help lines fit this many columns: a description wraps under itself. */
+const HELP_WIDTH = 120;
+
+/** `left` then `text`, the text wrapped at word boundaries into the column after `indent`. */
+function hanging(left: string, indent: number, text: string): string {
+  const room = Math.max(30, HELP_WIDTH - indent);
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + 1 + word.length > room) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  lines.push(line);
+  const first = left.length > indent - 2 ? [left, ...lines.map((l) => ' '.repeat(indent) + l)] : [left.padEnd(indent) + lines[0], ...lines.slice(1).map((l) => ' '.repeat(indent) + l)];
+  return first.join('\n');
+}
+
 function flagTable(flags: [string, FlagSpec][]): string[] {
-  const left = flags.map(([name, f]) => `${f.short ? `-${f.short}, ` : '    '}${flagWords(name, f)}${f.multiple ? ' (repeatable)' : ''}`);
-  const width = Math.max(...left.map((l) => l.length));
-  return flags.map(([, f], i) => `  ${left[i]!.padEnd(width)}  ${f.description}${f.required ? ' (required)' : ''}`);
+  const left = flags.map(([name, f]) => `  ${f.short ? `-${f.short}, ` : '    '}${flagWords(name, f)}${f.multiple ? ' (repeatable)' : ''}`);
+  const width = Math.min(40, Math.max(...left.map((l) => l.length))) + 2;
+  return flags.map(([, f], i) => hanging(left[i]!, width, `${f.description}${f.required ? ' (required)' : ''}`));
 }
 
 /** `weft <command> --help`: usage, summary, and every flag the command takes with its description. */
@@ -151,9 +170,9 @@ export function commandHelp(command: CommandSpec, groups: readonly CommandGroup[
 }
 
 function commandLines(commands: readonly CommandSpec[]): string[] {
-  const left = commands.map((c) => `weft ${c.path.join(' ')}${(c.args ?? []).map((a) => ` ${a.optional ? `[${a.name}]` : a.name}`).join('')}`);
-  const width = Math.min(44, Math.max(...left.map((l) => l.length)));
-  return commands.map((c, i) => (left[i]!.length > width ? `  ${left[i]}\n  ${''.padEnd(width)}  ${c.summary}` : `  ${left[i]!.padEnd(width)}  ${c.summary}`));
+  const left = commands.map((c) => `  weft ${c.path.join(' ')}${(c.args ?? []).map((a) => ` ${a.optional ? `[${a.name}]` : a.name}`).join('')}`);
+  const width = Math.min(46, Math.max(...left.map((l) => l.length))) + 2;
+  return commands.map((c, i) => hanging(left[i]!, width, c.summary));
 }
 
 /** `weft <group> --help`: the group's commands (every module that adds to the word) and its extra text. */
