@@ -22,7 +22,9 @@ after(async () => {
 
 /** Starts `weft ARGS`; `lines` grows as it prints; `until` waits for a line that matches. */
 function watch(args: string[]) {
-  const child = spawn(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(child);
   const lines: string[] = [];
   let stderr = '';
@@ -40,7 +42,8 @@ function watch(args: string[]) {
     for (;;) {
       const hit = lines.find(match);
       if (hit !== undefined) return hit;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no ${what} from weft ${args.join(' ')}; printed:\n${lines.join('\n')}\nstderr: ${stderr}`);
+      if (Date.now() > deadline || child.exitCode !== null)
+        throw new Error(`no ${what} from weft ${args.join(' ')}; printed:\n${lines.join('\n')}\nstderr: ${stderr}`);
       await new Promise<void>((resolve) => {
         waiters.push(resolve);
         setTimeout(resolve, 200);
@@ -50,7 +53,7 @@ function watch(args: string[]) {
   const stop = async (signal: NodeJS.Signals) => {
     const exited = once(child, 'exit');
     child.kill(signal);
-    const [code] = await exited as [number | null];
+    const [code] = (await exited) as [number | null];
     return { code, stderr };
   };
   return { lines, until, stop };
@@ -62,11 +65,22 @@ test('weft ipam allocations --watch prints each allocation and release as it hap
     await ipam.createPool({ name: 'w', cidr: '10.60.0.0/16', blockPrefixLength: 26 });
     await ipam.allocate({ handle: 'before/eth0', node: 'n1', podNamespace: 'shop', podName: 'old' });
     const w = watch(['ipam', 'allocations', '--watch', '--interval', '0.2', '-o', 'json']);
-    const listed = JSON.parse(await w.until((l) => l.includes('before/eth0'), 'the allocation that was there')) as { type: string; allocation: { family: string } };
+    const listed = JSON.parse(await w.until((l) => l.includes('before/eth0'), 'the allocation that was there')) as {
+      type: string;
+      allocation: { family: string };
+    };
     assert.equal(listed.type, 'ADDED');
     assert.equal(listed.allocation.family, 'IPv4', 'the family by name, not its number');
-    const { allocation } = await ipam.allocate({ handle: 'later/eth0', node: 'n2', podNamespace: 'shop', podName: 'new' });
-    const added = JSON.parse(await w.until((l) => l.includes('later/eth0'), 'the new allocation')) as { type: string; allocation: { address: string } };
+    const { allocation } = await ipam.allocate({
+      handle: 'later/eth0',
+      node: 'n2',
+      podNamespace: 'shop',
+      podName: 'new',
+    });
+    const added = JSON.parse(await w.until((l) => l.includes('later/eth0'), 'the new allocation')) as {
+      type: string;
+      allocation: { address: string };
+    };
     assert.deepEqual([added.type, added.allocation.address], ['ADDED', allocation!.address]);
     await ipam.release({ handle: 'later/eth0' });
     await w.until((l) => l.includes('later/eth0') && l.includes('"DELETED"'), 'the release');
@@ -89,7 +103,10 @@ test('weft nodes --watch streams route-table changes (ADDED, DELETED) after the 
     await routes.deregisterNode({ name: 'watch-b' });
     await w.until((l) => /^DELETED\s+watch-b\s/.test(l), 'watch-b DELETED');
     assert.deepEqual(await w.stop('SIGTERM'), { code: 0, stderr: '' });
-    assert.ok(!w.lines.some((l) => /^(ADDED|MODIFIED)\s+watch-a\s/.test(l)), 'a node already listed is not printed again while unchanged');
+    assert.ok(
+      !w.lines.some((l) => /^(ADDED|MODIFIED)\s+watch-a\s/.test(l)),
+      'a node already listed is not printed again while unchanged',
+    );
   } finally {
     routes.close();
   }

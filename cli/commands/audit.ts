@@ -11,27 +11,45 @@ export const auditCommands: CommandGroup = {
       path: ['audit'],
       summary: 'the audit log, oldest first: one line per mutation (time, actor, method, resource, result, message)',
       flags: {
-        since: { type: 'string', value: 'T', description: 'from a time (2026-11-27T03:12:00Z) or an age ago (30m, 2h, 7d)' },
+        since: {
+          type: 'string',
+          value: 'T',
+          description: 'from a time (2026-11-27T03:12:00Z) or an age ago (30m, 2h, 7d)',
+        },
         actor: { type: 'string', value: 'A', description: 'only this caller, kind:name (node:node1, admin:local)' },
-        resource: { type: 'string', value: 'R', description: 'only this resource (pool/default), or a prefix ending in / (handle/)' },
+        resource: {
+          type: 'string',
+          value: 'R',
+          description: 'only this resource (pool/default), or a prefix ending in / (handle/)',
+        },
         ...CONNECTION_FLAGS,
         ...OUTPUT_FLAGS,
       },
       async run(ctx) {
         const since = ctx.str('since') === undefined ? undefined : sinceTime(ctx.str('since')!);
         const audit = ctx.client(AuditServiceService);
-        const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: ctx.str('actor') ?? '', resource: ctx.str('resource') ?? '', pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
-          .then((r) => ({ items: r.events, next: r.nextPageToken })));
-        ctx.out.table(events, [
-          { header: 'TIME', value: (e: AuditEvent) => iso(e.time) },
-          { header: 'ACTOR', value: (e) => e.actor },
-          { header: 'METHOD', value: (e) => e.method.replace(/^\/weft\./, '') },
-          { header: 'RESOURCE', value: (e) => e.resource },
-          { header: 'RESULT', value: (e) => e.result },
-          { header: 'REQUEST', value: (e) => e.requestId, wide: true },
-          { header: 'TRACE', value: (e) => e.traceId, wide: true },
-          { header: 'MESSAGE', value: (e) => e.message },
-        ], { empty: 'no audit events' });
+        const events = await everyPage((pageToken) =>
+          audit
+            .listAuditEvents(
+              { since, actor: ctx.str('actor') ?? '', resource: ctx.str('resource') ?? '', pageSize: 1000, pageToken },
+              { timeoutMs: 30_000 },
+            )
+            .then((r) => ({ items: r.events, next: r.nextPageToken })),
+        );
+        ctx.out.table(
+          events,
+          [
+            { header: 'TIME', value: (e: AuditEvent) => iso(e.time) },
+            { header: 'ACTOR', value: (e) => e.actor },
+            { header: 'METHOD', value: (e) => e.method.replace(/^\/weft\./, '') },
+            { header: 'RESOURCE', value: (e) => e.resource },
+            { header: 'RESULT', value: (e) => e.result },
+            { header: 'REQUEST', value: (e) => e.requestId, wide: true },
+            { header: 'TRACE', value: (e) => e.traceId, wide: true },
+            { header: 'MESSAGE', value: (e) => e.message },
+          ],
+          { empty: 'no audit events' },
+        );
         return 0;
       },
     },

@@ -1,9 +1,17 @@
-import { IpamServiceService, type Aggregate, type Cluster, type Prefix, type RoutingDomain } from '../../gen/weft/ipam/v1/ipam.js';
+import {
+  IpamServiceService,
+  type Aggregate,
+  type Cluster,
+  type Prefix,
+  type RoutingDomain,
+} from '../../gen/weft/ipam/v1/ipam.js';
 import { CONNECTION_FLAGS, OUTPUT_FLAGS, type CommandGroup } from '../core/command.js';
 
 /** `weft ipam domains|clusters|aggregates|prefixes` and their create verbs: clusters' CIDRs carved from shared aggregates. */
 const common = { ...CONNECTION_FLAGS, ...OUTPUT_FLAGS };
-const domainFlag = { domain: { type: 'string', value: 'D', description: 'routing domain (default: default)' } } as const;
+const domainFlag = {
+  domain: { type: 'string', value: 'D', description: 'routing domain (default: default)' },
+} as const;
 
 export const domainCommands: CommandGroup = {
   name: 'ipam',
@@ -15,7 +23,9 @@ export const domainCommands: CommandGroup = {
       flags: common,
       async run(ctx) {
         const { routingDomains } = await ctx.client(IpamServiceService).listRoutingDomains({}, { timeoutMs: 10_000 });
-        ctx.out.table(routingDomains, [{ header: 'NAME', value: (d: RoutingDomain) => d.name }], { empty: 'no routing domains' });
+        ctx.out.table(routingDomains, [{ header: 'NAME', value: (d: RoutingDomain) => d.name }], {
+          empty: 'no routing domains',
+        });
         return 0;
       },
     },
@@ -25,7 +35,9 @@ export const domainCommands: CommandGroup = {
       summary: 'create a routing domain',
       flags: common,
       async run(ctx) {
-        const { routingDomain } = await ctx.client(IpamServiceService).createRoutingDomain({ name: ctx.args[0]! }, { timeoutMs: 10_000 });
+        const { routingDomain } = await ctx
+          .client(IpamServiceService)
+          .createRoutingDomain({ name: ctx.args[0]! }, { timeoutMs: 10_000 });
         ctx.out.value(routingDomain, () => `routing domain ${routingDomain!.name} created`);
         return 0;
       },
@@ -36,7 +48,14 @@ export const domainCommands: CommandGroup = {
       flags: common,
       async run(ctx) {
         const { clusters } = await ctx.client(IpamServiceService).listClusters({}, { timeoutMs: 10_000 });
-        ctx.out.table(clusters, [{ header: 'NAME', value: (c: Cluster) => c.name }, { header: 'DOMAIN', value: (c) => c.routingDomain }], { empty: 'no clusters' });
+        ctx.out.table(
+          clusters,
+          [
+            { header: 'NAME', value: (c: Cluster) => c.name },
+            { header: 'DOMAIN', value: (c) => c.routingDomain },
+          ],
+          { empty: 'no clusters' },
+        );
         return 0;
       },
     },
@@ -46,20 +65,28 @@ export const domainCommands: CommandGroup = {
       summary: 'register a cluster in a routing domain',
       flags: { ...domainFlag, ...common },
       async run(ctx) {
-        const { cluster } = await ctx.client(IpamServiceService).registerCluster({ name: ctx.args[0]!, routingDomain: ctx.str('domain') ?? '' }, { timeoutMs: 10_000 });
+        const { cluster } = await ctx
+          .client(IpamServiceService)
+          .registerCluster({ name: ctx.args[0]!, routingDomain: ctx.str('domain') ?? '' }, { timeoutMs: 10_000 });
         ctx.out.value(cluster, () => `cluster ${cluster!.name} registered in ${cluster!.routingDomain}`);
         return 0;
       },
     },
     {
       path: ['ipam', 'aggregates'],
-      summary: 'list aggregates (CIDRs clusters\' prefixes are carved from)',
+      summary: "list aggregates (CIDRs clusters' prefixes are carved from)",
       flags: common,
       async run(ctx) {
         const { aggregates } = await ctx.client(IpamServiceService).listAggregates({}, { timeoutMs: 10_000 });
-        ctx.out.table(aggregates, [
-          { header: 'NAME', value: (a: Aggregate) => a.name }, { header: 'CIDR', value: (a) => a.cidr }, { header: 'DOMAIN', value: (a) => a.routingDomain },
-        ], { empty: 'no aggregates' });
+        ctx.out.table(
+          aggregates,
+          [
+            { header: 'NAME', value: (a: Aggregate) => a.name },
+            { header: 'CIDR', value: (a) => a.cidr },
+            { header: 'DOMAIN', value: (a) => a.routingDomain },
+          ],
+          { empty: 'no aggregates' },
+        );
         return 0;
       },
     },
@@ -70,21 +97,34 @@ export const domainCommands: CommandGroup = {
       flags: { ...domainFlag, ...common },
       async run(ctx) {
         const [name, cidr] = ctx.args as [string, string];
-        const { aggregate } = await ctx.client(IpamServiceService).createAggregate({ name, cidr, routingDomain: ctx.str('domain') ?? '' }, { timeoutMs: 10_000 });
-        ctx.out.value(aggregate, () => `aggregate ${aggregate!.name} ${aggregate!.cidr} created in ${aggregate!.routingDomain}`);
+        const { aggregate } = await ctx
+          .client(IpamServiceService)
+          .createAggregate({ name, cidr, routingDomain: ctx.str('domain') ?? '' }, { timeoutMs: 10_000 });
+        ctx.out.value(
+          aggregate,
+          () => `aggregate ${aggregate!.name} ${aggregate!.cidr} created in ${aggregate!.routingDomain}`,
+        );
         return 0;
       },
     },
     {
       path: ['ipam', 'prefixes'],
       summary: 'list carved prefixes',
-      flags: { cluster: { type: 'string', value: 'C', description: 'only this cluster\'s' }, ...common },
+      flags: { cluster: { type: 'string', value: 'C', description: "only this cluster's" }, ...common },
       async run(ctx) {
-        const { prefixes } = await ctx.client(IpamServiceService).listPrefixes({ cluster: ctx.str('cluster') ?? '' }, { timeoutMs: 10_000 });
-        ctx.out.table(prefixes, [
-          { header: 'CIDR', value: (x: Prefix) => x.cidr }, { header: 'CLUSTER', value: (x) => x.cluster },
-          { header: 'PURPOSE', value: (x) => x.purpose }, { header: 'NAME', value: (x) => x.name },
-        ], { empty: 'no prefixes' });
+        const { prefixes } = await ctx
+          .client(IpamServiceService)
+          .listPrefixes({ cluster: ctx.str('cluster') ?? '' }, { timeoutMs: 10_000 });
+        ctx.out.table(
+          prefixes,
+          [
+            { header: 'CIDR', value: (x: Prefix) => x.cidr },
+            { header: 'CLUSTER', value: (x) => x.cluster },
+            { header: 'PURPOSE', value: (x) => x.purpose },
+            { header: 'NAME', value: (x) => x.name },
+          ],
+          { empty: 'no prefixes' },
+        );
         return 0;
       },
     },
@@ -99,9 +139,15 @@ export const domainCommands: CommandGroup = {
       },
       async run(ctx) {
         const length = ctx.str('length')!;
-        if (!/^\d+$/.test(length)) throw ctx.usage(`--length ${JSON.stringify(length)} must be a prefix length (a whole number)`);
+        if (!/^\d+$/.test(length))
+          throw ctx.usage(`--length ${JSON.stringify(length)} must be a prefix length (a whole number)`);
         const [cluster, aggregate] = ctx.args as [string, string];
-        const { prefix } = await ctx.client(IpamServiceService).allocatePrefix({ cluster, aggregate, prefixLength: Number(length), purpose: ctx.str('purpose') ?? '' }, { timeoutMs: 10_000 });
+        const { prefix } = await ctx
+          .client(IpamServiceService)
+          .allocatePrefix(
+            { cluster, aggregate, prefixLength: Number(length), purpose: ctx.str('purpose') ?? '' },
+            { timeoutMs: 10_000 },
+          );
         ctx.out.value(prefix, () => `${prefix!.cidr} for ${prefix!.cluster} (${prefix!.purpose}): ${prefix!.name}`);
         return 0;
       },

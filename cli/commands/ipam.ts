@@ -39,11 +39,14 @@ async function watchAllocations(ctx: Context, list: () => Promise<Allocation[]>,
       now = new Map((await list()).map((a) => [key(a), a]));
     } catch (err) {
       if (signal.aborted) break;
-      ctx.warn(`listing allocations failed (${(err as { details?: string }).details || (err as Error).message}); trying again in ${intervalS} s`);
+      ctx.warn(
+        `listing allocations failed (${(err as { details?: string }).details || (err as Error).message}); trying again in ${intervalS} s`,
+      );
       await sleep(intervalS * 1000, undefined, { signal }).catch(() => {});
       continue;
     }
-    const emit = (type: string, a: Allocation) => ctx.out.event({ type, a }, columns, { type, allocation: withFamilyName(a) }, shown);
+    const emit = (type: string, a: Allocation) =>
+      ctx.out.event({ type, a }, columns, { type, allocation: withFamilyName(a) }, shown);
     for (const [k, a] of now) if (!held.has(k)) emit('ADDED', a);
     for (const [k, a] of held) if (!now.has(k)) emit('DELETED', a);
     held = now;
@@ -60,16 +63,31 @@ export const ipamCommands: CommandGroup = {
       path: ['ipam', 'allocations'],
       summary: 'live allocations: address, node, pod, handle',
       flags: {
-        pool: { type: 'string', value: 'P', description: 'only this pool\'s' },
-        node: { type: 'string', value: 'N', description: 'only this node\'s' },
-        watch: { type: 'boolean', short: 'w', description: `after the list, print each allocation made (ADDED) or released (DELETED) until Ctrl-C (polls every --interval seconds)` },
-        interval: { type: 'string', value: 'SECONDS', description: `how often --watch reads the list again (default ${ALLOCATIONS_POLL_SECONDS})` },
+        pool: { type: 'string', value: 'P', description: "only this pool's" },
+        node: { type: 'string', value: 'N', description: "only this node's" },
+        watch: {
+          type: 'boolean',
+          short: 'w',
+          description: `after the list, print each allocation made (ADDED) or released (DELETED) until Ctrl-C (polls every --interval seconds)`,
+        },
+        interval: {
+          type: 'string',
+          value: 'SECONDS',
+          description: `how often --watch reads the list again (default ${ALLOCATIONS_POLL_SECONDS})`,
+        },
         ...common,
       },
       async run(ctx) {
         const ipam = ctx.client(IpamServiceService);
-        const list = () => everyPage((pageToken) =>
-          ipam.listAllocations({ pool: ctx.str('pool') ?? '', node: ctx.str('node') ?? '', pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.allocations, next: r.nextPageToken })));
+        const list = () =>
+          everyPage((pageToken) =>
+            ipam
+              .listAllocations(
+                { pool: ctx.str('pool') ?? '', node: ctx.str('node') ?? '', pageToken },
+                { timeoutMs: 30_000 },
+              )
+              .then((r) => ({ items: r.allocations, next: r.nextPageToken })),
+          );
         const interval = ctx.str('interval');
         if (interval !== undefined && !ctx.bool('watch')) throw ctx.usage('--interval goes with --watch');
         if (ctx.bool('watch')) {
@@ -78,7 +96,10 @@ export const ipamCommands: CommandGroup = {
           return watchAllocations(ctx, list, s);
         }
         const allocations = await list();
-        ctx.out.table(allocations, allocationColumns, { value: allocations.map(withFamilyName), empty: 'no allocations' });
+        ctx.out.table(allocations, allocationColumns, {
+          value: allocations.map(withFamilyName),
+          empty: 'no allocations',
+        });
         return 0;
       },
     },
@@ -93,8 +114,14 @@ export const ipamCommands: CommandGroup = {
       async run(ctx) {
         const ipam = ctx.client(IpamServiceService);
         // Pages of 1,000 node and block rows; a pool whose rows span pages is listed once, its rows joined.
-        const pages = await everyPage((pageToken) => ipam.getUtilization({ pool: ctx.str('pool') ?? '', includeBlocks: ctx.bool('blocks'), pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
-          .then((r) => ({ items: r.pools, next: r.nextPageToken })));
+        const pages = await everyPage((pageToken) =>
+          ipam
+            .getUtilization(
+              { pool: ctx.str('pool') ?? '', includeBlocks: ctx.bool('blocks'), pageSize: 1000, pageToken },
+              { timeoutMs: 30_000 },
+            )
+            .then((r) => ({ items: r.pools, next: r.nextPageToken })),
+        );
         const pools: typeof pages = [];
         for (const p of pages) {
           const held = pools[pools.length - 1];
@@ -109,14 +136,18 @@ export const ipamCommands: CommandGroup = {
           ...p.nodes.map((n) => ({ what: `  node ${n.node}`, c: n.counts })),
           ...p.blocks.map((b) => ({ what: `    block ${b.cidr}`, c: b.counts })),
         ]) as { what: string; c: Counts | undefined }[];
-        ctx.out.table(rows, [
-          { header: 'POOL / NODE / BLOCK', value: (r) => r.what },
-          { header: 'TOTAL', value: (r) => r.c?.total },
-          { header: 'ALLOCATED', value: (r) => r.c?.allocated },
-          { header: 'COOLING', value: (r) => r.c?.coolingDown },
-          { header: 'RESERVED', value: (r) => r.c?.reserved },
-          { header: 'FREE', value: (r) => r.c?.free },
-        ], { value: pools, empty: 'no pools' });
+        ctx.out.table(
+          rows,
+          [
+            { header: 'POOL / NODE / BLOCK', value: (r) => r.what },
+            { header: 'TOTAL', value: (r) => r.c?.total },
+            { header: 'ALLOCATED', value: (r) => r.c?.allocated },
+            { header: 'COOLING', value: (r) => r.c?.coolingDown },
+            { header: 'RESERVED', value: (r) => r.c?.reserved },
+            { header: 'FREE', value: (r) => r.c?.free },
+          ],
+          { value: pools, empty: 'no pools' },
+        );
         return 0;
       },
     },
@@ -130,7 +161,11 @@ export const ipamCommands: CommandGroup = {
         ...common,
       },
       async run(ctx) {
-        return printHistory(ctx, { address: ctx.args[0]!, at: timeFlag('at', ctx.str('at')), routingDomain: ctx.str('domain') ?? '' });
+        return printHistory(ctx, {
+          address: ctx.args[0]!,
+          at: timeFlag('at', ctx.str('at')),
+          routingDomain: ctx.str('domain') ?? '',
+        });
       },
     },
     {
@@ -153,17 +188,27 @@ export const ipamCommands: CommandGroup = {
           const [ns, name] = pod.includes('/') ? pod.split('/', 2) : ['default', pod];
           return printHistory(ctx, { podNamespace: ns, podName: name });
         }
-        if (node) return printHistory(ctx, { node, at: timeFlag('since', ctx.str('since')), until: timeFlag('until', ctx.str('until')) });
+        if (node)
+          return printHistory(ctx, {
+            node,
+            at: timeFlag('since', ctx.str('since')),
+            until: timeFlag('until', ctx.str('until')),
+          });
         if (handle) return printHistory(ctx, { handle });
         throw ctx.usage('name what to look up');
       },
     },
     {
       path: ['ipam', 'check'],
-      summary: 'verify IPAM\'s invariants; list allocations of departed nodes (leaked) and of unregistered names (external)',
+      summary:
+        "verify IPAM's invariants; list allocations of departed nodes (leaked) and of unregistered names (external)",
       details: 'Exit status 1 when an invariant fails or allocations leaked.',
       flags: {
-        'older-than': { type: 'string', value: 'SECONDS', description: 'a node departed over this long ago has leaked (default 300)' },
+        'older-than': {
+          type: 'string',
+          value: 'SECONDS',
+          description: 'a node departed over this long ago has leaked (default 300)',
+        },
         ...common,
       },
       run: (ctx) => checkOrReleaseLeaked(ctx, 'check'),
@@ -172,12 +217,26 @@ export const ipamCommands: CommandGroup = {
       path: ['ipam', 'release'],
       args: [{ name: 'HANDLE', optional: true }],
       synopsis: 'HANDLE | --leaked [--older-than SECONDS] [--yes] | --node NAME [--yes]',
-      summary: 'release one handle\'s addresses, or leaked allocations, or every allocation of a name that is not a node',
-      details: 'With --leaked or --node, a dry run unless --yes. A registered node\'s addresses are never released by name.',
+      summary:
+        "release one handle's addresses, or leaked allocations, or every allocation of a name that is not a node",
+      details:
+        "With --leaked or --node, a dry run unless --yes. A registered node's addresses are never released by name.",
       flags: {
-        leaked: { type: 'boolean', description: 'allocations of nodes that departed over --older-than seconds ago, made before they departed' },
-        node: { type: 'string', value: 'NAME', description: 'every allocation on NAME (not a registered node; e.g. one deregistered before departures were recorded)' },
-        'older-than': { type: 'string', value: 'SECONDS', description: 'with --leaked: departed over this long ago (default 300)' },
+        leaked: {
+          type: 'boolean',
+          description: 'allocations of nodes that departed over --older-than seconds ago, made before they departed',
+        },
+        node: {
+          type: 'string',
+          value: 'NAME',
+          description:
+            'every allocation on NAME (not a registered node; e.g. one deregistered before departures were recorded)',
+        },
+        'older-than': {
+          type: 'string',
+          value: 'SECONDS',
+          description: 'with --leaked: departed over this long ago (default 300)',
+        },
         yes: { type: 'boolean', description: 'release (without it: a dry run)' },
         ...common,
       },
@@ -185,8 +244,10 @@ export const ipamCommands: CommandGroup = {
         const handle = ctx.args[0];
         const node = ctx.str('node');
         if (ctx.bool('leaked') && node !== undefined) throw ctx.usage('--leaked or --node, not both');
-        if (handle !== undefined && (ctx.bool('leaked') || node !== undefined)) throw ctx.usage('a HANDLE, --leaked or --node: one of them');
-        if (handle === undefined && !ctx.bool('leaked') && node === undefined) throw ctx.usage('name a HANDLE, --leaked or --node');
+        if (handle !== undefined && (ctx.bool('leaked') || node !== undefined))
+          throw ctx.usage('a HANDLE, --leaked or --node: one of them');
+        if (handle === undefined && !ctx.bool('leaked') && node === undefined)
+          throw ctx.usage('name a HANDLE, --leaked or --node');
         if (handle === undefined) return checkOrReleaseLeaked(ctx, node !== undefined ? 'node' : 'leaked');
         const r = await ctx.client(IpamServiceService).release({ handle }, { timeoutMs: 10_000 });
         ctx.out.value(r, () => (r.released ? `released ${r.addresses.join(', ')}` : `${handle} held nothing`));
@@ -199,19 +260,30 @@ export const ipamCommands: CommandGroup = {
 async function printHistory(ctx: Context, query: Record<string, unknown>): Promise<number> {
   const ipam = ctx.client(IpamServiceService);
   // Every page, newest first (a node's history over months is many pages of 1,000).
-  const entries = await everyPage((pageToken) => ipam.listAllocationHistory({ ...query, pageToken }, { timeoutMs: 30_000 }).then((r) => ({ items: r.entries, next: r.nextPageToken })));
-  ctx.out.table(entries, [
-    { header: 'ADDRESS', value: (e: AllocationHistoryEntry) => e.allocation!.address },
-    { header: 'STATE', value: (e) => (e.releaseTime ? 'released' : 'live') },
-    { header: 'FROM', value: (e) => iso(e.allocation!.allocateTime) },
-    { header: 'UNTIL', value: (e) => (e.releaseTime ? iso(e.releaseTime) : 'now') },
-    { header: 'NODE', value: (e) => e.allocation!.node },
-    { header: 'POD', value: (e) => `${e.allocation!.podNamespace}/${e.allocation!.podName}` },
-    { header: 'HANDLE', value: (e) => e.allocation!.handle },
-    { header: 'DOMAIN', value: (e) => e.allocation!.routingDomain },
-    { header: 'CLUSTER', value: (e) => e.allocation!.cluster, wide: true },
-    { header: 'FAMILY', value: (e) => familyName(e.allocation!.family), wide: true },
-  ], { value: entries.map((e) => ({ ...e, allocation: e.allocation && withFamilyName(e.allocation) })), empty: 'nothing recorded' });
+  const entries = await everyPage((pageToken) =>
+    ipam
+      .listAllocationHistory({ ...query, pageToken }, { timeoutMs: 30_000 })
+      .then((r) => ({ items: r.entries, next: r.nextPageToken })),
+  );
+  ctx.out.table(
+    entries,
+    [
+      { header: 'ADDRESS', value: (e: AllocationHistoryEntry) => e.allocation!.address },
+      { header: 'STATE', value: (e) => (e.releaseTime ? 'released' : 'live') },
+      { header: 'FROM', value: (e) => iso(e.allocation!.allocateTime) },
+      { header: 'UNTIL', value: (e) => (e.releaseTime ? iso(e.releaseTime) : 'now') },
+      { header: 'NODE', value: (e) => e.allocation!.node },
+      { header: 'POD', value: (e) => `${e.allocation!.podNamespace}/${e.allocation!.podName}` },
+      { header: 'HANDLE', value: (e) => e.allocation!.handle },
+      { header: 'DOMAIN', value: (e) => e.allocation!.routingDomain },
+      { header: 'CLUSTER', value: (e) => e.allocation!.cluster, wide: true },
+      { header: 'FAMILY', value: (e) => familyName(e.allocation!.family), wide: true },
+    ],
+    {
+      value: entries.map((e) => ({ ...e, allocation: e.allocation && withFamilyName(e.allocation) })),
+      empty: 'nothing recorded',
+    },
+  );
   return 0;
 }
 
@@ -222,15 +294,25 @@ async function checkOrReleaseLeaked(ctx: Context, mode: 'check' | 'leaked' | 'no
   const node = mode === 'node' ? ctx.str('node')! : '';
   const olderThan = ctx.str('older-than');
   const olderThanS = olderThan === undefined ? 300 : Number(olderThan);
-  if (!Number.isInteger(olderThanS) || olderThanS < 0) throw ctx.usage(`--older-than ${olderThan}: a whole number of seconds, 0 or more`);
-  const allocations = await everyPage((pageToken) => ipam.listAllocations({ pageToken, node }, { timeoutMs: 30_000 })
-    .then((r) => ({ items: r.allocations, next: r.nextPageToken })));
+  if (!Number.isInteger(olderThanS) || olderThanS < 0)
+    throw ctx.usage(`--older-than ${olderThan}: a whole number of seconds, 0 or more`);
+  const allocations = await everyPage((pageToken) =>
+    ipam
+      .listAllocations({ pageToken, node }, { timeoutMs: 30_000 })
+      .then((r) => ({ items: r.allocations, next: r.nextPageToken })),
+  );
   const registered = new Set((await listAllNodes(routes)).map((n) => n.name));
   if (mode === 'node') {
     // A registered node's addresses are its running pods': never released by name.
-    if (registered.has(node)) throw new Error(`${node} is a registered node: its addresses belong to its running pods. Stop its agent and deregister it first`);
+    if (registered.has(node))
+      throw new Error(
+        `${node} is a registered node: its addresses belong to its running pods. Stop its agent and deregister it first`,
+      );
     if (!ctx.bool('yes')) {
-      ctx.out.value({ dryRun: true, wouldRelease: allocations.map((a) => a.handle) }, () => `dry run: would release ${allocations.length} allocations on ${node}; add --yes`);
+      ctx.out.value(
+        { dryRun: true, wouldRelease: allocations.map((a) => a.handle) },
+        () => `dry run: would release ${allocations.length} allocations on ${node}; add --yes`,
+      );
       return 0;
     }
     const released = (await ipam.garbageCollect({ node, validHandles: [] }, { timeoutMs: 30_000 })).released.length;
@@ -244,33 +326,64 @@ async function checkOrReleaseLeaked(ctx: Context, mode: 'check' | 'leaked' | 'no
   const departedAt = async (names: string[]) => {
     const out = new Map<string, Date>();
     for (let i = 0; i < names.length; i += 10_000) {
-      for (const d of (await routes.listDepartedNodes({ names: names.slice(i, i + 10_000) }, { timeoutMs: 10_000 })).nodes) if (d.departTime) out.set(d.name, d.departTime);
+      for (const d of (await routes.listDepartedNodes({ names: names.slice(i, i + 10_000) }, { timeoutMs: 10_000 }))
+        .nodes)
+        if (d.departTime) out.set(d.name, d.departTime);
     }
     return out;
   };
   const departed = await departedAt([...new Set(allocations.map((a) => a.node))].filter((n) => !registered.has(n)));
   const cutoff = Date.now() - olderThanS * 1000;
   const before = (a: Allocation) => !!a.allocateTime && a.allocateTime < departed.get(a.node)!;
-  const leaked = allocations.filter((a) => departed.has(a.node) && departed.get(a.node)!.getTime() <= cutoff && before(a));
-  const recent = allocations.filter((a) => departed.has(a.node) && departed.get(a.node)!.getTime() > cutoff && before(a));
+  const leaked = allocations.filter(
+    (a) => departed.has(a.node) && departed.get(a.node)!.getTime() <= cutoff && before(a),
+  );
+  const recent = allocations.filter(
+    (a) => departed.has(a.node) && departed.get(a.node)!.getTime() > cutoff && before(a),
+  );
   const unregistered = allocations.filter((a) => !registered.has(a.node) && !departed.has(a.node));
   const row = (a: Allocation) => ({ handle: a.handle, address: a.address, node: a.node });
   if (mode === 'check') {
     const { problems, checks } = await ipam.checkConsistency({}, { timeoutMs: 60_000 });
-    const report = { checks, problems, leaked: leaked.map(row), departedRecently: recent.map(row), unregistered: unregistered.map(row) };
+    const report = {
+      checks,
+      problems,
+      leaked: leaked.map(row),
+      departedRecently: recent.map(row),
+      unregistered: unregistered.map(row),
+    };
     const list = (xs: Allocation[]) => xs.slice(0, 50).map((a) => `  ${a.address} ${a.node} ${a.handle}`);
-    ctx.out.value(report, () => [`${checks} invariants checked: ${problems.length ? `${problems.length} problems` : 'all hold'}`,
-      ...problems.map((p) => `  ${p.kind}: ${p.detail}`),
-      leaked.length ? `${leaked.length} allocations on nodes that departed over ${olderThanS} s ago (release with \`weft ipam release --leaked --yes\`):` : 'no allocations on departed nodes',
-      ...list(leaked),
-      ...(recent.length ? [`${recent.length} allocations on nodes that departed within ${olderThanS} s (IPAM's sweeper releases them after its grace):`, ...list(recent)] : []),
-      ...(unregistered.length ? [`${unregistered.length} allocations on names that are not registered nodes (external systems; never swept; \`weft ipam release --node NAME\` if one is a node that left):`,
-        ...list(unregistered)] : [])].join('\n'));
+    ctx.out.value(report, () =>
+      [
+        `${checks} invariants checked: ${problems.length ? `${problems.length} problems` : 'all hold'}`,
+        ...problems.map((p) => `  ${p.kind}: ${p.detail}`),
+        leaked.length
+          ? `${leaked.length} allocations on nodes that departed over ${olderThanS} s ago (release with \`weft ipam release --leaked --yes\`):`
+          : 'no allocations on departed nodes',
+        ...list(leaked),
+        ...(recent.length
+          ? [
+              `${recent.length} allocations on nodes that departed within ${olderThanS} s (IPAM's sweeper releases them after its grace):`,
+              ...list(recent),
+            ]
+          : []),
+        ...(unregistered.length
+          ? [
+              `${unregistered.length} allocations on names that are not registered nodes (external systems; never swept; \`weft ipam release --node NAME\` if one is a node that left):`,
+              ...list(unregistered),
+            ]
+          : []),
+      ].join('\n'),
+    );
     return problems.length > 0 || leaked.length > 0 ? 1 : 0;
   }
   const goneNodes = [...new Set(leaked.map((a) => a.node))];
   if (!ctx.bool('yes')) {
-    ctx.out.value({ dryRun: true, wouldRelease: leaked.map((a) => a.handle) }, () => `dry run: would release ${leaked.length} allocations on ${goneNodes.length} departed nodes (${goneNodes.join(', ')}); add --yes`);
+    ctx.out.value(
+      { dryRun: true, wouldRelease: leaked.map((a) => a.handle) },
+      () =>
+        `dry run: would release ${leaked.length} allocations on ${goneNodes.length} departed nodes (${goneNodes.join(', ')}); add --yes`,
+    );
     return 0;
   }
   let released = 0;
@@ -279,7 +392,8 @@ async function checkOrReleaseLeaked(ctx: Context, mode: 'check' | 'leaked' | 'no
     // after it departed is never released.
     const at = (await departedAt([n])).get(n);
     if (!at || at.getTime() > cutoff) continue;
-    released += (await ipam.garbageCollect({ node: n, validHandles: [], allocatedBefore: at }, { timeoutMs: 30_000 })).released.length;
+    released += (await ipam.garbageCollect({ node: n, validHandles: [], allocatedBefore: at }, { timeoutMs: 30_000 }))
+      .released.length;
   }
   ctx.out.value({ released }, () => `released ${released} allocations on ${goneNodes.length} departed nodes`);
   return 0;

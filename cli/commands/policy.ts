@@ -13,16 +13,30 @@ export const policyCommands: CommandGroup = {
   commands: [
     {
       path: ['policy', 'apply'],
-      summary: 'apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON; all or none)',
+      summary:
+        'apply NetworkPolicy / AdminNetworkPolicy / BaselineAdminNetworkPolicy objects (YAML or JSON; all or none)',
       flags: {
-        file: { type: 'string', short: 'f', value: 'FILE', required: true, description: 'the objects (YAML or JSON); - reads standard input' },
+        file: {
+          type: 'string',
+          short: 'f',
+          value: 'FILE',
+          required: true,
+          description: 'the objects (YAML or JSON); - reads standard input',
+        },
         namespace: { type: 'string', value: 'NS', description: 'namespace of NetworkPolicies that name none' },
         ...common,
       },
       async run(ctx) {
         const objects = readPolicyObjects(ctx.str('file')!);
-        const { applied } = await ctx.client(PolicyServiceService).applyPolicies({ objectsJson: objects.map((x) => JSON.stringify(x)), defaultNamespace: ctx.str('namespace') ?? '' }, { timeoutMs: 30_000 });
-        ctx.out.value(applied, () => applied.map((a) => `${a.kind}/${a.namespace ? `${a.namespace}/` : ''}${a.name} applied`).join('\n'));
+        const { applied } = await ctx
+          .client(PolicyServiceService)
+          .applyPolicies(
+            { objectsJson: objects.map((x) => JSON.stringify(x)), defaultNamespace: ctx.str('namespace') ?? '' },
+            { timeoutMs: 30_000 },
+          );
+        ctx.out.value(applied, () =>
+          applied.map((a) => `${a.kind}/${a.namespace ? `${a.namespace}/` : ''}${a.name} applied`).join('\n'),
+        );
         return 0;
       },
     },
@@ -36,11 +50,13 @@ export const policyCommands: CommandGroup = {
         const [from, to, portText] = ctx.args as [string, string, string];
         const { port, protocol } = parsePortProto(portText);
         const e = await ctx.client(PolicyServiceService).explain({ from, to, port, protocol }, { timeoutMs: 10_000 });
-        ctx.out.value(e, () => [
-          `${e.allowed ? 'ALLOWED' : 'DENIED'}: ${from} -> ${to} ${port}/${protocol}`,
-          `  egress of ${from}:  ${e.egress!.reason}`,
-          `  ingress of ${to}: ${e.ingress!.reason}`,
-        ].join('\n'));
+        ctx.out.value(e, () =>
+          [
+            `${e.allowed ? 'ALLOWED' : 'DENIED'}: ${from} -> ${to} ${port}/${protocol}`,
+            `  egress of ${from}:  ${e.egress!.reason}`,
+            `  ingress of ${to}: ${e.ingress!.reason}`,
+          ].join('\n'),
+        );
         return e.allowed ? 0 : 3;
       },
     },
@@ -50,12 +66,22 @@ export const policyCommands: CommandGroup = {
       flags: { ...namespaceFlag, ...common },
       async run(ctx) {
         const policy = ctx.client(PolicyServiceService);
-        const policies = await everyPage((pageToken) => policy.listPolicies({ namespace: ctx.str('namespace') ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
-          .then((r) => ({ items: r.policies, next: r.nextPageToken })));
-        ctx.out.table(policies, [
-          { header: 'KIND', value: (p: StoredPolicy) => p.ref!.kind },
-          { header: 'NAME', value: (p) => `${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}` },
-        ], { value: policies.map((p) => ({ ...p.ref, object: JSON.parse(p.objectJson) as unknown })), empty: 'no policies' });
+        const policies = await everyPage((pageToken) =>
+          policy
+            .listPolicies({ namespace: ctx.str('namespace') ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
+            .then((r) => ({ items: r.policies, next: r.nextPageToken })),
+        );
+        ctx.out.table(
+          policies,
+          [
+            { header: 'KIND', value: (p: StoredPolicy) => p.ref!.kind },
+            { header: 'NAME', value: (p) => `${p.ref!.namespace ? `${p.ref!.namespace}/` : ''}${p.ref!.name}` },
+          ],
+          {
+            value: policies.map((p) => ({ ...p.ref, object: JSON.parse(p.objectJson) as unknown })),
+            empty: 'no policies',
+          },
+        );
         return 0;
       },
     },
@@ -65,17 +91,31 @@ export const policyCommands: CommandGroup = {
       flags: { ...namespaceFlag, ...common },
       async run(ctx) {
         const policy = ctx.client(PolicyServiceService);
-        const pods = await everyPage((pageToken) => policy.listPods({ namespace: ctx.str('namespace') ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
-          .then((r) => ({ items: r.pods, next: r.nextPageToken })));
-        const labels = (l: Record<string, string>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(',');
-        ctx.out.table(pods, [
-          { header: 'POD', value: (p: ListedPod) => `${p.namespace}/${p.name}` },
-          { header: 'NODE', value: (p) => p.node },
-          { header: 'ADDRESSES', value: (p) => p.addresses.join(',') },
-          { header: 'LABELS', value: (p) => labels(p.labels) },
-          { header: 'PORTS', value: (p) => p.ports.map((x) => `${x.name}:${x.port}/${x.protocol}`).join(','), wide: true },
-          { header: 'NOTE', value: (p) => (p.described ? '' : '(undescribed: attached, no labels yet)'), blank: '' },
-        ], { empty: 'no pods' });
+        const pods = await everyPage((pageToken) =>
+          policy
+            .listPods({ namespace: ctx.str('namespace') ?? '', pageSize: 500, pageToken }, { timeoutMs: 10_000 })
+            .then((r) => ({ items: r.pods, next: r.nextPageToken })),
+        );
+        const labels = (l: Record<string, string>) =>
+          Object.entries(l)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(',');
+        ctx.out.table(
+          pods,
+          [
+            { header: 'POD', value: (p: ListedPod) => `${p.namespace}/${p.name}` },
+            { header: 'NODE', value: (p) => p.node },
+            { header: 'ADDRESSES', value: (p) => p.addresses.join(',') },
+            { header: 'LABELS', value: (p) => labels(p.labels) },
+            {
+              header: 'PORTS',
+              value: (p) => p.ports.map((x) => `${x.name}:${x.port}/${x.protocol}`).join(','),
+              wide: true,
+            },
+            { header: 'NOTE', value: (p) => (p.described ? '' : '(undescribed: attached, no labels yet)'), blank: '' },
+          ],
+          { empty: 'no pods' },
+        );
         return 0;
       },
     },
@@ -83,11 +123,23 @@ export const policyCommands: CommandGroup = {
       path: ['policy', 'delete'],
       args: [{ name: 'KIND' }, { name: '[NS/]NAME' }],
       summary: 'delete a policy (exit status 1 when there was none)',
-      flags: { namespace: { type: 'string', value: 'NS', description: 'a NetworkPolicy\'s namespace, when NAME has none (default: default)' }, ...common },
+      flags: {
+        namespace: {
+          type: 'string',
+          value: 'NS',
+          description: "a NetworkPolicy's namespace, when NAME has none (default: default)",
+        },
+        ...common,
+      },
       async run(ctx) {
         const [kind, ref] = ctx.args as [string, string];
         const [ns, name] = ref.includes('/') ? ref.split('/', 2) : [ctx.str('namespace') ?? 'default', ref];
-        const { deleted } = await ctx.client(PolicyServiceService).deletePolicy({ policy: { kind, namespace: kind === 'NetworkPolicy' ? ns! : '', name: name! } }, { timeoutMs: 10_000 });
+        const { deleted } = await ctx
+          .client(PolicyServiceService)
+          .deletePolicy(
+            { policy: { kind, namespace: kind === 'NetworkPolicy' ? ns! : '', name: name! } },
+            { timeoutMs: 10_000 },
+          );
         ctx.out.value({ deleted }, () => (deleted ? `${kind} ${ref} deleted` : `no ${kind} ${ref}`));
         return deleted ? 0 : 1;
       },

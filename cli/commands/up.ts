@@ -14,10 +14,16 @@ export const upCommands: CommandGroup = {
   commands: [
     {
       path: ['up'],
-      summary: 'run the control plane on embedded PostgreSQL (DATABASE_URL selects an external server); every listener is mTLS, with the CA and certificates made on first start in <data-dir>/pki',
-      details: 'Settings come from the environment: weft up --help lists them. Runs until SIGTERM or SIGINT, then stops in order.',
+      summary:
+        'run the control plane on embedded PostgreSQL (DATABASE_URL selects an external server); every listener is mTLS, with the CA and certificates made on first start in <data-dir>/pki',
+      details:
+        'Settings come from the environment: weft up --help lists them. Runs until SIGTERM or SIGINT, then stops in order.',
       flags: {
-        'data-dir': { type: 'string', value: 'DIR', description: 'database, passwords, socket and pki (default: $WEFT_DATA_DIR or .weft)' },
+        'data-dir': {
+          type: 'string',
+          value: 'DIR',
+          description: 'database, passwords, socket and pki (default: $WEFT_DATA_DIR or .weft)',
+        },
         listen: { type: 'string', value: 'HOST:PORT', description: 'the TCP listener (default 127.0.0.1:7400)' },
       },
       async run(ctx) {
@@ -25,8 +31,17 @@ export const upCommands: CommandGroup = {
         setupTelemetry('weft-control-plane', config.traceExporter);
         const logger = createLogger({ component: 'control-plane' }, { level: config.logLevel });
         const cp = await startControlPlane(config, logger);
-        process.stdout.write(JSON.stringify({ serving: true, socket: cp.socketPath, port: cp.tcpPort, httpPort: cp.httpPort, pkiDir: cp.pkiDir, tls: 'mtls',
-          credentials: `clients need a certificate from ${cp.pkiDir}/ca.crt: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}; the CLI here uses ${cp.pkiDir}/admin.crt` }) + '\n');
+        process.stdout.write(
+          JSON.stringify({
+            serving: true,
+            socket: cp.socketPath,
+            port: cp.tcpPort,
+            httpPort: cp.httpPort,
+            pkiDir: cp.pkiDir,
+            tls: 'mtls',
+            credentials: `clients need a certificate from ${cp.pkiDir}/ca.crt: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}; the CLI here uses ${cp.pkiDir}/admin.crt`,
+          }) + '\n',
+        );
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {
             logger.info('stopping', { signal: sig });

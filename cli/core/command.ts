@@ -94,28 +94,57 @@ export interface Context {
 
 /** `-o` and `--json`: every command that prints something scripts read. */
 export const OUTPUT_FLAGS: FlagSpecs = {
-  output: { type: 'string', short: 'o', value: 'FORMAT', shared: true, description: 'json, yaml or wide (more columns); default: a table for people' },
+  output: {
+    type: 'string',
+    short: 'o',
+    value: 'FORMAT',
+    shared: true,
+    description: 'json, yaml or wide (more columns); default: a table for people',
+  },
   json: { type: 'boolean', shared: true, description: 'the same as -o json' },
 };
 
 /** The local cluster's state folder. */
 export const STATE_DIR_FLAG: FlagSpecs = {
-  'state-dir': { type: 'string', value: 'DIR', shared: true, description: 'local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)' },
+  'state-dir': {
+    type: 'string',
+    value: 'DIR',
+    shared: true,
+    description: 'local cluster state (default: $WEFT_CLUSTER_DIR or /run/weft-cluster)',
+  },
 };
 
 /** Where the control plane is and who calls it: every command that calls the control plane. */
 export const CONNECTION_FLAGS: FlagSpecs = {
-  server: { type: 'string', value: 'ADDR', shared: true, description: 'the control plane (default: $WEFT_SERVER, else the local cluster\'s socket, else 127.0.0.1:7400)' },
-  'tls-dir': {
-    type: 'string', value: 'DIR', shared: true,
-    description: 'client credentials: ca.crt, tls.crt, tls.key (default: $WEFT_TLS_DIR, else the local cluster\'s admin certificate, else <data-dir>/pki/admin.crt)',
+  server: {
+    type: 'string',
+    value: 'ADDR',
+    shared: true,
+    description: "the control plane (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)",
   },
-  'data-dir': { type: 'string', value: 'DIR', shared: true, description: 'weft up\'s data folder, whose pki/admin.crt the CLI uses (default: $WEFT_DATA_DIR or .weft)' },
-  token: { type: 'string', value: 'SECRET', shared: true, description: 'call as this API token (default: $WEFT_TOKEN): its scopes decide, whatever the certificate' },
+  'tls-dir': {
+    type: 'string',
+    value: 'DIR',
+    shared: true,
+    description:
+      "client credentials: ca.crt, tls.crt, tls.key (default: $WEFT_TLS_DIR, else the local cluster's admin certificate, else <data-dir>/pki/admin.crt)",
+  },
+  'data-dir': {
+    type: 'string',
+    value: 'DIR',
+    shared: true,
+    description: "weft up's data folder, whose pki/admin.crt the CLI uses (default: $WEFT_DATA_DIR or .weft)",
+  },
+  token: {
+    type: 'string',
+    value: 'SECRET',
+    shared: true,
+    description: 'call as this API token (default: $WEFT_TOKEN): its scopes decide, whatever the certificate',
+  },
   ...STATE_DIR_FLAG,
 };
 
 /** `-h`/`--help`, which every command takes. */
 export const HELP_FLAG: FlagSpecs = {
-  help: { type: 'boolean', short: 'h', shared: true, description: 'this command\'s usage and flags' },
+  help: { type: 'boolean', short: 'h', shared: true, description: "this command's usage and flags" },
 };

@@ -25,14 +25,21 @@ export interface Failure {
 }
 
 const isGrpcError = (e: unknown): e is { code: number; details: string; message: string } =>
-  typeof e === 'object' && e !== null && typeof (e as { code?: unknown }).code === 'number' && typeof (e as { details?: unknown }).details === 'string';
+  typeof e === 'object' &&
+  e !== null &&
+  typeof (e as { code?: unknown }).code === 'number' &&
+  typeof (e as { details?: unknown }).details === 'string';
 
 export function describeFailure(err: unknown, server?: string): Failure {
-  if (err instanceof UsageError || err instanceof PolicyInputError || err instanceof ConfigError) return { status: EXIT.usage, message: err.message };
+  if (err instanceof UsageError || err instanceof PolicyInputError || err instanceof ConfigError)
+    return { status: EXIT.usage, message: err.message };
   if (isGrpcError(err)) {
     const details = err.details || err.message;
     if (err.code === grpcStatus.UNAVAILABLE || err.code === grpcStatus.DEADLINE_EXCEEDED) {
-      return { status: EXIT.failed, message: `${details}${server ? ` (control plane ${server}: ${grpcStatus[err.code]})` : ''}` };
+      return {
+        status: EXIT.failed,
+        message: `${details}${server ? ` (control plane ${server}: ${grpcStatus[err.code]})` : ''}`,
+      };
     }
     return { status: EXIT.failed, message: details };
   }

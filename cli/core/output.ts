@@ -11,10 +11,12 @@ export type Format = 'table' | 'wide' | 'json' | 'yaml';
 export const FORMATS: readonly Format[] = ['table', 'wide', 'json', 'yaml'];
 
 export function parseFormat(output: string | undefined, json: boolean): Format {
-  if (json && output !== undefined && output !== 'json') throw new UsageError(`--json and -o ${output} contradict each other`);
+  if (json && output !== undefined && output !== 'json')
+    throw new UsageError(`--json and -o ${output} contradict each other`);
   if (json) return 'json';
   if (output === undefined) return 'table';
-  if (!(FORMATS as readonly string[]).includes(output)) throw new UsageError(`-o ${JSON.stringify(output)}: one of json, yaml, wide`);
+  if (!(FORMATS as readonly string[]).includes(output))
+    throw new UsageError(`-o ${JSON.stringify(output)}: one of json, yaml, wide`);
   return output as Format;
 }
 
@@ -33,17 +35,27 @@ const cell = <R>(c: Column<R>, row: R): string => {
 };
 
 /** Dates as ISO strings, undefined fields left out: what JSON.stringify gives, for YAML as well. */
-const plain = (v: unknown): unknown => (v === undefined ? null : JSON.parse(JSON.stringify(v)) as unknown);
+const plain = (v: unknown): unknown => (v === undefined ? null : (JSON.parse(JSON.stringify(v)) as unknown));
 
 /** Rows as aligned columns under upper-case headers (kubectl's look); the last column is not padded. */
 export function formatTable<R>(rows: readonly R[], columns: readonly Column<R>[]): string {
   const cells = [columns.map((c) => c.header), ...rows.map((r) => columns.map((c) => cell(c, r)))];
   const widths = columns.map((_, i) => Math.max(...cells.map((row) => row[i]!.length)));
-  return cells.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('   ').trimEnd()).join('\n');
+  return cells
+    .map((row) =>
+      row
+        .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!)))
+        .join('   ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export class Output {
-  constructor(readonly format: Format, private readonly write: (text: string) => void = (t) => process.stdout.write(t)) {}
+  constructor(
+    readonly format: Format,
+    private readonly write: (text: string) => void = (t) => process.stdout.write(t),
+  ) {}
 
   get structured(): boolean {
     return this.format === 'json' || this.format === 'yaml';
@@ -59,29 +71,48 @@ export class Output {
   }
 
   /** A list: `value` (default: the rows) for scripts, a table for people (`empty` when there are no rows; `footer` after). */
-  table<R>(rows: readonly R[], columns: readonly Column<R>[], options: { value?: unknown; empty: string; footer?: string }): void {
+  table<R>(
+    rows: readonly R[],
+    columns: readonly Column<R>[],
+    options: { value?: unknown; empty: string; footer?: string },
+  ): void {
     if (this.structured) {
       this.write(this.serialise(options.value ?? rows));
       return;
     }
     const shown = columns.filter((c) => !c.wide || this.format === 'wide');
-    this.write((rows.length ? formatTable(rows, shown) : options.empty) + '\n' + (options.footer ? `${options.footer}\n` : ''));
+    this.write(
+      (rows.length ? formatTable(rows, shown) : options.empty) + '\n' + (options.footer ? `${options.footer}\n` : ''),
+    );
   }
 
   /**
    * One change of a watch: JSON one object per line, YAML one document each, a table row for people (the header
    * once, before the first). Column widths are those of the header row: rows of a stream cannot be aligned later.
    */
-  event<R>(row: R, columns: readonly Column<R>[], value: unknown, state: { headerShown: boolean; widths?: number[] }): void {
+  event<R>(
+    row: R,
+    columns: readonly Column<R>[],
+    value: unknown,
+    state: { headerShown: boolean; widths?: number[] },
+  ): void {
     if (this.format === 'json') return this.write(JSON.stringify(value) + '\n');
     if (this.format === 'yaml') return this.write(`---\n${toYaml(plain(value))}`);
     const shown = columns.filter((c) => !c.wide || this.format === 'wide');
     const cells = shown.map((c) => cell(c, row));
     if (!state.headerShown) {
       state.widths = shown.map((c, i) => Math.max(c.header.length, cells[i]!.length, 12));
-      this.write(shown.map((c, i) => (i === shown.length - 1 ? c.header : c.header.padEnd(state.widths![i]!))).join('   ') + '\n');
+      this.write(
+        shown.map((c, i) => (i === shown.length - 1 ? c.header : c.header.padEnd(state.widths![i]!))).join('   ') +
+          '\n',
+      );
       state.headerShown = true;
     }
-    this.write(cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(state.widths![i]!))).join('   ').trimEnd() + '\n');
+    this.write(
+      cells
+        .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(state.widths![i]!)))
+        .join('   ')
+        .trimEnd() + '\n',
+    );
   }
 }

@@ -25,7 +25,9 @@ export interface RunOptions {
 
 /** The local cluster's state folder. */
 export function stateDirOf(values: FlagValues): string {
-  return path.resolve((values['state-dir'] as string | undefined) ?? process.env.WEFT_CLUSTER_DIR ?? '/run/weft-cluster');
+  return path.resolve(
+    (values['state-dir'] as string | undefined) ?? process.env.WEFT_CLUSTER_DIR ?? '/run/weft-cluster',
+  );
 }
 
 /**
@@ -36,22 +38,43 @@ export function stateDirOf(values: FlagValues): string {
  */
 export function resolveConnection(values: FlagValues, stateDir: string): Connection {
   const cluster = existsSync(path.join(stateDir, 'state.json'));
-  const server = (values.server as string | undefined) ?? process.env.WEFT_SERVER ?? (cluster ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
-  return { server, security: resolveSecurity(values, stateDir, cluster), token: (values.token as string | undefined) ?? process.env.WEFT_TOKEN ?? undefined };
+  const server =
+    (values.server as string | undefined) ??
+    process.env.WEFT_SERVER ??
+    (cluster ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
+  return {
+    server,
+    security: resolveSecurity(values, stateDir, cluster),
+    token: (values.token as string | undefined) ?? process.env.WEFT_TOKEN ?? undefined,
+  };
 }
 
 function resolveSecurity(values: FlagValues, stateDir: string, cluster: boolean): TransportSecurity {
   const dir = (values['tls-dir'] as string | undefined) ?? process.env.WEFT_TLS_DIR;
   if (dir) return clientTlsDir(path.resolve(dir));
   if (cluster) return clusterAdminSecurity({ stateDir });
-  const pki = path.resolve(process.env.WEFT_PKI_DIR || path.join((values['data-dir'] as string | undefined) ?? process.env.WEFT_DATA_DIR ?? '.weft', 'pki'));
+  const pki = path.resolve(
+    process.env.WEFT_PKI_DIR ||
+      path.join((values['data-dir'] as string | undefined) ?? process.env.WEFT_DATA_DIR ?? '.weft', 'pki'),
+  );
   if (!existsSync(path.join(pki, PKI_FILES.adminCert))) {
-    throw new UsageError(`no credentials for the control plane: pass --tls-dir DIR (ca.crt, tls.crt, tls.key; \`weft ca issue --admin NAME --out DIR\` on the control plane's host makes one), set WEFT_TLS_DIR, or run where \`weft up\` keeps ${pki}/${PKI_FILES.adminCert} (--data-dir)`);
+    throw new UsageError(
+      `no credentials for the control plane: pass --tls-dir DIR (ca.crt, tls.crt, tls.key; \`weft ca issue --admin NAME --out DIR\` on the control plane's host makes one), set WEFT_TLS_DIR, or run where \`weft up\` keeps ${pki}/${PKI_FILES.adminCert} (--data-dir)`,
+    );
   }
-  return { mode: 'mtls', caFile: path.join(pki, PKI_FILES.caCert), certFile: path.join(pki, PKI_FILES.adminCert), keyFile: path.join(pki, PKI_FILES.adminKey) };
+  return {
+    mode: 'mtls',
+    caFile: path.join(pki, PKI_FILES.caCert),
+    certFile: path.join(pki, PKI_FILES.adminCert),
+    keyFile: path.join(pki, PKI_FILES.adminKey),
+  };
 }
 
-export async function runCommandLine(argv: readonly string[], groups: readonly CommandGroup[], options: RunOptions = {}): Promise<number> {
+export async function runCommandLine(
+  argv: readonly string[],
+  groups: readonly CommandGroup[],
+  options: RunOptions = {},
+): Promise<number> {
   const stdout = options.stdout ?? ((t: string) => void process.stdout.write(t));
   const stderr = options.stderr ?? ((t: string) => void process.stderr.write(t));
   const clients: { close(): void }[] = [];
@@ -65,11 +88,15 @@ export async function runCommandLine(argv: readonly string[], groups: readonly C
     }
     const { command, args, values } = line;
     const declared = (flag: string) => {
-      if (flag !== 'help' && !(command.flags && flag in command.flags)) throw new Error(`weft ${command.path.join(' ')} reads --${flag}, which it does not declare`);
+      if (flag !== 'help' && !(command.flags && flag in command.flags))
+        throw new Error(`weft ${command.path.join(' ')} reads --${flag}, which it does not declare`);
       return values[flag];
     };
     const stateDir = stateDirOf(values);
-    const out = new Output(command.flags?.output ? parseFormat(values.output as string | undefined, values.json === true) : 'table', stdout);
+    const out = new Output(
+      command.flags?.output ? parseFormat(values.output as string | undefined, values.json === true) : 'table',
+      stdout,
+    );
     const ctx: Context = {
       command,
       args,
@@ -87,7 +114,8 @@ export async function runCommandLine(argv: readonly string[], groups: readonly C
         return client;
       },
       warn: (text) => stderr(`weft: ${text}\n`),
-      untilInterrupted: () => (interrupted ??= options.signal ? { signal: options.signal, remove: () => {} } : onSignals()).signal,
+      untilInterrupted: () =>
+        (interrupted ??= options.signal ? { signal: options.signal, remove: () => {} } : onSignals()).signal,
     };
     return await command.run(ctx);
   } catch (err) {
@@ -106,5 +134,11 @@ function onSignals(): { signal: AbortSignal; remove(): void } {
   const stop = () => ac.abort();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  return { signal: ac.signal, remove: () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); } };
+  return {
+    signal: ac.signal,
+    remove: () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    },
+  };
 }

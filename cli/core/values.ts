@@ -13,9 +13,16 @@ export function durationSeconds(flag: string, v: string): number {
 /** `--since`: a time (2026-11-27T03:12:00Z) or an age (30s, 30m, 2h, 7d) before now. */
 export function sinceTime(v: string, flag = '--since'): Date {
   const age = /^(\d+)([smhd])$/.exec(v);
-  if (age) return new Date(Date.now() - Number(age[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[age[2] as 's' | 'm' | 'h' | 'd']);
+  if (age)
+    return new Date(
+      Date.now() -
+        Number(age[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[age[2] as 's' | 'm' | 'h' | 'd'],
+    );
   const d = new Date(v);
-  if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} ${JSON.stringify(v)} is neither a time (2026-11-27T03:12:00Z) nor an age (30m, 2h, 7d)`);
+  if (Number.isNaN(d.getTime()))
+    throw new UsageError(
+      `${flag} ${JSON.stringify(v)} is neither a time (2026-11-27T03:12:00Z) nor an age (30m, 2h, 7d)`,
+    );
   return d;
 }
 
@@ -23,7 +30,8 @@ export function sinceTime(v: string, flag = '--since'): Date {
 export function timeFlag(flag: string, v: string | undefined): Date | undefined {
   if (v === undefined) return undefined;
   const d = new Date(v);
-  if (Number.isNaN(d.getTime())) throw new UsageError(`--${flag} ${JSON.stringify(v)} is not a time (e.g. 2026-11-27T03:12:00Z)`);
+  if (Number.isNaN(d.getTime()))
+    throw new UsageError(`--${flag} ${JSON.stringify(v)} is not a time (e.g. 2026-11-27T03:12:00Z)`);
   return d;
 }
 
