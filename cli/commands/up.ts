@@ -31,17 +31,17 @@ export const upCommands: CommandGroup = {
         setupTelemetry('weft-control-plane', config.traceExporter);
         const logger = createLogger({ component: 'control-plane' }, { level: config.logLevel });
         const cp = await startControlPlane(config, logger);
-        process.stdout.write(
-          JSON.stringify({
-            serving: true,
-            socket: cp.socketPath,
-            port: cp.tcpPort,
-            httpPort: cp.httpPort,
-            pkiDir: cp.pkiDir,
-            tls: 'mtls',
-            credentials: `clients need a certificate from ${cp.pkiDir}/ca.crt: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}; the CLI here uses ${cp.pkiDir}/admin.crt`,
-          }) + '\n',
-        );
+        // One JSON line saying where it serves: what scripts and tests wait for.
+        const serving = {
+          serving: true,
+          socket: cp.socketPath,
+          port: cp.tcpPort,
+          httpPort: cp.httpPort,
+          pkiDir: cp.pkiDir,
+          tls: 'mtls',
+          credentials: `clients need a certificate from ${cp.pkiDir}/ca.crt: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}; the CLI here uses ${cp.pkiDir}/admin.crt`,
+        };
+        ctx.out.value(serving, () => JSON.stringify(serving));
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {
             logger.info('stopping', { signal: sig });

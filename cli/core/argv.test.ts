@@ -100,6 +100,12 @@ test('a flag without its value, or a switch given one, names the flag and the us
     ),
   );
   assert.throws(() => parse('ipam', 'release', '--yes=1'), usageError(/--yes takes no value/));
+  assert.throws(
+    () => parse('ipam', 'release', '--pool', '-p'),
+    usageError(/--pool's value starts with a dash: write it as --pool=VALUE/),
+  );
+  const dashed = parse('ipam', 'release', '--pool=-p');
+  assert.equal(dashed.kind === 'run' && dashed.values.pool, '-p');
 });
 
 test('missing or extra arguments and a missing required flag are usage errors with the usage', () => {

@@ -142,7 +142,9 @@ function flagError(err: unknown, command: CommandSpec): unknown {
     const spec = Object.entries(command.flags ?? {}).find(([n, f]) => `--${n}` === flag || `-${f.short}` === flag)?.[1];
     const detail = /does not take an argument/.test(message)
       ? `${flag} takes no value`
-      : `${flag} needs a value${spec?.value ? ` (${flag} ${spec.value})` : ''}`;
+      : /ambiguous/.test(message)
+        ? `${flag}'s value starts with a dash: write it as ${flag}=VALUE`
+        : `${flag} needs a value${spec?.value ? ` (${flag} ${spec.value})` : ''}`;
     return new UsageError(`${name}: ${detail}\n${commandUsage(command)}`);
   }
   return err;
