@@ -62,10 +62,14 @@ const agentVerb = (verb: 'stop' | 'start' | 'restart', summary: string): Command
   path: ['cluster', 'agent', verb],
   args: [{ name: 'NODE' }],
   summary,
-  flags:
-    verb === 'start'
-      ? common
-      : { kill: { type: 'boolean', description: 'SIGKILL, as a crash would (default SIGTERM)' }, ...common },
+  flags: {
+    kill: {
+      type: 'boolean',
+      // `cluster agent stop|start|restart NODE [--kill]` was one usage line: start keeps taking it.
+      description: verb === 'start' ? 'no effect (start stops nothing)' : 'SIGKILL, as a crash would (default SIGTERM)',
+    },
+    ...common,
+  },
   async run(ctx) {
     const node = ctx.args[0]!;
     const signal = verb !== 'start' && ctx.bool('kill') ? 'SIGKILL' : 'SIGTERM';
