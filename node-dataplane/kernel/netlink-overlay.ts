@@ -1,6 +1,9 @@
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { formatAddress, parseAddress } from '../../lib/net/ip.js';
+import { AF_BRIDGE, AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTNH_F_ONLINK } from '../../lib/net/netlink-constants.js';
+import { forEachBounded } from '../../lib/bounded-concurrency.js';
+import { isNotFound } from './kernel-errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
 
@@ -11,13 +14,6 @@ const { createRtNetlink, rt } = netlinkPkg;
  * protocol and leave through Weft's VXLAN device (VXLAN peers) or the underlay device (direct peers); neighbour and
  * FDB entries live on the VXLAN device. Nothing else is read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
  */
-const AF_INET = 2;
-const AF_INET6 = 10;
-const AF_BRIDGE = 7;
-const NLM_F_REPLACE = 0x100;
-const NLM_F_CREATE = 0x400;
-const RTNH_F_ONLINK = 4;
-const MAIN_TABLE = 254;
 
 /** An address as the kernel takes it: 4 or 16 bytes, network order. */
 export const ipBuf = (ip: string) => {
@@ -35,16 +31,13 @@ export const bufIp = (b: Buffer) => {
 };
 const familyOf = (ip: string) => (ip.includes(':') ? AF_INET6 : AF_INET);
 const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
-const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+/** The kernel's 6-byte MAC address as text (lower-case, colon-separated). */
+export const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
 /** A route's protocol as a number: the package names the well-known ones (12 arrives as 'BIRD'). */
 export function routeProtocolNumber(p: number | string | undefined): number {
   if (typeof p === 'number') return p;
   return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
-}
-
-function isNotFound(err: unknown): boolean {
-  return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
 }
 
 export interface ApplyResult {
@@ -89,7 +82,7 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
       for (const r of await nl.getRoutes({ family })) {
         if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
         if (r.attrs.oif !== ifindex && r.attrs.oif !== devices.underlay) continue;
-        if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
+        if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN) continue;
         const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
         s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === ifindex ? 'vxlan' : 'direct' });
       }
@@ -121,10 +114,10 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
           const [base, len] = e.cidr.split('/');
           const oif = e.mode === 'direct' ? devices.underlay : ifindex;
           const family = familyOf(base!);
-          const data = { family, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
+          const data = { family, dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
           await (op === 'add'
             ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags })
-            : nl.delRoute({ family, dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
+            : nl.delRoute({ family, dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
           break;
         }
       }
@@ -138,20 +131,15 @@ export function createOverlayDriver(opts: { routeProtocol: number; logger: Logge
     let applied = 0;
     const failed: ApplyResult['failed'] = [];
     for (const phase of plan.phases) {
-      let next = 0;
-      const worker = async () => {
-        while (next < phase.entries.length) {
-          const e = phase.entries[next++]!;
-          try {
-            await applyOne(devices, phase.op, e);
-            applied++;
-          } catch (err) {
-            failed.push({ op: phase.op, entry: e, error: (err as Error).message });
-            opts.logger.warn('kernel update failed; will retry', { op: phase.op, entry: e, err: (err as Error).message });
-          }
+      await forEachBounded(phase.entries, maxInFlight, async (e) => {
+        try {
+          await applyOne(devices, phase.op, e);
+          applied++;
+        } catch (err) {
+          failed.push({ op: phase.op, entry: e, error: (err as Error).message });
+          opts.logger.warn('kernel update failed; will retry', { op: phase.op, entry: e, err: (err as Error).message });
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(maxInFlight, phase.entries.length) }, worker));
+      });
     }
     return { applied, failed };
   }

@@ -1,6 +1,7 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Identity } from '../../../lib/auth/identity.js';
 import { DomainError } from '../../../lib/errors.js';
+import { forEachBounded } from '../../../lib/bounded-concurrency.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import {
@@ -193,21 +194,16 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       if (req.requests.length > MAX_BATCH) throw ipamErrors.invalid('requests', `a batch holds at most ${MAX_BATCH} requests, not ${req.requests.length}`);
       // Each item succeeds or fails on its own; many run at once and the common ones share a statement.
       const results: BatchAllocateResult[] = new Array(req.requests.length);
-      let next = 0;
-      const worker = async () => {
-        while (next < req.requests.length) {
-          const i = next++;
-          try {
-            const request = toAllocationRequest(req.requests[i]!);
-            await gate?.(request.handle);
-            results[i] = { allocations: (await repo.allocate(request)).map(toPbAllocation), errorCode: '', errorMessage: '' };
-          } catch (err) {
-            if (!(err instanceof DomainError)) throw err;
-            results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };
-          }
+      await forEachBounded(req.requests, BATCH_PARALLELISM, async (item, i) => {
+        try {
+          const request = toAllocationRequest(item);
+          await gate?.(request.handle);
+          results[i] = { allocations: (await repo.allocate(request)).map(toPbAllocation), errorCode: '', errorMessage: '' };
+        } catch (err) {
+          if (!(err instanceof DomainError)) throw err;
+          results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, req.requests.length) }, worker));
+      });
       return { results };
     },
     async release(req) {
