@@ -13,7 +13,7 @@ import {
   validateAllocationRequest, validateAttemptId, validateHandle, validateLabels, validateNamespaceName, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec,
 } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
-import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
+import { BLOCKS_CHANNEL, type IpamRepository, type ReleaseScope } from '../store/ipam.repository.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
 
 /** The gRPC adapter: proto <-> domain conversion and nothing else. Generated types stop here. */
@@ -93,6 +93,18 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       if ((await repo.holderOfHandle(handle))?.node === identity.name) return;
       throw ipamErrors.nodeAllocationLimit(identity.name, n + taken, maxNodeAllocations);
     };
+  }
+
+  /**
+   * What the caller's release may free, enforced in the release's own statement (the authorization check ran before
+   * it, in another): a node only its own allocations, a token without the admin scope only in its release pools.
+   */
+  function releaseScopeOf(identity: Identity): ReleaseScope {
+    if (identity.kind === 'node') return { node: identity.name };
+    if (identity.kind === 'token' && !identity.scopes.includes('admin')) {
+      return { pools: identity.scopes.filter((s) => s.startsWith('ipam:release:')).map((s) => s.slice('ipam:release:'.length)) };
+    }
+    return {};
   }
 
   return {
@@ -209,8 +221,8 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, req.requests.length) }, worker));
       return { results };
     },
-    async release(req) {
-      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId));
+    async release(req, ctx) {
+      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId), releaseScopeOf(ctx.identity));
       return { released: released.length > 0, address: released[0]?.address ?? '', addresses: released.map((a) => a.address) };
     },
     async listAllocations(req) {

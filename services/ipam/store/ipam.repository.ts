@@ -95,6 +95,12 @@ async function countReservation(tx: Tx, pool: Row, first: string, last: string, 
       AND b.cidr <= network(set_masklen(${last}::inet, ${pool.block_prefix_length}::int))::cidr`);
 }
 
+/** What a release may free (the caller's own, from its identity): only allocations of `node`, only in `pools`; absent: any. */
+export interface ReleaseScope {
+  node?: string;
+  pools?: string[];
+}
+
 export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'>, opts: { onBackgroundError?: (what: string, err: unknown) => void } = {}) {
   // `client` serves the group-commit statement: best a pool whose sessions keep one generic plan (DatabaseHandle.preparedPool).
   const fast = createFastAllocator(client);
@@ -625,13 +631,18 @@ export function createIpamRepository(db: Database, client: Pick<pg.Pool, 'query'
    * so a new snapshot) frees what that Allocate made; an Allocate of the attempt that has not started yet allocates
    * nothing. The fence commits alone so that no Release holds an attempt's row while it waits for a block.
    */
-  async function release(handle: string, attemptId: string | null = null): Promise<Allocation[]> {
+  async function release(handle: string, attemptId: string | null = null, only: ReleaseScope = {}): Promise<Allocation[]> {
     if (attemptId) {
       await db.execute(sql`INSERT INTO ipam.allocation_attempts (handle, attempt_id, fenced_at) VALUES (${handle}, ${attemptId}, now())
         ON CONFLICT (handle, attempt_id) DO UPDATE SET fenced_at = coalesce(ipam.allocation_attempts.fenced_at, now())`);
     }
+    // The caller's limits are in the same statement as the release: a handle another node (or another pool) came to
+    // hold after the authorization check looked is left alone, not freed.
+    const node = only.node !== undefined ? sql` AND a.node = ${only.node}` : sql``;
+    const pools = only.pools !== undefined
+      ? sql` AND a.pool_id IN (SELECT id FROM ipam.pools WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(only.pools)}::jsonb)))` : sql``;
     // One statement: a deadlock on block counters with a concurrent release (it rolled back whole) is simply retried.
-    return withRetry(() => releaseWhere(sql`a.handle = ${handle}`));
+    return withRetry(() => releaseWhere(sql`a.handle = ${handle}${node}${pools}`));
   }
 
   /** The node and pools of the handle's live addresses (who may release it), or null when it holds none. */
