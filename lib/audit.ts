@@ -241,9 +241,10 @@ export function createRefusalAudit(recorder: Pick<AuditRecorder, 'record'>, opts
   timer.unref();
   return {
     record(event) {
-      const second = Math.floor(now() / 1000);
+      // The event's own second, so that the rows of any second of the log are at most perSecond.
+      const second = Math.floor(event.at.getTime() / 1000);
       let w = windows.get(event.actor);
-      if (w && w.second !== second) {
+      if (w && w.second < second) {
         summarize(event.actor, w);
         w = undefined;
       }

