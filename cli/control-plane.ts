@@ -188,6 +188,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       tokens: tokens.verify,
       limits: { nodeAllocations: config.limitNodeAllocations },
       callLimiter: limiter,
+      revocations,
       housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;

@@ -198,6 +198,26 @@ test('a stream opened with an API token ends once the token is revoked', async (
   try {
     const s = follow(viaToken.routes.watchRoutes({ node: 'tk-host', acceptChunks: true }, { signal: ac.signal }));
     await s.first;
+    // The same token's stream over the HTTP gateway (newline-delimited JSON), read to its end.
+    const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
+      method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: '{}',
+    });
+    assert.equal(res.status, 200);
+    const httpLines = (async () => {
+      const lines: string[] = [];
+      const decoder = new TextDecoder();
+      let buf = '';
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          buf += decoder.decode(chunk, { stream: true });
+          lines.push(...buf.split('\n').slice(0, -1));
+          buf = buf.slice(buf.lastIndexOf('\n') + 1);
+        }
+      } catch {
+        // aborted
+      }
+      return { lines, at: Date.now() };
+    })();
     await weft(['token', 'revoke', 'watcher']);
     const revokedAt = Date.now();
     const end = await Promise.race([s.ended, sleep(5000).then(() => null)]);
@@ -205,6 +225,10 @@ test('a stream opened with an API token ends once the token is revoked', async (
     assert.equal(end.code, status.UNAUTHENTICATED, end.details);
     assert.match(end.details, /stream ended: token watcher was revoked at/);
     assert.ok(end.at - revokedAt < 4000, `ended ${end.at - revokedAt} ms after the revocation`);
+    const http = await Promise.race([httpLines, sleep(5000).then(() => null)]);
+    assert.ok(http, 'the HTTP stream still runs 5 s after its token was revoked');
+    assert.ok(http.lines.length >= 2, 'it streamed before');
+    assert.match(http.lines.at(-1)!, /"code":"UNAUTHENTICATED","message":"stream ended: token watcher was revoked at/);
   } finally {
     ac.abort();
   }

@@ -6,7 +6,7 @@ import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { trace } from '@opentelemetry/api';
 import { requestIdOf, whenDrainedOrAborted, type CallContext, type CallObserver, type Handlers } from '../grpc/server.js';
-import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { bearerSecretOf, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { toServiceError } from '../grpc/errors.js';
 import { DomainError } from '../errors.js';
@@ -53,6 +53,8 @@ export interface GatewayAccess {
    * on one budget: past its rate a call gets 429 with `Retry-After` (seconds) and a JSON error; a stream holds a slot.
    */
   limits?: CallLimiter;
+  /** Revoked tokens (services/auth/revocations.ts): a stream whose token is revoked is ended. */
+  revocations?: CredentialRevocations;
 }
 
 /** The identity of an HTTP request: its bearer token's, else none; a bad token fails (UNAUTHENTICATED). */
@@ -160,12 +162,26 @@ export function createJsonGateway<D extends ServiceDefinition>(
           authorized = true;
           if (route.stream) {
             res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-            for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
-              if (ac.signal.aborted) break;
-              // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
-              if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
+            // A stream whose token is revoked while it runs ends with a last line saying so (its status was sent already).
+            const keyId = bearerSecretOf(req.headers.authorization)?.split('.')[0] ?? '';
+            const unsubscribe = access.revocations?.subscribe(() => {
+              const why = keyId ? access.revocations!.token(keyId) : null;
+              if (why === null || ac.signal.aborted) return;
+              authorized = false;
+              report(status.UNAUTHENTICATED, `stream ended: ${why}`);
+              res.end(JSON.stringify({ code: 'UNAUTHENTICATED', message: `stream ended: ${why}`, errorCode: 'auth.invalid_token' }) + '\n');
+              ac.abort();
+            }) ?? (() => {});
+            try {
+              for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
+                if (ac.signal.aborted) break;
+                // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
+                if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
+              }
+            } finally {
+              unsubscribe();
             }
-            res.end();
+            if (!ac.signal.aborted) res.end();
           } else {
             const out = await (handler(input, ctx) as Promise<unknown>);
             report(status.OK, '', out);
