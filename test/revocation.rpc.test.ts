@@ -62,7 +62,10 @@ function follow(stream: AsyncIterable<unknown>) {
   const first = new Promise<void>((r) => (gotFirst = r));
   const ended = (async () => {
     try {
-      for await (const _ of stream) gotFirst();
+      for await (const msg of stream) {
+        void msg;
+        gotFirst();
+      }
       return { code: status.OK, details: 'ended without an error', at: Date.now() };
     } catch (err) {
       const e = err as { code: number; details: string };
