@@ -178,6 +178,7 @@ test("weft's own declarations: no flag with two shapes, a summary and descriptio
     'up',
     'ca issue',
     'ca init',
+    'ca revoke',
     'kube-controller',
     'cni install',
     'cluster up',
