@@ -14,6 +14,7 @@ import {
   validateAllocationRequest, validateAttemptId, validateHandle, validateLabels, validateNamespaceName, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec,
 } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
+import type { ReleaseScope } from '../domain/ipam-store.js';
 import { BLOCKS_CHANNEL, type IpamUseCases } from '../use-cases/ipam.use-cases.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
 
@@ -95,6 +96,19 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       if ((await repo.holderOfHandle(handle))?.node === identity.name) return;
       throw ipamErrors.nodeAllocationLimit(identity.name, n + taken, maxNodeAllocations);
     };
+  }
+
+
+  /**
+   * What the caller's release may free, enforced in the release's own statement (the authorization check ran before
+   * it, in another): a node only its own allocations, a token without the admin scope only in its release pools.
+   */
+  function releaseScopeOf(identity: Identity): ReleaseScope {
+    if (identity.kind === 'node') return { node: identity.name };
+    if (identity.kind === 'token' && !identity.scopes.includes('admin')) {
+      return { pools: identity.scopes.filter((s) => s.startsWith('ipam:release:')).map((s) => s.slice('ipam:release:'.length)) };
+    }
+    return {};
   }
 
   return {
@@ -206,8 +220,8 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       });
       return { results };
     },
-    async release(req) {
-      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId));
+    async release(req, ctx) {
+      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId), releaseScopeOf(ctx.identity));
       return { released: released.length > 0, address: released[0]?.address ?? '', addresses: released.map((a) => a.address) };
     },
     async listAllocations(req) {
