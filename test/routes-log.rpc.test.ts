@@ -262,3 +262,26 @@ test('a node whose lease runs out is withdrawn, and comes back when it renews', 
     await w.close();
   }
 });
+
+test('a live lease is renewed without waiting for the route-log lock (renewals of thousands of nodes do not queue behind route changes)', async () => {
+  await reg(routesA, 'renewer', 60);
+  const holder = new pg.Client({ connectionString: a.databaseUrl });
+  await holder.connect();
+  try {
+    await holder.query('BEGIN');
+    await holder.query(`SELECT pg_advisory_xact_lock(hashtext('routes.changes'))`);
+    const t0 = Date.now();
+    const renewed = await routesA.renewLease({ name: 'renewer' }, { timeoutMs: 3000 });
+    const tookMs = Date.now() - t0;
+    assert.equal(renewed.leaseMillis, 600_000);
+    const listed = (await routesA.listNodes({})).nodes.find((n) => n.name === 'renewer');
+    assert.ok(listed!.leaseExpireTime!.getTime() > Date.now() + 500_000, 'the lease runs a full period from now');
+    assert.ok(tookMs < 2000, `renewed in ${tookMs} ms while the route log was locked`);
+    // A change to the route table does wait for the lock.
+    await assert.rejects(routesA.registerNode({ name: 'renewer-2', underlayAddress: '192.0.2.61', vtepMac: '02:57:00:00:00:61' }, { timeoutMs: 1000 }),
+      (e: { code: number }) => e.code === 4, 'a registration waits for the lock');
+  } finally {
+    await holder.query('ROLLBACK').catch(() => {});
+    await holder.end();
+  }
+});

@@ -33,8 +33,20 @@ export function createNodesRepository(db: Database) {
         return toNode(res.rows[0] as Record<string, unknown>);
       });
     },
-    /** Extends a registered node's lease; null when the node is not registered. A withdrawn node comes back. */
+    /**
+     * Extends a registered node's lease; null when the node is not registered. A withdrawn node comes back.
+     *
+     * A lease with more than a third of its time left (an agent renews every third) is extended in one statement
+     * without the route-log lock: the route table does not change (the node is in it and stays), and no sweep can be
+     * withdrawing it, since the sweeper withdraws only expired leases and a third of a lease is far longer than one
+     * statement. Only a renewal near or past expiry takes the lock and logs the node's change (a withdrawn node coming
+     * back). 5,000 nodes renew about 750 times a second at the default lease: under the lock they queued behind each
+     * other and behind every route change.
+     */
     async renew(name: string, leaseMs: number): Promise<NodeRecord | null> {
+      const quick = await db.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
+        WHERE name = ${name} AND lease_expires_at > now() + make_interval(secs => ${leaseMs / 3000}) RETURNING ${columns}`);
+      if (quick.rows.length > 0) return toNode(quick.rows[0] as Record<string, unknown>);
       return db.transaction(async (tx) => {
         await lockChanges(tx);
         const res = await tx.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
