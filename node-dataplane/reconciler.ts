@@ -277,8 +277,8 @@ export function createReconciler(deps: {
     const seconds = (performance.now() - t0) / 1000;
     if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
     const overlayFailed = report(applied, why, seconds);
-    const policy = await reconcilePolicy();
     if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
+    const policy = await reconcilePolicy();
     if (overlayFailed || policy.failed) return 'failed';
     return applied.changes.length > 0 || policy.changed ? 'applied' : 'unchanged';
   }
