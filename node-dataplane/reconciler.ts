@@ -8,7 +8,7 @@ import { createFdbDriver, FDB } from './drivers/fdb.js';
 import { createNatDriver, desiredNat, natKind } from './drivers/nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './drivers/neighbours.js';
 import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
-import type { NetworkPolicyDriver } from './drivers/policy.js';
+import { createNetworkPolicy, type NetworkPolicyDriver } from './drivers/policy.js';
 import { createRouteDriver, ROUTE } from './drivers/routes.js';
 import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
 import { createDataplane, type ApplyReport, type KernelAccess } from './kernel-table/dataplane.js';
@@ -142,18 +142,12 @@ export function createReconciler(deps: {
     optionalFailures.set(what, err);
   };
 
-  // Network policy: the drivers, the families in force and who waits for them.
-  const policyInForce = new Set<4 | 6>();
-  let inForceWaiters: { family: 4 | 6; resolve: () => void }[] = [];
-  /** An IPv6 policy driver that failed while IPv6 is optional rests until the next resync. */
-  let policy6Resting = false;
+  const policy = deps.policy ? createNetworkPolicy({ drivers: deps.policy.drivers, ipv6Required: deps.policy.ipv6Required, logger: deps.logger, onWritten: () => metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' }) }) : null;
 
   function markForResync(kinds: readonly ResyncKind[]): void {
     for (const kind of kinds) {
-      if (kind === 'policy') {
-        for (const d of deps.policy?.drivers ?? []) d.markForResync();
-        policy6Resting = false;
-      } else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
+      if (kind === 'policy') policy?.markForResync();
+      else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
       else dataplane.markForResync([kind]);
     }
   }
@@ -200,6 +194,7 @@ export function createReconciler(deps: {
       const natChange = nat.some((n) => n.kind === c.kind);
       metrics.kernelChanges.add(1, { op: c.op === 'update' ? 'add' : 'delete', kind: natChange ? 'masquerade' : c.kind });
       if (natChange) deps.logger.info('masquerade rules written', { kind: c.kind, pools: deps.pools?.() });
+      optionalFailures.delete(c.kind);
     }
     let failed = false;
     for (const f of r.readFailures) {
@@ -227,47 +222,6 @@ export function createReconciler(deps: {
     return failed;
   }
 
-  /** Network policy of each family; returns whether anything was written, and whether a required family failed. */
-  async function reconcilePolicy(): Promise<{ changed: boolean; failed: boolean }> {
-    if (!deps.policy) return { changed: false, failed: false };
-    const rules = deps.policy.rules();
-    const drivers = deps.policy.drivers.filter((d) => !(d.family === 6 && policy6Resting));
-    // The families are separate tables and separately named sets: they are programmed side by side, and both have
-    // finished before the pass goes on (a failed one must not still be writing when the retry starts).
-    const results = await Promise.allSettled(drivers.map(async (d) => {
-      const out = await d.apply(rules);
-      if (out && !policyInForce.has(d.family)) {
-        policyInForce.add(d.family);
-        for (const w of inForceWaiters.filter((x) => x.family === d.family)) w.resolve();
-        inForceWaiters = inForceWaiters.filter((x) => x.family !== d.family);
-      }
-      if (!out || out.plan.changed.length === 0) return false;
-      metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
-      deps.logger.info('policy rules written', { family: d.family, revision: rules?.revision ?? null, failClosed: rules === null, pods: out.veths, readBack: out.readBack, changed: out.plan.changed.slice(0, 20), count: out.plan.changed.length });
-      return true;
-    }));
-    let changed = false;
-    let failed = false;
-    results.forEach((r, i) => {
-      const family = drivers[i]!.family;
-      if (r.status === 'fulfilled') {
-        changed ||= r.value;
-        if (family === 6) optionalFailures.delete('policy6');
-        return;
-      }
-      const err = (r.reason as Error).message;
-      // Dual-stack pods need IPv6 policy: failing, the pass is retried. Otherwise (no pod has IPv6) it is logged once.
-      if (family === 4 || deps.policy!.ipv6Required) {
-        failed = true;
-        deps.logger.error('cannot program network policy; retrying', { family, err });
-      } else {
-        policy6Resting = true;
-        logOptionalFailure('policy6', 'cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', err);
-      }
-    });
-    return { changed, failed };
-  }
-
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
@@ -278,9 +232,9 @@ export function createReconciler(deps: {
     if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
     const overlayFailed = report(applied, why, seconds);
     if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
-    const policy = await reconcilePolicy();
-    if (overlayFailed || policy.failed) return 'failed';
-    return applied.changes.length > 0 || policy.changed ? 'applied' : 'unchanged';
+    const policed = policy ? await policy.apply(deps.policy!.rules()) : { changed: false, failed: false };
+    if (overlayFailed || policed.failed) return 'failed';
+    return applied.changes.length > 0 || policed.changed ? 'applied' : 'unchanged';
   }
 
   function retryLater(): void {
@@ -372,15 +326,7 @@ export function createReconciler(deps: {
       markDirty('underlay');
     },
     whenPolicyInForce(family, timeoutMs) {
-      if (policyInForce.has(family)) return Promise.resolve();
-      return new Promise<void>((resolve, reject) => {
-        const waiter = { family, resolve: () => { clearTimeout(timer); resolve(); } };
-        const timer = setTimeout(() => {
-          inForceWaiters = inForceWaiters.filter((w) => w !== waiter);
-          reject(new Error(`IPv${family} policy not programmed within ${timeoutMs} ms`));
-        }, timeoutMs);
-        inForceWaiters.push(waiter);
-      });
+      return policy ? policy.whenInForce(family, timeoutMs) : Promise.reject(new Error('network policy is not programmed by this agent'));
     },
     stop() {
       stopped = true;
