@@ -19,12 +19,15 @@ import { findPgbench, median, ms, openLoopLatency, percentile, perSec, pgbenchIn
  * WEFT_BENCH_HISTORY_ROWS (5000000), WEFT_BENCH_LIVE_ROWS (1000000), WEFT_BENCH_PARTS (every part: closed, batch, half,
  * history, utilization; a comma-separated subset runs only those), WEFT_BENCH_HALF_RATE (the half-load arrival rate when
  * the closed-loop part does not run to measure it; 816/s, half the last measured 64-client rate).
+ * Part `transport`: what mTLS costs. A second control plane (bench/control-plane-transport.ts: `weft up`'s code on the
+ * same database) serves one gRPC server on two listeners, mTLS and plaintext; the same callers allocate over each in
+ * turn, RUNS times, at 1, 8 and 64 clients.
  */
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.WEFT_BENCH_SECONDS ?? 6);
 const HISTORY_ROWS = Number(process.env.WEFT_BENCH_HISTORY_ROWS ?? 5_000_000);
 const LIVE_ROWS = Number(process.env.WEFT_BENCH_LIVE_ROWS ?? 1_000_000);
-const PARTS = new Set((process.env.WEFT_BENCH_PARTS ?? 'closed,batch,half,history,utilization').split(',').map((x) => x.trim()));
+const PARTS = new Set((process.env.WEFT_BENCH_PARTS ?? 'closed,transport,batch,half,history,utilization').split(',').map((x) => x.trim()));
 const NODES = 500;
 type Ipam = PromiseClient<typeof IpamServiceService>;
 
@@ -49,6 +52,39 @@ async function closedLoop(clients: Ipam[], seconds: number) {
 function openLoop(clients: Ipam[], rate: number, seconds: number) {
   return openLoopLatency(rate, seconds, (i) =>
     clients[i % clients.length]!.allocate({ handle: `b${handleSeq++}/eth0`, node: `bn-${Math.floor(Math.random() * NODES)}`, pool: 'bench' }));
+}
+
+/** Allocations over mTLS beside the same server's plaintext listener, alternating run by run. */
+async function transportCost(db: { appUrl: string; ownerUrl: string }): Promise<Row[]> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-transport-'));
+  chmodSync(dir, 0o755);
+  const cp = await startUntil(process.execPath, [path.join(import.meta.dirname, 'control-plane-transport.js'), path.join(dir, 'cp')], /"serving":true/, {
+    env: { DATABASE_URL: db.appUrl, WEFT_MIGRATION_DATABASE_URL: db.ownerUrl, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'error' },
+  });
+  const rows: Row[] = [];
+  try {
+    const { port, plaintextPort, pkiDir } = JSON.parse(cp.line) as { port: number; plaintextPort: number; pkiDir: string };
+    const security = { mode: 'mtls' as const, caFile: path.join(pkiDir, 'ca.crt'), certFile: path.join(pkiDir, 'admin.crt'), keyFile: path.join(pkiDir, 'admin.key') };
+    for (const concurrency of [1, 8, 64]) {
+      const tls = Array.from({ length: concurrency }, () => createClient(IpamServiceService, `127.0.0.1:${port}`, { security }));
+      const plain = Array.from({ length: concurrency }, () => createClient(IpamServiceService, `127.0.0.1:${plaintextPort}`, { security: { mode: 'insecure' } }));
+      const [overTls, overPlain] = [[], []] as [Awaited<ReturnType<typeof closedLoop>>[], Awaited<ReturnType<typeof closedLoop>>[]];
+      for (let r = 0; r < RUNS; r++) {
+        overTls.push(await closedLoop(tls, SECONDS));
+        overPlain.push(await closedLoop(plain, SECONDS));
+      }
+      tls.forEach((c) => c.close());
+      plain.forEach((c) => c.close());
+      const [a, b] = [median(overTls.map((o) => o.rate)), median(overPlain.map((o) => o.rate))];
+      const clients = `${concurrency} client${concurrency > 1 ? 's' : ''}`;
+      rows.push({ figure: `allocations over mTLS, ${clients}`, value: perSec(a), baseline: `plaintext ${perSec(b)}`, ratio: (a / b).toFixed(2), goal: `>= 0.80: ${a / b >= 0.8 ? 'met' : 'missed'}` });
+      rows.push({ figure: '  latency p50 / p99, mTLS | plaintext', value: `${ms(median(overTls.map((o) => o.p50)))} / ${ms(median(overTls.map((o) => o.p99)))}`, baseline: `${ms(median(overPlain.map((o) => o.p50)))} / ${ms(median(overPlain.map((o) => o.p99)))}` });
+    }
+  } finally {
+    await cp.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
 }
 
 async function main() {
@@ -105,6 +141,7 @@ async function main() {
       echo.stop();
       rows.push(...floors);
     }
+    if (PARTS.has('transport')) rows.push(...await transportCost(db));
     // Batches: 100 allocations per call, 8 callers: what the API can do when a caller has many to make.
     if (PARTS.has('batch')) {
       const clients = Array.from({ length: 8 }, () => createClient(IpamServiceService, address, { security }));

@@ -7,7 +7,8 @@ import { mountAuditService } from '../services/audit/main.js';
 import { createTokenAuthority, mountTokenService } from '../services/auth/main.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
-import { bindServer, createServer, shutdownServer, type ServerAccess } from '../lib/grpc/server.js';
+import { bindServer, createServer, identifyCaller, shutdownServer, type IdentifiableCall, type ServerAccess } from '../lib/grpc/server.js';
+import type { Identity } from '../lib/auth/identity.js';
 import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
 import type { Logger } from '../lib/logger.js';
@@ -67,7 +68,20 @@ export interface ControlPlane {
   httpPort: number | null;
   /** The bootstrap listener's port (WEFT_BOOTSTRAP_LISTEN), or null when off. */
   bootstrapPort: number | null;
+  /** The plaintext listener's port (ControlPlaneInternals.plaintextListenForBenchmarks), or null. */
+  plaintextPort: number | null;
   stop(): Promise<void>;
+}
+
+/**
+ * What only in-process callers may set, never a setting or an environment variable.
+ *
+ * `plaintextListenForBenchmarks`: a second TCP listener without TLS whose callers are all the administrator
+ * `bench-plaintext`. bench/ipam's `transport` part measures what mTLS costs against it, on the same server, database
+ * and pool cache; no deployment can turn it on.
+ */
+export interface ControlPlaneInternals {
+  plaintextListenForBenchmarks?: string;
 }
 
 /**
@@ -75,7 +89,7 @@ export interface ControlPlane {
  * set. Every call is authorized (lib/auth/authorization.ts) for the identity of its verified client certificate;
  * `access` replaces how callers are identified (the authorization matrix test injects identities).
  */
-export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}): Promise<ControlPlane> {
+export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}, internals: ControlPlaneInternals = {}): Promise<ControlPlane> {
   // The data folder holds the database, its passwords and the socket: the user running weft's alone (embedded.ts
   // lets the user 'postgres' enter it when weft runs as root).
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
@@ -122,11 +136,27 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   rmSync(socketPath, { force: true });
   // API tokens: a call's bearer token is its identity (lib/auth/DESIGN.md), checked against the database on every call.
   const tokens = createTokenAuthority(database);
+  if (internals.plaintextListenForBenchmarks) {
+    // A call that came over TLS is identified as always; one without TLS can only be the benchmark's listener.
+    const plaintextAdmin: Identity = Object.freeze({ kind: 'admin', name: 'bench-plaintext' });
+    const identify = access.identify ?? ((call: IdentifiableCall) => identifyCaller(call, tokens.verify));
+    access = {
+      ...access,
+      identify: (call) => {
+        // Asked once: over TLS, getAuthContext parses the peer's certificate each time.
+        const auth = call.getAuthContext();
+        if (!auth.transportSecurityType) return plaintextAdmin;
+        return identify({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth });
+      },
+    };
+    logger.warn('a plaintext listener for benchmarks is on: every caller on it is an administrator', { listen: internals.plaintextListenForBenchmarks });
+  }
   const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: createCallLimiter(identityLimits(config)), ...access });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
   let tcpPort: number | null = null;
+  let plaintextPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;
   let bootstrap: { port: number; stop(): Promise<void> } | null = null;
@@ -154,6 +184,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
     chmodSync(socketPath, 0o600);
     tcpPort = config.listen ? await bindServer(server, config.listen, security) : null;
+    if (internals.plaintextListenForBenchmarks) plaintextPort = await bindServer(server, internals.plaintextListenForBenchmarks, { mode: 'insecure' });
     if (config.bootstrapListen) {
       bootstrap = await startBootstrapListener({
         address: config.bootstrapListen, logger, ca,
@@ -188,6 +219,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     tcpPort,
     httpPort,
     bootstrapPort: bootstrap?.port ?? null,
+    plaintextPort,
     async stop() {
       await bootstrap?.stop();
       routes?.stop();

@@ -367,3 +367,43 @@ test('ListNamespaces and ListPods page: every one exactly once over several page
   await assert.rejects(policy.listNamespaces({ pageSize: 1001, pageToken: '' }), invalid(/page_size 1001 is over 1000/));
   await assert.rejects(policy.listPods({ namespace: 'LP', pageSize: 5, pageToken: '' }), invalid(/^namespace: /));
 });
+
+test('300 nodes watching: a change reaches every stream from one shared read of the policy tables, not one read per stream', async () => {
+  const nodes = 300;
+  await policy.upsertNamespace({ name: 'fan', labels: {} });
+  for (let i = 0; i < nodes; i += 50) {
+    await Promise.all(Array.from({ length: 50 }, (_, j) => policy.upsertPod({ pod: { namespace: 'fan', name: `p${i + j}`, labels: { app: 'fan' }, node: `fan-node${i + j}`, addresses: [`10.244.${100 + Math.floor((i + j) / 250)}.${(i + j) % 250}`], ports: [] } })));
+  }
+  const owner = new pg.Client({ connectionString: cp.databaseUrl });
+  await owner.connect();
+  // Each snapshot scans policy.policies once; the statistics count scans of every session (flushed within a second).
+  const scans = async () => {
+    await new Promise((r) => setTimeout(r, 1500));
+    await owner.query('SELECT pg_stat_clear_snapshot()');
+    const { rows } = await owner.query(`SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS n FROM pg_stat_user_tables WHERE schemaname = 'policy' AND relname = 'policies'`);
+    return Number(rows[0].n);
+  };
+  const stop = new AbortController();
+  const streams = Array.from({ length: nodes }, (_, i) => policy.watchNodePolicy({ node: `fan-node${i}`, sinceRevision: 0, acceptDeltas: true }, { signal: stop.signal })[Symbol.asyncIterator]());
+  const nextRules = async (s: (typeof streams)[number]) => {
+    for (;;) {
+      const r = await s.next();
+      assert.ok(!r.done);
+      if (!r.value.bookmark) return r.value;
+    }
+  };
+  try {
+    await Promise.all(streams.map(nextRules));
+    const before = await scans();
+    // A policy that selects every pod of the namespace changes every node's rules.
+    await policy.applyPolicies({ objectsJson: [np('fan', 'only-fan', { podSelector: { matchLabels: { app: 'fan' } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: 'fan' } } }] }] })] });
+    const changed = await Promise.all(streams.map(nextRules));
+    assert.ok(changed.every((m) => m.delta !== undefined || m.pods.length > 0), 'every stream got the change');
+    const reads = (await scans()) - before;
+    assert.ok(reads <= 20, `${reads} reads of the policy tables for one change to ${nodes} streams (one per stream before they were shared)`);
+  } finally {
+    stop.abort();
+    await Promise.all(streams.map((s) => s.return?.(undefined).catch(() => {})));
+    await owner.end();
+  }
+});

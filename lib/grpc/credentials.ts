@@ -1,4 +1,5 @@
 import { credentials, experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import { createTlsFilesProvider } from './tls-files.js';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -10,9 +11,9 @@ import { identityFromPeerCertificate, NO_IDENTITY, type Identity } from '../auth
  *
  * - `mtls`: mutual TLS from three PEM files: the CA that signs both sides, and this side's certificate and key.
  *   Servers require a client certificate signed by that CA; clients verify the server's certificate against it with
- *   the name `weft-control-plane`, whatever address they dial. The files are read through grpc-js's
- *   FileWatcherCertificateProvider every `refreshMs` (10 s by default), so files replaced on disk (a renewed
- *   certificate) are used by new connections without a restart; open connections and their streams keep going.
+ *   the name `weft-control-plane`, whatever address they dial. The files are read again every `refreshMs` (10 s by
+ *   default; tls-files.ts), so files replaced on disk (a renewed certificate) are used by new connections without a
+ *   restart, and only once certificate and key agree; open connections and their streams keep going.
  * - `server-tls` (servers) and `tls` (clients): TLS that authenticates the server only. The control plane's bootstrap
  *   listener (services/bootstrap) serves it, for pods that have no certificate yet and prove themselves with a
  *   Kubernetes token inside the call; the client verifies the server against `caFile` as under mTLS and presents none.
@@ -70,46 +71,26 @@ export async function checkSecurityFiles(security: TransportSecurity): Promise<v
 type Mtls = Extract<TransportSecurity, { mode: 'mtls' }>;
 const keyOf = (s: Mtls) => `${s.caFile}\0${s.certFile}\0${s.keyFile}\0${s.refreshMs ?? DEFAULT_REFRESH_MS}`;
 
-// One provider per set of files, shared by every server and channel of the process that uses them (one timer each;
-// grpc-js stops it when nothing listens).
-const providers = new Map<string, experimental.FileWatcherCertificateProvider>();
-function providerOf(s: Mtls): experimental.FileWatcherCertificateProvider {
+// One provider per set of files, shared by every server and channel of the process that uses them (one timer each,
+// unref'd, running only while something listens).
+const providers = new Map<string, ReturnType<typeof createTlsFilesProvider>>();
+function providerOf(s: Mtls): ReturnType<typeof createTlsFilesProvider> {
   const key = keyOf(s);
   let p = providers.get(key);
   if (!p) {
-    p = new experimental.FileWatcherCertificateProvider({
-      caCertificateFile: s.caFile, certificateFile: s.certFile, privateKeyFile: s.keyFile, refreshIntervalMs: s.refreshMs ?? DEFAULT_REFRESH_MS,
-    });
-    unrefRefreshTimer(p);
+    p = createTlsFilesProvider({ caFile: s.caFile, certFile: s.certFile, keyFile: s.keyFile, refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
     providers.set(key, p);
   }
   return p;
 }
 
-/**
- * The watcher's refresh timer must not keep a process alive: grpc-js keeps a closed channel's subchannel (and so the
- * watcher's listener) in its pool for up to 20 s, and a CLI command would wait that long before exiting. Servers are
- * kept alive by their listeners anyway. (grpc-js 1.14 keeps the timer in `refreshTimer`; a version that renames it
- * only loses the unref, which test/weft-up's CLI runs would show as slow exits.)
- */
-function unrefRefreshTimer(p: experimental.FileWatcherCertificateProvider): void {
-  const internals = p as unknown as { maybeStartWatchingFiles?: () => void; refreshTimer?: NodeJS.Timeout | null };
-  const start = internals.maybeStartWatchingFiles;
-  if (typeof start !== 'function') return;
-  internals.maybeStartWatchingFiles = function (this: typeof internals) {
-    start.call(this);
-    this.refreshTimer?.unref?.();
-  };
-}
-
 // Server-only TLS: the server's certificate and key, watched like mTLS's, no CA (no client certificate is asked for).
-const serverTlsProviders = new Map<string, experimental.FileWatcherCertificateProvider>();
-function serverTlsProviderOf(s: Extract<TransportSecurity, { mode: 'server-tls' }>): experimental.FileWatcherCertificateProvider {
+const serverTlsProviders = new Map<string, ReturnType<typeof createTlsFilesProvider>>();
+function serverTlsProviderOf(s: Extract<TransportSecurity, { mode: 'server-tls' }>): ReturnType<typeof createTlsFilesProvider> {
   const key = `${s.certFile}\0${s.keyFile}\0${s.refreshMs ?? DEFAULT_REFRESH_MS}`;
   let p = serverTlsProviders.get(key);
   if (!p) {
-    p = new experimental.FileWatcherCertificateProvider({ certificateFile: s.certFile, privateKeyFile: s.keyFile, refreshIntervalMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
-    unrefRefreshTimer(p);
+    p = createTlsFilesProvider({ certFile: s.certFile, keyFile: s.keyFile, refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
     serverTlsProviders.set(key, p);
   }
   return p;

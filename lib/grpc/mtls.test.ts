@@ -117,6 +117,35 @@ test('a client without a certificate, or with one from another CA, does not get 
   }
 });
 
+test('a renewal caught between its two writes (new key, old certificate) is not taken: new connections keep the old pair until both agree', async () => {
+  const ca = await readCa(pki);
+  const leaf = await issueCertificate(ca, { kind: 'admin', name: 'probe2' });
+  const handshake = () => new Promise<string>((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1', ca: ca.cert, servername: 'weft-control-plane', ALPNProtocols: ['h2'], cert: leaf.cert, key: leaf.key }, () => {
+      resolve(s.getPeerCertificate().serialNumber);
+      s.destroy();
+    });
+    s.on('error', reject);
+  });
+  const old = await handshake();
+  const renewed = await issueCertificate(ca, serverSubject());
+  await writeFileAtomic(path.join(pki, 'server.key'), renewed.key, 0o600);
+  // Several refreshes see the new key beside the old certificate: every handshake still succeeds, with the old pair.
+  for (let i = 0; i < 8; i++) {
+    await new Promise((r) => setTimeout(r, REFRESH_MS / 2));
+    assert.equal(await handshake(), old, 'a handshake in the middle of the renewal');
+  }
+  await writeFileAtomic(path.join(pki, 'server.crt'), renewed.cert, 0o644);
+  const want = new X509Certificate(renewed.cert).serialNumber;
+  const deadline = Date.now() + 5000;
+  let now = old;
+  while (now !== want && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    now = await handshake();
+  }
+  assert.equal(now, want, 'once both files agree, new connections get the new certificate');
+});
+
 test('a server certificate replaced on disk is used for new connections without a restart; an open stream keeps going', async () => {
   const peerSerial = () => new Promise<string>((resolve, reject) => {
     const s = connect({ port, host: '127.0.0.1', ca: ca.cert, servername: 'weft-control-plane', ALPNProtocols: ['h2'], cert: leaf.cert, key: leaf.key }, () => {

@@ -9,7 +9,7 @@ import type { NodePolicy } from '../domain/compile.js';
 import { explain, type Endpoint, type Verdict } from '../domain/evaluate.js';
 import { invalidPolicy, parseIp, parseLabels, parsePolicyObject, portName, portNumber, PROTOCOLS, resourceName, type Policy, type Protocol } from '../domain/model.js';
 import type { ListedPodRecord, PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
-import { watchNodePolicy, type NodePolicyMessage, type NodePolicyWatchOptions } from '../watch-node-policy.js';
+import { sharePolicyViews, watchNodePolicy, type NodePolicyMessage, type NodePolicyWatchOptions } from '../watch-node-policy.js';
 import { toPod, worldOf } from '../world.js';
 
 /** The gRPC adapter of the policy service: validation at the edge, the store, and the evaluator. */
@@ -152,6 +152,8 @@ export function chunkWatchResponse(m: WatchNodePolicyResponse, budget = CHUNK_BY
 
 export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: Notifier; watch: NodePolicyWatchOptions }): Handlers<typeof PolicyServiceService> {
   const { repo } = deps;
+  // Polls reuse a read begun within half a poll: a replica reads at most twice per poll interval without NOTIFYs.
+  const views = sharePolicyViews(repo, deps.notifier, deps.watch.pollMs / 2);
   return {
     async upsertNamespace(req) {
       return { revision: await repo.upsertNamespace(resourceName(req.name, 'name'), parseLabels(req.labels, 'labels')) };
@@ -273,7 +275,7 @@ export function createPolicyHandlers(deps: { repo: PolicyRepository; notifier: N
     },
     async *watchNodePolicy(req, { signal }) {
       if (!req.node) throw invalidPolicy('node', 'is required: the watching node\'s name');
-      for await (const m of watchNodePolicy({ repo, notifier: deps.notifier, options: deps.watch }, req.node, signal, { acceptDeltas: req.acceptDeltas })) {
+      for await (const m of watchNodePolicy({ views, notifier: deps.notifier, options: deps.watch }, req.node, signal, { acceptDeltas: req.acceptDeltas })) {
         const whole = toPbWatchResponse(m);
         if (req.acceptChunks) yield* chunkWatchResponse(whole);
         else yield whole;
