@@ -50,10 +50,11 @@ function node(peers, spec = { name: 'weft.vxlan', vni: 4096, port: 4789, localAd
   want(peers);
   return { dataplane, want, nl, device, close: () => nl.close() };
 }
+const lines = (text) => text.split('\\n').map((l) => l.trim()).filter(Boolean);
 const kernel = () => ({
-  routes: sh('ip', 'route', 'show', 'proto', '87').trim().split('\\n').filter(Boolean),
-  neighbours: sh('ip', 'neigh', 'show', 'dev', 'weft.vxlan', 'nud', 'permanent').trim().split('\\n').filter(Boolean),
-  fdb: sh('bridge', 'fdb', 'show', 'dev', 'weft.vxlan').trim().split('\\n').filter((l) => l && !l.startsWith('00:00:00:00:00:00')),
+  routes: lines(sh('ip', 'route', 'show', 'proto', '87')),
+  neighbours: lines(sh('ip', 'neigh', 'show', 'dev', 'weft.vxlan', 'nud', 'permanent')),
+  fdb: lines(sh('bridge', 'fdb', 'show', 'dev', 'weft.vxlan')).filter((l) => !l.startsWith('00:00:00:00:00:00')),
 });
 const summary = (r) => ({ reads: r.reads.sort(), changes: r.changes.map((c) => c.op + ' ' + c.kind + ' ' + c.key), failed: r.failed.map((f) => f.kind + ' ' + f.key), held: r.held.map((h) => h.op + ' ' + h.kind + ' ' + h.key) });
 const out = await (async () => { ${body} })();
@@ -72,7 +73,8 @@ describe('the overlay drivers on the real kernel', privilegedOrSkip(), () => {
   before(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'weft-overlay-drivers-'));
     await sh('ip', ['netns', 'add', ns]);
-    await sh('ip', ['-n', ns, 'link', 'add', 'under0', 'type', 'dummy']);
+    await sh('ip', ['-n', ns, 'link', 'add', 'under0', 'type', 'veth', 'peer', 'name', 'under1']);
+    await sh('ip', ['-n', ns, 'link', 'set', 'under1', 'up']);
     await sh('ip', ['-n', ns, 'addr', 'add', '192.0.2.10/24', 'dev', 'under0']);
     await sh('ip', ['-n', ns, 'link', 'set', 'under0', 'up']);
   });
