@@ -155,7 +155,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
-  let tcpPort: number | null = null;
+  let tcpPort: number | null;
   let plaintextPort: number | null = null;
   let httpPort: number | null = null;
   let httpServer: http.Server | null = null;

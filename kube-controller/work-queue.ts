@@ -30,7 +30,7 @@ export function createWorkQueue(opts: {
   const again = new Set<string>();
   const failures = new Map<string, Backoff>();
   const timers = new Set<NodeJS.Timeout>();
-  let idleWaiters: (() => void)[] = [];
+  const idleWaiters: (() => void)[] = [];
   let stopped = false;
 
   const settleIdle = () => {

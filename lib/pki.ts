@@ -205,7 +205,7 @@ export async function readCa(pkiDir: string): Promise<KeyPairPem> {
   try {
     return { cert: await readFile(certFile, 'utf8'), key: await readFile(keyFile, 'utf8') };
   } catch (err) {
-    throw new Error(`cannot read Weft's CA from ${pkiDir} (${PKI_FILES.caCert} and ${PKI_FILES.caKey}; \`weft up\` makes them on its first start): ${(err as Error).message}`);
+    throw new Error(`cannot read Weft's CA from ${pkiDir} (${PKI_FILES.caCert} and ${PKI_FILES.caKey}; \`weft up\` makes them on its first start): ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -244,7 +244,7 @@ export async function ensureControlPlanePki(pkiDir: string, extraHosts: string[]
       createPrivateKey(ca.key);
       if (!new NodeX509(ca.cert).ca) throw new Error(`${PKI_FILES.caCert} is not a CA certificate`);
     } catch (err) {
-      throw new Error(`Weft's CA in ${opts.caDir} is not usable: ${(err as Error).message}`);
+      throw new Error(`Weft's CA in ${opts.caDir} is not usable: ${(err as Error).message}`, { cause: err });
     }
     if ((await writeFileAtomic(caCertFile, ca.cert, 0o644)) === 'written') created.push(PKI_FILES.caCert);
   } else if (!(await exists(caCertFile)) && !(await exists(caKeyFile))) {

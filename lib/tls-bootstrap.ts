@@ -56,7 +56,7 @@ export async function requestCertificate(o: TlsBootstrapOptions): Promise<{ iden
   try {
     token = (await readFile(o.tokenFile, 'utf8')).trim();
   } catch (err) {
-    throw new Error(`cannot read the ServiceAccount token ${o.tokenFile} (WEFT_BOOTSTRAP_TOKEN_FILE: a projected serviceAccountToken volume, audience weft): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new Error(`cannot read the ServiceAccount token ${o.tokenFile} (WEFT_BOOTSTRAP_TOKEN_FILE: a projected serviceAccountToken volume, audience weft): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
   const client = createClient(BootstrapServiceService, o.address, { security: { mode: 'tls', caFile: o.caFile } });
   try {

@@ -48,6 +48,6 @@ async function install(target: string, content: Buffer | string, mode: number, s
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const hint = code === 'ENOENT' ? `: the folder ${path.dirname(target)} does not exist; create it or fix ${setting}` : '';
-    throw new Error(`cannot install ${target}: ${(err as Error).message}${hint}`);
+    throw new Error(`cannot install ${target}: ${(err as Error).message}${hint}`, { cause: err });
   }
 }

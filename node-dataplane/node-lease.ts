@@ -40,7 +40,8 @@ export function keepNodeLease(deps: {
         leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
         delay = leaseMs / 3;
         retry.reset();
-      } catch (err) {
+      } catch (caught) {
+        let err = caught;
         if ((err as { code?: number }).code === status.NOT_FOUND) {
           logger.warn('this node is not registered (deregistered while it runs?); registering it again', { underlay: deps.registration.underlayAddress });
           try {

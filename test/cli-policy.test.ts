@@ -81,10 +81,10 @@ spec:
   const applied = await weft('policy', 'apply', '-f', yaml);
   assert.match(applied.stdout, /NetworkPolicy\/shop\/db-from-web applied\nAdminNetworkPolicy\/cluster-dns applied/);
   const allowed = await weft('policy', 'explain', 'shop/web', 'shop/db', '5432/tcp');
-  assert.match(allowed.stdout, /^ALLOWED: shop\/web -> shop\/db 5432\/TCP\n.*\n  ingress of shop\/db: allowed by ingress\[0\] of NetworkPolicy shop\/db-from-web/);
+  assert.match(allowed.stdout, /^ALLOWED: shop\/web -> shop\/db 5432\/TCP\n.*\n {2}ingress of shop\/db: allowed by ingress\[0\] of NetworkPolicy shop\/db-from-web/);
   const denied = await fails(['policy', 'explain', '10.244.1.10', 'shop/db', '5432']);
   assert.equal(denied.code, 3, 'a denied connection exits 3');
-  assert.match(denied.stdout, /^DENIED: .*\n.*\n  ingress of shop\/db: denied: db-from-web selects shop\/db for ingress/);
+  assert.match(denied.stdout, /^DENIED: .*\n.*\n {2}ingress of shop\/db: denied: db-from-web selects shop\/db for ingress/);
   const dns = JSON.parse((await weft('policy', 'explain', 'shop/web', '192.0.2.53', '53/udp', '--json')).stdout) as { egress: { tier: string; rule: string } };
   assert.deepEqual([dns.egress.tier, dns.egress.rule], ['admin', 'allow-dns']);
   assert.match((await weft('policy', 'list')).stdout, /AdminNetworkPolicy +cluster-dns\nNetworkPolicy +shop\/db-from-web/);

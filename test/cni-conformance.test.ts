@@ -39,7 +39,7 @@ import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { ChainError, createChainRunner, type CniResultDoc, type NetworkConfigList, type RuntimeConf } from './support/cni-chain.js';
 import { privilegedOrSkip, skipOutsideCi } from './support/privileges.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
-import { bin, startUntil, type Started } from './support/processes.js';
+import { startUntil, type Started } from './support/processes.js';
 
 const plugin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni');
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
@@ -788,7 +788,7 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         try {
           assertCniError(run, code, version ?? '1.0.0');
         } catch (err) {
-          throw new Error(`${what}: ${(err as Error).message}`);
+          throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
         }
       }
       assert.deepEqual({ allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() }, before, 'nothing was allocated or created');

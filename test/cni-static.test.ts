@@ -23,7 +23,6 @@ import { addService, createServer, type UnaryMethods } from '../lib/grpc/server.
 import { silentLogger } from '../lib/logger.js';
 import { privilegedOrSkip } from './support/privileges.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
-import { bin } from './support/processes.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const staticPlugin = path.join(root, 'dist/bin/weft-cni-static');

@@ -56,7 +56,7 @@ async function liveOn(node: string) {
 async function allocateTimesOutThenRelease(handle: string, node: string, lockSql: string) {
   const attemptId = randomUUID();
   await sql.query('BEGIN');
-  let released: Promise<unknown> | null = null;
+  let released: Promise<unknown> | undefined;
   try {
     await sql.query(lockSql);
     await assert.rejects(ipam.allocate(request(handle, node, { attemptId }), { timeoutMs: 400 }), (err: { code: number }) => {

@@ -3,6 +3,7 @@ import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { COMMIT_NOT_REPLICATED } from './unavailable.js';
 
 export type Database = NodePgDatabase<Record<string, never>>;
 
@@ -67,9 +68,25 @@ export function sessionConfig(url: string, t: DatabaseTimeouts = DEFAULT_DATABAS
 }
 
 const READ_TIMEOUT = 'Query read timeout';
+/**
+ * PostgreSQL's warning when a statement stops waiting for the synchronous standby (it was cancelled, as by
+ * pg_cancel_backend, or its session is being ended; statement_timeout does not apply to COMMIT) although the commit is
+ * already done on the primary: a cancelled one then succeeds, but the write may exist on the primary alone and be lost
+ * if it dies. Matched in English: the server's
+ * lc_messages must be C or en (docs/ha-postgresql.md).
+ */
+const SYNC_REP_CANCELLED = /^cancel+ing (the )?wait for synchronous replication/i;
 
 /**
- * Two guards on every pooled session, because a database that stops answering now makes queries fail instead of hang:
+ * Four guards on every pooled session, because a database that stops answering now makes queries fail instead of hang:
+ * - a session that the server ends while it is checked out with no query running (a primary killed or demoted under
+ *   a transaction between two statements, an administrator's pg_terminate_backend) emits 'error' with nobody
+ *   listening: pg-pool listens only while a session is idle, and an unheard 'error' ends the process. Heard here, the
+ *   session is simply unusable: its holder's next query fails (UNAVAILABLE) and the pool drops it when it comes back;
+ * - a statement cancelled while it waits for the synchronous standby (PostgreSQL then warns, and reports success, but
+ *   the commit is on the primary alone) fails instead (COMMIT_NOT_REPLICATED, "database unavailable"): Weft never
+ *   acknowledges a write that the primary's death could take back. Its outcome is unknown to the caller, as for a
+ *   session that ends during COMMIT, and a retry (idempotent by handle) finds what was committed;
  * - a session whose query got no answer within query_timeout is closed (so the pool drops it and opens a new one):
  *   its next query would queue behind the unanswered one, and a rollback on it would wait out the timeout again;
  * - a session whose `begin` fails goes back to the pool (closed): drizzle-orm's transaction() (0.45) releases its
@@ -77,6 +94,16 @@ const READ_TIMEOUT = 'Query read timeout';
  *   `max` of them the service could never reach its database again. (Only drizzle sends BEGIN on a pooled session.)
  */
 function guardSession(client: pg.PoolClient): void {
+  client.on('error', () => {});
+  // Set by the server's warning that a statement stopped waiting for the synchronous standby; taken by the next answer.
+  let notReplicated = false;
+  client.on('notice', (notice: { message?: string }) => {
+    if (SYNC_REP_CANCELLED.test(notice.message ?? '')) notReplicated = true;
+  });
+  const unconfirmed = () => {
+    notReplicated = false;
+    return new Error(COMMIT_NOT_REPLICATED);
+  };
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   const close = (err: unknown) => {
     if ((err as Error | undefined)?.message === READ_TIMEOUT) (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
@@ -87,13 +114,19 @@ function guardSession(client: pg.PoolClient): void {
     if (typeof callback === 'function') {
       args[last] = (err: unknown, res: unknown) => {
         close(err);
-        (callback as (e: unknown, r: unknown) => void)(err, res);
+        if (!err && notReplicated) (callback as (e: unknown) => void)(unconfirmed());
+        else (callback as (e: unknown, r: unknown) => void)(err, res);
       };
     }
-    const out = query(...args);
+    let out = query(...args);
     if (out instanceof Promise) {
+      // Answers come in order, and the warning comes before the answer of the statement it belongs to.
+      out = out.then((res: unknown) => {
+        if (notReplicated) throw unconfirmed();
+        return res;
+      });
       const text = (args[0] as { text?: unknown } | undefined)?.text ?? args[0];
-      out.catch((err: unknown) => {
+      (out as Promise<unknown>).catch((err: unknown) => {
         close(err);
         if (typeof text === 'string' && /^\s*begin\b/i.test(text)) client.release(err instanceof Error ? err : new Error(String(err)));
       });

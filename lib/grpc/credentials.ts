@@ -49,7 +49,7 @@ export async function checkSecurityFiles(security: TransportSecurity): Promise<v
       createSecureContext({ ca: await readFile(security.caFile) });
       return;
     } catch (err) {
-      throw new Error(`cannot use the CA certificate ${security.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new Error(`cannot use the CA certificate ${security.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     }
   }
   if (security.mode !== 'mtls') return;
@@ -57,14 +57,14 @@ export async function checkSecurityFiles(security: TransportSecurity): Promise<v
     try {
       return await readFile(file);
     } catch (err) {
-      throw new Error(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new Error(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     }
   };
   const [ca, cert, key] = [await read(security.caFile, 'CA certificate'), await read(security.certFile, 'certificate'), await read(security.keyFile, 'private key')];
   try {
     createSecureContext({ ca, cert, key });
   } catch (err) {
-    throw new Error(`the TLS files ${security.certFile}, ${security.keyFile} and ${security.caFile} do not make a TLS identity: ${(err as Error).message}`);
+    throw new Error(`the TLS files ${security.certFile}, ${security.keyFile} and ${security.caFile} do not make a TLS identity: ${(err as Error).message}`, { cause: err });
   }
 }
 

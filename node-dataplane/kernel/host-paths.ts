@@ -37,7 +37,7 @@ export function enableForwarding(paths: HostPaths = DEFAULT_HOST_PATHS): { ipv6:
   try {
     writeFileSync(ipv4, '1');
   } catch (err) {
-    throw new Error(`cannot switch IPv4 forwarding on through ${ipv4} (${(err as Error).message}); in a container whose /proc/sys is read-only, mount the host's /proc/sys/net and set WEFT_PROC_SYS_NET to it`);
+    throw new Error(`cannot switch IPv4 forwarding on through ${ipv4} (${(err as Error).message}); in a container whose /proc/sys is read-only, mount the host's /proc/sys/net and set WEFT_PROC_SYS_NET to it`, { cause: err });
   }
   try {
     writeFileSync(netSysctl(paths, 'ipv6', 'conf', 'all', 'forwarding'), '1');

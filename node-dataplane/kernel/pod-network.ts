@@ -194,7 +194,7 @@ export async function attachPod(opts: {
     const made = existsSync(classNet(paths, host));
     if (made) await deleteHostLink(host).catch(() => {});
     if (!made && (await showLink(opts.ifname, opts.nsPath).catch(() => null))) {
-      throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`);
+      throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`, { cause: err });
     }
     throw err;
   }
@@ -216,7 +216,7 @@ export async function attachPod(opts: {
     try {
       await deleteHostLink(host);
     } catch (undo) {
-      throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`);
+      throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`, { cause: undo });
     }
     if (addressError) throw addressError.err;
     throw err;

@@ -1,7 +1,7 @@
 import { and, asc, eq, isNull } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
-import { pgErrorOf, PG } from '../../ipam/store/pg-errors.js';
+import { pgErrorOf, PG } from '../../../lib/db/pg-errors.js';
 import { tokenErrors, type StoredToken, type Token } from '../domain/token.js';
 import { tokens } from './schema.js';
 

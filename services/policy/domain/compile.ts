@@ -215,7 +215,7 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
-    let text = cache?.ruleText.get(rule) ?? textOf?.();
+    const text = cache?.ruleText.get(rule) ?? textOf?.();
     if (text !== undefined) cache?.ruleText.set(rule, text);
     spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
     if (text !== undefined) {

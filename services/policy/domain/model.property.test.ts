@@ -84,7 +84,7 @@ const validObject = fc.oneof(networkPolicy, adminPolicy);
 
 // --- Mutations: replace, remove or add at a random path. ---
 const hostileString = fc.constantFrom('', ' ', 'TCP -j ACCEPT', 'a\nb', '10.0.0.0/8 -j ACCEPT', '__proto__', 'constructor', 'x'.repeat(300), '\u0000', '-1', '65536', '1e3');
-const replacement = fc.oneof(fc.jsonValue({ maxDepth: 2 }), hostileString, fc.constantFrom({ toString: 1 }, { valueOf: 1, toString: 1 }, [], {}, null, -1, 0, 1.5, 1e309));
+const replacement = fc.oneof(fc.jsonValue({ maxDepth: 2 }), hostileString, fc.constantFrom({ toString: 1 }, { valueOf: 1, toString: 1 }, [], {}, null, -1, 0, 1.5, Infinity));
 type Mutation = { at: number; kind: 'replace' | 'remove' | 'add'; with: unknown; key: string };
 const mutation: fc.Arbitrary<Mutation> = fc.record({ at: fc.nat(), kind: fc.constantFrom('replace', 'replace', 'remove', 'add'), with: replacement, key: fc.oneof(fc.constantFrom('name', 'ports', 'cidr', 'except', 'values'), fc.string({ maxLength: 6 })) });
 
@@ -110,7 +110,10 @@ function mutate(obj: unknown, ms: Mutation[]): unknown {
     const parent = path.slice(0, -1).reduce<any>((o, k) => o[k], root);
     const last = path[path.length - 1]!;
     if (m.kind === 'replace') parent[last] = m.with;
-    else if (m.kind === 'remove') Array.isArray(parent) ? parent.splice(last as number, 1) : delete parent[last];
+    else if (m.kind === 'remove') {
+      if (Array.isArray(parent)) parent.splice(last as number, 1);
+      else delete parent[last];
+    }
     else if (typeof parent[last] === 'object' && parent[last] !== null && !Array.isArray(parent[last])) Object.defineProperty(parent[last], m.key, { value: m.with, enumerable: true, writable: true, configurable: true });
     else parent[last] = m.with;
   }
