@@ -2,7 +2,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { computeDesired, type FdbEntry, type NeighbourEntry, type RemoteNode, type RouteEntry, type Routing } from './domain/desired.js';
+import {
+  computeDesired,
+  type FdbEntry,
+  type NeighbourEntry,
+  type RemoteNode,
+  type RouteEntry,
+  type Routing,
+} from './domain/desired.js';
 import { MASQUERADE_CHAIN, type NatChain } from './domain/masquerade.js';
 import type { PolicyPlan } from './domain/network-policy.js';
 import { createNetworkPolicyDriver } from './drivers/policy.js';
@@ -14,11 +21,21 @@ import { createPolicyProgrammer } from './policy-programmer.js';
 import { createReconciler, type Reconciler } from './reconciler.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
-const spec = { name: 'weft.vxlan', vni: 4096, port: 4789, localAddress: '192.0.2.10', underlayInterface: 'eth0', mtu: 1450 };
+const spec = {
+  name: 'weft.vxlan',
+  vni: 4096,
+  port: 4789,
+  localAddress: '192.0.2.10',
+  underlayInterface: 'eth0',
+  mtu: 1450,
+};
 
 /** A node's kernel: one fake per kind, the device already made (as main.ts does before the first pass). */
 function fakeNode(opts: { device?: boolean } = {}) {
-  const device = createFakeKernel<VxlanDeviceState>(opts.device === false ? [] : [[spec.name, { ...vxlanStateFor(spec), ifindex: 5 }]], { held: (_k, v) => ({ ...v, ifindex: 6 }) });
+  const device = createFakeKernel<VxlanDeviceState>(
+    opts.device === false ? [] : [[spec.name, { ...vxlanStateFor(spec), ifindex: 5 }]],
+    { held: (_k, v) => ({ ...v, ifindex: 6 }) },
+  );
   const neighbours = createFakeKernel<NeighbourEntry>();
   const fdb = createFakeKernel<FdbEntry>();
   const routes = createFakeKernel<RouteEntry>();
@@ -47,22 +64,45 @@ function fakeIptables(family: 4 | 6, opts: { fail?: () => Error | null; written?
   return { calls, driver: createNetworkPolicyDriver(createPolicyProgrammer(driver, 'weft.vxlan', family), family) };
 }
 
-const remote: RemoteNode = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'] };
+const remote: RemoteNode = {
+  node: 'b',
+  underlayAddress: '198.51.100.12',
+  vtepMac: '02:57:c6:33:64:0c',
+  blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'],
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function setup(node: ReturnType<typeof fakeNode>, snap: RoutesSnapshot, extra: Partial<Parameters<typeof createReconciler>[0]> = {}) {
+function setup(
+  node: ReturnType<typeof fakeNode>,
+  snap: RoutesSnapshot,
+  extra: Partial<Parameters<typeof createReconciler>[0]> = {},
+) {
   const registry = createMetricsRegistry();
   const metrics = createAgentMetrics(registry);
   const r: Reconciler = createReconciler({
-    self: 'a', snapshot: () => snap, kernel: node.kernel, vxlan: () => spec, resyncMs: 60_000, logger: silentLogger, metrics, ...extra,
+    self: 'a',
+    snapshot: () => snap,
+    kernel: node.kernel,
+    vxlan: () => spec,
+    resyncMs: 60_000,
+    logger: silentLogger,
+    metrics,
+    ...extra,
   });
-  const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(registry.render())?.[1] ?? 0);
+  const value = (series: string) =>
+    Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(registry.render())?.[1] ?? 0);
   return { r, value };
 }
 
 test('nothing is written before the first complete snapshot; then the kernel gets the desired state', async () => {
   const k = fakeNode();
-  k.kernel.routes.entries.set('10.244.9.0/26', { kind: 'route', key: '10.244.9.0/26', cidr: '10.244.9.0/26', gateway: '10.244.9.0', mode: 'vxlan' });
+  k.kernel.routes.entries.set('10.244.9.0/26', {
+    kind: 'route',
+    key: '10.244.9.0/26',
+    cidr: '10.244.9.0/26',
+    gateway: '10.244.9.0',
+    mode: 'vxlan',
+  });
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 3, synced: false };
   const { r, value } = setup(k, snap);
   try {
@@ -77,7 +117,11 @@ test('nothing is written before the first complete snapshot; then the kernel get
     assert.equal(value('weft_agent_revision_applied'), 3);
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'first adds are not drift');
     const { target, ...overlay } = r.overlay();
-    assert.deepEqual(overlay, { ifindex: 5, underlayIfindex: null, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
+    assert.deepEqual(overlay, {
+      ifindex: 5,
+      underlayIfindex: null,
+      routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']),
+    });
     assert.deepEqual([...target!.routes.keys()], ['10.244.1.0/26', '10.244.2.0/26'], 'the target: the desired state');
   } finally {
     r.stop();
@@ -89,7 +133,12 @@ test('restart with 1,000 peers: the first pass reads the kernel back, and delete
   const nodes = new Map<string, RemoteNode>();
   for (let i = 0; i < 1000; i++) {
     const name = `n${i}`;
-    nodes.set(name, { node: name, underlayAddress: `198.51.${100 + (i >> 8)}.${i & 255}`, vtepMac: `02:57:c6:33:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`, blockCidrs: [`10.${100 + (i >> 8)}.${i & 255}.0/26`] });
+    nodes.set(name, {
+      node: name,
+      underlayAddress: `198.51.${100 + (i >> 8)}.${i & 255}`,
+      vtepMac: `02:57:c6:33:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`,
+      blockCidrs: [`10.${100 + (i >> 8)}.${i & 255}.0/26`],
+    });
   }
   // What the previous agent left: exactly the desired state, as the kernel prints it.
   const before = computeDesired('a', nodes.values());
@@ -100,7 +149,11 @@ test('restart with 1,000 peers: the first pass reads the kernel back, and delete
   const { r, value } = setup(k, snap);
   try {
     await r.flush();
-    assert.deepEqual(k.reads(), { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 0, nat6: 0 }, 'each kind read back once (the pools are not known yet: nat untouched)');
+    assert.deepEqual(
+      k.reads(),
+      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 0, nat6: 0 },
+      'each kind read back once (the pools are not known yet: nat untouched)',
+    );
     assert.deepEqual(k.writes(), [], 'nothing deleted or re-added');
     assert.equal(value('weft_agent_reconcile_passes_total{result="unchanged"}'), 1);
     assert.equal(value('weft_agent_revision_applied'), 42);
@@ -110,7 +163,7 @@ test('restart with 1,000 peers: the first pass reads the kernel back, and delete
   }
 });
 
-test('the agent\'s own writes echo back as events, cost at most a few (empty) passes, and the loop comes to rest', async () => {
+test("the agent's own writes echo back as events, cost at most a few (empty) passes, and the loop comes to rest", async () => {
   const k = fakeNode();
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   const { r, value } = setup(k, snap);
@@ -118,18 +171,22 @@ test('the agent\'s own writes echo back as events, cost at most a few (empty) pa
   try {
     await r.flush();
     await sleep(100);
-    const passes = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    const passes =
+      value('weft_agent_reconcile_passes_total{result="applied"}') +
+      value('weft_agent_reconcile_passes_total{result="unchanged"}');
     assert.equal(value('weft_agent_reconcile_passes_total{result="applied"}'), 1);
     assert.ok(passes <= 3, `a handful of passes, not a loop (${passes})`);
     await sleep(100);
-    const later = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    const later =
+      value('weft_agent_reconcile_passes_total{result="applied"}') +
+      value('weft_agent_reconcile_passes_total{result="unchanged"}');
     assert.equal(later, passes, 'no pass while nothing changes');
   } finally {
     r.stop();
   }
 });
 
-test('an entry removed behind the agent\'s back is found when its kind is marked for resync, re-added and counted as drift', async () => {
+test("an entry removed behind the agent's back is found when its kind is marked for resync, re-added and counted as drift", async () => {
   const k = fakeNode();
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   const { r, value } = setup(k, snap);
@@ -142,7 +199,11 @@ test('an entry removed behind the agent\'s back is found when its kind is marked
     r.resync(['route', 'fdb']);
     await r.flush();
     assert.deepEqual(k.writes().sort(), ['fdb write 02:57:c6:33:64:0c', 'routes write 10.244.2.0/26']);
-    assert.deepEqual(k.reads(), { ...reads, routes: reads.routes! + 1, fdb: reads.fdb! + 1 }, 'only the kinds marked are read back');
+    assert.deepEqual(
+      k.reads(),
+      { ...reads, routes: reads.routes! + 1, fdb: reads.fdb! + 1 },
+      'only the kinds marked are read back',
+    );
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
     assert.equal(value('weft_agent_drift_repairs_total{kind="fdb"}'), 1);
     assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}'), 0);
@@ -177,8 +238,20 @@ test('a failed kernel update is retried with backoff, reading its kind back firs
 
 test('direct mode refuses a node off the underlay subnet: nothing is written for it, and the refusal shows in the metrics', async () => {
   const k = fakeNode();
-  const near = { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] };
-  const snap: RoutesSnapshot = { nodes: new Map([['b', remote], ['c', near]]), revision: 2, synced: true };
+  const near = {
+    node: 'c',
+    underlayAddress: '192.0.2.13',
+    vtepMac: '02:57:c0:00:02:0d',
+    blockCidrs: ['10.244.3.0/26'],
+  };
+  const snap: RoutesSnapshot = {
+    nodes: new Map([
+      ['b', remote],
+      ['c', near],
+    ]),
+    revision: 2,
+    synced: true,
+  };
   const routing: Routing = { mode: 'direct', underlay: { address: '192.0.2.10', prefixLength: 24 } };
   const { r, value } = setup(k, snap, { routing, underlayIfindex: 2 });
   try {
@@ -201,19 +274,41 @@ test('what a pass reads back follows what is marked, not why it runs: route chan
   const p4 = fakeIptables(4);
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   let rules: { revision: number; pods: []; sets: Map<string, string[]> } | null = null;
-  const { r } = setup(k, snap, { pools: () => ['10.244.0.0/16'], policy: { rules: () => rules, drivers: [p4.driver] } });
+  const { r } = setup(k, snap, {
+    pools: () => ['10.244.0.0/16'],
+    policy: { rules: () => rules, drivers: [p4.driver] },
+  });
   const reads = () => ({ ...k.reads(), policy: p4.calls.filter((c) => c !== 'apply').length });
   try {
     await r.flush();
-    assert.deepEqual(reads(), { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 2 }, 'the first pass reads everything back');
-    assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN)?.rules, ['-A WEFT-POSTROUTING -d 10.244.0.0/16 -j RETURN', '-A WEFT-POSTROUTING -s 10.244.0.0/16 -j MASQUERADE']);
+    assert.deepEqual(
+      reads(),
+      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 2 },
+      'the first pass reads everything back',
+    );
+    assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN)?.rules, [
+      '-A WEFT-POSTROUTING -d 10.244.0.0/16 -j RETURN',
+      '-A WEFT-POSTROUTING -s 10.244.0.0/16 -j MASQUERADE',
+    ]);
     let last = reads();
     const expectReads = (what: string, more: Record<string, number>) => {
       const now = reads();
-      assert.deepEqual(now, { ...last, ...Object.fromEntries(Object.entries(more).map(([kind, n]) => [kind, last[kind as keyof typeof last]! + n])) }, what);
+      assert.deepEqual(
+        now,
+        {
+          ...last,
+          ...Object.fromEntries(Object.entries(more).map(([kind, n]) => [kind, last[kind as keyof typeof last]! + n])),
+        },
+        what,
+      );
       last = now;
     };
-    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
+    snap.nodes.set('c', {
+      node: 'c',
+      underlayAddress: '198.51.100.13',
+      vtepMac: '02:57:c6:33:64:0d',
+      blockCidrs: ['10.244.3.0/26'],
+    });
     await r.flush('routes');
     assert.ok(k.kernel.routes.entries.has('10.244.3.0/26'), 'the route change is applied');
     expectReads('a route change: nothing read back (no ip, iptables-save or ipset spawned)', {});
@@ -228,7 +323,15 @@ test('what a pass reads back follows what is marked, not why it runs: route chan
     await r.flush('device');
     expectReads('a link event: the device and what lives on it', { device: 1, neighbours: 1, fdb: 1, routes: 1 });
     await r.flush('resync');
-    expectReads('the periodic resync: everything', { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 2 });
+    expectReads('the periodic resync: everything', {
+      device: 1,
+      neighbours: 1,
+      fdb: 1,
+      routes: 1,
+      nat4: 1,
+      nat6: 1,
+      policy: 2,
+    });
   } finally {
     r.stop();
   }
@@ -236,8 +339,19 @@ test('what a pass reads back follows what is marked, not why it runs: route chan
 
 test('a VXLAN device deleted by hand is made again and everything on it re-added; while it cannot be made, its entries are held back', async () => {
   const k = fakeNode();
-  const snap: RoutesSnapshot = { nodes: new Map([['b', remote], ['c', { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] }]]), revision: 1, synced: true };
-  const { r, value } = setup(k, snap, { routing: { mode: 'auto', underlay: { address: '192.0.2.10', prefixLength: 24 } }, underlayIfindex: 2, retryMs: 10 });
+  const snap: RoutesSnapshot = {
+    nodes: new Map([
+      ['b', remote],
+      ['c', { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] }],
+    ]),
+    revision: 1,
+    synced: true,
+  };
+  const { r, value } = setup(k, snap, {
+    routing: { mode: 'auto', underlay: { address: '192.0.2.10', prefixLength: 24 } },
+    underlayIfindex: 2,
+    retryMs: 10,
+  });
   try {
     await r.flush();
     k.kernel.device.entries.clear();
@@ -253,7 +367,14 @@ test('a VXLAN device deleted by hand is made again and everything on it re-added
     assert.equal(value('weft_agent_reconcile_passes_total{result="failed"}'), 1);
     for (let i = 0; i < 50 && k.kernel.routes.entries.size < 3; i++) await sleep(10);
     assert.equal(r.overlay().ifindex, 6, 'the new device');
-    assert.deepEqual(k.writes().sort(), ['device write weft.vxlan', 'fdb write 02:57:c6:33:64:0c', 'neighbours write 10.244.1.0', 'neighbours write 10.244.2.0', 'routes write 10.244.1.0/26', 'routes write 10.244.2.0/26']);
+    assert.deepEqual(k.writes().sort(), [
+      'device write weft.vxlan',
+      'fdb write 02:57:c6:33:64:0c',
+      'neighbours write 10.244.1.0',
+      'neighbours write 10.244.2.0',
+      'routes write 10.244.1.0/26',
+      'routes write 10.244.2.0/26',
+    ]);
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 2);
   } finally {
     r.stop();
@@ -264,15 +385,22 @@ test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
   const written: string[] = [];
   let fail6: Error | null = new Error('ip6tables-restore: table filter does not exist');
-  const make = (ipv6Required: boolean) => setup(fakeNode(), snap, {
-    retryMs: 10,
-    policy: { rules: () => null, drivers: [fakeIptables(4, { written }).driver, fakeIptables(6, { written, fail: () => fail6 }).driver], ipv6Required },
-  }).r;
+  const make = (ipv6Required: boolean) =>
+    setup(fakeNode(), snap, {
+      retryMs: 10,
+      policy: {
+        rules: () => null,
+        drivers: [fakeIptables(4, { written }).driver, fakeIptables(6, { written, fail: () => fail6 }).driver],
+        ipv6Required,
+      },
+    }).r;
   // Not required (IPv4-only pods): IPv4 is programmed and the pass succeeds; IPv6 is not in force.
   const relaxed = make(false);
   try {
     await relaxed.flush();
-    assert.deepEqual(written, ['4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP']);
+    assert.deepEqual(written, [
+      '4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+    ]);
     await assert.rejects(relaxed.whenPolicyInForce(6, 50), /IPv6 policy not programmed within 50 ms/);
     await relaxed.whenPolicyInForce(4, 50);
   } finally {
@@ -285,10 +413,16 @@ test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its
     const waiting = strict.whenPolicyInForce(6, 5000);
     strict.markDirty('start');
     await sleep(50);
-    assert.deepEqual(written.filter((w) => w.startsWith('6')), []);
+    assert.deepEqual(
+      written.filter((w) => w.startsWith('6')),
+      [],
+    );
     fail6 = null;
     await waiting;
-    assert.ok(written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')), 'the same fail-closed dispatch in ip6tables');
+    assert.ok(
+      written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')),
+      'the same fail-closed dispatch in ip6tables',
+    );
   } finally {
     strict.stop();
   }
@@ -302,7 +436,11 @@ test('masquerade: nothing before the pools are known; a failing IPv6 nat table d
   const { r, value } = setup(k, snap, { pools: () => pools });
   try {
     await r.flush();
-    assert.deepEqual([k.kernel.nat4.reads, k.kernel.nat6.reads], [0, 0], 'pools unknown: the nat tables are left as they are');
+    assert.deepEqual(
+      [k.kernel.nat4.reads, k.kernel.nat6.reads],
+      [0, 0],
+      'pools unknown: the nat tables are left as they are',
+    );
     pools = ['10.244.0.0/16', 'fd00:10:244::/48'];
     await r.flush('pools');
     assert.ok(k.kernel.nat4.entries.has(MASQUERADE_CHAIN));
@@ -311,7 +449,10 @@ test('masquerade: nothing before the pools are known; a failing IPv6 nat table d
     await r.flush('routes');
     assert.equal(k.kernel.nat6.entries.size, 0, 'it rests until the resync');
     await r.flush('resync');
-    assert.deepEqual(k.kernel.nat6.entries.get(MASQUERADE_CHAIN)?.rules, ['-A WEFT-POSTROUTING -d fd00:10:244::/48 -j RETURN', '-A WEFT-POSTROUTING -s fd00:10:244::/48 -j MASQUERADE']);
+    assert.deepEqual(k.kernel.nat6.entries.get(MASQUERADE_CHAIN)?.rules, [
+      '-A WEFT-POSTROUTING -d fd00:10:244::/48 -j RETURN',
+      '-A WEFT-POSTROUTING -s fd00:10:244::/48 -j MASQUERADE',
+    ]);
     assert.equal(value('weft_agent_kernel_changes_total{kind="masquerade",op="add"}'), 2);
   } finally {
     r.stop();

@@ -1,7 +1,15 @@
 import { createBackoff } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { computeDesired, VXLAN_ONLY, type DesiredState, type FdbEntry, type NeighbourEntry, type RouteEntry, type Routing } from './domain/desired.js';
+import {
+  computeDesired,
+  VXLAN_ONLY,
+  type DesiredState,
+  type FdbEntry,
+  type NeighbourEntry,
+  type RouteEntry,
+  type Routing,
+} from './domain/desired.js';
 import type { NatChain } from './domain/masquerade.js';
 import type { NodeRules } from './domain/network-policy.js';
 import { createFdbDriver, FDB } from './drivers/fdb.js';
@@ -25,7 +33,8 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * disagrees with what the agent wants. What a pass does depends only on the inputs and on what the tables hold, never
  * on why it runs. Nothing is written before the first complete route snapshot.
  */
-export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
+export type DirtyReason =
+  'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
 
 /** The kernel access of each kind of entry the dataplane drives (netlink, iproute2 and iptables, or a fake in tests). */
 export interface KernelAccesses {
@@ -51,7 +60,12 @@ export interface Reconciler {
    * The overlay device's index (null while it does not exist), the underlay's, the desired route destinations, and
    * the desired state (null: unknown), which tells the agent's own writes from drift when they come back as notifications.
    */
-  overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string>; target: DesiredState | null };
+  overlay(): {
+    ifindex: number | null;
+    underlayIfindex: number | null;
+    routeCidrs: ReadonlySet<string>;
+    target: DesiredState | null;
+  };
   /** The node's underlay moved (another address, prefix or device): plans from now on use it; everything is read back. */
   setUnderlay(underlay: Routing['underlay'], underlayIfindex: number): void;
   /**
@@ -109,7 +123,13 @@ export function createReconciler(deps: {
     ready: () => !!deps.kernel[`nat${family}`] && !!deps.pools && deps.pools() !== null,
   }));
   const dataplane = createDataplane({
-    drivers: [device, createNeighbourDriver(deps.kernel.neighbours, deviceName), createFdbDriver(deps.kernel.fdb, deviceName), createRouteDriver(deps.kernel.routes, deviceName), ...nat],
+    drivers: [
+      device,
+      createNeighbourDriver(deps.kernel.neighbours, deviceName),
+      createFdbDriver(deps.kernel.fdb, deviceName),
+      createRouteDriver(deps.kernel.routes, deviceName),
+      ...nat,
+    ],
     order: ORDER,
     dependents: DEPENDENTS,
     maxInFlight: deps.maxInFlight,
@@ -125,7 +145,10 @@ export function createReconciler(deps: {
   let resyncTimer: NodeJS.Timeout | null = null;
   let debounceTimer: NodeJS.Timeout | null = null;
   let retryTimer: NodeJS.Timeout | null = null;
-  const retryBackoff = createBackoff({ baseMs: deps.retryMs ?? 250, capMs: Math.max(deps.resyncMs, deps.retryMs ?? 250) });
+  const retryBackoff = createBackoff({
+    baseMs: deps.retryMs ?? 250,
+    capMs: Math.max(deps.resyncMs, deps.retryMs ?? 250),
+  });
 
   // Inputs the scheduler holds for the managers, and what the watch asks about.
   let routing = deps.routing ?? VXLAN_ONLY;
@@ -142,7 +165,14 @@ export function createReconciler(deps: {
     optionalFailures.set(what, err);
   };
 
-  const policy = deps.policy ? createNetworkPolicy({ drivers: deps.policy.drivers, ipv6Required: deps.policy.ipv6Required, logger: deps.logger, onWritten: () => metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' }) }) : null;
+  const policy = deps.policy
+    ? createNetworkPolicy({
+        drivers: deps.policy.drivers,
+        ipv6Required: deps.policy.ipv6Required,
+        logger: deps.logger,
+        onWritten: () => metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' }),
+      })
+    : null;
 
   function markForResync(kinds: readonly ResyncKind[]): void {
     for (const kind of kinds) {
@@ -165,14 +195,19 @@ export function createReconciler(deps: {
     const pools = deps.pools?.() ?? null;
     if (pools) for (const d of nat) d.table.replaceDesired(desiredNat(pools, d.kind === natKind(6) ? 6 : 4));
 
-    for (const mode of ['vxlan', 'direct', 'refused'] as const) metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
+    for (const mode of ['vxlan', 'direct', 'refused'] as const)
+      metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
     metrics.desiredEntries.set(desired.neighbours.size, { kind: 'neighbour' });
     metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
     metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
     const refused = desired.peers.filter((p) => p.mode === 'refused');
     const refusedKey = refused.map((p) => `${p.node}@${p.underlayAddress}`).join(',');
     if (refusedKey !== refusedLogged) {
-      if (refused.length > 0) deps.logger.error('refusing nodes that direct routing cannot reach; their pods are unreachable from here', { count: refused.length, nodes: refused.slice(0, 10).map((p) => p.reason) });
+      if (refused.length > 0)
+        deps.logger.error('refusing nodes that direct routing cannot reach; their pods are unreachable from here', {
+          count: refused.length,
+          nodes: refused.slice(0, 10).map((p) => p.reason),
+        });
       else deps.logger.info('no node refused any more');
       refusedLogged = refusedKey;
     }
@@ -189,10 +224,18 @@ export function createReconciler(deps: {
     };
     const drift = r.drift.filter((d) => !nat.some((n) => n.kind === d.kind));
     for (const [kind, n] of Object.entries(count(drift))) metrics.driftRepairs.add(n, { kind });
-    if (drift.length > 0) deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', { count: drift.length, byKind: count(drift), sample: drift.slice(0, 5).map((d) => `${d.kind} ${d.key}`) });
+    if (drift.length > 0)
+      deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', {
+        count: drift.length,
+        byKind: count(drift),
+        sample: drift.slice(0, 5).map((d) => `${d.kind} ${d.key}`),
+      });
     for (const c of r.changes) {
       const natChange = nat.some((n) => n.kind === c.kind);
-      metrics.kernelChanges.add(1, { op: c.op === 'update' ? 'add' : 'delete', kind: natChange ? 'masquerade' : c.kind });
+      metrics.kernelChanges.add(1, {
+        op: c.op === 'update' ? 'add' : 'delete',
+        kind: natChange ? 'masquerade' : c.kind,
+      });
       if (natChange) deps.logger.info('masquerade rules written', { kind: c.kind, pools: deps.pools?.() });
       optionalFailures.delete(c.kind);
     }
@@ -207,7 +250,12 @@ export function createReconciler(deps: {
     }
     for (const f of r.failed) {
       metrics.netlinkFailures.add(1, { op: 'apply' });
-      if (f.optional) logOptionalFailure(f.kind, `cannot program ${f.kind} (a node without IPv6 NAT?); retried at the next resync`, f.error);
+      if (f.optional)
+        logOptionalFailure(
+          f.kind,
+          `cannot program ${f.kind} (a node without IPv6 NAT?); retried at the next resync`,
+          f.error,
+        );
       else {
         failed = true;
         deps.logger.warn('kernel update failed; will retry', { op: f.op, kind: f.kind, key: f.key, err: f.error });
@@ -216,9 +264,19 @@ export function createReconciler(deps: {
     const held = r.held.filter((h) => !nat.some((n) => n.kind === h.kind && n.optional));
     if (held.length > 0) {
       failed = true;
-      deps.logger.warn('holding back entries whose dependencies are not in place', { count: held.length, sample: held.slice(0, 5).map((h) => `${h.op} ${h.kind} ${h.key} (needs ${h.on})`) });
+      deps.logger.warn('holding back entries whose dependencies are not in place', {
+        count: held.length,
+        sample: held.slice(0, 5).map((h) => `${h.op} ${h.kind} ${h.key} (needs ${h.on})`),
+      });
     }
-    if (r.changes.length > 0 || r.failed.length > 0) deps.logger.info('applied', { applied: r.changes.length, failed: r.failed.length, held: r.held.length, ms: Math.round(seconds * 1000), why });
+    if (r.changes.length > 0 || r.failed.length > 0)
+      deps.logger.info('applied', {
+        applied: r.changes.length,
+        failed: r.failed.length,
+        held: r.held.length,
+        ms: Math.round(seconds * 1000),
+        why,
+      });
     return failed;
   }
 
@@ -318,7 +376,12 @@ export function createReconciler(deps: {
         markDirty(reason);
       });
     },
-    overlay: () => ({ ifindex: device.ifindex(), underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs, target }),
+    overlay: () => ({
+      ifindex: device.ifindex(),
+      underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex,
+      routeCidrs,
+      target,
+    }),
     setUnderlay(underlay, index) {
       routing = { ...routing, underlay };
       underlayIfindex = index;
@@ -326,7 +389,9 @@ export function createReconciler(deps: {
       markDirty('underlay');
     },
     whenPolicyInForce(family, timeoutMs) {
-      return policy ? policy.whenInForce(family, timeoutMs) : Promise.reject(new Error('network policy is not programmed by this agent'));
+      return policy
+        ? policy.whenInForce(family, timeoutMs)
+        : Promise.reject(new Error('network policy is not programmed by this agent'));
     },
     stop() {
       stopped = true;

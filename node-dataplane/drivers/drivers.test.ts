@@ -20,13 +20,23 @@ import { createVxlanDeviceDriver, DEVICE } from './vxlan-device.js';
  * what is read back, and what is held back.
  */
 const DEV = 'weft.vxlan';
-const device = vxlanStateFor({ name: DEV, vni: 4096, port: 4789, localAddress: '192.0.2.10', underlayInterface: 'eth0', mtu: 1450 });
+const device = vxlanStateFor({
+  name: DEV,
+  vni: 4096,
+  port: 4789,
+  localAddress: '192.0.2.10',
+  underlayInterface: 'eth0',
+  mtu: 1450,
+});
 const M1 = '02:57:c6:33:64:0c';
 const M2 = '02:57:c6:33:64:0d';
 const M9 = '02:57:c6:33:64:63';
 const neighbour = (ip: string, mac: string): [string, NeighbourEntry] => [ip, { kind: 'neighbour', key: ip, ip, mac }];
 const fdb = (mac: string, dst: string): [string, FdbEntry] => [mac, { kind: 'fdb', key: mac, mac, dst }];
-const route = (cidr: string, gateway: string, mode: 'vxlan' | 'direct' = 'vxlan'): [string, RouteEntry] => [cidr, { kind: 'route', key: cidr, cidr, gateway, mode }];
+const route = (cidr: string, gateway: string, mode: 'vxlan' | 'direct' = 'vxlan'): [string, RouteEntry] => [
+  cidr,
+  { kind: 'route', key: cidr, cidr, gateway, mode },
+];
 const nat = (pools: string[]): [string, NatChain] => [MASQUERADE_CHAIN, { rules: masqueradeRules(pools), jumps: 1 }];
 
 const NAT4 = natKind(4);
@@ -35,7 +45,11 @@ const WORLD: Record<string, [string, unknown][]> = {
   [DEVICE]: [[DEV, device]],
   [NEIGHBOUR]: [neighbour('10.244.1.0', M1), neighbour('10.244.2.0', M2)],
   [FDB]: [fdb(M1, '198.51.100.12'), fdb(M2, '198.51.100.13')],
-  [ROUTE]: [route('10.244.1.0/26', '10.244.1.0'), route('10.244.2.0/26', '10.244.2.0'), route('10.244.3.0/26', '192.0.2.13', 'direct')],
+  [ROUTE]: [
+    route('10.244.1.0/26', '10.244.1.0'),
+    route('10.244.2.0/26', '10.244.2.0'),
+    route('10.244.3.0/26', '192.0.2.13', 'direct'),
+  ],
   [NAT4]: [nat(['10.244.0.0/16'])],
 };
 /** A peer that left while the agent was away: its entries are stale, and the route uses the neighbour and FDB entry. */
@@ -52,14 +66,26 @@ interface World {
 }
 
 /** The world's tables, with the kernel holding the world except `missing` and plus `stale` entries. */
-function world(opts: { missing?: [string, string][]; stale?: string[]; maxInFlight?: number; extra?: Record<string, [string, unknown][]> } = {}): World {
+function world(
+  opts: {
+    missing?: [string, string][];
+    stale?: string[];
+    maxInFlight?: number;
+    extra?: Record<string, [string, unknown][]>;
+  } = {},
+): World {
   const kernels: Record<string, FakeKernel<unknown>> = {};
   for (const [kind, entries] of Object.entries(WORLD)) {
-    const held = [...entries, ...(opts.extra?.[kind] ?? [])].filter(([key]) => !opts.missing?.some(([k, key2]) => k === kind && key2 === key));
+    const held = [...entries, ...(opts.extra?.[kind] ?? [])].filter(
+      ([key]) => !opts.missing?.some(([k, key2]) => k === kind && key2 === key),
+    );
     if (opts.stale?.includes(kind)) held.push(STALE[kind]!);
-    kernels[kind] = createFakeKernel<unknown>(held, kind === DEVICE ? { held: (_k, v) => ({ ...(v as VxlanDeviceState), ifindex: 7 }) } : {});
+    kernels[kind] = createFakeKernel<unknown>(
+      held,
+      kind === DEVICE ? { held: (_k, v) => ({ ...(v as VxlanDeviceState), ifindex: 7 }) } : {},
+    );
   }
-  const drivers: Driver<any>[] = [
+  const drivers: Driver<unknown>[] = [
     createVxlanDeviceDriver(kernels[DEVICE] as FakeKernel<VxlanDeviceState>),
     createNeighbourDriver(kernels[NEIGHBOUR] as FakeKernel<NeighbourEntry>, DEV),
     createFdbDriver(kernels[FDB] as FakeKernel<FdbEntry>, DEV),
@@ -72,14 +98,22 @@ function world(opts: { missing?: [string, string][]; stale?: string[]; maxInFlig
   return { dataplane, kernels, driver: (kind) => dataplane.driver(kind) };
 }
 
-const requests = (w: World) => Object.fromEntries(Object.entries(w.kernels).filter(([, k]) => k.requests.length > 0).map(([kind, k]) => [kind, k.requests]));
+const requests = (w: World) =>
+  Object.fromEntries(
+    Object.entries(w.kernels)
+      .filter(([, k]) => k.requests.length > 0)
+      .map(([kind, k]) => [kind, k.requests]),
+  );
 
 test('restart: the first apply reads every kind back and writes nothing that is already right; the next reads nothing', async () => {
   const w = world();
   const r = await w.dataplane.apply();
   assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE].sort());
   assert.deepEqual(requests(w), {}, 'nothing deleted or re-added');
-  assert.deepEqual({ changes: r.changes, failed: r.failed, held: r.held, drift: r.drift }, { changes: [], failed: [], held: [], drift: [] });
+  assert.deepEqual(
+    { changes: r.changes, failed: r.failed, held: r.held, drift: r.drift },
+    { changes: [], failed: [], held: [], drift: [] },
+  );
   const again = await w.dataplane.apply();
   assert.deepEqual(again.reads, [], 'not marked for resync: nothing read');
   assert.ok(Object.values(w.kernels).every((k) => k.reads === 1));
@@ -100,7 +134,8 @@ for (const c of CASES) {
     const r = await w.dataplane.apply();
     const expected = [`write ${c.missing}`, ...(c.stale ? [`remove ${STALE[c.kind]![0]}`] : [])].sort();
     assert.deepEqual(w.kernels[c.kind]!.requests.slice().sort(), expected);
-    for (const [kind, k] of Object.entries(w.kernels)) if (kind !== c.kind) assert.deepEqual(k.requests, [], `${kind} untouched`);
+    for (const [kind, k] of Object.entries(w.kernels))
+      if (kind !== c.kind) assert.deepEqual(k.requests, [], `${kind} untouched`);
     assert.deepEqual(r.failed, []);
     assert.equal(w.dataplane.pending(), 0);
     // Without a mark, the next apply trusts the table: no read, no request.
@@ -124,12 +159,28 @@ for (const c of CASES) {
   });
 
   test(`${c.kind}: a failed write stays pending, the rest goes on, and the retry reads back first`, async () => {
-    const w = world({ missing: [[c.kind, c.missing], [ROUTE, '10.244.3.0/26']], stale: c.stale ? [c.kind] : [] });
+    const w = world({
+      missing: [
+        [c.kind, c.missing],
+        [ROUTE, '10.244.3.0/26'],
+      ],
+      stale: c.stale ? [c.kind] : [],
+    });
     w.kernels[c.kind]!.fail('write', c.missing);
     const r = await w.dataplane.apply();
-    assert.deepEqual(r.failed.map((f) => `${f.op} ${f.kind} ${f.key}`), [`update ${c.kind} ${c.missing}`]);
-    assert.ok(w.kernels[ROUTE]!.requests.includes('write 10.244.3.0/26'), 'an independent entry of another kind is written');
-    if (c.stale) assert.ok(w.kernels[c.kind]!.requests.includes(`remove ${STALE[c.kind]![0]}`) || r.held.some((h) => h.kind === c.kind), 'its stale entry is removed, unless something still uses it');
+    assert.deepEqual(
+      r.failed.map((f) => `${f.op} ${f.kind} ${f.key}`),
+      [`update ${c.kind} ${c.missing}`],
+    );
+    assert.ok(
+      w.kernels[ROUTE]!.requests.includes('write 10.244.3.0/26'),
+      'an independent entry of another kind is written',
+    );
+    if (c.stale)
+      assert.ok(
+        w.kernels[c.kind]!.requests.includes(`remove ${STALE[c.kind]![0]}`) || r.held.some((h) => h.kind === c.kind),
+        'its stale entry is removed, unless something still uses it',
+      );
     assert.equal(w.driver(c.kind).table.needsResync, true, 'marked for resync');
     assert.ok(w.driver(c.kind).table.pendingUpdates.has(c.missing));
     const reads = w.kernels[c.kind]!.reads;
@@ -143,7 +194,10 @@ for (const c of CASES) {
     const w = world({ missing: [[c.kind, c.missing]] });
     w.kernels[c.kind]!.failReads(1);
     const r = await w.dataplane.apply();
-    assert.deepEqual(r.readFailures.map((f) => f.kind), [c.kind]);
+    assert.deepEqual(
+      r.readFailures.map((f) => f.kind),
+      [c.kind],
+    );
     assert.deepEqual(w.kernels[c.kind]!.requests, [], 'nothing written on a cache that was not read');
     await w.dataplane.apply();
     assert.deepEqual(w.kernels[c.kind]!.requests, [`write ${c.missing}`]);
@@ -152,11 +206,19 @@ for (const c of CASES) {
   test(`${c.kind}: dependency holds`, async () => {
     const w = world({ missing: [[c.kind, c.missing]] });
     const d = w.driver(c.kind);
-    const deps = d.dependsOn?.(c.missing, d.table.desired.get(c.missing), (kind, key) => w.driver(kind).table.desired.get(key)) ?? [];
-    const dependents = Object.entries(WORLD).filter(([kind, entries]) => {
-      const other = w.driver(kind);
-      return entries.some(([key, value]) => other.dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk)).includes(`${c.kind}/${c.missing}`));
-    }).map(([kind]) => kind);
+    const deps =
+      d.dependsOn?.(c.missing, d.table.desired.get(c.missing), (kind, key) => w.driver(kind).table.desired.get(key)) ??
+      [];
+    const dependents = Object.entries(WORLD)
+      .filter(([kind, entries]) => {
+        const other = w.driver(kind);
+        return entries.some(([key, value]) =>
+          other
+            .dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk))
+            .includes(`${c.kind}/${c.missing}`),
+        );
+      })
+      .map(([kind]) => kind);
     if (deps.length === 0 && dependents.length === 0) {
       // Independent (the nat chain): its failure holds nothing back elsewhere.
       w.kernels[c.kind]!.fail('write', c.missing);
@@ -167,11 +229,19 @@ for (const c of CASES) {
     // What it depends on, failing: it is held back (no request), and written once that is in place.
     for (const ref of deps) {
       const [kind, key] = [ref.slice(0, ref.indexOf('/')), ref.slice(ref.indexOf('/') + 1)];
-      const h = world({ missing: [[c.kind, c.missing], [kind, key]] });
+      const h = world({
+        missing: [
+          [c.kind, c.missing],
+          [kind, key],
+        ],
+      });
       h.kernels[kind]!.fail('write', key);
       const r = await h.dataplane.apply();
       assert.deepEqual(h.kernels[c.kind]!.requests, [], `${c.kind} ${c.missing} is not written while ${ref} failed`);
-      assert.ok(r.held.some((x) => x.kind === c.kind && x.key === c.missing), `reported held on ${ref}`);
+      assert.ok(
+        r.held.some((x) => x.kind === c.kind && x.key === c.missing),
+        `reported held on ${ref}`,
+      );
       await h.dataplane.apply();
       assert.deepEqual(h.kernels[c.kind]!.requests, [`write ${c.missing}`], `written once ${ref} is in place`);
     }
@@ -180,14 +250,23 @@ for (const c of CASES) {
       const missing: [string, string][] = [[c.kind, c.missing]];
       for (const kind of dependents) {
         for (const [key, value] of WORLD[kind]!) {
-          if (w.driver(kind).dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk)).includes(`${c.kind}/${c.missing}`)) missing.push([kind, key]);
+          if (
+            w
+              .driver(kind)
+              .dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk))
+              .includes(`${c.kind}/${c.missing}`)
+          )
+            missing.push([kind, key]);
         }
       }
       const h = world({ missing });
       h.kernels[c.kind]!.fail('write', c.missing);
       const r = await h.dataplane.apply();
       for (const [kind, key] of missing.slice(1)) {
-        assert.ok(!h.kernels[kind]!.requests.includes(`write ${key}`), `${kind} ${key} held while ${c.kind} ${c.missing} failed`);
+        assert.ok(
+          !h.kernels[kind]!.requests.includes(`write ${key}`),
+          `${kind} ${key} held while ${c.kind} ${c.missing} failed`,
+        );
         assert.ok(r.held.some((x) => x.kind === kind && x.key === key));
       }
       await h.dataplane.apply();
@@ -207,12 +286,21 @@ test('delete order: a stale route goes first, and while its delete fails the nei
     `delete ${NEIGHBOUR} 10.244.9.0 on ${ROUTE}/10.244.9.0/26`,
   ]);
   await w.dataplane.apply();
-  assert.deepEqual([w.kernels[ROUTE]!.requests, w.kernels[NEIGHBOUR]!.requests, w.kernels[FDB]!.requests], [['remove 10.244.9.0/26'], ['remove 10.244.9.0'], [`remove ${M9}`]]);
+  assert.deepEqual(
+    [w.kernels[ROUTE]!.requests, w.kernels[NEIGHBOUR]!.requests, w.kernels[FDB]!.requests],
+    [['remove 10.244.9.0/26'], ['remove 10.244.9.0'], [`remove ${M9}`]],
+  );
 });
 
 test('add order: neighbour and FDB before the route; a node switching mode has its route replaced in place, before its VXLAN entries go or after they come', async () => {
   const log: string[] = [];
-  const w = world({ missing: [[NEIGHBOUR, '10.244.2.0'], [FDB, M2], [ROUTE, '10.244.2.0/26']] });
+  const w = world({
+    missing: [
+      [NEIGHBOUR, '10.244.2.0'],
+      [FDB, M2],
+      [ROUTE, '10.244.2.0/26'],
+    ],
+  });
   for (const [kind, k] of Object.entries(w.kernels)) k.onChange = (op, key) => log.push(`${op} ${kind} ${key}`);
   await w.dataplane.apply();
   assert.deepEqual(log, [`write ${NEIGHBOUR} 10.244.2.0`, `write ${FDB} ${M2}`, `write ${ROUTE} 10.244.2.0/26`]);
@@ -238,22 +326,40 @@ test('a device re-made (rebuilt to its spec) makes everything on it be read back
   w.kernels[DEVICE]!.entries.clear();
   w.kernels[NEIGHBOUR]!.entries.clear();
   w.kernels[FDB]!.entries.clear();
-  for (const [cidr, e] of [...w.kernels[ROUTE]!.entries]) if ((e as RouteEntry).mode === 'vxlan') w.kernels[ROUTE]!.entries.delete(cidr);
+  for (const [cidr, e] of [...w.kernels[ROUTE]!.entries])
+    if ((e as RouteEntry).mode === 'vxlan') w.kernels[ROUTE]!.entries.delete(cidr);
   w.dataplane.markForResync([DEVICE]);
   const r = await w.dataplane.apply();
   assert.deepEqual(w.kernels[DEVICE]!.requests, [`write ${DEV}`]);
-  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NEIGHBOUR, ROUTE].sort(), 'the entries on the device are read back because it was re-made');
+  assert.deepEqual(
+    r.reads.sort(),
+    [DEVICE, FDB, NEIGHBOUR, ROUTE].sort(),
+    'the entries on the device are read back because it was re-made',
+  );
   assert.equal(w.dataplane.pending(), 0);
   assert.equal(w.kernels[NEIGHBOUR]!.entries.size + w.kernels[FDB]!.entries.size + w.kernels[ROUTE]!.entries.size, 7);
 });
 
 test('at most maxInFlight requests are outstanding in a phase', async () => {
-  const many: [string, unknown][] = Array.from({ length: 600 }, (_, i) => route(`10.${100 + (i >> 8)}.${i & 255}.0/24`, '192.0.2.13', 'direct'));
-  const w = world({ maxInFlight: 16, extra: { [ROUTE]: many }, missing: many.map(([k]) => [ROUTE, k] as [string, string]) });
+  const many: [string, unknown][] = Array.from({ length: 600 }, (_, i) =>
+    route(`10.${100 + (i >> 8)}.${i & 255}.0/24`, '192.0.2.13', 'direct'),
+  );
+  const w = world({
+    maxInFlight: 16,
+    extra: { [ROUTE]: many },
+    missing: many.map(([k]) => [ROUTE, k] as [string, string]),
+  });
   await w.dataplane.apply();
   assert.equal(w.kernels[ROUTE]!.requests.length, 600);
-  assert.ok(w.kernels[ROUTE]!.maxInFlight <= 16 && w.kernels[ROUTE]!.maxInFlight > 1, `in flight: ${w.kernels[ROUTE]!.maxInFlight}`);
-  const big = world({ maxInFlight: 10_000, extra: { [ROUTE]: many }, missing: many.map(([k]) => [ROUTE, k] as [string, string]) });
+  assert.ok(
+    w.kernels[ROUTE]!.maxInFlight <= 16 && w.kernels[ROUTE]!.maxInFlight > 1,
+    `in flight: ${w.kernels[ROUTE]!.maxInFlight}`,
+  );
+  const big = world({
+    maxInFlight: 10_000,
+    extra: { [ROUTE]: many },
+    missing: many.map(([k]) => [ROUTE, k] as [string, string]),
+  });
   await big.dataplane.apply();
-  assert.ok(big.kernels[ROUTE]!.maxInFlight <= 256, 'capped well below the netlink package\'s 512');
+  assert.ok(big.kernels[ROUTE]!.maxInFlight <= 256, "capped well below the netlink package's 512");
 });

@@ -6,6 +6,14 @@ import { DEVICE } from './vxlan-device.js';
 /** Permanent neighbour entries on the VXLAN device (a block's first address → the VTEP MAC), keyed by address. */
 export const NEIGHBOUR = 'neighbour';
 
-export function createNeighbourDriver(access: KernelAccess<NeighbourEntry>, deviceName: string): Driver<NeighbourEntry> {
-  return { kind: NEIGHBOUR, table: createKernelTable<NeighbourEntry>(), access, dependsOn: () => [`${DEVICE}/${deviceName}`] };
+export function createNeighbourDriver(
+  access: KernelAccess<NeighbourEntry>,
+  deviceName: string,
+): Driver<NeighbourEntry> {
+  return {
+    kind: NEIGHBOUR,
+    table: createKernelTable<NeighbourEntry>(),
+    access,
+    dependsOn: () => [`${DEVICE}/${deviceName}`],
+  };
 }

@@ -80,18 +80,28 @@ export function createNetworkPolicy(opts: {
     },
     async apply(rules) {
       const drivers = opts.drivers.filter((d) => !(d.family === 6 && resting6));
-      const results = await Promise.allSettled(drivers.map(async (d) => {
-        const out = await d.apply(rules);
-        if (out && !inForce.has(d.family)) {
-          inForce.add(d.family);
-          for (const w of waiters.filter((x) => x.family === d.family)) w.resolve();
-          waiters = waiters.filter((x) => x.family !== d.family);
-        }
-        if (!out || out.plan.changed.length === 0) return false;
-        opts.onWritten?.(d.family);
-        opts.logger.info('policy rules written', { family: d.family, revision: rules?.revision ?? null, failClosed: rules === null, pods: out.veths, readBack: out.readBack, changed: out.plan.changed.slice(0, 20), count: out.plan.changed.length });
-        return true;
-      }));
+      const results = await Promise.allSettled(
+        drivers.map(async (d) => {
+          const out = await d.apply(rules);
+          if (out && !inForce.has(d.family)) {
+            inForce.add(d.family);
+            for (const w of waiters.filter((x) => x.family === d.family)) w.resolve();
+            waiters = waiters.filter((x) => x.family !== d.family);
+          }
+          if (!out || out.plan.changed.length === 0) return false;
+          opts.onWritten?.(d.family);
+          opts.logger.info('policy rules written', {
+            family: d.family,
+            revision: rules?.revision ?? null,
+            failClosed: rules === null,
+            pods: out.veths,
+            readBack: out.readBack,
+            changed: out.plan.changed.slice(0, 20),
+            count: out.plan.changed.length,
+          });
+          return true;
+        }),
+      );
       let changed = false;
       let failed = false;
       results.forEach((r, i) => {
@@ -108,7 +118,8 @@ export function createNetworkPolicy(opts: {
           return;
         }
         resting6 = true;
-        if (err !== failure6) opts.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err });
+        if (err !== failure6)
+          opts.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err });
         failure6 = err;
       });
       return { changed, failed };
@@ -116,7 +127,13 @@ export function createNetworkPolicy(opts: {
     whenInForce(family, timeoutMs) {
       if (inForce.has(family)) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
-        const waiter = { family, resolve: () => { clearTimeout(timer); resolve(); } };
+        const waiter = {
+          family,
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        };
         const timer = setTimeout(() => {
           waiters = waiters.filter((w) => w !== waiter);
           reject(new Error(`IPv${family} policy not programmed within ${timeoutMs} ms`));

@@ -15,9 +15,18 @@ export interface VxlanDeviceDriver extends Driver<VxlanDeviceState> {
 }
 
 export function createVxlanDeviceDriver(access: KernelAccess<VxlanDeviceState>): VxlanDeviceDriver {
-  const table = createKernelTable<VxlanDeviceState>((a, b) =>
-    a.name === b.name && a.vni === b.vni && a.port === b.port && a.localAddress === b.localAddress && a.underlayInterface === b.underlayInterface &&
-    a.mtu === b.mtu && a.mac === b.mac && a.learning === b.learning && a.up === b.up);
+  const table = createKernelTable<VxlanDeviceState>(
+    (a, b) =>
+      a.name === b.name &&
+      a.vni === b.vni &&
+      a.port === b.port &&
+      a.localAddress === b.localAddress &&
+      a.underlayInterface === b.underlayInterface &&
+      a.mtu === b.mtu &&
+      a.mac === b.mac &&
+      a.learning === b.learning &&
+      a.up === b.up,
+  );
   return {
     kind: DEVICE,
     table,

@@ -42,7 +42,11 @@ export interface Phase {
   op: 'update' | 'delete';
 }
 
-export interface Change { op: 'update' | 'delete'; kind: string; key: string }
+export interface Change {
+  op: 'update' | 'delete';
+  kind: string;
+  key: string;
+}
 
 export interface ApplyReport {
   /** Kinds read back in this apply. */
@@ -66,7 +70,11 @@ export interface Dataplane {
 }
 
 /** Runs `fn` over `items` with at most `limit` calls outstanding. */
-export async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+export async function forEachBounded<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < items.length) await fn(items[next++]!);
@@ -75,15 +83,16 @@ export async function forEachBounded<T>(items: readonly T[], limit: number, fn: 
 }
 
 export function createDataplane(opts: {
-  drivers: readonly Driver<never>[] | readonly Driver<any>[];
+  drivers: readonly Driver<unknown>[];
   order: readonly Phase[];
   /** Kinds whose entries live on an entry of this kind: re-created or found changed, they are read back too. */
   dependents?: Readonly<Record<string, readonly string[]>>;
   /** Requests in flight per phase (the netlink package aborts the process near 512). */
   maxInFlight?: number;
 }): Dataplane {
-  const drivers = new Map<string, Driver<any>>(opts.drivers.map((d) => [d.kind, d as Driver<any>]));
-  for (const p of opts.order) if (!drivers.has(p.kind)) throw new Error(`dataplane order names ${p.kind}, which has no driver`);
+  const drivers = new Map<string, Driver<unknown>>(opts.drivers.map((d) => [d.kind, d]));
+  for (const p of opts.order)
+    if (!drivers.has(p.kind)) throw new Error(`dataplane order names ${p.kind}, which has no driver`);
   const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
   const resting = new Set<string>();
 
@@ -91,7 +100,7 @@ export function createDataplane(opts: {
     const t = drivers.get(kind)?.table;
     return t?.desired.get(key) ?? t?.cache.get(key);
   };
-  const depsOf = (d: Driver<any>, key: string, value: unknown) => d.dependsOn?.(key, value, lookup) ?? [];
+  const depsOf = (d: Driver<unknown>, key: string, value: unknown) => d.dependsOn?.(key, value, lookup) ?? [];
   const splitRef = (ref: string) => {
     const i = ref.indexOf('/');
     return [ref.slice(0, i), ref.slice(i + 1)] as const;
@@ -106,8 +115,9 @@ export function createDataplane(opts: {
   async function apply(): Promise<ApplyReport> {
     const report: ApplyReport = { reads: [], readFailures: [], drift: [], changes: [], failed: [], held: [] };
     const unreadable = new Set<string>();
-    const resync = async (d: Driver<any>) => {
-      if (!d.table.needsResync || resting.has(d.kind) || unreadable.has(d.kind) || report.reads.includes(d.kind)) return;
+    const resync = async (d: Driver<unknown>) => {
+      if (!d.table.needsResync || resting.has(d.kind) || unreadable.has(d.kind) || report.reads.includes(d.kind))
+        return;
       d.table.beginResync();
       try {
         const actual = await d.access.read();
@@ -116,7 +126,11 @@ export function createDataplane(opts: {
         report.reads.push(d.kind);
         // Entries that live on one of this kind (the device) are gone with it when it was re-made behind Weft's back.
         const dependents = opts.dependents?.[d.kind] ?? [];
-        const changed = dependents.length > 0 && [...before.keys(), ...actual.keys()].some((k) => JSON.stringify(before.get(k)) !== JSON.stringify(actual.get(k)));
+        const changed =
+          dependents.length > 0 &&
+          [...before.keys(), ...actual.keys()].some(
+            (k) => JSON.stringify(before.get(k)) !== JSON.stringify(actual.get(k)),
+          );
         if (changed) for (const k of dependents) drivers.get(k)?.table.markForResync();
       } catch (err) {
         d.table.markForResync();
@@ -132,7 +146,8 @@ export function createDataplane(opts: {
       await resync(d);
       if (resting.has(d.kind) || unreadable.has(d.kind)) {
         const pending = phase.op === 'update' ? d.table.pendingUpdates : d.table.pendingDeletes;
-        for (const key of pending.keys()) report.held.push({ op: phase.op, kind: d.kind, key, on: `${d.kind} (not readable)` });
+        for (const key of pending.keys())
+          report.held.push({ op: phase.op, kind: d.kind, key, on: `${d.kind} (not readable)` });
         continue;
       }
       const items: [string, unknown][] = [];
@@ -175,7 +190,13 @@ export function createDataplane(opts: {
         } catch (err) {
           d.table.markForResync();
           if (d.optional) resting.add(d.kind);
-          report.failed.push({ op: phase.op, kind: d.kind, key, error: (err as Error).message, optional: !!d.optional });
+          report.failed.push({
+            op: phase.op,
+            kind: d.kind,
+            key,
+            error: (err as Error).message,
+            optional: !!d.optional,
+          });
         }
       });
       if (rewritten) for (const k of opts.dependents?.[d.kind] ?? []) drivers.get(k)?.table.markForResync();

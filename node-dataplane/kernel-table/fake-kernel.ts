@@ -21,7 +21,10 @@ export interface FakeKernel<V> extends KernelAccess<V> {
   onChange?: (op: 'write' | 'remove', key: string) => void;
 }
 
-export function createFakeKernel<V>(initial: Iterable<[string, V]> = [], opts: { held?: (key: string, value: V) => V } = {}): FakeKernel<V> {
+export function createFakeKernel<V>(
+  initial: Iterable<[string, V]> = [],
+  opts: { held?: (key: string, value: V) => V } = {},
+): FakeKernel<V> {
   const failures: { op: string; key: string; times: number; error: string }[] = [];
   let readFailures: { times: number; error: string } = { times: 0, error: '' };
   let inFlight = 0;

@@ -87,7 +87,8 @@ export function createKernelTable<V>(equal: (a: V, b: V) => boolean = sameFields
       for (const [key, held] of cache) {
         const want = desired.get(key);
         const now = actual.get(key);
-        if (want !== undefined && equal(want, held) && (now === undefined || !equal(now, want))) drift.push({ key, value: want });
+        if (want !== undefined && equal(want, held) && (now === undefined || !equal(now, want)))
+          drift.push({ key, value: want });
       }
       cache = new Map(actual);
       pendingUpdates.clear();

@@ -20,7 +20,9 @@ const url = (rel: string) => JSON.stringify(new URL(rel, import.meta.url).href);
 /** Runs `body` inside the namespace with `node` (a fresh agent's drivers: new tables) and `sh` in scope; returns what it returns, as JSON. */
 async function inNode(dir: string, body: string): Promise<any> {
   const file = path.join(dir, `step-${Math.random().toString(36).slice(2)}.mjs`);
-  writeFileSync(file, `
+  writeFileSync(
+    file,
+    `
 import { execFileSync } from 'node:child_process';
 import { createDataplane } from ${url('../kernel-table/dataplane.js')};
 import { createVxlanDeviceDriver } from ${url('../drivers/vxlan-device.js')};
@@ -60,13 +62,24 @@ const summary = (r) => ({ reads: r.reads.sort(), changes: r.changes.map((c) => c
 const out = await (async () => { ${body} })();
 process.stdout.write(JSON.stringify(out));
 process.exit(0);
-`);
+`,
+  );
   const { stdout } = await sh('ip', ['netns', 'exec', ns, process.execPath, file]);
   return JSON.parse(stdout);
 }
 
-const far = { node: 'far', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26'] };
-const near = { node: 'near', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] };
+const far = {
+  node: 'far',
+  underlayAddress: '198.51.100.12',
+  vtepMac: '02:57:c6:33:64:0c',
+  blockCidrs: ['10.244.1.0/26'],
+};
+const near = {
+  node: 'near',
+  underlayAddress: '192.0.2.13',
+  vtepMac: '02:57:c0:00:02:0d',
+  blockCidrs: ['10.244.3.0/26'],
+};
 
 describe('the overlay drivers on the real kernel', privilegedOrSkip(), () => {
   let dir = '';
@@ -84,31 +97,50 @@ describe('the overlay drivers on the real kernel', privilegedOrSkip(), () => {
   });
 
   it('makes the device and the entries in order; a restarted agent adopts them all; a withdrawn peer is removed; a gone entry deletes as success', async () => {
-    const first = await inNode(dir, `
+    const first = await inNode(
+      dir,
+      `
       const n = node(${JSON.stringify([far, near])});
       const r = summary(await n.dataplane.apply());
       n.close();
       return { r, kernel: kernel() };
-    `);
+    `,
+    );
     assert.equal(first.r.changes[0], 'update device weft.vxlan', 'the device first, then neighbour, FDB and routes');
     assert.deepEqual(first.r.changes.slice(1, 3), ['update neighbour 10.244.1.0', 'update fdb 02:57:c6:33:64:0c']);
     assert.deepEqual(first.r.changes.slice(3).sort(), ['update route 10.244.1.0/26', 'update route 10.244.3.0/26']);
-    assert.deepEqual(first.kernel.routes.sort(), ['10.244.1.0/26 via 10.244.1.0 dev weft.vxlan onlink', '10.244.3.0/26 via 192.0.2.13 dev under0']);
+    assert.deepEqual(first.kernel.routes.sort(), [
+      '10.244.1.0/26 via 10.244.1.0 dev weft.vxlan onlink',
+      '10.244.3.0/26 via 192.0.2.13 dev under0',
+    ]);
     assert.deepEqual(first.kernel.neighbours, ['10.244.1.0 lladdr 02:57:c6:33:64:0c PERMANENT']);
     assert.match(first.kernel.fdb.join('\n'), /^02:57:c6:33:64:0c dst 198\.51\.100\.12 self permanent$/m);
 
-    const restart = await inNode(dir, `
+    const restart = await inNode(
+      dir,
+      `
       const n = node(${JSON.stringify([far, near])});
       const r = summary(await n.dataplane.apply());
       const again = summary(await n.dataplane.apply());
       n.close();
       return { r, again, kernel: kernel() };
-    `);
-    assert.deepEqual(restart.r, { reads: ['device', 'fdb', 'neighbour', 'route'], changes: [], failed: [], held: [] }, 'everything read back, nothing deleted or re-added');
-    assert.deepEqual(restart.again, { reads: [], changes: [], failed: [], held: [] }, 'not marked for resync: nothing read');
+    `,
+    );
+    assert.deepEqual(
+      restart.r,
+      { reads: ['device', 'fdb', 'neighbour', 'route'], changes: [], failed: [], held: [] },
+      'everything read back, nothing deleted or re-added',
+    );
+    assert.deepEqual(
+      restart.again,
+      { reads: [], changes: [], failed: [], held: [] },
+      'not marked for resync: nothing read',
+    );
     assert.deepEqual(restart.kernel, first.kernel);
 
-    const withdrawn = await inNode(dir, `
+    const withdrawn = await inNode(
+      dir,
+      `
       const n = node(${JSON.stringify([near])});
       const r = summary(await n.dataplane.apply());
       // Deleting what is already gone is success.
@@ -116,22 +148,38 @@ describe('the overlay drivers on the real kernel', privilegedOrSkip(), () => {
       await n.nl.routes.remove('10.244.1.0/26', { kind: 'route', key: '10.244.1.0/26', cidr: '10.244.1.0/26', gateway: '10.244.1.0', mode: 'vxlan' });
       n.close();
       return { r, kernel: kernel() };
-    `);
-    assert.deepEqual(withdrawn.r.changes, ['delete route 10.244.1.0/26', 'delete fdb 02:57:c6:33:64:0c', 'delete neighbour 10.244.1.0'], 'the route first');
-    assert.deepEqual(withdrawn.kernel, { routes: ['10.244.3.0/26 via 192.0.2.13 dev under0'], neighbours: [], fdb: [] });
+    `,
+    );
+    assert.deepEqual(
+      withdrawn.r.changes,
+      ['delete route 10.244.1.0/26', 'delete fdb 02:57:c6:33:64:0c', 'delete neighbour 10.244.1.0'],
+      'the route first',
+    );
+    assert.deepEqual(withdrawn.kernel, {
+      routes: ['10.244.3.0/26 via 192.0.2.13 dev under0'],
+      neighbours: [],
+      fdb: [],
+    });
   });
 
   it('a device that cannot be made holds back everything that lives on it; a direct route goes on', async () => {
-    const out = await inNode(dir, `
+    const out = await inNode(
+      dir,
+      `
       sh('ip', 'link', 'del', 'weft.vxlan');
       sh('ip', 'route', 'flush', 'proto', '87');
       const n = node(${JSON.stringify([far, near])}, { name: 'weft.vxlan', vni: 4096, port: 4789, localAddress: '192.0.2.10', underlayInterface: 'nosuchdev0', mtu: 1450 });
       const r = summary(await n.dataplane.apply());
       n.close();
       return { r, routes: sh('ip', 'route', 'show', 'proto', '87').trim() };
-    `);
+    `,
+    );
     assert.deepEqual(out.r.failed, ['device weft.vxlan']);
-    assert.deepEqual(out.r.held.sort(), ['update fdb 02:57:c6:33:64:0c', 'update neighbour 10.244.1.0', 'update route 10.244.1.0/26']);
+    assert.deepEqual(out.r.held.sort(), [
+      'update fdb 02:57:c6:33:64:0c',
+      'update neighbour 10.244.1.0',
+      'update route 10.244.1.0/26',
+    ]);
     assert.deepEqual(out.r.changes, ['update route 10.244.3.0/26']);
     assert.equal(out.routes, '10.244.3.0/26 via 192.0.2.13 dev under0');
   });
