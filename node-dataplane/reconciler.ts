@@ -19,9 +19,10 @@ import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
 import { createNetworkPolicy, type NetworkPolicyDriver } from './drivers/policy.js';
 import { createRouteDriver, ROUTE } from './drivers/routes.js';
 import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
-import { createDataplane, type ApplyReport, type KernelAccess } from './kernel-table/dataplane.js';
+import { createDataplane, type KernelAccess } from './kernel-table/dataplane.js';
 import { vxlanStateFor, type VxlanDeviceState, type VxlanSpec } from './kernel/vxlan-device.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
+import { createPassReporter } from './pass-report.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
 /**
@@ -157,13 +158,13 @@ export function createReconciler(deps: {
   let routeCidrs: ReadonlySet<string> = new Set();
   for (const mode of ['vxlan', 'direct', 'auto']) metrics.routingMode.set(mode === routing.mode ? 1 : 0, { mode });
 
-  // Log once per change, not every pass.
-  let refusedLogged = '';
-  const optionalFailures = new Map<string, string>();
-  const logOptionalFailure = (what: string, message: string, err: string) => {
-    if (optionalFailures.get(what) !== err) deps.logger.warn(message, { err });
-    optionalFailures.set(what, err);
-  };
+  const reporter = createPassReporter({
+    logger: deps.logger,
+    metrics,
+    optional: nat.filter((d) => d.optional).map((d) => d.kind),
+    masquerade: nat.map((d) => d.kind),
+    pools: () => deps.pools?.() ?? null,
+  });
 
   const policy = deps.policy
     ? createNetworkPolicy({
@@ -195,89 +196,7 @@ export function createReconciler(deps: {
     const pools = deps.pools?.() ?? null;
     if (pools) for (const d of nat) d.table.replaceDesired(desiredNat(pools, d.kind === natKind(6) ? 6 : 4));
 
-    for (const mode of ['vxlan', 'direct', 'refused'] as const)
-      metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
-    metrics.desiredEntries.set(desired.neighbours.size, { kind: 'neighbour' });
-    metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
-    metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
-    const refused = desired.peers.filter((p) => p.mode === 'refused');
-    const refusedKey = refused.map((p) => `${p.node}@${p.underlayAddress}`).join(',');
-    if (refusedKey !== refusedLogged) {
-      if (refused.length > 0)
-        deps.logger.error('refusing nodes that direct routing cannot reach; their pods are unreachable from here', {
-          count: refused.length,
-          nodes: refused.slice(0, 10).map((p) => p.reason),
-        });
-      else deps.logger.info('no node refused any more');
-      refusedLogged = refusedKey;
-    }
-  }
-
-  /** Metrics and logs of one dataplane apply; true when it leaves something required undone. */
-  function report(r: ApplyReport, why: DirtyReason[], seconds: number): boolean {
-    const overlay = new Set<string>(OVERLAY_KINDS);
-    metrics.overlayReads.add(1, { source: r.reads.some((k) => overlay.has(k)) ? 'kernel' : 'trusted' });
-    const count = (xs: { kind: string }[]) => {
-      const out: Record<string, number> = {};
-      for (const x of xs) out[x.kind] = (out[x.kind] ?? 0) + 1;
-      return out;
-    };
-    const drift = r.drift.filter((d) => !nat.some((n) => n.kind === d.kind));
-    for (const [kind, n] of Object.entries(count(drift))) metrics.driftRepairs.add(n, { kind });
-    if (drift.length > 0)
-      deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', {
-        count: drift.length,
-        byKind: count(drift),
-        sample: drift.slice(0, 5).map((d) => `${d.kind} ${d.key}`),
-      });
-    for (const c of r.changes) {
-      const natChange = nat.some((n) => n.kind === c.kind);
-      metrics.kernelChanges.add(1, {
-        op: c.op === 'update' ? 'add' : 'delete',
-        kind: natChange ? 'masquerade' : c.kind,
-      });
-      if (natChange) deps.logger.info('masquerade rules written', { kind: c.kind, pools: deps.pools?.() });
-      optionalFailures.delete(c.kind);
-    }
-    let failed = false;
-    for (const f of r.readFailures) {
-      metrics.netlinkFailures.add(1, { op: 'read' });
-      if (f.optional) logOptionalFailure(f.kind, `cannot read ${f.kind} back; retried at the next resync`, f.error);
-      else {
-        failed = true;
-        deps.logger.error('cannot read the kernel back; retrying', { kind: f.kind, err: f.error });
-      }
-    }
-    for (const f of r.failed) {
-      metrics.netlinkFailures.add(1, { op: 'apply' });
-      if (f.optional)
-        logOptionalFailure(
-          f.kind,
-          `cannot program ${f.kind} (a node without IPv6 NAT?); retried at the next resync`,
-          f.error,
-        );
-      else {
-        failed = true;
-        deps.logger.warn('kernel update failed; will retry', { op: f.op, kind: f.kind, key: f.key, err: f.error });
-      }
-    }
-    const held = r.held.filter((h) => !nat.some((n) => n.kind === h.kind && n.optional));
-    if (held.length > 0) {
-      failed = true;
-      deps.logger.warn('holding back entries whose dependencies are not in place', {
-        count: held.length,
-        sample: held.slice(0, 5).map((h) => `${h.op} ${h.kind} ${h.key} (needs ${h.on})`),
-      });
-    }
-    if (r.changes.length > 0 || r.failed.length > 0)
-      deps.logger.info('applied', {
-        applied: r.changes.length,
-        failed: r.failed.length,
-        held: r.held.length,
-        ms: Math.round(seconds * 1000),
-        why,
-      });
-    return failed;
+    reporter.desired(desired);
   }
 
   async function pass(why: DirtyReason[]): Promise<PassResult> {
@@ -288,7 +207,7 @@ export function createReconciler(deps: {
     const applied = await dataplane.apply();
     const seconds = (performance.now() - t0) / 1000;
     if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
-    const overlayFailed = report(applied, why, seconds);
+    const overlayFailed = reporter.applied(applied, why, seconds);
     if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
     const policed = policy ? await policy.apply(deps.policy!.rules()) : { changed: false, failed: false };
     if (overlayFailed || policed.failed) return 'failed';
