@@ -13,7 +13,7 @@ import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
 import type { Logger } from '../lib/logger.js';
 import { mountIpamService } from '../services/ipam/main.js';
-import { BLOCKS_CHANNEL } from '../services/ipam/store/ipam.repository.js';
+import { BLOCKS_CHANNEL } from '../services/ipam/store/postgres.store.js';
 import { mountRoutesService } from '../services/routes/main.js';
 import { mountPolicyService } from '../services/policy/main.js';
 import { POLICY_CHANNEL } from '../services/policy/store/policy.repository.js';

@@ -125,7 +125,7 @@ test('weft up on Patroni PostgreSQL: SIGKILL of the primary mid-hammer loses no 
     const unknown: string[] = []; // allocations refused UNAVAILABLE: committed or not, the caller cannot tell
     while (Date.now() < stopAt) {
       const start = Date.now();
-      let handle = '';
+      let handle: string;
       let release = false;
       if (unknown.length > 0 && Math.random() < 0.5) handle = unknown.shift()!;
       else if (held.length > 4 && Math.random() < 0.5) {
@@ -184,7 +184,7 @@ test('weft up on Patroni PostgreSQL: SIGKILL of the primary mid-hammer loses no 
   } catch (err) {
     stopAt = 0;
     await hammer.catch(() => {});
-    throw new Error(`${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; weft up said:\n${weft!.output().slice(-4000)}`);
+    throw new Error(`${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; weft up said:\n${weft!.output().slice(-4000)}`, { cause: err });
   } finally {
     stopAt = Date.now() + AFTER_MS;
   }

@@ -13,10 +13,11 @@ import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { startIpamSweeper } from './sweeper.js';
 import { createPrefixesRepository } from './store/prefixes.repository.js';
 import { createIpamHandlers } from './rpc/ipam.rpc.js';
-import { createIpamRepository } from './store/ipam.repository.js';
+import { createPostgresIpamStore } from './store/postgres.store.js';
+import { createIpamUseCases } from './use-cases/ipam.use-cases.js';
 import { FAST_IN_FLIGHT } from './store/fast-allocate.js';
 
-/** Wires the IPAM service onto a server (its migrations are applied before, as the owner): repository, handlers. */
+/** Wires the IPAM service onto a server (its migrations are applied before, as the owner): store, use cases, handlers. */
 export interface IpamHousekeeping {
   sweepSeconds: number;
   blockGraceSeconds: number;
@@ -38,7 +39,8 @@ export async function mountIpamService(server: Server, deps: {
 }) {
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
-  const repo = createIpamRepository(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1), {
+  const { store, reports } = createPostgresIpamStore(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1));
+  const repo = createIpamUseCases(store, reports, {
     onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
   });
   const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier, maxNodeAllocations: deps.limits?.nodeAllocations ?? 0 });

@@ -1,7 +1,7 @@
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
-import type { IpamRepository } from './store/ipam.repository.js';
+import type { IpamUseCases } from './use-cases/ipam.use-cases.js';
 
 /**
  * IPAM's housekeeping, every `sweepSeconds`:
@@ -15,7 +15,7 @@ import type { IpamRepository } from './store/ipam.repository.js';
  * A failed check of the routes service changes nothing: "departed" needs an answer that says so.
  */
 export interface SweeperOptions {
-  repo: IpamRepository;
+  repo: IpamUseCases;
   routes: PromiseClient<typeof RoutesServiceService>;
   sweepSeconds: number;
   blockGraceSeconds: number;

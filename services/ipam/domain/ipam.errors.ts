@@ -46,3 +46,15 @@ export const ipamErrors = {
 export const historyErrors = {
   badQuery: () => ipamErrors.invalid('history_query', 'ask about exactly one of: address (with an optional time), pod_name with pod_namespace, node (with an optional range), handle'),
 };
+
+/**
+ * A race a store reports and a use case may retry: a concurrent transaction took the same row (unique violation),
+ * or the database broke a deadlock or a serialization conflict. Not a DomainError: one that outlasts the retries is
+ * unexpected (INTERNAL), as the error it wraps (`cause`) would be.
+ */
+export class TransientConflict extends Error {
+  constructor(cause: unknown) {
+    super((cause as Error)?.message ?? 'transient conflict', { cause });
+    this.name = 'TransientConflict';
+  }
+}

@@ -13,7 +13,7 @@ import {
   validateAllocationRequest, validateAttemptId, validateHandle, validateLabels, validateNamespaceName, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec,
 } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
-import { BLOCKS_CHANNEL, type IpamRepository } from '../store/ipam.repository.js';
+import { BLOCKS_CHANNEL, type IpamUseCases } from '../use-cases/ipam.use-cases.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
 
 /** The gRPC adapter: proto <-> domain conversion and nothing else. Generated types stop here. */
@@ -60,7 +60,8 @@ function parseReservationName(name: string): { pool: string; id: number } {
 }
 
 export interface IpamRpcDeps {
-  repo: IpamRepository;
+  /** The use cases (use-cases/ipam.use-cases.ts). */
+  repo: IpamUseCases;
   prefixes: PrefixesRepository;
   notifier: Notifier;
   /** How often a watch re-reads even without a notification. */

@@ -3,6 +3,7 @@ import { createCoalescer } from '../../../lib/coalescer.js';
 import { isDatabaseUnavailable } from '../../../lib/db/unavailable.js';
 import { ipamErrors } from '../domain/ipam.errors.js';
 import { PG, pgErrorOf } from './pg-errors.js';
+import type { AllocationView } from './sql.js';
 
 const RACES = new Set<string>([PG.deadlockDetected, PG.uniqueViolation, PG.serializationFailure]);
 
@@ -36,10 +37,10 @@ export const FAST_ALLOCATE_BATCH = `WITH req AS (
   existing AS MATERIALIZED (
     SELECT r.ord, x.id, x.row FROM req r CROSS JOIN LATERAL (
       SELECT a.id, json_build_object('handle', a.handle, 'address', host(a.address), 'family', a.family,
-          'pool', (SELECT p.name FROM ipam.pools p WHERE p.id = a.pool_id), 'block_cidr', (SELECT b.cidr::text FROM ipam.blocks b WHERE b.id = a.block_id),
-          'node', a.node, 'pod_namespace', a.pod_namespace, 'pod_name', a.pod_name, 'container_id', a.container_id, 'owner', a.owner,
-          'cluster', a.cluster, 'routing_domain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'pod_uid', a.pod_uid,
-          'allocated_at', a.allocated_at) AS row
+          'pool', (SELECT p.name FROM ipam.pools p WHERE p.id = a.pool_id), 'blockCidr', (SELECT b.cidr::text FROM ipam.blocks b WHERE b.id = a.block_id),
+          'node', a.node, 'podNamespace', a.pod_namespace, 'podName', a.pod_name, 'containerId', a.container_id, 'owner', a.owner,
+          'cluster', a.cluster, 'routingDomain', (SELECT d.name FROM ipam.routing_domains d WHERE d.id = a.routing_domain_id), 'podUid', a.pod_uid,
+          'allocatedAt', a.allocated_at) AS row
       FROM ipam.allocations a WHERE a.handle = r.handle AND a.family = r.family AND a.released_at IS NULL LIMIT 1) x
     WHERE NOT EXISTS (SELECT 1 FROM fenced f WHERE f.ord = r.ord)),
   fresh AS MATERIALIZED (
@@ -109,12 +110,12 @@ export interface FastRequest {
 
 /**
  * 'new': the address taken, its block, when (the row's allocated_at) and how many never-used addresses the block has
- * left; 'existing': the handle's live allocation row (allocation columns); 'skipped': try again; 'none': full path;
+ * left; 'existing': the handle's live allocation (an AllocationView as JSON); 'skipped': try again; 'none': full path;
  * 'fenced': a Release named the request's attempt (when), so it allocated nothing.
  */
 export type FastOutcome =
   | { kind: 'new'; address: string; blockCidr: string; allocatedAt: Date; room: bigint }
-  | { kind: 'existing'; row: Record<string, unknown> }
+  | { kind: 'existing'; row: AllocationView }
   | { kind: 'skipped' }
   | { kind: 'none' }
   | { kind: 'fenced'; at: Date };
@@ -153,7 +154,7 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
     for (const r of rows as Record<string, unknown>[]) {
       out[Number(r.ord) - 1] = r.outcome === 'new'
         ? { kind: 'new', address: r.address as string, blockCidr: r.block_cidr as string, allocatedAt: new Date(r.allocated_ms as number), room: BigInt(r.room as string) }
-        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as Record<string, unknown> }
+        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as AllocationView }
           : r.outcome === 'fenced' ? { kind: 'fenced', at: new Date(r.allocated_ms as number) } : { kind: 'skipped' };
     }
     return slot.map((i) => out[i]!);
