@@ -4,7 +4,11 @@ import pg from 'pg';
 import { applyMigrations, connectDatabase, sessionConfig, type DatabaseTimeouts } from '../lib/db/database.js';
 import { appRoleProblems, grantAppPrivileges, userOf } from '../lib/db/roles.js';
 import { mountAuditService } from '../services/audit/main.js';
-import { createTokenAuthority, mountTokenService } from '../services/auth/main.js';
+import { createTokenAuthority, mountCertificateService, mountTokenService } from '../services/auth/main.js';
+import { createCertificateRepository, REVOCATIONS_CHANNEL } from '../services/auth/store/certificate.repository.js';
+import { startRevocationList, type RevocationList } from '../services/auth/revocations.js';
+import { readCertificate } from '../services/auth/rpc/certificate.rpc.js';
+import { readFileSync } from 'node:fs';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import { bindServer, createServer, identifyCaller, shutdownServer, type IdentifiableCall, type ServerAccess } from '../lib/grpc/server.js';
@@ -129,13 +133,29 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   if (problems.length > 0) {
     logger.warn("the services' database role can do more than they need; give DATABASE_URL a role that owns nothing, and the owner's URL as WEFT_MIGRATION_DATABASE_URL (lib/db/DESIGN.md)", { problems });
   }
-  const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL], logger);
+  const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL, REVOCATIONS_CHANNEL], logger);
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   // A folder made for the socket is the user's alone; an existing one is left as it is (the socket itself is 0600).
   if (!existsSync(path.dirname(socketPath))) mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   rmSync(socketPath, { force: true });
   // API tokens: a call's bearer token is its identity (lib/auth/DESIGN.md), checked against the database on every call.
   const tokens = createTokenAuthority(database);
+  // Revoked certificates and tokens, in memory (services/auth/revocations.ts): read before the first call is served.
+  const certificates = createCertificateRepository(database.db);
+  let revocations: RevocationList;
+  try {
+    revocations = await startRevocationList({ repo: certificates, notifier, logger: logger.child({ service: 'auth' }) });
+    // The local admin's certificate is recorded like any other, so that `weft ca revoke --admin local` finds it.
+    const admin = readCertificate(readFileSync(path.join(pkiDir, PKI_FILES.adminCert), 'utf8'));
+    await certificates.record({ serial: admin.serial, identity: admin.identity, issuedAt: new Date(), notAfter: admin.notAfter, issuedBy: 'control-plane' });
+  } catch (err) {
+    await notifier.close();
+    await database.close();
+    await embedded?.stop();
+    throw err;
+  }
+  // One budget per identity, over gRPC and the HTTP gateway alike.
+  const limiter = createCallLimiter(identityLimits(config));
   if (internals.plaintextListenForBenchmarks) {
     // A call that came over TLS is identified as always; one without TLS can only be the benchmark's listener.
     const plaintextAdmin: Identity = Object.freeze({ kind: 'admin', name: 'bench-plaintext' });
@@ -151,7 +171,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     };
     logger.warn('a plaintext listener for benchmarks is on: every caller on it is an administrator', { listen: internals.plaintextListenForBenchmarks });
   }
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: createCallLimiter(identityLimits(config)), ...access });
+  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: limiter, revocations, ...access });
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
@@ -167,6 +187,8 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       database, notifier, logger,
       tokens: tokens.verify,
       limits: { nodeAllocations: config.limitNodeAllocations },
+      callLimiter: limiter,
+      revocations,
       housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
     });
     ipamService = ipam;
@@ -179,6 +201,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
     });
     mountTokenService(server, { repo: tokens.repo, logger });
+    mountCertificateService(server, { repo: certificates, caPem: ca.cert, logger });
     await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
     await bindServer(server, ipamAddress, security);
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
@@ -187,7 +210,8 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     if (internals.plaintextListenForBenchmarks) plaintextPort = await bindServer(server, internals.plaintextListenForBenchmarks, { mode: 'insecure' });
     if (config.bootstrapListen) {
       bootstrap = await startBootstrapListener({
-        address: config.bootstrapListen, logger, ca,
+        address: config.bootstrapListen, logger, ca, observe: audit.observe,
+        recordIssued: async (c) => void (await certificates.record({ ...c, issuedAt: new Date(), issuedBy: 'bootstrap' })),
         security: { mode: 'server-tls', certFile: security.certFile, keyFile: security.keyFile, refreshMs: config.tlsRefreshMs },
         keepalive: { timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs },
         kubernetes: createKubernetesFacts(kubeConfigFrom({ kubeconfig: config.kubeconfig, api: config.k8sApi, serviceHost: config.k8sServiceHost, servicePort: config.k8sServicePort, serviceAccountDir: config.k8sServiceAccountDir })),
@@ -203,6 +227,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     httpServer?.close();
     server.forceShutdown();
     await audit.stop();
+    revocations.stop();
     await notifier.close();
     await database.close();
     await embedded?.stop();
@@ -228,6 +253,7 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       httpServer?.close();
       await shutdownServer(server);
       await audit.stop();
+      revocations.stop();
       await notifier.close();
       await database.close();
       await embedded?.stop();

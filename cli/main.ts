@@ -8,6 +8,7 @@ import { clientTlsDir, type TransportSecurity } from '../lib/grpc/credentials.js
 import { describeCertificate, initCa, issueClientTlsDir, PKI_FILES } from '../lib/pki.js';
 import { createLogger } from '../lib/logger.js';
 import { setupTelemetry } from '../lib/telemetry.js';
+import { REFUSAL_RESULTS, SUPPRESSED_RESULT } from '../lib/audit.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
@@ -16,6 +17,7 @@ import { TokenServiceService, type Token } from '../gen/weft/auth/v1/auth.js';
 import { parseLabelsFlag, parsePortProto, parsePortsFlag, PolicyInputError, readPolicyObjects } from './policy.js';
 import { agentStatus, compareNode, describeEntry, listAllNodes, readNodeKernel, readNodeRouting, routeTableSnapshot } from './node-status.js';
 import { installCni } from '../node-dataplane/cni-install.js';
+import { caRevoke, CA_REVOKE_USAGE, recordIssued } from './certificates.js';
 import { startControlPlane } from './control-plane.js';
 import { controlPlaneSettings, loadControlPlaneConfig } from './control-plane.config.js';
 import { kubeControllerSettings } from '../kube-controller/config.js';
@@ -32,7 +34,11 @@ const USAGE = `usage: weft <command> [options]
   ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR]
   ca init --out DIR   (a CA, ca.crt and ca.key, for the Secret weft-ca on Kubernetes; kept if there)
                                                issue a client certificate from weft up's CA (<data-dir>/pki, or
-                                               $WEFT_PKI_DIR): DIR gets ca.crt, tls.crt, tls.key (0600), for WEFT_TLS_DIR
+                                               $WEFT_PKI_DIR): DIR gets ca.crt, tls.crt, tls.key (0600), for WEFT_TLS_DIR;
+                                               the control plane (--server) records it, so that revoking its identity finds it
+  ca revoke (--serial HEX | --cert FILE | --node NAME | --admin NAME | --controller CLUSTER) [--reason TEXT]
+                                               revoke one certificate, or every one issued to an identity until now: calls
+                                               with it are refused within seconds and its open streams end
   kube-controller                              keep Weft in line with a Kubernetes cluster's API server (Nodes, Namespaces,
                                                Pods, NetworkPolicies, admin policies; settings below)
   cni install --bin-dir DIR [--plugin FILE]     install the CNI plugin as DIR/weft, atomically, touching nothing else there
@@ -57,9 +63,11 @@ const USAGE = `usage: weft <command> [options]
   cluster control-plane restart                 restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own
   nodes [--json]                                nodes, their leases, and (local cluster) their agents' sync state
   routes NODE [--json]                          what NODE's kernel should hold and, in the local cluster, whether it does
-  audit [--since T] [--actor A] [--resource R] [--json]   the audit log, oldest first: who changed what and with what
+  audit [--since T] [--actor A] [--resource R] [--result RES] [--json]   the audit log, oldest first: who changed what and with what
                                                 result (T: a time or an age like 30m, 2h, 7d; A: kind:name, e.g. node:node1;
-                                                R: exact, e.g. pool/default, or a prefix ending in /, e.g. handle/)
+                                                R: exact, e.g. pool/default, or a prefix ending in /, e.g. handle/;
+                                                RES: denied (refused calls and their suppressed counts), ok, or a gRPC
+                                                status name such as PERMISSION_DENIED; repeatable)
   token create NAME --scope S [--scope S...] [--expires-in DURATION]   make an API token for an external system and
                                                 print its secret (once). S: read, admin, ipam:allocate:POOL,
                                                 ipam:release:POOL; DURATION: 3600, 90s, 30m, 12h, 30d (default: never)
@@ -195,6 +203,9 @@ async function main(argv: string[]): Promise<number> {
       token: { type: 'string' },
       scope: { type: 'string', multiple: true },
       'expires-in': { type: 'string' },
+      serial: { type: 'string' },
+      cert: { type: 'string' },
+      result: { type: 'string', multiple: true },
     },
   });
   if (o.help || pos.length === 0) {
@@ -241,7 +252,15 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (pos[0] === 'ca') {
-    const usage = 'usage: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR] | weft ca init --out DIR';
+    const usage = `usage: weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR [--days N] [--data-dir DIR] | weft ca init --out DIR | ${CA_REVOKE_USAGE.slice(7)}`;
+    // The control plane to record and revoke at: --server, $WEFT_SERVER, else the one whose data dir holds the CA
+    // (its unix socket), else the local cluster's, else 127.0.0.1:7400.
+    const localSocket = path.resolve(o['data-dir'] ?? process.env.WEFT_DATA_DIR ?? '.weft', 'weft.sock');
+    const controlPlane = () => ({
+      server: o.server ?? process.env.WEFT_SERVER ?? (existsSync(localSocket) ? `unix://${localSocket}` : existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400'),
+      security: cliSecurity(o, stateDir), token,
+    });
+    if (cmd === 'ca revoke') return caRevoke(o, controlPlane(), json, (m) => new UsageError(m));
     if (cmd === 'ca init' && o.out) {
       const out = path.resolve(o.out);
       const r = await initCa(out);
@@ -264,9 +283,11 @@ async function main(argv: string[]): Promise<number> {
       throw err;
     }
     const { readFileSync } = await import('node:fs');
-    const c = describeCertificate(readFileSync(path.join(out, 'tls.crt'), 'utf8'));
-    const r = { out, identity: `weft:${kind}:${o[kind]}`, notAfter: c.validTo.toISOString(), serialNumber: c.serialNumber, files: ['ca.crt', 'tls.crt', 'tls.key'] };
-    print(json, r, () => `${out}: ca.crt, tls.crt, tls.key for ${r.identity}, valid until ${r.notAfter} (use it as WEFT_TLS_DIR or --tls-dir)`);
+    const pem = readFileSync(path.join(out, 'tls.crt'), 'utf8');
+    const c = describeCertificate(pem);
+    const recorded = await recordIssued(pem, c.serialNumber, controlPlane);
+    const r = { out, identity: `weft:${kind}:${o[kind]}`, notAfter: c.validTo.toISOString(), serialNumber: c.serialNumber, files: ['ca.crt', 'tls.crt', 'tls.key'], recorded };
+    print(json, r, () => `${out}: ca.crt, tls.crt, tls.key for ${r.identity}, valid until ${r.notAfter} (use it as WEFT_TLS_DIR or --tls-dir)${recorded ? '; recorded by the control plane' : ''}`);
     return 0;
   }
 
@@ -675,12 +696,13 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (pos[0] === 'audit') {
-    if (pos.length !== 1) throw new UsageError('usage: weft audit [--since T] [--actor A] [--resource R] [--json]');
+    if (pos.length !== 1) throw new UsageError('usage: weft audit [--since T] [--actor A] [--resource R] [--result RES] [--json]');
+    const results = auditResults(o.result ?? []);
     const server = o.server ?? process.env.WEFT_SERVER ?? (existsSync(path.join(stateDir, 'state.json')) ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
     const since = o.since === undefined ? undefined : sinceTime(o.since);
     const audit = createClient(AuditServiceService, server, { security: cliSecurity(o, stateDir), token });
     try {
-      const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: o.actor ?? '', resource: o.resource ?? '', pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
+      const events = await everyPage((pageToken) => audit.listAuditEvents({ since, actor: o.actor ?? '', resource: o.resource ?? '', results, pageSize: 1000, pageToken }, { timeoutMs: 30_000 })
         .then((r) => ({ items: r.events, next: r.nextPageToken })));
       print(json, events, () => events.length ? events.map((e) => [
         e.time!.toISOString(), e.actor.padEnd(18), e.method.replace(/^\/weft\./, '').padEnd(40), e.resource.padEnd(28), e.result,
@@ -726,6 +748,16 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError(usage);
   }
   throw new UsageError(`unknown command: weft ${cmd}; see weft --help`);
+}
+
+/** `--result`: denied (every refusal, and the counts of those not recorded one by one), ok, or gRPC status names. */
+function auditResults(values: string[]): string[] {
+  return [...new Set(values.flatMap((v) => {
+    const r = v.trim().toUpperCase().replace(/-/g, '_');
+    if (r === 'DENIED' || r === 'REFUSED') return [...REFUSAL_RESULTS, SUPPRESSED_RESULT];
+    if (!/^[A-Z_]{2,32}$/.test(r)) throw new UsageError(`--result ${JSON.stringify(v)}: use denied, ok, or a gRPC status name such as PERMISSION_DENIED`);
+    return [r];
+  }))];
 }
 
 /** A duration: seconds, or a number with s, m, h or d (90s, 30m, 12h, 30d). */

@@ -277,35 +277,32 @@ describe('attachPod against an agent that misbehaves or is not there', () => {
     await rejectsWith(attachPod(socket, pod), CniCode.tryAgainLater, /UNAVAILABLE \(14\): IPAM is down/);
   });
 
-  // The plugin connects through Node's pipe handle directly, and through node:net where that handle is not offered.
-  for (const transport of ['pipe', 'net'] as const) {
-    it(`connects through ${transport === 'pipe' ? "Node's pipe handle" : 'node:net (the fallback)'}: answers in one or many reads, drops, refused and missing sockets`, async () => {
-      const call = (socketPath: string, request: AttachRequest = AttachRequestCodec.fromPartial({ containerId: 'c1' })) => callUnary({
-        socketPath, path: AGENT_METHODS.Attach.path, request, requestCodec: AttachRequestCodec, responseCodec: AttachResponseCodec, timeoutMs: 5_000, transport,
-      });
-      const unavailable = (pattern: RegExp) => (err: unknown) => {
-        assert.ok(err instanceof GrpcCallError, String(err));
-        assert.equal(err.code, GrpcStatus.UNAVAILABLE);
-        assert.match(err.details, pattern);
-        return true;
-      };
-      // Large enough to arrive in several reads, and a request large enough to be written in several writes.
-      const big = AttachResponseCodec.fromPartial({ interfaces: Array.from({ length: 5000 }, (_, i) => ({ name: `weft${i}`, mac: '02:00:00:00:00:01', sandbox: '/var/run/netns/x' })) });
-      let seen = 0;
-      answer = (conn, received) => {
-        seen = received.length;
-        conn.end(encodeFrame({ status: 0, message: '', metadata: {} }, AttachResponseCodec.encode(big).finish()));
-      };
-      assert.deepEqual(await call(socket, AttachRequestCodec.fromPartial({ containerId: 'c'.repeat(300_000) })), big);
-      assert.ok(seen > 300_000);
-      answer = (conn) => conn.destroy();
-      await assert.rejects(call(socket), unavailable(/Connection dropped/));
-      const stale = path.join(dir, `stale-${transport}.sock`);
-      await writeFile(stale, '');
-      await assert.rejects(call(stale), unavailable(/No connection established.*ECONNREFUSED/));
-      await assert.rejects(call(path.join(dir, 'missing.sock')), unavailable(/No connection established.*ENOENT/));
+  it('connects through node:net: answers in one or many reads, drops, refused and missing sockets', async () => {
+    const call = (socketPath: string, request: AttachRequest = AttachRequestCodec.fromPartial({ containerId: 'c1' })) => callUnary({
+      socketPath, path: AGENT_METHODS.Attach.path, request, requestCodec: AttachRequestCodec, responseCodec: AttachResponseCodec, timeoutMs: 5_000,
     });
-  }
+    const unavailable = (pattern: RegExp) => (err: unknown) => {
+      assert.ok(err instanceof GrpcCallError, String(err));
+      assert.equal(err.code, GrpcStatus.UNAVAILABLE);
+      assert.match(err.details, pattern);
+      return true;
+    };
+    // Large enough to arrive in several reads, and a request large enough to be written in several writes.
+    const big = AttachResponseCodec.fromPartial({ interfaces: Array.from({ length: 5000 }, (_, i) => ({ name: `weft${i}`, mac: '02:00:00:00:00:01', sandbox: '/var/run/netns/x' })) });
+    let seen = 0;
+    answer = (conn, received) => {
+      seen = received.length;
+      conn.end(encodeFrame({ status: 0, message: '', metadata: {} }, AttachResponseCodec.encode(big).finish()));
+    };
+    assert.deepEqual(await call(socket, AttachRequestCodec.fromPartial({ containerId: 'c'.repeat(300_000) })), big);
+    assert.ok(seen > 300_000);
+    answer = (conn) => conn.destroy();
+    await assert.rejects(call(socket), unavailable(/Connection dropped/));
+    const stale = path.join(dir, 'stale.sock');
+    await writeFile(stale, '');
+    await assert.rejects(call(stale), unavailable(/No connection established.*ECONNREFUSED/));
+    await assert.rejects(call(path.join(dir, 'missing.sock')), unavailable(/No connection established.*ENOENT/));
+  });
 
   it('gives up at the deadline when the agent accepts the call but never answers, and sends the deadline and path', async () => {
     let request: Buffer | undefined;

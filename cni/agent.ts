@@ -108,13 +108,6 @@ export async function detachPod(socketPath: string, params: DetachParams, option
   await callAgent(socketPath, 'Detach', DetachRequest.fromPartial({ ...params }), options, { notFoundIsSuccess: true });
 }
 
-/**
- * Whether this process runs on the very Node the packed plugin was built (and its tests run) with: only then does the
- * call go through Node's pipe handle (internals whose meaning a later Node may change; see cni/DESIGN.md,
- * "Start-up"); any other Node, and the unpacked code, use `node:net`.
- */
-const onBuildNode = () => (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.builtWith')] === process.version;
-
 async function callAgent<M extends Method>(
   socketPath: string,
   rpc: M,
@@ -136,7 +129,6 @@ async function callAgent<M extends Method>(
       signal: options.signal,
       onConnected: options.onConnected,
       metadata: { traceparent: newTraceparent() },
-      transport: ((globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.transport')] = onBuildNode() ? 'pipe' : 'net'),
     });
   } catch (err) {
     if (notFoundIsSuccess && (err as { code?: unknown })?.code === GrpcStatus.NOT_FOUND) return method.response.decode(new Uint8Array(0));

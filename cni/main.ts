@@ -3,7 +3,7 @@ import { loadAgent } from './agent-loader.js';
 import { readAttachOptions, readDns, readValidAttachments } from './config.js';
 import { CniCode, CniError } from './errors.js';
 import { appendResult, buildResult, formatResult, parsePrevResult, type CniResult } from './result.js';
-import { runPlugin, type Invocation, type Verbs } from './skel.js';
+import { runPlugin, type Invocation, type Packing, type Verbs } from './skel.js';
 
 /**
  * weft-cni: the CNI plugin. The runtime runs it once per ADD, DEL, CHECK, STATUS, GC or VERSION; the node agent does
@@ -124,4 +124,10 @@ function reportedPodInterface(prev: CniResult, invocation: Invocation): { addres
   return { addresses, mac: typeof pod.i.mac === 'string' ? pod.i.mac : '' };
 }
 
-void runPlugin(verbs);
+/**
+ * Runs the plugin as the process (never returns). The packed executables call it with what they know of their
+ * packing (scripts/bundle.mjs, scripts/sea.mjs); importing this module runs nothing.
+ */
+export function main(packing: Packing = {}): Promise<never> {
+  return runPlugin(verbs, packing);
+}

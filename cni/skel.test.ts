@@ -145,7 +145,9 @@ describe('handleInvocation', () => {
     assert.deepEqual(marks, ['parsed', 'verb', 'connected']);
     const timing = createTiming(true);
     timing.mark('started');
-    assert.match(timing.report()!, /^\{"msg":"weft-cni timing","marks":\{"started":[\d.]+\}\}\n$/);
+    assert.match(timing.report()!, /^\{"msg":"weft-cni timing","marks":\{"started":[\d.]+\},"node":"v\d+\.\d+\.\d+"\}\n$/);
+    const packed = createTiming(true, { codeCache: 'rejected', builtWith: 'v20.0.0' });
+    assert.deepEqual(JSON.parse(packed.report()!), { msg: 'weft-cni timing', marks: {}, node: process.version, codeCache: 'rejected', builtWith: 'v20.0.0' });
     assert.equal(createTiming(false).report(), undefined);
   });
 

@@ -69,14 +69,21 @@ export interface VerbContext {
  * `process.uptime()`, not `performance.now()`: the `performance` global loads `node:perf_hooks` on first use (about
  * 1 ms), which the measured run would then pay and the real one not.
  */
-export function createTiming(enabled: boolean): { mark: (phase: string) => void; report: () => string | undefined } {
+export function createTiming(enabled: boolean, packing: Packing = {}): { mark: (phase: string) => void; report: () => string | undefined } {
   const marks: Record<string, number> = {};
   return {
     mark: enabled ? (phase) => void (marks[phase] = Math.round(process.uptime() * 100_000) / 100) : () => {},
-    // codeCache: whether the packed plugin's V8 code cache was used (scripts/bundle.mjs); absent when not packed.
-    // transport: how the agent was called ('pipe': Node's pipe handle, on the Node the plugin was built with; 'net').
-    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, codeCache: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.codeCache')], transport: (globalThis as Record<symbol, unknown>)[Symbol.for('weft-cni.transport')] }) + '\n' : undefined),
+    // node: the Node running the plugin; codeCache and builtWith: how it was packed (absent when not packed).
+    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, node: process.version, ...packing }) + '\n' : undefined),
   };
+}
+
+/** What the packer tells the packed plugin about itself (scripts/bundle.mjs, scripts/sea.mjs), for WEFT_CNI_TIMING. */
+export interface Packing {
+  /** 'used' or 'rejected': whether V8 took the code cache made at build time; 'sea': the executable's own cache. */
+  readonly codeCache?: 'used' | 'rejected' | 'sea';
+  /** The `process.version` of the Node that packed it (and made the code cache). */
+  readonly builtWith?: string;
 }
 
 /** The table of verbs a plugin implements. ADD returns the result to print; the others print nothing on success. */
@@ -100,8 +107,8 @@ export type Environment = Readonly<Record<string, string | undefined>>;
  * Runs one invocation of the plugin as the process: guards stdout, reads stdin, handles the command, prints the
  * result or error JSON and exits. Never returns.
  */
-export async function runPlugin(verbs: Verbs): Promise<never> {
-  const timing = createTiming(process.env.WEFT_CNI_TIMING === '1');
+export async function runPlugin(verbs: Verbs, packing: Packing = {}): Promise<never> {
+  const timing = createTiming(process.env.WEFT_CNI_TIMING === '1', packing);
   timing.mark('started');
   const printStdout = takeStdout();
   const logger = createJsonLogger({ component: 'weft-cni', pid: process.pid }, { level: 'warn' });

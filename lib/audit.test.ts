@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { actorOf, createAuditRecorder, resourceOf, type AuditEvent } from './audit.js';
+import { actorOf, createAuditRecorder, createRefusalAudit, resourceOf, SUPPRESSED_RESULT, type AuditEvent } from './audit.js';
 import { silentLogger } from './logger.js';
 
 const event = (i: number): AuditEvent => ({ at: new Date(), actor: 'none', method: '/weft.ipam.v1.IpamService/Allocate', resource: `handle/h${i}`, requestId: '', traceId: '', result: 'OK', message: '' });
@@ -42,4 +42,29 @@ test('actor and resource names', () => {
   assert.equal(resourceOf('/weft.policy.v1.PolicyService/DeletePolicy', { policy: { kind: 'NetworkPolicy', namespace: 'ns', name: 'deny' } }), 'policy/NetworkPolicy/ns/deny');
   assert.equal(resourceOf('/weft.policy.v1.PolicyService/UpsertPod', { pod: { namespace: 'ns', name: 'web' } }), 'pod/ns/web');
   assert.equal(resourceOf('/weft.ipam.v1.IpamService/ListPools', {}), '', 'a read has no audited resource');
+});
+
+test('refusals are recorded at most perSecond a second per actor; the rest are counted in one SUPPRESSED event per second', () => {
+  const recorded: AuditEvent[] = [];
+  let t = 10_000;
+  const refusals = createRefusalAudit({ record: (e) => void recorded.push(e) }, { perSecond: 3, now: () => t });
+  const refused = (actor: string, result = 'PERMISSION_DENIED', method = '/weft.routes.v1.RoutesService/RegisterNode'): AuditEvent =>
+    ({ at: new Date(t), actor, method, resource: '', requestId: '', traceId: '', result, message: 'no' });
+  for (let i = 0; i < 10; i++) refusals.record(refused('node:a'));
+  refusals.record(refused('node:a', 'RESOURCE_EXHAUSTED'));
+  for (let i = 0; i < 2; i++) refusals.record(refused('none', 'UNAUTHENTICATED'));
+  assert.equal(recorded.length, 5, 'three of node:a, both of none; the rest waits for the second to end');
+  refusals.flushSummaries();
+  assert.equal(recorded.length, 5, 'not before the second is over');
+  t += 1000;
+  refusals.flushSummaries();
+  const summary = recorded.filter((e) => e.result === SUPPRESSED_RESULT);
+  assert.equal(summary.length, 1, 'none had nothing suppressed: no summary');
+  assert.equal(summary[0]!.actor, 'node:a');
+  assert.match(summary[0]!.message, /^8 more refused calls of node:a in the second from 1970-01-01T00:00:10.000Z were not recorded one by one \(at most 3 a second are\): PERMISSION_DENIED x7, RESOURCE_EXHAUSTED x1; methods: \/weft.routes.v1.RoutesService\/RegisterNode$/);
+  // A new second: a new budget.
+  for (let i = 0; i < 4; i++) refusals.record(refused('node:a'));
+  assert.equal(recorded.filter((e) => e.result === 'PERMISSION_DENIED').length, 6);
+  refusals.stop();
+  assert.equal(recorded.filter((e) => e.result === SUPPRESSED_RESULT).length, 2, 'stop writes what is pending');
 });

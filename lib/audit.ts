@@ -1,3 +1,5 @@
+import { X509Certificate } from 'node:crypto';
+import { canonicalSerial } from './auth/identity.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -66,7 +68,7 @@ const pod = (r: Req) => (str(r.namespace) || str(r.name) ? `pod/${str(r.namespac
  * few seconds, changes nothing but an expiry) are not. Hard-coded here for now: the authorization table
  * (lib/auth/authorization.ts) will say which methods are mutations, and this list then keeps only the resources.
  */
-export const MUTATIONS: ReadonlyMap<string, (request: Req) => string> = new Map<string, (request: Req) => string>([
+export const MUTATIONS: ReadonlyMap<string, (request: Req, response?: Req) => string> = new Map<string, (request: Req, response?: Req) => string>([
   ['/weft.ipam.v1.IpamService/CreatePool', named('pool')],
   ['/weft.ipam.v1.IpamService/UpdatePool', named('pool')],
   ['/weft.ipam.v1.IpamService/CreateReservation', (r) => `pool/${str(r.pool)}${str(r.cidr) ? ` ${str(r.cidr)}` : ''}`],
@@ -100,12 +102,34 @@ export const MUTATIONS: ReadonlyMap<string, (request: Req) => string> = new Map<
   ['/weft.routes.v1.RoutesService/DeregisterNode', named('node')],
   ['/weft.auth.v1.TokenService/CreateToken', named('token')],
   ['/weft.auth.v1.TokenService/RevokeToken', named('token')],
+  // Certificates: `certificate/<identity>/<serial>` once known (from the answer), so that `--resource
+  // certificate/node:n1/` finds every issue and revocation of node n1's.
+  ['/weft.auth.v1.CertificateService/RecordCertificate', (_r, res) => certificateResource((res?.certificate ?? {}) as Req)],
+  ['/weft.auth.v1.CertificateService/RevokeCertificates', (r, res) => {
+    const revoked = Array.isArray(res?.revoked) ? (res.revoked as Req[]) : [];
+    if (revoked.length === 1) return certificateResource(revoked[0]!);
+    if (str(r.identity)) return `certificate/${str(r.identity)}/`;
+    return str(r.serial) ? `certificate/${str(r.serial)}` : 'certificate/';
+  }],
+  ['/weft.auth.v1.BootstrapService/IssueCertificate', (_r, res) => {
+    const serial = typeof res?.certificatePem === 'string' ? serialOfPem(res.certificatePem) : '';
+    return str(res?.identity) ? `certificate/${str(res?.identity)}/${serial}` : 'certificate/';
+  }],
 ]);
 
-/** The resource of a call of `method` with `request` (empty when unknown or when it cannot be read). */
-export function resourceOf(method: string, request: unknown): string {
+const certificateResource = (c: Req) => (str(c.identity) ? `certificate/${str(c.identity)}/${str(c.serial)}` : `certificate/${str(c.serial)}`);
+const serialOfPem = (pem: string) => {
   try {
-    return MUTATIONS.get(method)?.((request ?? {}) as Req) ?? '';
+    return canonicalSerial(new X509Certificate(pem).serialNumber);
+  } catch {
+    return '';
+  }
+};
+
+/** The resource of a call of `method` with `request` (and its answer, when OK; empty when unknown or when it cannot be read). */
+export function resourceOf(method: string, request: unknown, response?: unknown): string {
+  try {
+    return MUTATIONS.get(method)?.((request ?? {}) as Req, (response ?? undefined) as Req | undefined) ?? '';
   } catch {
     return '';
   }
@@ -169,6 +193,75 @@ export function createAuditRecorder(sink: AuditSink, logger: Logger, opts: Audit
       clearInterval(timer);
       await flush();
       stopped = true;
+    },
+  };
+}
+
+/** The gRPC status names of refusals: what `weft audit --result denied` asks for, with the summary of those not recorded. */
+export const REFUSAL_RESULTS = ['UNAUTHENTICATED', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED'] as const;
+/** The result of the event that counts one actor's refusals not recorded one by one in a second. */
+export const SUPPRESSED_RESULT = 'SUPPRESSED';
+
+export interface RefusalAudit {
+  /** Records a refused call, unless its actor has had `perSecond` recorded in this second (then it is counted). */
+  record(event: AuditEvent): void;
+  /** Writes the summaries of the seconds that are over (a timer does it every second; tests). */
+  flushSummaries(all?: boolean): void;
+  stop(): void;
+}
+
+/**
+ * Refused calls in the audit log, bounded per actor: at most `perSecond` events of one actor (`none`, the callers
+ * without an identity, is one actor) in a second of the clock; the others of that second are counted and written as
+ * one `SUPPRESSED` event once it is over (how many, of which results and methods). A flood of refusals thus writes at
+ * most perSecond + 1 rows a second per identity, and the recorder's queue bound (maxQueued) caps the rest.
+ */
+export function createRefusalAudit(recorder: Pick<AuditRecorder, 'record'>, opts: { perSecond?: number; now?: () => number } = {}): RefusalAudit {
+  const perSecond = opts.perSecond ?? 5;
+  const now = opts.now ?? Date.now;
+  const windows = new Map<string, { second: number; recorded: number; suppressed: number; results: Map<string, number>; methods: Set<string> }>();
+  const summarize = (actor: string, w: { second: number; suppressed: number; results: Map<string, number>; methods: Set<string> }) => {
+    if (w.suppressed === 0) return;
+    const results = [...w.results].map(([r, n]) => `${r} x${n}`).join(', ');
+    const methods = [...w.methods].slice(0, 5).join(', ') + (w.methods.size > 5 ? ', ...' : '');
+    recorder.record({
+      at: new Date((w.second + 1) * 1000), actor, method: '', resource: '', requestId: '', traceId: '', result: SUPPRESSED_RESULT,
+      message: `${w.suppressed} more refused calls of ${actor} in the second from ${new Date(w.second * 1000).toISOString()} were not recorded one by one (at most ${perSecond} a second are): ${results}; methods: ${methods}`,
+    });
+  };
+  const flushSummaries = (all = false) => {
+    const second = Math.floor(now() / 1000);
+    for (const [actor, w] of windows) {
+      if (!all && w.second >= second) continue;
+      summarize(actor, w);
+      windows.delete(actor);
+    }
+  };
+  const timer = setInterval(() => flushSummaries(), 1000);
+  timer.unref();
+  return {
+    record(event) {
+      // The event's own second, so that the rows of any second of the log are at most perSecond.
+      const second = Math.floor(event.at.getTime() / 1000);
+      let w = windows.get(event.actor);
+      if (w && w.second < second) {
+        summarize(event.actor, w);
+        w = undefined;
+      }
+      if (!w) windows.set(event.actor, (w = { second, recorded: 0, suppressed: 0, results: new Map(), methods: new Set() }));
+      if (w.recorded < perSecond) {
+        w.recorded++;
+        recorder.record(event);
+        return;
+      }
+      w.suppressed++;
+      w.results.set(event.result, (w.results.get(event.result) ?? 0) + 1);
+      if (w.methods.size <= 5) w.methods.add(event.method);
+    },
+    flushSummaries,
+    stop() {
+      clearInterval(timer);
+      flushSummaries(true);
     },
   };
 }

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createBackoff } from './backoff.js';
+import { getEventListeners } from 'node:events';
+import { createBackoff, sleep } from './backoff.js';
 
 test('backoff: agents that failed together retry at spread-out moments (jitter), not in step', () => {
   // 1000 agents lose the control plane at once; each retries after its own backoff, five failures in a row.
@@ -45,3 +46,26 @@ test('backoff: grows from the base, never leaves [base, cap], and starts over af
   assert.ok(mean(5) > 4 * mean(1), `mean delay after 5 failures ${mean(5)} vs after 1 ${mean(1)}`);
 });
 
+
+test('sleep: waits the delay, or ends at once when its signal aborts, and leaves no listener behind', async () => {
+  const t0 = performance.now();
+  await sleep(30);
+  assert.ok(performance.now() - t0 >= 25, 'waited about the delay');
+  const stop = new AbortController();
+  const listeners = () => countAbortListeners(stop.signal);
+  for (let i = 0; i < 20; i++) await sleep(1, stop.signal);
+  assert.equal(listeners(), 0, 'each finished wait removed its abort listener');
+  const t1 = performance.now();
+  const long = sleep(60_000, stop.signal);
+  stop.abort();
+  await long;
+  assert.ok(performance.now() - t1 < 1000, 'an abort ends a long wait at once');
+  const t2 = performance.now();
+  await sleep(60_000, stop.signal);
+  assert.ok(performance.now() - t2 < 1000, 'an aborted signal does not wait at all');
+});
+
+/** The abort listeners on a signal, through Node's public events.getEventListeners. */
+function countAbortListeners(signal: AbortSignal): number {
+  return getEventListeners(signal, 'abort').length;
+}

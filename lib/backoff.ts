@@ -35,3 +35,22 @@ export function createBackoff(opts: BackoffOptions): Backoff {
   };
 }
 
+
+/**
+ * The wait between two tries of a retry loop: resolves after `ms`, or at once when `signal` aborts (it never rejects,
+ * so a loop checks its signal after the wait and ends). No timer or listener is left behind either way. `unref`: the
+ * wait does not keep the process alive.
+ */
+export function sleep(ms: number, signal?: AbortSignal, opts: { unref?: boolean } = {}): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    if (opts.unref) timer.unref();
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -3,7 +3,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BootstrapServiceService } from '../gen/weft/auth/v1/bootstrap.js';
 import { writeFileAtomic } from './atomic-file.js';
-import { createBackoff } from './backoff.js';
+import { createBackoff, sleep } from './backoff.js';
 import { parsers } from './config.js';
 import { createClient } from './grpc/client.js';
 import type { Logger } from './logger.js';
@@ -102,10 +102,6 @@ export async function startTlsBootstrap(o: TlsBootstrapOptions & { signal?: Abor
   const backoff = createBackoff({ baseMs: 500, capMs: 60_000 });
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
-  const sleep = (ms: number) => new Promise<void>((r) => {
-    const t = setTimeout(r, ms);
-    o.signal?.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
-  });
   const issueUntilDone = async () => {
     for (let attempt = 0; !stopped && !o.signal?.aborted; attempt++) {
       try {
@@ -117,7 +113,7 @@ export async function startTlsBootstrap(o: TlsBootstrapOptions & { signal?: Abor
         if (err instanceof TlsBootstrapError) throw err;
         const delay = backoff.next();
         log.warn('cannot get a certificate from the bootstrap listener; retrying', { err: (err as Error).message, attempt, retry_ms: delay });
-        await sleep(delay);
+        await sleep(delay, o.signal);
       }
     }
   };

@@ -8,6 +8,7 @@ import { IpFamily, type IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { status } from '@grpc/grpc-js';
 import { errorCodeOf } from '../lib/grpc/status.js';
 import { createBackoff } from '../lib/backoff.js';
+import { forEachBounded } from '../lib/bounded-concurrency.js';
 import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { DEFAULT_HOST_PATHS, type HostPaths } from './kernel/host-paths.js';
@@ -477,12 +478,3 @@ export function createCniHandlers(deps: {
 
 /** How long Detach and GC wait for the policy pass that removes a gone pod's rules before they answer anyway. */
 const POLICY_PASS_WAIT_MS = 5000;
-
-/** Runs fn over items with at most `limit` at once. */
-async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}

@@ -1,7 +1,7 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createBackoff } from '../lib/backoff.js';
+import { createBackoff, sleep } from '../lib/backoff.js';
 import { createClient } from '../lib/grpc/client.js';
 import { checkSecurityFiles, clientTlsDir } from '../lib/grpc/credentials.js';
 import { startTlsBootstrap } from '../lib/tls-bootstrap.js';
@@ -102,7 +102,7 @@ async function main(): Promise<void> {
         return leaseMs;
       } catch (err) {
         logger.warn('cannot register with the control plane; retrying', { err: (err as Error).message, attempt });
-        await new Promise((r) => setTimeout(r, backoff.next()));
+        await sleep(backoff.next(), stopper.signal);
       }
     }
     return 0;

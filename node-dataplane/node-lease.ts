@@ -1,5 +1,5 @@
 import { status } from '@grpc/grpc-js';
-import { createBackoff } from '../lib/backoff.js';
+import { createBackoff, sleep } from '../lib/backoff.js';
 import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Logger } from '../lib/logger.js';
 import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -26,15 +26,7 @@ export function keepNodeLease(deps: {
     let delay = leaseMs / 3;
     const retry = createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) });
     while (!signal.aborted) {
-      await new Promise<void>((r) => {
-        const t = setTimeout(done, delay);
-        function done() {
-          clearTimeout(t);
-          signal.removeEventListener('abort', done);
-          r();
-        }
-        signal.addEventListener('abort', done, { once: true });
-      });
+      await sleep(delay, signal);
       if (signal.aborted) return;
       try {
         leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;

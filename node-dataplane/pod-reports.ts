@@ -1,6 +1,6 @@
 import { status } from '@grpc/grpc-js';
 import type { PromiseClient } from '../lib/grpc/client.js';
-import { createBackoff } from '../lib/backoff.js';
+import { createBackoff, sleep } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import type { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import type { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
@@ -43,11 +43,8 @@ export function createPodReporter(deps: {
 }): PodReporter {
   const queues = new Map<string, Report[]>();
   let closed = false;
-  const timers = new Set<NodeJS.Timeout>();
-  const sleep = (ms: number) => new Promise<void>((resolve) => {
-    const t = setTimeout(() => { timers.delete(t); resolve(); }, ms);
-    timers.add(t);
-  });
+  /** Aborted by close(): a report waiting to be retried stops waiting. */
+  const closing = new AbortController();
 
   const send = async (containerId: string, r: Report) => {
     if (r.kind === 'attach') {
@@ -76,7 +73,7 @@ export function createPodReporter(deps: {
         }
         const delay = backoff.next();
         deps.logger.warn('pod report failed; retrying', { containerId, report: queue[0]!.kind, retryMs: delay, err: e.details ?? e.message });
-        await sleep(delay);
+        await sleep(delay, closing.signal);
       }
     }
     queues.delete(containerId);
@@ -104,8 +101,7 @@ export function createPodReporter(deps: {
     pending: () => [...queues.values()].reduce((n, q) => n + q.length, 0),
     close() {
       closed = true;
-      for (const t of timers) clearTimeout(t);
-      timers.clear();
+      closing.abort();
     },
   };
 }

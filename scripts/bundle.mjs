@@ -18,7 +18,7 @@ const OUT = 'dist/bin/weft-cni';
 
 mkdirSync('dist/bin', { recursive: true });
 // The code runs in a vm.Script (see loaderFor), which has no loader for import(): every dynamic import, Node's own
-// modules included (`node:net` where the pipe handle is not used), becomes a require (CNI_BUNDLE_OPTIONS).
+// modules included (`node:net`, loaded by the first agent call), becomes a require (CNI_BUNDLE_OPTIONS).
 const result = await build({ ...CNI_BUNDLE_OPTIONS, outfile: OUT, sourcemap: false });
 const inputs = Object.keys(result.metafile.outputs[OUT].inputs);
 const isForbidden = (f) => FORBIDDEN_IN_PLUGIN.some((re) => re.test(f));
@@ -71,7 +71,10 @@ await build({
   logLevel: 'warning',
 });
 
-/** The executable: compiles `code` with `cache` (V8 checks that it fits and ignores it otherwise) and runs it as a CommonJS module. */
+/**
+ * The executable: compiles `code` with `cache` (V8 checks that it fits and ignores it otherwise), loads it as a
+ * CommonJS module and calls its `main` with how it was packed (reported by WEFT_CNI_TIMING).
+ */
 function loaderFor(code, cache) {
   return `#!/usr/bin/env node
 "use strict";
@@ -81,9 +84,8 @@ function loaderFor(code, cache) {
 const code = ${JSON.stringify(code)};
 const cache = ${JSON.stringify(cache.toString('base64'))};
 const script = new (require("vm").Script)(code, { filename: __filename, cachedData: Buffer.from(cache, "base64") });
-globalThis[Symbol.for("weft-cni.codeCache")] = script.cachedDataRejected ? "rejected" : "used";
-globalThis[Symbol.for("weft-cni.builtWith")] = ${JSON.stringify(process.version)};
 script.runInThisContext()(exports, require, module, __filename, __dirname);
+module.exports.main({ codeCache: script.cachedDataRejected ? "rejected" : "used", builtWith: ${JSON.stringify(process.version)} });
 `;
 }
 
@@ -118,10 +120,10 @@ async function makeCodeCache(code) {
     // Runs the code as the loader does, but takes the cache when the plugin calls process.exit.
     const harness = `const fs = require("fs"); const vm = require("vm");
       const script = new vm.Script(fs.readFileSync(process.argv[1], "utf8"), { filename: "weft-cni" });
-      globalThis[Symbol.for("weft-cni.builtWith")] = process.version;
       const exit = process.exit;
       process.exit = (status) => { fs.writeFileSync(process.argv[2], script.createCachedData()); exit.call(process, status); };
-      script.runInThisContext()(exports, require, module, "weft-cni", ".");`;
+      script.runInThisContext()(exports, require, module, "weft-cni", ".");
+      module.exports.main({ codeCache: "used", builtWith: process.version });`;
     // Not spawnSync: this process's event loop serves the stand-in agent meanwhile.
     const run = await runToEnd(process.execPath, ['-e', harness, path.join(dir, 'code.js'), path.join(dir, 'cache')], {
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'bundle', CNI_NETNS: netns, CNI_IFNAME: 'eth0' },

@@ -22,9 +22,9 @@ try {
   // has a require for Node's own modules only, and no import()), nothing from node_modules left outside.
   const result = await build({
     ...CNI_BUNDLE_OPTIONS,
-    // The executable carries the Node it runs on, so the pipe handle's internals are those the code was built
-    // against (cni/agent.ts checks builtWith); the code cache is the SEA's own (useCodeCache).
-    banner: { js: `globalThis[Symbol.for("weft-cni.builtWith")]=process.version;globalThis[Symbol.for("weft-cni.codeCache")]="sea";` },
+    // The module runs nothing when loaded: this calls its main. The executable carries the Node it runs on, and the
+    // code cache is the SEA's own (useCodeCache).
+    footer: { js: 'module.exports.main({ codeCache: "sea", builtWith: process.version });' },
   });
   const outside = Object.values(result.metafile.outputs)[0].imports.filter((i) => i.external && !isBuiltin(i.path));
   if (outside.length > 0) throw new Error(`the plugin would load ${outside.map((i) => i.path).join(', ')} from outside the executable`);

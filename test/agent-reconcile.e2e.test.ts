@@ -13,6 +13,8 @@ import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { bin } from './support/processes.js';
+import { eventually } from './support/eventually.js';
+import { pings as reaches } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -120,13 +122,10 @@ async function waitForSync(n: NodeState, timeoutMs = 20_000): Promise<number> {
   }
 }
 
-/** Polls (bounded) until `ok` holds; returns the milliseconds it took. */
+/** Polls (bounded, every 5 ms) until `ok` holds; returns the milliseconds it took. */
 async function until(what: string, ok: () => Promise<boolean>, timeoutMs = 10_000): Promise<number> {
   const t0 = performance.now();
-  while (!(await ok())) {
-    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(5);
-  }
+  await eventually(what, ok, timeoutMs, 5);
   return performance.now() - t0;
 }
 
@@ -149,17 +148,7 @@ function monitor(ns: string): { stop(): Promise<string[]> } {
 /** Monitor lines about Weft's overlay entries: on its device or a direct route on eth0, naming a pod block address or a VTEP MAC. */
 const weftLines = (lines: string[]) => lines.filter((l) => (l.includes(`dev ${VXLAN}`) || l.includes('dev eth0 proto 87')) && /(^|\s)10\.244\.|02:57:/.test(l));
 
-async function pings(from: PodState, to: string, attempts = 10): Promise<boolean> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      await sh('ip', 'netns', 'exec', podNs(from), 'ping', '-c', '1', '-W', '1', to);
-      return true;
-    } catch {
-      await sleep(100);
-    }
-  }
-  return false;
-}
+const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, pauseMs: 100 });
 
 interface StreamResult { sent: number; sentBytes: number; recvBytes: number; maxGapMs: number; outOfOrder: number; error: string | null; ms: number }
 const STREAM_INTERVAL_MS = 10;

@@ -14,7 +14,7 @@ import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { Pod, PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { AuditServiceService } from '../gen/weft/audit/v1/audit.js';
-import { TokenServiceService } from '../gen/weft/auth/v1/auth.js';
+import { CertificateServiceService, TokenServiceService } from '../gen/weft/auth/v1/auth.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
 
 /**
@@ -36,7 +36,7 @@ type Who = GrpcWho | HttpWho;
 /** Who besides admin may make a call (admin always may; none and forged never): a token allowed counts over HTTP too. */
 type Allowed = 'node1' | 'node2' | 'controller' | 'read' | 'poolP';
 
-type Service = 'ipam' | 'routes' | 'policy' | 'audit' | 'tokens';
+type Service = 'ipam' | 'routes' | 'policy' | 'audit' | 'tokens' | 'certificates';
 type Call = (req: object, opts: { timeoutMs: number }) => Promise<unknown> | AsyncIterable<unknown>;
 interface Case {
   service: Service;
@@ -127,6 +127,10 @@ const CASES: Case[] = [
   { service: 'tokens', method: 'createToken', request: { name: 'matrix-made', scopes: ['read'] }, setup: async () => void (await adminCall('tokens', 'revokeToken', { name: 'matrix-made' }).catch(() => {})), allowed: [] },
   { service: 'tokens', method: 'listTokens', request: {}, allowed: [] },
   { service: 'tokens', method: 'revokeToken', request: { name: 'never-made' }, allowed: [] },
+  // Certificates: administrators only (revoking locks a caller out). The serial below belongs to no certificate.
+  { service: 'certificates', method: 'recordCertificate', request: { certificatePem: '' }, allowed: [] },
+  { service: 'certificates', method: 'revokeCertificates', request: { serial: 'ffff0000000000000000000000000001', reason: 'matrix' }, allowed: [] },
+  { service: 'certificates', method: 'listCertificates', request: {}, allowed: [] },
 ];
 
 type Outcome = { result: 'allowed' | 'unauthenticated' | 'forbidden' | 'refused'; detail: string };
@@ -186,7 +190,7 @@ async function attemptHttp(method: string, request: object, token: string | null
   }
 }
 
-const SERVICES = { ipam: IpamServiceService, routes: RoutesServiceService, policy: PolicyServiceService, audit: AuditServiceService, tokens: TokenServiceService };
+const SERVICES = { ipam: IpamServiceService, routes: RoutesServiceService, policy: PolicyServiceService, audit: AuditServiceService, tokens: TokenServiceService, certificates: CertificateServiceService };
 
 describe('authorization matrix: every RPC as every identity, on real certificates and tokens (and the HTTP gateway)', () => {
   before(async () => {

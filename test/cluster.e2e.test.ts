@@ -12,6 +12,7 @@ import { fabricNetns } from '../cli/cluster/topology.js';
 import { createChainRunner, type NetworkConfigList } from './support/cni-chain.js';
 import { bin } from './support/processes.js';
 import { takeDownLocalCluster } from './support/local-cluster.js';
+import { pings } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -31,18 +32,6 @@ async function weft(...args: string[]): Promise<string> {
 
 const podNs = (p: PodState) => path.basename(p.netns);
 
-/** One ICMP echo, retried a few times (bounded) while routes converge. */
-async function pings(from: PodState, to: string, attempts = 5): Promise<boolean> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      await run('ip', ['netns', 'exec', podNs(from), 'ping', '-c', '1', '-W', '1', to], { timeout: 5000 });
-      return true;
-    } catch {
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-  return false;
-}
 
 /** A TCP server in the pod that answers every connection with the pod's name. */
 function serveTcp(p: PodState): void {

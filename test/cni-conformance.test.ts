@@ -312,25 +312,25 @@ describe('weft-cni, run as a runtime runs it', () => {
     });
 
 
-    it('the packed plugin starts from its V8 code cache and calls through the pipe handle; on another Node, neither, with the same answers', async () => {
-      const timingOf = (run: Run) => JSON.parse(run.stderr.split('\n').find((l) => l.includes('"weft-cni timing"')) ?? '{}') as { codeCache?: string; transport?: string };
+    it('the packed plugin starts from its V8 code cache on the Node that built it; a cache that does not fit is compiled past, with the same answers', async () => {
+      const timingOf = (run: Run) => JSON.parse(run.stderr.split('\n').find((l) => l.includes('"weft-cni timing"')) ?? '{}') as { codeCache?: string; builtWith?: string; node?: string };
       const used = await runPlugin({ ...env, WEFT_CNI_TIMING: '1' }, config({ agentSocket: socket }));
       assert.equal(used.status, 0, used.stderr);
-      assert.equal(timingOf(used).codeCache, 'used', 'the cache made at build time fits the Node that built it');
-      assert.equal(timingOf(used).transport, 'pipe', 'on the Node that built it the plugin uses the pipe handle');
-      // Another Node's V8 refuses the cache in the same checks as it refuses bytes that are no cache at all.
+      const timing = timingOf(used);
+      assert.match(String(timing.builtWith), /^v\d+\.\d+\.\d+$/, 'the packed plugin names the Node that built it');
+      assert.equal(timing.node, process.version, 'the plugin runs on the Node first on PATH, as this test does');
+      // On the building Node the cache fits; another Node's V8 (another major line) may refuse it: slower, not wrong.
+      if (timing.node === timing.builtWith) assert.equal(timing.codeCache, 'used', 'the cache made at build time fits the Node that built it');
+      else assert.ok(timing.codeCache === 'used' || timing.codeCache === 'rejected', String(timing.codeCache));
+      // V8 refuses bytes that are no cache at all in the same checks as another Node's cache.
       const text = readFileSync(plugin, 'utf8');
       const foreign = text.replace(/^const cache = "[^"]*";$/m, `const cache = "${Buffer.from('not a V8 code cache').toString('base64')}";`);
       assert.notEqual(foreign, text, 'the packed plugin has a cache line');
-      // ...and a Node other than the build's is not trusted with the pipe handle's internals: node:net instead.
-      const other = foreign.replace(/Symbol\.for\("weft-cni\.builtWith"\)\] = "[^"]*";/, 'Symbol.for("weft-cni.builtWith")] = "v0.0.0-another-node";');
-      assert.notEqual(other, foreign, 'the packed plugin names the Node it was built with');
       const copy = path.join(dir, 'weft');
-      await writeFile(copy, other, { mode: 0o755 });
+      await writeFile(copy, foreign, { mode: 0o755 });
       const rejected = await runPlugin({ ...env, WEFT_CNI_TIMING: '1' }, config({ agentSocket: socket }), copy);
       assert.equal(rejected.status, 0, rejected.stderr);
       assert.equal(timingOf(rejected).codeCache, 'rejected');
-      assert.equal(timingOf(rejected).transport, 'net');
       assert.deepEqual(onlyDocument(rejected), onlyDocument(used));
       const version = await runPlugin({ CNI_COMMAND: 'VERSION' }, config(), copy);
       assert.deepEqual(onlyDocument(version), { cniVersion: '1.0.0', supportedVersions: [...VERSIONS] });

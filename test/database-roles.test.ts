@@ -83,3 +83,12 @@ test("the services' role may only append to the audit log and read it", async ()
   assert.equal(await outcome(app, 'TRUNCATE audit.events'), INSUFFICIENT_PRIVILEGE);
   assert.equal(await outcome(owner, "UPDATE audit.events SET actor = 'someone-else'"), 'ok');
 });
+
+test("the services' role may revoke a certificate but not undo a revocation", async () => {
+  const insert = "INSERT INTO auth.certificate_revocations (serial, revoked_at, revoked_by) VALUES ('ab12', now(), 'admin:test')";
+  assert.equal(await outcome(app, insert), 'ok');
+  assert.equal(await outcome(app, 'SELECT * FROM auth.certificate_revocations'), 'ok');
+  assert.equal(await outcome(app, "UPDATE auth.certificate_revocations SET serial = 'cd34'"), INSUFFICIENT_PRIVILEGE);
+  assert.equal(await outcome(app, 'DELETE FROM auth.certificate_revocations'), INSUFFICIENT_PRIVILEGE);
+  assert.equal(await outcome(app, "INSERT INTO auth.certificates (serial, identity, issued_at, not_after, issued_by) VALUES ('ab12', 'node:n1', now(), now(), 'x')"), 'ok');
+});

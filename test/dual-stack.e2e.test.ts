@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
 import { bin } from './support/processes.js';
 import { takeDownLocalCluster } from './support/local-cluster.js';
+import { hostPort, listenTcp, tcpConnects } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -35,35 +36,12 @@ async function weft(...args: string[]): Promise<string> {
 const podNs = (p: PodState) => path.basename(p.netns);
 const v4 = (p: PodState) => p.addresses.find((a) => !a.includes(':'))!;
 const v6 = (p: PodState) => p.addresses.find((a) => a.includes(':'))!;
-const hostPort = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
-
-/** TCP listeners on 80 and 81 inside the pod, on both families; they exit on their own after 10 minutes. */
-function listen(p: PodState): void {
-  listeners.push(spawn('ip', ['netns', 'exec', podNs(p), process.execPath, '-e',
-    `const net = require('net'); for (const port of [80, 81]) net.createServer(s => s.end(${JSON.stringify(p.name)})).listen({ port, host: '::', ipv6Only: false });
-     setTimeout(() => process.exit(0), 600000).unref(); setInterval(() => {}, 1 << 30);`], { stdio: 'ignore' }));
-}
-
-/** From one pod, a TCP connect to each target ("[v6]:port" or "v4:port") at once: 'open' when the listener answered. */
-async function connects(from: PodState, targets: string[]): Promise<Record<string, string>> {
-  const script = `
-    const net = require('net');
-    Promise.all(${JSON.stringify(targets)}.map(t => new Promise(res => {
-      const i = t.lastIndexOf(':'); const host = t.slice(0, i).replace(/^\\[|\\]$/g, ''); const port = Number(t.slice(i + 1));
-      const s = net.connect({ host, port, timeout: 700 });
-      let data = '';
-      s.on('data', d => data += d); s.on('end', () => res([t, data ? 'open' : 'empty']));
-      s.on('timeout', () => { s.destroy(); res([t, 'timeout']); }); s.on('error', e => res([t, e.code]));
-    }))).then(r => console.log(JSON.stringify(Object.fromEntries(r))));`;
-  const { stdout } = await run('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', script], { timeout: 20_000 });
-  return JSON.parse(stdout) as Record<string, string>;
-}
 
 /** Probes until every target shows the wanted verdict (true: open), within the bound; returns the ms it took. */
 async function until(label: string, from: PodState, want: Record<string, boolean>): Promise<number> {
   const t0 = performance.now();
   for (;;) {
-    const got = await connects(from, Object.keys(want));
+    const got = await tcpConnects(from, Object.keys(want));
     const wrong = Object.entries(want).filter(([t, open]) => (got[t] === 'open') !== open).map(([t, open]) => `${t} ${open ? 'blocked' : 'open'} (${got[t]})`);
     if (wrong.length === 0) return performance.now() - t0;
     assert.ok(performance.now() - t0 < BOUND_MS, `${label}: after ${BOUND_MS} ms still ${wrong.join(', ')}`);
@@ -89,8 +67,7 @@ describe('dual-stack pods on the local cluster', opts, () => {
     await weft('cluster', 'ns', 'add', 'dx', '--labels', 'team=x');
     a = JSON.parse(await weft('cluster', 'pod', 'add', 'node1', 'da', '--namespace', 'dx', '--labels', 'app=a', '--json')) as PodState;
     b = JSON.parse(await weft('cluster', 'pod', 'add', 'node2', 'db', '--namespace', 'dx', '--labels', 'app=b', '--json')) as PodState;
-    listen(a);
-    listen(b);
+    listeners.push(listenTcp(a), listenTcp(b));
   });
 
   after(async () => {

@@ -7,6 +7,7 @@ import type pg from 'pg';
 import { errorCodeOf } from '../lib/grpc/errors.js';
 import { AllocateRequest } from '../gen/weft/ipam/v1/ipam.js';
 import { startIpamTestbed, type IpamTestbed } from './support/control-plane.js';
+import { eventually } from './support/eventually.js';
 
 /**
  * Allocation attempts on real PostgreSQL: a caller that gave up on an Allocate (deadline, cancellation) releases the
@@ -36,13 +37,7 @@ async function sessions(): Promise<{ waiting: number; busy: number }> {
   return rows[0] as { waiting: number; busy: number };
 }
 
-async function until(what: string, probe: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(20);
-  }
-}
+const until = (what: string, probe: () => Promise<boolean>, timeoutMs = 10_000) => eventually(what, probe, timeoutMs, 20);
 
 async function liveOn(node: string) {
   return (await ipam.listAllocations({ pool: '', node })).allocations.map((a) => `${a.handle} ${a.address}`);

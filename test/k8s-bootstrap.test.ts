@@ -6,6 +6,9 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { BootstrapServiceService } from '../gen/weft/auth/v1/bootstrap.js';
+import { CertificateServiceService } from '../gen/weft/auth/v1/auth.js';
+import { AuditServiceService } from '../gen/weft/audit/v1/audit.js';
+import { eventually } from './support/eventually.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createClient } from '../lib/grpc/client.js';
@@ -117,6 +120,22 @@ describe('bootstrap: a pod\'s ServiceAccount token for a Weft certificate', skip
       });
     } finally {
       routes.close();
+    }
+    // Issued certificates are recorded (revoking node1 finds this one) and audited.
+    const serial = c.serialNumber.toLowerCase().replace(/^0+/, '');
+    const certificates = createClient(CertificateServiceService, cp.address, { security: cp.security });
+    const audit = createClient(AuditServiceService, cp.address, { security: cp.security });
+    try {
+      const recorded = (await certificates.listCertificates({ identity: 'node:node1' }, { timeoutMs: 10_000 })).certificates.find((x) => x.serial === serial);
+      assert.equal(recorded?.issuedBy, 'bootstrap');
+      const events = await eventually('the issue in the audit log', async () => {
+        const e = (await audit.listAuditEvents({ resource: `certificate/node:node1/${serial}` }, { timeoutMs: 10_000 })).events;
+        return e.length > 0 ? e : undefined;
+      }, 5000);
+      assert.deepEqual(events.map((e) => [e.method, e.actor, e.result]), [['/weft.auth.v1.BootstrapService/IssueCertificate', 'none', 'OK']]);
+    } finally {
+      certificates.close();
+      audit.close();
     }
   });
 

@@ -10,6 +10,7 @@ import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { bin } from './support/processes.js';
 import { takeDownLocalCluster } from './support/local-cluster.js';
+import { pings as reaches } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -34,17 +35,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const allocations = async () => JSON.parse(await weft('ipam', 'allocations', '--json')) as { handle: string; address: string; node: string }[];
 const addPod = async (node: string, pod: string) => JSON.parse(await weft('cluster', 'pod', 'add', node, pod, '--namespace', 'rereg', '--json')) as PodState;
 
-async function pings(from: PodState, to: string, attempts = 10): Promise<boolean> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      await run('ip', ['netns', 'exec', path.basename(from.netns), 'ping', '-c', '1', '-W', '1', to], { timeout: 5000 });
-      return true;
-    } catch {
-      await sleep(300);
-    }
-  }
-  return false;
-}
+const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, pauseMs: 300 });
 
 describe('a node that lost its registration while its pods run', opts, () => {
   let xtablesLockExisted = true;

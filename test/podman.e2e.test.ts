@@ -6,6 +6,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { cniDirs, readState, type ClusterState, type NodeState, type PodState } from '../cli/cluster/cluster.js';
+import { eventually } from './support/eventually.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 import { bin } from './support/processes.js';
 
@@ -109,20 +110,8 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
     return (await sh('ip', ['netns', 'exec', netns, process.execPath, '-e', script, url], { timeout: 10_000 })).stdout;
   }
 
-  /** Runs `fetch` until it gives an answer that is not an error, at most `attempts` times. */
-  async function eventually(fetch: () => Promise<string>, attempts = 5): Promise<string> {
-    let last = '';
-    for (let i = 0; i < attempts; i++) {
-      try {
-        last = await fetch();
-        if (last.trim()) return last.trim();
-      } catch (err) {
-        last = (err as Error).message;
-      }
-      await new Promise((r) => setTimeout(r, 500));
-    }
-    return last.trim();
-  }
+  /** The first answer of `fetch` that is not empty or an error, within 2.5 s (tries 500 ms apart). */
+  const answer = (what: string, fetch: () => Promise<string>) => eventually(what, async () => (await fetch()).trim(), 2500, 500);
 
   before(async () => {
     chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
@@ -187,10 +176,10 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
       const rules = (await sh('ip', ['netns', 'exec', node1.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
       assert.match(rules, new RegExp(`--dport 18090 .*--to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
       const get = (ns: string, url = `http://${node1.address}:18090/`) => () => httpGet(ns, url);
-      assert.equal(await eventually(get(node1.netns, `http://${address}:8080/`)), 'served by a podman container on weft', 'the node reaches the container at its address');
-      assert.equal(await eventually(get(node1.netns)), 'served by a podman container on weft');
-      assert.equal(await eventually(get(state!.controlPlane.netns)), 'served by a podman container on weft');
-      assert.equal(await eventually(get(nodeNamed('node3').netns)), 'served by a podman container on weft', 'from a node on the other underlay subnet');
+      assert.equal(await answer('the container from node1, at its address', get(node1.netns, `http://${address}:8080/`)), 'served by a podman container on weft', 'the node reaches the container at its address');
+      assert.equal(await answer('the host port from node1', get(node1.netns)), 'served by a podman container on weft');
+      assert.equal(await answer('the host port from the control plane', get(state!.controlPlane.netns)), 'served by a podman container on weft');
+      assert.equal(await answer('the host port from node3', get(nodeNamed('node3').netns)), 'served by a podman container on weft', 'from a node on the other underlay subnet');
     } finally {
       await podman(node1, 'rm', '--force', '--time', '2', id);
     }

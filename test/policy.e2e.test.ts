@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,6 +10,7 @@ import { createClient } from '../lib/grpc/client.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { bin } from './support/processes.js';
 import { takeDownLocalCluster } from './support/local-cluster.js';
+import { listenTcp, tcpConnects } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -33,29 +34,8 @@ async function weft(...args: string[]): Promise<string> {
   return stdout;
 }
 
-const podNs = (p: PodState) => path.basename(p.netns);
-
-/** TCP listeners on 80 and 81 inside the pod (answering with the pod's name); they exit on their own after 10 minutes. */
-function listen(p: PodState): void {
-  listeners.push(spawn('ip', ['netns', 'exec', podNs(p), process.execPath, '-e',
-    `const net = require('net'); for (const port of [80, 81]) net.createServer(s => s.end(${JSON.stringify(p.name)})).listen(port, '0.0.0.0');
-     setTimeout(() => process.exit(0), 600000).unref(); setInterval(() => {}, 1 << 30);`], { stdio: 'ignore' }));
-}
-
 /** From one pod, a TCP connect to each target (address:port) at once: 'open' when the listener answered, else the failure. */
-async function connects(from: PodState, targets: string[]): Promise<Record<string, string>> {
-  const script = `
-    const net = require('net');
-    Promise.all(${JSON.stringify(targets)}.map(t => new Promise(res => {
-      const [host, port] = t.split(':');
-      const s = net.connect({ host, port: Number(port), timeout: ${PROBE_TIMEOUT_MS} });
-      let data = '';
-      s.on('data', d => data += d); s.on('end', () => res([t, data ? 'open' : 'empty']));
-      s.on('timeout', () => { s.destroy(); res([t, 'timeout']); }); s.on('error', e => res([t, e.code]));
-    }))).then(r => console.log(JSON.stringify(Object.fromEntries(r))));`;
-  const { stdout } = await run('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', script], { timeout: 20_000 });
-  return JSON.parse(stdout) as Record<string, string>;
-}
+const connects = (from: PodState, targets: string[]) => tcpConnects(from, targets, PROBE_TIMEOUT_MS);
 
 describe('network policy on the local cluster', opts, () => {
   const pods: Record<string, PodState> = {};
@@ -135,7 +115,7 @@ describe('network policy on the local cluster', opts, () => {
     await weft('cluster', 'ns', 'add', 'y', '--labels', 'team=y');
     for (const [node, name, ns, label] of [['node1', 'xa', 'x', 'a'], ['node2', 'xb', 'x', 'b'], ['node3', 'ya', 'y', 'a'], ['node1', 'yb', 'y', 'b']] as const) {
       pods[name] = JSON.parse(await weft('cluster', 'pod', 'add', node, name, '--namespace', ns, '--labels', `pod=${label}`, '--ports', 'http:80/tcp', '--json')) as PodState;
-      listen(pods[name]!);
+      listeners.push(listenTcp(pods[name]!));
     }
     await new Promise((r) => setTimeout(r, 500));
   });

@@ -304,4 +304,45 @@ describe('security on the local cluster (issue 14)', opts, () => {
     assert.equal(got.bytes, sent.sentBytes, 'every byte arrived');
     assert.ok(got.maxGapMs < STALL_BOUND_MS, `no stall over ${STALL_BOUND_MS} ms (longest ${got.maxGapMs} ms)`);
   });
+
+  test('node2\'s certificate revoked: its agent\'s watches end and its calls are refused (audited, with its address); a new certificate brings it back without a restart', async (t) => {
+    const node2Dir = nodeTlsDir(state, 'node2');
+    const adminRoutes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    const leaseOf = async () => (await listAllNodes(adminRoutes)).find((n) => n.name === 'node2')!.leaseExpireTime!.getTime();
+    try {
+      const revoked = await weft('ca', 'revoke', '--node', 'node2', '--reason', 'e2e');
+      t.diagnostic(revoked.trim());
+      assert.match(revoked, /revoked [0-9a-f]+ \(node:node2/, 'the certificate the cluster issued node2 is recorded, so its identity finds it');
+      // The agent's two watch streams end, and what it calls now is refused: both in the audit log as node:node2.
+      type Event = { method: string; result: string; message: string };
+      let denied: Event[] = [];
+      for (let i = 0; i < 40; i++) {
+        denied = JSON.parse(await weft('audit', '--actor', 'node:node2', '--result', 'denied', '--json')) as Event[];
+        const ended = (rpc: string) => denied.some((e) => e.method.endsWith(rpc) && /stream ended: the client certificate with serial/.test(e.message));
+        if (ended('WatchRoutes') && ended('WatchNodePolicy')) break;
+        await sleep(250);
+      }
+      t.diagnostic(`node2's refusals: ${denied.map((e) => `${e.method.split('/').pop()} ${e.result}`).join(', ')}`);
+      for (const rpc of ['WatchRoutes', 'WatchNodePolicy']) {
+        assert.ok(denied.some((e) => e.method.endsWith(rpc) && /stream ended/.test(e.message)), `node2's ${rpc} stream was ended`);
+      }
+      assert.ok(denied.every((e) => e.result === 'UNAUTHENTICATED' && new RegExp(`^from ${nodeOf('node2').address}:\\d+: `).test(e.message)), JSON.stringify(denied.slice(0, 3)));
+
+      // A new certificate on disk: the agent's next connection presents it, and it renews its lease again.
+      await exec(bin.weft, ['ca', 'issue', '--node', 'node2', '--out', node2Dir, '--data-dir', path.dirname(clusterPkiDir(state))], { timeout: 20_000 });
+      // Refused since the revocation, the agent has not renewed: its lease moves again only once it is let in.
+      const frozen = await leaseOf();
+      let moved = frozen;
+      const t0 = Date.now();
+      for (let i = 0; i < 80 && moved <= frozen; i++) {
+        await sleep(500);
+        moved = await leaseOf();
+      }
+      t.diagnostic(`node2's lease renewed ${Date.now() - t0} ms after its new certificate was written`);
+      assert.ok(moved > frozen, 'node2\'s agent renews its lease with the new certificate');
+      assert.ok(isAlive(nodeOf('node2').agentPid), 'the agent was not restarted');
+    } finally {
+      adminRoutes.close();
+    }
+  });
 });

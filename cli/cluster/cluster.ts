@@ -9,6 +9,7 @@ import { clientTlsDir, type TransportSecurity } from '../../lib/grpc/credentials
 import { ensureControlPlanePki, issueClientTlsDir, PKI_FILES } from '../../lib/pki.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
+import { CertificateServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { listAllNodes } from '../node-status.js';
 import {
   CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, parsePodRef, planNode, podNetns, validateNamespace, validatePodName,
@@ -276,7 +277,16 @@ async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane
   const log = path.join(path.dirname(node.socket), 'agent.log');
   node.controlPlane = controlPlane;
   // The node's own credentials (weft:node:<name>), kept when they exist (an agent restarted keeps its certificate).
-  if (!existsSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'))) await issueClusterCredentials(state, nodeTlsDir(state, node.name), { kind: 'node', name: node.name });
+  if (!existsSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'))) {
+    await issueClusterCredentials(state, nodeTlsDir(state, node.name), { kind: 'node', name: node.name });
+    // Recorded like `weft ca issue` records, so that `weft ca revoke --node NAME` finds it.
+    const certificates = createClient(CertificateServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    try {
+      await certificates.recordCertificate({ certificatePem: readFileSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'), 'utf8') }, { timeoutMs: 10_000 });
+    } finally {
+      certificates.close();
+    }
+  }
   node.agentPid = spawnAgent(state, node);
   writeState(state);
   const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });

@@ -21,6 +21,7 @@ const SERVED: { definition: Definition; messages: Messages }[] = [
   { definition: policy.PolicyServiceService, messages: policy },
   { definition: audit.AuditServiceService, messages: audit },
   { definition: auth.TokenServiceService, messages: auth },
+  { definition: auth.CertificateServiceService, messages: auth },
   { definition: bootstrap.BootstrapServiceService, messages: bootstrap },
 ];
 

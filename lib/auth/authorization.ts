@@ -167,6 +167,7 @@ const POLICY = '/weft.policy.v1.PolicyService/';
 const AUDIT = '/weft.audit.v1.AuditService/';
 const TOKENS = '/weft.auth.v1.TokenService/';
 const BOOTSTRAP = '/weft.auth.v1.BootstrapService/';
+const CERTIFICATES = '/weft.auth.v1.CertificateService/';
 
 /**
  * Every method of the control plane's services. Nodes get what the agent (node-dataplane/) calls, the controller what
@@ -228,6 +229,10 @@ export const AUTHORIZATION_RULES: Readonly<Record<string, MethodRule>> = Object.
   [`${TOKENS}CreateToken`]: write(),
   [`${TOKENS}ListTokens`]: { mutation: false },
   [`${TOKENS}RevokeToken`]: write(),
+  // Certificates: recording what the CA issued and revoking it are administrators' (it can lock any caller out).
+  [`${CERTIFICATES}RecordCertificate`]: write(),
+  [`${CERTIFICATES}RevokeCertificates`]: write(),
+  [`${CERTIFICATES}ListCertificates`]: { mutation: false },
   // The bootstrap listener's one method: callers have no certificate yet; the Kubernetes token in the request, checked
   // with a TokenReview by the method itself, is what authenticates them (services/bootstrap).
   [`${BOOTSTRAP}IssueCertificate`]: { mutation: true, anyone: true },

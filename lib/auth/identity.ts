@@ -66,3 +66,25 @@ export function bearerSecretOf(value: unknown): string | null {
   const m = /^Bearer[ ]+(\S+)\s*$/i.exec(String(value));
   return m ? m[1]! : '';
 }
+
+/**
+ * A certificate serial as Weft keeps it: lowercase hex without colons or leading zeros. Node reports a peer's serial
+ * in uppercase; OpenSSL prints colon-separated bytes; both compare equal once through here.
+ */
+export function canonicalSerial(serial: string): string {
+  return serial.trim().replace(/^0x/i, '').replace(/:/g, '').toLowerCase().replace(/^0+(?=.)/, '');
+}
+
+/**
+ * Which presented credentials are revoked (services/auth/revocations.ts keeps them in memory, refreshed from the
+ * database within seconds): each answers null, or the message a call presenting it fails with. Synchronous and
+ * cheap: asked on every call and, for open streams, every second.
+ */
+export interface CredentialRevocations {
+  /** A client certificate by its canonical serial. */
+  certificate(serial: string): string | null;
+  /** An API token by its key id ("weft_" + 16 hex digits). */
+  token(keyId: string): string | null;
+  /** Calls `listener` after each change of what is revoked; returns the unsubscribe. */
+  subscribe(listener: () => void): () => void;
+}

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { createBackoff } from '../backoff.js';
+import { createBackoff, sleep } from '../backoff.js';
 import type { Logger } from '../logger.js';
 
 /**
@@ -56,7 +56,7 @@ export function createNotifier(session: string | pg.ClientConfig, channels: stri
       } catch (err) {
         await c.end().catch(() => {});
         logger.warn('notifier cannot connect; retrying', { err: (err as Error).message });
-        await new Promise((r) => setTimeout(r, backoff.next()));
+        await sleep(backoff.next());
       }
     }
   }

@@ -12,6 +12,8 @@ export const APP_ROLE = 'weft_app';
 export const SERVICE_SCHEMAS = ['ipam', 'routes', 'policy', 'auth'] as const;
 /** Append-only schemas: the services' role may INSERT and SELECT, nothing else. */
 export const APPEND_ONLY_SCHEMAS = ['audit'] as const;
+/** Append-only tables in the services' schemas: a revocation, once made, cannot be undone by the services' role. */
+export const APPEND_ONLY_TABLES = ['auth.certificate_revocations'] as const;
 
 const ident = (s: string) => pg.escapeIdentifier(s);
 
@@ -52,6 +54,11 @@ export async function grantAppPrivileges(owner: pg.ClientBase, role: string): Pr
     const tables = (APPEND_ONLY_SCHEMAS as readonly string[]).includes(schema) ? 'SELECT, INSERT' : 'SELECT, INSERT, UPDATE, DELETE';
     await owner.query(`GRANT ${tables} ON ALL TABLES IN SCHEMA ${s} TO ${r}`);
     await owner.query(`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ${s} TO ${r}`);
+  }
+  for (const table of APPEND_ONLY_TABLES) {
+    const [schema, name] = table.split('.') as [string, string];
+    const exists = await owner.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [schema, name]);
+    if (exists.rowCount) await owner.query(`REVOKE UPDATE, DELETE ON ${ident(schema)}.${ident(name)} FROM ${r}`);
   }
 }
 

@@ -3,6 +3,7 @@ import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
 import { messageSizeOptions } from './limits.js';
+import { errorCodeOf } from './status.js';
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
 type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -69,7 +70,7 @@ export function createClient<D extends ServiceDefinition>(
 ): PromiseClient<D> {
   const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
-  const client = new Client(address, options.credentials ?? channelCredentials(options.security), {
+  const connect = () => new Client(address, options.credentials ?? channelCredentials(options.security), {
     'grpc.keepalive_time_ms': keepalive.timeMs,
     'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
     'grpc.keepalive_permit_without_calls': 1,
@@ -77,7 +78,28 @@ export function createClient<D extends ServiceDefinition>(
     ...channelOptions(options.security),
     ...options.channel,
   });
-  const out: Record<string, unknown> = { close: () => client.close(), raw: client };
+  let client = connect();
+  let closed = false;
+  /**
+   * A call refused because this client's certificate is revoked (services/auth) was made on a TLS connection opened
+   * with it, which the server keeps open: the next calls would go the same way even once a new certificate is on disk.
+   * So the channel is replaced, and the next call connects anew with the files as they are then.
+   */
+  const reconnectIfRevoked = (err: unknown) => {
+    if (closed || errorCodeOf(err) !== 'auth.certificate_revoked') return;
+    const old = client;
+    client = connect();
+    old.close();
+  };
+  const out: Record<string, unknown> = {
+    close: () => {
+      closed = true;
+      client.close();
+    },
+    get raw() {
+      return client;
+    },
+  };
   for (const [name, m] of Object.entries(definition)) {
     const method = m as MethodDefinition<unknown, unknown>;
     const defaults = method.requestDeserialize(Buffer.alloc(0)) as object;
@@ -91,6 +113,7 @@ export function createClient<D extends ServiceDefinition>(
         const release = cancelOnAbort(opts.signal, call);
         // 'status' ends every call (also a cancelled one); 'close' also comes when the reader stops early.
         call.once('status', release);
+        call.once('status', reconnectIfRevoked);
         call.once('close', release);
         return call as AsyncIterable<unknown>;
       };
@@ -105,6 +128,7 @@ export function createClient<D extends ServiceDefinition>(
               (err, res) => {
                 release();
                 span.end();
+                if (err) reconnectIfRevoked(err);
                 if (err) reject(err);
                 else resolve(res);
               },

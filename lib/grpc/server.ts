@@ -3,7 +3,7 @@ import { SpanKind, trace } from '@opentelemetry/api';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
-import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { bearerSecretOf, canonicalSerial, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
 import type { CallLimiter } from '../auth/limits.js';
 import { DomainError } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -53,6 +53,12 @@ export interface ServerAccess {
    * caller's rate, each server stream holds one of its caller's stream slots until it ends (however it ends).
    */
   limits?: CallLimiter;
+  /**
+   * Revoked certificates and tokens (services/auth/revocations.ts). A call whose client certificate is revoked fails
+   * UNAUTHENTICATED (`auth.certificate_revoked`) before anything else, whatever token it carries; an open stream whose
+   * certificate or token is revoked is ended with UNAUTHENTICATED as soon as the list learns of it.
+   */
+  revocations?: CredentialRevocations;
 }
 
 /**
@@ -93,8 +99,15 @@ function carrierOf(md: Metadata): Record<string, string> {
   return out;
 }
 
-/** Sees each finished unary call (the audit log, lib/audit.ts); one per server, set with `observeCalls` before `addService`. */
-export type CallObserver = (call: { path: string; request: unknown; ctx: CallContext; code: number; details: string; traceId: string }) => void;
+/**
+ * Sees each finished unary call, and each call refused before its handler ran (`refused`: no or a revoked credential,
+ * not authorized, over a limit) or a stream ended because its credential was revoked, of any method (the audit log,
+ * lib/audit.ts); one per server, set with `observeCalls` before `addService`. `response` is an OK unary call's answer;
+ * `peer` the caller's address.
+ */
+export type CallObserver = (call: {
+  path: string; request: unknown; ctx: CallContext; code: number; details: string; traceId: string; refused?: boolean; peer?: string; response?: unknown;
+}) => void;
 const observers = new WeakMap<Server, CallObserver>();
 export const observeCalls = (server: Server, observer: CallObserver) => void observers.set(server, observer);
 /** The server's call observer, for calls it serves other than through grpc-js (the HTTP/JSON gateway). */
@@ -113,7 +126,11 @@ function observed(server: Server, path: string, handler: (req: unknown, ctx: Cal
     };
     try {
       const response = await (handler(req, ctx) as Promise<unknown>);
-      report(status.OK, '');
+      try {
+        observers.get(server)?.({ path, request: req, ctx, code: status.OK, details: '', traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', response });
+      } catch (err) {
+        ctx.logger.error('call observer failed', { err });
+      }
       return response;
     } catch (err) {
       const { error } = toServiceError(err);
@@ -137,6 +154,51 @@ export type UnaryMethods = Map<string, (request: Buffer, metadata: Metadata, sig
 
 /** Fails (with the error to answer) when the caller may not make the call. */
 type Authorize = (request: unknown, identity: Identity) => Promise<void>;
+/** Reports a call refused before its handler ran (to the server's observer). */
+type Refused = (ctx: CallContext, code: number, details: string) => void;
+
+/** An open server stream, as the revocation sweep sees it: what it was opened with, and how to end it. */
+interface OpenStream {
+  serial: string | null;
+  tokenKeyId: string | null;
+  end(details: string, code: string): void;
+}
+const openStreamsOf = new WeakMap<Server, Set<OpenStream>>();
+const stopSweepOf = new WeakMap<Server, () => void>();
+
+/** Ends every open stream of `server` whose certificate or token `revocations` now refuses. */
+function sweepRevoked(streams: Set<OpenStream>, revocations: CredentialRevocations): void {
+  for (const s of [...streams]) {
+    const why = s.serial !== null ? revocations.certificate(s.serial) : null;
+    if (why !== null) {
+      s.end(why, 'auth.certificate_revoked');
+      continue;
+    }
+    const tokenWhy = s.tokenKeyId !== null ? revocations.token(s.tokenKeyId) : null;
+    if (tokenWhy !== null) s.end(tokenWhy, 'auth.invalid_token');
+  }
+}
+
+/** The context of a refused call, as the identity its revoked certificate names when that is why (else as it is). */
+const presentedBy = (ctx: CallContext, err: unknown): CallContext => {
+  const presented = (err as { presented?: Identity }).presented;
+  return presented ? { ...ctx, identity: presented } : ctx;
+};
+
+/** A call's peer address ("127.0.0.1:53122"; a unix socket's path), for the audit log. */
+const peerOf = (call: { getPeer(): string }): string => {
+  try {
+    return call.getPeer().replace(/^ipv[46]:/, '');
+  } catch {
+    return '';
+  }
+};
+
+/** A call's peer certificate serial (canonical), or null without one. */
+const serialOf = (auth: ReturnType<IdentifiableCall['getAuthContext']>): string | null => {
+  const serial = (auth?.sslPeerCertificate as { serialNumber?: string } | undefined)?.serialNumber;
+  return serial ? canonicalSerial(serial) : null;
+};
 
 /** Runs one unary handler: a span parented by the caller's trace context, and errors mapped through the one table. */
 function runUnary(
@@ -148,18 +210,22 @@ function runUnary(
   signal: () => AbortSignal,
   identify: () => Identity | Promise<Identity>,
   authorize: Authorize | null,
+  refused?: Refused,
 ): Promise<UnaryOutcome> {
   const parent = extractContext(carrierOf(metadata));
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
+    // The signal is made only for a handler that asks for it (most unary ones never do).
+    const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
+    let admitted = false;
     try {
-      const identity = await identify();
-      // The signal is made only for a handler that asks for it (most unary ones never do).
-      const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity, requestId: requestIdOf(metadata) };
-      if (authorize) await authorize(request, identity);
+      ctx.identity = await identify();
+      if (authorize) await authorize(request, ctx.identity);
+      admitted = true;
       const response = await (handler(request, ctx) as Promise<unknown>);
       return { ok: true as const, response };
     } catch (err) {
       const { error, expected } = toServiceError(err);
+      if (!admitted) refused?.(presentedBy(ctx, err), error.code ?? status.UNKNOWN, error.details ?? '');
       if (expected) log.debug('rejected', { code: error.code, details: error.details });
       else log.error('failed', { err });
       span.setAttribute('rpc.grpc.status_code', error.code ?? status.UNKNOWN);
@@ -187,8 +253,23 @@ export function addService<D extends ServiceDefinition>(
 ): void {
   const { unaryMethods, lookups } = options;
   const access = accessOf.get(server) ?? {};
+  const { revocations } = access;
   // A bearer token's identity, else the verified client certificate's, unless the server was given another way.
-  const identify = access.identify ?? ((call: IdentifiableCall) => identifyCaller(call, access.tokens));
+  const identifyCall = access.identify ?? ((call: IdentifiableCall) => identifyCaller(call, access.tokens));
+  /**
+   * The caller's identity, after its certificate is checked against the revoked ones (a revoked certificate fails the
+   * call whatever token it carries: it is the transport's credential). The peer certificate is read once per call.
+   */
+  const identify = (call: IdentifiableCall): { serial: string | null; identity: Identity | Promise<Identity> } => {
+    const auth = call.getAuthContext();
+    const serial = serialOf(auth);
+    if (serial !== null && revocations) {
+      const why = revocations.certificate(serial);
+      // The refusal is audited as the certificate's identity: whose revoked key is still in use, and from where.
+      if (why !== null) throw Object.assign(new DomainError('auth.certificate_revoked', 'unauthenticated', why), { presented: peerIdentity({ getAuthContext: () => auth }) });
+    }
+    return { serial, identity: identifyCall({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth }) };
+  };
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
@@ -200,6 +281,14 @@ export function addService<D extends ServiceDefinition>(
         limits?.admitCall(identity);
       }
       : null;
+    /** Tells the server's observer (the audit log) of a call refused before its handler, or of a stream ended for a revoked credential. */
+    const refusedBy = (call: { request: unknown; getPeer(): string }): Refused => (ctx, code, details) => {
+      try {
+        observers.get(server)?.({ path: method.path, request: call.request, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', refused: true, peer: peerOf(call) });
+      } catch (err) {
+        ctx.logger.error('call observer failed', { err });
+      }
+    };
     if (method.responseStream) {
       impl[name] = (call: ServerWritableStream<unknown, unknown>) => {
         const ac = new AbortController();
@@ -207,16 +296,41 @@ export function addService<D extends ServiceDefinition>(
         call.on('close', () => ac.abort());
         // The caller's stream slot, once taken: freed when the handler is done or the call ends, whichever is first.
         let releaseSlot = () => {};
+        let unregister = () => {};
+        const refused = refusedBy(call);
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
+          const ctx: CallContext = { signal: ac.signal, logger: log, metadata: call.metadata, identity: NO_IDENTITY, requestId: requestIdOf(call.metadata) };
+          let admitted = false;
           try {
-            const identity = await identify(call);
-            if (authorize) await authorize(call.request, identity);
+            const { serial, identity } = identify(call);
+            ctx.identity = await identity;
+            if (authorize) await authorize(call.request, ctx.identity);
             if (limits && !ac.signal.aborted) {
-              releaseSlot = limits.openStream(identity);
+              releaseSlot = limits.openStream(ctx.identity);
               ac.signal.addEventListener('abort', releaseSlot, { once: true });
             }
-            for await (const msg of handler(call.request, { signal: ac.signal, logger: log, metadata: call.metadata, identity, requestId: requestIdOf(call.metadata) }) as AsyncIterable<unknown>) {
+            admitted = true;
+            // Watched while open: revoking its certificate or its token ends it (sweepRevoked).
+            const streams = openStreamsOf.get(server);
+            if (streams && !ac.signal.aborted) {
+              const secret = ctx.identity.kind === 'token' ? bearerSecretOf(call.metadata.get('authorization')[0]) : null;
+              const open: OpenStream = {
+                serial, tokenKeyId: secret ? secret.split('.')[0]! : null,
+                end(details, code) {
+                  if (ac.signal.aborted) return;
+                  const { error } = toServiceError(new DomainError(code, 'unauthenticated', `stream ended: ${details}`));
+                  log.info('stream ended: its credential was revoked', { details });
+                  refused(ctx, status.UNAUTHENTICATED, error.details ?? '');
+                  call.emit('error', error);
+                  ac.abort();
+                },
+              };
+              streams.add(open);
+              unregister = () => streams.delete(open);
+              ac.signal.addEventListener('abort', unregister, { once: true });
+            }
+            for await (const msg of handler(call.request, ctx) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).
               if (!call.write(msg)) await whenDrainedOrAborted(call, ac.signal);
@@ -225,9 +339,11 @@ export function addService<D extends ServiceDefinition>(
           } catch (err) {
             if (ac.signal.aborted) return;
             const { error, expected } = toServiceError(err);
+            if (!admitted) refused(presentedBy(ctx, err), error.code ?? status.UNKNOWN, error.details ?? '');
             if (!expected) log.error('stream failed', { err });
             call.emit('error', error);
           } finally {
+            unregister();
             releaseSlot();
             span.end();
           }
@@ -253,7 +369,7 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, () => identify(call), authorize).then((outcome) => {
+        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, () => identify(call).identity, authorize, refusedBy(call)).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -319,11 +435,18 @@ export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALI
     'grpc.keepalive_permit_without_calls': 1,
   });
   accessOf.set(server, access);
+  if (access.revocations) {
+    const streams = new Set<OpenStream>();
+    openStreamsOf.set(server, streams);
+    const revocations = access.revocations;
+    stopSweepOf.set(server, revocations.subscribe(() => sweepRevoked(streams, revocations)));
+  }
   return server;
 }
 
 /** Stops accepting calls, ends streams, and waits for in-flight calls (up to graceMs). */
 export function shutdownServer(server: Server, graceMs = 2000): Promise<void> {
+  stopSweepOf.get(server)?.();
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       server.forceShutdown();

@@ -1,4 +1,3 @@
-import { getSystemErrorName } from 'node:util';
 import { GrpcStatus, statusName } from './status.js';
 import { encodeFrame, MAGIC, metadataOf, readFrame } from './unary-frames.js';
 
@@ -7,9 +6,10 @@ import { encodeFrame, MAGIC, metadataOf, readFrame } from './unary-frames.js';
  * for every module it loads and every round trip it makes. It speaks Weft's unary frames (unary-frames.ts) on a plain
  * unix-socket connection: the server's method path, the same protobuf messages, metadata (e.g. `traceparent`) and
  * deadline, and the answer's gRPC status, message and trailing metadata. The node agent serves them beside gRPC on
- * the same socket (frame-server.ts). The connection is libuv's pipe handle used directly where Node offers it, else
- * `node:net` (connectUnixSocket). Loading `node:http2` and opening an HTTP/2 session for the call cost about
- * 20 ms of each ADD; grpc-js about 80 ms before that. Everything else in Weft uses grpc-js through client.ts.
+ * the same socket (frame-server.ts). The connection is a `node:net` socket, the module loaded only when a call is
+ * made (public APIs only: the plugin runs on whatever Node the host has). Loading `node:http2` and opening an HTTP/2
+ * session for the call cost about 20 ms of each ADD; grpc-js about 80 ms before that. Everything else in Weft uses
+ * grpc-js through client.ts.
  * What it does not do: streaming, compression, TLS, retries, keepalive, connection reuse.
  *
  * Failures are GrpcCallError with the code grpc-js would give for the same event, so callers map them as before:
@@ -40,12 +40,6 @@ export interface UnaryCall<Req, Res> {
   metadata?: Readonly<Record<string, string>>;
   /** Largest response message accepted (grpc-js's default receive limit: 4 MiB). */
   maxResponseBytes?: number;
-  /**
-   * 'pipe': Node's pipe handle directly where its bindings are offered (`node:net` otherwise); 'net' (the default):
-   * `node:net`. The pipe handle is Node's internals: only a caller that knows it runs on the Node it was tested with
-   * asks for it (weft-cni, on the Node it was built with).
-   */
-  transport?: 'pipe' | 'net';
 }
 
 /** Trailing metadata of a failed call, readable like grpc-js's Metadata (`get(key)` returns the values). */
@@ -127,7 +121,7 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
       }
     };
 
-    socket = (call.transport === 'pipe' ? connectUnixSocket : connectWithNet)(call.socketPath, {
+    socket = connectUnixSocket(call.socketPath, {
       connected: () => {
         connected = true;
         call.onConnected?.();
@@ -168,134 +162,11 @@ interface Connection {
   destroy(): void;
 }
 
-/** The internal bindings behind `node:net`'s unix sockets, or null when this Node does not offer them as expected. */
-type PipeBindings = {
-  Pipe: new (type: number) => PipeHandle;
-  PipeConnectWrap: new () => { oncomplete?: (status: number) => void };
-  SOCKET: number;
-  WriteWrap: new () => { handle?: PipeHandle; oncomplete?: (status: number) => void; async?: boolean };
-  state: Int32Array;
-  kReadBytesOrError: number;
-  kArrayBufferOffset: number;
-};
-interface PipeHandle {
-  connect(req: object, path: string): number;
-  readStart(): number;
-  writeBuffer(req: object, data: Buffer): number;
-  close(): void;
-  onread: (buffer: ArrayBuffer | undefined) => void;
-}
-let pipeBindings: PipeBindings | null | undefined;
-function loadPipeBindings(): PipeBindings | null {
-  if (pipeBindings !== undefined) return pipeBindings;
-  pipeBindings = null;
-  try {
-    const binding = (process as unknown as { binding?: (name: string) => Record<string, unknown> }).binding;
-    if (typeof binding !== 'function') return null;
-    const pipe = binding('pipe_wrap') as { Pipe?: unknown; PipeConnectWrap?: unknown; constants?: { SOCKET?: unknown } };
-    const stream = binding('stream_wrap') as { WriteWrap?: unknown; streamBaseState?: unknown; kReadBytesOrError?: unknown; kArrayBufferOffset?: unknown };
-    if (typeof pipe.Pipe !== 'function' || typeof pipe.PipeConnectWrap !== 'function' || typeof pipe.constants?.SOCKET !== 'number') return null;
-    if (typeof stream.WriteWrap !== 'function' || !(stream.streamBaseState instanceof Int32Array)) return null;
-    if (typeof stream.kReadBytesOrError !== 'number' || typeof stream.kArrayBufferOffset !== 'number') return null;
-    const proto = (pipe.Pipe as { prototype: Record<string, unknown> }).prototype;
-    if (!['connect', 'readStart', 'writeBuffer', 'close'].every((m) => typeof proto[m] === 'function')) return null;
-    pipeBindings = {
-      Pipe: pipe.Pipe as PipeBindings['Pipe'], PipeConnectWrap: pipe.PipeConnectWrap as PipeBindings['PipeConnectWrap'], SOCKET: pipe.constants.SOCKET,
-      WriteWrap: stream.WriteWrap as PipeBindings['WriteWrap'], state: stream.streamBaseState,
-      kReadBytesOrError: stream.kReadBytesOrError, kArrayBufferOffset: stream.kArrayBufferOffset,
-    };
-  } catch {
-    pipeBindings = null;
-  }
-  return pipeBindings;
-}
-
-const UV_EOF = -4095;
-const uvError = (status: number, syscall: string, path: string) => {
-  let name: string;
-  try {
-    name = getSystemErrorName(status);
-  } catch {
-    name = `error ${status}`;
-  }
-  return Object.assign(new Error(`${syscall} ${name} ${path}`), { code: name, errno: status, syscall });
-};
-
 /**
- * Connects to a unix socket through the handle `node:net` itself uses (libuv's pipe, from Node's `pipe_wrap` and
- * `stream_wrap` bindings), without `node:net`: loading it and the stream modules behind it, and building a
- * `net.Socket`, cost the plugin about 4 ms of every ADD (cni/DESIGN.md, "Start-up"), for one write and a few reads.
- * The bindings are Node's internals (reached through the deprecated `process.binding`), so they are checked for
- * everything used here, and a Node without them gets `node:net` (connectWithNet) instead.
+ * The connection, through `node:net`, loaded on the first call only: a plugin run that makes no call (VERSION, a bad
+ * config) never loads it.
  */
 function connectUnixSocket(path: string, on: ConnectionEvents): Connection {
-  const b = loadPipeBindings();
-  if (!b) return connectWithNet(path, on);
-  const handle = new b.Pipe(b.SOCKET);
-  let open = true;
-  let connected = false;
-  let pending: Buffer[] = [];
-  const inFlight = new Set<object>(); // write requests, kept alive until they complete
-  const close = () => {
-    if (!open) return;
-    open = false;
-    handle.onread = () => {}; // Node asserts (and aborts) when this is anything but a function
-    handle.close();
-  };
-  const failed = (err: Error) => {
-    if (!open) return;
-    close();
-    on.error(err);
-  };
-  const send = (data: Buffer) => {
-    const req = new b.WriteWrap();
-    req.handle = handle;
-    req.async = false;
-    req.oncomplete = (status) => {
-      inFlight.delete(req);
-      if (status < 0) failed(uvError(status, 'write', path));
-    };
-    inFlight.add(req);
-    const err = handle.writeBuffer(req, data);
-    if (err < 0) {
-      inFlight.delete(req);
-      failed(uvError(err, 'write', path));
-    }
-  };
-  const connect = new b.PipeConnectWrap();
-  connect.oncomplete = (status) => {
-    if (!open) return;
-    if (status < 0) return failed(uvError(status, 'connect', path));
-    connected = true;
-    handle.onread = (buffer) => {
-      const n = b.state[b.kReadBytesOrError]!;
-      if (n > 0 && buffer) return on.data(Buffer.from(buffer, b.state[b.kArrayBufferOffset]!, n));
-      if (n === UV_EOF) {
-        close();
-        return on.closed();
-      }
-      if (n < 0) failed(uvError(n, 'read', path));
-    };
-    const err = handle.readStart();
-    if (err < 0) return failed(uvError(err, 'read', path));
-    on.connected();
-    const queued = pending;
-    pending = [];
-    for (const data of queued) if (open) send(data);
-  };
-  const err = handle.connect(connect, path);
-  if (err < 0) {
-    // Reported as net.Socket does: after this call has returned.
-    setImmediate(() => failed(uvError(err, 'connect', path)));
-  }
-  return {
-    write: (data) => (connected ? send(data) : void pending.push(data)),
-    destroy: close,
-  };
-}
-
-/** The same connection through `node:net`, loaded only here. */
-function connectWithNet(path: string, on: ConnectionEvents): Connection {
   let socket: import('node:net').Socket | undefined;
   let destroyed = false;
   const pending: Buffer[] = [];

@@ -6,10 +6,12 @@ import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { trace } from '@opentelemetry/api';
 import { requestIdOf, whenDrainedOrAborted, type CallContext, type CallObserver, type Handlers } from '../grpc/server.js';
-import { bearerSecretOf, NO_IDENTITY, type Identity } from '../auth/identity.js';
+import { bearerSecretOf, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { toServiceError } from '../grpc/errors.js';
 import { DomainError } from '../errors.js';
+import type { CallLimiter } from '../auth/limits.js';
+import { RETRY_AFTER_KEY } from '../grpc/status.js';
 
 /**
  * The same API over HTTP with JSON, from the same handlers as gRPC: `POST /<package>.<Service>/<Method>` with the
@@ -44,8 +46,15 @@ export interface GatewayAccess {
   tokens?: (secret: string) => Promise<Identity>;
   /** What the service's rules look up (which node holds a handle), as given to addService. */
   lookups?: AccessLookups;
-  /** Sees each finished unary call (the audit log): the gRPC server's observer. */
+  /** Sees each finished unary call, and each refused call (the audit log): the gRPC server's observer. */
   observe?: CallObserver;
+  /**
+   * Limits per identity, the gRPC server's own (lib/auth/limits.ts), so a token's calls over HTTP and over gRPC draw
+   * on one budget: past its rate a call gets 429 with `Retry-After` (seconds) and a JSON error; a stream holds a slot.
+   */
+  limits?: CallLimiter;
+  /** Revoked tokens (services/auth/revocations.ts): a stream whose token is revoked is ended. */
+  revocations?: CredentialRevocations;
 }
 
 /** The identity of an HTTP request: its bearer token's, else none; a bad token fails (UNAUTHENTICATED). */
@@ -73,10 +82,14 @@ export function createJsonGateway<D extends ServiceDefinition>(
     routes.set(method.path, { name, path: method.path, stream: Boolean(method.responseStream), request, response });
   }
 
-  const fail = (res: http.ServerResponse, code: status, message: string, errorCode = '') => {
+  const fail = (res: http.ServerResponse, code: status, message: string, errorCode = '', retryAfterMs = 0) => {
     if (res.headersSent) return void res.end();
-    res.writeHead(httpStatus[code] ?? 500, { 'content-type': 'application/json', ...(code === status.UNAUTHENTICATED ? { 'www-authenticate': 'Bearer' } : {}) });
-    res.end(JSON.stringify({ code: status[code], message, errorCode }) + '\n');
+    res.writeHead(httpStatus[code] ?? 500, {
+      'content-type': 'application/json',
+      ...(code === status.UNAUTHENTICATED ? { 'www-authenticate': 'Bearer' } : {}),
+      ...(retryAfterMs > 0 ? { 'retry-after': String(Math.ceil(retryAfterMs / 1000)) } : {}),
+    });
+    res.end(JSON.stringify({ code: status[code], message, errorCode, ...(retryAfterMs > 0 ? { retryAfterMs } : {}) }) + '\n');
   };
 
   return (req, res) => {
@@ -128,31 +141,50 @@ export function createJsonGateway<D extends ServiceDefinition>(
       const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
       const handler = (handlers as Record<string, (r: unknown, c: CallContext) => unknown>)[route.name]!;
       let authorized = false;
-      const report = (code: number, details: string) => {
-        if (!authorized || route.stream || !access.observe) return;
+      const peer = `${req.socket.remoteAddress ?? ''}:${req.socket.remotePort ?? ''}`;
+      // Unary calls once authorized, and every call refused before its handler (no or a bad token, forbidden, over its rate).
+      const report = (code: number, details: string, response?: unknown) => {
+        if ((authorized && route.stream) || !access.observe) return;
         try {
-          access.observe({ path: route.path, request: input, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '' });
+          access.observe({ path: route.path, request: input, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', refused: !authorized, peer, response });
         } catch (err) {
           ctx.logger.error('call observer failed', { err });
         }
       };
+      let releaseSlot = () => {};
       void tracer().startActiveSpan(`HTTP ${req.url}`, { kind: SpanKind.SERVER }, extractContext(headers), async (span) => {
         try {
           // No client certificate over HTTP: the bearer token is the identity, or none (refused: 401).
           ctx.identity = await identifyRequest(req.headers.authorization, access);
           await ensureAuthorized(route.path, ctx.identity, input, access.lookups);
+          access.limits?.admitCall(ctx.identity);
+          if (route.stream && access.limits) releaseSlot = access.limits.openStream(ctx.identity);
           authorized = true;
           if (route.stream) {
             res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-            for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
-              if (ac.signal.aborted) break;
-              // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
-              if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
+            // A stream whose token is revoked while it runs ends with a last line saying so (its status was sent already).
+            const keyId = bearerSecretOf(req.headers.authorization)?.split('.')[0] ?? '';
+            const unsubscribe = access.revocations?.subscribe(() => {
+              const why = keyId ? access.revocations!.token(keyId) : null;
+              if (why === null || ac.signal.aborted) return;
+              authorized = false;
+              report(status.UNAUTHENTICATED, `stream ended: ${why}`);
+              res.end(JSON.stringify({ code: 'UNAUTHENTICATED', message: `stream ended: ${why}`, errorCode: 'auth.invalid_token' }) + '\n');
+              ac.abort();
+            }) ?? (() => {});
+            try {
+              for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
+                if (ac.signal.aborted) break;
+                // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
+                if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
+              }
+            } finally {
+              unsubscribe();
             }
-            res.end();
+            if (!ac.signal.aborted) res.end();
           } else {
             const out = await (handler(input, ctx) as Promise<unknown>);
-            report(status.OK, '');
+            report(status.OK, '', out);
             res.writeHead(200, { 'content-type': 'application/json' });
             res.end(JSON.stringify(route.response.toJSON(out)) + '\n');
           }
@@ -160,8 +192,9 @@ export function createJsonGateway<D extends ServiceDefinition>(
           const { error, expected } = toServiceError(err);
           if (!expected) ctx.logger.error('failed', { err });
           report(error.code ?? status.INTERNAL, error.details ?? '');
-          fail(res, error.code ?? status.INTERNAL, error.details ?? 'internal error', String(error.metadata?.get('weft-error-code')[0] ?? ''));
+          fail(res, error.code ?? status.INTERNAL, error.details ?? 'internal error', String(error.metadata?.get('weft-error-code')[0] ?? ''), Number(error.metadata?.get(RETRY_AFTER_KEY)[0] ?? 0));
         } finally {
+          releaseSlot();
           span.end();
         }
       });

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { agreesWithTarget, concernsOverlay, MAIN_TABLE, type OverlayView } from './kernel-events.js';
+import { RT_TABLE_MAIN as MAIN_TABLE } from '../../lib/net/netlink-constants.js';
+import { agreesWithTarget, concernsOverlay, type OverlayView } from './kernel-events.js';
 import { computeDesired } from './desired.js';
 
 const view: OverlayView = { deviceName: 'weft.vxlan', ifindex: 7, underlayIfindex: 3, routeProtocol: 87, routeCidrs: new Set(['10.244.1.0/26']) };

@@ -5,6 +5,7 @@
  * concerns the overlay and disagrees with the agent's target causes a pass, which reads the kernel back and plans the
  * difference.
  */
+import { RT_TABLE_MAIN } from '../../lib/net/netlink-constants.js';
 import type { KernelState } from './desired.js';
 
 export type KernelEvent =
@@ -35,8 +36,6 @@ export interface OverlayView {
   target?: KernelState | null;
 }
 
-export const MAIN_TABLE = 254;
-
 /**
  * True when a notification agrees with the state the agent is bringing the kernel to: an entry announced exactly as
  * the target has it (route: same destination, Weft's protocol, gateway and device; neighbour: same address and MAC,
@@ -51,7 +50,7 @@ export function agreesWithTarget(e: KernelEvent, view: OverlayView): boolean {
   if (!target) return false;
   switch (e.kind) {
     case 'route': {
-      if (e.op === undefined || e.table !== MAIN_TABLE) return false;
+      if (e.op === undefined || e.table !== RT_TABLE_MAIN) return false;
       const want = target.routes.get(e.cidr);
       if (e.op === 'del') return want === undefined;
       if (!want || e.protocol !== view.routeProtocol || e.gateway !== want.gateway) return false;
@@ -92,7 +91,7 @@ export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
     case 'address':
       return false;
     case 'route':
-      if (e.table !== MAIN_TABLE) return false;
+      if (e.table !== RT_TABLE_MAIN) return false;
       if (view.routeCidrs.has(e.cidr)) return true;
       return e.protocol === view.routeProtocol && e.oif !== null && (e.oif === view.ifindex || e.oif === view.underlayIfindex);
   }

@@ -1,3 +1,4 @@
+import { forEachBounded } from '../../lib/bounded-concurrency.js';
 import type { KernelTable } from './table.js';
 
 /**
@@ -67,19 +68,6 @@ export interface Dataplane {
   driver<V>(kind: string): Driver<V>;
   /** Changes still pending in the given kinds (default: all), held and failed ones included. */
   pending(kinds?: readonly string[]): number;
-}
-
-/** Runs `fn` over `items` with at most `limit` calls outstanding. */
-export async function forEachBounded<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 export function createDataplane(opts: {

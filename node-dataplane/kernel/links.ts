@@ -1,4 +1,5 @@
 import { run } from '../../lib/exec.js';
+import { isNotFound } from './kernel-errors.js';
 
 /** Link-level operations through iproute2's JSON interface (device creation and pod plumbing; see DESIGN.md). */
 export interface LinkInfo {
@@ -21,7 +22,7 @@ export async function showLink(name: string, nsPath?: string): Promise<LinkInfo 
     const out = await ip(['-j', '-d', 'link', 'show', 'dev', name], { nsPath });
     return (JSON.parse(out) as LinkInfo[])[0] ?? null;
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return null;
+    if (isNotFound(err)) return null;
     throw err;
   }
 }
@@ -35,7 +36,7 @@ export async function deleteLink(name: string, nsPath?: string): Promise<void> {
   try {
     await ip(['link', 'del', 'dev', name], { nsPath });
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return;
+    if (isNotFound(err)) return;
     throw err;
   }
 }

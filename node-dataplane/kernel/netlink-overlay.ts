@@ -1,6 +1,8 @@
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { formatAddress, parseAddress } from '../../lib/net/ip.js';
+import { AF_BRIDGE, AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTNH_F_ONLINK } from '../../lib/net/netlink-constants.js';
+import { isNotFound } from './kernel-errors.js';
 import type { Logger } from '../../lib/logger.js';
 import type { FdbEntry, NeighbourEntry, RouteEntry } from '../domain/desired.js';
 import type { KernelAccess } from '../kernel-table/dataplane.js';
@@ -13,13 +15,6 @@ const { createRtNetlink, rt } = netlinkPkg;
  * FDB entries live on the VXLAN device. Nothing else is read or touched. How many requests are in flight is the
  * dataplane's business (kernel-table/dataplane.ts: the netlink package aborts near 512).
  */
-const AF_INET = 2;
-const AF_INET6 = 10;
-const AF_BRIDGE = 7;
-const NLM_F_REPLACE = 0x100;
-const NLM_F_CREATE = 0x400;
-const RTNH_F_ONLINK = 4;
-const MAIN_TABLE = 254;
 
 /** An address as the kernel takes it: 4 or 16 bytes, network order. */
 export const ipBuf = (ip: string) => {
@@ -37,16 +32,13 @@ export const bufIp = (b: Buffer) => {
 };
 const familyOf = (ip: string) => (ip.includes(':') ? AF_INET6 : AF_INET);
 const macBuf = (mac: string) => Buffer.from(mac.split(':').map((h) => parseInt(h, 16)));
-const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+/** The kernel's 6-byte MAC address as text (lower-case, colon-separated). */
+export const bufMac = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
 /** A route's protocol as a number: the package names the well-known ones (12 arrives as 'BIRD'). */
 export function routeProtocolNumber(p: number | string | undefined): number {
   if (typeof p === 'number') return p;
   return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
-}
-
-function isNotFound(err: unknown): boolean {
-  return /ENOENT|ESRCH|ENODEV/.test(String((err as Error)?.message));
 }
 
 /** Interface indexes of the devices Weft's entries live on (the VXLAN device's: null while it does not exist). */
@@ -132,7 +124,7 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
         for (const r of await nl.getRoutes({ family })) {
           if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
           if ((vxlan === null || r.attrs.oif !== vxlan) && r.attrs.oif !== underlay) continue;
-          if ((r.attrs.table ?? r.data.table) !== MAIN_TABLE) continue;
+          if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN) continue;
           const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
           out.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === vxlan ? 'vxlan' : 'direct' });
         }
@@ -144,7 +136,7 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
     async write(_key, e) {
       const [base, len] = e.cidr.split('/');
       const oif = e.mode === 'direct' ? opts.devices().underlay : vxlanIndex();
-      const data = { family: familyOf(base!), dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
+      const data = { family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
       await nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
     },
     async remove(_key, e) {
@@ -153,7 +145,7 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
       const oif = e.mode === 'direct' ? devices.underlay : devices.vxlan;
       // Without the device its routes are gone with it.
       if (oif === null) return;
-      await removing(nl.delRoute({ family: familyOf(base!), dstLen: Number(len), table: MAIN_TABLE, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
+      await removing(nl.delRoute({ family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
     },
   };
 

@@ -7,8 +7,13 @@ import type { HostLink } from '../domain/garbage-collection.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { run } from '../../lib/exec.js';
+import { isNotFound } from './kernel-errors.js';
 import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 import { ipBuf } from './netlink-overlay.js';
+import {
+  AF_INET, AF_INET6, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_MTU, IFLA_NET_NS_FD, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+  RT_SCOPE_LINK, RT_TABLE_MAIN, VETH_INFO_PEER,
+} from '../../lib/net/netlink-constants.js';
 
 /**
  * The pod side of an attachment: a veth pair whose pod end is created directly inside the pod's namespace under
@@ -223,19 +228,6 @@ export async function attachPod(opts: {
   }
 }
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const RT_SCOPE_LINK = 253;
-const MAIN_TABLE = 254;
-const NLM_F_REPLACE = 0x100;
-const NLM_F_EXCL = 0x200;
-const NLM_F_CREATE = 0x400;
-const IFLA_IFNAME = 3;
-const IFLA_MTU = 4;
-const IFLA_NET_NS_FD = 28;
-const IFLA_INFO_KIND = 1;
-const IFLA_INFO_DATA = 2;
-const VETH_INFO_PEER = 1;
 let rtnl: RtNetlinkSocket | undefined;
 
 /**
@@ -291,7 +283,7 @@ async function deleteHostLink(name: string): Promise<void> {
   try {
     await podNetlink().delLink({}, { ifname: name });
   } catch (err) {
-    if (/ENODEV|ENOENT/.test(String((err as Error).message))) return;
+    if (isNotFound(err)) return;
     throw err;
   }
 }
@@ -304,7 +296,7 @@ async function addHostRoute(host: string, address: string, routeProtocol: number
   const oif = Number(readFileSync(classNet(paths, host, 'ifindex'), 'utf8'));
   const v6 = address.includes(':');
   await podNetlink().newRoute(
-    { family: v6 ? AF_INET6 : AF_INET, dstLen: v6 ? 128 : 32, table: MAIN_TABLE, protocol: routeProtocol, scope: v6 ? 'UNIVERSE' : 'LINK', type: 'UNICAST' },
+    { family: v6 ? AF_INET6 : AF_INET, dstLen: v6 ? 128 : 32, table: RT_TABLE_MAIN, protocol: routeProtocol, scope: v6 ? 'UNIVERSE' : 'LINK', type: 'UNICAST' },
     { dst: ipBuf(address), oif },
     { flags: NLM_F_CREATE | NLM_F_REPLACE },
   );
@@ -380,7 +372,7 @@ async function showLinkWithAddresses(name: string, nsPath?: string): Promise<Lin
   try {
     return (JSON.parse(await ip(['-j', '-d', 'addr', 'show', 'dev', name], { nsPath })) as LinkInfo[])[0] ?? null;
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return null;
+    if (isNotFound(err)) return null;
     throw err;
   }
 }
@@ -391,7 +383,7 @@ async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4, ta
   try {
     out = await ip(['-j', `-${family}`, 'route', 'show', 'table', table, 'dev', dev], { nsPath });
   } catch (err) {
-    if (/does not exist|Cannot find device/.test((err as Error).message)) return [];
+    if (isNotFound(err)) return [];
     throw err;
   }
   const routes = JSON.parse(out || '[]') as { dst: string; gateway?: string; scope?: string; protocol?: string | number }[];

@@ -1,4 +1,4 @@
-import { createBackoff } from '../../lib/backoff.js';
+import { createBackoff, sleep } from '../../lib/backoff.js';
 import type { Logger } from '../../lib/logger.js';
 
 /**
@@ -30,7 +30,7 @@ export function followStream<T>(deps: {
       }
       const delay = backoff.next();
       if (broken) deps.logger.warn(deps.brokenMessage, { err: (broken as Error).message, backoffMs: delay });
-      await new Promise((r) => setTimeout(r, delay));
+      await sleep(delay, deps.signal);
     }
   })();
 }

@@ -1,8 +1,12 @@
 import netlinkPkg from 'netlink';
 import type { rt } from 'netlink';
 import type { Logger } from '../../lib/logger.js';
+import {
+  AF_BRIDGE, AF_INET, AF_INET6, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
+  RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_LINK, RTNLGRP_NEIGH,
+} from '../../lib/net/netlink-constants.js';
 import { agreesWithTarget, concernsOverlay, type EventOp, type KernelEvent, type OverlayView } from '../domain/kernel-events.js';
-import { bufIp, routeProtocolNumber } from '../kernel/netlink-overlay.js';
+import { bufIp, bufMac, routeProtocolNumber } from '../kernel/netlink-overlay.js';
 
 const { createNetlink, Protocol, rt: rtStructs } = netlinkPkg;
 
@@ -15,16 +19,11 @@ const { createNetlink, Protocol, rt: rtStructs } = netlinkPkg;
  * buffer overflowed) or one cannot be parsed, `onLost` is called: events may have been missed, so the caller should
  * run a full pass.
  */
-const AF_INET = 2;
-const AF_INET6 = 10;
-const AF_BRIDGE = 7;
 const RECV_BUFFER_BYTES = 4 << 20;
-/** rtnetlink message types: the notifications that announce an entry and those that remove one. */
-const NEW_TYPES = new Set([16, 20, 24, 28]); // NEWLINK, NEWADDR, NEWROUTE, NEWNEIGH
-const DEL_TYPES = new Set([17, 21, 25, 29]); // DELLINK, DELADDR, DELROUTE, DELNEIGH
-/** rtnetlink multicast groups (linux/rtnetlink.h): RTNLGRP_LINK 1, NEIGH 3, IPV4_IFADDR 5, IPV4_ROUTE 7, IPV6_ROUTE 11. */
-const GROUPS = [1, 3, 5, 7, 11];
-const macText = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+const NEW_TYPES = new Set([RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH]);
+const DEL_TYPES = new Set([RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH]);
+/** The notifications followed: links, neighbours and FDB entries, IPv4 addresses, IPv4 and IPv6 routes. */
+const GROUPS = [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE];
 
 export interface KernelWatch {
   close(): void;
@@ -51,7 +50,7 @@ export function toKernelEvent(m: rt.Message, type?: number): KernelEvent | null 
       const e: KernelEvent = { kind: 'neighbour', family, ifindex: m.data.ifindex, permanent: m.data.state?.permanent === true };
       if (op) {
         const dst = m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16) ? bufIp(m.attrs.dst) : null;
-        Object.assign(e, { op, ip: dst, mac: m.attrs.lladdr ? macText(m.attrs.lladdr) : null });
+        Object.assign(e, { op, ip: dst, mac: m.attrs.lladdr ? bufMac(m.attrs.lladdr) : null });
       }
       return e;
     }

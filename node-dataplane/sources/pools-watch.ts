@@ -1,4 +1,4 @@
-import { createBackoff } from '../../lib/backoff.js';
+import { createBackoff, sleep } from '../../lib/backoff.js';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
@@ -56,11 +56,7 @@ export function followPools(deps: {
         deps.logger.warn('cannot list the cluster\'s pools; retrying', { err: (err as Error).message });
         wait = retry.next();
       }
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, wait);
-        t.unref();
-        deps.signal.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
-      });
+      await sleep(wait, deps.signal, { unref: true });
     }
   })();
   return { pools: () => current };

@@ -3,7 +3,9 @@ import type { DatabaseHandle } from '../../lib/db/database.js';
 import type { Identity } from '../../lib/auth/identity.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
-import { TokenServiceService } from '../../gen/weft/auth/v1/auth.js';
+import { CertificateServiceService, TokenServiceService } from '../../gen/weft/auth/v1/auth.js';
+import { createCertificateHandlers } from './rpc/certificate.rpc.js';
+import type { CertificateRepository } from './store/certificate.repository.js';
 import { verifySecret } from './domain/token.js';
 import { createTokenHandlers } from './rpc/token.rpc.js';
 import { createTokenRepository, type TokenRepository } from './store/token.repository.js';
@@ -30,4 +32,9 @@ export function createTokenAuthority(database: DatabaseHandle): { repo: TokenRep
 /** Serves TokenService (create, list, revoke; administrators only, lib/auth/authorization.ts). */
 export function mountTokenService(server: Server, deps: { repo: TokenRepository; logger: Logger }): void {
   addService(server, TokenServiceService, createTokenHandlers({ repo: deps.repo }), deps.logger.child({ service: 'auth' }));
+}
+
+/** Serves CertificateService (record, revoke, list; administrators only): `caPem` is the CA whose certificates it records. */
+export function mountCertificateService(server: Server, deps: { repo: CertificateRepository; caPem: string; logger: Logger }): void {
+  addService(server, CertificateServiceService, createCertificateHandlers({ repo: deps.repo, caPem: deps.caPem }), deps.logger.child({ service: 'auth' }));
 }

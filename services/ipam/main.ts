@@ -2,7 +2,8 @@ import type { Server } from '@grpc/grpc-js';
 import type { DatabaseHandle } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import { addService, callObserverOf } from '../../lib/grpc/server.js';
-import type { Identity } from '../../lib/auth/identity.js';
+import type { CredentialRevocations, Identity } from '../../lib/auth/identity.js';
+import type { CallLimiter } from '../../lib/auth/limits.js';
 import type { Logger } from '../../lib/logger.js';
 import * as ipamMessages from '../../gen/weft/ipam/v1/ipam.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
@@ -36,6 +37,10 @@ export async function mountIpamService(server: Server, deps: {
   tokens?: (secret: string) => Promise<Identity>;
   /** Live allocations a node identity may hold (WEFT_LIMIT_NODE_ALLOCATIONS); absent or 0: no limit. */
   limits?: { nodeAllocations: number };
+  /** The gRPC server's limits per identity, applied to the HTTP gateway's calls too (one budget per identity). */
+  callLimiter?: CallLimiter;
+  /** Revoked tokens: the HTTP gateway ends a stream whose token is revoked. */
+  revocations?: CredentialRevocations;
 }) {
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
@@ -48,7 +53,7 @@ export async function mountIpamService(server: Server, deps: {
   const lookups = { holderOfHandle: (handle: string) => repo.holderOfHandle(handle) };
   addService(server, IpamServiceService, handlers, logger, { lookups });
   // The same handlers over HTTP with JSON, authorized the same way (bearer tokens), audited by the same observer.
-  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger, { access: { tokens: deps.tokens, lookups, observe: callObserverOf(server) } });
+  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger, { access: { tokens: deps.tokens, lookups, observe: callObserverOf(server), limits: deps.callLimiter, revocations: deps.revocations } });
   const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, { security: deps.housekeeping.routesSecurity });
   const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
   return {

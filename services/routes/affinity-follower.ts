@@ -1,4 +1,4 @@
-import { createBackoff } from '../../lib/backoff.js';
+import { createBackoff, sleep } from '../../lib/backoff.js';
 import pg from 'pg';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
@@ -19,15 +19,6 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
   const stopper = new AbortController();
   let following = false;
 
-  const sleep = (ms: number) => new Promise<void>((r) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      stopper.signal.removeEventListener('abort', done);
-      r();
-    }
-    stopper.signal.addEventListener('abort', done, { once: true });
-  });
 
   async function followWhileHolding(client: pg.Client, pid: number): Promise<void> {
     const lost = new AbortController();
@@ -60,7 +51,7 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
           if (lost.signal.aborted) return;
           logger.warn('IPAM affinity watch broke; reconnecting', { err: (err as Error).message });
         }
-        await sleep(rewatch.next());
+        await sleep(rewatch.next(), stopper.signal);
       }
     } finally {
       stopper.signal.removeEventListener('abort', onStop);
@@ -84,7 +75,7 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
             following = false;
             break;
           }
-          await sleep(retryMs);
+          await sleep(retryMs, stopper.signal);
         }
       } catch (err) {
         if (!stopper.signal.aborted) logger.warn('affinity follower lost its database session', { err: (err as Error).message });
@@ -92,7 +83,7 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
         following = false;
         await client.end().catch(() => {});
       }
-      await sleep(retryMs);
+      await sleep(retryMs, stopper.signal);
     }
   })();
 

@@ -35,3 +35,20 @@ export async function tcpConnects(from: PodState, targets: string[], timeoutMs =
   const { stdout } = await run('ip', ['netns', 'exec', path.basename(from.netns), process.execPath, '-e', script], { timeout: 20_000 });
   return JSON.parse(stdout) as Record<string, string>;
 }
+
+/**
+ * One ICMP echo from a local-cluster pod, retried (bounded: `attempts` tries, `pauseMs` apart) while routes converge;
+ * true once one is answered.
+ */
+export async function pings(from: PodState, to: string, opts: { attempts?: number; pauseMs?: number } = {}): Promise<boolean> {
+  const attempts = opts.attempts ?? 5;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      await run('ip', ['netns', 'exec', path.basename(from.netns), 'ping', '-c', '1', '-W', '1', to], { timeout: 5000 });
+      return true;
+    } catch {
+      if (i < attempts - 1) await new Promise((r) => setTimeout(r, opts.pauseMs ?? 200));
+    }
+  }
+  return false;
+}

@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, gte, like, type SQL } from 'drizzle-orm';
+import { and, asc, eq, gt, gte, inArray, like, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 import type { AuditEvent, AuditSink } from '../../../lib/audit.js';
@@ -11,6 +11,8 @@ export interface AuditQuery {
   actor: string;
   /** Exact resource, or a prefix when it ends with "/"; '' for all. */
   resource: string;
+  /** Only events with one of these results; empty for all. */
+  results: string[];
   /** Only events with a larger id (the page token's). */
   afterId: number;
   limit: number;
@@ -35,6 +37,7 @@ export function createAuditRepository(db: Database): AuditRepository {
       const where: SQL[] = [gt(events.id, q.afterId)];
       if (q.since) where.push(gte(events.at, q.since));
       if (q.actor) where.push(eq(events.actor, q.actor));
+      if (q.results.length > 0) where.push(inArray(events.result, q.results));
       if (q.resource) where.push(q.resource.endsWith('/') ? like(events.resource, `${likeEscape(q.resource)}%`) : eq(events.resource, q.resource));
       return db.select().from(events).where(and(...where)).orderBy(asc(events.id)).limit(q.limit);
     },

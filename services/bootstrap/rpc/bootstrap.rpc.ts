@@ -1,5 +1,6 @@
 import type { BootstrapServiceService } from '../../../gen/weft/auth/v1/bootstrap.js';
 import { DomainError, invalidArgument } from '../../../lib/errors.js';
+import { canonicalSerial } from '../../../lib/auth/identity.js';
 import type { Handlers } from '../../../lib/grpc/server.js';
 import { describeCertificate, issueCertificateForKey, publicKeyFromPem, PublicKeyError, type KeyPairPem } from '../../../lib/pki.js';
 import { callerOfReview, identityForCaller, type BootstrapPolicy } from '../domain/bootstrap.js';
@@ -11,6 +12,11 @@ export interface BootstrapDeps {
   /** null: no Kubernetes API configured (every call answers UNAVAILABLE bootstrap.disabled). */
   kubernetes: KubernetesFacts | null;
   certificateTtlMs: number;
+  /**
+   * Records an issued certificate (services/auth's certificate record), before it is handed out: revoking its
+   * identity then revokes it. A failure fails the call (the pod asks again). Absent: not recorded.
+   */
+  recordIssued?: (c: { serial: string; identity: string; notAfter: Date }) => Promise<void>;
 }
 
 export function createBootstrapHandlers(deps: BootstrapDeps): Handlers<typeof BootstrapServiceService> {
@@ -31,6 +37,7 @@ export function createBootstrapHandlers(deps: BootstrapDeps): Handlers<typeof Bo
       const identity = identityForCaller(caller, pod, deps.policy);
       const certificatePem = await issueCertificateForKey(deps.ca, identity, publicKey, deps.certificateTtlMs);
       const c = describeCertificate(certificatePem);
+      await deps.recordIssued?.({ serial: canonicalSerial(c.serialNumber), identity: `${identity.kind}:${identity.name}`, notAfter: c.validTo });
       ctx.logger.info('issued a certificate', {
         identity: `${identity.kind}:${identity.name}`, service_account: `${caller.serviceAccount.namespace}/${caller.serviceAccount.name}`,
         pod: caller.pod ? `${caller.pod.namespace}/${caller.pod.name}` : '', serial: c.serialNumber, not_after: c.validTo.toISOString(), request_id: ctx.requestId,

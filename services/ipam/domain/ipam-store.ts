@@ -112,6 +112,12 @@ export interface PoolStore {
   storedLabels(q: { node: string | null; cluster: string; namespace: string | null }): Promise<{ node: Record<string, string> | null; namespace: Record<string, string> | null }>;
 }
 
+/** What a release may free (the caller's own, from its identity): only allocations of `node`, only in `pools`; absent: any. */
+export interface ReleaseScope {
+  node?: string;
+  pools?: string[];
+}
+
 export interface AllocationStore {
   /** One READ COMMITTED transaction; a thrown error rolls back all of it. */
   transaction<T>(fn: (tx: AllocationTransaction) => Promise<T>): Promise<T>;
@@ -119,8 +125,11 @@ export interface AllocationStore {
   allocateFast(pool: PoolRecord, req: AllocationRequest): Promise<FastOutcome>;
   /** Fences the attempt in a commit of its own (waits for a running Allocate of the attempt). */
   fenceAttempt(handle: string, attemptId: string): Promise<void>;
-  /** Releases the handle's live allocations (each address starts its rest); one attempt. */
-  releaseHandle(handle: string): Promise<Allocation[]>;
+  /**
+   * Releases the handle's live allocations (each address starts its rest) within `only`, in the same statement: a
+   * handle another node (or pool) came to hold after the caller was authorized is left alone; one attempt.
+   */
+  releaseHandle(handle: string, only?: ReleaseScope): Promise<Allocation[]>;
   /** Releases the node's live allocations whose handle is not valid (made before `allocatedBefore`, if given); one attempt. */
   releaseInvalidHandles(node: string, validHandles: string[], allocatedBefore?: Date): Promise<Allocation[]>;
   /** Releases the node's live allocations made before `before`; one attempt. */

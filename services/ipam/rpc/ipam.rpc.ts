@@ -1,6 +1,7 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Identity } from '../../../lib/auth/identity.js';
 import { DomainError } from '../../../lib/errors.js';
+import { forEachBounded } from '../../../lib/bounded-concurrency.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
 import { cidrSize, formatAddress, parseAddress, parseCidr, type Family } from '../../../lib/net/ip.js';
 import {
@@ -13,6 +14,7 @@ import {
   validateAllocationRequest, validateAttemptId, validateHandle, validateLabels, validateNamespaceName, validateNodeName, validatePoolName, validatePoolRules, validatePoolSpec,
 } from '../domain/pool.js';
 import type { Allocation, HistoryQuery, Pool, Reservation, UsageCounts } from '../domain/types.js';
+import type { ReleaseScope } from '../domain/ipam-store.js';
 import { BLOCKS_CHANNEL, type IpamUseCases } from '../use-cases/ipam.use-cases.js';
 import type { Prefix, PrefixesRepository } from '../store/prefixes.repository.js';
 
@@ -94,6 +96,19 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       if ((await repo.holderOfHandle(handle))?.node === identity.name) return;
       throw ipamErrors.nodeAllocationLimit(identity.name, n + taken, maxNodeAllocations);
     };
+  }
+
+
+  /**
+   * What the caller's release may free, enforced in the release's own statement (the authorization check ran before
+   * it, in another): a node only its own allocations, a token without the admin scope only in its release pools.
+   */
+  function releaseScopeOf(identity: Identity): ReleaseScope {
+    if (identity.kind === 'node') return { node: identity.name };
+    if (identity.kind === 'token' && !identity.scopes.includes('admin')) {
+      return { pools: identity.scopes.filter((s) => s.startsWith('ipam:release:')).map((s) => s.slice('ipam:release:'.length)) };
+    }
+    return {};
   }
 
   return {
@@ -193,25 +208,20 @@ export function createIpamHandlers({ repo, prefixes, notifier, pollMs = 2000, ma
       if (req.requests.length > MAX_BATCH) throw ipamErrors.invalid('requests', `a batch holds at most ${MAX_BATCH} requests, not ${req.requests.length}`);
       // Each item succeeds or fails on its own; many run at once and the common ones share a statement.
       const results: BatchAllocateResult[] = new Array(req.requests.length);
-      let next = 0;
-      const worker = async () => {
-        while (next < req.requests.length) {
-          const i = next++;
-          try {
-            const request = toAllocationRequest(req.requests[i]!);
-            await gate?.(request.handle);
-            results[i] = { allocations: (await repo.allocate(request)).map(toPbAllocation), errorCode: '', errorMessage: '' };
-          } catch (err) {
-            if (!(err instanceof DomainError)) throw err;
-            results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };
-          }
+      await forEachBounded(req.requests, BATCH_PARALLELISM, async (item, i) => {
+        try {
+          const request = toAllocationRequest(item);
+          await gate?.(request.handle);
+          results[i] = { allocations: (await repo.allocate(request)).map(toPbAllocation), errorCode: '', errorMessage: '' };
+        } catch (err) {
+          if (!(err instanceof DomainError)) throw err;
+          results[i] = { allocations: [], errorCode: err.code, errorMessage: err.message };
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, req.requests.length) }, worker));
+      });
       return { results };
     },
-    async release(req) {
-      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId));
+    async release(req, ctx) {
+      const released = await repo.release(validateHandle(req.handle), validateAttemptId(req.attemptId), releaseScopeOf(ctx.identity));
       return { released: released.length > 0, address: released[0]?.address ?? '', addresses: released.map((a) => a.address) };
     },
     async listAllocations(req) {

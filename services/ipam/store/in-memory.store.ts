@@ -287,7 +287,7 @@ export function createInMemoryIpamStore(opts: { now?: () => number } = {}): Ipam
       const a = s.attempts.get(k) ?? { createdAt: t, fencedAt: null };
       s.attempts.set(k, { ...a, fencedAt: a.fencedAt ?? t });
     }),
-    releaseHandle: (handle) => run(() => releaseWhere((r) => r.a.handle === handle)),
+    releaseHandle: (handle, only = {}) => run(() => releaseWhere((r) => r.a.handle === handle && (only.node === undefined || r.a.node === only.node) && (only.pools === undefined || only.pools.includes(r.a.pool)))),
     releaseInvalidHandles: (node, valid, before) => run(() => releaseWhere((r) => r.a.node === node && !valid.includes(r.a.handle) && (!before || r.a.allocatedAt < before))),
     releaseNodeAllocationsBefore: (node, before) => run(() => releaseWhere((r) => r.a.node === node && r.a.allocatedAt < before)),
     listAllocations: (filter, page) => run(() => {

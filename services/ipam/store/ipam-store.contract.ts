@@ -123,6 +123,15 @@ export function runIpamStoreContract(name: string, makeStore: () => Promise<Ipam
       assert.deepEqual(await fill(store, fast, 'n1', ['f4', 'f5', 'f6']), ['10.5.0.2', '10.5.0.0', 'none']);
     });
 
+    test('a release within a scope frees only the handle\'s allocations of that node and those pools', async () => {
+      const store = await makeStore();
+      const p = await pool(store, 'scoped', '10.7.0.0/29', { cooldownSeconds: 0 });
+      assert.deepEqual(await fill(store, p, 'n1', ['h1']), ['10.7.0.0']);
+      assert.deepEqual(await store.releaseHandle('h1', { node: 'n2' }), [], "another node's scope frees nothing");
+      assert.deepEqual(await store.releaseHandle('h1', { pools: ['elsewhere'] }), [], "another pool's scope frees nothing");
+      assert.deepEqual((await store.releaseHandle('h1', { node: 'n1', pools: ['scoped'] })).map((a) => a.address), ['10.7.0.0']);
+    });
+
     test("an owner's released address is held for it on its node; nobody else takes it", async () => {
       const store = await makeStore();
       const p = await pool(store, 'p', '10.6.0.0/30', { cooldownSeconds: 0, stickySeconds: 600 });

@@ -37,7 +37,12 @@ export function createReleaseRepository(db: Database): Pick<AllocationStore, 'fe
       await db.execute(sql`INSERT INTO ipam.allocation_attempts (handle, attempt_id, fenced_at) VALUES (${handle}, ${attemptId}, now())
         ON CONFLICT (handle, attempt_id) DO UPDATE SET fenced_at = coalesce(ipam.allocation_attempts.fenced_at, now())`);
     },
-    releaseHandle: (handle) => releaseWhere(sql`a.handle = ${handle}`),
+    releaseHandle(handle, only = {}) {
+      const node = only.node !== undefined ? sql` AND a.node = ${only.node}` : sql``;
+      const pools = only.pools !== undefined
+        ? sql` AND a.pool_id IN (SELECT id FROM ipam.pools WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(only.pools)}::jsonb)))` : sql``;
+      return releaseWhere(sql`a.handle = ${handle}${node}${pools}`);
+    },
     releaseInvalidHandles(node, validHandles, allocatedBefore) {
       const before = allocatedBefore ? sql` AND a.allocated_at < ${allocatedBefore.toISOString()}::timestamptz` : sql``;
       return releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))${before}`);

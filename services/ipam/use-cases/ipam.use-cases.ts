@@ -1,4 +1,4 @@
-import type { IpamReports, IpamStore } from '../domain/ipam-store.js';
+import type { IpamReports, IpamStore, ReleaseScope } from '../domain/ipam-store.js';
 import type { PageKey } from '../domain/paging.js';
 import type { PoolSpec } from '../domain/pool.js';
 import type { Allocation, PoolChanges } from '../domain/types.js';
@@ -50,9 +50,9 @@ export function createIpamUseCases(store: IpamStore, reports: IpamReports, opts:
      * Releases the handle's live addresses. With an attempt id, first fences that attempt in a commit of its own (so
      * an Allocate of it that runs now is released below, and one that comes later allocates nothing).
      */
-    async release(handle: string, attemptId: string | null = null): Promise<Allocation[]> {
+    async release(handle: string, attemptId: string | null = null, only: ReleaseScope = {}): Promise<Allocation[]> {
       if (attemptId) await store.fenceAttempt(handle, attemptId);
-      return withRetry(() => store.releaseHandle(handle));
+      return withRetry(() => store.releaseHandle(handle, only));
     },
     /** Releases the node's live allocations whose handles are not valid. One statement: a valid handle is never touched. */
     garbageCollect: (node: string, validHandles: string[], allocatedBefore?: Date) => withRetry(() => store.releaseInvalidHandles(node, validHandles, allocatedBefore)),
