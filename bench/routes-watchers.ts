@@ -30,7 +30,7 @@ type FromClient = { ready: number } | { trial: string; times: number[] } | { err
  * line on its stdin, writes that line to every stream at once: what fanning one message out to N streams costs the
  * transport, with no database, no log and no protobuf.
  */
-const FLOOR_SERVER = `
+export const FLOOR_SERVER = `
   const grpc = require(${JSON.stringify(createRequire(import.meta.url).resolve('@grpc/grpc-js'))});
   const id = (b) => b;
   const streams = new Set();
@@ -40,7 +40,7 @@ const FLOOR_SERVER = `
   server.bindAsync('unix:' + process.argv[1], grpc.ServerCredentials.createInsecure(), (err) => { if (err) throw err; console.log('ready'); });
   require('node:readline').createInterface({ input: process.stdin }).on('line', (l) => { const b = Buffer.from(l); for (const s of streams) s.write(b); });
   process.stdin.on('end', () => process.exit(0));`;
-const floorDefinition = {
+export const floorDefinition = {
   watch: { path: '/weft.bench.Fanout/Watch', requestStream: false, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
 };
 

@@ -4,8 +4,9 @@ import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { CertificateServiceService, type Certificate } from '../gen/weft/auth/v1/auth.js';
 
 /**
- * `weft ca revoke` and the recording half of `weft ca issue`: each a function of its parsed flags and the control
- * plane to call, printing its result; usage errors come back through `usage` (exit status 2).
+ * `weft ca revoke` and the recording half of `weft ca issue` (cli/commands/ca.ts): each a function of its parsed
+ * flags and the control plane to call, handing its result to `print` (the command's output format); usage errors come
+ * back through `usage` (exit status 2).
  */
 export interface ControlPlaneCall {
   server: string;
@@ -13,7 +14,6 @@ export interface ControlPlaneCall {
   token?: string;
 }
 
-const output = (json: boolean, value: unknown, text: string) => process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : text + '\n');
 const show = (c: Certificate) => ({
   serial: c.serial, identity: c.identity, issueTime: c.issueTime?.toISOString() ?? null, notAfter: c.notAfter?.toISOString() ?? null, issuedBy: c.issuedBy,
   revokeTime: c.revokeTime?.toISOString() ?? null, revokeReason: c.revokeReason,
@@ -28,7 +28,7 @@ export const CA_REVOKE_USAGE = 'usage: weft ca revoke (--serial HEX | --cert FIL
  */
 export async function caRevoke(
   o: { serial?: string; cert?: string; node?: string; admin?: string; controller?: string; reason?: string },
-  cp: ControlPlaneCall, json: boolean, usage: (message: string) => Error,
+  cp: () => ControlPlaneCall, print: (value: unknown, text: string) => void, usage: (message: string) => Error,
 ): Promise<number> {
   const kinds = (['node', 'admin', 'controller'] as const).filter((k) => o[k] !== undefined);
   const named = [o.serial !== undefined, o.cert !== undefined, kinds.length > 0].filter(Boolean).length;
@@ -42,11 +42,12 @@ export async function caRevoke(
     }
   }
   const kind = kinds[0];
-  const client = createClient(CertificateServiceService, cp.server, { security: cp.security, token: cp.token });
+  const target = cp();
+  const client = createClient(CertificateServiceService, target.server, { security: target.security, token: target.token });
   try {
     const r = await client.revokeCertificates({ serial: o.serial ?? '', certificatePem, identity: kind ? `${kind}:${o[kind]}` : '', reason: o.reason ?? '' }, { timeoutMs: 10_000 });
     const what = kind ? `${kind}:${o[kind]}` : o.serial ?? o.cert;
-    output(json, { revoked: r.revoked.map(show), alreadyRevoked: r.alreadyRevoked }, [
+    print({ revoked: r.revoked.map(show), alreadyRevoked: r.alreadyRevoked }, [
       ...r.revoked.map((c) => `revoked ${c.serial}${c.identity ? ` (${c.identity}${c.notAfter ? `, valid until ${c.notAfter.toISOString()}` : ''})` : ''}`),
       r.revoked.length === 0 ? `${what}: already revoked` : r.alreadyRevoked > 0 ? `(${r.alreadyRevoked} already revoked)` : '',
       r.revoked.length > 0 ? 'calls presenting it are refused within seconds and its open streams end; issue a new certificate where it is still needed' : '',
@@ -62,12 +63,12 @@ export async function caRevoke(
  * reached (a CA folder used away from it) or refuses leaves it unrecorded: said on stderr with what that means, and
  * answered as `false`; the certificate files are kept either way.
  */
-export async function recordIssued(certificatePem: string, serial: string, cp: () => ControlPlaneCall): Promise<boolean> {
+export async function recordIssued(certificatePem: string, serial: string, cp: () => ControlPlaneCall, warn: (text: string) => void): Promise<boolean> {
   let target: ControlPlaneCall;
   try {
     target = cp();
   } catch (err) {
-    process.stderr.write(`weft: the certificate (serial ${serial}) is not recorded: ${(err as Error).message}\n${UNRECORDED(serial)}`);
+    warn(`the certificate (serial ${serial}) is not recorded: ${(err as Error).message}\n${UNRECORDED(serial)}`);
     return false;
   }
   const client = createClient(CertificateServiceService, target.server, { security: target.security, token: target.token });
@@ -76,7 +77,7 @@ export async function recordIssued(certificatePem: string, serial: string, cp: (
     return true;
   } catch (err) {
     const e = err as { details?: string; message: string };
-    process.stderr.write(`weft: the certificate (serial ${serial}) is not recorded: the control plane at ${target.server} answered: ${e.details || e.message}\n${UNRECORDED(serial)}`);
+    warn(`the certificate (serial ${serial}) is not recorded: the control plane at ${target.server} answered: ${e.details || e.message}\n${UNRECORDED(serial)}`);
     return false;
   } finally {
     client.close();
@@ -85,4 +86,4 @@ export async function recordIssued(certificatePem: string, serial: string, cp: (
 
 const UNRECORDED = (serial: string) =>
   `  \`weft ca revoke --node/--admin/--controller\` will not find it (run weft ca issue where it reaches the control plane: --server, --tls-dir);\n` +
-  `  it can still be revoked on its own: weft ca revoke --serial ${serial}\n`;
+  `  it can still be revoked on its own: weft ca revoke --serial ${serial}`;

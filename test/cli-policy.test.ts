@@ -114,7 +114,7 @@ test('weft policy pods lists the pods policy selects, of one namespace or all, a
   }
   const { stdout } = await weft('policy', 'pods');
   assert.deepEqual(stdout.trim().split('\n').map((l) => l.split(/\s+/).slice(0, 4).join(' ')), [
-    'ops/probe n3 10.244.2.10 -', 'shop/db n2 10.244.1.10 app=db', 'shop/web n1 10.244.0.10 app=web',
+    'POD NODE ADDRESSES LABELS', 'ops/probe n3 10.244.2.10 -', 'shop/db n2 10.244.1.10 app=db', 'shop/web n1 10.244.0.10 app=web',
   ]);
   assert.match(stdout, /ops\/probe .*\(undescribed: attached, no labels yet\)/);
   const shop = JSON.parse((await weft('policy', 'pods', '--namespace', 'shop', '--json')).stdout) as { name: string; described: boolean; ports: { name: string }[] }[];

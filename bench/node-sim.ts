@@ -1,0 +1,348 @@
+import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import { checkServerIdentity } from 'node:tls';
+import { credentials, status } from '@grpc/grpc-js';
+import { createBackoff } from '../lib/backoff.js';
+import { createClient, type PromiseClient } from '../lib/grpc/client.js';
+import { SERVER_NAME } from '../lib/grpc/credentials.js';
+import type { Logger } from '../lib/logger.js';
+import { issueCertificate, type KeyPairPem } from '../lib/pki.js';
+import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
+import { PolicyServiceService, type WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
+import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
+import { createPolicyChunkJoiner, createRoutesChunkJoiner } from '../node-dataplane/sources/chunks.js';
+import { followStream } from '../node-dataplane/sources/follow-stream.js';
+import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
+import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
+
+/**
+ * A simulator of nodes: light agents that speak the control plane's real gRPC API as the node agent
+ * (node-dataplane/) does, so that one process stands in for thousands of nodes. Each simulated node
+ *
+ * - authenticates as itself: a client certificate `weft:node:<name>` issued in memory from the control plane's CA
+ *   (an EC P-256 key, as lib/pki.ts makes), one TLS connection shared by its three clients, the agent's keepalive;
+ *   the per-identity limits apply to it as to an agent;
+ * - registers (RegisterNode, an underlay address from the documentation and benchmarking ranges: it is only data,
+ *   nothing is sent there) and renews its lease every third of the lease granted, registering again on NOT_FOUND and
+ *   retrying within a second otherwise (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
+ *   first of each node at a random point of its first third, so that no timer per node fires and no storm forms;
+ * - follows WatchRoutes with `accept_chunks`, resuming from the last revision applied, through the agent's own
+ *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node to an
+ *   interned text of its entry (the thousands of views share their strings);
+ * - follows WatchNodePolicy with `accept_deltas` and `accept_chunks`, applying each message with the agent's own
+ *   `applyPolicyMessage` (the rules a kernel would get);
+ * - attaches pods as the CNI path does: Allocate with an attempt id, then the AttachPod report in the background,
+ *   in order per sandbox and retried with backoff until taken (node-dataplane/pod-reports.ts); detaches with Release
+ *   naming the handle, then DetachPod the same way.
+ *
+ * Nothing touches a kernel. Listeners see every applied message, to stamp when a change reached each node.
+ */
+export interface SimNodeSpec {
+  name: string;
+  underlayAddress: string;
+  vtepMac: string;
+  /** The IPAM cluster (RegisterCluster) and pool its pods are allocated from. */
+  cluster: string;
+  pool: string;
+}
+
+export interface SimPod {
+  namespace: string; name: string; containerId: string; handle: string; address: string; attemptId: string;
+  /** Wall-clock milliseconds when Allocate returned; how long Allocate took. */
+  allocatedAt: number; allocateMs: number;
+}
+
+export interface SimNode {
+  readonly spec: SimNodeSpec;
+  readonly routes: PromiseClient<typeof RoutesServiceService>;
+  readonly ipam: PromiseClient<typeof IpamServiceService>;
+  readonly policy: PromiseClient<typeof PolicyServiceService>;
+  /** The route table held: node name → interned "underlay|mac|block,block". */
+  routeView: Map<string, string>;
+  routeRevision: number;
+  routesSynced: boolean;
+  policyRules: NodeRules | null;
+  /** Complete policy views received (one per stream opened). */
+  policyCompleteViews: number;
+  pods: Map<string, SimPod>;
+  /** Blocks of `node` in this node's view (0 when unknown). */
+  blocksOf(node: string): number;
+}
+
+export interface SimStats { nodes: number; routesSynced: number; policySynced: number; renewals: number; renewalFailures: number; reRegistrations: number; streamBreaks: number; reportFailures: number }
+
+export interface NodeSimulator {
+  /** Issues certificates, connects, registers and starts the watches of `specs`, `concurrency` at a time; resolves once each is registered. */
+  addNodes(specs: SimNodeSpec[], concurrency?: number): Promise<SimNode[]>;
+  readonly nodes: SimNode[];
+  /** A pod attached as the agent's CNI path does: Allocate (with an attempt id), then AttachPod in the background. */
+  attachPod(node: SimNode, pod: { namespace: string; name: string }): Promise<SimPod>;
+  /** Release (naming the handle), then DetachPod in the background. */
+  detachPod(node: SimNode, pod: SimPod): Promise<void>;
+  /** Pod reports not yet taken by the policy service. */
+  reportsPending(): number;
+  /** Milliseconds from each report's cause (Allocate's return, Release's) to the policy service taking it, since the last call. */
+  reportLatencies(): number[];
+  onRoutes(listener: (node: SimNode, message: WatchRoutesResponse) => void): void;
+  onPolicy(listener: (node: SimNode, message: WatchNodePolicyResponse, rules: NodeRules) => void): void;
+  stats(): SimStats;
+  close(): void;
+}
+
+const TICK_MS = 50;
+
+/** A documentation or benchmarking address for node `i` (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, then 198.18.0.0/15). */
+export function simUnderlay(i: number): string {
+  if (i < 254 * 3) return `${['192.0.2', '198.51.100', '203.0.113'][Math.floor(i / 254)]}.${(i % 254) + 1}`;
+  const j = i - 254 * 3;
+  if (j >= 254 * 512) throw new Error(`no documentation or benchmarking address left for node ${i}`);
+  return `198.${18 + Math.floor(j / (254 * 256))}.${Math.floor(j / 254) % 256}.${(j % 254) + 1}`;
+}
+
+export const simVtepMac = (i: number) => `02:5e:${[(i >>> 24) & 255, (i >>> 16) & 255, (i >>> 8) & 255, i & 255].map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
+
+export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logger: Logger; leaseMsFallback?: number }): NodeSimulator {
+  const nodes: SimNode[] = [];
+  const routeListeners: ((n: SimNode, m: WatchRoutesResponse) => void)[] = [];
+  const policyListeners: ((n: SimNode, m: WatchNodePolicyResponse, r: NodeRules) => void)[] = [];
+  const stopper = new AbortController();
+  // Every node's calls listen on this one signal (as each agent's do on its own): thousands of listeners by design.
+  setMaxListeners(0, stopper.signal);
+  const interned = new Map<string, string>();
+  const intern = (s: string) => {
+    const held = interned.get(s);
+    if (held !== undefined) return held;
+    interned.set(s, s);
+    return s;
+  };
+  const stats = { renewals: 0, renewalFailures: 0, reRegistrations: 0, streamBreaks: 0 };
+  // A stream's break is counted, not logged: a control-plane restart breaks thousands at once.
+  const quiet: Logger = { ...deps.logger, warn: (msg: string) => { if (msg.includes('reconnecting')) stats.streamBreaks++; }, child: () => quiet } as Logger;
+
+  // Renewals: node → due time, walked by one ticker in due order (buckets of TICK_MS).
+  const due = new Map<number, { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }[]>();
+  const schedule = (entry: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }, inMs: number) => {
+    const slot = Math.floor((performance.now() + inMs) / TICK_MS);
+    const list = due.get(slot);
+    if (list) list.push(entry);
+    else due.set(slot, [entry]);
+  };
+  let walked = Math.floor(performance.now() / TICK_MS);
+  const ticker = setInterval(() => {
+    const now = Math.floor(performance.now() / TICK_MS);
+    for (; walked <= now; walked++) {
+      const list = due.get(walked);
+      if (!list) continue;
+      due.delete(walked);
+      for (const e of list) void renew(e);
+    }
+  }, TICK_MS);
+
+  async function renew(e: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }) {
+    if (stopper.signal.aborted) return;
+    const { node } = e;
+    try {
+      e.leaseMs = (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+      stats.renewals++;
+      e.retry.reset();
+      schedule(e, e.leaseMs / 3);
+    } catch (err) {
+      if (stopper.signal.aborted) return;
+      if ((err as { code?: number }).code === status.NOT_FOUND) {
+        try {
+          e.leaseMs = (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+          stats.reRegistrations++;
+          schedule(e, e.leaseMs / 3);
+          return;
+        } catch { /* retried below */ }
+      }
+      stats.renewalFailures++;
+      schedule(e, e.retry.next());
+    }
+  }
+
+  const registration = (s: SimNodeSpec) => ({ name: s.name, underlayAddress: s.underlayAddress, vtepMac: s.vtepMac });
+
+  async function startNode(spec: SimNodeSpec): Promise<SimNode> {
+    const pair = await issueCertificate(deps.ca, { kind: 'node', name: spec.name });
+    // One credentials object for the node's three clients: grpc-js gives them one connection, as the agent's share one.
+    const creds = credentials.createSsl(Buffer.from(deps.ca.cert), Buffer.from(pair.key), Buffer.from(pair.cert), {
+      checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert),
+    });
+    const opts = { credentials: creds, channel: { 'grpc.ssl_target_name_override': SERVER_NAME } };
+    const node: SimNode = {
+      spec,
+      routes: createClient(RoutesServiceService, deps.target, opts),
+      ipam: createClient(IpamServiceService, deps.target, opts),
+      policy: createClient(PolicyServiceService, deps.target, opts),
+      routeView: new Map(),
+      routeRevision: 0,
+      routesSynced: false,
+      policyRules: null,
+      policyCompleteViews: 0,
+      pods: new Map(),
+      blocksOf(name) {
+        const e = this.routeView.get(name);
+        if (!e) return 0;
+        const blocks = e.slice(e.lastIndexOf('|') + 1);
+        return blocks ? blocks.split(',').length : 0;
+      },
+    };
+    // Registration first, as the agent retries it until it is taken; then the lease is kept by the ticker.
+    const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
+    const register = async (): Promise<number> => {
+      for (;;) {
+        try {
+          return (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis || deps.leaseMsFallback || 20_000;
+        } catch (err) {
+          if (stopper.signal.aborted) throw err;
+          await new Promise((r) => setTimeout(r, backoff.next()));
+        }
+      }
+    };
+    const leaseMs = await register();
+    schedule({ node, leaseMs, retry: createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) }) }, Math.random() * (leaseMs / 3));
+
+    const routeChunks = createRoutesChunkJoiner();
+    followStream({
+      open: (signal) => {
+        routeChunks.reset();
+        return node.routes.watchRoutes({ node: spec.name, sinceRevision: node.routesSynced ? node.routeRevision : 0, acceptChunks: true }, { signal });
+      },
+      onMessage: (chunk) => {
+        const m = routeChunks.push(chunk);
+        if (!m) return;
+        if (m.bookmark) {
+          if (node.routesSynced) node.routeRevision = m.revision;
+        } else if (m.reset || node.routesSynced) {
+          if (m.reset) node.routeView = new Map();
+          for (const u of m.upserts) node.routeView.set(u.node, intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
+          for (const d of m.deletes) node.routeView.delete(d);
+          node.routeRevision = m.revision;
+          if (m.reset) node.routesSynced = true;
+        }
+        for (const l of routeListeners) l(node, m);
+      },
+      brokenMessage: 'route watch broke; reconnecting',
+      logger: quiet,
+      signal: stopper.signal,
+    });
+
+    const policyChunks = createPolicyChunkJoiner();
+    followStream({
+      open: (signal) => {
+        policyChunks.reset();
+        return node.policy.watchNodePolicy({ node: spec.name, sinceRevision: node.policyRules?.revision ?? 0, acceptDeltas: true, acceptChunks: true }, { signal });
+      },
+      onMessage: (chunk) => {
+        const m = policyChunks.push(chunk);
+        if (!m) return;
+        if (m.bookmark) {
+          if (node.policyRules) node.policyRules = { ...node.policyRules, revision: m.revision };
+          return;
+        }
+        if (!m.delta) node.policyCompleteViews++;
+        node.policyRules = applyPolicyMessage(node.policyRules, m, (what, why) => deps.logger.error('refused a policy entry', { node: spec.name, what, why }));
+        for (const l of policyListeners) l(node, m, node.policyRules);
+      },
+      brokenMessage: 'policy watch broke; reconnecting',
+      logger: quiet,
+      signal: stopper.signal,
+    });
+    return node;
+  }
+
+  // Pod reports (AttachPod, DetachPod): in order per sandbox, retried with backoff (200 ms to 5 s) until the policy
+  // service takes them; an INVALID_ARGUMENT is dropped (node-dataplane/pod-reports.ts).
+  const reports = { pending: 0, failures: 0, latencies: [] as number[], queues: new Map<string, (() => Promise<unknown>)[]>() };
+  function report(pod: SimPod, send: () => Promise<unknown>, since: number) {
+    reports.pending++;
+    const queue = reports.queues.get(pod.containerId);
+    const item = async () => {
+      const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
+      while (!stopper.signal.aborted) {
+        try {
+          await send();
+          break;
+        } catch (err) {
+          if ((err as { code?: number }).code === status.INVALID_ARGUMENT) break;
+          reports.failures++;
+          await new Promise((r) => setTimeout(r, backoff.next()));
+        }
+      }
+      reports.pending--;
+      reports.latencies.push(performance.now() - since);
+    };
+    if (queue) return void queue.push(item);
+    const q = [item];
+    reports.queues.set(pod.containerId, q);
+    void (async () => {
+      while (q.length > 0) await q.shift()!();
+      reports.queues.delete(pod.containerId);
+    })();
+  }
+
+  let containerSeq = 0;
+  return {
+    nodes,
+    async addNodes(specs, concurrency = 32) {
+      const added: SimNode[] = new Array(specs.length);
+      let next = 0;
+      await Promise.all(Array.from({ length: Math.min(concurrency, specs.length) }, async () => {
+        while (next < specs.length) {
+          const i = next++;
+          added[i] = await startNode(specs[i]!);
+        }
+      }));
+      nodes.push(...added);
+      return added;
+    },
+    async attachPod(node, pod) {
+      const containerId = `${(containerSeq++).toString(16).padStart(12, '0')}${randomUUID().replace(/-/g, '').slice(0, 20)}`;
+      const handle = `${containerId}/eth0`;
+      const attemptId = randomUUID();
+      const t0 = performance.now();
+      const res = await node.ipam.allocate({
+        handle, node: node.spec.name, pool: node.spec.pool, cluster: node.spec.cluster, podNamespace: pod.namespace, podName: pod.name, containerId, attemptId,
+      }, { timeoutMs: 20_000 }).catch(async (err: { code?: number }) => {
+        // An Allocate that did not answer may still commit: released naming its attempt, as the agent does.
+        if (err.code === status.DEADLINE_EXCEEDED || err.code === status.UNAVAILABLE || err.code === status.CANCELLED) {
+          await node.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 }).catch(() => {});
+        }
+        throw err;
+      });
+      const t1 = performance.now();
+      const address = res.allocations[0]!.address;
+      const held: SimPod = { ...pod, containerId, handle, address, attemptId, allocatedAt: performance.timeOrigin + t1, allocateMs: t1 - t0 };
+      node.pods.set(handle, held);
+      // The report goes out in the background, retried until taken, as the agent's pod reporter does: the ADD does not wait.
+      report(held, () => node.policy.attachPod({ namespace: pod.namespace, name: pod.name, node: node.spec.name, containerId, addresses: [address] }, { timeoutMs: 10_000 }), t1);
+      return held;
+    },
+    async detachPod(node, pod) {
+      await node.ipam.release({ handle: pod.handle }, { timeoutMs: 10_000 });
+      node.pods.delete(pod.handle);
+      report(pod, () => node.policy.detachPod({ containerId: pod.containerId }, { timeoutMs: 10_000 }), performance.now());
+    },
+    reportsPending: () => reports.pending,
+    reportLatencies: () => reports.latencies.splice(0),
+    onRoutes: (l) => void routeListeners.push(l),
+    onPolicy: (l) => void policyListeners.push(l),
+    stats: () => ({
+      nodes: nodes.length,
+      routesSynced: nodes.filter((n) => n.routesSynced).length,
+      policySynced: nodes.filter((n) => n.policyRules !== null).length,
+      ...stats,
+      reportFailures: reports.failures,
+    }),
+    close() {
+      stopper.abort();
+      clearInterval(ticker);
+      for (const n of nodes) {
+        n.routes.close();
+        n.ipam.close();
+        n.policy.close();
+      }
+    },
+  };
+}
