@@ -3,7 +3,7 @@ import type { PromiseClient } from '../lib/grpc/client.js';
 import type { Node, RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { createRoutesChunkJoiner } from '../node-dataplane/sources/chunks.js';
 import {
-  computeDesired, emptyState, planChanges, VXLAN_ONLY, type KernelEntry, type KernelState, type PeerChoice, type RemoteNode, type Routing, type RoutingMode,
+  compareState, computeDesired, emptyState, VXLAN_ONLY, type KernelEntry, type KernelState, type PeerChoice, type RemoteNode, type Routing, type RoutingMode,
 } from '../node-dataplane/domain/desired.js';
 
 /**
@@ -88,12 +88,7 @@ export function compareNode(node: string, revision: number, nodes: RemoteNode[],
   const list = [...desired.neighbours.values(), ...desired.fdb.values(), ...desired.routes.values()];
   const base = { node, revision, routing, peers: desired.peers, desired: list };
   if (!actual) return { ...base, missing: null, stale: null };
-  const plan = planChanges(desired, actual);
-  return {
-    ...base,
-    missing: plan.phases.filter((p) => p.op === 'add').flatMap((p) => p.entries),
-    stale: plan.phases.filter((p) => p.op === 'delete').flatMap((p) => p.entries),
-  };
+  return { ...base, ...compareState(desired, actual) };
 }
 
 /** One entry as a line, led by its mode: neighbour and FDB entries exist only for VXLAN. */

@@ -18,12 +18,17 @@ import { createCniHandlers } from './cni-endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { enableForwarding, type HostPaths } from './kernel/host-paths.js';
-import { createNatDriver } from './kernel/iptables-nat.js';
+import { createNatAccess, createNatDriver } from './kernel/iptables-nat.js';
 import { closeOwnConnections } from './kernel/own-connections.js';
-import { createPolicyDriver } from './kernel/iptables-policy.js';
-import { createOverlayDriver } from './kernel/netlink-overlay.js';
+import { createPolicyDriver as createIptablesPolicy } from './kernel/iptables-policy.js';
+import { createOverlayNetlink } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
-import { ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacFor } from './kernel/vxlan-device.js';
+import { createVxlanDeviceAccess, ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacFor } from './kernel/vxlan-device.js';
+import { FDB } from './drivers/fdb.js';
+import { NEIGHBOUR } from './drivers/neighbours.js';
+import { createNetworkPolicyDriver } from './drivers/policy.js';
+import { ROUTE } from './drivers/routes.js';
+import { createPolicyProgrammer } from './policy-programmer.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
 import { createReconciler } from './reconciler.js';
@@ -109,32 +114,37 @@ async function main(): Promise<void> {
     if (!stopper.signal.aborted) keepNodeLease({ routes, registration, leaseMs, logger, signal: stopper.signal });
   });
 
-  const driver = createOverlayDriver({ routeProtocol: config.routeProtocol, logger });
   let snapshot: ReturnType<typeof followRoutes> | null = null;
   let pools: PoolsSource | null = null;
   let policy: PolicySource | null = null;
+  // The overlay's entries are written on the VXLAN device's current index (the device driver's) and the underlay's.
+  const overlayNetlink = createOverlayNetlink({
+    routeProtocol: config.routeProtocol, logger,
+    devices: () => ({ vxlan: reconciler.overlay().ifindex, underlay: reconciler.overlay().underlayIfindex ?? 0 }),
+  });
+  const policyDriver = (family: 4 | 6) =>
+    createNetworkPolicyDriver(createPolicyProgrammer(createIptablesPolicy({ routeProtocol: config.routeProtocol, family }), config.vxlanDevice, family), family);
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
-    driver,
-    ensureDevice: async () => (await ensureVxlanDevice(vxlanSpec, logger)).ifindex,
+    kernel: {
+      device: createVxlanDeviceAccess(config.vxlanDevice, logger),
+      neighbours: overlayNetlink.neighbours, fdb: overlayNetlink.fdb, routes: overlayNetlink.routes,
+      nat4: createNatAccess(createNatDriver(4)), nat6: createNatAccess(createNatDriver(6)),
+    },
+    vxlan: () => vxlanSpec,
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
     underlayIfindex: underlay.ifindex,
-    masquerade: { pools: () => pools?.pools() ?? null, driver: createNatDriver(4), driver6: createNatDriver(6) },
+    pools: () => pools?.pools() ?? null,
     // IPv6 policy is programmed on every node (IPv6 forwarding is on): a packet a pod sends with an IPv6 source it was
     // not given meets the fail-closed drop. With dual-stack pods it is required.
-    policy: {
-      rules: () => policy?.rules() ?? null, driver: createPolicyDriver({ routeProtocol: config.routeProtocol }), vxlanDevice: config.vxlanDevice,
-      driver6: createPolicyDriver({ routeProtocol: config.routeProtocol, family: 6 }), ipv6Required: config.podFamilies.includes('ipv6'),
-    },
+    policy: { rules: () => policy?.rules() ?? null, drivers: [policyDriver(4), policyDriver(6)], ipv6Required: config.podFamilies.includes('ipv6') },
     resyncMs: config.resyncMs,
     logger,
     metrics,
-    // Notifications followed: every change the agent did not make reaches it (see sources/kernel-watch.ts).
-    trustApplied: () => kernelWatch !== null,
   });
   // The underlay can move after start (DHCP, an operator, a re-addressed subnet): the VXLAN device is rebuilt on the
-  // new address (the pass does it: ensureDevice reads the spec), the node registered again with its new address and
+  // new address (the device driver compares it with the spec), the node registered again with its new address and
   // VTEP MAC, so every other node's entries follow, and direct routing judged against the new subnet.
   const underlayFollower = followUnderlay({
     initial: underlay,
@@ -167,8 +177,10 @@ async function main(): Promise<void> {
       view: () => ({ deviceName: config.vxlanDevice, routeProtocol: config.routeProtocol, ...reconciler.overlay() }),
       onChange: (e) => {
         metrics.kernelEvents.add(1, { kind: e.kind });
-        // A link event may mean the device is gone or changed: the pass ensures it; other events concern entries only.
-        reconciler.markDirty(e.kind === 'link' ? 'device' : 'kernel', config.eventDebounceMs);
+        // A link event may mean the device is gone or changed: it and everything on it are read back; an entry's
+        // event, only its kind.
+        if (e.kind === 'link') reconciler.markDirty('device', config.eventDebounceMs);
+        else reconciler.resync([e.kind === 'route' ? ROUTE : e.kind === 'neighbour' && e.family === 'bridge' ? FDB : NEIGHBOUR], config.eventDebounceMs);
       },
       onEcho: (e) => metrics.kernelEchoes.add(1, { kind: e.kind }),
       onLost: (reason) => {
@@ -239,7 +251,7 @@ async function main(): Promise<void> {
     ipam.close();
     reports.close();
     policyClient.close();
-    driver.close();
+    overlayNetlink.close();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

@@ -2,116 +2,208 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { emptyState, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
-import type { ApplyResult, OverlayDriver } from './kernel/netlink-overlay.js';
+import {
+  computeDesired,
+  type FdbEntry,
+  type NeighbourEntry,
+  type RemoteNode,
+  type RouteEntry,
+  type Routing,
+} from './domain/desired.js';
+import { MASQUERADE_CHAIN, type NatChain } from './domain/masquerade.js';
+import type { PolicyPlan } from './domain/network-policy.js';
+import { createNetworkPolicyDriver } from './drivers/policy.js';
+import { createFakeKernel, type FakeKernel } from './kernel-table/fake-kernel.js';
+import type { PolicyDriver as IptablesPolicy } from './kernel/iptables-policy.js';
+import { vxlanStateFor, type VxlanDeviceState } from './kernel/vxlan-device.js';
 import { createAgentMetrics } from './metrics.js';
+import { createPolicyProgrammer } from './policy-programmer.js';
 import { createReconciler, type Reconciler } from './reconciler.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
-/** An in-memory kernel behind the driver interface; every write echoes back as a kernel event, like netlink's. */
-function fakeKernel(opts: { failAdds?: number } = {}) {
-  const state: KernelState = emptyState();
-  const writes: string[] = [];
-  let failAdds = opts.failAdds ?? 0;
-  let onWrite: () => void = () => {};
-  const table = (s: KernelState, e: KernelEntry) => (e.kind === 'neighbour' ? s.neighbours : e.kind === 'fdb' ? s.fdb : s.routes) as Map<string, KernelEntry>;
-  const driver: OverlayDriver = {
-    async readActual() {
-      return { neighbours: new Map(state.neighbours), fdb: new Map(state.fdb), routes: new Map(state.routes) };
-    },
-    async apply(_ifindex, plan): Promise<ApplyResult> {
-      const out: ApplyResult = { applied: 0, failed: [] };
-      for (const phase of plan.phases) {
-        for (const e of phase.entries) {
-          if (phase.op === 'add' && failAdds > 0) {
-            failAdds--;
-            out.failed.push({ op: 'add', entry: e, error: 'EBUSY' });
-            continue;
-          }
-          if (phase.op === 'add') table(state, e).set(e.key, e);
-          else table(state, e).delete(e.key);
-          writes.push(`${phase.op} ${e.kind} ${e.key}`);
-          out.applied++;
-          onWrite();
-        }
-      }
-      return out;
-    },
-    async linkIndex() {
-      return 5;
-    },
-    close() {},
-  };
-  return { state, writes, driver, echo: (fn: () => void) => (onWrite = fn) };
+const spec = {
+  name: 'weft.vxlan',
+  vni: 4096,
+  port: 4789,
+  localAddress: '192.0.2.10',
+  underlayInterface: 'eth0',
+  mtu: 1450,
+};
+
+/** A node's kernel: one fake per kind, the device already made (as main.ts does before the first pass). */
+function fakeNode(opts: { device?: boolean } = {}) {
+  const device = createFakeKernel<VxlanDeviceState>(
+    opts.device === false ? [] : [[spec.name, { ...vxlanStateFor(spec), ifindex: 5 }]],
+    { held: (_k, v) => ({ ...v, ifindex: 6 }) },
+  );
+  const neighbours = createFakeKernel<NeighbourEntry>();
+  const fdb = createFakeKernel<FdbEntry>();
+  const routes = createFakeKernel<RouteEntry>();
+  const nat4 = createFakeKernel<NatChain>();
+  const nat6 = createFakeKernel<NatChain>();
+  const all = { device, neighbours, fdb, routes, nat4, nat6 } as Record<string, FakeKernel<unknown>>;
+  const writes = () => Object.entries(all).flatMap(([kind, k]) => k.requests.map((r) => `${kind} ${r}`));
+  const reads = () => Object.fromEntries(Object.entries(all).map(([kind, k]) => [kind, k.reads]));
+  const clear = () => Object.values(all).forEach((k) => (k.requests.length = 0));
+  return { kernel: { device, neighbours, fdb, routes, nat4, nat6 }, all, writes, reads, clear };
 }
 
-const remote = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:57:c6:33:64:0c', blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'] };
+/** Fake iptables and ipset behind the policy programmer: counts reads back (iptables-save, ipset save, veths). */
+function fakeIptables(family: 4 | 6, opts: { fail?: () => Error | null; written?: string[] } = {}) {
+  const calls: string[] = [];
+  const driver: IptablesPolicy = {
+    read: async () => (calls.push('read'), { chains: new Map(), jumps: 0, sets: new Map() }),
+    podVeths: async () => (calls.push('veths'), new Map<string, string>()),
+    apply: async (plan: PolicyPlan) => {
+      const err = opts.fail?.();
+      if (err) throw err;
+      calls.push('apply');
+      if (plan.filter) opts.written?.push(`${family}: ${plan.filter.split('\n').find((l) => l.includes('-j DROP'))}`);
+    },
+  };
+  return { calls, driver: createNetworkPolicyDriver(createPolicyProgrammer(driver, 'weft.vxlan', family), family) };
+}
+
+const remote: RemoteNode = {
+  node: 'b',
+  underlayAddress: '198.51.100.12',
+  vtepMac: '02:57:c6:33:64:0c',
+  blockCidrs: ['10.244.1.0/26', '10.244.2.0/26'],
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function setup(kernel: ReturnType<typeof fakeKernel>, snap: RoutesSnapshot, extra: { retryMs?: number; routing?: Routing; underlayIfindex?: number; trustApplied?: () => boolean } = {}) {
+function setup(
+  node: ReturnType<typeof fakeNode>,
+  snap: RoutesSnapshot,
+  extra: Partial<Parameters<typeof createReconciler>[0]> = {},
+) {
   const registry = createMetricsRegistry();
   const metrics = createAgentMetrics(registry);
   const r: Reconciler = createReconciler({
-    self: 'a', snapshot: () => snap, driver: kernel.driver, ensureDevice: async () => 5, resyncMs: 60_000, logger: silentLogger, metrics, ...extra,
+    self: 'a',
+    snapshot: () => snap,
+    kernel: node.kernel,
+    vxlan: () => spec,
+    resyncMs: 60_000,
+    logger: silentLogger,
+    metrics,
+    ...extra,
   });
-  const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(registry.render())?.[1] ?? NaN);
+  const value = (series: string) =>
+    Number(new RegExp(`^${series.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(registry.render())?.[1] ?? 0);
   return { r, value };
 }
 
 test('nothing is written before the first complete snapshot; then the kernel gets the desired state', async () => {
-  const k = fakeKernel();
-  k.state.routes.set('10.244.9.0/26', { kind: 'route', key: '10.244.9.0/26', cidr: '10.244.9.0/26', gateway: '10.244.9.0', mode: 'vxlan' });
+  const k = fakeNode();
+  k.kernel.routes.entries.set('10.244.9.0/26', {
+    kind: 'route',
+    key: '10.244.9.0/26',
+    cidr: '10.244.9.0/26',
+    gateway: '10.244.9.0',
+    mode: 'vxlan',
+  });
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 3, synced: false };
   const { r, value } = setup(k, snap);
   try {
     await r.flush();
     r.markDirty('kernel', 5);
     await sleep(30);
-    assert.equal(k.writes.length, 0, 'a stale route survives until the agent is in sync');
+    assert.deepEqual(k.writes(), [], 'a stale route survives until the agent is in sync');
     snap.synced = true;
     await r.flush();
-    assert.ok(k.writes.includes('delete route 10.244.9.0/26'));
-    assert.deepEqual([...k.state.routes.keys()].sort(), ['10.244.1.0/26', '10.244.2.0/26']);
+    assert.ok(k.writes().includes('routes remove 10.244.9.0/26'));
+    assert.deepEqual([...k.kernel.routes.entries.keys()].sort(), ['10.244.1.0/26', '10.244.2.0/26']);
     assert.equal(value('weft_agent_revision_applied'), 3);
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'first adds are not drift');
     const { target, ...overlay } = r.overlay();
-    assert.deepEqual(overlay, { ifindex: 5, underlayIfindex: null, routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']) });
-    assert.deepEqual([...target!.routes.keys()], ['10.244.1.0/26', '10.244.2.0/26'], 'the target: what the pass planned towards');
+    assert.deepEqual(overlay, {
+      ifindex: 5,
+      underlayIfindex: null,
+      routeCidrs: new Set(['10.244.1.0/26', '10.244.2.0/26']),
+    });
+    assert.deepEqual([...target!.routes.keys()], ['10.244.1.0/26', '10.244.2.0/26'], 'the target: the desired state');
   } finally {
     r.stop();
   }
 });
 
-test('the agent\'s own writes echo back as events, cost one more (empty) pass, and the loop comes to rest', async () => {
-  const k = fakeKernel();
+test('restart with 1,000 peers: the first pass reads the kernel back, and deletes or re-adds nothing that is right', async () => {
+  const k = fakeNode();
+  const nodes = new Map<string, RemoteNode>();
+  for (let i = 0; i < 1000; i++) {
+    const name = `n${i}`;
+    nodes.set(name, {
+      node: name,
+      underlayAddress: `198.51.${100 + (i >> 8)}.${i & 255}`,
+      vtepMac: `02:57:c6:33:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`,
+      blockCidrs: [`10.${100 + (i >> 8)}.${i & 255}.0/26`],
+    });
+  }
+  // What the previous agent left: exactly the desired state, as the kernel prints it.
+  const before = computeDesired('a', nodes.values());
+  for (const [key, e] of before.neighbours) k.kernel.neighbours.entries.set(key, e);
+  for (const [key, e] of before.fdb) k.kernel.fdb.entries.set(key, e);
+  for (const [key, e] of before.routes) k.kernel.routes.entries.set(key, e);
+  const snap: RoutesSnapshot = { nodes, revision: 42, synced: true };
+  const { r, value } = setup(k, snap);
+  try {
+    await r.flush();
+    assert.deepEqual(
+      k.reads(),
+      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 0, nat6: 0 },
+      'each kind read back once (the pools are not known yet: nat untouched)',
+    );
+    assert.deepEqual(k.writes(), [], 'nothing deleted or re-added');
+    assert.equal(value('weft_agent_reconcile_passes_total{result="unchanged"}'), 1);
+    assert.equal(value('weft_agent_revision_applied'), 42);
+    assert.equal(value('weft_agent_desired_entries{kind="route"}'), 1000);
+  } finally {
+    r.stop();
+  }
+});
+
+test("the agent's own writes echo back as events, cost at most a few (empty) passes, and the loop comes to rest", async () => {
+  const k = fakeNode();
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   const { r, value } = setup(k, snap);
-  k.echo(() => r.markDirty('kernel', 5));
+  for (const f of Object.values(k.all)) f.onChange = () => r.markDirty('kernel', 5);
   try {
     await r.flush();
     await sleep(100);
-    const passes = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    const passes =
+      value('weft_agent_reconcile_passes_total{result="applied"}') +
+      value('weft_agent_reconcile_passes_total{result="unchanged"}');
     assert.equal(value('weft_agent_reconcile_passes_total{result="applied"}'), 1);
     assert.ok(passes <= 3, `a handful of passes, not a loop (${passes})`);
     await sleep(100);
-    const later = value('weft_agent_reconcile_passes_total{result="applied"}') + value('weft_agent_reconcile_passes_total{result="unchanged"}');
+    const later =
+      value('weft_agent_reconcile_passes_total{result="applied"}') +
+      value('weft_agent_reconcile_passes_total{result="unchanged"}');
     assert.equal(later, passes, 'no pass while nothing changes');
   } finally {
     r.stop();
   }
 });
 
-test('an entry removed behind the agent\'s back is re-added and counted as a drift repair', async () => {
-  const k = fakeKernel();
+test("an entry removed behind the agent's back is found when its kind is marked for resync, re-added and counted as drift", async () => {
+  const k = fakeNode();
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   const { r, value } = setup(k, snap);
   try {
     await r.flush();
-    k.state.routes.delete('10.244.2.0/26');
-    k.state.fdb.clear();
-    k.writes.length = 0;
+    k.kernel.routes.entries.delete('10.244.2.0/26');
+    k.kernel.fdb.entries.clear();
+    k.clear();
+    const reads = k.reads();
+    r.resync(['route', 'fdb']);
     await r.flush();
-    assert.deepEqual(k.writes.sort(), ['add fdb 02:57:c6:33:64:0c', 'add route 10.244.2.0/26']);
+    assert.deepEqual(k.writes().sort(), ['fdb write 02:57:c6:33:64:0c', 'routes write 10.244.2.0/26']);
+    assert.deepEqual(
+      k.reads(),
+      { ...reads, routes: reads.routes! + 1, fdb: reads.fdb! + 1 },
+      'only the kinds marked are read back',
+    );
     assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
     assert.equal(value('weft_agent_drift_repairs_total{kind="fdb"}'), 1);
     assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}'), 0);
@@ -124,31 +216,47 @@ test('an entry removed behind the agent\'s back is re-added and counted as a dri
   }
 });
 
-test('a failed kernel update is retried with backoff until it succeeds, and counted', async () => {
-  const k = fakeKernel({ failAdds: 2 });
+test('a failed kernel update is retried with backoff, reading its kind back first, until it succeeds', async () => {
+  const k = fakeNode();
+  k.kernel.routes.fail('write', '10.244.1.0/26', 2);
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 7, synced: true };
   const { r, value } = setup(k, snap, { retryMs: 10 });
   try {
     await r.flush();
-    assert.equal(value('weft_agent_netlink_failures_total{op="apply"}'), 2);
+    assert.equal(value('weft_agent_netlink_failures_total{op="apply"}'), 1);
+    assert.ok(k.kernel.routes.entries.has('10.244.2.0/26'), 'the rest goes on');
     assert.equal(value('weft_agent_revision_applied'), 0, 'a partly applied revision is not reported as applied');
     for (let i = 0; i < 50 && value('weft_agent_revision_applied') !== 7; i++) await sleep(10);
     assert.equal(value('weft_agent_revision_applied'), 7);
-    assert.equal(k.state.routes.size + k.state.neighbours.size + k.state.fdb.size, 5);
-    assert.equal(value('weft_agent_drift_repairs_total{kind="neighbour"}') + value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'a retried add is not drift');
+    assert.equal(k.kernel.routes.reads, 3, 'each retry read the routes back');
+    assert.equal(k.kernel.neighbours.reads, 1, 'kinds that did not fail were not read again');
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 0, 'a retried add is not drift');
   } finally {
     r.stop();
   }
 });
 
 test('direct mode refuses a node off the underlay subnet: nothing is written for it, and the refusal shows in the metrics', async () => {
-  const k = fakeKernel();
-  const near = { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] };
-  const snap: RoutesSnapshot = { nodes: new Map([['b', remote], ['c', near]]), revision: 2, synced: true };
-  const { r, value } = setup(k, snap, { routing: { mode: 'direct', underlay: { address: '192.0.2.10', prefixLength: 24 } }, underlayIfindex: 2 });
+  const k = fakeNode();
+  const near = {
+    node: 'c',
+    underlayAddress: '192.0.2.13',
+    vtepMac: '02:57:c0:00:02:0d',
+    blockCidrs: ['10.244.3.0/26'],
+  };
+  const snap: RoutesSnapshot = {
+    nodes: new Map([
+      ['b', remote],
+      ['c', near],
+    ]),
+    revision: 2,
+    synced: true,
+  };
+  const routing: Routing = { mode: 'direct', underlay: { address: '192.0.2.10', prefixLength: 24 } };
+  const { r, value } = setup(k, snap, { routing, underlayIfindex: 2 });
   try {
     await r.flush();
-    assert.deepEqual(k.writes, ['add route 10.244.3.0/26']);
+    assert.deepEqual(k.writes(), ['routes write 10.244.3.0/26']);
     assert.deepEqual(r.overlay().underlayIfindex, 2);
     assert.equal(value('weft_agent_peers{mode="refused"}'), 1);
     assert.equal(value('weft_agent_peers{mode="direct"}'), 1);
@@ -161,40 +269,113 @@ test('direct mode refuses a node off the underlay subnet: nothing is written for
   }
 });
 
-test('a route change or an entry\'s notification re-checks the overlay only, new rules or pods the policy only; the device, masquerade and policy are re-checked for their own reasons and at resync', async () => {
-  const k = fakeKernel();
+test('what a pass reads back follows what is marked, not why it runs: route changes read nothing, events their kind, pods the policy, the resync everything', async () => {
+  const k = fakeNode();
+  const p4 = fakeIptables(4);
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
-  const calls: string[] = [];
-  const r = createReconciler({
-    self: 'a', snapshot: () => snap, driver: k.driver, resyncMs: 60_000, logger: silentLogger,
-    ensureDevice: async () => (calls.push('device'), 5),
-    masquerade: { pools: () => ['10.244.0.0/16'], driver: { read: async () => (calls.push('nat'), { chainExists: false, rules: [], jumps: 0 }), apply: async () => {} } },
-    policy: { rules: () => null, driver: { read: async () => (calls.push('filter'), { chains: new Map(), jumps: 0, sets: new Map() }), podVeths: async () => new Map(), apply: async () => {} } },
+  let rules: { revision: number; pods: []; sets: Map<string, string[]> } | null = null;
+  const { r } = setup(k, snap, {
+    pools: () => ['10.244.0.0/16'],
+    policy: { rules: () => rules, drivers: [p4.driver] },
+  });
+  const reads = () => ({ ...k.reads(), policy: p4.calls.filter((c) => c !== 'apply').length });
+  try {
+    await r.flush();
+    assert.deepEqual(
+      reads(),
+      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 2 },
+      'the first pass reads everything back',
+    );
+    assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN)?.rules, [
+      '-A WEFT-POSTROUTING -d 10.244.0.0/16 -j RETURN',
+      '-A WEFT-POSTROUTING -s 10.244.0.0/16 -j MASQUERADE',
+    ]);
+    let last = reads();
+    const expectReads = (what: string, more: Record<string, number>) => {
+      const now = reads();
+      assert.deepEqual(
+        now,
+        {
+          ...last,
+          ...Object.fromEntries(Object.entries(more).map(([kind, n]) => [kind, last[kind as keyof typeof last]! + n])),
+        },
+        what,
+      );
+      last = now;
+    };
+    snap.nodes.set('c', {
+      node: 'c',
+      underlayAddress: '198.51.100.13',
+      vtepMac: '02:57:c6:33:64:0d',
+      blockCidrs: ['10.244.3.0/26'],
+    });
+    await r.flush('routes');
+    assert.ok(k.kernel.routes.entries.has('10.244.3.0/26'), 'the route change is applied');
+    expectReads('a route change: nothing read back (no ip, iptables-save or ipset spawned)', {});
+    r.resync(['route']);
+    await r.flush();
+    expectReads('a route event: routes only', { routes: 1 });
+    rules = { revision: 2, pods: [], sets: new Map() };
+    await r.flush('policy');
+    expectReads('new rules: applied against what was last written', {});
+    await r.flush('pods');
+    expectReads('a pod attached or detached: the policy reads back', { policy: 2 });
+    await r.flush('device');
+    expectReads('a link event: the device and what lives on it', { device: 1, neighbours: 1, fdb: 1, routes: 1 });
+    await r.flush('resync');
+    expectReads('the periodic resync: everything', {
+      device: 1,
+      neighbours: 1,
+      fdb: 1,
+      routes: 1,
+      nat4: 1,
+      nat6: 1,
+      policy: 2,
+    });
+  } finally {
+    r.stop();
+  }
+});
+
+test('a VXLAN device deleted by hand is made again and everything on it re-added; while it cannot be made, its entries are held back', async () => {
+  const k = fakeNode();
+  const snap: RoutesSnapshot = {
+    nodes: new Map([
+      ['b', remote],
+      ['c', { node: 'c', underlayAddress: '192.0.2.13', vtepMac: '02:57:c0:00:02:0d', blockCidrs: ['10.244.3.0/26'] }],
+    ]),
+    revision: 1,
+    synced: true,
+  };
+  const { r, value } = setup(k, snap, {
+    routing: { mode: 'auto', underlay: { address: '192.0.2.10', prefixLength: 24 } },
+    underlayIfindex: 2,
+    retryMs: 10,
   });
   try {
     await r.flush();
-    assert.deepEqual(calls, ['device', 'nat', 'filter'], 'the first pass checks everything');
-    calls.length = 0;
-    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
-    r.markDirty('routes');
-    r.markDirty('kernel');
-    await sleep(20);
-    assert.ok(k.state.routes.has('10.244.3.0/26'), 'the route change is applied');
-    assert.deepEqual(calls, [], 'without spawning iptables-save, ipset or ip');
-    for (const reason of ['device', 'pools', 'underlay', 'resync'] as const) {
-      calls.length = 0;
-      r.markDirty(reason);
-      await sleep(20);
-      assert.deepEqual(calls, ['device', 'nat', 'filter'], `${reason}: everything is checked`);
-    }
-    calls.length = 0;
-    r.markDirty('policy');
-    await sleep(20);
-    assert.deepEqual(calls, ['filter'], 'new policy rules alone: only the policy is checked');
-    calls.length = 0;
-    r.markDirty('pods');
-    await sleep(20);
-    assert.deepEqual(calls, ['filter'], 'a pod attached or detached: only the policy is checked');
+    k.kernel.device.entries.clear();
+    k.kernel.neighbours.entries.clear();
+    k.kernel.fdb.entries.clear();
+    k.kernel.routes.entries.delete('10.244.1.0/26');
+    k.kernel.routes.entries.delete('10.244.2.0/26');
+    k.clear();
+    k.kernel.device.fail('write', spec.name);
+    await r.flush('device');
+    assert.deepEqual(k.writes(), [], 'nothing written on a device that is not there');
+    assert.ok(k.kernel.routes.entries.has('10.244.3.0/26'), 'the direct route does not depend on it');
+    assert.equal(value('weft_agent_reconcile_passes_total{result="failed"}'), 1);
+    for (let i = 0; i < 50 && k.kernel.routes.entries.size < 3; i++) await sleep(10);
+    assert.equal(r.overlay().ifindex, 6, 'the new device');
+    assert.deepEqual(k.writes().sort(), [
+      'device write weft.vxlan',
+      'fdb write 02:57:c6:33:64:0c',
+      'neighbours write 10.244.1.0',
+      'neighbours write 10.244.2.0',
+      'routes write 10.244.1.0/26',
+      'routes write 10.244.2.0/26',
+    ]);
+    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 2);
   } finally {
     r.stop();
   }
@@ -204,23 +385,22 @@ test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
   const written: string[] = [];
   let fail6: Error | null = new Error('ip6tables-restore: table filter does not exist');
-  const driver = (family: 4 | 6) => ({
-    read: async () => ({ chains: new Map(), jumps: 0, sets: new Map() }),
-    podVeths: async () => new Map<string, string>(),
-    apply: async (plan: { filter: string | null }) => {
-      if (family === 6 && fail6) throw fail6;
-      if (plan.filter) written.push(`${family}: ${plan.filter.split('\n').find((l) => l.includes('-j DROP'))}`);
-    },
-  });
-  const make = (ipv6Required: boolean) => createReconciler({
-    self: 'a', snapshot: () => snap, driver: fakeKernel().driver, ensureDevice: async () => 5, resyncMs: 60_000, logger: silentLogger, retryMs: 10,
-    policy: { rules: () => null, driver: driver(4), driver6: driver(6), ipv6Required },
-  });
+  const make = (ipv6Required: boolean) =>
+    setup(fakeNode(), snap, {
+      retryMs: 10,
+      policy: {
+        rules: () => null,
+        drivers: [fakeIptables(4, { written }).driver, fakeIptables(6, { written, fail: () => fail6 }).driver],
+        ipv6Required,
+      },
+    }).r;
   // Not required (IPv4-only pods): IPv4 is programmed and the pass succeeds; IPv6 is not in force.
   const relaxed = make(false);
   try {
     await relaxed.flush();
-    assert.deepEqual(written, ['4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP']);
+    assert.deepEqual(written, [
+      '4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+    ]);
     await assert.rejects(relaxed.whenPolicyInForce(6, 50), /IPv6 policy not programmed within 50 ms/);
     await relaxed.whenPolicyInForce(4, 50);
   } finally {
@@ -233,62 +413,47 @@ test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its
     const waiting = strict.whenPolicyInForce(6, 5000);
     strict.markDirty('start');
     await sleep(50);
-    assert.deepEqual(written.filter((w) => w.startsWith('6')), []);
+    assert.deepEqual(
+      written.filter((w) => w.startsWith('6')),
+      [],
+    );
     fail6 = null;
     await waiting;
-    assert.ok(written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')), 'the same fail-closed dispatch in ip6tables');
+    assert.ok(
+      written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')),
+      'the same fail-closed dispatch in ip6tables',
+    );
   } finally {
     strict.stop();
   }
 });
 
-test('with notifications followed, a route change plans against what the last pass left (no read-back); drift still reads back and is repaired', async () => {
-  const k = fakeKernel();
-  let reads = 0;
-  const readActual = k.driver.readActual.bind(k.driver);
-  k.driver.readActual = async (d) => {
-    reads++;
-    return readActual(d);
-  };
-  let watching = true;
-  const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
-  const { r, value } = setup(k, snap, { trustApplied: () => watching });
+test('masquerade: nothing before the pools are known; a failing IPv6 nat table does not fail the pass and is retried at the resync', async () => {
+  const k = fakeNode();
+  k.kernel.nat6.failReads(1, 'ip6tables-save: table nat does not exist');
+  let pools: string[] | null = null;
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
+  const { r, value } = setup(k, snap, { pools: () => pools });
   try {
     await r.flush();
-    assert.equal(reads, 1, 'the first pass reads the kernel back');
-    // A new block: planned against the previous pass's result, applied without reading back.
-    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
-    snap.revision = 2;
-    r.markDirty('routes');
-    await sleep(10);
-    assert.equal(reads, 1, 'no read-back for a route change');
-    assert.ok(k.state.routes.has('10.244.3.0/26') && k.state.fdb.has('02:57:c6:33:64:0d'));
-    assert.equal(value('weft_agent_revision_applied'), 2);
-    assert.equal(value('weft_agent_overlay_reads_total{source="trusted"}'), 1);
-    // Drift (a route deleted by hand) arrives as a kernel event: that pass reads back and repairs it.
-    k.state.routes.delete('10.244.1.0/26');
-    r.markDirty('kernel', 5);
-    await sleep(30);
-    assert.equal(reads, 2);
-    assert.ok(k.state.routes.has('10.244.1.0/26'), 'the hand-deleted route is back');
-    assert.equal(value('weft_agent_drift_repairs_total{kind="route"}'), 1);
-    // A route change while drift is pending (the debounce has not fired) reads back too: its reasons include it.
-    k.state.routes.delete('10.244.2.0/26');
-    r.markDirty('kernel', 50);
-    snap.nodes.delete('c');
-    snap.revision = 3;
-    r.markDirty('routes');
-    await sleep(10);
-    assert.ok(k.state.routes.has('10.244.2.0/26') && !k.state.routes.has('10.244.3.0/26'));
-    assert.equal(reads, 3);
-    await sleep(60);
-    // Without notifications (the subscription failed) every pass reads back.
-    watching = false;
-    snap.nodes.set('c', { node: 'c', underlayAddress: '198.51.100.13', vtepMac: '02:57:c6:33:64:0d', blockCidrs: ['10.244.3.0/26'] });
-    const before = reads;
-    r.markDirty('routes');
-    await sleep(10);
-    assert.equal(reads, before + 1);
+    assert.deepEqual(
+      [k.kernel.nat4.reads, k.kernel.nat6.reads],
+      [0, 0],
+      'pools unknown: the nat tables are left as they are',
+    );
+    pools = ['10.244.0.0/16', 'fd00:10:244::/48'];
+    await r.flush('pools');
+    assert.ok(k.kernel.nat4.entries.has(MASQUERADE_CHAIN));
+    assert.equal(k.kernel.nat6.entries.size, 0);
+    assert.equal(value('weft_agent_reconcile_passes_total{result="failed"}'), 0, 'IPv6 NAT is optional');
+    await r.flush('routes');
+    assert.equal(k.kernel.nat6.entries.size, 0, 'it rests until the resync');
+    await r.flush('resync');
+    assert.deepEqual(k.kernel.nat6.entries.get(MASQUERADE_CHAIN)?.rules, [
+      '-A WEFT-POSTROUTING -d fd00:10:244::/48 -j RETURN',
+      '-A WEFT-POSTROUTING -s fd00:10:244::/48 -j MASQUERADE',
+    ]);
+    assert.equal(value('weft_agent_kernel_changes_total{kind="masquerade",op="add"}'), 2);
   } finally {
     r.stop();
   }

@@ -1,61 +1,73 @@
 import { createBackoff } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import { createMetricsRegistry } from '../lib/metrics.js';
-import { computeDesired, driftRepairs, planChanges, planSize, VXLAN_ONLY, type KernelEntry, type KernelState, type Routing } from './domain/desired.js';
-import { planMasquerade } from './domain/masquerade.js';
+import {
+  computeDesired,
+  VXLAN_ONLY,
+  type DesiredState,
+  type FdbEntry,
+  type NeighbourEntry,
+  type RouteEntry,
+  type Routing,
+} from './domain/desired.js';
+import type { NatChain } from './domain/masquerade.js';
 import type { NodeRules } from './domain/network-policy.js';
-import type { NatDriver } from './kernel/iptables-nat.js';
-import type { PolicyDriver } from './kernel/iptables-policy.js';
-import type { OverlayDevices, OverlayDriver } from './kernel/netlink-overlay.js';
+import { createFdbDriver, FDB } from './drivers/fdb.js';
+import { createNatDriver, desiredNat, natKind } from './drivers/nat.js';
+import { createNeighbourDriver, NEIGHBOUR } from './drivers/neighbours.js';
+import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
+import { createNetworkPolicy, type NetworkPolicyDriver } from './drivers/policy.js';
+import { createRouteDriver, ROUTE } from './drivers/routes.js';
+import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
+import { createDataplane, type KernelAccess } from './kernel-table/dataplane.js';
+import { vxlanStateFor, type VxlanDeviceState, type VxlanSpec } from './kernel/vxlan-device.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
-import { createPolicyProgrammer } from './policy-programmer.js';
+import { createPassReporter } from './pass-report.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
 /**
- * One loop decides when to reconcile: after a route change (at once), after a kernel event (debounced, so that a
- * burst of notifications costs one pass), after a failure (with backoff) and every resync period. Each pass ensures
- * the VXLAN device, computes desired state, reads the kernel back, plans the difference and applies it. Nothing is
- * written before the first complete snapshot.
- *
- * The agent's own writes come back as kernel events too; those that agree with the target (the desired state the
- * last pass planned towards, `overlay().target`) are dropped by the kernel watch, and any other is drift and causes
- * a pass that reads the kernel back. An empty plan writes nothing, so the loop comes to rest either way.
+ * The scheduler. Sources update their snapshots and mark dirty; a pass then runs the pure managers over the current
+ * inputs (the VXLAN device's spec, `computeDesired` for the overlay, the pools for masquerade, the rules for policy),
+ * hands their desired entries to the drivers' tables, and lets the drivers apply what is pending in the one
+ * dependency order (kernel-table/dataplane.ts, drivers/order.ts). A driver reads the kernel back only when its table
+ * is marked for resync: at start, every `resyncMs`, after one of its writes failed, and when a kernel notification
+ * disagrees with what the agent wants. What a pass does depends only on the inputs and on what the tables hold, never
+ * on why it runs. Nothing is written before the first complete route snapshot.
  */
-export type DirtyReason = 'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
+export type DirtyReason =
+  'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
 
-/**
- * Reasons that concern only the overlay: a route-table change, or a netlink notification about a route, neighbour or
- * FDB entry. A pass for these alone (once a complete pass has run) skips what none of them can have changed: ensuring
- * the device (its link notifications come as 'device'), masquerade (pools come as 'pools') and network policy (rules
- * come as 'policy', new pods as 'pods'); iptables has no notifications, so its drift is found by the periodic resync
- * either way. Those steps spawn iptables-save, ipset and ip: on a busy node they cost tens of milliseconds that would
- * otherwise delay every route change.
- */
-const OVERLAY_ONLY: ReadonlySet<DirtyReason> = new Set(['routes', 'kernel']);
+/** The kernel access of each kind of entry the dataplane drives (netlink, iproute2 and iptables, or a fake in tests). */
+export interface KernelAccesses {
+  device: KernelAccess<VxlanDeviceState>;
+  neighbours: KernelAccess<NeighbourEntry>;
+  fdb: KernelAccess<FdbEntry>;
+  routes: KernelAccess<RouteEntry>;
+  nat4?: KernelAccess<NatChain>;
+  nat6?: KernelAccess<NatChain>;
+}
 
-/**
- * Reasons that concern only network policy: new rules ('policy') and a pod attached or detached ('pods': its veth
- * enters or leaves the dispatch chains). A pass for these alone (once a complete pass has run) is the policy step
- * only: every CNI ADD and DEL causes one, and ensuring the device and masquerade would spawn `ip` and
- * `iptables-save` for nothing, beside the next pod's ADD.
- */
-const POLICY_ONLY: ReadonlySet<DirtyReason> = new Set(['policy', 'pods']);
+/** What may be marked for resync: a kind of the dataplane's, or network policy (chains, sets and pod veths). */
+export type ResyncKind = typeof DEVICE | typeof NEIGHBOUR | typeof FDB | typeof ROUTE | 'nat' | 'policy';
 
 export interface Reconciler {
-  /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). */
+  /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). `pods` re-reads the pods' veths. */
   markDirty(reason: DirtyReason, delayMs?: number): void;
-  /**
-   * Resolves after the next pass that starts after this call (for `reason`: 'flush', the default, runs every step;
-   * 'pods' only the policy step once a complete pass has run). It resolves whatever the pass's outcome.
-   */
+  /** Marks kinds for resync (read back at the next pass) and schedules that pass. */
+  resync(kinds: readonly ResyncKind[], delayMs?: number): void;
+  /** Resolves after the next pass that starts after this call, whatever its outcome. */
   flush(reason?: DirtyReason): Promise<void>;
   /**
-   * The overlay device's index as last ensured (null before the first pass), the underlay's, the desired route
-   * destinations, and the state the last pass planned towards (null: unknown), which tells the agent's own writes
-   * from drift when they come back as notifications.
+   * The overlay device's index (null while it does not exist), the underlay's, the desired route destinations, and
+   * the desired state (null: unknown), which tells the agent's own writes from drift when they come back as notifications.
    */
-  overlay(): { ifindex: number | null; underlayIfindex: number | null; routeCidrs: ReadonlySet<string>; target: KernelState | null };
-  /** The node's underlay moved (another address, prefix or device): plans from now on use it; a pass follows. */
+  overlay(): {
+    ifindex: number | null;
+    underlayIfindex: number | null;
+    routeCidrs: ReadonlySet<string>;
+    target: DesiredState | null;
+  };
+  /** The node's underlay moved (another address, prefix or device): plans from now on use it; everything is read back. */
   setUnderlay(underlay: Routing['underlay'], underlayIfindex: number): void;
   /**
    * Resolves once network policy of the family has been programmed (the dispatch chains and their fail-closed drop
@@ -67,24 +79,32 @@ export interface Reconciler {
 
 type PassResult = 'unsynced' | 'unchanged' | 'applied' | 'failed';
 
+/** What a reason marks for resync (the rest only schedule a pass: their inputs are read by every pass). */
+const RESYNC_ON: Partial<Record<DirtyReason, readonly ResyncKind[]>> = {
+  pods: ['policy'],
+  kernel: [NEIGHBOUR, FDB, ROUTE],
+  device: [DEVICE, NEIGHBOUR, FDB, ROUTE],
+  underlay: [DEVICE, NEIGHBOUR, FDB, ROUTE, 'nat', 'policy'],
+  resync: [DEVICE, NEIGHBOUR, FDB, ROUTE, 'nat', 'policy'],
+};
+
 export function createReconciler(deps: {
   self: string;
   snapshot: () => RoutesSnapshot;
-  driver: OverlayDriver;
-  ensureDevice: () => Promise<number>;
+  kernel: KernelAccesses;
+  /** The VXLAN device as it should be (its name never changes; the rest may follow the underlay). */
+  vxlan: () => VxlanSpec;
   /** The routing mode and this node's underlay (default: every node through VXLAN). */
   routing?: Routing;
   /** The underlay device's index, where direct routes live (default: none, 0). */
   underlayIfindex?: number;
-  /** Masquerade of pod traffic leaving the cluster's pools: the pools (null until known: nothing is written) and the nat-table driver. */
-  masquerade?: { pools: () => string[] | null; driver: NatDriver; driver6?: NatDriver };
-  /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and the ipset/filter driver. */
-  /** `vxlanDevice`: Weft's VXLAN device, whose traffic the pod dispatch chains let through (default weft.vxlan). */
+  /** The cluster's pools, for masquerade (null until known: the nat chains are left as they are). */
+  pools?: () => string[] | null;
+  /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and a driver per family. */
   policy?: {
-    rules: () => NodeRules | null; driver: PolicyDriver; vxlanDevice?: string;
-    /** The same rules for IPv6 (ip6tables and inet6 sets), programmed beside IPv4's. */
-    driver6?: PolicyDriver;
-    /** Pods are dual-stack: an IPv6 failure fails the pass like an IPv4 one. Otherwise it is logged once and the pass goes on. */
+    rules: () => NodeRules | null;
+    drivers: readonly NetworkPolicyDriver[];
+    /** Pods are dual-stack: an IPv6 failure fails the pass like an IPv4 one. Otherwise it is logged once and retried at the next resync. */
     ipv6Required?: boolean;
   };
   resyncMs: number;
@@ -92,14 +112,32 @@ export function createReconciler(deps: {
   metrics?: AgentMetrics;
   /** Least retry delay after a failure; grows with jitter (lib/backoff.ts) up to the resync period (default 250 ms). */
   retryMs?: number;
-  /**
-   * Whether kernel notifications are followed right now (every change to Weft's entries that the agent did not make
-   * reaches it as a 'kernel' or 'device' reason). When true, a pass caused by route-table changes alone plans against
-   * what the previous pass left (`expected`) instead of reading the kernel back (default: false, always read back).
-   */
-  trustApplied?: () => boolean;
+  /** Requests in flight per phase (default 64; the netlink package aborts near 512). */
+  maxInFlight?: number;
 }): Reconciler {
   const metrics = deps.metrics ?? createAgentMetrics(createMetricsRegistry());
+  const deviceName = deps.vxlan().name;
+  const device = createVxlanDeviceDriver(deps.kernel.device);
+  const absent: KernelAccess<NatChain> = { read: async () => new Map(), write: async () => {}, remove: async () => {} };
+  const nat = ([4, 6] as const).map((family) => ({
+    ...createNatDriver(deps.kernel[`nat${family}`] ?? absent, family),
+    ready: () => !!deps.kernel[`nat${family}`] && !!deps.pools && deps.pools() !== null,
+  }));
+  const dataplane = createDataplane({
+    drivers: [
+      device,
+      createNeighbourDriver(deps.kernel.neighbours, deviceName),
+      createFdbDriver(deps.kernel.fdb, deviceName),
+      createRouteDriver(deps.kernel.routes, deviceName),
+      ...nat,
+    ],
+    order: ORDER,
+    dependents: DEPENDENTS,
+    maxInFlight: deps.maxInFlight,
+  });
+  const tableOf = <V>(kind: string) => dataplane.driver<V>(kind).table;
+
+  // Scheduling.
   let dirty = true;
   let reasons = new Set<DirtyReason>(['start']);
   let running = false;
@@ -108,182 +146,72 @@ export function createReconciler(deps: {
   let resyncTimer: NodeJS.Timeout | null = null;
   let debounceTimer: NodeJS.Timeout | null = null;
   let retryTimer: NodeJS.Timeout | null = null;
-  const retryBackoff = createBackoff({ baseMs: deps.retryMs ?? 250, capMs: Math.max(deps.resyncMs, deps.retryMs ?? 250) });
-  let ifindex: number | null = null;
-  let routeCidrs: ReadonlySet<string> = new Set();
-  /** The desired state of the last pass that planned (null: unknown). */
-  let target: KernelState | null = null;
-  /** Whether a pass has run every step (device, masquerade, policy, overlay) without failing since the last failure. */
-  let completed = false;
-  /** What the kernel held at the end of the previous pass (null: unknown), for counting drift repairs. */
-  let expected: KernelState | null = null;
+  const retryBackoff = createBackoff({
+    baseMs: deps.retryMs ?? 250,
+    capMs: Math.max(deps.resyncMs, deps.retryMs ?? 250),
+  });
+
+  // Inputs the scheduler holds for the managers, and what the watch asks about.
   let routing = deps.routing ?? VXLAN_ONLY;
   let underlayIfindex = deps.underlayIfindex ?? 0;
+  let target: DesiredState | null = null;
+  let routeCidrs: ReadonlySet<string> = new Set();
   for (const mode of ['vxlan', 'direct', 'auto']) metrics.routingMode.set(mode === routing.mode ? 1 : 0, { mode });
-  /** The refused nodes last logged, so that a refusal is logged when it starts or changes, not at every pass. */
-  let refusedLogged = '';
-  /** The last full pass (device, masquerade, policy, overlay) succeeded: a pass for new policy rules alone may skip the rest. */
-  let lastPassComplete = false;
 
-  const countByKind = (entries: KernelEntry[]) => {
-    const out: Record<string, number> = {};
-    for (const e of entries) out[e.kind] = (out[e.kind] ?? 0) + 1;
-    return out;
-  };
+  const reporter = createPassReporter({
+    logger: deps.logger,
+    metrics,
+    optional: nat.filter((d) => d.optional).map((d) => d.kind),
+    masquerade: nat.map((d) => d.kind),
+    pools: () => deps.pools?.() ?? null,
+  });
 
-  let nat6Failure = '';
-  /** Makes Weft's nat chains (IPv4 and IPv6) match the pools; an IPv4 failure fails the pass (retried with backoff). */
-  async function reconcileMasquerade(): Promise<void> {
-    const pools = deps.masquerade?.pools();
-    if (!deps.masquerade || !pools) return;
-    for (const [family, driver] of [[4, deps.masquerade.driver], [6, deps.masquerade.driver6]] as const) {
-      if (!driver) continue;
-      try {
-        const input = planMasquerade(pools, await driver.read(), undefined, family);
-        if (input === null) continue;
-        await driver.apply(input);
-        metrics.kernelChanges.add(1, { op: 'add', kind: 'masquerade' });
-        deps.logger.info('masquerade rules written', { family, pools });
-        nat6Failure = family === 6 ? '' : nat6Failure;
-      } catch (err) {
-        // IPv4 masquerade failing fails the pass; ip6tables failing (a node without IPv6 NAT) must not stop the rest.
-        if (family === 4) throw err;
-        const msg = (err as Error).message;
-        if (msg !== nat6Failure) deps.logger.warn('cannot program IPv6 masquerade (ip6tables nat)', { err: msg });
-        nat6Failure = msg;
-      }
+  const policy = deps.policy
+    ? createNetworkPolicy({
+        drivers: deps.policy.drivers,
+        ipv6Required: deps.policy.ipv6Required,
+        logger: deps.logger,
+        onWritten: () => metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' }),
+      })
+    : null;
+
+  function markForResync(kinds: readonly ResyncKind[]): void {
+    for (const kind of kinds) {
+      if (kind === 'policy') policy?.markForResync();
+      else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
+      else dataplane.markForResync([kind]);
     }
   }
 
-  const policyProgrammer = deps.policy ? createPolicyProgrammer(deps.policy.driver, deps.policy.vxlanDevice) : null;
-  const policyProgrammer6 = deps.policy?.driver6 ? createPolicyProgrammer(deps.policy.driver6, deps.policy.vxlanDevice, 6) : null;
-  /** Families whose policy has been programmed at least once, and who waits for that. */
-  const policyInForce = new Set<4 | 6>();
-  let inForceWaiters: { family: 4 | 6; resolve: () => void }[] = [];
-  let policy6Failure = '';
-  /**
-   * Makes Weft's filter chains and ipsets match the node's rules; a failure fails the pass (retried with backoff).
-   * Runs after the route snapshot is held, like everything else. Before the first rule set a fresh node drops its
-   * pods, and a restarted agent keeps the rules it finds (pods that appeared meanwhile are dropped by the dispatch
-   * chains' last rule, as is a pod the rules do not mention yet). A pass that only follows new rules trusts what it
-   * last applied (no read-back; see policy-programmer.ts).
-   */
-  async function reconcilePolicy(why: DirtyReason[]): Promise<boolean> {
-    if (!deps.policy || !policyProgrammer) return false;
-    const rules = deps.policy.rules();
-    const programFamily = async (programmer: typeof policyProgrammer, family: 4 | 6) => {
-      const { plan, veths, readBack } = await programmer.program(rules, { readBack: why.some((r) => r !== 'policy') });
-      if (!policyInForce.has(family)) {
-        policyInForce.add(family);
-        for (const w of inForceWaiters.filter((x) => x.family === family)) w.resolve();
-        inForceWaiters = inForceWaiters.filter((x) => x.family !== family);
-      }
-      if (plan.changed.length === 0) return false;
-      metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' });
-      deps.logger.info('policy rules written', { family, revision: rules?.revision ?? null, failClosed: rules === null, pods: veths, readBack, changed: plan.changed.slice(0, 20), count: plan.changed.length });
-      return true;
-    };
-    // The families are separate tables and separately named sets: they are programmed side by side, and both have
-    // finished before the pass goes on (a failed one must not still be writing when the retry starts).
-    const [v4, v6] = await Promise.allSettled([
-      programFamily(policyProgrammer, 4),
-      policyProgrammer6 ? programFamily(policyProgrammer6, 6) : Promise.resolve(false),
-    ]);
-    if (v4.status === 'rejected') throw v4.reason;
-    if (v6.status === 'rejected') {
-      // Dual-stack pods need IPv6 policy: failing, the pass is retried. Otherwise (no pod has IPv6) it is logged once.
-      if (deps.policy.ipv6Required) throw v6.reason;
-      const msg = (v6.reason as Error).message;
-      if (msg !== policy6Failure) deps.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err: msg });
-      policy6Failure = msg;
-      return v4.value;
-    }
-    policy6Failure = '';
-    return v4.value || v6.value;
+  /** The managers: desired entries for every table from the current inputs (pure computations). */
+  function computeTables(snap: RoutesSnapshot): void {
+    const spec = deps.vxlan();
+    tableOf<VxlanDeviceState>(DEVICE).replaceDesired(new Map([[spec.name, vxlanStateFor(spec)]]));
+    const desired = computeDesired(deps.self, snap.nodes.values(), routing);
+    tableOf<NeighbourEntry>(NEIGHBOUR).replaceDesired(desired.neighbours);
+    tableOf<FdbEntry>(FDB).replaceDesired(desired.fdb);
+    tableOf<RouteEntry>(ROUTE).replaceDesired(desired.routes);
+    target = desired;
+    routeCidrs = new Set(desired.routes.keys());
+    const pools = deps.pools?.() ?? null;
+    if (pools) for (const d of nat) d.table.replaceDesired(desiredNat(pools, d.kind === natKind(6) ? 6 : 4));
+
+    reporter.desired(desired);
   }
 
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
-    if (why.every((r) => POLICY_ONLY.has(r)) && lastPassComplete && completed) {
-      // Only the policy rules or the node's pods changed since a complete pass: the overlay and masquerade have
-      // nothing new to do (kernel drift comes with its own reason, or at the resync). New pods read back the veths
-      // and the filter table; new rules alone trust what was last applied.
-      return (await reconcilePolicy(why)) ? 'applied' : 'unchanged';
-    }
-    const overlayOnly = completed && ifindex !== null && why.every((r) => OVERLAY_ONLY.has(r));
-    if (!overlayOnly) {
-      lastPassComplete = false;
-      ifindex = await deps.ensureDevice();
-      await reconcileMasquerade();
-      await reconcilePolicy(why);
-    }
-    const devices: OverlayDevices = { vxlan: ifindex!, underlay: underlayIfindex };
-    const desired = computeDesired(deps.self, snap.nodes.values(), routing);
-    routeCidrs = new Set(desired.routes.keys());
-    target = desired;
-    for (const mode of ['vxlan', 'direct', 'refused'] as const) metrics.peers.set(desired.peers.filter((p) => p.mode === mode).length, { mode });
-    const refused = desired.peers.filter((p) => p.mode === 'refused');
-    const refusedKey = refused.map((p) => `${p.node}@${p.underlayAddress}`).join(',');
-    if (refusedKey !== refusedLogged) {
-      if (refused.length > 0) deps.logger.error('refusing nodes that direct routing cannot reach; their pods are unreachable from here', { count: refused.length, nodes: refused.slice(0, 10).map((p) => p.reason) });
-      else deps.logger.info('no node refused any more');
-      refusedLogged = refusedKey;
-    }
-    metrics.desiredEntries.set(desired.neighbours.size, { kind: 'neighbour' });
-    metrics.desiredEntries.set(desired.fdb.size, { kind: 'fdb' });
-    metrics.desiredEntries.set(desired.routes.size, { kind: 'route' });
-    let actual: KernelState;
-    // Route-table changes alone, after a pass that left the kernel as planned, with notifications followed: what the
-    // kernel holds is what that pass left, since any other change to Weft's entries since then would have come as a
-    // notification that disagrees with the target, and so as reason 'kernel' (which reads back). No read-back.
-    const trusted = overlayOnly && expected !== null && lastPassComplete && why.every((r) => r === 'routes') && deps.trustApplied?.() === true;
-    if (trusted) {
-      actual = expected!;
-    } else {
-      try {
-        actual = await deps.driver.readActual(devices);
-      } catch (err) {
-        metrics.netlinkFailures.add(1, { op: 'read' });
-        throw err;
-      }
-    }
-    metrics.overlayReads.add(1, { source: trusted ? 'trusted' : 'kernel' });
-    const plan = planChanges(desired, actual);
-    if (planSize(plan) === 0) {
-      lastPassComplete = true;
-      expected = desired;
-      metrics.revisionApplied.set(snap.revision);
-      return 'unchanged';
-    }
-    const drift = driftRepairs(plan, expected);
-    for (const [kind, n] of Object.entries(countByKind(drift))) metrics.driftRepairs.add(n, { kind });
-    if (drift.length > 0) deps.logger.warn('repairing drift: entries Weft had programmed are gone or changed', { count: drift.length, byKind: countByKind(drift), sample: drift.slice(0, 5).map((e) => `${e.kind} ${e.key}`) });
+    computeTables(snap);
     const t0 = performance.now();
-    const { applied, failed } = await deps.driver.apply(devices, plan);
+    const applied = await dataplane.apply();
     const seconds = (performance.now() - t0) / 1000;
-    metrics.applyDuration.record(seconds);
-    const failedKeys = new Set(failed.map((f) => `${f.op} ${f.entry.kind} ${f.entry.key}`));
-    for (const phase of plan.phases) {
-      for (const [kind, n] of Object.entries(countByKind(phase.entries.filter((e) => !failedKeys.has(`${phase.op} ${e.kind} ${e.key}`))))) {
-        metrics.kernelChanges.add(n, { op: phase.op, kind });
-      }
-    }
-    deps.logger.info('applied', { revision: snap.revision, applied, failed: failed.length, ms: Math.round(seconds * 1000), why });
-    if (failed.length > 0) {
-      metrics.netlinkFailures.add(failed.length, { op: 'apply' });
-      // What the kernel holds now: the desired state less the additions that failed.
-      expected = { neighbours: new Map(desired.neighbours), fdb: new Map(desired.fdb), routes: new Map(desired.routes) };
-      for (const f of failed) {
-        if (f.op !== 'add') continue;
-        (f.entry.kind === 'neighbour' ? expected.neighbours : f.entry.kind === 'fdb' ? expected.fdb : expected.routes).delete(f.entry.key);
-      }
-      return 'failed';
-    }
-    expected = desired;
-    metrics.revisionApplied.set(snap.revision);
-    lastPassComplete = true;
-    return 'applied';
+    if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
+    const overlayFailed = reporter.applied(applied, why, seconds);
+    if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
+    const policed = policy ? await policy.apply(deps.policy!.rules()) : { changed: false, failed: false };
+    if (overlayFailed || policed.failed) return 'failed';
+    return applied.changes.length > 0 || policed.changed ? 'applied' : 'unchanged';
   }
 
   function retryLater(): void {
@@ -310,11 +238,9 @@ export function createReconciler(deps: {
         let result: PassResult;
         try {
           result = await pass(why);
-          if (result === 'failed') completed = false;
-          else if (result !== 'unsynced') completed = true;
         } catch (err) {
-          completed = false;
           deps.logger.error('reconcile pass failed; retrying', { err, why });
+          markForResync(RESYNC_ON.resync!);
           result = 'failed';
         }
         metrics.passes.add(1, { result });
@@ -337,6 +263,11 @@ export function createReconciler(deps: {
 
   function markDirty(reason: DirtyReason, delayMs = 0): void {
     if (stopped) return;
+    markForResync(RESYNC_ON[reason] ?? []);
+    schedule(reason, delayMs);
+  }
+
+  function schedule(reason: DirtyReason, delayMs: number): void {
     reasons.add(reason);
     if (delayMs > 0) {
       if (debounceTimer) return;
@@ -353,31 +284,33 @@ export function createReconciler(deps: {
 
   return {
     markDirty,
+    resync(kinds, delayMs = 0) {
+      if (stopped) return;
+      markForResync(kinds);
+      schedule('kernel', delayMs);
+    },
     flush(reason = 'flush') {
       return new Promise<void>((r) => {
         waiters.push(r);
         markDirty(reason);
       });
     },
-    overlay: () => ({ ifindex, underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex, routeCidrs, target }),
+    overlay: () => ({
+      ifindex: device.ifindex(),
+      underlayIfindex: deps.underlayIfindex === undefined ? null : underlayIfindex,
+      routeCidrs,
+      target,
+    }),
     setUnderlay(underlay, index) {
       routing = { ...routing, underlay };
       underlayIfindex = index;
       target = null;
-      // What the kernel held is no longer comparable entry by entry (direct routes may move to VXLAN and back).
-      expected = null;
       markDirty('underlay');
     },
     whenPolicyInForce(family, timeoutMs) {
-      if (policyInForce.has(family)) return Promise.resolve();
-      return new Promise<void>((resolve, reject) => {
-        const waiter = { family, resolve: () => { clearTimeout(timer); resolve(); } };
-        const timer = setTimeout(() => {
-          inForceWaiters = inForceWaiters.filter((w) => w !== waiter);
-          reject(new Error(`IPv${family} policy not programmed within ${timeoutMs} ms`));
-        }, timeoutMs);
-        inForceWaiters.push(waiter);
-      });
+      return policy
+        ? policy.whenInForce(family, timeoutMs)
+        : Promise.reject(new Error('network policy is not programmed by this agent'));
     },
     stop() {
       stopped = true;

@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { computeDesired, driftRepairs, emptyState, onUnderlaySubnet, planChanges, planSize, type KernelState, type RemoteNode, type Routing, type RoutingMode } from './desired.js';
+import { compareState, computeDesired, emptyState, onUnderlaySubnet, type KernelState, type RemoteNode, type Routing, type RoutingMode } from './desired.js';
+
+/** The difference as `kind key` lines: what is missing (+) and what is stale (-). */
+const diff = (desired: KernelState, actual: KernelState) => {
+  const { missing, stale } = compareState(desired, actual);
+  return [...missing.map((e) => `+${e.kind} ${e.key}`), ...stale.map((e) => `-${e.kind} ${e.key}`)].sort();
+};
 
 const a: RemoteNode = { node: 'a', underlayAddress: '192.0.2.11', vtepMac: '02:00:00:00:00:0A', blockCidrs: ['10.244.0.0/26'] };
 const b: RemoteNode = { node: 'b', underlayAddress: '198.51.100.12', vtepMac: '02:00:00:00:00:0b', blockCidrs: ['10.244.0.64/26', '10.244.1.0/26'] };
@@ -13,39 +19,18 @@ test('desired state has one FDB entry per remote node and a neighbour and route 
   assert.equal(d.neighbours.get('10.244.1.0')!.mac, '02:00:00:00:00:0b');
 });
 
-test('plan adds neighbours and FDB before routes, and deletes routes first', () => {
-  const add = planChanges(computeDesired('a', [a, b]), emptyState());
-  assert.deepEqual(add.phases.map((p) => p.entries[0]!.kind), ['neighbour', 'fdb', 'route']);
-  const del = planChanges(emptyState(), computeDesired('a', [a, b]));
-  assert.deepEqual(del.phases.map((p) => `${p.op}:${p.entries[0]!.kind}`), ['delete:route', 'delete:fdb', 'delete:neighbour']);
-});
-
-test('an unchanged kernel needs an empty plan; a moved node changes only its FDB entry', () => {
+test('the difference names what is missing and what is stale; an unchanged kernel has none; a moved node changes only its FDB entry', () => {
+  assert.deepEqual(diff(computeDesired('a', [a, b]), emptyState()), ['+fdb 02:00:00:00:00:0b', '+neighbour 10.244.0.64', '+neighbour 10.244.1.0', '+route 10.244.0.64/26', '+route 10.244.1.0/26']);
+  assert.deepEqual(diff(emptyState(), computeDesired('a', [a, b])), ['-fdb 02:00:00:00:00:0b', '-neighbour 10.244.0.64', '-neighbour 10.244.1.0', '-route 10.244.0.64/26', '-route 10.244.1.0/26']);
   const d = computeDesired('a', [a, b]);
-  assert.equal(planSize(planChanges(d, computeDesired('a', [a, b]))), 0);
-  const moved = computeDesired('a', [a, { ...b, underlayAddress: '198.51.100.99' }]);
-  const p = planChanges(moved, d);
-  assert.equal(planSize(p), 1);
-  assert.equal(p.phases[0]!.entries[0]!.kind, 'fdb');
+  assert.deepEqual(diff(d, computeDesired('a', [a, b])), []);
+  assert.deepEqual(diff(computeDesired('a', [a, { ...b, underlayAddress: '198.51.100.99' }]), d), ['+fdb 02:00:00:00:00:0b']);
 });
 
 test('the same events applied in any order give the same desired state', () => {
   const forward = computeDesired('c', [a, b]);
   const reversed = computeDesired('c', [b, a]);
-  assert.equal(planSize(planChanges(forward, reversed)), 0);
-});
-
-test('drift repairs are the re-adds of entries the kernel held exactly so after the previous pass', () => {
-  const d = computeDesired('a', [a, b]);
-  const actual = computeDesired('a', [a, b]);
-  actual.routes.delete('10.244.1.0/26');
-  actual.fdb.delete('02:00:00:00:00:0b');
-  const p = planChanges(d, actual);
-  assert.deepEqual(driftRepairs(p, d).map((e) => `${e.kind}:${e.key}`).sort(), ['fdb:02:00:00:00:00:0b', 'route:10.244.1.0/26']);
-  assert.deepEqual(driftRepairs(p, null), [], 'nothing counts as drift when the previous state is unknown (first pass)');
-  // A node that moved gets a new FDB entry: a change of desired state, not drift.
-  const moved = computeDesired('a', [a, { ...b, underlayAddress: '198.51.100.99' }]);
-  assert.deepEqual(driftRepairs(planChanges(moved, d), d), []);
+  assert.deepEqual(diff(forward, reversed), []);
 });
 
 // Routing modes. This node ('self') is 192.0.2.10/24: a is on its subnet, b is not.
@@ -68,7 +53,7 @@ test('vxlan: every node through VXLAN, whatever its subnet (today\'s behaviour)'
   const d = computeDesired('self', [self, a, b], routing('vxlan'));
   assert.deepEqual([...d.routes.values()].map((r) => r.mode), ['vxlan', 'vxlan', 'vxlan']);
   assert.equal(d.fdb.size, 2);
-  assert.equal(planSize(planChanges(d, computeDesired('self', [self, a, b]))), 0, 'the default is VXLAN for every node');
+  assert.deepEqual(diff(d, computeDesired('self', [self, a, b])), [], 'the default is VXLAN for every node');
 });
 
 test('direct: a node it cannot reach directly is refused, with a reason, and gets no entry at all', () => {
@@ -86,24 +71,12 @@ test('subnet membership follows the prefix length: a /16 underlay reaches both, 
   assert.ok(!onUnderlaySubnet({ address: '192.0.2.10', prefixLength: 32 }, '192.0.2.11'));
 });
 
-test('a node moving off the subnet switches to VXLAN: its route is replaced in place after its FDB and neighbour entries are added', () => {
-  const before = computeDesired('self', [a], routing('auto'));
-  const after = computeDesired('self', [{ ...a, underlayAddress: '198.51.100.11' }], routing('auto'));
-  const p = planChanges(after, before);
-  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => `${e.kind} ${e.key}`).join(',')}`), [
-    'add:neighbour 10.244.0.0', 'add:fdb 02:00:00:00:00:0a', 'add:route 10.244.0.0/26',
-  ], 'no route delete: the add replaces it, so the block never has two routes or none');
-  assert.equal((p.phases[2]!.entries[0] as { mode: string }).mode, 'vxlan');
-});
-
-test('a node moving onto the subnet switches to direct: the route is replaced first, its FDB and neighbour entries go after', () => {
-  const before = computeDesired('self', [{ ...a, underlayAddress: '198.51.100.11' }], routing('auto'));
-  const after = computeDesired('self', [a], routing('auto'));
-  const p = planChanges(after, before);
-  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => `${e.kind} ${e.key}`).join(',')}`), [
-    'add:route 10.244.0.0/26', 'delete:fdb 02:00:00:00:00:0a', 'delete:neighbour 10.244.0.0',
-  ]);
-  assert.deepEqual(driftRepairs(p, before), [], 'a mode switch is a change of desired state, not drift');
+test('a node changing mode keeps its route key: the route is replaced in place, only the VXLAN entries come or go', () => {
+  const vxlan = computeDesired('self', [{ ...a, underlayAddress: '198.51.100.11' }], routing('auto'));
+  const direct = computeDesired('self', [a], routing('auto'));
+  assert.deepEqual(diff(vxlan, direct), ['+fdb 02:00:00:00:00:0a', '+neighbour 10.244.0.0', '+route 10.244.0.0/26'], 'no route delete: the write replaces it');
+  assert.equal(compareState(vxlan, direct).missing.find((e) => e.kind === 'route')?.mode, 'vxlan');
+  assert.deepEqual(diff(direct, vxlan), ['+route 10.244.0.0/26', '-fdb 02:00:00:00:00:0a', '-neighbour 10.244.0.0']);
 });
 
 test('existing direct routes are adopted as they are (no delete, no re-add); a direct route with the wrong gateway is replaced', () => {
@@ -113,13 +86,12 @@ test('existing direct routes are adopted as they are (no delete, no re-add); a d
   for (const e of d.neighbours.values()) actual.neighbours.set(e.key, { ...e });
   for (const e of d.fdb.values()) actual.fdb.set(e.key, { ...e });
   for (const r of d.routes.values()) actual.routes.set(r.key, { mode: r.mode, gateway: r.gateway, cidr: r.cidr, key: r.key, kind: 'route' });
-  assert.equal(planSize(planChanges(d, actual)), 0);
+  assert.deepEqual(diff(d, actual), []);
   actual.routes.set('10.244.0.0/26', { kind: 'route', key: '10.244.0.0/26', cidr: '10.244.0.0/26', gateway: '192.0.2.99', mode: 'direct' });
-  const p = planChanges(d, actual);
-  assert.deepEqual(p.phases.map((ph) => `${ph.op}:${ph.entries.map((e) => e.key).join(',')}`), ['add:10.244.0.0/26']);
-  // A stale direct route (its node withdrawn) is deleted like a VXLAN one, routes first.
+  assert.deepEqual(diff(d, actual), ['+route 10.244.0.0/26']);
+  // A stale direct route (its node withdrawn) is deleted like a VXLAN one.
   const gone = computeDesired('self', [self, b], routing('auto'));
-  assert.deepEqual(planChanges(gone, d).phases.map((ph) => `${ph.op}:${ph.entries.map((e) => e.key).join(',')}`), ['delete:10.244.0.0/26']);
+  assert.deepEqual(diff(gone, d), ['-route 10.244.0.0/26']);
 });
 
 test('IPv6 blocks: through VXLAN over the IPv4 underlay (one FDB entry per node), even for a node routed directly; refused in direct mode', () => {

@@ -143,66 +143,27 @@ export function computeDesired(self: string, nodes: Iterable<RemoteNode>, routin
   return s;
 }
 
-export interface Plan {
-  /**
-   * In kernel dependency order: neighbours and FDB before routes on add; routes first on delete (the FDB and
-   * neighbour deletes come last of all). A block whose node
-   * switches mode keeps its key (the CIDR): its route is one add that replaces the old one in place (NLM_F_REPLACE),
-   * so within the pass there is never a moment with two routes or none for it. Entries only the old mode needed
-   * are deleted; entries the new mode needs are added before the route.
-   */
-  phases: { op: 'add' | 'delete'; entries: KernelEntry[] }[];
-}
-
 /** Field by field, whatever order the fields were written in. */
 function same(a: KernelEntry, b: KernelEntry): boolean {
   return JSON.stringify(a, Object.keys(a).sort()) === JSON.stringify(b, Object.keys(b).sort());
 }
 
-function changed<T extends KernelEntry>(desired: Map<string, T>, actual: Map<string, T>) {
-  const add: T[] = [];
-  const del: T[] = [];
-  for (const [k, d] of desired) {
-    const a = actual.get(k);
-    if (!a || !same(a, d)) add.push(d);
-  }
-  for (const [k, a] of actual) if (!desired.has(k)) del.push(a);
-  return { add, del };
-}
-
-export function planChanges(desired: KernelState, actual: KernelState): Plan {
-  const n = changed(desired.neighbours, actual.neighbours);
-  const f = changed(desired.fdb, actual.fdb);
-  const r = changed(desired.routes, actual.routes);
-  // FDB and neighbour entries go after the route adds: every route that needed them was deleted in the first
-  // phase or replaced (a node switched to direct routing) by then, so a switching block is never without a path.
-  const phases: Plan['phases'] = [
-    { op: 'delete', entries: r.del },
-    { op: 'add', entries: n.add },
-    { op: 'add', entries: f.add },
-    { op: 'add', entries: r.add },
-    { op: 'delete', entries: f.del },
-    { op: 'delete', entries: n.del },
-  ];
-  return { phases: phases.filter((p) => p.entries.length > 0) };
-}
-
-export const planSize = (p: Plan) => p.phases.reduce((s, ph) => s + ph.entries.length, 0);
-
 /**
- * Entries a plan adds back that the kernel held, exactly so, after the previous pass: drift that someone or
- * something else caused (a hand-made delete, a flushed table, a deleted device). `previous` is what the kernel
- * held at the end of the previous pass, or null when that is unknown (first pass, or a pass with failures).
+ * How a kernel differs from the desired state, entry by entry (no order: the agent's drivers apply in the one
+ * dependency order of drivers/order.ts): `missing` are desired entries the kernel lacks or holds otherwise, `stale`
+ * entries it holds that nobody wants. An entry that is right is in neither. `weft routes NODE` shows these.
  */
-export function driftRepairs(plan: Plan, previous: KernelState | null): KernelEntry[] {
-  if (!previous) return [];
-  const out: KernelEntry[] = [];
-  for (const phase of plan.phases) {
-    if (phase.op !== 'add') continue;
-    for (const e of phase.entries) {
-      const before = e.kind === 'neighbour' ? previous.neighbours.get(e.key) : e.kind === 'fdb' ? previous.fdb.get(e.key) : previous.routes.get(e.key);
-      if (before && same(before, e)) out.push(e);
+export function compareState(desired: KernelState, actual: KernelState): { missing: KernelEntry[]; stale: KernelEntry[] } {
+  const missing: KernelEntry[] = [];
+  const stale: KernelEntry[] = [];
+  for (const kind of ['neighbours', 'fdb', 'routes'] as const) {
+    const want = desired[kind] as Map<string, KernelEntry>;
+    const held = actual[kind] as Map<string, KernelEntry>;
+    for (const [k, d] of want) {
+      const a = held.get(k);
+      if (!a || !same(a, d)) missing.push(d);
     }
+    for (const [k, a] of held) if (!want.has(k)) stale.push(a);
   }
-  return out;
+  return { missing, stale };
 }

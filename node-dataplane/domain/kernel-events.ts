@@ -30,7 +30,7 @@ export interface OverlayView {
   /** Route destinations (CIDRs) of the current desired state. */
   routeCidrs: ReadonlySet<string>;
   /**
-   * The state the last pass planned the kernel towards (its desired state), or null when unknown (before the first
+   * The desired state of the last pass (the drivers' tables), or null when unknown (before the first
    * pass, after the underlay moved). Notifications that agree with it are the agent's own writes coming back.
    */
   target?: KernelState | null;

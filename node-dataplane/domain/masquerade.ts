@@ -53,6 +53,11 @@ export function planMasquerade(pools: string[], actual: NatActual, chain = MASQU
   const rules = masqueradeRules(pools, chain, family);
   // A family with no pool and no chain of Weft's yet is left alone (a node without IPv6 pools never touches ip6tables).
   if (rules.length === 0 && !actual.chainExists && actual.jumps === 0) return null;
+  return masqueradeRestore(rules, actual, chain);
+}
+
+/** The restore input that makes the chain hold exactly `rules` with one jump to it, or null when it already does. */
+export function masqueradeRestore(rules: readonly string[], actual: NatActual, chain = MASQUERADE_CHAIN): string | null {
   const rulesRight = actual.chainExists && actual.rules.length === rules.length && actual.rules.every((r, i) => r === rules[i]);
   if (rulesRight && actual.jumps === 1) return null;
   const jump = jumpRule(chain);
@@ -61,4 +66,16 @@ export function planMasquerade(pools: string[], actual: NatActual, chain = MASQU
   for (let i = 1; i < actual.jumps; i++) out.push(jump.replace(/^-A /, '-D '));
   out.push('COMMIT', '');
   return out.join('\n');
+}
+
+/**
+ * Weft's nat chain as the nat driver's table keeps it (one entry, keyed by the chain's name): its rules and the jumps
+ * to it. An empty chain with its one jump is what no pools ask for, so it reads as no entry at all.
+ */
+export interface NatChain { rules: string[]; jumps: number }
+
+export function natChainOf(actual: NatActual): NatChain | null {
+  if (!actual.chainExists && actual.jumps === 0) return null;
+  if (actual.chainExists && actual.rules.length === 0 && actual.jumps === 1) return null;
+  return { rules: actual.rules, jumps: actual.jumps };
 }

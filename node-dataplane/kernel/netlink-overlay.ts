@@ -2,17 +2,18 @@ import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { formatAddress, parseAddress } from '../../lib/net/ip.js';
 import { AF_BRIDGE, AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTNH_F_ONLINK } from '../../lib/net/netlink-constants.js';
-import { forEachBounded } from '../../lib/bounded-concurrency.js';
 import { isNotFound } from './kernel-errors.js';
 import type { Logger } from '../../lib/logger.js';
-import { emptyState, type KernelEntry, type KernelState, type Plan } from '../domain/desired.js';
+import type { FdbEntry, NeighbourEntry, RouteEntry } from '../domain/desired.js';
+import type { KernelAccess } from '../kernel-table/dataplane.js';
 
 const { createRtNetlink, rt } = netlinkPkg;
 
 /**
  * Reads back and programs the overlay's kernel entries over rtnetlink. Ownership: routes carry Weft's route
  * protocol and leave through Weft's VXLAN device (VXLAN peers) or the underlay device (direct peers); neighbour and
- * FDB entries live on the VXLAN device. Nothing else is read or touched. At most `maxInFlight` requests are outstanding (the netlink package aborts near 512).
+ * FDB entries live on the VXLAN device. Nothing else is read or touched. How many requests are in flight is the
+ * dataplane's business (kernel-table/dataplane.ts: the netlink package aborts near 512).
  */
 
 /** An address as the kernel takes it: 4 or 16 bytes, network order. */
@@ -40,114 +41,113 @@ export function routeProtocolNumber(p: number | string | undefined): number {
   return p === undefined ? NaN : (rt.RouteProtocol[p as keyof typeof rt.RouteProtocol] ?? NaN);
 }
 
-export interface ApplyResult {
-  applied: number;
-  failed: { op: 'add' | 'delete'; entry: KernelEntry; error: string }[];
-}
+/** Interface indexes of the devices Weft's entries live on (the VXLAN device's: null while it does not exist). */
+export interface OverlayDevices { vxlan: number | null; underlay: number }
 
-/** Interface indexes of the devices Weft's entries live on. */
-export interface OverlayDevices { vxlan: number; underlay: number }
-
-export interface OverlayDriver {
-  readActual(devices: OverlayDevices): Promise<KernelState>;
-  /** Applies the plan phase by phase; a failed entry is logged and returned, and the rest goes on. */
-  apply(devices: OverlayDevices, plan: Plan): Promise<ApplyResult>;
-  linkIndex(name: string): Promise<number | null>;
+/** The overlay's kernel access over one rtnetlink socket, one part per kind of entry (the drivers in ../drivers/). */
+export interface OverlayNetlink {
+  neighbours: KernelAccess<NeighbourEntry>;
+  fdb: KernelAccess<FdbEntry>;
+  routes: KernelAccess<RouteEntry>;
   close(): void;
 }
 
-export function createOverlayDriver(opts: { routeProtocol: number; logger: Logger; maxInFlight?: number }): OverlayDriver {
+export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logger; devices: () => OverlayDevices }): OverlayNetlink {
   const nl: RtNetlinkSocket = createRtNetlink();
   // Requests report their own errors; this only keeps a stray socket error from crashing the process.
   nl.socket.on('error', (err) => opts.logger.warn('netlink socket error', { err: err.message }));
-  const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
-
-  async function readActual(devices: OverlayDevices): Promise<KernelState> {
-    const ifindex = devices.vxlan;
-    const s = emptyState();
-    for (const family of [AF_INET, AF_INET6]) {
-      for (const n of await nl.getNeighbors({ family })) {
-        if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
-        const ip = bufIp(n.attrs.dst);
-        s.neighbours.set(ip, { kind: 'neighbour', key: ip, ip, mac: bufMac(n.attrs.lladdr) });
-      }
-    }
-    for (const n of await nl.getNeighbors({ family: AF_BRIDGE })) {
-      if (n.data.ifindex !== ifindex || !n.attrs.dst || !n.attrs.lladdr || n.attrs.dst.length !== 4) continue;
-      const mac = bufMac(n.attrs.lladdr);
-      if (mac === '00:00:00:00:00:00') continue;
-      s.fdb.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
-    }
-    for (const family of [AF_INET, AF_INET6]) {
-      for (const r of await nl.getRoutes({ family })) {
-        if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
-        if (r.attrs.oif !== ifindex && r.attrs.oif !== devices.underlay) continue;
-        if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN) continue;
-        const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
-        s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === ifindex ? 'vxlan' : 'direct' });
-      }
-    }
-    return s;
-  }
-
-  async function applyOne(devices: OverlayDevices, op: 'add' | 'delete', e: KernelEntry): Promise<void> {
-    const ifindex = devices.vxlan;
-    const flags = op === 'add' ? NLM_F_CREATE | NLM_F_REPLACE : 0;
+  const vxlanIndex = () => {
+    const i = opts.devices().vxlan;
+    if (i === null) throw new Error('the VXLAN device does not exist');
+    return i;
+  };
+  /** "Not found" on delete is success: the entry is gone either way. */
+  const removing = async (p: Promise<unknown>) => {
     try {
-      switch (e.kind) {
-        case 'neighbour': {
-          const data = { family: familyOf(e.ip), ifindex, state: { permanent: true as const } };
-          const attrs = { dst: ipBuf(e.ip), lladdr: macBuf(e.mac) };
-          await (op === 'add' ? nl.newNeighbor(data, attrs, { flags }) : nl.delNeighbor(data, { dst: attrs.dst }));
-          break;
-        }
-        case 'fdb': {
-          const data = { family: AF_BRIDGE, ifindex, state: { permanent: true as const }, flags: { self: true as const } };
-          await (op === 'add'
-            ? nl.newNeighbor(data, { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }, { flags })
-            : nl.delNeighbor(data, { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }));
-          break;
-        }
-        case 'route': {
-          // VXLAN: onlink via the block's first address on the VXLAN device; direct: via the node's underlay address
-          // on the underlay device. Adding replaces a route to the same block in place, whatever its device.
-          const [base, len] = e.cidr.split('/');
-          const oif = e.mode === 'direct' ? devices.underlay : ifindex;
-          const family = familyOf(base!);
-          const data = { family, dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
-          await (op === 'add'
-            ? nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags })
-            : nl.delRoute({ family, dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
-          break;
+      await p;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  };
+
+  const neighbours: KernelAccess<NeighbourEntry> = {
+    async read() {
+      const out = new Map<string, NeighbourEntry>();
+      const ifindex = opts.devices().vxlan;
+      if (ifindex === null) return out;
+      for (const family of [AF_INET, AF_INET6]) {
+        for (const n of await nl.getNeighbors({ family })) {
+          if (n.data.ifindex !== ifindex || !n.data.state?.permanent || !n.attrs.dst || !n.attrs.lladdr) continue;
+          const ip = bufIp(n.attrs.dst);
+          out.set(ip, { kind: 'neighbour', key: ip, ip, mac: bufMac(n.attrs.lladdr) });
         }
       }
-    } catch (err) {
-      if (op === 'delete' && isNotFound(err)) return;
-      throw err;
-    }
-  }
+      return out;
+    },
+    async write(_key, e) {
+      const data = { family: familyOf(e.ip), ifindex: vxlanIndex(), state: { permanent: true as const } };
+      await nl.newNeighbor(data, { dst: ipBuf(e.ip), lladdr: macBuf(e.mac) }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
+    },
+    async remove(_key, e) {
+      const data = { family: familyOf(e.ip), ifindex: vxlanIndex(), state: { permanent: true as const } };
+      await removing(nl.delNeighbor(data, { dst: ipBuf(e.ip) }));
+    },
+  };
 
-  async function apply(devices: OverlayDevices, plan: Plan): Promise<ApplyResult> {
-    let applied = 0;
-    const failed: ApplyResult['failed'] = [];
-    for (const phase of plan.phases) {
-      await forEachBounded(phase.entries, maxInFlight, async (e) => {
-        try {
-          await applyOne(devices, phase.op, e);
-          applied++;
-        } catch (err) {
-          failed.push({ op: phase.op, entry: e, error: (err as Error).message });
-          opts.logger.warn('kernel update failed; will retry', { op: phase.op, entry: e, err: (err as Error).message });
+  const fdbData = () => ({ family: AF_BRIDGE, ifindex: vxlanIndex(), state: { permanent: true as const }, flags: { self: true as const } });
+  const fdb: KernelAccess<FdbEntry> = {
+    async read() {
+      const out = new Map<string, FdbEntry>();
+      const ifindex = opts.devices().vxlan;
+      if (ifindex === null) return out;
+      for (const n of await nl.getNeighbors({ family: AF_BRIDGE })) {
+        if (n.data.ifindex !== ifindex || !n.attrs.dst || !n.attrs.lladdr || n.attrs.dst.length !== 4) continue;
+        const mac = bufMac(n.attrs.lladdr);
+        if (mac === '00:00:00:00:00:00') continue;
+        out.set(mac, { kind: 'fdb', key: mac, mac, dst: bufIp(n.attrs.dst) });
+      }
+      return out;
+    },
+    async write(_key, e) {
+      await nl.newNeighbor(fdbData(), { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
+    },
+    async remove(_key, e) {
+      await removing(nl.delNeighbor(fdbData(), { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }));
+    },
+  };
+
+  const routes: KernelAccess<RouteEntry> = {
+    async read() {
+      const out = new Map<string, RouteEntry>();
+      const { vxlan, underlay } = opts.devices();
+      for (const family of [AF_INET, AF_INET6]) {
+        for (const r of await nl.getRoutes({ family })) {
+          if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
+          if ((vxlan === null || r.attrs.oif !== vxlan) && r.attrs.oif !== underlay) continue;
+          if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN) continue;
+          const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
+          out.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === vxlan ? 'vxlan' : 'direct' });
         }
-      });
-    }
-    return { applied, failed };
-  }
+      }
+      return out;
+    },
+    // VXLAN: onlink via the block's first address on the VXLAN device; direct: via the node's underlay address on the
+    // underlay device. Writing replaces a route to the same block in place, whatever its device (NLM_F_REPLACE).
+    async write(_key, e) {
+      const [base, len] = e.cidr.split('/');
+      const oif = e.mode === 'direct' ? opts.devices().underlay : vxlanIndex();
+      const data = { family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
+      await nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
+    },
+    async remove(_key, e) {
+      const [base, len] = e.cidr.split('/');
+      const devices = opts.devices();
+      const oif = e.mode === 'direct' ? devices.underlay : devices.vxlan;
+      // Without the device its routes are gone with it.
+      if (oif === null) return;
+      await removing(nl.delRoute({ family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
+    },
+  };
 
-  async function linkIndex(name: string): Promise<number | null> {
-    const links = await nl.getLinks();
-    return links.find((l) => l.attrs.ifname === name)?.data.index ?? null;
-  }
-
-  return { readActual, apply, linkIndex, close: () => nl.socket.close() };
+  return { neighbours, fdb, routes, close: () => nl.socket.close() };
 }

@@ -1,6 +1,7 @@
 import type { Logger } from '../../lib/logger.js';
 import { parseIPv4 } from '../../lib/net/ip.js';
 import { deleteLink, ip, showLink } from './links.js';
+import type { KernelAccess } from '../kernel-table/dataplane.js';
 
 /** VXLAN header overhead on an IPv4 underlay. */
 export const VXLAN_OVERHEAD_V4 = 50;
@@ -48,4 +49,43 @@ export async function ensureVxlanDevice(spec: VxlanSpec, logger: Logger): Promis
   const after = await showLink(spec.name);
   if (!after) throw new Error(`VXLAN device ${spec.name} vanished right after creation`);
   return { ifindex: after.ifindex, mac, rebuilt: !!cur && !matches };
+}
+
+/** The VXLAN device as the driver compares it: the spec's fields as the kernel holds them, and its index. */
+export interface VxlanDeviceState extends VxlanSpec {
+  mac: string;
+  learning: boolean;
+  up: boolean;
+  /** The kernel's index for it (not compared: a device re-made to the same spec is the same device to Weft). */
+  ifindex?: number;
+}
+
+/** The state a spec asks for. */
+export const vxlanStateFor = (spec: VxlanSpec): VxlanDeviceState => ({ ...spec, mac: vtepMacFor(spec.localAddress), learning: false, up: true });
+
+/** Reads the device named `name` back (null: no such device). A device of another kind reads as a mismatch. */
+export async function readVxlanDevice(name: string): Promise<VxlanDeviceState | null> {
+  const cur = await showLink(name);
+  if (!cur) return null;
+  const d = cur.linkinfo?.info_data ?? {};
+  const vxlan = cur.linkinfo?.info_kind === 'vxlan';
+  return {
+    name, vni: vxlan ? Number(d.id) : -1, port: Number(d.port), localAddress: String(d.local ?? ''), underlayInterface: String(d.link ?? ''),
+    mtu: cur.mtu, mac: cur.address, learning: d.learning !== false, up: cur.flags.includes('UP'), ifindex: cur.ifindex,
+  };
+}
+
+/** The device as kernel access for its driver (drivers/vxlan-device.ts): read it back, ensure it, delete it. */
+export function createVxlanDeviceAccess(name: string, logger: Logger): KernelAccess<VxlanDeviceState> {
+  return {
+    async read() {
+      const d = await readVxlanDevice(name);
+      return new Map(d ? [[name, d]] : []);
+    },
+    async write(_key, spec) {
+      const made = await ensureVxlanDevice(spec, logger);
+      return { ...vxlanStateFor(spec), ifindex: made.ifindex };
+    },
+    remove: (key) => deleteLink(key),
+  };
 }

@@ -1,0 +1,365 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { FdbEntry, NeighbourEntry, RouteEntry } from '../domain/desired.js';
+import { MASQUERADE_CHAIN, masqueradeRules, type NatChain } from '../domain/masquerade.js';
+import { createDataplane, type Dataplane, type Driver } from '../kernel-table/dataplane.js';
+import { createFakeKernel, type FakeKernel } from '../kernel-table/fake-kernel.js';
+import { vxlanStateFor, type VxlanDeviceState } from '../kernel/vxlan-device.js';
+import { createFdbDriver, FDB } from './fdb.js';
+import { createNatDriver, natKind } from './nat.js';
+import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
+import { DEPENDENTS, ORDER } from './order.js';
+import { createRouteDriver, ROUTE } from './routes.js';
+import { createVxlanDeviceDriver, DEVICE } from './vxlan-device.js';
+
+/**
+ * One harness for every driver: the real drivers and the real dependency order over a fake kernel per kind
+ * (kernel-table/fake-kernel.ts). A small world of desired entries (a device, two VXLAN peers, a direct route, the nat
+ * chain) is loaded into the tables; each case then leaves one entry of its kind out of the kernel (`missing`), adds a
+ * stale one, or fails requests, and checks what a user of the node would notice: which requests reach the kernel,
+ * what is read back, and what is held back.
+ */
+const DEV = 'weft.vxlan';
+const device = vxlanStateFor({
+  name: DEV,
+  vni: 4096,
+  port: 4789,
+  localAddress: '192.0.2.10',
+  underlayInterface: 'eth0',
+  mtu: 1450,
+});
+const M1 = '02:57:c6:33:64:0c';
+const M2 = '02:57:c6:33:64:0d';
+const M9 = '02:57:c6:33:64:63';
+const neighbour = (ip: string, mac: string): [string, NeighbourEntry] => [ip, { kind: 'neighbour', key: ip, ip, mac }];
+const fdb = (mac: string, dst: string): [string, FdbEntry] => [mac, { kind: 'fdb', key: mac, mac, dst }];
+const route = (cidr: string, gateway: string, mode: 'vxlan' | 'direct' = 'vxlan'): [string, RouteEntry] => [
+  cidr,
+  { kind: 'route', key: cidr, cidr, gateway, mode },
+];
+const nat = (pools: string[]): [string, NatChain] => [MASQUERADE_CHAIN, { rules: masqueradeRules(pools), jumps: 1 }];
+
+const NAT4 = natKind(4);
+/** The desired world, by kind. */
+const WORLD: Record<string, [string, unknown][]> = {
+  [DEVICE]: [[DEV, device]],
+  [NEIGHBOUR]: [neighbour('10.244.1.0', M1), neighbour('10.244.2.0', M2)],
+  [FDB]: [fdb(M1, '198.51.100.12'), fdb(M2, '198.51.100.13')],
+  [ROUTE]: [
+    route('10.244.1.0/26', '10.244.1.0'),
+    route('10.244.2.0/26', '10.244.2.0'),
+    route('10.244.3.0/26', '192.0.2.13', 'direct'),
+  ],
+  [NAT4]: [nat(['10.244.0.0/16'])],
+};
+/** A peer that left while the agent was away: its entries are stale, and the route uses the neighbour and FDB entry. */
+const STALE: Record<string, [string, unknown]> = {
+  [NEIGHBOUR]: neighbour('10.244.9.0', M9),
+  [FDB]: fdb(M9, '198.51.100.99'),
+  [ROUTE]: route('10.244.9.0/26', '10.244.9.0'),
+};
+
+interface World {
+  dataplane: Dataplane;
+  kernels: Record<string, FakeKernel<unknown>>;
+  driver: (kind: string) => Driver<unknown>;
+}
+
+/** The world's tables, with the kernel holding the world except `missing` and plus `stale` entries. */
+function world(
+  opts: {
+    missing?: [string, string][];
+    stale?: string[];
+    maxInFlight?: number;
+    extra?: Record<string, [string, unknown][]>;
+  } = {},
+): World {
+  const kernels: Record<string, FakeKernel<unknown>> = {};
+  for (const [kind, entries] of Object.entries(WORLD)) {
+    const held = [...entries, ...(opts.extra?.[kind] ?? [])].filter(
+      ([key]) => !opts.missing?.some(([k, key2]) => k === kind && key2 === key),
+    );
+    if (opts.stale?.includes(kind)) held.push(STALE[kind]!);
+    kernels[kind] = createFakeKernel<unknown>(
+      held,
+      kind === DEVICE ? { held: (_k, v) => ({ ...(v as VxlanDeviceState), ifindex: 7 }) } : {},
+    );
+  }
+  const drivers: Driver<unknown>[] = [
+    createVxlanDeviceDriver(kernels[DEVICE] as FakeKernel<VxlanDeviceState>),
+    createNeighbourDriver(kernels[NEIGHBOUR] as FakeKernel<NeighbourEntry>, DEV),
+    createFdbDriver(kernels[FDB] as FakeKernel<FdbEntry>, DEV),
+    createRouteDriver(kernels[ROUTE] as FakeKernel<RouteEntry>, DEV),
+    createNatDriver(kernels[NAT4] as FakeKernel<NatChain>, 4),
+    { ...createNatDriver(createFakeKernel<NatChain>(), 6), ready: () => false },
+  ];
+  for (const d of drivers) d.table.replaceDesired(new Map([...(WORLD[d.kind] ?? []), ...(opts.extra?.[d.kind] ?? [])]));
+  const dataplane = createDataplane({ drivers, order: ORDER, dependents: DEPENDENTS, maxInFlight: opts.maxInFlight });
+  return { dataplane, kernels, driver: (kind) => dataplane.driver(kind) };
+}
+
+const requests = (w: World) =>
+  Object.fromEntries(
+    Object.entries(w.kernels)
+      .filter(([, k]) => k.requests.length > 0)
+      .map(([kind, k]) => [kind, k.requests]),
+  );
+
+test('restart: the first apply reads every kind back and writes nothing that is already right; the next reads nothing', async () => {
+  const w = world();
+  const r = await w.dataplane.apply();
+  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE].sort());
+  assert.deepEqual(requests(w), {}, 'nothing deleted or re-added');
+  assert.deepEqual(
+    { changes: r.changes, failed: r.failed, held: r.held, drift: r.drift },
+    { changes: [], failed: [], held: [], drift: [] },
+  );
+  const again = await w.dataplane.apply();
+  assert.deepEqual(again.reads, [], 'not marked for resync: nothing read');
+  assert.ok(Object.values(w.kernels).every((k) => k.reads === 1));
+});
+
+/** Each driver, by the same cases. `missing`: one of its world entries the kernel lacks; `stale`: whether it has stale entries. */
+const CASES: { kind: string; missing: string; stale: boolean }[] = [
+  { kind: DEVICE, missing: DEV, stale: false },
+  { kind: NEIGHBOUR, missing: '10.244.2.0', stale: true },
+  { kind: FDB, missing: M2, stale: true },
+  { kind: ROUTE, missing: '10.244.2.0/26', stale: true },
+  { kind: NAT4, missing: MASQUERADE_CHAIN, stale: false },
+];
+
+for (const c of CASES) {
+  test(`${c.kind}: resync writes only the missing entry and removes only the stale one`, async () => {
+    const w = world({ missing: [[c.kind, c.missing]], stale: c.stale ? [c.kind] : [] });
+    const r = await w.dataplane.apply();
+    const expected = [`write ${c.missing}`, ...(c.stale ? [`remove ${STALE[c.kind]![0]}`] : [])].sort();
+    assert.deepEqual(w.kernels[c.kind]!.requests.slice().sort(), expected);
+    for (const [kind, k] of Object.entries(w.kernels))
+      if (kind !== c.kind) assert.deepEqual(k.requests, [], `${kind} untouched`);
+    assert.deepEqual(r.failed, []);
+    assert.equal(w.dataplane.pending(), 0);
+    // Without a mark, the next apply trusts the table: no read, no request.
+    w.kernels[c.kind]!.requests.length = 0;
+    const reads = w.kernels[c.kind]!.reads;
+    await w.dataplane.apply();
+    assert.equal(w.kernels[c.kind]!.reads, reads);
+    assert.deepEqual(w.kernels[c.kind]!.requests, []);
+  });
+
+  test(`${c.kind}: an entry removed behind the agent's back is found at the next resync, reported as drift and re-added`, async () => {
+    const w = world();
+    await w.dataplane.apply();
+    w.kernels[c.kind]!.entries.delete(c.missing);
+    await w.dataplane.apply();
+    assert.deepEqual(w.kernels[c.kind]!.requests, [], 'not seen without a resync');
+    w.dataplane.markForResync([c.kind]);
+    const r = await w.dataplane.apply();
+    assert.deepEqual(r.drift, [{ kind: c.kind, key: c.missing }]);
+    assert.deepEqual(w.kernels[c.kind]!.requests, [`write ${c.missing}`]);
+  });
+
+  test(`${c.kind}: a failed write stays pending, the rest goes on, and the retry reads back first`, async () => {
+    const w = world({
+      missing: [
+        [c.kind, c.missing],
+        [ROUTE, '10.244.3.0/26'],
+      ],
+      stale: c.stale ? [c.kind] : [],
+    });
+    w.kernels[c.kind]!.fail('write', c.missing);
+    const r = await w.dataplane.apply();
+    assert.deepEqual(
+      r.failed.map((f) => `${f.op} ${f.kind} ${f.key}`),
+      [`update ${c.kind} ${c.missing}`],
+    );
+    assert.ok(
+      w.kernels[ROUTE]!.requests.includes('write 10.244.3.0/26'),
+      'an independent entry of another kind is written',
+    );
+    if (c.stale)
+      assert.ok(
+        w.kernels[c.kind]!.requests.includes(`remove ${STALE[c.kind]![0]}`) || r.held.some((h) => h.kind === c.kind),
+        'its stale entry is removed, unless something still uses it',
+      );
+    assert.equal(w.driver(c.kind).table.needsResync, true, 'marked for resync');
+    assert.ok(w.driver(c.kind).table.pendingUpdates.has(c.missing));
+    const reads = w.kernels[c.kind]!.reads;
+    await w.dataplane.apply();
+    assert.equal(w.kernels[c.kind]!.reads, reads + 1, 'the retry reads the kind back');
+    assert.ok(w.kernels[c.kind]!.entries.has(c.missing));
+    assert.equal(w.dataplane.pending(), 0);
+  });
+
+  test(`${c.kind}: a failed read holds its changes back and is retried`, async () => {
+    const w = world({ missing: [[c.kind, c.missing]] });
+    w.kernels[c.kind]!.failReads(1);
+    const r = await w.dataplane.apply();
+    assert.deepEqual(
+      r.readFailures.map((f) => f.kind),
+      [c.kind],
+    );
+    assert.deepEqual(w.kernels[c.kind]!.requests, [], 'nothing written on a cache that was not read');
+    await w.dataplane.apply();
+    assert.deepEqual(w.kernels[c.kind]!.requests, [`write ${c.missing}`]);
+  });
+
+  test(`${c.kind}: dependency holds`, async () => {
+    const w = world({ missing: [[c.kind, c.missing]] });
+    const d = w.driver(c.kind);
+    const deps =
+      d.dependsOn?.(c.missing, d.table.desired.get(c.missing), (kind, key) => w.driver(kind).table.desired.get(key)) ??
+      [];
+    const dependents = Object.entries(WORLD)
+      .filter(([kind, entries]) => {
+        const other = w.driver(kind);
+        return entries.some(([key, value]) =>
+          other
+            .dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk))
+            .includes(`${c.kind}/${c.missing}`),
+        );
+      })
+      .map(([kind]) => kind);
+    if (deps.length === 0 && dependents.length === 0) {
+      // Independent (the nat chain): its failure holds nothing back elsewhere.
+      w.kernels[c.kind]!.fail('write', c.missing);
+      const r = await w.dataplane.apply();
+      assert.deepEqual(r.held, []);
+      return;
+    }
+    // What it depends on, failing: it is held back (no request), and written once that is in place.
+    for (const ref of deps) {
+      const [kind, key] = [ref.slice(0, ref.indexOf('/')), ref.slice(ref.indexOf('/') + 1)];
+      const h = world({
+        missing: [
+          [c.kind, c.missing],
+          [kind, key],
+        ],
+      });
+      h.kernels[kind]!.fail('write', key);
+      const r = await h.dataplane.apply();
+      assert.deepEqual(h.kernels[c.kind]!.requests, [], `${c.kind} ${c.missing} is not written while ${ref} failed`);
+      assert.ok(
+        r.held.some((x) => x.kind === c.kind && x.key === c.missing),
+        `reported held on ${ref}`,
+      );
+      await h.dataplane.apply();
+      assert.deepEqual(h.kernels[c.kind]!.requests, [`write ${c.missing}`], `written once ${ref} is in place`);
+    }
+    // Entries that depend on it, while it failed: held back too (a route never points at a next hop that is not there).
+    if (dependents.length > 0) {
+      const missing: [string, string][] = [[c.kind, c.missing]];
+      for (const kind of dependents) {
+        for (const [key, value] of WORLD[kind]!) {
+          if (
+            w
+              .driver(kind)
+              .dependsOn?.(key, value, (k, kk) => w.driver(k).table.desired.get(kk))
+              .includes(`${c.kind}/${c.missing}`)
+          )
+            missing.push([kind, key]);
+        }
+      }
+      const h = world({ missing });
+      h.kernels[c.kind]!.fail('write', c.missing);
+      const r = await h.dataplane.apply();
+      for (const [kind, key] of missing.slice(1)) {
+        assert.ok(
+          !h.kernels[kind]!.requests.includes(`write ${key}`),
+          `${kind} ${key} held while ${c.kind} ${c.missing} failed`,
+        );
+        assert.ok(r.held.some((x) => x.kind === kind && x.key === key));
+      }
+      await h.dataplane.apply();
+      assert.equal(h.dataplane.pending(), 0, 'all in place after the retry');
+    }
+  });
+}
+
+test('delete order: a stale route goes first, and while its delete fails the neighbour and FDB entry it uses stay', async () => {
+  const w = world({ stale: [NEIGHBOUR, FDB, ROUTE] });
+  w.kernels[ROUTE]!.fail('remove', STALE[ROUTE]![0]);
+  const r = await w.dataplane.apply();
+  assert.deepEqual(w.kernels[NEIGHBOUR]!.requests, []);
+  assert.deepEqual(w.kernels[FDB]!.requests, []);
+  assert.deepEqual(r.held.map((h) => `${h.op} ${h.kind} ${h.key} on ${h.on}`).sort(), [
+    `delete ${FDB} ${M9} on ${ROUTE}/10.244.9.0/26`,
+    `delete ${NEIGHBOUR} 10.244.9.0 on ${ROUTE}/10.244.9.0/26`,
+  ]);
+  await w.dataplane.apply();
+  assert.deepEqual(
+    [w.kernels[ROUTE]!.requests, w.kernels[NEIGHBOUR]!.requests, w.kernels[FDB]!.requests],
+    [['remove 10.244.9.0/26'], ['remove 10.244.9.0'], [`remove ${M9}`]],
+  );
+});
+
+test('add order: neighbour and FDB before the route; a node switching mode has its route replaced in place, before its VXLAN entries go or after they come', async () => {
+  const log: string[] = [];
+  const w = world({
+    missing: [
+      [NEIGHBOUR, '10.244.2.0'],
+      [FDB, M2],
+      [ROUTE, '10.244.2.0/26'],
+    ],
+  });
+  for (const [kind, k] of Object.entries(w.kernels)) k.onChange = (op, key) => log.push(`${op} ${kind} ${key}`);
+  await w.dataplane.apply();
+  assert.deepEqual(log, [`write ${NEIGHBOUR} 10.244.2.0`, `write ${FDB} ${M2}`, `write ${ROUTE} 10.244.2.0/26`]);
+  log.length = 0;
+  w.driver(ROUTE).table.setDesired('10.244.2.0/26', route('10.244.2.0/26', '192.0.2.13', 'direct')[1]);
+  w.driver(NEIGHBOUR).table.deleteDesired('10.244.2.0');
+  w.driver(FDB).table.deleteDesired(M2);
+  await w.dataplane.apply();
+  assert.deepEqual(log, [`write ${ROUTE} 10.244.2.0/26`, `remove ${FDB} ${M2}`, `remove ${NEIGHBOUR} 10.244.2.0`]);
+  // And back to VXLAN: the route is replaced in place (no delete) once its neighbour and FDB entry are there.
+  log.length = 0;
+  w.driver(ROUTE).table.setDesired('10.244.2.0/26', route('10.244.2.0/26', '10.244.2.0')[1]);
+  w.driver(NEIGHBOUR).table.setDesired(...neighbour('10.244.2.0', M2));
+  w.driver(FDB).table.setDesired(...fdb(M2, '198.51.100.13'));
+  await w.dataplane.apply();
+  assert.deepEqual(log, [`write ${NEIGHBOUR} 10.244.2.0`, `write ${FDB} ${M2}`, `write ${ROUTE} 10.244.2.0/26`]);
+});
+
+test('a device re-made (rebuilt to its spec) makes everything on it be read back, and what it lost is re-added', async () => {
+  const w = world();
+  await w.dataplane.apply();
+  // The device is deleted by hand: its entries go with it.
+  w.kernels[DEVICE]!.entries.clear();
+  w.kernels[NEIGHBOUR]!.entries.clear();
+  w.kernels[FDB]!.entries.clear();
+  for (const [cidr, e] of [...w.kernels[ROUTE]!.entries])
+    if ((e as RouteEntry).mode === 'vxlan') w.kernels[ROUTE]!.entries.delete(cidr);
+  w.dataplane.markForResync([DEVICE]);
+  const r = await w.dataplane.apply();
+  assert.deepEqual(w.kernels[DEVICE]!.requests, [`write ${DEV}`]);
+  assert.deepEqual(
+    r.reads.sort(),
+    [DEVICE, FDB, NEIGHBOUR, ROUTE].sort(),
+    'the entries on the device are read back because it was re-made',
+  );
+  assert.equal(w.dataplane.pending(), 0);
+  assert.equal(w.kernels[NEIGHBOUR]!.entries.size + w.kernels[FDB]!.entries.size + w.kernels[ROUTE]!.entries.size, 7);
+});
+
+test('at most maxInFlight requests are outstanding in a phase', async () => {
+  const many: [string, unknown][] = Array.from({ length: 600 }, (_, i) =>
+    route(`10.${100 + (i >> 8)}.${i & 255}.0/24`, '192.0.2.13', 'direct'),
+  );
+  const w = world({
+    maxInFlight: 16,
+    extra: { [ROUTE]: many },
+    missing: many.map(([k]) => [ROUTE, k] as [string, string]),
+  });
+  await w.dataplane.apply();
+  assert.equal(w.kernels[ROUTE]!.requests.length, 600);
+  assert.ok(
+    w.kernels[ROUTE]!.maxInFlight <= 16 && w.kernels[ROUTE]!.maxInFlight > 1,
+    `in flight: ${w.kernels[ROUTE]!.maxInFlight}`,
+  );
+  const big = world({
+    maxInFlight: 10_000,
+    extra: { [ROUTE]: many },
+    missing: many.map(([k]) => [ROUTE, k] as [string, string]),
+  });
+  await big.dataplane.apply();
+  assert.ok(big.kernels[ROUTE]!.maxInFlight <= 256, "capped well below the netlink package's 512");
+});
