@@ -5,7 +5,15 @@
 import { readdirSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createNodeResolver, defineConfig, globals, importX, js, tseslint } from './tools/lint/index.js';
+import {
+  createNodeResolver,
+  defineConfig,
+  globals,
+  importX,
+  js,
+  prettierCompat,
+  tseslint,
+} from './tools/lint/index.js';
 
 const root = path.dirname(fileURLToPath(import.meta.url));
 // Packages resolve to real paths, and a worktree's node_modules may be a link to another checkout's.
@@ -146,4 +154,6 @@ export default defineConfig(
       ],
     },
   },
+  // Layout is Prettier's (`npm run format`); the rules that would argue with it are off.
+  prettierCompat,
 );

@@ -2,7 +2,15 @@ import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AGENT_METRICS_PORT, clusterDown, clusterUp, networkConfig, runCni, runPluginInNetns, type NodeState } from '../cli/cluster/cluster.js';
+import {
+  AGENT_METRICS_PORT,
+  clusterDown,
+  clusterUp,
+  networkConfig,
+  runCni,
+  runPluginInNetns,
+  type NodeState,
+} from '../cli/cluster/cluster.js';
 import { run } from '../lib/exec.js';
 import { median, ms, percentile, printTable, type Row } from './support.js';
 
@@ -27,10 +35,18 @@ const PLUGIN = process.env.WEFT_BENCH_CNI ? path.resolve(process.env.WEFT_BENCH_
 const runWeft = (node: NodeState, env: Record<string, string>, stdin: string) =>
   PLUGIN ? runPluginInNetns(node.netns, PLUGIN, { CNI_PATH: REF, ...env }, stdin) : runCni(node, env, stdin);
 
-function timed(file: string, args: string[], env: Record<string, string>, stdin = ''): Promise<{ ms: number; code: number | null; out: string }> {
+function timed(
+  file: string,
+  args: string[],
+  env: Record<string, string>,
+  stdin = '',
+): Promise<{ ms: number; code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const child = spawn(file, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, stdio: ['pipe', 'pipe', 'ignore'] });
+    const child = spawn(file, args, {
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.on('error', reject);
@@ -41,17 +57,31 @@ function timed(file: string, args: string[], env: Record<string, string>, stdin 
 }
 
 /** Sum and count of one series of an agent histogram whose labels include all of `labels` ('rpc="attach"', …). */
-async function agentHistogram(node: NodeState, metric: string, labels: string[]): Promise<{ sum: number; count: number }> {
-  const stdout = await run('ip', ['netns', 'exec', node.netns, 'curl', '-sf', `http://127.0.0.1:${AGENT_METRICS_PORT}/metrics`]);
+async function agentHistogram(
+  node: NodeState,
+  metric: string,
+  labels: string[],
+): Promise<{ sum: number; count: number }> {
+  const stdout = await run('ip', [
+    'netns',
+    'exec',
+    node.netns,
+    'curl',
+    '-sf',
+    `http://127.0.0.1:${AGENT_METRICS_PORT}/metrics`,
+  ]);
   const value = (suffix: string) => {
-    const line = stdout.split('\n').find((l) => l.startsWith(`${metric}_${suffix}{`) && labels.every((x) => l.includes(x)));
+    const line = stdout
+      .split('\n')
+      .find((l) => l.startsWith(`${metric}_${suffix}{`) && labels.every((x) => l.includes(x)));
     return line ? Number(line.split(' ').at(-1)) : 0;
   };
   return { sum: value('sum'), count: value('count') };
 }
 
 /** The agent's own time per successful call of `rpc` (weft_agent_cni_call_duration_seconds). */
-const agentCallSeconds = (node: NodeState, rpc: string) => agentHistogram(node, 'weft_agent_cni_call_duration_seconds', [`rpc="${rpc}"`, 'result="ok"']);
+const agentCallSeconds = (node: NodeState, rpc: string) =>
+  agentHistogram(node, 'weft_agent_cni_call_duration_seconds', [`rpc="${rpc}"`, 'result="ok"']);
 /** Steps of the agent's Attach (weft_agent_attach_phase_duration_seconds). */
 const AGENT_PHASES = ['allocate', 'host', 'pod'] as const;
 /** Steps of the agent's Detach (weft_agent_detach_phase_duration_seconds). */
@@ -61,7 +91,16 @@ const DETACH_PHASES = ['link', 'release'] as const;
  * The plugin's own phases of one ADD, from its WEFT_CNI_TIMING line (ms since the process started), and what is
  * left of the wall time measured here (process exit, `ip netns exec`, spawning).
  */
-const PLUGIN_PHASES = ['start-up', 'stdin', 'config', 'load client', 'connect', 'call', 'result', 'exit and exec'] as const;
+const PLUGIN_PHASES = [
+  'start-up',
+  'stdin',
+  'config',
+  'load client',
+  'connect',
+  'call',
+  'result',
+  'exit and exec',
+] as const;
 type PluginPhase = (typeof PLUGIN_PHASES)[number];
 function pluginPhases(stderr: string, wallMs: number): Record<PluginPhase, number> {
   const line = stderr.split('\n').find((l) => l.includes('"weft-cni timing"'));
@@ -80,13 +119,30 @@ function pluginPhases(stderr: string, wallMs: number): Record<PluginPhase, numbe
 }
 
 async function main() {
-  if (!existsSync(`${REF}/bridge`)) throw new Error(`${REF}/bridge not found: run \`bash bench/install-deps.sh\` (Debian package containernetworking-plugins)`);
+  if (!existsSync(`${REF}/bridge`))
+    throw new Error(
+      `${REF}/bridge not found: run \`bash bench/install-deps.sh\` (Debian package containernetworking-plugins)`,
+    );
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-cni-'));
   chmodSync(dir, 0o755);
   const state = await clusterUp({ stateDir: path.join(dir, 'cluster'), nodes: 1 });
   const node: NodeState = state.nodes[0]!;
-  const results = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
-  const p = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
+  const results = {
+    weftAdd: [] as number[],
+    weftDel: [] as number[],
+    refAdd: [] as number[],
+    refDel: [] as number[],
+    bare: [] as number[],
+    version: [] as number[],
+  };
+  const p = {
+    weftAdd: [] as number[],
+    weftDel: [] as number[],
+    refAdd: [] as number[],
+    refDel: [] as number[],
+    bare: [] as number[],
+    version: [] as number[],
+  };
   /** Per run: the agent's mean time per Attach and per Detach, in ms. */
   const agentAttach: number[] = [];
   const agentDetach: number[] = [];
@@ -95,20 +151,42 @@ async function main() {
   const detachPhase: Record<string, number[]> = Object.fromEntries(DETACH_PHASES.map((k) => [k, []]));
   const pluginPhase: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
   try {
-    const refConf = JSON.stringify({ cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cnibench0', isGateway: true,
-      ipam: { type: 'host-local', subnet: '10.99.0.0/16', dataDir: path.join(dir, 'host-local') } });
+    const refConf = JSON.stringify({
+      cniVersion: '1.0.0',
+      name: 'bench',
+      type: 'bridge',
+      bridge: 'cnibench0',
+      isGateway: true,
+      ipam: { type: 'host-local', subnet: '10.99.0.0/16', dataDir: path.join(dir, 'host-local') },
+    });
     for (let r = 0; r < RUNS; r++) {
-      const run1 = { weftAdd: [] as number[], weftDel: [] as number[], refAdd: [] as number[], refDel: [] as number[], bare: [] as number[], version: [] as number[] };
+      const run1 = {
+        weftAdd: [] as number[],
+        weftDel: [] as number[],
+        refAdd: [] as number[],
+        refDel: [] as number[],
+        bare: [] as number[],
+        version: [] as number[],
+      };
       const attach0 = await agentCallSeconds(node, 'attach');
       const detach0 = await agentCallSeconds(node, 'detach');
-      const phases0 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
-      const detachPhases0 = await Promise.all(DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])));
+      const phases0 = await Promise.all(
+        AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])),
+      );
+      const detachPhases0 = await Promise.all(
+        DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])),
+      );
       const runPhases: Record<string, number[]> = Object.fromEntries(PLUGIN_PHASES.map((k) => [k, []]));
       for (let i = 0; i < PODS; i++) {
         const ns = `${state.prefix}-bench-${r}-${i}`;
         await run('ip', ['netns', 'add', ns]);
         try {
-          const env = { CNI_CONTAINERID: `bench${r}x${i}`, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: REF };
+          const env = {
+            CNI_CONTAINERID: `bench${r}x${i}`,
+            CNI_NETNS: `/var/run/netns/${ns}`,
+            CNI_IFNAME: 'eth0',
+            CNI_PATH: REF,
+          };
           let t = performance.now();
           const add = await runWeft(node, { ...env, CNI_COMMAND: 'ADD', WEFT_CNI_TIMING: '1' }, networkConfig(node));
           const addMs = performance.now() - t;
@@ -120,10 +198,20 @@ async function main() {
           run1.weftDel.push(performance.now() - t);
           if (del.exitCode !== 0) throw new Error(`weft-cni DEL failed: ${del.stdout}`);
           const refEnv = { ...env, CNI_IFNAME: 'eth1', CNI_CONTAINERID: `ref${r}x${i}` };
-          const radd = await timed('ip', ['netns', 'exec', node.netns, `${REF}/bridge`], { ...refEnv, CNI_COMMAND: 'ADD' }, refConf);
+          const radd = await timed(
+            'ip',
+            ['netns', 'exec', node.netns, `${REF}/bridge`],
+            { ...refEnv, CNI_COMMAND: 'ADD' },
+            refConf,
+          );
           if (radd.code !== 0) throw new Error(`bridge ADD failed: ${radd.out}`);
           run1.refAdd.push(radd.ms);
-          const rdel = await timed('ip', ['netns', 'exec', node.netns, `${REF}/bridge`], { ...refEnv, CNI_COMMAND: 'DEL' }, refConf);
+          const rdel = await timed(
+            'ip',
+            ['netns', 'exec', node.netns, `${REF}/bridge`],
+            { ...refEnv, CNI_COMMAND: 'DEL' },
+            refConf,
+          );
           if (rdel.code !== 0) throw new Error(`bridge DEL failed: ${rdel.out}`);
           run1.refDel.push(rdel.ms);
           run1.bare.push((await timed('ip', ['netns', 'exec', node.netns, process.execPath, '-e', '0'], {})).ms);
@@ -139,10 +227,24 @@ async function main() {
       const detach1 = await agentCallSeconds(node, 'detach');
       agentAttach.push(((attach1.sum - attach0.sum) / Math.max(1, attach1.count - attach0.count)) * 1000);
       agentDetach.push(((detach1.sum - detach0.sum) / Math.max(1, detach1.count - detach0.count)) * 1000);
-      const phases1 = await Promise.all(AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])));
-      AGENT_PHASES.forEach((ph, n) => agentPhase[ph]!.push(((phases1[n]!.sum - phases0[n]!.sum) / Math.max(1, phases1[n]!.count - phases0[n]!.count)) * 1000));
-      const detachPhases1 = await Promise.all(DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])));
-      DETACH_PHASES.forEach((ph, n) => detachPhase[ph]!.push(((detachPhases1[n]!.sum - detachPhases0[n]!.sum) / Math.max(1, detachPhases1[n]!.count - detachPhases0[n]!.count)) * 1000));
+      const phases1 = await Promise.all(
+        AGENT_PHASES.map((ph) => agentHistogram(node, 'weft_agent_attach_phase_duration_seconds', [`phase="${ph}"`])),
+      );
+      AGENT_PHASES.forEach((ph, n) =>
+        agentPhase[ph]!.push(
+          ((phases1[n]!.sum - phases0[n]!.sum) / Math.max(1, phases1[n]!.count - phases0[n]!.count)) * 1000,
+        ),
+      );
+      const detachPhases1 = await Promise.all(
+        DETACH_PHASES.map((ph) => agentHistogram(node, 'weft_agent_detach_phase_duration_seconds', [`phase="${ph}"`])),
+      );
+      DETACH_PHASES.forEach((ph, n) =>
+        detachPhase[ph]!.push(
+          ((detachPhases1[n]!.sum - detachPhases0[n]!.sum) /
+            Math.max(1, detachPhases1[n]!.count - detachPhases0[n]!.count)) *
+            1000,
+        ),
+      );
       for (const k of PLUGIN_PHASES) pluginPhase[k]!.push(median(runPhases[k]!));
       for (const k of Object.keys(run1) as (keyof typeof run1)[]) {
         const sorted = [...run1[k]].sort((a, b) => a - b);
@@ -157,27 +259,82 @@ async function main() {
   const m50 = (k: keyof typeof results) => median(results[k]);
   const m99 = (k: keyof typeof p) => median(p[k]);
   const rows: Row[] = [
-    { figure: 'weft-cni ADD p50 / p99', value: `${ms(m50('weftAdd'))} / ${ms(m99('weftAdd'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}`, goal: '<= +30 ms at p50' },
-    { figure: 'weft-cni DEL p50 / p99', value: `${ms(m50('weftDel'))} / ${ms(m99('weftDel'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftDel') - m50('bare'))}` },
-    { figure: 'weft-cni VERSION p50 / p99 (start-up + bundle, no agent call)', value: `${ms(m50('version'))} / ${ms(m99('version'))}`, baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('version') - m50('bare'))}` },
-    { figure: 'agent time per Attach / Detach (mean)', value: `${ms(median(agentAttach))} / ${ms(median(agentDetach))}`, baseline: 'weft ADD p50 - VERSION p50', ratio: ms(m50('weftAdd') - m50('version')) },
-    { figure: 'bridge + host-local ADD p50 / p99', value: `${ms(m50('refAdd'))} / ${ms(m99('refAdd'))}`, baseline: 'weft ADD p50', ratio: (m50('weftAdd') / m50('refAdd')).toFixed(2) + 'x' },
-    { figure: 'bridge + host-local DEL p50 / p99', value: `${ms(m50('refDel'))} / ${ms(m99('refDel'))}`, baseline: 'weft DEL p50', ratio: (m50('weftDel') / m50('refDel')).toFixed(2) + 'x' },
+    {
+      figure: 'weft-cni ADD p50 / p99',
+      value: `${ms(m50('weftAdd'))} / ${ms(m99('weftAdd'))}`,
+      baseline: `node -e 0: ${ms(m50('bare'))}`,
+      ratio: `+${ms(m50('weftAdd') - m50('bare'))}`,
+      goal: '<= +30 ms at p50',
+    },
+    {
+      figure: 'weft-cni DEL p50 / p99',
+      value: `${ms(m50('weftDel'))} / ${ms(m99('weftDel'))}`,
+      baseline: `node -e 0: ${ms(m50('bare'))}`,
+      ratio: `+${ms(m50('weftDel') - m50('bare'))}`,
+    },
+    {
+      figure: 'weft-cni VERSION p50 / p99 (start-up + bundle, no agent call)',
+      value: `${ms(m50('version'))} / ${ms(m99('version'))}`,
+      baseline: `node -e 0: ${ms(m50('bare'))}`,
+      ratio: `+${ms(m50('version') - m50('bare'))}`,
+    },
+    {
+      figure: 'agent time per Attach / Detach (mean)',
+      value: `${ms(median(agentAttach))} / ${ms(median(agentDetach))}`,
+      baseline: 'weft ADD p50 - VERSION p50',
+      ratio: ms(m50('weftAdd') - m50('version')),
+    },
+    {
+      figure: 'bridge + host-local ADD p50 / p99',
+      value: `${ms(m50('refAdd'))} / ${ms(m99('refAdd'))}`,
+      baseline: 'weft ADD p50',
+      ratio: (m50('weftAdd') / m50('refAdd')).toFixed(2) + 'x',
+    },
+    {
+      figure: 'bridge + host-local DEL p50 / p99',
+      value: `${ms(m50('refDel'))} / ${ms(m99('refDel'))}`,
+      baseline: 'weft DEL p50',
+      ratio: (m50('weftDel') / m50('refDel')).toFixed(2) + 'x',
+    },
   ];
-  printTable(`bench/cni — medians of ${RUNS} runs of ${PODS} pods, sequential, each run through \`ip netns exec <node>\``, rows);
+  printTable(
+    `bench/cni — medians of ${RUNS} runs of ${PODS} pods, sequential, each run through \`ip netns exec <node>\``,
+    rows,
+  );
   // Where an ADD's time goes: the plugin's phases (medians), then the agent's steps (means) inside the call.
   const phaseRows: Row[] = [
     ...PLUGIN_PHASES.map((k): Row => ({ figure: `plugin: ${k}`, value: ms(median(pluginPhase[k]!)) })),
-    { figure: 'plugin: total (weft-cni ADD p50)', value: ms(m50('weftAdd')), baseline: `node -e 0: ${ms(m50('bare'))}`, ratio: `+${ms(m50('weftAdd') - m50('bare'))}` },
-    { figure: 'agent: Attach (mean, inside "call")', value: ms(median(agentAttach)), baseline: 'plugin: call', ratio: ms(median(pluginPhase.call!) - median(agentAttach)) + ' transport' },
+    {
+      figure: 'plugin: total (weft-cni ADD p50)',
+      value: ms(m50('weftAdd')),
+      baseline: `node -e 0: ${ms(m50('bare'))}`,
+      ratio: `+${ms(m50('weftAdd') - m50('bare'))}`,
+    },
+    {
+      figure: 'agent: Attach (mean, inside "call")',
+      value: ms(median(agentAttach)),
+      baseline: 'plugin: call',
+      ratio: ms(median(pluginPhase.call!) - median(agentAttach)) + ' transport',
+    },
     ...AGENT_PHASES.map((k): Row => ({ figure: `agent: ${k} (mean)`, value: ms(median(agentPhase[k]!)) })),
-    { figure: 'agent: Detach (mean, inside DEL)', value: ms(median(agentDetach)), baseline: 'weft DEL p50', ratio: ms(m50('weftDel')) },
+    {
+      figure: 'agent: Detach (mean, inside DEL)',
+      value: ms(median(agentDetach)),
+      baseline: 'weft DEL p50',
+      ratio: ms(m50('weftDel')),
+    },
     ...DETACH_PHASES.map((k): Row => ({ figure: `agent: detach ${k} (mean)`, value: ms(median(detachPhase[k]!)) })),
   ];
-  printTable('Where weft-cni ADD spends its time: plugin phases (ms since process start for start-up; medians) and the agent\'s Attach steps (means; steps may overlap)', phaseRows);
+  printTable(
+    "Where weft-cni ADD spends its time: plugin phases (ms since process start for start-up; medians) and the agent's Attach steps (means; steps may overlap)",
+    phaseRows,
+  );
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`bench/cni: ${(err as Error).stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench/cni: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);

@@ -14,8 +14,14 @@ async function main() {
   const config = loadControlPlaneConfig({ dataDir, listen: '127.0.0.1:0' });
   const logger = createLogger({ component: 'control-plane' }, { level: config.logLevel });
   const cp = await startControlPlane(config, logger, {}, { plaintextListenForBenchmarks: '127.0.0.1:0' });
-  process.stdout.write(JSON.stringify({ serving: true, port: cp.tcpPort, plaintextPort: cp.plaintextPort, pkiDir: cp.pkiDir }) + '\n');
-  const stop = () => void cp.stop().then(() => process.exit(0), () => process.exit(1));
+  process.stdout.write(
+    JSON.stringify({ serving: true, port: cp.tcpPort, plaintextPort: cp.plaintextPort, pkiDir: cp.pkiDir }) + '\n',
+  );
+  const stop = () =>
+    void cp.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   process.removeAllListeners('SIGTERM');
   process.once('SIGTERM', stop);
 }

@@ -10,7 +10,16 @@ import { openLoopLatency } from './support.js';
  */
 const identity = (b: Buffer) => b;
 const definition = {
-  echo: { path: '/weft.bench.Echo/Echo', requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity, originalName: 'echo' },
+  echo: {
+    path: '/weft.bench.Echo/Echo',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+    originalName: 'echo',
+  },
 };
 
 const SERVER = `
@@ -42,22 +51,30 @@ export async function startEchoServer(): Promise<EchoServer> {
   const payload = Buffer.alloc(64, 1);
   return {
     async rate(concurrency, seconds) {
-      const clients = Array.from({ length: concurrency }, () => new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient);
+      const clients = Array.from(
+        { length: concurrency },
+        () => new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient,
+      );
       const call = (c: EchoClient) => new Promise<void>((res, rej) => c.echo(payload, (e) => (e ? rej(e) : res())));
       await Promise.all(clients.map(call));
       let done = 0;
       const end = performance.now() + seconds * 1000;
-      await Promise.all(clients.map(async (c) => {
-        while (performance.now() < end) {
-          await call(c);
-          done++;
-        }
-      }));
+      await Promise.all(
+        clients.map(async (c) => {
+          while (performance.now() < end) {
+            await call(c);
+            done++;
+          }
+        }),
+      );
       clients.forEach((c) => c.close());
       return done / seconds;
     },
     async openLoop(rate, concurrency, seconds) {
-      const clients = Array.from({ length: concurrency }, () => new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient);
+      const clients = Array.from(
+        { length: concurrency },
+        () => new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient,
+      );
       const call = (c: EchoClient) => new Promise<void>((res, rej) => c.echo(payload, (e) => (e ? rej(e) : res())));
       await Promise.all(clients.map(call));
       const r = await openLoopLatency(rate, seconds, (i) => call(clients[i % clients.length]!));

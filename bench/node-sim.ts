@@ -47,9 +47,15 @@ export interface SimNodeSpec {
 }
 
 export interface SimPod {
-  namespace: string; name: string; containerId: string; handle: string; address: string; attemptId: string;
+  namespace: string;
+  name: string;
+  containerId: string;
+  handle: string;
+  address: string;
+  attemptId: string;
   /** Wall-clock milliseconds when Allocate returned; how long Allocate took. */
-  allocatedAt: number; allocateMs: number;
+  allocatedAt: number;
+  allocateMs: number;
 }
 
 export interface SimNode {
@@ -69,7 +75,16 @@ export interface SimNode {
   blocksOf(node: string): number;
 }
 
-export interface SimStats { nodes: number; routesSynced: number; policySynced: number; renewals: number; renewalFailures: number; reRegistrations: number; streamBreaks: number; reportFailures: number }
+export interface SimStats {
+  nodes: number;
+  routesSynced: number;
+  policySynced: number;
+  renewals: number;
+  renewalFailures: number;
+  reRegistrations: number;
+  streamBreaks: number;
+  reportFailures: number;
+}
 
 export interface NodeSimulator {
   /** Issues certificates, connects, registers and starts the watches of `specs`, `concurrency` at a time; resolves once each is registered. */
@@ -99,9 +114,15 @@ export function simUnderlay(i: number): string {
   return `198.${18 + Math.floor(j / (254 * 256))}.${Math.floor(j / 254) % 256}.${(j % 254) + 1}`;
 }
 
-export const simVtepMac = (i: number) => `02:5e:${[(i >>> 24) & 255, (i >>> 16) & 255, (i >>> 8) & 255, i & 255].map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
+export const simVtepMac = (i: number) =>
+  `02:5e:${[(i >>> 24) & 255, (i >>> 16) & 255, (i >>> 8) & 255, i & 255].map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
 
-export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logger: Logger; leaseMsFallback?: number }): NodeSimulator {
+export function createNodeSimulator(deps: {
+  target: string;
+  ca: KeyPairPem;
+  logger: Logger;
+  leaseMsFallback?: number;
+}): NodeSimulator {
   const nodes: SimNode[] = [];
   const routeListeners: ((n: SimNode, m: WatchRoutesResponse) => void)[] = [];
   const policyListeners: ((n: SimNode, m: WatchNodePolicyResponse, r: NodeRules) => void)[] = [];
@@ -117,11 +138,20 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
   };
   const stats = { renewals: 0, renewalFailures: 0, reRegistrations: 0, streamBreaks: 0 };
   // A stream's break is counted, not logged: a control-plane restart breaks thousands at once.
-  const quiet: Logger = { ...deps.logger, warn: (msg: string) => { if (msg.includes('reconnecting')) stats.streamBreaks++; }, child: () => quiet } as Logger;
+  const quiet: Logger = {
+    ...deps.logger,
+    warn: (msg: string) => {
+      if (msg.includes('reconnecting')) stats.streamBreaks++;
+    },
+    child: () => quiet,
+  } as Logger;
 
   // Renewals: node → due time, walked by one ticker in due order (buckets of TICK_MS).
   const due = new Map<number, { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }[]>();
-  const schedule = (entry: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }, inMs: number) => {
+  const schedule = (
+    entry: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> },
+    inMs: number,
+  ) => {
     const slot = Math.floor((performance.now() + inMs) / TICK_MS);
     const list = due.get(slot);
     if (list) list.push(entry);
@@ -142,7 +172,8 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
     if (stopper.signal.aborted) return;
     const { node } = e;
     try {
-      e.leaseMs = (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+      e.leaseMs =
+        (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
       stats.renewals++;
       e.retry.reset();
       schedule(e, e.leaseMs / 3);
@@ -150,11 +181,14 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
       if (stopper.signal.aborted) return;
       if ((err as { code?: number }).code === status.NOT_FOUND) {
         try {
-          e.leaseMs = (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+          e.leaseMs =
+            (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
           stats.reRegistrations++;
           schedule(e, e.leaseMs / 3);
           return;
-        } catch { /* retried below */ }
+        } catch {
+          /* retried below */
+        }
       }
       stats.renewalFailures++;
       schedule(e, e.retry.next());
@@ -193,7 +227,11 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
     const register = async (): Promise<number> => {
       for (;;) {
         try {
-          return (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis || deps.leaseMsFallback || 20_000;
+          return (
+            (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis ||
+            deps.leaseMsFallback ||
+            20_000
+          );
         } catch (err) {
           if (stopper.signal.aborted) throw err;
           await new Promise((r) => setTimeout(r, backoff.next()));
@@ -201,13 +239,23 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
       }
     };
     const leaseMs = await register();
-    schedule({ node, leaseMs, retry: createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) }) }, Math.random() * (leaseMs / 3));
+    schedule(
+      {
+        node,
+        leaseMs,
+        retry: createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) }),
+      },
+      Math.random() * (leaseMs / 3),
+    );
 
     const routeChunks = createRoutesChunkJoiner();
     followStream({
       open: (signal) => {
         routeChunks.reset();
-        return node.routes.watchRoutes({ node: spec.name, sinceRevision: node.routesSynced ? node.routeRevision : 0, acceptChunks: true }, { signal });
+        return node.routes.watchRoutes(
+          { node: spec.name, sinceRevision: node.routesSynced ? node.routeRevision : 0, acceptChunks: true },
+          { signal },
+        );
       },
       onMessage: (chunk) => {
         const m = routeChunks.push(chunk);
@@ -216,7 +264,8 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
           if (node.routesSynced) node.routeRevision = m.revision;
         } else if (m.reset || node.routesSynced) {
           if (m.reset) node.routeView = new Map();
-          for (const u of m.upserts) node.routeView.set(u.node, intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
+          for (const u of m.upserts)
+            node.routeView.set(u.node, intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
           for (const d of m.deletes) node.routeView.delete(d);
           node.routeRevision = m.revision;
           if (m.reset) node.routesSynced = true;
@@ -232,7 +281,10 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
     followStream({
       open: (signal) => {
         policyChunks.reset();
-        return node.policy.watchNodePolicy({ node: spec.name, sinceRevision: node.policyRules?.revision ?? 0, acceptDeltas: true, acceptChunks: true }, { signal });
+        return node.policy.watchNodePolicy(
+          { node: spec.name, sinceRevision: node.policyRules?.revision ?? 0, acceptDeltas: true, acceptChunks: true },
+          { signal },
+        );
       },
       onMessage: (chunk) => {
         const m = policyChunks.push(chunk);
@@ -242,7 +294,9 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
           return;
         }
         if (!m.delta) node.policyCompleteViews++;
-        node.policyRules = applyPolicyMessage(node.policyRules, m, (what, why) => deps.logger.error('refused a policy entry', { node: spec.name, what, why }));
+        node.policyRules = applyPolicyMessage(node.policyRules, m, (what, why) =>
+          deps.logger.error('refused a policy entry', { node: spec.name, what, why }),
+        );
         for (const l of policyListeners) l(node, m, node.policyRules);
       },
       brokenMessage: 'policy watch broke; reconnecting',
@@ -254,7 +308,12 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
 
   // Pod reports (AttachPod, DetachPod): in order per sandbox, retried with backoff (200 ms to 5 s) until the policy
   // service takes them; an INVALID_ARGUMENT is dropped (node-dataplane/pod-reports.ts).
-  const reports = { pending: 0, failures: 0, latencies: [] as number[], queues: new Map<string, (() => Promise<unknown>)[]>() };
+  const reports = {
+    pending: 0,
+    failures: 0,
+    latencies: [] as number[],
+    queues: new Map<string, (() => Promise<unknown>)[]>(),
+  };
   function report(pod: SimPod, send: () => Promise<unknown>, since: number) {
     reports.pending++;
     const queue = reports.queues.get(pod.containerId);
@@ -288,12 +347,14 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
     async addNodes(specs, concurrency = 32) {
       const added: SimNode[] = new Array(specs.length);
       let next = 0;
-      await Promise.all(Array.from({ length: Math.min(concurrency, specs.length) }, async () => {
-        while (next < specs.length) {
-          const i = next++;
-          added[i] = await startNode(specs[i]!);
-        }
-      }));
+      await Promise.all(
+        Array.from({ length: Math.min(concurrency, specs.length) }, async () => {
+          while (next < specs.length) {
+            const i = next++;
+            added[i] = await startNode(specs[i]!);
+          }
+        }),
+      );
       nodes.push(...added);
       return added;
     },
@@ -302,27 +363,63 @@ export function createNodeSimulator(deps: { target: string; ca: KeyPairPem; logg
       const handle = `${containerId}/eth0`;
       const attemptId = randomUUID();
       const t0 = performance.now();
-      const res = await node.ipam.allocate({
-        handle, node: node.spec.name, pool: node.spec.pool, cluster: node.spec.cluster, podNamespace: pod.namespace, podName: pod.name, containerId, attemptId,
-      }, { timeoutMs: 20_000 }).catch(async (err: { code?: number }) => {
-        // An Allocate that did not answer may still commit: released naming its attempt, as the agent does.
-        if (err.code === status.DEADLINE_EXCEEDED || err.code === status.UNAVAILABLE || err.code === status.CANCELLED) {
-          await node.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 }).catch(() => {});
-        }
-        throw err;
-      });
+      const res = await node.ipam
+        .allocate(
+          {
+            handle,
+            node: node.spec.name,
+            pool: node.spec.pool,
+            cluster: node.spec.cluster,
+            podNamespace: pod.namespace,
+            podName: pod.name,
+            containerId,
+            attemptId,
+          },
+          { timeoutMs: 20_000 },
+        )
+        .catch(async (err: { code?: number }) => {
+          // An Allocate that did not answer may still commit: released naming its attempt, as the agent does.
+          if (
+            err.code === status.DEADLINE_EXCEEDED ||
+            err.code === status.UNAVAILABLE ||
+            err.code === status.CANCELLED
+          ) {
+            await node.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 }).catch(() => {});
+          }
+          throw err;
+        });
       const t1 = performance.now();
       const address = res.allocations[0]!.address;
-      const held: SimPod = { ...pod, containerId, handle, address, attemptId, allocatedAt: performance.timeOrigin + t1, allocateMs: t1 - t0 };
+      const held: SimPod = {
+        ...pod,
+        containerId,
+        handle,
+        address,
+        attemptId,
+        allocatedAt: performance.timeOrigin + t1,
+        allocateMs: t1 - t0,
+      };
       node.pods.set(handle, held);
       // The report goes out in the background, retried until taken, as the agent's pod reporter does: the ADD does not wait.
-      report(held, () => node.policy.attachPod({ namespace: pod.namespace, name: pod.name, node: node.spec.name, containerId, addresses: [address] }, { timeoutMs: 10_000 }), t1);
+      report(
+        held,
+        () =>
+          node.policy.attachPod(
+            { namespace: pod.namespace, name: pod.name, node: node.spec.name, containerId, addresses: [address] },
+            { timeoutMs: 10_000 },
+          ),
+        t1,
+      );
       return held;
     },
     async detachPod(node, pod) {
       await node.ipam.release({ handle: pod.handle }, { timeoutMs: 10_000 });
       node.pods.delete(pod.handle);
-      report(pod, () => node.policy.detachPod({ containerId: pod.containerId }, { timeoutMs: 10_000 }), performance.now());
+      report(
+        pod,
+        () => node.policy.detachPod({ containerId: pod.containerId }, { timeoutMs: 10_000 }),
+        performance.now(),
+      );
     },
     reportsPending: () => reports.pending,
     reportLatencies: () => reports.latencies.splice(0),

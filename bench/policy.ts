@@ -4,7 +4,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run as runHere } from '../lib/exec.js';
 import { parseIp, parsePolicyObject, type NetworkPolicy, type Protocol } from '../services/policy/domain/model.js';
-import { compileNodePolicy, createCompileCache, diffNodePolicy, type CompileCache, type NodePolicy, type PlacedPod } from '../services/policy/domain/compile.js';
+import {
+  compileNodePolicy,
+  createCompileCache,
+  diffNodePolicy,
+  type CompileCache,
+  type NodePolicy,
+  type PlacedPod,
+} from '../services/policy/domain/compile.js';
 import type { World } from '../services/policy/domain/evaluate.js';
 import { toPbWatchResponse } from '../services/policy/rpc/policy.rpc.js';
 import { WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
@@ -53,8 +60,17 @@ const vethOf = (i: number, tag: string) => `weft${tag}${i.toString(16).padStart(
 /** The service's compile input: 10 namespaces; policy i selects pod i, with one rule of 10 ports from the namespaces of the other parity. */
 function worldOf(): World {
   const objects = Array.from({ length: PODS }, (_, i) => ({
-    kind: 'NetworkPolicy', metadata: { namespace: `ns${i % 10}`, name: `np${i}` },
-    spec: { podSelector: { matchLabels: { app: `p${i}` } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: i % 2 ? 'even' : 'odd' } } }], ports: Array.from({ length: 10 }, (_, j) => ({ port: 1000 + j })) }] },
+    kind: 'NetworkPolicy',
+    metadata: { namespace: `ns${i % 10}`, name: `np${i}` },
+    spec: {
+      podSelector: { matchLabels: { app: `p${i}` } },
+      ingress: [
+        {
+          from: [{ namespaceSelector: { matchLabels: { team: i % 2 ? 'even' : 'odd' } } }],
+          ports: Array.from({ length: 10 }, (_, j) => ({ port: 1000 + j })),
+        },
+      ],
+    },
   }));
   return {
     namespaces: new Map(Array.from({ length: 10 }, (_, i) => [`ns${i}`, { team: i % 2 ? 'odd' : 'even' }])),
@@ -64,12 +80,19 @@ function worldOf(): World {
   };
 }
 const podOf = (i: number, app = `p${i}`): PlacedPod => ({
-  namespace: `ns${i % 10}`, name: `p${i}`, node: 'n1', labels: { app },
-  addresses: [parseIp(addressOf(i), 'ip')], ports: [{ name: 'http', port: 8080, protocol: 'TCP' as Protocol }],
+  namespace: `ns${i % 10}`,
+  name: `p${i}`,
+  node: 'n1',
+  labels: { app },
+  addresses: [parseIp(addressOf(i), 'ip')],
+  ports: [{ name: 'http', port: 8080, protocol: 'TCP' as Protocol }],
 });
 
 /** Runs commands inside a namespace, as the agent runs them inside its node's. */
-const inNs = (ns: string): typeof runHere => (file, args, opts) => runHere('ip', ['netns', 'exec', ns, file, ...args], { ...opts, timeoutMs: 120_000 });
+const inNs =
+  (ns: string): typeof runHere =>
+  (file, args, opts) =>
+    runHere('ip', ['netns', 'exec', ns, file, ...args], { ...opts, timeoutMs: 120_000 });
 
 /** The policy service's side of one stream and the agent's, joined by the encoded message. */
 function pipeline(world: World, driver: PolicyDriver) {
@@ -86,7 +109,11 @@ function pipeline(world: World, driver: PolicyDriver) {
       const t0 = performance.now();
       const policy = compileNodePolicy(world, pods, 'n1', cache);
       const delta = sent ? diffNodePolicy(sent, policy) : null;
-      const message = toPbWatchResponse(sent ? { revision: ++revision, bookmark: false, policy: null, delta } : { revision: ++revision, bookmark: false, policy, delta: null });
+      const message = toPbWatchResponse(
+        sent
+          ? { revision: ++revision, bookmark: false, policy: null, delta }
+          : { revision: ++revision, bookmark: false, policy, delta: null },
+      );
       sent = policy;
       const bytes = WatchNodePolicyResponse.encode(message).finish();
       const t1 = performance.now();
@@ -111,18 +138,34 @@ function benchDriver(ns: string, tag: string, fake: boolean, kernel: number[]): 
     },
     apply: async (plan: PolicyPlan, opts) => {
       const t = performance.now();
-      await real.apply(plan, { inForce: () => {
-        kernel.push(performance.now() - t);
-        opts?.inForce?.();
-      } });
+      await real.apply(plan, {
+        inForce: () => {
+          kernel.push(performance.now() - t);
+          opts?.inForce?.();
+        },
+      });
     },
   };
 }
 
 const countRules = (plan: PolicyPlan) => (plan.filter ?? '').split('\n').filter((l) => l.startsWith('-A ')).length;
 
-type Figures = { full: number[]; fullKernel: number[]; fullService: number[]; rules: number[]; moved: Change; dropped: Change };
-type Change = { inForce: number[]; service: number[]; agent: number[]; kernel: number[]; total: number[]; bytes: number[] };
+type Figures = {
+  full: number[];
+  fullKernel: number[];
+  fullService: number[];
+  rules: number[];
+  moved: Change;
+  dropped: Change;
+};
+type Change = {
+  inForce: number[];
+  service: number[];
+  agent: number[];
+  kernel: number[];
+  total: number[];
+  bytes: number[];
+};
 const change = (): Change => ({ inForce: [], service: [], agent: [], kernel: [], total: [], bytes: [] });
 
 async function programming(f: Figures) {
@@ -139,12 +182,18 @@ async function programming(f: Figures) {
     f.fullKernel.push(kernel.at(-1)!);
     f.fullService.push(first.service);
     f.rules.push(countRules(first.plan));
-    if (process.env.WEFT_BENCH_DEBUG) process.stderr.write(`from scratch: ${JSON.stringify({ inForce: first.inForce, service: first.service, kernel: kernel.at(-1) })}\n`);
+    if (process.env.WEFT_BENCH_DEBUG)
+      process.stderr.write(
+        `from scratch: ${JSON.stringify({ inForce: first.inForce, service: first.service, kernel: kernel.at(-1) })}\n`,
+      );
     const relabel = async (i: number, app: string, into: Change) => {
       pods = pods.map((q, j) => (j === i ? podOf(i, app) : q));
       kernel.length = 0;
       const r = await p.push(pods, false);
-      if (r.plan.changed.length === 0 || r.plan.changed.length > 6) throw new Error(`one pod's change should rewrite a few chains, not ${r.plan.changed.length}: ${r.plan.changed.slice(0, 5).join(', ')}`);
+      if (r.plan.changed.length === 0 || r.plan.changed.length > 6)
+        throw new Error(
+          `one pod's change should rewrite a few chains, not ${r.plan.changed.length}: ${r.plan.changed.slice(0, 5).join(', ')}`,
+        );
       into.inForce.push(r.inForce);
       into.service.push(r.service);
       into.kernel.push(kernel[0] ?? 0);
@@ -163,7 +212,8 @@ async function programming(f: Figures) {
     }
     // The agent's record matches the kernel: a read-back pass finds nothing to do.
     const check = await p.programmer.program(p.held(), { readBack: true });
-    if (check.plan.changed.length > 0) throw new Error(`the kernel differs from what the agent recorded: ${check.plan.changed.slice(0, 5).join(', ')}`);
+    if (check.plan.changed.length > 0)
+      throw new Error(`the kernel differs from what the agent recorded: ${check.plan.changed.slice(0, 5).join(', ')}`);
   } finally {
     await runHere('ip', ['netns', 'del', ns]).catch(() => {});
   }
@@ -173,7 +223,8 @@ async function programming(f: Figures) {
 async function throughput(pairs: { bare: number[]; none: number[]; with: number[]; entries: number[] }) {
   const tag = randomBytes(2).toString('hex');
   const [node, a, b] = [`wbt${tag}n`, `wbt${tag}a`, `wbt${tag}b`];
-  const A = 1, B = 2; // pod 1 (ns1, team odd) may reach pod 2 (its policy admits team odd) on ports 1000-1009
+  const A = 1,
+    B = 2; // pod 1 (ns1, team odd) may reach pod 2 (its policy admits team odd) on ports 1000-1009
   const made: string[] = [];
   const ipn = (ns: string, args: string[]) => runHere('ip', ['-n', ns, ...args]);
   try {
@@ -190,7 +241,10 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
     await ipn(node, ['link', 'set', 'wbu0', 'up']);
     await ipn(node, ['link', 'set', 'wbu1', 'up']);
     await ipn(node, ['route', 'add', 'default', 'via', '192.0.2.254']);
-    for (const [i, ns] of [[A, a], [B, b]] as const) {
+    for (const [i, ns] of [
+      [A, a],
+      [B, b],
+    ] as const) {
       const veth = vethOf(i, tag);
       await ipn(node, ['link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
       await ipn(ns, ['addr', 'add', `${addressOf(i)}/32`, 'dev', 'eth0']);
@@ -206,8 +260,32 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
       try {
         await new Promise((r) => setTimeout(r, 300));
         // iperf3 -J reports its errors on stdout too, with a non-zero exit.
-        const out = await new Promise<string>((resolve) => execFile('ip', ['netns', 'exec', a, 'iperf3', '-c', addressOf(B), '-p', String(port), '-t', String(IPERF_SECONDS), '-J', '--connect-timeout', '1000'], { timeout: (IPERF_SECONDS + 30) * 1000 }, (err, stdout) => resolve(stdout || JSON.stringify({ error: err?.message ?? 'no output' }))));
-        const j = JSON.parse(out.slice(out.indexOf('{'))) as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+        const out = await new Promise<string>((resolve) =>
+          execFile(
+            'ip',
+            [
+              'netns',
+              'exec',
+              a,
+              'iperf3',
+              '-c',
+              addressOf(B),
+              '-p',
+              String(port),
+              '-t',
+              String(IPERF_SECONDS),
+              '-J',
+              '--connect-timeout',
+              '1000',
+            ],
+            { timeout: (IPERF_SECONDS + 30) * 1000 },
+            (err, stdout) => resolve(stdout || JSON.stringify({ error: err?.message ?? 'no output' })),
+          ),
+        );
+        const j = JSON.parse(out.slice(out.indexOf('{'))) as {
+          error?: string;
+          end?: { sum_received?: { bits_per_second: number } };
+        };
         return { bps: j.end?.sum_received?.bits_per_second ?? null, error: j.error ?? null };
       } finally {
         server.kill();
@@ -235,21 +313,33 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
       with: async () => {
         await configure.bare();
         const full = await pipeline(worldOf(), benchDriver(node, tag, true, [])).push(pods, true);
-        if (!full.plan.changed.some((c) => c.startsWith(`chain WEFT-I-${vethOf(B, tag)}-`))) throw new Error(`b's ingress entries were not installed: ${full.plan.changed.slice(0, 5).join(', ')}`);
+        if (!full.plan.changed.some((c) => c.startsWith(`chain WEFT-I-${vethOf(B, tag)}-`)))
+          throw new Error(`b's ingress entries were not installed: ${full.plan.changed.slice(0, 5).join(', ')}`);
       },
     };
     await configure.with();
     // The policy is in force: a port the rule does not admit is dropped (no answer), not refused.
     const blocked = await iperf(2000);
-    if (blocked.bps !== null || !/timed out|timeout/i.test(blocked.error ?? '')) throw new Error(`port 2000 should be dropped by b's policy, got ${blocked.bps ?? blocked.error}`);
+    if (blocked.bps !== null || !/timed out|timeout/i.test(blocked.error ?? ''))
+      throw new Error(`port 2000 should be dropped by b's policy, got ${blocked.bps ?? blocked.error}`);
     // Rounds in rotating order (the machine's load drifts: no configuration always goes first or last); each round's
     // ratios are taken within the round, and their medians reported.
-    const orders = [['bare', 'none', 'with'], ['with', 'bare', 'none'], ['none', 'with', 'bare'], ['bare', 'with', 'none'], ['none', 'bare', 'with'], ['with', 'none', 'bare']] as const;
+    const orders = [
+      ['bare', 'none', 'with'],
+      ['with', 'bare', 'none'],
+      ['none', 'with', 'bare'],
+      ['bare', 'with', 'none'],
+      ['none', 'bare', 'with'],
+      ['with', 'none', 'bare'],
+    ] as const;
     for (let r = 0; r < IPERF_ROUNDS; r++) {
       const got: Record<string, number> = {};
       for (const c of orders[r % orders.length]!) {
         await configure[c]();
-        got[c] = bps(await iperf(PORT), c === 'bare' ? 'without rules' : c === 'none' ? 'with no policy entries' : 'through the policy');
+        got[c] = bps(
+          await iperf(PORT),
+          c === 'bare' ? 'without rules' : c === 'none' ? 'with no policy entries' : 'through the policy',
+        );
       }
       pairs.bare.push(got.bare!);
       pairs.none.push(got.none!);
@@ -264,7 +354,8 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('bench/policy needs root (network namespaces)');
   const f: Figures = { full: [], fullKernel: [], fullService: [], rules: [], moved: change(), dropped: change() };
-  const floorFull: number[] = [], floorInc: number[] = [];
+  const floorFull: number[] = [],
+    floorInc: number[] = [];
   for (let r = 0; r < RUNS; r++) {
     await programming(f);
     const stdout = await runHere('bash', [FLOOR, String(PODS * 10)]);
@@ -280,27 +371,67 @@ async function main() {
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   const range = (xs: number[]) => `${pct(Math.min(...xs))}-${pct(Math.max(...xs))}`;
   const changeRows = (c: Change, what: string): Row[] => [
-    { figure: `one pod's label change, ${what}: compile input to rules in force`, value: ms(median(c.inForce)), baseline: `incremental restore of 10 rules ${ms(median(floorInc))}`, ratio: `${(median(c.inForce) / median(floorInc)).toFixed(2)}x`, goal: '<= 20 ms (commit to kernel)' },
+    {
+      figure: `one pod's label change, ${what}: compile input to rules in force`,
+      value: ms(median(c.inForce)),
+      baseline: `incremental restore of 10 rules ${ms(median(floorInc))}`,
+      ratio: `${(median(c.inForce) / median(floorInc)).toFixed(2)}x`,
+      goal: '<= 20 ms (commit to kernel)',
+    },
     { figure: '  service: compile (cached) + delta + encode', value: ms(median(c.service)) },
-    { figure: `  agent: decode + apply delta + render + plan (message ${median(c.bytes)} bytes)`, value: ms(median(c.agent)) },
+    {
+      figure: `  agent: decode + apply delta + render + plan (message ${median(c.bytes)} bytes)`,
+      value: ms(median(c.agent)),
+    },
     { figure: '  kernel: iptables-restore --noflush of the new rules', value: ms(median(c.kernel)) },
     { figure: '  then the old rule and chain removed (in force meanwhile); whole pass', value: ms(median(c.total)) },
   ];
   const rows: Row[] = [
-    { figure: `${PODS} pods × 10 rules from scratch (${median(f.rules)} iptables rules): compile + message + render + plan + apply`, value: ms(median(f.full)), baseline: `iptables-restore ${PODS * 10} rules ${ms(median(floorFull))}`, ratio: `${(median(f.full) / median(floorFull)).toFixed(2)}x`, goal: '<= 500 ms' },
+    {
+      figure: `${PODS} pods × 10 rules from scratch (${median(f.rules)} iptables rules): compile + message + render + plan + apply`,
+      value: ms(median(f.full)),
+      baseline: `iptables-restore ${PODS * 10} rules ${ms(median(floorFull))}`,
+      ratio: `${(median(f.full) / median(floorFull)).toFixed(2)}x`,
+      goal: '<= 500 ms',
+    },
     { figure: '  of which service: compile + encode', value: ms(median(f.fullService)) },
-    { figure: '  of which agent: decode, read the kernel back (first pass), render, plan', value: ms(median(f.full.map((x, i) => x - f.fullService[i]! - f.fullKernel[i]!))) },
+    {
+      figure: '  of which agent: decode, read the kernel back (first pass), render, plan',
+      value: ms(median(f.full.map((x, i) => x - f.fullService[i]! - f.fullKernel[i]!))),
+    },
     { figure: '  of which ipset restore + iptables-restore', value: ms(median(f.fullKernel)) },
     ...changeRows(f.moved, 'to another policy'),
     ...changeRows(f.dropped, 'out of every policy'),
-    { figure: `pod-to-pod TCP (iperf3, ${IPERF_SECONDS} s × ${IPERF_ROUNDS} rounds) with ${median(pairs.entries)} policy entries installed`, value: gbps(median(pairs.with)), baseline: `no policy entries ${gbps(median(pairs.none))}`, ratio: `${pct(median(ratios(pairs.with, pairs.none)))} (rounds ${range(ratios(pairs.with, pairs.none))})`, goal: '>= 95%' },
-    { figure: '  the same, beside no Weft rules at all (no connection tracking)', value: gbps(median(pairs.with)), baseline: `bare forwarding ${gbps(median(pairs.bare))}`, ratio: `${pct(median(ratios(pairs.with, pairs.bare)))} (rounds ${range(ratios(pairs.with, pairs.bare))})` },
-    { figure: '  no policy entries beside bare forwarding (what connection tracking costs)', value: gbps(median(pairs.none)), baseline: `bare forwarding ${gbps(median(pairs.bare))}`, ratio: `${pct(median(ratios(pairs.none, pairs.bare)))} (rounds ${range(ratios(pairs.none, pairs.bare))})` },
+    {
+      figure: `pod-to-pod TCP (iperf3, ${IPERF_SECONDS} s × ${IPERF_ROUNDS} rounds) with ${median(pairs.entries)} policy entries installed`,
+      value: gbps(median(pairs.with)),
+      baseline: `no policy entries ${gbps(median(pairs.none))}`,
+      ratio: `${pct(median(ratios(pairs.with, pairs.none)))} (rounds ${range(ratios(pairs.with, pairs.none))})`,
+      goal: '>= 95%',
+    },
+    {
+      figure: '  the same, beside no Weft rules at all (no connection tracking)',
+      value: gbps(median(pairs.with)),
+      baseline: `bare forwarding ${gbps(median(pairs.bare))}`,
+      ratio: `${pct(median(ratios(pairs.with, pairs.bare)))} (rounds ${range(ratios(pairs.with, pairs.bare))})`,
+    },
+    {
+      figure: '  no policy entries beside bare forwarding (what connection tracking costs)',
+      value: gbps(median(pairs.none)),
+      baseline: `bare forwarding ${gbps(median(pairs.bare))}`,
+      ratio: `${pct(median(ratios(pairs.none, pairs.bare)))} (rounds ${range(ratios(pairs.none, pairs.bare))})`,
+    },
   ];
-  printTable(`bench/policy — medians of ${RUNS} runs (${RUNS * CHANGES * 2} changes of each kind), ${IPERF_ROUNDS} throughput rounds; one node, namespaces of its own`, rows);
+  printTable(
+    `bench/policy — medians of ${RUNS} runs (${RUNS * CHANGES * 2} changes of each kind), ${IPERF_ROUNDS} throughput rounds; one node, namespaces of its own`,
+    rows,
+  );
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`bench/policy: ${(err as Error).stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench/policy: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);

@@ -41,7 +41,15 @@ export const FLOOR_SERVER = `
   require('node:readline').createInterface({ input: process.stdin }).on('line', (l) => { const b = Buffer.from(l); for (const s of streams) s.write(b); });
   process.stdin.on('end', () => process.exit(0));`;
 export const floorDefinition = {
-  watch: { path: '/weft.bench.Fanout/Watch', requestStream: false, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
+  watch: {
+    path: '/weft.bench.Fanout/Watch',
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: (b: Buffer) => b,
+    requestDeserialize: (b: Buffer) => b,
+    responseSerialize: (b: Buffer) => b,
+    responseDeserialize: (b: Buffer) => b,
+  },
 };
 
 /** The child: opens `count` streams and reports, per trial, every stream's receipt time. */
@@ -63,12 +71,21 @@ function client(kind: 'weft' | 'floor', target: string, count: number, tag: stri
     }
   };
   const Floor = makeGenericClientConstructor(floorDefinition, 'Fanout');
-  const channels = Array.from({ length: Math.ceil(count / PER_CHANNEL) }, () => (kind === 'weft' ? createClient(RoutesServiceService, target, { security: clusterAdminSecurity({ stateDir }) }) : new Floor(target, credentials.createInsecure())));
+  const channels = Array.from({ length: Math.ceil(count / PER_CHANNEL) }, () =>
+    kind === 'weft'
+      ? createClient(RoutesServiceService, target, { security: clusterAdminSecurity({ stateDir }) })
+      : new Floor(target, credentials.createInsecure()),
+  );
   for (let i = 0; i < count; i++) {
     const ch = channels[Math.floor(i / PER_CHANNEL)]!;
     const call = (kind === 'weft'
-      ? (ch as ReturnType<typeof createClient<typeof RoutesServiceService>>).watchRoutes({ node: `w-${tag}-${i}`, sinceRevision: 0 })
-      : (ch as unknown as { watch(req: Buffer): unknown }).watch(Buffer.alloc(0))) as unknown as ClientReadableStream<WatchRoutesResponse | Buffer>;
+      ? (ch as ReturnType<typeof createClient<typeof RoutesServiceService>>).watchRoutes({
+          node: `w-${tag}-${i}`,
+          sinceRevision: 0,
+        })
+      : (ch as unknown as { watch(req: Buffer): unknown }).watch(Buffer.alloc(0))) as unknown as ClientReadableStream<
+      WatchRoutesResponse | Buffer
+    >;
     let first = true;
     call.on('data', (m: WatchRoutesResponse | Buffer) => {
       received(first, Buffer.isBuffer(m) ? [m.toString()] : m.upserts.map((u) => u.node));
@@ -80,12 +97,28 @@ function client(kind: 'weft' | 'floor', target: string, count: number, tag: stri
 
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 
-interface Fanout { latency: number[]; lastPerTrial: number[]; rss: [number, number, number]; openMs: number }
+interface Fanout {
+  latency: number[];
+  lastPerTrial: number[];
+  rss: [number, number, number];
+  openMs: number;
+}
 
 /** Opens `streams` streams on the server at `target` from child processes, then `trials` times: trigger, and stamp every delivery. */
-async function measureFanout(kind: 'weft' | 'floor', stateDir: string, target: string, serverPid: number, streams: number, trials: number, trigger: (name: string, k: number) => Promise<void>, cleanups: Set<() => Promise<void>>): Promise<Fanout> {
+async function measureFanout(
+  kind: 'weft' | 'floor',
+  stateDir: string,
+  target: string,
+  serverPid: number,
+  streams: number,
+  trials: number,
+  trigger: (name: string, k: number) => Promise<void>,
+  cleanups: Set<() => Promise<void>>,
+): Promise<Fanout> {
   const children: ChildProcess[] = [];
-  const kill = async () => { for (const c of children) c.kill('SIGKILL'); };
+  const kill = async () => {
+    for (const c of children) c.kill('SIGKILL');
+  };
   cleanups.add(kill);
   try {
     await sleep(1000);
@@ -95,7 +128,11 @@ async function measureFanout(kind: 'weft' | 'floor', stateDir: string, target: s
     let readyCount = 0;
     const t0 = now();
     for (let c = 0; c < CLIENT_PROCESSES; c++) {
-      const child = fork(fileURLToPath(import.meta.url), ['client', target, String(Math.min(perChild, streams - c * perChild)), String(c), kind, stateDir], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      const child = fork(
+        fileURLToPath(import.meta.url),
+        ['client', target, String(Math.min(perChild, streams - c * perChild)), String(c), kind, stateDir],
+        { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] },
+      );
       children.push(child);
       child.on('message', (m: FromClient) => {
         if ('ready' in m) readyCount++;
@@ -115,7 +152,8 @@ async function measureFanout(kind: 'weft' | 'floor', stateDir: string, target: s
     const openMs = now() - t0;
     await sleep(2000);
     const rss1 = rssKiB(serverPid);
-    const latency: number[] = [], lastPerTrial: number[] = [];
+    const latency: number[] = [],
+      lastPerTrial: number[] = [];
     for (let k = 0; k < trials; k++) {
       const name = `fanout-${k}`;
       await trigger(name, k);
@@ -133,20 +171,45 @@ async function measureFanout(kind: 'weft' | 'floor', stateDir: string, target: s
   }
 }
 
-export async function runWatchers(state: ClusterState, streams: number, trials: number, cleanups: Set<() => Promise<void>>): Promise<Row[]> {
-  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+export async function runWatchers(
+  state: ClusterState,
+  streams: number,
+  trials: number,
+  cleanups: Set<() => Promise<void>>,
+): Promise<Row[]> {
+  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), {
+    security: clusterAdminSecurity(state),
+  });
   let weft: Fanout;
   try {
     // The change: a node registers; RegisterNode returns once its transaction (and the change it logs) committed.
-    weft = await measureFanout('weft', state.stateDir, controlPlaneTarget(state), state.controlPlane.pid, streams, trials, async (name, k) => {
-      await routes.registerNode({ name, underlayAddress: `192.0.2.${211 + (k % 40)}`, vtepMac: `02:58:02:00:00:${(k & 255).toString(16).padStart(2, '0')}` });
-    }, cleanups);
+    weft = await measureFanout(
+      'weft',
+      state.stateDir,
+      controlPlaneTarget(state),
+      state.controlPlane.pid,
+      streams,
+      trials,
+      async (name, k) => {
+        await routes.registerNode({
+          name,
+          underlayAddress: `192.0.2.${211 + (k % 40)}`,
+          vtepMac: `02:58:02:00:00:${(k & 255).toString(16).padStart(2, '0')}`,
+        });
+      },
+      cleanups,
+    );
   } finally {
     routes.close();
   }
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-fanout-'));
-  const server = spawn(process.execPath, ['-e', FLOOR_SERVER, path.join(dir, 'fanout.sock')], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const stopServer = async () => { server.kill('SIGKILL'); rmSync(dir, { recursive: true, force: true }); };
+  const server = spawn(process.execPath, ['-e', FLOOR_SERVER, path.join(dir, 'fanout.sock')], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const stopServer = async () => {
+    server.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
   cleanups.add(stopServer);
   let floor: Fanout;
   try {
@@ -154,23 +217,66 @@ export async function runWatchers(state: ClusterState, streams: number, trials: 
       server.once('exit', (code) => reject(new Error(`the fan-out floor server exited with ${code}`)));
       createInterface({ input: server.stdout! }).once('line', () => resolve());
     });
-    floor = await measureFanout('floor', '', `unix://${path.join(dir, 'fanout.sock')}`, server.pid!, streams, trials, async (name) => {
-      server.stdin!.write(`${name}\n`);
-    }, cleanups);
+    floor = await measureFanout(
+      'floor',
+      '',
+      `unix://${path.join(dir, 'fanout.sock')}`,
+      server.pid!,
+      streams,
+      trials,
+      async (name) => {
+        server.stdin!.write(`${name}\n`);
+      },
+      cleanups,
+    );
   } finally {
     await stopServer();
     cleanups.delete(stopServer);
   }
-  const p = (xs: number[], q: number) => percentile([...xs].sort((a, b) => a - b), q);
-  const kib = (f: Fanout) => ((f.rss[1] - f.rss[0]) / streams);
+  const p = (xs: number[], q: number) =>
+    percentile(
+      [...xs].sort((a, b) => a - b),
+      q,
+    );
+  const kib = (f: Fanout) => (f.rss[1] - f.rss[0]) / streams;
   return [
-    { figure: `${streams} WatchRoutes streams on one replica: commit -> delivery, every stream of ${trials} changes, p50 / p99`, value: `${ms(p(weft.latency, 50))} / ${ms(p(weft.latency, 99))}`, baseline: `bare grpc-js fan-out ${ms(p(floor.latency, 50))} / ${ms(p(floor.latency, 99))}`, ratio: `${(p(weft.latency, 99) / p(floor.latency, 99)).toFixed(2)}x` },
-    { figure: '  the last stream of each change, median', value: ms(p(weft.lastPerTrial, 50)), baseline: `bare grpc-js fan-out ${ms(p(floor.lastPerTrial, 50))}`, ratio: `${(p(weft.lastPerTrial, 50) / p(floor.lastPerTrial, 50)).toFixed(2)}x` },
-    { figure: `  memory per stream (server RSS delta / streams; control plane ${(weft.rss[0] / 1024).toFixed(0)} -> ${(weft.rss[1] / 1024).toFixed(0)} MiB)`, value: `${kib(weft).toFixed(1)} KiB`, baseline: `bare grpc-js ${kib(floor).toFixed(1)} KiB`, ratio: `${(kib(weft) / kib(floor)).toFixed(2)}x` },
-    { figure: '  time to open every stream and receive its snapshot', value: ms(weft.openMs), baseline: `bare grpc-js ${ms(floor.openMs)}`, ratio: `${(weft.openMs / floor.openMs).toFixed(2)}x` },
+    {
+      figure: `${streams} WatchRoutes streams on one replica: commit -> delivery, every stream of ${trials} changes, p50 / p99`,
+      value: `${ms(p(weft.latency, 50))} / ${ms(p(weft.latency, 99))}`,
+      baseline: `bare grpc-js fan-out ${ms(p(floor.latency, 50))} / ${ms(p(floor.latency, 99))}`,
+      ratio: `${(p(weft.latency, 99) / p(floor.latency, 99)).toFixed(2)}x`,
+    },
+    {
+      figure: '  the last stream of each change, median',
+      value: ms(p(weft.lastPerTrial, 50)),
+      baseline: `bare grpc-js fan-out ${ms(p(floor.lastPerTrial, 50))}`,
+      ratio: `${(p(weft.lastPerTrial, 50) / p(floor.lastPerTrial, 50)).toFixed(2)}x`,
+    },
+    {
+      figure: `  memory per stream (server RSS delta / streams; control plane ${(weft.rss[0] / 1024).toFixed(0)} -> ${(weft.rss[1] / 1024).toFixed(0)} MiB)`,
+      value: `${kib(weft).toFixed(1)} KiB`,
+      baseline: `bare grpc-js ${kib(floor).toFixed(1)} KiB`,
+      ratio: `${(kib(weft) / kib(floor)).toFixed(2)}x`,
+    },
+    {
+      figure: '  time to open every stream and receive its snapshot',
+      value: ms(weft.openMs),
+      baseline: `bare grpc-js ${ms(floor.openMs)}`,
+      ratio: `${(weft.openMs / floor.openMs).toFixed(2)}x`,
+    },
   ];
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href && process.argv[2] === 'client') {
-  client(process.argv[6] === 'floor' ? 'floor' : 'weft', process.argv[3]!, Number(process.argv[4]), process.argv[5]!, process.argv[7] ?? '');
+if (
+  process.argv[1] &&
+  import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href &&
+  process.argv[2] === 'client'
+) {
+  client(
+    process.argv[6] === 'floor' ? 'floor' : 'weft',
+    process.argv[3]!,
+    Number(process.argv[4]),
+    process.argv[5]!,
+    process.argv[7] ?? '',
+  );
 }

@@ -45,14 +45,20 @@ import { findPgbench, ms, percentile, perSec, pgbenchInsertTps, printTable, type
  * Figures and what broke first: bench/SCALE.md.
  */
 const env = process.env;
-const SIZES = (env.WEFT_BENCH_SCALE_NODES ?? '500,1000,2000,5000').split(',').map((x) => Number(x.trim())).filter((x) => x > 0).sort((a, b) => a - b);
+const SIZES = (env.WEFT_BENCH_SCALE_NODES ?? '500,1000,2000,5000')
+  .split(',')
+  .map((x) => Number(x.trim()))
+  .filter((x) => x > 0)
+  .sort((a, b) => a - b);
 const PODS = Number(env.WEFT_BENCH_SCALE_PODS ?? 30);
 const CLUSTERS = Number(env.WEFT_BENCH_SCALE_CLUSTERS ?? 20);
 const TRIALS = Number(env.WEFT_BENCH_SCALE_TRIALS ?? 20);
 const CLIENTS_EVERY = Number(env.WEFT_BENCH_SCALE_CLIENTS_EVERY ?? 10);
 const RESTART = env.WEFT_BENCH_SCALE_RESTART ?? 'last';
 const CHURN_S = Number(env.WEFT_BENCH_SCALE_CHURN_S ?? 10);
-const PARTS = new Set((env.WEFT_BENCH_SCALE_PARTS ?? 'leases,routes,policy,restart,ipam').split(',').map((x) => x.trim()));
+const PARTS = new Set(
+  (env.WEFT_BENCH_SCALE_PARTS ?? 'leases,routes,policy,restart,ipam').split(',').map((x) => x.trim()),
+);
 const NAMESPACES = 10;
 /** The control plane's lease (WEFT_NODE_LEASE_MS, passed through to `weft up`): agents renew every third. */
 const leaseMs = Number(env.WEFT_NODE_LEASE_MS ?? 20_000);
@@ -68,7 +74,10 @@ function procTimes(pid: number): { self: number; children: number } {
   const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
   // fields after the name: state(3) ... utime(14) stime(15) cutime(16) cstime(17): index = field - 3
-  return { self: (Number(f[11]) + Number(f[12])) * (1000 / TICK), children: (Number(f[13]) + Number(f[14])) * (1000 / TICK) };
+  return {
+    self: (Number(f[11]) + Number(f[12])) * (1000 / TICK),
+    children: (Number(f[13]) + Number(f[14])) * (1000 / TICK),
+  };
 }
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 /** CPU milliseconds of PostgreSQL: the postmaster, its live backends, and the backends it reaped. */
@@ -82,7 +91,9 @@ function postgresCpuMs(pgDir: string): number {
       const s = readFileSync(`/proc/${d}/stat`, 'utf8');
       const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
       if (Number(f[1]) === master) total += (Number(f[11]) + Number(f[12])) * (1000 / TICK);
-    } catch { /* exited */ }
+    } catch {
+      /* exited */
+    }
   }
   return total;
 }
@@ -94,16 +105,28 @@ function postgresRssKiB(pgDir: string): number {
     try {
       const s = readFileSync(`/proc/${d}/stat`, 'utf8');
       if (Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]) === master) total += rssKiB(Number(d));
-    } catch { /* exited */ }
+    } catch {
+      /* exited */
+    }
   }
   return total;
 }
 
-interface Meter { server: number; postgres: number; sim: number; at: number }
+interface Meter {
+  server: number;
+  postgres: number;
+  sim: number;
+  at: number;
+}
 function makeMeter(serverPid: () => number, pgDir: string): () => Meter {
   return () => {
     const u = process.cpuUsage();
-    return { server: procTimes(serverPid()).self, postgres: postgresCpuMs(pgDir), sim: (u.user + u.system) / 1000, at: now() };
+    return {
+      server: procTimes(serverPid()).self,
+      postgres: postgresCpuMs(pgDir),
+      sim: (u.user + u.system) / 1000,
+      at: now(),
+    };
   };
 }
 const cpuPct = (a: Meter, b: Meter, k: 'server' | 'postgres' | 'sim') => (100 * (b[k] - a[k])) / (b.at - a.at);
@@ -121,7 +144,11 @@ function growthLaw(points: { n: number; y: number }[]): string {
   return `~N^${k.toFixed(2)} (${name})`;
 }
 
-const p = (xs: number[], q: number) => percentile([...xs].sort((a, b) => a - b), q);
+const p = (xs: number[], q: number) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    q,
+  );
 /** A cost with the idle rate subtracted: below zero it is within the idle rate's noise. */
 const cost = (x: number) => (x < 0 ? '~0 (in the noise)' : ms(x));
 const kib = (x: number) => `${x.toFixed(1)} KiB`;
@@ -130,7 +157,9 @@ const mib = (kb: number) => `${(kb / 1024).toFixed(0)} MiB`;
 // --- the floor: a bare grpc-js fan-out to as many streams on as many connections ------------------------------------
 async function floorFanout(streams: number, trials: number): Promise<{ latency: number[]; last: number[] }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-scale-floor-'));
-  const server = spawn(process.execPath, ['-e', FLOOR_SERVER, path.join(dir, 'f.sock')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const server = spawn(process.execPath, ['-e', FLOOR_SERVER, path.join(dir, 'f.sock')], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
   const Floor = makeGenericClientConstructor(floorDefinition, 'Fanout');
   const clients: InstanceType<typeof Floor>[] = [];
   try {
@@ -147,7 +176,11 @@ async function floorFanout(streams: number, trials: number): Promise<{ latency: 
       const call = (c as unknown as { watch(req: Buffer): ClientReadableStream<Buffer> }).watch(Buffer.alloc(0));
       let first = true;
       call.on('data', (b: Buffer) => {
-        if (first) { first = false; ready++; return; }
+        if (first) {
+          first = false;
+          ready++;
+          return;
+        }
         const t = now();
         const k = b.toString();
         (seen.get(k) ?? seen.set(k, []).get(k)!).push(t);
@@ -155,15 +188,22 @@ async function floorFanout(streams: number, trials: number): Promise<{ latency: 
       call.on('error', () => {});
     }
     const deadline = now() + 120_000;
-    while (ready < streams) { if (now() > deadline) throw new Error('floor streams did not open'); await sleep(20); }
+    while (ready < streams) {
+      if (now() > deadline) throw new Error('floor streams did not open');
+      await sleep(20);
+    }
     await sleep(500);
-    const latency: number[] = [], last: number[] = [];
+    const latency: number[] = [],
+      last: number[] = [];
     for (let k = 0; k < trials; k++) {
       const name = `t${k}`;
       const t0 = now();
       server.stdin!.write(`${name}\n`);
       const until = now() + 60_000;
-      while ((seen.get(name)?.length ?? 0) < streams) { if (now() > until) throw new Error('floor fan-out lost a message'); await sleep(2); }
+      while ((seen.get(name)?.length ?? 0) < streams) {
+        if (now() > until) throw new Error('floor fan-out lost a message');
+        await sleep(2);
+      }
       const ts = seen.get(name)!.map((t) => t - t0);
       latency.push(...ts);
       last.push(Math.max(...ts));
@@ -199,12 +239,36 @@ async function retrying<T>(call: () => Promise<T>, retries = controllerRetries):
 
 // --- the bench -------------------------------------------------------------------------------------------------------
 interface SizeFigures {
-  n: number; streams: number; views: [number, number]; serverRssKiB: number; pgRssKiB: number; simRssKiB: number;
+  n: number;
+  streams: number;
+  views: [number, number];
+  serverRssKiB: number;
+  pgRssKiB: number;
+  simRssKiB: number;
   idle: { server: number; postgres: number; sim: number };
-  route?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number; floor: { latency: number[]; last: number[] } };
+  route?: {
+    latency: number[];
+    last: number[];
+    missing: number;
+    cpuServer: number;
+    cpuPg: number;
+    cpuSim: number;
+    floor: { latency: number[]; last: number[] };
+  };
   policy?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number };
   leases?: { rate: number; p50: number; p99: number; server: number; postgres: number; nodesAtRate: number };
-  setup: { attachRate: number; firstP50: number; firstP99: number; allocP50: number; allocP99: number; attachP50: number; attachP99: number; cpu: { server: number; postgres: number; sim: number }; joinSeconds: number; attached: number };
+  setup: {
+    attachRate: number;
+    firstP50: number;
+    firstP99: number;
+    allocP50: number;
+    allocP99: number;
+    attachP50: number;
+    attachP99: number;
+    cpu: { server: number; postgres: number; sim: number };
+    joinSeconds: number;
+    attached: number;
+  };
 }
 
 /** What a signal must undo (the control plane, PostgreSQL, the data folder) when the bench is stopped early. */
@@ -226,15 +290,29 @@ async function main() {
   await sql.connect();
   const port = await freePort();
   const cpArgs = ['up', '--data-dir', path.join(dir, 'cp'), '--listen', `127.0.0.1:${port}`];
-  const cpEnv = { DATABASE_URL: db.appUrl, WEFT_MIGRATION_DATABASE_URL: db.ownerUrl, WEFT_HTTP_LISTEN: 'off', WEFT_LOG_LEVEL: 'error' };
+  const cpEnv = {
+    DATABASE_URL: db.appUrl,
+    WEFT_MIGRATION_DATABASE_URL: db.ownerUrl,
+    WEFT_HTTP_LISTEN: 'off',
+    WEFT_LOG_LEVEL: 'error',
+  };
   let cp: Started & { line: string } = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
   const target = `127.0.0.1:${port}`;
   const pki = path.join(dir, 'cp', 'pki');
-  const security = { mode: 'mtls' as const, caFile: path.join(pki, 'ca.crt'), certFile: path.join(pki, 'admin.crt'), keyFile: path.join(pki, 'admin.key') };
+  const security = {
+    mode: 'mtls' as const,
+    caFile: path.join(pki, 'ca.crt'),
+    certFile: path.join(pki, 'admin.crt'),
+    keyFile: path.join(pki, 'admin.key'),
+  };
   const ipam = createClient(IpamServiceService, target, { security });
   const policy = createClient(PolicyServiceService, target, { security });
   const meter = makeMeter(() => cp.child.pid!, pgDir);
-  const sim = createNodeSimulator({ target, ca: await readCa(pki), logger: createLogger({ component: 'node-sim' }, { level: 'error' }) });
+  const sim = createNodeSimulator({
+    target,
+    ca: await readCa(pki),
+    logger: createLogger({ component: 'node-sim' }, { level: 'error' }),
+  });
   const index = new Map<SimNode, number>();
   const figures: SizeFigures[] = [];
   const rows: Row[] = [];
@@ -242,23 +320,72 @@ async function main() {
   const ipamRows: Row[] = [];
 
   /** RSS of the control plane and of this process before any simulated node. */
-  let rss0 = 0, simRss0 = 0;
+  let rss0 = 0,
+    simRss0 = 0;
   /** The table rows of one size. */
   const rowsOf = (f: SizeFigures): Row[] => {
     const rows: Row[] = [];
     const s = `${f.n} nodes`;
     if (f.route) {
-      rows.push({ figure: `${s}: new block -> all ${f.n} agents, p50 / p99${f.route.missing ? ` (${f.route.missing} deliveries MISSING)` : ''}`, value: `${ms(p(f.route.latency, 50))} / ${ms(p(f.route.latency, 99))}`, baseline: `bare grpc-js fan-out ${ms(p(f.route.floor.latency, 50))} / ${ms(p(f.route.floor.latency, 99))}`, ratio: `${(p(f.route.latency, 99) / p(f.route.floor.latency, 99)).toFixed(1)}x`, goal: `p99 <= 1 s: ${p(f.route.latency, 99) <= 1000 && !f.route.missing ? 'met' : 'missed'}` });
-      rows.push({ figure: '  last agent per change, median', value: ms(p(f.route.last, 50)), baseline: `floor ${ms(p(f.route.floor.last, 50))}` });
+      rows.push({
+        figure: `${s}: new block -> all ${f.n} agents, p50 / p99${f.route.missing ? ` (${f.route.missing} deliveries MISSING)` : ''}`,
+        value: `${ms(p(f.route.latency, 50))} / ${ms(p(f.route.latency, 99))}`,
+        baseline: `bare grpc-js fan-out ${ms(p(f.route.floor.latency, 50))} / ${ms(p(f.route.floor.latency, 99))}`,
+        ratio: `${(p(f.route.latency, 99) / p(f.route.floor.latency, 99)).toFixed(1)}x`,
+        goal: `p99 <= 1 s: ${p(f.route.latency, 99) <= 1000 && !f.route.missing ? 'met' : 'missed'}`,
+      });
+      rows.push({
+        figure: '  last agent per change, median',
+        value: ms(p(f.route.last, 50)),
+        baseline: `floor ${ms(p(f.route.floor.last, 50))}`,
+      });
     }
-    if (f.policy) rows.push({ figure: `${s}: pod label change -> every affected agent, p50 / p99${f.policy.missing ? ` (${f.policy.missing} MISSING)` : ''}`, value: `${ms(p(f.policy.latency, 50))} / ${ms(p(f.policy.latency, 99))}`, baseline: `last agent median ${ms(p(f.policy.last, 50))}`, goal: `p99 <= 2 s: ${p(f.policy.latency, 99) <= 2000 && !f.policy.missing ? 'met' : 'missed'}` });
-    rows.push({ figure: `${s}: nodes in each agent's route table once settled (a lapsed lease withdraws a node)`, value: f.views[0] === f.views[1] ? String(f.views[0]) : `${f.views[0]}-${f.views[1]}`, goal: `${f.n}: ${f.views[0] >= f.n ? 'met' : 'missed'}` });
-    rows.push({ figure: `${s}: server RSS per watch stream ((RSS - ${mib(rss0)} before any node) / ${f.streams})`, value: kib((f.serverRssKiB - rss0) / f.streams), baseline: `server ${mib(f.serverRssKiB)}, PostgreSQL ${mib(f.pgRssKiB)}` });
-    rows.push({ figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`, value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`, baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)` });
-    if (f.route) rows.push({ figure: `${s}: CPU per route change: server; PostgreSQL`, value: `${cost(f.route.cpuServer)}; ${cost(f.route.cpuPg)}`, baseline: `simulator ${cost(f.route.cpuSim)}` });
-    if (f.leases) rows.push({ figure: `${s}: RenewLease capacity (64 nodes renewing back to back, 5 s)`, value: `${perSec(f.leases.rate)}: the renewals of ${Math.round(f.leases.nodesAtRate)} nodes`, baseline: `p50 / p99 ${ms(f.leases.p50)} / ${ms(f.leases.p99)}; CPU server ${f.leases.server.toFixed(0)}%, PostgreSQL ${f.leases.postgres.toFixed(0)}%`, goal: `${f.n} nodes renew ${perSec(f.n / (leaseMs / 3 / 1000))}` });
-    if (f.policy) rows.push({ figure: `${s}: CPU per policy change: server; PostgreSQL`, value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`, baseline: `simulator ${cost(f.policy.cpuSim)}` });
-    rows.push({ figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`, value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`, baseline: `first pod's Allocate (block claim) p50 / p99 ${ms(f.setup.firstP50)} / ${ms(f.setup.firstP99)}; others' Allocate ${ms(f.setup.allocP50)} / ${ms(f.setup.allocP99)}; AttachPod report taken after ${ms(f.setup.attachP50)} / ${ms(f.setup.attachP99)}; CPU server ${f.setup.cpu.server.toFixed(0)}%, PostgreSQL ${f.setup.cpu.postgres.toFixed(0)}%, simulator ${f.setup.cpu.sim.toFixed(0)}%` });
+    if (f.policy)
+      rows.push({
+        figure: `${s}: pod label change -> every affected agent, p50 / p99${f.policy.missing ? ` (${f.policy.missing} MISSING)` : ''}`,
+        value: `${ms(p(f.policy.latency, 50))} / ${ms(p(f.policy.latency, 99))}`,
+        baseline: `last agent median ${ms(p(f.policy.last, 50))}`,
+        goal: `p99 <= 2 s: ${p(f.policy.latency, 99) <= 2000 && !f.policy.missing ? 'met' : 'missed'}`,
+      });
+    rows.push({
+      figure: `${s}: nodes in each agent's route table once settled (a lapsed lease withdraws a node)`,
+      value: f.views[0] === f.views[1] ? String(f.views[0]) : `${f.views[0]}-${f.views[1]}`,
+      goal: `${f.n}: ${f.views[0] >= f.n ? 'met' : 'missed'}`,
+    });
+    rows.push({
+      figure: `${s}: server RSS per watch stream ((RSS - ${mib(rss0)} before any node) / ${f.streams})`,
+      value: kib((f.serverRssKiB - rss0) / f.streams),
+      baseline: `server ${mib(f.serverRssKiB)}, PostgreSQL ${mib(f.pgRssKiB)}`,
+    });
+    rows.push({
+      figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`,
+      value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`,
+      baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)`,
+    });
+    if (f.route)
+      rows.push({
+        figure: `${s}: CPU per route change: server; PostgreSQL`,
+        value: `${cost(f.route.cpuServer)}; ${cost(f.route.cpuPg)}`,
+        baseline: `simulator ${cost(f.route.cpuSim)}`,
+      });
+    if (f.leases)
+      rows.push({
+        figure: `${s}: RenewLease capacity (64 nodes renewing back to back, 5 s)`,
+        value: `${perSec(f.leases.rate)}: the renewals of ${Math.round(f.leases.nodesAtRate)} nodes`,
+        baseline: `p50 / p99 ${ms(f.leases.p50)} / ${ms(f.leases.p99)}; CPU server ${f.leases.server.toFixed(0)}%, PostgreSQL ${f.leases.postgres.toFixed(0)}%`,
+        goal: `${f.n} nodes renew ${perSec(f.n / (leaseMs / 3 / 1000))}`,
+      });
+    if (f.policy)
+      rows.push({
+        figure: `${s}: CPU per policy change: server; PostgreSQL`,
+        value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`,
+        baseline: `simulator ${cost(f.policy.cpuSim)}`,
+      });
+    rows.push({
+      figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`,
+      value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`,
+      baseline: `first pod's Allocate (block claim) p50 / p99 ${ms(f.setup.firstP50)} / ${ms(f.setup.firstP99)}; others' Allocate ${ms(f.setup.allocP50)} / ${ms(f.setup.allocP99)}; AttachPod report taken after ${ms(f.setup.attachP50)} / ${ms(f.setup.attachP99)}; CPU server ${f.setup.cpu.server.toFixed(0)}%, PostgreSQL ${f.setup.cpu.postgres.toFixed(0)}%, simulator ${f.setup.cpu.sim.toFixed(0)}%`,
+    });
     return rows;
   };
   cleanUp = async () => {
@@ -274,15 +401,33 @@ async function main() {
     for (let c = 0; c < CLUSTERS; c++) {
       await ipam.registerCluster({ name: `c${c}` });
       const base = (c << (24 - clusterBits)) >>> 0; // inside 10.0.0.0/8
-      await ipam.createPool({ name: `c${c}`, cidr: `10.${(base >> 16) & 255}.${(base >> 8) & 255}.0/${8 + clusterBits}`, blockPrefixLength: 26 });
+      await ipam.createPool({
+        name: `c${c}`,
+        cidr: `10.${(base >> 16) & 255}.${(base >> 8) & 255}.0/${8 + clusterBits}`,
+        blockPrefixLength: 26,
+      });
     }
     await ipam.createPool({ name: 'probe', cidr: '172.16.0.0/12', blockPrefixLength: 28 });
     // Policy: every namespace admits TCP 80 from `role=client` pods of any namespace (the one set every node's rules name).
     const objects: string[] = [];
     for (let k = 0; k < NAMESPACES; k++) {
       await policy.upsertNamespace({ name: `ns-${k}`, labels: { name: `ns-${k}` } });
-      objects.push(JSON.stringify({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'from-clients', namespace: `ns-${k}` },
-        spec: { podSelector: {}, ingress: [{ from: [{ namespaceSelector: {}, podSelector: { matchLabels: { role: 'client' } } }], ports: [{ protocol: 'TCP', port: 80 }] }] } }));
+      objects.push(
+        JSON.stringify({
+          apiVersion: 'networking.k8s.io/v1',
+          kind: 'NetworkPolicy',
+          metadata: { name: 'from-clients', namespace: `ns-${k}` },
+          spec: {
+            podSelector: {},
+            ingress: [
+              {
+                from: [{ namespaceSelector: {}, podSelector: { matchLabels: { role: 'client' } } }],
+                ports: [{ protocol: 'TCP', port: 80 }],
+              },
+            ],
+          },
+        }),
+      );
     }
     await policy.applyPolicies({ objectsJson: objects });
     await sleep(2000);
@@ -293,19 +438,30 @@ async function main() {
     // Trials' stamps: one array per trial, indexed by node.
     let routeTrial: { node: string; expected: number; stamps: Float64Array; count: number } | null = null;
     // The revision is known once UpsertPod returns; messages before that are kept and judged then.
-    let policyTrial: { revision: number; stamps: Float64Array; count: number; early: { i: number; revision: number; at: number }[] } | null = null;
+    let policyTrial: {
+      revision: number;
+      stamps: Float64Array;
+      count: number;
+      early: { i: number; revision: number; at: number }[];
+    } | null = null;
     sim.onRoutes((node, m) => {
       const t = routeTrial;
       if (!t || m.bookmark) return;
       const i = index.get(node)!;
-      if (t.stamps[i] === 0 && node.blocksOf(t.node) >= t.expected) { t.stamps[i] = now(); t.count++; }
+      if (t.stamps[i] === 0 && node.blocksOf(t.node) >= t.expected) {
+        t.stamps[i] = now();
+        t.count++;
+      }
     });
     sim.onPolicy((node, m) => {
       const t = policyTrial;
       if (!t) return;
       const i = index.get(node)!;
       if (t.revision === 0) t.early.push({ i, revision: m.revision, at: now() });
-      else if (t.stamps[i] === 0 && m.revision >= t.revision) { t.stamps[i] = now(); t.count++; }
+      else if (t.stamps[i] === 0 && m.revision >= t.revision) {
+        t.stamps[i] = now();
+        t.count++;
+      }
     });
     const waitFor = async (what: string, cond: () => boolean, timeoutMs: number) => {
       const deadline = now() + timeoutMs;
@@ -321,13 +477,23 @@ async function main() {
     const pickProbeNode = () => {
       for (;;) {
         const i = Math.floor(Math.random() * sim.nodes.length);
-        if (!probeUsed.has(i)) { probeUsed.add(i); return sim.nodes[i]!; }
+        if (!probeUsed.has(i)) {
+          probeUsed.add(i);
+          return sim.nodes[i]!;
+        }
       }
     };
     /** A new block for `node`, through `client` (its own, or the admin's): returns Allocate's return time and the expected block count. */
     const claimBlock = async (node: SimNode, via: 'own' | 'admin') => {
       const expected = sim.nodes[0]!.blocksOf(node.spec.name) + 1;
-      const req = { handle: `probe${probeSeq++}/eth0`, node: node.spec.name, pool: 'probe', podNamespace: 'ns-0', podName: `probe-${probeSeq}`, containerId: `probe${probeSeq}` };
+      const req = {
+        handle: `probe${probeSeq++}/eth0`,
+        node: node.spec.name,
+        pool: 'probe',
+        podNamespace: 'ns-0',
+        podName: `probe-${probeSeq}`,
+        containerId: `probe${probeSeq}`,
+      };
       await retrying(() => (via === 'own' ? node.ipam : ipam).allocate(req, { timeoutMs: 20_000 }));
       return { returned: now(), expected };
     };
@@ -336,54 +502,99 @@ async function main() {
       // --- grow to n nodes: register, watch, attach their pods -------------------------------------------------------
       const from = sim.nodes.length;
       const specs: SimNodeSpec[] = [];
-      for (let i = from; i < n; i++) specs.push({ name: `sim-${i}`, underlayAddress: simUnderlay(i), vtepMac: simVtepMac(i), cluster: `c${i % CLUSTERS}`, pool: `c${i % CLUSTERS}` });
+      for (let i = from; i < n; i++)
+        specs.push({
+          name: `sim-${i}`,
+          underlayAddress: simUnderlay(i),
+          vtepMac: simVtepMac(i),
+          cluster: `c${i % CLUSTERS}`,
+          pool: `c${i % CLUSTERS}`,
+        });
       const tJoin = now();
       const added = await sim.addNodes(specs, 32);
       added.forEach((node, k) => index.set(node, from + k));
       const joinSeconds = (now() - tJoin) / 1000;
-      log(`${n} nodes registered and watching (${joinSeconds.toFixed(1)} s for ${added.length}); attaching ${added.length * PODS} pods`);
+      log(
+        `${n} nodes registered and watching (${joinSeconds.toFixed(1)} s for ${added.length}); attaching ${added.length * PODS} pods`,
+      );
       const work: { node: SimNode; j: number }[] = [];
       for (let j = 0; j < PODS; j++) for (const node of added) work.push({ node, j });
       // A node's first pod claims its block in the cluster's pool (IPAM's full path, and a route change); the rest do not.
-      const allocLat: number[] = [], allocateFirst: number[] = [], allocateOnly: number[] = [], attachOnly: number[] = [];
+      const allocLat: number[] = [],
+        allocateFirst: number[] = [],
+        allocateOnly: number[] = [],
+        attachOnly: number[] = [];
       const tAttach = now();
       const attachA = meter();
       let next = 0;
       let failed = 0;
-      await Promise.all(Array.from({ length: ATTACH_CONCURRENCY }, async () => {
-        while (next < work.length) {
-          const { node, j } = work[next++]!;
-          const t0 = now();
-          try {
-            // The runtime retries a failed ADD (kubelet does, with backoff): a refusal for load is counted and retried.
-            const pod = await retrying(() => sim.attachPod(node, { namespace: `ns-${j % NAMESPACES}`, name: `p-${node.spec.name}-${j}` }), attachRetries);
-            allocLat.push(now() - t0);
-            (j === 0 ? allocateFirst : allocateOnly).push(pod.allocateMs);
-          } catch (err) {
-            if (failed++ < 5) log(`attach failed on ${node.spec.name}: ${(err as Error).message}`);
+      await Promise.all(
+        Array.from({ length: ATTACH_CONCURRENCY }, async () => {
+          while (next < work.length) {
+            const { node, j } = work[next++]!;
+            const t0 = now();
+            try {
+              // The runtime retries a failed ADD (kubelet does, with backoff): a refusal for load is counted and retried.
+              const pod = await retrying(
+                () => sim.attachPod(node, { namespace: `ns-${j % NAMESPACES}`, name: `p-${node.spec.name}-${j}` }),
+                attachRetries,
+              );
+              allocLat.push(now() - t0);
+              (j === 0 ? allocateFirst : allocateOnly).push(pod.allocateMs);
+            } catch (err) {
+              if (failed++ < 5) log(`attach failed on ${node.spec.name}: ${(err as Error).message}`);
+            }
           }
-        }
-      }));
+        }),
+      );
       const attachRate = allocLat.length / ((now() - tAttach) / 1000);
       // The reports to policy, sent in the background: until the policy service took them all.
       await waitFor('reports', () => sim.reportsPending() === 0, 600_000);
       const reportsSettled = (now() - tAttach) / 1000;
       attachOnly.push(...sim.reportLatencies());
       const attachB = meter();
-      const attachCpu = { server: cpuPct(attachA, attachB, 'server'), postgres: cpuPct(attachA, attachB, 'postgres'), sim: cpuPct(attachA, attachB, 'sim') };
+      const attachCpu = {
+        server: cpuPct(attachA, attachB, 'server'),
+        postgres: cpuPct(attachA, attachB, 'postgres'),
+        sim: cpuPct(attachA, attachB, 'sim'),
+      };
       if (failed > 0) log(`${failed} attaches failed`);
-      log(`${n}: ${allocLat.length} pods at ${perSec(attachRate)}; first pod's Allocate p50/p99 ${ms(p(allocateFirst, 50))} / ${ms(p(allocateFirst, 99))}; the others' Allocate p50/p99 ${ms(p(allocateOnly, 50))} / ${ms(p(allocateOnly, 99))}, AttachPod report taken after p50/p99 ${ms(p(attachOnly, 50))} / ${ms(p(attachOnly, 99))}, all after ${reportsSettled.toFixed(1)} s; CPU server ${attachCpu.server.toFixed(0)}%, postgres ${attachCpu.postgres.toFixed(0)}%, simulator ${attachCpu.sim.toFixed(0)}%`);
+      log(
+        `${n}: ${allocLat.length} pods at ${perSec(attachRate)}; first pod's Allocate p50/p99 ${ms(p(allocateFirst, 50))} / ${ms(p(allocateFirst, 99))}; the others' Allocate p50/p99 ${ms(p(allocateOnly, 50))} / ${ms(p(allocateOnly, 99))}, AttachPod report taken after p50/p99 ${ms(p(attachOnly, 50))} / ${ms(p(attachOnly, 99))}, all after ${reportsSettled.toFixed(1)} s; CPU server ${attachCpu.server.toFixed(0)}%, postgres ${attachCpu.postgres.toFixed(0)}%, simulator ${attachCpu.sim.toFixed(0)}%`,
+      );
       // The controller describes a client pod on every CLIENTS_EVERY-th new node.
       for (const node of added) {
         if (index.get(node)! % CLIENTS_EVERY !== 0) continue;
         const pod = [...node.pods.values()][0];
-        if (pod) await retrying(() => policy.upsertPod({ pod: { namespace: pod.namespace, name: pod.name, node: node.spec.name, labels: { role: 'client' }, addresses: [], ports: [] }, keepAttachment: true }, { timeoutMs: 10_000 }));
+        if (pod)
+          await retrying(() =>
+            policy.upsertPod(
+              {
+                pod: {
+                  namespace: pod.namespace,
+                  name: pod.name,
+                  node: node.spec.name,
+                  labels: { role: 'client' },
+                  addresses: [],
+                  ports: [],
+                },
+                keepAttachment: true,
+              },
+              { timeoutMs: 10_000 },
+            ),
+          );
       }
       // Settled: every agent holds every node (its own entry too) and a policy view.
-      const ok = await waitFor('sync', () => sim.nodes.every((x) => x.routesSynced && x.routeView.size >= n && x.policyRules !== null), 300_000);
+      const ok = await waitFor(
+        'sync',
+        () => sim.nodes.every((x) => x.routesSynced && x.routeView.size >= n && x.policyRules !== null),
+        300_000,
+      );
       if (!ok) {
         const sizes = sim.nodes.map((x) => x.routeView.size);
-        log(`not every agent synced at ${n} within 300 s: route views hold ${Math.min(...sizes)}-${Math.max(...sizes)} nodes (a lapsed lease withdraws a node); ${JSON.stringify(sim.stats())}`);
+        log(
+          `not every agent synced at ${n} within 300 s: route views hold ${Math.min(...sizes)}-${Math.max(...sizes)} nodes (a lapsed lease withdraws a node); ${JSON.stringify(sim.stats())}`,
+        );
       }
       await sleep(3000);
       const idleA = meter();
@@ -391,12 +602,34 @@ async function main() {
       const idleB = meter();
       const sizes = sim.nodes.map((x) => x.routeView.size);
       const fig: SizeFigures = {
-        n, streams: 2 * n, views: [Math.min(...sizes), Math.max(...sizes)], serverRssKiB: rssKiB(cp.child.pid!), pgRssKiB: postgresRssKiB(pgDir), simRssKiB: process.memoryUsage().rss / 1024,
-        idle: { server: cpuPct(idleA, idleB, 'server'), postgres: cpuPct(idleA, idleB, 'postgres'), sim: cpuPct(idleA, idleB, 'sim') },
-        setup: { attachRate, firstP50: p(allocateFirst, 50), firstP99: p(allocateFirst, 99), allocP50: p(allocateOnly, 50), allocP99: p(allocateOnly, 99), attachP50: p(attachOnly, 50), attachP99: p(attachOnly, 99), cpu: attachCpu, joinSeconds, attached: allocLat.length },
+        n,
+        streams: 2 * n,
+        views: [Math.min(...sizes), Math.max(...sizes)],
+        serverRssKiB: rssKiB(cp.child.pid!),
+        pgRssKiB: postgresRssKiB(pgDir),
+        simRssKiB: process.memoryUsage().rss / 1024,
+        idle: {
+          server: cpuPct(idleA, idleB, 'server'),
+          postgres: cpuPct(idleA, idleB, 'postgres'),
+          sim: cpuPct(idleA, idleB, 'sim'),
+        },
+        setup: {
+          attachRate,
+          firstP50: p(allocateFirst, 50),
+          firstP99: p(allocateFirst, 99),
+          allocP50: p(allocateOnly, 50),
+          allocP99: p(allocateOnly, 99),
+          attachP50: p(attachOnly, 50),
+          attachP99: p(attachOnly, 99),
+          cpu: attachCpu,
+          joinSeconds,
+          attached: allocLat.length,
+        },
       };
       const idleRate = (a: Meter, b: Meter, k: 'server' | 'postgres' | 'sim') => (fig.idle[k] / 100) * (b.at - a.at);
-      log(`${n}: idle server ${fig.idle.server.toFixed(1)}% cpu, postgres ${fig.idle.postgres.toFixed(1)}%, simulator ${fig.idle.sim.toFixed(1)}%; server RSS ${mib(fig.serverRssKiB)}`);
+      log(
+        `${n}: idle server ${fig.idle.server.toFixed(1)}% cpu, postgres ${fig.idle.postgres.toFixed(1)}%, simulator ${fig.idle.sim.toFixed(1)}%; server RSS ${mib(fig.serverRssKiB)}`,
+      );
 
       // --- leases: how many renewals a second the control plane takes (each holds the route log's lock) -------------
       if (PARTS.has('leases')) {
@@ -404,30 +637,47 @@ async function main() {
         const lat: number[] = [];
         const a = meter();
         const end = now() + 5000;
-        await Promise.all(callers.map(async (node) => {
-          while (now() < end) {
-            const t0 = now();
-            try {
-              await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 });
-              lat.push(now() - t0);
-            } catch { /* counted by its absence */ }
-          }
-        }));
+        await Promise.all(
+          callers.map(async (node) => {
+            while (now() < end) {
+              const t0 = now();
+              try {
+                await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 });
+                lat.push(now() - t0);
+              } catch {
+                /* counted by its absence */
+              }
+            }
+          }),
+        );
         const b = meter();
         const rate = lat.length / ((b.at - a.at) / 1000);
         // Every node renews every third of the lease: the nodes that rate keeps alive, less what the steady state uses.
-        fig.leases = { rate, p50: p(lat, 50), p99: p(lat, 99), server: cpuPct(a, b, 'server'), postgres: cpuPct(a, b, 'postgres'), nodesAtRate: rate * (leaseMs / 3 / 1000) };
+        fig.leases = {
+          rate,
+          p50: p(lat, 50),
+          p99: p(lat, 99),
+          server: cpuPct(a, b, 'server'),
+          postgres: cpuPct(a, b, 'postgres'),
+          nodesAtRate: rate * (leaseMs / 3 / 1000),
+        };
         log(`${n}: renewals at most ${perSec(rate)} (64 callers), p50/p99 ${ms(p(lat, 50))} / ${ms(p(lat, 99))}`);
       }
 
       // --- routes: a new block in every agent ------------------------------------------------------------------------
       if (PARTS.has('routes')) {
-        const latency: number[] = [], last: number[] = [];
+        const latency: number[] = [],
+          last: number[] = [];
         let missing = 0;
         const a = meter();
         for (let k = 0; k < TRIALS; k++) {
           const node = pickProbeNode();
-          routeTrial = { node: node.spec.name, expected: sim.nodes[0]!.blocksOf(node.spec.name) + 1, stamps: new Float64Array(sim.nodes.length), count: 0 };
+          routeTrial = {
+            node: node.spec.name,
+            expected: sim.nodes[0]!.blocksOf(node.spec.name) + 1,
+            stamps: new Float64Array(sim.nodes.length),
+            count: 0,
+          };
           const t = routeTrial;
           const { returned } = await claimBlock(node, 'own');
           await waitFor('route', () => t.count === sim.nodes.length, 60_000);
@@ -441,17 +691,23 @@ async function main() {
         const b = meter();
         const floor = await floorFanout(n, TRIALS);
         fig.route = {
-          latency, last, missing, floor,
+          latency,
+          last,
+          missing,
+          floor,
           cpuServer: (b.server - a.server - idleRate(a, b, 'server')) / TRIALS,
           cpuPg: (b.postgres - a.postgres - idleRate(a, b, 'postgres')) / TRIALS,
           cpuSim: (b.sim - a.sim - idleRate(a, b, 'sim')) / TRIALS,
         };
-        log(`${n}: route p50/p99 ${ms(p(latency, 50))} / ${ms(p(latency, 99))} (floor ${ms(p(floor.latency, 50))} / ${ms(p(floor.latency, 99))}), missing ${missing}`);
+        log(
+          `${n}: route p50/p99 ${ms(p(latency, 50))} / ${ms(p(latency, 99))} (floor ${ms(p(floor.latency, 50))} / ${ms(p(floor.latency, 99))}), missing ${missing}`,
+        );
       }
 
       // --- policy: one pod's label change in every affected agent ----------------------------------------------------
       if (PARTS.has('policy')) {
-        const latency: number[] = [], last: number[] = [];
+        const latency: number[] = [],
+          last: number[] = [];
         let missing = 0;
         const a = meter();
         let pod: { node: SimNode; namespace: string; name: string } | null = null;
@@ -465,9 +721,28 @@ async function main() {
           const expectAll = sim.nodes.filter((x) => x.pods.size > 0).length;
           policyTrial = { revision: 0, stamps: new Float64Array(sim.nodes.length), count: 0, early: [] };
           const t = policyTrial;
-          const res = await retrying(() => policy.upsertPod({ pod: { namespace: pod!.namespace, name: pod!.name, node: pod!.node.spec.name, labels: k % 2 === 0 ? { role: 'client' } : {}, addresses: [], ports: [] }, keepAttachment: true }, { timeoutMs: 10_000 }));
+          const res = await retrying(() =>
+            policy.upsertPod(
+              {
+                pod: {
+                  namespace: pod!.namespace,
+                  name: pod!.name,
+                  node: pod!.node.spec.name,
+                  labels: k % 2 === 0 ? { role: 'client' } : {},
+                  addresses: [],
+                  ports: [],
+                },
+                keepAttachment: true,
+              },
+              { timeoutMs: 10_000 },
+            ),
+          );
           const returned = now();
-          for (const e of t.early) if (e.revision >= res.revision && t.stamps[e.i] === 0) { t.stamps[e.i] = e.at; t.count++; }
+          for (const e of t.early)
+            if (e.revision >= res.revision && t.stamps[e.i] === 0) {
+              t.stamps[e.i] = e.at;
+              t.count++;
+            }
           t.revision = res.revision;
           await waitFor('policy', () => t.count >= expectAll, 60_000);
           policyTrial = null;
@@ -479,7 +754,9 @@ async function main() {
         }
         const b = meter();
         fig.policy = {
-          latency, last, missing,
+          latency,
+          last,
+          missing,
           cpuServer: (b.server - a.server - idleRate(a, b, 'server')) / TRIALS,
           cpuPg: (b.postgres - a.postgres - idleRate(a, b, 'postgres')) / TRIALS,
           cpuSim: (b.sim - a.sim - idleRate(a, b, 'sim')) / TRIALS,
@@ -491,9 +768,15 @@ async function main() {
 
       // --- restart with n agents connected ---------------------------------------------------------------------------
       if (PARTS.has('restart') && (RESTART === 'each' || (RESTART === 'last' && n === SIZES[SIZES.length - 1]))) {
-        const stat = async () => (await sql.query(`SELECT sum(xact_commit)::bigint AS commits, sum(tup_returned)::bigint AS returned, sum(tup_fetched)::bigint AS fetched, sum(tup_inserted + tup_updated + tup_deleted)::bigint AS written FROM pg_stat_database`)).rows[0] as Record<string, string>;
+        const stat = async () =>
+          (
+            await sql.query(
+              `SELECT sum(xact_commit)::bigint AS commits, sum(tup_returned)::bigint AS returned, sum(tup_fetched)::bigint AS fetched, sum(tup_inserted + tup_updated + tup_deleted)::bigint AS written FROM pg_stat_database`,
+            )
+          ).rows[0] as Record<string, string>;
         type Load = { commits: number; returned: number; fetched: number; written: number };
-        const delta = (a: Record<string, string>, b: Record<string, string>): Load => Object.fromEntries(Object.keys(a).map((k) => [k, Number(b[k]) - Number(a[k])])) as Load;
+        const delta = (a: Record<string, string>, b: Record<string, string>): Load =>
+          Object.fromEntries(Object.keys(a).map((k) => [k, Number(b[k]) - Number(a[k])])) as Load;
         const views = sim.nodes.map((x) => x.policyCompleteViews);
         const breaks0 = sim.stats().streamBreaks;
         const s0 = await stat();
@@ -504,10 +787,16 @@ async function main() {
         cp = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
         const tServing = now();
         const probeNode = pickProbeNode();
-        routeTrial = { node: probeNode.spec.name, expected: sim.nodes[0]!.blocksOf(probeNode.spec.name) + 1, stamps: new Float64Array(sim.nodes.length), count: 0 };
+        routeTrial = {
+          node: probeNode.spec.name,
+          expected: sim.nodes[0]!.blocksOf(probeNode.spec.name) + 1,
+          stamps: new Float64Array(sim.nodes.length),
+          count: 0,
+        };
         const rt = routeTrial;
         await claimBlock(probeNode, 'admin');
-        const allBack = () => rt.count === sim.nodes.length && sim.nodes.every((x, i) => x.policyCompleteViews > views[i]!);
+        const allBack = () =>
+          rt.count === sim.nodes.length && sim.nodes.every((x, i) => x.policyCompleteViews > views[i]!);
         const synced = await waitFor('restart', allBack, 120_000);
         const tSynced = now();
         routeTrial = null;
@@ -521,13 +810,31 @@ async function main() {
         await sleep(span);
         const i1 = await stat();
         const m1 = meter();
-        const during = delta(s0, s1), idle = delta(i0, i1);
-        const fmt = (d: Load) => `${d.commits} commits, ${(d.returned / 1e6).toFixed(2)}M tuples returned, ${(d.fetched / 1e3).toFixed(0)}k fetched, ${(d.written / 1e3).toFixed(1)}k written`;
+        const during = delta(s0, s1),
+          idle = delta(i0, i1);
+        const fmt = (d: Load) =>
+          `${d.commits} commits, ${(d.returned / 1e6).toFixed(2)}M tuples returned, ${(d.fetched / 1e3).toFixed(0)}k fetched, ${(d.written / 1e3).toFixed(1)}k written`;
         restartRows.push(
-          { figure: `${n} agents: SIGTERM -> every agent back in sync (fresh policy view and a route change made at start)`, value: synced ? ms(tSynced - t0) : `not within 120 s (${rt.count}/${sim.nodes.length} routes)`, goal: `<= 30 s: ${synced && tSynced - t0 <= 30_000 ? 'met' : 'missed'}` },
-          { figure: '  of which: stop (SIGTERM -> exit); start (-> serving); serving -> in sync', value: `${ms(tExit - t0)}; ${ms(tServing - tExit)}; ${ms(tSynced - tServing)}` },
-          { figure: `  PostgreSQL meanwhile (${(span / 1000).toFixed(1)} s)`, value: fmt(during), baseline: `steady state, as long: ${fmt(idle)}`, ratio: `${(during.commits / Math.max(1, idle.commits)).toFixed(2)}x commits, ${(during.returned / Math.max(1, idle.returned)).toFixed(2)}x returned` },
-          { figure: '  CPU meanwhile: PostgreSQL; simulator', value: `${cpuPct(pg0, pg1, 'postgres').toFixed(0)}%; ${cpuPct(pg0, pg1, 'sim').toFixed(0)}%`, baseline: `steady: ${cpuPct(m0, m1, 'postgres').toFixed(0)}%; ${cpuPct(m0, m1, 'sim').toFixed(0)}%` },
+          {
+            figure: `${n} agents: SIGTERM -> every agent back in sync (fresh policy view and a route change made at start)`,
+            value: synced ? ms(tSynced - t0) : `not within 120 s (${rt.count}/${sim.nodes.length} routes)`,
+            goal: `<= 30 s: ${synced && tSynced - t0 <= 30_000 ? 'met' : 'missed'}`,
+          },
+          {
+            figure: '  of which: stop (SIGTERM -> exit); start (-> serving); serving -> in sync',
+            value: `${ms(tExit - t0)}; ${ms(tServing - tExit)}; ${ms(tSynced - tServing)}`,
+          },
+          {
+            figure: `  PostgreSQL meanwhile (${(span / 1000).toFixed(1)} s)`,
+            value: fmt(during),
+            baseline: `steady state, as long: ${fmt(idle)}`,
+            ratio: `${(during.commits / Math.max(1, idle.commits)).toFixed(2)}x commits, ${(during.returned / Math.max(1, idle.returned)).toFixed(2)}x returned`,
+          },
+          {
+            figure: '  CPU meanwhile: PostgreSQL; simulator',
+            value: `${cpuPct(pg0, pg1, 'postgres').toFixed(0)}%; ${cpuPct(pg0, pg1, 'sim').toFixed(0)}%`,
+            baseline: `steady: ${cpuPct(m0, m1, 'postgres').toFixed(0)}%; ${cpuPct(m0, m1, 'sim').toFixed(0)}%`,
+          },
           { figure: '  streams broken and reopened', value: String(sim.stats().streamBreaks - breaks0) },
         );
         log(`${n}: restart back in sync in ${ms(tSynced - t0)} (synced ${synced})`);
@@ -536,27 +843,34 @@ async function main() {
 
     // --- IPAM with every simulated pod live ------------------------------------------------------------------------
     if (PARTS.has('ipam')) {
-      const live = Number((await sql.query('SELECT count(*) FROM ipam.allocations WHERE released_at IS NULL')).rows[0].count);
+      const live = Number(
+        (await sql.query('SELECT count(*) FROM ipam.allocations WHERE released_at IS NULL')).rows[0].count,
+      );
       const held: { address: string; pod: string; from: number; until: number }[] = [];
       const wall = () => performance.timeOrigin + now();
       // Churn: 32 at a time, a node's pod detached and a new one attached (a rollout): the history the queries read.
       const churnLat: number[] = [];
       let churned = 0;
       const end = now() + CHURN_S * 1000;
-      await Promise.all(Array.from({ length: 32 }, async () => {
-        while (now() < end) {
-          const node = sim.nodes[Math.floor(Math.random() * sim.nodes.length)]!;
-          const pods = [...node.pods.values()];
-          const pod = pods[Math.floor(Math.random() * pods.length)];
-          if (!pod) continue;
-          const t0 = now();
-          held.push({ address: pod.address, pod: pod.name, from: pod.allocatedAt, until: wall() });
-          await sim.detachPod(node, pod);
-          await sim.attachPod(node, { namespace: pod.namespace, name: `${pod.name.replace(/-r\d+$/, '')}-r${churned}` });
-          churnLat.push(now() - t0);
-          churned++;
-        }
-      }));
+      await Promise.all(
+        Array.from({ length: 32 }, async () => {
+          while (now() < end) {
+            const node = sim.nodes[Math.floor(Math.random() * sim.nodes.length)]!;
+            const pods = [...node.pods.values()];
+            const pod = pods[Math.floor(Math.random() * pods.length)];
+            if (!pod) continue;
+            const t0 = now();
+            held.push({ address: pod.address, pod: pod.name, from: pod.allocatedAt, until: wall() });
+            await sim.detachPod(node, pod);
+            await sim.attachPod(node, {
+              namespace: pod.namespace,
+              name: `${pod.name.replace(/-r\d+$/, '')}-r${churned}`,
+            });
+            churnLat.push(now() - t0);
+            churned++;
+          }
+        }),
+      );
       const churnRate = churned / CHURN_S;
       await waitFor('reports', () => sim.reportsPending() === 0, 300_000);
       sim.reportLatencies();
@@ -569,10 +883,14 @@ async function main() {
         const { entries } = await ipam.listAllocationHistory({ address: h.address, at });
         who.push(now() - s);
         if (entries.length !== 1 || entries[0]!.allocation!.podName !== h.pod) {
-          if (wrong++ < 3) log(`who held ${h.address} at ${at.toISOString()}: expected ${h.pod} (${new Date(h.from).toISOString()} - ${new Date(h.until).toISOString()}), got ${JSON.stringify(entries.map((e) => [e.allocation?.podName, e.allocation?.allocateTime, e.releaseTime]))}`);
+          if (wrong++ < 3)
+            log(
+              `who held ${h.address} at ${at.toISOString()}: expected ${h.pod} (${new Date(h.from).toISOString()} - ${new Date(h.until).toISOString()}), got ${JSON.stringify(entries.map((e) => [e.allocation?.podName, e.allocation?.allocateTime, e.releaseTime]))}`,
+            );
         }
       }
-      const util: number[] = [], utilAll: number[] = [];
+      const util: number[] = [],
+        utilAll: number[] = [];
       for (let i = 0; i < 100; i++) {
         let s = now();
         await ipam.getUtilization({ pool: `c${i % CLUSTERS}` });
@@ -585,31 +903,71 @@ async function main() {
       const pgbench = findPgbench();
       let baseline = '';
       if (pgbench) {
-        await sql.query('CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())');
+        await sql.query(
+          'CREATE TABLE IF NOT EXISTS bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())',
+        );
         baseline = `pgbench one-row insert, ${ATTACH_CONCURRENCY} clients: ${perSec(await pgbenchInsertTps(pgbench, db.ownerUrl, ATTACH_CONCURRENCY, 5))}`;
       } else baseline = 'pgbench not installed (bash bench/install-deps.sh)';
       const last = figures[figures.length - 1]!;
       ipamRows.push(
-        { figure: `live pods across ${CLUSTERS} clusters' pools (${sim.nodes.length} nodes)`, value: String(live), goal: 'target 150,000' },
-        { figure: `pods attached at the last size (Allocate, ${ATTACH_CONCURRENCY} at once, every agent watching)`, value: perSec(last.setup.attachRate), baseline },
-        { figure: '  Allocate without a block claim p50 / p99; AttachPod report taken after p50 / p99', value: `${ms(last.setup.allocP50)} / ${ms(last.setup.allocP99)}; ${ms(last.setup.attachP50)} / ${ms(last.setup.attachP99)}` },
-        { figure: 'churn: Release + Allocate (a pod replaced), 32 at once', value: perSec(churnRate), baseline: `p50 / p99 ${ms(p(churnLat, 50))} / ${ms(p(churnLat, 99))}` },
-        { figure: `"who held X at T" (${history} history rows), p50 / p99`, value: `${ms(p(who, 50))} / ${ms(p(who, 99))}`, baseline: wrong ? `${wrong} WRONG of ${who.length}` : `${who.length} answers checked`, goal: `p99 <= 20 ms: ${p(who, 99) <= 20 ? 'met' : 'missed'}` },
-        { figure: 'utilization of one cluster\'s pool; of every pool, p50 / p99', value: `${ms(p(util, 50))} / ${ms(p(util, 99))}; ${ms(p(utilAll, 50))} / ${ms(p(utilAll, 99))}`, goal: `<= 50 ms: ${p(utilAll, 99) <= 50 ? 'met' : 'missed'}` },
+        {
+          figure: `live pods across ${CLUSTERS} clusters' pools (${sim.nodes.length} nodes)`,
+          value: String(live),
+          goal: 'target 150,000',
+        },
+        {
+          figure: `pods attached at the last size (Allocate, ${ATTACH_CONCURRENCY} at once, every agent watching)`,
+          value: perSec(last.setup.attachRate),
+          baseline,
+        },
+        {
+          figure: '  Allocate without a block claim p50 / p99; AttachPod report taken after p50 / p99',
+          value: `${ms(last.setup.allocP50)} / ${ms(last.setup.allocP99)}; ${ms(last.setup.attachP50)} / ${ms(last.setup.attachP99)}`,
+        },
+        {
+          figure: 'churn: Release + Allocate (a pod replaced), 32 at once',
+          value: perSec(churnRate),
+          baseline: `p50 / p99 ${ms(p(churnLat, 50))} / ${ms(p(churnLat, 99))}`,
+        },
+        {
+          figure: `"who held X at T" (${history} history rows), p50 / p99`,
+          value: `${ms(p(who, 50))} / ${ms(p(who, 99))}`,
+          baseline: wrong ? `${wrong} WRONG of ${who.length}` : `${who.length} answers checked`,
+          goal: `p99 <= 20 ms: ${p(who, 99) <= 20 ? 'met' : 'missed'}`,
+        },
+        {
+          figure: "utilization of one cluster's pool; of every pool, p50 / p99",
+          value: `${ms(p(util, 50))} / ${ms(p(util, 99))}; ${ms(p(utilAll, 50))} / ${ms(p(utilAll, 99))}`,
+          goal: `<= 50 ms: ${p(utilAll, 99) <= 50 ? 'met' : 'missed'}`,
+        },
       );
     }
 
     // --- tables ------------------------------------------------------------------------------------------------------
     for (const f of figures) rows.push(...rowsOf(f));
     if (figures.length > 1) {
-      const law = (y: (f: SizeFigures) => number | undefined) => growthLaw(figures.map((f) => ({ n: f.n, y: y(f) ?? 0 })));
-      rows.push({ figure: `growth over ${figures.map((f) => f.n).join(', ')} nodes: server RSS per stream`, value: law((f) => (f.serverRssKiB - rss0) / f.streams) });
-      rows.push({ figure: '  server CPU per route change; per policy change', value: `${law((f) => f.route?.cpuServer)}; ${law((f) => f.policy?.cpuServer)}` });
-      rows.push({ figure: '  route p99; policy p99; idle server CPU', value: `${law((f) => f.route && p(f.route.latency, 99))}; ${law((f) => f.policy && p(f.policy.latency, 99))}; ${law((f) => f.idle.server)}` });
+      const law = (y: (f: SizeFigures) => number | undefined) =>
+        growthLaw(figures.map((f) => ({ n: f.n, y: y(f) ?? 0 })));
+      rows.push({
+        figure: `growth over ${figures.map((f) => f.n).join(', ')} nodes: server RSS per stream`,
+        value: law((f) => (f.serverRssKiB - rss0) / f.streams),
+      });
+      rows.push({
+        figure: '  server CPU per route change; per policy change',
+        value: `${law((f) => f.route?.cpuServer)}; ${law((f) => f.policy?.cpuServer)}`,
+      });
+      rows.push({
+        figure: '  route p99; policy p99; idle server CPU',
+        value: `${law((f) => f.route && p(f.route.latency, 99))}; ${law((f) => f.policy && p(f.policy.latency, 99))}; ${law((f) => f.idle.server)}`,
+      });
     }
     const st = sim.stats();
-    printTable(`bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls and ${attachRetries.count} pod ADDs retried (UNAVAILABLE or no answer in time)`, rows);
-    if (restartRows.length) printTable('bench/scale — control plane restarted (SIGTERM, start on the same data and port)', restartRows);
+    printTable(
+      `bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls and ${attachRetries.count} pod ADDs retried (UNAVAILABLE or no answer in time)`,
+      rows,
+    );
+    if (restartRows.length)
+      printTable('bench/scale — control plane restarted (SIGTERM, start on the same data and port)', restartRows);
     if (ipamRows.length) printTable('bench/scale — IPAM with every simulated pod live', ipamRows);
   } finally {
     sim.close();
@@ -622,7 +980,10 @@ async function main() {
   }
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`bench/scale: ${(err as Error).stack ?? err}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench/scale: ${(err as Error).stack ?? err}\n`);
+    process.exit(1);
+  },
+);

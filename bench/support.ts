@@ -30,12 +30,21 @@ export function findPgbench(): string | null {
 }
 
 /** pgbench's rate (transactions per second) for a one-row INSERT transaction at `clients` connections. */
-export async function pgbenchInsertTps(pgbench: string, url: string, clients: number, seconds: number): Promise<number> {
+export async function pgbenchInsertTps(
+  pgbench: string,
+  url: string,
+  clients: number,
+  seconds: number,
+): Promise<number> {
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-pgbench-'));
   try {
     const script = path.join(dir, 'insert.sql');
     writeFileSync(script, 'INSERT INTO bench_baseline (v) VALUES (random());\n');
-    const { stdout } = await run(pgbench, ['-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(seconds), '-f', script, url], { timeout: (seconds + 60) * 1000 });
+    const { stdout } = await run(
+      pgbench,
+      ['-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(seconds), '-f', script, url],
+      { timeout: (seconds + 60) * 1000 },
+    );
     const m = /tps = ([\d.]+) \(without initial connection time\)/.exec(stdout) ?? /tps = ([\d.]+)/.exec(stdout);
     if (!m) throw new Error(`cannot read pgbench's rate:\n${stdout}`);
     return Number(m[1]);
@@ -67,7 +76,11 @@ export const perSec = (x: number) => `${Math.round(x)}/s`;
  * Open loop: calls start at a fixed arrival rate whatever the answers do (as a cluster's pods arrive), each timed from
  * its start; latency as a user sees it at that load. `call(i)` makes the i-th call.
  */
-export async function openLoopLatency(rate: number, seconds: number, call: (i: number) => Promise<unknown>): Promise<{ p50: number; p99: number; achieved: number }> {
+export async function openLoopLatency(
+  rate: number,
+  seconds: number,
+  call: (i: number) => Promise<unknown>,
+): Promise<{ p50: number; p99: number; achieved: number }> {
   const lat: number[] = [];
   const total = Math.floor(rate * seconds);
   const start = performance.now();
@@ -76,13 +89,19 @@ export async function openLoopLatency(rate: number, seconds: number, call: (i: n
     const due = start + (i * 1000) / rate;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    inflight.push((async () => {
-      const t0 = performance.now();
-      await call(i);
-      lat.push(performance.now() - t0);
-    })());
+    inflight.push(
+      (async () => {
+        const t0 = performance.now();
+        await call(i);
+        lat.push(performance.now() - t0);
+      })(),
+    );
   }
   await Promise.all(inflight);
   lat.sort((a, b) => a - b);
-  return { p50: percentile(lat, 50), p99: percentile(lat, 99), achieved: lat.length / ((performance.now() - start) / 1000) };
+  return {
+    p50: percentile(lat, 50),
+    p99: percentile(lat, 99),
+    achieved: lat.length / ((performance.now() - start) / 1000),
+  };
 }

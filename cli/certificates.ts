@@ -15,11 +15,17 @@ export interface ControlPlaneCall {
 }
 
 const show = (c: Certificate) => ({
-  serial: c.serial, identity: c.identity, issueTime: c.issueTime?.toISOString() ?? null, notAfter: c.notAfter?.toISOString() ?? null, issuedBy: c.issuedBy,
-  revokeTime: c.revokeTime?.toISOString() ?? null, revokeReason: c.revokeReason,
+  serial: c.serial,
+  identity: c.identity,
+  issueTime: c.issueTime?.toISOString() ?? null,
+  notAfter: c.notAfter?.toISOString() ?? null,
+  issuedBy: c.issuedBy,
+  revokeTime: c.revokeTime?.toISOString() ?? null,
+  revokeReason: c.revokeReason,
 });
 
-export const CA_REVOKE_USAGE = 'usage: weft ca revoke (--serial HEX | --cert FILE | --node NAME | --admin NAME | --controller CLUSTER) [--reason TEXT]';
+export const CA_REVOKE_USAGE =
+  'usage: weft ca revoke (--serial HEX | --cert FILE | --node NAME | --admin NAME | --controller CLUSTER) [--reason TEXT]';
 
 /**
  * `weft ca revoke`: one certificate (by serial or file) or every recorded certificate of an identity issued until
@@ -28,7 +34,9 @@ export const CA_REVOKE_USAGE = 'usage: weft ca revoke (--serial HEX | --cert FIL
  */
 export async function caRevoke(
   o: { serial?: string; cert?: string; node?: string; admin?: string; controller?: string; reason?: string },
-  cp: () => ControlPlaneCall, print: (value: unknown, text: string) => void, usage: (message: string) => Error,
+  cp: () => ControlPlaneCall,
+  print: (value: unknown, text: string) => void,
+  usage: (message: string) => Error,
 ): Promise<number> {
   const kinds = (['node', 'admin', 'controller'] as const).filter((k) => o[k] !== undefined);
   const named = [o.serial !== undefined, o.cert !== undefined, kinds.length > 0].filter(Boolean).length;
@@ -38,20 +46,42 @@ export async function caRevoke(
     try {
       certificatePem = await readFile(o.cert, 'utf8');
     } catch (err) {
-      throw usage(`cannot read the certificate ${o.cert}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw usage(
+        `cannot read the certificate ${o.cert}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
   }
   const kind = kinds[0];
   const target = cp();
-  const client = createClient(CertificateServiceService, target.server, { security: target.security, token: target.token });
+  const client = createClient(CertificateServiceService, target.server, {
+    security: target.security,
+    token: target.token,
+  });
   try {
-    const r = await client.revokeCertificates({ serial: o.serial ?? '', certificatePem, identity: kind ? `${kind}:${o[kind]}` : '', reason: o.reason ?? '' }, { timeoutMs: 10_000 });
-    const what = kind ? `${kind}:${o[kind]}` : o.serial ?? o.cert;
-    print({ revoked: r.revoked.map(show), alreadyRevoked: r.alreadyRevoked }, [
-      ...r.revoked.map((c) => `revoked ${c.serial}${c.identity ? ` (${c.identity}${c.notAfter ? `, valid until ${c.notAfter.toISOString()}` : ''})` : ''}`),
-      r.revoked.length === 0 ? `${what}: already revoked` : r.alreadyRevoked > 0 ? `(${r.alreadyRevoked} already revoked)` : '',
-      r.revoked.length > 0 ? 'calls presenting it are refused within seconds and its open streams end; issue a new certificate where it is still needed' : '',
-    ].filter(Boolean).join('\n'));
+    const r = await client.revokeCertificates(
+      { serial: o.serial ?? '', certificatePem, identity: kind ? `${kind}:${o[kind]}` : '', reason: o.reason ?? '' },
+      { timeoutMs: 10_000 },
+    );
+    const what = kind ? `${kind}:${o[kind]}` : (o.serial ?? o.cert);
+    print(
+      { revoked: r.revoked.map(show), alreadyRevoked: r.alreadyRevoked },
+      [
+        ...r.revoked.map(
+          (c) =>
+            `revoked ${c.serial}${c.identity ? ` (${c.identity}${c.notAfter ? `, valid until ${c.notAfter.toISOString()}` : ''})` : ''}`,
+        ),
+        r.revoked.length === 0
+          ? `${what}: already revoked`
+          : r.alreadyRevoked > 0
+            ? `(${r.alreadyRevoked} already revoked)`
+            : '',
+        r.revoked.length > 0
+          ? 'calls presenting it are refused within seconds and its open streams end; issue a new certificate where it is still needed'
+          : '',
+      ]
+        .filter(Boolean)
+        .join('\n'),
+    );
     return 0;
   } finally {
     client.close();
@@ -63,7 +93,12 @@ export async function caRevoke(
  * reached (a CA folder used away from it) or refuses leaves it unrecorded: said on stderr with what that means, and
  * answered as `false`; the certificate files are kept either way.
  */
-export async function recordIssued(certificatePem: string, serial: string, cp: () => ControlPlaneCall, warn: (text: string) => void): Promise<boolean> {
+export async function recordIssued(
+  certificatePem: string,
+  serial: string,
+  cp: () => ControlPlaneCall,
+  warn: (text: string) => void,
+): Promise<boolean> {
   let target: ControlPlaneCall;
   try {
     target = cp();
@@ -71,13 +106,18 @@ export async function recordIssued(certificatePem: string, serial: string, cp: (
     warn(`the certificate (serial ${serial}) is not recorded: ${(err as Error).message}\n${UNRECORDED(serial)}`);
     return false;
   }
-  const client = createClient(CertificateServiceService, target.server, { security: target.security, token: target.token });
+  const client = createClient(CertificateServiceService, target.server, {
+    security: target.security,
+    token: target.token,
+  });
   try {
     await client.recordCertificate({ certificatePem }, { timeoutMs: 10_000 });
     return true;
   } catch (err) {
     const e = err as { details?: string; message: string };
-    warn(`the certificate (serial ${serial}) is not recorded: the control plane at ${target.server} answered: ${e.details || e.message}\n${UNRECORDED(serial)}`);
+    warn(
+      `the certificate (serial ${serial}) is not recorded: the control plane at ${target.server} answered: ${e.details || e.message}\n${UNRECORDED(serial)}`,
+    );
     return false;
   } finally {
     client.close();

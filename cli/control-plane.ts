@@ -11,7 +11,14 @@ import { readCertificate } from '../services/auth/rpc/certificate.rpc.js';
 import { readFileSync } from 'node:fs';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
 import { createNotifier } from '../lib/db/notifier.js';
-import { bindServer, createServer, identifyCaller, shutdownServer, type IdentifiableCall, type ServerAccess } from '../lib/grpc/server.js';
+import {
+  bindServer,
+  createServer,
+  identifyCaller,
+  shutdownServer,
+  type IdentifiableCall,
+  type ServerAccess,
+} from '../lib/grpc/server.js';
 import type { Identity } from '../lib/auth/identity.js';
 import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { ensureControlPlanePki, PKI_FILES } from '../lib/pki.js';
@@ -37,7 +44,12 @@ const MIGRATED = ['ipam', 'routes', 'policy', 'audit', 'auth'];
  * Migrations as the owner (`ownerUrl`), then, when the services run as another role (`appUrl`'s user), that role's
  * table privileges (lib/db/roles.ts). With one URL for both, the services can ALTER and DROP their tables: warned.
  */
-async function prepareDatabase(ownerUrl: string, appUrl: string, timeouts: DatabaseTimeouts, logger: Logger): Promise<void> {
+async function prepareDatabase(
+  ownerUrl: string,
+  appUrl: string,
+  timeouts: DatabaseTimeouts,
+  logger: Logger,
+): Promise<void> {
   const owner = sessionConfig(ownerUrl, { ...timeouts, statementMs: 0, lockMs: 0, queryMs: 0, idleInTransactionMs: 0 });
   for (const service of MIGRATED) await applyMigrations(owner, service);
   const appRole = userOf(appUrl);
@@ -57,7 +69,8 @@ function listenHttp(server: http.Server, address: string): Promise<number> {
   const i = address.lastIndexOf(':');
   const host = address.slice(0, i).replace(/^\[|\]$/g, '');
   const port = Number(address.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port)) throw new Error(`WEFT_HTTP_LISTEN ${JSON.stringify(address)} must be host:port`);
+  if (i < 0 || !Number.isInteger(port))
+    throw new Error(`WEFT_HTTP_LISTEN ${JSON.stringify(address)} must be host:port`);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve((server.address() as { port: number }).port));
@@ -93,7 +106,12 @@ export interface ControlPlaneInternals {
  * set. Every call is authorized (lib/auth/authorization.ts) for the identity of its verified client certificate;
  * `access` replaces how callers are identified (the authorization matrix test injects identities).
  */
-export async function startControlPlane(config: ControlPlaneConfig, logger: Logger, access: ServerAccess = {}, internals: ControlPlaneInternals = {}): Promise<ControlPlane> {
+export async function startControlPlane(
+  config: ControlPlaneConfig,
+  logger: Logger,
+  access: ServerAccess = {},
+  internals: ControlPlaneInternals = {},
+): Promise<ControlPlane> {
   // The data folder holds the database, its passwords and the socket: the user running weft's alone (embedded.ts
   // lets the user 'postgres' enter it when weft runs as root).
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
@@ -102,17 +120,28 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
       chmodSync(config.dataDir, 0o700);
     } catch (err) {
       // A folder weft does not own (a container's emptyDir): what is in it is still 0600.
-      logger.warn('the data folder is not ours to make private; its files and socket are 0600', { dataDir: config.dataDir, err: (err as Error).message });
+      logger.warn('the data folder is not ours to make private; its files and socket are 0600', {
+        dataDir: config.dataDir,
+        err: (err as Error).message,
+      });
     }
   }
   // Every listener (TCP and the unix socket) is mTLS: there is no plaintext control plane.
   const pkiDir = path.resolve(config.pkiDir || path.join(config.dataDir, 'pki'));
   const listenHost = config.listen ? config.listen.slice(0, config.listen.lastIndexOf(':')) : '';
-  const bootstrapHost = config.bootstrapListen ? config.bootstrapListen.slice(0, config.bootstrapListen.lastIndexOf(':')) : '';
-  const { created, ca } = await ensureControlPlanePki(pkiDir, [listenHost, bootstrapHost].filter(Boolean), { caDir: config.caDir || undefined });
+  const bootstrapHost = config.bootstrapListen
+    ? config.bootstrapListen.slice(0, config.bootstrapListen.lastIndexOf(':'))
+    : '';
+  const { created, ca } = await ensureControlPlanePki(pkiDir, [listenHost, bootstrapHost].filter(Boolean), {
+    caDir: config.caDir || undefined,
+  });
   if (created.length) logger.info('made certificates', { pkiDir, files: created });
   const security: TransportSecurity = {
-    mode: 'mtls', caFile: path.join(pkiDir, PKI_FILES.caCert), certFile: path.join(pkiDir, PKI_FILES.serverCert), keyFile: path.join(pkiDir, PKI_FILES.serverKey), refreshMs: config.tlsRefreshMs,
+    mode: 'mtls',
+    caFile: path.join(pkiDir, PKI_FILES.caCert),
+    certFile: path.join(pkiDir, PKI_FILES.serverCert),
+    keyFile: path.join(pkiDir, PKI_FILES.serverKey),
+    refreshMs: config.tlsRefreshMs,
   };
   let embedded: EmbeddedDatabase | null = null;
   let url = config.databaseUrl;
@@ -129,11 +158,20 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     throw err;
   }
   const database = connectDatabase(url, { timeouts: databaseTimeouts(config) });
-  const problems = await appRoleProblems(database.pool).catch((err: Error) => [`its privileges could not be read: ${err.message}`]);
+  const problems = await appRoleProblems(database.pool).catch((err: Error) => [
+    `its privileges could not be read: ${err.message}`,
+  ]);
   if (problems.length > 0) {
-    logger.warn("the services' database role can do more than they need; give DATABASE_URL a role that owns nothing, and the owner's URL as WEFT_MIGRATION_DATABASE_URL (lib/db/DESIGN.md)", { problems });
+    logger.warn(
+      "the services' database role can do more than they need; give DATABASE_URL a role that owns nothing, and the owner's URL as WEFT_MIGRATION_DATABASE_URL (lib/db/DESIGN.md)",
+      { problems },
+    );
   }
-  const notifier = createNotifier(database.session, [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL, REVOCATIONS_CHANNEL], logger);
+  const notifier = createNotifier(
+    database.session,
+    [BLOCKS_CHANNEL, CHANGES_CHANNEL, POLICY_CHANNEL, REVOCATIONS_CHANNEL],
+    logger,
+  );
   const socketPath = path.resolve(config.socket || path.join(config.dataDir, 'weft.sock'));
   // A folder made for the socket is the user's alone; an existing one is left as it is (the socket itself is 0600).
   if (!existsSync(path.dirname(socketPath))) mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
@@ -144,10 +182,20 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const certificates = createCertificateRepository(database.db);
   let revocations: RevocationList;
   try {
-    revocations = await startRevocationList({ repo: certificates, notifier, logger: logger.child({ service: 'auth' }) });
+    revocations = await startRevocationList({
+      repo: certificates,
+      notifier,
+      logger: logger.child({ service: 'auth' }),
+    });
     // The local admin's certificate is recorded like any other, so that `weft ca revoke --admin local` finds it.
     const admin = readCertificate(readFileSync(path.join(pkiDir, PKI_FILES.adminCert), 'utf8'));
-    await certificates.record({ serial: admin.serial, identity: admin.identity, issuedAt: new Date(), notAfter: admin.notAfter, issuedBy: 'control-plane' });
+    await certificates.record({
+      serial: admin.serial,
+      identity: admin.identity,
+      issuedAt: new Date(),
+      notAfter: admin.notAfter,
+      issuedBy: 'control-plane',
+    });
   } catch (err) {
     await notifier.close();
     await database.close();
@@ -169,9 +217,14 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
         return identify({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth });
       },
     };
-    logger.warn('a plaintext listener for benchmarks is on: every caller on it is an administrator', { listen: internals.plaintextListenForBenchmarks });
+    logger.warn('a plaintext listener for benchmarks is on: every caller on it is an administrator', {
+      listen: internals.plaintextListenForBenchmarks,
+    });
   }
-  const server = createServer({ timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs }, { enforce: true, tokens: tokens.verify, limits: limiter, revocations, ...access });
+  const server = createServer(
+    { timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs },
+    { enforce: true, tokens: tokens.verify, limits: limiter, revocations, ...access },
+  );
   const ipamAddress = `unix://${socketPath}`;
   let routes: { stop(): void } | null = null;
   let ipamService: { stop(): void } | null = null;
@@ -184,38 +237,90 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
   const audit = mountAuditService(server, { database, logger });
   try {
     const ipam = await mountIpamService(server, {
-      database, notifier, logger,
+      database,
+      notifier,
+      logger,
       tokens: tokens.verify,
       limits: { nodeAllocations: config.limitNodeAllocations },
       callLimiter: limiter,
       revocations,
-      housekeeping: { sweepSeconds: config.sweepSeconds, blockGraceSeconds: config.blockGraceSeconds, nodeGoneGraceSeconds: config.nodeGoneGraceSeconds, attemptRetentionSeconds: config.attemptRetentionSeconds, routesAddress: ipamAddress, routesSecurity: security },
+      housekeeping: {
+        sweepSeconds: config.sweepSeconds,
+        blockGraceSeconds: config.blockGraceSeconds,
+        nodeGoneGraceSeconds: config.nodeGoneGraceSeconds,
+        attemptRetentionSeconds: config.attemptRetentionSeconds,
+        routesAddress: ipamAddress,
+        routesSecurity: security,
+      },
     });
     ipamService = ipam;
     if (config.httpListen) {
-      httpServer = createHttpServer([ipam.http], { listenHost: config.httpListen.slice(0, config.httpListen.lastIndexOf(':')), allowedHosts: config.httpAllowedHosts, allowedOrigins: config.httpAllowedOrigins });
+      httpServer = createHttpServer([ipam.http], {
+        listenHost: config.httpListen.slice(0, config.httpListen.lastIndexOf(':')),
+        allowedHosts: config.httpAllowedHosts,
+        allowedOrigins: config.httpAllowedOrigins,
+      });
       httpPort = await listenHttp(httpServer, config.httpListen);
     }
     routes = await mountRoutesService(server, {
-      database, databaseUrl: url, notifier, logger, ipamAddress, ipamSecurity: security,
-      options: { leaseMs: config.nodeLeaseMs, bookmarkMs: config.routesBookmarkMs, pollMs: config.routesPollMs, logKeep: config.routesLogKeep, logMaxAgeSeconds: config.routesLogMaxAgeS },
+      database,
+      databaseUrl: url,
+      notifier,
+      logger,
+      ipamAddress,
+      ipamSecurity: security,
+      options: {
+        leaseMs: config.nodeLeaseMs,
+        bookmarkMs: config.routesBookmarkMs,
+        pollMs: config.routesPollMs,
+        logKeep: config.routesLogKeep,
+        logMaxAgeSeconds: config.routesLogMaxAgeS,
+      },
     });
     mountTokenService(server, { repo: tokens.repo, logger });
     mountCertificateService(server, { repo: certificates, caPem: ca.cert, logger });
-    await mountPolicyService(server, { database, notifier, logger, options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs } });
+    await mountPolicyService(server, {
+      database,
+      notifier,
+      logger,
+      options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs },
+    });
     await bindServer(server, ipamAddress, security);
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
     chmodSync(socketPath, 0o600);
     tcpPort = config.listen ? await bindServer(server, config.listen, security) : null;
-    if (internals.plaintextListenForBenchmarks) plaintextPort = await bindServer(server, internals.plaintextListenForBenchmarks, { mode: 'insecure' });
+    if (internals.plaintextListenForBenchmarks)
+      plaintextPort = await bindServer(server, internals.plaintextListenForBenchmarks, { mode: 'insecure' });
     if (config.bootstrapListen) {
       bootstrap = await startBootstrapListener({
-        address: config.bootstrapListen, logger, ca, observe: audit.observe,
-        recordIssued: async (c) => void (await certificates.record({ ...c, issuedAt: new Date(), issuedBy: 'bootstrap' })),
-        security: { mode: 'server-tls', certFile: security.certFile, keyFile: security.keyFile, refreshMs: config.tlsRefreshMs },
+        address: config.bootstrapListen,
+        logger,
+        ca,
+        observe: audit.observe,
+        recordIssued: async (c) =>
+          void (await certificates.record({ ...c, issuedAt: new Date(), issuedBy: 'bootstrap' })),
+        security: {
+          mode: 'server-tls',
+          certFile: security.certFile,
+          keyFile: security.keyFile,
+          refreshMs: config.tlsRefreshMs,
+        },
         keepalive: { timeMs: config.grpcKeepaliveMs, timeoutMs: config.grpcKeepaliveTimeoutMs },
-        kubernetes: createKubernetesFacts(kubeConfigFrom({ kubeconfig: config.kubeconfig, api: config.k8sApi, serviceHost: config.k8sServiceHost, servicePort: config.k8sServicePort, serviceAccountDir: config.k8sServiceAccountDir })),
-        policy: { audience: config.bootstrapAudience, agent: config.bootstrapAgentServiceAccount, controller: config.bootstrapControllerServiceAccount, cluster: config.bootstrapCluster },
+        kubernetes: createKubernetesFacts(
+          kubeConfigFrom({
+            kubeconfig: config.kubeconfig,
+            api: config.k8sApi,
+            serviceHost: config.k8sServiceHost,
+            servicePort: config.k8sServicePort,
+            serviceAccountDir: config.k8sServiceAccountDir,
+          }),
+        ),
+        policy: {
+          audience: config.bootstrapAudience,
+          agent: config.bootstrapAgentServiceAccount,
+          controller: config.bootstrapControllerServiceAccount,
+          cluster: config.bootstrapCluster,
+        },
         certificateTtlMs: config.bootstrapCertificateTtlS * 1000,
       });
     }
@@ -234,7 +339,13 @@ export async function startControlPlane(config: ControlPlaneConfig, logger: Logg
     throw err;
   }
   logger.info('control plane serving (mTLS)', {
-    socket: socketPath, listen: config.listen, port: tcpPort, httpPort, pkiDir, bootstrap: config.bootstrapListen || 'off', bootstrapPort: bootstrap?.port ?? null,
+    socket: socketPath,
+    listen: config.listen,
+    port: tcpPort,
+    httpPort,
+    pkiDir,
+    bootstrap: config.bootstrapListen || 'off',
+    bootstrapPort: bootstrap?.port ?? null,
     admin: `the CLI on this host uses ${path.join(pkiDir, PKI_FILES.adminCert)}`,
     credentials: `weft ca issue (--node NAME | --admin NAME | --controller CLUSTER) --out DIR --data-dir ${path.resolve(config.dataDir)}${config.pkiDir ? ` (WEFT_PKI_DIR=${pkiDir})` : ''}`,
   });

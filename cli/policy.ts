@@ -9,9 +9,15 @@ export class PolicyInputError extends Error {}
 export function parseLabelsFlag(text: string | undefined): Record<string, string> {
   if (!text) return {};
   const out: Record<string, string> = {};
-  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+  for (const part of text
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const i = part.indexOf('=');
-    if (i <= 0) throw new PolicyInputError(`--labels ${JSON.stringify(text)}: ${JSON.stringify(part)} is not key=value (e.g. --labels app=web,tier=front)`);
+    if (i <= 0)
+      throw new PolicyInputError(
+        `--labels ${JSON.stringify(text)}: ${JSON.stringify(part)} is not key=value (e.g. --labels app=web,tier=front)`,
+      );
     out[part.slice(0, i)] = part.slice(i + 1);
   }
   return out;
@@ -20,11 +26,18 @@ export function parseLabelsFlag(text: string | undefined): Record<string, string
 /** "http:80/tcp,dns:53/udp" → named ports (protocol TCP when left out). */
 export function parsePortsFlag(text: string | undefined): NamedPort[] {
   if (!text) return [];
-  return text.split(',').map((p) => p.trim()).filter(Boolean).map((part) => {
-    const m = /^([a-z0-9-]+):(\d+)(?:\/(tcp|udp|sctp))?$/i.exec(part);
-    if (!m) throw new PolicyInputError(`--ports ${JSON.stringify(text)}: ${JSON.stringify(part)} is not name:port[/proto] (e.g. --ports http:80/tcp,dns:53/udp)`);
-    return { name: m[1]!, port: Number(m[2]), protocol: (m[3] ?? 'TCP').toUpperCase() };
-  });
+  return text
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .map((part) => {
+      const m = /^([a-z0-9-]+):(\d+)(?:\/(tcp|udp|sctp))?$/i.exec(part);
+      if (!m)
+        throw new PolicyInputError(
+          `--ports ${JSON.stringify(text)}: ${JSON.stringify(part)} is not name:port[/proto] (e.g. --ports http:80/tcp,dns:53/udp)`,
+        );
+      return { name: m[1]!, port: Number(m[2]), protocol: (m[3] ?? 'TCP').toUpperCase() };
+    });
 }
 
 /** "80/tcp", "53/udp" or "80" → port and protocol. */

@@ -1,6 +1,14 @@
 import {
-  AttachRequest, AttachResponse, CheckRequest, CheckResponse, DetachRequest, DetachResponse, GarbageCollectRequest,
-  GarbageCollectResponse, StatusRequest, StatusResponse,
+  AttachRequest,
+  AttachResponse,
+  CheckRequest,
+  CheckResponse,
+  DetachRequest,
+  DetachResponse,
+  GarbageCollectRequest,
+  GarbageCollectResponse,
+  StatusRequest,
+  StatusResponse,
 } from '../gen/codec/weft/agent/v1/agent.js';
 import { errorCodeOf, GrpcStatus, statusName } from '../lib/grpc/status.js';
 import { callUnary, newTraceparent, type MessageCodec } from '../lib/grpc/unary-client.js';
@@ -68,24 +76,45 @@ export const AGENT_METHODS = {
   Detach: { path: '/weft.agent.v1.AgentService/Detach', request: DetachRequest, response: DetachResponse },
   Check: { path: '/weft.agent.v1.AgentService/Check', request: CheckRequest, response: CheckResponse },
   Status: { path: '/weft.agent.v1.AgentService/Status', request: StatusRequest, response: StatusResponse },
-  GarbageCollect: { path: '/weft.agent.v1.AgentService/GarbageCollect', request: GarbageCollectRequest, response: GarbageCollectResponse },
+  GarbageCollect: {
+    path: '/weft.agent.v1.AgentService/GarbageCollect',
+    request: GarbageCollectRequest,
+    response: GarbageCollectResponse,
+  },
 } as const;
 
 type Method = keyof typeof AGENT_METHODS;
 type RequestOf<M extends Method> = (typeof AGENT_METHODS)[M]['request'] extends MessageCodec<infer T> ? T : never;
 type ResponseOf<M extends Method> = (typeof AGENT_METHODS)[M]['response'] extends MessageCodec<infer T> ? T : never;
 
-export async function attachPod(socketPath: string, params: AttachParams, options: CallOptions = {}): Promise<AttachResponse> {
-  return callAgent(socketPath, 'Attach', AttachRequest.fromPartial({ ...params, requestedAddresses: [...params.requestedAddresses] }), options);
+export async function attachPod(
+  socketPath: string,
+  params: AttachParams,
+  options: CallOptions = {},
+): Promise<AttachResponse> {
+  return callAgent(
+    socketPath,
+    'Attach',
+    AttachRequest.fromPartial({ ...params, requestedAddresses: [...params.requestedAddresses] }),
+    options,
+  );
 }
 
 /** Resolves when the attachment is what ADD made; a difference is a CniError (code 101) saying what differs. */
 export async function checkPod(socketPath: string, params: CheckParams, options: CallOptions = {}): Promise<void> {
-  await callAgent(socketPath, 'Check', CheckRequest.fromPartial({ ...params, reportedAddresses: [...params.reportedAddresses] }), options);
+  await callAgent(
+    socketPath,
+    'Check',
+    CheckRequest.fromPartial({ ...params, reportedAddresses: [...params.reportedAddresses] }),
+    options,
+  );
 }
 
 /** Whether the agent can serve ADD: resolves with why not (empty when it can). Unreachable agents throw as usual. */
-export async function agentStatus(socketPath: string, options: CallOptions = {}): Promise<{ ipamReachable: boolean; detail: string }> {
+export async function agentStatus(
+  socketPath: string,
+  options: CallOptions = {},
+): Promise<{ ipamReachable: boolean; detail: string }> {
   return callAgent(socketPath, 'Status', StatusRequest.fromPartial({}), { timeoutMs: STATUS_TIMEOUT_MS, ...options });
 }
 
@@ -115,7 +144,11 @@ async function callAgent<M extends Method>(
   options: CallOptions,
   { notFoundIsSuccess = false } = {},
 ): Promise<ResponseOf<M>> {
-  const method = AGENT_METHODS[rpc] as unknown as { path: string; request: MessageCodec<RequestOf<M>>; response: MessageCodec<ResponseOf<M>> };
+  const method = AGENT_METHODS[rpc] as unknown as {
+    path: string;
+    request: MessageCodec<RequestOf<M>>;
+    response: MessageCodec<ResponseOf<M>>;
+  };
   try {
     // One call per process: a fresh connection, closed when the call ends so the process can exit. A new trace per
     // call: the agent continues it into IPAM, so one pod's attach is one trace.
@@ -131,10 +164,14 @@ async function callAgent<M extends Method>(
       metadata: { traceparent: newTraceparent() },
     });
   } catch (err) {
-    if (notFoundIsSuccess && (err as { code?: unknown })?.code === GrpcStatus.NOT_FOUND) return method.response.decode(new Uint8Array(0));
+    if (notFoundIsSuccess && (err as { code?: unknown })?.code === GrpcStatus.NOT_FOUND)
+      return method.response.decode(new Uint8Array(0));
     if (options.signal?.aborted) {
       const why = options.signal.reason instanceof Error ? options.signal.reason.message : 'interrupted';
-      throw new CniError(CniCode.tryAgainLater, `${why} while waiting for the weft agent's ${rpc} answer; try again later`);
+      throw new CniError(
+        CniCode.tryAgainLater,
+        `${why} while waiting for the weft agent's ${rpc} answer; try again later`,
+      );
     }
     throw cniErrorFromAgent(err, socketPath, rpc);
   }
@@ -165,9 +202,17 @@ export function cniErrorFromAgent(err: unknown, socketPath: string, rpc: string)
   }
   switch (e.code) {
     case GrpcStatus.UNAVAILABLE:
-      return new CniError(CniCode.tryAgainLater, `weft agent at ${socketPath} is unavailable; try again later`, details);
+      return new CniError(
+        CniCode.tryAgainLater,
+        `weft agent at ${socketPath} is unavailable; try again later`,
+        details,
+      );
     case GrpcStatus.DEADLINE_EXCEEDED:
-      return new CniError(CniCode.tryAgainLater, `weft agent at ${socketPath} did not answer ${rpc} in time; try again later`, details);
+      return new CniError(
+        CniCode.tryAgainLater,
+        `weft agent at ${socketPath} did not answer ${rpc} in time; try again later`,
+        details,
+      );
     case GrpcStatus.INVALID_ARGUMENT:
       return new CniError(CniCode.invalidConfig, agentMsg, details);
     case GrpcStatus.RESOURCE_EXHAUSTED:

@@ -1,8 +1,16 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
-  DEFAULT_AGENT_SOCKET, MAX_CONFIG_BYTES, SUPPORTED_VERSIONS, compareVersions, declaredVersion, isLegacyResultVersion, parseNetworkConfig,
-  readAttachOptions, readDns, readValidAttachments,
+  DEFAULT_AGENT_SOCKET,
+  MAX_CONFIG_BYTES,
+  SUPPORTED_VERSIONS,
+  compareVersions,
+  declaredVersion,
+  isLegacyResultVersion,
+  parseNetworkConfig,
+  readAttachOptions,
+  readDns,
+  readValidAttachments,
 } from './config.js';
 import { CniCode, CniError } from './errors.js';
 
@@ -26,8 +34,16 @@ describe('parseNetworkConfig', () => {
   it('fills defaults for a minimal config', () => {
     const cfg = parseNetworkConfig(json(minimal));
     assert.deepEqual(cfg, {
-      cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: DEFAULT_AGENT_SOCKET, pool: '',
-      prevResult: undefined, runtimeConfig: {}, args: {}, gcAttachments: { valid: undefined, legacy: undefined }, dns: undefined,
+      cniVersion: '1.0.0',
+      name: 'weft',
+      type: 'weft',
+      agentSocket: DEFAULT_AGENT_SOCKET,
+      pool: '',
+      prevResult: undefined,
+      runtimeConfig: {},
+      args: {},
+      gcAttachments: { valid: undefined, legacy: undefined },
+      dns: undefined,
     });
     assert.ok(Object.isFrozen(cfg));
   });
@@ -42,8 +58,14 @@ describe('parseNetworkConfig', () => {
   it('keeps the fields the runtime adds as they came, and ignores the rest', () => {
     const cfg = parseNetworkConfig(
       json({
-        ...minimal, args: { cni: {} }, runtimeConfig: { portMappings: [] }, prevResult: { ips: [] }, capabilities: {}, foo: 1,
-        'cni.dev/valid-attachments': [], 'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }],
+        ...minimal,
+        args: { cni: {} },
+        runtimeConfig: { portMappings: [] },
+        prevResult: { ips: [] },
+        capabilities: {},
+        foo: 1,
+        'cni.dev/valid-attachments': [],
+        'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }],
       }),
     );
     assert.equal(cfg.name, 'weft');
@@ -82,12 +104,17 @@ describe('parseNetworkConfig', () => {
 
   it('accepts every version from 0.3.0 to 1.1.0', () => {
     assert.deepEqual(SUPPORTED_VERSIONS, ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']);
-    for (const v of SUPPORTED_VERSIONS) assert.equal(parseNetworkConfig(json({ ...minimal, cniVersion: v })).cniVersion, v);
+    for (const v of SUPPORTED_VERSIONS)
+      assert.equal(parseNetworkConfig(json({ ...minimal, cniVersion: v })).cniVersion, v);
   });
 
   it('refuses an unsupported cniVersion with code 1 and names the supported ones', () => {
     for (const v of ['0.1.0', '0.2.0', '1.2.0', '2.0.0', 'latest', '1.0']) {
-      const err = rejects(json({ ...minimal, cniVersion: v }), CniCode.incompatibleVersion, /supports 0\.3\.0, 0\.3\.1, 0\.4\.0, 1\.0\.0, 1\.1\.0/);
+      const err = rejects(
+        json({ ...minimal, cniVersion: v }),
+        CniCode.incompatibleVersion,
+        /supports 0\.3\.0, 0\.3\.1, 0\.4\.0, 1\.0\.0, 1\.1\.0/,
+      );
       assert.ok(err.message.includes(JSON.stringify(v)), err.message);
     }
   });
@@ -163,20 +190,46 @@ describe('readAttachOptions', () => {
   });
 
   it('reads the MAC from runtimeConfig, args.cni or CNI_ARGS, lower-cased', () => {
-    assert.equal(readAttachOptions(cfg({ runtimeConfig: { mac: '0A:58:0A:F4:00:05' } }), none).mac, '0a:58:0a:f4:00:05');
-    assert.equal(readAttachOptions(cfg({ args: { cni: { mac: '02:00:00:00:00:01' } } }), none).mac, '02:00:00:00:00:01');
+    assert.equal(
+      readAttachOptions(cfg({ runtimeConfig: { mac: '0A:58:0A:F4:00:05' } }), none).mac,
+      '0a:58:0a:f4:00:05',
+    );
+    assert.equal(
+      readAttachOptions(cfg({ args: { cni: { mac: '02:00:00:00:00:01' } } }), none).mac,
+      '02:00:00:00:00:01',
+    );
     assert.equal(readAttachOptions(cfg({}), { ip: '', mac: '02:00:00:00:00:02' }).mac, '02:00:00:00:00:02');
-    assert.equal(readAttachOptions(cfg({ runtimeConfig: { mac: '02:00:00:00:00:02' } }), { ip: '', mac: '02:00:00:00:00:02' }).mac, '02:00:00:00:00:02');
+    assert.equal(
+      readAttachOptions(cfg({ runtimeConfig: { mac: '02:00:00:00:00:02' } }), { ip: '', mac: '02:00:00:00:00:02' }).mac,
+      '02:00:00:00:00:02',
+    );
   });
 
   it('refuses MACs the kernel cannot give a pod: malformed (code 7; code 4 from CNI_ARGS), multicast, zero, conflicting', () => {
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { mac: 'nope' } }), none), CniCode.invalidConfig, /runtimeConfig\.mac "nope".*six hex pairs/);
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { mac: 5 } }), none), CniCode.invalidConfig, /runtimeConfig\.mac/);
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { mac: '01:00:5e:00:00:01' } }), none), CniCode.invalidConfig, /multicast/);
-    fails(() => readAttachOptions(cfg({ args: { cni: { mac: '00:00:00:00:00:00' } } }), none), CniCode.invalidConfig, /all zeroes/);
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { mac: 'nope' } }), none),
+      CniCode.invalidConfig,
+      /runtimeConfig\.mac "nope".*six hex pairs/,
+    );
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { mac: 5 } }), none),
+      CniCode.invalidConfig,
+      /runtimeConfig\.mac/,
+    );
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { mac: '01:00:5e:00:00:01' } }), none),
+      CniCode.invalidConfig,
+      /multicast/,
+    );
+    fails(
+      () => readAttachOptions(cfg({ args: { cni: { mac: '00:00:00:00:00:00' } } }), none),
+      CniCode.invalidConfig,
+      /all zeroes/,
+    );
     fails(() => readAttachOptions(cfg({}), { ip: '', mac: 'zz' }), CniCode.invalidEnvironment, /CNI_ARGS MAC=zz/);
     fails(
-      () => readAttachOptions(cfg({ runtimeConfig: { mac: '02:00:00:00:00:01' } }), { ip: '', mac: '02:00:00:00:00:02' }),
+      () =>
+        readAttachOptions(cfg({ runtimeConfig: { mac: '02:00:00:00:00:01' } }), { ip: '', mac: '02:00:00:00:00:02' }),
       CniCode.invalidConfig,
       /conflicting MACs/,
     );
@@ -191,54 +244,130 @@ describe('readAttachOptions', () => {
   });
 
   it('refuses requested addresses that are not addresses', () => {
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { ips: '10.0.0.1' } }), none), CniCode.invalidConfig, /must be a list/);
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.300'] } }), none), CniCode.invalidConfig, /"10\.0\.0\.300"/);
-    fails(() => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.1/33'] } }), none), CniCode.invalidConfig, /10\.0\.0\.1\/33/);
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { ips: '10.0.0.1' } }), none),
+      CniCode.invalidConfig,
+      /must be a list/,
+    );
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.300'] } }), none),
+      CniCode.invalidConfig,
+      /"10\.0\.0\.300"/,
+    );
+    fails(
+      () => readAttachOptions(cfg({ runtimeConfig: { ips: ['10.0.0.1/33'] } }), none),
+      CniCode.invalidConfig,
+      /10\.0\.0\.1\/33/,
+    );
     fails(() => readAttachOptions(cfg({}), { ip: '10.0.0.1,x', mac: '' }), CniCode.invalidEnvironment, /CNI_ARGS IP=/);
   });
 
   it('passes the pod UID on, and refuses one IPAM would refuse (code 4)', () => {
     const uid = '6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60';
     assert.equal(readAttachOptions(cfg({}), { ...none, podUid: uid }).podUid, uid);
-    fails(() => readAttachOptions(cfg({}), { ...none, podUid: 'not a uid' }), CniCode.invalidEnvironment, /CNI_ARGS K8S_POD_UID="not a uid".*at most 128/);
-    fails(() => readAttachOptions(cfg({}), { ...none, podUid: 'a'.repeat(129) }), CniCode.invalidEnvironment, /K8S_POD_UID/);
+    fails(
+      () => readAttachOptions(cfg({}), { ...none, podUid: 'not a uid' }),
+      CniCode.invalidEnvironment,
+      /CNI_ARGS K8S_POD_UID="not a uid".*at most 128/,
+    );
+    fails(
+      () => readAttachOptions(cfg({}), { ...none, podUid: 'a'.repeat(129) }),
+      CniCode.invalidEnvironment,
+      /K8S_POD_UID/,
+    );
   });
 });
 
 describe('readValidAttachments', () => {
-  const cfg = (extra: Record<string, unknown>) => parseNetworkConfig(json({ ...minimal, cniVersion: '1.1.0', ...extra }));
+  const cfg = (extra: Record<string, unknown>) =>
+    parseNetworkConfig(json({ ...minimal, cniVersion: '1.1.0', ...extra }));
 
   it('reads cni.dev/valid-attachments and the older cni.dev/attachments, as one set', () => {
-    const got = readValidAttachments(cfg({
-      'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'eth0' }],
-      'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'c', ifname: 'net1' }],
-    }));
-    assert.deepEqual(got, [{ containerId: 'a', ifname: 'eth0' }, { containerId: 'b', ifname: 'eth0' }, { containerId: 'c', ifname: 'net1' }]);
-    assert.deepEqual(readValidAttachments(cfg({ 'cni.dev/attachments': [{ containerID: 'c', ifname: 'net1' }] })), [{ containerId: 'c', ifname: 'net1' }]);
+    const got = readValidAttachments(
+      cfg({
+        'cni.dev/valid-attachments': [
+          { containerID: 'a', ifname: 'eth0' },
+          { containerID: 'b', ifname: 'eth0' },
+        ],
+        'cni.dev/attachments': [
+          { containerID: 'a', ifname: 'eth0' },
+          { containerID: 'c', ifname: 'net1' },
+        ],
+      }),
+    );
+    assert.deepEqual(got, [
+      { containerId: 'a', ifname: 'eth0' },
+      { containerId: 'b', ifname: 'eth0' },
+      { containerId: 'c', ifname: 'net1' },
+    ]);
+    assert.deepEqual(readValidAttachments(cfg({ 'cni.dev/attachments': [{ containerID: 'c', ifname: 'net1' }] })), [
+      { containerId: 'c', ifname: 'net1' },
+    ]);
     assert.deepEqual(readValidAttachments(cfg({ 'cni.dev/valid-attachments': [] })), []);
   });
 
   it('refuses a GC without a list, rather than collect everything', () => {
-    assert.throws(() => readValidAttachments(cfg({})), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && /cni\.dev\/valid-attachments/.test(err.message));
+    assert.throws(
+      () => readValidAttachments(cfg({})),
+      (err: unknown) =>
+        err instanceof CniError &&
+        err.code === CniCode.invalidConfig &&
+        /cni\.dev\/valid-attachments/.test(err.message),
+    );
   });
 
   it('refuses malformed lists and entries, rather than skip one and free a live address', () => {
-    for (const bad of [{}, [{ containerID: 'a' }], [{ containerID: '', ifname: 'eth0' }], ['a/eth0'], [{ containerID: 1, ifname: 'eth0' }]]) {
-      assert.throws(() => readValidAttachments(cfg({ 'cni.dev/valid-attachments': bad })), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig, JSON.stringify(bad));
+    for (const bad of [
+      {},
+      [{ containerID: 'a' }],
+      [{ containerID: '', ifname: 'eth0' }],
+      ['a/eth0'],
+      [{ containerID: 1, ifname: 'eth0' }],
+    ]) {
+      assert.throws(
+        () => readValidAttachments(cfg({ 'cni.dev/valid-attachments': bad })),
+        (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig,
+        JSON.stringify(bad),
+      );
     }
   });
 });
 
 describe('readDns', () => {
-  const withDns = (dns: unknown) => parseNetworkConfig(JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', dns }));
-  it('keeps the spec\'s four keys, {} when absent', () => {
+  const withDns = (dns: unknown) =>
+    parseNetworkConfig(JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', dns }));
+  it("keeps the spec's four keys, {} when absent", () => {
     assert.deepEqual(readDns(withDns(undefined)), {});
-    assert.deepEqual(readDns(withDns({ nameservers: ['10.96.0.10', 'fd00::a'], domain: 'cluster.local', search: ['svc.cluster.local'], options: ['ndots:5'], other: 1 })),
-      { nameservers: ['10.96.0.10', 'fd00::a'], domain: 'cluster.local', search: ['svc.cluster.local'], options: ['ndots:5'] });
+    assert.deepEqual(
+      readDns(
+        withDns({
+          nameservers: ['10.96.0.10', 'fd00::a'],
+          domain: 'cluster.local',
+          search: ['svc.cluster.local'],
+          options: ['ndots:5'],
+          other: 1,
+        }),
+      ),
+      {
+        nameservers: ['10.96.0.10', 'fd00::a'],
+        domain: 'cluster.local',
+        search: ['svc.cluster.local'],
+        options: ['ndots:5'],
+      },
+    );
   });
   it('a wrong type or a nameserver that is no address is code 7 naming the field', () => {
-    for (const [dns, msg] of [[[], /"dns" must be an object/], [{ nameservers: '10.0.0.1' }, /dns\.nameservers/], [{ nameservers: ['dns.example'] }, /"dns\.example", which is not an IP address/], [{ domain: 5 }, /dns\.domain/], [{ search: [1] }, /dns\.search/]] as const) {
-      assert.throws(() => readDns(withDns(dns)), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && msg.test(err.message));
+    for (const [dns, msg] of [
+      [[], /"dns" must be an object/],
+      [{ nameservers: '10.0.0.1' }, /dns\.nameservers/],
+      [{ nameservers: ['dns.example'] }, /"dns\.example", which is not an IP address/],
+      [{ domain: 5 }, /dns\.domain/],
+      [{ search: [1] }, /dns\.search/],
+    ] as const) {
+      assert.throws(
+        () => readDns(withDns(dns)),
+        (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && msg.test(err.message),
+      );
     }
   });
 });

@@ -97,7 +97,9 @@ export function parseNetworkConfig(raw: Uint8Array | string): NetworkConfig {
     throw invalid(`network config "agentSocket" must be an absolute path, got ${show(agentSocket)}`);
   }
   if (Buffer.byteLength(agentSocket) > MAX_SOCKET_PATH_BYTES) {
-    throw invalid(`network config "agentSocket" is longer than ${MAX_SOCKET_PATH_BYTES} bytes, too long for a unix socket`);
+    throw invalid(
+      `network config "agentSocket" is longer than ${MAX_SOCKET_PATH_BYTES} bytes, too long for a unix socket`,
+    );
   }
 
   const pool = doc.pool ?? '';
@@ -151,21 +153,33 @@ export interface AttachOptions {
  * `K8S_POD_UID=`. Config values that are wrong are code 7, CNI_ARGS values code 4; two places asking for different MACs
  * is code 7.
  */
-export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string; ip: string; podUid?: string }): AttachOptions {
+export function readAttachOptions(
+  config: NetworkConfig,
+  cniArgs: { mac: string; ip: string; podUid?: string },
+): AttachOptions {
   const argsCni = config.args.cni;
-  const fromArgs = typeof argsCni === 'object' && argsCni !== null && !Array.isArray(argsCni) ? (argsCni as Record<string, unknown>) : {};
+  const fromArgs =
+    typeof argsCni === 'object' && argsCni !== null && !Array.isArray(argsCni)
+      ? (argsCni as Record<string, unknown>)
+      : {};
 
   const macs: [string, string][] = [];
-  for (const [where, value] of [['runtimeConfig.mac', config.runtimeConfig.mac], ['args.cni.mac', fromArgs.mac]] as const) {
+  for (const [where, value] of [
+    ['runtimeConfig.mac', config.runtimeConfig.mac],
+    ['args.cni.mac', fromArgs.mac],
+  ] as const) {
     if (value === undefined || value === '') continue;
     if (typeof value !== 'string' || macProblem(value)) {
-      throw invalid(`network config ${where} ${show(value)} is not a usable MAC: ${typeof value === 'string' ? macProblem(value) : 'it must be a string'}`);
+      throw invalid(
+        `network config ${where} ${show(value)} is not a usable MAC: ${typeof value === 'string' ? macProblem(value) : 'it must be a string'}`,
+      );
     }
     macs.push([where, value.toLowerCase()]);
   }
   if (cniArgs.mac !== '') {
     const problem = macProblem(cniArgs.mac);
-    if (problem) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS MAC=${cniArgs.mac} is not a usable MAC: ${problem}`);
+    if (problem)
+      throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS MAC=${cniArgs.mac} is not a usable MAC: ${problem}`);
     macs.push(['CNI_ARGS MAC', cniArgs.mac.toLowerCase()]);
   }
   const distinct = new Set(macs.map(([, m]) => m));
@@ -174,26 +188,39 @@ export function readAttachOptions(config: NetworkConfig, cniArgs: { mac: string;
   }
 
   const requested: string[] = [];
-  for (const [where, value] of [['runtimeConfig.ips', config.runtimeConfig.ips], ['args.cni.ips', fromArgs.ips]] as const) {
+  for (const [where, value] of [
+    ['runtimeConfig.ips', config.runtimeConfig.ips],
+    ['args.cni.ips', fromArgs.ips],
+  ] as const) {
     if (value === undefined) continue;
     if (!Array.isArray(value)) throw invalid(`network config ${where} must be a list of addresses, got ${show(value)}`);
     for (const item of value) {
       const address = typeof item === 'string' ? addressOf(item) : undefined;
-      if (address === undefined) throw invalid(`network config ${where} has ${show(item)}, which is not an IP address (with an optional /prefix)`);
+      if (address === undefined)
+        throw invalid(
+          `network config ${where} has ${show(item)}, which is not an IP address (with an optional /prefix)`,
+        );
       requested.push(address);
     }
   }
   if (cniArgs.ip !== '') {
     for (const item of cniArgs.ip.split(',')) {
       const address = addressOf(item.trim());
-      if (address === undefined) throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS IP=${cniArgs.ip} has ${show(item)}, which is not an IP address`);
+      if (address === undefined)
+        throw new CniError(
+          CniCode.invalidEnvironment,
+          `CNI_ARGS IP=${cniArgs.ip} has ${show(item)}, which is not an IP address`,
+        );
       requested.push(address);
     }
   }
   // Kubernetes UIDs are UUIDs; IPAM takes at most 128 of these characters (AllocateRequest.pod_uid).
   const podUid = cniArgs.podUid ?? '';
   if (podUid !== '' && !/^[A-Za-z0-9-]{1,128}$/.test(podUid)) {
-    throw new CniError(CniCode.invalidEnvironment, `CNI_ARGS K8S_POD_UID=${show(podUid.slice(0, 140))} is not a pod UID: at most 128 letters, digits or '-' (a UUID)`);
+    throw new CniError(
+      CniCode.invalidEnvironment,
+      `CNI_ARGS K8S_POD_UID=${show(podUid.slice(0, 140))} is not a pod UID: at most 128 letters, digits or '-' (a UUID)`,
+    );
   }
   return Object.freeze({ mac: macs[0]?.[1] ?? '', requestedAddresses: Object.freeze([...new Set(requested)]), podUid });
 }
@@ -214,19 +241,24 @@ export interface DnsSettings {
 export function readDns(config: NetworkConfig): DnsSettings {
   const v = config.dns;
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "dns" must be an object with nameservers, domain, search and options, got ${show(v)}`);
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw invalid(
+      `network config "dns" must be an object with nameservers, domain, search and options, got ${show(v)}`,
+    );
   const doc = v as Record<string, unknown>;
   const out: DnsSettings = {};
   for (const key of ['nameservers', 'search', 'options'] as const) {
     const list = doc[key];
     if (list === undefined || list === null) continue;
-    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) throw invalid(`network config "dns.${key}" must be a list of strings, got ${show(list)}`);
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string'))
+      throw invalid(`network config "dns.${key}" must be a list of strings, got ${show(list)}`);
     out[key] = [...list] as string[];
   }
   const bad = out.nameservers?.find((n) => isIP(n) === 0);
   if (bad !== undefined) throw invalid(`network config "dns.nameservers" has ${show(bad)}, which is not an IP address`);
   if (doc.domain !== undefined && doc.domain !== null) {
-    if (typeof doc.domain !== 'string') throw invalid(`network config "dns.domain" must be a string, got ${show(doc.domain)}`);
+    if (typeof doc.domain !== 'string')
+      throw invalid(`network config "dns.domain" must be a string, got ${show(doc.domain)}`);
     out.domain = doc.domain;
   }
   return out;
@@ -250,17 +282,22 @@ export function readValidAttachments(config: NetworkConfig): readonly ValidAttac
     ['cni.dev/attachments', config.gcAttachments.legacy],
   ] as const;
   if (lists.every(([, v]) => v === undefined || v === null)) {
-    throw invalid('GC needs the list of valid attachments in "cni.dev/valid-attachments"; without it nothing is collected');
+    throw invalid(
+      'GC needs the list of valid attachments in "cni.dev/valid-attachments"; without it nothing is collected',
+    );
   }
   const seen = new Map<string, ValidAttachment>();
   for (const [key, list] of lists) {
     if (list === undefined || list === null) continue;
-    if (!Array.isArray(list)) throw invalid(`network config "${key}" must be a list of {containerID, ifname}, got ${show(list)}`);
+    if (!Array.isArray(list))
+      throw invalid(`network config "${key}" must be a list of {containerID, ifname}, got ${show(list)}`);
     list.forEach((item: unknown, n) => {
       const o = (typeof item === 'object' && item !== null ? item : {}) as Record<string, unknown>;
       const { containerID, ifname } = o;
       if (typeof containerID !== 'string' || containerID === '' || typeof ifname !== 'string' || ifname === '') {
-        throw invalid(`network config "${key}"[${n}] must have a non-empty "containerID" and "ifname", got ${show(item)}`);
+        throw invalid(
+          `network config "${key}"[${n}] must have a non-empty "containerID" and "ifname", got ${show(item)}`,
+        );
       }
       seen.set(`${containerID}/${ifname}`, Object.freeze({ containerId: containerID, ifname }));
     });
@@ -270,7 +307,8 @@ export function readValidAttachments(config: NetworkConfig): readonly ValidAttac
 
 /** Why a MAC cannot be given to the pod interface, or undefined when it can. */
 function macProblem(mac: string): string | undefined {
-  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) return 'expected six hex pairs separated by colons, e.g. 0a:58:0a:f4:00:05';
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac))
+    return 'expected six hex pairs separated by colons, e.g. 0a:58:0a:f4:00:05';
   const first = parseInt(mac.slice(0, 2), 16);
   if (first & 1) return 'it is a multicast address; the first byte must be even';
   if (/^0{2}(:0{2}){5}$/.test(mac)) return 'it is all zeroes';
@@ -293,7 +331,8 @@ function addressOf(text: string): string | undefined {
 function optionalObject(doc: Record<string, unknown>, key: string): Record<string, unknown> {
   const v = doc[key];
   if (v === undefined || v === null) return {};
-  if (typeof v !== 'object' || Array.isArray(v)) throw invalid(`network config "${key}" must be an object, got ${show(v)}`);
+  if (typeof v !== 'object' || Array.isArray(v))
+    throw invalid(`network config "${key}" must be an object, got ${show(v)}`);
   return v as Record<string, unknown>;
 }
 

@@ -15,7 +15,8 @@ const verbs: Verbs = {
     const options = readAttachOptions(config, invocation.cniArgs);
     const dns = readDns(config);
     // In a chain, the previous plugin's result is passed on with ours appended (SPEC: handle prevResult).
-    const previous = config.prevResult === undefined ? undefined : parsePrevResult(config.cniVersion, config.prevResult);
+    const previous =
+      config.prevResult === undefined ? undefined : parsePrevResult(config.cniVersion, config.prevResult);
     assertNetnsExists(invocation);
     const agent = await loadAgent(config.agentSocket);
     mark('loaded');
@@ -56,7 +57,10 @@ const verbs: Verbs = {
   async CHECK({ invocation, config, signal }) {
     // SPEC (CHECK): the runtime passes the attachment's cached result as prevResult; the plugin must fail without it.
     if (config.prevResult === undefined) {
-      throw new CniError(CniCode.invalidConfig, 'CHECK needs "prevResult" in the network config: the result of this attachment\'s ADD, which the runtime caches and passes to CHECK');
+      throw new CniError(
+        CniCode.invalidConfig,
+        'CHECK needs "prevResult" in the network config: the result of this attachment\'s ADD, which the runtime caches and passes to CHECK',
+      );
     }
     const reported = reportedPodInterface(parsePrevResult(config.cniVersion, config.prevResult), invocation);
     const agent = await loadAgent(config.agentSocket);
@@ -80,9 +84,14 @@ const verbs: Verbs = {
       state = await agent.agentStatus(config.agentSocket, { signal });
     } catch (err) {
       const e = err instanceof CniError ? err : new CniError(CniCode.internal, String(err));
-      throw new CniError(CniCode.pluginNotAvailable, `weft-cni cannot add pods now: ${e.message.replace(/; try again later$/, '')}`, e.details);
+      throw new CniError(
+        CniCode.pluginNotAvailable,
+        `weft-cni cannot add pods now: ${e.message.replace(/; try again later$/, '')}`,
+        e.details,
+      );
     }
-    if (!state.ipamReachable) throw new CniError(CniCode.pluginNotAvailable, `weft-cni cannot add pods now: ${state.detail}`);
+    if (!state.ipamReachable)
+      throw new CniError(CniCode.pluginNotAvailable, `weft-cni cannot add pods now: ${state.detail}`);
   },
 
   async GC({ config, signal }) {
@@ -102,7 +111,10 @@ const verbs: Verbs = {
 /** ADD needs the pod's namespace: a path that leads nowhere is a bad CNI_NETNS (code 4), found before any work. */
 function assertNetnsExists(invocation: Invocation): void {
   if (!existsSync(invocation.netns)) {
-    throw new CniError(CniCode.invalidEnvironment, `CNI_NETNS ${invocation.netns} does not exist; it must be the path of the pod's network namespace`);
+    throw new CniError(
+      CniCode.invalidEnvironment,
+      `CNI_NETNS ${invocation.netns} does not exist; it must be the path of the pod's network namespace`,
+    );
   }
 }
 
@@ -111,7 +123,9 @@ function assertNetnsExists(invocation: Invocation): void {
  * sandbox, preferably CNI_NETNS) and the addresses on it. A prevResult without it is not Weft's result (code 101).
  */
 function reportedPodInterface(prev: CniResult, invocation: Invocation): { addresses: string[]; mac: string } {
-  const candidates = prev.interfaces.map((i, n) => ({ i, n })).filter(({ i }) => i.name === invocation.ifname && i.sandbox);
+  const candidates = prev.interfaces
+    .map((i, n) => ({ i, n }))
+    .filter(({ i }) => i.name === invocation.ifname && i.sandbox);
   const pod = candidates.find(({ i }) => i.sandbox === invocation.netns) ?? candidates[0];
   if (!pod) {
     throw new CniError(

@@ -42,17 +42,37 @@ describe('buildResult', () => {
   });
 
   it('leaves out mac when the agent gives none', () => {
-    const res = buildResult({ ...attached, interfaces: [{ name: 'eth0', mac: '', sandbox: '/proc/1/ns/net' }], ips: [{ address: '10.0.0.2/24', gateway: '', interface: 0 }] });
+    const res = buildResult({
+      ...attached,
+      interfaces: [{ name: 'eth0', mac: '', sandbox: '/proc/1/ns/net' }],
+      ips: [{ address: '10.0.0.2/24', gateway: '', interface: 0 }],
+    });
     assert.deepEqual(res.interfaces, [{ name: 'eth0', sandbox: '/proc/1/ns/net' }]);
   });
 
   const unusable: [string, Partial<AttachResponse>, RegExp][] = [
     ['no addresses', { ips: [] }, /no IP addresses/],
-    ['an address without a prefix', { ips: [{ address: '10.244.0.5', gateway: '', interface: 1 }] }, /ips\[0\]\.address/],
-    ['a prefix that is too long', { ips: [{ address: '10.244.0.5/33', gateway: '', interface: 1 }] }, /ips\[0\]\.address/],
+    [
+      'an address without a prefix',
+      { ips: [{ address: '10.244.0.5', gateway: '', interface: 1 }] },
+      /ips\[0\]\.address/,
+    ],
+    [
+      'a prefix that is too long',
+      { ips: [{ address: '10.244.0.5/33', gateway: '', interface: 1 }] },
+      /ips\[0\]\.address/,
+    ],
     ['a bad gateway', { ips: [{ address: '10.244.0.5/32', gateway: 'gw', interface: 1 }] }, /ips\[0\]\.gateway/],
-    ['an interface index out of range', { ips: [{ address: '10.244.0.5/32', gateway: '', interface: 2 }] }, /out of range/],
-    ['an interface without a name', { interfaces: [{ name: '', mac: '', sandbox: '' }, ...attached.interfaces] }, /interfaces\[0\] has no name/],
+    [
+      'an interface index out of range',
+      { ips: [{ address: '10.244.0.5/32', gateway: '', interface: 2 }] },
+      /out of range/,
+    ],
+    [
+      'an interface without a name',
+      { interfaces: [{ name: '', mac: '', sandbox: '' }, ...attached.interfaces] },
+      /interfaces\[0\] has no name/,
+    ],
     ['a bad route', { routes: [{ dst: 'default', gw: '' }] }, /routes\[0\]\.dst/],
     ['a bad route gateway', { routes: [{ dst: '0.0.0.0/0', gw: '1.2.3' }] }, /routes\[0\]\.gw/],
   ];
@@ -108,10 +128,18 @@ describe('formatResult', () => {
 
 describe('parsePrevResult', () => {
   const fails = (v: string, value: unknown, msg: RegExp) =>
-    assert.throws(() => parsePrevResult(v, value), (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && msg.test(err.message));
+    assert.throws(
+      () => parsePrevResult(v, value),
+      (err: unknown) => err instanceof CniError && err.code === CniCode.invalidConfig && msg.test(err.message),
+    );
 
   it('reads a minimal result, and keeps fields it does not know', () => {
-    assert.deepEqual(parsePrevResult('1.1.0', { ips: [{ address: '10.0.0.2/24' }] }), { interfaces: [], ips: [{ address: '10.0.0.2/24' }], routes: [], dns: {} });
+    assert.deepEqual(parsePrevResult('1.1.0', { ips: [{ address: '10.0.0.2/24' }] }), {
+      interfaces: [],
+      ips: [{ address: '10.0.0.2/24' }],
+      routes: [],
+      dns: {},
+    });
     const withExtras = parsePrevResult('1.1.0', {
       interfaces: [{ name: 'eth0', sandbox: '/x', mtu: 1450, socketPath: '/s' }],
       ips: [{ address: '10.0.0.2/24', interface: 0 }],
@@ -144,8 +172,18 @@ describe('appendResult', () => {
       dns: { nameservers: ['192.168.0.1'] },
     });
     const merged = appendResult(previous, buildResult(attached));
-    assert.deepEqual(merged.interfaces.map((i) => i.name), ['cni0', 'net1', 'weft3f2a1c', 'eth0']);
-    assert.deepEqual(merged.ips.map((i) => [i.address, i.interface]), [['192.168.0.5/24', 1], ['10.244.0.5/32', 3], ['fd00:10:244::5/128', 3]]);
+    assert.deepEqual(
+      merged.interfaces.map((i) => i.name),
+      ['cni0', 'net1', 'weft3f2a1c', 'eth0'],
+    );
+    assert.deepEqual(
+      merged.ips.map((i) => [i.address, i.interface]),
+      [
+        ['192.168.0.5/24', 1],
+        ['10.244.0.5/32', 3],
+        ['fd00:10:244::5/128', 3],
+      ],
+    );
     assert.equal(merged.routes.length, 3);
     assert.deepEqual(merged.dns, { nameservers: ['192.168.0.1'] });
   });

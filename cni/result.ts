@@ -58,8 +58,10 @@ export function buildResult(attached: AttachResponse): CniResult {
 
   if (attached.ips.length === 0) problems.push('no IP addresses');
   const ips = attached.ips.map((ip, n): CniIpConfig => {
-    if (!isCidr(ip.address)) problems.push(`ips[${n}].address ${JSON.stringify(ip.address)} is not an address in CIDR notation`);
-    if (ip.gateway && isIP(ip.gateway) === 0) problems.push(`ips[${n}].gateway ${JSON.stringify(ip.gateway)} is not an IP address`);
+    if (!isCidr(ip.address))
+      problems.push(`ips[${n}].address ${JSON.stringify(ip.address)} is not an address in CIDR notation`);
+    if (ip.gateway && isIP(ip.gateway) === 0)
+      problems.push(`ips[${n}].gateway ${JSON.stringify(ip.gateway)} is not an IP address`);
     if (ip.interface >= interfaces.length) {
       problems.push(`ips[${n}].interface ${ip.interface} is out of range (${interfaces.length} interfaces)`);
     }
@@ -96,7 +98,10 @@ export function appendResult(previous: CniResult, ours: CniResult): CniResult {
   const offset = previous.interfaces.length;
   return {
     interfaces: [...previous.interfaces, ...ours.interfaces],
-    ips: [...previous.ips, ...ours.ips.map((ip) => (ip.interface === undefined ? ip : { ...ip, interface: ip.interface + offset }))],
+    ips: [
+      ...previous.ips,
+      ...ours.ips.map((ip) => (ip.interface === undefined ? ip : { ...ip, interface: ip.interface + offset })),
+    ],
     routes: [...previous.routes, ...ours.routes],
     // This network's own dns settings, when it has any (as the reference plugins set it); else what came before.
     dns: Object.keys(ours.dns).length > 0 ? ours.dns : previous.dns,
@@ -138,12 +143,18 @@ export function parsePrevResult(cniVersion: string, value: unknown): CniResult {
   const legacy = isLegacyResultVersion(cniVersion);
   const ips = list('ips').map((ip, n): CniIpConfig => {
     const address = typeof ip.address === 'string' ? ip.address : '';
-    if (!isCidr(address)) problems.push(`ips[${n}].address ${JSON.stringify(ip.address)} is not an address in CIDR notation`);
+    if (!isCidr(address))
+      problems.push(`ips[${n}].address ${JSON.stringify(ip.address)} is not an address in CIDR notation`);
     if (ip.gateway !== undefined && (typeof ip.gateway !== 'string' || isIP(ip.gateway) === 0)) {
       problems.push(`ips[${n}].gateway ${JSON.stringify(ip.gateway)} is not an IP address`);
     }
-    if (ip.interface !== undefined && !(Number.isInteger(ip.interface) && (ip.interface as number) >= 0 && (ip.interface as number) < interfaces.length)) {
-      problems.push(`ips[${n}].interface ${JSON.stringify(ip.interface)} is not an index into interfaces (${interfaces.length} of them)`);
+    if (
+      ip.interface !== undefined &&
+      !(Number.isInteger(ip.interface) && (ip.interface as number) >= 0 && (ip.interface as number) < interfaces.length)
+    ) {
+      problems.push(
+        `ips[${n}].interface ${JSON.stringify(ip.interface)} is not an index into interfaces (${interfaces.length} of them)`,
+      );
     }
     if (legacy && ip.version !== undefined && isCidr(address) && ip.version !== familyOf(address)) {
       problems.push(`ips[${n}].version ${JSON.stringify(ip.version)} does not match address ${address}`);
@@ -153,8 +164,10 @@ export function parsePrevResult(cniVersion: string, value: unknown): CniResult {
   });
 
   const routes = list('routes').map((r, n): CniRoute => {
-    if (typeof r.dst !== 'string' || !isCidr(r.dst)) problems.push(`routes[${n}].dst ${JSON.stringify(r.dst)} is not a prefix in CIDR notation`);
-    if (r.gw !== undefined && (typeof r.gw !== 'string' || isIP(r.gw) === 0)) problems.push(`routes[${n}].gw ${JSON.stringify(r.gw)} is not an IP address`);
+    if (typeof r.dst !== 'string' || !isCidr(r.dst))
+      problems.push(`routes[${n}].dst ${JSON.stringify(r.dst)} is not a prefix in CIDR notation`);
+    if (r.gw !== undefined && (typeof r.gw !== 'string' || isIP(r.gw) === 0))
+      problems.push(`routes[${n}].gw ${JSON.stringify(r.gw)} is not an IP address`);
     return { ...r, dst: String(r.dst) };
   });
 

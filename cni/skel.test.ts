@@ -2,7 +2,15 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../lib/logger.js';
 import { CniCode, CniError } from './errors.js';
-import { createTiming, handleInvocation, parseCniArgs, readInvocation, type Environment, type VerbContext, type Verbs } from './skel.js';
+import {
+  createTiming,
+  handleInvocation,
+  parseCniArgs,
+  readInvocation,
+  type Environment,
+  type VerbContext,
+  type Verbs,
+} from './skel.js';
 
 const addEnv = {
   CNI_COMMAND: 'ADD',
@@ -10,7 +18,8 @@ const addEnv = {
   CNI_NETNS: '/var/run/netns/cni-1234',
   CNI_IFNAME: 'eth0',
   CNI_PATH: '/opt/cni/bin:/usr/libexec/cni',
-  CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=u1',
+  CNI_ARGS:
+    'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=u1',
 };
 const config = JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft' });
 
@@ -39,7 +48,10 @@ describe('readInvocation', () => {
 
   it('lists every missing variable for ADD and CHECK; CNI_PATH is optional (Weft delegates to nothing)', () => {
     for (const command of ['ADD', 'CHECK'] as const) {
-      envError(() => readInvocation(command, { CNI_COMMAND: command, CNI_IFNAME: 'eth0' }), /CNI_CONTAINERID, CNI_NETNS/);
+      envError(
+        () => readInvocation(command, { CNI_COMMAND: command, CNI_IFNAME: 'eth0' }),
+        /CNI_CONTAINERID, CNI_NETNS/,
+      );
       envError(() => readInvocation(command, { ...addEnv, CNI_NETNS: '' }), /CNI_NETNS/);
     }
     const { CNI_PATH: _, ...noPath } = addEnv;
@@ -47,7 +59,10 @@ describe('readInvocation', () => {
   });
 
   it('refuses a CNI_NETNS that is not an absolute path for ADD and CHECK', () => {
-    envError(() => readInvocation('ADD', { ...addEnv, CNI_NETNS: 'cni-1234' }), /CNI_NETNS "cni-1234" is invalid.*absolute path/);
+    envError(
+      () => readInvocation('ADD', { ...addEnv, CNI_NETNS: 'cni-1234' }),
+      /CNI_NETNS "cni-1234" is invalid.*absolute path/,
+    );
     envError(() => readInvocation('CHECK', { ...addEnv, CNI_NETNS: './ns' }), /CNI_NETNS/);
   });
 
@@ -78,19 +93,31 @@ describe('readInvocation', () => {
 describe('parseCniArgs', () => {
   it('reads the pod namespace and name; both are optional', () => {
     const none = { ip: '', mac: '', podUid: '' };
-    assert.deepEqual(parseCniArgs('K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1'), { podNamespace: 'kube-system', podName: 'dns-1', ...none });
+    assert.deepEqual(parseCniArgs('K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns-1'), {
+      podNamespace: 'kube-system',
+      podName: 'dns-1',
+      ...none,
+    });
     assert.deepEqual(parseCniArgs(''), { podNamespace: '', podName: '', ...none });
     assert.deepEqual(parseCniArgs('K8S_POD_NAME=a;'), { podNamespace: '', podName: 'a', ...none });
   });
 
   it('reads IP= and MAC= as given (ADD checks them)', () => {
-    assert.deepEqual(parseCniArgs('IP=10.244.0.9,10.244.0.10;MAC=0a:58:0a:f4:00:09'), { podNamespace: '', podName: '', ip: '10.244.0.9,10.244.0.10', mac: '0a:58:0a:f4:00:09', podUid: '' });
+    assert.deepEqual(parseCniArgs('IP=10.244.0.9,10.244.0.10;MAC=0a:58:0a:f4:00:09'), {
+      podNamespace: '',
+      podName: '',
+      ip: '10.244.0.9,10.244.0.10',
+      mac: '0a:58:0a:f4:00:09',
+      podUid: '',
+    });
   });
 
   it('reads K8S_POD_UID as given (what containerd and CRI-O send; ADD checks it)', () => {
     const uid = '6f1c1a9e-3b4d-4f57-9a0e-1d2c3b4a5f60';
     assert.deepEqual(
-      parseCniArgs(`IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=${uid}`),
+      parseCniArgs(
+        `IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=${uid}`,
+      ),
       { podNamespace: 'shop', podName: 'cart-0', ip: '', mac: '', podUid: uid },
     );
     // Known without IgnoreUnknown, and a later pair wins as for every key.
@@ -101,7 +128,13 @@ describe('parseCniArgs', () => {
   it('refuses unknown keys unless IgnoreUnknown is true', () => {
     envError(() => parseCniArgs('FOO=bar'), /unknown key FOO; add IgnoreUnknown=1/);
     envError(() => parseCniArgs('IgnoreUnknown=0;FOO=bar'), /FOO/);
-    assert.deepEqual(parseCniArgs('FOO=bar;IgnoreUnknown=true;K8S_POD_NAME=a'), { podNamespace: '', podName: 'a', ip: '', mac: '', podUid: '' });
+    assert.deepEqual(parseCniArgs('FOO=bar;IgnoreUnknown=true;K8S_POD_NAME=a'), {
+      podNamespace: '',
+      podName: 'a',
+      ip: '',
+      mac: '',
+      podUid: '',
+    });
   });
 
   it('refuses malformed pairs and IgnoreUnknown values', () => {
@@ -138,16 +171,29 @@ describe('handleInvocation', () => {
 
   it('marks the phases it passes, for WEFT_CNI_TIMING, and the verb gets the same marker', async () => {
     const marks: string[] = [];
-    const out = await handleInvocation(verbs, addEnv, Buffer.from(config), { signal: new AbortController().signal, logger: silentLogger, mark: (p) => marks.push(p) });
+    const out = await handleInvocation(verbs, addEnv, Buffer.from(config), {
+      signal: new AbortController().signal,
+      logger: silentLogger,
+      mark: (p) => marks.push(p),
+    });
     assert.equal(out.exitCode, 0);
     assert.deepEqual(marks, ['parsed', 'verb']);
     seen.at(-1)!.mark('connected');
     assert.deepEqual(marks, ['parsed', 'verb', 'connected']);
     const timing = createTiming(true);
     timing.mark('started');
-    assert.match(timing.report()!, /^\{"msg":"weft-cni timing","marks":\{"started":[\d.]+\},"node":"v\d+\.\d+\.\d+"\}\n$/);
+    assert.match(
+      timing.report()!,
+      /^\{"msg":"weft-cni timing","marks":\{"started":[\d.]+\},"node":"v\d+\.\d+\.\d+"\}\n$/,
+    );
     const packed = createTiming(true, { codeCache: 'rejected', builtWith: 'v20.0.0' });
-    assert.deepEqual(JSON.parse(packed.report()!), { msg: 'weft-cni timing', marks: {}, node: process.version, codeCache: 'rejected', builtWith: 'v20.0.0' });
+    assert.deepEqual(JSON.parse(packed.report()!), {
+      msg: 'weft-cni timing',
+      marks: {},
+      node: process.version,
+      codeCache: 'rejected',
+      builtWith: 'v20.0.0',
+    });
     assert.equal(createTiming(false).report(), undefined);
   });
 
@@ -156,8 +202,14 @@ describe('handleInvocation', () => {
       stdout: `{"cniVersion":"1.0.0","supportedVersions":${JSON.stringify(supported)}}`,
       exitCode: 0,
     });
-    assert.deepEqual(JSON.parse((await run({ CNI_COMMAND: 'VERSION' }, '')).stdout), { cniVersion: '1.1.0', supportedVersions: supported });
-    assert.deepEqual(JSON.parse((await run({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"0.3.1"}')).stdout).cniVersion, '0.3.1');
+    assert.deepEqual(JSON.parse((await run({ CNI_COMMAND: 'VERSION' }, '')).stdout), {
+      cniVersion: '1.1.0',
+      supportedVersions: supported,
+    });
+    assert.deepEqual(
+      JSON.parse((await run({ CNI_COMMAND: 'VERSION' }, '{"cniVersion":"0.3.1"}')).stdout).cniVersion,
+      '0.3.1',
+    );
   });
 
   it('runs CHECK, STATUS and GC, printing nothing on success', async () => {
@@ -166,12 +218,23 @@ describe('handleInvocation', () => {
     assert.deepEqual(await run({ ...addEnv, CNI_COMMAND: 'CHECK' }, v11), { stdout: '', exitCode: 0 });
     assert.deepEqual(await run({ CNI_COMMAND: 'STATUS' }, v11), { stdout: '', exitCode: 0 });
     assert.deepEqual(await run({ CNI_COMMAND: 'GC' }, v11), { stdout: '', exitCode: 0 });
-    assert.deepEqual(seen.map((c) => [c.invocation.command, c.invocation.containerId]), [['CHECK', 'c0ffee'], ['STATUS', ''], ['GC', '']]);
+    assert.deepEqual(
+      seen.map((c) => [c.invocation.command, c.invocation.containerId]),
+      [
+        ['CHECK', 'c0ffee'],
+        ['STATUS', ''],
+        ['GC', ''],
+      ],
+    );
   });
 
   it('refuses a verb that the config version predates with code 1: CHECK before 0.4.0, STATUS and GC before 1.1.0', async () => {
     const cases: [Record<string, string>, string, RegExp][] = [
-      [{ ...addEnv, CNI_COMMAND: 'CHECK' }, '0.3.1', /CHECK needs cniVersion 0\.4\.0 or later; the network config declares 0\.3\.1/],
+      [
+        { ...addEnv, CNI_COMMAND: 'CHECK' },
+        '0.3.1',
+        /CHECK needs cniVersion 0\.4\.0 or later; the network config declares 0\.3\.1/,
+      ],
       [{ CNI_COMMAND: 'STATUS' }, '1.0.0', /STATUS needs cniVersion 1\.1\.0/],
       [{ CNI_COMMAND: 'GC' }, '0.4.0', /GC needs cniVersion 1\.1\.0/],
     ];
@@ -183,7 +246,15 @@ describe('handleInvocation', () => {
       assert.equal(err.cniVersion, version);
       assert.match(err.msg, msg);
     }
-    assert.equal((await run({ ...addEnv, CNI_COMMAND: 'CHECK' }, JSON.stringify({ cniVersion: '0.4.0', name: 'weft', type: 'weft' }))).exitCode, 0);
+    assert.equal(
+      (
+        await run(
+          { ...addEnv, CNI_COMMAND: 'CHECK' },
+          JSON.stringify({ cniVersion: '0.4.0', name: 'weft', type: 'weft' }),
+        )
+      ).exitCode,
+      0,
+    );
   });
 
   it('prints the ADD result and nothing for DEL', async () => {
@@ -192,10 +263,13 @@ describe('handleInvocation', () => {
     assert.equal(add.exitCode, 0);
     assert.equal(JSON.parse(add.stdout).cniVersion, '1.0.0');
     assert.deepEqual(await run({ ...addEnv, CNI_COMMAND: 'DEL', CNI_NETNS: '' }), { stdout: '', exitCode: 0 });
-    assert.deepEqual(seen.map((c) => [c.invocation.command, c.invocation.podName, c.config.agentSocket]), [
-      ['ADD', 'web-0', '/run/weft/agent.sock'],
-      ['DEL', 'web-0', '/run/weft/agent.sock'],
-    ]);
+    assert.deepEqual(
+      seen.map((c) => [c.invocation.command, c.invocation.podName, c.config.agentSocket]),
+      [
+        ['ADD', 'web-0', '/run/weft/agent.sock'],
+        ['DEL', 'web-0', '/run/weft/agent.sock'],
+      ],
+    );
   });
 
   it('rejects a missing or unknown CNI_COMMAND with code 4', async () => {
@@ -223,7 +297,9 @@ describe('handleInvocation', () => {
 
   it('passes a verb CniError through and turns anything else into code 999', async () => {
     const failing = (err: unknown): Verbs => ({ ...verbs, ADD: async () => Promise.reject(err) });
-    const known = JSON.parse((await run(addEnv, config, failing(new CniError(CniCode.poolExhausted, 'pool "blue" is full')))).stdout);
+    const known = JSON.parse(
+      (await run(addEnv, config, failing(new CniError(CniCode.poolExhausted, 'pool "blue" is full')))).stdout,
+    );
     assert.deepEqual(known, { cniVersion: '1.0.0', code: 100, msg: 'pool "blue" is full', details: '' });
     const unknown = await run(addEnv, config, failing(new TypeError('x is undefined')));
     assert.equal(unknown.exitCode, 1);

@@ -69,12 +69,16 @@ export interface VerbContext {
  * `process.uptime()`, not `performance.now()`: the `performance` global loads `node:perf_hooks` on first use (about
  * 1 ms), which the measured run would then pay and the real one not.
  */
-export function createTiming(enabled: boolean, packing: Packing = {}): { mark: (phase: string) => void; report: () => string | undefined } {
+export function createTiming(
+  enabled: boolean,
+  packing: Packing = {},
+): { mark: (phase: string) => void; report: () => string | undefined } {
   const marks: Record<string, number> = {};
   return {
     mark: enabled ? (phase) => void (marks[phase] = Math.round(process.uptime() * 100_000) / 100) : () => {},
     // node: the Node running the plugin; codeCache and builtWith: how it was packed (absent when not packed).
-    report: () => (enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, node: process.version, ...packing }) + '\n' : undefined),
+    report: () =>
+      enabled ? JSON.stringify({ msg: 'weft-cni timing', marks, node: process.version, ...packing }) + '\n' : undefined,
   };
 }
 
@@ -138,12 +142,17 @@ export async function runPlugin(verbs: Verbs, packing: Packing = {}): Promise<ne
   try {
     stdin = await readStdin(MAX_CONFIG_BYTES + 1);
   } catch (err) {
-    const cause = new CniError(CniCode.ioFailure, `reading the network config from stdin failed: ${(err as Error).message}`);
+    const cause = new CniError(
+      CniCode.ioFailure,
+      `reading the network config from stdin failed: ${(err as Error).message}`,
+    );
     return finish(failure(cause, version, logger));
   }
   version = declaredVersion(stdin) ?? DEFAULT_CNI_VERSION;
   timing.mark('read');
-  return finish(await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger, mark: timing.mark }));
+  return finish(
+    await handleInvocation(verbs, process.env, stdin, { signal: interrupted.signal, logger, mark: timing.mark }),
+  );
 }
 
 /** Everything runPlugin does between reading stdin and writing stdout, without touching the process. */
@@ -163,7 +172,9 @@ export async function handleInvocation(
     if (!isCommand(command)) {
       throw new CniError(
         CniCode.invalidEnvironment,
-        command ? `unknown CNI_COMMAND ${JSON.stringify(command)}; expected ${COMMAND_LIST}` : `CNI_COMMAND is not set; expected ${COMMAND_LIST}`,
+        command
+          ? `unknown CNI_COMMAND ${JSON.stringify(command)}; expected ${COMMAND_LIST}`
+          : `CNI_COMMAND is not set; expected ${COMMAND_LIST}`,
       );
     }
     const invocation = readInvocation(command, env);
@@ -176,7 +187,10 @@ export async function handleInvocation(
         `CNI spec ${since} introduced ${command}`,
       );
     }
-    logger = logger.child({ command, ...(invocation.containerId ? { containerId: invocation.containerId, ifname: invocation.ifname } : {}) });
+    logger = logger.child({
+      command,
+      ...(invocation.containerId ? { containerId: invocation.containerId, ifname: invocation.ifname } : {}),
+    });
     const mark = options.mark ?? (() => {});
     mark('parsed');
     const ctx: VerbContext = { invocation, config, signal: options.signal, logger, mark };
@@ -217,7 +231,9 @@ export function readInvocation(command: Command, env: Environment): Invocation {
   const netns = perAttachment ? (env.CNI_NETNS ?? '') : '';
   // DEL takes whatever it is given: refusing it could only leave the address allocated.
   if (required.includes('CNI_NETNS') && !netns.startsWith('/')) {
-    throw badEnv(`CNI_NETNS ${JSON.stringify(netns)} is invalid: it must be the absolute path of the pod's network namespace`);
+    throw badEnv(
+      `CNI_NETNS ${JSON.stringify(netns)} is invalid: it must be the absolute path of the pod's network namespace`,
+    );
   }
   const { podNamespace, podName, ip, mac, podUid } = parseCniArgs(env.CNI_ARGS ?? '');
   return Object.freeze({
@@ -236,15 +252,30 @@ export function readInvocation(command: Command, env: Environment): Invocation {
  * Keys in CNI_ARGS that Weft understands: what Kubernetes runtimes send, and the conventional IP= (requested
  * addresses, comma-separated) and MAC= of the reference plugins. Others are refused unless IgnoreUnknown is true.
  */
-const KNOWN_ARGS = new Set(['IgnoreUnknown', 'K8S_POD_NAMESPACE', 'K8S_POD_NAME', 'K8S_POD_INFRA_CONTAINER_ID', 'K8S_POD_UID', 'IP', 'MAC']);
+const KNOWN_ARGS = new Set([
+  'IgnoreUnknown',
+  'K8S_POD_NAMESPACE',
+  'K8S_POD_NAME',
+  'K8S_POD_INFRA_CONTAINER_ID',
+  'K8S_POD_UID',
+  'IP',
+  'MAC',
+]);
 
 /** Parses CNI_ARGS ("K=V;K=V"), as the reference plugins do: unknown keys are an error unless IgnoreUnknown=1. */
-export function parseCniArgs(raw: string): { podNamespace: string; podName: string; ip: string; mac: string; podUid: string } {
+export function parseCniArgs(raw: string): {
+  podNamespace: string;
+  podName: string;
+  ip: string;
+  mac: string;
+  podUid: string;
+} {
   const pairs = new Map<string, string>();
   for (const pair of raw.split(';')) {
     if (pair === '') continue;
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw badEnv(`CNI_ARGS has an invalid pair ${JSON.stringify(pair)}; expected KEY=VALUE pairs separated by ';'`);
+    if (eq <= 0)
+      throw badEnv(`CNI_ARGS has an invalid pair ${JSON.stringify(pair)}; expected KEY=VALUE pairs separated by ';'`);
     pairs.set(pair.slice(0, eq), pair.slice(eq + 1));
   }
   const ignore = pairs.get('IgnoreUnknown');
@@ -252,11 +283,14 @@ export function parseCniArgs(raw: string): { podNamespace: string; podName: stri
   if (ignore !== undefined) {
     const v = ignore.toLowerCase();
     if (v === '1' || v === 'true') ignoreUnknown = true;
-    else if (v !== '0' && v !== 'false') throw badEnv(`CNI_ARGS IgnoreUnknown=${JSON.stringify(ignore)} is invalid; use 1, 0, true or false`);
+    else if (v !== '0' && v !== 'false')
+      throw badEnv(`CNI_ARGS IgnoreUnknown=${JSON.stringify(ignore)} is invalid; use 1, 0, true or false`);
   }
   const unknown = [...pairs.keys()].filter((k) => !KNOWN_ARGS.has(k));
   if (unknown.length > 0 && !ignoreUnknown) {
-    throw badEnv(`CNI_ARGS has unknown key${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')}; add IgnoreUnknown=1 to ignore them`);
+    throw badEnv(
+      `CNI_ARGS has unknown key${unknown.length === 1 ? '' : 's'} ${unknown.join(', ')}; add IgnoreUnknown=1 to ignore them`,
+    );
   }
   return {
     podNamespace: pairs.get('K8S_POD_NAMESPACE') ?? '',

@@ -1,4 +1,13 @@
-import { CoreV1Api, CustomObjectsApi, NetworkingV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
+import {
+  CoreV1Api,
+  CustomObjectsApi,
+  NetworkingV1Api,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+} from '@kubernetes/client-node';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -6,7 +15,16 @@ import type { PromiseClient } from '../lib/grpc/client.js';
 import { GrpcStatus } from '../lib/grpc/status.js';
 import type { Logger } from '../lib/logger.js';
 import { planPodReleases, type PodAllocation } from './domain/pod-release.js';
-import { describePod, networkAvailablePatch, podMayHoldAddress, policyObjectJson, POLICY_KINDS, type KubeNode, type KubePod, type PolicyKind } from './domain/translate.js';
+import {
+  describePod,
+  networkAvailablePatch,
+  podMayHoldAddress,
+  policyObjectJson,
+  POLICY_KINDS,
+  type KubeNode,
+  type KubePod,
+  type PolicyKind,
+} from './domain/translate.js';
 import { watchKind, type KindWatch } from './kube.js';
 import { createWorkQueue, type WorkQueue } from './work-queue.js';
 
@@ -82,16 +100,62 @@ export function createKubeController(o: ControllerOptions): KubeController {
     queue?.add(`${kind}:${key}`);
   };
   const crdList = (kind: 'AdminNetworkPolicy' | 'BaselineAdminNetworkPolicy') => async () => {
-    const r = (await custom.listClusterCustomObject({ group: CRD_GROUP, version: CRD_VERSION, plural: CRD_PLURAL[kind] })) as KubernetesListObject<KubernetesObject>;
+    const r = (await custom.listClusterCustomObject({
+      group: CRD_GROUP,
+      version: CRD_VERSION,
+      plural: CRD_PLURAL[kind],
+    })) as KubernetesListObject<KubernetesObject>;
     return r;
   };
   const watches = {
-    Node: watchKind<KubeNode & KubernetesObject>({ kind: 'Node', kubeConfig: o.kubeConfig, path: '/api/v1/nodes', list: () => core.listNode() as never, onChange: mark('Node'), logger: log }),
-    Namespace: watchKind<KubernetesObject>({ kind: 'Namespace', kubeConfig: o.kubeConfig, path: '/api/v1/namespaces', list: () => core.listNamespace() as never, onChange: mark('Namespace'), logger: log }),
-    Pod: watchKind<KubePod & KubernetesObject>({ kind: 'Pod', kubeConfig: o.kubeConfig, path: '/api/v1/pods', list: () => core.listPodForAllNamespaces() as never, onChange: mark('Pod'), logger: log }),
-    NetworkPolicy: watchKind<KubernetesObject>({ kind: 'NetworkPolicy', kubeConfig: o.kubeConfig, path: '/apis/networking.k8s.io/v1/networkpolicies', list: () => networking.listNetworkPolicyForAllNamespaces() as never, onChange: mark('NetworkPolicy'), logger: log }),
-    AdminNetworkPolicy: watchKind<KubernetesObject>({ kind: 'AdminNetworkPolicy', kubeConfig: o.kubeConfig, path: `/apis/${CRD_GROUP}/${CRD_VERSION}/${CRD_PLURAL.AdminNetworkPolicy}`, list: crdList('AdminNetworkPolicy'), onChange: mark('AdminNetworkPolicy'), logger: log }),
-    BaselineAdminNetworkPolicy: watchKind<KubernetesObject>({ kind: 'BaselineAdminNetworkPolicy', kubeConfig: o.kubeConfig, path: `/apis/${CRD_GROUP}/${CRD_VERSION}/${CRD_PLURAL.BaselineAdminNetworkPolicy}`, list: crdList('BaselineAdminNetworkPolicy'), onChange: mark('BaselineAdminNetworkPolicy'), logger: log }),
+    Node: watchKind<KubeNode & KubernetesObject>({
+      kind: 'Node',
+      kubeConfig: o.kubeConfig,
+      path: '/api/v1/nodes',
+      list: () => core.listNode() as never,
+      onChange: mark('Node'),
+      logger: log,
+    }),
+    Namespace: watchKind<KubernetesObject>({
+      kind: 'Namespace',
+      kubeConfig: o.kubeConfig,
+      path: '/api/v1/namespaces',
+      list: () => core.listNamespace() as never,
+      onChange: mark('Namespace'),
+      logger: log,
+    }),
+    Pod: watchKind<KubePod & KubernetesObject>({
+      kind: 'Pod',
+      kubeConfig: o.kubeConfig,
+      path: '/api/v1/pods',
+      list: () => core.listPodForAllNamespaces() as never,
+      onChange: mark('Pod'),
+      logger: log,
+    }),
+    NetworkPolicy: watchKind<KubernetesObject>({
+      kind: 'NetworkPolicy',
+      kubeConfig: o.kubeConfig,
+      path: '/apis/networking.k8s.io/v1/networkpolicies',
+      list: () => networking.listNetworkPolicyForAllNamespaces() as never,
+      onChange: mark('NetworkPolicy'),
+      logger: log,
+    }),
+    AdminNetworkPolicy: watchKind<KubernetesObject>({
+      kind: 'AdminNetworkPolicy',
+      kubeConfig: o.kubeConfig,
+      path: `/apis/${CRD_GROUP}/${CRD_VERSION}/${CRD_PLURAL.AdminNetworkPolicy}`,
+      list: crdList('AdminNetworkPolicy'),
+      onChange: mark('AdminNetworkPolicy'),
+      logger: log,
+    }),
+    BaselineAdminNetworkPolicy: watchKind<KubernetesObject>({
+      kind: 'BaselineAdminNetworkPolicy',
+      kubeConfig: o.kubeConfig,
+      path: `/apis/${CRD_GROUP}/${CRD_VERSION}/${CRD_PLURAL.BaselineAdminNetworkPolicy}`,
+      list: crdList('BaselineAdminNetworkPolicy'),
+      onChange: mark('BaselineAdminNetworkPolicy'),
+      logger: log,
+    }),
   } satisfies Record<Kind, KindWatch<KubernetesObject>>;
   /** The admin policy kinds are CRDs a cluster may not have installed: they never hold readiness back. */
   const required: Kind[] = ['Node', 'Namespace', 'Pod', 'NetworkPolicy'];
@@ -137,15 +201,33 @@ export function createKubeController(o: ControllerOptions): KubeController {
     const c = o.cluster;
     await o.weft.ipam.registerCluster({ name: c.name }, call);
     if (!c.podAggregate) return;
-    const prefix = (await o.weft.ipam.allocatePrefix({ cluster: c.name, aggregate: c.podAggregate, prefixLength: c.podPrefixLength, purpose: 'pods' }, call)).prefix!;
+    const prefix = (
+      await o.weft.ipam.allocatePrefix(
+        { cluster: c.name, aggregate: c.podAggregate, prefixLength: c.podPrefixLength, purpose: 'pods' },
+        call,
+      )
+    ).prefix!;
     const pool = `${c.name}-pods`;
     try {
-      await o.weft.ipam.createPool({ name: pool, cidr: prefix.cidr, blockPrefixLength: c.podBlockPrefixLength, nodeSelector: `${CLUSTER_LABEL}=${c.name}` }, call);
+      await o.weft.ipam.createPool(
+        {
+          name: pool,
+          cidr: prefix.cidr,
+          blockPrefixLength: c.podBlockPrefixLength,
+          nodeSelector: `${CLUSTER_LABEL}=${c.name}`,
+        },
+        call,
+      );
       log.info('cluster pool made', { pool, cidr: prefix.cidr, prefix: prefix.name });
     } catch (err) {
       if ((err as { code?: number }).code !== GrpcStatus.ALREADY_EXISTS) throw err;
       const held = (await o.weft.ipam.listPools({ pageSize: 1000 }, call)).pools.find((p) => p.name === pool);
-      if (held && held.cidr !== prefix.cidr) log.warn('the cluster pool exists over another CIDR than the cluster\'s prefix; leaving it', { pool, cidr: held.cidr, prefix: prefix.cidr });
+      if (held && held.cidr !== prefix.cidr)
+        log.warn("the cluster pool exists over another CIDR than the cluster's prefix; leaving it", {
+          pool,
+          cidr: held.cidr,
+          prefix: prefix.cidr,
+        });
       if (!held) throw err; // the CIDR overlaps another pool: say so and retry
     }
   };
@@ -157,7 +239,14 @@ export function createKubeController(o: ControllerOptions): KubeController {
     if (d) {
       if (d.node) podNode.set(podKey, d.node);
       await once(key, JSON.stringify([d.labels, d.node, d.ports]), async () => {
-        if (o.policy) await o.weft.policy.upsertPod({ pod: { namespace, name, labels: d.labels, node: d.node, addresses: [], ports: d.ports }, keepAttachment: true }, call);
+        if (o.policy)
+          await o.weft.policy.upsertPod(
+            {
+              pod: { namespace, name, labels: d.labels, node: d.node, addresses: [], ports: d.ports },
+              keepAttachment: true,
+            },
+            call,
+          );
       });
     } else {
       await once(key, '', async () => {
@@ -188,7 +277,10 @@ export function createKubeController(o: ControllerOptions): KubeController {
           // A policy the service refuses (it names the bad field) will not become valid by retrying: say so and
           // wait for the next change of the object.
           if ((err as { code?: number }).code === GrpcStatus.INVALID_ARGUMENT) {
-            log.warn('policy refused by Weft', { policy: `${kind}/${namespace ? `${namespace}/` : ''}${name}`, error: (err as Error).message });
+            log.warn('policy refused by Weft', {
+              policy: `${kind}/${namespace ? `${namespace}/` : ''}${name}`,
+              error: (err as Error).message,
+            });
             return;
           }
           throw err;
@@ -217,7 +309,10 @@ export function createKubeController(o: ControllerOptions): KubeController {
       await o.weft.routes.deregisterNode({ name }, call).catch((err: { code?: number }) => {
         if (err.code !== GrpcStatus.NOT_FOUND) throw err;
       });
-      const gc = await o.weft.ipam.garbageCollect({ node: name, validHandles: [], allocatedBefore: before, releaseBlocks: true }, call);
+      const gc = await o.weft.ipam.garbageCollect(
+        { node: name, validHandles: [], allocatedBefore: before, releaseBlocks: true },
+        call,
+      );
       await o.weft.ipam.setNodeLabels({ node: name, labels: {} }, call);
       log.info('node deleted: routes withdrawn, addresses released', { node: name, released: gc.released.length });
     });
@@ -233,14 +328,25 @@ export function createKubeController(o: ControllerOptions): KubeController {
       for (const a of page.allocations) {
         if (handles.has(a.handle)) continue; // one handle, two families: one release frees both
         handles.add(a.handle);
-        allocations.push({ handle: a.handle, node: a.node, podNamespace: a.podNamespace, podName: a.podName, podUid: a.podUid, allocatedAt: a.allocateTime ?? new Date(0) });
+        allocations.push({
+          handle: a.handle,
+          node: a.node,
+          podNamespace: a.podNamespace,
+          podName: a.podName,
+          podUid: a.podUid,
+          allocatedAt: a.allocateTime ?? new Date(0),
+        });
       }
       token = page.nextPageToken;
       if (!token) break;
     }
     const previous = node === null ? missingSince : new Map([...missingSince].filter(([h]) => handles.has(h)));
     const plan = planPodReleases({
-      allocations, nodes, missingSince: previous, now: Date.now(), graceMs: o.releaseGraceMs,
+      allocations,
+      nodes,
+      missingSince: previous,
+      now: Date.now(),
+      graceMs: o.releaseGraceMs,
       deletedAt: (ns, n) => podDeletedAt.get(`${ns}/${n}`)?.at,
       pod: (ns, n) => {
         const p = watches.Pod.get(n, ns);
@@ -255,12 +361,16 @@ export function createKubeController(o: ControllerOptions): KubeController {
     }
     // A delete event is remembered until a sweep of its node finds no address of that pod waiting (the runtime's DEL
     // released it, or this sweep does).
-    const waiting = new Set(allocations.filter((a) => plan.missingSince.has(a.handle)).map((a) => `${a.podNamespace}/${a.podName}`));
-    for (const [k, d] of podDeletedAt) if ((node === null || d.node === node) && !waiting.has(k)) podDeletedAt.delete(k);
+    const waiting = new Set(
+      allocations.filter((a) => plan.missingSince.has(a.handle)).map((a) => `${a.podNamespace}/${a.podName}`),
+    );
+    for (const [k, d] of podDeletedAt)
+      if ((node === null || d.node === node) && !waiting.has(k)) podDeletedAt.delete(k);
     for (const handle of plan.release) {
       const r = await o.weft.ipam.release({ handle }, call);
       missingSince.delete(handle);
-      if (r.released) log.info('released the address of a pod gone from the API server', { handle, addresses: r.addresses });
+      if (r.released)
+        log.info('released the address of a pod gone from the API server', { handle, addresses: r.addresses });
     }
   };
 
@@ -279,7 +389,10 @@ export function createKubeController(o: ControllerOptions): KubeController {
       if (!live.has(name)) continue;
       const patch = networkAvailablePatch(node, new Date());
       if (!patch) continue;
-      await core.patchNodeStatus({ name, body: patch }, setHeaderOptions('Content-Type', PatchStrategy.StrategicMergePatch));
+      await core.patchNodeStatus(
+        { name, body: patch },
+        setHeaderOptions('Content-Type', PatchStrategy.StrategicMergePatch),
+      );
       log.info('node network available', { node: name });
     }
   };
@@ -293,7 +406,8 @@ export function createKubeController(o: ControllerOptions): KubeController {
       for (const p of page.policies) {
         const kind = p.ref?.kind as PolicyKind;
         if (!POLICY_KINDS.includes(kind) || !watches[kind].synced()) continue;
-        if (!watches[kind].get(p.ref!.name, kind === 'NetworkPolicy' ? p.ref!.namespace : undefined)) keys.push(`${kind}:${p.ref!.namespace}/${p.ref!.name}`);
+        if (!watches[kind].get(p.ref!.name, kind === 'NetworkPolicy' ? p.ref!.namespace : undefined))
+          keys.push(`${kind}:${p.ref!.namespace}/${p.ref!.name}`);
       }
       token = page.nextPageToken;
       if (!token) break;
@@ -322,15 +436,26 @@ export function createKubeController(o: ControllerOptions): KubeController {
     if (!leading || leading.aborted) return;
     const { kind, namespace, name } = splitKey(key);
     switch (kind as Kind | 'Sweep' | 'Resync' | 'NodeStatus' | 'Cluster') {
-      case 'Namespace': return syncNamespace(key, name);
-      case 'Pod': return syncPod(key, namespace, name);
-      case 'Node': return syncNode(key, name);
-      case 'NetworkPolicy': case 'AdminNetworkPolicy': case 'BaselineAdminNetworkPolicy': return syncPolicy(key, kind as PolicyKind, namespace, name);
-      case 'Sweep': return sweepAddresses(name === '*' ? null : name);
-      case 'Resync': return resyncDeletions();
-      case 'NodeStatus': return syncNodeConditions();
-      case 'Cluster': return ensureCluster();
-      default: log.warn('unknown work key', { key });
+      case 'Namespace':
+        return syncNamespace(key, name);
+      case 'Pod':
+        return syncPod(key, namespace, name);
+      case 'Node':
+        return syncNode(key, name);
+      case 'NetworkPolicy':
+      case 'AdminNetworkPolicy':
+      case 'BaselineAdminNetworkPolicy':
+        return syncPolicy(key, kind as PolicyKind, namespace, name);
+      case 'Sweep':
+        return sweepAddresses(name === '*' ? null : name);
+      case 'Resync':
+        return resyncDeletions();
+      case 'NodeStatus':
+        return syncNodeConditions();
+      case 'Cluster':
+        return ensureCluster();
+      default:
+        log.warn('unknown work key', { key });
     }
   };
 
@@ -340,8 +465,10 @@ export function createKubeController(o: ControllerOptions): KubeController {
       leading = signal;
       applied.clear();
       const q = createWorkQueue({
-        concurrency: 8, work,
-        onError: (key, err, retryMs) => log.warn('sync failed; retrying', { key, error: (err as Error).message, retry_ms: retryMs }),
+        concurrency: 8,
+        work,
+        onError: (key, err, retryMs) =>
+          log.warn('sync failed; retrying', { key, error: (err as Error).message, retry_ms: retryMs }),
       });
       queue = q;
       const every = (key: string, ms: number) => {
@@ -354,7 +481,8 @@ export function createKubeController(o: ControllerOptions): KubeController {
         log.info('leading with synced caches: bringing Weft in line');
         q.add('Cluster:/');
         for (const kind of Object.keys(watches) as Kind[]) {
-          for (const obj of watches[kind].list()) q.add(`${kind}:${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`);
+          for (const obj of watches[kind].list())
+            q.add(`${kind}:${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`);
         }
         q.add('Resync:/');
         q.add('Sweep:/*');
@@ -363,12 +491,16 @@ export function createKubeController(o: ControllerOptions): KubeController {
         every('NodeStatus:/', o.nodeStatusMs);
         every('Resync:/', o.fullSweepMs);
       })();
-      signal.addEventListener('abort', () => {
-        for (const t of timers.splice(0)) clearInterval(t);
-        q.stop();
-        if (queue === q) queue = null;
-        leading = null;
-      }, { once: true });
+      signal.addEventListener(
+        'abort',
+        () => {
+          for (const t of timers.splice(0)) clearInterval(t);
+          q.stop();
+          if (queue === q) queue = null;
+          leading = null;
+        },
+        { once: true },
+      );
     },
     idle: () => queue?.idle() ?? Promise.resolve(),
     async stop() {

@@ -1,6 +1,12 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { KubeConfig, ListWatch, Watch, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
+import {
+  KubeConfig,
+  ListWatch,
+  Watch,
+  type KubernetesListObject,
+  type KubernetesObject,
+} from '@kubernetes/client-node';
 import { createBackoff } from '../lib/backoff.js';
 import type { Logger } from '../lib/logger.js';
 import type { KubeControllerConfig } from './config.js';
@@ -11,7 +17,9 @@ import type { KubeControllerConfig } from './config.js';
  * controller never holds an expired credential. WEFT_K8S_API replaces the server either way: the API server's own
  * address, reachable before kube-proxy has programmed the `kubernetes` Service.
  */
-export function kubeConfigFrom(c: Pick<KubeControllerConfig, 'kubeconfig' | 'api' | 'serviceHost' | 'servicePort' | 'serviceAccountDir'>): KubeConfig {
+export function kubeConfigFrom(
+  c: Pick<KubeControllerConfig, 'kubeconfig' | 'api' | 'serviceHost' | 'servicePort' | 'serviceAccountDir'>,
+): KubeConfig {
   const kc = new KubeConfig();
   if (c.kubeconfig) {
     kc.loadFromFile(c.kubeconfig);
@@ -26,7 +34,8 @@ export function kubeConfigFrom(c: Pick<KubeControllerConfig, 'kubeconfig' | 'api
   const server = c.api || `https://${host}:${c.servicePort}`;
   const tokenFile = path.join(c.serviceAccountDir, 'token');
   const caFile = path.join(c.serviceAccountDir, 'ca.crt');
-  if (!existsSync(tokenFile)) throw new Error(`no service account token at ${tokenFile}: mount one, or set WEFT_KUBECONFIG`);
+  if (!existsSync(tokenFile))
+    throw new Error(`no service account token at ${tokenFile}: mount one, or set WEFT_KUBECONFIG`);
   kc.loadFromOptions({
     clusters: [{ name: 'weft', server, caFile: existsSync(caFile) ? caFile : undefined, skipTLSVerify: false }],
     users: [{ name: 'weft', authProvider: { name: 'tokenFile', config: { tokenFile } } }],
@@ -76,12 +85,22 @@ export function watchKind<T extends KubernetesObject>(opts: {
   const log = opts.logger.child({ kind: opts.kind });
   const watch = new Watch(opts.kubeConfig);
   const limited = {
-    async watch(p: string, query: Record<string, unknown>, cb: (phase: string, obj: unknown, w: unknown) => void, done: (err: unknown) => void) {
+    async watch(
+      p: string,
+      query: Record<string, unknown>,
+      cb: (phase: string, obj: unknown, w: unknown) => void,
+      done: (err: unknown) => void,
+    ) {
       let timer: NodeJS.Timeout | undefined;
-      const controller = await watch.watch(p, { ...query, allowWatchBookmarks: true, timeoutSeconds: WATCH_SERVER_SECONDS }, cb, (err) => {
-        clearTimeout(timer);
-        done(err);
-      });
+      const controller = await watch.watch(
+        p,
+        { ...query, allowWatchBookmarks: true, timeoutSeconds: WATCH_SERVER_SECONDS },
+        cb,
+        (err) => {
+          clearTimeout(timer);
+          done(err);
+        },
+      );
       timer = setTimeout(() => controller.abort(), WATCH_CLIENT_LIMIT_MS);
       timer.unref();
       return controller;
@@ -114,7 +133,8 @@ export function watchKind<T extends KubernetesObject>(opts: {
   // Each (re)connection: a full list when no resource version is held (the first start, or the API server said the
   // one held expired), else a watch resumed from it.
   informer.on('connect', () => {
-    if (informer.latestResourceVersion() === '') log.info('listing', { after: isSynced ? 'the resource version expired' : 'start' });
+    if (informer.latestResourceVersion() === '')
+      log.info('listing', { after: isSynced ? 'the resource version expired' : 'start' });
     else log.debug('watch resumed', { resource_version: informer.latestResourceVersion() });
   });
   let saidNotServed = false;
@@ -125,14 +145,21 @@ export function watchKind<T extends KubernetesObject>(opts: {
     const status = e?.statusCode ?? e?.code;
     if (status === 404) {
       // The kind is not served (a CRD not installed): looked for again every minute, said once.
-      if (!saidNotServed) log.info('not served by the API server (its CRD is not installed?); looking again every minute', { path: opts.path });
+      if (!saidNotServed)
+        log.info('not served by the API server (its CRD is not installed?); looking again every minute', {
+          path: opts.path,
+        });
       saidNotServed = true;
       retry = setTimeout(() => void start(), 60_000);
       return;
     }
     const delay = backoff.next();
     // The client's messages carry the whole response (headers too): the first line says what failed.
-    log.warn('list or watch failed; retrying', { error: (e?.message ?? String(err)).split('\n').slice(0, 2).join(' '), status, retry_ms: delay });
+    log.warn('list or watch failed; retrying', {
+      error: (e?.message ?? String(err)).split('\n').slice(0, 2).join(' '),
+      status,
+      retry_ms: delay,
+    });
     retry = setTimeout(() => void start(), delay);
   });
   void start();

@@ -42,7 +42,11 @@ export function runLeaderElection(opts: {
     leading = null;
   };
 
-  const spec = (prev: V1Lease['spec'] | undefined, now: V1MicroTime, takeover: boolean): NonNullable<V1Lease['spec']> => ({
+  const spec = (
+    prev: V1Lease['spec'] | undefined,
+    now: V1MicroTime,
+    takeover: boolean,
+  ): NonNullable<V1Lease['spec']> => ({
     holderIdentity: opts.identity,
     leaseDurationSeconds: opts.leaseSeconds,
     acquireTime: takeover ? now : (prev?.acquireTime ?? now),
@@ -57,19 +61,28 @@ export function runLeaderElection(opts: {
       lease = await api.readNamespacedLease({ name: opts.name, namespace: opts.namespace });
     } catch (err) {
       if ((err as { code?: number }).code !== 404) throw err;
-      await api.createNamespacedLease({ namespace: opts.namespace, body: { metadata: { name: opts.name, namespace: opts.namespace }, spec: spec(undefined, now, true) } });
+      await api.createNamespacedLease({
+        namespace: opts.namespace,
+        body: { metadata: { name: opts.name, namespace: opts.namespace }, spec: spec(undefined, now, true) },
+      });
       return becameLeader();
     }
     const holder = lease.spec?.holderIdentity ?? '';
     const renew = lease.spec?.renewTime ? new Date(lease.spec.renewTime).toISOString() : '';
-    if (!observed || observed.holder !== holder || observed.renew !== renew) observed = { holder, renew, at: Date.now() };
+    if (!observed || observed.holder !== holder || observed.renew !== renew)
+      observed = { holder, renew, at: Date.now() };
     const mine = holder === opts.identity;
-    const expired = holder === '' || Date.now() - observed.at > (lease.spec?.leaseDurationSeconds ?? opts.leaseSeconds) * 1000;
+    const expired =
+      holder === '' || Date.now() - observed.at > (lease.spec?.leaseDurationSeconds ?? opts.leaseSeconds) * 1000;
     if (!mine && !expired) {
       stepDown(`the Lease is held by ${holder}`);
       return;
     }
-    await api.replaceNamespacedLease({ name: opts.name, namespace: opts.namespace, body: { ...lease, spec: spec(lease.spec, now, !mine) } });
+    await api.replaceNamespacedLease({
+      name: opts.name,
+      namespace: opts.namespace,
+      body: { ...lease, spec: spec(lease.spec, now, !mine) },
+    });
     if (!mine) log.info('took the Lease over', { from: holder || '(released)' });
     becameLeader();
   };
@@ -93,7 +106,8 @@ export function runLeaderElection(opts: {
       if (e.code !== 409) log.warn('Lease read or write failed', { error: e.message ?? String(err), status: e.code });
       if (leading && Date.now() - lastRenewed > durationMs - retryMs) stepDown('could not renew the Lease in time');
     }
-    if (!stopped) timer = setTimeout(() => void loop(), leading ? retryMs : retryMs + Math.floor(Math.random() * retryMs / 2));
+    if (!stopped)
+      timer = setTimeout(() => void loop(), leading ? retryMs : retryMs + Math.floor((Math.random() * retryMs) / 2));
   };
   void loop();
 
@@ -107,10 +121,16 @@ export function runLeaderElection(opts: {
       try {
         const lease = await api.readNamespacedLease({ name: opts.name, namespace: opts.namespace });
         if (lease.spec?.holderIdentity === opts.identity) {
-          await api.replaceNamespacedLease({ name: opts.name, namespace: opts.namespace, body: { ...lease, spec: { ...lease.spec, holderIdentity: '', renewTime: new V1MicroTime() } } });
+          await api.replaceNamespacedLease({
+            name: opts.name,
+            namespace: opts.namespace,
+            body: { ...lease, spec: { ...lease.spec, holderIdentity: '', renewTime: new V1MicroTime() } },
+          });
         }
       } catch (err) {
-        log.warn('could not give the Lease up; a standby takes over when it expires', { error: (err as Error).message });
+        log.warn('could not give the Lease up; a standby takes over when it expires', {
+          error: (err as Error).message,
+        });
       }
     },
   };

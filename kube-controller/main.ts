@@ -27,13 +27,23 @@ export async function runKubeController(): Promise<void> {
   }
   setupTelemetry('weft-kube-controller');
   const identity = config.identity || `${os.hostname()}-${process.pid}`;
-  const logger = createLogger({ component: 'kube-controller', cluster: config.cluster, identity }, { level: config.logLevel });
+  const logger = createLogger(
+    { component: 'kube-controller', cluster: config.cluster, identity },
+    { level: config.logLevel },
+  );
   const security = clientTlsDir(config.tlsDir);
   try {
     // On Kubernetes: the controller's certificate from the control plane's bootstrap listener, for the pod's token,
     // renewed in the background.
     if (config.bootstrap) {
-      await startTlsBootstrap({ address: config.bootstrap, tokenFile: config.bootstrapTokenFile, caFile: config.bootstrapCaFile, tlsDir: config.tlsDir, expectIdentity: `controller:${config.cluster}`, logger });
+      await startTlsBootstrap({
+        address: config.bootstrap,
+        tokenFile: config.bootstrapTokenFile,
+        caFile: config.bootstrapCaFile,
+        tlsDir: config.tlsDir,
+        expectIdentity: `controller:${config.cluster}`,
+        logger,
+      });
     }
     await checkSecurityFiles(security);
   } catch (err) {
@@ -46,14 +56,27 @@ export async function runKubeController(): Promise<void> {
     policy: createClient(PolicyServiceService, config.controlPlane, { security }),
   };
   const controller = createKubeController({
-    kubeConfig, weft, logger, policy: config.policy,
-    cluster: { name: config.cluster, podAggregate: config.podAggregate, podPrefixLength: config.podPrefixLength, podBlockPrefixLength: config.podBlockPrefixLength },
+    kubeConfig,
+    weft,
+    logger,
+    policy: config.policy,
+    cluster: {
+      name: config.cluster,
+      podAggregate: config.podAggregate,
+      podPrefixLength: config.podPrefixLength,
+      podBlockPrefixLength: config.podBlockPrefixLength,
+    },
     releaseGraceMs: config.releaseGraceSeconds * 1000,
     fullSweepMs: config.fullSweepSeconds * 1000,
     nodeStatusMs: config.nodeStatusSeconds * 1000,
   });
   const election = runLeaderElection({
-    kubeConfig, namespace: config.leaseNamespace, name: config.leaseName, identity, leaseSeconds: config.leaseSeconds, logger,
+    kubeConfig,
+    namespace: config.leaseNamespace,
+    name: config.leaseName,
+    identity,
+    leaseSeconds: config.leaseSeconds,
+    logger,
     onStartedLeading: (signal) => controller.lead(signal),
   });
 

@@ -33,7 +33,9 @@ test('a failing key is retried after a backoff until it succeeds; other keys go 
   const done: string[] = [];
   const errors: number[] = [];
   const q = createWorkQueue({
-    concurrency: 1, baseRetryMs: 5, capRetryMs: 20,
+    concurrency: 1,
+    baseRetryMs: 5,
+    capRetryMs: 20,
     onError: (_k, _e, ms) => errors.push(ms),
     work: async (key) => {
       if (key === 'bad' && fails-- > 0) throw new Error('unavailable');

@@ -42,21 +42,28 @@ export function createWorkQueue(opts: {
       if (key === undefined) break;
       waiting.delete(key);
       active.add(key);
-      void opts.work(key).then(
-        () => failures.delete(key),
-        (err: unknown) => {
-          let b = failures.get(key);
-          if (!b) failures.set(key, (b = createBackoff({ baseMs: opts.baseRetryMs ?? 200, capMs: opts.capRetryMs ?? 60_000 })));
-          const ms = b.next();
-          opts.onError(key, err, ms);
-          q.addAfter(key, ms);
-        },
-      ).finally(() => {
-        active.delete(key);
-        if (again.delete(key)) waiting.add(key);
-        pump();
-        settleIdle();
-      });
+      void opts
+        .work(key)
+        .then(
+          () => failures.delete(key),
+          (err: unknown) => {
+            let b = failures.get(key);
+            if (!b)
+              failures.set(
+                key,
+                (b = createBackoff({ baseMs: opts.baseRetryMs ?? 200, capMs: opts.capRetryMs ?? 60_000 })),
+              );
+            const ms = b.next();
+            opts.onError(key, err, ms);
+            q.addAfter(key, ms);
+          },
+        )
+        .finally(() => {
+          active.delete(key);
+          if (again.delete(key)) waiting.add(key);
+          pump();
+          settleIdle();
+        });
     }
   };
   const q: WorkQueue = {
@@ -75,7 +82,8 @@ export function createWorkQueue(opts: {
       timers.add(t);
     },
     size: () => waiting.size + active.size,
-    idle: () => (waiting.size === 0 && active.size === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r))),
+    idle: () =>
+      waiting.size === 0 && active.size === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r)),
     stop() {
       stopped = true;
       for (const t of timers) clearTimeout(t);

@@ -45,7 +45,10 @@ describe('writeFileAtomic', () => {
     mkdirSync(target);
     await assert.rejects(writeFileAtomic(target, 'new', 0o644), /EISDIR|ENOTEMPTY|EEXIST/);
     assert.ok(statSync(target).isDirectory());
-    assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => n.endsWith('.tmp')),
+      [],
+    );
     await assert.rejects(writeFileAtomic(path.join(dir, 'missing-folder', 'x'), 'new', 0o644), /ENOENT/);
   });
 

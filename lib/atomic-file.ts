@@ -9,10 +9,20 @@ import path from 'node:path';
  * given its mode and renamed over the target; then the folder is fsynced so that the rename survives a crash. A
  * file that already has this content and mode is left alone (not rewritten, its inode and mtime unchanged).
  */
-export async function writeFileAtomic(file: string, content: Buffer | string, mode: number): Promise<'written' | 'unchanged'> {
+export async function writeFileAtomic(
+  file: string,
+  content: Buffer | string,
+  mode: number,
+): Promise<'written' | 'unchanged'> {
   const data = typeof content === 'string' ? Buffer.from(content) : content;
   const current = await stat(file).catch(() => null);
-  if (current?.isFile() && (current.mode & 0o7777) === mode && current.size === data.length && (await readFile(file)).equals(data)) return 'unchanged';
+  if (
+    current?.isFile() &&
+    (current.mode & 0o7777) === mode &&
+    current.size === data.length &&
+    (await readFile(file)).equals(data)
+  )
+    return 'unchanged';
 
   const dir = path.dirname(file);
   const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);

@@ -56,11 +56,15 @@ export interface AuditRecorderOptions {
   maxQueued?: number;
 }
 
-export const actorOf = (id: AuditIdentity): string => (id.kind === 'none' || !id.name ? id.kind : `${id.kind}:${id.name}`);
+export const actorOf = (id: AuditIdentity): string =>
+  id.kind === 'none' || !id.name ? id.kind : `${id.kind}:${id.name}`;
 
 const str = (v: unknown) => (typeof v === 'string' ? v : '');
 type Req = Record<string, unknown>;
-const named = (kind: string, field = 'name') => (r: Req) => (str(r[field]) ? `${kind}/${str(r[field])}` : '');
+const named =
+  (kind: string, field = 'name') =>
+  (r: Req) =>
+    str(r[field]) ? `${kind}/${str(r[field])}` : '';
 const pod = (r: Req) => (str(r.namespace) || str(r.name) ? `pod/${str(r.namespace)}/${str(r.name)}` : '');
 
 /**
@@ -68,16 +72,22 @@ const pod = (r: Req) => (str(r.namespace) || str(r.name) ? `pod/${str(r.namespac
  * few seconds, changes nothing but an expiry) are not. Hard-coded here for now: the authorization table
  * (lib/auth/authorization.ts) will say which methods are mutations, and this list then keeps only the resources.
  */
-export const MUTATIONS: ReadonlyMap<string, (request: Req, response?: Req) => string> = new Map<string, (request: Req, response?: Req) => string>([
+export const MUTATIONS: ReadonlyMap<string, (request: Req, response?: Req) => string> = new Map<
+  string,
+  (request: Req, response?: Req) => string
+>([
   ['/weft.ipam.v1.IpamService/CreatePool', named('pool')],
   ['/weft.ipam.v1.IpamService/UpdatePool', named('pool')],
   ['/weft.ipam.v1.IpamService/CreateReservation', (r) => `pool/${str(r.pool)}${str(r.cidr) ? ` ${str(r.cidr)}` : ''}`],
   ['/weft.ipam.v1.IpamService/DeleteReservation', named('reservation')],
   ['/weft.ipam.v1.IpamService/Allocate', named('handle', 'handle')],
-  ['/weft.ipam.v1.IpamService/BatchAllocate', (r) => {
-    const handles = Array.isArray(r.requests) ? (r.requests as Req[]).map((x) => str(x.handle)) : [];
-    return handles.length === 1 ? `handle/${handles[0]}` : `handles/${handles.length}`;
-  }],
+  [
+    '/weft.ipam.v1.IpamService/BatchAllocate',
+    (r) => {
+      const handles = Array.isArray(r.requests) ? (r.requests as Req[]).map((x) => str(x.handle)) : [];
+      return handles.length === 1 ? `handle/${handles[0]}` : `handles/${handles.length}`;
+    },
+  ],
   ['/weft.ipam.v1.IpamService/Release', named('handle', 'handle')],
   ['/weft.ipam.v1.IpamService/GarbageCollect', named('node', 'node')],
   ['/weft.ipam.v1.IpamService/SetNodeLabels', named('node', 'node')],
@@ -93,31 +103,47 @@ export const MUTATIONS: ReadonlyMap<string, (request: Req, response?: Req) => st
   ['/weft.policy.v1.PolicyService/DeletePod', pod],
   ['/weft.policy.v1.PolicyService/AttachPod', pod],
   ['/weft.policy.v1.PolicyService/DetachPod', named('container', 'containerId')],
-  ['/weft.policy.v1.PolicyService/ApplyPolicies', (r) => `policies/${Array.isArray(r.objectsJson) ? r.objectsJson.length : 0}`],
-  ['/weft.policy.v1.PolicyService/DeletePolicy', (r) => {
-    const p = (r.policy ?? {}) as Req;
-    return ['policy', str(p.kind), str(p.namespace), str(p.name)].filter(Boolean).join('/');
-  }],
+  [
+    '/weft.policy.v1.PolicyService/ApplyPolicies',
+    (r) => `policies/${Array.isArray(r.objectsJson) ? r.objectsJson.length : 0}`,
+  ],
+  [
+    '/weft.policy.v1.PolicyService/DeletePolicy',
+    (r) => {
+      const p = (r.policy ?? {}) as Req;
+      return ['policy', str(p.kind), str(p.namespace), str(p.name)].filter(Boolean).join('/');
+    },
+  ],
   ['/weft.routes.v1.RoutesService/RegisterNode', named('node')],
   ['/weft.routes.v1.RoutesService/DeregisterNode', named('node')],
   ['/weft.auth.v1.TokenService/CreateToken', named('token')],
   ['/weft.auth.v1.TokenService/RevokeToken', named('token')],
   // Certificates: `certificate/<identity>/<serial>` once known (from the answer), so that `--resource
   // certificate/node:n1/` finds every issue and revocation of node n1's.
-  ['/weft.auth.v1.CertificateService/RecordCertificate', (_r, res) => certificateResource((res?.certificate ?? {}) as Req)],
-  ['/weft.auth.v1.CertificateService/RevokeCertificates', (r, res) => {
-    const revoked = Array.isArray(res?.revoked) ? (res.revoked as Req[]) : [];
-    if (revoked.length === 1) return certificateResource(revoked[0]!);
-    if (str(r.identity)) return `certificate/${str(r.identity)}/`;
-    return str(r.serial) ? `certificate/${str(r.serial)}` : 'certificate/';
-  }],
-  ['/weft.auth.v1.BootstrapService/IssueCertificate', (_r, res) => {
-    const serial = typeof res?.certificatePem === 'string' ? serialOfPem(res.certificatePem) : '';
-    return str(res?.identity) ? `certificate/${str(res?.identity)}/${serial}` : 'certificate/';
-  }],
+  [
+    '/weft.auth.v1.CertificateService/RecordCertificate',
+    (_r, res) => certificateResource((res?.certificate ?? {}) as Req),
+  ],
+  [
+    '/weft.auth.v1.CertificateService/RevokeCertificates',
+    (r, res) => {
+      const revoked = Array.isArray(res?.revoked) ? (res.revoked as Req[]) : [];
+      if (revoked.length === 1) return certificateResource(revoked[0]!);
+      if (str(r.identity)) return `certificate/${str(r.identity)}/`;
+      return str(r.serial) ? `certificate/${str(r.serial)}` : 'certificate/';
+    },
+  ],
+  [
+    '/weft.auth.v1.BootstrapService/IssueCertificate',
+    (_r, res) => {
+      const serial = typeof res?.certificatePem === 'string' ? serialOfPem(res.certificatePem) : '';
+      return str(res?.identity) ? `certificate/${str(res?.identity)}/${serial}` : 'certificate/';
+    },
+  ],
 ]);
 
-const certificateResource = (c: Req) => (str(c.identity) ? `certificate/${str(c.identity)}/${str(c.serial)}` : `certificate/${str(c.serial)}`);
+const certificateResource = (c: Req) =>
+  str(c.identity) ? `certificate/${str(c.identity)}/${str(c.serial)}` : `certificate/${str(c.serial)}`;
 const serialOfPem = (pem: string) => {
   try {
     return canonicalSerial(new X509Certificate(pem).serialNumber);
@@ -156,7 +182,11 @@ export function createAuditRecorder(sink: AuditSink, logger: Logger, opts: Audit
         written += batch.length;
       } catch (err) {
         failed += batch.length;
-        logger.error('audit events could not be written; they are lost', { events: batch.length, failedTotal: failed, err: (err as Error).message });
+        logger.error('audit events could not be written; they are lost', {
+          events: batch.length,
+          failedTotal: failed,
+          err: (err as Error).message,
+        });
       }
     }
   }
@@ -216,16 +246,31 @@ export interface RefusalAudit {
  * one `SUPPRESSED` event once it is over (how many, of which results and methods). A flood of refusals thus writes at
  * most perSecond + 1 rows a second per identity, and the recorder's queue bound (maxQueued) caps the rest.
  */
-export function createRefusalAudit(recorder: Pick<AuditRecorder, 'record'>, opts: { perSecond?: number; now?: () => number } = {}): RefusalAudit {
+export function createRefusalAudit(
+  recorder: Pick<AuditRecorder, 'record'>,
+  opts: { perSecond?: number; now?: () => number } = {},
+): RefusalAudit {
   const perSecond = opts.perSecond ?? 5;
   const now = opts.now ?? Date.now;
-  const windows = new Map<string, { second: number; recorded: number; suppressed: number; results: Map<string, number>; methods: Set<string> }>();
-  const summarize = (actor: string, w: { second: number; suppressed: number; results: Map<string, number>; methods: Set<string> }) => {
+  const windows = new Map<
+    string,
+    { second: number; recorded: number; suppressed: number; results: Map<string, number>; methods: Set<string> }
+  >();
+  const summarize = (
+    actor: string,
+    w: { second: number; suppressed: number; results: Map<string, number>; methods: Set<string> },
+  ) => {
     if (w.suppressed === 0) return;
     const results = [...w.results].map(([r, n]) => `${r} x${n}`).join(', ');
     const methods = [...w.methods].slice(0, 5).join(', ') + (w.methods.size > 5 ? ', ...' : '');
     recorder.record({
-      at: new Date((w.second + 1) * 1000), actor, method: '', resource: '', requestId: '', traceId: '', result: SUPPRESSED_RESULT,
+      at: new Date((w.second + 1) * 1000),
+      actor,
+      method: '',
+      resource: '',
+      requestId: '',
+      traceId: '',
+      result: SUPPRESSED_RESULT,
       message: `${w.suppressed} more refused calls of ${actor} in the second from ${new Date(w.second * 1000).toISOString()} were not recorded one by one (at most ${perSecond} a second are): ${results}; methods: ${methods}`,
     });
   };
@@ -248,7 +293,8 @@ export function createRefusalAudit(recorder: Pick<AuditRecorder, 'record'>, opts
         summarize(event.actor, w);
         w = undefined;
       }
-      if (!w) windows.set(event.actor, (w = { second, recorded: 0, suppressed: 0, results: new Map(), methods: new Set() }));
+      if (!w)
+        windows.set(event.actor, (w = { second, recorded: 0, suppressed: 0, results: new Map(), methods: new Set() }));
       if (w.recorded < perSecond) {
         w.recorded++;
         recorder.record(event);

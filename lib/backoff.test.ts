@@ -12,19 +12,33 @@ test('backoff: agents that failed together retry at spread-out moments (jitter),
     const mean = delays.reduce((a, b) => a + b, 0) / delays.length;
     const sd = Math.sqrt(delays.reduce((a, d) => a + (d - mean) ** 2, 0) / delays.length);
     assert.ok(distinct > 300, `attempt ${attempt}: only ${distinct} distinct delays among 1000 agents`);
-    assert.ok(sd / mean > 0.2, `attempt ${attempt}: delays bunch together (mean ${mean.toFixed(0)} ms, sd ${sd.toFixed(0)} ms)`);
+    assert.ok(
+      sd / mean > 0.2,
+      `attempt ${attempt}: delays bunch together (mean ${mean.toFixed(0)} ms, sd ${sd.toFixed(0)} ms)`,
+    );
     // No 100 ms window holds a third of the agents (the first retry spreads over 400 ms, later ones over more).
     const buckets = new Map<number, number>();
     for (const d of delays) buckets.set(Math.floor(d / 100), (buckets.get(Math.floor(d / 100)) ?? 0) + 1);
-    assert.ok(Math.max(...buckets.values()) < 333, `attempt ${attempt}: ${Math.max(...buckets.values())} agents retry within the same 100 ms`);
+    assert.ok(
+      Math.max(...buckets.values()) < 333,
+      `attempt ${attempt}: ${Math.max(...buckets.values())} agents retry within the same 100 ms`,
+    );
   }
 });
 
 test('backoff: grows from the base, never leaves [base, cap], and starts over after reset', () => {
   const high = createBackoff({ baseMs: 100, capMs: 3000, random: () => 0.999999 });
-  assert.deepEqual([1, 2, 3, 4, 5].map(() => high.next()), [300, 900, 2700, 3000, 3000], 'the largest draws triple up to the cap');
+  assert.deepEqual(
+    [1, 2, 3, 4, 5].map(() => high.next()),
+    [300, 900, 2700, 3000, 3000],
+    'the largest draws triple up to the cap',
+  );
   const low = createBackoff({ baseMs: 100, capMs: 3000, random: () => 0 });
-  assert.deepEqual([1, 2, 3].map(() => low.next()), [100, 100, 100], 'never below the base');
+  assert.deepEqual(
+    [1, 2, 3].map(() => low.next()),
+    [100, 100, 100],
+    'never below the base',
+  );
   const b = createBackoff({ baseMs: 50, capMs: 1000 });
   for (let i = 0; i < 10_000; i++) {
     const d = b.next();
@@ -45,7 +59,6 @@ test('backoff: grows from the base, never leaves [base, cap], and starts over af
   };
   assert.ok(mean(5) > 4 * mean(1), `mean delay after 5 failures ${mean(5)} vs after 1 ${mean(1)}`);
 });
-
 
 test('sleep: waits the delay, or ends at once when its signal aborts, and leaves no listener behind', async () => {
   const t0 = performance.now();

@@ -35,7 +35,6 @@ export function createBackoff(opts: BackoffOptions): Backoff {
   };
 }
 
-
 /**
  * The wait between two tries of a retry loop: resolves after `ms`, or at once when `signal` aborts (it never rejects,
  * so a loop checks its signal after the wait and ends). No timer or listener is left behind either way. `unref`: the

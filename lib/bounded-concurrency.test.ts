@@ -18,7 +18,10 @@ test('forEachBounded: every item once, never more than `limit` at a time, and th
     seen.push(item);
     running--;
   });
-  assert.deepEqual([...seen].sort((a, b) => a - b), items);
+  assert.deepEqual(
+    [...seen].sort((a, b) => a - b),
+    items,
+  );
   assert.equal(most, 7);
 });
 
@@ -36,14 +39,18 @@ test('forEachBounded: a failure starts nothing more, lets the running calls fini
   const started: number[] = [];
   const finished: number[] = [];
   await assert.rejects(
-    forEachBounded(Array.from({ length: 20 }, (_, i) => i), 3, async (i) => {
-      started.push(i);
-      await tick();
-      if (i === 1) throw new Error('item 1 failed');
-      if (i === 2) throw new Error('item 2 failed too');
-      await tick();
-      finished.push(i);
-    }),
+    forEachBounded(
+      Array.from({ length: 20 }, (_, i) => i),
+      3,
+      async (i) => {
+        started.push(i);
+        await tick();
+        if (i === 1) throw new Error('item 1 failed');
+        if (i === 2) throw new Error('item 2 failed too');
+        await tick();
+        finished.push(i);
+      },
+    ),
     /item 1 failed/,
   );
   assert.deepEqual(started, [0, 1, 2], 'nothing started after the failure');
@@ -51,5 +58,8 @@ test('forEachBounded: a failure starts nothing more, lets the running calls fini
 });
 
 test('forEachBounded: a limit below 1 is refused', async () => {
-  await assert.rejects(forEachBounded([1], 0, async () => {}), /limit must be a whole number of at least 1, not 0/);
+  await assert.rejects(
+    forEachBounded([1], 0, async () => {}),
+    /limit must be a whole number of at least 1, not 0/,
+  );
 });

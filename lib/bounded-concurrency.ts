@@ -7,8 +7,13 @@
  * `fn` gets the item and its index. Work that must go on past a failed item catches inside `fn`. When `fn` throws,
  * no further item is started, the calls already running finish, and the first error is thrown.
  */
-export async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
-  if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`limit must be a whole number of at least 1, not ${limit}`);
+export async function forEachBounded<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<void>,
+): Promise<void> {
+  if (!Number.isInteger(limit) || limit < 1)
+    throw new RangeError(`limit must be a whole number of at least 1, not ${limit}`);
   let next = 0;
   let failure: { err: unknown } | null = null;
   const worker = async (): Promise<void> => {

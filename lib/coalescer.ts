@@ -33,20 +33,22 @@ export function createCoalescer<I, O>(run: (items: I[]) => Promise<O[]>, opts: C
       const batch = queue.slice(0, opts.maxBatch);
       queue = queue.slice(batch.length);
       inFlight++;
-      run(batch.map((b) => b.item)).then(
-        (out) => batch.forEach((b, i) => b.resolve(out[i]!)),
-        (err) => {
-          batch.forEach((b) => b.reject(err));
-          if (opts.failsQueued?.(err)) {
-            const waiting = queue;
-            queue = [];
-            waiting.forEach((b) => b.reject(err));
-          }
-        },
-      ).finally(() => {
-        inFlight--;
-        pump();
-      });
+      run(batch.map((b) => b.item))
+        .then(
+          (out) => batch.forEach((b, i) => b.resolve(out[i]!)),
+          (err) => {
+            batch.forEach((b) => b.reject(err));
+            if (opts.failsQueued?.(err)) {
+              const waiting = queue;
+              queue = [];
+              waiting.forEach((b) => b.reject(err));
+            }
+          },
+        )
+        .finally(() => {
+          inFlight--;
+          pump();
+        });
     }
   }
 

@@ -51,17 +51,25 @@ export const parsers = {
     if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error('expected a TCP port 0-65535');
     return n;
   },
-  int: (min: number, max: number) => (raw: string): number => {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer ${min}-${max}`);
-    return n;
-  },
-  oneOf: <T extends string>(...values: T[]) => (raw: string): T => {
-    if (!(values as string[]).includes(raw)) throw new Error(`expected one of ${values.join(', ')}`);
-    return raw as T;
-  },
+  int:
+    (min: number, max: number) =>
+    (raw: string): number => {
+      const n = Number(raw);
+      if (!Number.isInteger(n) || n < min || n > max) throw new Error(`expected an integer ${min}-${max}`);
+      return n;
+    },
+  oneOf:
+    <T extends string>(...values: T[]) =>
+    (raw: string): T => {
+      if (!(values as string[]).includes(raw)) throw new Error(`expected one of ${values.join(', ')}`);
+      return raw as T;
+    },
   /** Comma-separated values, blanks dropped. */
-  list: (raw: string): string[] => raw.split(',').map((v) => v.trim()).filter((v) => v !== ''),
+  list: (raw: string): string[] =>
+    raw
+      .split(',')
+      .map((v) => v.trim())
+      .filter((v) => v !== ''),
   bool: (raw: string): boolean => {
     if (['1', 'true', 'yes'].includes(raw)) return true;
     if (['0', 'false', 'no'].includes(raw)) return false;

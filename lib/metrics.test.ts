@@ -18,26 +18,29 @@ test('counters, gauges and histograms render in the Prometheus text format', () 
   latency.record(0.25, { op: 'add' });
   latency.record(0.5, { op: 'add' });
   latency.record(3, { op: 'add' });
-  assert.equal(r.render(), [
-    '# HELP demo_passes_total Reconcile passes.',
-    '# TYPE demo_passes_total counter',
-    'demo_passes_total 3',
-    '# HELP demo_repairs_total Repairs by kind.',
-    '# TYPE demo_repairs_total counter',
-    'demo_repairs_total{kind="route"} 2',
-    'demo_repairs_total{kind="fdb"} 1',
-    '# HELP demo_revision Revision applied.',
-    '# TYPE demo_revision gauge',
-    'demo_revision 42',
-    '# HELP demo_apply_seconds Apply latency.',
-    '# TYPE demo_apply_seconds histogram',
-    'demo_apply_seconds_bucket{op="add",le="0.25"} 1',
-    'demo_apply_seconds_bucket{op="add",le="1"} 2',
-    'demo_apply_seconds_bucket{op="add",le="+Inf"} 3',
-    'demo_apply_seconds_sum{op="add"} 3.75',
-    'demo_apply_seconds_count{op="add"} 3',
-    '',
-  ].join('\n'));
+  assert.equal(
+    r.render(),
+    [
+      '# HELP demo_passes_total Reconcile passes.',
+      '# TYPE demo_passes_total counter',
+      'demo_passes_total 3',
+      '# HELP demo_repairs_total Repairs by kind.',
+      '# TYPE demo_repairs_total counter',
+      'demo_repairs_total{kind="route"} 2',
+      'demo_repairs_total{kind="fdb"} 1',
+      '# HELP demo_revision Revision applied.',
+      '# TYPE demo_revision gauge',
+      'demo_revision 42',
+      '# HELP demo_apply_seconds Apply latency.',
+      '# TYPE demo_apply_seconds histogram',
+      'demo_apply_seconds_bucket{op="add",le="0.25"} 1',
+      'demo_apply_seconds_bucket{op="add",le="1"} 2',
+      'demo_apply_seconds_bucket{op="add",le="+Inf"} 3',
+      'demo_apply_seconds_sum{op="add"} 3.75',
+      'demo_apply_seconds_count{op="add"} 3',
+      '',
+    ].join('\n'),
+  );
 });
 
 test('an unused counter shows zero; label values are escaped; bad names and decreases are refused', () => {

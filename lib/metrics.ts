@@ -32,12 +32,18 @@ export interface MetricsRegistry {
 }
 
 /** Default latency buckets in seconds, from 1 ms to 10 s. */
-export const LATENCY_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+export const LATENCY_BUCKETS_SECONDS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+] as const;
 
 const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
-interface HistogramSeries { counts: number[]; sum: number; count: number }
+interface HistogramSeries {
+  counts: number[];
+  sum: number;
+  count: number;
+}
 interface Family {
   name: string;
   help: string;
@@ -100,13 +106,15 @@ export function createMetricsRegistry(): MetricsRegistry {
       };
     },
     histogram(name, help, buckets) {
-      if (buckets.some((b, i) => i > 0 && b <= buckets[i - 1]!)) throw new Error(`histogram ${name}: buckets must ascend`);
+      if (buckets.some((b, i) => i > 0 && b <= buckets[i - 1]!))
+        throw new Error(`histogram ${name}: buckets must ascend`);
       const f = family(name, help, 'histogram', buckets);
       return {
         record(value, labels = {}) {
           const k = labelKey(labels);
           let s = f.series.get(k)?.value as HistogramSeries | undefined;
-          if (!s) f.series.set(k, { labels: { ...labels }, value: (s = { counts: buckets.map(() => 0), sum: 0, count: 0 }) });
+          if (!s)
+            f.series.set(k, { labels: { ...labels }, value: (s = { counts: buckets.map(() => 0), sum: 0, count: 0 }) });
           for (let i = 0; i < buckets.length; i++) if (value <= buckets[i]!) s.counts[i]!++;
           s.sum += value;
           s.count++;
@@ -122,7 +130,9 @@ export function createMetricsRegistry(): MetricsRegistry {
             lines.push(`${f.name}${k} ${formatValue(v)}`);
             continue;
           }
-          f.buckets!.forEach((b, i) => lines.push(`${f.name}_bucket${labelKey(labels, ['le', formatValue(b)])} ${v.counts[i]}`));
+          f.buckets!.forEach((b, i) =>
+            lines.push(`${f.name}_bucket${labelKey(labels, ['le', formatValue(b)])} ${v.counts[i]}`),
+          );
           lines.push(`${f.name}_bucket${labelKey(labels, ['le', '+Inf'])} ${v.count}`);
           lines.push(`${f.name}_sum${k} ${formatValue(v.sum)}`, `${f.name}_count${k} ${v.count}`);
         }
@@ -151,7 +161,9 @@ export function serveMetrics(registry: MetricsRegistry, listen: string, logger: 
   const server: Server = createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (url !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found: metrics are at GET /metrics\n');
+      res
+        .writeHead(404, { 'content-type': 'text/plain; charset=utf-8' })
+        .end('not found: metrics are at GET /metrics\n');
       return;
     }
     let body: string;
@@ -162,7 +174,9 @@ export function serveMetrics(registry: MetricsRegistry, listen: string, logger: 
       res.writeHead(500).end();
       return;
     }
-    res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(req.method === 'HEAD' ? undefined : body);
+    res
+      .writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
+      .end(req.method === 'HEAD' ? undefined : body);
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -172,10 +186,11 @@ export function serveMetrics(registry: MetricsRegistry, listen: string, logger: 
       server.unref();
       resolve({
         port: (server.address() as AddressInfo).port,
-        close: () => new Promise<void>((r) => {
-          server.close(() => r());
-          server.closeAllConnections();
-        }),
+        close: () =>
+          new Promise<void>((r) => {
+            server.close(() => r());
+            server.closeAllConnections();
+          }),
       });
     });
   });

@@ -17,11 +17,21 @@ export function decodePageToken(code: string, kind: string, token: string, lengt
   if (!token) return null;
   try {
     const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { k?: unknown; v?: unknown };
-    if (parsed.k === kind && Array.isArray(parsed.v) && parsed.v.length === length && parsed.v.every((x) => typeof x === 'string')) return parsed.v as string[];
+    if (
+      parsed.k === kind &&
+      Array.isArray(parsed.v) &&
+      parsed.v.length === length &&
+      parsed.v.every((x) => typeof x === 'string')
+    )
+      return parsed.v as string[];
   } catch {
     // fall through
   }
-  throw new DomainError(code, 'invalid_argument', `page_token is not one this list (${kind}) gave out; start again with an empty page_token`);
+  throw new DomainError(
+    code,
+    'invalid_argument',
+    `page_token is not one this list (${kind}) gave out; start again with an empty page_token`,
+  );
 }
 
 /**

@@ -26,7 +26,10 @@ test('a CA is ECDSA P-256, self-signed, a CA for 10 years; leaves are signed by 
   assert.equal(leaf.subjectAltName, 'URI:weft:node:node1');
   assert.ok(Math.abs(new Date(leaf.validTo).getTime() - Date.now() - 365 * DAY) < 2 * DAY);
   assert.notEqual(leaf.serialNumber, new X509Certificate(b.cert).serialNumber);
-  assert.ok(leaf.checkPrivateKey((await import('node:crypto')).createPrivateKey(a.key)), 'the key is the certificate\'s');
+  assert.ok(
+    leaf.checkPrivateKey((await import('node:crypto')).createPrivateKey(a.key)),
+    "the key is the certificate's",
+  );
   createSecureContext({ cert: a.cert, key: a.key, ca: ca.cert }); // Node's TLS takes them as they are
 
   const short = new X509Certificate((await issueCertificate(ca, { kind: 'admin', name: 'ops' }, { days: 7 })).cert);
@@ -42,21 +45,34 @@ test('ensureControlPlanePki makes the pki folder once (0700, keys 0600) and keep
     const first = await ensureControlPlanePki(pki, ['10.1.2.3', 'cp.example']);
     assert.deepEqual(first.created, ['ca.crt', 'server.crt', 'admin.crt']);
     assert.equal(statSync(pki).mode & 0o777, 0o700);
-    for (const k of ['ca.key', 'server.key', 'admin.key']) assert.equal(statSync(path.join(pki, k)).mode & 0o777, 0o600, k);
+    for (const k of ['ca.key', 'server.key', 'admin.key'])
+      assert.equal(statSync(path.join(pki, k)).mode & 0o777, 0o600, k);
     const server = new X509Certificate(readFileSync(path.join(pki, 'server.crt')));
-    for (const n of ['DNS:weft-control-plane', 'DNS:localhost', 'DNS:cp.example', 'IP Address:127.0.0.1', 'IP Address:10.1.2.3']) assert.ok(server.subjectAltName?.includes(n), n);
+    for (const n of [
+      'DNS:weft-control-plane',
+      'DNS:localhost',
+      'DNS:cp.example',
+      'IP Address:127.0.0.1',
+      'IP Address:10.1.2.3',
+    ])
+      assert.ok(server.subjectAltName?.includes(n), n);
     assert.equal(new X509Certificate(readFileSync(path.join(pki, 'admin.crt'))).subjectAltName, 'URI:weft:admin:local');
     const caBefore = readFileSync(path.join(pki, 'ca.crt'), 'utf8');
     rmSync(path.join(pki, 'admin.crt'));
     const second = await ensureControlPlanePki(pki);
     assert.deepEqual(second.created, ['admin.crt'], 'a missing admin certificate is issued again from the same CA');
     assert.equal(readFileSync(path.join(pki, 'ca.crt'), 'utf8'), caBefore);
-    assert.ok(new X509Certificate(readFileSync(path.join(pki, 'admin.crt'))).checkIssued(new X509Certificate(caBefore)));
+    assert.ok(
+      new X509Certificate(readFileSync(path.join(pki, 'admin.crt'))).checkIssued(new X509Certificate(caBefore)),
+    );
 
     const out = path.join(dir, 'ctl');
     await issueClientTlsDir(pki, out, { kind: 'controller', name: 'east' }, 30);
     assert.equal(readFileSync(path.join(out, 'ca.crt'), 'utf8'), caBefore);
-    assert.equal(new X509Certificate(readFileSync(path.join(out, 'tls.crt'))).subjectAltName, 'URI:weft:controller:east');
+    assert.equal(
+      new X509Certificate(readFileSync(path.join(out, 'tls.crt'))).subjectAltName,
+      'URI:weft:controller:east',
+    );
     assert.equal(statSync(path.join(out, 'tls.key')).mode & 0o777, 0o600);
     await assert.rejects(readCa(path.join(dir, 'nothing')), /weft up/);
   } finally {

@@ -37,7 +37,8 @@ function randomSerial(): string {
 }
 
 function validity(days: number): { notBefore: Date; notAfter: Date } {
-  if (!Number.isInteger(days) || days < 1 || days > 36_500) throw new Error(`certificate validity ${days} days must be a whole number from 1 to 36500`);
+  if (!Number.isInteger(days) || days < 1 || days > 36_500)
+    throw new Error(`certificate validity ${days} days must be a whole number from 1 to 36500`);
   const now = Date.now();
   // An hour back: a peer whose clock is a little behind still accepts a certificate made just now.
   return { notBefore: new Date(now - 3_600_000), notAfter: new Date(now + days * DAY_MS) };
@@ -80,7 +81,11 @@ export type CertificateSubject =
   | { kind: CertificateIdentityKind; name: string };
 
 /** A certificate for `subject` signed by `ca`, valid `days` (1 year by default), with a new key. */
-export async function issueCertificate(ca: KeyPairPem, subject: CertificateSubject, opts: { days?: number } = {}): Promise<KeyPairPem> {
+export async function issueCertificate(
+  ca: KeyPairPem,
+  subject: CertificateSubject,
+  opts: { days?: number } = {},
+): Promise<KeyPairPem> {
   const keys = await generateKeys();
   const cert = await signCertificate(ca, subject, keys.publicKey, validity(opts.days ?? LEAF_DAYS));
   return { cert, key: await exportKey(keys.privateKey) };
@@ -90,10 +95,19 @@ export async function issueCertificate(ca: KeyPairPem, subject: CertificateSubje
  * A client certificate for a public key someone else holds (the bootstrap: lib/tls-bootstrap.ts asks, the control
  * plane signs), valid `validityMs` from now (back-dated an hour like every certificate here). Returns the PEM.
  */
-export async function issueCertificateForKey(ca: KeyPairPem, subject: { kind: CertificateIdentityKind; name: string }, publicKey: CryptoKey, validityMs: number): Promise<string> {
-  if (!Number.isInteger(validityMs) || validityMs < 60_000) throw new Error(`certificate validity ${validityMs} ms must be at least a minute`);
+export async function issueCertificateForKey(
+  ca: KeyPairPem,
+  subject: { kind: CertificateIdentityKind; name: string },
+  publicKey: CryptoKey,
+  validityMs: number,
+): Promise<string> {
+  if (!Number.isInteger(validityMs) || validityMs < 60_000)
+    throw new Error(`certificate validity ${validityMs} ms must be at least a minute`);
   const now = Date.now();
-  return signCertificate(ca, subject, publicKey, { notBefore: new Date(now - 3_600_000), notAfter: new Date(now + validityMs) });
+  return signCertificate(ca, subject, publicKey, {
+    notBefore: new Date(now - 3_600_000),
+    notAfter: new Date(now + validityMs),
+  });
 }
 
 /** Why a public key PEM cannot be signed, as an Error with this message. */
@@ -112,17 +126,23 @@ export async function publicKeyFromPem(pem: string): Promise<CryptoKey> {
       spki = new x509.PublicKey(pem);
     } else if (label === 'CERTIFICATE REQUEST' || label === 'NEW CERTIFICATE REQUEST') {
       const csr = new x509.Pkcs10CertificateRequest(pem);
-      if (!(await csr.verify())) throw new PublicKeyError('the certificate request\'s signature does not verify with its own public key');
+      if (!(await csr.verify()))
+        throw new PublicKeyError("the certificate request's signature does not verify with its own public key");
       spki = csr.publicKey;
     } else {
-      throw new PublicKeyError(`expected a PEM "PUBLIC KEY" or "CERTIFICATE REQUEST"${label ? `, got "${label}"` : ''}`);
+      throw new PublicKeyError(
+        `expected a PEM "PUBLIC KEY" or "CERTIFICATE REQUEST"${label ? `, got "${label}"` : ''}`,
+      );
     }
   } catch (err) {
     if (err instanceof PublicKeyError) throw err;
     throw new PublicKeyError(`the PEM does not parse: ${(err as Error).message}`);
   }
   const alg = spki.algorithm as { name?: string; namedCurve?: string };
-  if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256') throw new PublicKeyError(`the key must be ECDSA P-256 (it is ${alg.name ?? 'unknown'}${alg.namedCurve ? ` ${alg.namedCurve}` : ''})`);
+  if (alg.name !== 'ECDSA' || alg.namedCurve !== 'P-256')
+    throw new PublicKeyError(
+      `the key must be ECDSA P-256 (it is ${alg.name ?? 'unknown'}${alg.namedCurve ? ` ${alg.namedCurve}` : ''})`,
+    );
   try {
     return (await webcrypto.subtle.importKey('spki', spki.rawData, KEY_ALGORITHM, true, ['verify'])) as CryptoKey;
   } catch (err) {
@@ -145,15 +165,24 @@ async function exportPublicKey(key: CryptoKey): Promise<string> {
   return x509.PemConverter.encode(await webcrypto.subtle.exportKey('spki', key as webcrypto.CryptoKey), 'PUBLIC KEY');
 }
 
-async function signCertificate(ca: KeyPairPem, subject: CertificateSubject, publicKey: CryptoKey, period: { notBefore: Date; notAfter: Date }): Promise<string> {
+async function signCertificate(
+  ca: KeyPairPem,
+  subject: CertificateSubject,
+  publicKey: CryptoKey,
+  period: { notBefore: Date; notAfter: Date },
+): Promise<string> {
   const caCert = new x509.X509Certificate(ca.cert);
   const signingKey = await importSigningKey(ca.key);
   const names: x509.JsonGeneralName[] = [];
   let commonName: string;
   let usages: x509.ExtendedKeyUsage[];
   if (subject.kind === 'server') {
-    for (const ip of subject.ipAddresses) if (!isIP(ip)) throw new Error(`server certificate IP address ${JSON.stringify(ip)} is not an IP address`);
-    names.push(...subject.dnsNames.map((value) => ({ type: 'dns' as const, value })), ...subject.ipAddresses.map((value) => ({ type: 'ip' as const, value })));
+    for (const ip of subject.ipAddresses)
+      if (!isIP(ip)) throw new Error(`server certificate IP address ${JSON.stringify(ip)} is not an IP address`);
+    names.push(
+      ...subject.dnsNames.map((value) => ({ type: 'dns' as const, value })),
+      ...subject.ipAddresses.map((value) => ({ type: 'ip' as const, value })),
+    );
     names.push(...(subject.uris ?? []).map((value) => ({ type: 'url' as const, value })));
     commonName = subject.dnsNames[0] ?? CONTROL_PLANE_SERVER_NAME;
     // clientAuth too: the control plane's own calls between its services present this certificate.
@@ -188,14 +217,22 @@ async function signCertificate(ca: KeyPairPem, subject: CertificateSubject, publ
 
 /** The files of `weft up`'s pki folder (<data-dir>/pki, mode 0700). */
 export const PKI_FILES = {
-  caCert: 'ca.crt', caKey: 'ca.key', serverCert: 'server.crt', serverKey: 'server.key', adminCert: 'admin.crt', adminKey: 'admin.key',
+  caCert: 'ca.crt',
+  caKey: 'ca.key',
+  serverCert: 'server.crt',
+  serverKey: 'server.key',
+  adminCert: 'admin.crt',
+  adminKey: 'admin.key',
 } as const;
 
 /** The files of a client's TLS folder (a Kubernetes TLS Secret's keys plus the CA). */
 export const CLIENT_TLS_FILES = { caCert: 'ca.crt', cert: 'tls.crt', key: 'tls.key' } as const;
 
 async function exists(file: string): Promise<boolean> {
-  return stat(file).then(() => true, () => false);
+  return stat(file).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Reads a CA (cert and key) from a pki folder; says what is missing. */
@@ -205,7 +242,10 @@ export async function readCa(pkiDir: string): Promise<KeyPairPem> {
   try {
     return { cert: await readFile(certFile, 'utf8'), key: await readFile(keyFile, 'utf8') };
   } catch (err) {
-    throw new Error(`cannot read Weft's CA from ${pkiDir} (${PKI_FILES.caCert} and ${PKI_FILES.caKey}; \`weft up\` makes them on its first start): ${(err as Error).message}`, { cause: err });
+    throw new Error(
+      `cannot read Weft's CA from ${pkiDir} (${PKI_FILES.caCert} and ${PKI_FILES.caKey}; \`weft up\` makes them on its first start): ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 
@@ -231,7 +271,11 @@ async function signedBy(certFile: string, caPem: string): Promise<boolean> {
  * With `caDir` (a mounted Secret holding ca.crt and ca.key: Kubernetes), the CA is read from there and never made;
  * pkiDir gets a copy of ca.crt only. Returns the CA, which the bootstrap signs with.
  */
-export async function ensureControlPlanePki(pkiDir: string, extraHosts: string[] = [], opts: { caDir?: string } = {}): Promise<{ created: string[]; ca: KeyPairPem }> {
+export async function ensureControlPlanePki(
+  pkiDir: string,
+  extraHosts: string[] = [],
+  opts: { caDir?: string } = {},
+): Promise<{ created: string[]; ca: KeyPairPem }> {
   await mkdir(pkiDir, { recursive: true, mode: 0o700 });
   await chmod(pkiDir, 0o700);
   const created: string[] = [];
@@ -255,11 +299,21 @@ export async function ensureControlPlanePki(pkiDir: string, extraHosts: string[]
     ca = await readCa(pkiDir);
   }
   if (!(await signedBy(path.join(pkiDir, PKI_FILES.serverCert), ca.cert))) {
-    await writePair(pkiDir, PKI_FILES.serverCert, PKI_FILES.serverKey, await issueCertificate(ca, serverSubject(extraHosts)));
+    await writePair(
+      pkiDir,
+      PKI_FILES.serverCert,
+      PKI_FILES.serverKey,
+      await issueCertificate(ca, serverSubject(extraHosts)),
+    );
     created.push(PKI_FILES.serverCert);
   }
   if (!(await signedBy(path.join(pkiDir, PKI_FILES.adminCert), ca.cert))) {
-    await writePair(pkiDir, PKI_FILES.adminCert, PKI_FILES.adminKey, await issueCertificate(ca, { kind: 'admin', name: 'local' }));
+    await writePair(
+      pkiDir,
+      PKI_FILES.adminCert,
+      PKI_FILES.adminKey,
+      await issueCertificate(ca, { kind: 'admin', name: 'local' }),
+    );
     created.push(PKI_FILES.adminCert);
   }
   return { created, ca };
@@ -300,13 +354,32 @@ export async function writeClientTlsDir(outDir: string, caCert: string, pair: Ke
 }
 
 /** Issues `subject`'s client certificate from the CA in `pkiDir` into `outDir` (ca.crt, tls.crt, tls.key). */
-export async function issueClientTlsDir(pkiDir: string, outDir: string, subject: { kind: CertificateIdentityKind; name: string }, days?: number): Promise<void> {
+export async function issueClientTlsDir(
+  pkiDir: string,
+  outDir: string,
+  subject: { kind: CertificateIdentityKind; name: string },
+  days?: number,
+): Promise<void> {
   const ca = await readCa(pkiDir);
   await writeClientTlsDir(outDir, ca.cert, await issueCertificate(ca, subject, { days }));
 }
 
 /** A summary of a PEM certificate (Node's parser): for tests and `weft ca` output. */
-export function describeCertificate(pem: string): { subject: string; subjectAltName: string | undefined; validFrom: Date; validTo: Date; serialNumber: string; ca: boolean } {
+export function describeCertificate(pem: string): {
+  subject: string;
+  subjectAltName: string | undefined;
+  validFrom: Date;
+  validTo: Date;
+  serialNumber: string;
+  ca: boolean;
+} {
   const c = new NodeX509(pem);
-  return { subject: c.subject, subjectAltName: c.subjectAltName, validFrom: new Date(c.validFrom), validTo: new Date(c.validTo), serialNumber: c.serialNumber, ca: c.ca };
+  return {
+    subject: c.subject,
+    subjectAltName: c.subjectAltName,
+    validFrom: new Date(c.validFrom),
+    validTo: new Date(c.validTo),
+    serialNumber: c.serialNumber,
+    ca: c.ca,
+  };
 }

@@ -1,6 +1,11 @@
 import { context, propagation, trace, type Context, type Span, SpanStatusCode } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider, ConsoleSpanExporter, SimpleSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import {
+  BasicTracerProvider,
+  ConsoleSpanExporter,
+  SimpleSpanProcessor,
+  type SpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
 /**
@@ -14,7 +19,8 @@ let installed = false;
 export function setupTelemetry(serviceName: string, exporter: TraceExporter = 'none'): void {
   if (installed) return;
   installed = true;
-  const processors: SpanProcessor[] = exporter === 'console' ? [new SimpleSpanProcessor(new ConsoleSpanExporter())] : [];
+  const processors: SpanProcessor[] =
+    exporter === 'console' ? [new SimpleSpanProcessor(new ConsoleSpanExporter())] : [];
   const provider = new BasicTracerProvider({ spanProcessors: processors });
   trace.setGlobalTracerProvider(provider);
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());

@@ -21,9 +21,26 @@ import { CLIENT_TLS_FILES, createClientKey, publicKeyOfPrivateKey } from './pki.
 
 /** The settings both processes take (their config.ts spreads them in). */
 export const tlsBootstrapSettings = {
-  bootstrap: { env: 'WEFT_BOOTSTRAP', description: 'host:port of the control plane\'s bootstrap listener: WEFT_TLS_DIR (an empty folder is fine) is then filled and renewed with a certificate got for the pod\'s projected ServiceAccount token; empty: WEFT_TLS_DIR must hold a certificate', default: '', parse: parsers.string },
-  bootstrapTokenFile: { env: 'WEFT_BOOTSTRAP_TOKEN_FILE', description: 'the projected ServiceAccount token (audience weft) sent to the bootstrap listener, read again at every request', default: '/var/run/secrets/weft/token', parse: parsers.string },
-  bootstrapCaFile: { env: 'WEFT_BOOTSTRAP_CA_FILE', description: 'Weft\'s CA certificate (a mounted ConfigMap) the bootstrap listener\'s certificate is verified against', default: '/etc/weft/ca/ca.crt', parse: parsers.string },
+  bootstrap: {
+    env: 'WEFT_BOOTSTRAP',
+    description:
+      "host:port of the control plane's bootstrap listener: WEFT_TLS_DIR (an empty folder is fine) is then filled and renewed with a certificate got for the pod's projected ServiceAccount token; empty: WEFT_TLS_DIR must hold a certificate",
+    default: '',
+    parse: parsers.string,
+  },
+  bootstrapTokenFile: {
+    env: 'WEFT_BOOTSTRAP_TOKEN_FILE',
+    description:
+      'the projected ServiceAccount token (audience weft) sent to the bootstrap listener, read again at every request',
+    default: '/var/run/secrets/weft/token',
+    parse: parsers.string,
+  },
+  bootstrapCaFile: {
+    env: 'WEFT_BOOTSTRAP_CA_FILE',
+    description: "Weft's CA certificate (a mounted ConfigMap) the bootstrap listener's certificate is verified against",
+    default: '/etc/weft/ca/ca.crt',
+    parse: parsers.string,
+  },
 };
 
 export interface TlsBootstrapOptions {
@@ -56,13 +73,21 @@ export async function requestCertificate(o: TlsBootstrapOptions): Promise<{ iden
   try {
     token = (await readFile(o.tokenFile, 'utf8')).trim();
   } catch (err) {
-    throw new Error(`cannot read the ServiceAccount token ${o.tokenFile} (WEFT_BOOTSTRAP_TOKEN_FILE: a projected serviceAccountToken volume, audience weft): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new Error(
+      `cannot read the ServiceAccount token ${o.tokenFile} (WEFT_BOOTSTRAP_TOKEN_FILE: a projected serviceAccountToken volume, audience weft): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      { cause: err },
+    );
   }
   const client = createClient(BootstrapServiceService, o.address, { security: { mode: 'tls', caFile: o.caFile } });
   try {
-    const r = await client.issueCertificate({ serviceAccountToken: token, publicKeyPem }, { timeoutMs: o.timeoutMs ?? 10_000 });
+    const r = await client.issueCertificate(
+      { serviceAccountToken: token, publicKeyPem },
+      { timeoutMs: o.timeoutMs ?? 10_000 },
+    );
     if (o.expectIdentity && r.identity !== o.expectIdentity) {
-      throw new TlsBootstrapError(`the control plane issued a certificate for ${r.identity}, but this process is ${o.expectIdentity}: make the bootstrap's names agree (the agent: WEFT_NODE_NAME = the pod's spec.nodeName; the controller: WEFT_K8S_CLUSTER = the control plane's WEFT_BOOTSTRAP_CLUSTER)`);
+      throw new TlsBootstrapError(
+        `the control plane issued a certificate for ${r.identity}, but this process is ${o.expectIdentity}: make the bootstrap's names agree (the agent: WEFT_NODE_NAME = the pod's spec.nodeName; the controller: WEFT_K8S_CLUSTER = the control plane's WEFT_BOOTSTRAP_CLUSTER)`,
+      );
     }
     await writeFileAtomic(path.join(o.tlsDir, CLIENT_TLS_FILES.caCert), r.caCertificatePem, 0o644);
     await writeFileAtomic(path.join(o.tlsDir, CLIENT_TLS_FILES.cert), r.certificatePem, 0o644);
@@ -112,7 +137,11 @@ export async function startTlsBootstrap(o: TlsBootstrapOptions & { signal?: Abor
       } catch (err) {
         if (err instanceof TlsBootstrapError) throw err;
         const delay = backoff.next();
-        log.warn('cannot get a certificate from the bootstrap listener; retrying', { err: (err as Error).message, attempt, retry_ms: delay });
+        log.warn('cannot get a certificate from the bootstrap listener; retrying', {
+          err: (err as Error).message,
+          attempt,
+          retry_ms: delay,
+        });
         await sleep(delay, o.signal);
       }
     }
@@ -129,14 +158,20 @@ export async function startTlsBootstrap(o: TlsBootstrapOptions & { signal?: Abor
     try {
       await issueUntilDone();
     } catch (err) {
-      log.error('the bootstrap listener issues another identity; keeping the current certificate', { err: (err as Error).message });
+      log.error('the bootstrap listener issues another identity; keeping the current certificate', {
+        err: (err as Error).message,
+      });
     }
     await schedule();
   };
-  o.signal?.addEventListener('abort', () => {
-    stopped = true;
-    clearTimeout(timer);
-  }, { once: true });
+  o.signal?.addEventListener(
+    'abort',
+    () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+    { once: true },
+  );
   const due = await renewalTime(o.tlsDir);
   if (!due || due.getTime() <= Date.now()) await issueUntilDone();
   else log.info('the certificate in the TLS folder is still good', { renew_at: due.toISOString() });

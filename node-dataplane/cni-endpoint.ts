@@ -15,7 +15,16 @@ import { DEFAULT_HOST_PATHS, type HostPaths } from './kernel/host-paths.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
 import {
-  attachPod, checkNetnsPath, containerAttachments, detachPod, hostIfnameFor, hostLinkExists, listVeths, observeAttachment, POD_GATEWAY, POD_GATEWAY6,
+  attachPod,
+  checkNetnsPath,
+  containerAttachments,
+  detachPod,
+  hostIfnameFor,
+  hostLinkExists,
+  listVeths,
+  observeAttachment,
+  POD_GATEWAY,
+  POD_GATEWAY6,
   type PodAddresses,
 } from './kernel/pod-network.js';
 import type { PodFamily } from './config.js';
@@ -103,14 +112,16 @@ export function createCniHandlers(deps: {
     unfenced.set(handle, (unfenced.get(handle) ?? new Set()).add(attemptId));
     const retry = createBackoff({ baseMs: 500, capMs: 15_000 });
     const deadline = Date.now() + 120_000;
-    const again = () => setTimeout(() => {
-      if (!unfenced.get(handle)?.has(attemptId)) return;
-      void fenceAttempt(handle, attemptId).then((ok) => {
-        if (ok) log.info('a failed attach\'s allocation attempt is fenced', { attemptId });
-        else if (Date.now() < deadline) again();
-        else log.error('cannot fence a failed attach\'s allocation attempt; the runtime\'s DEL names it', { attemptId });
-      });
-    }, retry.next()).unref();
+    const again = () =>
+      setTimeout(() => {
+        if (!unfenced.get(handle)?.has(attemptId)) return;
+        void fenceAttempt(handle, attemptId).then((ok) => {
+          if (ok) log.info("a failed attach's allocation attempt is fenced", { attemptId });
+          else if (Date.now() < deadline) again();
+          else
+            log.error("cannot fence a failed attach's allocation attempt; the runtime's DEL names it", { attemptId });
+        });
+      }, retry.next()).unref();
     again();
   };
   const dualStack = deps.families?.includes('ipv6') ?? false;
@@ -123,7 +134,11 @@ export function createCniHandlers(deps: {
     const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), POLICY_PASS_WAIT_MS)));
     try {
       const done = await Promise.race([Promise.resolve(deps.onPodsChanged()).then(() => 'done' as const), late]);
-      if (done === 'late') deps.logger.warn('the policy pass that removes a detached pod\'s rules did not finish in time; answering anyway', { what, waitedMs: POLICY_PASS_WAIT_MS });
+      if (done === 'late')
+        deps.logger.warn(
+          "the policy pass that removes a detached pod's rules did not finish in time; answering anyway",
+          { what, waitedMs: POLICY_PASS_WAIT_MS },
+        );
       return done === 'done';
     } finally {
       clearTimeout(timer);
@@ -131,8 +146,13 @@ export function createCniHandlers(deps: {
   };
   const invalid = (msg: string) => new DomainError('agent.invalid_request', 'invalid_argument', msg);
   const ipamKind = (code: number) =>
-    code === status.RESOURCE_EXHAUSTED ? 'exhausted' : code === status.INVALID_ARGUMENT ? 'invalid_argument'
-      : code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED ? 'unavailable' : 'failed_precondition';
+    code === status.RESOURCE_EXHAUSTED
+      ? 'exhausted'
+      : code === status.INVALID_ARGUMENT
+        ? 'invalid_argument'
+        : code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED
+          ? 'unavailable'
+          : 'failed_precondition';
   /**
    * IPAM's own error (with its status and message) goes back to the plugin, with its kind chosen for what the
    * runtime should do: a pool the network config names that IPAM does not have is the config's fault (the plugin's
@@ -144,9 +164,13 @@ export function createCniHandlers(deps: {
     const message = `IPAM: ${e.details ?? String(err)}`;
     switch (errorCodeOf(err)) {
       case 'ipam.pool_not_found':
-        throw new DomainError('agent.unknown_pool', 'invalid_argument', configPool
-          ? `the network config names pool ${JSON.stringify(configPool)}, which IPAM does not have (${message}); name an existing pool, or leave "pool" out for the default`
-          : message);
+        throw new DomainError(
+          'agent.unknown_pool',
+          'invalid_argument',
+          configPool
+            ? `the network config names pool ${JSON.stringify(configPool)}, which IPAM does not have (${message}); name an existing pool, or leave "pool" out for the default`
+            : message,
+        );
       case 'ipam.address_cooling_down':
         throw new DomainError('agent.address_cooling_down', 'unavailable', message);
       default:
@@ -156,7 +180,9 @@ export function createCniHandlers(deps: {
   const checkAttachment = (containerId: string, ifname: string) => {
     if (!containerId) throw invalid('container id is empty');
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(containerId)) {
-      throw invalid(`container id ${JSON.stringify(containerId)} must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`);
+      throw invalid(
+        `container id ${JSON.stringify(containerId)} must start with a letter or digit and contain only letters, digits, '_', '.' or '-'`,
+      );
     }
     if (!ifname || ifname.length > 15 || /[\s/:]/.test(ifname) || ifname === '.' || ifname === '..') {
       throw invalid(`interface name ${JSON.stringify(ifname)} must be 1-15 characters without spaces, '/' or ':'`);
@@ -174,7 +200,13 @@ export function createCniHandlers(deps: {
       for (const id of containerIds) {
         const mine = held.filter((a) => a.containerId === id);
         if (mine.length === 0) deps.reports.detached(id);
-        else deps.reports.attached({ podNamespace: mine[0]!.podNamespace, podName: mine[0]!.podName, containerId: id, addresses: mine.map((a) => a.address) });
+        else
+          deps.reports.attached({
+            podNamespace: mine[0]!.podNamespace,
+            podName: mine[0]!.podName,
+            containerId: id,
+            addresses: mine.map((a) => a.address),
+          });
       }
     } catch (err) {
       deps.logger.warn('reporting containers to policy failed', { containerIds, err: (err as Error).message });
@@ -185,7 +217,9 @@ export function createCniHandlers(deps: {
     const out = [];
     let pageToken = '';
     do {
-      const page = await deps.ipam.listAllocations({ pool: '', node: deps.node, pageSize: 5000, pageToken }, { timeoutMs: 10_000 }).catch(passThrough);
+      const page = await deps.ipam
+        .listAllocations({ pool: '', node: deps.node, pageSize: 5000, pageToken }, { timeoutMs: 10_000 })
+        .catch(passThrough);
       out.push(...page.allocations);
       pageToken = page.nextPageToken;
     } while (pageToken);
@@ -200,17 +234,24 @@ export function createCniHandlers(deps: {
       } catch (err) {
         throw invalid((err as Error).message);
       }
-      if (req.mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(req.mac)) throw invalid(`MAC ${JSON.stringify(req.mac)} is not a MAC address`);
+      if (req.mac && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(req.mac))
+        throw invalid(`MAC ${JSON.stringify(req.mac)} is not a MAC address`);
       // A requested address (CNI_ARGS IP=, runtimeConfig ips) goes to IPAM, which checks it against pools,
       // reservations, holders and nodes (at most one per family).
       const v6 = req.requestedAddresses.filter((a) => a.includes(':'));
       if (v6.length > 0 && !dualStack) {
-        throw invalid(`requested IPv6 addresses (${v6.join(', ')}) need dual-stack pods: this node's agent gives pods IPv4 only (WEFT_POD_FAMILIES=ipv4)`);
+        throw invalid(
+          `requested IPv6 addresses (${v6.join(', ')}) need dual-stack pods: this node's agent gives pods IPv4 only (WEFT_POD_FAMILIES=ipv4)`,
+        );
       }
       const handle = `${req.containerId}/${req.ifname}`;
       const hostIfname = hostIfnameFor(req.containerId, req.ifname);
       if (inFlight.has(handle)) {
-        throw new DomainError('agent.attach_in_progress', 'conflict', `an ADD for container ${req.containerId} interface ${req.ifname} is already running`);
+        throw new DomainError(
+          'agent.attach_in_progress',
+          'conflict',
+          `an ADD for container ${req.containerId} interface ${req.ifname} is already running`,
+        );
       }
       const log = deps.logger.child({ containerId: req.containerId, handle });
       // Names this ADD's allocation: the releases below name it too, so an Allocate whose answer was lost cannot commit
@@ -230,10 +271,16 @@ export function createCniHandlers(deps: {
           );
         }
         const release = async (why: string) => {
-          await deps.ipam.release({ handle, attemptId }, { timeoutMs: 10_000 })
-            .then((r) => log.info('released after a failed attach', { why, attemptId, released: r.released, address: r.address }))
+          await deps.ipam
+            .release({ handle, attemptId }, { timeoutMs: 10_000 })
+            .then((r) =>
+              log.info('released after a failed attach', { why, attemptId, released: r.released, address: r.address }),
+            )
             .catch((e) => {
-              log.error('release after a failed attach failed; retrying in the background, and the runtime\'s DEL names the attempt', { why, err: (e as Error).message });
+              log.error(
+                "release after a failed attach failed; retrying in the background, and the runtime's DEL names the attempt",
+                { why, err: (e as Error).message },
+              );
               fenceInBackground(handle, attemptId, log);
             });
         };
@@ -242,46 +289,69 @@ export function createCniHandlers(deps: {
         // has settled, so a release below always comes after the allocation it undoes.
         // A pod's traffic must never be unpoliced: it is attached only once the kernel holds Weft's dispatch and its
         // fail-closed drop for each of its families (a fresh agent programs them at its first pass).
-        for (const family of dualStack ? [4, 6] as const : [4] as const) {
-          const inForce = deps.policyInForce?.(family, 10_000)
-            ?? (family === 4 ? Promise.resolve() : Promise.reject(new Error('no IPv6 policy programmer')));
+        for (const family of dualStack ? ([4, 6] as const) : ([4] as const)) {
+          const inForce =
+            deps.policyInForce?.(family, 10_000) ??
+            (family === 4 ? Promise.resolve() : Promise.reject(new Error('no IPv6 policy programmer')));
           await inForce.catch((err: Error) => {
-            throw new DomainError(`agent.ipv${family}_policy_not_ready`, 'unavailable', `IPv${family} network policy is not in force on node ${deps.node} yet, so no pod is attached (${err.message}); try again later`);
+            throw new DomainError(
+              `agent.ipv${family}_policy_not_ready`,
+              'unavailable',
+              `IPv${family} network policy is not in force on node ${deps.node} yet, so no pod is attached (${err.message}); try again later`,
+            );
           });
         }
         const t0 = performance.now();
         let allocationError: { err: unknown } | undefined;
-        const allocation = deps.ipam.allocate(
-          // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
-          {
-            handle, node: deps.node, pool: req.pool, families: ipamFamilies, addresses: [...req.requestedAddresses],
-            podNamespace: req.podNamespace, podName: req.podName, podUid: req.podUid, containerId: req.containerId, attemptId,
-          },
-          { timeoutMs: 20_000 },
-        ).then(async (res): Promise<PodAddresses> => {
-          deps.onAttachPhase?.('allocate', performance.now() - t0);
-          const ipv4 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV4)?.address;
-          const ipv6 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV6)?.address;
-          // A named pool has one family (IPAM ignores families then): a pod must not come up with half its stack.
-          const missing = [...(ipv4 ? [] : ['IPv4']), ...(dualStack && !ipv6 ? ['IPv6'] : [])];
-          if (missing.length > 0 || (ipv6 && !dualStack)) {
-            await release('IPAM did not give the families asked for');
-            const err = new DomainError('agent.families_mismatch', 'invalid_argument', missing.length > 0
-              ? `IPAM gave no ${missing.join(' or ')} address for ${handle}${req.pool ? ` (the network config names pool ${req.pool}, which has one family; a dual-stack pod needs a pool of each, so leave "pool" out)` : ''}: this node's pods get ${dualStack ? 'IPv4 and IPv6 (WEFT_POD_FAMILIES=ipv4,ipv6)' : 'IPv4'}`
-              : `IPAM gave an IPv6 address to ${handle}, but this node's pods get IPv4 only`);
-            // Passed through as it is (after the rollback), like IPAM's own refusals.
-            allocationError = { err };
-            throw err;
-          }
-          return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
-        }, async (err: unknown) => {
-          allocationError = { err };
-          // IPAM may have committed an allocation whose answer was lost, or may still commit it: release by handle
-          // (nothing live uses it), naming the attempt, so that it is freed if it committed and never commits if not.
-          const code = (err as { code?: number }).code;
-          if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED) await release('allocate did not answer');
-          throw err;
-        });
+        const allocation = deps.ipam
+          .allocate(
+            // Every family in one call: IPAM gives a dual-stack pod both addresses or neither.
+            {
+              handle,
+              node: deps.node,
+              pool: req.pool,
+              families: ipamFamilies,
+              addresses: [...req.requestedAddresses],
+              podNamespace: req.podNamespace,
+              podName: req.podName,
+              podUid: req.podUid,
+              containerId: req.containerId,
+              attemptId,
+            },
+            { timeoutMs: 20_000 },
+          )
+          .then(
+            async (res): Promise<PodAddresses> => {
+              deps.onAttachPhase?.('allocate', performance.now() - t0);
+              const ipv4 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV4)?.address;
+              const ipv6 = res.allocations.find((a) => a.family === IpFamily.IP_FAMILY_IPV6)?.address;
+              // A named pool has one family (IPAM ignores families then): a pod must not come up with half its stack.
+              const missing = [...(ipv4 ? [] : ['IPv4']), ...(dualStack && !ipv6 ? ['IPv6'] : [])];
+              if (missing.length > 0 || (ipv6 && !dualStack)) {
+                await release('IPAM did not give the families asked for');
+                const err = new DomainError(
+                  'agent.families_mismatch',
+                  'invalid_argument',
+                  missing.length > 0
+                    ? `IPAM gave no ${missing.join(' or ')} address for ${handle}${req.pool ? ` (the network config names pool ${req.pool}, which has one family; a dual-stack pod needs a pool of each, so leave "pool" out)` : ''}: this node's pods get ${dualStack ? 'IPv4 and IPv6 (WEFT_POD_FAMILIES=ipv4,ipv6)' : 'IPv4'}`
+                    : `IPAM gave an IPv6 address to ${handle}, but this node's pods get IPv4 only`,
+                );
+                // Passed through as it is (after the rollback), like IPAM's own refusals.
+                allocationError = { err };
+                throw err;
+              }
+              return ipv6 ? { ipv4: ipv4!, ipv6 } : { ipv4: ipv4! };
+            },
+            async (err: unknown) => {
+              allocationError = { err };
+              // IPAM may have committed an allocation whose answer was lost, or may still commit it: release by handle
+              // (nothing live uses it), naming the attempt, so that it is freed if it committed and never commits if not.
+              const code = (err as { code?: number }).code;
+              if (code === status.DEADLINE_EXCEEDED || code === status.UNAVAILABLE || code === status.CANCELLED)
+                await release('allocate did not answer');
+              throw err;
+            },
+          );
         // A Detach running now may have released this very address while its veth is still being deleted.
         const settledAddress = allocation.then(async (a) => {
           if (linkDeletions.size > 0) await Promise.allSettled([...linkDeletions]);
@@ -293,13 +363,35 @@ export function createCniHandlers(deps: {
         const siblings = containerAttachments(req.containerId, paths);
         const record = { network: req.network, containerId: req.containerId, defaultRoute: !siblings.defaultRoute };
         try {
-          const a = await attachPod({ containerId: req.containerId, nsPath: req.netns, ifname: req.ifname, address: settledAddress, mtu: deps.mtu, routeProtocol: deps.routeProtocol, mac: req.mac, ipv6: dualStack, record, onPhase: deps.onAttachPhase, paths });
+          const a = await attachPod({
+            containerId: req.containerId,
+            nsPath: req.netns,
+            ifname: req.ifname,
+            address: settledAddress,
+            mtu: deps.mtu,
+            routeProtocol: deps.routeProtocol,
+            mac: req.mac,
+            ipv6: dualStack,
+            record,
+            onPhase: deps.onAttachPhase,
+            paths,
+          });
           const address = a.address;
-          log.info('pod attached', { address, ...(a.address6 ? { address6: a.address6 } : {}), hostIfname: a.hostIfname });
+          log.info('pod attached', {
+            address,
+            ...(a.address6 ? { address6: a.address6 } : {}),
+            hostIfname: a.hostIfname,
+          });
           afterAnswer(() => {
             // A container with other interfaces is reported with all its addresses (what IPAM holds for it).
             if (siblings.count > 0) void reportContainers([req.containerId]);
-            else deps.reports?.attached({ podNamespace: req.podNamespace, podName: req.podName, containerId: req.containerId, addresses: a.address6 ? [address, a.address6] : [address] });
+            else
+              deps.reports?.attached({
+                podNamespace: req.podNamespace,
+                podName: req.podName,
+                containerId: req.containerId,
+                addresses: a.address6 ? [address, a.address6] : [address],
+              });
             void deps.onPodsChanged?.();
           });
           return {
@@ -312,13 +404,19 @@ export function createCniHandlers(deps: {
               ...(a.address6 ? [{ address: `${a.address6}/128`, gateway: POD_GATEWAY6, interface: 1 }] : []),
             ],
             // The result's routes are the main table's: a second interface adds none there.
-            routes: record.defaultRoute ? [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])] : [],
+            routes: record.defaultRoute
+              ? [{ dst: '0.0.0.0/0', gw: POD_GATEWAY }, ...(a.address6 ? [{ dst: '::/0', gw: POD_GATEWAY6 }] : [])]
+              : [],
           };
         } catch (err) {
           if (allocationError && err === allocationError.err) return passThrough(err, req.pool);
           log.warn('attach failed; releasing the address', { err: (err as Error).message });
           await release('attach failed');
-          throw new DomainError('agent.attach_failed', 'failed_precondition', `cannot set up the pod interface: ${(err as Error).message}`);
+          throw new DomainError(
+            'agent.attach_failed',
+            'failed_precondition',
+            `cannot set up the pod interface: ${(err as Error).message}`,
+          );
         }
       } finally {
         inFlight.delete(handle);
@@ -345,16 +443,27 @@ export function createCniHandlers(deps: {
       const t0 = performance.now();
       // Attempts of failed ADDs not yet fenced are fenced first: one of them may still commit after this release.
       const attempts = [...(unfenced.get(handle) ?? [])];
-      const fenced = attempts.length === 0 ? Promise.resolve(true)
-        : Promise.all(attempts.map((a) => fenceAttempt(handle, a))).then((oks) => oks.every(Boolean));
-      const release = fenced.then((ok) => {
-        if (!ok) throw new DomainError('agent.ipam_unavailable', 'unavailable', `cannot fence the allocation attempts of an earlier failed ADD of ${handle} (IPAM unreachable); try DEL again later`);
-        return deps.ipam.release({ handle }, { timeoutMs: 10_000 });
-      }).then((r) => {
-        deps.onDetachPhase?.('release', performance.now() - t0);
-        return r;
-      }, passThrough);
-      const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns, paths }).then(() => deps.onDetachPhase?.('link', performance.now() - t0));
+      const fenced =
+        attempts.length === 0
+          ? Promise.resolve(true)
+          : Promise.all(attempts.map((a) => fenceAttempt(handle, a))).then((oks) => oks.every(Boolean));
+      const release = fenced
+        .then((ok) => {
+          if (!ok)
+            throw new DomainError(
+              'agent.ipam_unavailable',
+              'unavailable',
+              `cannot fence the allocation attempts of an earlier failed ADD of ${handle} (IPAM unreachable); try DEL again later`,
+            );
+          return deps.ipam.release({ handle }, { timeoutMs: 10_000 });
+        })
+        .then((r) => {
+          deps.onDetachPhase?.('release', performance.now() - t0);
+          return r;
+        }, passThrough);
+      const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns, paths }).then(() =>
+        deps.onDetachPhase?.('link', performance.now() - t0),
+      );
       linkDeletions.add(link);
       void link.catch(() => {}).finally(() => linkDeletions.delete(link));
       let removed = false;
@@ -367,11 +476,14 @@ export function createCniHandlers(deps: {
         if (await policyPassAfterRemoval(handle)) deps.onDetachPhase?.('policy', performance.now() - t1);
         // The container's other interfaces keep it attached, with the addresses they hold.
         const others = containerAttachments(req.containerId, paths).count;
-        afterAnswer(() => (others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId)));
+        afterAnswer(() =>
+          others > 0 ? void reportContainers([req.containerId]) : deps.reports?.detached(req.containerId),
+        );
         return {};
       } finally {
         // After a failure the policy pass still follows whatever of the veth is left.
-        if (!removed) void Promise.allSettled([link, release]).then(() => afterAnswer(() => void deps.onPodsChanged?.()));
+        if (!removed)
+          void Promise.allSettled([link, release]).then(() => afterAnswer(() => void deps.onPodsChanged?.()));
       }
     },
 
@@ -389,10 +501,21 @@ export function createCniHandlers(deps: {
       const held6 = held.find((a) => a.family === IpFamily.IP_FAMILY_IPV6);
       const difference = findAttachmentDifference(
         {
-          handle, node: deps.node, netns: req.netns, ifname: req.ifname, hostIfname, gateway: POD_GATEWAY, gateway6: POD_GATEWAY6,
-          routeProtocol: deps.routeProtocol, reportedAddresses: req.reportedAddresses, reportedMac: req.reportedMac,
+          handle,
+          node: deps.node,
+          netns: req.netns,
+          ifname: req.ifname,
+          hostIfname,
+          gateway: POD_GATEWAY,
+          gateway6: POD_GATEWAY6,
+          routeProtocol: deps.routeProtocol,
+          reportedAddresses: req.reportedAddresses,
+          reportedMac: req.reportedMac,
         },
-        { ...observed, allocation: held4 ? { address: held4.address, ...(held6 ? { address6: held6.address } : {}) } : null },
+        {
+          ...observed,
+          allocation: held4 ? { address: held4.address, ...(held6 ? { address6: held6.address } : {}) } : null,
+        },
       );
       if (difference) throw new DomainError('agent.check_failed', 'failed_precondition', difference);
       return {};
@@ -404,13 +527,17 @@ export function createCniHandlers(deps: {
         return { ipamReachable: true, detail: '' };
       } catch (err) {
         const e = err as { details?: string; message?: string };
-        return { ipamReachable: false, detail: `the agent cannot reach IPAM at ${deps.ipamTarget}: ${e.details || e.message || String(err)}` };
+        return {
+          ipamReachable: false,
+          detail: `the agent cannot reach IPAM at ${deps.ipamTarget}: ${e.details || e.message || String(err)}`,
+        };
       }
     },
 
     async garbageCollect(req) {
       const valid = req.validAttachments.map((a) => {
-        if (!a.containerId || !a.ifname) throw invalid(`a valid attachment needs a container id and an interface name, got ${JSON.stringify(a)}`);
+        if (!a.containerId || !a.ifname)
+          throw invalid(`a valid attachment needs a container id and an interface name, got ${JSON.stringify(a)}`);
         return a;
       });
       const failures: string[] = [];
@@ -419,12 +546,16 @@ export function createCniHandlers(deps: {
       const [allocations, hostLinks] = await Promise.all([
         nodeAllocations().catch((err: Error) => {
           allocationsListed = false;
-          failures.push(`listing node ${deps.node}'s allocations failed, so no address was released (nor any interface that does not record its network): ${err.message}`);
+          failures.push(
+            `listing node ${deps.node}'s allocations failed, so no address was released (nor any interface that does not record its network): ${err.message}`,
+          );
           return [];
         }),
         listVeths().catch((err: Error) => {
           vethsListed = false;
-          failures.push(`listing the node's veth devices failed, so no interface was removed or address released: ${err.message}`);
+          failures.push(
+            `listing the node's veth devices failed, so no interface was removed or address released: ${err.message}`,
+          );
           return [];
         }),
       ]);
@@ -439,7 +570,9 @@ export function createCniHandlers(deps: {
         validHostIfnames: new Set(valid.map((a) => hostIfnameFor(a.containerId, a.ifname))),
         inFlightHandles: new Set(inFlight.keys()),
         inFlightHostIfnames: new Set(inFlight.values()),
-        allocations: vethsListed ? allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address })) : [],
+        allocations: vethsListed
+          ? allocations.map((a) => ({ handle: a.handle, containerId: a.containerId, address: a.address }))
+          : [],
         allocationsKnown: allocationsListed,
         hostLinks,
       });
@@ -469,8 +602,17 @@ export function createCniHandlers(deps: {
       });
       if (removedInterfaces.length > 0) await policyPassAfterRemoval('garbage collection');
       // Each container that lost an attachment is reported with what it still holds (detached when nothing).
-      if (releasing.size > 0) void reportContainers([...new Set(plan.release.filter((a) => releasing.has(a.handle)).map((a) => a.containerId))]);
-      deps.logger.info('garbage collected', { network: req.network, valid: valid.length, released: released.length, removedInterfaces: removedInterfaces.length, failures });
+      if (releasing.size > 0)
+        void reportContainers([
+          ...new Set(plan.release.filter((a) => releasing.has(a.handle)).map((a) => a.containerId)),
+        ]);
+      deps.logger.info('garbage collected', {
+        network: req.network,
+        valid: valid.length,
+        released: released.length,
+        removedInterfaces: removedInterfaces.length,
+        failures,
+      });
       return { released, removedInterfaces: removedInterfaces.sort(), failures };
     },
   };

@@ -19,7 +19,14 @@ describe('the agent installs the CNI plugin and its conflist', () => {
     dir = mkdtempSync(path.join(tmpdir(), 'weft-cni-install-'));
     mkdirSync(path.join(dir, 'bin'));
     mkdirSync(path.join(dir, 'net.d'));
-    opts = { binDir: path.join(dir, 'bin'), confDir: path.join(dir, 'net.d'), pluginSource: plugin, name: 'weft', agentSocket: '/run/weft/agent.sock', bandwidth: false };
+    opts = {
+      binDir: path.join(dir, 'bin'),
+      confDir: path.join(dir, 'net.d'),
+      pluginSource: plugin,
+      name: 'weft',
+      agentSocket: '/run/weft/agent.sock',
+      bandwidth: false,
+    };
   });
   after(() => {
     rmSync(dir, { recursive: true, force: true });
@@ -44,7 +51,11 @@ describe('the agent installs the CNI plugin and its conflist', () => {
     });
     assert.deepEqual([readdirSync(opts.binDir), readdirSync(opts.confDir)], [['weft'], ['10-weft.conflist']]);
     // The installed file is the plugin a runtime runs: it answers VERSION.
-    const stdout = await run(res.plugin!.path, [], { env: { CNI_COMMAND: 'VERSION', PATH: process.env.PATH }, input: '{"cniVersion":"1.0.0"}', timeoutMs: 20_000 });
+    const stdout = await run(res.plugin!.path, [], {
+      env: { CNI_COMMAND: 'VERSION', PATH: process.env.PATH },
+      input: '{"cniVersion":"1.0.0"}',
+      timeoutMs: 20_000,
+    });
     assert.equal((JSON.parse(stdout) as { cniVersion: string }).cniVersion, '1.0.0');
   });
 
@@ -53,7 +64,10 @@ describe('the agent installs the CNI plugin and its conflist', () => {
     const before = files.map((f) => statSync(f));
     const again = await installCni(opts, silentLogger);
     assert.deepEqual([again.plugin!.outcome, again.conflist!.outcome], ['unchanged', 'unchanged']);
-    assert.deepEqual(files.map((f) => [statSync(f).ino, statSync(f).mtimeMs]), before.map((s) => [s.ino, s.mtimeMs]));
+    assert.deepEqual(
+      files.map((f) => [statSync(f).ino, statSync(f).mtimeMs]),
+      before.map((s) => [s.ino, s.mtimeMs]),
+    );
 
     const withBandwidth = await installCni({ ...opts, bandwidth: true }, silentLogger);
     assert.deepEqual([withBandwidth.plugin!.outcome, withBandwidth.conflist!.outcome], ['unchanged', 'written']);
@@ -64,9 +78,14 @@ describe('the agent installs the CNI plugin and its conflist', () => {
 
   it('empty folders switch installing off; a missing folder or plugin is a clear error', async () => {
     assert.deepEqual(await installCni({ ...opts, binDir: '', confDir: '' }, silentLogger), {});
-    await assert.rejects(installCni({ ...opts, binDir: '', confDir: path.join(dir, 'absent') }, silentLogger),
-      new RegExp(`the folder ${path.join(dir, 'absent')} does not exist; create it or fix WEFT_CNI_CONF_DIR`));
-    await assert.rejects(installCni({ ...opts, pluginSource: path.join(dir, 'no-plugin') }, silentLogger), /cannot read the CNI plugin .*no-plugin.*ENOENT/);
+    await assert.rejects(
+      installCni({ ...opts, binDir: '', confDir: path.join(dir, 'absent') }, silentLogger),
+      new RegExp(`the folder ${path.join(dir, 'absent')} does not exist; create it or fix WEFT_CNI_CONF_DIR`),
+    );
+    await assert.rejects(
+      installCni({ ...opts, pluginSource: path.join(dir, 'no-plugin') }, silentLogger),
+      /cannot read the CNI plugin .*no-plugin.*ENOENT/,
+    );
   });
 
   it('a runtime polling the conflist and the plugin while the agent rewrites them never sees a partial file', async () => {
@@ -80,7 +99,10 @@ describe('the agent installs the CNI plugin and its conflist', () => {
         assert.equal(res.conflist!.outcome, 'written');
       }
     } finally {
-      for (const [what, reads] of [['conflist', confReads], ['plugin', pluginReads]] as const) {
+      for (const [what, reads] of [
+        ['conflist', confReads],
+        ['plugin', pluginReads],
+      ] as const) {
         const report = await reads.stop();
         assert.ok(report.reads > 20, `the ${what} was read while it was rewritten (${report.reads} reads)`);
         assert.equal(report.torn, 0, `torn reads of the ${what}: ${report.torn} (first: ${report.firstTorn})`);

@@ -29,25 +29,37 @@ export async function installCni(opts: CniInstallOptions, logger: Logger): Promi
   const result: CniInstallResult = {};
   if (opts.binDir) {
     const plugin = await readFile(opts.pluginSource).catch((err: NodeJS.ErrnoException) => {
-      throw new Error(`cannot read the CNI plugin ${opts.pluginSource} to install it: ${err.code ?? err.message} (build it with npm run build, and weft-cni-static with npm run build:cni-static)`);
+      throw new Error(
+        `cannot read the CNI plugin ${opts.pluginSource} to install it: ${err.code ?? err.message} (build it with npm run build, and weft-cni-static with npm run build:cni-static)`,
+      );
     });
     const target = path.join(opts.binDir, PLUGIN_FILE);
     result.plugin = { path: target, outcome: await install(target, plugin, 0o755, 'WEFT_CNI_BIN_DIR') };
   }
   if (opts.confDir) {
     const target = path.join(opts.confDir, CONFLIST_FILE);
-    result.conflist = { path: target, outcome: await install(target, renderConflist(opts), 0o644, 'WEFT_CNI_CONF_DIR') };
+    result.conflist = {
+      path: target,
+      outcome: await install(target, renderConflist(opts), 0o644, 'WEFT_CNI_CONF_DIR'),
+    };
   }
-  for (const [what, r] of Object.entries(result)) logger.info(`CNI ${what} ${r.outcome === 'written' ? 'installed' : 'already installed'}`, { path: r.path });
+  for (const [what, r] of Object.entries(result))
+    logger.info(`CNI ${what} ${r.outcome === 'written' ? 'installed' : 'already installed'}`, { path: r.path });
   return result;
 }
 
-async function install(target: string, content: Buffer | string, mode: number, setting: string): Promise<'written' | 'unchanged'> {
+async function install(
+  target: string,
+  content: Buffer | string,
+  mode: number,
+  setting: string,
+): Promise<'written' | 'unchanged'> {
   try {
     return await writeFileAtomic(target, content, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const hint = code === 'ENOENT' ? `: the folder ${path.dirname(target)} does not exist; create it or fix ${setting}` : '';
+    const hint =
+      code === 'ENOENT' ? `: the folder ${path.dirname(target)} does not exist; create it or fix ${setting}` : '';
     throw new Error(`cannot install ${target}: ${(err as Error).message}${hint}`, { cause: err });
   }
 }

@@ -63,16 +63,38 @@ async function main(): Promise<void> {
   const hostPaths: HostPaths = { procSysNet: config.procSysNet, sysDir: config.sysDir };
   // IPv6 pod blocks are forwarded too; a kernel without IPv6 (or with it disabled) routes IPv4 only.
   const forwarding = enableForwarding(hostPaths);
-  if (!forwarding.ipv6) logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', { err: forwarding.reason });
-  const underlay = await detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo });
+  if (!forwarding.ipv6)
+    logger.warn('IPv6 forwarding cannot be switched on; IPv6 pod blocks will not be forwarded', {
+      err: forwarding.reason,
+    });
+  const underlay = await detectUnderlay({
+    address: config.underlayAddress,
+    cidrs: config.underlayCidr,
+    interfaces: config.underlayInterface,
+    routeTo: config.underlayRouteTo,
+  });
   const mtu = underlay.mtu - VXLAN_OVERHEAD_V4;
   // Pods' MTU: in `direct` mode no pod packet is ever encapsulated (nodes off the subnet and IPv6 blocks are refused),
   // so pods get the underlay's whole MTU, as the underlay's own hosts do; in `vxlan` and `auto` a pod may reach a
   // node through VXLAN, so it gets the VXLAN device's.
   const podMtu = config.routingMode === 'direct' ? underlay.mtu : mtu;
-  let vxlanSpec = { name: config.vxlanDevice, vni: config.vxlanVni, port: config.vxlanPort, localAddress: underlay.address, underlayInterface: underlay.interface, mtu };
+  let vxlanSpec = {
+    name: config.vxlanDevice,
+    vni: config.vxlanVni,
+    port: config.vxlanPort,
+    localAddress: underlay.address,
+    underlayInterface: underlay.interface,
+    mtu,
+  };
   const device = await ensureVxlanDevice(vxlanSpec, logger);
-  logger.info('underlay', { ...underlay, vtepMac: device.mac, mtu, podMtu, routingMode: config.routingMode, podFamilies: config.podFamilies });
+  logger.info('underlay', {
+    ...underlay,
+    vtepMac: device.mac,
+    mtu,
+    podMtu,
+    routingMode: config.routingMode,
+    podFamilies: config.podFamilies,
+  });
 
   const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
   const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
@@ -81,7 +103,15 @@ async function main(): Promise<void> {
   // in the background (the file watcher picks each renewal up).
   if (config.bootstrap) {
     try {
-      await startTlsBootstrap({ address: config.bootstrap, tokenFile: config.bootstrapTokenFile, caFile: config.bootstrapCaFile, tlsDir: config.tlsDir, expectIdentity: `node:${config.nodeName}`, logger, signal: stopper.signal });
+      await startTlsBootstrap({
+        address: config.bootstrap,
+        tokenFile: config.bootstrapTokenFile,
+        caFile: config.bootstrapCaFile,
+        tlsDir: config.tlsDir,
+        expectIdentity: `node:${config.nodeName}`,
+        logger,
+        signal: stopper.signal,
+      });
     } catch (err) {
       process.stderr.write(`weft agent: ${(err as Error).message}\n`);
       process.exit(2);
@@ -119,18 +149,29 @@ async function main(): Promise<void> {
   let policy: PolicySource | null = null;
   // The overlay's entries are written on the VXLAN device's current index (the device driver's) and the underlay's.
   const overlayNetlink = createOverlayNetlink({
-    routeProtocol: config.routeProtocol, logger,
+    routeProtocol: config.routeProtocol,
+    logger,
     devices: () => ({ vxlan: reconciler.overlay().ifindex, underlay: reconciler.overlay().underlayIfindex ?? 0 }),
   });
   const policyDriver = (family: 4 | 6) =>
-    createNetworkPolicyDriver(createPolicyProgrammer(createIptablesPolicy({ routeProtocol: config.routeProtocol, family }), config.vxlanDevice, family), family);
+    createNetworkPolicyDriver(
+      createPolicyProgrammer(
+        createIptablesPolicy({ routeProtocol: config.routeProtocol, family }),
+        config.vxlanDevice,
+        family,
+      ),
+      family,
+    );
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
     kernel: {
       device: createVxlanDeviceAccess(config.vxlanDevice, logger),
-      neighbours: overlayNetlink.neighbours, fdb: overlayNetlink.fdb, routes: overlayNetlink.routes,
-      nat4: createNatAccess(createNatDriver(4)), nat6: createNatAccess(createNatDriver(6)),
+      neighbours: overlayNetlink.neighbours,
+      fdb: overlayNetlink.fdb,
+      routes: overlayNetlink.routes,
+      nat4: createNatAccess(createNatDriver(4)),
+      nat6: createNatAccess(createNatDriver(6)),
     },
     vxlan: () => vxlanSpec,
     routing: { mode: config.routingMode, underlay: { address: underlay.address, prefixLength: underlay.prefixLength } },
@@ -138,7 +179,11 @@ async function main(): Promise<void> {
     pools: () => pools?.pools() ?? null,
     // IPv6 policy is programmed on every node (IPv6 forwarding is on): a packet a pod sends with an IPv6 source it was
     // not given meets the fail-closed drop. With dual-stack pods it is required.
-    policy: { rules: () => policy?.rules() ?? null, drivers: [policyDriver(4), policyDriver(6)], ipv6Required: config.podFamilies.includes('ipv6') },
+    policy: {
+      rules: () => policy?.rules() ?? null,
+      drivers: [policyDriver(4), policyDriver(6)],
+      ipv6Required: config.podFamilies.includes('ipv6'),
+    },
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -148,9 +193,20 @@ async function main(): Promise<void> {
   // VTEP MAC, so every other node's entries follow, and direct routing judged against the new subnet.
   const underlayFollower = followUnderlay({
     initial: underlay,
-    detect: () => detectUnderlay({ address: config.underlayAddress, cidrs: config.underlayCidr, interfaces: config.underlayInterface, routeTo: config.underlayRouteTo }),
+    detect: () =>
+      detectUnderlay({
+        address: config.underlayAddress,
+        cidrs: config.underlayCidr,
+        interfaces: config.underlayInterface,
+        routeTo: config.underlayRouteTo,
+      }),
     onMoved: async (next, previous) => {
-      vxlanSpec = { ...vxlanSpec, localAddress: next.address, underlayInterface: next.interface, mtu: next.mtu - VXLAN_OVERHEAD_V4 };
+      vxlanSpec = {
+        ...vxlanSpec,
+        localAddress: next.address,
+        underlayInterface: next.interface,
+        mtu: next.mtu - VXLAN_OVERHEAD_V4,
+      };
       reconciler.setUnderlay({ address: next.address, prefixLength: next.prefixLength }, next.ifindex);
       // The device is rebuilt on the new address before the other nodes are told to send there.
       await reconciler.flush();
@@ -159,8 +215,17 @@ async function main(): Promise<void> {
       // revision). Only the agent's own: other programs' connections bound to that address (kubelet, ssh) are theirs.
       if (next.address !== previous.address) {
         await closeOwnConnections(previous.address)
-          .then((closed) => logger.info('closed the agent\'s connections from the old underlay address', { address: previous.address, closed }))
-          .catch((err: Error) => logger.warn('cannot close the agent\'s connections from the old underlay address; gRPC keepalive will', { err: err.message }));
+          .then((closed) =>
+            logger.info("closed the agent's connections from the old underlay address", {
+              address: previous.address,
+              closed,
+            }),
+          )
+          .catch((err: Error) =>
+            logger.warn("cannot close the agent's connections from the old underlay address; gRPC keepalive will", {
+              err: err.message,
+            }),
+          );
       }
       registration.underlayAddress = next.address;
       registration.vtepMac = vtepMacFor(next.address);
@@ -180,7 +245,11 @@ async function main(): Promise<void> {
         // A link event may mean the device is gone or changed: it and everything on it are read back; an entry's
         // event, only its kind.
         if (e.kind === 'link') reconciler.markDirty('device', config.eventDebounceMs);
-        else reconciler.resync([e.kind === 'route' ? ROUTE : e.kind === 'neighbour' && e.family === 'bridge' ? FDB : NEIGHBOUR], config.eventDebounceMs);
+        else
+          reconciler.resync(
+            [e.kind === 'route' ? ROUTE : e.kind === 'neighbour' && e.family === 'bridge' ? FDB : NEIGHBOUR],
+            config.eventDebounceMs,
+          );
       },
       onEcho: (e) => metrics.kernelEchoes.add(1, { kind: e.kind }),
       onLost: (reason) => {
@@ -194,12 +263,30 @@ async function main(): Promise<void> {
     });
   } catch (err) {
     metrics.netlinkFailures.add(1, { op: 'watch' });
-    logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', { err, resyncMs: config.resyncMs });
+    logger.error('cannot follow kernel notifications; drift is repaired at each periodic resync only', {
+      err,
+      resyncMs: config.resyncMs,
+    });
   }
-  policy = followNodePolicy({ client: policyClient, node: config.nodeName, logger, signal: stopper.signal, onChange: () => reconciler.markDirty('policy') });
-  pools = followPools({ ipam, intervalMs: config.resyncMs, logger, signal: stopper.signal, onChange: () => reconciler.markDirty('pools') });
+  policy = followNodePolicy({
+    client: policyClient,
+    node: config.nodeName,
+    logger,
+    signal: stopper.signal,
+    onChange: () => reconciler.markDirty('policy'),
+  });
+  pools = followPools({
+    ipam,
+    intervalMs: config.resyncMs,
+    logger,
+    signal: stopper.signal,
+    onChange: () => reconciler.markDirty('pools'),
+  });
   snapshot = followRoutes({
-    client: routes, node: config.nodeName, logger, signal: stopper.signal,
+    client: routes,
+    node: config.nodeName,
+    logger,
+    signal: stopper.signal,
     onChange: (snap) => {
       metrics.synced.set(snap.synced ? 1 : 0);
       reconciler.markDirty('routes');
@@ -207,35 +294,65 @@ async function main(): Promise<void> {
   });
 
   const server = createServer();
-  const reports = createPodReporter({ node: config.nodeName, policy: policyClient, logger: logger.child({ component: 'pod-reports' }) });
-  const cniHandlers = createCniHandlers({ node: config.nodeName, ipam, ipamTarget: target, mtu: podMtu, routeProtocol: config.routeProtocol, logger, reports, onPodsChanged: () => reconciler.flush('pods'),
-    families: config.podFamilies, policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
+  const reports = createPodReporter({
+    node: config.nodeName,
+    policy: policyClient,
+    logger: logger.child({ component: 'pod-reports' }),
+  });
+  const cniHandlers = createCniHandlers({
+    node: config.nodeName,
+    ipam,
+    ipamTarget: target,
+    mtu: podMtu,
+    routeProtocol: config.routeProtocol,
+    logger,
+    reports,
+    onPodsChanged: () => reconciler.flush('pods'),
+    families: config.podFamilies,
+    policyInForce: (family, timeoutMs) => reconciler.whenPolicyInForce(family, timeoutMs),
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),
     hostPaths,
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
-  addService(server, AgentServiceService, timeCniHandlers(cniHandlers, metrics.cniCallDuration), logger.child({ service: 'agent' }), { unaryMethods });
+  addService(
+    server,
+    AgentServiceService,
+    timeCniHandlers(cniHandlers, metrics.cniCallDuration),
+    logger.child({ service: 'agent' }),
+    { unaryMethods },
+  );
   // A folder made for the socket is root's alone (0700); an existing one (e.g. a shared /run) is left as it is: the
   // socket itself is 0600.
   mkdirSync(path.dirname(config.socket), { recursive: true, mode: 0o700 });
   rmSync(config.socket, { force: true });
-  const socketServer = await listenUnixSocket({ server, socketPath: config.socket, unaryMethods, logger: logger.child({ service: 'agent' }) });
+  const socketServer = await listenUnixSocket({
+    server,
+    socketPath: config.socket,
+    unaryMethods,
+    logger: logger.child({ service: 'agent' }),
+  });
   logger.info('serving the CNI plugin', { socket: config.socket });
   // Installed once the socket answers, so that a runtime that sees the conflist can attach pods at once.
-  await installCni({
-    binDir: config.cniBinDir,
-    confDir: config.cniConfDir,
-    pluginSource: config.cniPluginSource || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni'),
-    name: config.cniNetworkName,
-    agentSocket: config.socket,
-    bandwidth: config.cniBandwidth,
-  }, logger);
+  await installCni(
+    {
+      binDir: config.cniBinDir,
+      confDir: config.cniConfDir,
+      pluginSource:
+        config.cniPluginSource || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/weft-cni'),
+      name: config.cniNetworkName,
+      agentSocket: config.socket,
+      bandwidth: config.cniBandwidth,
+    },
+    logger,
+  );
 
   // Reports lost with a previous agent (the policy service was down, the agent was killed) are made again: every
   // attachment IPAM holds for this node is reported; one the service already has changes nothing there.
-  void reportHeldAttachments(ipam, config.nodeName, reports).catch((err: Error) => logger.warn('re-reporting held attachments failed', { err: err.message }));
+  void reportHeldAttachments(ipam, config.nodeName, reports).catch((err: Error) =>
+    logger.warn('re-reporting held attachments failed', { err: err.message }),
+  );
 
   const shutdown = async (signal: string) => {
     logger.info('stopping', { signal });

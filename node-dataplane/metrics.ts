@@ -1,4 +1,10 @@
-import { LATENCY_BUCKETS_SECONDS, type Counter, type Gauge, type Histogram, type MetricsRegistry } from '../lib/metrics.js';
+import {
+  LATENCY_BUCKETS_SECONDS,
+  type Counter,
+  type Gauge,
+  type Histogram,
+  type MetricsRegistry,
+} from '../lib/metrics.js';
 
 /**
  * The agent's metrics (Prometheus names; served at WEFT_METRICS_LISTEN). Labels have small fixed value sets:
@@ -45,21 +51,65 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
   const m: AgentMetrics = {
     synced: r.gauge('weft_agent_synced', 'Whether the agent holds a complete route snapshot (1) or not yet (0).'),
     revisionApplied: r.gauge('weft_agent_revision_applied', 'Route-table revision that the kernel last fully matched.'),
-    passes: r.counter('weft_agent_reconcile_passes_total', 'Reconcile passes, by result (unsynced, unchanged, applied, failed).'),
-    passDuration: r.histogram('weft_agent_reconcile_duration_seconds', 'Duration of reconcile passes: ensure the device, read back, plan, apply.', LATENCY_BUCKETS_SECONDS),
-    applyDuration: r.histogram('weft_agent_apply_duration_seconds', 'Duration of applying a non-empty plan to the kernel.', LATENCY_BUCKETS_SECONDS),
+    passes: r.counter(
+      'weft_agent_reconcile_passes_total',
+      'Reconcile passes, by result (unsynced, unchanged, applied, failed).',
+    ),
+    passDuration: r.histogram(
+      'weft_agent_reconcile_duration_seconds',
+      'Duration of reconcile passes: ensure the device, read back, plan, apply.',
+      LATENCY_BUCKETS_SECONDS,
+    ),
+    applyDuration: r.histogram(
+      'weft_agent_apply_duration_seconds',
+      'Duration of applying a non-empty plan to the kernel.',
+      LATENCY_BUCKETS_SECONDS,
+    ),
     kernelChanges: r.counter('weft_agent_kernel_changes_total', 'Kernel entries added or deleted, by op and kind.'),
-    driftRepairs: r.counter('weft_agent_drift_repairs_total', 'Entries re-added that the kernel held after the previous pass (drift repaired), by kind.'),
-    netlinkFailures: r.counter('weft_agent_netlink_failures_total', 'Failed netlink operations, by op (read, apply, watch).'),
-    kernelEvents: r.counter('weft_agent_kernel_events_total', 'Kernel notifications that concerned the overlay and disagreed with what the agent wants (drift), by kind.'),
-    kernelEchoes: r.counter('weft_agent_kernel_echoes_total', 'Kernel notifications that were the agent\'s own writes coming back (no pass), by kind.'),
-    overlayReads: r.counter('weft_agent_overlay_reads_total', 'Overlay passes by how they knew what the kernel holds (source: kernel = read back over netlink, trusted = what the previous pass left).'),
+    driftRepairs: r.counter(
+      'weft_agent_drift_repairs_total',
+      'Entries re-added that the kernel held after the previous pass (drift repaired), by kind.',
+    ),
+    netlinkFailures: r.counter(
+      'weft_agent_netlink_failures_total',
+      'Failed netlink operations, by op (read, apply, watch).',
+    ),
+    kernelEvents: r.counter(
+      'weft_agent_kernel_events_total',
+      'Kernel notifications that concerned the overlay and disagreed with what the agent wants (drift), by kind.',
+    ),
+    kernelEchoes: r.counter(
+      'weft_agent_kernel_echoes_total',
+      "Kernel notifications that were the agent's own writes coming back (no pass), by kind.",
+    ),
+    overlayReads: r.counter(
+      'weft_agent_overlay_reads_total',
+      'Overlay passes by how they knew what the kernel holds (source: kernel = read back over netlink, trusted = what the previous pass left).',
+    ),
     desiredEntries: r.gauge('weft_agent_desired_entries', 'Entries of the desired overlay state, by kind.'),
-    peers: r.gauge('weft_agent_peers', 'Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node\'s underlay subnet: unreachable).'),
-    routingMode: r.gauge('weft_agent_routing_mode', 'The agent\'s routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.'),
-    cniCallDuration: r.histogram('weft_agent_cni_call_duration_seconds', "Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).", LATENCY_BUCKETS_SECONDS),
-    attachPhaseDuration: r.histogram('weft_agent_attach_phase_duration_seconds', 'Time of each step of a successful CNI Attach, by phase: allocate (IPAM), host (veth and host route), pod (the pod\'s namespace). Steps may overlap.', LATENCY_BUCKETS_SECONDS),
-    detachPhaseDuration: r.histogram('weft_agent_detach_phase_duration_seconds', 'Time of each step of a successful CNI Detach, by phase: link (deleting the pod\'s veth), release (IPAM), policy (then waiting for the pass that removes its rules).', LATENCY_BUCKETS_SECONDS),
+    peers: r.gauge(
+      'weft_agent_peers',
+      "Remote nodes with blocks, by mode: vxlan, direct, or refused (direct routing mode, node off this node's underlay subnet: unreachable).",
+    ),
+    routingMode: r.gauge(
+      'weft_agent_routing_mode',
+      "The agent's routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.",
+    ),
+    cniCallDuration: r.histogram(
+      'weft_agent_cni_call_duration_seconds',
+      'Time the agent spends on a CNI plugin call (its handler, from request to answer), by rpc and result (ok, error).',
+      LATENCY_BUCKETS_SECONDS,
+    ),
+    attachPhaseDuration: r.histogram(
+      'weft_agent_attach_phase_duration_seconds',
+      "Time of each step of a successful CNI Attach, by phase: allocate (IPAM), host (veth and host route), pod (the pod's namespace). Steps may overlap.",
+      LATENCY_BUCKETS_SECONDS,
+    ),
+    detachPhaseDuration: r.histogram(
+      'weft_agent_detach_phase_duration_seconds',
+      "Time of each step of a successful CNI Detach, by phase: link (deleting the pod's veth), release (IPAM), policy (then waiting for the pass that removes its rules).",
+      LATENCY_BUCKETS_SECONDS,
+    ),
   };
   m.synced.set(0);
   m.revisionApplied.set(0);

@@ -29,16 +29,23 @@ export function keepNodeLease(deps: {
       await sleep(delay, signal);
       if (signal.aborted) return;
       try {
-        leaseMs = (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+        leaseMs =
+          (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
         delay = leaseMs / 3;
         retry.reset();
       } catch (caught) {
         let err = caught;
         if ((err as { code?: number }).code === status.NOT_FOUND) {
-          logger.warn('this node is not registered (deregistered while it runs?); registering it again', { underlay: deps.registration.underlayAddress });
+          logger.warn('this node is not registered (deregistered while it runs?); registering it again', {
+            underlay: deps.registration.underlayAddress,
+          });
           try {
             leaseMs = (await routes.registerNode(deps.registration, { timeoutMs: 5000 })).leaseMillis || leaseMs;
-            logger.info('registered again', { underlay: deps.registration.underlayAddress, vtepMac: deps.registration.vtepMac, leaseMs });
+            logger.info('registered again', {
+              underlay: deps.registration.underlayAddress,
+              vtepMac: deps.registration.vtepMac,
+              leaseMs,
+            });
             delay = leaseMs / 3;
             continue;
           } catch (regErr) {

@@ -13,7 +13,10 @@ import type { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
  * service takes them. A report the service refuses as invalid is logged and dropped (retrying cannot help).
  */
 export interface PodReporter {
-  attached(pod: { podNamespace: string; podName: string; containerId: string; addresses: string[] }, resync?: boolean): void;
+  attached(
+    pod: { podNamespace: string; podName: string; containerId: string; addresses: string[] },
+    resync?: boolean,
+  ): void;
   detached(containerId: string): void;
   /** Reports not yet taken by the policy service. */
   pending(): number;
@@ -26,13 +29,22 @@ const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
  * The identity a pod is reported under: Kubernetes' namespace and name from CNI_ARGS; a runtime outside Kubernetes
  * (podman, say) gives none or names that are not DNS names, so such a pod is `default/sandbox-<container id>`.
  */
-export function reportedIdentity(podNamespace: string, podName: string, containerId: string): { namespace: string; name: string } {
+export function reportedIdentity(
+  podNamespace: string,
+  podName: string,
+  containerId: string,
+): { namespace: string; name: string } {
   if (NAME.test(podNamespace) && NAME.test(podName)) return { namespace: podNamespace, name: podName };
-  const id = containerId.toLowerCase().replace(/[^a-z0-9.-]/g, '-').slice(0, 40).replace(/[-.]+$/, '');
+  const id = containerId
+    .toLowerCase()
+    .replace(/[^a-z0-9.-]/g, '-')
+    .slice(0, 40)
+    .replace(/[-.]+$/, '');
   return { namespace: 'default', name: `sandbox-${id}` };
 }
 
-type Report = { kind: 'attach'; namespace: string; name: string; addresses: string[]; resync: boolean } | { kind: 'detach' };
+type Report =
+  { kind: 'attach'; namespace: string; name: string; addresses: string[]; resync: boolean } | { kind: 'detach' };
 
 export function createPodReporter(deps: {
   node: string;
@@ -48,11 +60,31 @@ export function createPodReporter(deps: {
 
   const send = async (containerId: string, r: Report) => {
     if (r.kind === 'attach') {
-      const res = await deps.policy.attachPod({ namespace: r.namespace, name: r.name, node: deps.node, containerId, addresses: r.addresses, resync: r.resync }, { timeoutMs: 10_000 });
-      deps.logger.info('pod reported to policy', { pod: `${r.namespace}/${r.name}`, containerId, known: res.known, revision: res.revision });
+      const res = await deps.policy.attachPod(
+        {
+          namespace: r.namespace,
+          name: r.name,
+          node: deps.node,
+          containerId,
+          addresses: r.addresses,
+          resync: r.resync,
+        },
+        { timeoutMs: 10_000 },
+      );
+      deps.logger.info('pod reported to policy', {
+        pod: `${r.namespace}/${r.name}`,
+        containerId,
+        known: res.known,
+        revision: res.revision,
+      });
     } else {
       const res = await deps.policy.detachPod({ containerId }, { timeoutMs: 10_000 });
-      if (res.name) deps.logger.info('pod detach reported to policy', { pod: `${res.namespace}/${res.name}`, containerId, deleted: res.deleted });
+      if (res.name)
+        deps.logger.info('pod detach reported to policy', {
+          pod: `${res.namespace}/${res.name}`,
+          containerId,
+          deleted: res.deleted,
+        });
     }
   };
 
@@ -67,12 +99,21 @@ export function createPodReporter(deps: {
       } catch (err) {
         const e = err as { code?: number; details?: string; message?: string };
         if (e.code === status.INVALID_ARGUMENT || e.code === status.UNIMPLEMENTED) {
-          deps.logger.error('the policy service refused a pod report; the pod keeps no policy identity', { containerId, report: queue[0]!.kind, err: e.details ?? e.message });
+          deps.logger.error('the policy service refused a pod report; the pod keeps no policy identity', {
+            containerId,
+            report: queue[0]!.kind,
+            err: e.details ?? e.message,
+          });
           queue.shift();
           continue;
         }
         const delay = backoff.next();
-        deps.logger.warn('pod report failed; retrying', { containerId, report: queue[0]!.kind, retryMs: delay, err: e.details ?? e.message });
+        deps.logger.warn('pod report failed; retrying', {
+          containerId,
+          report: queue[0]!.kind,
+          retryMs: delay,
+          err: e.details ?? e.message,
+        });
         await sleep(delay, closing.signal);
       }
     }
@@ -107,17 +148,30 @@ export function createPodReporter(deps: {
 }
 
 /** Reports every attachment IPAM holds for the node (allocations the agent made: handle `<container id>/<ifname>`). */
-export async function reportHeldAttachments(ipam: PromiseClient<typeof IpamServiceService>, node: string, reports: PodReporter): Promise<number> {
+export async function reportHeldAttachments(
+  ipam: PromiseClient<typeof IpamServiceService>,
+  node: string,
+  reports: PodReporter,
+): Promise<number> {
   let pageToken = '';
   let n = 0;
   do {
     const page = await ipam.listAllocations({ pool: '', node, pageSize: 5000, pageToken }, { timeoutMs: 30_000 });
-    const bySandbox = new Map<string, { podNamespace: string; podName: string; containerId: string; addresses: string[] }>();
+    const bySandbox = new Map<
+      string,
+      { podNamespace: string; podName: string; containerId: string; addresses: string[] }
+    >();
     for (const a of page.allocations) {
       if (!a.containerId || !a.handle.startsWith(`${a.containerId}/`)) continue;
       const held = bySandbox.get(a.containerId);
       if (held) held.addresses.push(a.address);
-      else bySandbox.set(a.containerId, { podNamespace: a.podNamespace, podName: a.podName, containerId: a.containerId, addresses: [a.address] });
+      else
+        bySandbox.set(a.containerId, {
+          podNamespace: a.podNamespace,
+          podName: a.podName,
+          containerId: a.containerId,
+          addresses: [a.address],
+        });
     }
     for (const pod of bySandbox.values()) reports.attached(pod, true);
     n += bySandbox.size;

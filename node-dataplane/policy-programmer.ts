@@ -1,4 +1,17 @@
-import { createRenderCache, desiredBeforeRules, desiredPolicy, planPodChanges, planPolicy, podChanges, recordPodChanges, type NodeRules, type PodRules, type PolicyActual, type PolicyFamily, type PolicyPlan } from './domain/network-policy.js';
+import {
+  createRenderCache,
+  desiredBeforeRules,
+  desiredPolicy,
+  planPodChanges,
+  planPolicy,
+  podChanges,
+  recordPodChanges,
+  type NodeRules,
+  type PodRules,
+  type PolicyActual,
+  type PolicyFamily,
+  type PolicyPlan,
+} from './domain/network-policy.js';
 import type { PolicyDriver } from './kernel/iptables-policy.js';
 
 /**
@@ -16,27 +29,52 @@ import type { PolicyDriver } from './kernel/iptables-policy.js';
  */
 export interface PolicyProgrammer {
   /** Makes the kernel match `rules` (null: none held yet, fail closed); returns the plan applied (empty: nothing written). */
-  program(rules: NodeRules | null, opts: { readBack: boolean; inForce?: () => void }): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
+  program(
+    rules: NodeRules | null,
+    opts: { readBack: boolean; inForce?: () => void },
+  ): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean }>;
 }
 
 /** More changed pods than this in one pass: the whole node is rendered and planned. */
 const MAX_POD_CHANGES = 64;
 
-export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: string, family: PolicyFamily = 4): PolicyProgrammer {
+export function createPolicyProgrammer(
+  driver: PolicyDriver,
+  vxlanDevice?: string,
+  family: PolicyFamily = 4,
+): PolicyProgrammer {
   /** What the kernel holds, as this agent last wrote or read it; null: unknown (start, after a failure). */
   let record: PolicyActual | null = null;
   /** The rules and veths the record was planned from (null: rules not known, or no record). */
   let applied: { rules: NodeRules; veths: Map<string, string> } | null = null;
   let veths: Map<string, string> | null = null;
   const cache = createRenderCache();
-  const missingVeth = (pods: readonly PodRules[], known: Map<string, string>) => pods.some((p) => p.addresses.some((a) => a.includes(':') === (family === 6) && !known.has(a)));
+  const missingVeth = (pods: readonly PodRules[], known: Map<string, string>) =>
+    pods.some((p) => p.addresses.some((a) => a.includes(':') === (family === 6) && !known.has(a)));
   return {
     async program(rules, opts) {
       const trust = !opts.readBack && record !== null && rules !== null && veths !== null;
       // Only a few pods' rules changed since the last pass: only they are rendered and planned.
-      const changes = trust && applied && applied.veths === veths ? podChanges(applied.rules.pods, rules!.pods, MAX_POD_CHANGES) : null;
-      if (changes && !missingVeth(changes.map((c) => c.after), veths!)) {
-        const { plan, record: changed } = planPodChanges(changes, { before: applied!.rules.sets, after: rules!.sets }, veths!, record!, vxlanDevice, cache, family);
+      const changes =
+        trust && applied && applied.veths === veths
+          ? podChanges(applied.rules.pods, rules!.pods, MAX_POD_CHANGES)
+          : null;
+      if (
+        changes &&
+        !missingVeth(
+          changes.map((c) => c.after),
+          veths!,
+        )
+      ) {
+        const { plan, record: changed } = planPodChanges(
+          changes,
+          { before: applied!.rules.sets, after: rules!.sets },
+          veths!,
+          record!,
+          vxlanDevice,
+          cache,
+          family,
+        );
         if (plan.changed.length > 0) {
           const held = record!;
           record = null;
@@ -54,7 +92,9 @@ export function createPolicyProgrammer(driver: PolicyDriver, vxlanDevice?: strin
         trust ? record! : driver.read(),
       ]);
       if (readVeths) veths = readVeths;
-      const desired = rules ? desiredPolicy(rules, veths!, vxlanDevice, cache, family) : desiredBeforeRules(actual, veths!, vxlanDevice);
+      const desired = rules
+        ? desiredPolicy(rules, veths!, vxlanDevice, cache, family)
+        : desiredBeforeRules(actual, veths!, vxlanDevice);
       const plan = planPolicy(desired, actual, family);
       if (plan.changed.length > 0) {
         record = null;

@@ -4,7 +4,8 @@ import { silentLogger } from '../lib/logger.js';
 import type { DetectedUnderlay } from './kernel/underlay.js';
 import { followUnderlay } from './underlay-follow.js';
 
-const u = (address: string, over: Partial<DetectedUnderlay> = {}) => ({ address, prefixLength: 24, interface: 'eth0', ifindex: 2, mtu: 1500, by: 'cidr', ...over }) as DetectedUnderlay;
+const u = (address: string, over: Partial<DetectedUnderlay> = {}) =>
+  ({ address, prefixLength: 24, interface: 'eth0', ifindex: 2, mtu: 1500, by: 'cidr', ...over }) as DetectedUnderlay;
 const settle = () => new Promise((r) => setTimeout(r, 30));
 
 test('the underlay is detected again on a poke: a change is handed over once, a burst costs one detection, a failure keeps the current one', async () => {
@@ -19,7 +20,9 @@ test('the underlay is detected again on a poke: a change is handed over once, a 
       if (fail) throw new Error('no address in 192.0.2.0/24');
       return seen;
     },
-    onMoved: async (next, prev) => { moves.push(`${prev.address} -> ${next.address}`); },
+    onMoved: async (next, prev) => {
+      moves.push(`${prev.address} -> ${next.address}`);
+    },
     logger: silentLogger,
     intervalMs: 60_000,
     debounceMs: 5,

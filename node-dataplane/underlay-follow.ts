@@ -17,7 +17,11 @@ export interface UnderlayFollower {
 }
 
 export const sameUnderlay = (a: DetectedUnderlay, b: DetectedUnderlay) =>
-  a.address === b.address && a.prefixLength === b.prefixLength && a.interface === b.interface && a.ifindex === b.ifindex && a.mtu === b.mtu;
+  a.address === b.address &&
+  a.prefixLength === b.prefixLength &&
+  a.interface === b.interface &&
+  a.ifindex === b.ifindex &&
+  a.mtu === b.mtu;
 
 export function followUnderlay(deps: {
   initial: DetectedUnderlay;
@@ -51,7 +55,8 @@ export function followUnderlay(deps: {
       }
     } catch (err) {
       const msg = (err as Error).message;
-      if (msg !== lastError) deps.logger.error('cannot detect the underlay again; keeping the current one', { current, err: msg });
+      if (msg !== lastError)
+        deps.logger.error('cannot detect the underlay again; keeping the current one', { current, err: msg });
       lastError = msg;
     } finally {
       running = false;

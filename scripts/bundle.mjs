@@ -13,7 +13,11 @@ import { CNI_BUNDLE_OPTIONS } from './cni-bundle-options.mjs';
  * of its start-up (grpc-js alone about 80 ms; see cni/DESIGN.md, "Start-up"). The plugin speaks gRPC through
  * lib/grpc/unary-client.ts and logs through lib/json-logger.ts instead.
  */
-const FORBIDDEN_IN_PLUGIN = [/(^|\/)node_modules\/@grpc\//, /(^|\/)node_modules\/@opentelemetry\//, /(^|\/)node_modules\/protobufjs\//];
+const FORBIDDEN_IN_PLUGIN = [
+  /(^|\/)node_modules\/@grpc\//,
+  /(^|\/)node_modules\/@opentelemetry\//,
+  /(^|\/)node_modules\/protobufjs\//,
+];
 const OUT = 'dist/bin/weft-cni';
 
 mkdirSync('dist/bin', { recursive: true });
@@ -25,7 +29,11 @@ const isForbidden = (f) => FORBIDDEN_IN_PLUGIN.some((re) => re.test(f));
 const forbidden = inputs.filter(isForbidden);
 if (forbidden.length > 0) {
   // Name the plugin's own imports that pulled them in, not the package's internal ones.
-  const entries = forbidden.flatMap((f) => importersOf(f).filter((by) => !isForbidden(by)).map((by) => `  ${by} imports ${f}`));
+  const entries = forbidden.flatMap((f) =>
+    importersOf(f)
+      .filter((by) => !isForbidden(by))
+      .map((by) => `  ${by} imports ${f}`),
+  );
   console.error(
     `scripts/bundle.mjs: dist/bin/weft-cni must not contain @grpc/*, @opentelemetry/* or protobufjs, but bundles ${forbidden.length} of their files:\n${entries.join('\n')}`,
   );
@@ -66,7 +74,9 @@ await build({
   format: 'esm',
   outfile: 'dist/bin/weft-agent.mjs',
   external: ['netlink'],
-  banner: { js: "import { createRequire as __weftCreateRequire } from 'node:module'; const require = __weftCreateRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __weftCreateRequire } from 'node:module'; const require = __weftCreateRequire(import.meta.url);",
+  },
   sourcemap: 'linked',
   logLevel: 'warning',
 });
@@ -100,11 +110,16 @@ async function makeCodeCache(code) {
   const socket = path.join(dir, 'agent.sock');
   const netns = path.join(dir, 'netns');
   writeFileSync(netns, '');
-  const answer = AttachResponse.encode(AttachResponse.fromPartial({
-    interfaces: [{ name: 'weft0123456789a', mac: '02:00:00:00:00:01', sandbox: '' }, { name: 'eth0', mac: '0a:58:0a:f4:00:02', sandbox: netns }],
-    ips: [{ address: '10.244.0.2/32', gateway: '169.254.1.1', interface: 1 }],
-    routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
-  })).finish();
+  const answer = AttachResponse.encode(
+    AttachResponse.fromPartial({
+      interfaces: [
+        { name: 'weft0123456789a', mac: '02:00:00:00:00:01', sandbox: '' },
+        { name: 'eth0', mac: '0a:58:0a:f4:00:02', sandbox: netns },
+      ],
+      ips: [{ address: '10.244.0.2/32', gateway: '169.254.1.1', interface: 1 }],
+      routes: [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }],
+    }),
+  ).finish();
   const server = net.createServer((s) => {
     let data = Buffer.alloc(0);
     s.on('data', (chunk) => {
@@ -126,11 +141,19 @@ async function makeCodeCache(code) {
       module.exports.main({ codeCache: "used", builtWith: process.version });`;
     // Not spawnSync: this process's event loop serves the stand-in agent meanwhile.
     const run = await runToEnd(process.execPath, ['-e', harness, path.join(dir, 'code.js'), path.join(dir, 'cache')], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'bundle', CNI_NETNS: netns, CNI_IFNAME: 'eth0' },
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: 'bundle',
+        CNI_NETNS: netns,
+        CNI_IFNAME: 'eth0',
+      },
       input: JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: socket }),
     });
     if (run.status !== 0 || !run.stdout.includes('"10.244.0.2/32"')) {
-      throw new Error(`scripts/bundle.mjs: the plugin's warm-up ADD failed (exit ${run.status}): ${run.stdout} ${run.stderr}`);
+      throw new Error(
+        `scripts/bundle.mjs: the plugin's warm-up ADD failed (exit ${run.status}): ${run.stdout} ${run.stderr}`,
+      );
     }
     return readFileSync(path.join(dir, 'cache'));
   } finally {

@@ -21,7 +21,10 @@ const INTEGRITY = {
 /** Where the Node 24 binary is (or will be, once fetched). */
 export function node24Path(env = process.env) {
   const name = `node-v${VERSION}-linux-${process.arch}`;
-  const cacheRoot = process.getuid?.() === 0 ? '/var/cache/weft' : path.join(env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'weft');
+  const cacheRoot =
+    process.getuid?.() === 0
+      ? '/var/cache/weft'
+      : path.join(env.XDG_CACHE_HOME || path.join(homedir(), '.cache'), 'weft');
   return path.join(env.WEFT_NODE24_DIR || path.join(cacheRoot, name), 'bin', 'node');
 }
 
@@ -40,19 +43,30 @@ export function fetchNode24() {
   if (versionOf(bin) === `v${VERSION}`) return bin;
   const integrity = INTEGRITY[process.arch];
   if (process.platform !== 'linux' || !integrity) {
-    throw new Error(`scripts/node24.mjs: no pinned Node ${VERSION} for ${process.platform}-${process.arch}; add node-linux-${process.arch}'s integrity to INTEGRITY`);
+    throw new Error(
+      `scripts/node24.mjs: no pinned Node ${VERSION} for ${process.platform}-${process.arch}; add node-linux-${process.arch}'s integrity to INTEGRITY`,
+    );
   }
   const dir = path.dirname(path.dirname(bin));
   mkdirSync(path.dirname(dir), { recursive: true });
   const work = mkdtempSync(`${dir}.partial-`);
   try {
     const spec = `node-linux-${process.arch}@${VERSION}`;
-    const [packed] = JSON.parse(execFileSync('npm', ['pack', spec, '--json', '--ignore-scripts', '--pack-destination', work], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+    const [packed] = JSON.parse(
+      execFileSync('npm', ['pack', spec, '--json', '--ignore-scripts', '--pack-destination', work], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'inherit'],
+      }),
+    );
     const tarball = path.join(work, packed.filename);
     const got = `sha512-${createHash('sha512').update(readFileSync(tarball)).digest('base64')}`;
-    if (got !== integrity) throw new Error(`scripts/node24.mjs: ${spec} from the registry has integrity ${got}, not the pinned ${integrity}`);
+    if (got !== integrity)
+      throw new Error(
+        `scripts/node24.mjs: ${spec} from the registry has integrity ${got}, not the pinned ${integrity}`,
+      );
     execFileSync('tar', ['-xzf', tarball, '-C', work]);
-    if (versionOf(path.join(work, 'package', 'bin', 'node')) !== `v${VERSION}`) throw new Error(`scripts/node24.mjs: ${spec}'s bin/node does not run here`);
+    if (versionOf(path.join(work, 'package', 'bin', 'node')) !== `v${VERSION}`)
+      throw new Error(`scripts/node24.mjs: ${spec}'s bin/node does not run here`);
     rmSync(dir, { recursive: true, force: true });
     renameSync(path.join(work, 'package'), dir);
     return bin;

@@ -2,7 +2,16 @@
 // without Node. `npm run build:cni-static` (after `npm run build`); it takes a few seconds (postject rewrites a
 // ~100 MB copy of Node), so it is not part of `npm run build`. See cni/DESIGN.md, "The self-contained executable".
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -27,12 +36,16 @@ try {
     footer: { js: 'module.exports.main({ codeCache: "sea", builtWith: process.version });' },
   });
   const outside = Object.values(result.metafile.outputs)[0].imports.filter((i) => i.external && !isBuiltin(i.path));
-  if (outside.length > 0) throw new Error(`the plugin would load ${outside.map((i) => i.path).join(', ')} from outside the executable`);
+  if (outside.length > 0)
+    throw new Error(`the plugin would load ${outside.map((i) => i.path).join(', ')} from outside the executable`);
   const main = path.join(dir, 'weft-cni.cjs');
   writeFileSync(main, result.outputFiles[0].text);
   const blob = path.join(dir, 'weft-cni.blob');
   const seaConfig = path.join(dir, 'sea-config.json');
-  writeFileSync(seaConfig, JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }));
+  writeFileSync(
+    seaConfig,
+    JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }),
+  );
   const made = spawnSync(process.execPath, ['--experimental-sea-config', seaConfig], { encoding: 'utf8' });
   if (made.status !== 0) throw new Error(`node --experimental-sea-config failed (exit ${made.status}): ${made.stderr}`);
 
@@ -48,12 +61,21 @@ try {
     Object.assign(console, quiet);
   }
   // Proof before it replaces the old one: VERSION answered with no environment at all (no PATH, so no node).
-  const version = spawnSync(path.resolve(temp), [], { env: { CNI_COMMAND: 'VERSION' }, input: '', encoding: 'utf8', cwd: '/' });
+  const version = spawnSync(path.resolve(temp), [], {
+    env: { CNI_COMMAND: 'VERSION' },
+    input: '',
+    encoding: 'utf8',
+    cwd: '/',
+  });
   if (version.status !== 0 || !version.stdout.includes('"supportedVersions"')) {
-    throw new Error(`the built executable does not answer VERSION (exit ${version.status}): ${version.stdout} ${version.stderr}`);
+    throw new Error(
+      `the built executable does not answer VERSION (exit ${version.status}): ${version.stdout} ${version.stderr}`,
+    );
   }
   renameSync(temp, OUT);
-  console.log(`scripts/sea.mjs: ${OUT} (${(statSync(OUT).size / 1e6).toFixed(1)} MB, Node ${process.version}) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `scripts/sea.mjs: ${OUT} (${(statSync(OUT).size / 1e6).toFixed(1)} MB, Node ${process.version}) in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+  );
 } catch (err) {
   rmSync(temp, { force: true });
   console.error(`scripts/sea.mjs: cannot build ${OUT}: ${err instanceof Error ? err.message : String(err)}`);

@@ -6,7 +6,19 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
-  AGENT_METRICS_PORT, controlPlaneTarget, isAlive, readState, restartAgent, restartControlPlane, startAgent, stopAgent, type ClusterState, type NodeState, type PodState, clusterAdminSecurity } from '../cli/cluster/cluster.js';
+  AGENT_METRICS_PORT,
+  controlPlaneTarget,
+  isAlive,
+  readState,
+  restartAgent,
+  restartControlPlane,
+  startAgent,
+  stopAgent,
+  type ClusterState,
+  type NodeState,
+  type PodState,
+  clusterAdminSecurity,
+} from '../cli/cluster/cluster.js';
 import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
 import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
@@ -59,13 +71,26 @@ interface Overlay {
 }
 
 const json = (p: Promise<string>) => p.then((out) => JSON.parse(out) as Record<string, string>[]).catch(() => []);
-const by = (k: string) => (a: Record<string, string>, b: Record<string, string>) => String(a[k]).localeCompare(String(b[k]));
+const by = (k: string) => (a: Record<string, string>, b: Record<string, string>) =>
+  String(a[k]).localeCompare(String(b[k]));
 // Each is one iproute2 call, so that polling for a repair measures the agent rather than the probe. Listing order is
 // the kernel's (a rebuilt device lists entries in the order they were re-added), so lists are sorted.
-const routesOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))).sort(by('dst')) as Overlay['routes'];
-const neighboursOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))).sort(by('dst')) as Overlay['neighbours'];
-const directOf = async (ns: string) => (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', 'eth0'))).sort(by('dst')) as Overlay['direct'];
-const fdbOf = async (ns: string) => (await json(sh('bridge', '-n', ns, '-j', 'fdb', 'show', 'dev', VXLAN))).filter((f) => f.mac !== '00:00:00:00:00:00').sort(by('mac')) as Overlay['fdb'];
+const routesOf = async (ns: string) =>
+  (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))).sort(
+    by('dst'),
+  ) as Overlay['routes'];
+const neighboursOf = async (ns: string) =>
+  (await json(sh('ip', '-n', ns, '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))).sort(
+    by('dst'),
+  ) as Overlay['neighbours'];
+const directOf = async (ns: string) =>
+  (await json(sh('ip', '-n', ns, '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', 'eth0'))).sort(
+    by('dst'),
+  ) as Overlay['direct'];
+const fdbOf = async (ns: string) =>
+  (await json(sh('bridge', '-n', ns, '-j', 'fdb', 'show', 'dev', VXLAN)))
+    .filter((f) => f.mac !== '00:00:00:00:00:00')
+    .sort(by('mac')) as Overlay['fdb'];
 
 /** Reads a node's overlay state back with iproute2 (independently of the agent). */
 async function overlay(ns: string): Promise<Overlay> {
@@ -98,8 +123,15 @@ function entriesFor(o: Overlay, remote: NodeState) {
 
 /** The agent's metrics, read inside the node's namespace (where the agent serves them). */
 async function metrics(n: NodeState): Promise<Map<string, number>> {
-  const out = await sh('ip', 'netns', 'exec', n.netns, process.execPath, '-e',
-    `fetch('http://127.0.0.1:${AGENT_METRICS_PORT}/metrics', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => process.exit(1))`);
+  const out = await sh(
+    'ip',
+    'netns',
+    'exec',
+    n.netns,
+    process.execPath,
+    '-e',
+    `fetch('http://127.0.0.1:${AGENT_METRICS_PORT}/metrics', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => process.exit(1))`,
+  );
   const m = new Map<string, number>();
   for (const line of out.split('\n')) {
     if (!line || line.startsWith('#')) continue;
@@ -109,14 +141,16 @@ async function metrics(n: NodeState): Promise<Map<string, number>> {
   return m;
 }
 
-const total = (m: Map<string, number>, prefix: string) => [...m].filter(([k]) => k === prefix || k.startsWith(`${prefix}{`)).reduce((s, [, v]) => s + v, 0);
+const total = (m: Map<string, number>, prefix: string) =>
+  [...m].filter(([k]) => k === prefix || k.startsWith(`${prefix}{`)).reduce((s, [, v]) => s + v, 0);
 
 /** Waits until a (re)started agent has applied its first complete snapshot; returns the milliseconds it took. */
 async function waitForSync(n: NodeState, timeoutMs = 20_000): Promise<number> {
   const t0 = performance.now();
   for (;;) {
     const m = await metrics(n).catch(() => null);
-    if (m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) > 0) return performance.now() - t0;
+    if (m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) > 0)
+      return performance.now() - t0;
     if (performance.now() - t0 > timeoutMs) throw new Error(`${n.name}'s agent did not sync within ${timeoutMs} ms`);
     await sleep(50);
   }
@@ -139,18 +173,31 @@ function monitor(ns: string): { stop(): Promise<string[]> } {
     async stop() {
       await sleep(200);
       child.kill('SIGKILL');
-      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r)));
+      await new Promise((r) =>
+        child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
+      );
       return out.split('\n').filter(Boolean);
     },
   };
 }
 
 /** Monitor lines about Weft's overlay entries: on its device or a direct route on eth0, naming a pod block address or a VTEP MAC. */
-const weftLines = (lines: string[]) => lines.filter((l) => (l.includes(`dev ${VXLAN}`) || l.includes('dev eth0 proto 87')) && /(^|\s)10\.244\.|02:57:/.test(l));
+const weftLines = (lines: string[]) =>
+  lines.filter(
+    (l) => (l.includes(`dev ${VXLAN}`) || l.includes('dev eth0 proto 87')) && /(^|\s)10\.244\.|02:57:/.test(l),
+  );
 
 const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, pauseMs: 100 });
 
-interface StreamResult { sent: number; sentBytes: number; recvBytes: number; maxGapMs: number; outOfOrder: number; error: string | null; ms: number }
+interface StreamResult {
+  sent: number;
+  sentBytes: number;
+  recvBytes: number;
+  maxGapMs: number;
+  outOfOrder: number;
+  error: string | null;
+  ms: number;
+}
 const STREAM_INTERVAL_MS = 10;
 /** Upper bound of a stream: at most 3,000 messages even if the test never stops it. */
 const STREAM_MAX_MS = 30_000;
@@ -160,13 +207,24 @@ const STREAM_MAX_MS = 30_000;
  * (bytes, order, and the longest silence between two echoes).
  */
 async function startEchoStream(from: PodState, to: PodState): Promise<{ stop(): Promise<StreamResult> }> {
-  const server = spawn('ip', ['netns', 'exec', podNs(to), process.execPath, '-e',
-    `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      podNs(to),
+      process.execPath,
+      '-e',
+      `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   children.push(server);
-  const lineFrom = (child: ChildProcess, text: string, what: string) => new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
-    child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
-  });
+  const lineFrom = (child: ChildProcess, text: string, what: string) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
+      child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
+    });
   await lineFrom(server, 'listening', 'the echo server');
   const clientScript = `
     const net = require('net');
@@ -192,7 +250,9 @@ async function startEchoStream(from: PodState, to: PodState): Promise<{ stop(): 
     });
     s.on('error', (e) => { error = e.code || e.message; });
     s.on('close', report);`;
-  const client = spawn('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', clientScript], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const client = spawn('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', clientScript], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
   children.push(client);
   let clientOut = '';
   client.stdout!.on('data', (d) => (clientOut += d));
@@ -212,7 +272,10 @@ async function startEchoStream(from: PodState, to: PodState): Promise<{ stop(): 
 function assertStreamHeld(r: StreamResult): void {
   assert.equal(r.error, null);
   assert.ok(r.ms < STREAM_MAX_MS, 'the stream ran until the test stopped it');
-  assert.ok(r.sent >= (r.ms / STREAM_INTERVAL_MS) * 0.5, `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`);
+  assert.ok(
+    r.sent >= (r.ms / STREAM_INTERVAL_MS) * 0.5,
+    `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`,
+  );
   assert.equal(r.recvBytes, r.sentBytes, 'every byte came back');
   assert.equal(r.outOfOrder, 0);
   assert.ok(r.maxGapMs < 1000, `no gap over 1 s (longest ${r.maxGapMs} ms)`);
@@ -222,17 +285,25 @@ describe('agent reconciliation on the local cluster', opts, () => {
   before(async () => {
     await weft('cluster', 'up', '--nodes', '3', '--json');
     state = readState(stateDir);
-    for (const [n, p] of [['node1', 'pa'], ['node2', 'pc'], ['node3', 'pb']] as const) {
+    for (const [n, p] of [
+      ['node1', 'pa'],
+      ['node2', 'pc'],
+      ['node3', 'pb'],
+    ] as const) {
       pods[p] = JSON.parse(await weft('cluster', 'pod', 'add', n, p, '--namespace', 'e2e', '--json')) as PodState;
     }
     // Every node holds the other two nodes' entries before the tests begin: node1 and node2 share a subnet and route
     // each other directly (routing mode auto), and reach node3 (the other subnet) through VXLAN.
     const wanted: Record<string, [vxlan: number, direct: number]> = { node1: [1, 1], node2: [1, 1], node3: [2, 0] };
     for (const [n, [vx, di]] of Object.entries(wanted)) {
-      await until(`${n}'s overlay`, async () => {
-        const o = await overlay(node(n).netns);
-        return o.routes.length === vx && o.direct.length === di;
-      }, 15_000);
+      await until(
+        `${n}'s overlay`,
+        async () => {
+          const o = await overlay(node(n).netns);
+          return o.routes.length === vx && o.direct.length === di;
+        },
+        15_000,
+      );
     }
   });
 
@@ -267,7 +338,9 @@ describe('agent reconciliation on the local cluster', opts, () => {
 
     t0 = performance.now();
     await sh('ip', '-n', ns, 'neigh', 'del', gateway, 'dev', VXLAN);
-    await until('the neighbour entry back', async () => (await neighboursOf(ns)).some((x) => x.dst === gateway && x.lladdr === toNode3.mac));
+    await until('the neighbour entry back', async () =>
+      (await neighboursOf(ns)).some((x) => x.dst === gateway && x.lladdr === toNode3.mac),
+    );
     figures.neighbour = performance.now() - t0;
 
     t0 = performance.now();
@@ -278,28 +351,47 @@ describe('agent reconciliation on the local cluster', opts, () => {
     const direct = before.direct[0]!;
     t0 = performance.now();
     await sh('ip', '-n', ns, 'route', 'del', direct.dst, 'via', direct.gateway!, 'dev', 'eth0');
-    await until('the direct route back', async () => (await directOf(ns)).some((r) => r.dst === direct.dst && r.gateway === direct.gateway));
+    await until('the direct route back', async () =>
+      (await directOf(ns)).some((r) => r.dst === direct.dst && r.gateway === direct.gateway),
+    );
     figures['direct route'] = performance.now() - t0;
 
     t0 = performance.now();
     await sh('ip', '-n', ns, 'link', 'del', 'dev', VXLAN);
     // Routes go in last (after neighbours and FDB entries), so all routes back means all entries back.
-    await until('the device and all its entries back', async () => (await routesOf(ns)).length === before.routes.length);
+    await until(
+      'the device and all its entries back',
+      async () => (await routesOf(ns)).length === before.routes.length,
+    );
     figures.device = performance.now() - t0;
 
-    for (const [what, ms] of Object.entries(figures)) t.diagnostic(`${what} deleted by hand: restored in ${ms.toFixed(0)} ms`);
-    for (const [what, ms] of Object.entries(figures)) assert.ok(ms < REPAIR_BOUND_MS, `${what} restored in ${ms.toFixed(0)} ms (bound ${REPAIR_BOUND_MS} ms)`);
+    for (const [what, ms] of Object.entries(figures))
+      t.diagnostic(`${what} deleted by hand: restored in ${ms.toFixed(0)} ms`);
+    for (const [what, ms] of Object.entries(figures))
+      assert.ok(ms < REPAIR_BOUND_MS, `${what} restored in ${ms.toFixed(0)} ms (bound ${REPAIR_BOUND_MS} ms)`);
 
     const after = await overlay(ns);
-    assert.deepEqual({ r: after.routes, d: after.direct, n: after.neighbours, f: after.fdb }, { r: before.routes, d: before.direct, n: before.neighbours, f: before.fdb }, 'the rebuilt device holds exactly the entries it held; the direct route is as it was');
+    assert.deepEqual(
+      { r: after.routes, d: after.direct, n: after.neighbours, f: after.fdb },
+      { r: before.routes, d: before.direct, n: before.neighbours, f: before.fdb },
+      'the rebuilt device holds exactly the entries it held; the direct route is as it was',
+    );
     assert.ok(await pings(pods.pa!, pods.pb!.addresses[0]!), 'pods reach each other over the rebuilt device');
 
     // The repairs are counted: one of each kind by hand (two routes: the VXLAN one and the direct one), then one of each
     // with the device (one remote node through VXLAN; the direct route does not live on the device).
     const m1 = await metrics(n1);
-    const repaired = (kind: string) => (m1.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0) - (m0.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0);
-    assert.deepEqual({ route: repaired('route'), neighbour: repaired('neighbour'), fdb: repaired('fdb') }, { route: 3, neighbour: 2, fdb: 2 });
-    assert.ok(total(m1, 'weft_agent_kernel_events_total') > total(m0, 'weft_agent_kernel_events_total'), 'kernel events drove the repairs');
+    const repaired = (kind: string) =>
+      (m1.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0) -
+      (m0.get(`weft_agent_drift_repairs_total{kind="${kind}"}`) ?? 0);
+    assert.deepEqual(
+      { route: repaired('route'), neighbour: repaired('neighbour'), fdb: repaired('fdb') },
+      { route: 3, neighbour: 2, fdb: 2 },
+    );
+    assert.ok(
+      total(m1, 'weft_agent_kernel_events_total') > total(m0, 'weft_agent_kernel_events_total'),
+      'kernel events drove the repairs',
+    );
 
     // The agent's own writes echo back as events; the loop comes to rest (at most one periodic resync in the window).
     await sleep(300);
@@ -310,7 +402,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
     assert.ok(passesAfter - passesBefore <= 1, `no reconcile loop: ${passesAfter - passesBefore} passes in 1.5 s idle`);
   });
 
-  test('a TCP stream between pods on two nodes keeps flowing while either node\'s agent is killed (SIGKILL) and restarted', async (t) => {
+  test("a TCP stream between pods on two nodes keeps flowing while either node's agent is killed (SIGKILL) and restarted", async (t) => {
     const stream = await startEchoStream(pods.pa!, pods.pb!);
     const t0 = performance.now();
     const restarts: string[] = [];
@@ -325,20 +417,28 @@ describe('agent reconciliation on the local cluster', opts, () => {
       const syncMs = await waitForSync(node(name));
       const after = await overlay(node(name).netns);
       const lines = weftLines(await mon.stop());
-      restarts.push(`${name}: agent killed ${killedAt.toFixed(0)} ms into the stream; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`);
+      restarts.push(
+        `${name}: agent killed ${killedAt.toFixed(0)} ms into the stream; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`,
+      );
       assert.deepEqual(lines, [], `${name}: nothing of Weft's was deleted or re-added across the SIGKILL restart`);
       assert.equal(after.text, before.text, `${name}: kernel state byte-identical across the restart`);
     }
     await sleep(1000);
     const r = await stream.stop();
     for (const line of restarts) t.diagnostic(line);
-    t.diagnostic(`stream: ${r.ms} ms, ${r.sent} messages, ${r.sentBytes} bytes sent, ${r.recvBytes} echoed, longest silence ${r.maxGapMs} ms`);
+    t.diagnostic(
+      `stream: ${r.ms} ms, ${r.sent} messages, ${r.sentBytes} bytes sent, ${r.recvBytes} echoed, longest silence ${r.maxGapMs} ms`,
+    );
     assertStreamHeld(r);
   });
 
   test('the control plane (IPAM, routes and PostgreSQL) restarted: every agent recovers without help, traffic keeps flowing', async (t) => {
     const names = ['node1', 'node2', 'node3'];
-    const before = new Map(await Promise.all(names.map(async (n) => [n, (await metrics(node(n))).get('weft_agent_revision_applied') ?? 0] as const)));
+    const before = new Map(
+      await Promise.all(
+        names.map(async (n) => [n, (await metrics(node(n))).get('weft_agent_revision_applied') ?? 0] as const),
+      ),
+    );
     const stream = await startEchoStream(pods.pa!, pods.pb!);
     const t0 = performance.now();
     const cp = await restartControlPlane(stateDir);
@@ -347,19 +447,30 @@ describe('agent reconciliation on the local cluster', opts, () => {
     // Each agent reconnects its watch on its own (resuming from its revision) and keeps renewing its lease.
     const recovered: string[] = [];
     for (const n of names) {
-      const ms = await until(`${n}'s agent to follow the restarted control plane`, async () => {
-        const m = await metrics(node(n)).catch(() => null);
-        return !!m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) >= before.get(n)!;
-      }, 30_000);
+      const ms = await until(
+        `${n}'s agent to follow the restarted control plane`,
+        async () => {
+          const m = await metrics(node(n)).catch(() => null);
+          return (
+            !!m && m.get('weft_agent_synced') === 1 && (m.get('weft_agent_revision_applied') ?? 0) >= before.get(n)!
+          );
+        },
+        30_000,
+      );
       recovered.push(`${n} ${ms.toFixed(0)} ms`);
     }
     // The restarted services work end to end: a new node claims a block, every agent routes to it, and its pod is
     // reachable from the first three nodes' pods.
     const added = JSON.parse(await weft('cluster', 'node', 'add', '--json')) as NodeState;
-    const pd = JSON.parse(await weft('cluster', 'pod', 'add', added.name, 'pd', '--namespace', 'e2e', '--json')) as PodState;
-    for (const from of [pods.pa!, pods.pb!, pods.pc!]) assert.ok(await pings(from, pd.addresses[0]!), `${from.name} reaches the new node's pod`);
+    const pd = JSON.parse(
+      await weft('cluster', 'pod', 'add', added.name, 'pd', '--namespace', 'e2e', '--json'),
+    ) as PodState;
+    for (const from of [pods.pa!, pods.pb!, pods.pc!])
+      assert.ok(await pings(from, pd.addresses[0]!), `${from.name} reaches the new node's pod`);
     const r = await stream.stop();
-    t.diagnostic(`control plane answering again ${upMs.toFixed(0)} ms after the restart began; agents following it: ${recovered.join(', ')}`);
+    t.diagnostic(
+      `control plane answering again ${upMs.toFixed(0)} ms after the restart began; agents following it: ${recovered.join(', ')}`,
+    );
     t.diagnostic(`stream across the restart: ${r.ms} ms, longest silence ${r.maxGapMs} ms`);
     assertStreamHeld(r);
     assert.ok(isAlive(node('node1').agentPid) && isAlive(node('node3').agentPid), 'no agent was restarted');
@@ -378,38 +489,90 @@ describe('agent reconciliation on the local cluster', opts, () => {
     await sleep(300); // the confirming pass after the first one, had there been any write
     const after = await overlay(n2.netns);
     const lines = await mon.stop();
-    t.diagnostic(`node2: graceful stop (SIGTERM) took ${stoppedMs.toFixed(0)} ms; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`);
-    assert.deepEqual(weftLines(lines), [], 'ip monitor saw no change to Weft\'s entries');
+    t.diagnostic(
+      `node2: graceful stop (SIGTERM) took ${stoppedMs.toFixed(0)} ms; the new agent was in sync ${syncMs.toFixed(0)} ms after it started`,
+    );
+    assert.deepEqual(weftLines(lines), [], "ip monitor saw no change to Weft's entries");
     assert.ok(!lines.some((l) => l.startsWith('Deleted') && l.includes(VXLAN)), 'no Deleted line on the VXLAN device');
     assert.equal(after.text, before.text, 'kernel state byte-identical across the restart');
     assert.equal(total(m, 'weft_agent_kernel_changes_total'), 0, 'the restarted agent wrote nothing');
-    assert.ok((m.get('weft_agent_reconcile_passes_total{result="unchanged"}') ?? 0) >= 1, 'its first pass found nothing to do');
+    assert.ok(
+      (m.get('weft_agent_reconcile_passes_total{result="unchanged"}') ?? 0) >= 1,
+      'its first pass found nothing to do',
+    );
   });
 
-  test('IPv6 blocks: a node\'s IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, the pool is masqueraded, and a hand-deleted IPv6 route or neighbour comes back', async (t) => {
-    const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)), { security: clusterAdminSecurity(readState(stateDir)) });
+  test("IPv6 blocks: a node's IPv6 block reaches the other nodes through VXLAN over the IPv4 underlay, the pool is masqueraded, and a hand-deleted IPv6 route or neighbour comes back", async (t) => {
+    const ipam = createClient(IpamServiceService, controlPlaneTarget(readState(stateDir)), {
+      security: clusterAdminSecurity(readState(stateDir)),
+    });
     const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
-    const routes6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))) as { dst: string; gateway?: string; flags?: string[] }[];
-    const neighbours6 = async (ns: string) => (await json(sh('ip', '-n', ns, '-6', '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))) as { dst: string; lladdr: string }[];
+    const routes6 = async (ns: string) =>
+      (await json(sh('ip', '-n', ns, '-6', '-j', 'route', 'show', 'table', 'main', 'proto', '87', 'dev', VXLAN))) as {
+        dst: string;
+        gateway?: string;
+        flags?: string[];
+      }[];
+    const neighbours6 = async (ns: string) =>
+      (await json(sh('ip', '-n', ns, '-6', '-j', 'neigh', 'show', 'dev', VXLAN, 'nud', 'permanent'))) as {
+        dst: string;
+        lladdr: string;
+      }[];
     try {
-      await ipam.createPool({ name: 'e2e-v6', cidr: 'fd00:10:244::/56', blockPrefixLength: 120, disabled: false, nodeSelector: '', namespaceSelector: '', allowedUses: [], maxBlocksPerNode: 0, routingDomain: '' }, { timeoutMs: 10_000 });
+      await ipam.createPool(
+        {
+          name: 'e2e-v6',
+          cidr: 'fd00:10:244::/56',
+          blockPrefixLength: 120,
+          disabled: false,
+          nodeSelector: '',
+          namespaceSelector: '',
+          allowedUses: [],
+          maxBlocksPerNode: 0,
+          routingDomain: '',
+        },
+        { timeoutMs: 10_000 },
+      );
       const t0 = performance.now();
-      const a = await ipam.allocate({ handle: 'e2e-v6/eth0', node: 'node2', pool: 'e2e-v6', families: [IpFamily.IP_FAMILY_IPV6], addresses: [], podNamespace: 'e2e', podName: 'v6', containerId: 'e2e-v6' }, { timeoutMs: 10_000 });
+      const a = await ipam.allocate(
+        {
+          handle: 'e2e-v6/eth0',
+          node: 'node2',
+          pool: 'e2e-v6',
+          families: [IpFamily.IP_FAMILY_IPV6],
+          addresses: [],
+          podNamespace: 'e2e',
+          podName: 'v6',
+          containerId: 'e2e-v6',
+        },
+        { timeoutMs: 10_000 },
+      );
       const address = a.allocation!.address;
       const block = `${address.replace(/:[0-9a-f]*$/, ':')}`;
       // node1 reaches node2 directly for IPv4 (one subnet) yet gets node2's IPv6 block through VXLAN; node3 too.
       for (const n of [n1, n3]) {
-        const ms = await until(`${n.name} to route node2's IPv6 block`, async () => (await routes6(n.netns)).some((r) => r.dst.startsWith(block) && r.dst.endsWith('/120')));
-        t.diagnostic(`${n.name}: node2's IPv6 block routed ${(performance.now() - t0).toFixed(0)} ms after Allocate was sent (${ms.toFixed(0)} ms of polling)`);
+        const ms = await until(`${n.name} to route node2's IPv6 block`, async () =>
+          (await routes6(n.netns)).some((r) => r.dst.startsWith(block) && r.dst.endsWith('/120')),
+        );
+        t.diagnostic(
+          `${n.name}: node2's IPv6 block routed ${(performance.now() - t0).toFixed(0)} ms after Allocate was sent (${ms.toFixed(0)} ms of polling)`,
+        );
         const [r] = (await routes6(n.netns)).filter((x) => x.dst.endsWith('/120'));
         assert.ok(r!.flags?.includes('onlink'), 'an onlink route');
         const [nb] = (await neighbours6(n.netns)).filter((x) => x.dst === r!.gateway);
-        assert.equal(nb?.lladdr, vtepMacFor(n2.address), 'its next hop resolves to node2\'s VTEP MAC, permanently');
+        assert.equal(nb?.lladdr, vtepMacFor(n2.address), "its next hop resolves to node2's VTEP MAC, permanently");
       }
       assert.equal((await routes6(n2.netns)).length, 0, 'node2 routes its own block nowhere');
       // The IPv6 pool is masqueraded like an IPv4 one, in ip6tables' nat table (pools are polled every resync).
       for (const n of [n1, n2, n3]) {
-        await until(`${n.name}'s IPv6 masquerade`, async () => (await sh('ip', 'netns', 'exec', n.netns, 'ip6tables-save', '-t', 'nat')).includes('-A WEFT-POSTROUTING -s fd00:10:244::/56 -j MASQUERADE'), 15_000);
+        await until(
+          `${n.name}'s IPv6 masquerade`,
+          async () =>
+            (await sh('ip', 'netns', 'exec', n.netns, 'ip6tables-save', '-t', 'nat')).includes(
+              '-A WEFT-POSTROUTING -s fd00:10:244::/56 -j MASQUERADE',
+            ),
+          15_000,
+        );
       }
 
       // Drift: the IPv6 route and the IPv6 neighbour deleted by hand come back (kernel events, not the resync).
@@ -420,7 +583,9 @@ describe('agent reconciliation on the local cluster', opts, () => {
       const routeMs = performance.now() - t1;
       t1 = performance.now();
       await sh('ip', '-n', n1.netns, '-6', 'neigh', 'del', r!.gateway!, 'dev', VXLAN);
-      await until('the IPv6 neighbour back', async () => (await neighbours6(n1.netns)).some((x) => x.dst === r!.gateway));
+      await until('the IPv6 neighbour back', async () =>
+        (await neighbours6(n1.netns)).some((x) => x.dst === r!.gateway),
+      );
       const neighMs = performance.now() - t1;
       t.diagnostic(`IPv6 route restored in ${routeMs.toFixed(0)} ms, IPv6 neighbour in ${neighMs.toFixed(0)} ms`);
       assert.ok(routeMs < REPAIR_BOUND_MS && neighMs < REPAIR_BOUND_MS, `within ${REPAIR_BOUND_MS} ms`);
@@ -430,24 +595,33 @@ describe('agent reconciliation on the local cluster', opts, () => {
     }
   });
 
-  test('a node deregistered while another node\'s agent is down: the restarted agent removes its stale entries, only once it holds its snapshot', async (t) => {
+  test("a node deregistered while another node's agent is down: the restarted agent removes its stale entries, only once it holds its snapshot", async (t) => {
     const [n1, n2, n3] = [node('node1'), node('node2'), node('node3')];
     await stopAgent(stateDir, 'node1', 'SIGKILL');
     const before = await overlay(n1.netns);
     const stale = entriesFor(before, n3);
     const kept = entriesFor(before, n2);
-    assert.ok(stale.routes.length === 1 && stale.neighbours.length === 1 && stale.fdb.length === 1, 'node1 holds node3\'s entries');
+    assert.ok(
+      stale.routes.length === 1 && stale.neighbours.length === 1 && stale.fdb.length === 1,
+      "node1 holds node3's entries",
+    );
     const staleBlock = stale.routes[0]!.dst;
     const gateway = stale.neighbours[0]!.dst;
     /** How many of node3's entries a node still holds (looked up by block, gateway and MAC, each on its own). */
     const staleLeft = async (ns: string) => {
       const o = await overlay(ns);
-      return o.routes.filter((r) => r.dst === staleBlock).length + o.neighbours.filter((x) => x.dst === gateway).length + o.fdb.filter((f) => f.mac === stale.mac).length;
+      return (
+        o.routes.filter((r) => r.dst === staleBlock).length +
+        o.neighbours.filter((x) => x.dst === gateway).length +
+        o.fdb.filter((f) => f.mac === stale.mac).length
+      );
     };
 
     // An operator removing node3 for good stops its agent first (a running agent registers its node again).
     await stopAgent(stateDir, 'node3', 'SIGKILL');
-    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)), { security: clusterAdminSecurity(readState(stateDir)) });
+    const routes = createClient(RoutesServiceService, controlPlaneTarget(readState(stateDir)), {
+      security: clusterAdminSecurity(readState(stateDir)),
+    });
     try {
       const res = await routes.deregisterNode({ name: 'node3' }, { timeoutMs: 10_000 });
       assert.equal(res.deregistered, true);
@@ -456,7 +630,9 @@ describe('agent reconciliation on the local cluster', opts, () => {
     }
     // A running agent withdraws at once: that is what node1's agent missed.
     const withdrawMs = await until('node2 to withdraw node3', async () => (await staleLeft(n2.netns)) === 0);
-    t.diagnostic(`node2 (agent running) withdrew node3's entries ${withdrawMs.toFixed(0)} ms after DeregisterNode returned`);
+    t.diagnostic(
+      `node2 (agent running) withdrew node3's entries ${withdrawMs.toFixed(0)} ms after DeregisterNode returned`,
+    );
 
     // node1's agent starts cut off from the control plane: without its snapshot it must not remove anything.
     const mon = monitor(n1.netns);
@@ -467,33 +643,53 @@ describe('agent reconciliation on the local cluster', opts, () => {
     let cutOff: Map<string, number> | null = null;
     while (!cutOff) {
       cutOff = await metrics(n1).catch(() => null);
-      if (!cutOff && performance.now() - started > 20_000) throw new Error('node1\'s agent serves no metrics');
+      if (!cutOff && performance.now() - started > 20_000) throw new Error("node1's agent serves no metrics");
       if (!cutOff) await sleep(100);
     }
     await sleep(Math.max(0, 2500 - (performance.now() - started)));
     assert.ok(isAlive(node('node1').agentPid), 'the agent runs');
     cutOff = await metrics(n1);
     assert.equal(cutOff.get('weft_agent_synced'), 0, 'the agent has no snapshot yet');
-    const withoutBlackhole = (text: string) => text.split('\n').filter((l) => !l.startsWith('blackhole ')).join('\n');
-    assert.equal(withoutBlackhole((await overlay(n1.netns)).text), before.text, 'without its snapshot the agent removed nothing (the stale entries stay)');
+    const withoutBlackhole = (text: string) =>
+      text
+        .split('\n')
+        .filter((l) => !l.startsWith('blackhole '))
+        .join('\n');
+    assert.equal(
+      withoutBlackhole((await overlay(n1.netns)).text),
+      before.text,
+      'without its snapshot the agent removed nothing (the stale entries stay)',
+    );
 
     await sh('ip', '-n', n1.netns, 'route', 'del', 'blackhole', `${CONTROL_PLANE_ADDRESS}/32`);
     const reachable = performance.now();
     const syncMs = await waitForSync(n1, 30_000);
-    await until('node1 to remove node3\'s entries', async () => (await staleLeft(n1.netns)) === 0);
-    t.diagnostic(`node1: in sync ${syncMs.toFixed(0)} ms and stale entries gone ${(performance.now() - reachable).toFixed(0)} ms after the control plane became reachable (gRPC reconnect backoff included)`);
+    await until("node1 to remove node3's entries", async () => (await staleLeft(n1.netns)) === 0);
+    t.diagnostic(
+      `node1: in sync ${syncMs.toFixed(0)} ms and stale entries gone ${(performance.now() - reachable).toFixed(0)} ms after the control plane became reachable (gRPC reconnect backoff included)`,
+    );
     const after = await overlay(n1.netns);
-    assert.deepEqual(entriesFor(after, n2), kept, 'node2\'s entries on node1 are untouched');
-    assert.deepEqual(after.direct, before.direct, 'node1\'s direct routes (to node2, and to node4 when an earlier test added it) are untouched');
-    assert.equal(after.direct.filter((r) => r.gateway === n2.address).length, 1, 'node1 routes node2\'s block directly');
+    assert.deepEqual(entriesFor(after, n2), kept, "node2's entries on node1 are untouched");
+    assert.deepEqual(
+      after.direct,
+      before.direct,
+      "node1's direct routes (to node2, and to node4 when an earlier test added it) are untouched",
+    );
+    assert.equal(after.direct.filter((r) => r.gateway === n2.address).length, 1, "node1 routes node2's block directly");
     const lines = weftLines(await mon.stop());
-    assert.ok(lines.every((l) => l.includes(gateway) || l.includes(stale.mac) || l.includes(n3.address)), `only node3's entries changed:\n${lines.join('\n')}`);
+    assert.ok(
+      lines.every((l) => l.includes(gateway) || l.includes(stale.mac) || l.includes(n3.address)),
+      `only node3's entries changed:\n${lines.join('\n')}`,
+    );
     const deleted = lines.filter((l) => l.startsWith('Deleted'));
     const routeAt = deleted.findIndex((l) => l.includes(staleBlock));
     const fdbAt = deleted.findIndex((l) => l.includes(n3.address) && l.includes(stale.mac));
     const neighAt = deleted.findIndex((l) => l.startsWith(`Deleted ${gateway} `));
-    assert.ok(routeAt >= 0 && fdbAt >= 0 && neighAt >= 0, `route, FDB and neighbour entries deleted:\n${lines.join('\n')}`);
+    assert.ok(
+      routeAt >= 0 && fdbAt >= 0 && neighAt >= 0,
+      `route, FDB and neighbour entries deleted:\n${lines.join('\n')}`,
+    );
     assert.ok(routeAt < fdbAt && fdbAt < neighAt, `routes first, then FDB, then neighbours:\n${deleted.join('\n')}`);
-    assert.ok(await pings(pods.pa!, pods.pc!.addresses[0]!), 'node1 still reaches node2\'s pods');
+    assert.ok(await pings(pods.pa!, pods.pc!.addresses[0]!), "node1 still reaches node2's pods");
   });
 });

@@ -36,7 +36,13 @@ import { listenUnixSocket, type UnixSocketServer } from '../lib/grpc/frame-serve
 import { addService, createServer, type UnaryMethods } from '../lib/grpc/server.js';
 import { silentLogger } from '../lib/logger.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
-import { ChainError, createChainRunner, type CniResultDoc, type NetworkConfigList, type RuntimeConf } from './support/cni-chain.js';
+import {
+  ChainError,
+  createChainRunner,
+  type CniResultDoc,
+  type NetworkConfigList,
+  type RuntimeConf,
+} from './support/cni-chain.js';
 import { privilegedOrSkip, skipOutsideCi } from './support/privileges.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { startUntil, type Started } from './support/processes.js';
@@ -92,14 +98,16 @@ function assertQuietSuccess(run: Run): void {
   assert.equal(run.stdout, '');
 }
 
-const config = (extra: Record<string, unknown> = {}) => JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', ...extra });
+const config = (extra: Record<string, unknown> = {}) =>
+  JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', ...extra });
 const addEnv = {
   CNI_COMMAND: 'ADD',
   CNI_CONTAINERID: '6f1c2d3e4b5a',
   CNI_NETNS: '/var/run/netns/cni-weft-test',
   CNI_IFNAME: 'eth0',
   CNI_PATH: '/opt/cni/bin',
-  CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=6f1c2d3e4b5a;K8S_POD_UID=0b9c6a52-1f3e-4d2a-8c7b-5e4f3a2b1c0d',
+  CNI_ARGS:
+    'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=6f1c2d3e4b5a;K8S_POD_UID=0b9c6a52-1f3e-4d2a-8c7b-5e4f3a2b1c0d',
 };
 const delEnv = { ...addEnv, CNI_COMMAND: 'DEL' };
 
@@ -136,23 +144,42 @@ describe('weft-cni, run as a runtime runs it', () => {
   });
 
   it('a config without cniVersion or name is code 7', async () => {
-    assert.match(String(assertCniError(await runPlugin(env, JSON.stringify({ name: 'weft', type: 'weft' })), 7, '1.1.0').msg), /cniVersion/);
-    assert.match(String(assertCniError(await runPlugin(env, JSON.stringify({ cniVersion: '0.4.0', type: 'weft' })), 7, '0.4.0').msg), /"name"/);
+    assert.match(
+      String(assertCniError(await runPlugin(env, JSON.stringify({ name: 'weft', type: 'weft' })), 7, '1.1.0').msg),
+      /cniVersion/,
+    );
+    assert.match(
+      String(
+        assertCniError(await runPlugin(env, JSON.stringify({ cniVersion: '0.4.0', type: 'weft' })), 7, '0.4.0').msg,
+      ),
+      /"name"/,
+    );
   });
 
   it('an unknown cniVersion is code 1 for every verb, and names the supported versions', async () => {
     for (const command of ['ADD', 'DEL', 'CHECK', 'STATUS', 'GC']) {
-      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: command }, config({ cniVersion: '9.9.9' })), 1, '9.9.9');
+      const doc = assertCniError(
+        await runPlugin({ ...env, CNI_COMMAND: command }, config({ cniVersion: '9.9.9' })),
+        1,
+        '9.9.9',
+      );
       assert.match(String(doc.msg), /9\.9\.9.*0\.3\.0, 0\.3\.1, 0\.4\.0, 1\.0\.0, 1\.1\.0/);
     }
     assertCniError(await runPlugin(env, config({ cniVersion: '0.2.0' })), 1, '0.2.0');
   });
 
   it('a verb newer than the config version is code 1: CHECK before 0.4.0, STATUS and GC before 1.1.0', async () => {
-    for (const v of ['0.3.0', '0.3.1']) assert.match(String(assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v })), 1, v).msg), /CHECK needs cniVersion 0\.4\.0/);
+    for (const v of ['0.3.0', '0.3.1'])
+      assert.match(
+        String(assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v })), 1, v).msg),
+        /CHECK needs cniVersion 0\.4\.0/,
+      );
     for (const v of ['0.4.0', '1.0.0']) {
       for (const command of ['STATUS', 'GC']) {
-        assert.match(String(assertCniError(await runPlugin({ CNI_COMMAND: command }, config({ cniVersion: v })), 1, v).msg), new RegExp(`${command} needs cniVersion 1\\.1\\.0`));
+        assert.match(
+          String(assertCniError(await runPlugin({ CNI_COMMAND: command }, config({ cniVersion: v })), 1, v).msg),
+          new RegExp(`${command} needs cniVersion 1\\.1\\.0`),
+        );
       }
     }
   });
@@ -180,7 +207,10 @@ describe('weft-cni, run as a runtime runs it', () => {
   });
 
   it('a CNI_NETNS that is relative or leads nowhere is code 4 for ADD', async () => {
-    assert.match(String(assertCniError(await runPlugin({ ...env, CNI_NETNS: 'cni-1234' }, config()), 4).msg), /CNI_NETNS "cni-1234" is invalid.*absolute/);
+    assert.match(
+      String(assertCniError(await runPlugin({ ...env, CNI_NETNS: 'cni-1234' }, config()), 4).msg),
+      /CNI_NETNS "cni-1234" is invalid.*absolute/,
+    );
     const gone = path.join(dir, 'no-such-netns');
     const doc = assertCniError(await runPlugin({ ...env, CNI_NETNS: gone }, config()), 4);
     assert.ok(String(doc.msg).includes(gone), String(doc.msg));
@@ -198,7 +228,10 @@ describe('weft-cni, run as a runtime runs it', () => {
   });
 
   it('ADD with an unusable MAC is code 7', async () => {
-    assert.match(String(assertCniError(await runPlugin(env, config({ runtimeConfig: { mac: '01:00:5e:00:00:01' } })), 7).msg), /multicast/);
+    assert.match(
+      String(assertCniError(await runPlugin(env, config({ runtimeConfig: { mac: '01:00:5e:00:00:01' } })), 7).msg),
+      /multicast/,
+    );
   });
 
   it('GC without the list of valid attachments is code 7, not "collect everything"', async () => {
@@ -211,7 +244,11 @@ describe('weft-cni, run as a runtime runs it', () => {
     const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 11);
     assert.ok(String(doc.msg).includes(socket), String(doc.msg));
     assert.match(String(doc.msg), /try again later/);
-    const st = assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
+    const st = assertCniError(
+      await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })),
+      50,
+      '1.1.0',
+    );
     assert.ok(String(st.msg).includes(socket), String(st.msg));
   });
 
@@ -220,7 +257,11 @@ describe('weft-cni, run as a runtime runs it', () => {
     await writeFile(socket, '');
     const doc = assertCniError(await runPlugin(env, config({ agentSocket: socket })), 11);
     assert.ok(String(doc.msg).includes(socket), String(doc.msg));
-    assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
+    assertCniError(
+      await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })),
+      50,
+      '1.1.0',
+    );
   });
 
   describe('with an agent', () => {
@@ -250,10 +291,20 @@ describe('weft-cni, run as a runtime runs it', () => {
     });
     /** The gRPC status a fake answer asks for, as the agent's handlers produce it: a DomainError of that kind. */
     const kindFor: Partial<Record<number, ErrorKind>> = {
-      [status.RESOURCE_EXHAUSTED]: 'exhausted', [status.INVALID_ARGUMENT]: 'invalid_argument', [status.NOT_FOUND]: 'not_found',
-      [status.UNAVAILABLE]: 'unavailable', [status.FAILED_PRECONDITION]: 'failed_precondition',
+      [status.RESOURCE_EXHAUSTED]: 'exhausted',
+      [status.INVALID_ARGUMENT]: 'invalid_argument',
+      [status.NOT_FOUND]: 'not_found',
+      [status.UNAVAILABLE]: 'unavailable',
+      [status.FAILED_PRECONDITION]: 'failed_precondition',
     };
-    const unary = <Req, Res>(seen: Req[] | null, reply: () => { err?: { code: status; details: string; metadata?: import('@grpc/grpc-js').Metadata }; res?: Res }) =>
+    const unary =
+      <Req, Res>(
+        seen: Req[] | null,
+        reply: () => {
+          err?: { code: status; details: string; metadata?: import('@grpc/grpc-js').Metadata };
+          res?: Res;
+        },
+      ) =>
       async (request: Req): Promise<Res> => {
         seen?.push(request);
         const { err, res } = reply();
@@ -269,13 +320,19 @@ describe('weft-cni, run as a runtime runs it', () => {
       // Served as the node agent serves it (unary frames and gRPC on one socket).
       server = createServer();
       const unaryMethods: UnaryMethods = new Map();
-      addService(server, AgentServiceService, {
-        attach: unary(attaches, () => (attachError ? { err: attachError } : { res: answer() })),
-        detach: unary(detaches, () => (detachError ? { err: detachError } : { res: {} })),
-        check: unary(checks, () => (checkError ? { err: checkError } : { res: {} })),
-        status: unary(null, () => ({ res: statusAnswer })),
-        garbageCollect: unary(collects, () => ({ res: gcAnswer })),
-      }, silentLogger, { unaryMethods });
+      addService(
+        server,
+        AgentServiceService,
+        {
+          attach: unary(attaches, () => (attachError ? { err: attachError } : { res: answer() })),
+          detach: unary(detaches, () => (detachError ? { err: detachError } : { res: {} })),
+          check: unary(checks, () => (checkError ? { err: checkError } : { res: {} })),
+          status: unary(null, () => ({ res: statusAnswer })),
+          garbageCollect: unary(collects, () => ({ res: gcAnswer })),
+        },
+        silentLogger,
+        { unaryMethods },
+      );
       listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger });
     });
     after(async () => {
@@ -311,20 +368,28 @@ describe('weft-cni, run as a runtime runs it', () => {
       });
     });
 
-
     it('the packed plugin starts from its V8 code cache on the Node that built it; a cache that does not fit is compiled past, with the same answers', async () => {
-      const timingOf = (run: Run) => JSON.parse(run.stderr.split('\n').find((l) => l.includes('"weft-cni timing"')) ?? '{}') as { codeCache?: string; builtWith?: string; node?: string };
+      const timingOf = (run: Run) =>
+        JSON.parse(run.stderr.split('\n').find((l) => l.includes('"weft-cni timing"')) ?? '{}') as {
+          codeCache?: string;
+          builtWith?: string;
+          node?: string;
+        };
       const used = await runPlugin({ ...env, WEFT_CNI_TIMING: '1' }, config({ agentSocket: socket }));
       assert.equal(used.status, 0, used.stderr);
       const timing = timingOf(used);
       assert.match(String(timing.builtWith), /^v\d+\.\d+\.\d+$/, 'the packed plugin names the Node that built it');
       assert.equal(timing.node, process.version, 'the plugin runs on the Node first on PATH, as this test does');
       // On the building Node the cache fits; another Node's V8 (another major line) may refuse it: slower, not wrong.
-      if (timing.node === timing.builtWith) assert.equal(timing.codeCache, 'used', 'the cache made at build time fits the Node that built it');
+      if (timing.node === timing.builtWith)
+        assert.equal(timing.codeCache, 'used', 'the cache made at build time fits the Node that built it');
       else assert.ok(timing.codeCache === 'used' || timing.codeCache === 'rejected', String(timing.codeCache));
       // V8 refuses bytes that are no cache at all in the same checks as another Node's cache.
       const text = readFileSync(plugin, 'utf8');
-      const foreign = text.replace(/^const cache = "[^"]*";$/m, `const cache = "${Buffer.from('not a V8 code cache').toString('base64')}";`);
+      const foreign = text.replace(
+        /^const cache = "[^"]*";$/m,
+        `const cache = "${Buffer.from('not a V8 code cache').toString('base64')}";`,
+      );
       assert.notEqual(foreign, text, 'the packed plugin has a cache line');
       const copy = path.join(dir, 'weft');
       await writeFile(copy, foreign, { mode: 0o755 });
@@ -343,7 +408,8 @@ describe('weft-cni, run as a runtime runs it', () => {
         const doc = onlyDocument(run);
         assert.equal(doc.cniVersion, v);
         const ip = (doc.ips as Record<string, unknown>[])[0]!;
-        if (isLegacy(v)) assert.deepEqual(ip, { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
+        if (isLegacy(v))
+          assert.deepEqual(ip, { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
         else assert.deepEqual(ip, { address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 });
         assert.deepEqual(Object.keys(doc).sort(), ['cniVersion', 'dns', 'interfaces', 'ips', 'routes']);
       }
@@ -358,19 +424,49 @@ describe('weft-cni, run as a runtime runs it', () => {
           assert.equal(run.status, 0, run.stdout);
           const doc = onlyDocument(run);
           const ver = (n: '4' | '6') => (isLegacy(v) ? { version: n } : {});
-          assert.deepEqual(doc.ips, [
-            { ...ver('4'), address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 },
-            { ...ver('6'), address: 'fd00:10:244::7/128', gateway: 'fe80::1', interface: 1 },
-          ], `ips in ${v}`);
-          assert.deepEqual(doc.routes, [{ dst: '0.0.0.0/0', gw: '169.254.1.1' }, { dst: '::/0', gw: 'fe80::1' }], `routes in ${v}`);
-          assert.equal((doc.interfaces as { sandbox?: string }[])[1]!.sandbox, netns, 'interface 1 is the pod interface');
+          assert.deepEqual(
+            doc.ips,
+            [
+              { ...ver('4'), address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 1 },
+              { ...ver('6'), address: 'fd00:10:244::7/128', gateway: 'fe80::1', interface: 1 },
+            ],
+            `ips in ${v}`,
+          );
+          assert.deepEqual(
+            doc.routes,
+            [
+              { dst: '0.0.0.0/0', gw: '169.254.1.1' },
+              { dst: '::/0', gw: 'fe80::1' },
+            ],
+            `routes in ${v}`,
+          );
+          assert.equal(
+            (doc.interfaces as { sandbox?: string }[])[1]!.sandbox,
+            netns,
+            'interface 1 is the pod interface',
+          );
           if (v === '0.3.0' || v === '0.3.1') continue; // CHECK is 0.4.0 and later
-          const check = await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult: doc }));
+          const check = await runPlugin(
+            { ...env, CNI_COMMAND: 'CHECK' },
+            config({ cniVersion: v, agentSocket: socket, prevResult: doc }),
+          );
           assertQuietSuccess(check);
-          assert.deepEqual(checks.at(-1)!.reportedAddresses, ['10.244.1.7/32', 'fd00:10:244::7/128'], `CHECK in ${v} compares both addresses`);
+          assert.deepEqual(
+            checks.at(-1)!.reportedAddresses,
+            ['10.244.1.7/32', 'fd00:10:244::7/128'],
+            `CHECK in ${v} compares both addresses`,
+          );
         }
         // A requested IPv6 address goes to the agent (which refuses it unless its pods are dual-stack).
-        assert.equal((await runPlugin(env, config({ agentSocket: socket, runtimeConfig: { ips: ['10.244.1.9/32', 'fd00:10:244::9/128'] } }))).status, 0);
+        assert.equal(
+          (
+            await runPlugin(
+              env,
+              config({ agentSocket: socket, runtimeConfig: { ips: ['10.244.1.9/32', 'fd00:10:244::9/128'] } }),
+            )
+          ).status,
+          0,
+        );
         assert.deepEqual(attaches.at(-1)!.requestedAddresses, ['10.244.1.9', 'fd00:10:244::9']);
       } finally {
         dualStack = false;
@@ -392,7 +488,10 @@ describe('weft-cni, run as a runtime runs it', () => {
         dns: { nameservers: ['192.168.9.1'] },
       };
       const doc = onlyDocument(await runPlugin(env, config({ cniVersion: '0.4.0', agentSocket: socket, prevResult })));
-      assert.deepEqual((doc.interfaces as { name: string }[]).map((i) => i.name), ['dummy0', 'weft6f1c2d3e', 'eth0']);
+      assert.deepEqual(
+        (doc.interfaces as { name: string }[]).map((i) => i.name),
+        ['dummy0', 'weft6f1c2d3e', 'eth0'],
+      );
       assert.deepEqual(doc.ips, [
         { version: '4', address: '192.168.9.2/24', interface: 0 },
         { version: '4', address: '10.244.1.7/32', gateway: '169.254.1.1', interface: 2 },
@@ -422,7 +521,12 @@ describe('weft-cni, run as a runtime runs it', () => {
     it('DEL prints nothing and exits 0, with or without a netns, whatever runtimeConfig holds', async () => {
       detachError = undefined;
       for (const ns of [netns, '']) {
-        assertQuietSuccess(await runPlugin({ ...delEnv, CNI_NETNS: ns }, config({ agentSocket: socket, runtimeConfig: { mac: 'bad', ips: ['x'] } })));
+        assertQuietSuccess(
+          await runPlugin(
+            { ...delEnv, CNI_NETNS: ns },
+            config({ agentSocket: socket, runtimeConfig: { mac: 'bad', ips: ['x'] } }),
+          ),
+        );
         assert.deepEqual(detaches.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns: ns, ifname: 'eth0' });
       }
     });
@@ -442,8 +546,16 @@ describe('weft-cni, run as a runtime runs it', () => {
       attachError = undefined;
       for (const v of ['0.4.0', '1.0.0', '1.1.0']) {
         const prevResult = onlyDocument(await runPlugin(env, config({ cniVersion: v, agentSocket: socket })));
-        assertQuietSuccess(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult })));
-        assert.deepEqual(checks.at(-1), { containerId: addEnv.CNI_CONTAINERID, netns, ifname: 'eth0', reportedAddresses: ['10.244.1.7/32'], reportedMac: '0a:58:0a:f4:01:07' });
+        assertQuietSuccess(
+          await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ cniVersion: v, agentSocket: socket, prevResult })),
+        );
+        assert.deepEqual(checks.at(-1), {
+          containerId: addEnv.CNI_CONTAINERID,
+          netns,
+          ifname: 'eth0',
+          reportedAddresses: ['10.244.1.7/32'],
+          reportedMac: '0a:58:0a:f4:01:07',
+        });
       }
       // SPEC: CHECK without prevResult is an error; the agent is not asked.
       const asked = checks.length;
@@ -453,8 +565,15 @@ describe('weft-cni, run as a runtime runs it', () => {
     });
 
     it("CHECK with a prevResult that is not this attachment's is code 101", async () => {
-      const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'net1', sandbox: netns }], ips: [{ address: '10.0.0.2/32', interface: 0 }] };
-      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })), 101);
+      const prevResult = {
+        cniVersion: '1.0.0',
+        interfaces: [{ name: 'net1', sandbox: netns }],
+        ips: [{ address: '10.0.0.2/32', interface: 0 }],
+      };
+      const doc = assertCniError(
+        await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })),
+        101,
+      );
       assert.match(String(doc.msg), /lists no interface eth0/);
     });
 
@@ -462,32 +581,81 @@ describe('weft-cni, run as a runtime runs it', () => {
       const { Metadata } = await import('@grpc/grpc-js');
       const metadata = new Metadata();
       metadata.set('weft-error-code', 'agent.check_failed');
-      checkError = { code: status.FAILED_PRECONDITION, details: 'proxy ARP is off on host interface weft6f1c2d3e', metadata };
-      const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'weft6f1c2d3e' }, { name: 'eth0', sandbox: netns }], ips: [{ address: '10.244.1.7/32', interface: 1 }] };
-      const doc = assertCniError(await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })), 101);
+      checkError = {
+        code: status.FAILED_PRECONDITION,
+        details: 'proxy ARP is off on host interface weft6f1c2d3e',
+        metadata,
+      };
+      const prevResult = {
+        cniVersion: '1.0.0',
+        interfaces: [{ name: 'weft6f1c2d3e' }, { name: 'eth0', sandbox: netns }],
+        ips: [{ address: '10.244.1.7/32', interface: 1 }],
+      };
+      const doc = assertCniError(
+        await runPlugin({ ...env, CNI_COMMAND: 'CHECK' }, config({ agentSocket: socket, prevResult })),
+        101,
+      );
       assert.equal(doc.msg, 'proxy ARP is off on host interface weft6f1c2d3e');
       checkError = undefined;
     });
 
     it('STATUS is quiet when the agent reaches IPAM, and 50 with the reason when it does not', async () => {
       statusAnswer = { ipamReachable: true, detail: '' };
-      assertQuietSuccess(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })));
-      statusAnswer = { ipamReachable: false, detail: 'the agent cannot reach IPAM at dns:10.0.0.1:7400: connection refused' };
-      const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })), 50, '1.1.0');
+      assertQuietSuccess(
+        await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })),
+      );
+      statusAnswer = {
+        ipamReachable: false,
+        detail: 'the agent cannot reach IPAM at dns:10.0.0.1:7400: connection refused',
+      };
+      const doc = assertCniError(
+        await runPlugin({ CNI_COMMAND: 'STATUS' }, config({ cniVersion: '1.1.0', agentSocket: socket })),
+        50,
+        '1.1.0',
+      );
       assert.match(String(doc.msg), /cannot reach IPAM at dns:10\.0\.0\.1:7400/);
     });
 
     it('GC passes the union of cni.dev/valid-attachments and cni.dev/attachments; failures are code 11', async () => {
-      gcAnswer = { released: [{ handle: 'old/eth0', address: '10.244.1.3' }], removedInterfaces: ['weft00000000003'], failures: [] };
-      assertQuietSuccess(await runPlugin({ CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' }, config({
-        cniVersion: '1.1.0',
-        agentSocket: socket,
-        'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }],
-        'cni.dev/attachments': [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'net1' }],
-      })));
-      assert.deepEqual(collects.at(-1), { validAttachments: [{ containerId: 'a', ifname: 'eth0' }, { containerId: 'b', ifname: 'net1' }], network: 'weft' });
-      gcAnswer = { released: [], removedInterfaces: [], failures: ['releasing 10.244.1.4 (handle x/eth0) failed: IPAM unavailable'] };
-      const doc = assertCniError(await runPlugin({ CNI_COMMAND: 'GC' }, config({ cniVersion: '1.1.0', agentSocket: socket, 'cni.dev/valid-attachments': [] })), 11, '1.1.0');
+      gcAnswer = {
+        released: [{ handle: 'old/eth0', address: '10.244.1.3' }],
+        removedInterfaces: ['weft00000000003'],
+        failures: [],
+      };
+      assertQuietSuccess(
+        await runPlugin(
+          { CNI_COMMAND: 'GC', CNI_PATH: '/opt/cni/bin' },
+          config({
+            cniVersion: '1.1.0',
+            agentSocket: socket,
+            'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }],
+            'cni.dev/attachments': [
+              { containerID: 'a', ifname: 'eth0' },
+              { containerID: 'b', ifname: 'net1' },
+            ],
+          }),
+        ),
+      );
+      assert.deepEqual(collects.at(-1), {
+        validAttachments: [
+          { containerId: 'a', ifname: 'eth0' },
+          { containerId: 'b', ifname: 'net1' },
+        ],
+        network: 'weft',
+      });
+      gcAnswer = {
+        released: [],
+        removedInterfaces: [],
+        failures: ['releasing 10.244.1.4 (handle x/eth0) failed: IPAM unavailable'],
+      };
+      const doc = assertCniError(
+        await runPlugin(
+          { CNI_COMMAND: 'GC' },
+          config({ cniVersion: '1.1.0', agentSocket: socket, 'cni.dev/valid-attachments': [] }),
+        ),
+        11,
+        '1.1.0',
+      );
       assert.match(String(doc.msg), /left 1 item behind \(releasing 10\.244\.1\.4/);
     });
   });
@@ -502,44 +670,71 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   let podCount = 0;
   let chainDir = '';
 
-  interface Pod { containerId: string; netns: string; netnsName: string; ifname: string }
+  interface Pod {
+    containerId: string;
+    netns: string;
+    netnsName: string;
+    ifname: string;
+  }
 
   /** A pod namespace carrying the cluster's prefix, so that `cluster down` removes it whatever happens. */
   async function newPod(label: string): Promise<Pod> {
     const netnsName = `${state!.prefix}-pod-${label}`;
     await sh('ip', ['netns', 'add', netnsName]);
-    return { containerId: `${label}-${++podCount}-${state!.prefix}`, netns: `/var/run/netns/${netnsName}`, netnsName, ifname: 'eth0' };
+    return {
+      containerId: `${label}-${++podCount}-${state!.prefix}`,
+      netns: `/var/run/netns/${netnsName}`,
+      netnsName,
+      ifname: 'eth0',
+    };
   }
   const dropPod = (p: Pod) => sh('ip', ['netns', 'del', p.netnsName]).catch(() => {});
 
   const netconf = (version: string, extra: Record<string, unknown> = {}) =>
     JSON.stringify({ cniVersion: version, name: 'weft', type: 'weft', agentSocket: node.socket, ...extra });
 
-  async function cni(command: string, pod: Pod | null, stdin: string, extraEnv: Record<string, string> = {}): Promise<Run> {
+  async function cni(
+    command: string,
+    pod: Pod | null,
+    stdin: string,
+    extraEnv: Record<string, string> = {},
+  ): Promise<Run> {
     const env: Record<string, string> = { CNI_COMMAND: command, ...extraEnv };
     if (pod) Object.assign(env, { CNI_CONTAINERID: pod.containerId, CNI_NETNS: pod.netns, CNI_IFNAME: pod.ifname });
     const out = await runCni(node, env, stdin);
     return { status: out.exitCode, stdout: out.stdout, stderr: out.stderr };
   }
 
-  const nodeAllocations = async (): Promise<Allocation[]> => (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations;
-  const allocationOf = async (p: Pod) => (await nodeAllocations()).find((a) => a.handle === `${p.containerId}/${p.ifname}`);
+  const nodeAllocations = async (): Promise<Allocation[]> =>
+    (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations;
+  const allocationOf = async (p: Pod) =>
+    (await nodeAllocations()).find((a) => a.handle === `${p.containerId}/${p.ifname}`);
   const ipn = async (ns: string, ...args: string[]) => (await sh('ip', ['-n', ns, ...args])).stdout;
   const podHostLinks = async () =>
-    (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'veth')) as { ifname: string }[]).map((l) => l.ifname).filter((n) => /^weft[0-9a-f]{11}$/.test(n)).sort();
+    (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'veth')) as { ifname: string }[])
+      .map((l) => l.ifname)
+      .filter((n) => /^weft[0-9a-f]{11}$/.test(n))
+      .sort();
   /** The node's Weft host routes to pods (protocol 87 through a pod veth). */
   const podHostRoutes = async () =>
     (JSON.parse(await ipn(node.netns, '-j', 'route', 'show', 'proto', '87')) as { dst: string; dev: string }[])
-      .filter((r) => r.dev.startsWith('weft') && r.dev !== 'weft.vxlan').map((r) => `${r.dst} dev ${r.dev}`).sort();
+      .filter((r) => r.dev.startsWith('weft') && r.dev !== 'weft.vxlan')
+      .map((r) => `${r.dst} dev ${r.dev}`)
+      .sort();
   const hostLinkOf = (p: Pod) => hostIfnameFor(p.containerId, p.ifname);
 
   /** ADD that must succeed; returns the result document. */
-  async function add(pod: Pod, version = '1.1.0', extra: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+  async function add(
+    pod: Pod,
+    version = '1.1.0',
+    extra: Record<string, unknown> = {},
+  ): Promise<Record<string, unknown>> {
     const run = await cni('ADD', pod, netconf(version, extra));
     assert.equal(run.status, 0, `ADD failed: ${run.stdout} ${run.stderr}`);
     return onlyDocument(run);
   }
-  const addressOf = (result: Record<string, unknown>) => String((result.ips as { address: string }[])[0]!.address).split('/')[0]!;
+  const addressOf = (result: Record<string, unknown>) =>
+    String((result.ips as { address: string }[])[0]!.address).split('/')[0]!;
 
   before(async () => {
     // CNI_PATH for chains: Weft installed as `weft` (its type), as a runtime finds it, then Debian's reference plugins.
@@ -551,7 +746,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     stateDir = cluster.stateDir;
     state = await started.up;
     node = state.nodes[0]!;
-    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`, { security: clusterAdminSecurity(state!) });
+    ipam = createClient(IpamServiceService, `unix://${state!.controlPlane.socket}`, {
+      security: clusterAdminSecurity(state!),
+    });
   });
 
   after(async () => {
@@ -575,7 +772,11 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         assert.equal(result.cniVersion, version);
         const ips = result.ips as Record<string, unknown>[];
         assert.equal(ips.length, 1);
-        assert.equal('version' in ips[0]!, isLegacy(version), `ips[0].version present in ${version}: ${JSON.stringify(ips[0])}`);
+        assert.equal(
+          'version' in ips[0]!,
+          isLegacy(version),
+          `ips[0].version present in ${version}: ${JSON.stringify(ips[0])}`,
+        );
         if (isLegacy(version)) assert.equal(ips[0]!.version, '4');
         assert.equal(ips[0]!.interface, 1);
         assert.equal(ips[0]!.gateway, '169.254.1.1');
@@ -587,7 +788,10 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
 
         const address = addressOf(result);
         assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address under the handle');
-        const podAddr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as { address: string; addr_info: { local: string; prefixlen: number }[] }[];
+        const podAddr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as {
+          address: string;
+          addr_info: { local: string; prefixlen: number }[];
+        }[];
         assert.ok(podAddr[0]!.addr_info.some((a) => a.local === address && a.prefixlen === 32));
         assert.equal(podAddr[0]!.address, eth0!.mac);
         assert.ok((await podHostLinks()).includes(hostLinkOf(pod)));
@@ -607,7 +811,7 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     });
   }
 
-  it('the pod UID from CNI_ARGS K8S_POD_UID reaches IPAM with the pod\'s allocation; a malformed one is code 4 and allocates nothing', async () => {
+  it("the pod UID from CNI_ARGS K8S_POD_UID reaches IPAM with the pod's allocation; a malformed one is code 4 and allocates nothing", async () => {
     const pod = await newPod('uid');
     const uid = '7d3e1c9a-2b4f-4a6e-9c8d-0f1e2d3c4b5a';
     try {
@@ -619,10 +823,18 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const run = await cni('ADD', pod, netconf('1.1.0'), { CNI_ARGS: `${args}${uid}` });
       assert.equal(run.status, 0, `ADD failed: ${run.stdout} ${run.stderr}`);
       const held = await allocationOf(pod);
-      assert.deepEqual([held?.address, held?.podNamespace, held?.podName, held?.podUid], [addressOf(onlyDocument(run)), 'shop', 'cart-0', uid]);
+      assert.deepEqual(
+        [held?.address, held?.podNamespace, held?.podName, held?.podUid],
+        [addressOf(onlyDocument(run)), 'shop', 'cart-0', uid],
+      );
       assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0')));
-      const history = (await ipam.listAllocationHistory({ handle: `${pod.containerId}/eth0` }, { timeoutMs: 10_000 })).entries;
-      assert.deepEqual(history.map((e) => [e.allocation!.podUid, Boolean(e.releaseTime)]), [[uid, true]], 'the released row keeps the UID');
+      const history = (await ipam.listAllocationHistory({ handle: `${pod.containerId}/eth0` }, { timeoutMs: 10_000 }))
+        .entries;
+      assert.deepEqual(
+        history.map((e) => [e.allocation!.podUid, Boolean(e.releaseTime)]),
+        [[uid, true]],
+        'the released row keeps the UID',
+      );
     } finally {
       await dropPod(pod);
     }
@@ -665,14 +877,24 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const address = addressOf(result);
       const host = hostLinkOf(pod);
       const check = (prevResult: unknown = result) => cni('CHECK', pod, netconf('1.0.0', { prevResult }));
-      const differs = async (msg: RegExp, prevResult?: unknown) => assert.match(String(assertCniError(await check(prevResult), 101).msg), msg);
+      const differs = async (msg: RegExp, prevResult?: unknown) =>
+        assert.match(String(assertCniError(await check(prevResult), 101).msg), msg);
       assertQuietSuccess(await check());
 
       const otherAddress = JSON.parse(JSON.stringify(result).replace(`${address}/32`, '10.244.255.254/32'));
       await differs(/prevResult reports 10\.244\.255\.254\/32 for eth0, but IPAM holds/, otherAddress);
-      const otherMac = { ...result, interfaces: [(result.interfaces as object[])[0], { ...(result.interfaces as object[])[1], mac: '0a:58:00:00:00:01' }] };
+      const otherMac = {
+        ...result,
+        interfaces: [
+          (result.interfaces as object[])[0],
+          { ...(result.interfaces as object[])[1], mac: '0a:58:00:00:00:01' },
+        ],
+      };
       await differs(/has MAC .*, but the runtime's prevResult reports 0a:58:00:00:00:01/, otherMac);
-      await differs(/lists no interface eth0/, { ...result, interfaces: [(result.interfaces as object[])[0], { ...(result.interfaces as object[])[1], name: 'net1' }] });
+      await differs(/lists no interface eth0/, {
+        ...result,
+        interfaces: [(result.interfaces as object[])[0], { ...(result.interfaces as object[])[1], name: 'net1' }],
+      });
 
       await sh('ip', ['netns', 'exec', node.netns, 'sh', '-c', `echo 0 > /proc/sys/net/ipv4/conf/${host}/proxy_arp`]);
       await differs(new RegExp(`proxy ARP is off on host interface ${host}`));
@@ -702,7 +924,10 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const gone = await newPod('gone');
       const goneResult = await add(gone, '1.0.0');
       await dropPod(gone);
-      assert.match(String(assertCniError(await cni('CHECK', gone, netconf('1.0.0', { prevResult: goneResult })), 101).msg), /network namespace .* does not exist/);
+      assert.match(
+        String(assertCniError(await cni('CHECK', gone, netconf('1.0.0', { prevResult: goneResult })), 101).msg),
+        /network namespace .* does not exist/,
+      );
       assertQuietSuccess(await cni('DEL', gone, netconf('1.0.0')));
       assert.equal(await allocationOf(gone), undefined);
     } finally {
@@ -714,16 +939,33 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     const pod = await newPod('rollback');
     try {
       await ipn(pod.netnsName, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer');
-      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([
+        nodeAllocations(),
+        podHostLinks(),
+        podHostRoutes(),
+      ]);
       const doc = assertCniError(await cni('ADD', pod, netconf('1.0.0')), 999);
       assert.match(String(doc.msg), /an interface named eth0 already exists in network namespace/);
-      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
-      assert.deepEqual(allocsAfter.map((a) => a.handle).sort(), allocsBefore.map((a) => a.handle).sort(), 'no allocation remains');
+      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([
+        nodeAllocations(),
+        podHostLinks(),
+        podHostRoutes(),
+      ]);
+      assert.deepEqual(
+        allocsAfter.map((a) => a.handle).sort(),
+        allocsBefore.map((a) => a.handle).sort(),
+        'no allocation remains',
+      );
       assert.deepEqual(linksAfter, linksBefore, 'no host veth remains');
       assert.deepEqual(routesAfter, routesBefore, 'no host route remains');
       // The failure came after the address was allocated: the agent says it released it.
-      const log = readFileSync(path.join(stateDir, node.name, 'agent.log'), 'utf8').split('\n').filter((l) => l.includes(`"handle":"${pod.containerId}/eth0"`));
-      assert.ok(log.some((l) => l.includes('released after a failed attach') && l.includes('"released":true')), `agent log:\n${log.join('\n')}`);
+      const log = readFileSync(path.join(stateDir, node.name, 'agent.log'), 'utf8')
+        .split('\n')
+        .filter((l) => l.includes(`"handle":"${pod.containerId}/eth0"`));
+      assert.ok(
+        log.some((l) => l.includes('released after a failed attach') && l.includes('"released":true')),
+        `agent log:\n${log.join('\n')}`,
+      );
       assertQuietSuccess(await cni('DEL', pod, netconf('1.0.0'))); // what the runtime does next
     } finally {
       await dropPod(pod);
@@ -731,13 +973,18 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   });
 
   it('a requested address (CNI_ARGS IP= or runtimeConfig ips) is what the pod gets; one already held is refused', async () => {
-    const [p1, p2] = await Promise.all(['req-a', 'req-b'].map(newPod)) as [Pod, Pod];
+    const [p1, p2] = (await Promise.all(['req-a', 'req-b'].map(newPod))) as [Pod, Pod];
     try {
-      const fromArgs = await cni('ADD', p1, netconf('1.0.0'), { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=req-a;IP=10.244.3.3` });
+      const fromArgs = await cni('ADD', p1, netconf('1.0.0'), {
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=req-a;IP=10.244.3.3`,
+      });
       assert.equal(fromArgs.status, 0, fromArgs.stdout);
       assert.equal(addressOf(onlyDocument(fromArgs)), '10.244.3.3');
       assert.equal((await allocationOf(p1))?.address, '10.244.3.3');
-      const taken = assertCniError(await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })), 999);
+      const taken = assertCniError(
+        await cni('ADD', p2, netconf('1.0.0', { runtimeConfig: { ips: ['10.244.3.3/16'] } })),
+        999,
+      );
       assert.match(String(taken.msg), /10\.244\.3\.3 is held by/);
       assert.equal(await allocationOf(p2), undefined, 'the refused pod holds nothing');
       // The agent makes the veth while IPAM allocates: a refused allocation removes it again, in the node and the pod.
@@ -769,19 +1016,46 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   it('bad input gets a CNI error and changes nothing', async () => {
     const pod = await newPod('bad');
     try {
-      const before = { allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() };
+      const before = {
+        allocations: (await nodeAllocations()).map((a) => a.handle).sort(),
+        links: await podHostLinks(),
+      };
       const cases: [string, Run, number, string?][] = [
         ['malformed JSON', await cni('ADD', pod, '{"cniVersion": "1.0.0", "name": '), 6, '1.1.0'],
-        ['no name', await cni('ADD', pod, JSON.stringify({ cniVersion: '1.0.0', type: 'weft', agentSocket: node.socket })), 7],
+        [
+          'no name',
+          await cni('ADD', pod, JSON.stringify({ cniVersion: '1.0.0', type: 'weft', agentSocket: node.socket })),
+          7,
+        ],
         ['unknown cniVersion', await cni('ADD', pod, netconf('9.9.9')), 1, '9.9.9'],
         ['unknown verb', await cni('FROB', pod, netconf('1.0.0')), 4],
         ['oversize config', await cni('ADD', pod, netconf('1.0.0').padEnd(1024 * 1024 + 10, ' ')), 7, '1.1.0'],
-        ['missing CNI_NETNS', await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0' }), 4],
-        ['relative CNI_NETNS', await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0', CNI_NETNS: pod.netnsName }), 4],
+        [
+          'missing CNI_NETNS',
+          await cni('ADD', null, netconf('1.0.0'), { CNI_CONTAINERID: pod.containerId, CNI_IFNAME: 'eth0' }),
+          4,
+        ],
+        [
+          'relative CNI_NETNS',
+          await cni('ADD', null, netconf('1.0.0'), {
+            CNI_CONTAINERID: pod.containerId,
+            CNI_IFNAME: 'eth0',
+            CNI_NETNS: pod.netnsName,
+          }),
+          4,
+        ],
         ['CNI_NETNS leading nowhere', await cni('ADD', { ...pod, netns: `${pod.netns}-gone` }, netconf('1.0.0')), 4],
         ['CNI_NETNS that is no namespace', await cni('ADD', { ...pod, netns: '/etc/hostname' }, netconf('1.0.0')), 999],
-        ['requested IPv6 address', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { ips: ['fd00::5/64'] } })), 7],
-        ['requested address outside every pool', await cni('ADD', pod, netconf('1.0.0'), { CNI_ARGS: 'IgnoreUnknown=1;IP=192.0.2.200' }), 999],
+        [
+          'requested IPv6 address',
+          await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { ips: ['fd00::5/64'] } })),
+          7,
+        ],
+        [
+          'requested address outside every pool',
+          await cni('ADD', pod, netconf('1.0.0'), { CNI_ARGS: 'IgnoreUnknown=1;IP=192.0.2.200' }),
+          999,
+        ],
         ['multicast MAC', await cni('ADD', pod, netconf('1.0.0', { runtimeConfig: { mac: '03:00:00:00:00:01' } })), 7],
       ];
       for (const [what, run, code, version] of cases) {
@@ -791,39 +1065,58 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
           throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
         }
       }
-      assert.deepEqual({ allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() }, before, 'nothing was allocated or created');
+      assert.deepEqual(
+        { allocations: (await nodeAllocations()).map((a) => a.handle).sort(), links: await podHostLinks() },
+        before,
+        'nothing was allocated or created',
+      );
     } finally {
       await dropPod(pod);
     }
   });
 
-  it('GC releases what no valid attachment holds, removes its host veth, and never touches a valid attachment or another system\'s allocation', async () => {
+  it("GC releases what no valid attachment holds, removes its host veth, and never touches a valid attachment or another system's allocation", async () => {
     const pods = await Promise.all(['gc-a', 'gc-b', 'gc-c'].map(newPod));
     const [a, b, c] = pods as [Pod, Pod, Pod];
     try {
       const results = new Map<Pod, Record<string, unknown>>();
       for (const p of pods) results.set(p, await add(p, '1.1.0'));
       const reserved = `reserved-by-test-${state!.prefix}`;
-      await ipam.allocate({ handle: reserved, node: node.name, pool: '', podNamespace: '', podName: '', containerId: '' }, { timeoutMs: 10_000 });
+      await ipam.allocate(
+        { handle: reserved, node: node.name, pool: '', podNamespace: '', podName: '', containerId: '' },
+        { timeoutMs: 10_000 },
+      );
       // A leftover veth with a Weft pod name and no attachment behind it (e.g. from a crashed agent).
       const orphan = hostIfnameFor(`orphan-${state!.prefix}`, 'eth0');
       await ipn(node.netns, 'link', 'add', orphan, 'type', 'veth', 'peer', 'name', `${orphan.slice(0, 11)}p`);
 
-      const gc = await cni('GC', null, netconf('1.1.0', {
-        'cni.dev/valid-attachments': [{ containerID: a.containerId, ifname: 'eth0' }],
-        'cni.dev/attachments': [{ containerID: b.containerId, ifname: 'eth0' }],
-      }), { CNI_PATH: '/opt/cni/bin' });
+      const gc = await cni(
+        'GC',
+        null,
+        netconf('1.1.0', {
+          'cni.dev/valid-attachments': [{ containerID: a.containerId, ifname: 'eth0' }],
+          'cni.dev/attachments': [{ containerID: b.containerId, ifname: 'eth0' }],
+        }),
+        { CNI_PATH: '/opt/cni/bin' },
+      );
       assertQuietSuccess(gc);
 
       const held = new Set((await nodeAllocations()).map((x) => x.handle));
-      assert.ok(held.has(`${a.containerId}/eth0`) && held.has(`${b.containerId}/eth0`), 'valid attachments keep their addresses');
+      assert.ok(
+        held.has(`${a.containerId}/eth0`) && held.has(`${b.containerId}/eth0`),
+        'valid attachments keep their addresses',
+      );
       assert.ok(!held.has(`${c.containerId}/eth0`), 'the stale attachment lost its address');
       assert.ok(held.has(reserved), "another system's allocation stays");
       const links = await podHostLinks();
       assert.ok(links.includes(hostLinkOf(a)) && links.includes(hostLinkOf(b)));
       assert.ok(!links.includes(hostLinkOf(c)) && !links.includes(orphan), `stale veths removed: ${links.join(', ')}`);
-      assert.ok(!(await podHostRoutes()).some((r) => r.startsWith(`${addressOf(results.get(c)!)} `)), 'and their host routes with them');
-      for (const p of [a, b]) assertQuietSuccess(await cni('CHECK', p, netconf('1.1.0', { prevResult: results.get(p) })));
+      assert.ok(
+        !(await podHostRoutes()).some((r) => r.startsWith(`${addressOf(results.get(c)!)} `)),
+        'and their host routes with them',
+      );
+      for (const p of [a, b])
+        assertQuietSuccess(await cni('CHECK', p, netconf('1.1.0', { prevResult: results.get(p) })));
 
       // The runtime still DELs what it knows about; after GC that is already gone and succeeds.
       for (const p of pods) assertQuietSuccess(await cni('DEL', p, netconf('1.1.0')));
@@ -834,15 +1127,21 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     }
   });
 
-  it('GC naming another network leaves this network\'s attachments alone, also those made before attachments recorded their network', async () => {
-    const [mine, legacy] = await Promise.all(['gcnet-a', 'gcnet-l'].map(newPod)) as [Pod, Pod];
+  it("GC naming another network leaves this network's attachments alone, also those made before attachments recorded their network", async () => {
+    const [mine, legacy] = (await Promise.all(['gcnet-a', 'gcnet-l'].map(newPod))) as [Pod, Pod];
     try {
       const results = new Map<Pod, Record<string, unknown>>();
       for (const p of [mine, legacy]) results.set(p, await add(p, '1.1.0'));
       // An attachment made before the agent recorded networks: its host veth carries no record.
       await ipn(node.netns, 'link', 'set', 'dev', hostLinkOf(legacy), 'alias', '');
       // A runtime with two networks of the same plugin type: GC for the other one, which holds no attachment.
-      const other = JSON.stringify({ cniVersion: '1.1.0', name: 'weft-second', type: 'weft', agentSocket: node.socket, 'cni.dev/valid-attachments': [] });
+      const other = JSON.stringify({
+        cniVersion: '1.1.0',
+        name: 'weft-second',
+        type: 'weft',
+        agentSocket: node.socket,
+        'cni.dev/valid-attachments': [],
+      });
       assertQuietSuccess(await cni('GC', null, other, { CNI_PATH: '/opt/cni/bin' }));
       const held = new Set((await nodeAllocations()).map((x) => x.handle));
       for (const p of [mine, legacy]) {
@@ -851,7 +1150,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         assertQuietSuccess(await cni('CHECK', p, netconf('1.1.0', { prevResult: results.get(p) })));
       }
       // Its own network's GC still collects it; the unrecorded attachment is never collected by GC.
-      assertQuietSuccess(await cni('GC', null, netconf('1.1.0', { 'cni.dev/valid-attachments': [] }), { CNI_PATH: '/opt/cni/bin' }));
+      assertQuietSuccess(
+        await cni('GC', null, netconf('1.1.0', { 'cni.dev/valid-attachments': [] }), { CNI_PATH: '/opt/cni/bin' }),
+      );
       const after = new Set((await nodeAllocations()).map((x) => x.handle));
       assert.ok(!after.has(`${mine.containerId}/eth0`), "this network's GC released its stale attachment");
       assert.ok(after.has(`${legacy.containerId}/eth0`), 'an attachment without a recorded network is left to its DEL');
@@ -870,8 +1171,20 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const first = await add(pod, '1.1.0');
       const eth0Address = addressOf(first);
       const podState = async () => ({
-        eth0: (JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as { addr_info: { local: string; prefixlen: number }[] }[])[0]!.addr_info.map((a) => `${a.local}/${a.prefixlen}`),
-        routes: (JSON.parse(await ipn(pod.netnsName, '-j', 'route', 'show')) as { dst: string; gateway?: string; dev: string }[]).map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`).sort(),
+        eth0: (
+          JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'eth0')) as {
+            addr_info: { local: string; prefixlen: number }[];
+          }[]
+        )[0]!.addr_info.map((a) => `${a.local}/${a.prefixlen}`),
+        routes: (
+          JSON.parse(await ipn(pod.netnsName, '-j', 'route', 'show')) as {
+            dst: string;
+            gateway?: string;
+            dev: string;
+          }[]
+        )
+          .map((r) => `${r.dst} ${r.gateway ?? ''} ${r.dev}`)
+          .sort(),
         rules: (await ipn(pod.netnsName, 'rule', 'show')).trim(),
       });
       const before = await podState();
@@ -885,18 +1198,36 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assert.notEqual(hostLinkOf(net1), hostLinkOf(pod));
       assert.deepEqual(second.routes, [], 'net1 adds no route to the main table: the default route stays with eth0');
       assert.equal((await allocationOf(net1))?.address, net1Address);
-      const net1Addr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'net1')) as { addr_info: { local: string; prefixlen: number }[] }[];
+      const net1Addr = JSON.parse(await ipn(pod.netnsName, '-j', 'addr', 'show', 'dev', 'net1')) as {
+        addr_info: { local: string; prefixlen: number }[];
+      }[];
       assert.ok(net1Addr[0]!.addr_info.some((a) => a.local === net1Address && a.prefixlen === 32));
       const during = await podState();
       assert.deepEqual(during.eth0, before.eth0, 'eth0 keeps its address');
-      assert.deepEqual(during.routes, before.routes, "the pod's main table is as it was: the default route stays with eth0");
+      assert.deepEqual(
+        during.routes,
+        before.routes,
+        "the pod's main table is as it was: the default route stays with eth0",
+      );
       // net1's routes are in its own table, for traffic from its address only.
-      const table = /from (\S+) lookup (\d+)/.exec(during.rules.split('\n').find((l) => l.includes(`from ${net1Address} `)) ?? '');
+      const table = /from (\S+) lookup (\d+)/.exec(
+        during.rules.split('\n').find((l) => l.includes(`from ${net1Address} `)) ?? '',
+      );
       assert.ok(table, `a source rule for ${net1Address}:\n${during.rules}`);
-      assert.match(await ipn(pod.netnsName, 'route', 'show', 'table', table[2]!), new RegExp(`default via 169\\.254\\.1\\.1 dev net1`));
-      assert.ok((await podHostRoutes()).includes(`${net1Address} dev ${hostLinkOf(net1)}`), 'the node routes net1\'s address to its veth');
+      assert.match(
+        await ipn(pod.netnsName, 'route', 'show', 'table', table[2]!),
+        new RegExp(`default via 169\\.254\\.1\\.1 dev net1`),
+      );
+      assert.ok(
+        (await podHostRoutes()).includes(`${net1Address} dev ${hostLinkOf(net1)}`),
+        "the node routes net1's address to its veth",
+      );
       // net1's address answers from the node and from another pod (forwarded, through network policy).
-      const ping = (ns: string) => sh('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', net1Address]).then(() => 'ok', (e: Error) => e.message);
+      const ping = (ns: string) =>
+        sh('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', net1Address]).then(
+          () => 'ok',
+          (e: Error) => e.message,
+        );
       assert.equal(await ping(node.netns), 'ok');
       await add(peer, '1.1.0');
       let fromPeer = '';
@@ -905,7 +1236,8 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assertQuietSuccess(await cni('CHECK', net1, netconf('1.1.0', { prevResult: second })));
       assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
       // Network policy knows the pod by both addresses: each veth dispatches to the pod's rules (not fail closed).
-      const filter = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout;
+      const filter = async () =>
+        (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout;
       const dispatched = (rules: string, p: Pod) => rules.includes(`-A WEFT-FROM-POD -i ${hostLinkOf(p)} `);
       const until = async (ok: (rules: string) => boolean, ms: number) => {
         const end = Date.now() + ms;
@@ -917,7 +1249,13 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
         return rules;
       };
       const both = await until((r) => dispatched(r, pod) && dispatched(r, net1), 10_000);
-      assert.ok(dispatched(both, pod) && dispatched(both, net1), `both veths dispatch to the pod's rules:\n${both.split('\n').filter((l) => l.includes('WEFT-FROM-POD')).join('\n')}`);
+      assert.ok(
+        dispatched(both, pod) && dispatched(both, net1),
+        `both veths dispatch to the pod's rules:\n${both
+          .split('\n')
+          .filter((l) => l.includes('WEFT-FROM-POD'))
+          .join('\n')}`,
+      );
 
       assertQuietSuccess(await cni('DEL', net1, netconf('1.1.0')));
       // The pod stays known to policy by eth0's address: its dispatch stays (watched for 2 s, as the report settles).
@@ -927,7 +1265,10 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       assert.equal((await allocationOf(pod))?.address, eth0Address, 'eth0 keeps its address in IPAM');
       assert.deepEqual(await podState(), before, "the pod's eth0 address, routes and rules are as before net1");
       const hostRoutes = await podHostRoutes();
-      assert.ok(hostRoutes.includes(`${eth0Address} dev ${hostLinkOf(pod)}`) && !hostRoutes.some((r) => r.startsWith(`${net1Address} `)));
+      assert.ok(
+        hostRoutes.includes(`${eth0Address} dev ${hostLinkOf(pod)}`) &&
+          !hostRoutes.some((r) => r.startsWith(`${net1Address} `)),
+      );
       assertQuietSuccess(await cni('CHECK', pod, netconf('1.1.0', { prevResult: first })));
       assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0')));
       assertQuietSuccess(await cni('DEL', peer, netconf('1.1.0')));
@@ -936,34 +1277,50 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
     }
   });
 
-  it('DEL returns with the pod\'s policy rules gone: the node\'s filter table is as before its ADD', async () => {
+  it("DEL returns with the pod's policy rules gone: the node's filter table is as before its ADD", async () => {
     const pod = await newPod('delrules');
     // The node's filter table, without counters; rules of other pods' veths (a failed test's leftovers, which the
     // resync removes) are not this pod's business.
-    const filter = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout
-      .split('\n').filter((l) => l !== '' && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]$/, ''))
-      .filter((l) => l.includes(hostLinkOf(pod)) || !/weft[0-9a-f]{11}/.test(l)).join('\n');
+    const filter = async () =>
+      (await sh('ip', ['netns', 'exec', node.netns, 'iptables-save', '-t', 'filter'])).stdout
+        .split('\n')
+        .filter((l) => l !== '' && !l.startsWith('#'))
+        .map((l) => l.replace(/\[\d+:\d+\]$/, ''))
+        .filter((l) => l.includes(hostLinkOf(pod)) || !/weft[0-9a-f]{11}/.test(l))
+        .join('\n');
     try {
       const before = await filter();
       const result = await add(pod, '1.1.0');
       const veth = hostLinkOf(pod);
       // The ADD's rules appear once its policy pass has run (within a few seconds at most).
       const deadline = Date.now() + 10_000;
-      while (!(await filter()).includes(`WEFT-P-${veth}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while (!(await filter()).includes(`WEFT-P-${veth}`) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
       assert.ok((await filter()).includes(`WEFT-P-${veth}`), 'the pod got its policy chain');
       assertQuietSuccess(await cni('DEL', pod, netconf('1.1.0', { prevResult: result })));
       const after = await filter();
-      assert.ok(!after.includes(veth), `rules naming ${veth} remain after DEL returned:\n${after.split('\n').filter((l) => l.includes(veth)).join('\n')}`);
+      assert.ok(
+        !after.includes(veth),
+        `rules naming ${veth} remain after DEL returned:\n${after
+          .split('\n')
+          .filter((l) => l.includes(veth))
+          .join('\n')}`,
+      );
       assert.equal(after, before);
     } finally {
       await dropPod(pod);
     }
   });
 
-  it('CHECK without prevResult is code 7 naming prevResult; the network config\'s dns is reported in the ADD result', async () => {
+  it("CHECK without prevResult is code 7 naming prevResult; the network config's dns is reported in the ADD result", async () => {
     const pod = await newPod('dns');
     try {
-      const dns = { nameservers: ['10.96.0.10'], domain: 'cluster.local', search: ['default.svc.cluster.local', 'svc.cluster.local'], options: ['ndots:5'] };
+      const dns = {
+        nameservers: ['10.96.0.10'],
+        domain: 'cluster.local',
+        search: ['default.svc.cluster.local', 'svc.cluster.local'],
+        options: ['ndots:5'],
+      };
       for (const version of ['0.4.0', '1.0.0', '1.1.0']) {
         const result = await add(pod, version, { dns });
         assert.deepEqual(result.dns, dns, `dns in ${version}`);
@@ -979,30 +1336,57 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
 
   /** Debian's reference plugins (containernetworking-plugins), chained after Weft as a runtime's conflist would. */
   const referencePlugins = '/usr/lib/cni';
-  const chainSkip = () => skipOutsideCi(
-    ['loopback', 'tuning', 'bandwidth', 'portmap'].some((p) => !existsSync(path.join(referencePlugins, p))) || !existsSync('/usr/sbin/iptables')
-      ? `needs ${referencePlugins}/{loopback,tuning,bandwidth,portmap} and iptables (containernetworking-plugins, iptables: scripts/install-deps.sh)`
-      : null,
-  );
-  const chain = (list: NetworkConfigList) => createChainRunner({ list, netns: node.netns, cniPath: [path.join(chainDir, 'bin'), referencePlugins] });
+  const chainSkip = () =>
+    skipOutsideCi(
+      ['loopback', 'tuning', 'bandwidth', 'portmap'].some((p) => !existsSync(path.join(referencePlugins, p))) ||
+        !existsSync('/usr/sbin/iptables')
+        ? `needs ${referencePlugins}/{loopback,tuning,bandwidth,portmap} and iptables (containernetworking-plugins, iptables: scripts/install-deps.sh)`
+        : null,
+    );
+  const chain = (list: NetworkConfigList) =>
+    createChainRunner({ list, netns: node.netns, cniPath: [path.join(chainDir, 'bin'), referencePlugins] });
   const runtimeConf = (pod: Pod, capabilityArgs: Record<string, unknown> = {}): RuntimeConf => ({
-    containerId: pod.containerId, netns: pod.netns, ifname: pod.ifname, args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=chain;K8S_POD_NAME=${pod.netnsName}`, capabilityArgs,
+    containerId: pod.containerId,
+    netns: pod.netns,
+    ifname: pod.ifname,
+    args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=chain;K8S_POD_NAME=${pod.netnsName}`,
+    capabilityArgs,
   });
-  const natRules = async () => (await sh('ip', ['netns', 'exec', node.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
-  const ifbLinks = async () => (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'ifb')) as { ifname: string }[]).map((l) => l.ifname).sort();
-  const podIndexOf = (result: CniResultDoc, pod: Pod) => (result.interfaces as { name: string; sandbox?: string }[]).findIndex((i) => i.name === pod.ifname && i.sandbox === pod.netns);
+  const natRules = async () =>
+    (await sh('ip', ['netns', 'exec', node.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
+  const ifbLinks = async () =>
+    (JSON.parse(await ipn(node.netns, '-j', 'link', 'show', 'type', 'ifb')) as { ifname: string }[])
+      .map((l) => l.ifname)
+      .sort();
+  const podIndexOf = (result: CniResultDoc, pod: Pod) =>
+    (result.interfaces as { name: string; sandbox?: string }[]).findIndex(
+      (i) => i.name === pod.ifname && i.sandbox === pod.netns,
+    );
 
   /**
    * CHECK over the whole list with the cached result. Debian's portmap 1.1.1 fails CHECK for every IPv4-only pod
    * ("could not check ipv6 dnat: chain CNI-DN-… not found", containernetworking/plugins#819, fixed in 1.2.0); it runs
    * last, so when that is the one failure every plugin before it (Weft's included) has passed.
    */
-  async function checkChain(runner: ReturnType<typeof chain>, rt: RuntimeConf, cached: CniResultDoc, t: TestContext): Promise<void> {
+  async function checkChain(
+    runner: ReturnType<typeof chain>,
+    rt: RuntimeConf,
+    cached: CniResultDoc,
+    t: TestContext,
+  ): Promise<void> {
     try {
       await runner.check(rt, cached);
     } catch (err) {
-      if (!(err instanceof ChainError && err.plugin === 'portmap' && err.command === 'CHECK' && /could not check ipv6 dnat: chain CNI-DN-\w+ not found/.test(err.output))) throw err;
-      t.diagnostic(`every plugin before portmap passed CHECK; portmap 1.1.1 fails it for IPv4-only pods (containernetworking/plugins#819)`);
+      if (!(
+        err instanceof ChainError &&
+        err.plugin === 'portmap' &&
+        err.command === 'CHECK' &&
+        /could not check ipv6 dnat: chain CNI-DN-\w+ not found/.test(err.output)
+      ))
+        throw err;
+      t.diagnostic(
+        `every plugin before portmap passed CHECK; portmap 1.1.1 fails it for IPv4-only pods (containernetworking/plugins#819)`,
+      );
     }
   }
 
@@ -1013,7 +1397,9 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       s.on('error', (e) => console.log(e.code));`;
     let answer = '';
     for (let attempt = 0; attempt < 5; attempt++) {
-      answer = (await sh('ip', ['netns', 'exec', netns, process.execPath, '-e', script], { timeout: 10_000 })).stdout.trim();
+      answer = (
+        await sh('ip', ['netns', 'exec', netns, process.execPath, '-e', script], { timeout: 10_000 })
+      ).stdout.trim();
       if (!/^(timeout|E[A-Z]+)$/.test(answer)) return answer;
       await new Promise((r) => setTimeout(r, 300));
     }
@@ -1021,137 +1407,230 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
   }
 
   for (const version of ['0.4.0', '1.0.0'] as const) {
-    it(`a conflist Weft → tuning → bandwidth → portmap in ${version}, run as libcni runs it: ADD in order, CHECK, DEL in reverse leave nothing`, chainSkip(), async (t: TestContext) => {
-      const pod = await newPod(`chain${version.replace(/\./g, '')}`);
-      const hostPort = 18080;
-      const list: NetworkConfigList = {
-        cniVersion: version,
-        name: 'weft',
-        plugins: [
-          { type: 'weft', agentSocket: node.socket },
-          { type: 'tuning', mtu: 1400, sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
-          { type: 'bandwidth', capabilities: { bandwidth: true } },
-          { type: 'portmap', capabilities: { portMappings: true }, snat: true },
-        ],
-      };
-      const rt = runtimeConf(pod, {
-        portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
-        bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 },
-        ignored: { notAskedFor: true }, // no plugin declares this capability: it must reach none
-      });
-      const runner = chain(list);
-      let listener: Started | null = null;
-      let result: CniResultDoc | undefined;
-      const ifbBefore = await ifbLinks();
-      try {
-        result = await runner.add(rt);
-        // The list's result is still Weft's: its interfaces and address, passed through every later plugin.
-        assert.equal(result.cniVersion, version);
-        const address = addressOf(result);
-        assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address the chain reports');
-        // bandwidth appends the ifb device it made; everything of Weft's is as Weft printed it.
-        const names = (result.interfaces as { name: string }[]).map((i) => i.name);
-        assert.deepEqual(names.slice(0, 2), [hostLinkOf(pod), 'eth0']);
-        assert.deepEqual(names.slice(2), (await ifbLinks()).filter((n) => !ifbBefore.includes(n)));
-        assert.deepEqual(result.ips, [{ ...(isLegacy(version) ? { version: '4' } : {}), address: `${address}/32`, gateway: '169.254.1.1', interface: podIndexOf(result, pod) }]);
+    it(
+      `a conflist Weft → tuning → bandwidth → portmap in ${version}, run as libcni runs it: ADD in order, CHECK, DEL in reverse leave nothing`,
+      chainSkip(),
+      async (t: TestContext) => {
+        const pod = await newPod(`chain${version.replace(/\./g, '')}`);
+        const hostPort = 18080;
+        const list: NetworkConfigList = {
+          cniVersion: version,
+          name: 'weft',
+          plugins: [
+            { type: 'weft', agentSocket: node.socket },
+            {
+              type: 'tuning',
+              mtu: 1400,
+              sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' },
+              dataDir: path.join(chainDir, 'tuning'),
+            },
+            { type: 'bandwidth', capabilities: { bandwidth: true } },
+            { type: 'portmap', capabilities: { portMappings: true }, snat: true },
+          ],
+        };
+        const rt = runtimeConf(pod, {
+          portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
+          bandwidth: {
+            ingressRate: 100_000_000,
+            ingressBurst: 1_000_000,
+            egressRate: 100_000_000,
+            egressBurst: 1_000_000,
+          },
+          ignored: { notAskedFor: true }, // no plugin declares this capability: it must reach none
+        });
+        const runner = chain(list);
+        let listener: Started | null = null;
+        let result: CniResultDoc | undefined;
+        const ifbBefore = await ifbLinks();
+        try {
+          result = await runner.add(rt);
+          // The list's result is still Weft's: its interfaces and address, passed through every later plugin.
+          assert.equal(result.cniVersion, version);
+          const address = addressOf(result);
+          assert.equal((await allocationOf(pod))?.address, address, 'IPAM holds the address the chain reports');
+          // bandwidth appends the ifb device it made; everything of Weft's is as Weft printed it.
+          const names = (result.interfaces as { name: string }[]).map((i) => i.name);
+          assert.deepEqual(names.slice(0, 2), [hostLinkOf(pod), 'eth0']);
+          assert.deepEqual(
+            names.slice(2),
+            (await ifbLinks()).filter((n) => !ifbBefore.includes(n)),
+          );
+          assert.deepEqual(result.ips, [
+            {
+              ...(isLegacy(version) ? { version: '4' } : {}),
+              address: `${address}/32`,
+              gateway: '169.254.1.1',
+              interface: podIndexOf(result, pod),
+            },
+          ]);
 
-        // tuning: MTU and a sysctl in the pod's namespace.
-        const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { mtu: number }[];
-        assert.equal(link[0]!.mtu, 1400);
-        assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
-        // bandwidth: a tbf qdisc on the host veth (ingress) and an ifb device shaping egress.
-        assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf .*rate 100Mbit/);
-        assert.equal((await ifbLinks()).length, ifbBefore.length + 1, 'bandwidth made one ifb device');
-        // portmap: DNAT from the host port to the pod's address.
-        const rules = await natRules();
-        assert.match(rules, new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
+          // tuning: MTU and a sysctl in the pod's namespace.
+          const link = JSON.parse(await ipn(pod.netnsName, '-j', 'link', 'show', 'dev', 'eth0')) as { mtu: number }[];
+          assert.equal(link[0]!.mtu, 1400);
+          assert.equal(
+            (
+              await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])
+            ).stdout.trim(),
+            '1',
+          );
+          // bandwidth: a tbf qdisc on the host veth (ingress) and an ifb device shaping egress.
+          assert.match(
+            (await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout,
+            /qdisc tbf .*rate 100Mbit/,
+          );
+          assert.equal((await ifbLinks()).length, ifbBefore.length + 1, 'bandwidth made one ifb device');
+          // portmap: DNAT from the host port to the pod's address.
+          const rules = await natRules();
+          assert.match(
+            rules,
+            new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${address.replace(/\./g, '\\.')}:8080`),
+            rules,
+          );
 
-        // A listener in the pod is reached through the node's host port: from the node itself (OUTPUT) and from
-        // another machine on the underlay (PREROUTING; the control plane's namespace).
-        const podNs = pod.netnsName;
-        listener = await startUntil('ip', ['netns', 'exec', podNs, process.execPath, '-e',
-          `require('net').createServer((s) => s.end('pod ' + ${JSON.stringify(podNs)})).listen(8080, '0.0.0.0', () => console.log('listening'))`], /listening/, { timeoutMs: 20_000 });
-        assert.equal(await tcpAnswer(node.netns, node.address, hostPort), `pod ${podNs}`);
-        assert.equal(await tcpAnswer(state!.controlPlane.netns, node.address, hostPort), `pod ${podNs}`);
+          // A listener in the pod is reached through the node's host port: from the node itself (OUTPUT) and from
+          // another machine on the underlay (PREROUTING; the control plane's namespace).
+          const podNs = pod.netnsName;
+          listener = await startUntil(
+            'ip',
+            [
+              'netns',
+              'exec',
+              podNs,
+              process.execPath,
+              '-e',
+              `require('net').createServer((s) => s.end('pod ' + ${JSON.stringify(podNs)})).listen(8080, '0.0.0.0', () => console.log('listening'))`,
+            ],
+            /listening/,
+            { timeoutMs: 20_000 },
+          );
+          assert.equal(await tcpAnswer(node.netns, node.address, hostPort), `pod ${podNs}`);
+          assert.equal(await tcpAnswer(state!.controlPlane.netns, node.address, hostPort), `pod ${podNs}`);
 
-        // CHECK with the cached result: every plugin agrees.
-        await checkChain(runner, rt, result, t);
+          // CHECK with the cached result: every plugin agrees.
+          await checkChain(runner, rt, result, t);
 
-        // DEL in reverse order removes the DNAT rules, the qdisc and ifb, tuning's saved state, and Weft's attachment.
-        await runner.del(rt, result);
-        result = undefined;
-        const after = await natRules();
-        assert.ok(!after.includes(`--dport ${hostPort}`) && !after.includes('CNI-DN-'), `portmap's rules are gone:\n${after}`);
-        assert.deepEqual(await ifbLinks(), ifbBefore, "bandwidth's ifb device is gone");
-        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
-        assert.equal(await allocationOf(pod), undefined, 'the address is released');
-        assert.deepEqual(existsSync(path.join(chainDir, 'tuning')) ? readdirSync(path.join(chainDir, 'tuning')) : [], [], "tuning's saved state is gone");
-        await runner.del(rt); // DEL again: every plugin finds nothing to do
-      } finally {
-        await listener?.stop(2000);
-        if (result) await runner.del(rt, result).catch(() => {});
-        await dropPod(pod);
-      }
-    });
+          // DEL in reverse order removes the DNAT rules, the qdisc and ifb, tuning's saved state, and Weft's attachment.
+          await runner.del(rt, result);
+          result = undefined;
+          const after = await natRules();
+          assert.ok(
+            !after.includes(`--dport ${hostPort}`) && !after.includes('CNI-DN-'),
+            `portmap's rules are gone:\n${after}`,
+          );
+          assert.deepEqual(await ifbLinks(), ifbBefore, "bandwidth's ifb device is gone");
+          assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
+          assert.equal(await allocationOf(pod), undefined, 'the address is released');
+          assert.deepEqual(
+            existsSync(path.join(chainDir, 'tuning')) ? readdirSync(path.join(chainDir, 'tuning')) : [],
+            [],
+            "tuning's saved state is gone",
+          );
+          await runner.del(rt); // DEL again: every plugin finds nothing to do
+        } finally {
+          await listener?.stop(2000);
+          if (result) await runner.del(rt, result).catch(() => {});
+          await dropPod(pod);
+        }
+      },
+    );
   }
 
   for (const version of ['0.3.1', '0.4.0'] as const) {
-    it(`a conflist loopback → Weft → tuning → bandwidth → portmap in ${version}: Weft appends to a chained prevResult, in ${version}'s format, and later plugins read it`, chainSkip(), async (t: TestContext) => {
-      const pod = await newPod(`lo${version.replace(/\./g, '')}`);
-      const list: NetworkConfigList = {
-        cniVersion: version,
-        name: 'weft',
-        plugins: [
-          { type: 'loopback' },
-          { type: 'weft', agentSocket: node.socket },
-          { type: 'tuning', sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' }, dataDir: path.join(chainDir, 'tuning') },
-          { type: 'bandwidth', capabilities: { bandwidth: true } },
-          { type: 'portmap', capabilities: { portMappings: true } },
-        ],
-      };
-      const hostPort = 18081;
-      const rt = runtimeConf(pod, { bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000 }, portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }] });
-      const runner = chain(list);
-      let result: CniResultDoc | undefined;
-      try {
-        result = await runner.add(rt);
-        assert.equal(result.cniVersion, version);
-        assert.deepEqual((result.interfaces as { name: string }[]).map((i) => i.name), ['lo', hostLinkOf(pod), 'eth0']);
-        const ips = result.ips as { version?: string; address: string; interface?: number }[];
-        assert.deepEqual(ips.map((ip) => [ip.version, ip.address, ip.interface]), [
-          ['4', '127.0.0.1/8', 0],
-          ['6', '::1/128', 0],
-          ['4', `${(await allocationOf(pod))!.address}/32`, 2],
-        ], 'loopback\'s entries first, then Weft\'s with its interface index shifted, every one with its 0.x version');
-        assert.equal((await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])).stdout.trim(), '1');
-        // bandwidth found Weft's host veth, and portmap Weft's address (not lo's 127.0.0.1), in the prevResult Weft passed on.
-        assert.match((await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout, /qdisc tbf /);
-        assert.match(await natRules(), new RegExp(`--dport ${hostPort} .*-j DNAT --to-destination ${ips[2]!.address.split('/')[0]!.replace(/\./g, '\\.')}:8080`));
-        if (version === '0.4.0') await checkChain(runner, rt, result, t);
-        else await assert.rejects(runner.check(rt, result), /does not support the CHECK command/);
-        await runner.del(rt, result);
-        result = undefined;
-        assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
-        assert.ok(!(await natRules()).includes(`--dport ${hostPort}`), "portmap's rules are gone");
-        assert.equal(await allocationOf(pod), undefined);
-      } finally {
-        if (result) await runner.del(rt, result).catch(() => {});
-        await dropPod(pod);
-      }
-    });
+    it(
+      `a conflist loopback → Weft → tuning → bandwidth → portmap in ${version}: Weft appends to a chained prevResult, in ${version}'s format, and later plugins read it`,
+      chainSkip(),
+      async (t: TestContext) => {
+        const pod = await newPod(`lo${version.replace(/\./g, '')}`);
+        const list: NetworkConfigList = {
+          cniVersion: version,
+          name: 'weft',
+          plugins: [
+            { type: 'loopback' },
+            { type: 'weft', agentSocket: node.socket },
+            {
+              type: 'tuning',
+              sysctl: { 'net.ipv4.conf.eth0.log_martians': '1' },
+              dataDir: path.join(chainDir, 'tuning'),
+            },
+            { type: 'bandwidth', capabilities: { bandwidth: true } },
+            { type: 'portmap', capabilities: { portMappings: true } },
+          ],
+        };
+        const hostPort = 18081;
+        const rt = runtimeConf(pod, {
+          bandwidth: { ingressRate: 100_000_000, ingressBurst: 1_000_000 },
+          portMappings: [{ hostPort, containerPort: 8080, protocol: 'tcp' }],
+        });
+        const runner = chain(list);
+        let result: CniResultDoc | undefined;
+        try {
+          result = await runner.add(rt);
+          assert.equal(result.cniVersion, version);
+          assert.deepEqual(
+            (result.interfaces as { name: string }[]).map((i) => i.name),
+            ['lo', hostLinkOf(pod), 'eth0'],
+          );
+          const ips = result.ips as { version?: string; address: string; interface?: number }[];
+          assert.deepEqual(
+            ips.map((ip) => [ip.version, ip.address, ip.interface]),
+            [
+              ['4', '127.0.0.1/8', 0],
+              ['6', '::1/128', 0],
+              ['4', `${(await allocationOf(pod))!.address}/32`, 2],
+            ],
+            "loopback's entries first, then Weft's with its interface index shifted, every one with its 0.x version",
+          );
+          assert.equal(
+            (
+              await sh('ip', ['netns', 'exec', pod.netnsName, 'cat', '/proc/sys/net/ipv4/conf/eth0/log_martians'])
+            ).stdout.trim(),
+            '1',
+          );
+          // bandwidth found Weft's host veth, and portmap Weft's address (not lo's 127.0.0.1), in the prevResult Weft passed on.
+          assert.match(
+            (await sh('ip', ['netns', 'exec', node.netns, 'tc', 'qdisc', 'show', 'dev', hostLinkOf(pod)])).stdout,
+            /qdisc tbf /,
+          );
+          assert.match(
+            await natRules(),
+            new RegExp(
+              `--dport ${hostPort} .*-j DNAT --to-destination ${ips[2]!.address.split('/')[0]!.replace(/\./g, '\\.')}:8080`,
+            ),
+          );
+          if (version === '0.4.0') await checkChain(runner, rt, result, t);
+          else await assert.rejects(runner.check(rt, result), /does not support the CHECK command/);
+          await runner.del(rt, result);
+          result = undefined;
+          assert.ok(!(await podHostLinks()).includes(hostLinkOf(pod)), 'the host veth (and its qdisc) is gone');
+          assert.ok(!(await natRules()).includes(`--dport ${hostPort}`), "portmap's rules are gone");
+          assert.equal(await allocationOf(pod), undefined);
+        } finally {
+          if (result) await runner.del(rt, result).catch(() => {});
+          await dropPod(pod);
+        }
+      },
+    );
   }
 
   it('fifty concurrent ADDs on one node all succeed with distinct addresses; CHECK passes for each; DELs remove everything', async (t: TestContext) => {
     const pods: Pod[] = [];
     try {
       for (let i = 0; i < 50; i++) pods.push(await newPod(`c${i}`));
-      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
+      const [allocsBefore, linksBefore, routesBefore] = await Promise.all([
+        nodeAllocations(),
+        podHostLinks(),
+        podHostRoutes(),
+      ]);
       const started = Date.now();
-      const runs = await Promise.all(pods.map(async (p) => {
-        const t0 = performance.now();
-        const run = await cni('ADD', p, netconf('1.1.0'), { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=load;K8S_POD_NAME=${p.netnsName}` });
-        return { run, ms: performance.now() - t0 };
-      }));
+      const runs = await Promise.all(
+        pods.map(async (p) => {
+          const t0 = performance.now();
+          const run = await cni('ADD', p, netconf('1.1.0'), {
+            CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=load;K8S_POD_NAME=${p.netnsName}`,
+          });
+          return { run, ms: performance.now() - t0 };
+        }),
+      );
       const wall = Date.now() - started;
       const failed = runs.filter((r) => r.run.status !== 0).map((r) => r.run.stdout || r.run.stderr);
       assert.deepEqual(failed, [], 'every ADD succeeded');
@@ -1159,21 +1638,35 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       const addresses = results.map(addressOf);
       assert.equal(new Set(addresses).size, 50, `distinct addresses: ${addresses.join(', ')}`);
       const held = new Map((await nodeAllocations()).map((a) => [a.handle, a.address]));
-      pods.forEach((p, i) => assert.equal(held.get(`${p.containerId}/eth0`), addresses[i], `IPAM holds ${p.containerId}'s address`));
+      pods.forEach((p, i) =>
+        assert.equal(held.get(`${p.containerId}/eth0`), addresses[i], `IPAM holds ${p.containerId}'s address`),
+      );
 
       const sorted = runs.map((r) => r.ms).sort((x, y) => x - y);
       const pct = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!.toFixed(0);
-      t.diagnostic(`50 concurrent ADDs on one node: wall ${wall} ms, p50 ${pct(0.5)} ms, p95 ${pct(0.95)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`);
+      t.diagnostic(
+        `50 concurrent ADDs on one node: wall ${wall} ms, p50 ${pct(0.5)} ms, p95 ${pct(0.95)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`,
+      );
 
-      const checks = await Promise.all(pods.map((p, i) => cni('CHECK', p, netconf('1.1.0', { prevResult: results[i] }))));
+      const checks = await Promise.all(
+        pods.map((p, i) => cni('CHECK', p, netconf('1.1.0', { prevResult: results[i] }))),
+      );
       checks.forEach(assertQuietSuccess);
 
       const t1 = Date.now();
       const dels = await Promise.all(pods.map((p) => cni('DEL', p, netconf('1.1.0'))));
       t.diagnostic(`50 concurrent DELs: wall ${Date.now() - t1} ms`);
       dels.forEach(assertQuietSuccess);
-      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([nodeAllocations(), podHostLinks(), podHostRoutes()]);
-      assert.deepEqual(allocsAfter.map((a) => a.handle).sort(), allocsBefore.map((a) => a.handle).sort(), 'every address released');
+      const [allocsAfter, linksAfter, routesAfter] = await Promise.all([
+        nodeAllocations(),
+        podHostLinks(),
+        podHostRoutes(),
+      ]);
+      assert.deepEqual(
+        allocsAfter.map((a) => a.handle).sort(),
+        allocsBefore.map((a) => a.handle).sort(),
+        'every address released',
+      );
       assert.deepEqual(linksAfter, linksBefore, 'every host veth removed');
       assert.deepEqual(routesAfter, routesBefore, 'every host route removed');
     } finally {

@@ -28,7 +28,11 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
   let ipam: PromiseClient<typeof IpamServiceService>;
   let podCount = 0;
 
-  interface Pod { containerId: string; netns: string; netnsName: string }
+  interface Pod {
+    containerId: string;
+    netns: string;
+    netnsName: string;
+  }
 
   async function newPod(label: string): Promise<Pod> {
     const netnsName = `${state.prefix}-pod-${label}`;
@@ -41,13 +45,21 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     JSON.stringify({ cniVersion: '1.0.0', name: 'weft', type: 'weft', agentSocket: node.socket, ...extra });
 
   async function cni(command: string, pod: Pod, stdin: string, cniArgs = '') {
-    const env: Record<string, string> = { CNI_COMMAND: command, CNI_CONTAINERID: pod.containerId, CNI_NETNS: pod.netns, CNI_IFNAME: 'eth0' };
+    const env: Record<string, string> = {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: pod.containerId,
+      CNI_NETNS: pod.netns,
+      CNI_IFNAME: 'eth0',
+    };
     if (cniArgs) env.CNI_ARGS = cniArgs;
     const out = await runCni(node, env, stdin);
     return { status: out.exitCode, stdout: out.stdout, stderr: out.stderr };
   }
 
-  function cniError(run: { status: number | null; stdout: string; stderr: string }, code: number): { code: number; msg: string; details?: string } {
+  function cniError(
+    run: { status: number | null; stdout: string; stderr: string },
+    code: number,
+  ): { code: number; msg: string; details?: string } {
     assert.equal(run.status, 1, `exit status; stdout: ${run.stdout} stderr: ${run.stderr}`);
     const doc = JSON.parse(run.stdout.trim()) as { code: number; msg: string; details?: string };
     assert.equal(doc.code, code, `code ${doc.code}; msg: ${doc.msg}; details: ${doc.details}`);
@@ -55,7 +67,9 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
   }
 
   const holderOf = async (p: Pod) =>
-    (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations.find((a) => a.handle === `${p.containerId}/eth0`);
+    (await ipam.listAllocations({ pool: '', node: node.name }, { timeoutMs: 10_000 })).allocations.find(
+      (a) => a.handle === `${p.containerId}/eth0`,
+    );
   const hostLinkExists = async (p: Pod) =>
     (await sh('ip', ['-n', node.netns, 'link', 'show'])).stdout.includes(hostIfnameFor(p.containerId, 'eth0'));
 
@@ -64,7 +78,9 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
     cluster = started.cluster;
     state = await started.up;
     node = state.nodes[0]!;
-    ipam = createClient(IpamServiceService, `unix://${state.controlPlane.socket}`, { security: clusterAdminSecurity(state) });
+    ipam = createClient(IpamServiceService, `unix://${state.controlPlane.socket}`, {
+      security: clusterAdminSecurity(state),
+    });
   });
 
   after(async () => {
@@ -78,7 +94,10 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
    */
   async function holdAllocateLocks() {
     // The control plane's embedded PostgreSQL: its unix socket and owner password are in its data folder.
-    const db = await startSqlShellInNetns(state.controlPlane.netns, embeddedDatabaseUrls(path.dirname(state.controlPlane.socket), 54329).ownerUrl);
+    const db = await startSqlShellInNetns(
+      state.controlPlane.netns,
+      embeddedDatabaseUrls(path.dirname(state.controlPlane.socket), 54329).ownerUrl,
+    );
     await db.query('BEGIN');
     await db.query(`SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
     await db.query(`SELECT id FROM ipam.blocks WHERE node = '${node.name}' FOR UPDATE`);
@@ -100,7 +119,7 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
   });
 
   it('a requested address still cooling down is code 11 (try again later) saying when it frees, and changes nothing', async () => {
-    const [first, second] = await Promise.all([newPod('cool-a'), newPod('cool-b')]) as [Pod, Pod];
+    const [first, second] = (await Promise.all([newPod('cool-a'), newPod('cool-b')])) as [Pod, Pod];
     const address = '10.244.5.9';
     try {
       const added = await cni('ADD', first, netconf(), `IgnoreUnknown=1;IP=${address}`);
@@ -118,7 +137,10 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
         const until = /(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)/.exec(doc.msg)?.[1];
         assert.ok(until, `the message says when the address frees: ${doc.msg}`);
         const frees = Date.parse(until);
-        assert.ok(frees > Date.now() && frees <= releasedAt + 31_000, `frees at ${until}, 30 s after the release at ${new Date(releasedAt).toISOString()}`);
+        assert.ok(
+          frees > Date.now() && frees <= releasedAt + 31_000,
+          `frees at ${until}, 30 s after the release at ${new Date(releasedAt).toISOString()}`,
+        );
       }
       assert.equal(await holderOf(second), undefined, 'nothing is allocated');
       assert.ok(!(await hostLinkExists(second)), 'no host veth remains');
@@ -143,7 +165,8 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
       assert.match(doc.msg, /try again later/, doc.msg);
       // Until nothing the agent started runs in the database any more.
       for (let i = 0; ; i++) {
-        const [busy] = await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+        const [busy] =
+          await db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
           AND backend_type = 'client backend' AND (state = 'active' OR state LIKE 'idle in transaction%')`);
         if (Number(busy!.n) === 0) break;
         assert.ok(i < 500, 'the control plane is still busy');
@@ -157,7 +180,7 @@ describe('weft-cni error codes a runtime can act on, against a real agent', priv
       await dropPod(pod);
     }
   });
-  it('a DEL that arrives while the same interface\'s ADD still waits for IPAM leaves neither an address nor an interface', async () => {
+  it("a DEL that arrives while the same interface's ADD still waits for IPAM leaves neither an address nor an interface", async () => {
     // A runtime whose ADD timed out runs DEL while the agent's ADD is still waiting for IPAM. The DEL must not answer
     // before that ADD has ended: otherwise the ADD attaches the pod afterwards and its address is never released.
     const pod = await newPod('racing');

@@ -39,7 +39,13 @@ before(async () => {
   cp = await startTestControlPlane({
     databaseUrl: viaProxy(database.url),
     appDatabaseUrl: viaProxy(database.appUrl),
-    settings: { dbStatementTimeoutMs: '1000', dbLockTimeoutMs: '500', dbQueryTimeoutMs: String(QUERY_TIMEOUT_MS), dbConnectTimeoutMs: '1000', dbKeepAliveMs: '1000' },
+    settings: {
+      dbStatementTimeoutMs: '1000',
+      dbLockTimeoutMs: '500',
+      dbQueryTimeoutMs: String(QUERY_TIMEOUT_MS),
+      dbConnectTimeoutMs: '1000',
+      dbKeepAliveMs: '1000',
+    },
   });
   ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   await ipam.createPool({ name: 'main', cidr: '10.40.0.0/16', blockPrefixLength: 26 });
@@ -53,7 +59,8 @@ after(async () => {
   await database?.drop();
 });
 
-const isUnavailable = (e: { code?: number; details?: string }) => e.code === status.UNAVAILABLE && /database/.test(e.details ?? '');
+const isUnavailable = (e: { code?: number; details?: string }) =>
+  e.code === status.UNAVAILABLE && /database/.test(e.details ?? '');
 
 /** Runs `call`, and says how long it took to fail and with what. */
 async function failure(call: Promise<unknown>): Promise<{ ms: number; err: { code?: number; details?: string } }> {
@@ -68,7 +75,11 @@ async function failure(call: Promise<unknown>): Promise<{ ms: number; err: { cod
 
 test('a black-holed database gives Allocate and ListPools UNAVAILABLE within a bounded time, with bounded sessions and queue, and serves again after', async () => {
   let n = 0;
-  const allocate = () => ipam.allocate({ handle: `c${n++}/eth0`, node: 'n1', podNamespace: 'ns', podName: `p${n}` }, { timeoutMs: 4 * BOUND_MS });
+  const allocate = () =>
+    ipam.allocate(
+      { handle: `c${n++}/eth0`, node: 'n1', podNamespace: 'ns', podName: `p${n}` },
+      { timeoutMs: 4 * BOUND_MS },
+    );
   await allocate();
   // Every pooled session open and idle (as on a busy server), so the transactions below find sessions to begin on.
   await Promise.all(Array.from({ length: 30 }, () => ipam.listReservations({})));
@@ -87,16 +98,30 @@ test('a black-holed database gives Allocate and ListPools UNAVAILABLE within a b
     // Transactions that cannot even begin (more of them than the pool has sessions): each fails, and none keeps its
     // session from the pool (or the service could not serve again below).
     for (let wave = 0; wave < 2; wave++) {
-      const failed = await Promise.all(Array.from({ length: 20 }, (_, i) =>
-        failure(ipam.createReservation({ pool: 'main', cidr: `10.40.${200 + wave}.${i * 8}/29`, reason: 'test' }, { timeoutMs: 4 * BOUND_MS }))));
-      assert.ok(failed.every((m) => isUnavailable(m.err)), `CreateReservation: ${failed.map((m) => m.err.details).join('; ')}`);
+      const failed = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          failure(
+            ipam.createReservation(
+              { pool: 'main', cidr: `10.40.${200 + wave}.${i * 8}/29`, reason: 'test' },
+              { timeoutMs: 4 * BOUND_MS },
+            ),
+          ),
+        ),
+      );
+      assert.ok(
+        failed.every((m) => isUnavailable(m.err)),
+        `CreateReservation: ${failed.map((m) => m.err.details).join('; ')}`,
+      );
     }
     await check('ListPools', () => ipam.listPools({}, { timeoutMs: 4 * BOUND_MS }));
     await check('Allocate again', allocate);
     // Many callers at once: each fails within the bound; the sessions toward the database stay bounded.
     const many = await Promise.all(Array.from({ length: 400 }, () => failure(allocate())));
     const worst = Math.max(...many.map((m) => m.ms));
-    assert.ok(many.every((m) => isUnavailable(m.err)), 'every caller got UNAVAILABLE');
+    assert.ok(
+      many.every((m) => isUnavailable(m.err)),
+      'every caller got UNAVAILABLE',
+    );
     assert.ok(worst < 2 * BOUND_MS, `the slowest of 400 callers took ${worst} ms`);
     assert.ok(proxy.peak() <= POOL_SESSIONS + 5, `${proxy.peak()} sessions toward the database at once`);
   } finally {
@@ -115,5 +140,8 @@ test('a black-holed database gives Allocate and ListPools UNAVAILABLE within a b
     }
   }
   const { pools } = await ipam.listPools({});
-  assert.deepEqual(pools.map((p) => p.name), ['main']);
+  assert.deepEqual(
+    pools.map((p) => p.name),
+    ['main'],
+  );
 });

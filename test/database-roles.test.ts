@@ -51,7 +51,9 @@ async function outcome(client: pg.Client, sql: string): Promise<string> {
 const INSUFFICIENT_PRIVILEGE = '42501';
 
 test("the services' role is not the owner and serves from the tables", async () => {
-  const { rows } = await app.query<{ me: string; n: number }>('SELECT current_user AS me, (SELECT count(*)::int FROM ipam.pools) AS n');
+  const { rows } = await app.query<{ me: string; n: number }>(
+    'SELECT current_user AS me, (SELECT count(*)::int FROM ipam.pools) AS n',
+  );
   assert.equal(rows[0]!.me, new URL(cp.appDatabaseUrl).username);
   assert.notEqual(rows[0]!.me, new URL(cp.databaseUrl).username);
   assert.equal(rows[0]!.n, 1, 'the pool made through the API is visible to the services');
@@ -85,10 +87,17 @@ test("the services' role may only append to the audit log and read it", async ()
 });
 
 test("the services' role may revoke a certificate but not undo a revocation", async () => {
-  const insert = "INSERT INTO auth.certificate_revocations (serial, revoked_at, revoked_by) VALUES ('ab12', now(), 'admin:test')";
+  const insert =
+    "INSERT INTO auth.certificate_revocations (serial, revoked_at, revoked_by) VALUES ('ab12', now(), 'admin:test')";
   assert.equal(await outcome(app, insert), 'ok');
   assert.equal(await outcome(app, 'SELECT * FROM auth.certificate_revocations'), 'ok');
   assert.equal(await outcome(app, "UPDATE auth.certificate_revocations SET serial = 'cd34'"), INSUFFICIENT_PRIVILEGE);
   assert.equal(await outcome(app, 'DELETE FROM auth.certificate_revocations'), INSUFFICIENT_PRIVILEGE);
-  assert.equal(await outcome(app, "INSERT INTO auth.certificates (serial, identity, issued_at, not_after, issued_by) VALUES ('ab12', 'node:n1', now(), now(), 'x')"), 'ok');
+  assert.equal(
+    await outcome(
+      app,
+      "INSERT INTO auth.certificates (serial, identity, issued_at, not_after, issued_by) VALUES ('ab12', 'node:n1', now(), now(), 'x')",
+    ),
+    'ok',
+  );
 });

@@ -41,8 +41,17 @@ test('a checked-out session ended by the server between two queries fails its ne
   const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
   await terminate(pid);
   // The server's FATAL arrives with no query running: pg emits 'error' on the client (fatal to the process if unheard).
-  await eventually('the session is seen ended', async () => !(client as unknown as { _queryable: boolean })._queryable, 5000, 20);
-  await assert.rejects(client.query('SELECT 1'), (err) => isDatabaseUnavailable(err), 'its next query is "database unavailable"');
+  await eventually(
+    'the session is seen ended',
+    async () => !(client as unknown as { _queryable: boolean })._queryable,
+    5000,
+    20,
+  );
+  await assert.rejects(
+    client.query('SELECT 1'),
+    (err) => isDatabaseUnavailable(err),
+    'its next query is "database unavailable"',
+  );
   client.release();
   const next = (await handle.pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
   assert.notEqual(next, pid, 'the pool opened a fresh session');
@@ -68,22 +77,53 @@ test('a commit cancelled while it waits for the synchronous standby fails "datab
   await admin.query('SELECT pg_reload_conf()');
   try {
     const pid = (await one.pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
-    await eventually('the server waits for the standby', async () => (await admin.query('SHOW synchronous_standby_names')).rows[0].synchronous_standby_names === 'weft_absent_standby', 5000, 50);
+    await eventually(
+      'the server waits for the standby',
+      async () =>
+        (await admin.query('SHOW synchronous_standby_names')).rows[0].synchronous_standby_names ===
+        'weft_absent_standby',
+      5000,
+      50,
+    );
     /** Cancels the session's statement once it waits for the standby (as pg_cancel_backend by an operator or a tool). */
-    const cancelWhenWaiting = () => eventually('the statement waits for the standby', async () => {
-      const { rows } = await admin.query("SELECT pg_cancel_backend(pid) AS ok FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'", [pid]);
-      return rows[0]?.ok === true;
-    }, 10_000, 50);
-    const unavailable = (err: unknown) => isDatabaseUnavailable(err) && /synchronous standby/.test(`${(err as Error).message} ${(err as { cause?: Error }).cause?.message}`);
+    const cancelWhenWaiting = () =>
+      eventually(
+        'the statement waits for the standby',
+        async () => {
+          const { rows } = await admin.query(
+            "SELECT pg_cancel_backend(pid) AS ok FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+            [pid],
+          );
+          return rows[0]?.ok === true;
+        },
+        10_000,
+        50,
+      );
+    const unavailable = (err: unknown) =>
+      isDatabaseUnavailable(err) &&
+      /synchronous standby/.test(`${(err as Error).message} ${(err as { cause?: Error }).cause?.message}`);
     // Each outcome is awaited only after the cancel, but heard from the start (it may come before the cancel returns).
-    const tx = assert.rejects(one.db.transaction(async (t) => { await t.execute(sql`INSERT INTO sync_probe VALUES (1)`); }), unavailable, "a transaction's COMMIT");
+    const tx = assert.rejects(
+      one.db.transaction(async (t) => {
+        await t.execute(sql`INSERT INTO sync_probe VALUES (1)`);
+      }),
+      unavailable,
+      "a transaction's COMMIT",
+    );
     await cancelWhenWaiting();
     await tx;
-    const single = assert.rejects(one.pool.query('INSERT INTO sync_probe VALUES (2)'), unavailable, 'a statement outside a transaction');
+    const single = assert.rejects(
+      one.pool.query('INSERT INTO sync_probe VALUES (2)'),
+      unavailable,
+      'a statement outside a transaction',
+    );
     await cancelWhenWaiting();
     await single;
     // The server did commit both on the primary: the outcome was unknown, not "failed".
-    assert.deepEqual((await admin.query('SELECT n FROM sync_probe ORDER BY n')).rows.map((r) => r.n), [1, 2]);
+    assert.deepEqual(
+      (await admin.query('SELECT n FROM sync_probe ORDER BY n')).rows.map((r) => r.n),
+      [1, 2],
+    );
     // The session stays usable: the next statement that needs no standby answers normally.
     assert.equal((await one.pool.query<{ one: number }>('SELECT 1 AS one')).rows[0]!.one, 1);
   } finally {

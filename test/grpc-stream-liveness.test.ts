@@ -30,27 +30,37 @@ afterEach(async () => {
 /** A server whose WatchBlockAffinities sends big messages without end; says when the handler has ended. */
 async function startStreamingServer() {
   const state = { yielded: 0, endedAt: 0 };
-  const upserts = Array.from({ length: 500 }, (_, i) => ({ cidr: `10.${i >> 8}.${i & 255}.0/26`, pool: 'main', node: `node-${i}` }));
-  const handlers = new Proxy({}, {
-    get: (_t, name) => name === 'watchBlockAffinities'
-      ? async function* () {
-        try {
-          for (;;) {
-            state.yielded++;
-            yield { revision: state.yielded, reset: false, upserts, deletes: [] };
-          }
-        } finally {
-          state.endedAt = Date.now();
-        }
-      }
-      : undefined,
-  }) as unknown as Handlers<typeof IpamServiceService>;
+  const upserts = Array.from({ length: 500 }, (_, i) => ({
+    cidr: `10.${i >> 8}.${i & 255}.0/26`,
+    pool: 'main',
+    node: `node-${i}`,
+  }));
+  const handlers = new Proxy(
+    {},
+    {
+      get: (_t, name) =>
+        name === 'watchBlockAffinities'
+          ? async function* () {
+              try {
+                for (;;) {
+                  state.yielded++;
+                  yield { revision: state.yielded, reset: false, upserts, deletes: [] };
+                }
+              } finally {
+                state.endedAt = Date.now();
+              }
+            }
+          : undefined,
+    },
+  ) as unknown as Handlers<typeof IpamServiceService>;
   server = createServer(KEEPALIVE);
   addService(server, IpamServiceService, handlers, silentLogger);
   const port = await bindServer(server, '127.0.0.1:0');
   proxy = await startBlackholeProxy('127.0.0.1', port);
   // The client's own keepalive is off: it is the one that vanishes, and the server must notice by itself.
-  client = createClient(IpamServiceService, `127.0.0.1:${proxy.port}`, { keepalive: { timeMs: 3_600_000, timeoutMs: 3_600_000 } });
+  client = createClient(IpamServiceService, `127.0.0.1:${proxy.port}`, {
+    keepalive: { timeMs: 3_600_000, timeoutMs: 3_600_000 },
+  });
   const it = client.watchBlockAffinities({})[Symbol.asyncIterator]();
   await it.next();
   // The client reads no more: the server's writes back up and it waits for the client to read.
@@ -71,7 +81,7 @@ async function endedWithin(state: { endedAt: number }, ms: number): Promise<numb
   return state.endedAt - started;
 }
 
-test('a server stream waiting on back-pressure ends when its client\'s connection is reset (process killed)', async () => {
+test("a server stream waiting on back-pressure ends when its client's connection is reset (process killed)", async () => {
   const state = await startStreamingServer();
   proxy!.cut();
   await endedWithin(state, 3000);

@@ -24,7 +24,9 @@ async function clientsOf(kind: 'node' | 'controller', name: string) {
 }
 
 /** The gRPC error a promise (or the first read of a stream) fails with. */
-async function failure(p: Promise<unknown>): Promise<{ code: number; details: string; errorCode: string | undefined; metadata: { get(k: string): unknown[] } }> {
+async function failure(
+  p: Promise<unknown>,
+): Promise<{ code: number; details: string; errorCode: string | undefined; metadata: { get(k: string): unknown[] } }> {
   try {
     await p;
   } catch (err) {
@@ -56,7 +58,10 @@ test('a node past its call rate is refused RESOURCE_EXHAUSTED with a retry hint;
   const refused = await failure(ipam.listPools({}));
   assert.equal(refused.code, status.RESOURCE_EXHAUSTED);
   assert.equal(refused.errorCode, 'auth.rate_limited');
-  assert.match(refused.details, /node:rate-node calls faster than the 1 calls\/s \(burst 12\).*WEFT_LIMIT_NODE_RATE, WEFT_LIMIT_NODE_BURST.*retry in \d+ ms/);
+  assert.match(
+    refused.details,
+    /node:rate-node calls faster than the 1 calls\/s \(burst 12\).*WEFT_LIMIT_NODE_RATE, WEFT_LIMIT_NODE_BURST.*retry in \d+ ms/,
+  );
   const retryAfter = Number(refused.metadata.get(RETRY_AFTER_KEY)[0]);
   assert.ok(retryAfter > 0 && retryAfter <= 1000, `retry-after-ms ${retryAfter}`);
   // Another node, a controller and admin call as usual.
@@ -71,7 +76,9 @@ test('a node past its call rate is refused RESOURCE_EXHAUSTED with a retry hint;
 test('a node holding its most streams is refused another, naming the setting; a stream that ends frees its slot', async () => {
   const { routes } = await clientsOf('node', 'stream-node');
   const acs = [new AbortController(), new AbortController()];
-  const open = acs.map((ac) => routes.watchRoutes({ node: 'stream-node' }, { signal: ac.signal })[Symbol.asyncIterator]());
+  const open = acs.map((ac) =>
+    routes.watchRoutes({ node: 'stream-node' }, { signal: ac.signal })[Symbol.asyncIterator](),
+  );
   try {
     for (const it of open) assert.equal((await it.next()).done, false, 'each stream answers with its snapshot');
     const third = routes.watchRoutes({ node: 'stream-node' }, {})[Symbol.asyncIterator]();
@@ -89,10 +96,15 @@ test('a node holding its most streams is refused another, naming the setting; a 
     acs[0]!.abort();
     await open[0]!.next().catch(() => {});
     const ac2 = new AbortController();
-    await eventually('a stream slot freed by the ended stream', async () => {
-      const again = routes.watchRoutes({ node: 'stream-node' }, { signal: ac2.signal })[Symbol.asyncIterator]();
-      return (await again.next()).done === false;
-    }, 5000, 100);
+    await eventually(
+      'a stream slot freed by the ended stream',
+      async () => {
+        const again = routes.watchRoutes({ node: 'stream-node' }, { signal: ac2.signal })[Symbol.asyncIterator]();
+        return (await again.next()).done === false;
+      },
+      5000,
+      100,
+    );
     ac2.abort();
   } finally {
     for (const ac of acs) ac.abort();
@@ -101,7 +113,14 @@ test('a node holding its most streams is refused another, naming the setting; a 
 
 test('a node holding its most live allocations is refused more (ipam.node_allocation_limit); retries, admin and releases behave', async () => {
   const { ipam } = await clientsOf('node', 'alloc-node');
-  const req = (handle: string) => ({ handle, node: 'alloc-node', pool: 'p', podNamespace: 'default', podName: handle, containerId: handle });
+  const req = (handle: string) => ({
+    handle,
+    node: 'alloc-node',
+    pool: 'p',
+    podNamespace: 'default',
+    podName: handle,
+    containerId: handle,
+  });
   const first = (await ipam.allocate(req('h1'))).allocation!;
   await ipam.allocate(req('h2'));
   await ipam.allocate(req('h3'));
@@ -112,7 +131,9 @@ test('a node holding its most live allocations is refused more (ipam.node_alloca
   // A retry of a handle it holds still answers, with the same address.
   assert.equal((await ipam.allocate(req('h1'))).allocation!.address, first.address);
   // In a batch, each item past the limit fails on its own; a held handle passes.
-  const batch = await ipam.batchAllocate({ requests: [AllocateRequest.fromPartial(req('h1')), AllocateRequest.fromPartial(req('h5'))] });
+  const batch = await ipam.batchAllocate({
+    requests: [AllocateRequest.fromPartial(req('h1')), AllocateRequest.fromPartial(req('h5'))],
+  });
   assert.equal(batch.results[0]!.errorCode, '');
   assert.equal(batch.results[0]!.allocations[0]!.address, first.address);
   assert.equal(batch.results[1]!.errorCode, 'ipam.node_allocation_limit');

@@ -26,8 +26,15 @@ before(async () => {
 
 after(() => tb?.stop());
 
-const request = (handle: string, node: string, extra: Record<string, unknown> = {}) =>
-  ({ handle, node, pool: '', podNamespace: 'ns1', podName: handle.split('/')[0]!, containerId: handle.split('/')[0]!, ...extra });
+const request = (handle: string, node: string, extra: Record<string, unknown> = {}) => ({
+  handle,
+  node,
+  pool: '',
+  podNamespace: 'ns1',
+  podName: handle.split('/')[0]!,
+  containerId: handle.split('/')[0]!,
+  ...extra,
+});
 
 /** Other sessions of this database: how many wait for a lock, and how many are busy at all. */
 async function sessions(): Promise<{ waiting: number; busy: number }> {
@@ -37,7 +44,8 @@ async function sessions(): Promise<{ waiting: number; busy: number }> {
   return rows[0] as { waiting: number; busy: number };
 }
 
-const until = (what: string, probe: () => Promise<boolean>, timeoutMs = 10_000) => eventually(what, probe, timeoutMs, 20);
+const until = (what: string, probe: () => Promise<boolean>, timeoutMs = 10_000) =>
+  eventually(what, probe, timeoutMs, 20);
 
 async function liveOn(node: string) {
   return (await ipam.listAllocations({ pool: '', node })).allocations.map((a) => `${a.handle} ${a.address}`);
@@ -54,10 +62,13 @@ async function allocateTimesOutThenRelease(handle: string, node: string, lockSql
   let released: Promise<unknown> | undefined;
   try {
     await sql.query(lockSql);
-    await assert.rejects(ipam.allocate(request(handle, node, { attemptId }), { timeoutMs: 400 }), (err: { code: number }) => {
-      assert.equal(err.code, status.DEADLINE_EXCEEDED);
-      return true;
-    });
+    await assert.rejects(
+      ipam.allocate(request(handle, node, { attemptId }), { timeoutMs: 400 }),
+      (err: { code: number }) => {
+        assert.equal(err.code, status.DEADLINE_EXCEEDED);
+        return true;
+      },
+    );
     // The Allocate is still there, inside its transaction, waiting for the test's lock.
     await until('the Allocate waits for the lock', async () => (await sessions()).waiting >= 1);
     released = ipam.release({ handle, attemptId }, { timeoutMs: 30_000 });
@@ -73,10 +84,17 @@ async function allocateTimesOutThenRelease(handle: string, node: string, lockSql
 describe('a timed-out Allocate cannot commit after the compensating Release', () => {
   test('an Allocate that claims a block, delayed behind the claim lock past its deadline, commits nothing after the Release', async () => {
     const handle = 'late-claim/eth0';
-    await allocateTimesOutThenRelease(handle, 'node-claim', `SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`);
+    await allocateTimesOutThenRelease(
+      handle,
+      'node-claim',
+      `SELECT pg_advisory_xact_lock(hashtext('ipam.block_claims'))`,
+    );
     assert.deepEqual(await liveOn('node-claim'), [], 'no address is live for the handle nobody holds');
     const history = (await ipam.listAllocationHistory({ handle })).entries;
-    assert.ok(history.every((e) => e.releaseTime), `every allocation of ${handle} is released: ${JSON.stringify(history)}`);
+    assert.ok(
+      history.every((e) => e.releaseTime),
+      `every allocation of ${handle} is released: ${JSON.stringify(history)}`,
+    );
     assert.deepEqual((await ipam.checkConsistency({})).problems, []);
   });
 
@@ -85,9 +103,16 @@ describe('a timed-out Allocate cannot commit after the compensating Release', ()
     await ipam.allocate(request('warm/eth0', node));
     const handle = 'late-fast/eth0';
     await allocateTimesOutThenRelease(handle, node, `SELECT 1 FROM ipam.blocks WHERE node = '${node}' FOR UPDATE`);
-    assert.deepEqual((await liveOn(node)).map((l) => l.split(' ')[0]), ['warm/eth0'], 'only the handle somebody holds is live');
+    assert.deepEqual(
+      (await liveOn(node)).map((l) => l.split(' ')[0]),
+      ['warm/eth0'],
+      'only the handle somebody holds is live',
+    );
     const history = (await ipam.listAllocationHistory({ handle })).entries;
-    assert.ok(history.every((e) => e.releaseTime), `every allocation of ${handle} is released: ${JSON.stringify(history)}`);
+    assert.ok(
+      history.every((e) => e.releaseTime),
+      `every allocation of ${handle} is released: ${JSON.stringify(history)}`,
+    );
     assert.deepEqual((await ipam.checkConsistency({})).problems, []);
   });
 
@@ -113,12 +138,22 @@ describe('a timed-out Allocate cannot commit after the compensating Release', ()
           return true;
         });
       }
-      assert.ok(!(await liveOn('node-b')).some((l) => l.startsWith(c.handle)), `${c.what}: nothing is live for ${c.handle}`);
-      assert.deepEqual((await ipam.listAllocationHistory({ handle: c.handle })).entries, [], `${c.what}: nothing was ever allocated`);
+      assert.ok(
+        !(await liveOn('node-b')).some((l) => l.startsWith(c.handle)),
+        `${c.what}: nothing is live for ${c.handle}`,
+      );
+      assert.deepEqual(
+        (await ipam.listAllocationHistory({ handle: c.handle })).entries,
+        [],
+        `${c.what}: nothing was ever allocated`,
+      );
       // A new attempt (the runtime's next ADD) is not fenced; its retry gets the same address back.
       const next = randomUUID();
       const a = (await ipam.allocate(request(c.handle, 'node-b', { attemptId: next, ...c.extra }))).allocation!;
-      assert.equal((await ipam.allocate(request(c.handle, 'node-b', { attemptId: next, ...c.extra }))).allocation!.address, a.address);
+      assert.equal(
+        (await ipam.allocate(request(c.handle, 'node-b', { attemptId: next, ...c.extra }))).allocation!.address,
+        a.address,
+      );
       assert.equal((await ipam.release({ handle: c.handle, attemptId: next })).released, true);
     }
     assert.deepEqual((await ipam.checkConsistency({})).problems, []);
@@ -126,8 +161,14 @@ describe('a timed-out Allocate cannot commit after the compensating Release', ()
 
   test('a malformed attempt id is INVALID_ARGUMENT and changes nothing', async () => {
     for (const bad of ['has space', 'x'.repeat(129), '-leading']) {
-      await assert.rejects(ipam.allocate(request('bad-attempt/eth0', 'node-b', { attemptId: bad })), (err: { code: number }) => err.code === status.INVALID_ARGUMENT);
-      await assert.rejects(ipam.release({ handle: 'bad-attempt/eth0', attemptId: bad }), (err: { code: number }) => err.code === status.INVALID_ARGUMENT);
+      await assert.rejects(
+        ipam.allocate(request('bad-attempt/eth0', 'node-b', { attemptId: bad })),
+        (err: { code: number }) => err.code === status.INVALID_ARGUMENT,
+      );
+      await assert.rejects(
+        ipam.release({ handle: 'bad-attempt/eth0', attemptId: bad }),
+        (err: { code: number }) => err.code === status.INVALID_ARGUMENT,
+      );
     }
     assert.deepEqual((await ipam.listAllocationHistory({ handle: 'bad-attempt/eth0' })).entries, []);
   });
@@ -148,12 +189,24 @@ describe('the sweeper forgets allocation attempts', () => {
     await ipam.release({ handle: 'sweep/eth0', attemptId: ids.newFence });
     await ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.oldPlain }));
     await ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.newPlain }));
-    await sql.query(`UPDATE ipam.allocation_attempts SET created_at = now() - interval '2 hours', fenced_at = now() - interval '2 hours' WHERE attempt_id = $1`, [ids.oldFence]);
-    await sql.query(`UPDATE ipam.allocation_attempts SET created_at = now() - interval '11 minutes' WHERE attempt_id = $1`, [ids.oldPlain]);
-    const left = async () => (await sql.query(`SELECT attempt_id FROM ipam.allocation_attempts WHERE handle = 'sweep/eth0'`)).rows.map((r) => r.attempt_id as string).sort();
+    await sql.query(
+      `UPDATE ipam.allocation_attempts SET created_at = now() - interval '2 hours', fenced_at = now() - interval '2 hours' WHERE attempt_id = $1`,
+      [ids.oldFence],
+    );
+    await sql.query(
+      `UPDATE ipam.allocation_attempts SET created_at = now() - interval '11 minutes' WHERE attempt_id = $1`,
+      [ids.oldPlain],
+    );
+    const left = async () =>
+      (await sql.query(`SELECT attempt_id FROM ipam.allocation_attempts WHERE handle = 'sweep/eth0'`)).rows
+        .map((r) => r.attempt_id as string)
+        .sort();
     await until('the sweeper ran', async () => (await left()).length === 2, 5000);
     assert.deepEqual(await left(), [ids.newFence, ids.newPlain].sort());
     // The fence it keeps still holds.
-    await assert.rejects(ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.newFence })), (err: { code: number }) => err.code === status.ABORTED);
+    await assert.rejects(
+      ipam.allocate(request('sweep/eth0', 'node-b', { attemptId: ids.newFence })),
+      (err: { code: number }) => err.code === status.ABORTED,
+    );
   });
 });

@@ -17,14 +17,22 @@ before(async () => {
 
 after(() => tb?.stop());
 
-const req = (handle: string, extra: Record<string, unknown> = {}) => ({ handle, node: 'node-a', podNamespace: 'ns', podName: handle.split('/')[0]!, containerId: handle.split('/')[0]!, ...extra });
+const req = (handle: string, extra: Record<string, unknown> = {}) => ({
+  handle,
+  node: 'node-a',
+  podNamespace: 'ns',
+  podName: handle.split('/')[0]!,
+  containerId: handle.split('/')[0]!,
+  ...extra,
+});
 
 describe('families', () => {
   test('a /48 IPv6 pool with /122 blocks allocates as readily as a /24 (no range is scanned)', async () => {
     const { pool } = await ipam.createPool({ name: 'v6', cidr: 'fd00:10:244::/48', blockPrefixLength: 122 });
     assert.equal(pool!.family, IpFamily.IP_FAMILY_IPV6);
     const got = [];
-    for (let i = 0; i < 70; i++) got.push((await ipam.allocate(req(`six-${i}/eth0`, { pool: 'v6', node: `n${i % 3}` }))).allocation!);
+    for (let i = 0; i < 70; i++)
+      got.push((await ipam.allocate(req(`six-${i}/eth0`, { pool: 'v6', node: `n${i % 3}` }))).allocation!);
     assert.equal(new Set(got.map((a) => a.address)).size, 70);
     assert.ok(got.every((a) => a.address.startsWith('fd00:10:244::') && a.family === IpFamily.IP_FAMILY_IPV6));
     // Node n0 filled one /122 (64 addresses) and claimed the next block.
@@ -39,7 +47,10 @@ describe('families', () => {
     await ipam.createPool({ name: 'tiny4', cidr: '10.60.0.0/31', blockPrefixLength: 31 });
     await ipam.allocate(req('fill-1/eth0', { pool: 'tiny4' }));
     await ipam.allocate(req('fill-2/eth0', { pool: 'tiny4' }));
-    await assert.rejects(ipam.allocate(req('atomic/eth0')), (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED);
+    await assert.rejects(
+      ipam.allocate(req('atomic/eth0')),
+      (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED,
+    );
     const rows = await sql.query(`SELECT count(*)::int AS n FROM ipam.allocations WHERE handle = 'atomic/eth0'`);
     assert.equal(rows.rows[0].n, 0, 'no IPv6 address was left behind');
   });
@@ -47,20 +58,38 @@ describe('families', () => {
   test('a dual-stack pod gets one address of each family; allocate and release cover both', async () => {
     await ipam.createPool({ name: 'v4', cidr: '10.50.0.0/16', blockPrefixLength: 26 });
     const { allocations } = await ipam.allocate(req('dual/eth0'));
-    assert.deepEqual(allocations.map((a) => a.family), [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6]);
+    assert.deepEqual(
+      allocations.map((a) => a.family),
+      [IpFamily.IP_FAMILY_IPV4, IpFamily.IP_FAMILY_IPV6],
+    );
     assert.equal(allocations[0]!.pool, 'v4', 'the full pool tiny4 is passed over');
     const again = await ipam.allocate(req('dual/eth0'));
-    assert.deepEqual(again.allocations.map((a) => a.address), allocations.map((a) => a.address), 'idempotent for both families');
+    assert.deepEqual(
+      again.allocations.map((a) => a.address),
+      allocations.map((a) => a.address),
+      'idempotent for both families',
+    );
     const only4 = await ipam.allocate(req('single/eth0', { families: [IpFamily.IP_FAMILY_IPV4] }));
-    assert.deepEqual(only4.allocations.map((a) => a.family), [IpFamily.IP_FAMILY_IPV4]);
+    assert.deepEqual(
+      only4.allocations.map((a) => a.family),
+      [IpFamily.IP_FAMILY_IPV4],
+    );
     const r = await ipam.release({ handle: 'dual/eth0' });
-    assert.deepEqual(r.addresses, allocations.map((a) => a.address));
+    assert.deepEqual(
+      r.addresses,
+      allocations.map((a) => a.address),
+    );
   });
 
   test('an unknown family is INVALID_ARGUMENT and allocates nothing', async () => {
-    await assert.rejects(ipam.allocate(req('bad-family/eth0', { families: [99] })), (e: { code: number; details: string }) =>
-      e.code === status.INVALID_ARGUMENT && /IP_FAMILY_IPV4/.test(e.details));
-    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM ipam.allocations WHERE handle = 'bad-family/eth0'`)).rows[0].n, 0);
+    await assert.rejects(
+      ipam.allocate(req('bad-family/eth0', { families: [99] })),
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /IP_FAMILY_IPV4/.test(e.details),
+    );
+    assert.equal(
+      (await sql.query(`SELECT count(*)::int AS n FROM ipam.allocations WHERE handle = 'bad-family/eth0'`)).rows[0].n,
+      0,
+    );
   });
 });
 
@@ -74,7 +103,11 @@ describe('cool-down and reuse', () => {
     await ipam.release({ handle: 'cool-5/eth0' });
     await new Promise((r) => setTimeout(r, 50));
     await ipam.release({ handle: 'cool-2/eth0' });
-    await assert.rejects(ipam.allocate(req('cool-new-1/eth0', n)), (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED, 'both are cooling down');
+    await assert.rejects(
+      ipam.allocate(req('cool-new-1/eth0', n)),
+      (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED,
+      'both are cooling down',
+    );
     await new Promise((r) => setTimeout(r, 1200));
     const first = (await ipam.allocate(req('cool-new-1/eth0', n))).allocation!.address;
     const second = (await ipam.allocate(req('cool-new-2/eth0', n))).allocation!.address;
@@ -85,7 +118,7 @@ describe('cool-down and reuse', () => {
 });
 
 describe('garbage collection', () => {
-  test('GarbageCollect releases the node\'s other allocations and never a valid one', async () => {
+  test("GarbageCollect releases the node's other allocations and never a valid one", async () => {
     const n = { pool: 'v4', node: 'gc-node' };
     for (const h of ['keep-1/eth0', 'keep-2/eth0', 'stale-1/eth0', 'stale-2/eth0']) await ipam.allocate(req(h, n));
     await ipam.allocate(req('other-node/eth0', { pool: 'v4', node: 'gc-other' }));
@@ -94,7 +127,10 @@ describe('garbage collection', () => {
     const live = (await ipam.listAllocations({ node: 'gc-node' })).allocations.map((a) => a.handle).sort();
     assert.deepEqual(live, ['keep-1/eth0', 'keep-2/eth0']);
     assert.equal((await ipam.listAllocations({ node: 'gc-other' })).allocations.length, 1, 'other nodes are untouched');
-    assert.deepEqual((await ipam.garbageCollect({ node: 'gc-node', validHandles: ['keep-1/eth0', 'keep-2/eth0'] })).released, []);
+    assert.deepEqual(
+      (await ipam.garbageCollect({ node: 'gc-node', validHandles: ['keep-1/eth0', 'keep-2/eth0'] })).released,
+      [],
+    );
   });
 });
 
@@ -110,21 +146,38 @@ describe('history', () => {
     const a2 = (await ipam.allocate(req('h2/eth0', { ...n, podNamespace: 'shop', podName: 'cart-0' }))).allocation!;
 
     const at1 = await ipam.listAllocationHistory({ address: a1.address, at: t1 });
-    assert.deepEqual(at1.entries.map((e) => e.allocation!.handle), ['h1/eth0']);
+    assert.deepEqual(
+      at1.entries.map((e) => e.allocation!.handle),
+      ['h1/eth0'],
+    );
     const atLater = await ipam.listAllocationHistory({ address: a1.address, at: t2 });
-    assert.ok(!atLater.entries.some((e) => e.allocation!.handle === 'h1/eth0'), 'after its release h1 no longer holds it');
+    assert.ok(
+      !atLater.entries.some((e) => e.allocation!.handle === 'h1/eth0'),
+      'after its release h1 no longer holds it',
+    );
 
     const pod = await ipam.listAllocationHistory({ podNamespace: 'shop', podName: 'cart-0' });
-    assert.deepEqual(pod.entries.map((e) => e.allocation!.address), [a2.address, a1.address]);
+    assert.deepEqual(
+      pod.entries.map((e) => e.allocation!.address),
+      [a2.address, a1.address],
+    );
     assert.ok(pod.entries[1]!.releaseTime, 'the old one is closed');
     assert.equal(pod.entries[0]!.releaseTime, undefined, 'the current one is open');
 
     const node = await ipam.listAllocationHistory({ node: 'hist-node', at: t2, until: new Date() });
-    assert.deepEqual(node.entries.map((e) => e.allocation!.handle), ['h2/eth0']);
+    assert.deepEqual(
+      node.entries.map((e) => e.allocation!.handle),
+      ['h2/eth0'],
+    );
 
-    await assert.rejects(ipam.listAllocationHistory({ address: a1.address, node: 'hist-node' }), (e: { code: number; details: string }) =>
-      e.code === status.INVALID_ARGUMENT && /exactly one/.test(e.details));
-    await assert.rejects(ipam.listAllocationHistory({ address: '10.0.0.300' }), (e: { code: number }) => e.code === status.INVALID_ARGUMENT);
+    await assert.rejects(
+      ipam.listAllocationHistory({ address: a1.address, node: 'hist-node' }),
+      (e: { code: number; details: string }) => e.code === status.INVALID_ARGUMENT && /exactly one/.test(e.details),
+    );
+    await assert.rejects(
+      ipam.listAllocationHistory({ address: '10.0.0.300' }),
+      (e: { code: number }) => e.code === status.INVALID_ARGUMENT,
+    );
   });
 
   test('history queries use indexes, not scans', async () => {
@@ -134,7 +187,8 @@ describe('history', () => {
       `SELECT * FROM ipam.allocations a WHERE a.address = '10.50.0.1'::inet AND a.allocated_at <= now() AND (a.released_at IS NULL OR a.released_at > now())`,
       `SELECT * FROM ipam.allocations a WHERE a.pod_namespace = 'shop' AND a.pod_name = 'cart-0'`,
       `SELECT * FROM ipam.allocations a WHERE a.node = 'hist-node' AND a.allocated_at < now()`,
-    ]) plans.push(JSON.stringify((await sql.query(`EXPLAIN (FORMAT JSON) ${q}`)).rows[0]));
+    ])
+      plans.push(JSON.stringify((await sql.query(`EXPLAIN (FORMAT JSON) ${q}`)).rows[0]));
     await sql.query('RESET enable_seqscan');
     for (const p of plans) assert.match(p, /Index|Bitmap/);
   });

@@ -21,7 +21,11 @@ const JSON_TYPE = { 'content-type': 'application/json' };
 
 const call = async (method: string, body: unknown, token: string | null = adminToken) => {
   const headers = { ...JSON_TYPE, ...(token === null ? {} : { authorization: `Bearer ${token}` }) };
-  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${method}`, { method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/${method}`, {
+    method: 'POST',
+    headers,
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
   return { status: res.status, json: (await res.json()) as Record<string, any> };
 };
 
@@ -30,11 +34,20 @@ test('pools and allocations over HTTP/JSON, in the protobuf JSON mapping', async
   assert.equal(created.status, 200);
   assert.equal(created.json.pool.family, 'IP_FAMILY_IPV4');
   assert.match(created.json.pool.createTime, /^\d{4}-\d\d-\d\dT/);
-  const alloc = await call('Allocate', { handle: 'c1/eth0', node: 'n1', podNamespace: 'ns', podName: 'p', families: ['IP_FAMILY_IPV4'] });
+  const alloc = await call('Allocate', {
+    handle: 'c1/eth0',
+    node: 'n1',
+    podNamespace: 'ns',
+    podName: 'p',
+    families: ['IP_FAMILY_IPV4'],
+  });
   assert.equal(alloc.status, 200);
   assert.equal(alloc.json.allocation.address, '10.244.0.0');
   const list = await call('ListAllocations', {});
-  assert.deepEqual(list.json.allocations.map((a: { handle: string }) => a.handle), ['c1/eth0']);
+  assert.deepEqual(
+    list.json.allocations.map((a: { handle: string }) => a.handle),
+    ['c1/eth0'],
+  );
 });
 
 test('errors carry an HTTP status, the gRPC code name, the message and the stable error code', async () => {
@@ -54,16 +67,28 @@ test('errors carry an HTTP status, the gRPC code name, the message and the stabl
   assert.equal(missing.status, 404);
   const get = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`);
   assert.equal(get.status, 400);
-  const text = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, { method: 'POST', body: JSON.stringify({ name: 'form', cidr: '10.250.0.0/16', blockPrefixLength: 26 }) });
+  const text = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, {
+    method: 'POST',
+    body: JSON.stringify({ name: 'form', cidr: '10.250.0.0/16', blockPrefixLength: 26 }),
+  });
   assert.equal(text.status, 415, 'a body not sent as JSON (what a cross-site form can send) is refused');
-  const crossSite = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, { method: 'POST', headers: { ...JSON_TYPE, authorization: `Bearer ${adminToken}`, origin: 'https://evil.example' }, body: JSON.stringify({ name: 'csrf', cidr: '10.251.0.0/16', blockPrefixLength: 26 }) });
+  const crossSite = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/CreatePool`, {
+    method: 'POST',
+    headers: { ...JSON_TYPE, authorization: `Bearer ${adminToken}`, origin: 'https://evil.example' },
+    body: JSON.stringify({ name: 'csrf', cidr: '10.251.0.0/16', blockPrefixLength: 26 }),
+  });
   assert.equal(crossSite.status, 403, 'a request from a web page of another origin is refused');
   assert.equal((await call('ListPools', {})).json.pools.length, 1, 'nothing changed');
 });
 
 test('a streaming method answers newline-delimited JSON', async () => {
   const ac = new AbortController();
-  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, { method: 'POST', headers: { ...JSON_TYPE, authorization: `Bearer ${adminToken}` }, body: '{}', signal: ac.signal });
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
+    method: 'POST',
+    headers: { ...JSON_TYPE, authorization: `Bearer ${adminToken}` },
+    body: '{}',
+    signal: ac.signal,
+  });
   assert.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const reader = res.body!.getReader();
   let text = '';

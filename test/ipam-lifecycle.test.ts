@@ -13,7 +13,9 @@ let routes: ReturnType<typeof createClient<typeof RoutesServiceService>>;
 
 before(async () => {
   // Short graces and a fast sweep so that the test sees the housekeeping happen.
-  cp = await startTestControlPlane({ settings: { sweepSeconds: '1', blockGraceSeconds: '1', nodeGoneGraceSeconds: '1' } });
+  cp = await startTestControlPlane({
+    settings: { sweepSeconds: '1', blockGraceSeconds: '1', nodeGoneGraceSeconds: '1' },
+  });
   ipam = createClient(IpamServiceService, cp.address, { security: cp.security });
   routes = createClient(RoutesServiceService, cp.address, { security: cp.security });
 });
@@ -32,11 +34,20 @@ const waitFor = async (what: string, probe: () => Promise<boolean>, ms = 10_000)
   throw new Error(`timed out waiting for ${what}`);
 };
 
-test('a node holds at most the pool\'s maximum of blocks', async () => {
-  await ipam.createPool({ name: 'capped', cidr: '10.80.0.0/24', blockPrefixLength: 29, maxBlocksPerNode: 2, cooldownSeconds: 0 });
+test("a node holds at most the pool's maximum of blocks", async () => {
+  await ipam.createPool({
+    name: 'capped',
+    cidr: '10.80.0.0/24',
+    blockPrefixLength: 29,
+    maxBlocksPerNode: 2,
+    cooldownSeconds: 0,
+  });
   await routes.registerNode({ name: 'capped-node', underlayAddress: '192.0.2.60', vtepMac: '02:00:00:00:00:60' });
   for (let i = 0; i < 16; i++) await ipam.allocate({ handle: `cap-${i}/eth0`, node: 'capped-node', pool: 'capped' });
-  await assert.rejects(ipam.allocate({ handle: 'cap-16/eth0', node: 'capped-node', pool: 'capped' }), (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED);
+  await assert.rejects(
+    ipam.allocate({ handle: 'cap-16/eth0', node: 'capped-node', pool: 'capped' }),
+    (e: { code: number }) => e.code === status.RESOURCE_EXHAUSTED,
+  );
   const other = (await ipam.allocate({ handle: 'cap-other/eth0', node: 'capped-other', pool: 'capped' })).allocation!;
   assert.ok(other.address.startsWith('10.80.0.'), 'another node still gets a block');
   for (let i = 0; i < 16; i++) await ipam.release({ handle: `cap-${i}/eth0` });
@@ -54,8 +65,9 @@ test('an empty block returns to its pool after the grace period, and its withdra
   try {
     let deleted = false;
     const end = Date.now() + 10_000;
-    while (!deleted && Date.now() < end) deleted = ((await watch.next()).value as { deletes: string[] }).deletes.includes(a.blockCidr);
-    assert.ok(deleted, 'the block\'s withdrawal is streamed');
+    while (!deleted && Date.now() < end)
+      deleted = ((await watch.next()).value as { deletes: string[] }).deletes.includes(a.blockCidr);
+    assert.ok(deleted, "the block's withdrawal is streamed");
   } finally {
     ac.abort();
   }
@@ -87,7 +99,7 @@ test('the IPAM sweeper releases only what Weft owns: an external allocation (nod
   // Deregistered, then registered again (its agent still runs): it is a live node again.
   await routes.deregisterNode({ name: 'back' });
   await routes.registerNode({ name: 'back', underlayAddress: '192.0.2.64', vtepMac: '02:00:00:00:00:64' });
-  await waitFor('the departed node\'s allocations to be released', async () => {
+  await waitFor("the departed node's allocations to be released", async () => {
     const live = (await ipam.listAllocations({ pool: 'churn' })).allocations.map((a) => a.handle);
     return !live.includes('leaving-1/eth0');
   });
@@ -95,5 +107,12 @@ test('the IPAM sweeper releases only what Weft owns: an external allocation (nod
   await new Promise((r) => setTimeout(r, 3500));
   const live = (await ipam.listAllocations({ pool: 'churn' })).allocations.map((a) => a.handle).sort();
   // churn-2/eth0 (the test above) is on churn-b, a node never registered either.
-  assert.deepEqual(live, ['alive-1/eth0', 'back-1/eth0', 'churn-2/eth0', 'ghost-1/eth0', 'lb-frontend/vip', 'leaving-late/eth0']);
+  assert.deepEqual(live, [
+    'alive-1/eth0',
+    'back-1/eth0',
+    'churn-2/eth0',
+    'ghost-1/eth0',
+    'lb-frontend/vip',
+    'leaving-late/eth0',
+  ]);
 });

@@ -22,11 +22,13 @@ after(async () => {
   await cp?.stop();
 });
 
-test('a node\'s release leaves another node\'s allocation of the handle alone; the holder\'s release frees it', async () => {
+test("a node's release leaves another node's allocation of the handle alone; the holder's release frees it", async () => {
   const admin = createClient(IpamServiceService, cp.address, { security: cp.security });
   closers.push(admin);
   await admin.createPool({ name: 'p', cidr: '10.62.0.0/16', blockPrefixLength: 26 });
-  const held = await admin.allocate(AllocateRequest.fromPartial({ handle: 'race/eth0', node: 'node2', pool: 'p', containerId: 'race' }));
+  const held = await admin.allocate(
+    AllocateRequest.fromPartial({ handle: 'race/eth0', node: 'node2', pool: 'p', containerId: 'race' }),
+  );
   const as = async (node: string) => {
     const c = createClient(IpamServiceService, cp.address, { security: (await cp.pki.issue('node', node)).security });
     closers.push(c);
@@ -34,7 +36,11 @@ test('a node\'s release leaves another node\'s allocation of the handle alone; t
   };
   const node1 = await as('node1');
   const node2 = await as('node2');
-  assert.deepEqual(await node1.release({ handle: 'race/eth0' }), { released: false, address: '', addresses: [] }, 'node1 frees nothing of node2\'s');
+  assert.deepEqual(
+    await node1.release({ handle: 'race/eth0' }),
+    { released: false, address: '', addresses: [] },
+    "node1 frees nothing of node2's",
+  );
   const live = (await admin.listAllocations({ node: 'node2' })).allocations.map((a) => a.address);
   assert.deepEqual(live, [held.allocation!.address], 'node2 still holds its address');
   assert.equal((await node2.release({ handle: 'race/eth0' })).released, true);

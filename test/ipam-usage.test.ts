@@ -16,21 +16,43 @@ after(async () => {
   await tb?.stop();
 });
 
-const req = (handle: string, node: string, pool: string) => ({ handle, node, pool, podNamespace: 'ns', podName: handle.split('/')[0]!, containerId: handle.split('/')[0]! });
+const req = (handle: string, node: string, pool: string) => ({
+  handle,
+  node,
+  pool,
+  podNamespace: 'ns',
+  podName: handle.split('/')[0]!,
+  containerId: handle.split('/')[0]!,
+});
 
 type Counts = { total: string; allocated: number; coolingDown: number; reserved: string; free: string };
 
 /** What utilization must say, counted from the rows: live allocations, resting addresses, reservations, live blocks. */
-async function countedFromRows(pool: string): Promise<{ pool: Counts; nodes: Map<string, Counts>; blocks: Map<string, Counts> }> {
-  const { rows: [p] } = await tb.sql.query(`SELECT id, cooldown_seconds, power(2, 32 - masklen(cidr))::bigint AS size, power(2, 32 - block_prefix_length)::int AS block_size FROM ipam.pools WHERE name = $1`, [pool]);
-  const { rows } = await tb.sql.query(`SELECT b.cidr::text AS cidr, b.node,
+async function countedFromRows(
+  pool: string,
+): Promise<{ pool: Counts; nodes: Map<string, Counts>; blocks: Map<string, Counts> }> {
+  const {
+    rows: [p],
+  } = await tb.sql.query(
+    `SELECT id, cooldown_seconds, power(2, 32 - masklen(cidr))::bigint AS size, power(2, 32 - block_prefix_length)::int AS block_size FROM ipam.pools WHERE name = $1`,
+    [pool],
+  );
+  const { rows } = await tb.sql.query(
+    `SELECT b.cidr::text AS cidr, b.node,
       (SELECT count(*)::int FROM ipam.allocations a WHERE a.address <<= b.cidr AND a.released_at IS NULL AND a.pool_id = b.pool_id) AS live,
       (SELECT count(*)::int FROM ipam.free_addresses f WHERE f.block_id = b.id AND (f.free_since > now() - make_interval(secs => $2::int) OR f.hold_until > now())) AS cooling,
       (SELECT count(*)::int FROM generate_series(0, $3::int - 1) i WHERE EXISTS (SELECT 1 FROM ipam.reservations r WHERE r.pool_id = b.pool_id
          AND host(network(b.cidr))::inet + i BETWEEN r.first AND r.last)) AS reserved
-    FROM ipam.blocks b WHERE b.pool_id = $1 AND b.released_at IS NULL`, [p.id, p.cooldown_seconds, p.block_size]);
-  const counts = (total: number, live: number, cooling: number, reserved: number): Counts =>
-    ({ total: String(total), allocated: live, coolingDown: cooling, reserved: String(reserved), free: String(total - live - cooling - reserved) });
+    FROM ipam.blocks b WHERE b.pool_id = $1 AND b.released_at IS NULL`,
+    [p.id, p.cooldown_seconds, p.block_size],
+  );
+  const counts = (total: number, live: number, cooling: number, reserved: number): Counts => ({
+    total: String(total),
+    allocated: live,
+    coolingDown: cooling,
+    reserved: String(reserved),
+    free: String(total - live - cooling - reserved),
+  });
   const blocks = new Map<string, Counts>();
   const nodes = new Map<string, [number, number, number, number]>();
   for (const b of rows) {
@@ -38,7 +60,12 @@ async function countedFromRows(pool: string): Promise<{ pool: Counts; nodes: Map
     const n = nodes.get(b.node) ?? [0, 0, 0, 0];
     nodes.set(b.node, [n[0] + p.block_size, n[1] + b.live, n[2] + b.cooling, n[3] + b.reserved]);
   }
-  const { rows: [res] } = await tb.sql.query(`SELECT coalesce(sum(r.last - r.first + 1), 0)::int AS n FROM ipam.reservations r WHERE r.pool_id = $1`, [p.id]);
+  const {
+    rows: [res],
+  } = await tb.sql.query(
+    `SELECT coalesce(sum(r.last - r.first + 1), 0)::int AS n FROM ipam.reservations r WHERE r.pool_id = $1`,
+    [p.id],
+  );
   const live = rows.reduce((s, b) => s + b.live, 0);
   const cooling = rows.reduce((s, b) => s + b.cooling, 0);
   return {
@@ -77,9 +104,11 @@ describe('utilization from per-node counters', () => {
     // live, the reservation is refused, and the counts must still hold.)
     const reserve = (async () => {
       await new Promise((r) => setTimeout(r, 150));
-      await tb.ipam.createReservation({ pool: 'usage', first: '10.95.1.1', last: '10.95.1.40', reason: 'later' }).catch((e: { code: number }) => {
-        if (e.code !== status.FAILED_PRECONDITION) throw e;
-      });
+      await tb.ipam
+        .createReservation({ pool: 'usage', first: '10.95.1.1', last: '10.95.1.40', reason: 'later' })
+        .catch((e: { code: number }) => {
+          if (e.code !== status.FAILED_PRECONDITION) throw e;
+        });
     })();
     await Promise.all([...Array.from({ length: 24 }, (_, w) => worker(w)), reserve]);
     const expected = await countedFromRows('usage');
@@ -98,28 +127,51 @@ describe('utilization from per-node counters', () => {
 
   test('a released address stops counting as cooling down when its cool-down has passed, and counts as free', async () => {
     await tb.ipam.createPool({ name: 'usage-cool', cidr: '10.96.0.0/26', blockPrefixLength: 28, cooldownSeconds: 1 });
-    await Promise.all(Array.from({ length: 6 }, (_, i) => tb.ipam.allocate(req(`c${i}/eth0`, 'cool-node', 'usage-cool'))));
+    await Promise.all(
+      Array.from({ length: 6 }, (_, i) => tb.ipam.allocate(req(`c${i}/eth0`, 'cool-node', 'usage-cool'))),
+    );
     await Promise.all([0, 1, 2].map((i) => tb.ipam.release({ handle: `c${i}/eth0` })));
     const cooling = await utilization('usage-cool');
-    assert.deepEqual(cooling.nodes.get('cool-node'), { total: '16', allocated: 3, coolingDown: 3, reserved: '0', free: '10' });
+    assert.deepEqual(cooling.nodes.get('cool-node'), {
+      total: '16',
+      allocated: 3,
+      coolingDown: 3,
+      reserved: '0',
+      free: '10',
+    });
     assert.deepEqual(cooling, await countedFromRows('usage-cool'));
     await new Promise((r) => setTimeout(r, 1300));
     const rested = await utilization('usage-cool');
-    assert.deepEqual(rested.nodes.get('cool-node'), { total: '16', allocated: 3, coolingDown: 0, reserved: '0', free: '13' });
+    assert.deepEqual(rested.nodes.get('cool-node'), {
+      total: '16',
+      allocated: 3,
+      coolingDown: 0,
+      reserved: '0',
+      free: '13',
+    });
     assert.deepEqual(rested.pool, { total: '64', allocated: 3, coolingDown: 0, reserved: '0', free: '61' });
     assert.deepEqual(rested, await countedFromRows('usage-cool'));
     assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
   });
 
-  test('check names a per-node counter or a block\'s reserved count that disagrees with the rows', async () => {
+  test("check names a per-node counter or a block's reserved count that disagrees with the rows", async () => {
     await tb.sql.query(`UPDATE ipam.node_usage SET live = live + 2 WHERE node = 'cool-node'`);
     const drifted = (await tb.ipam.checkConsistency({})).problems;
-    assert.deepEqual(drifted.map((p) => p.kind), ['usage_count_mismatch']);
-    assert.match(drifted[0]!.detail, /pool usage-cool, node cool-node: counts 1 blocks, 5 live, 0 reserved; holds 1 blocks, 3 live, 0 reserved/);
+    assert.deepEqual(
+      drifted.map((p) => p.kind),
+      ['usage_count_mismatch'],
+    );
+    assert.match(
+      drifted[0]!.detail,
+      /pool usage-cool, node cool-node: counts 1 blocks, 5 live, 0 reserved; holds 1 blocks, 3 live, 0 reserved/,
+    );
     await tb.sql.query(`UPDATE ipam.node_usage SET live = live - 2 WHERE node = 'cool-node'`);
     await tb.sql.query(`UPDATE ipam.blocks SET reserved = reserved + 1 WHERE cidr = '10.96.0.0/28'`);
     const reserved = (await tb.ipam.checkConsistency({})).problems;
-    assert.deepEqual(reserved.map((p) => p.kind), ['reserved_count_mismatch']);
+    assert.deepEqual(
+      reserved.map((p) => p.kind),
+      ['reserved_count_mismatch'],
+    );
     assert.match(reserved[0]!.detail, /block 10\.96\.0\.0\/28 counts 1 reserved, holds 0/);
     await tb.sql.query(`UPDATE ipam.blocks SET reserved = reserved - 1 WHERE cidr = '10.96.0.0/28'`);
     assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
@@ -133,6 +185,9 @@ describe('utilization from per-node counters', () => {
     assert.equal(got.blocks.get('10.95.0.0/28')!.reserved, '0');
     assert.deepEqual(got, await countedFromRows('usage'));
     assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
-    await assert.rejects(tb.ipam.getUtilization({ pool: 'no-such-pool' }), (e: { code: number }) => e.code === status.NOT_FOUND);
+    await assert.rejects(
+      tb.ipam.getUtilization({ pool: 'no-such-pool' }),
+      (e: { code: number }) => e.code === status.NOT_FOUND,
+    );
   });
 });

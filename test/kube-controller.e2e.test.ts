@@ -4,7 +4,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { controlPlaneTarget, type ClusterState, type PodState, clusterAdminSecurity, issueClusterCredentials } from '../cli/cluster/cluster.js';
+import {
+  controlPlaneTarget,
+  type ClusterState,
+  type PodState,
+  clusterAdminSecurity,
+  issueClusterCredentials,
+} from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
@@ -30,8 +36,12 @@ const run = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = skipOutsideCi(privilegedSkipReason() ?? kubeApiserverSkipReason());
 
-
-interface Controller { child: ChildProcess; healthPort: number; output: () => string; stop(): Promise<void> }
+interface Controller {
+  child: ChildProcess;
+  healthPort: number;
+  output: () => string;
+  stop(): Promise<void>;
+}
 
 describe('the Kubernetes controller against a real API server and the local cluster', opts, () => {
   let api: KubeApiserver | null = null;
@@ -71,24 +81,38 @@ describe('the Kubernetes controller against a real API server and the local clus
     let out = '';
     child.stderr!.on('data', (d) => (out += d));
     const c: Controller = {
-      child, healthPort,
+      child,
+      healthPort,
       output: () => out,
-      stop: () => new Promise((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-        child.once('exit', () => {
-          clearTimeout(t);
-          resolve();
-        });
-        child.kill('SIGTERM');
-      }),
+      stop: () =>
+        new Promise((resolve) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+          child.once('exit', () => {
+            clearTimeout(t);
+            resolve();
+          });
+          child.kill('SIGTERM');
+        }),
     };
     controllers.push(c);
     return c;
   }
 
-  const leaseHolder = async () => (await kubectl('get', 'lease', '-n', 'weft-system', 'weft-kube-controller', '-o', 'jsonpath={.spec.holderIdentity}')).trim();
-  const allocationsOf = async (node: string) => (await ipam.listAllocations({ node, pageSize: 1000 }, { timeoutMs: 5000 })).allocations;
+  const leaseHolder = async () =>
+    (
+      await kubectl(
+        'get',
+        'lease',
+        '-n',
+        'weft-system',
+        'weft-kube-controller',
+        '-o',
+        'jsonpath={.spec.holderIdentity}',
+      )
+    ).trim();
+  const allocationsOf = async (node: string) =>
+    (await ipam.listAllocations({ node, pageSize: 1000 }, { timeoutMs: 5000 })).allocations;
 
   /** A namespace and its `default` ServiceAccount (no kube-controller-manager runs here to make it). */
   async function createNamespace(name: string, labels: Record<string, string>): Promise<void> {
@@ -97,19 +121,49 @@ describe('the Kubernetes controller against a real API server and the local clus
   }
 
   /** Creates the Pod object, then attaches it on its node as the kubelet's runtime would (with the Pod's UID). */
-  async function createPod(ns: string, name: string, node: string, labels: Record<string, string>, ports: { name: string; containerPort: number }[] = []): Promise<PodState> {
+  async function createPod(
+    ns: string,
+    name: string,
+    node: string,
+    labels: Record<string, string>,
+    ports: { name: string; containerPort: number }[] = [],
+  ): Promise<PodState> {
     await apply({
-      apiVersion: 'v1', kind: 'Pod', metadata: { namespace: ns, name, labels },
-      spec: { nodeName: node, automountServiceAccountToken: false, containers: [{ name: 'app', image: 'weft.test/none', ports }] },
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { namespace: ns, name, labels },
+      spec: {
+        nodeName: node,
+        automountServiceAccountToken: false,
+        containers: [{ name: 'app', image: 'weft.test/none', ports }],
+      },
     });
     const uid = (await kubectl('get', 'pod', '-n', ns, name, '-o', 'jsonpath={.metadata.uid}')).trim();
-    const { stdout } = await run(bin.weft, ['cluster', 'pod', 'add', node, name, '--namespace', ns, '--uid', uid, '--json', '--state-dir', cluster!.stateDir], { timeout: 60_000 });
+    const { stdout } = await run(
+      bin.weft,
+      [
+        'cluster',
+        'pod',
+        'add',
+        node,
+        name,
+        '--namespace',
+        ns,
+        '--uid',
+        uid,
+        '--json',
+        '--state-dir',
+        cluster!.stateDir,
+      ],
+      { timeout: 60_000 },
+    );
     const p = JSON.parse(stdout) as PodState;
     pods[`${ns}/${name}`] = p;
     return p;
   }
 
-  const open = async (from: PodState, to: PodState, port = 80) => (await tcpConnects(from, [`${to.addresses[0]}:${port}`]))[`${to.addresses[0]}:${port}`] === 'open';
+  const open = async (from: PodState, to: PodState, port = 80) =>
+    (await tcpConnects(from, [`${to.addresses[0]}:${port}`]))[`${to.addresses[0]}:${port}`] === 'open';
 
   before(async () => {
     api = await startKubeApiserver({ extraArgs: ['--watch-cache=false'] });
@@ -123,7 +177,15 @@ describe('the Kubernetes controller against a real API server and the local clus
     await kubectl('create', 'namespace', 'weft-system');
     // The admin policy CRDs as deploy/ ships them.
     await kubectl('apply', '-f', path.resolve(here, '../../deploy/base/admin-network-policy-crds.yaml'));
-    for (const n of state.nodes) await apply({ apiVersion: 'v1', kind: 'Node', metadata: { name: n.name, labels: { 'kubernetes.io/hostname': n.name, zone: n.name === state.nodes[0]!.name ? 'a' : 'b' } } });
+    for (const n of state.nodes)
+      await apply({
+        apiVersion: 'v1',
+        kind: 'Node',
+        metadata: {
+          name: n.name,
+          labels: { 'kubernetes.io/hostname': n.name, zone: n.name === state.nodes[0]!.name ? 'a' : 'b' },
+        },
+      });
     await startController('ctl-a');
   });
 
@@ -142,10 +204,17 @@ describe('the Kubernetes controller against a real API server and the local clus
     await eventually('ctl-a holds the Lease', async () => (await leaseHolder()) === 'ctl-a');
     const health = await fetch(`http://127.0.0.1:${controllers[0]!.healthPort}/healthz`);
     assert.equal(health.status, 200);
-    await eventually('ctl-a ready', async () => (await fetch(`http://127.0.0.1:${controllers[0]!.healthPort}/readyz`)).status === 200);
+    await eventually(
+      'ctl-a ready',
+      async () => (await fetch(`http://127.0.0.1:${controllers[0]!.healthPort}/readyz`)).status === 200,
+    );
     for (const n of state.nodes) {
       const cond = await eventually(`${n.name} NetworkUnavailable`, async () => {
-        const c = JSON.parse((await kubectl('get', 'node', n.name, '-o', 'jsonpath={.status.conditions}')) || '[]') as { type: string; status: string; reason: string }[];
+        const c = JSON.parse((await kubectl('get', 'node', n.name, '-o', 'jsonpath={.status.conditions}')) || '[]') as {
+          type: string;
+          status: string;
+          reason: string;
+        }[];
         return c.find((x) => x.type === 'NetworkUnavailable' && x.status === 'False');
       });
       assert.equal(cond.reason, 'WeftIsUp');
@@ -164,16 +233,35 @@ describe('the Kubernetes controller against a real API server and the local clus
     const webUid = (await kubectl('get', 'pod', '-n', 'shop', 'web', '-o', 'jsonpath={.metadata.uid}')).trim();
     const held = (await allocationsOf(n1)).find((a) => a.podNamespace === 'shop' && a.podName === 'web');
     assert.equal(held?.podUid, webUid);
-    await eventually('web open to everyone before any policy', async () => (await open(client, web)) && (await open(intruder, web)));
+    await eventually(
+      'web open to everyone before any policy',
+      async () => (await open(client, web)) && (await open(intruder, web)),
+    );
 
     await apply({
-      apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: 'shop', name: 'web-from-shop-clients' },
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: { namespace: 'shop', name: 'web-from-shop-clients' },
       spec: {
-        podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress'],
-        ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: 'shop' } }, podSelector: { matchLabels: { role: 'client' } } }], ports: [{ port: 'http' }] }],
+        podSelector: { matchLabels: { app: 'web' } },
+        policyTypes: ['Ingress'],
+        ingress: [
+          {
+            from: [
+              {
+                namespaceSelector: { matchLabels: { team: 'shop' } },
+                podSelector: { matchLabels: { role: 'client' } },
+              },
+            ],
+            ports: [{ port: 'http' }],
+          },
+        ],
       },
     });
-    await eventually('only shop clients reach web', async () => (await open(client, web)) && !(await open(intruder, web)));
+    await eventually(
+      'only shop clients reach web',
+      async () => (await open(client, web)) && !(await open(intruder, web)),
+    );
     const explained = await policy.explain({ from: 'guest/intruder', to: 'shop/web', port: 80 }, { timeoutMs: 5000 });
     assert.equal(explained.allowed, false);
     assert.equal(explained.ingress?.policy, 'NetworkPolicy/shop/web-from-shop-clients');
@@ -192,19 +280,28 @@ describe('the Kubernetes controller against a real API server and the local clus
     await eventually('back as before', async () => (await open(client, web)) && !(await open(intruder, web)));
   });
 
-  test('an AdminNetworkPolicy created through the API overrides the namespace\'s NetworkPolicy, and goes with its object', async () => {
+  test("an AdminNetworkPolicy created through the API overrides the namespace's NetworkPolicy, and goes with its object", async () => {
     const web = pods['shop/web']!;
     const intruder = pods['guest/intruder']!;
     await apply({
-      apiVersion: 'policy.networking.k8s.io/v1alpha1', kind: 'AdminNetworkPolicy', metadata: { name: 'guests-may-shop' },
+      apiVersion: 'policy.networking.k8s.io/v1alpha1',
+      kind: 'AdminNetworkPolicy',
+      metadata: { name: 'guests-may-shop' },
       spec: {
-        priority: 10, subject: { namespaces: { matchLabels: { team: 'shop' } } },
+        priority: 10,
+        subject: { namespaces: { matchLabels: { team: 'shop' } } },
         ingress: [{ name: 'from-guests', action: 'Allow', from: [{ namespaces: { matchLabels: { team: 'guest' } } }] }],
       },
     });
-    await eventually('the admin tier lets the guest in despite the NetworkPolicy', async () => await open(intruder, web));
+    await eventually(
+      'the admin tier lets the guest in despite the NetworkPolicy',
+      async () => await open(intruder, web),
+    );
     const explained = await policy.explain({ from: 'guest/intruder', to: 'shop/web', port: 80 }, { timeoutMs: 5000 });
-    assert.deepEqual([explained.ingress?.tier, explained.ingress?.policy], ['admin', 'AdminNetworkPolicy/guests-may-shop']);
+    assert.deepEqual(
+      [explained.ingress?.tier, explained.ingress?.policy],
+      ['admin', 'AdminNetworkPolicy/guests-may-shop'],
+    );
     await kubectl('delete', 'adminnetworkpolicy', 'guests-may-shop');
     await eventually('denied again once the object is gone', async () => !(await open(intruder, web)));
   });
@@ -216,10 +313,21 @@ describe('the Kubernetes controller against a real API server and the local clus
     const t0 = Date.now();
     // No kubelet confirms a graceful deletion here: force it, as for a pod on a node that is gone.
     await kubectl('delete', 'pod', '-n', 'guest', 'forgotten', '--grace-period=0', '--force');
-    await eventually('the forgotten pod\'s address released', async () => !(await allocationsOf(n2)).some((a) => a.podName === 'forgotten'));
-    console.log(`# kube-controller: a deleted Pod's address released ${Date.now() - t0} ms after the delete (grace 2 s)`);
-    const history = await ipam.listAllocationHistory({ podNamespace: 'guest', podName: 'forgotten' }, { timeoutMs: 5000 });
-    assert.ok(history.entries.some((e) => e.allocation?.address === gone.addresses[0] && e.releaseTime), 'IPAM history shows the release');
+    await eventually(
+      "the forgotten pod's address released",
+      async () => !(await allocationsOf(n2)).some((a) => a.podName === 'forgotten'),
+    );
+    console.log(
+      `# kube-controller: a deleted Pod's address released ${Date.now() - t0} ms after the delete (grace 2 s)`,
+    );
+    const history = await ipam.listAllocationHistory(
+      { podNamespace: 'guest', podName: 'forgotten' },
+      { timeoutMs: 5000 },
+    );
+    assert.ok(
+      history.entries.some((e) => e.allocation?.address === gone.addresses[0] && e.releaseTime),
+      'IPAM history shows the release',
+    );
     // The live pods on that node keep theirs.
     assert.ok((await allocationsOf(n2)).some((a) => a.podName === 'client'));
   });
@@ -240,7 +348,9 @@ describe('the Kubernetes controller against a real API server and the local clus
     await kubectl('delete', 'pod', '-n', 'guest', 'extra', '--grace-period=0', '--force');
     await kubectl('delete', 'networkpolicy', '-n', 'shop', 'web-from-shop-clients');
     await apply({
-      apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: 'shop', name: 'web-deny-all' },
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: { namespace: 'shop', name: 'web-deny-all' },
       spec: { podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress'] },
     });
     // History up to now is gone from etcd: resuming from the version the controller holds is answered 410 Gone.
@@ -248,12 +358,24 @@ describe('the Kubernetes controller against a real API server and the local clus
     proxy!.restore();
 
     await eventually('web-deny-all applied and the old policy deleted', async () => {
-      const names = (await policy.listPolicies({ namespace: 'shop' }, { timeoutMs: 5000 })).policies.map((p) => p.ref?.name);
+      const names = (await policy.listPolicies({ namespace: 'shop' }, { timeoutMs: 5000 })).policies.map(
+        (p) => p.ref?.name,
+      );
       return names.length === 1 && names[0] === 'web-deny-all';
     });
     await eventually('client denied', async () => !(await open(client, web)));
-    await eventually('the extra pod\'s address released', async () => !(await allocationsOf(n2)).some((a) => a.podName === 'extra'));
-    assert.ok(relists() > before, `the controller listed again after 410 Gone:\n${ctl.output().split('\n').filter((l) => l.includes('listing')).join('\n')}`);
+    await eventually(
+      "the extra pod's address released",
+      async () => !(await allocationsOf(n2)).some((a) => a.podName === 'extra'),
+    );
+    assert.ok(
+      relists() > before,
+      `the controller listed again after 410 Gone:\n${ctl
+        .output()
+        .split('\n')
+        .filter((l) => l.includes('listing'))
+        .join('\n')}`,
+    );
     const explained = await policy.explain({ from: 'shop/client', to: 'shop/web', port: 80 }, { timeoutMs: 5000 });
     assert.equal(explained.ingress?.policy, 'NetworkPolicy/shop/web-deny-all');
     assert.ok(extra.addresses.length > 0);
@@ -261,25 +383,41 @@ describe('the Kubernetes controller against a real API server and the local clus
     // The API server restarts; the controller reconnects by itself and follows changes made after.
     await api!.restartApiserver();
     await kubectl('delete', 'networkpolicy', '-n', 'shop', 'web-deny-all');
-    await eventually('after the restart: the deny-all is gone and client reaches web again', async () => await open(client, web));
+    await eventually(
+      'after the restart: the deny-all is gone and client reaches web again',
+      async () => await open(client, web),
+    );
   });
 
   test('a second replica takes over when the leader stops, and carries on', async () => {
     const web = pods['shop/web']!;
     const client = pods['shop/client']!;
     const b = await startController('ctl-b');
-    await eventually('ctl-b ready (caches synced) while standing by', async () => (await fetch(`http://127.0.0.1:${b.healthPort}/readyz`)).status === 200);
+    await eventually(
+      'ctl-b ready (caches synced) while standing by',
+      async () => (await fetch(`http://127.0.0.1:${b.healthPort}/readyz`)).status === 200,
+    );
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal(await leaseHolder(), 'ctl-a', 'the standby does not take a held Lease');
     const t0 = Date.now();
     await controllers[0]!.stop();
     await eventually('ctl-b leads', async () => (await leaseHolder()) === 'ctl-b').catch((err: Error) => {
-      throw new Error(`${err.message}\n--- ctl-a ---\n${controllers[0]!.output().slice(-3000)}\n--- ctl-b ---\n${b.output().slice(-3000)}`);
+      throw new Error(
+        `${err.message}\n--- ctl-a ---\n${controllers[0]!.output().slice(-3000)}\n--- ctl-b ---\n${b.output().slice(-3000)}`,
+      );
     });
-    console.log(`# kube-controller: standby leads ${Date.now() - t0} ms after the leader stopped (it gave the Lease up)`);
-    assert.match(b.output(), /"msg":"took the Lease over"[^\n]*"from":"\(released\)"/, 'the stopping leader gave the Lease up (no wait for it to expire)');
+    console.log(
+      `# kube-controller: standby leads ${Date.now() - t0} ms after the leader stopped (it gave the Lease up)`,
+    );
+    assert.match(
+      b.output(),
+      /"msg":"took the Lease over"[^\n]*"from":"\(released\)"/,
+      'the stopping leader gave the Lease up (no wait for it to expire)',
+    );
     await apply({
-      apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { namespace: 'shop', name: 'web-deny-all' },
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: { namespace: 'shop', name: 'web-deny-all' },
       spec: { podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress'] },
     });
     await eventually('the new leader applies a new policy', async () => !(await open(client, web)));
@@ -294,13 +432,21 @@ describe('the Kubernetes controller against a real API server and the local clus
     const t0 = Date.now();
     await kubectl('delete', 'node', n2);
     const ctl = controllers.at(-1)!;
-    await eventually(`${n2} gone from the routes`, async () => !(await routes.listNodes({}, { timeoutMs: 5000 })).nodes.some((n) => n.name === n2)).catch((err: Error) => {
+    await eventually(
+      `${n2} gone from the routes`,
+      async () => !(await routes.listNodes({}, { timeoutMs: 5000 })).nodes.some((n) => n.name === n2),
+    ).catch((err: Error) => {
       throw new Error(`${err.message}\n--- controller ---\n${ctl.output().slice(-3000)}`);
     });
     await eventually(`${n2}'s addresses released`, async () => (await allocationsOf(n2)).length === 0);
     const usage = await ipam.getUtilization({ includeBlocks: true }, { timeoutMs: 5000 });
     const blocks = usage.pools.flatMap((p) => p.blocks);
-    assert.ok(blocks.length > 0 && !blocks.some((b) => b.node === n2), `no block stays affine to ${n2}: ${JSON.stringify(blocks)}`);
-    console.log(`# kube-controller: a deleted Node's routes and addresses gone ${Date.now() - t0} ms after the delete (lease-based sweep would take the grace)`);
+    assert.ok(
+      blocks.length > 0 && !blocks.some((b) => b.node === n2),
+      `no block stays affine to ${n2}: ${JSON.stringify(blocks)}`,
+    );
+    console.log(
+      `# kube-controller: a deleted Node's routes and addresses gone ${Date.now() - t0} ms after the delete (lease-based sweep would take the grace)`,
+    );
   });
 });

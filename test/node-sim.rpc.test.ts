@@ -16,7 +16,10 @@ import { eventually } from './support/eventually.js';
  */
 let cp: TestControlPlane;
 let sim: NodeSimulator;
-const admin = { ipam: null as unknown as ReturnType<typeof createClient<typeof IpamServiceService>>, policy: null as unknown as ReturnType<typeof createClient<typeof PolicyServiceService>> };
+const admin = {
+  ipam: null as unknown as ReturnType<typeof createClient<typeof IpamServiceService>>,
+  policy: null as unknown as ReturnType<typeof createClient<typeof PolicyServiceService>>,
+};
 
 before(async () => {
   cp = await startTestControlPlane({ settings: { nodeLeaseMs: '1500' } });
@@ -24,10 +27,26 @@ before(async () => {
   admin.policy = createClient(PolicyServiceService, cp.address, { security: cp.security });
   await admin.ipam.createPool({ name: 'sim', cidr: '10.70.0.0/16', blockPrefixLength: 26 });
   await admin.policy.upsertNamespace({ name: 'ns-0' });
-  await admin.policy.applyPolicies({ objectsJson: [JSON.stringify({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'p', namespace: 'ns-0' },
-    spec: { podSelector: {}, ingress: [{ from: [{ podSelector: { matchLabels: { role: 'client' } } }] }] } })] });
+  await admin.policy.applyPolicies({
+    objectsJson: [
+      JSON.stringify({
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'NetworkPolicy',
+        metadata: { name: 'p', namespace: 'ns-0' },
+        spec: { podSelector: {}, ingress: [{ from: [{ podSelector: { matchLabels: { role: 'client' } } }] }] },
+      }),
+    ],
+  });
   sim = createNodeSimulator({ target: cp.address, ca: await readCa(cp.pki.pkiDir), logger: silentLogger });
-  await sim.addNodes(Array.from({ length: 5 }, (_, i) => ({ name: `sim-${i}`, underlayAddress: simUnderlay(i), vtepMac: simVtepMac(i), cluster: '', pool: 'sim' })));
+  await sim.addNodes(
+    Array.from({ length: 5 }, (_, i) => ({
+      name: `sim-${i}`,
+      underlayAddress: simUnderlay(i),
+      vtepMac: simVtepMac(i),
+      cluster: '',
+      pool: 'sim',
+    })),
+  );
 });
 
 after(async () => {
@@ -48,17 +67,25 @@ test('simulated nodes register, keep their leases and hold every node (themselve
   const s = sim.stats();
   assert.ok(s.renewals - before >= 5 * 3, `renewals in 2 s: ${s.renewals - before}`);
   assert.equal(s.renewalFailures, 0);
-  assert.ok(sim.nodes.every((n) => n.routeView.size === 5), 'a lease lapsed');
+  assert.ok(
+    sim.nodes.every((n) => n.routeView.size === 5),
+    'a lease lapsed',
+  );
 });
 
 test('a pod attached on a simulated node: its block reaches every other node, its report reaches policy', async () => {
   const node = sim.nodes[0]!;
   const pod = await sim.attachPod(node, { namespace: 'ns-0', name: 'a' });
   assert.match(pod.address, /^10\.70\./);
-  await eventually('the block in every other view', async () => sim.nodes.slice(1).every((n) => n.blocksOf('sim-0') === 1));
+  await eventually('the block in every other view', async () =>
+    sim.nodes.slice(1).every((n) => n.blocksOf('sim-0') === 1),
+  );
   await eventually('the report taken', async () => sim.reportsPending() === 0);
   const { pods } = await admin.policy.listPods({ namespace: 'ns-0' });
-  assert.deepEqual(pods.map((p) => [p.name, p.node, p.addresses]), [['a', 'sim-0', [pod.address]]]);
+  assert.deepEqual(
+    pods.map((p) => [p.name, p.node, p.addresses]),
+    [['a', 'sim-0', [pod.address]]],
+  );
   // The pod's node holds its rules (selected by the namespace's policy).
   await eventually('rules for the pod', async () => node.policyRules?.pods.some((p) => p.name === 'a'));
   await sim.detachPod(node, pod);
@@ -67,7 +94,10 @@ test('a pod attached on a simulated node: its block reaches every other node, it
 });
 
 test('each simulated node is its own identity: it may not allocate for another', async () => {
-  const err = await sim.nodes[1]!.ipam.allocate({ handle: 'x/eth0', node: 'sim-2', pool: 'sim' }).then(() => null, (e: { code: number; details: string }) => e);
+  const err = await sim.nodes[1]!.ipam.allocate({ handle: 'x/eth0', node: 'sim-2', pool: 'sim' }).then(
+    () => null,
+    (e: { code: number; details: string }) => e,
+  );
   assert.equal(err?.code, status.PERMISSION_DENIED);
   assert.match(err!.details, /node sim-1 may only allocate for itself/);
 });
@@ -79,6 +109,10 @@ test('underlay addresses come from documentation and benchmarking ranges, each o
   assert.equal(simUnderlay(762), '198.18.0.1');
   const all = Array.from({ length: 20_000 }, (_, i) => simUnderlay(i));
   assert.equal(new Set(all).size, all.length);
-  assert.ok(all.every((a) => /^(192\.0\.2|198\.51\.100|203\.0\.113|198\.1[89])\./.test(a) && !a.endsWith('.0') && !a.endsWith('.255')));
+  assert.ok(
+    all.every(
+      (a) => /^(192\.0\.2|198\.51\.100|203\.0\.113|198\.1[89])\./.test(a) && !a.endsWith('.0') && !a.endsWith('.255'),
+    ),
+  );
   assert.equal(new Set(Array.from({ length: 20_000 }, (_, i) => simVtepMac(i))).size, 20_000);
 });

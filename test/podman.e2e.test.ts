@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -26,9 +35,11 @@ function skipReason(): string | null {
   const privileged = privilegedSkipReason();
   if (privileged) return privileged;
   for (const tool of ['podman', 'runc', 'conmon', 'busybox', 'iptables', 'nsenter']) {
-    if (!['/usr/bin', '/usr/sbin', '/bin', '/sbin'].some((d) => existsSync(path.join(d, tool)))) return `needs ${tool} (scripts/install-deps.sh installs it)`;
+    if (!['/usr/bin', '/usr/sbin', '/bin', '/sbin'].some((d) => existsSync(path.join(d, tool))))
+      return `needs ${tool} (scripts/install-deps.sh installs it)`;
   }
-  if (!existsSync(path.join(referencePlugins, 'portmap'))) return 'needs containernetworking-plugins (scripts/install-deps.sh)';
+  if (!existsSync(path.join(referencePlugins, 'portmap')))
+    return 'needs containernetworking-plugins (scripts/install-deps.sh)';
   return null;
 }
 
@@ -41,29 +52,58 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
   let image = '';
   let netnsBefore = '';
 
-  const weft = async (...args: string[]) => (await sh(bin.weft, [...args, '--state-dir', stateDir], { timeout: 180_000 })).stdout;
+  const weft = async (...args: string[]) =>
+    (await sh(bin.weft, [...args, '--state-dir', stateDir], { timeout: 180_000 })).stdout;
   const nodeNamed = (name: string): NodeState => state!.nodes.find((n) => n.name === name)!;
 
   /** podman inside the node's network namespace, with everything it keeps under this run's folder. */
   async function podman(node: NodeState, ...args: string[]): Promise<string> {
     const dir = path.join(work, node.name);
-    const { stdout } = await sh('nsenter', [`--net=${`/var/run/netns/${node.netns}`}`, 'podman',
-      '--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'runroot'), '--storage-driver', 'vfs',
-      '--cgroup-manager', 'cgroupfs', '--events-backend', 'file', '--cni-config-dir', cniDirs(node).conf, ...args], {
-      env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf'), CONTAINERS_STORAGE_CONF: path.join(dir, 'storage.conf'), CONTAINERS_REGISTRIES_CONF: path.join(dir, 'registries.conf') },
-      timeout: 120_000,
-    });
+    const { stdout } = await sh(
+      'nsenter',
+      [
+        `--net=${`/var/run/netns/${node.netns}`}`,
+        'podman',
+        '--root',
+        path.join(dir, 'root'),
+        '--runroot',
+        path.join(dir, 'runroot'),
+        '--storage-driver',
+        'vfs',
+        '--cgroup-manager',
+        'cgroupfs',
+        '--events-backend',
+        'file',
+        '--cni-config-dir',
+        cniDirs(node).conf,
+        ...args,
+      ],
+      {
+        env: {
+          ...process.env,
+          CONTAINERS_CONF: path.join(dir, 'containers.conf'),
+          CONTAINERS_STORAGE_CONF: path.join(dir, 'storage.conf'),
+          CONTAINERS_REGISTRIES_CONF: path.join(dir, 'registries.conf'),
+        },
+        timeout: 120_000,
+      },
+    );
     return stdout;
   }
 
   /** busybox and the libraries it links, a page to serve, and nothing else. */
   async function buildRootfs(): Promise<string> {
     const rootfs = path.join(work, 'rootfs');
-    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'www']) mkdirSync(path.join(rootfs, d), { recursive: true });
+    for (const d of ['bin', 'tmp', 'proc', 'sys', 'dev', 'etc', 'www'])
+      mkdirSync(path.join(rootfs, d), { recursive: true });
     copyFileSync('/usr/bin/busybox', path.join(rootfs, 'bin', 'busybox'));
     chmodSync(path.join(rootfs, 'bin', 'busybox'), 0o755);
-    for (const applet of ['sh', 'ip', 'ping', 'nc', 'httpd', 'cat', 'sleep', 'echo']) symlinkSync('busybox', path.join(rootfs, 'bin', applet));
-    const libs = (await sh('ldd', ['/usr/bin/busybox'])).stdout.split('\n').map((l) => /(\/\S+) \(0x/.exec(l)?.[1]).filter((l): l is string => !!l);
+    for (const applet of ['sh', 'ip', 'ping', 'nc', 'httpd', 'cat', 'sleep', 'echo'])
+      symlinkSync('busybox', path.join(rootfs, 'bin', applet));
+    const libs = (await sh('ldd', ['/usr/bin/busybox'])).stdout
+      .split('\n')
+      .map((l) => /(\/\S+) \(0x/.exec(l)?.[1])
+      .filter((l): l is string => !!l);
     for (const lib of libs) {
       mkdirSync(path.join(rootfs, path.dirname(lib)), { recursive: true });
       copyFileSync(lib, path.join(rootfs, lib));
@@ -80,22 +120,28 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
     // Podman (through conmon) starts runc with RLIMIT_NPROC at 32768, and its default for containers is higher:
     // runc, no longer privileged for it, then fails "error setting rlimit type 6: operation not permitted". So the
     // default ulimits are explicit and within that.
-    writeFileSync(path.join(dir, 'containers.conf'), [
-      '[containers]',
-      'default_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]',
-      '[engine]',
-      'cgroup_manager = "cgroupfs"',
-      'events_logger = "file"',
-      `events_logfile_path = "${path.join(dir, 'events.log')}"`,
-      `tmp_dir = "${path.join(dir, 'tmp')}"`,
-      'runtime = "runc"',
-      '[network]',
-      'network_backend = "cni"',
-      `network_config_dir = "${cniDirs(node).conf}"`,
-      `cni_plugin_dirs = ["${cniDirs(node).bin}", "${referencePlugins}"]`,
-      '',
-    ].join('\n'));
-    writeFileSync(path.join(dir, 'storage.conf'), `[storage]\ndriver = "vfs"\ngraphroot = "${path.join(dir, 'root')}"\nrunroot = "${path.join(dir, 'runroot')}"\n`);
+    writeFileSync(
+      path.join(dir, 'containers.conf'),
+      [
+        '[containers]',
+        'default_ulimits = ["nofile=1024:1024", "nproc=32768:32768"]',
+        '[engine]',
+        'cgroup_manager = "cgroupfs"',
+        'events_logger = "file"',
+        `events_logfile_path = "${path.join(dir, 'events.log')}"`,
+        `tmp_dir = "${path.join(dir, 'tmp')}"`,
+        'runtime = "runc"',
+        '[network]',
+        'network_backend = "cni"',
+        `network_config_dir = "${cniDirs(node).conf}"`,
+        `cni_plugin_dirs = ["${cniDirs(node).bin}", "${referencePlugins}"]`,
+        '',
+      ].join('\n'),
+    );
+    writeFileSync(
+      path.join(dir, 'storage.conf'),
+      `[storage]\ndriver = "vfs"\ngraphroot = "${path.join(dir, 'root')}"\nrunroot = "${path.join(dir, 'runroot')}"\n`,
+    );
     writeFileSync(path.join(dir, 'registries.conf'), '');
   }
 
@@ -111,7 +157,8 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
   }
 
   /** The first answer of `fetch` that is not empty or an error, within 2.5 s (tries 500 ms apart). */
-  const answer = (what: string, fetch: () => Promise<string>) => eventually(what, async () => (await fetch()).trim(), 2500, 500);
+  const answer = (what: string, fetch: () => Promise<string>) =>
+    eventually(what, async () => (await fetch()).trim(), 2500, 500);
 
   before(async () => {
     chmodSync(stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
@@ -131,7 +178,8 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
 
   after(async () => {
     for (const s of servers) s.kill('SIGKILL');
-    if (state) await podman(nodeNamed('node1'), 'rm', '--all', '--force', '--time', '2').catch((err) => console.error(err));
+    if (state)
+      await podman(nodeNamed('node1'), 'rm', '--all', '--force', '--time', '2').catch((err) => console.error(err));
     const prefix = state?.prefix;
     await weft('cluster', 'down').catch((err) => console.error(err));
     rmSync(stateDir, { recursive: true, force: true });
@@ -139,7 +187,7 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
     for (const [p, existed] of existedBefore) if (!existed) rmSync(p, { recursive: true, force: true });
     const netnsAfter = (await sh('ip', ['netns', 'list'])).stdout;
     const left = netnsAfter.split('\n').filter((l) => l && !netnsBefore.includes(l.split(' ')[0]!));
-    assert.deepEqual(left, [], 'no namespace left behind (neither the cluster\'s nor podman\'s)');
+    assert.deepEqual(left, [], "no namespace left behind (neither the cluster's nor podman's)");
     if (prefix) assert.ok(!netnsAfter.includes(prefix));
     const { stdout } = await sh('sh', ['-c', `pgrep -af conmon || true`]);
     assert.ok(!stdout.includes(work), `conmon left running:\n${stdout}`);
@@ -147,44 +195,112 @@ describe('podman with its CNI backend on Weft', skipOutsideCi(skipReason()), () 
 
   it('a podman container gets a Weft address from IPAM and reaches a pod on another node over VXLAN', async () => {
     const node1 = nodeNamed('node1');
-    const target = JSON.parse(await weft('cluster', 'pod', 'add', 'node3', 'target', '--namespace', 'podman', '--json')) as PodState;
+    const target = JSON.parse(
+      await weft('cluster', 'pod', 'add', 'node3', 'target', '--namespace', 'podman', '--json'),
+    ) as PodState;
     const targetAddress = target.addresses[0]!;
-    servers.push(spawn('ip', ['netns', 'exec', path.basename(target.netns), process.execPath, '-e',
-      `require('net').createServer((s) => s.end('target on node3')).listen(8080, '0.0.0.0')`], { stdio: 'ignore' }));
-    const out = await podman(node1, 'run', '--rm', '--network', 'weft', '--name', `${state!.prefix}-client`, image, 'sh', '-c',
+    servers.push(
+      spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          path.basename(target.netns),
+          process.execPath,
+          '-e',
+          `require('net').createServer((s) => s.end('target on node3')).listen(8080, '0.0.0.0')`,
+        ],
+        { stdio: 'ignore' },
+      ),
+    );
+    const out = await podman(
+      node1,
+      'run',
+      '--rm',
+      '--network',
+      'weft',
+      '--name',
+      `${state!.prefix}-client`,
+      image,
+      'sh',
+      '-c',
       `ip -o -4 addr show dev eth0; for i in 1 2 3 4 5; do ping -c 1 -W 1 ${targetAddress} >/dev/null && break; sleep 0.3; done; ` +
-      `ping -c 1 -W 2 ${targetAddress} >/dev/null && echo ping-ok; nc -w 3 ${targetAddress} 8080 </dev/null`);
+        `ping -c 1 -W 2 ${targetAddress} >/dev/null && echo ping-ok; nc -w 3 ${targetAddress} 8080 </dev/null`,
+    );
     const address = /inet (\d+\.\d+\.\d+\.\d+)\/32/.exec(out)?.[1];
     assert.ok(address?.startsWith('10.244.'), `the container's eth0 has a /32 from the cluster's pool:\n${out}`);
     assert.match(out, /ping-ok/, `the container pings the pod on node3:\n${out}`);
     assert.match(out, /target on node3/, `a TCP connection to the pod on node3 is answered:\n${out}`);
     // The container is gone (--rm): podman ran DEL, and its address is released.
-    assert.equal((await allocations()).find((a) => a.address === address), undefined, 'the address is released when the container goes');
+    assert.equal(
+      (await allocations()).find((a) => a.address === address),
+      undefined,
+      'the address is released when the container goes',
+    );
     await weft('cluster', 'pod', 'del', 'podman/target');
   });
 
-  it('a container publishes a port through the chained portmap: reached at the node\'s address from the node and from another machine', async () => {
+  it("a container publishes a port through the chained portmap: reached at the node's address from the node and from another machine", async () => {
     const node1 = nodeNamed('node1');
     const name = `${state!.prefix}-web`;
-    const id = (await podman(node1, 'run', '-d', '--network', 'weft', '--name', name, '-p', '18090:8080', image, 'httpd', '-f', '-p', '8080', '-h', '/www')).trim();
+    const id = (
+      await podman(
+        node1,
+        'run',
+        '-d',
+        '--network',
+        'weft',
+        '--name',
+        name,
+        '-p',
+        '18090:8080',
+        image,
+        'httpd',
+        '-f',
+        '-p',
+        '8080',
+        '-h',
+        '/www',
+      )
+    ).trim();
     try {
-      const info = JSON.parse(await podman(node1, 'inspect', id)) as { NetworkSettings: { Networks: Record<string, { IPAddress: string }> } }[];
+      const info = JSON.parse(await podman(node1, 'inspect', id)) as {
+        NetworkSettings: { Networks: Record<string, { IPAddress: string }> };
+      }[];
       const address = info[0]!.NetworkSettings.Networks.weft!.IPAddress;
       const held = (await allocations()).find((a) => a.address === address);
       assert.equal(held?.node, 'node1', `IPAM holds ${address} for node1`);
       assert.equal(held?.handle, `${id}/eth0`, 'under the container id podman gave the plugin');
       const rules = (await sh('ip', ['netns', 'exec', node1.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
       assert.match(rules, new RegExp(`--dport 18090 .*--to-destination ${address.replace(/\./g, '\\.')}:8080`), rules);
-      const get = (ns: string, url = `http://${node1.address}:18090/`) => () => httpGet(ns, url);
-      assert.equal(await answer('the container from node1, at its address', get(node1.netns, `http://${address}:8080/`)), 'served by a podman container on weft', 'the node reaches the container at its address');
+      const get =
+        (ns: string, url = `http://${node1.address}:18090/`) =>
+        () =>
+          httpGet(ns, url);
+      assert.equal(
+        await answer('the container from node1, at its address', get(node1.netns, `http://${address}:8080/`)),
+        'served by a podman container on weft',
+        'the node reaches the container at its address',
+      );
       assert.equal(await answer('the host port from node1', get(node1.netns)), 'served by a podman container on weft');
-      assert.equal(await answer('the host port from the control plane', get(state!.controlPlane.netns)), 'served by a podman container on weft');
-      assert.equal(await answer('the host port from node3', get(nodeNamed('node3').netns)), 'served by a podman container on weft', 'from a node on the other underlay subnet');
+      assert.equal(
+        await answer('the host port from the control plane', get(state!.controlPlane.netns)),
+        'served by a podman container on weft',
+      );
+      assert.equal(
+        await answer('the host port from node3', get(nodeNamed('node3').netns)),
+        'served by a podman container on weft',
+        'from a node on the other underlay subnet',
+      );
     } finally {
       await podman(node1, 'rm', '--force', '--time', '2', id);
     }
     const rules = (await sh('ip', ['netns', 'exec', node1.netns, 'iptables', '-w', '5', '-t', 'nat', '-S'])).stdout;
     assert.ok(!rules.includes('--dport 18090'), `portmap's rules went with the container:\n${rules}`);
-    assert.equal((await allocations()).find((a) => a.handle === `${id}/eth0`), undefined, 'its address is released');
+    assert.equal(
+      (await allocations()).find((a) => a.handle === `${id}/eth0`),
+      undefined,
+      'its address is released',
+    );
   });
 });

@@ -33,7 +33,9 @@ test('buf lint catches a violation (the check is live)', async () => {
 
 test('the API has no breaking change against the last released API (buf breaking)', async () => {
   const buf = path.join(root, 'node_modules/.bin/buf');
-  const { stdout, stderr } = await run(buf, ['breaking', '--against', 'released/weft-api.binpb'], { cwd: path.join(root, 'proto') });
+  const { stdout, stderr } = await run(buf, ['breaking', '--against', 'released/weft-api.binpb'], {
+    cwd: path.join(root, 'proto'),
+  });
   assert.equal(stdout + stderr, '');
 });
 
@@ -46,8 +48,10 @@ test('buf breaking catches a removed field (the check is live)', async () => {
     cpSync(path.join(root, 'proto'), dir, { recursive: true });
     const file = path.join(dir, 'weft/ipam/v1/ipam.proto');
     writeFileSync(file, readFileSync(file, 'utf8').replace(/\n\s*string pod_namespace = 6;/, ''));
-    await assert.rejects(run(buf, ['breaking', '--against', path.join(root, 'proto/released/weft-api.binpb')], { cwd: dir }),
-      (err: { stdout: string }) => /pod_namespace|deleted/.test(err.stdout));
+    await assert.rejects(
+      run(buf, ['breaking', '--against', path.join(root, 'proto/released/weft-api.binpb')], { cwd: dir }),
+      (err: { stdout: string }) => /pod_namespace|deleted/.test(err.stdout),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -32,14 +32,20 @@ const closers: { close(): void }[] = [];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function weft(args: string[], env: Record<string, string> = {}): Promise<string> {
-  const { stdout } = await run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000, env: { ...process.env, WEFT_PKI_DIR: cp.pki.pkiDir, ...env } });
+  const { stdout } = await run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], {
+    timeout: 30_000,
+    env: { ...process.env, WEFT_PKI_DIR: cp.pki.pkiDir, ...env },
+  });
   return stdout;
 }
 
 /** `weft ca issue` for a node, as an operator runs it: the certificate is recorded by the control plane. */
 async function issueNode(name: string, into?: string): Promise<{ dir: string; serial: string }> {
   const dir = into ?? path.join(scratch, `${name}-${Date.now()}`);
-  const out = JSON.parse(await weft(['ca', 'issue', '--node', name, '--out', dir, '--json'])) as { serialNumber: string; recorded: boolean };
+  const out = JSON.parse(await weft(['ca', 'issue', '--node', name, '--out', dir, '--json'])) as {
+    serialNumber: string;
+    recorded: boolean;
+  };
   assert.equal(out.recorded, true, 'weft ca issue records what it issued');
   return { dir, serial: out.serialNumber.toLowerCase().replace(/^0+/, '') };
 }
@@ -117,16 +123,27 @@ test('a revoked node certificate is refused on new calls of an open connection, 
     assert.match(revoked, new RegExp(`revoked ${old.serial} \\(node:rv1`));
 
     // The same client, its connection already open: the next call is refused within a couple of seconds.
-    const refused = await eventually('the revoked certificate is refused', async () => {
-      const r = await refusal(node.ipam.listPools({}));
-      return r.code === status.UNAUTHENTICATED ? r : undefined;
-    }, 5000, 100);
+    const refused = await eventually(
+      'the revoked certificate is refused',
+      async () => {
+        const r = await refusal(node.ipam.listPools({}));
+        return r.code === status.UNAUTHENTICATED ? r : undefined;
+      },
+      5000,
+      100,
+    );
     assert.ok(Date.now() - revokedAt < 3000, `refused ${Date.now() - revokedAt} ms after the revocation`);
     assert.equal(refused.errorCode, 'auth.certificate_revoked');
-    assert.match(refused.details, new RegExp(`serial ${old.serial} \\(node:rv1\\) was revoked at .* \\(key lost\\): get a new certificate`));
+    assert.match(
+      refused.details,
+      new RegExp(`serial ${old.serial} \\(node:rv1\\) was revoked at .* \\(key lost\\): get a new certificate`),
+    );
 
     // Both watch streams opened before the revocation end with UNAUTHENTICATED within seconds.
-    for (const [what, s] of [['WatchRoutes', routes], ['WatchNodePolicy', policy]] as const) {
+    for (const [what, s] of [
+      ['WatchRoutes', routes],
+      ['WatchNodePolicy', policy],
+    ] as const) {
       const end = await Promise.race([s.ended, sleep(5000).then(() => null)]);
       assert.ok(end, `${what} still runs 5 s after the revocation`);
       assert.equal(end.code, status.UNAUTHENTICATED, `${what}: ${end.details}`);
@@ -138,30 +155,53 @@ test('a revoked node certificate is refused on new calls of an open connection, 
     // keeps them) connect anew once refused for the revoked one, calls and watches alike.
     const fresh = await issueNode('rv1', old.dir);
     assert.notEqual(fresh.serial, old.serial);
-    await eventually('the same client, with the new certificate on disk, is accepted', async () => {
-      await node.ipam.listPools({});
-      return true;
-    }, 5000, 100);
+    await eventually(
+      'the same client, with the new certificate on disk, is accepted',
+      async () => {
+        await node.ipam.listPools({});
+        return true;
+      },
+      5000,
+      100,
+    );
     const again = follow(node.routes.watchRoutes({ node: 'rv1', acceptChunks: true }, { signal: ac.signal }));
     await again.first;
     await sleep(2500);
     assert.equal(await Promise.race([again.ended.then(() => 'ended'), sleep(10).then(() => 'running')]), 'running');
 
     // The refusals and the certificate's life are in the audit log.
-    const denied = await eventually('the refusals in the audit log', async () => {
-      const events = await audit('--result', 'denied', '--actor', 'node:rv1');
-      return events.length > 0 ? events : undefined;
-    }, 5000);
-    assert.ok(denied.every((e) => e.result === 'UNAUTHENTICATED' && /^from 127\.0\.0\.1:\d+: /.test(e.message)), JSON.stringify(denied));
+    const denied = await eventually(
+      'the refusals in the audit log',
+      async () => {
+        const events = await audit('--result', 'denied', '--actor', 'node:rv1');
+        return events.length > 0 ? events : undefined;
+      },
+      5000,
+    );
+    assert.ok(
+      denied.every((e) => e.result === 'UNAUTHENTICATED' && /^from 127\.0\.0\.1:\d+: /.test(e.message)),
+      JSON.stringify(denied),
+    );
     assert.ok(denied.some((e) => e.method === '/weft.ipam.v1.IpamService/ListPools'));
-    assert.ok(denied.some((e) => e.method === '/weft.routes.v1.RoutesService/WatchRoutes' && /stream ended/.test(e.message)));
-    const lifecycle = await eventually('issue and revocation in the audit log', async () => {
-      const events = await audit('--resource', 'certificate/node:rv1/');
-      return events.length >= 3 ? events : undefined;
-    }, 5000);
-    assert.deepEqual(lifecycle.map((e) => [e.method.split('/').pop(), e.actor, e.result]), [
-      ['RecordCertificate', 'admin:test', 'OK'], ['RevokeCertificates', 'admin:test', 'OK'], ['RecordCertificate', 'admin:test', 'OK'],
-    ]);
+    assert.ok(
+      denied.some((e) => e.method === '/weft.routes.v1.RoutesService/WatchRoutes' && /stream ended/.test(e.message)),
+    );
+    const lifecycle = await eventually(
+      'issue and revocation in the audit log',
+      async () => {
+        const events = await audit('--resource', 'certificate/node:rv1/');
+        return events.length >= 3 ? events : undefined;
+      },
+      5000,
+    );
+    assert.deepEqual(
+      lifecycle.map((e) => [e.method.split('/').pop(), e.actor, e.result]),
+      [
+        ['RecordCertificate', 'admin:test', 'OK'],
+        ['RevokeCertificates', 'admin:test', 'OK'],
+        ['RecordCertificate', 'admin:test', 'OK'],
+      ],
+    );
   } finally {
     ac.abort();
   }
@@ -175,22 +215,46 @@ test('one certificate is revoked by serial or by its file; the others of the ide
   await weft(['ca', 'revoke', '--cert', path.join(b.dir, 'tls.crt'), '--reason', 'decommissioned']);
   assert.match(await weft(['ca', 'revoke', '--serial', a.serial]), /already revoked/);
   const [ca, cb, cc] = [clientsAs(a.dir), clientsAs(b.dir), clientsAs(c.dir)];
-  await eventually('both revoked', async () => (await refusal(ca.ipam.listPools({}))).code === status.UNAUTHENTICATED && (await refusal(cb.ipam.listPools({}))).code === status.UNAUTHENTICATED, 5000, 100);
+  await eventually(
+    'both revoked',
+    async () =>
+      (await refusal(ca.ipam.listPools({}))).code === status.UNAUTHENTICATED &&
+      (await refusal(cb.ipam.listPools({}))).code === status.UNAUTHENTICATED,
+    5000,
+    100,
+  );
   await cc.ipam.listPools({});
   const list = createClient(CertificateServiceService, cp.address, { security: cp.security });
   closers.push(list);
   const listed = (await list.listCertificates({ identity: 'node:rv2' })).certificates;
   assert.deepEqual(new Set(listed.filter((x) => x.revokeTime).map((x) => x.serial)), new Set([a.serial, b.serial]));
   assert.equal(listed.find((x) => x.serial === b.serial)!.revokeReason, 'decommissioned');
-  assert.equal(describeCertificate(readFileSync(path.join(c.dir, 'tls.crt'), 'utf8')).serialNumber.toLowerCase().replace(/^0+/, ''), c.serial);
+  assert.equal(
+    describeCertificate(readFileSync(path.join(c.dir, 'tls.crt'), 'utf8'))
+      .serialNumber.toLowerCase()
+      .replace(/^0+/, ''),
+    c.serial,
+  );
 });
 
 test('weft ca revoke says what is wrong with its arguments', async () => {
-  const usage = (args: string[]) => assert.rejects(weft(['ca', 'revoke', ...args]), (e: { code: number; stderr: string }) => e.code === 2 && /exactly one certificate or identity/.test(e.stderr));
+  const usage = (args: string[]) =>
+    assert.rejects(
+      weft(['ca', 'revoke', ...args]),
+      (e: { code: number; stderr: string }) => e.code === 2 && /exactly one certificate or identity/.test(e.stderr),
+    );
   await usage([]);
   await usage(['--node', 'a', '--serial', 'ab']);
-  await assert.rejects(weft(['ca', 'revoke', '--serial', 'not-hex']), (e: { code: number; stderr: string }) => e.code === 1 && /serial "not-hex" is not a certificate serial number/.test(e.stderr));
-  await assert.rejects(weft(['ca', 'revoke', '--node', 'never-issued']), (e: { code: number; stderr: string }) => e.code === 1 && /no unexpired certificate of node:never-issued is recorded/.test(e.stderr));
+  await assert.rejects(
+    weft(['ca', 'revoke', '--serial', 'not-hex']),
+    (e: { code: number; stderr: string }) =>
+      e.code === 1 && /serial "not-hex" is not a certificate serial number/.test(e.stderr),
+  );
+  await assert.rejects(
+    weft(['ca', 'revoke', '--node', 'never-issued']),
+    (e: { code: number; stderr: string }) =>
+      e.code === 1 && /no unexpired certificate of node:never-issued is recorded/.test(e.stderr),
+  );
 });
 
 test('a stream opened with an API token ends once the token is revoked', async () => {
@@ -203,7 +267,10 @@ test('a stream opened with an API token ends once the token is revoked', async (
     await s.first;
     // The same token's stream over the HTTP gateway (newline-delimited JSON), read to its end.
     const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
-      method: 'POST', signal: ac.signal, headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: '{}',
+      method: 'POST',
+      signal: ac.signal,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+      body: '{}',
     });
     assert.equal(res.status, 200);
     const httpLines = (async () => {
@@ -240,20 +307,47 @@ test('a stream opened with an API token ends once the token is revoked', async (
 test('a flood of refused calls is in the audit log, bounded per caller, with a count of what was not recorded one by one', async () => {
   const flood = clientsAs((await issueNode('flooder')).dir);
   const N = 60;
-  const outcomes = await Promise.all(Array.from({ length: N }, () => refusal(flood.routes.registerNode({ name: 'someone-else', underlayAddress: '192.0.2.99', vtepMac: '02:00:c0:00:02:63' }))));
+  const outcomes = await Promise.all(
+    Array.from({ length: N }, () =>
+      refusal(
+        flood.routes.registerNode({
+          name: 'someone-else',
+          underlayAddress: '192.0.2.99',
+          vtepMac: '02:00:c0:00:02:63',
+        }),
+      ),
+    ),
+  );
   assert.ok(outcomes.every((o) => o.code === status.PERMISSION_DENIED));
-  const events = await eventually('the flood and its summary in the audit log', async () => {
-    const e = await audit('--result', 'denied', '--actor', 'node:flooder');
-    const counted = e.reduce((n, x) => n + (x.result === 'SUPPRESSED' ? Number(/^(\d+) more refused calls/.exec(x.message)![1]) : 1), 0);
-    return counted === N ? e : undefined;
-  }, 10_000);
+  const events = await eventually(
+    'the flood and its summary in the audit log',
+    async () => {
+      const e = await audit('--result', 'denied', '--actor', 'node:flooder');
+      const counted = e.reduce(
+        (n, x) => n + (x.result === 'SUPPRESSED' ? Number(/^(\d+) more refused calls/.exec(x.message)![1]) : 1),
+        0,
+      );
+      return counted === N ? e : undefined;
+    },
+    10_000,
+  );
   const rows = events.filter((e) => e.result === 'PERMISSION_DENIED');
   const summaries = events.filter((e) => e.result === 'SUPPRESSED');
   const perSecond = new Map<number, number>();
-  for (const e of rows) perSecond.set(Math.floor(Date.parse(e.time) / 1000), (perSecond.get(Math.floor(Date.parse(e.time) / 1000)) ?? 0) + 1);
-  assert.ok([...perSecond.values()].every((n) => n <= 5), `rows per second: ${[...perSecond.values()].join(',')}`);
+  for (const e of rows)
+    perSecond.set(
+      Math.floor(Date.parse(e.time) / 1000),
+      (perSecond.get(Math.floor(Date.parse(e.time) / 1000)) ?? 0) + 1,
+    );
+  assert.ok(
+    [...perSecond.values()].every((n) => n <= 5),
+    `rows per second: ${[...perSecond.values()].join(',')}`,
+  );
   assert.ok(summaries.length >= 1, 'what was not recorded is counted');
-  assert.match(summaries[0]!.message, /PERMISSION_DENIED x\d+; methods: \/weft\.routes\.v1\.RoutesService\/RegisterNode/);
+  assert.match(
+    summaries[0]!.message,
+    /PERMISSION_DENIED x\d+; methods: \/weft\.routes\.v1\.RoutesService\/RegisterNode/,
+  );
   assert.match(rows[0]!.message, /^from 127\.0\.0\.1:\d+: node flooder may only register itself/);
 });
 
@@ -261,9 +355,17 @@ test('a token flooding the HTTP gateway gets 429 with Retry-After, from the budg
   const secret = await cp.createToken('http-flood', ['read']);
   const grpc = clientsAs((await issueNode('http-flood-host')).dir, secret);
   // Connected before the flood (no call: every call of the token counts), so that the check below follows it closely.
-  const raw = (grpc.ipam as unknown as { raw: { waitForReady(deadline: number, cb: (err?: Error) => void): void } }).raw;
-  await new Promise<void>((resolve, reject) => raw.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve())));
-  const call = () => fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` }, body: '{}' });
+  const raw = (grpc.ipam as unknown as { raw: { waitForReady(deadline: number, cb: (err?: Error) => void): void } })
+    .raw;
+  await new Promise<void>((resolve, reject) =>
+    raw.waitForReady(Date.now() + 10_000, (err) => (err ? reject(err) : resolve())),
+  );
+  const call = () =>
+    fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/ListPools`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+      body: '{}',
+    });
   const statuses: number[] = [];
   let limited: Response | null = null;
   for (let i = 0; i < 20; i++) {
@@ -285,9 +387,13 @@ test('a token flooding the HTTP gateway gets 429 with Retry-After, from the budg
   // burst of 8; the shared one has refilled at 1 call/s since the flood).
   const r = await Promise.all(Array.from({ length: 5 }, () => refusal(grpc.ipam.listPools({}))));
   assert.ok(r.filter((x) => x.code === status.RESOURCE_EXHAUSTED).length >= 3, r.map((x) => status[x.code]).join(','));
-  const events = await eventually('the 429s in the audit log', async () => {
-    const e = await audit('--result', 'RESOURCE_EXHAUSTED', '--actor', 'token:http-flood');
-    return e.length > 0 ? e : undefined;
-  }, 5000);
+  const events = await eventually(
+    'the 429s in the audit log',
+    async () => {
+      const e = await audit('--result', 'RESOURCE_EXHAUSTED', '--actor', 'token:http-flood');
+      return e.length > 0 ? e : undefined;
+    },
+    5000,
+  );
   assert.match(events[0]!.message, /^from (::ffff:)?127\.0\.0\.1:\d+: token:http-flood calls faster/);
 });

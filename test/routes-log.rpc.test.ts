@@ -24,8 +24,14 @@ const LEASE_MS_C = 1000;
 
 before(async () => {
   a = await startTestControlPlane({ settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
-  b = await startTestControlPlane({ databaseUrl: a.databaseUrl, appDatabaseUrl: a.appDatabaseUrl, settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' } });
-  c = await startTestControlPlane({ settings: { nodeLeaseMs: String(LEASE_MS_C), routesLogKeep: '3', routesLogMaxAgeS: '0' } });
+  b = await startTestControlPlane({
+    databaseUrl: a.databaseUrl,
+    appDatabaseUrl: a.appDatabaseUrl,
+    settings: { nodeLeaseMs: '600000', routesBookmarkMs: '300' },
+  });
+  c = await startTestControlPlane({
+    settings: { nodeLeaseMs: String(LEASE_MS_C), routesLogKeep: '3', routesLogMaxAgeS: '0' },
+  });
   routesA = createClient(RoutesServiceService, a.address, { security: a.security });
   routesB = createClient(RoutesServiceService, b.address, { security: b.security });
   routesC = createClient(RoutesServiceService, c.address, { security: c.security });
@@ -63,7 +69,10 @@ function watch(routes: Routes, sinceRevision = 0) {
     async until(pred: () => boolean, ms = 15_000) {
       const deadline = Date.now() + ms;
       while (!pred()) {
-        if (Date.now() > deadline) throw new Error(`condition not met; got ${JSON.stringify(messages.map((m) => [m.revision, m.reset, m.upserts.map((u) => u.node), m.deletes]))}`);
+        if (Date.now() > deadline)
+          throw new Error(
+            `condition not met; got ${JSON.stringify(messages.map((m) => [m.revision, m.reset, m.upserts.map((u) => u.node), m.deletes]))}`,
+          );
         await new Promise<void>((r) => {
           const t = setTimeout(w, 50);
           function w() {
@@ -83,7 +92,11 @@ function watch(routes: Routes, sinceRevision = 0) {
 }
 
 const reg = (routes: Routes, name: string, i: number) =>
-  routes.registerNode({ name, underlayAddress: `192.0.2.${i}`, vtepMac: `02:00:c0:00:02:${i.toString(16).padStart(2, '0')}` });
+  routes.registerNode({
+    name,
+    underlayAddress: `192.0.2.${i}`,
+    vtepMac: `02:00:c0:00:02:${i.toString(16).padStart(2, '0')}`,
+  });
 
 test('a watcher that resumes from its revision gets exactly the missed changes, in order, and no snapshot', async (t) => {
   await reg(routesA, 'resume-0', 20); // revision 0 means "no state", so the watcher must hold a later one
@@ -101,9 +114,16 @@ test('a watcher that resumes from its revision gets exactly the missed changes, 
   const w2 = watch(routesB, since);
   try {
     await w2.until(() => w2.messages.some((m) => m.deletes.includes('resume-1')));
-    t.diagnostic(`resume latency (WatchRoutes call to the third missed change): ${(performance.now() - t0).toFixed(1)} ms`);
+    t.diagnostic(
+      `resume latency (WatchRoutes call to the third missed change): ${(performance.now() - t0).toFixed(1)} ms`,
+    );
     assert.deepEqual(
-      w2.messages.map((m) => ({ revision: m.revision, reset: m.reset, upserts: m.upserts.map((u) => u.node), deletes: m.deletes })),
+      w2.messages.map((m) => ({
+        revision: m.revision,
+        reset: m.reset,
+        upserts: m.upserts.map((u) => u.node),
+        deletes: m.deletes,
+      })),
       [
         { revision: since + 1, reset: false, upserts: ['resume-1'], deletes: [] },
         { revision: since + 2, reset: false, upserts: ['resume-2'], deletes: [] },
@@ -136,17 +156,41 @@ test('two replicas on one database: under concurrent registrations and allocatio
   await wa.until(() => wa.messages.length > 0);
   await wb.until(() => wb.messages.length > 0);
   const start = Math.max(wa.messages[0]!.revision, wb.messages[0]!.revision);
-  const clients = [routesA, routesB, createClient(RoutesServiceService, a.address, { security: a.security }), createClient(RoutesServiceService, b.address, { security: b.security })];
+  const clients = [
+    routesA,
+    routesB,
+    createClient(RoutesServiceService, a.address, { security: a.security }),
+    createClient(RoutesServiceService, b.address, { security: b.security }),
+  ];
   const n = 40;
   const t0 = performance.now();
   try {
     await Promise.all(Array.from({ length: n }, (_, i) => reg(clients[i % clients.length]!, `con-${i}`, 100 + i)));
     t.diagnostic(`${n} registrations through 4 clients on 2 replicas: ${(performance.now() - t0).toFixed(0)} ms`);
-    await Promise.all(Array.from({ length: 8 }, (_, i) =>
-      (i % 2 ? ipamA : ipamB).allocate({ handle: `con-pod-${i}/eth0`, node: `con-${i}`, pool: '', podNamespace: '', podName: '', containerId: '' })));
+    await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        (i % 2 ? ipamA : ipamB).allocate({
+          handle: `con-pod-${i}/eth0`,
+          node: `con-${i}`,
+          pool: '',
+          podNamespace: '',
+          podName: '',
+          containerId: '',
+        }),
+      ),
+    );
     const complete = (w: ReturnType<typeof watch>) => () => {
-      const seen = new Set(w.messages.flatMap((m) => m.upserts.filter((u) => u.blockCidrs.length > 0 || u.node.startsWith('con-')).map((u) => `${u.node}:${u.blockCidrs.length}`)));
-      return Array.from({ length: n }, (_, i) => `con-${i}:0`).every((k) => seen.has(k)) && Array.from({ length: 8 }, (_, i) => `con-${i}:1`).every((k) => seen.has(k));
+      const seen = new Set(
+        w.messages.flatMap((m) =>
+          m.upserts
+            .filter((u) => u.blockCidrs.length > 0 || u.node.startsWith('con-'))
+            .map((u) => `${u.node}:${u.blockCidrs.length}`),
+        ),
+      );
+      return (
+        Array.from({ length: n }, (_, i) => `con-${i}:0`).every((k) => seen.has(k)) &&
+        Array.from({ length: 8 }, (_, i) => `con-${i}:1`).every((k) => seen.has(k))
+      );
     };
     await wa.until(complete(wa));
     await wb.until(complete(wb));
@@ -157,7 +201,10 @@ test('two replicas on one database: under concurrent registrations and allocatio
     const upTo = (s: WatchRoutesResponse[]) => s.filter((m) => m.revision <= last);
     assert.deepEqual(upTo(seqA), upTo(seqB), 'both replicas deliver the same revisions with the same content');
     assert.ok(seqA.length >= n + 8, `at least ${n + 8} changes, got ${seqA.length}`);
-    assert.ok(seqA.every((m) => !m.reset), 'no snapshot while following');
+    assert.ok(
+      seqA.every((m) => !m.reset),
+      'no snapshot while following',
+    );
     seqA.forEach((m, i) => assert.equal(m.revision, start + 1 + i, 'gap-free and strictly increasing'));
     seqB.forEach((m, i) => assert.equal(m.revision, start + 1 + i, 'gap-free and strictly increasing'));
   } finally {
@@ -175,7 +222,9 @@ test('a node whose underlay address or VTEP MAC changes is updated for every wat
     await w.until(() => w.messages.length > 0);
     assert.equal(w.messages[0]!.upserts.find((u) => u.node === 'mover')?.underlayAddress, '192.0.2.30');
     await routesA.registerNode({ name: 'mover', underlayAddress: '198.51.100.30', vtepMac: '02:00:c6:33:64:1e' });
-    await w.until(() => w.messages.some((m) => m.upserts.some((u) => u.node === 'mover' && u.underlayAddress === '198.51.100.30')));
+    await w.until(() =>
+      w.messages.some((m) => m.upserts.some((u) => u.node === 'mover' && u.underlayAddress === '198.51.100.30')),
+    );
     const moved = w.messages.at(-1)!.upserts.find((u) => u.node === 'mover')!;
     assert.equal(moved.vtepMac, '02:00:c6:33:64:1e');
     const count = w.messages.length;
@@ -194,21 +243,36 @@ test('when the affinity follower loses its session, another follower takes over 
   await admin.connect();
   try {
     await w.until(() => w.messages.length > 0);
-    const holder = async () => (await admin.query(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7400 AND objid = 1 AND objsubid = 2
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)).rows as { pid: number }[];
+    const holder = async () =>
+      (
+        await admin.query(`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 7400 AND objid = 1 AND objsubid = 2
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
+      ).rows as { pid: number }[];
     const [first] = await holder();
     assert.ok(first, 'one replica follows');
     const t0 = Date.now();
     await admin.query('SELECT pg_terminate_backend($1)', [first!.pid]);
-    await ipamA.allocate({ handle: 'takeover-pod/eth0', node: 'takeover', pool: '', podNamespace: '', podName: '', containerId: '' });
-    await w.until(() => w.messages.some((m) => m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1)), 10_000);
+    await ipamA.allocate({
+      handle: 'takeover-pod/eth0',
+      node: 'takeover',
+      pool: '',
+      podNamespace: '',
+      podName: '',
+      containerId: '',
+    });
+    await w.until(
+      () => w.messages.some((m) => m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1)),
+      10_000,
+    );
     t.diagnostic(`new block logged ${Date.now() - t0} ms after the follower's session was killed`);
     const after = await holder();
     assert.equal(after.length, 1, 'exactly one follower again');
     assert.notEqual(after[0]!.pid, first!.pid);
     await new Promise((r) => setTimeout(r, 1500));
-    const withBlock = w.messages.filter((m) => m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1));
-    assert.equal(withBlock.length, 1, 'the new follower logged the block once, despite replaying IPAM\'s snapshot');
+    const withBlock = w.messages.filter((m) =>
+      m.upserts.some((u) => u.node === 'takeover' && u.blockCidrs.length === 1),
+    );
+    assert.equal(withBlock.length, 1, "the new follower logged the block once, despite replaying IPAM's snapshot");
   } finally {
     await admin.end();
     await w.close();
@@ -226,7 +290,10 @@ test('a revision that compaction has removed gets a snapshot', async () => {
   try {
     await w2.until(() => w2.messages.length > 0);
     assert.equal(w2.messages[0]!.reset, true);
-    assert.deepEqual(w2.messages[0]!.upserts.map((u) => u.node).filter((n) => n.startsWith('old-')), Array.from({ length: 6 }, (_, i) => `old-${i}`));
+    assert.deepEqual(
+      w2.messages[0]!.upserts.map((u) => u.node).filter((n) => n.startsWith('old-')),
+      Array.from({ length: 6 }, (_, i) => `old-${i}`),
+    );
   } finally {
     await w2.close();
   }
@@ -249,14 +316,25 @@ test('a node whose lease runs out is withdrawn, and comes back when it renews', 
     const lastRenew = Date.now();
     await w.until(() => w.messages.some((m) => m.deletes.includes('leased')), 5000);
     const withdrawnAfter = Date.now() - lastRenew;
-    t.diagnostic(`withdrawn ${withdrawnAfter} ms after the last renewal (lease ${LEASE_MS_C} ms, sweep every ${LEASE_MS_C / 4} ms)`);
-    assert.ok(withdrawnAfter >= LEASE_MS_C - 100 && withdrawnAfter < LEASE_MS_C + 1000, `withdrawn after ${withdrawnAfter} ms`);
+    t.diagnostic(
+      `withdrawn ${withdrawnAfter} ms after the last renewal (lease ${LEASE_MS_C} ms, sweep every ${LEASE_MS_C / 4} ms)`,
+    );
+    assert.ok(
+      withdrawnAfter >= LEASE_MS_C - 100 && withdrawnAfter < LEASE_MS_C + 1000,
+      `withdrawn after ${withdrawnAfter} ms`,
+    );
     assert.ok(expires > 0);
     const listed = (await routesC.listNodes({})).nodes.find((n) => n.name === 'leased');
     assert.ok(listed, 'a withdrawn node stays registered until it is deregistered');
     const before = w.messages.length;
     await routesC.renewLease({ name: 'leased' });
-    await w.until(() => w.messages.slice(before).some((m) => m.upserts.some((u) => u.node === 'leased' && u.underlayAddress === '192.0.2.50')), 2000);
+    await w.until(
+      () =>
+        w.messages
+          .slice(before)
+          .some((m) => m.upserts.some((u) => u.node === 'leased' && u.underlayAddress === '192.0.2.50')),
+      2000,
+    );
     await assert.rejects(routesC.renewLease({ name: 'never-registered' }), (e: { code: number }) => e.code === 5);
   } finally {
     await w.close();
@@ -278,8 +356,14 @@ test('a live lease is renewed without waiting for the route-log lock (renewals o
     assert.ok(listed!.leaseExpireTime!.getTime() > Date.now() + 500_000, 'the lease runs a full period from now');
     assert.ok(tookMs < 2000, `renewed in ${tookMs} ms while the route log was locked`);
     // A change to the route table does wait for the lock.
-    await assert.rejects(routesA.registerNode({ name: 'renewer-2', underlayAddress: '192.0.2.61', vtepMac: '02:57:00:00:00:61' }, { timeoutMs: 1000 }),
-      (e: { code: number }) => e.code === 4, 'a registration waits for the lock');
+    await assert.rejects(
+      routesA.registerNode(
+        { name: 'renewer-2', underlayAddress: '192.0.2.61', vtepMac: '02:57:00:00:00:61' },
+        { timeoutMs: 1000 },
+      ),
+      (e: { code: number }) => e.code === 4,
+      'a registration waits for the lock',
+    );
   } finally {
     await holder.query('ROLLBACK').catch(() => {});
     await holder.end();

@@ -28,7 +28,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 before(async () => {
   db = await createTestDatabase();
   listen = `127.0.0.1:${await freePort()}`;
-  cp = await startTestControlPlane({ databaseUrl: db.url, appDatabaseUrl: db.appUrl, settings: { ...settings, listen } });
+  cp = await startTestControlPlane({
+    databaseUrl: db.url,
+    appDatabaseUrl: db.appUrl,
+    settings: { ...settings, listen },
+  });
 });
 
 after(async () => {
@@ -40,7 +44,10 @@ after(async () => {
 
 /** A client that reconnects within 200 ms once the server is back (as a test, not gRPC's backoff, sets the pace). */
 function routesClient(): Routes {
-  const c = createClient(RoutesServiceService, listen, { security: cp!.security, channel: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 200 } });
+  const c = createClient(RoutesServiceService, listen, {
+    security: cp!.security,
+    channel: { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 200 },
+  });
   clients.push(c);
   return c;
 }
@@ -77,7 +84,13 @@ function watch(routes: Routes, since: number) {
       }
     }
   })();
-  return { messages, close: async () => { ac.abort(); await done; } };
+  return {
+    messages,
+    close: async () => {
+      ac.abort();
+      await done;
+    },
+  };
 }
 
 test('after a control-plane outage of twice the node lease, no node whose agent renews is withdrawn (no cluster-wide route flap); a node whose agent is gone still is, a lease after the restart', async (t) => {
@@ -87,7 +100,11 @@ test('after a control-plane outage of twice the node lease, no node whose agent 
   await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
   const live = ['n1', 'n2', 'n3'];
   for (const [i, name] of [...live, 'gone'].entries()) {
-    await routes.registerNode({ name, underlayAddress: `192.0.2.${21 + i}`, vtepMac: `02:00:c0:00:02:${(21 + i).toString(16)}` });
+    await routes.registerNode({
+      name,
+      underlayAddress: `192.0.2.${21 + i}`,
+      vtepMac: `02:00:c0:00:02:${(21 + i).toString(16)}`,
+    });
     await ipam.allocate({ handle: `${name}-pod/eth0`, node: name, pool: 'default' });
   }
   const agents = new AbortController();
@@ -101,7 +118,13 @@ test('after a control-plane outage of twice the node lease, no node whose agent 
   for (const deadline = Date.now() + 15_000; Date.now() < deadline; await sleep(50)) {
     const table = w0.messages.filter((m) => m.reset).at(-1);
     const last = w0.messages.at(-1);
-    if (table && w0.messages.slice(w0.messages.indexOf(table)).flatMap((m) => m.upserts).filter((u) => u.blockCidrs.length > 0).length >= 4) {
+    if (
+      table &&
+      w0.messages
+        .slice(w0.messages.indexOf(table))
+        .flatMap((m) => m.upserts)
+        .filter((u) => u.blockCidrs.length > 0).length >= 4
+    ) {
       since = last!.revision;
       break;
     }
@@ -116,17 +139,37 @@ test('after a control-plane outage of twice the node lease, no node whose agent 
   cp = null;
   await sleep(OUTAGE_MS);
   const restarted = Date.now();
-  cp = await startTestControlPlane({ databaseUrl: db.url, appDatabaseUrl: db.appUrl, settings: { ...settings, listen } });
+  cp = await startTestControlPlane({
+    databaseUrl: db.url,
+    appDatabaseUrl: db.appUrl,
+    settings: { ...settings, listen },
+  });
   const w = watch(routesClient(), since);
   try {
     await sleep(2 * LEASE_MS);
-    const deletes = w.messages.flatMap((m) => m.deletes.map((d) => ({ node: d, revision: m.revision, reset: m.reset })));
-    t.diagnostic(`after the restart: ${JSON.stringify(w.messages.map((m) => [m.revision, m.reset, m.upserts.map((u) => u.node), m.deletes]))}`);
+    const deletes = w.messages.flatMap((m) =>
+      m.deletes.map((d) => ({ node: d, revision: m.revision, reset: m.reset })),
+    );
+    t.diagnostic(
+      `after the restart: ${JSON.stringify(w.messages.map((m) => [m.revision, m.reset, m.upserts.map((u) => u.node), m.deletes]))}`,
+    );
     assert.ok(!w.messages.some((m) => m.reset), 'the watcher resumed from its revision (no snapshot)');
-    assert.deepEqual(deletes.filter((d) => live.includes(d.node)), [], 'no node whose agent renews was withdrawn');
-    assert.deepEqual(deletes.map((d) => d.node), ['gone'], 'the node whose agent is gone was withdrawn');
+    assert.deepEqual(
+      deletes.filter((d) => live.includes(d.node)),
+      [],
+      'no node whose agent renews was withdrawn',
+    );
+    assert.deepEqual(
+      deletes.map((d) => d.node),
+      ['gone'],
+      'the node whose agent is gone was withdrawn',
+    );
     const listed = (await routes.listNodes({}, { timeoutMs: 2000 })).nodes;
-    for (const name of live) assert.ok(listed.find((n) => n.name === name)!.leaseExpireTime!.getTime() > Date.now(), `${name}'s lease is live`);
+    for (const name of live)
+      assert.ok(
+        listed.find((n) => n.name === name)!.leaseExpireTime!.getTime() > Date.now(),
+        `${name}'s lease is live`,
+      );
     t.diagnostic(`restart to now: ${Date.now() - restarted} ms`);
   } finally {
     await w.close();

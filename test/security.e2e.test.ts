@@ -6,7 +6,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { status } from '@grpc/grpc-js';
-import { clusterAdminSecurity, clusterPkiDir, controlPlaneTarget, isAlive, nodeTlsDir, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
+import {
+  clusterAdminSecurity,
+  clusterPkiDir,
+  controlPlaneTarget,
+  isAlive,
+  nodeTlsDir,
+  type ClusterState,
+  type PodState,
+} from '../cli/cluster/cluster.js';
 import { CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT } from '../cli/cluster/topology.js';
 import { listAllNodes } from '../cli/node-status.js';
 import { writeFileAtomic } from '../lib/atomic-file.js';
@@ -68,9 +76,14 @@ async function outcome(call: Promise<unknown>): Promise<{ code: number; details:
  * presenting `client` (cert and key files) or no certificate; reports the served certificate's serial, whether any
  * application data came back, and how the connection ended.
  */
-function tlsProbe(netns: string, client: { cert: string; key: string } | null): Promise<{ serial?: string; error?: string; data: boolean; secure: boolean }> {
+function tlsProbe(
+  netns: string,
+  client: { cert: string; key: string } | null,
+): Promise<{ serial?: string; error?: string; data: boolean; secure: boolean }> {
   const ca = path.join(clusterPkiDir(state), PKI_FILES.caCert);
-  return nodeIn(netns, `
+  return nodeIn(
+    netns,
+    `
     const tls = require('tls'), fs = require('fs');
     const r = { secure: false, data: false };
     const done = () => { console.log(JSON.stringify(r)); process.exit(0); };
@@ -86,7 +99,8 @@ function tlsProbe(netns: string, client: { cert: string; key: string } | null): 
     s.on('data', () => { r.data = true; });
     s.on('error', (e) => { r.error = e.code || e.message; });
     s.on('close', done);
-    setTimeout(() => { r.error = r.error || 'timeout'; done(); }, 4000);`);
+    setTimeout(() => { r.error = r.error || 'timeout'; done(); }, 4000);`,
+  );
 }
 
 describe('security on the local cluster (issue 14)', opts, () => {
@@ -97,8 +111,13 @@ describe('security on the local cluster (issue 14)', opts, () => {
     cluster = b.cluster;
     state = await b.up;
     delete process.env.WEFT_TLS_REFRESH_MS;
-    for (const [node, pod] of [['node1', 'tx'], ['node2', 'rx']] as const) {
-      pods[pod] = JSON.parse(await weft('cluster', 'pod', 'add', node, pod, '--namespace', 'sec', '--json')) as PodState;
+    for (const [node, pod] of [
+      ['node1', 'tx'],
+      ['node2', 'rx'],
+    ] as const) {
+      pods[pod] = JSON.parse(
+        await weft('cluster', 'pod', 'add', node, pod, '--namespace', 'sec', '--json'),
+      ) as PodState;
     }
   });
 
@@ -107,7 +126,7 @@ describe('security on the local cluster (issue 14)', opts, () => {
     await takeDownTestCluster(cluster);
   });
 
-  test('with node1\'s own certificate a client acts only as node1: node2\'s registration, handles, policy and pods are refused, naming the rule', async (t) => {
+  test("with node1's own certificate a client acts only as node1: node2's registration, handles, policy and pods are refused, naming the rule", async (t) => {
     const node1 = clientTlsDir(nodeTlsDir(state, 'node1'), 500);
     const admin = clusterAdminSecurity(state);
     const target = controlPlaneTarget(state);
@@ -119,19 +138,44 @@ describe('security on the local cluster (issue 14)', opts, () => {
     const stop = new AbortController();
     try {
       const n2Before = (await listAllNodes(adminRoutes)).find((n) => n.name === 'node2')!;
-      const n2Alloc = (await adminIpam.listAllocations({ node: 'node2' }, { timeoutMs: 5000 })).allocations.find((a) => a.podName === 'rx');
-      assert.ok(n2Alloc, 'node2\'s pod holds an address');
+      const n2Alloc = (await adminIpam.listAllocations({ node: 'node2' }, { timeoutMs: 5000 })).allocations.find(
+        (a) => a.podName === 'rx',
+      );
+      assert.ok(n2Alloc, "node2's pod holds an address");
 
       const refused = {
-        RegisterNode: await outcome(routes.registerNode({ name: 'node2', underlayAddress: nodeOf('node1').address, vtepMac: '02:00:00:00:00:66' }, { timeoutMs: 5000 })),
+        RegisterNode: await outcome(
+          routes.registerNode(
+            { name: 'node2', underlayAddress: nodeOf('node1').address, vtepMac: '02:00:00:00:00:66' },
+            { timeoutMs: 5000 },
+          ),
+        ),
         Release: await outcome(ipam.release({ handle: n2Alloc.handle }, { timeoutMs: 5000 })),
-        WatchNodePolicy: await outcome(policy.watchNodePolicy({ node: 'node2' }, { signal: stop.signal, timeoutMs: 5000 })[Symbol.asyncIterator]().next()),
-        AttachPod: await outcome(policy.attachPod({ namespace: 'sec', name: 'rx', node: 'node2', containerId: pods.rx!.containerId, addresses: pods.rx!.addresses }, { timeoutMs: 5000 })),
+        WatchNodePolicy: await outcome(
+          policy
+            .watchNodePolicy({ node: 'node2' }, { signal: stop.signal, timeoutMs: 5000 })
+            [Symbol.asyncIterator]()
+            .next(),
+        ),
+        AttachPod: await outcome(
+          policy.attachPod(
+            {
+              namespace: 'sec',
+              name: 'rx',
+              node: 'node2',
+              containerId: pods.rx!.containerId,
+              addresses: pods.rx!.addresses,
+            },
+            { timeoutMs: 5000 },
+          ),
+        ),
       };
       for (const [rpc, r] of Object.entries(refused)) t.diagnostic(`${rpc} as node2: ${status[r.code]}: ${r.details}`);
       const rules: Record<keyof typeof refused, RegExp> = {
         RegisterNode: /node node1 may only register itself \(the request names "node2" in name\)/,
-        Release: new RegExp(`node node1 may only release handles it holds \\(handle "${n2Alloc.handle}" is held by node node2\\)`),
+        Release: new RegExp(
+          `node node1 may only release handles it holds \\(handle "${n2Alloc.handle}" is held by node node2\\)`,
+        ),
         WatchNodePolicy: /node node1 may only watch its own policy \(the request names "node2" in node\)/,
         AttachPod: /node node1 may only report pods attached on itself \(the request names "node2" in node\)/,
       };
@@ -142,17 +186,37 @@ describe('security on the local cluster (issue 14)', opts, () => {
       // Nothing of node2's changed: its registration and its pod's address are as they were.
       const n2After = (await listAllNodes(adminRoutes)).find((n) => n.name === 'node2')!;
       assert.deepEqual([n2After.underlayAddress, n2After.vtepMac], [n2Before.underlayAddress, n2Before.vtepMac]);
-      assert.ok((await adminIpam.listAllocations({ node: 'node2' }, { timeoutMs: 5000 })).allocations.some((a) => a.handle === n2Alloc.handle), 'node2\'s address is still allocated');
+      assert.ok(
+        (await adminIpam.listAllocations({ node: 'node2' }, { timeoutMs: 5000 })).allocations.some(
+          (a) => a.handle === n2Alloc.handle,
+        ),
+        "node2's address is still allocated",
+      );
 
       // The same certificate acts as node1 itself.
       const own = policy.watchNodePolicy({ node: 'node1' }, { signal: stop.signal })[Symbol.asyncIterator]();
       const first = await own.next();
       assert.equal(first.done, false, 'WatchNodePolicy for node1 yields a message');
-      assert.ok((await routes.renewLease({ name: 'node1' }, { timeoutMs: 5000 })).leaseMillis > 0, 'node1 renews its own lease');
-      const n1Alloc = (await adminIpam.listAllocations({ node: 'node1' }, { timeoutMs: 5000 })).allocations.find((a) => a.podName === 'tx')!;
+      assert.ok(
+        (await routes.renewLease({ name: 'node1' }, { timeoutMs: 5000 })).leaseMillis > 0,
+        'node1 renews its own lease',
+      );
+      const n1Alloc = (await adminIpam.listAllocations({ node: 'node1' }, { timeoutMs: 5000 })).allocations.find(
+        (a) => a.podName === 'tx',
+      )!;
       // Its own pod's report is accepted (the same sandbox and addresses as its agent reported: nothing changes).
-      await policy.attachPod({ namespace: 'sec', name: 'tx', node: 'node1', containerId: pods.tx!.containerId, addresses: pods.tx!.addresses, resync: true }, { timeoutMs: 5000 });
-      assert.ok(n1Alloc, 'node1\'s pod holds an address');
+      await policy.attachPod(
+        {
+          namespace: 'sec',
+          name: 'tx',
+          node: 'node1',
+          containerId: pods.tx!.containerId,
+          addresses: pods.tx!.addresses,
+          resync: true,
+        },
+        { timeoutMs: 5000 },
+      );
+      assert.ok(n1Alloc, "node1's pod holds an address");
     } finally {
       stop.abort();
       for (const c of [routes, ipam, policy, adminRoutes, adminIpam]) c.close();
@@ -168,19 +232,27 @@ describe('security on the local cluster (issue 14)', opts, () => {
     assert.match(String(bare.error), /CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE|ECONNRESET/);
     // A gRPC client from the same pod, TLS with the CA but no certificate of its own.
     const script = path.join(cluster!.stateDir, 'no-cert-client.mjs');
-    writeFileSync(script, `
+    writeFileSync(
+      script,
+      `
       import { createClient } from ${JSON.stringify(path.join(DIST, 'lib/grpc/client.js'))};
       import { IpamServiceService } from ${JSON.stringify(path.join(DIST, 'gen/weft/ipam/v1/ipam.js'))};
       const c = createClient(IpamServiceService, ${JSON.stringify(`${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`)}, { security: { mode: 'tls', caFile: ${JSON.stringify(path.join(clusterPkiDir(state), PKI_FILES.caCert))} } });
       try { await c.listPools({}, { timeoutMs: 3000 }); console.log(JSON.stringify({ code: 0 })); }
       catch (e) { console.log(JSON.stringify({ code: e.code, details: e.details })); }
-      c.close(); process.exit(0);`);
+      c.close(); process.exit(0);`,
+    );
     const { stdout } = await exec('ip', ['netns', 'exec', pod, process.execPath, script], { timeout: 20_000 });
     const grpc = JSON.parse(stdout.trim().split('\n').pop()!) as { code: number; details: string };
     t.diagnostic(`gRPC ListPools without a client certificate from a pod: ${status[grpc.code]}: ${grpc.details}`);
-    assert.ok(grpc.code === status.UNAVAILABLE || grpc.code === status.DEADLINE_EXCEEDED, `refused, got ${status[grpc.code]} ${grpc.details}`);
+    assert.ok(
+      grpc.code === status.UNAVAILABLE || grpc.code === status.DEADLINE_EXCEEDED,
+      `refused, got ${status[grpc.code]} ${grpc.details}`,
+    );
     // Plain HTTP: to the gRPC port it gets no HTTP answer; the gateway's port is not bound on the fabric.
-    const plain = await nodeIn<Record<string, string>>(pod, `
+    const plain = await nodeIn<Record<string, string>>(
+      pod,
+      `
       const net = require('net'); const r = {};
       const probe = (port) => new Promise((res) => {
         const s = net.connect({ host: ${JSON.stringify(CONTROL_PLANE_ADDRESS)}, port, timeout: 2000 }); let data = '';
@@ -188,32 +260,56 @@ describe('security on the local cluster (issue 14)', opts, () => {
         s.on('data', (d) => data += d); s.on('timeout', () => { s.destroy(); res('timeout' + (data ? ':' + data.slice(0, 12) : '')); });
         s.on('error', (e) => res(e.code)); s.on('close', () => res(data.startsWith('HTTP/') ? 'http ' + data.split('\\r\\n')[0] : 'closed, no HTTP answer'));
       });
-      (async () => { r.grpcPort = await probe(${CONTROL_PLANE_PORT}); r.gatewayPort = await probe(7401); console.log(JSON.stringify(r)); })();`);
+      (async () => { r.grpcPort = await probe(${CONTROL_PLANE_PORT}); r.gatewayPort = await probe(7401); console.log(JSON.stringify(r)); })();`,
+    );
     t.diagnostic(`plain HTTP from a pod: ${JSON.stringify(plain)}`);
     assert.doesNotMatch(plain.grpcPort!, /^http /, 'the gRPC port answers no plain HTTP');
-    assert.equal(plain.gatewayPort, 'ECONNREFUSED', 'nothing listens for HTTP on the control plane\'s fabric address');
-    const { stdout: listening } = await exec('ip', ['netns', 'exec', state.controlPlane.netns, 'ss', '-Hltn', 'sport', '= :7401'], { timeout: 5000 });
-    assert.match(listening, /127\.0\.0\.1:7401/, 'the gateway is bound on the control plane\'s loopback only');
+    assert.equal(plain.gatewayPort, 'ECONNREFUSED', "nothing listens for HTTP on the control plane's fabric address");
+    const { stdout: listening } = await exec(
+      'ip',
+      ['netns', 'exec', state.controlPlane.netns, 'ss', '-Hltn', 'sport', '= :7401'],
+      { timeout: 5000 },
+    );
+    assert.match(listening, /127\.0\.0\.1:7401/, "the gateway is bound on the control plane's loopback only");
     assert.doesNotMatch(listening, /0\.0\.0\.0:7401|\*:7401|192\.0\.2/);
   });
 
-  test('node1\'s and the control plane\'s certificates replaced on disk: new connections use them, the agent keeps its lease, a pod stream never stalls', async (t) => {
+  test("node1's and the control plane's certificates replaced on disk: new connections use them, the agent keeps its lease, a pod stream never stalls", async (t) => {
     // Receiver on node2 counts bytes and the longest silence between arrivals; sender on node1 writes 4 KiB every 20 ms.
-    const rx = spawn('ip', ['netns', 'exec', podNs(pods.rx!), process.execPath, '-e', `
+    const rx = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        podNs(pods.rx!),
+        process.execPath,
+        '-e',
+        `
       let bytes = 0, last = 0, maxGapMs = 0, start = 0;
       require('net').createServer((s) => {
         s.on('data', (d) => { const now = Date.now(); if (last) maxGapMs = Math.max(maxGapMs, now - last); else start = now; last = now; bytes += d.length; });
         s.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(0); });
         s.on('end', () => { console.log(JSON.stringify({ bytes, maxGapMs, ms: last - start })); process.exit(0); });
       }).listen(9100, '0.0.0.0', () => console.log('listening'));
-      setTimeout(() => { console.log(JSON.stringify({ bytes, maxGapMs, error: 'timeout' })); process.exit(0); }, ${STREAM_MS + 30_000}).unref();`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      setTimeout(() => { console.log(JSON.stringify({ bytes, maxGapMs, error: 'timeout' })); process.exit(0); }, ${STREAM_MS + 30_000}).unref();`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     children.push(rx);
     let rxOut = '';
     rx.stdout!.on('data', (d) => (rxOut += d));
     const rxDone = new Promise<void>((r) => rx.once('exit', () => r()));
     for (let i = 0; i < 100 && !rxOut.includes('listening'); i++) await sleep(100);
     assert.ok(rxOut.includes('listening'), 'the receiver listens');
-    const tx = spawn('ip', ['netns', 'exec', podNs(pods.tx!), process.execPath, '-e', `
+    const tx = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        podNs(pods.tx!),
+        process.execPath,
+        '-e',
+        `
       const s = require('net').connect({ host: ${JSON.stringify(pods.rx!.addresses[0])}, port: 9100 });
       let sentBytes = 0, error = null; const chunk = Buffer.alloc(4096, 120);
       s.on('connect', () => {
@@ -222,7 +318,10 @@ describe('security on the local cluster (issue 14)', opts, () => {
       });
       s.on('error', (e) => { error = e.code || e.message; });
       s.on('close', () => { console.log(JSON.stringify({ sentBytes, error })); process.exit(0); });
-      setTimeout(() => { console.log(JSON.stringify({ sentBytes, error: 'timeout' })); process.exit(0); }, ${STREAM_MS + 30_000}).unref();`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      setTimeout(() => { console.log(JSON.stringify({ sentBytes, error: 'timeout' })); process.exit(0); }, ${STREAM_MS + 30_000}).unref();`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     children.push(tx);
     let txOut = '';
     tx.stdout!.on('data', (d) => (txOut += d));
@@ -234,11 +333,16 @@ describe('security on the local cluster (issue 14)', opts, () => {
     const adminFiles = { cert: path.join(pki, PKI_FILES.adminCert), key: path.join(pki, PKI_FILES.adminKey) };
     const node1Dir = nodeTlsDir(state, 'node1');
     const servedBefore = (await tlsProbe(nodeOf('node1').netns, adminFiles)).serial!;
-    assert.equal(servedBefore.toLowerCase(), describeCertificate(readFileSync(path.join(pki, PKI_FILES.serverCert), 'utf8')).serialNumber.toLowerCase());
+    assert.equal(
+      servedBefore.toLowerCase(),
+      describeCertificate(readFileSync(path.join(pki, PKI_FILES.serverCert), 'utf8')).serialNumber.toLowerCase(),
+    );
     const node1Before = describeCertificate(readFileSync(path.join(node1Dir, 'tls.crt'), 'utf8')).serialNumber;
 
     // (a) node1's certificate: a new one from the same CA, with the CLI an operator would use.
-    await exec(bin.weft, ['ca', 'issue', '--node', 'node1', '--out', node1Dir, '--data-dir', path.dirname(pki)], { timeout: 20_000 });
+    await exec(bin.weft, ['ca', 'issue', '--node', 'node1', '--out', node1Dir, '--data-dir', path.dirname(pki)], {
+      timeout: 20_000,
+    });
     const node1After = describeCertificate(readFileSync(path.join(node1Dir, 'tls.crt'), 'utf8'));
     assert.notEqual(node1After.serialNumber, node1Before, 'node1 has a new certificate');
     assert.match(String(node1After.subjectAltName), /weft:node:node1/);
@@ -256,28 +360,68 @@ describe('security on the local cluster (issue 14)', opts, () => {
       await sleep(REFRESH_MS / 2);
       served = (await tlsProbe(nodeOf('node1').netns, adminFiles)).serial ?? '';
     }
-    t.diagnostic(`served serial before ${servedBefore}, after ${served} (new certificate ${newServerSerial}), rotated ${rotatedAt} ms into the stream`);
+    t.diagnostic(
+      `served serial before ${servedBefore}, after ${served} (new certificate ${newServerSerial}), rotated ${rotatedAt} ms into the stream`,
+    );
     assert.equal(served.toLowerCase(), newServerSerial.toLowerCase(), 'new connections get the new server certificate');
     // node1's new files make a connection that the control plane accepts as node1 (a fresh client reads them now).
-    const routesAsNode1 = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clientTlsDir(node1Dir, 250) });
-    const adminRoutes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    const routesAsNode1 = createClient(RoutesServiceService, controlPlaneTarget(state), {
+      security: clientTlsDir(node1Dir, 250),
+    });
+    const adminRoutes = createClient(RoutesServiceService, controlPlaneTarget(state), {
+      security: clusterAdminSecurity(state),
+    });
     try {
-      assert.ok((await routesAsNode1.renewLease({ name: 'node1' }, { timeoutMs: 5000 })).leaseMillis > 0, 'node1\'s new certificate is accepted');
+      assert.ok(
+        (await routesAsNode1.renewLease({ name: 'node1' }, { timeoutMs: 5000 })).leaseMillis > 0,
+        "node1's new certificate is accepted",
+      );
       // node1's agent loses its connection (killed in the kernel, as a network blip would): it reconnects with the files
       // now on disk, its new certificate and the control plane's new one, and renews its lease over the new connection.
-      const agentConnections = async () => (await exec('ip', ['netns', 'exec', nodeOf('node1').netns, 'ss', '-Htn', 'state', 'established', 'dst', `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`], { timeout: 5000 })).stdout.trim().split('\n').filter(Boolean).map((l) => l.trim().split(/\s+/).at(-2)!);
+      const agentConnections = async () =>
+        (
+          await exec(
+            'ip',
+            [
+              'netns',
+              'exec',
+              nodeOf('node1').netns,
+              'ss',
+              '-Htn',
+              'state',
+              'established',
+              'dst',
+              `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`,
+            ],
+            { timeout: 5000 },
+          )
+        ).stdout
+          .trim()
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => l.trim().split(/\s+/).at(-2)!);
       const oldConnections = await agentConnections();
-      assert.ok(oldConnections.length > 0, 'node1\'s agent holds a connection to the control plane');
-      await exec('ip', ['netns', 'exec', nodeOf('node1').netns, 'ss', '-K', 'dst', `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`], { timeout: 5000 });
+      assert.ok(oldConnections.length > 0, "node1's agent holds a connection to the control plane");
+      await exec(
+        'ip',
+        ['netns', 'exec', nodeOf('node1').netns, 'ss', '-K', 'dst', `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`],
+        { timeout: 5000 },
+      );
       let newConnections: string[] = [];
       for (let i = 0; i < 40 && !newConnections.some((c) => !oldConnections.includes(c)); i++) {
         await sleep(250);
         newConnections = await agentConnections();
       }
-      t.diagnostic(`node1's agent connections before the kill ${oldConnections.join(', ')}, after ${newConnections.join(', ')}`);
-      assert.ok(newConnections.some((c) => !oldConnections.includes(c)), 'node1\'s agent connected again, with the rotated files');
+      t.diagnostic(
+        `node1's agent connections before the kill ${oldConnections.join(', ')}, after ${newConnections.join(', ')}`,
+      );
+      assert.ok(
+        newConnections.some((c) => !oldConnections.includes(c)),
+        "node1's agent connected again, with the rotated files",
+      );
       // Node1's agent keeps renewing its lease: the expiry moves past where it was after the rotation.
-      const leaseOf = async () => (await listAllNodes(adminRoutes)).find((n) => n.name === 'node1')!.leaseExpireTime!.getTime();
+      const leaseOf = async () =>
+        (await listAllNodes(adminRoutes)).find((n) => n.name === 'node1')!.leaseExpireTime!.getTime();
       await sleep(500);
       const afterRotation = await leaseOf();
       let latest = afterRotation;
@@ -286,8 +430,8 @@ describe('security on the local cluster (issue 14)', opts, () => {
         latest = await leaseOf();
       }
       t.diagnostic(`node1's lease expiry moved ${latest - afterRotation} ms after the rotation`);
-      assert.ok(latest > afterRotation, 'node1\'s agent renewed its lease after both certificates were replaced');
-      assert.ok(latest > Date.now(), 'node1\'s lease is live');
+      assert.ok(latest > afterRotation, "node1's agent renewed its lease after both certificates were replaced");
+      assert.ok(latest > Date.now(), "node1's lease is live");
       assert.ok(isAlive(nodeOf('node1').agentPid), 'the agent was not restarted');
     } finally {
       routesAsNode1.close();
@@ -296,8 +440,15 @@ describe('security on the local cluster (issue 14)', opts, () => {
 
     await Promise.all([txDone, rxDone]);
     const sent = JSON.parse(txOut.trim().split('\n').pop()!) as { sentBytes: number; error: string | null };
-    const got = JSON.parse(rxOut.trim().split('\n').pop()!) as { bytes: number; maxGapMs: number; ms: number; error?: string };
-    t.diagnostic(`stream node1 → node2: ${got.ms} ms, ${sent.sentBytes} bytes sent, ${got.bytes} received, longest silence ${got.maxGapMs} ms`);
+    const got = JSON.parse(rxOut.trim().split('\n').pop()!) as {
+      bytes: number;
+      maxGapMs: number;
+      ms: number;
+      error?: string;
+    };
+    t.diagnostic(
+      `stream node1 → node2: ${got.ms} ms, ${sent.sentBytes} bytes sent, ${got.bytes} received, longest silence ${got.maxGapMs} ms`,
+    );
     assert.equal(sent.error, null);
     assert.equal(got.error, undefined);
     assert.ok(got.ms >= STREAM_MS - 1000, `the stream ran its ${STREAM_MS} ms (${got.ms})`);
@@ -305,31 +456,54 @@ describe('security on the local cluster (issue 14)', opts, () => {
     assert.ok(got.maxGapMs < STALL_BOUND_MS, `no stall over ${STALL_BOUND_MS} ms (longest ${got.maxGapMs} ms)`);
   });
 
-  test('node2\'s certificate revoked: its agent\'s watches end and its calls are refused (audited, with its address); a new certificate brings it back without a restart', async (t) => {
+  test("node2's certificate revoked: its agent's watches end and its calls are refused (audited, with its address); a new certificate brings it back without a restart", async (t) => {
     const node2Dir = nodeTlsDir(state, 'node2');
-    const adminRoutes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
-    const leaseOf = async () => (await listAllNodes(adminRoutes)).find((n) => n.name === 'node2')!.leaseExpireTime!.getTime();
+    const adminRoutes = createClient(RoutesServiceService, controlPlaneTarget(state), {
+      security: clusterAdminSecurity(state),
+    });
+    const leaseOf = async () =>
+      (await listAllNodes(adminRoutes)).find((n) => n.name === 'node2')!.leaseExpireTime!.getTime();
     try {
       const revoked = await weft('ca', 'revoke', '--node', 'node2', '--reason', 'e2e');
       t.diagnostic(revoked.trim());
-      assert.match(revoked, /revoked [0-9a-f]+ \(node:node2/, 'the certificate the cluster issued node2 is recorded, so its identity finds it');
+      assert.match(
+        revoked,
+        /revoked [0-9a-f]+ \(node:node2/,
+        'the certificate the cluster issued node2 is recorded, so its identity finds it',
+      );
       // The agent's two watch streams end, and what it calls now is refused: both in the audit log as node:node2.
       type Event = { method: string; result: string; message: string };
       let denied: Event[] = [];
       for (let i = 0; i < 40; i++) {
         denied = JSON.parse(await weft('audit', '--actor', 'node:node2', '--result', 'denied', '--json')) as Event[];
-        const ended = (rpc: string) => denied.some((e) => e.method.endsWith(rpc) && /stream ended: the client certificate with serial/.test(e.message));
+        const ended = (rpc: string) =>
+          denied.some(
+            (e) => e.method.endsWith(rpc) && /stream ended: the client certificate with serial/.test(e.message),
+          );
         if (ended('WatchRoutes') && ended('WatchNodePolicy')) break;
         await sleep(250);
       }
       t.diagnostic(`node2's refusals: ${denied.map((e) => `${e.method.split('/').pop()} ${e.result}`).join(', ')}`);
       for (const rpc of ['WatchRoutes', 'WatchNodePolicy']) {
-        assert.ok(denied.some((e) => e.method.endsWith(rpc) && /stream ended/.test(e.message)), `node2's ${rpc} stream was ended`);
+        assert.ok(
+          denied.some((e) => e.method.endsWith(rpc) && /stream ended/.test(e.message)),
+          `node2's ${rpc} stream was ended`,
+        );
       }
-      assert.ok(denied.every((e) => e.result === 'UNAUTHENTICATED' && new RegExp(`^from ${nodeOf('node2').address}:\\d+: `).test(e.message)), JSON.stringify(denied.slice(0, 3)));
+      assert.ok(
+        denied.every(
+          (e) =>
+            e.result === 'UNAUTHENTICATED' && new RegExp(`^from ${nodeOf('node2').address}:\\d+: `).test(e.message),
+        ),
+        JSON.stringify(denied.slice(0, 3)),
+      );
 
       // A new certificate on disk: the agent's next connection presents it, and it renews its lease again.
-      await exec(bin.weft, ['ca', 'issue', '--node', 'node2', '--out', node2Dir, '--data-dir', path.dirname(clusterPkiDir(state))], { timeout: 20_000 });
+      await exec(
+        bin.weft,
+        ['ca', 'issue', '--node', 'node2', '--out', node2Dir, '--data-dir', path.dirname(clusterPkiDir(state))],
+        { timeout: 20_000 },
+      );
       // Refused since the revocation, the agent has not renewed: its lease moves again only once it is let in.
       const frozen = await leaseOf();
       let moved = frozen;
@@ -339,7 +513,7 @@ describe('security on the local cluster (issue 14)', opts, () => {
         moved = await leaseOf();
       }
       t.diagnostic(`node2's lease renewed ${Date.now() - t0} ms after its new certificate was written`);
-      assert.ok(moved > frozen, 'node2\'s agent renews its lease with the new certificate');
+      assert.ok(moved > frozen, "node2's agent renews its lease with the new certificate");
       assert.ok(isAlive(nodeOf('node2').agentPid), 'the agent was not restarted');
     } finally {
       adminRoutes.close();

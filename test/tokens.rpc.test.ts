@@ -36,7 +36,8 @@ after(async () => {
 });
 
 /** An IPAM client with the node certificate and `secret` as its bearer token. */
-const ipamAs = (secret: string) => createClient(IpamServiceService, cp.address, { security: nodeTls.security, token: secret });
+const ipamAs = (secret: string) =>
+  createClient(IpamServiceService, cp.address, { security: nodeTls.security, token: secret });
 const refusal = (code: number, message: RegExp) => (e: { code: number; details: string }) => {
   assert.equal(e.code, code, `${status[e.code]}: ${e.details}`);
   assert.match(e.details, message);
@@ -64,25 +65,48 @@ test('a token is made with its scopes, listed without its secret, and its secret
 });
 
 test('bad names, unknown scopes and taken names are refused, naming what to fix', async () => {
-  await assert.rejects(tokens.createToken({ name: 'x', scopes: ['read', 'ipam:delete:p'] }), (e: { code: number; details: string }) =>
-    e.code === status.INVALID_ARGUMENT && errorCodeOf(e) === 'auth.unknown_scope' && e.details.includes('"ipam:delete:p"'));
-  await assert.rejects(tokens.createToken({ name: 'x', scopes: [] }), refusal(status.INVALID_ARGUMENT, /at least one scope/));
-  await assert.rejects(tokens.createToken({ name: 'Not OK', scopes: ['read'] }), refusal(status.INVALID_ARGUMENT, /token name "Not OK"/));
+  await assert.rejects(
+    tokens.createToken({ name: 'x', scopes: ['read', 'ipam:delete:p'] }),
+    (e: { code: number; details: string }) =>
+      e.code === status.INVALID_ARGUMENT &&
+      errorCodeOf(e) === 'auth.unknown_scope' &&
+      e.details.includes('"ipam:delete:p"'),
+  );
+  await assert.rejects(
+    tokens.createToken({ name: 'x', scopes: [] }),
+    refusal(status.INVALID_ARGUMENT, /at least one scope/),
+  );
+  await assert.rejects(
+    tokens.createToken({ name: 'Not OK', scopes: ['read'] }),
+    refusal(status.INVALID_ARGUMENT, /token name "Not OK"/),
+  );
   await tokens.createToken({ name: 'twice', scopes: ['read'] });
-  await assert.rejects(tokens.createToken({ name: 'twice', scopes: ['read'] }), refusal(status.ALREADY_EXISTS, /revoke it first/));
-  await assert.rejects(tokens.revokeToken({ name: 'never-made' }), refusal(status.NOT_FOUND, /no token named "never-made"/));
+  await assert.rejects(
+    tokens.createToken({ name: 'twice', scopes: ['read'] }),
+    refusal(status.ALREADY_EXISTS, /revoke it first/),
+  );
+  await assert.rejects(
+    tokens.revokeToken({ name: 'never-made' }),
+    refusal(status.NOT_FOUND, /no token named "never-made"/),
+  );
 });
 
-test('a bearer token is the identity (over the certificate\'s), scoped; revoked or expired, its next call is refused', async () => {
+test("a bearer token is the identity (over the certificate's), scoped; revoked or expired, its next call is refused", async () => {
   const secret = (await tokens.createToken({ name: 'allocator', scopes: ['ipam:allocate:p'] })).secret;
   const ipam = ipamAs(secret);
   try {
     const a = await ipam.allocate({ handle: 't1/eth0', node: 'elsewhere', pool: 'p' });
     assert.equal(a.allocation!.node, 'elsewhere', 'the node certificate alone could only allocate for ext-host');
     await assert.rejects(ipam.listPools({}), refusal(status.PERMISSION_DENIED, /token allocator lacks scope read/));
-    await assert.rejects(ipam.allocate({ handle: 't2/eth0', node: 'n', pool: 'q' }), refusal(status.PERMISSION_DENIED, /lacks scope ipam:allocate:q/));
+    await assert.rejects(
+      ipam.allocate({ handle: 't2/eth0', node: 'n', pool: 'q' }),
+      refusal(status.PERMISSION_DENIED, /lacks scope ipam:allocate:q/),
+    );
     await tokens.revokeToken({ name: 'allocator' });
-    await assert.rejects(ipam.allocate({ handle: 't3/eth0', node: 'n', pool: 'p' }), refusal(status.UNAUTHENTICATED, /token allocator was revoked at/));
+    await assert.rejects(
+      ipam.allocate({ handle: 't3/eth0', node: 'n', pool: 'p' }),
+      refusal(status.UNAUTHENTICATED, /token allocator was revoked at/),
+    );
   } finally {
     ipam.close();
   }
@@ -108,17 +132,26 @@ test('a bearer token is the identity (over the certificate\'s), scoped; revoked 
       events = (await audit.listAuditEvents({ resource: 'handle/t1/eth0' })).events;
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.deepEqual(events.map((e) => e.actor), ['token:allocator']);
+    assert.deepEqual(
+      events.map((e) => e.actor),
+      ['token:allocator'],
+    );
   } finally {
     audit.close();
   }
 });
 
-test('tokens are administrators\' business: a read token may not list or make them', async () => {
-  const reader = createClient(TokenServiceService, cp.address, { security: nodeTls.security, token: (await tokens.createToken({ name: 'reader', scopes: ['read'] })).secret });
+test("tokens are administrators' business: a read token may not list or make them", async () => {
+  const reader = createClient(TokenServiceService, cp.address, {
+    security: nodeTls.security,
+    token: (await tokens.createToken({ name: 'reader', scopes: ['read'] })).secret,
+  });
   try {
     await assert.rejects(reader.listTokens({}), refusal(status.PERMISSION_DENIED, /token reader lacks scope admin/));
-    await assert.rejects(reader.createToken({ name: 'escalated', scopes: ['admin'] }), refusal(status.PERMISSION_DENIED, /lacks scope admin/));
+    await assert.rejects(
+      reader.createToken({ name: 'escalated', scopes: ['admin'] }),
+      refusal(status.PERMISSION_DENIED, /lacks scope admin/),
+    );
   } finally {
     reader.close();
   }
@@ -126,8 +159,13 @@ test('tokens are administrators\' business: a read token may not list or make th
 
 test('weft token create prints the secret once, list never shows it, revoke ends it; --token and WEFT_TOKEN send it', async () => {
   const weft = (args: string[], env: Record<string, string> = {}) =>
-    run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], { timeout: 30_000, env: { ...process.env, ...env } });
-  const created = JSON.parse((await weft(['token', 'create', 'cli-reader', '--scope', 'read', '--expires-in', '30d', '--json'])).stdout) as { secret: string; expireTime: string };
+    run(bin.weft, [...args, '--server', cp.address, '--tls-dir', cp.tlsDir], {
+      timeout: 30_000,
+      env: { ...process.env, ...env },
+    });
+  const created = JSON.parse(
+    (await weft(['token', 'create', 'cli-reader', '--scope', 'read', '--expires-in', '30d', '--json'])).stdout,
+  ) as { secret: string; expireTime: string };
   assert.match(created.secret, /^weft_/);
   assert.ok(Math.abs(new Date(created.expireTime).getTime() - Date.now() - 30 * 86_400_000) < 60_000);
   const text = (await weft(['token', 'create', 'cli-text', '--scope', 'ipam:allocate:p'])).stdout;
@@ -137,10 +175,18 @@ test('weft token create prints the secret once, list never shows it, revoke ends
   assert.ok(!list.includes(created.secret.split('.')[1]!), 'no secret in the list');
   // The token decides, not the admin certificate beside it.
   assert.match((await weft(['ipam', 'pools', '--token', created.secret])).stdout, /\bp\b/);
-  await assert.rejects(weft(['ipam', 'pool', 'create', 'z', '10.70.0.0/16', '--block-prefix-length', '26'], { WEFT_TOKEN: created.secret }),
-    (e: { stderr: string }) => /token cli-reader lacks scope admin/.test(e.stderr));
-  await assert.rejects(weft(['token', 'create', 'bad', '--scope', 'writer']), (e: { stderr: string }) => /unknown scope "writer"/.test(e.stderr));
+  await assert.rejects(
+    weft(['ipam', 'pool', 'create', 'z', '10.70.0.0/16', '--block-prefix-length', '26'], {
+      WEFT_TOKEN: created.secret,
+    }),
+    (e: { stderr: string }) => /token cli-reader lacks scope admin/.test(e.stderr),
+  );
+  await assert.rejects(weft(['token', 'create', 'bad', '--scope', 'writer']), (e: { stderr: string }) =>
+    /unknown scope "writer"/.test(e.stderr),
+  );
   assert.match((await weft(['token', 'revoke', 'cli-reader'])).stdout, /revoked token cli-reader/);
-  await assert.rejects(weft(['ipam', 'pools', '--token', created.secret]), (e: { stderr: string }) => /token cli-reader was revoked/.test(e.stderr));
+  await assert.rejects(weft(['ipam', 'pools', '--token', created.secret]), (e: { stderr: string }) =>
+    /token cli-reader was revoked/.test(e.stderr),
+  );
   assert.match((await weft(['token', 'list', '--json'])).stdout, /"revokeTime": "\d{4}-/);
 });

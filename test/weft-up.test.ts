@@ -30,13 +30,23 @@ after(async () => {
 
 /** The local admin's credentials that `weft up` makes in <data-dir>/pki on its first start. */
 const adminSecurity = (): TransportSecurity => ({
-  mode: 'mtls', caFile: path.join(dataDir, 'pki', 'ca.crt'), certFile: path.join(dataDir, 'pki', 'admin.crt'), keyFile: path.join(dataDir, 'pki', 'admin.key'),
+  mode: 'mtls',
+  caFile: path.join(dataDir, 'pki', 'ca.crt'),
+  certFile: path.join(dataDir, 'pki', 'admin.crt'),
+  keyFile: path.join(dataDir, 'pki', 'admin.key'),
 });
 
 async function up(pgPort: number) {
   // DATABASE_URL is cleared: this test is about the embedded default.
-  const env = { DATABASE_URL: '', WEFT_PG_PORT: String(pgPort), WEFT_LOG_LEVEL: 'warn', WEFT_HTTP_LISTEN: '127.0.0.1:0' };
-  const s = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, { env });
+  const env = {
+    DATABASE_URL: '',
+    WEFT_PG_PORT: String(pgPort),
+    WEFT_LOG_LEVEL: 'warn',
+    WEFT_HTTP_LISTEN: '127.0.0.1:0',
+  };
+  const s = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, {
+    env,
+  });
   running = s;
   const info = JSON.parse(s.line) as { socket: string; port: number };
   return { s, info, ipam: createClient(IpamServiceService, `127.0.0.1:${info.port}`, { security: adminSecurity() }) };
@@ -50,20 +60,34 @@ test('weft up starts from nothing, serves, stops, and starts again with its pool
   const mode = (p: string) => statSync(p).mode & 0o777;
   assert.equal(mode(first.info.socket), 0o600, 'the gRPC socket is 0600');
   assert.equal(mode(dataDir) & 0o007, 0, 'the data folder is closed to others');
-  assert.equal(mode(dataDir) & 0o070, process.getuid?.() === 0 ? 0o010 : 0, "the data folder: only the group 'postgres' may enter it (as root), else no group");
+  assert.equal(
+    mode(dataDir) & 0o070,
+    process.getuid?.() === 0 ? 0o010 : 0,
+    "the data folder: only the group 'postgres' may enter it (as root), else no group",
+  );
   assert.equal(mode(path.join(dataDir, 'pg-passwords.json')), 0o600);
   assert.equal(mode(path.join(dataDir, 'pg')), 0o700, "PostgreSQL's folder (and socket) is its own");
   assert.ok(existsSync(path.join(dataDir, 'pg', `.s.PGSQL.${pgPort}`)), "PostgreSQL's unix socket is in its folder");
   // No TCP listener: the port only names the socket.
   const tcp = await new Promise<string>((resolve) => {
-    const c = net.connect(pgPort, '127.0.0.1', () => { c.destroy(); resolve('connected'); });
+    const c = net.connect(pgPort, '127.0.0.1', () => {
+      c.destroy();
+      resolve('connected');
+    });
     c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
   });
   assert.equal(tcp, 'ECONNREFUSED', 'the embedded PostgreSQL listens on no TCP port');
   const passwords = readFileSync(path.join(dataDir, 'pg-passwords.json'), 'utf8');
   assert.doesNotMatch(passwords, /"weft"/, 'no fixed password');
   await first.ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
-  const { allocation } = await first.ipam.allocate({ handle: 'c1/eth0', node: 'n1', pool: '', podNamespace: 'ns', podName: 'p', containerId: 'c1' });
+  const { allocation } = await first.ipam.allocate({
+    handle: 'c1/eth0',
+    node: 'n1',
+    pool: '',
+    podNamespace: 'ns',
+    podName: 'p',
+    containerId: 'c1',
+  });
   first.ipam.close();
   assert.equal(await first.s.stop(), 0, `weft up exits cleanly on SIGTERM:\n${first.s.output().slice(-2000)}`);
   running = null;
@@ -71,18 +95,32 @@ test('weft up starts from nothing, serves, stops, and starts again with its pool
 
   const pki = path.join(dataDir, 'pki');
   assert.equal(statSync(pki).mode & 0o777, 0o700, 'the pki folder is 0700');
-  for (const key of ['ca.key', 'server.key', 'admin.key']) assert.equal(statSync(path.join(pki, key)).mode & 0o777, 0o600, key);
+  for (const key of ['ca.key', 'server.key', 'admin.key'])
+    assert.equal(statSync(path.join(pki, key)).mode & 0o777, 0o600, key);
   const caBefore = readFileSync(path.join(pki, 'ca.crt'), 'utf8');
 
   const second = await up(pgPort);
   assert.equal(readFileSync(path.join(pki, 'ca.crt'), 'utf8'), caBefore, 'a restart keeps the CA');
   try {
     const { pools } = await second.ipam.listPools({});
-    assert.deepEqual(pools.map((p) => [p.name, p.cidr]), [['default', '10.244.0.0/16']]);
+    assert.deepEqual(
+      pools.map((p) => [p.name, p.cidr]),
+      [['default', '10.244.0.0/16']],
+    );
     const { allocations } = await second.ipam.listAllocations({ pool: '', node: '' });
-    assert.deepEqual(allocations.map((a) => [a.handle, a.address]), [['c1/eth0', allocation!.address]]);
+    assert.deepEqual(
+      allocations.map((a) => [a.handle, a.address]),
+      [['c1/eth0', allocation!.address]],
+    );
     // The same handle still gets the same address after the restart.
-    const again = await second.ipam.allocate({ handle: 'c1/eth0', node: 'n1', pool: '', podNamespace: 'ns', podName: 'p', containerId: 'c1' });
+    const again = await second.ipam.allocate({
+      handle: 'c1/eth0',
+      node: 'n1',
+      pool: '',
+      podNamespace: 'ns',
+      podName: 'p',
+      containerId: 'c1',
+    });
     assert.equal(again.allocation!.address, allocation!.address);
   } finally {
     second.ipam.close();
@@ -93,7 +131,10 @@ test('weft up starts from nothing, serves, stops, and starts again with its pool
 
 test('weft up with an invalid setting exits with status 2 and names the setting', async () => {
   await assert.rejects(
-    startUntil(bin.weft, ['up', '--data-dir', dataDir], /serving/, { env: { WEFT_PG_PORT: 'seventy', WEFT_LOG_LEVEL: 'warn' }, timeoutMs: 20_000 }),
+    startUntil(bin.weft, ['up', '--data-dir', dataDir], /serving/, {
+      env: { WEFT_PG_PORT: 'seventy', WEFT_LOG_LEVEL: 'warn' },
+      timeoutMs: 20_000,
+    }),
     (err: Error) => /exited with 2/.test(err.message) && /WEFT_PG_PORT/.test(err.message),
   );
 });
@@ -115,14 +156,27 @@ test('weft up on an external database as a role whose password is only in WEFT_D
     url.username = role;
     url.password = '';
     // PGPASSWORD cleared: the password comes from the file alone.
-    const env = { DATABASE_URL: url.toString(), WEFT_DATABASE_PASSWORD_FILE: pwFile, PGPASSWORD: '', WEFT_LOG_LEVEL: 'warn', WEFT_HTTP_LISTEN: '127.0.0.1:0' };
+    const env = {
+      DATABASE_URL: url.toString(),
+      WEFT_DATABASE_PASSWORD_FILE: pwFile,
+      PGPASSWORD: '',
+      WEFT_LOG_LEVEL: 'warn',
+      WEFT_HTTP_LISTEN: '127.0.0.1:0',
+    };
     const args = ['up', '--data-dir', path.join(pwDir, 'data'), '--listen', '127.0.0.1:0'];
     writeFileSync(pwFile, `${password}\n`);
     const s = await startUntil(bin.weft, args, /"serving":true/, { env });
     running = s;
     const pkiDir = path.join(pwDir, 'data', 'pki');
-    const adminTls: TransportSecurity = { mode: 'mtls', caFile: path.join(pkiDir, 'ca.crt'), certFile: path.join(pkiDir, 'admin.crt'), keyFile: path.join(pkiDir, 'admin.key') };
-    const ipam = createClient(IpamServiceService, `127.0.0.1:${(JSON.parse(s.line) as { port: number }).port}`, { security: adminTls });
+    const adminTls: TransportSecurity = {
+      mode: 'mtls',
+      caFile: path.join(pkiDir, 'ca.crt'),
+      certFile: path.join(pkiDir, 'admin.crt'),
+      keyFile: path.join(pkiDir, 'admin.key'),
+    };
+    const ipam = createClient(IpamServiceService, `127.0.0.1:${(JSON.parse(s.line) as { port: number }).port}`, {
+      security: adminTls,
+    });
     try {
       await ipam.createPool({ name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 });
     } finally {
@@ -160,9 +214,28 @@ test('weft up serves only mTLS; weft ca issue makes credentials that the CLI and
   const run = promisify(execFile);
   try {
     const nodeDir = path.join(dataDir, 'issued-node');
-    const out = JSON.parse((await run(bin.weft, ['ca', 'issue', '--node', 'node7', '--out', nodeDir, '--days', '30', '--data-dir', dataDir, '--json'])).stdout);
+    const out = JSON.parse(
+      (
+        await run(bin.weft, [
+          'ca',
+          'issue',
+          '--node',
+          'node7',
+          '--out',
+          nodeDir,
+          '--days',
+          '30',
+          '--data-dir',
+          dataDir,
+          '--json',
+        ])
+      ).stdout,
+    );
     assert.equal(out.identity, 'weft:node:node7');
-    assert.equal(new X509Certificate(readFileSync(path.join(nodeDir, 'tls.crt'))).subjectAltName, 'URI:weft:node:node7');
+    assert.equal(
+      new X509Certificate(readFileSync(path.join(nodeDir, 'tls.crt'))).subjectAltName,
+      'URI:weft:node:node7',
+    );
     assert.equal(statSync(path.join(nodeDir, 'tls.key')).mode & 0o777, 0o600);
     const node = createClient(IpamServiceService, `127.0.0.1:${cp.info.port}`, { security: clientTlsDir(nodeDir) });
     const unix = createClient(IpamServiceService, `unix://${cp.info.socket}`, { security: clientTlsDir(nodeDir) });
@@ -170,7 +243,11 @@ test('weft up serves only mTLS; weft ca issue makes credentials that the CLI and
     try {
       await node.listPools({}, { timeoutMs: 5000 });
       await unix.listPools({}, { timeoutMs: 5000 });
-      await assert.rejects(plain.listPools({}, { timeoutMs: 3000 }), (e: { code: number }) => e.code === status.UNAVAILABLE, 'the unix socket is mTLS too');
+      await assert.rejects(
+        plain.listPools({}, { timeoutMs: 3000 }),
+        (e: { code: number }) => e.code === status.UNAVAILABLE,
+        'the unix socket is mTLS too',
+      );
     } finally {
       node.close();
       unix.close();
@@ -178,11 +255,24 @@ test('weft up serves only mTLS; weft ca issue makes credentials that the CLI and
     }
     // The CLI finds weft up's admin credentials through --data-dir, or takes --tls-dir.
     const cwdEnv = { ...process.env, WEFT_TLS_DIR: '', WEFT_CLUSTER_DIR: path.join(dataDir, 'no-cluster') };
-    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', dataDir], { env: cwdEnv });
-    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--tls-dir', nodeDir], { env: cwdEnv });
-    await assert.rejects(run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', path.join(dataDir, 'elsewhere')], { env: cwdEnv }),
-      (e: { code: number; stderr: string }) => e.code === 2 && /no credentials for the control plane/.test(e.stderr));
-    await assert.rejects(run(bin.weft, ['ca', 'issue', '--node', 'a', '--admin', 'b', '--out', nodeDir, '--data-dir', dataDir]), (e: { code: number }) => e.code === 2);
+    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', dataDir], {
+      env: cwdEnv,
+    });
+    await run(bin.weft, ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--tls-dir', nodeDir], {
+      env: cwdEnv,
+    });
+    await assert.rejects(
+      run(
+        bin.weft,
+        ['ipam', 'pools', '--server', `127.0.0.1:${cp.info.port}`, '--data-dir', path.join(dataDir, 'elsewhere')],
+        { env: cwdEnv },
+      ),
+      (e: { code: number; stderr: string }) => e.code === 2 && /no credentials for the control plane/.test(e.stderr),
+    );
+    await assert.rejects(
+      run(bin.weft, ['ca', 'issue', '--node', 'a', '--admin', 'b', '--out', nodeDir, '--data-dir', dataDir]),
+      (e: { code: number }) => e.code === 2,
+    );
   } finally {
     cp.ipam.close();
     await cp.s.stop();

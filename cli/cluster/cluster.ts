@@ -12,7 +12,18 @@ import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { CertificateServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { listAllNodes } from '../node-status.js';
 import {
-  CONTROL_PLANE_ADDRESS, CONTROL_PLANE_PORT, DEFAULT_POOL, DEFAULT_POOL6, SUBNETS, controlPlaneNetns, fabricNetns, parsePodRef, planNode, podNetns, validateNamespace, validatePodName,
+  CONTROL_PLANE_ADDRESS,
+  CONTROL_PLANE_PORT,
+  DEFAULT_POOL,
+  DEFAULT_POOL6,
+  SUBNETS,
+  controlPlaneNetns,
+  fabricNetns,
+  parsePodRef,
+  planNode,
+  podNetns,
+  validateNamespace,
+  validatePodName,
 } from './topology.js';
 
 /**
@@ -29,9 +40,21 @@ export const paths = {
   cni: path.join(DIST, 'bin/weft-cni'),
 };
 
-export interface PodState { name: string; node: string; namespace: string; netns: string; containerId: string; ifname: string; addresses: string[] }
+export interface PodState {
+  name: string;
+  node: string;
+  namespace: string;
+  netns: string;
+  containerId: string;
+  ifname: string;
+  addresses: string[];
+}
 export interface NodeState {
-  name: string; netns: string; address: string; agentPid: number; socket: string;
+  name: string;
+  netns: string;
+  address: string;
+  agentPid: number;
+  socket: string;
   /** Where the agent reaches the control plane when not at its TCP address (nodes off the fabric: its unix socket). */
   controlPlane?: string;
 }
@@ -48,7 +71,8 @@ export interface ClusterState {
 const stateFile = (dir: string) => path.join(dir, 'state.json');
 
 export function readState(stateDir: string): ClusterState {
-  if (!existsSync(stateFile(stateDir))) throw new Error(`no local cluster in ${stateDir}; start one with \`weft cluster up\``);
+  if (!existsSync(stateFile(stateDir)))
+    throw new Error(`no local cluster in ${stateDir}; start one with \`weft cluster up\``);
   return JSON.parse(readFileSync(stateFile(stateDir), 'utf8')) as ClusterState;
 }
 
@@ -64,14 +88,23 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Starts a long-running process inside a namespace, detached, logging to a file. */
 function spawnInNetns(ns: string, argv: string[], env: Record<string, string>, logFile: string): number {
   const fd = openSync(logFile, 'a');
-  const child = spawn('ip', ['netns', 'exec', ns, ...argv], { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd], detached: true });
+  const child = spawn('ip', ['netns', 'exec', ns, ...argv], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', fd, fd],
+    detached: true,
+  });
   closeSync(fd);
   child.unref();
   if (!child.pid) throw new Error(`cannot start ${argv.join(' ')} in ${ns}`);
   return child.pid;
 }
 
-async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | null>, logFile?: string): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  timeoutMs: number,
+  probe: () => Promise<T | null>,
+  logFile?: string,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
   while (Date.now() < deadline) {
@@ -83,7 +116,10 @@ async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<
     }
     await sleep(100);
   }
-  const tail = logFile && existsSync(logFile) ? `\n--- ${logFile} ---\n${readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n')}` : '';
+  const tail =
+    logFile && existsSync(logFile)
+      ? `\n--- ${logFile} ---\n${readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n')}`
+      : '';
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}${tail}`);
 }
 
@@ -105,9 +141,18 @@ export function isAlive(pid: number): boolean {
 
 async function stopProcess(pid: number): Promise<void> {
   if (!isAlive(pid)) return;
-  try { process.kill(pid, 'SIGTERM'); } catch { return; }
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
   for (let i = 0; i < 50 && isAlive(pid); i++) await sleep(100);
-  if (isAlive(pid)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  if (isAlive(pid))
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   for (let i = 0; i < 20 && isAlive(pid); i++) await sleep(50);
 }
 
@@ -119,29 +164,49 @@ export const clusterPkiDir = (s: Pick<ClusterState, 'stateDir'>) => path.join(s.
 /** The local admin's credentials (weft:admin:local), with which the CLI's cluster commands and tests call the control plane. */
 export function clusterAdminSecurity(s: Pick<ClusterState, 'stateDir'>): TransportSecurity {
   const pki = clusterPkiDir(s);
-  return { mode: 'mtls', caFile: path.join(pki, PKI_FILES.caCert), certFile: path.join(pki, PKI_FILES.adminCert), keyFile: path.join(pki, PKI_FILES.adminKey) };
+  return {
+    mode: 'mtls',
+    caFile: path.join(pki, PKI_FILES.caCert),
+    certFile: path.join(pki, PKI_FILES.adminCert),
+    keyFile: path.join(pki, PKI_FILES.adminKey),
+  };
 }
 
 /** A node's TLS folder (ca.crt, tls.crt, tls.key for weft:node:<name>), which its agent reads through WEFT_TLS_DIR. */
 export const nodeTlsDir = (s: Pick<ClusterState, 'stateDir'>, node: string) => path.join(s.stateDir, node, 'tls');
 
 /** Issues a client TLS folder from the local cluster's CA (a controller's, an extra admin's). */
-export function issueClusterCredentials(s: Pick<ClusterState, 'stateDir'>, outDir: string, subject: { kind: 'node' | 'admin' | 'controller'; name: string }): Promise<TransportSecurity> {
+export function issueClusterCredentials(
+  s: Pick<ClusterState, 'stateDir'>,
+  outDir: string,
+  subject: { kind: 'node' | 'admin' | 'controller'; name: string },
+): Promise<TransportSecurity> {
   return issueClientTlsDir(clusterPkiDir(s), outDir, subject).then(() => clientTlsDir(outDir));
 }
 
 export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
   const stateDir = path.resolve(opts.stateDir);
-  if (existsSync(stateFile(stateDir))) throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
-  if (!Number.isInteger(opts.nodes) || opts.nodes < 0 || opts.nodes > 50) throw new Error('nodes must be 0-50 (0: the control plane alone)');
+  if (existsSync(stateFile(stateDir)))
+    throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
+  if (!Number.isInteger(opts.nodes) || opts.nodes < 0 || opts.nodes > 50)
+    throw new Error('nodes must be 0-50 (0: the control plane alone)');
   mkdirSync(stateDir, { recursive: true });
   // The control plane's PostgreSQL (run as 'postgres' under root) keeps its data below this folder.
   chmodSync(stateDir, 0o755);
   const prefix = `w${randomBytes(3).toString('hex')}`;
   const cpNs = controlPlaneNetns(prefix);
   const state: ClusterState = {
-    prefix, stateDir, nodes: [], pods: [], ...(opts.dualStack ? { dualStack: true } : {}),
-    controlPlane: { netns: cpNs, pid: 0, socket: path.join(stateDir, 'cp', 'weft.sock'), address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}` },
+    prefix,
+    stateDir,
+    nodes: [],
+    pods: [],
+    ...(opts.dualStack ? { dualStack: true } : {}),
+    controlPlane: {
+      netns: cpNs,
+      pid: 0,
+      socket: path.join(stateDir, 'cp', 'weft.sock'),
+      address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`,
+    },
   };
   writeState(state);
   try {
@@ -166,8 +231,10 @@ export async function clusterUp(opts: { stateDir: string; nodes: number; dualSta
     const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
     try {
       const pools = await ipam.listPools({}, { timeoutMs: 5000 });
-      if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name)) await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
-      if (opts.dualStack && !pools.pools.some((p) => p.name === DEFAULT_POOL6.name)) await ipam.createPool(DEFAULT_POOL6, { timeoutMs: 5000 });
+      if (!pools.pools.some((p) => p.name === DEFAULT_POOL.name))
+        await ipam.createPool(DEFAULT_POOL, { timeoutMs: 5000 });
+      if (opts.dualStack && !pools.pools.some((p) => p.name === DEFAULT_POOL6.name))
+        await ipam.createPool(DEFAULT_POOL6, { timeoutMs: 5000 });
     } finally {
       ipam.close();
     }
@@ -182,12 +249,29 @@ export async function clusterUp(opts: { stateDir: string; nodes: number; dualSta
 /** Starts the control plane (`weft up`: IPAM, routes, embedded PostgreSQL) in its namespace; resolves once it answers. */
 async function startControlPlane(state: ClusterState): Promise<void> {
   const cpLog = path.join(state.stateDir, 'cp', 'control-plane.log');
-  state.controlPlane.pid = spawnInNetns(state.controlPlane.netns,
-    [process.execPath, paths.cli, 'up', '--data-dir', path.join(state.stateDir, 'cp'), '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`], { WEFT_LOG_LEVEL: 'info' }, cpLog);
+  state.controlPlane.pid = spawnInNetns(
+    state.controlPlane.netns,
+    [
+      process.execPath,
+      paths.cli,
+      'up',
+      '--data-dir',
+      path.join(state.stateDir, 'cp'),
+      '--listen',
+      `0.0.0.0:${CONTROL_PLANE_PORT}`,
+    ],
+    { WEFT_LOG_LEVEL: 'info' },
+    cpLog,
+  );
   writeState(state);
   const ipam = createClient(IpamServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
   try {
-    await waitFor('the control plane', 60_000, async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null), cpLog);
+    await waitFor(
+      'the control plane',
+      60_000,
+      async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null),
+      cpLog,
+    );
   } finally {
     ipam.close();
   }
@@ -206,7 +290,14 @@ export async function restartControlPlane(stateDir: string): Promise<ClusterStat
   return state;
 }
 
-async function attachToFabric(fab: string, ns: string, fabricIfname: string, cidr: string, bridge: string, router: string): Promise<void> {
+async function attachToFabric(
+  fab: string,
+  ns: string,
+  fabricIfname: string,
+  cidr: string,
+  bridge: string,
+  router: string,
+): Promise<void> {
   await ipn(fab, 'link', 'add', fabricIfname, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
   await ipn(fab, 'link', 'set', fabricIfname, 'master', bridge, 'up');
   await ipn(ns, 'link', 'set', 'lo', 'up');
@@ -221,7 +312,17 @@ async function attachToFabric(fab: string, ns: string, fabricIfname: string, cid
  * filtering from the host's defaults). Set inside the node's namespace only; the host's settings are not touched.
  */
 async function allowDirectRouting(ns: string): Promise<void> {
-  await run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv4.conf.all.rp_filter=2', 'net.ipv4.conf.default.rp_filter=2', 'net.ipv4.conf.eth0.rp_filter=2']);
+  await run('ip', [
+    'netns',
+    'exec',
+    ns,
+    'sysctl',
+    '-qw',
+    'net.ipv4.ip_forward=1',
+    'net.ipv4.conf.all.rp_filter=2',
+    'net.ipv4.conf.default.rp_filter=2',
+    'net.ipv4.conf.eth0.rp_filter=2',
+  ]);
 }
 
 /** Adds node `index` (1-based) with its agent; waits until the node is registered. */
@@ -230,7 +331,14 @@ export async function addNode(state: ClusterState, index?: number): Promise<Node
   const plan = planNode(state.prefix, i);
   if (state.nodes.some((n) => n.name === plan.name)) throw new Error(`${plan.name} already exists`);
   const node = await createNodeNetns(state, plan);
-  await attachToFabric(fabricNetns(state.prefix), plan.netns, plan.fabricIfname, `${plan.address}/24`, plan.bridge, plan.router);
+  await attachToFabric(
+    fabricNetns(state.prefix),
+    plan.netns,
+    plan.fabricIfname,
+    `${plan.address}/24`,
+    plan.bridge,
+    plan.router,
+  );
   await startNodeAgent(state, node);
   return node;
 }
@@ -246,11 +354,15 @@ export async function addNodePair(state: ClusterState, indexes: [number, number]
   const plans = indexes.map((i) => planNode(state.prefix, i));
   for (const plan of plans) {
     if (state.nodes.some((n) => n.name === plan.name)) throw new Error(`${plan.name} already exists`);
-    if (plan.bridge !== SUBNETS[0].bridge) throw new Error(`${plan.name} is not on the first underlay subnet; pick indexes that are not multiples of 3`);
+    if (plan.bridge !== SUBNETS[0].bridge)
+      throw new Error(`${plan.name} is not on the first underlay subnet; pick indexes that are not multiples of 3`);
   }
   const [a, b] = [await createNodeNetns(state, plans[0]!), await createNodeNetns(state, plans[1]!)];
   await ipn(a.netns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b.netns);
-  for (const [n, peer] of [[a, b], [b, a]] as const) {
+  for (const [n, peer] of [
+    [a, b],
+    [b, a],
+  ] as const) {
     await ipn(n.netns, 'link', 'set', 'lo', 'up');
     await ipn(n.netns, 'addr', 'add', `${n.address}/24`, 'dev', 'eth0');
     await ipn(n.netns, 'link', 'set', 'eth0', 'up');
@@ -263,7 +375,13 @@ export async function addNodePair(state: ClusterState, indexes: [number, number]
 
 async function createNodeNetns(state: ClusterState, plan: ReturnType<typeof planNode>): Promise<NodeState> {
   await run('ip', ['netns', 'add', plan.netns]);
-  const node: NodeState = { name: plan.name, netns: plan.netns, address: plan.address, agentPid: 0, socket: path.join(state.stateDir, plan.name, 'agent.sock') };
+  const node: NodeState = {
+    name: plan.name,
+    netns: plan.netns,
+    address: plan.address,
+    agentPid: 0,
+    socket: path.join(state.stateDir, plan.name, 'agent.sock'),
+  };
   state.nodes.push(node);
   writeState(state);
   return node;
@@ -280,22 +398,34 @@ async function startNodeAgent(state: ClusterState, node: NodeState, controlPlane
   if (!existsSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'))) {
     await issueClusterCredentials(state, nodeTlsDir(state, node.name), { kind: 'node', name: node.name });
     // Recorded like `weft ca issue` records, so that `weft ca revoke --node NAME` finds it.
-    const certificates = createClient(CertificateServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+    const certificates = createClient(CertificateServiceService, controlPlaneTarget(state), {
+      security: clusterAdminSecurity(state),
+    });
     try {
-      await certificates.recordCertificate({ certificatePem: readFileSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'), 'utf8') }, { timeoutMs: 10_000 });
+      await certificates.recordCertificate(
+        { certificatePem: readFileSync(path.join(nodeTlsDir(state, node.name), 'tls.crt'), 'utf8') },
+        { timeoutMs: 10_000 },
+      );
     } finally {
       certificates.close();
     }
   }
   node.agentPid = spawnAgent(state, node);
   writeState(state);
-  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), { security: clusterAdminSecurity(state) });
+  const routes = createClient(RoutesServiceService, controlPlaneTarget(state), {
+    security: clusterAdminSecurity(state),
+  });
   try {
-    await waitFor(`${node.name}'s agent`, 30_000, async () => {
-      if (!isAlive(node.agentPid)) throw new Error('the agent exited');
-      const nodes = await listAllNodes(routes, 2000);
-      return nodes.some((n) => n.name === node.name) && existsSync(node.socket) ? true : null;
-    }, log);
+    await waitFor(
+      `${node.name}'s agent`,
+      30_000,
+      async () => {
+        if (!isAlive(node.agentPid)) throw new Error('the agent exited');
+        const nodes = await listAllNodes(routes, 2000);
+        return nodes.some((n) => n.name === node.name) && existsSync(node.socket) ? true : null;
+      },
+      log,
+    );
   } finally {
     routes.close();
   }
@@ -306,27 +436,39 @@ export const AGENT_METRICS_PORT = 9402;
 
 export const agentLog = (node: NodeState) => path.join(path.dirname(node.socket), 'agent.log');
 /** The node's container-runtime CNI folders, where its agent installs `weft` and `10-weft.conflist` as on a real node. */
-export const cniDirs = (node: NodeState) => ({ bin: path.join(path.dirname(node.socket), 'cni', 'bin'), conf: path.join(path.dirname(node.socket), 'cni', 'net.d') });
+export const cniDirs = (node: NodeState) => ({
+  bin: path.join(path.dirname(node.socket), 'cni', 'bin'),
+  conf: path.join(path.dirname(node.socket), 'cni', 'net.d'),
+});
 
 function spawnAgent(state: ClusterState, node: NodeState): number {
-  return spawnInNetns(node.netns, [process.execPath, paths.agent], {
-    WEFT_NODE_NAME: node.name,
-    // The underlay as an operator of many machines names it: by the subnets it lives on.
-    WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
-    WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
-    WEFT_AGENT_SOCKET: node.socket,
-    WEFT_TLS_DIR: nodeTlsDir(state, node.name),
-    // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
-    // change with a long period, so that no periodic pass falls in its idle or busy window).
-    ...(process.env.WEFT_RESYNC_MS ? {} : { WEFT_RESYNC_MS: '5000' }),
-    WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
-    WEFT_CNI_BIN_DIR: cniDirs(node).bin,
-    WEFT_CNI_CONF_DIR: cniDirs(node).conf,
-    ...(state.dualStack ? { WEFT_POD_FAMILIES: 'ipv4,ipv6' } : {}),
-  }, agentLog(node));
+  return spawnInNetns(
+    node.netns,
+    [process.execPath, paths.agent],
+    {
+      WEFT_NODE_NAME: node.name,
+      // The underlay as an operator of many machines names it: by the subnets it lives on.
+      WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
+      WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
+      WEFT_AGENT_SOCKET: node.socket,
+      WEFT_TLS_DIR: nodeTlsDir(state, node.name),
+      // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
+      // change with a long period, so that no periodic pass falls in its idle or busy window).
+      ...(process.env.WEFT_RESYNC_MS ? {} : { WEFT_RESYNC_MS: '5000' }),
+      WEFT_METRICS_LISTEN: `0.0.0.0:${AGENT_METRICS_PORT}`,
+      WEFT_CNI_BIN_DIR: cniDirs(node).bin,
+      WEFT_CNI_CONF_DIR: cniDirs(node).conf,
+      ...(state.dualStack ? { WEFT_POD_FAMILIES: 'ipv4,ipv6' } : {}),
+    },
+    agentLog(node),
+  );
 }
 
-export interface CniOutcome { exitCode: number | null; stdout: string; stderr: string }
+export interface CniOutcome {
+  exitCode: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs weft-cni inside the node's namespace exactly as a container runtime does: environment and stdin in, stdout and exit status out. */
 export function runCni(node: NodeState, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
@@ -334,7 +476,12 @@ export function runCni(node: NodeState, env: Record<string, string>, stdin: stri
 }
 
 /** Runs a CNI plugin executable inside a namespace (the node's, as its runtime would): only PATH and `env` in its environment. */
-export function runPluginInNetns(netns: string, file: string, env: Record<string, string>, stdin: string): Promise<CniOutcome> {
+export function runPluginInNetns(
+  netns: string,
+  file: string,
+  env: Record<string, string>,
+  stdin: string,
+): Promise<CniOutcome> {
   return new Promise((resolve, reject) => {
     const child = spawn('ip', ['netns', 'exec', netns, file], {
       env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env },
@@ -360,28 +507,54 @@ export function networkConfig(node: NodeState): string {
  * Attaches a pod through the real weft-cni on `nodeName`, as a container runtime does. `uid`: the Kubernetes pod's UID,
  * passed as K8S_POD_UID (what a kubelet's runtime sends), at most 128 of a-z A-Z 0-9 -.
  */
-export async function podAdd(stateDir: string, nodeName: string, pod: string, namespace = 'default', opts: { uid?: string } = {}): Promise<PodState> {
+export async function podAdd(
+  stateDir: string,
+  nodeName: string,
+  pod: string,
+  namespace = 'default',
+  opts: { uid?: string } = {},
+): Promise<PodState> {
   const state = readState(stateDir);
   validatePodName(pod);
   validateNamespace(namespace);
-  if (opts.uid !== undefined && !/^[A-Za-z0-9-]{1,128}$/.test(opts.uid)) throw new Error(`pod UID ${JSON.stringify(opts.uid)} is invalid: expected 1 to 128 of a-z A-Z 0-9 -`);
+  if (opts.uid !== undefined && !/^[A-Za-z0-9-]{1,128}$/.test(opts.uid))
+    throw new Error(`pod UID ${JSON.stringify(opts.uid)} is invalid: expected 1 to 128 of a-z A-Z 0-9 -`);
   const node = state.nodes.find((n) => n.name === nodeName);
   if (!node) throw new Error(`no node ${nodeName}; nodes: ${state.nodes.map((n) => n.name).join(', ')}`);
-  if (state.pods.some((p) => p.namespace === namespace && p.name === pod)) throw new Error(`pod ${namespace}/${pod} already exists`);
+  if (state.pods.some((p) => p.namespace === namespace && p.name === pod))
+    throw new Error(`pod ${namespace}/${pod} already exists`);
   const netnsName = podNetns(state.prefix, namespace, pod);
   await run('ip', ['netns', 'add', netnsName]);
-  const containerId = createHash('sha256').update(`${state.prefix}/${namespace}/${pod}/${Date.now()}`).digest('hex').slice(0, 32);
+  const containerId = createHash('sha256')
+    .update(`${state.prefix}/${namespace}/${pod}/${Date.now()}`)
+    .digest('hex')
+    .slice(0, 32);
   const netns = `/var/run/netns/${netnsName}`;
-  const out = await runCni(node, {
-    CNI_COMMAND: 'ADD', CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${pod}${opts.uid ? `;K8S_POD_UID=${opts.uid}` : ''}`,
-  }, networkConfig(node));
+  const out = await runCni(
+    node,
+    {
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: containerId,
+      CNI_NETNS: netns,
+      CNI_IFNAME: 'eth0',
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=${pod}${opts.uid ? `;K8S_POD_UID=${opts.uid}` : ''}`,
+    },
+    networkConfig(node),
+  );
   if (out.exitCode !== 0) {
     await run('ip', ['netns', 'del', netnsName]).catch(() => {});
     throw new Error(`weft-cni ADD failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
   }
   const result = JSON.parse(out.stdout) as { ips: { address: string }[] };
-  const p: PodState = { name: pod, node: node.name, namespace, netns, containerId, ifname: 'eth0', addresses: result.ips.map((i) => i.address.split('/')[0]!) };
+  const p: PodState = {
+    name: pod,
+    node: node.name,
+    namespace,
+    netns,
+    containerId,
+    ifname: 'eth0',
+    addresses: result.ips.map((i) => i.address.split('/')[0]!),
+  };
   state.pods.push(p);
   writeState(state);
   return p;
@@ -392,10 +565,18 @@ export async function podDel(stateDir: string, pod: string, namespace?: string):
   const state = readState(stateDir);
   const ref = parsePodRef(pod, namespace);
   const p = state.pods.find((x) => x.namespace === ref.namespace && x.name === ref.name);
-  if (!p) throw new Error(`no pod ${ref.namespace}/${ref.name}${state.pods.length > 0 ? `; pods: ${state.pods.map((x) => `${x.namespace}/${x.name}`).join(', ')}` : ''}`);
+  if (!p)
+    throw new Error(
+      `no pod ${ref.namespace}/${ref.name}${state.pods.length > 0 ? `; pods: ${state.pods.map((x) => `${x.namespace}/${x.name}`).join(', ')}` : ''}`,
+    );
   const node = state.nodes.find((n) => n.name === p.node)!;
-  const out = await runCni(node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: p.containerId, CNI_NETNS: p.netns, CNI_IFNAME: p.ifname }, networkConfig(node));
-  if (out.exitCode !== 0) throw new Error(`weft-cni DEL failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
+  const out = await runCni(
+    node,
+    { CNI_COMMAND: 'DEL', CNI_CONTAINERID: p.containerId, CNI_NETNS: p.netns, CNI_IFNAME: p.ifname },
+    networkConfig(node),
+  );
+  if (out.exitCode !== 0)
+    throw new Error(`weft-cni DEL failed (exit ${out.exitCode}): ${out.stdout.trim()} ${out.stderr.trim()}`);
   await run('ip', ['netns', 'del', path.basename(p.netns)]).catch(() => {});
   state.pods = state.pods.filter((x) => x !== p);
   writeState(state);
@@ -409,14 +590,25 @@ export async function clusterDown(opts: { stateDir: string }): Promise<{ removed
   const state = readState(stateDir);
   await Promise.all(state.nodes.map((n) => stopProcess(n.agentPid)));
   await stopProcess(state.controlPlane.pid);
-  const listed = (await run('ip', ['netns', 'list']).catch(() => '')).split('\n').map((l) => l.split(' ')[0]!).filter((n) => n.startsWith(`${state.prefix}-`));
+  const listed = (await run('ip', ['netns', 'list']).catch(() => ''))
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter((n) => n.startsWith(`${state.prefix}-`));
   // Pods first, then nodes, the control plane, and the fabric last.
   const order = (n: string) => (n.includes('-pod-') ? 0 : n.endsWith('-fabric') ? 3 : n.endsWith('-cp') ? 2 : 1);
   listed.sort((a, b) => order(a) - order(b));
   for (const ns of listed) {
     // Whatever still runs inside (a crashed agent's children, an orphaned PostgreSQL) goes with its namespace.
-    const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => '')).split('\n').map(Number).filter((p) => p > 0);
-    for (const pid of pids) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => ''))
+      .split('\n')
+      .map(Number)
+      .filter((p) => p > 0);
+    for (const pid of pids)
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     await run('ip', ['netns', 'del', ns]).catch(() => {});
   }
   rmSync(stateDir, { recursive: true, force: true });
@@ -433,10 +625,19 @@ function findNode(state: ClusterState, nodeName: string): NodeState {
  * Stops a node's agent and leaves it stopped: SIGTERM (then SIGKILL after 5 s), or SIGKILL at once, as a crash or
  * an OOM kill would. The kernel state it programmed stays as it was. Stopping a stopped agent does nothing.
  */
-export async function stopAgent(stateDir: string, nodeName: string, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<NodeState> {
+export async function stopAgent(
+  stateDir: string,
+  nodeName: string,
+  signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
+): Promise<NodeState> {
   const state = readState(stateDir);
   const node = findNode(state, nodeName);
-  if (signal === 'SIGKILL' && isAlive(node.agentPid)) try { process.kill(node.agentPid, 'SIGKILL'); } catch { /* gone */ }
+  if (signal === 'SIGKILL' && isAlive(node.agentPid))
+    try {
+      process.kill(node.agentPid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   await stopProcess(node.agentPid);
   node.agentPid = 0;
   writeState(state);
@@ -454,7 +655,11 @@ export function startAgent(stateDir: string, nodeName: string): NodeState {
 }
 
 /** Restarts a node's agent (or starts it when it is not running). */
-export async function restartAgent(stateDir: string, nodeName: string, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<NodeState> {
+export async function restartAgent(
+  stateDir: string,
+  nodeName: string,
+  signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
+): Promise<NodeState> {
   await stopAgent(stateDir, nodeName, signal);
   return startAgent(stateDir, nodeName);
 }

@@ -50,14 +50,17 @@ export const podNetns = (prefix: string, namespace: string, pod: string) =>
   namespace === DEFAULT_NAMESPACE ? `${prefix}-pod-${pod}` : `${prefix}-pod-${namespace}.${pod}`;
 
 export function validatePodName(pod: string): string {
-  if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(pod)) throw new Error(`pod name ${JSON.stringify(pod)} must be 1-32 lowercase letters, digits or '-'`);
+  if (!/^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$/.test(pod))
+    throw new Error(`pod name ${JSON.stringify(pod)} must be 1-32 lowercase letters, digits or '-'`);
   return pod;
 }
 
 /** A Kubernetes namespace name (an RFC 1123 label). */
 export function validateNamespace(namespace: string): string {
   if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(namespace)) {
-    throw new Error(`namespace ${JSON.stringify(namespace)} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit`);
+    throw new Error(
+      `namespace ${JSON.stringify(namespace)} must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit`,
+    );
   }
   return namespace;
 }
@@ -70,6 +73,7 @@ export function parsePodRef(ref: string, namespace?: string): { namespace: strin
   const slash = ref.indexOf('/');
   if (slash < 0) return { namespace: validateNamespace(namespace ?? DEFAULT_NAMESPACE), name: validatePodName(ref) };
   const ns = ref.slice(0, slash);
-  if (namespace !== undefined && namespace !== ns) throw new Error(`pod ${ref} is in namespace ${ns}, but --namespace says ${namespace}; give one`);
+  if (namespace !== undefined && namespace !== ns)
+    throw new Error(`pod ${ref} is in namespace ${ns}, but --namespace says ${namespace}; give one`);
   return { namespace: validateNamespace(ns), name: validatePodName(ref.slice(slash + 1)) };
 }

@@ -53,7 +53,8 @@ export function planPodReleases(input: {
     const gone = !p || !p.mayHoldAddress || (a.podUid !== '' && p.uid !== '' && p.uid !== a.podUid);
     if (!gone) continue;
     const since = input.missingSince.get(a.handle) ?? input.deletedAt?.(a.podNamespace, a.podName) ?? input.now;
-    if (input.now - a.allocatedAt.getTime() >= input.graceMs && input.now - since >= input.graceMs) release.push(a.handle);
+    if (input.now - a.allocatedAt.getTime() >= input.graceMs && input.now - since >= input.graceMs)
+      release.push(a.handle);
     else missingSince.set(a.handle, since);
   }
   return { release, missingSince };

@@ -17,7 +17,11 @@ export interface KubeObject {
   kind?: string;
   metadata?: KubeMeta;
 }
-export interface KubeContainerPort { name?: string; containerPort: number; protocol?: string }
+export interface KubeContainerPort {
+  name?: string;
+  containerPort: number;
+  protocol?: string;
+}
 export interface KubePod extends KubeObject {
   spec?: {
     nodeName?: string;
@@ -27,12 +31,21 @@ export interface KubePod extends KubeObject {
   };
   status?: { phase?: string };
 }
-export interface KubeCondition { type: string; status: string; reason?: string; message?: string }
+export interface KubeCondition {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
+}
 export interface KubeNode extends KubeObject {
   status?: { conditions?: KubeCondition[] };
 }
 
-export interface NamedPort { name: string; port: number; protocol: string }
+export interface NamedPort {
+  name: string;
+  port: number;
+  protocol: string;
+}
 
 /** A pod as the policy service is told of it: who it is and what selects it; its addresses come from the agents. */
 export interface PodDescription {
@@ -58,7 +71,10 @@ export function describePod(pod: KubePod): PodDescription | null {
   if (pod.spec?.hostNetwork) return null;
   const ports: NamedPort[] = [];
   const seen = new Set<string>();
-  const containers = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always')];
+  const containers = [
+    ...(pod.spec?.containers ?? []),
+    ...(pod.spec?.initContainers ?? []).filter((c) => c.restartPolicy === 'Always'),
+  ];
   for (const c of containers) {
     for (const p of c.ports ?? []) {
       if (!p.name || seen.has(p.name)) continue;
@@ -87,7 +103,11 @@ export function podMayHoldAddress(pod: KubePod): boolean {
 }
 
 export type PolicyKind = 'NetworkPolicy' | 'AdminNetworkPolicy' | 'BaselineAdminNetworkPolicy';
-export const POLICY_KINDS: readonly PolicyKind[] = ['NetworkPolicy', 'AdminNetworkPolicy', 'BaselineAdminNetworkPolicy'];
+export const POLICY_KINDS: readonly PolicyKind[] = [
+  'NetworkPolicy',
+  'AdminNetworkPolicy',
+  'BaselineAdminNetworkPolicy',
+];
 
 const API_VERSION: Record<PolicyKind, string> = {
   NetworkPolicy: 'networking.k8s.io/v1',
@@ -121,10 +141,16 @@ export function networkAvailablePatch(node: KubeNode, now: Date): object | null 
   const t = now.toISOString().replace(/\.\d{3}Z$/, 'Z');
   return {
     status: {
-      conditions: [{
-        type: NETWORK_UNAVAILABLE, status: 'False', reason: WEFT_UP_REASON,
-        message: 'Weft\'s agent on this node is registered and renews its lease', lastTransitionTime: t, lastHeartbeatTime: t,
-      }],
+      conditions: [
+        {
+          type: NETWORK_UNAVAILABLE,
+          status: 'False',
+          reason: WEFT_UP_REASON,
+          message: "Weft's agent on this node is registered and renews its lease",
+          lastTransitionTime: t,
+          lastHeartbeatTime: t,
+        },
+      ],
     },
   };
 }

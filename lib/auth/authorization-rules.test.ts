@@ -37,12 +37,14 @@ type RequestFns = { fromPartial(o: never): object };
 function unknownFields(rule: MethodRule, messageFns: RequestFns): string[] {
   const request = messageFns as unknown as { fromPartial(o: object): Record<string, unknown> };
   const checks = [...(rule.node ?? []), ...(rule.controller ?? []), ...(rule.token ? [rule.token] : [])];
-  return checks.flatMap((c) => c.fields).filter((field) => {
-    const [head, tail] = field.split('[].') as [string, string | undefined];
-    if (tail === undefined) return !(head in request.fromPartial({}));
-    const items = request.fromPartial({ [head]: [{}] })[head];
-    return !Array.isArray(items) || !(tail in (items[0] as object));
-  });
+  return checks
+    .flatMap((c) => c.fields)
+    .filter((field) => {
+      const [head, tail] = field.split('[].') as [string, string | undefined];
+      if (tail === undefined) return !(head in request.fromPartial({}));
+      const items = request.fromPartial({ [head]: [{}] })[head];
+      return !Array.isArray(items) || !(tail in (items[0] as object));
+    });
 }
 
 describe('the authorization table covers the served services', () => {
@@ -50,24 +52,48 @@ describe('the authorization table covers the served services', () => {
     for (const [name, method] of Object.entries(definition)) {
       test(`${method.path} has a rule whose request fields exist`, () => {
         const rule = methodRule(method.path);
-        assert.ok(rule, `${method.path} has no rule in lib/auth/authorization.ts: add one (who may call it, what of the request must be theirs)`);
+        assert.ok(
+          rule,
+          `${method.path} has no rule in lib/auth/authorization.ts: add one (who may call it, what of the request must be theirs)`,
+        );
         const request = messages[`${capitalize(name)}Request`] as RequestFns;
-        assert.deepEqual(unknownFields(rule, request), [], `a check of ${method.path} reads fields ${capitalize(name)}Request lacks`);
-        assert.equal(rule.mutation, !/^(List|Get|Watch|Explain|Check)/.test(capitalize(name)), `${method.path}: mutation should be ${!rule.mutation}`);
+        assert.deepEqual(
+          unknownFields(rule, request),
+          [],
+          `a check of ${method.path} reads fields ${capitalize(name)}Request lacks`,
+        );
+        assert.equal(
+          rule.mutation,
+          !/^(List|Get|Watch|Explain|Check)/.test(capitalize(name)),
+          `${method.path}: mutation should be ${!rule.mutation}`,
+        );
       });
     }
   }
 
   test('every rule is of a served method (no rule outlives its RPC)', () => {
     const served = new Set(SERVED.flatMap(({ definition }) => Object.values(definition).map((m) => m.path)));
-    assert.deepEqual(Object.keys(AUTHORIZATION_RULES).filter((p) => !served.has(p)), []);
+    assert.deepEqual(
+      Object.keys(AUTHORIZATION_RULES).filter((p) => !served.has(p)),
+      [],
+    );
   });
 
   test('the checks can fail: a method without a rule and a field the request lacks are found', () => {
-    assert.deepEqual(methodsWithoutRule([{ ...ipam.IpamServiceService, newRpc: { path: '/weft.ipam.v1.IpamService/NewRpc' } }]), ['/weft.ipam.v1.IpamService/NewRpc']);
+    assert.deepEqual(
+      methodsWithoutRule([{ ...ipam.IpamServiceService, newRpc: { path: '/weft.ipam.v1.IpamService/NewRpc' } }]),
+      ['/weft.ipam.v1.IpamService/NewRpc'],
+    );
     const rule = AUTHORIZATION_RULES['/weft.ipam.v1.IpamService/BatchAllocate']!;
     assert.deepEqual(unknownFields(rule, ipam.BatchAllocateRequest), []);
-    assert.deepEqual(unknownFields(rule, ipam.AllocateRequest), ['requests[].node', 'requests[].pool'], 'another message lacks the fields');
-    assert.deepEqual(unknownFields(AUTHORIZATION_RULES['/weft.routes.v1.RoutesService/RegisterNode']!, ipam.AllocateRequest), ['name']);
+    assert.deepEqual(
+      unknownFields(rule, ipam.AllocateRequest),
+      ['requests[].node', 'requests[].pool'],
+      'another message lacks the fields',
+    );
+    assert.deepEqual(
+      unknownFields(AUTHORIZATION_RULES['/weft.routes.v1.RoutesService/RegisterNode']!, ipam.AllocateRequest),
+      ['name'],
+    );
   });
 });

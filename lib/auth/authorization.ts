@@ -30,7 +30,11 @@ export interface RequestCheck {
   readonly describe: string;
   /** The request fields it reads ("requests[].node"): a test checks each against the service definitions. */
   readonly fields: readonly string[];
-  check(request: Message, caller: { name: string; scopes: readonly string[] }, lookups: AccessLookups): Why | Promise<Why>;
+  check(
+    request: Message,
+    caller: { name: string; scopes: readonly string[] },
+    lookups: AccessLookups,
+  ): Why | Promise<Why>;
 }
 
 export interface MethodRule {
@@ -86,7 +90,8 @@ const handleHeldByNode: RequestCheck = {
   fields: ['handle'],
   async check(request, caller, lookups) {
     const handle = String(request.handle ?? '');
-    if (!lookups.holderOfHandle) return `cannot tell which node holds handle ${JSON.stringify(handle)} (the server supplies no lookup)`;
+    if (!lookups.holderOfHandle)
+      return `cannot tell which node holds handle ${JSON.stringify(handle)} (the server supplies no lookup)`;
     const holder = await lookups.holderOfHandle(handle);
     if (holder && holder.node !== caller.name) {
       return `node ${caller.name} may only release handles it holds (handle ${JSON.stringify(handle)} is held by node ${holder.node})`;
@@ -101,7 +106,8 @@ const containerOnNode: RequestCheck = {
   fields: ['containerId'],
   async check(request, caller, lookups) {
     const id = String(request.containerId ?? '');
-    if (!lookups.nodeOfContainer) return `cannot tell where container ${JSON.stringify(id)} is attached (the server supplies no lookup)`;
+    if (!lookups.nodeOfContainer)
+      return `cannot tell where container ${JSON.stringify(id)} is attached (the server supplies no lookup)`;
     const node = await lookups.nodeOfContainer(id);
     if (node !== null && node !== caller.name) {
       return `node ${caller.name} may only detach pods attached on itself (container ${JSON.stringify(id)} is attached on node ${node})`;
@@ -118,7 +124,10 @@ const scopesOf = (scopes: readonly string[]) => (scopes.length > 0 ? scopes.join
 const readScope: RequestCheck = {
   describe: 'scope read',
   fields: [],
-  check: (_request, caller) => (caller.scopes.includes('read') ? null : `token ${caller.name} lacks scope read (it has: ${scopesOf(caller.scopes)})`),
+  check: (_request, caller) =>
+    caller.scopes.includes('read')
+      ? null
+      : `token ${caller.name} lacks scope read (it has: ${scopesOf(caller.scopes)})`,
 };
 
 /** `<verb>:<pool>` for every pool the request names at `field`; a request naming no pool is refused (it must name one). */
@@ -128,8 +137,10 @@ function poolScope(verb: 'ipam:allocate', field: string): RequestCheck {
     fields: [field],
     check(request, caller) {
       for (const { value, at } of valuesAt(request, field)) {
-        if (value === '') return `token ${caller.name} may only allocate in pools it has a scope for: name the pool (${at} is empty; it has: ${scopesOf(caller.scopes)})`;
-        if (!caller.scopes.includes(`${verb}:${value}`)) return `token ${caller.name} lacks scope ${verb}:${value} (${named(value, at)}; it has: ${scopesOf(caller.scopes)})`;
+        if (value === '')
+          return `token ${caller.name} may only allocate in pools it has a scope for: name the pool (${at} is empty; it has: ${scopesOf(caller.scopes)})`;
+        if (!caller.scopes.includes(`${verb}:${value}`))
+          return `token ${caller.name} lacks scope ${verb}:${value} (${named(value, at)}; it has: ${scopesOf(caller.scopes)})`;
       }
       return null;
     },
@@ -138,11 +149,12 @@ function poolScope(verb: 'ipam:allocate', field: string): RequestCheck {
 
 /** `ipam:release:<pool>` for the pools of the handle's live allocations (a handle holding nothing: nothing to release). */
 const releaseScope: RequestCheck = {
-  describe: 'scope ipam:release:<pool> of the handle\'s pools',
+  describe: "scope ipam:release:<pool> of the handle's pools",
   fields: ['handle'],
   async check(request, caller, lookups) {
     const handle = String(request.handle ?? '');
-    if (!lookups.holderOfHandle) return `cannot tell which pools handle ${JSON.stringify(handle)} holds addresses of (the server supplies no lookup)`;
+    if (!lookups.holderOfHandle)
+      return `cannot tell which pools handle ${JSON.stringify(handle)} holds addresses of (the server supplies no lookup)`;
     const holder = await lookups.holderOfHandle(handle);
     for (const pool of holder?.pools ?? []) {
       if (!caller.scopes.includes(`ipam:release:${pool}`)) {
@@ -157,7 +169,11 @@ const releaseScope: RequestCheck = {
 
 const ANY: readonly RequestCheck[] = [];
 /** Changes nothing: admin, and tokens with the read scope, plus whoever `more` names. */
-const read = (more: Omit<MethodRule, 'mutation' | 'token'> = {}): MethodRule => ({ mutation: false, token: readScope, ...more });
+const read = (more: Omit<MethodRule, 'mutation' | 'token'> = {}): MethodRule => ({
+  mutation: false,
+  token: readScope,
+  ...more,
+});
 /** Changes state: admin (and tokens with the admin scope), plus whoever `more` names. */
 const write = (more: Omit<MethodRule, 'mutation'> = {}): MethodRule => ({ mutation: true, ...more });
 
@@ -182,8 +198,14 @@ export const AUTHORIZATION_RULES: Readonly<Record<string, MethodRule>> = Object.
   [`${IPAM}ListReservations`]: read(),
   [`${IPAM}DeleteReservation`]: write(),
   [`${IPAM}ListPools`]: read({ node: ANY, controller: ANY }),
-  [`${IPAM}Allocate`]: write({ node: [ownNode('node', 'allocate for itself')], token: poolScope('ipam:allocate', 'pool') }),
-  [`${IPAM}BatchAllocate`]: write({ node: [ownNode('requests[].node', 'allocate for itself')], token: poolScope('ipam:allocate', 'requests[].pool') }),
+  [`${IPAM}Allocate`]: write({
+    node: [ownNode('node', 'allocate for itself')],
+    token: poolScope('ipam:allocate', 'pool'),
+  }),
+  [`${IPAM}BatchAllocate`]: write({
+    node: [ownNode('requests[].node', 'allocate for itself')],
+    token: poolScope('ipam:allocate', 'requests[].pool'),
+  }),
   [`${IPAM}Release`]: write({ node: [handleHeldByNode], controller: ANY, token: releaseScope }),
   [`${IPAM}ListAllocations`]: read({ node: [ownNode('node', 'list its own allocations')], controller: ANY }),
   [`${IPAM}WatchBlockAffinities`]: read(),
@@ -245,17 +267,31 @@ export function methodRule(path: string): MethodRule | undefined {
 
 /** Who a rule lets call, for messages: "admin, node". */
 function allowedKinds(rule: MethodRule): string {
-  return ['admin', ...(rule.node ? ['node'] : []), ...(rule.controller ? ['controller'] : []), `token with scope ${rule.token ? `admin or ${rule.token.describe.replace(/^scope /, '')}` : 'admin'}`].join(', ');
+  return [
+    'admin',
+    ...(rule.node ? ['node'] : []),
+    ...(rule.controller ? ['controller'] : []),
+    `token with scope ${rule.token ? `admin or ${rule.token.describe.replace(/^scope /, '')}` : 'admin'}`,
+  ].join(', ');
 }
 
 const forbidden = (message: string): Decision => ({ allowed: false, code: 'auth.forbidden', message });
 
 /** Whether `identity` may call `path` with `request`. */
-export async function authorize(path: string, identity: Identity, request: unknown, lookups: AccessLookups = {}): Promise<Decision> {
+export async function authorize(
+  path: string,
+  identity: Identity,
+  request: unknown,
+  lookups: AccessLookups = {},
+): Promise<Decision> {
   const anyone = methodRule(path);
   if (anyone?.anyone) return { allowed: true, rule: anyone };
   if (identity.kind === 'none') {
-    return { allowed: false, code: 'auth.unauthenticated', message: `${path} needs an authenticated caller (a client certificate of a node, an admin or a controller, or a token); the call presented none` };
+    return {
+      allowed: false,
+      code: 'auth.unauthenticated',
+      message: `${path} needs an authenticated caller (a client certificate of a node, an admin or a controller, or a token); the call presented none`,
+    };
   }
   const rule = methodRule(path);
   if (!rule) return forbidden(`${path} has no authorization rule: nobody may call it`);
@@ -265,11 +301,13 @@ export async function authorize(path: string, identity: Identity, request: unkno
   const caller = { name: identity.name, scopes: identity.kind === 'token' ? identity.scopes : [] };
   if (identity.kind === 'token') {
     if (identity.scopes.includes('admin')) return { allowed: true, rule };
-    if (!rule.token) return forbidden(`token ${identity.name} lacks scope admin for ${path} (it has: ${scopesOf(identity.scopes)})`);
+    if (!rule.token)
+      return forbidden(`token ${identity.name} lacks scope admin for ${path} (it has: ${scopesOf(identity.scopes)})`);
     checks = [rule.token];
   } else {
     checks = rule[identity.kind];
-    if (!checks) return forbidden(`${identity.kind} ${identity.name} may not call ${path} (allowed: ${allowedKinds(rule)})`);
+    if (!checks)
+      return forbidden(`${identity.kind} ${identity.name} may not call ${path} (allowed: ${allowedKinds(rule)})`);
   }
   for (const c of checks) {
     const why = await c.check(req, caller, lookups);
@@ -280,11 +318,20 @@ export async function authorize(path: string, identity: Identity, request: unkno
 
 /** The error a refused call fails with: UNAUTHENTICATED for no identity, PERMISSION_DENIED otherwise. */
 export function authorizationError(decision: Extract<Decision, { allowed: false }>): DomainError {
-  return new DomainError(decision.code, decision.code === 'auth.unauthenticated' ? 'unauthenticated' : 'permission_denied', decision.message);
+  return new DomainError(
+    decision.code,
+    decision.code === 'auth.unauthenticated' ? 'unauthenticated' : 'permission_denied',
+    decision.message,
+  );
 }
 
 /** Resolves when `identity` may call `path` with `request`; otherwise fails with authorizationError. */
-export async function ensureAuthorized(path: string, identity: Identity, request: unknown, lookups: AccessLookups = {}): Promise<void> {
+export async function ensureAuthorized(
+  path: string,
+  identity: Identity,
+  request: unknown,
+  lookups: AccessLookups = {},
+): Promise<void> {
   const decision = await authorize(path, identity, request, lookups);
   if (!decision.allowed) throw authorizationError(decision);
 }

@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { describeIdentity, identityFromPeerCertificate, identityFromSubjectAltName, identityUri, parseIdentityUri } from './identity.js';
+import {
+  describeIdentity,
+  identityFromPeerCertificate,
+  identityFromSubjectAltName,
+  identityUri,
+  parseIdentityUri,
+} from './identity.js';
 
 test('a SAN URI weft:<kind>:<name> names a node, an admin or a controller', () => {
   assert.deepEqual(identityFromSubjectAltName('URI:weft:node:node1'), { kind: 'node', name: 'node1' });
@@ -10,8 +16,19 @@ test('a SAN URI weft:<kind>:<name> names a node, an admin or a controller', () =
 });
 
 test('anything else is no identity: other kinds, other schemes, bad names, two identities, no certificate', () => {
-  for (const san of [undefined, '', 'DNS:weft-control-plane', 'URI:weft:token:x', 'URI:weft:node:', 'URI:weft:node:a b', 'URI:https://weft:node:n1',
-    'URI:weft:node:-x', 'URI:weft:node:n1, URI:weft:admin:a', 'DNS:weft:node:n1', 'URI:weft:Node:n1']) {
+  for (const san of [
+    undefined,
+    '',
+    'DNS:weft-control-plane',
+    'URI:weft:token:x',
+    'URI:weft:node:',
+    'URI:weft:node:a b',
+    'URI:https://weft:node:n1',
+    'URI:weft:node:-x',
+    'URI:weft:node:n1, URI:weft:admin:a',
+    'DNS:weft:node:n1',
+    'URI:weft:Node:n1',
+  ]) {
     assert.deepEqual(identityFromSubjectAltName(san), { kind: 'none' }, String(san));
   }
   assert.deepEqual(identityFromPeerCertificate(undefined), { kind: 'none' });

@@ -20,7 +20,10 @@ const NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 
 /** The SAN URI of an identity: `weft:node:node1`. Throws on a name that could not be read back. */
 export function identityUri(kind: CertificateIdentityKind, name: string): string {
-  if (!NAME.test(name)) throw new Error(`identity name ${JSON.stringify(name)} must be letters, digits, '.', '_' or '-' (at most 253, starting and ending with a letter or digit)`);
+  if (!NAME.test(name))
+    throw new Error(
+      `identity name ${JSON.stringify(name)} must be letters, digits, '.', '_' or '-' (at most 253, starting and ending with a letter or digit)`,
+    );
   return `weft:${kind}:${name}`;
 }
 
@@ -72,7 +75,12 @@ export function bearerSecretOf(value: unknown): string | null {
  * in uppercase; OpenSSL prints colon-separated bytes; both compare equal once through here.
  */
 export function canonicalSerial(serial: string): string {
-  return serial.trim().replace(/^0x/i, '').replace(/:/g, '').toLowerCase().replace(/^0+(?=.)/, '');
+  return serial
+    .trim()
+    .replace(/^0x/i, '')
+    .replace(/:/g, '')
+    .toLowerCase()
+    .replace(/^0+(?=.)/, '');
 }
 
 /**

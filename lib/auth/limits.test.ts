@@ -22,19 +22,28 @@ test('a node gets its burst at once, then calls at its rate; the refusal says wh
   const clock = fakeClock();
   const limiter = createCallLimiter(LIMITS, clock.now);
   for (let i = 0; i < 3; i++) limiter.admitCall(n1);
-  const err = assert.throws(() => limiter.admitCall(n1), (e: unknown) => {
-    assert.ok(e instanceof RateLimitedError);
-    assert.equal(e.code, 'auth.rate_limited');
-    assert.equal(e.kind, 'exhausted');
-    assert.equal(e.retryAfterMs, 100);
-    assert.match(e.message, /node:n1 .*10 calls\/s \(burst 3\).*WEFT_LIMIT_NODE_RATE, WEFT_LIMIT_NODE_BURST.*retry in 100 ms/);
-    return true;
-  });
+  const err = assert.throws(
+    () => limiter.admitCall(n1),
+    (e: unknown) => {
+      assert.ok(e instanceof RateLimitedError);
+      assert.equal(e.code, 'auth.rate_limited');
+      assert.equal(e.kind, 'exhausted');
+      assert.equal(e.retryAfterMs, 100);
+      assert.match(
+        e.message,
+        /node:n1 .*10 calls\/s \(burst 3\).*WEFT_LIMIT_NODE_RATE, WEFT_LIMIT_NODE_BURST.*retry in 100 ms/,
+      );
+      return true;
+    },
+  );
   void err;
   // Another node has its own bucket.
   limiter.admitCall(n2);
   clock.advance(60);
-  assert.throws(() => limiter.admitCall(n1), (e: unknown) => e instanceof RateLimitedError && e.retryAfterMs === 40);
+  assert.throws(
+    () => limiter.admitCall(n1),
+    (e: unknown) => e instanceof RateLimitedError && e.retryAfterMs === 40,
+  );
   clock.advance(40);
   limiter.admitCall(n1);
   assert.throws(() => limiter.admitCall(n1), RateLimitedError);
@@ -56,13 +65,16 @@ test('streams: the one past the limit is refused naming identity, limit and sett
   const limiter = createCallLimiter(LIMITS, fakeClock().now);
   const a = limiter.openStream(n1);
   const b = limiter.openStream(n1);
-  assert.throws(() => limiter.openStream(n1), (e: unknown) => {
-    assert.ok(e instanceof DomainError);
-    assert.equal(e.code, 'auth.too_many_streams');
-    assert.equal(e.kind, 'exhausted');
-    assert.match(e.message, /node:n1 already has 2 open streams.*WEFT_LIMIT_NODE_STREAMS=2/);
-    return true;
-  });
+  assert.throws(
+    () => limiter.openStream(n1),
+    (e: unknown) => {
+      assert.ok(e instanceof DomainError);
+      assert.equal(e.code, 'auth.too_many_streams');
+      assert.equal(e.kind, 'exhausted');
+      assert.match(e.message, /node:n1 already has 2 open streams.*WEFT_LIMIT_NODE_STREAMS=2/);
+      return true;
+    },
+  );
   // Others are unaffected.
   limiter.openStream(n2);
   limiter.openStream({ kind: 'controller', name: 'east' });

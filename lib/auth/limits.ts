@@ -21,11 +21,15 @@ export interface KindLimits {
 export type IdentityLimits = Record<LimitedKind, KindLimits>;
 
 /** The setting that holds a limit: WEFT_LIMIT_NODE_STREAMS, WEFT_LIMIT_TOKEN_RATE, … (cli/control-plane.config.ts). */
-export const limitSetting = (kind: LimitedKind, what: 'streams' | 'rate' | 'burst'): string => `WEFT_LIMIT_${kind.toUpperCase()}_${what.toUpperCase()}`;
+export const limitSetting = (kind: LimitedKind, what: 'streams' | 'rate' | 'burst'): string =>
+  `WEFT_LIMIT_${kind.toUpperCase()}_${what.toUpperCase()}`;
 
 /** A call refused for its caller's rate: RESOURCE_EXHAUSTED with `retry-after-ms` in its trailing metadata. */
 export class RateLimitedError extends DomainError {
-  constructor(readonly retryAfterMs: number, message: string) {
+  constructor(
+    readonly retryAfterMs: number,
+    message: string,
+  ) {
     super('auth.rate_limited', 'exhausted', message);
   }
 }
@@ -77,9 +81,11 @@ export function createCallLimiter(limits: IdentityLimits, now: () => number = ()
         return;
       }
       const retryAfterMs = Math.max(1, Math.ceil(((1 - b.tokens) / l.ratePerSecond) * 1000));
-      throw new RateLimitedError(retryAfterMs,
+      throw new RateLimitedError(
+        retryAfterMs,
         `${describeIdentity(identity)} calls faster than the ${l.ratePerSecond} calls/s (burst ${l.burst}) a ${identity.kind} may make ` +
-        `(${limitSetting(identity.kind, 'rate')}, ${limitSetting(identity.kind, 'burst')}); retry in ${retryAfterMs} ms`);
+          `(${limitSetting(identity.kind, 'rate')}, ${limitSetting(identity.kind, 'burst')}); retry in ${retryAfterMs} ms`,
+      );
     },
     openStream(identity) {
       if (identity.kind === 'none') return () => {};
@@ -87,8 +93,11 @@ export function createCallLimiter(limits: IdentityLimits, now: () => number = ()
       const key = keyOf(identity);
       const open = streams.get(key) ?? 0;
       if (l.streams > 0 && open >= l.streams) {
-        throw new DomainError('auth.too_many_streams', 'exhausted',
-          `${describeIdentity(identity)} already has ${open} open streams, the most a ${identity.kind} may hold (${limitSetting(identity.kind, 'streams')}=${l.streams}); end one first, or raise the setting`);
+        throw new DomainError(
+          'auth.too_many_streams',
+          'exhausted',
+          `${describeIdentity(identity)} already has ${open} open streams, the most a ${identity.kind} may hold (${limitSetting(identity.kind, 'streams')}=${l.streams}); end one first, or raise the setting`,
+        );
       }
       streams.set(key, open + 1);
       let released = false;
@@ -101,7 +110,7 @@ export function createCallLimiter(limits: IdentityLimits, now: () => number = ()
       };
     },
     openStreams(identity) {
-      return identity.kind === 'none' ? 0 : streams.get(keyOf(identity)) ?? 0;
+      return identity.kind === 'none' ? 0 : (streams.get(keyOf(identity)) ?? 0);
     },
   };
 }

@@ -50,7 +50,12 @@ export interface DatabaseTimeouts {
 }
 
 export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = Object.freeze({
-  statementMs: 10_000, lockMs: 5_000, idleInTransactionMs: 30_000, queryMs: 12_000, connectMs: 5_000, keepAliveMs: 10_000,
+  statementMs: 10_000,
+  lockMs: 5_000,
+  idleInTransactionMs: 30_000,
+  queryMs: 12_000,
+  connectMs: 5_000,
+  keepAliveMs: 10_000,
 });
 
 /** Session settings for a pg.Client or pg.Pool on `url` with these timeouts (0 leaves a limit off). */
@@ -106,7 +111,8 @@ function guardSession(client: pg.PoolClient): void {
   };
   const query = client.query.bind(client) as (...args: unknown[]) => unknown;
   const close = (err: unknown) => {
-    if ((err as Error | undefined)?.message === READ_TIMEOUT) (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    if ((err as Error | undefined)?.message === READ_TIMEOUT)
+      (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
   };
   (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
     const last = args.length - 1;
@@ -128,7 +134,8 @@ function guardSession(client: pg.PoolClient): void {
       const text = (args[0] as { text?: unknown } | undefined)?.text ?? args[0];
       (out as Promise<unknown>).catch((err: unknown) => {
         close(err);
-        if (typeof text === 'string' && /^\s*begin\b/i.test(text)) client.release(err instanceof Error ? err : new Error(String(err)));
+        if (typeof text === 'string' && /^\s*begin\b/i.test(text))
+          client.release(err instanceof Error ? err : new Error(String(err)));
       });
     }
     return out;

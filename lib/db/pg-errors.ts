@@ -5,7 +5,11 @@ export interface PgErrorInfo {
 }
 
 export function pgErrorOf(err: unknown): PgErrorInfo | undefined {
-  for (let e = err as { code?: unknown; constraint?: string; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
+  for (
+    let e = err as { code?: unknown; constraint?: string; cause?: unknown } | undefined, i = 0;
+    e && i < 4;
+    e = e.cause as typeof e, i++
+  ) {
     if (typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code)) return { code: e.code, constraint: e.constraint };
   }
   return undefined;

@@ -51,13 +51,18 @@ export async function grantAppPrivileges(owner: pg.ClientBase, role: string): Pr
     await owner.query(`REVOKE ALL ON ALL TABLES IN SCHEMA ${s} FROM ${r}`);
     await owner.query(`REVOKE ALL ON SCHEMA ${s} FROM ${r}`);
     await owner.query(`GRANT USAGE ON SCHEMA ${s} TO ${r}`);
-    const tables = (APPEND_ONLY_SCHEMAS as readonly string[]).includes(schema) ? 'SELECT, INSERT' : 'SELECT, INSERT, UPDATE, DELETE';
+    const tables = (APPEND_ONLY_SCHEMAS as readonly string[]).includes(schema)
+      ? 'SELECT, INSERT'
+      : 'SELECT, INSERT, UPDATE, DELETE';
     await owner.query(`GRANT ${tables} ON ALL TABLES IN SCHEMA ${s} TO ${r}`);
     await owner.query(`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ${s} TO ${r}`);
   }
   for (const table of APPEND_ONLY_TABLES) {
     const [schema, name] = table.split('.') as [string, string];
-    const exists = await owner.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [schema, name]);
+    const exists = await owner.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [
+      schema,
+      name,
+    ]);
     if (exists.rowCount) await owner.query(`REVOKE UPDATE, DELETE ON ${ident(schema)}.${ident(name)} FROM ${r}`);
   }
 }
@@ -68,22 +73,32 @@ export async function grantAppPrivileges(owner: pg.ClientBase, role: string): Pr
  * ALTER and DROP them). With an external DATABASE_URL this is how an operator learns the URL is too powerful.
  */
 export async function appRoleProblems(client: pg.ClientBase | pg.Pool): Promise<string[]> {
-  const { rows } = await client.query<{ role: string; superuser: boolean; programs: boolean; files: boolean; owns: string[] }>(`
+  const { rows } = await client.query<{
+    role: string;
+    superuser: boolean;
+    programs: boolean;
+    files: boolean;
+    owns: string[];
+  }>(
+    `
     SELECT current_user AS role,
            (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
            pg_has_role(current_user, 'pg_execute_server_program', 'USAGE') AS programs,
            pg_has_role(current_user, 'pg_write_server_files', 'USAGE') OR pg_has_role(current_user, 'pg_read_server_files', 'USAGE') AS files,
            ARRAY(SELECT DISTINCT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE pg_has_role(current_user, c.relowner, 'USAGE') AND n.nspname = ANY($1::text[])) AS owns`,
-  [[...SERVICE_SCHEMAS, ...APPEND_ONLY_SCHEMAS]]);
+    [[...SERVICE_SCHEMAS, ...APPEND_ONLY_SCHEMAS]],
+  );
   const row = rows[0]!;
   const out: string[] = [];
   if (row.superuser) out.push(`role ${row.role} is a superuser`);
   else {
     if (row.programs) out.push(`role ${row.role} may run programs on the database server (pg_execute_server_program)`);
-    if (row.files) out.push(`role ${row.role} may read or write the database server's files (pg_read/write_server_files)`);
+    if (row.files)
+      out.push(`role ${row.role} may read or write the database server's files (pg_read/write_server_files)`);
   }
-  if (row.owns.length > 0) out.push(`role ${row.role} owns the tables of ${row.owns.join(', ')} (it may ALTER and DROP them)`);
+  if (row.owns.length > 0)
+    out.push(`role ${row.role} owns the tables of ${row.owns.join(', ')} (it may ALTER and DROP them)`);
   return out;
 }
 

@@ -1,4 +1,12 @@
-import { Client, Metadata, type ChannelCredentials, type ClientReadableStream, type MethodDefinition, type ServiceDefinition, type ChannelOptions } from '@grpc/grpc-js';
+import {
+  Client,
+  Metadata,
+  type ChannelCredentials,
+  type ClientReadableStream,
+  type MethodDefinition,
+  type ServiceDefinition,
+  type ChannelOptions,
+} from '@grpc/grpc-js';
 import { context, SpanKind } from '@opentelemetry/api';
 import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
@@ -61,7 +69,9 @@ export function createClient<D extends ServiceDefinition>(
   definition: D,
   address: string,
   options: {
-    security?: TransportSecurity; channel?: ChannelOptions; keepalive?: { timeMs: number; timeoutMs: number };
+    security?: TransportSecurity;
+    channel?: ChannelOptions;
+    keepalive?: { timeMs: number; timeoutMs: number };
     /** An API token's secret, sent with every call as `authorization: Bearer <secret>`: the calls are the token's. */
     token?: string;
     /** Replaces the credentials `security` makes (its channel options stay): a test's client with no certificate. */
@@ -70,14 +80,15 @@ export function createClient<D extends ServiceDefinition>(
 ): PromiseClient<D> {
   const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
-  const connect = () => new Client(address, options.credentials ?? channelCredentials(options.security), {
-    'grpc.keepalive_time_ms': keepalive.timeMs,
-    'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
-    'grpc.keepalive_permit_without_calls': 1,
-    ...messageSizeOptions,
-    ...channelOptions(options.security),
-    ...options.channel,
-  });
+  const connect = () =>
+    new Client(address, options.credentials ?? channelCredentials(options.security), {
+      'grpc.keepalive_time_ms': keepalive.timeMs,
+      'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
+      'grpc.keepalive_permit_without_calls': 1,
+      ...messageSizeOptions,
+      ...channelOptions(options.security),
+      ...options.channel,
+    });
   let client = connect();
   let closed = false;
   /**
@@ -107,7 +118,11 @@ export function createClient<D extends ServiceDefinition>(
     if (method.responseStream) {
       out[name] = (req: unknown, opts: CallOptions = {}) => {
         const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(
-          method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
+          method.path,
+          serialize,
+          method.responseDeserialize,
+          req,
+          outgoingMetadata(token),
           opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
         );
         const release = cancelOnAbort(opts.signal, call);
@@ -119,22 +134,30 @@ export function createClient<D extends ServiceDefinition>(
       };
     } else {
       out[name] = (req: unknown, opts: CallOptions = {}) =>
-        tracer().startActiveSpan(method.path, { kind: SpanKind.CLIENT }, context.active(), (span) =>
-          new Promise((resolve, reject) => {
-            let release = () => {};
-            const call = client.makeUnaryRequest(
-              method.path, serialize, method.responseDeserialize, req, outgoingMetadata(token),
-              opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
-              (err, res) => {
-                release();
-                span.end();
-                if (err) reconnectIfRevoked(err);
-                if (err) reject(err);
-                else resolve(res);
-              },
-            );
-            release = cancelOnAbort(opts.signal, call);
-          }),
+        tracer().startActiveSpan(
+          method.path,
+          { kind: SpanKind.CLIENT },
+          context.active(),
+          (span) =>
+            new Promise((resolve, reject) => {
+              let release = () => {};
+              const call = client.makeUnaryRequest(
+                method.path,
+                serialize,
+                method.responseDeserialize,
+                req,
+                outgoingMetadata(token),
+                opts.timeoutMs ? { deadline: Date.now() + opts.timeoutMs } : {},
+                (err, res) => {
+                  release();
+                  span.end();
+                  if (err) reconnectIfRevoked(err);
+                  if (err) reject(err);
+                  else resolve(res);
+                },
+              );
+              release = cancelOnAbort(opts.signal, call);
+            }),
         );
     }
   }

@@ -1,4 +1,10 @@
-import { credentials, experimental, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
+import {
+  credentials,
+  experimental,
+  ServerCredentials,
+  type ChannelCredentials,
+  type ChannelOptions,
+} from '@grpc/grpc-js';
 import { createTlsFilesProvider } from './tls-files.js';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -35,7 +41,13 @@ export const DEFAULT_REFRESH_MS = 10_000;
 
 /** A client's TLS folder (ca.crt, tls.crt, tls.key: a Kubernetes TLS Secret plus the CA) as transport security. */
 export function clientTlsDir(dir: string, refreshMs?: number): TransportSecurity {
-  return { mode: 'mtls', caFile: path.join(dir, 'ca.crt'), certFile: path.join(dir, 'tls.crt'), keyFile: path.join(dir, 'tls.key'), refreshMs };
+  return {
+    mode: 'mtls',
+    caFile: path.join(dir, 'ca.crt'),
+    certFile: path.join(dir, 'tls.crt'),
+    keyFile: path.join(dir, 'tls.key'),
+    refreshMs,
+  };
 }
 
 /**
@@ -43,13 +55,22 @@ export function clientTlsDir(dir: string, refreshMs?: number): TransportSecurity
  * with a clear error naming the file instead of a client that cannot connect. The watcher reads them again later.
  */
 export async function checkSecurityFiles(security: TransportSecurity): Promise<void> {
-  if (security.mode === 'server-tls') return checkSecurityFiles({ mode: 'mtls', caFile: security.certFile, certFile: security.certFile, keyFile: security.keyFile });
+  if (security.mode === 'server-tls')
+    return checkSecurityFiles({
+      mode: 'mtls',
+      caFile: security.certFile,
+      certFile: security.certFile,
+      keyFile: security.keyFile,
+    });
   if (security.mode === 'tls') {
     try {
       createSecureContext({ ca: await readFile(security.caFile) });
       return;
     } catch (err) {
-      throw new Error(`cannot use the CA certificate ${security.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      throw new Error(
+        `cannot use the CA certificate ${security.caFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
+      );
     }
   }
   if (security.mode !== 'mtls') return;
@@ -57,14 +78,24 @@ export async function checkSecurityFiles(security: TransportSecurity): Promise<v
     try {
       return await readFile(file);
     } catch (err) {
-      throw new Error(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      throw new Error(
+        `cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
+      );
     }
   };
-  const [ca, cert, key] = [await read(security.caFile, 'CA certificate'), await read(security.certFile, 'certificate'), await read(security.keyFile, 'private key')];
+  const [ca, cert, key] = [
+    await read(security.caFile, 'CA certificate'),
+    await read(security.certFile, 'certificate'),
+    await read(security.keyFile, 'private key'),
+  ];
   try {
     createSecureContext({ ca, cert, key });
   } catch (err) {
-    throw new Error(`the TLS files ${security.certFile}, ${security.keyFile} and ${security.caFile} do not make a TLS identity: ${(err as Error).message}`, { cause: err });
+    throw new Error(
+      `the TLS files ${security.certFile}, ${security.keyFile} and ${security.caFile} do not make a TLS identity: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 
@@ -78,7 +109,12 @@ function providerOf(s: Mtls): ReturnType<typeof createTlsFilesProvider> {
   const key = keyOf(s);
   let p = providers.get(key);
   if (!p) {
-    p = createTlsFilesProvider({ caFile: s.caFile, certFile: s.certFile, keyFile: s.keyFile, refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
+    p = createTlsFilesProvider({
+      caFile: s.caFile,
+      certFile: s.certFile,
+      keyFile: s.keyFile,
+      refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS,
+    });
     providers.set(key, p);
   }
   return p;
@@ -86,11 +122,17 @@ function providerOf(s: Mtls): ReturnType<typeof createTlsFilesProvider> {
 
 // Server-only TLS: the server's certificate and key, watched like mTLS's, no CA (no client certificate is asked for).
 const serverTlsProviders = new Map<string, ReturnType<typeof createTlsFilesProvider>>();
-function serverTlsProviderOf(s: Extract<TransportSecurity, { mode: 'server-tls' }>): ReturnType<typeof createTlsFilesProvider> {
+function serverTlsProviderOf(
+  s: Extract<TransportSecurity, { mode: 'server-tls' }>,
+): ReturnType<typeof createTlsFilesProvider> {
   const key = `${s.certFile}\0${s.keyFile}\0${s.refreshMs ?? DEFAULT_REFRESH_MS}`;
   let p = serverTlsProviders.get(key);
   if (!p) {
-    p = createTlsFilesProvider({ certFile: s.certFile, keyFile: s.keyFile, refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS });
+    p = createTlsFilesProvider({
+      certFile: s.certFile,
+      keyFile: s.keyFile,
+      refreshMs: s.refreshMs ?? DEFAULT_REFRESH_MS,
+    });
     serverTlsProviders.set(key, p);
   }
   return p;
@@ -100,7 +142,8 @@ export function serverCredentials(security: TransportSecurity = defaultSecurity)
   if (security.mode === 'insecure') return ServerCredentials.createInsecure();
   if (security.mode === 'tls') throw new Error('tls is a client mode: a server uses server-tls or mtls');
   // No CA provider: the TLS handshake asks for no client certificate.
-  if (security.mode === 'server-tls') return experimental.createCertificateProviderServerCredentials(serverTlsProviderOf(security), null, false);
+  if (security.mode === 'server-tls')
+    return experimental.createCertificateProviderServerCredentials(serverTlsProviderOf(security), null, false);
   const p = providerOf(security);
   // Arguments: identity provider, CA provider, require a client certificate (grpc-js names the first two the other way round).
   return experimental.createCertificateProviderServerCredentials(p, p, true);
@@ -111,7 +154,10 @@ export function channelCredentials(security: TransportSecurity = defaultSecurity
   if (security.mode === 'insecure') return credentials.createInsecure();
   if (security.mode === 'server-tls') throw new Error('server-tls is a server mode: a client uses tls or mtls');
   // Read at each call (a bootstrap client makes one channel per attempt): a CA bundle replaced on disk is used next time.
-  if (security.mode === 'tls') return credentials.createSsl(readFileSync(security.caFile), null, null, { checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert) });
+  if (security.mode === 'tls')
+    return credentials.createSsl(readFileSync(security.caFile), null, null, {
+      checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert),
+    });
   const key = keyOf(security);
   let c = channelCache.get(key);
   if (!c) {
@@ -130,7 +176,9 @@ export function channelOptions(security: TransportSecurity = defaultSecurity): C
 }
 
 /** The identity of a call's verified client certificate; `none` on an insecure listener or without a certificate. */
-export function peerIdentity(call: { getAuthContext?: () => { sslPeerCertificate?: { subjectaltname?: string } } | null }): Identity {
+export function peerIdentity(call: {
+  getAuthContext?: () => { sslPeerCertificate?: { subjectaltname?: string } } | null;
+}): Identity {
   const cert = call.getAuthContext?.()?.sslPeerCertificate;
   return cert ? identityFromPeerCertificate(cert) : NO_IDENTITY;
 }

@@ -40,10 +40,12 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
     server = createServer();
     const unaryMethods: UnaryMethods = new Map();
     const never = (signal: AbortSignal) =>
-      new Promise<never>((_r, reject) => signal.addEventListener('abort', () => {
-        cancelled = true;
-        reject(new Error('cancelled'));
-      }));
+      new Promise<never>((_r, reject) =>
+        signal.addEventListener('abort', () => {
+          cancelled = true;
+          reject(new Error('cancelled'));
+        }),
+      );
     const handlers: Handlers<typeof AgentServiceService> = {
       attach: async (_req, ctx): Promise<AttachResponse> => never(ctx.signal),
       detach: async () => ({}),
@@ -52,7 +54,13 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
       garbageCollect: async () => ({ released: [], removedInterfaces: [], failures: [] }),
     };
     addService(server, AgentServiceService, handlers, silentLogger, { unaryMethods });
-    listening = await listenUnixSocket({ server, socketPath: socket, unaryMethods, logger: silentLogger, readTimeoutMs: 300 });
+    listening = await listenUnixSocket({
+      server,
+      socketPath: socket,
+      unaryMethods,
+      logger: silentLogger,
+      readTimeoutMs: 300,
+    });
   });
   after(async () => {
     await listening.close();
@@ -85,37 +93,56 @@ describe('listenUnixSocket: unary frames beside gRPC', () => {
   });
 
   it('refuses an unknown method with UNIMPLEMENTED and a header that is not JSON with INTERNAL', async () => {
-    assert.equal((await exchange(socket, request({ path: '/weft.agent.v1.AgentService/Nope', timeoutMs: 1000, metadata: {} })))?.status, GrpcStatus.UNIMPLEMENTED);
+    assert.equal(
+      (await exchange(socket, request({ path: '/weft.agent.v1.AgentService/Nope', timeoutMs: 1000, metadata: {} })))
+        ?.status,
+      GrpcStatus.UNIMPLEMENTED,
+    );
     const bad = Buffer.concat([MAGIC, Buffer.from([0, 0, 0, 2, 0x7b, 0x7b, 0, 0, 0, 0])]);
     assert.equal((await exchange(socket, bad))?.status, GrpcStatus.INTERNAL);
   });
 
   it('answers DEADLINE_EXCEEDED at the deadline and cancels the handler', async () => {
     cancelled = false;
-    const answer = await exchange(socket, request({ path: AgentServiceService.attach.path, timeoutMs: 100, metadata: {} }));
+    const answer = await exchange(
+      socket,
+      request({ path: AgentServiceService.attach.path, timeoutMs: 100, metadata: {} }),
+    );
     assert.equal(answer?.status, GrpcStatus.DEADLINE_EXCEEDED);
     assert.ok(cancelled, 'the handler saw its signal abort');
   });
 
   it('closes a connection that stays silent, or sends half a request, after the read timeout; a slow handler is not cut by it', async () => {
-    const closedAfter = (bytes: Buffer) => new Promise<number>((resolve, reject) => {
-      const t0 = performance.now();
-      const conn = net.connect(socket);
-      conn.on('error', reject);
-      conn.on('close', () => resolve(performance.now() - t0));
-      conn.on('connect', () => conn.write(bytes));
-    });
+    const closedAfter = (bytes: Buffer) =>
+      new Promise<number>((resolve, reject) => {
+        const t0 = performance.now();
+        const conn = net.connect(socket);
+        conn.on('error', reject);
+        conn.on('close', () => resolve(performance.now() - t0));
+        conn.on('connect', () => conn.write(bytes));
+      });
     const silent = await closedAfter(Buffer.alloc(0));
     assert.ok(silent >= 250 && silent < 3000, `a silent connection closed after ${silent.toFixed(0)} ms`);
     const whole = request({ path: AgentServiceService.status.path, timeoutMs: 5000, metadata: {} });
     const half = await closedAfter(whole.subarray(0, whole.length - 3));
     assert.ok(half >= 250 && half < 3000, `half a request closed after ${half.toFixed(0)} ms`);
-    const header = await exchange(socket, request({ path: AgentServiceService.attach.path, timeoutMs: 900, metadata: {} }));
-    assert.equal(header?.status, GrpcStatus.DEADLINE_EXCEEDED, 'a handler running longer than the read timeout ends at its own deadline');
+    const header = await exchange(
+      socket,
+      request({ path: AgentServiceService.attach.path, timeoutMs: 900, metadata: {} }),
+    );
+    assert.equal(
+      header?.status,
+      GrpcStatus.DEADLINE_EXCEEDED,
+      'a handler running longer than the read timeout ends at its own deadline',
+    );
   });
 
   it('closes a connection that is neither unary frames nor HTTP/2, and keeps serving', async () => {
     assert.equal(await exchange(socket, Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n')), null);
-    assert.equal((await exchange(socket, request({ path: AgentServiceService.detach.path, timeoutMs: 1000, metadata: {} })))?.status, GrpcStatus.OK);
+    assert.equal(
+      (await exchange(socket, request({ path: AgentServiceService.detach.path, timeoutMs: 1000, metadata: {} })))
+        ?.status,
+      GrpcStatus.OK,
+    );
   });
 });

@@ -85,11 +85,20 @@ export function listenUnixSocket(opts: {
 }
 
 /** Reads the one request frame of a connection, runs the method, writes the answer frame, and closes. */
-function serveFrame(socket: net.Socket, initial: Buffer, methods: UnaryMethods, maxRequestBytes: number, logger: Logger): void {
+function serveFrame(
+  socket: net.Socket,
+  initial: Buffer,
+  methods: UnaryMethods,
+  maxRequestBytes: number,
+  logger: Logger,
+): void {
   let data = initial;
   const ac = new AbortController();
   let answered = false;
-  const answer = (header: { status: number; message: string; metadata: Record<string, string> }, message: Uint8Array = new Uint8Array(0)) => {
+  const answer = (
+    header: { status: number; message: string; metadata: Record<string, string> },
+    message: Uint8Array = new Uint8Array(0),
+  ) => {
     if (answered) return;
     answered = true;
     clearTimeout(deadline);
@@ -107,13 +116,17 @@ function serveFrame(socket: net.Socket, initial: Buffer, methods: UnaryMethods, 
   const tryRequest = () => {
     const frame = readFrame(data, maxRequestBytes);
     if (frame === null) {
-      if (data.length > 8 + MAX_HEADER_BYTES + maxRequestBytes) refuse(GrpcStatus.RESOURCE_EXHAUSTED, 'request too large');
+      if (data.length > 8 + MAX_HEADER_BYTES + maxRequestBytes)
+        refuse(GrpcStatus.RESOURCE_EXHAUSTED, 'request too large');
       return;
     }
     socket.off('data', onData);
     socket.setTimeout(0);
     if (typeof frame === 'string') {
-      return refuse(frame.startsWith('message of') ? GrpcStatus.RESOURCE_EXHAUSTED : GrpcStatus.INTERNAL, `bad request frame: ${frame}`);
+      return refuse(
+        frame.startsWith('message of') ? GrpcStatus.RESOURCE_EXHAUSTED : GrpcStatus.INTERNAL,
+        `bad request frame: ${frame}`,
+      );
     }
     const path = frame.header.path;
     const method = typeof path === 'string' ? methods.get(path) : undefined;

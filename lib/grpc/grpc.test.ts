@@ -24,33 +24,63 @@ const unimplemented = async () => {
 };
 
 before(async () => {
-  addService(server, IpamServiceService, {
-    createPool: async (req, ctx) => {
-      seenTraceIds.push(trace.getSpan(context.active())!.spanContext().traceId);
-      seenIdentities.push(ctx.identity.kind);
-      ctx.logger.info('creating');
-      if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
-      if (req.name === 'boom') throw new Error('secret detail');
-      if (req.name === 'slow') await new Promise((r) => setTimeout(r, 2000).unref());
-      return { pool: Pool.fromPartial({ name: req.name, cidr: req.cidr, blockPrefixLength: req.blockPrefixLength, createTime: new Date(0) }) };
+  addService(
+    server,
+    IpamServiceService,
+    {
+      createPool: async (req, ctx) => {
+        seenTraceIds.push(trace.getSpan(context.active())!.spanContext().traceId);
+        seenIdentities.push(ctx.identity.kind);
+        ctx.logger.info('creating');
+        if (req.name === 'conflict') throw new DomainError('test.conflict', 'conflict', 'it changed; read it again');
+        if (req.name === 'boom') throw new Error('secret detail');
+        if (req.name === 'slow') await new Promise((r) => setTimeout(r, 2000).unref());
+        return {
+          pool: Pool.fromPartial({
+            name: req.name,
+            cidr: req.cidr,
+            blockPrefixLength: req.blockPrefixLength,
+            createTime: new Date(0),
+          }),
+        };
+      },
+      listPools: unimplemented,
+      allocate: unimplemented,
+      release: unimplemented,
+      listAllocations: unimplemented,
+      garbageCollect: unimplemented,
+      listAllocationHistory: unimplemented,
+      getUtilization: unimplemented,
+      updatePool: unimplemented,
+      batchAllocate: unimplemented,
+      checkConsistency: unimplemented,
+      createRoutingDomain: unimplemented,
+      listRoutingDomains: unimplemented,
+      registerCluster: unimplemented,
+      listClusters: unimplemented,
+      createAggregate: unimplemented,
+      listAggregates: unimplemented,
+      allocatePrefix: unimplemented,
+      releasePrefix: unimplemented,
+      listPrefixes: unimplemented,
+      createReservation: unimplemented,
+      listReservations: unimplemented,
+      deleteReservation: unimplemented,
+      setNodeLabels: unimplemented,
+      setNamespaceLabels: unimplemented,
+      // eslint-disable-next-line require-yield
+      watchBlockAffinities: async function* () {
+        throw new DomainError('test.unavailable', 'unavailable', 'try later');
+      },
     },
-    listPools: unimplemented, allocate: unimplemented, release: unimplemented, listAllocations: unimplemented,
-    garbageCollect: unimplemented, listAllocationHistory: unimplemented, getUtilization: unimplemented,
-    updatePool: unimplemented, batchAllocate: unimplemented, checkConsistency: unimplemented,
-    createRoutingDomain: unimplemented, listRoutingDomains: unimplemented, registerCluster: unimplemented, listClusters: unimplemented,
-    createAggregate: unimplemented, listAggregates: unimplemented, allocatePrefix: unimplemented, releasePrefix: unimplemented, listPrefixes: unimplemented, createReservation: unimplemented, listReservations: unimplemented, deleteReservation: unimplemented,
-    setNodeLabels: unimplemented, setNamespaceLabels: unimplemented,
-    // eslint-disable-next-line require-yield
-    watchBlockAffinities: async function* () {
-      throw new DomainError('test.unavailable', 'unavailable', 'try later');
-    },
-  }, createLogger({}, { write: (l) => logLines.push(l) }));
+    createLogger({}, { write: (l) => logLines.push(l) }),
+  );
   port = await bindServer(server, '127.0.0.1:0');
 });
 
 after(() => shutdownServer(server, 500));
 
-test('the caller\'s trace continues on the server, and server logs carry its id', async () => {
+test("the caller's trace continues on the server, and server logs carry its id", async () => {
   const client = createClient(IpamServiceService, `127.0.0.1:${port}`);
   try {
     const traceId = await tracer().startActiveSpan('caller', async (span) => {
@@ -59,7 +89,11 @@ test('the caller\'s trace continues on the server, and server logs carry its id'
       return span.spanContext().traceId;
     });
     assert.equal(seenTraceIds.at(-1), traceId);
-    assert.equal(seenIdentities.at(-1), 'none', 'a server without identify knows no caller (and, not enforcing, serves it)');
+    assert.equal(
+      seenIdentities.at(-1),
+      'none',
+      'a server without identify knows no caller (and, not enforcing, serves it)',
+    );
     assert.ok(logLines.some((l) => JSON.parse(l).trace_id === traceId && JSON.parse(l).msg === 'creating'));
   } finally {
     client.close();
@@ -69,11 +103,19 @@ test('the caller\'s trace continues on the server, and server logs carry its id'
 test('domain errors map to their status with their code; unexpected ones become INTERNAL without detail', async () => {
   const client = createClient(IpamServiceService, `127.0.0.1:${port}`);
   try {
-    await assert.rejects(client.createPool({ name: 'conflict', cidr: '', blockPrefixLength: 0 }), (e: { code: number; details: string }) =>
-      e.code === status.ABORTED && e.details === 'it changed; read it again' && errorCodeOf(e) === 'test.conflict');
-    await assert.rejects(client.createPool({ name: 'boom', cidr: '', blockPrefixLength: 0 }), (e: { code: number; details: string }) =>
-      e.code === status.INTERNAL && !e.details.includes('secret'));
-    assert.ok(logLines.some((l) => l.includes('secret detail')), 'the stack goes to the log');
+    await assert.rejects(
+      client.createPool({ name: 'conflict', cidr: '', blockPrefixLength: 0 }),
+      (e: { code: number; details: string }) =>
+        e.code === status.ABORTED && e.details === 'it changed; read it again' && errorCodeOf(e) === 'test.conflict',
+    );
+    await assert.rejects(
+      client.createPool({ name: 'boom', cidr: '', blockPrefixLength: 0 }),
+      (e: { code: number; details: string }) => e.code === status.INTERNAL && !e.details.includes('secret'),
+    );
+    assert.ok(
+      logLines.some((l) => l.includes('secret detail')),
+      'the stack goes to the log',
+    );
     const it = client.watchBlockAffinities({})[Symbol.asyncIterator]();
     await assert.rejects(it.next(), (e: { code: number }) => e.code === status.UNAVAILABLE);
   } finally {
@@ -88,23 +130,40 @@ test('a long-lived AbortSignal shared by many calls keeps no listener per finish
   const onWarning = (w: Error) => warnings.push(w.name);
   process.on('warning', onWarning);
   try {
-    for (let i = 0; i < 300; i++) await client.createPool({ name: `p${i}`, cidr: '10.0.0.0/16', blockPrefixLength: 24 }, { signal });
-    assert.equal(getEventListeners(signal, 'abort').length, 0, 'finished unary calls left abort listeners on the signal');
+    for (let i = 0; i < 300; i++)
+      await client.createPool({ name: `p${i}`, cidr: '10.0.0.0/16', blockPrefixLength: 24 }, { signal });
+    assert.equal(
+      getEventListeners(signal, 'abort').length,
+      0,
+      'finished unary calls left abort listeners on the signal',
+    );
     for (let i = 0; i < 100; i++) {
-      await assert.rejects(async () => {
-        for await (const _ of client.watchBlockAffinities({}, { signal })) void _;
-      }, (e: { code: number }) => e.code === status.UNAVAILABLE);
+      await assert.rejects(
+        async () => {
+          for await (const _ of client.watchBlockAffinities({}, { signal })) void _;
+        },
+        (e: { code: number }) => e.code === status.UNAVAILABLE,
+      );
     }
     assert.equal(getEventListeners(signal, 'abort').length, 0, 'finished streams left abort listeners on the signal');
     // A call still running holds exactly one listener, and a signal that aborts cancels it.
     const ac = new AbortController();
-    const pending = client.createPool({ name: 'slow', cidr: '10.0.0.0/16', blockPrefixLength: 24 }, { signal: ac.signal });
+    const pending = client.createPool(
+      { name: 'slow', cidr: '10.0.0.0/16', blockPrefixLength: 24 },
+      { signal: ac.signal },
+    );
     assert.equal(getEventListeners(ac.signal, 'abort').length, 1);
     ac.abort();
     await assert.rejects(pending, (e: { code: number }) => e.code === status.CANCELLED);
     // An already aborted signal cancels at once.
-    await assert.rejects(client.createPool({ name: 'late', cidr: '', blockPrefixLength: 0 }, { signal: ac.signal }), (e: { code: number }) => e.code === status.CANCELLED);
-    assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
+    await assert.rejects(
+      client.createPool({ name: 'late', cidr: '', blockPrefixLength: 0 }, { signal: ac.signal }),
+      (e: { code: number }) => e.code === status.CANCELLED,
+    );
+    assert.deepEqual(
+      warnings.filter((w) => w === 'MaxListenersExceededWarning'),
+      [],
+    );
   } finally {
     process.off('warning', onWarning);
     client.close();

@@ -51,5 +51,9 @@ export function chunkBySize<T>(items: readonly T[], sizeOf: (item: T) => number,
  */
 export function ensureFitsOneMessage(code: string, encodedBytes: number, what: string): void {
   if (encodedBytes > MAX_MESSAGE_BYTES - 64 * 1024)
-    throw new DomainError(code, 'exhausted', `${what} take ${encodedBytes} bytes, more than one message holds (${MAX_MESSAGE_BYTES}): set page_size and follow next_page_token`);
+    throw new DomainError(
+      code,
+      'exhausted',
+      `${what} take ${encodedBytes} bytes, more than one message holds (${MAX_MESSAGE_BYTES}): set page_size and follow next_page_token`,
+    );
 }

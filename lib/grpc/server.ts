@@ -1,9 +1,23 @@
-import { Metadata, Server, status, type ServerUnaryCall, type ServerWritableStream, type ServiceDefinition, type sendUnaryData } from '@grpc/grpc-js';
+import {
+  Metadata,
+  Server,
+  status,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  type ServiceDefinition,
+  type sendUnaryData,
+} from '@grpc/grpc-js';
 import { SpanKind, trace } from '@opentelemetry/api';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
-import { bearerSecretOf, canonicalSerial, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
+import {
+  bearerSecretOf,
+  canonicalSerial,
+  NO_IDENTITY,
+  type CredentialRevocations,
+  type Identity,
+} from '../auth/identity.js';
 import type { CallLimiter } from '../auth/limits.js';
 import { DomainError } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -69,7 +83,12 @@ export interface ServerAccess {
 export async function identifyCaller(call: IdentifiableCall, tokens: ServerAccess['tokens']): Promise<Identity> {
   const secret = bearerSecretOf(call.metadata.get('authorization')[0]);
   if (secret === null) return peerIdentity(call);
-  if (!tokens) throw new DomainError('auth.invalid_token', 'unauthenticated', 'this server accepts no API tokens; call with a client certificate');
+  if (!tokens)
+    throw new DomainError(
+      'auth.invalid_token',
+      'unauthenticated',
+      'this server accepts no API tokens; call with a client certificate',
+    );
   return tokens(secret);
 }
 
@@ -106,7 +125,15 @@ function carrierOf(md: Metadata): Record<string, string> {
  * `peer` the caller's address.
  */
 export type CallObserver = (call: {
-  path: string; request: unknown; ctx: CallContext; code: number; details: string; traceId: string; refused?: boolean; peer?: string; response?: unknown;
+  path: string;
+  request: unknown;
+  ctx: CallContext;
+  code: number;
+  details: string;
+  traceId: string;
+  refused?: boolean;
+  peer?: string;
+  response?: unknown;
 }) => void;
 const observers = new WeakMap<Server, CallObserver>();
 export const observeCalls = (server: Server, observer: CallObserver) => void observers.set(server, observer);
@@ -119,7 +146,14 @@ function observed(server: Server, path: string, handler: (req: unknown, ctx: Cal
   return async (req: unknown, ctx: CallContext) => {
     const report = (code: number, details: string) => {
       try {
-        observers.get(server)?.({ path, request: req, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '' });
+        observers.get(server)?.({
+          path,
+          request: req,
+          ctx,
+          code,
+          details,
+          traceId: trace.getActiveSpan()?.spanContext().traceId ?? '',
+        });
       } catch (err) {
         ctx.logger.error('call observer failed', { err });
       }
@@ -127,7 +161,15 @@ function observed(server: Server, path: string, handler: (req: unknown, ctx: Cal
     try {
       const response = await (handler(req, ctx) as Promise<unknown>);
       try {
-        observers.get(server)?.({ path, request: req, ctx, code: status.OK, details: '', traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', response });
+        observers.get(server)?.({
+          path,
+          request: req,
+          ctx,
+          code: status.OK,
+          details: '',
+          traceId: trace.getActiveSpan()?.spanContext().traceId ?? '',
+          response,
+        });
       } catch (err) {
         ctx.logger.error('call observer failed', { err });
       }
@@ -141,16 +183,22 @@ function observed(server: Server, path: string, handler: (req: unknown, ctx: Cal
 }
 
 /** A unary call's outcome, as a gRPC server sends it: the response, or a status with message and trailing metadata. */
-export type UnaryOutcome = { ok: true; response: unknown } | { ok: false; code: number; details: string; metadata: Metadata };
+export type UnaryOutcome =
+  { ok: true; response: unknown } | { ok: false; code: number; details: string; metadata: Metadata };
 
 /**
  * Unary methods by path ("/weft.agent.v1.AgentService/Attach"), for a server that takes calls other than through
  * grpc-js (frame-server.ts): each deserializes the request, runs the handler exactly as addService does, and
  * serializes the response.
  */
-export type UnaryMethods = Map<string, (request: Buffer, metadata: Metadata, signal: AbortSignal) => Promise<
-  { ok: true; response: Buffer } | { ok: false; code: number; details: string; metadata: Metadata }
->>;
+export type UnaryMethods = Map<
+  string,
+  (
+    request: Buffer,
+    metadata: Metadata,
+    signal: AbortSignal,
+  ) => Promise<{ ok: true; response: Buffer } | { ok: false; code: number; details: string; metadata: Metadata }>
+>;
 
 /** Fails (with the error to answer) when the caller may not make the call. */
 type Authorize = (request: unknown, identity: Identity) => Promise<void>;
@@ -215,7 +263,15 @@ function runUnary(
   const parent = extractContext(carrierOf(metadata));
   return tracer().startActiveSpan(path, { kind: SpanKind.SERVER }, parent, async (span) => {
     // The signal is made only for a handler that asks for it (most unary ones never do).
-    const ctx: CallContext = { get signal() { return signal(); }, logger: log, metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
+    const ctx: CallContext = {
+      get signal() {
+        return signal();
+      },
+      logger: log,
+      metadata,
+      identity: NO_IDENTITY,
+      requestId: requestIdOf(metadata),
+    };
     let admitted = false;
     try {
       ctx.identity = await identify();
@@ -229,7 +285,12 @@ function runUnary(
       if (expected) log.debug('rejected', { code: error.code, details: error.details });
       else log.error('failed', { err });
       span.setAttribute('rpc.grpc.status_code', error.code ?? status.UNKNOWN);
-      return { ok: false as const, code: error.code ?? status.UNKNOWN, details: error.details ?? '', metadata: error.metadata ?? new Metadata() };
+      return {
+        ok: false as const,
+        code: error.code ?? status.UNKNOWN,
+        details: error.details ?? '',
+        metadata: error.metadata ?? new Metadata(),
+      };
     } finally {
       span.end();
     }
@@ -266,29 +327,47 @@ export function addService<D extends ServiceDefinition>(
     if (serial !== null && revocations) {
       const why = revocations.certificate(serial);
       // The refusal is audited as the certificate's identity: whose revoked key is still in use, and from where.
-      if (why !== null) throw Object.assign(new DomainError('auth.certificate_revoked', 'unauthenticated', why), { presented: peerIdentity({ getAuthContext: () => auth }) });
+      if (why !== null)
+        throw Object.assign(new DomainError('auth.certificate_revoked', 'unauthenticated', why), {
+          presented: peerIdentity({ getAuthContext: () => auth }),
+        });
     }
-    return { serial, identity: identifyCall({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth }) };
+    return {
+      serial,
+      identity: identifyCall({ metadata: call.metadata, getPeer: () => call.getPeer(), getAuthContext: () => auth }),
+    };
   };
   const impl: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
     const handler = handlers[name as keyof D] as unknown as (req: unknown, ctx: CallContext) => unknown;
     const log = logger.child({ rpc: method.path });
     const { limits } = access;
-    const authorize: Authorize | null = access.enforce || limits
-      ? async (request, identity) => {
-        if (access.enforce) await ensureAuthorized(method.path, identity, request, lookups);
-        limits?.admitCall(identity);
-      }
-      : null;
+    const authorize: Authorize | null =
+      access.enforce || limits
+        ? async (request, identity) => {
+            if (access.enforce) await ensureAuthorized(method.path, identity, request, lookups);
+            limits?.admitCall(identity);
+          }
+        : null;
     /** Tells the server's observer (the audit log) of a call refused before its handler, or of a stream ended for a revoked credential. */
-    const refusedBy = (call: { request: unknown; getPeer(): string }): Refused => (ctx, code, details) => {
-      try {
-        observers.get(server)?.({ path: method.path, request: call.request, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', refused: true, peer: peerOf(call) });
-      } catch (err) {
-        ctx.logger.error('call observer failed', { err });
-      }
-    };
+    const refusedBy =
+      (call: { request: unknown; getPeer(): string }): Refused =>
+      (ctx, code, details) => {
+        try {
+          observers.get(server)?.({
+            path: method.path,
+            request: call.request,
+            ctx,
+            code,
+            details,
+            traceId: trace.getActiveSpan()?.spanContext().traceId ?? '',
+            refused: true,
+            peer: peerOf(call),
+          });
+        } catch (err) {
+          ctx.logger.error('call observer failed', { err });
+        }
+      };
     if (method.responseStream) {
       impl[name] = (call: ServerWritableStream<unknown, unknown>) => {
         const ac = new AbortController();
@@ -300,7 +379,13 @@ export function addService<D extends ServiceDefinition>(
         const refused = refusedBy(call);
         const parent = extractContext(carrierOf(call.metadata));
         void tracer().startActiveSpan(method.path, { kind: SpanKind.SERVER }, parent, async (span) => {
-          const ctx: CallContext = { signal: ac.signal, logger: log, metadata: call.metadata, identity: NO_IDENTITY, requestId: requestIdOf(call.metadata) };
+          const ctx: CallContext = {
+            signal: ac.signal,
+            logger: log,
+            metadata: call.metadata,
+            identity: NO_IDENTITY,
+            requestId: requestIdOf(call.metadata),
+          };
           let admitted = false;
           try {
             const { serial, identity } = identify(call);
@@ -314,12 +399,16 @@ export function addService<D extends ServiceDefinition>(
             // Watched while open: revoking its certificate or its token ends it (sweepRevoked).
             const streams = openStreamsOf.get(server);
             if (streams && !ac.signal.aborted) {
-              const secret = ctx.identity.kind === 'token' ? bearerSecretOf(call.metadata.get('authorization')[0]) : null;
+              const secret =
+                ctx.identity.kind === 'token' ? bearerSecretOf(call.metadata.get('authorization')[0]) : null;
               const open: OpenStream = {
-                serial, tokenKeyId: secret ? secret.split('.')[0]! : null,
+                serial,
+                tokenKeyId: secret ? secret.split('.')[0]! : null,
                 end(details, code) {
                   if (ac.signal.aborted) return;
-                  const { error } = toServiceError(new DomainError(code, 'unauthenticated', `stream ended: ${details}`));
+                  const { error } = toServiceError(
+                    new DomainError(code, 'unauthenticated', `stream ended: ${details}`),
+                  );
                   log.info('stream ended: its credential was revoked', { details });
                   refused(ctx, status.UNAUTHENTICATED, error.details ?? '');
                   call.emit('error', error);
@@ -369,7 +458,17 @@ export function addService<D extends ServiceDefinition>(
           ac?.abort();
         };
         call.on('cancelled', cancel);
-        void runUnary(method.path, observedHandler, log, call.request, call.metadata, signal, () => identify(call).identity, authorize, refusedBy(call)).then((outcome) => {
+        void runUnary(
+          method.path,
+          observedHandler,
+          log,
+          call.request,
+          call.metadata,
+          signal,
+          () => identify(call).identity,
+          authorize,
+          refusedBy(call),
+        ).then((outcome) => {
           call.off('cancelled', cancel);
           if (outcome.ok) callback(null, outcome.response);
           else callback({ code: outcome.code, details: outcome.details, metadata: outcome.metadata }, null);
@@ -380,10 +479,24 @@ export function addService<D extends ServiceDefinition>(
         try {
           request = method.requestDeserialize(bytes);
         } catch (err) {
-          return { ok: false, code: status.INTERNAL, details: `Request message parsing error: ${(err as Error).message}`, metadata: new Metadata() };
+          return {
+            ok: false,
+            code: status.INTERNAL,
+            details: `Request message parsing error: ${(err as Error).message}`,
+            metadata: new Metadata(),
+          };
         }
         // Calls here come over the agent's local CNI socket (frame-server.ts), which carries no certificate.
-        const outcome = await runUnary(method.path, observedHandler, log, request, metadata, () => signal, () => NO_IDENTITY, authorize);
+        const outcome = await runUnary(
+          method.path,
+          observedHandler,
+          log,
+          request,
+          metadata,
+          () => signal,
+          () => NO_IDENTITY,
+          authorize,
+        );
         return outcome.ok ? { ok: true, response: method.responseSerialize(outcome.response) } : outcome;
       });
     }
@@ -396,7 +509,10 @@ export function addService<D extends ServiceDefinition>(
  * forever by a reader that went away (its stream never drains, but its call's signal aborts).
  */
 export function whenDrainedOrAborted(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
-  return once(stream, 'drain', { signal }).then(() => undefined, () => undefined);
+  return once(stream, 'drain', { signal }).then(
+    () => undefined,
+    () => undefined,
+  );
 }
 
 /**
@@ -439,7 +555,10 @@ export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALI
     const streams = new Set<OpenStream>();
     openStreamsOf.set(server, streams);
     const revocations = access.revocations;
-    stopSweepOf.set(server, revocations.subscribe(() => sweepRevoked(streams, revocations)));
+    stopSweepOf.set(
+      server,
+      revocations.subscribe(() => sweepRevoked(streams, revocations)),
+    );
   }
   return server;
 }

@@ -23,7 +23,8 @@ export interface TlsFiles {
  * keeps a process alive, and runs only while someone listens.
  */
 export function createTlsFilesProvider(files: TlsFiles): CertificateProvider & { refresh(): Promise<void> } {
-  if ((files.certFile === undefined) !== (files.keyFile === undefined)) throw new Error('certFile and keyFile go together');
+  if ((files.certFile === undefined) !== (files.keyFile === undefined))
+    throw new Error('certFile and keyFile go together');
   const caListeners = new Set<CaListener>();
   const identityListeners = new Set<IdentityListener>();
   let ca: Buffer | null | undefined; // undefined: not read yet; null: unreadable at first read
@@ -32,7 +33,8 @@ export function createTlsFilesProvider(files: TlsFiles): CertificateProvider & {
   let reading: Promise<void> | null = null;
   let retry: NodeJS.Timeout | null = null;
 
-  const read = (file: string | undefined) => (file === undefined ? Promise.resolve(undefined) : readFile(file).catch(() => null));
+  const read = (file: string | undefined) =>
+    file === undefined ? Promise.resolve(undefined) : readFile(file).catch(() => null);
   async function load(): Promise<void> {
     const [caPem, cert, key] = await Promise.all([read(files.caFile), read(files.certFile), read(files.keyFile)]);
     let whole = true;

@@ -77,7 +77,10 @@ export function newTraceparent(): string {
 
 function randomHex(digits: number): string {
   let out = '';
-  while (out.length < digits) out += Math.floor(Math.random() * 0x100000000).toString(16).padStart(8, '0');
+  while (out.length < digits)
+    out += Math.floor(Math.random() * 0x100000000)
+      .toString(16)
+      .padStart(8, '0');
   // An all-zero id is invalid; make the last digit non-zero in that (improbable) case.
   out = out.slice(0, digits);
   return /^0+$/.test(out) ? out.slice(0, -1) + '1' : out;
@@ -101,9 +104,13 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
       if (err) reject(err);
       else resolve(res as Res);
     };
-    const fail = (code: number, details: string, metadata?: CallMetadata) => finish(new GrpcCallError(code, details, metadata));
+    const fail = (code: number, details: string, metadata?: CallMetadata) =>
+      finish(new GrpcCallError(code, details, metadata));
     const onAbort = () => fail(GrpcStatus.CANCELLED, 'Cancelled on client');
-    const timer = setTimeout(() => fail(GrpcStatus.DEADLINE_EXCEEDED, `Deadline exceeded after ${(call.timeoutMs / 1000).toFixed(3)}s`), call.timeoutMs);
+    const timer = setTimeout(
+      () => fail(GrpcStatus.DEADLINE_EXCEEDED, `Deadline exceeded after ${(call.timeoutMs / 1000).toFixed(3)}s`),
+      call.timeoutMs,
+    );
     let socket: Connection | undefined;
     if (call.signal?.aborted) return onAbort();
     call.signal?.addEventListener('abort', onAbort, { once: true });
@@ -111,9 +118,11 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
     /** The call's outcome from the server's answer frame. */
     const settleFromAnswer = (header: Record<string, unknown>, message: Buffer): void => {
       const status = header.status;
-      if (typeof status !== 'number' || !Number.isInteger(status)) return fail(GrpcStatus.INTERNAL, 'The answer carries no gRPC status');
+      if (typeof status !== 'number' || !Number.isInteger(status))
+        return fail(GrpcStatus.INTERNAL, 'The answer carries no gRPC status');
       const metadata = new CallMetadata(metadataOf(header.metadata));
-      if (status !== GrpcStatus.OK) return fail(status, typeof header.message === 'string' ? header.message : '', metadata);
+      if (status !== GrpcStatus.OK)
+        return fail(status, typeof header.message === 'string' ? header.message : '', metadata);
       try {
         return finish(null, call.responseCodec.decode(message));
       } catch (err) {
@@ -138,13 +147,25 @@ export function callUnary<Req, Res>(call: UnaryCall<Req, Res>): Promise<Res> {
         settleFromAnswer(frame.header, frame.message);
       },
       error: (err: Error) =>
-        fail(GrpcStatus.UNAVAILABLE, connected ? `Connection dropped: ${err.message}` : `No connection established. Last error: ${err.message}`),
-      closed: () => fail(GrpcStatus.UNAVAILABLE, connected ? 'Connection dropped before the answer' : 'No connection established'),
+        fail(
+          GrpcStatus.UNAVAILABLE,
+          connected ? `Connection dropped: ${err.message}` : `No connection established. Last error: ${err.message}`,
+        ),
+      closed: () =>
+        fail(GrpcStatus.UNAVAILABLE, connected ? 'Connection dropped before the answer' : 'No connection established'),
     });
 
     const body = call.requestCodec.encode(call.request).finish();
     // Written, not ended: the server answers on the same connection and then closes it.
-    socket.write(Buffer.concat([MAGIC, encodeFrame({ path: call.path, timeoutMs: Math.max(1, Math.ceil(call.timeoutMs)), metadata: { ...call.metadata } }, body)]));
+    socket.write(
+      Buffer.concat([
+        MAGIC,
+        encodeFrame(
+          { path: call.path, timeoutMs: Math.max(1, Math.ceil(call.timeoutMs)), metadata: { ...call.metadata } },
+          body,
+        ),
+      ]),
+    );
   });
 }
 
@@ -170,16 +191,19 @@ function connectUnixSocket(path: string, on: ConnectionEvents): Connection {
   let socket: import('node:net').Socket | undefined;
   let destroyed = false;
   const pending: Buffer[] = [];
-  void import('node:net').then((net) => {
-    if (destroyed) return;
-    const s = net.connect(path);
-    socket = s;
-    s.once('connect', () => on.connected());
-    s.on('data', (chunk: Buffer) => on.data(chunk));
-    s.on('error', (err) => on.error(err));
-    s.on('close', () => on.closed());
-    for (const data of pending) s.write(data);
-  }, (err: Error) => on.error(err));
+  void import('node:net').then(
+    (net) => {
+      if (destroyed) return;
+      const s = net.connect(path);
+      socket = s;
+      s.once('connect', () => on.connected());
+      s.on('data', (chunk: Buffer) => on.data(chunk));
+      s.on('error', (err) => on.error(err));
+      s.on('close', () => on.closed());
+      for (const data of pending) s.write(data);
+    },
+    (err: Error) => on.error(err),
+  );
   return {
     write: (data) => (socket ? void socket.write(data) : void pending.push(data)),
     destroy: () => {

@@ -45,13 +45,18 @@ export function encodeFrame(header: object, message: Uint8Array): Buffer {
  * Reads one frame from the front of `data`: null while it is incomplete, a string saying what is wrong when it
  * cannot be a frame (a header or message over the limits, a header that is not a JSON object).
  */
-export function readFrame(data: Buffer, maxMessageBytes: number): { header: Record<string, unknown>; message: Buffer; rest: Buffer } | null | string {
+export function readFrame(
+  data: Buffer,
+  maxMessageBytes: number,
+): { header: Record<string, unknown>; message: Buffer; rest: Buffer } | null | string {
   if (data.length < 4) return null;
   const headLength = data.readUInt32BE(0);
-  if (headLength > MAX_HEADER_BYTES) return `frame header of ${headLength} bytes is over the limit of ${MAX_HEADER_BYTES}`;
+  if (headLength > MAX_HEADER_BYTES)
+    return `frame header of ${headLength} bytes is over the limit of ${MAX_HEADER_BYTES}`;
   if (data.length < 8 + headLength) return null;
   const messageLength = data.readUInt32BE(4 + headLength);
-  if (messageLength > maxMessageBytes) return `message of ${messageLength} bytes is over the limit of ${maxMessageBytes}`;
+  if (messageLength > maxMessageBytes)
+    return `message of ${messageLength} bytes is over the limit of ${maxMessageBytes}`;
   if (data.length < 8 + headLength + messageLength) return null;
   let header: unknown;
   try {
@@ -59,9 +64,14 @@ export function readFrame(data: Buffer, maxMessageBytes: number): { header: Reco
   } catch (err) {
     return `frame header is not JSON: ${(err as Error).message}`;
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) return 'frame header is not a JSON object';
+  if (typeof header !== 'object' || header === null || Array.isArray(header))
+    return 'frame header is not a JSON object';
   const end = 8 + headLength + messageLength;
-  return { header: header as Record<string, unknown>, message: data.subarray(8 + headLength, end), rest: data.subarray(end) };
+  return {
+    header: header as Record<string, unknown>,
+    message: data.subarray(8 + headLength, end),
+    rest: data.subarray(end),
+  };
 }
 
 /** Metadata from a header: string values only, lower-case keys. */

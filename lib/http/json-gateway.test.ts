@@ -12,41 +12,60 @@ import { createHttpServer, createJsonGateway } from './json-gateway.js';
 test('an HTTP stream client that never reads does not make the server buffer without bound (NDJSON back-pressure)', async () => {
   let yielded = 0;
   let ended = false;
-  const upserts = Array.from({ length: 200 }, (_, i) => ({ cidr: `10.${i >> 8}.${i & 255}.0/26`, pool: 'main', node: `node-${i}` }));
-  const messageBytes = JSON.stringify(ipamMessages.WatchBlockAffinitiesResponse.toJSON({ revision: 1, reset: false, upserts, deletes: [], more: false })).length;
+  const upserts = Array.from({ length: 200 }, (_, i) => ({
+    cidr: `10.${i >> 8}.${i & 255}.0/26`,
+    pool: 'main',
+    node: `node-${i}`,
+  }));
+  const messageBytes = JSON.stringify(
+    ipamMessages.WatchBlockAffinitiesResponse.toJSON({ revision: 1, reset: false, upserts, deletes: [], more: false }),
+  ).length;
   const CAP = 64 * 1024 * 1024;
-  const handlers = new Proxy({}, {
-    get: (_t, name) => name === 'watchBlockAffinities'
-      ? async function* (_req: unknown, ctx: { signal: AbortSignal }) {
-        try {
-          while (!ctx.signal.aborted) {
-            yielded++;
-            yield { revision: yielded, reset: false, upserts, deletes: [] };
-            // Let the event loop run (sockets, timers) as a real stream's awaits do.
-            if (yielded % 50 === 0) await new Promise((r) => setImmediate(r));
-            // The test's own limit (so a server without back-pressure fails it without eating the machine's memory).
-            if (yielded * messageBytes > CAP) await new Promise((r) => ctx.signal.addEventListener('abort', r));
-          }
-        } finally {
-          ended = true;
-        }
-      }
-      : undefined,
-  }) as unknown as Handlers<typeof IpamServiceService>;
-  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, { access: { tokens: async () => ({ kind: 'admin', name: 'test' }) } })]);
+  const handlers = new Proxy(
+    {},
+    {
+      get: (_t, name) =>
+        name === 'watchBlockAffinities'
+          ? async function* (_req: unknown, ctx: { signal: AbortSignal }) {
+              try {
+                while (!ctx.signal.aborted) {
+                  yielded++;
+                  yield { revision: yielded, reset: false, upserts, deletes: [] };
+                  // Let the event loop run (sockets, timers) as a real stream's awaits do.
+                  if (yielded % 50 === 0) await new Promise((r) => setImmediate(r));
+                  // The test's own limit (so a server without back-pressure fails it without eating the machine's memory).
+                  if (yielded * messageBytes > CAP) await new Promise((r) => ctx.signal.addEventListener('abort', r));
+                }
+              } finally {
+                ended = true;
+              }
+            }
+          : undefined,
+    },
+  ) as unknown as Handlers<typeof IpamServiceService>;
+  const server = createHttpServer([
+    createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, {
+      access: { tokens: async () => ({ kind: 'admin', name: 'test' }) },
+    }),
+  ]);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   const socket = net.connect(port, '127.0.0.1');
   try {
     await new Promise((r) => socket.once('connect', r));
-    socket.write('POST /weft.ipam.v1.IpamService/WatchBlockAffinities HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
+    socket.write(
+      'POST /weft.ipam.v1.IpamService/WatchBlockAffinities HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
+    );
     // Read the headers and a little, then stop reading for good.
     await new Promise((r) => socket.once('data', r));
     socket.pause();
     await new Promise((r) => setTimeout(r, 1500));
     const produced = yielded * messageBytes;
     // Kernel socket buffers on both ends hold a few MB at most; without back-pressure this grows by GBs.
-    assert.ok(produced < 32 * 1024 * 1024, `the handler produced ${yielded} messages (${Math.round(produced / 1e6)} MB) for a client that reads nothing`);
+    assert.ok(
+      produced < 32 * 1024 * 1024,
+      `the handler produced ${yielded} messages (${Math.round(produced / 1e6)} MB) for a client that reads nothing`,
+    );
     const before = yielded;
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(yielded, before, 'the handler waits while the client does not read');
@@ -65,8 +84,18 @@ test('an HTTP stream client that never reads does not make the server buffer wit
 /** A gateway on 127.0.0.1:0 whose ListPools answers; `access` as the control plane would pass it. */
 async function startGateway(access: Parameters<typeof createHttpServer>[1] = {}, maxBodyBytes?: number) {
   let calls = 0;
-  const handlers = { listPools: async () => ((calls++), { pools: [], nextPageToken: '' }) } as unknown as Handlers<typeof IpamServiceService>;
-  const server = createHttpServer([createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, { maxBodyBytes, access: { tokens: async () => ({ kind: 'admin', name: 'test' }) } })], access);
+  const handlers = { listPools: async () => (calls++, { pools: [], nextPageToken: '' }) } as unknown as Handlers<
+    typeof IpamServiceService
+  >;
+  const server = createHttpServer(
+    [
+      createJsonGateway(IpamServiceService, handlers, ipamMessages, silentLogger, {
+        maxBodyBytes,
+        access: { tokens: async () => ({ kind: 'admin', name: 'test' }) },
+      }),
+    ],
+    access,
+  );
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   return {
@@ -75,10 +104,27 @@ async function startGateway(access: Parameters<typeof createHttpServer>[1] = {},
     /** One raw HTTP/1.1 request (fetch would not let a test set Host or Origin); the status code and body. */
     async request(headers: Record<string, string>, body = '{}'): Promise<{ status: number; body: string }> {
       return new Promise((resolve, reject) => {
-        const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/weft.ipam.v1.IpamService/ListPools', headers: { host: `127.0.0.1:${port}`, 'content-type': 'application/json', authorization: 'Bearer any', ...headers } }, (res) => {
-          let text = '';
-          res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve({ status: res.statusCode!, body: text }));
-        });
+        const req = http.request(
+          {
+            host: '127.0.0.1',
+            port,
+            method: 'POST',
+            path: '/weft.ipam.v1.IpamService/ListPools',
+            headers: {
+              host: `127.0.0.1:${port}`,
+              'content-type': 'application/json',
+              authorization: 'Bearer any',
+              ...headers,
+            },
+          },
+          (res) => {
+            let text = '';
+            res
+              .setEncoding('utf8')
+              .on('data', (d: string) => (text += d))
+              .on('end', () => resolve({ status: res.statusCode!, body: text }));
+          },
+        );
         req.on('error', reject);
         req.end(body);
       });
@@ -109,7 +155,14 @@ test('a POST without a JSON content type is refused with 415 before the handler 
 test('a Host header naming another site is refused with 403 (DNS rebinding); addresses, localhost and allowed names pass', async () => {
   const gw = await startGateway({ listenHost: '127.0.0.1', allowedHosts: ['weft.internal'] });
   try {
-    for (const host of [`127.0.0.1:${gw.port}`, `localhost:${gw.port}`, 'weft.internal:7401', 'WEFT.internal', '[::1]:7401', '10.0.0.5']) {
+    for (const host of [
+      `127.0.0.1:${gw.port}`,
+      `localhost:${gw.port}`,
+      'weft.internal:7401',
+      'WEFT.internal',
+      '[::1]:7401',
+      '10.0.0.5',
+    ]) {
       assert.equal((await gw.request({ host })).status, 200, host);
     }
     const evil = await gw.request({ host: `rebind.attacker.example:${gw.port}` });
@@ -147,7 +200,9 @@ test('a body over the limit is refused with 413, and the server stops reading it
     socket.setEncoding('utf8').on('data', (d: string) => (answer += d));
     socket.on('error', () => {});
     const closed = new Promise((r) => socket.once('close', r));
-    socket.write(`POST /weft.ipam.v1.IpamService/ListPools HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`);
+    socket.write(
+      `POST /weft.ipam.v1.IpamService/ListPools HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer any\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`,
+    );
     const chunk = 'x'.repeat(512);
     let sent = 0;
     for (let i = 0; i < 8 && !socket.destroyed; i++) {
@@ -156,7 +211,10 @@ test('a body over the limit is refused with 413, and the server stops reading it
       await new Promise((r) => setTimeout(r, 20));
     }
     // The body never ends (no last chunk): only a server that stops reading at the limit answers and closes.
-    const outcome = await Promise.race([closed.then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open'), 3000))]);
+    const outcome = await Promise.race([
+      closed.then(() => 'closed'),
+      new Promise((r) => setTimeout(() => r('still open'), 3000)),
+    ]);
     assert.equal(outcome, 'closed', 'the server closed the connection instead of reading on');
     assert.match(answer, /^HTTP\/1\.1 413/, answer);
     assert.ok(sent > 1024, 'the body did go over the limit');

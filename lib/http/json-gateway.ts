@@ -5,7 +5,13 @@ import { SpanKind } from '@opentelemetry/api';
 import type { Logger } from '../logger.js';
 import { extractContext, tracer } from '../telemetry.js';
 import { trace } from '@opentelemetry/api';
-import { requestIdOf, whenDrainedOrAborted, type CallContext, type CallObserver, type Handlers } from '../grpc/server.js';
+import {
+  requestIdOf,
+  whenDrainedOrAborted,
+  type CallContext,
+  type CallObserver,
+  type Handlers,
+} from '../grpc/server.js';
 import { bearerSecretOf, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { toServiceError } from '../grpc/errors.js';
@@ -32,9 +38,18 @@ export const MAX_BODY_BYTES = 1024 * 1024;
 
 /** Google's mapping from gRPC codes to HTTP statuses. */
 const httpStatus: Partial<Record<status, number>> = {
-  [status.INVALID_ARGUMENT]: 400, [status.FAILED_PRECONDITION]: 400, [status.OUT_OF_RANGE]: 400, [status.UNAUTHENTICATED]: 401,
-  [status.PERMISSION_DENIED]: 403, [status.NOT_FOUND]: 404, [status.ALREADY_EXISTS]: 409, [status.ABORTED]: 409,
-  [status.RESOURCE_EXHAUSTED]: 429, [status.CANCELLED]: 499, [status.UNIMPLEMENTED]: 501, [status.UNAVAILABLE]: 503,
+  [status.INVALID_ARGUMENT]: 400,
+  [status.FAILED_PRECONDITION]: 400,
+  [status.OUT_OF_RANGE]: 400,
+  [status.UNAUTHENTICATED]: 401,
+  [status.PERMISSION_DENIED]: 403,
+  [status.NOT_FOUND]: 404,
+  [status.ALREADY_EXISTS]: 409,
+  [status.ABORTED]: 409,
+  [status.RESOURCE_EXHAUSTED]: 429,
+  [status.CANCELLED]: 499,
+  [status.UNIMPLEMENTED]: 501,
+  [status.UNAVAILABLE]: 503,
   [status.DEADLINE_EXCEEDED]: 504,
 };
 
@@ -74,7 +89,10 @@ export function createJsonGateway<D extends ServiceDefinition>(
 ): (req: http.IncomingMessage, res: http.ServerResponse) => boolean {
   const access = opts.access;
   const maxBody = opts.maxBodyBytes ?? MAX_BODY_BYTES;
-  const routes = new Map<string, { name: string; path: string; stream: boolean; request: MessageFns; response: MessageFns }>();
+  const routes = new Map<
+    string,
+    { name: string; path: string; stream: boolean; request: MessageFns; response: MessageFns }
+  >();
   for (const [name, method] of Object.entries(definition)) {
     const request = messages[`${capitalize(name)}Request`] as MessageFns | undefined;
     const response = messages[`${capitalize(name)}Response`] as MessageFns | undefined;
@@ -89,7 +107,9 @@ export function createJsonGateway<D extends ServiceDefinition>(
       ...(code === status.UNAUTHENTICATED ? { 'www-authenticate': 'Bearer' } : {}),
       ...(retryAfterMs > 0 ? { 'retry-after': String(Math.ceil(retryAfterMs / 1000)) } : {}),
     });
-    res.end(JSON.stringify({ code: status[code], message, errorCode, ...(retryAfterMs > 0 ? { retryAfterMs } : {}) }) + '\n');
+    res.end(
+      JSON.stringify({ code: status[code], message, errorCode, ...(retryAfterMs > 0 ? { retryAfterMs } : {}) }) + '\n',
+    );
   };
 
   return (req, res) => {
@@ -102,7 +122,12 @@ export function createJsonGateway<D extends ServiceDefinition>(
     // Only JSON: a browser's cross-site form or simple request cannot send this content type without a CORS preflight,
     // which this server never grants (CSRF).
     if (!isJson(req.headers['content-type'])) {
-      refuse(res, 415, 'INVALID_ARGUMENT', `send the request body as JSON with the header "content-type: application/json" (got ${JSON.stringify(req.headers['content-type'] ?? '')})`);
+      refuse(
+        res,
+        415,
+        'INVALID_ARGUMENT',
+        `send the request body as JSON with the header "content-type: application/json" (got ${JSON.stringify(req.headers['content-type'] ?? '')})`,
+      );
       return true;
     }
     const tooLarge = () => refuse(res, 413, 'RESOURCE_EXHAUSTED', `request body is over ${maxBody} bytes`, true);
@@ -130,7 +155,11 @@ export function createJsonGateway<D extends ServiceDefinition>(
         const text = Buffer.concat(chunks).toString('utf8').trim();
         input = route.request.fromJSON(text === '' ? {} : JSON.parse(text));
       } catch (err) {
-        return fail(res, status.INVALID_ARGUMENT, `request body is not a valid ${capitalize(route.name)}Request in JSON: ${(err as Error).message}`);
+        return fail(
+          res,
+          status.INVALID_ARGUMENT,
+          `request body is not a valid ${capitalize(route.name)}Request in JSON: ${(err as Error).message}`,
+        );
       }
       const ac = new AbortController();
       res.on('close', () => ac.abort());
@@ -138,7 +167,13 @@ export function createJsonGateway<D extends ServiceDefinition>(
       for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers[k] = v;
       const metadata = new Metadata();
       if (headers['x-request-id']) metadata.set('x-request-id', headers['x-request-id']);
-      const ctx: CallContext = { signal: ac.signal, logger: logger.child({ rpc: req.url, via: 'http' }), metadata, identity: NO_IDENTITY, requestId: requestIdOf(metadata) };
+      const ctx: CallContext = {
+        signal: ac.signal,
+        logger: logger.child({ rpc: req.url, via: 'http' }),
+        metadata,
+        identity: NO_IDENTITY,
+        requestId: requestIdOf(metadata),
+      };
       const handler = (handlers as Record<string, (r: unknown, c: CallContext) => unknown>)[route.name]!;
       let authorized = false;
       const peer = `${req.socket.remoteAddress ?? ''}:${req.socket.remotePort ?? ''}`;
@@ -146,58 +181,87 @@ export function createJsonGateway<D extends ServiceDefinition>(
       const report = (code: number, details: string, response?: unknown) => {
         if ((authorized && route.stream) || !access.observe) return;
         try {
-          access.observe({ path: route.path, request: input, ctx, code, details, traceId: trace.getActiveSpan()?.spanContext().traceId ?? '', refused: !authorized, peer, response });
+          access.observe({
+            path: route.path,
+            request: input,
+            ctx,
+            code,
+            details,
+            traceId: trace.getActiveSpan()?.spanContext().traceId ?? '',
+            refused: !authorized,
+            peer,
+            response,
+          });
         } catch (err) {
           ctx.logger.error('call observer failed', { err });
         }
       };
       let releaseSlot = () => {};
-      void tracer().startActiveSpan(`HTTP ${req.url}`, { kind: SpanKind.SERVER }, extractContext(headers), async (span) => {
-        try {
-          // No client certificate over HTTP: the bearer token is the identity, or none (refused: 401).
-          ctx.identity = await identifyRequest(req.headers.authorization, access);
-          await ensureAuthorized(route.path, ctx.identity, input, access.lookups);
-          access.limits?.admitCall(ctx.identity);
-          if (route.stream && access.limits) releaseSlot = access.limits.openStream(ctx.identity);
-          authorized = true;
-          if (route.stream) {
-            res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-            // A stream whose token is revoked while it runs ends with a last line saying so (its status was sent already).
-            const keyId = bearerSecretOf(req.headers.authorization)?.split('.')[0] ?? '';
-            const unsubscribe = access.revocations?.subscribe(() => {
-              const why = keyId ? access.revocations!.token(keyId) : null;
-              if (why === null || ac.signal.aborted) return;
-              authorized = false;
-              report(status.UNAUTHENTICATED, `stream ended: ${why}`);
-              res.end(JSON.stringify({ code: 'UNAUTHENTICATED', message: `stream ended: ${why}`, errorCode: 'auth.invalid_token' }) + '\n');
-              ac.abort();
-            }) ?? (() => {});
-            try {
-              for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
-                if (ac.signal.aborted) break;
-                // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
-                if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n')) await whenDrainedOrAborted(res, ac.signal);
+      void tracer().startActiveSpan(
+        `HTTP ${req.url}`,
+        { kind: SpanKind.SERVER },
+        extractContext(headers),
+        async (span) => {
+          try {
+            // No client certificate over HTTP: the bearer token is the identity, or none (refused: 401).
+            ctx.identity = await identifyRequest(req.headers.authorization, access);
+            await ensureAuthorized(route.path, ctx.identity, input, access.lookups);
+            access.limits?.admitCall(ctx.identity);
+            if (route.stream && access.limits) releaseSlot = access.limits.openStream(ctx.identity);
+            authorized = true;
+            if (route.stream) {
+              res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+              // A stream whose token is revoked while it runs ends with a last line saying so (its status was sent already).
+              const keyId = bearerSecretOf(req.headers.authorization)?.split('.')[0] ?? '';
+              const unsubscribe =
+                access.revocations?.subscribe(() => {
+                  const why = keyId ? access.revocations!.token(keyId) : null;
+                  if (why === null || ac.signal.aborted) return;
+                  authorized = false;
+                  report(status.UNAUTHENTICATED, `stream ended: ${why}`);
+                  res.end(
+                    JSON.stringify({
+                      code: 'UNAUTHENTICATED',
+                      message: `stream ended: ${why}`,
+                      errorCode: 'auth.invalid_token',
+                    }) + '\n',
+                  );
+                  ac.abort();
+                }) ?? (() => {});
+              try {
+                for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
+                  if (ac.signal.aborted) break;
+                  // Back-pressure: a client that reads slowly (or not at all) holds the handler, not a growing buffer.
+                  if (!res.write(JSON.stringify(route.response.toJSON(msg)) + '\n'))
+                    await whenDrainedOrAborted(res, ac.signal);
+                }
+              } finally {
+                unsubscribe();
               }
-            } finally {
-              unsubscribe();
+              if (!ac.signal.aborted) res.end();
+            } else {
+              const out = await (handler(input, ctx) as Promise<unknown>);
+              report(status.OK, '', out);
+              res.writeHead(200, { 'content-type': 'application/json' });
+              res.end(JSON.stringify(route.response.toJSON(out)) + '\n');
             }
-            if (!ac.signal.aborted) res.end();
-          } else {
-            const out = await (handler(input, ctx) as Promise<unknown>);
-            report(status.OK, '', out);
-            res.writeHead(200, { 'content-type': 'application/json' });
-            res.end(JSON.stringify(route.response.toJSON(out)) + '\n');
+          } catch (err) {
+            const { error, expected } = toServiceError(err);
+            if (!expected) ctx.logger.error('failed', { err });
+            report(error.code ?? status.INTERNAL, error.details ?? '');
+            fail(
+              res,
+              error.code ?? status.INTERNAL,
+              error.details ?? 'internal error',
+              String(error.metadata?.get('weft-error-code')[0] ?? ''),
+              Number(error.metadata?.get(RETRY_AFTER_KEY)[0] ?? 0),
+            );
+          } finally {
+            releaseSlot();
+            span.end();
           }
-        } catch (err) {
-          const { error, expected } = toServiceError(err);
-          if (!expected) ctx.logger.error('failed', { err });
-          report(error.code ?? status.INTERNAL, error.details ?? '');
-          fail(res, error.code ?? status.INTERNAL, error.details ?? 'internal error', String(error.metadata?.get('weft-error-code')[0] ?? ''), Number(error.metadata?.get(RETRY_AFTER_KEY)[0] ?? 0));
-        } finally {
-          releaseSlot();
-          span.end();
-        }
-      });
+        },
+      );
     });
     return true;
   };
@@ -251,7 +315,10 @@ export function accessProblem(headers: http.IncomingHttpHeaders, access: HttpAcc
   if (net.isIP(host) === 0 && !allowed.has(host))
     return `Host ${JSON.stringify(headers.host)} is not a name this API answers to; use its address, or add the name to WEFT_HTTP_ALLOWED_HOSTS`;
   const origin = headers.origin;
-  if (origin !== undefined && !(access.allowedOrigins ?? []).some((o) => o.replace(/\/+$/, '').toLowerCase() === origin.toLowerCase()))
+  if (
+    origin !== undefined &&
+    !(access.allowedOrigins ?? []).some((o) => o.replace(/\/+$/, '').toLowerCase() === origin.toLowerCase())
+  )
     return `requests from the web origin ${JSON.stringify(origin)} are not allowed; add it to WEFT_HTTP_ALLOWED_ORIGINS to allow them`;
   return null;
 }
@@ -260,12 +327,20 @@ export function accessProblem(headers: http.IncomingHttpHeaders, access: HttpAcc
  * An HTTP server for gateways: every request's Host and Origin are checked first (accessProblem: 403), then the
  * routes; unknown paths get 404 with a JSON error.
  */
-export function createHttpServer(routes: ((req: http.IncomingMessage, res: http.ServerResponse) => boolean)[], access: HttpAccess = {}): http.Server {
+export function createHttpServer(
+  routes: ((req: http.IncomingMessage, res: http.ServerResponse) => boolean)[],
+  access: HttpAccess = {},
+): http.Server {
   return http.createServer((req, res) => {
     const problem = accessProblem(req.headers, access);
     if (problem) return refuse(res, 403, 'PERMISSION_DENIED', problem, true);
     for (const r of routes) if (r(req, res)) return;
     res.writeHead(404, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ code: 'NOT_FOUND', message: `no method at ${req.url}; paths look like /weft.ipam.v1.IpamService/ListPools` }) + '\n');
+    res.end(
+      JSON.stringify({
+        code: 'NOT_FOUND',
+        message: `no method at ${req.url}; paths look like /weft.ipam.v1.IpamService/ListPools`,
+      }) + '\n',
+    );
   });
 }

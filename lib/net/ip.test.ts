@@ -12,7 +12,8 @@ test('CIDRs parse strictly and say how to fix host bits', () => {
 });
 
 test('addresses round-trip, including the top of the space', () => {
-  for (const a of ['0.0.0.0', '10.244.3.7', '255.255.255.255', '192.0.2.128']) assert.equal(formatIPv4(parseIPv4(a)), a);
+  for (const a of ['0.0.0.0', '10.244.3.7', '255.255.255.255', '192.0.2.128'])
+    assert.equal(formatIPv4(parseIPv4(a)), a);
   assert.equal(formatCidr4(parseCidr4('128.0.0.0/1')), '128.0.0.0/1');
   assert.ok(containsAddress(parseCidr4('10.244.0.64/26'), parseIPv4('10.244.0.127')));
   assert.ok(!containsAddress(parseCidr4('10.244.0.64/26'), parseIPv4('10.244.0.128')));

@@ -9,7 +9,11 @@ export interface Cidr4 {
 }
 
 export function parseIPv4(text: string, what = 'address'): number {
-  if (!Address4.isValid(text) || text.includes('/')) throw invalidArgument('invalid_address', `${what} ${JSON.stringify(text)} is not an IPv4 address (e.g. 10.244.0.5)`);
+  if (!Address4.isValid(text) || text.includes('/'))
+    throw invalidArgument(
+      'invalid_address',
+      `${what} ${JSON.stringify(text)} is not an IPv4 address (e.g. 10.244.0.5)`,
+    );
   return Number(new Address4(text).bigInt());
 }
 
@@ -20,13 +24,20 @@ export function formatIPv4(n: number): string {
 /** Parses "a.b.c.d/len" strictly: no host bits may be set. */
 export function parseCidr4(text: string, what = 'CIDR'): Cidr4 {
   const m = /^([0-9.]+)\/(\d{1,3})$/.exec(text);
-  if (!m) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
+  if (!m)
+    throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
   const prefixLength = Number(m[2]);
-  if (prefixLength > 32) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-32`);
-  if (!Address4.isValid(text)) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
+  if (prefixLength > 32)
+    throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-32`);
+  if (!Address4.isValid(text))
+    throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not an IPv4 CIDR (e.g. 10.244.0.0/16)`);
   const addr = parseIPv4(m[1]!, what);
   const base = networkOf(addr, prefixLength);
-  if (base !== addr) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatIPv4(base)}/${prefixLength}?`);
+  if (base !== addr)
+    throw invalidArgument(
+      'invalid_cidr',
+      `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatIPv4(base)}/${prefixLength}?`,
+    );
   return { base, prefixLength };
 }
 
@@ -67,7 +78,10 @@ export function parseAddress(text: string, what = 'address'): { family: Family; 
     if (Address4.isValid(text)) return { family: 4, value: new Address4(text).bigInt() };
     if (Address6.isValid(text) && !text.includes('%')) return { family: 6, value: new Address6(text).bigInt() };
   }
-  throw invalidArgument('invalid_address', `${what} ${JSON.stringify(text)} is not an IPv4 or IPv6 address (e.g. 10.244.0.5 or fd00:10:244::5)`);
+  throw invalidArgument(
+    'invalid_address',
+    `${what} ${JSON.stringify(text)} is not an IPv4 or IPv6 address (e.g. 10.244.0.5 or fd00:10:244::5)`,
+  );
 }
 
 export function formatAddress(family: Family, value: bigint): string {
@@ -82,19 +96,34 @@ export function formatAddress(family: Family, value: bigint): string {
 /** Parses an IPv4 or IPv6 CIDR strictly: no host bits may be set. */
 export function parseCidr(text: string, what = 'CIDR'): Cidr {
   const m = /^([0-9a-fA-F.:]+)\/(\d{1,3})$/.exec(text);
-  if (!m) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`);
+  if (!m)
+    throw invalidArgument(
+      'invalid_cidr',
+      `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`,
+    );
   let parsed: { family: Family; value: bigint };
   try {
     parsed = parseAddress(m[1]!, what);
   } catch {
-    throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`);
+    throw invalidArgument(
+      'invalid_cidr',
+      `${what} ${JSON.stringify(text)} is not a CIDR (e.g. 10.244.0.0/16 or fd00:10:244::/48)`,
+    );
   }
   const { family, value } = parsed;
   const prefixLength = Number(m[2]);
   const bits = bitsOf(family);
-  if (prefixLength > bits) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)}: prefix length must be 0-${bits} for IPv${family}`);
+  if (prefixLength > bits)
+    throw invalidArgument(
+      'invalid_cidr',
+      `${what} ${JSON.stringify(text)}: prefix length must be 0-${bits} for IPv${family}`,
+    );
   const base = maskOf(value, prefixLength, bits);
-  if (base !== value) throw invalidArgument('invalid_cidr', `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatAddress(family, base)}/${prefixLength}?`);
+  if (base !== value)
+    throw invalidArgument(
+      'invalid_cidr',
+      `${what} ${JSON.stringify(text)} has host bits set; did you mean ${formatAddress(family, base)}/${prefixLength}?`,
+    );
   return { family, base, prefixLength };
 }
 

@@ -90,7 +90,8 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (!seen.netnsExists) return `network namespace ${want.netns} does not exist`;
   const pod = seen.podLink;
   if (!pod) return `interface ${want.ifname} does not exist ${inPod}`;
-  if (pod.kind !== 'veth') return `interface ${want.ifname} ${inPod} is a ${pod.kind || 'non-veth'} device, not Weft's veth`;
+  if (pod.kind !== 'veth')
+    return `interface ${want.ifname} ${inPod} is a ${pod.kind || 'non-veth'} device, not Weft's veth`;
   if (!pod.addresses.some((a) => sameCidr(a, cidr))) {
     const has = pod.addresses.length > 0 ? pod.addresses.join(', ') : 'no IPv4 address';
     return `interface ${want.ifname} ${inPod} has ${has}, not ${cidr} (the address IPAM holds for handle ${want.handle})`;
@@ -111,18 +112,23 @@ export function findAttachmentDifference(want: ExpectedAttachment, seen: Observe
   if (!seen.podRoutes.some((r) => r.dst === 'default' && r.gateway === want.gateway && r.dev === want.ifname)) {
     return `the pod has no default route via ${want.gateway} dev ${want.ifname}${table}`;
   }
-  if (cidr6 && !(seen.podRoutes6 ?? []).some((r) => r.dst === 'default' && r.gateway === want.gateway6 && r.dev === want.ifname)) {
+  if (
+    cidr6 &&
+    !(seen.podRoutes6 ?? []).some((r) => r.dst === 'default' && r.gateway === want.gateway6 && r.dev === want.ifname)
+  ) {
     return `the pod has no IPv6 default route via ${want.gateway6} dev ${want.ifname}${table}`;
   }
 
   const host = seen.hostLink;
   if (!host) return `host interface ${want.hostIfname} (the node's end of ${want.ifname}) does not exist`;
-  if (host.kind !== 'veth') return `host interface ${want.hostIfname} is a ${host.kind || 'non-veth'} device, not Weft's veth`;
+  if (host.kind !== 'veth')
+    return `host interface ${want.hostIfname} is a ${host.kind || 'non-veth'} device, not Weft's veth`;
   if (pod.peerIfindex !== host.ifindex || host.peerIfindex !== pod.ifindex) {
     return `host interface ${want.hostIfname} is not the other end of ${want.ifname} ${inPod}`;
   }
   if (!host.up) return `host interface ${want.hostIfname} is down`;
-  if (seen.hostProxyArp !== true) return `proxy ARP is off on host interface ${want.hostIfname}, so the pod's gateway ${want.gateway} gets no answer`;
+  if (seen.hostProxyArp !== true)
+    return `proxy ARP is off on host interface ${want.hostIfname}, so the pod's gateway ${want.gateway} gets no answer`;
   const hostRoute = seen.hostRoutes.find((r) => sameCidr(r.dst, cidr));
   if (!hostRoute) return `the node has no route to ${cidr} through ${want.hostIfname}`;
   if (hostRoute.protocol !== String(want.routeProtocol)) {

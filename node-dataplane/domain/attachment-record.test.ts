@@ -26,7 +26,12 @@ describe('attachment record', () => {
   it("records a second interface's routing table", () => {
     const alias = formatAttachmentRecord({ network: 'weft', containerId: 'abc', defaultRoute: false, table: 10005 });
     assert.equal(alias, 'weft network=weft container=abc default-route=no table=10005');
-    assert.deepEqual(parseAttachmentRecord(alias), { network: 'weft', containerId: 'abc', defaultRoute: false, table: 10005 });
+    assert.deepEqual(parseAttachmentRecord(alias), {
+      network: 'weft',
+      containerId: 'abc',
+      defaultRoute: false,
+      table: 10005,
+    });
   });
 
   it('an attachment whose plugin sent no network name is recorded, and belongs to no named network', () => {
@@ -36,6 +41,7 @@ describe('attachment record', () => {
   });
 
   it('anything else is no record', () => {
-    for (const a of ['', null, undefined, 'my veth', 'weft network=a container=b']) assert.equal(parseAttachmentRecord(a), null);
+    for (const a of ['', null, undefined, 'my veth', 'weft network=a container=b'])
+      assert.equal(parseAttachmentRecord(a), null);
   });
 });

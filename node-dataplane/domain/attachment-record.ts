@@ -42,7 +42,12 @@ export function formatAttachmentRecord(r: AttachmentRecord): string {
 export function parseAttachmentRecord(alias: string | null | undefined): AttachmentRecord | null {
   const m = /^weft network=(\S+) container=(\S+) default-route=(yes|no)(?: table=(\d{1,10}))?$/.exec(alias ?? '');
   if (!m) return null;
-  return { network: m[1]!, containerId: m[2]!, defaultRoute: m[3] === 'yes', ...(m[4] !== undefined ? { table: Number(m[4]) } : {}) };
+  return {
+    network: m[1]!,
+    containerId: m[2]!,
+    defaultRoute: m[3] === 'yes',
+    ...(m[4] !== undefined ? { table: Number(m[4]) } : {}),
+  };
 }
 
 /** True when a record (values in recorded form) is of this network. An empty network name matches no record. */

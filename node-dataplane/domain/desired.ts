@@ -22,11 +22,27 @@ export interface RemoteNode {
   blockCidrs: string[];
 }
 
-export interface NeighbourEntry { kind: 'neighbour'; key: string; ip: string; mac: string }
-export interface FdbEntry { kind: 'fdb'; key: string; mac: string; dst: string }
+export interface NeighbourEntry {
+  kind: 'neighbour';
+  key: string;
+  ip: string;
+  mac: string;
+}
+export interface FdbEntry {
+  kind: 'fdb';
+  key: string;
+  mac: string;
+  dst: string;
+}
 /** How a route leaves: through Weft's VXLAN device (onlink, via the block's first address) or directly on the underlay device (via the node's underlay address). */
 export type RouteMode = 'vxlan' | 'direct';
-export interface RouteEntry { kind: 'route'; key: string; cidr: string; gateway: string; mode: RouteMode }
+export interface RouteEntry {
+  kind: 'route';
+  key: string;
+  cidr: string;
+  gateway: string;
+  mode: RouteMode;
+}
 export type KernelEntry = NeighbourEntry | FdbEntry | RouteEntry;
 
 export interface KernelState {
@@ -57,8 +73,14 @@ export const ROUTING_MODES = ['vxlan', 'direct', 'auto'] as const;
 export type RoutingMode = (typeof ROUTING_MODES)[number];
 
 /** This node's underlay: its address and the prefix length of its subnet on the underlay device. */
-export interface Underlay { address: string; prefixLength: number }
-export interface Routing { mode: RoutingMode; underlay: Underlay }
+export interface Underlay {
+  address: string;
+  prefixLength: number;
+}
+export interface Routing {
+  mode: RoutingMode;
+  underlay: Underlay;
+}
 
 /** How the desired state reaches one remote node (refused: `direct` mode, and the node is off this node's subnet). */
 export interface PeerChoice {
@@ -77,7 +99,10 @@ export interface DesiredState extends KernelState {
 
 /** True when `address` lies inside the underlay subnet (same network under the underlay's prefix length). */
 export function onUnderlaySubnet(underlay: Underlay, address: string): boolean {
-  return networkOf(parseIPv4(address), underlay.prefixLength) === networkOf(parseIPv4(underlay.address), underlay.prefixLength);
+  return (
+    networkOf(parseIPv4(address), underlay.prefixLength) ===
+    networkOf(parseIPv4(underlay.address), underlay.prefixLength)
+  );
 }
 
 /** True when the IPv4 CIDR and the underlay subnet share an address. */
@@ -95,7 +120,11 @@ export function choosePeerMode(routing: Routing, n: Pick<RemoteNode, 'node' | 'u
   const subnet = `${formatIPv4(networkOf(parseIPv4(routing.underlay.address), routing.underlay.prefixLength))}/${routing.underlay.prefixLength}`;
   if (onUnderlaySubnet(routing.underlay, n.underlayAddress)) return { ...base, mode: 'direct' };
   if (routing.mode === 'auto') return { ...base, mode: 'vxlan' };
-  return { ...base, mode: 'refused', reason: `direct routing mode: ${n.node}'s underlay address ${n.underlayAddress} is outside this node's underlay subnet ${subnet}; set WEFT_ROUTING_MODE=auto to reach it through VXLAN` };
+  return {
+    ...base,
+    mode: 'refused',
+    reason: `direct routing mode: ${n.node}'s underlay address ${n.underlayAddress} is outside this node's underlay subnet ${subnet}; set WEFT_ROUTING_MODE=auto to reach it through VXLAN`,
+  };
 }
 
 /** Today's behaviour and the default for callers that know no underlay: every node through VXLAN. */
@@ -111,21 +140,32 @@ export function computeDesired(self: string, nodes: Iterable<RemoteNode>, routin
     const choice = choosePeerMode(routing, n);
     // A block over this node's underlay subnet would take the underlay's own traffic (VXLAN's included) into the
     // overlay, or replace the subnet's link route: such a node is refused whole, never routed.
-    const overUnderlay = routing.underlay.address === '0.0.0.0' ? [] : v4.filter((c) => overlapsUnderlay(routing.underlay, c));
+    const overUnderlay =
+      routing.underlay.address === '0.0.0.0' ? [] : v4.filter((c) => overlapsUnderlay(routing.underlay, c));
     if (overUnderlay.length > 0) {
-      s.peers.push({ ...choice, mode: 'refused', reason: `${n.node}'s blocks ${overUnderlay.join(', ')} overlap this node's underlay subnet ${formatIPv4(networkOf(parseIPv4(routing.underlay.address), routing.underlay.prefixLength))}/${routing.underlay.prefixLength}: no route to them is written` });
+      s.peers.push({
+        ...choice,
+        mode: 'refused',
+        reason: `${n.node}'s blocks ${overUnderlay.join(', ')} overlap this node's underlay subnet ${formatIPv4(networkOf(parseIPv4(routing.underlay.address), routing.underlay.prefixLength))}/${routing.underlay.prefixLength}: no route to them is written`,
+      });
       continue;
     }
     if (v6.length > 0) {
       choice.ipv6 = routing.mode === 'direct' ? 'refused' : 'vxlan';
       if (choice.ipv6 === 'refused') {
-        choice.reason = [choice.reason, `direct routing mode: ${n.node}'s IPv6 blocks (${v6.join(', ')}) need VXLAN over the IPv4 underlay; set WEFT_ROUTING_MODE=auto`].filter(Boolean).join('; ');
+        choice.reason = [
+          choice.reason,
+          `direct routing mode: ${n.node}'s IPv6 blocks (${v6.join(', ')}) need VXLAN over the IPv4 underlay; set WEFT_ROUTING_MODE=auto`,
+        ]
+          .filter(Boolean)
+          .join('; ');
       }
     }
     s.peers.push(choice);
     const vxlan: string[] = [];
     if (choice.mode === 'direct') {
-      for (const cidr of v4) s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: n.underlayAddress, mode: 'direct' });
+      for (const cidr of v4)
+        s.routes.set(cidr, { kind: 'route', key: cidr, cidr, gateway: n.underlayAddress, mode: 'direct' });
     } else if (choice.mode === 'vxlan') {
       vxlan.push(...v4);
     }
@@ -153,7 +193,10 @@ function same(a: KernelEntry, b: KernelEntry): boolean {
  * dependency order of drivers/order.ts): `missing` are desired entries the kernel lacks or holds otherwise, `stale`
  * entries it holds that nobody wants. An entry that is right is in neither. `weft routes NODE` shows these.
  */
-export function compareState(desired: KernelState, actual: KernelState): { missing: KernelEntry[]; stale: KernelEntry[] } {
+export function compareState(
+  desired: KernelState,
+  actual: KernelState,
+): { missing: KernelEntry[]; stale: KernelEntry[] } {
   const missing: KernelEntry[] = [];
   const stale: KernelEntry[] = [];
   for (const kind of ['neighbours', 'fdb', 'routes'] as const) {

@@ -1,12 +1,26 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isPodHandle, planGarbageCollection, type GarbageCollectionInput, type NodeAllocation } from './garbage-collection.js';
+import {
+  isPodHandle,
+  planGarbageCollection,
+  type GarbageCollectionInput,
+  type NodeAllocation,
+} from './garbage-collection.js';
 
-const alloc = (containerId: string, ifname: string, address: string): NodeAllocation => ({ handle: `${containerId}/${ifname}`, containerId, address });
+const alloc = (containerId: string, ifname: string, address: string): NodeAllocation => ({
+  handle: `${containerId}/${ifname}`,
+  containerId,
+  address,
+});
 
 const rec = (network: string, containerId: string) => ({ network, containerId, defaultRoute: true });
 const link = (name: string, record: ReturnType<typeof rec> | null = null) => ({ name, record });
-const names: Record<string, string> = { 'live/eth0': 'weft00000000001', 'stale/eth0': 'weft00000000002', 'other/eth0': 'weft00000000003', 'old/eth0': 'weft00000000004' };
+const names: Record<string, string> = {
+  'live/eth0': 'weft00000000001',
+  'stale/eth0': 'weft00000000002',
+  'other/eth0': 'weft00000000003',
+  'old/eth0': 'weft00000000004',
+};
 
 const base: GarbageCollectionInput = {
   network: 'weft',
@@ -16,7 +30,14 @@ const base: GarbageCollectionInput = {
   inFlightHandles: new Set(),
   inFlightHostIfnames: new Set(),
   allocations: [alloc('live', 'eth0', '10.244.0.2'), alloc('stale', 'eth0', '10.244.0.3')],
-  hostLinks: [link('weft00000000001', rec('weft', 'live')), link('weft00000000002', rec('weft', 'stale')), link('weft.vxlan'), link('eth0'), link('weftabc'), link('weft0000000000Z')],
+  hostLinks: [
+    link('weft00000000001', rec('weft', 'live')),
+    link('weft00000000002', rec('weft', 'stale')),
+    link('weft.vxlan'),
+    link('eth0'),
+    link('weftabc'),
+    link('weft0000000000Z'),
+  ],
 };
 
 describe('isPodHandle', () => {
@@ -26,7 +47,15 @@ describe('isPodHandle', () => {
   });
 
   it('refuses handles that other IPAM users may have made', () => {
-    for (const [handle, containerId] of [['vm-42', ''], ['c1/eth0', ''], ['c1/eth0', 'c2'], ['c1/', 'c1'], ['c1/a/b', 'c1'], ['c1/abcdefghijklmnop', 'c1'], ['-x/eth0', '-x']]) {
+    for (const [handle, containerId] of [
+      ['vm-42', ''],
+      ['c1/eth0', ''],
+      ['c1/eth0', 'c2'],
+      ['c1/', 'c1'],
+      ['c1/a/b', 'c1'],
+      ['c1/abcdefghijklmnop', 'c1'],
+      ['-x/eth0', '-x'],
+    ]) {
       assert.equal(isPodHandle({ handle: handle!, containerId: containerId! }), false, `${handle} (${containerId})`);
     }
   });
@@ -41,7 +70,11 @@ describe('planGarbageCollection', () => {
   });
 
   it('never touches an attachment whose ADD is running now', () => {
-    const plan = planGarbageCollection({ ...base, inFlightHandles: new Set(['stale/eth0']), inFlightHostIfnames: new Set(['weft00000000002']) });
+    const plan = planGarbageCollection({
+      ...base,
+      inFlightHandles: new Set(['stale/eth0']),
+      inFlightHostIfnames: new Set(['weft00000000002']),
+    });
     assert.deepEqual(plan, { removeLinks: [], release: [] });
   });
 
@@ -50,7 +83,12 @@ describe('planGarbageCollection', () => {
       ...base,
       validHandles: new Set(),
       validHostIfnames: new Set(),
-      allocations: [alloc('live', 'eth0', '10.244.0.2'), alloc('other', 'eth0', '10.244.0.4'), alloc('old', 'eth0', '10.244.0.5'), alloc('dead', 'eth0', '10.244.0.6')],
+      allocations: [
+        alloc('live', 'eth0', '10.244.0.2'),
+        alloc('other', 'eth0', '10.244.0.4'),
+        alloc('old', 'eth0', '10.244.0.5'),
+        alloc('dead', 'eth0', '10.244.0.6'),
+      ],
       hostLinks: [
         link('weft00000000001', rec('weft', 'live')),
         link('weft00000000003', rec('weft-second', 'other')),
@@ -65,20 +103,32 @@ describe('planGarbageCollection', () => {
     });
     const other = planGarbageCollection({ ...input, network: 'weft-second' });
     assert.deepEqual(other.removeLinks, ['weft00000000003', 'weft00000000005', 'weft00000000006']);
-    assert.deepEqual(other.release.map((a) => a.handle), ['dead/eth0', 'other/eth0']);
+    assert.deepEqual(
+      other.release.map((a) => a.handle),
+      ['dead/eth0', 'other/eth0'],
+    );
     const unnamed = planGarbageCollection({ ...input, network: '' });
     assert.deepEqual(unnamed.removeLinks, ['weft00000000005']);
-    assert.deepEqual(unnamed.release.map((a) => a.handle), ['dead/eth0']);
+    assert.deepEqual(
+      unnamed.release.map((a) => a.handle),
+      ['dead/eth0'],
+    );
   });
 
   it('keeps allocations other systems made on this node', () => {
-    const plan = planGarbageCollection({ ...base, allocations: [{ handle: 'reserved-for-vm', containerId: '', address: '10.244.0.9' }] });
+    const plan = planGarbageCollection({
+      ...base,
+      allocations: [{ handle: 'reserved-for-vm', containerId: '', address: '10.244.0.9' }],
+    });
     assert.deepEqual(plan.release, []);
   });
 
   it('with nothing valid, collects every pod allocation and interface', () => {
     const plan = planGarbageCollection({ ...base, validHandles: new Set(), validHostIfnames: new Set() });
-    assert.deepEqual(plan.release.map((a) => a.handle), ['live/eth0', 'stale/eth0']);
+    assert.deepEqual(
+      plan.release.map((a) => a.handle),
+      ['live/eth0', 'stale/eth0'],
+    );
     assert.deepEqual(plan.removeLinks, ['weft00000000001', 'weft00000000002']);
   });
 
@@ -86,16 +136,28 @@ describe('planGarbageCollection', () => {
     let seed = 7;
     const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
     for (let round = 0; round < 200; round++) {
-      const allocations = Array.from({ length: rand(30) }, (_, i) => alloc(`c${rand(20)}`, ['eth0', 'net1'][rand(2)]!, `10.244.0.${i}`));
+      const allocations = Array.from({ length: rand(30) }, (_, i) =>
+        alloc(`c${rand(20)}`, ['eth0', 'net1'][rand(2)]!, `10.244.0.${i}`),
+      );
       const valid = new Set(allocations.filter(() => rand(2) === 0).map((a) => a.handle));
       const plan = planGarbageCollection({ ...base, allocations, validHandles: valid });
       for (const a of plan.release) assert.equal(valid.has(a.handle), false, `released valid handle ${a.handle}`);
-      for (const a of allocations) if (!valid.has(a.handle)) assert.ok(plan.release.includes(a), `kept stale ${a.handle}`);
+      for (const a of allocations)
+        if (!valid.has(a.handle)) assert.ok(plan.release.includes(a), `kept stale ${a.handle}`);
     }
   });
-  it('without IPAM\'s answer, a veth that records no network (perhaps another network\'s live pod) is not removed', () => {
-    const input = { ...base, allocations: [], allocationsKnown: false, hostLinks: [...base.hostLinks, link('weft00000000004')] };
+  it("without IPAM's answer, a veth that records no network (perhaps another network's live pod) is not removed", () => {
+    const input = {
+      ...base,
+      allocations: [],
+      allocationsKnown: false,
+      hostLinks: [...base.hostLinks, link('weft00000000004')],
+    };
     assert.deepEqual(planGarbageCollection(input), { removeLinks: ['weft00000000002'], release: [] });
-    assert.deepEqual(planGarbageCollection({ ...input, allocationsKnown: true }).removeLinks, ['weft00000000002', 'weft00000000004'], 'with IPAM\'s answer it holds no address: collected');
+    assert.deepEqual(
+      planGarbageCollection({ ...input, allocationsKnown: true }).removeLinks,
+      ['weft00000000002', 'weft00000000004'],
+      "with IPAM's answer it holds no address: collected",
+    );
   });
 });

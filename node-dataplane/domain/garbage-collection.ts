@@ -71,10 +71,13 @@ export function isPodHandle(a: Pick<NodeAllocation, 'handle' | 'containerId'>): 
 
 export function planGarbageCollection(input: GarbageCollectionInput): GarbageCollectionPlan {
   const links = new Map(input.hostLinks.filter((l) => POD_HOST_IFNAME.test(l.name)).map((l) => [l.name, l]));
-  const candidates = input.allocations.filter((a) => isPodHandle(a) && !input.validHandles.has(a.handle) && !input.inFlightHandles.has(a.handle));
+  const candidates = input.allocations.filter(
+    (a) => isPodHandle(a) && !input.validHandles.has(a.handle) && !input.inFlightHandles.has(a.handle),
+  );
   /** Host interfaces of every live pod allocation: a veth without a record but with an address is a live attachment. */
   const allocated = new Set(input.allocations.filter(isPodHandle).map((a) => input.hostIfnameOf(a.handle)));
-  const ofNetwork = (l: HostLink) => (l.record ? isOfNetwork(l.record, input.network) : input.allocationsKnown !== false && !allocated.has(l.name));
+  const ofNetwork = (l: HostLink) =>
+    l.record ? isOfNetwork(l.record, input.network) : input.allocationsKnown !== false && !allocated.has(l.name);
   const removeLinks = [...links.values()]
     .filter((l) => !input.validHostIfnames.has(l.name) && !input.inFlightHostIfnames.has(l.name) && ofNetwork(l))
     .map((l) => l.name)

@@ -9,9 +9,25 @@ import { RT_TABLE_MAIN } from '../../lib/net/netlink-constants.js';
 import type { KernelState } from './desired.js';
 
 export type KernelEvent =
-  | { kind: 'route'; cidr: string; protocol: number; table: number; oif: number | null; op?: EventOp; gateway?: string | null }
+  | {
+      kind: 'route';
+      cidr: string;
+      protocol: number;
+      table: number;
+      oif: number | null;
+      op?: EventOp;
+      gateway?: string | null;
+    }
   /** `ip`: the neighbour's address (inet, inet6) or the FDB entry's destination (bridge); `mac`: its link-layer address. */
-  | { kind: 'neighbour'; family: 'inet' | 'inet6' | 'bridge'; ifindex: number; permanent?: boolean; op?: EventOp; ip?: string | null; mac?: string | null }
+  | {
+      kind: 'neighbour';
+      family: 'inet' | 'inet6' | 'bridge';
+      ifindex: number;
+      permanent?: boolean;
+      op?: EventOp;
+      ip?: string | null;
+      mac?: string | null;
+    }
   | { kind: 'link'; ifindex: number; ifname: string }
   /** An IPv4 address added to or removed from an interface: the underlay may have moved. */
   | { kind: 'address'; ifindex: number };
@@ -86,13 +102,20 @@ export function concernsOverlay(e: KernelEvent, view: OverlayView): boolean {
     case 'neighbour':
       // IPv6 neighbour discovery on the device is not Weft's; a permanent entry, or any event about an address Weft
       // wants there (deleting a neighbour announces it FAILED, then removes it: neither is permanent), is.
-      return view.ifindex !== null && e.ifindex === view.ifindex &&
-        (e.family !== 'inet6' || e.permanent === true || (!!e.ip && view.target?.neighbours.has(e.ip) === true));
+      return (
+        view.ifindex !== null &&
+        e.ifindex === view.ifindex &&
+        (e.family !== 'inet6' || e.permanent === true || (!!e.ip && view.target?.neighbours.has(e.ip) === true))
+      );
     case 'address':
       return false;
     case 'route':
       if (e.table !== RT_TABLE_MAIN) return false;
       if (view.routeCidrs.has(e.cidr)) return true;
-      return e.protocol === view.routeProtocol && e.oif !== null && (e.oif === view.ifindex || e.oif === view.underlayIfindex);
+      return (
+        e.protocol === view.routeProtocol &&
+        e.oif !== null &&
+        (e.oif === view.ifindex || e.oif === view.underlayIfindex)
+      );
   }
 }

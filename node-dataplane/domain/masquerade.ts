@@ -19,7 +19,14 @@ const JUMP_COMMENT = 'weft: masquerade pod traffic leaving the pools';
 
 /** The pools of one family, normalised and sorted, so that the same pools in any order give the same rules. */
 export function normalisePools(cidrs: Iterable<string>, family: Family = 4): string[] {
-  return [...new Set([...cidrs].map((c) => parseCidr(c, 'pool')).filter((c) => c.family === family).map(formatCidr))].sort();
+  return [
+    ...new Set(
+      [...cidrs]
+        .map((c) => parseCidr(c, 'pool'))
+        .filter((c) => c.family === family)
+        .map(formatCidr),
+    ),
+  ].sort();
 }
 
 export function jumpRule(chain = MASQUERADE_CHAIN): string {
@@ -33,7 +40,11 @@ export function masqueradeRules(pools: string[], chain = MASQUERADE_CHAIN, famil
 }
 
 /** What `iptables-save -t nat` shows of Weft's masquerade: whether the chain exists, its rules, and how often POSTROUTING jumps to it. */
-export interface NatActual { chainExists: boolean; rules: string[]; jumps: number }
+export interface NatActual {
+  chainExists: boolean;
+  rules: string[];
+  jumps: number;
+}
 
 export function readNatSave(save: string, chain = MASQUERADE_CHAIN): NatActual {
   const lines = save.split('\n').map((l) => l.trim());
@@ -49,7 +60,12 @@ export function readNatSave(save: string, chain = MASQUERADE_CHAIN): NatActual {
  * declared (which flushes it) and refilled whole; the jump is added only when it is missing, and extra jumps (a
  * second one added by hand) are deleted, so exactly one remains.
  */
-export function planMasquerade(pools: string[], actual: NatActual, chain = MASQUERADE_CHAIN, family: Family = 4): string | null {
+export function planMasquerade(
+  pools: string[],
+  actual: NatActual,
+  chain = MASQUERADE_CHAIN,
+  family: Family = 4,
+): string | null {
   const rules = masqueradeRules(pools, chain, family);
   // A family with no pool and no chain of Weft's yet is left alone (a node without IPv6 pools never touches ip6tables).
   if (rules.length === 0 && !actual.chainExists && actual.jumps === 0) return null;
@@ -57,8 +73,13 @@ export function planMasquerade(pools: string[], actual: NatActual, chain = MASQU
 }
 
 /** The restore input that makes the chain hold exactly `rules` with one jump to it, or null when it already does. */
-export function masqueradeRestore(rules: readonly string[], actual: NatActual, chain = MASQUERADE_CHAIN): string | null {
-  const rulesRight = actual.chainExists && actual.rules.length === rules.length && actual.rules.every((r, i) => r === rules[i]);
+export function masqueradeRestore(
+  rules: readonly string[],
+  actual: NatActual,
+  chain = MASQUERADE_CHAIN,
+): string | null {
+  const rulesRight =
+    actual.chainExists && actual.rules.length === rules.length && actual.rules.every((r, i) => r === rules[i]);
   if (rulesRight && actual.jumps === 1) return null;
   const jump = jumpRule(chain);
   const out = ['*nat', `:${chain} - [0:0]`, ...rules];
@@ -72,7 +93,10 @@ export function masqueradeRestore(rules: readonly string[], actual: NatActual, c
  * Weft's nat chain as the nat driver's table keeps it (one entry, keyed by the chain's name): its rules and the jumps
  * to it. An empty chain with its one jump is what no pools ask for, so it reads as no entry at all.
  */
-export interface NatChain { rules: string[]; jumps: number }
+export interface NatChain {
+  rules: string[];
+  jumps: number;
+}
 
 export function natChainOf(actual: NatActual): NatChain | null {
   if (!actual.chainExists && actual.jumps === 0) return null;

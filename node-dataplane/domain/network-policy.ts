@@ -49,12 +49,14 @@ export type PolicyFamily = 4 | 6;
 /** Weft's sets of a family: `weft-<hash>` (IPv4) and `weft6-<hash>` (IPv6), temporary `…t` ones included. */
 const ownedSet = (family: PolicyFamily) => (family === 4 ? /^weft-/ : /^weft6-/);
 /** The kernel's name of a peer set (named `weft-<hash>` by the policy service) in a family. */
-const kernelSetName = (name: string, family: PolicyFamily) => (family === 4 ? name : `weft6-${name.replace(/^weft-/, '')}`);
+const kernelSetName = (name: string, family: PolicyFamily) =>
+  family === 4 ? name : `weft6-${name.replace(/^weft-/, '')}`;
 const inFamily = (cidr: string, family: PolicyFamily) => cidr.includes(':') === (family === 6);
 /** A pod's anchor chain, WEFT-P-<veth> (veth names have no dash); its entries chains are WEFT-[IE]-<veth>-<hash>. */
 const ANCHOR = /^WEFT-P-[^-]+$/;
 /** An anchor's rules match disjoint packets (`-i <veth>`: the pod's egress, `-o <veth>`: its ingress): their order is not significant. */
-const sameAnchor = (have: readonly string[], want: readonly string[]) => have.length === want.length && want.every((r) => have.includes(r));
+const sameAnchor = (have: readonly string[], want: readonly string[]) =>
+  have.length === want.length && want.every((r) => have.includes(r));
 /** `-i <veth>` or `-o <veth>` of an anchor's goto rule; null for any other rule. */
 const anchorMatch = (rule: string) => /^-A \S+ (-[io] \S+) -g \S+$/.exec(rule)?.[1] ?? null;
 
@@ -99,17 +101,25 @@ export interface PolicyActual {
   sets: Map<string, string[]>;
 }
 
-const member = (cidr: string) => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr.endsWith('/128') ? cidr.slice(0, -4) : cidr);
+const member = (cidr: string) =>
+  cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr.endsWith('/128') ? cidr.slice(0, -4) : cidr;
 const COMMENT_MAX = 200;
 const commentText = (text: string) => text.replace(/[^A-Za-z0-9/._[\] :=-]/g, '_');
 const comment = (text: string) => `-m comment --comment "weft ${commentText(text).slice(0, COMMENT_MAX)}"`;
 
 /** A rule's text between `-A <chain>` and its target. */
-function ruleMatch(e: PolicyEntry, dir: 'ingress' | 'egress', ports: string | null, multi: boolean, source: string): string {
+function ruleMatch(
+  e: PolicyEntry,
+  dir: 'ingress' | 'egress',
+  ports: string | null,
+  multi: boolean,
+  source: string,
+): string {
   const parts: string[] = [];
   if (e.protocol) parts.push(`-p ${e.protocol.toLowerCase()}`);
   if (e.peerSet) parts.push(`-m set --match-set ${e.peerSet} ${dir === 'ingress' ? 'src' : 'dst'}`);
-  if (e.protocol && ports !== null) parts.push(multi ? `-m multiport --dports ${ports}` : `-m ${e.protocol.toLowerCase()} --dport ${ports}`);
+  if (e.protocol && ports !== null)
+    parts.push(multi ? `-m multiport --dports ${ports}` : `-m ${e.protocol.toLowerCase()} --dport ${ports}`);
   parts.push(comment(source));
   return parts.join(' ');
 }
@@ -125,9 +135,15 @@ const portWeight = (p: { from: number; to: number }) => (p.from === p.to ? 1 : 2
  * names every source, while it fits): the first of them that matches decided before, and with the same action the
  * merged rule decides the same. A lone entry keeps `-m tcp --dport`. Rendered as iptables-save prints them.
  */
-export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 'ingress' | 'egress', passChain: string): string[] {
+export function chainRules(
+  chain: string,
+  entries: readonly PolicyEntry[],
+  dir: 'ingress' | 'egress',
+  passChain: string,
+): string[] {
   const out: string[] = [];
-  const target = (e: PolicyEntry) => (e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`);
+  const target = (e: PolicyEntry) =>
+    e.action === 'allow' ? '-j RETURN' : e.action === 'deny' ? '-j DROP' : `-g ${passChain}`;
   for (let i = 0; i < entries.length;) {
     const e = entries[i]!;
     const group = [e];
@@ -155,13 +171,27 @@ export function chainRules(chain: string, entries: readonly PolicyEntry[], dir: 
 
 /** What the agent keeps between passes to render only the pods whose rules changed (keyed by the PodRules object). */
 export interface RenderCache {
-  pods: WeakMap<PodRules, { veth: string; used: string[]; present: boolean[]; chains: [string, string[]][]; dispatch: { egress: string; ingress: string }; sets: string[] }>;
+  pods: WeakMap<
+    PodRules,
+    {
+      veth: string;
+      used: string[];
+      present: boolean[];
+      chains: [string, string[]][];
+      dispatch: { egress: string; ingress: string };
+      sets: string[];
+    }
+  >;
   /** The veths map (as the agent last read it) → its entries by veth name. */
   veths: WeakMap<ReadonlyMap<string, string>, [string, string][]>;
   /** A set's CIDRs (the array held) → its members of the cache's family as `ipset save` prints them. */
   sets: WeakMap<readonly string[], string[]>;
 }
-export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets: new WeakMap(), veths: new WeakMap() });
+export const createRenderCache = (): RenderCache => ({
+  pods: new WeakMap(),
+  sets: new WeakMap(),
+  veths: new WeakMap(),
+});
 
 /**
  * The chains and sets the node's pods want. `veths` maps a local pod address to its host-side veth; `rules` null:
@@ -170,7 +200,13 @@ export const createRenderCache = (): RenderCache => ({ pods: new WeakMap(), sets
  * same object as at an earlier call, on the same veth and with the same sets non-empty, is not rendered again (a
  * cache serves one family). `family`: 4 for iptables, 6 for ip6tables (`veths` then maps IPv6 pod addresses).
  */
-export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan', cache?: RenderCache, family: PolicyFamily = 4): PolicyDesired {
+export function desiredPolicy(
+  rules: NodeRules | null,
+  veths: ReadonlyMap<string, string>,
+  vxlanDevice = 'weft.vxlan',
+  cache?: RenderCache,
+  family: PolicyFamily = 4,
+): PolicyDesired {
   const chains = new Map<string, string[]>();
   const sets = new Map<string, string[]>();
   /** Peer sets with members of this family: their members as `ipset save` prints them. */
@@ -178,14 +214,20 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
   for (const [name, cidrs] of rules?.sets ?? []) {
     let members = cache?.sets.get(cidrs);
     if (!members) {
-      members = cidrs.filter((c) => inFamily(c, family)).map(member).sort();
+      members = cidrs
+        .filter((c) => inFamily(c, family))
+        .map(member)
+        .sort();
       cache?.sets.set(cidrs, members);
     }
     if (members.length > 0) familySets.set(kernelSetName(name, family), members);
   }
   const byAddress = new Map<string, PodRules>();
   for (const pod of rules?.pods ?? []) for (const a of pod.addresses) byAddress.set(a, pod);
-  const dispatch = { egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`], ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`] };
+  const dispatch = {
+    egress: [`-A ${FROM_POD} -i ${vxlanDevice} -j RETURN`],
+    ingress: [`-A ${TO_POD} -o ${vxlanDevice} -j RETURN`],
+  };
   let sorted = cache?.veths.get(veths);
   if (!sorted) {
     sorted = [...veths].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
@@ -198,14 +240,31 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
     // Rendered again on another veth, or when one of its sets became empty or non-empty.
     if (r && (r.veth !== veth || !r.used.every((name, i) => familySets.has(name) === r!.present[i]))) r = undefined;
     if (!r) {
-      const used = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null).map((n) => kernelSetName(n, family)))];
-      r = { veth, used, present: used.map((n) => familySets.has(n)), chains: [], dispatch: { egress: '', ingress: '' }, sets: [] };
+      const used = [
+        ...new Set(
+          [...pod.ingress, ...pod.egress]
+            .map((e) => e.peerSet)
+            .filter((n): n is string => n !== null)
+            .map((n) => kernelSetName(n, family)),
+        ),
+      ];
+      r = {
+        veth,
+        used,
+        present: used.map((n) => familySets.has(n)),
+        chains: [],
+        dispatch: { egress: '', ingress: '' },
+        sets: [],
+      };
       const anchor = `WEFT-P-${veth}`;
       const anchorRules: string[] = [];
       for (const dir of ['egress', 'ingress'] as const) {
         const [from, match] = dir === 'ingress' ? [TO_POD, '-o'] : [FROM_POD, '-i'];
         // Entries whose set has no member of this family can match no packet of it.
-        const inKernel = family === 4 ? pod[dir] : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
+        const inKernel =
+          family === 4
+            ? pod[dir]
+            : pod[dir].map((e) => (e.peerSet ? { ...e, peerSet: kernelSetName(e.peerSet, family) } : e));
         const entries = inKernel.filter((e) => e.peerSet === null || familySets.has(e.peerSet));
         // Every pod whose rules are held goes to its anchor both ways, with or without entries: a change of its
         // rules (to none, or from none) is a change of its own short anchor chain, never of the long dispatch
@@ -218,8 +277,18 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
         // goes to: new entries are a new chain and a rule inserted first in the anchor, which iptables-nft writes
         // without reading the table back; the old rule and chain go afterwards (see planPolicy).
         const body = chainRules('@C', entries, dir, '@CN');
-        const tail = entries.some((e) => e.action === 'pass') ? chainRules('@CN', entries.filter((e) => e.tier !== 'admin'), dir, '@CN') : null;
-        const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}-${createHash('sha256').update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`).digest('hex').slice(0, 4)}`;
+        const tail = entries.some((e) => e.action === 'pass')
+          ? chainRules(
+              '@CN',
+              entries.filter((e) => e.tier !== 'admin'),
+              dir,
+              '@CN',
+            )
+          : null;
+        const chain = `WEFT-${dir === 'ingress' ? 'I' : 'E'}-${veth}-${createHash('sha256')
+          .update(`${body.join('\n')}\n\n${tail?.join('\n') ?? ''}`)
+          .digest('hex')
+          .slice(0, 4)}`;
         const named = (lines: string[]) => lines.map((l) => l.replaceAll('@C', chain));
         anchorRules.push(`-A ${anchor} ${match} ${veth} -g ${chain}`);
         r.chains.push([chain, named(body)]);
@@ -251,9 +320,15 @@ export function desiredPolicy(rules: NodeRules | null, veths: ReadonlyMap<string
  * nothing is rewritten and no connection is cut); a pod that appeared since has no dispatch rule, so the dispatch
  * chains' last rule drops it.
  */
-export function desiredBeforeRules(actual: PolicyActual, veths: ReadonlyMap<string, string>, vxlanDevice = 'weft.vxlan'): PolicyDesired {
+export function desiredBeforeRules(
+  actual: PolicyActual,
+  veths: ReadonlyMap<string, string>,
+  vxlanDevice = 'weft.vxlan',
+): PolicyDesired {
   const layout = desiredPolicy(null, veths, vxlanDevice);
-  const held = [POLICY_CHAIN, FROM_POD, TO_POD].every((c) => actual.chains.has(c)) && sameList(actual.chains.get(POLICY_CHAIN), layout.chains.get(POLICY_CHAIN)!);
+  const held =
+    [POLICY_CHAIN, FROM_POD, TO_POD].every((c) => actual.chains.has(c)) &&
+    sameList(actual.chains.get(POLICY_CHAIN), layout.chains.get(POLICY_CHAIN)!);
   return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
@@ -272,9 +347,11 @@ export function podChanges(before: readonly PodRules[], after: readonly PodRules
   if (before.length !== after.length) return null;
   const out: PodChange[] = [];
   for (let i = 0; i < after.length; i++) {
-    const b = before[i]!, a = after[i]!;
+    const b = before[i]!,
+      a = after[i]!;
     if (a === b) continue;
-    if (a.namespace !== b.namespace || a.name !== b.name || !sameList(a.addresses, b.addresses) || out.length === max) return null;
+    if (a.namespace !== b.namespace || a.name !== b.name || !sameList(a.addresses, b.addresses) || out.length === max)
+      return null;
     out.push({ before: b, after: a });
   }
   return out;
@@ -287,15 +364,29 @@ export function podChanges(before: readonly PodRules[], after: readonly PodRules
  * pods no longer name stays while `sets` (the node's rules) still has it for another pod. Returns the plan and what
  * it changes in the record (chains and sets written, or null: removed), for `recordPodChanges` once it is applied.
  */
-export function planPodChanges(changes: readonly PodChange[], sets: { before: ReadonlyMap<string, string[]>; after: ReadonlyMap<string, string[]> }, veths: ReadonlyMap<string, string>, held: PolicyActual, vxlanDevice = 'weft.vxlan', cache?: RenderCache, family: PolicyFamily = 4): { plan: PolicyPlan; record: { chains: Map<string, string[] | null>; sets: Map<string, string[] | null> } } {
+export function planPodChanges(
+  changes: readonly PodChange[],
+  sets: { before: ReadonlyMap<string, string[]>; after: ReadonlyMap<string, string[]> },
+  veths: ReadonlyMap<string, string>,
+  held: PolicyActual,
+  vxlanDevice = 'weft.vxlan',
+  cache?: RenderCache,
+  family: PolicyFamily = 4,
+): { plan: PolicyPlan; record: { chains: Map<string, string[] | null>; sets: Map<string, string[] | null> } } {
   const layout = [POLICY_CHAIN, FROM_POD, TO_POD];
   const render = (pods: PodRules[], s: ReadonlyMap<string, string[]>) => {
     const d = desiredPolicy({ revision: 0, pods, sets: s }, veths, vxlanDevice, cache, family);
     for (const c of layout) d.chains.delete(c);
     return d;
   };
-  const was = render(changes.map((c) => c.before), sets.before);
-  const now = render(changes.map((c) => c.after), sets.after);
+  const was = render(
+    changes.map((c) => c.before),
+    sets.before,
+  );
+  const now = render(
+    changes.map((c) => c.after),
+    sets.after,
+  );
   const actual: PolicyActual = { chains: new Map(), jumps: 1, sets: new Map() };
   for (const name of [...was.chains.keys(), ...now.chains.keys()]) {
     const have = held.chains.get(name);
@@ -306,7 +397,12 @@ export function planPodChanges(changes: readonly PodChange[], sets: { before: Re
     if (have) actual.sets.set(name, have);
   }
   // `sets` are named as the policy service names them (`weft-<hash>`), the kernel's IPv6 ones `weft6-<hash>`.
-  for (const [name, have] of actual.sets) if (!now.sets.has(name) && sets.after.get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))?.some((c) => inFamily(c, family))) now.sets.set(name, have);
+  for (const [name, have] of actual.sets)
+    if (
+      !now.sets.has(name) &&
+      sets.after.get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))?.some((c) => inFamily(c, family))
+    )
+      now.sets.set(name, have);
   const plan = planPolicy(now, actual, family);
   const chains = new Map<string, string[] | null>(now.chains);
   for (const name of actual.chains.keys()) if (!now.chains.has(name)) chains.set(name, null);
@@ -316,7 +412,10 @@ export function planPodChanges(changes: readonly PodChange[], sets: { before: Re
 }
 
 /** `held` (the agent's record) after a plan of planPodChanges is applied: changed in place. */
-export function recordPodChanges(held: PolicyActual, record: { chains: ReadonlyMap<string, string[] | null>; sets: ReadonlyMap<string, string[] | null> }): void {
+export function recordPodChanges(
+  held: PolicyActual,
+  record: { chains: ReadonlyMap<string, string[] | null>; sets: ReadonlyMap<string, string[] | null> },
+): void {
   for (const [name, rules] of record.chains) {
     if (rules) held.chains.set(name, rules);
     else held.chains.delete(name);
@@ -379,7 +478,8 @@ export interface PolicyPlan {
   changed: string[];
 }
 
-const sameList = (a: readonly string[] | undefined, b: readonly string[]) => a === b || (!!a && a.length === b.length && a.every((x, i) => x === b[i]));
+const sameList = (a: readonly string[] | undefined, b: readonly string[]) =>
+  a === b || (!!a && a.length === b.length && a.every((x, i) => x === b[i]));
 
 /**
  * A long chain that differs from what the kernel holds in a few neighbouring rules (the dispatch chain when one pod
@@ -391,13 +491,20 @@ function editChain(chain: string, have: readonly string[], want: readonly string
   let head = 0;
   while (head < have.length && head < want.length && have[head] === want[head]) head++;
   let tail = 0;
-  while (tail < have.length - head && tail < want.length - head && have[have.length - 1 - tail] === want[want.length - 1 - tail]) tail++;
+  while (
+    tail < have.length - head &&
+    tail < want.length - head &&
+    have[have.length - 1 - tail] === want[want.length - 1 - tail]
+  )
+    tail++;
   const del = have.length - head - tail;
   const ins = want.length - head - tail;
   if ((del + ins) * 4 >= want.length) return null;
   const out: string[] = [];
   for (let n = head + del; n > head; n--) out.push(`-D ${chain} ${n}`);
-  want.slice(head, head + ins).forEach((rule, k) => out.push(`-I ${chain} ${head + 1 + k} ${rule.slice(`-A ${chain} `.length)}`));
+  want
+    .slice(head, head + ins)
+    .forEach((rule, k) => out.push(`-I ${chain} ${head + 1 + k} ${rule.slice(`-A ${chain} `.length)}`));
   return out;
 }
 
@@ -415,7 +522,11 @@ export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family:
     // A set's content never changes under its name (a new content is a new set), so its size is known at creation:
     // a selector matching more than ipset's default 65,536 members (every pod of a large cluster) still fits.
     const maxelem = members.length > DEFAULT_MAXELEM ? ` maxelem ${members.length}` : '';
-    before.push(`create ${target} hash:net family ${family === 4 ? 'inet' : 'inet6'}${maxelem}`, `flush ${target}`, ...members.map((m) => `add ${target} ${m}`));
+    before.push(
+      `create ${target} hash:net family ${family === 4 ? 'inet' : 'inet6'}${maxelem}`,
+      `flush ${target}`,
+      ...members.map((m) => `add ${target} ${m}`),
+    );
     if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
   const filter: string[] = [];

@@ -40,25 +40,47 @@ export function parseProcNetTcp(text: string, family: 4 | 6, littleEndian: boole
     if (!local || !remote || !/^\d+$/.test(f[9] ?? '')) continue;
     out.push({
       family,
-      local: procAddress(local[1]!, family, littleEndian), localPort: parseInt(local[2]!, 16),
-      remote: procAddress(remote[1]!, family, littleEndian), remotePort: parseInt(remote[2]!, 16),
-      state: parseInt(f[3]!, 16), inode: Number(f[9]),
+      local: procAddress(local[1]!, family, littleEndian),
+      localPort: parseInt(local[2]!, 16),
+      remote: procAddress(remote[1]!, family, littleEndian),
+      remotePort: parseInt(remote[2]!, 16),
+      state: parseInt(f[3]!, 16),
+      inode: Number(f[9]),
     });
   }
   return out;
 }
 
 /** The agent's own connections (by socket inode) from `address`, an IPv4 address (also as `::ffff:` on IPv6 sockets); listeners are kept. */
-export function ownConnectionsFrom(sockets: readonly TcpSocket[], ownInodes: ReadonlySet<number>, address: string): TcpSocket[] {
+export function ownConnectionsFrom(
+  sockets: readonly TcpSocket[],
+  ownInodes: ReadonlySet<number>,
+  address: string,
+): TcpSocket[] {
   const v4 = parseAddress(address).value;
   const mapped = formatAddress(6, (0xffffn << 32n) | v4);
-  return sockets.filter((s) => s.inode !== 0 && ownInodes.has(s.inode) && s.state !== LISTEN && (s.family === 4 ? s.local === address : s.local === mapped));
+  return sockets.filter(
+    (s) =>
+      s.inode !== 0 &&
+      ownInodes.has(s.inode) &&
+      s.state !== LISTEN &&
+      (s.family === 4 ? s.local === address : s.local === mapped),
+  );
 }
 
 /** `ss` arguments that destroy exactly these TCP connections (each by its four-tuple); null when there are none. */
 export function destroyArgs(sockets: readonly TcpSocket[]): string[] | null {
   if (sockets.length === 0) return null;
   const ep = (family: 4 | 6, a: string, port: number) => (family === 4 ? `${a}:${port}` : `[${a}]:${port}`);
-  const terms = sockets.flatMap((s, i) => [...(i > 0 ? ['or'] : []), '(', 'src', ep(s.family, s.local, s.localPort), 'and', 'dst', ep(s.family, s.remote, s.remotePort), ')']);
+  const terms = sockets.flatMap((s, i) => [
+    ...(i > 0 ? ['or'] : []),
+    '(',
+    'src',
+    ep(s.family, s.local, s.localPort),
+    'and',
+    'dst',
+    ep(s.family, s.remote, s.remotePort),
+    ')',
+  ]);
   return ['-K', '-t', '-n', ...terms];
 }

@@ -1,4 +1,12 @@
-import { cidrContains, formatAddress, formatCidr, isMac, parseAddress, parseCidr, type Family } from '../../lib/net/ip.js';
+import {
+  cidrContains,
+  formatAddress,
+  formatCidr,
+  isMac,
+  parseAddress,
+  parseCidr,
+  type Family,
+} from '../../lib/net/ip.js';
 import type { RemoteNode } from './desired.js';
 import type { PodRules, PolicyEntry } from './network-policy.js';
 
@@ -42,7 +50,9 @@ const show = (v: unknown) => JSON.stringify(v);
 
 /** Why a peer set name is refused, or null. */
 export function setNameProblem(name: string): string | null {
-  return SET_NAME.test(name) ? null : `set name ${show(name)} is not Weft's (weft- and 1-24 lower-case letters or digits)`;
+  return SET_NAME.test(name)
+    ? null
+    : `set name ${show(name)} is not Weft's (weft- and 1-24 lower-case letters or digits)`;
 }
 
 /** Why a node, namespace or pod name is refused, or null. */
@@ -73,7 +83,15 @@ export function checkAddress(text: string, what: string, family?: Family): Check
 }
 
 /** A policy entry as the stream carries it (ports 0: none). */
-export interface StreamPolicyEntry { tier: string; action: string; peerSet: string; protocol: string; portFrom: number; portTo: number; source: string }
+export interface StreamPolicyEntry {
+  tier: string;
+  action: string;
+  peerSet: string;
+  protocol: string;
+  portFrom: number;
+  portTo: number;
+  source: string;
+}
 
 export function checkPolicyEntry(e: StreamPolicyEntry): Checked<PolicyEntry> {
   if (!TIERS.has(e.tier)) return { refused: `tier ${show(e.tier)} is not one of admin, networkpolicy, baseline` };
@@ -82,7 +100,8 @@ export function checkPolicyEntry(e: StreamPolicyEntry): Checked<PolicyEntry> {
     const p = setNameProblem(e.peerSet);
     if (p) return { refused: `peer ${p}` };
   }
-  if (e.protocol !== '' && !PROTOCOLS.has(e.protocol)) return { refused: `protocol ${show(e.protocol)} is not one of TCP, UDP, SCTP` };
+  if (e.protocol !== '' && !PROTOCOLS.has(e.protocol))
+    return { refused: `protocol ${show(e.protocol)} is not one of TCP, UDP, SCTP` };
   const port = (n: number) => Number.isInteger(n) && n >= 1 && n <= 65535;
   let ports: PolicyEntry['ports'] = null;
   if (e.portFrom !== 0 || e.portTo !== 0) {
@@ -93,12 +112,28 @@ export function checkPolicyEntry(e: StreamPolicyEntry): Checked<PolicyEntry> {
     if (e.protocol === '') return { refused: `ports ${e.portFrom}-${to} without a protocol` };
     ports = { from: e.portFrom, to };
   }
-  if (e.source.length > SOURCE_MAX || CONTROL.test(e.source)) return { refused: `source ${show(e.source.slice(0, 80))} has control characters or is longer than ${SOURCE_MAX}` };
-  return { value: { tier: e.tier as PolicyEntry['tier'], action: e.action as PolicyEntry['action'], peerSet: e.peerSet || null, protocol: (e.protocol || null) as PolicyEntry['protocol'], ports, source: e.source } };
+  if (e.source.length > SOURCE_MAX || CONTROL.test(e.source))
+    return { refused: `source ${show(e.source.slice(0, 80))} has control characters or is longer than ${SOURCE_MAX}` };
+  return {
+    value: {
+      tier: e.tier as PolicyEntry['tier'],
+      action: e.action as PolicyEntry['action'],
+      peerSet: e.peerSet || null,
+      protocol: (e.protocol || null) as PolicyEntry['protocol'],
+      ports,
+      source: e.source,
+    },
+  };
 }
 
 /** A pod's compiled rules as the stream carries them. */
-export interface StreamPod { namespace: string; name: string; addresses: string[]; ingress: StreamPolicyEntry[]; egress: StreamPolicyEntry[] }
+export interface StreamPod {
+  namespace: string;
+  name: string;
+  addresses: string[];
+  ingress: StreamPolicyEntry[];
+  egress: StreamPolicyEntry[];
+}
 
 /** A pod's rules; refused when any field is bad or an entry names a set that is not held (`setHeld`: refused, or never sent). */
 export function checkPod(p: StreamPod, setHeld: (name: string) => boolean = () => true): Checked<PodRules> {
@@ -115,7 +150,8 @@ export function checkPod(p: StreamPod, setHeld: (name: string) => boolean = () =
     for (const [i, raw] of p[dir].entries()) {
       const e = checkPolicyEntry(raw);
       if (e.refused !== undefined) return { refused: `${dir}[${i}]: ${e.refused}` };
-      if (e.value.peerSet && !setHeld(e.value.peerSet)) return { refused: `${dir}[${i}] names the set ${e.value.peerSet}, which is not held (refused, or never sent)` };
+      if (e.value.peerSet && !setHeld(e.value.peerSet))
+        return { refused: `${dir}[${i}] names the set ${e.value.peerSet}, which is not held (refused, or never sent)` };
       dirs[dir].push(e.value);
     }
   }
@@ -153,7 +189,8 @@ export function checkAddressSet(s: { name: string; cidrs: string[] }): Checked<{
     if (r.refused !== undefined) return { refused: r.refused };
     // ipset's hash:net cannot hold a /0 (`ipset restore` would fail, taking every other set of the batch with it);
     // the policy service never sends one (it splits every address into two /1s). Found by the property test.
-    if (r.value.endsWith('/0')) return { refused: `member of ${s.name} ${show(c)} is every address; hash:net cannot hold a /0` };
+    if (r.value.endsWith('/0'))
+      return { refused: `member of ${s.name} ${show(c)} is every address; hash:net cannot hold a /0` };
     cidrs.push(r.value);
   }
   // The array held is the stream's when nothing needed rewriting.
@@ -174,7 +211,8 @@ export function checkRemoteNode(n: RemoteNode): Checked<RemoteNode> {
     // A route to a /0 would replace the node's default route; a block over the node's own underlay address would
     // send the VXLAN packets meant for that node into the overlay. IPAM makes neither.
     const parsed = parseCidr(c.value);
-    if (parsed.prefixLength === 0) return { refused: `${n.node}'s block ${show(b)} is every address; a pod block never is` };
+    if (parsed.prefixLength === 0)
+      return { refused: `${n.node}'s block ${show(b)} is every address; a pod block never is` };
     const own = parseAddress(address.value);
     if (parsed.family === own.family && cidrContains(parsed, own.family, own.value)) {
       return { refused: `${n.node}'s block ${show(b)} holds its own underlay address ${address.value}` };

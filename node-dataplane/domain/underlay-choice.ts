@@ -41,7 +41,12 @@ export class UnderlayError extends Error {}
 const globals = (l: UnderlayLink) => (l.addr_info ?? []).filter((a) => a.family === 'inet' && a.scope === 'global');
 
 function globToRegExp(glob: string): RegExp {
-  return new RegExp(`^${glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`);
+  return new RegExp(
+    `^${glob
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+  );
 }
 
 function within(c: Cidr, address: string): boolean {
@@ -51,11 +56,16 @@ function within(c: Cidr, address: string): boolean {
   return a.value >> shift === c.base >> shift;
 }
 
-const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
+const list = (text: string) =>
+  text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 
 /** Checks the settings before anything is read from the kernel: a bad CIDR or address is the operator's to fix. */
 export function validateUnderlayWanted(w: UnderlayWanted): void {
-  const bad = (setting: string, value: string, why: string) => new UnderlayError(`${setting}=${JSON.stringify(value)}: ${why}`);
+  const bad = (setting: string, value: string, why: string) =>
+    new UnderlayError(`${setting}=${JSON.stringify(value)}: ${why}`);
   if (w.address) {
     try {
       if (parseAddress(w.address).family !== 4) throw new Error('IPv6');
@@ -85,7 +95,11 @@ export function chooseUnderlay(
   routes: { routeTo?: { dev?: string; prefsrc?: string } | null; defaultDev?: string | null },
 ): UnderlayChoice {
   const pick = (link: UnderlayLink, address: string, by: string): UnderlayChoice => ({
-    interface: link.ifname, ifindex: link.ifindex, address, mtu: link.mtu, by,
+    interface: link.ifname,
+    ifindex: link.ifindex,
+    address,
+    mtu: link.mtu,
+    by,
     prefixLength: (link.addr_info ?? []).find((a) => a.family === 'inet' && a.local === address)?.prefixlen ?? 32,
   });
   if (w.address) {
@@ -116,12 +130,18 @@ export function chooseUnderlay(
     const l = r?.dev ? links.find((x) => x.ifname === r.dev) : undefined;
     if (!l) throw new UnderlayError(`no route to WEFT_UNDERLAY_ROUTE_TO ${w.routeTo}`);
     const address = r!.prefsrc ?? globals(l)[0]?.local;
-    if (!address) throw new UnderlayError(`the route to ${w.routeTo} leaves through ${l.ifname}, which has no IPv4 address`);
+    if (!address)
+      throw new UnderlayError(`the route to ${w.routeTo} leaves through ${l.ifname}, which has no IPv4 address`);
     return pick(l, address, `route to ${w.routeTo}`);
   }
-  const byDefault = routes.defaultDev ? links.find((x) => x.ifname === routes.defaultDev && globals(x).length > 0) : undefined;
+  const byDefault = routes.defaultDev
+    ? links.find((x) => x.ifname === routes.defaultDev && globals(x).length > 0)
+    : undefined;
   if (byDefault) return pick(byDefault, globals(byDefault)[0]!.local, 'default route');
   const first = links.find((x) => globals(x).length > 0);
-  if (!first) throw new UnderlayError('no interface has a global IPv4 address; set WEFT_UNDERLAY_ADDRESS, WEFT_UNDERLAY_CIDR or WEFT_UNDERLAY_INTERFACE');
+  if (!first)
+    throw new UnderlayError(
+      'no interface has a global IPv4 address; set WEFT_UNDERLAY_ADDRESS, WEFT_UNDERLAY_CIDR or WEFT_UNDERLAY_INTERFACE',
+    );
   return pick(first, globals(first)[0]!.local, 'first global address');
 }

@@ -32,12 +32,17 @@ export function classNet(paths: HostPaths, ...parts: string[]): string {
  * Switches IPv4 forwarding on, and IPv6 forwarding when the kernel has IPv6 (false when it cannot: then IPv6 pod
  * blocks are not forwarded). Throws when IPv4 forwarding cannot be switched on.
  */
-export function enableForwarding(paths: HostPaths = DEFAULT_HOST_PATHS): { ipv6: true } | { ipv6: false; reason: string } {
+export function enableForwarding(
+  paths: HostPaths = DEFAULT_HOST_PATHS,
+): { ipv6: true } | { ipv6: false; reason: string } {
   const ipv4 = netSysctl(paths, 'ipv4', 'ip_forward');
   try {
     writeFileSync(ipv4, '1');
   } catch (err) {
-    throw new Error(`cannot switch IPv4 forwarding on through ${ipv4} (${(err as Error).message}); in a container whose /proc/sys is read-only, mount the host's /proc/sys/net and set WEFT_PROC_SYS_NET to it`, { cause: err });
+    throw new Error(
+      `cannot switch IPv4 forwarding on through ${ipv4} (${(err as Error).message}); in a container whose /proc/sys is read-only, mount the host's /proc/sys/net and set WEFT_PROC_SYS_NET to it`,
+      { cause: err },
+    );
   }
   try {
     writeFileSync(netSysctl(paths, 'ipv6', 'conf', 'all', 'forwarding'), '1');

@@ -1,5 +1,12 @@
 import { run } from '../../lib/exec.js';
-import { MASQUERADE_CHAIN, masqueradeRestore, natChainOf, readNatSave, type NatActual, type NatChain } from '../domain/masquerade.js';
+import {
+  MASQUERADE_CHAIN,
+  masqueradeRestore,
+  natChainOf,
+  readNatSave,
+  type NatActual,
+  type NatChain,
+} from '../domain/masquerade.js';
 import type { KernelAccess } from '../kernel-table/dataplane.js';
 
 /**

@@ -17,7 +17,11 @@ export interface PolicyDriver {
 
 const POD_VETH = /^weft[0-9a-f]{11}$/;
 
-export function createPolicyDriver(opts: { routeProtocol: number; /** How commands run (default: here; bench/policy runs them in a namespace). */ run?: typeof runHere; family?: PolicyFamily }): PolicyDriver {
+export function createPolicyDriver(opts: {
+  routeProtocol: number;
+  /** How commands run (default: here; bench/policy runs them in a namespace). */ run?: typeof runHere;
+  family?: PolicyFamily;
+}): PolicyDriver {
   const run = opts.run ?? runHere;
   const family = opts.family ?? 4;
   const iptables = family === 4 ? 'iptables' : 'ip6tables';
@@ -28,7 +32,9 @@ export function createPolicyDriver(opts: { routeProtocol: number; /** How comman
       return readPolicyActual(filter, sets, family);
     },
     podVeths: async () => {
-      const routes = JSON.parse(await ip([`-${family}`, '-j', 'route', 'show', 'proto', String(opts.routeProtocol)]) || '[]') as { dst: string; dev?: string }[];
+      const routes = JSON.parse(
+        (await ip([`-${family}`, '-j', 'route', 'show', 'proto', String(opts.routeProtocol)])) || '[]',
+      ) as { dst: string; dev?: string }[];
       const out = new Map<string, string>();
       for (const r of routes) if (r.dev && POD_VETH.test(r.dev) && !r.dst.includes('/')) out.set(r.dst, r.dev);
       return out;

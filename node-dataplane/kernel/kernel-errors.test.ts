@@ -17,10 +17,12 @@ const failed = (command: string, stderr: string) => new CommandError(command, 1,
 
 describe('kernelErrorKind', () => {
   it('netlink: ENOENT, ESRCH and ENODEV are not-found, EEXIST is exists, other errnos are neither', () => {
-    for (const name of ['ENOENT', 'ESRCH', 'ENODEV']) assert.equal(kernelErrorKind(new Error(`Request rejected: ${name}`)), 'not-found', name);
+    for (const name of ['ENOENT', 'ESRCH', 'ENODEV'])
+      assert.equal(kernelErrorKind(new Error(`Request rejected: ${name}`)), 'not-found', name);
     assert.equal(kernelErrorKind(new Error('Request rejected: EEXIST')), 'exists');
     assert.equal(kernelErrorKind(new Error('Request rejected: -17')), 'exists', 'an errno Node could not name');
-    for (const name of ['EPERM', 'EINVAL', 'EBUSY', 'ENOBUFS']) assert.equal(kernelErrorKind(new Error(`Request rejected: ${name}`)), null, name);
+    for (const name of ['EPERM', 'EINVAL', 'EBUSY', 'ENOBUFS'])
+      assert.equal(kernelErrorKind(new Error(`Request rejected: ${name}`)), null, name);
   });
 
   it('iproute2: a missing device, table or entry is not-found; an entry or address already there is exists', () => {
@@ -36,20 +38,47 @@ describe('kernelErrorKind', () => {
   it('iptables and ipset: missing chains, rules, sets and members are not-found; existing ones are exists', () => {
     assert.ok(isNotFound(failed('iptables -F WEFT-NOPE', 'iptables: No chain/target/match by that name.\n')));
     assert.ok(isNotFound(failed('ip6tables -X WEFT-NOPE', 'ip6tables: No chain/target/match by that name.\n')));
-    assert.ok(isNotFound(failed('iptables -D WEFT-X -j ACCEPT', 'iptables: Bad rule (does a matching rule exist in that chain?).\n')));
-    assert.ok(isNotFound(failed('ipset destroy weft-nope', 'ipset v7.17: The set with the given name does not exist\n')));
-    assert.ok(isNotFound(failed('ipset del weft-x 10.0.0.1', "ipset v7.17: Element cannot be deleted from the set: it's not added\n")));
+    assert.ok(
+      isNotFound(
+        failed('iptables -D WEFT-X -j ACCEPT', 'iptables: Bad rule (does a matching rule exist in that chain?).\n'),
+      ),
+    );
+    assert.ok(
+      isNotFound(failed('ipset destroy weft-nope', 'ipset v7.17: The set with the given name does not exist\n')),
+    );
+    assert.ok(
+      isNotFound(
+        failed('ipset del weft-x 10.0.0.1', "ipset v7.17: Element cannot be deleted from the set: it's not added\n"),
+      ),
+    );
     assert.ok(isExists(failed('iptables -N WEFT-X', 'iptables: Chain already exists.\n')));
-    assert.ok(isExists(failed('ipset create weft-x hash:ip', 'ipset v7.17: Set cannot be created: set with the same name already exists\n')));
-    assert.ok(isExists(failed('ipset add weft-x 10.0.0.1', "ipset v7.17: Element cannot be added to the set: it's already added\n")));
+    assert.ok(
+      isExists(
+        failed(
+          'ipset create weft-x hash:ip',
+          'ipset v7.17: Set cannot be created: set with the same name already exists\n',
+        ),
+      ),
+    );
+    assert.ok(
+      isExists(
+        failed('ipset add weft-x 10.0.0.1', "ipset v7.17: Element cannot be added to the set: it's already added\n"),
+      ),
+    );
   });
 
   it('anything else is neither: failures that retrying or ignoring would hide', () => {
     const neither = [
-      failed('nsenter --net=/run/netns/gone ip link show dev eth0', 'nsenter: cannot open /run/netns/gone: No such file or directory\n'),
+      failed(
+        'nsenter --net=/run/netns/gone ip link show dev eth0',
+        'nsenter: cannot open /run/netns/gone: No such file or directory\n',
+      ),
       failed('ip link add weft1 type veth peer name eth0', 'RTNETLINK answers: Operation not permitted\n'),
       failed('iptables-restore --noflush', 'iptables-restore: line 3 failed\n'),
-      failed('ipset restore -exist', 'ipset v7.17: Error in line 2: Syntax error: cannot parse 10.0.0.300: resolving to IPv4 address failed\n'),
+      failed(
+        'ipset restore -exist',
+        'ipset v7.17: Error in line 2: Syntax error: cannot parse 10.0.0.300: resolving to IPv4 address failed\n',
+      ),
       // `ip` itself missing: spawn's ENOENT is not a missing device.
       Object.assign(new Error('spawn ip ENOENT'), { code: 'ENOENT', syscall: 'spawn ip' }),
       Object.assign(new Error('Request rejected: ENOENT'), { code: 'ENOENT' }),
@@ -131,6 +160,10 @@ describe('kernelErrorKind on the real tools, in a throwaway namespace', privileg
         process.stdout.write(JSON.stringify(messages));
       })();`;
     const messages = JSON.parse(await inNs(process.execPath, ['-e', script])) as string[];
-    assert.deepEqual(messages.map((m) => kernelErrorKind(new Error(m))), ['not-found', 'not-found', 'exists'], messages.join('; '));
+    assert.deepEqual(
+      messages.map((m) => kernelErrorKind(new Error(m))),
+      ['not-found', 'not-found', 'exists'],
+      messages.join('; '),
+    );
   });
 });

@@ -17,8 +17,14 @@ export type KernelErrorKind = 'not-found' | 'exists';
 
 /** errno names (and numbers, when Node cannot name one) as the netlink package reports them. */
 const ERRNO_KIND: Readonly<Record<string, KernelErrorKind>> = {
-  ENOENT: 'not-found', ESRCH: 'not-found', ENODEV: 'not-found', EEXIST: 'exists',
-  '-2': 'not-found', '-3': 'not-found', '-19': 'not-found', '-17': 'exists',
+  ENOENT: 'not-found',
+  ESRCH: 'not-found',
+  ENODEV: 'not-found',
+  EEXIST: 'exists',
+  '-2': 'not-found',
+  '-3': 'not-found',
+  '-19': 'not-found',
+  '-17': 'exists',
 };
 const NETLINK_REJECTED = /^Request rejected: (\S+)$/;
 

@@ -1,7 +1,15 @@
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { formatAddress, parseAddress } from '../../lib/net/ip.js';
-import { AF_BRIDGE, AF_INET, AF_INET6, NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTNH_F_ONLINK } from '../../lib/net/netlink-constants.js';
+import {
+  AF_BRIDGE,
+  AF_INET,
+  AF_INET6,
+  NLM_F_CREATE,
+  NLM_F_REPLACE,
+  RT_TABLE_MAIN,
+  RTNH_F_ONLINK,
+} from '../../lib/net/netlink-constants.js';
 import { isNotFound } from './kernel-errors.js';
 import type { Logger } from '../../lib/logger.js';
 import type { FdbEntry, NeighbourEntry, RouteEntry } from '../domain/desired.js';
@@ -42,7 +50,10 @@ export function routeProtocolNumber(p: number | string | undefined): number {
 }
 
 /** Interface indexes of the devices Weft's entries live on (the VXLAN device's: null while it does not exist). */
-export interface OverlayDevices { vxlan: number | null; underlay: number }
+export interface OverlayDevices {
+  vxlan: number | null;
+  underlay: number;
+}
 
 /** The overlay's kernel access over one rtnetlink socket, one part per kind of entry (the drivers in ../drivers/). */
 export interface OverlayNetlink {
@@ -52,7 +63,11 @@ export interface OverlayNetlink {
   close(): void;
 }
 
-export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logger; devices: () => OverlayDevices }): OverlayNetlink {
+export function createOverlayNetlink(opts: {
+  routeProtocol: number;
+  logger: Logger;
+  devices: () => OverlayDevices;
+}): OverlayNetlink {
   const nl: RtNetlinkSocket = createRtNetlink();
   // Requests report their own errors; this only keeps a stray socket error from crashing the process.
   nl.socket.on('error', (err) => opts.logger.warn('netlink socket error', { err: err.message }));
@@ -94,7 +109,12 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
     },
   };
 
-  const fdbData = () => ({ family: AF_BRIDGE, ifindex: vxlanIndex(), state: { permanent: true as const }, flags: { self: true as const } });
+  const fdbData = () => ({
+    family: AF_BRIDGE,
+    ifindex: vxlanIndex(),
+    state: { permanent: true as const },
+    flags: { self: true as const },
+  });
   const fdb: KernelAccess<FdbEntry> = {
     async read() {
       const out = new Map<string, FdbEntry>();
@@ -109,7 +129,11 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
       return out;
     },
     async write(_key, e) {
-      await nl.newNeighbor(fdbData(), { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
+      await nl.newNeighbor(
+        fdbData(),
+        { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) },
+        { flags: NLM_F_CREATE | NLM_F_REPLACE },
+      );
     },
     async remove(_key, e) {
       await removing(nl.delNeighbor(fdbData(), { lladdr: macBuf(e.mac), dst: ipBuf(e.dst) }));
@@ -126,7 +150,13 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
           if ((vxlan === null || r.attrs.oif !== vxlan) && r.attrs.oif !== underlay) continue;
           if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN) continue;
           const cidr = `${bufIp(r.attrs.dst)}/${r.data.dstLen}`;
-          out.set(cidr, { kind: 'route', key: cidr, cidr, gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '', mode: r.attrs.oif === vxlan ? 'vxlan' : 'direct' });
+          out.set(cidr, {
+            kind: 'route',
+            key: cidr,
+            cidr,
+            gateway: r.attrs.gateway ? bufIp(r.attrs.gateway) : '',
+            mode: r.attrs.oif === vxlan ? 'vxlan' : 'direct',
+          });
         }
       }
       return out;
@@ -136,8 +166,20 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
     async write(_key, e) {
       const [base, len] = e.cidr.split('/');
       const oif = e.mode === 'direct' ? opts.devices().underlay : vxlanIndex();
-      const data = { family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol, scope: 'UNIVERSE' as const, type: 'UNICAST' as const, ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}) };
-      await nl.newRoute(data, { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif }, { flags: NLM_F_CREATE | NLM_F_REPLACE });
+      const data = {
+        family: familyOf(base!),
+        dstLen: Number(len),
+        table: RT_TABLE_MAIN,
+        protocol: opts.routeProtocol,
+        scope: 'UNIVERSE' as const,
+        type: 'UNICAST' as const,
+        ...(e.mode === 'vxlan' ? { flags: { __unknown: RTNH_F_ONLINK } } : {}),
+      };
+      await nl.newRoute(
+        data,
+        { dst: ipBuf(base!), gateway: ipBuf(e.gateway), oif },
+        { flags: NLM_F_CREATE | NLM_F_REPLACE },
+      );
     },
     async remove(_key, e) {
       const [base, len] = e.cidr.split('/');
@@ -145,7 +187,12 @@ export function createOverlayNetlink(opts: { routeProtocol: number; logger: Logg
       const oif = e.mode === 'direct' ? devices.underlay : devices.vxlan;
       // Without the device its routes are gone with it.
       if (oif === null) return;
-      await removing(nl.delRoute({ family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol }, { dst: ipBuf(base!), oif }));
+      await removing(
+        nl.delRoute(
+          { family: familyOf(base!), dstLen: Number(len), table: RT_TABLE_MAIN, protocol: opts.routeProtocol },
+          { dst: ipBuf(base!), oif },
+        ),
+      );
     },
   };
 

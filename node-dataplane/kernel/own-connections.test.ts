@@ -34,12 +34,13 @@ function start(ns: string, script: string) {
   child.stderr.on('data', (d) => (stderr += d));
   return {
     send: (l: string) => child.stdin.write(`${l}\n`),
-    next: (ms = 5000) => new Promise<string>((resolve, reject) => {
-      const started = new Error('waiting here').stack;
-      if (queue.length > 0) return resolve(queue.shift()!);
-      const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms; stderr: ${stderr}; ${started}`)), ms);
-      waiting.push((l) => (clearTimeout(t), resolve(l)));
-    }),
+    next: (ms = 5000) =>
+      new Promise<string>((resolve, reject) => {
+        const started = new Error('waiting here').stack;
+        if (queue.length > 0) return resolve(queue.shift()!);
+        const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms; stderr: ${stderr}; ${started}`)), ms);
+        waiting.push((l) => (clearTimeout(t), resolve(l)));
+      }),
   };
 }
 
@@ -63,12 +64,18 @@ describe('closeOwnConnections in the kernel', privilegedOrSkip(), () => {
     await sh('ip', ['netns', 'add', nodeNs]);
     await sh('ip', ['netns', 'add', peerNs]);
     await sh('ip', ['-n', nodeNs, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', peerNs]);
-    for (const [ns, addrs] of [[nodeNs, [OLD, NEW]], [peerNs, [PEER]]] as const) {
+    for (const [ns, addrs] of [
+      [nodeNs, [OLD, NEW]],
+      [peerNs, [PEER]],
+    ] as const) {
       for (const a of addrs) await sh('ip', ['-n', ns, 'addr', 'add', `${a}/24`, 'dev', 'eth0']);
       await sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
       await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     }
-    const server = start(peerNs, `import net from 'node:net'; net.createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(7000, ${JSON.stringify(PEER)}, () => console.log('listening'));`);
+    const server = start(
+      peerNs,
+      `import net from 'node:net'; net.createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(7000, ${JSON.stringify(PEER)}, () => console.log('listening'));`,
+    );
     assert.equal(await server.next(), 'listening');
   });
 
@@ -78,18 +85,31 @@ describe('closeOwnConnections in the kernel', privilegedOrSkip(), () => {
     await sh('ip', ['netns', 'del', peerNs]).catch(() => {});
   });
 
-  it('the agent\'s underlay change handling closes only the agent\'s own connections of the old address: another program\'s TCP connection bound to it survives', async () => {
+  it("the agent's underlay change handling closes only the agent's own connections of the old address: another program's TCP connection bound to it survives", async () => {
     const other = start(nodeNs, client());
     assert.equal(await other.next(), 'connected');
-    const agent = start(nodeNs, client(`console.log('killed ' + await (await import(${JSON.stringify(moduleUrl)})).closeOwnConnections(${JSON.stringify(OLD)}));`));
+    const agent = start(
+      nodeNs,
+      client(
+        `console.log('killed ' + await (await import(${JSON.stringify(moduleUrl)})).closeOwnConnections(${JSON.stringify(OLD)}));`,
+      ),
+    );
     assert.equal(await agent.next(), 'connected');
     other.send('before');
     assert.equal(await other.next(), 'echo before');
     agent.send('close');
     const answers = [await agent.next(), await agent.next()].sort();
-    assert.equal(answers[0], 'closed ECONNABORTED', 'the agent\'s own connection is destroyed at once (gRPC reconnects from the new address)');
+    assert.equal(
+      answers[0],
+      'closed ECONNABORTED',
+      "the agent's own connection is destroyed at once (gRPC reconnects from the new address)",
+    );
     assert.match(answers[1]!, /^killed \d+$/);
     other.send('after');
-    assert.equal(await other.next(), 'echo after', 'the other program\'s connection from the old address still carries data');
+    assert.equal(
+      await other.next(),
+      'echo after',
+      "the other program's connection from the old address still carries data",
+    );
   });
 });

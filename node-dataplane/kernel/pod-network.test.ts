@@ -23,13 +23,16 @@ const moduleUrl = new URL('./pod-network.js', import.meta.url).href;
 /** Runs `body` (an async function's body, with attachPod, detachPod, hostIfnameFor and sh in scope) inside the node namespace; returns what it prints as JSON. */
 async function inNode(dir: string, body: string): Promise<unknown> {
   const file = path.join(dir, `step-${Math.random().toString(36).slice(2)}.mjs`);
-  writeFileSync(file, `
+  writeFileSync(
+    file,
+    `
 import { attachPod, detachPod, hostIfnameFor } from ${JSON.stringify(moduleUrl)};
 import { execFileSync } from 'node:child_process';
 const sh = (...args) => execFileSync(args[0], args.slice(1), { encoding: 'utf8' });
 const out = await (async () => { ${body} })();
 process.stdout.write(JSON.stringify(out));
-`);
+`,
+  );
   const { stdout } = await sh('ip', ['netns', 'exec', nodeNs, process.execPath, file]);
   return JSON.parse(stdout);
 }
@@ -47,7 +50,9 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
   });
 
   it('makes the veth while the address is allocated, then the address, routes, MAC and host route; detach removes it all, twice', async () => {
-    const out = await inNode(dir, `
+    const out = (await inNode(
+      dir,
+      `
       const a = await attachPod({ containerId: 'c1', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87,
         address: new Promise((r) => setTimeout(() => r({ ipv4: '10.244.9.9' }), 30)) });
       const state = {
@@ -63,7 +68,8 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
       state.after = { links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes: sh('ip', 'route', 'show', 'proto', '87').trim(),
         pod: sh('nsenter', '--net=${podPath}', 'ip', '-br', 'link').trim() };
       return state;
-    `) as Record<string, any>;
+    `,
+    )) as Record<string, any>;
     assert.equal(out.a.address, '10.244.9.9');
     assert.equal(out.a.podMac, '0a:58:0a:f4:09:09');
     assert.equal(out.host.mtu, 1400);
@@ -73,7 +79,12 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
     assert.equal(out.pod.address, '0a:58:0a:f4:09:09');
     assert.equal(out.pod.mtu, 1400);
     assert.ok(out.pod.flags.includes('UP'));
-    assert.deepEqual(out.pod.addr_info.filter((x: { family: string }) => x.family === 'inet').map((x: { local: string; prefixlen: number }) => `${x.local}/${x.prefixlen}`), ['10.244.9.9/32']);
+    assert.deepEqual(
+      out.pod.addr_info
+        .filter((x: { family: string }) => x.family === 'inet')
+        .map((x: { local: string; prefixlen: number }) => `${x.local}/${x.prefixlen}`),
+      ['10.244.9.9/32'],
+    );
     assert.equal(out.podRoutes, 'default via 169.254.1.1 dev eth0 \n169.254.1.1 dev eth0 scope link');
     assert.deepEqual(out.after, { links: '', routes: '', pod: out.after.pod });
     assert.doesNotMatch(out.after.pod, /eth0/);
@@ -82,14 +93,20 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
   it('rolls back when the interface name is taken in the pod, only after the address settled, without crashing the process', async () => {
     await sh('ip', ['-n', podNs, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0peer']);
     try {
-      const out = await inNode(dir, `
+      const out = (await inNode(
+        dir,
+        `
         let settled = false;
         const err = await attachPod({ containerId: 'c2', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87,
           address: new Promise((r) => setTimeout(() => { settled = true; r({ ipv4: '10.244.9.10' }); }, 50)) }).then(() => null, (e) => e.message);
         await new Promise((r) => setTimeout(r, 100)); // an unhandled rejection would have ended the process by now
         return { err, settledFirst: settled, links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes: sh('ip', 'route', 'show', 'proto', '87').trim() };
-      `) as Record<string, unknown>;
-      assert.match(String(out.err), new RegExp(`an interface named eth0 already exists in network namespace ${podPath}`));
+      `,
+      )) as Record<string, unknown>;
+      assert.match(
+        String(out.err),
+        new RegExp(`an interface named eth0 already exists in network namespace ${podPath}`),
+      );
       assert.equal(out.settledFirst, true, 'attachPod threw only once the address had settled');
       assert.deepEqual({ links: out.links, routes: out.routes }, { links: '', routes: '' });
     } finally {
@@ -97,22 +114,27 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
     }
   });
 
-  it('removes the veth in the node and the pod when the allocation fails, and throws the allocation\'s own error', async () => {
-    const out = await inNode(dir, `
+  it("removes the veth in the node and the pod when the allocation fails, and throws the allocation's own error", async () => {
+    const out = (await inNode(
+      dir,
+      `
       const cause = new Error('pool "default" has no free address');
       const err = await attachPod({ containerId: 'c3', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth1', mtu: 1400, routeProtocol: 87,
         address: new Promise((_r, reject) => setTimeout(() => reject(cause), 30)) }).then(() => null, (e) => e);
       await new Promise((r) => setTimeout(r, 100));
       return { same: err === cause, links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(),
         pod: sh('nsenter', '--net=${podPath}', 'ip', '-br', 'link').trim() };
-    `) as Record<string, unknown>;
+    `,
+    )) as Record<string, unknown>;
     assert.equal(out.same, true);
     assert.equal(out.links, '');
     assert.doesNotMatch(String(out.pod), /eth1/);
   });
 
   it('dual-stack: the IPv6 /128 (nodad), fe80::1 on the host end, ::/0 via it in the pod, the /128 route on the node; the pod reaches the node over IPv6; detach removes it all', async () => {
-    const out = await inNode(dir, `
+    const out = (await inNode(
+      dir,
+      `
       const a = await attachPod({ containerId: 'c4', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87, ipv6: true,
         address: new Promise((r) => setTimeout(() => r({ ipv4: '10.244.9.11', ipv6: 'fd00:10:244::b' }), 30)) });
       // Something on the node for the pod to reach: an address on the node's loopback.
@@ -129,7 +151,8 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
       await detachPod({ containerId: 'c4', ifname: 'eth0' });
       state.after = { links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes6: sh('ip', '-6', 'route', 'show', 'proto', '87').trim() };
       return state;
-    `) as Record<string, any>;
+    `,
+    )) as Record<string, any>;
     assert.equal(out.a.address, '10.244.9.11');
     assert.equal(out.a.address6, 'fd00:10:244::b');
     assert.ok(out.hostAddrs.includes('fe80::1/64'), `host end has the gateway: ${out.hostAddrs}`);
@@ -143,14 +166,20 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
   it('dual-stack: when the pod refuses IPv6, everything is rolled back (veth, host routes of both families)', async () => {
     await sh('ip', ['netns', 'exec', podNs, 'sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=1']);
     try {
-      const out = await inNode(dir, `
+      const out = (await inNode(
+        dir,
+        `
         const err = await attachPod({ containerId: 'c5', nsPath: ${JSON.stringify(podPath)}, ifname: 'eth0', mtu: 1400, routeProtocol: 87, ipv6: true,
           address: Promise.resolve({ ipv4: '10.244.9.12', ipv6: 'fd00:10:244::c' }) }).then(() => null, (e) => e.message);
         return { err, links: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(), routes: sh('ip', 'route', 'show', 'proto', '87').trim(),
           routes6: sh('ip', '-6', 'route', 'show', 'proto', '87').trim(), pod: sh('nsenter', '--net=${podPath}', 'ip', '-br', 'link').trim() };
-      `) as Record<string, unknown>;
+      `,
+      )) as Record<string, unknown>;
       assert.ok(out.err, 'attach failed');
-      assert.deepEqual({ links: out.links, routes: out.routes, routes6: out.routes6 }, { links: '', routes: '', routes6: '' });
+      assert.deepEqual(
+        { links: out.links, routes: out.routes, routes6: out.routes6 },
+        { links: '', routes: '', routes6: '' },
+      );
       assert.doesNotMatch(String(out.pod), /eth0/);
     } finally {
       await sh('ip', ['netns', 'exec', podNs, 'sysctl', '-qw', 'net.ipv6.conf.default.disable_ipv6=0']);
@@ -165,30 +194,35 @@ describe('attachPod and detachPod in the kernel', privilegedOrSkip(), () => {
  * is bind-mounted at <dir>/proc-sys-net and /sys at <dir>/sys, as hostPath volumes are, and then /proc/sys and /sys
  * are remounted read-only, as a container runtime does. Code that writes to /proc/sys or /sys fails with EROFS.
  */
-describe('pod interfaces and forwarding when /proc/sys and /sys are read-only (WEFT_PROC_SYS_NET, WEFT_SYS_DIR)', privilegedOrSkip(), () => {
-  const roNode = `${prefix}-ronode`;
-  const roPod = `${prefix}-ropod`;
-  const roPodPath = `/var/run/netns/${roPod}`;
-  const hostPathsUrl = new URL('./host-paths.js', import.meta.url).href;
-  const recordUrl = new URL('../domain/attachment-record.js', import.meta.url).href;
-  let dir = '';
-  before(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'weft-pod-network-ro-'));
-    await sh('ip', ['netns', 'add', roNode]);
-    await sh('ip', ['netns', 'add', roPod]);
-  });
-  after(async () => {
-    for (const ns of [roPod, roNode]) await sh('ip', ['netns', 'del', ns]).catch(() => {});
-    rmSync(dir, { recursive: true, force: true });
-  });
+describe(
+  'pod interfaces and forwarding when /proc/sys and /sys are read-only (WEFT_PROC_SYS_NET, WEFT_SYS_DIR)',
+  privilegedOrSkip(),
+  () => {
+    const roNode = `${prefix}-ronode`;
+    const roPod = `${prefix}-ropod`;
+    const roPodPath = `/var/run/netns/${roPod}`;
+    const hostPathsUrl = new URL('./host-paths.js', import.meta.url).href;
+    const recordUrl = new URL('../domain/attachment-record.js', import.meta.url).href;
+    let dir = '';
+    before(async () => {
+      dir = mkdtempSync(path.join(tmpdir(), 'weft-pod-network-ro-'));
+      await sh('ip', ['netns', 'add', roNode]);
+      await sh('ip', ['netns', 'add', roPod]);
+    });
+    after(async () => {
+      for (const ns of [roPod, roNode]) await sh('ip', ['netns', 'del', ns]).catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    });
 
-  it('switches forwarding on and sets up a pod veth (proxy_arp, proxy_delay, IPv6 on, its record) through the host paths; CHECK reads them there; detach removes it', async () => {
-    const procSysNet = path.join(dir, 'proc-sys-net');
-    const sysDir = path.join(dir, 'sys');
-    mkdirSync(procSysNet);
-    mkdirSync(sysDir);
-    const file = path.join(dir, 'ro-step.mjs');
-    writeFileSync(file, `
+    it('switches forwarding on and sets up a pod veth (proxy_arp, proxy_delay, IPv6 on, its record) through the host paths; CHECK reads them there; detach removes it', async () => {
+      const procSysNet = path.join(dir, 'proc-sys-net');
+      const sysDir = path.join(dir, 'sys');
+      mkdirSync(procSysNet);
+      mkdirSync(sysDir);
+      const file = path.join(dir, 'ro-step.mjs');
+      writeFileSync(
+        file,
+        `
 import { attachPod, containerAttachments, detachPod, hostLinkExists, observeAttachment } from ${JSON.stringify(moduleUrl)};
 import { enableForwarding } from ${JSON.stringify(hostPathsUrl)};
 import { formatAttachmentRecord } from ${JSON.stringify(recordUrl)};
@@ -231,35 +265,60 @@ await detachPod({ containerId: 'c9', ifname: 'eth0', nsPath: ${JSON.stringify(ro
 out.afterDetach = { exists: await hostLinkExists('c9', 'eth0', paths), attachments: containerAttachments('c9', paths), veths: sh('ip', '-br', 'link', 'show', 'type', 'veth').trim(),
   rules: sh('nsenter', '--net=${roPodPath}', 'ip', 'rule').includes('lookup 1') };
 process.stdout.write(JSON.stringify(out));
-`);
-    // As a runtime sets up the container: the hostPath mounts first (bind mounts of the rw originals), then its own
-    // /proc/sys and /sys read-only. Forwarding starts off, and new devices in the node with IPv6 off, so the agent
-    // must switch them on.
-    const setup = [
-      'sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0 net.ipv6.conf.default.disable_ipv6=1',
-      `mount --bind /proc/sys/net ${procSysNet}`,
-      `mount --rbind /sys ${sysDir}`,
-      'mount --bind /proc/sys /proc/sys',
-      'mount -o remount,ro,bind /proc/sys',
-      'mount -o remount,ro,bind /sys',
-      `exec ${process.execPath} ${file}`,
-    ].join(' && ');
-    const { stdout } = await sh('ip', ['netns', 'exec', roNode, 'unshare', '--mount', '--propagation', 'private', 'sh', '-c', setup]);
-    const out = JSON.parse(stdout) as Record<string, any>;
-    assert.deepEqual(out.readOnly, { procSys: 'EROFS', sys: 'EROFS' }, 'the container\'s own /proc/sys and /sys are read-only');
-    assert.deepEqual(out.forwardingBefore, ['0', '0']);
-    assert.deepEqual(out.forwarding, { ipv6: true });
-    assert.deepEqual(out.forwardingAfter, ['1', '1'], 'forwarding switched on in the agent\'s network namespace');
-    for (const dev of ['eth0', 'net1']) {
-      assert.equal(out.host[dev].proxyArp, '1', `${dev}: proxy_arp`);
-      assert.equal(out.host[dev].proxyDelay, '0', `${dev}: proxy_delay`);
-      assert.equal(out.host[dev].alias, out.expectedAlias[dev], `${dev}: the attachment record`);
-    }
-    assert.equal(out.host.eth0.disableIpv6, '0', 'IPv6 switched on for the dual-stack host end');
-    assert.ok(out.gateway6.includes('fe80::1/64'), `the host end has the IPv6 gateway: ${out.gateway6}`);
-    assert.deepEqual(out.attachments, { count: 2, defaultRoute: true });
-    assert.equal(out.exists, true);
-    assert.deepEqual(out.observed, { hostProxyArp: true, hostRecord: { network: 'weft', containerId: 'c9', defaultRoute: true } });
-    assert.deepEqual(out.afterDetach, { exists: false, attachments: { count: 0, defaultRoute: false }, veths: '', rules: false });
-  });
-});
+`,
+      );
+      // As a runtime sets up the container: the hostPath mounts first (bind mounts of the rw originals), then its own
+      // /proc/sys and /sys read-only. Forwarding starts off, and new devices in the node with IPv6 off, so the agent
+      // must switch them on.
+      const setup = [
+        'sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0 net.ipv6.conf.default.disable_ipv6=1',
+        `mount --bind /proc/sys/net ${procSysNet}`,
+        `mount --rbind /sys ${sysDir}`,
+        'mount --bind /proc/sys /proc/sys',
+        'mount -o remount,ro,bind /proc/sys',
+        'mount -o remount,ro,bind /sys',
+        `exec ${process.execPath} ${file}`,
+      ].join(' && ');
+      const { stdout } = await sh('ip', [
+        'netns',
+        'exec',
+        roNode,
+        'unshare',
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        setup,
+      ]);
+      const out = JSON.parse(stdout) as Record<string, any>;
+      assert.deepEqual(
+        out.readOnly,
+        { procSys: 'EROFS', sys: 'EROFS' },
+        "the container's own /proc/sys and /sys are read-only",
+      );
+      assert.deepEqual(out.forwardingBefore, ['0', '0']);
+      assert.deepEqual(out.forwarding, { ipv6: true });
+      assert.deepEqual(out.forwardingAfter, ['1', '1'], "forwarding switched on in the agent's network namespace");
+      for (const dev of ['eth0', 'net1']) {
+        assert.equal(out.host[dev].proxyArp, '1', `${dev}: proxy_arp`);
+        assert.equal(out.host[dev].proxyDelay, '0', `${dev}: proxy_delay`);
+        assert.equal(out.host[dev].alias, out.expectedAlias[dev], `${dev}: the attachment record`);
+      }
+      assert.equal(out.host.eth0.disableIpv6, '0', 'IPv6 switched on for the dual-stack host end');
+      assert.ok(out.gateway6.includes('fe80::1/64'), `the host end has the IPv6 gateway: ${out.gateway6}`);
+      assert.deepEqual(out.attachments, { count: 2, defaultRoute: true });
+      assert.equal(out.exists, true);
+      assert.deepEqual(out.observed, {
+        hostProxyArp: true,
+        hostRecord: { network: 'weft', containerId: 'c9', defaultRoute: true },
+      });
+      assert.deepEqual(out.afterDetach, {
+        exists: false,
+        attachments: { count: 0, defaultRoute: false },
+        veths: '',
+        rules: false,
+      });
+    });
+  },
+);

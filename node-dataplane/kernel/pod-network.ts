@@ -2,7 +2,12 @@ import { createHash } from 'node:crypto';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { classNet, DEFAULT_HOST_PATHS, netSysctl, type HostPaths } from './host-paths.js';
 import type { ObservedAttachment, ObservedLink, ObservedRoute } from '../domain/attachment-check.js';
-import { formatAttachmentRecord, isOfContainer, parseAttachmentRecord, type AttachmentRecord } from '../domain/attachment-record.js';
+import {
+  formatAttachmentRecord,
+  isOfContainer,
+  parseAttachmentRecord,
+  type AttachmentRecord,
+} from '../domain/attachment-record.js';
 import type { HostLink } from '../domain/garbage-collection.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
@@ -11,8 +16,19 @@ import { isNotFound } from './kernel-errors.js';
 import { deleteLink, ip, showLink, type LinkInfo } from './links.js';
 import { ipBuf } from './netlink-overlay.js';
 import {
-  AF_INET, AF_INET6, IFLA_IFNAME, IFLA_INFO_DATA, IFLA_INFO_KIND, IFLA_MTU, IFLA_NET_NS_FD, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
-  RT_SCOPE_LINK, RT_TABLE_MAIN, VETH_INFO_PEER,
+  AF_INET,
+  AF_INET6,
+  IFLA_IFNAME,
+  IFLA_INFO_DATA,
+  IFLA_INFO_KIND,
+  IFLA_MTU,
+  IFLA_NET_NS_FD,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  NLM_F_REPLACE,
+  RT_SCOPE_LINK,
+  RT_TABLE_MAIN,
+  VETH_INFO_PEER,
 } from '../../lib/net/netlink-constants.js';
 
 /**
@@ -59,7 +75,11 @@ export function checkNetnsPath(nsPath: string): void {
  * node; the node's in the local cluster, whose agents start under `ip netns exec`, which mounts /sys for the
  * namespace): no process to spawn.
  */
-export async function hostLinkExists(containerId: string, ifname: string, paths: HostPaths = DEFAULT_HOST_PATHS): Promise<boolean> {
+export async function hostLinkExists(
+  containerId: string,
+  ifname: string,
+  paths: HostPaths = DEFAULT_HOST_PATHS,
+): Promise<boolean> {
   return existsSync(classNet(paths, hostIfnameFor(containerId, ifname)));
 }
 
@@ -74,7 +94,10 @@ export const SECOND_RULE_PRIORITY = 1000;
  * domain/attachment-record.ts): how many, and whether one holds the pod's default route. Read from sysfs like
  * hostLinkExists: a directory listing and one small read per pod veth, no process.
  */
-export function containerAttachments(containerId: string, paths: HostPaths = DEFAULT_HOST_PATHS): { count: number; defaultRoute: boolean } {
+export function containerAttachments(
+  containerId: string,
+  paths: HostPaths = DEFAULT_HOST_PATHS,
+): { count: number; defaultRoute: boolean } {
   let names: string[];
   try {
     names = readdirSync(classNet(paths)).filter((n) => POD_HOST_IFNAME.test(n));
@@ -101,7 +124,9 @@ export function containerAttachments(containerId: string, paths: HostPaths = DEF
  * (0a:58:<IPv4 bytes>, as OVN-Kubernetes does), so Attach need not read it back and CHECK knows what to expect.
  */
 export function podMacFor(address: string): string {
-  const bytes = address.includes('.') ? address.split('.').map(Number) : [...createHash('sha256').update(address).digest().subarray(0, 4)];
+  const bytes = address.includes('.')
+    ? address.split('.').map(Number)
+    : [...createHash('sha256').update(address).digest().subarray(0, 4)];
   return ['0a', '58', ...bytes.map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
@@ -118,7 +143,13 @@ export function podMacFor(address: string): string {
  * its routes, and the host route is added over rtnetlink. Only that last step waits for IPAM.
  */
 export async function attachPod(opts: {
-  containerId: string; nsPath: string; ifname: string; address: Promise<PodAddresses>; mtu: number; routeProtocol: number; mac?: string;
+  containerId: string;
+  nsPath: string;
+  ifname: string;
+  address: Promise<PodAddresses>;
+  mtu: number;
+  routeProtocol: number;
+  mac?: string;
   /**
    * Recorded on the host end (its alias): the network, and whether this interface gets the pod's default route (the
    * link route to the gateway and the default route via it, IPv4 and IPv6, in the main table) or is a second interface
@@ -150,8 +181,13 @@ export async function attachPod(opts: {
   const hostSide = createVeth({ host, peer: opts.ifname, mtu: opts.mtu, nsPath: opts.nsPath }).then(async () => {
     // The record, as the host end's alias (RTM_NEWLINK ignores IFLA_IFALIAS when it creates a device). A second
     // interface's table is numbered by its pod end's index (the host end's iflink).
-    if (opts.record && !opts.record.defaultRoute) table = SECOND_TABLE_BASE + Number(readFileSync(classNet(paths, host, 'iflink'), 'utf8'));
-    if (opts.record) writeFileSync(classNet(paths, host, 'ifalias'), formatAttachmentRecord({ ...opts.record, ...(table !== undefined ? { table } : {}) }));
+    if (opts.record && !opts.record.defaultRoute)
+      table = SECOND_TABLE_BASE + Number(readFileSync(classNet(paths, host, 'iflink'), 'utf8'));
+    if (opts.record)
+      writeFileSync(
+        classNet(paths, host, 'ifalias'),
+        formatAttachmentRecord({ ...opts.record, ...(table !== undefined ? { table } : {}) }),
+      );
     writeFileSync(netSysctl(paths, 'ipv4', 'conf', host, 'proxy_arp'), '1');
     writeFileSync(netSysctl(paths, 'ipv4', 'neigh', host, 'proxy_delay'), '0');
     if (opts.ipv6) await addHostGateway6(host, paths);
@@ -167,20 +203,29 @@ export async function attachPod(opts: {
     // A second interface's routes go to its own table, for traffic from its addresses (see `record`).
     const inTable = table === undefined ? '' : ` table ${table}`;
     const v6Routes = addrs.ipv6 ? [`route add ::/0 via ${POD_GATEWAY6} dev ${opts.ifname}${inTable}`] : [];
-    const routes = [`route add ${POD_GATEWAY} dev ${opts.ifname} scope link${inTable}`, `route add default via ${POD_GATEWAY} dev ${opts.ifname}${inTable}`, ...v6Routes];
-    const rules = table === undefined ? [] : [
-      `rule add from ${addrs.ipv4}/32 lookup ${table} priority ${SECOND_RULE_PRIORITY}`,
-      ...(addrs.ipv6 ? [`rule add from ${addrs.ipv6}/128 lookup ${table} priority ${SECOND_RULE_PRIORITY}`] : []),
+    const routes = [
+      `route add ${POD_GATEWAY} dev ${opts.ifname} scope link${inTable}`,
+      `route add default via ${POD_GATEWAY} dev ${opts.ifname}${inTable}`,
+      ...v6Routes,
     ];
-    return [
-      'link set dev lo up',
-      `link set dev ${opts.ifname} address ${podMac}`,
-      `addr add ${addrs.ipv4}/32 dev ${opts.ifname}`,
-      ...v6,
-      `link set dev ${opts.ifname} up`,
-      ...routes,
-      ...rules,
-    ].join('\n') + '\n';
+    const rules =
+      table === undefined
+        ? []
+        : [
+            `rule add from ${addrs.ipv4}/32 lookup ${table} priority ${SECOND_RULE_PRIORITY}`,
+            ...(addrs.ipv6 ? [`rule add from ${addrs.ipv6}/128 lookup ${table} priority ${SECOND_RULE_PRIORITY}`] : []),
+          ];
+    return (
+      [
+        'link set dev lo up',
+        `link set dev ${opts.ifname} address ${podMac}`,
+        `addr add ${addrs.ipv4}/32 dev ${opts.ifname}`,
+        ...v6,
+        `link set dev ${opts.ifname} up`,
+        ...routes,
+        ...rules,
+      ].join('\n') + '\n'
+    );
   });
   // Started once the veth is there, so its start-up (two execs) overlaps the rest of the allocation; it reads nothing
   // until podCommands resolves. Not at once: spawning forks this process, which blocks its event loop for a few ms,
@@ -199,7 +244,9 @@ export async function attachPod(opts: {
     const made = existsSync(classNet(paths, host));
     if (made) await deleteHostLink(host).catch(() => {});
     if (!made && (await showLink(opts.ifname, opts.nsPath).catch(() => null))) {
-      throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`, { cause: err });
+      throw new Error(`an interface named ${opts.ifname} already exists in network namespace ${opts.nsPath}`, {
+        cause: err,
+      });
     }
     throw err;
   }
@@ -214,14 +261,20 @@ export async function attachPod(opts: {
     opts.onPhase?.('pod', performance.now() - tAddress);
     const hostMac = readFileSync(classNet(paths, host, 'address'), 'utf8').trim();
     return {
-      hostIfname: host, hostMac, podIfname: opts.ifname, podMac: (opts.mac || podMacFor(addrs.ipv4)).toLowerCase(), address: addrs.ipv4,
+      hostIfname: host,
+      hostMac,
+      podIfname: opts.ifname,
+      podMac: (opts.mac || podMacFor(addrs.ipv4)).toLowerCase(),
+      address: addrs.ipv4,
       ...(addrs.ipv6 ? { address6: addrs.ipv6 } : {}),
     };
   } catch (err) {
     try {
       await deleteHostLink(host);
     } catch (undo) {
-      throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`, { cause: undo });
+      throw new Error(`${(err as Error).message}; removing ${host} again also failed (${(undo as Error).message})`, {
+        cause: undo,
+      });
     }
     if (addressError) throw addressError.err;
     throw err;
@@ -267,7 +320,10 @@ async function createVeth(opts: { host: string; peer: string; mtu: number; nsPat
       attr(IFLA_MTU, u32(opts.mtu)),
       attr(IFLA_NET_NS_FD, u32(nsFd)),
     ]);
-    const linkinfo = Buffer.concat([attr(IFLA_INFO_KIND, cstr('veth')), attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer))]);
+    const linkinfo = Buffer.concat([
+      attr(IFLA_INFO_KIND, cstr('veth')),
+      attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer)),
+    ]);
     await podNetlink().newLink(
       { flags: { up: true }, change: { up: true } },
       { ifname: opts.host, mtu: opts.mtu, linkinfo },
@@ -296,7 +352,14 @@ async function addHostRoute(host: string, address: string, routeProtocol: number
   const oif = Number(readFileSync(classNet(paths, host, 'ifindex'), 'utf8'));
   const v6 = address.includes(':');
   await podNetlink().newRoute(
-    { family: v6 ? AF_INET6 : AF_INET, dstLen: v6 ? 128 : 32, table: RT_TABLE_MAIN, protocol: routeProtocol, scope: v6 ? 'UNIVERSE' : 'LINK', type: 'UNICAST' },
+    {
+      family: v6 ? AF_INET6 : AF_INET,
+      dstLen: v6 ? 128 : 32,
+      table: RT_TABLE_MAIN,
+      protocol: routeProtocol,
+      scope: v6 ? 'UNIVERSE' : 'LINK',
+      type: 'UNICAST',
+    },
     { dst: ipBuf(address), oif },
     { flags: NLM_F_CREATE | NLM_F_REPLACE },
   );
@@ -327,7 +390,9 @@ export async function listVeths(): Promise<HostLink[]> {
  * proxy_arp setting and its routes. Reads only; a missing piece is reported as missing, not as an error.
  */
 export async function observeAttachment(opts: {
-  nsPath: string; ifname: string; hostIfname: string;
+  nsPath: string;
+  ifname: string;
+  hostIfname: string;
   /** Where the host's sysctls and sysfs are (see host-paths.ts). */
   paths?: HostPaths;
 }): Promise<Omit<ObservedAttachment, 'allocation'>> {
@@ -378,7 +443,12 @@ async function showLinkWithAddresses(name: string, nsPath?: string): Promise<Lin
 }
 
 /** IPv4 (or IPv6) routes of a table (main by default) whose device is `dev` (iproute2 leaves "dev" out of them; it is filled in here). */
-async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4, table = 'main'): Promise<ObservedRoute[]> {
+async function routesThrough(
+  dev: string,
+  nsPath?: string,
+  family: 4 | 6 = 4,
+  table = 'main',
+): Promise<ObservedRoute[]> {
   let out: string;
   try {
     out = await ip(['-j', `-${family}`, 'route', 'show', 'table', table, 'dev', dev], { nsPath });
@@ -386,8 +456,19 @@ async function routesThrough(dev: string, nsPath?: string, family: 4 | 6 = 4, ta
     if (isNotFound(err)) return [];
     throw err;
   }
-  const routes = JSON.parse(out || '[]') as { dst: string; gateway?: string; scope?: string; protocol?: string | number }[];
-  return routes.map((r) => ({ dst: r.dst, gateway: r.gateway ?? '', dev, scope: r.scope ?? 'global', protocol: String(r.protocol ?? 'boot') }));
+  const routes = JSON.parse(out || '[]') as {
+    dst: string;
+    gateway?: string;
+    scope?: string;
+    protocol?: string | number;
+  }[];
+  return routes.map((r) => ({
+    dst: r.dst,
+    gateway: r.gateway ?? '',
+    dev,
+    scope: r.scope ?? 'global',
+    protocol: String(r.protocol ?? 'boot'),
+  }));
 }
 
 function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
@@ -407,7 +488,12 @@ function observedLink(l: LinkInfo & { link_index?: number }): ObservedLink {
  * deleting a device waits there for RCU grace periods (about 20 ms on the test machines), during which the agent's
  * event loop would stand still: every other pod's Attach, and this Detach's own IPAM Release, waited behind it.
  */
-export async function detachPod(opts: { containerId: string; ifname: string; nsPath?: string; paths?: HostPaths }): Promise<void> {
+export async function detachPod(opts: {
+  containerId: string;
+  ifname: string;
+  nsPath?: string;
+  paths?: HostPaths;
+}): Promise<void> {
   const host = hostIfnameFor(opts.containerId, opts.ifname);
   const paths = opts.paths ?? DEFAULT_HOST_PATHS;
   // A second interface's source rules stay in the pod's namespace when its veth goes (its table empties with it):
@@ -422,7 +508,12 @@ export async function detachPod(opts: { containerId: string; ifname: string; nsP
   await Promise.all([
     deleteLink(host),
     table !== undefined && opts.nsPath && existsSync(opts.nsPath)
-      ? run('nsenter', [`--net=${opts.nsPath}`, 'sh', '-c', `while ip -4 rule del lookup ${table} 2>/dev/null; do :; done; while ip -6 rule del lookup ${table} 2>/dev/null; do :; done; true`]).catch(() => {})
+      ? run('nsenter', [
+          `--net=${opts.nsPath}`,
+          'sh',
+          '-c',
+          `while ip -4 rule del lookup ${table} 2>/dev/null; do :; done; while ip -6 rule del lookup ${table} 2>/dev/null; do :; done; true`,
+        ]).catch(() => {})
       : undefined,
   ]);
 }

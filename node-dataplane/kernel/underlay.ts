@@ -1,4 +1,9 @@
-import { chooseUnderlay, validateUnderlayWanted, type UnderlayChoice, type UnderlayWanted } from '../domain/underlay-choice.js';
+import {
+  chooseUnderlay,
+  validateUnderlayWanted,
+  type UnderlayChoice,
+  type UnderlayWanted,
+} from '../domain/underlay-choice.js';
 import { ip, listAddresses } from './links.js';
 
 export type DetectedUnderlay = UnderlayChoice;
@@ -9,7 +14,13 @@ export async function detectUnderlay(want: UnderlayWanted): Promise<DetectedUnde
   const links = await listAddresses();
   const routes: Parameters<typeof chooseUnderlay>[2] = {};
   if (want.routeTo) {
-    routes.routeTo = (JSON.parse(await ip(['-j', 'route', 'get', want.routeTo]).catch(() => '[]')) as { dev?: string; prefsrc?: string }[])[0] ?? null;
+    routes.routeTo =
+      (
+        JSON.parse(await ip(['-j', 'route', 'get', want.routeTo]).catch(() => '[]')) as {
+          dev?: string;
+          prefsrc?: string;
+        }[]
+      )[0] ?? null;
   }
   routes.defaultDev = (JSON.parse(await ip(['-j', 'route', 'show', 'default'])) as { dev?: string }[])[0]?.dev ?? null;
   return chooseUnderlay(links, want, routes);

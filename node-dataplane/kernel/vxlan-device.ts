@@ -27,21 +27,47 @@ export function vtepMacFor(underlayAddress: string): string {
  * Ensures the VXLAN device: a device that matches the spec is reused untouched (so its neighbour and FDB entries
  * survive an agent restart); a mismatched one is rebuilt. Learning is off: Weft programs every entry.
  */
-export async function ensureVxlanDevice(spec: VxlanSpec, logger: Logger): Promise<{ ifindex: number; mac: string; rebuilt: boolean }> {
+export async function ensureVxlanDevice(
+  spec: VxlanSpec,
+  logger: Logger,
+): Promise<{ ifindex: number; mac: string; rebuilt: boolean }> {
   const mac = vtepMacFor(spec.localAddress);
   const cur = await showLink(spec.name);
   const d = cur?.linkinfo?.info_data ?? {};
   const matches =
-    cur?.linkinfo?.info_kind === 'vxlan' && d.id === spec.vni && d.local === spec.localAddress && d.port === spec.port &&
-    d.link === spec.underlayInterface && d.learning === false && cur.address === mac;
+    cur?.linkinfo?.info_kind === 'vxlan' &&
+    d.id === spec.vni &&
+    d.local === spec.localAddress &&
+    d.port === spec.port &&
+    d.link === spec.underlayInterface &&
+    d.learning === false &&
+    cur.address === mac;
   if (cur && !matches) {
     logger.warn('VXLAN device does not match its spec; rebuilding', { device: spec.name });
     await deleteLink(spec.name);
   }
   if (!cur || !matches) {
     if (!cur) logger.info('creating the VXLAN device', { device: spec.name });
-    await ip(['link', 'add', spec.name, 'address', mac, 'mtu', String(spec.mtu), 'type', 'vxlan', 'id', String(spec.vni),
-      'local', spec.localAddress, 'dev', spec.underlayInterface, 'dstport', String(spec.port), 'nolearning']);
+    await ip([
+      'link',
+      'add',
+      spec.name,
+      'address',
+      mac,
+      'mtu',
+      String(spec.mtu),
+      'type',
+      'vxlan',
+      'id',
+      String(spec.vni),
+      'local',
+      spec.localAddress,
+      'dev',
+      spec.underlayInterface,
+      'dstport',
+      String(spec.port),
+      'nolearning',
+    ]);
   } else if (cur.mtu !== spec.mtu) {
     await ip(['link', 'set', 'dev', spec.name, 'mtu', String(spec.mtu)]);
   }
@@ -61,7 +87,12 @@ export interface VxlanDeviceState extends VxlanSpec {
 }
 
 /** The state a spec asks for. */
-export const vxlanStateFor = (spec: VxlanSpec): VxlanDeviceState => ({ ...spec, mac: vtepMacFor(spec.localAddress), learning: false, up: true });
+export const vxlanStateFor = (spec: VxlanSpec): VxlanDeviceState => ({
+  ...spec,
+  mac: vtepMacFor(spec.localAddress),
+  learning: false,
+  up: true,
+});
 
 /** Reads the device named `name` back (null: no such device). A device of another kind reads as a mismatch. */
 export async function readVxlanDevice(name: string): Promise<VxlanDeviceState | null> {
@@ -70,8 +101,16 @@ export async function readVxlanDevice(name: string): Promise<VxlanDeviceState | 
   const d = cur.linkinfo?.info_data ?? {};
   const vxlan = cur.linkinfo?.info_kind === 'vxlan';
   return {
-    name, vni: vxlan ? Number(d.id) : -1, port: Number(d.port), localAddress: String(d.local ?? ''), underlayInterface: String(d.link ?? ''),
-    mtu: cur.mtu, mac: cur.address, learning: d.learning !== false, up: cur.flags.includes('UP'), ifindex: cur.ifindex,
+    name,
+    vni: vxlan ? Number(d.id) : -1,
+    port: Number(d.port),
+    localAddress: String(d.local ?? ''),
+    underlayInterface: String(d.link ?? ''),
+    mtu: cur.mtu,
+    mac: cur.address,
+    learning: d.learning !== false,
+    up: cur.flags.includes('UP'),
+    ifindex: cur.ifindex,
   };
 }
 

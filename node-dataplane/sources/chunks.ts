@@ -13,7 +13,10 @@ export interface ChunkJoiner<T> {
   reset(): void;
 }
 
-function createJoiner<T extends { more: boolean }>(start: (first: T) => T, append: (into: T, chunk: T) => void): ChunkJoiner<T> {
+function createJoiner<T extends { more: boolean }>(
+  start: (first: T) => T,
+  append: (into: T, chunk: T) => void,
+): ChunkJoiner<T> {
   let pending: T | null = null;
   return {
     push(chunk) {
@@ -33,13 +36,14 @@ function createJoiner<T extends { more: boolean }>(start: (first: T) => T, appen
 }
 
 /** WatchRoutes: upserts and deletes concatenated. */
-export const createRoutesChunkJoiner = (): ChunkJoiner<WatchRoutesResponse> => createJoiner(
-  (first) => ({ ...first, upserts: [...first.upserts], deletes: [...first.deletes] }),
-  (into, c) => {
-    for (const u of c.upserts) into.upserts.push(u);
-    for (const d of c.deletes) into.deletes.push(d);
-  },
-);
+export const createRoutesChunkJoiner = (): ChunkJoiner<WatchRoutesResponse> =>
+  createJoiner(
+    (first) => ({ ...first, upserts: [...first.upserts], deletes: [...first.deletes] }),
+    (into, c) => {
+      for (const u of c.upserts) into.upserts.push(u);
+      for (const d of c.deletes) into.deletes.push(d);
+    },
+  );
 
 /** WatchNodePolicy: pods, removed pods and removed sets concatenated; a set's CIDRs joined across chunks, in order. */
 export function createPolicyChunkJoiner(): ChunkJoiner<WatchNodePolicyResponse> {
@@ -59,7 +63,13 @@ export function createPolicyChunkJoiner(): ChunkJoiner<WatchNodePolicyResponse> 
   return createJoiner(
     (first) => {
       setIndex = new Map();
-      const into = { ...first, pods: [...first.pods], sets: [], removedPods: [...first.removedPods], removedSets: [...first.removedSets] };
+      const into = {
+        ...first,
+        pods: [...first.pods],
+        sets: [],
+        removedPods: [...first.removedPods],
+        removedSets: [...first.removedSets],
+      };
       addSets(into, first.sets);
       return into;
     },

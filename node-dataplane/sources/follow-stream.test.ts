@@ -30,5 +30,7 @@ test('agents whose streams broke together reopen them at spread-out moments, not
   const spread = Math.max(...second) - Math.min(...second);
   assert.ok(spread > 200, `every agent reopened within ${spread} ms of the others`);
   // And every agent still backs off: no reopen sooner than the base delay after the previous one.
-  for (const t of opens) for (let i = 1; i < t.length; i++) assert.ok(t[i]! - t[i - 1]! >= 190, `reopened ${t[i]! - t[i - 1]!} ms after the previous try`);
+  for (const t of opens)
+    for (let i = 1; i < t.length; i++)
+      assert.ok(t[i]! - t[i - 1]! >= 190, `reopened ${t[i]! - t[i - 1]!} ms after the previous try`);
 });

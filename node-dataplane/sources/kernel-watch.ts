@@ -2,10 +2,30 @@ import netlinkPkg from 'netlink';
 import type { rt } from 'netlink';
 import type { Logger } from '../../lib/logger.js';
 import {
-  AF_BRIDGE, AF_INET, AF_INET6, RTM_DELADDR, RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
-  RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_LINK, RTNLGRP_NEIGH,
+  AF_BRIDGE,
+  AF_INET,
+  AF_INET6,
+  RTM_DELADDR,
+  RTM_DELLINK,
+  RTM_DELNEIGH,
+  RTM_DELROUTE,
+  RTM_NEWADDR,
+  RTM_NEWLINK,
+  RTM_NEWNEIGH,
+  RTM_NEWROUTE,
+  RTNLGRP_IPV4_IFADDR,
+  RTNLGRP_IPV4_ROUTE,
+  RTNLGRP_IPV6_ROUTE,
+  RTNLGRP_LINK,
+  RTNLGRP_NEIGH,
 } from '../../lib/net/netlink-constants.js';
-import { agreesWithTarget, concernsOverlay, type EventOp, type KernelEvent, type OverlayView } from '../domain/kernel-events.js';
+import {
+  agreesWithTarget,
+  concernsOverlay,
+  type EventOp,
+  type KernelEvent,
+  type OverlayView,
+} from '../domain/kernel-events.js';
 import { bufIp, bufMac, routeProtocolNumber } from '../kernel/netlink-overlay.js';
 
 const { createNetlink, Protocol, rt: rtStructs } = netlinkPkg;
@@ -35,19 +55,50 @@ export interface KernelWatch {
  * agent's own writes can be told from drift (`agreesWithTarget`).
  */
 export function toKernelEvent(m: rt.Message, type?: number): KernelEvent | null {
-  const op: EventOp | undefined = type === undefined ? undefined : NEW_TYPES.has(type) ? 'new' : DEL_TYPES.has(type) ? 'del' : undefined;
+  const op: EventOp | undefined =
+    type === undefined ? undefined : NEW_TYPES.has(type) ? 'new' : DEL_TYPES.has(type) ? 'del' : undefined;
   switch (m.kind) {
     case 'route': {
       if (m.data.family !== AF_INET && m.data.family !== AF_INET6) return null;
-      const dst = m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16) ? bufIp(m.attrs.dst) : m.data.family === AF_INET ? '0.0.0.0' : '::';
-      const e: KernelEvent = { kind: 'route', cidr: `${dst}/${m.data.dstLen}`, protocol: routeProtocolNumber(m.data.protocol), table: Number(m.attrs.table ?? m.data.table), oif: m.attrs.oif ?? null };
-      if (op) Object.assign(e, { op, gateway: m.attrs.gateway && (m.attrs.gateway.length === 4 || m.attrs.gateway.length === 16) ? bufIp(m.attrs.gateway) : null });
+      const dst =
+        m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16)
+          ? bufIp(m.attrs.dst)
+          : m.data.family === AF_INET
+            ? '0.0.0.0'
+            : '::';
+      const e: KernelEvent = {
+        kind: 'route',
+        cidr: `${dst}/${m.data.dstLen}`,
+        protocol: routeProtocolNumber(m.data.protocol),
+        table: Number(m.attrs.table ?? m.data.table),
+        oif: m.attrs.oif ?? null,
+      };
+      if (op)
+        Object.assign(e, {
+          op,
+          gateway:
+            m.attrs.gateway && (m.attrs.gateway.length === 4 || m.attrs.gateway.length === 16)
+              ? bufIp(m.attrs.gateway)
+              : null,
+        });
       return e;
     }
     case 'neighbor': {
-      const family = m.data.family === AF_INET ? 'inet' : m.data.family === AF_INET6 ? 'inet6' : m.data.family === AF_BRIDGE ? 'bridge' : null;
+      const family =
+        m.data.family === AF_INET
+          ? 'inet'
+          : m.data.family === AF_INET6
+            ? 'inet6'
+            : m.data.family === AF_BRIDGE
+              ? 'bridge'
+              : null;
       if (!family || m.data.ifindex === undefined) return null;
-      const e: KernelEvent = { kind: 'neighbour', family, ifindex: m.data.ifindex, permanent: m.data.state?.permanent === true };
+      const e: KernelEvent = {
+        kind: 'neighbour',
+        family,
+        ifindex: m.data.ifindex,
+        permanent: m.data.state?.permanent === true,
+      };
       if (op) {
         const dst = m.attrs.dst && (m.attrs.dst.length === 4 || m.attrs.dst.length === 16) ? bufIp(m.attrs.dst) : null;
         Object.assign(e, { op, ip: dst, mac: m.attrs.lladdr ? bufMac(m.attrs.lladdr) : null });
@@ -57,7 +108,9 @@ export function toKernelEvent(m: rt.Message, type?: number): KernelEvent | null 
     case 'link':
       return m.data.index !== undefined ? { kind: 'link', ifindex: m.data.index, ifname: m.attrs.ifname ?? '' } : null;
     case 'address':
-      return m.data.family === AF_INET && m.data.index !== undefined ? { kind: 'address', ifindex: m.data.index } : null;
+      return m.data.family === AF_INET && m.data.index !== undefined
+        ? { kind: 'address', ifindex: m.data.index }
+        : null;
     default:
       return null;
   }

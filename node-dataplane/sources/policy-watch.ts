@@ -20,10 +20,22 @@ export interface PolicySource {
   rules(): NodeRules | null;
 }
 
-const sameEntry = (a: PolicyEntry, b: PolicyEntry) => a.tier === b.tier && a.action === b.action && a.peerSet === b.peerSet && a.protocol === b.protocol
-  && a.source === b.source && (a.ports === b.ports || (!!a.ports && !!b.ports && a.ports.from === b.ports.from && a.ports.to === b.ports.to));
-const samePod = (a: PodRules, b: PodRules) => a.namespace === b.namespace && a.name === b.name && a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x === b.addresses[i])
-  && a.ingress.length === b.ingress.length && a.ingress.every((e, i) => sameEntry(e, b.ingress[i]!)) && a.egress.length === b.egress.length && a.egress.every((e, i) => sameEntry(e, b.egress[i]!));
+const sameEntry = (a: PolicyEntry, b: PolicyEntry) =>
+  a.tier === b.tier &&
+  a.action === b.action &&
+  a.peerSet === b.peerSet &&
+  a.protocol === b.protocol &&
+  a.source === b.source &&
+  (a.ports === b.ports || (!!a.ports && !!b.ports && a.ports.from === b.ports.from && a.ports.to === b.ports.to));
+const samePod = (a: PodRules, b: PodRules) =>
+  a.namespace === b.namespace &&
+  a.name === b.name &&
+  a.addresses.length === b.addresses.length &&
+  a.addresses.every((x, i) => x === b.addresses[i]) &&
+  a.ingress.length === b.ingress.length &&
+  a.ingress.every((e, i) => sameEntry(e, b.ingress[i]!)) &&
+  a.egress.length === b.egress.length &&
+  a.egress.every((e, i) => sameEntry(e, b.egress[i]!));
 const idOf = (p: { namespace: string; name: string }) => `${p.namespace}/${p.name}`;
 
 /**
@@ -32,7 +44,11 @@ const idOf = (p: { namespace: string; name: string }) => `${p.namespace}/${p.nam
  * which and why), and so is a pod naming a refused set; a refused pod's rules are not held (its traffic meets the
  * fail-closed drop, also when the rules held before had it), the rest of the message is applied.
  */
-export function applyPolicyMessage(held: NodeRules | null, m: WatchNodePolicyResponse, refuse: (what: string, why: string) => void = () => {}): NodeRules {
+export function applyPolicyMessage(
+  held: NodeRules | null,
+  m: WatchNodePolicyResponse,
+  refuse: (what: string, why: string) => void = () => {},
+): NodeRules {
   const delta = m.delta && held !== null;
   const before = new Map((held?.pods ?? []).map((p) => [idOf(p), p]));
   // Sets first: a refused set is not held (a set held from before under the same name, which means the same content, stays).
@@ -72,7 +88,10 @@ export function followNodePolicy(deps: {
   followStream({
     open: (signal) => {
       chunks.reset();
-      return deps.client.watchNodePolicy({ node: deps.node, sinceRevision: held?.revision ?? 0, acceptDeltas: true, acceptChunks: true }, { signal });
+      return deps.client.watchNodePolicy(
+        { node: deps.node, sinceRevision: held?.revision ?? 0, acceptDeltas: true, acceptChunks: true },
+        { signal },
+      );
     },
     onMessage: (chunk) => {
       const m = chunks.push(chunk);
@@ -81,7 +100,13 @@ export function followNodePolicy(deps: {
         if (held) held = { ...held, revision: m.revision };
         return;
       }
-      held = applyPolicyMessage(held, m, (what, why) => deps.logger.error('refused a policy stream entry (the rest is applied; a refused pod is dropped both ways)', { entry: what, reason: why, revision: m.revision }));
+      held = applyPolicyMessage(held, m, (what, why) =>
+        deps.logger.error('refused a policy stream entry (the rest is applied; a refused pod is dropped both ways)', {
+          entry: what,
+          reason: why,
+          revision: m.revision,
+        }),
+      );
       deps.onChange(held);
     },
     brokenMessage: 'policy watch broke; reconnecting (the rules held stay in force)',

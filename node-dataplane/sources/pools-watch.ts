@@ -33,13 +33,19 @@ export function followPools(deps: {
         const cidrs: string[] = [];
         let pageToken = '';
         do {
-          const page = await deps.ipam.listPools({ pageSize: 1000, pageToken }, { timeoutMs: 5000, signal: deps.signal });
+          const page = await deps.ipam.listPools(
+            { pageSize: 1000, pageToken },
+            { timeoutMs: 5000, signal: deps.signal },
+          );
           for (const p of page.pools) {
             const c = checkPoolCidr(p.cidr);
             if (c.refused === undefined) cidrs.push(c.value);
             else if (!refused.has(p.cidr)) {
               refused.add(p.cidr);
-              deps.logger.error('refused a pool from ListPools (left out of the masquerade exceptions)', { pool: p.name, reason: c.refused });
+              deps.logger.error('refused a pool from ListPools (left out of the masquerade exceptions)', {
+                pool: p.name,
+                reason: c.refused,
+              });
             }
           }
           pageToken = page.nextPageToken;
@@ -53,7 +59,7 @@ export function followPools(deps: {
         }
       } catch (err) {
         if (deps.signal.aborted) return;
-        deps.logger.warn('cannot list the cluster\'s pools; retrying', { err: (err as Error).message });
+        deps.logger.warn("cannot list the cluster's pools; retrying", { err: (err as Error).message });
         wait = retry.next();
       }
       await sleep(wait, deps.signal, { unref: true });

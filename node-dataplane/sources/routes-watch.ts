@@ -33,7 +33,10 @@ export function followRoutes(deps: {
   followStream({
     open: (signal) => {
       chunks.reset();
-      return deps.client.watchRoutes({ node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true }, { signal });
+      return deps.client.watchRoutes(
+        { node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true },
+        { signal },
+      );
     },
     onMessage: (chunk) => {
       const ch = chunks.push(chunk);
@@ -46,10 +49,19 @@ export function followRoutes(deps: {
       if (ch.reset) snap.nodes = new Map();
       for (const u of ch.upserts) {
         // A node whose entry has a bad field is refused whole (no entry for it is held): see domain/stream-validation.ts.
-        const c = checkRemoteNode({ node: u.node, underlayAddress: u.underlayAddress, vtepMac: u.vtepMac, blockCidrs: u.blockCidrs });
+        const c = checkRemoteNode({
+          node: u.node,
+          underlayAddress: u.underlayAddress,
+          vtepMac: u.vtepMac,
+          blockCidrs: u.blockCidrs,
+        });
         if (c.refused !== undefined) {
           snap.nodes.delete(u.node);
-          deps.logger.error('refused a route stream entry (the rest is applied; no route to the node\'s blocks)', { node: u.node, reason: c.refused, revision: ch.revision });
+          deps.logger.error("refused a route stream entry (the rest is applied; no route to the node's blocks)", {
+            node: u.node,
+            reason: c.refused,
+            revision: ch.revision,
+          });
         } else snap.nodes.set(c.value.node, c.value);
       }
       for (const d of ch.deletes) snap.nodes.delete(d);

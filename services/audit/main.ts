@@ -2,7 +2,14 @@ import type { Server } from '@grpc/grpc-js';
 import type { DatabaseHandle } from '../../lib/db/database.js';
 import { addService, observeCalls, type CallObserver } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
-import { actorOf, createAuditRecorder, createRefusalAudit, resourceOf, type AuditIdentity, type AuditRecorderOptions } from '../../lib/audit.js';
+import {
+  actorOf,
+  createAuditRecorder,
+  createRefusalAudit,
+  resourceOf,
+  type AuditIdentity,
+  type AuditRecorderOptions,
+} from '../../lib/audit.js';
 import { statusName } from '../../lib/grpc/status.js';
 import { REFUSAL_RESULTS } from '../../lib/audit.js';
 
@@ -26,18 +33,31 @@ const requestIdOf = (ctx: { metadata: { get(k: string): unknown[] } }): string =
  * mounting the other services: the observer must be set before their `addService`) and serves
  * AuditService.ListAuditEvents. `observe` is the same observer, for another server (the bootstrap listener).
  */
-export function mountAuditService(server: Server, deps: { database: DatabaseHandle; logger: Logger; options?: AuditRecorderOptions & { refusalsPerSecond?: number } }) {
+export function mountAuditService(
+  server: Server,
+  deps: { database: DatabaseHandle; logger: Logger; options?: AuditRecorderOptions & { refusalsPerSecond?: number } },
+) {
   const logger = deps.logger.child({ service: 'audit' });
   const repo = createAuditRepository(deps.database.db);
   const recorder = createAuditRecorder(repo, logger, deps.options);
   const refusals = createRefusalAudit(recorder, { perSecond: deps.options?.refusalsPerSecond });
   const observe: CallObserver = ({ path, request, ctx, code, details, traceId, refused, peer, response }) => {
     const event = {
-      at: new Date(), actor: actorOf(identityOf(ctx)), method: path, resource: resourceOf(path, request, response),
-      requestId: requestIdOf(ctx), traceId, result: statusName(code), message: details,
+      at: new Date(),
+      actor: actorOf(identityOf(ctx)),
+      method: path,
+      resource: resourceOf(path, request, response),
+      requestId: requestIdOf(ctx),
+      traceId,
+      result: statusName(code),
+      message: details,
     };
     // A refusal of any method, bounded per actor; the caller's address says where an unidentified one came from.
-    if (refused) return void (REFUSALS.has(event.result) && refusals.record({ ...event, message: `${peer ? `from ${peer}: ` : ''}${details}` }));
+    if (refused)
+      return void (
+        REFUSALS.has(event.result) &&
+        refusals.record({ ...event, message: `${peer ? `from ${peer}: ` : ''}${details}` })
+      );
     if (recorder.isMutation(path)) recorder.record(event);
   };
   observeCalls(server, observe);

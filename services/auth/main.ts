@@ -31,10 +31,23 @@ export function createTokenAuthority(database: DatabaseHandle): { repo: TokenRep
 
 /** Serves TokenService (create, list, revoke; administrators only, lib/auth/authorization.ts). */
 export function mountTokenService(server: Server, deps: { repo: TokenRepository; logger: Logger }): void {
-  addService(server, TokenServiceService, createTokenHandlers({ repo: deps.repo }), deps.logger.child({ service: 'auth' }));
+  addService(
+    server,
+    TokenServiceService,
+    createTokenHandlers({ repo: deps.repo }),
+    deps.logger.child({ service: 'auth' }),
+  );
 }
 
 /** Serves CertificateService (record, revoke, list; administrators only): `caPem` is the CA whose certificates it records. */
-export function mountCertificateService(server: Server, deps: { repo: CertificateRepository; caPem: string; logger: Logger }): void {
-  addService(server, CertificateServiceService, createCertificateHandlers({ repo: deps.repo, caPem: deps.caPem }), deps.logger.child({ service: 'auth' }));
+export function mountCertificateService(
+  server: Server,
+  deps: { repo: CertificateRepository; caPem: string; logger: Logger },
+): void {
+  addService(
+    server,
+    CertificateServiceService,
+    createCertificateHandlers({ repo: deps.repo, caPem: deps.caPem }),
+    deps.logger.child({ service: 'auth' }),
+  );
 }

@@ -2,7 +2,11 @@ import type { CredentialRevocations } from '../../lib/auth/identity.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import type { Logger } from '../../lib/logger.js';
 import { revokedCertificateMessage } from './domain/certificate.js';
-import { REVOCATIONS_CHANNEL, type CertificateRepository, type RevokedCredentials } from './store/certificate.repository.js';
+import {
+  REVOCATIONS_CHANNEL,
+  type CertificateRepository,
+  type RevokedCredentials,
+} from './store/certificate.repository.js';
 
 /**
  * What is revoked, in each replica's memory, so that checking a call's certificate costs a map lookup
@@ -17,7 +21,12 @@ export interface RevocationList extends CredentialRevocations {
   stop(): void;
 }
 
-export async function startRevocationList(deps: { repo: CertificateRepository; notifier: Notifier; logger: Logger; pollMs?: number }): Promise<RevocationList> {
+export async function startRevocationList(deps: {
+  repo: CertificateRepository;
+  notifier: Notifier;
+  logger: Logger;
+  pollMs?: number;
+}): Promise<RevocationList> {
   const pollMs = deps.pollMs ?? 2000;
   let current: RevokedCredentials = { certificates: new Map(), tokens: new Map() };
   let version = '';
@@ -49,7 +58,8 @@ export async function startRevocationList(deps: { repo: CertificateRepository; n
         failing = false;
       } catch (err) {
         // What was read last stays in force; the next wake-up tries again.
-        if (!failing) deps.logger.warn('cannot read revocations; keeping the last list', { err: (err as Error).message });
+        if (!failing)
+          deps.logger.warn('cannot read revocations; keeping the last list', { err: (err as Error).message });
         failing = true;
       }
     }
@@ -62,7 +72,9 @@ export async function startRevocationList(deps: { repo: CertificateRepository; n
     },
     token(keyId) {
       const t = current.tokens.get(keyId);
-      return t ? `token ${t.name} was revoked at ${t.revokedAt.toISOString()}: ask an administrator for a new one` : null;
+      return t
+        ? `token ${t.name} was revoked at ${t.revokedAt.toISOString()}: ask an administrator for a new one`
+        : null;
     },
     subscribe(listener) {
       listeners.add(listener);

@@ -16,7 +16,11 @@ export interface KubernetesFacts {
 const unavailable = (what: string, e: unknown) => {
   const status = (e as { code?: number }).code;
   const first = String((e as Error).message ?? e).split('\n')[0];
-  return new DomainError('bootstrap.kubernetes_unavailable', 'unavailable', `cannot ${what} with the Kubernetes API${typeof status === 'number' ? ` (HTTP ${status})` : ''}: ${first}`);
+  return new DomainError(
+    'bootstrap.kubernetes_unavailable',
+    'unavailable',
+    `cannot ${what} with the Kubernetes API${typeof status === 'number' ? ` (HTTP ${status})` : ''}: ${first}`,
+  );
 };
 
 export function createKubernetesFacts(kubeConfig: KubeConfig): KubernetesFacts {
@@ -26,14 +30,19 @@ export function createKubernetesFacts(kubeConfig: KubeConfig): KubernetesFacts {
     async reviewToken(token, audience) {
       let review;
       try {
-        review = await auth.createTokenReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } } });
+        review = await auth.createTokenReview({
+          body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } },
+        });
       } catch (e) {
         throw unavailable('review the token', e);
       }
       const s = review.status ?? {};
       return {
-        authenticated: s.authenticated === true, error: s.error ?? '', username: s.user?.username ?? '',
-        audiences: s.audiences ?? [], extra: (s.user?.extra ?? {}) as Record<string, string[]>,
+        authenticated: s.authenticated === true,
+        error: s.error ?? '',
+        username: s.user?.username ?? '',
+        audiences: s.audiences ?? [],
+        extra: (s.user?.extra ?? {}) as Record<string, string[]>,
       };
     },
     async getPod(namespace, name) {

@@ -1,6 +1,14 @@
 import { BootstrapServiceService } from '../../gen/weft/auth/v1/bootstrap.js';
 import type { TransportSecurity } from '../../lib/grpc/credentials.js';
-import { addService, bindServer, createServer, observeCalls, shutdownServer, type CallObserver, type ServerKeepalive } from '../../lib/grpc/server.js';
+import {
+  addService,
+  bindServer,
+  createServer,
+  observeCalls,
+  shutdownServer,
+  type CallObserver,
+  type ServerKeepalive,
+} from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
 import { createBootstrapHandlers, type BootstrapDeps } from './rpc/bootstrap.rpc.js';
 
@@ -9,14 +17,16 @@ import { createBootstrapHandlers, type BootstrapDeps } from './rpc/bootstrap.rpc
  * client certificate asked for, serving BootstrapService alone (services/bootstrap/DESIGN.md). Authorization is
  * enforced as on the main server; the table lets anyone call IssueCertificate, whose token is its authentication.
  */
-export async function startBootstrapListener(deps: BootstrapDeps & {
-  address: string;
-  security: Extract<TransportSecurity, { mode: 'server-tls' }>;
-  keepalive: ServerKeepalive;
-  logger: Logger;
-  /** The audit log's observer (services/audit): each issue, and each refused call, is recorded. */
-  observe?: CallObserver;
-}): Promise<{ port: number; stop(): Promise<void> }> {
+export async function startBootstrapListener(
+  deps: BootstrapDeps & {
+    address: string;
+    security: Extract<TransportSecurity, { mode: 'server-tls' }>;
+    keepalive: ServerKeepalive;
+    logger: Logger;
+    /** The audit log's observer (services/audit): each issue, and each refused call, is recorded. */
+    observe?: CallObserver;
+  },
+): Promise<{ port: number; stop(): Promise<void> }> {
   const logger = deps.logger.child({ service: 'bootstrap' });
   const server = createServer(deps.keepalive, { enforce: true });
   if (deps.observe) observeCalls(server, deps.observe);

@@ -31,30 +31,51 @@ export interface IpamHousekeeping {
   routesSecurity?: TransportSecurity;
 }
 
-export async function mountIpamService(server: Server, deps: {
-  database: DatabaseHandle; notifier: Notifier; logger: Logger; housekeeping: IpamHousekeeping;
-  /** Checks the HTTP gateway's bearer tokens (services/auth); absent: every HTTP call is refused. */
-  tokens?: (secret: string) => Promise<Identity>;
-  /** Live allocations a node identity may hold (WEFT_LIMIT_NODE_ALLOCATIONS); absent or 0: no limit. */
-  limits?: { nodeAllocations: number };
-  /** The gRPC server's limits per identity, applied to the HTTP gateway's calls too (one budget per identity). */
-  callLimiter?: CallLimiter;
-  /** Revoked tokens: the HTTP gateway ends a stream whose token is revoked. */
-  revocations?: CredentialRevocations;
-}) {
+export async function mountIpamService(
+  server: Server,
+  deps: {
+    database: DatabaseHandle;
+    notifier: Notifier;
+    logger: Logger;
+    housekeeping: IpamHousekeeping;
+    /** Checks the HTTP gateway's bearer tokens (services/auth); absent: every HTTP call is refused. */
+    tokens?: (secret: string) => Promise<Identity>;
+    /** Live allocations a node identity may hold (WEFT_LIMIT_NODE_ALLOCATIONS); absent or 0: no limit. */
+    limits?: { nodeAllocations: number };
+    /** The gRPC server's limits per identity, applied to the HTTP gateway's calls too (one budget per identity). */
+    callLimiter?: CallLimiter;
+    /** Revoked tokens: the HTTP gateway ends a stream whose token is revoked. */
+    revocations?: CredentialRevocations;
+  },
+) {
   const logger = deps.logger.child({ service: 'ipam' });
   // The group-commit statements (at most FAST_IN_FLIGHT at once, plus one-by-one retries) on their own sessions.
   const { store, reports } = createPostgresIpamStore(deps.database.db, deps.database.preparedPool(FAST_IN_FLIGHT + 1));
   const repo = createIpamUseCases(store, reports, {
     onBackgroundError: (what, err) => logger.warn(`${what} failed`, { error: (err as Error).message }),
   });
-  const handlers = createIpamHandlers({ repo, prefixes: createPrefixesRepository(deps.database.db), notifier: deps.notifier, maxNodeAllocations: deps.limits?.nodeAllocations ?? 0 });
+  const handlers = createIpamHandlers({
+    repo,
+    prefixes: createPrefixesRepository(deps.database.db),
+    notifier: deps.notifier,
+    maxNodeAllocations: deps.limits?.nodeAllocations ?? 0,
+  });
   // Who may release a handle: the node (or a token's pools) holding it.
   const lookups = { holderOfHandle: (handle: string) => repo.holderOfHandle(handle) };
   addService(server, IpamServiceService, handlers, logger, { lookups });
   // The same handlers over HTTP with JSON, authorized the same way (bearer tokens), audited by the same observer.
-  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger, { access: { tokens: deps.tokens, lookups, observe: callObserverOf(server), limits: deps.callLimiter, revocations: deps.revocations } });
-  const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, { security: deps.housekeeping.routesSecurity });
+  const http = createJsonGateway(IpamServiceService, handlers, ipamMessages, logger, {
+    access: {
+      tokens: deps.tokens,
+      lookups,
+      observe: callObserverOf(server),
+      limits: deps.callLimiter,
+      revocations: deps.revocations,
+    },
+  });
+  const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, {
+    security: deps.housekeeping.routesSecurity,
+  });
   const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
   return {
     repo,

@@ -37,16 +37,26 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
     running = true;
     try {
       const released = await o.repo.releaseEmptyBlocks(o.blockGraceSeconds);
-      if (released.length > 0) o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
+      if (released.length > 0)
+        o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
       await o.repo.pruneAttempts(o.attemptRetentionSeconds);
       const holding = await o.repo.nodesHoldingAddresses();
       const departed: { name: string; departTime?: Date | undefined }[] = [];
       try {
         for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
-          departed.push(...(await o.routes.listDepartedNodes({ names: holding.slice(i, i + NAMES_PER_REQUEST) }, { timeoutMs: 10_000 })).nodes);
+          departed.push(
+            ...(
+              await o.routes.listDepartedNodes(
+                { names: holding.slice(i, i + NAMES_PER_REQUEST) },
+                { timeoutMs: 10_000 },
+              )
+            ).nodes,
+          );
         }
       } catch (err) {
-        o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', { err: (err as Error).message });
+        o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', {
+          err: (err as Error).message,
+        });
         return;
       }
       for (const d of departed) {
@@ -55,7 +65,12 @@ export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; s
         const still = (await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 })).nodes[0];
         if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
         const gone = await o.repo.releaseNodeAllocationsBefore(d.name, d.departTime);
-        if (gone.length > 0) o.logger.info('node departed: its allocations are released', { node: d.name, departed: d.departTime.toISOString(), released: gone.length });
+        if (gone.length > 0)
+          o.logger.info('node departed: its allocations are released', {
+            node: d.name,
+            departed: d.departTime.toISOString(),
+            released: gone.length,
+          });
       }
     } catch (err) {
       o.logger.error('IPAM sweep failed; next time', { err });

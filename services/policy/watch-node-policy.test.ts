@@ -15,12 +15,17 @@ function fixture() {
     },
   };
   const snapshot = (revision: number): Snapshot => ({
-    revision, namespaces: new Map([['a', {}]]),
-    pods: [{ namespace: 'a', name: 'p', labels: { app: 'p' }, node: 'n1', addresses: ['10.0.0.1'], ports: [], revision: 1 }],
+    revision,
+    namespaces: new Map([['a', {}]]),
+    pods: [
+      { namespace: 'a', name: 'p', labels: { app: 'p' }, node: 'n1', addresses: ['10.0.0.1'], ports: [], revision: 1 },
+    ],
     policies: [],
   });
   return {
-    repo, snapshot, pending,
+    repo,
+    snapshot,
+    pending,
     notifier: { generation: () => generation },
     reads: () => reads,
     notify: () => void generation++,
@@ -34,7 +39,10 @@ test('streams woken together share one read; a NOTIFY after it begins makes the 
   assert.equal(f.reads(), 1, '500 streams, one read');
   f.pending.shift()!.resolve(f.snapshot(7));
   const got = await Promise.all(joined);
-  assert.ok(got.every((v) => v === got[0] && v.revision === 7), 'one shared view');
+  assert.ok(
+    got.every((v) => v === got[0] && v.revision === 7),
+    'one shared view',
+  );
   assert.equal(await views.current(), got[0], 'no NOTIFY since: the same view, no read');
   f.notify();
   const next = views.current();
@@ -42,7 +50,11 @@ test('streams woken together share one read; a NOTIFY after it begins makes the 
   f.pending.shift()!.resolve(f.snapshot(8));
   const v8 = await next;
   assert.equal(v8.revision, 8);
-  assert.equal(v8.pods[0], got[0]!.pods[0], 'a pod row whose revision did not change is the same parsed object (the compile cache keys on it)');
+  assert.equal(
+    v8.pods[0],
+    got[0]!.pods[0],
+    'a pod row whose revision did not change is the same parsed object (the compile cache keys on it)',
+  );
 });
 
 test('a read older than maxAgeMs is not reused (a change whose NOTIFY never came is still picked up by a poll)', async () => {

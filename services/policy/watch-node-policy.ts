@@ -1,5 +1,12 @@
 import type { Notifier } from '../../lib/db/notifier.js';
-import { compileNodePolicy, createCompileCache, diffNodePolicy, type NodePolicy, type NodePolicyDelta, type PlacedPod } from './domain/compile.js';
+import {
+  compileNodePolicy,
+  createCompileCache,
+  diffNodePolicy,
+  type NodePolicy,
+  type NodePolicyDelta,
+  type PlacedPod,
+} from './domain/compile.js';
 import type { World } from './domain/evaluate.js';
 import { POLICY_CHANNEL, type PolicyRepository, type Snapshot } from './store/policy.repository.js';
 import { createWorldCache } from './world.js';
@@ -27,10 +34,18 @@ export interface PolicyViews {
  * is a new read. Only a change whose NOTIFY never came (the writer died between commit and NOTIFY) waits for a read
  * that begins after it, within `maxAgeMs` plus a poll.
  */
-export function sharePolicyViews(repo: Pick<PolicyRepository, 'snapshot'>, notifier: Pick<Notifier, 'generation'>, maxAgeMs: number): PolicyViews {
+export function sharePolicyViews(
+  repo: Pick<PolicyRepository, 'snapshot'>,
+  notifier: Pick<Notifier, 'generation'>,
+  maxAgeMs: number,
+): PolicyViews {
   const worlds = createWorldCache();
   let last: { generation: number; startedAt: number; view: Promise<PolicyView> } | null = null;
-  const viewOf = (s: Snapshot): PolicyView => ({ revision: s.revision, world: worlds.world(s), pods: worlds.placedPods(s) });
+  const viewOf = (s: Snapshot): PolicyView => ({
+    revision: s.revision,
+    world: worlds.world(s),
+    pods: worlds.placedPods(s),
+  });
   return {
     current() {
       const generation = notifier.generation(POLICY_CHANNEL);
@@ -74,7 +89,12 @@ export interface NodePolicyMessage {
  * them, complete otherwise. Since messages are judged by content, not by revision, a change whose revision committed
  * out of order is never skipped, and `sinceRevision` needs no log: every stream starts with the complete set.
  */
-export async function* watchNodePolicy(deps: { views: PolicyViews; notifier: Notifier; options: NodePolicyWatchOptions }, node: string, signal: AbortSignal, opts: { acceptDeltas?: boolean } = {}): AsyncGenerator<NodePolicyMessage> {
+export async function* watchNodePolicy(
+  deps: { views: PolicyViews; notifier: Notifier; options: NodePolicyWatchOptions },
+  node: string,
+  signal: AbortSignal,
+  opts: { acceptDeltas?: boolean } = {},
+): AsyncGenerator<NodePolicyMessage> {
   const { views, notifier, options } = deps;
   const cache = createCompileCache();
   let last: NodePolicy | null = null;
@@ -83,7 +103,11 @@ export async function* watchNodePolicy(deps: { views: PolicyViews; notifier: Not
   let revision = 0;
   while (!signal.aborted) {
     // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
-    const woken = notifier.wait(POLICY_CHANNEL, Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())), signal);
+    const woken = notifier.wait(
+      POLICY_CHANNEL,
+      Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())),
+      signal,
+    );
     const view = await views.current();
     revision = Math.max(revision, view.revision);
     // The same view as last time (a poll that reused the shared read): the same rules.
@@ -95,7 +119,9 @@ export async function* watchNodePolicy(deps: { views: PolicyViews; notifier: Not
       const first = !last;
       last = policy;
       lastSent = Date.now();
-      yield opts.acceptDeltas && !first ? { revision, bookmark: false, policy: null, delta } : { revision, bookmark: false, policy, delta: null };
+      yield opts.acceptDeltas && !first
+        ? { revision, bookmark: false, policy: null, delta }
+        : { revision, bookmark: false, policy, delta: null };
     } else if (Date.now() - lastSent >= options.bookmarkMs) {
       lastSent = Date.now();
       yield { revision, bookmark: true, policy: null, delta: null };

@@ -14,7 +14,13 @@ export function worldOf(s: Snapshot): World {
   };
 }
 
-export const toPod = (r: PodRecord): Pod => ({ namespace: r.namespace, name: r.name, labels: r.labels, addresses: r.addresses.map((a) => parseIp(a, 'address')), ports: r.ports });
+export const toPod = (r: PodRecord): Pod => ({
+  namespace: r.namespace,
+  name: r.name,
+  labels: r.labels,
+  addresses: r.addresses.map((a) => parseIp(a, 'address')),
+  ports: r.ports,
+});
 
 export const placedPods = (s: Snapshot): PlacedPod[] => s.pods.map((r) => ({ ...toPod(r), node: r.node }));
 

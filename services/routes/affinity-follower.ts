@@ -13,12 +13,18 @@ import { FOLLOWER_LOCK_QUERY, type RouteLogRepository } from './store/route-log.
  * with the logged state, so nothing is logged twice). Each write checks that this session still holds the lock.
  * IPAM's snapshot comes in chunks (every cluster's blocks); the follower applies it only once it holds all of it.
  */
-export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.ClientConfig; ipam: PromiseClient<typeof IpamServiceService>; log: RouteLogRepository; logger: Logger; retryMs?: number }) {
+export function startAffinityFollower(deps: {
+  databaseUrl: string;
+  session?: pg.ClientConfig;
+  ipam: PromiseClient<typeof IpamServiceService>;
+  log: RouteLogRepository;
+  logger: Logger;
+  retryMs?: number;
+}) {
   const { ipam, log, logger } = deps;
   const retryMs = deps.retryMs ?? 1000;
   const stopper = new AbortController();
   let following = false;
-
 
   async function followWhileHolding(client: pg.Client, pid: number): Promise<void> {
     const lost = new AbortController();
@@ -37,7 +43,8 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
             if (pending) {
               for (const u of chunk.upserts) pending.upserts.push(u);
               for (const d of chunk.deletes) pending.deletes.push(d);
-            } else pending = chunk.more ? { ...chunk, upserts: [...chunk.upserts], deletes: [...chunk.deletes] } : chunk;
+            } else
+              pending = chunk.more ? { ...chunk, upserts: [...chunk.upserts], deletes: [...chunk.deletes] } : chunk;
             if (chunk.more) continue;
             const msg = pending;
             pending = null;
@@ -78,7 +85,8 @@ export function startAffinityFollower(deps: { databaseUrl: string; session?: pg.
           await sleep(retryMs, stopper.signal);
         }
       } catch (err) {
-        if (!stopper.signal.aborted) logger.warn('affinity follower lost its database session', { err: (err as Error).message });
+        if (!stopper.signal.aborted)
+          logger.warn('affinity follower lost its database session', { err: (err as Error).message });
       } finally {
         following = false;
         await client.end().catch(() => {});

@@ -31,15 +31,43 @@ export interface RoutesServiceOptions {
  * gRPC; one replica at a time), the lease sweeper (one replica at a time), handlers. Stateless otherwise: any
  * replica serves any watcher from the log.
  */
-export async function mountRoutesService(server: Server, deps: { database: DatabaseHandle; databaseUrl: string; notifier: Notifier; logger: Logger; ipamAddress: string; ipamSecurity?: TransportSecurity; options: RoutesServiceOptions }) {
+export async function mountRoutesService(
+  server: Server,
+  deps: {
+    database: DatabaseHandle;
+    databaseUrl: string;
+    notifier: Notifier;
+    logger: Logger;
+    ipamAddress: string;
+    ipamSecurity?: TransportSecurity;
+    options: RoutesServiceOptions;
+  },
+) {
   const { options } = deps;
   const logger = deps.logger.child({ service: 'routes' });
   const nodes = createNodesRepository(deps.database.db);
   const log = createRouteLogRepository(deps.database.db, { leaseMs: options.leaseMs });
   const ipam = createClient(IpamServiceService, deps.ipamAddress, { security: deps.ipamSecurity });
-  const follower = startAffinityFollower({ databaseUrl: deps.databaseUrl, session: deps.database.session, ipam, log, logger });
-  const sweeper = startLeaseSweeper({ log, logger, intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))), keep: options.logKeep, maxAgeSeconds: options.logMaxAgeSeconds });
-  addService(server, RoutesServiceService, createRoutesHandlers({ nodes, log, notifier: deps.notifier, options }), logger);
+  const follower = startAffinityFollower({
+    databaseUrl: deps.databaseUrl,
+    session: deps.database.session,
+    ipam,
+    log,
+    logger,
+  });
+  const sweeper = startLeaseSweeper({
+    log,
+    logger,
+    intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))),
+    keep: options.logKeep,
+    maxAgeSeconds: options.logMaxAgeSeconds,
+  });
+  addService(
+    server,
+    RoutesServiceService,
+    createRoutesHandlers({ nodes, log, notifier: deps.notifier, options }),
+    logger,
+  );
   return {
     stop() {
       sweeper.stop();

@@ -24,7 +24,9 @@ test('streams at the same revision share one read of the log, but never one begu
   const result: LogRead = { kind: 'not_ready' };
   finish(result);
   assert.equal(await c, result);
-  void a; void b; void other;
+  void a;
+  void b;
+  void other;
   const d = shared.read(7);
   assert.equal(calls.length, 4, 'a finished read is not reused');
   void d;

@@ -44,14 +44,22 @@ export interface WatchOptions {
  * Until the affinity follower has recorded IPAM's snapshot once, the stream sends nothing (a table without blocks
  * would make agents withdraw routes).
  */
-export async function* watchRoutes(deps: { log: LogReader; notifier: Notifier; options: WatchOptions }, sinceRevision: number, signal: AbortSignal): AsyncGenerator<RoutesChange> {
+export async function* watchRoutes(
+  deps: { log: LogReader; notifier: Notifier; options: WatchOptions },
+  sinceRevision: number,
+  signal: AbortSignal,
+): AsyncGenerator<RoutesChange> {
   const { log, notifier, options } = deps;
   let last = sinceRevision;
   let lastSent = Date.now();
   let ready = false;
   while (!signal.aborted) {
     // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
-    const woken = notifier.wait(CHANGES_CHANNEL, Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())), signal);
+    const woken = notifier.wait(
+      CHANGES_CHANNEL,
+      Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())),
+      signal,
+    );
     let drained = false;
     while (!drained && !signal.aborted) {
       const read = await log.read(last);

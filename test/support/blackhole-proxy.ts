@@ -55,7 +55,9 @@ export async function startBlackholeProxy(upstreamHost: string, upstreamPort: nu
     sockets.add(client);
     clients.add(client);
     peak = Math.max(peak, clients.size);
-    const upstream = upstreamHost.startsWith('/') ? net.connect(`${upstreamHost}/.s.PGSQL.${upstreamPort}`) : net.connect(upstreamPort, upstreamHost);
+    const upstream = upstreamHost.startsWith('/')
+      ? net.connect(`${upstreamHost}/.s.PGSQL.${upstreamPort}`)
+      : net.connect(upstreamPort, upstreamHost);
     sockets.add(upstream);
     const up = pipe(client, upstream);
     const down = pipe(upstream, client);

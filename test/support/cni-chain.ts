@@ -41,14 +41,25 @@ export interface RuntimeConf {
 export type CniResultDoc = Record<string, unknown>;
 
 export class ChainError extends Error {
-  constructor(readonly command: string, readonly plugin: string, readonly index: number, readonly exitCode: number | null, readonly output: string) {
+  constructor(
+    readonly command: string,
+    readonly plugin: string,
+    readonly index: number,
+    readonly exitCode: number | null,
+    readonly output: string,
+  ) {
     super(`${command} failed at plugin ${index} (${plugin}), exit ${exitCode}: ${output.trim()}`);
     this.name = 'ChainError';
   }
 }
 
 /** libcni's buildOneConfig: the config one plugin of the list gets on stdin. Pure. */
-export function pluginNetworkConfig(list: NetworkConfigList, plugin: PluginConfig, prevResult: CniResultDoc | undefined, capabilityArgs: Record<string, unknown> = {}): CniResultDoc {
+export function pluginNetworkConfig(
+  list: NetworkConfigList,
+  plugin: PluginConfig,
+  prevResult: CniResultDoc | undefined,
+  capabilityArgs: Record<string, unknown> = {},
+): CniResultDoc {
   const conf: CniResultDoc = { ...plugin, name: list.name, cniVersion: list.cniVersion };
   if (prevResult !== undefined) conf.prevResult = prevResult;
   const runtimeConfig: Record<string, unknown> = {};
@@ -68,7 +79,8 @@ export function versionAtLeast(a: string, b: string): boolean {
 
 /** libcni's FindInPath: the first executable named `type` in the CNI_PATH folders. */
 export function findPlugin(type: string, cniPath: string[]): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(type)) throw new Error(`plugin type ${JSON.stringify(type)} is not a file name`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(type))
+    throw new Error(`plugin type ${JSON.stringify(type)} is not a file name`);
   for (const dir of cniPath) {
     const file = path.join(dir, type);
     try {
@@ -92,7 +104,12 @@ export function createChainRunner(opts: { list: NetworkConfigList; netns: string
   if (list.plugins.length === 0) throw new Error(`network list ${list.name} has no plugins`);
   const files = list.plugins.map((p) => findPlugin(p.type, cniPath));
 
-  async function exec(command: string, index: number, rt: RuntimeConf, prevResult: CniResultDoc | undefined): Promise<string> {
+  async function exec(
+    command: string,
+    index: number,
+    rt: RuntimeConf,
+    prevResult: CniResultDoc | undefined,
+  ): Promise<string> {
     const plugin = list.plugins[index]!;
     const env: Record<string, string> = {
       CNI_COMMAND: command,
@@ -104,7 +121,8 @@ export function createChainRunner(opts: { list: NetworkConfigList; netns: string
     };
     const stdin = JSON.stringify(pluginNetworkConfig(list, plugin, prevResult, rt.capabilityArgs));
     const out = await runPluginInNetns(netns, files[index]!, env, stdin);
-    if (out.exitCode !== 0) throw new ChainError(command, plugin.type, index, out.exitCode, `${out.stdout} ${out.stderr}`);
+    if (out.exitCode !== 0)
+      throw new ChainError(command, plugin.type, index, out.exitCode, `${out.stdout} ${out.stderr}`);
     return out.stdout;
   }
 
@@ -122,7 +140,8 @@ export function createChainRunner(opts: { list: NetworkConfigList; netns: string
       return result!;
     },
     async check(rt, cached) {
-      if (!versionAtLeast(list.cniVersion, '0.4.0')) throw new Error(`configuration version "${list.cniVersion}" does not support the CHECK command`);
+      if (!versionAtLeast(list.cniVersion, '0.4.0'))
+        throw new Error(`configuration version "${list.cniVersion}" does not support the CHECK command`);
       for (let i = 0; i < list.plugins.length; i++) await exec('CHECK', i, rt, cached);
     },
     async del(rt, cached) {

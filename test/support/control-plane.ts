@@ -81,14 +81,32 @@ export interface TestControlPlaneOptions {
 }
 
 export async function startTestControlPlane(opts: TestControlPlaneOptions = {}): Promise<TestControlPlane> {
-  const db: TestDatabase = opts.databaseUrl ? { url: opts.databaseUrl, appUrl: opts.appDatabaseUrl ?? opts.databaseUrl, drop: async () => {} } : await createTestDatabase();
+  const db: TestDatabase = opts.databaseUrl
+    ? { url: opts.databaseUrl, appUrl: opts.appDatabaseUrl ?? opts.databaseUrl, drop: async () => {} }
+    : await createTestDatabase();
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-test-cp-'));
   let cp: ControlPlane;
   const pki = await testPki();
   try {
-    const config = loadSettings(controlPlaneSettings, {}, { dataDir: dir, databaseUrl: db.appUrl, migrationDatabaseUrl: db.url, listen: '127.0.0.1:0', httpListen: '127.0.0.1:0', pkiDir: pki.pkiDir, ...opts.settings });
+    const config = loadSettings(
+      controlPlaneSettings,
+      {},
+      {
+        dataDir: dir,
+        databaseUrl: db.appUrl,
+        migrationDatabaseUrl: db.url,
+        listen: '127.0.0.1:0',
+        httpListen: '127.0.0.1:0',
+        pkiDir: pki.pkiDir,
+        ...opts.settings,
+      },
+    );
     // WEFT_TEST_LOG=1 shows the control plane's log on stderr.
-    cp = await startControlPlane(config, process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger, opts.access);
+    cp = await startControlPlane(
+      config,
+      process.env.WEFT_TEST_LOG ? createLogger({ component: 'test-control-plane' }, { level: 'debug' }) : silentLogger,
+      opts.access,
+    );
   } catch (err) {
     await db.drop();
     rmSync(dir, { recursive: true, force: true });

@@ -100,7 +100,12 @@ function installExitHook(): void {
 function run(file: string, args: string[], timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(file, args, { timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${path.basename(args[0] ?? file)} failed (${err.message.split('\n')[0]}):\n${stderr.slice(-6000)}`));
+      if (err)
+        reject(
+          new Error(
+            `${path.basename(args[0] ?? file)} failed (${err.message.split('\n')[0]}):\n${stderr.slice(-6000)}`,
+          ),
+        );
       else resolve(stdout);
     });
   });
@@ -128,7 +133,12 @@ export async function startHaPostgres(opts: { strict?: boolean } = {}): Promise<
     liveDirs.delete(dir);
     throw err;
   }
-  const env = Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  const env = Object.fromEntries(
+    out
+      .split('\n')
+      .filter((l) => l.includes('='))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
   const apiPorts = String(env.WEFT_HA_PATRONI_PORTS).split(',').map(Number);
 
   async function members(): Promise<HaMember[]> {

@@ -121,7 +121,12 @@ function get(url: string, opts: https.RequestOptions = {}): Promise<{ status: nu
   });
 }
 
-async function waitFor(what: string, deadline: number, check: () => Promise<boolean>, died: () => string | null): Promise<void> {
+async function waitFor(
+  what: string,
+  deadline: number,
+  check: () => Promise<boolean>,
+  died: () => string | null,
+): Promise<void> {
   for (;;) {
     const dead = died();
     if (dead) throw new Error(`${what}: ${dead}`);
@@ -134,11 +139,19 @@ async function waitFor(what: string, deadline: number, check: () => Promise<bool
 /** POST a JSON body to etcd's gRPC gateway (v3 API over HTTP). */
 function etcdPost(url: string, body: object): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, timeout: 5000 }, (res) => {
-      let text = '';
-      res.on('data', (d) => (text += d));
-      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(text) as Record<string, unknown>) : reject(new Error(`etcd ${url}: ${res.statusCode} ${text}`))));
-    });
+    const req = http.request(
+      url,
+      { method: 'POST', headers: { 'content-type': 'application/json' }, timeout: 5000 },
+      (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () =>
+          res.statusCode === 200
+            ? resolve(JSON.parse(text) as Record<string, unknown>)
+            : reject(new Error(`etcd ${url}: ${res.statusCode} ${text}`)),
+        );
+      },
+    );
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.on('error', reject);
     req.end(JSON.stringify(body));
@@ -146,7 +159,9 @@ function etcdPost(url: string, body: object): Promise<Record<string, unknown>> {
 }
 
 /** `extraArgs`: more kube-apiserver flags (e.g. `--watch-cache=false`). */
-export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?: string[] } = {}): Promise<KubeApiserver> {
+export async function startKubeApiserver(
+  opts: { timeoutMs?: number; extraArgs?: string[] } = {},
+): Promise<KubeApiserver> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'weft-kube-'));
   liveDirs.add(dir);
   const procs: { child: ChildProcess; output: () => string }[] = [];
@@ -157,7 +172,9 @@ export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?:
     liveDirs.delete(dir);
   };
   const died = (p: { child: ChildProcess }, name: string) => () =>
-    p.child.exitCode !== null || p.child.signalCode !== null ? `${name} exited (${p.child.exitCode ?? p.child.signalCode})\n${logs()}` : null;
+    p.child.exitCode !== null || p.child.signalCode !== null
+      ? `${name} exited (${p.child.exitCode ?? p.child.signalCode})\n${logs()}`
+      : null;
   try {
     const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
     const [etcdClient, etcdPeer, securePort] = await Promise.all([freePort(), freePort(), freePort()]);
@@ -165,33 +182,67 @@ export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?:
     // etcd: one member, loopback only, data in the temporary folder.
     const etcdUrl = `http://127.0.0.1:${etcdClient}`;
     const peerUrl = `http://127.0.0.1:${etcdPeer}`;
-    const etcd = launch(kubeBinaries.etcd, [
-      '--name=weft-test', `--data-dir=${path.join(dir, 'etcd')}`,
-      `--listen-client-urls=${etcdUrl}`, `--advertise-client-urls=${etcdUrl}`,
-      `--listen-peer-urls=${peerUrl}`, `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=weft-test=${peerUrl}`, '--log-level=warn',
-    ], 'etcd');
+    const etcd = launch(
+      kubeBinaries.etcd,
+      [
+        '--name=weft-test',
+        `--data-dir=${path.join(dir, 'etcd')}`,
+        `--listen-client-urls=${etcdUrl}`,
+        `--advertise-client-urls=${etcdUrl}`,
+        `--listen-peer-urls=${peerUrl}`,
+        `--initial-advertise-peer-urls=${peerUrl}`,
+        `--initial-cluster=weft-test=${peerUrl}`,
+        '--log-level=warn',
+      ],
+      'etcd',
+    );
     procs.push(etcd);
 
     // Serving certificate for 127.0.0.1 (self-signed; the kubeconfig trusts exactly it), service-account keys,
     // and the token file: token,user,uid,"groups".
     const crt = path.join(dir, 'serving.crt');
     const key = path.join(dir, 'serving.key');
-    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', crt, '-days', '1',
-      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+    await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      crt,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ]);
     const sa = generateKeyPairSync('rsa', { modulusLength: 2048 });
     writeFileSync(path.join(dir, 'sa.key'), sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
     writeFileSync(path.join(dir, 'sa.pub'), sa.publicKey.export({ type: 'spki', format: 'pem' }));
     const adminToken = `weft-admin-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
-    writeFileSync(path.join(dir, 'tokens.csv'), `${adminToken},weft-admin,weft-admin,"system:masters"\n`, { mode: 0o600 });
+    writeFileSync(path.join(dir, 'tokens.csv'), `${adminToken},weft-admin,weft-admin,"system:masters"\n`, {
+      mode: 0o600,
+    });
 
-    await waitFor('etcd', deadline, async () => (await get(`${etcdUrl}/health`)).body.includes('"health":"true"'), died(etcd, 'etcd'));
+    await waitFor(
+      'etcd',
+      deadline,
+      async () => (await get(`${etcdUrl}/health`)).body.includes('"health":"true"'),
+      died(etcd, 'etcd'),
+    );
 
     const apiserverArgs = [
       `--etcd-servers=${etcdUrl}`,
-      '--bind-address=127.0.0.1', '--advertise-address=127.0.0.1', `--secure-port=${securePort}`,
+      '--bind-address=127.0.0.1',
+      '--advertise-address=127.0.0.1',
+      `--secure-port=${securePort}`,
       '--insecure-port=0', // 1.20 still serves plain HTTP on localhost:8080 unless told not to
-      `--tls-cert-file=${crt}`, `--tls-private-key-file=${key}`, `--cert-dir=${path.join(dir, 'certs')}`,
+      `--tls-cert-file=${crt}`,
+      `--tls-private-key-file=${key}`,
+      `--cert-dir=${path.join(dir, 'certs')}`,
       `--token-auth-file=${path.join(dir, 'tokens.csv')}`,
       '--authorization-mode=Node,RBAC',
       `--service-account-key-file=${path.join(dir, 'sa.pub')}`,
@@ -199,7 +250,9 @@ export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?:
       '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
       '--api-audiences=https://kubernetes.default.svc.cluster.local',
       `--service-cluster-ip-range=${SERVICE_CIDR}`,
-      '--profiling=false', '--logtostderr=true', '--v=0',
+      '--profiling=false',
+      '--logtostderr=true',
+      '--v=0',
       ...(opts.extraArgs ?? []),
     ];
     const server = `https://127.0.0.1:${securePort}`;
@@ -209,10 +262,15 @@ export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?:
       const launchedAt = Date.now();
       apiserver = launch(kubeBinaries.apiserver, apiserverArgs, 'kube-apiserver');
       procs.push(apiserver);
-      await waitFor('kube-apiserver', until, async () => {
-        const r = await get(`${server}/readyz`, { ca, headers: { authorization: `Bearer ${adminToken}` } });
-        return r.status === 200 && r.body.trim() === 'ok';
-      }, died(apiserver, 'kube-apiserver'));
+      await waitFor(
+        'kube-apiserver',
+        until,
+        async () => {
+          const r = await get(`${server}/readyz`, { ca, headers: { authorization: `Bearer ${adminToken}` } });
+          return r.status === 200 && r.body.trim() === 'ok';
+        },
+        died(apiserver, 'kube-apiserver'),
+      );
       return Date.now() - launchedAt;
     };
     const readyMs = await startApiserver(deadline);
@@ -229,28 +287,49 @@ export async function startKubeApiserver(opts: { timeoutMs?: number; extraArgs?:
     };
 
     const kubeconfig = path.join(dir, 'kubeconfig');
-    writeFileSync(kubeconfig, JSON.stringify({
-      apiVersion: 'v1', kind: 'Config', 'current-context': 'weft-test',
-      clusters: [{ name: 'weft-test', cluster: { server, 'certificate-authority': crt } }],
-      users: [{ name: 'weft-admin', user: { token: adminToken } }],
-      contexts: [{ name: 'weft-test', context: { cluster: 'weft-test', user: 'weft-admin' } }],
-    }), { mode: 0o600 });
+    writeFileSync(
+      kubeconfig,
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        'current-context': 'weft-test',
+        clusters: [{ name: 'weft-test', cluster: { server, 'certificate-authority': crt } }],
+        users: [{ name: 'weft-admin', user: { token: adminToken } }],
+        contexts: [{ name: 'weft-test', context: { cluster: 'weft-test', user: 'weft-admin' } }],
+      }),
+      { mode: 0o600 },
+    );
 
     return {
-      server, kubeconfig, adminToken, readyMs, logs, stop, restartApiserver, compactEtcd,
+      server,
+      kubeconfig,
+      adminToken,
+      readyMs,
+      logs,
+      stop,
+      restartApiserver,
+      compactEtcd,
       kubectl: (args, o = {}) => {
-        const p = run(kubeBinaries.kubectl, [`--kubeconfig=${kubeconfig}`, ...args], { maxBuffer: 64 << 20, timeout: 60_000 });
+        const p = run(kubeBinaries.kubectl, [`--kubeconfig=${kubeconfig}`, ...args], {
+          maxBuffer: 64 << 20,
+          timeout: 60_000,
+        });
         if (o.input !== undefined) {
           p.child.stdin!.end(o.input);
         }
         return p.catch((err: Error & { stderr?: string; stdout?: string }) => {
-          throw Object.assign(new Error(`kubectl ${args.join(' ')} failed: ${err.stderr || err.message}`), { stderr: err.stderr ?? '', stdout: err.stdout ?? '' });
+          throw Object.assign(new Error(`kubectl ${args.join(' ')} failed: ${err.stderr || err.message}`), {
+            stderr: err.stderr ?? '',
+            stdout: err.stdout ?? '',
+          });
         });
       },
     };
   } catch (err) {
     const out = logs();
     await stop();
-    throw err instanceof Error && !err.message.includes('--- ') ? Object.assign(err, { message: `${err.message}\n${out}` }) : err;
+    throw err instanceof Error && !err.message.includes('--- ')
+      ? Object.assign(err, { message: `${err.message}\n${out}` })
+      : err;
   }
 }

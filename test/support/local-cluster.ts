@@ -14,9 +14,16 @@ const run = promisify(execFile);
  * run's prefix, no agent or control plane process, its state folder gone, and the xtables lock file (which iptables
  * inside a node's namespace creates on the shared /run) removed when it was not there before the test.
  */
-export async function takeDownLocalCluster(opts: { weft: (...args: string[]) => Promise<string>; stateDir: string; state: ClusterState | null; xtablesLockExisted: boolean }): Promise<void> {
+export async function takeDownLocalCluster(opts: {
+  weft: (...args: string[]) => Promise<string>;
+  stateDir: string;
+  state: ClusterState | null;
+  xtablesLockExisted: boolean;
+}): Promise<void> {
   const prefix = opts.state?.prefix;
-  const pids = opts.state ? [opts.state.controlPlane.pid, ...readState(opts.stateDir).nodes.map((n) => n.agentPid)] : [];
+  const pids = opts.state
+    ? [opts.state.controlPlane.pid, ...readState(opts.stateDir).nodes.map((n) => n.agentPid)]
+    : [];
   await opts.weft('cluster', 'down');
   rmSync(opts.stateDir, { recursive: true, force: true });
   if (!opts.xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });
@@ -45,7 +52,9 @@ export function bringUpTestCluster(label: string, nodes = 1): { cluster: TestClu
   chmodSync(cluster.stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
   const up = (async () => {
     try {
-      await run(bin.weft, ['cluster', 'up', '--nodes', String(nodes), '--state-dir', cluster.stateDir], { timeout: 180_000 });
+      await run(bin.weft, ['cluster', 'up', '--nodes', String(nodes), '--state-dir', cluster.stateDir], {
+        timeout: 180_000,
+      });
     } finally {
       if (existsSync(path.join(cluster.stateDir, 'state.json'))) cluster.state = readState(cluster.stateDir);
     }
@@ -58,7 +67,9 @@ export function bringUpTestCluster(label: string, nodes = 1): { cluster: TestClu
 export async function takeDownTestCluster(cluster: TestCluster | undefined): Promise<void> {
   if (!cluster) return;
   const prefix = cluster.state?.prefix;
-  await run(bin.weft, ['cluster', 'down', '--state-dir', cluster.stateDir], { timeout: 120_000 }).catch((err) => console.error(err));
+  await run(bin.weft, ['cluster', 'down', '--state-dir', cluster.stateDir], { timeout: 120_000 }).catch((err) =>
+    console.error(err),
+  );
   rmSync(cluster.stateDir, { recursive: true, force: true });
   // iptables inside a node's namespace creates its lock file on the shared /run.
   if (!cluster.xtablesLockExisted) rmSync('/run/xtables.lock', { force: true });

@@ -17,7 +17,9 @@ export function privilegedSkipReason(): string | null {
     const ns = `weftprobe${process.pid}`;
     execFileSync('ip', ['netns', 'add', ns], { stdio: 'ignore' });
     try {
-      execFileSync('ip', ['-n', ns, 'link', 'add', 'vx0', 'type', 'vxlan', 'id', '1', 'dstport', '4789'], { stdio: 'ignore' });
+      execFileSync('ip', ['-n', ns, 'link', 'add', 'vx0', 'type', 'vxlan', 'id', '1', 'dstport', '4789'], {
+        stdio: 'ignore',
+      });
     } finally {
       execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     }

@@ -17,7 +17,12 @@ export interface Started {
 }
 
 /** Starts a program and waits until a line of its stdout matches `ready`. */
-export function startUntil(file: string, args: string[], ready: RegExp, opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Started & { line: string }> {
+export function startUntil(
+  file: string,
+  args: string[],
+  ready: RegExp,
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<Started & { line: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

@@ -30,9 +30,18 @@ interface MethodDef {
   requestDeserialize: (b: Buffer) => any;
 }
 
-const numbers = fc.oneof(fc.constantFrom(0, 1, 2, 3, 24, 26, 32, 64, 128, 1000, 65535, 65536), fc.nat({ max: 2 ** 32 - 1 }), fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }));
+const numbers = fc.oneof(
+  fc.constantFrom(0, 1, 2, 3, 24, 26, 32, 64, 128, 1000, 65535, 65536),
+  fc.nat({ max: 2 ** 32 - 1 }),
+  fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
+);
 
-const anyString = fc.oneof(fc.string({ maxLength: 20 }), fc.string({ unit: 'binary', maxLength: 20 }), fc.base64String({ maxLength: 24 }), fc.constantFrom('', ' ', '\n', '-a', 'A'.repeat(300)));
+const anyString = fc.oneof(
+  fc.string({ maxLength: 20 }),
+  fc.string({ unit: 'binary', maxLength: 20 }),
+  fc.base64String({ maxLength: 24 }),
+  fc.constantFrom('', ' ', '\n', '-a', 'A'.repeat(300)),
+);
 
 /** `plausible` for most values, anything for the rest. */
 export const mostly = (plausible: fc.Arbitrary<string>) => fc.oneof({ arbitrary: plausible, weight: 4 }, anyString);
@@ -76,25 +85,37 @@ export async function fuzzUnaryRequests(
   strings: FieldStrings,
   opts: { numRuns: number; interruptAfterTimeLimit: number; skip?: readonly string[] },
 ): Promise<Record<string, { reached: number; refused: number }>> {
-  const ctx = { signal: new AbortController().signal, logger: storeStandIn(), metadata: storeStandIn(), identity: { kind: 'none' }, requestId: 'fuzz' };
+  const ctx = {
+    signal: new AbortController().signal,
+    logger: storeStandIn(),
+    metadata: storeStandIn(),
+    identity: { kind: 'none' },
+    requestId: 'fuzz',
+  };
   const counts: Record<string, { reached: number; refused: number }> = {};
   for (const [name, def] of Object.entries(service)) {
     if (def.responseStream || opts.skip?.includes(name)) continue;
     const c = (counts[name] = { reached: 0, refused: 0 });
-    await fc.assert(fc.asyncProperty(requestsOf(def, strings), async (req) => {
-      try {
-        await handlers[name]!(req, ctx);
-        c.reached++;
-      } catch (err) {
-        if (err instanceof ReachedStore) {
+    await fc.assert(
+      fc.asyncProperty(requestsOf(def, strings), async (req) => {
+        try {
+          await handlers[name]!(req, ctx);
           c.reached++;
-          return;
+        } catch (err) {
+          if (err instanceof ReachedStore) {
+            c.reached++;
+            return;
+          }
+          if (!(err instanceof DomainError))
+            throw new Error(`${def.path} threw ${String(err)} instead of a DomainError (INTERNAL to the caller)`, {
+              cause: err,
+            });
+          assert.equal(err.kind, 'invalid_argument', `${def.path}: ${err.code} ${err.message}`);
+          c.refused++;
         }
-        if (!(err instanceof DomainError)) throw new Error(`${def.path} threw ${String(err)} instead of a DomainError (INTERNAL to the caller)`, { cause: err });
-        assert.equal(err.kind, 'invalid_argument', `${def.path}: ${err.code} ${err.message}`);
-        c.refused++;
-      }
-    }), { numRuns: opts.numRuns, interruptAfterTimeLimit: opts.interruptAfterTimeLimit, includeErrorInReport: true });
+      }),
+      { numRuns: opts.numRuns, interruptAfterTimeLimit: opts.interruptAfterTimeLimit, includeErrorInReport: true },
+    );
   }
   return counts;
 }

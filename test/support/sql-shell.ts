@@ -17,15 +17,22 @@ export interface SqlShell {
 }
 
 export function startSqlShellInNetns(netns: string, url: string): Promise<SqlShell> {
-  const child = spawn('ip', ['netns', 'exec', netns, process.execPath, fileURLToPath(import.meta.url), SHELL_FLAG, url], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', netns, process.execPath, fileURLToPath(import.meta.url), SHELL_FLAG, url],
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const waiting: ((line: string) => void)[] = [];
   createInterface({ input: child.stdout }).on('line', (line) => waiting.shift()?.(line));
-  const exited = new Promise<void>((resolve) => child.once('close', () => {
-    for (const answer of waiting.splice(0)) answer(JSON.stringify({ error: `the SQL shell exited: ${stderr.trim()}` }));
-    resolve();
-  }));
+  const exited = new Promise<void>((resolve) =>
+    child.once('close', () => {
+      for (const answer of waiting.splice(0))
+        answer(JSON.stringify({ error: `the SQL shell exited: ${stderr.trim()}` }));
+      resolve();
+    }),
+  );
   const shell: SqlShell = {
     query(text) {
       return new Promise((resolve, reject) => {
@@ -45,10 +52,13 @@ export function startSqlShellInNetns(netns: string, url: string): Promise<SqlShe
       clearTimeout(timer);
     },
   };
-  return shell.query('SELECT 1').then(() => shell, async (err) => {
-    child.kill('SIGKILL');
-    throw err;
-  });
+  return shell.query('SELECT 1').then(
+    () => shell,
+    async (err) => {
+      child.kill('SIGKILL');
+      throw err;
+    },
+  );
 }
 
 async function main(url: string): Promise<void> {

@@ -12,7 +12,11 @@ export interface ReadWatch {
  */
 export async function watchReads(file: string, allowed: (Buffer | string)[]): Promise<ReadWatch> {
   const hashes = allowed.map((c) => createHash('sha256').update(c).digest('hex'));
-  const reader = spawn(process.execPath, ['-e', `
+  const reader = spawn(
+    process.execPath,
+    [
+      '-e',
+      `
     const fs = require('fs'), crypto = require('crypto');
     const file = ${JSON.stringify(file)}, allowed = new Set(${JSON.stringify(hashes)});
     let reads = 0, torn = 0, firstTorn = '';
@@ -26,10 +30,14 @@ export async function watchReads(file: string, allowed: (Buffer | string)[]): Pr
     const loop = () => { for (let i = 0; i < 10; i++) check(); setImmediate(loop); };
     console.log('ready');
     loop();
-  `], { stdio: ['pipe', 'pipe', 'inherit'] });
+  `,
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
   let out = '';
   reader.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-  for (let i = 0; i < 200 && !out.includes('ready') && reader.exitCode === null; i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 200 && !out.includes('ready') && reader.exitCode === null; i++)
+    await new Promise((r) => setTimeout(r, 50));
   if (!out.includes('ready')) {
     reader.kill('SIGKILL');
     throw new Error(`the reader of ${file} did not start`);

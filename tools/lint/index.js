@@ -6,3 +6,4 @@ export { default as js } from '@eslint/js';
 export { default as globals } from 'globals';
 export { default as tseslint } from 'typescript-eslint';
 export { default as importX, createNodeResolver } from 'eslint-plugin-import-x';
+export { default as prettierCompat } from 'eslint-config-prettier/flat';

@@ -38,8 +38,18 @@ export function createAuditRepository(db: Database): AuditRepository {
       if (q.since) where.push(gte(events.at, q.since));
       if (q.actor) where.push(eq(events.actor, q.actor));
       if (q.results.length > 0) where.push(inArray(events.result, q.results));
-      if (q.resource) where.push(q.resource.endsWith('/') ? like(events.resource, `${likeEscape(q.resource)}%`) : eq(events.resource, q.resource));
-      return db.select().from(events).where(and(...where)).orderBy(asc(events.id)).limit(q.limit);
+      if (q.resource)
+        where.push(
+          q.resource.endsWith('/')
+            ? like(events.resource, `${likeEscape(q.resource)}%`)
+            : eq(events.resource, q.resource),
+        );
+      return db
+        .select()
+        .from(events)
+        .where(and(...where))
+        .orderBy(asc(events.id))
+        .limit(q.limit);
     },
   });
 }

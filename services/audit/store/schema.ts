@@ -25,5 +25,9 @@ export const events = audit.table(
     /** The error message of a failed call; '' for OK. */
     message: text('message').notNull().default(''),
   },
-  (t) => [index('events_at_idx').on(t.at), index('events_actor_idx').on(t.actor, t.id), index('events_resource_idx').on(t.resource, t.id)],
+  (t) => [
+    index('events_at_idx').on(t.at),
+    index('events_actor_idx').on(t.actor, t.id),
+    index('events_resource_idx').on(t.resource, t.id),
+  ],
 );

@@ -23,14 +23,37 @@ export type StoredToken = Token & { secretHash: Buffer };
 
 export const tokenErrors = {
   badName: (name: string) =>
-    new DomainError('auth.bad_token_name', 'invalid_argument', `token name ${JSON.stringify(name)} must be 1-63 of a-z, 0-9, '.', '_' or '-', starting and ending with a letter or digit`),
-  noScope: () => new DomainError('auth.unknown_scope', 'invalid_argument', `a token needs at least one scope: ${SCOPE_HELP}`),
-  unknownScope: (scope: string) => new DomainError('auth.unknown_scope', 'invalid_argument', `unknown scope ${JSON.stringify(scope)}: scopes are ${SCOPE_HELP}`),
+    new DomainError(
+      'auth.bad_token_name',
+      'invalid_argument',
+      `token name ${JSON.stringify(name)} must be 1-63 of a-z, 0-9, '.', '_' or '-', starting and ending with a letter or digit`,
+    ),
+  noScope: () =>
+    new DomainError('auth.unknown_scope', 'invalid_argument', `a token needs at least one scope: ${SCOPE_HELP}`),
+  unknownScope: (scope: string) =>
+    new DomainError(
+      'auth.unknown_scope',
+      'invalid_argument',
+      `unknown scope ${JSON.stringify(scope)}: scopes are ${SCOPE_HELP}`,
+    ),
   badExpiry: (seconds: number) =>
-    new DomainError('auth.bad_expiry', 'invalid_argument', `a token may expire in at most ${MAX_EXPIRY_SECONDS} seconds (ten years), not ${seconds}; 0: never`),
+    new DomainError(
+      'auth.bad_expiry',
+      'invalid_argument',
+      `a token may expire in at most ${MAX_EXPIRY_SECONDS} seconds (ten years), not ${seconds}; 0: never`,
+    ),
   exists: (name: string) =>
-    new DomainError('auth.token_exists', 'already_exists', `a token named ${JSON.stringify(name)} exists and is not revoked; revoke it first (\`weft token revoke ${name}\`) or choose another name`),
-  notFound: (name: string) => new DomainError('auth.token_not_found', 'not_found', `no token named ${JSON.stringify(name)} that is not revoked; list them with \`weft token list\``),
+    new DomainError(
+      'auth.token_exists',
+      'already_exists',
+      `a token named ${JSON.stringify(name)} exists and is not revoked; revoke it first (\`weft token revoke ${name}\`) or choose another name`,
+    ),
+  notFound: (name: string) =>
+    new DomainError(
+      'auth.token_not_found',
+      'not_found',
+      `no token named ${JSON.stringify(name)} that is not revoked; list them with \`weft token list\``,
+    ),
   /** A bearer secret that is not a Weft token, names no token, or does not match: the call is refused. */
   invalid: (why: string) => new DomainError('auth.invalid_token', 'unauthenticated', why),
 };
@@ -84,15 +107,24 @@ export function parseSecret(secret: string): { keyId: string; part: string } | n
  * The token a bearer secret proves, or why not (UNAUTHENTICATED, auth.invalid_token): `find` looks a key id up.
  * The hash comparison is constant-time; an unknown key id and a wrong secret part get the same message.
  */
-export async function verifySecret(secret: string, find: (keyId: string) => Promise<StoredToken | null>, now: Date): Promise<Token> {
+export async function verifySecret(
+  secret: string,
+  find: (keyId: string) => Promise<StoredToken | null>,
+  now: Date,
+): Promise<Token> {
   const parsed = parseSecret(secret);
-  if (!parsed) throw tokenErrors.invalid('the bearer token is not a Weft API token (weft_<16 hex digits>.<43 characters>, as `weft token create` prints it)');
+  if (!parsed)
+    throw tokenErrors.invalid(
+      'the bearer token is not a Weft API token (weft_<16 hex digits>.<43 characters>, as `weft token create` prints it)',
+    );
   const found = await find(parsed.keyId);
   if (!found || !timingSafeEqual(found.secretHash, hashSecret(parsed.part))) {
     throw tokenErrors.invalid(`the bearer token ${parsed.keyId}… is wrong: no token has that secret`);
   }
-  if (found.revokedAt && found.revokedAt <= now) throw tokenErrors.invalid(`token ${found.name} was revoked at ${found.revokedAt.toISOString()}`);
-  if (found.expiresAt && found.expiresAt <= now) throw tokenErrors.invalid(`token ${found.name} expired at ${found.expiresAt.toISOString()}`);
+  if (found.revokedAt && found.revokedAt <= now)
+    throw tokenErrors.invalid(`token ${found.name} was revoked at ${found.revokedAt.toISOString()}`);
+  if (found.expiresAt && found.expiresAt <= now)
+    throw tokenErrors.invalid(`token ${found.name} expired at ${found.expiresAt.toISOString()}`);
   const { secretHash: _hash, ...token } = found;
   return token;
 }

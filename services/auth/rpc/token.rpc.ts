@@ -5,11 +5,20 @@ import { makeSecret, validateExpiry, validateScopes, validateTokenName, type Tok
 import type { TokenRepository } from '../store/token.repository.js';
 
 const toMessage = (t: Token): TokenMessage => ({
-  name: t.name, scopes: t.scopes, createTime: t.createdAt, expireTime: t.expiresAt ?? undefined, revokeTime: t.revokedAt ?? undefined, createdBy: t.createdBy, keyId: t.keyId,
+  name: t.name,
+  scopes: t.scopes,
+  createTime: t.createdAt,
+  expireTime: t.expiresAt ?? undefined,
+  revokeTime: t.revokedAt ?? undefined,
+  createdBy: t.createdBy,
+  keyId: t.keyId,
 });
 
 /** The gRPC adapter of TokenService: validation in the domain, rows in the store; the secret leaves only in CreateToken's answer. */
-export function createTokenHandlers(deps: { repo: TokenRepository; now?: () => Date }): Handlers<typeof TokenServiceService> {
+export function createTokenHandlers(deps: {
+  repo: TokenRepository;
+  now?: () => Date;
+}): Handlers<typeof TokenServiceService> {
   const now = deps.now ?? (() => new Date());
   return {
     async createToken(req, ctx) {
@@ -19,7 +28,14 @@ export function createTokenHandlers(deps: { repo: TokenRepository; now?: () => D
       const { keyId, secret, secretHash } = makeSecret();
       const createdAt = now();
       const token = await deps.repo.create({
-        keyId, name, scopes, secretHash, createdAt, expiresAt: expiresIn > 0 ? new Date(createdAt.getTime() + expiresIn * 1000) : null, revokedAt: null, createdBy: describeIdentity(ctx.identity),
+        keyId,
+        name,
+        scopes,
+        secretHash,
+        createdAt,
+        expiresAt: expiresIn > 0 ? new Date(createdAt.getTime() + expiresIn * 1000) : null,
+        revokedAt: null,
+        createdBy: describeIdentity(ctx.identity),
       });
       return { token: toMessage(token), secret };
     },

@@ -27,7 +27,11 @@ export const tokens = auth.table(
     createdBy: text('created_by').notNull(),
   },
   // One live token per name: `weft token revoke NAME` names exactly one.
-  (t) => [uniqueIndex('tokens_live_name_idx').on(t.name).where(sql`revoked_at IS NULL`)],
+  (t) => [
+    uniqueIndex('tokens_live_name_idx')
+      .on(t.name)
+      .where(sql`revoked_at IS NULL`),
+  ],
 );
 
 /**

@@ -38,7 +38,11 @@ export function createTokenRepository(db: Database): TokenRepository {
     async revoke(name: string, at: Date): Promise<Token> {
       // With a NOTIFY in the same transaction: every replica's revocation list ends the token's open streams.
       return db.transaction(async (tx) => {
-        const rows = await tx.update(tokens).set({ revokedAt: at }).where(and(eq(tokens.name, name), isNull(tokens.revokedAt))).returning();
+        const rows = await tx
+          .update(tokens)
+          .set({ revokedAt: at })
+          .where(and(eq(tokens.name, name), isNull(tokens.revokedAt)))
+          .returning();
         if (rows.length === 0) throw tokenErrors.notFound(name);
         await tx.execute(sql`SELECT pg_notify(${REVOCATIONS_CHANNEL}, '')`);
         return publicOf(rows[0]!);

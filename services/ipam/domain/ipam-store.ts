@@ -1,6 +1,16 @@
 import type { Page, PageKey } from './paging.js';
 import type { AllocationRequest, PoolSpec } from './pool.js';
-import type { AffinityChange, Allocation, BlockAffinity, HistoryEntry, HistoryQuery, Pool, PoolChanges, PoolUsage, Reservation } from './types.js';
+import type {
+  AffinityChange,
+  Allocation,
+  BlockAffinity,
+  HistoryEntry,
+  HistoryQuery,
+  Pool,
+  PoolChanges,
+  PoolUsage,
+  Reservation,
+} from './types.js';
 
 /**
  * What the IPAM use cases need from storage, in domain terms: no rows, no SQL, no PostgreSQL errors. Two
@@ -109,7 +119,11 @@ export interface PoolStore {
   setNodeLabels(node: string, labels: Record<string, string>): Promise<void>;
   setNamespaceLabels(cluster: string | null, namespace: string, labels: Record<string, string>): Promise<void>;
   /** Stored labels, read only for the kinds asked (null: not asked, or none stored). */
-  storedLabels(q: { node: string | null; cluster: string; namespace: string | null }): Promise<{ node: Record<string, string> | null; namespace: Record<string, string> | null }>;
+  storedLabels(q: {
+    node: string | null;
+    cluster: string;
+    namespace: string | null;
+  }): Promise<{ node: Record<string, string> | null; namespace: Record<string, string> | null }>;
 }
 
 /** What a release may free (the caller's own, from its identity): only allocations of `node`, only in `pools`; absent: any. */
@@ -134,7 +148,10 @@ export interface AllocationStore {
   releaseInvalidHandles(node: string, validHandles: string[], allocatedBefore?: Date): Promise<Allocation[]>;
   /** Releases the node's live allocations made before `before`; one attempt. */
   releaseNodeAllocationsBefore(node: string, before: Date): Promise<Allocation[]>;
-  listAllocations(filter: { pool?: string; node?: string }, page: { after: PageKey | null; limit: number }): Promise<Page<Allocation>>;
+  listAllocations(
+    filter: { pool?: string; node?: string },
+    page: { after: PageKey | null; limit: number },
+  ): Promise<Page<Allocation>>;
   holderOfHandle(handle: string): Promise<{ node: string; pools: string[] } | null>;
   liveAllocationsOfNode(node: string): Promise<number>;
 }
@@ -168,6 +185,10 @@ export type UtilizationKey = [pool: string, section: 0 | 1, key: string];
  */
 export interface IpamReports {
   history(q: HistoryQuery, after: PageKey | null): Promise<Page<HistoryEntry>>;
-  utilization(pool: string | null, includeBlocks: boolean, page: { after: UtilizationKey | null; limit: number } | null): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }>;
+  utilization(
+    pool: string | null,
+    includeBlocks: boolean,
+    page: { after: UtilizationKey | null; limit: number } | null,
+  ): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }>;
   checkConsistency(): Promise<{ problems: { kind: string; detail: string }[]; checks: number }>;
 }

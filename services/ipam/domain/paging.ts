@@ -14,11 +14,19 @@ export function decodePageToken(kind: string, token: string): PageKey | null {
   if (!token) return null;
   try {
     const parsed = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as { k?: unknown; v?: unknown };
-    if (parsed.k === kind && Array.isArray(parsed.v) && parsed.v.every((x) => typeof x === 'string' || typeof x === 'number')) return parsed.v as PageKey;
+    if (
+      parsed.k === kind &&
+      Array.isArray(parsed.v) &&
+      parsed.v.every((x) => typeof x === 'string' || typeof x === 'number')
+    )
+      return parsed.v as PageKey;
   } catch {
     // fall through
   }
-  throw ipamErrors.invalid('page_token', `page_token is not one this list (${kind}) gave out; start again with an empty page_token`);
+  throw ipamErrors.invalid(
+    'page_token',
+    `page_token is not one this list (${kind}) gave out; start again with an empty page_token`,
+  );
 }
 
 export function pageSize(requested: number, fallback: number, max: number): number {

@@ -38,19 +38,29 @@ export function selectPools<P extends PoolRule>(pools: P[], ctx: SelectionContex
     if (!p) throw ipamErrors.poolNotFound(asked);
     if (p.disabled) throw ipamErrors.poolDisabled(asked);
     if (!p.allowedUses.includes(ctx.use)) throw ipamErrors.useNotAllowed(asked, ctx.use, p.allowedUses);
-    if (!matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels)) throw ipamErrors.nodeNotSelected(asked, p.nodeSelector);
+    if (!matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels))
+      throw ipamErrors.nodeNotSelected(asked, p.nodeSelector);
     return [p];
   }
   const usable = pools.filter((p) => !p.disabled && p.allowedUses.includes(ctx.use));
   const onNode = usable.filter((p) => matches(parseSelectorOnce(p.nodeSelector), ctx.nodeLabels));
   const selected = onNode.filter((p) => matches(parseSelectorOnce(p.namespaceSelector), ctx.namespaceLabels));
   // Pools there are, but their selectors leave this pod none: say which selector and which labels.
-  if (usable.length > 0 && onNode.length === 0) throw ipamErrors.noPoolSelectsNode(ctx.node ?? '', ctx.nodeLabels, usable.map((p) => `${p.name} (${p.nodeSelector})`));
-  if (onNode.length > 0 && selected.length === 0) throw ipamErrors.noPoolSelectsNamespace(ctx.namespace ?? '', ctx.namespaceLabels, onNode.map((p) => `${p.name} (${p.namespaceSelector})`));
-  return selected
-    .sort((a, b) => {
-      const sa = a.nodeSelector || a.namespaceSelector ? 0 : 1;
-      const sb = b.nodeSelector || b.namespaceSelector ? 0 : 1;
-      return sa - sb || a.name.localeCompare(b.name);
-    });
+  if (usable.length > 0 && onNode.length === 0)
+    throw ipamErrors.noPoolSelectsNode(
+      ctx.node ?? '',
+      ctx.nodeLabels,
+      usable.map((p) => `${p.name} (${p.nodeSelector})`),
+    );
+  if (onNode.length > 0 && selected.length === 0)
+    throw ipamErrors.noPoolSelectsNamespace(
+      ctx.namespace ?? '',
+      ctx.namespaceLabels,
+      onNode.map((p) => `${p.name} (${p.namespaceSelector})`),
+    );
+  return selected.sort((a, b) => {
+    const sa = a.nodeSelector || a.namespaceSelector ? 0 : 1;
+    const sb = b.nodeSelector || b.namespaceSelector ? 0 : 1;
+    return sa - sb || a.name.localeCompare(b.name);
+  });
 }

@@ -26,7 +26,10 @@ function clauses(text: string): string[] {
 
 export function parseSelector(text: string, field = 'selector'): Requirement[] {
   const bad = (clause: string, why: string) =>
-    ipamErrors.invalid(field, `${field} ${JSON.stringify(text)}: ${JSON.stringify(clause)} ${why} (e.g. "zone=a,env in (prod,stage),!spot")`);
+    ipamErrors.invalid(
+      field,
+      `${field} ${JSON.stringify(text)}: ${JSON.stringify(clause)} ${why} (e.g. "zone=a,env in (prod,stage),!spot")`,
+    );
   if (text.trim() === '') return [];
   return clauses(text).map((c): Requirement => {
     let m: RegExpExecArray | null;
@@ -38,8 +41,10 @@ export function parseSelector(text: string, field = 'selector'): Requirement[] {
       for (const v of vs) if (!VALUE.test(v)) throw bad(c, `has an invalid label value ${JSON.stringify(v)}`);
       return vs;
     };
-    if ((m = /^(\S+)\s+(in|notin)\s+\(([^)]*)\)$/.exec(c))) return { key: key(m[1]!), op: m[2] as 'in' | 'notin', values: values(m[3]!.split(',').map((v) => v.trim())) };
-    if ((m = /^([^!=\s]+)\s*(==|=|!=)\s*(\S*)$/.exec(c))) return { key: key(m[1]!), op: m[2] === '!=' ? 'notin' : 'in', values: values([m[3]!]) };
+    if ((m = /^(\S+)\s+(in|notin)\s+\(([^)]*)\)$/.exec(c)))
+      return { key: key(m[1]!), op: m[2] as 'in' | 'notin', values: values(m[3]!.split(',').map((v) => v.trim())) };
+    if ((m = /^([^!=\s]+)\s*(==|=|!=)\s*(\S*)$/.exec(c)))
+      return { key: key(m[1]!), op: m[2] === '!=' ? 'notin' : 'in', values: values([m[3]!]) };
     if ((m = /^!\s*(\S+)$/.exec(c))) return { key: key(m[1]!), op: 'doesnotexist' };
     if ((m = /^(\S+)$/.exec(c))) return { key: key(m[1]!), op: 'exists' };
     throw bad(c, 'is not a requirement');

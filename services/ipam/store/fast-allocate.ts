@@ -145,17 +145,36 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
       name: 'ipam_allocate_fast_batch',
       text: FAST_ALLOCATE_BATCH,
       values: [
-        unique.map((u) => u.handle), unique.map((u) => u.family), unique.map((u) => u.node), unique.map((u) => u.poolId),
-        unique.map((u) => u.blockSize.toString()), unique.map((u) => u.podNamespace), unique.map((u) => u.podName), unique.map((u) => u.containerId),
-        unique.map((u) => u.routingDomainId), unique.map((u) => u.cluster), unique.map((u) => u.attemptId), unique.map((u) => u.podUid),
+        unique.map((u) => u.handle),
+        unique.map((u) => u.family),
+        unique.map((u) => u.node),
+        unique.map((u) => u.poolId),
+        unique.map((u) => u.blockSize.toString()),
+        unique.map((u) => u.podNamespace),
+        unique.map((u) => u.podName),
+        unique.map((u) => u.containerId),
+        unique.map((u) => u.routingDomainId),
+        unique.map((u) => u.cluster),
+        unique.map((u) => u.attemptId),
+        unique.map((u) => u.podUid),
       ],
     });
     const out: FastOutcome[] = unique.map(() => ({ kind: 'none' }));
     for (const r of rows as Record<string, unknown>[]) {
-      out[Number(r.ord) - 1] = r.outcome === 'new'
-        ? { kind: 'new', address: r.address as string, blockCidr: r.block_cidr as string, allocatedAt: new Date(r.allocated_ms as number), room: BigInt(r.room as string) }
-        : r.outcome === 'existing' ? { kind: 'existing', row: r.existing as AllocationView }
-          : r.outcome === 'fenced' ? { kind: 'fenced', at: new Date(r.allocated_ms as number) } : { kind: 'skipped' };
+      out[Number(r.ord) - 1] =
+        r.outcome === 'new'
+          ? {
+              kind: 'new',
+              address: r.address as string,
+              blockCidr: r.block_cidr as string,
+              allocatedAt: new Date(r.allocated_ms as number),
+              room: BigInt(r.room as string),
+            }
+          : r.outcome === 'existing'
+            ? { kind: 'existing', row: r.existing as AllocationView }
+            : r.outcome === 'fenced'
+              ? { kind: 'fenced', at: new Date(r.allocated_ms as number) }
+              : { kind: 'skipped' };
     }
     return slot.map((i) => out[i]!);
   }
@@ -188,8 +207,11 @@ export function createFastAllocator(client: Pick<pg.Pool, 'query'>) {
   }
 
   const coalescer = createCoalescer(runBatchOrEach, {
-    maxInFlight: FAST_IN_FLIGHT, maxBatch: MAX_BATCH, maxQueued: FAST_MAX_QUEUED,
-    overloaded: (queued) => ipamErrors.overloaded(queued), failsQueued: isDatabaseUnavailable,
+    maxInFlight: FAST_IN_FLIGHT,
+    maxBatch: MAX_BATCH,
+    maxQueued: FAST_MAX_QUEUED,
+    overloaded: (queued) => ipamErrors.overloaded(queued),
+    failsQueued: isDatabaseUnavailable,
   });
   return { allocate: (req: FastRequest) => coalescer.submit(req) };
 }

@@ -14,12 +14,15 @@ type ReleasedBlock = Pick<BlockRow, 'id' | 'cidr' | 'node'> & { pool: string };
  */
 async function releaseBlocks(tx: Tx, where: SQL): Promise<BlockAffinity[]> {
   // Row locks: a concurrent allocation that committed into the block makes it fail live_count = 0 on the re-check.
-  const released = await rows<ReleasedBlock>(tx, sql`UPDATE ipam.blocks b SET released_at = now()
+  const released = await rows<ReleasedBlock>(
+    tx,
+    sql`UPDATE ipam.blocks b SET released_at = now()
     WHERE b.released_at IS NULL AND b.live_count = 0
       AND NOT EXISTS (SELECT 1 FROM ipam.allocations a WHERE a.address BETWEEN host(network(b.cidr))::inet AND host(broadcast(b.cidr))::inet
                         AND a.routing_domain_id = b.routing_domain_id AND a.released_at IS NULL)
       AND ${where}
-    RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`);
+    RETURNING b.id, b.cidr::text AS cidr, b.node, (SELECT name FROM ipam.pools WHERE id = b.pool_id) AS pool`,
+  );
   if (released.length === 0) return [];
   const ids = sql`(SELECT jsonb_array_elements_text(${JSON.stringify(released.map((b) => b.id))}::jsonb)::int)`;
   // A released block is free again: the next claim in its pool looks from there.
@@ -30,7 +33,9 @@ async function releaseBlocks(tx: Tx, where: SQL): Promise<BlockAffinity[]> {
     WHERE f.block_id IN ${ids} AND b.id = f.block_id AND p.id = b.pool_id
       AND f.free_since <= now() - make_interval(secs => p.cooldown_seconds) AND (f.hold_until IS NULL OR f.hold_until <= now())`);
   for (const b of released) {
-    await tx.execute(sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`);
+    await tx.execute(
+      sql`INSERT INTO ipam.block_events (revision, cidr, pool, node) VALUES (nextval('ipam.revision_seq'), ${b.cidr}::cidr, ${b.pool}, NULL)`,
+    );
   }
   await tx.execute(sql`SELECT pg_notify(${BLOCKS_CHANNEL}, '')`);
   return released.map((b) => ({ cidr: b.cidr, pool: b.pool, node: b.node }));
@@ -45,10 +50,13 @@ export function createHousekeepingRepository(db: Database): HousekeepingStore {
     releaseEmptyBlocks(graceSeconds) {
       return db.transaction(async (tx) => {
         await tx.execute(CLAIM_LOCK);
-        return releaseBlocks(tx, sql`b.claimed_at < now() - make_interval(secs => ${graceSeconds})
+        return releaseBlocks(
+          tx,
+          sql`b.claimed_at < now() - make_interval(secs => ${graceSeconds})
             AND NOT EXISTS (SELECT 1 FROM ipam.free_addresses f WHERE f.block_id = b.id
                               AND (f.free_since > now() - make_interval(secs => greatest(${graceSeconds}, (SELECT cooldown_seconds FROM ipam.pools WHERE id = b.pool_id)))
-                                   OR f.hold_until > now()))`);
+                                   OR f.hold_until > now()))`,
+        );
       });
     },
     /**
@@ -69,7 +77,12 @@ export function createHousekeepingRepository(db: Database): HousekeepingStore {
     },
     /** Nodes that hold blocks (and so any live allocation). */
     async nodesHoldingAddresses() {
-      return (await rows<Pick<BlockRow, 'node'>>(db, sql`SELECT DISTINCT node FROM ipam.blocks WHERE released_at IS NULL ORDER BY node`)).map((r) => r.node);
+      return (
+        await rows<Pick<BlockRow, 'node'>>(
+          db,
+          sql`SELECT DISTINCT node FROM ipam.blocks WHERE released_at IS NULL ORDER BY node`,
+        )
+      ).map((r) => r.node);
     },
   };
 }

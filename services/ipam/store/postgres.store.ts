@@ -23,13 +23,16 @@ function withConflicts<T extends object>(store: T): T {
   };
   const out: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(store)) {
-    out[name] = typeof value !== 'function' ? value : async (...args: unknown[]) => {
-      try {
-        return await (value as (...a: unknown[]) => unknown).apply(store, args);
-      } catch (err) {
-        return map(err);
-      }
-    };
+    out[name] =
+      typeof value !== 'function'
+        ? value
+        : async (...args: unknown[]) => {
+            try {
+              return await (value as (...a: unknown[]) => unknown).apply(store, args);
+            } catch (err) {
+              return map(err);
+            }
+          };
   }
   return out as T;
 }
@@ -40,7 +43,10 @@ function withConflicts<T extends object>(store: T): T {
  * `ipam.database_unavailable`, a lost race TransientConflict, a constraint the caller broke a domain error.
  * `client` serves the group-commit statement: best a pool whose sessions keep one generic plan (DatabaseHandle.preparedPool).
  */
-export function createPostgresIpamStore(db: Database, client: Pick<pg.Pool, 'query'>): { store: IpamStore; reports: IpamReports } {
+export function createPostgresIpamStore(
+  db: Database,
+  client: Pick<pg.Pool, 'query'>,
+): { store: IpamStore; reports: IpamReports } {
   const { history, ...historyRest } = createHistoryRepository(db);
   const store: IpamStore = {
     ...createPoolsRepository(db),

@@ -9,10 +9,14 @@ import { ALLOCATION_COLUMNS, ALLOCATION_JOINS, rows, toAllocation, type Allocati
  * given to another handle. Each is one statement: the caller retries one that lost a race (a deadlock on block
  * counters with a concurrent release rolls it back whole).
  */
-export function createReleaseRepository(db: Database): Pick<AllocationStore, 'fenceAttempt' | 'releaseHandle' | 'releaseInvalidHandles' | 'releaseNodeAllocationsBefore'> {
+export function createReleaseRepository(
+  db: Database,
+): Pick<AllocationStore, 'fenceAttempt' | 'releaseHandle' | 'releaseInvalidHandles' | 'releaseNodeAllocationsBefore'> {
   /** Releases the live allocations matched by `where`; each released address starts its cool-down. */
   async function releaseWhere(where: SQL): Promise<Allocation[]> {
-    const r = await rows<AllocationView>(db, sql`WITH rel AS (
+    const r = await rows<AllocationView>(
+      db,
+      sql`WITH rel AS (
         UPDATE ipam.allocations a SET released_at = now() WHERE a.released_at IS NULL AND ${where} RETURNING a.*),
       freed AS (
         INSERT INTO ipam.free_addresses (address, routing_domain_id, block_id, owner, hold_until)
@@ -23,7 +27,8 @@ export function createReleaseRepository(db: Database): Pick<AllocationStore, 'fe
       counted AS (
         UPDATE ipam.blocks b SET live_count = b.live_count - x.n FROM (SELECT block_id, count(*) AS n FROM rel GROUP BY block_id) x
         WHERE b.id = x.block_id)
-      SELECT ${ALLOCATION_COLUMNS} FROM rel a ${ALLOCATION_JOINS} ORDER BY a.family`);
+      SELECT ${ALLOCATION_COLUMNS} FROM rel a ${ALLOCATION_JOINS} ORDER BY a.family`,
+    );
     return r.map(toAllocation);
   }
 
@@ -39,14 +44,19 @@ export function createReleaseRepository(db: Database): Pick<AllocationStore, 'fe
     },
     releaseHandle(handle, only = {}) {
       const node = only.node !== undefined ? sql` AND a.node = ${only.node}` : sql``;
-      const pools = only.pools !== undefined
-        ? sql` AND a.pool_id IN (SELECT id FROM ipam.pools WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(only.pools)}::jsonb)))` : sql``;
+      const pools =
+        only.pools !== undefined
+          ? sql` AND a.pool_id IN (SELECT id FROM ipam.pools WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(only.pools)}::jsonb)))`
+          : sql``;
       return releaseWhere(sql`a.handle = ${handle}${node}${pools}`);
     },
     releaseInvalidHandles(node, validHandles, allocatedBefore) {
       const before = allocatedBefore ? sql` AND a.allocated_at < ${allocatedBefore.toISOString()}::timestamptz` : sql``;
-      return releaseWhere(sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))${before}`);
+      return releaseWhere(
+        sql`a.node = ${node} AND a.handle NOT IN (SELECT jsonb_array_elements_text(${JSON.stringify(validHandles)}::jsonb))${before}`,
+      );
     },
-    releaseNodeAllocationsBefore: (node, before) => releaseWhere(sql`a.node = ${node} AND a.allocated_at < ${before.toISOString()}::timestamptz`),
+    releaseNodeAllocationsBefore: (node, before) =>
+      releaseWhere(sql`a.node = ${node} AND a.allocated_at < ${before.toISOString()}::timestamptz`),
   };
 }

@@ -1,6 +1,22 @@
 import { sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
-import { bigint, bigserial, boolean, cidr, index, inet, integer, jsonb, pgSchema, primaryKey, serial, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import {
+  bigint,
+  bigserial,
+  boolean,
+  cidr,
+  index,
+  inet,
+  integer,
+  jsonb,
+  pgSchema,
+  primaryKey,
+  serial,
+  smallint,
+  text,
+  timestamp,
+  uniqueIndex,
+} from 'drizzle-orm/pg-core';
 
 /** IPAM's own schema. Exclusion constraints (no overlapping pools or blocks) are in a custom migration. */
 export const ipam = pgSchema('ipam');
@@ -10,7 +26,9 @@ export const pools = ipam.table('pools', {
   name: text('name').notNull().unique(),
   cidr: cidr('cidr').notNull(),
   /** Pools overlap only across routing domains, never within one (exclusion constraint, custom migration). */
-  routingDomainId: integer('routing_domain_id').notNull().references((): AnyPgColumn => routingDomains.id),
+  routingDomainId: integer('routing_domain_id')
+    .notNull()
+    .references((): AnyPgColumn => routingDomains.id),
   blockPrefixLength: integer('block_prefix_length').notNull(),
   family: smallint('family').notNull().default(4),
   /** A released address rests this long before it is handed out again. */
@@ -22,7 +40,10 @@ export const pools = ipam.table('pools', {
   namespaceSelector: text('namespace_selector').notNull().default(''),
   /** At most this many blocks per node (0: no limit). */
   maxBlocksPerNode: integer('max_blocks_per_node').notNull().default(0),
-  allowedUses: text('allowed_uses').array().notNull().default(sql`'{workload}'::text[]`),
+  allowedUses: text('allowed_uses')
+    .array()
+    .notNull()
+    .default(sql`'{workload}'::text[]`),
   /**
    * Where the next block claim starts looking: every block of the pool below it is claimed (claims take the lowest
    * free block at or above it and move it there; a released block moves it down). null: the pool's start.
@@ -37,7 +58,9 @@ export const blocks = ipam.table(
   'blocks',
   {
     id: serial('id').primaryKey(),
-    poolId: integer('pool_id').notNull().references(() => pools.id),
+    poolId: integer('pool_id')
+      .notNull()
+      .references(() => pools.id),
     /** The pool's routing domain, copied: blocks and addresses are unique within a domain. */
     routingDomainId: integer('routing_domain_id').notNull(),
     cidr: cidr('cidr').notNull(),
@@ -54,9 +77,15 @@ export const blocks = ipam.table(
   },
   (t) => [
     // A node's live blocks in a pool, in claim order: the allocation path's lookup, with no sort.
-    index('blocks_node_idx').on(t.node, t.poolId, t.id).where(sql`released_at IS NULL`),
-    index('blocks_pool_idx').on(t.poolId).where(sql`released_at IS NULL`),
-    uniqueIndex('blocks_live_cidr_uq').on(t.routingDomainId, t.cidr).where(sql`released_at IS NULL`),
+    index('blocks_node_idx')
+      .on(t.node, t.poolId, t.id)
+      .where(sql`released_at IS NULL`),
+    index('blocks_pool_idx')
+      .on(t.poolId)
+      .where(sql`released_at IS NULL`),
+    uniqueIndex('blocks_live_cidr_uq')
+      .on(t.routingDomainId, t.cidr)
+      .where(sql`released_at IS NULL`),
   ],
 );
 
@@ -68,7 +97,9 @@ export const allocations = ipam.table(
     address: inet('address').notNull(),
     /** The block's pool (the block's own foreign key holds it to an existing pool; a second one here only cost every insert a lock). */
     poolId: integer('pool_id').notNull(),
-    blockId: integer('block_id').notNull().references(() => blocks.id),
+    blockId: integer('block_id')
+      .notNull()
+      .references(() => blocks.id),
     /** The pool's routing domain: an address is live at most once per domain. */
     routingDomainId: integer('routing_domain_id').notNull(),
     /** The registered cluster the allocation was made for ('' when the caller named none). */
@@ -87,9 +118,13 @@ export const allocations = ipam.table(
   },
   (t) => [
     // The database itself refuses two live allocations of one address, and two live allocations of one handle.
-    uniqueIndex('allocations_live_address_uq').on(t.address, t.routingDomainId).where(sql`released_at IS NULL`),
+    uniqueIndex('allocations_live_address_uq')
+      .on(t.address, t.routingDomainId)
+      .where(sql`released_at IS NULL`),
     // A handle holds at most one live address per family (a dual-stack pod holds two).
-    uniqueIndex('allocations_live_handle_family_uq').on(t.handle, t.family).where(sql`released_at IS NULL`),
+    uniqueIndex('allocations_live_handle_family_uq')
+      .on(t.handle, t.family)
+      .where(sql`released_at IS NULL`),
     // A block's live allocations are found by address range (BETWEEN its first and last address) on allocations_live_address_uq.
     // History: who held an address when; every address of a pod; what a node held in a time range.
     index('allocations_address_time_idx').on(t.address, t.allocatedAt),
@@ -108,7 +143,9 @@ export const allocations = ipam.table(
 export const nodeUsage = ipam.table(
   'node_usage',
   {
-    poolId: integer('pool_id').notNull().references(() => pools.id),
+    poolId: integer('pool_id')
+      .notNull()
+      .references(() => pools.id),
     node: text('node').notNull(),
     blocks: integer('blocks').notNull().default(0),
     live: bigint('live', { mode: 'number' }).notNull().default(0),
@@ -123,7 +160,9 @@ export const freeAddresses = ipam.table(
   {
     address: inet('address').notNull(),
     routingDomainId: integer('routing_domain_id').notNull(),
-    blockId: integer('block_id').notNull().references(() => blocks.id),
+    blockId: integer('block_id')
+      .notNull()
+      .references(() => blocks.id),
     freeSince: timestamp('free_since', { withTimezone: true }).notNull().defaultNow(),
     /** Held for this owner until hold_until; nobody else takes it before then. */
     owner: text('owner').notNull().default(''),
@@ -132,10 +171,14 @@ export const freeAddresses = ipam.table(
   (t) => [
     primaryKey({ columns: [t.routingDomainId, t.address] }),
     index('free_addresses_block_idx').on(t.blockId, t.freeSince),
-    index('free_addresses_owner_idx').on(t.owner).where(sql`owner <> ''`),
+    index('free_addresses_owner_idx')
+      .on(t.owner)
+      .where(sql`owner <> ''`),
     // Utilization counts only the recently freed and the held (those still cooling down), each on an index.
     index('free_addresses_since_idx').on(t.freeSince),
-    index('free_addresses_hold_idx').on(t.holdUntil).where(sql`hold_until IS NOT NULL`),
+    index('free_addresses_hold_idx')
+      .on(t.holdUntil)
+      .where(sql`hold_until IS NOT NULL`),
   ],
 );
 
@@ -188,7 +231,9 @@ export const reservations = ipam.table(
   'reservations',
   {
     id: serial('id').primaryKey(),
-    poolId: integer('pool_id').notNull().references(() => pools.id),
+    poolId: integer('pool_id')
+      .notNull()
+      .references(() => pools.id),
     first: inet('first').notNull(),
     last: inet('last').notNull(),
     reason: text('reason').notNull().default(''),
@@ -218,7 +263,9 @@ export const routingDomains = ipam.table('routing_domains', {
 export const clusters = ipam.table('clusters', {
   id: serial('id').primaryKey(),
   name: text('name').notNull().unique(),
-  routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
+  routingDomainId: integer('routing_domain_id')
+    .notNull()
+    .references(() => routingDomains.id),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
 });
 
@@ -226,7 +273,9 @@ export const clusters = ipam.table('clusters', {
 export const aggregates = ipam.table('aggregates', {
   id: serial('id').primaryKey(),
   name: text('name').notNull().unique(),
-  routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
+  routingDomainId: integer('routing_domain_id')
+    .notNull()
+    .references(() => routingDomains.id),
   cidr: cidr('cidr').notNull(),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
 });
@@ -236,9 +285,15 @@ export const prefixes = ipam.table(
   'prefixes',
   {
     id: serial('id').primaryKey(),
-    aggregateId: integer('aggregate_id').notNull().references(() => aggregates.id),
-    routingDomainId: integer('routing_domain_id').notNull().references(() => routingDomains.id),
-    clusterId: integer('cluster_id').notNull().references(() => clusters.id),
+    aggregateId: integer('aggregate_id')
+      .notNull()
+      .references(() => aggregates.id),
+    routingDomainId: integer('routing_domain_id')
+      .notNull()
+      .references(() => routingDomains.id),
+    clusterId: integer('cluster_id')
+      .notNull()
+      .references(() => clusters.id),
     purpose: text('purpose').notNull().default('pods'),
     cidr: cidr('cidr').notNull(),
     createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
@@ -246,7 +301,11 @@ export const prefixes = ipam.table(
   },
   (t) => [
     // One live prefix per cluster, aggregate and purpose: asking again returns it (idempotent).
-    uniqueIndex('prefixes_live_purpose_uq').on(t.clusterId, t.aggregateId, t.purpose).where(sql`released_at IS NULL`),
-    index('prefixes_aggregate_idx').on(t.aggregateId).where(sql`released_at IS NULL`),
+    uniqueIndex('prefixes_live_purpose_uq')
+      .on(t.clusterId, t.aggregateId, t.purpose)
+      .where(sql`released_at IS NULL`),
+    index('prefixes_aggregate_idx')
+      .on(t.aggregateId)
+      .where(sql`released_at IS NULL`),
   ],
 );

@@ -7,9 +7,12 @@ import type { PoolUsage, UsageCounts } from '../domain/types.js';
 import type { nodeUsage } from './schema.js';
 import { POOL_COLUMNS, rows, type BlockRow, type PoolView } from './sql.js';
 
-
 type UtilizationPool = PoolView & { len: number; reservations: [string, string][] };
-type NodeUsageView = Pick<typeof nodeUsage.$inferSelect, 'node' | 'blocks'> & { live: string; reserved: string; cooling: string };
+type NodeUsageView = Pick<typeof nodeUsage.$inferSelect, 'node' | 'blocks'> & {
+  live: string;
+  reserved: string;
+  cooling: string;
+};
 type BlockUsageView = Pick<BlockRow, 'cidr' | 'node' | 'liveCount' | 'reserved'> & { cooling: string };
 
 /**
@@ -22,17 +25,35 @@ type BlockUsageView = Pick<BlockRow, 'cidr' | 'node' | 'liveCount' | 'reserved'>
  * pools in name order, each page listing the pools its rows belong to with their totals (counted when the page is
  * read). `next` is the key to continue from, null on the last page.
  */
-export async function utilization(db: Database, poolName: string | null, includeBlocks: boolean, page: { after: UtilizationKey | null; limit: number } | null = null): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }> {
+export async function utilization(
+  db: Database,
+  poolName: string | null,
+  includeBlocks: boolean,
+  page: { after: UtilizationKey | null; limit: number } | null = null,
+): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }> {
   const after = page?.after ?? null;
-  const pools = await rows<UtilizationPool>(db, sql`SELECT ${POOL_COLUMNS}, masklen(cidr) AS len,
+  const pools = await rows<UtilizationPool>(
+    db,
+    sql`SELECT ${POOL_COLUMNS}, masklen(cidr) AS len,
       (SELECT coalesce(json_agg(json_build_array(host(r.first), host(r.last))), '[]') FROM ipam.reservations r WHERE r.pool_id = pools.id) AS reservations
     FROM ipam.pools WHERE (${poolName}::text IS NULL OR name = ${poolName}) AND (${after?.[0] ?? null}::text IS NULL OR name >= ${after?.[0] ?? null})
-    ORDER BY name`);
+    ORDER BY name`,
+  );
   if (poolName && pools.length === 0 && !after) throw ipamErrors.poolNotFound(poolName);
-  const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts =>
-    ({ total, allocated, coolingDown, reserved, free: total - BigInt(allocated + coolingDown) - reserved });
+  const counts = (total: bigint, allocated: number, coolingDown: number, reserved: bigint): UsageCounts => ({
+    total,
+    allocated,
+    coolingDown,
+    reserved,
+    free: total - BigInt(allocated + coolingDown) - reserved,
+  });
   /** One pool's usage: its nodes after `nodesAfter` (false: none), its blocks after `blocksAfter`, at most `limit` rows. */
-  const usageOf = async (p: UtilizationPool, nodesAfter: string | null | false, blocksAfter: string | null, limit: number | null) => {
+  const usageOf = async (
+    p: UtilizationPool,
+    nodesAfter: string | null | false,
+    blocksAfter: string | null,
+    limit: number | null,
+  ) => {
     const family = p.family as Family;
     const blockSize = cidrSize(family, p.blockPrefixLength);
     const cutoff = sql`now() - make_interval(secs => ${p.cooldownSeconds}::int)`;
@@ -46,13 +67,21 @@ export async function utilization(db: Database, poolName: string | null, include
         GROUP BY block_id) c
       JOIN ipam.blocks b ON b.id = c.block_id WHERE b.pool_id = ${p.id} AND b.released_at IS NULL`;
     const [[totals], nodeRows] = await Promise.all([
-      rows<{ live: string; cooling: string }>(db, sql`WITH cooling AS (${cooling})
+      rows<{ live: string; cooling: string }>(
+        db,
+        sql`WITH cooling AS (${cooling})
         SELECT (SELECT coalesce(sum(live), 0) FROM ipam.node_usage WHERE pool_id = ${p.id} AND blocks > 0) AS live,
-          (SELECT coalesce(sum(n), 0) FROM cooling) AS cooling`),
-      nodesAfter === false ? Promise.resolve([]) : rows<NodeUsageView>(db, sql`WITH cooling AS (${cooling})
+          (SELECT coalesce(sum(n), 0) FROM cooling) AS cooling`,
+      ),
+      nodesAfter === false
+        ? Promise.resolve([])
+        : rows<NodeUsageView>(
+            db,
+            sql`WITH cooling AS (${cooling})
         SELECT u.node, u.blocks, u.live, u.reserved, coalesce(c.n, 0) AS cooling FROM ipam.node_usage u
           LEFT JOIN (SELECT node, sum(n) AS n FROM cooling GROUP BY node) c ON c.node = u.node
-        WHERE u.pool_id = ${p.id} AND u.blocks > 0 AND (${nodesAfter}::text IS NULL OR u.node > ${nodesAfter}) ORDER BY u.node ${cap}`),
+        WHERE u.pool_id = ${p.id} AND u.blocks > 0 AND (${nodesAfter}::text IS NULL OR u.node > ${nodesAfter}) ORDER BY u.node ${cap}`,
+          ),
     ]);
     let left = limit === null ? null : limit - Math.min(nodeRows.length, limit);
     let next: UtilizationKey | null = null;
@@ -62,12 +91,17 @@ export async function utilization(db: Database, poolName: string | null, include
     }
     // A page that is full after the nodes continues with the blocks (a pool with node rows has blocks).
     if (includeBlocks && !next && left === 0) next = [String(p.name), 1, ''];
-    const blockRows = !includeBlocks || next ? []
-      : await rows<BlockUsageView>(db, sql`WITH cooling AS (${cooling})
+    const blockRows =
+      !includeBlocks || next
+        ? []
+        : await rows<BlockUsageView>(
+            db,
+            sql`WITH cooling AS (${cooling})
           SELECT b.cidr::text AS cidr, b.node, b.live_count AS "liveCount", b.reserved, coalesce(c.n, 0) AS cooling FROM ipam.blocks b
             LEFT JOIN cooling c ON c.block_id = b.id
           WHERE b.pool_id = ${p.id} AND b.released_at IS NULL AND (${blocksAfter}::cidr IS NULL OR b.cidr > ${blocksAfter}::cidr)
-          ORDER BY b.cidr ${left === null ? sql`` : sql`LIMIT ${left + 1}`}`);
+          ORDER BY b.cidr ${left === null ? sql`` : sql`LIMIT ${left + 1}`}`,
+          );
     if (left !== null && blockRows.length > left) {
       blockRows.length = left;
       next = [String(p.name), 1, String(blockRows[left - 1]!.cidr)];
@@ -78,13 +112,17 @@ export async function utilization(db: Database, poolName: string | null, include
       counts: counts(blockSize * BigInt(n.blocks), Number(n.live), Number(n.cooling), BigInt(n.reserved)),
     }));
     const blocks = blockRows.map((b) => ({
-      cidr: String(b.cidr), node: String(b.node), counts: counts(blockSize, Number(b.liveCount), Number(b.cooling), BigInt(b.reserved)),
+      cidr: String(b.cidr),
+      node: String(b.node),
+      counts: counts(blockSize, Number(b.liveCount), Number(b.cooling), BigInt(b.reserved)),
     }));
     // Reserved in the whole pool, in 128-bit arithmetic (an IPv6 reservation can pass 2^63).
     let poolReserved = 0n;
-    for (const [first, last] of p.reservations) poolReserved += parseAddress(last).value - parseAddress(first).value + 1n;
+    for (const [first, last] of p.reservations)
+      poolReserved += parseAddress(last).value - parseAddress(first).value + 1n;
     const usage: PoolUsage = {
-      pool: String(p.name), cidr: String(p.cidr),
+      pool: String(p.name),
+      cidr: String(p.cidr),
       counts: counts(cidrSize(family, Number(p.len)), Number(totals!.live), Number(totals!.cooling), poolReserved),
       blocks,
       nodes,

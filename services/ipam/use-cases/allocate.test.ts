@@ -17,18 +17,50 @@ function setup(opts: { store?: IpamStore } = {}) {
   const fake = createInMemoryIpamStore({ now: () => now });
   const store = opts.store ?? fake;
   const errors: string[] = [];
-  const ipam = createIpamUseCases(store, noReports, { now: () => now, onBackgroundError: (what, err) => errors.push(`${what}: ${(err as Error).message}`) });
-  const pool = (name: string, cidr: string, rules: Parameters<typeof validatePoolSpec>[0] extends infer T ? Partial<T> : never = {}) =>
-    ipam.createPool(validatePoolSpec({ name, cidr, blockPrefixLength: 30, ...rules }));
+  const ipam = createIpamUseCases(store, noReports, {
+    now: () => now,
+    onBackgroundError: (what, err) => errors.push(`${what}: ${(err as Error).message}`),
+  });
+  const pool = (
+    name: string,
+    cidr: string,
+    rules: Parameters<typeof validatePoolSpec>[0] extends infer T ? Partial<T> : never = {},
+  ) => ipam.createPool(validatePoolSpec({ name, cidr, blockPrefixLength: 30, ...rules }));
   return { ipam, fake, pool, errors, advance: (seconds: number) => (now += seconds * 1000) };
 }
 const req = (handle: string, node: string, extra: Partial<AllocationRequest> = {}): AllocationRequest => ({
-  handle, node, pool: null, families: null, podNamespace: 'ns', podName: handle, containerId: handle, addresses: [], owner: '', namespacePool: null,
-  nodeLabels: {}, namespaceLabels: {}, use: 'workload', cluster: null, attemptId: null, podUid: '', ...extra,
+  handle,
+  node,
+  pool: null,
+  families: null,
+  podNamespace: 'ns',
+  podName: handle,
+  containerId: handle,
+  addresses: [],
+  owner: '',
+  namespacePool: null,
+  nodeLabels: {},
+  namespaceLabels: {},
+  use: 'workload',
+  cluster: null,
+  attemptId: null,
+  podUid: '',
+  ...extra,
 });
-const addresses = async (ipam: ReturnType<typeof setup>['ipam'], handles: string[], node: string, extra: Partial<AllocationRequest> = {}) => {
+const addresses = async (
+  ipam: ReturnType<typeof setup>['ipam'],
+  handles: string[],
+  node: string,
+  extra: Partial<AllocationRequest> = {},
+) => {
   const out: string[] = [];
-  for (const h of handles) out.push((await ipam.allocate(req(h, node, extra)).then((a) => a.map((x) => x.address).join(' '), (e: { code: string }) => e.code)));
+  for (const h of handles)
+    out.push(
+      await ipam.allocate(req(h, node, extra)).then(
+        (a) => a.map((x) => x.address).join(' '),
+        (e: { code: string }) => e.code,
+      ),
+    );
   return out;
 };
 
@@ -36,15 +68,30 @@ describe('allocate', () => {
   test("a node fills its first block, claims the pool's next free block, and the pool runs out with ipam.pool_exhausted", async () => {
     const { ipam, pool } = setup();
     await pool('p', '10.0.0.0/29', { cooldownSeconds: 60 });
-    assert.deepEqual(await addresses(ipam, ['a', 'b', 'c', 'd', 'e'], 'n1'), ['10.0.0.0', '10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4']);
+    assert.deepEqual(await addresses(ipam, ['a', 'b', 'c', 'd', 'e'], 'n1'), [
+      '10.0.0.0',
+      '10.0.0.1',
+      '10.0.0.2',
+      '10.0.0.3',
+      '10.0.0.4',
+    ]);
     assert.deepEqual(await addresses(ipam, ['x'], 'n2'), ['ipam.pool_exhausted'], 'n1 took both blocks');
-    assert.deepEqual((await ipam.affinitySnapshot()).upserts.map((b) => `${b.cidr} ${b.node}`), ['10.0.0.0/30 n1', '10.0.0.4/30 n1']);
+    assert.deepEqual(
+      (await ipam.affinitySnapshot()).upserts.map((b) => `${b.cidr} ${b.node}`),
+      ['10.0.0.0/30 n1', '10.0.0.4/30 n1'],
+    );
   });
 
   test('a retried allocation gets the same address; a released one rests for the cool-down, then returns longest-free first', async () => {
     const { ipam, pool, advance } = setup();
     await pool('p', '10.0.0.0/30', { cooldownSeconds: 60 });
-    assert.deepEqual(await addresses(ipam, ['a', 'a', 'b', 'c', 'd'], 'n1'), ['10.0.0.0', '10.0.0.0', '10.0.0.1', '10.0.0.2', '10.0.0.3']);
+    assert.deepEqual(await addresses(ipam, ['a', 'a', 'b', 'c', 'd'], 'n1'), [
+      '10.0.0.0',
+      '10.0.0.0',
+      '10.0.0.1',
+      '10.0.0.2',
+      '10.0.0.3',
+    ]);
     await ipam.release('c');
     advance(1);
     await ipam.release('a');
@@ -68,7 +115,8 @@ describe('allocate', () => {
     const { ipam, pool, advance } = setup();
     await pool('p', '10.0.0.0/24', { cooldownSeconds: 60 });
     await ipam.createReservation('p', '10.0.0.200', '10.0.0.255', 'lb');
-    const exact = (h: string, node: string, address: string) => addresses(ipam, [h], node, { addresses: [{ family: 4, text: address }] });
+    const exact = (h: string, node: string, address: string) =>
+      addresses(ipam, [h], node, { addresses: [{ family: 4, text: address }] });
     assert.deepEqual(await exact('a', 'n1', '10.0.0.77'), ['10.0.0.77']);
     assert.deepEqual(await exact('b', 'n1', '10.0.0.77'), ['ipam.address_in_use']);
     assert.deepEqual(await exact('b', 'n2', '10.0.0.78'), ['ipam.address_on_other_node'], "10.0.0.76/30 is n1's block");
@@ -100,7 +148,9 @@ describe('allocate', () => {
     await addresses(ipam, ['warm'], 'n1');
     await ipam.release('h', 'att-1');
     assert.deepEqual(await addresses(ipam, ['h'], 'n1', { attemptId: 'att-1' }), ['ipam.attempt_released']);
-    assert.deepEqual(await addresses(ipam, ['h'], 'n1', { attemptId: 'att-1', families: [4, 6] }), ['ipam.attempt_released']);
+    assert.deepEqual(await addresses(ipam, ['h'], 'n1', { attemptId: 'att-1', families: [4, 6] }), [
+      'ipam.attempt_released',
+    ]);
     assert.deepEqual(await addresses(ipam, ['h'], 'n1', { attemptId: 'att-2' }), ['10.0.0.1']);
   });
 
@@ -130,7 +180,9 @@ describe('allocate', () => {
       ...fake,
       transaction: (fn) => {
         calls++;
-        return conflicts-- > 0 ? Promise.reject(new TransientConflict(new Error('deadlock detected'))) : fake.transaction(fn);
+        return conflicts-- > 0
+          ? Promise.reject(new TransientConflict(new Error('deadlock detected')))
+          : fake.transaction(fn);
       },
     };
     const { ipam, pool } = setup({ store: racing });
@@ -149,10 +201,21 @@ describe('block prefetch', () => {
   test('a node whose block runs low gets its next block in the background, while the pool can spare one', async () => {
     const { ipam, pool, errors } = setup();
     await pool('p', '10.0.0.0/26', { blockPrefixLength: 29 });
-    assert.deepEqual(await addresses(ipam, ['a0', 'a1', 'a2', 'a3', 'a4', 'a5'], 'n1'), ['10.0.0.0', '10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5']);
+    assert.deepEqual(await addresses(ipam, ['a0', 'a1', 'a2', 'a3', 'a4', 'a5'], 'n1'), [
+      '10.0.0.0',
+      '10.0.0.1',
+      '10.0.0.2',
+      '10.0.0.3',
+      '10.0.0.4',
+      '10.0.0.5',
+    ]);
     await ipam.prefetchesSettled();
     const blocks = async () => (await ipam.affinitySnapshot()).upserts.map((b) => b.cidr);
-    assert.deepEqual(await blocks(), ['10.0.0.0/29', '10.0.0.8/29'], 'claimed when 2 of 8 never-used addresses were left');
+    assert.deepEqual(
+      await blocks(),
+      ['10.0.0.0/29', '10.0.0.8/29'],
+      'claimed when 2 of 8 never-used addresses were left',
+    );
     assert.deepEqual(errors, []);
   });
 

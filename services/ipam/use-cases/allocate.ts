@@ -17,14 +17,21 @@ const CLAIMS_PER_ALLOCATION = 8;
 export function wantedFamilies(pools: PoolRecord[], req: AllocationRequest): Family[] {
   const asked = req.pool ?? req.namespacePool;
   const available = [...new Set(pools.map((p) => p.family))].sort();
-  return asked ? available : req.families ?? [...new Set([...available, ...req.addresses.map((a) => a.family)])].sort();
+  return asked
+    ? available
+    : (req.families ?? [...new Set([...available, ...req.addresses.map((a) => a.family)])].sort());
 }
 
 /**
  * Allocate: which pools and families, the one-statement path for the common case, else the full path (one
  * transaction, retried after a lost race), and the prefetch of a node's next block. See DESIGN.md, Allocate.
  */
-export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache, onBackgroundError: (what: string, err: unknown) => void, now: () => number = Date.now) {
+export function createAllocateUseCase(
+  store: IpamStore,
+  pools: PoolCatalogCache,
+  onBackgroundError: (what: string, err: unknown) => void,
+  now: () => number = Date.now,
+) {
   const prefetch = createBlockPrefetch(store, onBackgroundError);
 
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
@@ -57,9 +64,16 @@ export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache,
    */
   async function withStoredLabels(all: PoolRecord[], req: AllocationRequest): Promise<AllocationRequest> {
     const needNode = Object.keys(req.nodeLabels).length === 0 && all.some((p) => p.nodeSelector !== '');
-    const needNamespace = Object.keys(req.namespaceLabels).length === 0 && req.podNamespace !== '' && all.some((p) => p.namespaceSelector !== '');
+    const needNamespace =
+      Object.keys(req.namespaceLabels).length === 0 &&
+      req.podNamespace !== '' &&
+      all.some((p) => p.namespaceSelector !== '');
     if (!needNode && !needNamespace) return req;
-    const stored = await store.storedLabels({ node: needNode ? req.node : null, cluster: req.cluster ?? '', namespace: needNamespace ? req.podNamespace : null });
+    const stored = await store.storedLabels({
+      node: needNode ? req.node : null,
+      cluster: req.cluster ?? '',
+      namespace: needNamespace ? req.podNamespace : null,
+    });
     return {
       ...req,
       nodeLabels: needNode ? (stored.node ?? {}) : req.nodeLabels,
@@ -101,7 +115,12 @@ export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache,
   }
 
   /** An exact address: in a pool the pod may use, not reserved, live or resting, in a block that is free or this node's. */
-  async function allocateAddress(tx: AllocationTransaction, candidates: PoolRecord[], address: string, req: AllocationRequest): Promise<Allocation> {
+  async function allocateAddress(
+    tx: AllocationTransaction,
+    candidates: PoolRecord[],
+    address: string,
+    req: AllocationRequest,
+  ): Promise<Allocation> {
     // Every candidate pool is in the caller's routing domain: the address is looked for there only.
     const owning = candidates.length === 0 ? null : await tx.poolContaining(candidates[0]!.routingDomainId, address);
     const pool = owning === null ? undefined : candidates.find((p) => p.id === owning);
@@ -111,7 +130,8 @@ export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache,
     const holder = await tx.liveHolder(pool.routingDomainId, address);
     if (holder !== null) throw ipamErrors.specificInUse(address, holder);
     const resting = await tx.resting(pool, address, req.owner);
-    if (resting?.until && resting.until.getTime() > now() && !(req.owner && resting.owner === req.owner)) throw ipamErrors.specificResting(address, resting.until);
+    if (resting?.until && resting.until.getTime() > now() && !(req.owner && resting.owner === req.owner))
+      throw ipamErrors.specificResting(address, resting.until);
     // A block's routes point at its node: the address's block must be this node's, or unclaimed (then it is claimed).
     const block = await tx.lockBlockAt(pool.routingDomainId, address);
     if (block && block.node !== req.node) throw ipamErrors.specificOtherNode(address, block.node);
@@ -123,7 +143,11 @@ export function createAllocateUseCase(store: IpamStore, pools: PoolCatalogCache,
     return tx.takeAddress(pool, blockId, address, req);
   }
 
-  async function allocateInPool(tx: AllocationTransaction, pool: PoolRecord, req: AllocationRequest): Promise<Allocation | null> {
+  async function allocateInPool(
+    tx: AllocationTransaction,
+    pool: PoolRecord,
+    req: AllocationRequest,
+  ): Promise<Allocation | null> {
     const got = await tx.allocateFromNodeBlocks(pool, req);
     if (got) return got;
     // Block claims are serialized: this keeps block_events revisions in commit order (see DESIGN.md). After taking

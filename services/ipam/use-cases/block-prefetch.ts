@@ -12,7 +12,8 @@ import type { IpamStore, NodeBlockUsage, PoolRecord } from '../domain/ipam-store
  */
 
 /** Whether an allocation that left `room` never-used addresses in its block should start a prefetch. */
-export const blockRunningLow = (pool: PoolRecord, room: bigint) => room * 4n <= cidrSize(pool.family, pool.blockPrefixLength);
+export const blockRunningLow = (pool: PoolRecord, room: bigint) =>
+  room * 4n <= cidrSize(pool.family, pool.blockPrefixLength);
 
 /** Whether the node needs another block: its blocks are at least three quarters live and none is roomy. */
 export function nodeNeedsBlock(usage: NodeBlockUsage, blockSize: bigint): boolean {
@@ -27,16 +28,21 @@ export function poolCanSpare(pool: PoolRecord, blocksBelowHint: bigint): boolean
   return total - blocksBelowHint > keep;
 }
 
-export function createBlockPrefetch(store: Pick<IpamStore, 'transaction'>, onError: (what: string, err: unknown) => void) {
+export function createBlockPrefetch(
+  store: Pick<IpamStore, 'transaction'>,
+  onError: (what: string, err: unknown) => void,
+) {
   const prefetching = new Set<string>();
   let chain: Promise<void> = Promise.resolve();
 
   async function prefetchNow(pool: PoolRecord, node: string): Promise<void> {
-    await store.transaction(async (tx) => {
-      await tx.lockClaims();
-      if (!nodeNeedsBlock(await tx.nodeBlockUsage(pool, node), cidrSize(pool.family, pool.blockPrefixLength))) return;
-      if (poolCanSpare(pool, await tx.blocksBelowClaimHint(pool))) await tx.claimBlock(pool, node);
-    }).catch((err) => onError(`prefetching a block of pool ${pool.name} for node ${node}`, err));
+    await store
+      .transaction(async (tx) => {
+        await tx.lockClaims();
+        if (!nodeNeedsBlock(await tx.nodeBlockUsage(pool, node), cidrSize(pool.family, pool.blockPrefixLength))) return;
+        if (poolCanSpare(pool, await tx.blocksBelowClaimHint(pool))) await tx.claimBlock(pool, node);
+      })
+      .catch((err) => onError(`prefetching a block of pool ${pool.name} for node ${node}`, err));
   }
 
   return {

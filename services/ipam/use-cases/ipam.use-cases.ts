@@ -40,7 +40,8 @@ export function createIpamUseCases(store: IpamStore, reports: IpamReports, opts:
       return store.updatePool(name, etag, changes);
     },
     // Rare, and they take the claim lock after the pool row, then blocks: a deadlock with an allocation is retried.
-    createReservation: (pool: string, first: string, last: string, reason: string) => withRetry(() => store.createReservation(pool, first, last, reason)),
+    createReservation: (pool: string, first: string, last: string, reason: string) =>
+      withRetry(() => store.createReservation(pool, first, last, reason)),
     listReservations: store.listReservations,
     deleteReservation: (pool: string, id: number) => withRetry(() => store.deleteReservation(pool, id)),
     setNodeLabels: store.setNodeLabels,
@@ -55,20 +56,29 @@ export function createIpamUseCases(store: IpamStore, reports: IpamReports, opts:
       return withRetry(() => store.releaseHandle(handle, only));
     },
     /** Releases the node's live allocations whose handles are not valid. One statement: a valid handle is never touched. */
-    garbageCollect: (node: string, validHandles: string[], allocatedBefore?: Date) => withRetry(() => store.releaseInvalidHandles(node, validHandles, allocatedBefore)),
+    garbageCollect: (node: string, validHandles: string[], allocatedBefore?: Date) =>
+      withRetry(() => store.releaseInvalidHandles(node, validHandles, allocatedBefore)),
     /** Releases the node's live allocations made before `before` (the node departed then; later ones are a new life's). */
-    releaseNodeAllocationsBefore: (node: string, before: Date) => withRetry(() => store.releaseNodeAllocationsBefore(node, before)),
+    releaseNodeAllocationsBefore: (node: string, before: Date) =>
+      withRetry(() => store.releaseNodeAllocationsBefore(node, before)),
     releaseNodeBlocks: (node: string) => withRetry(() => store.releaseNodeBlocks(node)),
     releaseEmptyBlocks: store.releaseEmptyBlocks,
     pruneAttempts: store.pruneAttempts,
     nodesHoldingAddresses: store.nodesHoldingAddresses,
-    listAllocations: (filter: { pool?: string; node?: string }, page: { after: PageKey | null; limit: number } = { after: null, limit: 1_000_000 }) => store.listAllocations(filter, page),
+    listAllocations: (
+      filter: { pool?: string; node?: string },
+      page: { after: PageKey | null; limit: number } = { after: null, limit: 1_000_000 },
+    ) => store.listAllocations(filter, page),
     holderOfHandle: store.holderOfHandle,
     liveAllocationsOfNode: store.liveAllocationsOfNode,
     affinitySnapshot: store.affinitySnapshot,
     affinityChangesSince: store.affinityChangesSince,
     history: (q: Parameters<IpamReports['history']>[0], after: PageKey | null = null) => reports.history(q, after),
-    utilization: (pool: string | null, includeBlocks: boolean, page: Parameters<IpamReports['utilization']>[2] = null) => reports.utilization(pool, includeBlocks, page),
+    utilization: (
+      pool: string | null,
+      includeBlocks: boolean,
+      page: Parameters<IpamReports['utilization']>[2] = null,
+    ) => reports.utilization(pool, includeBlocks, page),
     checkConsistency: reports.checkConsistency,
     /** Resolves when the block prefetches started so far have ended (tests). */
     prefetchesSettled,

@@ -10,7 +10,10 @@ export const POOL_CACHE_MS = 1000;
  * One read at a time serves every caller (under load, hundreds of requests a second used to each start their own
  * when the cache expired), and it starts a little before expiry, so callers rarely wait for it.
  */
-export function createPoolCatalogCache(store: Pick<IpamStore, 'readPoolCatalog'>, opts: { onBackgroundError?: (what: string, err: unknown) => void; now?: () => number } = {}) {
+export function createPoolCatalogCache(
+  store: Pick<IpamStore, 'readPoolCatalog'>,
+  opts: { onBackgroundError?: (what: string, err: unknown) => void; now?: () => number } = {},
+) {
   const now = opts.now ?? Date.now;
   type Cached = PoolCatalog & { at: number };
   let cache: Cached | null = null;
@@ -23,13 +26,16 @@ export function createPoolCatalogCache(store: Pick<IpamStore, 'readPoolCatalog'>
     if (!fresh && loading && loading.generation === generation) return loading.promise;
     const started = generation;
     const at = now();
-    const promise = store.readPoolCatalog().then((c) => {
-      const read = { ...c, at };
-      if (started === generation) cache = read;
-      return read;
-    }).finally(() => {
-      if (loading?.promise === promise) loading = null;
-    });
+    const promise = store
+      .readPoolCatalog()
+      .then((c) => {
+        const read = { ...c, at };
+        if (started === generation) cache = read;
+        return read;
+      })
+      .finally(() => {
+        if (loading?.promise === promise) loading = null;
+      });
     loading = { generation: started, promise };
     return promise;
   }

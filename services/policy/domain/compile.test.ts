@@ -1,7 +1,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseCidr } from '../../../lib/net/ip.js';
-import { compileNodePolicy, createCompileCache, diffNodePolicy, entriesAllow, rangesToCidrs, setName, type NodePolicy, type PlacedPod } from './compile.js';
+import {
+  compileNodePolicy,
+  createCompileCache,
+  diffNodePolicy,
+  entriesAllow,
+  rangesToCidrs,
+  setName,
+  type NodePolicy,
+  type PlacedPod,
+} from './compile.js';
 import { explain, type Endpoint, type World } from './evaluate.js';
 import { parseIp, parsePolicyObject, type AdminPolicy, type NetworkPolicy, type Protocol } from './model.js';
 
@@ -11,12 +20,19 @@ import { parseIp, parsePolicyObject, type AdminPolicy, type NetworkPolicy, type 
  * node must give `explain`'s verdict for every (source, destination, port, protocol), outside addresses included.
  */
 const NS = ['x', 'y', 'z'];
-const pods: PlacedPod[] = NS.flatMap((ns, i) => ['a', 'b', 'c'].map((name, j) => ({
-  namespace: ns, name, node: (i + j) % 2 === 0 ? 'n1' : 'n2',
-  labels: { pod: name, ...(j === 0 ? { tier: 'web' } : {}) },
-  addresses: [parseIp(`10.244.${i}.${j + 10}`, 'ip')],
-  ports: [{ name: 'http', port: j === 2 ? 8080 : 80, protocol: 'TCP' as Protocol }, { name: 'dns', port: 81, protocol: 'UDP' as Protocol }],
-})));
+const pods: PlacedPod[] = NS.flatMap((ns, i) =>
+  ['a', 'b', 'c'].map((name, j) => ({
+    namespace: ns,
+    name,
+    node: (i + j) % 2 === 0 ? 'n1' : 'n2',
+    labels: { pod: name, ...(j === 0 ? { tier: 'web' } : {}) },
+    addresses: [parseIp(`10.244.${i}.${j + 10}`, 'ip')],
+    ports: [
+      { name: 'http', port: j === 2 ? 8080 : 80, protocol: 'TCP' as Protocol },
+      { name: 'dns', port: 81, protocol: 'UDP' as Protocol },
+    ],
+  })),
+);
 const OUTSIDE = ['192.0.2.7', '10.244.9.1', '10.245.0.1'];
 const namespaces = new Map(NS.map((n) => [n, { ns: n, ...(n !== 'z' ? { team: n === 'x' ? 'shop' : 'pay' } : {}) }]));
 
@@ -30,15 +46,19 @@ function world(objects: unknown[]): World {
   };
 }
 
-const inSet = (cidrs: string[], a: { family: 4 | 6; value: bigint }) => cidrs.some((c) => {
-  const x = parseCidr(c);
-  const shift = BigInt((x.family === 4 ? 32 : 128) - x.prefixLength);
-  return x.family === a.family && (x.base >> shift) === (a.value >> shift);
-});
+const inSet = (cidrs: string[], a: { family: 4 | 6; value: bigint }) =>
+  cidrs.some((c) => {
+    const x = parseCidr(c);
+    const shift = BigInt((x.family === 4 ? 32 : 128) - x.prefixLength);
+    return x.family === a.family && x.base >> shift === a.value >> shift;
+  });
 
 /** Every verdict of the compiled node policies against explain's; returns the first disagreement. */
 function disagreement(w: World): string | null {
-  const compiled: Record<string, NodePolicy> = { n1: compileNodePolicy(w, pods, 'n1'), n2: compileNodePolicy(w, pods, 'n2') };
+  const compiled: Record<string, NodePolicy> = {
+    n1: compileNodePolicy(w, pods, 'n1'),
+    n2: compileNodePolicy(w, pods, 'n2'),
+  };
   const endpoints: Endpoint[] = [
     ...pods.map((p): Endpoint => ({ kind: 'pod', pod: p, address: p.addresses[0]! })),
     ...OUTSIDE.map((ip): Endpoint => ({ kind: 'external', address: parseIp(ip, 'ip') })),
@@ -49,17 +69,19 @@ function disagreement(w: World): string | null {
     const c = node.pods.find((p) => p.namespace === e.pod.namespace && p.name === e.pod.name)!;
     return entriesAllow(c[dir], node.sets, other.address, proto, port, inSet);
   };
-  for (const from of endpoints) for (const to of endpoints) {
-    if (from === to || (from.kind === 'external' && to.kind === 'external')) continue;
-    for (const proto of ['TCP', 'UDP'] as Protocol[]) for (const port of [80, 81, 82, 8080]) {
-      const want = explain(w, from, to, port, proto).allowed;
-      const got = side(from, 'egress', to, port, proto) && side(to, 'ingress', from, port, proto);
-      if (want !== got) {
-        const name = (e: Endpoint) => (e.kind === 'pod' ? `${e.pod.namespace}/${e.pod.name}` : 'outside');
-        return `${name(from)} -> ${name(to)} ${port}/${proto}: explain says ${want ? 'allowed' : 'denied'}, compiled ${got ? 'allowed' : 'denied'}`;
-      }
+  for (const from of endpoints)
+    for (const to of endpoints) {
+      if (from === to || (from.kind === 'external' && to.kind === 'external')) continue;
+      for (const proto of ['TCP', 'UDP'] as Protocol[])
+        for (const port of [80, 81, 82, 8080]) {
+          const want = explain(w, from, to, port, proto).allowed;
+          const got = side(from, 'egress', to, port, proto) && side(to, 'ingress', from, port, proto);
+          if (want !== got) {
+            const name = (e: Endpoint) => (e.kind === 'pod' ? `${e.pod.namespace}/${e.pod.name}` : 'outside');
+            return `${name(from)} -> ${name(to)} ${port}/${proto}: explain says ${want ? 'allowed' : 'denied'}, compiled ${got ? 'allowed' : 'denied'}`;
+          }
+        }
     }
-  }
   return null;
 }
 
@@ -77,8 +99,18 @@ function rng(seed: number) {
   return { next, pick };
 }
 
-const SELECTORS = [{}, { matchLabels: { pod: 'a' } }, { matchLabels: { tier: 'web' } }, { matchExpressions: [{ key: 'pod', operator: 'NotIn', values: ['b'] }] }];
-const NS_SELECTORS = [{}, { matchLabels: { team: 'pay' } }, { matchLabels: { ns: 'x' } }, { matchExpressions: [{ key: 'team', operator: 'Exists' }] }];
+const SELECTORS = [
+  {},
+  { matchLabels: { pod: 'a' } },
+  { matchLabels: { tier: 'web' } },
+  { matchExpressions: [{ key: 'pod', operator: 'NotIn', values: ['b'] }] },
+];
+const NS_SELECTORS = [
+  {},
+  { matchLabels: { team: 'pay' } },
+  { matchLabels: { ns: 'x' } },
+  { matchExpressions: [{ key: 'team', operator: 'Exists' }] },
+];
 const NP_PEERS = [
   ...SELECTORS.map((s) => ({ podSelector: s })),
   ...NS_SELECTORS.map((s) => ({ namespaceSelector: s })),
@@ -87,13 +119,30 @@ const NP_PEERS = [
   { ipBlock: { cidr: '10.244.0.0/22', except: ['10.244.0.10/32', '10.244.2.0/25'] } },
   { ipBlock: { cidr: '192.0.2.0/24' } },
 ];
-const NP_PORTS = [{ port: 80 }, { port: 'http' }, { protocol: 'UDP', port: 'dns' }, { protocol: 'UDP' }, { port: 80, endPort: 8080 }, { port: 81, protocol: 'UDP' }];
-const ADMIN_PEERS = [{ namespaces: {} }, { namespaces: { matchLabels: { team: 'shop' } } }, { pods: { namespaceSelector: {}, podSelector: { matchLabels: { pod: 'b' } } } }];
-const ADMIN_PORTS = [{ portNumber: { protocol: 'TCP', port: 80 } }, { namedPort: 'http' }, { portRange: { protocol: 'TCP', start: 81, end: 8080 } }, { namedPort: 'dns' }];
+const NP_PORTS = [
+  { port: 80 },
+  { port: 'http' },
+  { protocol: 'UDP', port: 'dns' },
+  { protocol: 'UDP' },
+  { port: 80, endPort: 8080 },
+  { port: 81, protocol: 'UDP' },
+];
+const ADMIN_PEERS = [
+  { namespaces: {} },
+  { namespaces: { matchLabels: { team: 'shop' } } },
+  { pods: { namespaceSelector: {}, podSelector: { matchLabels: { pod: 'b' } } } },
+];
+const ADMIN_PORTS = [
+  { portNumber: { protocol: 'TCP', port: 80 } },
+  { namedPort: 'http' },
+  { portRange: { protocol: 'TCP', start: 81, end: 8080 } },
+  { namedPort: 'dns' },
+];
 
 function randomObjects(seed: number): unknown[] {
   const r = rng(seed);
-  const some = <T>(xs: readonly T[], max: number): T[] => Array.from({ length: Math.floor(r.next() * (max + 1)) }, () => r.pick(xs));
+  const some = <T>(xs: readonly T[], max: number): T[] =>
+    Array.from({ length: Math.floor(r.next() * (max + 1)) }, () => r.pick(xs));
   const npRule = (key: 'from' | 'to') => {
     const rule: Record<string, unknown> = {};
     if (r.next() < 0.7) rule[key] = some(NP_PEERS, 2);
@@ -109,16 +158,42 @@ function randomObjects(seed: number): unknown[] {
     if (r.next() < 0.5) spec.policyTypes = r.pick([['Ingress'], ['Egress'], ['Ingress', 'Egress']]);
     objects.push({ kind: 'NetworkPolicy', metadata: { namespace: r.pick(NS), name: `np${i}` }, spec });
   }
-  const adminRules = (key: 'from' | 'to', actions: string[]) => some([0, 1, 2], 3).map((_, i) => {
-    const rule: Record<string, unknown> = { name: `r${i}`, action: r.pick(actions), [key]: [r.pick<unknown>(key === 'to' && r.next() < 0.3 ? [{ networks: ['10.244.0.0/23', '192.0.2.0/28'] }] : ADMIN_PEERS)] };
-    if (r.next() < 0.6) rule.ports = some(ADMIN_PORTS, 2);
-    return rule;
-  });
+  const adminRules = (key: 'from' | 'to', actions: string[]) =>
+    some([0, 1, 2], 3).map((_, i) => {
+      const rule: Record<string, unknown> = {
+        name: `r${i}`,
+        action: r.pick(actions),
+        [key]: [
+          r.pick<unknown>(
+            key === 'to' && r.next() < 0.3 ? [{ networks: ['10.244.0.0/23', '192.0.2.0/28'] }] : ADMIN_PEERS,
+          ),
+        ],
+      };
+      if (r.next() < 0.6) rule.ports = some(ADMIN_PORTS, 2);
+      return rule;
+    });
   if (r.next() < 0.5) {
-    objects.push({ kind: 'AdminNetworkPolicy', metadata: { name: 'anp' }, spec: { priority: Math.floor(r.next() * 3), subject: r.pick(ADMIN_PEERS), ingress: adminRules('from', ['Allow', 'Deny', 'Pass']), egress: adminRules('to', ['Allow', 'Deny', 'Pass']) } });
+    objects.push({
+      kind: 'AdminNetworkPolicy',
+      metadata: { name: 'anp' },
+      spec: {
+        priority: Math.floor(r.next() * 3),
+        subject: r.pick(ADMIN_PEERS),
+        ingress: adminRules('from', ['Allow', 'Deny', 'Pass']),
+        egress: adminRules('to', ['Allow', 'Deny', 'Pass']),
+      },
+    });
   }
   if (r.next() < 0.4) {
-    objects.push({ kind: 'BaselineAdminNetworkPolicy', metadata: { name: 'default' }, spec: { subject: r.pick(ADMIN_PEERS), ingress: adminRules('from', ['Allow', 'Deny']), egress: adminRules('to', ['Allow', 'Deny']) } });
+    objects.push({
+      kind: 'BaselineAdminNetworkPolicy',
+      metadata: { name: 'default' },
+      spec: {
+        subject: r.pick(ADMIN_PEERS),
+        ingress: adminRules('from', ['Allow', 'Deny']),
+        egress: adminRules('to', ['Allow', 'Deny']),
+      },
+    });
   }
   return objects;
 }
@@ -135,12 +210,45 @@ test('hand-picked worlds: default deny, named ports per destination, pass to the
   const cases: unknown[][] = [
     [],
     [{ kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'deny' }, spec: { podSelector: {} } }],
-    [{ kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'eg' }, spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ ports: [{ port: 'http' }] }] } }],
     [
-      { kind: 'AdminNetworkPolicy', metadata: { name: 'p' }, spec: { priority: 1, subject: { namespaces: {} }, ingress: [{ name: 'pass-y', action: 'Pass', from: [{ namespaces: { matchLabels: { ns: 'y' } } }] }, { name: 'deny-all', action: 'Deny', from: [{ namespaces: {} }] }] } },
-      { kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'allow-y' }, spec: { podSelector: {}, ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: 'y' } } }], ports: [{ port: 80 }] }] } },
+      {
+        kind: 'NetworkPolicy',
+        metadata: { namespace: 'x', name: 'eg' },
+        spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ ports: [{ port: 'http' }] }] },
+      },
     ],
-    [{ kind: 'BaselineAdminNetworkPolicy', metadata: { name: 'default' }, spec: { subject: { namespaces: {} }, ingress: [{ action: 'Deny', from: [{ namespaces: { matchLabels: { ns: 'z' } } }] }] } }],
+    [
+      {
+        kind: 'AdminNetworkPolicy',
+        metadata: { name: 'p' },
+        spec: {
+          priority: 1,
+          subject: { namespaces: {} },
+          ingress: [
+            { name: 'pass-y', action: 'Pass', from: [{ namespaces: { matchLabels: { ns: 'y' } } }] },
+            { name: 'deny-all', action: 'Deny', from: [{ namespaces: {} }] },
+          ],
+        },
+      },
+      {
+        kind: 'NetworkPolicy',
+        metadata: { namespace: 'x', name: 'allow-y' },
+        spec: {
+          podSelector: {},
+          ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: 'y' } } }], ports: [{ port: 80 }] }],
+        },
+      },
+    ],
+    [
+      {
+        kind: 'BaselineAdminNetworkPolicy',
+        metadata: { name: 'default' },
+        spec: {
+          subject: { namespaces: {} },
+          ingress: [{ action: 'Deny', from: [{ namespaces: { matchLabels: { ns: 'z' } } }] }],
+        },
+      },
+    ],
   ];
   for (const c of cases) assert.equal(disagreement(world(c)), null, JSON.stringify(c));
 });
@@ -152,10 +260,25 @@ test('address sets: except blocks are cut out exactly; the same content keeps th
   };
   assert.deepEqual(rangesToCidrs([r('10.0.0.0/30'), r('10.0.0.4/30')]), ['10.0.0.0/29']);
   assert.deepEqual(rangesToCidrs([r('10.0.0.1/32'), r('10.0.0.2/31')]), ['10.0.0.1/32', '10.0.0.2/31']);
-  const w = world([{ kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'b' }, spec: { podSelector: {}, ingress: [{ from: [{ ipBlock: { cidr: '10.0.0.0/8', except: ['10.1.0.0/16'] } }] }] } }]);
+  const w = world([
+    {
+      kind: 'NetworkPolicy',
+      metadata: { namespace: 'x', name: 'b' },
+      spec: { podSelector: {}, ingress: [{ from: [{ ipBlock: { cidr: '10.0.0.0/8', except: ['10.1.0.0/16'] } }] }] },
+    },
+  ]);
   const c = compileNodePolicy(w, pods, 'n1');
   const [set] = [...c.sets.values()];
-  assert.deepEqual(set, ['10.0.0.0/16', '10.2.0.0/15', '10.4.0.0/14', '10.8.0.0/13', '10.16.0.0/12', '10.32.0.0/11', '10.64.0.0/10', '10.128.0.0/9']);
+  assert.deepEqual(set, [
+    '10.0.0.0/16',
+    '10.2.0.0/15',
+    '10.4.0.0/14',
+    '10.8.0.0/13',
+    '10.16.0.0/12',
+    '10.32.0.0/11',
+    '10.64.0.0/10',
+    '10.128.0.0/9',
+  ]);
   assert.equal(setName(set!), [...c.sets.keys()][0]);
   assert.deepEqual(compileNodePolicy(w, pods, 'n1'), c, 'deterministic');
   assert.ok(setName(set!).length <= 31);
@@ -192,7 +315,11 @@ test('compiling with a cache gives what compiling from scratch gives, over 200 r
           for (const p of d?.pods ?? []) pods.set(`${p.namespace}/${p.name}`, p);
           for (const n of d?.removedSets ?? []) sets.delete(n);
           for (const [n, c] of d?.sets ?? []) sets.set(n, c);
-          assert.deepEqual([...pods.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)), [...got.pods].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)), `delta, sequence ${seed}, step ${step}`);
+          assert.deepEqual(
+            [...pods.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)),
+            [...got.pods].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)),
+            `delta, sequence ${seed}, step ${step}`,
+          );
           assert.deepEqual(new Map([...sets].sort()), new Map([...got.sets].sort()));
           if (d === null) assert.deepEqual(got, before, 'no delta: nothing changed');
         }
@@ -205,16 +332,39 @@ test('compiling with a cache gives what compiling from scratch gives, over 200 r
       const withPod = (q: PlacedPod) => (placed = placed.map((p, j) => (j === i ? q : p)));
       const p = placed[i]!;
       if (change === 0) withPod({ ...p, labels: { ...p.labels, pod: r.pick(['a', 'b', 'c']) } });
-      else if (change === 1) withPod({ ...p, labels: p.labels.tier ? { pod: p.labels.pod! } : { ...p.labels, tier: 'web' } });
-      else if (change === 2) withPod({ ...p, ports: p.ports.map((q) => (q.name === 'http' ? { ...q, port: q.port === 80 ? 8080 : 80 } : q)) });
-      else if (change === 3) withPod({ ...p, addresses: [parseIp(`10.244.${3 + Math.floor(r.next() * 2)}.${i}`, 'ip')] });
-      else if (change === 4) nsLabels = new Map([...nsLabels].map(([n, l]) => [n, n === r.pick(NS) ? (l.team ? { ns: n } : { ns: n, team: 'pay' }) : l]));
-      else if (change === 5) placed = placed.length > 5 && r.next() < 0.5 ? placed.filter((_, j) => j !== i) : [...placed, { ...p, name: `${p.name}${step}`, addresses: [parseIp(`10.244.5.${step}`, 'ip')] }];
-      else if (change === 6 && policies.length > 0) policies = policies.filter((_, j) => j !== Math.floor(r.next() * policies.length));
+      else if (change === 1)
+        withPod({ ...p, labels: p.labels.tier ? { pod: p.labels.pod! } : { ...p.labels, tier: 'web' } });
+      else if (change === 2)
+        withPod({
+          ...p,
+          ports: p.ports.map((q) => (q.name === 'http' ? { ...q, port: q.port === 80 ? 8080 : 80 } : q)),
+        });
+      else if (change === 3)
+        withPod({ ...p, addresses: [parseIp(`10.244.${3 + Math.floor(r.next() * 2)}.${i}`, 'ip')] });
+      else if (change === 4)
+        nsLabels = new Map(
+          [...nsLabels].map(([n, l]) => [n, n === r.pick(NS) ? (l.team ? { ns: n } : { ns: n, team: 'pay' }) : l]),
+        );
+      else if (change === 5)
+        placed =
+          placed.length > 5 && r.next() < 0.5
+            ? placed.filter((_, j) => j !== i)
+            : [...placed, { ...p, name: `${p.name}${step}`, addresses: [parseIp(`10.244.5.${step}`, 'ip')] }];
+      else if (change === 6 && policies.length > 0)
+        policies = policies.filter((_, j) => j !== Math.floor(r.next() * policies.length));
       else {
         const fresh = randomObjects(seed * 31 + step).map((o) => parsePolicyObject(o));
         const add = fresh[0];
-        if (add) policies = [...policies.filter((q) => q.kind !== add.kind || q.name !== add.name || ('namespace' in q ? q.namespace : '') !== ('namespace' in add ? add.namespace : '')), add];
+        if (add)
+          policies = [
+            ...policies.filter(
+              (q) =>
+                q.kind !== add.kind ||
+                q.name !== add.name ||
+                ('namespace' in q ? q.namespace : '') !== ('namespace' in add ? add.namespace : ''),
+            ),
+            add,
+          ];
       }
     }
     assert.ok(reused > 0, `sequence ${seed}: some compiled pods are reused`);
@@ -225,6 +375,12 @@ test('ipBlock 0.0.0.0/0 and ::/0 become their two /1 halves, which ipset hash:ne
   const every = (family: 4 | 6) => ({ family, start: 0n, end: (1n << BigInt(family === 4 ? 32 : 128)) - 1n });
   assert.deepEqual(rangesToCidrs([every(4)]), ['0.0.0.0/1', '128.0.0.0/1']);
   assert.deepEqual(rangesToCidrs([every(6)]), ['::/1', '8000::/1']);
-  const w = world([{ kind: 'NetworkPolicy', metadata: { namespace: 'x', name: 'out' }, spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }] }] } }]);
+  const w = world([
+    {
+      kind: 'NetworkPolicy',
+      metadata: { namespace: 'x', name: 'out' },
+      spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }] }] },
+    },
+  ]);
   assert.deepEqual([...compileNodePolicy(w, pods, 'n1').sets.values()], [['0.0.0.0/1', '128.0.0.0/1']]);
 });

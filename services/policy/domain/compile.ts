@@ -2,7 +2,17 @@ import { createHash } from 'node:crypto';
 import { matches } from '../../../lib/labels.js';
 import { bitsOf, formatAddress, type Cidr, type Family } from '../../../lib/net/ip.js';
 import type { Pod, World } from './evaluate.js';
-import { PROTOCOLS, type AdminPeer, type AdminPolicy, type AdminRule, type NetworkPolicy, type Peer, type Protocol, type Rule, type Selector } from './model.js';
+import {
+  PROTOCOLS,
+  type AdminPeer,
+  type AdminPolicy,
+  type AdminRule,
+  type NetworkPolicy,
+  type Peer,
+  type Protocol,
+  type Rule,
+  type Selector,
+} from './model.js';
 
 /**
  * Per-node compilation, purely: from the world (namespaces, pods, policies), the rules of one node's pods, per
@@ -67,7 +77,10 @@ export interface CompileCache {
   /** A NetworkPolicy rule's peers as text (rules with the same text share one peer set). */
   ruleText: WeakMap<object, string>;
   /** Per namespace: its NetworkPolicies (by name) as last seen, and which of them select each label set. */
-  selection: Map<string, { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]>; index?: SelectorIndex }>;
+  selection: Map<
+    string,
+    { nps: readonly NetworkPolicy[]; byLabels: Map<string, readonly NetworkPolicy[]>; index?: SelectorIndex }
+  >;
   /** Set contents by range key, this compilation's and the previous one's. */
   cidrs: Map<string, string[]>;
   previousCidrs: Map<string, string[]>;
@@ -84,7 +97,13 @@ export interface CompileCache {
    * addresses (a "quiet" change: a pod's labels that move it between the policies that select it, say), every other
    * pod's entries are reused without working out what they depend on again.
    */
-  last?: { pods: readonly PlacedPod[]; local: PlacedPod[]; namespaces: string; admins: readonly AdminPolicy[]; baseline: AdminPolicy | null };
+  last?: {
+    pods: readonly PlacedPod[];
+    local: PlacedPod[];
+    namespaces: string;
+    admins: readonly AdminPolicy[];
+    baseline: AdminPolicy | null;
+  };
   /** The NetworkPolicies as last seen, grouped by namespace and sorted by name. */
   byNamespace?: { nps: readonly NetworkPolicy[]; grouped: Map<string, NetworkPolicy[]> };
   /** A pod object's labels as text. */
@@ -117,7 +136,18 @@ function indexSelectors(nps: readonly NetworkPolicy[]): SelectorIndex {
 type CachedPod = { key: string; pod: CompiledPod; sets: [string, string[]][]; src: PlacedPod; everyPod: boolean };
 type SpecSet = { members: PlacedPod[]; name: string | null; cidrs: string[]; matches: (p: PlacedPod) => boolean };
 
-export const createCompileCache = (): CompileCache => ({ ids: new WeakMap(), nextId: 1, ruleText: new WeakMap(), selection: new Map(), cidrs: new Map(), previousCidrs: new Map(), pods: new Map(), podText: new WeakMap(), specSets: new Map(), labelsText: new WeakMap() });
+export const createCompileCache = (): CompileCache => ({
+  ids: new WeakMap(),
+  nextId: 1,
+  ruleText: new WeakMap(),
+  selection: new Map(),
+  cidrs: new Map(),
+  previousCidrs: new Map(),
+  pods: new Map(),
+  podText: new WeakMap(),
+  specSets: new Map(),
+  labelsText: new WeakMap(),
+});
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
@@ -125,14 +155,18 @@ type Range = { family: Family; start: bigint; end: bigint };
 /** `match`: whether a pod is one of `pods` (by its own labels and its namespace's), for any pod. */
 type PeerSpec = { any: true } | { any: false; ranges: Range[]; pods: Set<PlacedPod>; match: (p: PlacedPod) => boolean };
 const matchesNoPod = () => false;
-type PortSpec = { kind: 'any' } | { kind: 'range'; protocol: Protocol; from: number | null; to: number | null } | { kind: 'named'; name: string; protocol: Protocol | null };
+type PortSpec =
+  | { kind: 'any' }
+  | { kind: 'range'; protocol: Protocol; from: number | null; to: number | null }
+  | { kind: 'named'; name: string; protocol: Protocol | null };
 
 const selects = (s: Selector, labels: Record<string, string>) => matches(s.requirements, labels);
 const rangeOf = (c: Cidr): Range => {
   const size = 1n << BigInt(bitsOf(c.family) - c.prefixLength);
   return { family: c.family, start: c.base, end: c.base + size - 1n };
 };
-const inRanges = (ranges: Range[], a: Address) => ranges.some((r) => r.family === a.family && a.value >= r.start && a.value <= r.end);
+const inRanges = (ranges: Range[], a: Address) =>
+  ranges.some((r) => r.family === a.family && a.value >= r.start && a.value <= r.end);
 
 /** `a` minus every range in `cut`. */
 function subtract(a: Range, cut: Range[]): Range[] {
@@ -154,7 +188,9 @@ function subtract(a: Range, cut: Range[]): Range[] {
  * renders sets as ipset `hash:net`, which refuses a /0, so "every address" (`ipBlock: 0.0.0.0/0`) is its two halves.
  */
 export function rangesToCidrs(ranges: Range[]): string[] {
-  const sorted = [...ranges].sort((a, b) => a.family - b.family || (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  const sorted = [...ranges].sort(
+    (a, b) => a.family - b.family || (a.start < b.start ? -1 : a.start > b.start ? 1 : 0),
+  );
   const merged: Range[] = [];
   for (const r of sorted) {
     const last = merged[merged.length - 1];
@@ -167,7 +203,12 @@ export function rangesToCidrs(ranges: Range[]): string[] {
     let start = r.start;
     while (start <= r.end) {
       let size = 0;
-      while (size < bits - 1 && (start & ((1n << BigInt(size + 1)) - 1n)) === 0n && start + (1n << BigInt(size + 1)) - 1n <= r.end) size++;
+      while (
+        size < bits - 1 &&
+        (start & ((1n << BigInt(size + 1)) - 1n)) === 0n &&
+        start + (1n << BigInt(size + 1)) - 1n <= r.end
+      )
+        size++;
       out.push(`${formatAddress(r.family, start)}/${bits - size}`);
       start += 1n << BigInt(size);
     }
@@ -187,23 +228,42 @@ const idOfPod = (p: PlacedPod) => {
   if (id === undefined) podIds.set(p, (id = `${p.namespace}/${p.name}`));
   return id;
 };
-const sameAddresses = (a: Pod, b: Pod) => a === b || (a.addresses.length === b.addresses.length && a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
+const sameAddresses = (a: Pod, b: Pod) =>
+  a === b ||
+  (a.addresses.length === b.addresses.length &&
+    a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
 
-export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: string, cache?: CompileCache): NodePolicy {
+export function compileNodePolicy(
+  w: World,
+  pods: readonly PlacedPod[],
+  node: string,
+  cache?: CompileCache,
+): NodePolicy {
   const sets = new Map<string, string[]>();
   const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
   const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
 
   const npPeer = (peer: Peer, policyNs: string): PeerSpec => {
-    if (peer.ipBlock) return { any: false, ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)), pods: new Set(), match: matchesNoPod };
-    const match = (p: PlacedPod) => (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs)
-      && (!peer.podSelector || selects(peer.podSelector, p.labels));
+    if (peer.ipBlock)
+      return {
+        any: false,
+        ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)),
+        pods: new Set(),
+        match: matchesNoPod,
+      };
+    const match = (p: PlacedPod) =>
+      (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs) &&
+      (!peer.podSelector || selects(peer.podSelector, p.labels));
     return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
   };
   const adminPeer = (peer: AdminPeer): PeerSpec => {
     if (peer.networks) return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set(), match: matchesNoPod };
-    const match = (p: PlacedPod) => (peer.namespaces ? selects(peer.namespaces, nsLabels(p.namespace))
-      : !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) && selects(peer.pods.podSelector, p.labels));
+    const match = (p: PlacedPod) =>
+      peer.namespaces
+        ? selects(peer.namespaces, nsLabels(p.namespace))
+        : !!peer.pods &&
+          selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) &&
+          selects(peer.pods.podSelector, p.labels);
     return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
   };
   // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
@@ -231,11 +291,12 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     const ranges: Range[] = [];
     const ps = new Set<PlacedPod>();
     const matches: ((p: PlacedPod) => boolean)[] = [];
-    for (const s of specs) if (!s.any) {
-      ranges.push(...s.ranges);
-      for (const p of s.pods) ps.add(p);
-      matches.push(s.match);
-    }
+    for (const s of specs)
+      if (!s.any) {
+        ranges.push(...s.ranges);
+        for (const p of s.pods) ps.add(p);
+        matches.push(s.match);
+      }
     return { any: false, ranges, pods: ps, match: (p) => matches.some((m) => m(p)) };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
@@ -243,7 +304,10 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   const nameSet = (ranges: Range[]): string | null => {
     // Rules that select the same pods make the same set: its CIDRs are worked out once (and kept for the next
     // compilation when there is a cache).
-    const key = ranges.map((r) => `${r.family}:${r.start}-${r.end}`).sort().join(',');
+    const key = ranges
+      .map((r) => `${r.family}:${r.start}-${r.end}`)
+      .sort()
+      .join(',');
     let cidrs = cidrsOf.get(key) ?? cache?.previousCidrs.get(key);
     if (!cidrs) cidrs = rangesToCidrs(ranges);
     cidrsOf.set(key, cidrs);
@@ -263,13 +327,18 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     const members = [...s.pods];
     const before = text === undefined ? undefined : cache?.specSets.get(text);
     let name: string | undefined;
-    if (before && before.members.length === members.length && before.members.every((m, i) => sameAddresses(m, members[i]!))) {
+    if (
+      before &&
+      before.members.length === members.length &&
+      before.members.every((m, i) => sameAddresses(m, members[i]!))
+    ) {
       name = before.name ?? undefined;
       if (before.name) sets.set(before.name, before.cidrs);
     } else {
       name = nameSet([...s.ranges, ...members.flatMap(podRanges)]) ?? undefined;
     }
-    if (text !== undefined && cache) specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [], matches: s.match });
+    if (text !== undefined && cache)
+      specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [], matches: s.match });
     setOfSpec.set(s, name);
     return name;
   };
@@ -284,7 +353,10 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   };
   // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
   // (The same policy objects as at the previous compilation: the same grouping.)
-  const sameNps = !!cache?.byNamespace && cache.byNamespace.nps.length === w.networkPolicies.length && cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
+  const sameNps =
+    !!cache?.byNamespace &&
+    cache.byNamespace.nps.length === w.networkPolicies.length &&
+    cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
   const npsByNs = sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
   if (!sameNps) {
     for (const np of w.networkPolicies) {
@@ -300,7 +372,8 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     const nps = npsByNs.get(subject.namespace) ?? [];
     if (!cache) return nps.filter((np) => selects(np.podSelector, subject.labels));
     let entry = cache.selection.get(subject.namespace);
-    if (!entry || entry.nps.length !== nps.length || entry.nps.some((np, i) => np !== nps[i])) cache.selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
+    if (!entry || entry.nps.length !== nps.length || entry.nps.some((np, i) => np !== nps[i]))
+      cache.selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
     let key = cache.labelsText.get(subject);
     if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
     let selected = entry.byLabels.get(key);
@@ -310,15 +383,34 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
       const candidates = [...index.always];
       for (const k in subject.labels) candidates.push(...(index.byLabel.get(`${k}\0${subject.labels[k]}`) ?? []));
       if (candidates.length > index.always.length) candidates.sort((a, b) => a - b);
-      selected = candidates.filter((i, j) => candidates[j - 1] !== i).map((i) => nps[i]!).filter((np) => selects(np.podSelector, subject.labels));
+      selected = candidates
+        .filter((i, j) => candidates[j - 1] !== i)
+        .map((i) => nps[i]!)
+        .filter((np) => selects(np.podSelector, subject.labels));
       entry.byLabels.set(key, selected);
     }
     return selected;
   };
-  const npRulePeers = (np: NetworkPolicy, r: Rule): PeerSpec => (!r.peers || r.peers.length === 0 ? { any: true } : rulePeers(r, () => union(r.peers!.map((p) => npPeer(p, np.namespace))), () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))));
-  const adminRulePeers = (r: AdminRule): PeerSpec => rulePeers(r, () => union(r.peers.map(adminPeer)), () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)));
-  const isSubject = (a: AdminPolicy, subject: PlacedPod) => (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
-  const adminsOf = (subject: PlacedPod) => w.adminPolicies.filter((a) => isSubject(a, subject)).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
+  const npRulePeers = (np: NetworkPolicy, r: Rule): PeerSpec =>
+    !r.peers || r.peers.length === 0
+      ? { any: true }
+      : rulePeers(
+          r,
+          () => union(r.peers!.map((p) => npPeer(p, np.namespace))),
+          () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+        );
+  const adminRulePeers = (r: AdminRule): PeerSpec =>
+    rulePeers(
+      r,
+      () => union(r.peers.map(adminPeer)),
+      () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+    );
+  const isSubject = (a: AdminPolicy, subject: PlacedPod) =>
+    (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
+  const adminsOf = (subject: PlacedPod) =>
+    w.adminPolicies
+      .filter((a) => isSubject(a, subject))
+      .sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
 
   const compileDirection = (dir: 'ingress' | 'egress', subject: PlacedPod): PolicyEntry[] => {
     const entries: PolicyEntry[] = [];
@@ -328,7 +420,10 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
           const peerSet = setOf(peer);
           if (peerSet === undefined) continue; // an empty set matches nothing
           entries.push({
-            tier, action, peerSet, source,
+            tier,
+            action,
+            peerSet,
+            source,
             protocol: spec.kind === 'any' ? null : spec.protocol,
             ports: spec.kind === 'range' && spec.from !== null ? { from: spec.from, to: spec.to ?? spec.from } : null,
           });
@@ -359,27 +454,75 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
         }
       }
     };
-    const adminPorts = (r: AdminRule): PortSpec[] => (r.ports === undefined ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
-      p.kind === 'named' ? { kind: 'named', name: p.name, protocol: null } : p.kind === 'number' ? { kind: 'range', protocol: p.protocol, from: p.port, to: p.port } : { kind: 'range', protocol: p.protocol, from: p.start, to: p.end }));
-    const npPorts = (r: Rule): PortSpec[] => (!r.ports || r.ports.length === 0 ? [{ kind: 'any' }] : r.ports.map((p): PortSpec =>
-      typeof p.port === 'string' ? { kind: 'named', name: p.port, protocol: p.protocol } : { kind: 'range', protocol: p.protocol, from: p.port ?? null, to: p.port === undefined ? null : (p.endPort ?? p.port) }));
+    const adminPorts = (r: AdminRule): PortSpec[] =>
+      r.ports === undefined
+        ? [{ kind: 'any' }]
+        : r.ports.map((p): PortSpec =>
+            p.kind === 'named'
+              ? { kind: 'named', name: p.name, protocol: null }
+              : p.kind === 'number'
+                ? { kind: 'range', protocol: p.protocol, from: p.port, to: p.port }
+                : { kind: 'range', protocol: p.protocol, from: p.start, to: p.end },
+          );
+    const npPorts = (r: Rule): PortSpec[] =>
+      !r.ports || r.ports.length === 0
+        ? [{ kind: 'any' }]
+        : r.ports.map((p): PortSpec =>
+            typeof p.port === 'string'
+              ? { kind: 'named', name: p.port, protocol: p.protocol }
+              : {
+                  kind: 'range',
+                  protocol: p.protocol,
+                  from: p.port ?? null,
+                  to: p.port === undefined ? null : (p.endPort ?? p.port),
+                },
+          );
 
     // 1. Admin tier.
     for (const a of adminsOf(subject)) {
-      for (const r of a[dir]) emit('admin', r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass', adminRulePeers(r), adminPorts(r), `AdminNetworkPolicy/${a.name} ${r.name}`);
+      for (const r of a[dir])
+        emit(
+          'admin',
+          r.action === 'Allow' ? 'allow' : r.action === 'Deny' ? 'deny' : 'pass',
+          adminRulePeers(r),
+          adminPorts(r),
+          `AdminNetworkPolicy/${a.name} ${r.name}`,
+        );
     }
     // 2. NetworkPolicy tier, ending in default deny when a policy selects the pod.
     const selecting = selectingNps(subject).filter((np) => (dir === 'ingress' ? np.affectsIngress : np.affectsEgress));
     if (selecting.length > 0) {
       for (const np of selecting) {
-        np[dir].forEach((r, i) => emit('networkpolicy', 'allow', npRulePeers(np, r), npPorts(r), `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`));
+        np[dir].forEach((r, i) =>
+          emit(
+            'networkpolicy',
+            'allow',
+            npRulePeers(np, r),
+            npPorts(r),
+            `NetworkPolicy/${np.namespace}/${np.name} ${dir}[${i}]`,
+          ),
+        );
       }
-      entries.push({ tier: 'networkpolicy', action: 'deny', peerSet: null, protocol: null, ports: null, source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny` });
+      entries.push({
+        tier: 'networkpolicy',
+        action: 'deny',
+        peerSet: null,
+        protocol: null,
+        ports: null,
+        source: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name} default deny`,
+      });
       return entries;
     }
     // 3. Baseline tier.
     if (w.baseline && isSubject(w.baseline, subject)) {
-      for (const r of w.baseline[dir]) emit('baseline', r.action === 'Allow' ? 'allow' : 'deny', adminRulePeers(r), adminPorts(r), `BaselineAdminNetworkPolicy/default ${r.name}`);
+      for (const r of w.baseline[dir])
+        emit(
+          'baseline',
+          r.action === 'Allow' ? 'allow' : 'deny',
+          adminRulePeers(r),
+          adminPorts(r),
+          `BaselineAdminNetworkPolicy/default ${r.name}`,
+        );
     }
     return entries;
   };
@@ -449,11 +592,20 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
   const namespacesText = cache ? JSON.stringify([...w.namespaces]) : '';
   let changedPods: PlacedPod[] | null = null;
   const last = cache?.last;
-  if (cache && last && last.namespaces === namespacesText && sameNps && last.baseline === w.baseline && last.pods.length === pods.length
-    && last.admins.length === w.adminPolicies.length && last.admins.every((a, i) => a === w.adminPolicies[i])) {
+  if (
+    cache &&
+    last &&
+    last.namespaces === namespacesText &&
+    sameNps &&
+    last.baseline === w.baseline &&
+    last.pods.length === pods.length &&
+    last.admins.length === w.adminPolicies.length &&
+    last.admins.every((a, i) => a === w.adminPolicies[i])
+  ) {
     changedPods = [];
     for (let i = 0; i < pods.length; i++) {
-      const a = last.pods[i]!, b = pods[i]!;
+      const a = last.pods[i]!,
+        b = pods[i]!;
       if (a === b) continue;
       if (a.namespace !== b.namespace || a.name !== b.name || a.node !== b.node) {
         changedPods = null;
@@ -465,7 +617,8 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     if (changedPods && changedPods.length > 0) {
       for (const spec of cache.specSets.values()) {
         for (let i = 0; changedPods && i < changedPods.length; i += 2) {
-          const a = changedPods[i]!, b = changedPods[i + 1]!;
+          const a = changedPods[i]!,
+            b = changedPods[i + 1]!;
           const was = spec.matches(a);
           if (was !== spec.matches(b) || (was && !sameAddresses(a, b))) changedPods = null;
         }
@@ -499,19 +652,25 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     const key = cache ? dependencies(p) : '';
     if (cache && before && before.key === key) {
       for (const [name, cidrs] of before.sets) sets.set(name, cidrs);
-      const k = before.src === p && before.everyPod === dependsOnEveryPod ? before : { ...before, src: p, everyPod: dependsOnEveryPod };
+      const k =
+        before.src === p && before.everyPod === dependsOnEveryPod
+          ? before
+          : { ...before, src: p, everyPod: dependsOnEveryPod };
       kept.set(id, k);
       keptInOrder.push(k);
       return before.pod;
     }
     const pod: CompiledPod = {
-      namespace: p.namespace, name: p.name,
+      namespace: p.namespace,
+      name: p.name,
       addresses: p.addresses.map((a) => formatAddress(a.family, a.value)),
       ingress: compileDirection('ingress', p),
       egress: compileDirection('egress', p),
     };
     if (cache) {
-      const names = [...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      const names = [
+        ...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null)),
+      ];
       const k: CachedPod = { key, pod, sets: names.map((n) => [n, sets.get(n)!]), src: p, everyPod: dependsOnEveryPod };
       kept.set(id, k);
       keptInOrder.push(k);
@@ -525,19 +684,37 @@ export function compileNodePolicy(w: World, pods: readonly PlacedPod[], node: st
     if (quiet) for (const [text, spec] of cache.specSets) if (!specSets.has(text)) specSets.set(text, spec);
     cache.specSets = specSets;
     cache.cidrs = new Map();
-    cache.last = { pods: [...pods], local, namespaces: namespacesText, admins: [...w.adminPolicies], baseline: w.baseline };
+    cache.last = {
+      pods: [...pods],
+      local,
+      namespaces: namespacesText,
+      admins: [...w.adminPolicies],
+      baseline: w.baseline,
+    };
   }
   const used = new Set<string | null>();
   if (cache) for (const k of keptInOrder) for (const [name] of k.sets) used.add(name);
   else for (const p of compiled) for (const e of [...p.ingress, ...p.egress]) used.add(e.peerSet);
-  return { pods: compiled, sets: new Map([...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
+  return {
+    pods: compiled,
+    sets: new Map(
+      [...sets].filter(([name]) => used.has(name)).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)),
+    ),
+  };
 }
 
 /**
  * A direction's verdict from its entries, as a dataplane applies them: the first match decides; `pass` goes on at
  * the first entry of another tier; nothing matching allows. `sets` holds the CIDRs of each set.
  */
-export function entriesAllow(entries: readonly PolicyEntry[], sets: ReadonlyMap<string, string[]>, peer: Address, protocol: Protocol, port: number, inSet: (cidrs: string[], a: Address) => boolean): boolean {
+export function entriesAllow(
+  entries: readonly PolicyEntry[],
+  sets: ReadonlyMap<string, string[]>,
+  peer: Address,
+  protocol: Protocol,
+  port: number,
+  inSet: (cidrs: string[], a: Address) => boolean,
+): boolean {
   for (let i = 0; i < entries.length; i++) {
     const e = entries[i]!;
     if (e.peerSet !== null && !inSet(sets.get(e.peerSet) ?? [], peer)) continue;
@@ -569,12 +746,16 @@ export interface NodePolicyDelta {
  * means the same CIDRs).
  */
 export function diffNodePolicy(before: NodePolicy, after: NodePolicy): NodePolicyDelta | null {
-  const changed = (q: CompiledPod | undefined, p: CompiledPod) => q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p));
+  const changed = (q: CompiledPod | undefined, p: CompiledPod) =>
+    q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p));
   const pods: CompiledPod[] = [];
   let removedPods: string[] = [];
   // Usually the same pods in the same order (compilations sort them): compared in place, without a map.
-  const inPlace = before.pods.length === after.pods.length
-    && after.pods.every((p, i) => p === before.pods[i] || (p.namespace === before.pods[i]!.namespace && p.name === before.pods[i]!.name));
+  const inPlace =
+    before.pods.length === after.pods.length &&
+    after.pods.every(
+      (p, i) => p === before.pods[i] || (p.namespace === before.pods[i]!.namespace && p.name === before.pods[i]!.name),
+    );
   if (inPlace) {
     after.pods.forEach((p, i) => changed(before.pods[i], p) && pods.push(p));
   } else {

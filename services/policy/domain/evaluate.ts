@@ -1,6 +1,16 @@
 import { matches } from '../../../lib/labels.js';
 import type { Cidr } from '../../../lib/net/ip.js';
-import type { AdminPeer, AdminPolicy, AdminPort, NetworkPolicy, Peer, PortRule, Protocol, Rule, Selector } from './model.js';
+import type {
+  AdminPeer,
+  AdminPolicy,
+  AdminPort,
+  NetworkPolicy,
+  Peer,
+  PortRule,
+  Protocol,
+  Rule,
+  Selector,
+} from './model.js';
 
 /**
  * Whether a connection is allowed, and which rule decided it: Kubernetes NetworkPolicy semantics exactly, with the
@@ -33,7 +43,9 @@ export interface World {
 }
 
 /** One end of a connection: a pod of the cluster, or an address outside it. */
-export type Endpoint = { kind: 'pod'; pod: Pod; address: { family: 4 | 6; value: bigint } } | { kind: 'external'; address: { family: 4 | 6; value: bigint } };
+export type Endpoint =
+  | { kind: 'pod'; pod: Pod; address: { family: 4 | 6; value: bigint } }
+  | { kind: 'external'; address: { family: 4 | 6; value: bigint } };
 
 export type Tier = 'admin' | 'networkpolicy' | 'baseline' | 'default';
 
@@ -59,7 +71,7 @@ const nsLabels = (w: World, ns: string) => w.namespaces.get(ns) ?? {};
 function inCidr(c: Cidr, a: { family: 4 | 6; value: bigint }): boolean {
   if (c.family !== a.family) return false;
   const shift = BigInt((c.family === 4 ? 32 : 128) - c.prefixLength);
-  return (a.value >> shift) === (c.base >> shift);
+  return a.value >> shift === c.base >> shift;
 }
 
 /** A NetworkPolicy peer against the other end (`policyNs`: the policy's namespace, for a podSelector alone). */
@@ -88,9 +100,18 @@ function portMatches(p: PortRule, dest: Endpoint, port: number, protocol: Protoc
   return p.endPort === undefined ? port === p.port : port >= p.port && port <= p.endPort;
 }
 
-function ruleMatches(w: World, rule: Rule, policyNs: string, other: Endpoint, dest: Endpoint, port: number, protocol: Protocol): boolean {
+function ruleMatches(
+  w: World,
+  rule: Rule,
+  policyNs: string,
+  other: Endpoint,
+  dest: Endpoint,
+  port: number,
+  protocol: Protocol,
+): boolean {
   const peersOk = !rule.peers || rule.peers.length === 0 || rule.peers.some((p) => peerMatches(w, p, policyNs, other));
-  const portsOk = !rule.ports || rule.ports.length === 0 || rule.ports.some((p) => portMatches(p, dest, port, protocol));
+  const portsOk =
+    !rule.ports || rule.ports.length === 0 || rule.ports.some((p) => portMatches(p, dest, port, protocol));
   return peersOk && portsOk;
 }
 
@@ -98,7 +119,11 @@ function adminPeerMatches(w: World, peer: AdminPeer, other: Endpoint): boolean {
   if (peer.networks) return peer.networks.some((c) => inCidr(c, other.address));
   if (other.kind !== 'pod') return false;
   if (peer.namespaces) return selects(peer.namespaces, nsLabels(w, other.pod.namespace));
-  return !!peer.pods && selects(peer.pods.namespaceSelector, nsLabels(w, other.pod.namespace)) && selects(peer.pods.podSelector, other.pod.labels);
+  return (
+    !!peer.pods &&
+    selects(peer.pods.namespaceSelector, nsLabels(w, other.pod.namespace)) &&
+    selects(peer.pods.podSelector, other.pod.labels)
+  );
 }
 
 function adminPortMatches(p: AdminPort, dest: Endpoint, port: number, protocol: Protocol): boolean {
@@ -115,37 +140,62 @@ function adminPortMatches(p: AdminPort, dest: Endpoint, port: number, protocol: 
 const describe = (e: Endpoint) => (e.kind === 'pod' ? `${e.pod.namespace}/${e.pod.name}` : 'the outside address');
 
 /** The verdict for one direction of `subject` (a pod), with `other` the far end and `dest` the connection's destination. */
-function direction(w: World, dir: 'ingress' | 'egress', subject: Endpoint & { kind: 'pod' }, other: Endpoint, dest: Endpoint, port: number, protocol: Protocol): Verdict {
+function direction(
+  w: World,
+  dir: 'ingress' | 'egress',
+  subject: Endpoint & { kind: 'pod' },
+  other: Endpoint,
+  dest: Endpoint,
+  port: number,
+  protocol: Protocol,
+): Verdict {
   const pod = subject.pod;
   const who = `${pod.namespace}/${pod.name}`;
   // 1. Admin tier.
-  const admins = w.adminPolicies.filter((a) => adminPeerMatches(w, a.subject, subject)).sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
+  const admins = w.adminPolicies
+    .filter((a) => adminPeerMatches(w, a.subject, subject))
+    .sort((a, b) => a.priority - b.priority || a.name.localeCompare(b.name));
   adminLoop: for (const a of admins) {
     for (const r of a[dir]) {
       if (!r.peers.some((p) => adminPeerMatches(w, p, other))) continue;
       if (r.ports && !r.ports.some((p) => adminPortMatches(p, dest, port, protocol))) continue;
       if (r.action === 'Pass') break adminLoop;
       return {
-        allowed: r.action === 'Allow', tier: 'admin', policy: `AdminNetworkPolicy/${a.name}`, rule: r.name,
+        allowed: r.action === 'Allow',
+        tier: 'admin',
+        policy: `AdminNetworkPolicy/${a.name}`,
+        rule: r.name,
         reason: `${r.action === 'Allow' ? 'allowed' : 'denied'} by ${dir} rule ${r.name} of admin policy ${a.name} (priority ${a.priority})`,
       };
     }
   }
   // 2. NetworkPolicy tier.
-  const selecting = w.networkPolicies.filter((np) => np.namespace === pod.namespace && (dir === 'ingress' ? np.affectsIngress : np.affectsEgress) && selects(np.podSelector, pod.labels))
+  const selecting = w.networkPolicies
+    .filter(
+      (np) =>
+        np.namespace === pod.namespace &&
+        (dir === 'ingress' ? np.affectsIngress : np.affectsEgress) &&
+        selects(np.podSelector, pod.labels),
+    )
     .sort((a, b) => a.name.localeCompare(b.name));
   if (selecting.length > 0) {
     for (const np of selecting) {
       const i = np[dir].findIndex((r) => ruleMatches(w, r, np.namespace, other, dest, port, protocol));
       if (i >= 0) {
         return {
-          allowed: true, tier: 'networkpolicy', policy: `NetworkPolicy/${np.namespace}/${np.name}`, rule: `${dir}[${i}]`,
+          allowed: true,
+          tier: 'networkpolicy',
+          policy: `NetworkPolicy/${np.namespace}/${np.name}`,
+          rule: `${dir}[${i}]`,
           reason: `allowed by ${dir}[${i}] of NetworkPolicy ${np.namespace}/${np.name}`,
         };
       }
     }
     return {
-      allowed: false, tier: 'networkpolicy', policy: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name}`, rule: '',
+      allowed: false,
+      tier: 'networkpolicy',
+      policy: `NetworkPolicy/${selecting[0]!.namespace}/${selecting[0]!.name}`,
+      rule: '',
       reason: `denied: ${selecting.map((p) => p.name).join(', ')} select${selecting.length === 1 ? 's' : ''} ${who} for ${dir} and no ${dir} rule admits ${describe(other)} on ${port}/${protocol}`,
     };
   }
@@ -155,15 +205,30 @@ function direction(w: World, dir: 'ingress' | 'egress', subject: Endpoint & { ki
       if (!r.peers.some((p) => adminPeerMatches(w, p, other))) continue;
       if (r.ports && !r.ports.some((p) => adminPortMatches(p, dest, port, protocol))) continue;
       return {
-        allowed: r.action === 'Allow', tier: 'baseline', policy: 'BaselineAdminNetworkPolicy/default', rule: r.name,
+        allowed: r.action === 'Allow',
+        tier: 'baseline',
+        policy: 'BaselineAdminNetworkPolicy/default',
+        rule: r.name,
         reason: `${r.action === 'Allow' ? 'allowed' : 'denied'} by ${dir} rule ${r.name} of the baseline admin policy`,
       };
     }
   }
-  return { allowed: true, tier: 'default', policy: '', rule: '', reason: `allowed: no policy selects ${who} for ${dir}` };
+  return {
+    allowed: true,
+    tier: 'default',
+    policy: '',
+    rule: '',
+    reason: `allowed: no policy selects ${who} for ${dir}`,
+  };
 }
 
-const OUTSIDE: Verdict = { allowed: true, tier: 'default', policy: '', rule: '', reason: 'outside the cluster: no policy of its own' };
+const OUTSIDE: Verdict = {
+  allowed: true,
+  tier: 'default',
+  policy: '',
+  rule: '',
+  reason: 'outside the cluster: no policy of its own',
+};
 
 export function explain(w: World, from: Endpoint, to: Endpoint, port: number, protocol: Protocol): Explanation {
   const egress = from.kind === 'pod' ? direction(w, 'egress', from, to, to, port, protocol) : OUTSIDE;

@@ -88,7 +88,8 @@ export interface AdminPolicy {
 
 export type Policy = NetworkPolicy | AdminPolicy;
 
-export const invalidPolicy = (field: string, message: string) => new DomainError('policy.invalid', 'invalid_argument', `${field}: ${message}`);
+export const invalidPolicy = (field: string, message: string) =>
+  new DomainError('policy.invalid', 'invalid_argument', `${field}: ${message}`);
 
 const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 type Json = Record<string, unknown>;
@@ -118,11 +119,14 @@ function list(v: unknown, field: string): unknown[] {
 }
 
 function onlyKeys(o: Json, field: string, allowed: readonly string[]): void {
-  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw invalidPolicy(`${field}.${k}`, `is not a field here (expected one of: ${allowed.join(', ')})`);
+  for (const k of Object.keys(o))
+    if (!allowed.includes(k))
+      throw invalidPolicy(`${field}.${k}`, `is not a field here (expected one of: ${allowed.join(', ')})`);
 }
 
 export function resourceName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !NAME.test(v)) throw invalidPolicy(field, `must be a lowercase DNS name (letters, digits, '-', '.'), not ${show(v)}`);
+  if (typeof v !== 'string' || !NAME.test(v))
+    throw invalidPolicy(field, `must be a lowercase DNS name (letters, digits, '-', '.'), not ${show(v)}`);
   return v;
 }
 
@@ -132,7 +136,8 @@ export function parseLabels(v: unknown, field: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(o)) {
     if (!LABEL_KEY.test(k)) throw invalidPolicy(`${field}.${k}`, 'is not a valid label key');
-    if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${field}.${k}`, `value ${show(val)} is not a valid label value`);
+    if (typeof val !== 'string' || !LABEL_VALUE.test(val))
+      throw invalidPolicy(`${field}.${k}`, `value ${show(val)} is not a valid label value`);
     out[k] = val;
   }
   return out;
@@ -142,16 +147,20 @@ export function parseLabels(v: unknown, field: string): Record<string, string> {
 export function parseSelector(v: unknown, field: string): Selector {
   const o = object(v, field);
   onlyKeys(o, field, ['matchLabels', 'matchExpressions']);
-  const requirements: Requirement[] = Object.entries(parseLabels(o.matchLabels, `${field}.matchLabels`)).map(([key, value]) => ({ key, op: 'in', values: [value] }));
+  const requirements: Requirement[] = Object.entries(parseLabels(o.matchLabels, `${field}.matchLabels`)).map(
+    ([key, value]) => ({ key, op: 'in', values: [value] }),
+  );
   if (o.matchExpressions !== undefined) {
     list(o.matchExpressions, `${field}.matchExpressions`).forEach((e, i) => {
       const f = `${field}.matchExpressions[${i}]`;
       const x = object(e, f);
       onlyKeys(x, f, ['key', 'operator', 'values']);
-      if (typeof x.key !== 'string' || !LABEL_KEY.test(x.key)) throw invalidPolicy(`${f}.key`, `${show(x.key)} is not a valid label key`);
+      if (typeof x.key !== 'string' || !LABEL_KEY.test(x.key))
+        throw invalidPolicy(`${f}.key`, `${show(x.key)} is not a valid label key`);
       const values = x.values === undefined ? [] : list(x.values, `${f}.values`);
       values.forEach((val, j) => {
-        if (typeof val !== 'string' || !LABEL_VALUE.test(val)) throw invalidPolicy(`${f}.values[${j}]`, `${show(val)} is not a valid label value`);
+        if (typeof val !== 'string' || !LABEL_VALUE.test(val))
+          throw invalidPolicy(`${f}.values[${j}]`, `${show(val)} is not a valid label value`);
       });
       switch (x.operator) {
         case 'In':
@@ -179,13 +188,18 @@ function protocol(v: unknown, field: string): Protocol {
 }
 
 export function portNumber(v: unknown, field: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw invalidPolicy(field, `${show(v)} is not a port number (1-65535)`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535)
+    throw invalidPolicy(field, `${show(v)} is not a port number (1-65535)`);
   return v;
 }
 
 const PORT_NAME = /^(?=.*[a-z])[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
 export function portName(v: unknown, field: string): string {
-  if (typeof v !== 'string' || !PORT_NAME.test(v) || v.includes('--')) throw invalidPolicy(field, `${show(v)} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)`);
+  if (typeof v !== 'string' || !PORT_NAME.test(v) || v.includes('--'))
+    throw invalidPolicy(
+      field,
+      `${show(v)} is not a port name (at most 15 lowercase letters, digits and '-', with a letter)`,
+    );
   return v;
 }
 
@@ -199,27 +213,40 @@ function cidr(v: unknown, field: string): Cidr {
 }
 
 const within = (inner: Cidr, outer: Cidr) =>
-  inner.family === outer.family && inner.prefixLength >= outer.prefixLength && (inner.base >> BigInt((inner.family === 4 ? 32 : 128) - outer.prefixLength)) === (outer.base >> BigInt((outer.family === 4 ? 32 : 128) - outer.prefixLength));
+  inner.family === outer.family &&
+  inner.prefixLength >= outer.prefixLength &&
+  inner.base >> BigInt((inner.family === 4 ? 32 : 128) - outer.prefixLength) ===
+    outer.base >> BigInt((outer.family === 4 ? 32 : 128) - outer.prefixLength);
 
 function parsePeer(v: unknown, field: string): Peer {
   const o = object(v, field);
   onlyKeys(o, field, ['podSelector', 'namespaceSelector', 'ipBlock']);
   const peer: Peer = {};
   if (o.podSelector !== undefined) peer.podSelector = parseSelector(o.podSelector, `${field}.podSelector`);
-  if (o.namespaceSelector !== undefined) peer.namespaceSelector = parseSelector(o.namespaceSelector, `${field}.namespaceSelector`);
+  if (o.namespaceSelector !== undefined)
+    peer.namespaceSelector = parseSelector(o.namespaceSelector, `${field}.namespaceSelector`);
   if (o.ipBlock !== undefined) {
-    if (peer.podSelector || peer.namespaceSelector) throw invalidPolicy(`${field}.ipBlock`, 'must be the only field of its peer (podSelector and namespaceSelector go in another peer)');
+    if (peer.podSelector || peer.namespaceSelector)
+      throw invalidPolicy(
+        `${field}.ipBlock`,
+        'must be the only field of its peer (podSelector and namespaceSelector go in another peer)',
+      );
     const b = object(o.ipBlock, `${field}.ipBlock`);
     onlyKeys(b, `${field}.ipBlock`, ['cidr', 'except']);
     const block = cidr(b.cidr, `${field}.ipBlock.cidr`);
-    const except = b.except === undefined ? [] : list(b.except, `${field}.ipBlock.except`).map((e, i) => {
-      const c = cidr(e, `${field}.ipBlock.except[${i}]`);
-      if (!within(c, block) || c.prefixLength === block.prefixLength) throw invalidPolicy(`${field}.ipBlock.except[${i}]`, `must lie strictly inside ${String(b.cidr)}`);
-      return c;
-    });
+    const except =
+      b.except === undefined
+        ? []
+        : list(b.except, `${field}.ipBlock.except`).map((e, i) => {
+            const c = cidr(e, `${field}.ipBlock.except[${i}]`);
+            if (!within(c, block) || c.prefixLength === block.prefixLength)
+              throw invalidPolicy(`${field}.ipBlock.except[${i}]`, `must lie strictly inside ${String(b.cidr)}`);
+            return c;
+          });
     peer.ipBlock = { cidr: block, except };
   }
-  if (!peer.podSelector && !peer.namespaceSelector && !peer.ipBlock) throw invalidPolicy(field, 'a peer needs podSelector, namespaceSelector or ipBlock');
+  if (!peer.podSelector && !peer.namespaceSelector && !peer.ipBlock)
+    throw invalidPolicy(field, 'a peer needs podSelector, namespaceSelector or ipBlock');
   return peer;
 }
 
@@ -227,9 +254,14 @@ function parsePort(v: unknown, field: string): PortRule {
   const o = object(v, field);
   onlyKeys(o, field, ['protocol', 'port', 'endPort']);
   const p: PortRule = { protocol: protocol(o.protocol, `${field}.protocol`) };
-  if (o.port !== undefined) p.port = typeof o.port === 'string' && !/^\d+$/.test(o.port) ? portName(o.port, `${field}.port`) : portNumber(typeof o.port === 'string' ? Number(o.port) : o.port, `${field}.port`);
+  if (o.port !== undefined)
+    p.port =
+      typeof o.port === 'string' && !/^\d+$/.test(o.port)
+        ? portName(o.port, `${field}.port`)
+        : portNumber(typeof o.port === 'string' ? Number(o.port) : o.port, `${field}.port`);
   if (o.endPort !== undefined) {
-    if (typeof p.port !== 'number') throw invalidPolicy(`${field}.endPort`, 'needs a numeric port (a range cannot start at a named port)');
+    if (typeof p.port !== 'number')
+      throw invalidPolicy(`${field}.endPort`, 'needs a numeric port (a range cannot start at a named port)');
     p.endPort = portNumber(o.endPort, `${field}.endPort`);
     if (p.endPort < p.port) throw invalidPolicy(`${field}.endPort`, `${p.endPort} is below port ${p.port}`);
   }
@@ -242,7 +274,8 @@ function parseRules(v: unknown, field: string, peersKey: 'from' | 'to'): Rule[] 
     const o = object(r, f);
     onlyKeys(o, f, [peersKey, 'ports']);
     const rule: Rule = {};
-    if (o[peersKey] !== undefined) rule.peers = list(o[peersKey], `${f}.${peersKey}`).map((p, j) => parsePeer(p, `${f}.${peersKey}[${j}]`));
+    if (o[peersKey] !== undefined)
+      rule.peers = list(o[peersKey], `${f}.${peersKey}`).map((p, j) => parsePeer(p, `${f}.${peersKey}[${j}]`));
     if (o.ports !== undefined) rule.ports = list(o.ports, `${f}.ports`).map((p, j) => parsePort(p, `${f}.ports[${j}]`));
     return rule;
   });
@@ -252,14 +285,18 @@ function metadata(o: Json, namespaced: boolean, defaultNamespace: string): { nam
   const m = object(o.metadata, 'metadata');
   const name = resourceName(m.name, 'metadata.name');
   if (!namespaced) return { name, namespace: '' };
-  return { name, namespace: m.namespace === undefined ? defaultNamespace : resourceName(m.namespace, 'metadata.namespace') };
+  return {
+    name,
+    namespace: m.namespace === undefined ? defaultNamespace : resourceName(m.namespace, 'metadata.namespace'),
+  };
 }
 
 export function parseNetworkPolicy(o: Json, defaultNamespace = 'default'): NetworkPolicy {
   const { name, namespace } = metadata(o, true, defaultNamespace);
   const spec = object(o.spec, 'spec');
   onlyKeys(spec, 'spec', ['podSelector', 'policyTypes', 'ingress', 'egress']);
-  if (spec.podSelector === undefined) throw invalidPolicy('spec.podSelector', 'is required ({} selects every pod in the namespace)');
+  if (spec.podSelector === undefined)
+    throw invalidPolicy('spec.podSelector', 'is required ({} selects every pod in the namespace)');
   const ingress = spec.ingress === undefined ? [] : parseRules(spec.ingress, 'spec.ingress', 'from');
   const egress = spec.egress === undefined ? [] : parseRules(spec.egress, 'spec.egress', 'to');
   let affectsIngress = true;
@@ -267,7 +304,8 @@ export function parseNetworkPolicy(o: Json, defaultNamespace = 'default'): Netwo
   if (spec.policyTypes !== undefined) {
     const types = list(spec.policyTypes, 'spec.policyTypes');
     types.forEach((t, i) => {
-      if (t !== 'Ingress' && t !== 'Egress') throw invalidPolicy(`spec.policyTypes[${i}]`, `${show(t)} is not Ingress or Egress`);
+      if (t !== 'Ingress' && t !== 'Egress')
+        throw invalidPolicy(`spec.policyTypes[${i}]`, `${show(t)} is not Ingress or Egress`);
     });
     // An empty list defaults like a missing one, as the Kubernetes API server does.
     if (types.length > 0) {
@@ -275,7 +313,16 @@ export function parseNetworkPolicy(o: Json, defaultNamespace = 'default'): Netwo
       affectsEgress = types.includes('Egress');
     }
   }
-  return { kind: 'NetworkPolicy', namespace, name, podSelector: parseSelector(spec.podSelector, 'spec.podSelector'), affectsIngress, affectsEgress, ingress, egress };
+  return {
+    kind: 'NetworkPolicy',
+    namespace,
+    name,
+    podSelector: parseSelector(spec.podSelector, 'spec.podSelector'),
+    affectsIngress,
+    affectsEgress,
+    ingress,
+    egress,
+  };
 }
 
 function parseAdminPeer(v: unknown, field: string, allowNetworks: boolean): AdminPeer {
@@ -292,8 +339,14 @@ function parseAdminPeer(v: unknown, field: string, allowNetworks: boolean): Admi
   }
   const p = object(o.pods, `${field}.pods`);
   onlyKeys(p, `${field}.pods`, ['namespaceSelector', 'podSelector']);
-  if (p.namespaceSelector === undefined || p.podSelector === undefined) throw invalidPolicy(`${field}.pods`, 'needs both namespaceSelector and podSelector ({} selects all)');
-  return { pods: { namespaceSelector: parseSelector(p.namespaceSelector, `${field}.pods.namespaceSelector`), podSelector: parseSelector(p.podSelector, `${field}.pods.podSelector`) } };
+  if (p.namespaceSelector === undefined || p.podSelector === undefined)
+    throw invalidPolicy(`${field}.pods`, 'needs both namespaceSelector and podSelector ({} selects all)');
+  return {
+    pods: {
+      namespaceSelector: parseSelector(p.namespaceSelector, `${field}.pods.namespaceSelector`),
+      podSelector: parseSelector(p.podSelector, `${field}.pods.podSelector`),
+    },
+  };
 }
 
 function parseAdminPorts(v: unknown, field: string): AdminPort[] {
@@ -305,7 +358,11 @@ function parseAdminPorts(v: unknown, field: string): AdminPort[] {
     if (o.namedPort !== undefined) return { kind: 'named', name: portName(o.namedPort, `${f}.namedPort`) };
     if (o.portNumber !== undefined) {
       const n = object(o.portNumber, `${f}.portNumber`);
-      return { kind: 'number', protocol: protocol(n.protocol, `${f}.portNumber.protocol`), port: portNumber(n.port, `${f}.portNumber.port`) };
+      return {
+        kind: 'number',
+        protocol: protocol(n.protocol, `${f}.portNumber.protocol`),
+        port: portNumber(n.port, `${f}.portNumber.port`),
+      };
     }
     const r = object(o.portRange, `${f}.portRange`);
     const start = portNumber(r.start, `${f}.portRange.start`);
@@ -315,21 +372,33 @@ function parseAdminPorts(v: unknown, field: string): AdminPort[] {
   });
 }
 
-function parseAdminRules(v: unknown, field: string, peersKey: 'from' | 'to', actions: readonly AdminAction[]): AdminRule[] {
+function parseAdminRules(
+  v: unknown,
+  field: string,
+  peersKey: 'from' | 'to',
+  actions: readonly AdminAction[],
+): AdminRule[] {
   const rules = list(v, field);
   if (rules.length > 100) throw invalidPolicy(field, `holds ${rules.length} rules; at most 100`);
   return rules.map((r, i) => {
     const f = `${field}[${i}]`;
     const o = object(r, f);
     onlyKeys(o, f, ['name', 'action', peersKey, 'ports']);
-    if (!actions.includes(o.action as AdminAction)) throw invalidPolicy(`${f}.action`, `${show(o.action)} is not one of ${actions.join(', ')}`);
+    if (!actions.includes(o.action as AdminAction))
+      throw invalidPolicy(`${f}.action`, `${show(o.action)} is not one of ${actions.join(', ')}`);
     const peers = list(o[peersKey], `${f}.${peersKey}`);
     if (peers.length === 0) throw invalidPolicy(`${f}.${peersKey}`, 'must name at least one peer');
     // The name ends up in the agents' rule comments: a string of printable characters, at most 100 as in the API's
     // CRD. (String(o.name) of {"toString": 1} threw a TypeError, INTERNAL; a newline made every agent refuse the pods
     // the policy selects. Found by the property test.)
-    if (o.name !== undefined && (typeof o.name !== 'string' || o.name.length > 100 || /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(o.name))) {
-      throw invalidPolicy(`${f}.name`, `${typeof o.name === 'string' ? show(o.name.slice(0, 120)) : show(o.name)} must be a string of at most 100 printable characters`);
+    if (
+      o.name !== undefined &&
+      (typeof o.name !== 'string' || o.name.length > 100 || /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(o.name))
+    ) {
+      throw invalidPolicy(
+        `${f}.name`,
+        `${typeof o.name === 'string' ? show(o.name.slice(0, 120)) : show(o.name)} must be a string of at most 100 printable characters`,
+      );
     }
     const rule: AdminRule = {
       name: o.name === undefined ? `${peersKey === 'from' ? 'ingress' : 'egress'}-${i}` : o.name,
@@ -343,19 +412,34 @@ function parseAdminRules(v: unknown, field: string, peersKey: 'from' | 'to', act
 
 export function parseAdminPolicy(o: Json, kind: AdminPolicy['kind']): AdminPolicy {
   const { name } = metadata(o, false, '');
-  if (kind === 'BaselineAdminNetworkPolicy' && name !== 'default') throw invalidPolicy('metadata.name', 'a BaselineAdminNetworkPolicy must be named "default" (there is one per cluster)');
+  if (kind === 'BaselineAdminNetworkPolicy' && name !== 'default')
+    throw invalidPolicy(
+      'metadata.name',
+      'a BaselineAdminNetworkPolicy must be named "default" (there is one per cluster)',
+    );
   const spec = object(o.spec, 'spec');
-  onlyKeys(spec, 'spec', kind === 'AdminNetworkPolicy' ? ['priority', 'subject', 'ingress', 'egress'] : ['subject', 'ingress', 'egress']);
+  onlyKeys(
+    spec,
+    'spec',
+    kind === 'AdminNetworkPolicy' ? ['priority', 'subject', 'ingress', 'egress'] : ['subject', 'ingress', 'egress'],
+  );
   let priority = 0;
   if (kind === 'AdminNetworkPolicy') {
-    if (typeof spec.priority !== 'number' || !Number.isInteger(spec.priority) || spec.priority < 0 || spec.priority > 1000) {
+    if (
+      typeof spec.priority !== 'number' ||
+      !Number.isInteger(spec.priority) ||
+      spec.priority < 0 ||
+      spec.priority > 1000
+    ) {
       throw invalidPolicy('spec.priority', `${show(spec.priority)} must be an integer from 0 (first) to 1000`);
     }
     priority = spec.priority;
   }
   const actions: AdminAction[] = kind === 'AdminNetworkPolicy' ? ['Allow', 'Deny', 'Pass'] : ['Allow', 'Deny'];
   return {
-    kind, name, priority,
+    kind,
+    name,
+    priority,
     subject: parseAdminPeer(spec.subject, 'spec.subject', false),
     ingress: spec.ingress === undefined ? [] : parseAdminRules(spec.ingress, 'spec.ingress', 'from', actions),
     egress: spec.egress === undefined ? [] : parseAdminRules(spec.egress, 'spec.egress', 'to', actions),
@@ -367,13 +451,17 @@ export function parsePolicyObject(v: unknown, defaultNamespace = 'default'): Pol
   const o = object(v, 'object');
   switch (o.kind) {
     case 'NetworkPolicy':
-      if (o.apiVersion !== undefined && o.apiVersion !== 'networking.k8s.io/v1') throw invalidPolicy('apiVersion', `${show(o.apiVersion)}: NetworkPolicy is networking.k8s.io/v1`);
+      if (o.apiVersion !== undefined && o.apiVersion !== 'networking.k8s.io/v1')
+        throw invalidPolicy('apiVersion', `${show(o.apiVersion)}: NetworkPolicy is networking.k8s.io/v1`);
       return parseNetworkPolicy(o, defaultNamespace);
     case 'AdminNetworkPolicy':
     case 'BaselineAdminNetworkPolicy':
       return parseAdminPolicy(o, o.kind);
     default:
-      throw invalidPolicy('kind', `${show(o.kind)} is not NetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy`);
+      throw invalidPolicy(
+        'kind',
+        `${show(o.kind)} is not NetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy`,
+      );
   }
 }
 

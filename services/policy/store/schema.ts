@@ -10,7 +10,10 @@ export const policy = pgSchema('policy');
 
 export const namespaces = policy.table('namespaces', {
   name: text('name').primaryKey(),
-  labels: jsonb('labels').$type<Record<string, string>>().notNull().default(sql`'{}'::jsonb`),
+  labels: jsonb('labels')
+    .$type<Record<string, string>>()
+    .notNull()
+    .default(sql`'{}'::jsonb`),
   revision: bigint('revision', { mode: 'number' }).notNull(),
 });
 
@@ -19,17 +22,30 @@ export const pods = policy.table(
   {
     namespace: text('namespace').notNull(),
     name: text('name').notNull(),
-    labels: jsonb('labels').$type<Record<string, string>>().notNull().default(sql`'{}'::jsonb`),
+    labels: jsonb('labels')
+      .$type<Record<string, string>>()
+      .notNull()
+      .default(sql`'{}'::jsonb`),
     node: text('node').notNull().default(''),
-    addresses: text('addresses').array().notNull().default(sql`'{}'::text[]`),
-    ports: jsonb('ports').$type<{ name: string; port: number; protocol: string }[]>().notNull().default(sql`'[]'::jsonb`),
+    addresses: text('addresses')
+      .array()
+      .notNull()
+      .default(sql`'{}'::text[]`),
+    ports: jsonb('ports')
+      .$type<{ name: string; port: number; protocol: string }[]>()
+      .notNull()
+      .default(sql`'[]'::jsonb`),
     /** True once UpsertPod (a controller) described the pod; false while only agents' attachments made it known. */
     described: boolean('described').notNull().default(true),
     /** The sandbox (CNI container id) of the pod's current attachment, as its agent reported it; '' when none. */
     containerId: text('container_id').notNull().default(''),
     revision: bigint('revision', { mode: 'number' }).notNull(),
   },
-  (t) => [primaryKey({ columns: [t.namespace, t.name] }), index('pods_node_idx').on(t.node), index('pods_container_idx').on(t.containerId)],
+  (t) => [
+    primaryKey({ columns: [t.namespace, t.name] }),
+    index('pods_node_idx').on(t.node),
+    index('pods_container_idx').on(t.containerId),
+  ],
 );
 
 export const policies = policy.table(

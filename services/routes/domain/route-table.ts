@@ -29,29 +29,45 @@ export interface RoutesChange {
 
 /** One logged change (a node's whole entry, or null when it left the table) as a stream message. */
 export function changeMessage(c: { revision: number; node: string; routes: NodeRoutes | null }): RoutesChange {
-  return c.routes ? { revision: c.revision, reset: false, upserts: [c.routes], deletes: [], bookmark: false }
+  return c.routes
+    ? { revision: c.revision, reset: false, upserts: [c.routes], deletes: [], bookmark: false }
     : { revision: c.revision, reset: false, upserts: [], deletes: [c.node], bookmark: false };
 }
 
 export function validateRegistration(input: { name: string; underlayAddress: string; vtepMac: string }) {
   if (!/^[a-zA-Z0-9]([-a-zA-Z0-9.]{0,251}[a-zA-Z0-9])?$/.test(input.name))
-    throw new DomainError('routes.invalid_node', 'invalid_argument', `node name ${JSON.stringify(input.name)} must be a DNS name (letters, digits, '-', '.')`);
+    throw new DomainError(
+      'routes.invalid_node',
+      'invalid_argument',
+      `node name ${JSON.stringify(input.name)} must be a DNS name (letters, digits, '-', '.')`,
+    );
   try {
     parseIPv4(input.underlayAddress, 'underlay address');
   } catch {
-    throw new DomainError('routes.invalid_underlay_address', 'invalid_argument', `underlay address ${JSON.stringify(input.underlayAddress)} is not an IPv4 address`);
+    throw new DomainError(
+      'routes.invalid_underlay_address',
+      'invalid_argument',
+      `underlay address ${JSON.stringify(input.underlayAddress)} is not an IPv4 address`,
+    );
   }
   if (!isMac(input.vtepMac))
-    throw new DomainError('routes.invalid_vtep_mac', 'invalid_argument', `VTEP MAC ${JSON.stringify(input.vtepMac)} is not a MAC address (e.g. 02:00:c0:00:02:0b)`);
+    throw new DomainError(
+      'routes.invalid_vtep_mac',
+      'invalid_argument',
+      `VTEP MAC ${JSON.stringify(input.vtepMac)} is not a MAC address (e.g. 02:00:c0:00:02:0b)`,
+    );
   return { name: input.name, underlayAddress: input.underlayAddress, vtepMac: input.vtepMac.toLowerCase() };
 }
-
 
 /** At most this many names in one ListDepartedNodes request. */
 export const MAX_DEPARTED_QUERY = 10_000;
 
 export function validateDepartedQuery(names: string[]): string[] {
   if (names.length > MAX_DEPARTED_QUERY)
-    throw new DomainError('routes.too_many_names', 'invalid_argument', `ListDepartedNodes takes at most ${MAX_DEPARTED_QUERY} names (got ${names.length}): ask in several requests`);
+    throw new DomainError(
+      'routes.too_many_names',
+      'invalid_argument',
+      `ListDepartedNodes takes at most ${MAX_DEPARTED_QUERY} names (got ${names.length}): ask in several requests`,
+    );
   return [...new Set(names)];
 }

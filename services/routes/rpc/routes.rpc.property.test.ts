@@ -14,9 +14,20 @@ const strings = (field: string): fc.Arbitrary<string> => {
 };
 
 test('routes: every unary RPC refuses a bad request as INVALID_ARGUMENT or passes it on, never INTERNAL', async (t) => {
-  const handlers = createRoutesHandlers({ nodes: storeStandIn(), log: storeStandIn(), notifier: storeStandIn(), options: { leaseMs: 1000, pollMs: 1000, bookmarkMs: 1000 } });
-  const counts = await fuzzUnaryRequests(RoutesServiceService as never, handlers as never, strings, { numRuns: 300, interruptAfterTimeLimit: 500 });
+  const handlers = createRoutesHandlers({
+    nodes: storeStandIn(),
+    log: storeStandIn(),
+    notifier: storeStandIn(),
+    options: { leaseMs: 1000, pollMs: 1000, bookmarkMs: 1000 },
+  });
+  const counts = await fuzzUnaryRequests(RoutesServiceService as never, handlers as never, strings, {
+    numRuns: 300,
+    interruptAfterTimeLimit: 500,
+  });
   t.diagnostic(`reached the store / refused, per RPC: ${JSON.stringify(counts)}`);
   assert.ok(Object.keys(counts).length >= 3, JSON.stringify(counts));
-  assert.ok(Object.values(counts).some((c) => c.refused > 0) && Object.values(counts).some((c) => c.reached > 0), JSON.stringify(counts));
+  assert.ok(
+    Object.values(counts).some((c) => c.refused > 0) && Object.values(counts).some((c) => c.reached > 0),
+    JSON.stringify(counts),
+  );
 });

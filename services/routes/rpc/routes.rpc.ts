@@ -1,18 +1,38 @@
 import type { Handlers } from '../../../lib/grpc/server.js';
 import type { Notifier } from '../../../lib/db/notifier.js';
-import { ListNodesResponse, RoutesServiceService, type Node as PbNode, type NodeRoutes as PbNodeRoutes, type WatchRoutesResponse } from '../../../gen/weft/routes/v1/routes.js';
+import {
+  ListNodesResponse,
+  RoutesServiceService,
+  type Node as PbNode,
+  type NodeRoutes as PbNodeRoutes,
+  type WatchRoutesResponse,
+} from '../../../gen/weft/routes/v1/routes.js';
 import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
 import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
-import { validateDepartedQuery, validateRegistration, type NodeRecord, type RoutesChange } from '../domain/route-table.js';
+import {
+  validateDepartedQuery,
+  validateRegistration,
+  type NodeRecord,
+  type RoutesChange,
+} from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
 import { shareLogReads, watchRoutes } from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
-const toPbNode = (n: NodeRecord): PbNode => ({ name: n.name, underlayAddress: n.underlayAddress, vtepMac: n.vtepMac, registerTime: n.registeredAt, leaseExpireTime: n.leaseExpiresAt });
+const toPbNode = (n: NodeRecord): PbNode => ({
+  name: n.name,
+  underlayAddress: n.underlayAddress,
+  vtepMac: n.vtepMac,
+  registerTime: n.registeredAt,
+  leaseExpireTime: n.leaseExpiresAt,
+});
 
-const nodeRoutesBytes = (n: PbNodeRoutes) => stringFieldBytes(n.node) + stringFieldBytes(n.underlayAddress) + stringFieldBytes(n.vtepMac)
-  + n.blockCidrs.reduce((s, b) => s + stringFieldBytes(b), 8);
+const nodeRoutesBytes = (n: PbNodeRoutes) =>
+  stringFieldBytes(n.node) +
+  stringFieldBytes(n.underlayAddress) +
+  stringFieldBytes(n.vtepMac) +
+  n.blockCidrs.reduce((s, b) => s + stringFieldBytes(b), 8);
 
 /**
  * A stream message as it goes to a watcher: whole, or for a watcher that joins chunks (accept_chunks), split into
@@ -46,11 +66,19 @@ export function createRoutesHandlers(deps: {
   };
   return {
     async registerNode(req) {
-      return { node: toPbNode(await nodes.register(validateRegistration(req), options.leaseMs)), leaseMillis: options.leaseMs };
+      return {
+        node: toPbNode(await nodes.register(validateRegistration(req), options.leaseMs)),
+        leaseMillis: options.leaseMs,
+      };
     },
     async renewLease(req) {
       const n = await nodes.renew(nodeName(req.name), options.leaseMs);
-      if (!n) throw new DomainError('routes.node_not_found', 'not_found', `node ${JSON.stringify(req.name)} is not registered: call RegisterNode`);
+      if (!n)
+        throw new DomainError(
+          'routes.node_not_found',
+          'not_found',
+          `node ${JSON.stringify(req.name)} is not registered: call RegisterNode`,
+        );
       return { leaseMillis: options.leaseMs };
     },
     async deregisterNode(req) {
@@ -61,21 +89,32 @@ export function createRoutesHandlers(deps: {
       const after = decodePageToken('routes.invalid_page_token', 'nodes', req.pageToken, 1)?.[0] ?? null;
       if (size === 0) {
         // A caller that does not page (it may predate paging) gets the whole list or an error, never a short list.
-        const whole: ListNodesResponse = { nodes: (await nodes.list({ after, limit: null })).map(toPbNode), nextPageToken: '' };
-        ensureFitsOneMessage('routes.list_too_large', ListNodesResponse.encode(whole).finish().length, `the ${whole.nodes.length} nodes`);
+        const whole: ListNodesResponse = {
+          nodes: (await nodes.list({ after, limit: null })).map(toPbNode),
+          nextPageToken: '',
+        };
+        ensureFitsOneMessage(
+          'routes.list_too_large',
+          ListNodesResponse.encode(whole).finish().length,
+          `the ${whole.nodes.length} nodes`,
+        );
         return whole;
       }
       const page = await nodes.list({ after, limit: size + 1 });
       const more = page.length > size;
       const items = page.slice(0, size);
-      return { nodes: items.map(toPbNode), nextPageToken: more ? encodePageToken('nodes', [items[items.length - 1]!.name]) : '' };
+      return {
+        nodes: items.map(toPbNode),
+        nextPageToken: more ? encodePageToken('nodes', [items[items.length - 1]!.name]) : '',
+      };
     },
     async listDepartedNodes(req) {
       const departed = await nodes.listDeparted(validateDepartedQuery(req.names));
       return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
-      for await (const m of watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal)) yield* toPbWatchMessages(m, req.acceptChunks);
+      for await (const m of watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal))
+        yield* toPbWatchMessages(m, req.acceptChunks);
     },
   };
 }

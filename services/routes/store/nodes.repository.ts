@@ -10,13 +10,19 @@ import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
  */
 export function createNodesRepository(db: Database) {
   const toNode = (r: Record<string, unknown>): NodeRecord => ({
-    name: String(r.name), underlayAddress: String(r.underlay_address), vtepMac: String(r.vtep_mac),
-    registeredAt: new Date(r.registered_at as string), leaseExpiresAt: new Date(r.lease_expires_at as string),
+    name: String(r.name),
+    underlayAddress: String(r.underlay_address),
+    vtepMac: String(r.vtep_mac),
+    registeredAt: new Date(r.registered_at as string),
+    leaseExpiresAt: new Date(r.lease_expires_at as string),
   });
   const columns = sql`name, host(underlay_address) AS underlay_address, vtep_mac::text AS vtep_mac, registered_at, lease_expires_at`;
   return withDatabaseErrors('routes', {
     /** Adds or updates the node and (re)starts its lease; a node that had departed is no longer departed. */
-    async register(n: { name: string; underlayAddress: string; vtepMac: string }, leaseMs: number): Promise<NodeRecord> {
+    async register(
+      n: { name: string; underlayAddress: string; vtepMac: string },
+      leaseMs: number,
+    ): Promise<NodeRecord> {
       return db.transaction(async (tx) => {
         await lockChanges(tx);
         await tx.execute(sql`DELETE FROM routes.departed_nodes WHERE name = ${n.name}`);
@@ -44,12 +50,14 @@ export function createNodesRepository(db: Database) {
      * other and behind every route change.
      */
     async renew(name: string, leaseMs: number): Promise<NodeRecord | null> {
-      const quick = await db.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
+      const quick =
+        await db.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
         WHERE name = ${name} AND lease_expires_at > now() + make_interval(secs => ${leaseMs / 3000}) RETURNING ${columns}`);
       if (quick.rows.length > 0) return toNode(quick.rows[0] as Record<string, unknown>);
       return db.transaction(async (tx) => {
         await lockChanges(tx);
-        const res = await tx.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
+        const res =
+          await tx.execute(sql`UPDATE routes.nodes SET lease_expires_at = now() + make_interval(secs => ${leaseMs / 1000})
           WHERE name = ${name} RETURNING ${columns}`);
         if (res.rows.length === 0) return null;
         await logNodeChanges(tx, [name]);
@@ -73,10 +81,15 @@ export function createNodesRepository(db: Database) {
       if (names.length === 0) return [];
       const res = await db.execute(sql`SELECT name, departed_at FROM routes.departed_nodes
         WHERE name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb)) ORDER BY name`);
-      return (res.rows as Record<string, unknown>[]).map((r) => ({ name: String(r.name), departedAt: new Date(r.departed_at as string) }));
+      return (res.rows as Record<string, unknown>[]).map((r) => ({
+        name: String(r.name),
+        departedAt: new Date(r.departed_at as string),
+      }));
     },
     /** Nodes in name order: after `after` (exclusive) when given, at most `limit` when given. */
-    async list(page: { after: string | null; limit: number | null } = { after: null, limit: null }): Promise<NodeRecord[]> {
+    async list(
+      page: { after: string | null; limit: number | null } = { after: null, limit: null },
+    ): Promise<NodeRecord[]> {
       const res = await db.execute(sql`SELECT ${columns} FROM routes.nodes
         WHERE ${page.after}::text IS NULL OR name > ${page.after} ORDER BY name ${page.limit === null ? sql`` : sql`LIMIT ${page.limit}`}`);
       return (res.rows as Record<string, unknown>[]).map(toNode);

@@ -44,10 +44,14 @@ export async function lockChanges(tx: Executor): Promise<void> {
  * recorded for them. Idempotent: a second call with nothing changed writes nothing. Caller holds lockChanges.
  */
 export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Promise<LoggedChange[]> {
-  const only = names === 'all' ? sql`true` : sql`name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
-  const onlyLogged = names === 'all' ? sql`true` : sql`node IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
+  const only =
+    names === 'all' ? sql`true` : sql`name IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
+  const onlyLogged =
+    names === 'all' ? sql`true` : sql`node IN (SELECT jsonb_array_elements_text(${JSON.stringify(names)}::jsonb))`;
   if (names !== 'all' && names.length === 0) return [];
-  const res = await rows(tx, sql`
+  const res = await rows(
+    tx,
+    sql`
     WITH desired AS (
       SELECT n.name AS node, jsonb_build_object(
           'node', n.name, 'underlayAddress', host(n.underlay_address), 'vtepMac', n.vtep_mac::text,
@@ -69,9 +73,14 @@ export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Pro
     ), del AS (
       DELETE FROM routes.route_table WHERE node IN (SELECT node FROM ins WHERE routes IS NULL)
     )
-    SELECT revision, node, routes FROM ins ORDER BY revision`);
+    SELECT revision, node, routes FROM ins ORDER BY revision`,
+  );
   if (res.length > 0) await tx.execute(sql`SELECT pg_notify(${CHANGES_CHANNEL}, '')`);
-  return res.map((r) => ({ revision: Number(r.revision), node: String(r.node), routes: (r.routes as NodeRoutes | null) ?? null }));
+  return res.map((r) => ({
+    revision: Number(r.revision),
+    node: String(r.node),
+    routes: (r.routes as NodeRoutes | null) ?? null,
+  }));
 }
 
 /**
@@ -85,13 +94,16 @@ export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Pro
  */
 export async function resumeLeases(tx: Executor, leaseMs: number): Promise<number> {
   const lease = sql`make_interval(secs => ${leaseMs / 1000})`;
-  const [r] = await rows(tx, sql`WITH h AS (SELECT live_at FROM routes.log_horizon WHERE id = 1),
+  const [r] = await rows(
+    tx,
+    sql`WITH h AS (SELECT live_at FROM routes.log_horizon WHERE id = 1),
       ext AS (UPDATE routes.nodes n SET lease_expires_at = now() + ${lease} FROM h
         WHERE h.live_at < now() - make_interval(secs => ${leaseMs / 2000})
           AND n.lease_expires_at > h.live_at AND n.lease_expires_at < now() + ${lease}
         RETURNING n.name),
       up AS (UPDATE routes.log_horizon SET live_at = now() WHERE id = 1)
-    SELECT count(*) AS n FROM ext`);
+    SELECT count(*) AS n FROM ext`,
+  );
   return Number(r!.n);
 }
 
@@ -103,20 +115,36 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
      * when they are all still in the log, else the whole logged table and its revision.
      */
     async read(since: number, limit = 500): Promise<LogRead> {
-      return db.transaction(async (tx) => {
-        const [h] = await rows(tx, sql`SELECT compacted_through, affinities_synced_at IS NOT NULL AS ready,
+      return db.transaction(
+        async (tx) => {
+          const [h] = await rows(
+            tx,
+            sql`SELECT compacted_through, affinities_synced_at IS NOT NULL AS ready,
             greatest(compacted_through, (SELECT coalesce(max(revision), 0) FROM routes.changes)) AS head
-          FROM routes.log_horizon WHERE id = 1`);
-        if (!h!.ready) return { kind: 'not_ready' };
-        const compacted = Number(h!.compacted_through);
-        const head = Number(h!.head);
-        if (since === 0 || since < compacted || since > head) {
-          const table = await rows(tx, sql`SELECT routes FROM routes.route_table ORDER BY node`);
-          return { kind: 'snapshot', revision: head, table: table.map((r) => r.routes as NodeRoutes) };
-        }
-        const res = await rows(tx, sql`SELECT revision, node, routes FROM routes.changes WHERE revision > ${since} ORDER BY revision LIMIT ${limit}`);
-        return { kind: 'changes', changes: res.map((r) => ({ revision: Number(r.revision), node: String(r.node), routes: (r.routes as NodeRoutes | null) ?? null })) };
-      }, { isolationLevel: 'repeatable read', accessMode: 'read only' });
+          FROM routes.log_horizon WHERE id = 1`,
+          );
+          if (!h!.ready) return { kind: 'not_ready' };
+          const compacted = Number(h!.compacted_through);
+          const head = Number(h!.head);
+          if (since === 0 || since < compacted || since > head) {
+            const table = await rows(tx, sql`SELECT routes FROM routes.route_table ORDER BY node`);
+            return { kind: 'snapshot', revision: head, table: table.map((r) => r.routes as NodeRoutes) };
+          }
+          const res = await rows(
+            tx,
+            sql`SELECT revision, node, routes FROM routes.changes WHERE revision > ${since} ORDER BY revision LIMIT ${limit}`,
+          );
+          return {
+            kind: 'changes',
+            changes: res.map((r) => ({
+              revision: Number(r.revision),
+              node: String(r.node),
+              routes: (r.routes as NodeRoutes | null) ?? null,
+            })),
+          };
+        },
+        { isolationLevel: 'repeatable read', accessMode: 'read only' },
+      );
     },
 
     /**
@@ -124,12 +152,18 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
      * but only while `followerPid` (the affinity follower's session) still holds the follower lock: a follower that
      * lost its session can no longer write. Returns false when fenced off.
      */
-    async applyAffinities(followerPid: number, msg: { reset: boolean; upserts: { cidr: string; node: string }[]; deletes: string[] }): Promise<boolean> {
+    async applyAffinities(
+      followerPid: number,
+      msg: { reset: boolean; upserts: { cidr: string; node: string }[]; deletes: string[] },
+    ): Promise<boolean> {
       return db.transaction(async (tx) => {
         await lockChanges(tx);
-        const [fence] = await rows(tx, sql`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+        const [fence] = await rows(
+          tx,
+          sql`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
             AND classid = ${LOCK_CLASS} AND objid = ${AFFINITY_FOLLOWER_LOCK} AND objsubid = 2 AND pid = ${followerPid}
-            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held`);
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held`,
+        );
         if (!fence!.held) return false;
         await resumeLeases(tx, opts.leaseMs);
         const affected = new Set<string>();
@@ -138,11 +172,16 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
           // The first reset makes the log servable: wake streams that wait for it even when no entry changes.
           await tx.execute(sql`WITH u AS (UPDATE routes.log_horizon SET affinities_synced_at = now() WHERE id = 1 AND affinities_synced_at IS NULL RETURNING 1)
             SELECT pg_notify(${CHANGES_CHANNEL}, '') FROM u`);
-          for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities RETURNING node`)) affected.add(String(r.node));
+          for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities RETURNING node`))
+            affected.add(String(r.node));
         } else if (msg.deletes.length > 0 || msg.upserts.length > 0) {
           const gone = JSON.stringify([...msg.deletes, ...msg.upserts.map((u) => u.cidr)]);
-          for (const r of await rows(tx, sql`DELETE FROM routes.block_affinities
-              WHERE cidr IN (SELECT c::cidr FROM jsonb_array_elements_text(${gone}::jsonb) c) RETURNING node`)) affected.add(String(r.node));
+          for (const r of await rows(
+            tx,
+            sql`DELETE FROM routes.block_affinities
+              WHERE cidr IN (SELECT c::cidr FROM jsonb_array_elements_text(${gone}::jsonb) c) RETURNING node`,
+          ))
+            affected.add(String(r.node));
         }
         if (msg.upserts.length > 0) {
           await tx.execute(sql`INSERT INTO routes.block_affinities (cidr, node)
@@ -161,23 +200,32 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
      * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
      * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
      */
-    async sweep(compaction: { keep: number; maxAgeSeconds: number }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number; resumed: number }> {
+    async sweep(compaction: {
+      keep: number;
+      maxAgeSeconds: number;
+    }): Promise<{ swept: boolean; changes: LoggedChange[]; compacted: number; resumed: number }> {
       return db.transaction(async (tx) => {
         const [got] = await rows(tx, sql`SELECT pg_try_advisory_xact_lock(${LOCK_CLASS}, ${SWEEPER_LOCK}) AS got`);
         if (!got!.got) return { swept: false, changes: [], compacted: 0, resumed: 0 };
         await lockChanges(tx);
         // Also while not ready: the service is up and agents can renew, so that time counts against leases.
         const resumed = await resumeLeases(tx, opts.leaseMs);
-        const [ready] = await rows(tx, sql`SELECT affinities_synced_at IS NOT NULL AS ready FROM routes.log_horizon WHERE id = 1`);
+        const [ready] = await rows(
+          tx,
+          sql`SELECT affinities_synced_at IS NOT NULL AS ready FROM routes.log_horizon WHERE id = 1`,
+        );
         if (!ready!.ready) return { swept: false, changes: [], compacted: 0, resumed };
         const changes = await logNodeChanges(tx, 'all');
-        const [c] = await rows(tx, sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
+        const [c] = await rows(
+          tx,
+          sql`WITH head AS (SELECT coalesce(max(revision), 0) AS r FROM routes.changes),
             gone AS (DELETE FROM routes.changes WHERE revision < (SELECT r FROM head)
               AND revision <= (SELECT r FROM head) - ${compaction.keep} AND changed_at < now() - make_interval(secs => ${compaction.maxAgeSeconds})
               RETURNING revision),
             h AS (UPDATE routes.log_horizon SET compacted_through = greatest(compacted_through, (SELECT max(revision) FROM gone))
               WHERE id = 1 AND EXISTS (SELECT 1 FROM gone))
-          SELECT count(*) AS n FROM gone`);
+          SELECT count(*) AS n FROM gone`,
+        );
         return { swept: true, changes, compacted: Number(c!.n), resumed };
       });
     },

@@ -1,4 +1,16 @@
-import { bigint, check, cidr, index, inet, integer, jsonb, pgSchema, text, timestamp, macaddr } from 'drizzle-orm/pg-core';
+import {
+  bigint,
+  check,
+  cidr,
+  index,
+  inet,
+  integer,
+  jsonb,
+  pgSchema,
+  text,
+  timestamp,
+  macaddr,
+} from 'drizzle-orm/pg-core';
 import { sql } from 'drizzle-orm';
 
 /** The routes service's own schema. */
@@ -29,10 +41,14 @@ export const departedNodes = routes.table('departed_nodes', {
  * The routes service's own copy of IPAM's block affinities, as learned over gRPC (WatchBlockAffinities) by the one
  * replica that is the affinity follower. Never IPAM's tables.
  */
-export const blockAffinities = routes.table('block_affinities', {
-  cidr: cidr('cidr').primaryKey(),
-  node: text('node').notNull(),
-}, (t) => [index('block_affinities_node_idx').on(t.node)]);
+export const blockAffinities = routes.table(
+  'block_affinities',
+  {
+    cidr: cidr('cidr').primaryKey(),
+    node: text('node').notNull(),
+  },
+  (t) => [index('block_affinities_node_idx').on(t.node)],
+);
 
 /** The route table as of the newest change: one row per node in it (live lease), with the revision that set it. */
 export const routeTable = routes.table('route_table', {
@@ -42,14 +58,23 @@ export const routeTable = routes.table('route_table', {
 });
 
 /** The revision log: every change of the route table, revision from routes.change_seq, committed in revision order. */
-export const changes = routes.table('changes', {
-  revision: bigint('revision', { mode: 'number' }).primaryKey(),
-  node: text('node').notNull(),
-  kind: text('kind').notNull(),
-  /** The node's whole NodeRoutes for an upsert; null for a delete. */
-  routes: jsonb('routes'),
-  changedAt: timestamp('changed_at', { withTimezone: true }).notNull().defaultNow(),
-}, (t) => [check('changes_kind_check', sql`${t.kind} IN ('upsert', 'delete') AND (${t.kind} = 'delete') = (${t.routes} IS NULL)`)]);
+export const changes = routes.table(
+  'changes',
+  {
+    revision: bigint('revision', { mode: 'number' }).primaryKey(),
+    node: text('node').notNull(),
+    kind: text('kind').notNull(),
+    /** The node's whole NodeRoutes for an upsert; null for a delete. */
+    routes: jsonb('routes'),
+    changedAt: timestamp('changed_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    check(
+      'changes_kind_check',
+      sql`${t.kind} IN ('upsert', 'delete') AND (${t.kind} = 'delete') = (${t.routes} IS NULL)`,
+    ),
+  ],
+);
 
 /** One row: the highest revision compaction has removed (a watcher resuming from below it needs a snapshot), and whether block affinities were ever synced. */
 export const logHorizon = routes.table('log_horizon', {
@@ -64,4 +89,3 @@ export const logHorizon = routes.table('log_horizon', {
    */
   liveAt: timestamp('live_at', { withTimezone: true }).notNull().defaultNow(),
 });
-
