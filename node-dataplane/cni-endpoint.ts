@@ -14,6 +14,7 @@ import { planGarbageCollection } from './domain/garbage-collection.js';
 import { DEFAULT_HOST_PATHS, type HostPaths } from './kernel/host-paths.js';
 import { deleteLink } from './kernel/links.js';
 import type { PodReporter } from './pod-reports.js';
+import type { PodEvents } from './sources/attachments.js';
 import {
   attachPod,
   checkNetnsPath,
@@ -71,6 +72,8 @@ export function createCniHandlers(deps: {
   onDetachPhase?: (phase: string, ms: number) => void;
   /** Where the host's network sysctls and sysfs are (WEFT_PROC_SYS_NET, WEFT_SYS_DIR); default /proc/sys/net and /sys. */
   hostPaths?: HostPaths;
+  /** Told of every attachment made and ended, and of each ADD's veth while it is made: the pod drivers' input. */
+  pods?: PodEvents;
 }): Handlers<typeof AgentServiceService> {
   const paths = deps.hostPaths ?? DEFAULT_HOST_PATHS;
   /**
@@ -258,6 +261,7 @@ export function createCniHandlers(deps: {
       // after the release that undoes it (IPAM fences the attempt; see services/ipam/DESIGN.md, "Allocation attempts").
       const attemptId = randomUUID();
       inFlight.set(handle, hostIfname);
+      deps.pods?.attaching(hostIfname);
       let addEnded!: () => void;
       addsRunning.set(handle, new Promise<void>((resolve) => (addEnded = resolve)));
       try {
@@ -377,6 +381,7 @@ export function createCniHandlers(deps: {
             paths,
           });
           const address = a.address;
+          deps.pods?.attached({ hostIfname: a.hostIfname, addresses: a.address6 ? [address, a.address6] : [address] });
           log.info('pod attached', {
             address,
             ...(a.address6 ? { address6: a.address6 } : {}),
@@ -420,6 +425,7 @@ export function createCniHandlers(deps: {
         }
       } finally {
         inFlight.delete(handle);
+        deps.pods?.attachEnded(hostIfname);
         addsRunning.delete(handle);
         addEnded();
       }
@@ -461,6 +467,7 @@ export function createCniHandlers(deps: {
           deps.onDetachPhase?.('release', performance.now() - t0);
           return r;
         }, passThrough);
+      deps.pods?.detached(hostIfnameFor(req.containerId, req.ifname));
       const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns, paths }).then(() =>
         deps.onDetachPhase?.('link', performance.now() - t0),
       );
@@ -581,6 +588,7 @@ export function createCniHandlers(deps: {
         if ([...inFlight.values()].includes(name)) return;
         try {
           await deleteLink(name);
+          deps.pods?.detached(name);
           removedInterfaces.push(name);
         } catch (err) {
           failures.push(`removing interface ${name} failed: ${(err as Error).message}`);
@@ -594,6 +602,7 @@ export function createCniHandlers(deps: {
         releasing.add(a.handle);
         try {
           const r = await deps.ipam.release({ handle: a.handle }, { timeoutMs: 10_000 });
+          deps.pods?.detached(hostIfnameFor(a.containerId, a.handle.slice(a.containerId.length + 1)));
           if (r.released) released.push({ handle: a.handle, address: r.address });
         } catch (err) {
           const e = err as { details?: string; message?: string };

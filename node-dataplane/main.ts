@@ -28,6 +28,12 @@ import { FDB } from './drivers/fdb.js';
 import { NEIGHBOUR } from './drivers/neighbours.js';
 import { createNetworkPolicyDriver } from './drivers/policy.js';
 import { ROUTE } from './drivers/routes.js';
+import { createPodLinkDriver } from './drivers/pod-links.js';
+import { createPodRouteDriver } from './drivers/pod-routes.js';
+import { attachmentsOf } from './domain/pod-host.js';
+import { createPodHostAccess } from './kernel/pod-host.js';
+import { hostIfnameFor } from './kernel/pod-network.js';
+import { followAttachments } from './sources/attachments.js';
 import { createPolicyProgrammer } from './policy-programmer.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
@@ -162,6 +168,26 @@ async function main(): Promise<void> {
       ),
       family,
     );
+  // The node's attachments (IPAM's at start, then the CNI endpoint's own changes): the pod drivers' input.
+  const attachments = followAttachments({
+    list: async () => {
+      const allocations = [];
+      let pageToken = '';
+      do {
+        const page = await ipam.listAllocations(
+          { pool: '', node: config.nodeName, pageSize: 5000, pageToken },
+          { timeoutMs: 10_000, signal: stopper.signal },
+        );
+        allocations.push(...page.allocations);
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+      return attachmentsOf(allocations, hostIfnameFor);
+    },
+    logger,
+    signal: stopper.signal,
+    onChange: () => reconciler.markDirty('attachments'),
+  });
+  const podHost = createPodHostAccess({ routeProtocol: config.routeProtocol, paths: hostPaths, logger });
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
@@ -184,6 +210,7 @@ async function main(): Promise<void> {
       drivers: [policyDriver(4), policyDriver(6)],
       ipv6Required: config.podFamilies.includes('ipv6'),
     },
+    drivers: [createPodLinkDriver(podHost.links, attachments), createPodRouteDriver(podHost.routes, attachments)],
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -313,6 +340,7 @@ async function main(): Promise<void> {
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),
     hostPaths,
+    pods: attachments.events,
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
@@ -369,6 +397,7 @@ async function main(): Promise<void> {
     reports.close();
     policyClient.close();
     overlayNetlink.close();
+    podHost.close();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

@@ -29,6 +29,7 @@ export function createPassReporter(opts: {
   const masquerade = new Set(opts.masquerade);
   const optional = new Set(opts.optional);
   let refusedLogged = '';
+  let waitingLogged = '';
   const optionalFailures = new Map<string, string>();
   const logOptionalFailure = (kind: string, message: string, err: string) => {
     if (optionalFailures.get(kind) !== err) logger.warn(message, { err });
@@ -97,7 +98,15 @@ export function createPassReporter(opts: {
           logger.warn('kernel update failed; will retry', { op: f.op, kind: f.kind, key: f.key, err: f.error });
         }
       }
-      const held = r.held.filter((h) => !optional.has(h.kind));
+      // Entries waiting for something outside Weft (a pod veth the runtime has not made, or is making): logged when
+      // that set changes; not a failure.
+      const waiting = [...r.waiting.map((w) => `${w.op} ${w.kind} ${w.key}: ${w.reason}`)].sort();
+      if (waiting.join('\n') !== waitingLogged) {
+        if (waiting.length > 0)
+          logger.info('entries waiting for the runtime', { count: waiting.length, sample: waiting.slice(0, 5) });
+        waitingLogged = waiting.join('\n');
+      }
+      const held = r.held.filter((h) => !optional.has(h.kind) && !h.waiting);
       if (held.length > 0) {
         failed = true;
         logger.warn('holding back entries whose dependencies are not in place', {

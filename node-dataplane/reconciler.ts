@@ -19,7 +19,7 @@ import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
 import { createNetworkPolicy, type NetworkPolicyDriver } from './drivers/policy.js';
 import { createRouteDriver, ROUTE } from './drivers/routes.js';
 import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
-import { createDataplane, type KernelAccess } from './kernel-table/dataplane.js';
+import { createDataplane, type Driver, type KernelAccess } from './kernel-table/dataplane.js';
 import { vxlanStateFor, type VxlanDeviceState, type VxlanSpec } from './kernel/vxlan-device.js';
 import { createAgentMetrics, type AgentMetrics } from './metrics.js';
 import { createPassReporter } from './pass-report.js';
@@ -35,7 +35,18 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * on why it runs. Nothing is written before the first complete route snapshot.
  */
 export type DirtyReason =
-  'start' | 'routes' | 'pools' | 'policy' | 'pods' | 'kernel' | 'device' | 'underlay' | 'resync' | 'retry' | 'flush';
+  | 'start'
+  | 'routes'
+  | 'pools'
+  | 'attachments'
+  | 'policy'
+  | 'pods'
+  | 'kernel'
+  | 'device'
+  | 'underlay'
+  | 'resync'
+  | 'retry'
+  | 'flush';
 
 /** The kernel access of each kind of entry the dataplane drives (netlink, iproute2 and iptables, or a fake in tests). */
 export interface KernelAccesses {
@@ -48,7 +59,7 @@ export interface KernelAccesses {
 }
 
 /** What may be marked for resync: a kind of the dataplane's, or network policy (chains, sets and pod veths). */
-export type ResyncKind = typeof DEVICE | typeof NEIGHBOUR | typeof FDB | typeof ROUTE | 'nat' | 'policy';
+export type ResyncKind = typeof DEVICE | typeof NEIGHBOUR | typeof FDB | typeof ROUTE | 'nat' | 'policy' | 'tables';
 
 export interface Reconciler {
   /** Schedules a pass: at once, or within `delayMs` (calls within the window share one pass). `pods` re-reads the pods' veths. */
@@ -84,8 +95,8 @@ const RESYNC_ON: Partial<Record<DirtyReason, readonly ResyncKind[]>> = {
   pods: ['policy'],
   kernel: [NEIGHBOUR, FDB, ROUTE],
   device: [DEVICE, NEIGHBOUR, FDB, ROUTE],
-  underlay: [DEVICE, NEIGHBOUR, FDB, ROUTE, 'nat', 'policy'],
-  resync: [DEVICE, NEIGHBOUR, FDB, ROUTE, 'nat', 'policy'],
+  underlay: ['tables', 'policy'],
+  resync: ['tables', 'policy'],
 };
 
 export function createReconciler(deps: {
@@ -114,6 +125,11 @@ export function createReconciler(deps: {
   retryMs?: number;
   /** Requests in flight per phase (default 64; the netlink package aborts near 512). */
   maxInFlight?: number;
+  /**
+   * Table drivers that carry their own manager (`Driver.desired`), such as the pod veths and host routes: they need
+   * nothing else here (their place in drivers/order.ts; resynced with every table).
+   */
+  drivers?: readonly Driver<unknown>[];
 }): Reconciler {
   const metrics = deps.metrics ?? createAgentMetrics(createMetricsRegistry());
   const deviceName = deps.vxlan().name;
@@ -123,15 +139,19 @@ export function createReconciler(deps: {
     ...createNatDriver(deps.kernel[`nat${family}`] ?? absent, family),
     ready: () => !!deps.kernel[`nat${family}`] && !!deps.pools && deps.pools() !== null,
   }));
+  const drivers = [
+    device,
+    createNeighbourDriver(deps.kernel.neighbours, deviceName),
+    createFdbDriver(deps.kernel.fdb, deviceName),
+    createRouteDriver(deps.kernel.routes, deviceName),
+    ...nat,
+    ...(deps.drivers ?? []),
+  ];
+  const kinds = new Set(drivers.map((d) => d.kind));
   const dataplane = createDataplane({
-    drivers: [
-      device,
-      createNeighbourDriver(deps.kernel.neighbours, deviceName),
-      createFdbDriver(deps.kernel.fdb, deviceName),
-      createRouteDriver(deps.kernel.routes, deviceName),
-      ...nat,
-    ],
-    order: ORDER,
+    drivers,
+    // A kind this agent runs without (no pod drivers in a test of the overlay) has no phases.
+    order: ORDER.filter((p) => kinds.has(p.kind)),
     dependents: DEPENDENTS,
     maxInFlight: deps.maxInFlight,
   });
@@ -178,6 +198,7 @@ export function createReconciler(deps: {
   function markForResync(kinds: readonly ResyncKind[]): void {
     for (const kind of kinds) {
       if (kind === 'policy') policy?.markForResync();
+      else if (kind === 'tables') dataplane.markForResync();
       else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
       else dataplane.markForResync([kind]);
     }
@@ -208,6 +229,7 @@ export function createReconciler(deps: {
     const seconds = (performance.now() - t0) / 1000;
     if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
     const overlayFailed = reporter.applied(applied, why, seconds);
+    for (const d of deps.drivers ?? []) metrics.desiredEntries.set(d.table.desired.size, { kind: d.kind });
     if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
     const policed = policy ? await policy.apply(deps.policy!.rules()) : { changed: false, failed: false };
     if (overlayFailed || policed.failed) return 'failed';

@@ -10,6 +10,16 @@ import { createNatDriver, natKind } from './nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
 import { DEPENDENTS, ORDER } from './order.js';
 import { createRouteDriver, ROUTE } from './routes.js';
+import { createPodLinkDriver, POD_LINK } from './pod-links.js';
+import { createPodRouteDriver, POD_ROUTE } from './pod-routes.js';
+import {
+  desiredPodLinks,
+  desiredPodRoutes,
+  type HostAttachment,
+  type PodLinkEntry,
+  type PodRouteEntry,
+} from '../domain/pod-host.js';
+import { EntryWaiting } from '../kernel-table/dataplane.js';
 import { createVxlanDeviceDriver, DEVICE } from './vxlan-device.js';
 
 /**
@@ -40,6 +50,12 @@ const route = (cidr: string, gateway: string, mode: 'vxlan' | 'direct' = 'vxlan'
 const nat = (pools: string[]): [string, NatChain] => [MASQUERADE_CHAIN, { rules: masqueradeRules(pools), jumps: 1 }];
 
 const NAT4 = natKind(4);
+/** Two pods on this node (one dual-stack): their host veths and host routes are the pod drivers' desired entries. */
+const PODS: [string, HostAttachment][] = [
+  ['weft0000000000a', { hostIfname: 'weft0000000000a', addresses: ['10.244.0.10'] }],
+  ['weft0000000000b', { hostIfname: 'weft0000000000b', addresses: ['10.244.0.11', 'fd00:10:244::b'] }],
+];
+const podRoute = (cidr: string, dev: string): [string, PodRouteEntry] => [cidr, { cidr, dev }];
 /** The desired world, by kind. */
 const WORLD: Record<string, [string, unknown][]> = {
   [DEVICE]: [[DEV, device]],
@@ -51,18 +67,25 @@ const WORLD: Record<string, [string, unknown][]> = {
     route('10.244.3.0/26', '192.0.2.13', 'direct'),
   ],
   [NAT4]: [nat(['10.244.0.0/16'])],
+  [POD_LINK]: [...desiredPodLinks(new Map(PODS))],
+  [POD_ROUTE]: [...desiredPodRoutes(new Map(PODS))],
 };
 /** A peer that left while the agent was away: its entries are stale, and the route uses the neighbour and FDB entry. */
 const STALE: Record<string, [string, unknown]> = {
   [NEIGHBOUR]: neighbour('10.244.9.0', M9),
   [FDB]: fdb(M9, '198.51.100.99'),
   [ROUTE]: route('10.244.9.0/26', '10.244.9.0'),
+  // A pod veth left by an ADD that crashed (or whose attachment was released), with its host route on it.
+  [POD_LINK]: ['weft00000000099', { name: 'weft00000000099', proxyArp: true, proxyDelay: 0, gateway6: false }],
+  [POD_ROUTE]: podRoute('10.244.0.99/32', 'weft00000000099'),
 };
 
 interface World {
   dataplane: Dataplane;
   kernels: Record<string, FakeKernel<unknown>>;
   driver: (kind: string) => Driver<unknown>;
+  /** The pod drivers' input: the node's attachments (null: not known) and the veths ADDs are making. */
+  pods: { attachments: Map<string, HostAttachment> | null; attaching: Set<string> };
 }
 
 /** The world's tables, with the kernel holding the world except `missing` and plus `stale` entries. */
@@ -93,9 +116,15 @@ function world(
     createNatDriver(kernels[NAT4] as FakeKernel<NatChain>, 4),
     { ...createNatDriver(createFakeKernel<NatChain>(), 6), ready: () => false },
   ];
+  const pods: World['pods'] = { attachments: new Map(PODS), attaching: new Set() };
+  const input = { attachments: () => pods.attachments, attaching: (name: string) => pods.attaching.has(name) };
+  drivers.push(
+    createPodLinkDriver(kernels[POD_LINK] as FakeKernel<PodLinkEntry>, input),
+    createPodRouteDriver(kernels[POD_ROUTE] as FakeKernel<PodRouteEntry>, input),
+  );
   for (const d of drivers) d.table.replaceDesired(new Map([...(WORLD[d.kind] ?? []), ...(opts.extra?.[d.kind] ?? [])]));
   const dataplane = createDataplane({ drivers, order: ORDER, dependents: DEPENDENTS, maxInFlight: opts.maxInFlight });
-  return { dataplane, kernels, driver: (kind) => dataplane.driver(kind) };
+  return { dataplane, kernels, driver: (kind) => dataplane.driver(kind), pods };
 }
 
 const requests = (w: World) =>
@@ -108,7 +137,7 @@ const requests = (w: World) =>
 test('restart: the first apply reads every kind back and writes nothing that is already right; the next reads nothing', async () => {
   const w = world();
   const r = await w.dataplane.apply();
-  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE].sort());
+  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE, POD_LINK, POD_ROUTE].sort());
   assert.deepEqual(requests(w), {}, 'nothing deleted or re-added');
   assert.deepEqual(
     { changes: r.changes, failed: r.failed, held: r.held, drift: r.drift },
@@ -126,6 +155,8 @@ const CASES: { kind: string; missing: string; stale: boolean }[] = [
   { kind: FDB, missing: M2, stale: true },
   { kind: ROUTE, missing: '10.244.2.0/26', stale: true },
   { kind: NAT4, missing: MASQUERADE_CHAIN, stale: false },
+  { kind: POD_LINK, missing: 'weft0000000000b', stale: true },
+  { kind: POD_ROUTE, missing: 'fd00:10:244::b/128', stale: true },
 ];
 
 for (const c of CASES) {
@@ -362,4 +393,114 @@ test('at most maxInFlight requests are outstanding in a phase', async () => {
   });
   await big.dataplane.apply();
   assert.ok(big.kernels[ROUTE]!.maxInFlight <= 256, "capped well below the netlink package's 512");
+});
+
+test('pod drivers without the attachments (IPAM not asked yet, or unreachable) neither read nor write: nothing is torn down', async () => {
+  const w = world({ missing: [[POD_ROUTE, '10.244.0.10/32']], stale: [POD_LINK, POD_ROUTE] });
+  w.pods.attachments = null;
+  const r = await w.dataplane.apply();
+  assert.ok(!r.reads.includes(POD_LINK) && !r.reads.includes(POD_ROUTE), 'not read');
+  assert.deepEqual([w.kernels[POD_LINK]!.requests, w.kernels[POD_ROUTE]!.requests], [[], []]);
+  assert.ok(w.kernels[POD_LINK]!.entries.has('weft00000000099'), 'the stale veth is still there');
+  w.pods.attachments = new Map(PODS);
+  await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests.sort(), ['remove 10.244.0.99/32', 'write 10.244.0.10/32']);
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, ['remove weft00000000099']);
+});
+
+test('a veth an ADD is making is never removed: it waits (no failure, no resync) until the ADD ends, and goes only if the ADD left no attachment', async () => {
+  const w = world({ stale: [POD_LINK, POD_ROUTE] });
+  w.pods.attaching.add('weft00000000099');
+  const r = await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, [], 'not removed');
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests, [], 'its host route not removed either');
+  assert.deepEqual(
+    r.waiting.map((x) => `${x.op} ${x.kind} ${x.key}`),
+    [`delete ${POD_ROUTE} 10.244.0.99/32`],
+  );
+  assert.deepEqual(
+    r.held.map((h) => `${h.op} ${h.kind} ${h.key} on ${h.on}${h.waiting ? ' (waiting)' : ''}`),
+    [`delete ${POD_LINK} weft00000000099 on ${POD_ROUTE}/10.244.0.99/32 (waiting)`],
+    'the veth is held behind its route, as waiting',
+  );
+  assert.deepEqual(r.failed, []);
+  assert.equal(w.driver(POD_LINK).table.needsResync, false, 'waiting is not a failure: nothing to read back');
+  // The ADD succeeds: the veth is an attachment now, and stays.
+  const ok = world({ stale: [POD_LINK, POD_ROUTE] });
+  ok.pods.attaching.add('weft00000000099');
+  await ok.dataplane.apply();
+  ok.pods.attaching.delete('weft00000000099');
+  ok.pods.attachments!.set('weft00000000099', { hostIfname: 'weft00000000099', addresses: ['10.244.0.99'] });
+  await ok.dataplane.apply();
+  assert.deepEqual([ok.kernels[POD_LINK]!.requests, ok.kernels[POD_ROUTE]!.requests], [[], []]);
+  // The ADD fails (its own rollback would remove the veth; here it is left): once it ended, the veth goes.
+  w.pods.attaching.delete('weft00000000099');
+  await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests, ['remove 10.244.0.99/32']);
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, ['remove weft00000000099']);
+});
+
+test('a veth that became an attachment while the apply ran (an ADD that just ended) is not removed', async () => {
+  const w = world({ stale: [POD_LINK, POD_ROUTE] });
+  // The stale route's removal is where the ADD ends: the veth is an attachment by the time its removal comes up.
+  w.kernels[POD_ROUTE]!.onChange = (op, key) => {
+    if (op === 'remove' && key === '10.244.0.99/32')
+      w.pods.attachments!.set('weft00000000099', { hostIfname: 'weft00000000099', addresses: ['10.244.0.98'] });
+  };
+  const r = await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, []);
+  assert.ok(w.kernels[POD_LINK]!.entries.has('weft00000000099'));
+  assert.deepEqual(r.failed, []);
+  await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests, ['remove 10.244.0.99/32', 'write 10.244.0.98/32']);
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, [], 'its settings were right: nothing written');
+});
+
+test('a desired veth that does not exist waits for the runtime: its host routes are held as waiting, and the pass is no failure', async () => {
+  const w = world({
+    missing: [
+      [POD_LINK, 'weft0000000000b'],
+      [POD_ROUTE, '10.244.0.11/32'],
+      [POD_ROUTE, 'fd00:10:244::b/128'],
+    ],
+  });
+  const absent = new EntryWaiting('pod veth weft0000000000b does not exist');
+  w.kernels[POD_LINK]!.fail('write', 'weft0000000000b', 2, absent);
+  const r = await w.dataplane.apply();
+  assert.deepEqual(r.failed, []);
+  assert.deepEqual(
+    r.waiting.map((x) => x.key),
+    ['weft0000000000b'],
+  );
+  assert.deepEqual(r.held.map((h) => [h.key, h.on, h.waiting]).sort(), [
+    ['10.244.0.11/32', `${POD_LINK}/weft0000000000b`, true],
+    ['fd00:10:244::b/128', `${POD_LINK}/weft0000000000b`, true],
+  ]);
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests, []);
+  assert.equal(w.driver(POD_LINK).table.needsResync, false);
+  // Each apply tries again (no read back); once the runtime made it, the veth's settings and its routes are written.
+  await w.dataplane.apply();
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests, []);
+  const reads = w.kernels[POD_LINK]!.reads;
+  await w.dataplane.apply();
+  assert.equal(w.kernels[POD_LINK]!.reads, reads);
+  assert.deepEqual(w.kernels[POD_LINK]!.requests, ['write weft0000000000b']);
+  assert.deepEqual(w.kernels[POD_ROUTE]!.requests.sort(), ['write 10.244.0.11/32', 'write fd00:10:244::b/128']);
+  assert.equal(w.dataplane.pending(), 0);
+});
+
+test('a detached pod: its host routes go before its veth, and nothing else is touched', async () => {
+  const w = world();
+  await w.dataplane.apply();
+  const log: string[] = [];
+  for (const kind of [POD_LINK, POD_ROUTE]) w.kernels[kind]!.onChange = (op, key) => log.push(`${op} ${kind} ${key}`);
+  w.pods.attachments!.delete('weft0000000000b');
+  await w.dataplane.apply();
+  assert.deepEqual(log.slice(0, 2).sort(), [
+    `remove ${POD_ROUTE} 10.244.0.11/32`,
+    `remove ${POD_ROUTE} fd00:10:244::b/128`,
+  ]);
+  assert.deepEqual(log.slice(2), [`remove ${POD_LINK} weft0000000000b`]);
+  for (const [kind, k] of Object.entries(w.kernels))
+    if (kind !== POD_LINK && kind !== POD_ROUTE) assert.deepEqual(k.requests, [], `${kind} untouched`);
 });

@@ -2,6 +2,8 @@ import type { Phase } from '../kernel-table/dataplane.js';
 import { FDB } from './fdb.js';
 import { natKind } from './nat.js';
 import { NEIGHBOUR } from './neighbours.js';
+import { POD_LINK } from './pod-links.js';
+import { POD_ROUTE } from './pod-routes.js';
 import { ROUTE } from './routes.js';
 import { DEVICE } from './vxlan-device.js';
 
@@ -18,6 +20,11 @@ export const ORDER: readonly Phase[] = [
   { kind: natKind(4), op: 'delete' },
   { kind: natKind(6), op: 'update' },
   { kind: natKind(6), op: 'delete' },
+  // Pod veths (made by the runtime's ADD) and the host routes on them: routes go before the veth they leave by.
+  { kind: POD_ROUTE, op: 'delete' },
+  { kind: POD_LINK, op: 'update' },
+  { kind: POD_ROUTE, op: 'update' },
+  { kind: POD_LINK, op: 'delete' },
   { kind: ROUTE, op: 'delete' },
   { kind: NEIGHBOUR, op: 'update' },
   { kind: FDB, op: 'update' },

@@ -23,6 +23,19 @@ export interface KernelAccess<V> {
   remove(key: string, held: V): Promise<void>;
 }
 
+/**
+ * Thrown by a kernel access when an entry cannot be changed yet because of something outside Weft's tables (a pod's
+ * veth that only the runtime's ADD makes, or that an ADD is making right now). Not a failure: the entry stays pending
+ * without marking its table for resync, what depends on it is held (reported `waiting`), and the pass does not fail.
+ * Each apply tries it again.
+ */
+export class EntryWaiting extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EntryWaiting';
+  }
+}
+
 /** Finds an entry of another kind (desired, else as cached), for dependencies that go through it. */
 export type Lookup = (kind: string, key: string) => unknown;
 
@@ -36,6 +49,12 @@ export interface Driver<V = unknown> {
   optional?: boolean;
   /** False while its desired entries are not known (e.g. the pools): it neither reads nor writes. */
   ready?: () => boolean;
+  /**
+   * Its manager, when the driver carries one: its desired entries from the current inputs (pure), taken at the start
+   * of every apply; null while they are not known (then, as with `ready`, it neither reads nor writes). A driver
+   * with it needs nothing of the scheduler but a place in the list of drivers.
+   */
+  desired?: () => ReadonlyMap<string, V> | null;
 }
 
 export interface Phase {
@@ -57,8 +76,13 @@ export interface ApplyReport {
   drift: { kind: string; key: string }[];
   changes: Change[];
   failed: (Change & { error: string; optional: boolean })[];
-  /** Changes not attempted because what they depend on is not in place, with the first such entry. */
-  held: (Change & { on: string })[];
+  /**
+   * Changes not attempted because what they depend on is not in place, with the first such entry (`waiting`: that
+   * entry is waiting for something outside Weft, not failed).
+   */
+  held: (Change & { on: string; waiting?: boolean })[];
+  /** Changes that wait for something outside Weft's tables (EntryWaiting): pending, but no failure. */
+  waiting: (Change & { reason: string })[];
 }
 
 export interface Dataplane {
@@ -101,7 +125,23 @@ export function createDataplane(opts: {
   };
 
   async function apply(): Promise<ApplyReport> {
-    const report: ApplyReport = { reads: [], readFailures: [], drift: [], changes: [], failed: [], held: [] };
+    const report: ApplyReport = {
+      reads: [],
+      readFailures: [],
+      drift: [],
+      changes: [],
+      failed: [],
+      held: [],
+      waiting: [],
+    };
+    const waitingRefs = new Set<string>();
+    const unknown = new Set<string>();
+    for (const d of drivers.values()) {
+      if (!d.desired) continue;
+      const want = d.desired();
+      if (want) d.table.replaceDesired(want);
+      else unknown.add(d.kind);
+    }
     const unreadable = new Set<string>();
     const resync = async (d: Driver<unknown>) => {
       if (!d.table.needsResync || resting.has(d.kind) || unreadable.has(d.kind) || report.reads.includes(d.kind))
@@ -130,7 +170,7 @@ export function createDataplane(opts: {
 
     for (const phase of opts.order) {
       const d = drivers.get(phase.kind)!;
-      if (d.ready && !d.ready()) continue;
+      if ((d.ready && !d.ready()) || unknown.has(d.kind)) continue;
       await resync(d);
       if (resting.has(d.kind) || unreadable.has(d.kind)) {
         const pending = phase.op === 'update' ? d.table.pendingUpdates : d.table.pendingDeletes;
@@ -142,8 +182,11 @@ export function createDataplane(opts: {
       if (phase.op === 'update') {
         for (const [key, value] of d.table.pendingUpdates) {
           const missing = depsOf(d, key, value).find((ref) => !inPlace(ref));
-          if (missing) report.held.push({ op: 'update', kind: d.kind, key, on: missing });
-          else items.push([key, value]);
+          if (missing) {
+            const waiting = waitingRefs.has(missing);
+            report.held.push({ op: 'update', kind: d.kind, key, on: missing, ...(waiting ? { waiting } : {}) });
+            if (waiting) waitingRefs.add(`${d.kind}/${key}`);
+          } else items.push([key, value]);
         }
       } else {
         // Entries still in the kernel and still to change, and what they use: those are not deleted yet.
@@ -159,8 +202,11 @@ export function createDataplane(opts: {
         }
         for (const [key, value] of d.table.pendingDeletes) {
           const user = inUse.get(`${d.kind}/${key}`);
-          if (user) report.held.push({ op: 'delete', kind: d.kind, key, on: user });
-          else items.push([key, value]);
+          if (user) {
+            const waiting = waitingRefs.has(user);
+            report.held.push({ op: 'delete', kind: d.kind, key, on: user, ...(waiting ? { waiting } : {}) });
+            if (waiting) waitingRefs.add(`${d.kind}/${key}`);
+          } else items.push([key, value]);
         }
       }
       let rewritten = false;
@@ -176,6 +222,11 @@ export function createDataplane(opts: {
           }
           report.changes.push({ op: phase.op, kind: d.kind, key });
         } catch (err) {
+          if (err instanceof EntryWaiting) {
+            waitingRefs.add(`${d.kind}/${key}`);
+            report.waiting.push({ op: phase.op, kind: d.kind, key, reason: err.message });
+            return;
+          }
           d.table.markForResync();
           if (d.optional) resting.add(d.kind);
           report.failed.push({

@@ -13,8 +13,8 @@ export interface FakeKernel<V> extends KernelAccess<V> {
   reads: number;
   /** Most requests outstanding at once. */
   maxInFlight: number;
-  /** The next `times` requests of `op` on `key` (any key: '*') fail with `error`. */
-  fail(op: 'write' | 'remove', key: string, times?: number, error?: string): void;
+  /** The next `times` requests of `op` on `key` (any key: '*') fail with `error` (a message, or the error itself). */
+  fail(op: 'write' | 'remove', key: string, times?: number, error?: string | Error): void;
   /** The next `times` reads fail. */
   failReads(times?: number, error?: string): void;
   /** Called after each successful write or remove (a kernel notification, say). */
@@ -25,7 +25,7 @@ export function createFakeKernel<V>(
   initial: Iterable<[string, V]> = [],
   opts: { held?: (key: string, value: V) => V } = {},
 ): FakeKernel<V> {
-  const failures: { op: string; key: string; times: number; error: string }[] = [];
+  const failures: { op: string; key: string; times: number; error: string | Error }[] = [];
   let readFailures: { times: number; error: string } = { times: 0, error: '' };
   let inFlight = 0;
   const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -37,7 +37,7 @@ export function createFakeKernel<V>(
       const f = failures.find((x) => x.op === op && (x.key === key || x.key === '*') && x.times > 0);
       if (f) {
         f.times--;
-        throw new Error(f.error);
+        throw typeof f.error === 'string' ? new Error(f.error) : f.error;
       }
       k.requests.push(`${op} ${key}`);
       body();

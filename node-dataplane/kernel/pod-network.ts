@@ -369,7 +369,7 @@ async function addHostRoute(host: string, address: string, routeProtocol: number
  * The pod's IPv6 gateway on the host end: `fe80::1/64 nodad` over rtnetlink (IPv6 switched on for the device first:
  * a node whose default is disable_ipv6=1 still serves dual-stack pods).
  */
-async function addHostGateway6(host: string, paths: HostPaths): Promise<void> {
+export async function addHostGateway6(host: string, paths: HostPaths): Promise<void> {
   writeFileSync(netSysctl(paths, 'ipv6', 'conf', host, 'disable_ipv6'), '0');
   const index = Number(readFileSync(classNet(paths, host, 'ifindex'), 'utf8'));
   await podNetlink().newAddress(
