@@ -12,6 +12,9 @@ import {
 } from './domain/desired.js';
 import { MASQUERADE_CHAIN, type NatChain } from './domain/masquerade.js';
 import type { PolicyPlan } from './domain/network-policy.js';
+import type { HostAttachment, PodLinkEntry, PodRouteEntry } from './domain/pod-host.js';
+import { createPodLinkDriver } from './drivers/pod-links.js';
+import { createPodRouteDriver } from './drivers/pod-routes.js';
 import { createNetworkPolicyDriver } from './drivers/policy.js';
 import { createFakeKernel, type FakeKernel } from './kernel-table/fake-kernel.js';
 import type { PolicyDriver as IptablesPolicy } from './kernel/iptables-policy.js';
@@ -454,6 +457,37 @@ test('masquerade: nothing before the pools are known; a failing IPv6 nat table d
       '-A WEFT-POSTROUTING -s fd00:10:244::/48 -j MASQUERADE',
     ]);
     assert.equal(value('weft_agent_kernel_changes_total{kind="masquerade",op="add"}'), 2);
+  } finally {
+    r.stop();
+  }
+});
+
+test('a driver that carries its manager (the pod drivers) needs nothing of the scheduler but the list: its entries follow their input, and the periodic resync reads it back', async () => {
+  const k = fakeNode();
+  const links = createFakeKernel<PodLinkEntry>([
+    ['weft00000000099', { name: 'weft00000000099', proxyArp: true, proxyDelay: 0, gateway6: false }],
+  ]);
+  const routes = createFakeKernel<PodRouteEntry>();
+  let attachments: Map<string, HostAttachment> | null = null;
+  const pods = { attachments: () => attachments, attaching: () => false };
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
+  const { r, value } = setup(k, snap, {
+    drivers: [createPodLinkDriver(links, pods), createPodRouteDriver(routes, pods)],
+  });
+  try {
+    await r.flush();
+    assert.deepEqual([links.reads, links.requests, routes.requests], [0, [], []], 'attachments unknown: untouched');
+    attachments = new Map([['weft0000000000a', { hostIfname: 'weft0000000000a', addresses: ['10.244.0.10'] }]]);
+    links.entries.set('weft0000000000a', { name: 'weft0000000000a', proxyArp: false, proxyDelay: 0, gateway6: false });
+    await r.flush('attachments');
+    assert.deepEqual(links.requests, ['write weft0000000000a', 'remove weft00000000099']);
+    assert.deepEqual(routes.requests, ['write 10.244.0.10/32']);
+    assert.equal(value('weft_agent_desired_entries{kind="pod-route"}'), 1);
+    routes.entries.clear();
+    await r.flush('routes');
+    assert.equal(routes.entries.size, 0, 'not read back without a mark');
+    await r.flush('resync');
+    assert.deepEqual([...routes.entries.keys()], ['10.244.0.10/32'], 'the periodic resync found the lost host route');
   } finally {
     r.stop();
   }
