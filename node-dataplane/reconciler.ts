@@ -147,11 +147,9 @@ export function createReconciler(deps: {
     ...nat,
     ...(deps.drivers ?? []),
   ];
-  const kinds = new Set(drivers.map((d) => d.kind));
   const dataplane = createDataplane({
     drivers,
-    // A kind this agent runs without (no pod drivers in a test of the overlay) has no phases.
-    order: ORDER.filter((p) => kinds.has(p.kind)),
+    order: ORDER,
     dependents: DEPENDENTS,
     maxInFlight: deps.maxInFlight,
   });

@@ -134,6 +134,14 @@ const requests = (w: World) =>
       .map(([kind, k]) => [kind, k.requests]),
   );
 
+test('every kind of the dependency order has its driver in this harness, and the same cases below', () => {
+  const w = world();
+  for (const kind of new Set(ORDER.map((p) => p.kind))) {
+    assert.doesNotThrow(() => w.driver(kind), kind);
+    if (kind !== natKind(6)) assert.ok(CASES.some((c) => c.kind === kind) && WORLD[kind], `${kind} has cases`);
+  }
+});
+
 test('restart: the first apply reads every kind back and writes nothing that is already right; the next reads nothing', async () => {
   const w = world();
   const r = await w.dataplane.apply();
