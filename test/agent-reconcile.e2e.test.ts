@@ -24,6 +24,7 @@ import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
+import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
 import { bin } from './support/processes.js';
 import { eventually } from './support/eventually.js';
 import { pings as reaches } from './support/pod-probes.js';
@@ -318,6 +319,37 @@ describe('agent reconciliation on the local cluster', opts, () => {
       assert.ok(!out.includes(prefix), `namespaces left behind:\n${out}`);
       for (const pid of pids) assert.ok(!isAlive(pid), `process ${pid} left running`);
     }
+  });
+
+  test("a pod's host route and proxy ARP changed by hand come back at the next resync; a stale pod veth is removed, live pods untouched", async (t) => {
+    const n1 = node('node1');
+    const ns = n1.netns;
+    const pa = pods.pa!;
+    const host = hostIfnameFor(pa.containerId, pa.ifname);
+    const hostRoute = () => sh('ip', '-n', ns, 'route', 'show', 'table', 'main', 'proto', '87', 'dev', host);
+    const proxyArp = () => sh('ip', 'netns', 'exec', ns, 'cat', `/proc/sys/net/ipv4/conf/${host}/proxy_arp`);
+    const before = await hostRoute();
+    assert.match(before, new RegExp(`^${pa.addresses[0]!.replace(/\./g, '\\.')} scope link`));
+    // A veth that is no attachment's (an ADD that crashed midway): Weft's name, no allocation behind it.
+    const stale = 'weft0000000e2e0';
+    await sh('ip', '-n', ns, 'link', 'add', stale, 'type', 'veth', 'peer', 'name', 'e2epeer0');
+    await sh('ip', '-n', ns, 'route', 'del', `${pa.addresses[0]}/32`, 'dev', host);
+    await sh('ip', 'netns', 'exec', ns, 'sh', '-c', `echo 0 > /proc/sys/net/ipv4/conf/${host}/proxy_arp`);
+    const t0 = performance.now();
+    await eventually(
+      'the host route, proxy ARP and the stale veth repaired',
+      async () =>
+        (await hostRoute()) === before &&
+        (await proxyArp()).trim() === '1' &&
+        !(await sh('ip', '-n', ns, '-br', 'link', 'show', 'type', 'veth')).includes(stale),
+      15_000,
+      50,
+    );
+    t.diagnostic(
+      `pod host route, proxy ARP and stale veth repaired in ${Math.round(performance.now() - t0)} ms (resync 5 s)`,
+    );
+    assert.ok(await pings(pa, pods.pb!.addresses[0]!), 'pa reaches pb across nodes again');
+    assert.ok(await pings(pods.pb!, pa.addresses[0]!), 'pb reaches pa again');
   });
 
   test('a route, a neighbour entry, an FDB entry, a direct route and the whole VXLAN device deleted by hand come back within the bound', async (t) => {
