@@ -59,7 +59,8 @@ export interface GarbageCollectionPlan {
   release: NodeAllocation[];
 }
 
-const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
+/** Weft's host veth names (hostIfnameFor, `weft` + 11 hex digits): nothing else is a pod interface. */
+export const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 /** True when the handle has the shape the CNI endpoint gives it: "<containerId>/<ifname>" of its own container id. */

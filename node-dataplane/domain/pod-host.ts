@@ -1,5 +1,7 @@
 import { canonicalCidr } from './desired.js';
-import { isPodHandle, type NodeAllocation } from './garbage-collection.js';
+import { isPodHandle, POD_HOST_IFNAME, type NodeAllocation } from './garbage-collection.js';
+
+export { POD_HOST_IFNAME };
 
 /**
  * The host side of the node's pod attachments, as pure code: which pod veths (host ends) the node should have, with
@@ -33,9 +35,6 @@ export interface PodRouteEntry {
   /** The device's index when read back (not compared). */
   ifindex?: number;
 }
-
-/** Weft's host veth names (hostIfnameFor): nothing else is a pod link. */
-export const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
 
 export const podHostCidr = (address: string) => canonicalCidr(`${address}/${address.includes(':') ? 128 : 32}`);
 

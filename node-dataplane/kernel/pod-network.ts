@@ -8,7 +8,7 @@ import {
   parseAttachmentRecord,
   type AttachmentRecord,
 } from '../domain/attachment-record.js';
-import type { HostLink } from '../domain/garbage-collection.js';
+import { POD_HOST_IFNAME, type HostLink } from '../domain/garbage-collection.js';
 import netlinkPkg from 'netlink';
 import type { RtNetlinkSocket } from 'netlink';
 import { run } from '../../lib/exec.js';
@@ -83,7 +83,6 @@ export async function hostLinkExists(
   return existsSync(classNet(paths, hostIfnameFor(containerId, ifname)));
 }
 
-const POD_HOST_IFNAME = /^weft[0-9a-f]{11}$/;
 /** A second interface's routing table in the pod: this + its pod end's ifindex (clear of main 254, local 255). */
 export const SECOND_TABLE_BASE = 10_000;
 /** The priority of a second interface's source rule: before the main table's (32766). */
