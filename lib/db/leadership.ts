@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import pg from 'pg';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { sleep } from '../backoff.js';
@@ -20,7 +21,7 @@ import type { Database } from './database.js';
  *   abort `term.signal`: the leader stops, ends the session (so the lock is free at once if the server still had it)
  *   and competes again.
  *
- * The session says what it is in pg_stat_activity (`application_name` = `weft-leader:<role name>`), so operators and
+ * The session says what it is in pg_stat_activity (`application_name` = `weft-leader:<role>:<pid>@<host>`), so operators and
  * tests find each role's leader with one query (`leaderQuery`). A connection pooler in transaction mode (PgBouncer)
  * cannot carry session locks: leaders need a direct session (HAProxy in TCP mode, as in docs/ha-postgresql.md, can).
  */
@@ -62,8 +63,9 @@ export interface Leadership {
   stop(): Promise<void>;
 }
 
-/** The application_name of a role's leader session. */
-export const leaderApplicationName = (role: LeaderRole) => `weft-leader:${role}`;
+/** The application_name of a role's contender sessions: the role, then which process (pid@host; at most 63 bytes). */
+export const leaderApplicationName = (role: LeaderRole) =>
+  `weft-leader:${role}:${process.pid}@${hostname()}`.slice(0, 63);
 
 /** One row per role that has a leader now: the session holding its lock (for tests and operators). */
 export const leaderQuery = `SELECT l.objid::int AS role, a.pid, a.backend_start, a.application_name, a.client_addr::text AS client_addr

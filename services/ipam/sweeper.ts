@@ -37,44 +37,41 @@ export function startIpamSweeper(o: SweeperOptions): { stop(): Promise<void>; is
   const now = o.now ?? Date.now;
 
   async function sweep(repo: HousekeepingStoreOnSession): Promise<void> {
-      const released = await repo.releaseEmptyBlocks(o.blockGraceSeconds);
-      if (released.length > 0)
-        o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
-      await repo.pruneAttempts(o.attemptRetentionSeconds);
-      const holding = await repo.nodesHoldingAddresses();
-      const departed: { name: string; departTime?: Date | undefined }[] = [];
-      try {
-        for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
-          departed.push(
-            ...(
-              await o.routes.listDepartedNodes(
-                { names: holding.slice(i, i + NAMES_PER_REQUEST) },
-                { timeoutMs: 10_000 },
-              )
-            ).nodes,
-          );
-        }
-      } catch (err) {
-        o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', {
-          err: (err as Error).message,
+    const released = await repo.releaseEmptyBlocks(o.blockGraceSeconds);
+    if (released.length > 0)
+      o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
+    await repo.pruneAttempts(o.attemptRetentionSeconds);
+    const holding = await repo.nodesHoldingAddresses();
+    const departed: { name: string; departTime?: Date | undefined }[] = [];
+    try {
+      for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
+        departed.push(
+          ...(
+            await o.routes.listDepartedNodes({ names: holding.slice(i, i + NAMES_PER_REQUEST) }, { timeoutMs: 10_000 })
+          ).nodes,
+        );
+      }
+    } catch (err) {
+      o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', {
+        err: (err as Error).message,
+      });
+      return;
+    }
+    for (const d of departed) {
+      if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
+      // Asked again just before the release: a node that registered again since (its agent came back) keeps all.
+      const still = (
+        await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 }).catch(() => ({ nodes: [] }))
+      ).nodes[0];
+      if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
+      const gone = await repo.releaseNodeAllocationsBefore(d.name, d.departTime);
+      if (gone.length > 0)
+        o.logger.info('node departed: its allocations are released', {
+          node: d.name,
+          departed: d.departTime.toISOString(),
+          released: gone.length,
         });
-        return;
-      }
-      for (const d of departed) {
-        if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
-        // Asked again just before the release: a node that registered again since (its agent came back) keeps all.
-        const still = (
-          await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 }).catch(() => ({ nodes: [] }))
-        ).nodes[0];
-        if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
-        const gone = await repo.releaseNodeAllocationsBefore(d.name, d.departTime);
-        if (gone.length > 0)
-          o.logger.info('node departed: its allocations are released', {
-            node: d.name,
-            departed: d.departTime.toISOString(),
-            released: gone.length,
-          });
-      }
+    }
   }
 
   const leadership = startLeaderLoop({

@@ -40,7 +40,10 @@ function withConflicts<T extends object>(store: T): T {
 /** What the sweeper writes (services/ipam/sweeper.ts), on `db`: the leader's own session (lib/db/leadership.ts). */
 export function createHousekeepingStore(db: Database) {
   const { releaseNodeAllocationsBefore } = createReleaseRepository(db);
-  return withDatabaseErrors('ipam', withConflicts({ ...createHousekeepingRepository(db), releaseNodeAllocationsBefore }));
+  return withDatabaseErrors(
+    'ipam',
+    withConflicts({ ...createHousekeepingRepository(db), releaseNodeAllocationsBefore }),
+  );
 }
 export type HousekeepingStoreOnSession = ReturnType<typeof createHousekeepingStore>;
 

@@ -237,4 +237,3 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
 }
 
 export type RouteLogRepository = ReturnType<typeof createRouteLogRepository>;
-
