@@ -120,6 +120,7 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
   const violations: string[] = [];
   const holders = new Map<number, Set<number>>();
   let samples = 0;
+  let exiting = 0;
   const sampler = new pg.Client({ connectionString: db.url });
   await sampler.connect();
   let sampling = true;
@@ -134,7 +135,13 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
       );
       for (const r of rows) {
         const role = LEADER_ROLES[r.app.split(':')[1] as keyof typeof LEADER_ROLES];
-        if (!r.holds.includes(role)) violations.push(`${r.app} (pid ${r.pid}) acted without the lock`);
+        if (r.holds.includes(role)) continue;
+        // A backend that is exiting (its client was killed) releases its locks after aborting its transaction and
+        // before it leaves pg_stat_activity: seen in that moment, it is gone shortly after and committed nothing.
+        await new Promise((res) => setTimeout(res, 300));
+        const still = await sampler.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [r.pid]);
+        if (still.rows.length > 0) violations.push(`${r.app} (pid ${r.pid}) acted without the lock`);
+        else exiting++;
       }
       for (const [role, pid] of await leaders()) {
         if (!holders.has(role)) holders.set(role, new Set());
@@ -188,6 +195,7 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
   // The hammer: four workers attach pods (Allocate, through the agents' own clients) and detach every third.
   const acked = new Map<string, SimPod & { node: string }>();
   const detached = new Set<string>();
+  const releasing = new Set<string>();
   const outcomes: { startedAt: number; ok: boolean }[] = [];
   let hammering = true;
   let seq = 0;
@@ -200,6 +208,8 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
         acked.set(pod.handle, { ...pod, node: node.spec.name });
         outcomes.push({ startedAt, ok: true });
         if (seq % 3 === 0) {
+          // A Release refused at the kill may still have committed: its pod is no longer counted as live.
+          releasing.add(pod.handle);
           await sim!.detachPod(node, pod);
           detached.add(pod.handle);
         }
@@ -257,7 +267,13 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
       )
     ).rows.map((r) => [r.handle, r.address]),
   );
-  const lost = [...acked.values()].filter((p) => !detached.has(p.handle) && live.get(p.handle) !== p.address);
+  const lost = [...acked.values()].filter((p) => !releasing.has(p.handle) && live.get(p.handle) !== p.address);
+  const unknown = [...releasing].filter((h) => !detached.has(h));
+  assert.deepEqual(
+    unknown.filter((h) => live.has(h) && live.get(h) !== acked.get(h)!.address),
+    [],
+    'a release whose outcome is unknown left the pod its address or nothing',
+  );
   assert.deepEqual(
     lost.map((p) => p.handle),
     [],
@@ -347,15 +363,21 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
   await sampler.end();
   assert.deepEqual(violations, [], 'no contender acted without its lock');
   assert.ok(samples > 50, `samples: ${samples}`);
+  const resigned = replicas.flatMap((r) =>
+    r.proc
+      .output()
+      .split('\n')
+      .filter((l) => /resigning leadership|leader election session failed/.test(l)),
+  );
   for (const role of roles)
     assert.ok(
       holders.get(role)!.has(r0!.proc.child.pid!) && [...holders.get(role)!].length === 2,
-      `role ${role} went from the killed replica to exactly one survivor: ${[...holders.get(role)!].join(', ')}`,
+      `role ${role} went from the killed replica to exactly one survivor: ${[...holders.get(role)!].join(', ')}\n${resigned.join('\n')}`,
     );
   const failed = outcomes.filter((o) => !o.ok).length;
   process.stdout.write(
     `# replicas: writes again ${writesAgainMs} ms after the kill (first: an allocation begun ${recovered.startedAt - killedAt} ms after it); ` +
       `every role led by a survivor after ${leadersAgainMs} ms (${[...leadersMoved.values()].join(', ')}); ` +
-      `${acked.size} allocations acknowledged (${beforeKill} before the kill), ${failed} refused; ${samples} database samples\n`,
+      `${acked.size} allocations acknowledged (${beforeKill} before the kill), ${failed} calls refused (${unknown.length} of them releases); ${samples} database samples (${exiting} saw an exiting backend)\n`,
   );
 });

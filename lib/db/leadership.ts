@@ -182,7 +182,8 @@ export function startLeaderLoop(o: {
         try {
           await o.step(term);
         } catch (err) {
-          term.resign(`${o.role} failed: ${(err as Error).message}`);
+          const cause = (err as { cause?: { message?: string } }).cause?.message;
+          term.resign(`${o.role} failed: ${(err as Error).message}${cause ? ` (${cause})` : ''}`);
           return;
         }
         await sleep(o.intervalMs, term.signal);
