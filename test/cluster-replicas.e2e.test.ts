@@ -32,7 +32,16 @@ const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, 
 
 /** Established connections to the control-plane port inside a replica's namespace. */
 async function connectionsIn(netns: string): Promise<number> {
-  const { stdout } = await run('ip', ['netns', 'exec', netns, 'ss', '-Htn', 'state', 'established', '( sport = :7400 )']);
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    netns,
+    'ss',
+    '-Htn',
+    'state',
+    'established',
+    '( sport = :7400 )',
+  ]);
   return stdout.split('\n').filter((l) => l.trim() !== '').length;
 }
 

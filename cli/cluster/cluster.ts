@@ -165,7 +165,14 @@ async function stopProcess(pid: number): Promise<void> {
   for (let i = 0; i < 20 && isAlive(pid); i++) await sleep(50);
 }
 
-export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
+/**
+ * Where the CLI and tests reach the local cluster's control plane: its unix socket, or with replicas the socket of the
+ * first one still running (a unix socket names one process, so the CLI picks a live one itself).
+ */
+export function controlPlaneTarget(s: ClusterState): string {
+  const live = [s.controlPlane, ...(s.replicas ?? [])].find((r) => r.pid === 0 || isAlive(r.pid));
+  return `unix://${(live ?? s.controlPlane).socket}`;
+}
 
 /** Every replica's TCP address, as agents are given it (WEFT_CONTROL_PLANE: lib/grpc/endpoints.ts). */
 export const controlPlaneEndpoints = (s: ClusterState) =>
@@ -263,7 +270,14 @@ export async function clusterUp(opts: {
     for (let i = 1; i < replicas; i++) {
       const plan = planControlPlaneReplica(prefix, i);
       await run('ip', ['netns', 'add', plan.netns]);
-      await attachToFabric(fab, plan.netns, plan.fabricIfname, `${plan.address}/24`, SUBNETS[0].bridge, SUBNETS[0].router);
+      await attachToFabric(
+        fab,
+        plan.netns,
+        plan.fabricIfname,
+        `${plan.address}/24`,
+        SUBNETS[0].bridge,
+        SUBNETS[0].router,
+      );
       const dataDir = path.join(stateDir, `cp${i + 1}`);
       mkdirSync(dataDir, { recursive: true });
       state.replicas = [
