@@ -227,6 +227,14 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
   assert.ok(beforeKill > 20, `the hammer allocates before the kill (${beforeKill})`);
   const breaksBefore = sim.stats().streamBreaks;
 
+  // Moving to another replica resumes each route stream from its revision: no snapshot again (no re-sync storm).
+  let routeSnapshotsAfterKill = 0;
+  const moving = new Set(sim.nodes);
+  sim.onRoutes((n, m) => {
+    if (m.reset && moving.has(n)) routeSnapshotsAfterKill++;
+  });
+  const policyViews = () => [...moving].reduce((n, x) => n + x.policyCompleteViews, 0);
+  const policyViewsBefore = policyViews();
   const killedAt = Date.now();
   r0!.proc.child.kill('SIGKILL');
   // Writes work again: the first allocation begun after the kill that succeeds.
@@ -287,6 +295,7 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
 
   // The agents moved (their streams broke and reopened) and their views equal the database's and a fresh stream's.
   assert.ok(sim.stats().streamBreaks > breaksBefore, 'the agents were on the killed replica');
+  assert.equal(routeSnapshotsAfterKill, 0, 'route streams resumed from their revision, without a snapshot');
   await eventually(
     "every agent's route view equals the logged route table",
     async () => {
@@ -378,6 +387,7 @@ test('three replicas on one PostgreSQL: SIGKILL the one the agents use and that 
   process.stdout.write(
     `# replicas: writes again ${writesAgainMs} ms after the kill (first: an allocation begun ${recovered.startedAt - killedAt} ms after it); ` +
       `every role led by a survivor after ${leadersAgainMs} ms (${[...leadersMoved.values()].join(', ')}); ` +
+      `route snapshots after the kill ${routeSnapshotsAfterKill}, complete policy views ${policyViews() - policyViewsBefore} (one per reopened stream); ` +
       `${acked.size} allocations acknowledged (${beforeKill} before the kill), ${failed} calls refused (${unknown.length} of them releases); ${samples} database samples (${exiting} saw an exiting backend)\n`,
   );
 });
