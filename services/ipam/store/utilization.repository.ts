@@ -190,9 +190,10 @@ async function usageOfPools(
     rows<{ id: number; live: string; cooling: string }>(
       db,
       sql`WITH ${cooling}
-      SELECT ps.id, (SELECT coalesce(sum(live), 0) FROM ipam.node_usage u WHERE u.pool_id = ps.id AND u.blocks > 0) AS live,
-        (SELECT coalesce(sum(n), 0) FROM cooling c WHERE c.pool_id = ps.id) AS cooling
-      FROM ps`,
+      SELECT ps.id, coalesce(l.live, 0) AS live, coalesce(c.n, 0) AS cooling FROM ps
+        LEFT JOIN (SELECT pool_id, sum(live) AS live FROM ipam.node_usage
+          WHERE pool_id = ANY(${intArray(ids)}) AND blocks > 0 GROUP BY pool_id) l ON l.pool_id = ps.id
+        LEFT JOIN (SELECT pool_id, sum(n) AS n FROM cooling GROUP BY pool_id) c ON c.pool_id = ps.id`,
     ),
   ]);
   let next: UtilizationKey | null = null;
