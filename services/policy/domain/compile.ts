@@ -149,6 +149,110 @@ export const createCompileCache = (): CompileCache => ({
   labelsText: new WeakMap(),
 });
 
+/**
+ * One view (world and pods) as every node of a replica compiles it: what does not depend on the node is worked out
+ * once here and shared by all of them (`compileNodePolicy`'s `shared`): the pods grouped by node, the NetworkPolicies
+ * grouped by namespace, each distinct peer selector's members and set (by the rule's text), and the entries of each
+ * distinct pod profile (namespace, labels, named ports: the entries depend on nothing else of the pod, only on the
+ * view). `createViewContext` carries the peer sets of the previous view that the changed pods do not touch.
+ * Objects of the view (pods, policies) must not be mutated.
+ */
+export interface ViewContext {
+  world: World;
+  pods: readonly PlacedPod[];
+  /** Namespaces' labels as text (a change there changes what selectors select). */
+  namespacesText: string;
+  byNode: Map<string, PlacedPod[]>;
+  npsByNs: Map<string, NetworkPolicy[]>;
+  /** Peer specs by rule text, this view's. */
+  specs: Map<string, PeerSpec>;
+  /** A spec's set: its name (null: empty) and CIDRs; kept with the spec object. */
+  names: WeakMap<PeerSpec, { name: string | null; cidrs: string[] }>;
+  /** A rule's peers as text (kept across views: rule objects are immutable). */
+  ruleText: WeakMap<object, string>;
+  textOfSpec: WeakMap<PeerSpec, string>;
+  /** Entries by pod profile. */
+  profiles: Map<string, { ingress: PolicyEntry[]; egress: PolicyEntry[]; sets: [string, string[]][] }>;
+  cidrs: Map<string, string[]>;
+  everyPod?: string;
+}
+
+/** What changed from one view to the next, as `createViewContext` found it. */
+export interface ViewChange {
+  /** False: namespaces or policies changed (every node's rules may have). */
+  sameWorld: boolean;
+  /** Pod objects added or gone (a changed pod is both: its old object gone, its new one added). */
+  pods: PlacedPod[];
+  /** Peer selectors (rule texts) whose members or addresses may have changed. */
+  texts: Set<string>;
+}
+
+const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+const podOrder = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+
+export function createViewContext(
+  world: World,
+  pods: readonly PlacedPod[],
+  previous?: ViewContext,
+): { context: ViewContext; change: ViewChange } {
+  const namespacesText = JSON.stringify([...world.namespaces]);
+  const byNode = new Map<string, PlacedPod[]>();
+  for (const p of pods) {
+    const list = byNode.get(p.node);
+    if (list) list.push(p);
+    else byNode.set(p.node, [p]);
+  }
+  for (const list of byNode.values())
+    if (list.some((p, i) => i > 0 && podOrder(list[i - 1]!, p) > 0)) list.sort(podOrder);
+  const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+  const sameWorld =
+    !!previous &&
+    previous.namespacesText === namespacesText &&
+    sameList(previous.world.networkPolicies, world.networkPolicies) &&
+    sameList(previous.world.adminPolicies, world.adminPolicies) &&
+    previous.world.baseline === world.baseline;
+  let npsByNs: Map<string, NetworkPolicy[]>;
+  if (sameWorld) npsByNs = previous.npsByNs;
+  else {
+    npsByNs = new Map();
+    for (const np of world.networkPolicies) {
+      const list = npsByNs.get(np.namespace);
+      if (list) list.push(np);
+      else npsByNs.set(np.namespace, [np]);
+    }
+    for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+  }
+  const context: ViewContext = {
+    world,
+    pods,
+    namespacesText,
+    byNode,
+    npsByNs,
+    specs: new Map(),
+    names: previous?.names ?? new WeakMap(),
+    ruleText: previous?.ruleText ?? new WeakMap(),
+    textOfSpec: previous?.textOfSpec ?? new WeakMap(),
+    profiles: new Map(),
+    cidrs: new Map(),
+  };
+  const change: ViewChange = { sameWorld, pods: [], texts: new Set() };
+  if (!previous || !sameWorld) return { context, change };
+  const now = new Set(pods);
+  const before = new Set(previous.pods);
+  for (const p of pods) if (!before.has(p)) change.pods.push(p);
+  for (const p of previous.pods) if (!now.has(p)) change.pods.push(p);
+  // A peer spec no changed pod matches (before or after) has the same members, the same objects: it is kept.
+  for (const [text, spec] of previous.specs) {
+    if (!spec.any && change.pods.some((p) => spec.match(p))) change.texts.add(text);
+    else context.specs.set(text, spec);
+  }
+  if (change.pods.length === 0) {
+    context.profiles = previous.profiles;
+    context.everyPod = previous.everyPod;
+  }
+  return { context, change };
+}
+
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
 type Range = { family: Family; start: bigint; end: bigint };
@@ -233,11 +337,16 @@ const sameAddresses = (a: Pod, b: Pod) =>
   (a.addresses.length === b.addresses.length &&
     a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
 
+/**
+ * `shared`: the view's context (`createViewContext`), for a replica that compiles many nodes from one view: then
+ * `w` and `pods` must be its world and pods and `cache` is required.
+ */
 export function compileNodePolicy(
   w: World,
   pods: readonly PlacedPod[],
   node: string,
   cache?: CompileCache,
+  shared?: ViewContext,
 ): NodePolicy {
   const sets = new Map<string, string[]>();
   const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
@@ -269,14 +378,15 @@ export function compileNodePolicy(
   // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
-  const peersByText = new Map<string, PeerSpec>();
-  const textOfSpec = new WeakMap<PeerSpec, string>();
+  const peersByText = shared?.specs ?? new Map<string, PeerSpec>();
+  const textOfSpec = shared?.textOfSpec ?? new WeakMap<PeerSpec, string>();
+  const ruleText = shared?.ruleText ?? cache?.ruleText;
   const specSets = new Map<string, SpecSet>();
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
-    const text = cache?.ruleText.get(rule) ?? textOf?.();
-    if (text !== undefined) cache?.ruleText.set(rule, text);
+    const text = ruleText?.get(rule) ?? textOf?.();
+    if (text !== undefined) ruleText?.set(rule, text);
     spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
     if (text !== undefined) {
       peersByText.set(text, spec);
@@ -300,7 +410,7 @@ export function compileNodePolicy(
     return { any: false, ranges, pods: ps, match: (p) => matches.some((m) => m(p)) };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
-  const cidrsOf = cache?.cidrs ?? new Map<string, string[]>();
+  const cidrsOf = shared?.cidrs ?? cache?.cidrs ?? new Map<string, string[]>();
   const nameSet = (ranges: Range[]): string | null => {
     // Rules that select the same pods make the same set: its CIDRs are worked out once (and kept for the next
     // compilation when there is a cache).
@@ -308,7 +418,7 @@ export function compileNodePolicy(
       .map((r) => `${r.family}:${r.start}-${r.end}`)
       .sort()
       .join(',');
-    let cidrs = cidrsOf.get(key) ?? cache?.previousCidrs.get(key);
+    let cidrs = cidrsOf.get(key) ?? (shared ? undefined : cache?.previousCidrs.get(key));
     if (!cidrs) cidrs = rangesToCidrs(ranges);
     cidrsOf.set(key, cidrs);
     if (cidrs.length === 0) return null;
@@ -321,6 +431,20 @@ export function compileNodePolicy(
   const setOf = (s: PeerSpec): string | null | undefined => {
     if (s.any) return null;
     if (setOfSpec.has(s)) return setOfSpec.get(s);
+    if (shared) {
+      // Worked out once per view for every node (kept while the members are the same objects).
+      let set = shared.names.get(s);
+      if (set) {
+        if (set.name) sets.set(set.name, set.cidrs);
+      } else {
+        const name = nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]);
+        shared.names.set(s, (set = { name, cidrs: name ? sets.get(name)! : [] }));
+      }
+      const text = textOfSpec.get(s);
+      if (text !== undefined) specSets.set(text, { members: [], name: set.name, cidrs: set.cidrs, matches: s.match });
+      setOfSpec.set(s, set.name ?? undefined);
+      return set.name ?? undefined;
+    }
     // A selector whose text is that of the previous compilation, and whose members have the same addresses, names
     // the same set.
     const text = textOfSpec.get(s);
@@ -354,11 +478,12 @@ export function compileNodePolicy(
   // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
   // (The same policy objects as at the previous compilation: the same grouping.)
   const sameNps =
+    !shared &&
     !!cache?.byNamespace &&
     cache.byNamespace.nps.length === w.networkPolicies.length &&
     cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
-  const npsByNs = sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
-  if (!sameNps) {
+  const npsByNs = shared ? shared.npsByNs : sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
+  if (!sameNps && !shared) {
     for (const np of w.networkPolicies) {
       let list = npsByNs.get(np.namespace);
       if (!list) npsByNs.set(np.namespace, (list = []));
@@ -406,7 +531,13 @@ export function compileNodePolicy(
       () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
     );
   const isSubject = (a: AdminPolicy, subject: PlacedPod) =>
-    (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
+    (
+      rulePeers(
+        a.subject,
+        () => adminPeer(a.subject),
+        () => JSON.stringify(['subject', a.subject], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+      ) as { pods?: Set<PlacedPod> }
+    ).pods?.has(subject) ?? false;
   const adminsOf = (subject: PlacedPod) =>
     w.adminPolicies
       .filter((a) => isSubject(a, subject))
@@ -578,22 +709,23 @@ export function compileNodePolicy(
       // Egress named ports are resolved on every destination pod.
       if (dir === 'egress' && named) {
         dependsOnEveryPod = true;
-        everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
-        key += `\n${everyPod}`;
+        if (shared) shared.everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
+        else everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
+        key += `\n${shared ? shared.everyPod : everyPod}`;
       }
     }
     return key;
   };
-  const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-  const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+  const order = podOrder;
   // The quiet path (see CompileCache.last): the same namespaces and policies, the same pods but for a few objects in
   // their places, and every set with the same members' addresses as before: then an unchanged pod object's entries
   // are the ones it had (what they depend on is the same), unless they depend on every pod.
-  const namespacesText = cache ? JSON.stringify([...w.namespaces]) : '';
+  const namespacesText = cache && !shared ? JSON.stringify([...w.namespaces]) : '';
   let changedPods: PlacedPod[] | null = null;
   const last = cache?.last;
   if (
     cache &&
+    !shared &&
     last &&
     last.namespaces === namespacesText &&
     sameNps &&
@@ -633,6 +765,8 @@ export function compileNodePolicy(
     const replaced = new Map<PlacedPod, PlacedPod>();
     for (let i = 0; i < quiet.length; i += 2) replaced.set(quiet[i]!, quiet[i + 1]!);
     local = replaced.size === 0 ? last.local : last.local.map((p) => replaced.get(p) ?? p);
+  } else if (shared) {
+    local = shared.byNode.get(node) ?? [];
   } else {
     local = pods.filter((p) => p.node === node);
     // (The service reads pods in this order already.)
@@ -660,24 +794,37 @@ export function compileNodePolicy(
       keptInOrder.push(k);
       return before.pod;
     }
+    // Pods of one profile (namespace, labels, named ports) have the same entries in one view: with a shared view,
+    // they are compiled once for every node.
+    const profile = shared ? JSON.stringify([p.namespace, p.labels, p.ports]) : '';
+    let entries = shared?.profiles.get(profile);
+    if (entries) for (const [name, cidrs] of entries.sets) sets.set(name, cidrs);
+    else {
+      const ingress = compileDirection('ingress', p);
+      const egress = compileDirection('egress', p);
+      const names = [...new Set([...ingress, ...egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      entries = { ingress, egress, sets: names.map((n): [string, string[]] => [n, sets.get(n)!]) };
+      shared?.profiles.set(profile, entries);
+    }
     const pod: CompiledPod = {
       namespace: p.namespace,
       name: p.name,
       addresses: p.addresses.map((a) => formatAddress(a.family, a.value)),
-      ingress: compileDirection('ingress', p),
-      egress: compileDirection('egress', p),
+      ingress: entries.ingress,
+      egress: entries.egress,
     };
     if (cache) {
-      const names = [
-        ...new Set([...pod.ingress, ...pod.egress].map((e) => e.peerSet).filter((n): n is string => n !== null)),
-      ];
-      const k: CachedPod = { key, pod, sets: names.map((n) => [n, sets.get(n)!]), src: p, everyPod: dependsOnEveryPod };
+      const k: CachedPod = { key, pod, sets: entries.sets, src: p, everyPod: dependsOnEveryPod };
       kept.set(id, k);
       keptInOrder.push(k);
     }
     return pod;
   });
-  if (cache) {
+  if (cache && shared) {
+    cache.pods = kept;
+    cache.specSets = specSets;
+    cache.last = undefined;
+  } else if (cache) {
     cache.pods = kept;
     cache.previousCidrs = cidrsOf;
     // On the quiet path only the changed pods' selectors were worked out; the others' are as they were.
