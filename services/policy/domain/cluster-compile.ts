@@ -61,7 +61,7 @@ export function createClusterCompiler(): ClusterCompiler {
     count++;
     const policy = compileNodePolicy(ctx.world, ctx.pods, node, state.cache, ctx);
     state.policy = policy;
-    state.texts = new Set(state.cache.specSets.keys());
+    state.texts = state.cache.texts ?? new Set();
     state.everyPod = false;
     for (const p of state.cache.pods.values()) if (p.everyPod) state.everyPod = true;
   };
