@@ -6,6 +6,7 @@ import {
   createCompileCache,
   diffNodePolicy,
   entriesAllow,
+  podChanges,
   rangesToCidrs,
   setName,
   type CompileCache,
@@ -426,4 +427,17 @@ test('ipBlock 0.0.0.0/0 and ::/0 become their two /1 halves, which ipset hash:ne
     },
   ]);
   assert.deepEqual([...compileNodePolicy(w, pods, 'n1').sets.values()], [['0.0.0.0/1', '128.0.0.0/1']]);
+});
+
+test('podChanges: the pod objects added and gone between two views, never missing one even out of order', () => {
+  const [a, b, c] = pods;
+  const b2 = { ...b! };
+  const d = { ...c!, name: 'd' };
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, b!, c!]), { added: [], removed: [] });
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, b2, c!, d]), { added: [b2, d], removed: [b!] });
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, c!]), { added: [], removed: [b!] });
+  // Out of name order: more is reported (a pod gone and added again), nothing is missed.
+  const r = podChanges([c!, a!, b!], [a!, b2, c!]);
+  assert.ok(r.added.includes(b2) && r.removed.includes(b!));
+  assert.ok(!r.added.includes(b!) && !r.removed.includes(b2));
 });
