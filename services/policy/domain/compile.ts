@@ -179,7 +179,6 @@ export interface ViewContext {
   /** Which NetworkPolicies select a label set, per namespace (as CompileCache.selection). */
   selection: CompileCache['selection'];
   cidrs: Map<string, string[]>;
-  everyPod?: string;
 }
 
 /**
@@ -326,7 +325,6 @@ export function createViewContext(
   if (change.pods.length === 0) {
     context.profiles = previous.profiles;
     context.previousProfiles = previous.previousProfiles;
-    context.everyPod = previous.everyPod;
   }
   return { context, change };
 }
@@ -828,9 +826,8 @@ export function compileNodePolicy(
       // Egress named ports are resolved on every destination pod.
       if (dir === 'egress' && named) {
         dependsOnEveryPod = true;
-        if (shared) shared.everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
-        else everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
-        key += `\n${shared ? shared.everyPod : everyPod}`;
+        everyPod ??= `${JSON.stringify([...w.namespaces])}\n${pods.map(podText).join('\n')}`;
+        key += `\n${everyPod}`;
       }
     }
     return key;
