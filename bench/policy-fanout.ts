@@ -1,5 +1,11 @@
 import { createClusterCompiler } from '../services/policy/domain/cluster-compile.js';
-import { diffNodePolicy, type NodePolicy, type PlacedPod } from '../services/policy/domain/compile.js';
+import {
+  compileNodePolicy,
+  createCompileCache,
+  diffNodePolicy,
+  type NodePolicy,
+  type PlacedPod,
+} from '../services/policy/domain/compile.js';
 import type { World } from '../services/policy/domain/evaluate.js';
 import { parseIp, parsePolicyObject, type NetworkPolicy } from '../services/policy/domain/model.js';
 import { ms, percentile, printTable, type Row } from './support.js';
@@ -11,12 +17,15 @@ import { ms, percentile, printTable, type Row } from './support.js';
  * the first compilation of every node (a replica's start), a label change that renames the set every node's rules
  * name (every node compiled again, a delta each), and a pod attached on one node (one node compiled again); the time
  * includes working out each concerned node's delta. Heap per node after the first compilation (with --expose-gc).
+ * Beside it, the anchor: each node compiled alone with its own `CompileCache` on every change, as each stream did
+ * before the replica's fan-out (2 label changes and 2 attaches; not run above ANCHOR_MAX nodes, where it takes minutes).
  *
  * Usage: node --expose-gc dist/bench/policy-fanout.js [sizes, default 500,1000,2000,5000] [pods per node, default 30]
  */
 const SIZES = (process.argv[2] ?? '500,1000,2000,5000').split(',').map(Number);
 const PODS = Number(process.argv[3] ?? 30);
 const TRIALS = 10;
+const ANCHOR_MAX = Number(process.env.WEFT_BENCH_FANOUT_ANCHOR_MAX ?? 2000);
 const gc = (globalThis as { gc?: () => void }).gc;
 const heap = () => {
   gc?.();
@@ -114,6 +123,43 @@ for (const n of SIZES) {
       [...xs].sort((a, b) => a - b),
       q,
     );
+  // The anchor: every node alone, each with its cache, on the same changes.
+  const anchor = { label: [] as number[], attach: [] as number[] };
+  if (n <= ANCHOR_MAX) {
+    const caches = new Map<string, ReturnType<typeof createCompileCache>>();
+    const alone = new Map<string, NodePolicy>();
+    const every = () => {
+      const t0 = performance.now();
+      for (let node = 0; node < n; node++) {
+        const name = `node${node}`;
+        let cache = caches.get(name);
+        if (!cache) caches.set(name, (cache = createCompileCache()));
+        const policy = compileNodePolicy(world, pods, name, cache);
+        const before = alone.get(name);
+        if (before) diffNodePolicy(before, policy);
+        alone.set(name, policy);
+      }
+      return performance.now() - t0;
+    };
+    every();
+    for (let k = 0; k < 2; k++) {
+      const i = pods.findIndex((q) => q.name === `p${(k * 7 + 3) * PODS + 1}`);
+      pods = pods.map((q, j) => (j === i ? { ...q, labels: { role: 'client' } } : q));
+      anchor.label.push(every());
+      const extra: PlacedPod = {
+        namespace: 'ns-0',
+        name: `alone-${k}`,
+        node: `node${k}`,
+        labels: {},
+        addresses: [parseIp(`100.64.1.${k}`, 'ip')],
+        ports: [],
+      };
+      pods = [...pods, extra].sort(byName);
+      anchor.attach.push(every());
+    }
+  }
+  const beside = (xs: number[]) =>
+    xs.length ? `each node alone: ${xs.map(ms).join(', ')}` : 'each node alone: not run';
   rows.push(
     {
       figure: `${n} nodes x ${PODS} pods: first compilation of every node; heap per node`,
@@ -122,10 +168,12 @@ for (const n of SIZES) {
     {
       figure: `  label change renaming the set every node names (${concernedLabel} nodes concerned), p50 / p99`,
       value: `${ms(p(label, 50))} / ${ms(p(label, 99))}`,
+      baseline: beside(anchor.label),
     },
     {
       figure: `  pod attached on one node (${concernedAttach} concerned), p50 / p99`,
       value: `${ms(p(attach, 50))} / ${ms(p(attach, 99))}`,
+      baseline: beside(anchor.attach),
     },
   );
   process.stderr.write(`bench/policy-fanout ${n} nodes done\n`);

@@ -725,7 +725,9 @@ async function main() {
         for (let k = 0; k < TRIALS; k++) {
           // Even trials give a pod `role=client`, odd ones take it away again.
           if (k % 2 === 0) {
-            const node = sim.nodes[Math.floor(Math.random() * sim.nodes.length)]!;
+            // Not a pod that is a client already (pod 0 of every CLIENTS_EVERY-th node): that would change nothing.
+            const candidates = sim.nodes.filter((x) => x.pods.size > 1 || index.get(x)! % CLIENTS_EVERY !== 0);
+            const node = candidates[Math.floor(Math.random() * candidates.length)]!;
             const held = [...node.pods.values()][1] ?? [...node.pods.values()][0]!;
             pod = { node, namespace: held.namespace, name: held.name };
           }
