@@ -35,7 +35,9 @@ export function createAllocateUseCase(
   const prefetch = createBlockPrefetch(store, onBackgroundError);
 
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
-    const all = await pools.poolsFor(req.cluster);
+    let all = await pools.poolsFor(req.cluster);
+    const named = req.pool ?? req.namespacePool;
+    if (named && !all.some((p) => p.name === named)) all = await pools.poolsFor(req.cluster, true);
     if (all.length === 0) throw ipamErrors.noPools();
     req = await withStoredLabels(all, req);
     const usable = selectPools(all, { ...req, namespace: req.podNamespace });
