@@ -20,15 +20,13 @@ import { loadAgentConfig } from './config.js';
 import { enableForwarding, type HostPaths } from './kernel/host-paths.js';
 import { createNatAccess, createNatDriver } from './kernel/iptables-nat.js';
 import { closeOwnConnections } from './kernel/own-connections.js';
-import { createPolicyDriver as createIptablesPolicy } from './kernel/iptables-policy.js';
+import { createFilterAccess, createIpsetAccess, readPodVeths } from './kernel/iptables-policy.js';
 import { createOverlayNetlink } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { createVxlanDeviceAccess, ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacFor } from './kernel/vxlan-device.js';
 import { FDB } from './drivers/fdb.js';
 import { NEIGHBOUR } from './drivers/neighbours.js';
-import { createNetworkPolicyDriver } from './drivers/policy.js';
 import { ROUTE } from './drivers/routes.js';
-import { createPolicyProgrammer } from './policy-programmer.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
 import { createReconciler } from './reconciler.js';
@@ -153,15 +151,11 @@ async function main(): Promise<void> {
     logger,
     devices: () => ({ vxlan: reconciler.overlay().ifindex, underlay: reconciler.overlay().underlayIfindex ?? 0 }),
   });
-  const policyDriver = (family: 4 | 6) =>
-    createNetworkPolicyDriver(
-      createPolicyProgrammer(
-        createIptablesPolicy({ routeProtocol: config.routeProtocol, family }),
-        config.vxlanDevice,
-        family,
-      ),
-      family,
-    );
+  const policyAccess = (family: 4 | 6) => ({
+    ipsets: createIpsetAccess({ family }),
+    filter: createFilterAccess({ family }),
+    veths: () => readPodVeths({ routeProtocol: config.routeProtocol, family }),
+  });
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
@@ -181,7 +175,7 @@ async function main(): Promise<void> {
     // not given meets the fail-closed drop. With dual-stack pods it is required.
     policy: {
       rules: () => policy?.rules() ?? null,
-      drivers: [policyDriver(4), policyDriver(6)],
+      families: { 4: policyAccess(4), 6: policyAccess(6) },
       ipv6Required: config.podFamilies.includes('ipv6'),
     },
     resyncMs: config.resyncMs,

@@ -1,130 +1,104 @@
-import type { Logger } from '../../lib/logger.js';
-import type { NodeRules, PolicyPlan } from '../domain/network-policy.js';
-import type { PolicyProgrammer } from '../policy-programmer.js';
+import type { KernelAccess } from '../kernel-table/dataplane.js';
+import {
+  createRenderCache,
+  desiredBeforeRules,
+  desiredPolicy,
+  JUMP_KEY,
+  POLICY_LAYOUT,
+  WANTED_JUMP,
+  type NodeRules,
+} from '../domain/network-policy.js';
+import { createFilterDriver, filterKind } from './filter.js';
+import { createIpsetDriver, ipsetKind } from './ipsets.js';
 
 /**
- * Network policy of one family (the filter chains and the ipsets, written together by `policy-programmer.ts`), with
- * the same contract as a table driver: it writes when its desired input (the node's rules) is not the one last
- * applied, and reads the kernel back (chains, sets and the pods' veths) only when marked for resync: at start, at
- * the periodic resync, after a failure, and when pods come or go (their veths enter the dispatch chains).
+ * Network policy of one family: its manager (the node's rules and the local pods' veths → the desired entries of the
+ * ipset and filter tables, by `domain/network-policy.ts`) and its two drivers. Before the first rule set, a fresh
+ * node drops every local pod both ways; a restarted agent keeps the chains and sets it finds exactly as they are
+ * (nothing rewritten, no connection cut) until its first rule set: those desired entries are taken from the tables'
+ * caches right after they are read back (`onRead`).
  */
-export interface NetworkPolicyDriver {
-  readonly family: 4 | 6;
-  readonly needsResync: boolean;
-  markForResync(): void;
-  /** Whether `rules` still need applying. */
-  pending(rules: NodeRules | null): boolean;
-  /** Applies `rules` (null: none held yet, fail closed) if pending; null when nothing was to do. */
-  apply(rules: NodeRules | null): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean } | null>;
+export interface PolicyFamilyDrivers {
+  family: 4 | 6;
+  ipsets: ReturnType<typeof createIpsetDriver>;
+  filter: ReturnType<typeof createFilterDriver>;
+  /** Sets both tables' desired entries (`rules` null: none held yet). */
+  compute(rules: NodeRules | null, veths: ReadonlyMap<string, string>): void;
+  /** Whether Weft's dispatch chains, their fail-closed drop and the FORWARD jump are in the kernel as desired. */
+  inForce(): boolean;
 }
 
-export function createNetworkPolicyDriver(programmer: PolicyProgrammer, family: 4 | 6): NetworkPolicyDriver {
-  let needsResync = true;
-  /** The rules in force (undefined: none applied yet). */
-  let applied: NodeRules | null | undefined;
-  const driver: NetworkPolicyDriver = {
-    family,
-    get needsResync() {
-      return needsResync;
-    },
-    markForResync() {
-      needsResync = true;
-    },
-    pending: (rules) => needsResync || rules !== applied,
-    async apply(rules) {
-      if (!driver.pending(rules)) return null;
-      const readBack = needsResync;
-      needsResync = false;
-      applied = undefined;
-      try {
-        const out = await programmer.program(rules, { readBack });
-        applied = rules;
-        return out;
-      } catch (err) {
-        needsResync = true;
-        throw err;
-      }
+export function createPolicyDrivers(opts: {
+  family: 4 | 6;
+  ipsets: KernelAccess<string[]>;
+  filter: KernelAccess<string[]>;
+  vxlanDevice?: string;
+  /** Failures do not fail the pass (IPv6 on a node whose pods are IPv4 only). */
+  optional?: boolean;
+  /** False while the manager's inputs are not known (the pods' veths): the tables neither read nor write. */
+  ready?: () => boolean;
+}): PolicyFamilyDrivers {
+  const { family } = opts;
+  const cache = createRenderCache();
+  let last: { rules: NodeRules | null; veths: ReadonlyMap<string, string> } | null = null;
+  const beforeRules = (veths: ReadonlyMap<string, string>) => {
+    ipsets.table.replaceDesired(ipsets.table.cache);
+    const chains = new Map(filter.table.cache);
+    chains.delete(JUMP_KEY);
+    const d = desiredBeforeRules({ chains, jumps: 1, sets: new Map() }, veths, opts.vxlanDevice).chains;
+    d.set(JUMP_KEY, [...WANTED_JUMP]);
+    filter.table.replaceDesired(d);
+  };
+  const ipsets = {
+    ...createIpsetDriver(opts.ipsets, family, { optional: opts.optional }),
+    ready: opts.ready,
+    onRead: () => {
+      if (last && last.rules === null) beforeRules(last.veths);
     },
   };
-  return driver;
+  const filter = {
+    ...createFilterDriver(opts.filter, family, { optional: opts.optional }),
+    ready: opts.ready,
+    onRead: () => {
+      if (last && last.rules === null) beforeRules(last.veths);
+    },
+  };
+  return {
+    family,
+    ipsets,
+    filter,
+    compute(rules, veths) {
+      last = { rules, veths };
+      if (!rules) return beforeRules(veths);
+      const d = desiredPolicy(rules, veths, opts.vxlanDevice, cache, family);
+      d.chains.set(JUMP_KEY, [...WANTED_JUMP]);
+      ipsets.table.replaceDesired(d.sets);
+      filter.table.replaceDesired(d.chains);
+    },
+    inForce() {
+      const t = filter.table;
+      return [...POLICY_LAYOUT, JUMP_KEY].every((k) => t.cache.has(k) && !t.pendingUpdates.has(k));
+    },
+  };
 }
+
+export const policyKinds = (family: 4 | 6) => [ipsetKind(family), filterKind(family)];
 
 /**
- * Network policy of every family, as the scheduler runs it: the families side by side (separate tables, separately
- * named sets; both finished before the pass goes on, so a failed one is not still writing when the retry starts).
- * IPv4 must succeed; IPv6 must too when pods are dual-stack (`ipv6Required`), otherwise its failure is logged once
- * and it rests until the next resync. Tells who waits when a family has been programmed once.
+ * Who waits for network policy of a family to be in force (a dual-stack attach waits for IPv6's): `notify` after each
+ * pass, `whenInForce` resolves at once when it already was, rejects after `timeoutMs`.
  */
-export interface NetworkPolicy {
-  markForResync(): void;
-  /** Applies `rules` where pending; whether anything was written, and whether a required family failed. */
-  apply(rules: NodeRules | null): Promise<{ changed: boolean; failed: boolean }>;
-  whenInForce(family: 4 | 6, timeoutMs: number): Promise<void>;
-}
-
-export function createNetworkPolicy(opts: {
-  drivers: readonly NetworkPolicyDriver[];
-  ipv6Required?: boolean;
-  logger: Logger;
-  /** Called with the family and what was written (a non-empty plan). */
-  onWritten?: (family: 4 | 6) => void;
-}): NetworkPolicy {
+export function createInForceWaiters() {
   const inForce = new Set<4 | 6>();
   let waiters: { family: 4 | 6; resolve: () => void }[] = [];
-  let resting6 = false;
-  let failure6 = '';
   return {
-    markForResync() {
-      for (const d of opts.drivers) d.markForResync();
-      resting6 = false;
+    notify(family: 4 | 6) {
+      if (inForce.has(family)) return;
+      inForce.add(family);
+      for (const w of waiters.filter((x) => x.family === family)) w.resolve();
+      waiters = waiters.filter((x) => x.family !== family);
     },
-    async apply(rules) {
-      const drivers = opts.drivers.filter((d) => !(d.family === 6 && resting6));
-      const results = await Promise.allSettled(
-        drivers.map(async (d) => {
-          const out = await d.apply(rules);
-          if (out && !inForce.has(d.family)) {
-            inForce.add(d.family);
-            for (const w of waiters.filter((x) => x.family === d.family)) w.resolve();
-            waiters = waiters.filter((x) => x.family !== d.family);
-          }
-          if (!out || out.plan.changed.length === 0) return false;
-          opts.onWritten?.(d.family);
-          opts.logger.info('policy rules written', {
-            family: d.family,
-            revision: rules?.revision ?? null,
-            failClosed: rules === null,
-            pods: out.veths,
-            readBack: out.readBack,
-            changed: out.plan.changed.slice(0, 20),
-            count: out.plan.changed.length,
-          });
-          return true;
-        }),
-      );
-      let changed = false;
-      let failed = false;
-      results.forEach((r, i) => {
-        const family = drivers[i]!.family;
-        if (r.status === 'fulfilled') {
-          changed ||= r.value;
-          if (family === 6) failure6 = '';
-          return;
-        }
-        const err = (r.reason as Error).message;
-        if (family === 4 || opts.ipv6Required) {
-          failed = true;
-          opts.logger.error('cannot program network policy; retrying', { family, err });
-          return;
-        }
-        resting6 = true;
-        if (err !== failure6)
-          opts.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err });
-        failure6 = err;
-      });
-      return { changed, failed };
-    },
-    whenInForce(family, timeoutMs) {
+    whenInForce(family: 4 | 6, timeoutMs: number): Promise<void> {
       if (inForce.has(family)) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
         const waiter = {
