@@ -218,9 +218,8 @@ export function createReconciler(deps: {
    */
   async function readVeths(rules: NodeRules | null): Promise<void> {
     const missing = (p: PolicyFamily) =>
-      rules?.pods.some((pod) =>
-        pod.addresses.some((a) => a.includes(':') === (p.family === 6) && !p.veths!.has(a)),
-      ) ?? false;
+      rules?.pods.some((pod) => pod.addresses.some((a) => a.includes(':') === (p.family === 6) && !p.veths!.has(a))) ??
+      false;
     // A failed read keeps the veths last read (none: the family's tables wait), and is retried.
     await Promise.all(
       policy.map(async (p) => {

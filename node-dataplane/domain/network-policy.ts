@@ -463,6 +463,22 @@ export function chainReferences(chain: string, rules: readonly string[]): { chai
   return { chains: [...chains], sets: [...sets] };
 }
 
+/**
+ * A dispatch chain without the pods whose anchor is not in the kernel (`missing`), which then meet the chain's final
+ * drop (fail closed); null for any other chain, where leaving a rule out could let through what it would stop.
+ */
+export function dispatchWithout(
+  chain: string,
+  rules: readonly string[],
+  missing: ReadonlySet<string>,
+): string[] | null {
+  if (chain !== FROM_POD && chain !== TO_POD) return null;
+  return rules.filter((r) => {
+    const target = / -g (\S+)$/.exec(r)?.[1];
+    return target === undefined || !missing.has(target);
+  });
+}
+
 /** A chain's rules minus `want`, counted as a multiset (a rule held twice and wanted once: one copy). */
 function extraRules(have: readonly string[], want: readonly string[]): string[] {
   const unmatched = [...want];

@@ -528,8 +528,9 @@ test('policy: one set the kernel refuses holds back only the chains that match i
       `${FILTER4} WEFT-FROM-POD on ${FILTER4}/WEFT-P-weft00000000002`,
       `${FILTER4} WEFT-TO-POD on ${FILTER4}/WEFT-P-weft00000000002`,
     ],
-    "pod b's chains wait; the dispatch chains keep b on the fail-closed drop",
+    "pod b's chains wait; the dispatch chains (already without b) keep b on the fail-closed drop",
   );
+  assert.deepEqual(w.kernels[FILTER4]!.entries.get('WEFT-FROM-POD'), POLICY.chains.get('WEFT-FROM-POD'));
   assert.deepEqual(w.kernels[FILTER4]!.entries.get(ANCHOR), two.chains.get(ANCHOR), 'pod a keeps its rules in force');
   w.kernels[IPSET4]!.clearFailures();
   await w.dataplane.apply();
@@ -562,5 +563,33 @@ test('policy: a set is destroyed only after the last chain matching it is gone; 
   assert.ok(again.reads.includes(FILTER4), 'the retry reads the filter table back first');
   assert.ok(!w.kernels[FILTER4]!.entries.has(ENTRIES));
   assert.ok(!w.kernels[IPSET4]!.entries.has(SET_A), 'then the set is destroyed');
+  assert.equal(w.dataplane.pending(), 0);
+});
+
+test('policy: on a fresh node, a pod whose set the kernel refuses is left out of the dispatch chains; the rest is in force', async () => {
+  const w = world({
+    missing: [[IPSET4, SET_A], ...[...POLICY.chains.keys()].map((c): [string, string] => [FILTER4, c])],
+  });
+  w.kernels[IPSET4]!.fail('write', SET_A, Infinity, 'ipset: Hash is full, cannot add more elements');
+  const r = await w.dataplane.apply();
+  assert.deepEqual(
+    r.held.map((h) => `${h.key} on ${h.on}`),
+    [
+      `${ENTRIES} on ${IPSET4}/${SET_A}`,
+      `${ANCHOR} on ${FILTER4}/${ENTRIES}`,
+      `WEFT-FROM-POD on ${FILTER4}/${ANCHOR} (written without it)`,
+      `WEFT-TO-POD on ${FILTER4}/${ANCHOR} (written without it)`,
+    ],
+  );
+  const k = w.kernels[FILTER4]!.entries;
+  assert.deepEqual(
+    (k.get('WEFT-FROM-POD') as string[] | undefined)?.map((l) => l.split(' -j ')[1] ?? l.split(' -g ')[1]),
+    ['RETURN', 'DROP'],
+    'the VXLAN device returns, the pod meets the drop',
+  );
+  assert.ok(k.has('WEFT-FORWARD') && k.has(JUMP_KEY), "Weft's chain and jump are in force: nothing fails open");
+  w.kernels[IPSET4]!.clearFailures();
+  await w.dataplane.apply();
+  assert.deepEqual(new Map(k), POLICY.chains, 'the retry puts the pod in');
   assert.equal(w.dataplane.pending(), 0);
 });

@@ -1,13 +1,15 @@
 import { createKernelTable } from '../kernel-table/table.js';
 import type { Driver, KernelAccess } from '../kernel-table/dataplane.js';
-import { chainReferences, finishedByRemoval, sameRules } from '../domain/network-policy.js';
+import { chainReferences, dispatchWithout, finishedByRemoval, sameRules } from '../domain/network-policy.js';
 import { ipsetKind } from './ipsets.js';
 
 /**
  * Weft's chains in the filter table of one family (`filter4`: iptables, `filter6`: ip6tables), keyed by the chain's
  * name, each holding its rules as iptables-save prints them (an anchor's compared as a set); and Weft's jump from
- * FORWARD (`JUMP_KEY`). A chain needs the chains it goes to and the sets it matches (`dependsOn`): an update waits
- * for them, and they are not deleted while a chain the kernel holds still uses them and is still to change. Written
+ * FORWARD (`JUMP_KEY`). A chain's rules need the sets they match in place (`dependsOn`) and the chains they go to in
+ * the kernel (`needs`: a pod whose anchor update is held keeps its old anchor and policy); neither is deleted while
+ * a chain the kernel holds still uses it and is still to change. A dispatch chain is written without the pods whose
+ * anchor is not there (they meet its final drop); no other chain is written in part. Written
  * in batches (kernel/iptables-policy.ts): the update phase puts the new rules in force in one transaction without
  * deletions; the delete phase finishes the anchors (their old rules) and deletes stale chains in another.
  */
@@ -25,9 +27,11 @@ export function createFilterDriver(
     table: createKernelTable<string[]>(sameRules),
     access,
     optional: opts.optional,
-    dependsOn(key, rules) {
-      const refs = chainReferences(key, rules);
-      return [...refs.chains.map((c) => `${kind}/${c}`), ...refs.sets.map((s) => `${sets}/${s}`)];
+    dependsOn: (key, rules) => chainReferences(key, rules).sets.map((s) => `${sets}/${s}`),
+    needs: (key, rules) => chainReferences(key, rules).chains.map((c) => `${kind}/${c}`),
+    without(key, rules, missing) {
+      const chains = new Set([...missing].filter((m) => m.startsWith(`${kind}/`)).map((m) => m.slice(kind.length + 1)));
+      return chains.size === missing.size ? dispatchWithout(key, rules, chains) : null;
     },
     finishedByRemoval: (key, want, held) => finishedByRemoval(key, want, held),
   };

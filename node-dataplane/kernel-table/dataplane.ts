@@ -48,6 +48,14 @@ export interface Driver<V = unknown> {
   access: KernelAccess<V>;
   /** Entries of other kinds (`kind/key`) that must be in the kernel before this one is written. */
   dependsOn?(key: string, value: V, lookup: Lookup): string[];
+  /** Entries of other kinds, or of its own, that must merely exist in the kernel (whatever they hold) first. */
+  needs?(key: string, value: V): string[];
+  /**
+   * An update held back by some of what it needs (`missing`, `kind/key`) may be written without the parts that need
+   * them, when that is safe (a dispatch chain without a pod that is not there yet: the pod meets the chain's final
+   * drop). Null: it is held back whole. The entry stays pending until written whole.
+   */
+  without?(key: string, value: V, missing: ReadonlySet<string>): V | null;
   /** Its failures do not fail the pass (logged by the caller); after one it rests until it is next marked for resync. */
   optional?: boolean;
   /** False while its desired entries are not known (e.g. the pools): it neither reads nor writes. */
@@ -108,6 +116,8 @@ export function createDataplane(opts: {
   for (const p of opts.order)
     if (!drivers.has(p.kind)) throw new Error(`dataplane order names ${p.kind}, which has no driver`);
   const maxInFlight = Math.min(opts.maxInFlight ?? 64, 256);
+  /** Kinds whose entries live on an entry of another kind. */
+  const livesOn = new Set(Object.values(opts.dependents ?? {}).flat());
   const resting = new Set<string>();
 
   const lookup: Lookup = (kind, key) => {
@@ -115,6 +125,7 @@ export function createDataplane(opts: {
     return t?.desired.get(key) ?? t?.cache.get(key);
   };
   const depsOf = (d: Driver<unknown>, key: string, value: unknown) => d.dependsOn?.(key, value, lookup) ?? [];
+  const needsOf = (d: Driver<unknown>, key: string, value: unknown) => d.needs?.(key, value) ?? [];
   const splitRef = (ref: string) => {
     const i = ref.indexOf('/');
     return [ref.slice(0, i), ref.slice(i + 1)] as const;
@@ -125,6 +136,12 @@ export function createDataplane(opts: {
     const t = drivers.get(kind)?.table;
     return !t || !t.pendingUpdates.has(key);
   };
+  /** An entry another one needs exists when its kind's kernel holds it, as desired or not. */
+  const exists = (ref: string) => {
+    const [kind, key] = splitRef(ref);
+    const t = drivers.get(kind)?.table;
+    return !t || t.cache.has(key);
+  };
 
   /** Entries still in the kernel and still to change (`kind/key`), by what they use: those are not deleted yet. */
   const usersOf = () => {
@@ -134,7 +151,7 @@ export function createDataplane(opts: {
         for (const key of pending.keys()) {
           const held = other.table.cache.get(key);
           if (held === undefined) continue;
-          for (const ref of depsOf(other, key, held)) {
+          for (const ref of [...depsOf(other, key, held), ...needsOf(other, key, held)]) {
             const users = inUse.get(ref);
             if (users) users.push(`${other.kind}/${key}`);
             else inUse.set(ref, [`${other.kind}/${key}`]);
@@ -160,7 +177,8 @@ export function createDataplane(opts: {
    */
   async function applyBatched(d: Driver<unknown>, op: 'update' | 'delete', report: ApplyReport): Promise<boolean> {
     const t = d.table;
-    type Item = BatchChange<unknown> & { op: 'update' | 'delete' };
+    /** `whole`: the desired value of an update that is written without some parts (Driver.without). */
+    type Item = BatchChange<unknown> & { op: 'update' | 'delete'; whole?: unknown; on?: string };
     const candidates = new Map<string, Item>();
     if (op === 'update') {
       for (const [key, value] of t.pendingUpdates) candidates.set(key, { op, key, value, held: t.cache.get(key) });
@@ -182,16 +200,22 @@ export function createDataplane(opts: {
      * or, for a delete, an entry still using it whose change is not in this batch (nor done).
      */
     const blocker = (item: Item, batch: ReadonlyMap<string, Item>): string | undefined => {
-      if (item.op === 'update')
-        return depsOf(d, item.key, item.value).find((ref) => {
-          const k = sameKind(ref);
-          if (k !== null && (batch.get(k)?.op === 'update' || done.has(k))) return false;
-          return !inPlace(ref);
-        });
+      if (item.op === 'update') return missingFor(item, batch)[0];
       return users.get(`${d.kind}/${item.key}`)?.find((user) => {
         const k = sameKind(user);
         return k === null || (k !== item.key && !batch.has(k) && !done.has(k));
       });
+    };
+    /** What an update needs that is not there: an entry not in place (nor in the batch), one that does not exist. */
+    const missingFor = (item: Item, batch: ReadonlyMap<string, Item>, value = item.whole ?? item.value) => {
+      const inBatch = (ref: string) => {
+        const k = sameKind(ref);
+        return k !== null && (batch.get(k)?.op === 'update' || done.has(k));
+      };
+      return [
+        ...depsOf(d, item.key, value).filter((ref) => !inBatch(ref) && !inPlace(ref)),
+        ...needsOf(d, item.key, value).filter((ref) => !inBatch(ref) && !exists(ref)),
+      ];
     };
     /** Drops what is held back (until nothing more is), reporting it; the rest in dependency order. */
     const eligible = (items: Item[]): Item[] => {
@@ -199,13 +223,27 @@ export function createDataplane(opts: {
       for (let again = true; again;) {
         again = false;
         for (const item of batch.values()) {
+          if (item.whole !== undefined) {
+            item.value = item.whole;
+            item.whole = item.on = undefined;
+          }
           const on = blocker(item, batch);
           if (!on) continue;
+          const missing = item.op === 'update' && !item.finish ? missingFor(item, batch) : [];
+          const part = missing.length > 0 ? d.without?.(item.key, item.value, new Set(missing)) : null;
+          // Written in part unless the kernel already holds that part.
+          if (part !== null && part !== undefined && JSON.stringify(part) !== JSON.stringify(t.cache.get(item.key))) {
+            [item.whole, item.value, item.on] = [item.value, part, on];
+            continue;
+          }
           batch.delete(item.key);
           report.held.push({ op: item.finish ? 'update' : item.op, kind: d.kind, key: item.key, on });
           again = true;
         }
       }
+      for (const item of batch.values())
+        if (item.on)
+          report.held.push({ op: 'update', kind: d.kind, key: item.key, on: `${item.on} (written without it)` });
       return ordered(batch);
     };
     const ordered = (batch: Map<string, Item>): Item[] => {
@@ -213,7 +251,7 @@ export function createDataplane(opts: {
       const seen = new Set<string>();
       const after = (item: Item): string[] =>
         item.op === 'update'
-          ? depsOf(d, item.key, item.value)
+          ? [...depsOf(d, item.key, item.value), ...needsOf(d, item.key, item.value)]
               .map(sameKind)
               .filter((k): k is string => k !== null)
           : (users.get(`${d.kind}/${item.key}`) ?? []).map(sameKind).filter((k): k is string => k !== null);
@@ -241,7 +279,7 @@ export function createDataplane(opts: {
         for (const item of items) {
           done.add(item.key);
           if (item.op === 'update') {
-            t.updated(item.key, held ? held.get(item.key) : undefined);
+            t.updated(item.key, held?.get(item.key) ?? (item.whole !== undefined ? item.value : undefined));
             wrote = true;
           } else t.deleted(item.key);
           report.changes.push({ op: item.op, kind: d.kind, key: item.key });
@@ -264,12 +302,27 @@ export function createDataplane(opts: {
   async function apply(): Promise<ApplyReport> {
     const report: ApplyReport = { reads: [], readFailures: [], drift: [], changes: [], failed: [], held: [] };
     const unreadable = new Set<string>();
-    const resync = async (d: Driver<unknown>) => {
-      if (!d.table.needsResync || resting.has(d.kind) || unreadable.has(d.kind) || report.reads.includes(d.kind))
-        return;
+    // Kinds that live on no other are read side by side now (spawned programs in parallel); the others (on the
+    // device) before their first phase, after the device is in place.
+    const early = new Map<string, Promise<Map<string, unknown>>>();
+    for (const kind of new Set(opts.order.map((p) => p.kind))) {
+      const d = drivers.get(kind)!;
+      if (livesOn.has(kind) || !d.table.needsResync || resting.has(kind) || (d.ready && !d.ready())) continue;
       d.table.beginResync();
+      const read = d.access.read();
+      read.catch(() => {});
+      early.set(kind, read);
+    }
+    const resync = async (d: Driver<unknown>) => {
+      const started = early.get(d.kind);
+      early.delete(d.kind);
+      if (!started) {
+        if (!d.table.needsResync || resting.has(d.kind) || unreadable.has(d.kind) || report.reads.includes(d.kind))
+          return;
+        d.table.beginResync();
+      }
       try {
-        const actual = await d.access.read();
+        const actual = await (started ?? d.access.read());
         const before = d.table.cache;
         for (const { key } of d.table.replaceCache(actual)) report.drift.push({ kind: d.kind, key });
         report.reads.push(d.kind);
@@ -308,7 +361,8 @@ export function createDataplane(opts: {
       const items: [string, unknown][] = [];
       if (phase.op === 'update') {
         for (const [key, value] of d.table.pendingUpdates) {
-          const missing = depsOf(d, key, value).find((ref) => !inPlace(ref));
+          const missing =
+            depsOf(d, key, value).find((ref) => !inPlace(ref)) ?? needsOf(d, key, value).find((ref) => !exists(ref));
           if (missing) report.held.push({ op: 'update', kind: d.kind, key, on: missing });
           else items.push([key, value]);
         }
