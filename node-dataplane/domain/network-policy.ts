@@ -334,6 +334,31 @@ export function desiredBeforeRules(
   return held ? { chains: new Map(actual.chains), sets: new Map(actual.sets) } : layout;
 }
 
+/** A pod's rules that changed, and what they were; the same pod (namespace, name) on the same addresses. */
+export interface PodChange {
+  before: PodRules;
+  after: PodRules;
+}
+
+/**
+ * The pods whose rules object changed from `before` to `after`, when nothing else did: the same pods in the same
+ * order (as the agent's rules keep them) on the same addresses. Null otherwise (pods came or went, or moved), or when
+ * more than `max` changed: then the whole node is rendered.
+ */
+export function podChanges(before: readonly PodRules[], after: readonly PodRules[], max: number): PodChange[] | null {
+  if (before.length !== after.length) return null;
+  const out: PodChange[] = [];
+  for (let i = 0; i < after.length; i++) {
+    const b = before[i]!,
+      a = after[i]!;
+    if (a === b) continue;
+    if (a.namespace !== b.namespace || a.name !== b.name || !sameList(a.addresses, b.addresses) || out.length === max)
+      return null;
+    out.push({ before: b, after: a });
+  }
+  return out;
+}
+
 /**
  * Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter` (`ip6tables-save` for family 6);
  * Weft's sets of the family from `ipset save`.

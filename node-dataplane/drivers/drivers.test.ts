@@ -12,10 +12,12 @@ import {
   JUMP_KEY,
   WANTED_JUMP,
   type NodeRules,
+  type PodRules,
 } from '../domain/network-policy.js';
 import { createFdbDriver, FDB } from './fdb.js';
 import { createFilterDriver, filterKind } from './filter.js';
 import { createIpsetDriver, ipsetKind } from './ipsets.js';
+import { createPolicyDrivers } from './policy.js';
 import { createNatDriver, natKind } from './nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
 import { DEPENDENTS, ORDER } from './order.js';
@@ -592,4 +594,72 @@ test('policy: on a fresh node, a pod whose set the kernel refuses is left out of
   await w.dataplane.apply();
   assert.deepEqual(new Map(k), POLICY.chains, 'the retry puts the pod in');
   assert.equal(w.dataplane.pending(), 0);
+});
+
+test("policy manager: a few pods' new rules, rendered alone, give the tables what rendering the whole node gives", async () => {
+  const SET_Z = 'weft-00000000000000cc';
+  const SET_6 = 'weft-00000000000000dd';
+  const sets = new Map([
+    [SET_A, ['10.244.1.7/32']],
+    [SET_B, ['192.0.2.0/24']],
+    [SET_Z, ['10.244.7.0/24']],
+    [SET_6, ['fd00::/64']],
+  ]);
+  const tcp = (set: string, port: number) => ({
+    tier: 'networkpolicy' as const,
+    action: 'allow' as const,
+    peerSet: set,
+    protocol: 'TCP' as const,
+    ports: { from: port, to: port },
+    source: 'NetworkPolicy/x/p ingress[0]',
+  });
+  const pod = (i: number, ingress: PodRules['ingress'], egress: PodRules['egress'] = []): PodRules => ({
+    namespace: 'x',
+    name: `p${i}`,
+    addresses: [`10.244.3.${i}`],
+    ingress,
+    egress,
+  });
+  const veths = new Map(
+    Array.from({ length: 6 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]),
+  );
+  const r1: NodeRules = {
+    revision: 1,
+    sets,
+    pods: [
+      pod(0, [tcp(SET_A, 80)]),
+      pod(1, [tcp(SET_A, 80)]),
+      pod(2, [tcp(SET_B, 81)]),
+      pod(3, []),
+      pod(4, [], [tcp(SET_A, 53)]),
+      pod(5, [tcp(SET_A, 80)]),
+    ],
+  };
+  // p1 out of every policy; p2 to a new set (SET_B no longer named by anyone); p3 from none to entries; p4's egress to
+  // an IPv6-only set (no IPv4 rule); SET_A stays, named by p0 and p5.
+  const r2: NodeRules = {
+    revision: 2,
+    sets: new Map([...sets].filter(([n]) => n !== SET_B)),
+    pods: [
+      r1.pods[0]!,
+      pod(1, []),
+      pod(2, [tcp(SET_Z, 81)]),
+      pod(3, [tcp(SET_A, 80)]),
+      pod(4, [], [tcp(SET_6, 53)]),
+      r1.pods[5]!,
+    ],
+  };
+  const manager = () => createPolicyDrivers({ family: 4, ipsets: createFakeKernel(), filter: createFakeKernel() });
+  const step = manager();
+  step.compute(r1, veths);
+  const setDesired = step.filter.table.setDesired.bind(step.filter.table);
+  let written = 0;
+  step.filter.table.setDesired = (k, v) => (written++, setDesired(k, v));
+  step.compute(r2, veths);
+  assert.ok(written <= 12, `only the changed pods' chains are set (${written})`);
+  const whole = manager();
+  whole.compute(r2, veths);
+  assert.deepEqual(new Map([...step.filter.table.desired].sort()), new Map([...whole.filter.table.desired].sort()));
+  assert.deepEqual(new Map([...step.ipsets.table.desired].sort()), new Map([...whole.ipsets.table.desired].sort()));
+  assert.ok(!step.ipsets.table.desired.has(SET_B), 'a set no pod names any more is no longer desired');
 });

@@ -4,9 +4,11 @@ import {
   desiredBeforeRules,
   desiredPolicy,
   JUMP_KEY,
+  podChanges,
   POLICY_LAYOUT,
   WANTED_JUMP,
   type NodeRules,
+  type PodRules,
 } from '../domain/network-policy.js';
 import { createFilterDriver, filterKind } from './filter.js';
 import { createIpsetDriver, ipsetKind } from './ipsets.js';
@@ -17,6 +19,11 @@ import { createIpsetDriver, ipsetKind } from './ipsets.js';
  * node drops every local pod both ways; a restarted agent keeps the chains and sets it finds exactly as they are
  * (nothing rewritten, no connection cut) until its first rule set: those desired entries are taken from the tables'
  * caches right after they are read back (`onRead`).
+ *
+ * When the rules differ from the last ones only in a few pods' rules (the same pods on the same addresses and veths:
+ * a label or policy change, the common case), only those pods are rendered, before and after, and their entries
+ * replaced in the tables; the dispatch chains do not change. A set those pods no longer name stays while the node's
+ * rules still hold it (another pod names it). Otherwise the whole node is rendered (through the render cache).
  */
 export interface PolicyFamilyDrivers {
   family: 4 | 6;
@@ -24,9 +31,12 @@ export interface PolicyFamilyDrivers {
   filter: ReturnType<typeof createFilterDriver>;
   /** Sets both tables' desired entries (`rules` null: none held yet). */
   compute(rules: NodeRules | null, veths: ReadonlyMap<string, string>): void;
-  /** Whether Weft's dispatch chains, their fail-closed drop and the FORWARD jump are in the kernel as desired. */
+  /** Whether Weft's chain, its jump and the dispatch chains (with their fail-closed drop) are in the kernel. */
   inForce(): boolean;
 }
+
+/** More changed pods than this in one pass: the whole node is rendered. */
+const MAX_POD_CHANGES = 64;
 
 export function createPolicyDrivers(opts: {
   family: 4 | 6;
@@ -49,6 +59,36 @@ export function createPolicyDrivers(opts: {
     d.set(JUMP_KEY, [...WANTED_JUMP]);
     filter.table.replaceDesired(d);
   };
+  /** A few pods' new rules: only they are rendered, and their entries replaced. */
+  const computePods = (
+    changes: { before: PodRules; after: PodRules }[],
+    setsBefore: NodeRules['sets'],
+    rules: NodeRules,
+    veths: ReadonlyMap<string, string>,
+  ) => {
+    const render = (pods: PodRules[], sets: NodeRules['sets']) => {
+      const d = desiredPolicy({ revision: 0, pods, sets }, veths, opts.vxlanDevice, cache, family);
+      for (const c of POLICY_LAYOUT) d.chains.delete(c);
+      return d;
+    };
+    const was = render(
+      changes.map((c) => c.before),
+      setsBefore,
+    );
+    const now = render(
+      changes.map((c) => c.after),
+      rules.sets,
+    );
+    for (const chain of was.chains.keys()) if (!now.chains.has(chain)) filter.table.deleteDesired(chain);
+    for (const [chain, lines] of now.chains) filter.table.setDesired(chain, lines);
+    // The node's sets are named as the policy service names them (`weft-<hash>`), the kernel's IPv6 ones `weft6-…`.
+    const held = (name: string) =>
+      rules.sets
+        .get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))
+        ?.some((c) => c.includes(':') === (family === 6));
+    for (const name of was.sets.keys()) if (!now.sets.has(name) && !held(name)) ipsets.table.deleteDesired(name);
+    for (const [name, members] of now.sets) ipsets.table.setDesired(name, members);
+  };
   const ipsets = {
     ...createIpsetDriver(opts.ipsets, family, { optional: opts.optional }),
     ready: opts.ready,
@@ -68,16 +108,19 @@ export function createPolicyDrivers(opts: {
     ipsets,
     filter,
     compute(rules, veths) {
+      const prev = last;
       last = { rules, veths };
       if (!rules) return beforeRules(veths);
+      const changes =
+        prev?.rules && prev.veths === veths ? podChanges(prev.rules.pods, rules.pods, MAX_POD_CHANGES) : null;
+      if (changes) return computePods(changes, prev!.rules!.sets, rules, veths);
       const d = desiredPolicy(rules, veths, opts.vxlanDevice, cache, family);
       d.chains.set(JUMP_KEY, [...WANTED_JUMP]);
       ipsets.table.replaceDesired(d.sets);
       filter.table.replaceDesired(d.chains);
     },
     inForce() {
-      const t = filter.table;
-      return [...POLICY_LAYOUT, JUMP_KEY].every((k) => t.cache.has(k) && !t.pendingUpdates.has(k));
+      return [...POLICY_LAYOUT, JUMP_KEY].every((k) => filter.table.cache.has(k));
     },
   };
 }
