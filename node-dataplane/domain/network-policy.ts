@@ -615,7 +615,7 @@ export function chainWrites(items: readonly ChainWrite[]): { restore: string | n
       declare.push(`:${chain} - [0:0]`);
       fill.push(...rules);
     }
-    held.set(chain, [...rules]);
+    held.set(chain, rules as string[]);
   }
   const lines = [...declare, ...fill, ...edits, ...jump];
   return { restore: lines.length > 0 ? `*filter\n${lines.join('\n')}\nCOMMIT\n` : null, held };

@@ -22,13 +22,20 @@ export function createFilterDriver(
 ): Driver<string[]> {
   const kind = filterKind(family);
   const sets = ipsetKind(family);
+  // Rules are immutable arrays, asked about several times a pass (holds, order): parsed once each.
+  const parsed = new WeakMap<readonly string[], ReturnType<typeof chainReferences>>();
+  const refs = (key: string, rules: readonly string[]) => {
+    let r = parsed.get(rules);
+    if (!r) parsed.set(rules, (r = chainReferences(key, rules)));
+    return r;
+  };
   return {
     kind,
     table: createKernelTable<string[]>(sameRules),
     access,
     optional: opts.optional,
-    dependsOn: (key, rules) => chainReferences(key, rules).sets.map((s) => `${sets}/${s}`),
-    needs: (key, rules) => chainReferences(key, rules).chains.map((c) => `${kind}/${c}`),
+    dependsOn: (key, rules) => refs(key, rules).sets.map((s) => `${sets}/${s}`),
+    needs: (key, rules) => refs(key, rules).chains.map((c) => `${kind}/${c}`),
     without(key, rules, missing) {
       const chains = new Set([...missing].filter((m) => m.startsWith(`${kind}/`)).map((m) => m.slice(kind.length + 1)));
       return chains.size === missing.size ? dispatchWithout(key, rules, chains) : null;

@@ -35,6 +35,14 @@ export interface PolicyFamilyDrivers {
   inForce(): boolean;
 }
 
+/** Whether every set both hold has the same members in both (a set's name means its content; this checks it). */
+const sameSets = (a: NodeRules['sets'], b: NodeRules['sets']) =>
+  a === b ||
+  [...a].every(([name, cidrs]) => {
+    const other = b.get(name);
+    return !other || other === cidrs || (other.length === cidrs.length && other.every((c, i) => c === cidrs[i]));
+  });
+
 /** More changed pods than this in one pass: the whole node is rendered. */
 const MAX_POD_CHANGES = 64;
 
@@ -112,7 +120,9 @@ export function createPolicyDrivers(opts: {
       last = { rules, veths };
       if (!rules) return beforeRules(veths);
       const changes =
-        prev?.rules && prev.veths === veths ? podChanges(prev.rules.pods, rules.pods, MAX_POD_CHANGES) : null;
+        prev?.rules && prev.veths === veths && sameSets(prev.rules.sets, rules.sets)
+          ? podChanges(prev.rules.pods, rules.pods, MAX_POD_CHANGES)
+          : null;
       if (changes) return computePods(changes, prev!.rules!.sets, rules, veths);
       const d = desiredPolicy(rules, veths, opts.vxlanDevice, cache, family);
       d.chains.set(JUMP_KEY, [...WANTED_JUMP]);
