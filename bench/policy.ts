@@ -53,7 +53,8 @@ const IPERF_SECONDS = Number(process.env.WEFT_BENCH_IPERF_SECONDS ?? 3);
 /** iperf3 rounds (each: bare, none and with, in rotating order). */
 const IPERF_ROUNDS = Number(process.env.WEFT_BENCH_IPERF_ROUNDS ?? 6);
 const here = path.dirname(fileURLToPath(import.meta.url));
-const FLOOR = path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
+/** The floor script (WEFT_BENCH_FLOOR: its path when the checkout is not beside `shared/`, a worktree say). */
+const FLOOR = process.env.WEFT_BENCH_FLOOR ?? path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
 /** iperf3's port: inside the 10 ports every pod's policy allows. */
 const PORT = 1005;
 

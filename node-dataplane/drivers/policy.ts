@@ -119,6 +119,8 @@ export function createPolicyDrivers(opts: {
       const prev = last;
       last = { rules, veths };
       if (!rules) return beforeRules(veths);
+      // The same inputs (a pass for routes, say): the same desired entries.
+      if (prev?.rules === rules && prev.veths === veths) return;
       const changes =
         prev?.rules && prev.veths === veths && sameSets(prev.rules.sets, rules.sets)
           ? podChanges(prev.rules.pods, rules.pods, MAX_POD_CHANGES)
