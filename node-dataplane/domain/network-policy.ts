@@ -481,9 +481,16 @@ export function chainReferences(chain: string, rules: readonly string[]): { chai
   const chains = new Set<string>();
   const sets = new Set<string>();
   for (const r of rules) {
-    const target = / -[gj] (WEFT-\S+)$/.exec(r)?.[1];
-    if (target && OWNED_CHAIN.test(target)) chains.add(target);
-    for (const m of r.matchAll(/--match-set (\S+) /g)) sets.add(m[1]!);
+    // The target is the rule's last word, after ` -g ` or ` -j `.
+    const at = r.lastIndexOf(' ');
+    const flag = r.slice(at - 3, at);
+    const target = r.slice(at + 1);
+    if ((flag === ' -g' || flag === ' -j') && target.startsWith('WEFT-') && OWNED_CHAIN.test(target))
+      chains.add(target);
+    for (let i = r.indexOf('--match-set '); i >= 0; i = r.indexOf('--match-set ', i + 1)) {
+      const from = i + '--match-set '.length;
+      sets.add(r.slice(from, r.indexOf(' ', from)));
+    }
   }
   return { chains: [...chains], sets: [...sets] };
 }

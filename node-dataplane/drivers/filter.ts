@@ -23,10 +23,14 @@ export function createFilterDriver(
   const kind = filterKind(family);
   const sets = ipsetKind(family);
   // Rules are immutable arrays, asked about several times a pass (holds, order): parsed once each.
-  const parsed = new WeakMap<readonly string[], ReturnType<typeof chainReferences>>();
+  const parsed = new WeakMap<readonly string[], { deps: string[]; needs: string[] }>();
   const refs = (key: string, rules: readonly string[]) => {
     let r = parsed.get(rules);
-    if (!r) parsed.set(rules, (r = chainReferences(key, rules)));
+    if (!r) {
+      const { chains, sets: matched } = chainReferences(key, rules);
+      r = { deps: matched.map((s) => `${sets}/${s}`), needs: chains.map((c) => `${kind}/${c}`) };
+      parsed.set(rules, r);
+    }
     return r;
   };
   return {
@@ -34,8 +38,8 @@ export function createFilterDriver(
     table: createKernelTable<string[]>(sameRules),
     access,
     optional: opts.optional,
-    dependsOn: (key, rules) => refs(key, rules).sets.map((s) => `${sets}/${s}`),
-    needs: (key, rules) => refs(key, rules).chains.map((c) => `${kind}/${c}`),
+    dependsOn: (key, rules) => refs(key, rules).deps,
+    needs: (key, rules) => refs(key, rules).needs,
     without(key, rules, missing) {
       const chains = new Set([...missing].filter((m) => m.startsWith(`${kind}/`)).map((m) => m.slice(kind.length + 1)));
       return chains.size === missing.size ? dispatchWithout(key, rules, chains) : null;
