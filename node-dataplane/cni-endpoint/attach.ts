@@ -55,6 +55,7 @@ export function createAttach({ deps, running, reportContainers }: Shared) {
     // after the release that undoes it (IPAM fences the attempt; see services/ipam/DESIGN.md, "Allocation attempts").
     const attemptId = newAttemptId();
     running.attaching.set(handle, hostIfname);
+    deps.attachments?.attaching(hostIfname);
     let addEnded!: () => void;
     running.addsRunning.set(handle, new Promise<void>((resolve) => (addEnded = resolve)));
     try {
@@ -163,6 +164,10 @@ export function createAttach({ deps, running, reportContainers }: Shared) {
           record,
           onPhase: deps.onAttachPhase,
         });
+        deps.attachments?.attached({
+          hostIfname: a.hostIfname,
+          addresses: a.address6 ? [a.address, a.address6] : [a.address],
+        });
         log.info('pod attached', {
           address: a.address,
           ...(a.address6 ? { address6: a.address6 } : {}),
@@ -193,6 +198,7 @@ export function createAttach({ deps, running, reportContainers }: Shared) {
       }
     } finally {
       running.attaching.delete(handle);
+      deps.attachments?.attachEnded(hostIfname);
       running.addsRunning.delete(handle);
       addEnded();
     }

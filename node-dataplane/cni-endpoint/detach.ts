@@ -53,6 +53,7 @@ export function createDetach({ deps, running, policyPassAfterRemoval, reportCont
         },
         (err) => agentErrorFromIpam(err),
       );
+    deps.attachments?.detached(deps.pods.hostIfname(req.containerId, req.ifname));
     const link = deps.pods
       .detach({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns })
       .then(() => deps.onDetachPhase?.('link', performance.now() - t0));

@@ -8,6 +8,7 @@ import type { HostPaths } from '../kernel/host-paths.js';
 import { checkNetnsPath } from '../kernel/pod-network.js';
 import type { PodReporter } from '../pod-reports.js';
 import { createIpamPort } from './ipam-client.js';
+import type { AttachmentEvents } from './ports.js';
 import { createPodKernel } from './pod-kernel.js';
 import { createCniRpc } from './rpc.js';
 import { createCniUseCases } from './use-cases.js';
@@ -48,6 +49,8 @@ export function createCniHandlers(deps: {
   onDetachPhase?: (phase: string, ms: number) => void;
   /** Where the host's network sysctls and sysfs are (WEFT_PROC_SYS_NET, WEFT_SYS_DIR); default /proc/sys/net and /sys. */
   hostPaths?: HostPaths;
+  /** Told of every attachment made and ended, and of each ADD's veth while it is made (the pod drivers' input). */
+  pods?: AttachmentEvents;
 }): Handlers<typeof AgentServiceService> {
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const { pods, records } = createPodKernel(deps.hostPaths);
@@ -61,6 +64,7 @@ export function createCniHandlers(deps: {
     records,
     policy: { inForce: deps.policyInForce, podsChanged: deps.onPodsChanged },
     reports: deps.reports,
+    attachments: deps.pods,
     logger: deps.logger,
     onAttachPhase: deps.onAttachPhase,
     onDetachPhase: deps.onDetachPhase,

@@ -6,6 +6,7 @@ import type { HostLink } from '../domain/garbage-collection.js';
 import {
   IpamCallError,
   type AllocationRequest,
+  type AttachmentEvents,
   type AttachmentRecords,
   type IpamPort,
   type NodeAllocation,
@@ -26,6 +27,8 @@ export interface FakeWorld {
   kernel: FakeKernel;
   policy: PolicyPort & { inForceError: Partial<Record<4 | 6, Error>>; passes: number; holdPass?: Promise<void> };
   reports: PodReports;
+  /** The attachment events, in order (`attaching <veth>`, `attached <veth> <addresses>`, `ended <veth>`, `detached <veth>`). */
+  attachments: AttachmentEvents & { told: string[] };
   logger: Logger & { lines: (LogFields & { level: string; msg: string })[] };
 }
 
@@ -217,10 +220,18 @@ export function createFakeWorld(): FakeWorld {
     attached: (pod) => void events.push(`report attached ${pod.containerId} ${pod.addresses.join(',')}`),
     detached: (containerId) => void events.push(`report detached ${containerId}`),
   };
+  const told: string[] = [];
+  const attachments: FakeWorld['attachments'] = {
+    told,
+    attaching: (name) => void told.push(`attaching ${name}`),
+    attachEnded: (name) => void told.push(`ended ${name}`),
+    attached: (a) => void told.push(`attached ${a.hostIfname} ${a.addresses.join(',')}`),
+    detached: (name) => void told.push(`detached ${name}`),
+  };
   const lines: FakeWorld['logger']['lines'] = [];
   const logger = Object.assign(
     createJsonLogger({}, { write: (line: string) => void lines.push(JSON.parse(line) as (typeof lines)[number]) }),
     { lines },
   );
-  return { events, ipam, kernel, policy, reports, logger };
+  return { events, ipam, kernel, policy, reports, attachments, logger };
 }

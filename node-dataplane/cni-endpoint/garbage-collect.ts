@@ -75,6 +75,7 @@ export function createGarbageCollect({
       if ([...running.attaching.values()].includes(name)) return;
       try {
         await deps.pods.deleteLink(name);
+        deps.attachments?.detached(name);
         removedInterfaces.push(name);
       } catch (err) {
         failures.push(`removing interface ${name} failed: ${(err as Error).message}`);
@@ -88,6 +89,7 @@ export function createGarbageCollect({
       releasing.add(a.handle);
       try {
         const r = await deps.ipam.release(a.handle);
+        deps.attachments?.detached(deps.pods.hostIfname(a.containerId, a.handle.slice(a.containerId.length + 1)));
         if (r.released) released.push({ handle: a.handle, address: r.address });
       } catch (err) {
         const e = err as { details?: string; message?: string };

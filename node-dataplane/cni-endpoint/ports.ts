@@ -143,5 +143,20 @@ export interface PolicyPort {
   podsChanged?(): Promise<void> | void;
 }
 
+/**
+ * The attachments this endpoint makes and ends, as the rest of the agent follows them (the pod veths' and host
+ * routes' drivers): told synchronously, at the moment each happens.
+ */
+export interface AttachmentEvents {
+  /** An ADD begins making this host veth. */
+  attaching(hostIfname: string): void;
+  /** That ADD ended, whatever its outcome. */
+  attachEnded(hostIfname: string): void;
+  /** The ADD made the attachment. */
+  attached(a: { hostIfname: string; addresses: readonly string[] }): void;
+  /** A DEL or GC removes this attachment (its veth, or its allocation when the veth is gone). */
+  detached(hostIfname: string): void;
+}
+
 /** The pod reports to the policy service (pod-reports.ts). */
 export type PodReports = Pick<PodReporter, 'attached' | 'detached'>;

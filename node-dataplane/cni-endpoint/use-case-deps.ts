@@ -1,6 +1,14 @@
 import type { Logger } from '../../lib/logger.js';
 import type { InProgress } from './in-progress.js';
-import type { AttachmentRecords, IpamPort, NodeAllocation, PodNetwork, PodReports, PolicyPort } from './ports.js';
+import type {
+  AttachmentEvents,
+  AttachmentRecords,
+  IpamPort,
+  NodeAllocation,
+  PodNetwork,
+  PodReports,
+  PolicyPort,
+} from './ports.js';
 import { agentErrorFromIpam } from './ipam-errors.js';
 
 /** What every use case of the endpoint is built from: the node's settings and the ports (ports.ts). */
@@ -16,6 +24,8 @@ export interface CniUseCaseDeps {
   policy: PolicyPort;
   /** Tells the policy service which pod is attached where (pod-reports.ts). */
   reports?: PodReports;
+  /** Told of every attachment made and ended, and of each ADD's veth while it is made. */
+  attachments?: AttachmentEvents;
   logger: Logger;
   /** Told how long each step of a successful Attach took, in ms (allocate, host, pod): the agent's metrics. */
   onAttachPhase?: (phase: string, ms: number) => void;

@@ -39,6 +39,7 @@ function setup(opts: { dualStack?: boolean; world?: FakeWorld } = {}) {
     records: world.kernel,
     policy: world.policy,
     reports: world.reports,
+    attachments: world.attachments,
     logger: world.logger,
     onAttachPhase: (p) => void phases.push(`attach ${p}`),
     onDetachPhase: (p) => void phases.push(`detach ${p}`),
@@ -415,6 +416,33 @@ describe('check', () => {
       'agent.ipam_error',
       'unavailable',
     );
+  });
+});
+
+describe('attachment events', () => {
+  it('tell the pod drivers of each veth being made, made, ended and removed, by ADD, DEL and GC', async () => {
+    const { useCases, world } = setup();
+    const told = world.attachments.told;
+    const veth = (c: string) => world.kernel.hostIfname(c, 'eth0');
+    await useCases.attach(pod('a'));
+    assert.deepEqual(told, [`attaching ${veth('a')}`, `attached ${veth('a')} 10.244.0.1`, `ended ${veth('a')}`]);
+    told.length = 0;
+    world.kernel.failAttach = 'boom';
+    await assert.rejects(useCases.attach(pod('b')));
+    assert.deepEqual(told, [`attaching ${veth('b')}`, `ended ${veth('b')}`]);
+    told.length = 0;
+    await useCases.detach({ containerId: 'a', ifname: 'eth0', netns: NETNS });
+    assert.deepEqual(told, [`detached ${veth('a')}`]);
+    told.length = 0;
+    await useCases.attach(pod('stale'));
+    world.ipam.held.set('gone/eth0', { containerId: 'gone', ipv4: '10.244.0.70', podNamespace: '', podName: '' });
+    told.length = 0;
+    await useCases.garbageCollect({ network: 'weft', validAttachments: [] });
+    assert.deepEqual(told.sort(), [
+      `detached ${veth('gone')}`,
+      `detached ${veth('stale')}`,
+      `detached ${veth('stale')}`,
+    ]);
   });
 });
 
