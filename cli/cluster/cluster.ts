@@ -11,6 +11,8 @@ import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { CertificateServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { listAllNodes } from '../node-status.js';
+import { embeddedDatabaseUrls } from '../../lib/db/embedded.js';
+import { controlPlaneSettings } from '../control-plane.config.js';
 import {
   CONTROL_PLANE_ADDRESS,
   CONTROL_PLANE_PORT,
@@ -24,6 +26,8 @@ import {
   podNetns,
   validateNamespace,
   validatePodName,
+  MAX_CONTROL_PLANE_REPLICAS,
+  planControlPlaneReplica,
 } from './topology.js';
 
 /**
@@ -62,6 +66,11 @@ export interface ClusterState {
   prefix: string;
   stateDir: string;
   controlPlane: { netns: string; pid: number; socket: string; address: string };
+  /**
+   * Further replicas of the control plane (`cluster up --replicas N`), each `weft up` in a namespace of its own on the
+   * first one's database (its embedded PostgreSQL, over its unix socket). Agents are given every replica's address.
+   */
+  replicas?: { netns: string; pid: number; socket: string; address: string; dataDir: string }[];
   nodes: NodeState[];
   pods: PodState[];
   /** Dual-stack pods (`cluster up --dual-stack`): the IPv6 pool exists and every agent runs with WEFT_POD_FAMILIES=ipv4,ipv6. */
@@ -156,7 +165,18 @@ async function stopProcess(pid: number): Promise<void> {
   for (let i = 0; i < 20 && isAlive(pid); i++) await sleep(50);
 }
 
-export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
+/**
+ * Where the CLI and tests reach the local cluster's control plane: its unix socket, or with replicas the socket of the
+ * first one still running (a unix socket names one process, so the CLI picks a live one itself).
+ */
+export function controlPlaneTarget(s: ClusterState): string {
+  const live = [s.controlPlane, ...(s.replicas ?? [])].find((r) => r.pid === 0 || isAlive(r.pid));
+  return `unix://${(live ?? s.controlPlane).socket}`;
+}
+
+/** Every replica's TCP address, as agents are given it (WEFT_CONTROL_PLANE: lib/grpc/endpoints.ts). */
+export const controlPlaneEndpoints = (s: ClusterState) =>
+  [s.controlPlane.address, ...(s.replicas ?? []).map((r) => r.address)].join(',');
 
 /** The control plane's pki folder (its CA and the local admin's certificate): `weft up`'s data dir is <state-dir>/cp. */
 export const clusterPkiDir = (s: Pick<ClusterState, 'stateDir'>) => path.join(s.stateDir, 'cp', 'pki');
@@ -184,7 +204,16 @@ export function issueClusterCredentials(
   return issueClientTlsDir(clusterPkiDir(s), outDir, subject).then(() => clientTlsDir(outDir));
 }
 
-export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
+export async function clusterUp(opts: {
+  stateDir: string;
+  nodes: number;
+  dualStack?: boolean;
+  /** Control-plane replicas, 1-3 (default 1). */
+  replicas?: number;
+}): Promise<ClusterState> {
+  const replicas = opts.replicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_CONTROL_PLANE_REPLICAS)
+    throw new Error(`replicas must be 1-${MAX_CONTROL_PLANE_REPLICAS}`);
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir)))
     throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
@@ -238,6 +267,31 @@ export async function clusterUp(opts: { stateDir: string; nodes: number; dualSta
     } finally {
       ipam.close();
     }
+    for (let i = 1; i < replicas; i++) {
+      const plan = planControlPlaneReplica(prefix, i);
+      await run('ip', ['netns', 'add', plan.netns]);
+      await attachToFabric(
+        fab,
+        plan.netns,
+        plan.fabricIfname,
+        `${plan.address}/24`,
+        SUBNETS[0].bridge,
+        SUBNETS[0].router,
+      );
+      const dataDir = path.join(stateDir, `cp${i + 1}`);
+      mkdirSync(dataDir, { recursive: true });
+      state.replicas = [
+        ...(state.replicas ?? []),
+        {
+          netns: plan.netns,
+          pid: 0,
+          socket: path.join(dataDir, 'weft.sock'),
+          address: `${plan.address}:${CONTROL_PLANE_PORT}`,
+          dataDir,
+        },
+      ];
+      await startControlPlaneReplica(state, state.replicas.at(-1)!);
+    }
     for (let i = 1; i <= opts.nodes; i++) await addNode(state, i);
     return state;
   } catch (err) {
@@ -271,6 +325,43 @@ async function startControlPlane(state: ClusterState): Promise<void> {
       60_000,
       async () => (existsSync(state.controlPlane.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null),
       cpLog,
+    );
+  } finally {
+    ipam.close();
+  }
+}
+
+/**
+ * Starts a further replica (`weft up`) in its namespace on the first replica's database: the embedded server's unix
+ * socket (reachable from any namespace), or the DATABASE_URL the first one was given; the same CA and certificates.
+ * Resolves once it answers on its own socket.
+ */
+async function startControlPlaneReplica(state: ClusterState, replica: NonNullable<ClusterState['replicas']>[number]) {
+  const log = path.join(replica.dataDir, 'control-plane.log');
+  const urls = process.env.DATABASE_URL
+    ? null
+    : embeddedDatabaseUrls(
+        path.join(state.stateDir, 'cp'),
+        Number(process.env.WEFT_PG_PORT) || controlPlaneSettings.pgPort.default,
+      );
+  replica.pid = spawnInNetns(
+    replica.netns,
+    [process.execPath, paths.cli, 'up', '--data-dir', replica.dataDir, '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`],
+    {
+      WEFT_LOG_LEVEL: 'info',
+      WEFT_PKI_DIR: clusterPkiDir(state),
+      ...(urls ? { DATABASE_URL: urls.appUrl, WEFT_MIGRATION_DATABASE_URL: urls.ownerUrl } : {}),
+    },
+    log,
+  );
+  writeState(state);
+  const ipam = createClient(IpamServiceService, `unix://${replica.socket}`, { security: clusterAdminSecurity(state) });
+  try {
+    await waitFor(
+      `control-plane replica ${replica.address}`,
+      60_000,
+      async () => (existsSync(replica.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null),
+      log,
     );
   } finally {
     ipam.close();
@@ -449,7 +540,7 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
       WEFT_NODE_NAME: node.name,
       // The underlay as an operator of many machines names it: by the subnets it lives on.
       WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
-      WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
+      WEFT_CONTROL_PLANE: node.controlPlane ?? controlPlaneEndpoints(state),
       WEFT_AGENT_SOCKET: node.socket,
       WEFT_TLS_DIR: nodeTlsDir(state, node.name),
       // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
@@ -589,6 +680,8 @@ export async function clusterDown(opts: { stateDir: string }): Promise<{ removed
   if (!existsSync(stateFile(stateDir))) return { removedNamespaces: [] };
   const state = readState(stateDir);
   await Promise.all(state.nodes.map((n) => stopProcess(n.agentPid)));
+  // Further replicas first: the first one runs the database they use.
+  await Promise.all((state.replicas ?? []).map((r) => stopProcess(r.pid)));
   await stopProcess(state.controlPlane.pid);
   const listed = (await run('ip', ['netns', 'list']).catch(() => ''))
     .split('\n')
