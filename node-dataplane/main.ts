@@ -14,7 +14,7 @@ import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
-import { createCniHandlers } from './cni-endpoint.js';
+import { createCniHandlers } from './cni-endpoint/endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { enableForwarding, type HostPaths } from './kernel/host-paths.js';
