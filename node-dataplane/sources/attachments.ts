@@ -15,7 +15,7 @@ export interface AttachmentsSource {
   attachments(): ReadonlyMap<string, HostAttachment> | null;
   /** Whether an ADD is making this host veth right now. */
   attaching(hostIfname: string): boolean;
-  /** What the CNI endpoint tells (cni-endpoint.ts `pods`). */
+  /** What the CNI endpoint tells (cni-endpoint/endpoint.ts `pods`). */
   events: PodEvents;
 }
 
