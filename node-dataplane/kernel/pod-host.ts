@@ -42,6 +42,16 @@ export function createPodHostAccess(opts: { routeProtocol: number; paths: HostPa
     }
     return nl;
   };
+  /**
+   * Runs the socket's dumps one after the other: the kernel takes one dump at a time on a socket (a second meanwhile
+   * gets EBUSY or breaks the first's multipart answer), and the two kinds are read side by side (dataplane.ts).
+   */
+  let dumping: Promise<unknown> = Promise.resolve();
+  const dump = <T>(request: () => Promise<T>): Promise<T> => {
+    const next = dumping.then(request, request);
+    dumping = next.catch(() => {});
+    return next;
+  };
   /** A device's index, or null when there is no device of that name. */
   const ifindexOf = (name: string): number | null => {
     try {
@@ -67,7 +77,7 @@ export function createPodHostAccess(opts: { routeProtocol: number; paths: HostPa
     async read() {
       const byIndex = podLinks();
       const gateway6 = new Set<number>();
-      for (const a of await netlink().getAddresses({ family: AF_INET6 })) {
+      for (const a of await dump(() => netlink().getAddresses({ family: AF_INET6 }))) {
         const local = a.attrs.local ?? a.attrs.address;
         if (a.data.prefixlen === 64 && local && bufIp(local) === POD_GATEWAY6 && a.data.index !== undefined)
           gateway6.add(a.data.index);
@@ -128,7 +138,7 @@ export function createPodHostAccess(opts: { routeProtocol: number; paths: HostPa
       const byIndex = podLinks();
       const out = new Map<string, PodRouteEntry>();
       for (const family of [AF_INET, AF_INET6]) {
-        for (const r of await netlink().getRoutes({ family })) {
+        for (const r of await dump(() => netlink().getRoutes({ family }))) {
           if (routeProtocolNumber(r.data.protocol) !== opts.routeProtocol || !r.attrs.dst) continue;
           if ((r.attrs.table ?? r.data.table) !== RT_TABLE_MAIN || r.attrs.oif === undefined) continue;
           const dev = byIndex.get(r.attrs.oif);
