@@ -13,6 +13,7 @@ import { findAttachmentDifference } from './domain/attachment-check.js';
 import { planGarbageCollection } from './domain/garbage-collection.js';
 import { DEFAULT_HOST_PATHS, type HostPaths } from './kernel/host-paths.js';
 import { deleteLink } from './kernel/links.js';
+import type { PendingReleases } from './pending-releases.js';
 import type { PodReporter } from './pod-reports.js';
 import {
   attachPod,
@@ -71,6 +72,11 @@ export function createCniHandlers(deps: {
   onDetachPhase?: (phase: string, ms: number) => void;
   /** Where the host's network sysctls and sysfs are (WEFT_PROC_SYS_NET, WEFT_SYS_DIR); default /proc/sys/net and /sys. */
   hostPaths?: HostPaths;
+  /**
+   * Releases IPAM could not take at DEL (pending-releases.ts): with it, a DEL while IPAM is unreachable removes the
+   * interface, records the release and succeeds; without it, such a DEL fails "try again later".
+   */
+  pendingReleases?: PendingReleases;
 }): Handlers<typeof AgentServiceService> {
   const paths = deps.hostPaths ?? DEFAULT_HOST_PATHS;
   /**
@@ -173,9 +179,39 @@ export function createCniHandlers(deps: {
         );
       case 'ipam.address_cooling_down':
         throw new DomainError('agent.address_cooling_down', 'unavailable', message);
+    }
+    switch (e.code) {
+      case status.UNAVAILABLE:
+      case status.DEADLINE_EXCEEDED:
+        throw new DomainError(
+          'agent.ipam_unavailable',
+          'unavailable',
+          `IPAM at ${deps.ipamTarget} is unavailable now (${e.details ?? String(err)}); try again later`,
+        );
       default:
         throw new DomainError('agent.ipam_error', ipamKind(e.code), message);
     }
+  };
+  /**
+   * A DEL's release that IPAM could not take because it cannot be reached: recorded with the handle's unfenced
+   * attempts and retried in the background (pending-releases.ts), so the DEL succeeds. Any other failure, or no
+   * record to keep it in, fails the DEL as IPAM's error.
+   */
+  const deferRelease = async (handle: string, err: unknown): Promise<{ released: boolean; address: string }> => {
+    const code = (err as { code?: unknown }).code;
+    const unreachable =
+      code === 'agent.ipam_unavailable' || code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED;
+    if (!deps.pendingReleases || !unreachable) return passThrough(err);
+    await deps.pendingReleases.add(handle, [...(unfenced.get(handle) ?? [])]);
+    unfenced.delete(handle);
+    deps.logger.warn(
+      'IPAM cannot be reached: the pod is detached, its release recorded and retried until IPAM takes it',
+      {
+        handle,
+        err: (err as Error).message,
+      },
+    );
+    return { released: false, address: '' };
   };
   const checkAttachment = (containerId: string, ifname: string) => {
     if (!containerId) throw invalid('container id is empty');
@@ -301,6 +337,16 @@ export function createCniHandlers(deps: {
             );
           });
         }
+        // This handle's earlier DEL left its release to be taken: IPAM's Allocate, idempotent by handle, would hand
+        // back that very allocation, which the pending release would then free under the new pod.
+        if (deps.pendingReleases?.has(handle))
+          await deps.pendingReleases.settle(handle).catch((err: Error) => {
+            throw new DomainError(
+              'agent.ipam_unavailable',
+              'unavailable',
+              `the release of ${handle} by an earlier DEL is not yet taken by IPAM at ${deps.ipamTarget} (${err.message}); try again later`,
+            );
+          });
         const t0 = performance.now();
         let allocationError: { err: unknown } | undefined;
         const allocation = deps.ipam
@@ -457,10 +503,13 @@ export function createCniHandlers(deps: {
             );
           return deps.ipam.release({ handle }, { timeoutMs: 10_000 });
         })
-        .then((r) => {
-          deps.onDetachPhase?.('release', performance.now() - t0);
-          return r;
-        }, passThrough);
+        .then(
+          (r) => {
+            deps.onDetachPhase?.('release', performance.now() - t0);
+            return r;
+          },
+          (err: unknown) => deferRelease(handle, err),
+        );
       const link = detachPod({ containerId: req.containerId, ifname: req.ifname, nsPath: req.netns, paths }).then(() =>
         deps.onDetachPhase?.('link', performance.now() - t0),
       );

@@ -31,6 +31,7 @@ import { ROUTE } from './drivers/routes.js';
 import { createPolicyProgrammer } from './policy-programmer.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
+import { createPendingReleases } from './pending-releases.js';
 import { createReconciler } from './reconciler.js';
 import { followUnderlay } from './underlay-follow.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
@@ -299,6 +300,13 @@ async function main(): Promise<void> {
     policy: policyClient,
     logger: logger.child({ component: 'pod-reports' }),
   });
+  // Beside the CNI socket: it outlives an agent restart (not a reboot, after which the runtime's DEL or GC comes again).
+  const pendingReleases = createPendingReleases({
+    release: (handle, attemptId) => ipam.release(attemptId ? { handle, attemptId } : { handle }, { timeoutMs: 10_000 }),
+    file: path.join(path.dirname(config.socket), 'pending-releases.json'),
+    logger: logger.child({ component: 'pending-releases' }),
+    onSize: (n) => metrics.pendingReleases.set(n),
+  });
   const cniHandlers = createCniHandlers({
     node: config.nodeName,
     ipam,
@@ -313,6 +321,7 @@ async function main(): Promise<void> {
     onAttachPhase: (phase, ms) => metrics.attachPhaseDuration.record(ms / 1000, { phase }),
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),
     hostPaths,
+    pendingReleases,
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
@@ -358,6 +367,7 @@ async function main(): Promise<void> {
     logger.info('stopping', { signal });
     stopper.abort();
     reconciler.stop();
+    pendingReleases.stop();
     kernelWatch?.close();
     underlayFollower.close();
     await socketServer.close();

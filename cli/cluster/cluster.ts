@@ -11,6 +11,7 @@ import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { CertificateServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { listAllNodes } from '../node-status.js';
+import { controlPlaneSettings } from '../control-plane.config.js';
 import {
   CONTROL_PLANE_ADDRESS,
   CONTROL_PLANE_PORT,
@@ -61,7 +62,14 @@ export interface NodeState {
 export interface ClusterState {
   prefix: string;
   stateDir: string;
-  controlPlane: { netns: string; pid: number; socket: string; address: string };
+  controlPlane: {
+    netns: string;
+    pid: number;
+    socket: string;
+    address: string;
+    /** A file of `weft up` settings (NAME=VALUE lines, e.g. DATABASE_URL) read at each start (`cluster up --control-plane-env`). */
+    envFile?: string;
+  };
   nodes: NodeState[];
   pods: PodState[];
   /** Dual-stack pods (`cluster up --dual-stack`): the IPv6 pool exists and every agent runs with WEFT_POD_FAMILIES=ipv4,ipv6. */
@@ -184,12 +192,20 @@ export function issueClusterCredentials(
   return issueClientTlsDir(clusterPkiDir(s), outDir, subject).then(() => clientTlsDir(outDir));
 }
 
-export async function clusterUp(opts: { stateDir: string; nodes: number; dualStack?: boolean }): Promise<ClusterState> {
+export async function clusterUp(opts: {
+  stateDir: string;
+  nodes: number;
+  dualStack?: boolean;
+  /** A file of `weft up` settings for the control plane (see readControlPlaneEnv). */
+  controlPlaneEnv?: string;
+}): Promise<ClusterState> {
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir)))
     throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
   if (!Number.isInteger(opts.nodes) || opts.nodes < 0 || opts.nodes > 50)
     throw new Error('nodes must be 0-50 (0: the control plane alone)');
+  const envFile = opts.controlPlaneEnv ? path.resolve(opts.controlPlaneEnv) : undefined;
+  if (envFile) readControlPlaneEnv(envFile); // a bad file stops here, before anything is made
   mkdirSync(stateDir, { recursive: true });
   // The control plane's PostgreSQL (run as 'postgres' under root) keeps its data below this folder.
   chmodSync(stateDir, 0o755);
@@ -206,6 +222,7 @@ export async function clusterUp(opts: { stateDir: string; nodes: number; dualSta
       pid: 0,
       socket: path.join(stateDir, 'cp', 'weft.sock'),
       address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`,
+      ...(envFile ? { envFile } : {}),
     },
   };
   writeState(state);
@@ -260,7 +277,7 @@ async function startControlPlane(state: ClusterState): Promise<void> {
       '--listen',
       `0.0.0.0:${CONTROL_PLANE_PORT}`,
     ],
-    { WEFT_LOG_LEVEL: 'info' },
+    { WEFT_LOG_LEVEL: 'info', ...(state.controlPlane.envFile ? readControlPlaneEnv(state.controlPlane.envFile) : {}) },
     cpLog,
   );
   writeState(state);
@@ -275,6 +292,74 @@ async function startControlPlane(state: ClusterState): Promise<void> {
   } finally {
     ipam.close();
   }
+}
+
+/**
+ * The control plane's settings from a file of NAME=VALUE lines (blank lines and `#` comments skipped): only `weft up`'s
+ * own settings (`weft up --help`), so that a typo is an error rather than a setting silently not applied. The local
+ * cluster's control plane runs in a namespace of its own, so a database it uses must be reachable from there: a
+ * unix socket (scripts/ha/up.sh writes socket.env for its HAProxy), not 127.0.0.1 of the machine.
+ */
+export function readControlPlaneEnv(file: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the control plane's settings file ${file}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  const known = new Set(Object.values(controlPlaneSettings).map((s) => s.env));
+  const env: Record<string, string> = {};
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    const name = eq > 0 ? line.slice(0, eq) : '';
+    if (!known.has(name))
+      throw new Error(
+        `${file}:${i + 1}: ${name ? `${name} is not a setting of weft up` : 'expected NAME=VALUE'} (weft up --help lists them)`,
+      );
+    env[name] = line.slice(eq + 1);
+  }
+  return env;
+}
+
+/**
+ * Stops the control plane and leaves it stopped (agents and pods run on): SIGTERM, its clean stop (streams ended,
+ * connections closed, its PostgreSQL stopped), or SIGKILL to every process of its namespace at once (`weft up` and
+ * its embedded PostgreSQL), as when its machine dies. Stopping a stopped control plane does nothing.
+ */
+export async function stopControlPlane(
+  stateDir: string,
+  signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
+): Promise<ClusterState> {
+  const state = readState(stateDir);
+  if (signal === 'SIGKILL') {
+    const pids = (await run('ip', ['netns', 'pids', state.controlPlane.netns]).catch(() => ''))
+      .split('\n')
+      .map(Number)
+      .filter((p) => p > 0);
+    for (const pid of new Set([state.controlPlane.pid, ...pids].filter((p) => p > 0)))
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+  }
+  await stopProcess(state.controlPlane.pid);
+  state.controlPlane.pid = 0;
+  writeState(state);
+  return state;
+}
+
+/** Starts a stopped control plane on its data; resolves once it answers. */
+export async function startStoppedControlPlane(stateDir: string): Promise<ClusterState> {
+  const state = readState(stateDir);
+  if (isAlive(state.controlPlane.pid))
+    throw new Error(`the control plane already runs (pid ${state.controlPlane.pid})`);
+  await startControlPlane(state);
+  return state;
 }
 
 /**
