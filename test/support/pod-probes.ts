@@ -85,7 +85,8 @@ export interface StreamResult {
   maxMs: number;
 }
 const STREAM_INTERVAL_MS = 10;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A wait that does not keep the test process alive (a bound on a stop that normally ends sooner). */
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 
 /**
  * A TCP stream from pod `from` to an echo server in pod `to` (port 9000): a counter every 10 ms until stopped, measuring
