@@ -4,12 +4,15 @@ import path from 'node:path';
 import pg from 'pg';
 import { startEmbeddedPostgres } from '../lib/db/embedded.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
-import { silentLogger } from '../lib/logger.js';
+import { createLogger, silentLogger } from '../lib/logger.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { bin, startUntil } from '../test/support/processes.js';
 import { freePort } from '../test/support/ports.js';
+import { readCa } from '../lib/pki.js';
 import { startEchoServer } from './grpc-echo.js';
+import { fleetPart } from './ipam-fleet.js';
 import {
+  cpuMeter,
   findPgbench,
   median,
   ms,
@@ -32,6 +35,8 @@ import {
  * Part `transport`: what mTLS costs. A second control plane (bench/control-plane-transport.ts: `weft up`'s code on the
  * same database) serves one gRPC server on two listeners, mTLS and plaintext; the same callers allocate over each in
  * turn, RUNS times, at 1, 8 and 64 clients.
+ * Part `fleet` (not run by default; WEFT_BENCH_PARTS=fleet): 150,000 live pods of 5,000 nodes in 20 clusters, filled
+ * through the API under node certificates; churn, history and utilization at that size (bench/ipam-fleet.ts).
  */
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const SECONDS = Number(process.env.WEFT_BENCH_SECONDS ?? 6);
@@ -156,9 +161,24 @@ async function main() {
   if (!pgbench) throw new Error('pgbench not found: run `bash bench/install-deps.sh` (Debian package postgresql-15)');
   const dir = mkdtempSync(path.join(tmpdir(), 'weft-bench-ipam-'));
   chmodSync(dir, 0o755);
-  const db = await startEmbeddedPostgres(dir, await freePort(), silentLogger);
+  // WEFT_BENCH_EXPLAIN_MS: the control plane's statements slower than this are logged with their plans (auto_explain,
+  // nested statements too), PostgreSQL's log going to stderr.
+  const explainMs = process.env.WEFT_BENCH_EXPLAIN_MS;
+  const pgLogger = explainMs
+    ? createLogger(
+        {},
+        { level: 'debug', write: (line) => process.stderr.write(String(JSON.parse(line).line ?? '') + '\n') },
+      )
+    : silentLogger;
+  const db = await startEmbeddedPostgres(dir, await freePort(), pgLogger);
   const sql = new pg.Client({ connectionString: db.ownerUrl });
   await sql.connect();
+  if (explainMs) {
+    const role = new URL(db.appUrl).username;
+    await sql.query(`ALTER ROLE ${role} SET session_preload_libraries = 'auto_explain'`);
+    await sql.query(`ALTER ROLE ${role} SET auto_explain.log_min_duration = ${Number(explainMs)}`);
+    await sql.query(`ALTER ROLE ${role} SET auto_explain.log_nested_statements = on`);
+  }
   await sql.query(
     'CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())',
   );
@@ -187,17 +207,34 @@ async function main() {
   const admin = createClient(IpamServiceService, address, { security });
   const rows: Row[] = [];
   try {
-    await admin.createPool({ name: 'bench', cidr: '10.0.0.0/10', blockPrefixLength: 26 });
-    // Warm up: every node claims its first block, so the runs measure steady-state allocation.
-    const warm = Array.from({ length: 8 }, () => createClient(IpamServiceService, address, { security }));
-    for (let n = 0; n < NODES; n += 8)
-      await Promise.all(
-        warm.map((c, i) => c.allocate({ handle: `w${n + i}/eth0`, node: `bn-${n + i}`, pool: 'bench' })),
+    if (PARTS.has('fleet'))
+      rows.push(
+        ...(await fleetPart({
+          address,
+          cpu: cpuMeter(cp.child.pid!, path.join(dir, 'pg')),
+          ca: await readCa(pki),
+          admin,
+          sql,
+          ownerUrl: db.ownerUrl,
+          pgbench,
+          runs: RUNS,
+          seconds: SECONDS,
+          log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+        })),
       );
-    warm.forEach((c) => c.close());
-    // Statistics for the tables just filled, as autovacuum takes them within minutes of such growth: without them the
-    // planner guesses a one-row blocks table and the allocation statement walks the pool's blocks.
-    await sql.query('ANALYZE');
+    if (['closed', 'transport', 'batch', 'half'].some((x) => PARTS.has(x))) {
+      await admin.createPool({ name: 'bench', cidr: '10.0.0.0/10', blockPrefixLength: 26 });
+      // Warm up: every node claims its first block, so the runs measure steady-state allocation.
+      const warm = Array.from({ length: 8 }, () => createClient(IpamServiceService, address, { security }));
+      for (let n = 0; n < NODES; n += 8)
+        await Promise.all(
+          warm.map((c, i) => c.allocate({ handle: `w${n + i}/eth0`, node: `bn-${n + i}`, pool: 'bench' })),
+        );
+      warm.forEach((c) => c.close());
+      // Statistics for the tables just filled, as autovacuum takes them within minutes of such growth: without them the
+      // planner guesses a one-row blocks table and the allocation statement walks the pool's blocks.
+      await sql.query('ANALYZE');
+    }
 
     let maxRate = 0;
     if (PARTS.has('closed')) {

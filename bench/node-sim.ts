@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { checkServerIdentity } from 'node:tls';
-import { credentials, status } from '@grpc/grpc-js';
+import { credentials, status, type ChannelOptions } from '@grpc/grpc-js';
 import { createBackoff } from '../lib/backoff.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { SERVER_NAME } from '../lib/grpc/credentials.js';
@@ -122,6 +122,8 @@ export function createNodeSimulator(deps: {
   ca: KeyPairPem;
   logger: Logger;
   leaseMsFallback?: number;
+  /** Extra channel options of every node's clients (a test's load-balancing choice). */
+  channel?: ChannelOptions;
 }): NodeSimulator {
   const nodes: SimNode[] = [];
   const routeListeners: ((n: SimNode, m: WatchRoutesResponse) => void)[] = [];
@@ -203,7 +205,7 @@ export function createNodeSimulator(deps: {
     const creds = credentials.createSsl(Buffer.from(deps.ca.cert), Buffer.from(pair.key), Buffer.from(pair.cert), {
       checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert),
     });
-    const opts = { credentials: creds, channel: { 'grpc.ssl_target_name_override': SERVER_NAME } };
+    const opts = { credentials: creds, channel: { 'grpc.ssl_target_name_override': SERVER_NAME, ...deps.channel } };
     const node: SimNode = {
       spec,
       routes: createClient(RoutesServiceService, deps.target, opts),

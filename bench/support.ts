@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -103,5 +103,33 @@ export async function openLoopLatency(
     p50: percentile(lat, 50),
     p99: percentile(lat, 99),
     achieved: lat.length / ((performance.now() - start) / 1000),
+  };
+}
+
+/** CPU milliseconds so far of a process (user + system) and of its reaped children. */
+function procCpuMs(pid: number): { self: number; children: number } {
+  const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  // After the name: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (index = field - 3); 100 ticks a second.
+  return { self: (Number(f[11]) + Number(f[12])) * 10, children: (Number(f[13]) + Number(f[14])) * 10 };
+}
+
+/** CPU milliseconds so far of: this process, a server process, and PostgreSQL (postmaster, live and reaped backends). */
+export function cpuMeter(serverPid: number, pgDir: string): () => { bench: number; server: number; postgres: number } {
+  const master = Number(readFileSync(path.join(pgDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  return () => {
+    const m = procCpuMs(master);
+    let postgres = m.self + m.children;
+    for (const d of readdirSync('/proc')) {
+      if (!/^\d+$/.test(d)) continue;
+      try {
+        const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+        if (Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]) === master) postgres += procCpuMs(Number(d)).self;
+      } catch {
+        /* exited */
+      }
+    }
+    const u = process.cpuUsage();
+    return { bench: (u.user + u.system) / 1000, server: procCpuMs(serverPid).self, postgres };
   };
 }

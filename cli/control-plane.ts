@@ -10,6 +10,7 @@ import { startRevocationList, type RevocationList } from '../services/auth/revoc
 import { readCertificate } from '../services/auth/rpc/certificate.rpc.js';
 import { readFileSync } from 'node:fs';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../lib/db/embedded.js';
+import { LEADER_LOCK_CLASS, MIGRATION_LOCK } from '../lib/db/leadership.js';
 import { createNotifier } from '../lib/db/notifier.js';
 import {
   bindServer,
@@ -51,18 +52,22 @@ async function prepareDatabase(
   logger: Logger,
 ): Promise<void> {
   const owner = sessionConfig(ownerUrl, { ...timeouts, statementMs: 0, lockMs: 0, queryMs: 0, idleInTransactionMs: 0 });
-  for (const service of MIGRATED) await applyMigrations(owner, service);
-  const appRole = userOf(appUrl);
-  if (ownerUrl === appUrl || !appRole || appRole === userOf(ownerUrl)) return;
+  // Replicas starting together on one database take turns: a session lock held through migrations and grants (the
+  // migrator takes none, and two replicas would both apply the same migration).
   const client = new pg.Client(owner);
   client.on('error', () => {});
   await client.connect();
   try {
+    await client.query('SELECT pg_advisory_lock($1, $2)', [LEADER_LOCK_CLASS, MIGRATION_LOCK]);
+    for (const service of MIGRATED) await applyMigrations(owner, service);
+    const appRole = userOf(appUrl);
+    if (ownerUrl === appUrl || !appRole || appRole === userOf(ownerUrl)) return;
     await grantAppPrivileges(client, appRole);
+    logger.info('database privileges granted', { role: appRole });
   } finally {
+    // Ending the session releases the lock.
     await client.end().catch(() => {});
   }
-  logger.info('database privileges granted', { role: appRole });
 }
 
 function listenHttp(server: http.Server, address: string): Promise<number> {
@@ -226,8 +231,8 @@ export async function startControlPlane(
     { enforce: true, tokens: tokens.verify, limits: limiter, revocations, ...access },
   );
   const ipamAddress = `unix://${socketPath}`;
-  let routes: { stop(): void } | null = null;
-  let ipamService: { stop(): void } | null = null;
+  let routes: { stop(): Promise<void> } | null = null;
+  let ipamService: { stop(): Promise<void> } | null = null;
   let tcpPort: number | null;
   let plaintextPort: number | null = null;
   let httpPort: number | null = null;
@@ -264,7 +269,6 @@ export async function startControlPlane(
     }
     routes = await mountRoutesService(server, {
       database,
-      databaseUrl: url,
       notifier,
       logger,
       ipamAddress,
@@ -327,8 +331,8 @@ export async function startControlPlane(
   } catch (err) {
     // Leave nothing running behind a failed start (the embedded server above all).
     await bootstrap?.stop();
-    routes?.stop();
-    ipamService?.stop();
+    await routes?.stop();
+    await ipamService?.stop();
     httpServer?.close();
     server.forceShutdown();
     await audit.stop();
@@ -358,8 +362,8 @@ export async function startControlPlane(
     plaintextPort,
     async stop() {
       await bootstrap?.stop();
-      routes?.stop();
-      ipamService?.stop();
+      await routes?.stop();
+      await ipamService?.stop();
       httpServer?.closeAllConnections();
       httpServer?.close();
       await shutdownServer(server);

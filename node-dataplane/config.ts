@@ -2,6 +2,7 @@ import { loadSettings, parsers, type SettingsSpec } from '../lib/config.js';
 import { tlsBootstrapSettings } from '../lib/tls-bootstrap.js';
 import { parseListenAddress } from '../lib/metrics.js';
 import { ROUTING_MODES } from './domain/desired.js';
+import { parseControlPlaneEndpoints } from '../lib/grpc/endpoints.js';
 
 function absolutePath(raw: string): string {
   if (!raw.startsWith('/')) throw new Error('expected an absolute path');
@@ -31,9 +32,10 @@ export const agentSettings = {
   nodeName: { env: 'WEFT_NODE_NAME', description: "this node's name (required)", default: '', parse: parsers.string },
   controlPlane: {
     env: 'WEFT_CONTROL_PLANE',
-    description: 'gRPC address of the control plane (host:port or unix:///path)',
+    description:
+      'gRPC address of the control plane: host:port (a DNS name that resolves to every replica counts as all of them), several replicas as ip:port,ip:port, or unix:///path; calls and watch streams stay on one replica and move to another when it goes',
     default: '127.0.0.1:7400',
-    parse: parsers.string,
+    parse: parseControlPlaneEndpoints,
   },
   tlsDir: {
     env: 'WEFT_TLS_DIR',

@@ -97,7 +97,8 @@ async function main(): Promise<void> {
     podFamilies: config.podFamilies,
   });
 
-  const target = config.controlPlane.startsWith('unix:') ? config.controlPlane : `dns:${config.controlPlane}`;
+  // One endpoint or several replicas (lib/grpc/endpoints.ts): grpc-js keeps each client on one and moves it when it goes.
+  const target = config.controlPlane;
   const keepalive = { timeMs: config.controlPlaneKeepaliveMs, timeoutMs: config.controlPlaneKeepaliveTimeoutMs };
   const security = clientTlsDir(config.tlsDir, config.tlsRefreshMs);
   // On Kubernetes: the node's certificate from the control plane's bootstrap listener, for the pod's token, renewed

@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createClient } from '../lib/grpc/client.js';
-import { appRoleProblems } from '../lib/db/roles.js';
+import { appRoleProblems, grantAppPrivileges, userOf } from '../lib/db/roles.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { startTestControlPlane, type TestControlPlane } from './support/control-plane.js';
 
@@ -100,4 +100,25 @@ test("the services' role may revoke a certificate but not undo a revocation", as
     ),
     'ok',
   );
+});
+
+test("a replica starting (granting again) never takes the services' privileges away from replicas serving meanwhile", async () => {
+  let reads = 0;
+  const refused: string[] = [];
+  let granting = true;
+  const reader = (async () => {
+    while (granting) {
+      try {
+        await app.query('SELECT count(*) FROM ipam.blocks');
+        reads++;
+      } catch (err) {
+        refused.push((err as Error).message);
+      }
+    }
+  })();
+  for (let i = 0; i < 10; i++) await grantAppPrivileges(owner, userOf(cp.appDatabaseUrl));
+  granting = false;
+  await reader;
+  assert.ok(reads > 10, `reads while granting: ${reads}`);
+  assert.deepEqual(refused, []);
 });

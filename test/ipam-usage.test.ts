@@ -154,6 +154,40 @@ describe('utilization from per-node counters', () => {
     assert.deepEqual((await tb.ipam.checkConsistency({})).problems, []);
   });
 
+  test('every pool at once, whole and in pages, says what each pool alone says (each with its own cool-down)', async () => {
+    const names = (await tb.ipam.listPools({})).pools.map((p) => p.name).sort();
+    assert.ok(names.includes('usage') && names.includes('usage-cool'));
+    const alone = new Map<string, { counts: unknown; nodes: unknown[] }>();
+    for (const name of names) {
+      const u = (await tb.ipam.getUtilization({ pool: name })).pools[0]!;
+      alone.set(name, { counts: u.counts, nodes: u.nodes });
+    }
+    // 'usage' counts 96 cooling (600 s cool-down); 'usage-cool' none, its addresses released over a second ago.
+    assert.equal((alone.get('usage')!.counts as Counts).coolingDown, 96);
+    assert.equal((alone.get('usage-cool')!.counts as Counts).coolingDown, 0);
+    const whole = (await tb.ipam.getUtilization({})).pools;
+    assert.deepEqual(
+      whole.map((u) => u.pool),
+      names,
+    );
+    for (const u of whole) assert.deepEqual({ counts: u.counts, nodes: u.nodes }, alone.get(u.pool));
+    const paged = new Map<string, unknown[]>();
+    let pageToken = '';
+    let pages = 0;
+    do {
+      const r = await tb.ipam.getUtilization({ pageSize: 3, pageToken });
+      pages++;
+      assert.ok(r.pools.flatMap((u) => u.nodes).length <= 3);
+      for (const u of r.pools) {
+        assert.deepEqual(u.counts, alone.get(u.pool)!.counts);
+        paged.set(u.pool, [...(paged.get(u.pool) ?? []), ...u.nodes]);
+      }
+      pageToken = r.nextPageToken;
+    } while (pageToken);
+    assert.ok(pages > 1);
+    for (const [name, a] of alone) assert.deepEqual(paged.get(name) ?? [], a.nodes, name);
+  });
+
   test("check names a per-node counter or a block's reserved count that disagrees with the rows", async () => {
     await tb.sql.query(`UPDATE ipam.node_usage SET live = live + 2 WHERE node = 'cool-node'`);
     const drifted = (await tb.ipam.checkConsistency({})).problems;

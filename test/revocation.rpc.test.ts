@@ -304,6 +304,45 @@ test('a stream opened with an API token ends once the token is revoked', async (
   }
 });
 
+test('a stream opened with an API token ends when the token expires, over gRPC and over the HTTP gateway', async () => {
+  const host = await issueNode('tk-expiry');
+  const secret = await cp.createToken('short-lived', ['read'], 3);
+  const expiresAt = Date.now() + 3000;
+  const viaToken = clientsAs(host.dir, secret);
+  const ac = new AbortController();
+  try {
+    const s = follow(viaToken.routes.watchRoutes({ node: 'tk-expiry', acceptChunks: true }, { signal: ac.signal }));
+    await s.first;
+    const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
+      method: 'POST',
+      signal: ac.signal,
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+      body: '{}',
+    });
+    assert.equal(res.status, 200);
+    const httpText = res.text().then(
+      (text) => ({ text, at: Date.now() }),
+      () => null,
+    );
+    const end = await Promise.race([s.ended, sleep(8000).then(() => null)]);
+    assert.ok(end, 'the gRPC stream still runs 5 s after its token expired');
+    assert.equal(end.code, status.UNAUTHENTICATED, end.details);
+    assert.match(end.details, /stream ended: token short-lived expired at .*: ask an administrator for a new one/);
+    assert.ok(end.at >= expiresAt - 1500, `ended ${expiresAt - end.at} ms before the token's expiry`);
+    assert.ok(end.at - expiresAt < 2000, `ended ${end.at - expiresAt} ms after the token's expiry`);
+    const http = await Promise.race([httpText, sleep(5000).then(() => null)]);
+    assert.ok(http, 'the HTTP stream still runs well after its token expired');
+    const last = http.text.trim().split('\n').at(-1)!;
+    assert.match(last, /"code":"UNAUTHENTICATED","message":"stream ended: token short-lived expired at/);
+    // And a new call with it is refused.
+    const again = await refusal(viaToken.ipam.listPools({}, { timeoutMs: 5000 }));
+    assert.equal(again.code, status.UNAUTHENTICATED);
+    assert.match(again.details, /token short-lived expired at/);
+  } finally {
+    ac.abort();
+  }
+});
+
 test('a flood of refused calls is in the audit log, bounded per caller, with a count of what was not recorded one by one', async () => {
   const flood = clientsAs((await issueNode('flooder')).dir);
   const N = 60;

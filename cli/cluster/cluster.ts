@@ -11,6 +11,7 @@ import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { CertificateServiceService } from '../../gen/weft/auth/v1/auth.js';
 import { listAllNodes } from '../node-status.js';
+import { embeddedDatabaseUrls } from '../../lib/db/embedded.js';
 import { controlPlaneSettings } from '../control-plane.config.js';
 import {
   CONTROL_PLANE_ADDRESS,
@@ -25,6 +26,8 @@ import {
   podNetns,
   validateNamespace,
   validatePodName,
+  MAX_CONTROL_PLANE_REPLICAS,
+  planControlPlaneReplica,
 } from './topology.js';
 
 /**
@@ -70,6 +73,11 @@ export interface ClusterState {
     /** A file of `weft up` settings (NAME=VALUE lines, e.g. DATABASE_URL) read at each start (`cluster up --control-plane-env`). */
     envFile?: string;
   };
+  /**
+   * Further replicas of the control plane (`cluster up --replicas N`), each `weft up` in a namespace of its own on the
+   * first one's database (its embedded PostgreSQL, over its unix socket). Agents are given every replica's address.
+   */
+  replicas?: { netns: string; pid: number; socket: string; address: string; dataDir: string }[];
   nodes: NodeState[];
   pods: PodState[];
   /** Dual-stack pods (`cluster up --dual-stack`): the IPv6 pool exists and every agent runs with WEFT_POD_FAMILIES=ipv4,ipv6. */
@@ -164,7 +172,18 @@ async function stopProcess(pid: number): Promise<void> {
   for (let i = 0; i < 20 && isAlive(pid); i++) await sleep(50);
 }
 
-export const controlPlaneTarget = (s: ClusterState) => `unix://${s.controlPlane.socket}`;
+/**
+ * Where the CLI and tests reach the local cluster's control plane: its unix socket, or with replicas the socket of the
+ * first one still running (a unix socket names one process, so the CLI picks a live one itself).
+ */
+export function controlPlaneTarget(s: ClusterState): string {
+  const live = [s.controlPlane, ...(s.replicas ?? [])].find((r) => r.pid === 0 || isAlive(r.pid));
+  return `unix://${(live ?? s.controlPlane).socket}`;
+}
+
+/** Every replica's TCP address, as agents are given it (WEFT_CONTROL_PLANE: lib/grpc/endpoints.ts). */
+export const controlPlaneEndpoints = (s: ClusterState) =>
+  [s.controlPlane.address, ...(s.replicas ?? []).map((r) => r.address)].join(',');
 
 /** The control plane's pki folder (its CA and the local admin's certificate): `weft up`'s data dir is <state-dir>/cp. */
 export const clusterPkiDir = (s: Pick<ClusterState, 'stateDir'>) => path.join(s.stateDir, 'cp', 'pki');
@@ -198,7 +217,12 @@ export async function clusterUp(opts: {
   dualStack?: boolean;
   /** A file of `weft up` settings for the control plane (see readControlPlaneEnv). */
   controlPlaneEnv?: string;
+  /** Control-plane replicas, 1-3 (default 1). */
+  replicas?: number;
 }): Promise<ClusterState> {
+  const replicas = opts.replicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_CONTROL_PLANE_REPLICAS)
+    throw new Error(`replicas must be 1-${MAX_CONTROL_PLANE_REPLICAS}`);
   const stateDir = path.resolve(opts.stateDir);
   if (existsSync(stateFile(stateDir)))
     throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
@@ -254,6 +278,31 @@ export async function clusterUp(opts: {
         await ipam.createPool(DEFAULT_POOL6, { timeoutMs: 5000 });
     } finally {
       ipam.close();
+    }
+    for (let i = 1; i < replicas; i++) {
+      const plan = planControlPlaneReplica(prefix, i);
+      await run('ip', ['netns', 'add', plan.netns]);
+      await attachToFabric(
+        fab,
+        plan.netns,
+        plan.fabricIfname,
+        `${plan.address}/24`,
+        SUBNETS[0].bridge,
+        SUBNETS[0].router,
+      );
+      const dataDir = path.join(stateDir, `cp${i + 1}`);
+      mkdirSync(dataDir, { recursive: true });
+      state.replicas = [
+        ...(state.replicas ?? []),
+        {
+          netns: plan.netns,
+          pid: 0,
+          socket: path.join(dataDir, 'weft.sock'),
+          address: `${plan.address}:${CONTROL_PLANE_PORT}`,
+          dataDir,
+        },
+      ];
+      await startControlPlaneReplica(state, state.replicas.at(-1)!);
     }
     for (let i = 1; i <= opts.nodes; i++) await addNode(state, i);
     return state;
@@ -326,40 +375,87 @@ export function readControlPlaneEnv(file: string): Record<string, string> {
 }
 
 /**
- * Stops the control plane and leaves it stopped (agents and pods run on): SIGTERM, its clean stop (streams ended,
- * connections closed, its PostgreSQL stopped), or SIGKILL to every process of its namespace at once (`weft up` and
- * its embedded PostgreSQL), as when its machine dies. Stopping a stopped control plane does nothing.
+ * Stops the control plane, every replica of it, and leaves it stopped (agents and pods run on): SIGTERM, its clean
+ * stop (streams ended, connections closed, its PostgreSQL stopped), or SIGKILL to every process of its namespaces at
+ * once (`weft up` and its embedded PostgreSQL), as when its machines die. Stopping a stopped control plane does nothing.
  */
 export async function stopControlPlane(
   stateDir: string,
   signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
 ): Promise<ClusterState> {
   const state = readState(stateDir);
-  if (signal === 'SIGKILL') {
-    const pids = (await run('ip', ['netns', 'pids', state.controlPlane.netns]).catch(() => ''))
-      .split('\n')
-      .map(Number)
-      .filter((p) => p > 0);
-    for (const pid of new Set([state.controlPlane.pid, ...pids].filter((p) => p > 0)))
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
+  // The replicas first: the first one holds the embedded PostgreSQL they use.
+  const all = [...(state.replicas ?? []), state.controlPlane];
+  if (signal === 'SIGKILL')
+    for (const cp of all) {
+      const pids = (await run('ip', ['netns', 'pids', cp.netns]).catch(() => ''))
+        .split('\n')
+        .map(Number)
+        .filter((p) => p > 0);
+      for (const pid of new Set([cp.pid, ...pids].filter((p) => p > 0)))
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+    }
+  for (const cp of all) {
+    await stopProcess(cp.pid);
+    cp.pid = 0;
   }
-  await stopProcess(state.controlPlane.pid);
-  state.controlPlane.pid = 0;
   writeState(state);
   return state;
 }
 
-/** Starts a stopped control plane on its data; resolves once it answers. */
+/** Starts a stopped control plane (and its replicas) on its data; resolves once each answers. */
 export async function startStoppedControlPlane(stateDir: string): Promise<ClusterState> {
   const state = readState(stateDir);
   if (isAlive(state.controlPlane.pid))
     throw new Error(`the control plane already runs (pid ${state.controlPlane.pid})`);
   await startControlPlane(state);
+  for (const replica of state.replicas ?? []) if (!isAlive(replica.pid)) await startControlPlaneReplica(state, replica);
   return state;
+}
+
+/**
+ * Starts a further replica (`weft up`) in its namespace on the first replica's database: the embedded server's unix
+ * socket (reachable from any namespace), or the DATABASE_URL the first one was given; the same CA and certificates.
+ * Resolves once it answers on its own socket.
+ */
+async function startControlPlaneReplica(state: ClusterState, replica: NonNullable<ClusterState['replicas']>[number]) {
+  const log = path.join(replica.dataDir, 'control-plane.log');
+  // The settings the first replica was given (`cluster up --control-plane-env`), its database among them.
+  const settings = state.controlPlane.envFile ? readControlPlaneEnv(state.controlPlane.envFile) : {};
+  const urls =
+    settings.DATABASE_URL || process.env.DATABASE_URL
+      ? null
+      : embeddedDatabaseUrls(
+          path.join(state.stateDir, 'cp'),
+          Number(process.env.WEFT_PG_PORT) || controlPlaneSettings.pgPort.default,
+        );
+  replica.pid = spawnInNetns(
+    replica.netns,
+    [process.execPath, paths.cli, 'up', '--data-dir', replica.dataDir, '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`],
+    {
+      WEFT_LOG_LEVEL: 'info',
+      ...settings,
+      WEFT_PKI_DIR: clusterPkiDir(state),
+      ...(urls ? { DATABASE_URL: urls.appUrl, WEFT_MIGRATION_DATABASE_URL: urls.ownerUrl } : {}),
+    },
+    log,
+  );
+  writeState(state);
+  const ipam = createClient(IpamServiceService, `unix://${replica.socket}`, { security: clusterAdminSecurity(state) });
+  try {
+    await waitFor(
+      `control-plane replica ${replica.address}`,
+      60_000,
+      async () => (existsSync(replica.socket) ? await ipam.listPools({}, { timeoutMs: 2000 }) : null),
+      log,
+    );
+  } finally {
+    ipam.close();
+  }
 }
 
 /**
@@ -534,7 +630,7 @@ function spawnAgent(state: ClusterState, node: NodeState): number {
       WEFT_NODE_NAME: node.name,
       // The underlay as an operator of many machines names it: by the subnets it lives on.
       WEFT_UNDERLAY_CIDR: SUBNETS.map((s) => `${s.base}.0/24`).join(','),
-      WEFT_CONTROL_PLANE: node.controlPlane ?? state.controlPlane.address,
+      WEFT_CONTROL_PLANE: node.controlPlane ?? controlPlaneEndpoints(state),
       WEFT_AGENT_SOCKET: node.socket,
       WEFT_TLS_DIR: nodeTlsDir(state, node.name),
       // The local cluster resyncs every 5 s unless the environment says otherwise (bench/routes measures CPU per route
@@ -674,6 +770,8 @@ export async function clusterDown(opts: { stateDir: string }): Promise<{ removed
   if (!existsSync(stateFile(stateDir))) return { removedNamespaces: [] };
   const state = readState(stateDir);
   await Promise.all(state.nodes.map((n) => stopProcess(n.agentPid)));
+  // Further replicas first: the first one runs the database they use.
+  await Promise.all((state.replicas ?? []).map((r) => stopProcess(r.pid)));
   await stopProcess(state.controlPlane.pid);
   const listed = (await run('ip', ['netns', 'list']).catch(() => ''))
     .split('\n')

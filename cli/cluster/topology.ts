@@ -9,6 +9,22 @@ export const SUBNETS = [
 
 export const CONTROL_PLANE_ADDRESS = '192.0.2.2';
 export const CONTROL_PLANE_PORT = 7400;
+/** At most this many control-plane replicas (`cluster up --replicas`): 192.0.2.2, .3, .4 (nodes start at .11). */
+export const MAX_CONTROL_PLANE_REPLICAS = 3;
+
+/** Replica i (0-based; 0 is the control plane itself, which also runs the database): its namespace and address. */
+export function planControlPlaneReplica(
+  prefix: string,
+  index: number,
+): { netns: string; address: string; fabricIfname: string } {
+  if (!Number.isInteger(index) || index < 1 || index >= MAX_CONTROL_PLANE_REPLICAS)
+    throw new Error(`control-plane replica ${index} out of range 1-${MAX_CONTROL_PLANE_REPLICAS - 1}`);
+  return {
+    netns: `${prefix}-cp${index + 1}`,
+    address: `${SUBNETS[0].base}.${2 + index}`,
+    fabricIfname: `cp${index + 1}`,
+  };
+}
 export const DEFAULT_POOL = { name: 'default', cidr: '10.244.0.0/16', blockPrefixLength: 26 };
 /** The IPv6 pool of a dual-stack local cluster: ULA, blocks of 64 addresses like the IPv4 pool's. */
 export const DEFAULT_POOL6 = { name: 'default-v6', cidr: 'fd00:10:244::/48', blockPrefixLength: 122 };

@@ -6,6 +6,7 @@ import {
   clusterAdminSecurity,
   clusterDown,
   clusterUp,
+  controlPlaneEndpoints,
   controlPlaneTarget,
   podAdd,
   podDel,
@@ -104,21 +105,31 @@ export const clusterCommands: CommandGroup = {
           description:
             "weft up's settings for the control plane, NAME=VALUE a line, read at each of its starts (e.g. DATABASE_URL through a unix socket: scripts/ha/up.sh's socket.env)",
         },
+        replicas: {
+          type: 'string',
+          value: 'N',
+          description:
+            'control-plane replicas on one database, 1-3 (default 1); agents are given them all and move when one goes',
+        },
         ...common,
       },
       async run(ctx) {
         const n = Number(ctx.str('nodes') ?? '3');
         if (!Number.isInteger(n) || n < 1 || n > 50) throw new UsageError('--nodes must be an integer 1-50');
+        const replicas = Number(ctx.str('replicas') ?? '1');
+        if (!Number.isInteger(replicas) || replicas < 1 || replicas > 3)
+          throw new UsageError('--replicas must be an integer 1-3');
         const s = await clusterUp({
           stateDir: ctx.stateDir,
           nodes: n,
           dualStack: ctx.bool('dual-stack'),
+          replicas,
           controlPlaneEnv: ctx.str('control-plane-env'),
         });
         ctx.out.value(
           s,
           () =>
-            `local cluster ${s.prefix} up: ${s.nodes.map((x) => `${x.name} (${x.address})`).join(', ')}\ncontrol plane: ${controlPlaneTarget(s)}`,
+            `local cluster ${s.prefix} up: ${s.nodes.map((x) => `${x.name} (${x.address})`).join(', ')}\ncontrol plane: ${controlPlaneTarget(s)} (agents: ${controlPlaneEndpoints(s)})`,
         );
         return 0;
       },

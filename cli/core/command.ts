@@ -120,7 +120,8 @@ export const CONNECTION_FLAGS: FlagSpecs = {
     type: 'string',
     value: 'ADDR',
     shared: true,
-    description: "the control plane (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)",
+    description:
+      "the control plane: host:port, or several replicas as ip:port,ip:port (default: $WEFT_SERVER, else the local cluster's socket, else 127.0.0.1:7400)",
   },
   'tls-dir': {
     type: 'string',

@@ -4,6 +4,7 @@ import type { ServiceDefinition } from '@grpc/grpc-js';
 import { createClient, type PromiseClient } from '../../lib/grpc/client.js';
 import { clientTlsDir, type TransportSecurity } from '../../lib/grpc/credentials.js';
 import { PKI_FILES } from '../../lib/pki.js';
+import { parseControlPlaneEndpoints } from '../../lib/grpc/endpoints.js';
 import { clusterAdminSecurity, controlPlaneTarget, readState } from '../cluster/cluster.js';
 import { commandUsage, parseCommandLine, type FlagValues } from './argv.js';
 import { UsageError, type CommandGroup, type Connection, type Context } from './command.js';
@@ -42,6 +43,14 @@ export function resolveConnection(values: FlagValues, stateDir: string): Connect
     (values.server as string | undefined) ??
     process.env.WEFT_SERVER ??
     (cluster ? controlPlaneTarget(readState(stateDir)) : '127.0.0.1:7400');
+  // Several replicas: `--server 10.0.0.1:7400,10.0.0.2:7400` (lib/grpc/endpoints.ts); the CLI moves to another when one goes.
+  if (!/^(dns|ipv4|ipv6):/.test(server)) {
+    try {
+      parseControlPlaneEndpoints(server);
+    } catch (err) {
+      throw new UsageError(`--server ${JSON.stringify(server)}: ${(err as Error).message}`);
+    }
+  }
   return {
     server,
     security: resolveSecurity(values, stateDir, cluster),

@@ -8,7 +8,7 @@ export type Identity =
   | { kind: 'node'; name: string } // an agent: client cert SAN URI weft:node:<name>
   | { kind: 'admin'; name: string } // the CLI / an operator: SAN URI weft:admin:<name>
   | { kind: 'controller'; name: string } // a Kubernetes controller: SAN URI weft:controller:<cluster>
-  | { kind: 'token'; name: string; scopes: string[] }; // an external system's API token (services/auth)
+  | { kind: 'token'; name: string; scopes: string[]; expiresAt?: Date | null }; // an API token (services/auth)
 
 export type CertificateIdentityKind = 'node' | 'admin' | 'controller';
 export const CERTIFICATE_IDENTITY_KINDS: readonly CertificateIdentityKind[] = ['node', 'admin', 'controller'];
@@ -95,4 +95,24 @@ export interface CredentialRevocations {
   token(keyId: string): string | null;
   /** Calls `listener` after each change of what is revoked; returns the unsubscribe. */
   subscribe(listener: () => void): () => void;
+}
+
+/** setTimeout's longest delay; a later expiry is waited for in steps of it. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Calls `onExpired` at `at` (at once when it has passed), unless `signal` aborts first: a stream opened with a
+ * credential ends when the credential expires, as a call made with it then would be refused. Keeps no process alive.
+ */
+export function whenExpired(at: Date, signal: AbortSignal, onExpired: () => void): void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const arm = () => {
+    if (signal.aborted) return;
+    const left = at.getTime() - Date.now();
+    if (left <= 0) return onExpired();
+    timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+    timer.unref();
+  };
+  signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
+  arm();
 }

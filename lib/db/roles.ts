@@ -38,9 +38,22 @@ export async function ensureAppRole(owner: pg.ClientBase, role: string, password
  * Grants the services' role what the services use on the current database, after migrations (so that it covers
  * tables they added): USAGE on the schemas, SELECT/INSERT/UPDATE/DELETE on the services' tables, INSERT/SELECT only on
  * the append-only ones, USAGE/SELECT on sequences. Revokes everything else it may hold there (TRUNCATE, REFERENCES,
- * TRIGGER, UPDATE/DELETE on audit). Idempotent; run by the owner at every start.
+ * TRIGGER, UPDATE/DELETE on audit). Idempotent; run by the owner at every start, in one transaction: other replicas
+ * serving meanwhile see the privileges before or after, never the moment between a REVOKE and its GRANT (their
+ * queries would fail "permission denied").
  */
 export async function grantAppPrivileges(owner: pg.ClientBase, role: string): Promise<void> {
+  await owner.query('BEGIN');
+  try {
+    await grantInTransaction(owner, role);
+    await owner.query('COMMIT');
+  } catch (err) {
+    await owner.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+}
+
+async function grantInTransaction(owner: pg.ClientBase, role: string): Promise<void> {
   const r = ident(role);
   const db = (await owner.query<{ db: string }>('SELECT current_database() AS db')).rows[0]!.db;
   await owner.query(`GRANT CONNECT, TEMPORARY ON DATABASE ${ident(db)} TO ${r}`);

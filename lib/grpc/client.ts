@@ -12,6 +12,11 @@ import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
 import { messageSizeOptions } from './limits.js';
 import { errorCodeOf } from './status.js';
+import { CONTROL_PLANE_SERVICE_CONFIG, controlPlaneGrpcTarget } from './endpoints.js';
+
+/** A gRPC target as given (it names its scheme), else endpoints as a user gives them (endpoints.ts: one or a list). */
+const targetOf = (address: string) =>
+  /^(dns|ipv4|ipv6|unix|unix-abstract):/.test(address) ? address : controlPlaneGrpcTarget(address);
 
 type Req<M> = M extends { requestDeserialize: (b: Buffer) => infer R } ? R : never;
 type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
@@ -80,8 +85,11 @@ export function createClient<D extends ServiceDefinition>(
 ): PromiseClient<D> {
   const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
+  const target = targetOf(address);
   const connect = () =>
-    new Client(address, options.credentials ?? channelCredentials(options.security), {
+    new Client(target, options.credentials ?? channelCredentials(options.security), {
+      // Several replicas: one per channel, shuffled, another when it goes (endpoints.ts).
+      'grpc.service_config': CONTROL_PLANE_SERVICE_CONFIG,
       'grpc.keepalive_time_ms': keepalive.timeMs,
       'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
       'grpc.keepalive_permit_without_calls': 1,

@@ -14,6 +14,7 @@ import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import {
   bearerSecretOf,
   canonicalSerial,
+  whenExpired,
   NO_IDENTITY,
   type CredentialRevocations,
   type Identity,
@@ -396,29 +397,34 @@ export function addService<D extends ServiceDefinition>(
               ac.signal.addEventListener('abort', releaseSlot, { once: true });
             }
             admitted = true;
-            // Watched while open: revoking its certificate or its token ends it (sweepRevoked).
+            // Ended while open when its certificate or token is revoked (sweepRevoked) or expires.
+            const end = (details: string, code: string) => {
+              if (ac.signal.aborted) return;
+              const { error } = toServiceError(new DomainError(code, 'unauthenticated', `stream ended: ${details}`));
+              log.info('stream ended: its credential was revoked or expired', { details });
+              refused(ctx, status.UNAUTHENTICATED, error.details ?? '');
+              call.emit('error', error);
+              ac.abort();
+            };
             const streams = openStreamsOf.get(server);
             if (streams && !ac.signal.aborted) {
               const secret =
                 ctx.identity.kind === 'token' ? bearerSecretOf(call.metadata.get('authorization')[0]) : null;
-              const open: OpenStream = {
-                serial,
-                tokenKeyId: secret ? secret.split('.')[0]! : null,
-                end(details, code) {
-                  if (ac.signal.aborted) return;
-                  const { error } = toServiceError(
-                    new DomainError(code, 'unauthenticated', `stream ended: ${details}`),
-                  );
-                  log.info('stream ended: its credential was revoked', { details });
-                  refused(ctx, status.UNAUTHENTICATED, error.details ?? '');
-                  call.emit('error', error);
-                  ac.abort();
-                },
-              };
+              const open: OpenStream = { serial, tokenKeyId: secret ? secret.split('.')[0]! : null, end };
               streams.add(open);
               unregister = () => streams.delete(open);
               ac.signal.addEventListener('abort', unregister, { once: true });
             }
+            // A token's stream ends when the token expires, as a call made with it then would be refused. (A client
+            // certificate is checked at the TLS handshake: a connection made with it may outlive it, as in TLS generally.)
+            const caller = ctx.identity;
+            if (caller.kind === 'token' && caller.expiresAt && !ac.signal.aborted)
+              whenExpired(caller.expiresAt, ac.signal, () =>
+                end(
+                  `token ${caller.name} expired at ${caller.expiresAt!.toISOString()}: ask an administrator for a new one`,
+                  'auth.invalid_token',
+                ),
+              );
             for await (const msg of handler(call.request, ctx) as AsyncIterable<unknown>) {
               if (ac.signal.aborted) break;
               // Back-pressure: wait for the client to read, or to leave (a client that left never drains).

@@ -12,7 +12,13 @@ import {
   type CallObserver,
   type Handlers,
 } from '../grpc/server.js';
-import { bearerSecretOf, NO_IDENTITY, type CredentialRevocations, type Identity } from '../auth/identity.js';
+import {
+  bearerSecretOf,
+  NO_IDENTITY,
+  whenExpired,
+  type CredentialRevocations,
+  type Identity,
+} from '../auth/identity.js';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import { toServiceError } from '../grpc/errors.js';
 import { DomainError } from '../errors.js';
@@ -211,23 +217,33 @@ export function createJsonGateway<D extends ServiceDefinition>(
             authorized = true;
             if (route.stream) {
               res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-              // A stream whose token is revoked while it runs ends with a last line saying so (its status was sent already).
+              // A stream whose token is revoked or expires while it runs ends with a last line saying so (its status
+              // was sent already).
+              const endWith = (why: string) => {
+                if (ac.signal.aborted) return;
+                authorized = false;
+                report(status.UNAUTHENTICATED, `stream ended: ${why}`);
+                const last = {
+                  code: 'UNAUTHENTICATED',
+                  message: `stream ended: ${why}`,
+                  errorCode: 'auth.invalid_token',
+                };
+                res.end(JSON.stringify(last) + '\n');
+                ac.abort();
+              };
               const keyId = bearerSecretOf(req.headers.authorization)?.split('.')[0] ?? '';
               const unsubscribe =
                 access.revocations?.subscribe(() => {
                   const why = keyId ? access.revocations!.token(keyId) : null;
-                  if (why === null || ac.signal.aborted) return;
-                  authorized = false;
-                  report(status.UNAUTHENTICATED, `stream ended: ${why}`);
-                  res.end(
-                    JSON.stringify({
-                      code: 'UNAUTHENTICATED',
-                      message: `stream ended: ${why}`,
-                      errorCode: 'auth.invalid_token',
-                    }) + '\n',
-                  );
-                  ac.abort();
+                  if (why !== null) endWith(why);
                 }) ?? (() => {});
+              const identity = ctx.identity;
+              if (identity.kind === 'token' && identity.expiresAt)
+                whenExpired(identity.expiresAt, ac.signal, () =>
+                  endWith(
+                    `token ${identity.name} expired at ${identity.expiresAt!.toISOString()}: ask an administrator for a new one`,
+                  ),
+                );
               try {
                 for await (const msg of handler(input, ctx) as AsyncIterable<unknown>) {
                   if (ac.signal.aborted) break;

@@ -24,7 +24,7 @@ export function createTokenAuthority(database: DatabaseHandle): { repo: TokenRep
     repo,
     async verify(secret) {
       const token = await verifySecret(secret, (keyId) => repo.find(keyId), new Date());
-      return { kind: 'token', name: token.name, scopes: token.scopes };
+      return { kind: 'token', name: token.name, scopes: token.scopes, expiresAt: token.expiresAt };
     },
   };
 }

@@ -76,13 +76,19 @@ export async function mountIpamService(
   const routes = createClient(RoutesServiceService, deps.housekeeping.routesAddress, {
     security: deps.housekeeping.routesSecurity,
   });
-  const sweeper = startIpamSweeper({ repo, routes, ...deps.housekeeping, logger: logger.child({ task: 'sweeper' }) });
+  // One replica sweeps (elected; its writes on its lock's session): services/ipam/sweeper.ts.
+  const sweeper = startIpamSweeper({
+    session: deps.database.session,
+    routes,
+    ...deps.housekeeping,
+    logger: logger.child({ task: 'sweeper' }),
+  });
   return {
     repo,
     http,
     sweeper,
-    stop() {
-      sweeper.stop();
+    async stop() {
+      await sweeper.stop();
       routes.close();
     },
   };

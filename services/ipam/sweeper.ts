@@ -1,7 +1,9 @@
+import type pg from 'pg';
+import { startLeaderLoop } from '../../lib/db/leadership.js';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
-import type { IpamUseCases } from './use-cases/ipam.use-cases.js';
+import { createHousekeepingStore, type HousekeepingStoreOnSession } from './store/postgres.store.js';
 
 /**
  * IPAM's housekeeping, every `sweepSeconds`:
@@ -13,9 +15,12 @@ import type { IpamUseCases } from './use-cases/ipam.use-cases.js';
  *    registered node (also one whose lease ran out: it may be cut off with its pods running) keep their addresses.
  *  - allocation attempts are forgotten: fenced ones after `attemptRetentionSeconds`, others after ten minutes.
  * A failed check of the routes service changes nothing: "departed" needs an answer that says so.
+ * One replica sweeps: the leader of `ipam-sweeper` (lib/db/leadership.ts), and its writes go through its lock's own
+ * session, so a replica that lost leadership cannot commit a sweep. A sweep whose database work fails ends the term.
  */
 export interface SweeperOptions {
-  repo: IpamUseCases;
+  /** Session settings for the leader's session (DatabaseHandle.session). */
+  session: pg.ClientConfig;
   routes: PromiseClient<typeof RoutesServiceService>;
   sweepSeconds: number;
   blockGraceSeconds: number;
@@ -28,58 +33,53 @@ export interface SweeperOptions {
 /** ListDepartedNodes takes at most this many names at once. */
 const NAMES_PER_REQUEST = 10_000;
 
-export function startIpamSweeper(o: SweeperOptions): { sweep(): Promise<void>; stop(): void } {
+export function startIpamSweeper(o: SweeperOptions): { stop(): Promise<void>; isLeader(): boolean } {
   const now = o.now ?? Date.now;
-  let running = false;
 
-  async function sweep(): Promise<void> {
-    if (running) return;
-    running = true;
+  async function sweep(repo: HousekeepingStoreOnSession): Promise<void> {
+    const released = await repo.releaseEmptyBlocks(o.blockGraceSeconds);
+    if (released.length > 0)
+      o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
+    await repo.pruneAttempts(o.attemptRetentionSeconds);
+    const holding = await repo.nodesHoldingAddresses();
+    const departed: { name: string; departTime?: Date | undefined }[] = [];
     try {
-      const released = await o.repo.releaseEmptyBlocks(o.blockGraceSeconds);
-      if (released.length > 0)
-        o.logger.info('empty blocks returned to their pools', { blocks: released.map((b) => `${b.cidr} (${b.node})`) });
-      await o.repo.pruneAttempts(o.attemptRetentionSeconds);
-      const holding = await o.repo.nodesHoldingAddresses();
-      const departed: { name: string; departTime?: Date | undefined }[] = [];
-      try {
-        for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
-          departed.push(
-            ...(
-              await o.routes.listDepartedNodes(
-                { names: holding.slice(i, i + NAMES_PER_REQUEST) },
-                { timeoutMs: 10_000 },
-              )
-            ).nodes,
-          );
-        }
-      } catch (err) {
-        o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', {
-          err: (err as Error).message,
-        });
-        return;
-      }
-      for (const d of departed) {
-        if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
-        // Asked again just before the release: a node that registered again since (its agent came back) keeps all.
-        const still = (await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 })).nodes[0];
-        if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
-        const gone = await o.repo.releaseNodeAllocationsBefore(d.name, d.departTime);
-        if (gone.length > 0)
-          o.logger.info('node departed: its allocations are released', {
-            node: d.name,
-            departed: d.departTime.toISOString(),
-            released: gone.length,
-          });
+      for (let i = 0; i < holding.length; i += NAMES_PER_REQUEST) {
+        departed.push(
+          ...(
+            await o.routes.listDepartedNodes({ names: holding.slice(i, i + NAMES_PER_REQUEST) }, { timeoutMs: 10_000 })
+          ).nodes,
+        );
       }
     } catch (err) {
-      o.logger.error('IPAM sweep failed; next time', { err });
-    } finally {
-      running = false;
+      o.logger.warn('cannot ask the routes service which nodes departed; gone nodes are not swept this time', {
+        err: (err as Error).message,
+      });
+      return;
+    }
+    for (const d of departed) {
+      if (!d.departTime || now() - d.departTime.getTime() < o.nodeGoneGraceSeconds * 1000) continue;
+      // Asked again just before the release: a node that registered again since (its agent came back) keeps all.
+      const still = (
+        await o.routes.listDepartedNodes({ names: [d.name] }, { timeoutMs: 10_000 }).catch(() => ({ nodes: [] }))
+      ).nodes[0];
+      if (!still?.departTime || still.departTime.getTime() !== d.departTime.getTime()) continue;
+      const gone = await repo.releaseNodeAllocationsBefore(d.name, d.departTime);
+      if (gone.length > 0)
+        o.logger.info('node departed: its allocations are released', {
+          node: d.name,
+          departed: d.departTime.toISOString(),
+          released: gone.length,
+        });
     }
   }
 
-  const timer = setInterval(() => void sweep(), o.sweepSeconds * 1000);
-  timer.unref();
-  return { sweep, stop: () => clearInterval(timer) };
+  const leadership = startLeaderLoop({
+    role: 'ipam-sweeper',
+    session: o.session,
+    logger: o.logger,
+    intervalMs: o.sweepSeconds * 1000,
+    step: (term) => sweep(createHousekeepingStore(term.db)),
+  });
+  return { stop: () => leadership.stop(), isLeader: () => leadership.isLeader() };
 }

@@ -1,25 +1,30 @@
+import type pg from 'pg';
+import { startLeaderLoop } from '../../lib/db/leadership.js';
 import type { Logger } from '../../lib/logger.js';
-import type { RouteLogRepository } from './store/route-log.repository.js';
+import { createRouteLogRepository } from './store/route-log.repository.js';
 
 /**
- * Every replica runs a sweeper; a transaction-scoped try-lock lets one sweep at a time (the others skip that round).
- * A sweep first gives live leases a full lease when the control plane was down (resumeLeases), withdraws nodes whose
- * lease ran out (a delete change), logs whatever else differs from the logged table, and compacts the log.
+ * One replica sweeps: the leader of `routes-lease-sweeper` (lib/db/leadership.ts), on its lock's own session, so a
+ * replica that lost leadership cannot commit a sweep. A sweep first gives live leases a full lease when the control
+ * plane was down (resumeLeases), withdraws nodes whose lease ran out (a delete change), logs whatever else differs
+ * from the logged table, and compacts the log.
  */
 export function startLeaseSweeper(deps: {
-  log: RouteLogRepository;
+  session: pg.ClientConfig;
+  leaseMs: number;
   logger: Logger;
   intervalMs: number;
   keep: number;
   maxAgeSeconds: number;
 }) {
-  const { log, logger } = deps;
-  const timer = setInterval(() => void sweepOnce(), deps.intervalMs);
-  let running = false;
-  async function sweepOnce(): Promise<void> {
-    if (running) return;
-    running = true;
-    try {
+  const { logger } = deps;
+  return startLeaderLoop({
+    role: 'routes-lease-sweeper',
+    session: deps.session,
+    logger,
+    intervalMs: deps.intervalMs,
+    async step(term) {
+      const log = createRouteLogRepository(term.db, { leaseMs: deps.leaseMs });
       const r = await log.sweep({ keep: deps.keep, maxAgeSeconds: deps.maxAgeSeconds });
       if (r.resumed > 0)
         logger.warn('the control plane was down for more than half a lease: live leases get a full lease to renew', {
@@ -30,12 +35,6 @@ export function startLeaseSweeper(deps: {
           node: c.node,
           revision: c.revision,
         });
-    } catch (err) {
-      logger.warn('lease sweep failed; retrying', { err: (err as Error).message });
-    } finally {
-      running = false;
-    }
-  }
-  void sweepOnce();
-  return { stop: () => clearInterval(timer) };
+    },
+  });
 }

@@ -28,14 +28,13 @@ export interface RoutesServiceOptions {
 
 /**
  * Wires the routes service (its migrations are applied before, as the owner): node store, revision log, the affinity follower (which watches IPAM over
- * gRPC; one replica at a time), the lease sweeper (one replica at a time), handlers. Stateless otherwise: any
+ * gRPC; one replica at a time, elected), the lease sweeper (one replica at a time, elected), handlers. Stateless otherwise: any
  * replica serves any watcher from the log.
  */
 export async function mountRoutesService(
   server: Server,
   deps: {
     database: DatabaseHandle;
-    databaseUrl: string;
     notifier: Notifier;
     logger: Logger;
     ipamAddress: string;
@@ -48,15 +47,16 @@ export async function mountRoutesService(
   const nodes = createNodesRepository(deps.database.db);
   const log = createRouteLogRepository(deps.database.db, { leaseMs: options.leaseMs });
   const ipam = createClient(IpamServiceService, deps.ipamAddress, { security: deps.ipamSecurity });
+  // What one replica at a time does, each under its own leader lock and writing on that lock's session.
   const follower = startAffinityFollower({
-    databaseUrl: deps.databaseUrl,
     session: deps.database.session,
+    leaseMs: options.leaseMs,
     ipam,
-    log,
     logger,
   });
   const sweeper = startLeaseSweeper({
-    log,
+    session: deps.database.session,
+    leaseMs: options.leaseMs,
     logger,
     intervalMs: Math.max(50, Math.min(1000, Math.floor(options.leaseMs / 4))),
     keep: options.logKeep,
@@ -69,9 +69,9 @@ export async function mountRoutesService(
     logger,
   );
   return {
-    stop() {
-      sweeper.stop();
-      follower.stop();
+    /** Ends the leader terms (their sessions, so their locks: another replica takes over at once). */
+    async stop() {
+      await Promise.all([sweeper.stop(), follower.stop()]);
       ipam.close();
     },
   };

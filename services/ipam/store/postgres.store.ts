@@ -37,6 +37,16 @@ function withConflicts<T extends object>(store: T): T {
   return out as T;
 }
 
+/** What the sweeper writes (services/ipam/sweeper.ts), on `db`: the leader's own session (lib/db/leadership.ts). */
+export function createHousekeepingStore(db: Database) {
+  const { releaseNodeAllocationsBefore } = createReleaseRepository(db);
+  return withDatabaseErrors(
+    'ipam',
+    withConflicts({ ...createHousekeepingRepository(db), releaseNodeAllocationsBefore }),
+  );
+}
+export type HousekeepingStoreOnSession = ReturnType<typeof createHousekeepingStore>;
+
 /**
  * IPAM's store on PostgreSQL: the repositories, each one concern, as one IpamStore (the contract that
  * ipam-store.contract.ts checks) plus the reports. PostgreSQL errors stop here: a database that cannot serve becomes

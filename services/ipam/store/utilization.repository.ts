@@ -129,6 +129,7 @@ export async function utilization(
     };
     return { usage, next, left };
   };
+  if (!includeBlocks && pools.length > 1) return usageOfPools(db, pools, after, page?.limit ?? null, counts);
   if (!page) {
     const all = await Promise.all(pools.map((p) => usageOf(p, null, null, null)));
     return { pools: all.map((u) => u.usage), next: null };
@@ -146,4 +147,91 @@ export async function utilization(
     left = u.left!;
   }
   return { pools: out, next: null };
+}
+
+/**
+ * Several pools without their blocks (every pool, the common question): two statements whatever the number of pools,
+ * not two per pool: the node rows of every pool in (pool name, node) order after `after`, and every pool's totals.
+ * Cooling is counted per pool with its own cool-down: the addresses released within the longest cool-down or held
+ * for an owner are read once (each on its index) and kept where their block's pool still counts them.
+ */
+async function usageOfPools(
+  db: Database,
+  pools: UtilizationPool[],
+  after: UtilizationKey | null,
+  limit: number | null,
+  counts: (total: bigint, allocated: number, coolingDown: number, reserved: bigint) => UsageCounts,
+): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }> {
+  const ids = pools.map((p) => Number(p.id));
+  const longest = Math.max(...pools.map((p) => Number(p.cooldownSeconds)));
+  const intArray = (xs: number[]) => sql.raw(`ARRAY[${xs.map((x) => Math.trunc(Number(x))).join(',')}]::int[]`);
+  const cooling = sql`ps AS (SELECT * FROM unnest(${intArray(ids)}, ${intArray(pools.map((p) => Number(p.cooldownSeconds)))}) AS x(id, cooldown)),
+    cooling AS (
+      SELECT b.pool_id, b.node, count(*) AS n FROM (
+        SELECT block_id, free_since, hold_until FROM ipam.free_addresses WHERE free_since > now() - make_interval(secs => ${longest}::int)
+        UNION ALL
+        SELECT block_id, free_since, hold_until FROM ipam.free_addresses
+          WHERE hold_until > now() AND free_since <= now() - make_interval(secs => ${longest}::int)) f
+      JOIN ipam.blocks b ON b.id = f.block_id AND b.released_at IS NULL JOIN ps ON ps.id = b.pool_id
+      WHERE f.free_since > now() - make_interval(secs => ps.cooldown) OR f.hold_until > now()
+      GROUP BY b.pool_id, b.node)`;
+  const [afterPool, afterNode] = after ? [after[0], after[2]] : [null, null];
+  const [nodeRows, totals] = await Promise.all([
+    rows<NodeUsageView & { pool: string }>(
+      db,
+      sql`WITH ${cooling}
+      SELECT p.name AS pool, u.node, u.blocks, u.live, u.reserved, coalesce(c.n, 0) AS cooling
+      FROM ipam.node_usage u JOIN ipam.pools p ON p.id = u.pool_id
+        LEFT JOIN cooling c ON c.pool_id = u.pool_id AND c.node = u.node
+      WHERE u.pool_id = ANY(${intArray(ids)}) AND u.blocks > 0
+        AND (${afterPool}::text IS NULL OR (p.name, u.node) > (${afterPool}::text, ${afterNode ?? ''}::text))
+      ORDER BY p.name, u.node ${limit === null ? sql`` : sql`LIMIT ${limit + 1}`}`,
+    ),
+    rows<{ id: number; live: string; cooling: string }>(
+      db,
+      sql`WITH ${cooling}
+      SELECT ps.id, coalesce(l.live, 0) AS live, coalesce(c.n, 0) AS cooling FROM ps
+        LEFT JOIN (SELECT pool_id, sum(live) AS live FROM ipam.node_usage
+          WHERE pool_id = ANY(${intArray(ids)}) AND blocks > 0 GROUP BY pool_id) l ON l.pool_id = ps.id
+        LEFT JOIN (SELECT pool_id, sum(n) AS n FROM cooling GROUP BY pool_id) c ON c.pool_id = ps.id`,
+    ),
+  ]);
+  let next: UtilizationKey | null = null;
+  if (limit !== null && nodeRows.length > limit) {
+    nodeRows.length = limit;
+    const last = nodeRows[limit - 1]!;
+    next = [String(last.pool), 0, String(last.node)];
+  }
+  // A full page lists the pools up to its last row's; the last page every pool left.
+  const listed = next ? pools.slice(0, pools.findIndex((p) => String(p.name) === next[0]) + 1) : pools;
+  const totalOf = new Map(totals.map((t) => [Number(t.id), t]));
+  const nodesOf = new Map<string, typeof nodeRows>();
+  for (const n of nodeRows) {
+    const list = nodesOf.get(String(n.pool));
+    if (list) list.push(n);
+    else nodesOf.set(String(n.pool), [n]);
+  }
+  const out = listed.map((p): PoolUsage => {
+    const blockSize = cidrSize(p.family as Family, p.blockPrefixLength);
+    let poolReserved = 0n;
+    for (const [first, last] of p.reservations)
+      poolReserved += parseAddress(last).value - parseAddress(first).value + 1n;
+    const t = totalOf.get(Number(p.id));
+    return {
+      pool: String(p.name),
+      cidr: String(p.cidr),
+      counts: counts(
+        cidrSize(p.family as Family, Number(p.len)),
+        Number(t?.live ?? 0),
+        Number(t?.cooling ?? 0),
+        poolReserved,
+      ),
+      blocks: [],
+      nodes: (nodesOf.get(String(p.name)) ?? []).map((n) => ({
+        node: String(n.node),
+        counts: counts(blockSize * BigInt(n.blocks), Number(n.live), Number(n.cooling), BigInt(n.reserved)),
+      })),
+    };
+  });
+  return { pools: out, next };
 }

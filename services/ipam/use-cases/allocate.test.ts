@@ -195,6 +195,40 @@ describe('allocate', () => {
     await assert.rejects(ipam.allocate(req('b', 'n1', { owner: 'o' })), TransientConflict);
     assert.equal(calls, 11);
   });
+
+  test("a new node's pods arriving together: one full-path transaction at a time per node, the rest take the first's block", async () => {
+    const fake = createInMemoryIpamStore();
+    let open = 0;
+    let most = 0;
+    let calls = 0;
+    const counting: IpamStore = {
+      ...fake,
+      transaction: async (fn) => {
+        calls++;
+        most = Math.max(most, ++open);
+        try {
+          await new Promise((r) => setTimeout(r, 5)); // a transaction takes a while
+          return await fake.transaction(fn);
+        } finally {
+          open--;
+        }
+      },
+    };
+    const { ipam, pool } = setup({ store: counting });
+    await pool('p', '10.0.0.0/24', { blockPrefixLength: 28 });
+    const got = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => ipam.allocate(req(`h${i}`, i < 6 ? 'n1' : 'n2'))),
+    );
+    const all = got.flat().map((a) => a.address);
+    assert.equal(new Set(all).size, 8);
+    // n1's six pods share its one block, n2's two theirs: a transaction each for the two claims, nothing more.
+    assert.deepEqual(
+      got.map((a) => a[0]!.blockCidr),
+      [...Array(6).fill(got[0]![0]!.blockCidr), ...Array(2).fill(got[6]![0]!.blockCidr)],
+    );
+    assert.equal(calls, 2);
+    assert.equal(most, 2); // the two nodes' claims ran side by side
+  });
 });
 
 describe('block prefetch', () => {

@@ -33,9 +33,15 @@ export function createAllocateUseCase(
   now: () => number = Date.now,
 ) {
   const prefetch = createBlockPrefetch(store, onBackgroundError);
+  /** Per `<pool id>/<node>`: the end of the last full-path allocation queued in this replica (never rejects). */
+  const fullPathOfNode = new Map<string, Promise<void>>();
+  /** `<pool id>/<node>` seen holding blocks when the fast path found no room (at most 100,000, then forgotten). */
+  const nodesWithBlocks = new Set<string>();
 
   async function allocate(req: AllocationRequest): Promise<Allocation[]> {
-    const all = await pools.poolsFor(req.cluster);
+    let all = await pools.poolsFor(req.cluster);
+    const named = req.pool ?? req.namespacePool;
+    if (named && !all.some((p) => p.name === named)) all = await pools.poolsFor(req.cluster, true);
     if (all.length === 0) throw ipamErrors.noPools();
     req = await withStoredLabels(all, req);
     const usable = selectPools(all, { ...req, namespace: req.podNamespace });
@@ -43,18 +49,85 @@ export function createAllocateUseCase(
     // The common case, one family from a block with never-used addresses: one statement, one round trip.
     if (families.length === 1 && req.addresses.length === 0 && !req.owner) {
       const first = usable.find((p) => p.family === families[0]);
-      for (let i = 0; first && i < FAST_TRIES; i++) {
-        const r = await store.allocateFast(first, req);
-        if (r.kind === 'fenced') throw ipamErrors.attemptReleased(req.attemptId!, req.handle, r.at);
-        if (r.kind === 'existing') return [r.allocation];
-        if (r.kind === 'new') {
-          if (blockRunningLow(first, r.room)) prefetch.request(first, req.node);
-          return [r.allocation];
+      if (first) {
+        const fast = await allocateFast(first, req);
+        if (fast) return fast;
+        // No room on the node's blocks: after the node's full path under way (a claim, usually) try once more.
+        const key = `${first.id}/${req.node}`;
+        const running = fullPathOfNode.get(key);
+        if (running) {
+          await running;
+          const again = await allocateFast(first, req);
+          if (again) return again;
         }
-        if (r.kind === 'none') break;
+        return oneFullPathPerNode(key, async () => {
+          if (await claimFirstBlock(first, req.node)) {
+            const fast = await allocateFast(first, req);
+            if (fast) return fast;
+          }
+          return withRetry(() => allocateOnce(req, usable));
+        });
       }
     }
     return withRetry(() => allocateOnce(req, usable));
+  }
+
+  async function allocateFast(pool: PoolRecord, req: AllocationRequest): Promise<Allocation[] | null> {
+    for (let i = 0; i < FAST_TRIES; i++) {
+      const r = await store.allocateFast(pool, req);
+      if (r.kind === 'fenced') throw ipamErrors.attemptReleased(req.attemptId!, req.handle, r.at);
+      if (r.kind === 'existing') return [r.allocation];
+      if (r.kind === 'new') {
+        if (blockRunningLow(pool, r.room)) prefetch.request(pool, req.node);
+        return [r.allocation];
+      }
+      if (r.kind === 'none') break;
+    }
+    return null;
+  }
+
+  /**
+   * A node's first block in a pool, claimed in a transaction of its own: the claim lock is then held for the claim's
+   * few statements, not also for an allocation's, and every node's first claim passes through it. True when the node
+   * has a block now. A node seen with blocks is remembered (it reuses released addresses on the full path, which
+   * claims when it must), so only a node new to this replica pays the look.
+   */
+  async function claimFirstBlock(pool: PoolRecord, node: string): Promise<boolean> {
+    const key = `${pool.id}/${node}`;
+    if (nodesWithBlocks.has(key)) return false;
+    const claimed = await withRetry(() =>
+      store.transaction(async (tx) => {
+        if ((await tx.nodeBlockUsage(pool, node)).blocks > 0) return 'had';
+        await tx.lockClaims();
+        if ((await tx.nodeBlockUsage(pool, node)).blocks > 0) return 'claimed';
+        return (await tx.claimBlock(pool, node)) ? 'claimed' : 'none';
+      }),
+    );
+    if (claimed === 'had') {
+      if (nodesWithBlocks.size >= 100_000) nodesWithBlocks.clear();
+      nodesWithBlocks.add(key);
+    }
+    return claimed === 'claimed';
+  }
+
+  /**
+   * The full path of one (pool, node) one at a time in this replica. A new node's first pods arrive together and all
+   * find no room: each would hold a database session while it waits for the node's blocks and the claim lock, and a
+   * few such nodes took every session of the pool (`ipam.database_unavailable`). Here they wait without one, and once
+   * the first has claimed a block the others take the fast path.
+   */
+  async function oneFullPathPerNode<T>(key: string, run: () => Promise<T>): Promise<T> {
+    const mine = (fullPathOfNode.get(key) ?? Promise.resolve()).then(run);
+    const tail = mine.then(
+      () => {},
+      () => {},
+    );
+    fullPathOfNode.set(key, tail);
+    try {
+      return await mine;
+    } finally {
+      if (fullPathOfNode.get(key) === tail) fullPathOfNode.delete(key);
+    }
   }
 
   /**

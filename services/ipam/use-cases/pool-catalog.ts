@@ -6,7 +6,8 @@ export const POOL_CACHE_MS = 1000;
 
 /**
  * Pools change rarely: a replica reads them at most every POOL_CACHE_MS (and at once after its own changes), so
- * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time.
+ * the allocation path does not pay a round trip for them. Another replica's pool change applies within that time; a
+ * pool named by a caller that is not cached is read again at once (one just created through another replica).
  * One read at a time serves every caller (under load, hundreds of requests a second used to each start their own
  * when the cache expired), and it starts a little before expiry, so callers rarely wait for it.
  */
@@ -46,12 +47,15 @@ export function createPoolCatalogCache(
       cache = null;
       generation++;
     },
-    /** The pools of the caller's routing domain (its cluster's, else the default one). */
-    async poolsFor(cluster: string | null): Promise<PoolRecord[]> {
-      const age = cache ? now() - cache.at : Infinity;
+    /**
+     * The pools of the caller's routing domain (its cluster's, else the default one). `fresh`: read now (a pool the
+     * caller names is not among those cached: another replica may have just created it).
+     */
+    async poolsFor(cluster: string | null, fresh = false): Promise<PoolRecord[]> {
+      const age = cache && !fresh ? now() - cache.at : Infinity;
       const cached = age < POOL_CACHE_MS ? cache : null;
       if (cached && age >= POOL_CACHE_MS * 0.75) load().catch((err) => opts.onBackgroundError?.('reading pools', err));
-      let c = cached ?? (await load());
+      let c = cached ?? (await load(fresh));
       // A cluster registered since the cache was read is looked up again before it is called unknown.
       if (cached && !c.domainOf.has(cluster ?? '')) c = await load(true);
       const domain = c.domainOf.get(cluster ?? '');

@@ -2,14 +2,15 @@ import { sql, type SQL } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import type { NodeRoutes } from '../domain/route-table.js';
 import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
+import { LEADER_LOCK_CLASS, LEADER_ROLES } from '../../../lib/db/leadership.js';
 
 /** NOTIFY channel raised by every transaction that appends to routes.changes (a wake-up only; the table is the record). */
 export const CHANGES_CHANNEL = 'routes_changes';
 
-/** Advisory lock keys (two-int form, so they are easy to find in pg_locks): Weft's class, then the role. */
-const LOCK_CLASS = 7400;
-export const AFFINITY_FOLLOWER_LOCK = 1;
-const SWEEPER_LOCK = 2;
+/** Advisory lock keys (two-int form, so they are easy to find in pg_locks): Weft's class, then the role (lib/db/leadership.ts). */
+const LOCK_CLASS = LEADER_LOCK_CLASS;
+const AFFINITY_FOLLOWER_LOCK = LEADER_ROLES['routes-affinity-follower'];
+const SWEEPER_LOCK = LEADER_ROLES['routes-lease-sweeper'];
 
 /** Something that runs SQL: the database or a transaction. */
 export type Executor = Pick<Database, 'execute'>;
@@ -149,8 +150,9 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
 
     /**
      * Records one message of IPAM's affinity watch (a reset replaces everything) and logs the nodes it affects,
-     * but only while `followerPid` (the affinity follower's session) still holds the follower lock: a follower that
-     * lost its session can no longer write. Returns false when fenced off.
+     * but only while `followerPid` (the affinity follower's session, which is also the session this repository
+     * writes on: services/routes/affinity-follower.ts) still holds the follower lock, checked under lockChanges, which
+     * every writer of the log takes: a follower that lost its lock can no longer write. Returns false when fenced off.
      */
     async applyAffinities(
       followerPid: number,
@@ -162,6 +164,7 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
           tx,
           sql`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
             AND classid = ${LOCK_CLASS} AND objid = ${AFFINITY_FOLLOWER_LOCK} AND objsubid = 2 AND pid = ${followerPid}
+            AND pid = pg_backend_pid()
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) AS held`,
         );
         if (!fence!.held) return false;
@@ -195,7 +198,8 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
     },
 
     /**
-     * One sweep, by at most one replica at a time (a transaction-scoped try-lock; others skip), once block
+     * One sweep, by the lease sweeper's leader on its lock's session (services/routes/lease-sweeper.ts; the
+     * transaction-scoped try-lock of the same key succeeds in that session and keeps anyone else out), once block
      * affinities were synced (before that, logging every node without its blocks would withdraw routes): withdraws nodes
      * whose lease ran out, logs anything else that differs (e.g. after an upgrade), and compacts the log: a change
      * goes once it is neither among the newest `keep` nor younger than `maxAgeSeconds` (the newest one always stays).
@@ -233,6 +237,3 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
 }
 
 export type RouteLogRepository = ReturnType<typeof createRouteLogRepository>;
-
-/** The lock the affinity follower holds on its own session for as long as it follows (released when it disconnects). */
-export const FOLLOWER_LOCK_QUERY = `SELECT pg_try_advisory_lock(${LOCK_CLASS}, ${AFFINITY_FOLLOWER_LOCK}) AS got, pg_backend_pid() AS pid`;
