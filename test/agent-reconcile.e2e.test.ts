@@ -1,12 +1,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
   AGENT_METRICS_PORT,
+  agentLog,
   controlPlaneTarget,
   isAlive,
   readState,
@@ -561,6 +562,17 @@ describe('agent reconciliation on the local cluster', opts, () => {
           .split('\n')
           .filter((l) => !l.includes(`dev ${peVeth} `))
           .join('\n');
+        if (lines.get(n)!.length > 0) {
+          // For whoever chases it: what the agent and the control plane said around the change.
+          for (const l of readFileSync(agentLog(node(n)), 'utf8')
+            .split('\n')
+            .slice(-80))
+            if (!l.includes('UNAVAILABLE')) t.diagnostic(`${n}'s agent: ${l.slice(0, 500)}`);
+          for (const l of readFileSync(path.join(stateDir, 'cp', 'control-plane.log'), 'utf8')
+            .split('\n')
+            .slice(-150))
+            if (/lease|sweep|resum|withdr|snapshot/i.test(l)) t.diagnostic(`control plane: ${l.slice(0, 500)}`);
+        }
         assert.deepEqual(
           lines.get(n),
           [],
