@@ -256,6 +256,8 @@ interface SizeFigures {
     floor: { latency: number[]; last: number[] };
   };
   policy?: { latency: number[]; last: number[]; missing: number; cpuServer: number; cpuPg: number; cpuSim: number };
+  /** A pod attached on one node and detached again: that node's agent, and how many others were sent anything. */
+  attach?: { latency: number[]; missing: number; others: number; cpuServer: number; cpuPg: number };
   leases?: { rate: number; p50: number; p99: number; server: number; postgres: number; nodesAtRate: number };
   setup: {
     attachRate: number;
@@ -381,6 +383,13 @@ async function main() {
         value: `${cost(f.policy.cpuServer)}; ${cost(f.policy.cpuPg)}`,
         baseline: `simulator ${cost(f.policy.cpuSim)}`,
       });
+    if (f.attach)
+      rows.push({
+        figure: `${s}: pod attached or detached on one node (AttachPod, DetachPod) -> its agent, p50 / p99${f.attach.missing ? ` (${f.attach.missing} MISSING)` : ''}`,
+        value: `${ms(p(f.attach.latency, 50))} / ${ms(p(f.attach.latency, 99))}`,
+        baseline: `CPU per change: server ${cost(f.attach.cpuServer)}, PostgreSQL ${cost(f.attach.cpuPg)}`,
+        goal: `other agents sent a message: ${f.attach.others} (0: ${f.attach.others === 0 ? 'met' : 'missed'})`,
+      });
     rows.push({
       figure: `${s}: joining (register + snapshot, 32 at once); attaching ${f.setup.attached} pods (Allocate, ${ATTACH_CONCURRENCY} at once)`,
       value: `${f.setup.joinSeconds.toFixed(1)} s; ${perSec(f.setup.attachRate)}`,
@@ -453,7 +462,9 @@ async function main() {
         t.count++;
       }
     });
+    let attachTrial: ((node: SimNode, m: { bookmark: boolean; revision: number }) => void) | null = null;
     sim.onPolicy((node, m) => {
+      attachTrial?.(node, m);
       const t = policyTrial;
       if (!t) return;
       const i = index.get(node)!;
@@ -714,7 +725,9 @@ async function main() {
         for (let k = 0; k < TRIALS; k++) {
           // Even trials give a pod `role=client`, odd ones take it away again.
           if (k % 2 === 0) {
-            const node = sim.nodes[Math.floor(Math.random() * sim.nodes.length)]!;
+            // Not a pod that is a client already (pod 0 of every CLIENTS_EVERY-th node): that would change nothing.
+            const candidates = sim.nodes.filter((x) => x.pods.size > 1 || index.get(x)! % CLIENTS_EVERY !== 0);
+            const node = candidates[Math.floor(Math.random() * candidates.length)]!;
             const held = [...node.pods.values()][1] ?? [...node.pods.values()][0]!;
             pod = { node, namespace: held.namespace, name: held.name };
           }
@@ -762,6 +775,63 @@ async function main() {
           cpuSim: (b.sim - a.sim - idleRate(a, b, 'sim')) / TRIALS,
         };
         log(`${n}: policy p50/p99 ${ms(p(latency, 50))} / ${ms(p(latency, 99))}, missing ${missing}`);
+
+        // A pod attached on one node (undescribed: no labels, so no set changes), then detached: only that node's
+        // rules change. Every other agent must be sent nothing (bookmarks aside).
+        const attached: number[] = [];
+        let attachMissing = 0,
+          others = 0;
+        const c = meter();
+        for (let k = 0; k < TRIALS; k++) {
+          const node = sim.nodes[Math.floor(Math.random() * sim.nodes.length)]!;
+          const at = index.get(node)!;
+          const containerId = `probe-${n}-${k}`;
+          for (const change of ['attach', 'detach'] as const) {
+            let revision = 0,
+              stamp = 0;
+            const early: { revision: number; at: number }[] = [];
+            attachTrial = (x, m) => {
+              if (m.bookmark) return;
+              if (index.get(x) !== at) others++;
+              else if (revision === 0) early.push({ revision: m.revision, at: now() });
+              else if (stamp === 0 && m.revision >= revision) stamp = now();
+            };
+            const res =
+              change === 'attach'
+                ? await retrying(() =>
+                    node.policy.attachPod(
+                      {
+                        namespace: 'ns-0',
+                        name: containerId,
+                        node: node.spec.name,
+                        containerId,
+                        addresses: [`100.64.${k}.${n % 250}`],
+                      },
+                      { timeoutMs: 10_000 },
+                    ),
+                  )
+                : await retrying(() => node.policy.detachPod({ containerId }, { timeoutMs: 10_000 }));
+            const returned = now();
+            revision = Math.max(1, res.revision);
+            for (const e of early) if (stamp === 0 && e.revision >= revision) stamp = e.at;
+            await waitFor('attach', () => stamp > 0, 10_000);
+            if (stamp > 0) attached.push(stamp - returned);
+            else attachMissing++;
+            await sleep(300);
+            attachTrial = null;
+          }
+        }
+        const d = meter();
+        fig.attach = {
+          latency: attached,
+          missing: attachMissing,
+          others,
+          cpuServer: (d.server - c.server - idleRate(c, d, 'server')) / (2 * TRIALS),
+          cpuPg: (d.postgres - c.postgres - idleRate(c, d, 'postgres')) / (2 * TRIALS),
+        };
+        log(
+          `${n}: attach p50/p99 ${ms(p(attached, 50))} / ${ms(p(attached, 99))}, missing ${attachMissing}, messages to other agents ${others}`,
+        );
       }
       figures.push(fig);
       printTable(`bench/scale — ${n} simulated nodes (so far; the whole table follows at the end)`, rowsOf(fig));
@@ -953,8 +1023,8 @@ async function main() {
         value: law((f) => (f.serverRssKiB - rss0) / f.streams),
       });
       rows.push({
-        figure: '  server CPU per route change; per policy change',
-        value: `${law((f) => f.route?.cpuServer)}; ${law((f) => f.policy?.cpuServer)}`,
+        figure: '  server CPU per route change; per policy change; per attach on one node',
+        value: `${law((f) => f.route?.cpuServer)}; ${law((f) => f.policy?.cpuServer)}; ${law((f) => f.attach?.cpuServer)}`,
       });
       rows.push({
         figure: '  route p99; policy p99; idle server CPU',

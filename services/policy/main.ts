@@ -21,7 +21,12 @@ export async function mountPolicyService(
   addService(
     server,
     PolicyServiceService,
-    createPolicyHandlers({ repo, notifier: deps.notifier, watch: deps.options }),
+    createPolicyHandlers({
+      repo,
+      notifier: deps.notifier,
+      watch: deps.options,
+      logger: deps.logger.child({ service: 'policy' }),
+    }),
     deps.logger.child({ service: 'policy' }),
     {
       lookups: { nodeOfContainer: (containerId) => repo.nodeOfContainer(containerId) },

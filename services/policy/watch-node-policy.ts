@@ -1,18 +1,14 @@
 import type { Notifier } from '../../lib/db/notifier.js';
-import {
-  compileNodePolicy,
-  createCompileCache,
-  diffNodePolicy,
-  type NodePolicy,
-  type NodePolicyDelta,
-  type PlacedPod,
-} from './domain/compile.js';
+import { createClusterCompiler } from './domain/cluster-compile.js';
+import { diffNodePolicy, type NodePolicy, type NodePolicyDelta, type PlacedPod } from './domain/compile.js';
 import type { World } from './domain/evaluate.js';
 import { POLICY_CHANNEL, type PolicyRepository, type Snapshot } from './store/policy.repository.js';
 import { createWorldCache } from './world.js';
 
 /** One snapshot as every stream compiles it: read once, parsed once, shared (streams only read it). */
 export interface PolicyView {
+  /** Which read it is: a later read began later (and sees every change an earlier one saw). */
+  seq: number;
   revision: number;
   world: World;
   pods: PlacedPod[];
@@ -41,7 +37,9 @@ export function sharePolicyViews(
 ): PolicyViews {
   const worlds = createWorldCache();
   let last: { generation: number; startedAt: number; view: Promise<PolicyView> } | null = null;
-  const viewOf = (s: Snapshot): PolicyView => ({
+  let reads = 0;
+  const viewOf = (seq: number, s: Snapshot): PolicyView => ({
+    seq,
     revision: s.revision,
     world: worlds.world(s),
     pods: worlds.placedPods(s),
@@ -51,7 +49,8 @@ export function sharePolicyViews(
       const generation = notifier.generation(POLICY_CHANNEL);
       const now = Date.now();
       if (last && last.generation === generation && now - last.startedAt < maxAgeMs) return last.view;
-      const read = { generation, startedAt: now, view: repo.snapshot().then(viewOf) };
+      const seq = ++reads;
+      const read = { generation, startedAt: now, view: repo.snapshot().then((s) => viewOf(seq, s)) };
       // A failed read is not shared beyond the callers that joined it: the next one reads again.
       read.view.catch(() => {
         if (last === read) last = null;
@@ -79,53 +78,153 @@ export interface NodePolicyMessage {
 }
 
 /**
- * One WatchNodePolicy stream: the node's compiled rules at once, then whenever they change, woken by NOTIFY
- * policy_changes and at least every pollMs; a bookmark on an idle stream every bookmarkMs. Each wake-up takes the
- * replica's shared view (one consistent snapshot, read and parsed once for all streams) and compiles it unless it is
- * the view compiled last, reusing (through the stream's compile cache) the entries of every pod that the changes do
- * not concern; a message is sent only when the compiled rules differ from the last ones sent
- * (a change elsewhere in the cluster that does not concern the node sends nothing but bookmarks). The first message
- * is complete; later ones are deltas (changed pods and new sets, removed pods and sets) when the watcher accepts
- * them, complete otherwise. Since messages are judged by content, not by revision, a change whose revision committed
- * out of order is never skipped, and `sinceRevision` needs no log: every stream starts with the complete set.
+ * One replica's WatchNodePolicy streams, fed from one place. A single loop per replica follows the policy tables
+ * (woken by NOTIFY policy_changes, and at least every pollMs), takes the shared view and moves the replica's
+ * `ClusterCompiler` to it: the view is compiled once for every watched node, and only the nodes a change concerns
+ * are compiled again. A node whose rules changed gets a new version (with the delta from the one before); its
+ * streams wake, and the others sleep on (a bookmark every bookmarkMs). All streams of a node share its compiled
+ * rules; a stream holds only a reference to what it sent last, and one that is slow to read (back-pressure) skips
+ * to the newest version with one delta, so memory per stream stays bounded whatever the rate of change. A new stream
+ * (a reconnect after a restart, say) joins the shared read in flight and compiles its node once from it.
+ *
+ * The first message of a stream is complete; later ones are deltas (changed pods and new sets, removed pods and sets)
+ * when the watcher accepts them, complete otherwise. Messages are judged by content, not by revision, so a change
+ * whose revision committed out of order is never skipped, and `sinceRevision` needs no log: every stream starts with
+ * the complete set.
  */
-export async function* watchNodePolicy(
-  deps: { views: PolicyViews; notifier: Notifier; options: NodePolicyWatchOptions },
-  node: string,
-  signal: AbortSignal,
-  opts: { acceptDeltas?: boolean } = {},
-): AsyncGenerator<NodePolicyMessage> {
+export interface PolicyFanout {
+  watch(node: string, signal: AbortSignal, opts?: { acceptDeltas?: boolean }): AsyncGenerator<NodePolicyMessage>;
+}
+
+interface Feed {
+  streams: number;
+  policy: NodePolicy;
+  /** Bumped when the rules change; `delta` goes from version - 1 to this one. */
+  version: number;
+  delta: NodePolicyDelta | null;
+  /** The revision of the view the rules were last changed at. */
+  revision: number;
+  wake: Set<() => void>;
+}
+
+export function createPolicyFanout(deps: {
+  views: PolicyViews;
+  notifier: Notifier;
+  options: NodePolicyWatchOptions;
+  /** A failed read in the loop (the streams keep their rules and the loop tries again). */
+  onError?: (err: unknown) => void;
+}): PolicyFanout {
   const { views, notifier, options } = deps;
-  const cache = createCompileCache();
-  let last: NodePolicy | null = null;
-  let compiled: PolicyView | null = null;
-  let lastSent = Date.now();
-  let revision = 0;
-  while (!signal.aborted) {
-    // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
-    const woken = notifier.wait(
-      POLICY_CHANNEL,
-      Math.max(1, Math.min(options.pollMs, lastSent + options.bookmarkMs - Date.now())),
-      signal,
-    );
-    const view = await views.current();
-    revision = Math.max(revision, view.revision);
-    // The same view as last time (a poll that reused the shared read): the same rules.
-    const policy: NodePolicy = view === compiled && last ? last : compileNodePolicy(view.world, view.pods, node, cache);
-    compiled = view;
-    if (signal.aborted) return;
-    const delta = last ? diffNodePolicy(last, policy) : null;
-    if (!last || delta) {
-      const first = !last;
-      last = policy;
-      lastSent = Date.now();
-      yield opts.acceptDeltas && !first
-        ? { revision, bookmark: false, policy: null, delta }
-        : { revision, bookmark: false, policy, delta: null };
-    } else if (Date.now() - lastSent >= options.bookmarkMs) {
-      lastSent = Date.now();
-      yield { revision, bookmark: true, policy: null, delta: null };
+  const compiler = createClusterCompiler();
+  const feeds = new Map<string, Feed>();
+  let current: PolicyView | null = null;
+  let looping: AbortController | null = null;
+
+  const bump = (feed: Feed, policy: NodePolicy, revision: number) => {
+    if (policy === feed.policy) return;
+    const delta = diffNodePolicy(feed.policy, policy);
+    feed.policy = policy;
+    if (!delta) return;
+    feed.version++;
+    feed.delta = delta;
+    feed.revision = revision;
+    for (const w of [...feed.wake]) w();
+  };
+  /** Moves to `view` unless a later read was taken already. Synchronous: no stream sees a half-done move. */
+  const advance = (view: PolicyView) => {
+    if (current && view.seq <= current.seq) return;
+    current = view;
+    for (const node of compiler.advance(view.world, view.pods)) {
+      const feed = feeds.get(node);
+      if (feed) bump(feed, compiler.compile(node), view.revision);
     }
-    await woken;
-  }
+  };
+  const loop = async (signal: AbortSignal) => {
+    while (!signal.aborted) {
+      // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
+      const woken = notifier.wait(POLICY_CHANNEL, options.pollMs, signal);
+      try {
+        advance(await views.current());
+      } catch (err) {
+        deps.onError?.(err);
+      }
+      await woken;
+    }
+  };
+  const open = async (node: string): Promise<Feed> => {
+    // A new stream compiles from a view no older than its arrival.
+    advance(await views.current());
+    let feed = feeds.get(node);
+    if (!feed) {
+      feed = {
+        streams: 0,
+        policy: compiler.compile(node),
+        version: 0,
+        delta: null,
+        revision: current!.revision,
+        wake: new Set(),
+      };
+      feeds.set(node, feed);
+    }
+    feed.streams++;
+    if (!looping) {
+      looping = new AbortController();
+      void loop(looping.signal);
+    }
+    return feed;
+  };
+  const close = (node: string, feed: Feed) => {
+    if (--feed.streams > 0) return;
+    feeds.delete(node);
+    compiler.forget(node);
+    if (feeds.size === 0) {
+      looping?.abort();
+      looping = null;
+    }
+  };
+  /** Resolves when the feed changes, after `ms`, or when `signal` aborts. */
+  const changed = (feed: Feed, ms: number, signal: AbortSignal) =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        feed.wake.delete(done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(1, ms));
+      signal.addEventListener('abort', done, { once: true });
+      feed.wake.add(done);
+    });
+
+  return {
+    async *watch(node, signal, opts = {}) {
+      const feed = await open(node);
+      try {
+        let sent = feed.policy;
+        let version = feed.version;
+        let lastSent = Date.now();
+        yield { revision: current!.revision, bookmark: false, policy: sent, delta: null };
+        while (!signal.aborted) {
+          if (feed.version === version) await changed(feed, lastSent + options.bookmarkMs - Date.now(), signal);
+          if (signal.aborted) return;
+          if (feed.version !== version) {
+            // One version behind: the feed's delta; further behind (a slow reader): one delta to the newest.
+            const delta = feed.version === version + 1 ? feed.delta : diffNodePolicy(sent, feed.policy);
+            sent = feed.policy;
+            version = feed.version;
+            if (!delta) continue;
+            lastSent = Date.now();
+            yield opts.acceptDeltas
+              ? { revision: feed.revision, bookmark: false, policy: null, delta }
+              : { revision: feed.revision, bookmark: false, policy: sent, delta: null };
+          } else if (Date.now() - lastSent >= options.bookmarkMs) {
+            lastSent = Date.now();
+            yield { revision: Math.max(feed.revision, current!.revision), bookmark: true, policy: null, delta: null };
+          }
+        }
+      } finally {
+        close(node, feed);
+      }
+    },
+  };
 }

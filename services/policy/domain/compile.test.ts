@@ -6,11 +6,14 @@ import {
   createCompileCache,
   diffNodePolicy,
   entriesAllow,
+  podChanges,
   rangesToCidrs,
   setName,
+  type CompileCache,
   type NodePolicy,
   type PlacedPod,
 } from './compile.js';
+import { createClusterCompiler } from './cluster-compile.js';
 import { explain, type Endpoint, type World } from './evaluate.js';
 import { parseIp, parsePolicyObject, type AdminPolicy, type NetworkPolicy, type Protocol } from './model.js';
 
@@ -284,91 +287,132 @@ test('address sets: except blocks are cut out exactly; the same content keeps th
   assert.ok(setName(set!).length <= 31);
 });
 
-test('compiling with a cache gives what compiling from scratch gives, over 200 random sequences of changes', () => {
-  for (let seed = 1; seed <= 200; seed++) {
-    const r = rng(seed * 7919);
-    // Each policy object keeps its identity while unchanged, as the service's parse cache keeps it.
-    let policies = randomObjects(seed).map((o) => parsePolicyObject(o));
-    let placed = pods.map((p) => ({ ...p }));
-    let nsLabels = new Map(namespaces);
-    const caches = { n1: createCompileCache(), n2: createCompileCache() };
-    let reused = 0;
-    const prev: Record<string, NodePolicy | null> = { n1: null, n2: null };
-    for (let step = 0; step < 12; step++) {
-      const w: World = {
+/**
+ * A random sequence of views as the service sees them: each step one change (a pod's labels, ports, address or
+ * node; a namespace's labels; a pod added or deleted; a policy added, replaced or deleted). Each policy and pod
+ * object keeps its identity while unchanged, as the service's parse cache keeps it.
+ */
+function* randomViews(seed: number, steps: number): Generator<{ w: World; placed: PlacedPod[] }> {
+  const r = rng(seed * 7919);
+  let policies = randomObjects(seed).map((o) => parsePolicyObject(o));
+  let placed = pods.map((p) => ({ ...p }));
+  let nsLabels = new Map(namespaces);
+  for (let step = 0; step < steps; step++) {
+    yield {
+      w: {
         namespaces: nsLabels,
         networkPolicies: policies.filter((p): p is NetworkPolicy => p.kind === 'NetworkPolicy'),
         adminPolicies: policies.filter((p): p is AdminPolicy => p.kind === 'AdminNetworkPolicy'),
         baseline: (policies.find((p) => p.kind === 'BaselineAdminNetworkPolicy') as AdminPolicy | undefined) ?? null,
-      };
-      for (const node of ['n1', 'n2'] as const) {
+      },
+      placed,
+    };
+    const i = Math.floor(r.next() * placed.length);
+    const change = Math.floor(r.next() * 9);
+    const withPod = (q: PlacedPod) => (placed = placed.map((p, j) => (j === i ? q : p)));
+    const p = placed[i]!;
+    if (change === 0) withPod({ ...p, labels: { ...p.labels, pod: r.pick(['a', 'b', 'c']) } });
+    else if (change === 1)
+      withPod({ ...p, labels: p.labels.tier ? { pod: p.labels.pod! } : { ...p.labels, tier: 'web' } });
+    else if (change === 2)
+      withPod({
+        ...p,
+        ports: p.ports.map((q) => (q.name === 'http' ? { ...q, port: q.port === 80 ? 8080 : 80 } : q)),
+      });
+    else if (change === 3) withPod({ ...p, addresses: [parseIp(`10.244.${3 + Math.floor(r.next() * 2)}.${i}`, 'ip')] });
+    else if (change === 4)
+      nsLabels = new Map(
+        [...nsLabels].map(([n, l]) => [n, n === r.pick(NS) ? (l.team ? { ns: n } : { ns: n, team: 'pay' }) : l]),
+      );
+    else if (change === 5)
+      placed =
+        placed.length > 5 && r.next() < 0.5
+          ? placed.filter((_, j) => j !== i)
+          : [...placed, { ...p, name: `${p.name}${step}`, addresses: [parseIp(`10.244.5.${step}`, 'ip')] }];
+    else if (change === 6 && policies.length > 0)
+      policies = policies.filter((_, j) => j !== Math.floor(r.next() * policies.length));
+    else if (change === 7) {
+      const fresh = randomObjects(seed * 31 + step).map((o) => parsePolicyObject(o));
+      const add = fresh[0];
+      if (add)
+        policies = [
+          ...policies.filter(
+            (q) =>
+              q.kind !== add.kind ||
+              q.name !== add.name ||
+              ('namespace' in q ? q.namespace : '') !== ('namespace' in add ? add.namespace : ''),
+          ),
+          add,
+        ];
+    } else withPod({ ...p, node: r.pick(NODES) });
+  }
+}
+const NODES = ['n1', 'n2', 'n3'];
+
+/** What the previous message left, with the delta applied: must be the new compilation. */
+function assertDeltaApplies(before: NodePolicy, got: NodePolicy, what: string) {
+  const d = diffNodePolicy(before, got);
+  const held = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
+  const sets = new Map(before.sets);
+  for (const id of d?.removedPods ?? []) held.delete(id);
+  for (const p of d?.pods ?? []) held.set(`${p.namespace}/${p.name}`, p);
+  for (const n of d?.removedSets ?? []) sets.delete(n);
+  for (const [n, c] of d?.sets ?? []) sets.set(n, c);
+  const byId = (a: { namespace: string; name: string }, b: { namespace: string; name: string }) =>
+    `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`);
+  assert.deepEqual([...held.values()].sort(byId), [...got.pods].sort(byId), `delta, ${what}`);
+  assert.deepEqual(new Map([...sets].sort()), new Map([...got.sets].sort()));
+  if (d === null) assert.deepEqual(got, before, 'no delta: nothing changed');
+}
+
+test('compiling with a cache gives what compiling from scratch gives, over 200 random sequences of changes', () => {
+  for (let seed = 1; seed <= 200; seed++) {
+    const caches: Record<string, CompileCache> = Object.fromEntries(NODES.map((n) => [n, createCompileCache()]));
+    let reused = 0;
+    const prev: Record<string, NodePolicy | null> = {};
+    let step = 0;
+    for (const { w, placed } of randomViews(seed, 12)) {
+      for (const node of NODES) {
         const got = compileNodePolicy(w, placed, node, caches[node]);
         assert.deepEqual(got, compileNodePolicy(w, placed, node), `sequence ${seed}, step ${step}, ${node}`);
         reused += got.pods.filter((p) => prev[node]?.pods.includes(p)).length;
         const before = prev[node];
-        if (before) {
-          // The delta a stream sends, applied to what the previous message left, gives the new compilation.
-          const d = diffNodePolicy(before, got);
-          const pods = new Map(before.pods.map((p) => [`${p.namespace}/${p.name}`, p]));
-          const sets = new Map(before.sets);
-          for (const id of d?.removedPods ?? []) pods.delete(id);
-          for (const p of d?.pods ?? []) pods.set(`${p.namespace}/${p.name}`, p);
-          for (const n of d?.removedSets ?? []) sets.delete(n);
-          for (const [n, c] of d?.sets ?? []) sets.set(n, c);
-          assert.deepEqual(
-            [...pods.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)),
-            [...got.pods].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)),
-            `delta, sequence ${seed}, step ${step}`,
-          );
-          assert.deepEqual(new Map([...sets].sort()), new Map([...got.sets].sort()));
-          if (d === null) assert.deepEqual(got, before, 'no delta: nothing changed');
-        }
+        if (before) assertDeltaApplies(before, got, `sequence ${seed}, step ${step}, ${node}`);
         prev[node] = got;
       }
-      // One change, as the service sees them: a pod's labels, ports or address; a namespace's labels; a pod added or
-      // deleted; a policy added, replaced or deleted.
-      const i = Math.floor(r.next() * placed.length);
-      const change = Math.floor(r.next() * 8);
-      const withPod = (q: PlacedPod) => (placed = placed.map((p, j) => (j === i ? q : p)));
-      const p = placed[i]!;
-      if (change === 0) withPod({ ...p, labels: { ...p.labels, pod: r.pick(['a', 'b', 'c']) } });
-      else if (change === 1)
-        withPod({ ...p, labels: p.labels.tier ? { pod: p.labels.pod! } : { ...p.labels, tier: 'web' } });
-      else if (change === 2)
-        withPod({
-          ...p,
-          ports: p.ports.map((q) => (q.name === 'http' ? { ...q, port: q.port === 80 ? 8080 : 80 } : q)),
-        });
-      else if (change === 3)
-        withPod({ ...p, addresses: [parseIp(`10.244.${3 + Math.floor(r.next() * 2)}.${i}`, 'ip')] });
-      else if (change === 4)
-        nsLabels = new Map(
-          [...nsLabels].map(([n, l]) => [n, n === r.pick(NS) ? (l.team ? { ns: n } : { ns: n, team: 'pay' }) : l]),
-        );
-      else if (change === 5)
-        placed =
-          placed.length > 5 && r.next() < 0.5
-            ? placed.filter((_, j) => j !== i)
-            : [...placed, { ...p, name: `${p.name}${step}`, addresses: [parseIp(`10.244.5.${step}`, 'ip')] }];
-      else if (change === 6 && policies.length > 0)
-        policies = policies.filter((_, j) => j !== Math.floor(r.next() * policies.length));
-      else {
-        const fresh = randomObjects(seed * 31 + step).map((o) => parsePolicyObject(o));
-        const add = fresh[0];
-        if (add)
-          policies = [
-            ...policies.filter(
-              (q) =>
-                q.kind !== add.kind ||
-                q.name !== add.name ||
-                ('namespace' in q ? q.namespace : '') !== ('namespace' in add ? add.namespace : ''),
-            ),
-            add,
-          ];
-      }
+      step++;
     }
     assert.ok(reused > 0, `sequence ${seed}: some compiled pods are reused`);
   }
+});
+
+test('one compilation per view for every node (ClusterCompiler) gives what compiling each from scratch gives, and compiles again only the nodes a change concerns', () => {
+  let skipped = 0;
+  for (let seed = 1; seed <= 200; seed++) {
+    const cluster = createClusterCompiler();
+    const prev: Record<string, NodePolicy | null> = {};
+    let step = 0;
+    for (const { w, placed } of randomViews(seed, 12)) {
+      const concerned = new Set(cluster.advance(w, placed));
+      for (const node of NODES) {
+        const got = cluster.compile(node);
+        const what = `sequence ${seed}, step ${step}, ${node}`;
+        assert.deepEqual(got, compileNodePolicy(w, placed, node), what);
+        const before = prev[node];
+        if (before) {
+          // A node the change did not concern keeps its result, the same object (its streams are not woken).
+          if (!concerned.has(node)) {
+            assert.equal(got, before, `not concerned, yet changed: ${what}`);
+            skipped++;
+          }
+          assertDeltaApplies(before, got, what);
+        }
+        prev[node] = got;
+      }
+      step++;
+    }
+  }
+  assert.ok(skipped > 500, `only ${skipped} node compilations were skipped`);
 });
 
 test('ipBlock 0.0.0.0/0 and ::/0 become their two /1 halves, which ipset hash:net accepts (it refuses a /0)', () => {
@@ -383,4 +427,17 @@ test('ipBlock 0.0.0.0/0 and ::/0 become their two /1 halves, which ipset hash:ne
     },
   ]);
   assert.deepEqual([...compileNodePolicy(w, pods, 'n1').sets.values()], [['0.0.0.0/1', '128.0.0.0/1']]);
+});
+
+test('podChanges: the pod objects added and gone between two views, never missing one even out of order', () => {
+  const [a, b, c] = pods;
+  const b2 = { ...b! };
+  const d = { ...c!, name: 'd' };
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, b!, c!]), { added: [], removed: [] });
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, b2, c!, d]), { added: [b2, d], removed: [b!] });
+  assert.deepEqual(podChanges([a!, b!, c!], [a!, c!]), { added: [], removed: [b!] });
+  // Out of name order: more is reported (a pod gone and added again), nothing is missed.
+  const r = podChanges([c!, a!, b!], [a!, b2, c!]);
+  assert.ok(r.added.includes(b2) && r.removed.includes(b!));
+  assert.ok(!r.added.includes(b!) && !r.removed.includes(b2));
 });

@@ -110,6 +110,8 @@ export interface CompileCache {
   labelsText: WeakMap<PlacedPod, string>;
   /** A pod object's own fields as text (pod objects, too, must not be mutated). */
   podText: WeakMap<PlacedPod, string>;
+  /** With a shared view: the peer selectors (rule texts) of every set the node's rules name. */
+  texts?: Set<string>;
 }
 /**
  * A namespace's NetworkPolicies indexed by what their podSelector needs: a policy whose selector has an `In`
@@ -148,6 +150,184 @@ export const createCompileCache = (): CompileCache => ({
   specSets: new Map(),
   labelsText: new WeakMap(),
 });
+
+/**
+ * One view (world and pods) as every node of a replica compiles it: what does not depend on the node is worked out
+ * once here and shared by all of them (`compileNodePolicy`'s `shared`): the pods grouped by node, the NetworkPolicies
+ * grouped by namespace, each distinct peer selector's members and set (by the rule's text), and the entries of each
+ * distinct pod profile (namespace, labels, named ports: the entries depend on nothing else of the pod, only on the
+ * view). `createViewContext` carries the peer sets of the previous view that the changed pods do not touch.
+ * Objects of the view (pods, policies) must not be mutated.
+ */
+export interface ViewContext {
+  world: World;
+  pods: readonly PlacedPod[];
+  /** Namespaces' labels as text (a change there changes what selectors select). */
+  namespacesText: string;
+  byNode: Map<string, PlacedPod[]>;
+  npsByNs: Map<string, NetworkPolicy[]>;
+  /** Peer specs by rule text, this view's. */
+  specs: Map<string, PeerSpec>;
+  /** A spec's set: its name (null: empty) and CIDRs; kept with the spec object. */
+  names: WeakMap<PeerSpec, { name: string | null; cidrs: string[] }>;
+  /** A rule's peers as text (kept across views: rule objects are immutable). */
+  ruleText: WeakMap<object, string>;
+  textOfSpec: WeakMap<PeerSpec, string>;
+  /** Entries by pod profile, this view's and the previous one's (an unchanged profile keeps its entry arrays). */
+  profiles: Map<string, Profile>;
+  previousProfiles?: Map<string, Profile>;
+  /** Which NetworkPolicies select a label set, per namespace (as CompileCache.selection). */
+  selection: CompileCache['selection'];
+  cidrs: Map<string, string[]>;
+}
+
+/**
+ * The entries of every pod of one profile (namespace, labels, named ports) in one view, the sets they name, and what
+ * they depend on beyond the pod: the peer selectors (rule texts) of the sets, and whether every pod (egress named ports).
+ */
+export interface Profile {
+  ingress: PolicyEntry[];
+  egress: PolicyEntry[];
+  sets: [string, string[]][];
+  texts: Set<string>;
+  everyPod: boolean;
+}
+
+/** What changed from one view to the next, as `createViewContext` found it. */
+export interface ViewChange {
+  /** False: namespaces or policies changed (every node's rules may have). */
+  sameWorld: boolean;
+  /** Pod objects added or gone (a changed pod is both: its old object gone, its new one added). */
+  pods: PlacedPod[];
+  added: PlacedPod[];
+  removed: PlacedPod[];
+  /** Peer selectors (rule texts) whose members or addresses may have changed. */
+  texts: Set<string>;
+}
+
+const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+const podOrder = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+
+/**
+ * Pod objects added and gone from one list to the next. Both are in name order as the service reads them, so they
+ * are walked side by side; out of order, an unchanged pod may be reported as gone and added again, never missed.
+ */
+export function podChanges(
+  before: readonly PlacedPod[],
+  after: readonly PlacedPod[],
+): { added: PlacedPod[]; removed: PlacedPod[] } {
+  const added: PlacedPod[] = [];
+  const removed: PlacedPod[] = [];
+  let i = 0,
+    j = 0;
+  while (i < before.length || j < after.length) {
+    const x = before[i],
+      y = after[j];
+    if (x === y) {
+      i++;
+      j++;
+    } else if (!y) removed.push(before[i++]!);
+    else if (!x) added.push(after[j++]!);
+    else {
+      const c = podOrder(x, y);
+      if (c <= 0) removed.push(before[i++]!);
+      if (c >= 0) added.push(after[j++]!);
+    }
+  }
+  return { added, removed };
+}
+
+const groupByNode = (pods: readonly PlacedPod[]) => {
+  const byNode = new Map<string, PlacedPod[]>();
+  for (const p of pods) {
+    const list = byNode.get(p.node);
+    if (list) list.push(p);
+    else byNode.set(p.node, [p]);
+  }
+  for (const list of byNode.values())
+    if (list.some((p, i) => i > 0 && podOrder(list[i - 1]!, p) > 0)) list.sort(podOrder);
+  return byNode;
+};
+
+export function createViewContext(
+  world: World,
+  pods: readonly PlacedPod[],
+  previous?: ViewContext,
+): { context: ViewContext; change: ViewChange } {
+  const namespacesText = JSON.stringify([...world.namespaces]);
+  const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+  const sameWorld =
+    !!previous &&
+    previous.namespacesText === namespacesText &&
+    sameList(previous.world.networkPolicies, world.networkPolicies) &&
+    sameList(previous.world.adminPolicies, world.adminPolicies) &&
+    previous.world.baseline === world.baseline;
+  let npsByNs: Map<string, NetworkPolicy[]>;
+  if (sameWorld) npsByNs = previous.npsByNs;
+  else {
+    npsByNs = new Map();
+    for (const np of world.networkPolicies) {
+      const list = npsByNs.get(np.namespace);
+      if (list) list.push(np);
+      else npsByNs.set(np.namespace, [np]);
+    }
+    for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+  }
+  const { added, removed } = previous ? podChanges(previous.pods, pods) : { added: [...pods], removed: [] };
+  let byNode: Map<string, PlacedPod[]>;
+  if (!previous || added.length + removed.length > pods.length / 8) byNode = groupByNode(pods);
+  else {
+    // A few pods changed: only their nodes' lists are made again.
+    byNode = new Map(previous.byNode);
+    const gone = new Set(removed);
+    const touched = new Set([...added, ...removed].map((p) => p.node));
+    for (const node of touched) {
+      const list = (byNode.get(node) ?? []).filter((p) => !gone.has(p));
+      for (const p of added) if (p.node === node) list.push(p);
+      list.sort(podOrder);
+      if (list.length > 0) byNode.set(node, list);
+      else byNode.delete(node);
+    }
+  }
+  const context: ViewContext = {
+    world,
+    pods,
+    namespacesText,
+    byNode,
+    npsByNs,
+    specs: new Map(),
+    names: previous?.names ?? new WeakMap(),
+    ruleText: previous?.ruleText ?? new WeakMap(),
+    textOfSpec: previous?.textOfSpec ?? new WeakMap(),
+    profiles: new Map(),
+    previousProfiles: previous?.profiles,
+    selection: sameWorld ? previous.selection : new Map(),
+    cidrs: new Map(),
+  };
+  const change: ViewChange = { sameWorld, pods: [...added, ...removed], added, removed, texts: new Set() };
+  if (!previous || !sameWorld) return { context, change };
+  // A peer spec no changed pod matches (before or after) has the same members, the same objects: it is kept. One
+  // that some changed pod matches gets its members again: those gone out, those added in if they match. (A spec's
+  // members are exactly the view's pods that `match` admits.)
+  for (const [text, spec] of previous.specs) {
+    if (spec.any || !change.pods.some((p) => spec.match(p))) {
+      context.specs.set(text, spec);
+      continue;
+    }
+    change.texts.add(text);
+    const members = new Set(spec.pods);
+    for (const p of removed) members.delete(p);
+    for (const p of added) if (spec.match(p)) members.add(p);
+    const next: PeerSpec = { any: false, ranges: spec.ranges, pods: members, match: spec.match };
+    context.specs.set(text, next);
+    context.textOfSpec.set(next, text);
+  }
+  if (change.pods.length === 0) {
+    context.profiles = previous.profiles;
+    context.previousProfiles = previous.previousProfiles;
+  }
+  return { context, change };
+}
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
@@ -221,6 +401,39 @@ export function setName(cidrs: string[]): string {
   return `weft-${createHash('sha256').update(cidrs.join(',')).digest('hex').slice(0, 16)}`;
 }
 
+/** A pod object's labels as text, its profile and its addresses as text (pod objects are never mutated). */
+const sharedLabelsText = new WeakMap<PlacedPod, string>();
+const profileKeys = new WeakMap<PlacedPod, string>();
+const profileKey = (p: PlacedPod) => {
+  let key = profileKeys.get(p);
+  if (key === undefined) profileKeys.set(p, (key = JSON.stringify([p.namespace, p.labels, p.ports])));
+  return key;
+};
+const addressTexts = new WeakMap<PlacedPod, string[]>();
+const addressesOf = (p: PlacedPod) => {
+  let out = addressTexts.get(p);
+  if (out === undefined) addressTexts.set(p, (out = p.addresses.map((a) => formatAddress(a.family, a.value))));
+  return out;
+};
+const sameEntry = (a: PolicyEntry, b: PolicyEntry) =>
+  a === b ||
+  (a.tier === b.tier &&
+    a.action === b.action &&
+    a.peerSet === b.peerSet &&
+    a.protocol === b.protocol &&
+    a.source === b.source &&
+    (a.ports === b.ports || (!!a.ports && !!b.ports && a.ports.from === b.ports.from && a.ports.to === b.ports.to)));
+const sameEntries = (a: readonly PolicyEntry[], b: readonly PolicyEntry[]) =>
+  a === b || (a.length === b.length && a.every((e, i) => sameEntry(e, b[i]!)));
+const sameCompiledPod = (a: CompiledPod, b: CompiledPod) =>
+  a === b ||
+  (a.namespace === b.namespace &&
+    a.name === b.name &&
+    a.addresses.length === b.addresses.length &&
+    a.addresses.every((x, i) => x === b.addresses[i]) &&
+    sameEntries(a.ingress, b.ingress) &&
+    sameEntries(a.egress, b.egress));
+
 const podIds = new WeakMap<PlacedPod, string>();
 /** "namespace/name", once per pod object. */
 const idOfPod = (p: PlacedPod) => {
@@ -233,14 +446,23 @@ const sameAddresses = (a: Pod, b: Pod) =>
   (a.addresses.length === b.addresses.length &&
     a.addresses.every((x, i) => x.family === b.addresses[i]!.family && x.value === b.addresses[i]!.value));
 
+/**
+ * `shared`: the view's context (`createViewContext`), for a replica that compiles many nodes from one view: then
+ * `w` and `pods` must be its world and pods and `cache` is required.
+ */
 export function compileNodePolicy(
   w: World,
   pods: readonly PlacedPod[],
   node: string,
   cache?: CompileCache,
+  shared?: ViewContext,
 ): NodePolicy {
   const sets = new Map<string, string[]>();
   const nsLabels = (ns: string) => w.namespaces.get(ns) ?? {};
+  /** While a profile is compiled (shared view): the peer selectors its sets come from, and whether egress named ports. */
+  let collecting: Set<string> | null = null;
+  let namedEgress = false;
+  const labelsTexts = cache?.labelsText ?? sharedLabelsText;
   const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
 
   const npPeer = (peer: Peer, policyNs: string): PeerSpec => {
@@ -269,14 +491,15 @@ export function compileNodePolicy(
   // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
   // with the same peers (the same selectors, from the same namespace) share them.
   const peersOfRule = new WeakMap<object, PeerSpec>();
-  const peersByText = new Map<string, PeerSpec>();
-  const textOfSpec = new WeakMap<PeerSpec, string>();
+  const peersByText = shared?.specs ?? new Map<string, PeerSpec>();
+  const textOfSpec = shared?.textOfSpec ?? new WeakMap<PeerSpec, string>();
+  const ruleText = shared?.ruleText ?? cache?.ruleText;
   const specSets = new Map<string, SpecSet>();
   const rulePeers = (rule: object, make: () => PeerSpec, textOf?: () => string): PeerSpec => {
     let spec = peersOfRule.get(rule);
     if (spec) return spec;
-    const text = cache?.ruleText.get(rule) ?? textOf?.();
-    if (text !== undefined) cache?.ruleText.set(rule, text);
+    const text = ruleText?.get(rule) ?? textOf?.();
+    if (text !== undefined) ruleText?.set(rule, text);
     spec = (text === undefined ? undefined : peersByText.get(text)) ?? make();
     if (text !== undefined) {
       peersByText.set(text, spec);
@@ -300,7 +523,7 @@ export function compileNodePolicy(
     return { any: false, ranges, pods: ps, match: (p) => matches.some((m) => m(p)) };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
-  const cidrsOf = cache?.cidrs ?? new Map<string, string[]>();
+  const cidrsOf = shared?.cidrs ?? cache?.cidrs ?? new Map<string, string[]>();
   const nameSet = (ranges: Range[]): string | null => {
     // Rules that select the same pods make the same set: its CIDRs are worked out once (and kept for the next
     // compilation when there is a cache).
@@ -308,7 +531,7 @@ export function compileNodePolicy(
       .map((r) => `${r.family}:${r.start}-${r.end}`)
       .sort()
       .join(',');
-    let cidrs = cidrsOf.get(key) ?? cache?.previousCidrs.get(key);
+    let cidrs = cidrsOf.get(key) ?? (shared ? undefined : cache?.previousCidrs.get(key));
     if (!cidrs) cidrs = rangesToCidrs(ranges);
     cidrsOf.set(key, cidrs);
     if (cidrs.length === 0) return null;
@@ -320,7 +543,23 @@ export function compileNodePolicy(
   /** A peer spec's set name; null: any address; undefined: an empty set, which matches nothing. */
   const setOf = (s: PeerSpec): string | null | undefined => {
     if (s.any) return null;
+    if (collecting) {
+      const text = textOfSpec.get(s);
+      if (text !== undefined) collecting.add(text);
+    }
     if (setOfSpec.has(s)) return setOfSpec.get(s);
+    if (shared) {
+      // Worked out once per view for every node (kept while the members are the same objects).
+      let set = shared.names.get(s);
+      if (set) {
+        if (set.name) sets.set(set.name, set.cidrs);
+      } else {
+        const name = nameSet([...s.ranges, ...[...s.pods].flatMap(podRanges)]);
+        shared.names.set(s, (set = { name, cidrs: name ? sets.get(name)! : [] }));
+      }
+      setOfSpec.set(s, set.name ?? undefined);
+      return set.name ?? undefined;
+    }
     // A selector whose text is that of the previous compilation, and whose members have the same addresses, names
     // the same set.
     const text = textOfSpec.get(s);
@@ -354,11 +593,12 @@ export function compileNodePolicy(
   // NetworkPolicies by namespace, by name (the order a pod's selecting policies are read in).
   // (The same policy objects as at the previous compilation: the same grouping.)
   const sameNps =
+    !shared &&
     !!cache?.byNamespace &&
     cache.byNamespace.nps.length === w.networkPolicies.length &&
     cache.byNamespace.nps.every((np, i) => np === w.networkPolicies[i]);
-  const npsByNs = sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
-  if (!sameNps) {
+  const npsByNs = shared ? shared.npsByNs : sameNps ? cache!.byNamespace!.grouped : new Map<string, NetworkPolicy[]>();
+  if (!sameNps && !shared) {
     for (const np of w.networkPolicies) {
       let list = npsByNs.get(np.namespace);
       if (!list) npsByNs.set(np.namespace, (list = []));
@@ -370,12 +610,13 @@ export function compileNodePolicy(
   /** The NetworkPolicies of the pod's namespace that select it (either direction), by name. */
   const selectingNps = (subject: PlacedPod): readonly NetworkPolicy[] => {
     const nps = npsByNs.get(subject.namespace) ?? [];
-    if (!cache) return nps.filter((np) => selects(np.podSelector, subject.labels));
-    let entry = cache.selection.get(subject.namespace);
+    const selection = shared?.selection ?? cache?.selection;
+    if (!selection) return nps.filter((np) => selects(np.podSelector, subject.labels));
+    let entry = selection.get(subject.namespace);
     if (!entry || entry.nps.length !== nps.length || entry.nps.some((np, i) => np !== nps[i]))
-      cache.selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
-    let key = cache.labelsText.get(subject);
-    if (key === undefined) cache.labelsText.set(subject, (key = JSON.stringify(subject.labels)));
+      selection.set(subject.namespace, (entry = { nps, byLabels: new Map() }));
+    let key = labelsTexts.get(subject);
+    if (key === undefined) labelsTexts.set(subject, (key = JSON.stringify(subject.labels)));
     let selected = entry.byLabels.get(key);
     if (!selected) {
       // Only the policies whose selector can admit one of the pod's labels are tried (in their order, by name).
@@ -406,7 +647,13 @@ export function compileNodePolicy(
       () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
     );
   const isSubject = (a: AdminPolicy, subject: PlacedPod) =>
-    (rulePeers(a.subject, () => adminPeer(a.subject)) as { pods?: Set<PlacedPod> }).pods?.has(subject) ?? false;
+    (
+      rulePeers(
+        a.subject,
+        () => adminPeer(a.subject),
+        () => JSON.stringify(['subject', a.subject], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+      ) as { pods?: Set<PlacedPod> }
+    ).pods?.has(subject) ?? false;
   const adminsOf = (subject: PlacedPod) =>
     w.adminPolicies
       .filter((a) => isSubject(a, subject))
@@ -440,6 +687,7 @@ export function compileNodePolicy(
             continue;
           }
           // Egress: resolved on each destination pod; the outside has no named ports.
+          namedEgress = true;
           const byPort = new Map<number, Range[]>();
           for (const q of pods) {
             const port = q.ports.find((p) => p.name === spec.name && p.protocol === protocol)?.port;
@@ -584,16 +832,16 @@ export function compileNodePolicy(
     }
     return key;
   };
-  const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-  const order = (a: PlacedPod, b: PlacedPod) => byName(a.namespace, b.namespace) || byName(a.name, b.name);
+  const order = podOrder;
   // The quiet path (see CompileCache.last): the same namespaces and policies, the same pods but for a few objects in
   // their places, and every set with the same members' addresses as before: then an unchanged pod object's entries
   // are the ones it had (what they depend on is the same), unless they depend on every pod.
-  const namespacesText = cache ? JSON.stringify([...w.namespaces]) : '';
+  const namespacesText = cache && !shared ? JSON.stringify([...w.namespaces]) : '';
   let changedPods: PlacedPod[] | null = null;
   const last = cache?.last;
   if (
     cache &&
+    !shared &&
     last &&
     last.namespaces === namespacesText &&
     sameNps &&
@@ -633,10 +881,63 @@ export function compileNodePolicy(
     const replaced = new Map<PlacedPod, PlacedPod>();
     for (let i = 0; i < quiet.length; i += 2) replaced.set(quiet[i]!, quiet[i + 1]!);
     local = replaced.size === 0 ? last.local : last.local.map((p) => replaced.get(p) ?? p);
+  } else if (shared) {
+    local = shared.byNode.get(node) ?? [];
   } else {
     local = pods.filter((p) => p.node === node);
     // (The service reads pods in this order already.)
     if (local.some((p, i) => i > 0 && order(local[i - 1]!, p) > 0)) local.sort(order);
+  }
+  if (shared && cache) {
+    // Each distinct profile is compiled once per view for every node; a pod keeps its compiled object while it is the
+    // same pod object with its profile's entries unchanged.
+    const profileOf = (p: PlacedPod): Profile => {
+      const key = profileKey(p);
+      let profile = shared.profiles.get(key);
+      if (profile) return profile;
+      collecting = new Set();
+      namedEgress = false;
+      let ingress = compileDirection('ingress', p);
+      let egress = compileDirection('egress', p);
+      const texts = collecting;
+      collecting = null;
+      const old = shared.previousProfiles?.get(key);
+      if (old && sameEntries(old.ingress, ingress)) ingress = old.ingress;
+      if (old && sameEntries(old.egress, egress)) egress = old.egress;
+      const names = [...new Set([...ingress, ...egress].map((e) => e.peerSet).filter((n): n is string => n !== null))];
+      profile = { ingress, egress, sets: names.map((n) => [n, sets.get(n)!]), texts, everyPod: namedEgress };
+      shared.profiles.set(key, profile);
+      return profile;
+    };
+    const kept = new Map<string, CachedPod>();
+    const texts = new Set<string>();
+    const seen = new Set<Profile>();
+    const out = local.map((p): CompiledPod => {
+      const profile = profileOf(p);
+      if (!seen.has(profile)) {
+        seen.add(profile);
+        for (const [name, cidrs] of profile.sets) sets.set(name, cidrs);
+        for (const t of profile.texts) texts.add(t);
+      }
+      const id = idOfPod(p);
+      const before = cache.pods.get(id);
+      const pod =
+        before && before.src === p && before.pod.ingress === profile.ingress && before.pod.egress === profile.egress
+          ? before.pod
+          : {
+              namespace: p.namespace,
+              name: p.name,
+              addresses: addressesOf(p),
+              ingress: profile.ingress,
+              egress: profile.egress,
+            };
+      kept.set(id, { key: '', pod, sets: profile.sets, src: p, everyPod: profile.everyPod });
+      return pod;
+    });
+    cache.pods = kept;
+    cache.texts = texts;
+    cache.last = undefined;
+    return { pods: out, sets: new Map([...sets].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) };
   }
   const kept = new Map<string, CachedPod>();
   const keptInOrder: CachedPod[] = [];
@@ -746,8 +1047,7 @@ export interface NodePolicyDelta {
  * means the same CIDRs).
  */
 export function diffNodePolicy(before: NodePolicy, after: NodePolicy): NodePolicyDelta | null {
-  const changed = (q: CompiledPod | undefined, p: CompiledPod) =>
-    q !== p && (!q || JSON.stringify(q) !== JSON.stringify(p));
+  const changed = (q: CompiledPod | undefined, p: CompiledPod) => !q || !sameCompiledPod(q, p);
   const pods: CompiledPod[] = [];
   let removedPods: string[] = [];
   // Usually the same pods in the same order (compilations sort them): compared in place, without a map.

@@ -27,11 +27,12 @@ import {
 } from '../domain/model.js';
 import type { ListedPodRecord, PodRecord, PolicyRepository, Snapshot } from '../store/policy.repository.js';
 import {
+  createPolicyFanout,
   sharePolicyViews,
-  watchNodePolicy,
   type NodePolicyMessage,
   type NodePolicyWatchOptions,
 } from '../watch-node-policy.js';
+import type { Logger } from '../../../lib/logger.js';
 import { toPod, worldOf } from '../world.js';
 
 /** The gRPC adapter of the policy service: validation at the edge, the store, and the evaluator. */
@@ -247,10 +248,21 @@ export function createPolicyHandlers(deps: {
   repo: PolicyRepository;
   notifier: Notifier;
   watch: NodePolicyWatchOptions;
+  logger?: Logger;
 }): Handlers<typeof PolicyServiceService> {
   const { repo } = deps;
   // Polls reuse a read begun within half a poll: a replica reads at most twice per poll interval without NOTIFYs.
   const views = sharePolicyViews(repo, deps.notifier, deps.watch.pollMs / 2);
+  // One compilation per view for every stream of the replica.
+  const fanout = createPolicyFanout({
+    views,
+    notifier: deps.notifier,
+    options: deps.watch,
+    onError: (err) =>
+      deps.logger?.warn('policy watch cannot read the policy tables; the streams keep their rules and retry', {
+        err: (err as Error).message,
+      }),
+  });
   return {
     async upsertNamespace(req) {
       return {
@@ -419,9 +431,7 @@ export function createPolicyHandlers(deps: {
     },
     async *watchNodePolicy(req, { signal }) {
       if (!req.node) throw invalidPolicy('node', "is required: the watching node's name");
-      for await (const m of watchNodePolicy({ views, notifier: deps.notifier, options: deps.watch }, req.node, signal, {
-        acceptDeltas: req.acceptDeltas,
-      })) {
+      for await (const m of fanout.watch(req.node, signal, { acceptDeltas: req.acceptDeltas })) {
         const whole = toPbWatchResponse(m);
         if (req.acceptChunks) yield* chunkWatchResponse(whole);
         else yield whole;
