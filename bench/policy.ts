@@ -15,9 +15,11 @@ import {
 import type { World } from '../services/policy/domain/evaluate.js';
 import { toPbWatchResponse } from '../services/policy/rpc/policy.rpc.js';
 import { WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
-import type { NodeRules, PolicyPlan } from '../node-dataplane/domain/network-policy.js';
-import { createPolicyDriver, type PolicyDriver } from '../node-dataplane/kernel/iptables-policy.js';
-import { createPolicyProgrammer, type PolicyProgrammer } from '../node-dataplane/policy-programmer.js';
+import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
+import { ORDER } from '../node-dataplane/drivers/order.js';
+import { createPolicyDrivers, policyKinds } from '../node-dataplane/drivers/policy.js';
+import { createDataplane, type ApplyReport } from '../node-dataplane/kernel-table/dataplane.js';
+import { createFilterAccess, createIpsetAccess, readPodVeths } from '../node-dataplane/kernel/iptables-policy.js';
 import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
 import { median, ms, printTable, type Row } from './support.js';
 
@@ -25,8 +27,9 @@ import { median, ms, printTable, type Row } from './support.js';
  * bench/policy: network policy from the policy service's compile input to the node's kernel, in network namespaces of
  * its own, beside the floor from ../shared/baselines/iptables-floor.sh in the same run. Each path is the code the
  * service and the agent run: compile (with the stream's compile cache), the stream message (complete or delta)
- * encoded and decoded as protobuf, the agent applying it to the rules held, then the agent's policy step (render,
- * plan, `ipset restore`, `iptables-restore --noflush`). Not included: the service's snapshot read from PostgreSQL
+ * encoded and decoded as protobuf, the agent applying it to the rules held, then the agent's policy manager and
+ * drivers (render into the ipset and filter tables, apply what is pending: `ipset restore`, `iptables-restore
+ * --noflush`). Not included: the service's snapshot read from PostgreSQL
  * and the network hop (test/policy.rpc.test.ts measures ApplyPolicies to a watching node at the local scale).
  *  - 1,000 local pods × 10 rules from scratch (the agent's first pass: it reads the empty kernel back), beside
  *    iptables-restore of 10,000 rules laid out per endpoint;
@@ -50,7 +53,8 @@ const IPERF_SECONDS = Number(process.env.WEFT_BENCH_IPERF_SECONDS ?? 3);
 /** iperf3 rounds (each: bare, none and with, in rotating order). */
 const IPERF_ROUNDS = Number(process.env.WEFT_BENCH_IPERF_ROUNDS ?? 6);
 const here = path.dirname(fileURLToPath(import.meta.url));
-const FLOOR = path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
+/** The floor script (WEFT_BENCH_FLOOR: its path when the checkout is not beside `shared/`, a worktree say). */
+const FLOOR = process.env.WEFT_BENCH_FLOOR ?? path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
 /** iperf3's port: inside the 10 ports every pod's policy allows. */
 const PORT = 1005;
 
@@ -94,61 +98,86 @@ const inNs =
   (file, args, opts) =>
     runHere('ip', ['netns', 'exec', ns, file, ...args], { ...opts, timeoutMs: 120_000 });
 
-/** The policy service's side of one stream and the agent's, joined by the encoded message. */
-function pipeline(world: World, driver: PolicyDriver) {
+/**
+ * The policy service's side of one stream and the agent's, joined by the encoded message. The agent's side is its
+ * IPv4 policy manager and drivers on the real ipset and iptables of `ns`; the pods' veths are the real ones (host
+ * routes) plus made-up names for the pods that have none (`fake`). `kernel` gets, per pass, the time from the first
+ * restore to the new rules in force.
+ */
+function pipeline(world: World, ns: string, tag: string, fake: boolean, kernel: number[]) {
   const cache: CompileCache = createCompileCache();
-  const programmer: PolicyProgrammer = createPolicyProgrammer(driver);
   let sent: NodePolicy | null = null;
   let held: NodeRules | null = null;
   let revision = 0;
+  let firstRestore = NaN;
+  let inForceAt = NaN;
+  const onRestore = (what: 'ipset' | 'filter', op: 'update' | 'delete', done: boolean) => {
+    if (op !== 'update') return;
+    if (!done && Number.isNaN(firstRestore)) firstRestore = performance.now();
+    if (done && what === 'filter') inForceAt = performance.now();
+  };
+  const run = inNs(ns);
+  const policy = createPolicyDrivers({
+    family: 4,
+    ipsets: createIpsetAccess({ family: 4, run, onRestore }),
+    filter: createFilterAccess({ family: 4, run, onRestore }),
+  });
+  const kinds = policyKinds(4);
+  const dataplane = createDataplane({
+    drivers: [policy.ipsets, policy.filter],
+    order: ORDER.filter((p) => kinds.includes(p.kind)),
+  });
+  let veths: Map<string, string> | null = null;
+  const readVeths = async () => {
+    const out = await readPodVeths({ routeProtocol: 87, family: 4, run });
+    if (fake) for (let i = 0; i < PODS; i++) if (!out.has(addressOf(i))) out.set(addressOf(i), vethOf(i, tag));
+    return out;
+  };
   return {
-    programmer,
     held: () => held,
-    /** From the compile input to the kernel; returns the plan and where the time went (in force: the new rules applied, before the old ones are removed). */
+    /** One agent pass over the rules held (`readBack`: marked for resync, as at the first pass and the periodic one). */
+    async pass(readBack: boolean) {
+      if (readBack) {
+        dataplane.markForResync();
+        veths = null;
+      }
+      veths ??= await readVeths();
+      policy.compute(held, veths);
+      firstRestore = inForceAt = NaN;
+      const report = await dataplane.apply();
+      if (report.failed.length > 0 || report.held.length > 0 || report.readFailures.length > 0)
+        throw new Error(`the policy pass failed: ${JSON.stringify(report).slice(0, 500)}`);
+      if (!Number.isNaN(inForceAt)) kernel.push(inForceAt - firstRestore);
+      return report;
+    },
+    /** From the compile input to the kernel; returns what changed and where the time went (in force: the new rules applied, before the old ones are removed). */
     async push(pods: PlacedPod[], readBack: boolean) {
       const t0 = performance.now();
-      const policy = compileNodePolicy(world, pods, 'n1', cache);
-      const delta = sent ? diffNodePolicy(sent, policy) : null;
+      const compiled = compileNodePolicy(world, pods, 'n1', cache);
+      const delta = sent ? diffNodePolicy(sent, compiled) : null;
       const message = toPbWatchResponse(
         sent
           ? { revision: ++revision, bookmark: false, policy: null, delta }
-          : { revision: ++revision, bookmark: false, policy, delta: null },
+          : { revision: ++revision, bookmark: false, policy: compiled, delta: null },
       );
-      sent = policy;
+      sent = compiled;
       const bytes = WatchNodePolicyResponse.encode(message).finish();
       const t1 = performance.now();
       held = applyPolicyMessage(held, WatchNodePolicyResponse.decode(bytes));
-      let inForce = NaN;
-      const r = await programmer.program(held, { readBack, inForce: () => (inForce = performance.now()) });
+      const report = await this.pass(readBack);
       const t2 = performance.now();
-      return { plan: r.plan, service: t1 - t0, inForce: inForce - t0, total: t2 - t0, bytes: bytes.length };
+      return {
+        report,
+        /** Rules in the filter table after the pass. */
+        rules: [...policy.filter.table.cache.values()].reduce((n, r) => n + r.length, 0),
+        service: t1 - t0,
+        inForce: inForceAt - t0,
+        total: t2 - t0,
+        bytes: bytes.length,
+      };
     },
   };
 }
-
-/** A driver in `ns` whose veths are the real ones (host routes) plus made-up names for the pods that have none. */
-function benchDriver(ns: string, tag: string, fake: boolean, kernel: number[]): PolicyDriver {
-  const real = createPolicyDriver({ routeProtocol: 87, run: inNs(ns) });
-  return {
-    read: real.read,
-    podVeths: async () => {
-      const veths = await real.podVeths();
-      if (fake) for (let i = 0; i < PODS; i++) if (!veths.has(addressOf(i))) veths.set(addressOf(i), vethOf(i, tag));
-      return veths;
-    },
-    apply: async (plan: PolicyPlan, opts) => {
-      const t = performance.now();
-      await real.apply(plan, {
-        inForce: () => {
-          kernel.push(performance.now() - t);
-          opts?.inForce?.();
-        },
-      });
-    },
-  };
-}
-
-const countRules = (plan: PolicyPlan) => (plan.filter ?? '').split('\n').filter((l) => l.startsWith('-A ')).length;
 
 type Figures = {
   full: number[];
@@ -167,6 +196,7 @@ type Change = {
   bytes: number[];
 };
 const change = (): Change => ({ inForce: [], service: [], agent: [], kernel: [], total: [], bytes: [] });
+const changed = (r: ApplyReport) => r.changes.map((c) => `${c.op} ${c.kind} ${c.key}`);
 
 async function programming(f: Figures) {
   const tag = randomBytes(2).toString('hex');
@@ -175,13 +205,13 @@ async function programming(f: Figures) {
   try {
     const kernel: number[] = [];
     const world = worldOf();
-    const p = pipeline(world, benchDriver(ns, tag, true, kernel));
+    const p = pipeline(world, ns, tag, true, kernel);
     let pods = Array.from({ length: PODS }, (_, i) => podOf(i));
     const first = await p.push(pods, true);
     f.full.push(first.inForce);
     f.fullKernel.push(kernel.at(-1)!);
     f.fullService.push(first.service);
-    f.rules.push(countRules(first.plan));
+    f.rules.push(first.rules);
     if (process.env.WEFT_BENCH_DEBUG)
       process.stderr.write(
         `from scratch: ${JSON.stringify({ inForce: first.inForce, service: first.service, kernel: kernel.at(-1) })}\n`,
@@ -190,9 +220,9 @@ async function programming(f: Figures) {
       pods = pods.map((q, j) => (j === i ? podOf(i, app) : q));
       kernel.length = 0;
       const r = await p.push(pods, false);
-      if (r.plan.changed.length === 0 || r.plan.changed.length > 6)
+      if (r.report.changes.length === 0 || r.report.changes.length > 6)
         throw new Error(
-          `one pod's change should rewrite a few chains, not ${r.plan.changed.length}: ${r.plan.changed.slice(0, 5).join(', ')}`,
+          `one pod's change should rewrite a few chains, not ${r.report.changes.length}: ${changed(r.report).slice(0, 5).join(', ')}`,
         );
       into.inForce.push(r.inForce);
       into.service.push(r.service);
@@ -210,10 +240,10 @@ async function programming(f: Figures) {
       await relabel(i, 'moved', f.dropped);
       await relabel(i, `p${i}`, f.dropped);
     }
-    // The agent's record matches the kernel: a read-back pass finds nothing to do.
-    const check = await p.programmer.program(p.held(), { readBack: true });
-    if (check.plan.changed.length > 0)
-      throw new Error(`the kernel differs from what the agent recorded: ${check.plan.changed.slice(0, 5).join(', ')}`);
+    // The drivers' caches match the kernel: a read-back pass finds nothing to do.
+    const check = await p.pass(true);
+    if (check.changes.length > 0)
+      throw new Error(`the kernel differs from the drivers' caches: ${changed(check).slice(0, 5).join(', ')}`);
   } finally {
     await runHere('ip', ['netns', 'del', ns]).catch(() => {});
   }
@@ -308,13 +338,13 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
       },
       none: async () => {
         await configure.bare();
-        await pipeline({ ...worldOf(), networkPolicies: [] }, benchDriver(node, tag, true, [])).push(pods, true);
+        await pipeline({ ...worldOf(), networkPolicies: [] }, node, tag, true, []).push(pods, true);
       },
       with: async () => {
         await configure.bare();
-        const full = await pipeline(worldOf(), benchDriver(node, tag, true, [])).push(pods, true);
-        if (!full.plan.changed.some((c) => c.startsWith(`chain WEFT-I-${vethOf(B, tag)}-`)))
-          throw new Error(`b's ingress entries were not installed: ${full.plan.changed.slice(0, 5).join(', ')}`);
+        const full = await pipeline(worldOf(), node, tag, true, []).push(pods, true);
+        if (!full.report.changes.some((c) => c.key.startsWith(`WEFT-I-${vethOf(B, tag)}-`)))
+          throw new Error(`b's ingress entries were not installed: ${changed(full.report).slice(0, 5).join(', ')}`);
       },
     };
     await configure.with();

@@ -14,21 +14,19 @@ import { AgentServiceService } from '../gen/weft/agent/v1/agent.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
-import { createCniHandlers } from './cni-endpoint.js';
+import { createCniHandlers } from './cni-endpoint/endpoint.js';
 import { installCni } from './cni-install.js';
 import { loadAgentConfig } from './config.js';
 import { enableForwarding, type HostPaths } from './kernel/host-paths.js';
 import { createNatAccess, createNatDriver } from './kernel/iptables-nat.js';
 import { closeOwnConnections } from './kernel/own-connections.js';
-import { createPolicyDriver as createIptablesPolicy } from './kernel/iptables-policy.js';
+import { createFilterAccess, createIpsetAccess, readPodVeths } from './kernel/iptables-policy.js';
 import { createOverlayNetlink } from './kernel/netlink-overlay.js';
 import { detectUnderlay } from './kernel/underlay.js';
 import { createVxlanDeviceAccess, ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacFor } from './kernel/vxlan-device.js';
 import { FDB } from './drivers/fdb.js';
 import { NEIGHBOUR } from './drivers/neighbours.js';
-import { createNetworkPolicyDriver } from './drivers/policy.js';
 import { ROUTE } from './drivers/routes.js';
-import { createPolicyProgrammer } from './policy-programmer.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
 import { createPendingReleases } from './pending-releases.js';
@@ -155,15 +153,11 @@ async function main(): Promise<void> {
     logger,
     devices: () => ({ vxlan: reconciler.overlay().ifindex, underlay: reconciler.overlay().underlayIfindex ?? 0 }),
   });
-  const policyDriver = (family: 4 | 6) =>
-    createNetworkPolicyDriver(
-      createPolicyProgrammer(
-        createIptablesPolicy({ routeProtocol: config.routeProtocol, family }),
-        config.vxlanDevice,
-        family,
-      ),
-      family,
-    );
+  const policyAccess = (family: 4 | 6) => ({
+    ipsets: createIpsetAccess({ family }),
+    filter: createFilterAccess({ family }),
+    veths: () => readPodVeths({ routeProtocol: config.routeProtocol, family }),
+  });
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
@@ -183,7 +177,7 @@ async function main(): Promise<void> {
     // not given meets the fail-closed drop. With dual-stack pods it is required.
     policy: {
       rules: () => policy?.rules() ?? null,
-      drivers: [policyDriver(4), policyDriver(6)],
+      families: { 4: policyAccess(4), 6: policyAccess(6) },
       ipv6Required: config.podFamilies.includes('ipv6'),
     },
     resyncMs: config.resyncMs,

@@ -89,7 +89,7 @@ export function createPassReporter(opts: {
         if (f.optional)
           logOptionalFailure(
             f.kind,
-            `cannot program ${f.kind} (a node without IPv6 NAT?); retried at the next resync`,
+            `cannot program ${f.kind} (IPv6 ${f.kind.startsWith('nat') ? 'NAT' : 'ip6tables or ipset'} missing on this node?); retried at the next resync`,
             f.error,
           );
         else {

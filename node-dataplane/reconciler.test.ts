@@ -11,14 +11,11 @@ import {
   type Routing,
 } from './domain/desired.js';
 import { MASQUERADE_CHAIN, type NatChain } from './domain/masquerade.js';
-import type { PolicyPlan } from './domain/network-policy.js';
-import { createNetworkPolicyDriver } from './drivers/policy.js';
+import { chainWrites, desiredPolicy, filterEntries, type NodeRules } from './domain/network-policy.js';
 import { createFakeKernel, type FakeKernel } from './kernel-table/fake-kernel.js';
-import type { PolicyDriver as IptablesPolicy } from './kernel/iptables-policy.js';
 import { vxlanStateFor, type VxlanDeviceState } from './kernel/vxlan-device.js';
 import { createAgentMetrics } from './metrics.js';
-import { createPolicyProgrammer } from './policy-programmer.js';
-import { createReconciler, type Reconciler } from './reconciler.js';
+import { createReconciler, type PolicyAccess, type Reconciler } from './reconciler.js';
 import type { RoutesSnapshot } from './sources/routes-watch.js';
 
 const spec = {
@@ -48,20 +45,31 @@ function fakeNode(opts: { device?: boolean } = {}) {
   return { kernel: { device, neighbours, fdb, routes, nat4, nat6 }, all, writes, reads, clear };
 }
 
-/** Fake iptables and ipset behind the policy programmer: counts reads back (iptables-save, ipset save, veths). */
-function fakeIptables(family: 4 | 6, opts: { fail?: () => Error | null; written?: string[] } = {}) {
-  const calls: string[] = [];
-  const driver: IptablesPolicy = {
-    read: async () => (calls.push('read'), { chains: new Map(), jumps: 0, sets: new Map() }),
-    podVeths: async () => (calls.push('veths'), new Map<string, string>()),
-    apply: async (plan: PolicyPlan) => {
-      const err = opts.fail?.();
-      if (err) throw err;
-      calls.push('apply');
-      if (plan.filter) opts.written?.push(`${family}: ${plan.filter.split('\n').find((l) => l.includes('-j DROP'))}`);
-    },
+/** Fake ipset and iptables of one family (batch writes, anchors as iptables-restore leaves them), and the pods' veths. */
+function fakePolicy(family: 4 | 6) {
+  const ipsets = createFakeKernel<string[]>([], { batch: true });
+  const filter = createFakeKernel<string[]>([], {
+    batch: true,
+    held: (chain, rules, before) => chainWrites([{ chain, rules, held: before }]).held.get(chain)!,
+  });
+  let vethReads = 0;
+  const veths = new Map<string, string>();
+  const access: PolicyAccess = {
+    ipsets,
+    filter,
+    veths: async () => (vethReads++, new Map(veths)),
   };
-  return { calls, driver: createNetworkPolicyDriver(createPolicyProgrammer(driver, 'weft.vxlan', family), family) };
+  const dropLine = () => filter.entries.get('WEFT-FROM-POD')?.find((l) => l.endsWith('-j DROP'));
+  return {
+    family,
+    access,
+    veths,
+    ipsets,
+    filter,
+    /** Reads back: `ipset save`, `iptables-save`, the veths. */
+    reads: () => ipsets.reads + filter.reads + vethReads,
+    dropLine,
+  };
 }
 
 const remote: RemoteNode = {
@@ -271,19 +279,19 @@ test('direct mode refuses a node off the underlay subnet: nothing is written for
 
 test('what a pass reads back follows what is marked, not why it runs: route changes read nothing, events their kind, pods the policy, the resync everything', async () => {
   const k = fakeNode();
-  const p4 = fakeIptables(4);
+  const p4 = fakePolicy(4);
   const snap: RoutesSnapshot = { nodes: new Map([['b', remote]]), revision: 1, synced: true };
   let rules: { revision: number; pods: []; sets: Map<string, string[]> } | null = null;
   const { r } = setup(k, snap, {
     pools: () => ['10.244.0.0/16'],
-    policy: { rules: () => rules, drivers: [p4.driver] },
+    policy: { rules: () => rules, families: { 4: p4.access } },
   });
-  const reads = () => ({ ...k.reads(), policy: p4.calls.filter((c) => c !== 'apply').length });
+  const reads = () => ({ ...k.reads(), policy: p4.reads() });
   try {
     await r.flush();
     assert.deepEqual(
       reads(),
-      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 2 },
+      { device: 1, neighbours: 1, fdb: 1, routes: 1, nat4: 1, nat6: 1, policy: 3 },
       'the first pass reads everything back',
     );
     assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN)?.rules, [
@@ -319,7 +327,7 @@ test('what a pass reads back follows what is marked, not why it runs: route chan
     await r.flush('policy');
     expectReads('new rules: applied against what was last written', {});
     await r.flush('pods');
-    expectReads('a pod attached or detached: the policy reads back', { policy: 2 });
+    expectReads('a pod attached or detached: the policy reads back (sets, chains, veths)', { policy: 3 });
     await r.flush('device');
     expectReads('a link event: the device and what lives on it', { device: 1, neighbours: 1, fdb: 1, routes: 1 });
     await r.flush('resync');
@@ -330,7 +338,7 @@ test('what a pass reads back follows what is marked, not why it runs: route chan
       routes: 1,
       nat4: 1,
       nat6: 1,
-      policy: 2,
+      policy: 3,
     });
   } finally {
     r.stop();
@@ -383,48 +391,43 @@ test('a VXLAN device deleted by hand is made again and everything on it re-added
 
 test('IPv6 policy is programmed beside IPv4; dual-stack attach waits for it; its failure fails the pass only when pods are dual-stack', async () => {
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
-  const written: string[] = [];
-  let fail6: Error | null = new Error('ip6tables-restore: table filter does not exist');
-  const make = (ipv6Required: boolean) =>
-    setup(fakeNode(), snap, {
+  const make = (ipv6Required: boolean) => {
+    const p4 = fakePolicy(4);
+    const p6 = fakePolicy(6);
+    p6.filter.fail('write', '*', Infinity, 'ip6tables-restore: table filter does not exist');
+    const { r } = setup(fakeNode(), snap, {
       retryMs: 10,
-      policy: {
-        rules: () => null,
-        drivers: [fakeIptables(4, { written }).driver, fakeIptables(6, { written, fail: () => fail6 }).driver],
-        ipv6Required,
-      },
-    }).r;
+      policy: { rules: () => null, families: { 4: p4.access, 6: p6.access }, ipv6Required },
+    });
+    return { r, p4, p6 };
+  };
   // Not required (IPv4-only pods): IPv4 is programmed and the pass succeeds; IPv6 is not in force.
   const relaxed = make(false);
   try {
-    await relaxed.flush();
-    assert.deepEqual(written, [
-      '4: -A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
-    ]);
-    await assert.rejects(relaxed.whenPolicyInForce(6, 50), /IPv6 policy not programmed within 50 ms/);
-    await relaxed.whenPolicyInForce(4, 50);
+    await relaxed.r.flush();
+    assert.equal(
+      relaxed.p4.dropLine(),
+      '-A WEFT-FROM-POD -m comment --comment "weft fail closed: no rules held yet" -j DROP',
+    );
+    assert.equal(relaxed.p6.dropLine(), undefined);
+    await assert.rejects(relaxed.r.whenPolicyInForce(6, 50), /IPv6 policy not programmed within 50 ms/);
+    await relaxed.r.whenPolicyInForce(4, 50);
   } finally {
-    relaxed.stop();
+    relaxed.r.stop();
   }
   // Required (dual-stack pods): the pass fails and is retried until ip6tables takes the rules; a waiting attach goes on then.
-  written.length = 0;
   const strict = make(true);
   try {
-    const waiting = strict.whenPolicyInForce(6, 5000);
-    strict.markDirty('start');
+    const waiting = strict.r.whenPolicyInForce(6, 5000);
+    strict.r.markDirty('start');
     await sleep(50);
-    assert.deepEqual(
-      written.filter((w) => w.startsWith('6')),
-      [],
-    );
-    fail6 = null;
+    assert.equal(strict.p6.dropLine(), undefined);
+    assert.ok(strict.p6.filter.reads > 1, 'retried, reading ip6tables back');
+    strict.p6.filter.clearFailures();
     await waiting;
-    assert.ok(
-      written.some((w) => w.startsWith('6: -A WEFT-FROM-POD') && w.endsWith('-j DROP')),
-      'the same fail-closed dispatch in ip6tables',
-    );
+    assert.ok(strict.p6.dropLine()?.startsWith('-A WEFT-FROM-POD'), 'the same fail-closed dispatch in ip6tables');
   } finally {
-    strict.stop();
+    strict.r.stop();
   }
 });
 
@@ -475,6 +478,50 @@ test('masquerade: pools learnt while a pass runs leave the chain a restarted age
     await r.flush('pools');
     assert.deepEqual(k.kernel.nat4.requests, [], 'the chain was neither removed nor rewritten');
     assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN), chain);
+  } finally {
+    r.stop();
+  }
+});
+
+test("a restarted agent keeps the policy it finds until its first rule set; then only the rules' changes are written", async () => {
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
+  const p4 = fakePolicy(4);
+  p4.veths.set('10.244.0.5', 'weft00000000001');
+  const pod = (port: number) => ({
+    namespace: 'x',
+    name: 'a',
+    addresses: ['10.244.0.5'],
+    ingress: [
+      {
+        tier: 'networkpolicy' as const,
+        action: 'allow' as const,
+        peerSet: 'weft-000000000000000a',
+        protocol: 'TCP' as const,
+        ports: { from: port, to: port },
+        source: 'NetworkPolicy/x/p ingress[0]',
+      },
+    ],
+    egress: [],
+  });
+  const before: NodeRules = {
+    revision: 3,
+    pods: [pod(80)],
+    sets: new Map([['weft-000000000000000a', ['10.0.0.1/32']]]),
+  };
+  const held = desiredPolicy(before, p4.veths);
+  for (const [k, v] of filterEntries({ chains: held.chains, jumps: 1, sets: new Map() })) p4.filter.entries.set(k, v);
+  for (const [k, v] of held.sets) p4.ipsets.entries.set(k, v);
+  let rules: NodeRules | null = null;
+  const { r } = setup(fakeNode(), snap, { policy: { rules: () => rules, families: { 4: p4.access } } });
+  try {
+    await r.flush();
+    assert.deepEqual([...p4.filter.batches, ...p4.ipsets.batches], [], 'nothing rewritten, nothing removed');
+    await r.whenPolicyInForce(4, 50);
+    rules = { ...before, revision: 4, pods: [pod(443)] };
+    await r.flush('policy');
+    assert.equal(p4.filter.batches.length, 2, 'the new entries chain and the anchor; then the old rule and chain');
+    assert.match(p4.filter.batches[0]!, /^update WEFT-I-weft00000000001-[0-9a-f]{4} WEFT-P-weft00000000001$/);
+    assert.deepEqual(p4.ipsets.batches, [], 'the set is unchanged');
   } finally {
     r.stop();
   }

@@ -16,7 +16,7 @@ import { createFdbDriver, FDB } from './drivers/fdb.js';
 import { createNatDriver, desiredNat, natKind } from './drivers/nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './drivers/neighbours.js';
 import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
-import { createNetworkPolicy, type NetworkPolicyDriver } from './drivers/policy.js';
+import { createInForceWaiters, createPolicyDrivers, policyKinds, type PolicyFamilyDrivers } from './drivers/policy.js';
 import { createRouteDriver, ROUTE } from './drivers/routes.js';
 import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
 import { createDataplane, type KernelAccess } from './kernel-table/dataplane.js';
@@ -47,7 +47,15 @@ export interface KernelAccesses {
   nat6?: KernelAccess<NatChain>;
 }
 
-/** What may be marked for resync: a kind of the dataplane's, or network policy (chains, sets and pod veths). */
+/** Network policy's kernel access of one family: its ipsets, its filter chains, and the local pods' veths. */
+export interface PolicyAccess {
+  ipsets: KernelAccess<string[]>;
+  filter: KernelAccess<string[]>;
+  /** Local pod address of the family → its host veth (an input of the policy manager, read when policy is marked). */
+  veths(): Promise<Map<string, string>>;
+}
+
+/** What may be marked for resync: a kind of the dataplane's, or network policy (every family's sets, chains and pod veths). */
 export type ResyncKind = typeof DEVICE | typeof NEIGHBOUR | typeof FDB | typeof ROUTE | 'nat' | 'policy';
 
 export interface Reconciler {
@@ -100,12 +108,13 @@ export function createReconciler(deps: {
   underlayIfindex?: number;
   /** The cluster's pools, for masquerade (null until known: the nat chains are left as they are). */
   pools?: () => string[] | null;
-  /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and a driver per family. */
+  /** Network policy: the node's rules (null until the first rule set: every local pod is dropped) and its kernel per family. */
   policy?: {
     rules: () => NodeRules | null;
-    drivers: readonly NetworkPolicyDriver[];
+    families: { 4: PolicyAccess; 6?: PolicyAccess };
     /** Pods are dual-stack: an IPv6 failure fails the pass like an IPv4 one. Otherwise it is logged once and retried at the next resync. */
     ipv6Required?: boolean;
+    vxlanDevice?: string;
   };
   resyncMs: number;
   logger: Logger;
@@ -129,15 +138,39 @@ export function createReconciler(deps: {
     ...createNatDriver(deps.kernel[`nat${family}`] ?? absent, family),
     ready: () => !!deps.kernel[`nat${family}`] && natDesired,
   }));
+  /** Per family: its drivers, and the pods' veths (null: never read; `stale`: to be read again). */
+  type PolicyFamily = PolicyFamilyDrivers & { access: PolicyAccess; veths: Map<string, string> | null; stale: boolean };
+  const policy: PolicyFamily[] = [];
+  for (const family of [4, 6] as const) {
+    const access = deps.policy?.families[family];
+    if (!access) continue;
+    const p: PolicyFamily = {
+      ...createPolicyDrivers({
+        family,
+        ipsets: access.ipsets,
+        filter: access.filter,
+        vxlanDevice: deps.policy!.vxlanDevice ?? deviceName,
+        optional: family === 6 && !deps.policy!.ipv6Required,
+        ready: () => p.veths !== null,
+      }),
+      access,
+      veths: null,
+      stale: true,
+    };
+    policy.push(p);
+  }
+  const drivers = [
+    device,
+    createNeighbourDriver(deps.kernel.neighbours, deviceName),
+    createFdbDriver(deps.kernel.fdb, deviceName),
+    createRouteDriver(deps.kernel.routes, deviceName),
+    ...nat,
+    ...policy.flatMap((p) => [p.ipsets, p.filter]),
+  ];
+  const kinds = new Set(drivers.map((d) => d.kind));
   const dataplane = createDataplane({
-    drivers: [
-      device,
-      createNeighbourDriver(deps.kernel.neighbours, deviceName),
-      createFdbDriver(deps.kernel.fdb, deviceName),
-      createRouteDriver(deps.kernel.routes, deviceName),
-      ...nat,
-    ],
-    order: ORDER,
+    drivers,
+    order: ORDER.filter((p) => kinds.has(p.kind)),
     dependents: DEPENDENTS,
     maxInFlight: deps.maxInFlight,
   });
@@ -167,30 +200,44 @@ export function createReconciler(deps: {
   const reporter = createPassReporter({
     logger: deps.logger,
     metrics,
-    optional: nat.filter((d) => d.optional).map((d) => d.kind),
+    optional: drivers.filter((d) => d.optional).map((d) => d.kind),
     masquerade: nat.map((d) => d.kind),
     pools: () => deps.pools?.() ?? null,
   });
 
-  const policy = deps.policy
-    ? createNetworkPolicy({
-        drivers: deps.policy.drivers,
-        ipv6Required: deps.policy.ipv6Required,
-        logger: deps.logger,
-        onWritten: () => metrics.kernelChanges.add(1, { op: 'add', kind: 'policy' }),
-      })
-    : null;
+  const inForce = createInForceWaiters();
 
   function markForResync(kinds: readonly ResyncKind[]): void {
     for (const kind of kinds) {
-      if (kind === 'policy') policy?.markForResync();
-      else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
+      if (kind === 'policy') {
+        // The pods' veths are read again too (pods came or went).
+        for (const p of policy) p.stale = true;
+        dataplane.markForResync(policy.flatMap((p) => policyKinds(p.family)));
+      } else if (kind === 'nat') dataplane.markForResync(nat.map((d) => d.kind));
       else dataplane.markForResync([kind]);
     }
   }
 
+  /**
+   * Network policy's manager input: the local pods' veths of each family, read when policy was marked for resync or
+   * when the rules name a pod address of the family that has no veth yet (read side by side).
+   */
+  async function readVeths(rules: NodeRules | null): Promise<void> {
+    const missing = (p: PolicyFamily) =>
+      rules?.pods.some((pod) => pod.addresses.some((a) => a.includes(':') === (p.family === 6) && !p.veths!.has(a))) ??
+      false;
+    // A failed read keeps the veths last read (none: the family's tables wait), and is retried.
+    await Promise.all(
+      policy.map(async (p) => {
+        if (p.veths && !p.stale && !missing(p)) return;
+        p.veths = await p.access.veths();
+        p.stale = false;
+      }),
+    );
+  }
+
   /** The managers: desired entries for every table from the current inputs (pure computations). */
-  function computeTables(snap: RoutesSnapshot): void {
+  function computeTables(snap: RoutesSnapshot, rules: NodeRules | null): void {
     const spec = deps.vxlan();
     tableOf<VxlanDeviceState>(DEVICE).replaceDesired(new Map([[spec.name, vxlanStateFor(spec)]]));
     const desired = computeDesired(deps.self, snap.nodes.values(), routing);
@@ -202,6 +249,7 @@ export function createReconciler(deps: {
     const pools = deps.pools?.() ?? null;
     natDesired = pools !== null;
     if (pools) for (const d of nat) d.table.replaceDesired(desiredNat(pools, d.kind === natKind(6) ? 6 : 4));
+    for (const p of policy) if (p.veths) p.compute(rules, p.veths);
 
     reporter.desired(desired);
   }
@@ -209,16 +257,22 @@ export function createReconciler(deps: {
   async function pass(why: DirtyReason[]): Promise<PassResult> {
     const snap = deps.snapshot();
     if (!snap.synced) return 'unsynced';
-    computeTables(snap);
+    const rules = deps.policy?.rules() ?? null;
+    let vethsFailed = false;
+    await readVeths(rules).catch((err: unknown) => {
+      vethsFailed = true;
+      deps.logger.error("cannot read the pods' veths; retrying", { err: (err as Error).message });
+    });
+    computeTables(snap, rules);
     const t0 = performance.now();
     const applied = await dataplane.apply();
     const seconds = (performance.now() - t0) / 1000;
     if (applied.changes.length > 0) metrics.applyDuration.record(seconds);
-    const overlayFailed = reporter.applied(applied, why, seconds);
+    const failed = reporter.applied(applied, why, seconds);
     if (dataplane.pending([DEVICE, ...OVERLAY_KINDS]) === 0) metrics.revisionApplied.set(snap.revision);
-    const policed = policy ? await policy.apply(deps.policy!.rules()) : { changed: false, failed: false };
-    if (overlayFailed || policed.failed) return 'failed';
-    return applied.changes.length > 0 || policed.changed ? 'applied' : 'unchanged';
+    for (const p of policy) if (p.inForce()) inForce.notify(p.family);
+    if (failed || vethsFailed) return 'failed';
+    return applied.changes.length > 0 ? 'applied' : 'unchanged';
   }
 
   function retryLater(): void {
@@ -315,8 +369,8 @@ export function createReconciler(deps: {
       markDirty('underlay');
     },
     whenPolicyInForce(family, timeoutMs) {
-      return policy
-        ? policy.whenInForce(family, timeoutMs)
+      return policy.length > 0
+        ? inForce.whenInForce(family, timeoutMs)
         : Promise.reject(new Error('network policy is not programmed by this agent'));
     },
     stop() {

@@ -852,7 +852,7 @@ describe('weft-cni against a real agent on a local cluster', privilegedOrSkip(),
       process.kill(state!.controlPlane.pid, 'SIGCONT');
     }
     const doc = assertCniError(stalled, 50, '1.1.0');
-    assert.match(String(doc.msg), /cannot reach IPAM at dns:192\.0\.2\.2:7400/);
+    assert.match(String(doc.msg), /cannot reach IPAM at 192\.0\.2\.2:7400/);
     assertQuietSuccess(await cni('STATUS', null, netconf('1.1.0')));
   });
 

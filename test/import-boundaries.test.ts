@@ -74,6 +74,15 @@ test('the CNI plugin, the agent, the services and lib/ keep out of each other', 
     ['services/auth/store/x.ts', "export * from '../../ipam/store/schema.js';\n", PATHS, /over gRPC/],
     ['services/ipam/store/x.ts', "export * from '../../../gen/weft/ipam/v1/ipam.js';\n", PATHS, /stop at rpc/],
     ['node-dataplane/x.ts', "export * from '../services/routes/main.js';\n", PATHS, /never by import/],
+    // The CNI endpoint's use cases reach IPAM and the kernel through their ports only.
+    ['node-dataplane/cni-endpoint/attach.ts', "export * from '../kernel/pod-network.js';\n", PATHS, /ports/],
+    [
+      'node-dataplane/cni-endpoint/detach.ts',
+      "import { status } from '@grpc/grpc-js';\nexport const s = status;\n",
+      PATHS,
+      /ports/,
+    ],
+    ['node-dataplane/cni-endpoint/ports.ts', "export * from '../../gen/weft/ipam/v1/ipam.js';\n", PATHS, /ports/],
     ['lib/x.ts', "export * from '../cli/main.js';\n", PATHS, /lib\/ is shared/],
     ['services/routes/x.ts', "export * from '../../test/support/privileges.js';\n", PATHS, /Shipped code/],
     // An import that does not resolve would slip past every boundary, so it is refused itself.

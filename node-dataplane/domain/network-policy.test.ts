@@ -8,11 +8,8 @@ import {
   createRenderCache,
   desiredBeforeRules,
   desiredPolicy,
-  planPodChanges,
   planPolicy,
-  podChanges,
   readPolicyActual,
-  recordPodChanges,
   type NodeRules,
   type PolicyActual,
   type PolicyDesired,
@@ -394,104 +391,6 @@ test('an anchor is compared as a set of rules: another order plans nothing, a ru
     `*filter\n-D WEFT-P-weft00000000001 ${want[1]!.slice('-A WEFT-P-weft00000000001 '.length)}\nCOMMIT\n`,
     'one copy deleted',
   );
-});
-
-test("a few pods' new rules are planned alone, against the record, as the whole node would be", () => {
-  const SET_Z = 'weft-00000000000000cc';
-  const sets = new Map([
-    [SET_Y, ['10.244.1.7/32']],
-    [SET_OUT, ['192.0.2.0/24']],
-    [SET_Z, ['10.244.7.0/24']],
-    ['weft-00000000000000dd', ['fd00::/64']],
-  ]);
-  const tcp = (set: string, port: number) => entry({ peerSet: set, protocol: 'TCP', ports: { from: port, to: port } });
-  const pod = (i: number, ingress: PolicyEntry[], egress: PolicyEntry[] = []) => ({
-    namespace: 'x',
-    name: `p${i}`,
-    addresses: [`10.244.3.${i}`],
-    ingress,
-    egress,
-  });
-  const manyVeths = new Map(
-    Array.from({ length: 6 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]),
-  );
-  const r1: NodeRules = {
-    revision: 1,
-    sets,
-    pods: [
-      pod(0, [tcp(SET_Y, 80)]),
-      pod(1, [tcp(SET_Y, 80)]),
-      pod(2, [tcp(SET_OUT, 81)]),
-      pod(3, []),
-      pod(4, [], [tcp(SET_Y, 53)]),
-      pod(5, [tcp(SET_Y, 80)]),
-    ],
-  };
-  // p1 out of every policy; p2 to a new set (SET_OUT no longer used by anyone); p3 from none to entries; p4's egress
-  // to an IPv6-only set (no IPv4 rule); SET_Y stays, used by p0 and p5.
-  const next = [
-    pod(0, [tcp(SET_Y, 80)]),
-    pod(1, []),
-    pod(2, [tcp(SET_Z, 81)]),
-    pod(3, [tcp(SET_Y, 80)]),
-    pod(4, [], [tcp('weft-00000000000000dd', 53)]),
-  ];
-  const r2: NodeRules = {
-    revision: 2,
-    sets: new Map([...sets].filter(([n]) => n !== SET_OUT)),
-    pods: [...next, r1.pods[5]!],
-  };
-  r2.pods[0] = r1.pods[0]!;
-  const cache = createRenderCache();
-  const first = desiredPolicy(r1, manyVeths, undefined, cache);
-  const held: PolicyActual = { chains: first.chains, jumps: 1, sets: first.sets };
-  const changes = podChanges(r1.pods, r2.pods, 64)!;
-  assert.deepEqual(
-    changes.map((c) => c.after.name),
-    ['p1', 'p2', 'p3', 'p4'],
-  );
-  const full = planPolicy(desiredPolicy(r2, manyVeths), {
-    chains: new Map(held.chains),
-    jumps: 1,
-    sets: new Map(held.sets),
-  });
-  const { plan, record } = planPodChanges(
-    changes,
-    { before: r1.sets, after: r2.sets },
-    manyVeths,
-    held,
-    undefined,
-    cache,
-  );
-  assert.deepEqual(
-    [...plan.changed].sort(),
-    [...full.changed].sort(),
-    'the same chains and sets change as when the whole node is planned',
-  );
-  assert.ok(
-    !plan.filter!.includes('WEFT-TO-POD') && !plan.filter!.includes('WEFT-FROM-POD'),
-    'the dispatch chains are not touched',
-  );
-  assert.equal(
-    plan.setsAfter,
-    `destroy ${SET_OUT}\n`,
-    "a set no pod names any more is destroyed; SET_Y, still p0's and p5's, is not",
-  );
-  recordPodChanges(held, record);
-  const whole = desiredPolicy(r2, manyVeths);
-  assert.deepEqual(
-    new Map([...held.chains].sort()),
-    new Map([...whole.chains].sort()),
-    'the record is what rendering the whole node gives',
-  );
-  assert.deepEqual(new Map([...held.sets].sort()), new Map([...whole.sets].sort()));
-  assert.equal(podChanges(r1.pods, r2.pods.slice(1), 64), null, 'a pod gone: the whole node');
-  assert.equal(
-    podChanges(r1.pods, [{ ...r1.pods[0]!, addresses: ['10.244.3.9'] }, ...r1.pods.slice(1)], 64),
-    null,
-    'a pod on another address: the whole node',
-  );
-  assert.equal(podChanges(r1.pods, r2.pods, 3), null, 'more changes than the bound: the whole node');
 });
 
 test("Weft's FORWARD jump is kept first: an ACCEPT another program inserted above it is found and the jump put back on top", () => {

@@ -39,6 +39,8 @@ import { createHash } from 'node:crypto';
 export const POLICY_CHAIN = 'WEFT-FORWARD';
 const FROM_POD = 'WEFT-FROM-POD';
 const TO_POD = 'WEFT-TO-POD';
+/** The chains every node has: the policy chain and the two dispatch chains. */
+export const POLICY_LAYOUT: readonly string[] = [POLICY_CHAIN, FROM_POD, TO_POD];
 /** Host ends of pod veths (`weft` + 11 hex digits) all match it; so does the VXLAN device, which returns first. */
 const POD_VETHS = 'weft+';
 const JUMP_COMMENT = 'weft: network policy';
@@ -358,75 +360,6 @@ export function podChanges(before: readonly PodRules[], after: readonly PodRules
 }
 
 /**
- * The plan for a few pods' new rules (`podChanges`) against what the kernel holds (`held`, the agent's record of the
- * whole node), rendering only those pods: their anchors and entries chains, and the sets they name. The dispatch
- * chains are untouched (the same pods on the same veths dispatch alike), so is every other pod's. A set that the
- * pods no longer name stays while `sets` (the node's rules) still has it for another pod. Returns the plan and what
- * it changes in the record (chains and sets written, or null: removed), for `recordPodChanges` once it is applied.
- */
-export function planPodChanges(
-  changes: readonly PodChange[],
-  sets: { before: ReadonlyMap<string, string[]>; after: ReadonlyMap<string, string[]> },
-  veths: ReadonlyMap<string, string>,
-  held: PolicyActual,
-  vxlanDevice = 'weft.vxlan',
-  cache?: RenderCache,
-  family: PolicyFamily = 4,
-): { plan: PolicyPlan; record: { chains: Map<string, string[] | null>; sets: Map<string, string[] | null> } } {
-  const layout = [POLICY_CHAIN, FROM_POD, TO_POD];
-  const render = (pods: PodRules[], s: ReadonlyMap<string, string[]>) => {
-    const d = desiredPolicy({ revision: 0, pods, sets: s }, veths, vxlanDevice, cache, family);
-    for (const c of layout) d.chains.delete(c);
-    return d;
-  };
-  const was = render(
-    changes.map((c) => c.before),
-    sets.before,
-  );
-  const now = render(
-    changes.map((c) => c.after),
-    sets.after,
-  );
-  const actual: PolicyActual = { chains: new Map(), jumps: 1, sets: new Map() };
-  for (const name of [...was.chains.keys(), ...now.chains.keys()]) {
-    const have = held.chains.get(name);
-    if (have) actual.chains.set(name, have);
-  }
-  for (const name of [...was.sets.keys(), ...now.sets.keys()]) {
-    const have = held.sets.get(name);
-    if (have) actual.sets.set(name, have);
-  }
-  // `sets` are named as the policy service names them (`weft-<hash>`), the kernel's IPv6 ones `weft6-<hash>`.
-  for (const [name, have] of actual.sets)
-    if (
-      !now.sets.has(name) &&
-      sets.after.get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))?.some((c) => inFamily(c, family))
-    )
-      now.sets.set(name, have);
-  const plan = planPolicy(now, actual, family);
-  const chains = new Map<string, string[] | null>(now.chains);
-  for (const name of actual.chains.keys()) if (!now.chains.has(name)) chains.set(name, null);
-  const changedSets = new Map<string, string[] | null>(now.sets);
-  for (const name of actual.sets.keys()) if (!now.sets.has(name)) changedSets.set(name, null);
-  return { plan, record: { chains, sets: changedSets } };
-}
-
-/** `held` (the agent's record) after a plan of planPodChanges is applied: changed in place. */
-export function recordPodChanges(
-  held: PolicyActual,
-  record: { chains: ReadonlyMap<string, string[] | null>; sets: ReadonlyMap<string, string[] | null> },
-): void {
-  for (const [name, rules] of record.chains) {
-    if (rules) held.chains.set(name, rules);
-    else held.chains.delete(name);
-  }
-  for (const [name, members] of record.sets) {
-    if (members) held.sets.set(name, members);
-    else held.sets.delete(name);
-  }
-}
-
-/**
  * Weft's chains, their rules and the FORWARD jumps, from `iptables-save -t filter` (`ip6tables-save` for family 6);
  * Weft's sets of the family from `ipset save`.
  */
@@ -510,89 +443,257 @@ function editChain(chain: string, have: readonly string[], want: readonly string
 
 const DEFAULT_MAXELEM = 65536;
 
-export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family: PolicyFamily = 4): PolicyPlan {
-  const changed: string[] = [];
-  const before: string[] = [];
-  for (const [name, members] of desired.sets) {
-    const have = actual.sets.get(name);
-    if (sameList(have, members)) continue;
-    changed.push(`set ${name}`);
-    // Filled under a temporary name and swapped in: a set that rules already use is never seen half-filled.
-    const target = have ? `${name}t` : name;
+/**
+ * The filter table as entries of a kernel table (drivers/filter.ts): each of Weft's chains by name, its rules as
+ * iptables-save prints them; and Weft's jump from FORWARD under `JUMP_KEY`: FORWARD's rules down to Weft's last jump
+ * (another program's rule as `OTHER_RULE`), so the one desired value is `[FORWARD_JUMP]`, first and once.
+ */
+export const JUMP_KEY = 'FORWARD';
+const OTHER_RULE = '-A FORWARD (a rule of another program)';
+export const WANTED_JUMP: readonly string[] = [FORWARD_JUMP];
+
+/** Weft's chains and its FORWARD jump, as filter-table entries (see JUMP_KEY). */
+export function filterEntries(actual: PolicyActual): Map<string, string[]> {
+  const out = new Map(actual.chains);
+  if (actual.jumps > 0)
+    out.set(JUMP_KEY, [
+      ...Array<string>(actual.rulesAboveJump ?? 0).fill(OTHER_RULE),
+      ...Array<string>(actual.jumps).fill(FORWARD_JUMP),
+    ]);
+  return out;
+}
+
+/** Whether the kernel's rules of a chain (or the jump entry) are the desired ones; an anchor's compare as a set. */
+export function sameChain(chain: string, have: readonly string[], want: readonly string[]): boolean {
+  return sameList(have, want) || (ANCHOR.test(chain) && sameAnchor(have, want));
+}
+
+/** The same, from the rules alone (every rule names its chain): the filter table's comparison. */
+export function sameRules(have: readonly string[], want: readonly string[]): boolean {
+  if (sameList(have, want)) return true;
+  const chain = /^-A (\S+) /.exec(want[0] ?? have[0] ?? '')?.[1];
+  return chain !== undefined && ANCHOR.test(chain) && sameAnchor(have, want);
+}
+
+/** What a chain's rules need first: the chains they jump or go to, and the sets they match. */
+export function chainReferences(chain: string, rules: readonly string[]): { chains: string[]; sets: string[] } {
+  if (chain === JUMP_KEY) return { chains: rules.includes(FORWARD_JUMP) ? [POLICY_CHAIN] : [], sets: [] };
+  const chains = new Set<string>();
+  const sets = new Set<string>();
+  for (const r of rules) {
+    // The target is the rule's last word, after ` -g ` or ` -j `.
+    const at = r.lastIndexOf(' ');
+    const flag = r.slice(at - 3, at);
+    const target = r.slice(at + 1);
+    if ((flag === ' -g' || flag === ' -j') && target.startsWith('WEFT-') && OWNED_CHAIN.test(target))
+      chains.add(target);
+    for (let i = r.indexOf('--match-set '); i >= 0; i = r.indexOf('--match-set ', i + 1)) {
+      const from = i + '--match-set '.length;
+      sets.add(r.slice(from, r.indexOf(' ', from)));
+    }
+  }
+  return { chains: [...chains], sets: [...sets] };
+}
+
+/**
+ * A dispatch chain without the pods whose anchor is not in the kernel (`missing`), which then meet the chain's final
+ * drop (fail closed); null for any other chain, where leaving a rule out could let through what it would stop.
+ */
+export function dispatchWithout(
+  chain: string,
+  rules: readonly string[],
+  missing: ReadonlySet<string>,
+): string[] | null {
+  if (chain !== FROM_POD && chain !== TO_POD) return null;
+  return rules.filter((r) => {
+    const target = / -g (\S+)$/.exec(r)?.[1];
+    return target === undefined || !missing.has(target);
+  });
+}
+
+/** A chain's rules minus `want`, counted as a multiset (a rule held twice and wanted once: one copy). */
+function extraRules(have: readonly string[], want: readonly string[]): string[] {
+  const unmatched = [...want];
+  return have.filter((r) => {
+    const i = unmatched.indexOf(r);
+    if (i < 0) return true;
+    unmatched.splice(i, 1);
+    return false;
+  });
+}
+
+/**
+ * Whether what the kernel holds of a chain becomes the desired rules by deletions alone: an anchor whose new rules
+ * are in force (chainWrites) and whose old ones are still there. Those deletions go in the removal transaction.
+ */
+export function finishedByRemoval(chain: string, want: readonly string[], have: readonly string[]): boolean {
+  return ANCHOR.test(chain) && extraRules(want, have).length === 0 && have.length > want.length;
+}
+
+export interface SetWrite {
+  name: string;
+  members: readonly string[];
+  /** The members the kernel holds under the name; undefined: no such set. */
+  held?: readonly string[];
+}
+
+/**
+ * `ipset restore -exist` input that creates or refills sets. A set the kernel holds is filled under a temporary name
+ * and swapped in, so rules that use it never see it half-filled. Each set's lines stand alone and are idempotent, so
+ * the input may be split anywhere between sets and retried.
+ */
+export function setWrites(items: readonly SetWrite[], family: PolicyFamily): string | null {
+  const out: string[] = [];
+  for (const { name, members, held } of items) {
+    const target = held ? `${name}t` : name;
     // A set's content never changes under its name (a new content is a new set), so its size is known at creation:
     // a selector matching more than ipset's default 65,536 members (every pod of a large cluster) still fits.
     const maxelem = members.length > DEFAULT_MAXELEM ? ` maxelem ${members.length}` : '';
-    before.push(
+    out.push(
       `create ${target} hash:net family ${family === 4 ? 'inet' : 'inet6'}${maxelem}`,
       `flush ${target}`,
       ...members.map((m) => `add ${target} ${m}`),
     );
-    if (have) before.push(`swap ${target} ${name}`, `destroy ${target}`);
+    if (held) out.push(`swap ${target} ${name}`, `destroy ${target}`);
   }
-  const filter: string[] = [];
+  return out.length > 0 ? `${out.join('\n')}\n` : null;
+}
+
+/** `ipset restore -exist` input that destroys sets (no rule may use them any more). */
+export const setDestroys = (names: readonly string[]): string | null =>
+  names.length > 0
+    ? `${[...names]
+        .sort()
+        .map((s) => `destroy ${s}`)
+        .join('\n')}\n`
+    : null;
+
+export interface ChainWrite {
+  chain: string;
+  rules: readonly string[];
+  /** The rules the kernel holds in the chain; undefined: no such chain. */
+  held?: readonly string[];
+}
+
+/**
+ * The `iptables-restore --noflush` transaction that puts desired chains in force (and Weft's jump, under JUMP_KEY).
+ * iptables-nft reads the whole table before a transaction that flushes or deletes, not before one that only
+ * creates, appends or inserts into a short chain, so removals are kept out of it where they can be:
+ *  - a new or rewritten chain is declared (`:chain`, which flushes it) and filled; declarations come first, so every
+ *    rule finds the chains it goes to;
+ *  - a long chain that differs in a few neighbouring rules (the dispatch chains when a pod comes or goes) is edited
+ *    in place by rule number (`editChain`);
+ *  - an anchor gets its new rules inserted first (from then on the old ones of the direction are never reached) and,
+ *    for a direction without entries any more, a `-j RETURN` first; its old rules and that RETURN stay until the
+ *    removal transaction (`chainRemovals`). `held` returns what each chain holds after the transaction;
+ *  - the jump: extra or buried jumps deleted and one inserted first, in the same transaction (never none in force).
+ */
+export function chainWrites(items: readonly ChainWrite[]): { restore: string | null; held: Map<string, string[]> } {
+  const declare: string[] = [];
+  const fill: string[] = [];
   const edits: string[] = [];
-  const after: string[] = [];
-  const stale = [...actual.chains.keys()].filter((c) => !desired.chains.has(c)).sort();
-  for (const [chain, rules] of desired.chains) {
-    const have = actual.chains.get(chain);
-    if (sameList(have, rules) || (have && ANCHOR.test(chain) && sameAnchor(have, rules))) continue;
-    changed.push(`chain ${chain}`);
+  const jump: string[] = [];
+  const held = new Map<string, string[]>();
+  for (const { chain, rules, held: have } of items) {
+    if (chain === JUMP_KEY) {
+      const jumps = have?.filter((r) => r === FORWARD_JUMP).length ?? 0;
+      const buried = jumps > 0 && have![0] !== FORWARD_JUMP;
+      for (let i = buried ? 0 : 1; i < jumps; i++) jump.push(FORWARD_JUMP.replace(/^-A /, '-D '));
+      if (jumps === 0 || buried) jump.push(FORWARD_JUMP.replace(/^-A FORWARD /, '-I FORWARD 1 '));
+      held.set(chain, [FORWARD_JUMP]);
+      continue;
+    }
     if (have && ANCHOR.test(chain)) {
-      // An anchor: a rule per direction with entries (`-i|-o <veth> -g <entries chain>`). In force at once: its new
-      // rules inserted first (from then on the old ones of the direction are never reached) and, for a direction
-      // that has no entries any more, a RETURN inserted first; afterwards the old rules (and that RETURN) deleted.
       const spec = (rule: string) => rule.slice(`-A ${chain} `.length);
       const added = rules.filter((r) => !have.includes(r));
-      // Counted as a multiset: a rule the kernel holds twice (added by hand) loses its extra copy.
-      const unmatched = [...rules];
-      const gone = have.filter((r) => {
-        const i = unmatched.indexOf(r);
-        if (i < 0) return true;
-        unmatched.splice(i, 1);
-        return false;
-      });
-      for (const r of added) edits.push(`-I ${chain} 1 ${spec(r)}`);
       const wanted = new Set(rules.map(anchorMatch));
-      for (const r of gone) after.push(`-D ${chain} ${spec(r)}`);
-      for (const match of new Set(gone.map(anchorMatch))) {
-        if (match === null || wanted.has(match)) continue;
-        edits.push(`-I ${chain} 1 ${match} -j RETURN`);
-        after.push(`-D ${chain} ${match} -j RETURN`);
+      const returns: string[] = [];
+      for (const match of new Set(extraRules(have, rules).map(anchorMatch))) {
+        const ret = `-A ${chain} ${match} -j RETURN`;
+        if (match !== null && !wanted.has(match) && !have.includes(ret)) returns.push(ret);
       }
+      for (const r of [...added, ...returns]) edits.push(`-I ${chain} 1 ${spec(r)}`);
+      held.set(chain, [...have, ...returns, ...added]);
       continue;
     }
     const edit = have ? editChain(chain, have, rules) : null;
     if (edit) edits.push(...edit);
-    else filter.push(`:${chain} - [0:0]`);
+    else {
+      declare.push(`:${chain} - [0:0]`);
+      fill.push(...rules);
+    }
+    held.set(chain, rules as string[]);
   }
-  // Declarations first (each flushes its chain), so that every rule below finds the chains it jumps to.
-  const declared = new Set(filter.map((l) => l.slice(1, l.indexOf(' '))));
-  for (const [chain, rules] of desired.chains) if (declared.has(chain)) filter.push(...rules);
-  // Then the chains edited in place (an inserted rule may name a new chain).
-  filter.push(...edits);
-  // Stale chains go after everything else is in force, with the anchors' old rules, in a second transaction:
-  // removing rules (unlike adding them) makes iptables-nft read the whole table first, so they are kept out of the
-  // transaction that puts the new rules in force.
-  for (const c of stale) {
-    changed.push(`chain ${c} (deleted)`);
-    after.push(`-F ${c}`);
+  const lines = [...declare, ...fill, ...edits, ...jump];
+  return { restore: lines.length > 0 ? `*filter\n${lines.join('\n')}\nCOMMIT\n` : null, held };
+}
+
+/**
+ * The removal transaction: anchors' rules beyond the desired ones deleted (`finish`: their old rules and RETURNs,
+ * see finishedByRemoval), then Weft's jumps when unwanted, then stale chains flushed and deleted (no rule goes to
+ * them any more by then).
+ */
+export function chainRemovals(finish: readonly ChainWrite[], stale: readonly ChainWrite[]): string | null {
+  const out: string[] = [];
+  for (const { chain, rules, held } of finish) {
+    const extra = extraRules(held ?? [], rules);
+    const isReturn = (r: string) => r.endsWith(' -j RETURN');
+    for (const r of [...extra.filter((x) => !isReturn(x)), ...extra.filter(isReturn)])
+      out.push(`-D ${chain} ${r.slice(`-A ${chain} `.length)}`);
   }
-  for (const c of stale) after.push(`-X ${c}`);
-  // Exactly one jump, first in FORWARD: a rule above it (another program's ACCEPT) would decide before policy does.
-  // A jump below another rule is deleted and inserted on top again in the same transaction (iptables-restore is
-  // atomic: there is no moment without it); extra jumps are deleted.
-  const jump = FORWARD_JUMP;
+  const chains = stale
+    .map((s) => s.chain)
+    .filter((c) => c !== JUMP_KEY)
+    .sort();
+  for (const s of stale)
+    if (s.chain === JUMP_KEY)
+      for (const r of s.held ?? []) if (r === FORWARD_JUMP) out.push(FORWARD_JUMP.replace(/^-A /, '-D '));
+  for (const c of chains) out.push(`-F ${c}`);
+  for (const c of chains) out.push(`-X ${c}`);
+  return out.length > 0 ? `*filter\n${out.join('\n')}\nCOMMIT\n` : null;
+}
+
+/**
+ * The whole node's plan against what the kernel holds, as one pass of the drivers would apply it (drivers/order.ts:
+ * sets written, chains written, chains finished and removed, sets destroyed). Pure, for tests and diagnostics.
+ */
+export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family: PolicyFamily = 4): PolicyPlan {
+  const changed: string[] = [];
+  const sets: SetWrite[] = [];
+  for (const [name, members] of desired.sets) {
+    const held = actual.sets.get(name);
+    if (sameList(held, members)) continue;
+    changed.push(`set ${name}`);
+    sets.push({ name, members, held });
+  }
+  const kernel = filterEntries(actual);
+  const want = new Map(desired.chains);
+  want.set(JUMP_KEY, [...WANTED_JUMP]);
+  const writes: ChainWrite[] = [];
+  for (const [chain, rules] of want) {
+    const held = kernel.get(chain);
+    if (held && sameChain(chain, held, rules)) continue;
+    if (chain !== JUMP_KEY) changed.push(`chain ${chain}`);
+    writes.push({ chain, rules, held });
+  }
+  const written = chainWrites(writes);
+  const finish = writes
+    .map((w) => ({ ...w, held: written.held.get(w.chain)! }))
+    .filter((w) => finishedByRemoval(w.chain, w.rules, w.held));
+  const stale = [...actual.chains.keys()]
+    .filter((c) => !desired.chains.has(c))
+    .sort()
+    .map((chain) => ({ chain, rules: [] }));
+  for (const { chain } of stale) changed.push(`chain ${chain} (deleted)`);
   const buried = actual.jumps > 0 && (actual.rulesAboveJump ?? 0) > 0;
   if (actual.jumps === 0 || buried) changed.push(buried ? 'jump (moved back first in FORWARD)' : 'jump');
-  for (let i = buried ? 0 : 1; i < actual.jumps; i++) filter.push(jump.replace(/^-A /, '-D '));
-  if (actual.jumps === 0 || buried) filter.push(jump.replace(/^-A FORWARD /, '-I FORWARD 1 '));
   const unused = [...actual.sets.keys()].filter((s) => !desired.sets.has(s)).sort();
   for (const s of unused) changed.push(`set ${s} (destroyed)`);
   return {
-    setsBefore: before.length > 0 ? `${before.join('\n')}\n` : null,
-    filter: filter.length > 0 ? `*filter\n${filter.join('\n')}\nCOMMIT\n` : null,
-    filterAfter: after.length > 0 ? `*filter\n${after.join('\n')}\nCOMMIT\n` : null,
-    setsAfter: unused.length > 0 ? `${unused.map((s) => `destroy ${s}`).join('\n')}\n` : null,
+    setsBefore: setWrites(sets, family),
+    filter: written.restore,
+    filterAfter: chainRemovals(finish, stale),
+    setsAfter: setDestroys(unused),
     changed,
   };
 }

@@ -5,7 +5,19 @@ import { MASQUERADE_CHAIN, masqueradeRules, type NatChain } from '../domain/masq
 import { createDataplane, type Dataplane, type Driver } from '../kernel-table/dataplane.js';
 import { createFakeKernel, type FakeKernel } from '../kernel-table/fake-kernel.js';
 import { vxlanStateFor, type VxlanDeviceState } from '../kernel/vxlan-device.js';
+import {
+  chainReferences,
+  chainWrites,
+  desiredPolicy,
+  JUMP_KEY,
+  WANTED_JUMP,
+  type NodeRules,
+  type PodRules,
+} from '../domain/network-policy.js';
 import { createFdbDriver, FDB } from './fdb.js';
+import { createFilterDriver, filterKind } from './filter.js';
+import { createIpsetDriver, ipsetKind } from './ipsets.js';
+import { createPolicyDrivers } from './policy.js';
 import { createNatDriver, natKind } from './nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
 import { DEPENDENTS, ORDER } from './order.js';
@@ -40,6 +52,75 @@ const route = (cidr: string, gateway: string, mode: 'vxlan' | 'direct' = 'vxlan'
 const nat = (pools: string[]): [string, NatChain] => [MASQUERADE_CHAIN, { rules: masqueradeRules(pools), jumps: 1 }];
 
 const NAT4 = natKind(4);
+const IPSET4 = ipsetKind(4);
+const FILTER4 = filterKind(4);
+
+/** Network policy: one pod whose ingress admits a set's members on TCP 80 (its chains as domain/network-policy.ts renders them). */
+const VETH = 'weft00000000001';
+const SET_A = 'weft-000000000000000a';
+const SET_B = 'weft-000000000000000b';
+const policyRules = (set: string): NodeRules => ({
+  revision: 1,
+  pods: [
+    {
+      namespace: 'x',
+      name: 'a',
+      addresses: ['10.244.0.5'],
+      ingress: [
+        {
+          tier: 'networkpolicy',
+          action: 'allow',
+          peerSet: set,
+          protocol: 'TCP',
+          ports: { from: 80, to: 80 },
+          source: 'NetworkPolicy/x/p ingress[0]',
+        },
+      ],
+      egress: [],
+    },
+  ],
+  sets: new Map([[set, [set === SET_A ? '10.244.1.7/32' : '10.244.2.0/24']]]),
+});
+const policyTables = (set: string) => {
+  const d = desiredPolicy(policyRules(set), new Map([['10.244.0.5', VETH]]));
+  d.chains.set(JUMP_KEY, [...WANTED_JUMP]);
+  return d;
+};
+const POLICY = policyTables(SET_A);
+/** The pod's ingress entries chain (named by its rules' hash). */
+const ENTRIES = [...POLICY.chains.keys()].find((c) => c.startsWith('WEFT-I-'))!;
+const ANCHOR = `WEFT-P-${VETH}`;
+/**
+ * The kernel's rules, as the fakes of ipset and iptables keep them: a chain's rules need the chains they go to and
+ * the sets they match; a chain or set in use cannot be deleted; an anchor keeps its old rules until they are deleted.
+ */
+const policyKernels = () => {
+  let filter: FakeKernel<string[]>;
+  const ipsets = createFakeKernel<string[]>([], {
+    batch: true,
+    refuse: (op, key) =>
+      op === 'remove' && [...filter.entries].some(([c, rules]) => chainReferences(c, rules).sets.includes(key))
+        ? `ipset: Set ${key} cannot be destroyed: it is in use by a kernel component`
+        : null,
+  });
+  filter = createFakeKernel<string[]>([], {
+    batch: true,
+    held: (chain, rules, before) => chainWrites([{ chain, rules, held: before }]).held.get(chain)!,
+    refuse: (op, key, rules, entries) => {
+      if (op === 'remove')
+        return [...entries].some(([c, r]) => c !== key && chainReferences(c, r).chains.includes(key))
+          ? `iptables-restore: chain ${key} is in use`
+          : null;
+      const refs = chainReferences(key, rules);
+      const chain = refs.chains.find((c) => !entries.has(c) && c !== key);
+      if (chain) return `iptables-restore: Chain '${chain}' does not exist`;
+      const set = refs.sets.find((x) => !ipsets.entries.has(x));
+      return set ? `iptables-restore: Set ${set} doesn't exist` : null;
+    },
+  });
+  return { ipsets, filter };
+};
+
 /** The desired world, by kind. */
 const WORLD: Record<string, [string, unknown][]> = {
   [DEVICE]: [[DEV, device]],
@@ -51,12 +132,19 @@ const WORLD: Record<string, [string, unknown][]> = {
     route('10.244.3.0/26', '192.0.2.13', 'direct'),
   ],
   [NAT4]: [nat(['10.244.0.0/16'])],
+  [IPSET4]: [...POLICY.sets],
+  [FILTER4]: [...POLICY.chains],
 };
 /** A peer that left while the agent was away: its entries are stale, and the route uses the neighbour and FDB entry. */
 const STALE: Record<string, [string, unknown]> = {
   [NEIGHBOUR]: neighbour('10.244.9.0', M9),
   [FDB]: fdb(M9, '198.51.100.99'),
   [ROUTE]: route('10.244.9.0/26', '10.244.9.0'),
+  [IPSET4]: ['weft-00000000000000ff', ['10.9.9.9']],
+  [FILTER4]: [
+    'WEFT-I-weft00000000009-0000',
+    ['-A WEFT-I-weft00000000009-0000 -m set --match-set weft-00000000000000ff src -j RETURN'],
+  ],
 };
 
 interface World {
@@ -80,10 +168,19 @@ function world(
       ([key]) => !opts.missing?.some(([k, key2]) => k === kind && key2 === key),
     );
     if (opts.stale?.includes(kind)) held.push(STALE[kind]!);
+    if (kind === IPSET4 || kind === FILTER4) continue;
     kernels[kind] = createFakeKernel<unknown>(
       held,
       kind === DEVICE ? { held: (_k, v) => ({ ...(v as VxlanDeviceState), ifindex: 7 }) } : {},
     );
+  }
+  const policy = policyKernels();
+  for (const kind of [IPSET4, FILTER4]) {
+    const k = kind === IPSET4 ? policy.ipsets : policy.filter;
+    for (const [key, value] of [...WORLD[kind]!, ...(opts.extra?.[kind] ?? [])])
+      if (!opts.missing?.some(([k2, key2]) => k2 === kind && key2 === key)) k.entries.set(key, value as string[]);
+    if (opts.stale?.includes(kind)) k.entries.set(...(STALE[kind] as [string, string[]]));
+    kernels[kind] = k as FakeKernel<unknown>;
   }
   const drivers: Driver<unknown>[] = [
     createVxlanDeviceDriver(kernels[DEVICE] as FakeKernel<VxlanDeviceState>),
@@ -92,11 +189,19 @@ function world(
     createRouteDriver(kernels[ROUTE] as FakeKernel<RouteEntry>, DEV),
     createNatDriver(kernels[NAT4] as FakeKernel<NatChain>, 4),
     { ...createNatDriver(createFakeKernel<NatChain>(), 6), ready: () => false },
+    createIpsetDriver(kernels[IPSET4] as FakeKernel<string[]>, 4),
+    createFilterDriver(kernels[FILTER4] as FakeKernel<string[]>, 4),
+    { ...createIpsetDriver(createFakeKernel<string[]>(), 6), ready: () => false },
+    { ...createFilterDriver(createFakeKernel<string[]>(), 6), ready: () => false },
   ];
   for (const d of drivers) d.table.replaceDesired(new Map([...(WORLD[d.kind] ?? []), ...(opts.extra?.[d.kind] ?? [])]));
   const dataplane = createDataplane({ drivers, order: ORDER, dependents: DEPENDENTS, maxInFlight: opts.maxInFlight });
   return { dataplane, kernels, driver: (kind) => dataplane.driver(kind) };
 }
+
+/** A request that fails until `clearFailures` (a batch driver tries it in its batch, then alone). */
+const failInPass = (w: World, kind: string, op: 'write' | 'remove', key: string) =>
+  w.kernels[kind]!.fail(op, key, Infinity);
 
 const requests = (w: World) =>
   Object.fromEntries(
@@ -108,7 +213,7 @@ const requests = (w: World) =>
 test('restart: the first apply reads every kind back and writes nothing that is already right; the next reads nothing', async () => {
   const w = world();
   const r = await w.dataplane.apply();
-  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE].sort());
+  assert.deepEqual(r.reads.sort(), [DEVICE, FDB, NAT4, NEIGHBOUR, ROUTE, IPSET4, FILTER4].sort());
   assert.deepEqual(requests(w), {}, 'nothing deleted or re-added');
   assert.deepEqual(
     { changes: r.changes, failed: r.failed, held: r.held, drift: r.drift },
@@ -126,6 +231,8 @@ const CASES: { kind: string; missing: string; stale: boolean }[] = [
   { kind: FDB, missing: M2, stale: true },
   { kind: ROUTE, missing: '10.244.2.0/26', stale: true },
   { kind: NAT4, missing: MASQUERADE_CHAIN, stale: false },
+  { kind: IPSET4, missing: SET_A, stale: true },
+  { kind: FILTER4, missing: ENTRIES, stale: true },
 ];
 
 for (const c of CASES) {
@@ -235,13 +342,14 @@ for (const c of CASES) {
           [kind, key],
         ],
       });
-      h.kernels[kind]!.fail('write', key);
+      failInPass(h, kind, 'write', key);
       const r = await h.dataplane.apply();
       assert.deepEqual(h.kernels[c.kind]!.requests, [], `${c.kind} ${c.missing} is not written while ${ref} failed`);
       assert.ok(
         r.held.some((x) => x.kind === c.kind && x.key === c.missing),
         `reported held on ${ref}`,
       );
+      h.kernels[kind]!.clearFailures();
       await h.dataplane.apply();
       assert.deepEqual(h.kernels[c.kind]!.requests, [`write ${c.missing}`], `written once ${ref} is in place`);
     }
@@ -260,7 +368,7 @@ for (const c of CASES) {
         }
       }
       const h = world({ missing });
-      h.kernels[c.kind]!.fail('write', c.missing);
+      failInPass(h, c.kind, 'write', c.missing);
       const r = await h.dataplane.apply();
       for (const [kind, key] of missing.slice(1)) {
         assert.ok(
@@ -269,6 +377,7 @@ for (const c of CASES) {
         );
         assert.ok(r.held.some((x) => x.kind === kind && x.key === key));
       }
+      h.kernels[c.kind]!.clearFailures();
       await h.dataplane.apply();
       assert.equal(h.dataplane.pending(), 0, 'all in place after the retry');
     }
@@ -362,4 +471,195 @@ test('at most maxInFlight requests are outstanding in a phase', async () => {
   });
   await big.dataplane.apply();
   assert.ok(big.kernels[ROUTE]!.maxInFlight <= 256, "capped well below the netlink package's 512");
+});
+
+/** Loads a node's policy tables into the world's ipset and filter drivers. */
+const desirePolicy = (w: World, d: ReturnType<typeof policyTables>) => {
+  w.driver(IPSET4).table.replaceDesired(d.sets);
+  w.driver(FILTER4).table.replaceDesired(d.chains);
+};
+
+test('policy: a pod moved to another set: the set first, the new rules in force in one batch, then the old rule and chain in one, then the old set', async () => {
+  const w = world();
+  await w.dataplane.apply();
+  const next = policyTables(SET_B);
+  const entries = [...next.chains.keys()].find((c) => c.startsWith('WEFT-I-'))!;
+  desirePolicy(w, next);
+  const r = await w.dataplane.apply();
+  assert.deepEqual({ failed: r.failed, held: r.held }, { failed: [], held: [] }, 'the kernel refused nothing');
+  assert.deepEqual(w.kernels[IPSET4]!.batches, [`update ${SET_B}`, `delete ${SET_A}`]);
+  assert.deepEqual(
+    w.kernels[FILTER4]!.batches,
+    [`update ${entries} ${ANCHOR}`, `delete ${ANCHOR}+ ${ENTRIES}`],
+    'the anchor goes to the new chain first; its old rule and the old chain go in the removal batch',
+  );
+  assert.deepEqual(new Map(w.kernels[FILTER4]!.entries), next.chains);
+  assert.deepEqual(new Map(w.kernels[IPSET4]!.entries), next.sets);
+  assert.equal(w.dataplane.pending(), 0);
+});
+
+test('policy: one set the kernel refuses holds back only the chains that match it; the other pods are in force', async () => {
+  const w = world();
+  await w.dataplane.apply();
+  // A second pod on another set.
+  const two = desiredPolicy(
+    {
+      ...policyRules(SET_A),
+      pods: [...policyRules(SET_A).pods, { ...policyRules(SET_B).pods[0]!, name: 'b', addresses: ['10.244.0.6'] }],
+      sets: new Map([...policyRules(SET_A).sets, ...policyRules(SET_B).sets]),
+    },
+    new Map([
+      ['10.244.0.5', VETH],
+      ['10.244.0.6', 'weft00000000002'],
+    ]),
+  );
+  two.chains.set(JUMP_KEY, [...WANTED_JUMP]);
+  const bEntries = [...two.chains.keys()].find((c) => c.startsWith('WEFT-I-weft00000000002'))!;
+  w.kernels[IPSET4]!.fail('write', SET_B, Infinity, 'ipset: Hash is full, cannot add more elements');
+  desirePolicy(w, two);
+  const r = await w.dataplane.apply();
+  assert.deepEqual(
+    r.failed.map((f) => `${f.kind} ${f.key}`),
+    [`${IPSET4} ${SET_B}`],
+  );
+  assert.deepEqual(
+    r.held.map((h) => `${h.kind} ${h.key} on ${h.on}`),
+    [
+      `${FILTER4} ${bEntries} on ${IPSET4}/${SET_B}`,
+      `${FILTER4} WEFT-P-weft00000000002 on ${FILTER4}/${bEntries}`,
+      `${FILTER4} WEFT-FROM-POD on ${FILTER4}/WEFT-P-weft00000000002`,
+      `${FILTER4} WEFT-TO-POD on ${FILTER4}/WEFT-P-weft00000000002`,
+    ],
+    "pod b's chains wait; the dispatch chains (already without b) keep b on the fail-closed drop",
+  );
+  assert.deepEqual(w.kernels[FILTER4]!.entries.get('WEFT-FROM-POD'), POLICY.chains.get('WEFT-FROM-POD'));
+  assert.deepEqual(w.kernels[FILTER4]!.entries.get(ANCHOR), two.chains.get(ANCHOR), 'pod a keeps its rules in force');
+  w.kernels[IPSET4]!.clearFailures();
+  await w.dataplane.apply();
+  assert.equal(w.dataplane.pending(), 0, 'the retry (reading both kinds back) puts b in force');
+  assert.deepEqual(new Map(w.kernels[FILTER4]!.entries), two.chains);
+});
+
+test('policy: a set is destroyed only after the last chain matching it is gone; while that removal fails, the set stays', async () => {
+  const w = world();
+  await w.dataplane.apply();
+  desirePolicy(w, policyTables(SET_B));
+  w.kernels[FILTER4]!.fail('remove', ENTRIES, Infinity, 'iptables-restore: line 3 failed');
+  const r = await w.dataplane.apply();
+  assert.deepEqual(
+    r.failed.map((f) => `${f.op} ${f.kind} ${f.key}`),
+    [`delete ${FILTER4} ${ENTRIES}`],
+  );
+  assert.ok(
+    r.held.some((h) => h.kind === IPSET4 && h.key === SET_A && h.on === `${FILTER4}/${ENTRIES}`),
+    'the old set is held while the old chain matching it is there',
+  );
+  assert.ok(w.kernels[IPSET4]!.entries.has(SET_A));
+  assert.deepEqual(
+    w.kernels[FILTER4]!.batches.slice(1),
+    [`delete ${ANCHOR}+ ${ENTRIES}`, `delete ${ANCHOR}+`, `delete ${ENTRIES}`],
+    'the failed removal batch is split: the anchor finished alone, the chain failed alone',
+  );
+  w.kernels[FILTER4]!.clearFailures();
+  const again = await w.dataplane.apply();
+  assert.ok(again.reads.includes(FILTER4), 'the retry reads the filter table back first');
+  assert.ok(!w.kernels[FILTER4]!.entries.has(ENTRIES));
+  assert.ok(!w.kernels[IPSET4]!.entries.has(SET_A), 'then the set is destroyed');
+  assert.equal(w.dataplane.pending(), 0);
+});
+
+test('policy: on a fresh node, a pod whose set the kernel refuses is left out of the dispatch chains; the rest is in force', async () => {
+  const w = world({
+    missing: [[IPSET4, SET_A], ...[...POLICY.chains.keys()].map((c): [string, string] => [FILTER4, c])],
+  });
+  w.kernels[IPSET4]!.fail('write', SET_A, Infinity, 'ipset: Hash is full, cannot add more elements');
+  const r = await w.dataplane.apply();
+  assert.deepEqual(
+    r.held.map((h) => `${h.key} on ${h.on}`),
+    [
+      `${ENTRIES} on ${IPSET4}/${SET_A}`,
+      `${ANCHOR} on ${FILTER4}/${ENTRIES}`,
+      `WEFT-FROM-POD on ${FILTER4}/${ANCHOR} (written without it)`,
+      `WEFT-TO-POD on ${FILTER4}/${ANCHOR} (written without it)`,
+    ],
+  );
+  const k = w.kernels[FILTER4]!.entries;
+  assert.deepEqual(
+    (k.get('WEFT-FROM-POD') as string[] | undefined)?.map((l) => l.split(' -j ')[1] ?? l.split(' -g ')[1]),
+    ['RETURN', 'DROP'],
+    'the VXLAN device returns, the pod meets the drop',
+  );
+  assert.ok(k.has('WEFT-FORWARD') && k.has(JUMP_KEY), "Weft's chain and jump are in force: nothing fails open");
+  w.kernels[IPSET4]!.clearFailures();
+  await w.dataplane.apply();
+  assert.deepEqual(new Map(k), POLICY.chains, 'the retry puts the pod in');
+  assert.equal(w.dataplane.pending(), 0);
+});
+
+test("policy manager: a few pods' new rules, rendered alone, give the tables what rendering the whole node gives", async () => {
+  const SET_Z = 'weft-00000000000000cc';
+  const SET_6 = 'weft-00000000000000dd';
+  const sets = new Map([
+    [SET_A, ['10.244.1.7/32']],
+    [SET_B, ['192.0.2.0/24']],
+    [SET_Z, ['10.244.7.0/24']],
+    [SET_6, ['fd00::/64']],
+  ]);
+  const tcp = (set: string, port: number) => ({
+    tier: 'networkpolicy' as const,
+    action: 'allow' as const,
+    peerSet: set,
+    protocol: 'TCP' as const,
+    ports: { from: port, to: port },
+    source: 'NetworkPolicy/x/p ingress[0]',
+  });
+  const pod = (i: number, ingress: PodRules['ingress'], egress: PodRules['egress'] = []): PodRules => ({
+    namespace: 'x',
+    name: `p${i}`,
+    addresses: [`10.244.3.${i}`],
+    ingress,
+    egress,
+  });
+  const veths = new Map(
+    Array.from({ length: 6 }, (_, i) => [`10.244.3.${i}`, `weft${i.toString(16).padStart(11, '0')}`]),
+  );
+  const r1: NodeRules = {
+    revision: 1,
+    sets,
+    pods: [
+      pod(0, [tcp(SET_A, 80)]),
+      pod(1, [tcp(SET_A, 80)]),
+      pod(2, [tcp(SET_B, 81)]),
+      pod(3, []),
+      pod(4, [], [tcp(SET_A, 53)]),
+      pod(5, [tcp(SET_A, 80)]),
+    ],
+  };
+  // p1 out of every policy; p2 to a new set (SET_B no longer named by anyone); p3 from none to entries; p4's egress to
+  // an IPv6-only set (no IPv4 rule); SET_A stays, named by p0 and p5.
+  const r2: NodeRules = {
+    revision: 2,
+    sets: new Map([...sets].filter(([n]) => n !== SET_B)),
+    pods: [
+      r1.pods[0]!,
+      pod(1, []),
+      pod(2, [tcp(SET_Z, 81)]),
+      pod(3, [tcp(SET_A, 80)]),
+      pod(4, [], [tcp(SET_6, 53)]),
+      r1.pods[5]!,
+    ],
+  };
+  const manager = () => createPolicyDrivers({ family: 4, ipsets: createFakeKernel(), filter: createFakeKernel() });
+  const step = manager();
+  step.compute(r1, veths);
+  const setDesired = step.filter.table.setDesired.bind(step.filter.table);
+  let written = 0;
+  step.filter.table.setDesired = (k, v) => (written++, setDesired(k, v));
+  step.compute(r2, veths);
+  assert.ok(written <= 12, `only the changed pods' chains are set (${written})`);
+  const whole = manager();
+  whole.compute(r2, veths);
+  assert.deepEqual(new Map([...step.filter.table.desired].sort()), new Map([...whole.filter.table.desired].sort()));
+  assert.deepEqual(new Map([...step.ipsets.table.desired].sort()), new Map([...whole.ipsets.table.desired].sort()));
+  assert.ok(!step.ipsets.table.desired.has(SET_B), 'a set no pod names any more is no longer desired');
 });

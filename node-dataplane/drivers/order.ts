@@ -2,6 +2,8 @@ import type { Phase } from '../kernel-table/dataplane.js';
 import { FDB } from './fdb.js';
 import { natKind } from './nat.js';
 import { NEIGHBOUR } from './neighbours.js';
+import { filterKind } from './filter.js';
+import { ipsetKind } from './ipsets.js';
 import { ROUTE } from './routes.js';
 import { DEVICE } from './vxlan-device.js';
 
@@ -24,6 +26,14 @@ export const ORDER: readonly Phase[] = [
   { kind: ROUTE, op: 'update' },
   { kind: FDB, op: 'delete' },
   { kind: NEIGHBOUR, op: 'delete' },
+  // Network policy per family: sets before the chains that match them; the chains' removals (anchors' old rules, stale
+  // chains) in a transaction of their own after the new rules are in force; sets destroyed once no chain uses them.
+  ...([4, 6] as const).flatMap((f): Phase[] => [
+    { kind: ipsetKind(f), op: 'update' },
+    { kind: filterKind(f), op: 'update' },
+    { kind: filterKind(f), op: 'delete' },
+    { kind: ipsetKind(f), op: 'delete' },
+  ]),
 ];
 
 /** Kinds whose entries live on an entry of another: when it is re-made, they are read back. */

@@ -1,130 +1,159 @@
-import type { Logger } from '../../lib/logger.js';
-import type { NodeRules, PolicyPlan } from '../domain/network-policy.js';
-import type { PolicyProgrammer } from '../policy-programmer.js';
+import type { KernelAccess } from '../kernel-table/dataplane.js';
+import {
+  createRenderCache,
+  desiredBeforeRules,
+  desiredPolicy,
+  JUMP_KEY,
+  podChanges,
+  POLICY_LAYOUT,
+  WANTED_JUMP,
+  type NodeRules,
+  type PodRules,
+} from '../domain/network-policy.js';
+import { createFilterDriver, filterKind } from './filter.js';
+import { createIpsetDriver, ipsetKind } from './ipsets.js';
 
 /**
- * Network policy of one family (the filter chains and the ipsets, written together by `policy-programmer.ts`), with
- * the same contract as a table driver: it writes when its desired input (the node's rules) is not the one last
- * applied, and reads the kernel back (chains, sets and the pods' veths) only when marked for resync: at start, at
- * the periodic resync, after a failure, and when pods come or go (their veths enter the dispatch chains).
+ * Network policy of one family: its manager (the node's rules and the local pods' veths → the desired entries of the
+ * ipset and filter tables, by `domain/network-policy.ts`) and its two drivers. Before the first rule set, a fresh
+ * node drops every local pod both ways; a restarted agent keeps the chains and sets it finds exactly as they are
+ * (nothing rewritten, no connection cut) until its first rule set: those desired entries are taken from the tables'
+ * caches right after they are read back (`onRead`).
+ *
+ * When the rules differ from the last ones only in a few pods' rules (the same pods on the same addresses and veths:
+ * a label or policy change, the common case), only those pods are rendered, before and after, and their entries
+ * replaced in the tables; the dispatch chains do not change. A set those pods no longer name stays while the node's
+ * rules still hold it (another pod names it). Otherwise the whole node is rendered (through the render cache).
  */
-export interface NetworkPolicyDriver {
-  readonly family: 4 | 6;
-  readonly needsResync: boolean;
-  markForResync(): void;
-  /** Whether `rules` still need applying. */
-  pending(rules: NodeRules | null): boolean;
-  /** Applies `rules` (null: none held yet, fail closed) if pending; null when nothing was to do. */
-  apply(rules: NodeRules | null): Promise<{ plan: PolicyPlan; veths: number; readBack: boolean } | null>;
+export interface PolicyFamilyDrivers {
+  family: 4 | 6;
+  ipsets: ReturnType<typeof createIpsetDriver>;
+  filter: ReturnType<typeof createFilterDriver>;
+  /** Sets both tables' desired entries (`rules` null: none held yet). */
+  compute(rules: NodeRules | null, veths: ReadonlyMap<string, string>): void;
+  /** Whether Weft's chain, its jump and the dispatch chains (with their fail-closed drop) are in the kernel. */
+  inForce(): boolean;
 }
 
-export function createNetworkPolicyDriver(programmer: PolicyProgrammer, family: 4 | 6): NetworkPolicyDriver {
-  let needsResync = true;
-  /** The rules in force (undefined: none applied yet). */
-  let applied: NodeRules | null | undefined;
-  const driver: NetworkPolicyDriver = {
-    family,
-    get needsResync() {
-      return needsResync;
-    },
-    markForResync() {
-      needsResync = true;
-    },
-    pending: (rules) => needsResync || rules !== applied,
-    async apply(rules) {
-      if (!driver.pending(rules)) return null;
-      const readBack = needsResync;
-      needsResync = false;
-      applied = undefined;
-      try {
-        const out = await programmer.program(rules, { readBack });
-        applied = rules;
-        return out;
-      } catch (err) {
-        needsResync = true;
-        throw err;
-      }
+/** Whether every set both hold has the same members in both (a set's name means its content; this checks it). */
+const sameSets = (a: NodeRules['sets'], b: NodeRules['sets']) =>
+  a === b ||
+  [...a].every(([name, cidrs]) => {
+    const other = b.get(name);
+    return !other || other === cidrs || (other.length === cidrs.length && other.every((c, i) => c === cidrs[i]));
+  });
+
+/** More changed pods than this in one pass: the whole node is rendered. */
+const MAX_POD_CHANGES = 64;
+
+export function createPolicyDrivers(opts: {
+  family: 4 | 6;
+  ipsets: KernelAccess<string[]>;
+  filter: KernelAccess<string[]>;
+  vxlanDevice?: string;
+  /** Failures do not fail the pass (IPv6 on a node whose pods are IPv4 only). */
+  optional?: boolean;
+  /** False while the manager's inputs are not known (the pods' veths): the tables neither read nor write. */
+  ready?: () => boolean;
+}): PolicyFamilyDrivers {
+  const { family } = opts;
+  const cache = createRenderCache();
+  let last: { rules: NodeRules | null; veths: ReadonlyMap<string, string> } | null = null;
+  const beforeRules = (veths: ReadonlyMap<string, string>) => {
+    ipsets.table.replaceDesired(ipsets.table.cache);
+    const chains = new Map(filter.table.cache);
+    chains.delete(JUMP_KEY);
+    const d = desiredBeforeRules({ chains, jumps: 1, sets: new Map() }, veths, opts.vxlanDevice).chains;
+    d.set(JUMP_KEY, [...WANTED_JUMP]);
+    filter.table.replaceDesired(d);
+  };
+  /** A few pods' new rules: only they are rendered, and their entries replaced. */
+  const computePods = (
+    changes: { before: PodRules; after: PodRules }[],
+    setsBefore: NodeRules['sets'],
+    rules: NodeRules,
+    veths: ReadonlyMap<string, string>,
+  ) => {
+    const render = (pods: PodRules[], sets: NodeRules['sets']) => {
+      const d = desiredPolicy({ revision: 0, pods, sets }, veths, opts.vxlanDevice, cache, family);
+      for (const c of POLICY_LAYOUT) d.chains.delete(c);
+      return d;
+    };
+    const was = render(
+      changes.map((c) => c.before),
+      setsBefore,
+    );
+    const now = render(
+      changes.map((c) => c.after),
+      rules.sets,
+    );
+    for (const chain of was.chains.keys()) if (!now.chains.has(chain)) filter.table.deleteDesired(chain);
+    for (const [chain, lines] of now.chains) filter.table.setDesired(chain, lines);
+    // The node's sets are named as the policy service names them (`weft-<hash>`), the kernel's IPv6 ones `weft6-…`.
+    const held = (name: string) =>
+      rules.sets
+        .get(family === 4 ? name : name.replace(/^weft6-/, 'weft-'))
+        ?.some((c) => c.includes(':') === (family === 6));
+    for (const name of was.sets.keys()) if (!now.sets.has(name) && !held(name)) ipsets.table.deleteDesired(name);
+    for (const [name, members] of now.sets) ipsets.table.setDesired(name, members);
+  };
+  const ipsets = {
+    ...createIpsetDriver(opts.ipsets, family, { optional: opts.optional }),
+    ready: opts.ready,
+    onRead: () => {
+      if (last && last.rules === null) beforeRules(last.veths);
     },
   };
-  return driver;
+  const filter = {
+    ...createFilterDriver(opts.filter, family, { optional: opts.optional }),
+    ready: opts.ready,
+    onRead: () => {
+      if (last && last.rules === null) beforeRules(last.veths);
+    },
+  };
+  return {
+    family,
+    ipsets,
+    filter,
+    compute(rules, veths) {
+      const prev = last;
+      last = { rules, veths };
+      if (!rules) return beforeRules(veths);
+      // The same inputs (a pass for routes, say): the same desired entries.
+      if (prev?.rules === rules && prev.veths === veths) return;
+      const changes =
+        prev?.rules && prev.veths === veths && sameSets(prev.rules.sets, rules.sets)
+          ? podChanges(prev.rules.pods, rules.pods, MAX_POD_CHANGES)
+          : null;
+      if (changes) return computePods(changes, prev!.rules!.sets, rules, veths);
+      const d = desiredPolicy(rules, veths, opts.vxlanDevice, cache, family);
+      d.chains.set(JUMP_KEY, [...WANTED_JUMP]);
+      ipsets.table.replaceDesired(d.sets);
+      filter.table.replaceDesired(d.chains);
+    },
+    inForce() {
+      return [...POLICY_LAYOUT, JUMP_KEY].every((k) => filter.table.cache.has(k));
+    },
+  };
 }
+
+export const policyKinds = (family: 4 | 6) => [ipsetKind(family), filterKind(family)];
 
 /**
- * Network policy of every family, as the scheduler runs it: the families side by side (separate tables, separately
- * named sets; both finished before the pass goes on, so a failed one is not still writing when the retry starts).
- * IPv4 must succeed; IPv6 must too when pods are dual-stack (`ipv6Required`), otherwise its failure is logged once
- * and it rests until the next resync. Tells who waits when a family has been programmed once.
+ * Who waits for network policy of a family to be in force (a dual-stack attach waits for IPv6's): `notify` after each
+ * pass, `whenInForce` resolves at once when it already was, rejects after `timeoutMs`.
  */
-export interface NetworkPolicy {
-  markForResync(): void;
-  /** Applies `rules` where pending; whether anything was written, and whether a required family failed. */
-  apply(rules: NodeRules | null): Promise<{ changed: boolean; failed: boolean }>;
-  whenInForce(family: 4 | 6, timeoutMs: number): Promise<void>;
-}
-
-export function createNetworkPolicy(opts: {
-  drivers: readonly NetworkPolicyDriver[];
-  ipv6Required?: boolean;
-  logger: Logger;
-  /** Called with the family and what was written (a non-empty plan). */
-  onWritten?: (family: 4 | 6) => void;
-}): NetworkPolicy {
+export function createInForceWaiters() {
   const inForce = new Set<4 | 6>();
   let waiters: { family: 4 | 6; resolve: () => void }[] = [];
-  let resting6 = false;
-  let failure6 = '';
   return {
-    markForResync() {
-      for (const d of opts.drivers) d.markForResync();
-      resting6 = false;
+    notify(family: 4 | 6) {
+      if (inForce.has(family)) return;
+      inForce.add(family);
+      for (const w of waiters.filter((x) => x.family === family)) w.resolve();
+      waiters = waiters.filter((x) => x.family !== family);
     },
-    async apply(rules) {
-      const drivers = opts.drivers.filter((d) => !(d.family === 6 && resting6));
-      const results = await Promise.allSettled(
-        drivers.map(async (d) => {
-          const out = await d.apply(rules);
-          if (out && !inForce.has(d.family)) {
-            inForce.add(d.family);
-            for (const w of waiters.filter((x) => x.family === d.family)) w.resolve();
-            waiters = waiters.filter((x) => x.family !== d.family);
-          }
-          if (!out || out.plan.changed.length === 0) return false;
-          opts.onWritten?.(d.family);
-          opts.logger.info('policy rules written', {
-            family: d.family,
-            revision: rules?.revision ?? null,
-            failClosed: rules === null,
-            pods: out.veths,
-            readBack: out.readBack,
-            changed: out.plan.changed.slice(0, 20),
-            count: out.plan.changed.length,
-          });
-          return true;
-        }),
-      );
-      let changed = false;
-      let failed = false;
-      results.forEach((r, i) => {
-        const family = drivers[i]!.family;
-        if (r.status === 'fulfilled') {
-          changed ||= r.value;
-          if (family === 6) failure6 = '';
-          return;
-        }
-        const err = (r.reason as Error).message;
-        if (family === 4 || opts.ipv6Required) {
-          failed = true;
-          opts.logger.error('cannot program network policy; retrying', { family, err });
-          return;
-        }
-        resting6 = true;
-        if (err !== failure6)
-          opts.logger.warn('cannot program IPv6 network policy (ip6tables); pods are IPv4 only here', { err });
-        failure6 = err;
-      });
-      return { changed, failed };
-    },
-    whenInForce(family, timeoutMs) {
+    whenInForce(family: 4 | 6, timeoutMs: number): Promise<void> {
       if (inForce.has(family)) return Promise.resolve();
       return new Promise<void>((resolve, reject) => {
         const waiter = {

@@ -1,50 +1,121 @@
 import { run as runHere } from '../../lib/exec.js';
-import { readPolicyActual, type PolicyActual, type PolicyFamily, type PolicyPlan } from '../domain/network-policy.js';
+import type { BatchChange, KernelAccess } from '../kernel-table/dataplane.js';
+import {
+  chainRemovals,
+  chainWrites,
+  filterEntries,
+  readPolicyActual,
+  setDestroys,
+  setWrites,
+  type PolicyFamily,
+} from '../domain/network-policy.js';
 
 /**
- * Network policy's kernel side, in this process's network namespace (the node's): reads Weft's filter chains
- * (`iptables-save -t filter`), Weft's ipsets (`ipset save`) and the local pods' host veths (the pods' host routes,
- * Weft's protocol through a pod veth), and applies a plan: sets first, then the new rules, then old rules and stale chains, then unused sets destroyed.
- * `family` 6 does the same with ip6tables, the pods' IPv6 host routes and Weft's inet6 sets.
+ * Network policy's kernel side, in this process's network namespace (the node's): Weft's ipsets of a family
+ * (`ipset save`, `ipset restore -exist`), Weft's filter chains of a family (`iptables-save -t filter`,
+ * `iptables-restore --noflush`; ip6tables for family 6), and the local pods' host veths (the pods' host routes: Weft's
+ * protocol through a pod veth). Writes go in batches, one restore per phase (kernel-table/dataplane.ts); the
+ * single-entry `write` and `remove` are batches of one.
  */
-export interface PolicyDriver {
-  read(): Promise<PolicyActual>;
-  /** Local pod address → its host-side veth. */
-  podVeths(): Promise<Map<string, string>>;
-  /** Applies the plan; `inForce` is called once the desired rules are in force (before the old ones are removed). */
-  apply(plan: PolicyPlan, opts?: { inForce?: () => void }): Promise<void>;
+export interface PolicyKernelOpts {
+  /** How commands run (default: here; bench/policy runs them in a namespace). */
+  run?: typeof runHere;
+  family: PolicyFamily;
+  /** Called with each restore input before it runs, and once it ran (for measurements). */
+  onRestore?: (what: 'ipset' | 'filter', op: 'update' | 'delete', done: boolean) => void;
 }
+
+/** An access that writes in batches; its single-entry `write` and `remove` are batches of one. */
+function batched<V>(
+  read: () => Promise<Map<string, V>>,
+  applyBatch: NonNullable<KernelAccess<V>['applyBatch']>,
+): KernelAccess<V> {
+  return {
+    read,
+    applyBatch,
+    write: async (key, value, held) => (await applyBatch('update', [{ key, value, held }]))?.get(key),
+    remove: async (key, held) => void (await applyBatch('delete', [{ key, value: held, held }])),
+  };
+}
+
+export function createIpsetAccess(opts: PolicyKernelOpts): KernelAccess<string[]> {
+  const run = opts.run ?? runHere;
+  const restore = async (op: 'update' | 'delete', input: string | null) => {
+    if (!input) return;
+    opts.onRestore?.('ipset', op, false);
+    await run('ipset', ['restore', '-exist'], { input });
+    opts.onRestore?.('ipset', op, true);
+  };
+  return batched(
+    async () => readPolicyActual('', await run('ipset', ['save']), opts.family).sets,
+    async (op, changes) => {
+      // `destroy` of a set already gone is no error under -exist.
+      if (op === 'delete') return restore(op, setDestroys(changes.map((c) => c.key)));
+      await restore(
+        op,
+        setWrites(
+          changes.map((c) => ({ name: c.key, members: c.value, held: c.held })),
+          opts.family,
+        ),
+      );
+    },
+  );
+}
+
+export function createFilterAccess(opts: PolicyKernelOpts): KernelAccess<string[]> {
+  const run = opts.run ?? runHere;
+  const iptables = opts.family === 4 ? 'iptables' : 'ip6tables';
+  const read = async () =>
+    filterEntries(readPolicyActual(await run(`${iptables}-save`, ['-t', 'filter']), '', opts.family));
+  const restore = async (op: 'update' | 'delete', input: string | null) => {
+    if (!input) return;
+    opts.onRestore?.('filter', op, false);
+    await run(`${iptables}-restore`, ['--noflush'], { input });
+    opts.onRestore?.('filter', op, true);
+  };
+  const removals = (changes: readonly BatchChange<string[]>[]) =>
+    chainRemovals(
+      changes.filter((c) => c.finish).map((c) => ({ chain: c.key, rules: c.value, held: c.held })),
+      changes.filter((c) => !c.finish).map((c) => ({ chain: c.key, rules: [], held: c.held })),
+    );
+  return batched(read, async (op, changes) => {
+    if (op === 'update') {
+      const out = chainWrites(changes.map((c) => ({ chain: c.key, rules: c.value, held: c.held })));
+      await restore(op, out.restore);
+      // Anchors hold their old rules beside the new ones until the delete phase (finishedByRemoval).
+      return new Map(changes.filter((c) => out.held.get(c.key) !== c.value).map((c) => [c.key, out.held.get(c.key)!]));
+    }
+    try {
+      await restore(op, removals(changes));
+    } catch (err) {
+      // A chain already gone is success: once more, against what the kernel holds now.
+      const now = await read();
+      const left = changes
+        .filter((c) => now.has(c.key))
+        .map((c) => ({ ...c, held: now.get(c.key) }))
+        .filter((c) => !c.finish || c.held!.length > c.value.length);
+      if (left.length === changes.length && left.every((c, i) => sameHeld(c.held, changes[i]!.held))) throw err;
+      await restore(op, removals(left));
+    }
+  });
+}
+
+const sameHeld = (a: readonly string[] | undefined, b: readonly string[] | undefined) =>
+  a === b || (!!a && !!b && a.length === b.length && a.every((x, i) => x === b[i]));
 
 const POD_VETH = /^weft[0-9a-f]{11}$/;
 
-export function createPolicyDriver(opts: {
+/** Local pod address (of the family) → its host-side veth, from the pods' host routes. */
+export async function readPodVeths(opts: {
   routeProtocol: number;
-  /** How commands run (default: here; bench/policy runs them in a namespace). */ run?: typeof runHere;
-  family?: PolicyFamily;
-}): PolicyDriver {
+  family: PolicyFamily;
+  run?: typeof runHere;
+}): Promise<Map<string, string>> {
   const run = opts.run ?? runHere;
-  const family = opts.family ?? 4;
-  const iptables = family === 4 ? 'iptables' : 'ip6tables';
-  const ip = (args: string[]) => run('ip', args);
-  return {
-    read: async () => {
-      const [filter, sets] = await Promise.all([run(`${iptables}-save`, ['-t', 'filter']), run('ipset', ['save'])]);
-      return readPolicyActual(filter, sets, family);
-    },
-    podVeths: async () => {
-      const routes = JSON.parse(
-        (await ip([`-${family}`, '-j', 'route', 'show', 'proto', String(opts.routeProtocol)])) || '[]',
-      ) as { dst: string; dev?: string }[];
-      const out = new Map<string, string>();
-      for (const r of routes) if (r.dev && POD_VETH.test(r.dev) && !r.dst.includes('/')) out.set(r.dst, r.dev);
-      return out;
-    },
-    apply: async (plan, opts) => {
-      if (plan.setsBefore) await run('ipset', ['restore', '-exist'], { input: plan.setsBefore });
-      if (plan.filter) await run(`${iptables}-restore`, ['--noflush'], { input: plan.filter });
-      opts?.inForce?.();
-      if (plan.filterAfter) await run(`${iptables}-restore`, ['--noflush'], { input: plan.filterAfter });
-      if (plan.setsAfter) await run('ipset', ['restore', '-exist'], { input: plan.setsAfter });
-    },
-  };
+  const routes = JSON.parse(
+    (await run('ip', [`-${opts.family}`, '-j', 'route', 'show', 'proto', String(opts.routeProtocol)])) || '[]',
+  ) as { dst: string; dev?: string }[];
+  const out = new Map<string, string>();
+  for (const r of routes) if (r.dev && POD_VETH.test(r.dev) && !r.dst.includes('/')) out.set(r.dst, r.dev);
+  return out;
 }

@@ -41,7 +41,7 @@ function node(peers, spec = { name: 'weft.vxlan', vni: 4096, port: 4789, localAd
   const device = createVxlanDeviceDriver(createVxlanDeviceAccess('weft.vxlan', logger));
   const nl = createOverlayNetlink({ routeProtocol: 87, logger, devices: () => ({ vxlan: device.ifindex(), underlay: underlayIfindex }) });
   const drivers = [device, createNeighbourDriver(nl.neighbours, 'weft.vxlan'), createFdbDriver(nl.fdb, 'weft.vxlan'), createRouteDriver(nl.routes, 'weft.vxlan')];
-  const dataplane = createDataplane({ drivers, order: ORDER.filter((p) => !p.kind.startsWith('nat')), dependents: DEPENDENTS });
+  const dataplane = createDataplane({ drivers, order: ORDER.filter((p) => drivers.some((d) => d.kind === p.kind)), dependents: DEPENDENTS });
   const want = (peers) => {
     const d = computeDesired('self', peers, { mode: 'auto', underlay: { address: '192.0.2.10', prefixLength: 24 } });
     device.table.replaceDesired(new Map([[spec.name, vxlanStateFor(spec)]]));
