@@ -179,10 +179,15 @@ async function metrics(n: NodeState): Promise<Map<string, number>> {
 const total = (m: Map<string, number>, prefix: string) =>
   [...m].filter(([k]) => k === prefix || k.startsWith(`${prefix}{`)).reduce((s, [, v]) => s + v, 0);
 
-/** The agent's kernel writes so far, by operation and kind (weft_agent_kernel_changes_total), as one comparable line. */
+/**
+ * The agent's kernel writes so far, by operation and kind (weft_agent_kernel_changes_total), as one comparable line;
+ * without `policy`, network policy's kinds (filter chains, ipsets) are left out.
+ */
 const kernelChanges = (m: Map<string, number>, opts: { policy: boolean }) =>
   [...m]
-    .filter(([k]) => k.startsWith('weft_agent_kernel_changes_total') && (opts.policy || !k.includes('kind="policy"')))
+    .filter(
+      ([k]) => k.startsWith('weft_agent_kernel_changes_total') && (opts.policy || !/kind="(filter|ipset)[46]"/.test(k)),
+    )
     .map(([k, v]) => `${k.replace('weft_agent_kernel_changes_total', '')}=${v}`)
     .sort()
     .join(' ');
