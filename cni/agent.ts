@@ -185,6 +185,8 @@ const CODE_FOR_AGENT_ERROR: Readonly<Record<string, CniCode>> = {
   'agent.unknown_pool': CniCode.invalidConfig,
   // A requested address is still cooling down after its release; the message says when it frees.
   'agent.address_cooling_down': CniCode.tryAgainLater,
+  // The agent runs but IPAM (the control plane) does not answer: the message names IPAM, not the agent.
+  'agent.ipam_unavailable': CniCode.tryAgainLater,
 };
 
 /** The one table from the agent's answer (stable error code first, then gRPC status) to CNI error codes. */

@@ -35,6 +35,7 @@ import { hostIfnameFor } from './kernel/pod-network.js';
 import { followAttachments } from './sources/attachments.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
 import { createPodReporter, reportHeldAttachments } from './pod-reports.js';
+import { createPendingReleases } from './pending-releases.js';
 import { createReconciler } from './reconciler.js';
 import { followUnderlay } from './underlay-follow.js';
 import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
@@ -321,6 +322,13 @@ async function main(): Promise<void> {
     policy: policyClient,
     logger: logger.child({ component: 'pod-reports' }),
   });
+  // Beside the CNI socket: it outlives an agent restart (not a reboot, after which the runtime's DEL or GC comes again).
+  const pendingReleases = createPendingReleases({
+    release: (handle, attemptId) => ipam.release(attemptId ? { handle, attemptId } : { handle }, { timeoutMs: 10_000 }),
+    file: path.join(path.dirname(config.socket), 'pending-releases.json'),
+    logger: logger.child({ component: 'pending-releases' }),
+    onSize: (n) => metrics.pendingReleases.set(n),
+  });
   const cniHandlers = createCniHandlers({
     node: config.nodeName,
     ipam,
@@ -336,6 +344,7 @@ async function main(): Promise<void> {
     onDetachPhase: (phase, ms) => metrics.detachPhaseDuration.record(ms / 1000, { phase }),
     hostPaths,
     pods: attachments.events,
+    pendingReleases,
   });
   // The plugin calls in with unary frames, anything else with gRPC, on the same socket (lib/grpc/frame-server.ts).
   const unaryMethods: UnaryMethods = new Map();
@@ -381,6 +390,7 @@ async function main(): Promise<void> {
     logger.info('stopping', { signal });
     stopper.abort();
     reconciler.stop();
+    pendingReleases.stop();
     kernelWatch?.close();
     underlayFollower.close();
     await socketServer.close();

@@ -40,6 +40,8 @@ export interface AgentMetrics {
   peers: Gauge;
   /** 1 for the agent's routing mode (vxlan, direct or auto), 0 for the others. */
   routingMode: Gauge;
+  /** Releases of detached pods that IPAM could not take at DEL, still being retried (pending-releases.ts). */
+  pendingReleases: Gauge;
   /** Time the agent spends on each CNI plugin call (Attach, Detach, …), by rpc and result (ok, error). */
   cniCallDuration: Histogram;
   /** Time of each step of a successful Attach (allocate, host, pod; they may overlap), by phase. */
@@ -94,6 +96,10 @@ export function createAgentMetrics(r: MetricsRegistry): AgentMetrics {
     routingMode: r.gauge(
       'weft_agent_routing_mode',
       "The agent's routing mode (WEFT_ROUTING_MODE): 1 for the mode in use.",
+    ),
+    pendingReleases: r.gauge(
+      'weft_agent_pending_releases',
+      'Addresses of pods detached while IPAM was unreachable whose release IPAM has not taken yet (retried in the background).',
     ),
     cniCallDuration: r.histogram(
       'weft_agent_cni_call_duration_seconds',

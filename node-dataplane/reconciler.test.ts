@@ -496,6 +496,27 @@ test('a driver that carries its manager (the pod drivers) needs nothing of the s
   }
 });
 
+test('masquerade: pools learnt while a pass runs leave the chain a restarted agent finds alone (never removed for want of desired state)', async () => {
+  const k = fakeNode();
+  const chain: NatChain = {
+    rules: ['-A WEFT-POSTROUTING -d 10.244.0.0/16 -j RETURN', '-A WEFT-POSTROUTING -s 10.244.0.0/16 -j MASQUERADE'],
+    jumps: 1,
+  };
+  k.kernel.nat4.entries.set(MASQUERADE_CHAIN, chain);
+  // The pools' first answer arrives after the pass computed its tables and before it reaches the nat phase.
+  let asked = 0;
+  const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
+  const { r } = setup(k, snap, { pools: () => (asked++ === 0 ? null : ['10.244.0.0/16']) });
+  try {
+    await r.flush();
+    await r.flush('pools');
+    assert.deepEqual(k.kernel.nat4.requests, [], 'the chain was neither removed nor rewritten');
+    assert.deepEqual(k.kernel.nat4.entries.get(MASQUERADE_CHAIN), chain);
+  } finally {
+    r.stop();
+  }
+});
+
 test("a restarted agent keeps the policy it finds until its first rule set; then only the rules' changes are written", async () => {
   const snap: RoutesSnapshot = { nodes: new Map(), revision: 1, synced: true };
   const p4 = fakePolicy(4);

@@ -147,9 +147,15 @@ export function createReconciler(deps: {
   const deviceName = deps.vxlan().name;
   const device = createVxlanDeviceDriver(deps.kernel.device);
   const absent: KernelAccess<NatChain> = { read: async () => new Map(), write: async () => {}, remove: async () => {} };
+  /**
+   * Whether this pass computed the nat tables' desired entries (the pools were known when it began). Readiness
+   * follows it, not the pools themselves: pools learnt in the middle of a pass would let the nat phase run against an
+   * empty desired state and remove the chain a restarted agent found.
+   */
+  let natDesired = false;
   const nat = ([4, 6] as const).map((family) => ({
     ...createNatDriver(deps.kernel[`nat${family}`] ?? absent, family),
-    ready: () => !!deps.kernel[`nat${family}`] && !!deps.pools && deps.pools() !== null,
+    ready: () => !!deps.kernel[`nat${family}`] && natDesired,
   }));
   /** Per family: its drivers, and the pods' veths (null: never read; `stale`: to be read again). */
   type PolicyFamily = PolicyFamilyDrivers & { access: PolicyAccess; veths: Map<string, string> | null; stale: boolean };
@@ -262,6 +268,7 @@ export function createReconciler(deps: {
     target = desired;
     routeCidrs = new Set(desired.routes.keys());
     const pools = deps.pools?.() ?? null;
+    natDesired = pools !== null;
     if (pools) for (const d of nat) d.table.replaceDesired(desiredNat(pools, d.kind === natKind(6) ? 6 : 4));
     for (const p of policy) if (p.veths) p.compute(rules, p.veths);
 

@@ -1,19 +1,24 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
   AGENT_METRICS_PORT,
+  agentLog,
   controlPlaneTarget,
   isAlive,
   readState,
   restartAgent,
+  networkConfig,
   restartControlPlane,
+  runCni,
   startAgent,
+  startStoppedControlPlane,
   stopAgent,
+  stopControlPlane,
   type ClusterState,
   type NodeState,
   type PodState,
@@ -23,11 +28,16 @@ import { CONTROL_PLANE_ADDRESS } from '../cli/cluster/topology.js';
 import { createClient } from '../lib/grpc/client.js';
 import { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 import { IpamServiceService, IpFamily } from '../gen/weft/ipam/v1/ipam.js';
-import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { hostIfnameFor } from '../node-dataplane/kernel/pod-network.js';
+import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { bin } from './support/processes.js';
 import { eventually } from './support/eventually.js';
-import { pings as reaches } from './support/pod-probes.js';
+import {
+  assertStreamHeld,
+  pings as reaches,
+  startEchoStream as startStream,
+  startPingLoop,
+} from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
 
 /**
@@ -49,7 +59,6 @@ const REPAIR_BOUND_MS = 2000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const node = (name: string): NodeState => readState(stateDir).nodes.find((n) => n.name === name)!;
-const podNs = (p: PodState) => path.basename(p.netns);
 
 async function sh(file: string, ...args: string[]): Promise<string> {
   const { stdout } = await exec(file, args, { timeout: 20_000 });
@@ -110,6 +119,31 @@ async function overlay(ns: string): Promise<Overlay> {
   return { routes, direct, neighbours, fdb, text };
 }
 
+/**
+ * Everything of a node's kernel that Weft programs, as text to compare byte for byte: the overlay (as `overlay`),
+ * iptables (all tables; counters and comment headers dropped) and ipsets.
+ */
+async function kernelState(ns: string): Promise<{ overlay: string; iptables: string; ipsets: string }> {
+  const [o, iptables, ipsets] = await Promise.all([
+    overlay(ns),
+    sh('ip', 'netns', 'exec', ns, 'iptables-save'),
+    sh('ip', 'netns', 'exec', ns, 'ipset', 'save'),
+  ]);
+  return {
+    overlay: o.text,
+    iptables: iptables
+      .split('\n')
+      .filter((l) => !l.startsWith('#'))
+      .map((l) => l.replace(/\[\d+:\d+\]/g, '[0:0]'))
+      .join('\n'),
+    ipsets,
+  };
+}
+
+async function allocations(): Promise<{ handle: string; address: string }[]> {
+  return JSON.parse(await weft('ipam', 'allocations', '--json')) as { handle: string; address: string }[];
+}
+
 /** The overlay entries that lead to one remote node: its FDB entry, its blocks' neighbours and routes. */
 function entriesFor(o: Overlay, remote: NodeState) {
   const mac = vtepMacFor(remote.address);
@@ -144,6 +178,19 @@ async function metrics(n: NodeState): Promise<Map<string, number>> {
 
 const total = (m: Map<string, number>, prefix: string) =>
   [...m].filter(([k]) => k === prefix || k.startsWith(`${prefix}{`)).reduce((s, [, v]) => s + v, 0);
+
+/**
+ * The agent's kernel writes so far, by operation and kind (weft_agent_kernel_changes_total), as one comparable line;
+ * without `policy`, network policy's kinds (filter chains, ipsets) are left out.
+ */
+const kernelChanges = (m: Map<string, number>, opts: { policy: boolean }) =>
+  [...m]
+    .filter(
+      ([k]) => k.startsWith('weft_agent_kernel_changes_total') && (opts.policy || !/kind="(filter|ipset)[46]"/.test(k)),
+    )
+    .map(([k, v]) => `${k.replace('weft_agent_kernel_changes_total', '')}=${v}`)
+    .sort()
+    .join(' ');
 
 /** Waits until a (re)started agent has applied its first complete snapshot; returns the milliseconds it took. */
 async function waitForSync(n: NodeState, timeoutMs = 20_000): Promise<number> {
@@ -190,97 +237,8 @@ const weftLines = (lines: string[]) =>
 
 const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, pauseMs: 100 });
 
-interface StreamResult {
-  sent: number;
-  sentBytes: number;
-  recvBytes: number;
-  maxGapMs: number;
-  outOfOrder: number;
-  error: string | null;
-  ms: number;
-}
-const STREAM_INTERVAL_MS = 10;
-/** Upper bound of a stream: at most 3,000 messages even if the test never stops it. */
-const STREAM_MAX_MS = 30_000;
-
-/**
- * A TCP stream from pod `from` to an echo server in pod `to`: a counter every 10 ms until stopped, measuring the echo
- * (bytes, order, and the longest silence between two echoes).
- */
-async function startEchoStream(from: PodState, to: PodState): Promise<{ stop(): Promise<StreamResult> }> {
-  const server = spawn(
-    'ip',
-    [
-      'netns',
-      'exec',
-      podNs(to),
-      process.execPath,
-      '-e',
-      `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(9000, '0.0.0.0', () => console.log('listening'))`,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  children.push(server);
-  const lineFrom = (child: ChildProcess, text: string, what: string) =>
-    new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${what} did not start`)), 10_000);
-      child.stdout!.on('data', (d) => String(d).includes(text) && (clearTimeout(timer), resolve()));
-    });
-  await lineFrom(server, 'listening', 'the echo server');
-  const clientScript = `
-    const net = require('net');
-    const s = net.connect({ host: ${JSON.stringify(to.addresses[0])}, port: 9000 });
-    let seq = 0, sentBytes = 0, recvBytes = 0, start = 0, last = 0, maxGapMs = 0, buf = '', expect = 0, outOfOrder = 0, error = null, timer = null;
-    const report = () => { console.log(JSON.stringify({ sent: seq, sentBytes, recvBytes, maxGapMs, outOfOrder, error, ms: Date.now() - start })); process.exit(0); };
-    const finish = () => { if (timer) { clearInterval(timer); timer = null; s.end(); } };
-    setTimeout(() => { error = error || 'timeout'; report(); }, ${STREAM_MAX_MS + 5000}).unref();
-    process.stdin.on('data', () => {}).on('end', finish);
-    s.setNoDelay(true);
-    s.on('connect', () => {
-      start = last = Date.now();
-      console.log('connected');
-      timer = setInterval(() => {
-        if (Date.now() - start >= ${STREAM_MAX_MS}) return finish();
-        const line = seq++ + '\\n'; sentBytes += line.length; s.write(line);
-      }, ${STREAM_INTERVAL_MS});
-    });
-    s.on('data', (d) => {
-      const now = Date.now(); maxGapMs = Math.max(maxGapMs, now - last); last = now; recvBytes += d.length;
-      buf += d; const lines = buf.split('\\n'); buf = lines.pop();
-      for (const l of lines) { if (Number(l) !== expect) outOfOrder++; expect = Number(l) + 1; }
-    });
-    s.on('error', (e) => { error = e.code || e.message; });
-    s.on('close', report);`;
-  const client = spawn('ip', ['netns', 'exec', podNs(from), process.execPath, '-e', clientScript], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  children.push(client);
-  let clientOut = '';
-  client.stdout!.on('data', (d) => (clientOut += d));
-  const clientDone = new Promise<void>((r) => client.once('exit', () => r()));
-  await lineFrom(client, 'connected', 'the stream');
-  return {
-    async stop() {
-      client.stdin!.end();
-      await Promise.race([clientDone, sleep(STREAM_MAX_MS + 10_000)]);
-      server.kill('SIGKILL');
-      return JSON.parse(clientOut.trim().split('\n').at(-1)!) as StreamResult;
-    },
-  };
-}
-
-/** What a stream that was stopped by the test must show: it ran, every byte came back in order, no long silence. */
-function assertStreamHeld(r: StreamResult): void {
-  assert.equal(r.error, null);
-  assert.ok(r.ms < STREAM_MAX_MS, 'the stream ran until the test stopped it');
-  assert.ok(
-    r.sent >= (r.ms / STREAM_INTERVAL_MS) * 0.5,
-    `the client sent a counter every ~10 ms (${r.sent} in ${r.ms} ms)`,
-  );
-  assert.equal(r.recvBytes, r.sentBytes, 'every byte came back');
-  assert.equal(r.outOfOrder, 0);
-  assert.ok(r.maxGapMs < 1000, `no gap over 1 s (longest ${r.maxGapMs} ms)`);
-}
+/** A TCP echo stream between two pods (a counter every 10 ms), its processes killed in `after` if still running. */
+const startEchoStream = (from: PodState, to: PodState, maxMs?: number) => startStream(from, to, { maxMs, children });
 
 describe('agent reconciliation on the local cluster', opts, () => {
   before(async () => {
@@ -506,6 +464,199 @@ describe('agent reconciliation on the local cluster', opts, () => {
     t.diagnostic(`stream across the restart: ${r.ms} ms, longest silence ${r.maxGapMs} ms`);
     assertStreamHeld(r);
     assert.ok(isAlive(node('node1').agentPid) && isAlive(node('node3').agentPid), 'no agent was restarted');
+  });
+
+  test('the control plane down for a while (SIGKILL of its namespace, then a clean stop): kernels untouched, pods keep talking, ADD fails "try again later", DEL succeeds and its release is taken once the control plane is back', async (t) => {
+    const OUTAGE_MS = 8000;
+    const names = readState(stateDir).nodes.map((n) => n.name);
+    const rows: string[] = [];
+    for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+      // A pod on node2 that is deleted during the outage.
+      const pe = JSON.parse(
+        await weft(
+          'cluster',
+          'pod',
+          'add',
+          'node2',
+          `pe-${signal.slice(3).toLowerCase()}`,
+          '--namespace',
+          'e2e',
+          '--json',
+        ),
+      ) as PodState;
+      const peVeth = hostIfnameFor(pe.containerId, 'eth0');
+      for (const n of names) await waitForSync(node(n));
+      const revisions = new Map<string, number>();
+      const changes = new Map<string, string>();
+      for (const n of names) {
+        const m = await metrics(node(n));
+        revisions.set(n, m.get('weft_agent_revision_applied') ?? 0);
+        changes.set(n, kernelChanges(m, { policy: n !== 'node2' }));
+      }
+      const monitors = new Map(names.map((n) => [n, monitor(node(n).netns)]));
+      await sleep(200);
+      const before = new Map(await Promise.all(names.map(async (n) => [n, await kernelState(node(n).netns)] as const)));
+      // Traffic throughout: a TCP echo stream node1 → node3 (VXLAN), pings node2 → node1 (direct).
+      const stream = await startEchoStream(pods.pa!, pods.pb!, 60_000);
+      const ping = startPingLoop(pods.pc!, pods.pa!.addresses[0]!, { maxMs: 60_000, children });
+      await sleep(500);
+
+      const t0 = performance.now();
+      await stopControlPlane(stateDir, signal);
+      const stoppedMs = performance.now() - t0;
+      assert.ok(!isAlive(readState(stateDir).controlPlane.pid));
+
+      // ADD now: refused with CNI code 11 and a message naming IPAM, well within the plugin's own deadline; nothing left.
+      const n2 = node('node2');
+      const addId = `outage-${signal.toLowerCase()}-${state!.prefix}`;
+      const addNs = `${state!.prefix}-pod-${addId}`;
+      await sh('ip', 'netns', 'add', addNs);
+      const a0 = performance.now();
+      const add = await runCni(
+        n2,
+        {
+          CNI_COMMAND: 'ADD',
+          CNI_CONTAINERID: addId,
+          CNI_NETNS: `/var/run/netns/${addNs}`,
+          CNI_IFNAME: 'eth0',
+          CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=outage',
+        },
+        networkConfig(n2),
+      ).finally(() => sh('ip', 'netns', 'del', addNs).catch(() => ''));
+      const addMs = performance.now() - a0;
+      assert.notEqual(add.exitCode, 0, 'ADD fails while IPAM is down');
+      const addErr = JSON.parse(add.stdout) as { code: number; msg: string };
+      assert.equal(addErr.code, 11, `CNI "try again later": ${add.stdout}`);
+      assert.match(addErr.msg, /IPAM at .* is unavailable now .*; try again later$/);
+      assert.ok(addMs < 15_000, `ADD answered in ${addMs.toFixed(0)} ms`);
+      await assert.rejects(
+        sh('ip', '-n', n2.netns, 'link', 'show', hostIfnameFor(addId, 'eth0')),
+        'the failed ADD left no interface',
+      );
+      // DEL now: succeeds; the interface is gone, the release waits on the agent.
+      const d0 = performance.now();
+      const del = await runCni(
+        n2,
+        { CNI_COMMAND: 'DEL', CNI_CONTAINERID: pe.containerId, CNI_NETNS: pe.netns, CNI_IFNAME: 'eth0' },
+        networkConfig(n2),
+      );
+      const delMs = performance.now() - d0;
+      assert.equal(del.exitCode, 0, `DEL during the outage: ${del.stdout} ${del.stderr}`);
+      await assert.rejects(sh('ip', '-n', n2.netns, 'link', 'show', peVeth), "pe's interface is gone");
+      assert.equal((await metrics(n2)).get('weft_agent_pending_releases'), 1, "node2 holds pe's release");
+
+      const left = OUTAGE_MS - (performance.now() - t0);
+      if (left > 0) await sleep(left);
+      const during = new Map(await Promise.all(names.map(async (n) => [n, await kernelState(node(n).netns)] as const)));
+      const outageMs = performance.now() - t0;
+      const s0 = performance.now();
+      await startStoppedControlPlane(stateDir);
+      const startMs = performance.now() - s0;
+      const resync: string[] = [];
+      for (const n of names) {
+        const ms = await until(
+          `${n}'s agent to follow the control plane`,
+          async () => {
+            const m = await metrics(node(n)).catch(() => null);
+            return (
+              !!m &&
+              m.get('weft_agent_synced') === 1 &&
+              (m.get('weft_agent_revision_applied') ?? 0) >= revisions.get(n)! &&
+              (m.get('weft_agent_pending_releases') ?? 0) === 0
+            );
+          },
+          30_000,
+        );
+        resync.push(`${n} ${ms.toFixed(0)} ms`);
+      }
+      // The released address is free in IPAM; the failed ADD holds nothing.
+      const held = await allocations();
+      assert.ok(
+        !held.some((a) => a.address === pe.addresses[0] || a.handle === `${pe.containerId}/eth0`),
+        `pe's address ${pe.addresses[0]} was released once IPAM was back`,
+      );
+      await eventually(
+        'the failed ADD holds no address',
+        async () => !(await allocations()).some((a) => a.handle === `${addId}/eth0`),
+        20_000,
+      );
+      await sleep(1000); // a pass or two after the resync, had anything been rewritten
+      const after = new Map(await Promise.all(names.map(async (n) => [n, await kernelState(node(n).netns)] as const)));
+      const r = await stream.stop();
+      const p = await ping.stop();
+      const lines = new Map(
+        await Promise.all([...monitors].map(async ([n, m]) => [n, weftLines(await m.stop())] as const)),
+      );
+      rows.push(
+        `${signal}: stopped in ${stoppedMs.toFixed(0)} ms, down ${outageMs.toFixed(0)} ms, start ${startMs.toFixed(0)} ms; ADD refused in ${addMs.toFixed(0)} ms, DEL answered in ${delMs.toFixed(0)} ms; agents in sync: ${resync.join(', ')}; TCP stream ${r.ms} ms, longest silence ${r.maxGapMs} ms; pings ${p.received}/${p.sent}, longest gap ${p.longestGapMs} ms`,
+      );
+
+      for (const n of names) {
+        const [b, d, a] = [before.get(n)!, during.get(n)!, after.get(n)!];
+        // On node2 the deleted pod's host route is gone with its interface, as DEL should do.
+        const overlayWas = b.overlay
+          .split('\n')
+          .filter((l) => !l.includes(`dev ${peVeth} `))
+          .join('\n');
+        if (lines.get(n)!.length > 0) {
+          // For whoever chases it: what the agent and the control plane said around the change.
+          for (const l of readFileSync(agentLog(node(n)), 'utf8')
+            .split('\n')
+            .slice(-80))
+            if (!l.includes('UNAVAILABLE')) t.diagnostic(`${n}'s agent: ${l.slice(0, 500)}`);
+          for (const l of readFileSync(path.join(stateDir, 'cp', 'control-plane.log'), 'utf8')
+            .split('\n')
+            .slice(-150))
+            if (/lease|sweep|resum|withdr|snapshot/i.test(l)) t.diagnostic(`control plane: ${l.slice(0, 500)}`);
+        }
+        assert.deepEqual(
+          lines.get(n),
+          [],
+          `${n}: ip monitor saw no change to Weft's routes, neighbours or FDB entries`,
+        );
+        assert.equal(
+          d.overlay,
+          overlayWas,
+          `${n}: routes, neighbours, FDB and device byte-identical during the outage`,
+        );
+        assert.equal(a.overlay, overlayWas, `${n}: and after the control plane is back`);
+        assert.equal(a.ipsets, b.ipsets, `${n}: ipsets unchanged`);
+        const m = await metrics(node(n));
+        // node2 writes policy once: the deleted pod's rules go.
+        assert.equal(
+          kernelChanges(m, { policy: n !== 'node2' }),
+          changes.get(n),
+          `${n}: the agent wrote no entry${n === 'node2' ? ' (but policy)' : ''}`,
+        );
+        if (n !== 'node2') {
+          assert.equal(a.iptables, b.iptables, `${n}: iptables byte-identical`);
+          continue;
+        }
+        // node2: only the deleted pod's rules are gone; nothing else removed, nothing added.
+        const [bl, al] = [b.iptables.split('\n'), a.iptables.split('\n')];
+        assert.deepEqual(
+          al.filter((l) => !bl.includes(l)),
+          [],
+          'node2: no rule added',
+        );
+        assert.deepEqual(
+          bl.filter((l) => !al.includes(l) && !l.includes(peVeth)),
+          [],
+          `node2: only ${peVeth}'s rules removed`,
+        );
+      }
+      assertStreamHeld(r);
+      assert.ok(p.received >= p.sent - 2, `pings answered throughout: ${p.received}/${p.sent}`);
+      assert.ok(p.longestGapMs < 1500, `no ping gap over 1.5 s (longest ${p.longestGapMs} ms)`);
+      // The pod is forgotten by the cluster (a second DEL: idempotent, the policy service told).
+      await weft('cluster', 'pod', 'del', `e2e/${pe.name}`);
+    }
+    for (const row of rows) t.diagnostic(row);
+    // Attaches work again: a new pod on node2 is reachable from node1's.
+    const pf = JSON.parse(
+      await weft('cluster', 'pod', 'add', 'node2', 'pf', '--namespace', 'e2e', '--json'),
+    ) as PodState;
+    assert.ok(await pings(pods.pa!, pf.addresses[0]!), "node1's pod reaches the pod attached after the outage");
   });
 
   test('a restarted agent adopts what it finds: no entry deleted or re-added, kernel state byte-identical, no kernel write', async (t) => {

@@ -1,25 +1,34 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { status } from '@grpc/grpc-js';
+import { clusterAdminSecurity, controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { createClient } from '../lib/grpc/client.js';
-import type { TransportSecurity } from '../lib/grpc/credentials.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
+import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { haPostgresMissing, startHaPostgres, type HaPostgres } from './support/ha-postgres.js';
-import { bin, startUntil, type Started } from './support/processes.js';
+import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
+import { assertStreamHeld, pings, startEchoStream, startPingLoop } from './support/pod-probes.js';
+import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
+import { bin } from './support/processes.js';
 import { eventually } from './support/eventually.js';
 
 /**
- * `weft up` on a highly available PostgreSQL (scripts/ha/up.sh: Patroni, synchronous replication, HAProxy in front)
- * while several callers allocate and release through the gRPC API, and the primary's postmaster is SIGKILLed.
- * Calls during the switch must fail UNAVAILABLE (never a wrong answer); writes must work again once Patroni has
- * promoted the synchronous standby; every allocation and release acknowledged to a caller must be there afterwards;
- * no address may be live twice; WatchRoutes must still deliver changes, woken by notifications (the streams' poll
- * and bookmark periods are set to a minute, so only a notification, or the notifier's reconnect, wakes them in time).
+ * The local cluster (two nodes, two pods on each) with its control plane on a highly available PostgreSQL
+ * (scripts/ha/up.sh: Patroni, synchronous replication, HAProxy in front, reached through HAProxy's unix socket from
+ * the control plane's namespace) while several callers allocate and release through the gRPC API, nodes come and go
+ * (route changes), and the primary's postmaster is SIGKILLed. Calls during the switch must fail UNAVAILABLE (never a
+ * wrong answer); writes must work again once Patroni has promoted the synchronous standby; every allocation and
+ * release acknowledged to a caller must be there afterwards; no address may be live twice; pods on the two nodes keep
+ * exchanging traffic throughout; afterwards every agent's kernel holds exactly the route table (nothing lost, nothing
+ * stale); WatchRoutes must still deliver changes, woken by notifications (the streams' poll and bookmark periods are
+ * set to a minute, so only a notification, or the notifier's reconnect, wakes them in time).
  */
 const WORKERS = 6;
 const WARMUP_MS = 4000;
@@ -30,38 +39,79 @@ const FAILOVER_BOUND_MS = 45_000;
 /** A route change must reach the watcher this soon, far under the streams' poll of 60 s. */
 const DELIVERY_BOUND_MS = 10_000;
 
+/** Pod traffic may pause this long at most (a TCP echo every 10 ms, a ping every 200 ms). */
+const TRAFFIC_GAP_BOUND_MS = 1500;
+/** Probes end on their own after this long, even if the test never stops them. */
+const PROBE_MAX_MS = 180_000;
+
 const missing = haPostgresMissing();
 // As root (the project's CI) scripts/install-deps.sh installs the packages: missing ones are a failure, not a skip.
-const skip = missing && process.getuid?.() !== 0 && !process.env.CI ? missing : false;
+// The local cluster needs root too.
+const skip =
+  missing && process.getuid?.() !== 0 && !process.env.CI ? missing : skipOutsideCi(privilegedSkipReason()).skip;
 
+const run = promisify(execFile);
 let ha: HaPostgres | null = null;
-let weft: (Started & { line: string }) | null = null;
-let dataDir = '';
+let cluster: TestCluster | undefined;
+let envDir = '';
+const pods: PodState[] = [];
+const children: ChildProcess[] = [];
 const closers: (() => void)[] = [];
 const stopper = new AbortController();
+const weftCli = async (...args: string[]) =>
+  (await run(bin.weft, [...args, '--state-dir', cluster!.stateDir], { timeout: 60_000 })).stdout;
+const controlPlaneLog = () => {
+  try {
+    return readFileSync(path.join(cluster!.stateDir, 'cp', 'control-plane.log'), 'utf8').slice(-4000);
+  } catch {
+    return '(no log)';
+  }
+};
 
 before(async () => {
   if (skip) return;
   if (missing) throw new Error(`test/ha-failover: the HA PostgreSQL ${missing}`);
+  const t0 = Date.now();
   ha = await startHaPostgres();
-  dataDir = mkdtempSync(path.join(tmpdir(), 'weft-ha-cp-'));
-  weft = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], /"serving":true/, {
-    env: {
-      DATABASE_URL: ha.appUrl,
-      WEFT_MIGRATION_DATABASE_URL: ha.ownerUrl,
-      WEFT_LOG_LEVEL: 'warn',
-      WEFT_ROUTES_POLL_MS: '60000',
-      WEFT_ROUTES_BOOKMARK_MS: '60000',
-    },
-  });
+  const haMs = Date.now() - t0;
+  // The control plane's settings: the HA PostgreSQL through HAProxy's unix socket (the control plane runs in a network
+  // namespace of its own), watch streams woken only by notifications.
+  envDir = mkdtempSync(path.join(tmpdir(), 'weft-ha-env-'));
+  const envFile = path.join(envDir, 'control-plane.env');
+  writeFileSync(
+    envFile,
+    `${readFileSync(ha.socketEnvFile, 'utf8')}WEFT_ROUTES_POLL_MS=60000\nWEFT_ROUTES_BOOKMARK_MS=60000\n`,
+    { mode: 0o600 },
+  );
+  const started = bringUpTestCluster('hacluster', 2, ['--control-plane-env', envFile]);
+  cluster = started.cluster;
+  await started.up;
+  const clusterMs = Date.now() - t0 - haMs;
+  for (const [node, name] of [
+    ['node1', 'p1a'],
+    ['node1', 'p1b'],
+    ['node2', 'p2a'],
+    ['node2', 'p2b'],
+  ] as const)
+    pods.push(
+      JSON.parse(await weftCli('cluster', 'pod', 'add', node, name, '--namespace', 'ha', '--json')) as PodState,
+    );
+  process.stderr.write(
+    `ha-failover: set up in ${Date.now() - t0} ms (HA PostgreSQL ${haMs} ms, local cluster ${clusterMs} ms, pods ${Date.now() - t0 - haMs - clusterMs} ms)\n`,
+  );
 });
 
 after(async () => {
   stopper.abort();
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const close of closers) close();
-  await weft?.stop();
+  // The cluster first (its control plane uses the database), then the database.
+  const t0 = Date.now();
+  await takeDownTestCluster(cluster);
+  const clusterMs = Date.now() - t0;
   await ha?.stop();
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  process.stderr.write(`ha-failover: torn down in ${Date.now() - t0} ms (local cluster ${clusterMs} ms)\n`);
+  if (envDir) rmSync(envDir, { recursive: true, force: true });
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -92,19 +142,33 @@ function watchRoutes(routes: Routes) {
   return { seen, breaks: () => breaks };
 }
 
+/** `weft routes NODE --json`: what the node's kernel should hold (from the route table) and what differs. */
+async function routesReport(node: string) {
+  const out = await run(bin.weft, ['routes', node, '--json', '--state-dir', cluster!.stateDir], {
+    timeout: 30_000,
+  }).then(
+    (r) => r.stdout,
+    (e: { code?: number; stdout?: string }) => {
+      if (e.code === 1 && e.stdout) return e.stdout; // exit 1: the kernel differs (missing or stale entries)
+      throw e;
+    },
+  );
+  return JSON.parse(out) as {
+    peers: { node: string; mode: string }[];
+    desired: { kind: string; cidr?: string }[];
+    missing: unknown[];
+    stale: unknown[];
+  };
+}
+
 test(
-  'weft up on Patroni PostgreSQL: SIGKILL of the primary mid-hammer loses no acknowledged write, answers only UNAVAILABLE meanwhile, and writes and route watches work again',
-  { skip, timeout: 240_000 },
+  'the local cluster on Patroni PostgreSQL: SIGKILL of the primary mid-hammer and mid-route-changes loses no acknowledged write, answers only UNAVAILABLE meanwhile, pods keep talking, and afterwards writes, route watches and every kernel are right',
+  { skip, timeout: 300_000 },
   async (t) => {
-    const info = JSON.parse(weft!.line) as { port: number };
-    const address = `127.0.0.1:${info.port}`;
-    // The local admin's credentials that `weft up` made in <data-dir>/pki.
-    const security: TransportSecurity = {
-      mode: 'mtls',
-      caFile: path.join(dataDir, 'pki', 'ca.crt'),
-      certFile: path.join(dataDir, 'pki', 'admin.crt'),
-      keyFile: path.join(dataDir, 'pki', 'admin.key'),
-    };
+    const state: ClusterState = cluster!.state!;
+    const address = controlPlaneTarget(state);
+    // The local admin's credentials of the cluster's control plane.
+    const security = clusterAdminSecurity(state);
     const ipamClient = (): Ipam => {
       const c = createClient(IpamServiceService, address, { security });
       closers.push(() => c.close());
@@ -115,8 +179,38 @@ test(
     const admin = ipamClient();
     await admin.createPool({ name: 'ha', cidr: '10.91.0.0/16', blockPrefixLength: 26 });
 
+    // Nodes the test registers are kept alive as their agents would: their leases renewed every 3 s (of 20 s).
+    const renewed = new Set<string>();
+    const renewals = setInterval(() => {
+      for (const name of renewed) void routes.renewLease({ name }, { timeoutMs: 2500 }).catch(() => {});
+    }, 3000);
+    closers.push(() => clearInterval(renewals));
+    // Before anything: every node's kernel holds the route table, and every pod reaches the others.
+    for (const n of state.nodes.map((x) => x.name))
+      await eventually(
+        `${n}'s kernel holds the route table`,
+        async () => {
+          const r = await routesReport(n);
+          return r.missing.length === 0 && r.stale.length === 0;
+        },
+        20_000,
+      );
+    for (const from of pods)
+      for (const to of pods)
+        if (to !== from) assert.ok(await pings(from, to.addresses[0]!), `${from.name} reaches ${to.name}`);
+    // Pod traffic across nodes throughout: a TCP echo stream node1 → node2, pings node2 → node1.
+    const [p1a, p1b, p2a, p2b] = pods as [PodState, PodState, PodState, PodState];
+    const stream = await startEchoStream(p1a, p2a, { maxMs: PROBE_MAX_MS, children });
+    const ping = startPingLoop(p2b, p1b.addresses[0]!, { maxMs: PROBE_MAX_MS, children });
+
     const watcher = watchRoutes(routes);
-    await routes.registerNode({ name: 'before', underlayAddress: '192.0.2.11', vtepMac: '02:00:c0:00:02:0b' });
+    renewed.add('before');
+    // On the other underlay subnet: every agent reaches it through VXLAN.
+    await routes.registerNode({
+      name: 'before',
+      underlayAddress: '198.51.100.80',
+      vtepMac: vtepMacFor('198.51.100.80'),
+    });
     await admin.allocate({ handle: 'before-pod/eth0', node: 'before', pool: 'ha' });
     await eventually(
       'the watcher sees node "before" with its block',
@@ -182,6 +276,50 @@ test(
     };
     const hammer = Promise.all(Array.from({ length: WORKERS }, (_, w) => worker(w)));
 
+    // Route changes: nodes rc-0..rc-7 registered (and given a block) and deregistered in turn, on both underlay subnets
+    // (direct routes and VXLAN entries in the agents). An operation refused UNAVAILABLE is retried until acknowledged
+    // (each is idempotent), so which nodes are registered is known at every moment.
+    const churnOps = { registered: 0, deregistered: 0, refused: 0 };
+    const churn = (async () => {
+      for (let i = 0; Date.now() < stopAt; i++) {
+        const idx = i % 8;
+        const name = `rc-${idx}`;
+        const underlay = idx % 2 === 0 ? `192.0.2.${100 + idx}` : `198.51.100.${100 + idx}`;
+        const deregister = renewed.has(name);
+        for (;;) {
+          try {
+            if (deregister) {
+              renewed.delete(name);
+              await routes.deregisterNode({ name }, { timeoutMs: 10_000 }).catch((err: { code?: number }) => {
+                if (err.code !== status.NOT_FOUND) throw err; // gone already: a refused call had committed
+              });
+              churnOps.deregistered++;
+            } else {
+              await routes.registerNode(
+                { name, underlayAddress: underlay, vtepMac: vtepMacFor(underlay) },
+                { timeoutMs: 10_000 },
+              );
+              renewed.add(name);
+              await admin.allocate({ handle: `${name}-pod-${i}/eth0`, node: name, pool: 'ha' }, { timeoutMs: 10_000 });
+              churnOps.registered++;
+            }
+            break;
+          } catch (err) {
+            const e = err as { code?: number; details?: string };
+            if (e.code !== status.UNAVAILABLE) {
+              wrong.push(`${deregister ? 'deregister' : 'register'} ${name}: ${e.code} ${e.details}`);
+              break;
+            }
+            churnOps.refused++;
+            lastRefusal = Date.now();
+            if (Date.now() > stopAt + 30_000) break;
+            await sleep(100);
+          }
+        }
+        await sleep(300);
+      }
+    })();
+
     await sleep(WARMUP_MS);
     const beforeKill = calls.length;
     const oldPrimary = await ha!.primary();
@@ -209,14 +347,16 @@ test(
     } catch (err) {
       stopAt = 0;
       await hammer.catch(() => {});
+      await churn.catch(() => {});
       throw new Error(
-        `${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; weft up said:\n${weft!.output().slice(-4000)}`,
+        `${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; the control plane said:\n${controlPlaneLog()}`,
         { cause: err },
       );
     } finally {
       stopAt = Date.now() + AFTER_MS;
     }
     await hammer;
+    await churn;
     // When writes worked again: the first success begun after the last refused call began (or after the kill, if none was).
     const lastRefusedStart = Math.max(killedAt, ...calls.filter((c) => !c.ok).map((c) => c.start));
     const writesBackAt = Math.min(...calls.filter((c) => c.ok && c.start >= lastRefusedStart).map((c) => c.end));
@@ -229,8 +369,9 @@ test(
       await eventually(
         `register ${node}`,
         async () => {
+          renewed.add(node);
           await routes.registerNode(
-            { name: node, underlayAddress: `192.0.2.${20 + i}`, vtepMac: `02:00:c0:00:02:${(20 + i).toString(16)}` },
+            { name: node, underlayAddress: `192.0.2.${90 + i}`, vtepMac: vtepMacFor(`192.0.2.${90 + i}`) },
             { timeoutMs: 5000 },
           );
           await admin.allocate({ handle: `${node}-pod/eth0`, node, pool: 'ha' }, { timeoutMs: 5000 });
@@ -249,6 +390,36 @@ test(
     const firstMs = await deliver('after1', 1);
     await sleep(2000);
     const secondMs = await deliver('after2', 2);
+
+    // Every agent's kernel holds the route table as it is now: no route lost, none stale (the nodes registered
+    // and deregistered during the failover included), and its peers are exactly the registered nodes.
+    const registered = (await routes.listNodes({}, { timeoutMs: 10_000 })).nodes.map((n) => n.name).sort();
+    const kernelsRightMs: string[] = [];
+    for (const n of state.nodes.map((x) => x.name)) {
+      const t0 = Date.now();
+      const report = await eventually(
+        `${n}'s kernel holds the route table after the failover`,
+        async () => {
+          const r = await routesReport(n);
+          return r.missing.length === 0 && r.stale.length === 0 && r;
+        },
+        20_000,
+        100,
+      );
+      kernelsRightMs.push(`${n} ${Date.now() - t0} ms`);
+      assert.deepEqual(
+        report.peers.map((p) => p.node).sort(),
+        registered.filter((r) => r !== n),
+        `${n}'s peers are the registered nodes`,
+      );
+      assert.deepEqual(
+        [...new Set(report.peers.map((p) => p.mode))].sort(),
+        ['direct', 'vxlan'],
+        `${n} routes directly and through VXLAN: ${JSON.stringify(report.peers)}`,
+      );
+    }
+    const streamResult = await stream.stop();
+    const pingResult = await ping.stop();
 
     // Under the API, on the new primary.
     const sql = new pg.Client({ connectionString: ha!.ownerUrl });
@@ -305,6 +476,12 @@ test(
       routeAfterFailoverMs: firstMs,
       routeLaterMs: secondMs,
       watchStreamBreaks: watcher.breaks(),
+      routeChanges: churnOps,
+      kernelsMatchRouteTable: kernelsRightMs.join(', '),
+      podTcpLongestSilenceMs: streamResult.maxGapMs,
+      podTcpStreamMs: streamResult.ms,
+      podPings: `${pingResult.received}/${pingResult.sent}`,
+      podPingLongestGapMs: pingResult.longestGapMs,
       primary: `${oldPrimary} -> ${newPrimary}`,
       refusals: Object.fromEntries(refusals),
     };
@@ -321,6 +498,16 @@ test(
     assert.ok(
       acknowledged.size > 100 && afterKill.some((c) => c.ok),
       `enough work on both sides of the kill: ${JSON.stringify(figures)}`,
+    );
+    assert.ok(
+      churnOps.registered + churnOps.deregistered >= 6,
+      `routes changed during the run: ${JSON.stringify(churnOps)}`,
+    );
+    assertStreamHeld(streamResult, TRAFFIC_GAP_BOUND_MS);
+    assert.ok(pingResult.received >= pingResult.sent - 2, `pings answered throughout: ${figures.podPings}`);
+    assert.ok(
+      pingResult.longestGapMs < TRAFFIC_GAP_BOUND_MS,
+      `no ping gap over ${TRAFFIC_GAP_BOUND_MS} ms (longest ${pingResult.longestGapMs} ms)`,
     );
   },
 );

@@ -65,7 +65,14 @@ export interface NodeState {
 export interface ClusterState {
   prefix: string;
   stateDir: string;
-  controlPlane: { netns: string; pid: number; socket: string; address: string };
+  controlPlane: {
+    netns: string;
+    pid: number;
+    socket: string;
+    address: string;
+    /** A file of `weft up` settings (NAME=VALUE lines, e.g. DATABASE_URL) read at each start (`cluster up --control-plane-env`). */
+    envFile?: string;
+  };
   /**
    * Further replicas of the control plane (`cluster up --replicas N`), each `weft up` in a namespace of its own on the
    * first one's database (its embedded PostgreSQL, over its unix socket). Agents are given every replica's address.
@@ -208,6 +215,8 @@ export async function clusterUp(opts: {
   stateDir: string;
   nodes: number;
   dualStack?: boolean;
+  /** A file of `weft up` settings for the control plane (see readControlPlaneEnv). */
+  controlPlaneEnv?: string;
   /** Control-plane replicas, 1-3 (default 1). */
   replicas?: number;
 }): Promise<ClusterState> {
@@ -219,6 +228,8 @@ export async function clusterUp(opts: {
     throw new Error(`a local cluster already runs from ${stateDir}; run \`weft cluster down\` first`);
   if (!Number.isInteger(opts.nodes) || opts.nodes < 0 || opts.nodes > 50)
     throw new Error('nodes must be 0-50 (0: the control plane alone)');
+  const envFile = opts.controlPlaneEnv ? path.resolve(opts.controlPlaneEnv) : undefined;
+  if (envFile) readControlPlaneEnv(envFile); // a bad file stops here, before anything is made
   mkdirSync(stateDir, { recursive: true });
   // The control plane's PostgreSQL (run as 'postgres' under root) keeps its data below this folder.
   chmodSync(stateDir, 0o755);
@@ -235,6 +246,7 @@ export async function clusterUp(opts: {
       pid: 0,
       socket: path.join(stateDir, 'cp', 'weft.sock'),
       address: `${CONTROL_PLANE_ADDRESS}:${CONTROL_PLANE_PORT}`,
+      ...(envFile ? { envFile } : {}),
     },
   };
   writeState(state);
@@ -314,7 +326,7 @@ async function startControlPlane(state: ClusterState): Promise<void> {
       '--listen',
       `0.0.0.0:${CONTROL_PLANE_PORT}`,
     ],
-    { WEFT_LOG_LEVEL: 'info' },
+    { WEFT_LOG_LEVEL: 'info', ...(state.controlPlane.envFile ? readControlPlaneEnv(state.controlPlane.envFile) : {}) },
     cpLog,
   );
   writeState(state);
@@ -332,23 +344,101 @@ async function startControlPlane(state: ClusterState): Promise<void> {
 }
 
 /**
+ * The control plane's settings from a file of NAME=VALUE lines (blank lines and `#` comments skipped): only `weft up`'s
+ * own settings (`weft up --help`), so that a typo is an error rather than a setting silently not applied. The local
+ * cluster's control plane runs in a namespace of its own, so a database it uses must be reachable from there: a
+ * unix socket (scripts/ha/up.sh writes socket.env for its HAProxy), not 127.0.0.1 of the machine.
+ */
+export function readControlPlaneEnv(file: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the control plane's settings file ${file}: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  const known = new Set(Object.values(controlPlaneSettings).map((s) => s.env));
+  const env: Record<string, string> = {};
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    const name = eq > 0 ? line.slice(0, eq) : '';
+    if (!known.has(name))
+      throw new Error(
+        `${file}:${i + 1}: ${name ? `${name} is not a setting of weft up` : 'expected NAME=VALUE'} (weft up --help lists them)`,
+      );
+    env[name] = line.slice(eq + 1);
+  }
+  return env;
+}
+
+/**
+ * Stops the control plane, every replica of it, and leaves it stopped (agents and pods run on): SIGTERM, its clean
+ * stop (streams ended, connections closed, its PostgreSQL stopped), or SIGKILL to every process of its namespaces at
+ * once (`weft up` and its embedded PostgreSQL), as when its machines die. Stopping a stopped control plane does nothing.
+ */
+export async function stopControlPlane(
+  stateDir: string,
+  signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
+): Promise<ClusterState> {
+  const state = readState(stateDir);
+  // The replicas first: the first one holds the embedded PostgreSQL they use.
+  const all = [...(state.replicas ?? []), state.controlPlane];
+  if (signal === 'SIGKILL')
+    for (const cp of all) {
+      const pids = (await run('ip', ['netns', 'pids', cp.netns]).catch(() => ''))
+        .split('\n')
+        .map(Number)
+        .filter((p) => p > 0);
+      for (const pid of new Set([cp.pid, ...pids].filter((p) => p > 0)))
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+    }
+  for (const cp of all) {
+    await stopProcess(cp.pid);
+    cp.pid = 0;
+  }
+  writeState(state);
+  return state;
+}
+
+/** Starts a stopped control plane (and its replicas) on its data; resolves once each answers. */
+export async function startStoppedControlPlane(stateDir: string): Promise<ClusterState> {
+  const state = readState(stateDir);
+  if (isAlive(state.controlPlane.pid))
+    throw new Error(`the control plane already runs (pid ${state.controlPlane.pid})`);
+  await startControlPlane(state);
+  for (const replica of state.replicas ?? []) if (!isAlive(replica.pid)) await startControlPlaneReplica(state, replica);
+  return state;
+}
+
+/**
  * Starts a further replica (`weft up`) in its namespace on the first replica's database: the embedded server's unix
  * socket (reachable from any namespace), or the DATABASE_URL the first one was given; the same CA and certificates.
  * Resolves once it answers on its own socket.
  */
 async function startControlPlaneReplica(state: ClusterState, replica: NonNullable<ClusterState['replicas']>[number]) {
   const log = path.join(replica.dataDir, 'control-plane.log');
-  const urls = process.env.DATABASE_URL
-    ? null
-    : embeddedDatabaseUrls(
-        path.join(state.stateDir, 'cp'),
-        Number(process.env.WEFT_PG_PORT) || controlPlaneSettings.pgPort.default,
-      );
+  // The settings the first replica was given (`cluster up --control-plane-env`), its database among them.
+  const settings = state.controlPlane.envFile ? readControlPlaneEnv(state.controlPlane.envFile) : {};
+  const urls =
+    settings.DATABASE_URL || process.env.DATABASE_URL
+      ? null
+      : embeddedDatabaseUrls(
+          path.join(state.stateDir, 'cp'),
+          Number(process.env.WEFT_PG_PORT) || controlPlaneSettings.pgPort.default,
+        );
   replica.pid = spawnInNetns(
     replica.netns,
     [process.execPath, paths.cli, 'up', '--data-dir', replica.dataDir, '--listen', `0.0.0.0:${CONTROL_PLANE_PORT}`],
     {
       WEFT_LOG_LEVEL: 'info',
+      ...settings,
       WEFT_PKI_DIR: clusterPkiDir(state),
       ...(urls ? { DATABASE_URL: urls.appUrl, WEFT_MIGRATION_DATABASE_URL: urls.ownerUrl } : {}),
     },

@@ -14,7 +14,9 @@ import {
   restartAgent,
   restartControlPlane,
   startAgent,
+  startStoppedControlPlane,
   stopAgent,
+  stopControlPlane,
 } from '../cluster/cluster.js';
 import {
   OUTPUT_FLAGS,
@@ -97,6 +99,12 @@ export const clusterCommands: CommandGroup = {
       flags: {
         nodes: { type: 'string', value: 'N', description: 'how many nodes, 1-50 (default 3)' },
         'dual-stack': { type: 'boolean', description: 'an IPv6 pool too, and every pod gets both families' },
+        'control-plane-env': {
+          type: 'string',
+          value: 'FILE',
+          description:
+            "weft up's settings for the control plane, NAME=VALUE a line, read at each of its starts (e.g. DATABASE_URL through a unix socket: scripts/ha/up.sh's socket.env)",
+        },
         replicas: {
           type: 'string',
           value: 'N',
@@ -111,7 +119,13 @@ export const clusterCommands: CommandGroup = {
         const replicas = Number(ctx.str('replicas') ?? '1');
         if (!Number.isInteger(replicas) || replicas < 1 || replicas > 3)
           throw new UsageError('--replicas must be an integer 1-3');
-        const s = await clusterUp({ stateDir: ctx.stateDir, nodes: n, dualStack: ctx.bool('dual-stack'), replicas });
+        const s = await clusterUp({
+          stateDir: ctx.stateDir,
+          nodes: n,
+          dualStack: ctx.bool('dual-stack'),
+          replicas,
+          controlPlaneEnv: ctx.str('control-plane-env'),
+        });
         ctx.out.value(
           s,
           () =>
@@ -232,6 +246,32 @@ export const clusterCommands: CommandGroup = {
     agentVerb('stop', "stop a node's agent and leave it stopped (its kernel state stays)"),
     agentVerb('start', "start a stopped node's agent"),
     agentVerb('restart', "stop and start a node's agent"),
+    {
+      path: ['cluster', 'control-plane', 'stop'],
+      summary: 'stop the control plane and leave it stopped (agents, their kernel state and pods stay)',
+      flags: {
+        kill: {
+          type: 'boolean',
+          description: 'SIGKILL every process of its namespace, as a crash would (default SIGTERM)',
+        },
+        ...common,
+      },
+      async run(ctx) {
+        await stopControlPlane(ctx.stateDir, ctx.bool('kill') ? 'SIGKILL' : 'SIGTERM');
+        ctx.out.value({ stopped: true }, () => 'control plane stopped');
+        return 0;
+      },
+    },
+    {
+      path: ['cluster', 'control-plane', 'start'],
+      summary: 'start a stopped control plane on its data; agents recover on their own',
+      flags: common,
+      async run(ctx) {
+        const s = await startStoppedControlPlane(ctx.stateDir);
+        ctx.out.value(s.controlPlane, () => `control plane started (pid ${s.controlPlane.pid})`);
+        return 0;
+      },
+    },
     {
       path: ['cluster', 'control-plane', 'restart'],
       summary: 'restart IPAM, routes and their PostgreSQL on the same data; agents recover on their own',

@@ -99,6 +99,16 @@ export function createAttach({ deps, running, reportContainers }: Shared) {
       // The allocation and the pod's interface are made at once (kernel/pod-network.ts): only the last kernel step
       // waits for IPAM's answer. The kernel port undoes its own work when either fails, and only once the allocation
       // has settled, so a release below always comes after the allocation it undoes.
+      // This handle's earlier DEL left its release to be taken: IPAM's Allocate, idempotent by handle, would hand back
+      // that very allocation, which the pending release would then free under the new pod.
+      if (deps.pendingReleases?.has(handle))
+        await deps.pendingReleases.settle(handle).catch((err: Error) => {
+          throw new DomainError(
+            'agent.ipam_unavailable',
+            'unavailable',
+            `the release of ${handle} by an earlier DEL is not yet taken by IPAM at ${deps.ipam.target} (${err.message}); try again later`,
+          );
+        });
       const t0 = performance.now();
       let allocationError: { err: unknown } | undefined;
       const allocation = deps.ipam
@@ -187,7 +197,7 @@ export function createAttach({ deps, running, reportContainers }: Shared) {
         });
         return resultOf(a, req.netns, record.defaultRoute, deps.pods);
       } catch (err) {
-        if (allocationError && err === allocationError.err) return agentErrorFromIpam(err, req.pool);
+        if (allocationError && err === allocationError.err) return agentErrorFromIpam(err, req.pool, deps.ipam.target);
         log.warn('attach failed; releasing the address', { err: (err as Error).message });
         await release('attach failed');
         throw new DomainError(

@@ -1,5 +1,6 @@
 import { DomainError } from '../../lib/errors.js';
 import { agentErrorFromIpam } from './ipam-errors.js';
+import { IpamCallError } from './ports.js';
 import { afterAnswer, type Shared } from './use-case-deps.js';
 
 /** A detach the RPC adapter has checked (rpc.ts). */
@@ -16,6 +17,27 @@ export interface DetachParams {
  * pass that removes the pod's rules -> answer; the pod report follows the answer.
  */
 export function createDetach({ deps, running, policyPassAfterRemoval, reportContainers }: Shared) {
+  /**
+   * A release IPAM could not take because it cannot be reached: recorded with the handle's unfenced attempts and
+   * retried in the background (../pending-releases.ts), so the DEL succeeds. Any other failure, or no record to keep
+   * it in, fails the DEL as IPAM's error.
+   */
+  const deferRelease = async (handle: string, err: unknown): Promise<{ released: boolean; address: string }> => {
+    const unreachable =
+      (err instanceof DomainError && err.code === 'agent.ipam_unavailable') ||
+      (err instanceof IpamCallError && err.kind === 'unavailable');
+    if (!deps.pendingReleases || !unreachable) return agentErrorFromIpam(err, '', deps.ipam.target);
+    await deps.pendingReleases.add(handle, running.fences.unfenced(handle));
+    running.fences.forget(handle);
+    deps.logger.warn(
+      'IPAM cannot be reached: the pod is detached, its release recorded and retried until IPAM takes it',
+      {
+        handle,
+        err: (err as Error).message,
+      },
+    );
+    return { released: false, address: '' };
+  };
   return async function detach(req: DetachParams): Promise<void> {
     const handle = `${req.containerId}/${req.ifname}`;
     // An ADD of this handle still running (the runtime gave up on it and cleans up) finishes first, so that what it
@@ -51,7 +73,7 @@ export function createDetach({ deps, running, policyPassAfterRemoval, reportCont
           deps.onDetachPhase?.('release', performance.now() - t0);
           return r;
         },
-        (err) => agentErrorFromIpam(err),
+        (err) => deferRelease(handle, err),
       );
     deps.attachments?.detached(deps.pods.hostIfname(req.containerId, req.ifname));
     const link = deps.pods

@@ -12,6 +12,7 @@ import type { AttachmentEvents } from './ports.js';
 import { createPodKernel } from './pod-kernel.js';
 import { createCniRpc } from './rpc.js';
 import { createCniUseCases } from './use-cases.js';
+import type { PendingReleases } from '../pending-releases.js';
 
 /**
  * The local endpoint the CNI plugin calls: the RPC adapter (rpc.ts) over the use cases (attach.ts, detach.ts,
@@ -51,6 +52,8 @@ export function createCniHandlers(deps: {
   hostPaths?: HostPaths;
   /** Told of every attachment made and ended, and of each ADD's veth while it is made (the pod drivers' input). */
   pods?: AttachmentEvents;
+  /** Releases IPAM could not take at DEL, retried until it does (../pending-releases.ts). */
+  pendingReleases?: PendingReleases;
 }): Handlers<typeof AgentServiceService> {
   const dualStack = deps.families?.includes('ipv6') ?? false;
   const { pods, records } = createPodKernel(deps.hostPaths);
@@ -65,6 +68,7 @@ export function createCniHandlers(deps: {
     policy: { inForce: deps.policyInForce, podsChanged: deps.onPodsChanged },
     reports: deps.reports,
     attachments: deps.pods,
+    pendingReleases: deps.pendingReleases,
     logger: deps.logger,
     onAttachPhase: deps.onAttachPhase,
     onDetachPhase: deps.onDetachPhase,

@@ -40,6 +40,8 @@ export interface AttemptFences {
   fenceInBackground(handle: string, attemptId: string, log: Logger): void;
   /** The handle's attempts not fenced yet. */
   unfenced(handle: string): string[];
+  /** Forgets the handle's attempts (a pending release took them over, ../pending-releases.ts). */
+  forget(handle: string): void;
 }
 
 /** How long a failed attach's attempt is retried in the background. */
@@ -79,5 +81,6 @@ export function createAttemptFences(ipam: IpamPort): AttemptFences {
       again();
     },
     unfenced: (handle) => [...(unfenced.get(handle) ?? [])],
+    forget: (handle) => void unfenced.delete(handle),
   };
 }

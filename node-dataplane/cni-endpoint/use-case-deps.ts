@@ -1,4 +1,5 @@
 import type { Logger } from '../../lib/logger.js';
+import type { PendingReleases } from '../pending-releases.js';
 import type { InProgress } from './in-progress.js';
 import type {
   AttachmentEvents,
@@ -31,6 +32,11 @@ export interface CniUseCaseDeps {
   onAttachPhase?: (phase: string, ms: number) => void;
   /** Told how long each step of a Detach took, in ms (link, release, then policy). */
   onDetachPhase?: (phase: string, ms: number) => void;
+  /**
+   * Releases IPAM could not take at DEL (../pending-releases.ts): with it, a DEL while IPAM is unreachable removes the
+   * interface, records the release and succeeds; without it, such a DEL fails "try again later".
+   */
+  pendingReleases?: PendingReleases;
   /** A new allocation attempt id; a random UUID unless a test fixes it. */
   newAttemptId?: () => string;
 }
@@ -63,7 +69,8 @@ export interface Shared {
 }
 
 export function createShared(deps: CniUseCaseDeps, running: InProgress): Shared {
-  const nodeAllocations = () => deps.ipam.nodeAllocations().catch((err) => agentErrorFromIpam(err));
+  const nodeAllocations = () =>
+    deps.ipam.nodeAllocations().catch((err) => agentErrorFromIpam(err, '', deps.ipam.target));
   return {
     deps,
     running,

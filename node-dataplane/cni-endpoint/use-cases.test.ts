@@ -5,6 +5,7 @@ import { createFakeWorld, refused, unavailable, type FakeWorld } from './fake-po
 import { IpamCallError } from './ports.js';
 import { createCniUseCases } from './use-cases.js';
 import { POLICY_PASS_WAIT_MS } from './use-case-deps.js';
+import { createPendingReleases, type PendingReleases } from '../pending-releases.js';
 
 // The decisions of the CNI endpoint's use cases, on fakes of their ports (fake-ports.ts). The same paths on the real
 // kernel, IPAM and weft-cni executable: test/cni-conformance.test.ts, test/cni-error-codes.test.ts.
@@ -25,7 +26,7 @@ const pod = (containerId = 'c1', ifname = 'eth0', more: object = {}) => ({
 });
 const where = { containerId: 'c1', ifname: 'eth0', netns: NETNS };
 
-function setup(opts: { dualStack?: boolean; world?: FakeWorld } = {}) {
+function setup(opts: { dualStack?: boolean; world?: FakeWorld; pendingReleases?: PendingReleases } = {}) {
   const world = opts.world ?? createFakeWorld();
   let attempts = 0;
   const phases: string[] = [];
@@ -44,6 +45,7 @@ function setup(opts: { dualStack?: boolean; world?: FakeWorld } = {}) {
     onAttachPhase: (p) => void phases.push(`attach ${p}`),
     onDetachPhase: (p) => void phases.push(`detach ${p}`),
     newAttemptId: () => `attempt-${++attempts}`,
+    pendingReleases: opts.pendingReleases,
   });
   return { world, useCases, phases, events: world.events };
 }
@@ -169,7 +171,12 @@ describe('attach', () => {
     world.ipam.nextAllocate = async () => {
       throw unavailable();
     };
-    await rejectsWith(useCases.attach(pod()), 'agent.ipam_error', 'unavailable', /^IPAM: connect ECONNREFUSED/);
+    await rejectsWith(
+      useCases.attach(pod()),
+      'agent.ipam_unavailable',
+      'unavailable',
+      /^IPAM( at \S+)? is unavailable now \(connect ECONNREFUSED.*; try again later$/,
+    );
     const host = world.kernel.hostIfname('c1', 'eth0');
     assert.deepEqual(events.slice(1), [
       'ipam allocate c1/eth0 families=4 attempt=attempt-1',
@@ -254,7 +261,7 @@ describe('attach', () => {
       world.ipam.down = unavailable();
       throw world.ipam.down;
     };
-    await rejectsWith(useCases.attach(pod()), 'agent.ipam_error', 'unavailable');
+    await rejectsWith(useCases.attach(pod()), 'agent.ipam_unavailable', 'unavailable');
     assert.equal(events.filter((e) => e === 'ipam release c1/eth0 attempt=attempt-1').length, 1);
     t.mock.timers.tick(2000);
     await settle();
@@ -365,7 +372,7 @@ describe('detach', () => {
       world.ipam.down = unavailable();
       throw world.ipam.down;
     };
-    await rejectsWith(useCases.attach(pod()), 'agent.ipam_error', 'unavailable');
+    await rejectsWith(useCases.attach(pod()), 'agent.ipam_unavailable', 'unavailable');
     await rejectsWith(
       useCases.detach(where),
       'agent.ipam_unavailable',
@@ -379,10 +386,42 @@ describe('detach', () => {
     assert.deepEqual(releases, ['ipam release c1/eth0 attempt=attempt-1', 'ipam release c1/eth0']);
   });
 
+  it('with pending releases, a DEL while IPAM is unreachable succeeds and its release is taken once IPAM is back; an ADD of the handle meanwhile settles it first', async () => {
+    const world = createFakeWorld();
+    const pending = createPendingReleases({
+      release: (h, a) => world.ipam.release(h, a),
+      file: null,
+      logger: world.logger,
+      retry: { baseMs: 60_000, capMs: 60_000 },
+    });
+    try {
+      const { useCases } = setup({ world, pendingReleases: pending });
+      await useCases.attach(pod());
+      world.ipam.down = unavailable('connect ECONNREFUSED');
+      await useCases.detach(where);
+      assert.ok(pending.has('c1/eth0'), 'the release is recorded');
+      assert.ok(world.ipam.held.has('c1/eth0'), 'IPAM still holds the address: nobody else is given it');
+      assert.equal(world.kernel.links.size, 0, 'the veth is gone');
+      // An ADD of the same handle while IPAM is still down: the release cannot be settled, so the ADD says try later.
+      await rejectsWith(useCases.attach(pod()), 'agent.ipam_unavailable', 'unavailable', /not yet taken by IPAM/);
+      world.ipam.down = undefined;
+      await useCases.attach(pod());
+      assert.ok(!pending.has('c1/eth0'), 'the ADD settled the release before allocating');
+      assert.ok(world.ipam.held.has('c1/eth0'), 'and then holds a fresh allocation');
+    } finally {
+      pending.stop();
+    }
+  });
+
   it("IPAM's failure to release is the agent's UNAVAILABLE, and a policy pass still follows", async () => {
     const { useCases, world } = setup();
     world.ipam.down = unavailable('deadline exceeded');
-    await rejectsWith(useCases.detach(where), 'agent.ipam_error', 'unavailable', /^IPAM: deadline exceeded$/);
+    await rejectsWith(
+      useCases.detach(where),
+      'agent.ipam_unavailable',
+      'unavailable',
+      /is unavailable now \(deadline exceeded\); try again later$/,
+    );
     await settle();
     assert.equal(world.policy.passes, 1);
   });
@@ -413,7 +452,7 @@ describe('check', () => {
     world.ipam.down = unavailable();
     await rejectsWith(
       useCases.check({ ...where, reportedAddresses: [], reportedMac: '' }),
-      'agent.ipam_error',
+      'agent.ipam_unavailable',
       'unavailable',
     );
   });
@@ -510,7 +549,7 @@ describe('garbage collection', () => {
     assert.equal(r.failures.length, 1);
     assert.match(
       r.failures[0]!,
-      /^listing node node-a's allocations failed, so no address was released .*: IPAM: no route$/,
+      /^listing node node-a's allocations failed, so no address was released .*: IPAM( at \S+)? is unavailable now \(no route\); try again later$/,
     );
     world.ipam.down = undefined;
     const release = world.ipam.release;

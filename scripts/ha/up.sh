@@ -10,8 +10,9 @@
 #
 # Once the primary and both standbys (one synchronous) are up, it creates the roles `weft` (owner) and `weft_app`
 # (the services') and the database `weft`, writes DIR/env (DATABASE_URL, WEFT_MIGRATION_DATABASE_URL,
-# WEFT_HA_SUPERUSER_URL, WEFT_HA_REPLICAS_URL, WEFT_HA_DIR and the members' ports), prints it, and exits; the
-# processes keep running. scripts/ha/down.sh DIR stops all of them and removes DIR; a failed start does that itself.
+# WEFT_HA_SUPERUSER_URL, WEFT_HA_REPLICAS_URL, WEFT_HA_DIR, WEFT_HA_SOCKET_ENV and the members' ports), prints it, and
+# exits; the processes keep running. DIR/socket.env holds DATABASE_URL and WEFT_MIGRATION_DATABASE_URL through
+# HAProxy's unix socket, for a control plane in another network namespace (weft cluster up --control-plane-env). scripts/ha/down.sh DIR stops all of them and removes DIR; a failed start does that itself.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="" strict=false
@@ -161,8 +162,11 @@ defaults
   option clitcpka
   option srvtcpka
 # Read-write: only the member whose Patroni answers 200 on /primary. When it goes down, its sessions are cut at once.
+# Also on a unix socket named as PostgreSQL names its own (DIR/proxy/.s.PGSQL.PORT), for a client in another network
+# namespace of this machine (the local cluster's control plane): socket.env.
 listen primary
   bind 127.0.0.1:$proxy_port
+  bind unix@$dir/proxy/.s.PGSQL.$proxy_port mode 600
   option httpchk GET /primary
   http-check expect status 200
   default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
@@ -176,7 +180,8 @@ listen replicas
   default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
 $(for i in 0 1 2; do echo "  server pg$((i + 1)) 127.0.0.1:${pg_port[$i]} maxconn 300 check port ${api_port[$i]}"; done)
 CFG
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir/haproxy.cfg"
+mkdir -m 0700 "$dir/proxy"
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$dir/haproxy.cfg" "$dir/proxy"
 launch haproxy /usr/sbin/haproxy -db -f "$dir/haproxy.cfg"
 
 # Ready: one primary, one synchronous standby, one more standby streaming.
@@ -212,4 +217,12 @@ WEFT_HA_PATRONI_PORTS=${api_port[0]},${api_port[1]},${api_port[2]}
 WEFT_HA_POSTGRES_PORTS=${pg_port[0]},${pg_port[1]},${pg_port[2]}
 ENV
 chmod 0600 "$dir/env"
+# The same roles through HAProxy's unix socket (the host part of the URL is the socket's folder, percent-encoded).
+socket_host=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$dir/proxy")
+cat >"$dir/socket.env" <<ENV
+DATABASE_URL=postgres://weft_app:$app_pw@$socket_host:$proxy_port/weft
+WEFT_MIGRATION_DATABASE_URL=postgres://weft:$owner_pw@$socket_host:$proxy_port/weft
+ENV
+chmod 0600 "$dir/socket.env"
+echo "WEFT_HA_SOCKET_ENV=$dir/socket.env" >>"$dir/env"
 cat "$dir/env"

@@ -21,6 +21,11 @@ export interface HaPostgres {
   superuserUrl: string;
   /** The services' role through HAProxy's read-only port (the standbys). */
   replicasUrl: string;
+  /**
+   * DATABASE_URL and WEFT_MIGRATION_DATABASE_URL through HAProxy's unix socket, as a file of NAME=VALUE lines: for a
+   * control plane in another network namespace (`weft cluster up --control-plane-env`).
+   */
+  socketEnvFile: string;
   /** The members as Patroni sees them now (GET /cluster on any member that answers). */
   members(): Promise<HaMember[]>;
   /** The name of the member that is primary now, or null while there is none. */
@@ -171,6 +176,7 @@ export async function startHaPostgres(opts: { strict?: boolean } = {}): Promise<
     ownerUrl: env.WEFT_MIGRATION_DATABASE_URL!,
     superuserUrl: env.WEFT_HA_SUPERUSER_URL!,
     replicasUrl: env.WEFT_HA_REPLICAS_URL!,
+    socketEnvFile: env.WEFT_HA_SOCKET_ENV!,
     members,
     primary,
     async killPrimary({ withPatroni = false } = {}) {

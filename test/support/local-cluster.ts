@@ -46,13 +46,18 @@ export interface TestCluster {
  * Brings up a local cluster of `nodes` nodes in a fresh folder named after `label`. The cluster is returned even when
  * `cluster up` fails (then `up` rejects too: call `takeDownTestCluster` in `after` either way).
  */
-export function bringUpTestCluster(label: string, nodes = 1): { cluster: TestCluster; up: Promise<ClusterState> } {
+export function bringUpTestCluster(
+  label: string,
+  nodes = 1,
+  /** More arguments of `weft cluster up` (e.g. --control-plane-env FILE). */
+  extraArgs: string[] = [],
+): { cluster: TestCluster; up: Promise<ClusterState> } {
   const cluster: TestCluster = { stateDir: '', state: null, xtablesLockExisted: existsSync('/run/xtables.lock') };
   cluster.stateDir = mkdtempSync(path.join(tmpdir(), `weft-${label}-`));
   chmodSync(cluster.stateDir, 0o755); // the control plane's PostgreSQL runs as 'postgres' and keeps its data below
   const up = (async () => {
     try {
-      await run(bin.weft, ['cluster', 'up', '--nodes', String(nodes), '--state-dir', cluster.stateDir], {
+      await run(bin.weft, ['cluster', 'up', '--nodes', String(nodes), '--state-dir', cluster.stateDir, ...extraArgs], {
         timeout: 180_000,
       });
     } finally {

@@ -87,7 +87,7 @@ export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Pro
 /**
  * Leases do not run out while the control plane is down. `log_horizon.live_at` is when the routes service was last
  * seen up with its database (each call sets it; the sweeper calls it every quarter lease, at most every second). When
- * it is older than half a lease, the control plane (or its database) was down since then, and no agent could renew:
+ * it is older than three sweeps (at most half a lease), the control plane (or its database) was down since then, and no agent could renew:
  * every lease still live at `live_at` gets a full lease from now, so agents have one lease period to renew before
  * anything is withdrawn, and a restart after a long outage withdraws no node whose agent renews (nodes whose lease had
  * run out before the outage stay out). Run before anything compares leases with now() for nodes other than the one
@@ -95,11 +95,15 @@ export async function logNodeChanges(tx: Executor, names: string[] | 'all'): Pro
  */
 export async function resumeLeases(tx: Executor, leaseMs: number): Promise<number> {
   const lease = sql`make_interval(secs => ${leaseMs / 1000})`;
+  // Down: no call for three sweep periods (the sweeper's, main.ts), at most half a lease. Not half a lease alone: an
+  // outage a little shorter than that (a clean stop and start) left leases renewed just before it to run out before
+  // agents, whose gRPC channels reconnect with backoff, got a renewal through.
+  const downAfterMs = Math.min(leaseMs / 2, 3 * Math.max(50, Math.min(1000, Math.floor(leaseMs / 4))));
   const [r] = await rows(
     tx,
     sql`WITH h AS (SELECT live_at FROM routes.log_horizon WHERE id = 1),
       ext AS (UPDATE routes.nodes n SET lease_expires_at = now() + ${lease} FROM h
-        WHERE h.live_at < now() - make_interval(secs => ${leaseMs / 2000})
+        WHERE h.live_at < now() - make_interval(secs => ${downAfterMs / 1000})
           AND n.lease_expires_at > h.live_at AND n.lease_expires_at < now() + ${lease}
         RETURNING n.name),
       up AS (UPDATE routes.log_horizon SET live_at = now() WHERE id = 1)
