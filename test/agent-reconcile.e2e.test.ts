@@ -181,12 +181,15 @@ const total = (m: Map<string, number>, prefix: string) =>
 
 /**
  * The agent's kernel writes so far, by operation and kind (weft_agent_kernel_changes_total), as one comparable line;
- * without `policy`, network policy's kinds (filter chains, ipsets) are left out.
+ * without `policy`, what a detached pod takes with it is left out: network policy's kinds (filter chains, ipsets) and
+ * the pod's veth and host route.
  */
 const kernelChanges = (m: Map<string, number>, opts: { policy: boolean }) =>
   [...m]
     .filter(
-      ([k]) => k.startsWith('weft_agent_kernel_changes_total') && (opts.policy || !/kind="(filter|ipset)[46]"/.test(k)),
+      ([k]) =>
+        k.startsWith('weft_agent_kernel_changes_total') &&
+        (opts.policy || !/kind="((filter|ipset)[46]|pod-link|pod-route)"/.test(k)),
     )
     .map(([k, v]) => `${k.replace('weft_agent_kernel_changes_total', '')}=${v}`)
     .sort()
@@ -626,7 +629,7 @@ describe('agent reconciliation on the local cluster', opts, () => {
         assert.equal(
           kernelChanges(m, { policy: n !== 'node2' }),
           changes.get(n),
-          `${n}: the agent wrote no entry${n === 'node2' ? ' (but policy)' : ''}`,
+          `${n}: the agent wrote no entry${n === 'node2' ? " (but the deleted pod's policy, veth and host route)" : ''}`,
         );
         if (n !== 'node2') {
           assert.equal(a.iptables, b.iptables, `${n}: iptables byte-identical`);
