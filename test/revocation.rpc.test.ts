@@ -91,6 +91,36 @@ async function refusal(p: Promise<unknown>): Promise<{ code: number; details: st
   return { code: status.OK, details: '' };
 }
 
+/** A token's WatchBlockAffinities over the HTTP gateway (newline-delimited JSON), open: `ended` gives its lines and when. */
+async function watchOverHttp(
+  secret: string,
+  signal: AbortSignal,
+): Promise<{ ended: Promise<{ lines: string[]; at: number }> }> {
+  const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
+    method: 'POST',
+    signal,
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+    body: '{}',
+  });
+  assert.equal(res.status, 200);
+  const ended = (async () => {
+    const lines: string[] = [];
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += decoder.decode(chunk, { stream: true });
+        lines.push(...buf.split('\n').slice(0, -1));
+        buf = buf.slice(buf.lastIndexOf('\n') + 1);
+      }
+    } catch {
+      // aborted
+    }
+    return { lines, at: Date.now() };
+  })();
+  return { ended };
+}
+
 type Event = { time: string; actor: string; method: string; resource: string; result: string; message: string };
 const audit = async (...args: string[]) => JSON.parse(await weft(['audit', '--json', ...args])) as Event[];
 
@@ -266,28 +296,7 @@ test('a stream opened with an API token ends once the token is revoked', async (
     const s = follow(viaToken.routes.watchRoutes({ node: 'tk-host', acceptChunks: true }, { signal: ac.signal }));
     await s.first;
     // The same token's stream over the HTTP gateway (newline-delimited JSON), read to its end.
-    const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
-      method: 'POST',
-      signal: ac.signal,
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
-      body: '{}',
-    });
-    assert.equal(res.status, 200);
-    const httpLines = (async () => {
-      const lines: string[] = [];
-      const decoder = new TextDecoder();
-      let buf = '';
-      try {
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          buf += decoder.decode(chunk, { stream: true });
-          lines.push(...buf.split('\n').slice(0, -1));
-          buf = buf.slice(buf.lastIndexOf('\n') + 1);
-        }
-      } catch {
-        // aborted
-      }
-      return { lines, at: Date.now() };
-    })();
+    const httpLines = (await watchOverHttp(secret, ac.signal)).ended;
     await weft(['token', 'revoke', 'watcher']);
     const revokedAt = Date.now();
     const end = await Promise.race([s.ended, sleep(5000).then(() => null)]);
@@ -313,27 +322,16 @@ test('a stream opened with an API token ends when the token expires, over gRPC a
   try {
     const s = follow(viaToken.routes.watchRoutes({ node: 'tk-expiry', acceptChunks: true }, { signal: ac.signal }));
     await s.first;
-    const res = await fetch(`${cp.httpUrl}/weft.ipam.v1.IpamService/WatchBlockAffinities`, {
-      method: 'POST',
-      signal: ac.signal,
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
-      body: '{}',
-    });
-    assert.equal(res.status, 200);
-    const httpText = res.text().then(
-      (text) => ({ text, at: Date.now() }),
-      () => null,
-    );
+    const httpLines = (await watchOverHttp(secret, ac.signal)).ended;
     const end = await Promise.race([s.ended, sleep(8000).then(() => null)]);
     assert.ok(end, 'the gRPC stream still runs 5 s after its token expired');
     assert.equal(end.code, status.UNAUTHENTICATED, end.details);
     assert.match(end.details, /stream ended: token short-lived expired at .*: ask an administrator for a new one/);
     assert.ok(end.at >= expiresAt - 1500, `ended ${expiresAt - end.at} ms before the token's expiry`);
     assert.ok(end.at - expiresAt < 2000, `ended ${end.at - expiresAt} ms after the token's expiry`);
-    const http = await Promise.race([httpText, sleep(5000).then(() => null)]);
+    const http = await Promise.race([httpLines, sleep(5000).then(() => null)]);
     assert.ok(http, 'the HTTP stream still runs well after its token expired');
-    const last = http.text.trim().split('\n').at(-1)!;
-    assert.match(last, /"code":"UNAUTHENTICATED","message":"stream ended: token short-lived expired at/);
+    assert.match(http.lines.at(-1)!, /"code":"UNAUTHENTICATED","message":"stream ended: token short-lived expired at/);
     // And a new call with it is refused.
     const again = await refusal(viaToken.ipam.listPools({}, { timeoutMs: 5000 }));
     assert.equal(again.code, status.UNAUTHENTICATED);
