@@ -11,22 +11,8 @@ import type { PodReporter } from '../pod-reports.js';
  * module (eslint.config.js).
  */
 
-/** The addresses IPAM gave one attachment: always IPv4, and IPv6 for a dual-stack pod. */
-export interface PodAddresses {
-  ipv4: string;
-  ipv6?: string;
-}
-
-/** What the kernel made for an attachment. */
-export interface PodAttachment {
-  hostIfname: string;
-  hostMac: string;
-  podIfname: string;
-  podMac: string;
-  address: string;
-  /** The pod's IPv6 address (dual-stack pods). */
-  address6?: string;
-}
+import type { PodAddresses, PodAttachment } from '../domain/pod-attachment.js';
+export type { PodAddresses, PodAttachment };
 
 /** One allocation of this node as IPAM lists it. */
 export interface NodeAllocation {

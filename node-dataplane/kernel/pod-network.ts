@@ -44,21 +44,8 @@ export const POD_GATEWAY = '169.254.1.1';
  */
 export const POD_GATEWAY6 = 'fe80::1';
 
-/** The addresses IPAM gave one attachment: always IPv4, and IPv6 for a dual-stack pod. */
-export interface PodAddresses {
-  ipv4: string;
-  ipv6?: string;
-}
-
-export interface PodAttachment {
-  hostIfname: string;
-  hostMac: string;
-  podIfname: string;
-  podMac: string;
-  address: string;
-  /** The pod's IPv6 address (dual-stack pods). */
-  address6?: string;
-}
+import type { PodAddresses, PodAttachment } from '../domain/pod-attachment.js';
+export type { PodAddresses, PodAttachment };
 
 /** Weft's host-side veth name for a handle: stable, 15 characters, recognisably Weft's. */
 export function hostIfnameFor(containerId: string, ifname: string): string {
