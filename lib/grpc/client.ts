@@ -12,7 +12,7 @@ import { injectContext, tracer } from '../telemetry.js';
 import { channelCredentials, channelOptions, type TransportSecurity } from './credentials.js';
 import { messageSizeOptions } from './limits.js';
 import { errorCodeOf } from './status.js';
-import { CONTROL_PLANE_SERVICE_CONFIG, controlPlaneGrpcTarget } from './endpoints.js';
+import { CONTROL_PLANE_SERVICE_CONFIG, controlPlaneGrpcTarget, spreadTarget } from './endpoints.js';
 
 /** A gRPC target as given (it names its scheme), else endpoints as a user gives them (endpoints.ts: one or a list). */
 const targetOf = (address: string) =>
@@ -86,8 +86,10 @@ export function createClient<D extends ServiceDefinition>(
   const token = options.token;
   const keepalive = options.keepalive ?? CLIENT_KEEPALIVE;
   const target = targetOf(address);
+  // A caller that sets its own service config (a test's pick_first in the order given) gets the list as given.
+  const spread = options.channel?.['grpc.service_config'] === undefined;
   const connect = () =>
-    new Client(target, options.credentials ?? channelCredentials(options.security), {
+    new Client(spread ? spreadTarget(target) : target, options.credentials ?? channelCredentials(options.security), {
       // Several replicas: one per channel, shuffled, another when it goes (endpoints.ts).
       'grpc.service_config': CONTROL_PLANE_SERVICE_CONFIG,
       'grpc.keepalive_time_ms': keepalive.timeMs,

@@ -11,8 +11,9 @@ import { isIP } from 'node:net';
  * - `a:port,b:port,…`: several replicas by address, all IPv4 or all IPv6 (`[fd00::1]:7400`): grpc-js's `ipv4:` and
  *   `ipv6:` targets hold one family. Several DNS names are refused: give one name that resolves to all of them.
  *
- * Every channel uses `pick_first` over the shuffled addresses (CONTROL_PLANE_SERVICE_CONFIG, set by createClient):
- * each client keeps its calls and watch streams on one replica, clients spread over the replicas, and when that
+ * Every channel uses `pick_first` over the addresses in an order of its own (CONTROL_PLANE_SERVICE_CONFIG and
+ * spreadTarget, both applied by createClient): each client keeps its calls and watch streams on one replica, clients
+ * spread over the replicas, and when that
  * replica goes (its connection fails, or keepalive gives up on it) the channel connects to another and the next
  * calls and reopened streams go there. Watch streams then resume from the revision they had (agents' sources).
  * The server's name checked under TLS is `weft-control-plane` whatever address was dialled (credentials.ts).
@@ -54,6 +55,24 @@ export function controlPlaneGrpcTarget(endpoints: string): string {
     : `ipv6:${parsed.map((p) => `[${p.host}]:${p.port}`).join(',')}`;
 }
 
+/**
+ * A list target (`ipv4:a,b,…`, `ipv6:…`) with its addresses in a random order, for one channel; any other target as it
+ * is. grpc-js's own `shuffleAddressList` (1.14) does not do it: its Fisher–Yates loop stops before index 1, so it
+ * leaves a list of two as given and keeps the first of three first two times in three, and every client would use the
+ * first replica listed. A DNS name's addresses come in the resolver's order, which grpc-js's shuffle mixes only from
+ * three addresses on (round-robin DNS servers rotate them themselves).
+ */
+export function spreadTarget(target: string, random: () => number = Math.random): string {
+  const m = /^(ipv4|ipv6):(.+,.+)$/.exec(target);
+  if (!m) return target;
+  const items = m[2]!.split(',');
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return `${m[1]}:${items.join(',')}`;
+}
+
 /** For a config parser: the endpoints as given, once they are known to make a target. */
 export function parseControlPlaneEndpoints(raw: string): string {
   controlPlaneGrpcTarget(raw);
@@ -61,8 +80,8 @@ export function parseControlPlaneEndpoints(raw: string): string {
 }
 
 /**
- * pick_first over shuffled addresses: one replica per channel, channels spread over replicas (see controlPlaneGrpcTarget).
- * Harmless with one address.
+ * pick_first over shuffled addresses: one replica per channel, channels spread over replicas (see controlPlaneGrpcTarget;
+ * a list target is shuffled by spreadTarget too). Harmless with one address.
  */
 export const CONTROL_PLANE_SERVICE_CONFIG = JSON.stringify({
   loadBalancingConfig: [{ pick_first: { shuffleAddressList: true } }],
