@@ -7,28 +7,36 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { status } from '@grpc/grpc-js';
-import { clusterAdminSecurity, controlPlaneTarget, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
-import { createClient } from '../lib/grpc/client.js';
+import { agentLog, clusterAdminSecurity, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
+import type { PromiseClient } from '../lib/grpc/client.js';
 import { vtepMacFor } from '../node-dataplane/kernel/vxlan-device.js';
 import { haPostgresMissing, startHaPostgres, type HaPostgres } from './support/ha-postgres.js';
 import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './support/local-cluster.js';
 import { assertStreamHeld, pings, startEchoStream, startPingLoop } from './support/pod-probes.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 import { bin } from './support/processes.js';
+import { replicaFailoverClient } from './support/replica-clients.js';
 import { eventually } from './support/eventually.js';
 
 /**
- * The local cluster (two nodes, two pods on each) with its control plane on a highly available PostgreSQL
- * (scripts/ha/up.sh: Patroni, synchronous replication, HAProxy in front, reached through HAProxy's unix socket from
- * the control plane's namespace) while several callers allocate and release through the gRPC API, nodes come and go
- * (route changes), and the primary's postmaster is SIGKILLed. Calls during the switch must fail UNAVAILABLE (never a
- * wrong answer); writes must work again once Patroni has promoted the synchronous standby; every allocation and
- * release acknowledged to a caller must be there afterwards; no address may be live twice; pods on the two nodes keep
- * exchanging traffic throughout; afterwards every agent's kernel holds exactly the route table (nothing lost, nothing
+ * The local cluster (two nodes, two pods on each, two control-plane replicas: `cluster up --replicas 2`) with its
+ * control plane on a highly available PostgreSQL (scripts/ha/up.sh: Patroni, synchronous replication, HAProxy in
+ * front, reached through HAProxy's unix socket from the replicas' namespaces) while several callers allocate and
+ * release through the gRPC API and nodes come and go (route changes). First the primary's postmaster is SIGKILLed;
+ * once writes work again, the control-plane replica that most agents' connections, most of the hammer's callers and
+ * the route changes use is SIGKILLed. Calls during each switch must fail UNAVAILABLE (never a wrong answer); writes
+ * must work again after each (once Patroni has promoted the synchronous standby; once callers have moved to the other
+ * replica), and both times are measured; every allocation and release acknowledged to a caller must be there
+ * afterwards; no address may be live twice; pods on the two nodes keep exchanging traffic throughout; the agents move
+ * to the surviving replica, and afterwards every agent's kernel holds exactly the route table (nothing lost, nothing
  * stale); WatchRoutes must still deliver changes, woken by notifications (the streams' poll and bookmark periods are
  * set to a minute, so only a notification, or the notifier's reconnect, wakes them in time).
+ *
+ * The agents reach the replicas at their TCP addresses (grpc-js pick_first over both, lib/grpc/endpoints.ts); the test
+ * process reaches each only by its unix socket, so its callers move between them as those channels do
+ * (support/replica-clients.ts).
  */
 const WORKERS = 6;
 const WARMUP_MS = 4000;
@@ -36,6 +44,8 @@ const WARMUP_MS = 4000;
 const AFTER_MS = 4000;
 /** Writes must work again within this long of the kill (Patroni: a loop of 1 s; HAProxy: checks every 0.5 s). */
 const FAILOVER_BOUND_MS = 45_000;
+/** …and within this long of the replica's kill (callers move at their next call). */
+const REPLICA_FAILOVER_BOUND_MS = 20_000;
 /** A route change must reach the watcher this soon, far under the streams' poll of 60 s. */
 const DELIVERY_BOUND_MS = 10_000;
 
@@ -83,7 +93,7 @@ before(async () => {
     `${readFileSync(ha.socketEnvFile, 'utf8')}WEFT_ROUTES_POLL_MS=60000\nWEFT_ROUTES_BOOKMARK_MS=60000\n`,
     { mode: 0o600 },
   );
-  const started = bringUpTestCluster('hacluster', 2, ['--control-plane-env', envFile]);
+  const started = bringUpTestCluster('hacluster', 2, ['--control-plane-env', envFile, '--replicas', '2']);
   cluster = started.cluster;
   await started.up;
   const clusterMs = Date.now() - t0 - haMs;
@@ -115,8 +125,45 @@ after(async () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-type Ipam = ReturnType<typeof createClient<typeof IpamServiceService>>;
-type Routes = ReturnType<typeof createClient<typeof RoutesServiceService>>;
+type Routes = PromiseClient<typeof RoutesServiceService>;
+
+/** Established connections to the control-plane port inside a replica's namespace (the agents' and nothing else). */
+async function connectionsIn(netns: string): Promise<number> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    netns,
+    'ss',
+    '-Htn',
+    'state',
+    'established',
+    '( sport = :7400 )',
+  ]);
+  return stdout.split('\n').filter((l) => l.trim() !== '').length;
+}
+
+/** The control-plane addresses (ip:port) an agent holds established connections to, from its node's namespace. */
+async function agentPeers(netns: string): Promise<Set<string>> {
+  const { stdout } = await run('ip', [
+    'netns',
+    'exec',
+    netns,
+    'ss',
+    '-Htn',
+    'state',
+    'established',
+    '( dport = :7400 )',
+  ]);
+  return new Set(
+    stdout.split('\n').flatMap((l) =>
+      l
+        .trim()
+        .split(/\s+/)
+        .slice(-1)
+        .filter((p) => p !== ''),
+    ),
+  );
+}
 
 /** Watches routes as an agent does: resumes from its last revision when the stream breaks. Keeps when each node was first seen with a block. */
 function watchRoutes(routes: Routes) {
@@ -162,20 +209,30 @@ async function routesReport(node: string) {
 }
 
 test(
-  'the local cluster on Patroni PostgreSQL: SIGKILL of the primary mid-hammer and mid-route-changes loses no acknowledged write, answers only UNAVAILABLE meanwhile, pods keep talking, and afterwards writes, route watches and every kernel are right',
+  'the local cluster with two control-plane replicas on Patroni PostgreSQL: SIGKILL of the primary, then of the replica most agents use, mid-hammer and mid-route-changes loses no acknowledged write, answers only UNAVAILABLE meanwhile, pods keep talking, and afterwards writes, route watches and every kernel are right',
   { skip, timeout: 300_000 },
   async (t) => {
     const state: ClusterState = cluster!.state!;
-    const address = controlPlaneTarget(state);
+    const replicas = [state.controlPlane, ...(state.replicas ?? [])];
+    assert.equal(replicas.length, 2, 'two control-plane replicas');
+    // The replica holding most of the agents' connections (each agent's clients pick one of the two at random) is the
+    // one killed second; most of the hammer's callers, the route changes and the watcher use it too.
+    const agentConnections = await Promise.all(replicas.map((r) => connectionsIn(r.netns)));
+    const victim = agentConnections[0]! >= agentConnections[1]! ? 0 : 1;
+    const survivor = 1 - victim;
     // The local admin's credentials of the cluster's control plane.
     const security = clusterAdminSecurity(state);
-    const ipamClient = (): Ipam => {
-      const c = createClient(IpamServiceService, address, { security });
+    const sockets = replicas.map((r) => r.socket);
+    const failoverClient = <D extends typeof IpamServiceService | typeof RoutesServiceService>(
+      def: D,
+      first: number,
+    ) => {
+      const c = replicaFailoverClient(def, sockets, { first, security });
       closers.push(() => c.close());
       return c;
     };
-    const routes = createClient(RoutesServiceService, address, { security });
-    closers.push(() => routes.close());
+    const ipamClient = (first = victim) => failoverClient(IpamServiceService, first);
+    const routes = failoverClient(RoutesServiceService, victim);
     const admin = ipamClient();
     await admin.createPool({ name: 'ha', cidr: '10.91.0.0/16', blockPrefixLength: 26 });
 
@@ -228,8 +285,11 @@ test(
     let lastRefusal = 0;
     let stopAt = Infinity;
     let seq = 0;
+    const workerClients: ReturnType<typeof ipamClient>[] = [];
     const worker = async (w: number) => {
-      const client = ipamClient();
+      // Two of three workers on the replica killed second, the others on the survivor.
+      const client = ipamClient(w % 3 === 2 ? survivor : victim);
+      workerClients.push(client);
       const node = `hn-${w % 3}`;
       const held: string[] = [];
       const unknown: string[] = []; // allocations refused UNAVAILABLE: committed or not, the caller cannot tell
@@ -335,32 +395,62 @@ test(
       }
       return -1;
     })();
+    // Writes work again: calls begun after `since` succeed, and none was refused for a while.
+    const writesWorkAgain = async (what: string, since: number, boundMs: number) => {
+      try {
+        await eventually(
+          `writes work again after ${what}`,
+          async () => calls.some((c) => c.ok && c.start > since) && Date.now() - Math.max(lastRefusal, since) > 2000,
+          boundMs,
+          100,
+        );
+      } catch (err) {
+        stopAt = 0;
+        await hammer.catch(() => {});
+        await churn.catch(() => {});
+        throw new Error(
+          `${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; the control plane said:\n${controlPlaneLog()}`,
+          { cause: err },
+        );
+      }
+    };
+    await writesWorkAgain("the primary's kill", killedAt, FAILOVER_BOUND_MS);
+
+    // Then the replica most agents, most workers, the route changes and the watcher use.
+    const agentConnectionsAtKill = await Promise.all(replicas.map((r) => connectionsIn(r.netns)));
+    const replicaKilledAt = Date.now();
+    process.kill(replicas[victim]!.pid, 'SIGKILL');
+    t.diagnostic(`killed control-plane replica ${victim + 1} (pid ${replicas[victim]!.pid})`);
+    // The agents move: every agent holds a connection to the survivor, none to the killed replica.
+    const moved = eventually(
+      'every agent connected to the surviving replica alone',
+      async () => {
+        for (const n of state.nodes) {
+          const peers = await agentPeers(n.netns);
+          if (!peers.has(replicas[survivor]!.address) || peers.has(replicas[victim]!.address)) return false;
+        }
+        return Date.now() - replicaKilledAt;
+      },
+      30_000,
+      100,
+    );
+    moved.catch(() => {}); // awaited below; a failure before then is reported by what failed first
     try {
-      // Writes work again: calls begun after the kill succeed, and none was refused for a while.
-      await eventually(
-        'writes work again after the kill',
-        async () =>
-          calls.some((c) => c.ok && c.start > killedAt) && Date.now() - Math.max(lastRefusal, killedAt) > 2000,
-        FAILOVER_BOUND_MS,
-        100,
-      );
-    } catch (err) {
-      stopAt = 0;
-      await hammer.catch(() => {});
-      await churn.catch(() => {});
-      throw new Error(
-        `${(err as Error).message}; refusals: ${JSON.stringify([...refusals])}; members: ${JSON.stringify(await ha!.members().catch((e) => String(e)))}; the control plane said:\n${controlPlaneLog()}`,
-        { cause: err },
-      );
+      await writesWorkAgain("the replica's kill", replicaKilledAt, REPLICA_FAILOVER_BOUND_MS);
     } finally {
       stopAt = Date.now() + AFTER_MS;
     }
     await hammer;
     await churn;
-    // When writes worked again: the first success begun after the last refused call began (or after the kill, if none was).
-    const lastRefusedStart = Math.max(killedAt, ...calls.filter((c) => !c.ok).map((c) => c.start));
-    const writesBackAt = Math.min(...calls.filter((c) => c.ok && c.start >= lastRefusedStart).map((c) => c.end));
+    // When writes worked again after a kill: the first success begun after the last refused call began (or after the
+    // kill, if none was), among the calls that ended before the next kill.
+    const writesBackMs = (from: number, to: number) => {
+      const window = calls.filter((c) => c.start >= from && c.end < to);
+      const lastRefusedStart = Math.max(from, ...window.filter((c) => !c.ok).map((c) => c.start));
+      return Math.min(...window.filter((c) => c.ok && c.start >= lastRefusedStart).map((c) => c.end)) - from;
+    };
     const newPrimary = await ha!.primary();
+    const movedMs = await moved;
 
     // Route changes after the failover still reach the watcher: the first (the notifier has reconnected, or is about
     // to, and wakes everyone), then a second one well after, which only a notification on the new primary can bring.
@@ -387,6 +477,32 @@ test(
       );
       return watcher.seen.get(node)! - t0;
     };
+    // What each agent logged about its streams after the replica's kill (milliseconds after it).
+    const agentsSaid = state.nodes.map((n) => {
+      const lines = readFileSync(agentLog(n), 'utf8')
+        .split('\n')
+        .flatMap((l) => {
+          try {
+            const r = JSON.parse(l) as { time: string; msg: string };
+            const at = Date.parse(r.time) - replicaKilledAt;
+            return at >= 0 && /watch|stream|reconnect/i.test(r.msg) ? [`+${at} ms ${r.msg}`] : [];
+          } catch {
+            return [];
+          }
+        });
+      return `${n.name}: ${lines.slice(0, 4).join('; ')}`;
+    });
+    t.diagnostic(`after the replica's kill the agents said: ${agentsSaid.join(' | ')}`);
+    // A pod attached now gets its address through its agent (CNI ADD, IPAM on the surviving replica) and is reached.
+    const attachStart = Date.now();
+    const late = JSON.parse(
+      await weftCli('cluster', 'pod', 'add', 'node1', 'late', '--namespace', 'ha', '--json'),
+    ) as PodState;
+    const lateAttachMs = Date.now() - attachStart;
+    assert.ok(
+      await pings(pods[2]!, late.addresses[0]!),
+      "a pod attached after the replica's kill is reached from node2",
+    );
     const firstMs = await deliver('after1', 1);
     await sleep(2000);
     const secondMs = await deliver('after2', 2);
@@ -453,24 +569,33 @@ test(
       await sql.end();
     }
 
-    const afterKill = calls.filter((c) => c.start >= killedAt);
-    const refused = afterKill.filter((c) => !c.ok).length;
+    const between = calls.filter((c) => c.start >= killedAt && c.start < replicaKilledAt);
+    const afterReplicaKill = calls.filter((c) => c.start >= replicaKilledAt);
     const beforeKillMs = calls
       .filter((c) => c.ok && c.end < killedAt)
       .map((c) => c.end - c.start)
       .sort((a, b) => a - b);
+    const inFlightRefused = (at: number) => calls.filter((c) => c.start < at && c.end >= at && !c.ok).length;
+    const hammerMoves = workerClients.map((c) => c.moves());
     const figures = {
-      writesBackMs: writesBackAt - killedAt,
+      writesBackAfterPrimaryKillMs: writesBackMs(killedAt, replicaKilledAt),
+      writesBackAfterReplicaKillMs: writesBackMs(replicaKilledAt, Infinity),
       promotedMs: await promoted,
+      agentsMovedMs: movedMs,
+      podAttachAfterReplicaKillMs: lateAttachMs,
       callMsBeforeKill: {
         p50: beforeKillMs[Math.floor(beforeKillMs.length / 2)],
         p99: beforeKillMs[Math.floor(beforeKillMs.length * 0.99)],
       },
       callsBeforeKill: beforeKill,
-      callsAfterKill: afterKill.length,
-      refusedDuringSwitch: refused,
-      refusedInFlightAtKill: calls.filter((c) => c.start < killedAt && c.end >= killedAt && !c.ok).length,
+      callsBetweenKills: between.length,
+      callsAfterReplicaKill: afterReplicaKill.length,
+      refusedAfterPrimaryKill: between.filter((c) => !c.ok).length,
+      refusedAfterReplicaKill: afterReplicaKill.filter((c) => !c.ok).length,
+      refusedInFlightAtKills: [inFlightRefused(killedAt), inFlightRefused(replicaKilledAt)],
       slowestRefusalMs: Math.max(0, ...calls.filter((c) => !c.ok).map((c) => c.end - c.start)),
+      agentConnections: `${agentConnectionsAtKill.join(' / ')} (replica ${victim + 1} killed)`,
+      hammerWorkersMoved: hammerMoves.filter((m) => m > 0).length,
       acknowledgedAllocations: acknowledged.size,
       acknowledgedReleases: released.size,
       routeAfterFailoverMs: firstMs,
@@ -496,8 +621,12 @@ test(
       `Patroni promoted another member (was ${oldPrimary}, now ${newPrimary})`,
     );
     assert.ok(
-      acknowledged.size > 100 && afterKill.some((c) => c.ok),
-      `enough work on both sides of the kill: ${JSON.stringify(figures)}`,
+      acknowledged.size > 100 && between.some((c) => c.ok) && afterReplicaKill.some((c) => c.ok),
+      `enough work on every side of the kills: ${JSON.stringify(figures)}`,
+    );
+    assert.ok(
+      agentConnectionsAtKill[victim]! > 0 && hammerMoves.filter((m) => m > 0).length >= 4,
+      `the killed replica served agents and the hammer's workers, which moved: ${JSON.stringify(figures)}`,
     );
     assert.ok(
       churnOps.registered + churnOps.deregistered >= 6,
