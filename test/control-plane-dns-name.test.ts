@@ -23,7 +23,8 @@ import { bin, startUntil, type Started } from './support/processes.js';
  * The name is served by a real DNS server (UDP, on 127.0.0.1) that grpc-js is pointed at by its target
  * (`dns://server/name:port`), since the machine's own resolver configuration is not the test's to change. `localhost`
  * would be the other way to get two addresses without one (127.0.0.1 and ::1), but where /etc/hosts names only
- * 127.0.0.1 for it, as here, it resolves to one.
+ * 127.0.0.1 for it (many containers) it resolves to one. With two addresses grpc-js keeps the resolver's order
+ * (lib/grpc/endpoints.ts: spreadTarget), so the channel starts on the first; the test does not rely on which.
  */
 const NAME = 'replicas.weft.test';
 const MOVE_BOUND_MS = 10_000;
