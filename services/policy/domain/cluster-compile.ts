@@ -13,9 +13,11 @@ import type { World } from './evaluate.js';
  * The compiled rules of every watched node of one replica, kept up to date view after view. A view is compiled once
  * for all nodes (`createViewContext`: peer sets and each pod profile's entries are worked out once and shared), and
  * only the nodes a change can concern are compiled again: a node is concerned when a changed pod is (or was) on it,
- * when a changed pod joins, leaves or changes inside a set its rules name, when its rules depend on every pod (egress
- * named ports), or when namespaces or policies changed. Every other node keeps its compiled result (the same object)
- * and is sent nothing. Pure: no I/O; `compile.test.ts`-style sequences check it against compiling from scratch.
+ * when it hosts a pod that a policy added, changed or gone selects (its subject, old or new), or that an admin
+ * policy's subject takes in or lets go because its namespace's labels changed, when a set its rules name changes
+ * members (a changed pod joins, leaves or changes inside it, or a namespace's changed labels move its pods in or out),
+ * or when its rules depend on every pod (egress named ports). Every other node keeps its compiled result (the same
+ * object) and is sent nothing. Pure: no I/O; `compile.test.ts`-style sequences check it against compiling from scratch.
  */
 export interface ClusterCompiler {
   /**
@@ -71,15 +73,16 @@ export function createClusterCompiler(): ClusterCompiler {
       const { context: next, change } = createViewContext(world, pods, context ?? undefined);
       context = next;
       const concerned: string[] = [];
-      if (!change.sameWorld) {
+      if (change.all) {
         for (const [node, state] of nodes) {
           compileNode(node, state);
           concerned.push(node);
         }
         return concerned;
       }
-      if (change.pods.length === 0) return concerned;
+      if (change.sameWorld && change.pods.length === 0) return concerned;
       const touched = new Set(change.pods.map((p) => p.node));
+      for (const p of change.subjects) touched.add(p.node);
       for (const [node, state] of nodes) {
         let hit = touched.has(node) || state.everyPod;
         if (!hit && change.texts.size > 0) for (const t of state.texts) if ((hit = change.texts.has(t))) break;

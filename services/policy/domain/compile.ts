@@ -165,6 +165,8 @@ export interface ViewContext {
   /** Namespaces' labels as text (a change there changes what selectors select). */
   namespacesText: string;
   byNode: Map<string, PlacedPod[]>;
+  /** Pods by namespace, once something needs them (`podsByNamespace`). */
+  byNamespace?: Map<string, PlacedPod[]>;
   npsByNs: Map<string, NetworkPolicy[]>;
   /** Peer specs by rule text, this view's. */
   specs: Map<string, PeerSpec>;
@@ -195,7 +197,9 @@ export interface Profile {
 
 /** What changed from one view to the next, as `createViewContext` found it. */
 export interface ViewChange {
-  /** False: namespaces or policies changed (every node's rules may have). */
+  /** The first view: every node's rules are new. */
+  all: boolean;
+  /** False: namespaces or policies changed. */
   sameWorld: boolean;
   /** Pod objects added or gone (a changed pod is both: its old object gone, its new one added). */
   pods: PlacedPod[];
@@ -203,6 +207,11 @@ export interface ViewChange {
   removed: PlacedPod[];
   /** Peer selectors (rule texts) whose members or addresses may have changed. */
   texts: Set<string>;
+  /**
+   * Pods of the view whose entries a changed policy or namespace may change: the subjects (old and new) of the
+   * policies added, changed or gone, and of the admin policies whose subject a namespace's new labels move.
+   */
+  subjects: PlacedPod[];
 }
 
 const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
@@ -256,14 +265,17 @@ export function createViewContext(
 ): { context: ViewContext; change: ViewChange } {
   const namespacesText = JSON.stringify([...world.namespaces]);
   const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
-  const sameWorld =
+  const sameNamespaces = !!previous && previous.namespacesText === namespacesText;
+  const sameNps = !!previous && sameList(previous.world.networkPolicies, world.networkPolicies);
+  const sameAdmins =
     !!previous &&
-    previous.namespacesText === namespacesText &&
-    sameList(previous.world.networkPolicies, world.networkPolicies) &&
     sameList(previous.world.adminPolicies, world.adminPolicies) &&
     previous.world.baseline === world.baseline;
+  const sameWorld = sameNamespaces && sameNps && sameAdmins;
+  // NetworkPolicies added, changed or gone (a changed one is both, as pods are).
+  const changedNps = previous && !sameNps ? objectsChanged(previous.world.networkPolicies, world.networkPolicies) : [];
   let npsByNs: Map<string, NetworkPolicy[]>;
-  if (sameWorld) npsByNs = previous.npsByNs;
+  if (previous && sameNps) npsByNs = previous.npsByNs;
   else {
     npsByNs = new Map();
     for (const np of world.networkPolicies) {
@@ -271,7 +283,13 @@ export function createViewContext(
       if (list) list.push(np);
       else npsByNs.set(np.namespace, [np]);
     }
-    for (const list of npsByNs.values()) list.sort((a, b) => a.name.localeCompare(b.name));
+    // A namespace whose policies are the same objects keeps its list (and what `selection` knows of it).
+    const touched = new Set(changedNps.map((np) => np.namespace));
+    for (const [ns, list] of npsByNs) {
+      const before = previous && !touched.has(ns) ? previous.npsByNs.get(ns) : undefined;
+      if (before) npsByNs.set(ns, before);
+      else list.sort((a, b) => a.name.localeCompare(b.name));
+    }
   }
   const { added, removed } = previous ? podChanges(previous.pods, pods) : { added: [...pods], removed: [] };
   let byNode: Map<string, PlacedPod[]>;
@@ -301,40 +319,201 @@ export function createViewContext(
     textOfSpec: previous?.textOfSpec ?? new WeakMap(),
     profiles: new Map(),
     previousProfiles: previous?.profiles,
-    selection: sameWorld ? previous.selection : new Map(),
+    selection: previous?.selection ?? new Map(),
     cidrs: new Map(),
   };
-  const change: ViewChange = { sameWorld, pods: [...added, ...removed], added, removed, texts: new Set() };
-  if (!previous || !sameWorld) return { context, change };
-  // A peer spec no changed pod matches (before or after) has the same members, the same objects: it is kept. One
-  // that some changed pod matches gets its members again: those gone out, those added in if they match. (A spec's
-  // members are exactly the view's pods that `match` admits.)
+  if (previous?.byNamespace && added.length + removed.length <= pods.length / 8) {
+    // Carried, with the lists of the changed pods' namespaces made again.
+    const byNs = new Map(previous.byNamespace);
+    const gone = new Set(removed);
+    for (const ns of new Set([...added, ...removed].map((p) => p.namespace))) {
+      const list = (byNs.get(ns) ?? []).filter((p) => !gone.has(p));
+      for (const p of added) if (p.namespace === ns) list.push(p);
+      if (list.length > 0) byNs.set(ns, list);
+      else byNs.delete(ns);
+    }
+    context.byNamespace = byNs;
+  }
+  const change: ViewChange = {
+    all: !previous,
+    sameWorld,
+    pods: [...added, ...removed],
+    added,
+    removed,
+    texts: new Set(),
+    subjects: [],
+  };
+  if (!previous) return { context, change };
+  if (sameWorld && change.pods.length === 0) {
+    context.specs = previous.specs;
+    context.profiles = previous.profiles;
+    context.previousProfiles = previous.previousProfiles;
+    return { context, change };
+  }
+  const oldLabels = labelsIn(previous.world);
+  const newLabels = labelsIn(world);
+  const podsByNs = () => podsByNamespace(context);
+  const podsOf = (ns: string) => podsByNs().get(ns) ?? [];
+  /** Namespaces whose labels changed (one not known has none). */
+  const changedNs: string[] = [];
+  if (!sameNamespaces)
+    for (const ns of new Set([...previous.world.namespaces.keys(), ...world.namespaces.keys()])) {
+      const a = oldLabels(ns),
+        b = newLabels(ns);
+      if (a !== b && JSON.stringify(a) !== JSON.stringify(b)) changedNs.push(ns);
+    }
+  /** Whether a namespace selector tells one of the changed namespaces' old labels from its new ones. */
+  const moves = (s: Selector, ns: string) => selects(s, oldLabels(ns)) !== selects(s, newLabels(ns));
+
+  // The pods whose entries a changed policy or namespace may change, beyond the changed pods themselves: those a
+  // NetworkPolicy added or gone selects (its namespace's pods, by their own labels), those an admin policy (or the
+  // baseline) added or gone has as subject (the old object with the old namespaces' labels, the new one with the new),
+  // and, in a namespace whose labels changed, those an unchanged admin policy has as subject before or after when its
+  // subject's namespace selector tells the labels apart. (A NetworkPolicy selects by pod labels alone.)
+  const subjects = new Set<PlacedPod>();
+  for (const np of changedNps)
+    for (const p of podsOf(np.namespace)) if (selects(np.podSelector, p.labels)) subjects.add(p);
+  const adminsOf = (w: World) => (w.baseline ? [...w.adminPolicies, w.baseline] : w.adminPolicies);
+  const oldAdmins = new Set(adminsOf(previous.world));
+  const newAdmins = new Set(adminsOf(world));
+  const addSubjects = (a: AdminPolicy, labelsOf: LabelsOf) => {
+    const ns = adminNsSelector(a.subject);
+    for (const [name, list] of podsByNs()) {
+      if (ns && !selects(ns, labelsOf(name))) continue;
+      for (const p of list) if (adminPeerMatches(a.subject, p, labelsOf)) subjects.add(p);
+    }
+  };
+  if (!sameAdmins) {
+    for (const a of oldAdmins) if (!newAdmins.has(a)) addSubjects(a, oldLabels);
+    for (const a of newAdmins) if (!oldAdmins.has(a)) addSubjects(a, newLabels);
+  }
+  for (const ns of changedNs)
+    for (const a of newAdmins) {
+      const s = adminNsSelector(a.subject);
+      if (!oldAdmins.has(a) || !s || !moves(s, ns)) continue;
+      for (const p of podsOf(ns))
+        if (adminPeerMatches(a.subject, p, oldLabels) || adminPeerMatches(a.subject, p, newLabels)) subjects.add(p);
+    }
+  change.subjects = [...subjects];
+
+  // Peer specs. One whose text no policy names any more is dropped (a node that named it hosts a subject of the policy
+  // that did, so it is compiled again). One that no changed pod matches (before or after) and none of whose
+  // namespace selectors tells a changed namespace's labels apart has the same members, the same objects: it is kept.
+  // The others get their members again: the changed pods out, then in if they match, and the pods of each namespace
+  // whose change a selector tells apart, in or out. (A spec's members are exactly the view's pods `match` admits.)
+  const live = sameNps && sameAdmins ? null : liveTexts(world, context.ruleText);
   for (const [text, spec] of previous.specs) {
-    if (spec.any || !change.pods.some((p) => spec.match(p))) {
+    if (live && !live.has(text)) continue;
+    if (spec.any) {
+      context.specs.set(text, spec);
+      continue;
+    }
+    const nsMoved = changedNs.filter((ns) => spec.nsSelectors.some((s) => moves(s, ns)));
+    const podsMoved = removed.some((p) => spec.pods.has(p)) || added.some((p) => spec.match(p, newLabels));
+    if (!podsMoved && nsMoved.length === 0) {
+      context.specs.set(text, spec);
+      continue;
+    }
+    const members = new Set(spec.pods);
+    for (const p of removed) members.delete(p);
+    for (const p of added) if (spec.match(p, newLabels)) members.add(p);
+    for (const ns of nsMoved)
+      for (const p of podsOf(ns)) {
+        if (spec.match(p, newLabels)) members.add(p);
+        else members.delete(p);
+      }
+    if (!podsMoved && members.size === spec.pods.size && [...members].every((p) => spec.pods.has(p))) {
       context.specs.set(text, spec);
       continue;
     }
     change.texts.add(text);
-    const members = new Set(spec.pods);
-    for (const p of removed) members.delete(p);
-    for (const p of added) if (spec.match(p)) members.add(p);
-    const next: PeerSpec = { any: false, ranges: spec.ranges, pods: members, match: spec.match };
+    const next: PeerSpec = { ...spec, pods: members };
     context.specs.set(text, next);
     context.textOfSpec.set(next, text);
   }
-  if (change.pods.length === 0) {
-    context.profiles = previous.profiles;
-    context.previousProfiles = previous.previousProfiles;
-  }
   return { context, change };
+}
+
+/** The objects of one list not in the other, either way (by identity). */
+function objectsChanged<T>(before: readonly T[], after: readonly T[]): T[] {
+  const a = new Set(before),
+    b = new Set(after);
+  return [...before.filter((x) => !b.has(x)), ...after.filter((x) => !a.has(x))];
+}
+
+/** The view's pods by namespace, worked out once per view (or carried from the previous one). */
+function podsByNamespace(context: ViewContext): Map<string, PlacedPod[]> {
+  if (context.byNamespace) return context.byNamespace;
+  const byNs = new Map<string, PlacedPod[]>();
+  for (const p of context.pods) {
+    const list = byNs.get(p.namespace);
+    if (list) list.push(p);
+    else byNs.set(p.namespace, [p]);
+  }
+  return (context.byNamespace = byNs);
+}
+
+/** The texts of every rule's peers and every admin subject of the world (see `rulePeers`), remembered per rule. */
+function liveTexts(w: World, ruleText: WeakMap<object, string>): Set<string> {
+  const live = new Set<string>();
+  const add = (rule: object, make: () => string) => {
+    let text = ruleText.get(rule);
+    if (text === undefined) ruleText.set(rule, (text = make()));
+    live.add(text);
+  };
+  for (const np of w.networkPolicies)
+    for (const r of [...np.ingress, ...np.egress]) if (r.peers && r.peers.length > 0) add(r, () => npRuleText(np, r));
+  for (const a of w.baseline ? [...w.adminPolicies, w.baseline] : w.adminPolicies) {
+    add(a.subject, () => subjectText(a));
+    for (const r of [...a.ingress, ...a.egress]) add(r, () => adminRuleText(r));
+  }
+  return live;
 }
 
 type Address = { family: Family; value: bigint };
 /** Inclusive address ranges of one family. */
 type Range = { family: Family; start: bigint; end: bigint };
-/** `match`: whether a pod is one of `pods` (by its own labels and its namespace's), for any pod. */
-type PeerSpec = { any: true } | { any: false; ranges: Range[]; pods: Set<PlacedPod>; match: (p: PlacedPod) => boolean };
+/** A namespace's labels (those of a namespace not known: none). */
+type LabelsOf = (namespace: string) => Record<string, string>;
+const NO_LABELS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+const labelsIn =
+  (w: World): LabelsOf =>
+  (ns) =>
+    w.namespaces.get(ns) ?? NO_LABELS;
+/**
+ * `match`: whether a pod is one of `pods` (by its own labels and its namespace's, as `labelsOf` gives them), for any
+ * pod. `nsSelectors`: the namespace selectors its peers use; the members can change with a namespace's labels only
+ * if one of them tells the old labels from the new.
+ */
+type PeerSpec =
+  | { any: true }
+  | {
+      any: false;
+      ranges: Range[];
+      pods: Set<PlacedPod>;
+      match: (p: PlacedPod, labelsOf: LabelsOf) => boolean;
+      nsSelectors: Selector[];
+    };
 const matchesNoPod = () => false;
+/** Whether a NetworkPolicy peer (of a policy in `policyNs`) selects the pod; an ipBlock selects none by labels. */
+const npPeerMatches = (peer: Peer, policyNs: string, p: PlacedPod, labelsOf: LabelsOf) =>
+  !peer.ipBlock &&
+  (peer.namespaceSelector ? selects(peer.namespaceSelector, labelsOf(p.namespace)) : p.namespace === policyNs) &&
+  (!peer.podSelector || selects(peer.podSelector, p.labels));
+/** Whether an admin peer (or subject) selects the pod; `networks` select none by labels. */
+const adminPeerMatches = (peer: AdminPeer, p: PlacedPod, labelsOf: LabelsOf) =>
+  peer.namespaces
+    ? selects(peer.namespaces, labelsOf(p.namespace))
+    : !!peer.pods &&
+      selects(peer.pods.namespaceSelector, labelsOf(p.namespace)) &&
+      selects(peer.pods.podSelector, p.labels);
+/** The namespace selector of an admin peer (or subject), if it has one. */
+const adminNsSelector = (peer: AdminPeer): Selector | undefined => peer.namespaces ?? peer.pods?.namespaceSelector;
+/** Rule peers (and admin subjects) as text: rules with the same text make the same peer set. */
+const jsonText = (v: unknown) => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
+const npRuleText = (np: NetworkPolicy, r: Rule) => jsonText([np.namespace, r.peers]);
+const adminRuleText = (r: AdminRule) => jsonText(['admin', r.peers]);
+const subjectText = (a: AdminPolicy) => jsonText(['subject', a.subject]);
 type PortSpec =
   | { kind: 'any' }
   | { kind: 'range'; protocol: Protocol; from: number | null; to: number | null }
@@ -465,6 +644,27 @@ export function compileNodePolicy(
   const labelsTexts = cache?.labelsText ?? sharedLabelsText;
   const podRanges = (p: Pod): Range[] => p.addresses.map((a) => ({ family: a.family, start: a.value, end: a.value }));
 
+  const labelsOf = labelsIn(w);
+  /**
+   * The pods `match` admits. With a shared view only the pods of the namespaces a peer can select are tried: those
+   * its namespace selector admits, or the policy's own.
+   */
+  const podsMatching = (
+    match: (p: PlacedPod, l: LabelsOf) => boolean,
+    nsSelector: Selector | undefined,
+    ownNs?: string,
+  ): Set<PlacedPod> => {
+    if (!shared) return new Set(pods.filter((p) => match(p, labelsOf)));
+    const out = new Set<PlacedPod>();
+    const byNs = podsByNamespace(shared);
+    if (!nsSelector) {
+      for (const p of byNs.get(ownNs!) ?? []) if (match(p, labelsOf)) out.add(p);
+      return out;
+    }
+    for (const [ns, list] of byNs)
+      if (selects(nsSelector, labelsOf(ns))) for (const p of list) if (match(p, labelsOf)) out.add(p);
+    return out;
+  };
   const npPeer = (peer: Peer, policyNs: string): PeerSpec => {
     if (peer.ipBlock)
       return {
@@ -472,21 +672,29 @@ export function compileNodePolicy(
         ranges: subtract(rangeOf(peer.ipBlock.cidr), peer.ipBlock.except.map(rangeOf)),
         pods: new Set(),
         match: matchesNoPod,
+        nsSelectors: [],
       };
-    const match = (p: PlacedPod) =>
-      (peer.namespaceSelector ? selects(peer.namespaceSelector, nsLabels(p.namespace)) : p.namespace === policyNs) &&
-      (!peer.podSelector || selects(peer.podSelector, p.labels));
-    return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
+    const match = (p: PlacedPod, l: LabelsOf) => npPeerMatches(peer, policyNs, p, l);
+    return {
+      any: false,
+      ranges: [],
+      pods: podsMatching(match, peer.namespaceSelector, policyNs),
+      match,
+      nsSelectors: peer.namespaceSelector ? [peer.namespaceSelector] : [],
+    };
   };
   const adminPeer = (peer: AdminPeer): PeerSpec => {
-    if (peer.networks) return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set(), match: matchesNoPod };
-    const match = (p: PlacedPod) =>
-      peer.namespaces
-        ? selects(peer.namespaces, nsLabels(p.namespace))
-        : !!peer.pods &&
-          selects(peer.pods.namespaceSelector, nsLabels(p.namespace)) &&
-          selects(peer.pods.podSelector, p.labels);
-    return { any: false, ranges: [], pods: new Set(pods.filter(match)), match };
+    if (peer.networks)
+      return { any: false, ranges: peer.networks.map(rangeOf), pods: new Set(), match: matchesNoPod, nsSelectors: [] };
+    const match = (p: PlacedPod, l: LabelsOf) => adminPeerMatches(peer, p, l);
+    const ns = adminNsSelector(peer);
+    return {
+      any: false,
+      ranges: [],
+      pods: podsMatching(match, ns ?? { requirements: [] }),
+      match,
+      nsSelectors: ns ? [ns] : [],
+    };
   };
   // A rule's peers, and the set they make, are the same for every subject pod: computed once per rule, and rules
   // with the same peers (the same selectors, from the same namespace) share them.
@@ -513,14 +721,16 @@ export function compileNodePolicy(
     if (specs.length === 0 || specs.some((s) => s.any)) return { any: true };
     const ranges: Range[] = [];
     const ps = new Set<PlacedPod>();
-    const matches: ((p: PlacedPod) => boolean)[] = [];
+    const matches: ((p: PlacedPod, l: LabelsOf) => boolean)[] = [];
+    const nsSelectors: Selector[] = [];
     for (const s of specs)
       if (!s.any) {
         ranges.push(...s.ranges);
         for (const p of s.pods) ps.add(p);
         matches.push(s.match);
+        nsSelectors.push(...s.nsSelectors);
       }
-    return { any: false, ranges, pods: ps, match: (p) => matches.some((m) => m(p)) };
+    return { any: false, ranges, pods: ps, match: (p, l) => matches.some((m) => m(p, l)), nsSelectors };
   };
   /** Names a set (registering it), or null for an empty one, which can match nothing. */
   const cidrsOf = shared?.cidrs ?? cache?.cidrs ?? new Map<string, string[]>();
@@ -577,7 +787,12 @@ export function compileNodePolicy(
       name = nameSet([...s.ranges, ...members.flatMap(podRanges)]) ?? undefined;
     }
     if (text !== undefined && cache)
-      specSets.set(text, { members, name: name ?? null, cidrs: name ? sets.get(name)! : [], matches: s.match });
+      specSets.set(text, {
+        members,
+        name: name ?? null,
+        cidrs: name ? sets.get(name)! : [],
+        matches: (p) => s.match(p, labelsOf),
+      });
     setOfSpec.set(s, name);
     return name;
   };
@@ -638,20 +853,20 @@ export function compileNodePolicy(
       : rulePeers(
           r,
           () => union(r.peers!.map((p) => npPeer(p, np.namespace))),
-          () => JSON.stringify([np.namespace, r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+          () => npRuleText(np, r),
         );
   const adminRulePeers = (r: AdminRule): PeerSpec =>
     rulePeers(
       r,
       () => union(r.peers.map(adminPeer)),
-      () => JSON.stringify(['admin', r.peers], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+      () => adminRuleText(r),
     );
   const isSubject = (a: AdminPolicy, subject: PlacedPod) =>
     (
       rulePeers(
         a.subject,
         () => adminPeer(a.subject),
-        () => JSON.stringify(['subject', a.subject], (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+        () => subjectText(a),
       ) as { pods?: Set<PlacedPod> }
     ).pods?.has(subject) ?? false;
   const adminsOf = (subject: PlacedPod) =>
