@@ -476,3 +476,47 @@ test('podChanges: the pod objects added and gone between two views, never missin
   assert.ok(r.added.includes(b2) && r.removed.includes(b!));
   assert.ok(!r.added.includes(b!) && !r.removed.includes(b2));
 });
+
+test('a policy or namespace change compiles again only the nodes hosting its subjects or naming a set it moves', () => {
+  // Each namespace's pods on a node of their own: x on n1, y on n2, z on n3.
+  const placed = pods.map((p) => ({ ...p, node: `n${NS.indexOf(p.namespace) + 1}` }));
+  const np = (namespace: string, name: string, spec: object) =>
+    parsePolicyObject({ kind: 'NetworkPolicy', metadata: { namespace, name }, spec }) as NetworkPolicy;
+  const fromShop = np('y', 'from-shop', {
+    podSelector: {},
+    ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: 'shop' } } }] }],
+  });
+  let w: World = { namespaces, networkPolicies: [fromShop], adminPolicies: [], baseline: null };
+  const cluster = createClusterCompiler();
+  const step = (next: Partial<World>) => {
+    w = { ...w, ...next };
+    const concerned = cluster.advance(w, placed).sort();
+    for (const node of NODES) assert.deepEqual(cluster.compile(node), compileNodePolicy(w, placed, node), node);
+    return concerned;
+  };
+  const labels = (ns: string, l: Record<string, string>) =>
+    new Map([...w.namespaces].map(([n, v]) => [n, n === ns ? l : v]));
+  cluster.advance(w, placed);
+  for (const node of NODES) cluster.compile(node);
+  const deny = np('x', 'deny', { podSelector: {} });
+  assert.deepEqual(step({ networkPolicies: [fromShop, deny] }), ['n1'], 'a NetworkPolicy in x: the node of its pods');
+  assert.deepEqual(step({ networkPolicies: [fromShop] }), ['n1'], 'and removed');
+  assert.deepEqual(step({ namespaces: labels('z', { ns: 'z', env: 'prod' }) }), [], 'a label no selector reads');
+  assert.deepEqual(step({ namespaces: labels('z', { ns: 'z', team: 'shop' }) }), ['n2'], "z joins y's set");
+  const anp = parsePolicyObject({
+    kind: 'AdminNetworkPolicy',
+    metadata: { name: 'pay' },
+    spec: {
+      priority: 1,
+      subject: { namespaces: { matchLabels: { team: 'pay' } } },
+      ingress: [{ name: 'deny-x', action: 'Deny', from: [{ namespaces: { matchLabels: { ns: 'x' } } }] }],
+    },
+  }) as AdminPolicy;
+  assert.deepEqual(step({ adminPolicies: [anp] }), ['n2'], 'an admin policy whose subject is y (team=pay)');
+  assert.deepEqual(
+    step({ namespaces: labels('z', { ns: 'z', team: 'pay' }) }),
+    ['n2', 'n3'],
+    "z leaves y's set and becomes the admin policy's subject",
+  );
+  assert.deepEqual(step({ adminPolicies: [], baseline: { ...anp, kind: 'BaselineAdminNetworkPolicy' } }), ['n2', 'n3']);
+});
