@@ -156,8 +156,9 @@ export const createCompileCache = (): CompileCache => ({
  * once here and shared by all of them (`compileNodePolicy`'s `shared`): the pods grouped by node, the NetworkPolicies
  * grouped by namespace, each distinct peer selector's members and set (by the rule's text), and the entries of each
  * distinct pod profile (namespace, labels, named ports: the entries depend on nothing else of the pod, only on the
- * view). `createViewContext` carries the peer sets of the previous view that the changed pods do not touch.
- * Objects of the view (pods, policies) must not be mutated.
+ * view). `createViewContext` carries the peer sets of the previous view that neither the changed pods nor the changed
+ * namespaces' labels move, and says which pods a changed policy or namespace concerns (`ViewChange.subjects`).
+ * Objects of the view (pods, policies, namespaces' labels) must not be mutated.
  */
 export interface ViewContext {
   world: World;
