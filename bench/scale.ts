@@ -849,6 +849,8 @@ async function main() {
           Object.fromEntries(Object.keys(a).map((k) => [k, Number(b[k]) - Number(a[k])])) as Load;
         const views = sim.nodes.map((x) => x.policyCompleteViews);
         const breaks0 = sim.stats().streamBreaks;
+        const renewalFailures0 = sim.stats().renewalFailures;
+        const reasons0 = new Map(sim.stats().reasons);
         const s0 = await stat();
         const pg0 = meter();
         const t0 = now();
@@ -905,8 +907,28 @@ async function main() {
             value: `${cpuPct(pg0, pg1, 'postgres').toFixed(0)}%; ${cpuPct(pg0, pg1, 'sim').toFixed(0)}%`,
             baseline: `steady: ${cpuPct(m0, m1, 'postgres').toFixed(0)}%; ${cpuPct(m0, m1, 'sim').toFixed(0)}%`,
           },
-          { figure: '  streams broken and reopened', value: String(sim.stats().streamBreaks - breaks0) },
+          {
+            figure: `  streams broken and reopened (${2 * n} streams); renewals failed`,
+            value: `${sim.stats().streamBreaks - breaks0}; ${sim.stats().renewalFailures - renewalFailures0}`,
+          },
         );
+        // Why: each gRPC status the streams and renewals saw, and when the streams broke (seconds after SIGTERM).
+        const why = [...sim.stats().reasons]
+          .map(([k, v]) => [k, v - (reasons0.get(k) ?? 0)] as const)
+          .filter(([, v]) => v > 0)
+          .sort((a, b) => b[1] - a[1]);
+        for (const [k, v] of why.slice(0, 12)) restartRows.push({ figure: `    ${k}`, value: String(v) });
+        const buckets = new Map<number, number>();
+        for (const t of sim.stats().breakTimes)
+          if (t >= t0) buckets.set(Math.floor((t - t0) / 5000), (buckets.get(Math.floor((t - t0) / 5000)) ?? 0) + 1);
+        restartRows.push({
+          figure: '  stream breaks per 5 s after SIGTERM',
+          value: [...buckets]
+            .sort((a, b) => a[0] - b[0])
+            .map(([b, c]) => `${b * 5}s:${c}`)
+            .join(' '),
+          baseline: `exit at ${ms(tExit - t0)}, serving at ${ms(tServing - t0)}`,
+        });
         log(`${n}: restart back in sync in ${ms(tSynced - t0)} (synced ${synced})`);
       }
     }

@@ -30,7 +30,8 @@ export function keepNodeLease(deps: {
       if (signal.aborted) return;
       try {
         leaseMs =
-          (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+          (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000, waitForReady: true }))
+            .leaseMillis || leaseMs;
         delay = leaseMs / 3;
         retry.reset();
       } catch (caught) {
@@ -40,7 +41,9 @@ export function keepNodeLease(deps: {
             underlay: deps.registration.underlayAddress,
           });
           try {
-            leaseMs = (await routes.registerNode(deps.registration, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+            leaseMs =
+              (await routes.registerNode(deps.registration, { timeoutMs: 5000, waitForReady: true })).leaseMillis ||
+              leaseMs;
             logger.info('registered again', {
               underlay: deps.registration.underlayAddress,
               vtepMac: deps.registration.vtepMac,
