@@ -83,6 +83,13 @@ after(async () => {
 
 test(`${N} agents: after a restart every agent is back in sync, and streams break only while the control plane is away`, async () => {
   const views = sim.nodes.map((n) => n.policyCompleteViews);
+  const back: number[] = [];
+  const seen = new Set<string>();
+  sim.onPolicy((node, m) => {
+    if (m.delta || m.bookmark || seen.has(node.spec.name)) return;
+    seen.add(node.spec.name);
+    back.push(performance.now());
+  });
   const s0 = sim.stats();
   const reasons0 = new Map(s0.reasons);
   const t0 = performance.now();
@@ -110,6 +117,9 @@ test(`${N} agents: after a restart every agent is back in sync, and streams brea
     breaksAfterServing: afterServing,
     renewalFailures: s1.renewalFailures - s0.renewalFailures,
     why: Object.fromEntries(why.slice(0, 12)),
+    policyBackAfterServingMs: [0, 0.1, 0.5, 0.9, 1].map((q) =>
+      Math.round(back.sort((a, b) => a - b)[Math.min(back.length - 1, Math.floor(q * back.length))]! - tServing),
+    ),
   };
   process.stderr.write(`${JSON.stringify(report, null, 1)}\n`);
   assert.ok(
