@@ -11,7 +11,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService, type WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
 import { createPolicyChunkJoiner, createRoutesChunkJoiner } from '../node-dataplane/sources/chunks.js';
-import { followStream } from '../node-dataplane/sources/follow-stream.js';
+import { followStream, reconnectSpreadMs } from '../node-dataplane/sources/follow-stream.js';
 import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
 
@@ -84,6 +84,10 @@ export interface SimStats {
   reRegistrations: number;
   streamBreaks: number;
   reportFailures: number;
+  /** Why streams broke and renewals failed: "<what>: <gRPC error message, digits as #>" → count. */
+  reasons: Map<string, number>;
+  /** When each stream broke (performance.now()), for a timeline. */
+  breakTimes: number[];
 }
 
 export interface NodeSimulator {
@@ -139,11 +143,22 @@ export function createNodeSimulator(deps: {
     return s;
   };
   const stats = { renewals: 0, renewalFailures: 0, reRegistrations: 0, streamBreaks: 0 };
+  const reasons = new Map<string, number>();
+  const breakTimes: number[] = [];
+  const because = (what: string, err: unknown) => {
+    const key = `${what}: ${String((err as Error)?.message ?? err)
+      .replace(/\d+/g, '#')
+      .slice(0, 160)}`;
+    reasons.set(key, (reasons.get(key) ?? 0) + 1);
+  };
   // A stream's break is counted, not logged: a control-plane restart breaks thousands at once.
   const quiet: Logger = {
     ...deps.logger,
-    warn: (msg: string) => {
-      if (msg.includes('reconnecting')) stats.streamBreaks++;
+    warn: (msg: string, fields?: Record<string, unknown>) => {
+      if (!msg.includes('reconnecting')) return;
+      stats.streamBreaks++;
+      breakTimes.push(performance.now());
+      because(msg.slice(0, msg.indexOf(' watch')), fields?.err);
     },
     child: () => quiet,
   } as Logger;
@@ -175,7 +190,8 @@ export function createNodeSimulator(deps: {
     const { node } = e;
     try {
       e.leaseMs =
-        (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+        (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000, waitForReady: true })).leaseMillis ||
+        e.leaseMs;
       stats.renewals++;
       e.retry.reset();
       schedule(e, e.leaseMs / 3);
@@ -184,14 +200,15 @@ export function createNodeSimulator(deps: {
       if ((err as { code?: number }).code === status.NOT_FOUND) {
         try {
           e.leaseMs =
-            (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000 })).leaseMillis || e.leaseMs;
+            (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000, waitForReady: true }))
+              .leaseMillis || e.leaseMs;
           stats.reRegistrations++;
           schedule(e, e.leaseMs / 3);
           return;
-        } catch {
-          /* retried below */
+        } catch (again) {
+          because('re-registration', again);
         }
-      }
+      } else because('renewal', err);
       stats.renewalFailures++;
       schedule(e, e.retry.next());
     }
@@ -230,7 +247,7 @@ export function createNodeSimulator(deps: {
       for (;;) {
         try {
           return (
-            (await node.routes.registerNode(registration(spec), { timeoutMs: 5000 })).leaseMillis ||
+            (await node.routes.registerNode(registration(spec), { timeoutMs: 5000, waitForReady: true })).leaseMillis ||
             deps.leaseMsFallback ||
             20_000
           );
@@ -256,9 +273,10 @@ export function createNodeSimulator(deps: {
         routeChunks.reset();
         return node.routes.watchRoutes(
           { node: spec.name, sinceRevision: node.routesSynced ? node.routeRevision : 0, acceptChunks: true },
-          { signal },
+          { signal, waitForReady: true },
         );
       },
+      spreadMs: () => reconnectSpreadMs(node.routeView.size),
       onMessage: (chunk) => {
         const m = routeChunks.push(chunk);
         if (!m) return;
@@ -285,9 +303,10 @@ export function createNodeSimulator(deps: {
         policyChunks.reset();
         return node.policy.watchNodePolicy(
           { node: spec.name, sinceRevision: node.policyRules?.revision ?? 0, acceptDeltas: true, acceptChunks: true },
-          { signal },
+          { signal, waitForReady: true },
         );
       },
+      spreadMs: () => reconnectSpreadMs(node.routeView.size),
       onMessage: (chunk) => {
         const m = policyChunks.push(chunk);
         if (!m) return;
@@ -433,6 +452,8 @@ export function createNodeSimulator(deps: {
       policySynced: nodes.filter((n) => n.policyRules !== null).length,
       ...stats,
       reportFailures: reports.failures,
+      reasons,
+      breakTimes,
     }),
     close() {
       stopper.abort();

@@ -463,8 +463,10 @@ async function main() {
       }
     });
     let attachTrial: ((node: SimNode, m: { bookmark: boolean; revision: number }) => void) | null = null;
+    let policyBackHook: ((node: SimNode, m: { bookmark: boolean; delta?: unknown }) => void) | null = null;
     sim.onPolicy((node, m) => {
       attachTrial?.(node, m);
+      policyBackHook?.(node, m);
       const t = policyTrial;
       if (!t) return;
       const i = index.get(node)!;
@@ -848,7 +850,17 @@ async function main() {
         const delta = (a: Record<string, string>, b: Record<string, string>): Load =>
           Object.fromEntries(Object.keys(a).map((k) => [k, Number(b[k]) - Number(a[k])])) as Load;
         const views = sim.nodes.map((x) => x.policyCompleteViews);
+        // When each agent had its fresh policy view (the first complete view after SIGTERM).
+        const policyBack: number[] = [];
+        const policySeen = new Set<SimNode>();
+        policyBackHook = (node, m) => {
+          if (m.delta || m.bookmark || policySeen.has(node)) return;
+          policySeen.add(node);
+          policyBack.push(now());
+        };
         const breaks0 = sim.stats().streamBreaks;
+        const renewalFailures0 = sim.stats().renewalFailures;
+        const reasons0 = new Map(sim.stats().reasons);
         const s0 = await stat();
         const pg0 = meter();
         const t0 = now();
@@ -870,6 +882,7 @@ async function main() {
         const synced = await waitFor('restart', allBack, 120_000);
         const tSynced = now();
         routeTrial = null;
+        policyBackHook = null;
         await sleep(1500); // pg_stat_database is flushed by backends at most every second
         const s1 = await stat();
         const pg1 = meter();
@@ -905,8 +918,43 @@ async function main() {
             value: `${cpuPct(pg0, pg1, 'postgres').toFixed(0)}%; ${cpuPct(pg0, pg1, 'sim').toFixed(0)}%`,
             baseline: `steady: ${cpuPct(m0, m1, 'postgres').toFixed(0)}%; ${cpuPct(m0, m1, 'sim').toFixed(0)}%`,
           },
-          { figure: '  streams broken and reopened', value: String(sim.stats().streamBreaks - breaks0) },
+          {
+            figure: '  serving -> each agent has its fresh policy view, p10 / p50 / p90 / last',
+            value: [10, 50, 90, 100].map((q) => ms(p(policyBack, q) - tServing)).join(' / '),
+            baseline: `the route change: p50 / p99 ${ms(
+              p(
+                Array.from(rt.stamps).filter((x) => x > 0),
+                50,
+              ) - tServing,
+            )} / ${ms(
+              p(
+                Array.from(rt.stamps).filter((x) => x > 0),
+                99,
+              ) - tServing,
+            )}`,
+          },
+          {
+            figure: `  streams broken and reopened (${2 * n} streams); renewals failed`,
+            value: `${sim.stats().streamBreaks - breaks0}; ${sim.stats().renewalFailures - renewalFailures0}`,
+          },
         );
+        // Why: each gRPC status the streams and renewals saw, and when the streams broke (seconds after SIGTERM).
+        const why = [...sim.stats().reasons]
+          .map(([k, v]) => [k, v - (reasons0.get(k) ?? 0)] as const)
+          .filter(([, v]) => v > 0)
+          .sort((a, b) => b[1] - a[1]);
+        for (const [k, v] of why.slice(0, 12)) restartRows.push({ figure: `    ${k}`, value: String(v) });
+        const buckets = new Map<number, number>();
+        for (const t of sim.stats().breakTimes)
+          if (t >= t0) buckets.set(Math.floor((t - t0) / 5000), (buckets.get(Math.floor((t - t0) / 5000)) ?? 0) + 1);
+        restartRows.push({
+          figure: '  stream breaks per 5 s after SIGTERM',
+          value: [...buckets]
+            .sort((a, b) => a[0] - b[0])
+            .map(([b, c]) => `${b * 5}s:${c}`)
+            .join(' '),
+          baseline: `exit at ${ms(tExit - t0)}, serving at ${ms(tServing - t0)}`,
+        });
         log(`${n}: restart back in sync in ${ms(tSynced - t0)} (synced ${synced})`);
       }
     }

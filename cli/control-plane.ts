@@ -361,18 +361,26 @@ export async function startControlPlane(
     bootstrapPort: bootstrap?.port ?? null,
     plaintextPort,
     async stop() {
-      await bootstrap?.stop();
-      await routes?.stop();
-      await ipamService?.stop();
+      const t0 = performance.now();
+      const took: Record<string, number> = {};
+      const step = async (name: string, f: () => unknown) => {
+        const t = performance.now();
+        await f();
+        took[name] = Math.round(performance.now() - t);
+      };
+      await step('bootstrap', () => bootstrap?.stop());
+      await step('routes', () => routes?.stop());
+      await step('ipam', () => ipamService?.stop());
       httpServer?.closeAllConnections();
       httpServer?.close();
-      await shutdownServer(server);
-      await audit.stop();
+      await step('grpc', () => shutdownServer(server));
+      await step('audit', () => audit.stop());
       revocations.stop();
-      await notifier.close();
-      await database.close();
-      await embedded?.stop();
+      await step('notifier', () => notifier.close());
+      await step('database', () => database.close());
+      await step('embedded', () => embedded?.stop());
       rmSync(socketPath, { force: true });
+      logger.info('control plane stopped', { ms: Math.round(performance.now() - t0), steps: took });
     },
   };
 }

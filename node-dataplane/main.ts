@@ -42,6 +42,7 @@ import { watchKernel, type KernelWatch } from './sources/kernel-watch.js';
 import { followPools, type PoolsSource } from './sources/pools-watch.js';
 import { followNodePolicy, type PolicySource } from './sources/policy-watch.js';
 import { followRoutes } from './sources/routes-watch.js';
+import { reconnectSpreadMs } from './sources/follow-stream.js';
 import { keepNodeLease } from './node-lease.js';
 
 /** The node agent: register, follow routes, reconcile the kernel, serve the CNI plugin. */
@@ -133,7 +134,7 @@ async function main(): Promise<void> {
     const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
     for (let attempt = 0; !stopper.signal.aborted; attempt++) {
       try {
-        const leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000 })).leaseMillis;
+        const leaseMs = (await routes.registerNode(registration, { timeoutMs: 5000, waitForReady: true })).leaseMillis;
         logger.info('registered', { underlay: registration.underlayAddress, vtepMac: registration.vtepMac, leaseMs });
         return leaseMs;
       } catch (err) {
@@ -297,6 +298,7 @@ async function main(): Promise<void> {
     logger,
     signal: stopper.signal,
     onChange: () => reconciler.markDirty('policy'),
+    spreadMs: () => reconnectSpreadMs(snapshot?.nodes.size ?? 0),
   });
   pools = followPools({
     ipam,

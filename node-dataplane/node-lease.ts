@@ -6,11 +6,14 @@ import type { RoutesServiceService } from '../gen/weft/routes/v1/routes.js';
 
 /**
  * Keeps the node's registration alive: RenewLease every third of the lease the control plane granted. A failed
- * renewal is retried within a second (jittered, lib/backoff.ts), so a lease survives one lost renewal and a short control-plane outage. A node
- * whose lease ran out comes back with its next renewal. NOT_FOUND means the node is not registered (deregistered
- * while this agent and its pods run, or a control plane that lost it): the agent registers it again at once, with
- * its current registration (underlay address and VTEP MAC), so that it is back in every node's routes and IPAM never
- * takes it for gone and releases its running pods' addresses. To remove a node for good, stop its agent first.
+ * renewal is retried within a second (jittered, lib/backoff.ts), so a lease survives one lost renewal and a short
+ * control-plane outage. A renewal waits up to its 5 s deadline for a connection (`waitForReady`): while the control
+ * plane restarts, it is taken as soon as the control plane serves, instead of failing every second with the old
+ * connection error. A node whose lease ran out comes back with its next renewal. NOT_FOUND means the node is not
+ * registered (deregistered while this agent and its pods run, or a control plane that lost it): the agent registers it
+ * again at once, with its current registration (underlay address and VTEP MAC), so that it is back in every node's
+ * routes and IPAM never takes it for gone and releases its running pods' addresses. To remove a node for good, stop
+ * its agent first.
  */
 export function keepNodeLease(deps: {
   routes: PromiseClient<typeof RoutesServiceService>;
@@ -30,7 +33,8 @@ export function keepNodeLease(deps: {
       if (signal.aborted) return;
       try {
         leaseMs =
-          (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+          (await routes.renewLease({ name: deps.registration.name }, { timeoutMs: 5000, waitForReady: true }))
+            .leaseMillis || leaseMs;
         delay = leaseMs / 3;
         retry.reset();
       } catch (caught) {
@@ -40,7 +44,9 @@ export function keepNodeLease(deps: {
             underlay: deps.registration.underlayAddress,
           });
           try {
-            leaseMs = (await routes.registerNode(deps.registration, { timeoutMs: 5000 })).leaseMillis || leaseMs;
+            leaseMs =
+              (await routes.registerNode(deps.registration, { timeoutMs: 5000, waitForReady: true })).leaseMillis ||
+              leaseMs;
             logger.info('registered again', {
               underlay: deps.registration.underlayAddress,
               vtepMac: deps.registration.vtepMac,

@@ -211,9 +211,12 @@ interface OpenStream {
   serial: string | null;
   tokenKeyId: string | null;
   end(details: string, code: string): void;
+  /** Ends the stream with UNAVAILABLE: the server is shutting down. */
+  shutdown(): void;
 }
 const openStreamsOf = new WeakMap<Server, Set<OpenStream>>();
 const stopSweepOf = new WeakMap<Server, () => void>();
+const shuttingDown = new WeakSet<Server>();
 
 /** Ends every open stream of `server` whose certificate or token `revocations` now refuses. */
 function sweepRevoked(streams: Set<OpenStream>, revocations: CredentialRevocations): void {
@@ -406,14 +409,21 @@ export function addService<D extends ServiceDefinition>(
               call.emit('error', error);
               ac.abort();
             };
+            const shutdown = () => {
+              if (ac.signal.aborted) return;
+              call.emit('error', { code: status.UNAVAILABLE, details: SHUTDOWN_DETAILS, metadata: new Metadata() });
+              ac.abort();
+            };
             const streams = openStreamsOf.get(server);
             if (streams && !ac.signal.aborted) {
               const secret =
                 ctx.identity.kind === 'token' ? bearerSecretOf(call.metadata.get('authorization')[0]) : null;
-              const open: OpenStream = { serial, tokenKeyId: secret ? secret.split('.')[0]! : null, end };
+              const open: OpenStream = { serial, tokenKeyId: secret ? secret.split('.')[0]! : null, end, shutdown };
               streams.add(open);
               unregister = () => streams.delete(open);
               ac.signal.addEventListener('abort', unregister, { once: true });
+              // Admitted while the server began to shut down: ended like those open then.
+              if (shuttingDown.has(server)) shutdown();
             }
             // A token's stream ends when the token expires, as a call made with it then would be refused. (A client
             // certificate is checked at the TLS handshake: a connection made with it may outlive it, as in TLS generally.)
@@ -557,9 +567,10 @@ export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALI
     'grpc.keepalive_permit_without_calls': 1,
   });
   accessOf.set(server, access);
+  // Every open stream, so that a shutdown ends them first (and the revocation sweep, when there is one, finds them).
+  const streams = new Set<OpenStream>();
+  openStreamsOf.set(server, streams);
   if (access.revocations) {
-    const streams = new Set<OpenStream>();
-    openStreamsOf.set(server, streams);
     const revocations = access.revocations;
     stopSweepOf.set(
       server,
@@ -569,9 +580,18 @@ export function createServer(keepalive: ServerKeepalive = DEFAULT_SERVER_KEEPALI
   return server;
 }
 
-/** Stops accepting calls, ends streams, and waits for in-flight calls (up to graceMs). */
+/** What a stream ended by a server's shutdown says: its client reconnects (to this server once it is back, or another replica). */
+export const SHUTDOWN_DETAILS =
+  'the server is shutting down: reconnect (to another replica, or to this one once it is back)';
+
+/**
+ * Stops accepting calls, ends every open stream with UNAVAILABLE (SHUTDOWN_DETAILS), and waits for in-flight unary
+ * calls (up to graceMs). Streams never end by themselves: without ending them the shutdown would always wait its whole
+ * grace and then drop every connection.
+ */
 export function shutdownServer(server: Server, graceMs = 2000): Promise<void> {
   stopSweepOf.get(server)?.();
+  shuttingDown.add(server);
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       server.forceShutdown();
@@ -581,5 +601,6 @@ export function shutdownServer(server: Server, graceMs = 2000): Promise<void> {
       clearTimeout(timer);
       resolve();
     });
+    for (const s of [...(openStreamsOf.get(server) ?? [])]) s.shutdown();
   });
 }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { silentLogger } from '../../lib/logger.js';
-import { followStream } from './follow-stream.js';
+import { followStream, reconnectSpreadMs } from './follow-stream.js';
 
 test('agents whose streams broke together reopen them at spread-out moments, not in step (reconnect jitter)', async () => {
   // 30 agents lose the control plane at the same moment; it stays down, so every reopen fails at once.
@@ -33,4 +33,39 @@ test('agents whose streams broke together reopen them at spread-out moments, not
   for (const t of opens)
     for (let i = 1; i < t.length; i++)
       assert.ok(t[i]! - t[i - 1]! >= 190, `reopened ${t[i]! - t[i - 1]!} ms after the previous try`);
+});
+
+test('agents whose flowing streams end together (their server went away) reopen them spread over the cluster-sized window', async () => {
+  const ac = new AbortController();
+  const reopened: number[] = [];
+  let ended = 0;
+  for (let i = 0; i < 40; i++) {
+    let opens = 0;
+    followStream({
+      open: async function* () {
+        if (opens++ > 0) {
+          reopened.push(Date.now() - started);
+          return await new Promise<never>(() => {});
+        }
+        yield 'snapshot';
+        await new Promise((r) => setTimeout(r, 20));
+        ended++;
+        throw new Error('UNAVAILABLE: the server is shutting down');
+      },
+      onMessage: () => {},
+      brokenMessage: 'broken',
+      logger: silentLogger,
+      signal: ac.signal,
+      spreadMs: () => reconnectSpreadMs(2000),
+    });
+  }
+  const started = Date.now();
+  await new Promise((r) => setTimeout(r, 3500));
+  ac.abort();
+  assert.equal(ended, 40);
+  assert.equal(reopened.length, 40, `${reopened.length} of 40 reopened within 3.5 s`);
+  // Full jitter over 2 s (2,000 nodes): spread over most of it, not within the backoff's first 200-600 ms.
+  const spread = Math.max(...reopened) - Math.min(...reopened);
+  assert.ok(spread > 1000, `every agent reopened within ${spread} ms of the others`);
+  assert.ok(Math.min(...reopened) >= 200, 'reopened sooner than the backoff floor');
 });

@@ -82,6 +82,8 @@ export function followNodePolicy(deps: {
   logger: Logger;
   signal: AbortSignal;
   onChange: (rules: NodeRules) => void;
+  /** The full-jitter spread of a reconnect after the control plane went away (follow-stream.ts); 0 by default. */
+  spreadMs?: () => number;
 }): PolicySource {
   let held = null as NodeRules | null;
   const chunks = createPolicyChunkJoiner();
@@ -90,9 +92,10 @@ export function followNodePolicy(deps: {
       chunks.reset();
       return deps.client.watchNodePolicy(
         { node: deps.node, sinceRevision: held?.revision ?? 0, acceptDeltas: true, acceptChunks: true },
-        { signal },
+        { signal, waitForReady: true },
       );
     },
+    spreadMs: deps.spreadMs,
     onMessage: (chunk) => {
       const m = chunks.push(chunk);
       if (!m) return;

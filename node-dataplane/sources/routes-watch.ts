@@ -3,7 +3,7 @@ import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import type { RemoteNode } from '../domain/desired.js';
 import { checkRemoteNode } from '../domain/stream-validation.js';
-import { followStream } from './follow-stream.js';
+import { followStream, reconnectSpreadMs } from './follow-stream.js';
 import { createRoutesChunkJoiner } from './chunks.js';
 
 /**
@@ -35,9 +35,11 @@ export function followRoutes(deps: {
       chunks.reset();
       return deps.client.watchRoutes(
         { node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true },
-        { signal },
+        { signal, waitForReady: true },
       );
     },
+    // After the control plane went away: spread over the cluster's size (it knows it: the nodes in its table).
+    spreadMs: () => reconnectSpreadMs(snap.nodes.size),
     onMessage: (chunk) => {
       const ch = chunks.push(chunk);
       if (!ch) return;
