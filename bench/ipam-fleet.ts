@@ -347,6 +347,7 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     });
     gcObserver.observe({ entryTypes: ['gc'] });
     const spansOf = new Map<string, [number, number][]>();
+    const t0 = performance.now();
     const span = (label: string, start: number) => {
       const list = spansOf.get(label) ?? [];
       list.push([start, performance.now()]);
@@ -356,6 +357,11 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     const slowNote = (label: string) => {
       const slow = (spansOf.get(label) ?? []).filter(([a, b]) => b - a > 20);
       const inGc = slow.filter(([a, b]) => gcPauses.some((g) => g.start < b && g.end > a)).length;
+      // When they happened (s since the history queries began): periodic work would show as a period.
+      if (slow.length > 0)
+        log(
+          `${label}: slow calls at ${slow.map(([a, b]) => `${((a - t0) / 1000).toFixed(1)} s (${(b - a).toFixed(0)} ms)`).join(', ')}`,
+        );
       return `${slow.length} over 20 ms (${inGc} during a bench GC pause)`;
     };
 
