@@ -502,6 +502,18 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     );
 
     gcObserver.disconnect();
+    // Autovacuum and the service's statistics while the queries ran (the other work on the database then).
+    const since = Date.now() - (performance.now() - t0);
+    const vacuums = (
+      await sql.query(
+        `SELECT relname, kind, at FROM pg_stat_user_tables, LATERAL (VALUES ('autovacuum', last_autovacuum), ('autoanalyze', last_autoanalyze), ('analyze', last_analyze)) v(kind, at)
+        WHERE schemaname = 'ipam' AND at > $1 ORDER BY at`,
+        [new Date(since)],
+      )
+    ).rows as { relname: string; kind: string; at: Date }[];
+    log(
+      `database work during the queries: ${vacuums.map((v) => `${v.kind} ${v.relname} at ${((v.at.getTime() - since) / 1000).toFixed(1)} s`).join(', ') || 'none'}`,
+    );
     const size = (
       await sql.query(`SELECT pg_database_size(current_database()) AS db,
       (SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'ipam.allocations'::regclass)::int AS analyzed,
