@@ -92,16 +92,19 @@ export function startIpamSweeper(o: SweeperOptions): { stop(): Promise<void>; is
       const repo = createHousekeepingStore(term.db);
       let nextSweep = 0;
       let nextStatistics = 0;
+      let statisticsFailed = false;
       while (!term.signal.aborted) {
         // Statistics first: a sweep can take a while, and the tables may be filling meanwhile.
         if (Date.now() >= nextStatistics) {
           nextStatistics = Date.now() + statisticsMs;
           try {
             const analyzed = await repo.refreshStatistics();
+            statisticsFailed = false;
             if (analyzed.length > 0) o.logger.debug('planner statistics taken', { tables: analyzed });
           } catch (err) {
-            // Not worth a term: the sweep below finds out whether the session still works.
-            o.logger.warn('cannot take planner statistics', { err: (err as Error).message });
+            // Not worth a term: the sweep below finds out whether the session still works. Said once per spell.
+            if (!statisticsFailed) o.logger.warn('cannot take planner statistics', { err: (err as Error).message });
+            statisticsFailed = true;
           }
         }
         if (Date.now() >= nextSweep) {
