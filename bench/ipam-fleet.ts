@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { loadavg } from 'node:os';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { checkServerIdentity } from 'node:tls';
 import { credentials } from '@grpc/grpc-js';
 import pg from 'pg';
@@ -25,8 +26,11 @@ import { median, ms, percentile, perSec, pgbenchInsertTps, type Row } from './su
  *   answer checked against what the bench did;
  * - utilization of one pool and of every pool, checked against the live pods the bench holds;
  * - the database's size.
+ * The bench takes no planner statistics itself: the service's sweeper does as the tables grow (services/ipam/DESIGN.md),
+ * and the database row says how often it and autovacuum analyzed the allocations. The history and utilization rows
+ * say how many of their slow calls (over 20 ms) overlapped a garbage-collection pause of the bench's own process.
  * Knobs: WEFT_BENCH_FLEET_NODES (5000), _PODS (30), _CLUSTERS (20), _FILL_CONCURRENCY (16), _CHURN_NODES (256),
- * _CLIENTS (8,64), _QUERIES (300), _RESTART_SHARE (0.2 of the nodes restart), _ANALYZE_AFTER (50).
+ * _CLIENTS (8,64), _QUERIES (300), _RESTART_SHARE (0.2 of the nodes restart).
  */
 const NODES = Number(process.env.WEFT_BENCH_FLEET_NODES ?? 5000);
 const PODS = Number(process.env.WEFT_BENCH_FLEET_PODS ?? 30);
@@ -37,8 +41,6 @@ const CLIENTS = (process.env.WEFT_BENCH_FLEET_CLIENTS ?? '8,64').split(',').map(
 const QUERIES = Number(process.env.WEFT_BENCH_FLEET_QUERIES ?? 300);
 const RESTART_SHARE = Number(process.env.WEFT_BENCH_FLEET_RESTART_SHARE ?? 0.2);
 const NAMESPACES = 10;
-/** Nodes filled before the bench takes the statistics autovacuum would (WEFT_BENCH_FLEET_ANALYZE_AFTER; 0: never). */
-const ANALYZE_AFTER = Number(process.env.WEFT_BENCH_FLEET_ANALYZE_AFTER ?? 50);
 
 type Ipam = PromiseClient<typeof IpamServiceService>;
 
@@ -145,7 +147,6 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
   /** Every node allocates its pods in one BatchAllocate under its own identity. */
   const fill = async (which: FleetNode[]) => {
     let blocks = 0;
-    let done = 0;
     const t0 = performance.now();
     const callLat: number[] = [];
     await forEachBounded(which, FILL_CONCURRENCY, async (n) => {
@@ -162,10 +163,6 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
           n.live.push(podOf(r.allocations[0]!));
         }
         n.total += PODS;
-        // The statistics autovacuum takes within a minute or two of such growth (on this loaded machine, two): until
-        // then every session's generic plans treat the tables as empty (see DESIGN.md, "Figures at 150,000 pods").
-        if (++done === ANALYZE_AFTER)
-          await ctx.sql.query('ANALYZE ipam.allocations, ipam.blocks, ipam.allocation_attempts, ipam.node_usage');
         blocks += new Set(results.map((r) => r.allocations[0]!.blockCidr)).size;
       } finally {
         client.close();
@@ -283,7 +280,6 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
         });
       }
     };
-    await sql.query('ANALYZE');
     log(`fleet: churn at ${liveCount()} live (load ${load()})`);
     await churnRows([CLIENTS.at(-1)!]);
     const e0 = ctx.cpu();
@@ -317,7 +313,6 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     const gcSeconds = (performance.now() - g0) / 1000;
     const second = await fill(restarting);
     log(`fleet: restarted ${restarting.length} nodes in ${(gcSeconds + second.seconds).toFixed(1)} s (load ${load()})`);
-    await sql.query('ANALYZE');
     const filled = churnNodes.length * PODS + (NODES - churnNodes.length) * PODS;
     rows.unshift(
       {
@@ -345,6 +340,31 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     churners.forEach((c) => c.client.close());
     log(`fleet: churn done, ${held.length} released holders (load ${load()})`);
 
+    // Garbage-collection pauses of this process from here on: a slow call that overlaps one is the bench's own wait.
+    const gcPauses: { start: number; end: number }[] = [];
+    const gcObserver = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) gcPauses.push({ start: e.startTime, end: e.startTime + e.duration });
+    });
+    gcObserver.observe({ entryTypes: ['gc'] });
+    const spansOf = new Map<string, [number, number][]>();
+    const t0 = performance.now();
+    const span = (label: string, start: number) => {
+      const list = spansOf.get(label) ?? [];
+      list.push([start, performance.now()]);
+      spansOf.set(label, list);
+    };
+    /** How many of the label's calls took over 20 ms, and how many of those overlapped a GC pause of the bench. */
+    const slowNote = (label: string) => {
+      const slow = (spansOf.get(label) ?? []).filter(([a, b]) => b - a > 20);
+      const inGc = slow.filter(([a, b]) => gcPauses.some((g) => g.start < b && g.end > a)).length;
+      // When they happened (s since the history queries began): periodic work would show as a period.
+      if (slow.length > 0)
+        log(
+          `${label}: slow calls at ${slow.map(([a, b]) => `${((a - t0) / 1000).toFixed(1)} s (${(b - a).toFixed(0)} ms)`).join(', ')}`,
+        );
+      return `${slow.length} over 20 ms (${inGc} during a bench GC pause)`;
+    };
+
     // History, every answer checked.
     const pick = <T>(xs: T[], k: number) => Array.from({ length: k }, () => xs[Math.floor(Math.random() * xs.length)]!);
     const timed = async (label: string, k: number, q: (i: number) => Promise<string | null>) => {
@@ -353,11 +373,13 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
         const s = performance.now();
         const wrong = await q(i);
         t.push(performance.now() - s);
+        span(label, s);
         if (wrong) throw new Error(`${label}: ${wrong}`);
         // The floor, interleaved: a unary call through the same server and database reading 21 rows.
         const f = performance.now();
         await admin.listRoutingDomains({});
         floor.push(performance.now() - f);
+        span('floor', f);
       }
       return sorted(t);
     };
@@ -406,23 +428,31 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
       {
         figure: `"who held X at T" in its routing domain, ${(historyRows / 1000).toFixed(0)}k history rows, p50 / p99`,
         value: lat(whoIn),
-        baseline: `floor: ListRoutingDomains between the queries ${lat(floor)}`,
+        baseline: `${slowNote('who held X at T in D')}; floor: ListRoutingDomains between the queries ${lat(floor)}, ${slowNote('floor')}`,
         goal: `p99 <= 20 ms: ${p(whoIn, 99) <= 20 ? 'met' : 'missed'}`,
       },
       {
         figure: `  without the domain (up to ${CLUSTERS} holders, one per domain)`,
         value: lat(whoAll),
+        baseline: slowNote('who held X at T'),
         goal: `p99 <= 20 ms: ${p(whoAll, 99) <= 20 ? 'met' : 'missed'}`,
       },
       {
         figure: '  a pod (namespace, name)',
         value: lat(podQ),
+        baseline: slowNote('pod history'),
         goal: `p99 <= 20 ms: ${p(podQ, 99) <= 20 ? 'met' : 'missed'}`,
       },
-      { figure: '  a handle', value: lat(handleQ), goal: `p99 <= 20 ms: ${p(handleQ, 99) <= 20 ? 'met' : 'missed'}` },
+      {
+        figure: '  a handle',
+        value: lat(handleQ),
+        baseline: slowNote('handle history'),
+        goal: `p99 <= 20 ms: ${p(handleQ, 99) <= 20 ? 'met' : 'missed'}`,
+      },
       {
         figure: "  a node's last day (every allocation it made)",
         value: lat(nodeQ),
+        baseline: slowNote('node history'),
         goal: `p99 <= 20 ms: ${p(nodeQ, 99) <= 20 ? 'met' : 'missed'}`,
       },
     );
@@ -437,6 +467,7 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
       let s = performance.now();
       const { pools } = await admin.getUtilization({ pool: `c${c}` });
       one.push(performance.now() - s);
+      span('one pool', s);
       if (pools[0]!.counts!.allocated !== liveOf(c))
         throw new Error(`utilization of c${c}: ${pools[0]!.counts!.allocated} live, not ${liveOf(c)}`);
       s = performance.now();
@@ -450,6 +481,7 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
         pages++;
       } while (token);
       all.push(performance.now() - s);
+      span('all pools', s);
       allPages = pages;
       const live = [...livePerPool.values()].reduce((a, b) => a + b, 0);
       if (live !== liveCount()) throw new Error(`utilization of all pools: ${live} live, not ${liveCount()}`);
@@ -458,17 +490,34 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
       {
         figure: `utilization of one pool (${perCluster} nodes, ${(liveCount() / CLUSTERS / 1000).toFixed(1)}k live), p50 / p99`,
         value: lat(one),
+        baseline: slowNote('one pool'),
         goal: `<= 50 ms: ${p(sorted(one), 99) <= 50 ? 'met' : 'missed'}`,
       },
       {
         figure: `utilization of all ${CLUSTERS} pools (${NODES} node rows, ${allPages} page${allPages > 1 ? 's' : ''} of 5,000), p50 / p99`,
         value: lat(all),
+        baseline: slowNote('all pools'),
         goal: `<= 50 ms: ${p(sorted(all), 99) <= 50 ? 'met' : 'missed'}`,
       },
     );
 
+    gcObserver.disconnect();
+    // Autovacuum and the service's statistics while the queries ran (the other work on the database then).
+    const since = Date.now() - (performance.now() - t0);
+    const vacuums = (
+      await sql.query(
+        `SELECT relname, kind, at FROM pg_stat_user_tables, LATERAL (VALUES ('autovacuum', last_autovacuum), ('autoanalyze', last_autoanalyze), ('analyze', last_analyze)) v(kind, at)
+        WHERE schemaname = 'ipam' AND at > $1 ORDER BY at`,
+        [new Date(since)],
+      )
+    ).rows as { relname: string; kind: string; at: Date }[];
+    log(
+      `database work during the queries: ${vacuums.map((v) => `${v.kind} ${v.relname} at ${((v.at.getTime() - since) / 1000).toFixed(1)} s`).join(', ') || 'none'}`,
+    );
     const size = (
       await sql.query(`SELECT pg_database_size(current_database()) AS db,
+      (SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'ipam.allocations'::regclass)::int AS analyzed,
+      (SELECT autoanalyze_count FROM pg_stat_user_tables WHERE relid = 'ipam.allocations'::regclass)::int AS autoanalyzed,
       pg_total_relation_size('ipam.allocations') AS alloc, pg_indexes_size('ipam.allocations') AS alloc_idx,
       pg_total_relation_size('ipam.free_addresses') AS free, pg_total_relation_size('ipam.allocation_attempts') AS attempts,
       (SELECT count(*) FROM ipam.allocations WHERE released_at IS NULL)::int AS live,
@@ -479,7 +528,7 @@ export async function fleetPart(ctx: FleetContext): Promise<Row[]> {
     rows.push({
       figure: `database: ${size.live} live pods, ${historyRows} allocation rows, ${size.blocks} live blocks`,
       value: mb(size.db),
-      baseline: `allocations ${mb(size.alloc)} (indexes ${mb(size.alloc_idx)}); free_addresses ${mb(size.free)}; attempts ${mb(size.attempts)}`,
+      baseline: `allocations ${mb(size.alloc)} (indexes ${mb(size.alloc_idx)}); free_addresses ${mb(size.free)}; attempts ${mb(size.attempts)}; allocations analyzed by the service ${size.analyzed}, by autovacuum ${size.autoanalyzed} times`,
     });
     return rows;
   }

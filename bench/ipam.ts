@@ -441,7 +441,9 @@ async function main() {
     await sql.end();
     await cp.stop();
     await db.stop();
-    rmSync(dir, { recursive: true, force: true });
+    // WEFT_BENCH_KEEP=1 keeps the data folder (embedded PostgreSQL in <dir>/pg) to look at the database afterwards.
+    if (process.env.WEFT_BENCH_KEEP === '1') process.stderr.write(`bench/ipam: data kept in ${dir}\n`);
+    else rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -14,6 +14,11 @@ export const SERVICE_SCHEMAS = ['ipam', 'routes', 'policy', 'auth'] as const;
 export const APPEND_ONLY_SCHEMAS = ['audit'] as const;
 /** Append-only tables in the services' schemas: a revocation, once made, cannot be undone by the services' role. */
 export const APPEND_ONLY_TABLES = ['auth.certificate_revocations'] as const;
+/**
+ * Functions the services' role may call (EXECUTE, revoked from PUBLIC by their migrations): each runs as the owner
+ * to do one thing the role may not do itself (ipam.refresh_statistics: ANALYZE the tables that grew fast).
+ */
+export const SERVICE_FUNCTIONS = ['ipam.refresh_statistics()'] as const;
 
 const ident = (s: string) => pg.escapeIdentifier(s);
 
@@ -77,6 +82,10 @@ async function grantInTransaction(owner: pg.ClientBase, role: string): Promise<v
       name,
     ]);
     if (exists.rowCount) await owner.query(`REVOKE UPDATE, DELETE ON ${ident(schema)}.${ident(name)} FROM ${r}`);
+  }
+  for (const fn of SERVICE_FUNCTIONS) {
+    const exists = await owner.query('SELECT to_regprocedure($1) IS NOT NULL AS ok', [fn]);
+    if (exists.rows[0]?.ok) await owner.query(`GRANT EXECUTE ON FUNCTION ${fn} TO ${r}`);
   }
 }
 

@@ -1,5 +1,6 @@
 import type pg from 'pg';
-import { startLeaderLoop } from '../../lib/db/leadership.js';
+import { sleep } from '../../lib/backoff.js';
+import { startLeadership } from '../../lib/db/leadership.js';
 import type { PromiseClient } from '../../lib/grpc/client.js';
 import type { Logger } from '../../lib/logger.js';
 import type { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
@@ -14,6 +15,10 @@ import { createHousekeepingStore, type HousekeepingStoreOnSession } from './stor
  *    node: a name never registered (an external system's allocation, e.g. a load balancer's on node "na") and a
  *    registered node (also one whose lease ran out: it may be cut off with its pods running) keep their addresses.
  *  - allocation attempts are forgotten: fenced ones after `attemptRetentionSeconds`, others after ten minutes.
+ * And every `statisticsSeconds` (5) it has PostgreSQL analyze the IPAM tables that hold twice the rows their
+ * statistics say (ipam.refresh_statistics, migrations/ipam/0016): in a new database the tables fill from nothing
+ * faster than autovacuum visits, and until they are analyzed the plans made while they were empty (the group-commit
+ * statement's generic plan) read every live row per request.
  * A failed check of the routes service changes nothing: "departed" needs an answer that says so.
  * One replica sweeps: the leader of `ipam-sweeper` (lib/db/leadership.ts), and its writes go through its lock's own
  * session, so a replica that lost leadership cannot commit a sweep. A sweep whose database work fails ends the term.
@@ -26,6 +31,8 @@ export interface SweeperOptions {
   blockGraceSeconds: number;
   nodeGoneGraceSeconds: number;
   attemptRetentionSeconds: number;
+  /** How often the leader looks for tables that outgrew their statistics (5). */
+  statisticsSeconds?: number;
   logger: Logger;
   now?: () => number;
 }
@@ -74,12 +81,45 @@ export function startIpamSweeper(o: SweeperOptions): { stop(): Promise<void>; is
     }
   }
 
-  const leadership = startLeaderLoop({
+  const statisticsMs = (o.statisticsSeconds ?? 5) * 1000;
+  const sweepMs = o.sweepSeconds * 1000;
+  const leadership = startLeadership({
     role: 'ipam-sweeper',
     session: o.session,
     logger: o.logger,
-    intervalMs: o.sweepSeconds * 1000,
-    step: (term) => sweep(createHousekeepingStore(term.db)),
+    retryMs: Math.max(50, Math.min(1000, sweepMs)),
+    async lead(term) {
+      const repo = createHousekeepingStore(term.db);
+      let nextSweep = 0;
+      let nextStatistics = 0;
+      let statisticsFailed = false;
+      while (!term.signal.aborted) {
+        // Statistics first: a sweep can take a while, and the tables may be filling meanwhile.
+        if (Date.now() >= nextStatistics) {
+          nextStatistics = Date.now() + statisticsMs;
+          try {
+            const analyzed = await repo.refreshStatistics();
+            statisticsFailed = false;
+            if (analyzed.length > 0) o.logger.debug('planner statistics taken', { tables: analyzed });
+          } catch (err) {
+            // Not worth a term: the sweep below finds out whether the session still works. Said once per spell.
+            if (!statisticsFailed) o.logger.warn('cannot take planner statistics', { err: (err as Error).message });
+            statisticsFailed = true;
+          }
+        }
+        if (Date.now() >= nextSweep) {
+          nextSweep = Date.now() + sweepMs;
+          try {
+            await sweep(repo);
+          } catch (err) {
+            const cause = (err as { cause?: { message?: string } }).cause?.message;
+            term.resign(`ipam-sweeper failed: ${(err as Error).message}${cause ? ` (${cause})` : ''}`);
+            return;
+          }
+        }
+        await sleep(Math.max(0, Math.min(nextSweep, nextStatistics) - Date.now()), term.signal);
+      }
+    },
   });
   return { stop: () => leadership.stop(), isLeader: () => leadership.isLeader() };
 }

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { sql } from 'drizzle-orm';
 import type { Database } from '../../../lib/db/database.js';
 import { withDatabaseErrors } from '../../../lib/db/unavailable.js';
 import type { IpamReports, IpamStore } from '../domain/ipam-store.js';
@@ -10,6 +11,7 @@ import { createHousekeepingRepository } from './housekeeping.repository.js';
 import { PG, pgErrorOf } from './pg-errors.js';
 import { createPoolsRepository } from './pools.repository.js';
 import { createReleaseRepository } from './release.repository.js';
+import { rows } from './sql.js';
 import { utilization } from './utilization.repository.js';
 
 export { BLOCKS_CHANNEL } from './sql.js';
@@ -40,9 +42,15 @@ function withConflicts<T extends object>(store: T): T {
 /** What the sweeper writes (services/ipam/sweeper.ts), on `db`: the leader's own session (lib/db/leadership.ts). */
 export function createHousekeepingStore(db: Database) {
   const { releaseNodeAllocationsBefore } = createReleaseRepository(db);
+  /**
+   * ANALYZE of the tables that hold twice the rows their statistics say (migrations/ipam/0016): plans made while a new
+   * database's tables were empty are made again. Returns the tables analyzed.
+   */
+  const refreshStatistics = async (): Promise<string[]> =>
+    (await rows<{ tables: string[] }>(db, sql`SELECT ipam.refresh_statistics() AS tables`))[0]?.tables ?? [];
   return withDatabaseErrors(
     'ipam',
-    withConflicts({ ...createHousekeepingRepository(db), releaseNodeAllocationsBefore }),
+    withConflicts({ ...createHousekeepingRepository(db), releaseNodeAllocationsBefore, refreshStatistics }),
   );
 }
 export type HousekeepingStoreOnSession = ReturnType<typeof createHousekeepingStore>;

@@ -129,7 +129,7 @@ export async function utilization(
     };
     return { usage, next, left };
   };
-  if (!includeBlocks && pools.length > 1) return usageOfPools(db, pools, after, page?.limit ?? null, counts);
+  if (!includeBlocks) return usageOfPools(db, pools, after, page?.limit ?? null, counts);
   if (!page) {
     const all = await Promise.all(pools.map((p) => usageOf(p, null, null, null)));
     return { pools: all.map((u) => u.usage), next: null };
@@ -150,8 +150,13 @@ export async function utilization(
 }
 
 /**
- * Several pools without their blocks (every pool, the common question): two statements whatever the number of pools,
- * not two per pool: the node rows of every pool in (pool name, node) order after `after`, and every pool's totals.
+ * Pools without their blocks (every pool, the common question, or one): one statement whatever the number of pools.
+ * Per pool (in name order) it reads its usage rows in node order on the usage key's index, after `after`, at most a
+ * page and one: its totals (live summed over its usage rows, cooling) and its node rows as one text ("node blocks live
+ * reserved", comma-separated; node names are DNS names, so neither separator occurs in them), with the counts of its
+ * cooling nodes beside it. At 5,000 nodes the shape is the cost: the driver parses 5,000 rows of six fields value by
+ * value in about 10 ms of CPU (JSON costs PostgreSQL 4 ms more to build), where 20 texts cost under 1 ms to split, and
+ * rows read in index order need no sort (sorting 5,000 names took PostgreSQL 5 ms).
  * Cooling is counted per pool with its own cool-down: the addresses released within the longest cool-down or held
  * for an owner are read once (each on its index) and kept where their block's pool still counts them.
  */
@@ -162,11 +167,23 @@ async function usageOfPools(
   limit: number | null,
   counts: (total: bigint, allocated: number, coolingDown: number, reserved: bigint) => UsageCounts,
 ): Promise<{ pools: PoolUsage[]; next: UtilizationKey | null }> {
+  if (pools.length === 0) return { pools: [], next: null };
   const ids = pools.map((p) => Number(p.id));
   const longest = Math.max(...pools.map((p) => Number(p.cooldownSeconds)));
   const intArray = (xs: number[]) => sql.raw(`ARRAY[${xs.map((x) => Math.trunc(Number(x))).join(',')}]::int[]`);
-  const cooling = sql`ps AS (SELECT * FROM unnest(${intArray(ids)}, ${intArray(pools.map((p) => Number(p.cooldownSeconds)))}) AS x(id, cooldown)),
-    cooling AS (
+  // The pool the page starts in (`pools` starts there) continues after its last listed node; the others from the start.
+  const firstId = after && String(pools[0]!.name) === after[0] ? ids[0]! : null;
+  const afterNode = after?.[2] ?? '';
+  const totals = await rows<{
+    id: number;
+    live: string;
+    cooling: string;
+    coolingNodes: string | null;
+    nodes: string | null;
+  }>(
+    db,
+    sql`WITH ps AS (SELECT * FROM unnest(${intArray(ids)}, ${intArray(pools.map((p) => Number(p.cooldownSeconds)))}) AS x(id, cooldown)),
+    cooling AS MATERIALIZED (
       SELECT b.pool_id, b.node, count(*) AS n FROM (
         SELECT block_id, free_since, hold_until FROM ipam.free_addresses WHERE free_since > now() - make_interval(secs => ${longest}::int)
         UNION ALL
@@ -174,49 +191,52 @@ async function usageOfPools(
           WHERE hold_until > now() AND free_since <= now() - make_interval(secs => ${longest}::int)) f
       JOIN ipam.blocks b ON b.id = f.block_id AND b.released_at IS NULL JOIN ps ON ps.id = b.pool_id
       WHERE f.free_since > now() - make_interval(secs => ps.cooldown) OR f.hold_until > now()
-      GROUP BY b.pool_id, b.node)`;
-  const [afterPool, afterNode] = after ? [after[0], after[2]] : [null, null];
-  const [nodeRows, totals] = await Promise.all([
-    rows<NodeUsageView & { pool: string }>(
-      db,
-      sql`WITH ${cooling}
-      SELECT p.name AS pool, u.node, u.blocks, u.live, u.reserved, coalesce(c.n, 0) AS cooling
-      FROM ipam.node_usage u JOIN ipam.pools p ON p.id = u.pool_id
-        LEFT JOIN cooling c ON c.pool_id = u.pool_id AND c.node = u.node
-      WHERE u.pool_id = ANY(${intArray(ids)}) AND u.blocks > 0
-        AND (${afterPool}::text IS NULL OR (p.name, u.node) > (${afterPool}::text, ${afterNode ?? ''}::text))
-      ORDER BY p.name, u.node ${limit === null ? sql`` : sql`LIMIT ${limit + 1}`}`,
-    ),
-    rows<{ id: number; live: string; cooling: string }>(
-      db,
-      sql`WITH ${cooling}
-      SELECT ps.id, coalesce(l.live, 0) AS live, coalesce(c.n, 0) AS cooling FROM ps
-        LEFT JOIN (SELECT pool_id, sum(live) AS live FROM ipam.node_usage
-          WHERE pool_id = ANY(${intArray(ids)}) AND blocks > 0 GROUP BY pool_id) l ON l.pool_id = ps.id
-        LEFT JOIN (SELECT pool_id, sum(n) AS n FROM cooling GROUP BY pool_id) c ON c.pool_id = ps.id`,
-    ),
-  ]);
+      GROUP BY b.pool_id, b.node)
+    SELECT ps.id,
+      (SELECT coalesce(sum(u.live), 0) FROM ipam.node_usage u WHERE u.pool_id = ps.id AND u.blocks > 0) AS live,
+      (SELECT coalesce(sum(c.n), 0) FROM cooling c WHERE c.pool_id = ps.id) AS cooling,
+      (SELECT string_agg(c.node || ' ' || c.n, ',') FROM cooling c WHERE c.pool_id = ps.id) AS "coolingNodes",
+      (SELECT string_agg(concat_ws(' ', u.node, u.blocks, u.live, u.reserved), ',' ORDER BY u.node) FROM (
+        SELECT u.node, u.blocks, u.live, u.reserved FROM ipam.node_usage u
+        WHERE u.pool_id = ps.id AND u.blocks > 0 AND u.node > CASE WHEN ps.id = ${firstId}::int THEN ${afterNode}::text ELSE '' END
+        ORDER BY u.node ${limit === null ? sql`` : sql`LIMIT ${limit + 1}`}) u) AS nodes
+    FROM ps`,
+  );
+  const totalOf = new Map(totals.map((t) => [Number(t.id), t]));
+  let left = limit === null ? Infinity : limit;
   let next: UtilizationKey | null = null;
-  if (limit !== null && nodeRows.length > limit) {
-    nodeRows.length = limit;
-    const last = nodeRows[limit - 1]!;
-    next = [String(last.pool), 0, String(last.node)];
+  /** Per pool listed on the page: its node rows [node, blocks, live, reserved]. */
+  const listed: [UtilizationPool, string[][]][] = [];
+  for (const p of pools) {
+    const nodes = (totalOf.get(Number(p.id))?.nodes?.split(',') ?? []).map((n) => n.split(' '));
+    if (left === 0 && nodes.length > 0) {
+      // The page is full and this pool has more: continue after the page's last row.
+      const [lastPool, lastNodes] = listed.filter(([, n]) => n.length > 0).at(-1)!;
+      next = [String(lastPool.name), 0, lastNodes.at(-1)![0]!];
+      break;
+    }
+    const here = nodes.slice(0, left);
+    listed.push([p, here]);
+    left -= here.length;
+    if (here.length < nodes.length) {
+      next = [String(p.name), 0, here.at(-1)![0]!];
+      break;
+    }
   }
   // A full page lists the pools up to its last row's; the last page every pool left.
-  const listed = next ? pools.slice(0, pools.findIndex((p) => String(p.name) === next[0]) + 1) : pools;
-  const totalOf = new Map(totals.map((t) => [Number(t.id), t]));
-  const nodesOf = new Map<string, typeof nodeRows>();
-  for (const n of nodeRows) {
-    const list = nodesOf.get(String(n.pool));
-    if (list) list.push(n);
-    else nodesOf.set(String(n.pool), [n]);
-  }
-  const out = listed.map((p): PoolUsage => {
+  if (next) while (listed.length > 0 && String(listed.at(-1)![0].name) !== next[0]) listed.pop();
+  const out = listed.map(([p, nodes]): PoolUsage => {
     const blockSize = cidrSize(p.family as Family, p.blockPrefixLength);
     let poolReserved = 0n;
     for (const [first, last] of p.reservations)
       poolReserved += parseAddress(last).value - parseAddress(first).value + 1n;
     const t = totalOf.get(Number(p.id));
+    const coolingOf = new Map(
+      (t?.coolingNodes?.split(',') ?? []).map((c) => {
+        const [node, n] = c.split(' ');
+        return [node!, Number(n)];
+      }),
+    );
     return {
       pool: String(p.name),
       cidr: String(p.cidr),
@@ -227,9 +247,9 @@ async function usageOfPools(
         poolReserved,
       ),
       blocks: [],
-      nodes: (nodesOf.get(String(p.name)) ?? []).map((n) => ({
-        node: String(n.node),
-        counts: counts(blockSize * BigInt(n.blocks), Number(n.live), Number(n.cooling), BigInt(n.reserved)),
+      nodes: nodes.map(([node, blocks, live, reserved]) => ({
+        node: node!,
+        counts: counts(blockSize * BigInt(blocks!), Number(live), coolingOf.get(node!) ?? 0, BigInt(reserved!)),
       })),
     };
   });
