@@ -26,7 +26,7 @@ import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
  *   nothing is sent there) and renews its lease every third of the lease granted, registering again on NOT_FOUND and
  *   retrying within a second otherwise (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
  *   first of each node at a random point of its first third, so that no timer per node fires and no storm forms;
- * - follows WatchRoutes with `accept_chunks`, resuming from the last revision applied, through the agent's own
+ * - follows WatchRoutes with `accept_chunks` and `accept_coalesced` (as the agent does), resuming from the last revision applied, through the agent's own
  *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node to an
  *   interned text of its entry (the thousands of views share their strings);
  * - follows WatchNodePolicy with `accept_deltas` and `accept_chunks`, applying each message with the agent's own
@@ -255,7 +255,12 @@ export function createNodeSimulator(deps: {
       open: (signal) => {
         routeChunks.reset();
         return node.routes.watchRoutes(
-          { node: spec.name, sinceRevision: node.routesSynced ? node.routeRevision : 0, acceptChunks: true },
+          {
+            node: spec.name,
+            sinceRevision: node.routesSynced ? node.routeRevision : 0,
+            acceptChunks: true,
+            acceptCoalesced: true,
+          },
           { signal },
         );
       },
