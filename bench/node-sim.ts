@@ -205,10 +205,19 @@ export function createNodeSimulator(deps: {
     const creds = credentials.createSsl(Buffer.from(deps.ca.cert), Buffer.from(pair.key), Buffer.from(pair.cert), {
       checkServerIdentity: (_host, cert) => checkServerIdentity(SERVER_NAME, cert),
     });
-    const opts = { credentials: creds, channel: { 'grpc.ssl_target_name_override': SERVER_NAME, ...deps.channel } };
+    // The channel is the routes client's, with a subchannel pool of its own: grpc-js's global pool looks a new
+    // channel's connection up by comparing it with every other channel to the same address, which for thousands of
+    // nodes in one process is quadratic (1000 nodes: 6 s of the simulator's CPU; 5,000: minutes). The node's other
+    // clients use that channel (one connection, as before).
+    const channel = { 'grpc.ssl_target_name_override': SERVER_NAME, ...deps.channel };
+    const routes = createClient(RoutesServiceService, deps.target, {
+      credentials: creds,
+      channel: { ...channel, 'grpc.use_local_subchannel_pool': 1 },
+    });
+    const opts = { credentials: creds, channel: { ...channel, channelOverride: routes.raw.getChannel() } };
     const node: SimNode = {
       spec,
-      routes: createClient(RoutesServiceService, deps.target, opts),
+      routes,
       ipam: createClient(IpamServiceService, deps.target, opts),
       policy: createClient(PolicyServiceService, deps.target, opts),
       routeView: new Map(),
