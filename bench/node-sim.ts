@@ -150,16 +150,19 @@ export function createNodeSimulator(deps: {
 
   // Renewals: node → due time, walked by one ticker in due order (buckets of TICK_MS).
   const due = new Map<number, { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }[]>();
+  /** The next bucket the ticker walks: the buckets before it are done. */
+  let walked = Math.floor(performance.now() / TICK_MS);
   const schedule = (
     entry: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> },
     inMs: number,
   ) => {
-    const slot = Math.floor((performance.now() + inMs) / TICK_MS);
+    // Never into a bucket already walked (a due time within the current tick): it would never renew again, and its
+    // lease would lapse (1-3 nodes of 500 did, one in run E of bench/SCALE.md).
+    const slot = Math.max(walked, Math.floor((performance.now() + inMs) / TICK_MS));
     const list = due.get(slot);
     if (list) list.push(entry);
     else due.set(slot, [entry]);
   };
-  let walked = Math.floor(performance.now() / TICK_MS);
   const ticker = setInterval(() => {
     const now = Math.floor(performance.now() / TICK_MS);
     for (; walked <= now; walked++) {

@@ -159,14 +159,9 @@ export function createRoutesHandlers(deps: {
       return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
-      for await (const m of watchRoutes(
-        { log, notifier: deps.notifier, options, messages },
-        req.sinceRevision,
-        signal,
-        {
-          coalesce: req.acceptCoalesced,
-        },
-      ))
+      const stream = { log, notifier: deps.notifier, options, messages };
+      const coalesce = req.acceptCoalesced;
+      for await (const m of watchRoutes(stream, req.sinceRevision, signal, { coalesce }))
         yield* pbMessagesOf(m, req.acceptChunks);
     },
   };
