@@ -48,14 +48,14 @@ after(async () => {
 });
 
 /** A watch whose messages are collected as they come; bookmarks are kept apart. */
-function watch(routes: Routes, sinceRevision = 0) {
+function watch(routes: Routes, sinceRevision = 0, flags: { acceptCoalesced?: boolean; acceptChunks?: boolean } = {}) {
   const ac = new AbortController();
   const messages: WatchRoutesResponse[] = [];
   const bookmarks: WatchRoutesResponse[] = [];
   const waiters = new Set<() => void>();
   const done = (async () => {
     try {
-      for await (const m of routes.watchRoutes({ node: 'watcher', sinceRevision }, { signal: ac.signal })) {
+      for await (const m of routes.watchRoutes({ node: 'watcher', sinceRevision, ...flags }, { signal: ac.signal })) {
         (m.bookmark ? bookmarks : messages).push(m);
         for (const w of [...waiters]) w();
       }
@@ -212,6 +212,115 @@ test('two replicas on one database: under concurrent registrations and allocatio
     clients[3]!.close();
     await wa.close();
     await wb.close();
+  }
+});
+
+/** The table a watcher holds after applying `messages` in turn (snapshot, then changes), by node. */
+function applied(messages: WatchRoutesResponse[], from = new Map<string, string>()) {
+  const table = new Map(from);
+  for (const m of messages) {
+    if (m.reset) table.clear();
+    for (const u of m.upserts) table.set(u.node, `${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`);
+    for (const d of m.deletes) table.delete(d);
+  }
+  return table;
+}
+
+test('a watcher that accepts coalesced messages gets the missed changes in one message, the same table as each revision in turn; an older watcher still gets one message per revision', async () => {
+  await reg(routesA, 'co-0', 40);
+  const w0 = watch(routesA);
+  await w0.until(() => w0.messages.length > 0);
+  const since = w0.messages[0]!.revision;
+  const before = applied(w0.messages);
+  await w0.close();
+
+  await reg(routesA, 'co-1', 41);
+  await reg(routesB, 'co-2', 42);
+  await routesA.deregisterNode({ name: 'co-1' });
+  await routesA.registerNode({ name: 'co-2', underlayAddress: '198.51.100.42', vtepMac: '02:00:c6:33:64:2a' });
+  await reg(routesB, 'co-3', 43);
+
+  const old = watch(routesB, since);
+  const co = watch(routesB, since, { acceptCoalesced: true, acceptChunks: true });
+  try {
+    await old.until(() => old.messages.length >= 5);
+    await co.until(() => co.messages.length >= 1);
+    assert.deepEqual(
+      old.messages.map((m) => m.revision),
+      [since + 1, since + 2, since + 3, since + 4, since + 5],
+      'one message per revision for a watcher without the flag',
+    );
+    assert.equal(co.messages.length, 1, `the five revisions in one message: ${JSON.stringify(co.messages)}`);
+    const m = co.messages[0]!;
+    assert.equal(m.revision, since + 5, "the message carries the last revision's number");
+    assert.equal(m.reset, false);
+    assert.deepEqual(m.deletes, ['co-1'], 'a node added and removed within the run is a delete');
+    assert.deepEqual(
+      m.upserts.map((u) => [u.node, u.underlayAddress]),
+      [
+        ['co-2', '198.51.100.42'],
+        ['co-3', '192.0.2.43'],
+      ],
+      'each changed node once, with its entry as of the last revision',
+    );
+    assert.deepEqual(applied(co.messages, before), applied(old.messages, before), 'the same table');
+  } finally {
+    await old.close();
+    await co.close();
+  }
+});
+
+test('under concurrent registrations a coalesced watcher sees increasing revisions, each a revision of the log with the table as of it, ending at the last', async (t) => {
+  const old = watch(routesA);
+  const co = watch(routesA, 0, { acceptCoalesced: true });
+  await old.until(() => old.messages.length > 0);
+  await co.until(() => co.messages.length > 0);
+  const clients = [routesA, routesB, createClient(RoutesServiceService, a.address, { security: a.security })];
+  const n = 60;
+  try {
+    await Promise.all(
+      Array.from({ length: n }, (_, i) => reg(clients[i % clients.length]!, `coc-${i}`, 100 + (i % 150))),
+    );
+    await Promise.all(Array.from({ length: n / 3 }, (_, i) => routesB.deregisterNode({ name: `coc-${i * 3}` })));
+    const head = async () => {
+      const w = watch(routesB);
+      await w.until(() => w.messages.length > 0);
+      await w.close();
+      return w.messages[0]!.revision;
+    };
+    const last = await head();
+    await old.until(() => old.messages.at(-1)!.revision >= last);
+    await co.until(() => co.messages.at(-1)!.revision >= last);
+    // The per-revision watcher's table after each revision, to compare the coalesced one with.
+    const start = Math.max(old.messages[0]!.revision, co.messages[0]!.revision);
+    const tables = new Map<number, Map<string, string>>();
+    let held = new Map<string, string>();
+    for (const m of old.messages) {
+      held = applied([m], held);
+      tables.set(m.revision, held);
+    }
+    let coHeld = new Map<string, string>();
+    let prev = 0;
+    let coalesced = 0;
+    for (const m of co.messages) {
+      assert.ok(m.revision > prev, `revisions increase: ${m.revision} after ${prev}`);
+      prev = m.revision;
+      coHeld = applied([m], coHeld);
+      if (m.upserts.length + m.deletes.length > 1) coalesced++;
+      if (m.revision < start) continue;
+      assert.ok(tables.has(m.revision), `revision ${m.revision} is a revision of the log`);
+      assert.deepEqual(coHeld, tables.get(m.revision), `the table as of revision ${m.revision}`);
+      for (const u of m.upserts) assert.ok(!m.deletes.includes(u.node), 'a node is upserted or deleted, not both');
+    }
+    assert.equal(co.messages.at(-1)!.revision, old.messages.at(-1)!.revision, 'both end at the last revision');
+    assert.ok(co.messages.length <= old.messages.length);
+    t.diagnostic(
+      `${old.messages.length} messages without the flag, ${co.messages.length} with it (${coalesced} of them coalesced)`,
+    );
+  } finally {
+    clients[2]!.close();
+    await old.close();
+    await co.close();
   }
 });
 

@@ -13,7 +13,9 @@ import { createRoutesChunkJoiner } from './chunks.js';
  * passes the last applied revision: the server sends the missed changes, which apply on top of the snapshot held,
  * or (when that revision is no longer in its log) a fresh snapshot, which replaces it. Bookmarks only advance the
  * revision. A large message (a snapshot of thousands of nodes) arrives in chunks, which are joined first: the
- * snapshot held changes only once a whole message is in.
+ * snapshot held changes only once a whole message is in. The agent accepts coalesced messages: when it is behind by
+ * several revisions (a join of many nodes, a resume) one message carries them all, each changed node once, as of the
+ * message's revision; applying it (upserts, then deletes: a node is in only one of them) gives that revision's table.
  */
 export interface RoutesSnapshot {
   nodes: Map<string, RemoteNode>;
@@ -34,7 +36,7 @@ export function followRoutes(deps: {
     open: (signal) => {
       chunks.reset();
       return deps.client.watchRoutes(
-        { node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true },
+        { node: deps.node, sinceRevision: snap.synced ? snap.revision : 0, acceptChunks: true, acceptCoalesced: true },
         { signal, waitForReady: true },
       );
     },

@@ -6,10 +6,9 @@ import type { TransportSecurity } from '../../lib/grpc/credentials.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Logger } from '../../lib/logger.js';
 import { IpamServiceService } from '../../gen/weft/ipam/v1/ipam.js';
-import { RoutesServiceService } from '../../gen/weft/routes/v1/routes.js';
 import { startAffinityFollower } from './affinity-follower.js';
 import { startLeaseSweeper } from './lease-sweeper.js';
-import { createRoutesHandlers } from './rpc/routes.rpc.js';
+import { createRoutesHandlers, routesServiceDefinition } from './rpc/routes.rpc.js';
 import { createNodesRepository } from './store/nodes.repository.js';
 import { createRouteLogRepository } from './store/route-log.repository.js';
 
@@ -64,7 +63,7 @@ export async function mountRoutesService(
   });
   addService(
     server,
-    RoutesServiceService,
+    routesServiceDefinition,
     createRoutesHandlers({ nodes, log, notifier: deps.notifier, options }),
     logger,
   );

@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { LogRead } from './store/route-log.repository.js';
-import { shareLogReads } from './watch-routes.js';
+import type { Notifier } from '../../lib/db/notifier.js';
+import type { RoutesChange } from './domain/route-table.js';
+import { createWatchMessages, shareLogReads, watchRoutes } from './watch-routes.js';
 
 test('streams at the same revision share one read of the log, but never one begun before a wake-up they follow', async () => {
   const calls: number[] = [];
@@ -30,4 +32,112 @@ test('streams at the same revision share one read of the log, but never one begu
   const d = shared.read(7);
   assert.equal(calls.length, 4, 'a finished read is not reused');
   void d;
+});
+
+test("a replica's streams at the same revision yield the same message objects, coalesced or not, and a snapshot is made once per revision", async () => {
+  const entry = (node: string) => ({
+    node,
+    underlayAddress: '192.0.2.1',
+    vtepMac: '02:00:c0:00:02:01',
+    blockCidrs: [],
+  });
+  const changes: LogRead = {
+    kind: 'changes',
+    changes: [
+      { revision: 5, node: 'a', routes: entry('a') },
+      { revision: 6, node: 'b', routes: entry('b') },
+      { revision: 7, node: 'a', routes: null },
+    ],
+  };
+  const table = (revision: number, fingerprint: number): LogRead => ({
+    kind: 'snapshot',
+    revision,
+    table: [entry('a'), entry('b')],
+    fingerprint,
+  });
+  const reads: Record<number, LogRead> = { 0: table(4, 7), 4: changes };
+  const log = { read: async (since: number) => reads[since] ?? { kind: 'changes' as const, changes: [] } };
+  const notifier = { wait: () => new Promise<void>(() => {}), generation: () => 0 } as unknown as Notifier;
+  const messages = createWatchMessages();
+  const deps = {
+    log: shareLogReads(log, notifier),
+    notifier,
+    options: { pollMs: 60_000, bookmarkMs: 60_000 },
+    messages,
+  };
+  const first = async (coalesce: boolean, since = 0, n = 0) => {
+    const ac = new AbortController();
+    const out: RoutesChange[] = [];
+    for await (const m of watchRoutes(deps, since, ac.signal, { coalesce })) {
+      out.push(m);
+      if (out.length === n) break;
+    }
+    ac.abort();
+    return out;
+  };
+  const [a, b, c] = await Promise.all([first(false, 0, 4), first(false, 0, 4), first(true, 0, 2)]);
+  assert.equal(a[0], b[0], 'one snapshot message');
+  assert.equal(a[0], c[0]);
+  assert.deepEqual(
+    a.slice(1).map((m) => m.revision),
+    [5, 6, 7],
+  );
+  a.slice(1).forEach((m, i) => assert.equal(m, b[i + 1], 'one message per change for all streams'));
+  assert.deepEqual(c[1], { revision: 7, reset: false, upserts: [entry('b')], deletes: ['a'], bookmark: false });
+  const [d] = await first(true, 4, 1);
+  assert.equal(d, c[1], 'one coalesced message for all streams');
+  // Later, another read of the table at the same revision: the same message; at another revision or with another
+  // table (a database restored to an earlier point reuses revisions), a new one.
+  reads[0] = table(4, 7);
+  assert.equal((await first(false, 0, 1))[0], a[0]);
+  reads[0] = table(4, 9);
+  assert.notEqual((await first(false, 0, 1))[0], a[0]);
+});
+
+test('a joining watcher that accepts coalesced messages gets the snapshot read less than a second ago and what followed it; an older watcher a fresh one', async () => {
+  const entry = (node: string) => ({
+    node,
+    underlayAddress: '192.0.2.1',
+    vtepMac: '02:00:c0:00:02:01',
+    blockCidrs: [],
+  });
+  let clock = 0;
+  const reads: number[] = [];
+  let head = 4;
+  const log = {
+    read: async (since: number): Promise<LogRead> => {
+      reads.push(since);
+      if (since === 0) return { kind: 'snapshot', revision: head, table: [entry('a')], fingerprint: head };
+      return {
+        kind: 'changes',
+        changes: since < 5 && head >= 5 ? [{ revision: 5, node: 'b', routes: entry('b') }] : [],
+      };
+    },
+  };
+  const notifier = { wait: () => new Promise<void>(() => {}), generation: () => 0 } as unknown as Notifier;
+  const messages = createWatchMessages({ now: () => clock });
+  const deps = { log, notifier, options: { pollMs: 60_000, bookmarkMs: 60_000 }, messages };
+  const take = async (coalesce: boolean, n: number) => {
+    const ac = new AbortController();
+    const out: RoutesChange[] = [];
+    for await (const m of watchRoutes(deps, 0, ac.signal, { coalesce })) if (out.push(m) === n) break;
+    ac.abort();
+    return out;
+  };
+  const [first] = await take(true, 1);
+  head = 5; // a node joined
+  clock = 900;
+  reads.length = 0;
+  const joined = await take(true, 2);
+  assert.equal(joined[0], first, 'the snapshot held');
+  assert.deepEqual(joined[1]!.upserts, [entry('b')], 'then the change after it');
+  assert.deepEqual(reads, [4], 'the table was not read again');
+  reads.length = 0;
+  const older = await take(false, 1);
+  assert.equal(older[0]!.revision, 5, 'a watcher without the flag gets the table as it is');
+  clock = 2000;
+  reads.length = 0;
+  const later = await take(true, 1);
+  assert.equal(later[0]!.revision, 5);
+  assert.deepEqual(reads, [0], 'a snapshot older than a second is read again');
 });

@@ -1,5 +1,5 @@
 import type { Notifier } from '../../lib/db/notifier.js';
-import { changeMessage, type RoutesChange } from './domain/route-table.js';
+import { changeMessage, coalesceChanges, type RoutesChange } from './domain/route-table.js';
 import { CHANGES_CHANNEL, type LogRead, type RouteLogRepository } from './store/route-log.repository.js';
 
 /** What a stream reads the log through: `read(since)` as the repository's, perhaps shared (shareLogReads). */
@@ -36,23 +36,103 @@ export interface WatchOptions {
   bookmarkMs: number;
 }
 
+/** Coalesced messages stay below this many bytes of entries (a sixteenth of the 4 MiB message limit, as chunks). */
+export const COALESCE_BYTES = 256 * 1024;
+
+/**
+ * The stream messages of one replica, made once for all its streams: the messages of a log read (one per change, or
+ * coalesced) are made once per read, which streams at the same revision share (shareLogReads), and a snapshot once
+ * per revision. Streams yield the same objects, so whatever is derived from a message object once (the protobuf
+ * bytes: rpc/routes.rpc.ts) is derived once per replica. Messages are shared: nobody may change them.
+ */
+export interface WatchMessages {
+  changes(read: Extract<LogRead, { kind: 'changes' }>, coalesce: boolean): readonly RoutesChange[];
+  snapshot(read: Extract<LogRead, { kind: 'snapshot' }>): RoutesChange;
+  /** The newest snapshot message made, when it was read from the database less than `reuseMs` ago; else null. */
+  recentSnapshot(): RoutesChange | null;
+}
+
+/** A stream that starts without state gets the replica's newest snapshot if it was read less than this long ago. */
+export const SNAPSHOT_REUSE_MS = 1000;
+
+export function createWatchMessages(
+  opts: { coalesceBytes?: number; reuseMs?: number; now?: () => number } = {},
+): WatchMessages {
+  const coalesceBytes = opts.coalesceBytes ?? COALESCE_BYTES;
+  const reuseMs = opts.reuseMs ?? SNAPSHOT_REUSE_MS;
+  const now = opts.now ?? Date.now;
+  const single = new WeakMap<object, RoutesChange[]>();
+  const coalesced = new WeakMap<object, RoutesChange[]>();
+  // The latest snapshot message, by its revision and a fingerprint of the table read (the count of entries and the
+  // sum of the revisions that set them): a database restored to an earlier point reuses revisions with other tables.
+  let held: { revision: number; fingerprint: string; message: RoutesChange; readAt: number } | null = null;
+  return {
+    changes(read, coalesce) {
+      const cache = coalesce ? coalesced : single;
+      let ms = cache.get(read);
+      if (!ms) {
+        ms = coalesce ? coalesceChanges(read.changes, coalesceBytes) : read.changes.map(changeMessage);
+        cache.set(read, ms);
+      }
+      return ms;
+    },
+    snapshot(read) {
+      const fingerprint = `${read.table.length}/${read.fingerprint}`;
+      if (held?.revision === read.revision && held.fingerprint === fingerprint) {
+        held.readAt = now();
+        return held.message;
+      }
+      const message: RoutesChange = {
+        revision: read.revision,
+        reset: true,
+        upserts: read.table,
+        deletes: [],
+        bookmark: false,
+      };
+      if (!held || read.revision >= held.revision)
+        held = { revision: read.revision, fingerprint, message, readAt: now() };
+      return message;
+    },
+    recentSnapshot() {
+      return held && now() - held.readAt < reuseMs ? held.message : null;
+    },
+  };
+}
+
 /**
  * One WatchRoutes stream, served from the revision log (any replica can serve any watcher): a snapshot when
  * `sinceRevision` is 0 or no longer in the log, else the changes after it; then each new change in revision order,
  * woken by NOTIFY routes_changes and at least every pollMs; a bookmark on an idle stream every bookmarkMs.
  * Revisions commit in order (see store/route-log.repository.ts), so reading `revision > last` never skips one.
+ * With `coalesce` (the watcher set accept_coalesced), the changes of one read (up to 500) go out as few messages as
+ * fit COALESCE_BYTES (domain/route-table.ts coalesceChanges), else one message per revision; and a stream that starts
+ * without state may get the replica's snapshot of less than SNAPSHOT_REUSE_MS ago, then what followed it.
  * Until the affinity follower has recorded IPAM's snapshot once, the stream sends nothing (a table without blocks
  * would make agents withdraw routes).
  */
 export async function* watchRoutes(
-  deps: { log: LogReader; notifier: Notifier; options: WatchOptions },
+  deps: { log: LogReader; notifier: Notifier; options: WatchOptions; messages?: WatchMessages },
   sinceRevision: number,
   signal: AbortSignal,
+  opts: { coalesce?: boolean } = {},
 ): AsyncGenerator<RoutesChange> {
   const { log, notifier, options } = deps;
+  const messages = deps.messages ?? createWatchMessages();
+  const coalesce = opts.coalesce ?? false;
   let last = sinceRevision;
   let lastSent = Date.now();
   let ready = false;
+  // A watcher without state (a joining node) gets the replica's newest snapshot, when it was read less than a second
+  // ago, and then what followed it from the log: what a watcher that held that snapshot and resumed from its revision
+  // gets. During a join of thousands of nodes that is one read and one encoding of the table a second, not one per node.
+  // Only for watchers that accept coalesced messages: they follow the stream; an older one may take its first message
+  // for the table as it is now (`weft nodes` status does).
+  const recent = last === 0 && coalesce ? messages.recentSnapshot() : null;
+  if (recent && !signal.aborted) {
+    last = recent.revision;
+    ready = true;
+    yield recent;
+  }
   while (!signal.aborted) {
     // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
     const woken = notifier.wait(
@@ -71,13 +151,13 @@ export async function* watchRoutes(
       if (read.kind === 'snapshot') {
         last = read.revision;
         lastSent = Date.now();
-        yield { revision: read.revision, reset: true, upserts: read.table, deletes: [], bookmark: false };
+        yield messages.snapshot(read);
         continue;
       }
-      for (const c of read.changes) {
-        last = c.revision;
+      for (const m of messages.changes(read, coalesce)) {
+        last = m.revision;
         lastSent = Date.now();
-        yield changeMessage(c);
+        yield m;
       }
       drained = read.changes.length < 500;
     }

@@ -34,6 +34,58 @@ export function changeMessage(c: { revision: number; node: string; routes: NodeR
     : { revision: c.revision, reset: false, upserts: [], deletes: [c.node], bookmark: false };
 }
 
+/** About how many bytes a node's entry takes in a message (its strings and their framing). */
+export function entryBytes(n: NodeRoutes): number {
+  return (
+    n.node.length +
+    n.underlayAddress.length +
+    n.vtepMac.length +
+    16 +
+    n.blockCidrs.reduce((s, b) => s + b.length + 2, 0)
+  );
+}
+
+/**
+ * Consecutive logged changes (in revision order) as few messages as fit `budgetBytes` each: a message covers a run of
+ * revisions and carries, for each node changed in the run, its entry as of the run's last revision (an upsert) or its
+ * removal (a delete), never both; its revision is the run's last. Applying the messages in turn gives the same table
+ * after each as applying every change up to its revision, and the last message's revision is the last change's. A run
+ * ends before a change that would take it past the budget (a single change larger than the budget is a run alone).
+ */
+export function coalesceChanges(
+  changes: readonly { revision: number; node: string; routes: NodeRoutes | null }[],
+  budgetBytes: number,
+): RoutesChange[] {
+  const out: RoutesChange[] = [];
+  let run = new Map<string, NodeRoutes | null>();
+  let bytes = 0;
+  let revision = 0;
+  const close = () => {
+    if (run.size === 0) return;
+    const upserts: NodeRoutes[] = [];
+    const deletes: string[] = [];
+    for (const [node, routes] of run) {
+      if (routes) upserts.push(routes);
+      else deletes.push(node);
+    }
+    out.push({ revision, reset: false, upserts, deletes, bookmark: false });
+    run = new Map();
+    bytes = 0;
+  };
+  for (const c of changes) {
+    const size = c.routes ? entryBytes(c.routes) : c.node.length + 2;
+    if (run.size > 0 && bytes + size > budgetBytes) close();
+    // A node changed again in the run keeps only its last change (delete and re-insert: the run's order of first
+    // changes does not matter, since a message's entries are independent of each other).
+    run.delete(c.node);
+    run.set(c.node, c.routes);
+    bytes += size;
+    revision = c.revision;
+  }
+  close();
+  return out;
+}
+
 export function validateRegistration(input: { name: string; underlayAddress: string; vtepMac: string }) {
   if (!/^[a-zA-Z0-9]([-a-zA-Z0-9.]{0,251}[a-zA-Z0-9])?$/.test(input.name))
     throw new DomainError(

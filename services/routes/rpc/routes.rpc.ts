@@ -5,9 +5,9 @@ import {
   RoutesServiceService,
   type Node as PbNode,
   type NodeRoutes as PbNodeRoutes,
-  type WatchRoutesResponse,
+  WatchRoutesResponse,
 } from '../../../gen/weft/routes/v1/routes.js';
-import { chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
+import { CHUNK_BYTES, chunkBySize, ensureFitsOneMessage, stringFieldBytes } from '../../../lib/grpc/limits.js';
 import { decodePageToken, encodePageToken, pageSizeOf } from '../../../lib/paging.js';
 import {
   validateDepartedQuery,
@@ -17,7 +17,7 @@ import {
 } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
-import { shareLogReads, watchRoutes } from '../watch-routes.js';
+import { createWatchMessages, shareLogReads, watchRoutes } from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
 const toPbNode = (n: NodeRecord): PbNode => ({
@@ -40,7 +40,9 @@ const nodeRoutesBytes = (n: PbNodeRoutes) =>
  * `more`. Every chunk carries the message's revision and reset.
  */
 export function toPbWatchMessages(m: RoutesChange, acceptChunks: boolean): WatchRoutesResponse[] {
-  if (!acceptChunks) return [{ ...m, more: false }];
+  const bytes =
+    m.upserts.reduce((s, u) => s + nodeRoutesBytes(u), 0) + m.deletes.reduce((s, d) => s + stringFieldBytes(d), 0);
+  if (!acceptChunks || bytes <= CHUNK_BYTES) return [{ ...m, more: false }];
   const upserts = chunkBySize(m.upserts, nodeRoutesBytes);
   const deletes = m.deletes.length ? chunkBySize(m.deletes, stringFieldBytes) : [];
   const parts: WatchRoutesResponse[] = [
@@ -49,6 +51,47 @@ export function toPbWatchMessages(m: RoutesChange, acceptChunks: boolean): Watch
   ].filter((p, i) => i === 0 || p.upserts.length + p.deletes.length > 0);
   parts[parts.length - 1]!.more = false;
   return parts;
+}
+
+/**
+ * The protobuf bytes of each WatchRoutes message, encoded once per message object: a replica's streams yield the same
+ * objects for the same change or snapshot (watch-routes.ts createWatchMessages and `pbMessagesOf` below), so a change
+ * is encoded once for all of them and each stream writes the same bytes. Messages are never changed once yielded.
+ */
+const encodedMessages = new WeakMap<WatchRoutesResponse, Buffer>();
+function encodeWatchMessage(m: WatchRoutesResponse): Buffer {
+  let bytes = encodedMessages.get(m);
+  if (!bytes) {
+    const u8 = WatchRoutesResponse.encode(m).finish();
+    bytes = Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+    if (!m.bookmark) encodedMessages.set(m, bytes); // a bookmark is one stream's own
+  }
+  return bytes;
+}
+
+/**
+ * The routes service as a server mounts it: the generated definition, with WatchRoutes' messages encoded once per
+ * replica (the wire format and every client are unchanged).
+ */
+export const routesServiceDefinition = {
+  ...RoutesServiceService,
+  watchRoutes: { ...RoutesServiceService.watchRoutes, responseSerialize: encodeWatchMessage },
+} as const;
+
+/** A stream message's protobuf messages (whole, or chunked), made once per message object for all streams. */
+function createPbMessages() {
+  const whole = new WeakMap<RoutesChange, WatchRoutesResponse[]>();
+  const chunked = new WeakMap<RoutesChange, WatchRoutesResponse[]>();
+  return (m: RoutesChange, acceptChunks: boolean): WatchRoutesResponse[] => {
+    if (m.bookmark) return toPbWatchMessages(m, acceptChunks);
+    const cache = acceptChunks ? chunked : whole;
+    let pb = cache.get(m);
+    if (!pb) {
+      pb = toPbWatchMessages(m, acceptChunks);
+      cache.set(m, pb);
+    }
+    return pb;
+  };
 }
 
 export function createRoutesHandlers(deps: {
@@ -60,6 +103,9 @@ export function createRoutesHandlers(deps: {
   const { nodes, options } = deps;
   /** One query per wake-up for all of this replica's streams at the same revision, not one per stream. */
   const log = shareLogReads(deps.log, deps.notifier);
+  /** ... and each change and snapshot made into messages (and encoded: encodeWatchMessage) once for all of them. */
+  const messages = createWatchMessages();
+  const pbMessagesOf = createPbMessages();
   const nodeName = (name: string) => {
     if (!name) throw new DomainError('routes.invalid_node', 'invalid_argument', 'node name is empty');
     return name;
@@ -113,8 +159,10 @@ export function createRoutesHandlers(deps: {
       return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
-      for await (const m of watchRoutes({ log, notifier: deps.notifier, options }, req.sinceRevision, signal))
-        yield* toPbWatchMessages(m, req.acceptChunks);
+      const stream = { log, notifier: deps.notifier, options, messages };
+      const coalesce = req.acceptCoalesced;
+      for await (const m of watchRoutes(stream, req.sinceRevision, signal, { coalesce }))
+        yield* pbMessagesOf(m, req.acceptChunks);
     },
   };
 }

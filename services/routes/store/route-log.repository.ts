@@ -25,7 +25,8 @@ export interface LoggedChange {
 export type LogRead =
   /** The affinity follower has never recorded IPAM's snapshot: the table would lack every block, so it is not served. */
   | { kind: 'not_ready' }
-  | { kind: 'snapshot'; revision: number; table: NodeRoutes[] }
+  /** `fingerprint`: the sum of the revisions that set the table's entries (with the revision and the count, it tells two tables apart). */
+  | { kind: 'snapshot'; revision: number; table: NodeRoutes[]; fingerprint: number }
   | { kind: 'changes'; changes: LoggedChange[] };
 
 const rows = async (db: Executor, q: SQL) => (await db.execute(q)).rows as Record<string, unknown>[];
@@ -132,8 +133,13 @@ export function createRouteLogRepository(db: Database, opts: { leaseMs: number }
           const compacted = Number(h!.compacted_through);
           const head = Number(h!.head);
           if (since === 0 || since < compacted || since > head) {
-            const table = await rows(tx, sql`SELECT routes FROM routes.route_table ORDER BY node`);
-            return { kind: 'snapshot', revision: head, table: table.map((r) => r.routes as NodeRoutes) };
+            const table = await rows(tx, sql`SELECT routes, revision FROM routes.route_table ORDER BY node`);
+            return {
+              kind: 'snapshot',
+              revision: head,
+              table: table.map((r) => r.routes as NodeRoutes),
+              fingerprint: table.reduce((s, r) => s + Number(r.revision), 0),
+            };
           }
           const res = await rows(
             tx,
