@@ -44,7 +44,9 @@ import { median, ms, printTable, type Row } from './support.js';
  *    Established traffic is accepted by WEFT-FORWARD's first rule (conntrack) in both Weft configurations, so only a
  *    connection's first packets meet the entries: the ratio is expected at 100% within the machine's noise.
  * Medians of WEFT_BENCH_RUNS (3) runs, each with WEFT_BENCH_POLICY_CHANGES (5) changes of each kind.
- * WEFT_BENCH_DEBUG=1 prints each run's from-scratch figures (in force, service, kernel) on stderr.
+ * WEFT_BENCH_DEBUG=1 prints each run's from-scratch figures (in force, service, kernel) and floor on stderr.
+ * Parts: WEFT_BENCH_POLICY_PARTS (comma-separated; default programming,throughput): `programming` is the from-scratch
+ * and label-change figures with their floor, `throughput` the iperf3 rounds.
  */
 const RUNS = Number(process.env.WEFT_BENCH_RUNS ?? 3);
 const PODS = Number(process.env.WEFT_BENCH_POLICY_PODS ?? 1000);
@@ -52,6 +54,7 @@ const CHANGES = Number(process.env.WEFT_BENCH_POLICY_CHANGES ?? 5);
 const IPERF_SECONDS = Number(process.env.WEFT_BENCH_IPERF_SECONDS ?? 3);
 /** iperf3 rounds (each: bare, none and with, in rotating order). */
 const IPERF_ROUNDS = Number(process.env.WEFT_BENCH_IPERF_ROUNDS ?? 6);
+const PARTS = (process.env.WEFT_BENCH_POLICY_PARTS ?? 'programming,throughput').split(',').map((p) => p.trim());
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The floor script (WEFT_BENCH_FLOOR: its path when the checkout is not beside `shared/`, a worktree say). */
 const FLOOR = process.env.WEFT_BENCH_FLOOR ?? path.resolve(here, '../../../shared/baselines/iptables-floor.sh');
@@ -142,6 +145,8 @@ function pipeline(world: World, ns: string, tag: string, fake: boolean, kernel: 
         veths = null;
       }
       veths ??= await readVeths();
+      // As the agent's pass: the read-backs run while the manager computes.
+      dataplane.prefetch();
       policy.compute(held, veths);
       firstRestore = inForceAt = NaN;
       const report = await dataplane.apply();
@@ -383,18 +388,25 @@ async function throughput(pairs: { bare: number[]; none: number[]; with: number[
 
 async function main() {
   if (process.getuid?.() !== 0) throw new Error('bench/policy needs root (network namespaces)');
+  const unknown = PARTS.filter((p) => p !== 'programming' && p !== 'throughput');
+  if (unknown.length > 0)
+    throw new Error(`WEFT_BENCH_POLICY_PARTS: unknown ${unknown.join(', ')}; expected some of programming, throughput`);
   const f: Figures = { full: [], fullKernel: [], fullService: [], rules: [], moved: change(), dropped: change() };
   const floorFull: number[] = [],
     floorInc: number[] = [];
-  for (let r = 0; r < RUNS; r++) {
+  for (let r = 0; PARTS.includes('programming') && r < RUNS; r++) {
     await programming(f);
     const stdout = await runHere('bash', [FLOOR, String(PODS * 10)]);
     const fl = JSON.parse(stdout.trim().split('\n').at(-1)!) as { full_s: number; incremental10_s: number };
     floorFull.push(fl.full_s * 1000);
     floorInc.push(fl.incremental10_s * 1000);
+    if (process.env.WEFT_BENCH_DEBUG)
+      process.stderr.write(
+        `floor: ${JSON.stringify({ full: fl.full_s * 1000, incremental10: fl.incremental10_s * 1000 })}\n`,
+      );
   }
   const pairs = { bare: [] as number[], none: [] as number[], with: [] as number[], entries: [] as number[] };
-  await throughput(pairs);
+  if (PARTS.includes('throughput')) await throughput(pairs);
   const gbps = (x: number) => `${(x / 1e9).toFixed(2)} Gbit/s`;
   /** Per round, a configuration's rate over another's (measured seconds apart); ratios are medians of these. */
   const ratios = (a: number[], b: number[]) => a.map((x, i) => x / b[i]!);
@@ -416,7 +428,7 @@ async function main() {
     { figure: '  kernel: iptables-restore --noflush of the new rules', value: ms(median(c.kernel)) },
     { figure: '  then the old rule and chain removed (in force meanwhile); whole pass', value: ms(median(c.total)) },
   ];
-  const rows: Row[] = [
+  const programmingRows: Row[] = [
     {
       figure: `${PODS} pods × 10 rules from scratch (${median(f.rules)} iptables rules): compile + message + render + plan + apply`,
       value: ms(median(f.full)),
@@ -432,6 +444,8 @@ async function main() {
     { figure: '  of which ipset restore + iptables-restore', value: ms(median(f.fullKernel)) },
     ...changeRows(f.moved, 'to another policy'),
     ...changeRows(f.dropped, 'out of every policy'),
+  ];
+  const throughputRows: Row[] = [
     {
       figure: `pod-to-pod TCP (iperf3, ${IPERF_SECONDS} s × ${IPERF_ROUNDS} rounds) with ${median(pairs.entries)} policy entries installed`,
       value: gbps(median(pairs.with)),
@@ -451,6 +465,10 @@ async function main() {
       baseline: `bare forwarding ${gbps(median(pairs.bare))}`,
       ratio: `${pct(median(ratios(pairs.none, pairs.bare)))} (rounds ${range(ratios(pairs.none, pairs.bare))})`,
     },
+  ];
+  const rows = [
+    ...(PARTS.includes('programming') ? programmingRows : []),
+    ...(PARTS.includes('throughput') ? throughputRows : []),
   ];
   printTable(
     `bench/policy — medians of ${RUNS} runs (${RUNS * CHANGES * 2} changes of each kind), ${IPERF_ROUNDS} throughput rounds; one node, namespaces of its own`,

@@ -280,10 +280,14 @@ export function createReconciler(deps: {
     if (!snap.synced) return 'unsynced';
     const rules = deps.policy?.rules() ?? null;
     let vethsFailed = false;
+    // The kernel's read-backs run while the pods' veths are read and the managers compute (policy's, once its veths
+    // are known).
+    dataplane.prefetch();
     await readVeths(rules).catch((err: unknown) => {
       vethsFailed = true;
       deps.logger.error("cannot read the pods' veths; retrying", { err: (err as Error).message });
     });
+    dataplane.prefetch();
     computeTables(snap, rules);
     const t0 = performance.now();
     const applied = await dataplane.apply();

@@ -11,8 +11,9 @@ import type { PodReporter } from '../pod-reports.js';
  * module (eslint.config.js).
  */
 
-import type { PodAddresses, PodAttachment } from '../domain/pod-attachment.js';
-export type { PodAddresses, PodAttachment };
+import type { AttachmentEvents, PodAddresses, PodAttachment } from '../domain/pod-attachment.js';
+/** Domain types the ports speak in; `AttachmentEvents`: the attachments this endpoint makes and ends, as told. */
+export type { AttachmentEvents, PodAddresses, PodAttachment };
 
 /** One allocation of this node as IPAM lists it. */
 export interface NodeAllocation {
@@ -127,21 +128,6 @@ export interface PolicyPort {
   inForce?(family: 4 | 6, timeoutMs: number): Promise<void>;
   /** A pod's veth appeared or went: resolves once a policy pass that started after the call has finished. */
   podsChanged?(): Promise<void> | void;
-}
-
-/**
- * The attachments this endpoint makes and ends, as the rest of the agent follows them (the pod veths' and host
- * routes' drivers): told synchronously, at the moment each happens.
- */
-export interface AttachmentEvents {
-  /** An ADD begins making this host veth. */
-  attaching(hostIfname: string): void;
-  /** That ADD ended, whatever its outcome. */
-  attachEnded(hostIfname: string): void;
-  /** The ADD made the attachment. */
-  attached(a: { hostIfname: string; addresses: readonly string[] }): void;
-  /** A DEL or GC removes this attachment (its veth, or its allocation when the veth is gone). */
-  detached(hostIfname: string): void;
 }
 
 /** The pod reports to the policy service (pod-reports.ts). */

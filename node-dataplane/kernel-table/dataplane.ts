@@ -88,6 +88,32 @@ export interface Driver<V = unknown> {
   finishedByRemoval?(key: string, want: V, held: V): boolean;
 }
 
+/** A reference to an entry (`kind/key`), split, with its kind's table (none: a kind this dataplane does not run). */
+interface Ref {
+  ref: string;
+  kind: string;
+  key: string;
+  table: KernelTable<unknown> | undefined;
+}
+
+/** A change of a batch phase, with its references resolved once. */
+interface BatchItem extends BatchChange<unknown> {
+  op: 'update' | 'delete';
+  /** Its position among the phase's changes: the order holds are looked at and reported in. */
+  index: number;
+  /** An update's entries that must be in place, and those that must exist (from its whole value). */
+  deps: Ref[];
+  needs: Ref[];
+  /** A delete's users: entries still in the kernel and still to change that use it. */
+  users: Ref[];
+  /** Keys of its own kind that it comes after when they are in the same batch (deps and needs; users). */
+  after: string[];
+  /** The desired value of an update written without some parts (Driver.without). */
+  whole?: unknown;
+  /** What it is written without, when in part. */
+  on?: string;
+}
+
 /** Requests a batch driver's phase may make while it splits failing batches (log2 of 4,000 changes is 12). */
 const MAX_BATCH_REQUESTS = 32;
 
@@ -121,6 +147,11 @@ export interface ApplyReport {
 
 export interface Dataplane {
   apply(): Promise<ApplyReport>;
+  /**
+   * Begins now the read-backs the next apply would begin first (kinds marked for resync, on no other kind, ready,
+   * without a manager of their own), so that they run while the managers compute; the next apply takes them.
+   */
+  prefetch(): void;
   /** Marks the given kinds (default: all) for resync; a resting optional driver is tried again. */
   markForResync(kinds?: readonly string[]): void;
   driver<V>(kind: string): Driver<V>;
@@ -147,6 +178,19 @@ export function createDataplane(opts: {
   /** Kinds whose entries live on an entry of another kind. */
   const livesOn = new Set(Object.values(opts.dependents ?? {}).flat());
   const resting = new Set<string>();
+  /** Each kind once, in the order of its first phase. */
+  const kinds = [...new Set(order.map((p) => p.kind))];
+  /** Read-backs begun by `prefetch`, taken by the next apply. */
+  const prefetched = new Map<string, Promise<Map<string, unknown>>>();
+  /** Whether a kind is read back before the phases: marked, on no other kind, not resting, ready. */
+  const readsEarly = (d: Driver<unknown>) =>
+    !livesOn.has(d.kind) && d.table.needsResync && !resting.has(d.kind) && (!d.ready || d.ready());
+  const beginRead = (d: Driver<unknown>) => {
+    d.table.beginResync();
+    const read = d.access.read();
+    read.catch(() => {});
+    return read;
+  };
 
   const lookup: Lookup = (kind, key) => {
     const t = drivers.get(kind)?.table;
@@ -154,36 +198,40 @@ export function createDataplane(opts: {
   };
   const depsOf = (d: Driver<unknown>, key: string, value: unknown) => d.dependsOn?.(key, value, lookup) ?? [];
   const needsOf = (d: Driver<unknown>, key: string, value: unknown) => d.needs?.(key, value) ?? [];
-  const splitRef = (ref: string) => {
-    const i = ref.indexOf('/');
-    return [ref.slice(0, i), ref.slice(i + 1)] as const;
+  /** References (`kind/key`) split once per apply: a pass asks about the same ones many times. */
+  let refs = new Map<string, Ref>();
+  const resolve = (ref: string): Ref => {
+    let r = refs.get(ref);
+    if (!r) {
+      const i = ref.indexOf('/');
+      const kind = ref.slice(0, i);
+      r = { ref, kind, key: ref.slice(i + 1), table: drivers.get(kind)?.table };
+      refs.set(ref, r);
+    }
+    return r;
   };
   /** An entry another one depends on is in place when its kind has it in the kernel as desired. */
-  const inPlace = (ref: string) => {
-    const [kind, key] = splitRef(ref);
-    const t = drivers.get(kind)?.table;
-    return !t || !t.pendingUpdates.has(key);
-  };
+  const inPlace = (r: Ref) => !r.table || !r.table.pendingUpdates.has(r.key);
   /** An entry another one needs exists when its kind's kernel holds it, as desired or not. */
-  const exists = (ref: string) => {
-    const [kind, key] = splitRef(ref);
-    const t = drivers.get(kind)?.table;
-    return !t || t.cache.has(key);
-  };
+  const exists = (r: Ref) => !r.table || r.table.cache.has(r.key);
 
   /** Entries still in the kernel and still to change (`kind/key`), by what they use: those are not deleted yet. */
   const usersOf = () => {
     const inUse = new Map<string, string[]>();
+    const use = (ref: string, user: string) => {
+      const users = inUse.get(ref);
+      if (users) users.push(user);
+      else inUse.set(ref, [user]);
+    };
     for (const other of drivers.values()) {
-      for (const pending of [other.table.pendingUpdates, other.table.pendingDeletes]) {
+      const t = other.table;
+      for (const pending of [t.pendingUpdates, t.pendingDeletes]) {
         for (const key of pending.keys()) {
-          const held = other.table.cache.get(key);
+          const held = t.cache.get(key);
           if (held === undefined) continue;
-          for (const ref of [...depsOf(other, key, held), ...needsOf(other, key, held)]) {
-            const users = inUse.get(ref);
-            if (users) users.push(`${other.kind}/${key}`);
-            else inUse.set(ref, [`${other.kind}/${key}`]);
-          }
+          const user = `${other.kind}/${key}`;
+          for (const ref of depsOf(other, key, held)) use(ref, user);
+          for (const ref of needsOf(other, key, held)) use(ref, user);
         }
       }
     }
@@ -202,104 +250,105 @@ export function createDataplane(opts: {
    * split in halves, each retried once the other half's outcome is known (what depended on a failed change is held
    * back), down to single changes, at most MAX_BATCH_REQUESTS requests a phase: one bad entry does not fail the rest.
    * Returns whether anything was written.
+   *
+   * Each change's references are resolved once (`links`); holding back is a worklist over the entries of the batch
+   * that refer to a dropped one, so a phase costs time in proportion to its changes and their references.
    */
   async function applyBatched(d: Driver<unknown>, op: 'update' | 'delete', report: ApplyReport): Promise<boolean> {
     const t = d.table;
-    /** `whole`: the desired value of an update that is written without some parts (Driver.without). */
-    type Item = BatchChange<unknown> & { op: 'update' | 'delete'; whole?: unknown; on?: string };
-    const candidates = new Map<string, Item>();
+    const candidates: BatchItem[] = [];
+    const users = op === 'delete' ? usersOf() : null;
+    const add = (item: BatchChange<unknown> & { op: 'update' | 'delete' }) =>
+      candidates.push(link(d, item, candidates.length, users));
     if (op === 'update') {
-      for (const [key, value] of t.pendingUpdates) candidates.set(key, { op, key, value, held: t.cache.get(key) });
+      for (const [key, value] of t.pendingUpdates) add({ op, key, value, held: t.cache.get(key) });
     } else {
       for (const [key, value] of t.pendingUpdates) {
         const held = t.cache.get(key);
         if (held !== undefined && d.finishedByRemoval?.(key, value, held))
-          candidates.set(key, { op: 'update', key, value, held, finish: true });
+          add({ op: 'update', key, value, held, finish: true });
       }
-      for (const [key, value] of t.pendingDeletes) candidates.set(key, { op, key, value, held: value });
+      for (const [key, value] of t.pendingDeletes) add({ op, key, value, held: value });
     }
-    const users = op === 'delete' ? usersOf() : new Map<string, string[]>();
-    const prefix = `${d.kind}/`;
-    const sameKind = (ref: string) => (ref.startsWith(prefix) ? ref.slice(prefix.length) : null);
     /** Keys of this phase whose request succeeded. */
     const done = new Set<string>();
+    /** Whether a reference of an update to its own kind is met by the batch: written in it, or done before. */
+    const inBatch = (r: Ref, batch: ReadonlyMap<string, BatchItem>) =>
+      r.kind === d.kind && (batch.get(r.key)?.op === 'update' || done.has(r.key));
+    /** What an update needs that is not there: an entry not in place (nor in the batch), one that does not exist. */
+    const missingFor = (item: BatchItem, batch: ReadonlyMap<string, BatchItem>, first: boolean): string[] => {
+      const out: string[] = [];
+      for (const r of item.deps)
+        if (!inBatch(r, batch) && !inPlace(r)) {
+          out.push(r.ref);
+          if (first) return out;
+        }
+      for (const r of item.needs)
+        if (!inBatch(r, batch) && !exists(r)) {
+          out.push(r.ref);
+          if (first) return out;
+        }
+      return out;
+    };
     /**
      * What holds an item back: an entry it needs that is not in place, nor written or to be written in this batch;
      * or, for a delete, an entry still using it whose change is not in this batch (nor done).
      */
-    const blocker = (item: Item, batch: ReadonlyMap<string, Item>): string | undefined => {
-      if (item.op === 'update') return missingFor(item, batch)[0];
-      return users.get(`${d.kind}/${item.key}`)?.find((user) => {
-        const k = sameKind(user);
-        return k === null || (k !== item.key && !batch.has(k) && !done.has(k));
-      });
+    const blocker = (item: BatchItem, batch: ReadonlyMap<string, BatchItem>): string | undefined => {
+      if (item.op === 'update') return missingFor(item, batch, true)[0];
+      return item.users.find((u) => u.kind !== d.kind || (u.key !== item.key && !batch.has(u.key) && !done.has(u.key)))
+        ?.ref;
     };
-    /** What an update needs that is not there: an entry not in place (nor in the batch), one that does not exist. */
-    const missingFor = (item: Item, batch: ReadonlyMap<string, Item>, value = item.whole ?? item.value) => {
-      const inBatch = (ref: string) => {
-        const k = sameKind(ref);
-        return k !== null && (batch.get(k)?.op === 'update' || done.has(k));
-      };
-      return [
-        ...depsOf(d, item.key, value).filter((ref) => !inBatch(ref) && !inPlace(ref)),
-        ...needsOf(d, item.key, value).filter((ref) => !inBatch(ref) && !exists(ref)),
-      ];
+    /** Whether an item stays in the batch (whole, or written without what is missing); reports it when not. */
+    const keep = (item: BatchItem, batch: Map<string, BatchItem>): boolean => {
+      if (item.whole !== undefined) {
+        item.value = item.whole;
+        item.whole = item.on = undefined;
+      }
+      const on = blocker(item, batch);
+      if (!on) return true;
+      const missing = item.op === 'update' && !item.finish ? missingFor(item, batch, false) : [];
+      const part = missing.length > 0 ? d.without?.(item.key, item.value, new Set(missing)) : null;
+      // Written in part unless the kernel already holds that part.
+      if (part !== null && part !== undefined && JSON.stringify(part) !== JSON.stringify(t.cache.get(item.key))) {
+        [item.whole, item.value, item.on] = [item.value, part, on];
+        return true;
+      }
+      batch.delete(item.key);
+      report.held.push({ op: item.finish ? 'update' : item.op, kind: d.kind, key: item.key, on });
+      return false;
     };
-    /** Drops what is held back (until nothing more is), reporting it; the rest in dependency order. */
-    const eligible = (items: Item[]): Item[] => {
+    /**
+     * Drops what is held back, reporting it; the rest in dependency order. An item is looked at again only when one
+     * of the batch that it refers to (same kind) was dropped, in the order the phase's changes came in.
+     */
+    const eligible = (items: BatchItem[]): BatchItem[] => {
       const batch = new Map(items.map((i) => [i.key, i]));
-      for (let again = true; again;) {
-        again = false;
-        for (const item of batch.values()) {
-          if (item.whole !== undefined) {
-            item.value = item.whole;
-            item.whole = item.on = undefined;
-          }
-          const on = blocker(item, batch);
-          if (!on) continue;
-          const missing = item.op === 'update' && !item.finish ? missingFor(item, batch) : [];
-          const part = missing.length > 0 ? d.without?.(item.key, item.value, new Set(missing)) : null;
-          // Written in part unless the kernel already holds that part.
-          if (part !== null && part !== undefined && JSON.stringify(part) !== JSON.stringify(t.cache.get(item.key))) {
-            [item.whole, item.value, item.on] = [item.value, part, on];
-            continue;
-          }
-          batch.delete(item.key);
-          report.held.push({ op: item.finish ? 'update' : item.op, kind: d.kind, key: item.key, on });
-          again = true;
+      /** Same-kind keys of the batch → the items of the batch whose holds look at them. */
+      const referrers = new Map<string, BatchItem[]>();
+      for (const item of items)
+        for (const k of item.after) {
+          if (!batch.has(k)) continue;
+          const list = referrers.get(k);
+          if (list) list.push(item);
+          else referrers.set(k, [item]);
         }
+      for (let round = items; round.length > 0;) {
+        const again = new Set<BatchItem>();
+        for (const item of round) {
+          if (batch.get(item.key) !== item || keep(item, batch)) continue;
+          for (const r of referrers.get(item.key) ?? []) if (batch.get(r.key) === r) again.add(r);
+        }
+        round = [...again].sort((a, b) => a.index - b.index);
       }
       for (const item of batch.values())
         if (item.on)
           report.held.push({ op: 'update', kind: d.kind, key: item.key, on: `${item.on} (written without it)` });
       return ordered(batch);
     };
-    const ordered = (batch: Map<string, Item>): Item[] => {
-      const out: Item[] = [];
-      const seen = new Set<string>();
-      const after = (item: Item): string[] =>
-        item.op === 'update'
-          ? [...depsOf(d, item.key, item.value), ...needsOf(d, item.key, item.value)]
-              .map(sameKind)
-              .filter((k): k is string => k !== null)
-          : (users.get(`${d.kind}/${item.key}`) ?? []).map(sameKind).filter((k): k is string => k !== null);
-      const visit = (item: Item) => {
-        if (seen.has(item.key)) return;
-        seen.add(item.key);
-        for (const k of after(item)) {
-          const first = batch.get(k);
-          if (first) visit(first);
-        }
-        out.push(item);
-      };
-      // Finishing updates first: the removal batch deletes what they stopped using.
-      for (const item of batch.values()) if (item.finish) visit(item);
-      for (const item of batch.values()) visit(item);
-      return out;
-    };
     let requests = 0;
     let wrote = false;
-    const run = async (items: Item[]): Promise<void> => {
+    const run = async (items: BatchItem[]): Promise<void> => {
       if (items.length === 0) return;
       requests++;
       try {
@@ -323,9 +372,64 @@ export function createDataplane(opts: {
         await run(eligible(items.slice(half)));
       }
     };
-    await run(eligible([...candidates.values()]));
+    await run(eligible(candidates));
     return wrote;
   }
+
+  /** A change of a batch phase with its references resolved (from its whole value), once per phase. */
+  const link = (
+    d: Driver<unknown>,
+    change: BatchChange<unknown> & { op: 'update' | 'delete' },
+    index: number,
+    users: ReadonlyMap<string, string[]> | null,
+  ): BatchItem => {
+    // Built field by field: an object spread followed by more fields takes V8's slow path (~10 µs an item).
+    const item: BatchItem = {
+      op: change.op,
+      key: change.key,
+      value: change.value,
+      held: change.held,
+      finish: change.finish,
+      index,
+      deps: [],
+      needs: [],
+      users: [],
+      after: [],
+      whole: undefined,
+      on: undefined,
+    };
+    if (change.op === 'update') {
+      for (const ref of depsOf(d, change.key, change.value)) item.deps.push(resolve(ref));
+      for (const ref of needsOf(d, change.key, change.value)) item.needs.push(resolve(ref));
+      for (const r of item.deps) if (r.kind === d.kind) item.after.push(r.key);
+      for (const r of item.needs) if (r.kind === d.kind) item.after.push(r.key);
+    } else {
+      for (const ref of users?.get(`${d.kind}/${change.key}`) ?? []) item.users.push(resolve(ref));
+      for (const r of item.users) if (r.kind === d.kind) item.after.push(r.key);
+    }
+    return item;
+  };
+
+  /**
+   * Dependency order within a batch: each item after the items of the batch it refers to (what an update needs; the
+   * users of what a delete removes); finishing updates first, since the removal batch deletes what they stopped using.
+   */
+  const ordered = (batch: ReadonlyMap<string, BatchItem>): BatchItem[] => {
+    const out: BatchItem[] = [];
+    const seen = new Set<string>();
+    const visit = (item: BatchItem) => {
+      if (seen.has(item.key)) return;
+      seen.add(item.key);
+      for (const k of item.after) {
+        const first = batch.get(k);
+        if (first) visit(first);
+      }
+      out.push(item);
+    };
+    for (const item of batch.values()) if (item.finish) visit(item);
+    for (const item of batch.values()) visit(item);
+    return out;
+  };
 
   async function apply(): Promise<ApplyReport> {
     const report: ApplyReport = {
@@ -337,6 +441,7 @@ export function createDataplane(opts: {
       held: [],
       waiting: [],
     };
+    refs = new Map();
     const waitingRefs = new Set<string>();
     const unknown = new Set<string>();
     for (const d of drivers.values()) {
@@ -346,23 +451,13 @@ export function createDataplane(opts: {
       else unknown.add(d.kind);
     }
     const unreadable = new Set<string>();
-    // Kinds that live on no other are read side by side now (spawned programs in parallel); the others (on the
-    // device) before their first phase, after the device is in place.
-    const early = new Map<string, Promise<Map<string, unknown>>>();
-    for (const kind of new Set(order.map((p) => p.kind))) {
+    // Kinds that live on no other are read side by side now (spawned programs in parallel), unless a prefetch began
+    // them already; the others (on the device) before their first phase, after the device is in place.
+    const early = new Map(prefetched);
+    prefetched.clear();
+    for (const kind of kinds) {
       const d = drivers.get(kind)!;
-      if (
-        livesOn.has(kind) ||
-        !d.table.needsResync ||
-        resting.has(kind) ||
-        (d.ready && !d.ready()) ||
-        unknown.has(kind)
-      )
-        continue;
-      d.table.beginResync();
-      const read = d.access.read();
-      read.catch(() => {});
-      early.set(kind, read);
+      if (!early.has(kind) && readsEarly(d) && !unknown.has(kind)) early.set(kind, beginRead(d));
     }
     const resync = async (d: Driver<unknown>) => {
       const started = early.get(d.kind);
@@ -413,7 +508,8 @@ export function createDataplane(opts: {
       if (phase.op === 'update') {
         for (const [key, value] of d.table.pendingUpdates) {
           const missing =
-            depsOf(d, key, value).find((ref) => !inPlace(ref)) ?? needsOf(d, key, value).find((ref) => !exists(ref));
+            depsOf(d, key, value).find((ref) => !inPlace(resolve(ref))) ??
+            needsOf(d, key, value).find((ref) => !exists(resolve(ref)));
           if (missing) {
             const waiting = waitingRefs.has(missing);
             report.held.push({ op: 'update', kind: d.kind, key, on: missing, ...(waiting ? { waiting } : {}) });
@@ -455,11 +551,19 @@ export function createDataplane(opts: {
       if (rewritten.delete(d.kind))
         for (const k of opts.dependents?.[d.kind] ?? []) drivers.get(k)?.table.markForResync();
     }
+    // A read begun for a kind that no phase took (it stopped being ready) is not lost: the kind is read next time.
+    for (const kind of early.keys()) drivers.get(kind)!.table.markForResync();
     return report;
   }
 
   return {
     apply,
+    prefetch() {
+      for (const kind of kinds) {
+        const d = drivers.get(kind)!;
+        if (!d.desired && !prefetched.has(kind) && readsEarly(d)) prefetched.set(kind, beginRead(d));
+      }
+    },
     markForResync(kinds) {
       for (const kind of kinds ?? [...drivers.keys()]) {
         drivers.get(kind)?.table.markForResync();

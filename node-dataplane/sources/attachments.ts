@@ -1,5 +1,6 @@
 import { createBackoff, sleep } from '../../lib/backoff.js';
 import type { Logger } from '../../lib/logger.js';
+import type { AttachmentEvents } from '../domain/pod-attachment.js';
 import type { HostAttachment } from '../domain/pod-host.js';
 
 /**
@@ -16,18 +17,7 @@ export interface AttachmentsSource {
   /** Whether an ADD is making this host veth right now. */
   attaching(hostIfname: string): boolean;
   /** What the CNI endpoint tells (cni-endpoint/endpoint.ts `pods`). */
-  events: PodEvents;
-}
-
-/** The CNI endpoint's attachments as they change. */
-export interface PodEvents {
-  /** An ADD begins making this host veth. */
-  attaching(hostIfname: string): void;
-  /** That ADD ended, whatever its outcome. */
-  attachEnded(hostIfname: string): void;
-  attached(a: HostAttachment): void;
-  /** A DEL or GC removes this attachment (its veth, or its allocation when the veth is gone). */
-  detached(hostIfname: string): void;
+  events: AttachmentEvents;
 }
 
 export function followAttachments(deps: {
