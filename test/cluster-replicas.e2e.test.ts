@@ -7,6 +7,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { isAlive, readState, type ClusterState, type PodState } from '../cli/cluster/cluster.js';
 import { bin } from './support/processes.js';
+import { agentPeers, connectionsIn } from './support/control-plane-connections.js';
 import { takeDownLocalCluster } from './support/local-cluster.js';
 import { pings as reaches } from './support/pod-probes.js';
 import { privilegedOrSkip } from './support/privileges.js';
@@ -29,44 +30,6 @@ async function weft(...args: string[]): Promise<string> {
 const addPod = async (node: string, pod: string) =>
   JSON.parse(await weft('cluster', 'pod', 'add', node, pod, '--json')) as PodState;
 const pings = (from: PodState, to: string) => reaches(from, to, { attempts: 10, pauseMs: 300 });
-
-/** Established connections to the control-plane port inside a replica's namespace. */
-async function connectionsIn(netns: string): Promise<number> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    netns,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    '( sport = :7400 )',
-  ]);
-  return stdout.split('\n').filter((l) => l.trim() !== '').length;
-}
-
-/** The control-plane addresses (ip:port) an agent holds established connections to, from its node's namespace. */
-async function agentPeers(netns: string): Promise<Set<string>> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    netns,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    '( dport = :7400 )',
-  ]);
-  return new Set(
-    stdout.split('\n').flatMap((l) =>
-      l
-        .trim()
-        .split(/\s+/)
-        .slice(-1)
-        .filter((p) => p !== ''),
-    ),
-  );
-}
 
 describe('a local cluster with two control-plane replicas', opts, () => {
   let xtablesLockExisted = true;

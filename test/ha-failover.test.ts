@@ -17,6 +17,7 @@ import { bringUpTestCluster, takeDownTestCluster, type TestCluster } from './sup
 import { assertStreamHeld, pings, startEchoStream, startPingLoop } from './support/pod-probes.js';
 import { privilegedSkipReason, skipOutsideCi } from './support/privileges.js';
 import { bin } from './support/processes.js';
+import { agentPeers, connectionsIn } from './support/control-plane-connections.js';
 import { replicaFailoverClient } from './support/replica-clients.js';
 import { eventually } from './support/eventually.js';
 
@@ -126,44 +127,6 @@ after(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 type Routes = PromiseClient<typeof RoutesServiceService>;
-
-/** Established connections to the control-plane port inside a replica's namespace (the agents' and nothing else). */
-async function connectionsIn(netns: string): Promise<number> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    netns,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    '( sport = :7400 )',
-  ]);
-  return stdout.split('\n').filter((l) => l.trim() !== '').length;
-}
-
-/** The control-plane addresses (ip:port) an agent holds established connections to, from its node's namespace. */
-async function agentPeers(netns: string): Promise<Set<string>> {
-  const { stdout } = await run('ip', [
-    'netns',
-    'exec',
-    netns,
-    'ss',
-    '-Htn',
-    'state',
-    'established',
-    '( dport = :7400 )',
-  ]);
-  return new Set(
-    stdout.split('\n').flatMap((l) =>
-      l
-        .trim()
-        .split(/\s+/)
-        .slice(-1)
-        .filter((p) => p !== ''),
-    ),
-  );
-}
 
 /** Watches routes as an agent does: resumes from its last revision when the stream breaks. Keeps when each node was first seen with a block. */
 function watchRoutes(routes: Routes) {
