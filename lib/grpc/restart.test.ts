@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import { status } from '@grpc/grpc-js';
 import { createClient } from './client.js';
 import { addService, bindServer, createServer, shutdownServer, SHUTDOWN_DETAILS, type Handlers } from './server.js';
 import { silentLogger } from '../logger.js';
+import { freePort } from '../../test/support/ports.js';
 import { IpamServiceService, Pool } from '../../gen/weft/ipam/v1/ipam.js';
 
 /** What a restart of the control plane looks like from both ends of a connection. */
@@ -29,17 +29,6 @@ function serve() {
   };
   addService(server, IpamServiceService, handlers, silentLogger);
   return server;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 test('a server shutting down ends its open streams at once with UNAVAILABLE saying why, not after its grace', async () => {
