@@ -20,7 +20,7 @@ import { createIpsetDriver, ipsetKind } from './ipsets.js';
 import { createPolicyDrivers } from './policy.js';
 import { createNatDriver, natKind } from './nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
-import { DEPENDENTS, ORDER } from './order.js';
+import { DEPENDENTS, ORDER } from './registry.js';
 import { createRouteDriver, ROUTE } from './routes.js';
 import { createPodLinkDriver, POD_LINK } from './pod-links.js';
 import { createPodRouteDriver, POD_ROUTE } from './pod-routes.js';
