@@ -14,8 +14,8 @@ import { POD_LINK } from './pod-links.js';
 export const POD_ROUTE = 'pod-route';
 
 /**
- * A route goes before the veth it leaves by is removed; its removals go first (a pod's address moved to another veth).
- * Made by pod-host.ts.
+ * A route leaves by its pod veth: written after the veth, removed before it; its removals go before its writes. Made
+ * by pod-host.ts.
  */
 export const podRoutePlacement: Placement = { kind: POD_ROUTE, dependsOn: [POD_LINK], deletes: 'first' };
 
