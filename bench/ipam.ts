@@ -6,7 +6,8 @@ import { startEmbeddedPostgres } from '../lib/db/embedded.js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { createLogger, silentLogger } from '../lib/logger.js';
 import { AllocateRequest, IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
-import { bin, startUntil } from '../test/support/processes.js';
+import { startUntil } from '../test/support/processes.js';
+import { startWeftUp } from '../test/support/weft-up.js';
 import { freePort } from '../test/support/ports.js';
 import { readCa } from '../lib/pki.js';
 import { startEchoServer } from './grpc-echo.js';
@@ -182,28 +183,14 @@ async function main() {
   await sql.query(
     'CREATE TABLE bench_baseline (id bigserial PRIMARY KEY, v double precision, at timestamptz DEFAULT now())',
   );
-  const cp = await startUntil(
-    bin.weft,
-    ['up', '--data-dir', path.join(dir, 'cp'), '--listen', '127.0.0.1:0'],
-    /"serving":true/,
-    {
-      env: {
-        DATABASE_URL: db.appUrl,
-        WEFT_MIGRATION_DATABASE_URL: db.ownerUrl,
-        WEFT_HTTP_LISTEN: 'off',
-        WEFT_LOG_LEVEL: 'warn',
-      },
-    },
-  );
-  const address = `127.0.0.1:${(JSON.parse(cp.line) as { port: number }).port}`;
+  const cp = await startWeftUp({
+    dataDir: path.join(dir, 'cp'),
+    databaseUrl: db.appUrl,
+    migrationDatabaseUrl: db.ownerUrl,
+    logLevel: 'warn',
+  });
   // weft up's own admin certificate (made in <data-dir>/pki on its first start).
-  const pki = path.join(dir, 'cp', 'pki');
-  const security = {
-    mode: 'mtls' as const,
-    caFile: path.join(pki, 'ca.crt'),
-    certFile: path.join(pki, 'admin.crt'),
-    keyFile: path.join(pki, 'admin.key'),
-  };
+  const { target: address, security, pkiDir: pki } = cp;
   const admin = createClient(IpamServiceService, address, { security });
   const rows: Row[] = [];
   try {
@@ -211,7 +198,7 @@ async function main() {
       rows.push(
         ...(await fleetPart({
           address,
-          cpu: cpuMeter(cp.child.pid!, path.join(dir, 'pg')),
+          cpu: cpuMeter(cp.pid(), path.join(dir, 'pg')),
           ca: await readCa(pki),
           admin,
           sql,

@@ -16,7 +16,7 @@ import type { World } from '../services/policy/domain/evaluate.js';
 import { toPbWatchResponse } from '../services/policy/rpc/policy.rpc.js';
 import { WatchNodePolicyResponse } from '../gen/weft/policy/v1/policy.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
-import { ORDER } from '../node-dataplane/drivers/order.js';
+import { ORDER } from '../node-dataplane/drivers/registry.js';
 import { createPolicyDrivers, policyKinds } from '../node-dataplane/drivers/policy.js';
 import { createDataplane, type ApplyReport } from '../node-dataplane/kernel-table/dataplane.js';
 import { createFilterAccess, createIpsetAccess, readPodVeths } from '../node-dataplane/kernel/iptables-policy.js';

@@ -12,7 +12,7 @@ import { createLogger, silentLogger } from '../lib/logger.js';
 import { readCa } from '../lib/pki.js';
 import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
-import { bin, startUntil, type Started } from '../test/support/processes.js';
+import { startWeftUp } from '../test/support/weft-up.js';
 import { freePort } from '../test/support/ports.js';
 import { createNodeSimulator, simUnderlay, simVtepMac, type SimNode, type SimNodeSpec } from './node-sim.js';
 import { FLOOR_SERVER, floorDefinition } from './routes-watchers.js';
@@ -297,26 +297,15 @@ async function main() {
   const sql = new pg.Client({ connectionString: db.ownerUrl });
   sql.on('error', () => {}); // PostgreSQL stopping under it (a signal's clean-up) is not the bench's failure
   await sql.connect();
-  const port = await freePort();
-  const cpArgs = ['up', '--data-dir', path.join(dir, 'cp'), '--listen', `127.0.0.1:${port}`];
-  const cpEnv = {
-    DATABASE_URL: db.appUrl,
-    WEFT_MIGRATION_DATABASE_URL: db.ownerUrl,
-    WEFT_HTTP_LISTEN: 'off',
-    WEFT_LOG_LEVEL: 'error',
-  };
-  let cp: Started & { line: string } = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
-  const target = `127.0.0.1:${port}`;
-  const pki = path.join(dir, 'cp', 'pki');
-  const security = {
-    mode: 'mtls' as const,
-    caFile: path.join(pki, 'ca.crt'),
-    certFile: path.join(pki, 'admin.crt'),
-    keyFile: path.join(pki, 'admin.key'),
-  };
+  const cp = await startWeftUp({
+    dataDir: path.join(dir, 'cp'),
+    databaseUrl: db.appUrl,
+    migrationDatabaseUrl: db.ownerUrl,
+  });
+  const { target, security, pkiDir: pki } = cp;
   const ipam = createClient(IpamServiceService, target, { security });
   const policy = createClient(PolicyServiceService, target, { security });
-  const meter = makeMeter(() => cp.child.pid!, pgDir);
+  const meter = makeMeter(() => cp.pid(), pgDir);
   const sim = createNodeSimulator({
     target,
     ca: await readCa(pki),
@@ -447,7 +436,7 @@ async function main() {
     }
     await policy.applyPolicies({ objectsJson: objects });
     await sleep(2000);
-    rss0 = rssKiB(cp.child.pid!);
+    rss0 = rssKiB(cp.pid());
     simRss0 = process.memoryUsage().rss / 1024;
     log(`control plane up (RSS ${mib(rss0)}); sizes ${SIZES.join(', ')}; ${PODS} pods per node; ${CLUSTERS} clusters`);
 
@@ -625,7 +614,7 @@ async function main() {
         n,
         streams: 2 * n,
         views: [Math.min(...sizes), Math.max(...sizes)],
-        serverRssKiB: rssKiB(cp.child.pid!),
+        serverRssKiB: rssKiB(cp.pid()),
         pgRssKiB: postgresRssKiB(pgDir),
         simRssKiB: process.memoryUsage().rss / 1024,
         idle: {
@@ -873,7 +862,7 @@ async function main() {
         const t0 = now();
         await cp.stop(30_000);
         const tExit = now();
-        cp = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
+        await cp.start();
         const tServing = now();
         const probeNode = pickProbeNode();
         routeTrial = {

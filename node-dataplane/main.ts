@@ -27,10 +27,8 @@ import { createVxlanDeviceAccess, ensureVxlanDevice, VXLAN_OVERHEAD_V4, vtepMacF
 import { FDB } from './drivers/fdb.js';
 import { NEIGHBOUR } from './drivers/neighbours.js';
 import { ROUTE } from './drivers/routes.js';
-import { createPodLinkDriver } from './drivers/pod-links.js';
-import { createPodRouteDriver } from './drivers/pod-routes.js';
+import { createModuleDrivers } from './drivers/registry.js';
 import { attachmentsOf } from './domain/pod-host.js';
-import { createPodHostAccess } from './kernel/pod-host.js';
 import { hostIfnameFor } from './kernel/pod-network.js';
 import { followAttachments } from './sources/attachments.js';
 import { createAgentMetrics, timeCniHandlers } from './metrics.js';
@@ -184,7 +182,13 @@ async function main(): Promise<void> {
     signal: stopper.signal,
     onChange: () => reconciler.markDirty('attachments'),
   });
-  const podHost = createPodHostAccess({ routeProtocol: config.routeProtocol, paths: hostPaths, logger });
+  // The drivers that carry their own manager (the pods' veths and host routes), from the registry of driver modules.
+  const moduleDrivers = createModuleDrivers({
+    routeProtocol: config.routeProtocol,
+    hostPaths,
+    pods: attachments,
+    logger,
+  });
   const reconciler = createReconciler({
     self: config.nodeName,
     snapshot: () => snapshot ?? { nodes: new Map(), revision: 0, synced: false },
@@ -207,7 +211,7 @@ async function main(): Promise<void> {
       families: { 4: policyAccess(4), 6: policyAccess(6) },
       ipv6Required: config.podFamilies.includes('ipv6'),
     },
-    drivers: [createPodLinkDriver(podHost.links, attachments), createPodRouteDriver(podHost.routes, attachments)],
+    drivers: moduleDrivers.drivers,
     resyncMs: config.resyncMs,
     logger,
     metrics,
@@ -404,7 +408,7 @@ async function main(): Promise<void> {
     reports.close();
     policyClient.close();
     overlayNetlink.close();
-    podHost.close();
+    moduleDrivers.close();
     process.exit(0);
   };
   process.once('SIGTERM', () => void shutdown('SIGTERM'));

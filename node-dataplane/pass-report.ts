@@ -1,6 +1,6 @@
 import type { Logger } from '../lib/logger.js';
 import type { DesiredState } from './domain/desired.js';
-import { OVERLAY_KINDS } from './drivers/order.js';
+import { OVERLAY_KINDS } from './drivers/registry.js';
 import type { ApplyReport } from './kernel-table/dataplane.js';
 import type { AgentMetrics } from './metrics.js';
 

@@ -15,7 +15,7 @@ import type { NodeRules } from './domain/network-policy.js';
 import { createFdbDriver, FDB } from './drivers/fdb.js';
 import { createNatDriver, desiredNat, natKind } from './drivers/nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './drivers/neighbours.js';
-import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/order.js';
+import { DEPENDENTS, ORDER, OVERLAY_KINDS } from './drivers/registry.js';
 import { createInForceWaiters, createPolicyDrivers, policyKinds, type PolicyFamilyDrivers } from './drivers/policy.js';
 import { createRouteDriver, ROUTE } from './drivers/routes.js';
 import { createVxlanDeviceDriver, DEVICE } from './drivers/vxlan-device.js';
@@ -29,7 +29,7 @@ import type { RoutesSnapshot } from './sources/routes-watch.js';
  * The scheduler. Sources update their snapshots and mark dirty; a pass then runs the pure managers over the current
  * inputs (the VXLAN device's spec, `computeDesired` for the overlay, the pools for masquerade, the rules for policy),
  * hands their desired entries to the drivers' tables, and lets the drivers apply what is pending in the one
- * dependency order (kernel-table/dataplane.ts, drivers/order.ts). A driver reads the kernel back only when its table
+ * dependency order (kernel-table/dataplane.ts, drivers/registry.ts). A driver reads the kernel back only when its table
  * is marked for resync: at start, every `resyncMs`, after one of its writes failed, and when a kernel notification
  * disagrees with what the agent wants. What a pass does depends only on the inputs and on what the tables hold, never
  * on why it runs. Nothing is written before the first complete route snapshot.
@@ -139,7 +139,7 @@ export function createReconciler(deps: {
   maxInFlight?: number;
   /**
    * Table drivers that carry their own manager (`Driver.desired`), such as the pod veths and host routes: they need
-   * nothing else here (their place in drivers/order.ts; resynced with every table).
+   * nothing else here (made from drivers/registry.ts; resynced with every table).
    */
   drivers?: readonly Driver<unknown>[];
 }): Reconciler {

@@ -10,8 +10,7 @@ import { IpamServiceService } from '../gen/weft/ipam/v1/ipam.js';
 import { PolicyServiceService } from '../gen/weft/policy/v1/policy.js';
 import { createNodeSimulator, simUnderlay, simVtepMac, type NodeSimulator } from '../bench/node-sim.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
-import { freePort } from './support/ports.js';
-import { bin, startUntil, type Started } from './support/processes.js';
+import { startWeftUp, type WeftUp } from './support/weft-up.js';
 
 /**
  * `weft up` restarted (SIGTERM, then a start on the same data and port) under N simulated agents (bench/node-sim.ts,
@@ -22,32 +21,14 @@ import { bin, startUntil, type Started } from './support/processes.js';
 const N = Number(process.env.WEFT_TEST_RESTART_NODES ?? 100);
 let db: TestDatabase;
 let dir: string;
-let cp: Started;
+let cp: WeftUp;
 let sim: NodeSimulator;
-let cpArgs: string[];
-let cpEnv: NodeJS.ProcessEnv;
-let target: string;
 
 before(async () => {
   db = await createTestDatabase();
   dir = mkdtempSync(path.join(tmpdir(), 'weft-test-restart-'));
-  const port = await freePort();
-  target = `127.0.0.1:${port}`;
-  cpArgs = ['up', '--data-dir', path.join(dir, 'cp'), '--listen', target];
-  cpEnv = {
-    DATABASE_URL: db.appUrl,
-    WEFT_MIGRATION_DATABASE_URL: db.url,
-    WEFT_HTTP_LISTEN: 'off',
-    WEFT_LOG_LEVEL: 'error',
-  };
-  cp = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
-  const pki = path.join(dir, 'cp', 'pki');
-  const security = {
-    mode: 'mtls' as const,
-    caFile: path.join(pki, 'ca.crt'),
-    certFile: path.join(pki, 'admin.crt'),
-    keyFile: path.join(pki, 'admin.key'),
-  };
+  cp = await startWeftUp({ dataDir: path.join(dir, 'cp'), databaseUrl: db.appUrl, migrationDatabaseUrl: db.url });
+  const { target, security } = cp;
   const ipam = createClient(IpamServiceService, target, { security });
   const policy = createClient(PolicyServiceService, target, { security });
   try {
@@ -57,7 +38,7 @@ before(async () => {
     ipam.close();
     policy.close();
   }
-  sim = createNodeSimulator({ target, ca: await readCa(pki), logger: silentLogger });
+  sim = createNodeSimulator({ target, ca: await readCa(cp.pkiDir), logger: silentLogger });
   await sim.addNodes(
     Array.from({ length: N }, (_, i) => ({
       name: `sim-${i}`,
@@ -94,7 +75,7 @@ test(`${N} agents: after a restart every agent is back in sync, and streams brea
   const reasons0 = new Map(s0.reasons);
   const t0 = performance.now();
   await cp.stop(30_000);
-  cp = await startUntil(bin.weft, cpArgs, /"serving":true/, { env: cpEnv });
+  await cp.start();
   const tServing = performance.now();
   const deadline = tServing + 60_000;
   while (!sim.nodes.every((n, i) => n.policyCompleteViews > views[i]!)) {

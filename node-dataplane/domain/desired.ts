@@ -190,7 +190,7 @@ function same(a: KernelEntry, b: KernelEntry): boolean {
 
 /**
  * How a kernel differs from the desired state, entry by entry (no order: the agent's drivers apply in the one
- * dependency order of drivers/order.ts): `missing` are desired entries the kernel lacks or holds otherwise, `stale`
+ * dependency order of drivers/registry.ts): `missing` are desired entries the kernel lacks or holds otherwise, `stale`
  * entries it holds that nobody wants. An entry that is right is in neither. `weft routes NODE` shows these.
  */
 export function compareState(

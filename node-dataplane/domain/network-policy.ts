@@ -654,7 +654,7 @@ export function chainRemovals(finish: readonly ChainWrite[], stale: readonly Cha
 }
 
 /**
- * The whole node's plan against what the kernel holds, as one pass of the drivers would apply it (drivers/order.ts:
+ * The whole node's plan against what the kernel holds, as one pass of the drivers would apply it (drivers/registry.ts:
  * sets written, chains written, chains finished and removed, sets destroyed). Pure, for tests and diagnostics.
  */
 export function planPolicy(desired: PolicyDesired, actual: PolicyActual, family: PolicyFamily = 4): PolicyPlan {

@@ -20,7 +20,7 @@ import { createIpsetDriver, ipsetKind } from './ipsets.js';
 import { createPolicyDrivers } from './policy.js';
 import { createNatDriver, natKind } from './nat.js';
 import { createNeighbourDriver, NEIGHBOUR } from './neighbours.js';
-import { DEPENDENTS, ORDER } from './order.js';
+import { DEPENDENTS, DRIVER_MODULES, ORDER } from './registry.js';
 import { createRouteDriver, ROUTE } from './routes.js';
 import { createPodLinkDriver, POD_LINK } from './pod-links.js';
 import { createPodRouteDriver, POD_ROUTE } from './pod-routes.js';
@@ -247,6 +247,20 @@ test('every kind of the dependency order has its driver in this harness, and the
     // The IPv6 kinds (nat6, ipset6, filter6) are in the harness but never ready: their IPv4 twins have the cases.
     if (w.driver(kind).ready?.() !== false)
       assert.ok(CASES.some((c) => c.kind === kind) && WORLD[kind], `${kind} has cases`);
+  }
+});
+
+test("an entry refers only to its own kind and to the kinds its driver's placement names", () => {
+  const w = world();
+  const placements = new Map(DRIVER_MODULES.flatMap((m) => m.placements).map((p) => [p.kind, p]));
+  const lookup = (kind: string, key: string) => w.driver(kind).table.desired.get(key);
+  for (const kind of new Set(ORDER.map((p) => p.kind))) {
+    const d = w.driver(kind);
+    const p = placements.get(kind)!;
+    const named = new Set([kind, ...(p.dependsOn ?? []), ...(p.livesOn ?? [])]);
+    for (const [key, value] of d.table.desired)
+      for (const ref of [...(d.dependsOn?.(key, value, lookup) ?? []), ...(d.needs?.(key, value) ?? [])])
+        assert.ok(named.has(ref.slice(0, ref.indexOf('/'))), `${kind}/${key} refers to ${ref}`);
   }
 });
 

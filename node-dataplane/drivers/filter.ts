@@ -1,5 +1,6 @@
 import { createKernelTable } from '../kernel-table/table.js';
 import type { Driver, KernelAccess } from '../kernel-table/dataplane.js';
+import type { Placement } from '../kernel-table/placement.js';
 import { chainReferences, dispatchWithout, finishedByRemoval, sameRules } from '../domain/network-policy.js';
 import { ipsetKind } from './ipsets.js';
 
@@ -14,6 +15,15 @@ import { ipsetKind } from './ipsets.js';
  * deletions; the delete phase finishes the anchors (their old rules) and deletes stale chains in another.
  */
 export const filterKind = (family: 4 | 6) => `filter${family}`;
+
+/**
+ * After the sets its chains match: sets are written before the chains, the chains' removals (anchors' old rules, stale
+ * chains) go after the new rules are in force, and sets are destroyed once no chain uses them. Made by policy.ts.
+ */
+export const filterPlacement = (family: 4 | 6): Placement => ({
+  kind: filterKind(family),
+  dependsOn: [ipsetKind(family)],
+});
 
 export function createFilterDriver(
   access: KernelAccess<string[]>,

@@ -1,5 +1,6 @@
 import { createKernelTable } from '../kernel-table/table.js';
 import type { Driver, KernelAccess } from '../kernel-table/dataplane.js';
+import type { DriverModule } from './driver-module.js';
 import { MASQUERADE_CHAIN, masqueradeRules, type NatChain } from '../domain/masquerade.js';
 
 /**
@@ -8,6 +9,9 @@ import { MASQUERADE_CHAIN, masqueradeRules, type NatChain } from '../domain/masq
  * IPv6 is optional (a node without IPv6 NAT): its failures are logged and retried at the next resync.
  */
 export const natKind = (family: 4 | 6) => `nat${family}`;
+
+/** Independent of the rest. Made by reconciler.ts (its manager: the pools, `desiredNat`). */
+export const natModule: DriverModule = { placements: [{ kind: natKind(4) }, { kind: natKind(6) }] };
 
 export function createNatDriver(access: KernelAccess<NatChain>, family: 4 | 6): Driver<NatChain> {
   return { kind: natKind(family), table: createKernelTable<NatChain>(), access, optional: family === 6 };

@@ -1,6 +1,8 @@
 import { EntryWaiting, type Driver, type KernelAccess } from '../kernel-table/dataplane.js';
 import { createKernelTable } from '../kernel-table/table.js';
-import { desiredPodLinks, type HostAttachment, type PodLinkEntry } from '../domain/pod-host.js';
+import type { Placement } from '../kernel-table/placement.js';
+import { desiredPodLinks, type PodLinkEntry } from '../domain/pod-host.js';
+import type { PodInputs } from './driver-module.js';
 
 /**
  * The host ends of the node's pod veths (`weft` + 11 hex digits), keyed by name. The runtime's ADD makes a veth
@@ -15,13 +17,10 @@ import { desiredPodLinks, type HostAttachment, type PodLinkEntry } from '../doma
  */
 export const POD_LINK = 'pod-link';
 
-export function createPodLinkDriver(
-  access: KernelAccess<PodLinkEntry>,
-  pods: {
-    attachments: () => ReadonlyMap<string, HostAttachment> | null;
-    attaching: (hostIfname: string) => boolean;
-  },
-): Driver<PodLinkEntry> {
+/** Independent of the other kinds; its host routes depend on it (pod-routes.ts). Made by pod-host.ts. */
+export const podLinkPlacement: Placement = { kind: POD_LINK };
+
+export function createPodLinkDriver(access: KernelAccess<PodLinkEntry>, pods: PodInputs): Driver<PodLinkEntry> {
   const table = createKernelTable<PodLinkEntry>(
     (a, b) =>
       a.name === b.name && a.proxyArp === b.proxyArp && a.proxyDelay === b.proxyDelay && a.gateway6 === b.gateway6,

@@ -1,6 +1,8 @@
 import { EntryWaiting, type Driver, type KernelAccess } from '../kernel-table/dataplane.js';
 import { createKernelTable } from '../kernel-table/table.js';
-import { desiredPodRoutes, podHostCidr, type HostAttachment, type PodRouteEntry } from '../domain/pod-host.js';
+import type { Placement } from '../kernel-table/placement.js';
+import { desiredPodRoutes, podHostCidr, type PodRouteEntry } from '../domain/pod-host.js';
+import type { PodInputs } from './driver-module.js';
 import { POD_LINK } from './pod-links.js';
 
 /**
@@ -11,13 +13,13 @@ import { POD_LINK } from './pod-links.js';
  */
 export const POD_ROUTE = 'pod-route';
 
-export function createPodRouteDriver(
-  access: KernelAccess<PodRouteEntry>,
-  pods: {
-    attachments: () => ReadonlyMap<string, HostAttachment> | null;
-    attaching: (hostIfname: string) => boolean;
-  },
-): Driver<PodRouteEntry> {
+/**
+ * A route leaves by its pod veth: written after the veth, removed before it; its removals go before its writes. Made
+ * by pod-host.ts.
+ */
+export const podRoutePlacement: Placement = { kind: POD_ROUTE, dependsOn: [POD_LINK], deletes: 'first' };
+
+export function createPodRouteDriver(access: KernelAccess<PodRouteEntry>, pods: PodInputs): Driver<PodRouteEntry> {
   const table = createKernelTable<PodRouteEntry>((a, b) => a.cidr === b.cidr && a.dev === b.dev);
   const wantedAgain = (cidr: string, dev: string) =>
     pods

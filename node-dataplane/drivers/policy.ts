@@ -10,8 +10,9 @@ import {
   type NodeRules,
   type PodRules,
 } from '../domain/network-policy.js';
-import { createFilterDriver, filterKind } from './filter.js';
-import { createIpsetDriver, ipsetKind } from './ipsets.js';
+import { createFilterDriver, filterKind, filterPlacement } from './filter.js';
+import { createIpsetDriver, ipsetKind, ipsetPlacement } from './ipsets.js';
+import type { DriverModule } from './driver-module.js';
 
 /**
  * Network policy of one family: its manager (the node's rules and the local pods' veths → the desired entries of the
@@ -138,6 +139,11 @@ export function createPolicyDrivers(opts: {
 }
 
 export const policyKinds = (family: 4 | 6) => [ipsetKind(family), filterKind(family)];
+
+/** Per family, its sets and its chains. Made by reconciler.ts (this manager runs on the rules and the pods' veths). */
+export const policyModule: DriverModule = {
+  placements: ([4, 6] as const).flatMap((f) => [ipsetPlacement(f), filterPlacement(f)]),
+};
 
 /**
  * Who waits for network policy of a family to be in force (a dual-stack attach waits for IPv6's): `notify` after each

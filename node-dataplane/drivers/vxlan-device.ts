@@ -1,6 +1,7 @@
 import { createKernelTable } from '../kernel-table/table.js';
 import type { Driver, KernelAccess } from '../kernel-table/dataplane.js';
 import type { VxlanDeviceState } from '../kernel/vxlan-device.js';
+import type { DriverModule } from './driver-module.js';
 
 /**
  * The VXLAN device: one entry, keyed by the device's name. A device that matches the spec is kept untouched (so the
@@ -8,6 +9,9 @@ import type { VxlanDeviceState } from '../kernel/vxlan-device.js';
  * the entries on it are read back (the dataplane's `dependents`). Its index is not compared.
  */
 export const DEVICE = 'device';
+
+/** First of all: the overlay lives on it. Never removed (its one entry is always wanted). Made by reconciler.ts. */
+export const vxlanDeviceModule: DriverModule = { placements: [{ kind: DEVICE, deletes: 'never' }] };
 
 export interface VxlanDeviceDriver extends Driver<VxlanDeviceState> {
   /** The device's index as last read or made; null while it does not exist. */

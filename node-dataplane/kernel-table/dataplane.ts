@@ -161,7 +161,7 @@ export interface Dataplane {
 
 export function createDataplane(opts: {
   drivers: readonly Driver<unknown>[];
-  /** The phases, in order (drivers/order.ts); phases of kinds without a driver here are passed over. */
+  /** The phases, in order (drivers/registry.ts derives them); phases of kinds without a driver here are passed over. */
   order: readonly Phase[];
   /** Kinds whose entries live on an entry of this kind: re-created or found changed, they are read back too. */
   dependents?: Readonly<Record<string, readonly string[]>>;

@@ -29,7 +29,7 @@ import { createVxlanDeviceDriver } from ${url('../drivers/vxlan-device.js')};
 import { createNeighbourDriver } from ${url('../drivers/neighbours.js')};
 import { createFdbDriver } from ${url('../drivers/fdb.js')};
 import { createRouteDriver } from ${url('../drivers/routes.js')};
-import { ORDER, DEPENDENTS } from ${url('../drivers/order.js')};
+import { ORDER, DEPENDENTS } from ${url('../drivers/registry.js')};
 import { computeDesired } from ${url('../domain/desired.js')};
 import { createOverlayNetlink } from ${url('./netlink-overlay.js')};
 import { createVxlanDeviceAccess, vxlanStateFor } from ${url('./vxlan-device.js')};

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { run as runHere } from '../../lib/exec.js';
 import { privilegedOrSkip } from '../../test/support/privileges.js';
 import type { NodeRules, PodRules } from '../domain/network-policy.js';
-import { ORDER } from '../drivers/order.js';
+import { ORDER } from '../drivers/registry.js';
 import { createPolicyDrivers, policyKinds } from '../drivers/policy.js';
 import { createDataplane } from '../kernel-table/dataplane.js';
 import { createFilterAccess, createIpsetAccess } from './iptables-policy.js';
