@@ -63,6 +63,12 @@ const NAMESPACES = 10;
 /** The control plane's lease (WEFT_NODE_LEASE_MS, passed through to `weft up`): agents renew every third. */
 const leaseMs = Number(env.WEFT_NODE_LEASE_MS ?? 20_000);
 const ATTACH_CONCURRENCY = Number(env.WEFT_BENCH_SCALE_ATTACH_CONCURRENCY ?? 64);
+/**
+ * The control plane's flush period (WEFT_ROUTES_FLUSH_MS, passed through): a route stream that sent a change less than
+ * this ago takes the next at its next flush tick, so route trials are spaced by more than it (each measures one change
+ * reaching quiet streams).
+ */
+const flushMs = Number(env.WEFT_ROUTES_FLUSH_MS ?? 250);
 
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 const now = () => performance.now();
@@ -695,7 +701,7 @@ async function main() {
           const ts = [...t.stamps].filter((x) => x > 0).map((x) => x - returned);
           latency.push(...ts);
           last.push(Math.max(...ts));
-          await sleep(300);
+          await sleep(Math.max(300, flushMs + 100));
         }
         const b = meter();
         const floor = await floorFanout(n, TRIALS);
@@ -761,7 +767,7 @@ async function main() {
           const ts = [...t.stamps].filter((x) => x > 0).map((x) => x - returned);
           latency.push(...ts);
           last.push(Math.max(...ts));
-          await sleep(300);
+          await sleep(Math.max(300, flushMs + 100));
         }
         const b = meter();
         fig.policy = {

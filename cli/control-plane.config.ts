@@ -259,6 +259,13 @@ export const controlPlaneSettings = {
     default: 2000,
     parse: parsers.int(10, 60_000),
   },
+  routesFlushMs: {
+    env: 'WEFT_ROUTES_FLUSH_MS',
+    description:
+      'a WatchRoutes stream that sent a change less than this long ago takes the next ones at most this often, coalesced (0: at once)',
+    default: 250,
+    parse: parsers.int(0, 10_000),
+  },
   routesLogKeep: {
     env: 'WEFT_ROUTES_LOG_KEEP',
     description: 'compaction keeps at least this many newest route changes',

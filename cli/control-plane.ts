@@ -277,6 +277,7 @@ export async function startControlPlane(
         leaseMs: config.nodeLeaseMs,
         bookmarkMs: config.routesBookmarkMs,
         pollMs: config.routesPollMs,
+        flushMs: config.routesFlushMs,
         logKeep: config.routesLogKeep,
         logMaxAgeSeconds: config.routesLogMaxAgeS,
       },

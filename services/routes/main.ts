@@ -19,6 +19,8 @@ export interface RoutesServiceOptions {
   bookmarkMs: number;
   /** Watchers re-read the log at least this often without a NOTIFY. */
   pollMs: number;
+  /** Busy coalescing watchers read the log at most this often (one message per period while changes keep coming). */
+  flushMs: number;
   /** Compaction keeps at least this many newest changes ... */
   logKeep: number;
   /** ... and every change younger than this. */

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { LogRead } from './store/route-log.repository.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import type { RoutesChange } from './domain/route-table.js';
-import { createWatchMessages, shareLogReads, watchRoutes } from './watch-routes.js';
+import { createFlushClock, createWatchMessages, shareLogReads, watchRoutes } from './watch-routes.js';
 
 test('streams at the same revision share one read of the log, but never one begun before a wake-up they follow', async () => {
   const calls: number[] = [];
@@ -140,4 +140,103 @@ test('a joining watcher that accepts coalesced messages gets the snapshot read l
   const later = await take(true, 1);
   assert.equal(later[0]!.revision, 5);
   assert.deepEqual(reads, [0], 'a snapshot older than a second is read again');
+});
+
+test('a busy coalescing stream takes a storm of changes once per flush tick, every change in order, and a change after a quiet spell at once', async () => {
+  const entry = (node: string) => ({
+    node,
+    underlayAddress: '192.0.2.1',
+    vtepMac: '02:00:c0:00:02:01',
+    blockCidrs: [],
+  });
+  // The log: a change per node, committed by commit(); a NOTIFY per commit.
+  const changes: { revision: number; node: string; routes: ReturnType<typeof entry> }[] = [];
+  let wake: (() => void)[] = [];
+  let generation = 0;
+  let queries = 0;
+  const commit = () => {
+    const revision = changes.length + 1;
+    changes.push({ revision, node: `n${revision}`, routes: entry(`n${revision}`) });
+    generation++;
+    const w = wake;
+    wake = [];
+    for (const f of w) f();
+  };
+  const log = {
+    read: async (since: number): Promise<LogRead> => {
+      queries++;
+      return { kind: 'changes', changes: changes.filter((c) => c.revision > since) };
+    },
+  };
+  const notifier = {
+    wait: (_ch: string, ms: number, signal: AbortSignal) =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        const t = setTimeout(done, ms);
+        wake.push(done);
+        signal.addEventListener('abort', done, { once: true });
+      }),
+    generation: () => generation,
+  } as unknown as Notifier;
+  const flush = createFlushClock(100);
+  const deps = {
+    log: shareLogReads(log, notifier),
+    notifier,
+    options: { pollMs: 60_000, bookmarkMs: 60_000 },
+    messages: createWatchMessages(),
+    flush,
+  };
+  commit(); // revision 1, before the streams start
+  const ac = new AbortController();
+  const got: { at: number; m: RoutesChange }[][] = [[], [], []];
+  const streams = got.map(async (out) => {
+    for await (const m of watchRoutes(deps, 1, ac.signal, { coalesce: true })) out.push({ at: performance.now(), m });
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 20));
+    // Quiet: a change goes out at once.
+    let t0 = performance.now();
+    commit();
+    await new Promise((r) => setTimeout(r, 20));
+    for (const out of got) {
+      assert.equal(out.length, 1);
+      assert.ok(out[0]!.at - t0 < 15, `sent ${(out[0]!.at - t0).toFixed(1)} ms after the commit`);
+    }
+    // A storm: a change every 5 ms for 150 ms. Each stream gets a message per tick (100 ms), not one per change.
+    queries = 0;
+    for (let i = 0; i < 30; i++) {
+      commit();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await new Promise((r) => setTimeout(r, 250));
+    for (const out of got) {
+      const storm = out.slice(1);
+      assert.ok(storm.length >= 2 && storm.length <= 4, `${storm.length} messages for 30 changes`);
+      assert.equal(storm[storm.length - 1]!.m.revision, 32, 'the last change arrived');
+      const nodes = storm.flatMap((x) => x.m.upserts.map((u) => u.node));
+      assert.deepEqual(
+        nodes,
+        changes.slice(2).map((c) => c.node),
+        'every change, in order, once',
+      );
+      for (let i = 1; i < storm.length; i++) assert.ok(storm[i]!.m.revision > storm[i - 1]!.m.revision);
+    }
+    assert.ok(queries <= 8, `the streams read together at each tick: ${queries} reads`);
+    // Quiet again for longer than a tick: the next change goes out at once.
+    t0 = performance.now();
+    commit();
+    await new Promise((r) => setTimeout(r, 20));
+    for (const out of got) {
+      assert.equal(out[out.length - 1]!.m.revision, 33);
+      assert.ok(out[out.length - 1]!.at - t0 < 15);
+    }
+  } finally {
+    ac.abort();
+    commit(); // wakes the streams, which end
+    await Promise.all(streams);
+  }
 });

@@ -36,6 +36,37 @@ export interface WatchOptions {
   bookmarkMs: number;
 }
 
+/**
+ * A replica's flush clock for busy coalescing streams: a stream that sent a change less than `ms` ago reads the log
+ * again only at the clock's next tick, and takes whatever came meanwhile as one coalesced message. One timer per
+ * tick serves every waiting stream, so they read together (one shared read, shareLogReads) and the fan-out of a storm
+ * of changes costs streams × ticks, not streams × changes. A stream that was quiet for `ms` reads at once when woken.
+ */
+export interface FlushClock {
+  readonly ms: number;
+  /** Resolves at the next tick (started now by the first waiter, `ms` from now; later waiters join it). */
+  next(): Promise<void>;
+}
+
+/** WatchRoutes' default flush period for busy coalescing streams (WEFT_ROUTES_FLUSH_MS). */
+export const FLUSH_MS = 250;
+
+export function createFlushClock(ms: number): FlushClock {
+  let tick: Promise<void> | null = null;
+  return {
+    ms,
+    next() {
+      tick ??= new Promise<void>((resolve) =>
+        setTimeout(() => {
+          tick = null;
+          resolve();
+        }, ms),
+      );
+      return tick;
+    },
+  };
+}
+
 /** Coalesced messages stay below this many bytes of entries (a sixteenth of the 4 MiB message limit, as chunks). */
 export const COALESCE_BYTES = 256 * 1024;
 
@@ -107,11 +138,13 @@ export function createWatchMessages(
  * With `coalesce` (the watcher set accept_coalesced), the changes of one read (up to 500) go out as few messages as
  * fit COALESCE_BYTES (domain/route-table.ts coalesceChanges), else one message per revision; and a stream that starts
  * without state may get the replica's snapshot of less than SNAPSHOT_REUSE_MS ago, then what followed it.
+ * A coalescing stream given a `flush` clock that sent a change less than `flush.ms` ago waits for the clock's next
+ * tick before it reads again (FlushClock): while changes come faster than that, it gets one message per tick.
  * Until the affinity follower has recorded IPAM's snapshot once, the stream sends nothing (a table without blocks
  * would make agents withdraw routes).
  */
 export async function* watchRoutes(
-  deps: { log: LogReader; notifier: Notifier; options: WatchOptions; messages?: WatchMessages },
+  deps: { log: LogReader; notifier: Notifier; options: WatchOptions; messages?: WatchMessages; flush?: FlushClock },
   sinceRevision: number,
   signal: AbortSignal,
   opts: { coalesce?: boolean } = {},
@@ -121,6 +154,9 @@ export async function* watchRoutes(
   const coalesce = opts.coalesce ?? false;
   let last = sinceRevision;
   let lastSent = Date.now();
+  /** When this stream last finished sending a change or snapshot (not a bookmark). */
+  let lastChange = -Infinity;
+  const flush = coalesce && deps.flush && deps.flush.ms > 0 ? deps.flush : null;
   let ready = false;
   // A watcher without state (a joining node) gets the replica's newest snapshot, when it was read less than a second
   // ago, and then what followed it from the log: what a watcher that held that snapshot and resumed from its revision
@@ -132,8 +168,15 @@ export async function* watchRoutes(
     last = recent.revision;
     ready = true;
     yield recent;
+    lastChange = Date.now();
   }
   while (!signal.aborted) {
+    // Busy (a change sent within the flush period): read at the replica's next tick, with every other busy stream.
+    // Nothing is lost: the stream has not subscribed yet, and the read below sees everything committed before it.
+    if (flush && Date.now() - lastChange < flush.ms) {
+      await flush.next();
+      if (signal.aborted) return;
+    }
     // Subscribe to the wake-up before reading, so that a change committed during the read is not slept through.
     const woken = notifier.wait(
       CHANGES_CHANNEL,
@@ -141,6 +184,7 @@ export async function* watchRoutes(
       signal,
     );
     let drained = false;
+    let sent = false;
     while (!drained && !signal.aborted) {
       const read = await log.read(last);
       if (read.kind === 'not_ready') {
@@ -152,15 +196,18 @@ export async function* watchRoutes(
         last = read.revision;
         lastSent = Date.now();
         yield messages.snapshot(read);
+        sent = true;
         continue;
       }
       for (const m of messages.changes(read, coalesce)) {
         last = m.revision;
         lastSent = Date.now();
         yield m;
+        sent = true;
       }
       drained = read.changes.length < 500;
     }
+    if (sent) lastChange = Date.now();
     if (signal.aborted) return;
     if (Date.now() - lastSent >= options.bookmarkMs && ready) {
       lastSent = Date.now();

@@ -17,7 +17,7 @@ import {
 } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
-import { createWatchMessages, shareLogReads, watchRoutes } from '../watch-routes.js';
+import { createFlushClock, createWatchMessages, FLUSH_MS, shareLogReads, watchRoutes } from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
 const toPbNode = (n: NodeRecord): PbNode => ({
@@ -98,7 +98,8 @@ export function createRoutesHandlers(deps: {
   nodes: NodesRepository;
   log: RouteLogRepository;
   notifier: Notifier;
-  options: { leaseMs: number; pollMs: number; bookmarkMs: number };
+  /** flushMs: busy coalescing streams read at most this often (watch-routes.ts FlushClock); 0 reads on every wake-up. */
+  options: { leaseMs: number; pollMs: number; bookmarkMs: number; flushMs?: number };
 }): Handlers<typeof RoutesServiceService> {
   const { nodes, options } = deps;
   /** One query per wake-up for all of this replica's streams at the same revision, not one per stream. */
@@ -106,6 +107,8 @@ export function createRoutesHandlers(deps: {
   /** ... and each change and snapshot made into messages (and encoded: encodeWatchMessage) once for all of them. */
   const messages = createWatchMessages();
   const pbMessagesOf = createPbMessages();
+  /** ... and, while changes come faster than the flush period, each busy stream sent one message per tick. */
+  const flush = createFlushClock(options.flushMs ?? FLUSH_MS);
   const nodeName = (name: string) => {
     if (!name) throw new DomainError('routes.invalid_node', 'invalid_argument', 'node name is empty');
     return name;
@@ -159,7 +162,7 @@ export function createRoutesHandlers(deps: {
       return { nodes: departed.map((d) => ({ name: d.name, departTime: d.departedAt })) };
     },
     async *watchRoutes(req, { signal }) {
-      const stream = { log, notifier: deps.notifier, options, messages };
+      const stream = { log, notifier: deps.notifier, options, messages, flush };
       const coalesce = req.acceptCoalesced;
       for await (const m of watchRoutes(stream, req.sinceRevision, signal, { coalesce }))
         yield* pbMessagesOf(m, req.acceptChunks);
