@@ -262,9 +262,16 @@ export const controlPlaneSettings = {
   routesFlushMs: {
     env: 'WEFT_ROUTES_FLUSH_MS',
     description:
-      'a WatchRoutes stream that sent a change less than this long ago takes the next ones at most this often, coalesced (0: at once)',
+      'while a replica is over its flush budget, a WatchRoutes stream that sent a change less than this long ago takes the next ones at most this often, coalesced (0: at once)',
     default: 250,
     parse: parsers.int(0, 10_000),
+  },
+  routesFlushBudget: {
+    env: 'WEFT_ROUTES_FLUSH_BUDGET',
+    description:
+      'messages a second a replica sends to its WatchRoutes streams before busy streams wait for the flush period',
+    default: 2000,
+    parse: parsers.int(1, 10_000_000),
   },
   routesLogKeep: {
     env: 'WEFT_ROUTES_LOG_KEEP',

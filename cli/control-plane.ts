@@ -278,6 +278,7 @@ export async function startControlPlane(
         bookmarkMs: config.routesBookmarkMs,
         pollMs: config.routesPollMs,
         flushMs: config.routesFlushMs,
+        flushBudget: config.routesFlushBudget,
         logKeep: config.routesLogKeep,
         logMaxAgeSeconds: config.routesLogMaxAgeS,
       },

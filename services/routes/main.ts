@@ -21,6 +21,8 @@ export interface RoutesServiceOptions {
   pollMs: number;
   /** Busy coalescing watchers read the log at most this often (one message per period while changes keep coming). */
   flushMs: number;
+  /** ... once the replica's streams send more than this many messages a second. */
+  flushBudget: number;
   /** Compaction keeps at least this many newest changes ... */
   logKeep: number;
   /** ... and every change younger than this. */

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { LogRead } from './store/route-log.repository.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import type { RoutesChange } from './domain/route-table.js';
-import { createFlushClock, createWatchMessages, shareLogReads, watchRoutes } from './watch-routes.js';
+import { createFlushClock, createWatchMessages, shareLogReads, watchRoutes, type FlushClock } from './watch-routes.js';
 
 test('streams at the same revision share one read of the log, but never one begun before a wake-up they follow', async () => {
   const calls: number[] = [];
@@ -142,18 +142,18 @@ test('a joining watcher that accepts coalesced messages gets the snapshot read l
   assert.deepEqual(reads, [0], 'a snapshot older than a second is read again');
 });
 
-test('a busy coalescing stream takes a storm of changes once per flush tick, every change in order, and a change after a quiet spell at once', async () => {
+/** A route log of one change per commit (a node each), with a NOTIFY per commit, and the reads counted. */
+function committedLog() {
   const entry = (node: string) => ({
     node,
     underlayAddress: '192.0.2.1',
     vtepMac: '02:00:c0:00:02:01',
     blockCidrs: [],
   });
-  // The log: a change per node, committed by commit(); a NOTIFY per commit.
   const changes: { revision: number; node: string; routes: ReturnType<typeof entry> }[] = [];
   let wake: (() => void)[] = [];
   let generation = 0;
-  let queries = 0;
+  const counted = { queries: 0 };
   const commit = () => {
     const revision = changes.length + 1;
     changes.push({ revision, node: `n${revision}`, routes: entry(`n${revision}`) });
@@ -164,7 +164,7 @@ test('a busy coalescing stream takes a storm of changes once per flush tick, eve
   };
   const log = {
     read: async (since: number): Promise<LogRead> => {
-      queries++;
+      counted.queries++;
       return { kind: 'changes', changes: changes.filter((c) => c.revision > since) };
     },
   };
@@ -182,20 +182,34 @@ test('a busy coalescing stream takes a storm of changes once per flush tick, eve
       }),
     generation: () => generation,
   } as unknown as Notifier;
-  const flush = createFlushClock(100);
-  const deps = {
-    log: shareLogReads(log, notifier),
-    notifier,
-    options: { pollMs: 60_000, bookmarkMs: 60_000 },
-    messages: createWatchMessages(),
-    flush,
+  /** Streams over this log with the clock, from revision 1 (committed now), each message with when it came. */
+  const streams = (n: number, flush: FlushClock, signal: AbortSignal) => {
+    const deps = {
+      log: shareLogReads(log, notifier),
+      notifier,
+      options: { pollMs: 60_000, bookmarkMs: 60_000 },
+      messages: createWatchMessages(),
+      flush,
+    };
+    commit();
+    const got: { at: number; m: RoutesChange }[][] = Array.from({ length: n }, () => []);
+    const done = Promise.all(
+      got.map(async (out) => {
+        for await (const m of watchRoutes(deps, 1, signal, { coalesce: true })) out.push({ at: performance.now(), m });
+      }),
+    );
+    return { got, done };
   };
-  commit(); // revision 1, before the streams start
+  return { changes, commit, counted, streams };
+}
+
+test('over its budget, a busy coalescing stream takes a storm of changes once per flush tick, every change in order, and a change after a quiet spell at once', async () => {
+  const { changes, commit, counted, streams: start } = committedLog();
+  // A budget of 2 messages a second: the first change's 3 messages are over it already, and the storm below (3
+  // streams, a change every 5 ms) far over it.
+  const flush = createFlushClock(100, 2);
   const ac = new AbortController();
-  const got: { at: number; m: RoutesChange }[][] = [[], [], []];
-  const streams = got.map(async (out) => {
-    for await (const m of watchRoutes(deps, 1, ac.signal, { coalesce: true })) out.push({ at: performance.now(), m });
-  });
+  const { got, done: streams } = start(3, flush, ac.signal);
   try {
     await new Promise((r) => setTimeout(r, 20));
     // Quiet: a change goes out at once.
@@ -207,7 +221,7 @@ test('a busy coalescing stream takes a storm of changes once per flush tick, eve
       assert.ok(out[0]!.at - t0 < 15, `sent ${(out[0]!.at - t0).toFixed(1)} ms after the commit`);
     }
     // A storm: a change every 5 ms for 150 ms. Each stream gets a message per tick (100 ms), not one per change.
-    queries = 0;
+    counted.queries = 0;
     for (let i = 0; i < 30; i++) {
       commit();
       await new Promise((r) => setTimeout(r, 5));
@@ -225,7 +239,7 @@ test('a busy coalescing stream takes a storm of changes once per flush tick, eve
       );
       for (let i = 1; i < storm.length; i++) assert.ok(storm[i]!.m.revision > storm[i - 1]!.m.revision);
     }
-    assert.ok(queries <= 8, `the streams read together at each tick: ${queries} reads`);
+    assert.ok(counted.queries <= 8, `the streams read together at each tick: ${counted.queries} reads`);
     // Quiet again for longer than a tick: the next change goes out at once.
     t0 = performance.now();
     commit();
@@ -237,6 +251,48 @@ test('a busy coalescing stream takes a storm of changes once per flush tick, eve
   } finally {
     ac.abort();
     commit(); // wakes the streams, which end
-    await Promise.all(streams);
+    await streams;
   }
+});
+
+test('under its budget, a replica sends each change at once, however soon after the one before', async () => {
+  const { commit, streams: start } = committedLog();
+  // A small cluster: 3 streams, a change every 30 ms (as a registration, then its block, then its removal) is 100
+  // messages a second, under a budget of 1,000.
+  const ac = new AbortController();
+  const { got, done } = start(3, createFlushClock(250, 1000), ac.signal);
+  try {
+    await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      commit();
+      await new Promise((r) => setTimeout(r, 30));
+      for (const out of got) {
+        assert.equal(out.length, i + 1);
+        const late = out[i]!.at - t0;
+        assert.ok(late < 20, `change ${i + 1} sent ${late.toFixed(1)} ms after its commit (flush period 250 ms)`);
+      }
+    }
+  } finally {
+    ac.abort();
+    commit();
+    await done;
+  }
+});
+
+test("the flush clock's rate is the messages of the last second: over the budget, then under it as the second passes", () => {
+  let t = 0;
+  const clock = createFlushClock(250, 100, () => t);
+  clock.sent(100);
+  assert.equal(clock.congested(), false, '100 messages a second is the budget, not over it');
+  clock.sent(50);
+  assert.equal(clock.congested(), true);
+  t = 1500; // the 150 of the first second: half still within the last second
+  assert.equal(clock.congested(), false, 'about 75 messages in the last second');
+  clock.sent(60);
+  assert.equal(clock.congested(), true, 'about 135 in the last second');
+  t = 3600; // a quiet spell longer than a second: nothing counted from before
+  assert.equal(clock.congested(), false);
+  clock.sent(101);
+  assert.equal(clock.congested(), true);
 });

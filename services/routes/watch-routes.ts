@@ -37,24 +37,59 @@ export interface WatchOptions {
 }
 
 /**
- * A replica's flush clock for busy coalescing streams: a stream that sent a change less than `ms` ago reads the log
- * again only at the clock's next tick, and takes whatever came meanwhile as one coalesced message. One timer per
- * tick serves every waiting stream, so they read together (one shared read, shareLogReads) and the fan-out of a storm
- * of changes costs streams × ticks, not streams × changes. A stream that was quiet for `ms` reads at once when woken.
+ * A replica's flush clock for busy coalescing streams. While the replica's streams together are sending more than
+ * `budget` messages a second (a join or a restart of many nodes: every change goes to every stream), a stream that
+ * sent a change less than `ms` ago reads the log again only at the clock's next tick and takes whatever came
+ * meanwhile as one coalesced message. One timer per tick serves every waiting stream, so they read together (one
+ * shared read, shareLogReads) and the fan-out of a storm costs streams × ticks, not streams × changes. Below the
+ * budget (a small cluster, or a large one between storms) every change goes out at once: a tick is a price paid only
+ * when the replica's CPU would otherwise go to writing each change to each stream.
  */
 export interface FlushClock {
   readonly ms: number;
+  /** Whether the replica's streams sent more than the budget's messages in the last second. */
+  congested(): boolean;
+  /** Counts messages sent (changes and snapshots, not bookmarks). */
+  sent(n?: number): void;
   /** Resolves at the next tick (started now by the first waiter, `ms` from now; later waiters join it). */
   next(): Promise<void>;
 }
 
 /** WatchRoutes' default flush period for busy coalescing streams (WEFT_ROUTES_FLUSH_MS). */
 export const FLUSH_MS = 250;
+/** Messages a second a replica's streams send before busy ones wait for the tick (WEFT_ROUTES_FLUSH_BUDGET). */
+export const FLUSH_BUDGET = 2000;
 
-export function createFlushClock(ms: number): FlushClock {
+export function createFlushClock(
+  ms: number,
+  budget = FLUSH_BUDGET,
+  now: () => number = () => performance.now(),
+): FlushClock {
   let tick: Promise<void> | null = null;
+  // Messages in the current second and the one before it: the rate over the last second is the current count plus
+  // the part of the previous second's that the last second still covers.
+  let windowStart = now();
+  let current = 0;
+  let previous = 0;
+  const roll = () => {
+    const t = now();
+    const elapsed = t - windowStart;
+    if (elapsed < 1000) return elapsed;
+    previous = elapsed < 2000 ? current : 0;
+    current = 0;
+    windowStart = t - (elapsed % 1000);
+    return elapsed % 1000;
+  };
   return {
     ms,
+    congested() {
+      const into = roll();
+      return current + previous * (1 - into / 1000) > budget;
+    },
+    sent(n = 1) {
+      roll();
+      current += n;
+    },
     next() {
       tick ??= new Promise<void>((resolve) =>
         setTimeout(() => {
@@ -138,7 +173,8 @@ export function createWatchMessages(
  * With `coalesce` (the watcher set accept_coalesced), the changes of one read (up to 500) go out as few messages as
  * fit COALESCE_BYTES (domain/route-table.ts coalesceChanges), else one message per revision; and a stream that starts
  * without state may get the replica's snapshot of less than SNAPSHOT_REUSE_MS ago, then what followed it.
- * A coalescing stream given a `flush` clock that sent a change less than `flush.ms` ago waits for the clock's next
+ * A coalescing stream given a `flush` clock that sent a change less than `flush.ms` ago, while the clock's replica is
+ * over its budget of messages a second, waits for the clock's next
  * tick before it reads again (FlushClock): while changes come faster than that, it gets one message per tick.
  * Until the affinity follower has recorded IPAM's snapshot once, the stream sends nothing (a table without blocks
  * would make agents withdraw routes).
@@ -168,12 +204,14 @@ export async function* watchRoutes(
     last = recent.revision;
     ready = true;
     yield recent;
+    deps.flush?.sent();
     lastChange = Date.now();
   }
   while (!signal.aborted) {
-    // Busy (a change sent within the flush period): read at the replica's next tick, with every other busy stream.
+    // Busy (a change sent within the flush period) while the replica is over its budget: read at the replica's next
+    // tick, with every other busy stream.
     // Nothing is lost: the stream has not subscribed yet, and the read below sees everything committed before it.
-    if (flush && Date.now() - lastChange < flush.ms) {
+    if (flush && Date.now() - lastChange < flush.ms && flush.congested()) {
       await flush.next();
       if (signal.aborted) return;
     }
@@ -196,6 +234,7 @@ export async function* watchRoutes(
         last = read.revision;
         lastSent = Date.now();
         yield messages.snapshot(read);
+        deps.flush?.sent();
         sent = true;
         continue;
       }
@@ -203,6 +242,7 @@ export async function* watchRoutes(
         last = m.revision;
         lastSent = Date.now();
         yield m;
+        deps.flush?.sent();
         sent = true;
       }
       drained = read.changes.length < 500;

@@ -17,7 +17,14 @@ import {
 } from '../domain/route-table.js';
 import type { NodesRepository } from '../store/nodes.repository.js';
 import type { RouteLogRepository } from '../store/route-log.repository.js';
-import { createFlushClock, createWatchMessages, FLUSH_MS, shareLogReads, watchRoutes } from '../watch-routes.js';
+import {
+  createFlushClock,
+  createWatchMessages,
+  FLUSH_BUDGET,
+  FLUSH_MS,
+  shareLogReads,
+  watchRoutes,
+} from '../watch-routes.js';
 import { DomainError } from '../../../lib/errors.js';
 
 const toPbNode = (n: NodeRecord): PbNode => ({
@@ -98,8 +105,11 @@ export function createRoutesHandlers(deps: {
   nodes: NodesRepository;
   log: RouteLogRepository;
   notifier: Notifier;
-  /** flushMs: busy coalescing streams read at most this often (watch-routes.ts FlushClock); 0 reads on every wake-up. */
-  options: { leaseMs: number; pollMs: number; bookmarkMs: number; flushMs?: number };
+  /**
+   * flushMs: busy coalescing streams read at most this often while the replica sends more than flushBudget messages a
+   * second (watch-routes.ts FlushClock); 0 reads on every wake-up.
+   */
+  options: { leaseMs: number; pollMs: number; bookmarkMs: number; flushMs?: number; flushBudget?: number };
 }): Handlers<typeof RoutesServiceService> {
   const { nodes, options } = deps;
   /** One query per wake-up for all of this replica's streams at the same revision, not one per stream. */
@@ -107,8 +117,8 @@ export function createRoutesHandlers(deps: {
   /** ... and each change and snapshot made into messages (and encoded: encodeWatchMessage) once for all of them. */
   const messages = createWatchMessages();
   const pbMessagesOf = createPbMessages();
-  /** ... and, while changes come faster than the flush period, each busy stream sent one message per tick. */
-  const flush = createFlushClock(options.flushMs ?? FLUSH_MS);
+  /** ... and, while the replica's streams send more than the budget allows, each busy one sent a message per tick. */
+  const flush = createFlushClock(options.flushMs ?? FLUSH_MS, options.flushBudget ?? FLUSH_BUDGET);
   const nodeName = (name: string) => {
     if (!name) throw new DomainError('routes.invalid_node', 'invalid_argument', 'node name is empty');
     return name;
