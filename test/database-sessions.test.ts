@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { sql } from 'drizzle-orm';
-import { connectDatabase, type DatabaseHandle } from '../lib/db/database.js';
+import { connectDatabase, DEFAULT_DATABASE_TIMEOUTS, type DatabaseHandle } from '../lib/db/database.js';
 import { isDatabaseUnavailable } from '../lib/db/unavailable.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
 import { eventually } from './support/eventually.js';
@@ -130,5 +130,26 @@ test('a commit cancelled while it waits for the synchronous standby fails "datab
     await admin.query('ALTER SYSTEM RESET synchronous_standby_names');
     await admin.query('SELECT pg_reload_conf()');
     await one.close();
+  }
+});
+
+test("a handle's own pool serves while every session of its shared pool is taken (the watch streams' reads during a restart's registrations)", async () => {
+  const busy = connectDatabase(db.url, { max: 1, timeouts: { ...DEFAULT_DATABASE_TIMEOUTS, connectMs: 300 } });
+  try {
+    const reads = busy.ownPool(1);
+    const held = await busy.pool.connect();
+    try {
+      await assert.rejects(
+        busy.db.execute(sql`SELECT 1`),
+        (err) => isDatabaseUnavailable(err),
+        'the shared pool has no session to give within its connect timeout',
+      );
+      const r = await reads.execute(sql`SELECT 2 AS n`);
+      assert.equal(Number(r.rows[0]!.n), 2, 'the own pool answers');
+    } finally {
+      held.release();
+    }
+  } finally {
+    await busy.close();
   }
 });

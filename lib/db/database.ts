@@ -17,6 +17,12 @@ export interface DatabaseHandle {
    * for 0.8 ms of execution). Closed with the handle.
    */
   preparedPool(max: number): pg.Pool;
+  /**
+   * A separate small pool of `max` sessions as a Database, for reads that must not queue behind the service's writes
+   * (the watch streams' shared log reads while thousands of agents register again after a restart). Closed with the
+   * handle.
+   */
+  ownPool(max: number): Database;
   url: string;
   /** The settings every session of this handle uses (timeouts, keepalive): for a dedicated pg.Client (LISTEN, locks). */
   session: pg.ClientConfig;
@@ -164,6 +170,11 @@ export function connectDatabase(url: string, opts: { max?: number; timeouts?: Da
       const p = createPool({ ...session, max: n, options: '-c plan_cache_mode=force_generic_plan' });
       extra.push(p);
       return p;
+    },
+    ownPool(n) {
+      const p = createPool({ ...session, max: n });
+      extra.push(p);
+      return drizzle(p) as Database;
     },
     close: async () => {
       await Promise.all([pool.end(), ...extra.map((p) => p.end())]);

@@ -14,6 +14,9 @@ import { ipsetKind } from './ipsets.js';
  * in batches (kernel/iptables-policy.ts): the update phase puts the new rules in force in one transaction without
  * deletions; the delete phase finishes the anchors (their old rules) and deletes stale chains in another.
  */
+/** Reference texts kept before they are all dropped and made anew (bounds what chains long gone leave behind). */
+const REFERENCE_TEXTS_MAX = 1 << 16;
+
 export const filterKind = (family: 4 | 6) => `filter${family}`;
 
 /**
@@ -34,11 +37,23 @@ export function createFilterDriver(
   const sets = ipsetKind(family);
   // Rules are immutable arrays, asked about several times a pass (holds, order): parsed once each.
   const parsed = new WeakMap<readonly string[], { deps: string[]; needs: string[] }>();
+  // Each reference's text made once per name: thousands of chains match the same sets, and the dataplane looks every
+  // reference up by its text (a string met again keeps its hash). Names of chains long gone are dropped now and then.
+  const texts = new Map<string, string>();
+  const text = (prefix: string, name: string) => {
+    const k = prefix === sets ? `s ${name}` : `c ${name}`;
+    let ref = texts.get(k);
+    if (ref === undefined) {
+      if (texts.size >= REFERENCE_TEXTS_MAX) texts.clear();
+      texts.set(k, (ref = `${prefix}/${name}`));
+    }
+    return ref;
+  };
   const refs = (key: string, rules: readonly string[]) => {
     let r = parsed.get(rules);
     if (!r) {
       const { chains, sets: matched } = chainReferences(key, rules);
-      r = { deps: matched.map((s) => `${sets}/${s}`), needs: chains.map((c) => `${kind}/${c}`) };
+      r = { deps: matched.map((s) => text(sets, s)), needs: chains.map((c) => text(kind, c)) };
       parsed.set(rules, r);
     }
     return r;

@@ -12,6 +12,9 @@ import { createRoutesHandlers, routesServiceDefinition } from './rpc/routes.rpc.
 import { createNodesRepository } from './store/nodes.repository.js';
 import { createRouteLogRepository } from './store/route-log.repository.js';
 
+/** Sessions for the watch streams' reads of the route log (shared reads: a few serve thousands of streams). */
+export const WATCH_READ_SESSIONS = 4;
+
 export interface RoutesServiceOptions {
   /** How long a registration lasts without renewal. */
   leaseMs: number;
@@ -48,7 +51,10 @@ export async function mountRoutesService(
   const { options } = deps;
   const logger = deps.logger.child({ service: 'routes' });
   const nodes = createNodesRepository(deps.database.db);
-  const log = createRouteLogRepository(deps.database.db, { leaseMs: options.leaseMs });
+  // The watchers' log reads (one per wake-up and revision for all of a replica's streams) on sessions of their own:
+  // registrations, renewals and IPAM's writes filling the shared pool (a restart of thousands of agents) never make a
+  // stream wait past the connect timeout for its read.
+  const log = createRouteLogRepository(deps.database.ownPool(WATCH_READ_SESSIONS), { leaseMs: options.leaseMs });
   const ipam = createClient(IpamServiceService, deps.ipamAddress, { security: deps.ipamSecurity });
   // What one replica at a time does, each under its own leader lock and writing on that lock's session.
   const follower = startAffinityFollower({
