@@ -40,6 +40,8 @@ import { createHttpServer } from '../lib/http/json-gateway.js';
 
 /** The services whose migrations the control plane applies, in order (each its own schema and journal). */
 const MIGRATED = ['ipam', 'routes', 'policy', 'audit', 'auth'];
+/** Shared-pool sessions opened before the server listens and kept while idle (lib/db/database.ts `warm`). */
+const WARM_SESSIONS = 8;
 
 /**
  * Migrations as the owner (`ownerUrl`), then, when the services run as another role (`appUrl`'s user), that role's
@@ -291,6 +293,8 @@ export async function startControlPlane(
       logger,
       options: { pollMs: config.routesPollMs, bookmarkMs: config.routesBookmarkMs },
     });
+    // Sessions open before the port is: agents reconnecting after a restart come all at once.
+    await database.warm(WARM_SESSIONS);
     await bindServer(server, ipamAddress, security);
     // Created with the umask's mode (0755 with the usual 022: only its owner may connect, which needs write); now 0600.
     chmodSync(socketPath, 0o600);

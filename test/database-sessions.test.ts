@@ -153,3 +153,28 @@ test("a handle's own pool serves while every session of its shared pool is taken
     await busy.close();
   }
 });
+
+test('warm opens the sessions before they are asked for, and queries then use them instead of opening new ones', async () => {
+  const warm = connectDatabase(db.url, { max: 4 });
+  try {
+    const reads = warm.ownPool(2);
+    const sessions = async () =>
+      Number(
+        (
+          await admin.query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+          )
+        ).rows[0].n,
+      );
+    const before = await sessions();
+    await warm.warm(3);
+    assert.equal(await sessions(), before + 3 + 2, 'three shared sessions and both of the own pool are open');
+    assert.equal(warm.pool.idleCount, 3);
+    // Served by the open sessions: no new session is opened for them.
+    await Promise.all([warm.db.execute(sql`SELECT 1`), reads.execute(sql`SELECT 1`), reads.execute(sql`SELECT 1`)]);
+    assert.equal(await sessions(), before + 5);
+    assert.equal(warm.pool.options.min, 3, 'kept while idle (pg-pool closes idle sessions only above min)');
+  } finally {
+    await warm.close();
+  }
+});

@@ -23,6 +23,14 @@ export interface DatabaseHandle {
    * handle.
    */
   ownPool(max: number): Database;
+  /**
+   * Opens `sessions` of the shared pool's sessions and every session of the small pools, and keeps them open while
+   * idle (pg-pool's `min`): a server calls it before it listens, so a storm of reconnecting agents after a restart
+   * (thousands of TLS handshakes on the event loop) finds its sessions open instead of opening them then, where the
+   * opening's round trips queue behind the handshakes past the connect timeout. Sessions the server ends later are
+   * opened again on demand.
+   */
+  warm(sessions: number): Promise<void>;
   url: string;
   /** The settings every session of this handle uses (timeouts, keepalive): for a dedicated pg.Client (LISTEN, locks). */
   session: pg.ClientConfig;
@@ -167,14 +175,23 @@ export function connectDatabase(url: string, opts: { max?: number; timeouts?: Da
     url,
     session,
     preparedPool(n) {
-      const p = createPool({ ...session, max: n, options: '-c plan_cache_mode=force_generic_plan' });
+      const p = createPool({ ...session, max: n, min: n, options: '-c plan_cache_mode=force_generic_plan' });
       extra.push(p);
       return p;
     },
     ownPool(n) {
-      const p = createPool({ ...session, max: n });
+      const p = createPool({ ...session, max: n, min: n });
       extra.push(p);
       return drizzle(p) as Database;
+    },
+    async warm(sessions) {
+      const n = Math.min(sessions, pool.options.max);
+      pool.options.min = n;
+      const open = async (p: pg.Pool, count: number) => {
+        const clients = await Promise.all(Array.from({ length: count }, () => p.connect()));
+        for (const c of clients) c.release();
+      };
+      await Promise.all([open(pool, n), ...extra.map((p) => open(p, p.options.max))]);
     },
     close: async () => {
       await Promise.all([pool.end(), ...extra.map((p) => p.end())]);

@@ -5,7 +5,7 @@ import type { Notifier } from '../../lib/db/notifier.js';
 import type { RoutesChange } from './domain/route-table.js';
 import { createFlushClock, createWatchMessages, shareLogReads, watchRoutes, type FlushClock } from './watch-routes.js';
 
-test('streams at the same revision share one read of the log, but never one begun before a wake-up they follow', async () => {
+test('streams at the same revision share one read of the log, in flight or just finished, but never one begun before a wake-up they follow', async () => {
   const calls: number[] = [];
   let finish: (r: LogRead) => void = () => {};
   const log = {
@@ -15,7 +15,8 @@ test('streams at the same revision share one read of the log, but never one begu
     },
   };
   let generation = 0;
-  const shared = shareLogReads(log, { generation: () => generation });
+  let clock = 0;
+  const shared = shareLogReads(log, { generation: () => generation }, { reuseMs: 1000, now: () => clock });
   const a = shared.read(7);
   const b = shared.read(7);
   const other = shared.read(3);
@@ -29,9 +30,22 @@ test('streams at the same revision share one read of the log, but never one begu
   void a;
   void b;
   void other;
-  const d = shared.read(7);
-  assert.equal(calls.length, 4, 'a finished read is not reused');
-  void d;
+  clock += 999;
+  assert.equal(
+    await shared.read(7),
+    result,
+    'a read finished less than reuseMs ago, with no NOTIFY since it began, serves a stream arriving later',
+  );
+  assert.equal(calls.length, 3);
+  clock += 1;
+  void shared.read(7);
+  assert.equal(calls.length, 4, 'an older one is not reused: a NOTIFY that never came is still found by the poll');
+  const fresh: LogRead = { kind: 'changes', changes: [] };
+  finish(fresh);
+  assert.equal(await shared.read(7), fresh);
+  generation++;
+  void shared.read(7);
+  assert.equal(calls.length, 5, 'nor one begun before the last NOTIFY');
 });
 
 test("a replica's streams at the same revision yield the same message objects, coalesced or not, and a snapshot is made once per revision", async () => {
@@ -60,7 +74,8 @@ test("a replica's streams at the same revision yield the same message objects, c
   const notifier = { wait: () => new Promise<void>(() => {}), generation: () => 0 } as unknown as Notifier;
   const messages = createWatchMessages();
   const deps = {
-    log: shareLogReads(log, notifier),
+    // No reuse of finished reads: this test changes what the log answers between streams.
+    log: shareLogReads(log, notifier, { reuseMs: 0 }),
     notifier,
     options: { pollMs: 60_000, bookmarkMs: 60_000 },
     messages,

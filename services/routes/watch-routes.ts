@@ -8,26 +8,61 @@ export type LogReader = Pick<RouteLogRepository, 'read'>;
 /**
  * One replica's reads of the log, shared by its streams: the streams that a NOTIFY wakes are all at the same revision
  * (the one before the change), and without sharing each would run the same query (2,000 streams: 2,000 queries per
- * change through a small pool, over a second for the last one). A read joins one in flight only when both have the
- * same `since` and began at the same notifier generation. That loses nothing: a stream subscribes to the wake-up
- * before it reads; a change that the joined read cannot see committed after that read began, so its NOTIFY had not
- * arrived when the joined read began, nor (same generation) when this stream read, which is after it subscribed:
- * the NOTIFY wakes this stream again and it reads the change then. Results are shared objects: streams only read them.
+ * change through a small pool, over a second for the last one). A read joins one in flight, or takes one that
+ * finished less than `reuseMs` ago, only when both have the same `since` and began at the same notifier generation.
+ * That loses nothing: a stream subscribes to the wake-up before it reads; a change that the shared read cannot see
+ * committed after that read began, so its NOTIFY had not arrived when the shared read began, nor (same generation)
+ * when this stream read, which is after it subscribed: the NOTIFY wakes this stream again and it reads the change
+ * then. A finished read is reused only briefly so that a NOTIFY that never came (the only thing the poll is for) is
+ * still found within a poll and `reuseMs`. Thousands of agents reconnecting after a restart, all at the revision
+ * they held, are served by about one read a second instead of one each. Results are shared objects: streams only read
+ * them.
  */
-export function shareLogReads(log: LogReader, notifier: Pick<Notifier, 'generation'>): LogReader {
+export function shareLogReads(
+  log: LogReader,
+  notifier: Pick<Notifier, 'generation'>,
+  opts: { reuseMs?: number; now?: () => number } = {},
+): LogReader {
+  const reuseMs = opts.reuseMs ?? READ_REUSE_MS;
+  const now = opts.now ?? (() => performance.now());
   const inFlight = new Map<string, Promise<LogRead>>();
+  const finished = new Map<string, { at: number; read: Promise<LogRead> }>();
+  let finishedGeneration = -1;
   return {
     read(since: number, limit = 500) {
-      const key = `${since}/${limit}/${notifier.generation(CHANGES_CHANNEL)}`;
+      const generation = notifier.generation(CHANGES_CHANNEL);
+      // Reads of an earlier generation are of no use any more: dropped when the first of a new one is asked for.
+      if (generation !== finishedGeneration) {
+        finished.clear();
+        finishedGeneration = generation;
+      }
+      const key = `${since}/${limit}/${generation}`;
+      const done = finished.get(key);
+      if (done && now() - done.at < reuseMs) return done.read;
       let p = inFlight.get(key);
       if (!p) {
-        p = log.read(since, limit).finally(() => inFlight.delete(key));
-        inFlight.set(key, p);
+        const read = log.read(since, limit);
+        p = read;
+        inFlight.set(key, read);
+        read.then(
+          () => {
+            inFlight.delete(key);
+            if (generation !== finishedGeneration) return;
+            if (finished.size >= READ_REUSE_MAX) finished.clear();
+            finished.set(key, { at: now(), read });
+          },
+          () => inFlight.delete(key),
+        );
       }
       return p;
     },
   };
 }
+
+/** How long a replica's finished log read serves streams that ask for the same one (no NOTIFY since it began). */
+export const READ_REUSE_MS = 1000;
+/** At most this many finished reads are kept for reuse (one per distinct `since` in one generation). */
+const READ_REUSE_MAX = 1024;
 
 export interface WatchOptions {
   /** Re-read the log at least this often even without a NOTIFY. */
