@@ -307,6 +307,8 @@ async function main() {
     dataDir: path.join(dir, 'cp'),
     databaseUrl: db.appUrl,
     migrationDatabaseUrl: db.ownerUrl,
+    // Warnings: a slow stop says which of its steps took the time.
+    logLevel: 'warn',
   });
   const { target, security, pkiDir: pki } = cp;
   const ipam = createClient(IpamServiceService, target, { security });
@@ -868,6 +870,12 @@ async function main() {
         const t0 = now();
         await cp.stop(30_000);
         const tExit = now();
+        // The control plane's own account of a slow stop (cli/control-plane.ts): which step took the time.
+        const stopLine = cp
+          .output()
+          .split('\n')
+          .find((l) => l.includes('control plane stopped'));
+        if (stopLine) log(`stop: ${stopLine}`);
         await cp.start();
         const tServing = now();
         const probeNode = pickProbeNode();

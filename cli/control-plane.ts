@@ -42,6 +42,8 @@ import { createHttpServer } from '../lib/http/json-gateway.js';
 const MIGRATED = ['ipam', 'routes', 'policy', 'audit', 'auth'];
 /** Shared-pool sessions opened before the server listens and kept while idle (lib/db/database.ts `warm`). */
 const WARM_SESSIONS = 8;
+/** A stop that takes longer is logged as a warning, with its steps' times. */
+const SLOW_STOP_MS = 3000;
 
 /**
  * Migrations as the owner (`ownerUrl`), then, when the services run as another role (`appUrl`'s user), that role's
@@ -386,7 +388,10 @@ export async function startControlPlane(
       await step('database', () => database.close());
       await step('embedded', () => embedded?.stop());
       rmSync(socketPath, { force: true });
-      logger.info('control plane stopped', { ms: Math.round(performance.now() - t0), steps: took });
+      const ms = Math.round(performance.now() - t0);
+      // A slow stop is what an operator restarting a control plane under thousands of agents waits for: say where.
+      if (ms > SLOW_STOP_MS) logger.warn('control plane stopped, slowly', { ms, steps: took });
+      else logger.info('control plane stopped', { ms, steps: took });
     },
   };
 }

@@ -20,6 +20,8 @@ export interface WeftUp {
   stop(graceMs?: number): Promise<number | null>;
   /** Starts it again on the same data folder and port (the free one it took first), and waits until it serves. */
   start(): Promise<void>;
+  /** What the running (or last stopped) process has written to stdout and stderr. */
+  output(): string;
 }
 
 export async function startWeftUp(opts: {
@@ -56,6 +58,7 @@ export async function startWeftUp(opts: {
     },
     pid: () => current.child.pid!,
     stop: (graceMs) => current.stop(graceMs),
+    output: () => current.output(),
     async start() {
       current = await run(port);
     },
