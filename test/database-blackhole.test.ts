@@ -17,8 +17,9 @@ import { startBlackholeProxy, type BlackholeProxy } from './support/blackhole-pr
 const QUERY_TIMEOUT_MS = 1500;
 /** No answer from the database within the query timeout, plus a connect timeout and slack for a busy machine. */
 const BOUND_MS = QUERY_TIMEOUT_MS + 1000 + 1500;
-// The shared pool, the group-commit pool, the route watch streams' read pool, the notifier and the affinity follower.
-const POOL_SESSIONS = 20 + 3 + 4 + 2;
+// The shared pool, the group-commit pool, the route watch streams' and the policy views' read pools, the notifier and
+// the affinity follower.
+const POOL_SESSIONS = 20 + 3 + 4 + 2 + 2;
 
 let database: TestDatabase;
 let proxy: BlackholeProxy;

@@ -246,13 +246,15 @@ export function chunkWatchResponse(m: WatchNodePolicyResponse, budget = CHUNK_BY
 
 export function createPolicyHandlers(deps: {
   repo: PolicyRepository;
+  /** Where the watch streams' shared view is read (default `repo`): sessions of its own (services/policy/main.ts). */
+  viewsRepo?: Pick<PolicyRepository, 'snapshot'>;
   notifier: Notifier;
   watch: NodePolicyWatchOptions;
   logger?: Logger;
 }): Handlers<typeof PolicyServiceService> {
   const { repo } = deps;
   // Polls reuse a read begun within half a poll: a replica reads at most twice per poll interval without NOTIFYs.
-  const views = sharePolicyViews(repo, deps.notifier, deps.watch.pollMs / 2);
+  const views = sharePolicyViews(deps.viewsRepo ?? repo, deps.notifier, deps.watch.pollMs / 2);
   // One compilation per view for every stream of the replica.
   const fanout = createPolicyFanout({
     views,
