@@ -133,8 +133,11 @@ export function createNodeSimulator(deps: {
   const routeListeners: ((n: SimNode, m: WatchRoutesResponse) => void)[] = [];
   const policyListeners: ((n: SimNode, m: WatchNodePolicyResponse, r: NodeRules) => void)[] = [];
   const stopper = new AbortController();
-  // Every node's calls listen on this one signal (as each agent's do on its own): thousands of listeners by design.
   setMaxListeners(0, stopper.signal);
+  // Each node's streams listen on a signal of the node's own (as each agent's do in its process), aborted with the
+  // simulator: a listener added to an AbortSignal is compared with every one it holds, so one signal for every node's
+  // stream attempts and backoff sleeps was quadratic (5,000 nodes reconnecting: 5.6 s of 23 s in addEventListener).
+  const nodeStops: AbortController[] = [];
   const interned = new Map<string, string>();
   const intern = (s: string) => {
     const held = interned.get(s);
@@ -253,6 +256,8 @@ export function createNodeSimulator(deps: {
         return blocks ? blocks.split(',').length : 0;
       },
     };
+    const own = new AbortController();
+    nodeStops.push(own);
     // Registration first, as the agent retries it until it is taken; then the lease is kept by the ticker.
     const backoff = createBackoff({ baseMs: 200, capMs: 5000 });
     const register = async (): Promise<number> => {
@@ -311,7 +316,7 @@ export function createNodeSimulator(deps: {
       },
       brokenMessage: 'route watch broke; reconnecting',
       logger: quiet,
-      signal: stopper.signal,
+      signal: own.signal,
     });
 
     const policyChunks = createPolicyChunkJoiner();
@@ -339,7 +344,7 @@ export function createNodeSimulator(deps: {
       },
       brokenMessage: 'policy watch broke; reconnecting',
       logger: quiet,
-      signal: stopper.signal,
+      signal: own.signal,
     });
     return node;
   }
@@ -474,6 +479,7 @@ export function createNodeSimulator(deps: {
     }),
     close() {
       stopper.abort();
+      for (const c of nodeStops) c.abort();
       clearInterval(ticker);
       for (const n of nodes) {
         n.routes.close();

@@ -307,8 +307,8 @@ async function main() {
     dataDir: path.join(dir, 'cp'),
     databaseUrl: db.appUrl,
     migrationDatabaseUrl: db.ownerUrl,
-    // Warnings: a slow stop says which of its steps took the time.
-    logLevel: 'warn',
+    // Its stop says when it began and which of its steps took the time (info: a few lines a run).
+    logLevel: 'info',
   });
   const { target, security, pkiDir: pki } = cp;
   const ipam = createClient(IpamServiceService, target, { security });
@@ -870,12 +870,15 @@ async function main() {
         const t0 = now();
         await cp.stop(30_000);
         const tExit = now();
-        // The control plane's own account of a slow stop (cli/control-plane.ts): which step took the time.
-        const stopLine = cp
+        // The control plane's own account of its stop (cli/control-plane.ts): when it began, and each step's time.
+        for (const line of cp
           .output()
           .split('\n')
-          .find((l) => l.includes('control plane stopped'));
-        if (stopLine) log(`stop: ${stopLine}`);
+          .filter((l) => /"msg":"(stopping|control plane stopped)/.test(l)))
+          log(`control plane: ${line}`);
+        log(
+          `SIGTERM sent at ${new Date(performance.timeOrigin + t0).toISOString()}, exit seen ${ms(tExit - t0)} after`,
+        );
         await cp.start();
         const tServing = now();
         const probeNode = pickProbeNode();

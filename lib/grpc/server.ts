@@ -10,6 +10,7 @@ import {
 import { SpanKind, trace } from '@opentelemetry/api';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import net from 'node:net';
 import { ensureAuthorized, type AccessLookups } from '../auth/authorization.js';
 import {
   bearerSecretOf,
@@ -537,9 +538,67 @@ export function whenDrainedOrAborted(stream: NodeJS.EventEmitter, signal: AbortS
  */
 export async function bindServer(server: Server, address: string, security?: TransportSecurity): Promise<number> {
   if (security) await checkSecurityFiles(security);
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, serverCredentials(security), (err, port) => (err ? reject(err) : resolve(port)));
+  const tcp = ipListenAddress(address);
+  if (!tcp)
+    return new Promise((resolve, reject) => {
+      server.bindAsync(address, serverCredentials(security), (err, port) => (err ? reject(err) : resolve(port)));
+    });
+  // An IP address and port: a listener of our own with a long accept queue, whose connections grpc-js takes over.
+  const injector = server.createConnectionInjector(serverCredentials(security));
+  const listener = net.createServer((socket) => injector.injectConnection(socket));
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen({ host: tcp.host, port: tcp.port, backlog: LISTEN_BACKLOG }, () => {
+      listener.off('error', reject);
+      resolve();
+    });
   });
+  let held = listenersOf.get(server);
+  if (!held) {
+    listenersOf.set(server, (held = new Set()));
+    // However the server is shut down (tryShutdown, forceShutdown, shutdownServer), its listeners close with it.
+    const force = server.forceShutdown.bind(server);
+    const graceful = server.tryShutdown.bind(server);
+    server.forceShutdown = () => {
+      closeListeners(server);
+      force();
+    };
+    server.tryShutdown = (callback) => {
+      closeListeners(server);
+      graceful(callback);
+    };
+  }
+  held.add(listener);
+  return (listener.address() as net.AddressInfo).port;
+}
+
+/**
+ * The accept queue of a server's TCP listeners (the kernel caps it at net.core.somaxconn, 4096 on current kernels).
+ * grpc-js listens with Node's default of 511: when thousands of agents reconnect at once after a restart, the
+ * connections past it are dropped by the kernel and each client's SYN is retried 1, 3, 7, 15 s later, so agents that
+ * the server could serve at once came back over most of a minute (5,000 simulated agents: 4,655 overflows, the server
+ * idle meanwhile; bench/SCALE.md).
+ */
+export const LISTEN_BACKLOG = 4096;
+
+/** The TCP listeners bindServer opened for a server, closed when it shuts down. */
+const listenersOf = new WeakMap<Server, Set<net.Server>>();
+
+/** `host:port` with an IPv4 or bracketed IPv6 literal; null for anything else (unix sockets, names: grpc-js binds those). */
+function ipListenAddress(address: string): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):(\d{1,5})$/.exec(address);
+  if (!m) return null;
+  const host = m[1] ?? m[2]!;
+  const port = Number(m[3]);
+  if (!net.isIP(host) || port > 65535) return null;
+  return { host, port };
+}
+
+/** Stops accepting connections on the listeners bindServer opened (connections already taken stay). */
+function closeListeners(server: Server): void {
+  const held = listenersOf.get(server);
+  for (const l of held ?? []) l.close();
+  held?.clear();
 }
 
 /**
