@@ -12,6 +12,7 @@ import { PolicyServiceService, type WatchNodePolicyResponse } from '../gen/weft/
 import { RoutesServiceService, type WatchRoutesResponse } from '../gen/weft/routes/v1/routes.js';
 import { createPolicyChunkJoiner, createRoutesChunkJoiner } from '../node-dataplane/sources/chunks.js';
 import { followStream, reconnectSpreadMs } from '../node-dataplane/sources/follow-stream.js';
+import { createRenewalRetry } from '../node-dataplane/node-lease.js';
 import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
 
@@ -24,7 +25,7 @@ import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
  *   the per-identity limits apply to it as to an agent;
  * - registers (RegisterNode, an underlay address from the documentation and benchmarking ranges: it is only data,
  *   nothing is sent there) and renews its lease every third of the lease granted, registering again on NOT_FOUND and
- *   retrying within a second otherwise (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
+ *   retrying otherwise as the agent does (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
  *   first of each node at a random point of its first third, so that no timer per node fires and no storm forms;
  * - follows WatchRoutes with `accept_chunks` and `accept_coalesced` (as the agent does), resuming from the last revision applied, through the agent's own
  *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node to an
@@ -166,14 +167,18 @@ export function createNodeSimulator(deps: {
     child: () => quiet,
   } as Logger;
 
-  // Renewals: node → due time, walked by one ticker in due order (buckets of TICK_MS).
-  const due = new Map<number, { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }[]>();
+  // Renewals: node → due time, walked by one ticker in due order (buckets of TICK_MS). A failed one is tried again as
+  // the agent does (node-dataplane/node-lease.ts createRenewalRetry).
+  type RenewalRetry = ReturnType<typeof createRenewalRetry>;
+  const renewalRetry = (leaseMs: number) => {
+    const r = createRenewalRetry();
+    r.renewed(leaseMs);
+    return r;
+  };
+  const due = new Map<number, { node: SimNode; leaseMs: number; retry: RenewalRetry }[]>();
   /** The next bucket the ticker walks: the buckets before it are done. */
   let walked = Math.floor(performance.now() / TICK_MS);
-  const schedule = (
-    entry: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> },
-    inMs: number,
-  ) => {
+  const schedule = (entry: { node: SimNode; leaseMs: number; retry: RenewalRetry }, inMs: number) => {
     // Never into a bucket already walked (a due time within the current tick): it would never renew again, and its
     // lease would lapse (1-3 nodes of 500 did, one in run E of bench/SCALE.md).
     const slot = Math.max(walked, Math.floor((performance.now() + inMs) / TICK_MS));
@@ -191,7 +196,7 @@ export function createNodeSimulator(deps: {
     }
   }, TICK_MS);
 
-  async function renew(e: { node: SimNode; leaseMs: number; retry: ReturnType<typeof createBackoff> }) {
+  async function renew(e: { node: SimNode; leaseMs: number; retry: RenewalRetry }) {
     if (stopper.signal.aborted) return;
     const { node } = e;
     try {
@@ -199,7 +204,7 @@ export function createNodeSimulator(deps: {
         (await node.routes.renewLease({ name: node.spec.name }, { timeoutMs: 5000, waitForReady: true })).leaseMillis ||
         e.leaseMs;
       stats.renewals++;
-      e.retry.reset();
+      e.retry.renewed(e.leaseMs);
       schedule(e, e.leaseMs / 3);
     } catch (err) {
       if (stopper.signal.aborted) return;
@@ -209,6 +214,7 @@ export function createNodeSimulator(deps: {
             (await node.routes.registerNode(registration(node.spec), { timeoutMs: 5000, waitForReady: true }))
               .leaseMillis || e.leaseMs;
           stats.reRegistrations++;
+          e.retry.renewed(e.leaseMs);
           schedule(e, e.leaseMs / 3);
           return;
         } catch (again) {
@@ -216,7 +222,7 @@ export function createNodeSimulator(deps: {
         }
       } else because('renewal', err);
       stats.renewalFailures++;
-      schedule(e, e.retry.next());
+      schedule(e, e.retry.nextDelay());
     }
   }
 
@@ -279,7 +285,7 @@ export function createNodeSimulator(deps: {
       {
         node,
         leaseMs,
-        retry: createBackoff({ baseMs: Math.min(1000, leaseMs / 6) / 2, capMs: Math.min(1000, leaseMs / 6) }),
+        retry: renewalRetry(leaseMs),
       },
       Math.random() * (leaseMs / 3),
     );

@@ -19,10 +19,12 @@ export interface DatabaseHandle {
   preparedPool(max: number): pg.Pool;
   /**
    * A separate small pool of `max` sessions as a Database, for reads that must not queue behind the service's writes
-   * (the watch streams' shared log reads while thousands of agents register again after a restart). Closed with the
-   * handle.
+   * (the watch streams' shared log reads while thousands of agents register again after a restart). `waitMs` replaces
+   * the connect timeout (opening a session, or waiting for a free one) for callers with no deadline of their own: a
+   * watch stream that waits longer for the one read it shares is cheaper than one that fails and reconnects. Closed
+   * with the handle.
    */
-  ownPool(max: number): Database;
+  ownPool(max: number, opts?: { waitMs?: number }): Database;
   /**
    * Opens `sessions` of the shared pool's sessions and every session of the small pools, and keeps them open while
    * idle (pg-pool's `min`): a server calls it before it listens, so a storm of reconnecting agents after a restart
@@ -62,6 +64,13 @@ export interface DatabaseTimeouts {
    */
   keepAliveMs: number;
 }
+
+/**
+ * How long a watch stream's shared read may wait for a session of its own pool (`ownPool`'s `waitMs`): a stream has no
+ * deadline, and the connect timeout of unary calls failed every stream sharing a read while a restart's thousands of
+ * reconnections held the event loop.
+ */
+export const STREAM_READ_WAIT_MS = 30_000;
 
 export const DEFAULT_DATABASE_TIMEOUTS: DatabaseTimeouts = Object.freeze({
   statementMs: 10_000,
@@ -179,8 +188,13 @@ export function connectDatabase(url: string, opts: { max?: number; timeouts?: Da
       extra.push(p);
       return p;
     },
-    ownPool(n) {
-      const p = createPool({ ...session, max: n, min: n });
+    ownPool(n, o = {}) {
+      const p = createPool({
+        ...session,
+        ...(o.waitMs !== undefined ? { connectionTimeoutMillis: o.waitMs } : {}),
+        max: n,
+        min: n,
+      });
       extra.push(p);
       return drizzle(p) as Database;
     },

@@ -1,5 +1,5 @@
 import type { Server } from '@grpc/grpc-js';
-import type { DatabaseHandle } from '../../lib/db/database.js';
+import { STREAM_READ_WAIT_MS, type DatabaseHandle } from '../../lib/db/database.js';
 import { addService } from '../../lib/grpc/server.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import type { Logger } from '../../lib/logger.js';
@@ -22,7 +22,7 @@ export async function mountPolicyService(
   const repo = createPolicyRepository(deps.database.db);
   // The watch streams' one shared view is read on sessions of its own: after a restart thousands of agents' renewals
   // fill the shared pool, and every stream waiting for that one read failed when it waited past the connect timeout.
-  const viewsRepo = createPolicyRepository(deps.database.ownPool(VIEW_READ_SESSIONS));
+  const viewsRepo = createPolicyRepository(deps.database.ownPool(VIEW_READ_SESSIONS, { waitMs: STREAM_READ_WAIT_MS }));
   // Who may detach a sandbox: the node it is attached on.
   addService(
     server,

@@ -1,5 +1,5 @@
 import type { Server } from '@grpc/grpc-js';
-import type { DatabaseHandle } from '../../lib/db/database.js';
+import { STREAM_READ_WAIT_MS, type DatabaseHandle } from '../../lib/db/database.js';
 import type { Notifier } from '../../lib/db/notifier.js';
 import { createClient } from '../../lib/grpc/client.js';
 import type { TransportSecurity } from '../../lib/grpc/credentials.js';
@@ -54,7 +54,9 @@ export async function mountRoutesService(
   // The watchers' log reads (one per wake-up and revision for all of a replica's streams) on sessions of their own:
   // registrations, renewals and IPAM's writes filling the shared pool (a restart of thousands of agents) never make a
   // stream wait past the connect timeout for its read.
-  const log = createRouteLogRepository(deps.database.ownPool(WATCH_READ_SESSIONS), { leaseMs: options.leaseMs });
+  const log = createRouteLogRepository(deps.database.ownPool(WATCH_READ_SESSIONS, { waitMs: STREAM_READ_WAIT_MS }), {
+    leaseMs: options.leaseMs,
+  });
   const ipam = createClient(IpamServiceService, deps.ipamAddress, { security: deps.ipamSecurity });
   // What one replica at a time does, each under its own leader lock and writing on that lock's session.
   const follower = startAffinityFollower({
