@@ -881,6 +881,7 @@ async function main() {
         );
         await cp.start();
         const tServing = now();
+        const mServing = meter();
         const probeNode = pickProbeNode();
         routeTrial = {
           node: probeNode.spec.name,
@@ -894,6 +895,7 @@ async function main() {
           rt.count === sim.nodes.length && sim.nodes.every((x, i) => x.policyCompleteViews > views[i]!);
         const synced = await waitFor('restart', allBack, 120_000);
         const tSynced = now();
+        const mSynced = meter();
         routeTrial = null;
         policyBackHook = null;
         await sleep(1500); // pg_stat_database is flushed by backends at most every second
@@ -925,6 +927,11 @@ async function main() {
             value: fmt(during),
             baseline: `steady state, as long: ${fmt(idle)}`,
             ratio: `${(during.commits / Math.max(1, idle.commits)).toFixed(2)}x commits, ${(during.returned / Math.max(1, idle.returned)).toFixed(2)}x returned`,
+          },
+          {
+            // The restarted process alone (its CPU before the start is another process's).
+            figure: '  CPU from serving to in sync: control plane; PostgreSQL; simulator (2 cores: 200%)',
+            value: `${cpuPct(mServing, mSynced, 'server').toFixed(0)}%; ${cpuPct(mServing, mSynced, 'postgres').toFixed(0)}%; ${cpuPct(mServing, mSynced, 'sim').toFixed(0)}%`,
           },
           {
             figure: '  CPU meanwhile: PostgreSQL; simulator',
