@@ -550,6 +550,9 @@ export async function bindServer(server: Server, address: string, security?: Tra
     listener.once('error', reject);
     listener.listen({ host: tcp.host, port: tcp.port, backlog: LISTEN_BACKLOG }, () => {
       listener.off('error', reject);
+      // A failed accept (out of file descriptors, say) loses that connection, whose client retries; it must not end
+      // the process as an unheard 'error' would.
+      listener.on('error', () => {});
       resolve();
     });
   });
