@@ -4,7 +4,7 @@ import { getEventListeners } from 'node:events';
 import { status } from '@grpc/grpc-js';
 import { context, trace } from '@opentelemetry/api';
 import { createClient } from './client.js';
-import { addService, bindServer, createServer, shutdownServer } from './server.js';
+import { addService, bindServer, createServer, LISTEN_BACKLOG, shutdownServer } from './server.js';
 import { errorCodeOf } from './errors.js';
 import { DomainError } from '../errors.js';
 import { createLogger } from '../logger.js';
@@ -168,4 +168,29 @@ test('a long-lived AbortSignal shared by many calls keeps no listener per finish
     process.off('warning', onWarning);
     client.close();
   }
+});
+
+test('a TCP listener takes a queue of LISTEN_BACKLOG connections (as many as the kernel allows), and closes with the server', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const { readFileSync } = await import('node:fs');
+  const { connect } = await import('node:net');
+  let ss: string;
+  try {
+    ss = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' });
+  } catch {
+    t.skip('ss (iproute2) is not installed: install it with scripts/install-deps.sh');
+    return;
+  }
+  // For a listening socket ss shows the accept queue's length in Send-Q (the third column).
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  assert.equal(Number(ss.trim().split(/\s+/)[2]), Math.min(LISTEN_BACKLOG, somaxconn), ss);
+  // Its own server, shut down the way a failed start does: the port is free again at once.
+  const other = createServer();
+  const otherPort = await bindServer(other, '127.0.0.1:0');
+  other.forceShutdown();
+  await new Promise<void>((resolve, reject) => {
+    const s = connect(otherPort, '127.0.0.1');
+    s.once('connect', () => reject(new Error('a shut-down server still accepts connections')));
+    s.once('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNREFUSED' ? resolve() : reject(err)));
+  });
 });
