@@ -28,8 +28,8 @@ import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
  *   retrying otherwise as the agent does (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
  *   first of each node at a random point of its first third, so that no timer per node fires and no storm forms;
  * - follows WatchRoutes with `accept_chunks` and `accept_coalesced` (as the agent does), resuming from the last revision applied, through the agent's own
- *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node to an
- *   interned text of its entry (the thousands of views share their strings);
+ *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node name to
+ *   the text of its entry, both interned (the thousands of views share their strings);
  * - follows WatchNodePolicy with `accept_deltas` and `accept_chunks`, applying each message with the agent's own
  *   `applyPolicyMessage` (the rules a kernel would get);
  * - attaches pods as the CNI path does: Allocate with an attempt id, then the AttachPod report in the background,
@@ -313,7 +313,7 @@ export function createNodeSimulator(deps: {
         } else if (m.reset || node.routesSynced) {
           if (m.reset) node.routeView = new Map();
           for (const u of m.upserts)
-            node.routeView.set(u.node, intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
+            node.routeView.set(intern(u.node), intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
           for (const d of m.deletes) node.routeView.delete(d);
           node.routeRevision = m.revision;
           if (m.reset) node.routesSynced = true;

@@ -3,6 +3,7 @@ import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { getHeapStatistics } from 'node:v8';
 import { credentials, makeGenericClientConstructor, status, type ClientReadableStream } from '@grpc/grpc-js';
 import { createBackoff } from '../lib/backoff.js';
 import pg from 'pg';
@@ -258,6 +259,8 @@ interface SizeFigures {
   serverRssKiB: number;
   pgRssKiB: number;
   simRssKiB: number;
+  /** The simulator's V8 heap in use (KiB), beside its limit: near the limit V8 collects again and again. */
+  simHeapKiB: number;
   idle: { server: number; postgres: number; sim: number };
   route?: {
     latency: number[];
@@ -366,7 +369,7 @@ async function main() {
     rows.push({
       figure: `${s}: idle CPU (leases, bookmarks, keepalives): server; PostgreSQL`,
       value: `${f.idle.server.toFixed(1)}%; ${f.idle.postgres.toFixed(1)}%`,
-      baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node)`,
+      baseline: `simulator ${f.idle.sim.toFixed(1)}%, RSS ${mib(f.simRssKiB)} (${kib((f.simRssKiB - simRss0) / f.n)} per node), heap ${mib(f.simHeapKiB)} of ${mib(getHeapStatistics().heap_size_limit / 1024)}`,
     });
     if (f.route)
       rows.push({
@@ -625,6 +628,7 @@ async function main() {
         serverRssKiB: rssKiB(cp.pid()),
         pgRssKiB: postgresRssKiB(pgDir),
         simRssKiB: process.memoryUsage().rss / 1024,
+        simHeapKiB: process.memoryUsage().heapUsed / 1024,
         idle: {
           server: cpuPct(idleA, idleB, 'server'),
           postgres: cpuPct(idleA, idleB, 'postgres'),

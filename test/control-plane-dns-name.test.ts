@@ -2,16 +2,12 @@
 import './support/grpc-dns-server-resolution.js';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { Metadata } from '@grpc/grpc-js';
 import { createClient, type PromiseClient } from '../lib/grpc/client.js';
 import { IpamServiceService, ListPoolsRequest } from '../gen/weft/ipam/v1/ipam.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
-import { testPki, type TestPki } from './support/control-plane.js';
+import { startReplicaProcess, testPki, type ReplicaProcess, type TestPki } from './support/control-plane.js';
 import { startDnsServer, type TestDnsServer } from './support/dns-server.js';
-import { bin, startUntil, type Started } from './support/processes.js';
 
 /**
  * Control-plane endpoints given as one DNS name that resolves to several replicas (lib/grpc/endpoints.ts), as a
@@ -32,32 +28,13 @@ const MOVE_BOUND_MS = 10_000;
 let db: TestDatabase;
 let pki: TestPki;
 let dns: TestDnsServer;
-const replicas: { host: string; proc: Started; dataDir: string }[] = [];
+const replicas: (ReplicaProcess & { host: string })[] = [];
 const closers: (() => void)[] = [];
 
 async function startReplica(host: string, port: number): Promise<number> {
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'weft-dns-replica-'));
-  try {
-    const proc = await startUntil(
-      bin.weft,
-      ['up', '--data-dir', dataDir, '--listen', `${host}:${port}`],
-      /"serving":true/,
-      {
-        env: {
-          DATABASE_URL: db.appUrl,
-          WEFT_MIGRATION_DATABASE_URL: db.url,
-          WEFT_PKI_DIR: pki.pkiDir,
-          WEFT_HTTP_LISTEN: 'off',
-          WEFT_LOG_LEVEL: 'info',
-        },
-      },
-    );
-    replicas.push({ host, proc, dataDir });
-    return (JSON.parse(proc.line) as { port: number }).port;
-  } catch (err) {
-    rmSync(dataDir, { recursive: true, force: true });
-    throw err;
-  }
+  const r = await startReplicaProcess({ db, pki, listen: `${host}:${port}`, name: 'dns-replica' });
+  replicas.push({ host, ...r });
+  return r.port;
 }
 
 before(async () => {
@@ -68,8 +45,7 @@ before(async () => {
 
 after(async () => {
   for (const c of closers) c();
-  await Promise.all(replicas.map((r) => r.proc.stop(5000)));
-  for (const r of replicas) rmSync(r.dataDir, { recursive: true, force: true });
+  await Promise.all(replicas.map((r) => r.close()));
   await dns?.close();
   await db?.drop();
 });

@@ -1,8 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { createClient } from '../lib/grpc/client.js';
@@ -16,9 +14,9 @@ import { createPolicyChunkJoiner } from '../node-dataplane/sources/chunks.js';
 import { applyPolicyMessage } from '../node-dataplane/sources/policy-watch.js';
 import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
-import { testPki, type TestPki } from './support/control-plane.js';
+import { startReplicaProcess, testPki, type ReplicaProcess, type TestPki } from './support/control-plane.js';
 import { eventually } from './support/eventually.js';
-import { bin, startUntil, type Started } from './support/processes.js';
+import { bin } from './support/processes.js';
 
 /**
  * Three `weft up` replicas (separate processes) on one PostgreSQL (an embedded server, as an external DATABASE_URL),
@@ -31,12 +29,7 @@ import { bin, startUntil, type Started } from './support/processes.js';
 const NODES = 6;
 const LEASE_MS = 3000;
 
-interface Replica {
-  index: number;
-  port: number;
-  proc: Started;
-  dataDir: string;
-}
+type Replica = ReplicaProcess & { index: number };
 
 let db: TestDatabase;
 let pki: TestPki;
@@ -46,31 +39,16 @@ let sim: NodeSimulator | null = null;
 const closers: (() => void)[] = [];
 
 async function startReplica(index: number): Promise<Replica> {
-  const dataDir = mkdtempSync(path.join(tmpdir(), `weft-replica-${index}-`));
-  try {
-    const proc = await startUntil(
-      bin.weft,
-      ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'],
-      /"serving":true/,
-      {
-        env: {
-          DATABASE_URL: db.appUrl,
-          WEFT_MIGRATION_DATABASE_URL: db.url,
-          WEFT_PKI_DIR: pki.pkiDir,
-          WEFT_HTTP_LISTEN: 'off',
-          WEFT_LOG_LEVEL: 'info',
-          WEFT_NODE_LEASE_MS: String(LEASE_MS),
-          WEFT_IPAM_SWEEP_SECONDS: '1',
-        },
-      },
-    );
-    const r = { index, port: (JSON.parse(proc.line) as { port: number }).port, proc, dataDir };
-    replicas.push(r);
-    return r;
-  } catch (err) {
-    rmSync(dataDir, { recursive: true, force: true });
-    throw err;
-  }
+  const r = await startReplicaProcess({
+    db,
+    pki,
+    listen: '127.0.0.1:0',
+    name: `replica-${index}`,
+    env: { WEFT_NODE_LEASE_MS: String(LEASE_MS), WEFT_IPAM_SWEEP_SECONDS: '1' },
+  });
+  const replica = { index, ...r };
+  replicas.push(replica);
+  return replica;
 }
 
 /** Which process leads each role now, by the pid in its session's application_name. */
@@ -89,8 +67,7 @@ before(async () => {
 after(async () => {
   for (const c of closers) c();
   sim?.close();
-  await Promise.all(replicas.map((r) => r.proc.stop(5000)));
-  for (const r of replicas) rmSync(r.dataDir, { recursive: true, force: true });
+  await Promise.all(replicas.map((r) => r.close()));
   await admin?.end().catch(() => {});
   await db?.drop();
 });

@@ -14,6 +14,7 @@ import { controlPlaneSettings } from '../../cli/control-plane.config.js';
 import { createLogger, silentLogger } from '../../lib/logger.js';
 import type { ServerAccess } from '../../lib/grpc/server.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
+import { bin, startUntil, type Started } from './processes.js';
 
 /**
  * One CA per test process, shared by every test control plane it starts (replicas on one database trust the same
@@ -45,6 +46,56 @@ export function testPki(): Promise<TestPki> {
     return { pkiDir, adminTlsDir: admin.dir, admin: admin.security, issue };
   })();
   return sharedPki;
+}
+
+/** A `weft up` process serving as one replica of a control plane on a shared database. */
+export interface ReplicaProcess {
+  proc: Started;
+  port: number;
+  /** Its own data folder (removed by `close`). */
+  dataDir: string;
+  /** SIGTERM (SIGKILL after `graceMs`), then its data folder removed. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Starts `weft up` as an operator starts a replica: on the test database (the services' role, the owner for
+ * migrations), the test PKI, no HTTP listener, listening on `listen` (`host:port`, port 0 for any), with `env` on top;
+ * resolves once it serves.
+ */
+export async function startReplicaProcess(opts: {
+  db: Pick<TestDatabase, 'appUrl' | 'url'>;
+  pki: TestPki;
+  listen: string;
+  /** Names the data folder (`weft-<name>-…`). */
+  name: string;
+  env?: NodeJS.ProcessEnv;
+}): Promise<ReplicaProcess> {
+  const dataDir = mkdtempSync(path.join(tmpdir(), `weft-${opts.name}-`));
+  try {
+    const proc = await startUntil(bin.weft, ['up', '--data-dir', dataDir, '--listen', opts.listen], /"serving":true/, {
+      env: {
+        DATABASE_URL: opts.db.appUrl,
+        WEFT_MIGRATION_DATABASE_URL: opts.db.url,
+        WEFT_PKI_DIR: opts.pki.pkiDir,
+        WEFT_HTTP_LISTEN: 'off',
+        WEFT_LOG_LEVEL: 'info',
+        ...opts.env,
+      },
+    });
+    return {
+      proc,
+      port: (JSON.parse(proc.line) as { port: number }).port,
+      dataDir,
+      close: async (graceMs = 5000) => {
+        await proc.stop(graceMs);
+        rmSync(dataDir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
 }
 
 /** The real control plane (IPAM + routes on one gRPC server bound to port 0) on a fresh test database. */
