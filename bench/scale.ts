@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { getHeapStatistics } from 'node:v8';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { credentials, makeGenericClientConstructor, status, type ClientReadableStream } from '@grpc/grpc-js';
 import { createBackoff } from '../lib/backoff.js';
 import pg from 'pg';
@@ -886,6 +887,10 @@ async function main() {
         await cp.start();
         const tServing = now();
         const mServing = meter();
+        // The simulator's own event loop from serving to in sync: every simulated agent shares it, so a stall is time
+        // in which no agent's timer or stream callback ran, the harness's limit rather than the control plane's.
+        const simLoop = monitorEventLoopDelay({ resolution: 10 });
+        simLoop.enable();
         const probeNode = pickProbeNode();
         routeTrial = {
           node: probeNode.spec.name,
@@ -900,6 +905,7 @@ async function main() {
         const synced = await waitFor('restart', allBack, 120_000);
         const tSynced = now();
         const mSynced = meter();
+        simLoop.disable();
         routeTrial = null;
         policyBackHook = null;
         await sleep(1500); // pg_stat_database is flushed by backends at most every second
@@ -936,6 +942,11 @@ async function main() {
             // The restarted process alone (its CPU before the start is another process's).
             figure: '  CPU from serving to in sync: control plane; PostgreSQL; simulator (2 cores: 200%)',
             value: `${cpuPct(mServing, mSynced, 'server').toFixed(0)}%; ${cpuPct(mServing, mSynced, 'postgres').toFixed(0)}%; ${cpuPct(mServing, mSynced, 'sim').toFixed(0)}%`,
+          },
+          {
+            figure: "  the simulator's event loop from serving to in sync: longest stall; delay p99 / p50",
+            value: `${ms(simLoop.max / 1e6)}; ${ms(simLoop.percentile(99) / 1e6)} / ${ms(simLoop.percentile(50) / 1e6)}`,
+            baseline: 'one loop for every simulated agent: in a stall none of them runs',
           },
           {
             figure: '  CPU meanwhile: PostgreSQL; simulator',
