@@ -7,6 +7,7 @@ import { leaderQuery, startLeadership, type LeaderTerm, type Leadership } from '
 import { silentLogger } from '../lib/logger.js';
 import { createTestDatabase, type TestDatabase } from './support/database.js';
 import { eventually } from './support/eventually.js';
+import { startBlackholeProxy } from './support/blackhole-proxy.js';
 
 /**
  * Leader election with fencing (lib/db/leadership.ts) on a real PostgreSQL: three contenders for one role, one leads;
@@ -87,4 +88,33 @@ test('one of three contenders leads; when its session is terminated another lead
   }
   const left = await admin.query(leaderQuery);
   assert.equal(left.rows.length, 0, 'stopped contenders hold no lock');
+});
+
+test('a contender stopped while its session is still connecting (the database black-holed) stops at once', async () => {
+  const upstream = new URL(db.url);
+  const proxy = await startBlackholeProxy(decodeURIComponent(upstream.hostname), Number(upstream.port || 5432));
+  try {
+    proxy.blackhole();
+    const url = new URL(db.url);
+    url.hostname = '127.0.0.1';
+    url.port = String(proxy.port);
+    // No connect timeout: the connect waits as long as the network gives nothing back.
+    const { connectionTimeoutMillis: _none, ...session } = sessionConfig(url.toString());
+    const contender = startLeadership({
+      role: 'ipam-sweeper',
+      session,
+      logger: silentLogger,
+      retryMs: 50,
+      lead: async () => assert.fail('nothing answers: it cannot lead'),
+    });
+    await eventually('its session connecting through the proxy', async () => proxy.open() === 1, 5000, 20);
+    const stopped = await Promise.race([
+      contender.stop().then(() => true),
+      new Promise<false>((r) => setTimeout(() => r(false), 3000)),
+    ]);
+    assert.ok(stopped, 'stop() resolved within 3 s while the connect was unanswered');
+  } finally {
+    proxy.restore();
+    await proxy.close();
+  }
 });

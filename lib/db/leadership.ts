@@ -74,6 +74,26 @@ export const leaderQuery = `SELECT l.objid::int AS role, a.pid, a.backend_start,
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   ORDER BY 1`;
 
+/** Resolves with `p`, or at once when `signal` aborts (`p` is then left to settle, or not, on its own). */
+function untilAborted(p: Promise<unknown>, signal: AbortSignal): Promise<unknown> {
+  p.catch(() => {});
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onAbort = () => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}
+
 export function startLeadership(o: {
   role: LeaderRole;
   /** Session settings (DatabaseHandle.session: timeouts and keepalive). */
@@ -102,8 +122,12 @@ export function startLeadership(o: {
     client.on('error', end);
     client.on('end', end);
     stopper.signal.addEventListener('abort', onStop, { once: true });
+    let connected = false;
     try {
-      await client.connect();
+      // pg's connect() never settles when the client is ended while it connects (a stop during a black-holed
+      // connect): wait for it or for the term's end, whichever comes first.
+      await untilAborted(client.connect(), term.signal);
+      connected = !term.signal.aborted;
       while (!term.signal.aborted) {
         const r = await client.query<{ got: boolean; pid: number; backend_start: Date }>(
           `SELECT pg_try_advisory_lock($1, $2) AS got, pg_backend_pid() AS pid,
@@ -139,7 +163,10 @@ export function startLeadership(o: {
     } finally {
       leading = false;
       stopper.signal.removeEventListener('abort', onStop);
-      // Ending the session frees the lock at once (the server may still think the session alive).
+      // Ending the session frees the lock at once (the server may still think the session alive). A session that
+      // never connected has nothing to say goodbye on: its socket is closed, not ended (an end waits for the peer).
+      if (!connected)
+        (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
       await client.end().catch(() => {});
     }
   }
