@@ -108,10 +108,12 @@ test('a contender stopped while its session is still connecting (the database bl
       lead: async () => assert.fail('nothing answers: it cannot lead'),
     });
     await eventually('its session connecting through the proxy', async () => proxy.open() === 1, 5000, 20);
+    let timer: NodeJS.Timeout | undefined;
     const stopped = await Promise.race([
       contender.stop().then(() => true),
-      new Promise<false>((r) => setTimeout(() => r(false), 3000)),
+      new Promise<false>((r) => (timer = setTimeout(() => r(false), 3000))),
     ]);
+    clearTimeout(timer);
     assert.ok(stopped, 'stop() resolved within 3 s while the connect was unanswered');
   } finally {
     proxy.restore();

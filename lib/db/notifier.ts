@@ -49,6 +49,11 @@ export function createNotifier(session: string | pg.ClientConfig, channels: stri
         });
         await c.connect();
         for (const ch of channels) await c.query(`LISTEN ${pg.escapeIdentifier(ch)}`);
+        // Closed while this session was being opened: close() could not end it, so it ends here.
+        if (closed) {
+          await c.end().catch(() => {});
+          return;
+        }
         client = c;
         backoff.reset();
         wakeAll();
