@@ -28,8 +28,9 @@ import type { NodeRules } from '../node-dataplane/domain/network-policy.js';
  *   retrying otherwise as the agent does (node-dataplane/node-lease.ts). Renewals run off one shared 50 ms ticker, the
  *   first of each node at a random point of its first third, so that no timer per node fires and no storm forms;
  * - follows WatchRoutes with `accept_chunks` and `accept_coalesced` (as the agent does), resuming from the last revision applied, through the agent's own
- *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a map of node name to
- *   the text of its entry, both interned (the thousands of views share their strings);
+ *   `followStream` (jittered backoff 200 ms-5 s) and chunk joiner; it holds the route table as a `RouteTable`: node
+ *   names and entry texts numbered once for the whole simulator, each view an array of entry numbers by node number
+ *   (off V8's heap, so thousands of full tables cost the garbage collector nothing to trace);
  * - follows WatchNodePolicy with `accept_deltas` and `accept_chunks`, applying each message with the agent's own
  *   `applyPolicyMessage` (the rules a kernel would get);
  * - attaches pods as the CNI path does: Allocate with an attempt id, then the AttachPod report in the background,
@@ -64,8 +65,8 @@ export interface SimNode {
   readonly routes: PromiseClient<typeof RoutesServiceService>;
   readonly ipam: PromiseClient<typeof IpamServiceService>;
   readonly policy: PromiseClient<typeof PolicyServiceService>;
-  /** The route table held: node name → interned "underlay|mac|block,block". */
-  routeView: Map<string, string>;
+  /** The route table held: node name → "underlay|mac|block,block". */
+  readonly routeView: RouteTable;
   routeRevision: number;
   routesSynced: boolean;
   policyRules: NodeRules | null;
@@ -111,6 +112,74 @@ export interface NodeSimulator {
 
 const TICK_MS = 50;
 
+/** Numbers strings once: the same text gets the same number, and the number gives the text back. */
+export class Numbering {
+  private readonly ids = new Map<string, number>();
+  private readonly texts: string[] = [];
+  id(text: string): number {
+    let id = this.ids.get(text);
+    if (id === undefined) {
+      id = this.texts.length;
+      this.ids.set(text, id);
+      this.texts.push(text);
+    }
+    return id;
+  }
+  known(text: string): number | undefined {
+    return this.ids.get(text);
+  }
+  text(id: number): string {
+    return this.texts[id]!;
+  }
+}
+
+/**
+ * One simulated node's route table: node name → entry text, held as entry number + 1 (0: none) at the node name's
+ * number in an Int32Array. The names and texts are numbered once for every table of the simulator. 5,000 tables as
+ * maps were 25 million map entries that every full garbage collection marked (a third of the simulator's CPU on
+ * its collector's threads, bench/SCALE.md); as arrays they are 100 MB that it does not look into.
+ */
+export class RouteTable {
+  private slots = new Int32Array(0);
+  private count = 0;
+  constructor(
+    private readonly names: Numbering,
+    private readonly entries: Numbering,
+  ) {}
+  get size(): number {
+    return this.count;
+  }
+  get(name: string): string | undefined {
+    const i = this.names.known(name);
+    const v = i === undefined || i >= this.slots.length ? 0 : this.slots[i]!;
+    return v === 0 ? undefined : this.entries.text(v - 1);
+  }
+  set(name: string, entry: string): void {
+    const i = this.names.id(name);
+    if (i >= this.slots.length) {
+      const grown = new Int32Array(Math.max(i + 1, 2 * this.slots.length, 64));
+      grown.set(this.slots);
+      this.slots = grown;
+    }
+    if (this.slots[i] === 0) this.count++;
+    this.slots[i] = this.entries.id(entry) + 1;
+  }
+  delete(name: string): void {
+    const i = this.names.known(name);
+    if (i === undefined || i >= this.slots.length || this.slots[i] === 0) return;
+    this.slots[i] = 0;
+    this.count--;
+  }
+  clear(): void {
+    this.slots.fill(0);
+    this.count = 0;
+  }
+  *[Symbol.iterator](): IterableIterator<[string, string]> {
+    for (let i = 0; i < this.slots.length; i++)
+      if (this.slots[i] !== 0) yield [this.names.text(i), this.entries.text(this.slots[i]! - 1)];
+  }
+}
+
 /** A documentation or benchmarking address for node `i` (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, then 198.18.0.0/15). */
 export function simUnderlay(i: number): string {
   if (i < 254 * 3) return `${['192.0.2', '198.51.100', '203.0.113'][Math.floor(i / 254)]}.${(i % 254) + 1}`;
@@ -139,13 +208,8 @@ export function createNodeSimulator(deps: {
   // simulator: a listener added to an AbortSignal is compared with every one it holds, so one signal for every node's
   // stream attempts and backoff sleeps was quadratic (5,000 nodes reconnecting: 5.6 s of 23 s in addEventListener).
   const nodeStops: AbortController[] = [];
-  const interned = new Map<string, string>();
-  const intern = (s: string) => {
-    const held = interned.get(s);
-    if (held !== undefined) return held;
-    interned.set(s, s);
-    return s;
-  };
+  const nodeNames = new Numbering();
+  const routeEntries = new Numbering();
   const stats = { renewals: 0, renewalFailures: 0, reRegistrations: 0, streamBreaks: 0 };
   const reasons = new Map<string, number>();
   const breakTimes: number[] = [];
@@ -249,7 +313,7 @@ export function createNodeSimulator(deps: {
       routes,
       ipam: createClient(IpamServiceService, deps.target, opts),
       policy: createClient(PolicyServiceService, deps.target, opts),
-      routeView: new Map(),
+      routeView: new RouteTable(nodeNames, routeEntries),
       routeRevision: 0,
       routesSynced: false,
       policyRules: null,
@@ -311,9 +375,9 @@ export function createNodeSimulator(deps: {
         if (m.bookmark) {
           if (node.routesSynced) node.routeRevision = m.revision;
         } else if (m.reset || node.routesSynced) {
-          if (m.reset) node.routeView = new Map();
+          if (m.reset) node.routeView.clear();
           for (const u of m.upserts)
-            node.routeView.set(intern(u.node), intern(`${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`));
+            node.routeView.set(u.node, `${u.underlayAddress}|${u.vtepMac}|${u.blockCidrs.join(',')}`);
           for (const d of m.deletes) node.routeView.delete(d);
           node.routeRevision = m.revision;
           if (m.reset) node.routesSynced = true;

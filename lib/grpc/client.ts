@@ -108,6 +108,8 @@ export function createClient<D extends ServiceDefinition>(
     new Client(spread ? spreadTarget(target) : target, options.credentials ?? channelCredentials(options.security), {
       // Several replicas: one per channel, shuffled, another when it goes (endpoints.ts).
       'grpc.service_config': CONTROL_PLANE_SERVICE_CONFIG,
+      // No channelz, as on the server (server.ts): nothing reads it, and each channel's and connection's trace costs.
+      'grpc.enable_channelz': 0,
       'grpc.keepalive_time_ms': keepalive.timeMs,
       'grpc.keepalive_timeout_ms': keepalive.timeoutMs,
       'grpc.keepalive_permit_without_calls': 1,
