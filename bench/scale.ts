@@ -899,7 +899,12 @@ async function main() {
           count: 0,
         };
         const rt = routeTrial;
-        await claimBlock(probeNode, 'admin');
+        const retriesBefore = controllerRetries.count;
+        const claimed = await claimBlock(probeNode, 'admin');
+        const claimRetries = controllerRetries.count - retriesBefore;
+        log(
+          `${n}: the route change's Allocate returned ${ms(claimed.returned - tServing)} after serving (${claimRetries} retries)`,
+        );
         const allBack = () =>
           rt.count === sim.nodes.length && sim.nodes.every((x, i) => x.policyCompleteViews > views[i]!);
         const synced = await waitFor('restart', allBack, 120_000);
@@ -967,6 +972,11 @@ async function main() {
                 99,
               ) - tServing,
             )}`,
+          },
+          {
+            figure:
+              "  serving -> the route change's Allocate returned (an administrator's write, as the bench's first call)",
+            value: `${ms(claimed.returned - tServing)} (${claimRetries} retries)`,
           },
           {
             figure: `  streams broken and reopened (${2 * n} streams); renewals failed`,
