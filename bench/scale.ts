@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -290,6 +290,9 @@ interface SizeFigures {
   };
 }
 
+/** Which Node the simulator and the control plane run (printed with the figures). */
+let runtimes = '';
+
 /** What a signal must undo (the control plane, PostgreSQL, the data folder) when the bench is stopped early. */
 let cleanUp: (() => Promise<void>) | null = null;
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -450,7 +453,11 @@ async function main() {
     await sleep(2000);
     rss0 = rssKiB(cp.pid());
     simRss0 = process.memoryUsage().rss / 1024;
-    log(`control plane up (RSS ${mib(rss0)}); sizes ${SIZES.join(', ')}; ${PODS} pods per node; ${CLUSTERS} clusters`);
+    // Both processes' Node (the control plane runs the `node` on PATH): the runtime moves these figures a lot.
+    runtimes = `simulator Node ${process.versions.node}, control plane Node ${execFileSync(readlinkSync(`/proc/${cp.pid()}/exe`), ['-p', 'process.versions.node'], { encoding: 'utf8' }).trim()}`;
+    log(
+      `${runtimes}; control plane up (RSS ${mib(rss0)}); sizes ${SIZES.join(', ')}; ${PODS} pods per node; ${CLUSTERS} clusters`,
+    );
 
     // Trials' stamps: one array per trial, indexed by node.
     let routeTrial: { node: string; expected: number; stamps: Float64Array; count: number } | null = null;
@@ -1126,7 +1133,7 @@ async function main() {
     }
     const st = sim.stats();
     printTable(
-      `bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls and ${attachRetries.count} pod ADDs retried (UNAVAILABLE or no answer in time)`,
+      `bench/scale — ${SIZES.join(', ')} simulated nodes, ${PODS} pods each, ${CLUSTERS} clusters, ${TRIALS} changes per figure; ${runtimes}; simulator: ${st.renewals} renewals (${st.renewalFailures} failed, ${st.reRegistrations} re-registrations), ${st.streamBreaks} stream breaks, ${st.reportFailures} pod reports retried; ${controllerRetries.count} controller calls and ${attachRetries.count} pod ADDs retried (UNAVAILABLE or no answer in time)`,
       rows,
     );
     if (restartRows.length)
