@@ -87,6 +87,15 @@ function procTimes(pid: number): { self: number; children: number } {
     children: (Number(f[13]) + Number(f[14])) * (1000 / TICK),
   };
 }
+/** The kernel's TCP counters that show connections waiting on the listener: SYNs retransmitted, accept queue overflows. */
+function tcpCounters(): { synRetrans: number; listenOverflows: number; listenDrops: number } {
+  const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n');
+  const i = lines.findIndex((l) => l.startsWith('TcpExt:'));
+  const names = lines[i]!.split(' ');
+  const values = lines[i + 1]!.split(' ').map(Number);
+  const get = (k: string) => values[names.indexOf(k)] ?? 0;
+  return { synRetrans: get('TCPSynRetrans'), listenOverflows: get('ListenOverflows'), listenDrops: get('ListenDrops') };
+}
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 /** CPU milliseconds of PostgreSQL: the postmaster, its live backends, and the backends it reaped. */
 function postgresCpuMs(pgDir: string): number {
@@ -879,6 +888,7 @@ async function main() {
         const reasons0 = new Map(sim.stats().reasons);
         const s0 = await stat();
         const pg0 = meter();
+        const tcp0 = tcpCounters();
         const t0 = now();
         await cp.stop(30_000);
         const tExit = now();
@@ -917,6 +927,7 @@ async function main() {
         const synced = await waitFor('restart', allBack, 120_000);
         const tSynced = now();
         const mSynced = meter();
+        const tcp1 = tcpCounters();
         simLoop.disable();
         routeTrial = null;
         policyBackHook = null;
@@ -984,6 +995,11 @@ async function main() {
             figure:
               "  serving -> the route change's Allocate returned (an administrator's write, as the bench's first call)",
             value: `${ms(claimed.returned - tServing)} (${claimRetries} retries)`,
+          },
+          {
+            figure: "  the kernel's TCP meanwhile: SYNs retransmitted; accept-queue overflows; listen drops",
+            value: `${tcp1.synRetrans - tcp0.synRetrans}; ${tcp1.listenOverflows - tcp0.listenOverflows}; ${tcp1.listenDrops - tcp0.listenDrops}`,
+            baseline: 'a connection whose SYN went unanswered tries again 1, 3, 7, 15 s later',
           },
           {
             figure: `  streams broken and reopened (${2 * n} streams); renewals failed`,
