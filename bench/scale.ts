@@ -256,6 +256,8 @@ async function retrying<T>(call: () => Promise<T>, retries = controllerRetries):
       const code = (err as { code?: number }).code;
       if (attempt >= 20 || (code !== status.UNAVAILABLE && code !== status.DEADLINE_EXCEEDED)) throw err;
       retries.count++;
+      // Rare outside a restart: say why, so that a figure that includes a retry can be read.
+      log(`retrying a call after ${status[code]}: ${(err as Error).message.slice(0, 200)}`);
       await sleep(backoff.next());
     }
   }
