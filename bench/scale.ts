@@ -546,7 +546,7 @@ async function main() {
           let text = '';
           child.stdout.on('data', (d: Buffer) => (text += d.toString()));
           child.stderr.on('data', (d: Buffer) => (text += d.toString()));
-          child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`allocate-once: ${text}`))));
+          child.once('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`allocate-once: ${text}`))));
         });
         return { returned: (JSON.parse(out) as { at: number }).at - performance.timeOrigin, expected };
       }

@@ -169,7 +169,7 @@ async function main() {
       });
       let text = '';
       child.stdout.on('data', (d: Buffer) => (text += d.toString()));
-      child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`${runtime} exited ${code}`))));
+      child.once('close', (code) => (code === 0 ? resolve(text) : reject(new Error(`${runtime} exited ${code}`))));
     });
     const r = JSON.parse(out) as { versions: NodeJS.ProcessVersions; rounds: { tls: Round[]; plain: Round[] } };
     const med = (xs: Round[], k: keyof Round) => median(xs.map((x) => x[k]));
