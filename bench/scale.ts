@@ -1008,7 +1008,7 @@ async function main() {
           },
           {
             figure:
-              "  serving -> the route change's Allocate returned (an administrator's write, as the bench's first call)",
+              "  serving -> the route change's Allocate returned (an administrator's write from a process of its own)",
             value: ms(claimed.returned - tServing),
           },
           {
